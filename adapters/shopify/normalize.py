@@ -1,0 +1,393 @@
+"""Shopify webhook bodies (REST-shaped JSON) -> store-neutral events.
+
+Pure translation: no I/O, no database. The worker calls ``normalize`` for each inbox
+row; ``[]`` means "nothing for the core" (the caller records the row as ignored) and a
+``NormalizationError`` means the body had the wrong shape for its topic.
+Field notes: platform-facts.md A3 (payloads), A4 (COD), A5 (consent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from adapters._parse import (
+    as_object,
+    first_str,
+    get_bool,
+    get_datetime,
+    get_decimal,
+    get_id,
+    get_int,
+    get_list,
+    get_obj,
+    get_objects,
+    get_str,
+    guard,
+    req_datetime,
+    req_decimal,
+    req_id,
+    req_str,
+)
+from connector.config import ShopifyStore
+from connector.contacts import normalize_phone
+from connector.errors import NormalizationError
+from connector.events import (
+    AppUninstalled,
+    Checkout,
+    CheckoutUpdated,
+    ComplianceRequested,
+    ConsentCategory,
+    ConsentChanged,
+    ConsentState,
+    Customer,
+    CustomerUpdated,
+    Event,
+    Fulfillment,
+    FulfillmentState,
+    FulfillmentUpdated,
+    LineItem,
+    Order,
+    OrderCancelled,
+    OrderFulfilled,
+    OrderPaid,
+    OrderPlaced,
+    OrderUpdated,
+    PaymentState,
+    ShipmentStatus,
+)
+
+Body = dict[str, Any]
+
+_ORDER_EVENTS: dict[str, type[OrderPlaced | OrderUpdated | OrderPaid | OrderCancelled | OrderFulfilled]] = {
+    "orders/create": OrderPlaced,
+    "orders/updated": OrderUpdated,
+    "orders/paid": OrderPaid,
+    "orders/cancelled": OrderCancelled,
+    "orders/fulfilled": OrderFulfilled,
+    "orders/partially_fulfilled": OrderFulfilled,
+}
+
+# REST financial_status values; anything else (``expired``, future values) is OTHER.
+_PAYMENT_STATES = {state.value: state for state in PaymentState if state is not PaymentState.OTHER}
+
+_FULFILLMENT_STATES = {
+    None: FulfillmentState.UNFULFILLED,
+    "unfulfilled": FulfillmentState.UNFULFILLED,
+    "partial": FulfillmentState.PARTIAL,
+    "fulfilled": FulfillmentState.FULFILLED,
+}
+
+_SHIPMENT_STATUSES = {s.value: s for s in ShipmentStatus if s not in (ShipmentStatus.NONE, ShipmentStatus.OTHER)}
+
+_CONSENT_STATES = {
+    "subscribed": ConsentState.GRANTED,
+    "unsubscribed": ConsentState.REVOKED,
+    "redacted": ConsentState.REVOKED,
+    "pending": ConsentState.PENDING,
+    "not_subscribed": ConsentState.UNKNOWN,
+}
+
+_COMPLIANCE = {
+    "customers/data_request": ("customer_data_request", "orders_requested"),
+    "customers/redact": ("customer_redact", "orders_to_redact"),
+    "shop/redact": ("shop_redact", "orders_to_redact"),
+}
+
+SMS_SOURCE = "shopify_sms_marketing"
+WHATSAPP_SOURCE = "shopify_whatsapp_marketing"
+
+
+@guard("shopify")
+def normalize(topic: str, body: dict, store: ShopifyStore) -> list[Event]:
+    """Translate one Shopify webhook (``X-Shopify-Topic`` + JSON body) into events."""
+    data = as_object(body, "body")
+    if topic in _ORDER_EVENTS:
+        return [_ORDER_EVENTS[topic](order=_order(data, store))]
+    handler = _HANDLERS.get(topic)
+    return handler(topic, data, store) if handler else []
+
+
+# ---- orders ---------------------------------------------------------------------------
+
+
+def _order(o: Body, store: ShopifyStore) -> Order:
+    created_at = req_datetime(o, "created_at")
+    financial_status = get_str(o, "financial_status")
+    gateways = _gateway_names(o)
+    cod_names = set(store.cod_gateway_names())
+    total = get_decimal(o, "current_total_price")
+    if total is None:
+        total = req_decimal(o, "total_price")
+    return Order(
+        external_id=req_id(o, "id"),
+        name=req_str(o, "name"),
+        created_at=created_at,
+        updated_at=get_datetime(o, "updated_at") or created_at,
+        cancelled_at=get_datetime(o, "cancelled_at"),
+        payment_state=_PAYMENT_STATES.get((financial_status or "").lower(), PaymentState.OTHER),
+        fulfillment_state=_fulfillment_state(get_str(o, "fulfillment_status")),
+        platform_status=financial_status,
+        is_cod=any(name.strip().lower() in cod_names for name in gateways),
+        gateway_names=gateways,
+        total=total,
+        currency=req_str(o, "currency"),
+        customer=_customer(o, store, phone_keys=("phone",)),
+        line_items=_line_items(o),
+        checkout_token=get_str(o, "checkout_token"),
+        status_url=get_str(o, "order_status_url"),
+        tags=_tags(o),
+        test=get_bool(o, "test"),
+    )
+
+
+def _gateway_names(o: Body) -> tuple[str, ...]:
+    """``payment_gateway_names`` plus the deprecated ``gateway`` when it adds a name."""
+    names: list[str] = []
+    for i, value in enumerate(get_list(o, "payment_gateway_names")):
+        if not isinstance(value, str):
+            raise NormalizationError(f"payment_gateway_names[{i}]: expected a string")
+        if value.strip():
+            names.append(value)
+    gateway = get_str(o, "gateway")
+    if gateway and gateway.strip().lower() not in {n.strip().lower() for n in names}:
+        names.append(gateway)
+    return tuple(names)
+
+
+def _fulfillment_state(status: str | None) -> FulfillmentState:
+    return _FULFILLMENT_STATES.get(status.lower() if status else None, FulfillmentState.OTHER)
+
+
+def _tags(o: Body) -> tuple[str, ...]:
+    value = o.get("tags")
+    if value is None:
+        return ()
+    if isinstance(value, list) and all(isinstance(t, str) for t in value):
+        parts = value
+    elif isinstance(value, str):
+        parts = value.split(",")
+    else:
+        raise NormalizationError("tags: expected a comma-separated string")
+    return tuple(t.strip() for t in parts if t.strip())
+
+
+def _line_items(o: Body) -> tuple[LineItem, ...]:
+    items = []
+    for where, li in get_objects(o, "line_items"):
+        items.append(
+            LineItem(
+                external_id=get_id(li, "id", where),
+                product_id=get_id(li, "product_id", where),
+                variant_id=get_id(li, "variant_id", where),
+                sku=get_str(li, "sku", where),
+                title=first_str(get_str(li, "title", where), get_str(li, "name", where)) or "",
+                quantity=get_int(li, "quantity", where, default=1),
+                price=_or_zero(get_decimal(li, "price", where)),
+            )
+        )
+    return tuple(items)
+
+
+def _or_zero(value: Decimal | None) -> Decimal:
+    return Decimal("0") if value is None else value
+
+
+# ---- customers and phones ---------------------------------------------------------------
+
+
+def _customer(o: Body, store: ShopifyStore, *, phone_keys: tuple[str, ...]) -> Customer:
+    """The buyer of an order or checkout.
+
+    The phone is the first non-empty of the body's own phone fields, the customer's,
+    the shipping/billing address and the customer's default address (A3); it is
+    parsed with the shipping (else billing) country, else the store's default.
+    """
+    c = get_obj(o, "customer", "") or {}
+    shipping = get_obj(o, "shipping_address") or {}
+    billing = get_obj(o, "billing_address") or {}
+    default_address = get_obj(c, "default_address", "customer") or {}
+    country = (
+        get_str(shipping, "country_code", "shipping_address")
+        or get_str(billing, "country_code", "billing_address")
+        or store.default_country
+    )
+    raw_phone = first_str(
+        *(get_str(o, key) for key in phone_keys),
+        get_str(c, "phone", "customer"),
+        get_str(shipping, "phone", "shipping_address"),
+        get_str(billing, "phone", "billing_address"),
+        get_str(default_address, "phone", "customer.default_address"),
+    )
+    return Customer(
+        external_id=get_id(c, "id", "customer"),
+        first_name=first_str(
+            get_str(c, "first_name", "customer"),
+            get_str(billing, "first_name", "billing_address"),
+            get_str(shipping, "first_name", "shipping_address"),
+        ),
+        last_name=first_str(
+            get_str(c, "last_name", "customer"),
+            get_str(billing, "last_name", "billing_address"),
+            get_str(shipping, "last_name", "shipping_address"),
+        ),
+        email=first_str(get_str(o, "email"), get_str(o, "contact_email"), get_str(c, "email", "customer")),
+        phone=normalize_phone(raw_phone, country),
+        country=country.upper(),
+        locale=get_str(o, "customer_locale") or get_str(c, "locale", "customer"),
+    )
+
+
+def _consent_state(consent: Body | None, where: str) -> ConsentState:
+    state = get_str(consent or {}, "state", where)
+    return _CONSENT_STATES.get(state.lower(), ConsentState.UNKNOWN) if state else ConsentState.UNKNOWN
+
+
+def _consent_time(consent: Body | None, where: str) -> datetime | None:
+    consent = consent or {}
+    return get_datetime(consent, "consent_updated_at", where) or get_datetime(consent, "updated_at", where)
+
+
+# ---- topic handlers ---------------------------------------------------------------------
+
+
+def _checkout(_topic: str, o: Body, store: ShopifyStore) -> list[Event]:
+    if _topic == "checkouts/delete":
+        return []
+    created_at = req_datetime(o, "created_at")
+    checkout = Checkout(
+        token=req_id(o, "token"),
+        created_at=created_at,
+        updated_at=get_datetime(o, "updated_at") or created_at,
+        completed_at=get_datetime(o, "completed_at"),
+        recovery_url=get_str(o, "abandoned_checkout_url"),
+        total=req_decimal(o, "total_price"),
+        currency=req_str(o, "currency"),
+        customer=_customer(o, store, phone_keys=("phone", "sms_marketing_phone")),
+        line_items=_line_items(o),
+        accepts_marketing=get_bool(o, "buyer_accepts_marketing") or get_bool(o, "buyer_accepts_sms_marketing"),
+    )
+    return [CheckoutUpdated(checkout=checkout)]
+
+
+def _fulfillment(_topic: str, f: Body, _store: ShopifyStore) -> list[Event]:
+    created_at = req_datetime(f, "created_at")
+    status = get_str(f, "shipment_status")
+    shipment = _SHIPMENT_STATUSES.get(status.lower(), ShipmentStatus.OTHER) if status else ShipmentStatus.NONE
+    fulfillment = Fulfillment(
+        external_id=req_id(f, "id"),
+        order_external_id=req_id(f, "order_id"),
+        status=req_str(f, "status"),
+        shipment_status=shipment,
+        tracking_company=get_str(f, "tracking_company"),
+        tracking_number=get_str(f, "tracking_number") or _first_of(f, "tracking_numbers"),
+        tracking_url=get_str(f, "tracking_url") or _first_of(f, "tracking_urls"),
+        created_at=created_at,
+        updated_at=get_datetime(f, "updated_at") or created_at,
+    )
+    return [FulfillmentUpdated(fulfillment=fulfillment)]
+
+
+def _first_of(d: Body, key: str) -> str | None:
+    for i, value in enumerate(get_list(d, key)):
+        if not isinstance(value, str):
+            raise NormalizationError(f"{key}[{i}]: expected a string")
+        if value.strip():
+            return value
+    return None
+
+
+def _customer_updated(_topic: str, c: Body, store: ShopifyStore) -> list[Event]:
+    external_id = req_id(c, "id")
+    address = get_obj(c, "default_address") or {}
+    country = get_str(address, "country_code", "default_address") or store.default_country
+    phone = normalize_phone(first_str(get_str(c, "phone"), get_str(address, "phone", "default_address")), country)
+    customer = Customer(
+        external_id=external_id,
+        first_name=get_str(c, "first_name"),
+        last_name=get_str(c, "last_name"),
+        email=get_str(c, "email"),
+        phone=phone,
+        country=country.upper(),
+        locale=get_str(c, "locale"),
+    )
+    events: list[Event] = [CustomerUpdated(customer=customer, updated_at=get_datetime(c, "updated_at"))]
+    consent = get_obj(c, "sms_marketing_consent")
+    if consent is not None:
+        events.append(
+            ConsentChanged(
+                customer_external_id=external_id,
+                phone=normalize_phone(get_str(c, "phone"), country),
+                category=ConsentCategory.MARKETING,
+                state=_consent_state(consent, "sms_marketing_consent"),
+                source=SMS_SOURCE,
+                occurred_at=_consent_time(consent, "sms_marketing_consent"),
+            )
+        )
+    return events
+
+
+def _consent_update(topic: str, c: Body, store: ShopifyStore) -> list[Event]:
+    """``customers_marketing_consent/update`` (SMS) and the 2026-07 WhatsApp consent topic."""
+    if topic == "customers_whats_app_marketing_consent/update":
+        key, source = "whats_app_marketing_consent", WHATSAPP_SOURCE
+        external_id = req_id(c, "customer_id")
+    else:
+        key, source = "sms_marketing_consent", SMS_SOURCE
+        external_id = get_id(c, "id") or req_id(c, "customer_id")
+    consent = get_obj(c, key)
+    raw_phone = first_str(get_str(c, "phone_number"), get_str(c, "phone"))
+    return [
+        ConsentChanged(
+            customer_external_id=external_id,
+            phone=normalize_phone(raw_phone, store.default_country),
+            category=ConsentCategory.MARKETING,
+            state=_consent_state(consent, key),
+            source=source,
+            occurred_at=_consent_time(consent, key),
+        )
+    ]
+
+
+def _app_uninstalled(_topic: str, shop: Body, store: ShopifyStore) -> list[Event]:
+    # myshopify_domain first: it is the tenant key (A1); ``domain`` is the custom storefront domain.
+    name = first_str(get_str(shop, "myshopify_domain"), get_str(shop, "domain")) or store.shop_domain
+    return [AppUninstalled(shop=name)]
+
+
+def _compliance(topic: str, b: Body, store: ShopifyStore) -> list[Event]:
+    kind, orders_key = _COMPLIANCE[topic]
+    c = get_obj(b, "customer")
+    customer = None
+    if c is not None:
+        customer = Customer(
+            external_id=get_id(c, "id", "customer"),
+            email=get_str(c, "email", "customer"),
+            phone=normalize_phone(get_str(c, "phone", "customer"), store.default_country),
+        )
+    order_ids = tuple(_id_item(value, f"{orders_key}[{i}]") for i, value in enumerate(get_list(b, orders_key)))
+    return [ComplianceRequested(kind=kind, customer=customer, order_external_ids=order_ids)]
+
+
+def _id_item(value: Any, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip():
+        raise NormalizationError(f"{where}: expected an id")
+    return str(value).strip()
+
+
+_HANDLERS: dict[str, Callable[[str, Body, ShopifyStore], list[Event]]] = {
+    "checkouts/create": _checkout,
+    "checkouts/update": _checkout,
+    "checkouts/delete": _checkout,
+    "fulfillments/create": _fulfillment,
+    "fulfillments/update": _fulfillment,
+    "customers/update": _customer_updated,
+    "customers_marketing_consent/update": _consent_update,
+    "customers_whats_app_marketing_consent/update": _consent_update,
+    "app/uninstalled": _app_uninstalled,
+    "customers/data_request": _compliance,
+    "customers/redact": _compliance,
+    "shop/redact": _compliance,
+}

@@ -1,0 +1,152 @@
+"""One WhatsApp Cloud API webhook item -> store-neutral events.
+
+The web layer splits Meta's batch envelope (``entry[].changes[].value``) into one inbox
+row per message / status / preference, so a failure in one never blocks its siblings.
+Each row's body is::
+
+    {"field": <change.field>, "metadata": <value.metadata>, "contacts": <value.contacts or []>,
+     "<topic>": <the single item>}
+
+with ``topic`` one of ``message``, ``status``, ``user_preference``, ``error``.
+Field notes: platform-facts.md C2 (statuses), C7 (opt-out), C8/C9 (ids, usernames).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters._parse import (
+    as_object,
+    first_str,
+    get_id,
+    get_int,
+    get_obj,
+    get_objects,
+    get_str,
+    guard,
+    req_id,
+    req_obj,
+    req_str,
+    req_unix_time,
+)
+from connector.config import ShopifyStore, WooCommerceStore
+from connector.contacts import wa_id_to_e164
+from connector.errors import NormalizationError
+from connector.events import (
+    ButtonReplied,
+    Event,
+    MarketingPreferenceChanged,
+    MessageReceived,
+    MessageStatusChanged,
+)
+
+Body = dict[str, Any]
+
+
+@guard("whatsapp")
+def normalize(topic: str, body: dict, store: ShopifyStore | WooCommerceStore) -> list[Event]:
+    """Translate one split webhook item into events; ``error`` and unknown topics give ``[]``.
+
+    ``store`` is unused: a ``wa_id`` is always an international number, so parsing it
+    with a store's default country could only produce a wrong number.
+    """
+    data = as_object(body, "body")
+    if topic == "message":
+        return [_message(data)]
+    if topic == "status":
+        return [_status(data)]
+    if topic == "user_preference":
+        return [_preference(data)]
+    return []
+
+
+def _phone_number_id(b: Body) -> str:
+    metadata = req_obj(b, "metadata")
+    return req_id(metadata, "phone_number_id", "metadata")
+
+
+def _message(b: Body) -> Event:
+    phone_number_id = _phone_number_id(b)
+    m = req_obj(b, "message")
+    contacts = [c for _, c in get_objects(b, "contacts")]
+    # Users with a username may have no phone in the webhook (C9): wa_id can be absent.
+    wa_id = get_id(m, "from", "message") or (get_id(contacts[0], "wa_id", "contacts[0]") if contacts else None)
+    contact = _contact_for(wa_id, contacts)
+    profile = get_obj(contact, "profile", "contact") or {}
+    context = get_obj(m, "context", "message") or {}
+    message_type = req_str(m, "type", "message")
+    common: dict[str, Any] = {
+        "phone_number_id": phone_number_id,
+        "message_id": req_str(m, "id", "message"),
+        "wa_id": wa_id,
+        "phone": wa_id_to_e164(wa_id),
+        "user_id": first_str(get_str(contact, "user_id", "contact"), get_str(m, "from_user_id", "message")),
+        "profile_name": get_str(profile, "name", "contact.profile"),
+        "context_message_id": get_str(context, "id", "message.context"),
+        "occurred_at": req_unix_time(m, "timestamp", "message"),
+    }
+    reply = _reply(m, message_type)
+    if reply is not None:
+        payload, title = reply
+        return ButtonReplied(payload=payload, title=title, **common)
+    text = None
+    if message_type == "text":
+        text = get_str(get_obj(m, "text", "message") or {}, "body", "message.text")
+    return MessageReceived(message_type=message_type, text=text, **common)
+
+
+def _contact_for(wa_id: str | None, contacts: list[Body]) -> Body:
+    """The contact whose ``wa_id`` matches the sender, else the only contact."""
+    for contact in contacts:
+        if wa_id is not None and get_id(contact, "wa_id", "contact") == wa_id:
+            return contact
+    return contacts[0] if len(contacts) == 1 else {}
+
+
+def _reply(m: Body, message_type: str) -> tuple[str, str | None] | None:
+    """``(payload, title)`` for a template quick reply or an interactive button/list reply."""
+    if message_type == "button":
+        button = req_obj(m, "button", "message")
+        payload = first_str(get_str(button, "payload", "message.button"), get_str(button, "text", "message.button"))
+        if payload is None:
+            raise NormalizationError("message.button.payload: missing")
+        return payload, get_str(button, "text", "message.button")
+    if message_type == "interactive":
+        interactive = req_obj(m, "interactive", "message")
+        kind = get_str(interactive, "type", "message.interactive")
+        if kind in ("button_reply", "list_reply"):
+            where = f"message.interactive.{kind}"
+            reply = req_obj(interactive, kind, "message.interactive")
+            return req_str(reply, "id", where), get_str(reply, "title", where)
+    return None
+
+
+def _status(b: Body) -> Event:
+    phone_number_id = _phone_number_id(b)
+    s = req_obj(b, "status")
+    errors = [e for _, e in get_objects(s, "errors", "status")]
+    first_error = errors[0] if errors else {}
+    return MessageStatusChanged(
+        phone_number_id=phone_number_id,
+        message_id=req_str(s, "id", "status"),
+        status=req_str(s, "status", "status"),
+        recipient_id=get_id(s, "recipient_id", "status"),
+        callback_data=get_str(s, "biz_opaque_callback_data", "status"),
+        error_code=get_int(first_error, "code", "status.errors[0]"),
+        error_title=get_str(first_error, "title", "status.errors[0]"),
+        occurred_at=req_unix_time(s, "timestamp", "status"),
+    )
+
+
+def _preference(b: Body) -> Event:
+    phone_number_id = _phone_number_id(b)
+    p = req_obj(b, "user_preference")
+    wa_id = get_id(p, "wa_id", "user_preference")
+    return MarketingPreferenceChanged(
+        phone_number_id=phone_number_id,
+        wa_id=wa_id,
+        phone=wa_id_to_e164(wa_id),
+        value=req_str(p, "value", "user_preference"),
+        category=req_str(p, "category", "user_preference"),
+        occurred_at=req_unix_time(p, "timestamp", "user_preference"),
+    )

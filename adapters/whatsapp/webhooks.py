@@ -1,0 +1,111 @@
+"""WhatsApp Cloud API webhooks: subscription challenge, signature, and splitting a batch.
+
+One POST can carry many messages, statuses and preference changes for several phone
+numbers. Each becomes its own inbox item, routed by ``metadata.phone_number_id``, so a
+failure to process one never holds back the others and each is deduplicated alone.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pywa.utils import webhook_updates_validator
+
+from adapters.envelope import body_digest, is_ascii
+from connector.errors import BadPayloadError, VerificationError
+
+_LISTS = {"messages": "message", "statuses": "status", "user_preferences": "user_preference", "errors": "error"}
+
+
+@dataclass(frozen=True, slots=True)
+class WhatsAppItem:
+    phone_number_id: str | None
+    topic: str
+    dedupe_key: str
+    body: dict[str, Any]
+
+    def raw(self) -> bytes:
+        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def challenge(params: Mapping[str, str], verify_token: str | None) -> str | None:
+    """The GET handshake: echo ``hub.challenge`` only for our verify token."""
+    if not verify_token or params.get("hub.mode") != "subscribe":
+        return None
+    given = params.get("hub.verify_token") or ""
+    if not is_ascii(given) or not hmac.compare_digest(given, verify_token):
+        return None
+    return params.get("hub.challenge", "")
+
+
+def verify(app_secret: str | None, headers: Mapping[str, str], body: bytes) -> None:
+    if not app_secret:
+        raise VerificationError("whatsapp.app_secret is not configured; refusing unsigned updates")
+    signature = headers.get("x-hub-signature-256")
+    if not signature:
+        raise VerificationError("missing X-Hub-Signature-256")
+    if not is_ascii(signature) or not webhook_updates_validator(app_secret, body, signature):
+        raise VerificationError("X-Hub-Signature-256 does not match")
+
+
+def _item_key(topic: str, item: dict[str, Any], body: bytes) -> str:
+    if topic == "message" and item.get("id"):
+        return f"whatsapp:message:{item['id']}"
+    if topic == "status" and item.get("id"):
+        return f"whatsapp:status:{item['id']}:{item.get('status')}"
+    if topic == "user_preference":
+        return f"whatsapp:preference:{item.get('wa_id')}:{item.get('category')}:{item.get('value')}:{item.get('timestamp')}"
+    canonical = json.dumps(item, sort_keys=True, separators=(",", ":")).encode()
+    return f"whatsapp:{topic}:sha256:{body_digest(canonical)}"
+
+
+def split(payload: Any, raw: bytes) -> list[WhatsAppItem]:
+    """Meta's envelope -> one item per message, status, preference change or error."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("entry"), list):
+        raise BadPayloadError("not a WhatsApp Business Account update (no entry list)")
+    items: list[WhatsAppItem] = []
+    for entry in payload["entry"]:
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        if not isinstance(changes, list):
+            raise BadPayloadError("entry without a changes list")
+        for change in changes:
+            if not isinstance(change, dict) or not isinstance(change.get("value"), dict):
+                raise BadPayloadError("change without a value object")
+            field, value = change.get("field"), change["value"]
+            metadata = value.get("metadata") if isinstance(value.get("metadata"), dict) else {}
+            phone_number_id = metadata.get("phone_number_id")
+            contacts = value.get("contacts") if isinstance(value.get("contacts"), list) else []
+            found = False
+            for list_name, topic in _LISTS.items():
+                entries = value.get(list_name)
+                if not isinstance(entries, list):
+                    continue
+                for element in entries:
+                    if not isinstance(element, dict):
+                        raise BadPayloadError(f"{list_name} element is not an object")
+                    found = True
+                    body = {"field": field, "metadata": metadata, "contacts": contacts, topic: element}
+                    items.append(
+                        WhatsAppItem(
+                            phone_number_id=str(phone_number_id) if phone_number_id is not None else None,
+                            topic=topic,
+                            dedupe_key=_item_key(topic, element, raw)[:255],
+                            body=body,
+                        )
+                    )
+            if not found:
+                body = {"field": field, "metadata": metadata, "value": value}
+                canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+                items.append(
+                    WhatsAppItem(
+                        phone_number_id=str(phone_number_id) if phone_number_id is not None else None,
+                        topic=f"field:{field}",
+                        dedupe_key=f"whatsapp:field:{field}:sha256:{body_digest(canonical)}",
+                        body=body,
+                    )
+                )
+    return items

@@ -1,0 +1,200 @@
+"""WooCommerce webhook bodies (REST v3 resources) -> store-neutral events.
+
+Pure translation, keyed by ``X-WC-Webhook-Topic``. WooCommerce builds the body at
+delivery time, so an ``order.created`` may already show a later status (B3); we simply
+report what the body says. Field notes: platform-facts.md B2 (orders, COD), B3 (webhooks).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from adapters._parse import (
+    as_object,
+    first_str,
+    get_datetime,
+    get_decimal,
+    get_id,
+    get_int,
+    get_obj,
+    get_objects,
+    get_str,
+    guard,
+    req_datetime,
+    req_decimal,
+    req_id,
+    req_str,
+)
+from connector.config import WooCommerceStore
+from connector.contacts import normalize_phone
+from connector.events import (
+    Customer,
+    CustomerUpdated,
+    Event,
+    FulfillmentState,
+    LineItem,
+    Order,
+    OrderCancelled,
+    OrderPlaced,
+    OrderUpdated,
+    PaymentState,
+)
+
+Body = dict[str, Any]
+
+# Statuses of an order that has not been paid yet; a fresh COD order is ``processing``
+# (or ``on-hold``) with no ``date_paid`` (B2).
+_UNPAID_STATES = {
+    "pending": PaymentState.PENDING,
+    "processing": PaymentState.PENDING,
+    "on-hold": PaymentState.PENDING,
+    "failed": PaymentState.FAILED,
+    "cancelled": PaymentState.VOIDED,
+}
+
+_ORDER_TOPICS = {"order.created", "order.updated", "order.restored"}
+_CUSTOMER_TOPICS = {"customer.created", "customer.updated"}
+_CHECKOUT_DRAFT = "checkout-draft"  # block-checkout drafts leak into order.updated (B3)
+
+
+@guard("woocommerce")
+def normalize(topic: str, body: dict, store: WooCommerceStore) -> list[Event]:
+    """Translate one WooCommerce webhook (topic + JSON body) into events.
+
+    ``order.deleted`` (body ``{"id": N}``), checkout drafts and unknown topics give ``[]``.
+    """
+    data = as_object(body, "body")
+    if topic in _ORDER_TOPICS:
+        if (get_str(data, "status") or "").lower() == _CHECKOUT_DRAFT:
+            return []
+        order = _order(data, store)
+        if topic == "order.created":
+            return [OrderPlaced(order=order)]
+        if topic == "order.updated" and order.platform_status == "cancelled":
+            return [OrderCancelled(order=order)]
+        return [OrderUpdated(order=order)]
+    if topic in _CUSTOMER_TOPICS:
+        return [_customer_updated(data, store)]
+    return []
+
+
+def _order(o: Body, store: WooCommerceStore) -> Order:
+    order_id = req_id(o, "id")
+    status = req_str(o, "status").lower()
+    created_at = get_datetime(o, "date_created_gmt") or req_datetime(o, "date_created")
+    updated_at = get_datetime(o, "date_modified_gmt") or get_datetime(o, "date_modified") or created_at
+    paid = (get_datetime(o, "date_paid_gmt") or get_datetime(o, "date_paid")) is not None
+    payment_method = get_str(o, "payment_method")
+    gateway_names = tuple(n for n in (payment_method, get_str(o, "payment_method_title")) if n)
+    number = get_id(o, "number") or order_id
+    status_url, payment_url = _order_urls(order_id, get_str(o, "order_key"), store)
+    return Order(
+        external_id=order_id,
+        name=f"#{number}",
+        created_at=created_at,
+        updated_at=updated_at,
+        payment_state=_payment_state(status, paid),
+        fulfillment_state=FulfillmentState.FULFILLED if status == "completed" else FulfillmentState.UNFULFILLED,
+        platform_status=status,
+        is_cod=payment_method is not None and payment_method.strip().lower() in store.cod_gateway_names(),
+        gateway_names=gateway_names,
+        total=req_decimal(o, "total"),
+        currency=req_str(o, "currency"),
+        customer=_order_customer(o, store),
+        line_items=_line_items(o),
+        status_url=status_url,
+        payment_url=payment_url,
+    )
+
+
+def _payment_state(status: str, paid: bool) -> PaymentState:
+    if status == "refunded":
+        return PaymentState.REFUNDED
+    if paid or status == "completed":
+        return PaymentState.PAID
+    return _UNPAID_STATES.get(status, PaymentState.OTHER)
+
+
+def _order_urls(order_id: str, order_key: str | None, store: WooCommerceStore) -> tuple[str | None, str | None]:
+    """The customer-facing thank-you and pay-for-order pages; both need the order key."""
+    if not order_key:
+        return None, None
+    site = str(store.site_url).rstrip("/")
+    return (
+        f"{site}/checkout/order-received/{order_id}/?key={order_key}",
+        f"{site}/checkout/order-pay/{order_id}/?pay_for_order=true&key={order_key}",
+    )
+
+
+def _order_customer(o: Body, store: WooCommerceStore) -> Customer:
+    billing = get_obj(o, "billing") or {}
+    shipping = get_obj(o, "shipping") or {}
+    return _customer(
+        external_id=get_id(o, "customer_id", zero_is_none=True),  # 0 = guest checkout
+        email=get_str(billing, "email", "billing"),
+        first_name=first_str(get_str(billing, "first_name", "billing"), get_str(shipping, "first_name", "shipping")),
+        last_name=first_str(get_str(billing, "last_name", "billing"), get_str(shipping, "last_name", "shipping")),
+        billing=billing,
+        shipping=shipping,
+        store=store,
+    )
+
+
+def _customer(
+    *,
+    external_id: str | None,
+    email: str | None,
+    first_name: str | None,
+    last_name: str | None,
+    billing: Body,
+    shipping: Body,
+    store: WooCommerceStore,
+) -> Customer:
+    """Phone from billing (shipping.phone exists since WC 5.6), parsed with the address country."""
+    country = (
+        get_str(billing, "country", "billing") or get_str(shipping, "country", "shipping") or store.default_country
+    ).upper()
+    raw_phone = first_str(get_str(billing, "phone", "billing"), get_str(shipping, "phone", "shipping"))
+    return Customer(
+        external_id=external_id,
+        first_name=first_name,
+        last_name=last_name,
+        email=email,
+        phone=normalize_phone(raw_phone, country),
+        country=country,
+    )
+
+
+def _line_items(o: Body) -> tuple[LineItem, ...]:
+    items = []
+    for where, li in get_objects(o, "line_items"):
+        price = get_decimal(li, "price", where)
+        items.append(
+            LineItem(
+                external_id=get_id(li, "id", where),
+                product_id=get_id(li, "product_id", where, zero_is_none=True),
+                variant_id=get_id(li, "variation_id", where, zero_is_none=True),
+                sku=get_str(li, "sku", where),
+                title=get_str(li, "name", where) or "",
+                quantity=get_int(li, "quantity", where, default=1),
+                price=Decimal("0") if price is None else price,
+            )
+        )
+    return tuple(items)
+
+
+def _customer_updated(c: Body, store: WooCommerceStore) -> CustomerUpdated:
+    billing = get_obj(c, "billing") or {}
+    shipping = get_obj(c, "shipping") or {}
+    customer = _customer(
+        external_id=req_id(c, "id"),
+        email=first_str(get_str(c, "email"), get_str(billing, "email", "billing")),
+        first_name=first_str(get_str(c, "first_name"), get_str(billing, "first_name", "billing")),
+        last_name=first_str(get_str(c, "last_name"), get_str(billing, "last_name", "billing")),
+        billing=billing,
+        shipping=shipping,
+        store=store,
+    )
+    updated_at = get_datetime(c, "date_modified_gmt") or get_datetime(c, "date_modified")
+    return CustomerUpdated(customer=customer, updated_at=updated_at)

@@ -1,0 +1,181 @@
+"""Read models for support staff: a customer's whole context without a CRM.
+
+Every query is scoped by store: a key from one store never finds another store's rows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from connector.contacts import normalize_phone
+from connector.storage.db import Database
+from connector.storage import models as m
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _event_summary(row: Any) -> dict[str, Any]:
+    return {
+        "at": _iso(row.received_at),
+        "kind": "event",
+        "id": row.id,
+        "source": row.source,
+        "topic": row.topic,
+        "status": row.status,
+        "types": [e.get("type") for e in (row.event or [])],
+        "subject": row.subject,
+        "error": row.last_error,
+    }
+
+
+def contact_view(db: Database, store_id: int, phone: str, default_country: str, limit: int = 100) -> dict[str, Any] | None:
+    parsed = normalize_phone(phone, default_country)
+    if parsed is None:
+        return None
+    key = parsed.e164 or f"raw:{parsed.raw}"
+    with db.engine.connect() as conn:
+        contact = conn.execute(
+            select(m.Contact).where(m.Contact.store_id == store_id, m.Contact.phone_key == key)
+        ).one_or_none()
+        if contact is None and parsed.e164:
+            contact = conn.execute(
+                select(m.Contact).where(m.Contact.store_id == store_id, m.Contact.wa_id == parsed.e164.lstrip("+"))
+            ).one_or_none()
+        if contact is None:
+            return None
+        events = conn.execute(
+            select(m.InboxEvent)
+            .where(m.InboxEvent.store_id == store_id, m.InboxEvent.contact_id == contact.id)
+            .order_by(m.InboxEvent.id.desc())
+            .limit(limit)
+        ).all()
+        messages = conn.execute(
+            select(m.Message)
+            .where(m.Message.store_id == store_id, m.Message.contact_id == contact.id)
+            .order_by(m.Message.occurred_at.desc())
+            .limit(limit)
+        ).all()
+        runs = conn.execute(
+            select(m.JourneyRun).where(m.JourneyRun.store_id == store_id, m.JourneyRun.contact_id == contact.id)
+        ).all()
+        orders = conn.execute(
+            select(m.Order.external_id, m.Order.name, m.Order.payment_state, m.Order.total, m.Order.currency, m.Order.placed_at)
+            .where(m.Order.store_id == store_id, m.Order.contact_id == contact.id)
+            .order_by(m.Order.placed_at.desc())
+            .limit(limit)
+        ).all()
+        timeline = [_event_summary(e) for e in events] + [
+            {
+                "at": _iso(msg.occurred_at),
+                "kind": "message",
+                "direction": msg.direction,
+                "wamid": msg.wamid,
+                "type": msg.kind,
+                "status": msg.status,
+                "error_code": msg.error_code,
+                "text": msg.body,
+            }
+            for msg in messages
+        ]
+        timeline.sort(key=lambda t: t["at"] or "", reverse=True)
+        return {
+            "contact": {
+                "phone": contact.phone_e164,
+                "phone_raw": contact.phone_raw,
+                "reachable": contact.reachable,
+                "wa_id": contact.wa_id,
+                "name": " ".join(p for p in (contact.first_name, contact.last_name) if p) or None,
+                "email": contact.email,
+                "customer_id": contact.external_customer_id,
+                "stage": contact.stage,
+                "last_inbound_at": _iso(contact.last_inbound_at),
+                "opted_out_at": _iso(contact.opted_out_at),
+            },
+            "consent": {
+                cat: {
+                    "state": getattr(contact, f"consent_{cat}"),
+                    "source": getattr(contact, f"consent_{cat}_source"),
+                    "at": _iso(getattr(contact, f"consent_{cat}_at")),
+                }
+                for cat in ("utility", "marketing")
+            },
+            "journeys": [
+                {"journey": r.journey, "subject": r.subject, "status": r.status, "next_due_at": _iso(r.next_due_at)}
+                for r in runs
+            ],
+            "orders": [
+                {"id": o.external_id, "name": o.name, "payment_state": o.payment_state, "total": str(o.total), "currency": o.currency, "placed_at": _iso(o.placed_at)}
+                for o in orders
+            ],
+            "timeline": timeline[:limit],
+        }
+
+
+def order_view(db: Database, store_id: int, external_id: str) -> dict[str, Any] | None:
+    with db.engine.connect() as conn:
+        order = conn.execute(
+            select(m.Order).where(m.Order.store_id == store_id, m.Order.external_id == external_id)
+        ).one_or_none()
+        if order is None:
+            return None
+        lines = conn.execute(select(m.OrderLine).where(m.OrderLine.order_id == order.id)).all()
+        fulfillments = conn.execute(
+            select(m.Fulfillment).where(m.Fulfillment.store_id == store_id, m.Fulfillment.order_external_id == external_id)
+        ).all()
+        events = conn.execute(
+            select(m.InboxEvent)
+            .where(m.InboxEvent.store_id == store_id, m.InboxEvent.subject == f"order:{external_id}")
+            .order_by(m.InboxEvent.id)
+        ).all()
+        phone = None
+        if order.contact_id is not None:
+            phone = conn.execute(select(m.Contact.phone_e164).where(m.Contact.id == order.contact_id)).scalar()
+        return {
+            "order": {
+                "id": order.external_id,
+                "name": order.name,
+                "payment_state": order.payment_state,
+                "fulfillment_state": order.fulfillment_state,
+                "platform_status": order.platform_status,
+                "is_cod": order.is_cod,
+                "total": str(order.total),
+                "currency": order.currency,
+                "tags": order.tags,
+                "placed_at": _iso(order.placed_at),
+                "cancelled_at": _iso(order.cancelled_at),
+                "updated_at": _iso(order.source_updated_at),
+                "contact_phone": phone,
+                "status_url": order.status_url,
+            },
+            "line_items": [
+                {"title": li.title, "quantity": li.quantity, "price": str(li.price), "product_id": li.product_id, "variant_id": li.variant_id, "sku": li.sku}
+                for li in lines
+            ],
+            "fulfillments": [
+                {"id": f.external_id, "status": f.status, "shipment_status": f.shipment_status, "tracking_company": f.tracking_company, "tracking_url": f.tracking_url}
+                for f in fulfillments
+            ],
+            "events": [_event_summary(e) for e in events],
+        }
+
+
+INBOX_STATUSES = ("pending", "done", "ignored", "failed", "held")
+
+
+def inbox_view(db: Database, store_id: int, status: str | None, limit: int = 50, before_id: int | None = None) -> list[dict[str, Any]]:
+    query = select(m.InboxEvent).where(m.InboxEvent.store_id == store_id)
+    if status:
+        query = query.where(m.InboxEvent.status == status)
+    if before_id:
+        query = query.where(m.InboxEvent.id < before_id)
+    with db.engine.connect() as conn:
+        rows = conn.execute(query.order_by(m.InboxEvent.id.desc()).limit(limit)).all()
+        return [
+            {**_event_summary(r), "dedupe_key": r.dedupe_key, "attempts": r.attempts, "received_at": _iso(r.received_at)}
+            for r in rows
+        ]

@@ -1,0 +1,151 @@
+"""Command line: serve, worker, migrate, check-config, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from connector.config import Settings, load_settings
+from connector.errors import ConfigError, SchemaNotReadyError
+
+app = typer.Typer(help="storeloop: store events to WhatsApp journeys.", no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="TOML configuration file", envvar="STORELOOP_CONFIG")]
+
+
+def _load(path: Path) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        console.print(f"[bold red]{path}: invalid configuration[/]")
+        for p in exc.problems:
+            console.print(f"  - {p}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command("check-config")
+def check_config(path: Annotated[Path, typer.Argument(help="TOML configuration file")]) -> None:
+    """Validate a configuration file and print a summary without secrets."""
+    settings = _load(path)
+    from rich.table import Table
+
+    out = Console()
+    summary = settings.summary()
+    out.print(f"[green]{path}: valid[/] ({len(settings.stores)} store(s))")
+    table = Table("store", "platform", "domain / site", "time zone", "country", "WhatsApp number id", "webhook secret")
+    for s in summary["stores"]:
+        table.add_row(
+            s["key"], s["platform"], str(s.get("shop_domain") or s.get("site_url")), s["timezone"], s["default_country"],
+            str(s["whatsapp_phone_number_id"] or "-"), s["webhook_secret"],
+        )
+    out.print(table)
+    out.print_json(json.dumps({k: v for k, v in summary.items() if k != "stores"}))
+
+
+@app.command()
+def migrate(config: ConfigOpt = Path("storeloop.toml")) -> None:
+    """Bring the database schema to the version this code needs."""
+    from connector.storage.db import current_revision, head_revision, make_engine, migrate as run
+
+    settings = _load(config)
+    engine = make_engine(settings.database.url)
+    before = current_revision(engine)
+    run(engine)
+    console.print(f"database at {head_revision()} (was {before or 'empty'})")
+    engine.dispose()
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = Path("storeloop.toml"),
+    host: Annotated[Optional[str], typer.Option(help="overrides server.host")] = None,
+    port: Annotated[Optional[int], typer.Option(help="overrides server.port")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="web only; run `storeloop worker` separately")] = False,
+) -> None:
+    """Run the web server (webhooks, admin API) and, unless --no-worker, the inbox processor."""
+    import uvicorn
+
+    from connector.logs import configure_logging
+    from connector.storage.db import ensure_schema, make_engine
+
+    settings = _load(config)
+    configure_logging(settings.server.log_level)
+    engine = make_engine(settings.database.url)
+    try:
+        status = ensure_schema(engine, auto_migrate=settings.database.auto_migrate)
+    except SchemaNotReadyError as exc:
+        console.print(f"[bold red]refusing to start:[/] {exc}")
+        raise typer.Exit(3) from None
+    finally:
+        engine.dispose()
+    console.print(f"database schema {status}; WhatsApp sender: {'dry-run' if settings.whatsapp.dry_run else 'live'}")
+    os.environ["STORELOOP_CONFIG"] = str(config.resolve())
+    os.environ["STORELOOP_RUN_WORKER"] = "0" if no_worker else "1"
+    uvicorn.run(
+        "connector.web.factory:app",
+        factory=True,
+        host=host or settings.server.host,
+        port=port or settings.server.port,
+        workers=workers,
+        log_level=settings.server.log_level,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+@app.command()
+def worker(config: ConfigOpt = Path("storeloop.toml")) -> None:
+    """Process the inbox without the web server (scale-out role)."""
+    from connector.logs import configure_logging
+    from connector.runtime import Runtime
+
+    settings = _load(config)
+    configure_logging(settings.server.log_level)
+
+    async def main() -> None:
+        runtime = Runtime(settings, run_worker=True)
+        try:
+            await runtime.start()
+        except SchemaNotReadyError as exc:
+            console.print(f"[bold red]refusing to start:[/] {exc}")
+            raise typer.Exit(3) from None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        console.print("worker running; Ctrl-C to stop")
+        await stop.wait()
+        await runtime.stop()
+
+    asyncio.run(main())
+
+
+@app.command()
+def demo(
+    orders: Annotated[int, typer.Option(help="orders the sandbox store places")] = 40,
+    keep_running: Annotated[bool, typer.Option("--keep-running", help="keep serving after the run")] = False,
+    port: Annotated[int, typer.Option(help="0 picks a free port")] = 0,
+) -> None:
+    """Run the real connector against a sandbox store and WhatsApp on 127.0.0.1 and show what it recorded."""
+    from connector.demo import run_demo
+
+    code = run_demo(orders=orders, keep_running=keep_running, port=port)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""TOML configuration, parsed once into frozen, validated settings.
+
+Every problem is reported at once with its key path (``stores[1].timezone: ...``).
+Unknown keys are errors, so a typo never silently turns a feature off. Secrets may be
+written as ``"env:NAME"`` to read them from the environment; they are held as
+``SecretStr`` and never appear in a repr, a log line or ``check-config`` output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from connector.errors import ConfigError
+
+ENV_PREFIX = "env:"
+DEFAULT_COD_GATEWAYS = {
+    # platform-facts.md A4 (Shopify's manual method and the Indian COD apps) and B2 (WooCommerce's `cod`).
+    "shopify": ("cash on delivery", "cash on delivery (cod)", "cod", "cash_on_delivery"),
+    "woocommerce": ("cod",),
+}
+_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSettings(_Settings):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="larger webhook bodies get 413")
+    admin_token: SecretStr | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class DatabaseSettings(_Settings):
+    url: str = "sqlite:///storeloop.db"
+    auto_migrate: bool = Field(True, description="SQLite only: serve migrates an unmigrated file itself")
+    group_commit_max: int = Field(256, ge=1, le=10_000, description="webhooks written per transaction at most")
+    pool_size: int = Field(5, ge=1, le=100)
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not (value.startswith("sqlite") or value.startswith("postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        if value.startswith("postgresql://"):
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+
+class WorkerSettings(_Settings):
+    inbox_poll_seconds: float = Field(0.5, gt=0, le=60)
+    inbox_batch_size: int = Field(200, ge=1, le=5000)
+    inbox_max_attempts: int = Field(5, ge=1, le=100)
+    raw_body_retention_days: int = Field(30, ge=1)
+
+
+class WhatsAppSettings(_Settings):
+    graph_base_url: AnyHttpUrl = AnyHttpUrl("https://graph.facebook.com")
+    api_version: str = Field("v23.0", pattern=r"^v\d+\.\d+$")
+    app_secret: SecretStr | None = Field(None, description="Meta app secret: verifies X-Hub-Signature-256")
+    verify_token: SecretStr | None = Field(None, description="answers the GET subscription challenge")
+    access_token: SecretStr | None = Field(None, description="empty: messages are recorded as dry runs")
+    business_account_id: str | None = None
+
+    @property
+    def dry_run(self) -> bool:
+        return self.access_token is None or not self.access_token.get_secret_value()
+
+
+class _StoreBase(_Settings):
+    key: str
+    name: str | None = None
+    webhook_secret: SecretStr
+    previous_webhook_secret: SecretStr | None = Field(None, description="accepted during a secret rotation")
+    timezone: str = "UTC"
+    default_country: str = "US"
+    cod_gateways: tuple[str, ...] | None = None
+    whatsapp_phone_number_id: str | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not _KEY_RE.match(value):
+            raise ValueError("must be lower-case letters, digits, '-' or '_' (it appears in URLs)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like 'Asia/Kolkata')") from None
+        return value
+
+    @field_validator("default_country")
+    @classmethod
+    def _country(cls, value: str) -> str:
+        value = value.upper()
+        if value not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown country code {value!r} (use ISO 3166 alpha-2 like 'IN')")
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def cod_gateway_names(self) -> tuple[str, ...]:
+        names = self.cod_gateways if self.cod_gateways is not None else DEFAULT_COD_GATEWAYS[self.platform]  # type: ignore[attr-defined]
+        return tuple(n.strip().lower() for n in names)
+
+    def webhook_secrets(self) -> tuple[str, ...]:
+        secrets = [self.webhook_secret.get_secret_value()]
+        if self.previous_webhook_secret is not None:
+            secrets.append(self.previous_webhook_secret.get_secret_value())
+        return tuple(secrets)
+
+
+class ShopifyStore(_StoreBase):
+    platform: Literal["shopify"]
+    shop_domain: str
+    client_id: str | None = None
+    access_token: SecretStr | None = None
+    api_version: str = Field("2026-07", pattern=r"^\d{4}-\d{2}$|^unstable$")
+    api_base_url: AnyHttpUrl | None = Field(None, description="defaults to https://{shop_domain}")
+
+    @field_validator("shop_domain")
+    @classmethod
+    def _myshopify(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]*\.myshopify\.com", value):
+            raise ValueError("must be the shop's *.myshopify.com domain")
+        return value
+
+    @property
+    def admin_base_url(self) -> str:
+        return str(self.api_base_url or f"https://{self.shop_domain}").rstrip("/")
+
+
+class WooCommerceStore(_StoreBase):
+    platform: Literal["woocommerce"]
+    site_url: AnyHttpUrl
+    consumer_key: SecretStr | None = None
+    consumer_secret: SecretStr | None = None
+    api_base_url: AnyHttpUrl | None = Field(None, description="defaults to {site_url}/wp-json/wc/v3")
+
+    @property
+    def rest_base_url(self) -> str:
+        return str(self.api_base_url or f"{str(self.site_url).rstrip('/')}/wp-json/wc/v3").rstrip("/")
+
+
+StoreSettings = Annotated[ShopifyStore | WooCommerceStore, Field(discriminator="platform")]
+
+
+class Settings(_Settings):
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    worker: WorkerSettings = WorkerSettings()
+    whatsapp: WhatsAppSettings = WhatsAppSettings()
+    stores: tuple[StoreSettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Settings":
+        problems: list[str] = []
+        for label, values in (
+            ("key", [s.key for s in self.stores]),
+            ("shop_domain", [s.shop_domain for s in self.stores if isinstance(s, ShopifyStore)]),
+            ("whatsapp_phone_number_id", [s.whatsapp_phone_number_id for s in self.stores if s.whatsapp_phone_number_id]),
+        ):
+            seen: set[str] = set()
+            for value in values:
+                if value in seen:
+                    problems.append(f"stores: {label} {value!r} is used by more than one store")
+                seen.add(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def store(self, key: str) -> ShopifyStore | WooCommerceStore:
+        for s in self.stores:
+            if s.key == key:
+                return s
+        raise KeyError(key)
+
+    def summary(self) -> dict[str, Any]:
+        """What ``check-config`` prints: every setting, secrets shown only as set / not set."""
+
+        def scrub(value: Any) -> Any:
+            if isinstance(value, SecretStr):
+                return "<set>" if value.get_secret_value() else "<empty>"
+            if isinstance(value, BaseModel):
+                return {k: scrub(getattr(value, k)) for k in type(value).model_fields}
+            if isinstance(value, (list, tuple)):
+                return [scrub(v) for v in value]
+            if value is None:
+                return None
+            if isinstance(value, (str, int, float, bool)):
+                return value
+            return str(value)
+
+        out = scrub(self)
+        out["database"]["url"] = redact_url(self.database.url)
+        out["whatsapp"]["mode"] = "dry-run (no access token)" if self.whatsapp.dry_run else "live"
+        return out
+
+
+def redact_url(url: str) -> str:
+    """Hide a password in a database URL."""
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+
+
+def _resolve_env(node: Any, path: str, problems: list[str], environ: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _resolve_env(v, f"{path}.{k}" if path else k, problems, environ) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve_env(v, f"{path}[{i}]", problems, environ) for i, v in enumerate(node)]
+    if isinstance(node, str) and node.startswith(ENV_PREFIX):
+        name = node[len(ENV_PREFIX) :]
+        if name not in environ:
+            problems.append(f"{path}: environment variable {name} is not set")
+            return None
+        return environ[name]
+    return node
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("shopify", "woocommerce") and out.endswith("]"):
+            continue  # the discriminator's branch name adds nothing for the reader
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def parse_settings(data: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
+    problems: list[str] = []
+    resolved = _resolve_env(data, "", problems, dict(os.environ) if environ is None else environ)
+    try:
+        settings = Settings.model_validate(resolved)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False, include_input=False):
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (typo?)"
+            problems.append(f"{_loc(tuple(err['loc']))}: {msg}")
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def load_settings(path: str | Path, environ: dict[str, str] | None = None) -> Settings:
+    """Read and validate a TOML file; raises ``ConfigError`` listing every problem."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+    return parse_settings(data, environ)

@@ -1,0 +1,307 @@
+"""Store-neutral events: past-tense facts the adapters hand to the core.
+
+Adapters translate platform JSON into these models; nothing in ``connector/`` reads a
+platform's payload. Each event is a frozen pydantic model with a ``type`` tag so the
+normalised form can be stored in the inbox as JSON and read back unchanged.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class _Fact(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PaymentState(StrEnum):
+    """Where the money is; COD orders stay ``pending`` until the courier collects."""
+
+    PENDING = "pending"
+    AUTHORIZED = "authorized"
+    PARTIALLY_PAID = "partially_paid"
+    PAID = "paid"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    REFUNDED = "refunded"
+    VOIDED = "voided"
+    FAILED = "failed"
+    OTHER = "other"
+
+
+class FulfillmentState(StrEnum):
+    UNFULFILLED = "unfulfilled"
+    PARTIAL = "partial"
+    FULFILLED = "fulfilled"
+    OTHER = "other"
+
+
+class ShipmentStatus(StrEnum):
+    """Carrier-level progress; unknown platform values become ``other``, never an error."""
+
+    NONE = "none"
+    LABEL_PRINTED = "label_printed"
+    LABEL_PURCHASED = "label_purchased"
+    CONFIRMED = "confirmed"
+    CARRIER_PICKED_UP = "carrier_picked_up"
+    IN_TRANSIT = "in_transit"
+    OUT_FOR_DELIVERY = "out_for_delivery"
+    ATTEMPTED_DELIVERY = "attempted_delivery"
+    READY_FOR_PICKUP = "ready_for_pickup"
+    PICKED_UP = "picked_up"
+    DELAYED = "delayed"
+    DELIVERED = "delivered"
+    FAILURE = "failure"
+    OTHER = "other"
+
+
+class ConsentCategory(StrEnum):
+    UTILITY = "utility"
+    MARKETING = "marketing"
+
+
+class ConsentState(StrEnum):
+    GRANTED = "granted"
+    REVOKED = "revoked"
+    PENDING = "pending"
+    UNKNOWN = "unknown"
+
+
+class Phone(_Fact):
+    """A phone as received and, when it parses, in E.164. ``e164 is None`` means unreachable."""
+
+    raw: str
+    e164: str | None = None
+
+
+class Customer(_Fact):
+    external_id: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    email: str | None = None
+    phone: Phone | None = None
+    country: str | None = None
+    locale: str | None = None
+
+
+class LineItem(_Fact):
+    external_id: str | None = None
+    product_id: str | None = None
+    variant_id: str | None = None
+    sku: str | None = None
+    title: str = ""
+    quantity: int = 1
+    price: Decimal = Decimal("0")
+
+
+class Order(_Fact):
+    external_id: str
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    cancelled_at: datetime | None = None
+    payment_state: PaymentState
+    fulfillment_state: FulfillmentState = FulfillmentState.UNFULFILLED
+    platform_status: str | None = None
+    is_cod: bool = False
+    gateway_names: tuple[str, ...] = ()
+    total: Decimal
+    currency: str
+    customer: Customer
+    line_items: tuple[LineItem, ...] = ()
+    checkout_token: str | None = None
+    status_url: str | None = None
+    payment_url: str | None = None
+    tags: tuple[str, ...] = ()
+    test: bool = False
+
+
+class Checkout(_Fact):
+    token: str
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None = None
+    recovery_url: str | None = None
+    total: Decimal
+    currency: str
+    customer: Customer
+    line_items: tuple[LineItem, ...] = ()
+    accepts_marketing: bool = False
+
+
+class Fulfillment(_Fact):
+    external_id: str
+    order_external_id: str
+    status: str
+    shipment_status: ShipmentStatus = ShipmentStatus.NONE
+    tracking_company: str | None = None
+    tracking_number: str | None = None
+    tracking_url: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+# ---- store events -------------------------------------------------------------------
+
+
+class OrderPlaced(_Fact):
+    type: Literal["order.placed"] = "order.placed"
+    order: Order
+
+
+class OrderUpdated(_Fact):
+    type: Literal["order.updated"] = "order.updated"
+    order: Order
+
+
+class OrderPaid(_Fact):
+    type: Literal["order.paid"] = "order.paid"
+    order: Order
+
+
+class OrderCancelled(_Fact):
+    type: Literal["order.cancelled"] = "order.cancelled"
+    order: Order
+
+
+class OrderFulfilled(_Fact):
+    type: Literal["order.fulfilled"] = "order.fulfilled"
+    order: Order
+
+
+class CheckoutUpdated(_Fact):
+    type: Literal["checkout.updated"] = "checkout.updated"
+    checkout: Checkout
+
+
+class FulfillmentUpdated(_Fact):
+    type: Literal["fulfillment.updated"] = "fulfillment.updated"
+    fulfillment: Fulfillment
+
+
+class CustomerUpdated(_Fact):
+    type: Literal["customer.updated"] = "customer.updated"
+    customer: Customer
+    updated_at: datetime | None = None
+
+
+class ConsentChanged(_Fact):
+    """A store-side consent change (e.g. Shopify's WhatsApp marketing consent)."""
+
+    type: Literal["consent.changed"] = "consent.changed"
+    customer_external_id: str | None = None
+    phone: Phone | None = None
+    category: ConsentCategory
+    state: ConsentState
+    source: str
+    occurred_at: datetime | None = None
+
+
+class AppUninstalled(_Fact):
+    type: Literal["app.uninstalled"] = "app.uninstalled"
+    shop: str
+
+
+class ComplianceRequested(_Fact):
+    """Shopify's mandatory privacy topics; handled by the compliance issue."""
+
+    type: Literal["compliance.requested"] = "compliance.requested"
+    kind: Literal["customer_data_request", "customer_redact", "shop_redact"]
+    customer: Customer | None = None
+    order_external_ids: tuple[str, ...] = ()
+
+
+# ---- WhatsApp events ----------------------------------------------------------------
+
+
+class MessageReceived(_Fact):
+    """Inbound free text (or any non-button message) from a customer; opens the 24 h window."""
+
+    type: Literal["whatsapp.message_received"] = "whatsapp.message_received"
+    phone_number_id: str
+    message_id: str
+    wa_id: str | None
+    phone: Phone | None = None
+    user_id: str | None = None
+    profile_name: str | None = None
+    message_type: str
+    text: str | None = None
+    context_message_id: str | None = None
+    occurred_at: datetime
+
+
+class ButtonReplied(_Fact):
+    """A tap on a template quick reply or an interactive reply button."""
+
+    type: Literal["whatsapp.button_replied"] = "whatsapp.button_replied"
+    phone_number_id: str
+    message_id: str
+    wa_id: str | None
+    phone: Phone | None = None
+    user_id: str | None = None
+    profile_name: str | None = None
+    payload: str
+    title: str | None = None
+    context_message_id: str | None = None
+    occurred_at: datetime
+
+
+class MessageStatusChanged(_Fact):
+    type: Literal["whatsapp.status_changed"] = "whatsapp.status_changed"
+    phone_number_id: str
+    message_id: str
+    status: str
+    recipient_id: str | None = None
+    callback_data: str | None = None
+    error_code: int | None = None
+    error_title: str | None = None
+    occurred_at: datetime
+
+
+class MarketingPreferenceChanged(_Fact):
+    """WhatsApp's own marketing preference: ``stop`` opts out, ``resume``/``signup`` opt in."""
+
+    type: Literal["whatsapp.preference_changed"] = "whatsapp.preference_changed"
+    phone_number_id: str
+    wa_id: str | None
+    phone: Phone | None = None
+    value: str
+    category: str
+    occurred_at: datetime
+
+
+Event = Annotated[
+    Union[
+        OrderPlaced,
+        OrderUpdated,
+        OrderPaid,
+        OrderCancelled,
+        OrderFulfilled,
+        CheckoutUpdated,
+        FulfillmentUpdated,
+        CustomerUpdated,
+        ConsentChanged,
+        AppUninstalled,
+        ComplianceRequested,
+        MessageReceived,
+        ButtonReplied,
+        MessageStatusChanged,
+        MarketingPreferenceChanged,
+    ],
+    Field(discriminator="type"),
+]
+
+_EVENT_LIST = TypeAdapter(list[Event])
+
+
+def dump_events(events: list[Event]) -> list[dict]:
+    """JSON-ready form for the inbox row."""
+    return _EVENT_LIST.dump_python(events, mode="json")
+
+
+def load_events(data: list[dict]) -> list[Event]:
+    return _EVENT_LIST.validate_python(data)

@@ -1,0 +1,135 @@
+"""Turn stored inbox rows into events and state, one short transaction per batch.
+
+Normalisation happens here, not in the webhook request: the raw body is already durable,
+so a payload our adapter cannot read is marked ``failed`` with a reason (and can be
+replayed after a fix) instead of being lost or answered with a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, or_, select, update
+
+from connector.config import Settings
+from connector.errors import NormalizationError
+from connector.events import Event, dump_events
+from connector.state import apply_event
+from connector.storage.db import Database
+from connector.storage.models import InboxEvent, utcnow
+
+log = logging.getLogger("storeloop.processor")
+
+Normalizer = Callable[[str, dict[str, Any], Any], list[Event]]
+Clock = Callable[[], datetime]
+
+
+class InboxProcessor:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        store_ids: Mapping[str, int],
+        normalizers: Mapping[str, Normalizer],
+        *,
+        clock: Clock = utcnow,
+        batch_size: int | None = None,
+    ):
+        self.db = db
+        self.settings = settings
+        self.normalizers = normalizers
+        self.clock = clock
+        self.batch_size = batch_size or settings.worker.inbox_batch_size
+        self.max_attempts = settings.worker.inbox_max_attempts
+        self._stores = {store_ids[s.key]: s for s in settings.stores if s.key in store_ids}
+
+    def process_batch(self) -> int:
+        """Process up to one batch of due rows; returns how many rows were handled."""
+        now = self.clock()
+        with self.db.write_lock(), self.db.engine.begin() as conn:
+            query = (
+                select(InboxEvent)
+                .where(
+                    InboxEvent.status == "pending",
+                    InboxEvent.store_id.in_(list(self._stores)),
+                    or_(InboxEvent.available_at.is_(None), InboxEvent.available_at <= now),
+                )
+                .order_by(InboxEvent.id)
+                .limit(self.batch_size)
+            )
+            if not self.db.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            rows = list(conn.execute(query))
+            for row in rows:
+                self._process_row(conn, row, now)
+        return len(rows)
+
+    def drain(self, max_batches: int = 1000) -> int:
+        """Process until nothing is due (tests and the CLI use this)."""
+        total = 0
+        for _ in range(max_batches):
+            n = self.process_batch()
+            total += n
+            if n == 0:
+                break
+        return total
+
+    def _process_row(self, conn: Connection, row: Any, now: datetime) -> None:
+        store = self._stores[row.store_id]
+        attempts = row.attempts + 1
+        values: dict[str, Any]
+        try:
+            with conn.begin_nested():
+                values = self._apply(conn, row, store, now)
+        except NormalizationError as exc:
+            log.warning("inbox %s (%s %s) cannot be normalised: %s", row.id, row.source, row.topic, exc)
+            values = {"status": "failed", "last_error": f"normalisation: {exc}"[:2000]}
+        except Exception as exc:  # a bug or a database hiccup: retry later, then give up loudly
+            status = "failed" if attempts >= self.max_attempts else "pending"
+            log.exception("inbox %s (%s %s) failed on attempt %d", row.id, row.source, row.topic, attempts)
+            values = {
+                "status": status,
+                "last_error": f"{exc.__class__.__name__}: {exc}"[:2000],
+                "available_at": now + timedelta(seconds=min(300, 2**attempts)),
+            }
+        values.update(attempts=attempts, processed_at=now)
+        conn.execute(update(InboxEvent).where(InboxEvent.id == row.id).values(**values))
+
+    def _apply(self, conn: Connection, row: Any, store: Any, now: datetime) -> dict[str, Any]:
+        normalize = self.normalizers.get(row.source)
+        if normalize is None:
+            raise NormalizationError(f"no adapter for source {row.source!r}")
+        try:
+            body = json.loads(row.raw_body or b"")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise NormalizationError(f"stored body is not JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise NormalizationError("stored body is not a JSON object")
+        events = normalize(row.topic, body, store)
+        if not events:
+            return {"status": "ignored", "event": [], "last_error": f"nothing to do for topic {row.topic}"}
+        subject = contact_id = None
+        stale = False
+        held: str | None = None
+        for event in events:
+            outcome = apply_event(conn, row.store_id, event, row.id, now)
+            subject = subject or outcome.subject
+            contact_id = contact_id or outcome.contact_id
+            stale = stale or outcome.stale
+            held = held or outcome.held
+        values: dict[str, Any] = {
+            "status": "done",
+            "event": dump_events(events),
+            "subject": subject[:160] if subject else None,
+            "contact_id": contact_id,
+            "last_error": None,
+        }
+        if stale:
+            values.update(status="ignored", last_error="stale: newer state already stored")
+        if held:
+            values.update(status="held", last_error=held)
+        return values

@@ -1,0 +1,95 @@
+"""The composition root: settings, database, adapters, writer and processor, built once.
+
+The web app and the worker both run on a ``Runtime``; tests build one on a temporary
+database and drive it over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+import anyio.to_thread
+
+from adapters.registry import normalizers
+from adapters.shopify.webhooks import ShopifyWebhooks
+from connector.config import Settings, ShopifyStore, WooCommerceStore
+from connector.processor import InboxProcessor
+from connector.storage.db import Database, ensure_schema
+from connector.storage.inbox import InboxWriter, sync_stores
+from connector.storage.models import utcnow
+
+log = logging.getLogger("storeloop.runtime")
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        run_worker: bool = True,
+    ):
+        self.settings = settings
+        self.db = db or Database.from_url(settings.database.url, pool_size=settings.database.pool_size)
+        self.clock = clock
+        self.run_worker = run_worker
+        self.stores_by_key = {s.key: s for s in settings.stores}
+        self.stores_by_phone_id = {s.whatsapp_phone_number_id: s for s in settings.stores if s.whatsapp_phone_number_id}
+        self.shopify = ShopifyWebhooks(s for s in settings.stores if isinstance(s, ShopifyStore))
+        self.store_ids: dict[str, int] = {}
+        self.writer = InboxWriter(self.db, max_batch=settings.database.group_commit_max, on_commit=self._wake)
+        self.processor: InboxProcessor | None = None
+        self._wakeup = asyncio.Event()
+        self._worker_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def woocommerce_store(self, key: str) -> WooCommerceStore | None:
+        store = self.stores_by_key.get(key)
+        return store if isinstance(store, WooCommerceStore) else None
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        status = await anyio.to_thread.run_sync(
+            lambda: ensure_schema(self.db.engine, auto_migrate=self.settings.database.auto_migrate)
+        )
+        log.info("database schema %s", status)
+        self.store_ids = await anyio.to_thread.run_sync(
+            sync_stores, self.db, [(s.key, s.platform) for s in self.settings.stores]
+        )
+        self.processor = InboxProcessor(self.db, self.settings, self.store_ids, normalizers(), clock=self.clock)
+        self.writer.start()
+        if self.run_worker:
+            self._worker_task = asyncio.create_task(self._process_loop(), name="inbox-processor")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await self.writer.stop()
+        if self._worker_task is not None:
+            self._worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker_task
+        self.db.dispose()
+
+    async def _process_loop(self) -> None:
+        """Process as soon as a commit lands; otherwise poll (rows retried after a backoff)."""
+        assert self.processor is not None
+        poll = self.settings.worker.inbox_poll_seconds
+        while not self._stopping:
+            try:
+                handled = await anyio.to_thread.run_sync(self.processor.process_batch)
+            except Exception:
+                log.exception("inbox processing failed; retrying")
+                handled = 0
+                await asyncio.sleep(poll)
+            if handled == 0:
+                self._wakeup.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=poll)

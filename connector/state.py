@@ -1,0 +1,379 @@
+"""Apply store-neutral events to the connector's own picture of each store.
+
+Everything here runs inside the processor's transaction and is scoped by ``store_id``.
+State tables only move forward: a payload older than what is stored (Shopify retries
+carry the original payload for hours; WooCommerce builds it at delivery time) never
+overwrites newer state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from connector import events as ev
+from connector.storage import models as m
+
+MESSAGE_STATUS_RANK = {"accepted": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What applying one inbox item did, for the inbox row and the timeline."""
+
+    subject: str | None = None
+    contact_id: int | None = None
+    stale: bool = False
+    held: str | None = None  # a reason to keep the row for a later feature (e.g. compliance)
+
+
+def _phone_key(phone: ev.Phone) -> str:
+    return phone.e164 or f"raw:{phone.raw}"[:80]
+
+
+def upsert_contact(
+    conn: Connection,
+    store_id: int,
+    now: datetime,
+    *,
+    phone: ev.Phone | None,
+    customer: ev.Customer | None = None,
+    wa_id: str | None = None,
+    user_id: str | None = None,
+) -> int | None:
+    """Find or create the contact for a phone (or a WhatsApp id); fill in what we learn."""
+    row = None
+    if phone is not None:
+        row = conn.execute(
+            select(m.Contact).where(m.Contact.store_id == store_id, m.Contact.phone_key == _phone_key(phone))
+        ).first()
+    if row is None and wa_id:
+        row = conn.execute(select(m.Contact).where(m.Contact.store_id == store_id, m.Contact.wa_id == wa_id)).first()
+    if row is None and phone is None and customer is not None and customer.external_id:
+        row = conn.execute(
+            select(m.Contact).where(
+                m.Contact.store_id == store_id, m.Contact.external_customer_id == customer.external_id
+            )
+        ).first()
+    fields: dict[str, Any] = {}
+    if customer is not None:
+        for attr, col in (("first_name", "first_name"), ("last_name", "last_name"), ("email", "email"), ("external_id", "external_customer_id")):
+            value = getattr(customer, attr)
+            if value:
+                fields[col] = value[:255]
+    if wa_id:
+        fields["wa_id"] = wa_id
+    if user_id:
+        fields["wa_user_id"] = user_id
+    if row is None:
+        if phone is None:
+            return None
+        values = {
+            "store_id": store_id,
+            "phone_key": _phone_key(phone),
+            "phone_e164": phone.e164,
+            "phone_raw": phone.raw[:80],
+            "reachable": phone.e164 is not None,
+            "created_at": now,
+            "updated_at": now,
+            "consent_utility": "unknown",
+            "consent_marketing": "unknown",
+            "stage": "entry",
+            **fields,
+        }
+        return conn.execute(insert(m.Contact).values(**values).returning(m.Contact.id)).scalar_one()
+    contact = row
+    changed = {k: v for k, v in fields.items() if getattr(contact, k) != v}
+    if changed:
+        changed["updated_at"] = now
+        conn.execute(update(m.Contact).where(m.Contact.id == contact.id).values(**changed))
+    return contact.id
+
+
+def record_consent(
+    conn: Connection,
+    store_id: int,
+    contact_id: int,
+    category: str,
+    state: str,
+    source: str,
+    at: datetime,
+    inbox_id: int | None,
+    *,
+    only_if_unknown: bool = False,
+) -> bool:
+    """Set a consent state and keep its history; a change older than the stored one is ignored."""
+    contact = conn.execute(select(m.Contact).where(m.Contact.id == contact_id)).one()
+    current = getattr(contact, f"consent_{category}")
+    current_at = getattr(contact, f"consent_{category}_at")
+    if only_if_unknown and current != "unknown":
+        return False
+    if current_at is not None and at < current_at:
+        return False
+    if current == state and getattr(contact, f"consent_{category}_source") == source:
+        return False
+    values: dict[str, Any] = {
+        f"consent_{category}": state,
+        f"consent_{category}_source": source,
+        f"consent_{category}_at": at,
+        "updated_at": at,
+    }
+    conn.execute(update(m.Contact).where(m.Contact.id == contact_id).values(**values))
+    conn.execute(
+        insert(m.ConsentChange).values(
+            store_id=store_id,
+            contact_id=contact_id,
+            category=category,
+            state=state,
+            source=source[:64],
+            occurred_at=at,
+            inbox_event_id=inbox_id,
+        )
+    )
+    return True
+
+
+def _line_rows(store_id: int, order_id: int, lines: tuple[ev.LineItem, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "store_id": store_id,
+            "order_id": order_id,
+            "external_id": li.external_id,
+            "product_id": li.product_id,
+            "variant_id": li.variant_id,
+            "sku": li.sku,
+            "title": li.title[:255],
+            "quantity": li.quantity,
+            "price": li.price,
+        }
+        for li in lines
+    ]
+
+
+def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: int | None, now: datetime) -> bool:
+    """Upsert an order and its lines; False (and nothing written) when the payload is stale."""
+    existing = conn.execute(
+        select(m.Order.id, m.Order.source_updated_at).where(
+            m.Order.store_id == store_id, m.Order.external_id == order.external_id
+        )
+    ).first()
+    if existing is not None and existing.source_updated_at > order.updated_at:
+        return False
+    values = {
+        "name": order.name[:64],
+        "contact_id": contact_id,
+        "payment_state": order.payment_state.value,
+        "fulfillment_state": order.fulfillment_state.value,
+        "platform_status": (order.platform_status or None) and order.platform_status[:40],
+        "is_cod": order.is_cod,
+        "total": order.total,
+        "currency": order.currency[:8],
+        "checkout_token": order.checkout_token,
+        "status_url": order.status_url,
+        "payment_url": order.payment_url,
+        "tags": list(order.tags),
+        "test": order.test,
+        "placed_at": order.created_at,
+        "cancelled_at": order.cancelled_at,
+        "source_updated_at": order.updated_at,
+        "updated_at": now,
+    }
+    if existing is None:
+        order_id = conn.execute(
+            insert(m.Order).values(store_id=store_id, external_id=order.external_id, **values).returning(m.Order.id)
+        ).scalar_one()
+    else:
+        order_id = existing.id
+        if contact_id is None:
+            values.pop("contact_id")
+        conn.execute(update(m.Order).where(m.Order.id == order_id).values(**values))
+        conn.execute(delete(m.OrderLine).where(m.OrderLine.order_id == order_id))
+    rows = _line_rows(store_id, order_id, order.line_items)
+    if rows:
+        conn.execute(insert(m.OrderLine), rows)
+    if order.checkout_token:
+        conn.execute(
+            update(m.Checkout)
+            .where(
+                m.Checkout.store_id == store_id,
+                m.Checkout.token == order.checkout_token,
+                m.Checkout.completed_at.is_(None),
+            )
+            .values(completed_at=order.created_at)
+        )
+    return True
+
+
+def apply_checkout(conn: Connection, store_id: int, checkout: ev.Checkout, contact_id: int | None) -> bool:
+    existing = conn.execute(
+        select(m.Checkout.id, m.Checkout.source_updated_at, m.Checkout.completed_at).where(
+            m.Checkout.store_id == store_id, m.Checkout.token == checkout.token
+        )
+    ).first()
+    if existing is not None and existing.source_updated_at > checkout.updated_at:
+        return False
+    values = {
+        "contact_id": contact_id,
+        "recovery_url": checkout.recovery_url,
+        "total": checkout.total,
+        "currency": checkout.currency[:8],
+        "accepts_marketing": checkout.accepts_marketing,
+        "line_items": [li.model_dump(mode="json") for li in checkout.line_items],
+        "started_at": checkout.created_at,
+        "completed_at": checkout.completed_at,
+        "source_updated_at": checkout.updated_at,
+    }
+    if existing is None:
+        conn.execute(insert(m.Checkout).values(store_id=store_id, token=checkout.token, **values))
+    else:
+        if contact_id is None:
+            values.pop("contact_id")
+        if existing.completed_at is not None and checkout.completed_at is None:
+            values.pop("completed_at")  # an order already completed it; a late update must not reopen it
+        conn.execute(update(m.Checkout).where(m.Checkout.id == existing.id).values(**values))
+    return True
+
+
+def apply_fulfillment(conn: Connection, store_id: int, f: ev.Fulfillment) -> bool:
+    existing = conn.execute(
+        select(m.Fulfillment.id, m.Fulfillment.source_updated_at).where(
+            m.Fulfillment.store_id == store_id, m.Fulfillment.external_id == f.external_id
+        )
+    ).first()
+    if existing is not None and existing.source_updated_at > f.updated_at:
+        return False
+    values = {
+        "order_external_id": f.order_external_id,
+        "status": f.status[:24],
+        "shipment_status": f.shipment_status.value,
+        "tracking_company": f.tracking_company,
+        "tracking_number": f.tracking_number,
+        "tracking_url": f.tracking_url,
+        "created_at": f.created_at,
+        "source_updated_at": f.updated_at,
+    }
+    if existing is None:
+        conn.execute(insert(m.Fulfillment).values(store_id=store_id, external_id=f.external_id, **values))
+    else:
+        conn.execute(update(m.Fulfillment).where(m.Fulfillment.id == existing.id).values(**values))
+    return True
+
+
+def record_inbound(
+    conn: Connection, store_id: int, contact_id: int | None, wamid: str, kind: str, body: str | None, at: datetime, now: datetime
+) -> None:
+    """An inbound WhatsApp message: into the timeline once, and it (re)opens the 24 h window."""
+    exists = conn.execute(select(m.Message.id).where(m.Message.store_id == store_id, m.Message.wamid == wamid)).first()
+    if exists is None:
+        conn.execute(
+            insert(m.Message).values(
+                store_id=store_id,
+                contact_id=contact_id,
+                direction="in",
+                wamid=wamid,
+                kind=kind,
+                body=body,
+                status="received",
+                occurred_at=at,
+                updated_at=now,
+            )
+        )
+    if contact_id is not None:
+        contact = conn.execute(select(m.Contact.last_inbound_at).where(m.Contact.id == contact_id)).scalar_one()
+        if contact is None or contact < at:
+            conn.execute(update(m.Contact).where(m.Contact.id == contact_id).values(last_inbound_at=at, updated_at=now))
+
+
+def apply_status(conn: Connection, store_id: int, e: ev.MessageStatusChanged, now: datetime) -> None:
+    """Statuses arrive out of order: sent < delivered < read only moves forward; failed is kept with its code."""
+    row = conn.execute(
+        select(m.Message.id, m.Message.status, m.Message.error_code).where(
+            m.Message.store_id == store_id, m.Message.wamid == e.message_id
+        )
+    ).first()
+    if row is None:
+        contact_id = None
+        if e.recipient_id:
+            contact_id = conn.execute(
+                select(m.Contact.id).where(m.Contact.store_id == store_id, m.Contact.wa_id == e.recipient_id)
+            ).scalar()
+        conn.execute(
+            insert(m.Message).values(
+                store_id=store_id,
+                contact_id=contact_id,
+                direction="out",
+                wamid=e.message_id,
+                kind="unknown",
+                status=e.status,
+                error_code=e.error_code,
+                occurred_at=e.occurred_at,
+                updated_at=now,
+            )
+        )
+        return
+    if e.status == "failed":
+        conn.execute(update(m.Message).where(m.Message.id == row.id).values(status="failed", error_code=e.error_code, updated_at=now))
+        return
+    if row.status == "failed":
+        return  # a late delivered/read after a failure does not resurrect the message
+    if MESSAGE_STATUS_RANK.get(e.status, -1) > MESSAGE_STATUS_RANK.get(row.status, -1):
+        conn.execute(update(m.Message).where(m.Message.id == row.id).values(status=e.status, updated_at=now))
+
+
+def apply_event(conn: Connection, store_id: int, event: ev.Event, inbox_id: int, now: datetime) -> Outcome:
+    """Dispatch one event to the state it changes."""
+    out = Outcome()
+    match event:
+        case ev.OrderPlaced() | ev.OrderUpdated() | ev.OrderPaid() | ev.OrderCancelled() | ev.OrderFulfilled():
+            order = event.order
+            out.subject = f"order:{order.external_id}"
+            out.contact_id = upsert_contact(conn, store_id, now, phone=order.customer.phone, customer=order.customer)
+            if out.contact_id is not None and order.customer.phone is not None:
+                record_consent(conn, store_id, out.contact_id, "utility", "granted", "order_with_phone", order.created_at, inbox_id, only_if_unknown=True)
+            out.stale = not apply_order(conn, store_id, order, out.contact_id, now)
+        case ev.CheckoutUpdated(checkout=checkout):
+            out.subject = f"checkout:{checkout.token}"
+            out.contact_id = upsert_contact(conn, store_id, now, phone=checkout.customer.phone, customer=checkout.customer)
+            if out.contact_id is not None and checkout.accepts_marketing:
+                record_consent(conn, store_id, out.contact_id, "marketing", "granted", "checkout_opt_in", checkout.updated_at, inbox_id, only_if_unknown=True)
+            out.stale = not apply_checkout(conn, store_id, checkout, out.contact_id)
+        case ev.FulfillmentUpdated(fulfillment=f):
+            out.subject = f"order:{f.order_external_id}"
+            out.contact_id = conn.execute(
+                select(m.Order.contact_id).where(m.Order.store_id == store_id, m.Order.external_id == f.order_external_id)
+            ).scalar()
+            out.stale = not apply_fulfillment(conn, store_id, f)
+        case ev.CustomerUpdated(customer=customer):
+            out.subject = f"customer:{customer.external_id}" if customer.external_id else None
+            out.contact_id = upsert_contact(conn, store_id, now, phone=customer.phone, customer=customer)
+        case ev.ConsentChanged():
+            out.contact_id = upsert_contact(
+                conn, store_id, now, phone=event.phone,
+                customer=ev.Customer(external_id=event.customer_external_id) if event.customer_external_id else None,
+            )
+            if out.contact_id is not None and event.state is not ev.ConsentState.UNKNOWN:
+                record_consent(conn, store_id, out.contact_id, event.category.value, event.state.value, event.source, event.occurred_at or now, inbox_id)
+        case ev.MessageReceived() | ev.ButtonReplied():
+            out.subject = f"wamid:{event.context_message_id}" if event.context_message_id else None
+            out.contact_id = upsert_contact(conn, store_id, now, phone=event.phone, wa_id=event.wa_id, user_id=event.user_id)
+            if isinstance(event, ev.ButtonReplied):
+                kind, body = "button", event.payload
+            else:
+                kind, body = event.message_type, event.text
+            record_inbound(conn, store_id, out.contact_id, event.message_id, kind[:32], body, event.occurred_at, now)
+        case ev.MessageStatusChanged():
+            out.subject = f"wamid:{event.message_id}"
+            apply_status(conn, store_id, event, now)
+        case ev.MarketingPreferenceChanged():
+            out.contact_id = upsert_contact(conn, store_id, now, phone=event.phone, wa_id=event.wa_id)
+            state = {"stop": "revoked", "resume": "granted", "signup": "granted"}.get(event.value)
+            if out.contact_id is not None and state is not None:
+                record_consent(conn, store_id, out.contact_id, "marketing", state, f"whatsapp_preference_{event.value}", event.occurred_at, inbox_id)
+        case ev.AppUninstalled():
+            conn.execute(update(m.Store).where(m.Store.id == store_id).values(uninstalled_at=now))
+        case ev.ComplianceRequested():
+            out.held = f"{event.kind}: privacy handling is not built yet; kept for replay"
+    return out

@@ -1,0 +1,115 @@
+"""Engine construction, migrations and the schema check ``serve`` runs before it starts.
+
+SQLite is the embedded default: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` so a
+transaction takes the write lock up front (a deferred one that upgrades fails at once
+with "database is locked"; see shared/docs/libraries.md §5). PostgreSQL is chosen by URL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+
+from connector.errors import SchemaNotReadyError
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def make_engine(url: str, *, pool_size: int = 5, connect_args: dict[str, Any] | None = None) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False, **(connect_args or {})})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # let SQLAlchemy emit BEGIN (documented recipe)
+            cur = dbapi_conn.cursor()
+            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000", "foreign_keys=ON"):
+                cur.execute(f"PRAGMA {pragma}")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, connect_args=connect_args or {}
+    )
+
+
+def alembic_config(engine: Engine) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def head_revision() -> str:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    command.upgrade(alembic_config(engine), revision)
+
+
+def ensure_schema(engine: Engine, *, auto_migrate: bool) -> str:
+    """Refuse to run on a database that is not at the head revision.
+
+    SQLite files are migrated in place when ``auto_migrate`` is on (the embedded default
+    should just work); PostgreSQL is never migrated implicitly: with several workers the
+    operator runs ``storeloop migrate`` once.
+    """
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return "up to date"
+    if auto_migrate and engine.dialect.name == "sqlite":
+        migrate(engine)
+        return f"migrated {current or 'empty database'} -> {head}"
+    raise SchemaNotReadyError(
+        f"database schema is at {current or 'nothing (empty database)'}, this version needs {head}; "
+        "run `storeloop migrate --config PATH` first"
+    )
+
+
+class Database:
+    """The engine plus the one in-process write lock SQLite needs.
+
+    SQLite has a single writer; letting many threads race on ``BEGIN IMMEDIATE`` makes the
+    busy handler back off and p99 latency explode (libraries.md §8). Serialising writers in
+    the process keeps latency flat. PostgreSQL needs no such lock.
+    """
+
+    def __init__(self, engine: Engine):
+        import threading
+        from contextlib import nullcontext
+
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self._lock = threading.Lock() if self.is_sqlite else None
+        self._nolock = nullcontext()
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> "Database":
+        return cls(make_engine(url, **kwargs))
+
+    def write_lock(self) -> Any:
+        return self._lock if self._lock is not None else self._nolock
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,328 @@
+"""SQLAlchemy 2 models. Every row carries its store; uniqueness lives in the database.
+
+The schema is owned by Alembic (``connector/storage/migrations``); a test checks that the
+migrations and these models agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on SQLite (which stores naive text) and PostgreSQL alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use aware UTC datetimes")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Store(Base):
+    __tablename__ = "stores"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    platform: Mapped[str] = mapped_column(String(20))
+    uninstalled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class InboxEvent(Base):
+    """One verified delivery (or one item of a WhatsApp batch), stored before anything else happens."""
+
+    __tablename__ = "inbox_events"
+    __table_args__ = (
+        UniqueConstraint("store_id", "dedupe_key", name="uq_inbox_events_store_dedupe"),
+        Index("ix_inbox_events_status_id", "status", "id"),
+        Index("ix_inbox_events_store_subject", "store_id", "subject"),
+        Index("ix_inbox_events_store_contact", "store_id", "contact_id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    source: Mapped[str] = mapped_column(String(20))  # shopify | woocommerce | whatsapp | sync
+    topic: Mapped[str] = mapped_column(String(80))
+    dedupe_key: Mapped[str] = mapped_column(String(255))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    triggered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    headers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    raw_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|done|ignored|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    available_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # retry backoff after a crash
+    last_error: Mapped[str | None] = mapped_column(Text)
+    event: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    subject: Mapped[str | None] = mapped_column(String(160))
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+    __table_args__ = (
+        UniqueConstraint("store_id", "phone_key", name="uq_contacts_store_phone"),
+        Index("ix_contacts_store_wa_id", "store_id", "wa_id"),
+        Index("ix_contacts_store_customer", "store_id", "external_customer_id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    # E.164 when the phone parses, else "raw:<text>" so an unreachable phone is still one contact.
+    phone_key: Mapped[str] = mapped_column(String(80))
+    phone_e164: Mapped[str | None] = mapped_column(String(20))
+    phone_raw: Mapped[str | None] = mapped_column(String(80))
+    reachable: Mapped[bool] = mapped_column(Boolean, default=True)
+    wa_id: Mapped[str | None] = mapped_column(String(32))
+    wa_user_id: Mapped[str | None] = mapped_column(String(80))
+    external_customer_id: Mapped[str | None] = mapped_column(String(64))
+    first_name: Mapped[str | None] = mapped_column(String(120))
+    last_name: Mapped[str | None] = mapped_column(String(120))
+    email: Mapped[str | None] = mapped_column(String(255))
+    consent_utility: Mapped[str] = mapped_column(String(16), default="unknown")
+    consent_utility_source: Mapped[str | None] = mapped_column(String(64))
+    consent_utility_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    consent_marketing: Mapped[str] = mapped_column(String(16), default="unknown")
+    consent_marketing_source: Mapped[str | None] = mapped_column(String(64))
+    consent_marketing_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    opted_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_inbound_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    stage: Mapped[str] = mapped_column(String(20), default="entry")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ConsentChange(Base):
+    """Every consent change with its source and time, so 'why was this person messaged' has an answer."""
+
+    __tablename__ = "consent_changes"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    category: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(64))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    inbox_event_id: Mapped[int | None] = mapped_column(BigId)
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    __table_args__ = (
+        UniqueConstraint("store_id", "external_id", name="uq_orders_store_external"),
+        Index("ix_orders_store_contact", "store_id", "contact_id"),
+        Index("ix_orders_store_checkout", "store_id", "checkout_token"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    external_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(64))
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
+    payment_state: Mapped[str] = mapped_column(String(24))
+    fulfillment_state: Mapped[str] = mapped_column(String(24))
+    platform_status: Mapped[str | None] = mapped_column(String(40))
+    is_cod: Mapped[bool] = mapped_column(Boolean, default=False)
+    total: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+    currency: Mapped[str] = mapped_column(String(8))
+    checkout_token: Mapped[str | None] = mapped_column(String(128))
+    status_url: Mapped[str | None] = mapped_column(Text)
+    payment_url: Mapped[str | None] = mapped_column(Text)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    test: Mapped[bool] = mapped_column(Boolean, default=False)
+    placed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    source_updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OrderLine(Base):
+    __tablename__ = "order_lines"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    external_id: Mapped[str | None] = mapped_column(String(64))
+    product_id: Mapped[str | None] = mapped_column(String(64))
+    variant_id: Mapped[str | None] = mapped_column(String(64))
+    sku: Mapped[str | None] = mapped_column(String(128))
+    title: Mapped[str] = mapped_column(String(255))
+    quantity: Mapped[int] = mapped_column(Integer)
+    price: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+
+
+class Checkout(Base):
+    __tablename__ = "checkouts"
+    __table_args__ = (UniqueConstraint("store_id", "token", name="uq_checkouts_store_token"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    token: Mapped[str] = mapped_column(String(128))
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
+    recovery_url: Mapped[str | None] = mapped_column(Text)
+    total: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+    currency: Mapped[str] = mapped_column(String(8))
+    accepts_marketing: Mapped[bool] = mapped_column(Boolean, default=False)
+    line_items: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    source_updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Fulfillment(Base):
+    __tablename__ = "fulfillments"
+    __table_args__ = (UniqueConstraint("store_id", "external_id", name="uq_fulfillments_store_external"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    external_id: Mapped[str] = mapped_column(String(64))
+    order_external_id: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(24))
+    shipment_status: Mapped[str] = mapped_column(String(32))
+    tracking_company: Mapped[str | None] = mapped_column(String(120))
+    tracking_number: Mapped[str | None] = mapped_column(String(120))
+    tracking_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    source_updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Message(Base):
+    """WhatsApp messages in and out: the customer timeline, and the record a status webhook settles."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("store_id", "wamid", name="uq_messages_store_wamid"),
+        Index("ix_messages_store_contact", "store_id", "contact_id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
+    direction: Mapped[str] = mapped_column(String(8))  # in | out
+    wamid: Mapped[str | None] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(32))  # text, button, template, ...
+    body: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="received")
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    outbox_id: Mapped[int | None] = mapped_column(BigId)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OutboxMessage(Base):
+    """A send (WhatsApp or store write-back) decided and committed; the dispatcher claims it."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("store_id", "idempotency_key", name="uq_outbox_store_key"),
+        Index("ix_outbox_status_due", "status", "due_at"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    channel: Mapped[str] = mapped_column(String(16))  # whatsapp | store
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
+    journey: Mapped[str | None] = mapped_column(String(40))
+    step: Mapped[str | None] = mapped_column(String(40))
+    category: Mapped[str | None] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    leased_by: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    skip_reason: Mapped[str | None] = mapped_column(String(64))
+    wamid: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OutboxAttempt(Base):
+    __tablename__ = "outbox_attempts"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    outbox_id: Mapped[int] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))  # sent | retryable | permanent | uncertain
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_detail: Mapped[str | None] = mapped_column(String(255))
+
+
+class JourneyRun(Base):
+    __tablename__ = "journey_runs"
+    __table_args__ = (UniqueConstraint("store_id", "journey", "subject", name="uq_journey_runs_store_subject"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    journey: Mapped[str] = mapped_column(String(40))
+    subject: Mapped[str] = mapped_column(String(160))
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    holdout: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SyncCursor(Base):
+    __tablename__ = "sync_cursors"
+    __table_args__ = (UniqueConstraint("store_id", "name", name="uq_sync_cursors_store_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Lease(Base):
+    """A named lease so periodic jobs run once per tick however many workers run."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(120), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

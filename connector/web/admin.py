@@ -1,0 +1,77 @@
+"""Admin JSON API behind a bearer token."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from functools import partial
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from connector import admin
+from connector.web.http import problem
+
+log = logging.getLogger("storeloop.admin")
+
+
+def _authorized(request: Request) -> bool:
+    token = request.app.state.runtime.settings.server.admin_token
+    given = request.headers.get("authorization", "")
+    if token is None or not token.get_secret_value() or not given.startswith("Bearer "):
+        return False
+    presented = given.removeprefix("Bearer ").strip()
+    return presented.isascii() and hmac.compare_digest(presented, token.get_secret_value())
+
+
+def _store_id(request: Request) -> int | None:
+    return request.app.state.runtime.store_ids.get(request.path_params["store_key"])
+
+
+def _guard(request: Request) -> Response | int:
+    if not _authorized(request):
+        log.warning("admin request without a valid token", extra={"path": request.url.path})
+        return problem(401, "unauthorized: send Authorization: Bearer <server.admin_token>")
+    store_id = _store_id(request)
+    if store_id is None:
+        return problem(404, "unknown store")
+    return store_id
+
+
+async def contact(request: Request) -> Response:
+    guard = _guard(request)
+    if isinstance(guard, Response):
+        return guard
+    runtime = request.app.state.runtime
+    store = runtime.stores_by_key[request.path_params["store_key"]]
+    view = await anyio.to_thread.run_sync(
+        partial(admin.contact_view, runtime.db, guard, request.path_params["phone"], store.default_country)
+    )
+    return JSONResponse(view) if view else problem(404, "no contact with that phone in this store")
+
+
+async def order(request: Request) -> Response:
+    guard = _guard(request)
+    if isinstance(guard, Response):
+        return guard
+    runtime = request.app.state.runtime
+    view = await anyio.to_thread.run_sync(partial(admin.order_view, runtime.db, guard, request.path_params["order_id"]))
+    return JSONResponse(view) if view else problem(404, "no such order in this store")
+
+
+async def inbox(request: Request) -> Response:
+    guard = _guard(request)
+    if isinstance(guard, Response):
+        return guard
+    status = request.query_params.get("status")
+    if status and status not in admin.INBOX_STATUSES:
+        return problem(400, f"status must be one of {', '.join(admin.INBOX_STATUSES)}")
+    try:
+        limit = min(500, max(1, int(request.query_params.get("limit", "50"))))
+        before = int(request.query_params["before_id"]) if "before_id" in request.query_params else None
+    except ValueError:
+        return problem(400, "limit and before_id must be integers")
+    runtime = request.app.state.runtime
+    rows = await anyio.to_thread.run_sync(partial(admin.inbox_view, runtime.db, guard, status, limit, before))
+    return JSONResponse({"items": rows})

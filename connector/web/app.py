@@ -1,0 +1,40 @@
+"""The Starlette application: webhooks, admin API and health, on one ``Runtime``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from connector.config import Settings
+from connector.runtime import Runtime
+from connector.web import admin, health, webhooks
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None, *, run_worker: bool = True) -> Starlette:
+    rt = runtime or Runtime(settings, run_worker=run_worker)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await rt.start()
+        try:
+            yield
+        finally:
+            await rt.stop()
+
+    routes = [
+        Route("/webhooks/shopify", webhooks.shopify_webhook, methods=["POST"]),
+        Route("/webhooks/woocommerce/{store_key}", webhooks.woocommerce_webhook, methods=["POST"]),
+        Route("/webhooks/whatsapp", webhooks.whatsapp_challenge, methods=["GET"]),
+        Route("/webhooks/whatsapp", webhooks.whatsapp_webhook, methods=["POST"]),
+        Route("/api/stores/{store_key}/contacts/{phone}", admin.contact, methods=["GET"]),
+        Route("/api/stores/{store_key}/orders/{order_id}", admin.order, methods=["GET"]),
+        Route("/api/stores/{store_key}/inbox", admin.inbox, methods=["GET"]),
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.runtime = rt
+    return app

@@ -1,0 +1,42 @@
+"""Small request helpers shared by the routes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    """Read at most ``cap`` bytes; stop reading (and answer 413) as soon as it is exceeded."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    """Raises ValueError with a short reason for anything that is not a JSON document."""
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise ValueError("body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"malformed JSON at line {exc.lineno} column {exc.colno}") from None
+
+
+def problem(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"error": detail}, status_code=status)

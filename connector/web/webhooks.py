@@ -1,0 +1,172 @@
+"""Webhook endpoints: verify the raw bytes, store once, answer.
+
+No outbound call and no business logic happen inside a request: one inbox write (group
+committed with whatever else is arriving), then the answer. A 2xx is only sent after the
+commit; if the database cannot take the write, the sender gets a 503 and retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from adapters.envelope import Envelope
+from adapters.whatsapp import webhooks as wa
+from adapters.woocommerce import webhooks as woo
+from connector.errors import BadPayloadError, VerificationError
+from connector.runtime import Runtime
+from connector.storage.inbox import InboxItem
+from connector.web.http import BodyTooLarge, parse_json, problem, read_body
+
+log = logging.getLogger("storeloop.webhooks")
+
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+async def _store(runtime: Runtime, items: list[InboxItem], source: str) -> Response:
+    try:
+        results = await runtime.writer.submit(items)
+    except Exception:
+        return problem(503, "storage unavailable; retry later")
+    dupes = results.count(False)
+    if dupes:
+        log.info("duplicate delivery", extra={"source": source, "duplicates": dupes, "items": len(items)})
+    return Response(status_code=200)
+
+
+def _item(runtime: Runtime, store_key: str, source: str, env: Envelope, body: bytes) -> InboxItem:
+    return InboxItem(
+        store_id=runtime.store_ids[store_key],
+        source=source,
+        topic=env.topic[:80],
+        dedupe_key=env.dedupe_key,
+        raw_body=body,
+        headers=env.headers,
+        triggered_at=env.triggered_at,
+        status="ignored" if env.ignored_reason else "pending",
+        last_error=env.ignored_reason,
+    )
+
+
+async def _read(request: Request, runtime: Runtime, source: str) -> bytes | Response:
+    try:
+        return await read_body(request, runtime.settings.server.max_body_bytes)
+    except BodyTooLarge:
+        log.warning("body over the size cap", extra={"source": source, "cap": runtime.settings.server.max_body_bytes})
+        return problem(413, f"body larger than {runtime.settings.server.max_body_bytes} bytes")
+
+
+def _json_or_400(body: bytes, source: str, store_key: str) -> Any | Response:
+    try:
+        return parse_json(body)
+    except ValueError as exc:
+        log.warning("signed body is not valid JSON", extra={"source": source, "store": store_key, "reason": str(exc)})
+        return problem(400, str(exc))
+
+
+async def shopify_webhook(request: Request) -> Response:
+    runtime = _runtime(request)
+    body = await _read(request, runtime, "shopify")
+    if isinstance(body, Response):
+        return body
+    try:
+        store = runtime.shopify.verify(request.headers, body)
+    except VerificationError as exc:
+        log.warning("shopify webhook rejected", extra={"reason": exc.reason})
+        return problem(401, "unauthorized")
+    payload = _json_or_400(body, "shopify", store.key)
+    if isinstance(payload, Response):
+        return payload
+    if not isinstance(payload, dict):
+        return problem(400, "body must be a JSON object")
+    env = runtime.shopify.envelope(request.headers, body)
+    if env.ignored_reason:
+        log.info("shopify topic ignored", extra={"store": store.key, "topic": env.topic})
+    return await _store(runtime, [_item(runtime, store.key, "shopify", env, body)], "shopify")
+
+
+async def woocommerce_webhook(request: Request) -> Response:
+    runtime = _runtime(request)
+    key = request.path_params["store_key"]
+    store = runtime.woocommerce_store(key)
+    body = await _read(request, runtime, "woocommerce")
+    if isinstance(body, Response):
+        return body
+    if store is None:
+        log.warning("woocommerce webhook for unknown store", extra={"store": key[:64]})
+        return problem(401, "unauthorized")
+    if woo.is_ping(request.headers, body):
+        log.info("woocommerce webhook ping answered", extra={"store": key})
+        return Response(status_code=200)
+    try:
+        woo.verify(store, request.headers, body)
+    except VerificationError as exc:
+        log.warning("woocommerce webhook rejected", extra={"store": key, "reason": exc.reason})
+        return problem(401, "unauthorized")
+    payload = _json_or_400(body, "woocommerce", key)
+    if isinstance(payload, Response):
+        return payload
+    if not isinstance(payload, dict):
+        return problem(400, "body must be a JSON object")
+    env = woo.envelope(request.headers, body, payload)
+    return await _store(runtime, [_item(runtime, key, "woocommerce", env, body)], "woocommerce")
+
+
+async def whatsapp_challenge(request: Request) -> Response:
+    runtime = _runtime(request)
+    token = runtime.settings.whatsapp.verify_token
+    answer = wa.challenge(request.query_params, token.get_secret_value() if token else None)
+    if answer is None:
+        log.warning("whatsapp subscription challenge refused")
+        return problem(403, "forbidden")
+    return PlainTextResponse(answer)
+
+
+async def whatsapp_webhook(request: Request) -> Response:
+    runtime = _runtime(request)
+    body = await _read(request, runtime, "whatsapp")
+    if isinstance(body, Response):
+        return body
+    secret = runtime.settings.whatsapp.app_secret
+    try:
+        wa.verify(secret.get_secret_value() if secret else None, request.headers, body)
+    except VerificationError as exc:
+        log.warning("whatsapp webhook rejected", extra={"reason": exc.reason})
+        return problem(401, "unauthorized")
+    payload = _json_or_400(body, "whatsapp", "-")
+    if isinstance(payload, Response):
+        return payload
+    try:
+        parts = wa.split(payload, body)
+    except BadPayloadError as exc:
+        log.warning("whatsapp update has an unexpected shape", extra={"reason": str(exc)})
+        return problem(400, str(exc))
+    items: list[InboxItem] = []
+    for part in parts:
+        store = runtime.stores_by_phone_id.get(part.phone_number_id or "")
+        if store is None:
+            # Not a number this deployment serves (or an account-level field with no number):
+            # acknowledged so Meta stops retrying, and logged so a missing mapping is visible.
+            log.warning("whatsapp update for an unconfigured phone number", extra={"phone_number_id": part.phone_number_id, "topic": part.topic})
+            continue
+        items.append(
+            InboxItem(
+                store_id=runtime.store_ids[store.key],
+                source="whatsapp",
+                topic=part.topic[:80],
+                dedupe_key=part.dedupe_key,
+                raw_body=part.raw(),
+                headers={"phone_number_id": part.phone_number_id or ""},
+                status="pending" if not part.topic.startswith("field:") else "ignored",
+                last_error=None if not part.topic.startswith("field:") else f"field {part.topic[6:]} is not handled",
+            )
+        )
+    if not items:
+        return Response(status_code=200)
+    return await _store(runtime, items, "whatsapp")

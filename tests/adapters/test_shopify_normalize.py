@@ -1,0 +1,491 @@
+"""Shopify adapter: every public sample payload through ``normalize``, plus the edge cases
+the core relies on (COD detection, phone choice, unknown values, malformed bodies)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.shopify.normalize import normalize
+from connector.config import ShopifyStore
+from connector.errors import NormalizationError
+from connector.events import (
+    AppUninstalled,
+    CheckoutUpdated,
+    ComplianceRequested,
+    ConsentCategory,
+    ConsentChanged,
+    ConsentState,
+    CustomerUpdated,
+    FulfillmentState,
+    FulfillmentUpdated,
+    OrderCancelled,
+    OrderFulfilled,
+    OrderPaid,
+    OrderPlaced,
+    OrderUpdated,
+    PaymentState,
+    ShipmentStatus,
+    dump_events,
+    load_events,
+)
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "public" / "shopify"
+NEW_YEAR_UTC = datetime(2022, 1, 1, tzinfo=timezone.utc)  # the samples' 2021-12-31T19:00:00-05:00
+
+
+def load(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / f"{name}.sample.json").read_text())
+
+
+def make_store(**overrides: Any) -> ShopifyStore:
+    data = {"key": "demo", "platform": "shopify", "webhook_secret": "s3cret", "shop_domain": "demo.myshopify.com"}
+    return ShopifyStore.model_validate({**data, **overrides})
+
+
+STORE = make_store()
+
+
+def cod_order() -> dict[str, Any]:
+    """The public sample turned into a fresh COD order by exactly the fields in platform-facts A4."""
+    order = load("orders_create")
+    order.update(
+        financial_status="pending",
+        payment_gateway_names=["Cash on Delivery (COD)"],
+        processing_method="manual",
+        gateway="Cash on Delivery (COD)",
+        cancelled_at=None,
+        cancel_reason=None,
+        test=False,
+    )
+    return order
+
+
+def only(events: list) -> Any:
+    assert len(events) == 1, events
+    return events[0]
+
+
+# ---- the fixtures -----------------------------------------------------------------------
+
+FIXTURE_TOPICS = [
+    ("orders_create", "orders/create", OrderPlaced),
+    ("checkouts_create", "checkouts/create", CheckoutUpdated),
+    ("fulfillments_update", "fulfillments/update", FulfillmentUpdated),
+    ("customers_data_request", "customers/data_request", ComplianceRequested),
+    ("customers_redact", "customers/redact", ComplianceRequested),
+    ("shop_redact", "shop/redact", ComplianceRequested),
+    ("app_uninstalled", "app/uninstalled", AppUninstalled),
+    ("customers_marketing_consent_update", "customers_marketing_consent/update", ConsentChanged),
+    ("customers_whats_app_marketing_consent_update", "customers_whats_app_marketing_consent/update", ConsentChanged),
+]
+
+
+def test_every_body_fixture_is_covered() -> None:
+    covered = {name for name, _, _ in FIXTURE_TOPICS} | {"webhook_headers"}  # headers: not a body
+    assert {p.name.removesuffix(".sample.json") for p in FIXTURES.glob("*.json")} == covered
+
+
+@pytest.mark.parametrize(("name", "topic", "event_type"), FIXTURE_TOPICS)
+def test_fixture_normalizes_and_round_trips_through_the_inbox_json(name: str, topic: str, event_type: type) -> None:
+    events = normalize(topic, load(name), STORE)
+    assert [type(e) for e in events] == [event_type]
+    assert load_events(json.loads(json.dumps(dump_events(events)))) == events
+
+
+def test_sample_order() -> None:
+    order = only(normalize("orders/create", load("orders_create"), STORE)).order
+    assert order.external_id == "820982911946154508"
+    assert order.name == "#9999"
+    assert order.created_at == order.updated_at == order.cancelled_at == NEW_YEAR_UTC
+    assert order.created_at.tzinfo is timezone.utc
+    assert order.payment_state is PaymentState.VOIDED
+    assert order.platform_status == "voided"
+    assert order.fulfillment_state is FulfillmentState.UNFULFILLED
+    assert order.is_cod is False
+    assert order.gateway_names == ("visa", "bogus")
+    assert order.total == Decimal("414.95")  # current_total_price wins over total_price 404.95
+    assert order.currency == "USD"
+    assert order.tags == ("tag1", "tag2")
+    assert order.test is True
+    assert order.checkout_token is None
+    assert order.status_url == "https://jsmith.myshopify.com/548380009/orders/123456abcd/authenticate?key=abcdefg"
+    assert order.payment_url is None
+
+
+def test_sample_order_customer_and_phone() -> None:
+    customer = only(normalize("orders/create", load("orders_create"), STORE)).order.customer
+    assert customer.external_id == "115310627314723954"
+    assert (customer.first_name, customer.last_name) == ("John", "Smith")
+    assert customer.email == "jon@example.com"  # order.email before customer.email
+    assert customer.country == "US"  # shipping_address.country_code
+    assert customer.locale == "en"
+    # order.phone and customer.phone are null: the shipping phone is next, and it is free text.
+    assert customer.phone is not None
+    assert customer.phone.raw == "555-555-SHIP"
+    assert customer.phone.e164 is None  # kept for staff, never messaged
+
+
+def test_sample_order_line_items() -> None:
+    items = only(normalize("orders/create", load("orders_create"), STORE)).order.line_items
+    assert len(items) == 5
+    first = items[0]
+    assert first.external_id == "487817672276298554"
+    assert first.product_id == "788032119674292922"
+    assert first.variant_id is None  # every variant_id in the sample is null
+    assert (first.sku, first.title, first.quantity, first.price) == ("SKU2006-001", "Aviator sunglasses", 1, Decimal("89.99"))
+    assert items[1].product_id is None
+    assert sum(i.price * i.quantity for i in items) == Decimal("414.95")
+
+
+@pytest.mark.parametrize(
+    ("topic", "event_type"),
+    [
+        ("orders/create", OrderPlaced),
+        ("orders/updated", OrderUpdated),
+        ("orders/paid", OrderPaid),
+        ("orders/cancelled", OrderCancelled),
+        ("orders/fulfilled", OrderFulfilled),
+        ("orders/partially_fulfilled", OrderFulfilled),
+    ],
+)
+def test_order_topics(topic: str, event_type: type) -> None:
+    event = only(normalize(topic, load("orders_create"), STORE))
+    assert type(event) is event_type
+    assert event.order.name == "#9999"
+
+
+def test_cod_variant_of_the_sample() -> None:
+    order = only(normalize("orders/create", cod_order(), STORE)).order
+    assert order.is_cod is True
+    assert order.payment_state is PaymentState.PENDING
+    assert order.platform_status == "pending"
+    assert order.cancelled_at is None
+    assert order.test is False
+    assert order.gateway_names == ("Cash on Delivery (COD)",)  # `gateway` repeats it: not added twice
+
+
+def test_cod_detected_from_the_deprecated_gateway_field_alone() -> None:
+    body = cod_order()
+    body["payment_gateway_names"] = []
+    order = only(normalize("orders/create", body, STORE)).order
+    assert order.is_cod is True
+    assert order.gateway_names == ("Cash on Delivery (COD)",)
+
+
+@pytest.mark.parametrize("name", ["cash_on_delivery", "  COD ", "Cash on Delivery"])
+def test_cod_default_names(name: str) -> None:
+    body = cod_order()
+    body["payment_gateway_names"] = ["gift_card", name]
+    body["gateway"] = None
+    assert only(normalize("orders/create", body, STORE)).order.is_cod is True
+
+
+def test_store_cod_gateways_replace_the_defaults() -> None:
+    store = make_store(cod_gateways=["Pay on Delivery"])
+    custom = cod_order()
+    custom["payment_gateway_names"] = ["pay on delivery "]
+    custom["gateway"] = None
+    assert only(normalize("orders/create", custom, store)).order.is_cod is True
+    assert only(normalize("orders/create", cod_order(), store)).order.is_cod is False
+
+
+@pytest.mark.parametrize(
+    ("financial_status", "state"),
+    [
+        ("paid", PaymentState.PAID),
+        ("authorized", PaymentState.AUTHORIZED),
+        ("partially_paid", PaymentState.PARTIALLY_PAID),
+        ("partially_refunded", PaymentState.PARTIALLY_REFUNDED),
+        ("refunded", PaymentState.REFUNDED),
+        ("expired", PaymentState.OTHER),
+        ("something_new", PaymentState.OTHER),
+        (None, PaymentState.OTHER),
+    ],
+)
+def test_payment_state(financial_status: str | None, state: PaymentState) -> None:
+    body = load("orders_create")
+    body["financial_status"] = financial_status
+    assert only(normalize("orders/updated", body, STORE)).order.payment_state is state
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [
+        (None, FulfillmentState.UNFULFILLED),
+        ("partial", FulfillmentState.PARTIAL),
+        ("fulfilled", FulfillmentState.FULFILLED),
+        ("restocked", FulfillmentState.OTHER),
+    ],
+)
+def test_fulfillment_state(status: str | None, state: FulfillmentState) -> None:
+    body = load("orders_create")
+    body["fulfillment_status"] = status
+    assert only(normalize("orders/updated", body, STORE)).order.fulfillment_state is state
+
+
+def test_total_falls_back_to_total_price() -> None:
+    body = load("orders_create")
+    del body["current_total_price"]
+    assert only(normalize("orders/create", body, STORE)).order.total == Decimal("404.95")
+
+
+def test_order_phone_comes_first_and_uses_the_shipping_country() -> None:
+    body = load("orders_create")
+    body["phone"] = "098765 43210"
+    body["shipping_address"]["country_code"] = "IN"
+    customer = only(normalize("orders/create", body, STORE)).order.customer
+    assert customer.phone is not None and customer.phone.e164 == "+919876543210"
+    assert customer.country == "IN"
+
+
+def test_phone_country_falls_back_to_billing_then_the_store() -> None:
+    body = load("orders_create")
+    body["phone"] = "98765 43210"
+    body["shipping_address"] = None
+    body["billing_address"]["country_code"] = "IN"
+    customer = only(normalize("orders/create", body, make_store(default_country="GB"))).order.customer
+    assert (customer.country, customer.phone.e164) == ("IN", "+919876543210")
+
+    body["billing_address"] = None
+    customer = only(normalize("orders/create", body, make_store(default_country="IN"))).order.customer
+    assert (customer.country, customer.phone.e164) == ("IN", "+919876543210")
+
+
+def test_customer_default_address_phone_is_the_last_resort() -> None:
+    body = load("orders_create")
+    body["shipping_address"]["phone"] = None
+    body["billing_address"]["phone"] = " "
+    customer = only(normalize("orders/create", body, STORE)).order.customer
+    assert customer.phone is not None and customer.phone.raw == "123-123-1234"
+
+
+def test_order_without_customer_or_phone() -> None:
+    body = load("orders_create")
+    body.update(customer=None, shipping_address=None, billing_address=None, email=None, contact_email=None)
+    customer = only(normalize("orders/create", body, STORE)).order.customer
+    assert customer.external_id is None and customer.phone is None and customer.email is None
+    assert customer.country == "US"  # the store default
+
+
+def test_tags_empty_and_unknown_topic() -> None:
+    body = load("orders_create")
+    body["tags"] = ""
+    assert only(normalize("orders/create", body, STORE)).order.tags == ()
+    assert normalize("products/update", body, STORE) == []
+    assert normalize("checkouts/delete", {"id": 123}, STORE) == []
+
+
+# ---- checkouts, fulfillments -------------------------------------------------------------
+
+
+def test_sample_checkout() -> None:
+    checkout = only(normalize("checkouts/create", load("checkouts_create"), STORE)).checkout
+    assert checkout.token == "123123123"
+    assert checkout.recovery_url == "https://checkout.local/548380009/checkouts/123123123/recover?key=example-secret-token"
+    assert checkout.completed_at is None
+    assert checkout.created_at == checkout.updated_at == NEW_YEAR_UTC
+    assert (checkout.total, checkout.currency) == (Decimal("421.88"), "USD")
+    assert checkout.accepts_marketing is False
+    assert len(checkout.line_items) == 2
+    assert checkout.line_items[0].variant_id == "808950810"
+    assert checkout.line_items[0].external_id is None  # checkout lines carry a `key`, not an id
+    assert checkout.customer.external_id == "603851970716743426"
+    assert checkout.customer.email == "example@email.com"
+    assert checkout.customer.phone.raw == "555-555-SHIP"  # phone/sms_marketing_phone/customer.phone are null
+
+
+def test_checkout_sms_marketing_phone_and_consent() -> None:
+    body = load("checkouts_create")
+    body.update(buyer_accepts_sms_marketing=True, sms_marketing_phone="+16505551234")
+    checkout = only(normalize("checkouts/update", body, STORE)).checkout
+    assert checkout.accepts_marketing is True
+    assert checkout.customer.phone.e164 == "+16505551234"
+
+
+def test_sample_fulfillment() -> None:
+    f = only(normalize("fulfillments/update", load("fulfillments_update"), STORE)).fulfillment
+    assert (f.external_id, f.order_external_id, f.status) == ("123456", "820982911946154508", "pending")
+    assert f.shipment_status is ShipmentStatus.NONE
+    assert f.tracking_company == "UPS"
+    assert f.tracking_number == "1z827wk74630"
+    assert f.tracking_url == "https://www.ups.com/WebTracking?loc=en_US&requester=ST&trackNums=1z827wk74630"
+    assert f.created_at == NEW_YEAR_UTC
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [
+        ("out_for_delivery", ShipmentStatus.OUT_FOR_DELIVERY),
+        ("delivered", ShipmentStatus.DELIVERED),
+        ("carrier_picked_up", ShipmentStatus.CARRIER_PICKED_UP),
+        ("returning_to_sender", ShipmentStatus.OTHER),  # only in the unstable API
+        ("buyer_action_required", ShipmentStatus.OTHER),
+    ],
+)
+def test_shipment_status(value: str, status: ShipmentStatus) -> None:
+    body = load("fulfillments_update")
+    body["shipment_status"] = value
+    assert only(normalize("fulfillments/create", body, STORE)).fulfillment.shipment_status is status
+
+
+def test_tracking_lists_are_used_when_the_single_fields_are_empty() -> None:
+    body = load("fulfillments_update")
+    body.update(tracking_number=None, tracking_url=None, tracking_numbers=["", "T2"], tracking_urls=["https://t/2"])
+    f = only(normalize("fulfillments/update", body, STORE)).fulfillment
+    assert (f.tracking_number, f.tracking_url) == ("T2", "https://t/2")
+
+
+# ---- customers, consent, app, compliance -------------------------------------------------
+
+
+def customer_body(**extra: Any) -> dict[str, Any]:
+    body = {
+        "id": 706405506930370084,
+        "email": "bob@example.com",
+        "first_name": "Bob",
+        "last_name": "Norman",
+        "phone": "+13125551212",
+        "updated_at": "2026-07-01T10:00:00+05:30",
+        "default_address": {"country_code": "US", "phone": "555-625-1199"},
+    }
+    return {**body, **extra}
+
+
+def test_customer_update_without_consent() -> None:
+    event = only(normalize("customers/update", customer_body(), STORE))
+    assert isinstance(event, CustomerUpdated)
+    assert event.customer.external_id == "706405506930370084"
+    assert event.customer.phone.e164 == "+13125551212"
+    assert event.updated_at == datetime(2026, 7, 1, 4, 30, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ("subscribed", ConsentState.GRANTED),
+        ("unsubscribed", ConsentState.REVOKED),
+        ("redacted", ConsentState.REVOKED),
+        ("pending", ConsentState.PENDING),
+        ("not_subscribed", ConsentState.UNKNOWN),
+        (None, ConsentState.UNKNOWN),
+    ],
+)
+def test_customer_update_with_sms_consent(state: str | None, expected: ConsentState) -> None:
+    consent = {"state": state, "opt_in_level": "single_opt_in", "consent_updated_at": "2026-07-01T00:00:00Z"}
+    updated, changed = normalize("customers/update", customer_body(sms_marketing_consent=consent), STORE)
+    assert isinstance(updated, CustomerUpdated)
+    assert isinstance(changed, ConsentChanged)
+    assert changed.state is expected
+    assert changed.category is ConsentCategory.MARKETING
+    assert changed.source == "shopify_sms_marketing"
+    assert changed.customer_external_id == "706405506930370084"
+    assert changed.phone.e164 == "+13125551212"
+    assert changed.occurred_at == datetime(2026, 7, 1, tzinfo=timezone.utc)
+
+
+def test_sample_consent_topics_have_null_state() -> None:
+    sms = only(normalize("customers_marketing_consent/update", load("customers_marketing_consent_update"), STORE))
+    wa = only(
+        normalize("customers_whats_app_marketing_consent/update", load("customers_whats_app_marketing_consent_update"), STORE)
+    )
+    assert (sms.source, sms.state, sms.phone) == ("shopify_sms_marketing", ConsentState.UNKNOWN, None)
+    assert (wa.source, wa.state, wa.phone) == ("shopify_whatsapp_marketing", ConsentState.UNKNOWN, None)
+    assert sms.customer_external_id == wa.customer_external_id == "706405506930370084"
+
+
+def test_whatsapp_consent_granted_with_phone() -> None:
+    body = load("customers_whats_app_marketing_consent_update")
+    body["phone_number"] = "+919876543210"
+    body["whats_app_marketing_consent"].update(state="SUBSCRIBED", updated_at="2026-07-02T08:00:00Z")
+    event = only(normalize("customers_whats_app_marketing_consent/update", body, STORE))
+    assert event.state is ConsentState.GRANTED
+    assert event.phone.e164 == "+919876543210"
+    assert event.occurred_at == datetime(2026, 7, 2, 8, tzinfo=timezone.utc)
+
+
+def test_app_uninstalled() -> None:
+    # The sample's domain and myshopify_domain are both null: the store's own domain stands in.
+    assert only(normalize("app/uninstalled", load("app_uninstalled"), STORE)).shop == "demo.myshopify.com"
+    body = load("app_uninstalled")
+    body.update(domain="toys.example", myshopify_domain="super-toys.myshopify.com")
+    assert only(normalize("app/uninstalled", body, STORE)).shop == "super-toys.myshopify.com"
+    body["myshopify_domain"] = None
+    assert only(normalize("app/uninstalled", body, STORE)).shop == "toys.example"
+
+
+@pytest.mark.parametrize(
+    ("name", "topic", "kind"),
+    [
+        ("customers_data_request", "customers/data_request", "customer_data_request"),
+        ("customers_redact", "customers/redact", "customer_redact"),
+    ],
+)
+def test_customer_compliance(name: str, topic: str, kind: str) -> None:
+    event = only(normalize(topic, load(name), STORE))
+    assert event.kind == kind
+    assert event.customer.external_id == "191167"
+    assert event.customer.email == "john@example.com"
+    assert event.customer.phone.raw == "555-625-1199"
+    assert event.order_external_ids == ("299938", "280263", "220458")
+
+
+def test_shop_redact() -> None:
+    event = only(normalize("shop/redact", load("shop_redact"), STORE))
+    assert (event.kind, event.customer, event.order_external_ids) == ("shop_redact", None, ())
+
+
+# ---- malformed bodies ----------------------------------------------------------------------
+
+
+def broken(name: str, mutate: Any) -> dict[str, Any]:
+    body = copy.deepcopy(load(name))
+    mutate(body)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("topic", "body", "field"),
+    [
+        ("orders/create", broken("orders_create", lambda b: b.pop("id")), "id"),
+        ("orders/create", broken("orders_create", lambda b: b.update(customer="John")), "customer"),
+        ("orders/create", broken("orders_create", lambda b: b.update(created_at="yesterday")), "created_at"),
+        ("orders/create", broken("orders_create", lambda b: b.update(created_at=None)), "created_at"),
+        ("orders/create", broken("orders_create", lambda b: b.update(current_total_price="abc")), "current_total_price"),
+        ("orders/create", broken("orders_create", lambda b: b.update(line_items="none")), "line_items"),
+        ("orders/create", broken("orders_create", lambda b: b["line_items"].append(7)), "line_items[5]"),
+        ("orders/create", broken("orders_create", lambda b: b["line_items"][0].update(quantity="x")), "quantity"),
+        ("orders/create", broken("orders_create", lambda b: b.update(shipping_address=[])), "shipping_address"),
+        ("orders/create", broken("orders_create", lambda b: b.update(test="yes")), "test"),
+        ("orders/create", broken("orders_create", lambda b: b.update(tags=5)), "tags"),
+        ("orders/create", broken("orders_create", lambda b: b.update(payment_gateway_names="visa")), "payment_gateway_names"),
+        ("orders/create", broken("orders_create", lambda b: b.update(currency=None)), "currency"),
+        ("checkouts/update", broken("checkouts_create", lambda b: b.pop("token")), "token"),
+        ("fulfillments/update", broken("fulfillments_update", lambda b: b.pop("order_id")), "order_id"),
+        ("fulfillments/update", broken("fulfillments_update", lambda b: b.update(tracking_url=None, tracking_urls="u")), "tracking_urls"),
+        ("customers/update", customer_body(id=None), "id"),
+        ("customers/update", customer_body(sms_marketing_consent="subscribed"), "sms_marketing_consent"),
+        (
+            "customers_whats_app_marketing_consent/update",
+            broken("customers_whats_app_marketing_consent_update", lambda b: b.pop("customer_id")),
+            "customer_id",
+        ),
+        ("customers/redact", broken("customers_redact", lambda b: b.update(orders_to_redact=[{"id": 1}])), "orders_to_redact[0]"),
+        ("customers/data_request", broken("customers_data_request", lambda b: b.update(customer=191167)), "customer"),
+    ],
+)
+def test_malformed_body_raises_normalization_error_naming_the_field(topic: str, body: dict, field: str) -> None:
+    with pytest.raises(NormalizationError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        normalize(topic, body, STORE)
+
+
+@pytest.mark.parametrize("body", [[], "order", None, 42])
+def test_body_that_is_not_an_object(body: Any) -> None:
+    with pytest.raises(NormalizationError, match="body"):
+        normalize("orders/create", body, STORE)

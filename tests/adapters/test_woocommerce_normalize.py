@@ -1,0 +1,270 @@
+"""WooCommerce adapter: the REST v3 docs order through ``normalize``, its COD variant
+(platform-facts B2), status mapping, checkout drafts and malformed bodies."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.woocommerce.normalize import normalize
+from connector.config import WooCommerceStore
+from connector.errors import NormalizationError
+from connector.events import (
+    CustomerUpdated,
+    FulfillmentState,
+    OrderCancelled,
+    OrderPlaced,
+    OrderUpdated,
+    PaymentState,
+    dump_events,
+    load_events,
+)
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "public" / "woocommerce"
+ORDER_FIXTURE = "order.created.rest-v3-docs-example.json"
+
+
+def load_order() -> dict[str, Any]:
+    return json.loads((FIXTURES / ORDER_FIXTURE).read_text())
+
+
+def make_store(**overrides: Any) -> WooCommerceStore:
+    data = {"key": "woo", "platform": "woocommerce", "webhook_secret": "s3cret", "site_url": "https://shop.example/"}
+    return WooCommerceStore.model_validate({**data, **overrides})
+
+
+STORE = make_store()
+
+
+def cod_order() -> dict[str, Any]:
+    """The docs order as a fresh COD order, per platform-facts B2.
+
+    B2 lists ``date_paid: null``; WooCommerce derives ``date_paid`` and ``date_paid_gmt``
+    from one stored value, so both are null on a real unpaid order.
+    """
+    order = load_order()
+    order.update(
+        payment_method="cod",
+        payment_method_title="Cash on delivery",
+        status="processing",
+        date_paid=None,
+        date_paid_gmt=None,
+    )
+    return order
+
+
+def only(events: list) -> Any:
+    assert len(events) == 1, events
+    return events[0]
+
+
+def test_every_fixture_is_covered() -> None:
+    assert [p.name for p in FIXTURES.glob("*.json")] == [ORDER_FIXTURE]
+
+
+def test_docs_order() -> None:
+    events = normalize("order.created", load_order(), STORE)
+    assert load_events(json.loads(json.dumps(dump_events(events)))) == events
+    event = only(events)
+    assert isinstance(event, OrderPlaced)
+    order = event.order
+    assert (order.external_id, order.name) == ("727", "#727")
+    assert order.created_at == datetime(2017, 3, 22, 19, 28, 2, tzinfo=timezone.utc)  # date_created_gmt
+    assert order.updated_at == datetime(2017, 3, 22, 19, 28, 8, tzinfo=timezone.utc)
+    assert order.cancelled_at is None
+    assert order.payment_state is PaymentState.PAID  # bacs with date_paid set
+    assert order.fulfillment_state is FulfillmentState.UNFULFILLED
+    assert order.platform_status == "processing"
+    assert order.is_cod is False
+    assert order.gateway_names == ("bacs", "Direct Bank Transfer")
+    assert (order.total, order.currency) == (Decimal("29.35"), "USD")
+    assert order.status_url == "https://shop.example/checkout/order-received/727/?key=wc_order_58d2d042d1d"
+    assert order.payment_url == "https://shop.example/checkout/order-pay/727/?pay_for_order=true&key=wc_order_58d2d042d1d"
+    assert order.tags == () and order.test is False
+
+
+def test_docs_order_customer() -> None:
+    customer = only(normalize("order.created", load_order(), STORE)).order.customer
+    assert customer.external_id is None  # customer_id 0 = guest
+    assert (customer.first_name, customer.last_name) == ("John", "Doe")
+    assert customer.email == "john.doe@example.com"
+    assert customer.country == "US"
+    assert customer.phone is not None
+    assert customer.phone.raw == "(555) 555-5555"
+    assert customer.phone.e164 is None  # 555 is no real area code: kept, never messaged
+
+
+def test_docs_order_line_items() -> None:
+    first, second = only(normalize("order.created", load_order(), STORE)).order.line_items
+    assert (first.external_id, first.product_id, first.variant_id, first.sku) == ("315", "93", None, None)
+    assert (first.title, first.quantity, first.price) == ("Woo Single #1", 2, Decimal("3"))
+    assert (second.product_id, second.variant_id, second.sku, second.price) == ("22", "23", "Bar3", Decimal("12"))
+    assert second.title == "Ship Your Idea &ndash; Color: Black, Size: M Test"
+
+
+def test_cod_variant() -> None:
+    order = only(normalize("order.created", cod_order(), STORE)).order
+    assert order.is_cod is True
+    assert order.payment_state is PaymentState.PENDING
+    assert order.platform_status == "processing"
+    assert order.gateway_names == ("cod", "Cash on delivery")
+
+
+def test_store_cod_gateways_are_honoured() -> None:
+    cheque = cod_order()
+    cheque["payment_method"] = "Cheque"
+    store = make_store(cod_gateways=["cheque"])
+    assert only(normalize("order.created", cheque, store)).order.is_cod is True
+    assert only(normalize("order.created", cod_order(), store)).order.is_cod is False
+
+
+@pytest.mark.parametrize(
+    ("status", "paid", "state"),
+    [
+        ("pending", False, PaymentState.PENDING),
+        ("on-hold", False, PaymentState.PENDING),
+        ("processing", False, PaymentState.PENDING),
+        ("processing", True, PaymentState.PAID),
+        ("completed", False, PaymentState.PAID),
+        ("failed", False, PaymentState.FAILED),
+        ("cancelled", False, PaymentState.VOIDED),
+        ("refunded", True, PaymentState.REFUNDED),
+        ("trash", False, PaymentState.OTHER),
+        ("wc-shipped", False, PaymentState.OTHER),  # plugin status
+    ],
+)
+def test_payment_state(status: str, paid: bool, state: PaymentState) -> None:
+    body = cod_order()
+    body["status"] = status
+    if paid:
+        body["date_paid_gmt"] = "2017-03-22T19:28:08"
+    assert only(normalize("order.updated", body, STORE)).order.payment_state is state
+
+
+def test_date_paid_without_gmt_still_counts_as_paid() -> None:
+    body = cod_order()
+    body["date_paid"] = "2017-03-22T16:28:08"
+    assert only(normalize("order.updated", body, STORE)).order.payment_state is PaymentState.PAID
+
+
+def test_completed_is_fulfilled() -> None:
+    body = load_order()
+    body["status"] = "completed"
+    event = only(normalize("order.updated", body, STORE))
+    assert isinstance(event, OrderUpdated)
+    assert event.order.fulfillment_state is FulfillmentState.FULFILLED
+
+
+def test_cancelled_update_is_order_cancelled() -> None:
+    body = cod_order()
+    body["status"] = "cancelled"
+    event = only(normalize("order.updated", body, STORE))
+    assert isinstance(event, OrderCancelled)
+    assert event.order.payment_state is PaymentState.VOIDED
+
+
+def test_topics() -> None:
+    assert isinstance(only(normalize("order.restored", load_order(), STORE)), OrderUpdated)
+    assert normalize("order.deleted", {"id": 727}, STORE) == []
+    assert normalize("product.updated", load_order(), STORE) == []
+    assert normalize("action.woocommerce_checkout_order_processed", {"action": "x", "arg": 1}, STORE) == []
+
+
+@pytest.mark.parametrize("topic", ["order.created", "order.updated", "order.restored"])
+def test_checkout_drafts_are_ignored(topic: str) -> None:
+    body = load_order()
+    body["status"] = "checkout-draft"
+    assert normalize(topic, body, STORE) == []
+
+
+def test_local_dates_are_taken_as_utc_when_gmt_is_missing() -> None:
+    body = load_order()
+    for key in ("date_created_gmt", "date_modified_gmt"):
+        del body[key]
+    body["date_modified"] = None
+    order = only(normalize("order.created", body, STORE)).order
+    assert order.created_at == order.updated_at == datetime(2017, 3, 22, 16, 28, 2, tzinfo=timezone.utc)
+
+
+def test_no_order_key_no_urls_and_plain_site_url() -> None:
+    body = load_order()
+    body["order_key"] = ""
+    order = only(normalize("order.created", body, make_store(site_url="https://shop.example/store"))).order
+    assert (order.status_url, order.payment_url) == (None, None)
+    body["order_key"] = "wc_order_k"
+    order = only(normalize("order.created", body, make_store(site_url="https://shop.example/store"))).order
+    assert order.status_url == "https://shop.example/store/checkout/order-received/727/?key=wc_order_k"
+
+
+def test_phone_country_from_billing_then_shipping_then_store() -> None:
+    body = load_order()
+    body["billing"].update(phone="98765 43210", country="IN")
+    assert only(normalize("order.created", body, STORE)).order.customer.phone.e164 == "+919876543210"
+
+    body["billing"]["country"] = ""
+    body["shipping"]["country"] = "IN"
+    customer = only(normalize("order.created", body, STORE)).order.customer
+    assert (customer.country, customer.phone.e164) == ("IN", "+919876543210")
+
+    body["shipping"]["country"] = ""
+    customer = only(normalize("order.created", body, make_store(default_country="IN"))).order.customer
+    assert (customer.country, customer.phone.e164) == ("IN", "+919876543210")
+
+
+def test_registered_customer_and_missing_phone() -> None:
+    body = load_order()
+    body["customer_id"] = 12
+    body["billing"]["phone"] = ""
+    customer = only(normalize("order.created", body, STORE)).order.customer
+    assert customer.external_id == "12"
+    assert customer.phone is None
+
+
+def test_customer_updated() -> None:
+    body = {
+        "id": 25,
+        "date_modified_gmt": "2026-07-01T12:00:00",
+        "email": "jane@example.com",
+        "first_name": "Jane",
+        "last_name": "Roe",
+        "billing": {"first_name": "Jane", "phone": "020 7946 0018", "country": "GB", "email": "billing@example.com"},
+        "shipping": {"country": "GB"},
+    }
+    event = only(normalize("customer.updated", body, STORE))
+    assert isinstance(event, CustomerUpdated)
+    assert event.customer.external_id == "25"
+    assert event.customer.email == "jane@example.com"
+    assert event.customer.phone.e164 == "+442079460018"
+    assert event.customer.country == "GB"
+    assert event.updated_at == datetime(2026, 7, 1, 12, tzinfo=timezone.utc)
+    assert isinstance(only(normalize("customer.created", body, STORE)), CustomerUpdated)
+
+
+@pytest.mark.parametrize(
+    ("topic", "change", "field"),
+    [
+        ("order.created", {"id": None}, "id"),
+        ("order.created", {"billing": "John Doe"}, "billing"),
+        ("order.created", {"date_created_gmt": "22/03/2017"}, "date_created_gmt"),
+        ("order.created", {"date_created_gmt": None, "date_created": None}, "date_created"),
+        ("order.created", {"total": "twenty"}, "total"),
+        ("order.created", {"line_items": {"id": 1}}, "line_items"),
+        ("order.created", {"status": 3}, "status"),
+        ("order.updated", {"customer_id": [1]}, "customer_id"),
+        ("customer.updated", {"id": None}, "id"),
+    ],
+)
+def test_malformed_body_raises_normalization_error(topic: str, change: dict, field: str) -> None:
+    body = {**load_order(), **change}
+    with pytest.raises(NormalizationError, match=field):
+        normalize(topic, body, STORE)
+
+
+def test_body_that_is_not_an_object() -> None:
+    with pytest.raises(NormalizationError, match="body"):
+        normalize("order.created", "webhook_id=12", STORE)  # type: ignore[arg-type]
