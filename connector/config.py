@@ -264,11 +264,13 @@ def parse_settings(data: dict[str, Any], environ: dict[str, str] | None = None) 
     try:
         settings = Settings.model_validate(resolved)
     except ValidationError as exc:
+        unset = {p.split(":", 1)[0] for p in problems}  # already reported as a missing env var
         for err in exc.errors(include_url=False, include_input=False):
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key (typo?)"
-            problems.append(f"{_loc(tuple(err['loc']))}: {msg}")
+            path = _loc(tuple(err["loc"]))
+            if path in unset:
+                continue
+            msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{path}: {msg}")
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)

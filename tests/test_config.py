@@ -1,0 +1,111 @@
+"""Configuration: the example file loads, every problem is reported at once, secrets stay secret."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from connector.config import ShopifyStore, WooCommerceStore, load_settings, parse_settings
+from connector.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
+EXAMPLE_ENV = {
+    "STORELOOP_ADMIN_TOKEN": "adm-tok-1",
+    "WHATSAPP_APP_SECRET": "meta-app-secret-1",
+    "WHATSAPP_VERIFY_TOKEN": "verify-tok-1",
+    "ACME_SHOPIFY_SECRET": "shpss_acme_1",
+    "BLOOM_WC_SECRET": "wc_bloom_1",
+}
+
+
+def base(**stores_0) -> dict:
+    return {"stores": [{"key": "a", "platform": "shopify", "shop_domain": "a.myshopify.com", "webhook_secret": "s", **stores_0}]}
+
+
+def test_example_config_loads_with_its_env_vars():
+    settings = load_settings(EXAMPLE, environ=EXAMPLE_ENV)
+    acme, bloom = settings.stores
+    assert isinstance(acme, ShopifyStore) and isinstance(bloom, WooCommerceStore)
+    assert acme.webhook_secret.get_secret_value() == "shpss_acme_1"
+    assert acme.admin_base_url == "https://acme-naturals.myshopify.com"
+    assert bloom.rest_base_url == "https://bloom.example/wp-json/wc/v3"
+    assert acme.tz.key == "Asia/Kolkata" and bloom.default_country == "IT"
+    assert "cash on delivery (cod)" in acme.cod_gateway_names() and bloom.cod_gateway_names() == ("cod",)
+    assert settings.whatsapp.dry_run is True
+    assert settings.database.is_sqlite
+
+
+def test_example_config_names_its_missing_env_vars():
+    with pytest.raises(ConfigError) as err:
+        load_settings(EXAMPLE, environ={})
+    assert "stores[0].webhook_secret: environment variable ACME_SHOPIFY_SECRET is not set" in err.value.problems
+    assert len(err.value.problems) == len(EXAMPLE_ENV)
+
+
+def test_every_problem_is_listed_at_once_with_its_key_path():
+    data = base(timezone="Asia/Kolkatta", default_country="XX", webhok_secret="typo")
+    data["server"] = {"port": 0, "colour": "blue"}
+    data["stores"].append({"key": "Bad Key!", "platform": "woocommerce", "site_url": "not a url", "webhook_secret": "s"})
+    with pytest.raises(ConfigError) as err:
+        parse_settings(data, environ={})
+    problems = "\n".join(err.value.problems)
+    for expected in (
+        "stores[0].timezone: Value error, unknown time zone 'Asia/Kolkatta'",
+        "stores[0].default_country: Value error, unknown country code 'XX'",
+        "stores[0].webhok_secret: unknown key (typo?)",
+        "server.port:",
+        "server.colour: unknown key (typo?)",
+        "stores[1].key:",
+        "stores[1].site_url:",
+    ):
+        assert expected in problems, problems
+
+
+def test_unknown_platform_and_duplicates_are_errors():
+    data = base()
+    data["stores"].append({"key": "a", "platform": "shopify", "shop_domain": "a.myshopify.com", "webhook_secret": "t"})
+    with pytest.raises(ConfigError) as err:
+        parse_settings(data, environ={})
+    assert "key 'a' is used by more than one store" in err.value.problems[0]
+    assert "shop_domain 'a.myshopify.com'" in err.value.problems[0]
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"stores": [{"key": "m", "platform": "magento", "webhook_secret": "s"}]}, environ={})
+    assert "stores[0]" in err.value.problems[0]
+
+
+def test_not_a_shopify_domain_is_refused():
+    with pytest.raises(ConfigError) as err:
+        parse_settings(base(shop_domain="evil.com"), environ={})
+    assert err.value.problems == ["stores[0].shop_domain: Value error, must be the shop's *.myshopify.com domain"]
+
+
+def test_secrets_never_appear_in_reprs_summaries_or_logs(caplog):
+    settings = load_settings(EXAMPLE, environ={**EXAMPLE_ENV, "STORELOOP_ADMIN_TOKEN": "adm-tok-1"})
+    logging.getLogger("storeloop.test").info("settings %s %r", settings, settings.stores[0])
+    text = repr(settings) + str(settings.summary()) + caplog.text
+    for secret in EXAMPLE_ENV.values():
+        assert secret not in text
+    assert settings.summary()["stores"][0]["webhook_secret"] == "<set>"
+
+
+def test_database_password_is_hidden_in_the_summary():
+    settings = parse_settings({"database": {"url": "postgresql://app:hunter2@db:5432/x"}}, environ={})
+    assert settings.database.url.startswith("postgresql+psycopg://")
+    assert "hunter2" not in str(settings.summary())
+
+
+def test_unreadable_and_invalid_toml(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\nport = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad)
+
+
+def test_settings_are_frozen():
+    settings = parse_settings(base(), environ={})
+    with pytest.raises(Exception):
+        settings.stores[0].key = "b"  # type: ignore[misc]

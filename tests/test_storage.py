@@ -1,0 +1,187 @@
+"""Storage on SQLite and PostgreSQL: migrations, the inbox writer, the processor's claims."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import func, select, text
+
+from adapters.registry import normalizers
+from connector.errors import SchemaNotReadyError
+from connector.processor import InboxProcessor
+from connector.storage import models as m
+from connector.storage.db import Database, ensure_schema, head_revision, make_engine
+from connector.storage.inbox import InboxItem, InboxWriter, sync_stores, write_items
+from tests.conftest import PG_URL, make_settings
+from tests.helpers import dumps
+
+
+def item(store_id: int, key: str, body: dict | None = None, topic: str = "orders/create") -> InboxItem:
+    return InboxItem(store_id=store_id, source="shopify", topic=topic, dedupe_key=key, raw_body=dumps(body or {"id": key}))
+
+
+def count(db: Database, model=m.InboxEvent) -> int:
+    with db.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+def test_migrations_match_the_models(db):
+    with db.engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), m.Base.metadata)
+    assert diffs == []
+
+
+def test_write_items_stores_each_key_once_per_store(db):
+    ids = sync_stores(db, [("a", "shopify"), ("b", "shopify")])
+    first = write_items(db, [item(ids["a"], "k1"), item(ids["a"], "k2"), item(ids["a"], "k1")])
+    second = write_items(db, [item(ids["a"], "k2"), item(ids["b"], "k2")])
+    assert first == [True, True, False]
+    assert second == [False, True]  # the same key in another store is another store's fact
+    assert count(db) == 3
+
+
+def test_group_commit_stores_everything_in_fewer_transactions(db):
+    ids = sync_stores(db, [("a", "shopify")])
+
+    async def burst() -> tuple[list[list[bool]], InboxWriter]:
+        writer = InboxWriter(db, max_batch=64)
+        writer.start()
+        results = await asyncio.gather(*(writer.submit([item(ids["a"], f"k{i % 150}")]) for i in range(300)))
+        await writer.stop()
+        return results, writer
+
+    results, writer = asyncio.run(burst())
+    assert sum(r[0] for r in results) == 150  # 150 distinct deliveries, each sent twice
+    assert count(db) == 150
+    assert writer.rows == 300 and writer.batches < 300 / 4
+
+
+def test_writer_stop_flushes_what_is_queued(db):
+    ids = sync_stores(db, [("a", "shopify")])
+
+    async def run() -> None:
+        writer = InboxWriter(db)
+        writer.start()
+        pending = [asyncio.ensure_future(writer.submit([item(ids["a"], f"k{i}")])) for i in range(20)]
+        await asyncio.sleep(0)
+        await writer.stop()
+        await asyncio.gather(*pending)
+
+    asyncio.run(run())
+    assert count(db) == 20
+
+
+def test_storage_failure_answers_503_and_acknowledges_nothing(db_url):
+    from tests.helpers import running_app, shopify_headers
+    from tests.conftest import SECRETS
+
+    with running_app(make_settings(db_url)) as (client, runtime):
+        with runtime.db.engine.begin() as conn:  # the table disappears under the running server
+            conn.execute(text("ALTER TABLE inbox_events RENAME TO inbox_events_away"))
+        try:
+            body = dumps({"id": 1})
+            resp = client.post("/webhooks/shopify", content=body, headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", "orders/create"))
+            ready = client.get("/readyz")
+        finally:
+            with runtime.db.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE inbox_events_away RENAME TO inbox_events"))
+    assert resp.status_code == 503
+    assert ready.status_code == 200  # the database itself still answers
+
+
+def test_sync_stores_is_idempotent_and_refuses_a_platform_change(db):
+    first = sync_stores(db, [("a", "shopify"), ("w", "woocommerce")])
+    assert sync_stores(db, [("a", "shopify"), ("w", "woocommerce")]) == first
+    with pytest.raises(ValueError, match="recorded as shopify"):
+        sync_stores(db, [("a", "woocommerce")])
+
+
+def test_processor_retries_a_crashing_row_with_backoff_then_fails_it(db_url):
+    settings = make_settings(db_url)  # inbox_max_attempts = 3
+    db = Database.from_url(db_url)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    write_items(db, [item(ids["shop-a"], "boom"), item(ids["shop-a"], "fine", topic="products/update")])
+    clock = [datetime(2026, 11, 20, tzinfo=timezone.utc)]
+
+    def explode(topic, body, store):
+        if body["id"] == "boom":
+            raise RuntimeError("adapter bug")
+        return []
+
+    proc = InboxProcessor(db, settings, ids, {"shopify": explode}, clock=lambda: clock[0])
+    assert proc.drain() == 2
+    with db.engine.connect() as conn:
+        boom = conn.execute(select(m.InboxEvent).where(m.InboxEvent.dedupe_key == "boom")).one()
+        fine = conn.execute(select(m.InboxEvent).where(m.InboxEvent.dedupe_key == "fine")).one()
+    assert (boom.status, boom.attempts) == ("pending", 1) and "adapter bug" in boom.last_error
+    assert fine.status == "ignored"  # the crash of one row does not hold back the others
+    assert proc.drain() == 0  # not due again until its backoff has passed
+    for _ in range(2):
+        clock[0] += timedelta(minutes=10)
+        proc.drain()
+    with db.engine.connect() as conn:
+        boom = conn.execute(select(m.InboxEvent).where(m.InboxEvent.dedupe_key == "boom")).one()
+    assert (boom.status, boom.attempts) == ("failed", 3)
+    db.dispose()
+
+
+def test_concurrent_processors_handle_each_row_once(db_url):
+    """Two workers on one database (SKIP LOCKED on PostgreSQL, the write lock on SQLite)."""
+    settings = make_settings(db_url)
+    db = Database.from_url(db_url)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    order = {"id": 1, "name": "#1", "created_at": "2026-11-20T10:00:00Z", "updated_at": "2026-11-20T10:00:00Z",
+             "financial_status": "paid", "total_price": "10.00", "currency": "INR", "line_items": []}
+    write_items(db, [item(ids["shop-a"], f"k{i}", {**order, "id": i, "name": f"#{i}"}) for i in range(300)])
+    workers = [InboxProcessor(Database.from_url(db_url), settings, ids, normalizers(), batch_size=25) for _ in range(2)]
+    handled = [0, 0]
+
+    def run(n: int) -> None:
+        handled[n] = workers[n].drain()
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with db.engine.connect() as conn:
+        statuses = conn.execute(select(m.InboxEvent.status, m.InboxEvent.attempts, func.count()).group_by(m.InboxEvent.status, m.InboxEvent.attempts)).all()
+        orders = conn.execute(select(func.count()).select_from(m.Order)).scalar_one()
+    assert sum(handled) == 300
+    assert [tuple(s) for s in statuses] == [("done", 1, 300)]
+    assert orders == 300
+    for w in workers:
+        w.db.dispose()
+    db.dispose()
+
+
+def test_empty_sqlite_is_migrated_by_serve_but_not_when_disabled(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+    with pytest.raises(SchemaNotReadyError, match="run `storeloop migrate"):
+        ensure_schema(engine, auto_migrate=False)
+    assert ensure_schema(engine, auto_migrate=True) == f"migrated empty database -> {head_revision()}"
+    assert ensure_schema(engine, auto_migrate=True) == "up to date"
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_unmigrated_postgresql_is_refused(pg_schema):
+    if pg_schema is None:
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    admin = make_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text('CREATE SCHEMA "sl_empty_check"'))
+    try:
+        engine = make_engine(PG_URL, connect_args={"options": "-csearch_path=sl_empty_check"})
+        with pytest.raises(SchemaNotReadyError, match="empty database"):
+            ensure_schema(engine, auto_migrate=True)  # auto-migrate applies to SQLite only
+        engine.dispose()
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text('DROP SCHEMA "sl_empty_check" CASCADE'))
+        admin.dispose()
