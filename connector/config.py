@@ -77,6 +77,94 @@ class WorkerSettings(_Settings):
     raw_body_retention_days: int = Field(30, ge=1)
 
 
+class PolicySettings(_Settings):
+    """The policy gate's knobs, per store (see connector/policy.py for the rules)."""
+
+    quiet_hours: str = Field("21:00-09:00", description="'HH:MM-HH:MM' in the store's time zone; '' disables")
+    utility_in_quiet_hours: bool = True
+    marketing_cap: int = Field(2, ge=0, description="marketing messages per contact in marketing_cap_days, all journeys")
+    marketing_cap_days: int = Field(7, ge=1)
+    cart_quiet_after_order_hours: int = Field(24, ge=0)
+    utility_needs_consent: bool = True
+    utility_consent_from_order: bool = Field(True, description="an order with a phone counts as WhatsApp contact consent")
+    stop_words: tuple[str, ...] | None = None
+    start_words: tuple[str, ...] | None = None
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _hours(cls, value: str) -> str:
+        if value and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError("must be 'HH:MM-HH:MM' (24 h clock) or ''")
+        return value
+
+    def rules(self) -> Any:
+        from datetime import time, timedelta
+
+        from connector.policy import DEFAULT_START_WORDS, DEFAULT_STOP_WORDS, PolicyRules
+
+        start = end = None
+        if self.quiet_hours:
+            a, b = self.quiet_hours.split("-")
+            start, end = time.fromisoformat(a), time.fromisoformat(b)
+        return PolicyRules(
+            quiet_start=start,
+            quiet_end=end,
+            utility_in_quiet_hours=self.utility_in_quiet_hours,
+            marketing_cap=self.marketing_cap,
+            marketing_cap_window=timedelta(days=self.marketing_cap_days),
+            cart_quiet_after_order=timedelta(hours=self.cart_quiet_after_order_hours),
+            utility_needs_consent=self.utility_needs_consent,
+            stop_words=frozenset(self.stop_words if self.stop_words is not None else DEFAULT_STOP_WORDS),
+            start_words=frozenset(self.start_words if self.start_words is not None else DEFAULT_START_WORDS),
+        )
+
+
+class TemplateButton(_Settings):
+    type: Literal["quick_reply", "url"]
+    text: str = Field(max_length=25, description="the button label")
+    payload: str | None = Field(None, max_length=256, description="quick_reply: comes back when tapped")
+    url: str | None = Field(None, description="url: the template URL with {{1}} for the suffix")
+    suffix: str | None = Field(None, description="url: the variable appended to the URL")
+
+    @model_validator(mode="after")
+    def _shape(self) -> "TemplateButton":
+        from connector.templates import VARIABLES
+
+        if self.type == "quick_reply" and not self.payload:
+            raise ValueError("a quick_reply button needs a payload")
+        if self.type == "url":
+            if not self.url or "{{1}}" not in self.url:
+                raise ValueError("a url button needs url with {{1}}")
+            if self.suffix not in VARIABLES:
+                raise ValueError(f"suffix must be one of the known variables, not {self.suffix!r}")
+        return self
+
+
+class TemplateSettings(_Settings):
+    step: str = Field(pattern=r"^[a-z_]+\.[a-z_0-9]+$", description="journey.step, e.g. cod_confirmation.ask")
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    language: str = "en"
+    category: Literal["utility", "marketing"]
+    body_text: str = Field(max_length=1024, description="the template body with {{1}}..{{n}}")
+    body: tuple[str, ...] = Field((), description="one variable per placeholder, in order")
+    header_image: str | None = None
+    buttons: tuple[TemplateButton, ...] = Field((), max_length=10)
+
+    @model_validator(mode="after")
+    def _bindings(self) -> "TemplateSettings":
+        from connector.templates import VARIABLES, placeholders
+
+        problems = [f"unknown variable {v!r}" for v in self.body if v not in VARIABLES]
+        wanted = placeholders(self.body_text)
+        if wanted != list(range(1, len(wanted) + 1)):
+            problems.append(f"body_text placeholders must be {{{{1}}}}..{{{{n}}}} without gaps, found {wanted}")
+        elif len(wanted) != len(self.body):
+            problems.append(f"body_text has {len(wanted)} placeholder(s) but body binds {len(self.body)} variable(s)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class WhatsAppSettings(_Settings):
     graph_base_url: AnyHttpUrl = AnyHttpUrl("https://graph.facebook.com")
     api_version: str = Field("v23.0", pattern=r"^v\d+\.\d+$")
@@ -84,6 +172,13 @@ class WhatsAppSettings(_Settings):
     verify_token: SecretStr | None = Field(None, description="answers the GET subscription challenge")
     access_token: SecretStr | None = Field(None, description="empty: messages are recorded as dry runs")
     business_account_id: str | None = None
+    messages_per_second: float = Field(80, gt=0, le=1000, description="per sending phone number (Meta: 80 default)")
+    pair_spacing_seconds: float = Field(6, ge=0, description="minimum gap between two messages to one recipient")
+    send_concurrency: int = Field(32, ge=1, le=512, description="sends in flight per dispatcher")
+    lease_seconds: int = Field(60, ge=5, description="a claimed send not finished by then becomes 'uncertain'")
+    max_attempts: int = Field(8, ge=1, le=50)
+    backoff_base_seconds: float = Field(2, gt=0)
+    backoff_cap_seconds: float = Field(3600, gt=0)
 
     @property
     def dry_run(self) -> bool:
@@ -99,6 +194,20 @@ class _StoreBase(_Settings):
     default_country: str = "US"
     cod_gateways: tuple[str, ...] | None = None
     whatsapp_phone_number_id: str | None = None
+    policy: PolicySettings = PolicySettings()
+    templates: tuple[TemplateSettings, ...] = ()
+
+    @field_validator("templates")
+    @classmethod
+    def _unique_steps(cls, value: tuple[TemplateSettings, ...]) -> tuple[TemplateSettings, ...]:
+        steps = [t.step for t in value]
+        dupes = sorted({s for s in steps if steps.count(s) > 1})
+        if dupes:
+            raise ValueError(f"more than one template for step(s) {', '.join(dupes)}")
+        return value
+
+    def template_for(self, step: str) -> TemplateSettings | None:
+        return next((t for t in self.templates if t.step == step), None)
 
     @field_validator("key")
     @classmethod

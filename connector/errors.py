@@ -36,18 +36,42 @@ class SchemaNotReadyError(StoreloopError):
     """The database is not migrated to the version this code needs."""
 
 
-class RetryableError(StoreloopError):
-    """An outside call failed in a way that may succeed later (network, 5xx, throttling)."""
+class SendError(StoreloopError):
+    """An outside call (WhatsApp send, store write-back) failed.
 
-    def __init__(self, message: str, *, code: int | None = None, retry_after: float | None = None):
+    Carries what the platform said about it (code, subcode, its request id) but never
+    the response body, which can hold personal data.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        subcode: int | None = None,
+        trace_id: str | None = None,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        outcome_unknown: bool = False,
+    ):
         self.code = code
+        self.outcome_unknown = outcome_unknown  # the request may have reached the platform (read timeout)
+        self.subcode = subcode
+        self.trace_id = trace_id
+        self.http_status = http_status
         self.retry_after = retry_after
         super().__init__(message)
 
 
-class PermanentError(StoreloopError):
-    """An outside call failed for good; retrying cannot help."""
+class RetryableError(SendError):
+    """May succeed later (network, 5xx, throttling): the outbox retries with backoff."""
 
-    def __init__(self, message: str, *, code: int | None = None):
-        self.code = code
-        super().__init__(message)
+    retryable = True
+
+
+class PermanentError(SendError):
+    """Failed for good (bad number, template problem, expired token): never retried as is."""
+
+    retryable = False

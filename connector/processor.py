@@ -116,7 +116,7 @@ class InboxProcessor:
         stale = False
         held: str | None = None
         for event in events:
-            outcome = apply_event(conn, row.store_id, event, row.id, now)
+            outcome = apply_event(conn, store, row.store_id, event, row.id, now)
             subject = subject or outcome.subject
             contact_id = contact_id or outcome.contact_id
             stale = stale or outcome.stale

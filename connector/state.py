@@ -9,12 +9,13 @@ overwrites newer state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
 from connector import events as ev
+from connector.policy import keyword_intent
 from connector.storage import models as m
 
 MESSAGE_STATUS_RANK = {"accepted": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
@@ -287,16 +288,46 @@ def record_inbound(
             conn.execute(update(m.Contact).where(m.Contact.id == contact_id).values(last_inbound_at=at, updated_at=now))
 
 
-def apply_status(conn: Connection, store_id: int, e: ev.MessageStatusChanged, now: datetime) -> None:
-    """Statuses arrive out of order: sent < delivered < read only moves forward; failed is kept with its code."""
+def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, now: datetime) -> tuple[int | None, int | None]:
+    """Move the outbox row a status names (by our callback data, else by wamid); returns (outbox id, contact id)."""
+    from connector.outbox.store import STATUS_RANK, outbox_id_from_callback
+
+    oid = outbox_id_from_callback(e.callback_data)
+    cond = m.OutboxMessage.id == oid if oid is not None else m.OutboxMessage.wamid == e.message_id
     row = conn.execute(
-        select(m.Message.id, m.Message.status, m.Message.error_code).where(
+        select(m.OutboxMessage.id, m.OutboxMessage.status, m.OutboxMessage.contact_id, m.OutboxMessage.category)
+        .where(m.OutboxMessage.store_id == store_id, cond)
+    ).first()
+    if row is None:
+        return None, None
+    values: dict[str, Any] = {"wamid": e.message_id, "updated_at": now}
+    if e.status == "failed":
+        values.update(status="failed", last_error=f"{e.error_code}: {e.error_title or 'failed'}"[:2000])
+        if e.error_code == 131049:  # Meta's per-user marketing limit: not before 24 h, then the same message again
+            values.update(status="pending", due_at=e.occurred_at + timedelta(hours=24), last_error="131049: retry after 24 h")
+        if row.contact_id is not None and e.error_code == 131026:
+            conn.execute(update(m.Contact).where(m.Contact.id == row.contact_id).values(reachable=False, updated_at=now))
+        if row.contact_id is not None and e.error_code == 131050:
+            record_consent(conn, store_id, row.contact_id, "marketing", "revoked", "whatsapp_error_131050", e.occurred_at, None)
+    elif row.status == "failed" or STATUS_RANK.get(e.status, -1) <= STATUS_RANK.get(row.status, -1):
+        values = {}  # statuses only move forward; a failure stays a failure
+    else:
+        values.update(status=e.status, last_error=None)
+    if values:
+        conn.execute(update(m.OutboxMessage).where(m.OutboxMessage.id == row.id).values(**values))
+    return row.id, row.contact_id
+
+
+def apply_status(conn: Connection, store_id: int, e: ev.MessageStatusChanged, now: datetime) -> int | None:
+    """Statuses arrive out of order: sent < delivered < read only moves forward; failed is kept with its code."""
+    outbox_id, contact_id = _settle_outbox(conn, store_id, e, now)
+    row = conn.execute(
+        select(m.Message.id, m.Message.status, m.Message.error_code, m.Message.contact_id).where(
             m.Message.store_id == store_id, m.Message.wamid == e.message_id
         )
     ).first()
     if row is None:
-        contact_id = None
-        if e.recipient_id:
+        if contact_id is None and e.recipient_id:
             contact_id = conn.execute(
                 select(m.Contact.id).where(m.Contact.store_id == store_id, m.Contact.wa_id == e.recipient_id)
             ).scalar()
@@ -306,24 +337,35 @@ def apply_status(conn: Connection, store_id: int, e: ev.MessageStatusChanged, no
                 contact_id=contact_id,
                 direction="out",
                 wamid=e.message_id,
-                kind="unknown",
+                kind="template" if outbox_id else "unknown",
                 status=e.status,
                 error_code=e.error_code,
+                outbox_id=outbox_id,
                 occurred_at=e.occurred_at,
                 updated_at=now,
             )
         )
-        return
+        return contact_id
     if e.status == "failed":
         conn.execute(update(m.Message).where(m.Message.id == row.id).values(status="failed", error_code=e.error_code, updated_at=now))
-        return
-    if row.status == "failed":
-        return  # a late delivered/read after a failure does not resurrect the message
-    if MESSAGE_STATUS_RANK.get(e.status, -1) > MESSAGE_STATUS_RANK.get(row.status, -1):
+    elif row.status != "failed" and MESSAGE_STATUS_RANK.get(e.status, -1) > MESSAGE_STATUS_RANK.get(row.status, -1):
         conn.execute(update(m.Message).where(m.Message.id == row.id).values(status=e.status, updated_at=now))
+    return row.contact_id or contact_id
 
 
-def apply_event(conn: Connection, store_id: int, event: ev.Event, inbox_id: int, now: datetime) -> Outcome:
+def apply_keyword(conn: Connection, store_id: int, contact_id: int, intent: str, at: datetime, inbox_id: int) -> None:
+    """STOP opts the contact out of everything at once; START opts back in to marketing."""
+    if intent == "stop":
+        conn.execute(update(m.Contact).where(m.Contact.id == contact_id).values(opted_out_at=at, updated_at=at))
+        record_consent(conn, store_id, contact_id, "marketing", "revoked", "whatsapp_keyword_stop", at, inbox_id)
+        record_consent(conn, store_id, contact_id, "utility", "revoked", "whatsapp_keyword_stop", at, inbox_id)
+    else:
+        conn.execute(update(m.Contact).where(m.Contact.id == contact_id).values(opted_out_at=None, updated_at=at))
+        record_consent(conn, store_id, contact_id, "marketing", "granted", "whatsapp_keyword_start", at, inbox_id)
+        record_consent(conn, store_id, contact_id, "utility", "granted", "whatsapp_keyword_start", at, inbox_id)
+
+
+def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, inbox_id: int, now: datetime) -> Outcome:
     """Dispatch one event to the state it changes."""
     out = Outcome()
     match event:
@@ -331,7 +373,7 @@ def apply_event(conn: Connection, store_id: int, event: ev.Event, inbox_id: int,
             order = event.order
             out.subject = f"order:{order.external_id}"
             out.contact_id = upsert_contact(conn, store_id, now, phone=order.customer.phone, customer=order.customer)
-            if out.contact_id is not None and order.customer.phone is not None:
+            if out.contact_id is not None and order.customer.phone is not None and store.policy.utility_consent_from_order:
                 record_consent(conn, store_id, out.contact_id, "utility", "granted", "order_with_phone", order.created_at, inbox_id, only_if_unknown=True)
             out.stale = not apply_order(conn, store_id, order, out.contact_id, now)
         case ev.CheckoutUpdated(checkout=checkout):
@@ -364,9 +406,12 @@ def apply_event(conn: Connection, store_id: int, event: ev.Event, inbox_id: int,
             else:
                 kind, body = event.message_type, event.text
             record_inbound(conn, store_id, out.contact_id, event.message_id, kind[:32], body, event.occurred_at, now)
+            intent = keyword_intent(event.text, store.policy.rules()) if isinstance(event, ev.MessageReceived) else None
+            if intent is not None and out.contact_id is not None:
+                apply_keyword(conn, store_id, out.contact_id, intent, event.occurred_at, inbox_id)
         case ev.MessageStatusChanged():
             out.subject = f"wamid:{event.message_id}"
-            apply_status(conn, store_id, event, now)
+            out.contact_id = apply_status(conn, store_id, event, now)
         case ev.MarketingPreferenceChanged():
             out.contact_id = upsert_contact(conn, store_id, now, phone=event.phone, wa_id=event.wa_id)
             state = {"stop": "revoked", "resume": "granted", "signup": "granted"}.get(event.value)

@@ -1,0 +1,182 @@
+"""Send due outbox rows at the allowed rate, once, and record what happened.
+
+One loop per worker: claim a batch with a lease (committed before any call, so a crash
+leaves ``sending`` rows that become ``uncertain``, never resent), run the policy gate
+again, pace through the per-number token bucket and the per-recipient spacer, send with
+bounded concurrency, then write every outcome in one transaction while the next batch
+is being claimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+
+import anyio.to_thread
+from pydantic import TypeAdapter
+
+from connector.config import Settings, ShopifyStore, WooCommerceStore
+from connector.errors import PermanentError, RetryableError
+from connector.messages import MessageSender, OutboundMessage
+from connector.outbox import store as ob
+from connector.outbox.ratelimit import RecipientSpacer, TokenBucket
+from connector.outbox.retry import RetryPolicy, next_attempt_at
+from connector.policy import ContactFacts, PolicyRules, check
+from connector.storage.db import Database
+from connector.storage.models import utcnow
+
+log = logging.getLogger("storeloop.dispatcher")
+MESSAGE = TypeAdapter(OutboundMessage)
+SHORT_WAIT = 0.5  # recipient spacing below this is slept; above it becomes a durable due time
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        store_ids: Mapping[str, int],
+        sender: MessageSender,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        worker_id: str | None = None,
+        rng: random.Random | None = None,
+    ):
+        self.db = db
+        self.settings = settings
+        self.sender = sender
+        self.clock = clock
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.rng = rng or random.Random()
+        wa = settings.whatsapp
+        self.stores: dict[int, ShopifyStore | WooCommerceStore] = {store_ids[s.key]: s for s in settings.stores if s.key in store_ids}
+        self.rules: dict[int, PolicyRules] = {sid: s.policy.rules() for sid, s in self.stores.items()}
+        self.retry = RetryPolicy(wa.backoff_base_seconds, wa.backoff_cap_seconds, wa.max_attempts)
+        self.lease = timedelta(seconds=wa.lease_seconds)
+        self.batch = max(1, min(1000, int(wa.messages_per_second * 2)))
+        self.buckets: dict[str, TokenBucket] = {}
+        self.spacer = RecipientSpacer(wa.pair_spacing_seconds)
+        self.semaphore = asyncio.Semaphore(wa.send_concurrency)
+        self.history_window = max(
+            [timedelta(days=s.policy.marketing_cap_days) for s in self.stores.values()]
+            + [timedelta(hours=s.policy.cart_quiet_after_order_hours) for s in self.stores.values()]
+            + [timedelta(days=1)]
+        )
+        self._pending_record: asyncio.Task[None] | None = None
+        self.sent = 0
+
+    def _bucket(self, phone_number_id: str) -> TokenBucket:
+        bucket = self.buckets.get(phone_number_id)
+        if bucket is None:
+            rate = self.settings.whatsapp.messages_per_second
+            bucket = self.buckets[phone_number_id] = TokenBucket(rate, burst=max(1.0, rate * 0.05))
+        return bucket
+
+    async def run_once(self) -> int:
+        """Claim and send one batch; returns how many rows were claimed."""
+        now = self.clock()
+        rows = await anyio.to_thread.run_sync(
+            lambda: ob.claim(
+                self.db, store_ids=list(self.stores), now=now, limit=self.batch, lease=self.lease,
+                worker=self.worker_id, history_window=self.history_window,
+            )
+        )
+        if not rows:
+            await self.flush()
+            return 0
+        results = await asyncio.gather(*(self._one(row) for row in rows))
+        await self.flush()  # at most one batch of results in flight
+        self._pending_record = asyncio.create_task(anyio.to_thread.run_sync(ob.record, self.db, list(results), self.clock()))
+        return len(rows)
+
+    async def flush(self) -> None:
+        if self._pending_record is not None:
+            task, self._pending_record = self._pending_record, None
+            await task
+
+    async def drain(self, max_batches: int = 10_000) -> int:
+        total = 0
+        for _ in range(max_batches):
+            n = await self.run_once()
+            total += n
+            if n == 0:
+                break
+        await self.flush()
+        return total
+
+    async def run_forever(self, stop: asyncio.Event, idle_seconds: float = 0.5) -> None:
+        while not stop.is_set():
+            try:
+                n = await self.run_once()
+            except Exception:
+                log.exception("dispatch cycle failed; retrying")
+                n = 0
+            if n == 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=idle_seconds)
+                except asyncio.TimeoutError:
+                    pass
+        await self.flush()
+
+    async def _one(self, row: ob.Claimed) -> ob.Result:
+        started = self.clock()
+        store = self.stores[row.store_id]
+        try:
+            message = MESSAGE.validate_python(row.payload.get("message"))
+        except Exception as exc:
+            return ob.Result(row, "failed", started, error_detail=f"unreadable payload: {exc.__class__.__name__}")
+        phone_id = store.whatsapp_phone_number_id
+        if not phone_id:
+            return ob.Result(row, "failed", started, error_detail=f"store {store.key} has no whatsapp_phone_number_id")
+        decision = check(
+            category=row.category or "utility",
+            kind=message.kind,
+            journey=row.journey,
+            contact=row.facts or ContactFacts(),
+            history=row.history,
+            rules=self.rules[row.store_id],
+            tz=store.tz,
+            now=started,
+        )
+        if decision.deferred:
+            return ob.Result(row, "deferred", started, due_at=decision.defer_until, error_detail=decision.reason)
+        if not decision.allowed:
+            return ob.Result(row, "skipped", started, error_detail=decision.reason)
+        wait = self.spacer.wait_for(message.to)
+        if wait > SHORT_WAIT:
+            return ob.Result(row, "deferred", started, due_at=started + timedelta(seconds=wait))
+        async with self.semaphore:
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await self._bucket(phone_id).acquire()
+            self.spacer.mark(message.to)
+            label = message.name if message.kind == "template" else None
+            t0 = time.perf_counter()
+            try:
+                sent = await self.sender.send(phone_id, message.model_copy(update={"callback_data": ob.callback_for(row.id)}))
+            except RetryableError as exc:
+                ms = int((time.perf_counter() - t0) * 1000)
+                if exc.outcome_unknown:
+                    return ob.Result(row, "uncertain", started, ms, error_code=exc.code, error_detail=f"outcome unknown: {exc}")
+                when = next_attempt_at(row.attempts + 1, exc.retry_after, self.retry, self.clock(), self.rng.random())
+                if when is None:
+                    return ob.Result(row, "failed", started, ms, error_code=exc.code, error_detail=f"gave up after {row.attempts + 1} attempts: {exc}")
+                return ob.Result(row, "retry", started, ms, error_code=exc.code, error_detail=str(exc), due_at=when)
+            except PermanentError as exc:
+                ms = int((time.perf_counter() - t0) * 1000)
+                return ob.Result(row, "failed", started, ms, error_code=exc.code, error_detail=str(exc))
+            except Exception as exc:  # a bug after the request may have left: do not risk a second send
+                log.exception("unexpected error while sending outbox %s", row.id)
+                return ob.Result(row, "uncertain", started, error_detail=f"unexpected {exc.__class__.__name__}")
+            ms = int((time.perf_counter() - t0) * 1000)
+            self.sent += 1
+            return ob.Result(
+                row, "dry_run" if sent.dry_run else "sent", started, ms, wamid=sent.wamid, wa_id=sent.wa_id,
+                recipient=message.to, kind=message.kind, label=label,
+            )

@@ -1,0 +1,80 @@
+"""Queue a journey step's message: render its template, gate it, record it once.
+
+The idempotency key is (journey, step, subject), so a repeated or reordered event can
+never queue a step twice. A message the policy blocks is still recorded, as ``skipped``
+with its reason, so the weekly report can say why someone was not messaged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from connector.config import ShopifyStore, WooCommerceStore
+from connector.outbox import store as ob
+from connector.policy import ContactFacts, SendHistory, check
+from connector.storage import models as m
+from connector.templates import MissingValueError, render
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    outbox_id: int | None  # None: this (journey, step, subject) was already queued
+    status: str  # pending | skipped | duplicate
+    reason: str | None = None
+
+
+def queue_template(
+    conn: Connection,
+    *,
+    store: ShopifyStore | WooCommerceStore,
+    store_id: int,
+    contact_id: int,
+    journey: str,
+    step: str,
+    subject: str,
+    context: dict[str, Any],
+    now: datetime,
+    due_at: datetime | None = None,
+) -> Queued:
+    tpl = store.template_for(f"{journey}.{step}")
+    key = f"{journey}:{step}:{subject}"
+    contact = conn.execute(
+        select(m.Contact.phone_e164, m.Contact.consent_utility, m.Contact.consent_marketing, m.Contact.opted_out_at,
+               m.Contact.last_inbound_at, m.Contact.reachable).where(m.Contact.id == contact_id, m.Contact.store_id == store_id)
+    ).one_or_none()
+    reason: str | None = None
+    payload: dict[str, Any] = {"subject": subject}
+    category = tpl.category if tpl else None
+    if contact is None:
+        raise ValueError(f"contact {contact_id} does not belong to store {store.key}")
+    if tpl is None:
+        reason = "no_template_configured"
+    elif contact.phone_e164 is None:
+        reason = "unreachable"
+    else:
+        try:
+            message = render(tpl, context, to=contact.phone_e164, callback_data=None)
+            payload["message"] = message.model_dump(mode="json")
+        except MissingValueError as exc:
+            reason = f"missing_value: {exc}"
+    when = due_at or now
+    if reason is None:
+        facts = ContactFacts(contact.consent_utility, contact.consent_marketing, contact.opted_out_at, contact.last_inbound_at, contact.reachable)
+        rules = store.policy.rules()
+        history = ob.send_history(conn, [contact_id], now - max(rules.marketing_cap_window, rules.cart_quiet_after_order)).get(contact_id, SendHistory())
+        decision = check(category=category or "utility", kind="template", journey=journey, contact=facts, history=history, rules=rules, tz=store.tz, now=when)
+        if decision.deferred:
+            when = decision.defer_until or when
+        elif not decision.allowed:
+            reason = decision.reason
+    new_id = ob.enqueue(
+        conn, store_id=store_id, key=key, contact_id=contact_id, journey=journey, step=step, category=category,
+        payload=payload, due_at=when, now=now, skip_reason=reason,
+    )
+    if new_id is None:
+        return Queued(None, "duplicate")
+    return Queued(new_id, "skipped" if reason else "pending", reason)

@@ -1,0 +1,256 @@
+"""Outbox rows in the database: enqueue once, claim with a lease, record every attempt.
+
+Statuses: ``pending`` (due at ``due_at``) -> ``sending`` (claimed, leased) -> ``sent`` ->
+``delivered`` -> ``read``; or ``failed`` (permanent), ``skipped`` (policy, with a reason),
+``dry_run``, and ``uncertain``: a send whose outcome was lost (the worker died after the
+call). An uncertain row is never sent again; the status webhook carrying its outbox id
+settles it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from connector.policy import ContactFacts, SendHistory
+from connector.storage import models as m
+from connector.storage.db import Database
+
+SENT_STATES = ("sending", "sent", "delivered", "read", "uncertain", "dry_run")
+STATUS_RANK = {"sending": 0, "uncertain": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
+CONFIRMATION_JOURNEYS = ("order_confirmation", "cod_confirmation")
+
+
+def callback_for(outbox_id: int) -> str:
+    return f"outbox:{outbox_id}"
+
+
+def outbox_id_from_callback(data: str | None) -> int | None:
+    if data and data.startswith("outbox:") and data[7:].isdigit():
+        return int(data[7:])
+    return None
+
+
+def enqueue(
+    conn: Connection,
+    *,
+    store_id: int,
+    key: str,
+    contact_id: int | None,
+    journey: str | None,
+    step: str | None,
+    category: str | None,
+    payload: dict[str, Any],
+    due_at: datetime,
+    now: datetime,
+    channel: str = "whatsapp",
+    skip_reason: str | None = None,
+) -> int | None:
+    """Insert once per idempotency key; returns the new id, or None if the key exists."""
+    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(m.OutboxMessage)
+    stmt = ins.values(
+        store_id=store_id,
+        idempotency_key=key[:255],
+        channel=channel,
+        contact_id=contact_id,
+        journey=journey,
+        step=step,
+        category=category,
+        payload=payload,
+        status="skipped" if skip_reason else "pending",
+        skip_reason=skip_reason,
+        due_at=due_at,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+    ).on_conflict_do_nothing(index_elements=["store_id", "idempotency_key"]).returning(m.OutboxMessage.id)
+    return conn.execute(stmt).scalar()
+
+
+def contact_facts(conn: Connection, contact_ids: list[int]) -> dict[int, ContactFacts]:
+    if not contact_ids:
+        return {}
+    rows = conn.execute(
+        select(
+            m.Contact.id, m.Contact.consent_utility, m.Contact.consent_marketing, m.Contact.opted_out_at,
+            m.Contact.last_inbound_at, m.Contact.reachable,
+        ).where(m.Contact.id.in_(contact_ids))
+    )
+    return {
+        r.id: ContactFacts(r.consent_utility, r.consent_marketing, r.opted_out_at, r.last_inbound_at, r.reachable)
+        for r in rows
+    }
+
+
+def send_history(conn: Connection, contact_ids: list[int], since: datetime) -> dict[int, SendHistory]:
+    """Marketing sends and order confirmations per contact since ``since`` (one query)."""
+    if not contact_ids:
+        return {}
+    rows = conn.execute(
+        select(m.OutboxMessage.contact_id, m.OutboxMessage.category, m.OutboxMessage.journey, m.OutboxMessage.updated_at)
+        .where(
+            m.OutboxMessage.contact_id.in_(contact_ids),
+            m.OutboxMessage.status.in_(SENT_STATES),
+            m.OutboxMessage.updated_at >= since,
+            or_(m.OutboxMessage.category == "marketing", m.OutboxMessage.journey.in_(CONFIRMATION_JOURNEYS)),
+        )
+    )
+    marketing: dict[int, list[datetime]] = {}
+    confirmed: dict[int, datetime] = {}
+    for r in rows:
+        if r.category == "marketing":
+            marketing.setdefault(r.contact_id, []).append(r.updated_at)
+        if r.journey in CONFIRMATION_JOURNEYS and (r.contact_id not in confirmed or confirmed[r.contact_id] < r.updated_at):
+            confirmed[r.contact_id] = r.updated_at
+    return {
+        cid: SendHistory(tuple(sorted(marketing.get(cid, ()))), confirmed.get(cid)) for cid in set(marketing) | set(confirmed)
+    }
+
+
+@dataclass(slots=True)
+class Claimed:
+    id: int
+    store_id: int
+    contact_id: int | None
+    journey: str | None
+    category: str | None
+    payload: dict[str, Any]
+    attempts: int
+    facts: ContactFacts | None = None
+    history: SendHistory = field(default_factory=SendHistory)
+
+
+def expire_leases(conn: Connection, now: datetime) -> int:
+    """A claimed row whose lease ran out was possibly sent: mark it uncertain, never resend it."""
+    expired = list(
+        conn.execute(
+            select(m.OutboxMessage.id, m.OutboxMessage.store_id, m.OutboxMessage.lease_until).where(
+                m.OutboxMessage.status == "sending", m.OutboxMessage.lease_until < now
+            )
+        )
+    )
+    for row in expired:
+        conn.execute(
+            update(m.OutboxMessage)
+            .where(m.OutboxMessage.id == row.id, m.OutboxMessage.status == "sending")
+            .values(status="uncertain", last_error="lease expired during send; awaiting status webhook", updated_at=now)
+        )
+        conn.execute(
+            insert(m.OutboxAttempt).values(
+                store_id=row.store_id, outbox_id=row.id, started_at=row.lease_until, outcome="uncertain",
+                error_detail="worker stopped before recording the result",
+            )
+        )
+    return len(expired)
+
+
+def claim(
+    db: Database, *, store_ids: list[int], now: datetime, limit: int, lease: timedelta, worker: str, history_window: timedelta
+) -> list[Claimed]:
+    """Lease up to ``limit`` due WhatsApp rows (SKIP LOCKED on PostgreSQL, the write lock on SQLite)."""
+    with db.write_lock(), db.engine.begin() as conn:
+        expire_leases(conn, now)
+        query = (
+            select(
+                m.OutboxMessage.id, m.OutboxMessage.store_id, m.OutboxMessage.contact_id, m.OutboxMessage.journey,
+                m.OutboxMessage.category, m.OutboxMessage.payload, m.OutboxMessage.attempts,
+            )
+            .where(
+                m.OutboxMessage.status == "pending",
+                m.OutboxMessage.channel == "whatsapp",
+                m.OutboxMessage.due_at <= now,
+                m.OutboxMessage.store_id.in_(store_ids),
+            )
+            .order_by(m.OutboxMessage.due_at, m.OutboxMessage.id)
+            .limit(limit)
+        )
+        if not db.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        rows = [Claimed(r.id, r.store_id, r.contact_id, r.journey, r.category, r.payload, r.attempts) for r in conn.execute(query)]
+        if not rows:
+            return []
+        conn.execute(
+            update(m.OutboxMessage)
+            .where(m.OutboxMessage.id.in_([r.id for r in rows]))
+            .values(status="sending", lease_until=now + lease, leased_by=worker[:64], updated_at=now)
+        )
+        ids = [r.contact_id for r in rows if r.contact_id is not None]
+        facts = contact_facts(conn, ids)
+        history = send_history(conn, ids, now - history_window)
+        for r in rows:
+            if r.contact_id is not None:
+                r.facts = facts.get(r.contact_id)
+                r.history = history.get(r.contact_id, SendHistory())
+        return rows
+
+
+@dataclass(slots=True)
+class Result:
+    """The outcome of one claimed row, written back in one batch."""
+
+    row: Claimed
+    outcome: str  # sent | dry_run | retry | failed | uncertain | skipped | deferred
+    started_at: datetime
+    duration_ms: int | None = None
+    wamid: str | None = None
+    wa_id: str | None = None
+    error_code: int | None = None
+    error_detail: str | None = None
+    due_at: datetime | None = None
+    recipient: str | None = None
+    kind: str | None = None
+    label: str | None = None
+
+
+def record(db: Database, results: list[Result], now: datetime) -> None:
+    if not results:
+        return
+    with db.write_lock(), db.engine.begin() as conn:
+        attempts: list[dict[str, Any]] = []
+        messages: list[dict[str, Any]] = []
+        for res in results:
+            r = res.row
+            values: dict[str, Any] = {"updated_at": now, "lease_until": None, "leased_by": None}
+            tried = res.outcome in ("sent", "dry_run", "retry", "failed", "uncertain")
+            if tried:
+                values["attempts"] = r.attempts + 1
+            if res.outcome in ("sent", "dry_run"):
+                values.update(status=res.outcome, wamid=res.wamid, last_error=None)
+            elif res.outcome == "retry":
+                values.update(status="pending", due_at=res.due_at, last_error=res.error_detail)
+            elif res.outcome == "deferred":
+                values.update(status="pending", due_at=res.due_at, skip_reason=None)
+            elif res.outcome == "skipped":
+                values.update(status="skipped", skip_reason=res.error_detail)
+            else:  # failed | uncertain
+                values.update(status=res.outcome, last_error=res.error_detail)
+            conn.execute(
+                update(m.OutboxMessage).where(and_(m.OutboxMessage.id == r.id, m.OutboxMessage.status == "sending")).values(**values)
+            )
+            if tried:
+                attempts.append(
+                    {
+                        "store_id": r.store_id, "outbox_id": r.id, "started_at": res.started_at,
+                        "duration_ms": res.duration_ms, "outcome": res.outcome, "error_code": res.error_code,
+                        "error_detail": (res.error_detail or None) and res.error_detail[:255],
+                    }
+                )
+            if res.outcome in ("sent", "dry_run") and res.wamid:
+                messages.append(
+                    {
+                        "store_id": r.store_id, "contact_id": r.contact_id, "direction": "out", "wamid": res.wamid,
+                        "kind": (res.kind or "template")[:32], "body": res.label, "status": res.outcome,
+                        "outbox_id": r.id, "occurred_at": res.started_at, "updated_at": now,
+                    }
+                )
+                if res.wa_id and r.contact_id is not None:
+                    conn.execute(update(m.Contact).where(m.Contact.id == r.contact_id, m.Contact.wa_id.is_(None)).values(wa_id=res.wa_id))
+        if attempts:
+            conn.execute(insert(m.OutboxAttempt), attempts)
+        for msg in messages:  # a status webhook may have beaten us to it (settled an uncertain send)
+            ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(m.Message)
+            conn.execute(ins.values(**msg).on_conflict_do_nothing(index_elements=["store_id", "wamid"]))

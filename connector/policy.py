@@ -1,0 +1,167 @@
+"""The policy gate: may this contact receive this message now? Pure, no I/O, no clock.
+
+Applied when a message is queued and again just before it is sent (consent can change
+in between). A blocked message is recorded as skipped with the reason, so a report can
+always say why someone was not messaged. Rules, in order:
+
+1. opted out (STOP keyword) or unreachable number -> skip;
+2. consent for the category (utility: WhatsApp contact consent; marketing: opt-in);
+3. the 24-hour customer-service window for free-form and interactive messages;
+4. no cart reminder within N hours of an order confirmation;
+5. one marketing frequency cap across all journeys;
+6. quiet hours in the store's time zone -> defer to the next allowed time.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from connector.contacts import in_service_window
+
+DEFAULT_STOP_WORDS = (
+    "stop", "stop all", "unsubscribe", "opt out", "optout", "end", "quit",  # English
+    "band karo", "band", "बंद", "बंद करो", "रोको",  # Hindi
+    "baja", "alto", "detener", "cancelar suscripcion",  # Spanish
+    "parar", "sair", "descadastrar",  # Portuguese
+    "annulla iscrizione", "basta", "disiscrivi",  # Italian
+    "arret", "arreter", "desabonner", "desinscrire",  # French
+    "abmelden", "abbestellen",  # German
+    "توقف", "الغاء الاشتراك",  # Arabic
+)
+DEFAULT_START_WORDS = ("start", "unstop", "resume", "subscribe", "shuru", "शुरू", "alta", "iniciar", "avvia", "demarrer")
+
+
+@dataclass(frozen=True, slots=True)
+class ContactFacts:
+    consent_utility: str = "unknown"
+    consent_marketing: str = "unknown"
+    opted_out_at: datetime | None = None
+    last_inbound_at: datetime | None = None
+    reachable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SendHistory:
+    """What was already sent to this contact (from the outbox)."""
+
+    marketing_sent_at: tuple[datetime, ...] = ()
+    last_order_confirmation_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRules:
+    quiet_start: time | None = time(21, 0)
+    quiet_end: time | None = time(9, 0)
+    utility_in_quiet_hours: bool = True
+    marketing_cap: int = 2
+    marketing_cap_window: timedelta = timedelta(days=7)
+    cart_quiet_after_order: timedelta = timedelta(hours=24)
+    utility_needs_consent: bool = True
+    stop_words: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_STOP_WORDS))
+    start_words: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_START_WORDS))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reason: str | None = None
+    defer_until: datetime | None = None
+
+    @property
+    def deferred(self) -> bool:
+        return self.defer_until is not None
+
+
+ALLOW = Decision(True)
+CART_JOURNEYS = frozenset({"checkout_recovery"})
+
+
+def _in_quiet_hours(local: time, start: time, end: time) -> bool:
+    if start == end:
+        return False
+    if start < end:
+        return start <= local < end
+    return local >= start or local < end  # spans midnight, e.g. 21:00-09:00
+
+
+def next_allowed(now: datetime, tz: ZoneInfo, start: time, end: time) -> datetime:
+    """The first instant at or after ``now`` outside quiet hours, in UTC."""
+    local = now.astimezone(tz)
+    if not _in_quiet_hours(local.time(), start, end):
+        return now
+    day = local.date() if local.time() < end else local.date() + timedelta(days=1)
+    # build the wall-clock end time in the zone; fold handles DST overlaps deterministically
+    candidate = datetime.combine(day, end, tzinfo=tz)
+    return candidate.astimezone(now.tzinfo)
+
+
+def check(
+    *,
+    category: str,
+    kind: str,
+    journey: str | None,
+    contact: ContactFacts,
+    history: SendHistory,
+    rules: PolicyRules,
+    tz: ZoneInfo,
+    now: datetime,
+) -> Decision:
+    """Decide for one message. ``kind`` is template, interactive or text."""
+    if contact.opted_out_at is not None:
+        return Decision(False, "opted_out")
+    if not contact.reachable:
+        return Decision(False, "unreachable")
+    if category == "marketing" and contact.consent_marketing != "granted":
+        return Decision(False, "no_marketing_consent")
+    if category == "utility" and rules.utility_needs_consent and contact.consent_utility != "granted":
+        return Decision(False, "no_utility_consent")
+    if kind in ("interactive", "text") and not in_service_window(contact.last_inbound_at, now):
+        return Decision(False, "outside_service_window")
+    if journey in CART_JOURNEYS and history.last_order_confirmation_at is not None:
+        if now - history.last_order_confirmation_at < rules.cart_quiet_after_order:
+            return Decision(False, "recent_order_confirmation")
+    if category == "marketing":
+        recent = [t for t in history.marketing_sent_at if now - t < rules.marketing_cap_window]
+        if len(recent) >= rules.marketing_cap:
+            return Decision(False, "frequency_cap")
+    if rules.quiet_start is not None and rules.quiet_end is not None:
+        if category == "marketing" or not rules.utility_in_quiet_hours:
+            when = next_allowed(now, tz, rules.quiet_start, rules.quiet_end)
+            if when > now:
+                return Decision(False, "quiet_hours", defer_until=when)
+    return ALLOW
+
+
+def _fold(text: str) -> str:
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c))  # arrêt == arret; both sides fold alike
+    text = re.sub(r"[^\w\s]", " ", text.casefold())
+    return " ".join(text.split())
+
+
+@functools.lru_cache(maxsize=32)
+def _folded(words: frozenset[str]) -> frozenset[str]:
+    return frozenset(_fold(w) for w in words)
+
+
+def keyword_intent(text: str | None, rules: PolicyRules) -> str | None:
+    """'stop' or 'start' when the whole message is an opt-out/opt-in keyword, else None.
+
+    Only a message that is the keyword (ignoring case, accents and punctuation) counts, so
+    "please stop calling, I confirmed" in a conversation is left to a person.
+    """
+    if not text:
+        return None
+    folded = _fold(text)
+    if not folded or len(folded) > 40:
+        return None
+    if folded in _folded(rules.stop_words):
+        return "stop"
+    if folded in _folded(rules.start_words):
+        return "start"
+    return None
