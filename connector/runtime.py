@@ -17,6 +17,9 @@ import anyio.to_thread
 from adapters.registry import normalizers
 from adapters.shopify.webhooks import ShopifyWebhooks
 from connector.config import Settings, ShopifyStore, WooCommerceStore
+from connector.messages import MessageSender
+from connector.outbox.dispatcher import Dispatcher
+from connector.outbox.senders import DryRunSender
 from connector.processor import InboxProcessor
 from connector.storage.db import Database, ensure_schema
 from connector.storage.inbox import InboxWriter, sync_stores
@@ -33,6 +36,7 @@ class Runtime:
         *,
         clock: Callable[[], datetime] = utcnow,
         run_worker: bool = True,
+        sender: MessageSender | None = None,
     ):
         self.settings = settings
         self.db = db or Database.from_url(settings.database.url, pool_size=settings.database.pool_size)
@@ -44,6 +48,10 @@ class Runtime:
         self.store_ids: dict[str, int] = {}
         self.writer = InboxWriter(self.db, max_batch=settings.database.group_commit_max, on_commit=self._wake)
         self.processor: InboxProcessor | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.sender = sender or self._default_sender()
+        self._dispatch_stop = asyncio.Event()
+        self._dispatch_task: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
         self._worker_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -51,6 +59,15 @@ class Runtime:
     def woocommerce_store(self, key: str) -> WooCommerceStore | None:
         store = self.stores_by_key.get(key)
         return store if isinstance(store, WooCommerceStore) else None
+
+    def _default_sender(self) -> MessageSender:
+        wa = self.settings.whatsapp
+        if wa.dry_run:
+            return DryRunSender()
+        from adapters.whatsapp.client import WhatsAppClient
+
+        assert wa.access_token is not None
+        return WhatsAppClient(str(wa.graph_base_url).rstrip("/"), wa.api_version, wa.access_token.get_secret_value())
 
     def _wake(self) -> None:
         self._wakeup.set()
@@ -65,9 +82,12 @@ class Runtime:
             sync_stores, self.db, [(s.key, s.platform) for s in self.settings.stores]
         )
         self.processor = InboxProcessor(self.db, self.settings, self.store_ids, normalizers(), clock=self.clock)
+        self.dispatcher = Dispatcher(self.db, self.settings, self.store_ids, self.sender, clock=self.clock)
         self.writer.start()
         if self.run_worker:
             self._worker_task = asyncio.create_task(self._process_loop(), name="inbox-processor")
+            self._dispatch_stop = asyncio.Event()
+            self._dispatch_task = asyncio.create_task(self.dispatcher.run_forever(self._dispatch_stop), name="outbox-dispatcher")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -76,6 +96,12 @@ class Runtime:
             self._worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker_task
+        if self._dispatch_task is not None:
+            self._dispatch_stop.set()
+            await self._dispatch_task
+        close = getattr(self.sender, "aclose", None)
+        if close is not None:
+            await close()
         self.db.dispose()
 
     async def _process_loop(self) -> None:

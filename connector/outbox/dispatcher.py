@@ -170,6 +170,8 @@ class Dispatcher:
                 return ob.Result(row, "retry", started, ms, error_code=exc.code, error_detail=str(exc), due_at=when)
             except PermanentError as exc:
                 ms = int((time.perf_counter() - t0) * 1000)
+                if exc.outcome_unknown:  # e.g. a 200 without a message id: it may have gone out
+                    return ob.Result(row, "uncertain", started, ms, error_code=exc.code, error_detail=f"outcome unknown: {exc}")
                 return ob.Result(row, "failed", started, ms, error_code=exc.code, error_detail=str(exc))
             except Exception as exc:  # a bug after the request may have left: do not risk a second send
                 log.exception("unexpected error while sending outbox %s", row.id)

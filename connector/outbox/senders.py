@@ -20,5 +20,5 @@ class DryRunSender:
     async def send(self, phone_number_id: str, message: OutboundMessage) -> SendResult:
         self.sent.append((phone_number_id, message))
         what = message.name if message.kind == "template" else message.kind
-        log.info("dry run: would send", extra={"to": redact_phone(message.to), "message": what})
+        log.info("dry run: would send", extra={"to": redact_phone(message.to), "template": what})
         return SendResult(wamid=f"dryrun.{uuid.uuid4().hex}", wa_id=message.to.lstrip("+"), dry_run=True)

@@ -173,14 +173,14 @@ def claim(
         rows = [Claimed(r.id, r.store_id, r.contact_id, r.journey, r.category, r.payload, r.attempts) for r in conn.execute(query)]
         if not rows:
             return []
+        ids = [r.contact_id for r in rows if r.contact_id is not None]
+        facts = contact_facts(conn, ids)
+        history = send_history(conn, ids, now - history_window)  # before this batch counts as "sending"
         conn.execute(
             update(m.OutboxMessage)
             .where(m.OutboxMessage.id.in_([r.id for r in rows]))
             .values(status="sending", lease_until=now + lease, leased_by=worker[:64], updated_at=now)
         )
-        ids = [r.contact_id for r in rows if r.contact_id is not None]
-        facts = contact_facts(conn, ids)
-        history = send_history(conn, ids, now - history_window)
         for r in rows:
             if r.contact_id is not None:
                 r.facts = facts.get(r.contact_id)

@@ -1,0 +1,217 @@
+"""A thin async WhatsApp Cloud API client: our message models -> Graph requests.
+
+Thin httpx rather than pywa: pywa binds base_url/Authorization onto one httpx client per
+instance and its typed errors do not expose a proxy's non-JSON 502 cleanly, while we need
+exact control over retryability (adapters.whatsapp.errors).
+
+No retries here: the outbox owns retry as a pure decision over recorded attempts, so each
+``send`` is exactly one POST. The access token is sent per request and never appears in an
+exception or a log line; response bodies are never logged.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+
+from adapters.whatsapp import errors
+from connector.errors import PermanentError
+from connector.messages import (
+    CurrencyParam,
+    DateTimeParam,
+    InteractiveButtons,
+    OutboundMessage,
+    Param,
+    QuickReplyButton,
+    SendResult,
+    TemplateMessage,
+    TextMessage,
+    TextParam,
+    UrlButton,
+)
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+MAX_TEMPLATE_PAGES = 200  # 100 per page: far beyond any WABA's template count
+
+
+def _param(p: Param) -> dict[str, Any]:
+    if isinstance(p, TextParam):
+        return {"type": "text", "text": p.text}
+    if isinstance(p, CurrencyParam):
+        # Meta wants an integer amount * 1000; round rather than truncate sub-mil decimals.
+        amount_1000 = int((p.amount * 1000).to_integral_value(rounding=ROUND_HALF_UP))
+        return {"type": "currency", "currency": {"fallback_value": p.fallback, "code": p.code, "amount_1000": amount_1000}}
+    if isinstance(p, DateTimeParam):
+        return {"type": "date_time", "date_time": {"fallback_value": p.fallback}}
+    raise TypeError(f"unsupported template parameter {type(p).__name__}")
+
+
+def _template(m: TemplateMessage) -> dict[str, Any]:
+    components: list[dict[str, Any]] = []
+    if m.header_media is not None and m.header_text:
+        # A template header is either media or text; sending both would be rejected by Meta.
+        raise PermanentError("template message has both header media and header text parameters")
+    if m.header_media is not None:
+        kind = m.header_media.type
+        components.append({"type": "header", "parameters": [{"type": kind, kind: {"link": m.header_media.link}}]})
+    elif m.header_text:
+        components.append({"type": "header", "parameters": [_param(p) for p in m.header_text]})
+    if m.body:
+        components.append({"type": "body", "parameters": [_param(p) for p in m.body]})
+    for i, b in enumerate(m.buttons):
+        # index = the button's position in the approved template, as a string
+        if isinstance(b, QuickReplyButton):
+            components.append({"type": "button", "sub_type": "quick_reply", "index": str(i),
+                               "parameters": [{"type": "payload", "payload": b.payload}]})
+        elif isinstance(b, UrlButton):
+            components.append({"type": "button", "sub_type": "url", "index": str(i),
+                               "parameters": [{"type": "text", "text": b.suffix}]})
+    template: dict[str, Any] = {"name": m.name, "language": {"code": m.language}}
+    if components:
+        template["components"] = components
+    return template
+
+
+def _interactive(m: InteractiveButtons) -> dict[str, Any]:
+    interactive: dict[str, Any] = {"type": "button"}
+    if m.header is not None:
+        interactive["header"] = {"type": "text", "text": m.header}
+    interactive["body"] = {"text": m.body}
+    if m.footer is not None:
+        interactive["footer"] = {"text": m.footer}
+    interactive["action"] = {"buttons": [{"type": "reply", "reply": {"id": b.id, "title": b.title}} for b in m.buttons]}
+    return interactive
+
+
+def build_payload(message: OutboundMessage) -> dict[str, Any]:
+    """The JSON body of ``POST /{phone_number_id}/messages`` for one of our messages."""
+    body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": message.to}
+    if message.callback_data is not None:
+        # echoed on every status webhook: it carries the outbox id
+        body["biz_opaque_callback_data"] = message.callback_data
+    if isinstance(message, TemplateMessage):
+        body["type"] = "template"
+        body["template"] = _template(message)
+    elif isinstance(message, InteractiveButtons):
+        body["type"] = "interactive"
+        body["interactive"] = _interactive(message)
+    elif isinstance(message, TextMessage):
+        body["type"] = "text"
+        body["text"] = {"body": message.body, "preview_url": message.preview_url}
+    else:
+        raise PermanentError(f"unsupported message kind {type(message).__name__}")
+    return body
+
+
+def _accepted(response: httpx.Response) -> SendResult:
+    """Read Meta's 2xx answer.
+
+    A 2xx without ``messages[0].id`` means Meta may well have sent the message but we
+    cannot name it. Retrying could deliver it twice, so this is a PermanentError with
+    ``outcome_unknown=True`` and no code: the outbox should record it as uncertain and let
+    the status webhook (which carries biz_opaque_callback_data) settle it.
+    """
+    try:
+        data = response.json()
+        wamid = data["messages"][0]["id"]
+        if not isinstance(wamid, str) or not wamid:
+            raise ValueError
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise PermanentError("unexpected accepted response", http_status=response.status_code, outcome_unknown=True) from None
+    wa_id = None
+    contacts = data.get("contacts")
+    if isinstance(contacts, list) and contacts and isinstance(contacts[0], dict):
+        raw = contacts[0].get("wa_id")
+        wa_id = str(raw) if raw is not None else None
+    return SendResult(wamid=wamid, wa_id=wa_id)
+
+
+class WhatsAppClient:
+    """``MessageSender`` over the Cloud API, one pooled httpx.AsyncClient per instance.
+
+    ``timeout`` applies to every request, also on a client passed as ``http`` (which we
+    then do not own and do not close).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_version: str,
+        access_token: str,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        http: httpx.AsyncClient | None = None,
+    ):
+        self._root = f"{base_url.rstrip('/')}/{api_version.strip('/')}"
+        self._token = access_token
+        self._timeout = timeout
+        self._owns_http = http is None
+        self._http = http if http is not None else httpx.AsyncClient(timeout=timeout)
+
+    def __repr__(self) -> str:  # never the token
+        return f"WhatsAppClient({self._root!r})"
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> "WhatsAppClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+
+    async def _request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, url, headers=self._headers(), timeout=self._timeout, **kw)
+        except httpx.TransportError as exc:
+            raise errors.classify_transport(exc) from None  # the cause's repr could carry the URL; not needed
+        if not response.is_success:
+            raise errors.classify(response, redact=(self._token,))
+        return response
+
+    async def send(self, phone_number_id: str, message: OutboundMessage) -> SendResult:
+        """One POST, no retry. Raises RetryableError / PermanentError (connector.errors)."""
+        payload = build_payload(message)
+        response = await self._request("POST", f"{self._root}/{phone_number_id}/messages", json=payload)
+        return _accepted(response)
+
+    async def list_templates(self, waba_id: str) -> list[dict[str, Any]]:
+        """Every message template of a WABA, as Meta's raw dicts (name, language, status, ...).
+
+        Follows the ``after`` cursor while Meta says there is a ``next`` page. Requests are
+        always rebuilt on our base URL (never a ``next`` URL's host), so the token only goes
+        to Graph. A cursor seen twice means the paging would loop: refuse it.
+        """
+        url = f"{self._root}/{waba_id}/message_templates"
+        params: dict[str, Any] = {"limit": 100}
+        seen: set[str] = set()
+        out: list[dict[str, Any]] = []
+        for _ in range(MAX_TEMPLATE_PAGES):
+            response = await self._request("GET", url, params=params)
+            try:
+                data = response.json()
+            except ValueError:
+                raise PermanentError("template list: response is not JSON", http_status=response.status_code) from None
+            if not isinstance(data, dict):
+                raise PermanentError("template list: unexpected response", http_status=response.status_code)
+            out.extend(t for t in data.get("data") or [] if isinstance(t, dict))
+            paging = data.get("paging") if isinstance(data.get("paging"), dict) else {}
+            next_url = paging.get("next")
+            if not next_url:
+                return out  # Graph omits "next" on the last page (cursors remain)
+            cursors = paging.get("cursors") if isinstance(paging.get("cursors"), dict) else {}
+            after = cursors.get("after") or (parse_qs(urlsplit(str(next_url)).query).get("after") or [None])[0]
+            if not after:
+                raise PermanentError("template list: paging.next without an 'after' cursor")
+            if after in seen:
+                raise PermanentError("template list: paging cursor repeated; refusing to loop")
+            seen.add(after)
+            params = {"limit": 100, "after": after}
+        raise PermanentError(f"template list: more than {MAX_TEMPLATE_PAGES} pages")

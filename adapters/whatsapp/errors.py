@@ -1,0 +1,230 @@
+"""Graph API failures -> RetryableError / PermanentError, decided by Meta's error code.
+
+Branch on ``error.code`` (Meta's own advice), never on the message text. The exception
+message carries only the HTTP status, the code, our one-line meaning of it and at most
+200 characters of Meta's short ``message``: never the response body or ``error_data``,
+which can echo the recipient's number or template parameters (personal data).
+
+Codes and meanings: shared/docs/platform-facts.md C4 (Meta "Error codes" page via pywa).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+import httpx
+
+from connector.errors import PermanentError, RetryableError, SendError
+
+MAX_RETRY_AFTER = 3600.0  # a Retry-After beyond an hour is not believed; the outbox backs off anyway
+WAIT_A_DAY = 86400.0  # 131049: Meta says do not retry the same user for at least 24 h
+MAX_META_MESSAGE = 200
+
+# code -> (retryable, short meaning). 132xxx and 200-299 are ranges, see describe()/_known().
+CODES: dict[int, tuple[bool, str]] = {
+    # retryable: throttling and Meta-side trouble
+    130429: (True, "throughput (messages per second) reached"),
+    131056: (True, "pair rate limit: too many messages to this recipient"),
+    131000: (True, "unknown error at Meta"),
+    131016: (True, "service temporarily unavailable"),
+    1: (True, "unknown API error"),
+    2: (True, "API service temporarily unavailable"),
+    4: (True, "app API call rate limit"),
+    80007: (True, "WABA API call rate limit"),
+    17: (True, "user request limit reached"),
+    613: (True, "API call rate limit exceeded"),
+    133016: (True, "too many registration attempts; try later"),
+    # Meta: "not delivered to maintain healthy ecosystem engagement" (per-user marketing
+    # limit). Not a payload problem, but retrying soon is pointless: Meta says wait at
+    # least 24 h, so this is a RetryableError with retry_after=86400 (see classify()).
+    131049: (True, "per-user marketing limit; wait at least 24 h"),
+    # permanent: the recipient
+    131026: (False, "undeliverable (not on WhatsApp, terms not accepted, old app)"),
+    131047: (False, "outside the 24 h customer-service window; send a template"),
+    131050: (False, "user stopped marketing messages"),
+    131030: (False, "recipient not in the allowed list (test number)"),
+    130472: (False, "user is in a marketing experiment group"),
+    # permanent: the payload or template
+    131051: (False, "unsupported message type"),
+    131008: (False, "required parameter missing"),
+    131009: (False, "parameter value invalid"),
+    132000: (False, "template parameter count mismatch"),
+    132001: (False, "template does not exist in this language or is not approved"),
+    132005: (False, "template text too long after parameters"),
+    132007: (False, "template content policy violation"),
+    132008: (False, "template parameter format invalid"),
+    132012: (False, "template parameter format mismatch"),
+    132015: (False, "template paused for low quality"),
+    132016: (False, "template permanently disabled"),
+    # permanent: the account
+    131048: (False, "spam rate limit: too many messages blocked or flagged"),
+    131064: (False, "messaging limit reached after template classification violations"),
+    131042: (False, "business payment issue"),
+    131031: (False, "business account locked"),
+    368: (False, "account temporarily blocked for policy violations"),
+    130497: (False, "business account restricted from messaging users in this country"),
+    190: (False, "access token expired or invalid"),
+    0: (False, "authentication exception"),
+    3: (False, "capability not available to this app"),
+    10: (False, "permission denied"),
+}
+
+
+def _known(code: int) -> tuple[bool, str] | None:
+    if code in CODES:
+        return CODES[code]
+    if 132000 <= code <= 132999:
+        return (False, "template error")
+    if 200 <= code <= 299:
+        return (False, "permission not granted")
+    return None
+
+
+def describe(code: int | None) -> str:
+    """One line about a Graph error code, for reports and the admin UI."""
+    if code is None:
+        return "no error code (network, non-JSON or unexpected response)"
+    known = _known(code)
+    return known[1] if known else f"unknown error code {code}"
+
+
+def is_retryable_code(code: int) -> bool | None:
+    """True/False for a known code, None when we do not know it (status decides then)."""
+    known = _known(code)
+    return known[0] if known else None
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Retry-After as seconds (``"2"``, ``"2.5"`` or an HTTP-date), clamped to [0, 3600]."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP-date is always GMT
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+
+
+_PHONE = re.compile(r"\+?\d[\d\s().-]{5,}\d")
+_TOKENISH = re.compile(r"[A-Za-z0-9_\-]{32,}")
+
+
+def _scrub(text: str, redact: Iterable[str]) -> str:
+    """Meta's message is short but may still quote a number or a token: mask them."""
+    for secret in redact:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    text = _PHONE.sub(lambda m: m.group(0) if len(re.sub(r"\D", "", m.group(0))) < 7 else "[number]", text)
+    text = _TOKENISH.sub("[redacted]", text)
+    text = " ".join(text.split())
+    return text[:MAX_META_MESSAGE]
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _graph_error(response: httpx.Response) -> dict | None:
+    try:
+        body = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else None
+
+
+def classify(response: httpx.Response, *, redact: Iterable[str] = ()) -> SendError:
+    """The exception for a non-2xx Graph answer (returned, not raised).
+
+    Known codes decide; an unknown code or a non-JSON body (a proxy's HTML 502) falls back
+    to the status: 5xx and 429 retryable, anything else permanent. ``redact`` lists strings
+    (the access token) that must never reach the message even if Meta quotes them.
+    """
+    status = response.status_code
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    error = _graph_error(response)
+    by_status = status >= 500 or status == 429
+
+    if error is None:
+        cls = RetryableError if by_status else PermanentError
+        return cls(f"HTTP {status} without a Graph error body", http_status=status, retry_after=retry_after)
+
+    code = _int(error.get("code"))
+    subcode = _int(error.get("error_subcode"))
+    trace_id = error.get("fbtrace_id")
+    trace_id = str(trace_id)[:64] if trace_id is not None else None
+    meta = error.get("message") or error.get("error_user_title") or error.get("title") or ""
+    meta = _scrub(str(meta), redact) if meta else ""
+
+    known = is_retryable_code(code) if code is not None else None
+    if known is None:
+        retryable = by_status or error.get("is_transient") is True
+    else:
+        retryable = known
+    if code == 131049:
+        retry_after = max(retry_after or 0.0, WAIT_A_DAY)
+
+    text = f"HTTP {status}, code {code}"
+    if subcode is not None:
+        text += f"/{subcode}"
+    text += f" ({describe(code)})"
+    if meta:
+        text += f": {meta}"
+    cls = RetryableError if retryable else PermanentError
+    return cls(text, code=code, subcode=subcode, trace_id=trace_id, http_status=status, retry_after=retry_after)
+
+
+# The request cannot have reached Meta: safe to send again.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError,
+             httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+
+
+def is_outcome_unknown(exc: BaseException) -> bool:
+    """True when the request may have reached Meta although we got no answer.
+
+    Read/write timeouts, a connection dropped mid-request and a server that hung up
+    without answering (RemoteProtocolError) all qualify: a second send could deliver the
+    message twice, so the outbox should wait for the status webhook instead. Anything
+    we cannot place is treated as unknown too.
+    """
+    if isinstance(exc, SendError):
+        return exc.outcome_unknown
+    if isinstance(exc, httpx.TransportError):
+        return not isinstance(exc, _NOT_SENT)
+    return False
+
+
+def classify_transport(exc: httpx.TransportError) -> RetryableError:
+    """No HTTP answer at all. The message names the failure class only (no URL, no headers)."""
+    name = type(exc).__name__
+    unknown = is_outcome_unknown(exc)
+    if isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout)):
+        text = f"timeout; outcome unknown ({name})"
+    elif isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        text = f"connection failed ({name})"
+    elif isinstance(exc, httpx.PoolTimeout):
+        text = "no free connection in the pool (PoolTimeout)"
+    elif unknown:
+        text = f"connection lost after sending; outcome unknown ({name})"
+    else:
+        text = f"transport error ({name})"
+    return RetryableError(text, outcome_unknown=unknown)

@@ -1,0 +1,178 @@
+"""A sandbox WhatsApp Cloud API: a real HTTP peer on 127.0.0.1 for the demo, benchmarks and tests.
+
+It accepts ``POST /{version}/{phone_number_id}/messages`` like the Graph API, answers with
+a wamid, enforces a messages-per-second limit per number the way Meta does (error 130429),
+can be scripted to fail (5xx, 130429, HTML 502, ...), and can post signed status webhooks
+(sent, delivered, read) back to the connector with the ``biz_opaque_callback_data`` it got.
+Nothing here is used in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import json
+import socket
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+@dataclass
+class Call:
+    phone_number_id: str
+    to: str
+    type: str
+    template: str | None
+    callback_data: str | None
+    at: float
+    status: int
+    wamid: str | None
+
+
+@dataclass
+class ScriptedResponse:
+    status: int
+    body: Any = None  # dict -> JSON; str -> text/html
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class SandboxWhatsApp:
+    def __init__(
+        self,
+        *,
+        token: str = "sandbox-token",
+        limit_mps: float | None = None,
+        webhook_url: str | None = None,
+        app_secret: str | None = None,
+        statuses: tuple[str, ...] = ("sent", "delivered"),
+        templates: list[dict[str, Any]] | None = None,
+    ):
+        self.token = token
+        self.limit_mps = limit_mps
+        self.webhook_url = webhook_url
+        self.app_secret = app_secret
+        self.statuses = statuses
+        self.templates = templates or []
+        self.calls: list[Call] = []
+        self.script: deque[ScriptedResponse] = deque()
+        self._ids = itertools.count(1)
+        self._window: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+        self.app = Starlette(
+            routes=[
+                Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
+                Route("/{version}/{waba_id}/message_templates", self._templates, methods=["GET"]),
+            ]
+        )
+
+    # -- what tests and benchmarks read ------------------------------------------------
+    def accepted(self) -> list[Call]:
+        return [c for c in self.calls if c.status == 200]
+
+    def sends_per_callback(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for c in self.accepted():
+            counts[c.callback_data or ""] += 1
+        return dict(counts)
+
+    # -- the API -----------------------------------------------------------------------
+    def _over_limit(self, phone_number_id: str, now: float) -> bool:
+        if self.limit_mps is None:
+            return False
+        window = self._window[phone_number_id]
+        while window and window[0] <= now - 1.0:
+            window.popleft()
+        if len(window) >= self.limit_mps:
+            return True
+        window.append(now)
+        return False
+
+    async def _messages(self, request: Request) -> Response:
+        now = time.monotonic()
+        if request.headers.get("authorization") != f"Bearer {self.token}":
+            return JSONResponse({"error": {"message": "Invalid OAuth access token.", "type": "OAuthException", "code": 190, "fbtrace_id": "SBX"}}, 401)
+        body = await request.json()
+        phone = request.path_params["phone_number_id"]
+        to = str(body.get("to", ""))
+        kind = str(body.get("type", ""))
+        template = (body.get("template") or {}).get("name")
+        callback = body.get("biz_opaque_callback_data")
+        with self._lock:
+            scripted = self.script.popleft() if self.script else None
+            if scripted is None and self._over_limit(phone, now):
+                scripted = ScriptedResponse(429, {"error": {"message": "(#130429) Rate limit hit", "type": "OAuthException", "code": 130429, "fbtrace_id": "SBX"}})
+        if scripted is not None:
+            self.calls.append(Call(phone, to, kind, template, callback, now, scripted.status, None))
+            if isinstance(scripted.body, str):
+                return Response(scripted.body, scripted.status, headers=scripted.headers, media_type="text/html")
+            return JSONResponse(scripted.body, scripted.status, headers=scripted.headers)
+        wamid = f"wamid.SBX{next(self._ids):08d}"
+        self.calls.append(Call(phone, to, kind, template, callback, now, 200, wamid))
+        if self.webhook_url and self.app_secret:
+            asyncio.get_running_loop().create_task(self._post_statuses(phone, to, wamid, callback))
+        digits = to.lstrip("+")
+        return JSONResponse({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": digits}], "messages": [{"id": wamid}]})
+
+    async def _templates(self, request: Request) -> Response:
+        return JSONResponse({"data": self.templates, "paging": {"cursors": {"before": "a", "after": "a"}}})
+
+    async def _post_statuses(self, phone: str, to: str, wamid: str, callback: str | None) -> None:
+        async with httpx.AsyncClient(timeout=5) as client:
+            for status in self.statuses:
+                await asyncio.sleep(0.01)
+                item: dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(int(time.time())), "recipient_id": to.lstrip("+")}
+                if callback:
+                    item["biz_opaque_callback_data"] = callback
+                envelope = {"object": "whatsapp_business_account", "entry": [{"id": "SBX", "changes": [{"field": "messages", "value": {
+                    "messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550000000", "phone_number_id": phone},
+                    "statuses": [item]}}]}]}
+                raw = json.dumps(envelope).encode()
+                sig = "sha256=" + hmac.new((self.app_secret or "").encode(), raw, hashlib.sha256).hexdigest()
+                try:
+                    await client.post(self.webhook_url or "", content=raw, headers={"X-Hub-Signature-256": sig, "Content-Type": "application/json"})
+                except httpx.HTTPError:
+                    pass  # the connector is down; Meta would retry, the sandbox does not
+
+
+class SandboxServer:
+    """Run a Starlette app with uvicorn in a background thread on a free 127.0.0.1 port."""
+
+    def __init__(self, app: Any, port: int = 0):
+        self.port = port or _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, name=f"sandbox-{self.port}", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "SandboxServer":
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("sandbox server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
