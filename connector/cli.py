@@ -130,6 +130,64 @@ def worker(config: ConfigOpt = Path("storeloop.toml")) -> None:
     asyncio.run(main())
 
 
+templates_app = typer.Typer(help="WhatsApp message templates: export definitions, check them against the account.", no_args_is_help=True)
+app.add_typer(templates_app, name="templates")
+
+
+@templates_app.command("export")
+def templates_export(
+    config: ConfigOpt = Path("storeloop.toml"),
+    store: Annotated[Optional[str], typer.Option(help="only this store")] = None,
+) -> None:
+    """Print the template definitions (category, body with examples, buttons) to submit to WhatsApp Manager."""
+    from connector.templates import definition
+
+    settings = _load(config)
+    seen: dict[tuple[str, str], dict] = {}
+    for s in settings.stores:
+        if store and s.key != store:
+            continue
+        for tpl in s.templates:
+            seen.setdefault((tpl.name, tpl.language), definition(tpl))
+    typer.echo(json.dumps(list(seen.values()), indent=2, ensure_ascii=False))
+
+
+@templates_app.command("check")
+def templates_check(config: ConfigOpt = Path("storeloop.toml")) -> None:
+    """Compare configured templates with the business account's (Graph API): missing, unapproved, mismatched."""
+    from rich.table import Table
+
+    from connector.template_check import check_templates
+
+    settings = _load(config)
+    wa = settings.whatsapp
+    if wa.dry_run or not wa.business_account_id:
+        console.print("[red]templates check needs whatsapp.access_token and whatsapp.business_account_id[/]")
+        raise typer.Exit(2)
+    from adapters.whatsapp.client import WhatsAppClient
+
+    async def fetch() -> list[dict]:
+        assert wa.access_token is not None and wa.business_account_id is not None
+        async with WhatsAppClient(str(wa.graph_base_url).rstrip("/"), wa.api_version, wa.access_token.get_secret_value()) as client:
+            return await client.list_templates(wa.business_account_id)
+
+    try:
+        remote = asyncio.run(fetch())
+    except Exception as exc:
+        console.print(f"[red]could not read the account's templates:[/] {exc}")
+        raise typer.Exit(1) from None
+    findings = check_templates(settings, remote)
+    out = Console()
+    table = Table("store", "step", "template", "language", "result", "detail")
+    for f in findings:
+        colour = "green" if f.ok else "red"
+        table.add_row(f.store, f.step, f.name, f.language, f"[{colour}]{f.result}[/]", f.detail)
+    out.print(table)
+    bad = [f for f in findings if not f.ok]
+    out.print(f"{len(findings) - len(bad)} ok, {len(bad)} need attention")
+    raise typer.Exit(1 if bad else 0)
+
+
 @app.command()
 def demo(
     orders: Annotated[int, typer.Option(help="orders the sandbox store places")] = 40,

@@ -72,7 +72,7 @@ class DatabaseSettings(_Settings):
 
 class WorkerSettings(_Settings):
     inbox_poll_seconds: float = Field(0.5, gt=0, le=60)
-    inbox_batch_size: int = Field(200, ge=1, le=5000)
+    inbox_batch_size: int = Field(100, ge=1, le=5000)
     inbox_max_attempts: int = Field(5, ge=1, le=100)
     raw_body_retention_days: int = Field(30, ge=1)
 

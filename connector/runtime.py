@@ -26,6 +26,10 @@ from connector.storage.inbox import InboxWriter, sync_stores
 from connector.storage.models import utcnow
 
 log = logging.getLogger("storeloop.runtime")
+BUSY_SLICE = 0.005  # seconds of processing per batch while webhooks arrive
+BUSY_PAUSE = 0.02  # then give the event loop and the writer the lock and the GIL
+IDLE_SLICE = 0.1
+BUSY_ROWS = 4  # do not even load more raw bodies than a slice can process
 
 
 class Runtime:
@@ -105,17 +109,27 @@ class Runtime:
         self.db.dispose()
 
     async def _process_loop(self) -> None:
-        """Process as soon as a commit lands; otherwise poll (rows retried after a backoff)."""
+        """Process as soon as a commit lands; otherwise poll (rows retried after a backoff).
+
+        Ingest has priority: while webhooks are arriving the processor works in short
+        slices (a few ms, then a pause), so a burst is acknowledged at full speed and
+        processed right after. Nothing is lost meanwhile: it is all in the inbox.
+        """
         assert self.processor is not None
         poll = self.settings.worker.inbox_poll_seconds
         while not self._stopping:
+            busy = self.writer.busy()
             try:
-                handled = await anyio.to_thread.run_sync(self.processor.process_batch)
+                handled = await anyio.to_thread.run_sync(
+                    self.processor.process_batch, BUSY_SLICE if busy else IDLE_SLICE, BUSY_ROWS if busy else None
+                )
             except Exception:
                 log.exception("inbox processing failed; retrying")
                 handled = 0
                 await asyncio.sleep(poll)
-            if handled == 0:
+            if handled and busy:
+                await asyncio.sleep(BUSY_PAUSE)
+            elif handled == 0:
                 self._wakeup.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=poll)

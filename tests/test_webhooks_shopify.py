@@ -211,3 +211,28 @@ def test_consent_webhook_records_history(db_url, fixture):
     assert view["consent"]["marketing"]["state"] == "granted"
     assert view["consent"]["marketing"]["source"] == "shopify_whatsapp_marketing"
     assert [tuple(h) for h in history] == [("marketing", "granted", "shopify_whatsapp_marketing")]
+
+
+def test_our_hmac_check_agrees_with_shopifys_own_library():
+    """Shopify's shopifyapp.verify_webhook_req is the reference for the algorithm."""
+    from shopify_app import ShopifyApp
+
+    from adapters.shopify.webhooks import ShopifyWebhooks
+    from connector.config import ShopifyStore
+    from connector.errors import VerificationError
+
+    store = ShopifyStore.model_validate({"key": "a", "platform": "shopify", "shop_domain": "a.myshopify.com",
+                                         "webhook_secret": "new-secret", "previous_webhook_secret": "old-secret"})
+    ours = ShopifyWebhooks([store])
+    theirs = ShopifyApp(client_id="x", client_secret="new-secret", old_client_secret="old-secret")
+    for path in sorted((FIXTURES / "shopify").glob("*.json")):
+        body = path.read_bytes()
+        for secret in ("new-secret", "old-secret", "wrong-secret"):
+            headers = {k.lower(): v for k, v in shopify_headers(body, secret, "a.myshopify.com", "orders/create").items()}
+            reference = theirs.verify_webhook_req({"method": "POST", "headers": headers, "url": "/", "body": body.decode()}).ok
+            try:
+                ours.verify(headers, body)
+                accepted = True
+            except VerificationError:
+                accepted = False
+            assert accepted is reference is (secret != "wrong-secret"), (path.name, secret)

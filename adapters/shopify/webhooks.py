@@ -1,14 +1,20 @@
 """Shopify webhook deliveries: tenant lookup, HMAC over the raw body, envelope and dedupe key.
 
-HMAC verification is Shopify's own ``shopifyapp`` library (base64 HMAC-SHA256 of the raw
-body, constant-time compare, previous secret accepted during a rotation).
+The check is base64(HMAC-SHA256(secret, raw body)) compared in constant time, with the
+previous secret accepted during a rotation - the same algorithm as Shopify's
+``shopifyapp.verify_webhook_req``. We do not call that function on the request path:
+it JSON-decodes and re-encodes the whole body on every call to build a redacted log
+object, which measured 226 us per 11.6 KB order against 10 us for the HMAC itself (73% of
+the handler's time under load, bench/ingest.py). A test checks both agree byte for byte.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from shopify_app import ShopifyApp
+import base64
+import hashlib
+import hmac
 
 from adapters.envelope import Envelope, body_digest, is_ascii, parse_http_time
 from connector.config import ShopifyStore
@@ -49,37 +55,28 @@ class ShopifyWebhooks:
     """Built once from the configured Shopify stores; ``verify`` finds the store and checks the HMAC."""
 
     def __init__(self, stores: Iterable[ShopifyStore]):
-        self._by_domain: dict[str, tuple[ShopifyStore, ShopifyApp]] = {}
+        self._by_domain: dict[str, tuple[ShopifyStore, tuple[bytes, ...]]] = {}
         for store in stores:
-            secrets = store.webhook_secrets()
-            app = ShopifyApp(
-                client_id=store.client_id or store.key,
-                client_secret=secrets[0],
-                old_client_secret=secrets[1] if len(secrets) > 1 else None,
-            )
-            self._by_domain[store.shop_domain] = (store, app)
+            keys = tuple(secret.encode("utf-8") for secret in store.webhook_secrets())
+            self._by_domain[store.shop_domain] = (store, keys)
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> ShopifyStore:
         domain = (headers.get("x-shopify-shop-domain") or "").strip().lower()
         entry = self._by_domain.get(domain)
         if entry is None:
             raise VerificationError(f"unknown shop {domain or '(no X-Shopify-Shop-Domain)'}")
-        store, app = entry
+        store, keys = entry
         signature = headers.get("x-shopify-hmac-sha256")
         if not signature:
             raise VerificationError("missing X-Shopify-Hmac-Sha256")
         if not is_ascii(signature):
             raise VerificationError("malformed X-Shopify-Hmac-Sha256")
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise VerificationError("body is not UTF-8; cannot verify") from None
-        result = app.verify_webhook_req(
-            {"method": "POST", "headers": {"x-shopify-hmac-sha256": signature}, "url": "/webhooks/shopify", "body": text}
-        )
-        if not result.ok:
-            raise VerificationError(f"HMAC check failed ({result.log.code})")
-        return store
+        given = signature.encode("ascii")
+        for key in keys:
+            expected = base64.b64encode(hmac.new(key, body, hashlib.sha256).digest())
+            if hmac.compare_digest(expected, given):
+                return store
+        raise VerificationError("X-Shopify-Hmac-Sha256 does not match")
 
     @staticmethod
     def envelope(headers: Mapping[str, str], body: bytes) -> Envelope:

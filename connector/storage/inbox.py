@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable
@@ -99,6 +100,11 @@ class InboxWriter:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.rows = 0
+        self.last_commit = 0.0  # monotonic time of the last commit: "ingest is busy" for the processor
+
+    def busy(self, within: float = 0.1) -> bool:
+        """Webhooks are arriving: something is queued or was committed in the last ``within`` s."""
+        return not self._queue.empty() or time.monotonic() - self.last_commit < within
 
     def start(self) -> None:
         if self._task is None:
@@ -155,6 +161,7 @@ class InboxWriter:
             return
         self.batches += 1
         self.rows += len(flat)
+        self.last_commit = time.monotonic()
         pos = 0
         for items, fut in work:
             if not fut.done():
