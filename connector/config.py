@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -150,19 +151,23 @@ class TemplateSettings(_Settings):
     header_image: str | None = None
     buttons: tuple[TemplateButton, ...] = Field((), max_length=10)
 
-    @model_validator(mode="after")
-    def _bindings(self) -> "TemplateSettings":
+    @field_validator("body")
+    @classmethod
+    def _bindings(cls, body: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        """A field validator (not a model one) so these problems are listed beside the buttons' own."""
         from connector.templates import VARIABLES, placeholders
 
-        problems = [f"unknown variable {v!r}" for v in self.body if v not in VARIABLES]
-        wanted = placeholders(self.body_text)
-        if wanted != list(range(1, len(wanted) + 1)):
-            problems.append(f"body_text placeholders must be {{{{1}}}}..{{{{n}}}} without gaps, found {wanted}")
-        elif len(wanted) != len(self.body):
-            problems.append(f"body_text has {len(wanted)} placeholder(s) but body binds {len(self.body)} variable(s)")
+        problems = [f"unknown variable {v!r}" for v in body if v not in VARIABLES]
+        text = info.data.get("body_text")
+        if text is not None:
+            wanted = placeholders(text)
+            if wanted != list(range(1, len(wanted) + 1)):
+                problems.append(f"body_text placeholders must be {{{{1}}}}..{{{{n}}}} without gaps, found {wanted}")
+            elif len(wanted) != len(body):
+                problems.append(f"body_text has {len(wanted)} placeholder(s) but body binds {len(body)} variable(s)")
         if problems:
             raise ValueError("; ".join(problems))
-        return self
+        return body
 
 
 class WhatsAppSettings(_Settings):

@@ -1,0 +1,180 @@
+"""On PostgreSQL two dispatcher processes draining the same 10,000 due messages send each exactly once.
+
+The sandbox Cloud API runs in this (the test) process; the two dispatchers are separate OS
+processes (``sys.executable -c``), each with its own engine, event loop and token bucket,
+claiming from the same schema with ``FOR UPDATE SKIP LOCKED``. Both import everything,
+report "ready" and wait for one "go" line, so neither can drain the queue before the other
+is up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, insert, select, text
+
+from connector.config import parse_settings
+from connector.outbox import store as ob
+from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp
+from connector.storage import models as m
+from connector.storage.db import Database, make_engine
+from connector.storage.inbox import sync_stores
+from connector.storage.models import Base
+from connector.templates import render
+from tests.conftest import PG_URL, settings_dict
+
+pytestmark = pytest.mark.postgres
+
+ROOT = Path(__file__).resolve().parents[1]
+N = 10_000
+TEMPLATE = {
+    "step": "cod_confirmation.ask", "name": "cod_confirm_v1", "category": "utility", "language": "en",
+    "body_text": "Hi {{1}}, please confirm order {{2}} of {{3}}.",
+    "body": ["customer.first_name", "order.name", "order.total"],
+    "buttons": [{"type": "quick_reply", "text": "Confirm", "payload": "cod_confirm"},
+                {"type": "quick_reply", "text": "Cancel", "payload": "cod_cancel"}],
+}
+CONTEXT = {"customer.first_name": "Asha", "order.name": "#1042", "order.total": ("1299.00", "INR")}
+
+# What each dispatcher process runs: argv = database URL, settings JSON. It prints one JSON line.
+CHILD = r"""
+import asyncio, json, sys
+from adapters.whatsapp.client import WhatsAppClient
+from connector.config import parse_settings
+from connector.outbox.dispatcher import Dispatcher
+from connector.storage.db import Database
+from connector.storage.inbox import sync_stores
+
+url, raw = sys.argv[1], json.loads(sys.argv[2])
+settings = parse_settings(raw, environ={})
+db = Database.from_url(url)
+ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+
+async def main():
+    wa = settings.whatsapp
+    client = WhatsAppClient(str(wa.graph_base_url), wa.api_version, wa.access_token.get_secret_value())
+    try:
+        dispatcher = Dispatcher(db, settings, ids, client)
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # wait for "go"
+        claimed = await dispatcher.drain()
+        return {"claimed": claimed, "sent": dispatcher.sent}
+    finally:
+        await client.aclose()
+
+result = asyncio.run(main())
+db.dispose()
+print(json.dumps(result), flush=True)
+"""
+
+
+@pytest.fixture
+def pg_url(pg_schema: str | None) -> str:
+    if pg_schema is None:
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL} (set STORELOOP_TEST_PG_URL): the two-process dispatch test needs SKIP LOCKED")
+    engine = make_engine(PG_URL, connect_args={"options": f"-csearch_path={pg_schema}"})
+    with engine.begin() as conn:
+        names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return f"{PG_URL}?options=-csearch_path%3D{pg_schema}"
+
+
+def _settings_raw(db_url: str, base_url: str) -> dict:
+    raw = settings_dict(db_url)
+    raw["whatsapp"].update({
+        "access_token": "sandbox-token", "graph_base_url": base_url, "pair_spacing_seconds": 0,
+        "messages_per_second": 1000,
+    })
+    raw["stores"][0]["templates"] = [TEMPLATE]
+    raw["stores"][0]["policy"] = {"quiet_hours": ""}
+    return raw
+
+
+def _seed(db: Database, store, store_id: int, now: datetime) -> None:
+    """N contacts with utility consent and one due cod_confirmation.ask each (distinct keys)."""
+    tpl = store.template_for("cod_confirmation.ask")
+    phones = [f"+9198{n:08d}" for n in range(N)]
+    with db.engine.begin() as conn:
+        for start in range(0, N, 2000):
+            conn.execute(insert(m.Contact), [
+                {"store_id": store_id, "phone_key": p, "phone_e164": p, "reachable": True, "first_name": "Asha",
+                 "consent_utility": "granted", "consent_utility_source": "order_with_phone",
+                 "consent_utility_at": now - timedelta(days=1), "consent_marketing": "unknown",
+                 "stage": "entry", "created_at": now, "updated_at": now}
+                for p in phones[start:start + 2000]
+            ])
+        contacts = dict(conn.execute(select(m.Contact.phone_e164, m.Contact.id).where(m.Contact.store_id == store_id)).all())
+        for n, phone in enumerate(phones):
+            payload = {"subject": f"order:{n}", "message": render(tpl, CONTEXT, to=phone, callback_data=None).model_dump(mode="json")}
+            new_id = ob.enqueue(
+                conn, store_id=store_id, key=f"cod_confirmation:ask:order:{n}", contact_id=contacts[phone],
+                journey="cod_confirmation", step="ask", category=tpl.category, payload=payload, due_at=now, now=now,
+            )
+            assert new_id is not None
+
+
+def test_two_dispatcher_processes_send_each_message_exactly_once(pg_url: str) -> None:
+    now = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=1)
+    fake = SandboxWhatsApp()
+    with SandboxServer(fake.app) as server:
+        raw = _settings_raw(pg_url, server.url)
+        settings = parse_settings(raw, environ={})
+        db = Database.from_url(pg_url)
+        try:
+            ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+            _seed(db, settings.stores[0], ids["shop-a"], now)
+
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+            cmd = [sys.executable, "-c", CHILD, pg_url, json.dumps(raw)]
+            procs = [
+                subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(2)
+            ]
+            try:
+                for p in procs:
+                    assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.stderr and p.stderr.read()
+                for p in procs:  # release both at once
+                    assert p.stdin is not None
+                    p.stdin.write("go\n")
+                    p.stdin.flush()
+                deadline = time.monotonic() + 120
+                outputs = [p.communicate(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
+            finally:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+            for p, (out, err) in zip(procs, outputs):
+                assert p.returncode == 0, err[-3000:]
+            results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+
+            with db.engine.connect() as conn:
+                rows = conn.execute(select(m.OutboxMessage.id, m.OutboxMessage.status, m.OutboxMessage.attempts)).all()
+                by_status = dict(conn.execute(select(m.OutboxMessage.status, func.count()).group_by(m.OutboxMessage.status)).all())
+                attempts = dict(conn.execute(select(m.OutboxAttempt.outcome, func.count()).group_by(m.OutboxAttempt.outcome)).all())
+                per_row = select(func.count().label("n")).select_from(m.OutboxAttempt).group_by(m.OutboxAttempt.outbox_id).subquery()
+                attempts_per_row = conn.execute(select(func.max(per_row.c.n))).scalar()
+                messages = conn.execute(select(func.count()).select_from(m.Message).where(m.Message.direction == "out")).scalar()
+        finally:
+            db.dispose()
+
+    expected = {ob.callback_for(r.id) for r in rows}
+    sends = fake.sends_per_callback()
+    assert len(rows) == N
+    assert by_status == {"sent": N}  # nothing left pending, sending or uncertain
+    assert all(r.attempts == 1 for r in rows)
+    assert set(sends) == expected  # every message reached the API...
+    assert sorted(set(sends.values())) == [1]  # ...exactly once
+    assert len(fake.calls) == N  # and nothing else was called (no failed or duplicate request)
+    assert attempts == {"sent": N} and attempts_per_row == 1
+    assert messages == N
+    assert sum(r["sent"] for r in results) == N and sum(r["claimed"] for r in results) == N
+    assert all(r["sent"] > 0 for r in results), results  # the work really was shared
