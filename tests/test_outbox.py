@@ -334,3 +334,29 @@ def test_dry_run_sender_records_without_sending(db, db_url, caplog):
     assert [m_.name for _, m_ in sender.sent] == ["cod_confirm_v1"]
     [line] = [r for r in caplog.records if r.name == "storeloop.sender"]
     assert line.to == "+91********10" and "9876543210" not in caplog.text  # logged, with the phone redacted
+
+
+def test_free_form_replies_only_inside_the_service_window(db, db_url, sandbox):
+    from connector.messages import InteractiveButtons, ReplyButton
+    from connector.outbox.queue import queue_free_form
+
+    fake, url = sandbox
+    settings = settings_for(db_url, url)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    cid = seed_contact(db, ids["shop-a"])
+    buttons = InteractiveButtons(to=PHONE, body="Want to pay online instead?", buttons=(ReplyButton(id="pay_now", title="Pay now"),))
+
+    def ask(subject: str, now: datetime):
+        with db.engine.begin() as conn:
+            return queue_free_form(conn, store=settings.stores[0], store_id=ids["shop-a"], contact_id=cid, journey="cod_confirmation",
+                                   step="prepaid_offer", subject=subject, message=buttons, category="utility", now=now)
+
+    outside = ask("order:1", NOON_IST)  # the customer never wrote to us
+    with db.engine.begin() as conn:
+        conn.execute(m.Contact.__table__.update().where(m.Contact.id == cid).values(last_inbound_at=NOON_IST - timedelta(hours=2)))
+    inside = ask("order:2", NOON_IST)
+    dispatch(db, settings, ids, Clock(NOON_IST), url)
+    assert (outside.status, outside.reason) == ("skipped", "outside_service_window")
+    assert inside.status == "pending"
+    [call] = fake.accepted()
+    assert call.type == "interactive" and call.callback_data == f"outbox:{inside.outbox_id}"

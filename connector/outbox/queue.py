@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from connector.config import ShopifyStore, WooCommerceStore
+from connector.messages import InteractiveButtons, TextMessage
 from connector.outbox import store as ob
 from connector.policy import ContactFacts, SendHistory, check
 from connector.storage import models as m
@@ -74,6 +75,42 @@ def queue_template(
     new_id = ob.enqueue(
         conn, store_id=store_id, key=key, contact_id=contact_id, journey=journey, step=step, category=category,
         payload=payload, due_at=when, now=now, skip_reason=reason,
+    )
+    if new_id is None:
+        return Queued(None, "duplicate")
+    return Queued(new_id, "skipped" if reason else "pending", reason)
+
+
+def queue_free_form(
+    conn: Connection,
+    *,
+    store: ShopifyStore | WooCommerceStore,
+    store_id: int,
+    contact_id: int,
+    journey: str,
+    step: str,
+    subject: str,
+    message: InteractiveButtons | TextMessage,
+    category: str,
+    now: datetime,
+) -> Queued:
+    """Queue an interactive or text message (a reply inside the 24-hour window)."""
+    contact = conn.execute(
+        select(m.Contact.phone_e164, m.Contact.consent_utility, m.Contact.consent_marketing, m.Contact.opted_out_at,
+               m.Contact.last_inbound_at, m.Contact.reachable).where(m.Contact.id == contact_id, m.Contact.store_id == store_id)
+    ).one_or_none()
+    if contact is None:
+        raise ValueError(f"contact {contact_id} does not belong to store {store.key}")
+    facts = ContactFacts(contact.consent_utility, contact.consent_marketing, contact.opted_out_at, contact.last_inbound_at, contact.reachable)
+    decision = check(category=category, kind=message.kind, journey=journey, contact=facts, history=SendHistory(),
+                     rules=store.policy.rules(), tz=store.tz, now=now)
+    reason = None if decision.allowed or decision.deferred else decision.reason
+    if contact.phone_e164 is None:
+        reason = "unreachable"
+    payload = {"subject": subject, "message": message.model_copy(update={"to": contact.phone_e164 or message.to}).model_dump(mode="json")}
+    new_id = ob.enqueue(
+        conn, store_id=store_id, key=f"{journey}:{step}:{subject}", contact_id=contact_id, journey=journey, step=step,
+        category=category, payload=payload, due_at=decision.defer_until or now, now=now, skip_reason=reason,
     )
     if new_id is None:
         return Queued(None, "duplicate")
