@@ -201,6 +201,34 @@ class _StoreBase(_Settings):
     whatsapp_phone_number_id: str | None = None
     policy: PolicySettings = PolicySettings()
     templates: tuple[TemplateSettings, ...] = ()
+    journeys: dict[str, Any] = Field(default_factory=dict, description="[stores.journeys.<name>]: a journey runs only when listed")
+
+    @field_validator("journeys")
+    @classmethod
+    def _journeys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Each journey validates its own block (plugins bring their own settings model)."""
+        from connector.journeys.registry import journeys
+
+        known = journeys()
+        out: dict[str, Any] = {}
+        problems: list[str] = []
+        for name, block in value.items():
+            journey = known.get(name)
+            if journey is None:
+                problems.append(f"{name}: unknown journey (known: {', '.join(sorted(known))})")
+                continue
+            try:
+                out[name] = journey.config_model.model_validate(block or {})
+            except ValidationError as exc:
+                for err in exc.errors(include_url=False, include_input=False):
+                    msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
+                    problems.append(f"{name}.{'.'.join(str(p) for p in err['loc'])}: {msg}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return out
+
+    def enabled_journeys(self) -> dict[str, Any]:
+        return {name: cfg for name, cfg in self.journeys.items() if cfg.enabled}
 
     @field_validator("templates")
     @classmethod

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, or_, select, update
 from connector.config import Settings
 from connector.errors import NormalizationError
 from connector.events import Event, dump_events
+from connector.journeys.runner import JourneyRunner
 from connector.state import apply_event
 from connector.storage.db import Database
 from connector.storage.models import InboxEvent, utcnow
@@ -47,6 +48,17 @@ class InboxProcessor:
         self.batch_size = batch_size or settings.worker.inbox_batch_size
         self.max_attempts = settings.worker.inbox_max_attempts
         self._stores = {store_ids[s.key]: s for s in settings.stores if s.key in store_ids}
+        self.journeys = JourneyRunner()
+
+    def process_timers(self, limit: int = 100) -> int:
+        """Fire journey runs whose next step is due (reminders, delayed asks, abandonment)."""
+        now = self.clock()
+        fired = 0
+        with self.db.write_lock(), self.db.engine.begin() as conn:
+            for store_id, store in self._stores.items():
+                if store.enabled_journeys():
+                    fired += self.journeys.on_timers(conn, store, store_id, now, limit)
+        return fired
 
     def process_batch(self, time_budget: float | None = None, limit: int | None = None) -> int:
         """Process up to one batch of due rows; returns how many rows were handled.
@@ -131,6 +143,8 @@ class InboxProcessor:
             contact_id = contact_id or outcome.contact_id
             stale = stale or outcome.stale
             held = held or outcome.held
+            if not outcome.stale and not outcome.held:
+                self.journeys.on_event(conn, store, row.store_id, event, outcome.contact_id, now)
         values: dict[str, Any] = {
             "status": "done",
             "event": dump_events(events),

@@ -130,6 +130,10 @@ class Runtime:
             if handled and busy:
                 await asyncio.sleep(BUSY_PAUSE)
             elif handled == 0:
+                try:
+                    await anyio.to_thread.run_sync(self.processor.process_timers)
+                except Exception:
+                    log.exception("journey timers failed; retrying")
                 self._wakeup.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=poll)

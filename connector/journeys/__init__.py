@@ -1,0 +1,1 @@
+"""Journeys: pure decisions over store-neutral events (see ``engine``), applied by ``runner``."""

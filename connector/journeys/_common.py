@@ -1,0 +1,30 @@
+"""Small helpers shared by the built-in journeys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connector.journeys.engine import Facts
+
+
+def order_context(facts: Facts) -> dict[str, Any]:
+    """Template values every order-related step can use."""
+    ctx: dict[str, Any] = {"customer.first_name": facts.first_name, "store.name": facts.store_name}
+    o = facts.order
+    if o is not None:
+        ctx.update({
+            "order.name": o.name,
+            "order.total": (str(o.total), o.currency),
+            "order.status_url": o.status_url,
+            "order.payment_url": o.payment_url,
+        })
+    if facts.fulfillment:
+        ctx.update({f"fulfillment.{k}": v for k, v in facts.fulfillment.items() if k in ("tracking_company", "tracking_number", "tracking_url")})
+    return ctx
+
+
+def replied_here(event: Any, facts: Facts, journey: str) -> str | None:
+    """The subject of this journey's run that a button tap answers (routed by the tapped message)."""
+    if facts.extra.get("reply_journey") == journey:
+        return facts.extra.get("reply_subject")
+    return None

@@ -1,0 +1,124 @@
+"""COD confirmation (utility): Confirm / Cancel quick replies that write back to the store.
+
+Placed COD order -> (optional delay, skipped if cancelled meanwhile) ask -> reminders at the
+configured intervals -> no answer: the configured action (tag for a call, or cancel).
+Confirm tags the order and locks the choice; Cancel cancels it (or only tags it) unless it
+has been fulfilled. A tap days later, or twice, changes nothing once the choice is locked.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from connector import events as ev
+from connector.journeys._common import order_context, replied_here
+from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake, WriteBack
+
+
+class CodConfirmationConfig(JourneyConfig):
+    delay_minutes: float = Field(0, ge=0, description="wait before asking (skipped if the order is cancelled meanwhile)")
+    reminder_hours: tuple[float, ...] = Field((6.0, 24.0), description="reminders, hours after the first ask")
+    answer_window_hours: float = Field(48, gt=0, description="after this with no answer: no_answer_action")
+    no_answer_action: Literal["tag", "cancel", "none"] = "tag"
+    confirm_tag: str = "cod-confirmed"
+    unconfirmed_tag: str = "cod-unconfirmed"
+    cancel_action: Literal["cancel", "tag"] = "cancel"
+    cancelled_tag: str = "cod-cancelled-by-customer"
+    confirm_status: str | None = Field(None, description="WooCommerce: status to set on confirm, e.g. 'processing'")
+    confirm_payloads: tuple[str, ...] = ("cod_confirm",)
+    cancel_payloads: tuple[str, ...] = ("cod_cancel",)
+    send_acknowledgement: bool = Field(False, description="send cod_confirmation.confirmed / .cancelled after a tap")
+
+
+class CodConfirmation:
+    name: ClassVar[str] = "cod_confirmation"
+    config_model: ClassVar[type[JourneyConfig]] = CodConfirmationConfig
+
+    def subject(self, event: Any, facts: Facts) -> str | None:
+        if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderCancelled, ev.OrderFulfilled, ev.OrderPaid)):
+            return f"order:{event.order.external_id}" if event.order.is_cod else None
+        if isinstance(event, ev.ButtonReplied):
+            return replied_here(event, facts, self.name)
+        return None
+
+    def decide(self, event: Any, run: Run | None, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
+        if run is None:
+            return self._start(event, facts, config, now)
+        state = run.state
+        if isinstance(event, (ev.OrderCancelled, ev.OrderFulfilled)) and run.status == "active":
+            return [Update({"closed_by": event.type}), Wake(None), Finish("order_cancelled" if isinstance(event, ev.OrderCancelled) else "fulfilled_unanswered")]
+        if isinstance(event, ev.ButtonReplied):
+            return self._reply(event, run, facts, config, now)
+        if isinstance(event, TimerFired) and run.status == "active":
+            return self._timer(run, facts, config, now)
+        return []
+
+    def _start(self, event: Any, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
+        if not isinstance(event, ev.OrderPlaced) or facts.contact_id is None or facts.order is None or facts.order.cancelled:
+            return []
+        subject = f"order:{facts.order.external_id}"
+        if config.delay_minutes > 0:
+            return [Start(subject, facts.contact_id, {"phase": "waiting"}), Wake(now + timedelta(minutes=config.delay_minutes))]
+        return [Start(subject, facts.contact_id, {"phase": "asked", "asked_at": now.isoformat(), "reminders": 0}),
+                Send("ask", order_context(facts)), Wake(self._next_wake(now, 0, config))]
+
+    @staticmethod
+    def _next_wake(asked_at: datetime, reminders_sent: int, config: CodConfirmationConfig) -> datetime:
+        if reminders_sent < len(config.reminder_hours):
+            return asked_at + timedelta(hours=config.reminder_hours[reminders_sent])
+        return asked_at + timedelta(hours=config.answer_window_hours)
+
+    def _timer(self, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
+        state = run.state
+        if facts.order is not None and facts.order.cancelled:
+            return [Wake(None), Finish("order_cancelled")]
+        if state.get("phase") == "waiting":
+            return [Update({"phase": "asked", "asked_at": now.isoformat(), "reminders": 0}), Send("ask", order_context(facts)),
+                    Wake(self._next_wake(now, 0, config))]
+        asked_at = datetime.fromisoformat(state["asked_at"])
+        sent = int(state.get("reminders", 0))
+        if sent < len(config.reminder_hours):
+            return [Update({"reminders": sent + 1}), Send(f"reminder_{sent + 1}", order_context(facts)),
+                    Wake(self._next_wake(asked_at, sent + 1, config))]
+        order_id = run.subject.split(":", 1)[1]
+        commands: list[Command] = [Update({"choice": "no_answer"}), Wake(None)]
+        if config.no_answer_action == "tag":
+            commands.append(WriteBack("add_tags", order_id, {"tags": [config.unconfirmed_tag]}, "no_answer_tag"))
+        elif config.no_answer_action == "cancel":
+            commands.append(WriteBack("cancel_order", order_id, {"reason": "customer", "notify_customer": True,
+                                                                 "staff_note": "COD order not confirmed on WhatsApp"}, "no_answer_cancel"))
+        return commands + [Finish("no_answer")]
+
+    def _reply(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
+        order_id = run.subject.split(":", 1)[1]
+        choice = run.state.get("choice")
+        if choice == "no_answer" and config.no_answer_action == "tag" and event.payload in config.confirm_payloads:
+            # a confirmation days later, after the order was only flagged for a call: still welcome
+            return [Update({"choice": "confirmed_late", "answered_at": event.occurred_at.isoformat()}),
+                    WriteBack("add_tags", order_id, {"tags": [config.confirm_tag]}, "late_confirm_tag")]
+        if choice is not None or run.status != "active":
+            return []  # locked: a second tap, or a tap after the run closed, changes nothing
+        if event.payload in config.confirm_payloads:
+            commands: list[Command] = [Update({"choice": "confirmed", "answered_at": event.occurred_at.isoformat()}), Wake(None),
+                                       WriteBack("add_tags", order_id, {"tags": [config.confirm_tag]}, "confirm_tag")]
+            if config.confirm_status:
+                commands.append(WriteBack("set_status", order_id, {"status": config.confirm_status}, "confirm_status"))
+            if config.send_acknowledgement:
+                commands.append(Send("confirmed", order_context(facts)))
+            return commands + [Finish("confirmed")]
+        if event.payload in config.cancel_payloads:
+            if facts.order is not None and facts.order.fulfillment_state == "fulfilled":
+                return [Update({"choice": "cancel_too_late"}), Wake(None), Finish("cancel_after_fulfilment")]
+            commands = [Update({"choice": "cancelled", "answered_at": event.occurred_at.isoformat()}), Wake(None)]
+            if config.cancel_action == "cancel":
+                commands.append(WriteBack("cancel_order", order_id, {"reason": "customer", "notify_customer": False,
+                                                                     "staff_note": "Cancelled by the customer on WhatsApp"}, "cancel"))
+            else:
+                commands.append(WriteBack("add_tags", order_id, {"tags": [config.cancelled_tag]}, "cancel_tag"))
+            if config.send_acknowledgement:
+                commands.append(Send("cancelled", order_context(facts)))
+            return commands + [Finish("cancelled")]
+        return []

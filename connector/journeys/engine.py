@@ -1,0 +1,139 @@
+"""The journey engine's vocabulary: what a journey sees and what it may ask for.
+
+A journey is a pure function ``decide(event, run, facts, config, now) -> commands``: no
+I/O, no clock. The processor gathers the facts, calls every enabled journey, and applies
+the commands (run state, outbox rows, store write-backs) in the same transaction that
+marks the inbox row done. One run per (journey, subject): a repeated or reordered event
+finds the run it already started, and every send is keyed (journey, step, subject).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JourneyConfig(BaseModel):
+    """Base of every journey's settings block (``[stores.journeys.<name>]``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    enabled: bool = True
+    holdout_percent: float = Field(0, ge=0, le=50, description="share of contacts kept as a control group (get nothing)")
+
+
+@dataclass(frozen=True, slots=True)
+class OrderFacts:
+    external_id: str
+    name: str
+    is_cod: bool
+    payment_state: str
+    fulfillment_state: str
+    total: Decimal
+    currency: str
+    cancelled: bool
+    status_url: str | None
+    payment_url: str | None
+    checkout_token: str | None
+    placed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the processor knows around an event (read from the database, never platform JSON)."""
+
+    store_name: str
+    contact_id: int | None = None
+    first_name: str | None = None
+    order: OrderFacts | None = None
+    fulfillment: dict[str, Any] | None = None
+    button_payload: str | None = None  # for a ButtonReplied routed to this run
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A journey run as stored: its status and the small state the journey keeps."""
+
+    journey: str
+    subject: str
+    status: str  # active | finished | handoff
+    state: dict[str, Any]
+    next_due_at: datetime | None
+    contact_id: int | None
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """The run's ``next_due_at`` passed; the journey decides what happens now."""
+
+    at: datetime
+
+
+# ---- commands -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    subject: str
+    contact_id: int | None
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Queue the template bound to ``<journey>.<step>`` with these values."""
+
+    step: str
+    context: dict[str, Any]
+    due_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBack:
+    """Change the order in the store (tag, cancel, note, status), through the outbox."""
+
+    action: str  # add_tags | cancel_order | add_note | set_status
+    order_id: str
+    args: dict[str, Any]
+    key: str  # unique per run: the same write-back is never queued twice
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    at: datetime | None  # None clears the timer
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """Hand the conversation to a person (e.g. a failed delivery); the run waits for them."""
+
+    reason: str
+
+
+Command = Start | Send | WriteBack | Update | Wake | Finish | Handoff
+
+
+class Journey(Protocol):
+    name: ClassVar[str]
+    config_model: ClassVar[type[JourneyConfig]]
+
+    def subject(self, event: Any, facts: Facts) -> str | None:
+        """Which run this event concerns (None: not this journey's business)."""
+
+    def decide(self, event: Any, run: Run | None, facts: Facts, config: Any, now: datetime) -> list[Command]:
+        """Pure: the commands for this event given the run's state."""

@@ -1,0 +1,46 @@
+"""Payment recovery (utility): an order whose payment stays pending or failed gets its pay link."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from connector import events as ev
+from connector.journeys._common import order_context
+from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
+
+STALLED = ("pending", "failed", "authorized")
+
+
+class PaymentRecoveryConfig(JourneyConfig):
+    after_minutes: float = Field(60, gt=0, description="how long a payment may stay pending before the reminder")
+
+
+class PaymentRecovery:
+    name: ClassVar[str] = "payment_recovery"
+    config_model: ClassVar[type[JourneyConfig]] = PaymentRecoveryConfig
+
+    def subject(self, event: Any, facts: Facts) -> str | None:
+        if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)) and not event.order.is_cod:
+            return f"order:{event.order.external_id}"
+        return None
+
+    def decide(self, event: Any, run: Run | None, facts: Facts, config: PaymentRecoveryConfig, now: datetime) -> list[Command]:
+        o = facts.order
+        if run is None:
+            if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and o is not None and o.payment_state in STALLED \
+                    and not o.cancelled and o.payment_url and facts.contact_id is not None:
+                return [Start(f"order:{o.external_id}", facts.contact_id), Wake(o.placed_at + timedelta(minutes=config.after_minutes))]
+            return []
+        if run.status != "active":
+            if isinstance(event, ev.OrderPaid) and run.state.get("reminded") and not run.state.get("paid"):
+                return [Update({"paid": True, "revenue": str(event.order.total), "currency": event.order.currency})]
+            return []
+        if isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) or (o is not None and (o.payment_state not in STALLED or o.cancelled)):
+            paid = isinstance(event, ev.OrderPaid) or (o is not None and o.payment_state == "paid")
+            return [Wake(None), Update({"paid": paid}), Finish("paid_without_reminder" if paid else "closed")]
+        if isinstance(event, TimerFired):
+            return [Update({"reminded": True}), Send("remind", order_context(facts)), Wake(None), Finish("reminded")]
+        return []

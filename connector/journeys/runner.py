@@ -1,0 +1,177 @@
+"""Apply journeys inside the processor's transaction: gather facts, decide, apply commands.
+
+The same transaction that marks an inbox row done writes the journey run, its outbox
+rows and its store write-backs, so a crash leaves either all of it or none of it, and a
+retried row finds the run it already started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from connector import events as ev
+from connector.journeys.engine import (
+    Facts, Finish, Handoff, OrderFacts, Run, Send, Start, TimerFired, Update, Wake, WriteBack,
+)
+from connector.journeys.registry import journeys
+from connector.outbox import store as ob
+from connector.outbox.queue import queue_template
+from connector.storage import models as m
+
+log = logging.getLogger("storeloop.journeys")
+
+
+def in_holdout(contact_id: int, journey: str, percent: float) -> bool:
+    """Deterministic control group: the same contact stays in (or out of) a journey's holdout."""
+    if percent <= 0:
+        return False
+    digest = hashlib.sha256(f"{journey}:{contact_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 * 100 < percent
+
+
+def _run(conn: Connection, store_id: int, journey: str, subject: str) -> tuple[int, Run, bool] | None:
+    row = conn.execute(
+        select(m.JourneyRun).where(m.JourneyRun.store_id == store_id, m.JourneyRun.journey == journey, m.JourneyRun.subject == subject)
+    ).first()
+    if row is None:
+        return None
+    return row.id, Run(journey, subject, row.status, dict(row.state or {}), row.next_due_at, row.contact_id, row.started_at), row.holdout
+
+
+def _order_facts(conn: Connection, store_id: int, order_id: str) -> OrderFacts | None:
+    o = conn.execute(select(m.Order).where(m.Order.store_id == store_id, m.Order.external_id == order_id)).first()
+    if o is None:
+        return None
+    return OrderFacts(o.external_id, o.name, o.is_cod, o.payment_state, o.fulfillment_state, o.total, o.currency,
+                      o.cancelled_at is not None, o.status_url, o.payment_url, o.checkout_token, o.placed_at)
+
+
+def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: int | None, subject: str | None) -> Facts:
+    order_id = None
+    fulfillment = None
+    extra: dict[str, Any] = {}
+    if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled, ev.OrderFulfilled)):
+        order_id = event.order.external_id
+    elif isinstance(event, ev.FulfillmentUpdated):
+        order_id = event.fulfillment.order_external_id
+        fulfillment = event.fulfillment.model_dump(mode="json")
+    elif isinstance(event, ev.ButtonReplied) and event.context_message_id:
+        sent = conn.execute(
+            select(m.OutboxMessage.journey, m.OutboxMessage.payload, m.OutboxMessage.contact_id)
+            .where(m.OutboxMessage.store_id == store_id, m.OutboxMessage.wamid == event.context_message_id)
+        ).first()
+        if sent is not None and sent.journey:
+            extra = {"reply_journey": sent.journey, "reply_subject": (sent.payload or {}).get("subject")}
+            contact_id = contact_id or sent.contact_id
+            subj = extra["reply_subject"] or ""
+            order_id = subj.split(":", 1)[1] if subj.startswith("order:") else None
+    elif isinstance(event, TimerFired) and subject and subject.startswith("order:"):
+        order_id = subject.split(":", 1)[1]
+    order = _order_facts(conn, store_id, order_id) if order_id else None
+    if order is not None and contact_id is None:
+        contact_id = conn.execute(select(m.Order.contact_id).where(m.Order.store_id == store_id, m.Order.external_id == order_id)).scalar()
+    first_name = None
+    if contact_id is not None:
+        first_name = conn.execute(select(m.Contact.first_name).where(m.Contact.id == contact_id)).scalar()
+    return Facts(store_name=store.name or store.key, contact_id=contact_id, first_name=first_name, order=order,
+                 fulfillment=fulfillment, extra=extra)
+
+
+class JourneyRunner:
+    def on_event(self, conn: Connection, store: Any, store_id: int, event: Any, contact_id: int | None, now: datetime) -> int:
+        """Run every enabled journey for one event; returns how many commands were applied."""
+        applied = 0
+        facts = _facts(conn, store, store_id, event, contact_id, None)
+        for name, config in store.enabled_journeys().items():
+            journey = journeys().get(name)
+            if journey is None:
+                continue
+            subject = journey.subject(event, facts)
+            if subject is None:
+                continue
+            found = _run(conn, store_id, name, subject)
+            run = found[1] if found else None
+            commands = journey.decide(event, run, facts, config, now)
+            applied += self._apply(conn, store, store_id, name, subject, found, commands, facts, config, now)
+        return applied
+
+    def on_timers(self, conn: Connection, store: Any, store_id: int, now: datetime, limit: int = 100) -> int:
+        rows = conn.execute(
+            select(m.JourneyRun.journey, m.JourneyRun.subject, m.JourneyRun.contact_id)
+            .where(m.JourneyRun.store_id == store_id, m.JourneyRun.status == "active", m.JourneyRun.next_due_at <= now)
+            .order_by(m.JourneyRun.next_due_at)
+            .limit(limit)
+        ).all()
+        enabled = store.enabled_journeys()
+        for row in rows:
+            found = _run(conn, store_id, row.journey, row.subject)
+            assert found is not None
+            run_id, run, _ = found
+            conn.execute(update(m.JourneyRun).where(m.JourneyRun.id == run_id).values(next_due_at=None))  # fire once
+            journey = journeys().get(row.journey)
+            if journey is None or row.journey not in enabled:
+                continue
+            facts = _facts(conn, store, store_id, TimerFired(now), row.contact_id, row.subject)
+            commands = journey.decide(TimerFired(now), run, facts, enabled[row.journey], now)
+            self._apply(conn, store, store_id, row.journey, row.subject, found, commands, facts, enabled[row.journey], now)
+        return len(rows)
+
+    def _apply(self, conn: Connection, store: Any, store_id: int, journey: str, subject: str,
+               found: tuple[int, Run, bool] | None, commands: list[Any], facts: Facts, config: Any, now: datetime) -> int:
+        if not commands:
+            return 0
+        run_id = found[0] if found else None
+        holdout = found[2] if found else False
+        contact_id = found[1].contact_id if found else facts.contact_id
+        state = dict(found[1].state) if found else {}
+        values: dict[str, Any] = {}
+        for cmd in commands:
+            if isinstance(cmd, Start):
+                if run_id is not None:
+                    continue
+                holdout = cmd.contact_id is not None and in_holdout(cmd.contact_id, journey, config.holdout_percent)
+                contact_id = cmd.contact_id
+                state = dict(cmd.state)
+                ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(m.JourneyRun)
+                run_id = conn.execute(
+                    ins.values(store_id=store_id, journey=journey, subject=subject[:160], contact_id=contact_id, status="active",
+                               state=state, holdout=holdout, started_at=now, updated_at=now)
+                    .on_conflict_do_nothing(index_elements=["store_id", "journey", "subject"]).returning(m.JourneyRun.id)
+                ).scalar()
+                if run_id is None:  # raced with another worker: theirs is the run
+                    return 0
+            elif isinstance(cmd, Send):
+                if contact_id is None:
+                    continue
+                if holdout:
+                    ob.enqueue(conn, store_id=store_id, key=f"{journey}:{cmd.step}:{subject}", contact_id=contact_id, journey=journey,
+                               step=cmd.step, category=None, payload={"subject": subject}, due_at=now, now=now, skip_reason="holdout")
+                else:
+                    queue_template(conn, store=store, store_id=store_id, contact_id=contact_id, journey=journey, step=cmd.step,
+                                   subject=subject, context=cmd.context, now=now, due_at=cmd.due_at)
+            elif isinstance(cmd, WriteBack):
+                ob.enqueue(conn, store_id=store_id, key=f"{journey}:writeback:{cmd.key}:{subject}", contact_id=contact_id,
+                           journey=journey, step=cmd.key, category=None, channel="store",
+                           payload={"subject": subject, "action": cmd.action, "order_id": cmd.order_id, "args": cmd.args},
+                           due_at=now, now=now)
+            elif isinstance(cmd, Update):
+                state.update(cmd.state)
+                values["state"] = state
+            elif isinstance(cmd, Wake):
+                values["next_due_at"] = cmd.at
+            elif isinstance(cmd, Finish):
+                state["outcome"] = cmd.outcome
+                values.update(status="finished", state=state)
+            elif isinstance(cmd, Handoff):
+                state.update(handoff_reason=cmd.reason, handoff_at=now.isoformat())
+                values.update(status="handoff", state=state)
+        if values and run_id is not None:
+            values["updated_at"] = now
+            conn.execute(update(m.JourneyRun).where(m.JourneyRun.id == run_id).values(**values))
+        return len(commands)

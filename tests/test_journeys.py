@@ -1,0 +1,276 @@
+"""Journeys: the pure decisions, then the whole path over HTTP on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+
+from adapters.whatsapp.client import WhatsAppClient
+from connector import events as ev
+from connector.config import parse_settings
+from connector.errors import ConfigError
+from connector.journeys.checkout_recovery import CheckoutRecovery, CheckoutRecoveryConfig
+from connector.journeys.cod_confirmation import CodConfirmation, CodConfirmationConfig
+from connector.journeys.delivery_updates import DeliveryUpdates, DeliveryUpdatesConfig
+from connector.journeys.engine import Facts, Finish, Handoff, OrderFacts, Run, Send, Start, TimerFired, Update, Wake, WriteBack
+from connector.journeys.payment_recovery import PaymentRecovery, PaymentRecoveryConfig
+from connector.journeys.registry import journeys
+from connector.journeys.runner import in_holdout
+from connector.outbox.dispatcher import Dispatcher
+from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp
+from connector.storage import models as m
+from tests.conftest import FIXTURES, PHONE_ID_A, SECRETS, settings_dict
+from tests.helpers import load_json, meta_signature, running_app, shopify_headers, dumps
+
+T0 = datetime(2026, 11, 20, 6, 30, tzinfo=timezone.utc)
+
+
+def order(**kw) -> ev.Order:
+    base = dict(external_id="1042", name="#1042", created_at=T0, updated_at=T0, payment_state=ev.PaymentState.PENDING,
+                is_cod=True, total=Decimal("1299"), currency="INR", customer=ev.Customer(first_name="Asha"), checkout_token="tok1")
+    return ev.Order(**{**base, **kw})
+
+
+def facts(o: ev.Order | None = None, **kw) -> Facts:
+    o = o or order()
+    of = OrderFacts(o.external_id, o.name, o.is_cod, o.payment_state.value, o.fulfillment_state.value, o.total, o.currency,
+                    o.cancelled_at is not None, None, "https://pay.example/1042", o.checkout_token, o.created_at)
+    return Facts(store_name="Acme", contact_id=7, first_name="Asha", order=of, **kw)
+
+
+def run(journey: str, state: dict, status: str = "active") -> Run:
+    return Run(journey, "order:1042", status, state, None, 7, T0)
+
+
+def kinds(commands) -> list[str]:
+    out = []
+    for c in commands:
+        if isinstance(c, Send):
+            out.append(f"send:{c.step}")
+        elif isinstance(c, WriteBack):
+            out.append(f"{c.action}:{','.join(c.args.get('tags', [])) or c.args.get('status') or c.args.get('reason')}")
+        elif isinstance(c, Finish):
+            out.append(f"finish:{c.outcome}")
+        elif isinstance(c, Handoff):
+            out.append("handoff")
+        else:
+            out.append(type(c).__name__.lower())
+    return out
+
+
+def tap(payload: str, at: datetime = T0) -> ev.ButtonReplied:
+    return ev.ButtonReplied(phone_number_id="1", message_id="wamid.in", wa_id="919876543210", payload=payload, occurred_at=at)
+
+
+# ---- pure decisions ---------------------------------------------------------------------
+
+def test_cod_asks_reminds_then_flags_an_unanswered_order():
+    j, cfg = CodConfirmation(), CodConfirmationConfig(reminder_hours=(6, 24), answer_window_hours=48)
+    placed = j.decide(ev.OrderPlaced(order=order()), None, facts(), cfg, T0)
+    assert kinds(placed) == ["start", "send:ask", "wake"] and placed[-1].at == T0 + timedelta(hours=6)
+    state = {"phase": "asked", "asked_at": T0.isoformat(), "reminders": 0}
+    first = j.decide(TimerFired(T0 + timedelta(hours=6)), run("cod_confirmation", state), facts(), cfg, T0 + timedelta(hours=6))
+    assert kinds(first) == ["update", "send:reminder_1", "wake"] and first[-1].at == T0 + timedelta(hours=24)
+    state["reminders"] = 2
+    last = j.decide(TimerFired(T0 + timedelta(hours=48)), run("cod_confirmation", state), facts(), cfg, T0 + timedelta(hours=48))
+    assert kinds(last) == ["update", "wake", "add_tags:cod-unconfirmed", "finish:no_answer"]
+    cancel_cfg = CodConfirmationConfig(reminder_hours=(), no_answer_action="cancel")
+    state["reminders"] = 0
+    assert "cancel_order:customer" in kinds(j.decide(TimerFired(T0), run("cod_confirmation", state), facts(), cancel_cfg, T0))
+
+
+def test_cod_confirm_and_cancel_are_locked_after_the_first_tap():
+    j, cfg = CodConfirmation(), CodConfirmationConfig(confirm_status="processing")
+    asked = run("cod_confirmation", {"phase": "asked", "asked_at": T0.isoformat(), "reminders": 0})
+    assert kinds(j.decide(tap("cod_confirm"), asked, facts(), cfg, T0)) == [
+        "update", "wake", "add_tags:cod-confirmed", "set_status:processing", "finish:confirmed"]
+    locked = run("cod_confirmation", {**asked.state, "choice": "confirmed"}, "finished")
+    assert j.decide(tap("cod_cancel"), locked, facts(), cfg, T0) == []
+    assert j.decide(tap("cod_confirm"), locked, facts(), cfg, T0) == []
+    assert kinds(j.decide(tap("cod_cancel"), asked, facts(), cfg, T0)) == ["update", "wake", "cancel_order:customer", "finish:cancelled"]
+    tag_only = CodConfirmationConfig(cancel_action="tag")
+    assert "add_tags:cod-cancelled-by-customer" in kinds(j.decide(tap("cod_cancel"), asked, facts(), tag_only, T0))
+    shipped = facts(order(fulfillment_state=ev.FulfillmentState.FULFILLED))
+    assert kinds(j.decide(tap("cod_cancel"), asked, shipped, cfg, T0)) == ["update", "wake", "finish:cancel_after_fulfilment"]
+    flagged = run("cod_confirmation", {**asked.state, "choice": "no_answer"}, "finished")
+    assert kinds(j.decide(tap("cod_confirm", T0 + timedelta(days=3)), flagged, facts(), cfg, T0)) == ["update", "add_tags:cod-confirmed"]
+
+
+def test_cod_delay_is_skipped_when_the_order_is_cancelled_meanwhile():
+    j, cfg = CodConfirmation(), CodConfirmationConfig(delay_minutes=30)
+    placed = j.decide(ev.OrderPlaced(order=order()), None, facts(), cfg, T0)
+    assert kinds(placed) == ["start", "wake"] and placed[-1].at == T0 + timedelta(minutes=30)
+    waiting = run("cod_confirmation", {"phase": "waiting"})
+    cancelled = facts(order(cancelled_at=T0 + timedelta(minutes=10)))
+    assert kinds(j.decide(TimerFired(T0), waiting, cancelled, cfg, T0)) == ["wake", "finish:order_cancelled"]
+    assert kinds(j.decide(TimerFired(T0), waiting, facts(), cfg, T0)) == ["update", "send:ask", "wake"]
+    assert j.decide(ev.OrderPlaced(order=order(is_cod=True)), None, facts(order(cancelled_at=T0)), cfg, T0) == []
+
+
+def test_delivery_updates_once_per_status_and_a_failure_hands_off():
+    j, cfg = DeliveryUpdates(), DeliveryUpdatesConfig()
+
+    def ful(status: str) -> ev.FulfillmentUpdated:
+        return ev.FulfillmentUpdated(fulfillment=ev.Fulfillment(external_id="9", order_external_id="1042", status="success",
+                                                                shipment_status=ev.ShipmentStatus(status), created_at=T0, updated_at=T0))
+    assert kinds(j.decide(ful("in_transit"), None, facts(), cfg, T0)) == ["start", "update", "send:shipped"]
+    r = run("delivery", {"sent": ["shipped"]})
+    assert j.decide(ful("in_transit"), r, facts(), cfg, T0) == []
+    assert kinds(j.decide(ful("delivered"), r, facts(), cfg, T0)) == ["update", "send:delivered"]
+    late = run("delivery", {"sent": ["delivered", "shipped"]})
+    assert j.decide(ful("in_transit"), late, facts(), cfg, T0) == []
+    assert kinds(j.decide(ful("failure"), r, facts(), cfg, T0)) == ["update", "send:failed", "handoff"]
+
+
+def test_checkout_recovery_ladder_and_attribution():
+    j, cfg = CheckoutRecovery(), CheckoutRecoveryConfig(abandon_after_minutes=30, ladder_minutes=(0, 360), discount_code="BACK10", discount_from_step=2)
+    chk = ev.Checkout(token="tok1", created_at=T0, updated_at=T0, recovery_url="https://x/recover", total=Decimal("899"), currency="INR",
+                      customer=ev.Customer(), line_items=(ev.LineItem(title="Neem wash"),))
+    started = j.decide(ev.CheckoutUpdated(checkout=chk), None, Facts("Acme", contact_id=7), cfg, T0)
+    assert kinds(started) == ["start", "wake"] and started[-1].at == T0 + timedelta(minutes=30)
+    state = started[0].state
+    r = Run("checkout_recovery", "checkout:tok1", "active", state, None, 7, T0)
+    first = j.decide(TimerFired(T0), r, Facts("Acme"), cfg, T0)
+    assert kinds(first) == ["update", "send:first", "wake"] and "discount.code" not in first[1].context
+    r2 = Run("checkout_recovery", "checkout:tok1", "active", {**state, "sent": 1}, None, 7, T0)
+    second = j.decide(TimerFired(T0), r2, Facts("Acme"), cfg, T0)
+    assert kinds(second)[:2] == ["update", "send:second"] and second[1].context["discount.code"] == "BACK10"
+    bought = j.decide(ev.OrderPlaced(order=order(is_cod=False, created_at=T0 + timedelta(hours=8))), r2, facts(), cfg, T0)
+    assert bought[0].state == {"order_id": "1042", "recovered": True, "revenue": "1299", "currency": "INR"}
+    assert kinds(bought)[-1] == "finish:recovered"
+    fresh = Run("checkout_recovery", "checkout:tok1", "active", state, None, 7, T0)
+    assert j.decide(ev.OrderPlaced(order=order()), fresh, facts(), cfg, T0)[0].state["recovered"] is False  # bought before any reminder
+
+
+def test_payment_recovery_reminds_once_and_attributes_the_payment():
+    j, cfg = PaymentRecovery(), PaymentRecoveryConfig(after_minutes=60)
+    prepaid = order(is_cod=False)
+    started = j.decide(ev.OrderPlaced(order=prepaid), None, facts(prepaid), cfg, T0)
+    assert kinds(started) == ["start", "wake"] and started[-1].at == T0 + timedelta(minutes=60)
+    r = run("payment_recovery", {})
+    assert kinds(j.decide(TimerFired(T0), r, facts(prepaid), cfg, T0)) == ["update", "send:remind", "wake", "finish:reminded"]
+    paid = order(is_cod=False, payment_state=ev.PaymentState.PAID)
+    reminded = run("payment_recovery", {"reminded": True}, "finished")
+    assert j.decide(ev.OrderPaid(order=paid), reminded, facts(paid), cfg, T0)[0].state == {"paid": True, "revenue": "1299", "currency": "INR"}
+    assert kinds(j.decide(ev.OrderPaid(order=paid), r, facts(paid), cfg, T0)) == ["wake", "update", "finish:paid_without_reminder"]
+
+
+def test_journeys_come_from_the_entry_point_group_and_their_settings_are_validated():
+    assert {"order_confirmation", "cod_confirmation", "checkout_recovery", "payment_recovery", "delivery"} <= set(journeys())
+    raw = settings_dict("sqlite://")
+    raw["stores"][0]["journeys"] = {"cod_confirmation": {"delay_minutes": -1, "reminder_hourz": [1]}, "loyalty_points": {}}
+    with pytest.raises(ConfigError) as err:
+        parse_settings(raw, environ={})
+    text = "\n".join(err.value.problems)
+    assert "cod_confirmation.delay_minutes" in text and "cod_confirmation.reminder_hourz: unknown key (typo?)" in text
+    assert "loyalty_points: unknown journey" in text
+
+
+def test_holdout_is_deterministic_and_close_to_its_share():
+    members = [in_holdout(c, "reorder", 10) for c in range(5000)]
+    assert members == [in_holdout(c, "reorder", 10) for c in range(5000)]
+    assert 0.08 < sum(members) / 5000 < 0.12
+    assert not any(in_holdout(c, "reorder", 0) for c in range(100))
+
+
+# ---- the whole path --------------------------------------------------------------------
+
+TEMPLATES = [
+    {"step": "cod_confirmation.ask", "name": "cod_confirm_v1", "category": "utility",
+     "body_text": "Hi {{1}}, confirm order {{2}} of {{3}}?", "body": ["customer.first_name", "order.name", "order.total"],
+     "buttons": [{"type": "quick_reply", "text": "Confirm", "payload": "cod_confirm"}, {"type": "quick_reply", "text": "Cancel", "payload": "cod_cancel"}]},
+    {"step": "cod_confirmation.reminder_1", "name": "cod_reminder_v1", "category": "utility",
+     "body_text": "Reminder: please confirm {{1}}", "body": ["order.name"],
+     "buttons": [{"type": "quick_reply", "text": "Confirm", "payload": "cod_confirm"}, {"type": "quick_reply", "text": "Cancel", "payload": "cod_cancel"}]},
+]
+
+
+class Clock:
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def cod_order_payload(event_updated: str = "2026-11-20T12:00:00+05:30") -> dict:
+    o = load_json(FIXTURES / "shopify" / "orders_create.sample.json")
+    o.update(financial_status="pending", payment_gateway_names=["Cash on Delivery (COD)"], cancelled_at=None, cancel_reason=None,
+             test=False, created_at="2026-11-20T12:00:00+05:30", updated_at=event_updated, phone="+91 98765 43210")
+    return o
+
+
+def test_cod_confirmation_end_to_end_over_http(db_url):
+    fake = SandboxWhatsApp()
+    with SandboxServer(fake.app) as sandbox:
+        raw = settings_dict(db_url)
+        raw["whatsapp"].update(access_token="sandbox-token", graph_base_url=sandbox.url, pair_spacing_seconds=0)
+        raw["stores"][0].update(templates=TEMPLATES, journeys={"cod_confirmation": {"reminder_hours": [6]}},
+                                policy={"quiet_hours": ""})
+        settings = parse_settings(raw, environ={})
+        clock = Clock(T0)
+        with running_app(settings) as (client, runtime):
+            runtime.processor.clock = clock
+            body = dumps(cod_order_payload())
+            for event_id in ("e1", "e1", "e2"):  # a retry, and a second subscription's delivery
+                client.post("/webhooks/shopify", content=body, headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", "orders/create", event_id=event_id))
+            runtime.processor.drain()
+
+            async def send() -> None:
+                wa = WhatsAppClient(sandbox.url, "v23.0", "sandbox-token")
+                await Dispatcher(runtime.db, settings, runtime.store_ids, wa, clock=clock).drain()
+                await wa.aclose()
+
+            asyncio.run(send())
+            [ask] = fake.accepted()
+            assert ask.template == "cod_confirm_v1"
+
+            def reply(payload: str, msg_id: str) -> None:
+                env = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+                    "messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": PHONE_ID_A},
+                    "contacts": [{"profile": {"name": "Asha"}, "wa_id": "919876543210"}],
+                    "messages": [{"from": "919876543210", "id": msg_id, "timestamp": "1795158000", "type": "button",
+                                  "button": {"payload": payload, "text": payload}, "context": {"from": "1", "id": ask.wamid}}]}}]}]}
+                raw_body = json.dumps(env).encode()
+                client.post("/webhooks/whatsapp", content=raw_body, headers={"X-Hub-Signature-256": meta_signature(raw_body, SECRETS["wa_app"])})
+
+            reply("cod_confirm", "wamid.tap1")
+            reply("cod_cancel", "wamid.tap2")  # changes its mind: too late, the choice is locked
+            runtime.processor.drain()
+            clock.now = T0 + timedelta(hours=7)  # the reminder would have been due
+            runtime.processor.process_timers()
+            runtime.processor.drain()
+            with runtime.db.engine.connect() as conn:
+                runs = conn.execute(select(m.JourneyRun)).all()
+                outbox = conn.execute(select(m.OutboxMessage).order_by(m.OutboxMessage.id)).all()
+    [r] = runs
+    assert (r.journey, r.subject, r.status, r.state["choice"], r.state["outcome"]) == (
+        "cod_confirmation", "order:820982911946154508", "finished", "confirmed", "confirmed")
+    assert [(o.channel, o.step, o.status) for o in outbox] == [("whatsapp", "ask", "sent"), ("store", "confirm_tag", "pending")]
+    assert outbox[1].payload == {"subject": "order:820982911946154508", "action": "add_tags", "order_id": "820982911946154508", "args": {"tags": ["cod-confirmed"]}}
+
+
+def test_unanswered_cod_order_gets_its_reminder_then_is_flagged(db_url):
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(templates=TEMPLATES, journeys={"cod_confirmation": {"reminder_hours": [6], "answer_window_hours": 24}},
+                            policy={"quiet_hours": ""})
+    settings = parse_settings(raw, environ={})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        body = dumps(cod_order_payload())
+        client.post("/webhooks/shopify", content=body, headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", "orders/create"))
+        runtime.processor.drain()
+        for hours in (1, 6, 12, 24, 30):
+            clock.now = T0 + timedelta(hours=hours)
+            runtime.processor.process_timers()
+        with runtime.db.engine.connect() as conn:
+            steps = [(o.channel, o.step) for o in conn.execute(select(m.OutboxMessage).order_by(m.OutboxMessage.id))]
+            [r] = conn.execute(select(m.JourneyRun)).all()
+    assert steps == [("whatsapp", "ask"), ("whatsapp", "reminder_1"), ("store", "no_answer_tag")]
+    assert (r.status, r.state["outcome"]) == ("finished", "no_answer")
