@@ -20,6 +20,8 @@ from connector.config import Settings, ShopifyStore, WooCommerceStore
 from connector.messages import MessageSender
 from connector.outbox.dispatcher import Dispatcher
 from connector.outbox.senders import DryRunSender
+from connector.outbox.writebacks import DryRunWriter, WriteBackDispatcher
+from connector.store_writer import StoreWriter
 from connector.processor import InboxProcessor
 from connector.storage.db import Database, ensure_schema
 from connector.storage.inbox import InboxWriter, sync_stores
@@ -41,6 +43,7 @@ class Runtime:
         clock: Callable[[], datetime] = utcnow,
         run_worker: bool = True,
         sender: MessageSender | None = None,
+        writers: dict[int, StoreWriter] | None = None,
     ):
         self.settings = settings
         self.db = db or Database.from_url(settings.database.url, pool_size=settings.database.pool_size)
@@ -56,6 +59,8 @@ class Runtime:
         self.sender = sender or self._default_sender()
         self._dispatch_stop = asyncio.Event()
         self._dispatch_task: asyncio.Task[None] | None = None
+        self._writeback_task: asyncio.Task[None] | None = None
+        self.writers = writers
         self._wakeup = asyncio.Event()
         self._worker_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -73,6 +78,22 @@ class Runtime:
         assert wa.access_token is not None
         return WhatsAppClient(str(wa.graph_base_url).rstrip("/"), wa.api_version, wa.access_token.get_secret_value())
 
+    def _default_writers(self) -> dict[int, StoreWriter]:
+        """One client per store with API credentials; a dry-run writer for the others."""
+        from adapters.shopify.client import ShopifyAdminClient
+        from adapters.woocommerce.client import WooCommerceClient
+
+        writers: dict[int, StoreWriter] = {}
+        for store in self.settings.stores:
+            sid = self.store_ids[store.key]
+            if isinstance(store, ShopifyStore) and store.access_token is not None:
+                writers[sid] = ShopifyAdminClient(store)
+            elif isinstance(store, WooCommerceStore) and store.consumer_key is not None and store.consumer_secret is not None:
+                writers[sid] = WooCommerceClient(store)
+            else:
+                writers[sid] = DryRunWriter()
+        return writers
+
     def _wake(self) -> None:
         self._wakeup.set()
 
@@ -87,11 +108,14 @@ class Runtime:
         )
         self.processor = InboxProcessor(self.db, self.settings, self.store_ids, normalizers(), clock=self.clock)
         self.dispatcher = Dispatcher(self.db, self.settings, self.store_ids, self.sender, clock=self.clock)
+        self.writers = self.writers or self._default_writers()
+        self.writebacks = WriteBackDispatcher(self.db, self.settings, self.store_ids, self.writers, clock=self.clock)
         self.writer.start()
         if self.run_worker:
             self._worker_task = asyncio.create_task(self._process_loop(), name="inbox-processor")
             self._dispatch_stop = asyncio.Event()
             self._dispatch_task = asyncio.create_task(self.dispatcher.run_forever(self._dispatch_stop), name="outbox-dispatcher")
+            self._writeback_task = asyncio.create_task(self.writebacks.run_forever(self._dispatch_stop), name="store-writebacks")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -103,6 +127,10 @@ class Runtime:
         if self._dispatch_task is not None:
             self._dispatch_stop.set()
             await self._dispatch_task
+        if self._writeback_task is not None:
+            await self._writeback_task
+        for writer in (self.writers or {}).values():
+            await writer.aclose()
         close = getattr(self.sender, "aclose", None)
         if close is not None:
             await close()

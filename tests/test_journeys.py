@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+import respx
 from sqlalchemy import select
 
 from adapters.whatsapp.client import WhatsAppClient
@@ -211,7 +212,7 @@ def test_cod_confirmation_end_to_end_over_http(db_url):
         raw = settings_dict(db_url)
         raw["whatsapp"].update(access_token="sandbox-token", graph_base_url=sandbox.url, pair_spacing_seconds=0)
         raw["stores"][0].update(templates=TEMPLATES, journeys={"cod_confirmation": {"reminder_hours": [6]}},
-                                policy={"quiet_hours": ""})
+                                policy={"quiet_hours": ""}, access_token="shpat_test", api_base_url="https://shop-a.example")
         settings = parse_settings(raw, environ={})
         clock = Clock(T0)
         with running_app(settings) as (client, runtime):
@@ -248,6 +249,18 @@ def test_cod_confirmation_end_to_end_over_http(db_url):
             with runtime.db.engine.connect() as conn:
                 runs = conn.execute(select(m.JourneyRun)).all()
                 outbox = conn.execute(select(m.OutboxMessage).order_by(m.OutboxMessage.id)).all()
+            # the write-back goes to the store's Admin GraphQL API (faked at the HTTP boundary)
+            with respx.mock(assert_all_called=True) as shopify:
+                route = shopify.post("https://shop-a.example/admin/api/2026-07/graphql.json").respond(
+                    json={"data": {"tagsAdd": {"node": {"id": "gid://shopify/Order/820982911946154508"}, "userErrors": []}}})
+                asyncio.run(runtime.writebacks.drain())
+                asyncio.run(runtime.writebacks.drain())  # nothing left: the tag is written once
+            sent = json.loads(route.calls.last.request.content)
+            assert route.call_count == 1 and route.calls.last.request.headers["X-Shopify-Access-Token"] == "shpat_test"
+            assert sent["variables"] == {"id": "gid://shopify/Order/820982911946154508", "tags": ["cod-confirmed"]}
+            with runtime.db.engine.connect() as conn:
+                written = conn.execute(select(m.OutboxMessage.status).where(m.OutboxMessage.channel == "store")).scalar_one()
+            assert written == "sent"
     [r] = runs
     assert (r.journey, r.subject, r.status, r.state["choice"], r.state["outcome"]) == (
         "cod_confirmation", "order:820982911946154508", "finished", "confirmed", "confirmed")

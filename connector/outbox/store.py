@@ -124,15 +124,27 @@ class Claimed:
     history: SendHistory = field(default_factory=SendHistory)
 
 
-def expire_leases(conn: Connection, now: datetime) -> int:
-    """A claimed row whose lease ran out was possibly sent: mark it uncertain, never resend it."""
+def expire_leases(conn: Connection, now: datetime, channel: str = "whatsapp") -> int:
+    """A claimed row whose lease ran out was possibly sent.
+
+    A WhatsApp message becomes ``uncertain`` (never resent; its status webhook settles it).
+    A store write-back is idempotent (tags are a set, a cancelled order stays cancelled),
+    and nothing would ever settle it, so it simply becomes due again.
+    """
     expired = list(
         conn.execute(
             select(m.OutboxMessage.id, m.OutboxMessage.store_id, m.OutboxMessage.lease_until).where(
-                m.OutboxMessage.status == "sending", m.OutboxMessage.lease_until < now
+                m.OutboxMessage.status == "sending", m.OutboxMessage.lease_until < now, m.OutboxMessage.channel == channel
             )
         )
     )
+    if channel != "whatsapp":
+        for row in expired:
+            conn.execute(
+                update(m.OutboxMessage).where(m.OutboxMessage.id == row.id, m.OutboxMessage.status == "sending")
+                .values(status="pending", due_at=now, last_error="lease expired; retrying the idempotent write-back", updated_at=now)
+            )
+        return len(expired)
     for row in expired:
         conn.execute(
             update(m.OutboxMessage)
@@ -149,11 +161,12 @@ def expire_leases(conn: Connection, now: datetime) -> int:
 
 
 def claim(
-    db: Database, *, store_ids: list[int], now: datetime, limit: int, lease: timedelta, worker: str, history_window: timedelta
+    db: Database, *, store_ids: list[int], now: datetime, limit: int, lease: timedelta, worker: str, history_window: timedelta,
+    channel: str = "whatsapp",
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due WhatsApp rows (SKIP LOCKED on PostgreSQL, the write lock on SQLite)."""
+    """Lease up to ``limit`` due rows of a channel (SKIP LOCKED on PostgreSQL, the write lock on SQLite)."""
     with db.write_lock(), db.engine.begin() as conn:
-        expire_leases(conn, now)
+        expire_leases(conn, now, channel)
         query = (
             select(
                 m.OutboxMessage.id, m.OutboxMessage.store_id, m.OutboxMessage.contact_id, m.OutboxMessage.journey,
@@ -161,7 +174,7 @@ def claim(
             )
             .where(
                 m.OutboxMessage.status == "pending",
-                m.OutboxMessage.channel == "whatsapp",
+                m.OutboxMessage.channel == channel,
                 m.OutboxMessage.due_at <= now,
                 m.OutboxMessage.store_id.in_(store_ids),
             )

@@ -1,0 +1,139 @@
+"""Store write-backs (tag a confirmed COD order, cancel, note, status) through the outbox.
+
+Same durable path as messages: a committed row, a lease, one attempt row per try, retries
+as due times. Write-backs are idempotent at the platform (tags are a set; cancelling a
+cancelled order is a no-op), so an unknown outcome is retried rather than parked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+
+import anyio.to_thread
+
+from connector.config import Settings
+from connector.errors import PermanentError, RetryableError
+from connector.outbox import store as ob
+from connector.outbox.retry import RetryPolicy, next_attempt_at
+from connector.storage.db import Database
+from connector.storage.models import utcnow
+from connector.store_writer import StoreWriter
+
+log = logging.getLogger("storeloop.writebacks")
+ACTIONS = ("add_tags", "cancel_order", "add_note", "set_status")
+
+
+class DryRunWriter:
+    """A store without API credentials: write-backs are recorded, not made."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict]] = []
+
+    async def add_tags(self, order_id: str, tags: list[str]) -> None:
+        self.calls.append(("add_tags", order_id, {"tags": list(tags)}))
+
+    async def cancel_order(self, order_id: str, *, reason: str, notify_customer: bool, staff_note: str | None) -> None:
+        self.calls.append(("cancel_order", order_id, {"reason": reason}))
+
+    async def add_note(self, order_id: str, note: str) -> None:
+        self.calls.append(("add_note", order_id, {"note": note}))
+
+    async def set_status(self, order_id: str, status: str) -> None:
+        self.calls.append(("set_status", order_id, {"status": status}))
+
+    async def aclose(self) -> None:
+        return None
+
+
+class WriteBackDispatcher:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        store_ids: Mapping[str, int],
+        writers: Mapping[int, StoreWriter],
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        concurrency: int = 4,
+        rng: random.Random | None = None,
+    ):
+        self.db = db
+        self.writers = writers
+        self.clock = clock
+        self.store_ids = [store_ids[s.key] for s in settings.stores if s.key in store_ids]
+        wa = settings.whatsapp
+        self.retry = RetryPolicy(wa.backoff_base_seconds, wa.backoff_cap_seconds, wa.max_attempts)
+        self.semaphore = asyncio.Semaphore(concurrency)
+        self.rng = rng or random.Random()
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:store"
+
+    async def run_once(self) -> int:
+        now = self.clock()
+        rows = await anyio.to_thread.run_sync(
+            lambda: ob.claim(self.db, store_ids=self.store_ids, now=now, limit=50, lease=timedelta(minutes=5),
+                             worker=self.worker, history_window=timedelta(0), channel="store")
+        )
+        if rows:
+            results = await asyncio.gather(*(self._one(r) for r in rows))
+            await anyio.to_thread.run_sync(ob.record, self.db, list(results), self.clock())
+        return len(rows)
+
+    async def drain(self, max_batches: int = 1000) -> int:
+        total = 0
+        for _ in range(max_batches):
+            n = await self.run_once()
+            total += n
+            if n == 0:
+                break
+        return total
+
+    async def run_forever(self, stop: asyncio.Event, idle_seconds: float = 1.0) -> None:
+        while not stop.is_set():
+            try:
+                n = await self.run_once()
+            except Exception:
+                log.exception("write-back cycle failed; retrying")
+                n = 0
+            if n == 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=idle_seconds)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def _one(self, row: ob.Claimed) -> ob.Result:
+        started = self.clock()
+        p = row.payload
+        writer = self.writers.get(row.store_id)
+        action, order_id, args = p.get("action"), str(p.get("order_id")), dict(p.get("args") or {})
+        if writer is None or action not in ACTIONS:
+            return ob.Result(row, "failed", started, error_detail=f"cannot perform {action!r} for this store")
+        t0 = time.perf_counter()
+        async with self.semaphore:
+            try:
+                if action == "add_tags":
+                    await writer.add_tags(order_id, args["tags"])
+                elif action == "cancel_order":
+                    await writer.cancel_order(order_id, reason=args.get("reason", "other"), notify_customer=bool(args.get("notify_customer")),
+                                              staff_note=args.get("staff_note"))
+                elif action == "add_note":
+                    await writer.add_note(order_id, args["note"])
+                else:
+                    await writer.set_status(order_id, args["status"])
+            except RetryableError as exc:
+                ms = int((time.perf_counter() - t0) * 1000)
+                when = next_attempt_at(row.attempts + 1, exc.retry_after, self.retry, self.clock(), self.rng.random())
+                if when is None:
+                    return ob.Result(row, "failed", started, ms, error_code=exc.code, error_detail=f"gave up: {exc}")
+                return ob.Result(row, "retry", started, ms, error_code=exc.code, error_detail=str(exc), due_at=when)
+            except PermanentError as exc:
+                return ob.Result(row, "failed", started, int((time.perf_counter() - t0) * 1000), error_code=exc.code, error_detail=str(exc))
+        outcome = "dry_run" if isinstance(writer, DryRunWriter) else "sent"
+        log.info("store write-back done", extra={"action": action, "order": order_id, "outcome": outcome})
+        return ob.Result(row, outcome, started, int((time.perf_counter() - t0) * 1000))
