@@ -23,6 +23,7 @@ from connector.journeys.runner import JourneyRunner
 from connector.state import apply_event
 from connector.storage.db import Database
 from connector.storage.models import InboxEvent, utcnow
+from connector.storage.sql import INBOX, update_by_id
 
 log = logging.getLogger("storeloop.processor")
 
@@ -119,7 +120,7 @@ class InboxProcessor:
                 "available_at": now + timedelta(seconds=min(300, 2**attempts)),
             }
         values.update(attempts=attempts, processed_at=now)
-        conn.execute(update(InboxEvent).where(InboxEvent.id == row.id).values(**values))
+        update_by_id(conn, INBOX, row.id, values)
 
     def _apply(self, conn: Connection, row: Any, store: Any, now: datetime) -> dict[str, Any]:
         normalize = self.normalizers.get(row.source)

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from connector import events as ev
 from connector.policy import keyword_intent
-from connector.storage import models as m
+from connector.storage.sql import insert_id, insert_row, update_by_id, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, LINES, MESSAGES, ORDERS, OUTBOX, STORES
 
 MESSAGE_STATUS_RANK = {"accepted": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
 
@@ -49,14 +49,14 @@ def upsert_contact(
     row = None
     if phone is not None:
         row = conn.execute(
-            select(m.Contact).where(m.Contact.store_id == store_id, m.Contact.phone_key == _phone_key(phone))
+            select(CONTACTS).where(CONTACTS.c.store_id == store_id, CONTACTS.c.phone_key == _phone_key(phone))
         ).first()
     if row is None and wa_id:
-        row = conn.execute(select(m.Contact).where(m.Contact.store_id == store_id, m.Contact.wa_id == wa_id)).first()
+        row = conn.execute(select(CONTACTS).where(CONTACTS.c.store_id == store_id, CONTACTS.c.wa_id == wa_id)).first()
     if row is None and phone is None and customer is not None and customer.external_id:
         row = conn.execute(
-            select(m.Contact).where(
-                m.Contact.store_id == store_id, m.Contact.external_customer_id == customer.external_id
+            select(CONTACTS).where(
+                CONTACTS.c.store_id == store_id, CONTACTS.c.external_customer_id == customer.external_id
             )
         ).first()
     fields: dict[str, Any] = {}
@@ -85,12 +85,12 @@ def upsert_contact(
             "stage": "entry",
             **fields,
         }
-        return conn.execute(insert(m.Contact).values(**values).returning(m.Contact.id)).scalar_one()
+        return insert_id(conn, CONTACTS, values)
     contact = row
     changed = {k: v for k, v in fields.items() if getattr(contact, k) != v}
     if changed:
         changed["updated_at"] = now
-        conn.execute(update(m.Contact).where(m.Contact.id == contact.id).values(**changed))
+        update_by_id(conn, CONTACTS, contact.id, changed)
     return contact.id
 
 
@@ -107,7 +107,7 @@ def record_consent(
     only_if_unknown: bool = False,
 ) -> bool:
     """Set a consent state and keep its history; a change older than the stored one is ignored."""
-    contact = conn.execute(select(m.Contact).where(m.Contact.id == contact_id)).one()
+    contact = conn.execute(select(CONTACTS).where(CONTACTS.c.id == contact_id)).one()
     current = getattr(contact, f"consent_{category}")
     current_at = getattr(contact, f"consent_{category}_at")
     if only_if_unknown and current != "unknown":
@@ -122,18 +122,9 @@ def record_consent(
         f"consent_{category}_at": at,
         "updated_at": at,
     }
-    conn.execute(update(m.Contact).where(m.Contact.id == contact_id).values(**values))
-    conn.execute(
-        insert(m.ConsentChange).values(
-            store_id=store_id,
-            contact_id=contact_id,
-            category=category,
-            state=state,
-            source=source[:64],
-            occurred_at=at,
-            inbox_event_id=inbox_id,
-        )
-    )
+    update_by_id(conn, CONTACTS, contact_id, values)
+    insert_row(conn, CONSENT, dict(store_id=store_id, contact_id=contact_id, category=category, state=state,
+                                   source=source[:64], occurred_at=at, inbox_event_id=inbox_id))
     return True
 
 
@@ -157,8 +148,8 @@ def _line_rows(store_id: int, order_id: int, lines: tuple[ev.LineItem, ...]) -> 
 def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: int | None, now: datetime) -> bool:
     """Upsert an order and its lines; False (and nothing written) when the payload is stale."""
     existing = conn.execute(
-        select(m.Order.id, m.Order.source_updated_at).where(
-            m.Order.store_id == store_id, m.Order.external_id == order.external_id
+        select(ORDERS.c.id, ORDERS.c.source_updated_at).where(
+            ORDERS.c.store_id == store_id, ORDERS.c.external_id == order.external_id
         )
     ).first()
     if existing is not None and existing.source_updated_at > order.updated_at:
@@ -183,25 +174,23 @@ def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: in
         "updated_at": now,
     }
     if existing is None:
-        order_id = conn.execute(
-            insert(m.Order).values(store_id=store_id, external_id=order.external_id, **values).returning(m.Order.id)
-        ).scalar_one()
+        order_id = insert_id(conn, ORDERS, dict(store_id=store_id, external_id=order.external_id, **values))
     else:
         order_id = existing.id
         if contact_id is None:
             values.pop("contact_id")
-        conn.execute(update(m.Order).where(m.Order.id == order_id).values(**values))
-        conn.execute(delete(m.OrderLine).where(m.OrderLine.order_id == order_id))
+        update_by_id(conn, ORDERS, order_id, values)
+        conn.execute(delete(LINES).where(LINES.c.order_id == order_id))
     rows = _line_rows(store_id, order_id, order.line_items)
     if rows:
-        conn.execute(insert(m.OrderLine), rows)
+        conn.execute(insert(LINES), rows)
     if order.checkout_token:
         conn.execute(
-            update(m.Checkout)
+            update(CHECKOUTS)
             .where(
-                m.Checkout.store_id == store_id,
-                m.Checkout.token == order.checkout_token,
-                m.Checkout.completed_at.is_(None),
+                CHECKOUTS.c.store_id == store_id,
+                CHECKOUTS.c.token == order.checkout_token,
+                CHECKOUTS.c.completed_at.is_(None),
             )
             .values(completed_at=order.created_at)
         )
@@ -210,8 +199,8 @@ def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: in
 
 def apply_checkout(conn: Connection, store_id: int, checkout: ev.Checkout, contact_id: int | None) -> bool:
     existing = conn.execute(
-        select(m.Checkout.id, m.Checkout.source_updated_at, m.Checkout.completed_at).where(
-            m.Checkout.store_id == store_id, m.Checkout.token == checkout.token
+        select(CHECKOUTS.c.id, CHECKOUTS.c.source_updated_at, CHECKOUTS.c.completed_at).where(
+            CHECKOUTS.c.store_id == store_id, CHECKOUTS.c.token == checkout.token
         )
     ).first()
     if existing is not None and existing.source_updated_at > checkout.updated_at:
@@ -228,20 +217,20 @@ def apply_checkout(conn: Connection, store_id: int, checkout: ev.Checkout, conta
         "source_updated_at": checkout.updated_at,
     }
     if existing is None:
-        conn.execute(insert(m.Checkout).values(store_id=store_id, token=checkout.token, **values))
+        insert_row(conn, CHECKOUTS, dict(store_id=store_id, token=checkout.token, **values))
     else:
         if contact_id is None:
             values.pop("contact_id")
         if existing.completed_at is not None and checkout.completed_at is None:
             values.pop("completed_at")  # an order already completed it; a late update must not reopen it
-        conn.execute(update(m.Checkout).where(m.Checkout.id == existing.id).values(**values))
+        update_by_id(conn, CHECKOUTS, existing.id, values)
     return True
 
 
 def apply_fulfillment(conn: Connection, store_id: int, f: ev.Fulfillment) -> bool:
     existing = conn.execute(
-        select(m.Fulfillment.id, m.Fulfillment.source_updated_at).where(
-            m.Fulfillment.store_id == store_id, m.Fulfillment.external_id == f.external_id
+        select(FULFILLMENTS.c.id, FULFILLMENTS.c.source_updated_at).where(
+            FULFILLMENTS.c.store_id == store_id, FULFILLMENTS.c.external_id == f.external_id
         )
     ).first()
     if existing is not None and existing.source_updated_at > f.updated_at:
@@ -257,9 +246,9 @@ def apply_fulfillment(conn: Connection, store_id: int, f: ev.Fulfillment) -> boo
         "source_updated_at": f.updated_at,
     }
     if existing is None:
-        conn.execute(insert(m.Fulfillment).values(store_id=store_id, external_id=f.external_id, **values))
+        insert_row(conn, FULFILLMENTS, dict(store_id=store_id, external_id=f.external_id, **values))
     else:
-        conn.execute(update(m.Fulfillment).where(m.Fulfillment.id == existing.id).values(**values))
+        update_by_id(conn, FULFILLMENTS, existing.id, values)
     return True
 
 
@@ -267,10 +256,10 @@ def record_inbound(
     conn: Connection, store_id: int, contact_id: int | None, wamid: str, kind: str, body: str | None, at: datetime, now: datetime
 ) -> None:
     """An inbound WhatsApp message: into the timeline once, and it (re)opens the 24 h window."""
-    exists = conn.execute(select(m.Message.id).where(m.Message.store_id == store_id, m.Message.wamid == wamid)).first()
+    exists = conn.execute(select(MESSAGES.c.id).where(MESSAGES.c.store_id == store_id, MESSAGES.c.wamid == wamid)).first()
     if exists is None:
         conn.execute(
-            insert(m.Message).values(
+            insert(MESSAGES).values(
                 store_id=store_id,
                 contact_id=contact_id,
                 direction="in",
@@ -283,9 +272,9 @@ def record_inbound(
             )
         )
     if contact_id is not None:
-        contact = conn.execute(select(m.Contact.last_inbound_at).where(m.Contact.id == contact_id)).scalar_one()
+        contact = conn.execute(select(CONTACTS.c.last_inbound_at).where(CONTACTS.c.id == contact_id)).scalar_one()
         if contact is None or contact < at:
-            conn.execute(update(m.Contact).where(m.Contact.id == contact_id).values(last_inbound_at=at, updated_at=now))
+            update_by_id(conn, CONTACTS, contact_id, dict(last_inbound_at=at, updated_at=now))
 
 
 def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, now: datetime) -> tuple[int | None, int | None]:
@@ -293,10 +282,10 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
     from connector.outbox.store import STATUS_RANK, outbox_id_from_callback
 
     oid = outbox_id_from_callback(e.callback_data)
-    cond = m.OutboxMessage.id == oid if oid is not None else m.OutboxMessage.wamid == e.message_id
+    cond = OUTBOX.c.id == oid if oid is not None else OUTBOX.c.wamid == e.message_id
     row = conn.execute(
-        select(m.OutboxMessage.id, m.OutboxMessage.status, m.OutboxMessage.contact_id, m.OutboxMessage.category)
-        .where(m.OutboxMessage.store_id == store_id, cond)
+        select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.contact_id, OUTBOX.c.category)
+        .where(OUTBOX.c.store_id == store_id, cond)
     ).first()
     if row is None:
         return None, None
@@ -306,7 +295,7 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
         if e.error_code == 131049:  # Meta's per-user marketing limit: not before 24 h, then the same message again
             values.update(status="pending", due_at=e.occurred_at + timedelta(hours=24), last_error="131049: retry after 24 h")
         if row.contact_id is not None and e.error_code == 131026:
-            conn.execute(update(m.Contact).where(m.Contact.id == row.contact_id).values(reachable=False, updated_at=now))
+            update_by_id(conn, CONTACTS, row.contact_id, dict(reachable=False, updated_at=now))
         if row.contact_id is not None and e.error_code == 131050:
             record_consent(conn, store_id, row.contact_id, "marketing", "revoked", "whatsapp_error_131050", e.occurred_at, None)
     elif row.status == "failed" or STATUS_RANK.get(e.status, -1) <= STATUS_RANK.get(row.status, -1):
@@ -314,7 +303,7 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
     else:
         values.update(status=e.status, last_error=None)
     if values:
-        conn.execute(update(m.OutboxMessage).where(m.OutboxMessage.id == row.id).values(**values))
+        update_by_id(conn, OUTBOX, row.id, values)
     return row.id, row.contact_id
 
 
@@ -322,17 +311,17 @@ def apply_status(conn: Connection, store_id: int, e: ev.MessageStatusChanged, no
     """Statuses arrive out of order: sent < delivered < read only moves forward; failed is kept with its code."""
     outbox_id, contact_id = _settle_outbox(conn, store_id, e, now)
     row = conn.execute(
-        select(m.Message.id, m.Message.status, m.Message.error_code, m.Message.contact_id).where(
-            m.Message.store_id == store_id, m.Message.wamid == e.message_id
+        select(MESSAGES.c.id, MESSAGES.c.status, MESSAGES.c.error_code, MESSAGES.c.contact_id).where(
+            MESSAGES.c.store_id == store_id, MESSAGES.c.wamid == e.message_id
         )
     ).first()
     if row is None:
         if contact_id is None and e.recipient_id:
             contact_id = conn.execute(
-                select(m.Contact.id).where(m.Contact.store_id == store_id, m.Contact.wa_id == e.recipient_id)
+                select(CONTACTS.c.id).where(CONTACTS.c.store_id == store_id, CONTACTS.c.wa_id == e.recipient_id)
             ).scalar()
         conn.execute(
-            insert(m.Message).values(
+            insert(MESSAGES).values(
                 store_id=store_id,
                 contact_id=contact_id,
                 direction="out",
@@ -347,20 +336,20 @@ def apply_status(conn: Connection, store_id: int, e: ev.MessageStatusChanged, no
         )
         return contact_id
     if e.status == "failed":
-        conn.execute(update(m.Message).where(m.Message.id == row.id).values(status="failed", error_code=e.error_code, updated_at=now))
+        update_by_id(conn, MESSAGES, row.id, dict(status="failed", error_code=e.error_code, updated_at=now))
     elif row.status != "failed" and MESSAGE_STATUS_RANK.get(e.status, -1) > MESSAGE_STATUS_RANK.get(row.status, -1):
-        conn.execute(update(m.Message).where(m.Message.id == row.id).values(status=e.status, updated_at=now))
+        update_by_id(conn, MESSAGES, row.id, dict(status=e.status, updated_at=now))
     return row.contact_id or contact_id
 
 
 def apply_keyword(conn: Connection, store_id: int, contact_id: int, intent: str, at: datetime, inbox_id: int) -> None:
     """STOP opts the contact out of everything at once; START opts back in to marketing."""
     if intent == "stop":
-        conn.execute(update(m.Contact).where(m.Contact.id == contact_id).values(opted_out_at=at, updated_at=at))
+        update_by_id(conn, CONTACTS, contact_id, dict(opted_out_at=at, updated_at=at))
         record_consent(conn, store_id, contact_id, "marketing", "revoked", "whatsapp_keyword_stop", at, inbox_id)
         record_consent(conn, store_id, contact_id, "utility", "revoked", "whatsapp_keyword_stop", at, inbox_id)
     else:
-        conn.execute(update(m.Contact).where(m.Contact.id == contact_id).values(opted_out_at=None, updated_at=at))
+        update_by_id(conn, CONTACTS, contact_id, dict(opted_out_at=None, updated_at=at))
         record_consent(conn, store_id, contact_id, "marketing", "granted", "whatsapp_keyword_start", at, inbox_id)
         record_consent(conn, store_id, contact_id, "utility", "granted", "whatsapp_keyword_start", at, inbox_id)
 
@@ -385,7 +374,7 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
         case ev.FulfillmentUpdated(fulfillment=f):
             out.subject = f"order:{f.order_external_id}"
             out.contact_id = conn.execute(
-                select(m.Order.contact_id).where(m.Order.store_id == store_id, m.Order.external_id == f.order_external_id)
+                select(ORDERS.c.contact_id).where(ORDERS.c.store_id == store_id, ORDERS.c.external_id == f.order_external_id)
             ).scalar()
             out.stale = not apply_fulfillment(conn, store_id, f)
         case ev.CustomerUpdated(customer=customer):
@@ -418,7 +407,7 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             if out.contact_id is not None and state is not None:
                 record_consent(conn, store_id, out.contact_id, "marketing", state, f"whatsapp_preference_{event.value}", event.occurred_at, inbox_id)
         case ev.AppUninstalled():
-            conn.execute(update(m.Store).where(m.Store.id == store_id).values(uninstalled_at=now))
+            update_by_id(conn, STORES, store_id, dict(uninstalled_at=now))
         case ev.ComplianceRequested():
             out.held = f"{event.kind}: privacy handling is not built yet; kept for replay"
     return out

@@ -22,7 +22,7 @@ from connector.journeys.engine import (
 from connector.journeys.registry import journeys
 from connector.outbox import store as ob
 from connector.outbox.queue import queue_template
-from connector.storage import models as m
+from connector.storage.sql import insert_id, insert_row, update_by_id, CONTACTS, ORDERS, OUTBOX, RUNS
 
 log = logging.getLogger("storeloop.journeys")
 
@@ -37,7 +37,7 @@ def in_holdout(contact_id: int, journey: str, percent: float) -> bool:
 
 def _run(conn: Connection, store_id: int, journey: str, subject: str) -> tuple[int, Run, bool] | None:
     row = conn.execute(
-        select(m.JourneyRun).where(m.JourneyRun.store_id == store_id, m.JourneyRun.journey == journey, m.JourneyRun.subject == subject)
+        select(RUNS).where(RUNS.c.store_id == store_id, RUNS.c.journey == journey, RUNS.c.subject == subject)
     ).first()
     if row is None:
         return None
@@ -45,7 +45,7 @@ def _run(conn: Connection, store_id: int, journey: str, subject: str) -> tuple[i
 
 
 def _order_facts(conn: Connection, store_id: int, order_id: str) -> OrderFacts | None:
-    o = conn.execute(select(m.Order).where(m.Order.store_id == store_id, m.Order.external_id == order_id)).first()
+    o = conn.execute(select(ORDERS).where(ORDERS.c.store_id == store_id, ORDERS.c.external_id == order_id)).first()
     if o is None:
         return None
     return OrderFacts(o.external_id, o.name, o.is_cod, o.payment_state, o.fulfillment_state, o.total, o.currency,
@@ -63,8 +63,8 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
         fulfillment = event.fulfillment.model_dump(mode="json")
     elif isinstance(event, ev.ButtonReplied) and event.context_message_id:
         sent = conn.execute(
-            select(m.OutboxMessage.journey, m.OutboxMessage.payload, m.OutboxMessage.contact_id)
-            .where(m.OutboxMessage.store_id == store_id, m.OutboxMessage.wamid == event.context_message_id)
+            select(OUTBOX.c.journey, OUTBOX.c.payload, OUTBOX.c.contact_id)
+            .where(OUTBOX.c.store_id == store_id, OUTBOX.c.wamid == event.context_message_id)
         ).first()
         if sent is not None and sent.journey:
             extra = {"reply_journey": sent.journey, "reply_subject": (sent.payload or {}).get("subject")}
@@ -75,10 +75,10 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
         order_id = subject.split(":", 1)[1]
     order = _order_facts(conn, store_id, order_id) if order_id else None
     if order is not None and contact_id is None:
-        contact_id = conn.execute(select(m.Order.contact_id).where(m.Order.store_id == store_id, m.Order.external_id == order_id)).scalar()
+        contact_id = conn.execute(select(ORDERS.c.contact_id).where(ORDERS.c.store_id == store_id, ORDERS.c.external_id == order_id)).scalar()
     first_name = None
     if contact_id is not None:
-        first_name = conn.execute(select(m.Contact.first_name).where(m.Contact.id == contact_id)).scalar()
+        first_name = conn.execute(select(CONTACTS.c.first_name).where(CONTACTS.c.id == contact_id)).scalar()
     return Facts(store_name=store.name or store.key, contact_id=contact_id, first_name=first_name, order=order,
                  fulfillment=fulfillment, extra=extra)
 
@@ -103,9 +103,9 @@ class JourneyRunner:
 
     def on_timers(self, conn: Connection, store: Any, store_id: int, now: datetime, limit: int = 100) -> int:
         rows = conn.execute(
-            select(m.JourneyRun.journey, m.JourneyRun.subject, m.JourneyRun.contact_id)
-            .where(m.JourneyRun.store_id == store_id, m.JourneyRun.status == "active", m.JourneyRun.next_due_at <= now)
-            .order_by(m.JourneyRun.next_due_at)
+            select(RUNS.c.journey, RUNS.c.subject, RUNS.c.contact_id)
+            .where(RUNS.c.store_id == store_id, RUNS.c.status == "active", RUNS.c.next_due_at <= now)
+            .order_by(RUNS.c.next_due_at)
             .limit(limit)
         ).all()
         enabled = store.enabled_journeys()
@@ -113,7 +113,7 @@ class JourneyRunner:
             found = _run(conn, store_id, row.journey, row.subject)
             assert found is not None
             run_id, run, _ = found
-            conn.execute(update(m.JourneyRun).where(m.JourneyRun.id == run_id).values(next_due_at=None))  # fire once
+            update_by_id(conn, RUNS, run_id, {"next_due_at": None})  # fire once
             journey = journeys().get(row.journey)
             if journey is None or row.journey not in enabled:
                 continue
@@ -138,11 +138,11 @@ class JourneyRunner:
                 holdout = cmd.contact_id is not None and in_holdout(cmd.contact_id, journey, config.holdout_percent)
                 contact_id = cmd.contact_id
                 state = dict(cmd.state)
-                ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(m.JourneyRun)
+                ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(RUNS)
                 run_id = conn.execute(
-                    ins.values(store_id=store_id, journey=journey, subject=subject[:160], contact_id=contact_id, status="active",
-                               state=state, holdout=holdout, started_at=now, updated_at=now)
-                    .on_conflict_do_nothing(index_elements=["store_id", "journey", "subject"]).returning(m.JourneyRun.id)
+                    ins.on_conflict_do_nothing(index_elements=["store_id", "journey", "subject"]).returning(RUNS.c.id),
+                    dict(store_id=store_id, journey=journey, subject=subject[:160], contact_id=contact_id, status="active",
+                         state=state, holdout=holdout, started_at=now, updated_at=now, next_due_at=None),
                 ).scalar()
                 if run_id is None:  # raced with another worker: theirs is the run
                     return 0
@@ -173,5 +173,5 @@ class JourneyRunner:
                 values.update(status="handoff", state=state)
         if values and run_id is not None:
             values["updated_at"] = now
-            conn.execute(update(m.JourneyRun).where(m.JourneyRun.id == run_id).values(**values))
+            update_by_id(conn, RUNS, run_id, values)
         return len(commands)

@@ -17,7 +17,7 @@ from connector.config import ShopifyStore, WooCommerceStore
 from connector.messages import InteractiveButtons, TextMessage
 from connector.outbox import store as ob
 from connector.policy import ContactFacts, SendHistory, check
-from connector.storage import models as m
+from connector.storage.sql import CONTACTS
 from connector.templates import MissingValueError, render
 
 
@@ -44,8 +44,8 @@ def queue_template(
     tpl = store.template_for(f"{journey}.{step}")
     key = f"{journey}:{step}:{subject}"
     contact = conn.execute(
-        select(m.Contact.phone_e164, m.Contact.consent_utility, m.Contact.consent_marketing, m.Contact.opted_out_at,
-               m.Contact.last_inbound_at, m.Contact.reachable).where(m.Contact.id == contact_id, m.Contact.store_id == store_id)
+        select(CONTACTS.c.phone_e164, CONTACTS.c.consent_utility, CONTACTS.c.consent_marketing, CONTACTS.c.opted_out_at,
+               CONTACTS.c.last_inbound_at, CONTACTS.c.reachable).where(CONTACTS.c.id == contact_id, CONTACTS.c.store_id == store_id)
     ).one_or_none()
     reason: str | None = None
     payload: dict[str, Any] = {"subject": subject}
@@ -96,8 +96,8 @@ def queue_free_form(
 ) -> Queued:
     """Queue an interactive or text message (a reply inside the 24-hour window)."""
     contact = conn.execute(
-        select(m.Contact.phone_e164, m.Contact.consent_utility, m.Contact.consent_marketing, m.Contact.opted_out_at,
-               m.Contact.last_inbound_at, m.Contact.reachable).where(m.Contact.id == contact_id, m.Contact.store_id == store_id)
+        select(CONTACTS.c.phone_e164, CONTACTS.c.consent_utility, CONTACTS.c.consent_marketing, CONTACTS.c.opted_out_at,
+               CONTACTS.c.last_inbound_at, CONTACTS.c.reachable).where(CONTACTS.c.id == contact_id, CONTACTS.c.store_id == store_id)
     ).one_or_none()
     if contact is None:
         raise ValueError(f"contact {contact_id} does not belong to store {store.key}")

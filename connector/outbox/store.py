@@ -17,7 +17,7 @@ from sqlalchemy import Connection, and_, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector.policy import ContactFacts, SendHistory
-from connector.storage import models as m
+from connector.storage.sql import ATTEMPTS, CONTACTS, MESSAGES, OUTBOX
 from connector.storage.db import Database
 
 SENT_STATES = ("sending", "sent", "delivered", "read", "uncertain", "dry_run")
@@ -51,8 +51,9 @@ def enqueue(
     skip_reason: str | None = None,
 ) -> int | None:
     """Insert once per idempotency key; returns the new id, or None if the key exists."""
-    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(m.OutboxMessage)
-    stmt = ins.values(
+    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(OUTBOX)
+    stmt = ins.on_conflict_do_nothing(index_elements=["store_id", "idempotency_key"]).returning(OUTBOX.c.id)
+    row = dict(
         store_id=store_id,
         idempotency_key=key[:255],
         channel=channel,
@@ -67,8 +68,12 @@ def enqueue(
         attempts=0,
         created_at=now,
         updated_at=now,
-    ).on_conflict_do_nothing(index_elements=["store_id", "idempotency_key"]).returning(m.OutboxMessage.id)
-    return conn.execute(stmt).scalar()
+        lease_until=None,
+        leased_by=None,
+        last_error=None,
+        wamid=None,
+    )
+    return conn.execute(stmt, row).scalar()
 
 
 def contact_facts(conn: Connection, contact_ids: list[int]) -> dict[int, ContactFacts]:
@@ -76,9 +81,9 @@ def contact_facts(conn: Connection, contact_ids: list[int]) -> dict[int, Contact
         return {}
     rows = conn.execute(
         select(
-            m.Contact.id, m.Contact.consent_utility, m.Contact.consent_marketing, m.Contact.opted_out_at,
-            m.Contact.last_inbound_at, m.Contact.reachable,
-        ).where(m.Contact.id.in_(contact_ids))
+            CONTACTS.c.id, CONTACTS.c.consent_utility, CONTACTS.c.consent_marketing, CONTACTS.c.opted_out_at,
+            CONTACTS.c.last_inbound_at, CONTACTS.c.reachable,
+        ).where(CONTACTS.c.id.in_(contact_ids))
     )
     return {
         r.id: ContactFacts(r.consent_utility, r.consent_marketing, r.opted_out_at, r.last_inbound_at, r.reachable)
@@ -91,12 +96,12 @@ def send_history(conn: Connection, contact_ids: list[int], since: datetime) -> d
     if not contact_ids:
         return {}
     rows = conn.execute(
-        select(m.OutboxMessage.contact_id, m.OutboxMessage.category, m.OutboxMessage.journey, m.OutboxMessage.updated_at)
+        select(OUTBOX.c.contact_id, OUTBOX.c.category, OUTBOX.c.journey, OUTBOX.c.updated_at)
         .where(
-            m.OutboxMessage.contact_id.in_(contact_ids),
-            m.OutboxMessage.status.in_(SENT_STATES),
-            m.OutboxMessage.updated_at >= since,
-            or_(m.OutboxMessage.category == "marketing", m.OutboxMessage.journey.in_(CONFIRMATION_JOURNEYS)),
+            OUTBOX.c.contact_id.in_(contact_ids),
+            OUTBOX.c.status.in_(SENT_STATES),
+            OUTBOX.c.updated_at >= since,
+            or_(OUTBOX.c.category == "marketing", OUTBOX.c.journey.in_(CONFIRMATION_JOURNEYS)),
         )
     )
     marketing: dict[int, list[datetime]] = {}
@@ -133,26 +138,26 @@ def expire_leases(conn: Connection, now: datetime, channel: str = "whatsapp") ->
     """
     expired = list(
         conn.execute(
-            select(m.OutboxMessage.id, m.OutboxMessage.store_id, m.OutboxMessage.lease_until).where(
-                m.OutboxMessage.status == "sending", m.OutboxMessage.lease_until < now, m.OutboxMessage.channel == channel
+            select(OUTBOX.c.id, OUTBOX.c.store_id, OUTBOX.c.lease_until).where(
+                OUTBOX.c.status == "sending", OUTBOX.c.lease_until < now, OUTBOX.c.channel == channel
             )
         )
     )
     if channel != "whatsapp":
         for row in expired:
             conn.execute(
-                update(m.OutboxMessage).where(m.OutboxMessage.id == row.id, m.OutboxMessage.status == "sending")
+                update(OUTBOX).where(OUTBOX.c.id == row.id, OUTBOX.c.status == "sending")
                 .values(status="pending", due_at=now, last_error="lease expired; retrying the idempotent write-back", updated_at=now)
             )
         return len(expired)
     for row in expired:
         conn.execute(
-            update(m.OutboxMessage)
-            .where(m.OutboxMessage.id == row.id, m.OutboxMessage.status == "sending")
+            update(OUTBOX)
+            .where(OUTBOX.c.id == row.id, OUTBOX.c.status == "sending")
             .values(status="uncertain", last_error="lease expired during send; awaiting status webhook", updated_at=now)
         )
         conn.execute(
-            insert(m.OutboxAttempt).values(
+            insert(ATTEMPTS).values(
                 store_id=row.store_id, outbox_id=row.id, started_at=row.lease_until, outcome="uncertain",
                 error_detail="worker stopped before recording the result",
             )
@@ -169,16 +174,16 @@ def claim(
         expire_leases(conn, now, channel)
         query = (
             select(
-                m.OutboxMessage.id, m.OutboxMessage.store_id, m.OutboxMessage.contact_id, m.OutboxMessage.journey,
-                m.OutboxMessage.category, m.OutboxMessage.payload, m.OutboxMessage.attempts,
+                OUTBOX.c.id, OUTBOX.c.store_id, OUTBOX.c.contact_id, OUTBOX.c.journey,
+                OUTBOX.c.category, OUTBOX.c.payload, OUTBOX.c.attempts,
             )
             .where(
-                m.OutboxMessage.status == "pending",
-                m.OutboxMessage.channel == channel,
-                m.OutboxMessage.due_at <= now,
-                m.OutboxMessage.store_id.in_(store_ids),
+                OUTBOX.c.status == "pending",
+                OUTBOX.c.channel == channel,
+                OUTBOX.c.due_at <= now,
+                OUTBOX.c.store_id.in_(store_ids),
             )
-            .order_by(m.OutboxMessage.due_at, m.OutboxMessage.id)
+            .order_by(OUTBOX.c.due_at, OUTBOX.c.id)
             .limit(limit)
         )
         if not db.is_sqlite:
@@ -190,8 +195,8 @@ def claim(
         facts = contact_facts(conn, ids)
         history = send_history(conn, ids, now - history_window)  # before this batch counts as "sending"
         conn.execute(
-            update(m.OutboxMessage)
-            .where(m.OutboxMessage.id.in_([r.id for r in rows]))
+            update(OUTBOX)
+            .where(OUTBOX.c.id.in_([r.id for r in rows]))
             .values(status="sending", lease_until=now + lease, leased_by=worker[:64], updated_at=now)
         )
         for r in rows:
@@ -242,7 +247,7 @@ def record(db: Database, results: list[Result], now: datetime) -> None:
             else:  # failed | uncertain
                 values.update(status=res.outcome, last_error=res.error_detail)
             conn.execute(
-                update(m.OutboxMessage).where(and_(m.OutboxMessage.id == r.id, m.OutboxMessage.status == "sending")).values(**values)
+                update(OUTBOX).where(and_(OUTBOX.c.id == r.id, OUTBOX.c.status == "sending")).values(**values)
             )
             if tried:
                 attempts.append(
@@ -261,9 +266,9 @@ def record(db: Database, results: list[Result], now: datetime) -> None:
                     }
                 )
                 if res.wa_id and r.contact_id is not None:
-                    conn.execute(update(m.Contact).where(m.Contact.id == r.contact_id, m.Contact.wa_id.is_(None)).values(wa_id=res.wa_id))
+                    conn.execute(update(CONTACTS).where(CONTACTS.c.id == r.contact_id, CONTACTS.c.wa_id.is_(None)).values(wa_id=res.wa_id))
         if attempts:
-            conn.execute(insert(m.OutboxAttempt), attempts)
+            conn.execute(insert(ATTEMPTS), attempts)
         for msg in messages:  # a status webhook may have beaten us to it (settled an uncertain send)
-            ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(m.Message)
+            ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(MESSAGES)
             conn.execute(ins.values(**msg).on_conflict_do_nothing(index_elements=["store_id", "wamid"]))
