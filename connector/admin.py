@@ -179,3 +179,27 @@ def inbox_view(db: Database, store_id: int, status: str | None, limit: int = 50,
             {**_event_summary(r), "dedupe_key": r.dedupe_key, "attempts": r.attempts, "received_at": _iso(r.received_at)}
             for r in rows
         ]
+
+
+def handoffs_view(db: Database, store_id: int, status: str | None, limit: int = 100) -> list[dict[str, Any]]:
+    from connector.storage.sql import HANDOFFS
+
+    query = select(HANDOFFS).where(HANDOFFS.c.store_id == store_id)
+    if status:
+        query = query.where(HANDOFFS.c.status == status)
+    with db.engine.connect() as conn:
+        rows = conn.execute(query.order_by(HANDOFFS.c.opened_at.desc()).limit(limit)).all()
+    return [
+        {"id": h.id, "status": h.status, "stage": h.stage, "owner": h.owner, "reason": h.reason, "journey": h.journey,
+         "subject": h.subject, "opened_at": _iso(h.opened_at), "closed_at": _iso(h.closed_at), "closed_by": h.closed_by,
+         "resolution": h.resolution, "context": h.context}
+        for h in rows
+    ]
+
+
+def close_handoff(db: Database, store_id: int, handoff_id: int, by: str, resolution: str | None) -> bool:
+    from connector.handoffs import close_handoff as close
+    from connector.storage.models import utcnow
+
+    with db.write_lock(), db.engine.begin() as conn:
+        return close(conn, store_id, handoff_id, by, resolution, utcnow())

@@ -120,6 +120,19 @@ class PolicySettings(_Settings):
         )
 
 
+STAGES = ("entry", "qualification", "conversion", "post_purchase", "retention")
+
+
+class StageSettings(_Settings):
+    owner: str | None = Field(None, description="who gets this stage's hand-offs (shown in the hand-off and the report)")
+    notify_url: SecretStr | None = Field(None, description="Slack-compatible incoming webhook for new hand-offs")
+
+
+class HandoffSettings(_Settings):
+    free_text_replies: bool = Field(True, description="a reply that is not a button or keyword goes to a person")
+    order_value_over: float | None = Field(None, gt=0, description="orders above this total open a hand-off")
+
+
 class TemplateButton(_Settings):
     type: Literal["quick_reply", "url"]
     text: str = Field(max_length=25, description="the button label")
@@ -202,6 +215,8 @@ class _StoreBase(_Settings):
     policy: PolicySettings = PolicySettings()
     templates: tuple[TemplateSettings, ...] = ()
     journeys: dict[str, Any] = Field(default_factory=dict, description="[stores.journeys.<name>]: a journey runs only when listed")
+    stages: dict[Literal["entry", "qualification", "conversion", "post_purchase", "retention"], StageSettings] = Field(default_factory=dict)
+    handoff: HandoffSettings = HandoffSettings()
 
     @field_validator("journeys")
     @classmethod

@@ -19,6 +19,7 @@ from adapters.shopify.webhooks import ShopifyWebhooks
 from connector.config import Settings, ShopifyStore, WooCommerceStore
 from connector.messages import MessageSender
 from connector.outbox.dispatcher import Dispatcher
+from connector.outbox.notify import NotifyDispatcher
 from connector.outbox.senders import DryRunSender
 from connector.outbox.writebacks import DryRunWriter, WriteBackDispatcher
 from connector.store_writer import StoreWriter
@@ -60,6 +61,8 @@ class Runtime:
         self._dispatch_stop = asyncio.Event()
         self._dispatch_task: asyncio.Task[None] | None = None
         self._writeback_task: asyncio.Task[None] | None = None
+        self._notify_task: asyncio.Task[None] | None = None
+        self.notifier: NotifyDispatcher | None = None
         self.writers = writers
         self._wakeup = asyncio.Event()
         self._worker_task: asyncio.Task[None] | None = None
@@ -110,12 +113,14 @@ class Runtime:
         self.dispatcher = Dispatcher(self.db, self.settings, self.store_ids, self.sender, clock=self.clock)
         self.writers = self.writers or self._default_writers()
         self.writebacks = WriteBackDispatcher(self.db, self.settings, self.store_ids, self.writers, clock=self.clock)
+        self.notifier = NotifyDispatcher(self.db, self.settings, self.store_ids, clock=self.clock)
         self.writer.start()
         if self.run_worker:
             self._worker_task = asyncio.create_task(self._process_loop(), name="inbox-processor")
             self._dispatch_stop = asyncio.Event()
             self._dispatch_task = asyncio.create_task(self.dispatcher.run_forever(self._dispatch_stop), name="outbox-dispatcher")
             self._writeback_task = asyncio.create_task(self.writebacks.run_forever(self._dispatch_stop), name="store-writebacks")
+            self._notify_task = asyncio.create_task(self.notifier.run_forever(self._dispatch_stop), name="handoff-notify")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -129,6 +134,10 @@ class Runtime:
             await self._dispatch_task
         if self._writeback_task is not None:
             await self._writeback_task
+        if self._notify_task is not None:
+            await self._notify_task
+        if self.notifier is not None:
+            await self.notifier.aclose()
         for writer in (self.writers or {}).values():
             await writer.aclose()
         close = getattr(self.sender, "aclose", None)

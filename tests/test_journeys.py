@@ -89,7 +89,7 @@ def test_cod_confirm_and_cancel_are_locked_after_the_first_tap():
     j, cfg = CodConfirmation(), CodConfirmationConfig(confirm_status="processing")
     asked = run("cod_confirmation", {"phase": "asked", "asked_at": T0.isoformat(), "reminders": 0})
     assert kinds(j.decide(tap("cod_confirm"), asked, facts(), cfg, T0)) == [
-        "update", "wake", "add_tags:cod-confirmed", "set_status:processing", "finish:confirmed"]
+        "update", "wake", "add_tags:cod-confirmed", "set_status:processing", "movestage", "finish:confirmed"]
     locked = run("cod_confirmation", {**asked.state, "choice": "confirmed"}, "finished")
     assert j.decide(tap("cod_cancel"), locked, facts(), cfg, T0) == []
     assert j.decide(tap("cod_confirm"), locked, facts(), cfg, T0) == []
@@ -97,7 +97,7 @@ def test_cod_confirm_and_cancel_are_locked_after_the_first_tap():
     tag_only = CodConfirmationConfig(cancel_action="tag")
     assert "add_tags:cod-cancelled-by-customer" in kinds(j.decide(tap("cod_cancel"), asked, facts(), tag_only, T0))
     shipped = facts(order(fulfillment_state=ev.FulfillmentState.FULFILLED))
-    assert kinds(j.decide(tap("cod_cancel"), asked, shipped, cfg, T0)) == ["update", "wake", "finish:cancel_after_fulfilment"]
+    assert kinds(j.decide(tap("cod_cancel"), asked, shipped, cfg, T0)) == ["update", "wake", "handoff", "finish:cancel_after_fulfilment"]
     flagged = run("cod_confirmation", {**asked.state, "choice": "no_answer"}, "finished")
     assert kinds(j.decide(tap("cod_confirm", T0 + timedelta(days=3)), flagged, facts(), cfg, T0)) == ["update", "add_tags:cod-confirmed"]
 

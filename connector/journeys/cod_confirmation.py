@@ -15,7 +15,9 @@ from pydantic import Field
 
 from connector import events as ev
 from connector.journeys._common import order_context, replied_here
-from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake, WriteBack
+from connector.journeys.engine import (
+    Command, Facts, Finish, Handoff, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake, WriteBack,
+)
 
 
 class CodConfirmationConfig(JourneyConfig):
@@ -108,10 +110,11 @@ class CodConfirmation:
                 commands.append(WriteBack("set_status", order_id, {"status": config.confirm_status}, "confirm_status"))
             if config.send_acknowledgement:
                 commands.append(Send("confirmed", order_context(facts)))
-            return commands + [Finish("confirmed")]
+            return commands + [MoveStage("post_purchase"), Finish("confirmed")]
         if event.payload in config.cancel_payloads:
             if facts.order is not None and facts.order.fulfillment_state == "fulfilled":
-                return [Update({"choice": "cancel_too_late"}), Wake(None), Finish("cancel_after_fulfilment")]
+                return [Update({"choice": "cancel_too_late"}), Wake(None),
+                        Handoff("customer asked to cancel a COD order that has already shipped"), Finish("cancel_after_fulfilment")]
             commands = [Update({"choice": "cancelled", "answered_at": event.occurred_at.isoformat()}), Wake(None)]
             if config.cancel_action == "cancel":
                 commands.append(WriteBack("cancel_order", order_id, {"reason": "customer", "notify_customer": False,

@@ -125,7 +125,14 @@ class Handoff:
     reason: str
 
 
-Command = Start | Send | WriteBack | Update | Wake | Finish | Handoff
+@dataclass(frozen=True, slots=True)
+class MoveStage:
+    """Move the contact to one of the five stages (entry ... retention)."""
+
+    stage: str
+
+
+Command = Start | Send | WriteBack | Update | Wake | Finish | Handoff | MoveStage
 
 
 class Journey(Protocol):

@@ -17,8 +17,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from connector import events as ev
 from connector.journeys.engine import (
-    Facts, Finish, Handoff, OrderFacts, Run, Send, Start, TimerFired, Update, Wake, WriteBack,
+    Facts, Finish, Handoff, MoveStage, OrderFacts, Run, Send, Start, TimerFired, Update, Wake, WriteBack,
 )
+from connector.handoffs import HandoffRequest, open_handoff, stage_after
+from connector.handoffs import rules as handoff_rules
 from connector.journeys.registry import journeys
 from connector.outbox import store as ob
 from connector.outbox.queue import queue_template
@@ -61,11 +63,22 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
     elif isinstance(event, ev.FulfillmentUpdated):
         order_id = event.fulfillment.order_external_id
         fulfillment = event.fulfillment.model_dump(mode="json")
-    elif isinstance(event, ev.ButtonReplied) and event.context_message_id:
-        sent = conn.execute(
-            select(OUTBOX.c.journey, OUTBOX.c.payload, OUTBOX.c.contact_id)
-            .where(OUTBOX.c.store_id == store_id, OUTBOX.c.wamid == event.context_message_id)
-        ).first()
+    elif isinstance(event, (ev.ButtonReplied, ev.MessageReceived)):
+        # a reply continues the journey it answers: the message it quotes first, the phone second
+        sent = None
+        if event.context_message_id:
+            sent = conn.execute(
+                select(OUTBOX.c.journey, OUTBOX.c.payload, OUTBOX.c.contact_id)
+                .where(OUTBOX.c.store_id == store_id, OUTBOX.c.wamid == event.context_message_id)
+            ).first()
+        if (sent is None or not sent.journey) and contact_id is not None and isinstance(event, ev.ButtonReplied):
+            sent = conn.execute(
+                select(RUNS.c.journey, RUNS.c.subject, RUNS.c.contact_id)
+                .where(RUNS.c.store_id == store_id, RUNS.c.contact_id == contact_id, RUNS.c.status == "active")
+                .order_by(RUNS.c.updated_at.desc()).limit(1)
+            ).first()
+            if sent is not None:
+                sent = type("Sent", (), {"journey": sent.journey, "payload": {"subject": sent.subject}, "contact_id": sent.contact_id})
         if sent is not None and sent.journey:
             extra = {"reply_journey": sent.journey, "reply_subject": (sent.payload or {}).get("subject")}
             contact_id = contact_id or sent.contact_id
@@ -88,6 +101,13 @@ class JourneyRunner:
         """Run every enabled journey for one event; returns how many commands were applied."""
         applied = 0
         facts = _facts(conn, store, store_id, event, contact_id, None)
+        if facts.contact_id is not None:
+            current = conn.execute(select(CONTACTS.c.stage).where(CONTACTS.c.id == facts.contact_id)).scalar()
+            stage = stage_after(event, current or "entry")
+            if stage is not None and stage != current:
+                update_by_id(conn, CONTACTS, facts.contact_id, {"stage": stage, "updated_at": now})
+        for req in handoff_rules(event, facts.contact_id, store, facts.extra.get("reply_journey"), facts.extra.get("reply_subject")):
+            open_handoff(conn, store, store_id, facts.contact_id, req, now)
         for name, config in store.enabled_journeys().items():
             journey = journeys().get(name)
             if journey is None:
@@ -131,6 +151,7 @@ class JourneyRunner:
         contact_id = found[1].contact_id if found else facts.contact_id
         state = dict(found[1].state) if found else {}
         values: dict[str, Any] = {}
+        handoffs: list[HandoffRequest] = []
         for cmd in commands:
             if isinstance(cmd, Start):
                 if run_id is not None:
@@ -168,10 +189,16 @@ class JourneyRunner:
             elif isinstance(cmd, Finish):
                 state["outcome"] = cmd.outcome
                 values.update(status="finished", state=state)
+            elif isinstance(cmd, MoveStage):
+                if contact_id is not None:
+                    update_by_id(conn, CONTACTS, contact_id, {"stage": cmd.stage, "updated_at": now})
             elif isinstance(cmd, Handoff):
                 state.update(handoff_reason=cmd.reason, handoff_at=now.isoformat())
                 values.update(status="handoff", state=state)
+                handoffs.append(HandoffRequest(f"{journey}:{subject}", cmd.reason, journey, subject))
         if values and run_id is not None:
             values["updated_at"] = now
             update_by_id(conn, RUNS, run_id, values)
+        for req in handoffs:  # after the run update, so the hand-off's context shows it
+            open_handoff(conn, store, store_id, contact_id, req, now)
         return len(commands)

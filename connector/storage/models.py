@@ -326,3 +326,29 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(120), primary_key=True)
     holder: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Handoff(Base):
+    """A conversation handed to a person, with the context they need and its owner."""
+
+    __tablename__ = "handoffs"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
+    key: Mapped[str] = mapped_column(String(255))  # one open hand-off per cause
+    reason: Mapped[str] = mapped_column(Text)
+    stage: Mapped[str] = mapped_column(String(20))
+    owner: Mapped[str | None] = mapped_column(String(120))
+    journey: Mapped[str | None] = mapped_column(String(40))
+    subject: Mapped[str | None] = mapped_column(String(160))
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(12), default="open")  # open | closed
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_by: Mapped[str | None] = mapped_column(String(120))
+    resolution: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_handoffs_store_status", "store_id", "status"),
+        UniqueConstraint("store_id", "key", name="uq_handoffs_store_key"),
+    )

@@ -25,6 +25,7 @@ MESSAGES: Table = m.Message.__table__  # type: ignore[assignment]
 OUTBOX: Table = m.OutboxMessage.__table__  # type: ignore[assignment]
 ATTEMPTS: Table = m.OutboxAttempt.__table__  # type: ignore[assignment]
 RUNS: Table = m.JourneyRun.__table__  # type: ignore[assignment]
+HANDOFFS: Table = m.Handoff.__table__  # type: ignore[assignment]
 
 
 def insert_row(conn: Connection, table: Table, row: dict[str, Any]) -> None:

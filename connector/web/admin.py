@@ -75,3 +75,32 @@ async def inbox(request: Request) -> Response:
     runtime = request.app.state.runtime
     rows = await anyio.to_thread.run_sync(partial(admin.inbox_view, runtime.db, guard, status, limit, before))
     return JSONResponse({"items": rows})
+
+
+async def handoffs(request: Request) -> Response:
+    guard = _guard(request)
+    if isinstance(guard, Response):
+        return guard
+    status = request.query_params.get("status")
+    if status and status not in ("open", "closed"):
+        return problem(400, "status must be open or closed")
+    runtime = request.app.state.runtime
+    rows = await anyio.to_thread.run_sync(partial(admin.handoffs_view, runtime.db, guard, status))
+    return JSONResponse({"items": rows})
+
+
+async def close_handoff(request: Request) -> Response:
+    guard = _guard(request)
+    if isinstance(guard, Response):
+        return guard
+    try:
+        handoff_id = int(request.path_params["handoff_id"])
+        body = await request.json() if await request.body() else {}
+    except ValueError:
+        return problem(400, "body must be JSON: {\"by\": \"name\", \"resolution\": \"...\"}")
+    if not isinstance(body, dict) or not str(body.get("by") or "").strip():
+        return problem(400, "say who closes it: {\"by\": \"name\"}")
+    runtime = request.app.state.runtime
+    closed = await anyio.to_thread.run_sync(
+        partial(admin.close_handoff, runtime.db, guard, handoff_id, str(body["by"]), body.get("resolution")))
+    return JSONResponse({"closed": True}) if closed else problem(404, "no open hand-off with that id in this store")

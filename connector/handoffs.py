@@ -1,0 +1,125 @@
+"""Hand-offs to a person, and the five stages a contact moves through.
+
+A hand-off carries the whole context (stage, active journey, last order, recent
+messages), goes to the owner of the contact's stage, and notifies them through the
+stage's outgoing webhook (Slack-compatible JSON) via the outbox. Rules are pure; the
+runner applies them inside the processor's transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from connector import events as ev
+from connector.outbox import store as ob
+from connector.policy import keyword_intent
+from connector.storage.sql import CONTACTS, HANDOFFS, MESSAGES, ORDERS, RUNS, update_by_id
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffRequest:
+    key: str
+    reason: str
+    journey: str | None = None
+    subject: str | None = None
+
+
+def stage_after(event: Any, current: str) -> str | None:
+    """The stage an event moves the contact to (None: unchanged)."""
+    if isinstance(event, ev.CheckoutUpdated) and event.checkout.completed_at is None and current == "entry":
+        return "conversion"
+    if isinstance(event, ev.OrderPlaced):
+        o = event.order
+        if o.payment_state in (ev.PaymentState.PAID, ev.PaymentState.PARTIALLY_PAID):
+            return "post_purchase"
+        return "qualification" if o.is_cod else "conversion"
+    if isinstance(event, ev.OrderPaid):
+        return "post_purchase"
+    if isinstance(event, ev.FulfillmentUpdated):
+        return "retention" if event.fulfillment.shipment_status is ev.ShipmentStatus.DELIVERED else "post_purchase"
+    return None
+
+
+def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | None, reply_subject: str | None) -> list[HandoffRequest]:
+    """Which events need a person (NDRs come from the delivery journey itself)."""
+    out: list[HandoffRequest] = []
+    if contact_id is None:
+        return out
+    if isinstance(event, ev.MessageReceived) and store.handoff.free_text_replies:
+        text = (event.text or "").strip()
+        if text and keyword_intent(text, store.policy.rules()) is None:
+            what = f" (answering {reply_journey} {reply_subject})" if reply_journey else ""
+            out.append(HandoffRequest(f"reply:{contact_id}", f"customer wrote{what}: {text[:300]}", reply_journey, reply_subject))
+    if isinstance(event, ev.OrderPlaced) and store.handoff.order_value_over is not None:
+        if float(event.order.total) > store.handoff.order_value_over:
+            out.append(HandoffRequest(f"order:{event.order.external_id}:high_value",
+                                      f"high-value order {event.order.name} ({event.order.currency} {event.order.total})",
+                                      None, f"order:{event.order.external_id}"))
+    return out
+
+
+def _context(conn: Connection, store_id: int, contact_id: int | None) -> dict[str, Any]:
+    if contact_id is None:
+        return {}
+    contact = conn.execute(select(CONTACTS.c.phone_e164, CONTACTS.c.first_name, CONTACTS.c.last_name, CONTACTS.c.stage)
+                           .where(CONTACTS.c.id == contact_id)).first()
+    order = conn.execute(select(ORDERS.c.external_id, ORDERS.c.name, ORDERS.c.total, ORDERS.c.currency, ORDERS.c.payment_state,
+                                ORDERS.c.is_cod).where(ORDERS.c.store_id == store_id, ORDERS.c.contact_id == contact_id)
+                         .order_by(ORDERS.c.placed_at.desc()).limit(1)).first()
+    runs = conn.execute(select(RUNS.c.journey, RUNS.c.subject, RUNS.c.status).where(
+        RUNS.c.store_id == store_id, RUNS.c.contact_id == contact_id, RUNS.c.status != "finished")).all()
+    messages = conn.execute(select(MESSAGES.c.direction, MESSAGES.c.kind, MESSAGES.c.body, MESSAGES.c.occurred_at).where(
+        MESSAGES.c.store_id == store_id, MESSAGES.c.contact_id == contact_id).order_by(MESSAGES.c.occurred_at.desc()).limit(5)).all()
+    return {
+        "phone": contact.phone_e164 if contact else None,
+        "name": " ".join(p for p in (contact.first_name, contact.last_name) if p) if contact else None,
+        "stage": contact.stage if contact else None,
+        "last_order": {"id": order.external_id, "name": order.name, "total": str(order.total), "currency": order.currency,
+                       "payment_state": order.payment_state, "cod": order.is_cod} if order else None,
+        "active_journeys": [{"journey": r.journey, "subject": r.subject, "status": r.status} for r in runs],
+        "recent_messages": [{"direction": m_.direction, "type": m_.kind, "text": m_.body, "at": m_.occurred_at.isoformat()} for m_ in messages],
+    }
+
+
+def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | None, req: HandoffRequest, now: datetime) -> int | None:
+    """Open one hand-off per cause (a second reply adds to the open one's timeline, not a new case)."""
+    context = _context(conn, store_id, contact_id)
+    stage = context.get("stage") or "entry"
+    owner_cfg = store.stages.get(stage)
+    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(HANDOFFS)
+    hid = conn.execute(
+        ins.on_conflict_do_nothing(index_elements=["store_id", "key"]).returning(HANDOFFS.c.id),
+        dict(store_id=store_id, contact_id=contact_id, key=req.key[:255], reason=req.reason, stage=stage,
+             owner=owner_cfg.owner if owner_cfg else None, journey=req.journey, subject=req.subject, context=context,
+             status="open", opened_at=now, closed_at=None, closed_by=None, resolution=None),
+    ).scalar()
+    if hid is not None and owner_cfg is not None and owner_cfg.notify_url is not None:
+        ob.enqueue(conn, store_id=store_id, key=f"handoff:{hid}", contact_id=contact_id, journey=req.journey, step="handoff",
+                   category=None, channel="notify", payload={"handoff_id": hid, "stage": stage}, due_at=now, now=now)
+    return hid
+
+
+def close_handoff(conn: Connection, store_id: int, handoff_id: int, by: str, resolution: str | None, now: datetime) -> bool:
+    row = conn.execute(select(HANDOFFS.c.key, HANDOFFS.c.status).where(HANDOFFS.c.id == handoff_id, HANDOFFS.c.store_id == store_id)).first()
+    if row is None or row.status != "open":
+        return False
+    # free the cause's key so the same cause can open a new case later
+    update_by_id(conn, HANDOFFS, handoff_id, {"status": "closed", "closed_at": now, "closed_by": by[:120], "resolution": resolution,
+                                              "key": f"{row.key}:closed:{handoff_id}"[:255]})
+    return True
+
+
+def notify_text(h: Any, store_name: str) -> str:
+    ctx = h.context or {}
+    order = ctx.get("last_order") or {}
+    lines = [f"*{store_name}: hand-off #{h.id}* for {h.owner or 'the ' + h.stage + ' team'}", h.reason]
+    if ctx.get("name") or ctx.get("phone"):
+        lines.append(f"Customer: {ctx.get('name') or ''} {ctx.get('phone') or ''}".strip())
+    if order:
+        lines.append(f"Last order: {order.get('name')} {order.get('currency')} {order.get('total')} ({order.get('payment_state')})")
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""Hand-off notifications to a stage owner's outgoing webhook (Slack-compatible ``{"text": ...}``).
+
+The webhook URL is a secret and stays in the config: the outbox row names only the
+hand-off and the stage, and the URL is looked up when the notification is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+
+import anyio.to_thread
+import httpx
+from sqlalchemy import select
+
+from connector.config import Settings
+from connector.handoffs import notify_text
+from connector.outbox import store as ob
+from connector.outbox.retry import RetryPolicy, next_attempt_at
+from connector.storage.db import Database
+from connector.storage.models import utcnow
+from connector.storage.sql import HANDOFFS
+
+log = logging.getLogger("storeloop.notify")
+
+
+class NotifyDispatcher:
+    def __init__(self, db: Database, settings: Settings, store_ids: Mapping[str, int], *,
+                 http: httpx.AsyncClient | None = None, clock: Callable[[], datetime] = utcnow):
+        self.db = db
+        self.clock = clock
+        self.stores = {store_ids[s.key]: s for s in settings.stores if s.key in store_ids}
+        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(10, connect=5))
+        wa = settings.whatsapp
+        self.retry = RetryPolicy(wa.backoff_base_seconds, wa.backoff_cap_seconds, wa.max_attempts)
+        self.rng = random.Random()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    def _handoff(self, hid: int):  # type: ignore[no-untyped-def]
+        with self.db.engine.connect() as conn:
+            return conn.execute(select(HANDOFFS).where(HANDOFFS.c.id == hid)).first()
+
+    async def run_once(self) -> int:
+        now = self.clock()
+        rows = await anyio.to_thread.run_sync(
+            lambda: ob.claim(self.db, store_ids=list(self.stores), now=now, limit=20, lease=timedelta(minutes=2),
+                             worker="notify", history_window=timedelta(0), channel="notify"))
+        results = [await self._one(r) for r in rows]
+        if results:
+            await anyio.to_thread.run_sync(ob.record, self.db, results, self.clock())
+        return len(rows)
+
+    async def _one(self, row: ob.Claimed) -> ob.Result:
+        started = self.clock()
+        store = self.stores[row.store_id]
+        stage_cfg = store.stages.get(row.payload.get("stage"))
+        if stage_cfg is None or stage_cfg.notify_url is None:
+            return ob.Result(row, "skipped", started, error_detail="no notify_url for this stage")
+        h = await anyio.to_thread.run_sync(self._handoff, int(row.payload["handoff_id"]))
+        if h is None:
+            return ob.Result(row, "failed", started, error_detail="hand-off not found")
+        try:
+            resp = await self.http.post(stage_cfg.notify_url.get_secret_value(), json={"text": notify_text(h, store.name or store.key)})
+        except httpx.HTTPError as exc:
+            when = next_attempt_at(row.attempts + 1, None, self.retry, self.clock(), self.rng.random())
+            outcome = "retry" if when else "failed"
+            return ob.Result(row, outcome, started, error_detail=f"{exc.__class__.__name__}", due_at=when)
+        if resp.status_code >= 500 or resp.status_code == 429:
+            when = next_attempt_at(row.attempts + 1, None, self.retry, self.clock(), self.rng.random())
+            return ob.Result(row, "retry" if when else "failed", started, error_detail=f"HTTP {resp.status_code}", due_at=when)
+        if resp.status_code >= 400:
+            return ob.Result(row, "failed", started, error_detail=f"HTTP {resp.status_code}")
+        return ob.Result(row, "sent", started)
+
+    async def run_forever(self, stop: asyncio.Event, idle_seconds: float = 1.0) -> None:
+        while not stop.is_set():
+            try:
+                n = await self.run_once()
+            except Exception:
+                log.exception("notify cycle failed; retrying")
+                n = 0
+            if n == 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=idle_seconds)
+                except asyncio.TimeoutError:
+                    pass

@@ -1,0 +1,122 @@
+"""Hand-offs and stages over HTTP: who gets which conversation, with what context."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta, timezone
+
+import respx
+from sqlalchemy import select
+
+from connector.config import parse_settings
+from connector.storage import models as m
+from tests.conftest import FIXTURES, PHONE_ID_A, SECRETS, settings_dict
+from tests.helpers import dumps, load_json, meta_signature, running_app, shopify_headers
+
+ADMIN = {"Authorization": f"Bearer {SECRETS['admin']}"}
+HOOK = "https://hooks.slack.example/services/T000/B000/XXXX"
+T0 = datetime(2026, 11, 20, 6, 30, tzinfo=timezone.utc)
+
+
+def settings(db_url: str, **store):
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(
+        journeys={"cod_confirmation": {}, "delivery": {}},
+        stages={"post_purchase": {"owner": "Delivery desk", "notify_url": HOOK}, "qualification": {"owner": "COD team"}},
+        policy={"quiet_hours": ""},
+        **store,
+    )
+    return parse_settings(raw, environ={})
+
+
+def post_shopify(client, payload, topic):
+    body = dumps(payload)
+    return client.post("/webhooks/shopify", content=body, headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", topic))
+
+
+def post_wa(client, value):
+    env = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": PHONE_ID_A},
+        "contacts": [{"profile": {"name": "Asha"}, "wa_id": "919876543210"}], **value}}]}]}
+    body = json.dumps(env).encode()
+    return client.post("/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": meta_signature(body, SECRETS["wa_app"])})
+
+
+def order(**kw) -> dict:
+    o = load_json(FIXTURES / "shopify" / "orders_create.sample.json")
+    o.update({"financial_status": "pending", "payment_gateway_names": ["Cash on Delivery (COD)"], "cancelled_at": None, "test": False,
+              "created_at": "2026-11-20T12:00:00+05:30", "updated_at": "2026-11-20T12:00:00+05:30", "phone": "+91 98765 43210", **kw})
+    return o
+
+
+def contact_stage(runtime) -> str:
+    with runtime.db.engine.connect() as conn:
+        return conn.execute(select(m.Contact.stage)).scalar_one()
+
+
+def test_failed_delivery_hands_off_to_the_stage_owner_and_notifies_them(db_url):
+    with running_app(settings(db_url)) as (client, runtime):
+        post_shopify(client, order(financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
+        runtime.processor.drain()
+        stage_after_order = contact_stage(runtime)
+        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+        fulfilment.update(order_id=820982911946154508, shipment_status="failure", updated_at="2026-11-22T10:00:00Z")
+        post_shopify(client, fulfilment, "fulfillments/update")
+        runtime.processor.drain()
+        with respx.mock(assert_all_called=True) as slack:
+            hook = slack.post(HOOK).respond(200, text="ok")
+            asyncio.run(runtime.notifier.run_once())
+        opened = client.get("/api/stores/shop-a/handoffs", params={"status": "open"}, headers=ADMIN).json()["items"]
+        closed = client.post(f"/api/stores/shop-a/handoffs/{opened[0]['id']}/close", headers=ADMIN,
+                             json={"by": "Ravi", "resolution": "rescheduled for Friday"})
+        again = client.post(f"/api/stores/shop-a/handoffs/{opened[0]['id']}/close", headers=ADMIN, json={"by": "Ravi"})
+        other_store = client.get("/api/stores/shop-b/handoffs", headers=ADMIN).json()["items"]
+        still_open = client.get("/api/stores/shop-a/handoffs", params={"status": "open"}, headers=ADMIN).json()["items"]
+        no_token = client.get("/api/stores/shop-a/handoffs")
+    assert stage_after_order == "post_purchase"
+    [h] = opened
+    assert h["owner"] == "Delivery desk" and h["stage"] == "post_purchase" and h["journey"] == "delivery"
+    assert "delivery failed (failure)" in h["reason"]
+    assert h["context"]["phone"] == "+919876543210" and h["context"]["last_order"]["name"] == "#9999"
+    assert {"journey": "delivery", "subject": "order:820982911946154508", "status": "handoff"} in h["context"]["active_journeys"]
+    text = json.loads(hook.calls.last.request.content)["text"]
+    assert "hand-off" in text and "Delivery desk" in text and "#9999" in text
+    assert closed.status_code == 200 and again.status_code == 404
+    assert other_store == [] and still_open == [] and no_token.status_code == 401
+
+
+def test_free_text_reply_to_a_journey_message_goes_to_a_person_with_that_journey(db_url):
+    raw_templates = [{"step": "cod_confirmation.ask", "name": "cod_v1", "category": "utility", "body_text": "Confirm {{1}}?", "body": ["order.name"],
+                      "buttons": [{"type": "quick_reply", "text": "Yes", "payload": "cod_confirm"}]}]
+    with running_app(settings(db_url, templates=raw_templates)) as (client, runtime):
+        post_shopify(client, order(), "orders/create")
+        runtime.processor.drain()
+        stage_cod = contact_stage(runtime)
+        with runtime.db.engine.begin() as conn:  # the ask went out (as the dispatcher records it)
+            conn.execute(m.OutboxMessage.__table__.update().values(status="sent", wamid="wamid.ASK"))
+        post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.R1", "timestamp": "1795158000", "type": "text",
+                                       "text": {"body": "Can you deliver after 6 pm?"}, "context": {"from": "1", "id": "wamid.ASK"}}]})
+        post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.R2", "timestamp": "1795158060", "type": "text",
+                                       "text": {"body": "STOP"}}]})
+        # a button tap without a quoted message still reaches the run, by phone
+        post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.R3", "timestamp": "1795158120", "type": "button",
+                                       "button": {"payload": "cod_confirm", "text": "Yes"}}]})
+        runtime.processor.drain()
+        items = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
+        with runtime.db.engine.connect() as conn:
+            run = conn.execute(select(m.JourneyRun)).one()
+        stage_after = contact_stage(runtime)
+    assert stage_cod == "qualification"
+    [h] = items  # STOP is a keyword, not a conversation
+    assert h["owner"] == "COD team" and h["journey"] == "cod_confirmation" and h["subject"] == "order:820982911946154508"
+    assert "Can you deliver after 6 pm?" in h["reason"]
+    assert run.state["choice"] == "confirmed" and stage_after == "post_purchase"
+
+
+def test_high_value_orders_open_a_hand_off(db_url):
+    with running_app(settings(db_url, handoff={"order_value_over": 400})) as (client, runtime):
+        post_shopify(client, order(), "orders/create")  # 414.95
+        runtime.processor.drain()
+        items = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
+    assert [i["reason"] for i in items] == ["high-value order #9999 (USD 414.95)"]
