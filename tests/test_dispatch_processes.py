@@ -130,7 +130,7 @@ def test_two_dispatcher_processes_send_each_message_exactly_once(pg_url: str) ->
         db = Database.from_url(pg_url)
         try:
             ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
-            T0=time.monotonic(); _seed(db, settings.stores[0], ids["shop-a"], now); print("seed", time.monotonic()-T0, file=sys.stderr)
+            _seed(db, settings.stores[0], ids["shop-a"], now)
 
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
             cmd = [sys.executable, "-c", CHILD, pg_url, json.dumps(raw)]
@@ -141,7 +141,6 @@ def test_two_dispatcher_processes_send_each_message_exactly_once(pg_url: str) ->
             try:
                 for p in procs:
                     assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.stderr and p.stderr.read()
-                print("ready", time.monotonic()-T0, file=sys.stderr)
                 for p in procs:  # release both at once
                     assert p.stdin is not None
                     p.stdin.write("go\n")
@@ -153,7 +152,6 @@ def test_two_dispatcher_processes_send_each_message_exactly_once(pg_url: str) ->
                     if p.poll() is None:
                         p.kill()
                         p.wait()
-            print("done", time.monotonic()-T0, outputs, file=sys.stderr)
             for p, (out, err) in zip(procs, outputs):
                 assert p.returncode == 0, err[-3000:]
             results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
