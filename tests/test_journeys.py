@@ -287,3 +287,48 @@ def test_unanswered_cod_order_gets_its_reminder_then_is_flagged(db_url):
             [r] = conn.execute(select(m.JourneyRun)).all()
     assert steps == [("whatsapp", "ask"), ("whatsapp", "reminder_1"), ("store", "no_answer_tag")]
     assert (r.status, r.state["outcome"]) == ("finished", "no_answer")
+
+
+def test_woocommerce_cod_confirmation_writes_back_a_note_meta_and_status(db_url):
+    woo_templates = [{**TEMPLATES[0]}]
+    raw = settings_dict(db_url)
+    raw["stores"][2].update(templates=woo_templates, journeys={"cod_confirmation": {"confirm_status": "processing"}},
+                            policy={"quiet_hours": ""}, consumer_key="ck_test", consumer_secret="cs_test")
+    settings = parse_settings(raw, environ={})
+    woo_order = load_json(FIXTURES / "woocommerce" / "order.created.rest-v3-docs-example.json")
+    woo_order.update(payment_method="cod", payment_method_title="Cash on delivery", status="processing", date_paid=None,
+                     date_paid_gmt=None, date_modified_gmt="2026-11-20T06:30:00", date_created_gmt="2026-11-20T06:30:00")
+    woo_order["billing"]["phone"] = "+1 415 555 2671"
+    from tests.helpers import woo_headers
+    from connector.outbox.senders import DryRunSender
+
+    sender = DryRunSender()
+    with running_app(settings) as (client, runtime):
+        body = dumps(woo_order)
+        for _ in range(2):  # WooCommerce sends the same state twice within a second
+            client.post("/webhooks/woocommerce/woo", content=body, headers=woo_headers(body, SECRETS["woo"], "order.created"))
+        runtime.processor.drain()
+        asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, sender).drain())
+        with runtime.db.engine.connect() as conn:
+            ask_wamid = conn.execute(select(m.OutboxMessage.wamid).where(m.OutboxMessage.channel == "whatsapp")).scalar_one()
+        assert ask_wamid and ask_wamid.startswith("dryrun.")
+        env = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": "1122334455667"},
+            "contacts": [{"profile": {"name": "John"}, "wa_id": "14155552671"}],
+            "messages": [{"from": "14155552671", "id": "wamid.W1", "timestamp": "1795158000", "type": "button",
+                          "button": {"payload": "cod_confirm", "text": "Confirm"}, "context": {"from": "1", "id": ask_wamid}}]}}]}]}
+        raw_body = json.dumps(env).encode()
+        for _ in range(2):  # the tap arrives twice
+            client.post("/webhooks/whatsapp", content=raw_body, headers={"X-Hub-Signature-256": meta_signature(raw_body, SECRETS["wa_app"])})
+        runtime.processor.drain()
+        with respx.mock(assert_all_called=True) as woo:
+            get = woo.get("https://bloom.example/wp-json/wc/v3/orders/727").respond(json={"id": 727, "meta_data": []})
+            note = woo.post("https://bloom.example/wp-json/wc/v3/orders/727/notes").respond(201, json={"id": 1})
+            put = woo.put("https://bloom.example/wp-json/wc/v3/orders/727").respond(json={"id": 727})
+            asyncio.run(runtime.writebacks.drain())
+            asyncio.run(runtime.writebacks.drain())
+    assert [m_.name for _, m_ in sender.sent] == ["cod_confirm_v1"]  # asked once despite the duplicate delivery
+    assert json.loads(note.calls.last.request.content) == {"note": "storeloop tags: cod-confirmed", "customer_note": False}
+    puts = [json.loads(c.request.content) for c in put.calls]
+    assert {"status": "processing"} in puts and {"meta_data": [{"key": "_storeloop_tags", "value": "cod-confirmed"}]} in puts
+    assert get.call_count == 1 and note.call_count == 1 and put.call_count == 2

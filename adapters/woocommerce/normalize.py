@@ -32,13 +32,16 @@ from connector.events import (
     Customer,
     CustomerUpdated,
     Event,
+    Fulfillment,
     FulfillmentState,
+    FulfillmentUpdated,
     LineItem,
     Order,
     OrderCancelled,
     OrderPlaced,
     OrderUpdated,
     PaymentState,
+    ShipmentStatus,
 )
 
 Body = dict[str, Any]
@@ -69,14 +72,57 @@ def normalize(topic: str, body: dict, store: WooCommerceStore) -> list[Event]:
         if (get_str(data, "status") or "").lower() == _CHECKOUT_DRAFT:
             return []
         order = _order(data, store)
+        shipment = _shipment(data, order)
         if topic == "order.created":
-            return [OrderPlaced(order=order)]
+            return [OrderPlaced(order=order), *shipment]
         if topic == "order.updated" and order.platform_status == "cancelled":
             return [OrderCancelled(order=order)]
-        return [OrderUpdated(order=order)]
+        return [OrderUpdated(order=order), *shipment]
     if topic in _CUSTOMER_TOPICS:
         return [_customer_updated(data, store)]
     return []
+
+
+# WooCommerce has no fulfilment object: stores mark shipping with a status (core
+# "completed", or statuses that plugins add) and the Shipment Tracking extension's meta.
+_SHIPMENT_FOR_STATUS = {
+    "completed": ShipmentStatus.IN_TRANSIT,
+    "shipped": ShipmentStatus.IN_TRANSIT,
+    "out-for-delivery": ShipmentStatus.OUT_FOR_DELIVERY,
+    "delivered": ShipmentStatus.DELIVERED,
+    "failed-delivery": ShipmentStatus.FAILURE,
+    "rto": ShipmentStatus.FAILURE,
+}
+TRACKING_META = "_wc_shipment_tracking_items"
+
+
+def _shipment(o: Body, order: Order) -> list[Event]:
+    """A FulfillmentUpdated from the order's status and Shipment Tracking meta, when it shipped."""
+    tracking: dict[str, Any] = {}
+    for _, meta in get_objects(o, "meta_data"):
+        if meta.get("key") == TRACKING_META and isinstance(meta.get("value"), list) and meta["value"]:
+            first = meta["value"][-1]
+            tracking = first if isinstance(first, dict) else {}
+    status = _SHIPMENT_FOR_STATUS.get(order.platform_status or "")
+    if status is None and tracking:
+        status = ShipmentStatus.IN_TRANSIT
+    if status is None:
+        return []
+    return [
+        FulfillmentUpdated(
+            fulfillment=Fulfillment(
+                external_id=f"{order.external_id}:wc",
+                order_external_id=order.external_id,
+                status="success",
+                shipment_status=status,
+                tracking_company=str(tracking.get("custom_tracking_provider") or tracking.get("tracking_provider") or "") or None,
+                tracking_number=str(tracking.get("tracking_number") or "") or None,
+                tracking_url=str(tracking.get("custom_tracking_link") or "") or None,
+                created_at=order.updated_at,
+                updated_at=order.updated_at,
+            )
+        )
+    ]
 
 
 def _order(o: Body, store: WooCommerceStore) -> Order:

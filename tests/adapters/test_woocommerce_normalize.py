@@ -15,6 +15,8 @@ from adapters.woocommerce.normalize import normalize
 from connector.config import WooCommerceStore
 from connector.errors import NormalizationError
 from connector.events import (
+    FulfillmentUpdated,
+    ShipmentStatus,
     CustomerUpdated,
     FulfillmentState,
     OrderCancelled,
@@ -59,8 +61,10 @@ def cod_order() -> dict[str, Any]:
 
 
 def only(events: list) -> Any:
-    assert len(events) == 1, events
-    return events[0]
+    """The one order/customer event (a shipped order also carries its FulfillmentUpdated)."""
+    main = [e for e in events if not isinstance(e, FulfillmentUpdated)]
+    assert len(main) == 1, events
+    return main[0]
 
 
 def test_every_fixture_is_covered() -> None:
@@ -268,3 +272,15 @@ def test_malformed_body_raises_normalization_error(topic: str, change: dict, fie
 def test_body_that_is_not_an_object() -> None:
     with pytest.raises(NormalizationError, match="body"):
         normalize("order.created", "webhook_id=12", STORE)  # type: ignore[arg-type]
+
+
+def test_shipping_status_and_tracking_meta_become_a_fulfilment() -> None:
+    tracking = {"key": "_wc_shipment_tracking_items", "value": [
+        {"tracking_provider": "delhivery", "tracking_number": "DL42", "custom_tracking_link": "https://track.example/DL42"}]}
+    shipped = normalize("order.updated", {**cod_order(), "status": "processing", "meta_data": [tracking]}, STORE)
+    [f] = [e.fulfillment for e in shipped if isinstance(e, FulfillmentUpdated)]
+    assert (f.order_external_id, f.shipment_status, f.tracking_company, f.tracking_number, f.tracking_url) == (
+        "727", ShipmentStatus.IN_TRANSIT, "delhivery", "DL42", "https://track.example/DL42")
+    delivered = normalize("order.updated", {**cod_order(), "status": "delivered"}, STORE)
+    assert [e.fulfillment.shipment_status for e in delivered if isinstance(e, FulfillmentUpdated)] == [ShipmentStatus.DELIVERED]
+    assert not any(isinstance(e, FulfillmentUpdated) for e in normalize("order.updated", cod_order(), STORE))
