@@ -332,3 +332,48 @@ def test_woocommerce_cod_confirmation_writes_back_a_note_meta_and_status(db_url)
     puts = [json.loads(c.request.content) for c in put.calls]
     assert {"status": "processing"} in puts and {"meta_data": [{"key": "_storeloop_tags", "value": "cod-confirmed"}]} in puts
     assert get.call_count == 1 and note.call_count == 1 and put.call_count == 2
+
+
+def test_duplicate_storm_and_opted_out_contacts(db_url):
+    """Each webhook delivered 5 times in shuffled order: one message per step; STOP means nothing at all."""
+    import random
+
+
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(templates=TEMPLATES + [
+        {"step": "order_confirmation.sent", "name": "order_ok_v1", "category": "utility", "body_text": "Thanks {{1}}", "body": ["order.name"]}],
+        journeys={"cod_confirmation": {}, "order_confirmation": {}}, policy={"quiet_hours": ""})
+    settings = parse_settings(raw, environ={})
+    deliveries = []
+    for n in range(12):
+        o = cod_order_payload()
+        o.update(id=5000 + n, name=f"#{5000 + n}", phone=f"+91 98765 432{n:02d}")
+        if n % 2:
+            o.update(financial_status="paid", payment_gateway_names=["razorpay"])
+        body = dumps(o)
+        for topic in ("orders/create", "orders/updated"):
+            event = f"{topic}-{n}"
+            deliveries += [(body, topic, event)] * 5
+    random.Random(4).shuffle(deliveries)
+    from connector.outbox.senders import DryRunSender
+
+    sender = DryRunSender()
+    with running_app(settings) as (client, runtime):
+        # one customer said STOP before anything happened
+        env = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": PHONE_ID_A},
+            "contacts": [{"profile": {"name": "X"}, "wa_id": "919876543200"}],
+            "messages": [{"from": "919876543200", "id": "wamid.S", "timestamp": "1795000000", "type": "text", "text": {"body": "stop"}}]}}]}]}
+        raw_body = json.dumps(env).encode()
+        client.post("/webhooks/whatsapp", content=raw_body, headers={"X-Hub-Signature-256": meta_signature(raw_body, SECRETS["wa_app"])})
+        runtime.processor.drain()
+        for body, topic, event in deliveries:
+            client.post("/webhooks/shopify", content=body, headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", topic, event_id=event))
+        runtime.processor.drain()
+        asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, sender).drain())
+        with runtime.db.engine.connect() as conn:
+            skipped = conn.execute(select(m.OutboxMessage.skip_reason).where(m.OutboxMessage.status == "skipped")).scalars().all()
+    sent_to = [msg.to for _, msg in sender.sent]
+    assert len(sent_to) == 11 and len(set(sent_to)) == 11  # 12 orders, one customer opted out, nobody twice
+    assert "+919876543200" not in sent_to and skipped == ["opted_out"]
+    assert sorted(msg.name for _, msg in sender.sent) == ["cod_confirm_v1"] * 5 + ["order_ok_v1"] * 6
