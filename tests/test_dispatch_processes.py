@@ -87,23 +87,23 @@ def pg_url(pg_schema: str | None) -> str:
     return f"{PG_URL}?options=-csearch_path%3D{pg_schema}"
 
 
-def _settings_raw(db_url: str, base_url: str) -> dict:
+def _settings_raw(db_url: str, base_url: str, rate: float = 1000) -> dict:
     raw = settings_dict(db_url)
     raw["whatsapp"].update({
         "access_token": "sandbox-token", "graph_base_url": base_url, "pair_spacing_seconds": 0,
-        "messages_per_second": 1000,
+        "messages_per_second": rate,
     })
     raw["stores"][0]["templates"] = [TEMPLATE]
     raw["stores"][0]["policy"] = {"quiet_hours": ""}
     return raw
 
 
-def _seed(db: Database, store, store_id: int, now: datetime) -> None:
-    """N contacts with utility consent and one due cod_confirmation.ask each (distinct keys)."""
+def _seed(db: Database, store, store_id: int, now: datetime, count: int = N) -> None:
+    """``count`` contacts with utility consent and one due cod_confirmation.ask each (distinct keys)."""
     tpl = store.template_for("cod_confirmation.ask")
-    phones = [f"+9198{n:08d}" for n in range(N)]
+    phones = [f"+9198{n:08d}" for n in range(count)]
     with db.engine.begin() as conn:
-        for start in range(0, N, 2000):
+        for start in range(0, count, 2000):
             conn.execute(insert(m.Contact), [
                 {"store_id": store_id, "phone_key": p, "phone_e164": p, "reachable": True, "first_name": "Asha",
                  "consent_utility": "granted", "consent_utility_source": "order_with_phone",
@@ -121,16 +121,16 @@ def _seed(db: Database, store, store_id: int, now: datetime) -> None:
             assert new_id is not None
 
 
-def test_two_dispatcher_processes_send_each_message_exactly_once(pg_url: str) -> None:
+def _run_two(pg_url: str, count: int, rate: float):  # type: ignore[no-untyped-def]
     now = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=1)
     fake = SandboxWhatsApp()
     with SandboxServer(fake.app) as server:
-        raw = _settings_raw(pg_url, server.url)
+        raw = _settings_raw(pg_url, server.url, rate)
         settings = parse_settings(raw, environ={})
         db = Database.from_url(pg_url)
         try:
             ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
-            _seed(db, settings.stores[0], ids["shop-a"], now)
+            _seed(db, settings.stores[0], ids["shop-a"], now, count)
 
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
             cmd = [sys.executable, "-c", CHILD, pg_url, json.dumps(raw)]
@@ -165,7 +165,11 @@ def test_two_dispatcher_processes_send_each_message_exactly_once(pg_url: str) ->
                 messages = conn.execute(select(func.count()).select_from(m.Message).where(m.Message.direction == "out")).scalar()
         finally:
             db.dispose()
+    return fake, rows, by_status, attempts, attempts_per_row, messages, results
 
+
+def test_two_dispatcher_processes_send_each_message_exactly_once(pg_url: str) -> None:
+    fake, rows, by_status, attempts, attempts_per_row, messages, results = _run_two(pg_url, N, 1000)
     expected = {ob.callback_for(r.id) for r in rows}
     sends = fake.sends_per_callback()
     assert len(rows) == N
@@ -178,3 +182,12 @@ def test_two_dispatcher_processes_send_each_message_exactly_once(pg_url: str) ->
     assert messages == N
     assert sum(r["sent"] for r in results) == N and sum(r["claimed"] for r in results) == N
     assert all(r["sent"] > 0 for r in results), results  # the work really was shared
+
+
+def test_two_dispatchers_share_one_numbers_rate(pg_url: str) -> None:
+    """Meta's limit is per number: two processes together must not exceed it."""
+    fake, rows, by_status, *_ , results = _run_two(pg_url, 240, 30)
+    times = sorted(c.at for c in fake.accepted())
+    assert by_status == {"sent": 240} and all(r["sent"] > 0 for r in results)
+    achieved = (len(times) - 1) / (times[-1] - times[0])
+    assert achieved <= 30 * 1.15, f"{achieved:.1f} messages/s against a limit of 30/s"

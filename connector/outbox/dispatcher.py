@@ -34,6 +34,8 @@ from connector.storage.models import utcnow
 log = logging.getLogger("storeloop.dispatcher")
 MESSAGE = TypeAdapter(OutboundMessage)
 SHORT_WAIT = 0.5  # recipient spacing below this is slept; above it becomes a durable due time
+HEARTBEAT_EVERY = 1.0  # seconds between counting live dispatchers
+HEARTBEAT_TTL = 5.0  # a dispatcher not heard from for this long no longer takes a share
 
 
 class Dispatcher:
@@ -70,16 +72,39 @@ class Dispatcher:
         )
         self._pending_record: asyncio.Task[None] | None = None
         self.sent = 0
+        self.peers = 1
+        self._beat_at = 0.0
+
+    async def _heartbeat(self) -> None:
+        """Every second or so: count live dispatchers and share each number's rate among them."""
+        if time.monotonic() - self._beat_at < HEARTBEAT_EVERY:
+            return
+        self._beat_at = time.monotonic()
+        now = self.clock()
+        peers = await anyio.to_thread.run_sync(
+            lambda: ob.heartbeat(self.db, f"dispatcher:{self.worker_id}", self.worker_id, now, timedelta(seconds=HEARTBEAT_TTL))
+        )
+        if peers != self.peers:
+            log.info("dispatchers sharing each number's rate", extra={"dispatchers": peers})
+        self.peers = max(1, peers)
+        for bucket in self.buckets.values():
+            bucket.rate = self.settings.whatsapp.messages_per_second / self.peers
+
+    async def close(self) -> None:
+        """Leave the pool so the others take back the whole rate at once."""
+        await self.flush()
+        await anyio.to_thread.run_sync(ob.release, self.db, f"dispatcher:{self.worker_id}")
 
     def _bucket(self, phone_number_id: str) -> TokenBucket:
         bucket = self.buckets.get(phone_number_id)
         if bucket is None:
-            rate = self.settings.whatsapp.messages_per_second
+            rate = self.settings.whatsapp.messages_per_second / self.peers
             bucket = self.buckets[phone_number_id] = TokenBucket(rate, burst=max(1.0, rate * 0.05))
         return bucket
 
     async def run_once(self) -> int:
         """Claim and send one batch; returns how many rows were claimed."""
+        await self._heartbeat()
         now = self.clock()
         rows = await anyio.to_thread.run_sync(
             lambda: ob.claim(
@@ -107,7 +132,7 @@ class Dispatcher:
             total += n
             if n == 0:
                 break
-        await self.flush()
+        await self.close()
         return total
 
     async def run_forever(self, stop: asyncio.Event, idle_seconds: float = 0.5) -> None:
@@ -122,7 +147,7 @@ class Dispatcher:
                     await asyncio.wait_for(stop.wait(), timeout=idle_seconds)
                 except asyncio.TimeoutError:
                     pass
-        await self.flush()
+        await self.close()
 
     async def _one(self, row: ob.Claimed) -> ob.Result:
         started = self.clock()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, and_, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector.policy import ContactFacts, SendHistory
@@ -272,3 +272,27 @@ def record(db: Database, results: list[Result], now: datetime) -> None:
         for msg in messages:  # a status webhook may have beaten us to it (settled an uncertain send)
             ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(MESSAGES)
             conn.execute(ins.values(**msg).on_conflict_do_nothing(index_elements=["store_id", "wamid"]))
+
+
+def heartbeat(db: Database, name: str, holder: str, now: datetime, ttl: timedelta, prefix: str = "dispatcher:") -> int:
+    """Announce this dispatcher and count the live ones (itself included).
+
+    Meta's throughput limit is per sending number, not per process: with N dispatchers
+    each paces at rate / N, so together they stay within the number's rate.
+    """
+    from connector.storage.sql import LEASES
+
+    ins = (postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert)(LEASES)
+    stmt = ins.on_conflict_do_update(index_elements=["name"], set_={"holder": holder, "expires_at": now + ttl})
+    with db.write_lock(), db.engine.begin() as conn:
+        conn.execute(stmt, {"name": name, "holder": holder, "expires_at": now + ttl})
+        return conn.execute(
+            select(func.count()).select_from(LEASES).where(LEASES.c.name.like(f"{prefix}%"), LEASES.c.expires_at > now)
+        ).scalar_one()
+
+
+def release(db: Database, name: str) -> None:
+    from connector.storage.sql import LEASES
+
+    with db.write_lock(), db.engine.begin() as conn:
+        conn.execute(LEASES.delete().where(LEASES.c.name == name))

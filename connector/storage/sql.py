@@ -26,6 +26,7 @@ OUTBOX: Table = m.OutboxMessage.__table__  # type: ignore[assignment]
 ATTEMPTS: Table = m.OutboxAttempt.__table__  # type: ignore[assignment]
 RUNS: Table = m.JourneyRun.__table__  # type: ignore[assignment]
 HANDOFFS: Table = m.Handoff.__table__  # type: ignore[assignment]
+LEASES: Table = m.Lease.__table__  # type: ignore[assignment]
 
 
 def insert_row(conn: Connection, table: Table, row: dict[str, Any]) -> None:

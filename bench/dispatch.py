@@ -1,0 +1,479 @@
+"""Outbox dispatch benchmark: the real Dispatcher against the sandbox Cloud API on 127.0.0.1.
+
+For each scenario, on a fresh database (a SQLite file in a temp dir, or a fresh schema in
+the PostgreSQL given with --db-url), queue N due template messages for N distinct contacts
+with utility consent (pair spacing 0, quiet hours off), run ``Dispatcher.run_forever`` until
+every row is in a final state (or the time limit), and read the sandbox's accepted calls:
+
+  * steady  80/s and 1000/s: N = rate x --seconds;
+  * failures 80/s: after the first 200 accepted sends the sandbox answers a burst of
+    scripted failures (130429 with and without Retry-After, a JSON 5xx, an HTML 502); the
+    dispatcher's retries are durable due times, so the run lasts until they are sent too.
+
+Achieved rate = accepted sends per second over the central 80% of them (first and last
+10% excluded: connection warm-up and the tail). ``run rate`` = accepted / (last - first
+call). Max/1s = most API calls (any answer) in a sliding one-second window; the token
+bucket allows rate + 5% burst. Duplicates = callbacks accepted more than once; lost = rows
+not ``sent`` or sent rows the API never accepted. Exit 1 if duplicates or lost > 0.
+
+The sandbox runs in its own process (bench/_sandbox_server.py) unless --sandbox thread.
+
+    .venv/bin/python bench/dispatch.py [--seconds 8] [--rates 80,1000] [--db-url postgresql+psycopg://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import func, insert, select, text  # noqa: E402
+
+import httpx  # noqa: E402
+
+from adapters.whatsapp.client import DEFAULT_TIMEOUT, WhatsAppClient  # noqa: E402
+from connector.config import Settings, parse_settings  # noqa: E402
+from connector.outbox import store as ob  # noqa: E402
+from connector.outbox.dispatcher import Dispatcher  # noqa: E402
+from connector.storage import models as m  # noqa: E402
+from connector.storage.db import Database, make_engine, migrate  # noqa: E402
+from connector.storage.inbox import sync_stores  # noqa: E402
+from connector.templates import render  # noqa: E402
+
+console = Console()
+if console.width < 150:
+    console = Console(width=150)
+
+PHONE_ID = "106540352242922"
+TOKEN = "sandbox-token"
+TEMPLATE = {
+    "step": "cod_confirmation.ask", "name": "cod_confirm_v1", "category": "utility", "language": "en",
+    "body_text": "Hi {{1}}, please confirm order {{2}} of {{3}}.",
+    "body": ["customer.first_name", "order.name", "order.total"],
+    "buttons": [{"type": "quick_reply", "text": "Confirm", "payload": "cod_confirm"},
+                {"type": "quick_reply", "text": "Cancel", "payload": "cod_cancel"}],
+}
+CONTEXT = {"customer.first_name": "Asha", "order.name": "#1042", "order.total": ("1299.00", "INR")}
+FINAL = ("sent", "failed", "skipped", "uncertain", "dry_run", "delivered", "read")
+
+
+def failure_burst(n: int) -> list[dict[str, Any]]:
+    """n scripted failures, the four kinds interleaved."""
+    kinds = [
+        {"status": 429, "body": {"error": {"message": "(#130429) Rate limit hit", "type": "OAuthException", "code": 130429, "fbtrace_id": "BENCH"}},
+         "headers": {"Retry-After": "3"}},
+        {"status": 429, "body": {"error": {"message": "(#130429) Rate limit hit", "type": "OAuthException", "code": 130429, "fbtrace_id": "BENCH"}}},
+        {"status": 503, "body": {"error": {"message": "Service temporarily unavailable", "type": "OAuthException", "code": 2, "is_transient": True, "fbtrace_id": "BENCH"}}},
+        {"status": 502, "body": "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>"},
+    ]
+    return [kinds[i % len(kinds)] for i in range(n)]
+
+
+@dataclass
+class Scenario:
+    name: str
+    rate: float
+    messages: int
+    failures: int = 0
+    fail_after: int = 200
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    calls: list[tuple[float, int, str | None]] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    row_ids: list[int] = field(default_factory=list)
+    sent_ids: set[int] = field(default_factory=set)
+    wall: float = 0.0
+    seed_seconds: float = 0.0
+    timed_out: bool = False
+    cpu_dispatcher: float = 0.0  # CPU seconds of this process (event loop + DB threads) during the run
+    cpu_sandbox: float | None = None
+
+    # -- figures ------------------------------------------------------------------------
+    @property
+    def accepted_times(self) -> list[float]:
+        return sorted(t for t, status, _ in self.calls if status == 200)
+
+    def achieved(self) -> float:
+        return self._central_rate(self.accepted_times)
+
+    def call_rate(self) -> float:
+        """Every API call (also the failed ones: they use a send slot too), central 80%."""
+        return self._central_rate(sorted(t for t, _, _ in self.calls))
+
+    @staticmethod
+    def _central_rate(ts: list[float]) -> float:
+        if len(ts) < 10:
+            return 0.0
+        lo, hi = int(len(ts) * 0.1), int(len(ts) * 0.9) - 1
+        return (hi - lo) / (ts[hi] - ts[lo]) if ts[hi] > ts[lo] else 0.0
+
+    def run_rate(self) -> float:
+        ts = sorted(t for t, _, _ in self.calls)
+        ok = len(self.accepted_times)
+        return (ok - 1) / (ts[-1] - ts[0]) if len(ts) > 1 and ts[-1] > ts[0] else 0.0
+
+    def max_per_second(self) -> int:
+        ts = sorted(t for t, _, _ in self.calls)
+        best, j = 0, 0
+        for i, t in enumerate(ts):
+            while ts[j] <= t - 1.0:
+                j += 1
+            best = max(best, i - j + 1)
+        return best
+
+    def duplicates(self) -> int:
+        counts = Counter(cb for _, status, cb in self.calls if status == 200)
+        return sum(1 for n in counts.values() if n > 1)
+
+    def lost(self) -> int:
+        accepted = {cb for _, status, cb in self.calls if status == 200}
+        not_sent = len(self.row_ids) - len(self.sent_ids)
+        sent_not_accepted = sum(1 for i in self.sent_ids if ob.callback_for(i) not in accepted)
+        return not_sent + sent_not_accepted
+
+    def unknown_accepted(self) -> int:
+        known = {ob.callback_for(i) for i in self.row_ids}
+        return sum(1 for _, status, cb in self.calls if status == 200 and cb not in known)
+
+
+# -- infrastructure ---------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SandboxProcess:
+    """bench/_sandbox_server.py in a child process on 127.0.0.1."""
+
+    def __init__(self, workdir: Path, scenario: Scenario):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, str(BENCH / "_sandbox_server.py"), "--port", str(self.port)]
+        if scenario.failures:
+            script = workdir / f"script-{self.port}.json"
+            script.write_text(json.dumps(failure_burst(scenario.failures)))
+            cmd += ["--script-after", str(scenario.fail_after), "--script-file", str(script)]
+        self.log = (workdir / f"sandbox-{self.port}.log").open("w")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def __enter__(self) -> "SandboxProcess":
+        deadline = time.monotonic() + 20
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sandbox exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_ready", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("sandbox did not start")
+            time.sleep(0.05)
+
+    def cpu_seconds(self) -> float | None:
+        """utime + stime of the sandbox process so far (Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def calls(self) -> list[tuple[float, int, str | None]]:
+        with urllib.request.urlopen(f"{self.url}/_calls", timeout=30) as r:
+            return [tuple(c) for c in json.loads(r.read())]
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+class SandboxThread:
+    """The same sandbox in a thread of this process (what tests do), for comparison."""
+
+    def __init__(self, workdir: Path, scenario: Scenario):
+        sys.path.insert(0, str(BENCH))
+        from _sandbox_server import BenchSandbox  # type: ignore[import-not-found]
+
+        from connector.sandbox.whatsapp import SandboxServer, ScriptedResponse
+
+        scripted = [ScriptedResponse(s["status"], s.get("body"), s.get("headers") or {}) for s in failure_burst(scenario.failures)]
+        self.fake = BenchSandbox(after=scenario.fail_after if scenario.failures else None, scripted=scripted)
+        self.server = SandboxServer(self.fake.app)
+        self.url = self.server.url
+
+    def __enter__(self) -> "SandboxThread":
+        self.server.__enter__()
+        return self
+
+    def cpu_seconds(self) -> float | None:
+        return None  # shares this process
+
+    def calls(self) -> list[tuple[float, int, str | None]]:
+        return [(c.at, c.status, c.callback_data) for c in self.fake.calls]
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.__exit__(*exc)
+
+
+class FreshDatabase:
+    """A migrated, empty database: a SQLite file in ``workdir`` or a new schema in PostgreSQL."""
+
+    def __init__(self, workdir: Path, name: str, pg_url: str | None):
+        self.pg_url = pg_url
+        if pg_url is None:
+            self.url = f"sqlite:///{workdir / f'{name}.db'}"
+            engine = make_engine(self.url)
+        else:
+            self.schema = f"bench_dispatch_{uuid.uuid4().hex[:10]}"
+            admin = make_engine(pg_url)
+            with admin.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA "{self.schema}"'))
+            admin.dispose()
+            sep = "&" if "?" in pg_url else "?"
+            self.url = f"{pg_url}{sep}options=-csearch_path%3D{self.schema}"
+            engine = make_engine(pg_url, connect_args={"options": f"-csearch_path={self.schema}"})
+        migrate(engine)
+        engine.dispose()
+        self.db = Database.from_url(self.url)
+
+    def close(self) -> None:
+        self.db.dispose()
+        if self.pg_url is not None:
+            admin = make_engine(self.pg_url)
+            with admin.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA "{self.schema}" CASCADE'))
+            admin.dispose()
+
+
+def make_settings(db_url: str, base_url: str, rate: float, concurrency: int | None = None) -> Settings:
+    extra = {"send_concurrency": concurrency} if concurrency else {}
+    return parse_settings({
+        "database": {"url": db_url},
+        "whatsapp": {"access_token": TOKEN, "graph_base_url": base_url, "messages_per_second": rate, "pair_spacing_seconds": 0, **extra},
+        "stores": [{
+            "key": "bench", "platform": "shopify", "shop_domain": "bench.myshopify.com", "webhook_secret": "bench-secret",
+            "timezone": "Asia/Kolkata", "default_country": "IN", "whatsapp_phone_number_id": PHONE_ID,
+            "templates": [TEMPLATE], "policy": {"quiet_hours": ""},
+        }],
+    }, environ={})
+
+
+def seed(db: Database, settings: Settings, store_id: int, n: int, now: datetime) -> None:
+    """n contacts with utility consent (bulk insert) and one due message each (outbox.store.enqueue)."""
+    store = settings.stores[0]
+    tpl = store.template_for("cod_confirmation.ask")
+    assert tpl is not None
+    phones = [f"+9198{i:08d}" for i in range(n)]
+    with db.write_lock(), db.engine.begin() as conn:
+        for start in range(0, n, 2000):
+            conn.execute(insert(m.Contact), [
+                {"store_id": store_id, "phone_key": p, "phone_e164": p, "reachable": True, "first_name": "Asha",
+                 "consent_utility": "granted", "consent_utility_source": "order_with_phone",
+                 "consent_utility_at": now - timedelta(days=1), "consent_marketing": "unknown",
+                 "stage": "entry", "created_at": now, "updated_at": now}
+                for p in phones[start:start + 2000]
+            ])
+        contacts = dict(conn.execute(select(m.Contact.phone_e164, m.Contact.id).where(m.Contact.store_id == store_id)).all())
+        for i, phone in enumerate(phones):
+            payload = {"subject": f"order:{i}", "message": render(tpl, CONTEXT, to=phone, callback_data=None).model_dump(mode="json")}
+            new_id = ob.enqueue(
+                conn, store_id=store_id, key=f"cod_confirmation:ask:order:{i}", contact_id=contacts[phone],
+                journey="cod_confirmation", step="ask", category=tpl.category, payload=payload, due_at=now, now=now,
+            )
+            assert new_id is not None
+
+
+def unfinished(db: Database) -> int:
+    """Rows still pending/sending. Under the write lock: on SQLite every transaction is BEGIN
+    IMMEDIATE, and an unserialised reader would make the dispatcher's writes hit the busy handler."""
+    with db.write_lock(), db.engine.connect() as conn:
+        return conn.execute(
+            select(func.count()).select_from(m.OutboxMessage).where(m.OutboxMessage.status.in_(("pending", "sending")))
+        ).scalar() or 0
+
+
+async def drive(
+    db: Database, settings: Settings, store_ids: dict[str, int], base_url: str, messages: int, time_limit: float,
+    keepalive: int | None = None,
+) -> tuple[float, bool]:
+    """run_forever until no row is pending/sending, or the time limit.
+
+    The database is asked only every 2 s, or as soon as the dispatcher has sent every
+    message once, so the monitor does not compete with the dispatcher for the database.
+    """
+    http = None
+    if keepalive is not None:  # what the runtime would pass if it sized the pool to send_concurrency
+        http = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=httpx.Limits(max_connections=max(100, keepalive), max_keepalive_connections=keepalive))
+    client = WhatsAppClient(base_url, settings.whatsapp.api_version, TOKEN, http=http)
+    dispatcher = Dispatcher(db, settings, store_ids, client)
+    stop = asyncio.Event()
+    t0 = time.monotonic()
+    task = asyncio.create_task(dispatcher.run_forever(stop, idle_seconds=0.1))
+    timed_out = False
+    next_check = t0 + 2.0
+    try:
+        while not task.done():
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            if dispatcher.sent >= messages or now >= next_check:
+                next_check = now + 2.0
+                if await asyncio.to_thread(unfinished, db) == 0:
+                    break
+            if now - t0 > time_limit:
+                timed_out = True
+                break
+        stop.set()
+        await asyncio.wait_for(task, timeout=60)
+    finally:
+        await client.aclose()
+        if http is not None:
+            await http.aclose()
+    return time.monotonic() - t0, timed_out
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_scenario(
+    scenario: Scenario, workdir: Path, pg_url: str | None, sandbox_mode: str, time_limit: float, loop: str, keepalive: int | None,
+    concurrency: int | None = None,
+) -> Result:
+    result = Result(scenario)
+    fresh = FreshDatabase(workdir, f"{scenario.name}-{int(scenario.rate)}", pg_url)
+    box_cls = SandboxProcess if sandbox_mode == "process" else SandboxThread
+    try:
+        with box_cls(workdir, scenario) as box:
+            settings = make_settings(fresh.url, box.url, scenario.rate, concurrency)
+            store_ids = sync_stores(fresh.db, [(s.key, s.platform) for s in settings.stores])
+            t = time.monotonic()
+            seed(fresh.db, settings, store_ids["bench"], scenario.messages, datetime.now(timezone.utc) - timedelta(seconds=1))
+            result.seed_seconds = time.monotonic() - t
+            cpu0, box0 = _own_cpu(), box.cpu_seconds()
+            coro = drive(fresh.db, settings, store_ids, box.url, scenario.messages, time_limit, keepalive)
+            if loop == "uvloop":
+                import uvloop
+
+                result.wall, result.timed_out = uvloop.run(coro)
+            else:
+                result.wall, result.timed_out = asyncio.run(coro)
+            result.cpu_dispatcher = _own_cpu() - cpu0
+            box1 = box.cpu_seconds()
+            result.cpu_sandbox = box1 - box0 if box0 is not None and box1 is not None else None
+            result.calls = box.calls()
+        with fresh.db.engine.connect() as conn:
+            rows = conn.execute(select(m.OutboxMessage.id, m.OutboxMessage.status)).all()
+            result.statuses = dict(Counter(r.status for r in rows))
+            result.row_ids = [r.id for r in rows]
+            result.sent_ids = {r.id for r in rows if r.status == "sent"}
+            result.attempts = dict(conn.execute(select(m.OutboxAttempt.outcome, func.count()).group_by(m.OutboxAttempt.outcome)).all())
+    finally:
+        fresh.close()
+    return result
+
+
+def report(results: list[Result], db_label: str, sandbox_mode: str, loop: str) -> None:
+    table = Table(title=f"Outbox dispatch: Dispatcher.run_forever ({loop}) -> sandbox Cloud API ({db_label}, sandbox in a {sandbox_mode})")
+    for col in ("scenario", "rate/s", "messages", "achieved/s", "ratio", "calls/s", "run rate/s", "max/1s", "API calls", "retries",
+                "duplicates", "lost", "wall s", "CPU ms/call disp|sbx"):
+        table.add_column(col, justify="left" if col == "scenario" else "right")
+    for r in results:
+        s = r.scenario
+        ratio = r.achieved() / s.rate
+        burst_cap = s.rate + max(1.0, s.rate * 0.05)
+        dup, lost = r.duplicates(), r.lost()
+        mx = r.max_per_second()
+        table.add_row(
+            s.name + (" (TIME LIMIT)" if r.timed_out else ""), f"{s.rate:g}", str(s.messages),
+            f"{r.achieved():.1f}", f"[{'green' if ratio >= 0.95 else 'red'}]{ratio:.3f}[/]", f"{r.call_rate():.1f}", f"{r.run_rate():.1f}",
+            f"[{'green' if mx <= burst_cap else 'red'}]{mx}[/]", str(len(r.calls)), str(r.attempts.get("retry", 0)),
+            f"[{'green' if dup == 0 else 'red'}]{dup}[/]", f"[{'green' if lost == 0 else 'red'}]{lost}[/]", f"{r.wall:.1f}",
+            f"{r.cpu_dispatcher * 1000 / max(1, len(r.calls)):.2f} | "
+            + (f"{r.cpu_sandbox * 1000 / max(1, len(r.calls)):.2f}" if r.cpu_sandbox is not None else "-"),
+        )
+    console.print(table)
+    for r in results:
+        extra = r.unknown_accepted()
+        console.print(
+            f"  {r.scenario.name} {r.scenario.rate:g}/s: outbox {dict(sorted(r.statuses.items()))}, attempts {dict(sorted(r.attempts.items()))}, "
+            f"API answers {dict(sorted(Counter(st for _, st, _ in r.calls).items()))}, seed {r.seed_seconds:.1f}s"
+            + (f", {extra} accepted calls for unknown callbacks" if extra else "")
+        )
+    console.print(f"  machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    console.print("  achieved = accepted sends/s over the central 80% of them (ratio = achieved/rate, target >= 0.95); calls/s = the same "
+                  "over every API call, failed ones included;\n  run rate = accepted/(last - first call); max/1s = API calls in any 1 s "
+                  "window (cap: rate + 5% burst); CPU ms/call = CPU time of the dispatcher process | the sandbox process per API call.")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0, help="messages queued = rate x seconds")
+    parser.add_argument("--rates", default="80,1000")
+    parser.add_argument("--failures", type=int, default=60, help="scripted failures in the 80/s failure scenario (0: skip it)")
+    parser.add_argument("--db-url", default=None, help="PostgreSQL URL; a fresh schema is created and dropped per scenario")
+    parser.add_argument("--sandbox", choices=("process", "thread"), default="process")
+    parser.add_argument("--only", default=None, help="steady|failures")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="uvloop: as in `storeloop serve` (the default deployment); asyncio: as in `storeloop worker`")
+    parser.add_argument("--concurrency", type=int, default=None, help="whatsapp.send_concurrency (default: the setting's default, 32)")
+    parser.add_argument("--keepalive", type=int, default=None,
+                        help="experiment: give WhatsAppClient an httpx pool keeping this many connections alive (default: httpx's 20)")
+    args = parser.parse_args()
+    if args.db_url is not None and not args.db_url.startswith("postgresql"):
+        parser.error("--db-url must be a postgresql URL (SQLite is the default, in a temp dir)")
+
+    scenarios: list[Scenario] = []
+    if args.only in (None, "steady"):
+        scenarios += [Scenario("steady", float(r), int(float(r) * args.seconds)) for r in args.rates.split(",")]
+    if args.failures and args.only in (None, "failures"):
+        scenarios.append(Scenario("failures", 80.0, int(80 * args.seconds), failures=args.failures))
+
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="storeloop-dispatch-") as tmp:
+        for s in scenarios:
+            limit = s.messages / s.rate * 3 + 30
+            console.print(f"[dim]{s.name}: {s.messages} messages at {s.rate:g}/s (time limit {limit:.0f} s)...[/]")
+            results.append(run_scenario(s, Path(tmp), args.db_url, args.sandbox, limit, args.loop, args.keepalive, args.concurrency))
+    report(results, "PostgreSQL" if args.db_url else "SQLite", args.sandbox, args.loop)
+    bad = [r for r in results if r.duplicates() or r.lost()]
+    if bad:
+        console.print(f"[red]FAILED: duplicates or lost messages in {', '.join(r.scenario.name for r in bad)}[/]")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
