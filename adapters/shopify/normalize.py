@@ -138,6 +138,9 @@ def _order(o: Body, store: ShopifyStore) -> Order:
         line_items=_line_items(o),
         checkout_token=get_str(o, "checkout_token"),
         status_url=get_str(o, "order_status_url"),
+        # Shopify sends no separate pay link; the order status page is where a customer
+        # completes a pending payment (or sees the payment instructions).
+        payment_url=get_str(o, "order_status_url"),
         tags=_tags(o),
         test=get_bool(o, "test"),
     )

@@ -61,7 +61,7 @@ class Dispatcher:
         self.rules: dict[int, PolicyRules] = {sid: s.policy.rules() for sid, s in self.stores.items()}
         self.retry = RetryPolicy(wa.backoff_base_seconds, wa.backoff_cap_seconds, wa.max_attempts)
         self.lease = timedelta(seconds=wa.lease_seconds)
-        self.batch = max(1, min(1000, int(wa.messages_per_second * 2)))
+        self.batch = max(1, min(1000, int(wa.messages_per_second)))  # about a second of sends per claim
         self.buckets: dict[str, TokenBucket] = {}
         self.spacer = RecipientSpacer(wa.pair_spacing_seconds)
         self.semaphore = asyncio.Semaphore(wa.send_concurrency)

@@ -21,6 +21,7 @@ class TokenBucket:
         self.burst = max(1.0, burst)
         self.clock = clock
         self._next = clock()
+        self._lock: asyncio.Lock | None = None
 
     def reserve(self) -> float:
         """Take the next slot; returns how long to wait for it (0 when a token is free)."""
@@ -31,9 +32,14 @@ class TokenBucket:
         return max(0.0, slot - now)
 
     async def acquire(self) -> None:
-        wait = self.reserve()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        """Wait for the next slot. One waiter at a time reserves, so a rate change (another
+        dispatcher joined) applies to the very next send, not after slots booked ahead."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            wait = self.reserve()
+            if wait > 0:
+                await asyncio.sleep(wait)
 
 
 class RecipientSpacer:

@@ -259,6 +259,8 @@ class OutboxMessage(Base):
     __table_args__ = (
         UniqueConstraint("store_id", "idempotency_key", name="uq_outbox_store_key"),
         Index("ix_outbox_status_due", "status", "due_at"),
+        Index("ix_outbox_store_wamid", "store_id", "wamid"),  # status webhooks and replies find their message
+        Index("ix_outbox_contact_updated", "contact_id", "updated_at"),  # the policy gate's send history
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
@@ -295,7 +297,11 @@ class OutboxAttempt(Base):
 
 class JourneyRun(Base):
     __tablename__ = "journey_runs"
-    __table_args__ = (UniqueConstraint("store_id", "journey", "subject", name="uq_journey_runs_store_subject"),)
+    __table_args__ = (
+        UniqueConstraint("store_id", "journey", "subject", name="uq_journey_runs_store_subject"),
+        Index("ix_journey_runs_due", "store_id", "status", "next_due_at"),  # timers
+        Index("ix_journey_runs_contact", "store_id", "contact_id"),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
     journey: Mapped[str] = mapped_column(String(40))
