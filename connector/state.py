@@ -284,7 +284,8 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
     oid = outbox_id_from_callback(e.callback_data)
     cond = OUTBOX.c.id == oid if oid is not None else OUTBOX.c.wamid == e.message_id
     row = conn.execute(
-        select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.contact_id, OUTBOX.c.category)
+        select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.contact_id, OUTBOX.c.category, OUTBOX.c.payload, OUTBOX.c.journey,
+               OUTBOX.c.step, OUTBOX.c.idempotency_key)
         .where(OUTBOX.c.store_id == store_id, cond)
     ).first()
     if row is None:
@@ -296,6 +297,14 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
             values.update(status="pending", due_at=e.occurred_at + timedelta(hours=24), last_error="131049: retry after 24 h")
         if row.contact_id is not None and e.error_code == 131026:
             update_by_id(conn, CONTACTS, row.contact_id, dict(reachable=False, updated_at=now))
+        fallback = (row.payload or {}).get("fallback")
+        if e.error_code == 131047 and fallback and row.status != "failed":
+            # the 24 h window had closed: the same step goes out once more, as its template
+            from connector.outbox.store import enqueue
+
+            enqueue(conn, store_id=store_id, key=f"{row.idempotency_key}:template", contact_id=row.contact_id, journey=row.journey,
+                    step=row.step, category=(row.payload or {}).get("fallback_category"),
+                    payload={"subject": (row.payload or {}).get("subject"), "message": fallback}, due_at=now, now=now)
         if row.contact_id is not None and e.error_code == 131050:
             record_consent(conn, store_id, row.contact_id, "marketing", "revoked", "whatsapp_error_131050", e.occurred_at, None)
     elif row.status == "failed" or STATUS_RANK.get(e.status, -1) <= STATUS_RANK.get(row.status, -1):

@@ -360,3 +360,34 @@ def test_free_form_replies_only_inside_the_service_window(db, db_url, sandbox):
     assert inside.status == "pending"
     [call] = fake.accepted()
     assert call.type == "interactive" and call.callback_data == f"outbox:{inside.outbox_id}"
+
+
+def test_131047_resends_the_step_as_its_template(db_url, sandbox):
+    """The window closed between our check and Meta's: the step goes out again as the journey's template."""
+    from connector.messages import TextMessage
+    from connector.outbox.queue import queue_free_form
+
+    fake, url = sandbox
+    settings = settings_for(db_url, url)
+    with running_app(settings) as (client, runtime):
+        db, ids = runtime.db, runtime.store_ids
+        cid = seed_contact(db, ids["shop-a"])
+        with db.engine.begin() as conn:
+            conn.execute(m.Contact.__table__.update().where(m.Contact.id == cid).values(last_inbound_at=NOON_IST - timedelta(hours=23)))
+            q = queue_free_form(conn, store=settings.stores[0], store_id=ids["shop-a"], contact_id=cid, journey="cod_confirmation",
+                                step="ask", subject="order:1042", message=TextMessage(to=PHONE, body="Confirm order #1042?"),
+                                category="utility", now=NOON_IST, fallback_context=CONTEXT)
+        dispatch(db, settings, ids, Clock(NOON_IST), url)
+        [text_call] = fake.accepted()
+        envelope = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": PHONE_ID_A},
+            "statuses": [{"id": text_call.wamid, "status": "failed", "timestamp": "1795158000", "biz_opaque_callback_data": f"outbox:{q.outbox_id}",
+                          "errors": [{"code": 131047, "title": "Re-engagement message"}]}]}}]}]}
+        for _ in range(2):  # Meta retries the webhook: still one fallback
+            body = json.dumps(envelope).encode()
+            client.post("/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": meta_signature(body, SECRETS["wa_app"])})
+        runtime.processor.drain()
+        dispatch(db, settings, ids, Clock(datetime.now(timezone.utc)), url)  # the fallback is due at processing time
+        rows = outbox_rows(db)
+    assert [(r.step, r.status) for r in rows] == [("ask", "failed"), ("ask", "sent")]
+    assert [(c.type, c.template) for c in fake.accepted()] == [("text", None), ("template", "cod_confirm_v1")]

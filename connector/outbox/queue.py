@@ -93,8 +93,14 @@ def queue_free_form(
     message: InteractiveButtons | TextMessage,
     category: str,
     now: datetime,
+    fallback_context: dict[str, Any] | None = None,
 ) -> Queued:
-    """Queue an interactive or text message (a reply inside the 24-hour window)."""
+    """Queue an interactive or text message (a reply inside the 24-hour window).
+
+    With ``fallback_context`` and a template bound to the same ``journey.step``, the
+    rendered template is kept beside the message: if WhatsApp answers 131047 (the window
+    had closed after all), the same step goes out as that template instead.
+    """
     contact = conn.execute(
         select(CONTACTS.c.phone_e164, CONTACTS.c.consent_utility, CONTACTS.c.consent_marketing, CONTACTS.c.opted_out_at,
                CONTACTS.c.last_inbound_at, CONTACTS.c.reachable).where(CONTACTS.c.id == contact_id, CONTACTS.c.store_id == store_id)
@@ -107,7 +113,14 @@ def queue_free_form(
     reason = None if decision.allowed or decision.deferred else decision.reason
     if contact.phone_e164 is None:
         reason = "unreachable"
-    payload = {"subject": subject, "message": message.model_copy(update={"to": contact.phone_e164 or message.to}).model_dump(mode="json")}
+    payload: dict[str, Any] = {"subject": subject, "message": message.model_copy(update={"to": contact.phone_e164 or message.to}).model_dump(mode="json")}
+    tpl = store.template_for(f"{journey}.{step}")
+    if fallback_context is not None and tpl is not None and contact.phone_e164:
+        try:
+            payload["fallback"] = render(tpl, fallback_context, to=contact.phone_e164, callback_data=None).model_dump(mode="json")
+            payload["fallback_category"] = tpl.category
+        except MissingValueError:
+            pass
     new_id = ob.enqueue(
         conn, store_id=store_id, key=f"{journey}:{step}:{subject}", contact_id=contact_id, journey=journey, step=step,
         category=category, payload=payload, due_at=decision.defer_until or now, now=now, skip_reason=reason,
