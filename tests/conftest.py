@@ -106,12 +106,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
     schema = request.getfixturevalue("pg_schema")
     if schema is None:
         pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {_pg_problem[0]}")
+    yield empty_pg_schema(schema)
+
+
+def empty_pg_schema(schema: str) -> str:
+    """Empty every table of the session's PostgreSQL schema; returns the URL that uses it."""
     engine = make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
     with engine.begin() as conn:
         names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
         conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
     engine.dispose()
-    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    return f"{PG_URL}?options=-csearch_path%3D{schema}"
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from connector.storage.db import Database, make_engine
 from connector.storage.inbox import sync_stores
 from connector.storage.models import Base
 from connector.templates import render
-from tests.conftest import PG_URL, settings_dict
+from tests.conftest import PG_URL, empty_pg_schema, settings_dict
 
 pytestmark = pytest.mark.postgres
 
@@ -79,12 +79,7 @@ print(json.dumps(result), flush=True)
 def pg_url(pg_schema: str | None) -> str:
     if pg_schema is None:
         pytest.skip(f"PostgreSQL not reachable at {PG_URL} (set STORELOOP_TEST_PG_URL): the two-process dispatch test needs SKIP LOCKED")
-    engine = make_engine(PG_URL, connect_args={"options": f"-csearch_path={pg_schema}"})
-    with engine.begin() as conn:
-        names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-    engine.dispose()
-    return f"{PG_URL}?options=-csearch_path%3D{pg_schema}"
+    return empty_pg_schema(pg_schema)
 
 
 def _settings_raw(db_url: str, base_url: str, rate: float = 1000) -> dict:

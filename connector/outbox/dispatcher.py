@@ -24,6 +24,7 @@ from pydantic import TypeAdapter
 from connector.config import Settings, ShopifyStore, WooCommerceStore
 from connector.errors import PermanentError, RetryableError
 from connector.messages import MessageSender, OutboundMessage
+from connector.outbox import loop
 from connector.outbox import store as ob
 from connector.outbox.ratelimit import RecipientSpacer, TokenBucket
 from connector.outbox.retry import RetryPolicy, next_attempt_at
@@ -126,27 +127,12 @@ class Dispatcher:
             await task
 
     async def drain(self, max_batches: int = 10_000) -> int:
-        total = 0
-        for _ in range(max_batches):
-            n = await self.run_once()
-            total += n
-            if n == 0:
-                break
+        total = await loop.drain(self.run_once, max_batches)
         await self.close()
         return total
 
     async def run_forever(self, stop: asyncio.Event, idle_seconds: float = 0.5) -> None:
-        while not stop.is_set():
-            try:
-                n = await self.run_once()
-            except Exception:
-                log.exception("dispatch cycle failed; retrying")
-                n = 0
-            if n == 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=idle_seconds)
-                except asyncio.TimeoutError:
-                    pass
+        await loop.run_forever(self.run_once, stop, idle_seconds, log)
         await self.close()
 
     async def _one(self, row: ob.Claimed) -> ob.Result:

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from connector.config import Settings
 from connector.handoffs import notify_text
+from connector.outbox import loop
 from connector.outbox import store as ob
 from connector.outbox.retry import RetryPolicy, next_attempt_at
 from connector.storage.db import Database
@@ -78,14 +79,4 @@ class NotifyDispatcher:
         return ob.Result(row, "sent", started)
 
     async def run_forever(self, stop: asyncio.Event, idle_seconds: float = 1.0) -> None:
-        while not stop.is_set():
-            try:
-                n = await self.run_once()
-            except Exception:
-                log.exception("notify cycle failed; retrying")
-                n = 0
-            if n == 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=idle_seconds)
-                except asyncio.TimeoutError:
-                    pass
+        await loop.run_forever(self.run_once, stop, idle_seconds, log)

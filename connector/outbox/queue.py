@@ -28,6 +28,21 @@ class Queued:
     reason: str | None = None
 
 
+def _contact(conn: Connection, store: ShopifyStore | WooCommerceStore, store_id: int, contact_id: int):  # type: ignore[no-untyped-def]
+    """The contact's phone and the facts the gate needs; it must belong to this store."""
+    contact = conn.execute(
+        select(CONTACTS.c.phone_e164, CONTACTS.c.consent_utility, CONTACTS.c.consent_marketing, CONTACTS.c.opted_out_at,
+               CONTACTS.c.last_inbound_at, CONTACTS.c.reachable).where(CONTACTS.c.id == contact_id, CONTACTS.c.store_id == store_id)
+    ).one_or_none()
+    if contact is None:
+        raise ValueError(f"contact {contact_id} does not belong to store {store.key}")
+    return contact
+
+
+def _facts(contact) -> ContactFacts:  # type: ignore[no-untyped-def]
+    return ContactFacts(contact.consent_utility, contact.consent_marketing, contact.opted_out_at, contact.last_inbound_at, contact.reachable)
+
+
 def queue_template(
     conn: Connection,
     *,
@@ -43,15 +58,10 @@ def queue_template(
 ) -> Queued:
     tpl = store.template_for(f"{journey}.{step}")
     key = f"{journey}:{step}:{subject}"
-    contact = conn.execute(
-        select(CONTACTS.c.phone_e164, CONTACTS.c.consent_utility, CONTACTS.c.consent_marketing, CONTACTS.c.opted_out_at,
-               CONTACTS.c.last_inbound_at, CONTACTS.c.reachable).where(CONTACTS.c.id == contact_id, CONTACTS.c.store_id == store_id)
-    ).one_or_none()
+    contact = _contact(conn, store, store_id, contact_id)
     reason: str | None = None
     payload: dict[str, Any] = {"subject": subject}
     category = tpl.category if tpl else None
-    if contact is None:
-        raise ValueError(f"contact {contact_id} does not belong to store {store.key}")
     if tpl is None:
         reason = "no_template_configured"
     elif contact.phone_e164 is None:
@@ -64,7 +74,7 @@ def queue_template(
             reason = f"missing_value: {exc}"
     when = due_at or now
     if reason is None:
-        facts = ContactFacts(contact.consent_utility, contact.consent_marketing, contact.opted_out_at, contact.last_inbound_at, contact.reachable)
+        facts = _facts(contact)
         rules = store.policy.rules()
         history = ob.send_history(conn, [contact_id], now - max(rules.marketing_cap_window, rules.cart_quiet_after_order)).get(contact_id, SendHistory())
         decision = check(category=category or "utility", kind="template", journey=journey, contact=facts, history=history, rules=rules, tz=store.tz, now=when)
@@ -101,13 +111,8 @@ def queue_free_form(
     rendered template is kept beside the message: if WhatsApp answers 131047 (the window
     had closed after all), the same step goes out as that template instead.
     """
-    contact = conn.execute(
-        select(CONTACTS.c.phone_e164, CONTACTS.c.consent_utility, CONTACTS.c.consent_marketing, CONTACTS.c.opted_out_at,
-               CONTACTS.c.last_inbound_at, CONTACTS.c.reachable).where(CONTACTS.c.id == contact_id, CONTACTS.c.store_id == store_id)
-    ).one_or_none()
-    if contact is None:
-        raise ValueError(f"contact {contact_id} does not belong to store {store.key}")
-    facts = ContactFacts(contact.consent_utility, contact.consent_marketing, contact.opted_out_at, contact.last_inbound_at, contact.reachable)
+    contact = _contact(conn, store, store_id, contact_id)
+    facts = _facts(contact)
     decision = check(category=category, kind=message.kind, journey=journey, contact=facts, history=SendHistory(),
                      rules=store.policy.rules(), tz=store.tz, now=now)
     reason = None if decision.allowed or decision.deferred else decision.reason

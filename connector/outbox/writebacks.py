@@ -20,6 +20,7 @@ import anyio.to_thread
 
 from connector.config import Settings
 from connector.errors import PermanentError, RetryableError
+from connector.outbox import loop
 from connector.outbox import store as ob
 from connector.outbox.retry import RetryPolicy, next_attempt_at
 from connector.storage.db import Database
@@ -86,26 +87,10 @@ class WriteBackDispatcher:
         return len(rows)
 
     async def drain(self, max_batches: int = 1000) -> int:
-        total = 0
-        for _ in range(max_batches):
-            n = await self.run_once()
-            total += n
-            if n == 0:
-                break
-        return total
+        return await loop.drain(self.run_once, max_batches)
 
     async def run_forever(self, stop: asyncio.Event, idle_seconds: float = 1.0) -> None:
-        while not stop.is_set():
-            try:
-                n = await self.run_once()
-            except Exception:
-                log.exception("write-back cycle failed; retrying")
-                n = 0
-            if n == 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=idle_seconds)
-                except asyncio.TimeoutError:
-                    pass
+        await loop.run_forever(self.run_once, stop, idle_seconds, log)
 
     async def _one(self, row: ob.Claimed) -> ob.Result:
         started = self.clock()
