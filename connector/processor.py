@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection, bindparam, or_, select, update
 
 from connector.config import Settings
 from connector.errors import NormalizationError
@@ -23,12 +23,22 @@ from connector.journeys.runner import JourneyRunner
 from connector.state import apply_event
 from connector.storage.db import Database
 from connector.storage.models import InboxEvent, utcnow
-from connector.storage.sql import INBOX, update_by_id
+from connector.storage.sql import INBOX
 
 log = logging.getLogger("storeloop.processor")
 
 Normalizer = Callable[[str, dict[str, Any], Any], list[Event]]
 Clock = Callable[[], datetime]
+
+
+def _mark_rows(conn: Connection, marks: list[tuple[int, dict[str, Any]]]) -> None:
+    """Write the batch's outcomes with one executemany per shape (done, ignored, failed...)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row_id, values in marks:
+        groups.setdefault(tuple(sorted(values)), []).append({**values, "_pk": row_id})
+    for fields, params in groups.items():
+        stmt = INBOX.update().where(INBOX.c.id == bindparam("_pk")).values({f: bindparam(f) for f in fields})
+        conn.execute(stmt, params)
 
 
 class InboxProcessor:
@@ -83,13 +93,13 @@ class InboxProcessor:
                 query = query.with_for_update(skip_locked=True)
             rows = list(conn.execute(query))
             started = time.perf_counter()
-            handled = 0
+            marks: list[tuple[int, dict[str, Any]]] = []
             for row in rows:
-                self._process_row(conn, row, now)
-                handled += 1
+                marks.append((row.id, self._process_row(conn, row, now)))
                 if time_budget is not None and time.perf_counter() - started > time_budget:
                     break  # the rest stay pending (and unlocked) for the next batch
-        return handled
+            _mark_rows(conn, marks)
+        return len(marks)
 
     def drain(self, max_batches: int = 1000) -> int:
         """Process until nothing is due (tests and the CLI use this)."""
@@ -101,7 +111,7 @@ class InboxProcessor:
                 break
         return total
 
-    def _process_row(self, conn: Connection, row: Any, now: datetime) -> None:
+    def _process_row(self, conn: Connection, row: Any, now: datetime) -> dict[str, Any]:
         store = self._stores[row.store_id]
         attempts = row.attempts + 1
         values: dict[str, Any]
@@ -120,7 +130,7 @@ class InboxProcessor:
                 "available_at": now + timedelta(seconds=min(300, 2**attempts)),
             }
         values.update(attempts=attempts, processed_at=now)
-        update_by_id(conn, INBOX, row.id, values)
+        return values
 
     def _apply(self, conn: Connection, row: Any, store: Any, now: datetime) -> dict[str, Any]:
         normalize = self.normalizers.get(row.source)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from connector import events as ev
 from connector.policy import keyword_intent
@@ -29,6 +29,15 @@ class Outcome:
     contact_id: int | None = None
     stale: bool = False
     held: str | None = None  # a reason to keep the row for a later feature (e.g. compliance)
+
+
+# prebuilt: these run for nearly every event (see storage/sql.py)
+_CONTACT_BY_PHONE = select(CONTACTS).where(CONTACTS.c.store_id == bindparam("sid"), CONTACTS.c.phone_key == bindparam("key"))
+_CONTACT_BY_ID = select(CONTACTS).where(CONTACTS.c.id == bindparam("cid"))
+_ORDER_VERSION = select(ORDERS.c.id, ORDERS.c.source_updated_at).where(
+    ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id == bindparam("oid"))
+_CHECKOUT_VERSION = select(CHECKOUTS.c.id, CHECKOUTS.c.source_updated_at, CHECKOUTS.c.completed_at).where(
+    CHECKOUTS.c.store_id == bindparam("sid"), CHECKOUTS.c.token == bindparam("token"))
 
 
 def _phone_key(phone: ev.Phone) -> str:
@@ -48,9 +57,7 @@ def upsert_contact(
     """Find or create the contact for a phone (or a WhatsApp id); fill in what we learn."""
     row = None
     if phone is not None:
-        row = conn.execute(
-            select(CONTACTS).where(CONTACTS.c.store_id == store_id, CONTACTS.c.phone_key == _phone_key(phone))
-        ).first()
+        row = conn.execute(_CONTACT_BY_PHONE, {"sid": store_id, "key": _phone_key(phone)}).first()
     if row is None and wa_id:
         row = conn.execute(select(CONTACTS).where(CONTACTS.c.store_id == store_id, CONTACTS.c.wa_id == wa_id)).first()
     if row is None and phone is None and customer is not None and customer.external_id:
@@ -107,7 +114,7 @@ def record_consent(
     only_if_unknown: bool = False,
 ) -> bool:
     """Set a consent state and keep its history; a change older than the stored one is ignored."""
-    contact = conn.execute(select(CONTACTS).where(CONTACTS.c.id == contact_id)).one()
+    contact = conn.execute(_CONTACT_BY_ID, {"cid": contact_id}).one()
     current = getattr(contact, f"consent_{category}")
     current_at = getattr(contact, f"consent_{category}_at")
     if only_if_unknown and current != "unknown":
@@ -147,11 +154,7 @@ def _line_rows(store_id: int, order_id: int, lines: tuple[ev.LineItem, ...]) -> 
 
 def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: int | None, now: datetime) -> bool:
     """Upsert an order and its lines; False (and nothing written) when the payload is stale."""
-    existing = conn.execute(
-        select(ORDERS.c.id, ORDERS.c.source_updated_at).where(
-            ORDERS.c.store_id == store_id, ORDERS.c.external_id == order.external_id
-        )
-    ).first()
+    existing = conn.execute(_ORDER_VERSION, {"sid": store_id, "oid": order.external_id}).first()
     if existing is not None and existing.source_updated_at > order.updated_at:
         return False
     values = {
@@ -198,11 +201,7 @@ def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: in
 
 
 def apply_checkout(conn: Connection, store_id: int, checkout: ev.Checkout, contact_id: int | None) -> bool:
-    existing = conn.execute(
-        select(CHECKOUTS.c.id, CHECKOUTS.c.source_updated_at, CHECKOUTS.c.completed_at).where(
-            CHECKOUTS.c.store_id == store_id, CHECKOUTS.c.token == checkout.token
-        )
-    ).first()
+    existing = conn.execute(_CHECKOUT_VERSION, {"sid": store_id, "token": checkout.token}).first()
     if existing is not None and existing.source_updated_at > checkout.updated_at:
         return False
     values = {

@@ -7,12 +7,13 @@ retried row finds the run it already started.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector import events as ev
@@ -37,17 +38,26 @@ def in_holdout(contact_id: int, journey: str, percent: float) -> bool:
     return int.from_bytes(digest[:4], "big") / 2**32 * 100 < percent
 
 
+_RUN = select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == bindparam("j"), RUNS.c.subject == bindparam("s"))
+_ORDER = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id == bindparam("oid"))
+_CONTACT_NAME_STAGE = select(CONTACTS.c.first_name, CONTACTS.c.stage).where(CONTACTS.c.id == bindparam("cid"))
+
+
+@functools.cache
+def _new_run_statement(dialect: str) -> Any:
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(RUNS)
+    return ins.on_conflict_do_nothing(index_elements=["store_id", "journey", "subject"]).returning(RUNS.c.id)
+
+
 def _run(conn: Connection, store_id: int, journey: str, subject: str) -> tuple[int, Run, bool] | None:
-    row = conn.execute(
-        select(RUNS).where(RUNS.c.store_id == store_id, RUNS.c.journey == journey, RUNS.c.subject == subject)
-    ).first()
+    row = conn.execute(_RUN, {"sid": store_id, "j": journey, "s": subject}).first()
     if row is None:
         return None
     return row.id, Run(journey, subject, row.status, dict(row.state or {}), row.next_due_at, row.contact_id, row.started_at), row.holdout
 
 
 def _order_facts(conn: Connection, store_id: int, order_id: str) -> OrderFacts | None:
-    o = conn.execute(select(ORDERS).where(ORDERS.c.store_id == store_id, ORDERS.c.external_id == order_id)).first()
+    o = conn.execute(_ORDER, {"sid": store_id, "oid": order_id}).first()
     if o is None:
         return None
     return OrderFacts(o.external_id, o.name, o.is_cod, o.payment_state, o.fulfillment_state, o.total, o.currency,
@@ -91,7 +101,10 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
         contact_id = conn.execute(select(ORDERS.c.contact_id).where(ORDERS.c.store_id == store_id, ORDERS.c.external_id == order_id)).scalar()
     first_name = None
     if contact_id is not None:
-        first_name = conn.execute(select(CONTACTS.c.first_name).where(CONTACTS.c.id == contact_id)).scalar()
+        person = conn.execute(_CONTACT_NAME_STAGE, {"cid": contact_id}).first()
+        if person is not None:
+            first_name = person.first_name
+            extra["stage"] = person.stage
     return Facts(store_name=store.name or store.key, contact_id=contact_id, first_name=first_name, order=order,
                  fulfillment=fulfillment, extra=extra)
 
@@ -102,7 +115,7 @@ class JourneyRunner:
         applied = 0
         facts = _facts(conn, store, store_id, event, contact_id, None)
         if facts.contact_id is not None:
-            current = conn.execute(select(CONTACTS.c.stage).where(CONTACTS.c.id == facts.contact_id)).scalar()
+            current = facts.extra.get("stage")
             stage = stage_after(event, current or "entry")
             if stage is not None and stage != current:
                 update_by_id(conn, CONTACTS, facts.contact_id, {"stage": stage, "updated_at": now})
@@ -152,21 +165,34 @@ class JourneyRunner:
         state = dict(found[1].state) if found else {}
         values: dict[str, Any] = {}
         handoffs: list[HandoffRequest] = []
+        created = False
+        start = next((c for c in commands if isinstance(c, Start)), None) if run_id is None else None
+        if start is not None:
+            # fold the run's fields first, so a new run is one INSERT, not an INSERT and an UPDATE
+            holdout = start.contact_id is not None and in_holdout(start.contact_id, journey, config.holdout_percent)
+            contact_id = start.contact_id
+            state, status, due = dict(start.state), "active", None
+            for cmd in commands:
+                if isinstance(cmd, Update):
+                    state.update(cmd.state)
+                elif isinstance(cmd, Wake):
+                    due = cmd.at
+                elif isinstance(cmd, Finish):
+                    state["outcome"], status = cmd.outcome, "finished"
+                elif isinstance(cmd, Handoff):
+                    state.update(handoff_reason=cmd.reason, handoff_at=now.isoformat())
+                    status = "handoff"
+            run_id = conn.execute(
+                _new_run_statement(conn.dialect.name),
+                dict(store_id=store_id, journey=journey, subject=subject[:160], contact_id=contact_id, status=status,
+                     state=state, holdout=holdout, started_at=now, updated_at=now, next_due_at=due),
+            ).scalar()
+            if run_id is None:  # raced with another worker: theirs is the run
+                return 0
+            created = True
         for cmd in commands:
             if isinstance(cmd, Start):
-                if run_id is not None:
-                    continue
-                holdout = cmd.contact_id is not None and in_holdout(cmd.contact_id, journey, config.holdout_percent)
-                contact_id = cmd.contact_id
-                state = dict(cmd.state)
-                ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(RUNS)
-                run_id = conn.execute(
-                    ins.on_conflict_do_nothing(index_elements=["store_id", "journey", "subject"]).returning(RUNS.c.id),
-                    dict(store_id=store_id, journey=journey, subject=subject[:160], contact_id=contact_id, status="active",
-                         state=state, holdout=holdout, started_at=now, updated_at=now, next_due_at=None),
-                ).scalar()
-                if run_id is None:  # raced with another worker: theirs is the run
-                    return 0
+                continue
             elif isinstance(cmd, Send):
                 if contact_id is None:
                     continue
@@ -196,7 +222,7 @@ class JourneyRunner:
                 state.update(handoff_reason=cmd.reason, handoff_at=now.isoformat())
                 values.update(status="handoff", state=state)
                 handoffs.append(HandoffRequest(f"{journey}:{subject}", cmd.reason, journey, subject))
-        if values and run_id is not None:
+        if values and run_id is not None and not created:
             values["updated_at"] = now
             update_by_id(conn, RUNS, run_id, values)
         for req in handoffs:  # after the run update, so the hand-off's context shows it

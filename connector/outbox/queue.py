@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from connector.config import ShopifyStore, WooCommerceStore
 from connector.messages import InteractiveButtons, TextMessage
@@ -28,12 +28,14 @@ class Queued:
     reason: str | None = None
 
 
+_CONTACT = select(CONTACTS.c.phone_e164, CONTACTS.c.consent_utility, CONTACTS.c.consent_marketing, CONTACTS.c.opted_out_at,
+                  CONTACTS.c.last_inbound_at, CONTACTS.c.reachable).where(
+    CONTACTS.c.id == bindparam("cid"), CONTACTS.c.store_id == bindparam("sid"))
+
+
 def _contact(conn: Connection, store: ShopifyStore | WooCommerceStore, store_id: int, contact_id: int):  # type: ignore[no-untyped-def]
     """The contact's phone and the facts the gate needs; it must belong to this store."""
-    contact = conn.execute(
-        select(CONTACTS.c.phone_e164, CONTACTS.c.consent_utility, CONTACTS.c.consent_marketing, CONTACTS.c.opted_out_at,
-               CONTACTS.c.last_inbound_at, CONTACTS.c.reachable).where(CONTACTS.c.id == contact_id, CONTACTS.c.store_id == store_id)
-    ).one_or_none()
+    contact = conn.execute(_CONTACT, {"cid": contact_id, "sid": store_id}).one_or_none()
     if contact is None:
         raise ValueError(f"contact {contact_id} does not belong to store {store.key}")
     return contact

@@ -9,11 +9,12 @@ settles it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector.policy import ContactFacts, SendHistory
@@ -35,6 +36,23 @@ def outbox_id_from_callback(data: str | None) -> int | None:
     return None
 
 
+@functools.cache
+def _enqueue_statement(dialect: str) -> Any:
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(OUTBOX)
+    return ins.on_conflict_do_nothing(index_elements=["store_id", "idempotency_key"]).returning(OUTBOX.c.id)
+
+
+_HISTORY = (
+    select(OUTBOX.c.contact_id, OUTBOX.c.category, OUTBOX.c.journey, OUTBOX.c.updated_at)
+    .where(
+        OUTBOX.c.contact_id.in_(bindparam("cids", expanding=True)),
+        OUTBOX.c.status.in_(SENT_STATES),
+        OUTBOX.c.updated_at >= bindparam("since"),
+        or_(OUTBOX.c.category == "marketing", OUTBOX.c.journey.in_(CONFIRMATION_JOURNEYS)),
+    )
+)
+
+
 def enqueue(
     conn: Connection,
     *,
@@ -51,8 +69,7 @@ def enqueue(
     skip_reason: str | None = None,
 ) -> int | None:
     """Insert once per idempotency key; returns the new id, or None if the key exists."""
-    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(OUTBOX)
-    stmt = ins.on_conflict_do_nothing(index_elements=["store_id", "idempotency_key"]).returning(OUTBOX.c.id)
+    stmt = _enqueue_statement(conn.dialect.name)
     row = dict(
         store_id=store_id,
         idempotency_key=key[:255],
@@ -95,15 +112,7 @@ def send_history(conn: Connection, contact_ids: list[int], since: datetime) -> d
     """Marketing sends and order confirmations per contact since ``since`` (one query)."""
     if not contact_ids:
         return {}
-    rows = conn.execute(
-        select(OUTBOX.c.contact_id, OUTBOX.c.category, OUTBOX.c.journey, OUTBOX.c.updated_at)
-        .where(
-            OUTBOX.c.contact_id.in_(contact_ids),
-            OUTBOX.c.status.in_(SENT_STATES),
-            OUTBOX.c.updated_at >= since,
-            or_(OUTBOX.c.category == "marketing", OUTBOX.c.journey.in_(CONFIRMATION_JOURNEYS)),
-        )
-    )
+    rows = conn.execute(_HISTORY, {"cids": list(contact_ids), "since": since})
     marketing: dict[int, list[datetime]] = {}
     confirmed: dict[int, datetime] = {}
     for r in rows:

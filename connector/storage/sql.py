@@ -7,6 +7,7 @@ row costs a dict instead of a fresh statement (measured: 3-5x faster per process
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam
@@ -29,14 +30,30 @@ HANDOFFS: Table = m.Handoff.__table__  # type: ignore[assignment]
 LEASES: Table = m.Lease.__table__  # type: ignore[assignment]
 
 
+@functools.cache
+def _insert(table: Table) -> Any:
+    return table.insert()
+
+
+@functools.cache
+def _insert_returning(table: Table) -> Any:
+    return table.insert().returning(table.c.id)
+
+
+@functools.cache
+def _update(table: Table, fields: tuple[str, ...]) -> Any:
+    return table.update().where(table.c.id == bindparam("_pk")).values({f: bindparam(f) for f in fields})
+
+
 def insert_row(conn: Connection, table: Table, row: dict[str, Any]) -> None:
-    conn.execute(table.insert(), row)
+    conn.execute(_insert(table), row)
 
 
 def insert_id(conn: Connection, table: Table, row: dict[str, Any]) -> int:
-    return conn.execute(table.insert().returning(table.c.id), row).scalar_one()
+    return conn.execute(_insert_returning(table), row).scalar_one()
 
 
 def update_by_id(conn: Connection, table: Table, row_id: int, values: dict[str, Any]) -> None:
     if values:
-        conn.execute(table.update().where(table.c.id == bindparam("_pk")), {"_pk": row_id, **values})
+        conn.execute(_update(table, tuple(sorted(values))), {"_pk": row_id, **values})
+
