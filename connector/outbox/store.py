@@ -233,54 +233,70 @@ class Result:
     label: str | None = None
 
 
+@functools.cache
+def _record_statement(fields: tuple[str, ...]) -> Any:
+    """Settle a claimed row: only while it is still ours ('sending'); a status webhook may have won."""
+    return (OUTBOX.update().where(OUTBOX.c.id == bindparam("_pk"), OUTBOX.c.status == "sending")
+            .values({f: bindparam(f) for f in fields}))
+
+
+@functools.cache
+def _message_statement(dialect: str) -> Any:
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(MESSAGES)
+    return ins.on_conflict_do_nothing(index_elements=["store_id", "wamid"])
+
+
+_LEARN_WA_ID = CONTACTS.update().where(CONTACTS.c.id == bindparam("_cid"), CONTACTS.c.wa_id.is_(None)).values(wa_id=bindparam("wa_id"))
+
+
 def record(db: Database, results: list[Result], now: datetime) -> None:
+    """Write a batch's outcomes: a few executemany statements, whatever the batch size."""
     if not results:
         return
+    updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    attempts: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    wa_ids: list[dict[str, Any]] = []
+    for res in results:
+        r = res.row
+        values: dict[str, Any] = {"updated_at": now, "lease_until": None, "leased_by": None}
+        tried = res.outcome in ("sent", "dry_run", "retry", "failed", "uncertain")
+        if tried:
+            values["attempts"] = r.attempts + 1
+        if res.outcome in ("sent", "dry_run"):
+            values.update(status=res.outcome, wamid=res.wamid, last_error=None)
+        elif res.outcome == "retry":
+            values.update(status="pending", due_at=res.due_at, last_error=res.error_detail)
+        elif res.outcome == "deferred":
+            values.update(status="pending", due_at=res.due_at, skip_reason=None)
+        elif res.outcome == "skipped":
+            values.update(status="skipped", skip_reason=res.error_detail)
+        else:  # failed | uncertain
+            values.update(status=res.outcome, last_error=res.error_detail)
+        updates.setdefault(tuple(sorted(values)), []).append({**values, "_pk": r.id})
+        if tried:
+            attempts.append({
+                "store_id": r.store_id, "outbox_id": r.id, "started_at": res.started_at, "duration_ms": res.duration_ms,
+                "outcome": res.outcome, "error_code": res.error_code,
+                "error_detail": (res.error_detail or None) and res.error_detail[:255],
+            })
+        if res.outcome in ("sent", "dry_run") and res.wamid:
+            messages.append({
+                "store_id": r.store_id, "contact_id": r.contact_id, "direction": "out", "wamid": res.wamid,
+                "kind": (res.kind or "template")[:32], "body": res.label, "status": res.outcome, "error_code": None,
+                "outbox_id": r.id, "occurred_at": res.started_at, "updated_at": now,
+            })
+            if res.wa_id and r.contact_id is not None:
+                wa_ids.append({"_cid": r.contact_id, "wa_id": res.wa_id})
     with db.write_lock(), db.engine.begin() as conn:
-        attempts: list[dict[str, Any]] = []
-        messages: list[dict[str, Any]] = []
-        for res in results:
-            r = res.row
-            values: dict[str, Any] = {"updated_at": now, "lease_until": None, "leased_by": None}
-            tried = res.outcome in ("sent", "dry_run", "retry", "failed", "uncertain")
-            if tried:
-                values["attempts"] = r.attempts + 1
-            if res.outcome in ("sent", "dry_run"):
-                values.update(status=res.outcome, wamid=res.wamid, last_error=None)
-            elif res.outcome == "retry":
-                values.update(status="pending", due_at=res.due_at, last_error=res.error_detail)
-            elif res.outcome == "deferred":
-                values.update(status="pending", due_at=res.due_at, skip_reason=None)
-            elif res.outcome == "skipped":
-                values.update(status="skipped", skip_reason=res.error_detail)
-            else:  # failed | uncertain
-                values.update(status=res.outcome, last_error=res.error_detail)
-            conn.execute(
-                update(OUTBOX).where(and_(OUTBOX.c.id == r.id, OUTBOX.c.status == "sending")).values(**values)
-            )
-            if tried:
-                attempts.append(
-                    {
-                        "store_id": r.store_id, "outbox_id": r.id, "started_at": res.started_at,
-                        "duration_ms": res.duration_ms, "outcome": res.outcome, "error_code": res.error_code,
-                        "error_detail": (res.error_detail or None) and res.error_detail[:255],
-                    }
-                )
-            if res.outcome in ("sent", "dry_run") and res.wamid:
-                messages.append(
-                    {
-                        "store_id": r.store_id, "contact_id": r.contact_id, "direction": "out", "wamid": res.wamid,
-                        "kind": (res.kind or "template")[:32], "body": res.label, "status": res.outcome,
-                        "outbox_id": r.id, "occurred_at": res.started_at, "updated_at": now,
-                    }
-                )
-                if res.wa_id and r.contact_id is not None:
-                    conn.execute(update(CONTACTS).where(CONTACTS.c.id == r.contact_id, CONTACTS.c.wa_id.is_(None)).values(wa_id=res.wa_id))
+        for fields, params in updates.items():
+            conn.execute(_record_statement(fields), params)
         if attempts:
             conn.execute(insert(ATTEMPTS), attempts)
-        for msg in messages:  # a status webhook may have beaten us to it (settled an uncertain send)
-            ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(MESSAGES)
-            conn.execute(ins.values(**msg).on_conflict_do_nothing(index_elements=["store_id", "wamid"]))
+        if messages:  # a status webhook may have beaten us to it (settled an uncertain send)
+            conn.execute(_message_statement(conn.dialect.name), messages)
+        if wa_ids:
+            conn.execute(_LEARN_WA_ID, wa_ids)
 
 
 def heartbeat(db: Database, name: str, holder: str, now: datetime, ttl: timedelta, prefix: str = "dispatcher:") -> int:
