@@ -201,6 +201,91 @@ def demo(
     raise typer.Exit(code)
 
 
+def _parse_since(value: str, now: datetime) -> datetime:
+    """``365d`` / ``12h`` back from now, or an ISO date / datetime (UTC when naive)."""
+    import re
+    from datetime import datetime, timedelta, timezone
+
+    text = value.strip()
+    m = re.fullmatch(r"(\d+)\s*([dh])", text, re.IGNORECASE)
+    if m:
+        n = int(m.group(1))
+        return now - (timedelta(days=n) if m.group(2).lower() == "d" else timedelta(hours=n))
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: use Nd, Nh or an ISO date like 2026-01-31") from None
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+@app.command()
+def sync(
+    config: ConfigOpt = Path("storeloop.toml"),
+    store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
+    backfill: Annotated[bool, typer.Option("--backfill", help="read from --since (default 365d) instead of the stored cursor")] = False,
+    since: Annotated[Optional[str], typer.Option(help="backfill start: Nd, Nh or an ISO date (implies --backfill)")] = None,
+) -> None:
+    """Reconcile a store's orders once: fetch what changed since the last run into the inbox."""
+    from datetime import datetime, timezone
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from connector.storage.db import Database, ensure_schema
+    from connector.storage.inbox import sync_stores
+    from connector.sync import SyncError, SyncReport, reconcile_orders
+    from jobs.scheduler import has_credentials, make_client
+
+    settings = _load(config)
+    chosen = next((s for s in settings.stores if s.key == store), None)
+    if chosen is None:
+        known = ", ".join(s.key for s in settings.stores) or "none configured"
+        console.print(f"[bold red]unknown store {store!r}[/] (stores: {known})")
+        raise typer.Exit(2)
+    if not has_credentials(chosen):
+        what = "access_token" if chosen.platform == "shopify" else "consumer_key and consumer_secret"
+        console.print(f"[bold red]store {store!r} has no API credentials:[/] set {what} to sync")
+        raise typer.Exit(2)
+    now = datetime.now(timezone.utc)
+    start = _parse_since(since, now) if since else (_parse_since("365d", now) if backfill else None)
+    db = Database.from_url(settings.database.url)
+    try:
+        try:
+            ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
+        except SchemaNotReadyError as exc:
+            console.print(f"[bold red]refusing to sync:[/] {exc}")
+            raise typer.Exit(3) from None
+        store_id = sync_stores(db, [(s.key, s.platform) for s in settings.stores])[chosen.key]
+
+        async def run() -> SyncReport:
+            with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+                task = bar.add_task(f"{chosen.key}: starting", total=None)
+
+                def progress(report: SyncReport) -> None:
+                    bar.update(task, description=f"{chosen.key}: {report.orders_seen} order(s), {report.pages} page(s), "
+                                                 f"{report.new_rows} new")
+
+                async with make_client(chosen) as client:
+                    return await reconcile_orders(db, chosen, store_id, client, now=now, since=start, progress=progress)
+
+        try:
+            report = asyncio.run(run())
+        except SyncError as exc:
+            console.print(f"[bold red]sync stopped:[/] {exc}")
+            raise typer.Exit(1) from None
+        except Exception as exc:  # RetryableError / PermanentError from the platform: short, secret-free messages
+            console.print(f"[bold red]sync failed:[/] {exc.__class__.__name__}: {exc}")
+            raise typer.Exit(1) from None
+    finally:
+        db.dispose()
+    table = Table("field", "value")
+    for key, value in report.as_dict().items():
+        table.add_row(key, str(value))
+    Console().print(table)
+    if report.new_rows:
+        console.print(f"{report.new_rows} new inbox row(s); a running worker processes them")
+
+
 def main() -> None:
     app()
 

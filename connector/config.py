@@ -76,6 +76,7 @@ class WorkerSettings(_Settings):
     inbox_batch_size: int = Field(100, ge=1, le=5000)
     inbox_max_attempts: int = Field(5, ge=1, le=100)
     raw_body_retention_days: int = Field(30, ge=1)
+    reconcile_minutes: float = Field(15, gt=0, description="how often orders are reconciled with each store's API")
 
 
 class PolicySettings(_Settings):

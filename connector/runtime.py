@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 from datetime import datetime
 
 import anyio.to_thread
@@ -54,7 +55,7 @@ class Runtime:
         self.stores_by_phone_id = {s.whatsapp_phone_number_id: s for s in settings.stores if s.whatsapp_phone_number_id}
         self.shopify = ShopifyWebhooks(s for s in settings.stores if isinstance(s, ShopifyStore))
         self.store_ids: dict[str, int] = {}
-        self.writer = InboxWriter(self.db, max_batch=settings.database.group_commit_max, on_commit=self._wake)
+        self.writer = InboxWriter(self.db, max_batch=settings.database.group_commit_max, on_commit=self.wake)
         self.processor: InboxProcessor | None = None
         self.dispatcher: Dispatcher | None = None
         self.sender = sender or self._default_sender()
@@ -63,6 +64,7 @@ class Runtime:
         self._writeback_task: asyncio.Task[None] | None = None
         self._notify_task: asyncio.Task[None] | None = None
         self.notifier: NotifyDispatcher | None = None
+        self.scheduler: Any = None
         self.writers = writers
         self._wakeup = asyncio.Event()
         self._worker_task: asyncio.Task[None] | None = None
@@ -97,7 +99,7 @@ class Runtime:
                 writers[sid] = DryRunWriter()
         return writers
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         self._wakeup.set()
 
     async def start(self) -> None:
@@ -121,9 +123,15 @@ class Runtime:
             self._dispatch_task = asyncio.create_task(self.dispatcher.run_forever(self._dispatch_stop), name="outbox-dispatcher")
             self._writeback_task = asyncio.create_task(self.writebacks.run_forever(self._dispatch_stop), name="store-writebacks")
             self._notify_task = asyncio.create_task(self.notifier.run_forever(self._dispatch_stop), name="handoff-notify")
+            from jobs.scheduler import build_scheduler
+
+            self.scheduler = build_scheduler(self)
+            self.scheduler.start()
 
     async def stop(self) -> None:
         self._stopping = True
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
         await self.writer.stop()
         if self._worker_task is not None:
             self._worker_task.cancel()

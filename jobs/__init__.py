@@ -1,0 +1,1 @@
+"""Periodic jobs (reconciliation) scheduled with APScheduler; see jobs/scheduler.py."""

@@ -96,6 +96,7 @@ _COMPLIANCE = {
     "shop/redact": ("shop_redact", "orders_to_redact"),
 }
 
+SYNC_ORDER_TOPIC = "sync/order"
 SMS_SOURCE = "shopify_sms_marketing"
 WHATSAPP_SOURCE = "shopify_whatsapp_marketing"
 
@@ -104,6 +105,10 @@ WHATSAPP_SOURCE = "shopify_whatsapp_marketing"
 def normalize(topic: str, body: dict, store: ShopifyStore) -> list[Event]:
     """Translate one Shopify webhook (``X-Shopify-Topic`` + JSON body) into events."""
     data = as_object(body, "body")
+    if topic == SYNC_ORDER_TOPIC:  # a GraphQL order node stored by the reconciliation job
+        from adapters.shopify import graphql
+
+        return graphql.normalize_node(data, store)
     if topic in _ORDER_EVENTS:
         return [_ORDER_EVENTS[topic](order=_order(data, store))]
     handler = _HANDLERS.get(topic)

@@ -1,0 +1,305 @@
+"""Shopify Admin GraphQL for the reconciliation job: the orders query and a node normaliser.
+
+Webhook delivery is not guaranteed (platform-facts.md A1), so ``connector.sync`` pages
+through ``orders(sortKey: UPDATED_AT, query: "updated_at:>='…'")`` (A6) and stores each
+node in the inbox with topic ``sync/order``; the worker turns it into events here with the
+same rules as the webhook normaliser (``adapters/shopify/normalize.py``): COD by gateway
+name, phones parsed with the address country, numeric ids taken from the gids.
+
+Field names checked against the GraphQL Admin reference (API 2026-07): ``statusPageUrl``
+(since 2024-10), ``displayFinancialStatus`` (OrderDisplayFinancialStatus: AUTHORIZED,
+EXPIRED, PAID, PARTIALLY_PAID, PARTIALLY_REFUNDED, PENDING, REFUNDED, VOIDED),
+``checkoutToken`` (new in 2026-07, changelog 2026-05-15). ``Customer.phone`` /
+``Customer.email`` are the older single-value fields **[VERIFY they are still served in
+2026-07; the replacements are defaultPhoneNumber / defaultEmailAddress]**.
+
+Query cost (A7): a connection costs ``2 + first × (cost of one node)``, an object 1, a
+scalar or enum 0, and a single query may not ask for more than 1,000 points **[VERIFY]**.
+One order node here is ``8 + 5 × lines`` points, so ``orders(first: 100)`` with
+``lineItems(first: 50)`` (25,802 points) would be refused outright. The page size is
+therefore derived from the cost (``page_size_for``); an order with more line items than
+the page query asks for is completed with ``ORDER_LINES_QUERY``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from adapters._parse import (
+    as_object,
+    first_str,
+    get_bool,
+    get_datetime,
+    get_decimal,
+    get_int,
+    get_list,
+    get_obj,
+    get_objects,
+    get_str,
+    req_datetime,
+    req_str,
+)
+from connector.config import ShopifyStore
+from connector.contacts import normalize_phone
+from connector.errors import NormalizationError
+from connector.events import (
+    Customer,
+    Event,
+    FulfillmentState,
+    LineItem,
+    Order,
+    OrderCancelled,
+    OrderPlaced,
+    OrderUpdated,
+    PaymentState,
+)
+
+MAX_QUERY_COST = 1000  # single-query ceiling (A7) [VERIFY]
+LINES_PER_ORDER = 10  # line items fetched with the page; more are fetched per order
+LINES_PAGE = 50
+MARKER = "_storeloop"  # added by the sync job to the stored node: {"placed": true} = first sight of a fresh order
+
+_LINE_FIELDS = """
+      id quantity title sku
+      variant { id }
+      product { id }
+      originalUnitPriceSet { shopMoney { amount } }
+"""
+
+ORDERS_QUERY = (
+    """
+query StoreloopReconcileOrders($first: Int!, $cursor: String, $q: String, $lines: Int!) {
+  orders(first: $first, after: $cursor, sortKey: UPDATED_AT, query: $q) {
+    pageInfo { hasNextPage endCursor }
+    nodes {
+      id name createdAt updatedAt cancelledAt
+      displayFinancialStatus displayFulfillmentStatus paymentGatewayNames
+      email phone currencyCode statusPageUrl tags test checkoutToken customerLocale
+      currentTotalPriceSet { shopMoney { amount currencyCode } }
+      customer { id firstName lastName email phone }
+      shippingAddress { phone countryCodeV2 firstName lastName }
+      billingAddress { phone countryCodeV2 firstName lastName }
+      lineItems(first: $lines) {
+        pageInfo { hasNextPage endCursor }
+        nodes {"""
+    + _LINE_FIELDS
+    + """        }
+      }
+    }
+  }
+}
+"""
+)
+
+ORDER_LINES_QUERY = (
+    """
+query StoreloopOrderLines($id: ID!, $after: String, $lines: Int!) {
+  order(id: $id) {
+    id
+    lineItems(first: $lines, after: $after) {
+      pageInfo { hasNextPage endCursor }
+      nodes {"""
+    + _LINE_FIELDS
+    + """      }
+    }
+  }
+}
+"""
+)
+
+
+def node_cost(lines: int = LINES_PER_ORDER) -> int:
+    """Requested cost of one order node: itself, customer, 2 addresses, price set + money,
+    and the line item connection (2 + lines × (item, variant, product, price set, money))."""
+    return 1 + 1 + 2 + 2 + 2 + lines * 5
+
+
+def page_size_for(page_size: int, lines: int = LINES_PER_ORDER) -> int:
+    """The largest ``first`` <= page_size whose requested cost stays under the ceiling."""
+    fit = (MAX_QUERY_COST - 2) // node_cost(lines)
+    return max(1, min(int(page_size), fit))
+
+
+def query_cost(first: int, lines: int = LINES_PER_ORDER) -> int:
+    return 2 + first * node_cost(lines)
+
+
+LINES_QUERY_COST = 1 + 2 + LINES_PAGE * 5
+
+
+def legacy_id(gid: Any, where: str) -> str | None:
+    """``gid://shopify/Order/123`` -> ``"123"`` (a plain id passes through)."""
+    if gid is None:
+        return None
+    if isinstance(gid, bool) or not isinstance(gid, (str, int)):
+        raise NormalizationError(f"{where}: expected an id")
+    text = str(gid).strip()
+    if not text:
+        return None
+    tail = text.rsplit("/", 1)[-1].split("?", 1)[0]
+    if not tail:
+        raise NormalizationError(f"{where}: malformed gid")
+    return tail
+
+
+# OrderDisplayFinancialStatus lower-cased = the REST financial_status values; EXPIRED -> other.
+_PAYMENT_STATES = {s.value: s for s in PaymentState if s not in (PaymentState.OTHER, PaymentState.FAILED)}
+
+# OrderDisplayFulfillmentStatus. REST reports ``null`` (unfulfilled) for the open/in-progress
+# states, so they map to UNFULFILLED like the webhook's null; RESTOCKED is "other".
+_FULFILLMENT_STATES = {
+    "UNFULFILLED": FulfillmentState.UNFULFILLED,
+    "PENDING_FULFILLMENT": FulfillmentState.UNFULFILLED,
+    "OPEN": FulfillmentState.UNFULFILLED,
+    "IN_PROGRESS": FulfillmentState.UNFULFILLED,
+    "ON_HOLD": FulfillmentState.UNFULFILLED,
+    "SCHEDULED": FulfillmentState.UNFULFILLED,
+    "REQUEST_DECLINED": FulfillmentState.UNFULFILLED,
+    "PARTIALLY_FULFILLED": FulfillmentState.PARTIAL,
+    "FULFILLED": FulfillmentState.FULFILLED,
+}
+
+
+def order_id_of(node: dict[str, Any]) -> str:
+    oid = legacy_id(node.get("id"), "id")
+    if oid is None:
+        raise NormalizationError("id: missing")
+    return oid
+
+
+def normalize_node(node: dict, store: ShopifyStore) -> list[Event]:
+    """One ``orders.nodes[]`` item (as stored by the sync job) -> one order event.
+
+    ``OrderCancelled`` when ``cancelledAt`` is set; ``OrderPlaced`` when the sync job saw
+    the order for the first time while it was fresh (marker ``_storeloop.placed``: its
+    ``orders/create`` webhook never arrived, and the journeys start on OrderPlaced);
+    otherwise ``OrderUpdated``.
+    """
+    data = as_object(node, "body")
+    order = _order(data, store)
+    if order.cancelled_at is not None:
+        return [OrderCancelled(order=order)]
+    marker = get_obj(data, MARKER) or {}
+    if marker.get("placed") is True:
+        return [OrderPlaced(order=order)]
+    return [OrderUpdated(order=order)]
+
+
+def _money(o: dict[str, Any], key: str, where: str = "") -> Decimal | None:
+    price_set = get_obj(o, key, where) or {}
+    money = get_obj(price_set, "shopMoney", f"{where}.{key}" if where else key) or {}
+    return get_decimal(money, "amount", f"{key}.shopMoney")
+
+
+def _order(o: dict[str, Any], store: ShopifyStore) -> Order:
+    created_at = req_datetime(o, "createdAt")
+    financial = get_str(o, "displayFinancialStatus")
+    fulfillment = get_str(o, "displayFulfillmentStatus")
+    gateways = tuple(g for g in (_strings(o, "paymentGatewayNames")) if g.strip())
+    cod_names = set(store.cod_gateway_names())
+    total = _money(o, "currentTotalPriceSet")
+    if total is None:
+        raise NormalizationError("currentTotalPriceSet.shopMoney.amount: missing")
+    price_set = get_obj(get_obj(o, "currentTotalPriceSet") or {}, "shopMoney") or {}
+    currency = first_str(get_str(o, "currencyCode"), get_str(price_set, "currencyCode", "currentTotalPriceSet.shopMoney"))
+    status_url = get_str(o, "statusPageUrl")
+    return Order(
+        external_id=order_id_of(o),
+        name=req_str(o, "name"),
+        created_at=created_at,
+        updated_at=get_datetime(o, "updatedAt") or created_at,
+        cancelled_at=get_datetime(o, "cancelledAt"),
+        payment_state=_PAYMENT_STATES.get((financial or "").lower(), PaymentState.OTHER),
+        fulfillment_state=_FULFILLMENT_STATES.get((fulfillment or "").upper(), FulfillmentState.OTHER)
+        if fulfillment else FulfillmentState.UNFULFILLED,
+        platform_status=financial.lower() if financial else None,
+        is_cod=any(name.strip().lower() in cod_names for name in gateways),
+        gateway_names=gateways,
+        total=total,
+        currency=currency or "",
+        customer=_customer(o, store),
+        line_items=_line_items(o),
+        checkout_token=get_str(o, "checkoutToken"),
+        status_url=status_url,
+        payment_url=status_url,  # as for webhooks: the status page is where a pending payment is completed
+        tags=tuple(t.strip() for t in _strings(o, "tags") if t.strip()),
+        test=get_bool(o, "test"),
+    )
+
+
+def _strings(o: dict[str, Any], key: str) -> list[str]:
+    out = []
+    for i, value in enumerate(get_list(o, key)):
+        if not isinstance(value, str):
+            raise NormalizationError(f"{key}[{i}]: expected a string")
+        out.append(value)
+    return out
+
+
+def _customer(o: dict[str, Any], store: ShopifyStore) -> Customer:
+    """Phone: the order's, the customer's, the shipping then billing address's (as for webhooks),
+    parsed with the shipping (else billing) country, else the store's default."""
+    c = get_obj(o, "customer") or {}
+    shipping = get_obj(o, "shippingAddress") or {}
+    billing = get_obj(o, "billingAddress") or {}
+    country = (
+        get_str(shipping, "countryCodeV2", "shippingAddress")
+        or get_str(billing, "countryCodeV2", "billingAddress")
+        or store.default_country
+    )
+    raw_phone = first_str(
+        get_str(o, "phone"),
+        get_str(c, "phone", "customer"),
+        get_str(shipping, "phone", "shippingAddress"),
+        get_str(billing, "phone", "billingAddress"),
+    )
+    return Customer(
+        external_id=legacy_id(c.get("id"), "customer.id"),
+        first_name=first_str(get_str(c, "firstName", "customer"), get_str(billing, "firstName", "billingAddress"),
+                             get_str(shipping, "firstName", "shippingAddress")),
+        last_name=first_str(get_str(c, "lastName", "customer"), get_str(billing, "lastName", "billingAddress"),
+                            get_str(shipping, "lastName", "shippingAddress")),
+        email=first_str(get_str(o, "email"), get_str(c, "email", "customer")),
+        phone=normalize_phone(raw_phone, country),
+        country=country.upper(),
+        locale=get_str(o, "customerLocale"),
+    )
+
+
+def _line_items(o: dict[str, Any]) -> tuple[LineItem, ...]:
+    connection = get_obj(o, "lineItems") or {}
+    items = []
+    for where, li in get_objects(connection, "nodes", "lineItems"):
+        variant = get_obj(li, "variant", where) or {}
+        product = get_obj(li, "product", where) or {}
+        price = _money(li, "originalUnitPriceSet", where)
+        items.append(
+            LineItem(
+                external_id=legacy_id(li.get("id"), f"{where}.id"),
+                product_id=legacy_id(product.get("id"), f"{where}.product.id"),
+                variant_id=legacy_id(variant.get("id"), f"{where}.variant.id"),
+                sku=get_str(li, "sku", where),
+                title=get_str(li, "title", where) or "",
+                quantity=get_int(li, "quantity", where, default=1),
+                price=Decimal("0") if price is None else price,
+            )
+        )
+    return tuple(items)
+
+
+def lines_truncated(node: dict[str, Any]) -> str | None:
+    """The lineItems end cursor when the page query did not return all of an order's lines."""
+    connection = node.get("lineItems")
+    if not isinstance(connection, dict):
+        return None
+    info = connection.get("pageInfo")
+    if isinstance(info, dict) and info.get("hasNextPage") and isinstance(info.get("endCursor"), str):
+        return info["endCursor"]
+    return None
+
+
+__all__ = [
+    "LINES_PAGE", "LINES_PER_ORDER", "LINES_QUERY_COST", "MARKER", "MAX_QUERY_COST", "ORDERS_QUERY", "ORDER_LINES_QUERY",
+    "legacy_id", "lines_truncated", "node_cost", "normalize_node", "order_id_of", "page_size_for", "query_cost",
+]

@@ -1,0 +1,101 @@
+"""Periodic jobs on APScheduler 3 (in-memory job store): for now, order reconciliation.
+
+Thin wiring only. ``build_scheduler(runtime)`` returns an unstarted ``AsyncIOScheduler``
+with one job per store that has API credentials, ``reconcile:<store key>``, every
+``worker.reconcile_minutes``.
+Every worker may run a scheduler: each tick takes the database lease
+``job:reconcile:<store key>`` first, so the job runs once per tick across workers.
+Start it after ``runtime.start()`` (it needs ``runtime.store_ids``) and shut it down
+before ``runtime.stop()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from datetime import timedelta, timezone
+from typing import Any
+
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from connector.config import ShopifyStore, WooCommerceStore
+from connector.sync import reconcile_orders, run_periodic
+
+log = logging.getLogger("storeloop.jobs")
+
+LEASE_FRACTION = 0.8  # the lease outlives most of the interval, not the next tick
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def has_credentials(store: Any) -> bool:
+    if isinstance(store, ShopifyStore):
+        return store.access_token is not None and bool(store.access_token.get_secret_value())
+    if isinstance(store, WooCommerceStore):
+        return (store.consumer_key is not None and bool(store.consumer_key.get_secret_value())
+                and store.consumer_secret is not None and bool(store.consumer_secret.get_secret_value()))
+    return False
+
+
+def make_client(store: Any) -> Any:
+    """The platform API client for a store with credentials (the caller closes it)."""
+    if isinstance(store, ShopifyStore):
+        from adapters.shopify.client import ShopifyAdminClient
+
+        return ShopifyAdminClient(store)
+    from adapters.woocommerce.client import WooCommerceClient
+
+    return WooCommerceClient(store)
+
+
+def reconcile_minutes(settings: Any) -> float:
+    return float(settings.worker.reconcile_minutes)
+
+
+async def reconcile_store(runtime: Any, store: Any, holder: str, interval: timedelta) -> bool:
+    """One tick for one store: take the lease, reconcile, wake the processor."""
+    store_id = runtime.store_ids.get(store.key)
+    if store_id is None:
+        log.warning("reconcile %s: store not registered yet (runtime not started?)", store.key)
+        return False
+
+    async def job() -> None:
+        async with make_client(store) as client:
+            report = await reconcile_orders(runtime.db, store, store_id, client, now=runtime.clock())
+        if report.new_rows:
+            wake = getattr(runtime, "wake", None)
+            if wake is not None:
+                wake()
+
+    return await run_periodic(runtime.db, holder, f"job:reconcile:{store.key}", interval * LEASE_FRACTION, job)
+
+
+def build_scheduler(runtime: Any, *, holder: str | None = None) -> AsyncIOScheduler:
+    scheduler = AsyncIOScheduler(
+        jobstores={"default": MemoryJobStore()},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
+        timezone=timezone.utc,
+    )
+    holder = holder or worker_id()
+    minutes = reconcile_minutes(runtime.settings)
+    interval = timedelta(minutes=minutes)
+    skipped = []
+    for store in runtime.settings.stores:
+        if not has_credentials(store):
+            skipped.append(store.key)
+            continue
+        scheduler.add_job(
+            reconcile_store, "interval", minutes=minutes, id=f"reconcile:{store.key}", name=f"reconcile {store.key}",
+            args=[runtime, store, holder, interval], replace_existing=True, coalesce=True, max_instances=1,
+        )
+    if skipped:
+        log.info("order reconciliation off for %s: no API credentials", ", ".join(skipped))
+    return scheduler
+
+
+__all__ = ["build_scheduler", "has_credentials", "make_client", "reconcile_store", "worker_id"]
