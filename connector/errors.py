@@ -65,6 +65,10 @@ class SendError(StoreloopError):
         super().__init__(message)
 
 
+class SyncError(StoreloopError):
+    """A platform answered something a reconciliation run cannot continue from (a repeated cursor)."""
+
+
 class RetryableError(SendError):
     """May succeed later (network, 5xx, throttling): the outbox retries with backoff."""
 

@@ -36,11 +36,9 @@ silently as updates.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -48,8 +46,8 @@ import anyio.to_thread
 from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from adapters.shopify import graphql as gql
-from connector.errors import PermanentError, RetryableError
+from adapters.sync_page import OrderPager, SyncedOrder
+from connector.errors import RetryableError, SyncError  # noqa: F401  (SyncError is part of this module's API)
 from connector.storage.db import Database
 from connector.storage.inbox import InboxItem, write_items
 from connector.storage.models import Lease, Order, SyncCursor
@@ -62,14 +60,9 @@ DEFAULT_OVERLAP = timedelta(minutes=5)
 PLACED_WITHIN = timedelta(hours=24)
 MAX_ATTEMPTS = 5  # per page, for throttling / transient failures
 MAX_BACKOFF = 60.0
-WOO_NOT_PLACED = frozenset({"cancelled", "refunded", "failed", "trash", "checkout-draft"})
 
 Sleep = Callable[[float], Awaitable[Any]]
 Progress = Callable[["SyncReport"], None]
-
-
-class SyncError(RuntimeError):
-    """The platform answered something the sync cannot continue from (e.g. a repeated cursor)."""
 
 
 @dataclass(slots=True)
@@ -127,8 +120,15 @@ def _parse_ts(value: Any) -> datetime | None:
     return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
-def _iso(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def pager_for(store: Any, client: Any) -> OrderPager:
+    """The platform's order pager (the composition of core and adapters happens here)."""
+    if store.platform == "shopify":
+        from adapters.shopify.sync import ShopifyOrderPager
+
+        return ShopifyOrderPager(client, store.key)
+    from adapters.woocommerce.sync import WooOrderPager
+
+    return WooOrderPager(client)
 
 
 def _known_orders(db: Database, store_id: int, external_ids: Iterable[str]) -> set[str]:
@@ -166,12 +166,7 @@ async def reconcile_orders(
     report = SyncReport(store_key=store.key, platform=store.platform, cursor_before=stored)
     report.window_start = start - overlap
     job = _Job(db, store, store_id, client, now, report, progress, sleep, placed_within, max_attempts, stored)
-    if store.platform == "shopify":
-        await job.shopify(report.window_start, page_size)
-    elif store.platform == "woocommerce":
-        await job.woocommerce(report.window_start, page_size)
-    else:  # pragma: no cover - config only allows the two
-        raise ValueError(f"no reconciliation for platform {store.platform!r}")
+    await job.run(pager_for(store, client), report.window_start, page_size)
     log.info("reconciled %s: %d page(s), %d order(s), %d new, cursor %s -> %s", store.key, report.pages,
              report.orders_seen, report.new_rows, report.cursor_before, report.cursor_after)
     return report
@@ -190,7 +185,6 @@ class _Job:
     placed_within: timedelta
     max_attempts: int
     cursor: datetime | None
-    _seen_cursors: set[str] = field(default_factory=set)
 
     async def _write(self, items: list[InboxItem]) -> None:
         results = await anyio.to_thread.run_sync(write_items, self.db, items)
@@ -225,33 +219,20 @@ class _Job:
                 await self.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    # ---- Shopify ----------------------------------------------------------------------
-
-    async def shopify(self, window_start: datetime, page_size: int) -> None:
-        first = gql.page_size_for(page_size)
-        cost = gql.query_cost(first)
-        variables: dict[str, Any] = {"first": first, "cursor": None, "q": f"updated_at:>='{_iso(window_start)}'",
-                                     "lines": gql.LINES_PER_ORDER}
-        while True:
-            await self._budget(cost)
-            data = await self._retrying(lambda: self.client.graphql(gql.ORDERS_QUERY, dict(variables)))
-            connection = data.get("orders") if isinstance(data, dict) else None
-            if not isinstance(connection, dict):
-                raise PermanentError("orders: no connection in the response")
-            nodes = [n for n in (connection.get("nodes") or []) if isinstance(n, dict)]
-            for node in nodes:
-                after = gql.lines_truncated(node)
-                if after is not None:
-                    await self._complete_lines(node, after)
-            await self._store_shopify_page(nodes)
-            info = connection.get("pageInfo") or {}
-            end = info.get("endCursor")
-            if not info.get("hasNextPage") or not nodes:
-                return
-            if not isinstance(end, str) or not end or end in self._seen_cursors:
-                raise SyncError(f"{self.store.key}: Shopify returned a repeated or empty page cursor; stopping")
-            self._seen_cursors.add(end)
-            variables["cursor"] = end
+    async def run(self, pager: OrderPager, window_start: datetime, page_size: int) -> None:
+        """Write each page through the inbox; move the cursor after each commit when pages are
+        sorted by update time, else once at the end (never past the run's start)."""
+        newest: datetime | None = None
+        async for page in pager.pages(window_start, page_size, self._retrying, self._budget):
+            page_newest = await self._store_page(pager, page)
+            if page_newest is not None and (newest is None or page_newest > newest):
+                newest = page_newest
+            if pager.cursor_per_page and page_newest is not None:
+                await self._advance(page_newest)
+        if not pager.cursor_per_page and newest is not None:
+            await self._advance(min(newest, self.now))
+        if self.report.cursor_after is None:
+            self.report.cursor_after = self.cursor
 
     async def _budget(self, cost: float) -> None:
         waited = await self.client.wait_for_budget(cost)
@@ -259,116 +240,24 @@ class _Job:
             self.report.throttle_waits += 1
             self.report.throttle_seconds += waited
 
-    async def _complete_lines(self, node: dict[str, Any], after: str) -> None:
-        """Fetch the rest of an order's line items (orders with more than LINES_PER_ORDER)."""
-        nodes = list((node.get("lineItems") or {}).get("nodes") or [])
-        seen: set[str] = set()
-        while after:
-            if after in seen:
-                raise SyncError(f"{self.store.key}: repeated line item cursor for {node.get('id')}")
-            seen.add(after)
-            await self._budget(gql.LINES_QUERY_COST)
-            variables = {"id": node.get("id"), "after": after, "lines": gql.LINES_PAGE}
-            data = await self._retrying(lambda: self.client.graphql(gql.ORDER_LINES_QUERY, variables))
-            conn = ((data or {}).get("order") or {}).get("lineItems") or {}
-            nodes += [n for n in conn.get("nodes") or [] if isinstance(n, dict)]
-            info = conn.get("pageInfo") or {}
-            after = info.get("endCursor") if info.get("hasNextPage") else None
-        node["lineItems"] = {"pageInfo": {"hasNextPage": False, "endCursor": None}, "nodes": nodes}
-
-    async def _store_shopify_page(self, nodes: list[dict[str, Any]]) -> None:
-        ids = []
-        for node in nodes:
-            try:
-                ids.append(gql.order_id_of(node))
-            except Exception:
-                ids.append(None)
-        known = await anyio.to_thread.run_sync(_known_orders, self.db, self.store_id, [i for i in ids if i])
-        items: list[InboxItem] = []
-        newest: datetime | None = None
-        for node, oid in zip(nodes, ids):
-            updated_raw = node.get("updatedAt") if isinstance(node.get("updatedAt"), str) else None
-            updated = _parse_ts(updated_raw)
-            if updated is not None and (newest is None or updated > newest):
-                newest = updated
-            if oid is None or updated_raw is None:
-                # stored anyway: the processor marks it failed with a reason a human can read
-                oid = oid or "unknown"
-            body = dict(node)
-            created = _parse_ts(node.get("createdAt") if isinstance(node.get("createdAt"), str) else None)
-            if oid not in known and not node.get("cancelledAt") and self._fresh(created):
-                body[gql.MARKER] = {"placed": True}
-                self.report.placed += 1
-            items.append(InboxItem(
-                store_id=self.store_id, source="shopify", topic="sync/order",
-                dedupe_key=f"shopify:sync:{oid}:{updated_raw}"[:255],
-                raw_body=json.dumps(body, separators=(",", ":")).encode(),
-                headers={"x-storeloop-sync": "orders"}, triggered_at=updated,
-            ))
-        await self._write(items)
-        self.report.pages += 1
-        self.report.orders_seen += len(nodes)
-        if newest is not None:
-            await self._advance(newest)
-        elif self.report.cursor_after is None:
-            self.report.cursor_after = self.cursor
-        if self.progress is not None:
-            self.progress(self.report)
-
-    # ---- WooCommerce ------------------------------------------------------------------
-
-    async def woocommerce(self, window_start: datetime, page_size: int) -> None:
-        per_page = max(1, min(100, int(page_size)))
-        page, total = 1, 1
-        newest: datetime | None = None
-        while page <= total:
-            orders, total = await self._retrying(
-                lambda: self.client.get_orders(modified_after=window_start, page=page, per_page=per_page)
-            )
-            page_newest = await self._store_woo_page(orders)
-            if page_newest is not None and (newest is None or page_newest > newest):
-                newest = page_newest
-            if not orders:
-                break
-            page += 1
-        if newest is not None:
-            await self._advance(min(newest, self.now))
-        else:
-            self.report.cursor_after = self.cursor
-
-    async def _store_woo_page(self, orders: list[dict[str, Any]]) -> datetime | None:
-        orders = [o for o in orders if isinstance(o, dict)]
+    async def _store_page(self, pager: OrderPager, page: list[SyncedOrder]) -> datetime | None:
         known = await anyio.to_thread.run_sync(
-            _known_orders, self.db, self.store_id, [str(o.get("id")) for o in orders if o.get("id") is not None]
+            _known_orders, self.db, self.store_id, [o.external_id for o in page if o.external_id]
         )
         items: list[InboxItem] = []
         newest: datetime | None = None
-        for o in orders:
-            rid, status = o.get("id"), o.get("status")
-            modified = o.get("date_modified_gmt") or o.get("date_modified")
-            if status == "checkout-draft":  # block checkout in progress (B3): not an order yet
-                continue
-            updated = _parse_ts(modified if isinstance(modified, str) else None)
-            if updated is not None and (newest is None or updated > newest):
-                newest = updated
-            created = _parse_ts(o.get("date_created_gmt") or o.get("date_created") or None)
-            topic = "order.updated"
-            if str(rid) not in known and status not in WOO_NOT_PLACED and self._fresh(created):
-                topic = "order.created"
+        for order in page:
+            if order.updated_at is not None and (newest is None or order.updated_at > newest):
+                newest = order.updated_at
+            placed = order.external_id not in known and order.placeable and self._fresh(order.created_at)
+            if placed:
                 self.report.placed += 1
-            # the webhook envelope's scheme (adapters/woocommerce/webhooks.py), so a webhook
-            # and a sync of the same state dedupe against each other
-            key = f"woocommerce:{topic}:{rid}:{modified}:{status}" if rid is not None and modified else None
-            body = json.dumps(o, separators=(",", ":")).encode()
-            if key is None:
-                key = f"woocommerce:{topic}:sha256:{hashlib.sha256(body).hexdigest()}"
-            items.append(InboxItem(
-                store_id=self.store_id, source="woocommerce", topic=topic, dedupe_key=key[:255], raw_body=body,
-                headers={"x-storeloop-sync": "orders"}, triggered_at=updated,
-            ))
+            topic, key, body = pager.inbox_entry(order, placed)
+            items.append(InboxItem(store_id=self.store_id, source=pager.source, topic=topic, dedupe_key=key[:255],
+                                   raw_body=body, headers={"x-storeloop-sync": "orders"}, triggered_at=order.updated_at))
         await self._write(items)
         self.report.pages += 1
-        self.report.orders_seen += len(orders)
+        self.report.orders_seen += len(page)
         if self.progress is not None:
             self.progress(self.report)
         return newest
