@@ -102,6 +102,17 @@ def test_cod_confirm_and_cancel_are_locked_after_the_first_tap():
     assert kinds(j.decide(tap("cod_confirm", T0 + timedelta(days=3)), flagged, facts(), cfg, T0)) == ["update", "add_tags:cod-confirmed"]
 
 
+def test_cod_confirmation_can_offer_to_pay_now():
+    j = CodConfirmation()
+    asked = run("cod_confirmation", {"phase": "asked", "asked_at": T0.isoformat(), "reminders": 0})
+    cfg = CodConfirmationConfig(prepaid_offer=True, prepaid_discount_code="PAYNOW5")
+    commands = j.decide(tap("cod_confirm"), asked, facts(), cfg, T0)
+    [offer] = [c for c in commands if isinstance(c, Send)]
+    assert offer.step == "prepaid_offer" and offer.context["discount.code"] == "PAYNOW5"
+    assert offer.context["order.payment_url"] == "https://pay.example/1042"
+    assert not any(isinstance(c, Send) for c in j.decide(tap("cod_confirm"), asked, facts(), CodConfirmationConfig(), T0))
+
+
 def test_cod_delay_is_skipped_when_the_order_is_cancelled_meanwhile():
     j, cfg = CodConfirmation(), CodConfirmationConfig(delay_minutes=30)
     placed = j.decide(ev.OrderPlaced(order=order()), None, facts(), cfg, T0)
@@ -377,3 +388,49 @@ def test_duplicate_storm_and_opted_out_contacts(db_url):
     assert len(sent_to) == 11 and len(set(sent_to)) == 11  # 12 orders, one customer opted out, nobody twice
     assert "+919876543200" not in sent_to and skipped == ["opted_out"]
     assert sorted(msg.name for _, msg in sender.sent) == ["cod_confirm_v1"] * 5 + ["order_ok_v1"] * 6
+
+
+def test_checkout_ladder_stops_on_an_order_by_the_same_customer_or_a_reply(db_url):
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(
+        templates=[{"step": "checkout_recovery.first", "name": "cart_v1", "category": "marketing",
+                    "body_text": "You left {{1}}: {{2}}", "body": ["reorder.product", "checkout.recovery_url"]}],
+        journeys={"checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0, 360]}}, policy={"quiet_hours": ""})
+    settings = parse_settings(raw, environ={})
+    clock = Clock(T0)
+
+    def checkout(token: str, phone: str) -> dict:
+        c = load_json(FIXTURES / "shopify" / "checkouts_create.sample.json")
+        c.update(token=token, phone=phone, buyer_accepts_marketing=True, completed_at=None,
+                 created_at="2026-11-20T06:00:00Z", updated_at="2026-11-20T06:00:00Z")
+        return c
+
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        for token, phone in (("tokA", "+91 98765 43210"), ("tokB", "+91 98123 45678")):
+            body = dumps(checkout(token, phone))
+            client.post("/webhooks/shopify", content=body, headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", "checkouts/create"))
+        runtime.processor.drain()
+        clock.now = T0 + timedelta(minutes=10)  # 06:40, ten minutes after abandonment
+        runtime.processor.process_timers()
+        # customer A orders through a new checkout (another token), customer B writes back
+        o = cod_order_payload()
+        o.update(checkout_token="another", created_at="2026-11-20T07:00:00Z", updated_at="2026-11-20T07:00:00Z", phone="+91 98765 43210")
+        body = dumps(o)
+        client.post("/webhooks/shopify", content=body, headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", "orders/create"))
+        env = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": PHONE_ID_A},
+            "contacts": [{"profile": {"name": "B"}, "wa_id": "919812345678"}],
+            "messages": [{"from": "919812345678", "id": "wamid.B1", "timestamp": "1795160000", "type": "text", "text": {"body": "is COD available?"}}]}}]}]}
+        raw_body = json.dumps(env).encode()
+        client.post("/webhooks/whatsapp", content=raw_body, headers={"X-Hub-Signature-256": meta_signature(raw_body, SECRETS["wa_app"])})
+        runtime.processor.drain()
+        clock.now = T0 + timedelta(hours=8)  # the second reminder would be due now
+        runtime.processor.process_timers()
+        with runtime.db.engine.connect() as conn:
+            runs = {r.subject: r for r in conn.execute(select(m.JourneyRun))}
+            steps = [(o_.payload["subject"], o_.step) for o_ in conn.execute(select(m.OutboxMessage).order_by(m.OutboxMessage.id))]
+    a, b = runs["checkout:tokA"], runs["checkout:tokB"]
+    assert (a.status, a.state["outcome"], a.state["recovered"], a.state["revenue"]) == ("finished", "recovered", True, "414.95")
+    assert (b.status, b.state["outcome"]) == ("finished", "replied")
+    assert steps == [("checkout:tokA", "first"), ("checkout:tokB", "first")]  # no second reminder for either

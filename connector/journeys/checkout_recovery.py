@@ -30,6 +30,7 @@ class CheckoutRecoveryConfig(JourneyConfig):
 class CheckoutRecovery:
     name: ClassVar[str] = "checkout_recovery"
     config_model: ClassVar[type[JourneyConfig]] = CheckoutRecoveryConfig
+    follows_contact: ClassVar[bool] = True  # an order by the same customer, or a reply, also ends a run
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.CheckoutUpdated):
@@ -43,6 +44,8 @@ class CheckoutRecovery:
             return self._checkout(event.checkout, run, facts, config)
         if isinstance(event, (ev.OrderPlaced, ev.OrderPaid)) and run is not None:
             return self._converted(event.order, run, config)
+        if isinstance(event, (ev.MessageReceived, ev.ButtonReplied)) and run is not None and run.status == "active":
+            return [Update({"replied": True}), Wake(None), Finish("replied")]  # a person answers from here
         if isinstance(event, TimerFired) and run is not None and run.status == "active":
             return self._remind(run, config)
         return []

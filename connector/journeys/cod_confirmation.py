@@ -33,6 +33,8 @@ class CodConfirmationConfig(JourneyConfig):
     confirm_payloads: tuple[str, ...] = ("cod_confirm",)
     cancel_payloads: tuple[str, ...] = ("cod_cancel",)
     send_acknowledgement: bool = Field(False, description="send cod_confirmation.confirmed / .cancelled after a tap")
+    prepaid_offer: bool = Field(False, description="after Confirm, offer to pay now (step cod_confirmation.prepaid_offer)")
+    prepaid_discount_code: str | None = Field(None, description="an incentive for paying now, bound as discount.code")
 
 
 class CodConfirmation:
@@ -110,6 +112,11 @@ class CodConfirmation:
                 commands.append(WriteBack("set_status", order_id, {"status": config.confirm_status}, "confirm_status"))
             if config.send_acknowledgement:
                 commands.append(Send("confirmed", order_context(facts)))
+            if config.prepaid_offer and facts.order is not None and facts.order.payment_url:
+                offer = order_context(facts)
+                if config.prepaid_discount_code:
+                    offer["discount.code"] = config.prepaid_discount_code
+                commands.append(Send("prepaid_offer", offer))
             return commands + [MoveStage("post_purchase"), Finish("confirmed")]
         if event.payload in config.cancel_payloads:
             if facts.order is not None and facts.order.fulfillment_state == "fulfilled":

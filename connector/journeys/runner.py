@@ -40,6 +40,10 @@ def in_holdout(contact_id: int, journey: str, percent: float) -> bool:
 
 _RUN = select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == bindparam("j"), RUNS.c.subject == bindparam("s"))
 _ORDER = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id == bindparam("oid"))
+_ACTIVE_FOR_CONTACT = select(RUNS.c.subject).where(
+    RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == bindparam("j"), RUNS.c.contact_id == bindparam("cid"),
+    RUNS.c.status == "active")
+CONTACT_ACTIVITY = (ev.OrderPlaced, ev.MessageReceived, ev.ButtonReplied)
 _CONTACT_NAME_STAGE = select(CONTACTS.c.first_name, CONTACTS.c.stage).where(CONTACTS.c.id == bindparam("cid"))
 
 
@@ -126,12 +130,20 @@ class JourneyRunner:
             if journey is None:
                 continue
             subject = journey.subject(event, facts)
-            if subject is None:
-                continue
-            found = _run(conn, store_id, name, subject)
-            run = found[1] if found else None
-            commands = journey.decide(event, run, facts, config, now)
-            applied += self._apply(conn, store, store_id, name, subject, found, commands, facts, config, now)
+            if subject is not None:
+                found = _run(conn, store_id, name, subject)
+                run = found[1] if found else None
+                commands = journey.decide(event, run, facts, config, now)
+                applied += self._apply(conn, store, store_id, name, subject, found, commands, facts, config, now)
+            if getattr(journey, "follows_contact", False) and facts.contact_id is not None and isinstance(event, CONTACT_ACTIVITY):
+                # the customer bought, wrote or tapped: the journey's other open runs for them hear it too
+                for other in conn.execute(_ACTIVE_FOR_CONTACT, {"sid": store_id, "j": name, "cid": facts.contact_id}).scalars():
+                    if other == subject:
+                        continue
+                    found = _run(conn, store_id, name, other)
+                    assert found is not None
+                    commands = journey.decide(event, found[1], facts, config, now)
+                    applied += self._apply(conn, store, store_id, name, other, found, commands, facts, config, now)
         return applied
 
     def on_timers(self, conn: Connection, store: Any, store_id: int, now: datetime, limit: int = 100) -> int:
