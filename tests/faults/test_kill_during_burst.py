@@ -1,0 +1,112 @@
+"""The server is killed with SIGKILL in the middle of a webhook burst: every delivery that got
+a 2xx is in the inbox after the restart, and processing resumes (issue 8's first fault test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import FIXTURES
+from tests.helpers import shopify_headers
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "kill-test-secret"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(config: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "connector", "serve", "--config", str(config), "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def test_every_acknowledged_webhook_survives_sigkill(tmp_path: Path) -> None:
+    db = tmp_path / "kill.db"
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[server]\nlog_level = "error"\n[database]\nurl = "sqlite:///{db}"\n'
+        f'[[stores]]\nkey = "k"\nplatform = "shopify"\nshop_domain = "kill.myshopify.com"\nwebhook_secret = "{SECRET}"\n'
+    )
+    template = json.loads((FIXTURES / "shopify" / "orders_create.sample.json").read_text())
+    port = _free_port()
+    server = _serve(config, port)
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def sender(lane: int) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            for n in range(2000):  # bounded; the kill comes long before the end
+                if stop.is_set():
+                    return
+                event = str(uuid.uuid4())
+                body = json.dumps({**template, "id": lane * 100_000 + n}).encode()
+                try:
+                    resp = client.post("/webhooks/shopify", content=body,
+                                       headers=shopify_headers(body, SECRET, "kill.myshopify.com", "orders/create", event_id=event))
+                except httpx.HTTPError:
+                    return  # the server is gone
+                if resp.status_code == 200:
+                    with lock:
+                        acknowledged.append(f"shopify:orders/create:event:{event}")
+
+    threads = [threading.Thread(target=sender, args=(lane,)) for lane in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while len(acknowledged) < 300 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait(timeout=10)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    assert len(acknowledged) >= 300, "the burst never got going"
+
+    with sqlite3.connect(db) as conn:
+        stored = {row[0] for row in conn.execute("SELECT dedupe_key FROM inbox_events")}
+    missing = [k for k in acknowledged if k not in stored]
+    assert missing == [], f"{len(missing)} acknowledged deliveries are not in the inbox"
+
+    server = _serve(config, port)  # restart: the backlog is processed
+    try:
+        deadline = time.monotonic() + 60
+        pending = None
+        while time.monotonic() < deadline:
+            with sqlite3.connect(db) as conn:
+                pending = conn.execute("SELECT count(*) FROM inbox_events WHERE status = 'pending'").fetchone()[0]
+            if pending == 0:
+                break
+            time.sleep(0.2)
+        assert pending == 0
+        with sqlite3.connect(db) as conn:
+            orders = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+        assert orders == len(stored)  # one order per stored delivery (each has its own order id)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=20)
