@@ -12,12 +12,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+import json
+from datetime import datetime, timezone
 from typing import Any, Iterable
 
 import anyio.to_thread
-from sqlalchemy import Connection, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, insert, select
 
 from connector.storage.db import Database
 from connector.storage.models import InboxEvent, Store, utcnow
@@ -38,55 +38,61 @@ class InboxItem:
     last_error: str | None = None
 
 
-def _insert_ignoring_duplicates(conn: Connection, rows: list[dict[str, Any]]) -> set[tuple[int, str]]:
-    """Insert rows, skip those whose (store, dedupe key) exists; return the keys actually inserted."""
-    dialect = conn.dialect.name
-    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(InboxEvent)
-    stmt = ins.on_conflict_do_nothing(index_elements=["store_id", "dedupe_key"]).returning(
-        InboxEvent.store_id, InboxEvent.dedupe_key
-    )
-    result = conn.execute(stmt, rows)
-    return {(r.store_id, r.dedupe_key) for r in result}
+_COLUMNS = ("store_id", "source", "topic", "dedupe_key", "received_at", "triggered_at", "headers", "raw_body", "status", "attempts", "last_error")
+
+
+def _insert_sql(dialect: str) -> str:
+    marks = ", ".join(["?" if dialect == "sqlite" else "%s"] * len(_COLUMNS))
+    return f"INSERT INTO inbox_events ({', '.join(_COLUMNS)}) VALUES ({marks}) ON CONFLICT (store_id, dedupe_key) DO NOTHING"
+
+
+def _db_time(value: datetime | None, sqlite_: bool) -> Any:
+    """Encoded as the models' UTCDateTime stores it: naive UTC text on SQLite, aware on PostgreSQL."""
+    if value is None:
+        return None
+    value = value.astimezone(timezone.utc)
+    return value.replace(tzinfo=None).isoformat(sep=" ") if sqlite_ else value
 
 
 def write_items(db: Database, items: Iterable[InboxItem]) -> list[bool]:
-    """Store items in one transaction; True for each item newly stored, False for a duplicate."""
+    """Store items in one transaction; True for each item newly stored, False for a duplicate.
+
+    The hot path of every webhook, so it goes to the driver directly: one query for the keys
+    already stored, then one ``executemany`` (``ON CONFLICT DO NOTHING`` still guards against
+    a concurrent writer). The values are encoded exactly as the models' column types do.
+    """
     items = list(items)
     if not items:
         return []
-    now = utcnow()
-    rows: list[dict[str, Any]] = []
-    seen: set[tuple[int, str]] = set()
+    sqlite_ = db.is_sqlite
+    received = _db_time(utcnow(), sqlite_)
+    by_store: dict[int, list[str]] = {}
     for it in items:
-        key = (it.store_id, it.dedupe_key)
-        if key in seen:
-            continue
-        seen.add(key)
-        rows.append(
-            {
-                "store_id": it.store_id,
-                "source": it.source,
-                "topic": it.topic,
-                "dedupe_key": it.dedupe_key,
-                "received_at": now,
-                "triggered_at": it.triggered_at,
-                "headers": it.headers,
-                "raw_body": it.raw_body,
-                "status": it.status,
-                "attempts": 0,
-                "last_error": it.last_error,
-            }
-        )
+        by_store.setdefault(it.store_id, []).append(it.dedupe_key)
     with db.write_lock(), db.engine.begin() as conn:
-        inserted = _insert_ignoring_duplicates(conn, rows)
-    out: list[bool] = []
-    claimed: set[tuple[int, str]] = set()
-    for it in items:
-        key = (it.store_id, it.dedupe_key)
-        new = key in inserted and key not in claimed
-        claimed.add(key)
-        out.append(new)
+        existing: set[tuple[int, str]] = set()
+        for store_id, keys in by_store.items():
+            for start in range(0, len(keys), 500):
+                rows = conn.execute(_EXISTING, {"sid": store_id, "keys": keys[start : start + 500]})
+                existing.update((store_id, key) for (key,) in rows)
+        out: list[bool] = []
+        params: list[tuple[Any, ...]] = []
+        for it in items:
+            key = (it.store_id, it.dedupe_key)
+            if key in existing:
+                out.append(False)
+                continue
+            existing.add(key)  # a second copy in the same batch is a duplicate too
+            out.append(True)
+            params.append((it.store_id, it.source, it.topic, it.dedupe_key, received, _db_time(it.triggered_at, sqlite_),
+                           json.dumps(it.headers), it.raw_body, it.status, 0, it.last_error))
+        if params:
+            conn.exec_driver_sql(_insert_sql(conn.dialect.name), params)
     return out
+
+
+_EXISTING = select(InboxEvent.dedupe_key).where(
+    InboxEvent.store_id == bindparam("sid"), InboxEvent.dedupe_key.in_(bindparam("keys", expanding=True)))
 
 
 class InboxWriter:
