@@ -25,10 +25,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, run_worker
             await rt.stop()
 
     routes = [
-        Route("/webhooks/shopify", webhooks.shopify_webhook, methods=["POST"]),
-        Route("/webhooks/woocommerce/{store_key}", webhooks.woocommerce_webhook, methods=["POST"]),
+        Route("/webhooks/shopify", webhooks.WebhookEndpoint(webhooks.shopify_webhook, "shopify"), methods=["POST"]),
+        Route("/webhooks/woocommerce/{store_key}", webhooks.WebhookEndpoint(webhooks.woocommerce_webhook, "woocommerce"), methods=["POST"]),
         Route("/webhooks/whatsapp", webhooks.whatsapp_challenge, methods=["GET"]),
-        Route("/webhooks/whatsapp", webhooks.whatsapp_webhook, methods=["POST"]),
+        Route("/webhooks/whatsapp", webhooks.WebhookEndpoint(webhooks.whatsapp_webhook, "whatsapp"), methods=["POST"]),
         Route("/api/stores/{store_key}/contacts/{phone}", admin.contact, methods=["GET"]),
         Route("/api/stores/{store_key}/orders/{order_id}", admin.order, methods=["GET"]),
         Route("/api/stores/{store_key}/inbox", admin.inbox, methods=["GET"]),

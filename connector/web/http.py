@@ -5,27 +5,11 @@ from __future__ import annotations
 import orjson
 from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 
 class BodyTooLarge(Exception):
     pass
-
-
-async def read_body(request: Request, cap: int) -> bytes:
-    """Read at most ``cap`` bytes; stop reading (and answer 413) as soon as it is exceeded."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def parse_json(body: bytes) -> Any:

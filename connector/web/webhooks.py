@@ -19,7 +19,7 @@ from adapters.woocommerce import webhooks as woo
 from connector.errors import BadPayloadError, VerificationError
 from connector.runtime import Runtime
 from connector.storage.inbox import InboxItem
-from connector.web.http import BodyTooLarge, parse_json, problem, read_body
+from connector.web.http import BodyTooLarge, parse_json, problem
 
 log = logging.getLogger("storeloop.webhooks")
 
@@ -29,10 +29,60 @@ def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def _headers(request: Request) -> dict[str, str]:
-    """One plain dict of the (already lower-case) ASGI headers: Starlette's ``Headers.get``
-    scans the raw list on every call, and each delivery reads about twenty of them."""
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+class Delivery:
+    """What a POST webhook handler needs, read straight from the ASGI scope (the hot path
+    skips Starlette's Request object and exception wrappers: every delivery goes through here)."""
+
+    __slots__ = ("runtime", "headers", "body", "path_params")
+
+    def __init__(self, runtime: Runtime, headers: dict[str, str], body: bytes, path_params: dict[str, Any]):
+        self.runtime = runtime
+        self.headers = headers
+        self.body = body
+        self.path_params = path_params
+
+
+class WebhookEndpoint:
+    """A plain ASGI endpoint around ``handler(delivery) -> Response``: headers as one dict
+    (Starlette's ``Headers.get`` rescans the raw list per call), the body read under the cap."""
+
+    def __init__(self, handler: Any, source: str):
+        self.handler = handler
+        self.source = source
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        runtime: Runtime = scope["app"].state.runtime
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        cap = runtime.settings.server.max_body_bytes
+        response: Response
+        try:
+            body = await _receive_body(receive, headers, cap)
+        except BodyTooLarge:
+            log.warning("body over the size cap", extra={"source": self.source, "cap": cap})
+            response = problem(413, f"body larger than {cap} bytes")
+        else:
+            response = await self.handler(Delivery(runtime, headers, body, scope.get("path_params", {})))
+        await response(scope, receive, send)
+
+
+async def _receive_body(receive: Any, headers: dict[str, str], cap: int) -> bytes:
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
 
 
 async def _store(runtime: Runtime, items: list[InboxItem], source: str) -> Response:
@@ -60,14 +110,6 @@ def _item(runtime: Runtime, store_key: str, source: str, env: Envelope, body: by
     )
 
 
-async def _read(request: Request, runtime: Runtime, source: str) -> bytes | Response:
-    try:
-        return await read_body(request, runtime.settings.server.max_body_bytes)
-    except BodyTooLarge:
-        log.warning("body over the size cap", extra={"source": source, "cap": runtime.settings.server.max_body_bytes})
-        return problem(413, f"body larger than {runtime.settings.server.max_body_bytes} bytes")
-
-
 def _json_or_400(body: bytes, source: str, store_key: str) -> Any | Response:
     try:
         return parse_json(body)
@@ -76,12 +118,8 @@ def _json_or_400(body: bytes, source: str, store_key: str) -> Any | Response:
         return problem(400, str(exc))
 
 
-async def shopify_webhook(request: Request) -> Response:
-    runtime = _runtime(request)
-    body = await _read(request, runtime, "shopify")
-    if isinstance(body, Response):
-        return body
-    headers = _headers(request)
+async def shopify_webhook(d: Delivery) -> Response:
+    runtime, headers, body = d.runtime, d.headers, d.body
     try:
         store = runtime.shopify.verify(headers, body)
     except VerificationError as exc:
@@ -98,17 +136,13 @@ async def shopify_webhook(request: Request) -> Response:
     return await _store(runtime, [_item(runtime, store.key, "shopify", env, body)], "shopify")
 
 
-async def woocommerce_webhook(request: Request) -> Response:
-    runtime = _runtime(request)
-    key = request.path_params["store_key"]
+async def woocommerce_webhook(d: Delivery) -> Response:
+    runtime, headers, body = d.runtime, d.headers, d.body
+    key = d.path_params["store_key"]
     store = runtime.woocommerce_store(key)
-    body = await _read(request, runtime, "woocommerce")
-    if isinstance(body, Response):
-        return body
     if store is None:
         log.warning("woocommerce webhook for unknown store", extra={"store": key[:64]})
         return problem(401, "unauthorized")
-    headers = _headers(request)
     if woo.is_ping(headers, body):
         log.info("woocommerce webhook ping answered", extra={"store": key})
         return Response(status_code=200)
@@ -136,14 +170,11 @@ async def whatsapp_challenge(request: Request) -> Response:
     return PlainTextResponse(answer)
 
 
-async def whatsapp_webhook(request: Request) -> Response:
-    runtime = _runtime(request)
-    body = await _read(request, runtime, "whatsapp")
-    if isinstance(body, Response):
-        return body
+async def whatsapp_webhook(d: Delivery) -> Response:
+    runtime, body = d.runtime, d.body
     secret = runtime.settings.whatsapp.app_secret
     try:
-        wa.verify(secret.get_secret_value() if secret else None, _headers(request), body)
+        wa.verify(secret.get_secret_value() if secret else None, d.headers, body)
     except VerificationError as exc:
         log.warning("whatsapp webhook rejected", extra={"reason": exc.reason})
         return problem(401, "unauthorized")
