@@ -56,6 +56,7 @@ from adapters.whatsapp.client import DEFAULT_TIMEOUT, WhatsAppClient  # noqa: E4
 from connector.config import Settings, parse_settings  # noqa: E402
 from connector.outbox import store as ob  # noqa: E402
 from connector.outbox.dispatcher import Dispatcher  # noqa: E402
+from connector.runtime import tune_gc
 from connector.storage import models as m  # noqa: E402
 from connector.storage.db import Database, make_engine, migrate  # noqa: E402
 from connector.storage.inbox import sync_stores  # noqa: E402
@@ -337,6 +338,7 @@ async def drive(
     if keepalive is not None:  # what the runtime would pass if it sized the pool to send_concurrency
         http = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=httpx.Limits(max_connections=max(100, keepalive), max_keepalive_connections=keepalive))
     client = WhatsAppClient(base_url, settings.whatsapp.api_version, TOKEN, http=http)
+    tune_gc()  # as `storeloop serve` / `worker` do when their runtime starts
     dispatcher = Dispatcher(db, settings, store_ids, client)
     stop = asyncio.Event()
     t0 = time.monotonic()

@@ -41,6 +41,11 @@ BUSY_ROWS = 4  # do not even load more raw bodies than a slice can process
 _gc_tuned = False
 
 
+def tune_gc() -> None:
+    """What every long-running connector process does at startup (serve, worker, benchmarks)."""
+    _tune_gc_once()
+
+
 def _tune_gc_once() -> None:
     global _gc_tuned
     if not _gc_tuned:
