@@ -57,6 +57,7 @@ from connector.config import Settings, parse_settings  # noqa: E402
 from connector.outbox import store as ob  # noqa: E402
 from connector.outbox.dispatcher import Dispatcher  # noqa: E402
 from connector.runtime import tune_gc
+from connector.sandbox.seed import seed_due_messages
 from connector.storage import models as m  # noqa: E402
 from connector.storage.db import Database, make_engine, migrate  # noqa: E402
 from connector.storage.inbox import sync_stores  # noqa: E402
@@ -292,28 +293,7 @@ def make_settings(db_url: str, base_url: str, rate: float, concurrency: int | No
 
 
 def seed(db: Database, settings: Settings, store_id: int, n: int, now: datetime) -> None:
-    """n contacts with utility consent (bulk insert) and one due message each (outbox.store.enqueue)."""
-    store = settings.stores[0]
-    tpl = store.template_for("cod_confirmation.ask")
-    assert tpl is not None
-    phones = [f"+9198{i:08d}" for i in range(n)]
-    with db.write_lock(), db.engine.begin() as conn:
-        for start in range(0, n, 2000):
-            conn.execute(insert(m.Contact), [
-                {"store_id": store_id, "phone_key": p, "phone_e164": p, "reachable": True, "first_name": "Asha",
-                 "consent_utility": "granted", "consent_utility_source": "order_with_phone",
-                 "consent_utility_at": now - timedelta(days=1), "consent_marketing": "unknown",
-                 "stage": "entry", "created_at": now, "updated_at": now}
-                for p in phones[start:start + 2000]
-            ])
-        contacts = dict(conn.execute(select(m.Contact.phone_e164, m.Contact.id).where(m.Contact.store_id == store_id)).all())
-        for i, phone in enumerate(phones):
-            payload = {"subject": f"order:{i}", "message": render(tpl, CONTEXT, to=phone, callback_data=None).model_dump(mode="json")}
-            new_id = ob.enqueue(
-                conn, store_id=store_id, key=f"cod_confirmation:ask:order:{i}", contact_id=contacts[phone],
-                journey="cod_confirmation", step="ask", category=tpl.category, payload=payload, due_at=now, now=now,
-            )
-            assert new_id is not None
+    seed_due_messages(db, settings.stores[0], store_id, n, now, CONTEXT)
 
 
 def unfinished(db: Database) -> int:

@@ -28,6 +28,7 @@ from connector.storage.db import Database, make_engine
 from connector.storage.inbox import sync_stores
 from connector.storage.models import Base
 from connector.templates import render
+from connector.sandbox.seed import seed_due_messages
 from tests.conftest import PG_URL, empty_pg_schema, settings_dict
 
 pytestmark = pytest.mark.postgres
@@ -95,25 +96,7 @@ def _settings_raw(db_url: str, base_url: str, rate: float = 1000) -> dict:
 
 def _seed(db: Database, store, store_id: int, now: datetime, count: int = N) -> None:
     """``count`` contacts with utility consent and one due cod_confirmation.ask each (distinct keys)."""
-    tpl = store.template_for("cod_confirmation.ask")
-    phones = [f"+9198{n:08d}" for n in range(count)]
-    with db.engine.begin() as conn:
-        for start in range(0, count, 2000):
-            conn.execute(insert(m.Contact), [
-                {"store_id": store_id, "phone_key": p, "phone_e164": p, "reachable": True, "first_name": "Asha",
-                 "consent_utility": "granted", "consent_utility_source": "order_with_phone",
-                 "consent_utility_at": now - timedelta(days=1), "consent_marketing": "unknown",
-                 "stage": "entry", "created_at": now, "updated_at": now}
-                for p in phones[start:start + 2000]
-            ])
-        contacts = dict(conn.execute(select(m.Contact.phone_e164, m.Contact.id).where(m.Contact.store_id == store_id)).all())
-        for n, phone in enumerate(phones):
-            payload = {"subject": f"order:{n}", "message": render(tpl, CONTEXT, to=phone, callback_data=None).model_dump(mode="json")}
-            new_id = ob.enqueue(
-                conn, store_id=store_id, key=f"cod_confirmation:ask:order:{n}", contact_id=contacts[phone],
-                journey="cod_confirmation", step="ask", category=tpl.category, payload=payload, due_at=now, now=now,
-            )
-            assert new_id is not None
+    seed_due_messages(db, store, store_id, count, now, CONTEXT)
 
 
 def _run_two(pg_url: str, count: int, rate: float):  # type: ignore[no-untyped-def]
