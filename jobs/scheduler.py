@@ -15,14 +15,15 @@ import logging
 import os
 import socket
 import uuid
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import anyio.to_thread
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from connector.config import ShopifyStore, WooCommerceStore
-from connector.sync import reconcile_orders, run_periodic
+from connector.sync import acquire_lease, reconcile_orders, run_periodic
 
 log = logging.getLogger("storeloop.jobs")
 
@@ -95,7 +96,22 @@ def build_scheduler(runtime: Any, *, holder: str | None = None) -> AsyncIOSchedu
         )
     if skipped:
         log.info("order reconciliation off for %s: no API credentials", ", ".join(skipped))
+    scheduler.add_job(purge_job, "interval", hours=1, id="purge:raw-bodies", name="purge raw bodies",
+                      args=[runtime, holder], replace_existing=True, coalesce=True, max_instances=1)
     return scheduler
+
+
+async def purge_job(runtime: Any, holder: str) -> int:
+    """Hourly, under a lease: raw webhook bodies past ``worker.raw_body_retention_days`` are dropped."""
+    from connector.retention import purge_raw_bodies
+
+    now = datetime.now(timezone.utc)
+    if not await anyio.to_thread.run_sync(lambda: acquire_lease(runtime.db, "job:purge:raw-bodies", holder, timedelta(minutes=50), now)):
+        return 0
+    purged = await anyio.to_thread.run_sync(purge_raw_bodies, runtime.db, now, runtime.settings.worker.raw_body_retention_days)
+    if purged:
+        log.info("purged raw bodies past retention", extra={"rows": purged})
+    return purged
 
 
 __all__ = ["build_scheduler", "has_credentials", "make_client", "reconcile_store", "worker_id"]

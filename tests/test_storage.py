@@ -185,3 +185,21 @@ def test_unmigrated_postgresql_is_refused(pg_schema):
         with admin.begin() as conn:
             conn.execute(text('DROP SCHEMA "sl_empty_check" CASCADE'))
         admin.dispose()
+
+
+def test_raw_bodies_are_purged_after_the_retention_but_failures_keep_theirs(db):
+    from connector.retention import purge_raw_bodies
+
+    ids = sync_stores(db, [("a", "shopify")])
+    write_items(db, [item(ids["a"], "old-done"), item(ids["a"], "old-failed"), item(ids["a"], "new-done")])
+    now = datetime.now(timezone.utc)
+    with db.engine.begin() as conn:
+        conn.execute(m.InboxEvent.__table__.update().values(status="done"))
+        conn.execute(m.InboxEvent.__table__.update().where(m.InboxEvent.dedupe_key == "old-failed").values(status="failed"))
+        conn.execute(m.InboxEvent.__table__.update().where(m.InboxEvent.dedupe_key.like("old-%"))
+                     .values(received_at=now - timedelta(days=31)))
+    assert purge_raw_bodies(db, now, retention_days=30, batch=1) == 1
+    with db.engine.connect() as conn:
+        bodies = {r.dedupe_key: r.raw_body for r in conn.execute(select(m.InboxEvent.dedupe_key, m.InboxEvent.raw_body))}
+    assert bodies["old-done"] is None
+    assert bodies["old-failed"] is not None and bodies["new-done"] is not None  # replayable / still recent
