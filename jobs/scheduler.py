@@ -64,6 +64,8 @@ async def reconcile_store(runtime: Any, store: Any, holder: str, interval: timed
     if store_id is None:
         log.warning("reconcile %s: store not registered yet (runtime not started?)", store.key)
         return False
+    if await anyio.to_thread.run_sync(_uninstalled, runtime.db, store_id):
+        return False  # app/uninstalled: its token no longer works, and nothing more is sent
 
     async def job() -> None:
         async with make_client(store) as client:
@@ -74,6 +76,15 @@ async def reconcile_store(runtime: Any, store: Any, holder: str, interval: timed
                 wake()
 
     return await run_periodic(runtime.db, holder, f"job:reconcile:{store.key}", interval * LEASE_FRACTION, job)
+
+
+def _uninstalled(db: Any, store_id: int) -> bool:
+    from sqlalchemy import select
+
+    from connector.storage.sql import STORES
+
+    with db.engine.connect() as conn:
+        return conn.execute(select(STORES.c.uninstalled_at).where(STORES.c.id == store_id)).scalar() is not None
 
 
 def build_scheduler(runtime: Any, *, holder: str | None = None) -> AsyncIOScheduler:

@@ -22,8 +22,8 @@ from connector.storage import models as m
 from connector.storage.db import Database
 from connector.storage.inbox import sync_stores
 from connector.config import parse_settings
-from tests.conftest import PHONE_ID_A, SECRETS, settings_dict
-from tests.helpers import meta_signature, running_app
+from tests.conftest import FIXTURES, PHONE_ID_A, SECRETS, settings_dict
+from tests.helpers import load_json, meta_signature, running_app, shopify_headers
 
 NOON_IST = datetime(2026, 11, 20, 6, 30, tzinfo=timezone.utc)
 PHONE = "+919876543210"
@@ -391,3 +391,19 @@ def test_131047_resends_the_step_as_its_template(db_url, sandbox):
         rows = outbox_rows(db)
     assert [(r.step, r.status) for r in rows] == [("ask", "failed"), ("ask", "sent")]
     assert [(c.type, c.template) for c in fake.accepted()] == [("text", None), ("template", "cod_confirm_v1")]
+
+
+def test_an_uninstalled_shop_gets_no_more_sends(db_url, sandbox):
+    fake, url = sandbox
+    settings = settings_for(db_url, url)
+    with running_app(settings) as (client, runtime):
+        db, ids = runtime.db, runtime.store_ids
+        cid = seed_contact(db, ids["shop-a"])
+        queue(db, settings, ids["shop-a"], cid)
+        body = json.dumps(load_json(FIXTURES / "shopify" / "app_uninstalled.sample.json")).encode()
+        client.post("/webhooks/shopify", content=body,
+                    headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", "app/uninstalled"))
+        runtime.processor.drain()
+        dispatch(db, settings, ids, Clock(NOON_IST), url)
+        [row] = outbox_rows(db)
+    assert row.status == "pending" and fake.accepted() == []  # kept, never sent

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector.policy import ContactFacts, SendHistory
-from connector.storage.sql import ATTEMPTS, CONTACTS, MESSAGES, OUTBOX
+from connector.storage.sql import ATTEMPTS, CONTACTS, MESSAGES, OUTBOX, STORES
 from connector.storage.db import Database
 
 SENT_STATES = ("sending", "sent", "delivered", "read", "uncertain", "dry_run")
@@ -191,6 +191,8 @@ def claim(
                 OUTBOX.c.channel == channel,
                 OUTBOX.c.due_at <= now,
                 OUTBOX.c.store_id.in_(store_ids),
+                # app/uninstalled stops every send and write-back for that shop at once
+                ~exists().where(STORES.c.id == OUTBOX.c.store_id, STORES.c.uninstalled_at.is_not(None)),
             )
             .order_by(OUTBOX.c.due_at, OUTBOX.c.id)
             .limit(limit)
