@@ -316,3 +316,14 @@ __all__ = [
     "ORDERS_CURSOR", "SyncError", "SyncReport", "acquire_lease", "read_cursor", "reconcile_orders", "release_lease",
     "run_periodic", "upsert_cursor",
 ]
+
+
+async def reenable_woocommerce_webhooks(store: Any, client: Any) -> list[dict[str, Any]]:
+    """WooCommerce disables a webhook after repeated failures and never retries: switch ours
+    back on and report which (the reconciliation run that follows fills the gap)."""
+    hooks = await client.disabled_webhooks()
+    for hook in hooks:
+        await client.activate_webhook(hook["id"])
+        log.warning("re-enabled a WooCommerce webhook that WooCommerce had disabled",
+                    extra={"store": store.key, "webhook_id": hook["id"], "topic": hook.get("topic")})
+    return hooks

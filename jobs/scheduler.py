@@ -23,7 +23,7 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from connector.config import ShopifyStore, WooCommerceStore
-from connector.sync import acquire_lease, reconcile_orders, run_periodic
+from connector.sync import acquire_lease, reconcile_orders, reenable_woocommerce_webhooks, run_periodic
 
 log = logging.getLogger("storeloop.jobs")
 
@@ -69,6 +69,8 @@ async def reconcile_store(runtime: Any, store: Any, holder: str, interval: timed
 
     async def job() -> None:
         async with make_client(store) as client:
+            if store.platform == "woocommerce":
+                await reenable_woocommerce_webhooks(store, client)
             report = await reconcile_orders(runtime.db, store, store_id, client, now=runtime.clock())
         if report.new_rows:
             wake = getattr(runtime, "wake", None)

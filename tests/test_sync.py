@@ -548,3 +548,25 @@ api_base_url = "https://shop-a.example"
     assert "orders_seen" in result.output and "2 new inbox row(s)" in result.output
     asked = datetime.fromisoformat(fake.queries[0]["q"].split("'")[1].replace("Z", "+00:00"))
     assert abs(asked - (now - timedelta(days=2, minutes=5))) < timedelta(seconds=5)
+
+
+def test_disabled_woocommerce_webhooks_are_switched_back_on():
+    from connector.sync import reenable_woocommerce_webhooks
+
+    settings = shop_settings("sqlite://")
+    store = settings.stores[2]
+    base = WOO_URL.rsplit("/orders", 1)[0]
+
+    async def run():
+        with respx.mock(assert_all_called=True) as mock:
+            listed = mock.get(f"{base}/webhooks").respond(json=[
+                {"id": 11, "topic": "order.updated", "status": "disabled", "delivery_url": "https://c.example/webhooks/woocommerce/woo"}])
+            put = mock.put(f"{base}/webhooks/11").respond(json={"id": 11, "status": "active"})
+            async with WooCommerceClient(store) as client:
+                hooks = await reenable_woocommerce_webhooks(store, client)
+            return hooks, listed, put
+
+    hooks, listed, put = asyncio.run(run())
+    assert [h["id"] for h in hooks] == [11]
+    assert parse_qs(urlparse(str(listed.calls.last.request.url)).query)["status"] == ["disabled"]
+    assert json.loads(put.calls.last.request.content) == {"status": "active"}

@@ -200,6 +200,16 @@ class WooCommerceClient:
 
     # ------------------------------------------------------------------ sync job
 
+    async def disabled_webhooks(self) -> list[dict[str, Any]]:
+        """The store's webhooks WooCommerce disabled after repeated delivery failures (B3)."""
+        response = await self._request("GET", "/webhooks", params={"status": "disabled", "per_page": "100"})
+        hooks = self._json(response)
+        return [{"id": h.get("id"), "topic": h.get("topic"), "delivery_url": h.get("delivery_url")}
+                for h in hooks if isinstance(h, dict)] if isinstance(hooks, list) else []
+
+    async def activate_webhook(self, webhook_id: int) -> None:
+        await self._request("PUT", f"/webhooks/{int(webhook_id)}", json_body={"status": "active"})
+
     async def get_orders(self, modified_after: datetime, page: int, per_page: int = 100) -> tuple[list[dict], int]:
         """One page of orders modified after ``modified_after`` (aware datetime), oldest id first.
 
