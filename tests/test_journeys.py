@@ -434,3 +434,31 @@ def test_checkout_ladder_stops_on_an_order_by_the_same_customer_or_a_reply(db_ur
     assert (a.status, a.state["outcome"], a.state["recovered"], a.state["revenue"]) == ("finished", "recovered", True, "414.95")
     assert (b.status, b.state["outcome"]) == ("finished", "replied")
     assert steps == [("checkout:tokA", "first"), ("checkout:tokB", "first")]  # no second reminder for either
+
+
+def test_woocommerce_shipping_status_drives_delivery_updates_once(db_url):
+    raw = settings_dict(db_url)
+    raw["stores"][2].update(
+        templates=[{"step": "delivery.shipped", "name": "shipped_v1", "category": "utility", "body_text": "{{1}} shipped", "body": ["order.name"]},
+                   {"step": "delivery.delivered", "name": "delivered_v1", "category": "utility", "body_text": "{{1}} delivered", "body": ["order.name"]}],
+        journeys={"delivery": {}}, policy={"quiet_hours": ""})
+    settings = parse_settings(raw, environ={})
+    from tests.helpers import woo_headers
+
+    def woo(status: str, modified: str, tracking: bool = False) -> bytes:
+        o = load_json(FIXTURES / "woocommerce" / "order.created.rest-v3-docs-example.json")
+        o.update(status=status, date_modified_gmt=modified, date_created_gmt="2026-11-20T06:00:00")
+        o["billing"]["phone"] = "+1 415 555 2671"
+        if tracking:
+            o["meta_data"] = [{"key": "_wc_shipment_tracking_items", "value": [{"tracking_provider": "ups", "tracking_number": "1Z9"}]}]
+        return dumps(o)
+
+    with running_app(settings) as (client, runtime):
+        deliveries = [woo("processing", "2026-11-20T06:00:00"), woo("processing", "2026-11-21T08:00:00", tracking=True),
+                      woo("completed", "2026-11-21T09:00:00", tracking=True), woo("delivered", "2026-11-23T10:00:00", tracking=True)]
+        for body in deliveries + deliveries[1:3]:  # WooCommerce sends some states again
+            client.post("/webhooks/woocommerce/woo", content=body, headers=woo_headers(body, SECRETS["woo"], "order.updated"))
+        runtime.processor.drain()
+        with runtime.db.engine.connect() as conn:
+            steps = [(o_.journey, o_.step) for o_ in conn.execute(select(m.OutboxMessage).order_by(m.OutboxMessage.id))]
+    assert steps == [("delivery", "shipped"), ("delivery", "delivered")]
