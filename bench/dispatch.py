@@ -57,7 +57,7 @@ from connector.config import Settings, parse_settings  # noqa: E402
 from connector.outbox import store as ob  # noqa: E402
 from connector.outbox.dispatcher import Dispatcher  # noqa: E402
 from connector.runtime import tune_gc
-from connector.sandbox.seed import seed_due_messages
+from connector.sandbox.seed import CONTEXT, TEMPLATE, seed_due_messages
 from connector.storage import models as m  # noqa: E402
 from connector.storage.db import Database, make_engine, migrate  # noqa: E402
 from connector.storage.inbox import sync_stores  # noqa: E402
@@ -69,14 +69,6 @@ if console.width < 150:
 
 PHONE_ID = "106540352242922"
 TOKEN = "sandbox-token"
-TEMPLATE = {
-    "step": "cod_confirmation.ask", "name": "cod_confirm_v1", "category": "utility", "language": "en",
-    "body_text": "Hi {{1}}, please confirm order {{2}} of {{3}}.",
-    "body": ["customer.first_name", "order.name", "order.total"],
-    "buttons": [{"type": "quick_reply", "text": "Confirm", "payload": "cod_confirm"},
-                {"type": "quick_reply", "text": "Cancel", "payload": "cod_cancel"}],
-}
-CONTEXT = {"customer.first_name": "Asha", "order.name": "#1042", "order.total": ("1299.00", "INR")}
 FINAL = ("sent", "failed", "skipped", "uncertain", "dry_run", "delivered", "read")
 
 

@@ -28,21 +28,13 @@ from connector.storage.db import Database, make_engine
 from connector.storage.inbox import sync_stores
 from connector.storage.models import Base
 from connector.templates import render
-from connector.sandbox.seed import seed_due_messages
+from connector.sandbox.seed import CONTEXT, TEMPLATE, seed_due_messages
 from tests.conftest import PG_URL, empty_pg_schema, settings_dict
 
 pytestmark = pytest.mark.postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 10_000
-TEMPLATE = {
-    "step": "cod_confirmation.ask", "name": "cod_confirm_v1", "category": "utility", "language": "en",
-    "body_text": "Hi {{1}}, please confirm order {{2}} of {{3}}.",
-    "body": ["customer.first_name", "order.name", "order.total"],
-    "buttons": [{"type": "quick_reply", "text": "Confirm", "payload": "cod_confirm"},
-                {"type": "quick_reply", "text": "Cancel", "payload": "cod_cancel"}],
-}
-CONTEXT = {"customer.first_name": "Asha", "order.name": "#1042", "order.total": ("1299.00", "INR")}
 
 # What each dispatcher process runs: argv = database URL, settings JSON. It prints one JSON line.
 CHILD = r"""

@@ -12,8 +12,18 @@ from connector.storage import models as m
 from connector.storage.db import Database
 from connector.templates import render
 
+# A COD ask template binding and its values, shared by load tests and benchmarks.
+TEMPLATE = {
+    "step": "cod_confirmation.ask", "name": "cod_confirm_v1", "category": "utility", "language": "en",
+    "body_text": "Hi {{1}}, please confirm order {{2}} of {{3}}.",
+    "body": ["customer.first_name", "order.name", "order.total"],
+    "buttons": [{"type": "quick_reply", "text": "Confirm", "payload": "cod_confirm"},
+                {"type": "quick_reply", "text": "Cancel", "payload": "cod_cancel"}],
+}
+CONTEXT = {"customer.first_name": "Asha", "order.name": "#1042", "order.total": ("1299.00", "INR")}
 
-def seed_due_messages(db: Database, store: Any, store_id: int, count: int, now: datetime, context: dict[str, Any],
+
+def seed_due_messages(db: Database, store: Any, store_id: int, count: int, now: datetime, context: dict[str, Any] = CONTEXT,
                       step: str = "cod_confirmation.ask") -> None:
     """``count`` contacts with utility consent (bulk insert) and one due ``step`` message each."""
     tpl = store.template_for(step)

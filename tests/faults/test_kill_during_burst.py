@@ -30,17 +30,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    """Poll a condition (an Event's timed wait, not a sleep) until it holds or time runs out."""
+    pause = threading.Event()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        pause.wait(interval)
+    return predicate()
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _serve(config: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "connector", "serve", "--config", str(config), "--port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    if _wait_until(lambda: _ready(port), timeout=30, interval=0.1):
+        return proc
     proc.kill()
     raise RuntimeError("server did not start")
 
@@ -56,7 +69,7 @@ def test_every_acknowledged_webhook_survives_sigkill(tmp_path: Path) -> None:
     port = _free_port()
     server = _serve(config, port)
     acknowledged: list[str] = []
-    lock = threading.Lock()
+    lock = threading.Condition()
     stop = threading.Event()
 
     def sender(lane: int) -> None:
@@ -74,13 +87,13 @@ def test_every_acknowledged_webhook_survives_sigkill(tmp_path: Path) -> None:
                 if resp.status_code == 200:
                     with lock:
                         acknowledged.append(f"shopify:orders/create:event:{event}")
+                        lock.notify_all()
 
     threads = [threading.Thread(target=sender, args=(lane,)) for lane in range(8)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 20
-    while len(acknowledged) < 300 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    with lock:  # kill the server once 300 deliveries have been acknowledged
+        lock.wait_for(lambda: len(acknowledged) >= 300, timeout=20)
     os.kill(server.pid, signal.SIGKILL)
     server.wait(timeout=10)
     stop.set()
@@ -95,15 +108,11 @@ def test_every_acknowledged_webhook_survives_sigkill(tmp_path: Path) -> None:
 
     server = _serve(config, port)  # restart: the backlog is processed
     try:
-        deadline = time.monotonic() + 60
-        pending = None
-        while time.monotonic() < deadline:
+        def backlog() -> int:
             with sqlite3.connect(db) as conn:
-                pending = conn.execute("SELECT count(*) FROM inbox_events WHERE status = 'pending'").fetchone()[0]
-            if pending == 0:
-                break
-            time.sleep(0.2)
-        assert pending == 0
+                return conn.execute("SELECT count(*) FROM inbox_events WHERE status = 'pending'").fetchone()[0]
+
+        assert _wait_until(lambda: backlog() == 0, timeout=60, interval=0.2), f"{backlog()} rows still pending"
         with sqlite3.connect(db) as conn:
             orders = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
         assert orders == len(stored)  # one order per stored delivery (each has its own order id)
