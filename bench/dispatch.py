@@ -18,7 +18,11 @@ not ``sent`` or sent rows the API never accepted. Exit 1 if duplicates or lost >
 
 The sandbox runs in its own process (bench/_sandbox_server.py) unless --sandbox thread.
 
-    .venv/bin/python bench/dispatch.py [--seconds 8] [--rates 80,1000] [--db-url postgresql+psycopg://...]
+    .venv/bin/python bench/dispatch.py [--seconds 8] [--rates 80,1000] [--db-url postgresql+psycopg://... [--processes 2]]
+
+With --processes N the 1,000/s scenario runs N dispatcher processes on one PostgreSQL
+schema (the production layout for high rates); they share the number's rate through their
+heartbeat leases, and the table's max/1s shows whether the shared rate holds.
 """
 
 from __future__ import annotations
@@ -91,6 +95,11 @@ class Scenario:
     messages: int
     failures: int = 0
     fail_after: int = 200
+    processes: int = 1  # dispatcher processes (more than one needs PostgreSQL)
+
+    @property
+    def label(self) -> str:
+        return self.name + (f" x{self.processes} proc" if self.processes > 1 else "")
 
 
 @dataclass
@@ -299,7 +308,7 @@ def unfinished(db: Database) -> int:
 
 async def drive(
     db: Database, settings: Settings, store_ids: dict[str, int], base_url: str, messages: int, time_limit: float,
-    keepalive: int | None = None,
+    keepalive: int | None = None, barrier: Any = None,
 ) -> tuple[float, bool]:
     """run_forever until no row is pending/sending, or the time limit.
 
@@ -312,6 +321,8 @@ async def drive(
     client = WhatsAppClient(base_url, settings.whatsapp.api_version, TOKEN, http=http)
     tune_gc()  # as `storeloop serve` / `worker` do when their runtime starts
     dispatcher = Dispatcher(db, settings, store_ids, client)
+    if barrier is not None:
+        await barrier(dispatcher)
     stop = asyncio.Event()
     t0 = time.monotonic()
     task = asyncio.create_task(dispatcher.run_forever(stop, idle_seconds=0.1))
@@ -337,6 +348,55 @@ async def drive(
     return time.monotonic() - t0, timed_out
 
 
+async def _child_barrier(dispatcher: Dispatcher) -> None:
+    """Join, say ready, wait for "go", join again: every child then knows every peer and takes
+    only its share of the number's rate from its first send."""
+    await dispatcher.join()
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    await dispatcher.join()
+
+
+def child_main(db_url: str, base_url: str, rate: float, messages: int, time_limit: float, loop: str) -> int:
+    """One of several dispatcher processes (--processes): drive, then print wall and CPU as JSON."""
+    settings = make_settings(db_url, base_url, rate)
+    db = Database.from_url(db_url)
+    store_ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    cpu0 = _own_cpu()
+    coro = drive(db, settings, store_ids, base_url, messages, time_limit, barrier=_child_barrier)
+    wall, timed_out = (uvloop_run(coro) if loop == "uvloop" else asyncio.run(coro))
+    db.dispose()
+    print(json.dumps({"wall": wall, "timed_out": timed_out, "cpu": _own_cpu() - cpu0}), flush=True)
+    return 0
+
+
+def uvloop_run(coro: Any) -> Any:
+    import uvloop
+
+    return uvloop.run(coro)
+
+
+def run_children(n: int, db_url: str, base_url: str, scenario: "Scenario", time_limit: float, loop: str) -> tuple[float, bool, float]:
+    """n dispatcher processes on one PostgreSQL schema; returns (longest wall, any timed out, CPU seconds)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", db_url, base_url, str(scenario.rate), str(scenario.messages),
+           str(time_limit), loop]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    try:
+        for proc in procs:
+            line = proc.stdout.readline().strip()  # type: ignore[union-attr]
+            if line != "ready":
+                raise RuntimeError(f"dispatcher child did not start: {line!r}")
+        for proc in procs:
+            proc.stdin.write("go\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+        out = [json.loads(proc.communicate(timeout=time_limit + 60)[0].strip().splitlines()[-1]) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return max(o["wall"] for o in out), any(o["timed_out"] for o in out), sum(o["cpu"] for o in out)
+
+
 def _own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -357,14 +417,13 @@ def run_scenario(
             seed(fresh.db, settings, store_ids["bench"], scenario.messages, datetime.now(timezone.utc) - timedelta(seconds=1))
             result.seed_seconds = time.monotonic() - t
             cpu0, box0 = _own_cpu(), box.cpu_seconds()
-            coro = drive(fresh.db, settings, store_ids, box.url, scenario.messages, time_limit, keepalive)
-            if loop == "uvloop":
-                import uvloop
-
-                result.wall, result.timed_out = uvloop.run(coro)
+            if scenario.processes > 1:
+                result.wall, result.timed_out, result.cpu_dispatcher = run_children(
+                    scenario.processes, fresh.url, box.url, scenario, time_limit, loop)
             else:
-                result.wall, result.timed_out = asyncio.run(coro)
-            result.cpu_dispatcher = _own_cpu() - cpu0
+                coro = drive(fresh.db, settings, store_ids, box.url, scenario.messages, time_limit, keepalive)
+                result.wall, result.timed_out = uvloop_run(coro) if loop == "uvloop" else asyncio.run(coro)
+                result.cpu_dispatcher = _own_cpu() - cpu0
             box1 = box.cpu_seconds()
             result.cpu_sandbox = box1 - box0 if box0 is not None and box1 is not None else None
             result.calls = box.calls()
@@ -391,7 +450,7 @@ def report(results: list[Result], db_label: str, sandbox_mode: str, loop: str) -
         dup, lost = r.duplicates(), r.lost()
         mx = r.max_per_second()
         table.add_row(
-            s.name + (" (TIME LIMIT)" if r.timed_out else ""), f"{s.rate:g}", str(s.messages),
+            s.label + (" (TIME LIMIT)" if r.timed_out else ""), f"{s.rate:g}", str(s.messages),
             f"{r.achieved():.1f}", f"[{'green' if ratio >= 0.95 else 'red'}]{ratio:.3f}[/]", f"{r.call_rate():.1f}", f"{r.run_rate():.1f}",
             f"[{'green' if mx <= burst_cap else 'red'}]{mx}[/]", str(len(r.calls)), str(r.attempts.get("retry", 0)),
             f"[{'green' if dup == 0 else 'red'}]{dup}[/]", f"[{'green' if lost == 0 else 'red'}]{lost}[/]", f"{r.wall:.1f}",
@@ -402,7 +461,7 @@ def report(results: list[Result], db_label: str, sandbox_mode: str, loop: str) -
     for r in results:
         extra = r.unknown_accepted()
         console.print(
-            f"  {r.scenario.name} {r.scenario.rate:g}/s: outbox {dict(sorted(r.statuses.items()))}, attempts {dict(sorted(r.attempts.items()))}, "
+            f"  {r.scenario.label} {r.scenario.rate:g}/s: outbox {dict(sorted(r.statuses.items()))}, attempts {dict(sorted(r.attempts.items()))}, "
             f"API answers {dict(sorted(Counter(st for _, st, _ in r.calls).items()))}, seed {r.seed_seconds:.1f}s"
             + (f", {extra} accepted calls for unknown callbacks" if extra else "")
         )
@@ -425,13 +484,22 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=None, help="whatsapp.send_concurrency (default: the setting's default, 32)")
     parser.add_argument("--keepalive", type=int, default=None,
                         help="experiment: give WhatsAppClient an httpx pool keeping this many connections alive (default: httpx's 20)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="dispatcher processes for the 1,000/s scenario (more than 1 needs --db-url: SQLite is one worker)")
+    parser.add_argument("--child", nargs=6, metavar=("URL", "BASE", "RATE", "N", "LIMIT", "LOOP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        url, base, rate, n, limit, loop = args.child
+        return child_main(url, base, float(rate), int(n), float(limit), loop)
+    if args.processes > 1 and args.db_url is None:
+        parser.error("--processes > 1 needs --db-url (PostgreSQL): on SQLite one worker sends")
     if args.db_url is not None and not args.db_url.startswith("postgresql"):
         parser.error("--db-url must be a postgresql URL (SQLite is the default, in a temp dir)")
 
     scenarios: list[Scenario] = []
     if args.only in (None, "steady"):
-        scenarios += [Scenario("steady", float(r), int(float(r) * args.seconds)) for r in args.rates.split(",")]
+        scenarios += [Scenario("steady", float(r), int(float(r) * args.seconds), processes=args.processes if float(r) >= 1000 else 1)
+                      for r in args.rates.split(",")]
     if args.failures and args.only in (None, "failures"):
         scenarios.append(Scenario("failures", 80.0, int(80 * args.seconds), failures=args.failures))
 
@@ -439,7 +507,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="storeloop-dispatch-") as tmp:
         for s in scenarios:
             limit = s.messages / s.rate * 3 + 30
-            console.print(f"[dim]{s.name}: {s.messages} messages at {s.rate:g}/s (time limit {limit:.0f} s)...[/]")
+            console.print(f"[dim]{s.label}: {s.messages} messages at {s.rate:g}/s (time limit {limit:.0f} s)...[/]")
             results.append(run_scenario(s, Path(tmp), args.db_url, args.sandbox, limit, args.loop, args.keepalive, args.concurrency))
     report(results, "PostgreSQL" if args.db_url else "SQLite", args.sandbox, args.loop)
     bad = [r for r in results if r.duplicates() or r.lost()]

@@ -193,7 +193,10 @@ class WhatsAppSettings(_Settings):
     business_account_id: str | None = None
     messages_per_second: float = Field(80, gt=0, le=1000, description="per sending phone number (Meta: 80 default)")
     pair_spacing_seconds: float = Field(6, ge=0, description="minimum gap between two messages to one recipient")
-    send_concurrency: int = Field(32, ge=1, le=512, description="sends in flight per dispatcher")
+    send_concurrency: int = Field(
+        64, ge=1, le=512,
+        description="most sends in flight per dispatcher; fewer are used while rate x latency needs fewer",
+    )
     lease_seconds: int = Field(60, ge=5, description="a claimed send not finished by then becomes 'uncertain'")
     max_attempts: int = Field(8, ge=1, le=50)
     backoff_base_seconds: float = Field(2, gt=0)

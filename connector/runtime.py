@@ -99,7 +99,9 @@ class Runtime:
         from adapters.whatsapp.client import WhatsAppClient
 
         assert wa.access_token is not None
-        return WhatsAppClient(str(wa.graph_base_url).rstrip("/"), wa.api_version, wa.access_token.get_secret_value())
+        return WhatsAppClient(
+            str(wa.graph_base_url).rstrip("/"), wa.api_version, wa.access_token.get_secret_value(), max_connections=wa.send_concurrency
+        )
 
     def _default_writers(self) -> dict[int, StoreWriter]:
         """One client per store with API credentials; a dry-run writer for the others."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from datetime import datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from connector.outbox.ratelimit import RecipientSpacer, TokenBucket
+from connector.outbox.ratelimit import InFlightLimit, RecipientSpacer, TokenBucket
 from connector.outbox.retry import RetryPolicy, next_attempt_at
 from connector.policy import ContactFacts, PolicyRules, SendHistory, check, keyword_intent, next_allowed
 
@@ -119,6 +121,68 @@ def test_token_bucket_hands_out_slots_at_the_rate():
     assert waits[0] == 0 and waits[-1] == pytest.approx(2.0)  # 160 more slots take exactly 2 s
     clock[0] += 10  # idle: no stockpile beyond the burst
     assert bucket.reserve() == 0 and bucket.reserve() == pytest.approx(1 / 80)
+
+
+def test_sends_in_flight_follow_rate_times_latency_within_the_cap():
+    clock = [0.0]
+    rate = [80.0]
+    limit = InFlightLimit(64, lambda: rate[0], clock=lambda: clock[0])
+    assert limit.limit == 4  # before any answer: start small
+    limit.observe(0.150)  # Graph at 150 ms, 80/s: 80 x 0.15 x 2 + 1
+    assert limit.limit == 25
+    limit.observe(2.0)  # one slow answer (or a busy event loop) does not inflate it
+    assert limit.limit == 25
+    rate[0] = 1000.0
+    limit.observe(0.0005)  # a 0.5 ms peer at 1,000/s needs 2, not 64 idle connections
+    assert limit.limit == 2
+    clock[0] = 11.0  # latency really rose: the old minimum still counts for one window...
+    limit.observe(0.3)
+    assert limit.limit == 2
+    clock[0] = 17.0  # ... and is forgotten after two
+    limit.observe(0.3)
+    assert limit.limit == 64  # 1000 x 0.3 x 2 + 1 = 601, capped
+
+
+def test_in_flight_limit_makes_the_rest_wait_and_wakes_them_in_order():
+    async def go():
+        limit = InFlightLimit(2, lambda: 1.0, start=2)
+        order: list[int] = []
+        peak = 0
+        release = asyncio.Event()
+
+        async def send(i: int) -> None:
+            nonlocal peak
+            async with limit:
+                peak = max(peak, limit.in_flight)
+                order.append(i)
+                if i < 2:
+                    await release.wait()
+
+        tasks = [asyncio.create_task(send(i)) for i in range(5)]
+        await asyncio.sleep(0)
+        assert order == [0, 1]  # the other three wait for a slot
+        release.set()
+        await asyncio.gather(*tasks)
+        return order, peak, limit.in_flight
+
+    order, peak, left = asyncio.run(go())
+    assert order == [0, 1, 2, 3, 4] and peak == 2 and left == 0
+
+
+def test_a_cancelled_waiter_gives_its_slot_back():
+    async def go():
+        limit = InFlightLimit(1, lambda: 1.0, start=1)
+        await limit.__aenter__()
+        waiter = asyncio.create_task(limit.__aenter__())
+        await asyncio.sleep(0)
+        waiter.cancel()
+        await limit.__aexit__(None, None, None)
+        await asyncio.gather(waiter, return_exceptions=True)
+        assert limit.in_flight == 0
+        await asyncio.wait_for(limit.__aenter__(), 1)  # the slot is free again
+        return limit.in_flight
+
+    assert asyncio.run(go()) == 1
 
 
 def test_recipient_spacer():

@@ -26,7 +26,7 @@ from connector.errors import PermanentError, RetryableError
 from connector.messages import MessageSender, OutboundMessage
 from connector.outbox import loop
 from connector.outbox import store as ob
-from connector.outbox.ratelimit import RecipientSpacer, TokenBucket
+from connector.outbox.ratelimit import InFlightLimit, RecipientSpacer, TokenBucket
 from connector.outbox.retry import RetryPolicy, next_attempt_at
 from connector.policy import ContactFacts, PolicyRules, check
 from connector.storage.db import Database
@@ -65,7 +65,7 @@ class Dispatcher:
         self.batch = max(1, min(1000, int(wa.messages_per_second)))  # about a second of sends per claim
         self.buckets: dict[str, TokenBucket] = {}
         self.spacer = RecipientSpacer(wa.pair_spacing_seconds)
-        self.semaphore = asyncio.Semaphore(wa.send_concurrency)
+        self.in_flight = InFlightLimit(wa.send_concurrency, self._total_rate)
         self.history_window = max(
             [timedelta(days=s.policy.marketing_cap_days) for s in self.stores.values()]
             + [timedelta(hours=s.policy.cart_quiet_after_order_hours) for s in self.stores.values()]
@@ -75,6 +75,16 @@ class Dispatcher:
         self.sent = 0
         self.peers = 1
         self._beat_at = 0.0
+
+    async def join(self) -> int:
+        """Announce this dispatcher now and take its share of the rate; returns the peers seen.
+
+        ``run_once`` does this every second anyway; calling it before the first claim means a
+        dispatcher starting next to others never sends at the whole rate, even briefly.
+        """
+        self._beat_at = 0.0
+        await self._heartbeat()
+        return self.peers
 
     async def _heartbeat(self) -> None:
         """Every second or so: count live dispatchers and share each number's rate among them."""
@@ -95,6 +105,10 @@ class Dispatcher:
         """Leave the pool so the others take back the whole rate at once."""
         await self.flush()
         await anyio.to_thread.run_sync(ob.release, self.db, f"dispatcher:{self.worker_id}")
+
+    def _total_rate(self) -> float:
+        """This dispatcher's share of the rate over every number it sends from."""
+        return self.settings.whatsapp.messages_per_second * max(1, len(self.buckets)) / self.peers
 
     def _bucket(self, phone_number_id: str) -> TokenBucket:
         bucket = self.buckets.get(phone_number_id)
@@ -162,7 +176,7 @@ class Dispatcher:
         wait = self.spacer.wait_for(message.to)
         if wait > SHORT_WAIT:
             return ob.Result(row, "deferred", started, due_at=started + timedelta(seconds=wait))
-        async with self.semaphore:
+        async with self.in_flight:
             if wait > 0:
                 await asyncio.sleep(wait)
             await self._bucket(phone_id).acquire()
@@ -170,7 +184,10 @@ class Dispatcher:
             label = message.name if message.kind == "template" else None
             t0 = time.perf_counter()
             try:
-                sent = await self.sender.send(phone_id, message.model_copy(update={"callback_data": ob.callback_for(row.id)}))
+                try:
+                    sent = await self.sender.send(phone_id, message.model_copy(update={"callback_data": ob.callback_for(row.id)}))
+                finally:
+                    self.in_flight.observe(time.perf_counter() - t0)
             except RetryableError as exc:
                 ms = int((time.perf_counter() - t0) * 1000)
                 if exc.outcome_unknown:

@@ -9,7 +9,9 @@ so a long wait becomes a durable due time instead of a sleep.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections import deque
 from collections.abc import Callable
 
 
@@ -61,3 +63,74 @@ class RecipientSpacer:
         if len(self._last) > 100_000:  # forget the oldest half; they are long past their spacing
             for key in sorted(self._last, key=self._last.__getitem__)[: len(self._last) // 2]:
                 del self._last[key]
+
+
+class InFlightLimit:
+    """Bounds the sends in flight to what the rate needs, never above ``cap``.
+
+    Little's law: sends in flight = rate x latency. Holding many more open than that buys
+    nothing (the token bucket paces anyway) and costs CPU: every idle pooled connection is
+    polled on each request, which at 1,000/s on 127.0.0.1 made a fixed 32 slower than 4.
+    The latency used is the smallest seen over the last two windows (as TCP BBR uses its
+    min RTT), not the mean: a mean includes the time a finished send waits for the busy
+    event loop, which grows with the limit and would feed back into it. With ``gain`` 2,
+    a Graph answering in 150 ms at 80/s gets 25 slots and a 0.5 ms fake at 1,000/s gets 2.
+    """
+
+    def __init__(
+        self, cap: int, rate: Callable[[], float], *, start: int = 4, gain: float = 2.0, window: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.cap = max(1, cap)
+        self.rate = rate
+        self.gain = gain
+        self.window = window
+        self.clock = clock
+        self.limit = min(self.cap, max(1, start))
+        self.in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._window_end = clock() + window
+        self._current: float | None = None  # smallest latency in the window now open
+        self._previous: float | None = None  # ... and in the one before
+
+    @property
+    def latency(self) -> float | None:
+        seen = [x for x in (self._current, self._previous) if x is not None]
+        return min(seen) if seen else None
+
+    def observe(self, seconds: float) -> None:
+        """Fold one send's latency into the estimate and resize the limit."""
+        now = self.clock()
+        if now >= self._window_end:
+            self._previous, self._current = self._current, None
+            self._window_end = now + self.window
+        if self._current is None or seconds < self._current:
+            self._current = seconds
+        latency = self.latency or seconds
+        self.limit = min(self.cap, max(1, math.ceil(self.rate() * latency * self.gain) + 1))
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
+
+    async def __aenter__(self) -> None:
+        if self.in_flight < self.limit and not self._waiters:
+            self.in_flight += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.in_flight -= 1  # the slot was handed over just as we were cancelled
+                self._wake()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.in_flight -= 1
+        self._wake()
