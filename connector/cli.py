@@ -286,6 +286,58 @@ def sync(
         console.print(f"{report.new_rows} new inbox row(s); a running worker processes them")
 
 
+@app.command()
+def windows(
+    config: ConfigOpt = Path("storeloop.toml"),
+    store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
+    days: Annotated[float, typer.Option(help="show windows opening within this many days")] = 7,
+    limit: Annotated[int, typer.Option(help="at most this many rows")] = 200,
+) -> None:
+    """List upcoming reorder windows (refreshed first): who will hear about what, and when."""
+    from datetime import datetime, timedelta, timezone
+
+    from rich.table import Table
+
+    from connector.contacts import redact_phone
+    from connector.reorder.windows import config_for, refresh_windows, upcoming
+    from connector.storage.db import Database, ensure_schema
+    from connector.storage.inbox import sync_stores
+
+    settings = _load(config)
+    chosen = next((s for s in settings.stores if s.key == store), None)
+    if chosen is None:
+        known = ", ".join(s.key for s in settings.stores) or "none configured"
+        console.print(f"[bold red]unknown store {store!r}[/] (stores: {known})")
+        raise typer.Exit(2)
+    if config_for(chosen) is None:
+        console.print(f"[bold red]store {store!r} does not run the reorder journey:[/] add [stores.journeys.reorder] to the configuration")
+        raise typer.Exit(2)
+    now = datetime.now(timezone.utc)
+    db = Database.from_url(settings.database.url)
+    try:
+        try:
+            ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
+        except SchemaNotReadyError as exc:
+            console.print(f"[bold red]refusing to read windows:[/] {exc}")
+            raise typer.Exit(3) from None
+        store_id = sync_stores(db, [(s.key, s.platform) for s in settings.stores])[chosen.key]
+        scan = refresh_windows(db, chosen, store_id, now)
+        rows = upcoming(db, store_id, now + timedelta(days=days), limit=limit)
+    finally:
+        db.dispose()
+    tz = chosen.tz
+    table = Table(title=f"{chosen.key}: reorder windows opening in the next {days:g} days ({len(rows)} shown)")
+    for col in ("opens", "customer", "product", "qty", "cycle", "from", "anchor"):
+        table.add_column(col, justify="right" if col in ("qty", "cycle") else "left")
+    for w in rows:
+        when = "due now" if w.opens_at <= now else w.opens_at.astimezone(tz).strftime("%a %d %b %H:%M")
+        who = " ".join(x for x in (w.first_name, redact_phone(w.phone_e164) if w.phone_e164 else None) if x) or f"contact {w.contact_id}"
+        table.add_row(when, who, w.title, str(w.quantity), f"{w.cycle_days:g} d", w.cycle_source,
+                      f"{w.anchor} {w.anchor_at.astimezone(tz):%d %b}")
+    Console().print(table)
+    console.print(f"{scan.mode} scan: {scan.customers} customer(s), {scan.windows} window(s) written, {scan.learned} cycle(s) learned")
+
+
 def main() -> None:
     app()
 

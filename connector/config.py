@@ -77,6 +77,7 @@ class WorkerSettings(_Settings):
     inbox_max_attempts: int = Field(5, ge=1, le=100)
     raw_body_retention_days: int = Field(30, ge=1)
     reconcile_minutes: float = Field(15, gt=0, description="how often orders are reconciled with each store's API")
+    reorder_minutes: float = Field(15, gt=0, description="how often reorder windows are refreshed and due ones opened")
 
 
 class PolicySettings(_Settings):

@@ -274,6 +274,30 @@ class MarketingPreferenceChanged(_Fact):
     occurred_at: datetime
 
 
+class ReorderWindowOpened(_Fact):
+    """A customer should be running low on something they bought (connector/reorder).
+
+    Raised by the window scan, not by a platform: it is never stored in the inbox, so it
+    is not part of ``Event``. ``busy_with`` names the other journeys active for the
+    customer when the window opened.
+    """
+
+    type: Literal["reorder.window_opened"] = "reorder.window_opened"
+    window_id: int
+    order_external_id: str
+    product_key: str
+    product_id: str | None = None
+    variant_id: str | None = None
+    sku: str | None = None
+    title: str
+    quantity: int
+    opens_at: datetime
+    cycle_days: float
+    cycle_source: str
+    link: str | None = None
+    busy_with: tuple[str, ...] = ()
+
+
 Event = Annotated[
     Union[
         OrderPlaced,

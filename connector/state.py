@@ -226,9 +226,9 @@ def apply_checkout(conn: Connection, store_id: int, checkout: ev.Checkout, conta
     return True
 
 
-def apply_fulfillment(conn: Connection, store_id: int, f: ev.Fulfillment) -> bool:
+def apply_fulfillment(conn: Connection, store_id: int, f: ev.Fulfillment, now: datetime) -> bool:
     existing = conn.execute(
-        select(FULFILLMENTS.c.id, FULFILLMENTS.c.source_updated_at).where(
+        select(FULFILLMENTS.c.id, FULFILLMENTS.c.source_updated_at, FULFILLMENTS.c.delivered_at).where(
             FULFILLMENTS.c.store_id == store_id, FULFILLMENTS.c.external_id == f.external_id
         )
     ).first()
@@ -243,7 +243,10 @@ def apply_fulfillment(conn: Connection, store_id: int, f: ev.Fulfillment) -> boo
         "tracking_url": f.tracking_url,
         "created_at": f.created_at,
         "source_updated_at": f.updated_at,
+        "updated_at": now,  # the reorder-window scan picks up changed fulfilments by this
     }
+    if f.shipment_status is ev.ShipmentStatus.DELIVERED and (existing is None or existing.delivered_at is None):
+        values["delivered_at"] = f.updated_at  # the first "delivered" is when the customer got it
     if existing is None:
         insert_row(conn, FULFILLMENTS, dict(store_id=store_id, external_id=f.external_id, **values))
     else:
@@ -384,7 +387,7 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             out.contact_id = conn.execute(
                 select(ORDERS.c.contact_id).where(ORDERS.c.store_id == store_id, ORDERS.c.external_id == f.order_external_id)
             ).scalar()
-            out.stale = not apply_fulfillment(conn, store_id, f)
+            out.stale = not apply_fulfillment(conn, store_id, f, now)
         case ev.CustomerUpdated(customer=customer):
             out.subject = f"customer:{customer.external_id}" if customer.external_id else None
             out.contact_id = upsert_contact(conn, store_id, now, phone=customer.phone, customer=customer)

@@ -109,9 +109,32 @@ def build_scheduler(runtime: Any, *, holder: str | None = None) -> AsyncIOSchedu
         )
     if skipped:
         log.info("order reconciliation off for %s: no API credentials", ", ".join(skipped))
+    for store in runtime.settings.stores:
+        if "reorder" in store.enabled_journeys():
+            minutes_r = float(runtime.settings.worker.reorder_minutes)
+            scheduler.add_job(
+                reorder_job, "interval", minutes=minutes_r, id=f"reorder:{store.key}", name=f"reorder windows {store.key}",
+                args=[runtime, store, holder, timedelta(minutes=minutes_r)], replace_existing=True, coalesce=True, max_instances=1,
+            )
     scheduler.add_job(purge_job, "interval", hours=1, id="purge:raw-bodies", name="purge raw bodies",
                       args=[runtime, holder], replace_existing=True, coalesce=True, max_instances=1)
     return scheduler
+
+
+async def reorder_job(runtime: Any, store: Any, holder: str, interval: timedelta) -> bool:
+    """Under the store's lease: refresh reorder windows, open the due ones into the journey."""
+    from connector.reorder.windows import run_reorder_tick
+
+    store_id = runtime.store_ids.get(store.key)
+    if store_id is None or await anyio.to_thread.run_sync(_uninstalled, runtime.db, store_id):
+        return False
+
+    async def job() -> None:
+        scan, opened = await anyio.to_thread.run_sync(lambda: run_reorder_tick(runtime.db, store, store_id, runtime.clock()))
+        if opened.opened or opened.expired:
+            log.info("reorder windows opened", extra={"store": store.key, "opened": opened.opened, "expired": opened.expired})
+
+    return await run_periodic(runtime.db, holder, f"job:reorder:{store.key}", interval * LEASE_FRACTION, job)
 
 
 async def purge_job(runtime: Any, holder: str) -> int:
@@ -127,4 +150,4 @@ async def purge_job(runtime: Any, holder: str) -> int:
     return purged
 
 
-__all__ = ["build_scheduler", "has_credentials", "make_client", "reconcile_store", "worker_id"]
+__all__ = ["build_scheduler", "has_credentials", "make_client", "reconcile_store", "reorder_job", "worker_id"]

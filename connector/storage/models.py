@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -228,6 +229,8 @@ class Fulfillment(Base):
     tracking_url: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     source_updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # first time the carrier said delivered
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)  # ours: the window scan's cursor
 
 
 class Message(Base):
@@ -358,3 +361,55 @@ class Handoff(Base):
         Index("ix_handoffs_store_status", "store_id", "status"),
         UniqueConstraint("store_id", "key", name="uq_handoffs_store_key"),
     )
+
+
+class ReorderWindow(Base):
+    """When a customer should be running out of what they bought: one per (order, product).
+
+    Computed by connector/reorder/windows.py from orders, lines and fulfilments; the
+    reorder journey starts when ``opens_at`` passes. ``status``: pending (not open yet),
+    opened (the journey heard it), reordered (a later order of the product came first or
+    after), cancelled (the order was), expired (opened too long ago to message, e.g. from
+    a history backfill).
+    """
+
+    __tablename__ = "reorder_windows"
+    __table_args__ = (
+        UniqueConstraint("store_id", "order_external_id", "product_key", name="uq_reorder_windows_order_product"),
+        Index("ix_reorder_windows_due", "store_id", "status", "opens_at"),
+        Index("ix_reorder_windows_contact", "store_id", "contact_id", "product_key"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    order_external_id: Mapped[str] = mapped_column(String(64))
+    product_key: Mapped[str] = mapped_column(String(140))
+    product_id: Mapped[str | None] = mapped_column(String(64))
+    variant_id: Mapped[str | None] = mapped_column(String(64))
+    sku: Mapped[str | None] = mapped_column(String(128))
+    title: Mapped[str] = mapped_column(String(255))
+    quantity: Mapped[int] = mapped_column(Integer)
+    placed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    anchor: Mapped[str] = mapped_column(String(12))  # delivered | fulfilled | placed
+    anchor_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    cycle_days: Mapped[float] = mapped_column(Float)
+    cycle_source: Mapped[str] = mapped_column(String(16))  # config | tag | customer | learned
+    opens_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(12), default="pending")
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reorder_order_id: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ProductCycle(Base):
+    """A product's replenishment cycle from a store tag (``replenish:30d``) or learned from history."""
+
+    __tablename__ = "product_cycles"
+    __table_args__ = (UniqueConstraint("store_id", "product_key", "source", name="uq_product_cycles_key_source"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    product_key: Mapped[str] = mapped_column(String(140))
+    source: Mapped[str] = mapped_column(String(16))  # tag | learned
+    cycle_days: Mapped[float] = mapped_column(Float)
+    samples: Mapped[int] = mapped_column(Integer, default=0)  # repeat buyers behind a learned cycle
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

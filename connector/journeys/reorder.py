@@ -1,0 +1,118 @@
+"""Reorder reminders (marketing): when a product should be running out, a one-tap reorder link.
+
+The window scan (connector/reorder/windows.py) raises ``ReorderWindowOpened`` when
+delivery (or fulfilment, or the order date, plus transit) plus the product's cycle times
+the quantity, minus ``lead_days``, has passed. The journey sends the reminder with the
+cart link, optionally one follow-up, and keeps listening until the attribution window
+ends: a reorder of the same product inside it is attributed (with its revenue), a reply
+stops the follow-up. A customer busy in another journey (a COD ask, a cart reminder, a
+delivery hand-off) is skipped and the reason kept. Opt-outs, the marketing cap, quiet
+hours and the holdout are the policy gate's and the runner's business, as for every
+marketing step.
+
+This block also carries the cycle settings, since windows only exist for stores that
+run the journey.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from pydantic import AnyHttpUrl, Field, field_validator
+
+from connector import events as ev
+from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake
+from connector.reorder.cycles import parse_cycle, product_key
+
+
+class ReorderConfig(JourneyConfig):
+    cycles: dict[str, float] = Field(
+        default_factory=dict, description="per variant id, SKU or product id: '30d', '4w', '2m'; wins over tags and history",
+    )
+    lead_days: float = Field(3, ge=0, description="open the window this long before the customer should run out")
+    transit_days: float = Field(4, ge=0, description="assumed delivery time when only fulfilment or the order date is known")
+    min_repeat_buyers: int = Field(5, ge=1, description="repeat buyers needed before a product's cycle is learned from history")
+    min_cycle_days: float = Field(3, gt=0)
+    max_cycle_days: float = Field(365, gt=0)
+    follow_up_days: float | None = Field(3, gt=0, description="one follow-up this long after the reminder; omit for none")
+    discount_code: str | None = None
+    attribution_days: float = Field(14, gt=0, description="a reorder this long after the reminder counts as recovered")
+    late_days: float = Field(2, ge=0, description="windows that opened longer ago than this (history backfills) are not messaged")
+    storefront_url: AnyHttpUrl | None = Field(None, description="base of the reorder link; default the shop's own domain")
+    skip_when_busy: bool = Field(True, description="no reminder while another journey is active for the customer")
+
+    @field_validator("cycles", mode="before")
+    @classmethod
+    def _cycles(cls, value: Any) -> dict[str, float]:
+        if not isinstance(value, dict):
+            raise ValueError("must be a table of product -> cycle, e.g. { \"NEEM-100\" = \"30d\" }")
+        return {str(k): parse_cycle(str(v)) for k, v in value.items()}
+
+
+class Reorder:
+    name: ClassVar[str] = "reorder"
+    config_model: ClassVar[type[JourneyConfig]] = ReorderConfig
+    follows_contact: ClassVar[bool] = True  # a later order or a reply by the customer reaches the run
+
+    def subject(self, event: Any, facts: Facts) -> str | None:
+        if isinstance(event, ev.ReorderWindowOpened):
+            return f"reorder:{event.order_external_id}:{event.product_key}"
+        return None
+
+    def decide(self, event: Any, run: Run | None, facts: Facts, config: ReorderConfig, now: datetime) -> list[Command]:
+        if isinstance(event, ev.ReorderWindowOpened):
+            return self._opened(event, run, facts, config, now) if run is None else []
+        if run is None or run.status != "active":
+            return []
+        if isinstance(event, ev.OrderPlaced):
+            return self._reordered(event.order, run)
+        if isinstance(event, (ev.MessageReceived, ev.ButtonReplied)):
+            return [Update({"replied": True}), Wake(datetime.fromisoformat(run.state["attribution_ends"]))]
+        if isinstance(event, TimerFired):
+            return self._timer(run, facts, config, now)
+        return []
+
+    def _opened(self, e: ev.ReorderWindowOpened, run: Run | None, facts: Facts, config: ReorderConfig, now: datetime) -> list[Command]:
+        if facts.contact_id is None:
+            return []
+        subject = f"reorder:{e.order_external_id}:{e.product_key}"
+        ends = now + timedelta(days=config.attribution_days)
+        state = {"window_id": e.window_id, "product_key": e.product_key, "product": e.title, "quantity": e.quantity,
+                 "link": e.link, "cycle_days": e.cycle_days, "cycle_source": e.cycle_source, "attribution_ends": ends.isoformat()}
+        if e.busy_with and config.skip_when_busy:
+            return [Start(subject, facts.contact_id, {**state, "skipped": ",".join(e.busy_with)}), Finish("skipped_busy")]
+        commands: list[Command] = [Start(subject, facts.contact_id, {**state, "sent": 1}), Send("reminder", self._context(state, facts, config)),
+                                   MoveStage("retention")]
+        if config.follow_up_days:
+            commands.append(Wake(min(ends, now + timedelta(days=config.follow_up_days))))
+        else:
+            commands.append(Wake(ends))
+        return commands
+
+    @staticmethod
+    def _context(state: dict[str, Any], facts: Facts, config: ReorderConfig) -> dict[str, Any]:
+        ctx: dict[str, Any] = {"customer.first_name": facts.first_name, "store.name": facts.store_name,
+                               "reorder.link": state.get("link"), "reorder.product": state.get("product")}
+        if config.discount_code:
+            ctx["discount.code"] = config.discount_code
+        return ctx
+
+    def _timer(self, run: Run, facts: Facts, config: ReorderConfig, now: datetime) -> list[Command]:
+        ends = datetime.fromisoformat(run.state["attribution_ends"])
+        sent = int(run.state.get("sent", 0))
+        if now < ends and sent == 1 and config.follow_up_days and not run.state.get("replied"):
+            return [Update({"sent": 2}), Send("follow_up", self._context(run.state, facts, config)), Wake(ends)]
+        if now < ends:
+            return [Wake(ends)]
+        return [Finish("no_reorder")]
+
+    @staticmethod
+    def _reordered(order: ev.Order, run: Run) -> list[Command]:
+        key = run.state.get("product_key")
+        if not any(product_key(li.product_id, li.sku, li.title) == key for li in order.line_items):
+            return []  # another product: still waiting for this one
+        attributed = order.created_at <= datetime.fromisoformat(run.state["attribution_ends"]) and int(run.state.get("sent", 0)) > 0
+        return [Update({"order_id": order.external_id, "reordered": True, "attributed": attributed,
+                        "revenue": str(order.total) if attributed else "0", "currency": order.currency}),
+                Wake(None), Finish("reordered")]

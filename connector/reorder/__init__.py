@@ -1,0 +1,1 @@
+"""Reorder windows: replenishment cycles and when each customer should hear about them."""

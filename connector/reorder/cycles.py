@@ -1,0 +1,112 @@
+"""Replenishment cycles: how long one unit of a product lasts a customer.
+
+Pure functions, no I/O. Precedence, as a merchant would expect: a cycle written in the
+TOML config wins, then a product tag (``replenish:30d``), then what history shows: the
+customer's own cadence once they have bought the product at least twice, else the median
+over every repeat buyer once there are ``min_repeat_buyers`` of them.
+
+Cycles are per unit: an interval between two purchases is divided by the quantity of the
+earlier one (two 30-day packs bought, 60 days until the next order = 30 days per unit),
+and a window scales back by the quantity bought.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+_CYCLE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|day|days|w|wk|week|weeks|m|mo|month|months)?\s*$", re.IGNORECASE)
+_UNIT_DAYS = {"d": 1, "day": 1, "days": 1, "w": 7, "wk": 7, "week": 7, "weeks": 7, "m": 30, "mo": 30, "month": 30, "months": 30}
+TAG_PREFIX = "replenish:"
+
+
+def parse_cycle(text: str) -> float:
+    """'30d', '4w', '2m' (30 days), '45' (days) -> days. Raises ValueError with the reason."""
+    match = _CYCLE.match(str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a cycle (use e.g. '30d', '4w' or '2m')")
+    days = float(match.group(1)) * _UNIT_DAYS[(match.group(2) or "d").lower()]
+    if days <= 0:
+        raise ValueError(f"{text!r}: a cycle must be longer than 0 days")
+    return days
+
+
+def cycle_from_tags(tags: Iterable[str]) -> float | None:
+    """The first well-formed ``replenish:<cycle>`` tag (case-insensitive); malformed ones are ignored."""
+    for tag in tags:
+        tag = tag.strip()
+        if tag.lower().startswith(TAG_PREFIX):
+            try:
+                return parse_cycle(tag[len(TAG_PREFIX):])
+            except ValueError:
+                continue
+    return None
+
+
+def product_key(product_id: str | None, sku: str | None, title: str | None) -> str:
+    """What cycles are learned and windows kept per: the product (variants pooled)."""
+    if product_id:
+        return f"p:{product_id}"
+    if sku:
+        return f"s:{sku}"
+    return f"t:{(title or '').strip().lower()[:130]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    placed_at: datetime
+    quantity: int
+
+
+def unit_intervals(purchases: list[Purchase]) -> list[float]:
+    """Days per unit between consecutive purchases (sorted by time), same-day repeats skipped."""
+    ordered = sorted(purchases, key=lambda p: p.placed_at)
+    out: list[float] = []
+    for before, after in zip(ordered, ordered[1:]):
+        days = (after.placed_at - before.placed_at).total_seconds() / 86400
+        if days >= 1:  # two orders on one day are a correction or a split, not a cycle
+            out.append(days / max(1, before.quantity))
+    return out
+
+
+def customer_cadence(purchases: list[Purchase]) -> float | None:
+    """A customer's own cycle once they have bought the product at least twice."""
+    intervals = unit_intervals(purchases)
+    return statistics.median(intervals) if intervals else None
+
+
+def learned_cycle(per_buyer_intervals: Iterable[list[float]], min_repeat_buyers: int) -> tuple[float, int] | None:
+    """Median over every repeat buyer's intervals, once enough buyers came back; (days, buyers)."""
+    buyers = [i for i in per_buyer_intervals if i]
+    if len(buyers) < max(1, min_repeat_buyers):
+        return None
+    return statistics.median(x for intervals in buyers for x in intervals), len(buyers)
+
+
+@dataclass(frozen=True, slots=True)
+class CycleBook:
+    """Everything that can name a cycle, looked up in precedence order."""
+
+    config: Mapping[str, float]  # by variant id, SKU or product id
+    tags: Mapping[str, float]  # by product key
+    learned: Mapping[str, float]  # by product key
+    min_days: float = 1.0
+    max_days: float = 730.0
+
+    def resolve(
+        self, *, key: str, product_id: str | None, variant_id: str | None, sku: str | None, customer: float | None = None,
+    ) -> tuple[float, str] | None:
+        """(days per unit, source) or None when nothing knows this product yet."""
+        for ident in (variant_id, sku, product_id):
+            if ident and ident in self.config:
+                return self.config[ident], "config"
+        if key in self.tags:
+            return self.tags[key], "tag"
+        if customer is not None:
+            return min(max(customer, self.min_days), self.max_days), "customer"
+        if key in self.learned:
+            return min(max(self.learned[key], self.min_days), self.max_days), "learned"
+        return None

@@ -1,0 +1,320 @@
+"""Reorder windows: cycles (pure), the journey's decisions, then webhooks -> windows -> messages."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+
+from connector import events as ev
+from connector.config import parse_settings
+from connector.errors import ConfigError
+from connector.journeys.engine import Facts, Finish, Run, Send, Start, TimerFired, Wake
+from connector.journeys.reorder import Reorder, ReorderConfig
+from connector.reorder.cycles import CycleBook, Purchase, customer_cadence, cycle_from_tags, parse_cycle, product_key
+from connector.reorder.windows import Line, learn_cycles, open_due_windows, refresh_windows, run_reorder_tick, upcoming
+from connector.storage import models as m
+from tests.conftest import FIXTURES, PHONE_ID_A, SECRETS, settings_dict
+from tests.helpers import dumps, load_json, meta_signature, running_app, shopify_headers
+
+T0 = datetime(2026, 9, 1, 6, 0, tzinfo=timezone.utc)
+
+
+# ---- cycles ------------------------------------------------------------------------------
+def test_cycles_parse_and_tags():
+    assert [parse_cycle(x) for x in ("30d", "4w", "2m", "45", "1.5 weeks")] == [30, 28, 60, 45, 10.5]
+    for bad in ("thirty", "0d", "30y", ""):
+        with pytest.raises(ValueError):
+            parse_cycle(bad)
+    assert cycle_from_tags(["organic", "Replenish:6w", "replenish:10d"]) == 42
+    assert cycle_from_tags(["replenish:soon", "vegan"]) is None
+
+
+def _history(rng: random.Random, true_days: float, buyers: int, *, jitter: float = 3.0, qty_choices=(1,)) -> list[tuple[int, list[Line]]]:
+    """Synthetic repeat buyers of one product: each next order after qty x true_days, +/- jitter days."""
+    out = []
+    for contact in range(buyers):
+        at = T0 + timedelta(days=rng.uniform(0, 30))
+        lines = []
+        for n in range(rng.randint(2, 5)):
+            qty = rng.choice(qty_choices)
+            lines.append(Line(f"o{contact}-{n}", at, False, "p1", "v1", "SKU", "Neem", qty, None, None))
+            at += timedelta(days=true_days * qty + rng.uniform(-jitter, jitter))
+        out.append((contact, lines))
+    return out
+
+
+@pytest.mark.parametrize("true_days", [21.0, 30.0, 45.0, 90.0])
+def test_learned_median_is_within_a_day_of_the_truth(true_days):
+    rng = random.Random(int(true_days))
+    learned = learn_cycles(_history(rng, true_days, 40, qty_choices=(1, 1, 2, 3)), min_repeat_buyers=5)
+    days, buyers = learned["p:p1"]
+    assert abs(days - true_days) < 1.0 and buyers == 40
+
+
+def test_nothing_is_learned_before_enough_buyers_came_back():
+    assert learn_cycles(_history(random.Random(1), 30, 4), min_repeat_buyers=5) == {}
+    assert "p:p1" in learn_cycles(_history(random.Random(1), 30, 5), min_repeat_buyers=5)
+
+
+def test_quantity_scales_the_interval_per_unit():
+    # two packs bought, next order 60 days later: 30 days per pack
+    assert customer_cadence([Purchase(T0, 2), Purchase(T0 + timedelta(days=60), 1), Purchase(T0 + timedelta(days=90), 1)]) == 30
+
+
+def test_precedence_is_config_then_tag_then_customer_then_learned():
+    book = CycleBook(config={"SKU-1": 20.0}, tags={"p:2": 40.0}, learned={"p:1": 50.0, "p:2": 55.0, "p:3": 60.0})
+    assert book.resolve(key="p:1", product_id="1", variant_id="v", sku="SKU-1", customer=33) == (20.0, "config")
+    assert book.resolve(key="p:2", product_id="2", variant_id="v", sku=None, customer=33) == (40.0, "tag")
+    assert book.resolve(key="p:3", product_id="3", variant_id="v", sku=None, customer=33) == (33, "customer")
+    assert book.resolve(key="p:3", product_id="3", variant_id="v", sku=None) == (60.0, "learned")
+    assert book.resolve(key="p:4", product_id="4", variant_id="v", sku=None) is None
+
+
+def test_a_cycle_typo_in_the_config_is_a_clear_error():
+    raw = settings_dict("sqlite://")
+    raw["stores"][0]["journeys"] = {"reorder": {"cycles": {"NEEM-100": "thirty days"}}}
+    with pytest.raises(ConfigError, match="reorder.cycles.*not a cycle"):
+        parse_settings(raw, environ={})
+
+
+# ---- the journey's decisions ----------------------------------------------------------------
+def opened(**kw) -> ev.ReorderWindowOpened:
+    base = dict(window_id=1, order_external_id="1001", product_key="p:9001", product_id="9001", variant_id="49001", title="Neem face wash",
+                quantity=2, opens_at=T0, cycle_days=30, cycle_source="config", link="https://shop-a.myshopify.com/cart/49001:2")
+    return ev.ReorderWindowOpened(**{**base, **kw})
+
+
+FACTS = Facts(store_name="Acme", contact_id=7, first_name="Asha")
+
+
+def test_reorder_reminds_follows_up_once_and_attributes_a_reorder():
+    j, cfg = Reorder(), ReorderConfig(follow_up_days=3, attribution_days=14, discount_code="AGAIN10")
+    cmds = j.decide(opened(), None, FACTS, cfg, T0)
+    start, send = cmds[0], cmds[1]
+    assert isinstance(start, Start) and isinstance(send, Send) and send.step == "reminder"
+    assert send.context["reorder.link"].endswith("/cart/49001:2") and send.context["discount.code"] == "AGAIN10"
+    assert cmds[-1] == Wake(T0 + timedelta(days=3))
+    state = {**start.state}
+    run = Run("reorder", "reorder:1001:p:9001", "active", state, T0 + timedelta(days=3), 7, T0)
+    follow = j.decide(TimerFired(T0 + timedelta(days=3)), run, FACTS, cfg, T0 + timedelta(days=3))
+    assert [c.step for c in follow if isinstance(c, Send)] == ["follow_up"]
+    run2 = Run(run.journey, run.subject, "active", {**state, "sent": 2}, None, 7, T0)
+    assert j.decide(TimerFired(T0 + timedelta(days=6)), run2, FACTS, cfg, T0 + timedelta(days=6)) == [Wake(T0 + timedelta(days=14))]
+    other = ev.Order(external_id="2002", name="#2002", created_at=T0 + timedelta(days=5), updated_at=T0 + timedelta(days=5),
+                     payment_state=ev.PaymentState.PAID, total=Decimal("499"), currency="INR", customer=ev.Customer(),
+                     line_items=(ev.LineItem(product_id="777", title="Soap"),))
+    assert j.decide(ev.OrderPlaced(order=other), run2, FACTS, cfg, T0) == []  # another product: keep waiting
+    again = other.model_copy(update={"line_items": (ev.LineItem(product_id="9001", variant_id="49001", title="Neem face wash", quantity=2),)})
+    done = j.decide(ev.OrderPlaced(order=again), run2, FACTS, cfg, T0 + timedelta(days=5))
+    assert done[-1] == Finish("reordered") and done[0].state["attributed"] is True and done[0].state["revenue"] == "499"
+
+
+def test_reorder_skips_a_customer_busy_in_another_journey_and_ignores_a_second_opening():
+    j, cfg = Reorder(), ReorderConfig()
+    cmds = j.decide(opened(busy_with=("cod_confirmation",)), None, FACTS, cfg, T0)
+    assert not any(isinstance(c, Send) for c in cmds) and cmds[-1] == Finish("skipped_busy")
+    assert cmds[0].state["skipped"] == "cod_confirmation"
+    run = Run("reorder", "reorder:1001:p:9001", "active", {"sent": 1}, None, 7, T0)
+    assert j.decide(opened(), run, FACTS, cfg, T0) == []
+
+
+# ---- webhooks -> windows -> messages ---------------------------------------------------------
+TEMPLATES = [
+    {"step": "reorder.reminder", "name": "reorder_v1", "category": "marketing",
+     "body_text": "Hi {{1}}, running low on {{2}}? Reorder in one tap: {{3}}", "body": ["customer.first_name", "reorder.product", "reorder.link"]},
+    {"step": "reorder.follow_up", "name": "reorder_nudge_v1", "category": "marketing",
+     "body_text": "Still time to restock {{1}}: {{2}}", "body": ["reorder.product", "reorder.link"]},
+]
+
+
+class Clock:
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _order(order_id: int, placed: datetime, *, phone: str = "+91 98765 43210", qty: int = 2, product: str = "9001",
+           variant: str = "49001", sku: str = "NEEM-100", customer_id: int = 115310627314723954) -> dict:
+    o = load_json(FIXTURES / "shopify" / "orders_create.sample.json")
+    stamp = placed.isoformat()
+    o.update(id=order_id, name=f"#{order_id}", financial_status="paid", payment_gateway_names=["razorpay"], cancelled_at=None, cancel_reason=None,
+             test=False, created_at=stamp, updated_at=stamp, processed_at=stamp, phone=phone, checkout_token=f"tok{order_id}")
+    o["customer"] = {**o["customer"], "id": customer_id, "phone": phone, "first_name": "Asha"}
+    o["line_items"] = [{**o["line_items"][0], "id": order_id * 10, "product_id": int(product), "variant_id": int(variant), "sku": sku,
+                        "title": "Neem face wash", "quantity": qty, "price": "249.50"}]
+    return o
+
+
+def _delivered(order_id: int, at: datetime) -> dict:
+    f = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+    f.update(id=order_id + 5, order_id=order_id, status="success", shipment_status="delivered", created_at=(at - timedelta(days=3)).isoformat(),
+             updated_at=at.isoformat())
+    return f
+
+
+def _consent(customer_id: int = 115310627314723954, phone: str = "+919876543210") -> dict:
+    c = load_json(FIXTURES / "shopify" / "customers_whats_app_marketing_consent_update.sample.json")
+    c.update(customer_id=customer_id, phone_number=phone)
+    c["whats_app_marketing_consent"] = {"state": "subscribed", "opt_in_level": "single_opt_in", "updated_at": "2026-08-01T00:00:00Z",
+                                        "collected_from": "other"}
+    return c
+
+
+def _post(client, topic: str, payload: dict) -> None:
+    body = dumps(payload)
+    r = client.post("/webhooks/shopify", content=body, headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", topic))
+    assert r.status_code == 200, r.text
+
+
+def _settings(db_url: str, **journey):
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(templates=TEMPLATES, policy={"quiet_hours": ""},
+                            journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "lead_days": 3, **journey}})
+    return parse_settings(raw, environ={})
+
+
+def _outbox(runtime) -> list:
+    with runtime.db.engine.connect() as conn:
+        return conn.execute(select(m.OutboxMessage).where(m.OutboxMessage.journey == "reorder").order_by(m.OutboxMessage.id)).all()
+
+
+def test_a_delivered_order_opens_its_window_once_and_a_reorder_inside_it_is_attributed(db_url):
+    settings = _settings(db_url, follow_up_days=3, attribution_days=14)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        store = settings.stores[0]
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", _order(1001, T0))
+        delivered_at = T0 + timedelta(days=4)
+        clock.now = delivered_at
+        _post(client, "fulfillments/update", _delivered(1001, delivered_at))
+        runtime.processor.drain()
+
+        refresh_windows(runtime.db, store, sid, clock.now)
+        [w] = upcoming(runtime.db, sid, clock.now + timedelta(days=90))
+        # delivered + 30 days x 2 packs - 3 days lead
+        assert (w.anchor, w.cycle_source, w.quantity, w.opens_at) == ("delivered", "config", 2, delivered_at + timedelta(days=57))
+
+        clock.now = w.opens_at - timedelta(hours=1)
+        assert run_reorder_tick(runtime.db, store, sid, clock.now)[1].opened == 0  # not yet
+        clock.now = w.opens_at + timedelta(hours=1)
+        for _ in range(2):  # a second tick (or a second worker) opens nothing twice
+            run_reorder_tick(runtime.db, store, sid, clock.now)
+        [reminder] = _outbox(runtime)
+        assert (reminder.step, reminder.status) == ("reminder", "pending")
+        params = [p["text"] for p in reminder.payload["message"]["body"]]
+        assert params == ["Asha", "Neem face wash", "https://shop-a.myshopify.com/cart/49001:2"]
+
+        clock.now += timedelta(days=3)
+        runtime.processor.process_timers()  # the follow-up
+        clock.now += timedelta(days=2)
+        _post(client, "orders/create", _order(1002, clock.now, qty=1))  # the reorder, inside the window
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        with runtime.db.engine.connect() as conn:
+            [r] = conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "reorder")).all()
+            windows = {x.order_external_id: x for x in conn.execute(select(m.ReorderWindow))}
+    assert [o.step for o in _outbox(runtime)] == ["reminder", "follow_up"]
+    assert (r.status, r.state["outcome"], r.state["attributed"], r.state["order_id"]) == ("finished", "reordered", True, "1002")
+    # the first window is done; the reorder has its own window, one 30-day pack from its order date + transit
+    assert (windows["1001"].status, windows["1001"].reorder_order_id) == ("reordered", "1002")
+    assert windows["1002"].status == "pending" and windows["1002"].anchor == "placed"
+
+
+def test_history_imported_late_expires_instead_of_messaging_and_an_earlier_reorder_skips_the_window(db_url):
+    settings = _settings(db_url)
+    clock = Clock(T0 + timedelta(days=200))
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", _order(3001, T0))  # long ago: its window passed months ago
+        # another customer reordered before their window opened
+        _post(client, "orders/create", _order(3002, T0 + timedelta(days=170), phone="+91 98123 45678", customer_id=2))
+        runtime.processor.drain()
+        scan, opened_ = run_reorder_tick(runtime.db, settings.stores[0], sid, clock.now)
+        assert scan.mode == "full" and (opened_.expired, opened_.opened) == (1, 0)
+        clock.now += timedelta(hours=12)  # customer 2 reorders before their window (2 x 30 d) opens
+        _post(client, "orders/create", _order(3003, clock.now, phone="+91 98123 45678", customer_id=2, qty=1))
+        runtime.processor.drain()
+        scan, opened_ = run_reorder_tick(runtime.db, settings.stores[0], sid, clock.now)
+        with runtime.db.engine.connect() as conn:
+            windows = {w.order_external_id: w for w in conn.execute(select(m.ReorderWindow))}
+    assert scan.mode == "incremental" and opened_.opened == 0
+    assert {k: w.status for k, w in windows.items()} == {"3001": "expired", "3002": "reordered", "3003": "pending"}
+    assert windows["3002"].reorder_order_id == "3003"
+    assert _outbox(runtime) == []
+
+
+def test_a_customer_in_another_journey_or_opted_out_gets_no_reminder(db_url):
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(
+        templates=TEMPLATES + [{"step": "cod_confirmation.ask", "name": "cod_v1", "category": "utility", "body_text": "Confirm {{1}}?",
+                                "body": ["order.name"]}],
+        policy={"quiet_hours": ""},
+        journeys={"reorder": {"cycles": {"NEEM-100": "30d"}}, "cod_confirmation": {}})
+    settings = parse_settings(raw, environ={})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        for cid, phone in ((1, "+91 98765 43210"), (2, "+91 98123 45678")):
+            _post(client, "customers_whats_app_marketing_consent/update", _consent(cid, phone.replace(" ", "")))
+            _post(client, "orders/create", _order(4000 + cid, T0, phone=phone, customer_id=cid, qty=1))
+        runtime.processor.drain()
+        clock.now = T0 + timedelta(days=32)  # both windows opened a day ago (4 d transit + 30 d - 3 d lead)
+        # customer 1 has a COD order waiting for confirmation; customer 2 wrote STOP
+        cod = _order(4100, clock.now, phone="+91 98765 43210", customer_id=1, product="5555", variant="55551", sku="OTHER")
+        cod.update(financial_status="pending", payment_gateway_names=["Cash on Delivery (COD)"])
+        _post(client, "orders/create", cod)
+        runtime.processor.drain()
+        env = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": PHONE_ID_A},
+            "contacts": [{"profile": {"name": "B"}, "wa_id": "919812345678"}],
+            "messages": [{"from": "919812345678", "id": "wamid.stop", "timestamp": str(int(clock.now.timestamp())), "type": "text",
+                          "text": {"body": "STOP"}}]}}]}]}
+        body = dumps(env)
+        assert client.post("/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": meta_signature(body, SECRETS["wa_app"])}).status_code == 200
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, settings.stores[0], sid, clock.now)
+        with runtime.db.engine.connect() as conn:
+            runs = {r.subject: r for r in conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "reorder"))}
+    outbox = _outbox(runtime)
+    assert runs["reorder:4001:p:9001"].state["outcome"] == "skipped_busy"
+    assert [(o.status, o.skip_reason) for o in outbox] == [("skipped", "opted_out")]
+
+
+def test_windows_command_lists_what_goes_out_this_week(tmp_path):
+    from typer.testing import CliRunner
+
+    from connector.cli import app
+
+    db_url = f"sqlite:///{tmp_path / 'w.db'}"
+    settings = _settings(db_url)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = lambda: now
+        _post(client, "orders/create", _order(5001, now - timedelta(days=28), qty=1))  # opens in about 3 days
+        _post(client, "orders/create", _order(5002, now - timedelta(days=5), qty=1, phone="+91 98123 45678", customer_id=2))  # in ~26 days
+        runtime.processor.drain()
+    config = tmp_path / "storeloop.toml"
+    config.write_text(
+        f'[database]\nurl = "{db_url}"\n\n[[stores]]\nkey = "shop-a"\nplatform = "shopify"\nshop_domain = "shop-a.myshopify.com"\n'
+        f'webhook_secret = "x"\ndefault_country = "IN"\ntimezone = "Asia/Kolkata"\n\n[stores.journeys.reorder]\ncycles = {{ "NEEM-100" = "30d" }}\n'
+        f'lead_days = 3\n'
+    )
+    result = CliRunner().invoke(app, ["windows", "--config", str(config), "--store", "shop-a", "--days", "7"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Neem face wash" in result.output and "Asha" in result.output and "config" in result.output
+    assert "+919876543210" not in result.output  # phones are redacted
+    assert result.output.count("Neem face wash") == 1  # the second customer's window is beyond the week
+    missing = CliRunner().invoke(app, ["windows", "--config", str(config), "--store", "nope"])
+    assert missing.exit_code == 2 and "unknown store" in missing.output
