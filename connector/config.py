@@ -328,6 +328,24 @@ class WooCommerceStore(_StoreBase):
     consumer_key: SecretStr | None = None
     consumer_secret: SecretStr | None = None
     api_base_url: AnyHttpUrl | None = Field(None, description="defaults to {site_url}/wp-json/wc/v3")
+    cart_webhook_token: SecretStr | None = Field(
+        None,
+        description="the secret in the Cart Abandonment Recovery plugin's webhook URL "
+        "(/webhooks/woocommerce/{key}/carts/{token}); unset: that endpoint answers 401",
+    )
+
+    @field_validator("cart_webhook_token")
+    @classmethod
+    def _url_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        """It travels in a URL path with no signature beside it: long, random and URL-safe."""
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if len(token) < 24:
+            raise ValueError("must be at least 24 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", token):
+            raise ValueError("may contain only letters, digits, '-' and '_' (it is part of a URL)")
+        return value
 
     @property
     def rest_base_url(self) -> str:

@@ -26,6 +26,7 @@ from adapters._parse import (
     req_id,
     req_str,
 )
+from adapters.woocommerce import carts
 from connector.config import WooCommerceStore
 from connector.contacts import normalize_phone
 from connector.events import (
@@ -66,8 +67,11 @@ def normalize(topic: str, body: dict, store: WooCommerceStore) -> list[Event]:
     """Translate one WooCommerce webhook (topic + JSON body) into events.
 
     ``order.deleted`` (body ``{"id": N}``), checkout drafts and unknown topics give ``[]``.
+    ``cart.*`` topics are the Cart Abandonment Recovery plugin's posts (``carts.py``).
     """
     data = as_object(body, "body")
+    if topic in carts.TOPICS:
+        return carts.normalize(topic, data, store)
     if topic in _ORDER_TOPICS:
         if (get_str(data, "status") or "").lower() == _CHECKOUT_DRAFT:
             return []

@@ -15,6 +15,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from adapters.envelope import Envelope
 from adapters.whatsapp import webhooks as wa
+from adapters.woocommerce import carts as woo_carts
 from adapters.woocommerce import webhooks as woo
 from connector.errors import BadPayloadError, VerificationError
 from connector.runtime import Runtime
@@ -158,6 +159,37 @@ async def woocommerce_webhook(d: Delivery) -> Response:
         return problem(400, "body must be a JSON object")
     env = woo.envelope(headers, body, payload)
     return await _store(runtime, [_item(runtime, key, "woocommerce", env, body)], "woocommerce")
+
+
+async def woocommerce_cart_webhook(d: Delivery) -> Response:
+    """The Cart Abandonment Recovery plugin's form post; the secret is the URL's last segment.
+
+    Unknown store, no ``cart_webhook_token`` configured, or a missing or wrong token: 401,
+    logged without the token. A body that is not the plugin's form: 400. Otherwise one
+    inbox row (a repeated post is a duplicate), normalised later like any other webhook.
+    """
+    runtime = d.runtime
+    key = d.path_params["store_key"]
+    store = runtime.woocommerce_store(key)
+    if store is None:
+        log.warning("woocommerce cart webhook for unknown store", extra={"store": key[:64]})
+        return problem(401, "unauthorized")
+    try:
+        woo_carts.verify_token(store, d.path_params.get("token", ""))
+    except VerificationError as exc:
+        log.warning("woocommerce cart webhook rejected", extra={"store": key, "reason": exc.reason})
+        return problem(401, "unauthorized")
+    try:
+        fields = woo_carts.parse_form(d.body)
+    except BadPayloadError as exc:
+        log.warning("woocommerce cart webhook body is malformed", extra={"store": key, "reason": str(exc)})
+        return problem(400, str(exc))
+    received_at = runtime.clock()
+    env = woo_carts.envelope(d.headers, fields, received_at)
+    if env.ignored_reason:
+        log.info("woocommerce cart status ignored", extra={"store": key, "topic": env.topic})
+    item = _item(runtime, key, "woocommerce", env, woo_carts.stored_body(d.body, received_at))
+    return await _store(runtime, [item], "woocommerce-cart")
 
 
 async def whatsapp_challenge(request: Request) -> Response:
