@@ -338,6 +338,96 @@ def windows(
     console.print(f"{scan.mode} scan: {scan.customers} customer(s), {scan.windows} window(s) written, {scan.learned} cycle(s) learned")
 
 
+@app.command()
+def report(
+    config: ConfigOpt = Path("storeloop.toml"),
+    store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
+    week: Annotated[Optional[str], typer.Option(help="ISO week, e.g. 2026-W47 (default: the last complete week)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """The weekly journey audit: each stage's KPIs against last week, message health, lift, the biggest leak."""
+    import json as _json
+    from datetime import datetime, timezone
+
+    from rich.table import Table
+
+    from connector.reports import build_report, parse_week
+    from connector.storage.db import Database, ensure_schema
+    from connector.storage.inbox import sync_stores
+
+    settings = _load(config)
+    chosen = next((s for s in settings.stores if s.key == store), None)
+    if chosen is None:
+        known = ", ".join(s.key for s in settings.stores) or "none configured"
+        console.print(f"[bold red]unknown store {store!r}[/] (stores: {known})")
+        raise typer.Exit(2)
+    try:
+        period = parse_week(week, chosen.tz, datetime.now(timezone.utc))
+    except ValueError as exc:
+        console.print(f"[bold red]{exc}[/]")
+        raise typer.Exit(2) from None
+    db = Database.from_url(settings.database.url)
+    try:
+        try:
+            ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
+        except SchemaNotReadyError as exc:
+            console.print(f"[bold red]refusing to report:[/] {exc}")
+            raise typer.Exit(3) from None
+        store_id = sync_stores(db, [(s.key, s.platform) for s in settings.stores])[chosen.key]
+        data = build_report(db, chosen, store_id, period)
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(_json.dumps(data, indent=2))
+        return
+    out = Console()
+    out.print(f"[bold]{chosen.name or chosen.key}[/]: week {data['period']['week']} ({chosen.timezone}), against {data['period']['previous']}")
+    for name, stage in data["stages"].items():
+        table = Table(title=f"{name.replace('_', '-')}" + (f" (owner: {stage['owner']})" if stage["owner"] else ""), title_justify="left")
+        for col in ("KPI", "this week", "last week", "change"):
+            table.add_column(col, justify="left" if col == "KPI" else "right")
+        for key, value in stage["metrics"].items():
+            if key == "lost":
+                continue
+            shown = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else ("-" if value is None else str(value))
+            before = stage["previous"].get(key)
+            before_shown = "-" if before is None or isinstance(before, dict) else str(before)
+            change = stage["change"].get(key)
+            style = "bold" if key == stage["headline"] else ""
+            table.add_row(f"[{style}]{key}[/]" if style else key, shown, before_shown, "" if change is None else f"{change:+}"
+                          if isinstance(change, (int, float)) else str(change))
+        out.print(table)
+    health = Table(title="message health by template", title_justify="left")
+    for col in ("step", "template", "queued", "sent", "delivered", "read", "failed (by code)", "skipped (by reason)"):
+        health.add_column(col, justify="left" if col in ("step", "template") else "right")
+    for step, t in data["message_health"]["templates"].items():
+        failed = f"{t['failed']} " + (", ".join(f"{k}: {v}" for k, v in t["failed_by_code"].items()) if t["failed"] else "")
+        skipped = f"{t['skipped']} " + (", ".join(f"{k}: {v}" for k, v in t["skipped_by_reason"].items()) if t["skipped"] else "")
+        health.add_row(step, t["template"], str(t["queued"]), str(t["sent"]), str(t["delivered"]), str(t["read"]), failed.strip(), skipped.strip())
+    out.print(health)
+    out.print(f"marketing opt-outs this week: {data['message_health']['opt_outs']}")
+    if data["lift"]:
+        lift = Table(title="lift against the holdout (conversion, treated minus control, 95% interval)", title_justify="left")
+        for col in ("journey", "treated", "control", "lift", "95% interval", "significant"):
+            lift.add_column(col, justify="left" if col == "journey" else "right")
+        for journey, x in data["lift"].items():
+            if x["lift"] is None:
+                lift.add_row(journey, str(x["treated"]), str(x["control"]), "-", "-", "-")
+                continue
+            lift.add_row(journey, f"{x['treated_converted']}/{x['treated']} ({x['treated_rate']:.1%})",
+                         f"{x['control_converted']}/{x['control']} ({x['control_rate']:.1%})", f"{x['lift']:+.1%}",
+                         f"{x['ci95'][0]:+.1%} .. {x['ci95'][1]:+.1%}", "yes" if x["significant"] else "no")
+        out.print(lift)
+    leak = data["biggest_leak"]
+    if leak["stage"]:
+        out.print(f"[bold red]Biggest leak: {leak['stage']}[/] ({leak['lost']} customers lost this week"
+                  + (f"; owner {leak['owner']})" if leak["owner"] else ")"))
+    else:
+        out.print("No leak this week: nothing was lost at any stage.")
+    if data["open_handoffs"]:
+        out.print("Open hand-offs: " + ", ".join(f"{owner} {n}" for owner, n in data["open_handoffs"].items()))
+
+
 def main() -> None:
     app()
 

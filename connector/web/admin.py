@@ -104,3 +104,22 @@ async def close_handoff(request: Request) -> Response:
     closed = await anyio.to_thread.run_sync(
         partial(admin.close_handoff, runtime.db, guard, handoff_id, str(body["by"]), body.get("resolution")))
     return JSONResponse({"closed": True}) if closed else problem(404, "no open hand-off with that id in this store")
+
+
+async def report(request: Request) -> Response:
+    """The weekly report as JSON (``?week=2026-W47``; default: the last complete week)."""
+    from datetime import datetime, timezone
+
+    from connector.reports import build_report, parse_week
+
+    guard = _guard(request)
+    if isinstance(guard, Response):
+        return guard
+    runtime = request.app.state.runtime
+    store = runtime.stores_by_key[request.path_params["store_key"]]
+    try:
+        period = parse_week(request.query_params.get("week"), store.tz, datetime.now(timezone.utc))
+    except ValueError as exc:
+        return problem(400, str(exc))
+    data = await anyio.to_thread.run_sync(partial(build_report, runtime.db, store, guard, period))
+    return JSONResponse(data)

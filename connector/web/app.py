@@ -36,6 +36,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, run_worker
         Route("/api/stores/{store_key}/inbox", admin.inbox, methods=["GET"]),
         Route("/api/stores/{store_key}/handoffs", admin.handoffs, methods=["GET"]),
         Route("/api/stores/{store_key}/handoffs/{handoff_id:int}/close", admin.close_handoff, methods=["POST"]),
+        Route("/api/stores/{store_key}/report", admin.report, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
     ]

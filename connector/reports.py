@@ -1,0 +1,342 @@
+"""The weekly journey audit: one KPI block per stage, message health, lift, and the biggest leak.
+
+Everything is read from what the connector already stores (contacts, runs, outbox,
+windows, hand-offs); nothing is estimated. A period is an ISO week in the store's time
+zone (``2026-W47``); each figure comes with last week's value so the change is visible.
+
+Stages and what counts (runs are counted in the week they started):
+- entry: new contacts, where they came from (their first order, checkout or WhatsApp
+  message), and the share who gave marketing consent.
+- qualification: COD orders asked to confirm, confirmed, cancelled, unanswered, the
+  confirmation rate and the median minutes from ask to answer.
+- conversion: checkouts reminded (holdout excluded), recovered (an order within the
+  attribution window after a reminder), the recovery rate and recovered revenue; the same
+  for stalled payments.
+- post-purchase: delivery updates sent / delivered / read, shipments, failed deliveries
+  (NDR) and their rate; hand-offs opened and their median resolution time.
+- retention: reorder windows opened, reminded, reordered inside the window, the rate and
+  the revenue.
+
+Lift: for each marketing journey, runs of contacts in the holdout (who got nothing) are
+the control group. Conversion is what the journey exists for (an order for the checkout, a
+payment, a reorder), treated and control alike, and the report gives the difference with a
+95% interval (normal approximation of a difference of two proportions), so it says what
+the messages caused, not only what they touched.
+
+The biggest leak is the stage that lost the most customers this week: consent not given,
+COD orders not confirmed, reminded checkouts and payments not recovered, deliveries that
+failed, reminded reorders not placed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Table, func, select
+
+from connector.storage import models as m
+from connector.storage.db import Database
+
+CONTACTS: Table = m.Contact.__table__  # type: ignore[assignment]
+ORDERS: Table = m.Order.__table__  # type: ignore[assignment]
+CHECKOUTS: Table = m.Checkout.__table__  # type: ignore[assignment]
+INBOUND: Table = m.Message.__table__  # type: ignore[assignment]
+RUNS: Table = m.JourneyRun.__table__  # type: ignore[assignment]
+OUTBOX: Table = m.OutboxMessage.__table__  # type: ignore[assignment]
+ATTEMPTS: Table = m.OutboxAttempt.__table__  # type: ignore[assignment]
+CONSENT: Table = m.ConsentChange.__table__  # type: ignore[assignment]
+HANDOFFS: Table = m.Handoff.__table__  # type: ignore[assignment]
+WINDOWS: Table = m.ReorderWindow.__table__  # type: ignore[assignment]
+
+_WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
+Z95 = 1.959964
+# what each marketing journey exists to cause, read from its run state
+CONVERSION = {
+    "checkout_recovery": lambda s: bool(s.get("order_id")),
+    "payment_recovery": lambda s: bool(s.get("paid")),
+    "reorder": lambda s: bool(s.get("reordered")),
+}
+
+
+@dataclass(frozen=True)
+class Period:
+    label: str
+    start: datetime  # UTC, inclusive
+    end: datetime  # UTC, exclusive
+
+    def previous(self, tz: ZoneInfo) -> "Period":
+        local = self.start.astimezone(tz).date() - timedelta(days=7)
+        return week_period(local.isocalendar().year, local.isocalendar().week, tz)
+
+
+def week_period(year: int, week: int, tz: ZoneInfo) -> Period:
+    monday = date.fromisocalendar(year, week, 1)
+    start = datetime.combine(monday, time(0), tz).astimezone(timezone.utc)
+    end = datetime.combine(monday + timedelta(days=7), time(0), tz).astimezone(timezone.utc)
+    return Period(f"{year}-W{week:02d}", start, end)
+
+
+def parse_week(label: str | None, tz: ZoneInfo, now: datetime) -> Period:
+    """``2026-W47`` (ISO week, in the store's time zone); None: the last complete week."""
+    if label is None:
+        last = (now.astimezone(tz) - timedelta(days=7)).date().isocalendar()
+        return week_period(last.year, last.week, tz)
+    match = _WEEK.match(label.strip())
+    if not match:
+        raise ValueError(f"{label!r} is not an ISO week (use e.g. 2026-W47)")
+    try:
+        return week_period(int(match.group(1)), int(match.group(2)), tz)
+    except ValueError:
+        raise ValueError(f"{label!r}: no such ISO week") from None
+
+
+def _rate(num: float, den: float) -> float | None:
+    return round(num / den, 4) if den else None
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
+
+
+def _money(values: list[Any]) -> str:
+    return str(sum((Decimal(str(v)) for v in values if v not in (None, "")), Decimal("0")))
+
+
+def _iso(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _runs(conn: Connection, store_id: int, journey: str, p: Period) -> list[Any]:
+    return conn.execute(
+        select(RUNS.c.status, RUNS.c.state, RUNS.c.holdout, RUNS.c.started_at, RUNS.c.contact_id)
+        .where(RUNS.c.store_id == store_id, RUNS.c.journey == journey, RUNS.c.started_at >= p.start, RUNS.c.started_at < p.end)
+    ).all()
+
+
+# -- stages ------------------------------------------------------------------------------------
+def entry(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
+    new = conn.execute(
+        select(CONTACTS.c.id, CONTACTS.c.consent_marketing)
+        .where(CONTACTS.c.store_id == store_id, CONTACTS.c.created_at >= p.start, CONTACTS.c.created_at < p.end)
+    ).all()
+    ids = [r.id for r in new]
+    first: dict[int, tuple[datetime, str]] = {}
+    sources = (
+        ("order", ORDERS.c.contact_id, ORDERS.c.placed_at, ORDERS.c.store_id == store_id),
+        ("checkout", CHECKOUTS.c.contact_id, CHECKOUTS.c.started_at, CHECKOUTS.c.store_id == store_id),
+        ("whatsapp", INBOUND.c.contact_id, INBOUND.c.occurred_at, (INBOUND.c.store_id == store_id) & (INBOUND.c.direction == "in")),
+    )
+    for source, contact_col, at_col, where in sources:
+        for i in range(0, len(ids), 500):
+            query = select(contact_col, func.min(at_col)).where(where, contact_col.in_(ids[i:i + 500])).group_by(contact_col)
+            for cid, at in conn.execute(query):
+                if at is not None and (cid not in first or at < first[cid][0]):
+                    first[cid] = (at, source)
+    by_source = Counter(first[c][1] if c in first else "other" for c in ids)
+    consented = sum(1 for r in new if r.consent_marketing == "granted")
+    return {"new_contacts": len(new), "by_source": dict(sorted(by_source.items())), "marketing_consent": consented,
+            "consent_rate": _rate(consented, len(new)), "lost": len(new) - consented}
+
+
+def qualification(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
+    runs = _runs(conn, store_id, "cod_confirmation", p)
+    asked = [r for r in runs if r.state.get("asked_at")]
+    choice = Counter(r.state.get("choice") for r in asked)
+    confirmed = choice["confirmed"] + choice["confirmed_late"]
+    minutes = []
+    for r in asked:
+        a, b = _iso(r.state.get("asked_at")), _iso(r.state.get("answered_at"))
+        if a and b:
+            minutes.append((b - a).total_seconds() / 60)
+    return {"cod_orders": len(runs), "asked": len(asked), "confirmed": confirmed, "cancelled": choice["cancelled"],
+            "cancel_after_fulfilment": choice["cancel_too_late"], "no_answer": choice["no_answer"],
+            "confirmation_rate": _rate(confirmed, len(asked)), "median_minutes_to_answer": _median(minutes),
+            "lost": len(asked) - confirmed}
+
+
+def conversion(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
+    checkouts = _runs(conn, store_id, "checkout_recovery", p)
+    reminded = [r for r in checkouts if not r.holdout and int(r.state.get("sent", 0)) > 0]
+    recovered = [r for r in reminded if r.state.get("recovered")]
+    payments = _runs(conn, store_id, "payment_recovery", p)
+    pay_reminded = [r for r in payments if not r.holdout and r.state.get("reminded")]
+    paid = [r for r in pay_reminded if r.state.get("paid")]
+    return {
+        "checkouts_abandoned": len(checkouts), "checkouts_reminded": len(reminded), "checkouts_recovered": len(recovered),
+        "recovery_rate": _rate(len(recovered), len(reminded)), "recovered_revenue": _money([r.state.get("revenue") for r in recovered]),
+        "payments_stalled": len(payments), "payments_reminded": len(pay_reminded), "payments_recovered": len(paid),
+        "payment_recovery_rate": _rate(len(paid), len(pay_reminded)),
+        "payment_recovered_revenue": _money([r.state.get("revenue") for r in paid]),
+        "lost": (len(reminded) - len(recovered)) + (len(pay_reminded) - len(paid)),
+    }
+
+
+def post_purchase(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
+    statuses = Counter(conn.execute(
+        select(OUTBOX.c.status).where(OUTBOX.c.store_id == store_id, OUTBOX.c.journey == "delivery", OUTBOX.c.channel == "whatsapp",
+                                      OUTBOX.c.created_at >= p.start, OUTBOX.c.created_at < p.end)
+    ).scalars())
+    shipments = _runs(conn, store_id, "delivery", p)
+    ndr = sum(1 for r in shipments if "failed" in (r.state.get("sent") or []))
+    opened = conn.execute(
+        select(HANDOFFS.c.opened_at, HANDOFFS.c.closed_at)
+        .where(HANDOFFS.c.store_id == store_id, HANDOFFS.c.opened_at >= p.start, HANDOFFS.c.opened_at < p.end)
+    ).all()
+    hours = [(h.closed_at - h.opened_at).total_seconds() / 3600 for h in opened if h.closed_at is not None]
+    return {
+        "updates_sent": statuses["sent"] + statuses["delivered"] + statuses["read"], "updates_delivered": statuses["delivered"] + statuses["read"],
+        "updates_read": statuses["read"], "updates_failed": statuses["failed"], "shipments": len(shipments), "ndr": ndr,
+        "ndr_rate": _rate(ndr, len(shipments)), "handoffs_opened": len(opened), "handoffs_resolved": len(hours),
+        "median_hours_to_resolve": _median(hours), "lost": ndr,
+    }
+
+
+def retention(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
+    opened = conn.execute(
+        select(func.count()).select_from(WINDOWS)
+        .where(WINDOWS.c.store_id == store_id, WINDOWS.c.opened_at >= p.start, WINDOWS.c.opened_at < p.end)
+    ).scalar() or 0
+    runs = _runs(conn, store_id, "reorder", p)
+    reminded = [r for r in runs if not r.holdout and int(r.state.get("sent", 0)) > 0]
+    reordered = [r for r in reminded if r.state.get("attributed")]
+    return {"windows_opened": opened, "reminded": len(reminded), "skipped_busy": sum(1 for r in runs if r.state.get("skipped")),
+            "reordered_in_window": len(reordered), "repeat_rate": _rate(len(reordered), len(reminded)),
+            "revenue": _money([r.state.get("revenue") for r in reordered]), "lost": len(reminded) - len(reordered)}
+
+
+STAGES = {"entry": entry, "qualification": qualification, "conversion": conversion, "post_purchase": post_purchase, "retention": retention}
+HEADLINE = {"entry": "consent_rate", "qualification": "confirmation_rate", "conversion": "recovery_rate", "post_purchase": "ndr_rate",
+            "retention": "repeat_rate"}
+
+
+# -- message health, lift, hand-offs -------------------------------------------------------------
+def message_health(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
+    rows = conn.execute(
+        select(OUTBOX.c.id, OUTBOX.c.journey, OUTBOX.c.step, OUTBOX.c.status, OUTBOX.c.skip_reason, OUTBOX.c.payload)
+        .where(OUTBOX.c.store_id == store_id, OUTBOX.c.channel == "whatsapp", OUTBOX.c.created_at >= p.start, OUTBOX.c.created_at < p.end)
+    ).all()
+    failed_ids = [r.id for r in rows if r.status == "failed"]
+    codes: dict[int, int | None] = {}
+    for i in range(0, len(failed_ids), 500):
+        for oid, code in conn.execute(
+            select(ATTEMPTS.c.outbox_id, ATTEMPTS.c.error_code).where(ATTEMPTS.c.outbox_id.in_(failed_ids[i:i + 500]))
+            .order_by(ATTEMPTS.c.id)
+        ):
+            codes[oid] = code  # the last attempt's code
+    templates: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        name = ((r.payload or {}).get("message") or {}).get("name") or "-"
+        key = f"{r.journey}.{r.step}"
+        t = templates.setdefault(key, {"template": name, "queued": 0, "sent": 0, "delivered": 0, "read": 0, "failed": 0,
+                                       "failed_by_code": Counter(), "skipped": 0, "skipped_by_reason": Counter(), "pending": 0})
+        t["queued"] += 1
+        if r.status in ("sent", "delivered", "read"):
+            t["sent"] += 1
+            t["delivered"] += r.status in ("delivered", "read")
+            t["read"] += r.status == "read"
+        elif r.status == "failed":
+            t["failed"] += 1
+            t["failed_by_code"][str(codes.get(r.id) or "unknown")] += 1
+        elif r.status == "skipped":
+            t["skipped"] += 1
+            t["skipped_by_reason"][(r.skip_reason or "unknown").split(":")[0]] += 1
+        else:
+            t["pending"] += 1
+    for t in templates.values():
+        t["failed_by_code"] = dict(sorted(t["failed_by_code"].items()))
+        t["skipped_by_reason"] = dict(sorted(t["skipped_by_reason"].items()))
+        t["read_rate"] = _rate(t["read"], t["sent"])
+    opt_outs = conn.execute(
+        select(func.count()).select_from(CONSENT)
+        .where(CONSENT.c.store_id == store_id, CONSENT.c.category == "marketing", CONSENT.c.state == "revoked",
+               CONSENT.c.occurred_at >= p.start, CONSENT.c.occurred_at < p.end)
+    ).scalar() or 0
+    return {"templates": dict(sorted(templates.items())), "opt_outs": opt_outs}
+
+
+def diff_interval(conv_t: int, n_t: int, conv_c: int, n_c: int) -> dict[str, Any]:
+    """Treated minus control conversion with a 95% interval (normal approximation)."""
+    if not n_t or not n_c:
+        return {"treated": n_t, "control": n_c, "lift": None, "ci95": None, "significant": None}
+    p_t, p_c = conv_t / n_t, conv_c / n_c
+    se = math.sqrt(p_t * (1 - p_t) / n_t + p_c * (1 - p_c) / n_c)
+    lift = p_t - p_c
+    lo, hi = lift - Z95 * se, lift + Z95 * se
+    return {"treated": n_t, "treated_converted": conv_t, "treated_rate": round(p_t, 4), "control": n_c, "control_converted": conv_c,
+            "control_rate": round(p_c, 4), "lift": round(lift, 4), "ci95": [round(lo, 4), round(hi, 4)],
+            "relative_lift": round(lift / p_c, 4) if p_c else None, "significant": lo > 0 or hi < 0}
+
+
+def lift(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for journey, converted in CONVERSION.items():
+        runs = _runs(conn, store_id, journey, p)
+        treated = [r for r in runs if not r.holdout]
+        control = [r for r in runs if r.holdout]
+        if not control:
+            continue  # no holdout configured (or nobody in it yet): nothing to compare against
+        out[journey] = diff_interval(sum(1 for r in treated if converted(r.state)), len(treated),
+                                     sum(1 for r in control if converted(r.state)), len(control))
+    return out
+
+
+def open_handoffs(conn: Connection, store_id: int) -> dict[str, int]:
+    rows = conn.execute(
+        select(HANDOFFS.c.owner, func.count()).where(HANDOFFS.c.store_id == store_id, HANDOFFS.c.status == "open")
+        .group_by(HANDOFFS.c.owner)
+    ).all()
+    return {owner or "unassigned": n for owner, n in sorted(rows, key=lambda r: (r[0] or ""))}
+
+
+def _change(now: Any, before: Any) -> Any:
+    if isinstance(now, (int, float)) and isinstance(before, (int, float)) and not isinstance(now, bool):
+        return round(now - before, 4)
+    if isinstance(now, str) and isinstance(before, str):
+        try:
+            return str(Decimal(now) - Decimal(before))
+        except ArithmeticError:
+            return None
+    return None
+
+
+def build_report(db: Database, store: Any, store_id: int, period: Period) -> dict[str, Any]:
+    """The whole weekly report as JSON-ready data (CLI, API and dashboard share it)."""
+    tz = store.tz
+    previous = period.previous(tz)
+    with db.engine.connect() as conn:
+        stages: dict[str, Any] = {}
+        for name, fn in STAGES.items():
+            current, before = fn(conn, store_id, period), fn(conn, store_id, previous)
+            stages[name] = {
+                "owner": store.stages[name].owner if name in store.stages else None,
+                "headline": HEADLINE[name],
+                "metrics": current,
+                "previous": before,
+                "change": {k: _change(v, before.get(k)) for k, v in current.items() if _change(v, before.get(k)) is not None},
+            }
+        health = message_health(conn, store_id, period)
+        lifts = lift(conn, store_id, period)
+        handoffs = open_handoffs(conn, store_id)
+    leak_stage = max(stages, key=lambda s: stages[s]["metrics"]["lost"])
+    lost = stages[leak_stage]["metrics"]["lost"]
+    return {
+        "store": store.key,
+        "period": {"week": period.label, "start": period.start.isoformat(), "end": period.end.isoformat(), "timezone": store.timezone,
+                   "previous": previous.label},
+        "stages": stages,
+        "message_health": health,
+        "lift": lifts,
+        "biggest_leak": {"stage": leak_stage if lost else None, "lost": lost, "owner": stages[leak_stage]["owner"] if lost else None},
+        "open_handoffs": handoffs,
+    }
