@@ -174,6 +174,30 @@ def expire_leases(conn: Connection, now: datetime, channel: str = "whatsapp") ->
     return len(expired)
 
 
+RETRY_KEEPS_PLACE = timedelta(hours=1)
+
+
+def _waits_its_turn(now: datetime) -> Any:
+    """True for a row whose contact has an earlier-queued message still in line: one message
+    per contact at a time, in the order they were queued.
+
+    In line are the contact's message in flight (``sending``), a due one, and one that
+    failed and retries within the hour, so an outage or a 130429 burst never lets a later
+    message overtake it. A message scheduled for later (a reminder tomorrow), or held for
+    long (131049's 24 h), does not hold the contact's other messages back. Queue order (the
+    id) is total, so two rows can never wait for each other.
+    """
+    ahead = OUTBOX.alias("ahead")
+    return exists().where(
+        ahead.c.contact_id == OUTBOX.c.contact_id,
+        ahead.c.channel == OUTBOX.c.channel,
+        ahead.c.id < OUTBOX.c.id,
+        ahead.c.status.in_(("pending", "sending")),
+        or_(ahead.c.status == "sending", ahead.c.due_at <= now,
+            and_(ahead.c.attempts > 0, ahead.c.due_at <= now + RETRY_KEEPS_PLACE)),
+    )
+
+
 def claim(
     db: Database, *, store_ids: list[int], now: datetime, limit: int, lease: timedelta, worker: str, history_window: timedelta,
     channel: str = "whatsapp",
@@ -193,6 +217,7 @@ def claim(
                 OUTBOX.c.store_id.in_(store_ids),
                 # app/uninstalled stops every send and write-back for that shop at once
                 ~exists().where(STORES.c.id == OUTBOX.c.store_id, STORES.c.uninstalled_at.is_not(None)),
+                ~_waits_its_turn(now),
             )
             .order_by(OUTBOX.c.due_at, OUTBOX.c.id)
             .limit(limit)
