@@ -88,6 +88,9 @@ def serve(
     finally:
         engine.dispose()
     console.print(f"database schema {status}; WhatsApp sender: {'dry-run' if settings.whatsapp.dry_run else 'live'}")
+    bound = host or settings.server.host
+    base = getattr(settings.server, "public_base_url", None) or f"http://{'127.0.0.1' if bound in ('0.0.0.0', '::') else bound}:{port or settings.server.port}"
+    console.print(f"dashboard: {base}/dashboard (sign in with server.admin_token)")
     os.environ["STORELOOP_CONFIG"] = str(config.resolve())
     os.environ["STORELOOP_RUN_WORKER"] = "0" if no_worker else "1"
     uvicorn.run(
@@ -190,14 +193,16 @@ def templates_check(config: ConfigOpt = Path("storeloop.toml")) -> None:
 
 @app.command()
 def demo(
-    orders: Annotated[int, typer.Option(help="orders the sandbox store places")] = 40,
-    keep_running: Annotated[bool, typer.Option("--keep-running", help="keep serving after the run")] = False,
+    days: Annotated[int, typer.Option(help="simulated days (the report covers the last complete week)")] = 25,
+    scale: Annotated[float, typer.Option(help="orders and checkouts per day, relative to the default store")] = 1.0,
+    seed: Annotated[int, typer.Option(help="the simulation's random seed")] = 7,
+    keep_running: Annotated[bool, typer.Option("--keep-running", help="keep serving (admin API, dashboard) after the run")] = False,
     port: Annotated[int, typer.Option(help="0 picks a free port")] = 0,
 ) -> None:
-    """Run the real connector against a sandbox store and WhatsApp on 127.0.0.1 and show what it recorded."""
+    """Run the real connector against a simulated store and WhatsApp on 127.0.0.1, then print the weekly report."""
     from connector.demo import run_demo
 
-    code = run_demo(orders=orders, keep_running=keep_running, port=port)
+    code = run_demo(days=days, seed=seed, keep_running=keep_running, port=port, scale=scale)
     raise typer.Exit(code)
 
 
@@ -226,14 +231,14 @@ def sync(
     since: Annotated[Optional[str], typer.Option(help="backfill start: Nd, Nh or an ISO date (implies --backfill)")] = None,
 ) -> None:
     """Reconcile a store's orders once: fetch what changed since the last run into the inbox."""
-    from datetime import datetime, timezone
+    from datetime import datetime, timedelta, timezone
 
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from connector.storage.db import Database, ensure_schema
     from connector.storage.inbox import sync_stores
-    from connector.sync import SyncError, SyncReport, reconcile_orders
+    from connector.sync import PLACED_WITHIN, SyncError, SyncReport, reconcile_orders
     from jobs.scheduler import has_credentials, make_client
 
     settings = _load(config)
@@ -242,9 +247,10 @@ def sync(
         known = ", ".join(s.key for s in settings.stores) or "none configured"
         console.print(f"[bold red]unknown store {store!r}[/] (stores: {known})")
         raise typer.Exit(2)
-    if not has_credentials(chosen):
+    if not has_credentials(chosen) and not _has_stored_credentials(settings, chosen):
         what = "access_token" if chosen.platform == "shopify" else "consumer_key and consumer_secret"
-        console.print(f"[bold red]store {store!r} has no API credentials:[/] set {what} to sync")
+        console.print(f"[bold red]store {store!r} has no API credentials:[/] set {what} to sync "
+                      f"(or `storeloop install {chosen.platform} --store {chosen.key}`)")
         raise typer.Exit(2)
     now = datetime.now(timezone.utc)
     start = _parse_since(since, now) if since else (_parse_since("365d", now) if backfill else None)
@@ -265,8 +271,11 @@ def sync(
                     bar.update(task, description=f"{chosen.key}: {report.orders_seen} order(s), {report.pages} page(s), "
                                                  f"{report.new_rows} new")
 
-                async with make_client(chosen) as client:
-                    return await reconcile_orders(db, chosen, store_id, client, now=now, since=start, progress=progress)
+                async with make_client(chosen, db) as client:  # credentials stored by install first
+                    # a backfill is history: orders placed before the connector knew the store get no messages
+                    placed_within = timedelta(0) if start is not None else PLACED_WITHIN
+                    return await reconcile_orders(db, chosen, store_id, client, now=now, since=start, progress=progress,
+                                                  placed_within=placed_within)
 
         try:
             report = asyncio.run(run())
@@ -349,8 +358,6 @@ def report(
     import json as _json
     from datetime import datetime, timezone
 
-    from rich.table import Table
-
     from connector.reports import build_report, parse_week
     from connector.storage.db import Database, ensure_schema
     from connector.storage.inbox import sync_stores
@@ -380,52 +387,252 @@ def report(
     if as_json:
         typer.echo(_json.dumps(data, indent=2))
         return
+    from connector.report_view import render_report
+
+    render_report(data, Console(), chosen.name or chosen.key)
+
+
+# ---- store install and secrets at rest (connector/install, connector/secrets.py) ----
+
+from rich.markup import escape  # noqa: E402  (messages can hold [brackets])
+
+install_app = typer.Typer(help="Connect a store: tokens (stored encrypted) and the webhooks the connector needs.",
+                          no_args_is_help=True)
+app.add_typer(install_app, name="install")
+
+
+def _has_stored_credentials(settings: Settings, store: object) -> bool:
+    """Credentials stored by install, without decrypting (False when the database is not there yet)."""
+    from connector.install.credentials import has_stored_credentials
+    from connector.storage.db import Database
+
+    db = Database.from_url(settings.database.url)
+    try:
+        return has_stored_credentials(db, store)
+    finally:
+        db.dispose()
+
+
+def _install_target(config: Path, store: str, platform: str):  # type: ignore[no-untyped-def]
+    """Settings, the chosen store, the migrated database and the store's id; exits with a clear message."""
+    from connector.secrets import SecretBox, SecretsUnavailable
+    from connector.storage.db import Database, ensure_schema
+    from connector.storage.inbox import sync_stores
+
+    settings = _load(config)
+    chosen = next((s for s in settings.stores if s.key == store), None)
+    if chosen is None or chosen.platform != platform:
+        known = ", ".join(s.key for s in settings.stores if s.platform == platform) or "none configured"
+        console.print(f"[bold red]no {platform} store {store!r}[/] ({platform} stores: {known})")
+        raise typer.Exit(2)
+    try:
+        box = SecretBox.from_env()
+    except SecretsUnavailable as exc:
+        console.print(f"[bold red]refusing to install:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    db = Database.from_url(settings.database.url)
+    try:
+        ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
+    except SchemaNotReadyError as exc:
+        db.dispose()
+        console.print(f"[bold red]refusing to install:[/] {exc}")
+        raise typer.Exit(3) from None
+    store_id = sync_stores(db, [(s.key, s.platform) for s in settings.stores])[chosen.key]
+    return settings, chosen, db, store_id, box
+
+
+def _topics_table(title: str, rows: list[tuple[str, str, str]]) -> None:
+    from rich.table import Table
+
+    colours = {"created": "green", "already present": "cyan", "re-activated": "yellow", "secret updated": "yellow",
+               "failed": "red", "also at": "yellow"}
+    table = Table("topic", "result", "detail", title=title)
+    for topic, result, detail in rows:
+        table.add_row(escape(topic), f"[{colours.get(result, 'white')}]{result}[/]", escape(detail))
+    Console().print(table)
+
+
+@install_app.command("shopify")
+def install_shopify_cmd(
+    config: ConfigOpt = Path("storeloop.toml"),
+    store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
+) -> None:
+    """Own store: client credentials grant (client_id + client_secret), or the legacy access_token;
+    then register the webhook subscriptions (idempotent). Other organisations' stores install from
+    their admin through /shopify/install."""
+    from datetime import datetime, timezone
+
+    from connector.install.shopify import InstallRefused, install_shopify
+
+    settings, chosen, db, store_id, box = _install_target(config, store, "shopify")
+    try:
+        report = asyncio.run(install_shopify(db, settings, chosen, store_id, datetime.now(timezone.utc), box=box))
+    except InstallRefused as exc:
+        console.print(f"[bold red]install refused:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    except Exception as exc:  # the token grant failed: RetryableError / PermanentError, short and secret-free
+        console.print(f"[bold red]install failed:[/] {exc.__class__.__name__}: {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
     out = Console()
-    out.print(f"[bold]{chosen.name or chosen.key}[/]: week {data['period']['week']} ({chosen.timezone}), against {data['period']['previous']}")
-    for name, stage in data["stages"].items():
-        table = Table(title=f"{name.replace('_', '-')}" + (f" (owner: {stage['owner']})" if stage["owner"] else ""), title_justify="left")
-        for col in ("KPI", "this week", "last week", "change"):
-            table.add_column(col, justify="left" if col == "KPI" else "right")
-        for key, value in stage["metrics"].items():
-            if key == "lost":
-                continue
-            shown = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else ("-" if value is None else str(value))
-            before = stage["previous"].get(key)
-            before_shown = "-" if before is None or isinstance(before, dict) else str(before)
-            change = stage["change"].get(key)
-            style = "bold" if key == stage["headline"] else ""
-            table.add_row(f"[{style}]{key}[/]" if style else key, shown, before_shown, "" if change is None else f"{change:+}"
-                          if isinstance(change, (int, float)) else str(change))
-        out.print(table)
-    health = Table(title="message health by template", title_justify="left")
-    for col in ("step", "template", "queued", "sent", "delivered", "read", "failed (by code)", "skipped (by reason)"):
-        health.add_column(col, justify="left" if col in ("step", "template") else "right")
-    for step, t in data["message_health"]["templates"].items():
-        failed = f"{t['failed']} " + (", ".join(f"{k}: {v}" for k, v in t["failed_by_code"].items()) if t["failed"] else "")
-        skipped = f"{t['skipped']} " + (", ".join(f"{k}: {v}" for k, v in t["skipped_by_reason"].items()) if t["skipped"] else "")
-        health.add_row(step, t["template"], str(t["queued"]), str(t["sent"]), str(t["delivered"]), str(t["read"]), failed.strip(), skipped.strip())
-    out.print(health)
-    out.print(f"marketing opt-outs this week: {data['message_health']['opt_outs']}")
-    if data["lift"]:
-        lift = Table(title="lift against the holdout (conversion, treated minus control, 95% interval)", title_justify="left")
-        for col in ("journey", "treated", "control", "lift", "95% interval", "significant"):
-            lift.add_column(col, justify="left" if col == "journey" else "right")
-        for journey, x in data["lift"].items():
-            if x["lift"] is None:
-                lift.add_row(journey, str(x["treated"]), str(x["control"]), "-", "-", "-")
-                continue
-            lift.add_row(journey, f"{x['treated_converted']}/{x['treated']} ({x['treated_rate']:.1%})",
-                         f"{x['control_converted']}/{x['control']} ({x['control_rate']:.1%})", f"{x['lift']:+.1%}",
-                         f"{x['ci95'][0]:+.1%} .. {x['ci95'][1]:+.1%}", "yes" if x["significant"] else "no")
-        out.print(lift)
-    leak = data["biggest_leak"]
-    if leak["stage"]:
-        out.print(f"[bold red]Biggest leak: {leak['stage']}[/] ({leak['lost']} customers lost this week"
-                  + (f"; owner {leak['owner']})" if leak["owner"] else ")"))
+    expiry = f", expires {report.expires_at:%Y-%m-%d %H:%M} UTC (renewed automatically)" if report.expires_at else ""
+    out.print(f"[bold]{report.store}[/] ({report.shop}): token: {report.token}{expiry}")
+    hooks = report.webhooks
+    if hooks is not None:
+        rows = [(t, "created", "") for t in hooks.created] + [(t, "already present", "") for t in hooks.present]
+        rows += [(t, "failed", why) for t, why in hooks.failed] + [(t, "also at", uri) for t, uri in hooks.elsewhere]
+        _topics_table(f"webhook subscriptions -> {hooks.uri}", rows)
+        out.print(f"{len(hooks.created)} created, {len(hooks.present)} already present, {len(hooks.failed)} failed")
+    if report.webhook_error:
+        out.print(f"[red]webhooks not registered:[/] {escape(report.webhook_error)}", highlight=False)
+    for note in report.notes:
+        out.print(f"note: {note}", markup=False, highlight=False)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@install_app.command("woocommerce")
+def install_woocommerce_cmd(
+    config: ConfigOpt = Path("storeloop.toml"),
+    store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
+    new_secret: Annotated[bool, typer.Option("--new-secret", help="generate a new webhook secret and push it to the webhooks")] = False,
+    ping: Annotated[bool, typer.Option("--ping/--no-ping", help="check that the delivery URL answers WooCommerce's ping")] = True,
+) -> None:
+    """Check the REST keys, create or repair the webhooks (secret generated and stored encrypted),
+    and ping the delivery URL. Keys can come from the configuration or /woocommerce/connect."""
+    from datetime import datetime, timezone
+
+    from connector.install.shopify import InstallRefused
+    from connector.install.woocommerce import install_woocommerce
+
+    settings, chosen, db, store_id, box = _install_target(config, store, "woocommerce")
+    try:
+        report = asyncio.run(install_woocommerce(db, settings, chosen, store_id, datetime.now(timezone.utc), box=box,
+                                                 new_secret=new_secret, ping=ping))
+    except InstallRefused as exc:
+        console.print(f"[bold red]install refused:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    except Exception as exc:
+        console.print(f"[bold red]install failed:[/] {exc.__class__.__name__}: {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
+    out = Console()
+    out.print(f"[bold]{report.store}[/]: REST credentials ok ({report.auth}); webhook secret {report.secret}", highlight=False)
+    rows = [(t, "created", "") for t in report.created] + [(t, "already present", "") for t in report.present]
+    rows += [(t, "re-activated", "") for t in report.reactivated] + [(t, "secret updated", "") for t in report.updated]
+    rows += [(t, "failed", why) for t, why in report.failed]
+    _topics_table(f"webhooks -> {report.delivery_url}", rows)
+    out.print(f"{len(report.created)} created, {len(report.present)} already present, {len(report.reactivated)} re-activated, "
+              f"{len(report.updated)} secret updated, {len(report.failed)} failed")
+    colour = {True: "green", False: "red", None: "white"}[report.ping_ok]
+    out.print(f"ping: [{colour}]{escape(report.ping)}[/]", highlight=False)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command("rotate-secrets")
+def rotate_secrets(config: ConfigOpt = Path("storeloop.toml")) -> None:
+    """Re-encrypt every stored credential with the first key of STORELOOP_SECRET_KEYS.
+
+    Rotation: put the new key first (STORELOOP_SECRET_KEYS=new,old), run this, then drop the old key.
+    """
+    from connector.secrets import SecretBox, SecretsUnavailable, rotate_credentials
+    from connector.storage.db import Database, ensure_schema
+
+    settings = _load(config)
+    try:
+        box = SecretBox.require()
+    except SecretsUnavailable as exc:
+        console.print(f"[bold red]cannot rotate:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    db = Database.from_url(settings.database.url)
+    try:
+        ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
+        count = rotate_credentials(db, box)
+    except SchemaNotReadyError as exc:
+        console.print(f"[bold red]cannot rotate:[/] {exc}")
+        raise typer.Exit(3) from None
+    except SecretsUnavailable as exc:
+        console.print(f"[bold red]nothing rotated:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
+    console.print(f"{count} stored credential(s) re-encrypted with the first of {box.key_count} key(s); "
+                  "older keys can now be removed from STORELOOP_SECRET_KEYS")
+
+
+@app.command("new-secret-key")
+def new_secret_key() -> None:
+    """Print a new Fernet key for STORELOOP_SECRET_KEYS (keep it out of the configuration file)."""
+    from connector.secrets import generate_key
+
+    typer.echo(generate_key())
+
+
+customer_app = typer.Typer(help="One customer's data: what is stored about them (privacy requests).", no_args_is_help=True)
+app.add_typer(customer_app, name="customer")
+
+
+@customer_app.command("export")
+def customer_export(
+    config: ConfigOpt = Path("storeloop.toml"),
+    store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
+    phone: Annotated[Optional[str], typer.Option(help="the customer's phone (any format; the store's country is the default)")] = None,
+    email: Annotated[Optional[str], typer.Option(help="the customer's email")] = None,
+    customer_id: Annotated[Optional[str], typer.Option("--customer-id", help="the store's customer id")] = None,
+    request: Annotated[Optional[int], typer.Option("--request", help="print the export stored for this privacy request id instead")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the JSON here (mode 0600) instead of stdout")] = None,
+) -> None:
+    """Export everything stored about one customer as JSON (contacts, consent, orders, messages, journeys...)."""
+    from datetime import datetime, timezone
+
+    from connector.compliance import export_customer, get_request
+    from connector.storage.db import Database, ensure_schema
+    from connector.storage.inbox import sync_stores
+
+    given = [x for x in (phone, email, customer_id, request) if x is not None]
+    if len(given) != 1:
+        console.print("[bold red]give exactly one of --phone, --email, --customer-id or --request[/]")
+        raise typer.Exit(2)
+    settings = _load(config)
+    chosen = next((s for s in settings.stores if s.key == store), None)
+    if chosen is None:
+        known = ", ".join(s.key for s in settings.stores) or "none configured"
+        console.print(f"[bold red]unknown store {store!r}[/] (stores: {known})")
+        raise typer.Exit(2)
+    db = Database.from_url(settings.database.url)
+    try:
+        try:
+            ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
+        except SchemaNotReadyError as exc:
+            console.print(f"[bold red]refusing to export:[/] {exc}")
+            raise typer.Exit(3) from None
+        store_id = sync_stores(db, [(s.key, s.platform) for s in settings.stores])[chosen.key]
+        if request is not None:
+            stored = get_request(db, store_id, request)
+            if stored is None or stored.get("export") is None:
+                why = "no such request in this store" if stored is None else f"request {request} has no export ({stored['kind']}, {stored['status']})"
+                console.print(f"[bold red]{why}[/]")
+                raise typer.Exit(1)
+            data = stored["export"]
+        else:
+            with db.engine.connect() as conn:
+                data = export_customer(conn, store_id, customer_external_id=customer_id, phone=phone, emails=(email,) if email else (),
+                                       default_country=chosen.default_country, store_key=chosen.key, now=datetime.now(timezone.utc))
+    finally:
+        db.dispose()
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    counts = data.get("counts") or {}
+    if out is None:
+        typer.echo(text)
     else:
-        out.print("No leak this week: nothing was lost at any stage.")
-    if data["open_handoffs"]:
-        out.print("Open hand-offs: " + ", ".join(f"{owner} {n}" for owner, n in data["open_handoffs"].items()))
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # personal data: readable by the owner only
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        console.print(f"wrote {out}")
+    console.print(" ".join(f"{k}={v}" for k, v in counts.items()) or "nothing stored for that customer")
+    if not counts.get("contacts") and not counts.get("orders"):
+        console.print("[yellow]no contact or order matched[/]")
 
 
 def main() -> None:

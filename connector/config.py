@@ -49,6 +49,12 @@ class ServerSettings(_Settings):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger webhook bodies get 413")
     admin_token: SecretStr | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    public_url: AnyHttpUrl | None = Field(
+        None, description="the https base URL stores reach this server at: install redirect_uri and webhook addresses")
+
+    @property
+    def public_base_url(self) -> str | None:
+        return str(self.public_url).rstrip("/") if self.public_url is not None else None
 
 
 class DatabaseSettings(_Settings):
@@ -77,6 +83,8 @@ class WorkerSettings(_Settings):
     inbox_max_attempts: int = Field(5, ge=1, le=100)
     raw_body_retention_days: int = Field(30, ge=1)
     reconcile_minutes: float = Field(15, gt=0, description="how often orders are reconciled with each store's API")
+    checkout_poll_minutes: float = Field(
+        15, ge=0, description="how often each Shopify store's abandoned checkouts are polled (lost checkout webhooks); 0: off")
     reorder_minutes: float = Field(15, gt=0, description="how often reorder windows are refreshed and due ones opened")
 
 
@@ -301,11 +309,17 @@ class _StoreBase(_Settings):
         return tuple(secrets)
 
 
+DEFAULT_SHOPIFY_SCOPES = ("read_orders", "write_orders", "read_customers", "write_customers", "read_products")  # A8; products/*: reorder cycles
+
+
 class ShopifyStore(_StoreBase):
     platform: Literal["shopify"]
     shop_domain: str
     client_id: str | None = None
-    access_token: SecretStr | None = None
+    client_secret: SecretStr | None = Field(
+        None, description="the app's client secret: client credentials grant, OAuth install, and it signs the app's webhooks")
+    access_token: SecretStr | None = Field(None, description="legacy custom-app token; a token obtained by install takes precedence")
+    scopes: tuple[str, ...] = Field(DEFAULT_SHOPIFY_SCOPES, description="asked for by /shopify/install")
     api_version: str = Field("2026-07", pattern=r"^\d{4}-\d{2}$|^unstable$")
     api_base_url: AnyHttpUrl | None = Field(None, description="defaults to https://{shop_domain}")
 
@@ -320,6 +334,15 @@ class ShopifyStore(_StoreBase):
     @property
     def admin_base_url(self) -> str:
         return str(self.api_base_url or f"https://{self.shop_domain}").rstrip("/")
+
+    def webhook_secrets(self) -> tuple[str, ...]:
+        """Also the client secret: subscriptions the app creates (``storeloop install``) are signed with it."""
+        secrets = super().webhook_secrets()
+        if self.client_secret is not None and self.client_secret.get_secret_value():
+            extra = self.client_secret.get_secret_value()
+            if extra not in secrets:
+                secrets = (*secrets, extra)
+        return secrets
 
 
 class WooCommerceStore(_StoreBase):

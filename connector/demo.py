@@ -1,18 +1,23 @@
-"""``storeloop demo``: the real connector on SQLite, fed by a sandbox store and WhatsApp.
+"""``storeloop demo``: the real connector on SQLite, a simulated store and WhatsApp on 127.0.0.1.
 
-The sandbox plays a D2C store over real HTTP on 127.0.0.1: it signs Shopify and
-WooCommerce webhooks with the store's secret and WhatsApp updates with the app secret,
-retries some deliveries (as the platforms do), and sends a few things the connector must
-refuse. Nothing leaves this machine; the WhatsApp sender is in dry-run mode.
+The connector is the real app (uvicorn, webhooks, inbox, journeys, outbox) with a live
+WhatsApp client pointed at a sandbox Cloud API and a Shopify Admin client pointed at a
+sandbox store API: real HTTP both ways. ``connector.sandbox.simulator`` plays three and a
+half weeks of a D2C store over a virtual clock, an hour at a time: orders (a COD share), abandoned
+checkouts, deliveries (some fail), reorders on product cycles, and customers who react to
+what actually reached them. Each hour the demo runs what the worker would (process the
+inbox, fire due timers, open reorder windows, send, write back), so the run is
+deterministic for a seed and takes about a minute instead of three weeks.
+
+It ends with the weekly report of the last complete simulated week (the days after it let
+that week's customers finish deciding), the lift it measured next to the generator's true
+lift, and the dashboard URL.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
+import asyncio
 import json
-import random
 import secrets
 import socket
 import tempfile
@@ -25,17 +30,45 @@ from typing import Any
 import httpx
 import uvicorn
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from connector.config import Settings, parse_settings
-from connector.contacts import normalize_phone
+from connector.reorder.windows import run_reorder_tick
+from connector.report_view import render_report
+from connector.reports import build_report, parse_week
+from connector.runtime import Runtime
+from connector.sandbox.shopify import SandboxShopify
+from connector.sandbox.simulator import PRODUCTS, Plan, Store
+from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp
 from connector.web.app import create_app
 
 SHOP = "demo-naturals.myshopify.com"
 PHONE_ID = "100000000000001"
-PRODUCTS = [("Neem face wash 100 ml", 249), ("Hair oil 200 ml", 399), ("Protein bar x6", 540), ("Green tea 100 bags", 450)]
+START = datetime(2026, 11, 2, 0, 0, tzinfo=timezone.utc)  # Monday of 2026-W45
 console = Console()
+
+TEMPLATES: list[dict[str, Any]] = [
+    {"step": "order_confirmation.sent", "name": "order_thanks_v1", "category": "utility",
+     "body_text": "Hi {{1}}, thanks for order {{2}} ({{3}}).", "body": ["customer.first_name", "order.name", "order.total"]},
+    {"step": "cod_confirmation.ask", "name": "cod_confirm_v1", "category": "utility",
+     "body_text": "Hi {{1}}, please confirm your cash-on-delivery order {{2}} of {{3}}.", "body": ["customer.first_name", "order.name", "order.total"],
+     "buttons": [{"type": "quick_reply", "text": "Confirm", "payload": "cod_confirm"}, {"type": "quick_reply", "text": "Cancel", "payload": "cod_cancel"}]},
+    {"step": "cod_confirmation.reminder_1", "name": "cod_reminder_v1", "category": "utility",
+     "body_text": "Reminder: please confirm order {{1}}.", "body": ["order.name"],
+     "buttons": [{"type": "quick_reply", "text": "Confirm", "payload": "cod_confirm"}, {"type": "quick_reply", "text": "Cancel", "payload": "cod_cancel"}]},
+    {"step": "checkout_recovery.first", "name": "cart_reminder_v1", "category": "marketing",
+     "body_text": "{{1}} is still in your cart: {{2}}", "body": ["reorder.product", "checkout.recovery_url"]},
+    {"step": "checkout_recovery.second", "name": "cart_reminder_2_v1", "category": "marketing",
+     "body_text": "Your cart is waiting: {{1}}", "body": ["checkout.recovery_url"]},
+    {"step": "delivery.shipped", "name": "shipped_v1", "category": "utility",
+     "body_text": "Order {{1}} is on its way with {{2}}: {{3}}", "body": ["order.name", "fulfillment.tracking_company", "fulfillment.tracking_url"]},
+    {"step": "delivery.delivered", "name": "delivered_v1", "category": "utility", "body_text": "Order {{1}} was delivered.", "body": ["order.name"]},
+    {"step": "delivery.failed", "name": "ndr_v1", "category": "utility",
+     "body_text": "We could not deliver order {{1}}. Reply to reschedule.", "body": ["order.name"]},
+    {"step": "reorder.reminder", "name": "reorder_v1", "category": "marketing",
+     "body_text": "Hi {{1}}, running low on {{2}}? Reorder in one tap: {{3}}", "body": ["customer.first_name", "reorder.product", "reorder.link"]},
+]
 
 
 def _free_port() -> int:
@@ -44,225 +77,173 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _settings(workdir: Path, port: int, secrets_: dict[str, str]) -> Settings:
-    return parse_settings(
-        {
-            "server": {"host": "127.0.0.1", "port": port, "admin_token": secrets_["admin"], "log_level": "warning"},
-            "database": {"url": f"sqlite:///{workdir / 'demo.db'}"},
-            "whatsapp": {"app_secret": secrets_["meta"], "verify_token": secrets_["verify"]},
-            "stores": [
-                {
-                    "key": "demo-shop", "platform": "shopify", "name": "Demo Naturals", "shop_domain": SHOP,
-                    "webhook_secret": secrets_["shopify"], "timezone": "Asia/Kolkata", "default_country": "IN",
-                    "whatsapp_phone_number_id": PHONE_ID,
-                },
-                {
-                    "key": "demo-woo", "platform": "woocommerce", "name": "Demo Botanics (WooCommerce)",
-                    "site_url": "http://127.0.0.1/woo", "webhook_secret": secrets_["woo"],
-                    "timezone": "Asia/Kolkata", "default_country": "IN",
-                },
-            ],
-        },
-        environ={},
-    )
+def demo_settings(workdir: Path, port: int, keys: dict[str, str], whatsapp_url: str, shopify_url: str) -> Settings:
+    return parse_settings({
+        "server": {"host": "127.0.0.1", "port": port, "admin_token": keys["admin"], "log_level": "warning"},
+        "database": {"url": f"sqlite:///{workdir / 'demo.db'}"},
+        "whatsapp": {"app_secret": keys["meta"], "verify_token": keys["verify"], "access_token": keys["wa_token"],
+                     "graph_base_url": whatsapp_url, "pair_spacing_seconds": 0},
+        "stores": [{
+            "key": "demo-shop", "platform": "shopify", "name": "Demo Naturals", "shop_domain": SHOP, "webhook_secret": keys["shopify"],
+            "access_token": keys["shop_token"], "api_base_url": shopify_url, "timezone": "Asia/Kolkata", "default_country": "IN",
+            "whatsapp_phone_number_id": PHONE_ID, "templates": TEMPLATES,
+            "policy": {"quiet_hours": "", "marketing_cap": 4},
+            "stages": {"qualification": {"owner": "COD desk"}, "conversion": {"owner": "Growth"}, "post_purchase": {"owner": "Support"},
+                       "retention": {"owner": "CRM"}},
+            "journeys": {
+                "order_confirmation": {}, "cod_confirmation": {"reminder_hours": [6], "answer_window_hours": 24},
+                "checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0, 360], "holdout_percent": 30},
+                "delivery": {"steps": ["shipped", "delivered", "failed"]},
+                "reorder": {"cycles": {f"SKU-{p[0]}": f"{p[4]}d" for p in PRODUCTS}, "lead_days": 3, "follow_up_days": None,
+                            "holdout_percent": 30, "attribution_days": 7, "skip_when_busy": True},
+            },
+        }],
+    }, environ={})
 
 
-def _phone(rng: random.Random) -> str:
-    while True:
-        candidate = f"9{rng.randint(100000000, 999999999)}"
-        if normalize_phone(candidate, "IN") and normalize_phone(candidate, "IN").e164:  # type: ignore[union-attr]
-            return candidate
+class VirtualClock:
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
 
 
-class Sandbox:
-    """A store and a WhatsApp account that talk to the connector the way the platforms do."""
+class Connector:
+    """The real app served by uvicorn on its own event loop; ``tick`` does a worker's rounds."""
 
-    def __init__(self, base: str, secrets_: dict[str, str], seed: int = 7):
-        self.http = httpx.Client(base_url=base, timeout=10)
-        self.secrets = secrets_
-        self.rng = random.Random(seed)
-        self.now = datetime(2026, 11, 16, 9, 0, tzinfo=timezone.utc)
-        self.sent = {"accepted": 0, "rejected": 0, "duplicates": 0}
+    def __init__(self, settings: Settings, clock: VirtualClock):
+        self.settings = settings
+        self.runtime = Runtime(settings, clock=clock, run_worker=False)
+        self.server = uvicorn.Server(uvicorn.Config(create_app(settings, self.runtime), host="127.0.0.1", port=settings.server.port,
+                                                    log_level="warning", access_log=False, lifespan="on"))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=lambda: self.loop.run_until_complete(self.server.serve()), name="storeloop", daemon=True)
+        self.clock = clock
 
-    def _post(self, path: str, body: bytes, headers: dict[str, str], *, expect_ok: bool = True) -> int:
-        code = self.http.post(path, content=body, headers=headers).status_code
-        self.sent["accepted" if code == 200 else "rejected"] += 1
-        if expect_ok and code != 200:
-            raise RuntimeError(f"connector answered {code} to a valid delivery on {path}")
-        return code
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.server.port}"
 
-    def shopify(self, topic: str, payload: dict[str, Any], *, event_id: str | None = None, secret: str | None = None) -> int:
-        body = json.dumps(payload).encode()
-        sig = base64.b64encode(hmac.new((secret or self.secrets["shopify"]).encode(), body, hashlib.sha256).digest()).decode()
-        headers = {
-            "Content-Type": "application/json", "X-Shopify-Topic": topic, "X-Shopify-Hmac-Sha256": sig,
-            "X-Shopify-Shop-Domain": SHOP, "X-Shopify-Event-Id": event_id or secrets.token_hex(8),
-            "X-Shopify-Webhook-Id": secrets.token_hex(8), "X-Shopify-API-Version": "2026-07",
-        }
-        return self._post("/webhooks/shopify", body, headers, expect_ok=secret is None)
+    def __enter__(self) -> "Connector":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the connector did not start")
+            time.sleep(0.02)
+        return self
 
-    def woo(self, topic: str, payload: dict[str, Any]) -> int:
-        body = json.dumps(payload).encode()
-        sig = base64.b64encode(hmac.new(self.secrets["woo"].encode(), body, hashlib.sha256).digest()).decode()
-        headers = {"Content-Type": "application/json", "X-WC-Webhook-Topic": topic, "X-WC-Webhook-Signature": sig}
-        return self._post("/webhooks/woocommerce/demo-woo", body, headers)
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
 
-    def whatsapp(self, value: dict[str, Any], field: str = "messages") -> int:
-        envelope = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": field, "value": value}]}]}
-        body = json.dumps(envelope).encode()
-        sig = "sha256=" + hmac.new(self.secrets["meta"].encode(), body, hashlib.sha256).hexdigest()
-        return self._post("/webhooks/whatsapp", body, {"Content-Type": "application/json", "X-Hub-Signature-256": sig})
+    def _await(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)
 
-    def shopify_order(self, n: int, phone: str, cod: bool) -> dict[str, Any]:
-        title, price = self.rng.choice(PRODUCTS)
-        qty = self.rng.choice([1, 1, 2])
-        at = (self.now + timedelta(minutes=17 * n)).isoformat()
-        return {
-            "id": 5_000_000 + n, "name": f"#{1000 + n}", "created_at": at, "updated_at": at, "cancelled_at": None,
-            "financial_status": "pending" if cod else "paid", "fulfillment_status": None,
-            "payment_gateway_names": ["Cash on Delivery (COD)"] if cod else ["razorpay"],
-            "total_price": f"{price * qty}.00", "currency": "INR", "phone": phone, "email": f"buyer{n}@example.in",
-            "customer": {"id": 7_000_000 + n, "first_name": self.rng.choice(["Asha", "Ravi", "Meera", "Kabir"]), "last_name": "Demo"},
-            "shipping_address": {"phone": phone, "country_code": "IN"},
-            "line_items": [{"id": 9_000_000 + n, "product_id": 111, "variant_id": 222 + PRODUCTS.index((title, price)), "title": title, "quantity": qty, "price": f"{price}.00", "sku": None}],
-            "tags": "", "test": False, "order_status_url": f"https://{SHOP}/orders/{n}",
-        }
-
-    def play(self, orders: int, progress: Progress) -> None:
-        task = progress.add_task("sandbox store and customers", total=orders)
-        for n in range(orders):
-            phone = _phone(self.rng)
-            cod = self.rng.random() < 0.6
-            if self.rng.random() < 0.3:  # started a checkout first
-                at = (self.now + timedelta(minutes=17 * n - 5)).isoformat()
-                self.shopify("checkouts/create", {
-                    "token": f"chk{n}", "created_at": at, "updated_at": at, "completed_at": None, "phone": phone,
-                    "abandoned_checkout_url": f"https://{SHOP}/checkouts/chk{n}/recover", "total_price": "399.00",
-                    "currency": "INR", "buyer_accepts_marketing": self.rng.random() < 0.5, "line_items": [],
-                    "shipping_address": {"country_code": "IN", "phone": phone},
-                })
-            order = self.shopify_order(n, phone, cod)
-            event = secrets.token_hex(8)
-            self.shopify("orders/create", order, event_id=event)
-            if self.rng.random() < 0.15:  # Shopify retries a delivery it thinks failed
-                self.shopify("orders/create", order, event_id=event)
-                self.sent["duplicates"] += 1
-            if cod and self.rng.random() < 0.7:  # the customer taps Confirm on the COD template
-                self.whatsapp({
-                    "messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550000000", "phone_number_id": PHONE_ID},
-                    "contacts": [{"profile": {"name": "Demo"}, "wa_id": "91" + phone}],
-                    "messages": [{"from": "91" + phone, "id": f"wamid.demo{n}", "timestamp": str(int(time.time())),
-                                  "type": "button", "button": {"payload": f"cod_confirm:{5_000_000 + n}", "text": "Confirm"},
-                                  "context": {"from": "15550000000", "id": f"wamid.out{n}"}}],
-                })
-            if self.rng.random() < 0.5:
-                at = (self.now + timedelta(days=2, minutes=17 * n)).isoformat()
-                self.shopify("fulfillments/create", {
-                    "id": 8_000_000 + n, "order_id": 5_000_000 + n, "status": "success",
-                    "shipment_status": self.rng.choice(["in_transit", "out_for_delivery", "delivered", "failure"]),
-                    "tracking_company": "Delhivery", "tracking_number": f"DL{n:06d}",
-                    "tracking_url": f"https://track.example/DL{n:06d}", "created_at": at, "updated_at": at,
-                })
-            if n % 5 == 0:
-                at = (self.now + timedelta(minutes=17 * n)).strftime("%Y-%m-%dT%H:%M:%S")
-                self.woo("order.created", {
-                    "id": 300 + n, "number": str(300 + n), "order_key": f"wc_order_{n}", "status": "processing",
-                    "currency": "INR", "total": "499.00", "date_created_gmt": at, "date_modified_gmt": at,
-                    "payment_method": "cod", "payment_method_title": "Cash on delivery", "date_paid_gmt": None,
-                    "customer_id": 0, "billing": {"first_name": "Woo", "last_name": "Buyer", "phone": phone, "country": "IN", "email": ""},
-                    "shipping": {}, "line_items": [{"id": n, "product_id": 93, "variation_id": 0, "quantity": 1, "name": "Rose water", "price": 499, "sku": ""}],
-                })
-            progress.advance(task)
-        # a delivery the connector must refuse: signed with the wrong secret
-        self.shopify("orders/create", self.shopify_order(orders + 1, _phone(self.rng), False), secret="not-the-secret")
+    def tick(self) -> None:
+        rt = self.runtime
+        assert rt.processor is not None and rt.dispatcher is not None
+        now = self.clock()
+        rt.processor.drain()
+        while rt.processor.process_timers(limit=500):
+            pass
+        for store in self.settings.stores:
+            run_reorder_tick(rt.db, store, rt.store_ids[store.key], now)
+        rt.processor.drain()
+        self._await(rt.dispatcher.drain())
+        self._await(rt.writebacks.drain())
 
 
-def _wait_until_processed(client: httpx.Client, headers: dict[str, str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pending = sum(
-            len(client.get(f"/api/stores/{key}/inbox", params={"status": "pending", "limit": 1}, headers=headers).json()["items"])
-            for key in ("demo-shop", "demo-woo")
-        )
-        if pending == 0:
-            return
-        time.sleep(0.1)
-    raise RuntimeError("the connector did not process the inbox within a minute")
+def run_demo(days: int = 25, seed: int = 7, keep_running: bool = False, port: int = 0, scale: float = 1.0) -> int:
+    keys = {k: secrets.token_hex(16) for k in ("shopify", "meta", "verify", "admin", "wa_token", "shop_token")}
+    workdir = Path(tempfile.mkdtemp(prefix="storeloop-demo-"))
+    plan = Plan(days=days, seed=seed, orders_per_day=14 * scale, checkouts_per_day=28 * scale)
+    whatsapp = SandboxWhatsApp(token=keys["wa_token"])
+    shopify = SandboxShopify(token=keys["shop_token"])
+    clock = VirtualClock(START)
+    started = time.perf_counter()
+    with SandboxServer(whatsapp.app) as wa_server, SandboxServer(shopify.app) as shop_server:
+        settings = demo_settings(workdir, port or _free_port(), keys, wa_server.url, shop_server.url)
+        with Connector(settings, clock) as connector:
+            console.print(f"connector on {connector.url} (SQLite {workdir / 'demo.db'}); sandbox WhatsApp {wa_server.url}, "
+                          f"sandbox Shopify {shop_server.url}")
+            store = Store(connector.url, shop=SHOP, shopify_secret=keys["shopify"], app_secret=keys["meta"], phone_number_id=PHONE_ID,
+                          whatsapp=whatsapp, plan=plan, start=START, templates={t["step"]: t["name"] for t in TEMPLATES})
+            store.plan_days()
+            hours = days * 24
+            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} h"), TimeElapsedColumn(),
+                          console=console) as progress:
+                task = progress.add_task("simulating", total=hours)
+                for hour in range(hours):
+                    clock.now = START + timedelta(hours=hour)
+                    store.run_until(clock.now)
+                    connector.tick()
+                    if store.react(clock.now):
+                        store.run_until(clock.now)  # reactions due right away
+                        connector.tick()
+                    sent = len(whatsapp.accepted())
+                    progress.update(task, advance=1, description=f"day {hour // 24 + 1:>2}/{days}: {store.stats['orders']} orders, "
+                                                               f"{store.stats['checkouts']} checkouts, {sent} WhatsApp messages")
+            store.forged()
+            elapsed = time.perf_counter() - started
+            week = parse_week(None, settings.stores[0].tz, START + timedelta(days=days))
+            rt = connector.runtime
+            report = build_report(rt.db, settings.stores[0], rt.store_ids["demo-shop"], week)
+            console.print(f"\nsimulated {days} days in {elapsed:.0f} s: {store.stats['webhooks']} signed webhooks "
+                          f"(platform retries {store.stats['retries']}, stored once; refused {store.stats['refused']}), "
+                          f"{len(whatsapp.accepted())} WhatsApp messages sent, {len(shopify.tagged())} orders tagged and "
+                          f"{len(shopify.cancelled())} cancelled in the store")
+            _stored(rt)
+            console.print()
+            render_report(report, console, "Demo Naturals")
+            _lift_check(report, plan)
+            phone = "+91" + store.first_buyer.phone
+            with httpx.Client(base_url=connector.url, timeout=10, headers={"Authorization": f"Bearer {keys['admin']}"}) as client:
+                view = client.get(f"/api/stores/demo-shop/contacts/{phone}").json()
+            console.print(f"[bold]One customer's context[/] (GET /api/stores/demo-shop/contacts/{phone}):")
+            console.print_json(json.dumps({k: view[k] for k in ("contact", "consent", "orders") if k in view}, default=str))
+            console.print(f"\nweekly report JSON: {connector.url}/api/stores/demo-shop/report?week={week.label}  "
+                          f"(Authorization: Bearer {keys['admin']})")
+            console.print(f"dashboard: {connector.url}/dashboard/demo-shop?week={week.label}  (admin token {keys['admin']})")
+            if keep_running:
+                console.print("serving until Ctrl-C")
+                try:
+                    while connector.thread.is_alive():
+                        time.sleep(0.5)
+                except KeyboardInterrupt:
+                    pass
+            store.close()
+    return 0
 
 
-def _report(settings: Settings, sandbox: Sandbox, client: httpx.Client, headers: dict[str, str], phone: str) -> None:
-    from sqlalchemy import create_engine, func, select
+def _stored(rt: Runtime) -> None:
+    from sqlalchemy import func, select
 
     from connector.storage import models as m
 
-    engine = create_engine(settings.database.url)
-    with engine.connect() as conn:
-        inbox = conn.execute(
-            select(m.Store.key, m.InboxEvent.source, m.InboxEvent.status, func.count())
-            .join(m.Store, m.Store.id == m.InboxEvent.store_id)
-            .group_by(m.Store.key, m.InboxEvent.source, m.InboxEvent.status)
-            .order_by(m.Store.key, m.InboxEvent.source, m.InboxEvent.status)
-        ).all()
-        orders = conn.execute(
-            select(m.Store.key, m.Order.is_cod, func.count(), func.sum(m.Order.total))
-            .join(m.Store, m.Store.id == m.Order.store_id)
-            .group_by(m.Store.key, m.Order.is_cod)
-        ).all()
-        contacts = conn.execute(select(func.count()).select_from(m.Contact)).scalar()
-        replies = conn.execute(select(func.count()).select_from(m.Message).where(m.Message.direction == "in")).scalar()
-    engine.dispose()
-    t = Table("store", "source", "inbox status", "rows", title="What the connector stored")
+    with rt.db.engine.connect() as conn:
+        inbox = conn.execute(select(m.InboxEvent.source, m.InboxEvent.status, func.count())
+                             .group_by(m.InboxEvent.source, m.InboxEvent.status).order_by(m.InboxEvent.source, m.InboxEvent.status)).all()
+        outbox = conn.execute(select(m.OutboxMessage.channel, m.OutboxMessage.status, func.count())
+                              .group_by(m.OutboxMessage.channel, m.OutboxMessage.status).order_by(m.OutboxMessage.channel)).all()
+    t = Table("source", "inbox status", "rows", title="What the connector stored")
     for row in inbox:
-        t.add_row(row[0], row[1], row[2], str(row[3]))
+        t.add_row(row[0], row[1], str(row[2]))
     console.print(t)
-    t = Table("store", "payment", "orders", "value", title="Orders")
-    for key, is_cod, count, total in orders:
-        t.add_row(key, "COD" if is_cod else "prepaid", str(count), f"INR {total:,.2f}")
+    t = Table("channel", "outbox status", "rows", title="What it sent or wrote back")
+    for row in outbox:
+        t.add_row(row[0], row[1], str(row[2]))
     console.print(t)
-    console.print(
-        f"deliveries accepted {sandbox.sent['accepted']} (of which platform retries {sandbox.sent['duplicates']}, stored once), "
-        f"refused {sandbox.sent['rejected']}; contacts {contacts}; WhatsApp replies {replies}"
-    )
-    view = client.get(f"/api/stores/demo-shop/contacts/{phone}", headers=headers).json()
-    console.print(f"[bold]One customer's context[/] (GET /api/stores/demo-shop/contacts/{phone}):")
-    console.print_json(json.dumps({k: view[k] for k in ("contact", "consent", "orders")}))
 
 
-def run_demo(orders: int = 40, keep_running: bool = False, port: int = 0) -> int:
-    secrets_ = {k: secrets.token_hex(16) for k in ("shopify", "woo", "meta", "verify", "admin")}
-    workdir = Path(tempfile.mkdtemp(prefix="storeloop-demo-"))
-    port = port or _free_port()
-    settings = _settings(workdir, port, secrets_)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="storeloop-server", daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"Bearer {secrets_['admin']}"}
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            console.print("[red]the connector did not start[/]")
-            return 1
-        time.sleep(0.05)
-    console.print(f"connector listening on {base} (SQLite at {workdir / 'demo.db'}, WhatsApp dry-run)")
-    sandbox = Sandbox(base, secrets_)
-    started = time.perf_counter()
-    with Progress(console=console) as progress:
-        sandbox.play(orders, progress)
-    with httpx.Client(base_url=base, timeout=10) as client:
-        _wait_until_processed(client, headers)
-        elapsed = time.perf_counter() - started
-        console.print(f"played {orders} orders in {elapsed:.1f} s")
-        first_phone = "+91" + _phone(random.Random(7))
-        _report(settings, sandbox, client, headers, first_phone)
-    console.print(f"\nadmin API: {base}/api/stores/demo-shop/inbox  (Authorization: Bearer {secrets_['admin']})")
-    if keep_running:
-        console.print("serving until Ctrl-C")
-        try:
-            while thread.is_alive():
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
-    server.should_exit = True
-    thread.join(timeout=10)
-    return 0
+def _lift_check(report: dict[str, Any], plan: Plan) -> None:
+    t = Table("journey", "true lift (generator)", "measured lift", "95% interval", "truth inside", title="Lift: what the report found vs the truth")
+    for journey, truth in plan.true_lift.items():
+        x = report["lift"].get(journey)
+        if not x or x.get("lift") is None:
+            t.add_row(journey, f"{truth:+.1%}", "-", "-", "no holdout data")
+            continue
+        lo, hi = x["ci95"]
+        t.add_row(journey, f"{truth:+.1%}", f"{x['lift']:+.1%}", f"{lo:+.1%} .. {hi:+.1%}", "yes" if lo <= truth <= hi else "NO")
+    console.print(t)

@@ -274,6 +274,17 @@ class MarketingPreferenceChanged(_Fact):
     occurred_at: datetime
 
 
+class ProductUpdated(_Fact):
+    """A product's tags (and replenishment metafield) changed: ``replenish:30d`` sets its cycle."""
+
+    type: Literal["product.updated"] = "product.updated"
+    product_id: str
+    title: str = ""
+    tags: tuple[str, ...] = ()
+    replenish: str | None = None  # a metafield value such as "30d", when the payload carries one
+    updated_at: datetime | None = None
+
+
 class ReorderWindowOpened(_Fact):
     """A customer should be running low on something they bought (connector/reorder).
 
@@ -315,6 +326,7 @@ Event = Annotated[
         ButtonReplied,
         MessageStatusChanged,
         MarketingPreferenceChanged,
+        ProductUpdated,
     ],
     Field(discriminator="type"),
 ]

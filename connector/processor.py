@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, or_, select, update
 
+from connector.compliance import PRIVACY_TOPICS, PRIVACY_WAIT, waiting_for_earlier
 from connector.config import Settings
 from connector.errors import NormalizationError
 from connector.events import Event, dump_events
@@ -94,12 +95,21 @@ class InboxProcessor:
             rows = list(conn.execute(query))
             started = time.perf_counter()
             marks: list[tuple[int, dict[str, Any]]] = []
+            handled = 0
             for row in rows:
+                if (row.source, row.topic) in PRIVACY_TOPICS:
+                    # a privacy request sees, and can erase, everything received before it: this
+                    # batch's outcomes are written first, and rows another worker holds are waited for
+                    _mark_rows(conn, marks)
+                    handled, marks = handled + len(marks), []
+                    if waiting_for_earlier(conn, row.store_id, row.id):
+                        marks.append((row.id, {"available_at": now + PRIVACY_WAIT}))
+                        continue
                 marks.append((row.id, self._process_row(conn, row, now)))
                 if time_budget is not None and time.perf_counter() - started > time_budget:
                     break  # the rest stay pending (and unlocked) for the next batch
             _mark_rows(conn, marks)
-        return len(marks)
+        return handled + len(marks)
 
     def drain(self, max_batches: int = 1000) -> int:
         """Process until nothing is due (tests and the CLI use this)."""
@@ -148,21 +158,26 @@ class InboxProcessor:
         subject = contact_id = None
         stale = False
         held: str | None = None
+        private: list[dict[str, Any]] | None = None
         for event in events:
             outcome = apply_event(conn, store, row.store_id, event, row.id, now)
             subject = subject or outcome.subject
             contact_id = contact_id or outcome.contact_id
             stale = stale or outcome.stale
             held = held or outcome.held
-            if not outcome.stale and not outcome.held:
+            if outcome.private is not None:  # a privacy request: no journey hears it
+                private = [*(private or []), *outcome.private]
+            elif not outcome.stale and not outcome.held:
                 self.journeys.on_event(conn, store, row.store_id, event, outcome.contact_id, now)
         values: dict[str, Any] = {
             "status": "done",
-            "event": dump_events(events),
+            "event": dump_events(events) if private is None else private,
             "subject": subject[:160] if subject else None,
             "contact_id": contact_id,
             "last_error": None,
         }
+        if private is not None:
+            values["raw_body"] = None  # the request names the customer; what was done is in compliance_requests
         if stale:
             values.update(status="ignored", last_error="stale: newer state already stored")
         if held:

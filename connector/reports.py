@@ -241,6 +241,8 @@ def message_health(conn: Connection, store_id: int, p: Period) -> dict[str, Any]
         t = templates.setdefault(key, {"template": name, "queued": 0, "sent": 0, "delivered": 0, "read": 0, "failed": 0,
                                        "failed_by_code": Counter(), "skipped": 0, "skipped_by_reason": Counter(), "pending": 0})
         t["queued"] += 1
+        if t["template"] == "-" and name != "-":
+            t["template"] = name  # rows skipped before rendering (holdout, no consent) carry no message
         if r.status in ("sent", "delivered", "read"):
             t["sent"] += 1
             t["delivered"] += r.status in ("delivered", "read")
@@ -281,7 +283,8 @@ def diff_interval(conv_t: int, n_t: int, conv_c: int, n_c: int) -> dict[str, Any
 def lift(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for journey, converted in CONVERSION.items():
-        runs = _runs(conn, store_id, journey, p)
+        # runs the journey skipped (the customer was busy elsewhere) were skipped in both groups alike
+        runs = [r for r in _runs(conn, store_id, journey, p) if not r.state.get("skipped")]
         treated = [r for r in runs if not r.holdout]
         control = [r for r in runs if r.holdout]
         if not control:

@@ -64,6 +64,7 @@ class Runtime:
         run_worker: bool = True,
         sender: MessageSender | None = None,
         writers: dict[int, StoreWriter] | None = None,
+        secret_box: Any = None,
     ):
         self.settings = settings
         self.db = db or Database.from_url(settings.database.url, pool_size=settings.database.pool_size)
@@ -84,6 +85,14 @@ class Runtime:
         self.notifier: NotifyDispatcher | None = None
         self.scheduler: Any = None
         self.writers = writers
+        # Install credentials (connector/install): the key that decrypts them (STORELOOP_SECRET_KEYS),
+        # one token source per Shopify store, and the stored WooCommerce webhook secrets.
+        from connector.install.credentials import WooWebhookSecrets
+        from connector.secrets import SecretBox
+
+        self.secret_box = secret_box if secret_box is not None else SecretBox.from_env()
+        self.shopify_tokens: dict[str, Any] = {}
+        self.woo_webhook_secrets = WooWebhookSecrets(self.db, self.secret_box)
         self._wakeup = asyncio.Event()
         self._worker_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -104,19 +113,14 @@ class Runtime:
         )
 
     def _default_writers(self) -> dict[int, StoreWriter]:
-        """One client per store with API credentials; a dry-run writer for the others."""
-        from adapters.shopify.client import ShopifyAdminClient
-        from adapters.woocommerce.client import WooCommerceClient
+        """One client per store with API credentials (stored by install first, else configured;
+        connector/install/credentials.py); a dry-run writer for the others. Sync: runs in a thread."""
+        from connector.install.credentials import writer_for
 
         writers: dict[int, StoreWriter] = {}
         for store in self.settings.stores:
             sid = self.store_ids[store.key]
-            if isinstance(store, ShopifyStore) and store.access_token is not None:
-                writers[sid] = ShopifyAdminClient(store)
-            elif isinstance(store, WooCommerceStore) and store.consumer_key is not None and store.consumer_secret is not None:
-                writers[sid] = WooCommerceClient(store)
-            else:
-                writers[sid] = DryRunWriter()
+            writers[sid] = writer_for(self.db, store, self.shopify_tokens, self.secret_box, lambda: self.clock()) or DryRunWriter()
         return writers
 
     def wake(self) -> None:
@@ -133,7 +137,9 @@ class Runtime:
         )
         self.processor = InboxProcessor(self.db, self.settings, self.store_ids, normalizers(), clock=self.clock)
         self.dispatcher = Dispatcher(self.db, self.settings, self.store_ids, self.sender, clock=self.clock)
-        self.writers = self.writers or self._default_writers()
+        self.writers = self.writers or await anyio.to_thread.run_sync(self._default_writers)
+        await anyio.to_thread.run_sync(
+            self.woo_webhook_secrets.preload, [s.key for s in self.settings.stores if isinstance(s, WooCommerceStore)])
         self.writebacks = WriteBackDispatcher(self.db, self.settings, self.store_ids, self.writers, clock=self.clock)
         self.notifier = NotifyDispatcher(self.db, self.settings, self.store_ids, clock=self.clock)
         self.writer.start()

@@ -21,6 +21,10 @@ from connector.storage.sql import insert_id, insert_row, update_by_id, CHECKOUTS
 MESSAGE_STATUS_RANK = {"accepted": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
 
 
+class ComplianceFailed(RuntimeError):
+    """A privacy request that could not be applied; says nothing about the customer."""
+
+
 @dataclass(slots=True)
 class Outcome:
     """What applying one inbox item did, for the inbox row and the timeline."""
@@ -28,7 +32,8 @@ class Outcome:
     subject: str | None = None
     contact_id: int | None = None
     stale: bool = False
-    held: str | None = None  # a reason to keep the row for a later feature (e.g. compliance)
+    held: str | None = None  # a reason to keep the row for a later feature
+    private: list[dict[str, Any]] | None = None  # a privacy request: the row keeps this instead of its body and event
 
 
 # prebuilt: these run for nearly every event (see storage/sql.py)
@@ -365,6 +370,39 @@ def apply_keyword(conn: Connection, store_id: int, contact_id: int, intent: str,
         record_consent(conn, store_id, contact_id, "utility", "granted", "whatsapp_keyword_start", at, inbox_id)
 
 
+def apply_product_cycle(conn: Connection, store_id: int, p: ev.ProductUpdated, now: datetime) -> None:
+    """Keep the product's tagged cycle (``replenish:30d``, or the metafield) in ``product_cycles``.
+
+    A changed cycle makes the next reorder-window tick a full scan, so every buyer of the
+    product gets windows on the new cycle.
+    """
+    from connector.reorder.cycles import cycle_from_tags, parse_cycle, product_key
+    from connector.storage.models import ProductCycle, SyncCursor
+
+    days = None
+    if p.replenish:
+        try:
+            days = parse_cycle(p.replenish)
+        except ValueError:
+            days = None  # a malformed metafield is ignored like a malformed tag
+    if days is None:
+        days = cycle_from_tags(p.tags)
+    key = product_key(p.product_id, None, None)
+    table = ProductCycle.__table__
+    current = conn.execute(select(table.c.id, table.c.cycle_days).where(
+        table.c.store_id == store_id, table.c.product_key == key, table.c.source == "tag")).first()
+    if current is not None and days is not None and current.cycle_days == days:
+        return
+    if current is None and days is None:
+        return
+    if current is not None:
+        conn.execute(table.delete().where(table.c.id == current.id))
+    if days is not None:
+        conn.execute(table.insert().values(store_id=store_id, product_key=key, source="tag", cycle_days=days, samples=0, updated_at=now))
+    cursors = SyncCursor.__table__
+    conn.execute(cursors.delete().where(cursors.c.store_id == store_id, cursors.c.name == "reorder_relearned"))
+
+
 def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, inbox_id: int, now: datetime) -> Outcome:
     """Dispatch one event to the state it changes."""
     out = Outcome()
@@ -417,8 +455,17 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             state = {"stop": "revoked", "resume": "granted", "signup": "granted"}.get(event.value)
             if out.contact_id is not None and state is not None:
                 record_consent(conn, store_id, out.contact_id, "marketing", state, f"whatsapp_preference_{event.value}", event.occurred_at, inbox_id)
+        case ev.ProductUpdated():
+            apply_product_cycle(conn, store_id, event, now)
         case ev.AppUninstalled():
             update_by_id(conn, STORES, store_id, dict(uninstalled_at=now))
         case ev.ComplianceRequested():
-            out.held = f"{event.kind}: privacy handling is not built yet; kept for replay"
+            from connector.compliance import handle
+
+            try:
+                handled = handle(conn, store, store_id, event, inbox_id, now)
+            except Exception as exc:  # the message of a database error can quote the customer's phone or email
+                raise ComplianceFailed(f"{event.kind} failed ({exc.__class__.__name__}); it is retried") from None
+            out.subject = f"compliance:{handled.request_id}"
+            out.private = [handled.summary]
     return out

@@ -22,7 +22,7 @@ import anyio.to_thread
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from connector.config import ShopifyStore, WooCommerceStore
+from connector.config import ShopifyStore
 from connector.sync import acquire_lease, reconcile_orders, reenable_woocommerce_webhooks, run_periodic
 
 log = logging.getLogger("storeloop.jobs")
@@ -34,17 +34,23 @@ def worker_id() -> str:
     return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def has_credentials(store: Any) -> bool:
-    if isinstance(store, ShopifyStore):
-        return store.access_token is not None and bool(store.access_token.get_secret_value())
-    if isinstance(store, WooCommerceStore):
-        return (store.consumer_key is not None and bool(store.consumer_key.get_secret_value())
-                and store.consumer_secret is not None and bool(store.consumer_secret.get_secret_value()))
-    return False
+def has_credentials(store: Any, db: Any = None) -> bool:
+    """TOML credentials, own-store client credentials, or (given ``db``) ones stored by install."""
+    from connector.install.credentials import has_credentials as _has
+
+    return _has(store, db)
 
 
-def make_client(store: Any) -> Any:
-    """The platform API client for a store with credentials (the caller closes it)."""
+def make_client(store: Any, db: Any = None, *, tokens: Any = None) -> Any:
+    """The platform API client for a store with credentials (the caller closes it: ``async with``).
+
+    With ``db``: credentials stored by install come first and Shopify tokens are renewed ahead
+    of expiry (connector/install/credentials.py); ``tokens`` shares the runtime's token cache.
+    """
+    if db is not None:
+        from connector.install.credentials import StoreClient
+
+        return StoreClient(store, db, tokens=tokens)
     if isinstance(store, ShopifyStore):
         from adapters.shopify.client import ShopifyAdminClient
 
@@ -68,7 +74,7 @@ async def reconcile_store(runtime: Any, store: Any, holder: str, interval: timed
         return False  # app/uninstalled: its token no longer works, and nothing more is sent
 
     async def job() -> None:
-        async with make_client(store) as client:
+        async with make_client(store, runtime.db, tokens=getattr(runtime, "shopify_tokens", None)) as client:
             if store.platform == "woocommerce":
                 await reenable_woocommerce_webhooks(store, client)
             report = await reconcile_orders(runtime.db, store, store_id, client, now=runtime.clock())
@@ -100,7 +106,7 @@ def build_scheduler(runtime: Any, *, holder: str | None = None) -> AsyncIOSchedu
     interval = timedelta(minutes=minutes)
     skipped = []
     for store in runtime.settings.stores:
-        if not has_credentials(store):
+        if not has_credentials(store, getattr(runtime, "db", None)):
             skipped.append(store.key)
             continue
         scheduler.add_job(
@@ -109,6 +115,7 @@ def build_scheduler(runtime: Any, *, holder: str | None = None) -> AsyncIOSchedu
         )
     if skipped:
         log.info("order reconciliation off for %s: no API credentials", ", ".join(skipped))
+    add_checkout_poll_jobs(scheduler, runtime, holder)
     for store in runtime.settings.stores:
         if "reorder" in store.enabled_journeys():
             minutes_r = float(runtime.settings.worker.reorder_minutes)
@@ -148,6 +155,50 @@ async def purge_job(runtime: Any, holder: str) -> int:
     if purged:
         log.info("purged raw bodies past retention", extra={"rows": purged})
     return purged
+
+
+# ---- abandoned-checkout poll (Shopify has no "abandoned" webhook, and checkout webhooks get lost) ----
+
+
+def add_checkout_poll_jobs(scheduler: AsyncIOScheduler, runtime: Any, holder: str) -> list[str]:
+    """``checkout-poll:<store key>`` every ``worker.checkout_poll_minutes`` (0 turns it off) for
+    each Shopify store with an access token; returns the store keys it was added for."""
+    minutes = float(runtime.settings.worker.checkout_poll_minutes)
+    if minutes <= 0:
+        return []
+    interval = timedelta(minutes=minutes)
+    added = []
+    for store in runtime.settings.stores:
+        if isinstance(store, ShopifyStore) and has_credentials(store, getattr(runtime, "db", None)):
+            scheduler.add_job(
+                poll_checkouts_store, "interval", minutes=minutes, id=f"checkout-poll:{store.key}",
+                name=f"poll abandoned checkouts {store.key}", args=[runtime, store, holder, interval],
+                replace_existing=True, coalesce=True, max_instances=1,
+            )
+            added.append(store.key)
+    return added
+
+
+async def poll_checkouts_store(runtime: Any, store: Any, holder: str, interval: timedelta) -> bool:
+    """One tick for one Shopify store: take the lease ``job:checkout-poll:<key>``, poll, wake the processor."""
+    from connector.checkout_poll import poll_abandoned_checkouts
+
+    store_id = runtime.store_ids.get(store.key)
+    if store_id is None:
+        log.warning("checkout poll %s: store not registered yet (runtime not started?)", store.key)
+        return False
+    if await anyio.to_thread.run_sync(_uninstalled, runtime.db, store_id):
+        return False  # app/uninstalled: its token no longer works, and nothing more is sent
+
+    async def job() -> None:
+        async with make_client(store, runtime.db, tokens=getattr(runtime, "shopify_tokens", None)) as client:
+            report = await poll_abandoned_checkouts(runtime.db, store, store_id, client, now=runtime.clock())
+        if report.new_rows:
+            wake = getattr(runtime, "wake", None)
+            if wake is not None:
+                wake()
+
+    return await run_periodic(runtime.db, holder, f"job:checkout-poll:{store.key}", interval * LEASE_FRACTION, job)
 
 
 __all__ = ["build_scheduler", "has_credentials", "make_client", "reconcile_store", "reorder_job", "worker_id"]

@@ -318,3 +318,34 @@ def test_windows_command_lists_what_goes_out_this_week(tmp_path):
     assert result.output.count("Neem face wash") == 1  # the second customer's window is beyond the week
     missing = CliRunner().invoke(app, ["windows", "--config", str(config), "--store", "nope"])
     assert missing.exit_code == 2 and "unknown store" in missing.output
+
+
+def test_a_replenish_tag_on_the_product_sets_its_cycle_and_rescans(db_url):
+    from tests.helpers import woo_headers
+
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(templates=TEMPLATES, policy={"quiet_hours": ""}, journeys={"reorder": {"lead_days": 3}})
+    raw["stores"][2].update(journeys={"reorder": {}})
+    settings = parse_settings(raw, environ={})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        _post(client, "orders/create", _order(6001, T0, qty=1))
+        runtime.processor.drain()
+        scan = refresh_windows(runtime.db, settings.stores[0], sid, clock.now)
+        assert scan.mode == "full" and upcoming(runtime.db, sid, T0 + timedelta(days=365)) == []  # no cycle known yet
+        product = {"id": 9001, "title": "Neem face wash", "tags": "vegan, Replenish:3w", "updated_at": T0.isoformat()}
+        _post(client, "products/update", product)
+        body = dumps({"id": 93, "name": "Rose water", "tags": [{"id": 1, "name": "replenish:45d", "slug": "replenish-45d"}],
+                      "date_modified_gmt": "2026-09-01T06:00:00", "status": "publish"})
+        assert client.post("/webhooks/woocommerce/woo", content=body, headers=woo_headers(body, SECRETS["woo"], "product.updated")).status_code == 200
+        runtime.processor.drain()
+        clock.now += timedelta(hours=1)
+        scan = refresh_windows(runtime.db, settings.stores[0], sid, clock.now)  # the tag forced a full rescan
+        [w] = upcoming(runtime.db, sid, T0 + timedelta(days=365))
+        with runtime.db.engine.connect() as conn:
+            cycles = {(r.store_id, r.product_key): (r.source, r.cycle_days) for r in conn.execute(select(m.ProductCycle))}
+    assert scan.mode == "full" and (w.cycle_source, w.cycle_days, w.anchor) == ("tag", 21, "placed")
+    assert w.opens_at == T0 + timedelta(days=4 + 21 - 3)
+    assert cycles == {(sid, "p:9001"): ("tag", 21.0), (runtime.store_ids["woo"], "p:93"): ("tag", 45.0)}

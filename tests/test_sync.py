@@ -455,7 +455,8 @@ def test_scheduler_has_one_reconcile_job_per_store_with_credentials():
     runtime = SimpleNamespace(settings=settings, store_ids={}, db=None, clock=lambda: T)
     scheduler = build_scheduler(runtime, holder="w1")
     jobs = {j.id: j for j in scheduler.get_jobs()}
-    assert set(jobs) == {"reconcile:shop-a", "reconcile:woo", "purge:raw-bodies"}  # shop-b has no access token
+    assert set(jobs) == {"reconcile:shop-a", "reconcile:woo", "purge:raw-bodies",  # shop-b has no access token
+                         "checkout-poll:shop-a"}  # the abandoned-checkout poll (tests/test_checkout_poll.py)
     job = jobs["reconcile:shop-a"]
     assert job.trigger.interval == timedelta(minutes=15)  # worker.reconcile_minutes default
     assert job.coalesce is True and job.max_instances == 1

@@ -51,22 +51,37 @@ def indian_order(updated_at: str = "2026-11-20T10:00:00+05:30", **changes) -> di
 
 
 def test_every_shopify_fixture_is_verified_stored_and_normalised(db_url):
+    erasures = {"customers_redact": "customers/redact", "shop_redact": "shop/redact"}  # last: they erase what came before
     with running_app(make_settings(db_url)) as (client, runtime):
         for name, topic in TOPIC_OF_FIXTURE.items():
+            if name in erasures:
+                continue
             raw = (FIXTURES / "shopify" / f"{name}.sample.json").read_bytes()  # the exact bytes, as Shopify would sign them
             assert post(client, None, topic, raw=raw).status_code == 200, name
         runtime.processor.drain()
         rows = {r.topic: r for r in inbox_rows(runtime)}
-    assert set(rows) == set(TOPIC_OF_FIXTURE.values())
+        after = {}
+        for name, topic in erasures.items():
+            raw = (FIXTURES / "shopify" / f"{name}.sample.json").read_bytes()
+            assert post(client, None, topic, raw=raw).status_code == 200, name
+            runtime.processor.drain()
+            after[topic] = {r.topic: r for r in inbox_rows(runtime)}
+    assert set(rows) | set(erasures.values()) == set(TOPIC_OF_FIXTURE.values())
     assert rows["orders/create"].status == "done"
     assert rows["orders/create"].event[0]["type"] == "order.placed"
     assert rows["orders/create"].subject == "order:820982911946154508"
     assert rows["checkouts/create"].event[0]["checkout"]["token"]
     assert rows["fulfillments/update"].status == "done"
-    # compliance requests are kept for the privacy feature, not silently marked done
-    assert {rows[t].status for t in ("customers/data_request", "customers/redact", "shop/redact")} == {"held"}
     assert rows["app/uninstalled"].status == "done"
-    assert all(r.raw_body for r in rows.values())
+    # a privacy request is answered; its row keeps what was done, not the customer it names
+    request = rows["customers/data_request"]
+    assert (request.status, request.raw_body, request.event[0]["type"]) == ("done", None, "compliance.requested")
+    assert all(r.raw_body for t, r in rows.items() if t != "customers/data_request")
+    # the fixtures' order belongs to john@example.com, the customer customers/redact names
+    redacted = after["customers/redact"]
+    assert redacted["customers/redact"].status == "done" and redacted["orders/create"].raw_body is None
+    assert redacted["orders/create"].event is None and redacted["fulfillments/update"].raw_body is not None  # another customer's
+    assert after["shop/redact"]["shop/redact"].status == "done" and not any(r.raw_body for r in after["shop/redact"].values())
 
 
 def test_order_state_contact_and_admin_views(db_url):
@@ -138,11 +153,11 @@ def test_duplicate_deliveries_are_acknowledged_and_stored_once(db_url):
 
 def test_unknown_topic_is_acknowledged_and_recorded_as_ignored(db_url):
     with running_app(make_settings(db_url)) as (client, runtime):
-        resp = post(client, {"id": 1, "title": "Hat"}, "products/update")
+        resp = post(client, {"id": 1, "title": "Hat"}, "inventory_levels/update")
         runtime.processor.drain()
         rows = inbox_rows(runtime)
     assert resp.status_code == 200
-    assert [(r.topic, r.status) for r in rows] == [("products/update", "ignored")]
+    assert [(r.topic, r.status) for r in rows] == [("inventory_levels/update", "ignored")]
     assert "unknown topic" in rows[0].last_error
 
 

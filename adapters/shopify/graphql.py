@@ -19,12 +19,21 @@ One order node here is ``8 + 5 × lines`` points, so ``orders(first: 100)`` with
 ``lineItems(first: 50)`` (25,802 points) would be refused outright. The page size is
 therefore derived from the cost (``page_size_for``); an order with more line items than
 the page query asks for is completed with ``ORDER_LINES_QUERY``.
+
+Abandoned checkouts (``ABANDONED_CHECKOUTS_QUERY``, stored with topic ``sync/checkout`` by
+``connector.checkout_poll``): how a polled ``AbandonedCheckout`` is keyed so that it lands on
+the same checkout and journey run as its ``checkouts/*`` webhook is explained in
+``adapters/shopify/checkouts.py``; ``normalize_checkout_node`` reads the key the poll chose
+from the stored node's ``_storeloop.token``.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from adapters._parse import (
     as_object,
@@ -44,6 +53,8 @@ from connector.config import ShopifyStore
 from connector.contacts import normalize_phone
 from connector.errors import NormalizationError
 from connector.events import (
+    Checkout,
+    CheckoutUpdated,
     Customer,
     Event,
     FulfillmentState,
@@ -299,7 +310,215 @@ def lines_truncated(node: dict[str, Any]) -> str | None:
     return None
 
 
+# ---- abandoned checkouts (the poll in connector/checkout_poll.py) -------------------------
+#
+# Field names from the GraphQL Admin reference, API 2026-07: AbandonedCheckout {id name
+# abandonedCheckoutUrl createdAt updatedAt completedAt customer billingAddress shippingAddress
+# totalPriceSet lineItems ...} (no email, phone, token or marketing flag on the checkout
+# itself); abandonedCheckouts(first, after, query, sortKey) with the search fields
+# created_at, updated_at, id, status, recovery_state, email_state; sort keys CHECKOUT_ID,
+# CREATED_AT, CUSTOMER_NAME, ID, RELEVANCE, TOTAL_PRICE (no UPDATED_AT, so pages cannot be
+# read in update order: the poll moves its cursor once, after the last page).
+# AbandonedCheckoutLineItem {id title quantity sku variant product originalUnitPriceSet}.
+# Customer.defaultEmailAddress / defaultPhoneNumber exist since 2025-04 (changelog "Adding
+# defaultEmailAddress/defaultPhoneNumber field to Customer"); CustomerPhoneNumber.marketingState
+# is deprecated since 2026-04 but still served; CustomerPhoneNumber.whatsAppMarketingConsent
+# is new in 2026-07 (platform-facts.md A5) [VERIFY on a 2026-07 store: a field the version
+# does not have fails the whole query]. Needs read_orders plus the staff permission
+# manage_abandoned_checkouts.
+
+CHECKOUT_LINES = 10  # line items fetched per checkout; only the first title reaches a reminder
+
+ABANDONED_CHECKOUTS_QUERY = (
+    """
+query StoreloopAbandonedCheckouts($first: Int!, $cursor: String, $q: String, $lines: Int!) {
+  abandonedCheckouts(first: $first, after: $cursor, query: $q, sortKey: ID) {
+    pageInfo { hasNextPage endCursor }
+    nodes {
+      id name abandonedCheckoutUrl createdAt updatedAt completedAt
+      totalPriceSet { shopMoney { amount currencyCode } }
+      customer {
+        id firstName lastName
+        defaultEmailAddress { emailAddress marketingState }
+        defaultPhoneNumber { phoneNumber marketingState whatsAppMarketingConsent { state } }
+      }
+      shippingAddress { phone countryCodeV2 firstName lastName }
+      billingAddress { phone countryCodeV2 firstName lastName }
+      lineItems(first: $lines) {
+        pageInfo { hasNextPage endCursor }
+        nodes {"""
+    + _LINE_FIELDS
+    + """        }
+      }
+    }
+  }
+}
+"""
+)
+
+
+def checkout_node_cost(lines: int = CHECKOUT_LINES) -> int:
+    """Requested cost of one checkout node: itself, total price set + money, customer, its email
+    address, phone number and WhatsApp consent, 2 addresses (9), and the line item connection
+    (2 + lines x (item, variant, product, price set, money))."""
+    return 9 + 2 + lines * 5
+
+
+def checkout_page_size_for(page_size: int, lines: int = CHECKOUT_LINES) -> int:
+    """The largest ``first`` <= page_size whose requested cost stays under the ceiling."""
+    fit = (MAX_QUERY_COST - 2) // checkout_node_cost(lines)
+    return max(1, min(int(page_size), fit))
+
+
+def checkout_query_cost(first: int, lines: int = CHECKOUT_LINES) -> int:
+    return 2 + first * checkout_node_cost(lines)
+
+
+_LINK_SEGMENT = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryLink:
+    """What a Shopify recovery URL names. ``form`` is ``"token"`` for the classic
+    ``/{shop id}/checkouts/{checkout token}/recover?key=...`` and ``"ac"`` for
+    ``/{shop id}/checkouts/ac/{cart token}/recover?key=...``; ``ref`` is that path segment,
+    ``key`` the per-checkout secret in the query string."""
+
+    form: str
+    ref: str
+    key: str | None
+
+    @property
+    def identity(self) -> str:
+        """Equal for two URLs of the same checkout, whatever the host or extra parameters (``locale``)."""
+        return f"{self.form}:{self.ref}:{self.key or ''}"
+
+
+def recovery_link(url: Any) -> RecoveryLink | None:
+    """Parse a recovery URL (``abandoned_checkout_url`` / ``abandonedCheckoutUrl``); None when it is
+    not one we recognise."""
+    if not isinstance(url, str) or not url.strip():
+        return None
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return None
+    segments = [seg for seg in parts.path.split("/") if seg]
+    if "checkouts" not in segments:
+        return None
+    rest = segments[segments.index("checkouts") + 1:]
+    if len(rest) >= 3 and rest[0] == "ac" and rest[2] == "recover":
+        form, ref = "ac", rest[1]
+    elif len(rest) >= 2 and rest[1] == "recover":
+        form, ref = "token", rest[0]
+    else:
+        return None
+    if not _LINK_SEGMENT.fullmatch(ref):
+        return None
+    keys = parse_qs(parts.query).get("key")
+    return RecoveryLink(form, ref, keys[0] if keys else None)
+
+
+def checkout_id_of(node: dict[str, Any]) -> str:
+    cid = legacy_id(node.get("id"), "id")
+    if cid is None:
+        raise NormalizationError("id: missing")
+    return cid
+
+
+def link_token(node: dict[str, Any]) -> str | None:
+    """The checkout token when the recovery URL carries it (the classic form), else None."""
+    link = recovery_link(node.get("abandonedCheckoutUrl"))
+    return link.ref if link is not None and link.form == "token" else None
+
+
+def fallback_token(checkout_id: str) -> str:
+    """The key of a checkout whose token we cannot learn: Shopify's checkout id (see checkouts.py)."""
+    return f"id:{checkout_id}"
+
+
+def normalize_checkout_node(node: dict, store: ShopifyStore) -> list[Event]:
+    """One ``abandonedCheckouts.nodes[]`` item (as stored by the poll) -> one ``CheckoutUpdated``,
+    the event a ``checkouts/update`` webhook produces. A completed checkout (``completedAt``)
+    is passed on as such: the recovery journey starts nothing for it and ends a running ladder.
+
+    The token is the one the poll chose (``_storeloop.token``: the webhook's token when we know
+    it); a node stored without one is keyed by the token in its recovery URL, else by its id.
+    """
+    data = as_object(node, "body")
+    marker = get_obj(data, MARKER) or {}
+    token = get_str(marker, "token", MARKER) or link_token(data) or fallback_token(checkout_id_of(data))
+    created_at = req_datetime(data, "createdAt")
+    total = _money(data, "totalPriceSet")
+    if total is None:
+        raise NormalizationError("totalPriceSet.shopMoney.amount: missing")
+    price = get_obj(get_obj(data, "totalPriceSet") or {}, "shopMoney", "totalPriceSet") or {}
+    customer, accepts_marketing = _checkout_customer(data, store)
+    checkout = Checkout(
+        token=token,
+        created_at=created_at,
+        updated_at=get_datetime(data, "updatedAt") or created_at,
+        completed_at=get_datetime(data, "completedAt"),
+        recovery_url=get_str(data, "abandonedCheckoutUrl"),
+        total=total,
+        currency=req_str(price, "currencyCode", "totalPriceSet.shopMoney"),
+        customer=customer,
+        line_items=_line_items(data),
+        accepts_marketing=accepts_marketing,
+    )
+    return [CheckoutUpdated(checkout=checkout)]
+
+
+def _checkout_customer(o: dict[str, Any], store: ShopifyStore) -> tuple[Customer, bool]:
+    """The buyer, and whether they opted in to marketing.
+
+    Phone: the customer's default phone, then the shipping and billing address (as for the
+    webhook, which also has the checkout's own phone fields, absent here), parsed with the
+    shipping (else billing) country, else the store's default.
+
+    Marketing: the webhook's ``buyer_accepts_marketing`` / ``buyer_accepts_sms_marketing`` have
+    no field on AbandonedCheckout; the nearest is the customer's consent, which the checkout's
+    checkbox sets: email or SMS ``marketingState`` or the WhatsApp consent ``state`` equal to
+    ``SUBSCRIBED`` counts as the same opt-in [VERIFY that the checkbox is reflected on the
+    customer before the checkout is abandoned].
+    """
+    c = get_obj(o, "customer") or {}
+    email = get_obj(c, "defaultEmailAddress", "customer") or {}
+    phone = get_obj(c, "defaultPhoneNumber", "customer") or {}
+    whatsapp = get_obj(phone, "whatsAppMarketingConsent", "customer.defaultPhoneNumber") or {}
+    shipping = get_obj(o, "shippingAddress") or {}
+    billing = get_obj(o, "billingAddress") or {}
+    country = (
+        get_str(shipping, "countryCodeV2", "shippingAddress")
+        or get_str(billing, "countryCodeV2", "billingAddress")
+        or store.default_country
+    )
+    raw_phone = first_str(
+        get_str(phone, "phoneNumber", "customer.defaultPhoneNumber"),
+        get_str(shipping, "phone", "shippingAddress"),
+        get_str(billing, "phone", "billingAddress"),
+    )
+    states = (
+        get_str(email, "marketingState", "customer.defaultEmailAddress"),
+        get_str(phone, "marketingState", "customer.defaultPhoneNumber"),
+        get_str(whatsapp, "state", "customer.defaultPhoneNumber.whatsAppMarketingConsent"),
+    )
+    customer = Customer(
+        external_id=legacy_id(c.get("id"), "customer.id"),
+        first_name=first_str(get_str(c, "firstName", "customer"), get_str(billing, "firstName", "billingAddress"),
+                             get_str(shipping, "firstName", "shippingAddress")),
+        last_name=first_str(get_str(c, "lastName", "customer"), get_str(billing, "lastName", "billingAddress"),
+                            get_str(shipping, "lastName", "shippingAddress")),
+        email=get_str(email, "emailAddress", "customer.defaultEmailAddress"),
+        phone=normalize_phone(raw_phone, country),
+        country=country.upper(),
+    )
+    return customer, any(s is not None and s.upper() == "SUBSCRIBED" for s in states)
+
+
 __all__ = [
-    "LINES_PAGE", "LINES_PER_ORDER", "LINES_QUERY_COST", "MARKER", "MAX_QUERY_COST", "ORDERS_QUERY", "ORDER_LINES_QUERY",
-    "legacy_id", "lines_truncated", "node_cost", "normalize_node", "order_id_of", "page_size_for", "query_cost",
+    "ABANDONED_CHECKOUTS_QUERY", "CHECKOUT_LINES", "LINES_PAGE", "LINES_PER_ORDER", "LINES_QUERY_COST", "MARKER",
+    "MAX_QUERY_COST", "ORDERS_QUERY", "ORDER_LINES_QUERY", "RecoveryLink", "checkout_id_of", "checkout_node_cost",
+    "checkout_page_size_for", "checkout_query_cost", "fallback_token", "legacy_id", "lines_truncated", "link_token",
+    "node_cost", "normalize_checkout_node", "normalize_node", "order_id_of", "page_size_for", "query_cost", "recovery_link",
 ]

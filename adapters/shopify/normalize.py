@@ -56,6 +56,7 @@ from connector.events import (
     OrderPlaced,
     OrderUpdated,
     PaymentState,
+    ProductUpdated,
     ShipmentStatus,
 )
 
@@ -97,6 +98,7 @@ _COMPLIANCE = {
 }
 
 SYNC_ORDER_TOPIC = "sync/order"
+SYNC_CHECKOUT_TOPIC = "sync/checkout"  # an abandonedCheckouts node stored by the checkout poll
 SMS_SOURCE = "shopify_sms_marketing"
 WHATSAPP_SOURCE = "shopify_whatsapp_marketing"
 
@@ -109,6 +111,10 @@ def normalize(topic: str, body: dict, store: ShopifyStore) -> list[Event]:
         from adapters.shopify import graphql
 
         return graphql.normalize_node(data, store)
+    if topic == SYNC_CHECKOUT_TOPIC:  # keyed like its checkouts/* webhook (adapters/shopify/checkouts.py)
+        from adapters.shopify import graphql
+
+        return graphql.normalize_checkout_node(data, store)
     if topic in _ORDER_EVENTS:
         return [_ORDER_EVENTS[topic](order=_order(data, store))]
     handler = _HANDLERS.get(topic)
@@ -365,6 +371,21 @@ def _app_uninstalled(_topic: str, shop: Body, store: ShopifyStore) -> list[Event
     return [AppUninstalled(shop=name)]
 
 
+def _product(_topic: str, b: Body, _store: ShopifyStore) -> list[Event]:
+    """``products/create|update``: tags come as one comma-separated string; a metafield
+    ``storeloop.replenish`` (included when the subscription asks for that namespace) wins."""
+    replenish = None
+    for i, mf in enumerate(get_list(b, "metafields")):
+        if isinstance(mf, dict) and mf.get("namespace") == "storeloop" and mf.get("key") == "replenish":
+            value = mf.get("value")
+            if not isinstance(value, str):
+                raise NormalizationError(f"metafields[{i}].value: expected a string like '30d'")
+            replenish = value
+    tags = get_str(b, "tags") or ""
+    return [ProductUpdated(product_id=req_id(b, "id"), title=get_str(b, "title") or "", replenish=replenish,
+                           tags=tuple(t.strip() for t in tags.split(",") if t.strip()), updated_at=get_datetime(b, "updated_at"))]
+
+
 def _compliance(topic: str, b: Body, store: ShopifyStore) -> list[Event]:
     kind, orders_key = _COMPLIANCE[topic]
     c = get_obj(b, "customer")
@@ -395,6 +416,8 @@ _HANDLERS: dict[str, Callable[[str, Body, ShopifyStore], list[Event]]] = {
     "customers_marketing_consent/update": _consent_update,
     "customers_whats_app_marketing_consent/update": _consent_update,
     "app/uninstalled": _app_uninstalled,
+    "products/create": _product,
+    "products/update": _product,
     "customers/data_request": _compliance,
     "customers/redact": _compliance,
     "shop/redact": _compliance,

@@ -34,6 +34,8 @@ TOPICS = ORDER_TOPICS | frozenset(
         "customers_marketing_consent/update",
         "customers_whats_app_marketing_consent/update",
         "app/uninstalled",
+        "products/create",
+        "products/update",
         "customers/data_request",
         "customers/redact",
         "shop/redact",

@@ -17,6 +17,7 @@ from adapters._parse import (
     get_decimal,
     get_id,
     get_int,
+    get_list,
     get_obj,
     get_objects,
     get_str,
@@ -29,6 +30,7 @@ from adapters._parse import (
 from adapters.woocommerce import carts
 from connector.config import WooCommerceStore
 from connector.contacts import normalize_phone
+from connector.errors import NormalizationError
 from connector.events import (
     Customer,
     CustomerUpdated,
@@ -42,6 +44,7 @@ from connector.events import (
     OrderPlaced,
     OrderUpdated,
     PaymentState,
+    ProductUpdated,
     ShipmentStatus,
 )
 
@@ -59,6 +62,7 @@ _UNPAID_STATES = {
 
 _ORDER_TOPICS = {"order.created", "order.updated", "order.restored"}
 _CUSTOMER_TOPICS = {"customer.created", "customer.updated"}
+_PRODUCT_TOPICS = {"product.created", "product.updated"}
 _CHECKOUT_DRAFT = "checkout-draft"  # block-checkout drafts leak into order.updated (B3)
 
 
@@ -84,7 +88,22 @@ def normalize(topic: str, body: dict, store: WooCommerceStore) -> list[Event]:
         return [OrderUpdated(order=order), *shipment]
     if topic in _CUSTOMER_TOPICS:
         return [_customer_updated(data, store)]
+    if topic in _PRODUCT_TOPICS:
+        return [_product(data)]
     return []
+
+
+def _product(data: dict) -> ProductUpdated:
+    """``product.created|updated``: tags are ``[{"id", "name", "slug"}]``; the cycle tag is a name."""
+    tags = []
+    for i, tag in enumerate(get_list(data, "tags")):
+        if not isinstance(tag, dict):
+            raise NormalizationError(f"tags[{i}]: expected an object")
+        name = get_str(tag, "name", f"tags[{i}]")
+        if name:
+            tags.append(name)
+    return ProductUpdated(product_id=req_id(data, "id"), title=get_str(data, "name") or "", tags=tuple(tags),
+                          updated_at=get_datetime(data, "date_modified_gmt"))
 
 
 # WooCommerce has no fulfilment object: stores mark shipping with a status (core

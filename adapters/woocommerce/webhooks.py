@@ -10,7 +10,7 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from adapters.envelope import Envelope, body_digest, is_ascii
@@ -26,6 +26,8 @@ TOPICS = frozenset(
         "order.restored",
         "customer.created",
         "customer.updated",
+        "product.created",
+        "product.updated",
     }
 )
 _KEPT_HEADERS = (
@@ -43,13 +45,14 @@ def is_ping(headers: Mapping[str, str], body: bytes) -> bool:
     return "x-wc-webhook-signature" not in headers and _PING.fullmatch(body) is not None
 
 
-def verify(store: WooCommerceStore, headers: Mapping[str, str], body: bytes) -> None:
+def verify(store: WooCommerceStore, headers: Mapping[str, str], body: bytes, *, extra_secrets: Iterable[str] = ()) -> None:
+    """The configured secrets, plus ``extra_secrets`` (the one ``storeloop install woocommerce`` stored)."""
     signature = headers.get("x-wc-webhook-signature")
     if not signature:
         raise VerificationError("missing X-WC-Webhook-Signature")
     if not is_ascii(signature):
         raise VerificationError("malformed X-WC-Webhook-Signature")
-    for secret in store.webhook_secrets():
+    for secret in (*store.webhook_secrets(), *extra_secrets):
         expected = base64.b64encode(hmac.new(secret.encode("utf-8"), body, hashlib.sha256).digest()).decode()
         if hmac.compare_digest(expected, signature):
             return

@@ -351,9 +351,11 @@ class OpenReport:
     expired: int = 0
 
 
+# "In another journey" = a run that still has a step scheduled (a COD ask waiting for its
+# answer, a cart ladder) or a person on it; a delivery run that only listens is not busy.
 _BUSY = select(RUNS.c.journey).where(
-    RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.status.in_(("active", "handoff")),
-    RUNS.c.journey != JOURNEY,
+    RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.journey != JOURNEY,
+    ((RUNS.c.status == "active") & RUNS.c.next_due_at.is_not(None)) | (RUNS.c.status == "handoff"),
 ).distinct()
 
 

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 import anyio.to_thread
 from sqlalchemy import bindparam, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from connector.storage.db import Database
 from connector.storage.models import InboxEvent, Store, utcnow
@@ -184,7 +185,10 @@ def sync_stores(db: Database, stores: Iterable[tuple[str, str]]) -> dict[str, in
         existing = {r.key: (r.id, r.platform) for r in conn.execute(select(Store.id, Store.key, Store.platform))}
         for key, platform in stores:
             if key not in existing:
-                conn.execute(insert(Store).values(key=key, platform=platform, created_at=utcnow()))
+                # two workers starting together both see it missing: the second insert is a no-op
+                dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+                conn.execute(dialect_insert(Store).values(key=key, platform=platform, created_at=utcnow())
+                             .on_conflict_do_nothing(index_elements=["key"]))
             elif existing[key][1] != platform:
                 raise ValueError(f"store {key!r} is recorded as {existing[key][1]}, config says {platform}")
         return {r.key: r.id for r in conn.execute(select(Store.id, Store.key))}

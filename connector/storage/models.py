@@ -413,3 +413,53 @@ class ProductCycle(Base):
     cycle_days: Mapped[float] = mapped_column(Float)
     samples: Mapped[int] = mapped_column(Integer, default=0)  # repeat buyers behind a learned cycle
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class StoreCredential(Base):
+    """A token or key obtained by install, Fernet-encrypted (connector/secrets.py); never plain text.
+
+    ``kind``: shopify_access_token, shopify_refresh_token, woo_consumer_key,
+    woo_consumer_secret, woo_webhook_secret. ``value`` is the Fernet token (ASCII).
+    """
+
+    __tablename__ = "store_credentials"
+    __table_args__ = (UniqueConstraint("store_id", "kind", name="uq_store_credentials_store_kind"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    kind: Mapped[str] = mapped_column(String(40))
+    value: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OAuthState(Base):
+    """A single-use install nonce: Shopify's OAuth ``state`` or a WooCommerce wc-auth callback path."""
+
+    __tablename__ = "oauth_states"
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    store_key: Mapped[str] = mapped_column(String(64))
+    shop: Mapped[str] = mapped_column(String(255))  # the *.myshopify.com domain, or the WooCommerce site
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ComplianceRequest(Base):
+    """A privacy request (Shopify's customers/data_request, customers/redact, shop/redact) and what was done.
+
+    A data request keeps its export, the answer the merchant owes the customer, until a later
+    redaction of the same customer (or of the shop) erases it (``status`` erased). A redaction
+    keeps counts only: never a phone, name, email or customer id (connector/compliance.py).
+    """
+
+    __tablename__ = "compliance_requests"
+    __table_args__ = (Index("ix_compliance_requests_store_id", "store_id", "id"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    kind: Mapped[str] = mapped_column(String(32))  # customer_data_request | customer_redact | shop_redact
+    status: Mapped[str] = mapped_column(String(16), default="done")  # done | erased
+    inbox_event_id: Mapped[int | None] = mapped_column(BigId)  # the webhook delivery it answers
+    contact_ids: Mapped[list[int]] = mapped_column(JSON, default=list)  # whom it concerned (ids only)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    export: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

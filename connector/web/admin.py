@@ -123,3 +123,27 @@ async def report(request: Request) -> Response:
         return problem(400, str(exc))
     data = await anyio.to_thread.run_sync(partial(build_report, runtime.db, store, guard, period))
     return JSONResponse(data)
+
+
+async def compliance_requests(request: Request) -> Response:
+    """Privacy requests answered for this store (newest first), without their exports."""
+    from connector.compliance import list_requests
+
+    guard = _guard(request)
+    if isinstance(guard, Response):
+        return guard
+    runtime = request.app.state.runtime
+    rows = await anyio.to_thread.run_sync(partial(list_requests, runtime.db, guard))
+    return JSONResponse({"items": rows})
+
+
+async def compliance_request(request: Request) -> Response:
+    """One privacy request; a customers/data_request carries the export the merchant owes the customer."""
+    from connector.compliance import get_request
+
+    guard = _guard(request)
+    if isinstance(guard, Response):
+        return guard
+    runtime = request.app.state.runtime
+    view = await anyio.to_thread.run_sync(partial(get_request, runtime.db, guard, int(request.path_params["request_id"])))
+    return JSONResponse(view) if view else problem(404, "no such privacy request in this store")

@@ -10,7 +10,8 @@ from starlette.routing import Route
 
 from connector.config import Settings
 from connector.runtime import Runtime
-from connector.web import admin, health, webhooks
+from connector.install import web as install_web
+from connector.web import admin, dashboard, health, webhooks
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None, *, run_worker: bool = True) -> Starlette:
@@ -37,8 +38,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, run_worker
         Route("/api/stores/{store_key}/handoffs", admin.handoffs, methods=["GET"]),
         Route("/api/stores/{store_key}/handoffs/{handoff_id:int}/close", admin.close_handoff, methods=["POST"]),
         Route("/api/stores/{store_key}/report", admin.report, methods=["GET"]),
+        Route("/api/stores/{store_key}/compliance", admin.compliance_requests, methods=["GET"]),
+        Route("/api/stores/{store_key}/compliance/{request_id:int}", admin.compliance_request, methods=["GET"]),
+        *install_web.ROUTES,  # /shopify/install + callback, /woocommerce/connect + callback (connector/install)
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        *dashboard.ROUTES,  # HTML behind the admin token (login form, session cookie)
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = rt

@@ -148,7 +148,7 @@ async def woocommerce_webhook(d: Delivery) -> Response:
         log.info("woocommerce webhook ping answered", extra={"store": key})
         return Response(status_code=200)
     try:
-        woo.verify(store, headers, body)
+        await runtime.woo_webhook_secrets.verify(store, headers, body)  # configured + installed (stored) secrets
     except VerificationError as exc:
         log.warning("woocommerce webhook rejected", extra={"store": key, "reason": exc.reason})
         return problem(401, "unauthorized")

@@ -278,7 +278,7 @@ def test_tags_empty_and_unknown_topic() -> None:
     body = load("orders_create")
     body["tags"] = ""
     assert only(normalize("orders/create", body, STORE)).order.tags == ()
-    assert normalize("products/update", body, STORE) == []
+    assert normalize("inventory_levels/update", body, STORE) == []
     assert normalize("checkouts/delete", {"id": 123}, STORE) == []
 
 

@@ -175,7 +175,7 @@ def test_cancelled_update_is_order_cancelled() -> None:
 def test_topics() -> None:
     assert isinstance(only(normalize("order.restored", load_order(), STORE)), OrderUpdated)
     assert normalize("order.deleted", {"id": 727}, STORE) == []
-    assert normalize("product.updated", load_order(), STORE) == []
+    assert normalize("coupon.updated", load_order(), STORE) == []
     assert normalize("action.woocommerce_checkout_order_processed", {"action": "x", "arg": 1}, STORE) == []
 
 

@@ -1,0 +1,131 @@
+"""Register the webhook subscriptions the connector needs through Admin GraphQL, idempotently.
+
+First ``webhookSubscriptions`` is read (all pages), then ``webhookSubscriptionCreate`` runs
+only for the topics that have no subscription to our address yet, so running install
+again creates nothing. API 2026-07 shapes: ``WebhookSubscriptionInput.uri`` (``callbackUrl``
+is deprecated since the "webhookSubscriptionCreate and webhookSubscriptionUpdate support all
+URI types" change, shopify.dev changelog), ``WebhookSubscription { id topic uri }``.
+
+The mandatory compliance topics (``customers/data_request``, ``customers/redact``,
+``shop/redact``) cannot be subscribed through the API: they are configured in the app's
+TOML (``[webhooks] compliance_topics``) or the Partner/Dev Dashboard (platform-facts.md A2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.shopify.webhooks import COMPLIANCE_TOPICS
+from adapters.shopify.webhooks import TOPICS as ACCEPTED_TOPICS
+from connector.errors import SendError
+
+
+
+def topic_enum(topic: str) -> str:
+    """``orders/create`` -> ``ORDERS_CREATE``, ``customers_whats_app_marketing_consent/update`` ->
+    ``CUSTOMERS_WHATS_APP_MARKETING_CONSENT_UPDATE`` (WebhookSubscriptionTopic values)."""
+    return topic.upper().replace("/", "_")
+
+
+# Every topic the webhook endpoint accepts (adapters/shopify/webhooks.py), so the two never drift
+# apart, except the compliance ones. With API 2026-07 that includes ORDERS_*, CHECKOUTS_*,
+# FULFILLMENTS_*, CUSTOMERS_UPDATE, CUSTOMERS_MARKETING_CONSENT_UPDATE,
+# CUSTOMERS_WHATS_APP_MARKETING_CONSENT_UPDATE (2026-07 and later, platform-facts.md A5) and APP_UNINSTALLED.
+TOPICS = tuple(topic_enum(t) for t in sorted(ACCEPTED_TOPICS - COMPLIANCE_TOPICS))
+COMPLIANCE_NOTE = (
+    "compliance topics (customers/data_request, customers/redact, shop/redact) cannot be subscribed "
+    "through the API: declare them in the app's shopify.app.toml ([webhooks] compliance_topics) or the "
+    "Partner/Dev Dashboard, with the URI {public_url}/webhooks/shopify"
+)
+
+LIST_SUBSCRIPTIONS = """
+query StoreloopWebhookSubscriptions($first: Int!, $after: String) {
+  webhookSubscriptions(first: $first, after: $after) {
+    nodes { id topic uri }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+"""
+
+CREATE_SUBSCRIPTION = """
+mutation StoreloopWebhookSubscriptionCreate($topic: WebhookSubscriptionTopic!, $webhookSubscription: WebhookSubscriptionInput!) {
+  webhookSubscriptionCreate(topic: $topic, webhookSubscription: $webhookSubscription) {
+    webhookSubscription { id topic uri }
+    userErrors { field message }
+  }
+}
+"""
+
+MAX_PAGES = 20
+
+
+@dataclass
+class SubscriptionReport:
+    uri: str
+    created: list[str] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    elsewhere: list[tuple[str, str]] = field(default_factory=list)  # (topic, other uri): left alone
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _same_uri(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
+
+
+async def list_subscriptions(client: Any) -> list[dict[str, str]]:
+    """Every shop-scoped subscription of this app: ``[{"id", "topic", "uri"}]``."""
+    out: list[dict[str, str]] = []
+    after = None
+    for _ in range(MAX_PAGES):
+        data = await client.graphql(LIST_SUBSCRIPTIONS, {"first": 100, "after": after})
+        conn = data.get("webhookSubscriptions") if isinstance(data, dict) else None
+        if not isinstance(conn, dict):
+            break
+        for node in conn.get("nodes") or []:
+            if isinstance(node, dict) and isinstance(node.get("topic"), str):
+                out.append({"id": str(node.get("id") or ""), "topic": node["topic"], "uri": str(node.get("uri") or "")})
+        page = conn.get("pageInfo") or {}
+        if not page.get("hasNextPage") or not page.get("endCursor"):
+            break
+        after = page["endCursor"]
+    return out
+
+
+async def register_webhooks(client: Any, uri: str, topics: tuple[str, ...] = TOPICS) -> SubscriptionReport:
+    """Create the missing subscriptions to ``uri``; a failure on one topic does not stop the others.
+
+    A topic subscribed to a different address (an old public URL) is reported in ``elsewhere``
+    and our subscription is still created; the old one is not deleted (it may be another
+    deployment's).
+    """
+    report = SubscriptionReport(uri=uri)
+    existing = await list_subscriptions(client)
+    for topic in topics:
+        mine = [s for s in existing if s["topic"] == topic and _same_uri(s["uri"], uri)]
+        if mine:
+            report.present.append(topic)
+            continue
+        report.elsewhere.extend((topic, s["uri"]) for s in existing if s["topic"] == topic)
+        try:
+            data = await client.graphql(CREATE_SUBSCRIPTION, {"topic": topic, "webhookSubscription": {"uri": uri, "format": "JSON"}})
+        except SendError as exc:
+            report.failed.append((topic, str(exc)))
+            continue
+        payload = data.get("webhookSubscriptionCreate") if isinstance(data, dict) else None
+        errors = payload.get("userErrors") if isinstance(payload, dict) else None
+        if errors:
+            msg = "; ".join(str(e.get("message", ""))[:120] for e in errors if isinstance(e, dict)) or "user error"
+            report.failed.append((topic, msg))
+        elif not isinstance(payload, dict) or not isinstance(payload.get("webhookSubscription"), dict):
+            report.failed.append((topic, "no subscription in the answer"))
+        else:
+            report.created.append(topic)
+    return report
+
+
+__all__ = ["COMPLIANCE_NOTE", "SubscriptionReport", "TOPICS", "list_subscriptions", "register_webhooks"]

@@ -1,0 +1,716 @@
+"""Privacy requests (Shopify's mandatory topics): export what we hold about a customer, or erase it.
+
+``customers/data_request`` -> :func:`export_customer`, stored as a ``compliance_requests``
+row the merchant fetches (``GET /api/stores/{key}/compliance/{id}``, ``storeloop customer
+export``). ``customers/redact`` -> :func:`redact_customer`; ``shop/redact`` ->
+:func:`redact_shop`. They run in the processor's transaction when the webhook is
+processed (never in the HTTP request), so an erasure is all-or-nothing.
+
+Who is "the customer": contacts matched by the platform customer id, the phone (E.164,
+also as a WhatsApp id) or an email, plus the contacts of the orders the request names
+unless such a contact belongs to another platform customer.
+
+What an erasure does (README "Privacy and compliance"):
+
+- erased: phones, names, emails, WhatsApp ids and user ids, the platform customer id,
+  message texts, rendered message parameters (outbox payloads), order status/payment
+  URLs, checkout recovery URLs, tracking numbers and URLs, hand-off reasons, context and
+  resolutions, raw webhook bodies, normalised events and non-Shopify dedupe keys of every
+  inbox row about the customer, stored data-request exports for them, and WhatsApp
+  message ids (``wamid.`` ids encode the phone number). Any remaining text (tags, line
+  titles, journey state, errors) is scrubbed of the customer's phone, name and email.
+- kept, so reports still add up: counts, order totals, currencies, statuses, COD flags,
+  timestamps, line items (product, quantity, price), consent states and their history
+  (a redaction is not an opt-out: the weekly report counts those), journey outcomes and
+  revenue, message statuses and template names, the contact row itself (id, stage).
+- the contact can never be messaged again: no phone, ``reachable`` false,
+  ``opted_out_at`` set; its pending sends are skipped (reason ``redacted``), its active
+  journey runs finished (outcome ``redacted``), its pending reorder windows closed.
+- ``phone_key`` becomes ``redacted:<contact id>``: unique per store (the
+  ``uq_contacts_store_phone`` constraint), derived from nothing personal, the same on a
+  repeated request. ``wa_id`` becomes ``redacted`` so an in-flight send cannot write the
+  number back (the dispatcher only fills an empty ``wa_id``).
+- A later order or message from the same phone finds no contact (the key is gone) and
+  starts a new one: a new relationship the customer started, under the normal consent
+  rules. Nothing links it to the erased contact.
+
+Logs carry ids and counts, never a phone, name or email.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import phonenumbers
+from sqlalchemy import Connection, String, Table, Text, bindparam, cast, false, func, literal, null, or_, select, true, update
+
+from connector import events as ev
+from connector.contacts import normalize_phone
+from connector.storage import models as m
+from connector.storage.db import Database
+from connector.storage.sql import (
+    ATTEMPTS, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, HANDOFFS, INBOX, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES,
+)
+
+log = logging.getLogger("storeloop.compliance")
+
+REQUESTS: Table = m.ComplianceRequest.__table__  # type: ignore[assignment]
+WINDOWS: Table = m.ReorderWindow.__table__  # type: ignore[assignment]
+
+EXPORT_FORMAT = "storeloop.customer-export/1"
+REDACTED = "redacted"
+_CHUNK = 500
+_UNSETTLED = ("pending", "failed", "held")
+# what an outbox payload keeps: enough for reports (the template name) and the write-back audit
+_PAYLOAD_KEEP = ("subject", "action", "order_id", "args", "handoff_id", "stage", "fallback_category")
+_MESSAGE_KEEP = ("kind", "name", "language")
+_HANDOFF_CONTEXT_KEEP = ("stage", "last_order", "active_journeys")
+_STATE_DROP = ("recovery_url",)  # a checkout recovery URL opens the customer's checkout (address, email)
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_LONG_NUMBER = re.compile(r"(?<!\d)\+?\d(?:[\s\-.()/]*\d){8,}(?!\d)")  # 9+ digits: a phone, not a date
+
+
+# -- who the request is about -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Identity:
+    """What a request says about the customer (any of it may be missing)."""
+
+    customer_external_id: str | None = None
+    phone: ev.Phone | None = None
+    emails: tuple[str, ...] = ()
+    order_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def build(cls, *, customer_external_id: str | int | None = None, phone: str | ev.Phone | None = None,
+              emails: Iterable[str] | str | None = (), order_ids: Iterable[str | int] = (),
+              default_country: str | None = None) -> "Identity":
+        parsed = phone if isinstance(phone, ev.Phone) or phone is None else normalize_phone(phone, default_country)
+        if isinstance(emails, str):
+            emails = (emails,)
+        return cls(
+            customer_external_id=(str(customer_external_id).strip() or None) if customer_external_id is not None else None,
+            phone=parsed,
+            emails=tuple(sorted({e.strip() for e in emails or () if e and e.strip()})),
+            order_ids=tuple(dict.fromkeys(str(o).strip() for o in order_ids if str(o).strip())),
+        )
+
+    def empty(self) -> bool:
+        return not (self.customer_external_id or self.phone or self.emails or self.order_ids)
+
+
+def _digits(text: str | None) -> str:
+    return re.sub(r"\D", "", text or "")
+
+
+def _national(e164: str | None) -> str | None:
+    if not e164:
+        return None
+    try:
+        return str(phonenumbers.parse(e164, None).national_number)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+@dataclass
+class Needles:
+    """The customer's identifiers as text: a regex to scrub free text, and literals to find inbox rows."""
+
+    digits: set[str] = field(default_factory=set)  # phones as digits (E.164 without '+', national number)
+    literals: set[str] = field(default_factory=set)  # emails, WhatsApp user ids, raw phone texts
+    names: set[str] = field(default_factory=set)
+
+    def add_phone(self, e164: str | None, raw: str | None = None, wa_id: str | None = None) -> None:
+        for d in (_digits(e164), _national(e164), _digits(raw), _digits(wa_id)):
+            if d and len(d) >= 6:
+                self.digits.add(d)
+        if raw and len(raw.strip()) >= 6:
+            self.literals.add(raw.strip())
+
+    def add_contact(self, c: Any) -> None:
+        self.add_phone(c.phone_e164, c.phone_raw, c.wa_id if c.wa_id != REDACTED else None)
+        for text in (c.email, c.wa_user_id):
+            if text and len(text) >= 3:
+                self.literals.add(text)
+        for name in (c.first_name, c.last_name):
+            if name and len(name.strip()) >= 2:
+                self.names.add(name.strip())
+
+    def add_identity(self, ident: Identity) -> None:
+        if ident.phone is not None:
+            self.add_phone(ident.phone.e164, ident.phone.raw)
+        self.literals.update(e for e in ident.emails if len(e) >= 3)
+
+    def probes(self) -> list[str]:
+        """Exact substrings to look for in stored bodies (the database does the first pass)."""
+        out = {d for d in self.digits if len(d) >= 7} | set(self.literals) | {x.lower() for x in self.literals if "@" in x}
+        return sorted(out)
+
+    def regex(self, *, names: bool = True) -> re.Pattern[str] | None:
+        parts = [r"(?<!\d)\+?" + r"[\s\-.()/]*".join(d) + r"(?!\d)" for d in sorted(self.digits, key=len, reverse=True)]
+        parts += [re.escape(x) for x in sorted(self.literals, key=len, reverse=True)]
+        if names:
+            parts += [r"(?<!\w)" + re.escape(n) + r"(?!\w)" for n in sorted(self.names, key=len, reverse=True)]
+        return re.compile("|".join(parts), re.IGNORECASE) if parts else None
+
+
+def _scrub(value: Any, pattern: re.Pattern[str] | None) -> Any:
+    """Replace the customer's identifiers in any text, list or dict (keys too)."""
+    if pattern is None:
+        return value
+    if isinstance(value, str):
+        return pattern.sub("[redacted]", value)
+    if isinstance(value, list):
+        return [_scrub(v, pattern) for v in value]
+    if isinstance(value, dict):
+        return {_scrub(k, pattern): _scrub(v, pattern) for k, v in value.items()}
+    return value
+
+
+def _generic_scrub(value: Any) -> Any:
+    """For text not tied to one contact (shop erasure): any email and any long number."""
+    if isinstance(value, str):
+        return _LONG_NUMBER.sub("[number]", _EMAIL.sub("[email]", value))
+    if isinstance(value, list):
+        return [_generic_scrub(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _generic_scrub(v) for k, v in value.items()}
+    return value
+
+
+def _chunks(values: Iterable[Any], size: int = _CHUNK) -> Iterator[list[Any]]:
+    items = list(values)
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _in(column: Any, values: Iterable[Any]) -> Any:
+    items = sorted(set(values))
+    return column.in_(items) if items else false()
+
+
+@dataclass
+class Scope:
+    """Everything one request reaches: built before anything is changed (the identifiers are needed to find rows)."""
+
+    store_id: int
+    shop: bool = False
+    contact_ids: set[int] = field(default_factory=set)
+    order_ids: set[str] = field(default_factory=set)  # platform order ids
+    order_pks: set[int] = field(default_factory=set)
+    checkout_tokens: set[str] = field(default_factory=set)
+    wamids: set[str] = field(default_factory=set)
+    customer_ids: set[str] = field(default_factory=set)
+    needles: Needles = field(default_factory=Needles)
+    per_contact: dict[int, Needles] = field(default_factory=dict)  # shop erasure: each contact's own identifiers
+    _patterns: dict[int | None, re.Pattern[str] | None] = field(default_factory=dict)
+
+    @property
+    def subjects(self) -> set[str]:
+        """Inbox / run / hand-off subjects about this customer's orders, checkouts and profile."""
+        return ({f"order:{o}" for o in self.order_ids} | {f"checkout:{t}" for t in self.checkout_tokens}
+                | {f"customer:{c}" for c in self.customer_ids})
+
+    def pattern(self, contact_id: int | None = None) -> re.Pattern[str] | None:
+        if not self.shop:
+            if None not in self._patterns:
+                self._patterns[None] = self.needles.regex()
+            return self._patterns[None]
+        if contact_id not in self._patterns:
+            found = self.per_contact.get(contact_id) if contact_id is not None else None
+            self._patterns[contact_id] = found.regex() if found else None
+        return self._patterns[contact_id]
+
+    def scrub(self, value: Any, contact_id: int | None = None, *, generic: bool = False) -> Any:
+        """The customer's identifiers out of ``value``; in a shop erasure, those of the row's contact.
+
+        ``generic``: text that may name anyone (errors, headers) loses every email and long
+        number too when the row has no contact to go by.
+        """
+        if self.shop and (contact_id is None or contact_id not in self.per_contact):
+            return _generic_scrub(value) if generic else value
+        return _scrub(value, self.pattern(contact_id))
+
+    # where-clauses: the whole store, or what concerns the customer
+    def by_contact(self, table: Table, *extra: Any) -> Any:
+        if self.shop:
+            return table.c.store_id == self.store_id
+        return (table.c.store_id == self.store_id) & or_(_in(table.c.contact_id, self.contact_ids), *extra)
+
+
+def find_contacts(conn: Connection, store_id: int, ident: Identity) -> list[Any]:
+    conds: list[Any] = []
+    if ident.customer_external_id:
+        conds.append(CONTACTS.c.external_customer_id == ident.customer_external_id)
+    if ident.phone is not None:
+        key = ident.phone.e164 or f"raw:{ident.phone.raw}"[:80]
+        conds.append(CONTACTS.c.phone_key == key)
+        if ident.phone.e164:
+            conds += [CONTACTS.c.phone_e164 == ident.phone.e164, CONTACTS.c.wa_id == ident.phone.e164.lstrip("+")]
+    if ident.emails:
+        conds.append(func.lower(CONTACTS.c.email).in_(sorted({e.lower() for e in ident.emails})))
+    if ident.order_ids:
+        # the contacts of the orders named, unless such a contact is another platform customer
+        owners = select(ORDERS.c.contact_id).where(ORDERS.c.store_id == store_id, ORDERS.c.external_id.in_(ident.order_ids),
+                                                   ORDERS.c.contact_id.is_not(None))
+        same_customer = CONTACTS.c.external_customer_id.is_(None)
+        if ident.customer_external_id:
+            same_customer = same_customer | (CONTACTS.c.external_customer_id == ident.customer_external_id)
+        conds.append(CONTACTS.c.id.in_(owners) & same_customer)
+    if not conds:
+        return []
+    return list(conn.execute(select(CONTACTS).where(CONTACTS.c.store_id == store_id, or_(*conds)).order_by(CONTACTS.c.id)))
+
+
+def _customer_scope(conn: Connection, store_id: int, ident: Identity) -> tuple[Scope, list[Any]]:
+    scope = Scope(store_id)
+    contacts = find_contacts(conn, store_id, ident)
+    scope.contact_ids = {c.id for c in contacts}
+    for c in contacts:
+        scope.needles.add_contact(c)
+        if c.external_customer_id:
+            scope.customer_ids.add(c.external_customer_id)
+    scope.needles.add_identity(ident)
+    if ident.customer_external_id:
+        scope.customer_ids.add(ident.customer_external_id)
+    orders = conn.execute(
+        select(ORDERS.c.id, ORDERS.c.external_id, ORDERS.c.checkout_token)
+        .where(ORDERS.c.store_id == store_id, or_(_in(ORDERS.c.contact_id, scope.contact_ids), _in(ORDERS.c.external_id, ident.order_ids)))
+    ).all()
+    scope.order_pks = {o.id for o in orders}
+    scope.order_ids = {o.external_id for o in orders} | set(ident.order_ids)
+    scope.checkout_tokens = {o.checkout_token for o in orders if o.checkout_token}
+    scope.checkout_tokens |= set(conn.execute(
+        select(CHECKOUTS.c.token).where(CHECKOUTS.c.store_id == store_id, _in(CHECKOUTS.c.contact_id, scope.contact_ids))).scalars())
+    for table in (MESSAGES, OUTBOX):
+        scope.wamids |= {w for w in conn.execute(
+            select(table.c.wamid).where(table.c.store_id == store_id, _in(table.c.contact_id, scope.contact_ids),
+                                        table.c.wamid.is_not(None))).scalars() if not w.startswith(f"{REDACTED}:")}
+    return scope, contacts
+
+
+# -- finding inbox rows ---------------------------------------------------------------------------------
+def _bytes_contains(conn: Connection, column: Any, needle: str) -> Any:
+    if conn.dialect.name == "postgresql":
+        # bytea as text: printable ASCII stays as it is, so an ASCII needle is found as written
+        return func.strpos(func.encode(column, "escape"), needle.replace("\\", "\\\\")) > 0
+    return func.instr(column, needle.encode("utf-8")) > 0
+
+
+def _text_contains(conn: Connection, expr: Any, needle: str) -> Any:
+    return (func.strpos(expr, needle) if conn.dialect.name == "postgresql" else func.instr(expr, needle)) > 0
+
+
+def _inbox_rows(conn: Connection, scope: Scope, request_inbox_id: int | None) -> set[int]:
+    """Inbox rows about the customer: by contact and subject, then any earlier row whose body names them."""
+    sid = scope.store_id
+    subjects = scope.subjects | {f"wamid:{w}" for w in scope.wamids}
+    found: set[int] = set(conn.execute(
+        select(INBOX.c.id).where(INBOX.c.store_id == sid, _in(INBOX.c.contact_id, scope.contact_ids))).scalars())
+    for chunk in _chunks(sorted(subjects)):
+        found |= set(conn.execute(select(INBOX.c.id).where(INBOX.c.store_id == sid, INBOX.c.subject.in_(chunk))).scalars())
+    probes = scope.needles.probes()
+    strong = scope.needles.regex(names=False)
+    if probes and strong is not None:
+        # deliveries the processor never tied to the contact (failed, held, earlier privacy requests):
+        # the database finds candidates by substring, then the boundary-aware pattern confirms each
+        cond = or_(*[_bytes_contains(conn, INBOX.c.raw_body, p) for p in probes],
+                   *[_text_contains(conn, cast(INBOX.c.event, Text), p) for p in probes])
+        query = select(INBOX.c.id, INBOX.c.raw_body, INBOX.c.event).where(INBOX.c.store_id == sid, cond)
+        if request_inbox_id is not None:
+            query = query.where(INBOX.c.id < request_inbox_id)  # later deliveries are a new relationship
+        for row in conn.execute(query):
+            if row.id in found:
+                continue
+            text = (row.raw_body or b"").decode("utf-8", "replace") + "\n" + json.dumps(row.event or [])
+            if strong.search(text):
+                found.add(row.id)
+    found.discard(request_inbox_id)  # the processor settles the request's own row
+    return found
+
+
+# -- export -----------------------------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _rows(conn: Connection, query: Any, drop: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    return [{k: _plain(v) for k, v in row._mapping.items() if k not in drop} for row in conn.execute(query)]
+
+
+def _body_for(row: Any, wa_ids: set[str]) -> Any:
+    """The stored delivery as JSON; a WhatsApp item keeps only this customer's entry of its contacts list."""
+    if row.raw_body is None:
+        return None
+    try:
+        body = json.loads(row.raw_body)
+    except (ValueError, UnicodeDecodeError):
+        return None  # a form post or a broken body: the normalised event says what it carried
+    if row.source == "whatsapp" and isinstance(body, dict) and isinstance(body.get("contacts"), list):
+        body = {**body, "contacts": [c for c in body["contacts"] if isinstance(c, dict) and str(c.get("wa_id")) in wa_ids]}
+    return body
+
+
+def export_customer(
+    conn: Connection,
+    store_id: int,
+    *,
+    customer_external_id: str | int | None = None,
+    phone: str | ev.Phone | None = None,
+    emails: Iterable[str] | str | None = (),
+    order_ids: Iterable[str | int] = (),
+    default_country: str | None = None,
+    store_key: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Everything stored about one customer, as JSON-ready data (read only)."""
+    ident = Identity.build(customer_external_id=customer_external_id, phone=phone, emails=emails, order_ids=order_ids,
+                           default_country=default_country)
+    scope, contacts = _customer_scope(conn, store_id, ident)
+    cids = scope.contact_ids
+    sid = store_id
+    consent = _rows(conn, select(CONSENT).where(CONSENT.c.store_id == sid, _in(CONSENT.c.contact_id, cids)).order_by(CONSENT.c.id))
+    out_contacts = []
+    for c in contacts:
+        row = {k: _plain(v) for k, v in c._mapping.items()}
+        row["consent_history"] = [h for h in consent if h["contact_id"] == c.id]
+        out_contacts.append(row)
+    lines = _rows(conn, select(LINES).where(LINES.c.store_id == sid, _in(LINES.c.order_id, scope.order_pks)).order_by(LINES.c.id))
+    fulfillments = _rows(conn, select(FULFILLMENTS).where(FULFILLMENTS.c.store_id == sid, _in(FULFILLMENTS.c.order_external_id, scope.order_ids))
+                         .order_by(FULFILLMENTS.c.id))
+    orders = _rows(conn, select(ORDERS).where(ORDERS.c.store_id == sid, _in(ORDERS.c.id, scope.order_pks)).order_by(ORDERS.c.placed_at))
+    for o in orders:
+        o["line_items"] = [li for li in lines if li["order_id"] == o["id"]]
+        o["fulfillments"] = [f for f in fulfillments if f["order_external_id"] == o["external_id"]]
+    subjects = scope.subjects
+    checkouts = _rows(conn, select(CHECKOUTS).where(CHECKOUTS.c.store_id == sid, or_(_in(CHECKOUTS.c.contact_id, cids),
+                                                                                    _in(CHECKOUTS.c.token, scope.checkout_tokens)))
+                      .order_by(CHECKOUTS.c.id))
+    messages = _rows(conn, select(MESSAGES).where(MESSAGES.c.store_id == sid, _in(MESSAGES.c.contact_id, cids)).order_by(MESSAGES.c.occurred_at))
+    outbox = _rows(conn, select(OUTBOX).where(OUTBOX.c.store_id == sid, _in(OUTBOX.c.contact_id, cids)).order_by(OUTBOX.c.id),
+                   drop=("lease_until", "leased_by"))
+    runs = _rows(conn, select(RUNS).where(scope.by_contact(RUNS, _in(RUNS.c.subject, subjects))).order_by(RUNS.c.id))
+    handoffs = _rows(conn, select(HANDOFFS).where(scope.by_contact(HANDOFFS, _in(HANDOFFS.c.subject, subjects))).order_by(HANDOFFS.c.id))
+    windows = _rows(conn, select(WINDOWS).where(scope.by_contact(WINDOWS)).order_by(WINDOWS.c.id))
+    wa_ids = {c.wa_id for c in contacts if c.wa_id} | {d for d in scope.needles.digits}
+    inbox_ids = set(conn.execute(select(INBOX.c.id).where(INBOX.c.store_id == sid, _in(INBOX.c.contact_id, cids))).scalars())
+    for chunk in _chunks(sorted(subjects | {f"wamid:{w}" for w in scope.wamids})):
+        inbox_ids |= set(conn.execute(select(INBOX.c.id).where(INBOX.c.store_id == sid, INBOX.c.subject.in_(chunk))).scalars())
+    inbox: list[dict[str, Any]] = []
+    for chunk in _chunks(sorted(inbox_ids)):
+        for row in conn.execute(select(INBOX).where(INBOX.c.id.in_(chunk)).order_by(INBOX.c.id)):
+            inbox.append({"id": row.id, "source": row.source, "topic": row.topic, "received_at": _plain(row.received_at),
+                          "status": row.status, "subject": row.subject, "event": row.event, "body": _body_for(row, wa_ids)})
+    counts = {"contacts": len(out_contacts), "consent_changes": len(consent), "orders": len(orders), "checkouts": len(checkouts),
+              "fulfillments": len(fulfillments), "messages": len(messages), "outbox": len(outbox), "journey_runs": len(runs),
+              "handoffs": len(handoffs), "reorder_windows": len(windows), "inbox_events": len(inbox)}
+    return {
+        "format": EXPORT_FORMAT,
+        "store": store_key,
+        "generated_at": _plain(now or m.utcnow()),
+        "request": {"customer_id": ident.customer_external_id, "phone": ident.phone.e164 or ident.phone.raw if ident.phone else None,
+                    "emails": list(ident.emails), "order_ids": list(ident.order_ids)},
+        "counts": counts,
+        "contacts": out_contacts,
+        "orders": orders,
+        "checkouts": checkouts,
+        "messages": messages,
+        "outbox": outbox,
+        "journey_runs": runs,
+        "handoffs": handoffs,
+        "reorder_windows": windows,
+        "inbox_events": inbox,
+    }
+
+
+# -- erasure ----------------------------------------------------------------------------------------------
+def _placeholder(column: Any) -> Any:
+    """``redacted:<row id>``: unique (the id is), stable, and derived from nothing personal."""
+    return literal(f"{REDACTED}:", String) + cast(column, String)
+
+
+def _write_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Per-row values (``_id`` names the row), one executemany per shape."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(k for k in row if k != "_id")), []).append(row)
+    for fields, params in groups.items():
+        stmt = update(table).where(table.c.id == bindparam("_id")).values({f: bindparam(f) for f in fields})
+        for chunk in _chunks(params, 1000):
+            conn.execute(stmt, chunk)
+
+
+def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int | None) -> dict[str, int]:
+    sid = scope.store_id
+    counts: dict[str, int] = {}
+    subjects = scope.subjects
+    # inbox rows first: finding them needs the identifiers this erases elsewhere
+    if scope.shop:
+        inbox_where = (INBOX.c.store_id == sid) & (INBOX.c.id != (request_inbox_id or -1))
+        inbox_ids: list[int] | None = None
+    else:
+        inbox_ids = sorted(_inbox_rows(conn, scope, request_inbox_id))
+
+    # contacts: nothing left that identifies or reaches the person
+    cw = scope.by_contact(CONTACTS) if scope.shop else (CONTACTS.c.store_id == sid) & _in(CONTACTS.c.id, scope.contact_ids)
+    counts["contacts"] = conn.execute(update(CONTACTS).where(cw).values(
+        phone_key=_placeholder(CONTACTS.c.id), phone_e164=None, phone_raw=None, wa_id=REDACTED, wa_user_id=None,
+        external_customer_id=None, first_name=None, last_name=None, email=None, reachable=False, updated_at=now,
+    )).rowcount
+    conn.execute(update(CONTACTS).where(cw, CONTACTS.c.opted_out_at.is_(None)).values(opted_out_at=now))
+
+    # orders and what hangs off them: totals, states and times stay; links and tracking go
+    ow = (ORDERS.c.store_id == sid) & (true() if scope.shop else _in(ORDERS.c.id, scope.order_pks))
+    counts["orders"] = conn.execute(update(ORDERS).where(ow).values(status_url=None, payment_url=None)).rowcount
+    _write_rows(conn, ORDERS, [
+        {"_id": r.id, "tags": cleaned} for r in conn.execute(select(ORDERS.c.id, ORDERS.c.tags, ORDERS.c.contact_id).where(ow))
+        if (cleaned := scope.scrub(list(r.tags or []), r.contact_id)) != list(r.tags or [])
+    ])
+    lw = (LINES.c.store_id == sid) & (true() if scope.shop else _in(LINES.c.order_id, scope.order_pks))
+    _write_rows(conn, LINES, [
+        {"_id": r.id, "title": cleaned} for r in conn.execute(
+            select(LINES.c.id, LINES.c.title, ORDERS.c.contact_id).join(ORDERS, ORDERS.c.id == LINES.c.order_id).where(lw))
+        if (cleaned := scope.scrub(r.title, r.contact_id)) != r.title
+    ])
+    fw = (FULFILLMENTS.c.store_id == sid) & (true() if scope.shop else _in(FULFILLMENTS.c.order_external_id, scope.order_ids))
+    counts["fulfillments"] = conn.execute(update(FULFILLMENTS).where(fw).values(tracking_number=None, tracking_url=None)).rowcount
+    chw = scope.by_contact(CHECKOUTS, _in(CHECKOUTS.c.token, scope.checkout_tokens))
+    counts["checkouts"] = conn.execute(update(CHECKOUTS).where(chw).values(recovery_url=None)).rowcount
+    _write_rows(conn, CHECKOUTS, [
+        {"_id": r.id, "line_items": cleaned} for r in conn.execute(select(CHECKOUTS.c.id, CHECKOUTS.c.line_items, CHECKOUTS.c.contact_id).where(chw))
+        if (cleaned := scope.scrub(r.line_items or [], r.contact_id)) != (r.line_items or [])
+    ])
+
+    # messages: statuses and times stay; texts and WhatsApp ids go
+    mw = scope.by_contact(MESSAGES)
+    counts["messages"] = conn.execute(update(MESSAGES).where(mw).values(body=None)).rowcount
+    conn.execute(update(MESSAGES).where(mw, MESSAGES.c.wamid.is_not(None), ~MESSAGES.c.wamid.startswith(f"{REDACTED}:"))
+                 .values(wamid=_placeholder(MESSAGES.c.id)))
+
+    # outbox: journey, step, category, status and times stay; the rendered message goes, pending sends stop
+    obw = scope.by_contact(OUTBOX, *[OUTBOX.c.idempotency_key.endswith(f":{s}", autoescape=True) for s in sorted(subjects)])
+    rows, cancelled, outbox_contacts = [], 0, {}
+    for r in conn.execute(select(OUTBOX.c.id, OUTBOX.c.payload, OUTBOX.c.status, OUTBOX.c.last_error, OUTBOX.c.wamid,
+                                 OUTBOX.c.contact_id).where(obw)):
+        outbox_contacts[r.id] = r.contact_id
+        payload = r.payload or {}
+        kept: dict[str, Any] = {k: scope.scrub(payload[k], r.contact_id) for k in _PAYLOAD_KEEP if k in payload}
+        message = payload.get("message")
+        if isinstance(message, dict):
+            kept["message"] = {k: message[k] for k in _MESSAGE_KEEP if k in message}
+        kept[REDACTED] = True
+        values: dict[str, Any] = {"_id": r.id, "payload": kept}
+        if r.last_error:
+            values["last_error"] = scope.scrub(r.last_error, r.contact_id, generic=True)
+        if r.wamid and not r.wamid.startswith(f"{REDACTED}:"):
+            values["wamid"] = f"{REDACTED}:{r.id}"
+        if r.status == "pending":
+            values.update(status="skipped", skip_reason=REDACTED, updated_at=now)
+            cancelled += 1
+        rows.append(values)
+    _write_rows(conn, OUTBOX, rows)
+    counts["outbox"], counts["outbox_cancelled"] = len(rows), cancelled
+    aw = (ATTEMPTS.c.store_id == sid) & (true() if scope.shop else _in(ATTEMPTS.c.outbox_id, outbox_contacts))
+    _write_rows(conn, ATTEMPTS, [
+        {"_id": r.id, "error_detail": cleaned} for r in conn.execute(
+            select(ATTEMPTS.c.id, ATTEMPTS.c.outbox_id, ATTEMPTS.c.error_detail).where(aw, ATTEMPTS.c.error_detail.is_not(None)))
+        if (cleaned := scope.scrub(r.error_detail, outbox_contacts.get(r.outbox_id), generic=True)) != r.error_detail
+    ])
+
+    # journey runs: outcomes and revenue stay; recovery links and personal text go; active runs end
+    rows, stopped = [], 0
+    for r in conn.execute(select(RUNS.c.id, RUNS.c.status, RUNS.c.state, RUNS.c.contact_id)
+                          .where(scope.by_contact(RUNS, _in(RUNS.c.subject, subjects)))):
+        state = scope.scrub({k: v for k, v in (r.state or {}).items() if k not in _STATE_DROP}, r.contact_id)
+        values = {"_id": r.id}
+        if r.status != "finished":
+            state["outcome"] = REDACTED
+            values.update(status="finished", next_due_at=None, updated_at=now)
+            stopped += 1
+        if state != (r.state or {}) or len(values) > 1:
+            values["state"] = state
+            rows.append(values)
+    _write_rows(conn, RUNS, rows)
+    counts["journey_runs_stopped"] = stopped
+
+    # hand-offs: who, when, which journey and the outcome stay; what the customer wrote goes
+    rows = []
+    for r in conn.execute(select(HANDOFFS.c.id, HANDOFFS.c.context, HANDOFFS.c.resolution, HANDOFFS.c.contact_id)
+                          .where(scope.by_contact(HANDOFFS, _in(HANDOFFS.c.subject, subjects)))):
+        context = {k: v for k, v in (r.context or {}).items() if k in _HANDOFF_CONTEXT_KEEP}
+        rows.append({"_id": r.id, "reason": "redacted: the customer's personal data was erased",
+                     "context": {**scope.scrub(context, r.contact_id), REDACTED: True},
+                     "resolution": None if r.resolution is None else REDACTED})
+    _write_rows(conn, HANDOFFS, rows)
+    counts["handoffs"] = len(rows)
+
+    # reorder windows: no reminder for someone erased; what was bought and when stays
+    ww = scope.by_contact(WINDOWS, _in(WINDOWS.c.order_external_id, scope.order_ids))
+    counts["reorder_windows_closed"] = conn.execute(
+        update(WINDOWS).where(ww, WINDOWS.c.status == "pending").values(status=REDACTED, updated_at=now)).rowcount
+    _write_rows(conn, WINDOWS, [
+        {"_id": r.id, "title": cleaned} for r in conn.execute(select(WINDOWS.c.id, WINDOWS.c.title, WINDOWS.c.contact_id).where(ww))
+        if (cleaned := scope.scrub(r.title, r.contact_id)) != r.title
+    ])
+
+    # inbox rows: no body, no event; WhatsApp dedupe keys and subjects carry message ids
+    counts["inbox_events"] = _erase_inbox(conn, scope, now, inbox_where if scope.shop else None, inbox_ids)
+
+    # data-request exports: the customer's data, so erased with it
+    rows = []
+    for r in conn.execute(select(REQUESTS.c.id, REQUESTS.c.contact_ids, REQUESTS.c.export)
+                          .where(REQUESTS.c.store_id == sid, REQUESTS.c.export.is_not(None))):
+        strong = None if scope.shop else scope.needles.regex(names=False)
+        if scope.shop or set(r.contact_ids or []) & scope.contact_ids or (strong is not None and strong.search(json.dumps(r.export))):
+            rows.append({"_id": r.id, "export": None, "status": "erased", "erased_at": now})
+    _write_rows(conn, REQUESTS, rows)
+    counts["exports_erased"] = len(rows)
+    return counts
+
+
+def _erase_inbox(conn: Connection, scope: Scope, now: datetime, where: Any | None, ids: list[int] | None) -> int:
+    conds = [where] if where is not None else [INBOX.c.id.in_(chunk) for chunk in _chunks(ids or [])]
+    total = 0
+    for cond in conds:
+        total += conn.execute(update(INBOX).where(cond).values(raw_body=null(), event=null())).rowcount
+        conn.execute(update(INBOX).where(cond, INBOX.c.status.in_(_UNSETTLED))
+                     .values(status="ignored", available_at=None, last_error=f"{REDACTED}: privacy request"))
+        conn.execute(update(INBOX).where(cond, INBOX.c.source == "whatsapp", ~INBOX.c.dedupe_key.startswith(f"{REDACTED}:"))
+                     .values(dedupe_key=_placeholder(INBOX.c.id)))
+        conn.execute(update(INBOX).where(cond, INBOX.c.subject.startswith("wamid:")).values(subject=f"wamid:{REDACTED}"))
+        rows = []
+        for r in conn.execute(select(INBOX.c.id, INBOX.c.headers, INBOX.c.last_error, INBOX.c.dedupe_key, INBOX.c.contact_id).where(cond)):
+            values: dict[str, Any] = {"_id": r.id}
+            headers = {k: v for k, v in (r.headers or {}).items() if k.lower() != "user-agent"}
+            headers = scope.scrub(headers, r.contact_id)
+            if headers != (r.headers or {}):
+                values["headers"] = headers
+            if r.last_error and (cleaned := scope.scrub(r.last_error, r.contact_id, generic=True)) != r.last_error:
+                values["last_error"] = cleaned
+            if not r.dedupe_key.startswith(f"{REDACTED}:") and scope.scrub(r.dedupe_key, r.contact_id) != r.dedupe_key:
+                values["dedupe_key"] = f"{REDACTED}:{r.id}"
+            if len(values) > 1:
+                rows.append(values)
+        _write_rows(conn, INBOX, rows)
+    return total
+
+
+def redact_customer(
+    conn: Connection,
+    store_id: int,
+    *,
+    customer_external_id: str | int | None = None,
+    phone: str | ev.Phone | None = None,
+    emails: Iterable[str] | str | None = (),
+    order_ids: Iterable[str | int] = (),
+    default_country: str | None = None,
+    now: datetime | None = None,
+    request_inbox_id: int | None = None,
+) -> tuple[dict[str, int], list[int]]:
+    """Erase one customer's personal data (see the module docstring); returns (counts, contact ids)."""
+    ident = Identity.build(customer_external_id=customer_external_id, phone=phone, emails=emails, order_ids=order_ids,
+                           default_country=default_country)
+    if ident.empty():
+        return {}, []
+    scope, _ = _customer_scope(conn, store_id, ident)
+    counts = _erase(conn, scope, now or m.utcnow(), request_inbox_id)
+    return counts, sorted(scope.contact_ids)
+
+
+def redact_shop(conn: Connection, store_id: int, *, now: datetime | None = None, request_inbox_id: int | None = None) -> dict[str, int]:
+    """Erase every customer of one store, and stop all its sends (the store counts as uninstalled)."""
+    now = now or m.utcnow()
+    scope = Scope(store_id, shop=True)
+    for c in conn.execute(select(CONTACTS).where(CONTACTS.c.store_id == store_id)):
+        needles = Needles()
+        needles.add_contact(c)
+        scope.per_contact[c.id] = needles
+    counts = _erase(conn, scope, now, request_inbox_id)
+    conn.execute(update(STORES).where(STORES.c.id == store_id, STORES.c.uninstalled_at.is_(None)).values(uninstalled_at=now))
+    return counts
+
+
+# -- the webhook, processed ---------------------------------------------------------------------------------
+PRIVACY_TOPICS = frozenset({("shopify", "customers/data_request"), ("shopify", "customers/redact"), ("shopify", "shop/redact")})
+PRIVACY_WAIT = timedelta(seconds=30)
+
+
+def waiting_for_earlier(conn: Connection, store_id: int, inbox_id: int) -> bool:
+    """True while a delivery received before this request is still unprocessed (or held by another worker).
+
+    Answering only after them means an order or message that arrived just before an
+    erasure is erased with the rest instead of being written back after it.
+    """
+    return conn.execute(
+        select(INBOX.c.id).where(INBOX.c.store_id == store_id, INBOX.c.status == "pending", INBOX.c.id < inbox_id).limit(1)
+    ).first() is not None
+
+
+@dataclass(frozen=True)
+class Handled:
+    request_id: int
+    summary: dict[str, Any]  # what the inbox row keeps instead of the request (no personal data)
+
+
+def handle(conn: Connection, store: Any, store_id: int, event: ev.ComplianceRequested, inbox_id: int | None, now: datetime) -> Handled:
+    """Answer one privacy request inside the processor's transaction."""
+    c = event.customer
+    ident = dict(customer_external_id=c.external_id if c else None, phone=c.phone if c else None,
+                 emails=(c.email,) if c and c.email else (), order_ids=event.order_external_ids)
+    export: dict[str, Any] | None = None
+    contact_ids: list[int] = []
+    if event.kind == "customer_data_request":
+        export = export_customer(conn, store_id, **ident, default_country=store.default_country, store_key=store.key, now=now)
+        counts = dict(export["counts"])
+        contact_ids = [row["id"] for row in export["contacts"]]
+    elif event.kind == "customer_redact":
+        counts, contact_ids = redact_customer(conn, store_id, **ident, default_country=store.default_country, now=now,
+                                              request_inbox_id=inbox_id)
+    else:
+        counts = redact_shop(conn, store_id, now=now, request_inbox_id=inbox_id)
+    counts["orders_named"] = len(event.order_external_ids)
+    request_id = conn.execute(REQUESTS.insert().returning(REQUESTS.c.id), dict(
+        store_id=store_id, kind=event.kind, status="done", inbox_event_id=inbox_id, contact_ids=contact_ids, counts=counts,
+        export=export, created_at=now, erased_at=None)).scalar_one()
+    log.info("privacy request %s answered: %s", event.kind, " ".join(f"{k}={v}" for k, v in sorted(counts.items())),
+             extra={"store": store.key, "request_id": request_id, "inbox_id": inbox_id})
+    summary = {"type": event.type, "kind": event.kind, "request_id": request_id, "counts": counts}
+    return Handled(request_id, summary)
+
+
+# -- read side (admin API and CLI) ----------------------------------------------------------------------------
+def _request_view(row: Any, *, with_export: bool) -> dict[str, Any]:
+    out = {"id": row.id, "kind": row.kind, "status": row.status, "inbox_event_id": row.inbox_event_id,
+           "created_at": _plain(row.created_at), "erased_at": _plain(row.erased_at), "counts": row.counts or {},
+           "has_export": row.export is not None}
+    if with_export:
+        out["export"] = row.export
+    return out
+
+
+def list_requests(db: Database, store_id: int, limit: int = 100) -> list[dict[str, Any]]:
+    with db.engine.connect() as conn:
+        rows = conn.execute(select(REQUESTS).where(REQUESTS.c.store_id == store_id).order_by(REQUESTS.c.id.desc()).limit(limit)).all()
+    return [_request_view(r, with_export=False) for r in rows]
+
+
+def get_request(db: Database, store_id: int, request_id: int) -> dict[str, Any] | None:
+    with db.engine.connect() as conn:
+        row = conn.execute(select(REQUESTS).where(REQUESTS.c.store_id == store_id, REQUESTS.c.id == request_id)).first()
+    return _request_view(row, with_export=True) if row is not None else None

@@ -1,0 +1,248 @@
+"""Shopify install, the three ways a store connects (platform-facts.md A8):
+
+- **own store** (``storeloop install shopify --store KEY``): a Dev Dashboard app installed on
+  the merchant's store, ``client_id`` + ``client_secret`` in the configuration; the client
+  credentials grant gives a token (24 h), stored encrypted and renewed before it expires;
+- **agency / many stores**: ``GET /shopify/install?shop=…&hmac=…&timestamp=…`` (the app URL)
+  checks the query HMAC, the shop host and that the shop is configured, then redirects to
+  Shopify's authorize page with a single-use ``state``; ``GET /shopify/callback`` checks the
+  HMAC, the timestamp (24 h) and the state, and exchanges the code for an expiring offline
+  token with a refresh token (both stored encrypted; refreshed before expiry);
+- **legacy**: a custom-app ``access_token`` in the configuration keeps working.
+
+After either install the webhook subscriptions are registered (``adapters/shopify/subscriptions.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio.to_thread
+import httpx
+from sqlalchemy import update
+
+from adapters.shopify import oauth
+from adapters.shopify.subscriptions import COMPLIANCE_NOTE, SubscriptionReport, register_webhooks
+from connector.config import Settings, ShopifyStore
+from connector.errors import SendError, StoreloopError
+from connector.install import nonces
+from connector.install.credentials import (
+    CredentialsMissing,
+    RenewingShopifyClient,
+    ShopifyTokenSource,
+    can_use_client_credentials,
+    obtain_shopify_token,
+    save_grant,
+)
+from connector.secrets import HOW_TO, SecretBox
+from connector.storage.db import Database
+from connector.storage.models import Store
+
+log = logging.getLogger("storeloop.install")
+
+CALLBACK_PATH = "/shopify/callback"
+WEBHOOK_PATH = "/webhooks/shopify"
+
+
+class InstallRefused(StoreloopError):
+    """An install step that must not go on; ``status`` for the web answer, message safe to show."""
+
+    def __init__(self, message: str, status: int = 400):
+        self.status = status
+        super().__init__(message)
+
+
+@dataclass
+class ShopifyInstallReport:
+    store: str
+    shop: str
+    token: str  # how the token was obtained: never the token
+    expires_at: datetime | None = None
+    webhooks: SubscriptionReport | None = None
+    webhook_error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.webhook_error is None and (self.webhooks is None or self.webhooks.ok)
+
+
+def public_base(settings: Settings) -> str:
+    base = settings.server.public_base_url
+    if not base:
+        raise InstallRefused("server.public_url is not set: it is the address Shopify and WooCommerce reach this "
+                             "server at (install redirect and webhook deliveries)", status=503)
+    return base
+
+
+def shopify_store_for(settings: Settings, shop: str) -> ShopifyStore | None:
+    for s in settings.stores:
+        if isinstance(s, ShopifyStore) and s.shop_domain == shop:
+            return s
+    return None
+
+
+def clear_uninstalled(db: Database, store_id: int) -> None:
+    """A fresh install undoes an earlier ``app/uninstalled`` (jobs and sends resume)."""
+    with db.write_lock(), db.engine.begin() as conn:
+        conn.execute(update(Store).where(Store.id == store_id).values(uninstalled_at=None))
+
+
+async def register_store_webhooks(
+    db: Database, settings: Settings, store: ShopifyStore, source: ShopifyTokenSource, *, http: httpx.AsyncClient | None = None,
+) -> SubscriptionReport:
+    uri = public_base(settings) + WEBHOOK_PATH
+    async with RenewingShopifyClient(store, source, http=http) as client:
+        return await register_webhooks(client, uri)
+
+
+async def install_shopify(
+    db: Database, settings: Settings, store: ShopifyStore, store_id: int, now: datetime, *,
+    box: SecretBox | None, http: httpx.AsyncClient | None = None,
+) -> ShopifyInstallReport:
+    """``storeloop install shopify``: a token (client credentials, or the configured/stored one),
+    then the webhook subscriptions. Refuses before any call when nothing would work."""
+    public_base(settings)
+    report = ShopifyInstallReport(store=store.key, shop=store.shop_domain, token="")
+    if can_use_client_credentials(store):
+        if box is None:
+            raise InstallRefused(f"refusing to install {store.key}: the token must be stored encrypted; {HOW_TO}", status=503)
+    elif store.access_token is None or not store.access_token.get_secret_value():
+        raise InstallRefused(
+            f"store {store.key} has neither client_id + client_secret (own store: client credentials grant) nor a "
+            f"custom-app access_token; for a store of another organisation open "
+            f"{public_base(settings)}/shopify/install?shop={store.shop_domain} from its admin (app URL)")
+    try:
+        token = await obtain_shopify_token(db, store, now, box=box, store_id=store_id, http=http)
+    except CredentialsMissing as exc:
+        raise InstallRefused(str(exc)) from None
+    report.expires_at = token.expires_at
+    report.token = {
+        "client_credentials": "client credentials grant (new token, stored encrypted)",
+        "refresh": "refreshed with the stored refresh token",
+        "stored": "stored token (still valid)",
+        "config": "custom-app access_token from the configuration (legacy)",
+    }.get(token.source, token.source)
+    if token.source == "config":
+        report.notes.append("legacy custom-app token: consider a Dev Dashboard app with client_id/client_secret")
+    source = ShopifyTokenSource(db, store, box=box, store_id=store_id, clock=lambda: now, http=http)
+    try:
+        report.webhooks = await register_store_webhooks(db, settings, store, source, http=http)
+    except SendError as exc:
+        report.webhook_error = str(exc)
+    await anyio.to_thread.run_sync(clear_uninstalled, db, store_id)
+    report.notes.append(COMPLIANCE_NOTE.replace("{public_url}", public_base(settings)))
+    return report
+
+
+# ---------------------------------------------------------------- authorization code (web)
+
+
+def _single(params: list[tuple[str, str]], name: str) -> str:
+    values = [v for k, v in params if k == name]
+    if len(values) != 1:
+        raise InstallRefused(f"expected exactly one {name!r} parameter")
+    return values[0]
+
+
+def _checked_store(settings: Settings, params: list[tuple[str, str]], now: datetime) -> tuple[ShopifyStore, str]:
+    """Shop host, configured store, app credentials, HMAC, timestamp: in that order."""
+    shop = _single(params, "shop").strip().lower()
+    if not oauth.is_myshopify_host(shop):
+        raise InstallRefused("shop must be a *.myshopify.com domain")
+    store = shopify_store_for(settings, shop)
+    if store is None:
+        raise InstallRefused("this shop is not configured on this server", status=404)
+    if not can_use_client_credentials(store):
+        raise InstallRefused("this shop has no client_id / client_secret configured", status=409)
+    secret = store.client_secret.get_secret_value()  # type: ignore[union-attr]
+    if not oauth.verify_hmac(params, secret):
+        log.warning("shopify install request with a bad hmac", extra={"store": store.key})
+        raise InstallRefused("invalid hmac", status=401)
+    if not oauth.timestamp_ok(_single(params, "timestamp"), now):
+        log.warning("shopify install request with a stale timestamp", extra={"store": store.key})
+        raise InstallRefused("request too old (timestamp)", status=401)
+    return store, shop
+
+
+def begin_oauth(db: Database, settings: Settings, params: list[tuple[str, str]], now: datetime) -> str:
+    """``/shopify/install``: the authorize URL to redirect to, with a fresh single-use state."""
+    store, shop = _checked_store(settings, params, now)
+    base = public_base(settings)
+    nonce = nonces.new_nonce(db, store.key, shop, now)
+    assert store.client_id is not None
+    return oauth.authorize_url(shop, store.client_id, store.scopes, base + CALLBACK_PATH, nonce)
+
+
+async def complete_oauth(runtime: Any, params: list[tuple[str, str]], now: datetime, *,
+                         http: httpx.AsyncClient | None = None) -> ShopifyInstallReport:
+    """``/shopify/callback``: verify, use up the state, exchange the code, store the tokens,
+    register the webhooks. Raises ``InstallRefused`` with the status to answer."""
+    settings, db = runtime.settings, runtime.db
+    store, shop = _checked_store(settings, params, now)
+    box = runtime.secret_box
+    if box is None:
+        raise InstallRefused(f"install is not possible yet: {HOW_TO}", status=503)
+    state = _single(params, "state")
+    owner = await anyio.to_thread.run_sync(nonces.peek_nonce, db, state, now)
+    if owner is None or owner != (store.key, shop):
+        log.warning("shopify callback with an unknown, used or expired state", extra={"store": store.key})
+        raise InstallRefused("unknown, used or expired state", status=401)
+    if await anyio.to_thread.run_sync(nonces.consume_nonce, db, state, now) is None:
+        raise InstallRefused("unknown, used or expired state", status=401)  # lost a race with a replay
+    code = _single(params, "code")
+    store_id = runtime.store_ids[store.key]
+    secret = store.client_secret.get_secret_value()  # type: ignore[union-attr]
+    assert store.client_id is not None
+    async with httpx.AsyncClient(timeout=oauth.TOKEN_TIMEOUT) if http is None else _borrowed(http) as client:
+        grant = await oauth.exchange_code(client, store.admin_base_url, store.client_id, secret, code, now)
+        await anyio.to_thread.run_sync(lambda: save_grant(db, box, store_id, grant, now))
+        await anyio.to_thread.run_sync(clear_uninstalled, db, store_id)
+        log.info("shopify app installed", extra={"store": store.key, "scope": grant.scope[:200],
+                                                 "expiring": grant.expires_at is not None})
+        source = runtime.shopify_tokens.get(store.key)
+        if source is None:
+            source = runtime.shopify_tokens[store.key] = ShopifyTokenSource(db, store, box=box, store_id=store_id,
+                                                                             clock=lambda: runtime.clock())
+        source.forget()
+        _use_as_writer(runtime, store_id, store, source)
+        report = ShopifyInstallReport(store=store.key, shop=shop, token="authorization code (expiring offline token)"
+                                      if grant.refresh_token else "authorization code (offline token)",
+                                      expires_at=grant.expires_at)
+        try:
+            report.webhooks = await register_store_webhooks(db, settings, store, source, http=client)
+        except SendError as exc:
+            report.webhook_error = str(exc)
+    report.notes.append(COMPLIANCE_NOTE.replace("{public_url}", public_base(settings)))
+    return report
+
+
+class _borrowed:
+    """``async with`` over a client we do not own (not closed on exit)."""
+
+    def __init__(self, client: httpx.AsyncClient):
+        self.client = client
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        return self.client
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def _use_as_writer(runtime: Any, store_id: int, store: ShopifyStore, source: ShopifyTokenSource) -> None:
+    """A store that had no credentials wrote back in dry-run: from now on it writes for real."""
+    from connector.outbox.writebacks import DryRunWriter
+
+    writers = getattr(runtime, "writers", None)
+    if isinstance(writers, dict) and isinstance(writers.get(store_id), DryRunWriter):
+        writers[store_id] = RenewingShopifyClient(store, source)
+
+
+__all__ = [
+    "InstallRefused", "ShopifyInstallReport", "begin_oauth", "complete_oauth", "install_shopify", "public_base",
+    "register_store_webhooks",
+]

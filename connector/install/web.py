@@ -1,0 +1,153 @@
+"""Install routes (browser-facing, so HTML answers with security headers):
+
+- ``GET /shopify/install``: Shopify's app URL; verified, then 302 to the authorize page.
+- ``GET /shopify/callback``: the OAuth redirect; verified, code exchanged, webhooks registered.
+- ``GET /woocommerce/connect?store=KEY``: 302 to the store's wc-auth authorize page.
+- ``POST /woocommerce/callback/{nonce}``: WooCommerce posts the new REST keys (JSON).
+- ``GET /woocommerce/connected``: where WooCommerce sends the merchant back (``success=0|1``).
+
+Refusals never say more than what failed; nothing secret is logged or shown. ``Referrer-Policy:
+no-referrer`` keeps the callback's one-time code out of any onward Referer header.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from functools import partial
+from typing import Any
+
+import anyio.to_thread
+import orjson
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from connector.install import shopify as shopify_flow
+from connector.install import woocommerce as woo_flow
+from connector.install.shopify import InstallRefused
+
+log = logging.getLogger("storeloop.install")
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def page(title: str, lines: list[str], status: int = 200) -> HTMLResponse:
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    body = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title></head>"
+            f"<body style='font-family:sans-serif;max-width:44em;margin:2em auto'><h1>{html.escape(title)}</h1>"
+            f"<ul>{items}</ul></body></html>")
+    return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+
+
+def redirect(url: str) -> Response:
+    return RedirectResponse(url, status_code=302, headers=SECURITY_HEADERS)
+
+
+def _refused(exc: InstallRefused) -> HTMLResponse:
+    return page("storeloop: install refused", [str(exc)], status=exc.status)
+
+
+async def shopify_install(request: Request) -> Response:
+    runtime = request.app.state.runtime
+    params = list(request.query_params.multi_items())
+    try:
+        url = await anyio.to_thread.run_sync(
+            partial(shopify_flow.begin_oauth, runtime.db, runtime.settings, params, runtime.clock()))
+    except InstallRefused as exc:
+        return _refused(exc)
+    return redirect(url)
+
+
+async def shopify_callback(request: Request) -> Response:
+    runtime = request.app.state.runtime
+    params = list(request.query_params.multi_items())
+    try:
+        report = await shopify_flow.complete_oauth(runtime, params, runtime.clock())
+    except InstallRefused as exc:
+        return _refused(exc)
+    except Exception as exc:  # the token exchange failed (RetryableError / PermanentError: short, secret-free)
+        log.warning("shopify install failed", extra={"reason": f"{type(exc).__name__}: {exc}"})
+        return page("storeloop: install failed", [f"{type(exc).__name__}: {exc}", "open the app from the Shopify admin to try again"],
+                    status=502)
+    lines = [f"shop: {report.shop}", f"token: {report.token}"]
+    hooks = report.webhooks
+    if hooks is not None:
+        lines.append(f"webhooks to {hooks.uri}: {len(hooks.created)} created, {len(hooks.present)} already present, "
+                     f"{len(hooks.failed)} failed")
+        lines += [f"failed: {topic}: {why}" for topic, why in hooks.failed]
+    if report.webhook_error:
+        lines.append(f"webhooks not registered: {report.webhook_error} (run `storeloop install shopify --store {report.store}`)")
+    lines += report.notes
+    return page("storeloop installed" if report.ok else "storeloop installed, with problems", lines)
+
+
+async def woocommerce_connect(request: Request) -> Response:
+    runtime = request.app.state.runtime
+    key = request.query_params.get("store", "")
+    try:
+        url = await anyio.to_thread.run_sync(partial(woo_flow.begin_connect, runtime.db, runtime.settings, key, runtime.clock()))
+    except InstallRefused as exc:
+        return _refused(exc)
+    return redirect(url)
+
+
+async def woocommerce_callback(request: Request) -> Response:
+    runtime = request.app.state.runtime
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > woo_flow.MAX_CALLBACK_BYTES:
+        return JSONResponse({"error": "body too large"}, status_code=413)
+    body = await request.body()
+    if len(body) > woo_flow.MAX_CALLBACK_BYTES:
+        return JSONResponse({"error": "body too large"}, status_code=413)
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        payload = None
+    try:
+        store = await anyio.to_thread.run_sync(
+            partial(woo_flow.complete_connect, runtime, request.path_params["nonce"], payload, runtime.clock()))
+    except InstallRefused as exc:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    # WooCommerce waits for this 200 before it sends the merchant back: create the webhooks after it.
+    return JSONResponse({"ok": True, "store": store.key}, background=BackgroundTask(_install_webhooks, runtime, store.key))
+
+
+async def _install_webhooks(rt: Any, key: str) -> None:
+    store = rt.woocommerce_store(key)
+    try:
+        report = await woo_flow.install_woocommerce(rt.db, rt.settings, store, rt.store_ids[key], rt.clock(), box=rt.secret_box)
+    except Exception as exc:  # InstallRefused, SendError: short and secret-free
+        log.warning("woocommerce webhooks not installed after wc-auth", extra={"store": key, "reason": f"{type(exc).__name__}: {exc}"})
+        return
+    await rt.woo_webhook_secrets.reload(key)  # the endpoint knows the new secret before the first delivery
+    log.info("woocommerce webhooks installed after wc-auth", extra={
+        "store": key, "hooks_created": len(report.created), "hooks_failed": len(report.failed), "ping": report.ping})
+
+
+async def woocommerce_connected(request: Request) -> Response:
+    key = request.query_params.get("store", "")[:64]
+    if request.query_params.get("success") == "1":
+        return page("storeloop connected", [f"WooCommerce store {key}: REST keys received and stored encrypted",
+                                            "its webhooks are being created now; `storeloop install woocommerce "
+                                            f"--store {key}` shows (and repairs) them"])
+    return page("storeloop not connected", [f"WooCommerce store {key}: access was not granted"], status=400)
+
+
+ROUTES = [
+    Route("/shopify/install", shopify_install, methods=["GET"]),
+    Route("/shopify/callback", shopify_callback, methods=["GET"]),
+    Route("/woocommerce/connect", woocommerce_connect, methods=["GET"]),
+    Route("/woocommerce/callback/{nonce}", woocommerce_callback, methods=["POST"]),
+    Route("/woocommerce/connected", woocommerce_connected, methods=["GET"]),
+]
+
+__all__ = ["ROUTES", "SECURITY_HEADERS", "shopify_callback", "shopify_install", "woocommerce_callback", "woocommerce_connect",
+           "woocommerce_connected"]

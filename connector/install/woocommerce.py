@@ -1,0 +1,245 @@
+"""WooCommerce install.
+
+``storeloop install woocommerce --store KEY``:
+
+1. checks the REST credentials (stored wc-auth keys first, else the configured pair) with one
+   authenticated read; HTTPS stores use Basic auth, plain-HTTP ones OAuth 1.0a signing;
+2. takes the store's webhook secret from the database, or generates one (URL-safe, so
+   WooCommerce's HTML-entity decoding of secrets cannot alter it, B3) and stores it encrypted
+   *before* any webhook exists, so the first delivery is already accepted;
+3. for each topic our normaliser handles, creates the webhook to
+   ``{public_url}/webhooks/woocommerce/{key}``, re-activates a paused or disabled one, and
+   pushes the secret to existing ones when it is new (``--new-secret``);
+4. posts WooCommerce's ping body (``webhook_id=N``) to that address and expects the 200
+   WooCommerce itself requires (it sends the same ping when a webhook is created).
+
+The guided alternative (no keys to copy): ``GET /woocommerce/connect?store=KEY`` redirects to
+``{site}/wc-auth/v1/authorize`` with a single-use callback path; WooCommerce posts
+``{key_id, user_id, consumer_key, consumer_secret, key_permissions}`` as JSON to
+``/woocommerce/callback/{nonce}`` and the keys are stored encrypted (woocommerce
+``includes/class-wc-auth.php``: ``create_keys`` / ``post_consumer_data``; a non-200 answer
+makes WooCommerce delete the key it just made). WooCommerce insists on an https callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import anyio.to_thread
+import httpx
+
+from adapters.woocommerce import webhooks as woo_webhooks
+from adapters.woocommerce.install import WooCommerceInstallClient
+from connector.config import Settings, WooCommerceStore
+from connector.errors import SendError
+from connector.install import nonces
+from connector.install.credentials import woocommerce_store_with_credentials
+from connector.install.shopify import InstallRefused, public_base
+from connector.secrets import (
+    HOW_TO,
+    WOO_CONSUMER_KEY,
+    WOO_CONSUMER_SECRET,
+    WOO_WEBHOOK_SECRET,
+    SecretBox,
+    SecretsUnavailable,
+    get_credentials,
+    put_credentials,
+)
+from connector.storage.db import Database
+
+log = logging.getLogger("storeloop.install")
+
+# What the webhook endpoint accepts (adapters/woocommerce/webhooks.py) less order.deleted, which the
+# normaliser turns into no event: order.created|updated|restored, customer.created|updated.
+TOPICS = tuple(sorted(woo_webhooks.TOPICS - {"order.deleted"}))
+APP_NAME = "storeloop"
+CALLBACK_PATH = "/woocommerce/callback/"
+CONNECTED_PATH = "/woocommerce/connected"
+MAX_CALLBACK_BYTES = 16_384
+
+
+def delivery_url(settings: Settings, store: WooCommerceStore) -> str:
+    return f"{public_base(settings)}/webhooks/woocommerce/{store.key}"
+
+
+def _same_url(a: Any, b: str) -> bool:
+    return isinstance(a, str) and a.rstrip("/") == b.rstrip("/")
+
+
+@dataclass
+class WooInstallReport:
+    store: str
+    auth: str
+    delivery_url: str
+    secret: str = ""  # what happened to the secret (never the secret)
+    created: list[str] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)
+    reactivated: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    ping: str = "not sent"
+    ping_ok: bool | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.ping_ok is not False
+
+
+async def _ping(http: httpx.AsyncClient, url: str, webhook_id: Any) -> tuple[bool, str]:
+    body = f"webhook_id={int(webhook_id) if str(webhook_id).isdigit() else 0}"
+    try:
+        response = await http.post(url, content=body.encode(), headers={"Content-Type": "application/x-www-form-urlencoded"},
+                                   timeout=httpx.Timeout(10.0, connect=5.0))
+    except httpx.TransportError as exc:
+        return False, f"unreachable ({type(exc).__name__}): is `storeloop serve` running and server.public_url right?"
+    if response.status_code == 200:
+        return True, "200 OK (WooCommerce accepts the delivery URL)"
+    return False, f"HTTP {response.status_code} (WooCommerce wants exactly 200)"
+
+
+async def install_woocommerce(
+    db: Database, settings: Settings, store: WooCommerceStore, store_id: int, now: datetime, *,
+    box: SecretBox | None, http: httpx.AsyncClient | None = None, new_secret: bool = False, ping: bool = True,
+) -> WooInstallReport:
+    url = delivery_url(settings, store)
+    if box is None:
+        raise InstallRefused(f"refusing to install {store.key}: its webhook secret must be stored encrypted; {HOW_TO}", status=503)
+    try:
+        effective = await anyio.to_thread.run_sync(woocommerce_store_with_credentials, db, box, store)
+    except SecretsUnavailable as exc:
+        raise InstallRefused(str(exc), status=503) from None
+    if not (effective.consumer_key and effective.consumer_key.get_secret_value()
+            and effective.consumer_secret and effective.consumer_secret.get_secret_value()):
+        raise InstallRefused(
+            f"store {store.key} has no REST keys: set consumer_key and consumer_secret, or connect it with "
+            f"{public_base(settings)}/woocommerce/connect?store={store.key} (wc-auth key provisioning)")
+    oauth1 = effective.rest_base_url.lower().startswith("http://")
+    report = WooInstallReport(store=store.key, delivery_url=url,
+                              auth="OAuth 1.0a signed (plain http)" if oauth1 else "HTTP Basic over https")
+    async with WooCommerceInstallClient(effective, http=http) as client:
+        try:
+            await client.check_credentials()
+        except SendError as exc:
+            raise InstallRefused(f"the REST credentials of {store.key} do not work: {exc}") from None
+
+        stored = await anyio.to_thread.run_sync(lambda: get_credentials(db, box, store_id, (WOO_WEBHOOK_SECRET,)))
+        fresh_secret = new_secret or WOO_WEBHOOK_SECRET not in stored
+        secret = secrets.token_urlsafe(32) if fresh_secret else stored[WOO_WEBHOOK_SECRET].value
+        if fresh_secret:
+            await anyio.to_thread.run_sync(lambda: put_credentials(db, box, store_id, {WOO_WEBHOOK_SECRET: (secret, None)}, now))
+            report.secret = "generated and stored encrypted"
+        else:
+            report.secret = "kept (stored earlier)"
+
+        hooks = await client.list_webhooks()
+        first_id = None
+        for topic in TOPICS:
+            mine = [h for h in hooks if h.get("topic") == topic and _same_url(h.get("delivery_url"), url)]
+            try:
+                if not mine:
+                    created = await client.create_webhook(name=f"{APP_NAME} {topic}", topic=topic, delivery_url=url, secret=secret)
+                    report.created.append(topic)
+                    first_id = first_id or created.get("id")
+                    continue
+                hook = mine[0]
+                first_id = first_id or hook.get("id")
+                changes: dict[str, Any] = {}
+                if hook.get("status") != "active":
+                    changes["status"] = "active"
+                if fresh_secret:
+                    changes["secret"] = secret
+                if not changes:
+                    report.present.append(topic)
+                    continue
+                await client.update_webhook(int(hook["id"]), changes)
+                (report.reactivated if "status" in changes else report.updated).append(topic)
+            except SendError as exc:
+                report.failed.append((topic, str(exc)))
+    if ping:
+        async with httpx.AsyncClient() if http is None else _Borrowed(http) as ping_http:
+            report.ping_ok, report.ping = await _ping(ping_http, url, first_id or 0)
+    log.info("woocommerce webhooks installed", extra={
+        "store": store.key, "hooks_created": len(report.created), "hooks_present": len(report.present),
+        "hooks_reactivated": len(report.reactivated), "hooks_failed": len(report.failed)})
+    return report
+
+
+class _Borrowed:
+    def __init__(self, client: httpx.AsyncClient):
+        self.client = client
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        return self.client
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+# ---------------------------------------------------------------- wc-auth key provisioning (web)
+
+
+def begin_connect(db: Database, settings: Settings, store_key: str, now: datetime) -> str:
+    """``/woocommerce/connect?store=KEY``: the wc-auth authorize URL with a single-use callback path."""
+    store = next((s for s in settings.stores if s.key == store_key and isinstance(s, WooCommerceStore)), None)
+    if store is None:
+        raise InstallRefused("unknown WooCommerce store", status=404)
+    base = public_base(settings)
+    if not base.lower().startswith("https://"):
+        raise InstallRefused("WooCommerce sends the keys only to an https callback: server.public_url must be https", status=409)
+    nonce = nonces.new_nonce(db, store.key, str(store.site_url), now)
+    query = urlencode({
+        "app_name": APP_NAME,
+        "scope": "read_write",
+        "user_id": store.key,
+        "return_url": f"{base}{CONNECTED_PATH}?{urlencode({'store': store.key})}",
+        "callback_url": f"{base}{CALLBACK_PATH}{nonce}",
+    })
+    return f"{str(store.site_url).rstrip('/')}/wc-auth/v1/authorize?{query}"
+
+
+def complete_connect(runtime: Any, nonce: str, payload: Any, now: datetime) -> WooCommerceStore:
+    """``POST /woocommerce/callback/{nonce}``: store the provisioned keys encrypted. Sync (thread)."""
+    box = runtime.secret_box
+    if box is None:
+        raise InstallRefused(f"cannot accept keys: {HOW_TO}", status=503)
+    owner = nonces.consume_nonce(runtime.db, nonce, now)
+    if owner is None:
+        log.warning("wc-auth callback with an unknown, used or expired nonce")
+        raise InstallRefused("unknown, used or expired callback", status=401)
+    store_key, _site = owner
+    store = runtime.woocommerce_store(store_key)
+    if store is None:
+        raise InstallRefused("unknown WooCommerce store", status=404)
+    if not isinstance(payload, dict):
+        raise InstallRefused("body must be a JSON object")
+    ck, cs = payload.get("consumer_key"), payload.get("consumer_secret")
+    if str(payload.get("user_id")) != store.key:
+        raise InstallRefused("user_id does not match the store this callback was made for")
+    if payload.get("key_permissions") != "read_write":
+        raise InstallRefused("storeloop needs read_write keys (it writes order notes, statuses and tags)")
+    if not (isinstance(ck, str) and ck.startswith("ck_") and 4 < len(ck) <= 128
+            and isinstance(cs, str) and cs.startswith("cs_") and 4 < len(cs) <= 128):
+        raise InstallRefused("consumer_key / consumer_secret missing or malformed")
+    store_id = runtime.store_ids[store.key]
+    put_credentials(runtime.db, box, store_id, {WOO_CONSUMER_KEY: (ck, None), WOO_CONSUMER_SECRET: (cs, None)}, now)
+    log.info("woocommerce keys provisioned (wc-auth)", extra={"store": store.key, "key_id": str(payload.get("key_id"))[:20]})
+    effective = woocommerce_store_with_credentials(runtime.db, box, store)
+    _use_as_writer(runtime, store_id, effective)
+    return effective
+
+
+def _use_as_writer(runtime: Any, store_id: int, store: WooCommerceStore) -> None:
+    from adapters.woocommerce.client import WooCommerceClient
+    from connector.outbox.writebacks import DryRunWriter
+
+    writers = getattr(runtime, "writers", None)
+    if isinstance(writers, dict) and isinstance(writers.get(store_id), DryRunWriter):
+        writers[store_id] = WooCommerceClient(store)
+
+
+__all__ = ["TOPICS", "WooInstallReport", "begin_connect", "complete_connect", "delivery_url", "install_woocommerce"]

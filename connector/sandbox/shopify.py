@@ -1,0 +1,68 @@
+"""A sandbox Shopify Admin GraphQL API: a real HTTP peer on 127.0.0.1 for the demo.
+
+It answers the write-backs the connector makes (``tagsAdd``, ``orderCancel``,
+``orderUpdate``) with Shopify's shapes and a cost extension, checks the access token, and
+records every call so the demo can show which orders were tagged or cancelled. Nothing
+here is used in production.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+COST = {"requestedQueryCost": 10, "actualQueryCost": 10,
+        "throttleStatus": {"maximumAvailable": 2000.0, "currentlyAvailable": 1990.0, "restoreRate": 100.0}}
+
+
+@dataclass
+class AdminCall:
+    operation: str  # tagsAdd | orderCancel | orderUpdate | query
+    order_gid: str | None
+    variables: dict[str, Any]
+
+
+class SandboxShopify:
+    def __init__(self, *, token: str = "sandbox-admin-token"):
+        self.token = token
+        self.calls: list[AdminCall] = []
+        self._lock = threading.Lock()
+        self.app = Starlette(routes=[Route("/admin/api/{version}/graphql.json", self._graphql, methods=["POST"])])
+
+    def tagged(self) -> dict[str, list[str]]:
+        """Order gid -> every tag added to it, in order."""
+        out: dict[str, list[str]] = {}
+        for c in self.calls:
+            if c.operation == "tagsAdd" and c.order_gid:
+                tags = c.variables.get("tags") or []
+                out.setdefault(c.order_gid, []).extend([tags] if isinstance(tags, str) else tags)
+        return out
+
+    def cancelled(self) -> list[str]:
+        return [c.order_gid for c in self.calls if c.operation == "orderCancel" and c.order_gid]
+
+    async def _graphql(self, request: Request) -> Response:
+        if request.headers.get("x-shopify-access-token") != self.token:
+            return JSONResponse({"errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"}, 401)
+        body = await request.json()
+        query = str(body.get("query") or "")
+        variables = body.get("variables") or {}
+        gid = variables.get("id") or variables.get("orderId") or (variables.get("input") or {}).get("id")
+        if "tagsAdd" in query:
+            op, data = "tagsAdd", {"tagsAdd": {"node": {"id": gid}, "userErrors": []}}
+        elif "orderCancel" in query:
+            op, data = "orderCancel", {"orderCancel": {"job": {"id": "gid://shopify/Job/1", "done": True}, "orderCancelUserErrors": [],
+                                                       "userErrors": []}}
+        elif "orderUpdate" in query:
+            op, data = "orderUpdate", {"orderUpdate": {"order": {"id": gid}, "userErrors": []}}
+        else:
+            op, data = "query", {"order": {"id": gid, "cancelledAt": None}}
+        with self._lock:
+            self.calls.append(AdminCall(op, gid, variables))
+        return JSONResponse({"data": data, "extensions": {"cost": COST}})

@@ -1,0 +1,109 @@
+"""Browser sessions for the dashboard, and a limiter for failed logins.
+
+Browsers cannot send the admin API's bearer header, so the dashboard trades the admin token
+for a cookie once, through a login form:
+
+- The cookie value is ``v1.<expires>.<nonce>.<signature>``: an expiry (Unix seconds) and a
+  random nonce, signed with HMAC-SHA256 keyed by ``server.admin_token``. Nothing is stored on
+  the server, so every process of a deployment accepts it; rotating the admin token ends
+  every session at once. Logging out clears the browser's cookie; a copied cookie stays
+  valid until it expires (``SESSION_SECONDS``), so rotate the token if one leaks.
+- The cookie is HttpOnly (no script reads it), SameSite=Strict (no other site can make the
+  browser send it, which is the CSRF defence for the dashboard's POST forms), scoped to
+  ``/dashboard`` and Secure when the request came over HTTPS.
+- Failed logins are counted per client IP in memory, **per process**: with several uvicorn
+  workers each keeps its own count, so the effective limit is workers x ``LOGIN_ATTEMPTS``.
+  Behind a proxy, the client IP is what uvicorn's ``--proxy-headers`` makes of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections import deque
+
+COOKIE = "storeloop_session"
+COOKIE_PATH = "/dashboard"
+SESSION_SECONDS = 12 * 3600
+LOGIN_ATTEMPTS = 5  # failed logins allowed per client IP ...
+LOGIN_WINDOW_SECONDS = 60.0  # ... within this many seconds; then 429 until the oldest ages out
+_CONTEXT = b"storeloop.dashboard.session|"  # the same key signs nothing else
+
+
+def token_matches(given: str | None, token: str | None) -> bool:
+    """Constant-time comparison of a presented token with the configured one (None: never)."""
+    if not token or given is None:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8"))
+
+
+def _sign(payload: str, token: str) -> str:
+    mac = hmac.new(token.encode("utf-8"), _CONTEXT + payload.encode("ascii"), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
+
+
+def issue_session(token: str, *, now: float | None = None, ttl: int = SESSION_SECONDS) -> str:
+    expires = int((time.time() if now is None else now) + ttl)
+    payload = f"v1.{expires}.{secrets.token_urlsafe(12)}"
+    return f"{payload}.{_sign(payload, token)}"
+
+
+def session_valid(value: str | None, token: str | None, *, now: float | None = None) -> bool:
+    """True for an untampered, unexpired session signed with this admin token."""
+    if not value or not token or len(value) > 200 or not value.isascii():
+        return False
+    payload, _, signature = value.rpartition(".")
+    parts = payload.split(".")
+    if len(parts) != 3 or parts[0] != "v1" or not parts[1].isdigit():
+        return False
+    if not hmac.compare_digest(signature.encode("ascii"), _sign(payload, token).encode("ascii")):
+        return False
+    current = time.time() if now is None else now
+    expires = int(parts[1])
+    return current < expires <= current + SESSION_SECONDS + 60
+
+
+class LoginLimiter:
+    """Failed login attempts per client IP in a sliding window (in memory, per process)."""
+
+    def __init__(self, attempts: int = LOGIN_ATTEMPTS, window: float = LOGIN_WINDOW_SECONDS, max_clients: int = 10_000):
+        self.attempts, self.window, self.max_clients = attempts, window, max_clients
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> deque[float] | None:
+        failures = self._failures.get(client)
+        if failures is not None:
+            while failures and failures[0] <= now - self.window:
+                failures.popleft()
+            if not failures:
+                del self._failures[client]
+                return None
+        return failures
+
+    def retry_after(self, client: str, *, now: float | None = None) -> int:
+        """Seconds until this client may try again; 0 when it may try now."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            failures = self._recent(client, now)
+            if failures is None or len(failures) < self.attempts:
+                return 0
+            return max(1, int(failures[0] + self.window - now + 0.999))
+
+    def failed(self, client: str, *, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if client not in self._failures and len(self._failures) >= self.max_clients:
+                for key in list(self._failures):  # bounded memory: drop clients whose failures aged out
+                    self._recent(key, now)
+                if len(self._failures) >= self.max_clients:
+                    self._failures.pop(next(iter(self._failures)))
+            self._failures.setdefault(client, deque()).append(now)
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._failures.pop(client, None)

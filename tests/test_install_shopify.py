@@ -1,0 +1,427 @@
+"""Shopify install against a fake Shopify served on 127.0.0.1: the client credentials grant with
+renewal, the authorization-code dance through the real app's routes (and every way it must
+refuse), token refresh with a rotated refresh token, and idempotent webhook registration."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from sqlalchemy import select, update
+from typer.testing import CliRunner
+
+from adapters.shopify import oauth
+from adapters.shopify.subscriptions import TOPICS, register_webhooks
+from connector.cli import app as cli_app
+from connector.config import parse_settings
+from connector.install.credentials import RenewingShopifyClient, ensure_shopify_token, obtain_shopify_token
+from connector.secrets import SECRET_KEYS_ENV, SHOPIFY_ACCESS_TOKEN, SHOPIFY_REFRESH_TOKEN, SecretBox, generate_key, get_credentials
+from connector.storage.db import Database
+from connector.storage.inbox import sync_stores
+from connector.storage.models import Store, StoreCredential
+from jobs.scheduler import has_credentials, make_client
+from tests.conftest import settings_dict
+from tests.helpers import dumps, running_app, shopify_headers
+from tests.install_fakes import FakeShopify, serve
+
+CLIENT_ID = "client-id-shop-a"
+CLIENT_SECRET = "shpss_client_secret_of_shop_a_0001"
+PUBLIC = "https://connector.example"
+SHOP = "shop-a.myshopify.com"
+HOST = "YWRtaW4uc2hvcGlmeS5jb20vc3RvcmUvc2hvcC1h"
+T = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+runner = CliRunner()
+
+
+@pytest.fixture
+def fake():
+    shop = FakeShopify(CLIENT_ID, CLIENT_SECRET)
+    with serve(shop.app) as base:
+        shop.base = base  # type: ignore[attr-defined]
+        yield shop
+
+
+@pytest.fixture
+def key(monkeypatch) -> str:
+    value = generate_key()
+    monkeypatch.setenv(SECRET_KEYS_ENV, value)
+    return value
+
+
+def shop_settings(db_url: str, fake: FakeShopify, **shop_a):
+    data = settings_dict(db_url)
+    data["server"]["public_url"] = PUBLIC
+    data["stores"][0] |= {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "api_base_url": fake.base, **shop_a}
+    return parse_settings(data, environ={})
+
+
+def signed(params: dict[str, str], secret: str = CLIENT_SECRET) -> dict[str, str]:
+    return {**params, "hmac": oauth.calculate_hmac(params, secret)}
+
+
+def raw_values(db: Database) -> str:
+    with db.engine.connect() as conn:
+        return " ".join(conn.execute(select(StoreCredential.value)).scalars())
+
+
+# ---- the query HMAC and the shop host (pure) ---------------------------------------------------------
+
+
+def test_hmac_matches_shopifys_documented_example():
+    # shopify.dev "Verify the installation request": secret "hush"
+    query = [("code", "0907a61c0c8d55e99db179b68161bc00"), ("hmac", "700e2dadb827fcc8609e9d5ce208b2e9cdaab9df07390d2cbca10d7c328fc4bf"),
+             ("shop", "some-shop.myshopify.com"), ("state", "0.6784241404160823"), ("timestamp", "1337178173")]
+    assert oauth.hmac_message(query) == ("code=0907a61c0c8d55e99db179b68161bc00&shop=some-shop.myshopify.com"
+                                         "&state=0.6784241404160823&timestamp=1337178173")
+    assert oauth.verify_hmac(query, "hush")
+    assert not oauth.verify_hmac(query, "hush!")
+    tampered = [(k, "evil.myshopify.com" if k == "shop" else v) for k, v in query]
+    assert not oauth.verify_hmac(tampered, "hush")
+    assert not oauth.verify_hmac([p for p in query if p[0] != "hmac"], "hush")
+
+
+def test_hmac_escaping_and_arrays_follow_the_python_library():
+    # shopify_python_api: foo[] -> foo=["1", "2"]; % -> %25; = in keys -> %3D; & -> %26
+    params = [("ids[]", "1"), ("ids[]", "2"), ("a=b", "x&y"), ("p", "100%"), ("shop", SHOP)]
+    assert oauth.hmac_message(params) == 'a%3Db=x%26y&ids=["1", "2"]&p=100%25&shop=shop-a.myshopify.com'
+    assert oauth.verify_hmac(params + [("hmac", oauth.calculate_hmac(params, "s"))], "s")
+    # a pair smuggled through an unescaped & would otherwise sign the same string
+    assert oauth.calculate_hmac([("a", "1&b=2")], "s") != oauth.calculate_hmac([("a", "1"), ("b", "2")], "s")
+
+
+@pytest.mark.parametrize("shop,ok", [
+    ("shop-a.myshopify.com", True), ("a1.myshopify.com", True), ("evil.com", False), ("shop-a.myshopify.com.evil.com", False),
+    ("https://shop-a.myshopify.com", False), ("shop-a.myshopify.com:443", False), ("-a.myshopify.com", False),
+    ("shop_a.myshopify.com", False), ("", False), ("shop-a.myshopify.com/admin", False), ("SHOP-A.myshopify.com", False),
+])
+def test_only_myshopify_hosts(shop, ok):
+    assert oauth.is_myshopify_host(shop) is ok
+
+
+def test_timestamps_older_than_a_day_or_from_the_future_are_refused():
+    now = T
+    assert oauth.timestamp_ok(str(int(now.timestamp()) - 3600), now)
+    assert not oauth.timestamp_ok(str(int((now - timedelta(hours=25)).timestamp())), now)
+    assert not oauth.timestamp_ok(str(int((now + timedelta(hours=1)).timestamp())), now)
+    assert not oauth.timestamp_ok("12ab", now) and not oauth.timestamp_ok(None, now)
+
+
+# ---- own store: client credentials grant, renewal ----------------------------------------------------
+
+
+def test_client_credentials_token_is_stored_encrypted_and_renewed_only_near_expiry(db_url, fake, key):
+    settings = shop_settings(db_url, fake)
+    store = settings.store("shop-a")
+    db = Database.from_url(db_url)
+    sid = sync_stores(db, [(s.key, s.platform) for s in settings.stores])["shop-a"]
+    box = SecretBox([key])
+    try:
+        first = asyncio.run(ensure_shopify_token(db, store, T))  # the key from the environment
+        assert fake.grants == ["client_credentials"] and first in fake.valid_tokens
+        stored = get_credentials(db, box, sid)[SHOPIFY_ACCESS_TOKEN]
+        assert stored.value == first and stored.expires_at == T + timedelta(seconds=86399)
+        assert first not in raw_values(db)
+        for later in (timedelta(minutes=1), timedelta(hours=12), timedelta(hours=23, minutes=45)):
+            assert asyncio.run(ensure_shopify_token(db, store, T + later, box=box)) == first  # fresh: no call
+        assert fake.grants == ["client_credentials"]
+        near = T + timedelta(seconds=86399) - timedelta(minutes=5)
+        second = asyncio.run(ensure_shopify_token(db, store, near, box=box))
+        assert second != first and fake.grants == ["client_credentials"] * 2
+        assert get_credentials(db, box, sid)[SHOPIFY_ACCESS_TOKEN].expires_at == near + timedelta(seconds=86399)
+        assert asyncio.run(ensure_shopify_token(db, store, near + timedelta(hours=1), box=box)) == second
+        expired = near + timedelta(days=2)
+        assert asyncio.run(ensure_shopify_token(db, store, expired, box=box)) not in (first, second)
+        assert len(fake.grants) == 3
+    finally:
+        db.dispose()
+
+
+def test_a_refused_token_is_renewed_once_by_the_client(db_url, fake, key):
+    settings = shop_settings(db_url, fake)
+    store = settings.store("shop-a")
+    db = Database.from_url(db_url)
+    sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    try:
+        assert has_credentials(store) and has_credentials(store, db)
+
+        async def go() -> None:
+            async with make_client(store, db) as client:  # what the jobs use
+                assert isinstance(client, RenewingShopifyClient)
+                await client.graphql("query { webhookSubscriptions(first: 1) { nodes { id } } }", {"first": 1})
+                fake.revoke_all()  # e.g. the token was revoked in the admin
+                await client.graphql("query { webhookSubscriptions(first: 1) { nodes { id } } }", {"first": 1})
+
+        asyncio.run(go())
+        assert fake.grants == ["client_credentials", "client_credentials"]
+    finally:
+        db.dispose()
+
+
+def test_a_legacy_access_token_still_works_and_needs_no_key(db_url, fake, monkeypatch):
+    monkeypatch.delenv(SECRET_KEYS_ENV, raising=False)
+    fake.valid_tokens.add("shpat_legacy_custom_app_token")
+    settings = shop_settings(db_url, fake, client_id=None, client_secret=None, access_token="shpat_legacy_custom_app_token")
+    db = Database.from_url(db_url)
+    sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    try:
+        token = asyncio.run(obtain_shopify_token(db, settings.store("shop-a"), T))
+        assert (token.value, token.source, token.expires_at) == ("shpat_legacy_custom_app_token", "config", None)
+        assert fake.grants == []
+    finally:
+        db.dispose()
+
+
+def write_config(tmp_path: Path, db_url: str, fake: FakeShopify, **extra: str) -> Path:
+    lines = "\n".join(f'{k} = "{v}"' for k, v in extra.items())
+    cfg = tmp_path / "storeloop.toml"
+    cfg.write_text(f"""
+[server]
+public_url = "{PUBLIC}"
+[database]
+url = "{db_url}"
+[[stores]]
+key = "shop-a"
+platform = "shopify"
+shop_domain = "{SHOP}"
+webhook_secret = "whsec"
+api_base_url = "{fake.base}"
+{lines}
+""")
+    return cfg
+
+
+def test_cli_install_registers_webhooks_once(db_url, fake, key, tmp_path):
+    cfg = write_config(tmp_path, db_url, fake, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    first = runner.invoke(cli_app, ["install", "shopify", "--config", str(cfg), "--store", "shop-a"])
+    assert first.exit_code == 0, first.output
+    assert "client credentials grant" in first.output and f"{len(TOPICS)} created, 0 already present, 0 failed" in first.output
+    assert "compliance topics" in first.output and "shopify.app.toml" in first.output
+    assert {s["topic"] for s in fake.subscriptions} == set(TOPICS)
+    assert {s["uri"] for s in fake.subscriptions} == {f"{PUBLIC}/webhooks/shopify"}
+    again = runner.invoke(cli_app, ["install", "shopify", "--config", str(cfg), "--store", "shop-a"])
+    assert again.exit_code == 0, again.output
+    assert f"0 created, {len(TOPICS)} already present, 0 failed" in again.output and "stored token" in again.output
+    assert fake.creates == len(TOPICS) and len(fake.subscriptions) == len(TOPICS)  # no duplicates
+    assert fake.grants == ["client_credentials"]  # the stored token was reused
+    for secret in [CLIENT_SECRET, key, *fake.issued]:
+        assert secret not in first.output and secret not in again.output
+
+
+def test_cli_install_with_a_legacy_token_and_a_partial_failure(db_url, fake, key, tmp_path):
+    fake.valid_tokens.add("shpat_legacy_token_value")
+    fake.subscriptions.append({"id": "gid://shopify/WebhookSubscription/1", "topic": "ORDERS_CREATE", "uri": f"{PUBLIC}/webhooks/shopify"})
+    fake.subscriptions.append({"id": "gid://shopify/WebhookSubscription/2", "topic": "ORDERS_PAID", "uri": "https://old.example/hooks"})
+    cfg = write_config(tmp_path, db_url, fake, access_token="shpat_legacy_token_value")
+    out = runner.invoke(cli_app, ["install", "shopify", "--config", str(cfg), "--store", "shop-a"])
+    assert out.exit_code == 0, out.output
+    assert "legacy" in out.output and f"{len(TOPICS) - 1} created, 1 already present" in out.output
+    assert "https://old.example/hooks" in out.output  # the stale subscription is pointed out
+    assert "shpat_legacy_token_value" not in out.output
+
+
+def test_cli_install_explains_what_is_missing(db_url, fake, key, tmp_path):
+    cfg = write_config(tmp_path, db_url, fake)
+    out = runner.invoke(cli_app, ["install", "shopify", "--config", str(cfg), "--store", "shop-a"])
+    assert out.exit_code == 2 and "client_id + client_secret" in out.output and "/shopify/install?shop=" in out.output
+    bad = write_config(tmp_path, db_url, fake, client_id=CLIENT_ID, client_secret="shpss_wrong")
+    failed = runner.invoke(cli_app, ["install", "shopify", "--config", str(bad), "--store", "shop-a"])
+    assert failed.exit_code == 1 and "client credentials grant: HTTP 401 (invalid_client)" in failed.output
+    assert "shpss_wrong" not in failed.output
+
+
+def test_registration_is_idempotent_and_pages_through_existing_subscriptions(db_url, fake, key):
+    settings = shop_settings(db_url, fake)
+    store = settings.store("shop-a")
+    for i in range(130):  # other subscriptions of this app, more than one page
+        fake.subscriptions.append({"id": f"gid://shopify/WebhookSubscription/x{i}", "topic": "PRODUCTS_UPDATE",
+                                   "uri": f"https://elsewhere.example/{i}"})
+    db = Database.from_url(db_url)
+    sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    uri = f"{PUBLIC}/webhooks/shopify"
+    try:
+        async def run():
+            async with make_client(store, db) as client:
+                return await register_webhooks(client, uri), await register_webhooks(client, uri)
+
+        first, second = asyncio.run(run())
+    finally:
+        db.dispose()
+    assert sorted(first.created) == sorted(TOPICS) and first.present == [] and first.failed == []
+    assert second.created == [] and sorted(second.present) == sorted(TOPICS)
+    assert fake.creates == len(TOPICS)
+
+
+# ---- agency / many stores: the authorization code grant through the app's routes -------------------------
+
+
+def begin(client, now: datetime, **extra: str):
+    params = signed({"shop": SHOP, "timestamp": str(int(now.timestamp())), "host": HOST, **extra})
+    return client.get("/shopify/install", params=params, follow_redirects=False)
+
+
+def state_from(response) -> str:
+    assert response.status_code == 302, response.text
+    location = urlparse(response.headers["location"])
+    assert (location.scheme, location.netloc, location.path) == ("https", SHOP, "/admin/oauth/authorize")
+    query = parse_qs(location.query)
+    assert query["client_id"] == [CLIENT_ID]
+    assert query["scope"] == ["read_orders,write_orders,read_customers,write_customers,read_products"]
+    assert query["redirect_uri"] == [f"{PUBLIC}/shopify/callback"]
+    assert "grant_options[]" not in query  # offline token
+    return query["state"][0]
+
+
+def callback_params(fake: FakeShopify, state: str, now: datetime, **override: str) -> dict[str, str]:
+    params = {"code": fake.issue_code(), "host": HOST, "shop": SHOP, "state": state, "timestamp": str(int(now.timestamp()))}
+    params |= override
+    return signed(params)
+
+
+@pytest.fixture
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def test_authorization_code_install_end_to_end(db_url, fake, key, now, caplog):
+    caplog.set_level(logging.DEBUG)
+    settings = shop_settings(db_url, fake)
+    with running_app(settings) as (client, runtime):
+        runtime.clock = lambda: now
+        sid = runtime.store_ids["shop-a"]
+        with runtime.db.write_lock(), runtime.db.engine.begin() as conn:  # an earlier app/uninstalled
+            conn.execute(update(Store).where(Store.id == sid).values(uninstalled_at=now - timedelta(days=3)))
+        started = begin(client, now)
+        assert started.headers["referrer-policy"] == "no-referrer" and started.headers["cache-control"] == "no-store"
+        state = state_from(started)
+        params = callback_params(fake, state, now)
+        done = client.get("/shopify/callback", params=params)
+        assert done.status_code == 200, done.text
+        assert "storeloop installed" in done.text and f"{len(TOPICS)} created, 0 already present, 0 failed" in done.text
+        assert "compliance topics" in done.text
+        assert done.headers["content-security-policy"].startswith("default-src 'none'")
+        box = SecretBox([key])
+        creds = get_credentials(runtime.db, box, sid)
+        assert creds[SHOPIFY_ACCESS_TOKEN].value in fake.valid_tokens
+        assert creds[SHOPIFY_ACCESS_TOKEN].expires_at == now + timedelta(seconds=3600)
+        assert creds[SHOPIFY_REFRESH_TOKEN].value in fake.refresh_tokens
+        assert fake.grants == ["authorization_code"] and {s["topic"] for s in fake.subscriptions} == set(TOPICS)
+        for token in fake.issued:
+            assert token not in raw_values(runtime.db) and token not in done.text
+        assert isinstance(runtime.writers[sid], RenewingShopifyClient)  # write-backs go live
+        with runtime.db.engine.connect() as conn:
+            assert conn.execute(select(Store.uninstalled_at).where(Store.id == sid)).scalar() is None
+
+        replay = client.get("/shopify/callback", params=params)  # the same callback again
+        assert replay.status_code == 401 and "state" in replay.text
+        assert fake.grants == ["authorization_code"]  # refused before any exchange
+
+        # deliveries of the subscriptions the app created are signed with its client secret
+        body = dumps({"id": 1, "email": None})
+        hook = client.post("/webhooks/shopify", content=body, headers=shopify_headers(body, CLIENT_SECRET, SHOP, "customers/update"))
+        assert hook.status_code == 200
+    for secret in [CLIENT_SECRET, key, *fake.issued]:
+        assert secret not in caplog.text
+
+
+def test_refresh_before_expiry_stores_the_rotated_refresh_token(db_url, fake, key, now):
+    settings = shop_settings(db_url, fake)
+    box = SecretBox([key])
+    with running_app(settings) as (client, runtime):
+        runtime.clock = lambda: now
+        sid = runtime.store_ids["shop-a"]
+        assert client.get("/shopify/callback", params=callback_params(fake, state_from(begin(client, now)), now)).status_code == 200
+        first = get_credentials(runtime.db, box, sid)
+        store = settings.store("shop-a")
+        same = asyncio.run(ensure_shopify_token(runtime.db, store, now + timedelta(minutes=30), box=box))
+        assert same == first[SHOPIFY_ACCESS_TOKEN].value and fake.grants == ["authorization_code"]
+        near = now + timedelta(minutes=55)
+        renewed = asyncio.run(ensure_shopify_token(runtime.db, store, near, box=box))
+        second = get_credentials(runtime.db, box, sid)
+        assert fake.grants == ["authorization_code", "refresh_token"]
+        assert renewed == second[SHOPIFY_ACCESS_TOKEN].value != first[SHOPIFY_ACCESS_TOKEN].value
+        assert second[SHOPIFY_REFRESH_TOKEN].value != first[SHOPIFY_REFRESH_TOKEN].value  # rotated, and stored
+        assert first[SHOPIFY_REFRESH_TOKEN].value not in fake.refresh_tokens  # the old one is spent
+        assert second[SHOPIFY_ACCESS_TOKEN].expires_at == near + timedelta(hours=1)
+        third = asyncio.run(ensure_shopify_token(runtime.db, store, near + timedelta(minutes=55), box=box))
+        assert third not in (renewed, first[SHOPIFY_ACCESS_TOKEN].value)  # the stored rotated token worked
+        assert fake.grants == ["authorization_code", "refresh_token", "refresh_token"]
+        assert fake.grants.count("client_credentials") == 0
+
+
+def test_forged_hmac_is_refused_and_does_not_burn_the_state(db_url, fake, key, now):
+    data = settings_dict(db_url)  # an agency: one app, two shops
+    data["server"]["public_url"] = PUBLIC
+    for i in (0, 1):
+        data["stores"][i] |= {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "api_base_url": fake.base}
+    settings = parse_settings(data, environ={})
+    with running_app(settings) as (client, runtime):
+        runtime.clock = lambda: now
+        forged = signed({"shop": SHOP, "timestamp": str(int(now.timestamp()))}, secret="not-the-client-secret")
+        refused = client.get("/shopify/install", params=forged, follow_redirects=False)
+        assert refused.status_code == 401 and "invalid hmac" in refused.text and "location" not in refused.headers
+        state = state_from(begin(client, now))
+        good = callback_params(fake, state, now)
+        tampered = dict(good, shop="shop-b.myshopify.com")  # same hmac, another shop
+        assert client.get("/shopify/callback", params=tampered).status_code == 401
+        wrong_key = signed({k: v for k, v in good.items() if k != "hmac"}, secret="not-the-client-secret")
+        assert client.get("/shopify/callback", params=wrong_key).status_code == 401
+        no_hmac = {k: v for k, v in good.items() if k != "hmac"}
+        assert client.get("/shopify/callback", params=no_hmac).status_code == 401
+        assert fake.grants == []
+        assert client.get("/shopify/callback", params=good).status_code == 200  # the real one still works
+
+
+def test_expired_timestamp_is_refused(db_url, fake, key, now):
+    settings = shop_settings(db_url, fake)
+    with running_app(settings) as (client, runtime):
+        runtime.clock = lambda: now
+        old = now - timedelta(hours=25)
+        assert begin(client, old).status_code == 401
+        state = state_from(begin(client, now))
+        stale = client.get("/shopify/callback", params=callback_params(fake, state, now, timestamp=str(int(old.timestamp()))))
+        assert stale.status_code == 401 and "timestamp" in stale.text
+        assert fake.grants == []
+
+
+def test_a_state_that_expired_or_belongs_to_another_shop_is_refused(db_url, fake, key, now):
+    settings = shop_settings(db_url, fake)
+    with running_app(settings) as (client, runtime):
+        runtime.clock = lambda: now
+        state = state_from(begin(client, now))
+        runtime.clock = lambda: now + timedelta(minutes=16)  # the merchant took too long
+        assert client.get("/shopify/callback", params=callback_params(fake, state, now + timedelta(minutes=16))).status_code == 401
+        runtime.clock = lambda: now
+        assert client.get("/shopify/callback", params=callback_params(fake, "made-up-state", now)).status_code == 401
+        assert fake.grants == []
+
+
+def test_non_myshopify_or_unknown_shops_are_refused(db_url, fake, key, now):
+    settings = shop_settings(db_url, fake)
+    with running_app(settings) as (client, runtime):
+        runtime.clock = lambda: now
+        ts = str(int(now.timestamp()))
+        for shop, status in (("evil.example.com", 400), ("shop-a.myshopify.com.evil.com", 400),
+                             ("https://shop-a.myshopify.com", 400), ("other.myshopify.com", 404)):
+            answer = client.get("/shopify/install", params=signed({"shop": shop, "timestamp": ts}), follow_redirects=False)
+            assert answer.status_code == status, (shop, answer.text)
+            assert "location" not in answer.headers
+        # shop-b is configured without client credentials: no install for it
+        assert client.get("/shopify/install", params=signed({"shop": "shop-b.myshopify.com", "timestamp": ts}),
+                          follow_redirects=False).status_code == 409
+        duplicated = [("shop", SHOP), ("shop", "evil.myshopify.com"), ("timestamp", ts)]
+        assert client.get("/shopify/install", params=duplicated, follow_redirects=False).status_code == 400
+
+
+def test_callback_without_a_key_refuses_before_using_the_code(db_url, fake, monkeypatch, now):
+    monkeypatch.delenv(SECRET_KEYS_ENV, raising=False)
+    settings = shop_settings(db_url, fake)
+    with running_app(settings) as (client, runtime):
+        runtime.clock = lambda: now
+        state = state_from(begin(client, now))
+        answer = client.get("/shopify/callback", params=callback_params(fake, state, now))
+        assert answer.status_code == 503 and SECRET_KEYS_ENV in answer.text
+        assert fake.grants == []
