@@ -349,3 +349,25 @@ def test_a_replenish_tag_on_the_product_sets_its_cycle_and_rescans(db_url):
     assert scan.mode == "full" and (w.cycle_source, w.cycle_days, w.anchor) == ("tag", 21, "placed")
     assert w.opens_at == T0 + timedelta(days=4 + 21 - 3)
     assert cycles == {(sid, "p:9001"): ("tag", 21.0), (runtime.store_ids["woo"], "p:93"): ("tag", 45.0)}
+
+
+def test_several_customers_reordering_in_one_tick_are_all_marked(db_url):
+    settings = _settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        phones = ["+91 98765 43210", "+91 98123 45678", "+91 99887 76655"]
+        for i, phone in enumerate(phones):
+            _post(client, "orders/create", _order(7000 + i, T0, phone=phone, customer_id=100 + i))
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, settings.stores[0], sid, clock.now)
+        clock.now += timedelta(hours=2)
+        for i, phone in enumerate(phones):  # all three reorder before the next tick
+            _post(client, "orders/create", _order(7100 + i, clock.now, phone=phone, customer_id=100 + i, qty=1))
+        runtime.processor.drain()
+        scan, _ = run_reorder_tick(runtime.db, settings.stores[0], sid, clock.now)
+        with runtime.db.engine.connect() as conn:
+            status = {w.order_external_id: (w.status, w.reorder_order_id) for w in conn.execute(select(m.ReorderWindow))}
+    assert scan.mode == "incremental"
+    assert {k: v for k, v in status.items() if k.startswith("70")} == {f"700{i}": ("reordered", f"710{i}") for i in range(3)}

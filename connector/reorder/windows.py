@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, bindparam, exists, func, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector import events as ev
@@ -211,7 +211,7 @@ def _upsert(dialect: str) -> Any:
 _MARK_REORDERED = (
     update(W)
     .where(W.c.store_id == bindparam("sid"), W.c.order_external_id == bindparam("o"), W.c.product_key == bindparam("k"),
-           W.c.status.in_(("pending", "opened")))
+           or_(W.c.status == "pending", W.c.status == "opened"))  # not in_(): an expanding IN cannot be executemany'd
     .values(status="reordered", reorder_order_id=bindparam("by"), updated_at=bindparam("now"))
 )
 _MARK_CANCELLED = (
