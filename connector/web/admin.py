@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from connector import admin
+from connector.web.auth import LoginLimiter
 from connector.web.http import problem
 
 log = logging.getLogger("storeloop.admin")
@@ -29,10 +30,27 @@ def _store_id(request: Request) -> int | None:
     return request.app.state.runtime.store_ids.get(request.path_params["store_key"])
 
 
+def _limiter(request: Request) -> LoginLimiter:
+    """Failed bearer attempts per client address (in memory, per process, like the dashboard's)."""
+    state = request.app.state
+    limiter = getattr(state, "admin_api_limiter", None)
+    if limiter is None:
+        limiter = state.admin_api_limiter = LoginLimiter()
+    return limiter
+
+
 def _guard(request: Request) -> Response | int:
+    client = request.client.host if request.client else "unknown"
+    limiter = _limiter(request)
+    wait = limiter.retry_after(client)
+    if wait:
+        log.warning("admin request refused: too many failed attempts", extra={"path": request.url.path, "client": client})
+        return problem(429, f"too many failed attempts; try again in {wait} s", headers={"Retry-After": str(wait)})
     if not _authorized(request):
-        log.warning("admin request without a valid token", extra={"path": request.url.path})
+        limiter.failed(client)
+        log.warning("admin request without a valid token", extra={"path": request.url.path, "client": client})
         return problem(401, "unauthorized: send Authorization: Bearer <server.admin_token>")
+    limiter.succeeded(client)
     store_id = _store_id(request)
     if store_id is None:
         return problem(404, "unknown store")

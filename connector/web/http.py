@@ -23,5 +23,5 @@ def parse_json(body: bytes) -> Any:
         raise ValueError(f"malformed JSON ({str(exc).split(':')[0]})") from None
 
 
-def problem(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"error": detail}, status_code=status)
+def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": detail}, status_code=status, headers=headers)
