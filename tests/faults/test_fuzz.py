@@ -161,7 +161,8 @@ def test_no_body_gets_a_500_and_every_stored_row_ends_with_a_reason(tmp_path, sq
             elif target == "whatsapp":
                 doc = data.draw(mutated(wa_bases[data.draw(st.integers(0, len(wa_bases) - 1))]))
                 if isinstance(doc.get("entry"), list) and doc["entry"] and isinstance(doc["entry"][0], dict):
-                    for change in doc["entry"][0].get("changes") or []:
+                    changes = doc["entry"][0].get("changes")
+                    for change in changes if isinstance(changes, list) else []:
                         if isinstance(change, dict) and isinstance(change.get("value"), dict):
                             change["value"]["metadata"] = {"phone_number_id": PHONE_ID_A, "display_phone_number": "1"}
                 body = json.dumps(doc).encode()
