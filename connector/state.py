@@ -458,7 +458,12 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
         case ev.ProductUpdated():
             apply_product_cycle(conn, store_id, event, now)
         case ev.AppUninstalled():
+            from connector.storage.models import StoreCredential
+
             update_by_id(conn, STORES, store_id, dict(uninstalled_at=now))
+            # Shopify revokes the app's tokens on uninstall: keep no dead secrets (a new install stores fresh ones)
+            conn.execute(StoreCredential.__table__.delete().where(
+                StoreCredential.__table__.c.store_id == store_id, StoreCredential.__table__.c.kind.like("shopify_%")))
         case ev.ComplianceRequested():
             from connector.compliance import handle
 

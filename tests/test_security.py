@@ -139,3 +139,22 @@ def test_no_signature_at_all_is_401_and_nothing_is_stored(db_url, path):
         r = client.post(path, content=dumps(_order()), headers={"Content-Type": "application/json", "X-Shopify-Topic": "orders/create",
                                                                "X-Shopify-Shop-Domain": "shop-a.myshopify.com", "X-WC-Webhook-Topic": "order.created"})
         assert r.status_code == 401 and _inbox_count(runtime) == 0
+
+
+def test_app_uninstalled_drops_the_shops_stored_tokens(db_url):
+    from datetime import datetime, timezone
+
+    with running_app(_settings(db_url)) as (client, runtime):
+        sid, other = runtime.store_ids["shop-a"], runtime.store_ids["shop-b"]
+        with runtime.db.write_lock(), runtime.db.engine.begin() as conn:
+            for store_id in (sid, other):
+                conn.execute(m.StoreCredential.__table__.insert().values(
+                    store_id=store_id, kind="shopify_access_token", value="gAAAA-encrypted", updated_at=datetime.now(timezone.utc)))
+        body = (FIXTURES / "shopify" / "app_uninstalled.sample.json").read_bytes()
+        assert client.post("/webhooks/shopify", content=body,
+                           headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", "app/uninstalled")).status_code == 200
+        runtime.processor.drain()
+        with runtime.db.engine.connect() as conn:
+            left = conn.execute(select(m.StoreCredential.store_id)).scalars().all()
+            uninstalled = conn.execute(select(m.Store.uninstalled_at).where(m.Store.id == sid)).scalar()
+    assert left == [other] and uninstalled is not None  # only that shop's, and only after it said so
