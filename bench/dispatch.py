@@ -67,6 +67,9 @@ from connector.storage.db import Database, make_engine, migrate  # noqa: E402
 from connector.storage.inbox import sync_stores  # noqa: E402
 from connector.templates import render  # noqa: E402
 
+sys.path.insert(0, str(BENCH))
+from _summary import record  # noqa: E402
+
 console = Console()
 if console.width < 150:
     console = Console(width=150)
@@ -458,6 +461,12 @@ def report(results: list[Result], db_label: str, sandbox_mode: str, loop: str) -
             + (f"{r.cpu_sandbox * 1000 / max(1, len(r.calls)):.2f}" if r.cpu_sandbox is not None else "-"),
         )
     console.print(table)
+    for r in results:
+        s = r.scenario
+        record("dispatch", f"{s.label} at {s.rate:g}/s ({db_label}): achieved, duplicates, lost",
+               f"{r.achieved():.0f}/s ({r.achieved() / s.rate:.3f}), {r.duplicates()} dup, {r.lost()} lost",
+               "within 5%, 0 dup, 0 lost" if s.name == "steady" else "0 dup, 0 lost",
+               (r.achieved() / s.rate >= 0.95 if s.name == "steady" else True) and not r.duplicates() and not r.lost())
     for r in results:
         extra = r.unknown_accepted()
         console.print(

@@ -32,6 +32,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _summary import record  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -171,6 +174,13 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> bool:
             fmt(r["rps"], ",.0f"), fmt(r["p50_ms"]), fmt(r["p99_ms"]), fmt(r["max_ms"]), ratio,
         )
     console.print(table)
+    conn = results.get("connector")
+    if conn and bare:
+        record("ingest", "webhooks/s, p99 (serve, SQLite) vs bare Starlette",
+               f"{conn['rps']:,.0f}/s ({conn['rps'] / bare:.0%} of {bare:,.0f}), p99 {conn['p99_ms']:.0f} ms",
+               ">= 50% of bare", conn["rps"] / bare >= 0.5, in_process=False)
+        record("ingest", "acknowledged vs stored", f"{conn['ok']:,} / {conn.get('stored', '-'):,}" if "stored" in conn else "-",
+               "equal", conn.get("stored") == conn["ok"], in_process=False)
     good = True
     for name, r in results.items():
         if r["non2xx"] or r["errors"]:

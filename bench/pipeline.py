@@ -58,6 +58,7 @@ from rich.table import Table  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from _pipeline_data import DAY_START, SHOP, Webhook, build_day  # noqa: E402
+from _summary import record  # noqa: E402
 from adapters.registry import normalizers  # noqa: E402
 from connector.config import Settings, parse_settings  # noqa: E402
 from connector.processor import InboxProcessor  # noqa: E402
@@ -379,6 +380,10 @@ def report(args: argparse.Namespace, day: list[Webhook], phases: list[Phase], c:
         console.print(f"target: >= {TARGET:,.0f} events/s end to end on SQLite (this run: {db_label}) -> {rate:,.0f} events/s")
     if args.orders != 50000 or args.checkouts != 100000:
         console.print("[dim]the issue's full day: --orders 50000 --checkouts 100000[/]")
+    phase = {p.name.split(" ")[1]: p for p in phases}
+    detail = ", ".join(f"{k} {fmt_rate(events, v.seconds)}/s" for k, v in phase.items())
+    record("pipeline", f"events/s end to end, {events:,} events ({detail})", f"{rate:,.0f}", f">= {TARGET:,.0f} on SQLite",
+           rate >= TARGET if sqlite and complete else None, peak=round(maxrss_mb()))
 
 
 def main() -> int:

@@ -79,6 +79,7 @@ from rich.table import Table  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
 
 from _fake_shopify import ID_BASE, Store, order_cost, requested_cost  # noqa: E402
+from _summary import record  # noqa: E402
 from adapters.shopify import graphql as gql  # noqa: E402
 from adapters.shopify.client import MIN_THROTTLE_WAIT  # noqa: E402
 from connector.config import Settings, parse_settings  # noqa: E402
@@ -423,6 +424,10 @@ def report(args: argparse.Namespace, run: Run) -> bool:
                       _ok(c.get("orders_rows") == run.orders and c.get("inbox_failed") == 0,
                           f"failed {c.get('inbox_failed')}, pending {c.get('inbox_pending')}"))
     console.print(table)
+    record("sync", f"Shopify backfill, {run.orders:,} orders ({db_label}): orders/s, cost used vs restore rate",
+           f"{stored / run.wall if run.wall else 0:,.0f}/s, {util:.1%} of {run.restore_rate:,.0f} pts/s, {throttled} THROTTLED retried",
+           f">= {TARGET_UTILISATION:.0%}, < {TARGET_RSS_MB:.0f} MB", ok and util >= TARGET_UTILISATION and run.peak_rss < TARGET_RSS_MB,
+           peak=round(run.peak_rss))
 
     T = max(0.0, (st.get("at") or 0) - (st.get("first_request") or 0))
     console.print(
