@@ -301,14 +301,35 @@ async def run_periodic(
 
     The lease is kept until it expires (not released after the run), so a second worker
     whose timer fires a moment later in the same tick does not run the job again; make
-    ``ttl`` a little shorter than the job's interval. A failed run keeps the lease too:
-    the next tick retries.
+    ``ttl`` a little shorter than the job's interval. While ``fn`` runs the lease is renewed
+    every third of ``ttl``, so a run longer than the lease is not joined by a second one. A
+    failed run keeps the lease too: the next tick retries.
     """
     got = await anyio.to_thread.run_sync(lambda: acquire_lease(db, name, holder, ttl, now))
     if not got:
         log.debug("%s is held by another worker; skipping this tick", name)
         return False
-    await fn()
+    done = asyncio.Event()
+
+    async def keep_lease() -> None:
+        """A run longer than the lease (a full window scan of a big store) renews it, so no other
+        worker starts the same job beside it."""
+        while True:
+            try:
+                await asyncio.wait_for(done.wait(), timeout=max(0.05, ttl.total_seconds() / 3))
+                return
+            except asyncio.TimeoutError:
+                pass
+            if not await anyio.to_thread.run_sync(lambda: acquire_lease(db, name, holder, ttl)):
+                log.warning("%s: lease lost during a long run", name)
+                return
+
+    keeper = asyncio.create_task(keep_lease())
+    try:
+        await fn()
+    finally:
+        done.set()
+        await keeper
     return True
 
 

@@ -448,6 +448,31 @@ def test_two_workers_racing_for_one_lease_run_the_job_once(db_url):
     db2.dispose()
 
 
+def test_a_run_longer_than_its_lease_keeps_the_lease_until_it_ends(db_url):
+    db1, db2 = Database.from_url(db_url), Database.from_url(db_url)
+    ttl = timedelta(seconds=0.3)
+    second: list[bool] = []
+
+    async def scenario() -> bool:
+        started, finish = asyncio.Event(), asyncio.Event()
+
+        async def long_job() -> None:
+            started.set()
+            await finish.wait()
+
+        first = asyncio.create_task(run_periodic(db1, "w1", "job:reorder:shop-a", ttl, long_job))
+        await started.wait()
+        await asyncio.sleep(1.0)  # wall time must pass: three lease lengths while the job runs
+        second.append(acquire_lease(db2, "job:reorder:shop-a", "w2", ttl))
+        finish.set()
+        return await first
+
+    assert asyncio.run(scenario()) is True
+    assert second == [False]  # the running job renewed its lease; nobody started a second run
+    db1.dispose()
+    db2.dispose()
+
+
 def test_scheduler_has_one_reconcile_job_per_store_with_credentials():
     from types import SimpleNamespace
 
