@@ -71,7 +71,7 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from sqlalchemy import func, select, text  # noqa: E402
+from sqlalchemy import bindparam, func, insert, select, text, update  # noqa: E402
 
 from _summary import record  # noqa: E402
 from connector.config import Settings, parse_settings  # noqa: E402
@@ -424,7 +424,8 @@ class Trickle:
                 .order_by(m.Order.id.desc()).limit(5000))]
             W = m.ReorderWindow  # noqa: N806 - customers about to run out, who reorder (their pending window becomes reordered)
             self.due_soon = [(r.contact_id, r.product_id) for r in conn.execute(
-                select(W.contact_id, W.product_id).where(W.store_id == store_id, W.status == "pending").order_by(W.opens_at, W.contact_id, W.product_key).limit(5000))]
+                select(W.contact_id, W.product_id).where(W.store_id == store_id, W.status == "pending")
+                .order_by(W.opens_at, W.contact_id, W.product_key).limit(5000))]
         self.by_id = {p.product_id: p for p in self.products}
 
     def commit(self, now: datetime, new_orders: int, fulfilment_changes: int) -> None:
@@ -460,7 +461,6 @@ class Trickle:
                                     status="success", shipment_status="in_transit", tracking_company="Delhivery", created_at=now,
                                     source_updated_at=now, delivered_at=None, updated_at=now))
                 self.next_fulfil += 1
-        from sqlalchemy import bindparam, insert, update
         with self.db.write_lock(), self.db.engine.begin() as conn:
             conn.execute(insert(O), orders)
             conn.execute(insert(L), lines)
@@ -592,11 +592,6 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
 
         db = Database.from_url(fresh.url)
         try:
-            if args.orders_updated_index:  # the experiment: what the incremental scan costs with an index on orders.updated_at
-                with db.write_lock(), db.engine.begin() as conn:
-                    conn.execute(text("CREATE INDEX ix_orders_updated_at ON orders (updated_at)"))
-                    if not db.is_sqlite:
-                        conn.execute(text("ANALYZE orders"))
             gc.collect()
             # (a) the full scan
             res.rss_before = rss_mb()
@@ -683,7 +678,7 @@ def report(args: argparse.Namespace, res: Results, label: str) -> None:
               f"every {args.tick_minutes:g} min: {args.tick_orders} orders + {args.tick_fulfilments} fulfilment changes; "
               f"{statistics.mean(x.customers for x in res.ticks):.0f} customers, {statistics.mean(x.windows for x in res.ticks):.0f} windows "
               "recomputed a tick", f"p50 {statistics.median(scans):.1f} ms, max {max(scans):.1f} ms",
-              "with ix_orders_updated_at (experiment)" if args.orders_updated_index else "",
+              "",
               f"< {TARGET_TICK_MS:g} ms", verdict(tick_ok))
     t.add_row("   tick: open_due_windows until none", f"{sum(opens) / 1000:.2f}",
               f"{sum(x.opened for x in res.ticks)} windows opened ({statistics.mean(x.opened for x in res.ticks):.1f} a tick); "
@@ -703,7 +698,7 @@ def report(args: argparse.Namespace, res: Results, label: str) -> None:
                   f"seed {args.seed}[/]")
     if args.orders != 1_000_000:
         console.print("[dim]the issue's figure is over 1,000,000 orders: run without --quick/--orders[/]")
-    what = f"{ld['orders']:,} orders ({label}{', orders.updated_at indexed' if args.orders_updated_index else ''})"
+    what = f"{ld['orders']:,} orders ({label})"
     record("windows", f"full scan, {what}: seconds, windows", f"{res.full_s:.1f} s, {res.full_windows:,}", f"< {TARGET_FULL_S:g} s",
            full_ok, peak=round(res.peak_after_scan))
     record("windows", f"incremental tick (refresh_windows), {what}: p50 / max", f"{statistics.median(scans):.0f} / {max(scans):.0f} ms",
@@ -722,8 +717,6 @@ def main() -> int:
     ap.add_argument("--tick-orders", type=int, default=50)
     ap.add_argument("--tick-fulfilments", type=int, default=20)
     ap.add_argument("--tick-minutes", type=float, default=15.0, help="simulated minutes between ticks (worker.reorder_minutes default)")
-    ap.add_argument("--orders-updated-index", action="store_true",
-                    help="experiment: add an index on orders.updated_at (not in the schema) before the run")
     ap.add_argument("--seed", type=int, default=20261124)
     args = ap.parse_args()
     if args.quick:

@@ -539,8 +539,8 @@ def _incremental(db: Database, store_id: int, config: ReorderConfig, now: dateti
         # SQLite (no statistics) takes an equality on store_id for the selective part and walks
         # every order / fulfilment of the store through the store's index (1.75 s and 0.16 s at
         # 1,000,000 orders); compared through an expression, the store is only a filter:
-        # fulfilments are then found by ix_fulfillments_updated_at (0.1 ms), orders by a plain
-        # table scan (0.14 s) as orders.updated_at has no index of its own.
+        # fulfilments are then found by ix_fulfillments_updated_at (0.1 ms) and orders by
+        # ix_orders_updated_at (a range search; without that index, a 0.3 s table scan a tick).
         sqlite_ = conn.dialect.name == "sqlite"
         order_store = (O.c.store_id + 0) if sqlite_ else O.c.store_id
         fulfilment_store = (F.c.store_id + 0) if sqlite_ else F.c.store_id
