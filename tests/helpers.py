@@ -7,8 +7,10 @@ import contextlib
 import hashlib
 import hmac
 import json
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,17 @@ def running_app(settings: Settings, *, run_worker: bool = False) -> Iterator[tup
     app = create_app(settings, runtime)
     with TestClient(app, raise_server_exceptions=True) as client:
         yield client, runtime
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
+    """Wait for something another thread or process makes true (a server up, rows processed).
+
+    Checked every ``every`` seconds on an Event that nothing sets, until ``timeout``: the
+    moment is decided by the condition, never by a fixed sleep.
+    """
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        tick.wait(every)

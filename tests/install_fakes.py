@@ -17,20 +17,18 @@ import hmac
 import itertools
 import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from adapters.woocommerce.client import oauth1_signature
+from connector.sandbox.whatsapp import SandboxServer
 
 API_VERSION = "2026-07"
 
@@ -44,20 +42,8 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve(app: Any, port: int = 0) -> Iterator[str]:
     """Run an ASGI app on 127.0.0.1 (``port``, or a free one) until the block ends; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="fake-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("server did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with SandboxServer(app, port) as server:
+        yield server.url
 
 
 class FakeShopify:

@@ -48,6 +48,7 @@ from connector.sandbox.whatsapp import SandboxServer
 from connector.storage import models as m
 from connector.storage.db import Database
 from tests.conftest import PG_URL, SECRETS, empty_pg_schema
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -180,15 +181,6 @@ def start_worker(tmp_path: Path, name: str, db_url: str, api_url: str) -> Worker
         proc = subprocess.Popen(worker_command(config), cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT)
     return Worker(token, proc, log)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
 
 
 def lease_holder_pid(db: Database) -> int | None:

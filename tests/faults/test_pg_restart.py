@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 from connector.storage import models as m
 from connector.storage.db import Database
 from tests.conftest import FIXTURES, PG_URL, SECRETS, empty_pg_schema
-from tests.helpers import load_json, shopify_headers
+from tests.helpers import load_json, shopify_headers, wait_until
 
 pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,15 +86,14 @@ default_country = "IN"
     restarted = threading.Event()
     try:
         with httpx.Client(base_url=base, timeout=10) as client:
-            deadline = time.monotonic() + 30
-            while True:
+            def ready() -> bool:
+                assert server.poll() is None, "the server exited"
                 try:
-                    if client.get("/readyz").status_code == 200:
-                        break
+                    return client.get("/readyz").status_code == 200
                 except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
-                time.sleep(0.05)
+                    return False
+
+            wait_until(ready, 30, "the server to answer /readyz")
 
             def restart() -> None:
                 subprocess.run(["pg_ctlcluster", cluster[0], cluster[1], "restart"], check=True, capture_output=True, timeout=60)
@@ -119,26 +118,27 @@ default_country = "IN"
                 if code == 200:
                     acknowledged.add(n)
                 else:
-                    pending.append(n)  # the platform retries what was not acknowledged
-                    time.sleep(0.05)
+                    pending.append(n)  # the platform retries what was not acknowledged, a little later
+                    restarted.wait(0.05)  # (at once when the restart is over)
             assert restarter is not None
             restarter.join(timeout=90)
             assert restarted.is_set(), "pg_ctlcluster restart did not finish"
             assert not pending, f"{len(pending)} webhooks never acknowledged"
             # the worker catches up after the restart
             db = Database.from_url(url)
+            seen: dict = {}
+
+            def processed() -> bool:
+                with db.engine.connect() as conn:
+                    seen["done"] = dict(conn.execute(select(m.InboxEvent.status, func.count()).group_by(m.InboxEvent.status)).all())
+                    seen["orders"] = conn.execute(select(func.count()).select_from(m.Order)).scalar_one()
+                return seen["done"] == {"done": ORDERS}
+
             try:
-                deadline = time.monotonic() + 60
-                while True:
-                    with db.engine.connect() as conn:
-                        rows = conn.execute(select(m.InboxEvent.status, func.count()).group_by(m.InboxEvent.status)).all()
-                        orders = conn.execute(select(func.count()).select_from(m.Order)).scalar_one()
-                    done = dict(rows)
-                    if orders == ORDERS or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.2)
+                wait_until(processed, 60, "the worker to process every acknowledged webhook", every=0.2)
             finally:
                 db.dispose()
+            done, orders = seen["done"], seen["orders"]
             assert server.poll() is None, "the server process died"
     finally:
         server.terminate()
