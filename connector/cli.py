@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -29,6 +29,31 @@ def _load(path: Path) -> Settings:
         for p in exc.problems:
             console.print(f"  - {p}", markup=False, highlight=False)
         raise typer.Exit(2) from None
+
+
+def _store(settings: Settings, key: str) -> Any:
+    """The configured store ``key``, or exit 2 naming the stores there are."""
+    chosen = next((s for s in settings.stores if s.key == key), None)
+    if chosen is None:
+        known = ", ".join(s.key for s in settings.stores) or "none configured"
+        console.print(f"[bold red]unknown store {key!r}[/] (stores: {known})")
+        raise typer.Exit(2)
+    return chosen
+
+
+def _open_db(settings: Settings, verb: str) -> tuple[Any, dict[str, int]]:
+    """The database at the current schema with every configured store registered, or exit 3."""
+    from connector.storage.db import Database, ensure_schema
+    from connector.storage.inbox import sync_stores
+
+    db = Database.from_url(settings.database.url)
+    try:
+        ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
+    except SchemaNotReadyError as exc:
+        db.dispose()
+        console.print(f"[bold red]refusing to {verb}:[/] {exc}")
+        raise typer.Exit(3) from None
+    return db, sync_stores(db, [(s.key, s.platform) for s in settings.stores])
 
 
 @app.command("check-config")
@@ -236,17 +261,11 @@ def sync(
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from connector.storage.db import Database, ensure_schema
-    from connector.storage.inbox import sync_stores
     from connector.sync import PLACED_WITHIN, SyncError, SyncReport, reconcile_orders
     from jobs.scheduler import has_credentials, make_client
 
     settings = _load(config)
-    chosen = next((s for s in settings.stores if s.key == store), None)
-    if chosen is None:
-        known = ", ".join(s.key for s in settings.stores) or "none configured"
-        console.print(f"[bold red]unknown store {store!r}[/] (stores: {known})")
-        raise typer.Exit(2)
+    chosen = _store(settings, store)
     if not has_credentials(chosen) and not _has_stored_credentials(settings, chosen):
         what = "access_token" if chosen.platform == "shopify" else "consumer_key and consumer_secret"
         console.print(f"[bold red]store {store!r} has no API credentials:[/] set {what} to sync "
@@ -254,14 +273,9 @@ def sync(
         raise typer.Exit(2)
     now = datetime.now(timezone.utc)
     start = _parse_since(since, now) if since else (_parse_since("365d", now) if backfill else None)
-    db = Database.from_url(settings.database.url)
+    db, store_ids = _open_db(settings, "sync")
     try:
-        try:
-            ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
-        except SchemaNotReadyError as exc:
-            console.print(f"[bold red]refusing to sync:[/] {exc}")
-            raise typer.Exit(3) from None
-        store_id = sync_stores(db, [(s.key, s.platform) for s in settings.stores])[chosen.key]
+        store_id = store_ids[chosen.key]
 
         async def run() -> SyncReport:
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
@@ -309,27 +323,16 @@ def windows(
 
     from connector.contacts import redact_phone
     from connector.reorder.windows import config_for, refresh_windows, upcoming
-    from connector.storage.db import Database, ensure_schema
-    from connector.storage.inbox import sync_stores
 
     settings = _load(config)
-    chosen = next((s for s in settings.stores if s.key == store), None)
-    if chosen is None:
-        known = ", ".join(s.key for s in settings.stores) or "none configured"
-        console.print(f"[bold red]unknown store {store!r}[/] (stores: {known})")
-        raise typer.Exit(2)
+    chosen = _store(settings, store)
     if config_for(chosen) is None:
         console.print(f"[bold red]store {store!r} does not run the reorder journey:[/] add [stores.journeys.reorder] to the configuration")
         raise typer.Exit(2)
     now = datetime.now(timezone.utc)
-    db = Database.from_url(settings.database.url)
+    db, store_ids = _open_db(settings, "read windows")
     try:
-        try:
-            ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
-        except SchemaNotReadyError as exc:
-            console.print(f"[bold red]refusing to read windows:[/] {exc}")
-            raise typer.Exit(3) from None
-        store_id = sync_stores(db, [(s.key, s.platform) for s in settings.stores])[chosen.key]
+        store_id = store_ids[chosen.key]
         scan = refresh_windows(db, chosen, store_id, now)
         rows = upcoming(db, store_id, now + timedelta(days=days), limit=limit)
     finally:
@@ -359,28 +362,17 @@ def report(
     from datetime import datetime, timezone
 
     from connector.reports import build_report, parse_week
-    from connector.storage.db import Database, ensure_schema
-    from connector.storage.inbox import sync_stores
 
     settings = _load(config)
-    chosen = next((s for s in settings.stores if s.key == store), None)
-    if chosen is None:
-        known = ", ".join(s.key for s in settings.stores) or "none configured"
-        console.print(f"[bold red]unknown store {store!r}[/] (stores: {known})")
-        raise typer.Exit(2)
+    chosen = _store(settings, store)
     try:
         period = parse_week(week, chosen.tz, datetime.now(timezone.utc))
     except ValueError as exc:
         console.print(f"[bold red]{exc}[/]")
         raise typer.Exit(2) from None
-    db = Database.from_url(settings.database.url)
+    db, store_ids = _open_db(settings, "report")
     try:
-        try:
-            ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
-        except SchemaNotReadyError as exc:
-            console.print(f"[bold red]refusing to report:[/] {exc}")
-            raise typer.Exit(3) from None
-        store_id = sync_stores(db, [(s.key, s.platform) for s in settings.stores])[chosen.key]
+        store_id = store_ids[chosen.key]
         data = build_report(db, chosen, store_id, period)
     finally:
         db.dispose()
@@ -587,27 +579,16 @@ def customer_export(
     from datetime import datetime, timezone
 
     from connector.compliance import export_customer, get_request
-    from connector.storage.db import Database, ensure_schema
-    from connector.storage.inbox import sync_stores
 
     given = [x for x in (phone, email, customer_id, request) if x is not None]
     if len(given) != 1:
         console.print("[bold red]give exactly one of --phone, --email, --customer-id or --request[/]")
         raise typer.Exit(2)
     settings = _load(config)
-    chosen = next((s for s in settings.stores if s.key == store), None)
-    if chosen is None:
-        known = ", ".join(s.key for s in settings.stores) or "none configured"
-        console.print(f"[bold red]unknown store {store!r}[/] (stores: {known})")
-        raise typer.Exit(2)
-    db = Database.from_url(settings.database.url)
+    chosen = _store(settings, store)
+    db, store_ids = _open_db(settings, "export")
     try:
-        try:
-            ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
-        except SchemaNotReadyError as exc:
-            console.print(f"[bold red]refusing to export:[/] {exc}")
-            raise typer.Exit(3) from None
-        store_id = sync_stores(db, [(s.key, s.platform) for s in settings.stores])[chosen.key]
+        store_id = store_ids[chosen.key]
         if request is not None:
             stored = get_request(db, store_id, request)
             if stored is None or stored.get("export") is None:
