@@ -44,11 +44,10 @@ from typing import Any, Protocol
 import anyio.to_thread
 from sqlalchemy import or_, select
 
-from connector.errors import RetryableError
 from connector.storage.db import Database
 from connector.storage.inbox import InboxItem, write_items
 from connector.storage.models import Checkout
-from connector.sync import DEFAULT_LOOKBACK, DEFAULT_OVERLAP, MAX_ATTEMPTS, MAX_BACKOFF, read_cursor, upsert_cursor
+from connector.sync import DEFAULT_LOOKBACK, DEFAULT_OVERLAP, MAX_ATTEMPTS, budget, read_cursor, retrying, upsert_cursor
 
 log = logging.getLogger("storeloop.checkout_poll")
 
@@ -274,27 +273,10 @@ class _Poll:
         return None, "id", False
 
     async def _budget(self, cost: float) -> None:
-        waited = await self.client.wait_for_budget(cost)
-        if waited > 0:
-            self.report.throttle_waits += 1
-            self.report.throttle_seconds += waited
+        await budget(self.client, cost, self.report)
 
     async def _retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``call``; on RetryableError sleep its retry_after (else exponential) and retry."""
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                return await call()
-            except RetryableError as exc:
-                if attempt >= self.max_attempts:
-                    raise
-                wait = exc.retry_after if exc.retry_after is not None else min(MAX_BACKOFF, 2.0 ** (attempt - 1))
-                wait = max(0.0, min(MAX_BACKOFF, float(wait)))
-                log.info("%s: %s; retrying in %.1f s (attempt %d)", self.store.key, exc, wait, attempt)
-                self.report.retries += 1
-                self.report.throttle_waits += 1
-                self.report.throttle_seconds += wait
-                await self.sleep(wait)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await retrying(call, self.store.key, self.report, self.max_attempts, self.sleep)
 
 
 __all__ = [

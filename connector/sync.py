@@ -203,21 +203,7 @@ class _Job:
         return created_at is not None and created_at >= self.now - self.placed_within
 
     async def _retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``call``; on RetryableError sleep its retry_after (else exponential) and retry."""
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                return await call()
-            except RetryableError as exc:
-                if attempt >= self.max_attempts:
-                    raise
-                wait = exc.retry_after if exc.retry_after is not None else min(MAX_BACKOFF, 2.0 ** (attempt - 1))
-                wait = max(0.0, min(MAX_BACKOFF, float(wait)))
-                log.info("%s: %s; retrying in %.1f s (attempt %d)", self.store.key, exc, wait, attempt)
-                self.report.retries += 1
-                self.report.throttle_waits += 1
-                self.report.throttle_seconds += wait
-                await self.sleep(wait)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await retrying(call, self.store.key, self.report, self.max_attempts, self.sleep)
 
     async def run(self, pager: OrderPager, window_start: datetime, page_size: int) -> None:
         """Write each page through the inbox; move the cursor after each commit when pages are
@@ -235,10 +221,7 @@ class _Job:
             self.report.cursor_after = self.cursor
 
     async def _budget(self, cost: float) -> None:
-        waited = await self.client.wait_for_budget(cost)
-        if waited > 0:
-            self.report.throttle_waits += 1
-            self.report.throttle_seconds += waited
+        await budget(self.client, cost, self.report)
 
     async def _store_page(self, pager: OrderPager, page: list[SyncedOrder]) -> datetime | None:
         known = await anyio.to_thread.run_sync(
@@ -264,6 +247,37 @@ class _Job:
 
 
 # ---- leases: one run per tick across workers ----------------------------------------------
+
+
+async def retrying(call: Callable[[], Awaitable[Any]], store_key: str, report: Any, max_attempts: int,
+                   sleep: Callable[[float], Awaitable[None]]) -> Any:
+    """Run ``call``; on RetryableError sleep its retry_after (else exponential) and retry.
+
+    Shared by every paging job (orders, abandoned checkouts); ``report`` counts the retries
+    and the time slept (``retries``, ``throttle_waits``, ``throttle_seconds``).
+    """
+    for attempt in range(1, max_attempts + 1):
+        try:
+            return await call()
+        except RetryableError as exc:
+            if attempt >= max_attempts:
+                raise
+            wait = exc.retry_after if exc.retry_after is not None else min(MAX_BACKOFF, 2.0 ** (attempt - 1))
+            wait = max(0.0, min(MAX_BACKOFF, float(wait)))
+            log.info("%s: %s; retrying in %.1f s (attempt %d)", store_key, exc, wait, attempt)
+            report.retries += 1
+            report.throttle_waits += 1
+            report.throttle_seconds += wait
+            await sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def budget(client: Any, cost: float, report: Any) -> None:
+    """Wait until the platform's rate bucket should hold ``cost`` (Shopify), counting the wait."""
+    waited = await client.wait_for_budget(cost)
+    if waited > 0:
+        report.throttle_waits += 1
+        report.throttle_seconds += waited
 
 
 def acquire_lease(db: Database, name: str, holder: str, ttl: timedelta, now: datetime | None = None) -> bool:
