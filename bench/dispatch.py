@@ -38,7 +38,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -52,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import func, insert, select, text  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -63,12 +62,12 @@ from connector.outbox.dispatcher import Dispatcher  # noqa: E402
 from connector.runtime import tune_gc
 from connector.sandbox.seed import CONTEXT, TEMPLATE, seed_due_messages
 from connector.storage import models as m  # noqa: E402
-from connector.storage.db import Database, make_engine, migrate  # noqa: E402
+from connector.storage.db import Database  # noqa: E402
 from connector.storage.inbox import sync_stores  # noqa: E402
-from connector.templates import render  # noqa: E402
 
 sys.path.insert(0, str(BENCH))
 from _summary import record  # noqa: E402
+from _fresh_db import FreshDatabase  # noqa: E402
 
 console = Console()
 if console.width < 150:
@@ -251,36 +250,6 @@ class SandboxThread:
 
     def __exit__(self, *exc: object) -> None:
         self.server.__exit__(*exc)
-
-
-class FreshDatabase:
-    """A migrated, empty database: a SQLite file in ``workdir`` or a new schema in PostgreSQL."""
-
-    def __init__(self, workdir: Path, name: str, pg_url: str | None):
-        self.pg_url = pg_url
-        if pg_url is None:
-            self.url = f"sqlite:///{workdir / f'{name}.db'}"
-            engine = make_engine(self.url)
-        else:
-            self.schema = f"bench_dispatch_{uuid.uuid4().hex[:10]}"
-            admin = make_engine(pg_url)
-            with admin.begin() as conn:
-                conn.execute(text(f'CREATE SCHEMA "{self.schema}"'))
-            admin.dispose()
-            sep = "&" if "?" in pg_url else "?"
-            self.url = f"{pg_url}{sep}options=-csearch_path%3D{self.schema}"
-            engine = make_engine(pg_url, connect_args={"options": f"-csearch_path={self.schema}"})
-        migrate(engine)
-        engine.dispose()
-        self.db = Database.from_url(self.url)
-
-    def close(self) -> None:
-        self.db.dispose()
-        if self.pg_url is not None:
-            admin = make_engine(self.pg_url)
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{self.schema}" CASCADE'))
-            admin.dispose()
 
 
 def make_settings(db_url: str, base_url: str, rate: float, concurrency: int | None = None) -> Settings:

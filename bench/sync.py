@@ -64,7 +64,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -76,15 +75,16 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from sqlalchemy import func, select, text  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
 from _fake_shopify import ID_BASE, Store, order_cost, requested_cost  # noqa: E402
 from _summary import record  # noqa: E402
+from _fresh_db import FreshDatabase  # noqa: E402
 from adapters.shopify import graphql as gql  # noqa: E402
 from adapters.shopify.client import MIN_THROTTLE_WAIT  # noqa: E402
 from connector.config import Settings, parse_settings  # noqa: E402
 from connector.storage import models as m  # noqa: E402
-from connector.storage.db import Database, make_engine, migrate  # noqa: E402
+from connector.storage.db import Database  # noqa: E402
 from connector.storage.inbox import sync_stores  # noqa: E402
 from connector.sync import ORDERS_CURSOR, SyncReport, read_cursor, reconcile_orders  # noqa: E402
 from jobs.scheduler import make_client  # noqa: E402
@@ -151,43 +151,6 @@ class FakeShopifyProcess:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
-
-
-class FreshDatabase:
-    """A migrated, empty database: a SQLite file in ``workdir`` or a new schema in PostgreSQL."""
-
-    def __init__(self, workdir: Path, pg_url: str | None):
-        self.pg_url = pg_url
-        if pg_url is None:
-            self.path: Path | None = workdir / "sync.db"
-            self.url = f"sqlite:///{self.path}"
-            engine = make_engine(self.url)
-        else:
-            self.path = None
-            self.schema = f"bench_sync_{uuid.uuid4().hex[:10]}"
-            admin = make_engine(pg_url)
-            with admin.begin() as conn:
-                conn.execute(text(f'CREATE SCHEMA "{self.schema}"'))
-            admin.dispose()
-            sep = "&" if "?" in pg_url else "?"
-            self.url = f"{pg_url}{sep}options=-csearch_path%3D{self.schema}"
-            engine = make_engine(pg_url, connect_args={"options": f"-csearch_path={self.schema}"})
-        migrate(engine)
-        engine.dispose()
-        self.db = Database.from_url(self.url)
-
-    def size_mb(self) -> float | None:
-        if self.path is None:
-            return None
-        return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*")) / 2**20
-
-    def close(self) -> None:
-        self.db.dispose()
-        if self.pg_url is not None:
-            admin = make_engine(self.pg_url)
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{self.schema}" CASCADE'))
-            admin.dispose()
 
 
 def bench_settings(db_url: str, base_url: str) -> Settings:
@@ -320,7 +283,7 @@ def execute(args: argparse.Namespace, workdir: Path) -> Run:
     first = gql.page_size_for(100)
     pages = -(-args.orders // first)
     drain_at = [pages * (k + 1) // (args.bursts + 1) for k in range(args.bursts)]  # evenly spread over the run
-    fresh = FreshDatabase(workdir, args.db_url)
+    fresh = FreshDatabase(workdir, "sync", args.db_url)
     try:
         with FakeShopifyProcess(workdir, orders=args.orders, now=now, restore_rate=args.restore_rate, maximum=args.maximum,
                                 drain_at=drain_at, drain_points=args.maximum) as fake:

@@ -59,7 +59,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -71,13 +70,14 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from sqlalchemy import bindparam, func, insert, select, text, update  # noqa: E402
+from sqlalchemy import bindparam, func, insert, select, update  # noqa: E402
 
 from _summary import record  # noqa: E402
+from _fresh_db import FreshDatabase  # noqa: E402
 from connector.config import Settings, parse_settings  # noqa: E402
 from connector.reorder.windows import open_due_windows, refresh_windows  # noqa: E402
 from connector.storage import models as m  # noqa: E402
-from connector.storage.db import Database, make_engine, migrate  # noqa: E402
+from connector.storage.db import Database, make_engine  # noqa: E402
 from connector.storage.inbox import sync_stores  # noqa: E402
 
 console = Console()
@@ -369,40 +369,6 @@ def load_in_child(url: str, store_id: int, orders: int, customers: int, seed: in
 
 
 # ---- databases ---------------------------------------------------------------------------------
-class FreshDatabase:
-    """A migrated, empty database: a SQLite file in ``workdir`` or a new schema in the given PostgreSQL."""
-
-    def __init__(self, workdir: Path, pg_url: str | None):
-        self.pg_url = pg_url
-        self.path: Path | None = None
-        if pg_url is None:
-            self.path = workdir / "windows.db"
-            self.url = f"sqlite:///{self.path}"
-            engine = make_engine(self.url)
-        else:
-            self.schema = f"bench_windows_{uuid.uuid4().hex[:10]}"
-            admin = make_engine(pg_url)
-            with admin.begin() as conn:
-                conn.execute(text(f'CREATE SCHEMA "{self.schema}"'))
-            admin.dispose()
-            self.url = f"{pg_url}{'&' if '?' in pg_url else '?'}options=-csearch_path%3D{self.schema}"
-            engine = make_engine(pg_url, connect_args={"options": f"-csearch_path={self.schema}"})
-        migrate(engine)
-        engine.dispose()
-
-    def size_mb(self) -> float | None:
-        if self.path is None:
-            return None
-        return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*")) / 2**20
-
-    def close(self) -> None:
-        if self.pg_url is not None:
-            admin = make_engine(self.pg_url)
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{self.schema}" CASCADE'))
-            admin.dispose()
-
-
 # ---- the trickle between ticks -----------------------------------------------------------------------
 class Trickle:
     """New orders and fulfilment changes committed as the processor would: updated_at = the tick's now."""
@@ -575,7 +541,7 @@ def check_journey(db: Database, sid: int, opened_total: int, res: Results) -> No
 
 def run(args: argparse.Namespace, workdir: Path) -> Results:
     res = Results()
-    fresh = FreshDatabase(workdir, args.db_url)
+    fresh = FreshDatabase(workdir, "windows", args.db_url)
     try:
         settings = bench_settings(fresh.url)
         store = settings.stores[0]
