@@ -121,19 +121,26 @@ class Dispatcher:
         """Claim and send one batch; returns how many rows were claimed."""
         await self._heartbeat()
         now = self.clock()
-        rows = await anyio.to_thread.run_sync(
-            lambda: ob.claim(
-                self.db, store_ids=list(self.stores), now=now, limit=self.batch, lease=self.lease,
-                worker=self.worker_id, history_window=self.history_window,
-            )
-        )
-        if not rows:
+        rows = await self._claim(now)
+        if not rows and self._pending_record is not None:
+            # a contact's next message waits its turn until the batch being recorded is settled:
+            # "nothing due" is only true once that batch is in
             await self.flush()
+            rows = await self._claim(now)
+        if not rows:
             return 0
         results = await asyncio.gather(*(self._one(row) for row in rows))
         await self.flush()  # at most one batch of results in flight
         self._pending_record = asyncio.create_task(anyio.to_thread.run_sync(ob.record, self.db, list(results), self.clock()))
         return len(rows)
+
+    async def _claim(self, now: datetime) -> list[ob.Claimed]:
+        return await anyio.to_thread.run_sync(
+            lambda: ob.claim(
+                self.db, store_ids=list(self.stores), now=now, limit=self.batch, lease=self.lease,
+                worker=self.worker_id, history_window=self.history_window,
+            )
+        )
 
     async def flush(self) -> None:
         if self._pending_record is not None:

@@ -305,6 +305,9 @@ class Store:
         """Read the sandbox WhatsApp's new accepted messages; schedule each customer's reaction."""
         calls = self.wa.accepted()
         new, self._seen_calls = calls[self._seen_calls:], len(calls)
+        # the dispatcher sends concurrently, so the order calls arrive in varies from run to run;
+        # reacting in a stable order keeps the random draws, and so the whole run, fixed for a seed
+        new.sort(key=lambda call: (call.to, call.template or "", call.callback_data or ""))
         for call in new:
             c = self.by_wa.get(call.to.lstrip("+"))
             if c is None or call.wamid is None:
