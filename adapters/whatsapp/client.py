@@ -11,6 +11,7 @@ exception or a log line; response bodies are never logged.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -130,6 +131,19 @@ def _accepted(response: httpx.Response) -> SendResult:
     return SendResult(wamid=wamid, wa_id=wa_id)
 
 
+POOL_SIZE = 2  # connections per httpx pool (see WhatsAppClient.__init__)
+
+
+@dataclass(slots=True)
+class _Pool:
+    transport: httpx.AsyncHTTPTransport
+    in_flight: int = 0
+
+
+def _busy(pool: _Pool) -> int:
+    return pool.in_flight
+
+
 class WhatsAppClient:
     """``MessageSender`` over the Cloud API, one pooled httpx transport per instance.
 
@@ -155,11 +169,17 @@ class WhatsAppClient:
         self._token = access_token
         self._timeout = timeout
         self._owns_http = http is None
-        self._transport: httpx.AsyncHTTPTransport | None = None
+        self._pools: list[_Pool] = []
         if http is None:
-            limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-            self._transport = httpx.AsyncHTTPTransport(limits=limits)
-            http = httpx.AsyncClient(timeout=timeout, transport=self._transport)
+            # several small pools, not one big one: httpcore scans every connection of a pool
+            # (a poll() per idle one) at each request's start and end, so one pool of 64
+            # connections costs about three times the CPU per send of 32 pools of 2
+            per = max(1, min(max_connections, POOL_SIZE))
+            shards = max(1, -(-max_connections // per))
+            limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
+            tls = httpx.create_ssl_context()  # one CA bundle load (~30 ms of CPU), not one per pool
+            self._pools = [_Pool(httpx.AsyncHTTPTransport(verify=tls, limits=limits)) for _ in range(shards)]
+            http = httpx.AsyncClient(timeout=timeout, transport=self._pools[0].transport)
         self._http = http
         self._timeout_ext = timeout.as_dict()
         self._post_headers = httpx.Headers({**self._headers(), "Content-Type": "application/json"})
@@ -170,7 +190,9 @@ class WhatsAppClient:
 
     async def aclose(self) -> None:
         if self._owns_http:
-            await self._http.aclose()
+            await self._http.aclose()  # closes the first pool, its transport
+            for pool in self._pools[1:]:
+                await pool.transport.aclose()
 
     async def __aenter__(self) -> "WhatsAppClient":
         return self
@@ -196,17 +218,21 @@ class WhatsAppClient:
         if url is None:
             url = self._send_urls[phone_number_id] = httpx.URL(f"{self._root}/{phone_number_id}/messages")
         content = orjson.dumps(build_payload(message))
-        if self._transport is None:
+        if not self._pools:
             return _accepted(await self._request("POST", url, content=content, headers=self._post_headers))
         request = httpx.Request("POST", url, headers=self._post_headers, content=content, extensions={"timeout": self._timeout_ext})
+        pool = min(self._pools, key=_busy)
+        pool.in_flight += 1
         try:
-            response = await self._transport.handle_async_request(request)
+            response = await pool.transport.handle_async_request(request)
             try:
                 await response.aread()
             finally:
                 await response.aclose()
         except httpx.TransportError as exc:
             raise errors.classify_transport(exc) from None
+        finally:
+            pool.in_flight -= 1
         response.request = request
         if not response.is_success:
             raise errors.classify(response, redact=(self._token,))
