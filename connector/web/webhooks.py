@@ -20,7 +20,7 @@ from adapters.woocommerce import webhooks as woo
 from connector.errors import BadPayloadError, VerificationError
 from connector.runtime import Runtime
 from connector.storage.inbox import InboxItem
-from connector.web.http import BodyTooLarge, parse_json, problem
+from connector.web.http import BodyTooLarge, json_object_error, parse_json, problem
 
 log = logging.getLogger("storeloop.webhooks")
 
@@ -126,11 +126,11 @@ async def shopify_webhook(d: Delivery) -> Response:
     except VerificationError as exc:
         log.warning("shopify webhook rejected", extra={"reason": exc.reason})
         return problem(401, "unauthorized")
-    payload = _json_or_400(body, "shopify", store.key)
-    if isinstance(payload, Response):
-        return payload
-    if not isinstance(payload, dict):
-        return problem(400, "body must be a JSON object")
+    invalid = json_object_error(body)
+    if invalid is not None:
+        what = "not valid JSON" if invalid.startswith("malformed") else "not a JSON object"
+        log.warning(f"signed body is {what}", extra={"source": "shopify", "store": store.key, "reason": invalid})
+        return problem(400, invalid)
     env = runtime.shopify.envelope(headers, body)
     if env.ignored_reason:
         log.info("shopify topic ignored", extra={"store": store.key, "topic": env.topic})
