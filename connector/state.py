@@ -13,10 +13,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy.exc import NoResultFound
 
 from connector import events as ev
 from connector.policy import keyword_intent
-from connector.storage.sql import insert_id, insert_row, update_by_id, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, LINES, MESSAGES, ORDERS, OUTBOX, STORES
+from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, LINES, MESSAGES, ORDERS, OUTBOX, STORES
+from connector.rows import checkout_row, contact_by_phone, contact_row, contact_where, order_row, phone_key
+from connector.storage.txcache import current
 
 MESSAGE_STATUS_RANK = {"accepted": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
 
@@ -36,17 +39,9 @@ class Outcome:
     private: list[dict[str, Any]] | None = None  # a privacy request: the row keeps this instead of its body and event
 
 
-# prebuilt: these run for nearly every event (see storage/sql.py)
-_CONTACT_BY_PHONE = select(CONTACTS).where(CONTACTS.c.store_id == bindparam("sid"), CONTACTS.c.phone_key == bindparam("key"))
-_CONTACT_BY_ID = select(CONTACTS).where(CONTACTS.c.id == bindparam("cid"))
-_ORDER_VERSION = select(ORDERS.c.id, ORDERS.c.source_updated_at).where(
-    ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id == bindparam("oid"))
-_CHECKOUT_VERSION = select(CHECKOUTS.c.id, CHECKOUTS.c.source_updated_at, CHECKOUTS.c.completed_at).where(
-    CHECKOUTS.c.store_id == bindparam("sid"), CHECKOUTS.c.token == bindparam("token"))
-
-
-def _phone_key(phone: ev.Phone) -> str:
-    return phone.e164 or f"raw:{phone.raw}"[:80]
+_COMPLETE_CHECKOUT = update(CHECKOUTS).where(
+    CHECKOUTS.c.store_id == bindparam("sid"), CHECKOUTS.c.token == bindparam("tok"), CHECKOUTS.c.completed_at.is_(None),
+).values(completed_at=bindparam("at"))
 
 
 def upsert_contact(
@@ -62,15 +57,11 @@ def upsert_contact(
     """Find or create the contact for a phone (or a WhatsApp id); fill in what we learn."""
     row = None
     if phone is not None:
-        row = conn.execute(_CONTACT_BY_PHONE, {"sid": store_id, "key": _phone_key(phone)}).first()
+        row = contact_by_phone(conn, store_id, phone)
     if row is None and wa_id:
-        row = conn.execute(select(CONTACTS).where(CONTACTS.c.store_id == store_id, CONTACTS.c.wa_id == wa_id)).first()
+        row = contact_where(conn, store_id, CONTACTS.c.wa_id, wa_id)
     if row is None and phone is None and customer is not None and customer.external_id:
-        row = conn.execute(
-            select(CONTACTS).where(
-                CONTACTS.c.store_id == store_id, CONTACTS.c.external_customer_id == customer.external_id
-            )
-        ).first()
+        row = contact_where(conn, store_id, CONTACTS.c.external_customer_id, customer.external_id)
     fields: dict[str, Any] = {}
     if customer is not None:
         for attr, col in (("first_name", "first_name"), ("last_name", "last_name"), ("email", "email"), ("external_id", "external_customer_id")):
@@ -86,7 +77,7 @@ def upsert_contact(
             return None
         values = {
             "store_id": store_id,
-            "phone_key": _phone_key(phone),
+            "phone_key": phone_key(phone),
             "phone_e164": phone.e164,
             "phone_raw": phone.raw[:80],
             "reachable": phone.e164 is not None,
@@ -119,7 +110,9 @@ def record_consent(
     only_if_unknown: bool = False,
 ) -> bool:
     """Set a consent state and keep its history; a change older than the stored one is ignored."""
-    contact = conn.execute(_CONTACT_BY_ID, {"cid": contact_id}).one()
+    contact = contact_row(conn, contact_id)
+    if contact is None:
+        raise NoResultFound(f"contact {contact_id} not found")
     current = getattr(contact, f"consent_{category}")
     current_at = getattr(contact, f"consent_{category}_at")
     if only_if_unknown and current != "unknown":
@@ -135,8 +128,8 @@ def record_consent(
         "updated_at": at,
     }
     update_by_id(conn, CONTACTS, contact_id, values)
-    insert_row(conn, CONSENT, dict(store_id=store_id, contact_id=contact_id, category=category, state=state,
-                                   source=source[:64], occurred_at=at, inbox_event_id=inbox_id))
+    insert_later(conn, CONSENT, [dict(store_id=store_id, contact_id=contact_id, category=category, state=state,
+                                      source=source[:64], occurred_at=at, inbox_event_id=inbox_id)])
     return True
 
 
@@ -159,7 +152,7 @@ def _line_rows(store_id: int, order_id: int, lines: tuple[ev.LineItem, ...]) -> 
 
 def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: int | None, now: datetime) -> bool:
     """Upsert an order and its lines; False (and nothing written) when the payload is stale."""
-    existing = conn.execute(_ORDER_VERSION, {"sid": store_id, "oid": order.external_id}).first()
+    existing = order_row(conn, store_id, order.external_id)
     if existing is not None and existing.source_updated_at > order.updated_at:
         return False
     values = {
@@ -188,25 +181,29 @@ def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: in
         if contact_id is None:
             values.pop("contact_id")
         update_by_id(conn, ORDERS, order_id, values)
+        if any(line["order_id"] == order_id for line in held_later(conn, LINES)):
+            flush(conn)  # lines held back for this order must exist to be replaced
         conn.execute(delete(LINES).where(LINES.c.order_id == order_id))
-    rows = _line_rows(store_id, order_id, order.line_items)
-    if rows:
-        conn.execute(insert(LINES), rows)
+    insert_later(conn, LINES, _line_rows(store_id, order_id, order.line_items))
     if order.checkout_token:
-        conn.execute(
-            update(CHECKOUTS)
-            .where(
-                CHECKOUTS.c.store_id == store_id,
-                CHECKOUTS.c.token == order.checkout_token,
-                CHECKOUTS.c.completed_at.is_(None),
-            )
-            .values(completed_at=order.created_at)
-        )
+        _complete_checkout(conn, store_id, order.checkout_token, order.created_at)
     return True
 
 
+def _complete_checkout(conn: Connection, store_id: int, token: str, at: datetime) -> None:
+    """An order completes the checkout it came from (the first completion stands)."""
+    cache = current(conn)
+    if cache is not None:
+        known, checkout = cache.lookup(("checkouts", store_id, token))
+        if known:  # the cache has the row as stored (or knows there is none)
+            if checkout is not None and checkout.completed_at is None:
+                update_by_id(conn, CHECKOUTS, checkout.id, {"completed_at": at})
+            return
+    conn.execute(_COMPLETE_CHECKOUT, {"sid": store_id, "tok": token, "at": at})
+
+
 def apply_checkout(conn: Connection, store_id: int, checkout: ev.Checkout, contact_id: int | None) -> bool:
-    existing = conn.execute(_CHECKOUT_VERSION, {"sid": store_id, "token": checkout.token}).first()
+    existing = checkout_row(conn, store_id, checkout.token)
     if existing is not None and existing.source_updated_at > checkout.updated_at:
         return False
     values = {
@@ -221,7 +218,7 @@ def apply_checkout(conn: Connection, store_id: int, checkout: ev.Checkout, conta
         "source_updated_at": checkout.updated_at,
     }
     if existing is None:
-        insert_row(conn, CHECKOUTS, dict(store_id=store_id, token=checkout.token, **values))
+        insert_id(conn, CHECKOUTS, dict(store_id=store_id, token=checkout.token, **values))
     else:
         if contact_id is None:
             values.pop("contact_id")
@@ -259,12 +256,20 @@ def apply_fulfillment(conn: Connection, store_id: int, f: ev.Fulfillment, now: d
     return True
 
 
+def _flush_if_held(conn: Connection, contact_id: int | None) -> None:
+    """A row about to name this contact needs it stored first, if its INSERT is held back."""
+    cache = current(conn)
+    if cache is not None and contact_id is not None and contact_id in cache.held["contacts"]:
+        flush(conn)
+
+
 def record_inbound(
     conn: Connection, store_id: int, contact_id: int | None, wamid: str, kind: str, body: str | None, at: datetime, now: datetime
 ) -> None:
     """An inbound WhatsApp message: into the timeline once, and it (re)opens the 24 h window."""
     exists = conn.execute(select(MESSAGES.c.id).where(MESSAGES.c.store_id == store_id, MESSAGES.c.wamid == wamid)).first()
     if exists is None:
+        _flush_if_held(conn, contact_id)
         conn.execute(
             insert(MESSAGES).values(
                 store_id=store_id,
@@ -279,8 +284,8 @@ def record_inbound(
             )
         )
     if contact_id is not None:
-        contact = conn.execute(select(CONTACTS.c.last_inbound_at).where(CONTACTS.c.id == contact_id)).scalar_one()
-        if contact is None or contact < at:
+        contact_at = contact_row(conn, contact_id).last_inbound_at
+        if contact_at is None or contact_at < at:
             update_by_id(conn, CONTACTS, contact_id, dict(last_inbound_at=at, updated_at=now))
 
 
@@ -333,9 +338,9 @@ def apply_status(conn: Connection, store_id: int, e: ev.MessageStatusChanged, no
     ).first()
     if row is None:
         if contact_id is None and e.recipient_id:
-            contact_id = conn.execute(
-                select(CONTACTS.c.id).where(CONTACTS.c.store_id == store_id, CONTACTS.c.wa_id == e.recipient_id)
-            ).scalar()
+            found = contact_where(conn, store_id, CONTACTS.c.wa_id, e.recipient_id)
+            contact_id = found.id if found is not None else None
+        _flush_if_held(conn, contact_id)
         conn.execute(
             insert(MESSAGES).values(
                 store_id=store_id,
@@ -422,9 +427,8 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             out.stale = not apply_checkout(conn, store_id, checkout, out.contact_id)
         case ev.FulfillmentUpdated(fulfillment=f):
             out.subject = f"order:{f.order_external_id}"
-            out.contact_id = conn.execute(
-                select(ORDERS.c.contact_id).where(ORDERS.c.store_id == store_id, ORDERS.c.external_id == f.order_external_id)
-            ).scalar()
+            placed = order_row(conn, store_id, f.order_external_id)
+            out.contact_id = placed.contact_id if placed is not None else None
             out.stale = not apply_fulfillment(conn, store_id, f, now)
         case ev.CustomerUpdated(customer=customer):
             out.subject = f"customer:{customer.external_id}" if customer.external_id else None

@@ -17,8 +17,10 @@ from connector.processor import InboxProcessor
 from connector.storage import models as m
 from connector.storage.db import Database, ensure_schema, head_revision, make_engine
 from connector.storage.inbox import InboxItem, InboxWriter, sync_stores, write_items
-from tests.conftest import PG_URL, make_settings
-from tests.helpers import dumps
+from connector.config import parse_settings
+from tests.conftest import PG_URL, PHONE_ID_A, PHONE_ID_B, make_settings, settings_dict
+from tests.helpers import dumps, load_json
+from tests.test_journeys import FIXTURES
 
 
 def item(store_id: int, key: str, body: dict | None = None, topic: str = "orders/create") -> InboxItem:
@@ -130,6 +132,35 @@ def test_processor_retries_a_crashing_row_with_backoff_then_fails_it(db_url):
     db.dispose()
 
 
+def test_a_row_that_fails_midway_through_a_batch_costs_the_others_nothing(db_url):
+    """The batch is applied as a whole first; a row raising after some writes rolls it back and
+    the batch is redone row by row: the good rows are done, the bad one's writes are gone."""
+    from connector import events as ev
+
+    settings = make_settings(db_url)
+    db = Database.from_url(db_url)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    at = datetime(2026, 11, 20, tzinfo=timezone.utc)
+
+    def consent(topic, body, store):
+        when = at if body["id"] != "bad" else at.replace(tzinfo=None)  # the database layer refuses a naive time
+        return [ev.ConsentChanged(phone=ev.Phone(raw=body["phone"], e164=body["phone"]), category=ev.ConsentCategory.MARKETING,
+                                  state=ev.ConsentState.GRANTED, source="test", occurred_at=when)]
+
+    rows = (("g1", "+919800000001"), ("bad", "+919800000002"), ("g2", "+919800000003"))
+    write_items(db, [item(ids["shop-a"], k, {"id": k, "phone": p}, topic="customers/update") for k, p in rows])
+    proc = InboxProcessor(db, settings, ids, {"shopify": consent}, clock=lambda: at)
+    assert proc.process_batch() == 3
+    with db.engine.connect() as conn:
+        rows_after = {r.dedupe_key: r for r in conn.execute(select(m.InboxEvent))}
+        phones = set(conn.execute(select(m.Contact.phone_key)).scalars())
+        consents = conn.execute(select(func.count()).select_from(m.ConsentChange)).scalar_one()
+    assert (rows_after["g1"].status, rows_after["g2"].status) == ("done", "done")
+    assert (rows_after["bad"].status, rows_after["bad"].attempts) == ("pending", 1) and "naive" in rows_after["bad"].last_error
+    assert phones == {"+919800000001", "+919800000003"} and consents == 2  # the bad row's contact was rolled back
+    db.dispose()
+
+
 def test_concurrent_processors_handle_each_row_once(db_url):
     """Two workers on one database (SKIP LOCKED on PostgreSQL, the write lock on SQLite)."""
     settings = make_settings(db_url)
@@ -203,3 +234,92 @@ def test_raw_bodies_are_purged_after_the_retention_but_failures_keep_theirs(db):
         bodies = {r.dedupe_key: r.raw_body for r in conn.execute(select(m.InboxEvent.dedupe_key, m.InboxEvent.raw_body))}
     assert bodies["old-done"] is None
     assert bodies["old-failed"] is not None and bodies["new-done"] is not None  # replayable / still recent
+
+
+def test_a_batch_decides_exactly_as_rows_processed_one_at_a_time(db_url):
+    """Batches are applied with a transaction cache and held-back writes (storage/txcache.py):
+    the same webhooks, one row per batch for shop-a and all in one batch for shop-b, must
+    leave the same contacts, orders, checkouts, runs, consent history and outbox."""
+    data = settings_dict(db_url)
+    templates = [
+        {"step": "order_confirmation.sent", "name": "order_v1", "category": "utility", "body_text": "Hi {{1}}, order {{2}}",
+         "body": ["customer.first_name", "order.name"]},
+        {"step": "cod_confirmation.ask", "name": "cod_v1", "category": "utility", "body_text": "Confirm {{1}}?", "body": ["order.name"],
+         "buttons": [{"type": "quick_reply", "text": "Confirm", "payload": "cod_confirm"},
+                     {"type": "quick_reply", "text": "Cancel", "payload": "cod_cancel"}]},
+        {"step": "checkout_recovery.first", "name": "cart_v1", "category": "marketing", "body_text": "You left {{1}}",
+         "body": ["checkout.recovery_url"]},
+        {"step": "delivery.delivered", "name": "delivered_v1", "category": "utility", "body_text": "Delivered: {{1}}", "body": ["order.name"]},
+    ]
+    for store in data["stores"][:2]:
+        store.update(timezone="Asia/Kolkata", default_country="IN", templates=templates, policy={"quiet_hours": ""},
+                     journeys={"checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0, 360]}, "order_confirmation": {},
+                               "cod_confirmation": {}, "payment_recovery": {}, "delivery": {}})
+    settings = parse_settings(data, environ={})
+    db = Database.from_url(db_url)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    order = load_json(FIXTURES / "shopify" / "orders_create.sample.json")
+    checkout = load_json(FIXTURES / "shopify" / "checkouts_create.sample.json")
+
+    def orders(**kw) -> dict:
+        return {**order, "cancelled_at": None, "cancel_reason": None, "test": False, "created_at": "2026-11-20T06:00:00Z",
+                "updated_at": "2026-11-20T06:00:00Z", **kw}
+
+    cod = ["Cash on Delivery (COD)"]
+    bodies = [
+        ("checkouts/create", {**checkout, "token": "T1", "phone": "+91 98765 43210", "buyer_accepts_marketing": True, "completed_at": None,
+                              "created_at": "2026-11-20T05:00:00Z", "updated_at": "2026-11-20T05:00:00Z"}),
+        ("checkouts/create", {**checkout, "token": "T2", "phone": "+91 98123 45678", "buyer_accepts_marketing": True, "completed_at": None,
+                              "created_at": "2026-11-20T05:10:00Z", "updated_at": "2026-11-20T05:10:00Z"}),
+        ("orders/create", orders(id=101, name="#101", phone="+91 98765 43210", checkout_token="T1", financial_status="pending",
+                                 payment_gateway_names=cod)),
+        ("orders/updated", orders(id=101, name="#101", phone="+91 98765 43210", checkout_token="T1", financial_status="paid",
+                                  payment_gateway_names=cod, updated_at="2026-11-20T06:30:00Z")),
+        ("orders/create", orders(id=102, name="#102", phone="+91 98123 45678", checkout_token="T9", financial_status="paid")),
+        ("orders/updated", orders(id=101, name="#101", phone="+91 98765 43210", financial_status="pending",
+                                  payment_gateway_names=cod, updated_at="2026-11-20T06:10:00Z")),  # stale
+        ("orders/create", orders(id=103, name="#103", phone="+91 99000 11111", financial_status="paid")),
+    ]
+    now = [datetime(2026, 11, 20, 5, 45, tzinfo=timezone.utc)]
+    one = InboxProcessor(db, settings, {"shop-a": ids["shop-a"]}, normalizers(), clock=lambda: now[0], batch_size=1)
+    many = InboxProcessor(db, settings, {"shop-b": ids["shop-b"]}, normalizers(), clock=lambda: now[0], batch_size=100)
+    for key, store_id in (("a", ids["shop-a"]), ("b", ids["shop-b"])):  # the checkouts, and their first reminders
+        write_items(db, [item(store_id, f"{key}{i}", body, topic=topic) for i, (topic, body) in enumerate(bodies[:2])])
+    assert one.drain() == many.drain() == 2
+    assert one.process_timers() == many.process_timers() == 2
+    for key, store_id in (("a", ids["shop-a"]), ("b", ids["shop-b"])):
+        write_items(db, [item(store_id, f"{key}{i}", body, topic=topic) for i, (topic, body) in enumerate(bodies) if i >= 2])
+    for key, phone_id, store_id in (("a", PHONE_ID_A, ids["shop-a"]), ("b", PHONE_ID_B, ids["shop-b"])):
+        messages = [{"from": "919812345678", "id": f"wamid.{key}1", "timestamp": "1795160000", "type": "text", "text": {"body": "hello?"}},
+                    {"from": "919900011111", "id": f"wamid.{key}2", "timestamp": "1795160100", "type": "text", "text": {"body": "STOP"}}]
+        write_items(db, [InboxItem(store_id=store_id, source="whatsapp", topic="message", dedupe_key=f"{key}wa{i}", raw_body=dumps({
+            "metadata": {"display_phone_number": "1", "phone_number_id": phone_id}, "message": msg,
+            "contacts": [{"profile": {"name": "B"}, "wa_id": msg["from"]}]})) for i, msg in enumerate(messages)])
+    now[0] = datetime(2026, 11, 20, 7, 0, tzinfo=timezone.utc)
+    assert one.drain() == many.drain() == len(bodies)
+    for hours in (1, 7, 30):
+        now[0] = datetime(2026, 11, 20, 7, 0, tzinfo=timezone.utc) + timedelta(hours=hours)
+        assert one.process_timers() == many.process_timers()
+
+    def state(store_id: int) -> dict:
+        with db.engine.connect() as conn:
+            def rows(model, *cols, order_by=None):
+                t = model.__table__
+                q = select(*(t.c[c] for c in cols)).where(t.c.store_id == store_id).order_by(order_by or t.c.id)
+                return [tuple(r) for r in conn.execute(q)]
+            return {
+                "contacts": rows(m.Contact, "phone_key", "first_name", "consent_utility", "consent_utility_at", "consent_marketing",
+                                 "consent_marketing_source", "opted_out_at", "last_inbound_at", "stage", "updated_at"),
+                "orders": rows(m.Order, "external_id", "payment_state", "total", "source_updated_at"),
+                "lines": rows(m.OrderLine, "title", "quantity", "price"),
+                "checkouts": rows(m.Checkout, "token", "completed_at"),
+                "consent": rows(m.ConsentChange, "category", "state", "source", "occurred_at"),
+                "runs": rows(m.JourneyRun, "journey", "subject", "status", "state", "next_due_at", "updated_at"),
+                "outbox": rows(m.OutboxMessage, "idempotency_key", "channel", "step", "status", "skip_reason", "due_at"),
+                "inbox": rows(m.InboxEvent, "status", "last_error", "subject", "attempts"),
+            }
+
+    a, b = state(ids["shop-a"]), state(ids["shop-b"])
+    assert a["runs"] and a["outbox"] and a["lines"]  # the scenario did something
+    assert a == b
+    db.dispose()

@@ -3,6 +3,10 @@
 The same transaction that marks an inbox row done writes the journey run, its outbox
 rows and its store write-backs, so a crash leaves either all of it or none of it, and a
 retried row finds the run it already started.
+
+Runs, contacts and orders are read through the processor's transaction cache when one is
+installed (``storage/txcache.py``): ``prefetch_runs`` and ``on_timers`` load a batch's
+rows with a few ``IN`` queries, so deciding an event costs no lookups of its own.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from connector.handoffs import rules as handoff_rules
 from connector.journeys.registry import journeys
 from connector.outbox import store as ob
 from connector.outbox.queue import queue_template
-from connector.storage.sql import insert_id, insert_row, update_by_id, CONTACTS, ORDERS, OUTBOX, RUNS
+from connector.rows import contact_row, order_row
+from connector.storage.sql import flush, insert_id, update_by_id, CONTACTS, ORDERS, OUTBOX, RUNS
+from connector.storage.txcache import by_key, current
 
 log = logging.getLogger("storeloop.journeys")
 
@@ -39,12 +45,19 @@ def in_holdout(contact_id: int, journey: str, percent: float) -> bool:
 
 
 _RUN = select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == bindparam("j"), RUNS.c.subject == bindparam("s"))
-_ORDER = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id == bindparam("oid"))
 _ACTIVE_FOR_CONTACT = select(RUNS.c.subject).where(
     RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == bindparam("j"), RUNS.c.contact_id == bindparam("cid"),
     RUNS.c.status == "active")
+_RUNS_BY_SUBJECTS = select(RUNS).where(
+    RUNS.c.store_id == bindparam("sid"), RUNS.c.journey.in_(bindparam("js", expanding=True)),
+    RUNS.c.subject.in_(bindparam("ss", expanding=True)))
+_ACTIVE_FOR_CONTACTS = select(RUNS).where(
+    RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id.in_(bindparam("cids", expanding=True)), RUNS.c.status == "active")
+_DUE = (select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.status == "active", RUNS.c.next_due_at <= bindparam("now"))
+        .order_by(RUNS.c.next_due_at).limit(bindparam("limit")))
+_CONTACTS_BY_IDS = select(CONTACTS).where(CONTACTS.c.id.in_(bindparam("ids", expanding=True)))
+_ORDERS_BY_IDS = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
 CONTACT_ACTIVITY = (ev.OrderPlaced, ev.MessageReceived, ev.ButtonReplied)
-_CONTACT_NAME_STAGE = select(CONTACTS.c.first_name, CONTACTS.c.stage).where(CONTACTS.c.id == bindparam("cid"))
 
 
 @functools.cache
@@ -53,19 +66,83 @@ def _new_run_statement(dialect: str) -> Any:
     return ins.on_conflict_do_nothing(index_elements=["store_id", "journey", "subject"]).returning(RUNS.c.id)
 
 
+def _found(row: Any, subject: str) -> tuple[int, Run, bool]:
+    return row.id, Run(row.journey, subject, row.status, dict(row.state or {}), row.next_due_at, row.contact_id, row.started_at), row.holdout
+
+
 def _run(conn: Connection, store_id: int, journey: str, subject: str) -> tuple[int, Run, bool] | None:
-    row = conn.execute(_RUN, {"sid": store_id, "j": journey, "s": subject}).first()
-    if row is None:
-        return None
-    return row.id, Run(journey, subject, row.status, dict(row.state or {}), row.next_due_at, row.contact_id, row.started_at), row.holdout
+    row = by_key(conn, "journey_runs", (store_id, journey, subject), _RUN, {"sid": store_id, "j": journey, "s": subject})
+    return None if row is None else _found(row, subject)
+
+
+def _active_subjects(conn: Connection, store_id: int, journey: str, contact_id: int) -> list[str]:
+    """Subjects of the contact's active runs of a journey, in id order (as the index returns them)."""
+    cache = current(conn)
+    if cache is not None and (store_id, contact_id) in cache.active_runs_known:
+        runs = [r for r in cache.rows["journey_runs"].values()
+                if r.contact_id == contact_id and r.store_id == store_id and r.journey == journey and r.status == "active"]
+        return [r.subject for r in sorted(runs, key=lambda r: r.id)]
+    flush(conn)  # a held-back status change must be visible to the query
+    return list(conn.execute(_ACTIVE_FOR_CONTACT, {"sid": store_id, "j": journey, "cid": contact_id}).scalars())
 
 
 def _order_facts(conn: Connection, store_id: int, order_id: str) -> OrderFacts | None:
-    o = conn.execute(_ORDER, {"sid": store_id, "oid": order_id}).first()
+    o = order_row(conn, store_id, order_id)
     if o is None:
         return None
     return OrderFacts(o.external_id, o.name, o.is_cod, o.payment_state, o.fulfillment_state, o.total, o.currency,
                       o.cancelled_at is not None, o.status_url, o.payment_url, o.checkout_token, o.placed_at)
+
+
+def run_subjects(event: Any) -> list[str]:
+    """The run subjects an event can concern, as the built-in journeys name them (for ``prefetch_runs``)."""
+    if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled, ev.OrderFulfilled)):
+        o = event.order
+        return [f"order:{o.external_id}", *([f"checkout:{o.checkout_token}"] if o.checkout_token else [])]
+    if isinstance(event, ev.CheckoutUpdated):
+        return [f"checkout:{event.checkout.token}"]
+    if isinstance(event, ev.FulfillmentUpdated):
+        return [f"order:{event.fulfillment.order_external_id}"]
+    return []
+
+
+def prefetch_runs(conn: Connection, store: Any, store_id: int, subjects: set[str], contact_ids: set[int]) -> None:
+    """Load a batch's journey runs into the transaction cache: the runs of these subjects, and
+    every active run of these contacts (what a follows-contact journey looks for)."""
+    cache = current(conn)
+    if cache is None:
+        return
+    names = sorted(store.enabled_journeys())
+    todo = sorted(s for s in subjects if any(not cache.lookup(("journey_runs", store_id, j, s))[0] for j in names))
+    if todo and names:
+        for row in conn.execute(_RUNS_BY_SUBJECTS, {"sid": store_id, "js": names, "ss": todo}):
+            cache.put("journey_runs", row)
+        for s in todo:
+            for j in names:
+                cache.absent(("journey_runs", store_id, j, s))
+    cids = sorted(c for c in contact_ids if (store_id, c) not in cache.active_runs_known)
+    if cids:
+        for row in conn.execute(_ACTIVE_FOR_CONTACTS, {"sid": store_id, "cids": cids}):
+            cache.put("journey_runs", row)
+        cache.active_runs_known.update((store_id, c) for c in cids)
+
+
+def _prefetch_for_timers(conn: Connection, store_id: int, rows: list[Any]) -> None:
+    """The contacts and orders the due runs' facts need, in two queries."""
+    cache = current(conn)
+    if cache is None:
+        return
+    cids = sorted({r.contact_id for r in rows if r.contact_id is not None and cache.get("contacts", r.contact_id) is None})
+    if cids:
+        for row in conn.execute(_CONTACTS_BY_IDS, {"ids": cids}):
+            cache.put("contacts", row)
+    oids = sorted({r.subject.split(":", 1)[1] for r in rows if r.subject.startswith("order:")})
+    oids = [o for o in oids if not cache.lookup(("orders", store_id, o))[0]]
+    if oids:
+        for row in conn.execute(_ORDERS_BY_IDS, {"sid": store_id, "ids": oids}):
+            cache.put("orders", row)
+        for o in oids:
+            cache.absent(("orders", store_id, o))
 
 
 def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: int | None, subject: str | None) -> Facts:
@@ -86,6 +163,7 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
                 .where(OUTBOX.c.store_id == store_id, OUTBOX.c.wamid == event.context_message_id)
             ).first()
         if (sent is None or not sent.journey) and contact_id is not None and isinstance(event, ev.ButtonReplied):
+            flush(conn)  # reads runs past the transaction cache
             sent = conn.execute(
                 select(RUNS.c.journey, RUNS.c.subject, RUNS.c.contact_id)
                 .where(RUNS.c.store_id == store_id, RUNS.c.contact_id == contact_id, RUNS.c.status == "active")
@@ -102,10 +180,10 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
         order_id = subject.split(":", 1)[1]
     order = _order_facts(conn, store_id, order_id) if order_id else None
     if order is not None and contact_id is None:
-        contact_id = conn.execute(select(ORDERS.c.contact_id).where(ORDERS.c.store_id == store_id, ORDERS.c.external_id == order_id)).scalar()
+        contact_id = order_row(conn, store_id, order_id).contact_id
     first_name = None
     if contact_id is not None:
-        person = conn.execute(_CONTACT_NAME_STAGE, {"cid": contact_id}).first()
+        person = contact_row(conn, contact_id)
         if person is not None:
             first_name = person.first_name
             extra["stage"] = person.stage
@@ -124,6 +202,7 @@ class JourneyRunner:
             if stage is not None and stage != current:
                 update_by_id(conn, CONTACTS, facts.contact_id, {"stage": stage, "updated_at": now})
         for req in handoff_rules(event, facts.contact_id, store, facts.extra.get("reply_journey"), facts.extra.get("reply_subject")):
+            flush(conn)  # the hand-off's context reads the contact and its runs from the database
             open_handoff(conn, store, store_id, facts.contact_id, req, now)
         for name, config in store.enabled_journeys().items():
             journey = journeys().get(name)
@@ -137,7 +216,7 @@ class JourneyRunner:
                 applied += self._apply(conn, store, store_id, name, subject, found, commands, facts, config, now)
             if getattr(journey, "follows_contact", False) and facts.contact_id is not None and isinstance(event, CONTACT_ACTIVITY):
                 # the customer bought, wrote or tapped: the journey's other open runs for them hear it too
-                for other in conn.execute(_ACTIVE_FOR_CONTACT, {"sid": store_id, "j": name, "cid": facts.contact_id}).scalars():
+                for other in _active_subjects(conn, store_id, name, facts.contact_id):
                     if other == subject:
                         continue
                     found = _run(conn, store_id, name, other)
@@ -147,29 +226,41 @@ class JourneyRunner:
         return applied
 
     def on_timers(self, conn: Connection, store: Any, store_id: int, now: datetime, limit: int = 100) -> int:
-        rows = conn.execute(
-            select(RUNS.c.journey, RUNS.c.subject, RUNS.c.contact_id)
-            .where(RUNS.c.store_id == store_id, RUNS.c.status == "active", RUNS.c.next_due_at <= now)
-            .order_by(RUNS.c.next_due_at)
-            .limit(limit)
-        ).all()
+        """Fire up to ``limit`` due runs; each fires once (its timer is cleared in the run's one UPDATE)."""
+        cache = current(conn)
+        flush(conn)  # the due query must see every held-back timer change
+        rows = conn.execute(_DUE, {"sid": store_id, "now": now, "limit": limit}).all()
+        if cache is not None:
+            rows = [cache.put("journey_runs", r) for r in rows]
+            _prefetch_for_timers(conn, store_id, rows)
+            if rows:  # the gate's send history of every contact a reminder may go to, in one query
+                rules = store.policy.rules()
+                ob.send_history(conn, sorted({r.contact_id for r in rows if r.contact_id is not None}),
+                                now - max(rules.marketing_cap_window, rules.cart_quiet_after_order))
         enabled = store.enabled_journeys()
         for row in rows:
-            found = _run(conn, store_id, row.journey, row.subject)
-            assert found is not None
-            run_id, run, _ = found
-            update_by_id(conn, RUNS, run_id, {"next_due_at": None})  # fire once
+            found = _found(row, row.subject)
             journey = journeys().get(row.journey)
             if journey is None or row.journey not in enabled:
+                update_by_id(conn, RUNS, row.id, {"next_due_at": None})  # fire once
                 continue
             facts = _facts(conn, store, store_id, TimerFired(now), row.contact_id, row.subject)
-            commands = journey.decide(TimerFired(now), run, facts, enabled[row.journey], now)
-            self._apply(conn, store, store_id, row.journey, row.subject, found, commands, facts, enabled[row.journey], now)
+            commands = journey.decide(TimerFired(now), found[1], facts, enabled[row.journey], now)
+            self._apply(conn, store, store_id, row.journey, row.subject, found, commands, facts, enabled[row.journey], now,
+                        fired=True)
         return len(rows)
 
     def _apply(self, conn: Connection, store: Any, store_id: int, journey: str, subject: str,
-               found: tuple[int, Run, bool] | None, commands: list[Any], facts: Facts, config: Any, now: datetime) -> int:
+               found: tuple[int, Run, bool] | None, commands: list[Any], facts: Facts, config: Any, now: datetime,
+               *, fired: bool = False) -> int:
+        """Apply a journey's commands: at most one INSERT or one UPDATE of the run, then its sends.
+
+        ``fired``: a timer fired this run; its ``next_due_at`` is cleared (fire once) in the
+        same UPDATE, unless a ``Wake`` sets it again.
+        """
         if not commands:
+            if fired and found is not None:
+                update_by_id(conn, RUNS, found[0], {"next_due_at": None})
             return 0
         run_id = found[0] if found else None
         holdout = found[2] if found else False
@@ -194,13 +285,16 @@ class JourneyRunner:
                 elif isinstance(cmd, Handoff):
                     state.update(handoff_reason=cmd.reason, handoff_at=now.isoformat())
                     status = "handoff"
-            run_id = conn.execute(
-                _new_run_statement(conn.dialect.name),
-                dict(store_id=store_id, journey=journey, subject=subject[:160], contact_id=contact_id, status=status,
-                     state=state, holdout=holdout, started_at=now, updated_at=now, next_due_at=due),
-            ).scalar()
-            if run_id is None:  # raced with another worker: theirs is the run
-                return 0
+            row = dict(store_id=store_id, journey=journey, subject=subject[:160], contact_id=contact_id, status=status,
+                       state=state, holdout=holdout, started_at=now, updated_at=now, next_due_at=due)
+            if current(conn) is not None:
+                # held for the batch's executemany; a run another worker created meanwhile makes the
+                # batch fail at its flush, and the processor redoes it row by row (the branch below)
+                run_id = insert_id(conn, RUNS, row)
+            else:
+                run_id = conn.execute(_new_run_statement(conn.dialect.name), row).scalar()
+                if run_id is None:  # raced with another worker: theirs is the run
+                    return 0
             created = True
         for cmd in commands:
             if isinstance(cmd, Start):
@@ -236,7 +330,11 @@ class JourneyRunner:
                 handoffs.append(HandoffRequest(f"{journey}:{subject}", cmd.reason, journey, subject))
         if values and run_id is not None and not created:
             values["updated_at"] = now
+        if fired and run_id is not None and not created:
+            values.setdefault("next_due_at", None)
+        if values and run_id is not None and not created:
             update_by_id(conn, RUNS, run_id, values)
         for req in handoffs:  # after the run update, so the hand-off's context shows it
+            flush(conn)
             open_handoff(conn, store, store_id, contact_id, req, now)
         return len(commands)

@@ -16,29 +16,39 @@ from sqlalchemy import Connection, bindparam, select
 from connector.config import ShopifyStore, WooCommerceStore
 from connector.messages import InteractiveButtons, TextMessage
 from connector.outbox import store as ob
-from connector.policy import ContactFacts, SendHistory, check
+from connector.policy import CART_JOURNEYS, ContactFacts, SendHistory, check
 from connector.storage.sql import CONTACTS
+from connector.storage.txcache import by_id, current
 from connector.templates import MissingValueError, render
 
 
 @dataclass(frozen=True, slots=True)
 class Queued:
-    outbox_id: int | None  # None: this (journey, step, subject) was already queued
+    outbox_id: int | None  # None: already queued (duplicate), or held for the batch's executemany (ob.enqueue)
     status: str  # pending | skipped | duplicate
     reason: str | None = None
 
 
-_CONTACT = select(CONTACTS.c.phone_e164, CONTACTS.c.consent_utility, CONTACTS.c.consent_marketing, CONTACTS.c.opted_out_at,
-                  CONTACTS.c.last_inbound_at, CONTACTS.c.reachable).where(
-    CONTACTS.c.id == bindparam("cid"), CONTACTS.c.store_id == bindparam("sid"))
+def _queued(conn: Connection, new_id: int | None, reason: str | None) -> Queued:
+    if new_id is None and current(conn) is None:
+        return Queued(None, "duplicate")
+    return Queued(new_id, "skipped" if reason else "pending", reason)
+
+
+_CONTACT = select(CONTACTS).where(CONTACTS.c.id == bindparam("cid"))
 
 
 def _contact(conn: Connection, store: ShopifyStore | WooCommerceStore, store_id: int, contact_id: int):  # type: ignore[no-untyped-def]
     """The contact's phone and the facts the gate needs; it must belong to this store."""
-    contact = conn.execute(_CONTACT, {"cid": contact_id, "sid": store_id}).one_or_none()
-    if contact is None:
+    contact = by_id(conn, "contacts", contact_id, _CONTACT, {"cid": contact_id})
+    if contact is None or contact.store_id != store_id:
         raise ValueError(f"contact {contact_id} does not belong to store {store.key}")
     return contact
+
+
+def _needs_history(category: str, journey: str) -> bool:
+    """The gate reads the send history only for marketing and for cart journeys (policy.check)."""
+    return category == "marketing" or journey in CART_JOURNEYS
 
 
 def _facts(contact) -> ContactFacts:  # type: ignore[no-untyped-def]
@@ -78,7 +88,10 @@ def queue_template(
     if reason is None:
         facts = _facts(contact)
         rules = store.policy.rules()
-        history = ob.send_history(conn, [contact_id], now - max(rules.marketing_cap_window, rules.cart_quiet_after_order)).get(contact_id, SendHistory())
+        history = SendHistory()
+        if _needs_history(category or "utility", journey):  # one query saved per utility message
+            since = now - max(rules.marketing_cap_window, rules.cart_quiet_after_order)
+            history = ob.send_history(conn, [contact_id], since).get(contact_id, SendHistory())
         decision = check(category=category or "utility", kind="template", journey=journey, contact=facts, history=history, rules=rules, tz=store.tz, now=when)
         if decision.deferred:
             when = decision.defer_until or when
@@ -88,9 +101,7 @@ def queue_template(
         conn, store_id=store_id, key=key, contact_id=contact_id, journey=journey, step=step, category=category,
         payload=payload, due_at=when, now=now, skip_reason=reason,
     )
-    if new_id is None:
-        return Queued(None, "duplicate")
-    return Queued(new_id, "skipped" if reason else "pending", reason)
+    return _queued(conn, new_id, reason)
 
 
 def queue_free_form(
@@ -132,6 +143,4 @@ def queue_free_form(
         conn, store_id=store_id, key=f"{journey}:{step}:{subject}", contact_id=contact_id, journey=journey, step=step,
         category=category, payload=payload, due_at=decision.defer_until or now, now=now, skip_reason=reason,
     )
-    if new_id is None:
-        return Queued(None, "duplicate")
-    return Queued(new_id, "skipped" if reason else "pending", reason)
+    return _queued(conn, new_id, reason)

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from connector.policy import ContactFacts, SendHistory
 from connector.storage.sql import ATTEMPTS, CONTACTS, MESSAGES, OUTBOX, STORES
 from connector.storage.db import Database
+from connector.storage.txcache import current
 
 SENT_STATES = ("sending", "sent", "delivered", "read", "uncertain", "dry_run")
 STATUS_RANK = {"sending": 0, "uncertain": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
@@ -37,9 +38,10 @@ def outbox_id_from_callback(data: str | None) -> int | None:
 
 
 @functools.cache
-def _enqueue_statement(dialect: str) -> Any:
+def _enqueue_statement(dialect: str, returning: bool = True) -> Any:
     ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(OUTBOX)
-    return ins.on_conflict_do_nothing(index_elements=["store_id", "idempotency_key"]).returning(OUTBOX.c.id)
+    ins = ins.on_conflict_do_nothing(index_elements=["store_id", "idempotency_key"])
+    return ins.returning(OUTBOX.c.id) if returning else ins
 
 
 _HISTORY = (
@@ -68,8 +70,12 @@ def enqueue(
     channel: str = "whatsapp",
     skip_reason: str | None = None,
 ) -> int | None:
-    """Insert once per idempotency key; returns the new id, or None if the key exists."""
-    stmt = _enqueue_statement(conn.dialect.name)
+    """Insert once per idempotency key; returns the new id, or None if the key exists.
+
+    Inside the processor's transaction cache the row is held and written with the batch's
+    other outbox rows in one executemany (same order, so the same ids; nothing in the batch
+    reads a pending row back), and None is returned.
+    """
     row = dict(
         store_id=store_id,
         idempotency_key=key[:255],
@@ -90,7 +96,11 @@ def enqueue(
         last_error=None,
         wamid=None,
     )
-    return conn.execute(stmt, row).scalar()
+    cache = current(conn)
+    if cache is not None:
+        cache.later.setdefault(_enqueue_statement(conn.dialect.name, returning=False), []).append(row)
+        return None
+    return conn.execute(_enqueue_statement(conn.dialect.name), row).scalar()
 
 
 def contact_facts(conn: Connection, contact_ids: list[int]) -> dict[int, ContactFacts]:
@@ -109,9 +119,27 @@ def contact_facts(conn: Connection, contact_ids: list[int]) -> dict[int, Contact
 
 
 def send_history(conn: Connection, contact_ids: list[int], since: datetime) -> dict[int, SendHistory]:
-    """Marketing sends and order confirmations per contact since ``since`` (one query)."""
+    """Marketing sends and order confirmations per contact since ``since`` (one query).
+
+    Inside the processor's transaction cache a contact's history is read once per batch
+    (queueing only adds pending or skipped rows, which do not count; a status update of
+    an outbox row clears it).
+    """
     if not contact_ids:
         return {}
+    cache = current(conn)
+    if cache is not None:
+        todo = [c for c in dict.fromkeys(contact_ids) if (c, since) not in cache.history]
+        if todo:
+            found = _history(conn, todo, since)
+            for c in todo:
+                cache.history[(c, since)] = found.get(c)
+        known = {c: cache.history[(c, since)] for c in contact_ids}
+        return {c: h for c, h in known.items() if h is not None}
+    return _history(conn, contact_ids, since)
+
+
+def _history(conn: Connection, contact_ids: list[int], since: datetime) -> dict[int, SendHistory]:
     rows = conn.execute(_HISTORY, {"cids": list(contact_ids), "since": since})
     marketing: dict[int, list[datetime]] = {}
     confirmed: dict[int, datetime] = {}

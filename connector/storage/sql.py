@@ -3,16 +3,22 @@
 Values are passed as execution parameters, never baked into the statement with
 ``.values(...)``: the statement then has one shape, SQLAlchemy compiles it once, and a
 row costs a dict instead of a fresh statement (measured: 3-5x faster per processed order).
+
+The writers below also keep the processor's transaction cache (``storage/txcache.py``)
+in step, so a cached contact, order, checkout or journey run is never stale.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam
+from sqlalchemy import Connection, Table, bindparam, func, select, text
 
 from connector.storage import models as m
+from connector.storage.txcache import TxCache, current
 
 STORES: Table = m.Store.__table__  # type: ignore[assignment]
 INBOX: Table = m.InboxEvent.__table__  # type: ignore[assignment]
@@ -28,6 +34,11 @@ ATTEMPTS: Table = m.OutboxAttempt.__table__  # type: ignore[assignment]
 RUNS: Table = m.JourneyRun.__table__  # type: ignore[assignment]
 HANDOFFS: Table = m.Handoff.__table__  # type: ignore[assignment]
 LEASES: Table = m.Lease.__table__  # type: ignore[assignment]
+
+# the tables the transaction cache holds rows of (by id and by natural key)
+# (in foreign-key order: held INSERTs are flushed parents first)
+CACHED_TABLES: dict[str, Table] = {t.name: t for t in (CONTACTS, ORDERS, CHECKOUTS, RUNS)}
+_NEXTVALS = text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)")
 
 
 @functools.cache
@@ -46,14 +57,107 @@ def _update(table: Table, fields: tuple[str, ...]) -> Any:
 
 
 def insert_row(conn: Connection, table: Table, row: dict[str, Any]) -> None:
-    conn.execute(_insert(table), row)
+    if current(conn) is not None and table.name in CACHED_TABLES:
+        insert_id(conn, table, row)  # an id from the allocator, never one a held row already has
+    else:
+        conn.execute(_insert(table), row)
+
+
+def insert_later(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT rows nobody reads back inside the batch: with the batch's executemany when the
+    processor's transaction cache is installed, else now."""
+    if not rows:
+        return
+    cache = current(conn)
+    if cache is None:
+        conn.execute(_insert(table), rows)
+    else:
+        cache.later.setdefault(_insert(table), []).extend(rows)
+
+
+def held_later(conn: Connection, table: Table) -> list[dict[str, Any]]:
+    """The rows ``insert_later`` holds for ``table`` in this transaction (none without a cache)."""
+    cache = current(conn)
+    return cache.later.get(_insert(table), []) if cache is not None else []
 
 
 def insert_id(conn: Connection, table: Table, row: dict[str, Any]) -> int:
-    return conn.execute(_insert_returning(table), row).scalar_one()
+    """INSERT a row and return its id; inside a transaction cache the id is allocated here and
+    the INSERT is held for ``flush``."""
+    cache = current(conn)
+    if cache is None or table.name not in CACHED_TABLES:
+        new_id: int = conn.execute(_insert_returning(table), row).scalar_one()
+        return new_id
+    new_id = _next_id(conn, cache, table)
+    if not cache.hold_insert(table.name, new_id, row):
+        flush(conn)
+        conn.execute(_insert(table), {**row, "id": new_id})
+    return new_id
+
+
+def _next_id(conn: Connection, cache: TxCache, table: Table) -> int:
+    """Ids as the database would give them: max + 1 on SQLite (the write lock is ours for the
+    whole transaction, and a rowid table without AUTOINCREMENT takes max + 1 itself), the
+    table's sequence on PostgreSQL (fetched in growing blocks; an unused one is a gap)."""
+    ids = cache.ids.get(table.name)
+    if ids is None:
+        if conn.dialect.name == "sqlite":
+            ids = itertools.count((conn.execute(select(func.max(table.c.id))).scalar() or 0) + 1)
+        else:
+            ids = _sequence(conn, table.name)
+        cache.ids[table.name] = ids
+    return next(ids)
+
+
+def _sequence(conn: Connection, name: str) -> Iterator[int]:
+    block = 16
+    while True:
+        yield from conn.execute(_NEXTVALS, {"t": name, "n": block}).scalars()
+        block = min(block * 2, 512)
 
 
 def update_by_id(conn: Connection, table: Table, row_id: int, values: dict[str, Any]) -> None:
-    if values:
-        conn.execute(_update(table, tuple(sorted(values))), {"_pk": row_id, **values})
+    """UPDATE one row; inside a transaction cache a cached row is updated in memory and written
+    by ``flush`` (all of a row's changes in one UPDATE, or in its INSERT)."""
+    if not values:
+        return
+    cache = current(conn)
+    if cache is not None and table.name in CACHED_TABLES:
+        if cache.hold_update(table.name, row_id, values):
+            return
+        flush(conn)  # the row may be held: its INSERT and earlier changes go first
+    conn.execute(_update(table, tuple(sorted(values))), {"_pk": row_id, **values})
+    if cache is not None:
+        if table.name in CACHED_TABLES:
+            cache.updated(table.name, row_id, values)
+        elif table is OUTBOX:
+            cache.history.clear()  # a status moved: what counts as sent may have changed
 
+
+def flush(conn: Connection) -> None:
+    """Write the transaction cache's held-back writes: the cached tables' INSERTs (parents
+    first), their UPDATEs (rows in id order, so concurrent workers lock rows in the same
+    order), each as one executemany per set of columns; then the other INSERTs in the order
+    they were first queued (each table's rows in queue order, so their ids are too)."""
+    cache = current(conn)
+    if cache is None or not cache.has_held():
+        return
+    for name, table in CACHED_TABLES.items():
+        for rows in _shapes(row for _, row in sorted(cache.held[name].items())).values():
+            conn.execute(_insert(table), rows)
+        cache.held[name].clear()
+    for name, table in CACHED_TABLES.items():
+        for fields, rows in _shapes({"_pk": row_id, **values} for row_id, values in sorted(cache.dirty[name].items())).items():
+            conn.execute(_update(table, tuple(f for f in fields if f != "_pk")), rows)
+        cache.dirty[name].clear()
+    later, cache.later = cache.later, {}
+    for stmt, rows in later.items():
+        conn.execute(stmt, rows)
+
+
+def _shapes(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+    """Rows grouped by their set of columns: one executemany each."""
+    out: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(tuple(sorted(row)), []).append(row)
+    return out

@@ -1,0 +1,105 @@
+"""Whole-row lookups of contacts, orders and checkouts, and a batch's prefetch of them.
+
+They go through the processor's transaction cache (``storage/txcache.py``) when one is
+installed, so the state code, the journey facts and the policy gate share one read of
+each row per batch; without it they query as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select
+
+from connector import events as ev
+from connector.storage.sql import CHECKOUTS, CONTACTS, ORDERS, flush
+from connector.storage.txcache import by_id, by_key, current
+
+
+def phone_key(phone: ev.Phone) -> str:
+    return phone.e164 or f"raw:{phone.raw}"[:80]
+
+
+# prebuilt (see storage/sql.py), and whole rows, so the transaction cache can answer the next lookup
+_CONTACT_BY_PHONE = select(CONTACTS).where(CONTACTS.c.store_id == bindparam("sid"), CONTACTS.c.phone_key == bindparam("key"))
+_CONTACT_BY_ID = select(CONTACTS).where(CONTACTS.c.id == bindparam("cid"))
+_ORDER_BY_ID = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id == bindparam("oid"))
+_CHECKOUT_BY_TOKEN = select(CHECKOUTS).where(CHECKOUTS.c.store_id == bindparam("sid"), CHECKOUTS.c.token == bindparam("token"))
+_CONTACT_BY = {c.name: select(CONTACTS).where(CONTACTS.c.store_id == bindparam("sid"), c == bindparam("v"))
+               for c in (CONTACTS.c.wa_id, CONTACTS.c.external_customer_id)}
+_CONTACTS_BY_PHONES = select(CONTACTS).where(CONTACTS.c.store_id == bindparam("sid"), CONTACTS.c.phone_key.in_(bindparam("keys", expanding=True)))
+_ORDERS_BY_IDS = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
+_CHECKOUTS_BY_TOKENS = select(CHECKOUTS).where(
+    CHECKOUTS.c.store_id == bindparam("sid"), CHECKOUTS.c.token.in_(bindparam("tokens", expanding=True)))
+
+
+def contact_row(conn: Connection, contact_id: int) -> Any:
+    """The whole contact row (from the transaction cache when the processor installed one)."""
+    return by_id(conn, "contacts", contact_id, _CONTACT_BY_ID, {"cid": contact_id})
+
+
+def contact_by_phone(conn: Connection, store_id: int, phone: ev.Phone) -> Any:
+    """The whole contact row for a phone, or None."""
+    key = phone_key(phone)
+    return by_key(conn, "contacts", (store_id, key), _CONTACT_BY_PHONE, {"sid": store_id, "key": key})
+
+
+def order_row(conn: Connection, store_id: int, external_id: str) -> Any:
+    """The whole order row by its platform id, or None."""
+    return by_key(conn, "orders", (store_id, external_id), _ORDER_BY_ID, {"sid": store_id, "oid": external_id})
+
+
+def checkout_row(conn: Connection, store_id: int, token: str) -> Any:
+    return by_key(conn, "checkouts", (store_id, token), _CHECKOUT_BY_TOKEN, {"sid": store_id, "token": token})
+
+
+def keys_of(event: ev.Event) -> tuple[list[str], list[str], list[str]]:
+    """The contacts (phone keys), orders and checkouts ``apply_event`` will look up for an event."""
+    match event:
+        case ev.OrderPlaced() | ev.OrderUpdated() | ev.OrderPaid() | ev.OrderCancelled() | ev.OrderFulfilled():
+            o = event.order
+            phone = o.customer.phone
+            return ([phone_key(phone)] if phone else [], [o.external_id], [o.checkout_token] if o.checkout_token else [])
+        case ev.CheckoutUpdated(checkout=c):
+            return ([phone_key(c.customer.phone)] if c.customer.phone else [], [], [c.token])
+        case ev.FulfillmentUpdated(fulfillment=f):
+            return [], [f.order_external_id], []
+        case ev.CustomerUpdated() | ev.ConsentChanged() | ev.MessageReceived() | ev.ButtonReplied() | ev.MarketingPreferenceChanged():
+            phone = event.customer.phone if isinstance(event, ev.CustomerUpdated) else event.phone
+            return [phone_key(phone)] if phone else [], [], []
+    return [], [], []
+
+
+def prefetch(conn: Connection, store_id: int, phone_keys: set[str], order_ids: set[str], tokens: set[str]) -> None:
+    """Load a batch's contacts, orders and checkouts into the transaction cache: three queries instead of one per lookup."""
+    cache = current(conn)
+    if cache is None:
+        return
+    for table, stmt, param, keys in (("contacts", _CONTACTS_BY_PHONES, "keys", phone_keys),
+                                     ("orders", _ORDERS_BY_IDS, "ids", order_ids),
+                                     ("checkouts", _CHECKOUTS_BY_TOKENS, "tokens", tokens)):
+        todo = sorted(k for k in keys if not cache.lookup((table, store_id, k))[0])
+        if not todo:
+            continue
+        for row in conn.execute(stmt, {"sid": store_id, param: todo}):
+            cache.put(table, row)
+        for k in todo:
+            cache.absent((table, store_id, k))
+
+
+def contact_where(conn: Connection, store_id: int, column: Any, value: str) -> Any:
+    """A contact by another identifier (WhatsApp id, the platform's customer id); the cached copy if there is one.
+
+    Contacts whose INSERT is held back are newer than every stored one, so they are looked
+    at only when the database has no match (as a query after the INSERTs would return).
+    """
+    cache = current(conn)
+    if cache is not None and cache.updates_column("contacts", column.name):
+        flush(conn)  # a held-back change of that identifier must be visible to the query
+    row = conn.execute(_CONTACT_BY[column.name], {"sid": store_id, "v": value}).first()
+    if cache is None:
+        return row
+    if row is not None:
+        return cache.put("contacts", row)
+    held = [r for r in cache.held_rows("contacts") if r.store_id == store_id and r[column.name] == value]
+    return min(held, key=lambda r: r.id) if held else None

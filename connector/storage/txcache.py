@@ -1,0 +1,323 @@
+"""A row cache that lives for one processing transaction.
+
+Why: for one event the state code, the journey facts and the policy gate look up the same
+contact, order, checkout and journey run several times, and every lookup is a statement
+(about 80 µs of SQLAlchemy each, far more than SQLite's own work). The processor installs
+a cache on its connection for one batch, loads the batch's rows with a few ``IN`` queries,
+and the lookups below are answered from memory.
+
+Correctness rests on these rules:
+
+* every write to a cached table goes through ``storage/sql.py``, which updates the cached
+  row the way the database would store it (aware UTC datetimes, JSON round-tripped); a
+  value the cache cannot reproduce exactly (a ``Numeric`` with another scale) is written
+  at once and evicts the row instead, so the next lookup reads it;
+* a key is recorded as absent only from a query that would have returned it;
+* the cache is dropped whenever the transaction (or a savepoint in it) rolls back, and is
+  never installed around code that writes these tables behind its back (privacy requests).
+
+It also holds writes back, to send them as a few executemany statements: INSERTs of the
+cached tables (with ids allocated up front, so callers still get an id at once), UPDATEs
+of cached rows (coalesced per row, or folded into the row's held INSERT), and INSERTs
+nobody reads inside the batch (consent history, order lines, outbox rows).
+``storage.sql.flush`` writes them; it runs when the batch ends and before any query that
+could miss a held-back write. A conflict that only shows at the flush (another worker
+inserted the same contact or run) fails the batch, which the processor then redoes row
+by row without the cache.
+
+Without an installed cache, ``current(conn)`` is None and callers query as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, Connection, Numeric, Table
+
+from connector.storage.models import UTCDateTime
+
+_INFO_KEY = "storeloop.txcache"
+EVICT = object()
+
+# table -> the columns of the natural key (after store_id) lookups use
+NATURAL_KEYS: dict[str, tuple[str, ...]] = {
+    "contacts": ("store_id", "phone_key"),
+    "orders": ("store_id", "external_id"),
+    "checkouts": ("store_id", "token"),
+    "journey_runs": ("store_id", "journey", "subject"),
+}
+
+
+class CachedRow(dict[str, Any]):
+    """A row as the database would return it, readable like a SQLAlchemy ``Row`` (``row.col``)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+_PLAIN_JSON = (str, int, float, bool)
+
+
+def _json_copy(value: Any) -> Any:
+    """What a JSON column gives back for ``value`` (a fresh copy; tuples become lists)."""
+    kind = type(value)
+    if kind in _PLAIN_JSON or value is None:
+        return value
+    if kind is dict and all(type(k) is str for k in value):
+        return {k: _json_copy(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_json_copy(v) for v in value]
+    return json.loads(json.dumps(value))  # anything else: let json decide, as the column will
+
+
+def _kind(column: Any) -> Any:
+    """How a column's value reads back: a function of the written value (EVICT: not known here)."""
+    kind = column.type
+    if isinstance(kind, UTCDateTime):
+        return lambda v: v.astimezone(timezone.utc) if isinstance(v, datetime) else EVICT
+    if isinstance(kind, JSON):
+        return _json_copy
+    if isinstance(kind, Numeric):
+        scale = kind.scale
+
+        def numeric(v: Any) -> Any:
+            if isinstance(v, Decimal) and scale is not None and v.is_finite() and v.as_tuple().exponent == -scale:
+                return v
+            return EVICT
+        return numeric
+    return None  # as written
+
+
+def _stored(kind: Any, value: Any) -> Any:
+    """``value`` as reading it back would give it, or EVICT when that cannot be known here."""
+    if value is None or kind is None:
+        return value
+    return kind(value)
+
+
+class TxCache:
+    """Rows of the cached tables by id, natural keys to ids (None: no such row), send histories."""
+
+    def __init__(self, tables: Mapping[str, Table]):
+        self.tables = dict(tables)
+        self.kinds = {name: _kinds(t) for name, t in tables.items()}
+        self.defaults = {name: _defaults(t) for name, t in tables.items()}
+        self.rows: dict[str, dict[int, CachedRow]] = {name: {} for name in tables}
+        self.keys: dict[tuple[Any, ...], int | None] = {}
+        # (store_id, contact_id) whose every active journey run is in rows["journey_runs"]
+        self.active_runs_known: set[tuple[int, int]] = set()
+        self.history: dict[tuple[int, datetime], Any] = {}
+        # held-back writes: table -> id -> row to insert / column values to update; statement -> rows to insert
+        self.held: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in tables}
+        self.dirty: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in tables}
+        self.later: dict[Any, list[dict[str, Any]]] = {}
+        self.ids: dict[str, Iterator[int]] = {}  # ids allocated for held INSERTs, per table
+
+    # ---- reads -------------------------------------------------------------------------------
+    def lookup(self, key: tuple[Any, ...]) -> tuple[bool, CachedRow | None]:
+        """(known, row): known is False when the database has to be asked."""
+        if key not in self.keys:
+            return False, None
+        row_id = self.keys[key]
+        if row_id is None:
+            return True, None
+        row = self.rows[key[0]].get(row_id)
+        return (row is not None), row
+
+    def get(self, table: str, row_id: int) -> CachedRow | None:
+        return self.rows[table].get(row_id)
+
+    # ---- filling ------------------------------------------------------------------------------
+    def put(self, table: str, row: Any) -> CachedRow:
+        """Remember a row just read (a SQLAlchemy Row or a mapping); a cached copy wins."""
+        data = row._mapping if hasattr(row, "_mapping") else row
+        current = self.rows[table].get(data["id"])
+        if current is not None:
+            return current
+        cached = CachedRow(data)
+        self.rows[table][cached["id"]] = cached
+        self.keys[self._key(table, cached)] = cached["id"]
+        return cached
+
+    def absent(self, key: tuple[Any, ...]) -> None:
+        """The database has no row under this key (from a query that would have found it)."""
+        self.keys.setdefault(key, None)
+
+    # ---- write-through ----------------------------------------------------------------------
+    def hold_insert(self, table: str, row_id: int, values: Mapping[str, Any]) -> bool:
+        """Cache a new row and hold its INSERT for ``flush``; False if the row cannot be cached."""
+        if not self.inserted(table, row_id, values):
+            return False
+        self.held[table][row_id] = {**values, "id": row_id}
+        return True
+
+    def inserted(self, table: str, row_id: int, values: Mapping[str, Any]) -> bool:
+        """A row was inserted with these values; columns not given take their scalar defaults."""
+        defaults, unknown = self.defaults[table]
+        kinds = self.kinds[table]
+        row = CachedRow(defaults)
+        row["id"] = row_id
+        for name, value in values.items():
+            value = _stored(kinds[name], value)
+            if value is EVICT:
+                break
+            row[name] = value
+        else:
+            if unknown <= values.keys():
+                self.rows[table][row_id] = row
+                self.keys[self._key(table, row)] = row_id
+                if table == "contacts":  # a contact new in this transaction has no runs but the ones written through
+                    self.active_runs_known.add((row["store_id"], row_id))
+                return True
+        self.forget(table, values)
+        return False
+
+    def hold_update(self, table: str, row_id: int, values: Mapping[str, Any]) -> bool:
+        """Apply an UPDATE to the cached row and hold it back for ``flush`` (folded into the row's
+        held INSERT if it has one); False if the row is not cached or a value cannot be
+        reproduced (then the caller flushes and writes it now)."""
+        row = self.rows[table].get(row_id)
+        if row is None:
+            return False
+        natural = NATURAL_KEYS[table]
+        kinds = self.kinds[table]
+        new: dict[str, Any] = {}
+        for name, value in values.items():
+            stored = _stored(kinds[name], value)
+            if stored is EVICT or name in natural:
+                return False
+            new[name] = stored
+        row.update(new)
+        pending = self.held[table].get(row_id)
+        if pending is None:
+            pending = self.dirty[table].setdefault(row_id, {})
+        pending.update(new)  # copies: a caller's later change cannot leak in
+        return True
+
+    def updates_column(self, table: str, column: str) -> bool:
+        """Whether a held-back UPDATE of a stored row of ``table`` changes ``column``."""
+        return any(column in values for values in self.dirty[table].values())
+
+    def held_rows(self, table: str) -> list[CachedRow]:
+        """The cached rows of ``table`` whose INSERT is held back."""
+        return [self.rows[table][row_id] for row_id in self.held[table]]
+
+    def has_held(self) -> bool:
+        return bool(self.later) or any(self.dirty.values()) or any(self.held.values())
+
+    def updated(self, table: str, row_id: int, values: Mapping[str, Any]) -> None:
+        row = self.rows[table].get(row_id)
+        if row is None:
+            return
+        natural = NATURAL_KEYS[table]
+        kinds = self.kinds[table]
+        new: dict[str, Any] = {}
+        for name, value in values.items():
+            stored = _stored(kinds[name], value)
+            if stored is EVICT or name in natural:
+                self.evict(table, row_id)
+                return
+            new[name] = stored
+        row.update(new)
+
+    def forget(self, table: str, values: Mapping[str, Any]) -> None:
+        """A row was written without its id: whatever the cache knew under its key is void."""
+        key = (table, *(values[c] for c in NATURAL_KEYS[table]))  # every natural key column is NOT NULL
+        row_id = self.keys.pop(key, None)
+        if row_id is not None:
+            self.evict(table, row_id)
+
+    def evict(self, table: str, row_id: int) -> None:
+        assert row_id not in self.dirty[table] and row_id not in self.held[table], "flush held-back writes before evicting their row"
+        row = self.rows[table].pop(row_id, None)
+        if row is not None:
+            self.keys.pop(self._key(table, row), None)
+        if table == "journey_runs":
+            self.active_runs_known.clear()
+
+    @staticmethod
+    def _key(table: str, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (table, *(row[c] for c in NATURAL_KEYS[table]))
+
+
+@functools.cache
+def _kinds(table: Table) -> dict[str, Any]:
+    """Per column: how a written value reads back (see ``_kind``)."""
+    return {col.name: _kind(col) for col in table.columns}
+
+
+@functools.cache
+def _defaults(table: Table) -> tuple[dict[str, Any], frozenset[str]]:
+    """What an omitted column reads back as, and the columns whose default is not known here
+    (a callable or server-side one: an INSERT without them is not cached)."""
+    known: dict[str, Any] = {}
+    unknown: set[str] = set()
+    for col in table.columns:
+        if col.name == "id":
+            continue
+        value = EVICT  # a callable or server-side default: not known here
+        if col.default is not None and col.default.is_scalar:
+            value = _stored(_kind(col), col.default.arg)
+        elif col.default is None and col.server_default is None:
+            value = None
+        if value is EVICT:
+            unknown.add(col.name)
+        else:
+            known[col.name] = value
+    return known, frozenset(unknown)
+
+
+def current(conn: Connection) -> TxCache | None:
+    """The cache of the transaction running on ``conn``, if the processor installed one."""
+    return conn.info.get(_INFO_KEY)
+
+
+@contextlib.contextmanager
+def installed(conn: Connection) -> Iterator[TxCache]:
+    """Cache rows on ``conn`` for the ``with`` block (one transaction, or one savepoint in it)."""
+    from connector.storage.sql import CACHED_TABLES
+
+    cache = TxCache(CACHED_TABLES)
+    conn.info[_INFO_KEY] = cache
+    try:
+        yield cache
+    finally:
+        conn.info.pop(_INFO_KEY, None)  # held-back writes not flushed by now belong to a rollback
+
+
+def by_key(conn: Connection, table: str, key: tuple[Any, ...], stmt: Any, params: Mapping[str, Any]) -> Any:
+    """The row under a natural key: from the cache, else ``stmt`` (which selects the whole row by that key)."""
+    cache = current(conn)
+    if cache is not None:
+        known, row = cache.lookup((table, *key))
+        if known:
+            return row
+    found = conn.execute(stmt, params).first()
+    if cache is None:
+        return found
+    if found is None:
+        cache.absent((table, *key))
+        return None
+    return cache.put(table, found)
+
+
+def by_id(conn: Connection, table: str, row_id: int, stmt: Any, params: Mapping[str, Any]) -> Any:
+    """The row with this id: from the cache, else ``stmt`` (which selects the whole row by id)."""
+    cache = current(conn)
+    if cache is not None:
+        row = cache.get(table, row_id)
+        if row is not None:
+            return row
+    found = conn.execute(stmt, params).first()
+    return cache.put(table, found) if cache is not None and found is not None else found
