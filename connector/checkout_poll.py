@@ -37,8 +37,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import anyio.to_thread
@@ -47,7 +47,9 @@ from sqlalchemy import or_, select
 from connector.storage.db import Database
 from connector.storage.inbox import InboxItem, write_items
 from connector.storage.models import Checkout
-from connector.sync import DEFAULT_LOOKBACK, DEFAULT_OVERLAP, MAX_ATTEMPTS, budget, read_cursor, retrying, upsert_cursor
+from connector.sync import (
+    DEFAULT_LOOKBACK, DEFAULT_OVERLAP, MAX_ATTEMPTS, JobReport, budget, parse_cursor, read_cursor, retrying, upsert_cursor,
+)
 
 log = logging.getLogger("storeloop.checkout_poll")
 
@@ -90,31 +92,14 @@ class CheckoutPager(Protocol):
 
 
 @dataclass(slots=True)
-class CheckoutPollReport:
-    store_key: str
-    platform: str
-    pages: int = 0
+class CheckoutPollReport(JobReport):
     checkouts_seen: int = 0
-    new_rows: int = 0
     known: int = 0  # keyed by a checkout we already store
     by_link: int = 0  # keyed by the token in the recovery URL
     by_id: int = 0  # keyed by the fallback key
     held_back: int = 0  # unmatched and too fresh: read again next run
     skipped_completed: int = 0  # never seen, already completed: nothing to recover
     skipped_old: int = 0  # never seen, last updated before start_within
-    cursor_before: datetime | None = None
-    cursor_after: datetime | None = None
-    window_start: datetime | None = None
-    throttle_waits: int = 0
-    throttle_seconds: float = 0.0
-    retries: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        for key in ("cursor_before", "cursor_after", "window_start"):
-            out[key] = out[key].isoformat() if out[key] else None
-        out["throttle_seconds"] = round(self.throttle_seconds, 3)
-        return out
 
 
 def checkout_pager_for(store: Any, client: Any) -> CheckoutPager:
@@ -123,16 +108,6 @@ def checkout_pager_for(store: Any, client: Any) -> CheckoutPager:
     from adapters.shopify.checkouts import ShopifyCheckoutPager
 
     return ShopifyCheckoutPager(client, store.key)
-
-
-def _parse_ts(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
 def _stored(db: Database, store_id: int, tokens: Iterable[str], needles: Iterable[str]) -> tuple[set[str], list[tuple[str, str]]]:
@@ -172,7 +147,7 @@ async def poll_abandoned_checkouts(
     """Fetch every checkout updated since the stored cursor (or ``since``) into the inbox."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    stored = _parse_ts(await anyio.to_thread.run_sync(read_cursor, db, store_id, CHECKOUTS_CURSOR))
+    stored = parse_cursor(await anyio.to_thread.run_sync(read_cursor, db, store_id, CHECKOUTS_CURSOR))
     start = since if since is not None else (stored or now - DEFAULT_LOOKBACK)
     report = CheckoutPollReport(store_key=store.key, platform=store.platform, cursor_before=stored,
                                 window_start=start - overlap)

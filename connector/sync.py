@@ -66,13 +66,13 @@ Progress = Callable[["SyncReport"], None]
 
 
 @dataclass(slots=True)
-class SyncReport:
+class JobReport:
+    """What one run of a cursor-driven sync job did (orders reconciliation, checkout poll)."""
+
     store_key: str
     platform: str
     pages: int = 0
-    orders_seen: int = 0
     new_rows: int = 0
-    placed: int = 0  # first sight of a fresh order, stored so that it starts the journeys
     cursor_before: datetime | None = None
     cursor_after: datetime | None = None
     window_start: datetime | None = None
@@ -86,6 +86,12 @@ class SyncReport:
             out[key] = out[key].isoformat() if out[key] else None
         out["throttle_seconds"] = round(self.throttle_seconds, 3)
         return out
+
+
+@dataclass(slots=True)
+class SyncReport(JobReport):
+    orders_seen: int = 0
+    placed: int = 0  # first sight of a fresh order, stored so that it starts the journeys
 
 
 # ---- cursors --------------------------------------------------------------------------
@@ -110,7 +116,8 @@ def read_cursor(db: Database, store_id: int, name: str) -> str | None:
         ).scalar()
 
 
-def _parse_ts(value: Any) -> datetime | None:
+def parse_cursor(value: Any) -> datetime | None:
+    """A stored time cursor (ISO 8601 text) as aware UTC; None when absent or unreadable."""
     if not isinstance(value, str) or not value.strip():
         return None
     try:
@@ -161,7 +168,7 @@ async def reconcile_orders(
     """Fetch every order updated since the stored cursor (or ``since``) into the inbox."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    stored = _parse_ts(await anyio.to_thread.run_sync(read_cursor, db, store_id, ORDERS_CURSOR))
+    stored = parse_cursor(await anyio.to_thread.run_sync(read_cursor, db, store_id, ORDERS_CURSOR))
     start = since if since is not None else (stored or now - DEFAULT_LOOKBACK)
     report = SyncReport(store_key=store.key, platform=store.platform, cursor_before=stored)
     report.window_start = start - overlap
