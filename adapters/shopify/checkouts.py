@@ -69,18 +69,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from adapters.envelope import parse_http_time
 from adapters.shopify import graphql as gql
+from adapters.shopify.sync import connection_pages, since_filter, timestamp
 from adapters.shopify.normalize import SYNC_CHECKOUT_TOPIC
 from connector.checkout_poll import Budget, PolledCheckout, Retrying
-from connector.errors import PermanentError, SyncError
-
-
-def _ts(value: Any) -> datetime | None:
-    return parse_http_time(value) if isinstance(value, str) else None
 
 
 def link_identity(url: str | None) -> str | None:
@@ -97,26 +92,10 @@ class ShopifyCheckoutPager:
 
     async def pages(self, window_start: datetime, page_size: int, retrying: Retrying, budget: Budget) -> AsyncIterator[list[PolledCheckout]]:
         first = gql.checkout_page_size_for(page_size)
-        cost = gql.checkout_query_cost(first)
-        since = window_start.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        variables: dict[str, Any] = {"first": first, "cursor": None, "q": f"updated_at:>='{since}'", "lines": gql.CHECKOUT_LINES}
-        seen: set[str] = set()
-        while True:
-            await budget(cost)
-            data = await retrying(lambda: self.client.graphql(gql.ABANDONED_CHECKOUTS_QUERY, dict(variables)))
-            connection = data.get("abandonedCheckouts") if isinstance(data, dict) else None
-            if not isinstance(connection, dict):
-                raise PermanentError("abandonedCheckouts: no connection in the response")
-            nodes = [n for n in (connection.get("nodes") or []) if isinstance(n, dict)]
+        variables = {"first": first, "q": since_filter(window_start), "lines": gql.CHECKOUT_LINES}
+        async for nodes in connection_pages(self.client, self.store_key, gql.ABANDONED_CHECKOUTS_QUERY, "abandonedCheckouts",
+                                            variables, gql.checkout_query_cost(first), retrying, budget):
             yield [self.checkout(node) for node in nodes]
-            info = connection.get("pageInfo") or {}
-            end = info.get("endCursor")
-            if not info.get("hasNextPage") or not nodes:
-                return
-            if not isinstance(end, str) or not end or end in seen:
-                raise SyncError(f"{self.store_key}: Shopify returned a repeated or empty page cursor; stopping")
-            seen.add(end)
-            variables["cursor"] = end
 
     @staticmethod
     def checkout(node: dict[str, Any]) -> PolledCheckout:
@@ -128,8 +107,8 @@ class ShopifyCheckoutPager:
         link = gql.recovery_link(url)
         return PolledCheckout(
             external_id=cid,
-            updated_at=_ts(node.get("updatedAt")),
-            created_at=_ts(node.get("createdAt")),
+            updated_at=timestamp(node.get("updatedAt")),
+            created_at=timestamp(node.get("createdAt")),
             completed=bool(node.get("completedAt")),
             link_token=link.ref if link is not None and link.form == "token" else None,
             link_identity=link.identity if link is not None else None,

@@ -19,11 +19,46 @@ from adapters.sync_page import Budget, Retrying, SyncedOrder
 from connector.errors import PermanentError, SyncError
 
 
-def _ts(value: Any) -> datetime | None:
+def timestamp(value: Any) -> datetime | None:
+    """A GraphQL DateTime field (``updatedAt``...) as aware UTC; None when absent."""
     return parse_http_time(value) if isinstance(value, str) else None
 
 
 RECENT_CURSORS = 256
+
+
+async def connection_pages(client: Any, store_key: str, query: str, field: str, variables: dict[str, Any], cost: float,
+                           retrying: Retrying, budget: Budget) -> AsyncIterator[list[dict[str, Any]]]:
+    """The nodes of a cursor-paged Admin GraphQL connection, page by page.
+
+    Waits for ``cost`` in the throttle budget before each request; refuses an empty or
+    repeated page cursor (a server looping back) instead of paging forever. The cursors of
+    the last pages are enough to catch that, in bounded memory (a set of every cursor grew
+    by about 200 bytes a page: ~20 MB over a million orders).
+    """
+    variables = dict(variables, cursor=None)
+    seen: deque[str] = deque(maxlen=RECENT_CURSORS)
+    while True:
+        await budget(cost)
+        data = await retrying(lambda: client.graphql(query, dict(variables)))
+        connection = data.get(field) if isinstance(data, dict) else None
+        if not isinstance(connection, dict):
+            raise PermanentError(f"{field}: no connection in the response")
+        nodes = [n for n in (connection.get("nodes") or []) if isinstance(n, dict)]
+        yield nodes
+        info = connection.get("pageInfo") or {}
+        end = info.get("endCursor")
+        if not info.get("hasNextPage") or not nodes:
+            return
+        if not isinstance(end, str) or not end or end in seen:
+            raise SyncError(f"{store_key}: Shopify returned a repeated or empty page cursor; stopping")
+        seen.append(end)
+        variables["cursor"] = end
+
+
+def since_filter(window_start: datetime) -> str:
+    """The search query of records updated at or after ``window_start``."""
+    return f"updated_at:>='{window_start.astimezone(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}'"
 
 
 class ShopifyOrderPager:
@@ -36,32 +71,14 @@ class ShopifyOrderPager:
 
     async def pages(self, window_start: datetime, page_size: int, retrying: Retrying, budget: Budget) -> AsyncIterator[list[SyncedOrder]]:
         first = gql.page_size_for(page_size)
-        cost = gql.query_cost(first)
-        since = window_start.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        variables: dict[str, Any] = {"first": first, "cursor": None, "q": f"updated_at:>='{since}'", "lines": gql.LINES_PER_ORDER}
-        # cursors of the last pages: enough to catch a server looping back, in bounded memory (a
-        # set of every cursor grew by about 200 bytes a page: ~20 MB over a million orders)
-        seen: deque[str] = deque(maxlen=RECENT_CURSORS)
-        while True:
-            await budget(cost)
-            data = await retrying(lambda: self.client.graphql(gql.ORDERS_QUERY, dict(variables)))
-            connection = data.get("orders") if isinstance(data, dict) else None
-            if not isinstance(connection, dict):
-                raise PermanentError("orders: no connection in the response")
-            nodes = [n for n in (connection.get("nodes") or []) if isinstance(n, dict)]
+        variables = {"first": first, "q": since_filter(window_start), "lines": gql.LINES_PER_ORDER}
+        async for nodes in connection_pages(self.client, self.store_key, gql.ORDERS_QUERY, "orders", variables,
+                                            gql.query_cost(first), retrying, budget):
             for node in nodes:
                 after = gql.lines_truncated(node)
                 if after is not None:
                     await self._complete_lines(node, after, retrying, budget)
             yield [self._order(node) for node in nodes]
-            info = connection.get("pageInfo") or {}
-            end = info.get("endCursor")
-            if not info.get("hasNextPage") or not nodes:
-                return
-            if not isinstance(end, str) or not end or end in seen:
-                raise SyncError(f"{self.store_key}: Shopify returned a repeated or empty page cursor; stopping")
-            seen.append(end)
-            variables["cursor"] = end
 
     async def _complete_lines(self, node: dict[str, Any], after: str, retrying: Retrying, budget: Budget) -> None:
         """Fetch the rest of an order's line items (orders with more than LINES_PER_ORDER)."""
@@ -87,7 +104,7 @@ class ShopifyOrderPager:
             oid: str | None = gql.order_id_of(node)
         except Exception:
             oid = None  # stored anyway: the processor marks it failed with a reason a human can read
-        return SyncedOrder(external_id=oid, updated_at=_ts(node.get("updatedAt")), created_at=_ts(node.get("createdAt")),
+        return SyncedOrder(external_id=oid, updated_at=timestamp(node.get("updatedAt")), created_at=timestamp(node.get("createdAt")),
                            placeable=not node.get("cancelledAt"), body=node)
 
     @staticmethod
