@@ -15,6 +15,7 @@ After either install the webhook subscriptions are registered (``adapters/shopif
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -197,7 +198,7 @@ async def complete_oauth(runtime: Any, params: list[tuple[str, str]], now: datet
     store_id = runtime.store_ids[store.key]
     secret = store.client_secret.get_secret_value()  # type: ignore[union-attr]
     assert store.client_id is not None
-    async with httpx.AsyncClient(timeout=oauth.TOKEN_TIMEOUT) if http is None else _borrowed(http) as client:
+    async with httpx.AsyncClient(timeout=oauth.TOKEN_TIMEOUT) if http is None else contextlib.nullcontext(http) as client:  # ours, or the caller's (not closed)
         grant = await oauth.exchange_code(client, store.admin_base_url, store.client_id, secret, code, now)
         await anyio.to_thread.run_sync(lambda: save_grant(db, box, store_id, grant, now))
         await anyio.to_thread.run_sync(clear_uninstalled, db, store_id)
@@ -218,19 +219,6 @@ async def complete_oauth(runtime: Any, params: list[tuple[str, str]], now: datet
             report.webhook_error = str(exc)
     report.notes.append(COMPLIANCE_NOTE.replace("{public_url}", public_base(settings)))
     return report
-
-
-class _borrowed:
-    """``async with`` over a client we do not own (not closed on exit)."""
-
-    def __init__(self, client: httpx.AsyncClient):
-        self.client = client
-
-    async def __aenter__(self) -> httpx.AsyncClient:
-        return self.client
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
 
 def _use_as_writer(runtime: Any, store_id: int, store: ShopifyStore, source: ShopifyTokenSource) -> None:

@@ -23,6 +23,7 @@ makes WooCommerce delete the key it just made). WooCommerce insists on an https 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -161,23 +162,12 @@ async def install_woocommerce(
             except SendError as exc:
                 report.failed.append((topic, str(exc)))
     if ping:
-        async with httpx.AsyncClient() if http is None else _Borrowed(http) as ping_http:
+        async with httpx.AsyncClient() if http is None else contextlib.nullcontext(http) as ping_http:  # ours, or the caller's (not closed)
             report.ping_ok, report.ping = await _ping(ping_http, url, first_id or 0)
     log.info("woocommerce webhooks installed", extra={
         "store": store.key, "hooks_created": len(report.created), "hooks_present": len(report.present),
         "hooks_reactivated": len(report.reactivated), "hooks_failed": len(report.failed)})
     return report
-
-
-class _Borrowed:
-    def __init__(self, client: httpx.AsyncClient):
-        self.client = client
-
-    async def __aenter__(self) -> httpx.AsyncClient:
-        return self.client
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
 
 # ---------------------------------------------------------------- wc-auth key provisioning (web)
