@@ -248,17 +248,22 @@ def _strings(o: dict[str, Any], key: str) -> list[str]:
     return out
 
 
+def _address_country(shipping: dict[str, Any], billing: dict[str, Any], store: ShopifyStore) -> str | None:
+    """The country a phone is parsed with: the shipping address's, else the billing's, else the store's."""
+    return (
+        get_str(shipping, "countryCodeV2", "shippingAddress")
+        or get_str(billing, "countryCodeV2", "billingAddress")
+        or store.default_country
+    )
+
+
 def _customer(o: dict[str, Any], store: ShopifyStore) -> Customer:
     """Phone: the order's, the customer's, the shipping then billing address's (as for webhooks),
     parsed with the shipping (else billing) country, else the store's default."""
     c = get_obj(o, "customer") or {}
     shipping = get_obj(o, "shippingAddress") or {}
     billing = get_obj(o, "billingAddress") or {}
-    country = (
-        get_str(shipping, "countryCodeV2", "shippingAddress")
-        or get_str(billing, "countryCodeV2", "billingAddress")
-        or store.default_country
-    )
+    country = _address_country(shipping, billing, store)
     raw_phone = first_str(
         get_str(o, "phone"),
         get_str(c, "phone", "customer"),
@@ -488,11 +493,7 @@ def _checkout_customer(o: dict[str, Any], store: ShopifyStore) -> tuple[Customer
     whatsapp = get_obj(phone, "whatsAppMarketingConsent", "customer.defaultPhoneNumber") or {}
     shipping = get_obj(o, "shippingAddress") or {}
     billing = get_obj(o, "billingAddress") or {}
-    country = (
-        get_str(shipping, "countryCodeV2", "shippingAddress")
-        or get_str(billing, "countryCodeV2", "billingAddress")
-        or store.default_country
-    )
+    country = _address_country(shipping, billing, store)
     raw_phone = first_str(
         get_str(phone, "phoneNumber", "customer.defaultPhoneNumber"),
         get_str(shipping, "phone", "shippingAddress"),

@@ -188,16 +188,9 @@ class TxCache:
         held INSERT if it has one); False if the row is not cached or a value cannot be
         reproduced (then the caller flushes and writes it now)."""
         row = self.rows[table].get(row_id)
-        if row is None:
+        new = self._as_stored(table, values) if row is not None else None
+        if row is None or new is None:
             return False
-        natural = NATURAL_KEYS[table]
-        kinds = self.kinds[table]
-        new: dict[str, Any] = {}
-        for name, value in values.items():
-            stored = _stored(kinds[name], value)
-            if stored is EVICT or name in natural:
-                return False
-            new[name] = stored
         row.update(new)
         pending = self.held[table].get(row_id)
         if pending is None:
@@ -220,16 +213,24 @@ class TxCache:
         row = self.rows[table].get(row_id)
         if row is None:
             return
+        new = self._as_stored(table, values)
+        if new is None:
+            self.evict(table, row_id)
+            return
+        row.update(new)
+
+    def _as_stored(self, table: str, values: Mapping[str, Any]) -> dict[str, Any] | None:
+        """``values`` as the database would give them back; None when the cache cannot say
+        (a value it cannot reproduce, or a change of the row's natural key)."""
         natural = NATURAL_KEYS[table]
         kinds = self.kinds[table]
         new: dict[str, Any] = {}
         for name, value in values.items():
             stored = _stored(kinds[name], value)
             if stored is EVICT or name in natural:
-                self.evict(table, row_id)
-                return
+                return None
             new[name] = stored
-        row.update(new)
+        return new
 
     def forget(self, table: str, values: Mapping[str, Any]) -> None:
         """A row was written without its id: whatever the cache knew under its key is void."""
