@@ -66,6 +66,7 @@ from connector.storage.db import Database  # noqa: E402
 from connector.storage.inbox import sync_stores  # noqa: E402
 
 sys.path.insert(0, str(BENCH))
+from _peer import wait_ready  # noqa: E402
 from _summary import record  # noqa: E402
 from _fresh_db import FreshDatabase  # noqa: E402
 
@@ -188,19 +189,8 @@ class SandboxProcess:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
 
     def __enter__(self) -> "SandboxProcess":
-        deadline = time.monotonic() + 20
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sandbox exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/_ready", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("sandbox did not start")
-            time.sleep(0.05)
+        wait_ready(self.proc, f"{self.url}/_ready", "sandbox", self.log.name)
+        return self
 
     def cpu_seconds(self) -> float | None:
         """utime + stime of the sandbox process so far (Linux /proc)."""

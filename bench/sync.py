@@ -78,6 +78,7 @@ from rich.table import Table  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from _fake_shopify import ID_BASE, Store, order_cost, requested_cost  # noqa: E402
+from _peer import wait_ready  # noqa: E402
 from _summary import record  # noqa: E402
 from _fresh_db import FreshDatabase  # noqa: E402
 from adapters.shopify import graphql as gql  # noqa: E402
@@ -125,19 +126,8 @@ class FakeShopifyProcess:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
 
     def __enter__(self) -> "FakeShopifyProcess":
-        deadline = time.monotonic() + 20
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"fake Shopify exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/_ready", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake Shopify did not start")
-            time.sleep(0.05)
+        wait_ready(self.proc, f"{self.url}/_ready", "fake Shopify", self.log.name)
+        return self
 
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/_stats", timeout=30) as r:
