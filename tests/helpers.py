@@ -7,6 +7,8 @@ import contextlib
 import hashlib
 import hmac
 import json
+import os
+import subprocess
 import threading
 import time
 import uuid
@@ -20,6 +22,8 @@ from connector.config import Settings
 from connector.runtime import Runtime
 from connector.storage.db import Database
 from connector.web.app import create_app
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def shopify_signature(body: bytes, secret: str) -> str:
@@ -93,3 +97,31 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, every: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         tick.wait(every)
+
+
+def run_together(cmd: list[str], count: int, timeout: float) -> list[dict[str, Any]]:
+    """Start ``count`` copies of a child script, wait until each prints "ready", release them
+    at the same moment (a "go" line on stdin), and return the JSON each prints last.
+
+    The children get this checkout on PYTHONPATH; a child that fails fails the test with its stderr.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(count)]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.stderr and p.stderr.read()
+        for p in procs:  # release all at once
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        deadline = time.monotonic() + timeout
+        outputs = [p.communicate(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (_out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    return [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]

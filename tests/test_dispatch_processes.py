@@ -10,12 +10,8 @@ is up.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, insert, select, text
@@ -30,10 +26,10 @@ from connector.storage.models import Base
 from connector.templates import render
 from connector.sandbox.seed import CONTEXT, TEMPLATE, seed_due_messages
 from tests.conftest import PG_URL, empty_pg_schema, settings_dict
+from tests.helpers import run_together
 
 pytestmark = pytest.mark.postgres
 
-ROOT = Path(__file__).resolve().parents[1]
 N = 10_000
 
 # What each dispatcher process runs: argv = database URL, settings JSON. It prints one JSON line.
@@ -102,29 +98,7 @@ def _run_two(pg_url: str, count: int, rate: float):  # type: ignore[no-untyped-d
             ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
             _seed(db, settings.stores[0], ids["shop-a"], now, count)
 
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-            cmd = [sys.executable, "-c", CHILD, pg_url, json.dumps(raw)]
-            procs = [
-                subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for _ in range(2)
-            ]
-            try:
-                for p in procs:
-                    assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.stderr and p.stderr.read()
-                for p in procs:  # release both at once
-                    assert p.stdin is not None
-                    p.stdin.write("go\n")
-                    p.stdin.flush()
-                deadline = time.monotonic() + 120
-                outputs = [p.communicate(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
-            finally:
-                for p in procs:
-                    if p.poll() is None:
-                        p.kill()
-                        p.wait()
-            for p, (out, err) in zip(procs, outputs):
-                assert p.returncode == 0, err[-3000:]
-            results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+            results = run_together([sys.executable, "-c", CHILD, pg_url, json.dumps(raw)], 2, timeout=120)
 
             with db.engine.connect() as conn:
                 rows = conn.execute(select(m.OutboxMessage.id, m.OutboxMessage.status, m.OutboxMessage.attempts)).all()

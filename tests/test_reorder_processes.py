@@ -16,14 +16,11 @@ incremental scan with several reorders to mark at once.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, insert, select
@@ -36,8 +33,8 @@ from connector.storage import models as m
 from connector.storage.db import Database
 from connector.storage.inbox import sync_stores
 from tests.conftest import PG_URL, empty_pg_schema, settings_dict
+from tests.helpers import run_together
 
-ROOT = Path(__file__).resolve().parents[1]
 N = 10_000
 CYCLE_DAYS, LEAD_DAYS = 30, 3
 TEMPLATES = [
@@ -164,27 +161,7 @@ def test_two_processes_open_10000_due_windows_into_10000_messages_once(pg_url: s
             assert (scan.mode, scan.windows) == ("full", N)
             assert len(rw.upcoming(db, sid, now, limit=2 * N)) == N  # all due, none opened yet
 
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-            cmd = [sys.executable, "-c", CHILD, pg_url, json.dumps(raw), now.isoformat()]
-            procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                     for _ in range(2)]
-            try:
-                for p in procs:
-                    assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.stderr and p.stderr.read()
-                for p in procs:  # release both at once
-                    assert p.stdin is not None
-                    p.stdin.write("go\n")
-                    p.stdin.flush()
-                deadline = time.monotonic() + 150
-                outputs = [p.communicate(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
-            finally:
-                for p in procs:
-                    if p.poll() is None:
-                        p.kill()
-                        p.wait()
-            for p, (out, err) in zip(procs, outputs):
-                assert p.returncode == 0, err[-3000:]
-            results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+            results = run_together([sys.executable, "-c", CHILD, pg_url, json.dumps(raw), now.isoformat()], 2, timeout=150)
             print(f"seed {t1 - t0:.1f} s, full scan {scan.seconds:.1f} s, workers {results}")
 
             W, R, O = m.ReorderWindow, m.JourneyRun, m.OutboxMessage  # noqa: N806
