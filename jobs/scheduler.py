@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -65,25 +66,37 @@ def reconcile_minutes(settings: Any) -> float:
 
 
 async def reconcile_store(runtime: Any, store: Any, holder: str, interval: timedelta) -> bool:
-    """One tick for one store: take the lease, reconcile, wake the processor."""
+    """One tick for one store: take the lease ``job:reconcile:<key>``, reconcile, wake the processor."""
+
+    async def work(client: Any, store_id: int) -> Any:
+        if store.platform == "woocommerce":
+            await reenable_woocommerce_webhooks(store, client)
+        return await reconcile_orders(runtime.db, store, store_id, client, now=runtime.clock())
+
+    return await _sync_tick(runtime, store, holder, interval, "reconcile", work)
+
+
+async def _sync_tick(runtime: Any, store: Any, holder: str, interval: timedelta, job_name: str,
+                     work: Callable[[Any, int], Awaitable[Any]]) -> bool:
+    """What every store sync job does around its work: skip a store not registered yet or
+    uninstalled, hold the lease ``job:<name>:<key>`` for the tick, wake the processor when
+    new rows came in. False when another worker had the tick (or it was skipped)."""
     store_id = runtime.store_ids.get(store.key)
     if store_id is None:
-        log.warning("reconcile %s: store not registered yet (runtime not started?)", store.key)
+        log.warning("%s %s: store not registered yet (runtime not started?)", job_name, store.key)
         return False
     if await anyio.to_thread.run_sync(_uninstalled, runtime.db, store_id):
         return False  # app/uninstalled: its token no longer works, and nothing more is sent
 
     async def job() -> None:
         async with make_client(store, runtime.db, tokens=getattr(runtime, "shopify_tokens", None)) as client:
-            if store.platform == "woocommerce":
-                await reenable_woocommerce_webhooks(store, client)
-            report = await reconcile_orders(runtime.db, store, store_id, client, now=runtime.clock())
+            report = await work(client, store_id)
         if report.new_rows:
             wake = getattr(runtime, "wake", None)
             if wake is not None:
                 wake()
 
-    return await run_periodic(runtime.db, holder, f"job:reconcile:{store.key}", interval * LEASE_FRACTION, job)
+    return await run_periodic(runtime.db, holder, f"job:{job_name}:{store.key}", interval * LEASE_FRACTION, job)
 
 
 def _uninstalled(db: Any, store_id: int) -> bool:
@@ -183,22 +196,10 @@ async def poll_checkouts_store(runtime: Any, store: Any, holder: str, interval: 
     """One tick for one Shopify store: take the lease ``job:checkout-poll:<key>``, poll, wake the processor."""
     from connector.checkout_poll import poll_abandoned_checkouts
 
-    store_id = runtime.store_ids.get(store.key)
-    if store_id is None:
-        log.warning("checkout poll %s: store not registered yet (runtime not started?)", store.key)
-        return False
-    if await anyio.to_thread.run_sync(_uninstalled, runtime.db, store_id):
-        return False  # app/uninstalled: its token no longer works, and nothing more is sent
+    async def work(client: Any, store_id: int) -> Any:
+        return await poll_abandoned_checkouts(runtime.db, store, store_id, client, now=runtime.clock())
 
-    async def job() -> None:
-        async with make_client(store, runtime.db, tokens=getattr(runtime, "shopify_tokens", None)) as client:
-            report = await poll_abandoned_checkouts(runtime.db, store, store_id, client, now=runtime.clock())
-        if report.new_rows:
-            wake = getattr(runtime, "wake", None)
-            if wake is not None:
-                wake()
-
-    return await run_periodic(runtime.db, holder, f"job:checkout-poll:{store.key}", interval * LEASE_FRACTION, job)
+    return await _sync_tick(runtime, store, holder, interval, "checkout-poll", work)
 
 
 __all__ = ["build_scheduler", "has_credentials", "make_client", "reconcile_store", "reorder_job", "worker_id"]
