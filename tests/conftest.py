@@ -18,6 +18,9 @@ from connector.storage.models import Base
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "public"
 PG_URL = os.environ.get("STORELOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# CI (.ci/run) sets STORELOOP_REQUIRE_PG=1: a PostgreSQL test that cannot run there is a failure,
+# not a skip. Without it (a laptop with no PostgreSQL) they skip, and the summary says so in red.
+REQUIRE_PG = os.environ.get("STORELOOP_REQUIRE_PG", "") not in ("", "0")
 _pg_problem: list[str] = []
 
 SECRETS = {
@@ -85,6 +88,9 @@ def pg_schema() -> Iterator[str | None]:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     except Exception as exc:  # no server here: PostgreSQL tests skip, and the summary says so loudly
         _pg_problem.append(f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}")
+    if _pg_problem:
+        if REQUIRE_PG:
+            pytest.fail(f"STORELOOP_REQUIRE_PG=1 but PostgreSQL is not reachable at {PG_URL}: {_pg_problem[0]}", pytrace=False)
         yield None
         return
     engine = make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
@@ -126,8 +132,22 @@ def db(db_url: str) -> Iterator[Database]:
     database.dispose()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
+    """With STORELOOP_REQUIRE_PG=1 a skipped PostgreSQL test (for whatever reason) fails."""
+    report = yield
+    if REQUIRE_PG and report.skipped and item.get_closest_marker("postgres") is not None and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"STORELOOP_REQUIRE_PG=1: this PostgreSQL test may not skip ({reason})"
+    return report
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
-    if _pg_problem:
+    if _pg_problem and REQUIRE_PG:
+        terminalreporter.write_sep("!", "PostgreSQL tests FAILED: STORELOOP_REQUIRE_PG=1 and no PostgreSQL", red=True, bold=True)
+        terminalreporter.write_line(f"No PostgreSQL at {PG_URL}: {_pg_problem[0]}", red=True)
+    elif _pg_problem:
         terminalreporter.write_sep("!", "PostgreSQL tests SKIPPED", red=True, bold=True)
         terminalreporter.write_line(f"No PostgreSQL at {PG_URL}: {_pg_problem[0]}", red=True)
         terminalreporter.write_line("Set STORELOOP_TEST_PG_URL to run the storage and webhook tests on PostgreSQL.", red=True)

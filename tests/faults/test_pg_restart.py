@@ -8,7 +8,9 @@ afterwards every acknowledged webhook is stored exactly once and processed, and 
 server process is still running.
 
 Needs root and pg_ctlcluster on the machine that runs PostgreSQL (the CI machine); it skips
-with the reason otherwise.
+with the reason otherwise (and fails under STORELOOP_REQUIRE_PG=1, as in CI). Whatever
+happens, pass or fail, the cluster is running again when the test ends (a ``finally`` waits
+for the restart, starts the cluster if it is down, and waits until it accepts connections).
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from connector.storage import models as m
-from connector.storage.db import Database
+from connector.storage.db import Database, make_engine
 from tests.conftest import FIXTURES, PG_URL, SECRETS, empty_pg_schema
 from tests.helpers import load_json, shopify_headers, wait_until
 
@@ -44,6 +46,30 @@ def _cluster() -> tuple[str, str] | None:
         if Path(f"/etc/postgresql/{version}/main").is_dir():
             return version, "main"
     return None
+
+
+def _answers() -> bool:
+    """The cluster accepts connections at the test URL."""
+    try:
+        engine = make_engine(PG_URL)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        finally:
+            engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+def _leave_running(cluster: tuple[str, str], restarter: threading.Thread | None) -> None:
+    """However the test ended: the restart is over and the cluster is up and answering."""
+    if restarter is not None:
+        restarter.join(timeout=90)
+    if _answers():
+        return
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", cluster[0], cluster[1], "start"], capture_output=True, timeout=60)
+    wait_until(_answers, 60, "PostgreSQL to accept connections again after the test", every=0.25)
 
 
 def _free_port() -> int:
@@ -84,6 +110,8 @@ default_country = "IN"
     statuses: dict[int, int] = {}
     acknowledged: set[int] = set()
     restarted = threading.Event()
+    restarter: threading.Thread | None = None
+    restart_error: list[str] = []
     try:
         with httpx.Client(base_url=base, timeout=10) as client:
             def ready() -> bool:
@@ -96,12 +124,15 @@ default_country = "IN"
             wait_until(ready, 30, "the server to answer /readyz")
 
             def restart() -> None:
-                subprocess.run(["pg_ctlcluster", cluster[0], cluster[1], "restart"], check=True, capture_output=True, timeout=60)
+                try:
+                    subprocess.run(["pg_ctlcluster", cluster[0], cluster[1], "restart"], check=True, capture_output=True, timeout=60)
+                except (subprocess.SubprocessError, OSError) as exc:
+                    restart_error.append(f"{exc!r} {getattr(exc, 'stderr', b'') or b''!r}")
+                    return
                 restarted.set()
 
             template = load_json(FIXTURES / "shopify" / "orders_create.sample.json")
             pending = list(range(ORDERS))
-            restarter: threading.Thread | None = None
             deadline = time.monotonic() + 120
             while pending and time.monotonic() < deadline:
                 n = pending.pop(0)
@@ -122,7 +153,7 @@ default_country = "IN"
                     restarted.wait(0.05)  # (at once when the restart is over)
             assert restarter is not None
             restarter.join(timeout=90)
-            assert restarted.is_set(), "pg_ctlcluster restart did not finish"
+            assert restarted.is_set(), f"pg_ctlcluster restart did not finish: {restart_error}"
             assert not pending, f"{len(pending)} webhooks never acknowledged"
             # the worker catches up after the restart
             db = Database.from_url(url)
@@ -141,12 +172,16 @@ default_country = "IN"
             done, orders = seen["done"], seen["orders"]
             assert server.poll() is None, "the server process died"
     finally:
-        server.terminate()
         try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=5)
+            log.close()
+        finally:
+            _leave_running(cluster, restarter)
     assert set(statuses) <= {200, 503, 0}, statuses  # never a 500 or a 4xx for a valid webhook
     assert statuses.get(503, 0) + statuses.get(0, 0) > 0, f"the restart was not noticed: {statuses}"
     assert len(acknowledged) == ORDERS and orders == ORDERS, (orders, done, (tmp_path / "serve.log").read_text()[-2000:])
