@@ -13,7 +13,6 @@ savepoint, so one bad row still cannot cost the others their work.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ from connector.events import ComplianceRequested, Event, dump_events
 from connector.journeys.runner import JourneyRunner, prefetch_runs, run_subjects
 from connector.rows import keys_of, prefetch
 from connector.state import apply_event
+from connector.storage import jsoncodec
 from connector.storage.db import Database
 from connector.storage.models import InboxEvent, utcnow
 from connector.storage.sql import INBOX, flush
@@ -246,7 +246,7 @@ class InboxProcessor:
         if normalize is None:
             raise NormalizationError(f"no adapter for source {row.source!r}")
         try:
-            body = json.loads(row.raw_body or b"")
+            body = jsoncodec.loads(row.raw_body or b"")
         except (ValueError, UnicodeDecodeError) as exc:
             raise NormalizationError(f"stored body is not JSON ({exc})") from None
         if not isinstance(body, dict):

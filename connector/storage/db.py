@@ -17,13 +17,15 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 
 from connector.errors import SchemaNotReadyError
+from connector.storage import jsoncodec
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 def make_engine(url: str, *, pool_size: int = 5, connect_args: dict[str, Any] | None = None) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False, **(connect_args or {})})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False, **(connect_args or {})},
+                               json_serializer=jsoncodec.dumps, json_deserializer=jsoncodec.loads)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -39,7 +41,8 @@ def make_engine(url: str, *, pool_size: int = 5, connect_args: dict[str, Any] | 
 
         return engine
     return create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, connect_args=connect_args or {}
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, connect_args=connect_args or {},
+        json_serializer=jsoncodec.dumps, json_deserializer=jsoncodec.loads,
     )
 
 

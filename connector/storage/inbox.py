@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-import json
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
@@ -20,6 +19,7 @@ import anyio.to_thread
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from connector.storage import jsoncodec
 from connector.storage.db import Database
 from connector.storage.models import InboxEvent, Store, utcnow
 
@@ -86,7 +86,7 @@ def write_items(db: Database, items: Iterable[InboxItem]) -> list[bool]:
             existing.add(key)  # a second copy in the same batch is a duplicate too
             out.append(True)
             params.append((it.store_id, it.source, it.topic, it.dedupe_key, received, _db_time(it.triggered_at, sqlite_),
-                           json.dumps(it.headers), it.raw_body, it.status, 0, it.last_error))
+                           jsoncodec.dumps(it.headers), it.raw_body, it.status, 0, it.last_error))
         if params:
             conn.exec_driver_sql(_insert_sql(conn.dialect.name), params)
     return out

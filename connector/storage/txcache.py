@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -40,6 +39,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Connection, Numeric, Table
 
+from connector.storage import jsoncodec
 from connector.storage.models import UTCDateTime
 
 _INFO_KEY = "storeloop.txcache"
@@ -78,7 +78,7 @@ def _json_copy(value: Any) -> Any:
         return {k: _json_copy(v) for k, v in value.items()}
     if kind is list or kind is tuple:
         return [_json_copy(v) for v in value]
-    return json.loads(json.dumps(value))  # anything else: let json decide, as the column will
+    return jsoncodec.loads(jsoncodec.dumps(value))  # anything else: as the column's codec does
 
 
 def _kind(column: Any) -> Any:
