@@ -66,8 +66,10 @@ def test_quantity_scales_the_interval_per_unit():
 
 
 def test_precedence_is_config_then_tag_then_customer_then_learned():
-    book = CycleBook(config={"SKU-1": 20.0}, tags={"p:2": 40.0}, learned={"p:1": 50.0, "p:2": 55.0, "p:3": 60.0})
+    # p:1 has all four: a config cycle, a tag, a learned cycle and the customer's own cadence
+    book = CycleBook(config={"SKU-1": 20.0}, tags={"p:1": 45.0, "p:2": 40.0}, learned={"p:1": 50.0, "p:2": 55.0, "p:3": 60.0})
     assert book.resolve(key="p:1", product_id="1", variant_id="v", sku="SKU-1", customer=33) == (20.0, "config")
+    assert book.resolve(key="p:1", product_id="1", variant_id="v", sku="OTHER", customer=33) == (45.0, "tag")
     assert book.resolve(key="p:2", product_id="2", variant_id="v", sku=None, customer=33) == (40.0, "tag")
     assert book.resolve(key="p:3", product_id="3", variant_id="v", sku=None, customer=33) == (33, "customer")
     assert book.resolve(key="p:3", product_id="3", variant_id="v", sku=None) == (60.0, "learned")
@@ -371,3 +373,108 @@ def test_several_customers_reordering_in_one_tick_are_all_marked(db_url):
             status = {w.order_external_id: (w.status, w.reorder_order_id) for w in conn.execute(select(m.ReorderWindow))}
     assert scan.mode == "incremental"
     assert {k: v for k, v in status.items() if k.startswith("70")} == {f"700{i}": ("reordered", f"710{i}") for i in range(3)}
+
+
+# ---- production learning: the real full scan on a synthetic history ---------------------------
+def _phone(n: int) -> str:
+    return f"+91 98{n:03d} 4{n:04d}"
+
+
+def _windows(runtime) -> dict:
+    with runtime.db.engine.connect() as conn:
+        return {(w.contact_id, w.product_key): w for w in conn.execute(select(m.ReorderWindow).where(m.ReorderWindow.status == "pending"))}
+
+
+def _contact_id(runtime, customer_id: int) -> int:
+    with runtime.db.engine.connect() as conn:
+        return conn.execute(select(m.Contact.id).where(m.Contact.external_customer_id == str(customer_id))).scalar_one()
+
+
+def test_the_full_scan_plans_from_the_learned_median_and_from_a_customers_own_cadence(db_url):
+    """``refresh_windows(full=True)`` (what the daily job runs) on a store whose repeat buyers of a
+    product come back every 27 days per pack, with +/- 3 days of noise and 1-3 packs an order: a
+    first-time buyer's window comes from the learned median (within a day of 27), a customer who
+    bought it twice 20 days apart gets their own 20 days."""
+    true_days = 27.0
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(templates=TEMPLATES, policy={"quiet_hours": ""},
+                            journeys={"reorder": {"lead_days": 3, "transit_days": 4, "min_repeat_buyers": 8}})
+    settings = parse_settings(raw, environ={})
+    rng = random.Random(27)
+    orders: list[tuple[int, int, datetime, int]] = []  # (order id, customer, placed, packs)
+    for buyer in range(10):  # ten repeat buyers, 3 or 4 orders each
+        at = T0 + timedelta(days=rng.uniform(0, 20))
+        for n in range(rng.randint(3, 4)):
+            packs = rng.choice((1, 1, 2, 3))
+            orders.append((10_000 + buyer * 10 + n, 200 + buyer, at, packs))
+            at += timedelta(days=true_days * packs + rng.uniform(-3, 3))
+    last = max(o[2] for o in orders)
+    once_at, own_first = last - timedelta(days=2), last - timedelta(days=30)
+    orders += [(20_001, 300, once_at, 2),  # a first-time buyer of two packs
+               (20_002, 301, own_first, 1), (20_003, 301, own_first + timedelta(days=20), 1)]  # 20 days, one pack
+    clock = Clock(last)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        for oid, customer, placed, packs in orders:
+            _post(client, "orders/create", _order(oid, placed, phone=_phone(customer), customer_id=customer, qty=packs,
+                                                  product="8001", variant="48001", sku="TEA-1"))
+        runtime.processor.drain()
+        now = last + timedelta(days=1)
+        scan = refresh_windows(runtime.db, settings.stores[0], sid, now, full=True)
+        windows = _windows(runtime)
+        once, own = _contact_id(runtime, 300), _contact_id(runtime, 301)
+        with runtime.db.engine.connect() as conn:
+            [cycle] = conn.execute(select(m.ProductCycle).where(m.ProductCycle.store_id == sid)).all()
+    assert scan.mode == "full" and scan.learned == 1
+    assert (cycle.product_key, cycle.source, cycle.samples) == ("p:8001", "learned", 11)  # ten buyers and the customer with two orders
+    assert abs(cycle.cycle_days - true_days) < 1.0
+    first_timer = windows[(once, "p:8001")]
+    assert first_timer.cycle_source == "learned" and abs(first_timer.cycle_days - true_days) < 1.0
+    # placed + 4 days' transit + two packs x the learned cycle - 3 days' lead
+    expected = once_at + timedelta(days=4 + 2 * cycle.cycle_days - 3)
+    assert abs(first_timer.opens_at - expected) < timedelta(minutes=5)
+    mine = windows[(own, "p:8001")]
+    assert (mine.cycle_source, mine.cycle_days, mine.order_external_id) == ("customer", 20.0, "20003")
+    assert mine.opens_at == own_first + timedelta(days=20 + 4 + 20 - 3)
+
+
+def _product(pid: int, tags: str, replenish: str | None = None) -> dict:
+    body = {"id": pid, "title": f"Product {pid}", "tags": tags, "updated_at": T0.isoformat()}
+    if replenish is not None:
+        body["metafields"] = [{"namespace": "storeloop", "key": "replenish", "value": replenish, "type": "single_line_text_field"}]
+    return body
+
+
+def test_config_beats_tag_beats_customer_and_a_metafield_beats_a_tag(db_url):
+    """Three products the same customer bought twice, 50 days apart: the config cycle wins over
+    the product's tag; a tag wins over the customer's cadence; the ``storeloop.replenish``
+    metafield wins over a tag (WooCommerce: the ``_storeloop_replenish`` product meta)."""
+    from tests.helpers import woo_headers
+
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(templates=TEMPLATES, policy={"quiet_hours": ""},
+                            journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "lead_days": 3}})
+    raw["stores"][2].update(journeys={"reorder": {}})
+    settings = parse_settings(raw, environ={})
+    clock = Clock(T0 + timedelta(days=51))
+    products = {9001: "NEEM-100", 9002: "ROSE-1", 9003: "AMLA-1", 9004: "SOAP-1"}
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        _post(client, "products/update", _product(9001, "replenish:3w"))  # and the config says 30 days
+        _post(client, "products/update", _product(9002, "vegan, replenish:3w"))
+        _post(client, "products/update", _product(9003, "replenish:3w", replenish="45d"))
+        for n, (pid, sku) in enumerate(products.items()):
+            for k, placed in enumerate((T0, T0 + timedelta(days=50))):
+                _post(client, "orders/create", _order(30_000 + 10 * n + k, placed, qty=1, product=str(pid), variant=str(pid + 40000), sku=sku))
+        meta = dumps({"id": 93, "name": "Rose water", "tags": [{"id": 1, "name": "replenish:45d", "slug": "replenish-45d"}],
+                      "meta_data": [{"id": 5, "key": "_storeloop_replenish", "value": "6w"}], "date_modified_gmt": "2026-09-01T06:00:00"})
+        assert client.post("/webhooks/woocommerce/woo", content=meta, headers=woo_headers(meta, SECRETS["woo"], "product.updated")).status_code == 200
+        runtime.processor.drain()
+        refresh_windows(runtime.db, settings.stores[0], sid, clock.now, full=True)
+        found = {k: (w.cycle_source, w.cycle_days) for (_, k), w in _windows(runtime).items()}
+        with runtime.db.engine.connect() as conn:
+            woo_cycle = conn.execute(select(m.ProductCycle.cycle_days).where(m.ProductCycle.store_id == runtime.store_ids["woo"])).scalar_one()
+    assert found == {"p:9001": ("config", 30.0), "p:9002": ("tag", 21.0), "p:9003": ("tag", 45.0), "p:9004": ("customer", 50.0)}
+    assert woo_cycle == 42.0

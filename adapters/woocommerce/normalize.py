@@ -93,8 +93,15 @@ def normalize(topic: str, body: dict, store: WooCommerceStore) -> list[Event]:
     return []
 
 
+REPLENISH_META = ("_storeloop_replenish", "storeloop_replenish", "replenish")  # product meta naming its cycle, first found wins
+
+
 def _product(data: dict) -> ProductUpdated:
-    """``product.created|updated``: tags are ``[{"id", "name", "slug"}]``; the cycle tag is a name."""
+    """``product.created|updated``: tags are ``[{"id", "name", "slug"}]``; the cycle tag is a name.
+
+    A product meta ``_storeloop_replenish`` (or ``replenish``) such as ``"30d"`` names the cycle
+    too and wins over a tag, as Shopify's ``storeloop.replenish`` metafield does.
+    """
     tags = []
     for i, tag in enumerate(get_list(data, "tags")):
         if not isinstance(tag, dict):
@@ -102,7 +109,15 @@ def _product(data: dict) -> ProductUpdated:
         name = get_str(tag, "name", f"tags[{i}]")
         if name:
             tags.append(name)
-    return ProductUpdated(product_id=req_id(data, "id"), title=get_str(data, "name") or "", tags=tuple(tags),
+    meta: dict[str, str] = {}
+    for path, item in get_objects(data, "meta_data"):
+        key, value = item.get("key"), item.get("value")
+        if key in REPLENISH_META and value not in (None, ""):
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise NormalizationError(f"{path}.value: expected a cycle like '30d'")
+            meta.setdefault(key, str(value).strip())
+    replenish = next((meta[k] for k in REPLENISH_META if k in meta), None)
+    return ProductUpdated(product_id=req_id(data, "id"), title=get_str(data, "name") or "", tags=tuple(tags), replenish=replenish,
                           updated_at=get_datetime(data, "date_modified_gmt"))
 
 

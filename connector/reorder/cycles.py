@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import re
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 _CYCLE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|day|days|w|wk|week|weeks|m|mo|month|months)?\s*$", re.IGNORECASE)
 _UNIT_DAYS = {"d": 1, "day": 1, "days": 1, "w": 7, "wk": 7, "week": 7, "weeks": 7, "m": 30, "mo": 30, "month": 30, "months": 30}
@@ -61,21 +62,43 @@ class Purchase:
     quantity: int
 
 
-def unit_intervals(purchases: list[Purchase]) -> list[float]:
-    """Days per unit between consecutive purchases (sorted by time), same-day repeats skipped."""
-    ordered = sorted(purchases, key=lambda p: p.placed_at)
+class _Bought(Protocol):
+    """Anything with a purchase time and a quantity: a ``Purchase``, or a history line of the scan."""
+
+    @property
+    def placed_at(self) -> datetime: ...
+
+    @property
+    def quantity(self) -> int: ...
+
+
+def intervals_in_order(purchases: Sequence[_Bought]) -> list[float]:
+    """Days per unit between consecutive purchases already in time order, same-day repeats skipped.
+
+    The one interval rule: the windows' full scan, the incremental tick and ``learn_cycles``
+    all learn through it (each product of each customer, once per scan).
+    """
     out: list[float] = []
-    for before, after in zip(ordered, ordered[1:]):
+    for before, after in zip(purchases, purchases[1:]):
         days = (after.placed_at - before.placed_at).total_seconds() / 86400
         if days >= 1:  # two orders on one day are a correction or a split, not a cycle
             out.append(days / max(1, before.quantity))
     return out
 
 
+def unit_intervals(purchases: list[Purchase]) -> list[float]:
+    """Days per unit between consecutive purchases (sorted by time here), same-day repeats skipped."""
+    return intervals_in_order(sorted(purchases, key=lambda p: p.placed_at))
+
+
+def cadence(intervals: list[float]) -> float | None:
+    """A customer's own cycle from their intervals: the median, once there is one."""
+    return statistics.median(intervals) if intervals else None
+
+
 def customer_cadence(purchases: list[Purchase]) -> float | None:
     """A customer's own cycle once they have bought the product at least twice."""
-    intervals = unit_intervals(purchases)
-    return statistics.median(intervals) if intervals else None
+    return cadence(unit_intervals(purchases))
 
 
 def learned_cycle(per_buyer_intervals: Iterable[list[float]], min_repeat_buyers: int) -> tuple[float, int] | None:
@@ -84,6 +107,16 @@ def learned_cycle(per_buyer_intervals: Iterable[list[float]], min_repeat_buyers:
     if len(buyers) < max(1, min_repeat_buyers):
         return None
     return statistics.median(x for intervals in buyers for x in intervals), len(buyers)
+
+
+def learn_all(per_product: Mapping[str, list[list[float]]], min_repeat_buyers: int) -> dict[str, tuple[float, int]]:
+    """``learned_cycle`` for every product: {key: (days, buyers)} for those with enough repeat buyers."""
+    out: dict[str, tuple[float, int]] = {}
+    for key, buyers in per_product.items():
+        found = learned_cycle(buyers, min_repeat_buyers)
+        if found is not None:
+            out[key] = found
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import logging
 import operator
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -38,7 +37,7 @@ from sqlalchemy import Connection, String, Table, and_, bindparam, exists, func,
 from connector import events as ev
 from connector.journeys.reorder import ReorderConfig
 from connector.journeys.runner import JourneyRunner
-from connector.reorder.cycles import CycleBook, Purchase, customer_cadence, learned_cycle, product_key, unit_intervals
+from connector.reorder.cycles import CycleBook, cadence, intervals_in_order, learn_all, product_key
 from connector.storage import models as m
 from connector.storage.db import Database
 from connector.sync import read_cursor, upsert_cursor
@@ -222,15 +221,24 @@ class Plan:
     cancelled_orders: set[str] = field(default_factory=set)
 
 
+def _products(lines: list[Line]) -> Iterator[tuple[str, list[Line], list[float]]]:
+    """Each product the customer bought: (key, live purchases oldest first, per-unit intervals).
+
+    The one place a customer's intervals are taken (``cycles.intervals_in_order``): the
+    incremental tick, the full scan and ``learn_cycles`` all read them from here.
+    """
+    for key, purchases in _by_product(lines).items():
+        yield key, purchases, intervals_in_order(purchases) if len(purchases) >= 2 else []
+
+
 def plan_contact(contact_id: int, lines: list[Line], book: CycleBook, config: ReorderConfig, now: datetime, plan: Plan) -> None:
     """Windows for one customer's history (pure apart from filling ``plan``)."""
     plan.cancelled_orders.update(line.order_external_id for line in lines if line.cancelled)
-    for key, purchases in _by_product(lines).items():
+    for key, purchases, gaps in _products(lines):
         latest = purchases[-1]
         for before, after in zip(purchases, purchases[1:]):
             plan.reordered.append({"o": before.order_external_id, "k": key, "by": after.order_external_id, "now": now})
-        own = customer_cadence([Purchase(p.placed_at, p.quantity) for p in purchases]) if len(purchases) >= 2 else None
-        found = book.resolve(key=key, product_id=latest.product_id, variant_id=latest.variant_id, sku=latest.sku, customer=own)
+        found = book.resolve(key=key, product_id=latest.product_id, variant_id=latest.variant_id, sku=latest.sku, customer=cadence(gaps))
         if found is None:
             continue  # nothing knows this product's cycle yet
         plan.windows.append(_window(contact_id, key, latest, found, config, now))
@@ -265,20 +273,11 @@ def _scan_contact(contact_id: int, lines: list[Line], book: CycleBook, config: R
     Earlier purchases are not listed as reordered: the full scan marks those in SQL.
     """
     plan.cancelled_orders.update(line.order_external_id for line in lines if line.cancelled)
-    for key, purchases in _by_product(lines).items():
+    for key, purchases, gaps in _products(lines):
         latest = purchases[-1]
-        own = None
-        if len(purchases) >= 2:
-            # cycles.unit_intervals for purchases already in time order, without building Purchase objects
-            gaps = []
-            for before, after in zip(purchases, purchases[1:]):
-                days = (after.placed_at - before.placed_at).total_seconds() / 86400
-                if days >= 1:
-                    gaps.append(days / max(1, before.quantity))
-            if gaps:
-                intervals[key].append(gaps)
-                own = statistics.median(gaps)  # customer_cadence
-        found = book.resolve(key=key, product_id=latest.product_id, variant_id=latest.variant_id, sku=latest.sku, customer=own)
+        if gaps:
+            intervals[key].append(gaps)
+        found = book.resolve(key=key, product_id=latest.product_id, variant_id=latest.variant_id, sku=latest.sku, customer=cadence(gaps))
         if found is None:
             deferred.append((contact_id, sys.intern(key), _compact(latest)))
         else:
@@ -294,20 +293,17 @@ def _compact(line: Line) -> Line:
 
 
 def learn_cycles(histories: Iterable[tuple[int, list[Line]]], min_repeat_buyers: int) -> dict[str, tuple[float, int]]:
-    """Each product's median per-unit interval over its repeat buyers: {key: (days, buyers)}."""
+    """Each product's median per-unit interval over its repeat buyers: {key: (days, buyers)}.
+
+    What the full scan learns, from the same intervals (``_products``) and the same rule
+    (``cycles.learn_all``), without planning windows.
+    """
     per_product: dict[str, list[list[float]]] = defaultdict(list)
     for _, lines in histories:
-        for key, purchases in _by_product(lines).items():
-            if len(purchases) >= 2:
-                intervals = unit_intervals([Purchase(p.placed_at, p.quantity) for p in purchases])
-                if intervals:
-                    per_product[key].append(intervals)
-    out: dict[str, tuple[float, int]] = {}
-    for key, buyers in per_product.items():
-        learned = learned_cycle(buyers, min_repeat_buyers)
-        if learned is not None:
-            out[key] = learned
-    return out
+        for key, _purchases, gaps in _products(lines):
+            if gaps:
+                per_product[key].append(gaps)
+    return learn_all(per_product, min_repeat_buyers)
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -487,10 +483,7 @@ def _full(db: Database, store_id: int, config: ReorderConfig, now: datetime) -> 
             _scan_contact(contact_id, lines, book, config, now, plan, intervals, deferred)
             if len(plan.windows) >= WRITE_BATCH:
                 flush(writer)
-        for key, buyers in intervals.items():
-            cycle = learned_cycle(buyers, config.min_repeat_buyers)
-            if cycle is not None:
-                learned[key] = cycle
+        learned = learn_all(intervals, config.min_repeat_buyers)
         report.learned = len(learned)
         del intervals
         book = dataclasses.replace(book, learned={k: d for k, (d, _) in learned.items()})
