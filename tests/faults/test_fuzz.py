@@ -6,6 +6,10 @@ Two properties:
    is a bug that would leave the row retrying.
 2. Over HTTP, with a valid signature or none, any body gets 200 (stored), 400, 401 or 413,
    never a 500; after processing, every stored row is done, ignored or failed with a reason.
+   The bodies go to every webhook endpoint: Shopify (every handled topic), WooCommerce (every
+   handled topic and an unknown one), the Cart Abandonment Recovery plugin's form post
+   (``/webhooks/woocommerce/{store}/carts/{token}``, with the right token or a wrong one),
+   WhatsApp, and bodies over ``server.max_body_bytes`` (declared or chunked), which get 413.
 
 Bounded: a few hundred examples per property, SQLite, 127.0.0.1 only (the app runs in-process).
 The examples are derived from a fixed seed so a CI run is repeatable; set
@@ -14,10 +18,14 @@ The examples are derived from a fixed seed so a CI run is repeatable; set
 
 from __future__ import annotations
 
+import base64
 import copy
+import itertools
 import json
 import os
+from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote_plus
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -39,6 +47,21 @@ SHOPIFY = {
     "customers_whats_app_marketing_consent/update": "customers_whats_app_marketing_consent_update.sample.json",
     "customers/data_request": "customers_data_request.sample.json",
     "app/uninstalled": "app_uninstalled.sample.json",
+}
+WOO_TOPICS = ["order.created", "order.updated", "order.deleted", "order.restored", "customer.created", "customer.updated",
+              "product.created", "product.updated", "coupon.created"]
+WOO_CUSTOMER = {"id": 25, "date_modified_gmt": "2026-11-20T10:00:00", "email": "asha@example.in", "first_name": "Asha",
+                "last_name": "Rao", "billing": {"phone": "098765 43210", "country": "IN", "email": "asha@example.in"},
+                "shipping": {"country": "IN"}, "meta_data": [{"id": 1, "key": "whatsapp_opt_in", "value": "yes"}]}
+WOO_PRODUCT = {"id": 799, "name": "Neem face wash", "date_modified_gmt": "2026-11-20T10:00:00",
+               "tags": [{"id": 3, "name": "replenish:30d", "slug": "replenish-30d"}]}
+CART_TOKEN = "fuzz-cart-token-7Qm2xWv9Lr4Tn8Kp"
+CART_FORM = {  # what the Cart Abandonment Recovery plugin posts (http_build_query), see tests/test_woocommerce_carts.py
+    "first_name": "Asha", "last_name": "Rao", "phone_number": "+91 98765 43210",
+    "billing_address": "Bloom Co 12 MG Road, KA, IN, Bengaluru, 560001", "email": "asha@example.in",
+    "checkout_url": "",  # per example: a cart session of its own, so posts are not all duplicates of one cart
+    "product_names": "Neem face wash & Rose toner", "coupon_code": "", "order_status": "abandoned", "cart_total": "899.00",
+    "product_table": "<table><tr><td>Neem face wash</td></tr></table>",
 }
 WHATSAPP = ["inbound_text.pywa.json", "inbound_template_quick_reply_button.pywa.json", "status_failed.pywa.json",
             "user_preferences_marketing_resume.pywa.json", "inbound_reply_with_context.pywa.json"]
@@ -80,6 +103,36 @@ def mutated(draw: Any, base: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def _php_urlencode(value: str) -> str:
+    return quote_plus(value, safe="").replace("~", "%7E")
+
+
+form_text = st.one_of(st.text(max_size=30), st.sampled_from(["", "abandoned", "completed", "recovered", "lost", "ABANDONED ",
+                                                              "not a phone", "+91 98765 43210", "javascript:alert(1)", "http://",
+                                                              "https://x.example/?wcf_ac_token=%%%", "1e309", "-5", "XYZW", "☃"]))
+
+
+@st.composite
+def cart_form(draw: Any) -> bytes:
+    """The plugin's form with fields dropped, replaced, added or repeated; now and then not a form at all."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.one_of(st.binary(max_size=200), st.text(max_size=200).map(lambda t: t.encode("utf-8")),
+                              st.just(b"&".join([b"a=1"] * 300)), st.just(b"%ff%fe=1"), st.just(b"=&=&==")))
+    session = draw(st.uuids()).hex
+    token = _php_urlencode(base64.b64encode(f"wcf_session_id={session}".encode()).decode())
+    fields = {**CART_FORM, "checkout_url": f"https://bloom.example/checkout/?wcf_ac_token={token}&#038;utm_source=whatsapp"}
+    for _ in range(draw(st.integers(0, 4))):
+        name = draw(st.sampled_from([*CART_FORM, "currency", "whatsapp_opt_in", "a[b]", ""]))
+        if draw(st.booleans()):
+            fields.pop(name, None)
+        else:
+            fields[name] = draw(form_text)
+    pairs = [f"{_php_urlencode(k)}={_php_urlencode(v)}" for k, v in fields.items()]
+    if draw(st.booleans()):
+        pairs = draw(st.permutations(pairs))
+    return "&".join(pairs).encode("ascii")
+
+
 def _store(source: str):
     raw = settings_dict("sqlite://")
     settings = parse_settings(raw, environ={})
@@ -112,14 +165,36 @@ def test_shopify_normalisers_raise_only_normalisation_errors():
     check()
 
 
+def _woo_base(topic: str, order: dict[str, Any]) -> dict[str, Any]:
+    resource = topic.partition(".")[0]
+    if topic == "order.deleted":
+        return {"id": order["id"]}
+    return {"order": order, "customer": WOO_CUSTOMER, "product": WOO_PRODUCT}.get(resource, order)
+
+
 def test_woocommerce_normalisers_raise_only_normalisation_errors():
-    base = load_json(FIXTURES / "woocommerce" / "order.created.rest-v3-docs-example.json")
+    order = load_json(FIXTURES / "woocommerce" / "order.created.rest-v3-docs-example.json")
 
     @FUZZ
-    @given(st.sampled_from(["order.created", "order.updated", "order.deleted", "cart.abandoned", "cart.completed"]), st.data())
+    @given(st.sampled_from(WOO_TOPICS), st.data())
     def check(topic: str, data: Any) -> None:
-        body = data.draw(st.one_of(mutated(base), st.dictionaries(st.text(max_size=12), json_values, max_size=6)))
+        body = data.draw(st.one_of(mutated(_woo_base(topic, order)), st.dictionaries(st.text(max_size=12), json_values, max_size=6)))
         _only_normalization_errors("woocommerce", topic, body)
+
+    check()
+
+
+def test_woocommerce_cart_normaliser_raises_only_normalisation_errors():
+    """The stored cart row is ``{"received_at": ..., "form": <the plugin's body>}``."""
+    received = datetime(2026, 11, 20, 6, 30, tzinfo=timezone.utc).isoformat()
+
+    @FUZZ
+    @given(st.sampled_from(["cart.abandoned", "cart.completed", "cart.recovered", "cart.other"]), cart_form(), st.data())
+    def check(topic: str, form: bytes, data: Any) -> None:
+        doc: dict[str, Any] = {"received_at": received, "form": form.decode("utf-8", "replace")}
+        if data.draw(st.integers(0, 4)) == 0:  # the stored envelope itself damaged (a hand-edited row, a replay)
+            doc = data.draw(mutated(doc))
+        _only_normalization_errors("woocommerce", topic, doc)
 
     check()
 
@@ -143,26 +218,57 @@ def test_no_body_gets_a_500_and_every_stored_row_ends_with_a_reason(tmp_path, sq
 
     db_path = tmp_path / "fuzz.db"
     shutil.copy(sqlite_template, db_path)
-    settings_ = parse_settings(settings_dict(f"sqlite:///{db_path}"), environ={})
+    raw_settings = settings_dict(f"sqlite:///{db_path}")
+    raw_settings["stores"][2]["cart_webhook_token"] = CART_TOKEN
+    settings_ = parse_settings(raw_settings, environ={})
+    cap = settings_.server.max_body_bytes
     bases = {t: load_json(FIXTURES / "shopify" / f) for t, f in SHOPIFY.items()}
-    woo_base = load_json(FIXTURES / "woocommerce" / "order.created.rest-v3-docs-example.json")
+    woo_order = load_json(FIXTURES / "woocommerce" / "order.created.rest-v3-docs-example.json")
     wa_bases = [load_json(FIXTURES / "whatsapp" / f) for f in WHATSAPP]
     answers: dict[int, int] = {}
+    by_target: dict[str, dict[int, int]] = {}
+    woo_topics: set[str] = set()
+    woo_ids = itertools.count(90_000)
 
     with running_app(settings_) as (client, runtime):
 
-        @settings(max_examples=250, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=450, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=list(HealthCheck))
         @given(st.data())
         def post(data: Any) -> None:
-            target = data.draw(st.sampled_from(["shopify", "woocommerce", "whatsapp", "raw"]))
+            target = data.draw(st.sampled_from(["shopify", "woocommerce", "cart", "whatsapp", "raw", "too_big"]))
             if target == "shopify":
                 topic = data.draw(st.sampled_from(sorted(SHOPIFY)))
                 body = json.dumps(data.draw(mutated(bases[topic]))).encode()
                 headers = shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", topic)
                 r = client.post("/webhooks/shopify", content=body, headers=headers)
             elif target == "woocommerce":
-                body = json.dumps(data.draw(mutated(woo_base))).encode()
-                r = client.post("/webhooks/woocommerce/woo", content=body, headers=woo_headers(body, SECRETS["woo"], "order.updated"))
+                topic = data.draw(st.sampled_from(WOO_TOPICS))
+                woo_topics.add(topic)
+                base = {**_woo_base(topic, woo_order), "id": next(woo_ids)}  # a resource of its own: not a duplicate
+                body = json.dumps(data.draw(mutated(base))).encode()
+                r = client.post("/webhooks/woocommerce/woo", content=body, headers=woo_headers(body, SECRETS["woo"], topic))
+            elif target == "cart":  # the plugin's unsigned form post; the URL's last segment is the secret
+                body = data.draw(cart_form())
+                store, token = data.draw(st.sampled_from([("woo", CART_TOKEN)] * 8 + [("woo", CART_TOKEN[:-1]), ("woo", "x" * 40),
+                                                                                     ("shop-a", CART_TOKEN), ("nope", CART_TOKEN)]))
+                r = client.post(f"/webhooks/woocommerce/{store}/carts/{token}", content=body,
+                                headers={"User-Agent": "WordPress/6.8; https://bloom.example"})
+                assert r.status_code in ((200, 400) if (store, token) == ("woo", CART_TOKEN) else (401,)), (store, r.status_code, r.text)
+            elif target == "too_big":  # over server.max_body_bytes, correctly signed: 413 whatever the endpoint
+                size = cap + data.draw(st.integers(1, 4096))
+                body = b'{"id":1,"pad":"' + b"x" * (size - 17) + b'"}'
+                where = data.draw(st.sampled_from(["shopify", "woocommerce", "cart", "whatsapp"]))
+                url, headers = {
+                    "shopify": ("/webhooks/shopify", shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", "orders/create")),
+                    "woocommerce": ("/webhooks/woocommerce/woo", woo_headers(body, SECRETS["woo"], "order.updated")),
+                    "cart": (f"/webhooks/woocommerce/woo/carts/{CART_TOKEN}", {}),
+                    "whatsapp": ("/webhooks/whatsapp", {"X-Hub-Signature-256": meta_signature(body, SECRETS["wa_app"])}),
+                }[where]
+                if data.draw(st.booleans()):  # no Content-Length: chunked, counted as it arrives
+                    r = client.post(url, content=iter([body[: cap // 2], body[cap // 2:]]), headers=headers)
+                else:
+                    r = client.post(url, content=body, headers=headers)
+                assert r.status_code == 413, (where, r.status_code, r.text[:200])
             elif target == "whatsapp":
                 doc = data.draw(mutated(wa_bases[data.draw(st.integers(0, len(wa_bases) - 1))]))
                 if isinstance(doc.get("entry"), list) and doc["entry"] and isinstance(doc["entry"][0], dict):
@@ -178,6 +284,8 @@ def test_no_body_gets_a_500_and_every_stored_row_ends_with_a_reason(tmp_path, sq
                 r = client.post("/webhooks/shopify", content=body,
                                 headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", "orders/create"))
             answers[r.status_code] = answers.get(r.status_code, 0) + 1
+            seen = by_target.setdefault(target, {})
+            seen[r.status_code] = seen.get(r.status_code, 0) + 1
             assert r.status_code in (200, 400, 401, 413), (target, r.status_code, r.text[:200])
 
         post()
@@ -185,7 +293,12 @@ def test_no_body_gets_a_500_and_every_stored_row_ends_with_a_reason(tmp_path, sq
             runtime.processor.drain()
         with runtime.db.engine.connect() as conn:
             rows = conn.execute(select(m.InboxEvent.status, m.InboxEvent.last_error, m.InboxEvent.source, m.InboxEvent.topic)).all()
-    assert answers.get(200, 0) > 50 and answers.get(400, 0) > 5  # both kinds were exercised
+    assert answers.get(200, 0) > 50 and answers.get(400, 0) > 5, by_target  # both kinds were exercised
+    # every endpoint and answer was reached: the plugin's form stored and refused, wrong tokens
+    # refused, WooCommerce on more than one topic, and the size cap
+    assert {200, 400, 401} <= set(by_target.get("cart", {})), by_target
+    assert len(woo_topics) >= 5 and by_target.get("too_big", {}).get(413, 0) >= 10, (woo_topics, by_target)
+    assert any(r.source == "woocommerce" and r.topic.startswith("cart.") for r in rows)
     # a failure that is not a normalisation error, or a row waiting to retry one, is a crash in our code
     bugs = [r for r in rows if (r.status == "failed" and not (r.last_error or "").startswith("normalisation:"))
             or (r.status == "pending" and r.last_error)]
