@@ -1,15 +1,19 @@
 """Run every benchmark script in bench/ (all *.py except this one and _*.py helpers), then print one table.
 
-    .venv/bin/python bench/run.py        # what `make bench` does
+    .venv/bin/python bench/run.py                  # what `make bench` does
+    .venv/bin/python bench/run.py ingest latency   # only these scripts, same summary
 
 Each script prints its own tables as it goes and records its headline figures through
-bench/_summary.py; the summary at the end puts them side by side with their targets, the
-peak memory of the process that measured them, and the machine.
+bench/_summary.py; the summary at the end puts them side by side with what each was measured
+against in the same run (the bare endpoint, the configured rate) and the ratio, their
+targets, the peak memory of the process that did the work (the bench's own, or the
+`storeloop serve` it started), and the machine.
 Exit code: non-zero if any script failed.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -35,28 +39,47 @@ def _cpu() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def summary_table(rows: list[dict], elapsed: float) -> Table:
+    table = Table(title=f"storeloop benchmarks: {os.cpu_count()} CPUs ({_cpu()}), Python {platform.python_version()}, "
+                        f"{time.strftime('%Y-%m-%d')}, {elapsed:.0f} s in all")
+    for col in ("bench", "figure", "value", "against (same run)", "ratio", "target", "met", "peak MB (process)"):
+        table.add_column(col, justify="right" if col in ("ratio", "met", "peak MB (process)") else "left")
+    for r in rows:
+        met = "" if r["ok"] is None else ("[green]yes[/]" if r["ok"] else "[red]no[/]")
+        peak = "-" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f}" + (f" ({r['peak_of']})" if r.get("peak_of") else "")
+        table.add_row(r["bench"], r["figure"], r["value"], r.get("against") or "", r.get("ratio") or "", r["target"] or "", met, peak)
+    return table
+
+
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("only", nargs="*", help="run only these scripts (e.g. ingest latency); default: every one")
+    args = ap.parse_args()
     scripts = sorted(p for p in BENCH.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_"))
+    if args.only:
+        unknown = set(args.only) - {p.stem for p in scripts}
+        if unknown:
+            ap.error(f"no such bench script: {', '.join(sorted(unknown))}")
+        scripts = [p for p in scripts if p.stem in args.only]
     failed = []
+    took: list[str] = []
     started = time.monotonic()
     with tempfile.NamedTemporaryFile("r", suffix=".jsonl", prefix="storeloop-bench-") as summary:
         env = {**os.environ, "STORELOOP_BENCH_SUMMARY": summary.name}
         for script in scripts:
             print(f"== {script.relative_to(BENCH.parent)}", flush=True)
+            t0 = time.monotonic()
             code = subprocess.call([sys.executable, str(script)], cwd=BENCH.parent, env=env)  # output goes straight through
+            took.append(f"{script.stem} {time.monotonic() - t0:.0f} s")
             if code != 0:
                 failed.append(f"{script.name} (exit {code})")
             print(flush=True)
         rows = [json.loads(line) for line in Path(summary.name).read_text().splitlines() if line.strip()]
-    console = Console(width=max(120, Console().width))
-    table = Table(title=f"storeloop benchmarks: {os.cpu_count()} CPUs ({_cpu()}), Python {platform.python_version()}, "
-                        f"{time.strftime('%Y-%m-%d')}, {time.monotonic() - started:.0f} s in all")
-    for col in ("bench", "figure", "value", "target", "met", "peak MB (in-process)"):
-        table.add_column(col, justify="left" if col in ("bench", "figure", "target") else "right")
-    for r in rows:
-        met = "" if r["ok"] is None else ("[green]yes[/]" if r["ok"] else "[red]no[/]")
-        table.add_row(r["bench"], r["figure"], r["value"], r["target"] or "", met, "-" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}")
-    console.print(table)
+    console = Console(width=max(170, Console().width))
+    console.print(summary_table(rows, time.monotonic() - started))
+    console.print("ratio: value / against, both measured in this run on this machine. peak MB: peak resident memory of the process "
+                  "that did the work: the bench's own, or the `storeloop serve` it started (VmHWM, read just before stopping it).")
+    console.print(f"wall time per script: {', '.join(took)}")
     if failed:
         print("failed: " + ", ".join(failed))
     return 1 if failed else 0
