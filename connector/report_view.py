@@ -8,6 +8,22 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
+    return "-" if value is None else str(value)
+
+
+def _change(change: Any) -> str:
+    if change is None:
+        return ""
+    if isinstance(change, dict):
+        return ", ".join(f"{k} {v:+}" for k, v in change.items())
+    if isinstance(change, (int, float)):
+        return f"{change:+}"
+    return change if change.startswith("-") else f"+{change}"
+
+
 def render_report(data: dict[str, Any], out: Console, title: str) -> None:
     out.print(f"[bold]{title}[/]: week {data['period']['week']} ({data['period']['timezone']}), against {data['period']['previous']}")
     for name, stage in data["stages"].items():
@@ -17,23 +33,22 @@ def render_report(data: dict[str, Any], out: Console, title: str) -> None:
         for key, value in stage["metrics"].items():
             if key == "lost":
                 continue
-            shown = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else ("-" if value is None else str(value))
-            before = stage["previous"].get(key)
-            before_shown = "-" if before is None or isinstance(before, dict) else str(before)
-            change = stage["change"].get(key)
             style = "bold" if key == stage["headline"] else ""
-            table.add_row(f"[{style}]{key}[/]" if style else key, shown, before_shown, "" if change is None else f"{change:+}"
-                          if isinstance(change, (int, float)) else str(change))
+            table.add_row(f"[{style}]{key}[/]" if style else key, _shown(value), _shown(stage["previous"].get(key)),
+                          _change(stage["change"].get(key)))
         out.print(table)
     health = Table(title="message health by template", title_justify="left")
-    for col in ("step", "template", "queued", "sent", "delivered", "read", "failed (by code)", "skipped (by reason)"):
+    for col in ("step", "template", "queued", "sent", "delivered", "read", "failed (by code)", "skipped (by reason)", "opt-outs"):
         health.add_column(col, justify="left" if col in ("step", "template") else "right")
     for step, t in data["message_health"]["templates"].items():
         failed = f"{t['failed']} " + (", ".join(f"{k}: {v}" for k, v in t["failed_by_code"].items()) if t["failed"] else "")
         skipped = f"{t['skipped']} " + (", ".join(f"{k}: {v}" for k, v in t["skipped_by_reason"].items()) if t["skipped"] else "")
-        health.add_row(step, t["template"], str(t["queued"]), str(t["sent"]), str(t["delivered"]), str(t["read"]), failed.strip(), skipped.strip())
+        health.add_row(step, t["template"], str(t["queued"]), str(t["sent"]), str(t["delivered"]), str(t["read"]), failed.strip(), skipped.strip(),
+                       str(t["opt_outs"]))
     out.print(health)
-    out.print(f"marketing opt-outs this week: {data['message_health']['opt_outs']}")
+    mh = data["message_health"]
+    out.print(f"marketing opt-outs this week: {mh['opt_outs']} ({mh['opt_outs_without_message']} with no message in the "
+              f"{mh['opt_out_hours']} h before)")
     if data["lift"]:
         lift = Table(title="lift against the holdout (conversion, treated minus control, 95% interval)", title_justify="left")
         for col in ("journey", "treated", "control", "lift", "95% interval", "significant"):

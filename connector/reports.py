@@ -17,11 +17,19 @@ Stages and what counts (runs are counted in the week they started):
 - retention: reorder windows opened, reminded, reordered inside the window, the rate and
   the revenue.
 
-Lift: for each marketing journey, runs of contacts in the holdout (who got nothing) are
+Message health per template (journey step): queued, sent, delivered, read, failed by Meta
+code (the failed status webhook's code, else the last send attempt's), skipped by policy
+reason, and opt-outs: each marketing opt-out of the week goes to the last message that
+reached the contact in the ``OPT_OUT_HOURS`` before it (a STOP answers what was just
+received); one with no such message is counted store-wide only.
+
+Lift: for each journey with a holdout, runs of contacts in the holdout (who got nothing) are
 the control group. Conversion is what the journey exists for (an order for the checkout, a
-payment, a reorder), treated and control alike, and the report gives the difference with a
-95% interval (normal approximation of a difference of two proportions), so it says what
-the messages caused, not only what they touched.
+payment, a reorder of the product inside the attribution window), read the same way for
+treated and control (never ``attributed``, which needs a message the control never got),
+and the report gives the difference with a 95% interval (normal approximation of a
+difference of two proportions), so it says what the messages caused, not only what they
+touched.
 
 The biggest leak is the stage that lost the most customers this week: consent not given,
 COD orders not confirmed, reminded checkouts and payments not recovered, deliveries that
@@ -55,15 +63,12 @@ ATTEMPTS: Table = m.OutboxAttempt.__table__  # type: ignore[assignment]
 CONSENT: Table = m.ConsentChange.__table__  # type: ignore[assignment]
 HANDOFFS: Table = m.Handoff.__table__  # type: ignore[assignment]
 WINDOWS: Table = m.ReorderWindow.__table__  # type: ignore[assignment]
+MESSAGES = INBOUND  # the same table holds what we sent (direction "out", with its outbox id)
 
 _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
 Z95 = 1.959964
-# what each marketing journey exists to cause, read from its run state
-CONVERSION = {
-    "checkout_recovery": lambda s: bool(s.get("order_id")),
-    "payment_recovery": lambda s: bool(s.get("paid")),
-    "reorder": lambda s: bool(s.get("reordered")),
-}
+OPT_OUT_HOURS = 72  # an opt-out is put down to the last message that reached the contact this long before it
+LIFT_JOURNEYS = ("checkout_recovery", "payment_recovery", "reorder")
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,42 @@ def _runs(conn: Connection, store_id: int, journey: str, p: Period) -> list[Any]
     ).all()
 
 
+def _chunks(ids: list[Any], size: int = 500) -> Any:
+    for i in range(0, len(ids), size):
+        yield ids[i:i + size]
+
+
+def reordered_in_window(conn: Connection, store_id: int, runs: list[Any]) -> list[bool]:
+    """For each reorder run: did the customer reorder the product inside the attribution window?
+
+    The run records the reorder (``reordered``, ``order_id``) whether its contact is in the
+    holdout or not; the order's own time is compared with ``attribution_ends`` here, so a
+    reorder that reached the run after its window (the timer that ends it fires on the next
+    tick) counts for neither group. A run whose order row is gone counts on its flag.
+    """
+    wanted = sorted({str(r.state.get("order_id")) for r in runs if r.state.get("reordered") and r.state.get("order_id")})
+    placed: dict[str, datetime] = {}
+    for chunk in _chunks(wanted):
+        placed.update(conn.execute(select(ORDERS.c.external_id, ORDERS.c.placed_at)
+                                   .where(ORDERS.c.store_id == store_id, ORDERS.c.external_id.in_(chunk))).all())
+    out = []
+    for r in runs:
+        at, ends = placed.get(str(r.state.get("order_id"))), _iso(r.state.get("attribution_ends"))
+        out.append(bool(r.state.get("reordered")) and (at is None or ends is None or at <= ends))
+    return out
+
+
+def converted(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> list[bool]:
+    """What each journey exists to cause, read the same way for treated and holdout runs."""
+    if journey == "checkout_recovery":
+        return [bool(r.state.get("order_id")) for r in runs]
+    if journey == "payment_recovery":
+        return [bool(r.state.get("paid")) for r in runs]
+    if journey == "reorder":
+        return reordered_in_window(conn, store_id, runs)
+    raise ValueError(f"no conversion defined for {journey}")
+
+
 # -- stages ------------------------------------------------------------------------------------
 def entry(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     new = conn.execute(
@@ -138,8 +179,8 @@ def entry(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
         ("whatsapp", INBOUND.c.contact_id, INBOUND.c.occurred_at, (INBOUND.c.store_id == store_id) & (INBOUND.c.direction == "in")),
     )
     for source, contact_col, at_col, where in sources:
-        for i in range(0, len(ids), 500):
-            query = select(contact_col, func.min(at_col)).where(where, contact_col.in_(ids[i:i + 500])).group_by(contact_col)
+        for chunk in _chunks(ids):
+            query = select(contact_col, func.min(at_col)).where(where, contact_col.in_(chunk)).group_by(contact_col)
             for cid, at in conn.execute(query):
                 if at is not None and (cid not in first or at < first[cid][0]):
                     first[cid] = (at, source)
@@ -209,7 +250,7 @@ def retention(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     ).scalar() or 0
     runs = _runs(conn, store_id, "reorder", p)
     reminded = [r for r in runs if not r.holdout and int(r.state.get("sent", 0)) > 0]
-    reordered = [r for r in reminded if r.state.get("attributed")]
+    reordered = [r for r, yes in zip(reminded, reordered_in_window(conn, store_id, reminded)) if yes]
     return {"windows_opened": opened, "reminded": len(reminded), "skipped_busy": sum(1 for r in runs if r.state.get("skipped")),
             "reordered_in_window": len(reordered), "repeat_rate": _rate(len(reordered), len(reminded)),
             "revenue": _money([r.state.get("revenue") for r in reordered]), "lost": len(reminded) - len(reordered)}
@@ -221,25 +262,67 @@ HEADLINE = {"entry": "consent_rate", "qualification": "confirmation_rate", "conv
 
 
 # -- message health, lift, hand-offs -------------------------------------------------------------
+def _template_row(name: str) -> dict[str, Any]:
+    return {"template": name, "queued": 0, "sent": 0, "delivered": 0, "read": 0, "failed": 0, "failed_by_code": Counter(), "skipped": 0,
+            "skipped_by_reason": Counter(), "pending": 0, "opt_outs": 0}
+
+
+def _template_name(payload: Any) -> str:
+    return ((payload or {}).get("message") or {}).get("name") or "-"
+
+
+def _failure_codes(conn: Connection, ids: list[int]) -> dict[int, int | None]:
+    """Meta's code for each failed send: the failed status webhook's (kept on the message), else the last attempt's."""
+    codes: dict[int, int | None] = {}
+    for chunk in _chunks(ids):
+        for oid, code in conn.execute(select(ATTEMPTS.c.outbox_id, ATTEMPTS.c.error_code)
+                                      .where(ATTEMPTS.c.outbox_id.in_(chunk)).order_by(ATTEMPTS.c.id)):
+            codes[oid] = code  # the last attempt's code
+        for oid, code in conn.execute(select(MESSAGES.c.outbox_id, MESSAGES.c.error_code)
+                                      .where(MESSAGES.c.outbox_id.in_(chunk), MESSAGES.c.direction == "out",
+                                             MESSAGES.c.error_code.is_not(None))):
+            codes[oid] = code  # sent, then failed on Meta's side: the status webhook says why
+    return codes
+
+
+def _opt_outs(conn: Connection, store_id: int, p: Period) -> tuple[int, Counter[str], dict[str, str]]:
+    """Marketing opt-outs of the week: (total, per journey.step of the last message that reached the contact, names)."""
+    revoked = conn.execute(
+        select(CONSENT.c.contact_id, CONSENT.c.occurred_at)
+        .where(CONSENT.c.store_id == store_id, CONSENT.c.category == "marketing", CONSENT.c.state == "revoked",
+               CONSENT.c.occurred_at >= p.start, CONSENT.c.occurred_at < p.end)
+    ).all()
+    window = timedelta(hours=OPT_OUT_HOURS)
+    reached: dict[int, list[tuple[datetime, str, str]]] = defaultdict(list)
+    for chunk in _chunks(sorted({r.contact_id for r in revoked})):
+        for row in conn.execute(
+            select(MESSAGES.c.contact_id, MESSAGES.c.occurred_at, OUTBOX.c.journey, OUTBOX.c.step, OUTBOX.c.payload)
+            .select_from(MESSAGES.join(OUTBOX, OUTBOX.c.id == MESSAGES.c.outbox_id))
+            .where(MESSAGES.c.store_id == store_id, MESSAGES.c.direction == "out", MESSAGES.c.status != "failed",
+                   MESSAGES.c.contact_id.in_(chunk), MESSAGES.c.occurred_at >= p.start - window, MESSAGES.c.occurred_at < p.end)
+        ):
+            reached[row.contact_id].append((row.occurred_at, f"{row.journey}.{row.step}", _template_name(row.payload)))
+    per_step: Counter[str] = Counter()
+    names: dict[str, str] = {}
+    for r in revoked:
+        before = [m_ for m_ in reached.get(r.contact_id, []) if r.occurred_at - window <= m_[0] <= r.occurred_at]
+        if before:
+            _at, step, name = max(before)
+            per_step[step] += 1
+            names.setdefault(step, name)
+    return len(revoked), per_step, names
+
+
 def message_health(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     rows = conn.execute(
         select(OUTBOX.c.id, OUTBOX.c.journey, OUTBOX.c.step, OUTBOX.c.status, OUTBOX.c.skip_reason, OUTBOX.c.payload)
         .where(OUTBOX.c.store_id == store_id, OUTBOX.c.channel == "whatsapp", OUTBOX.c.created_at >= p.start, OUTBOX.c.created_at < p.end)
     ).all()
-    failed_ids = [r.id for r in rows if r.status == "failed"]
-    codes: dict[int, int | None] = {}
-    for i in range(0, len(failed_ids), 500):
-        for oid, code in conn.execute(
-            select(ATTEMPTS.c.outbox_id, ATTEMPTS.c.error_code).where(ATTEMPTS.c.outbox_id.in_(failed_ids[i:i + 500]))
-            .order_by(ATTEMPTS.c.id)
-        ):
-            codes[oid] = code  # the last attempt's code
+    codes = _failure_codes(conn, [r.id for r in rows if r.status == "failed"])
     templates: dict[str, dict[str, Any]] = {}
     for r in rows:
-        name = ((r.payload or {}).get("message") or {}).get("name") or "-"
-        key = f"{r.journey}.{r.step}"
-        t = templates.setdefault(key, {"template": name, "queued": 0, "sent": 0, "delivered": 0, "read": 0, "failed": 0,
-                                       "failed_by_code": Counter(), "skipped": 0, "skipped_by_reason": Counter(), "pending": 0})
+        name = _template_name(r.payload)
+        t = templates.setdefault(f"{r.journey}.{r.step}", _template_row(name))
         t["queued"] += 1
         if t["template"] == "-" and name != "-":
             t["template"] = name  # rows skipped before rendering (holdout, no consent) carry no message
@@ -255,16 +338,16 @@ def message_health(conn: Connection, store_id: int, p: Period) -> dict[str, Any]
             t["skipped_by_reason"][(r.skip_reason or "unknown").split(":")[0]] += 1
         else:
             t["pending"] += 1
+    total, per_step, names = _opt_outs(conn, store_id, p)
+    for step, n in per_step.items():
+        # the message may have gone out before the week began (a Monday STOP to Sunday's message)
+        templates.setdefault(step, _template_row(names[step]))["opt_outs"] = n
     for t in templates.values():
         t["failed_by_code"] = dict(sorted(t["failed_by_code"].items()))
         t["skipped_by_reason"] = dict(sorted(t["skipped_by_reason"].items()))
         t["read_rate"] = _rate(t["read"], t["sent"])
-    opt_outs = conn.execute(
-        select(func.count()).select_from(CONSENT)
-        .where(CONSENT.c.store_id == store_id, CONSENT.c.category == "marketing", CONSENT.c.state == "revoked",
-               CONSENT.c.occurred_at >= p.start, CONSENT.c.occurred_at < p.end)
-    ).scalar() or 0
-    return {"templates": dict(sorted(templates.items())), "opt_outs": opt_outs}
+    return {"templates": dict(sorted(templates.items())), "opt_outs": total, "opt_outs_without_message": total - sum(per_step.values()),
+            "opt_out_hours": OPT_OUT_HOURS}
 
 
 def diff_interval(conv_t: int, n_t: int, conv_c: int, n_c: int) -> dict[str, Any]:
@@ -282,15 +365,15 @@ def diff_interval(conv_t: int, n_t: int, conv_c: int, n_c: int) -> dict[str, Any
 
 def lift(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for journey, converted in CONVERSION.items():
+    for journey in LIFT_JOURNEYS:
         # runs the journey skipped (the customer was busy elsewhere) were skipped in both groups alike
         runs = [r for r in _runs(conn, store_id, journey, p) if not r.state.get("skipped")]
-        treated = [r for r in runs if not r.holdout]
-        control = [r for r in runs if r.holdout]
-        if not control:
+        if not any(r.holdout for r in runs):
             continue  # no holdout configured (or nobody in it yet): nothing to compare against
-        out[journey] = diff_interval(sum(1 for r in treated if converted(r.state)), len(treated),
-                                     sum(1 for r in control if converted(r.state)), len(control))
+        outcome = converted(conn, store_id, journey, runs)
+        treated = [yes for r, yes in zip(runs, outcome) if not r.holdout]
+        control = [yes for r, yes in zip(runs, outcome) if r.holdout]
+        out[journey] = diff_interval(sum(treated), len(treated), sum(control), len(control))
     return out
 
 
@@ -303,6 +386,11 @@ def open_handoffs(conn: Connection, store_id: int) -> dict[str, int]:
 
 
 def _change(now: Any, before: Any) -> Any:
+    if isinstance(now, dict) and isinstance(before, dict):  # counts by key (new contacts by source)
+        keys = sorted(set(now) | set(before))
+        if all(isinstance(v, int) for v in [*now.values(), *before.values()]):
+            return {k: now.get(k, 0) - before.get(k, 0) for k in keys}
+        return None
     if isinstance(now, (int, float)) and isinstance(before, (int, float)) and not isinstance(now, bool):
         return round(now - before, 4)
     if isinstance(now, str) and isinstance(before, str):

@@ -148,23 +148,32 @@ def test_the_overview_shows_the_known_week(app_with_week):
     assert '<div class="kpi">50%</div>' in conversion and "Ravi" in conversion and "recovery rate" in conversion
     entry = html.split('id="stage-entry"')[1].split('id="stage-qualification"')[0]
     assert '<div class="kpi">50%</div>' in entry and "last week 100%" in entry and "−50 pp" in entry
-    assert '<div class="kpi">33.3%</div>' in html  # COD confirmation rate
+    assert '<div class="kpi">40%</div>' in html  # COD confirmation rate: 2 of 5 asked
+    # week over week, new contacts by source: this week's counts, last week's, and the change per source
+    assert ('<td>by source</td><td class="num">checkout 1, order 1, other 1, whatsapp 1</td><td class="num">whatsapp 1</td>'
+            '<td class="num">checkout +1, order +1, other +1, whatsapp +0</td>') in entry
     assert "750.50" in html and "<svg" in html
     # funnels: checkout 7 abandoned -> 4 reminded -> 2 recovered
     assert re.search(r"abandoned</text>.*?>7<", html) and re.search(r"reminded</text>.*?>4<tspan[^>]*> \(57%\)", html)
     # the biggest leak, named with its owner
-    assert "Biggest leak: Conversion</strong> — 3 customers lost this week; owner Ravi" in html
-    # lift: 40% treated vs 50% holdout, interval drawn and written
+    assert "Biggest leak: Conversion</strong> — 4 customers lost this week; owner Ravi" in html
+    # lift for each journey with a holdout: checkout 40% treated vs 50% holdout, payments, reorders; intervals drawn and written
     assert "lift −10 pp, 95% interval −91.5 pp to +71.5 pp" in html and "no evidence yet" in html
+    assert "lift +26.7 pp, 95% interval −41.8 pp to +95.2 pp" in html and "lift +25 pp, 95% interval −39.8 pp to +89.8 pp" in html
+    # message health: opt-outs against the message that preceded them
+    health = html.split('id="health"')[1]
+    assert re.search(r"<td>reorder.reminder</td><td>reorder_v1</td>.*?<td class=\"num\">1</td></tr>", health.replace("\n", ""))
+    assert "Marketing opt-outs this week: 4" in health and "(1 with none)" in health
     # the hand-off queue: Priya's open hand-offs (build_week's and the hostile customer's) and the unassigned one
     queue = html.split('id="handoffs"')[1].split('id="health"')[0]
-    assert "3 open: unassigned 1, Priya 2" in queue and queue.count("<td>Priya</td>") == 2 and "<td>unassigned</td>" in queue
+    assert "4 open: unassigned 1, Priya 2, Ravi 1" in queue and queue.count("<td>Priya</td>") == 2 and "<td>unassigned</td>" in queue
     # nothing external and no script at all
     assert "<script" not in html.lower() and " src=" not in html
     assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", html)
     # the week selector: another week, and the default (the last complete week)
     older = client.get("/dashboard/shop-a?week=2026-W46")
-    assert older.status_code == 200 and "week 2026-W46" in older.text and "No leak this week" in older.text  # 1 of 1 COD confirmed
+    assert older.status_code == 200 and "week 2026-W46" in older.text  # 1 of 2 reminded checkouts recovered
+    assert "Biggest leak: Conversion</strong> — 1 customer lost this week; owner Ravi" in older.text
     default = parse_week(None, TZ, datetime.now(timezone.utc)).label
     assert f"week {default} (Asia/Kolkata)" in client.get("/dashboard/shop-a").text
     bad = client.get("/dashboard/shop-a?week=2026-47")

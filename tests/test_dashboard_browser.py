@@ -78,8 +78,8 @@ def test_dashboard_in_headless_chromium(served, capsys):
             # the overview with the hand-built week's figures
             assert page.locator("#stage-conversion .kpi").inner_text() == "50%"
             assert "Biggest leak: Conversion" in page.locator("#leak").inner_text()
-            assert page.locator("#handoffs tbody tr").count() == 3 and "Priya" in page.locator("#handoffs").inner_text()
-            assert page.locator("#funnels svg").count() == 6 and page.locator("#lift svg").count() == 1
+            assert page.locator("#handoffs tbody tr").count() == 4 and "Priya" in page.locator("#handoffs").inner_text()
+            assert page.locator("#funnels svg").count() == 6 and page.locator("#lift svg").count() == 3
             assert page.locator("#stages svg").count() == 5
             assert page.locator("#stages svg").first.bounding_box()["width"] > 100  # drawn, not collapsed
             cookie = next(c for c in context.cookies() if c["name"] == COOKIE)

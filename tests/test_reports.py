@@ -18,13 +18,22 @@ from tests.helpers import running_app
 TZ = ZoneInfo("Asia/Kolkata")
 WEEK = parse_week("2026-W47", TZ, datetime(2026, 11, 24, tzinfo=timezone.utc))
 MON = WEEK.start  # Monday 16 Nov 2026 00:00 in Kolkata
-LAST_WEEK = MON - timedelta(days=3)
+LAST_WEEK = MON - timedelta(days=3)  # Friday of 2026-W46
+OLD = MON - timedelta(days=40)  # customers from before either week: not new contacts in it
+
+
+def _raw_settings(db_url: str) -> dict:
+    raw = settings_dict(db_url)
+    raw["stores"][0]["stages"] = {"conversion": {"owner": "Ravi"}, "post_purchase": {"owner": "Priya"}}
+    return raw
 
 
 def _settings(db_url: str):
-    raw = settings_dict(db_url)
-    raw["stores"][0]["stages"] = {"conversion": {"owner": "Ravi"}, "post_purchase": {"owner": "Priya"}}
-    return parse_settings(raw, environ={})
+    return parse_settings(_raw_settings(db_url), environ={})
+
+
+def _d(days: float, hours: float = 0) -> datetime:
+    return MON + timedelta(days=days, hours=hours)
 
 
 class Week:
@@ -43,11 +52,12 @@ class Week:
             store_id=self.sid, phone_key=f"+9190000{i:05d}", phone_e164=f"+9190000{i:05d}", consent_marketing=consent,
             created_at=at, updated_at=at)).inserted_primary_key[0]
 
-    def order(self, cid: int, at: datetime) -> None:
+    def order(self, cid: int, at: datetime, total: str = "100") -> str:
         i = self._next()
         self.conn.execute(m.Order.__table__.insert().values(
             store_id=self.sid, external_id=f"o{i}", name=f"#{i}", contact_id=cid, payment_state="paid", fulfillment_state="unfulfilled",
-            total=100, currency="INR", placed_at=at, source_updated_at=at))
+            total=total, currency="INR", placed_at=at, source_updated_at=at))
+        return f"o{i}"
 
     def checkout(self, cid: int, at: datetime) -> None:
         i = self._next()
@@ -64,15 +74,22 @@ class Week:
             store_id=self.sid, journey=journey, subject=f"s{i}", status=status, state=state, holdout=holdout, started_at=at, updated_at=at))
 
     def outbox(self, journey: str, step: str, status: str, *, template: str = "tpl", skip: str | None = None,
-               code: int | None = None, at: datetime = MON + timedelta(days=2)) -> None:
+               codes: tuple[int | None, ...] = (), at: datetime = MON + timedelta(days=2), to: int | None = None,
+               failed_later: int | None = None) -> None:
+        """One WhatsApp send; ``codes``: its attempts' error codes; ``to``: it reached this contact (a message row);
+        ``failed_later``: sent, then Meta's status webhook said failed with this code."""
         i = self._next()
         oid = self.conn.execute(m.OutboxMessage.__table__.insert().values(
             store_id=self.sid, idempotency_key=f"k{i}", channel="whatsapp", journey=journey, step=step, category="utility",
-            payload={"message": {"name": template}}, status=status, skip_reason=skip, due_at=at, created_at=at, updated_at=at)
-        ).inserted_primary_key[0]
-        if code is not None:
+            contact_id=to, payload={"message": {"name": template}}, status=status, skip_reason=skip, due_at=at, created_at=at,
+            updated_at=at)).inserted_primary_key[0]
+        for code in codes:
             self.conn.execute(m.OutboxAttempt.__table__.insert().values(
-                store_id=self.sid, outbox_id=oid, started_at=at, outcome="permanent", error_code=code))
+                store_id=self.sid, outbox_id=oid, started_at=at, outcome="permanent" if code else "sent", error_code=code))
+        if to is not None:
+            self.conn.execute(m.Message.__table__.insert().values(
+                store_id=self.sid, contact_id=to, direction="out", wamid=f"wamid.{i}", kind="template", body=template,
+                status=status, error_code=failed_later, outbox_id=oid, occurred_at=at))
 
     def handoff(self, opened: datetime, closed: datetime | None, owner: str | None) -> None:
         i = self._next()
@@ -94,23 +111,31 @@ class Week:
 
 
 def build_week(db, store_id: int) -> None:
-    d = lambda days, hours=0: MON + timedelta(days=days, hours=hours)  # noqa: E731
+    """2026-W47 and the week before, built so that every KPI has a known answer (see the test)."""
+    d = _d
     with db.engine.begin() as conn:
         w = Week(conn, store_id)
-        # entry: 4 new contacts this week (2 consented), 1 last week (consented)
+        # entry: 4 new contacts this week (2 consented); 1 last week (consented, first seen on WhatsApp)
         c1, c2, c3, c4 = w.contact(d(0, 1), "granted"), w.contact(d(1)), w.contact(d(2), "granted"), w.contact(d(3), "revoked")
-        w.contact(LAST_WEEK, "granted")
+        p1 = w.contact(LAST_WEEK, "granted")
+        w.inbound(p1, LAST_WEEK + timedelta(hours=1))
         w.checkout(c1, d(0, 3)); w.order(c1, d(0, 2))  # noqa: E702  first seen through the order
         w.checkout(c2, d(1, 1)); w.inbound(c2, d(1, 5))  # noqa: E702
         w.inbound(c3, d(2, 1))
-        # qualification: 4 COD runs, 3 asked; answers after 30 and 90 minutes
-        asked = (MON + timedelta(days=1)).isoformat()
-        w.run("cod_confirmation", {"asked_at": asked, "choice": "confirmed", "answered_at": (MON + timedelta(days=1, minutes=30)).isoformat()})
-        w.run("cod_confirmation", {"asked_at": asked, "choice": "cancelled", "answered_at": (MON + timedelta(days=1, minutes=90)).isoformat()})
-        w.run("cod_confirmation", {"asked_at": asked, "choice": "no_answer"})
+        regular, c5, c6, c7 = (w.contact(OLD, "granted") for _ in range(4))  # earlier customers
+
+        # qualification: 6 COD runs, 5 asked; answers after 10, 30 and 1,800 minutes (median 30, mean 613)
+        asked, at = (MON + timedelta(days=1)), lambda minutes: (MON + timedelta(days=1, minutes=minutes)).isoformat()  # noqa: E731
+        w.run("cod_confirmation", {"asked_at": asked.isoformat(), "choice": "confirmed", "answered_at": at(10)})
+        w.run("cod_confirmation", {"asked_at": asked.isoformat(), "choice": "cancelled", "answered_at": at(30)})
+        w.run("cod_confirmation", {"asked_at": asked.isoformat(), "choice": "confirmed_late", "answered_at": at(1800)})
+        w.run("cod_confirmation", {"asked_at": asked.isoformat(), "choice": "cancel_too_late"}, status="handoff")  # already shipped
+        w.run("cod_confirmation", {"asked_at": asked.isoformat(), "choice": "no_answer"})
         w.run("cod_confirmation", {"phase": "waiting"}, status="active")
-        w.run("cod_confirmation", {"asked_at": asked, "choice": "confirmed"}, at=LAST_WEEK)  # last week: 1 of 1
-        # conversion: 7 checkout runs (2 in the holdout), 2 payment runs
+        w.run("cod_confirmation", {"asked_at": LAST_WEEK.isoformat(), "choice": "confirmed",
+                                   "answered_at": (LAST_WEEK + timedelta(minutes=20)).isoformat()}, at=LAST_WEEK)
+
+        # conversion: 7 checkout runs (2 in the holdout)
         w.run("checkout_recovery", {"sent": 2, "recovered": True, "revenue": "500", "order_id": "a"})
         w.run("checkout_recovery", {"sent": 1})
         w.run("checkout_recovery", {"sent": 0}, status="active")
@@ -118,29 +143,82 @@ def build_week(db, store_id: int) -> None:
         w.run("checkout_recovery", {"sent": 1})
         w.run("checkout_recovery", {"sent": 1, "recovered": True, "revenue": "90", "order_id": "c"}, holdout=True)
         w.run("checkout_recovery", {"sent": 1}, holdout=True)
+        w.run("checkout_recovery", {"sent": 1, "recovered": True, "revenue": "199.99", "order_id": "z"}, at=LAST_WEEK)
+        w.run("checkout_recovery", {"sent": 1}, at=LAST_WEEK)
+        # ... and 8 stalled payments (3 in the holdout, whose reminder the runner skipped; one paid before its reminder)
         w.run("payment_recovery", {"reminded": True, "paid": True, "revenue": "100"})
         w.run("payment_recovery", {"reminded": True})
-        # post-purchase: delivery messages, 2 shipments (1 NDR), 2 hand-offs
-        for status in ("sent", "delivered", "read", "read"):
+        w.run("payment_recovery", {"reminded": True, "paid": True, "revenue": "250.25"})
+        w.run("payment_recovery", {"paid": True})
+        w.run("payment_recovery", {"reminded": True})
+        w.run("payment_recovery", {"reminded": True, "paid": True, "revenue": "80"}, holdout=True)
+        w.run("payment_recovery", {"reminded": True}, holdout=True)
+        w.run("payment_recovery", {"reminded": True}, holdout=True)
+        w.run("payment_recovery", {"reminded": True, "paid": True, "revenue": "40"}, at=LAST_WEEK)
+
+        # post-purchase: delivery messages (one failed on sending, one failed later by status webhook), 3 shipments (1 NDR)
+        w.outbox("delivery", "shipped", "sent", template="shipped_v1", at=d(1), to=c6)
+        for status in ("delivered", "read", "read"):
             w.outbox("delivery", "shipped", status, template="shipped_v1")
-        w.outbox("delivery", "failed", "failed", template="ndr_v1", code=131026)
+        w.outbox("delivery", "shipped", "failed", template="shipped_v1", codes=(None,), at=d(4, -1), to=c5, failed_later=131026)
+        w.outbox("delivery", "failed", "failed", template="ndr_v1", codes=(131026,))
+        w.outbox("delivery", "shipped", "delivered", template="shipped_v1", at=LAST_WEEK)
         w.run("delivery", {"sent": ["delivered", "shipped"]})
         w.run("delivery", {"sent": ["failed", "shipped"]})
-        w.handoff(d(2), d(2, 2), "Priya")
+        w.run("delivery", {"sent": ["shipped"]})
+        w.run("delivery", {"sent": ["delivered", "shipped"]}, at=LAST_WEEK)
+        w.run("delivery", {"sent": ["shipped"]}, at=LAST_WEEK)
+        # hand-offs: 5 this week, resolved in 1, 3 and 11 hours (median 3, mean 5); 2 last week (one resolved in 5 hours)
+        w.handoff(d(2), d(2, 1), "Priya")
+        w.handoff(d(2), d(2, 3), "Priya")
+        w.handoff(d(3), d(3, 11), "Ravi")
         w.handoff(d(3), None, "Priya")
+        w.handoff(d(4), None, "Ravi")
         w.handoff(LAST_WEEK, None, None)
-        # retention: 3 windows opened, 3 reorder runs (one skipped as busy)
+        w.handoff(LAST_WEEK, LAST_WEEK + timedelta(hours=5), "Priya")
+
+        # retention: 3 windows opened (1 last week); reorder runs, each window's attribution ending 7 days after it opened
         for _ in range(3):
             w.window(c1, d(1))
         w.window(c2, None)
-        w.run("reorder", {"sent": 1, "attributed": True, "revenue": "300"})
-        w.run("reorder", {"sent": 2})
-        w.run("reorder", {"skipped": "cod_confirmation"})
-        # message health: a skipped and a failed COD ask; one opt-out
+        w.window(c1, LAST_WEEK)
+        ends = d(8).isoformat()
+        inside, late = lambda total: w.order(regular, d(3), total), lambda: w.order(regular, d(8, 2))  # noqa: E731
+
+        def reorder(state: dict, **kw) -> None:
+            w.run("reorder", {"attribution_ends": ends, **state}, **kw)
+
+        reorder({"sent": 1, "reordered": True, "attributed": True, "order_id": inside("300"), "revenue": "300"})
+        reorder({"sent": 2})
+        # the reorder reached the run after its window had ended (before the timer closed it): not a conversion
+        reorder({"sent": 1, "reordered": True, "attributed": False, "order_id": late(), "revenue": "0"})
+        reorder({"skipped": "cod_confirmation"})
+        reorder({"sent": 1, "reordered": True, "attributed": True, "order_id": inside("150"), "revenue": "150"})
+        # the holdout: nothing was sent, so nothing is attributed; what counts is the same reorder inside the window
+        reorder({"sent": 1, "reordered": True, "order_id": inside("99")}, holdout=True)
+        reorder({"sent": 1, "reordered": True, "order_id": late()}, holdout=True)
+        reorder({"sent": 1}, holdout=True)
+        reorder({"sent": 1}, holdout=True)
+        w.run("reorder", {"sent": 1, "reordered": True, "attributed": True, "order_id": w.order(regular, LAST_WEEK + timedelta(days=1), "120.50"),
+                          "revenue": "120.50", "attribution_ends": (LAST_WEEK + timedelta(days=7)).isoformat()}, at=LAST_WEEK)
+
+        # message health: COD asks (skipped, failed twice with two codes, one read, one pending), cart and reorder reminders
         w.outbox("cod_confirmation", "ask", "skipped", template="cod_v1", skip="no_utility_consent")
-        w.outbox("cod_confirmation", "ask", "failed", template="cod_v1", code=131026)
+        w.outbox("cod_confirmation", "ask", "failed", template="cod_v1", codes=(131000, 131026))  # retried, then undeliverable
+        w.outbox("cod_confirmation", "ask", "failed", template="cod_v1", codes=(132015,))
+        w.outbox("cod_confirmation", "ask", "read", template="cod_v1", at=d(2, 18), to=c5)
+        w.outbox("cod_confirmation", "ask", "pending", template="cod_v1")
         w.outbox("cod_confirmation", "ask", "sent", template="cod_v1", at=LAST_WEEK)
-        w.revoked(c4, d(3))
+        w.outbox("checkout_recovery", "first", "delivered", template="cart_v1", at=d(2), to=c4)
+        w.outbox("reorder", "reminder", "read", template="reorder_v1", at=d(2, 22), to=c4)
+        w.outbox("reorder", "reminder", "skipped", skip="holdout")
+        w.outbox("reorder", "reminder", "skipped", skip="opted_out")
+        w.outbox("order_confirmation", "sent", "read", template="thanks_v1", at=MON - timedelta(hours=10), to=c7)
+        # opt-outs: each to the last message that reached the contact in the 72 hours before
+        w.revoked(c4, d(3))  # cart reminder 24 h before, reorder reminder 2 h before: the reorder reminder
+        w.revoked(c5, d(4))  # COD ask 30 h before; the delivery update an hour before never reached them: the COD ask
+        w.revoked(c6, d(5))  # the last message 96 h before: no template
+        w.revoked(c7, d(0, 2))  # Sunday's order confirmation, from last week's messages
 
 
 def test_every_kpi_of_a_hand_built_week(db):
@@ -148,35 +226,91 @@ def test_every_kpi_of_a_hand_built_week(db):
     store_id = sync_stores(db, [("shop-a", "shopify")])["shop-a"]
     build_week(db, store_id)
     r = build_report(db, settings.stores[0], store_id, WEEK)
-    s = {k: v["metrics"] for k, v in r["stages"].items()}
+    stages = r["stages"]
     assert r["period"] == {"week": "2026-W47", "start": "2026-11-15T18:30:00+00:00", "end": "2026-11-22T18:30:00+00:00",
                            "timezone": "Asia/Kolkata", "previous": "2026-W46"}
-    assert s["entry"] == {"new_contacts": 4, "by_source": {"checkout": 1, "order": 1, "other": 1, "whatsapp": 1},
-                          "marketing_consent": 2, "consent_rate": 0.5, "lost": 2}
-    assert r["stages"]["entry"]["previous"]["consent_rate"] == 1.0 and r["stages"]["entry"]["change"]["consent_rate"] == -0.5
-    assert s["qualification"] == {"cod_orders": 4, "asked": 3, "confirmed": 1, "cancelled": 1, "cancel_after_fulfilment": 0,
-                                  "no_answer": 1, "confirmation_rate": 0.3333, "median_minutes_to_answer": 60.0, "lost": 2}
-    assert s["conversion"] == {
-        "checkouts_abandoned": 7, "checkouts_reminded": 4, "checkouts_recovered": 2, "recovery_rate": 0.5, "recovered_revenue": "750.50",
-        "payments_stalled": 2, "payments_reminded": 2, "payments_recovered": 1, "payment_recovery_rate": 0.5,
-        "payment_recovered_revenue": "100", "lost": 3}
-    assert s["post_purchase"] == {"updates_sent": 4, "updates_delivered": 3, "updates_read": 2, "updates_failed": 1, "shipments": 2,
-                                  "ndr": 1, "ndr_rate": 0.5, "handoffs_opened": 2, "handoffs_resolved": 1,
-                                  "median_hours_to_resolve": 2.0, "lost": 1}
-    assert s["retention"] == {"windows_opened": 3, "reminded": 2, "skipped_busy": 1, "reordered_in_window": 1, "repeat_rate": 0.5,
-                              "revenue": "300", "lost": 1}
+
+    assert stages["entry"] == {
+        "owner": None, "headline": "consent_rate",
+        "metrics": {"new_contacts": 4, "by_source": {"checkout": 1, "order": 1, "other": 1, "whatsapp": 1}, "marketing_consent": 2,
+                    "consent_rate": 0.5, "lost": 2},
+        "previous": {"new_contacts": 1, "by_source": {"whatsapp": 1}, "marketing_consent": 1, "consent_rate": 1.0, "lost": 0},
+        "change": {"new_contacts": 3, "by_source": {"checkout": 1, "order": 1, "other": 1, "whatsapp": 0}, "marketing_consent": 1,
+                   "consent_rate": -0.5, "lost": 2}}
+
+    assert stages["qualification"] == {
+        "owner": None, "headline": "confirmation_rate",
+        "metrics": {"cod_orders": 6, "asked": 5, "confirmed": 2, "cancelled": 1, "cancel_after_fulfilment": 1, "no_answer": 1,
+                    "confirmation_rate": 0.4, "median_minutes_to_answer": 30.0, "lost": 3},
+        "previous": {"cod_orders": 1, "asked": 1, "confirmed": 1, "cancelled": 0, "cancel_after_fulfilment": 0, "no_answer": 0,
+                     "confirmation_rate": 1.0, "median_minutes_to_answer": 20.0, "lost": 0},
+        "change": {"cod_orders": 5, "asked": 4, "confirmed": 1, "cancelled": 1, "cancel_after_fulfilment": 1, "no_answer": 1,
+                   "confirmation_rate": -0.6, "median_minutes_to_answer": 10.0, "lost": 3}}
+
+    assert stages["conversion"] == {
+        "owner": "Ravi", "headline": "recovery_rate",
+        "metrics": {"checkouts_abandoned": 7, "checkouts_reminded": 4, "checkouts_recovered": 2, "recovery_rate": 0.5,
+                    "recovered_revenue": "750.50", "payments_stalled": 8, "payments_reminded": 4, "payments_recovered": 2,
+                    "payment_recovery_rate": 0.5, "payment_recovered_revenue": "350.25", "lost": 4},
+        "previous": {"checkouts_abandoned": 2, "checkouts_reminded": 2, "checkouts_recovered": 1, "recovery_rate": 0.5,
+                     "recovered_revenue": "199.99", "payments_stalled": 1, "payments_reminded": 1, "payments_recovered": 1,
+                     "payment_recovery_rate": 1.0, "payment_recovered_revenue": "40", "lost": 1},
+        "change": {"checkouts_abandoned": 5, "checkouts_reminded": 2, "checkouts_recovered": 1, "recovery_rate": 0.0,
+                   "recovered_revenue": "550.51", "payments_stalled": 7, "payments_reminded": 3, "payments_recovered": 1,
+                   "payment_recovery_rate": -0.5, "payment_recovered_revenue": "310.25", "lost": 3}}
+
+    assert stages["post_purchase"] == {
+        "owner": "Priya", "headline": "ndr_rate",
+        "metrics": {"updates_sent": 4, "updates_delivered": 3, "updates_read": 2, "updates_failed": 2, "shipments": 3, "ndr": 1,
+                    "ndr_rate": 0.3333, "handoffs_opened": 5, "handoffs_resolved": 3, "median_hours_to_resolve": 3.0, "lost": 1},
+        "previous": {"updates_sent": 1, "updates_delivered": 1, "updates_read": 0, "updates_failed": 0, "shipments": 2, "ndr": 0,
+                     "ndr_rate": 0.0, "handoffs_opened": 2, "handoffs_resolved": 1, "median_hours_to_resolve": 5.0, "lost": 0},
+        "change": {"updates_sent": 3, "updates_delivered": 2, "updates_read": 2, "updates_failed": 2, "shipments": 1, "ndr": 1,
+                   "ndr_rate": 0.3333, "handoffs_opened": 3, "handoffs_resolved": 2, "median_hours_to_resolve": -2.0, "lost": 1}}
+
+    assert stages["retention"] == {
+        "owner": None, "headline": "repeat_rate",
+        "metrics": {"windows_opened": 3, "reminded": 4, "skipped_busy": 1, "reordered_in_window": 2, "repeat_rate": 0.5,
+                    "revenue": "450", "lost": 2},
+        "previous": {"windows_opened": 1, "reminded": 1, "skipped_busy": 0, "reordered_in_window": 1, "repeat_rate": 1.0,
+                     "revenue": "120.50", "lost": 0},
+        "change": {"windows_opened": 2, "reminded": 3, "skipped_busy": 1, "reordered_in_window": 1, "repeat_rate": -0.5,
+                   "revenue": "329.50", "lost": 2}}
+
     health = r["message_health"]
-    assert health["opt_outs"] == 1
-    assert health["templates"]["cod_confirmation.ask"] == {
-        "template": "cod_v1", "queued": 2, "sent": 0, "delivered": 0, "read": 0, "failed": 1, "failed_by_code": {"131026": 1},
-        "skipped": 1, "skipped_by_reason": {"no_utility_consent": 1}, "pending": 0, "read_rate": None}
-    assert health["templates"]["delivery.shipped"]["read_rate"] == 0.5
-    # 2 of 5 treated checkouts converted against 1 of 2 in the holdout: no evidence the reminders helped
-    lift = r["lift"]["checkout_recovery"]
-    assert (lift["treated_rate"], lift["control_rate"], lift["lift"], lift["ci95"], lift["significant"]) == (0.4, 0.5, -0.1, [-0.9152, 0.7152], False)
-    assert set(r["lift"]) == {"checkout_recovery"}  # no holdout elsewhere
-    assert r["biggest_leak"] == {"stage": "conversion", "lost": 3, "owner": "Ravi"}
-    assert r["open_handoffs"] == {"Priya": 1, "unassigned": 1}
+    assert (health["opt_outs"], health["opt_outs_without_message"], health["opt_out_hours"]) == (4, 1, 72)
+
+    def row(template, queued=0, sent=0, delivered=0, read=0, failed=None, skipped=None, pending=0, opt_outs=0):
+        failed, skipped = failed or {}, skipped or {}
+        return {"template": template, "queued": queued, "sent": sent, "delivered": delivered, "read": read, "failed": sum(failed.values()),
+                "failed_by_code": failed, "skipped": sum(skipped.values()), "skipped_by_reason": skipped, "pending": pending,
+                "opt_outs": opt_outs, "read_rate": round(read / sent, 4) if sent else None}
+
+    assert health["templates"] == {
+        "checkout_recovery.first": row("cart_v1", queued=1, sent=1, delivered=1),
+        # the last attempt's code (131000 was retried); the status webhook's code for a send Meta failed later
+        "cod_confirmation.ask": row("cod_v1", queued=5, sent=1, delivered=1, read=1, failed={"131026": 1, "132015": 1},
+                                    skipped={"no_utility_consent": 1}, pending=1, opt_outs=1),
+        "delivery.failed": row("ndr_v1", queued=1, failed={"131026": 1}),
+        "delivery.shipped": row("shipped_v1", queued=5, sent=4, delivered=3, read=2, failed={"131026": 1}),
+        # sent last week, answered with STOP this Monday: the opt-out shows against it
+        "order_confirmation.sent": row("thanks_v1", opt_outs=1),
+        "reorder.reminder": row("reorder_v1", queued=3, sent=1, delivered=1, read=1, skipped={"holdout": 1, "opted_out": 1}, opt_outs=1),
+    }
+
+    # lift: treated minus holdout, each with its own interval (normal approximation, 95%)
+    lifts = {j: (x["treated_converted"], x["treated"], x["control_converted"], x["control"], x["lift"], x["ci95"], x["significant"])
+             for j, x in r["lift"].items()}
+    assert lifts == {
+        # 2 of 5 treated checkouts converted against 1 of 2 in the holdout: no evidence the reminders helped
+        "checkout_recovery": (2, 5, 1, 2, -0.1, [-0.9152, 0.7152], False),
+        # paid: 3 of 5 treated (one before its reminder, as would happen in the holdout) against 1 of 3
+        "payment_recovery": (3, 5, 1, 3, 0.2667, [-0.4181, 0.9515], False),
+        # reordered inside the window: 2 of 4 treated (the busy run is left out) against 1 of 4; late reorders count for neither
+        "reorder": (2, 4, 1, 4, 0.25, [-0.3982, 0.8982], False),
+    }
+    assert r["biggest_leak"] == {"stage": "conversion", "lost": 4, "owner": "Ravi"}
+    assert r["open_handoffs"] == {"Priya": 1, "Ravi": 1, "unassigned": 1}
     json.dumps(r)  # the API and --json serve it as is
 
 
@@ -197,12 +331,24 @@ def test_week_labels():
             parse_week(bad, TZ, MON)
 
 
+def _toml(value) -> str:
+    """Enough TOML for a settings dict: inline tables and arrays, JSON-quoted strings."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[ " + ", ".join(_toml(v) for v in value) + " ]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, (int, float)) else json.dumps(value)
+
+
 def test_report_over_the_api_and_the_cli(db_url, tmp_path):
     from typer.testing import CliRunner
 
     from connector.cli import app
 
-    settings = _settings(db_url)
+    raw = _raw_settings(db_url)
+    settings = parse_settings(raw, environ={})
     with running_app(settings) as (client, runtime):
         build_week(runtime.db, runtime.store_ids["shop-a"])
         assert client.get("/api/stores/shop-a/report?week=2026-W47").status_code == 401
@@ -210,16 +356,16 @@ def test_report_over_the_api_and_the_cli(db_url, tmp_path):
         bad = client.get("/api/stores/shop-a/report?week=2026-47", headers=auth)
         assert bad.status_code == 400 and "ISO week" in bad.text
         body = client.get("/api/stores/shop-a/report?week=2026-W47", headers=auth).json()
-        assert body["biggest_leak"]["stage"] == "conversion" and body["stages"]["qualification"]["metrics"]["confirmed"] == 1
-    if not db_url.startswith("sqlite"):
-        return  # the CLI reads the same database; once is enough
+    assert body["biggest_leak"] == {"stage": "conversion", "lost": 4, "owner": "Ravi"}
+    assert body["stages"]["post_purchase"]["owner"] == "Priya" and set(body["lift"]) == {"checkout_recovery", "payment_recovery", "reorder"}
+    # the CLI, given the same settings as a TOML file, prints the very same report
     config = tmp_path / "storeloop.toml"
-    config.write_text(
-        f'[database]\nurl = "{db_url}"\n\n[[stores]]\nkey = "shop-a"\nplatform = "shopify"\nshop_domain = "shop-a.myshopify.com"\n'
-        f'webhook_secret = "x"\ntimezone = "Asia/Kolkata"\n\n[stores.stages.conversion]\nowner = "Ravi"\n')
+    config.write_text("".join(f"{key} = {_toml(value)}\n" for key, value in raw.items()))
     as_json = CliRunner().invoke(app, ["report", "--config", str(config), "--store", "shop-a", "--week", "2026-W47", "--json"])
     assert as_json.exit_code == 0, as_json.output
-    assert json.loads(as_json.stdout)["stages"]["conversion"]["metrics"]["recovered_revenue"] == "750.50"
-    table = CliRunner().invoke(app, ["report", "--config", str(config), "--store", "shop-a", "--week", "2026-W47"], env={"COLUMNS": "160"})
+    assert json.loads(as_json.stdout) == body
+    table = CliRunner().invoke(app, ["report", "--config", str(config), "--store", "shop-a", "--week", "2026-W47"], env={"COLUMNS": "200"})
     assert table.exit_code == 0, table.output
     assert "Biggest leak: conversion" in table.output and "Ravi" in table.output and "recovery_rate" in table.output
+    assert "checkout 1, order 1, other 1, whatsapp 1" in table.output and "checkout +1, order +1, other +1, whatsapp +0" in table.output
+    assert "marketing opt-outs this week: 4 (1 with no message in the 72 h before)" in table.output

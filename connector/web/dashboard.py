@@ -259,6 +259,8 @@ def _fmt_metric(key: str, value: Any) -> str:
 def _fmt_change(key: str, value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v:+g}" for k, v in value.items())
     if key.endswith("_rate") and isinstance(value, (int, float)):
         return charts.pp(value)
     if isinstance(value, (int, float)):
