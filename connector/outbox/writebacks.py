@@ -1,8 +1,10 @@
 """Store write-backs (tag a confirmed COD order, cancel, note, status) through the outbox.
 
-Same durable path as messages: a committed row, a lease, one attempt row per try, retries
-as due times. Write-backs are idempotent at the platform (tags are a set; cancelling a
-cancelled order is a no-op), so an unknown outcome is retried rather than parked.
+Same durable path as messages: a committed row, a lease, one attempt row per try (with the
+platform's code or HTTP status: the audit trail), retries as due times. Write-backs are
+idempotent at the platform (tags are a set; cancelling a cancelled order is a no-op), so an
+unknown outcome (a timeout, a 2xx we cannot read, a bug of ours) is retried rather than
+parked, up to ``whatsapp.max_attempts``.
 """
 
 from __future__ import annotations
@@ -102,23 +104,40 @@ class WriteBackDispatcher:
         t0 = time.perf_counter()
         async with self.semaphore:
             try:
-                if action == "add_tags":
-                    await writer.add_tags(order_id, args["tags"])
-                elif action == "cancel_order":
-                    await writer.cancel_order(order_id, reason=args.get("reason", "other"), notify_customer=bool(args.get("notify_customer")),
-                                              staff_note=args.get("staff_note"))
-                elif action == "add_note":
-                    await writer.add_note(order_id, args["note"])
-                else:
-                    await writer.set_status(order_id, args["status"])
-            except RetryableError as exc:
-                ms = int((time.perf_counter() - t0) * 1000)
-                when = next_attempt_at(row.attempts + 1, exc.retry_after, self.retry, self.clock(), self.rng.random())
-                if when is None:
-                    return ob.Result(row, "failed", started, ms, error_code=exc.code, error_detail=f"gave up: {exc}")
-                return ob.Result(row, "retry", started, ms, error_code=exc.code, error_detail=str(exc), due_at=when)
-            except PermanentError as exc:
-                return ob.Result(row, "failed", started, int((time.perf_counter() - t0) * 1000), error_code=exc.code, error_detail=str(exc))
+                await self._call(writer, action, order_id, args)
+            except (RetryableError, PermanentError) as exc:
+                return self._after_error(row, started, int((time.perf_counter() - t0) * 1000), exc)
+            except Exception as exc:  # a bug must not leave the batch leased: recorded and retried like an unknown outcome
+                log.exception("unexpected error in store write-back %s", row.id)
+                err = RetryableError(f"unexpected {exc.__class__.__name__}", outcome_unknown=True)
+                return self._after_error(row, started, int((time.perf_counter() - t0) * 1000), err)
         outcome = "dry_run" if isinstance(writer, DryRunWriter) else "sent"
         log.info("store write-back done", extra={"action": action, "order": order_id, "outcome": outcome})
         return ob.Result(row, outcome, started, int((time.perf_counter() - t0) * 1000))
+
+    @staticmethod
+    async def _call(writer: StoreWriter, action: str, order_id: str, args: dict) -> None:
+        if action == "add_tags":
+            await writer.add_tags(order_id, args["tags"])
+        elif action == "cancel_order":
+            await writer.cancel_order(order_id, reason=args.get("reason", "other"), notify_customer=bool(args.get("notify_customer")),
+                                      staff_note=args.get("staff_note"))
+        elif action == "add_note":
+            await writer.add_note(order_id, args["note"])
+        else:
+            await writer.set_status(order_id, args["status"])
+
+    def _after_error(self, row: ob.Claimed, started: datetime, ms: int, exc: RetryableError | PermanentError) -> ob.Result:
+        """Retry (at a durable due time) or fail, with the platform's code or HTTP status on the attempt row.
+
+        A permanent answer whose outcome is unknown (a 2xx we cannot read) is retried too:
+        the write-back is idempotent, so trying again is safe and a silent miss is not.
+        """
+        code = exc.code if exc.code is not None else (exc.http_status if (exc.http_status or 0) >= 400 else None)
+        if isinstance(exc, PermanentError) and not exc.outcome_unknown:
+            return ob.Result(row, "failed", started, ms, error_code=code, error_detail=str(exc))
+        detail = f"outcome unknown: {exc}" if exc.outcome_unknown else str(exc)
+        when = next_attempt_at(row.attempts + 1, exc.retry_after, self.retry, self.clock(), self.rng.random())
+        if when is None:
+            return ob.Result(row, "failed", started, ms, error_code=code, error_detail=f"gave up after {row.attempts + 1} attempts: {detail}")
+        return ob.Result(row, "retry", started, ms, error_code=code, error_detail=detail, due_at=when)

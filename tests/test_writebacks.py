@@ -1,0 +1,195 @@
+"""Store write-backs through the outbox, against respx fakes of the Shopify Admin GraphQL and
+WooCommerce REST APIs: what is retried (and when), what ends failed, and the attempt rows
+that say why (the audit trail a merchant reads when a tag is missing)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+import respx
+from sqlalchemy import select
+
+from adapters.shopify.client import ShopifyAdminClient
+from adapters.woocommerce.client import WooCommerceClient
+from connector.config import parse_settings
+from connector.outbox import store as ob
+from connector.outbox.writebacks import WriteBackDispatcher
+from connector.storage.inbox import sync_stores
+from connector.storage.sql import ATTEMPTS, OUTBOX
+from tests.conftest import settings_dict
+
+T0 = datetime(2026, 11, 20, 6, 30, tzinfo=timezone.utc)
+GRAPHQL = "https://shop-a.example/admin/api/2026-07/graphql.json"
+WOO = "https://bloom.example/wp-json/wc/v3"
+TAGGED = {"data": {"tagsAdd": {"node": {"id": "gid://shopify/Order/1042"}, "userErrors": []}}}
+
+
+class Clock:
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def throttled(requested: float, available: float, rate: float) -> dict:
+    return {"errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
+            "extensions": {"cost": {"requestedQueryCost": requested, "actualQueryCost": None,
+                                    "throttleStatus": {"maximumAvailable": 1000.0, "currentlyAvailable": available, "restoreRate": rate}}}}
+
+
+@pytest.fixture
+def world(db, db_url):
+    """Two stores with API credentials, their clients, a clock and a dispatcher retrying at most 3 times."""
+    raw = settings_dict(db_url)
+    raw["whatsapp"].update(max_attempts=3, backoff_base_seconds=2)
+    raw["stores"][0].update(access_token="shpat_test", api_base_url="https://shop-a.example")
+    raw["stores"][2].update(consumer_key="ck_test", consumer_secret="cs_test")
+    settings = parse_settings(raw, environ={})
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    clients = {ids["shop-a"]: ShopifyAdminClient(settings.store("shop-a")), ids["woo"]: WooCommerceClient(settings.store("woo"))}
+    clock = Clock(T0)
+    dispatcher = WriteBackDispatcher(db, settings, ids, clients, clock=clock, rng=random.Random(0))
+    yield db, ids, clock, dispatcher
+    for c in clients.values():
+        asyncio.run(c.aclose())
+
+
+def queue(db, store_id: int, action: str, args: dict, order_id: str = "1042", step: str = "confirm_tag") -> int:
+    """The row the journey runner writes for a ``WriteBack`` command."""
+    with db.engine.begin() as conn:
+        ob.enqueue(conn, store_id=store_id, key=f"cod_confirmation:writeback:{step}:order:{order_id}", contact_id=None,
+                   journey="cod_confirmation", step=step, category=None, channel="store",
+                   payload={"subject": f"order:{order_id}", "action": action, "order_id": order_id, "args": args},
+                   due_at=T0, now=T0)
+        return conn.execute(select(OUTBOX.c.id).where(OUTBOX.c.store_id == store_id, OUTBOX.c.step == step)).scalar_one()
+
+
+def outbox(db, oid: int):
+    with db.engine.connect() as conn:
+        row = conn.execute(select(OUTBOX).where(OUTBOX.c.id == oid)).one()
+        trail = conn.execute(select(ATTEMPTS.c.outcome, ATTEMPTS.c.error_code, ATTEMPTS.c.error_detail)
+                             .where(ATTEMPTS.c.outbox_id == oid).order_by(ATTEMPTS.c.id)).all()
+    return row, [tuple(t) for t in trail]
+
+
+def run(dispatcher) -> int:
+    return asyncio.run(dispatcher.run_once())
+
+
+def test_shopify_throttled_then_5xx_is_retried_at_durable_times_until_the_tag_is_written(world):
+    db, ids, clock, dispatcher = world
+    oid = queue(db, ids["shop-a"], "add_tags", {"tags": ["cod-confirmed"]})
+    with respx.mock(assert_all_called=True) as shopify:
+        route = shopify.post(GRAPHQL).mock(side_effect=[
+            httpx.Response(200, json=throttled(requested=1000, available=0, rate=50)),  # the bucket needs 20 s
+            httpx.Response(503, headers={"X-Request-Id": "req-503"}),
+            httpx.Response(200, json=TAGGED),
+        ])
+        assert run(dispatcher) == 1
+        first, _ = outbox(db, oid)
+        clock.now = T0 + timedelta(seconds=19)
+        assert run(dispatcher) == 0  # not before the cost bucket has refilled
+        clock.now = T0 + timedelta(seconds=20)
+        assert run(dispatcher) == 1
+        second, _ = outbox(db, oid)
+        clock.now = second.due_at
+        assert run(dispatcher) == 1
+        clock.now += timedelta(hours=1)
+        assert run(dispatcher) == 0  # written once: nothing left
+    row, trail = outbox(db, oid)
+    assert (first.status, first.due_at) == ("pending", T0 + timedelta(seconds=20))
+    assert second.status == "pending" and T0 + timedelta(seconds=21) <= second.due_at <= T0 + timedelta(seconds=24)
+    assert (row.status, row.attempts, row.last_error) == ("sent", 3, None)
+    assert [t[0] for t in trail] == ["retry", "retry", "sent"]
+    assert "THROTTLED" in trail[0][2] and "retry in 20.0 s" in trail[0][2]
+    assert trail[1][1:] == (503, "HTTP 503 from Shopify")
+    assert route.call_count == 3
+    assert all(json.loads(c.request.content)["variables"] == {"id": "gid://shopify/Order/1042", "tags": ["cod-confirmed"]}
+               for c in route.calls)
+
+
+def test_shopify_user_errors_end_failed_with_the_reason_and_are_not_retried(world):
+    db, ids, clock, dispatcher = world
+    oid = queue(db, ids["shop-a"], "add_tags", {"tags": ["cod-confirmed"]})
+    with respx.mock(assert_all_called=True) as shopify:
+        route = shopify.post(GRAPHQL).respond(json={"data": {"tagsAdd": {"node": None, "userErrors": [
+            {"field": ["id"], "message": "Order does not exist"}]}}})
+        run(dispatcher)
+        clock.now = T0 + timedelta(days=1)
+        assert run(dispatcher) == 0
+    row, trail = outbox(db, oid)
+    assert row.status == "failed" and "Order does not exist" in row.last_error
+    assert trail == [("failed", None, row.last_error)]
+    assert route.call_count == 1
+
+
+def test_shopify_5xx_every_time_gives_up_after_max_attempts_with_every_attempt_recorded(world):
+    db, ids, clock, dispatcher = world
+    oid = queue(db, ids["shop-a"], "cancel_order", {"reason": "customer", "notify_customer": False, "staff_note": "Cancelled on WhatsApp"},
+                step="cancel")
+    with respx.mock(assert_all_called=True) as shopify:
+        route = shopify.post(GRAPHQL).respond(502)
+        for _ in range(5):
+            run(dispatcher)
+            clock.now += timedelta(minutes=10)
+    row, trail = outbox(db, oid)
+    assert row.status == "failed" and row.attempts == 3 and row.last_error.startswith("gave up")
+    assert [t[:2] for t in trail] == [("retry", 502), ("retry", 502), ("failed", 502)]
+    assert route.call_count == 3
+
+
+def test_shopify_answer_that_is_not_json_is_retried_since_write_backs_are_idempotent(world):
+    """A 200 with a proxy's HTML page: the tag may or may not be on the order; tagsAdd is a set, so try again."""
+    db, ids, clock, dispatcher = world
+    oid = queue(db, ids["shop-a"], "add_tags", {"tags": ["cod-confirmed"]})
+    with respx.mock(assert_all_called=True) as shopify:
+        shopify.post(GRAPHQL).mock(side_effect=[httpx.Response(200, text="<html>Checking your browser</html>"),
+                                                httpx.Response(200, json=TAGGED)])
+        run(dispatcher)
+        clock.now += timedelta(minutes=1)
+        run(dispatcher)
+    row, trail = outbox(db, oid)
+    assert row.status == "sent" and [t[0] for t in trail] == ["retry", "sent"]
+    assert "not a JSON object" in trail[0][2]
+
+
+def test_woocommerce_503_is_retried_after_its_retry_after_and_a_404_ends_failed(world):
+    db, ids, clock, dispatcher = world
+    status = queue(db, ids["woo"], "set_status", {"status": "processing"}, order_id="727", step="confirm_status")
+    gone = queue(db, ids["woo"], "add_note", {"note": "Confirmed on WhatsApp"}, order_id="728", step="note")
+    with respx.mock(assert_all_called=True) as woo:
+        put = woo.put(f"{WOO}/orders/727").mock(side_effect=[
+            httpx.Response(503, headers={"Retry-After": "120"}, json={"code": "maintenance"}),
+            httpx.Response(200, json={"id": 727, "status": "processing"}),
+        ])
+        note = woo.post(f"{WOO}/orders/728/notes").respond(404, json={"code": "woocommerce_rest_shop_order_invalid_id", "message": "Invalid ID."})
+        assert run(dispatcher) == 2
+        clock.now = T0 + timedelta(seconds=119)
+        assert run(dispatcher) == 0  # WooCommerce asked for two minutes
+        clock.now = T0 + timedelta(seconds=120)
+        assert run(dispatcher) == 1
+    row, trail = outbox(db, status)
+    assert (row.status, row.attempts) == ("sent", 2)
+    assert trail[0][:2] == ("retry", 503) and "service unavailable" in trail[0][2] and trail[1][0] == "sent"
+    assert [json.loads(c.request.content) for c in put.calls] == [{"status": "processing"}] * 2
+    failed, failed_trail = outbox(db, gone)
+    assert failed.status == "failed" and failed.last_error == "HTTP 404, woocommerce_rest_shop_order_invalid_id (not found)"
+    assert failed_trail == [("failed", 404, failed.last_error)]
+    assert note.call_count == 1
+
+
+def test_a_store_without_a_writer_fails_its_row_and_never_touches_another_stores_api(world):
+    db, ids, clock, dispatcher = world
+    oid = queue(db, ids["shop-b"], "add_tags", {"tags": ["cod-confirmed"]})  # shop-b has no credentials here
+    with respx.mock(assert_all_called=False) as anything:
+        route = anything.route().respond(200, json=TAGGED)
+        run(dispatcher)
+    row, trail = outbox(db, oid)
+    assert row.status == "failed" and "cannot perform 'add_tags'" in row.last_error
+    assert trail == [("failed", None, row.last_error)] and route.call_count == 0
