@@ -1,0 +1,206 @@
+"""The outside world at the HTTP boundary, on one real 127.0.0.1 port.
+
+One Starlette app plays three peers and records every call it gets:
+
+- the WhatsApp Cloud API: ``POST /{version}/{phone_number_id}/messages`` (bearer token checked),
+  answering with a fresh ``wamid`` like Meta does;
+- the Shopify Admin GraphQL API: ``POST /admin/api/{version}/graphql.json``
+  (``X-Shopify-Access-Token`` checked; ``tagsAdd``, ``orderCancel``, ``orderUpdate``, reads);
+- the WooCommerce REST API v3 under ``/wp-json/wc/v3`` (OAuth 1.0a consumer key checked,
+  as WooCommerce does on plain http): ``GET``/``PUT /orders/{id}``, ``POST /orders/{id}/notes``;
+  it keeps each order's ``meta_data`` so a second tag write sees the first;
+- a Slack-compatible incoming webhook for hand-off notifications: ``POST /hooks/{stage}``.
+
+The scenarios assert on what these fakes received, never on the connector's tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import itertools
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+WA_TOKEN = "wa-scenario-token"
+SHOP_TOKEN = "shpat_scenario_token"
+WOO_KEY = "ck_scenario_key"
+WOO_SECRET = "cs_scenario_secret"
+COST = {"requestedQueryCost": 10, "actualQueryCost": 10,
+        "throttleStatus": {"maximumAvailable": 2000.0, "currentlyAvailable": 1990.0, "restoreRate": 100.0}}
+
+
+@dataclass(frozen=True)
+class WhatsAppSend:
+    """One message the Cloud API accepted."""
+
+    phone_number_id: str
+    to: str
+    template: str | None
+    params: tuple[str, ...]  # body parameters: text, or a currency's fallback value
+    buttons: tuple[str, ...]  # quick-reply payloads
+    callback: str | None
+    wamid: str
+
+
+@dataclass(frozen=True)
+class ShopifyCall:
+    operation: str  # tagsAdd | orderCancel | orderUpdate | query
+    variables: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WooCall:
+    method: str
+    order_id: str
+    path: str  # "" for the order itself, "/notes" for a note
+    body: dict[str, Any] | None
+
+
+@dataclass
+class FakeWorld:
+    url: str = ""
+    whatsapp: list[WhatsAppSend] = field(default_factory=list)
+    shopify: list[ShopifyCall] = field(default_factory=list)
+    woo: list[WooCall] = field(default_factory=list)
+    notifications: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # calls without valid credentials
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self.woo_meta: dict[str, list[dict[str, Any]]] = {}
+        self.app = Starlette(routes=[
+            Route("/{version}/{phone_number_id}/messages", self._wa_messages, methods=["POST"]),
+            Route("/admin/api/{version}/graphql.json", self._shopify_graphql, methods=["POST"]),
+            Route("/wp-json/wc/v3/orders/{order_id}", self._woo_order, methods=["GET", "PUT"]),
+            Route("/wp-json/wc/v3/orders/{order_id}/notes", self._woo_note, methods=["POST"]),
+            Route("/hooks/{stage}", self._hook, methods=["POST"]),
+        ])
+
+    def reset(self) -> None:
+        with self._lock:
+            self.whatsapp.clear()
+            self.shopify.clear()
+            self.woo.clear()
+            self.notifications.clear()
+            self.refused.clear()
+            self.woo_meta.clear()
+
+    # ---- what scenarios read -------------------------------------------------------------
+    def sent(self, to: str | None = None) -> list[WhatsAppSend]:
+        return [s for s in self.whatsapp if to is None or s.to == to]
+
+    def templates_to(self, to: str) -> list[str]:
+        return [s.template or s.to for s in self.sent(to)]
+
+    def shopify_ops(self, operation: str) -> list[dict[str, Any]]:
+        return [c.variables for c in self.shopify if c.operation == operation]
+
+    def woo_writes(self) -> list[WooCall]:
+        return [c for c in self.woo if c.method != "GET"]
+
+    # ---- WhatsApp Cloud API --------------------------------------------------------------
+    async def _wa_messages(self, request: Request) -> Response:
+        if request.headers.get("authorization") != f"Bearer {WA_TOKEN}":
+            self.refused.append("whatsapp")
+            return JSONResponse({"error": {"message": "Invalid OAuth access token.", "type": "OAuthException", "code": 190}}, 401)
+        body = await request.json()
+        template = body.get("template") or {}
+        params: list[str] = []
+        buttons: list[str] = []
+        for component in template.get("components") or []:
+            for p in component.get("parameters") or []:
+                if component.get("type") == "body":
+                    params.append(p["text"] if p.get("type") == "text" else p.get(p.get("type"), {}).get("fallback_value", ""))
+                elif p.get("type") == "payload":
+                    buttons.append(p["payload"])
+        with self._lock:
+            wamid = f"wamid.FAKE{next(self._ids):06d}"
+            self.whatsapp.append(WhatsAppSend(request.path_params["phone_number_id"], str(body.get("to")), template.get("name"),
+                                              tuple(params), tuple(buttons), body.get("biz_opaque_callback_data"), wamid))
+        to = str(body.get("to", ""))
+        return JSONResponse({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to.lstrip("+")}],
+                             "messages": [{"id": wamid}]})
+
+    # ---- Shopify Admin GraphQL -----------------------------------------------------------
+    async def _shopify_graphql(self, request: Request) -> Response:
+        if request.headers.get("x-shopify-access-token") != SHOP_TOKEN:
+            self.refused.append("shopify")
+            return JSONResponse({"errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"}, 401)
+        body = await request.json()
+        query = str(body.get("query") or "")
+        variables = body.get("variables") or {}
+        gid = variables.get("id") or variables.get("orderId") or (variables.get("input") or {}).get("id")
+        if "tagsAdd" in query:
+            op, data = "tagsAdd", {"tagsAdd": {"node": {"id": gid}, "userErrors": []}}
+        elif "orderCancel" in query:
+            op, data = "orderCancel", {"orderCancel": {"job": {"id": "gid://shopify/Job/1", "done": True},
+                                                       "orderCancelUserErrors": [], "userErrors": []}}
+        elif "orderUpdate" in query:
+            op, data = "orderUpdate", {"orderUpdate": {"order": {"id": gid}, "userErrors": []}}
+        else:
+            op, data = "query", {"order": {"id": gid, "cancelledAt": None, "note": None}}
+        with self._lock:
+            self.shopify.append(ShopifyCall(op, variables))
+        return JSONResponse({"data": data, "extensions": {"cost": COST}})
+
+    # ---- WooCommerce REST v3 -------------------------------------------------------------
+    def _woo_authorized(self, request: Request) -> bool:
+        """WooCommerce's check for plain http (WC_REST_Authentication::check_oauth_signature):
+        HMAC-SHA256 over ``METHOD&rawurlencode(url)&rawurlencode(sorted query)``, key ``secret&``."""
+        q = dict(request.query_params)
+        given = q.pop("oauth_signature", "")
+        ok = q.get("oauth_consumer_key") == WOO_KEY and q.get("oauth_signature_method") == "HMAC-SHA256"
+        if ok:
+            url = f"{request.url.scheme}://{request.url.netloc}{request.url.path}"
+            normalized = "&".join(f"{_rawurlencode(k)}={_rawurlencode(v)}" for k, v in sorted(q.items()))
+            base = f"{request.method}&{_rawurlencode(url)}&{_rawurlencode(normalized)}"
+            expected = base64.b64encode(hmac.new(f"{WOO_SECRET}&".encode(), base.encode(), hashlib.sha256).digest()).decode()
+            ok = hmac.compare_digest(given, expected)
+        if not ok:
+            self.refused.append("woocommerce")
+        return ok
+
+    async def _woo_order(self, request: Request) -> Response:
+        if not self._woo_authorized(request):
+            return JSONResponse({"code": "woocommerce_rest_cannot_view", "message": "Sorry, you cannot view this resource."}, 401)
+        oid = request.path_params["order_id"]
+        body = await request.json() if request.method == "PUT" else None
+        with self._lock:
+            self.woo.append(WooCall(request.method, oid, "", body))
+            meta = self.woo_meta.setdefault(oid, [])
+            if body and isinstance(body.get("meta_data"), list):
+                for item in body["meta_data"]:
+                    meta[:] = [m for m in meta if m.get("key") != item.get("key")] + [item]
+            current = list(meta)
+        return JSONResponse({"id": int(oid), "meta_data": current, **({"status": body["status"]} if body and "status" in body else {})})
+
+    async def _woo_note(self, request: Request) -> Response:
+        if not self._woo_authorized(request):
+            return JSONResponse({"code": "woocommerce_rest_cannot_create", "message": "Sorry, you are not allowed to create resources."}, 401)
+        body = await request.json()
+        with self._lock:
+            self.woo.append(WooCall("POST", request.path_params["order_id"], "/notes", body))
+            note_id = next(self._ids)
+        return JSONResponse({"id": note_id, **body}, 201)
+
+    # ---- hand-off notifications ----------------------------------------------------------
+    async def _hook(self, request: Request) -> Response:
+        body = await request.json()
+        with self._lock:
+            self.notifications.append((request.path_params["stage"], body))
+        return Response("ok")
+
+
+def _rawurlencode(value: str) -> str:
+    """PHP's rawurlencode (RFC 3986: only ``-_.~`` and alphanumerics stay)."""
+    return quote(value, safe="~")

@@ -1,0 +1,173 @@
+"""Webhook bodies built from the real public samples (../shared/fixtures/public), changed only
+where a scenario needs it (ids, phones, times, payment method, status)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote_plus
+
+from tests.conftest import FIXTURES
+from tests.helpers import load_json
+
+
+@functools.cache
+def _fixture(name: str) -> Any:
+    return load_json(FIXTURES / name)
+
+
+def fixture(name: str) -> Any:
+    return copy.deepcopy(_fixture(name))
+
+
+def iso(at: datetime) -> str:
+    return at.astimezone(timezone.utc).isoformat()
+
+
+def gmt(at: datetime) -> str:
+    """WooCommerce's ``*_gmt`` fields: naive ISO in UTC."""
+    return at.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds")
+
+
+# ---- Shopify --------------------------------------------------------------------------------
+
+def shopify_order(order_id: int, phone: str, at: datetime, *, cod: bool = True, total: str = "1299.00", updated: datetime | None = None,
+                  checkout_token: str | None = None, fulfilled: bool = False, customer_id: int | None = None) -> dict[str, Any]:
+    """``orders/create`` sample turned into a live order: COD (pending) or prepaid (paid), not cancelled, not a test."""
+    o = fixture("shopify/orders_create.sample.json")
+    o.update(id=order_id, admin_graphql_api_id=f"gid://shopify/Order/{order_id}", name=f"#{order_id % 100000}",
+             order_number=order_id % 100000, financial_status="pending" if cod else "paid",
+             payment_gateway_names=["Cash on Delivery (COD)"] if cod else ["razorpay"], cancelled_at=None, cancel_reason=None,
+             test=False, created_at=iso(at), processed_at=iso(at), updated_at=iso(updated or at), phone=phone,
+             current_total_price=total, total_price=total, currency="INR", presentment_currency="INR",
+             checkout_token=checkout_token, fulfillment_status="fulfilled" if fulfilled else None)
+    o["customer"].update(id=customer_id or customer_id_for(phone), first_name="Asha", phone=None,
+                         admin_graphql_api_id=f"gid://shopify/Customer/{customer_id or customer_id_for(phone)}")
+    return o
+
+
+def customer_id_for(phone: str) -> int:
+    """One Shopify customer per phone in these stories."""
+    return int("".join(ch for ch in phone if ch.isdigit()))
+
+
+def shopify_checkout(token: str, phone: str, at: datetime, *, accepts_marketing: bool = True, total: str = "899.00") -> dict[str, Any]:
+    c = fixture("shopify/checkouts_create.sample.json")
+    c.update(token=token, phone=phone, buyer_accepts_marketing=accepts_marketing, completed_at=None, created_at=iso(at), updated_at=iso(at),
+             total_price=total, currency="INR", presentment_currency="INR",
+             abandoned_checkout_url=f"https://shop-a.example/548380009/checkouts/{token}/recover?key=k-{token}")
+    c["customer"].update(id=customer_id_for(phone), admin_graphql_api_id=f"gid://shopify/Customer/{customer_id_for(phone)}")
+    return c
+
+
+def shopify_fulfillment(fulfillment_id: int, order_id: int, at: datetime, shipment_status: str | None = "in_transit") -> dict[str, Any]:
+    f = fixture("shopify/fulfillments_update.sample.json")
+    f.update(id=fulfillment_id, order_id=order_id, status="success", shipment_status=shipment_status, created_at=iso(at), updated_at=iso(at),
+             admin_graphql_api_id=f"gid://shopify/Fulfillment/{fulfillment_id}")
+    return f
+
+
+def shopify_whatsapp_consent(customer_id: int, phone: str, state: str, at: datetime) -> dict[str, Any]:
+    """``customers_whats_app_marketing_consent/update`` (API 2026-07)."""
+    c = fixture("shopify/customers_whats_app_marketing_consent_update.sample.json")
+    c.update(customer_id=customer_id, phone_number=phone)
+    c["whats_app_marketing_consent"].update(state=state, opt_in_level="single_opt_in", updated_at=iso(at))
+    return c
+
+
+# ---- WooCommerce ----------------------------------------------------------------------------
+
+def woo_order(order_id: int, phone: str, at: datetime, *, cod: bool = True, status: str = "processing", total: str = "1299.00",
+              modified: datetime | None = None, tracking: bool = False) -> dict[str, Any]:
+    """The REST v3 order example turned into a COD (``cod``, unpaid) or paid order."""
+    o = fixture("woocommerce/order.created.rest-v3-docs-example.json")
+    o.update(id=order_id, number=str(order_id), order_key=f"wc_order_{order_id}", status=status, currency="INR", total=total,
+             date_created_gmt=gmt(at), date_created=gmt(at), date_modified_gmt=gmt(modified or at), date_modified=gmt(modified or at))
+    if cod:
+        o.update(payment_method="cod", payment_method_title="Cash on delivery", date_paid=None, date_paid_gmt=None, transaction_id="")
+    else:
+        o.update(payment_method="razorpay", payment_method_title="Razorpay", date_paid=gmt(at), date_paid_gmt=gmt(at))
+    o["billing"].update(phone=phone, first_name="Asha")
+    if tracking:
+        o["meta_data"] = [*o.get("meta_data", []), {"id": 99, "key": "_wc_shipment_tracking_items",
+                                                    "value": [{"tracking_provider": "Delhivery", "tracking_number": f"DL{order_id}"}]}]
+    return o
+
+
+CART_TOKEN = "cart-hook-Scenario-7Qm2xWv9Lr4Tn8Kp3Zs6"
+
+
+def _php_urlencode(value: str) -> str:
+    return quote_plus(value, safe="").replace("~", "%7E")
+
+
+def http_build_query(fields: dict[str, str]) -> bytes:
+    return "&".join(f"{_php_urlencode(k)}={_php_urlencode(v)}" for k, v in fields.items()).encode("ascii")
+
+
+def woo_cart(session: str, phone: str, status: str = "abandoned", *, opt_in: bool = True, total: str = "899.00") -> dict[str, str]:
+    """What the Cart Abandonment Recovery plugin posts (``trigger_zapier_webhook``), plus the site's opt-in field."""
+    token = _php_urlencode(base64.b64encode(f"wcf_session_id={session}".encode()).decode())
+    fields = {
+        "first_name": "Asha", "last_name": "Rao", "phone_number": phone,
+        "billing_address": "Bloom Co 12 MG Road, KA, IN, Bengaluru, 560001", "shipping_address": "Bloom Co 12 MG Road, Bengaluru, KA, 560001",
+        "email": f"{session[:6]}@example.in",
+        "checkout_url": f"https://bloom.example/checkout/?wcf_ac_token={token}&#038;utm_source=whatsapp",
+        "product_names": "Neem face wash & Rose toner", "coupon_code": "", "order_status": status, "cart_total": total,
+        "product_table": "<table><tr><td>Neem face wash</td><td>1</td></tr></table>", "currency": "INR",
+    }
+    if opt_in:
+        fields["whatsapp_opt_in"] = "1"
+    return fields
+
+
+# ---- WhatsApp -------------------------------------------------------------------------------
+
+def _inbound(sample: str, phone_number_id: str, wa_id: str, message_id: str, at: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
+    env = fixture(f"whatsapp/{sample}")
+    value = env["entry"][0]["changes"][0]["value"]
+    value["metadata"]["phone_number_id"] = phone_number_id
+    value["contacts"][0].update(wa_id=wa_id, profile={"name": "Asha"})
+    msg = value["messages"][0]
+    msg.update({"from": wa_id, "id": message_id, "timestamp": str(int(at.timestamp()))})
+    return env, msg
+
+
+def wa_button_tap(phone_number_id: str, wa_id: str, message_id: str, payload: str, context_wamid: str, at: datetime) -> dict[str, Any]:
+    """A template quick-reply tap (type ``button``) quoting the message it answers."""
+    env, msg = _inbound("inbound_template_quick_reply_button.pywa.json", phone_number_id, wa_id, message_id, at)
+    msg["button"] = {"payload": payload, "text": {"cod_confirm": "Confirm", "cod_cancel": "Cancel"}.get(payload, payload)}
+    msg["context"] = {"from": phone_number_id, "id": context_wamid}
+    return env
+
+
+def wa_text(phone_number_id: str, wa_id: str, message_id: str, text: str, at: datetime) -> dict[str, Any]:
+    env, msg = _inbound("inbound_text.pywa.json", phone_number_id, wa_id, message_id, at)
+    msg["text"] = {"body": text}
+    return env
+
+
+def wa_marketing_preference(phone_number_id: str, wa_id: str, value: str, at: datetime) -> dict[str, Any]:
+    """WhatsApp's own marketing-messages preference (``user_preferences``): ``stop`` / ``resume``."""
+    env = fixture("whatsapp/user_preferences_marketing_resume.pywa.json")
+    change = env["entry"][0]["changes"][0]["value"]
+    change["metadata"]["phone_number_id"] = phone_number_id
+    change["contacts"][0]["wa_id"] = wa_id
+    change["user_preferences"][0].update(wa_id=wa_id, value=value, timestamp=int(at.timestamp()),
+                                         detail=f"User requested to {value} marketing messages")
+    return env
+
+
+def wa_status(phone_number_id: str, wa_id: str, wamid: str, status: str, at: datetime, callback: str | None = None) -> dict[str, Any]:
+    env = fixture(f"whatsapp/status_{status}.pywa.json")
+    value = env["entry"][0]["changes"][0]["value"]
+    value["metadata"]["phone_number_id"] = phone_number_id
+    value["contacts"][0]["wa_id"] = wa_id
+    item = value["statuses"][0]
+    item.update(id=wamid, recipient_id=wa_id, timestamp=str(int(at.timestamp())))
+    if callback:
+        item["biz_opaque_callback_data"] = callback
+    return env
