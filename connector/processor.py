@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, or_, select, update
+from sqlalchemy import Connection, or_, select
 
 from connector.compliance import PRIVACY_TOPICS, PRIVACY_WAIT, waiting_for_earlier
 from connector.config import Settings
@@ -31,7 +31,7 @@ from connector.state import apply_event
 from connector.storage import jsoncodec
 from connector.storage.db import Database
 from connector.storage.models import InboxEvent, utcnow
-from connector.storage.sql import INBOX, flush
+from connector.storage.sql import INBOX, execute_many, flush, update_statement
 from connector.storage.txcache import TxCache, installed
 
 log = logging.getLogger("storeloop.processor")
@@ -54,8 +54,7 @@ def _mark_rows(conn: Connection, marks: list[tuple[int, dict[str, Any]]]) -> Non
     for row_id, values in marks:
         groups.setdefault(tuple(sorted(values)), []).append({**values, "_pk": row_id})
     for fields, params in groups.items():
-        stmt = INBOX.update().where(INBOX.c.id == bindparam("_pk")).values({f: bindparam(f) for f in fields})
-        conn.execute(stmt, params)
+        execute_many(conn, update_statement(INBOX, fields), params)
 
 
 class InboxProcessor:

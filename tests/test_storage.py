@@ -323,3 +323,37 @@ def test_a_batch_decides_exactly_as_rows_processed_one_at_a_time(db_url):
     assert a["runs"] and a["outbox"] and a["lines"]  # the scenario did something
     assert a == b
     db.dispose()
+
+
+def test_the_fast_executemany_stores_exactly_what_sqlalchemy_would(db):
+    """``storage.sql.execute_many`` bypasses SQLAlchemy's per-row parameter assembly on SQLite:
+    the stored text (timestamps, JSON, booleans, Python-side defaults) must be the same as a
+    plain ``conn.execute`` gives, for an INSERT with defaults left out and for an UPDATE."""
+    from connector.storage import sql
+
+    ids = sync_stores(db, [("a", "shopify")])
+    at = datetime(2026, 11, 20, 10, 0, 0, 123, tzinfo=timezone(timedelta(hours=5, minutes=30)))
+    rows = [{"store_id": ids["a"], "journey": "j", "subject": f"s{i}", "contact_id": None, "status": "active",
+             "state": {"n": i, "name": "Zoë", "nested": [1, {"k": None}]}, "holdout": bool(i % 2),
+             "next_due_at": at + timedelta(minutes=i)} for i in range(4)]
+    with db.engine.begin() as conn:
+        sql.execute_many(conn, sql._insert(sql.RUNS), rows[:2])  # fast path (on SQLite)
+        conn.execute(sql._insert(sql.RUNS), rows[2:])  # SQLAlchemy's own
+        got = conn.execute(select(m.JourneyRun).order_by(m.JourneyRun.id)).all()
+        raw = conn.execute(text("SELECT next_due_at, holdout, status FROM journey_runs ORDER BY id")).all()
+    assert [r.state for r in got] == [r["state"] for r in rows]
+    assert [r.next_due_at for r in got] == [r["next_due_at"] for r in rows]
+    assert all(r.next_due_at.tzinfo == timezone.utc for r in got)
+    assert [r.holdout for r in got] == [False, True, False, True]
+    assert all(r.started_at is not None and r.updated_at is not None for r in got)  # defaults applied
+    if db.is_sqlite:  # the same text as SQLAlchemy's own DATETIME codec writes
+        assert raw[0][0] == "2026-11-20 04:30:00.000123" and raw[2][0] == "2026-11-20 04:32:00.000123"
+    later = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    with db.engine.begin() as conn:
+        sql.execute_many(conn, sql.update_statement(sql.RUNS, ("next_due_at", "status")),
+                         [{"_pk": got[0].id, "status": "finished", "next_due_at": later},
+                          {"_pk": got[3].id, "status": "handoff", "next_due_at": None}])
+        after = {r.id: r for r in conn.execute(select(m.JourneyRun))}
+    assert (after[got[0].id].status, after[got[0].id].next_due_at) == ("finished", later)
+    assert (after[got[3].id].status, after[got[3].id].next_due_at) == ("handoff", None)
+    assert after[got[1].id].status == "active"  # untouched
