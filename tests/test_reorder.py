@@ -478,3 +478,62 @@ def test_config_beats_tag_beats_customer_and_a_metafield_beats_a_tag(db_url):
             woo_cycle = conn.execute(select(m.ProductCycle.cycle_days).where(m.ProductCycle.store_id == runtime.store_ids["woo"])).scalar_one()
     assert found == {"p:9001": ("config", 30.0), "p:9002": ("tag", 21.0), "p:9003": ("tag", 45.0), "p:9004": ("customer", 50.0)}
     assert woo_cycle == 42.0
+
+
+def test_product_webhook_subscriptions_ask_for_the_storeloop_metafield_namespace():
+    """Shopify sends a product's ``storeloop.replenish`` metafield only to subscriptions that ask for
+    the namespace: install creates product subscriptions with it, adds it to one of ours made
+    without it, and leaves other topics and other addresses alone; a second run changes nothing."""
+    import asyncio
+    import json
+
+    import httpx
+    import respx
+
+    from adapters.shopify.client import ShopifyAdminClient
+    from adapters.shopify.subscriptions import register_webhooks
+
+    uri = "https://connector.example/webhooks/shopify"
+    subs = [{"id": "gid://shopify/WebhookSubscription/1", "topic": "PRODUCTS_UPDATE", "uri": uri, "metafieldNamespaces": []},
+            {"id": "gid://shopify/WebhookSubscription/2", "topic": "ORDERS_CREATE", "uri": uri, "metafieldNamespaces": []},
+            {"id": "gid://shopify/WebhookSubscription/3", "topic": "PRODUCTS_CREATE", "uri": "https://old.example/hooks", "metafieldNamespaces": []}]
+    calls: list[tuple[str, dict]] = []
+
+    def shopify(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        v = body["variables"]
+        if "webhookSubscriptions(" in body["query"]:
+            assert "metafieldNamespaces" in body["query"]
+            return httpx.Response(200, json={"data": {"webhookSubscriptions": {"nodes": subs, "pageInfo": {"hasNextPage": False}}}})
+        if "webhookSubscriptionCreate(" in body["query"]:
+            calls.append(("create", v))
+            sub = {"id": f"gid://shopify/WebhookSubscription/{len(subs) + 1}", "topic": v["topic"], "uri": v["webhookSubscription"]["uri"],
+                   "metafieldNamespaces": v["webhookSubscription"].get("metafieldNamespaces", [])}
+            subs.append(sub)
+            return httpx.Response(200, json={"data": {"webhookSubscriptionCreate": {"webhookSubscription": sub, "userErrors": []}}})
+        if "webhookSubscriptionUpdate(" in body["query"]:
+            calls.append(("update", v))
+            [sub] = [s for s in subs if s["id"] == v["id"]]
+            sub.update(v["webhookSubscription"])
+            return httpx.Response(200, json={"data": {"webhookSubscriptionUpdate": {"webhookSubscription": sub, "userErrors": []}}})
+        raise AssertionError(body["query"])
+
+    store = parse_settings({**settings_dict("sqlite://"), "stores": [{**settings_dict("sqlite://")["stores"][0], "access_token": "shpat_x",
+                                                                      "api_base_url": "https://shop-a.example"}]}, environ={}).stores[0]
+
+    async def install():
+        with respx.mock() as mock:
+            mock.post("https://shop-a.example/admin/api/2026-07/graphql.json").mock(side_effect=shopify)
+            async with ShopifyAdminClient(store) as client:
+                return await register_webhooks(client, uri, ("PRODUCTS_CREATE", "PRODUCTS_UPDATE", "ORDERS_CREATE"))
+
+    first = asyncio.run(install())
+    assert (first.created, first.present, first.updated, first.failed) == (["PRODUCTS_CREATE"], ["PRODUCTS_UPDATE", "ORDERS_CREATE"],
+                                                                           ["PRODUCTS_UPDATE"], [])
+    assert calls == [("create", {"topic": "PRODUCTS_CREATE", "webhookSubscription": {"uri": uri, "format": "JSON",
+                                                                                      "metafieldNamespaces": ["storeloop"]}}),
+                     ("update", {"id": "gid://shopify/WebhookSubscription/1", "webhookSubscription": {"metafieldNamespaces": ["storeloop"]}})]
+    assert subs[2]["metafieldNamespaces"] == []  # another address's subscription: not ours to change
+    calls.clear()
+    again = asyncio.run(install())
+    assert calls == [] and again.created == again.updated == [] and sorted(again.present) == ["ORDERS_CREATE", "PRODUCTS_CREATE", "PRODUCTS_UPDATE"]

@@ -39,10 +39,18 @@ COMPLIANCE_NOTE = (
     "Partner/Dev Dashboard, with the URI {public_url}/webhooks/shopify"
 )
 
+# Product deliveries carry our ``storeloop.replenish`` metafield (a replenishment cycle such as
+# "30d", read by adapters/shopify/normalize.py) only when the subscription asks for the
+# namespace: ``WebhookSubscriptionInput.metafieldNamespaces`` (Admin GraphQL 2024-10 .. 2027-01,
+# "The list of namespaces for any metafields that should be included in the webhook subscription";
+# ``WebhookSubscription.metafieldNamespaces`` reads it back).
+METAFIELD_NAMESPACE = "storeloop"
+NAMESPACES: dict[str, tuple[str, ...]] = {"PRODUCTS_CREATE": (METAFIELD_NAMESPACE,), "PRODUCTS_UPDATE": (METAFIELD_NAMESPACE,)}
+
 LIST_SUBSCRIPTIONS = """
 query StoreloopWebhookSubscriptions($first: Int!, $after: String) {
   webhookSubscriptions(first: $first, after: $after) {
-    nodes { id topic uri }
+    nodes { id topic uri metafieldNamespaces }
     pageInfo { hasNextPage endCursor }
   }
 }
@@ -51,7 +59,16 @@ query StoreloopWebhookSubscriptions($first: Int!, $after: String) {
 CREATE_SUBSCRIPTION = """
 mutation StoreloopWebhookSubscriptionCreate($topic: WebhookSubscriptionTopic!, $webhookSubscription: WebhookSubscriptionInput!) {
   webhookSubscriptionCreate(topic: $topic, webhookSubscription: $webhookSubscription) {
-    webhookSubscription { id topic uri }
+    webhookSubscription { id topic uri metafieldNamespaces }
+    userErrors { field message }
+  }
+}
+"""
+
+UPDATE_SUBSCRIPTION = """
+mutation StoreloopWebhookSubscriptionUpdate($id: ID!, $webhookSubscription: WebhookSubscriptionInput!) {
+  webhookSubscriptionUpdate(id: $id, webhookSubscription: $webhookSubscription) {
+    webhookSubscription { id topic uri metafieldNamespaces }
     userErrors { field message }
   }
 }
@@ -66,6 +83,7 @@ class SubscriptionReport:
     created: list[str] = field(default_factory=list)
     present: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)  # present (listed there too) without the metafield namespaces it needs: added
     elsewhere: list[tuple[str, str]] = field(default_factory=list)  # (topic, other uri): left alone
 
     @property
@@ -77,9 +95,10 @@ def _same_uri(a: str, b: str) -> bool:
     return a.rstrip("/") == b.rstrip("/")
 
 
-async def list_subscriptions(client: Any) -> list[dict[str, str]]:
-    """Every shop-scoped subscription of this app: ``[{"id", "topic", "uri"}]``."""
-    out: list[dict[str, str]] = []
+async def list_subscriptions(client: Any) -> list[dict[str, Any]]:
+    """Every shop-scoped subscription of this app: ``[{"id", "topic", "uri", "namespaces"}]``
+    (``namespaces`` None when the answer did not say)."""
+    out: list[dict[str, Any]] = []
     after = None
     for _ in range(MAX_PAGES):
         data = await client.graphql(LIST_SUBSCRIPTIONS, {"first": 100, "after": after})
@@ -88,7 +107,9 @@ async def list_subscriptions(client: Any) -> list[dict[str, str]]:
             break
         for node in conn.get("nodes") or []:
             if isinstance(node, dict) and isinstance(node.get("topic"), str):
-                out.append({"id": str(node.get("id") or ""), "topic": node["topic"], "uri": str(node.get("uri") or "")})
+                names = node.get("metafieldNamespaces")
+                out.append({"id": str(node.get("id") or ""), "topic": node["topic"], "uri": str(node.get("uri") or ""),
+                            "namespaces": [str(n) for n in names] if isinstance(names, list) else None})
         page = conn.get("pageInfo") or {}
         if not page.get("hasNextPage") or not page.get("endCursor"):
             break
@@ -101,31 +122,62 @@ async def register_webhooks(client: Any, uri: str, topics: tuple[str, ...] = TOP
 
     A topic subscribed to a different address (an old public URL) is reported in ``elsewhere``
     and our subscription is still created; the old one is not deleted (it may be another
-    deployment's).
+    deployment's). Product topics ask for the ``storeloop`` metafield namespace; one of ours
+    made without it (an earlier version) gets it added (``updated``) with
+    ``webhookSubscriptionUpdate``. A listing that does not say which namespaces a
+    subscription has leaves it alone.
     """
     report = SubscriptionReport(uri=uri)
     existing = await list_subscriptions(client)
     for topic in topics:
+        wanted = NAMESPACES.get(topic, ())
         mine = [s for s in existing if s["topic"] == topic and _same_uri(s["uri"], uri)]
         if mine:
+            have = mine[0]["namespaces"]
             report.present.append(topic)
+            if wanted and have is not None and not set(wanted) <= set(have):
+                # subscribed before it asked for the namespace: product deliveries come without our metafield
+                await _update(client, report, topic, mine[0]["id"], sorted({*have, *wanted}))
             continue
         report.elsewhere.extend((topic, s["uri"]) for s in existing if s["topic"] == topic)
+        subscription: dict[str, Any] = {"uri": uri, "format": "JSON"}
+        if wanted:
+            subscription["metafieldNamespaces"] = list(wanted)
         try:
-            data = await client.graphql(CREATE_SUBSCRIPTION, {"topic": topic, "webhookSubscription": {"uri": uri, "format": "JSON"}})
+            data = await client.graphql(CREATE_SUBSCRIPTION, {"topic": topic, "webhookSubscription": subscription})
         except SendError as exc:
             report.failed.append((topic, str(exc)))
             continue
-        payload = data.get("webhookSubscriptionCreate") if isinstance(data, dict) else None
-        errors = payload.get("userErrors") if isinstance(payload, dict) else None
-        if errors:
-            msg = "; ".join(str(e.get("message", ""))[:120] for e in errors if isinstance(e, dict)) or "user error"
-            report.failed.append((topic, msg))
-        elif not isinstance(payload, dict) or not isinstance(payload.get("webhookSubscription"), dict):
-            report.failed.append((topic, "no subscription in the answer"))
+        failure = _failure(data, "webhookSubscriptionCreate")
+        if failure:
+            report.failed.append((topic, failure))
         else:
             report.created.append(topic)
     return report
 
 
-__all__ = ["COMPLIANCE_NOTE", "SubscriptionReport", "TOPICS", "list_subscriptions", "register_webhooks"]
+async def _update(client: Any, report: SubscriptionReport, topic: str, sub_id: str, namespaces: list[str]) -> None:
+    try:
+        data = await client.graphql(UPDATE_SUBSCRIPTION, {"id": sub_id, "webhookSubscription": {"metafieldNamespaces": namespaces}})
+    except SendError as exc:
+        report.failed.append((topic, str(exc)))
+        return
+    failure = _failure(data, "webhookSubscriptionUpdate")
+    if failure:
+        report.failed.append((topic, failure))
+    else:
+        report.updated.append(topic)
+
+
+def _failure(data: Any, field_name: str) -> str | None:
+    """Why a subscription mutation did nothing (its userErrors, or no subscription in the answer); None when it worked."""
+    payload = data.get(field_name) if isinstance(data, dict) else None
+    errors = payload.get("userErrors") if isinstance(payload, dict) else None
+    if errors:
+        return "; ".join(str(e.get("message", ""))[:120] for e in errors if isinstance(e, dict)) or "user error"
+    if not isinstance(payload, dict) or not isinstance(payload.get("webhookSubscription"), dict):
+        return "no subscription in the answer"
+    return None
+
+
+__all__ = ["COMPLIANCE_NOTE", "METAFIELD_NAMESPACE", "NAMESPACES", "SubscriptionReport", "TOPICS", "list_subscriptions", "register_webhooks"]
