@@ -248,6 +248,29 @@ def _parse_since(value: str, now: datetime) -> datetime:
     return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
+def backfill_hint(db: Any, store: Any, store_id: int) -> str | None:
+    """What to run next while no backfill has imported the store's order history (None once one has).
+
+    Printed by ``storeloop sync`` without ``--backfill``, and meant for the end of ``storeloop install``.
+    """
+    from connector.sync import BACKFILL_CURSOR, read_cursor
+
+    if read_cursor(db, store_id, BACKFILL_CURSOR) is not None:
+        return None
+    extra = " (Shopify shows orders older than 60 days only with the read_all_orders scope)" if store.platform == "shopify" else ""
+    return (f"no order history imported yet for {store.key}: run `storeloop sync --store {store.key} --backfill --since 365d` "
+            f"so reorder cycles can be learned from it (imported orders send no messages){extra}")
+
+
+def _sync_rows(report: Any) -> list[tuple[str, str]]:
+    rows = []
+    for key, value in report.as_dict().items():
+        if isinstance(value, list):
+            value = ", ".join(value) if value else "-"
+        rows.append((key, str(value)))
+    return rows
+
+
 @app.command()
 def sync(
     config: ConfigOpt = Path("storeloop.toml"),
@@ -255,13 +278,18 @@ def sync(
     backfill: Annotated[bool, typer.Option("--backfill", help="read from --since (default 365d) instead of the stored cursor")] = False,
     since: Annotated[Optional[str], typer.Option(help="backfill start: Nd, Nh or an ISO date (implies --backfill)")] = None,
 ) -> None:
-    """Reconcile a store's orders once: fetch what changed since the last run into the inbox."""
+    """Reconcile a store's orders once: fetch what changed since the last run into the inbox.
+
+    A backfill (``--backfill`` / ``--since``) also reads every product first (tags and cycle
+    metafields for the reorder journey) and shows a progress bar against the platform's count.
+    WooCommerce: webhooks of ours that WooCommerce disabled are switched back on first.
+    """
     from datetime import datetime, timedelta, timezone
 
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from connector.sync import PLACED_WITHIN, SyncError, SyncReport, reconcile_orders
+    from connector.sync import PLACED_WITHIN, ProductSyncReport, SyncError, SyncReport, reconcile_orders, sync_products, woocommerce_delivery_url
     from jobs.scheduler import has_credentials, make_client
 
     settings = _load(config)
@@ -273,40 +301,63 @@ def sync(
         raise typer.Exit(2)
     now = datetime.now(timezone.utc)
     start = _parse_since(since, now) if since else (_parse_since("365d", now) if backfill else None)
+    public = settings.server.public_base_url
+    hook_url = woocommerce_delivery_url(public, chosen.key) if public and chosen.platform == "woocommerce" else None
     db, store_ids = _open_db(settings, "sync")
+    products: ProductSyncReport | None = None
     try:
         store_id = store_ids[chosen.key]
 
         async def run() -> SyncReport:
-            with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
-                task = bar.add_task(f"{chosen.key}: starting", total=None)
-
-                def progress(report: SyncReport) -> None:
-                    bar.update(task, description=f"{chosen.key}: {report.orders_seen} order(s), {report.pages} page(s), "
-                                                 f"{report.new_rows} new")
-
+            nonlocal products
+            columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with Progress(*columns, console=console) as bar:
                 async with make_client(chosen, db) as client:  # credentials stored by install first
+                    if start is not None and "reorder" in chosen.enabled_journeys():
+                        task = bar.add_task(f"{chosen.key}: products", total=None)
+                        products = await sync_products(db, chosen, store_id, client, now=now)
+                        bar.update(task, completed=products.products_seen, total=products.products_seen)
+                    task = bar.add_task(f"{chosen.key}: orders", total=None)
+
+                    def progress(report: SyncReport) -> None:
+                        total = report.orders_total
+                        if total is not None:  # an AT_LEAST count, or orders changed meanwhile: never past the end
+                            total = max(total, report.orders_seen)
+                        bar.update(task, completed=report.orders_seen, total=total,
+                                   description=f"{chosen.key}: orders, {report.pages} page(s), {report.new_rows} new")
+
                     # a backfill is history: orders placed before the connector knew the store get no messages
                     placed_within = timedelta(0) if start is not None else PLACED_WITHIN
                     return await reconcile_orders(db, chosen, store_id, client, now=now, since=start, progress=progress,
-                                                  placed_within=placed_within)
+                                                  placed_within=placed_within, reenable_webhooks_under=hook_url)
 
         try:
             report = asyncio.run(run())
         except SyncError as exc:
-            console.print(f"[bold red]sync stopped:[/] {exc}")
+            console.print(f"[bold red]sync stopped:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(1) from None
         except Exception as exc:  # RetryableError / PermanentError from the platform: short, secret-free messages
-            console.print(f"[bold red]sync failed:[/] {exc.__class__.__name__}: {exc}")
+            console.print(f"[bold red]sync failed:[/] {exc.__class__.__name__}: {escape(str(exc))}", highlight=False)
             raise typer.Exit(1) from None
+        hint = backfill_hint(db, chosen, store_id) if start is None else None
     finally:
         db.dispose()
     table = Table("field", "value")
-    for key, value in report.as_dict().items():
-        table.add_row(key, str(value))
+    for key, value in _sync_rows(report):
+        table.add_row(key, escape(value))
     Console().print(table)
-    if report.new_rows:
-        console.print(f"{report.new_rows} new inbox row(s); a running worker processes them")
+    total = f" of {report.orders_total}" if report.orders_total is not None else ""
+    console.print(f"{report.orders_seen}{total} order(s) read in {report.pages} page(s); {report.new_rows} new inbox row(s)"
+                  + ("; a running worker processes them" if report.new_rows else ""), highlight=False)
+    if products is not None:
+        console.print(f"{products.products_seen} product(s) read, {products.new_rows} with new tags or cycle", highlight=False)
+    for label in report.webhooks_reenabled:
+        console.print(f"[yellow]re-enabled WooCommerce webhook {escape(label)}[/] (WooCommerce had disabled it after failed deliveries)",
+                      highlight=False)
+    for why in report.webhooks_failed:
+        console.print(f"[red]WooCommerce webhook not re-enabled:[/] {escape(why)}", highlight=False)
+    if hint:
+        console.print(f"hint: {escape(hint)}", highlight=False)
 
 
 @app.command()

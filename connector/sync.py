@@ -30,7 +30,18 @@ stores it so that it normalises to ``OrderPlaced`` (Shopify: marker ``_storeloop
 in the stored node; WooCommerce: topic ``order.created`` with the webhook's own dedupe
 scheme), so a lost creation webhook still gets its confirmation / COD ask, exactly once
 (journey runs are unique per order). Older unknown orders (backfills) are imported
-silently as updates.
+silently as updates. A backfill that ran to its end is remembered (``orders_backfilled_since``),
+so install stops suggesting one; with a ``progress`` callback the pager also learns the run's
+total (Shopify ``ordersCount`` with the same search query, WooCommerce ``X-WP-Total``).
+
+WooCommerce disables a webhook after repeated failed deliveries and never retries it: before
+each WooCommerce run, the disabled webhooks delivered to this store's own address are switched
+back on; others (another plugin's) are left alone; a failure is recorded in the report
+(``webhooks_failed``) and the run goes on.
+
+Products (``sync_products``): every product's tags and cycle metafield / meta go through the
+inbox as product webhooks, so reorder cycles named on products nobody edited since install
+are known (the worker runs it daily for stores with the reorder journey; a backfill runs it first).
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -55,6 +66,8 @@ from connector.storage.models import Lease, Order, SyncCursor
 log = logging.getLogger("storeloop.sync")
 
 ORDERS_CURSOR = "orders_updated_at"
+BACKFILL_CURSOR = "orders_backfilled_since"  # set when a backfill (``since``) ran to its end
+PRODUCTS_CURSOR = "products_synced_at"
 DEFAULT_LOOKBACK = timedelta(days=1)
 DEFAULT_OVERLAP = timedelta(minutes=5)
 PLACED_WITHIN = timedelta(hours=24)
@@ -91,7 +104,10 @@ class JobReport:
 @dataclass(slots=True)
 class SyncReport(JobReport):
     orders_seen: int = 0
+    orders_total: int | None = None  # what the platform said the run would see (progress bar), when asked and told
     placed: int = 0  # first sight of a fresh order, stored so that it starts the journeys
+    webhooks_reenabled: list[str] = field(default_factory=list)  # WooCommerce: "id topic" of ours switched back on
+    webhooks_failed: list[str] = field(default_factory=list)  # "id topic: why" (or why none could be checked)
 
 
 # ---- cursors --------------------------------------------------------------------------
@@ -127,12 +143,16 @@ def parse_cursor(value: Any) -> datetime | None:
     return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
-def pager_for(store: Any, client: Any) -> OrderPager:
-    """The platform's order pager (the composition of core and adapters happens here)."""
+def pager_for(store: Any, client: Any, *, count: bool = False) -> OrderPager:
+    """The platform's order pager (the composition of core and adapters happens here).
+
+    ``count``: also learn how many orders the run will see (``pager.total``) where that costs
+    a request (Shopify's ``ordersCount``); WooCommerce says it on every page anyway.
+    """
     if store.platform == "shopify":
         from adapters.shopify.sync import ShopifyOrderPager
 
-        return ShopifyOrderPager(client, store.key)
+        return ShopifyOrderPager(client, store.key, count=count)
     from adapters.woocommerce.sync import WooOrderPager
 
     return WooOrderPager(client)
@@ -164,16 +184,27 @@ async def reconcile_orders(
     sleep: Sleep = asyncio.sleep,
     placed_within: timedelta = PLACED_WITHIN,
     max_attempts: int = MAX_ATTEMPTS,
+    reenable_webhooks_under: str | None = None,
 ) -> SyncReport:
-    """Fetch every order updated since the stored cursor (or ``since``) into the inbox."""
+    """Fetch every order updated since the stored cursor (or ``since``) into the inbox.
+
+    ``progress`` is called after each committed page (and makes the pager learn the run's
+    total, ``report.orders_total``). ``reenable_webhooks_under``: a WooCommerce store's own
+    webhook address (``{public_url}/webhooks/woocommerce/{key}``): webhooks there that
+    WooCommerce disabled are switched back on first, and the report says which (or why not).
+    """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     stored = parse_cursor(await anyio.to_thread.run_sync(read_cursor, db, store_id, ORDERS_CURSOR))
     start = since if since is not None else (stored or now - DEFAULT_LOOKBACK)
     report = SyncReport(store_key=store.key, platform=store.platform, cursor_before=stored)
     report.window_start = start - overlap
+    if reenable_webhooks_under is not None and store.platform == "woocommerce":
+        await reenable_woocommerce_webhooks(store, client, reenable_webhooks_under, report)
     job = _Job(db, store, store_id, client, now, report, progress, sleep, placed_within, max_attempts, stored)
-    await job.run(pager_for(store, client), report.window_start, page_size)
+    await job.run(pager_for(store, client, count=progress is not None), report.window_start, page_size)
+    if since is not None:  # a backfill ran to its end: `storeloop install` stops suggesting one
+        await anyio.to_thread.run_sync(upsert_cursor, db, store_id, BACKFILL_CURSOR, since.isoformat())
     log.info("reconciled %s: %d page(s), %d order(s), %d new, cursor %s -> %s", store.key, report.pages,
              report.orders_seen, report.new_rows, report.cursor_before, report.cursor_after)
     return report
@@ -248,6 +279,9 @@ class _Job:
         await self._write(items)
         self.report.pages += 1
         self.report.orders_seen += len(page)
+        total = getattr(pager, "total", None)
+        if total is not None:
+            self.report.orders_total = total
         if self.progress is not None:
             self.progress(self.report)
         return newest
@@ -355,17 +389,101 @@ async def run_periodic(
 
 
 __all__ = [
-    "ORDERS_CURSOR", "SyncError", "SyncReport", "acquire_lease", "read_cursor", "reconcile_orders", "release_lease",
-    "run_periodic", "upsert_cursor",
+    "BACKFILL_CURSOR", "ORDERS_CURSOR", "PRODUCTS_CURSOR", "ProductSyncReport", "SyncError", "SyncReport", "acquire_lease",
+    "read_cursor", "reconcile_orders", "reenable_woocommerce_webhooks", "release_lease", "run_periodic", "sync_products",
+    "upsert_cursor", "woocommerce_delivery_url",
 ]
 
 
-async def reenable_woocommerce_webhooks(store: Any, client: Any) -> list[dict[str, Any]]:
-    """WooCommerce disables a webhook after repeated failures and never retries: switch ours
-    back on and report which (the reconciliation run that follows fills the gap)."""
-    hooks = await client.disabled_webhooks()
+def woocommerce_delivery_url(public_base: str, store_key: str) -> str:
+    """Where ``storeloop install woocommerce`` points a store's webhooks (connector/install/woocommerce.py)."""
+    return f"{public_base.rstrip('/')}/webhooks/woocommerce/{store_key}"
+
+
+def _ours(delivery_url: Any, ours: str) -> bool:
+    return isinstance(delivery_url, str) and delivery_url.rstrip("/") == ours.rstrip("/")
+
+
+async def reenable_woocommerce_webhooks(store: Any, client: Any, delivery_url: str | None, report: Any) -> None:
+    """WooCommerce disables a webhook after repeated failures and never retries: switch ours back on.
+
+    Ours = delivered to this store's address (``delivery_url``); a disabled webhook of another
+    app or site is left alone. What was switched on goes to ``report.webhooks_reenabled``; a
+    webhook that could not be (or a listing that failed) to ``report.webhooks_failed``, and
+    the reconciliation that follows runs anyway (it is what fills the gap). Without a public
+    URL (``server.public_url``) nothing can be told apart, so nothing is switched on.
+    """
+    if not delivery_url:
+        report.webhooks_failed.append("not checked: server.public_url is not set, so our webhooks cannot be told apart")
+        log.warning("disabled WooCommerce webhooks not checked: server.public_url is not set", extra={"store": store.key})
+        return
+    try:
+        hooks = await client.disabled_webhooks()
+    except Exception as exc:  # a 401 / 5xx / timeout here must not stop the reconciliation
+        report.webhooks_failed.append(f"listing disabled webhooks failed: {exc.__class__.__name__}: {exc}")
+        log.warning("could not list disabled WooCommerce webhooks", extra={"store": store.key, "reason": str(exc)})
+        return
     for hook in hooks:
-        await client.activate_webhook(hook["id"])
+        if not _ours(hook.get("delivery_url"), delivery_url):
+            continue
+        label = f"{hook.get('id')} {hook.get('topic')}"
+        try:
+            await client.activate_webhook(hook["id"])
+        except Exception as exc:
+            report.webhooks_failed.append(f"{label}: {exc.__class__.__name__}: {exc}")
+            log.warning("could not re-enable a WooCommerce webhook that WooCommerce had disabled",
+                        extra={"store": store.key, "webhook_id": hook.get("id"), "topic": hook.get("topic"), "reason": str(exc)})
+            continue
+        report.webhooks_reenabled.append(label)
         log.warning("re-enabled a WooCommerce webhook that WooCommerce had disabled",
-                    extra={"store": store.key, "webhook_id": hook["id"], "topic": hook.get("topic")})
-    return hooks
+                    extra={"store": store.key, "webhook_id": hook.get("id"), "topic": hook.get("topic")})
+
+
+# ---- products: their replenishment cycles (tags, metafield / meta) ----------------------------
+
+
+@dataclass(slots=True)
+class ProductSyncReport(JobReport):
+    products_seen: int = 0
+
+
+def product_pager_for(store: Any, client: Any) -> Any:
+    if store.platform == "shopify":
+        from adapters.shopify.sync import ShopifyProductPager
+
+        return ShopifyProductPager(client, store.key)
+    from adapters.woocommerce.sync import WooProductPager
+
+    return WooProductPager(client)
+
+
+async def sync_products(
+    db: Database, store: Any, store_id: int, client: Any, *, now: datetime, page_size: int = 100,
+    sleep: Sleep = asyncio.sleep, max_attempts: int = MAX_ATTEMPTS,
+) -> ProductSyncReport:
+    """Read every product (tags, the ``storeloop.replenish`` metafield / ``_storeloop_replenish``
+    meta) into the inbox as a product webhook would bring it, page by page.
+
+    A product's cycle tag is otherwise known only once the product is edited (its webhook).
+    Always the whole catalogue (products are few next to orders, and a metafield edit may not
+    move ``updatedAt``); a product whose tags and cycle did not change since the last run is
+    a duplicate row and costs nothing more.
+    """
+    report = ProductSyncReport(store_key=store.key, platform=store.platform)
+    pager = product_pager_for(store, client)
+
+    async def retry(call: Callable[[], Awaitable[Any]]) -> Any:
+        return await retrying(call, store.key, report, max_attempts, sleep)
+
+    async def wait(cost: float) -> None:
+        await budget(client, cost, report)
+
+    async for page in pager.pages(page_size, retry, wait):
+        items = [InboxItem(store_id=store_id, source=pager.source, topic=topic, dedupe_key=key[:255], raw_body=body,
+                           headers={"x-storeloop-sync": "products"}, triggered_at=updated) for topic, key, body, updated in page]
+        report.new_rows += sum(await anyio.to_thread.run_sync(write_items, db, items))
+        report.pages += 1
+        report.products_seen += len(page)
+    await anyio.to_thread.run_sync(upsert_cursor, db, store_id, PRODUCTS_CURSOR, now.isoformat())
+    log.info("synced products of %s: %d product(s), %d changed", store.key, report.products_seen, report.new_rows)
+    return report

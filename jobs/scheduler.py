@@ -1,8 +1,11 @@
-"""Periodic jobs on APScheduler 3 (in-memory job store): for now, order reconciliation.
+"""Periodic jobs on APScheduler 3 (in-memory job store).
 
 Thin wiring only. ``build_scheduler(runtime)`` returns an unstarted ``AsyncIOScheduler``
-with one job per store that has API credentials, ``reconcile:<store key>``, every
-``worker.reconcile_minutes``.
+with, per store that has API credentials, ``reconcile:<store key>`` every
+``worker.reconcile_minutes`` (WooCommerce: our disabled webhooks switched back on first),
+``checkout-poll:<key>`` (Shopify), and for stores running the reorder journey
+``products:<key>`` (daily, first a minute after start) and ``reorder:<key>``; plus the
+hourly raw-body purge. Each run logs its report (the job log).
 Every worker may run a scheduler: each tick takes the database lease
 ``job:reconcile:<store key>`` first, so the job runs once per tick across workers.
 Start it after ``runtime.start()`` (it needs ``runtime.store_ids``) and shut it down
@@ -24,7 +27,7 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from connector.config import ShopifyStore
-from connector.sync import acquire_lease, reconcile_orders, reenable_woocommerce_webhooks, run_periodic
+from connector.sync import acquire_lease, reconcile_orders, run_periodic, sync_products, woocommerce_delivery_url
 
 log = logging.getLogger("storeloop.jobs")
 
@@ -65,15 +68,37 @@ def reconcile_minutes(settings: Any) -> float:
     return float(settings.worker.reconcile_minutes)
 
 
+def delivery_url_for(runtime: Any, store: Any) -> str | None:
+    """A WooCommerce store's own webhook address (None without ``server.public_url``)."""
+    base = runtime.settings.server.public_base_url
+    return woocommerce_delivery_url(base, store.key) if base else None
+
+
 async def reconcile_store(runtime: Any, store: Any, holder: str, interval: timedelta) -> bool:
-    """One tick for one store: take the lease ``job:reconcile:<key>``, reconcile, wake the processor."""
+    """One tick for one store: take the lease ``job:reconcile:<key>``, (WooCommerce) switch our
+    disabled webhooks back on, reconcile, log the run, wake the processor."""
 
     async def work(client: Any, store_id: int) -> Any:
-        if store.platform == "woocommerce":
-            await reenable_woocommerce_webhooks(store, client)
-        return await reconcile_orders(runtime.db, store, store_id, client, now=runtime.clock())
+        report = await reconcile_orders(runtime.db, store, store_id, client, now=runtime.clock(),
+                                        reenable_webhooks_under=delivery_url_for(runtime, store) if store.platform == "woocommerce" else None)
+        log_report("reconcile", report)
+        return report
 
     return await _sync_tick(runtime, store, holder, interval, "reconcile", work)
+
+
+def log_report(job_name: str, report: Any) -> None:
+    """The job log: one line per run with its figures; WARNING when webhooks were re-enabled or could not be."""
+    data = report.as_dict()
+    reenabled, failed = data.get("webhooks_reenabled") or [], data.get("webhooks_failed") or []
+    level = logging.WARNING if reenabled or failed else logging.INFO
+    note = ""
+    if reenabled:
+        note += f"; re-enabled WooCommerce webhook(s) {', '.join(reenabled)}"
+    if failed:
+        note += f"; webhook re-enable failed: {'; '.join(failed)}"
+    log.log(level, "%s %s: %d page(s), %d new row(s)%s", job_name, report.store_key, report.pages, report.new_rows, note,
+            extra={"job": job_name, "report": data})
 
 
 async def _sync_tick(runtime: Any, store: Any, holder: str, interval: timedelta, job_name: str,
@@ -129,6 +154,7 @@ def build_scheduler(runtime: Any, *, holder: str | None = None) -> AsyncIOSchedu
     if skipped:
         log.info("order reconciliation off for %s: no API credentials", ", ".join(skipped))
     add_checkout_poll_jobs(scheduler, runtime, holder)
+    add_product_sync_jobs(scheduler, runtime, holder)
     for store in runtime.settings.stores:
         if "reorder" in store.enabled_journeys():
             minutes_r = float(runtime.settings.worker.reorder_minutes)
@@ -155,6 +181,38 @@ async def reorder_job(runtime: Any, store: Any, holder: str, interval: timedelta
             log.info("reorder windows opened", extra={"store": store.key, "opened": opened.opened, "expired": opened.expired})
 
     return await run_periodic(runtime.db, holder, f"job:reorder:{store.key}", interval * LEASE_FRACTION, job)
+
+
+PRODUCT_SYNC_EVERY = timedelta(hours=24)
+PRODUCT_SYNC_FIRST_AFTER = timedelta(minutes=1)  # the first run soon after the worker starts (then daily)
+
+
+def add_product_sync_jobs(scheduler: AsyncIOScheduler, runtime: Any, holder: str) -> list[str]:
+    """``products:<store key>`` daily, and once a minute after start, for each store with credentials that
+    runs the reorder journey: the products' cycle tags and metafields, including products nobody edited
+    since install (their webhooks never came). The lease keeps it to one run a day across workers and restarts."""
+    added = []
+    for store in runtime.settings.stores:
+        if "reorder" not in store.enabled_journeys() or not has_credentials(store, getattr(runtime, "db", None)):
+            continue
+        scheduler.add_job(
+            product_sync_store, "interval", seconds=PRODUCT_SYNC_EVERY.total_seconds(), id=f"products:{store.key}",
+            name=f"sync products {store.key}", args=[runtime, store, holder, PRODUCT_SYNC_EVERY],
+            next_run_time=datetime.now(timezone.utc) + PRODUCT_SYNC_FIRST_AFTER, replace_existing=True, coalesce=True, max_instances=1,
+        )
+        added.append(store.key)
+    return added
+
+
+async def product_sync_store(runtime: Any, store: Any, holder: str, interval: timedelta) -> bool:
+    """One run for one store: take the lease ``job:products:<key>``, read every product into the inbox."""
+
+    async def work(client: Any, store_id: int) -> Any:
+        report = await sync_products(runtime.db, store, store_id, client, now=runtime.clock())
+        log_report("products", report)
+        return report
+
+    return await _sync_tick(runtime, store, holder, interval, "products", work)
 
 
 async def purge_job(runtime: Any, holder: str) -> int:
@@ -202,4 +260,4 @@ async def poll_checkouts_store(runtime: Any, store: Any, holder: str, interval: 
     return await _sync_tick(runtime, store, holder, interval, "checkout-poll", work)
 
 
-__all__ = ["build_scheduler", "has_credentials", "make_client", "reconcile_store", "reorder_job", "worker_id"]
+__all__ = ["build_scheduler", "has_credentials", "make_client", "product_sync_store", "reconcile_store", "reorder_job", "worker_id"]

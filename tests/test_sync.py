@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -74,6 +75,10 @@ class FakeShopify:
         self.fail_calls: set[int] = set()
         self.calls = 0
         self.queries: list[dict] = []
+        self.counts: list[dict] = []  # ordersCount requests
+        self.products: list[dict] = []  # Product nodes: id, title, tags, updatedAt, metafield
+        self.product_queries: list[dict] = []
+        self.on_page = None  # called with the variables before a page is answered
 
     def put(self, node: dict) -> None:
         self.orders[node["id"]] = node
@@ -82,17 +87,34 @@ class FakeShopify:
         self.calls += 1
         body = json.loads(request.content)
         v = body["variables"]
-        self.queries.append(v)
+        if "orders(" in body["query"]:
+            self.queries.append(v)
         if self.calls in self.throttle_calls:
             self.events.append(("request", self.calls, "throttled"))
             return httpx.Response(200, json={
                 "errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
                 "extensions": {"cost": {"requestedQueryCost": 118, "actualQueryCost": None,
                                         "throttleStatus": {"maximumAvailable": 1000.0, "currentlyAvailable": 18, "restoreRate": 50.0}}}})
+        if "products(" in body["query"]:  # products by id, Relay cursors
+            self.product_queries.append(v)
+            rows = sorted(self.products, key=lambda p: int(p["id"].rsplit("/", 1)[1]))
+            if v.get("cursor"):
+                rows = [p for p in rows if int(p["id"].rsplit("/", 1)[1]) > int(v["cursor"])]
+            page, more = rows[: v["first"]], len(rows) > v["first"]
+            end = page[-1]["id"].rsplit("/", 1)[1] if page else None
+            return httpx.Response(200, json={"data": {"products": {"pageInfo": {"hasNextPage": more, "endCursor": end}, "nodes": page}}})
+        if "ordersCount(" in body["query"]:  # the backfill's total: same search query, uncapped
+            self.counts.append(v)
+            assert "limit: null" in body["query"]
+            since = v["q"].split(">='", 1)[1].rstrip("'")
+            return httpx.Response(200, json={"data": {"ordersCount": {
+                "count": sum(1 for n in self.orders.values() if n["updatedAt"] >= since), "precision": "EXACT"}}})
         self.events.append(("request", self.calls, v.get("cursor")))
         if self.calls in self.fail_calls:
             return httpx.Response(200, json={"errors": [{"message": "boom", "extensions": {"code": "BAD_REQUEST"}}]})
         since = v["q"].split(">='", 1)[1].rstrip("'")
+        if self.on_page is not None:
+            self.on_page(v)
         rows = sorted((n for n in self.orders.values() if n["updatedAt"] >= since), key=lambda n: (n["updatedAt"], n["id"]))
         if v.get("cursor"):
             after = tuple(v["cursor"].split("|", 1))
@@ -576,23 +598,371 @@ api_base_url = "https://shop-a.example"
     assert abs(asked - (now - timedelta(days=2, minutes=5))) < timedelta(seconds=5)
 
 
-def test_disabled_woocommerce_webhooks_are_switched_back_on():
-    from connector.sync import reenable_woocommerce_webhooks
+# ---- a fake WooCommerce: pages with X-WP-Total(Pages), 503s, data changing, webhooks, products ----
 
-    settings = shop_settings("sqlite://")
+WOO_BASE = WOO_URL.rsplit("/orders", 1)[0]
+OUR_HOOKS = "https://connector.example/webhooks/woocommerce/woo"
+
+
+class FakeWoo:
+    """WooCommerce REST v3 behind respx: ``/orders`` filtered by ``modified_after`` (exclusive, GMT),
+    ordered by id, ``per_page`` capped at ``max_per_page``, ``X-WP-Total`` / ``X-WP-TotalPages``;
+    trashed orders leave the list; ``/webhooks`` (``status=disabled``, PUT); ``/products``.
+    ``changes[n]`` runs before the n-th orders request is answered, ``failures[n]`` answers it."""
+
+    def __init__(self, orders: list[dict], *, max_per_page: int = 100):
+        self.orders = {o["id"]: o for o in orders}
+        self.max_per_page = max_per_page
+        self.hooks: dict[int, dict] = {}
+        self.put_fails: dict[int, httpx.Response] = {}
+        self.products: list[dict] = []
+        self.changes: dict[int, object] = {}
+        self.failures: dict[int, httpx.Response] = {}
+        self.order_calls = 0
+        self.requests: list[tuple[str, str, dict]] = []
+        self.on_page = None
+
+    def put(self, order: dict) -> None:
+        self.orders[order["id"]] = order
+
+    @staticmethod
+    def _paged(rows: list[dict], q: dict, cap: int) -> httpx.Response:
+        per = min(int(q.get("per_page", ["10"])[0]), cap)
+        page = int(q.get("page", ["1"])[0])
+        chunk = rows[(page - 1) * per: page * per]
+        return httpx.Response(200, json=chunk, headers={"X-WP-Total": str(len(rows)), "X-WP-TotalPages": str(-(-len(rows) // per))})
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/wp-json/wc/v3")
+        q = parse_qs(urlparse(str(request.url)).query)
+        self.requests.append((request.method, path, q))
+        if path == "/orders":
+            self.order_calls += 1
+            change = self.changes.get(self.order_calls)
+            if change is not None:
+                change(self)
+            if self.order_calls in self.failures:
+                return self.failures[self.order_calls]
+            if self.on_page is not None:
+                self.on_page(q)
+            since = q["modified_after"][0]
+            rows = sorted((o for o in self.orders.values() if o["status"] != "trash" and o["date_modified_gmt"] > since), key=lambda o: o["id"])
+            return self._paged(rows, q, self.max_per_page)
+        if path == "/products":
+            return self._paged(sorted(self.products, key=lambda p: p["id"]), q, self.max_per_page)
+        if path == "/webhooks" and request.method == "GET":
+            status = q.get("status", [None])[0]
+            return httpx.Response(200, json=[h for h in self.hooks.values() if status is None or h["status"] == status])
+        if path.startswith("/webhooks/") and request.method == "PUT":
+            hook_id = int(path.rsplit("/", 1)[1])
+            if hook_id in self.put_fails:
+                return self.put_fails[hook_id]
+            self.hooks[hook_id].update(json.loads(request.content))
+            return httpx.Response(200, json=self.hooks[hook_id])
+        return httpx.Response(404, json={"code": "rest_no_route"})
+
+    def puts(self) -> list[int]:
+        return [int(p.rsplit("/", 1)[1]) for m_, p, _ in self.requests if m_ == "PUT"]
+
+
+def woo_settings(db_url: str, **store: object):
+    raw = settings_dict(db_url)
+    raw["server"]["public_url"] = "https://connector.example"
+    raw["stores"][2].update(consumer_key="ck_test", consumer_secret="cs_test", **store)
+    return parse_settings(raw, environ={})
+
+
+def test_the_scheduled_woocommerce_tick_re_enables_only_our_disabled_webhooks_and_reports_it(db_url, caplog):
+    """Two of our webhooks and one of another plugin are disabled: ours are switched back on (one
+    PUT fails: reported, not fatal), the other plugin's is left alone, the orders are reconciled
+    anyway, and the job log says what happened."""
+    from jobs.scheduler import reconcile_store
+
+    settings = woo_settings(db_url)
     store = settings.stores[2]
-    base = WOO_URL.rsplit("/orders", 1)[0]
+    fake = FakeWoo([woo_order(1, "2026-11-20T06:10:00"), woo_order(2, "2026-11-20T06:40:00")])
+    fake.hooks = {
+        11: {"id": 11, "topic": "order.updated", "status": "disabled", "delivery_url": OUR_HOOKS},
+        12: {"id": 12, "topic": "order.created", "status": "disabled", "delivery_url": "https://crm.example/hooks/orders"},
+        13: {"id": 13, "topic": "order.created", "status": "active", "delivery_url": OUR_HOOKS},
+        14: {"id": 14, "topic": "product.updated", "status": "disabled", "delivery_url": OUR_HOOKS + "/"},
+    }
+    fake.put_fails = {14: httpx.Response(403, json={"code": "woocommerce_rest_cannot_edit"})}
+    with running_app(settings) as (_client, runtime):
+        runtime.clock = lambda: T
+
+        async def tick() -> bool:
+            with respx.mock() as mock:
+                mock.route(host="bloom.example").mock(side_effect=fake.handler)
+                return await reconcile_store(runtime, store, "w1", timedelta(minutes=15))
+
+        with caplog.at_level(logging.INFO, logger="storeloop"):
+            assert asyncio.run(tick()) is True
+        rows = inbox(runtime.db, runtime.store_ids["woo"])
+    assert sorted(fake.puts()) == [11, 14]  # never 12: it is not ours
+    assert (fake.hooks[11]["status"], fake.hooks[12]["status"], fake.hooks[14]["status"]) == ("active", "disabled", "disabled")
+    assert len(rows) == 2  # the failed PUT did not stop the reconciliation
+    [line] = [r for r in caplog.records if r.name == "storeloop.jobs" and r.getMessage().startswith("reconcile woo")]
+    assert line.levelno == logging.WARNING
+    assert "re-enabled WooCommerce webhook(s) 11 order.updated" in line.getMessage()
+    assert "14 product.updated: PermanentError: HTTP 403" in line.getMessage()
+    assert line.report["webhooks_reenabled"] == ["11 order.updated"] and line.report["new_rows"] == 2
+
+
+def test_a_failing_webhook_listing_is_reported_and_the_orders_are_still_reconciled(db_url):
+    settings = woo_settings(db_url)
+    store = settings.stores[2]
+    fake = FakeWoo([woo_order(1, "2026-11-20T06:10:00")])
+    db = Database.from_url(db_url)
+    sid = sync_stores(db, [(s.key, s.platform) for s in settings.stores])["woo"]
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/webhooks"):
+            return httpx.Response(401, json={"code": "woocommerce_rest_cannot_view"})
+        return fake.handler(request)
 
     async def run():
-        with respx.mock(assert_all_called=True) as mock:
-            listed = mock.get(f"{base}/webhooks").respond(json=[
-                {"id": 11, "topic": "order.updated", "status": "disabled", "delivery_url": "https://c.example/webhooks/woocommerce/woo"}])
-            put = mock.put(f"{base}/webhooks/11").respond(json={"id": 11, "status": "active"})
+        with respx.mock() as mock:
+            mock.route(host="bloom.example").mock(side_effect=broken)
             async with WooCommerceClient(store) as client:
-                hooks = await reenable_woocommerce_webhooks(store, client)
-            return hooks, listed, put
+                return await reconcile_orders(db, store, sid, client, now=T, reenable_webhooks_under=OUR_HOOKS)
 
-    hooks, listed, put = asyncio.run(run())
-    assert [h["id"] for h in hooks] == [11]
-    assert parse_qs(urlparse(str(listed.calls.last.request.url)).query)["status"] == ["disabled"]
-    assert json.loads(put.calls.last.request.content) == {"status": "active"}
+    report = asyncio.run(run())
+    assert report.new_rows == 1 and report.webhooks_reenabled == []
+    assert report.webhooks_failed == ["listing disabled webhooks failed: PermanentError: HTTP 401, woocommerce_rest_cannot_view "
+                                      "(authentication failed (consumer key/secret wrong, revoked, or the Authorization header stripped))"]
+    db.dispose()
+
+
+@pytest.mark.parametrize("retry_after", ["7", None], ids=["retry-after", "no-retry-after"])
+def test_woocommerce_data_changing_between_and_during_runs_and_a_503_never_make_the_cursor_skip_an_order(db_url, retry_after):
+    """Pages of two orders, ten minutes of modification apart. Run 1: the second page answers 503
+    once (slept off: Retry-After, else the first backoff step), an order already read changes, and
+    an order on page 1 is trashed before page 2 is read, which pulls the next order onto page 1 (the
+    run starts again). Between runs orders change and new ones arrive. No run skips an order, the
+    inbox ends with every live order's newest version, nothing twice, and the cursor never moves back."""
+    settings = woo_settings(db_url)
+    store = settings.stores[2]
+    db = Database.from_url(db_url)
+    sid = sync_stores(db, [(s.key, s.platform) for s in settings.stores])["woo"]
+    upsert_cursor(db, sid, "orders_updated_at", (T - timedelta(hours=3)).isoformat())
+    stamp = lambda minutes: (T - timedelta(hours=2) + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S")  # noqa: E731
+    fake = FakeWoo([woo_order(n, stamp(10 * n)) for n in range(1, 8)], max_per_page=2)
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    fake.failures = {2: httpx.Response(503, headers=headers, json={"code": "service_unavailable"})}
+
+    def during_run(f: FakeWoo) -> None:
+        f.put(woo_order(1, stamp(95)) | {"status": "completed"})  # read on page 1; changes now
+        f.put(woo_order(2, stamp(20)) | {"status": "trash"})  # leaves the list: order 3 slides onto page 1
+
+    fake.changes = {2: during_run}
+    events: list = []
+
+    async def run(now: datetime):
+        with respx.mock() as mock:
+            mock.route(host="bloom.example").mock(side_effect=fake.handler)
+            async with WooCommerceClient(store) as client:
+                return await reconcile_orders(db, store, sid, client, now=now, page_size=2, sleep=recorder(events))
+
+    def stored() -> dict[int, set[str]]:
+        rows = inbox(db, sid)
+        assert len({r.dedupe_key for r in rows}) == len(rows)  # nothing twice
+        out: dict[int, set[str]] = {}
+        for r in rows:
+            _, _, oid, rest = r.dedupe_key.split(":", 3)
+            out.setdefault(int(oid), set()).add(rest.rsplit(":", 1)[0])
+        return out
+
+    before = {o["id"]: o["date_modified_gmt"] for o in fake.orders.values()}
+    first = asyncio.run(run(T))
+    assert ("sleep", 7.0 if retry_after else 1.0) in events and first.retries == 1
+    seen = stored()
+    for oid, modified in before.items():  # every order that was in the window when the run began (2 was trashed)
+        assert oid == 2 or max(seen.get(oid, {""})) >= modified, (oid, seen)
+    # between runs: an old order changes, two new ones arrive (one with a lower id than the newest)
+    fake.put(woo_order(4, stamp(130)) | {"status": "completed"})
+    fake.put(woo_order(9, stamp(125)))
+    fake.put(woo_order(8, stamp(131)))
+    second = asyncio.run(run(T + timedelta(minutes=15)))
+    seen = stored()
+    for o in fake.orders.values():
+        if o["status"] != "trash":
+            assert o["date_modified_gmt"] in seen.get(o["id"], set()), (o["id"], seen)
+    assert second.cursor_after >= first.cursor_after
+    assert read_cursor(db, sid, "orders_updated_at") == datetime(2026, 11, 20, 7, 11, tzinfo=timezone.utc).isoformat()
+    db.dispose()
+
+
+# ---- products: cycle tags and metafields of products nobody edited since install -------------------
+
+
+def product_node(n: int, tags: list[str], replenish: str | None = None, updated: datetime = T - timedelta(days=90)) -> dict:
+    return {"id": f"gid://shopify/Product/{n}", "title": f"Product {n}", "tags": tags, "updatedAt": iso(updated),
+            "metafield": {"value": replenish} if replenish else None}
+
+
+def test_the_daily_product_sync_brings_existing_tags_metafields_and_meta_into_the_reorder_cycles(db_url):
+    """Products tagged or given a cycle metafield before install never sent a webhook: the product
+    job reads them all (Shopify GraphQL ``products``, WooCommerce ``/products`` in pages) through the
+    inbox, and the cycles appear. A second run stores nothing; a metafield changed without a new
+    ``updatedAt`` still gets through."""
+    from types import SimpleNamespace
+
+    from jobs.scheduler import product_sync_store
+
+    raw = settings_dict(db_url)
+    raw["server"]["public_url"] = "https://connector.example"
+    raw["stores"][0].update(access_token="shpat_test", api_base_url="https://shop-a.example", journeys={"reorder": {}})
+    raw["stores"][2].update(consumer_key="ck_test", consumer_secret="cs_test", journeys={"reorder": {}})
+    settings = parse_settings(raw, environ={})
+    shop, woo = settings.stores[0], settings.stores[2]
+    jobs = {j.id: j for j in build_scheduler(SimpleNamespace(settings=settings, store_ids={}, db=None, clock=lambda: T), holder="w").get_jobs()}
+    assert {"products:shop-a", "products:woo"} <= set(jobs) and "products:shop-b" not in jobs  # shop-b: no credentials, no reorder
+    assert jobs["products:shop-a"].trigger.interval == timedelta(days=1)
+    assert jobs["products:shop-a"].next_run_time < datetime.now(timezone.utc) + timedelta(minutes=2)  # soon after start, then daily
+
+    shopify = FakeShopify([])
+    shopify.products = [product_node(9001, ["vegan", "replenish:3w"]), product_node(9002, ["replenish:3w"], "45d"),
+                        product_node(9003, ["soap"])]
+    wc = FakeWoo([], max_per_page=2)
+    wc.products = [
+        {"id": 93, "name": "Rose water", "tags": [], "meta_data": [{"id": 1, "key": "_storeloop_replenish", "value": "6w"}],
+         "date_modified_gmt": "2026-05-01T00:00:00", "status": "publish"},
+        {"id": 94, "name": "Amla oil", "tags": [{"id": 3, "name": "replenish:10d", "slug": "replenish-10d"}], "meta_data": [],
+         "date_modified_gmt": "2026-05-01T00:00:00", "status": "publish"},
+        {"id": 95, "name": "Gift card", "tags": [], "meta_data": [], "date_modified_gmt": "2026-05-01T00:00:00", "status": "publish"},
+    ]
+    with running_app(settings) as (_client, runtime):
+        runtime.clock = lambda: T
+
+        def tick(holder: str, ran: bool = True) -> list[int]:
+            async def both() -> None:
+                with respx.mock(assert_all_called=ran) as mock:
+                    mock.post(SHOP_URL).mock(side_effect=shopify.handler)
+                    mock.route(host="bloom.example").mock(side_effect=wc.handler)
+                    assert await product_sync_store(runtime, shop, holder, timedelta(days=1)) is ran
+                    assert await product_sync_store(runtime, woo, holder, timedelta(days=1)) is ran
+            before = [len(inbox(runtime.db, runtime.store_ids[k])) for k in ("shop-a", "woo")]
+            asyncio.run(both())
+            runtime.processor.drain()
+            return [len(inbox(runtime.db, runtime.store_ids[k])) - b for k, b in zip(("shop-a", "woo"), before)]
+
+        def cycles() -> dict:
+            with runtime.db.engine.connect() as conn:
+                return {(r.store_id, r.product_key): (r.source, r.cycle_days) for r in conn.execute(select(m.ProductCycle))}
+
+        assert tick("w1") == [3, 3]
+        sid, wid = runtime.store_ids["shop-a"], runtime.store_ids["woo"]
+        assert cycles() == {(sid, "p:9001"): ("tag", 21.0), (sid, "p:9002"): ("tag", 45.0),  # the metafield wins over the tag
+                            (wid, "p:93"): ("tag", 42.0), (wid, "p:94"): ("tag", 10.0)}
+        assert sum(1 for m_, p, _ in wc.requests if p == "/products") == 2  # three products, two a page
+        assert shopify.product_queries[0]["first"] == 100
+        assert tick("w2", ran=False) == [0, 0]  # the lease: one run a day, whoever asks
+        assert tick("w1") == [0, 0]  # nothing changed: nothing stored
+        shopify.products[1]["metafield"] = {"value": "60d"}  # same updatedAt
+        assert tick("w1") == [1, 0]
+        assert cycles()[(sid, "p:9002")] == ("tag", 60.0)
+        statuses = {r.status for r in inbox(runtime.db, sid)} | {r.status for r in inbox(runtime.db, wid)}
+    assert statuses == {"done"}
+
+
+# ---- storeloop sync --backfill, end to end ---------------------------------------------------------
+
+
+def _cli_config(tmp_path: Path, store_block: str) -> tuple[Path, Path]:
+    from connector.storage.db import make_engine, migrate
+
+    db_path = tmp_path / "x.db"
+    engine = make_engine(f"sqlite:///{db_path}")
+    migrate(engine)
+    engine.dispose()
+    cfg = tmp_path / "storeloop.toml"
+    cfg.write_text(f"""
+[server]
+public_url = "https://connector.example"
+[database]
+url = "sqlite:///{db_path}"
+[whatsapp]
+app_secret = "{SECRETS['wa_app']}"
+verify_token = "v"
+{store_block}
+""")
+    return cfg, db_path
+
+
+def _inbox_count(db_path: Path, source: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db_path) as conn:
+        return conn.execute("SELECT count(*) FROM inbox_events WHERE source = ? AND topic NOT LIKE 'product%'", (source,)).fetchone()[0]
+
+
+def test_backfill_from_the_cli_counts_first_streams_page_by_page_and_stops_the_install_hint(tmp_path: Path):
+    cfg, db_path = _cli_config(tmp_path, """
+[[stores]]
+key = "shop-a"
+platform = "shopify"
+shop_domain = "shop-a.myshopify.com"
+webhook_secret = "s"
+access_token = "shpat_x"
+api_base_url = "https://shop-a.example"
+[stores.journeys.reorder]
+lead_days = 3
+""")
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    fake = FakeShopify([gql_node(n, updated=now - timedelta(days=300) + timedelta(hours=n), created=now - timedelta(days=301)) for n in range(1, 41)]
+                       + [gql_node(99, updated=now - timedelta(days=400), created=now - timedelta(days=401))])  # before --since
+    fake.products = [product_node(9001, ["replenish:3w"]), product_node(9002, [], "45d")]
+    stored_before_page: list[int] = []
+    fake.on_page = lambda v: stored_before_page.append(_inbox_count(db_path, "shopify"))
+
+    def cli(*args: str):
+        with respx.mock() as mock:
+            mock.post(SHOP_URL).mock(side_effect=fake.handler)
+            return CliRunner().invoke(cli_app, ["sync", "--config", str(cfg), "--store", "shop-a", *args], env={"COLUMNS": "200"})
+
+    plain = cli()
+    assert plain.exit_code == 0, plain.output
+    assert "no order history imported yet for shop-a" in plain.output and "--backfill --since 365d" in plain.output
+    assert "read_all_orders" in plain.output
+    stored_before_page.clear()
+    fake.queries.clear()
+    result = cli("--backfill", "--since", "365d")
+    assert result.exit_code == 0, result.output
+    # the total came from ordersCount with the pages' own search query
+    [count] = fake.counts[-1:]
+    assert count["q"] == fake.queries[0]["q"] and count["q"].startswith("updated_at:>='")
+    assert "40 of 40 order(s) read in 3 page(s); 40 new inbox row(s)" in result.output
+    assert "2 product(s) read, 2 with new tags or cycle" in result.output
+    # each page was committed before the next was asked for: 17 orders a page (the query cost ceiling)
+    assert stored_before_page == [0, 17, 34]
+    assert [q["cursor"] is None for q in fake.queries] == [True, False, False]
+    assert "hint:" not in result.output
+    again = cli()
+    assert again.exit_code == 0 and "hint:" not in again.output
+
+
+def test_backfill_of_a_woocommerce_store_shows_its_total_and_the_webhooks_it_switched_back_on(tmp_path: Path):
+    cfg, db_path = _cli_config(tmp_path, """
+[[stores]]
+key = "woo"
+platform = "woocommerce"
+site_url = "https://bloom.example"
+webhook_secret = "s"
+consumer_key = "ck_test"
+consumer_secret = "cs_test"
+""")
+    fake = FakeWoo([woo_order(n, f"2026-0{n}-01T00:00:00") for n in range(1, 6)], max_per_page=2)
+    fake.hooks = {11: {"id": 11, "topic": "order.updated", "status": "disabled", "delivery_url": OUR_HOOKS},
+                  12: {"id": 12, "topic": "order.updated", "status": "disabled", "delivery_url": "https://crm.example/hook"}}
+    stored_before_page: list[int] = []
+    fake.on_page = lambda q: stored_before_page.append(_inbox_count(db_path, "woocommerce"))
+    with respx.mock() as mock:
+        mock.route(host="bloom.example").mock(side_effect=fake.handler)
+        result = CliRunner().invoke(cli_app, ["sync", "--config", str(cfg), "--store", "woo", "--backfill", "--since", "2025-12-01"],
+                                    env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "5 of 5 order(s) read in 3 page(s); 5 new inbox row(s)" in result.output
+    assert "re-enabled WooCommerce webhook 11 order.updated" in result.output and "12 order.updated" not in result.output
+    assert fake.puts() == [11] and stored_before_page == [0, 2, 4]
+    assert [q["modified_after"] for m_, p, q in fake.requests if p == "/orders"][0] == ["2025-11-30T23:55:00"]

@@ -1,12 +1,15 @@
-"""Page through Shopify's orders for reconciliation (Admin GraphQL, sorted by update time).
+"""Page through Shopify's orders for reconciliation (Admin GraphQL, sorted by update time),
+and through its products for their replenishment cycles (tags, ``storeloop.replenish``).
 
 Before each page the rate budget is awaited (the cost bucket), a THROTTLED answer is
 retried through the core's policy, an order with more line items than one page carries is
-completed with a follow-up query, and a repeated page cursor stops the run.
+completed with a follow-up query, and a repeated page cursor stops the run. A backfill
+first asks ``ordersCount`` with the same search query, for its progress bar.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import deque
 from collections.abc import AsyncIterator
@@ -61,15 +64,38 @@ def since_filter(window_start: datetime) -> str:
     return f"updated_at:>='{window_start.astimezone(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}'"
 
 
+# ``ordersCount`` (Admin GraphQL since 2024-07; every count takes ``limit``, default 10,000,
+# ``null`` for an uncapped count since 2025-07): the same search query as the pages, so the
+# backfill's progress bar has a real total. ``precision`` is EXACT or AT_LEAST.
+ORDERS_COUNT_QUERY = """
+query StoreloopOrdersCount($q: String) {
+  ordersCount(query: $q, limit: null) { count precision }
+}
+"""
+ORDERS_COUNT_COST = 1
+
+
 class ShopifyOrderPager:
     source = "shopify"
     cursor_per_page = True
 
-    def __init__(self, client: Any, store_key: str):
+    def __init__(self, client: Any, store_key: str, *, count: bool = False):
         self.client = client
         self.store_key = store_key
+        self.want_total = count
+        self.total: int | None = None  # orders the run will see, when asked for (count=True) and Shopify says
+
+    async def count(self, window_start: datetime, retrying: Retrying, budget: Budget) -> int | None:
+        """How many orders the pages will hold (``ordersCount`` with the pages' own query); None if Shopify does not say."""
+        await budget(ORDERS_COUNT_COST)
+        data = await retrying(lambda: self.client.graphql(ORDERS_COUNT_QUERY, {"q": since_filter(window_start)}))
+        found = data.get("ordersCount") if isinstance(data, dict) else None
+        value = found.get("count") if isinstance(found, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
     async def pages(self, window_start: datetime, page_size: int, retrying: Retrying, budget: Budget) -> AsyncIterator[list[SyncedOrder]]:
+        if self.want_total:
+            self.total = await self.count(window_start, retrying, budget)
         first = gql.page_size_for(page_size)
         variables = {"first": first, "q": since_filter(window_start), "lines": gql.LINES_PER_ORDER}
         async for nodes in connection_pages(self.client, self.store_key, gql.ORDERS_QUERY, "orders", variables,
@@ -115,3 +141,68 @@ class ShopifyOrderPager:
         updated_raw = order.body.get("updatedAt") if isinstance(order.body.get("updatedAt"), str) else None
         key = f"shopify:sync:{order.external_id or 'unknown'}:{updated_raw}"
         return "sync/order", key, json.dumps(body, separators=(",", ":")).encode()
+
+
+# ---- products: tags and the storeloop.replenish metafield (reorder cycles) -------------------
+
+PRODUCTS_PAGE = 100
+PRODUCTS_QUERY = """
+query StoreloopProducts($first: Int!, $cursor: String) {
+  products(first: $first, after: $cursor, sortKey: ID) {
+    pageInfo { hasNextPage endCursor }
+    nodes { id title tags updatedAt metafield(namespace: "storeloop", key: "replenish") { value } }
+  }
+}
+"""
+
+
+def products_query_cost(first: int) -> int:
+    """The connection (2) plus, per product, the node and its metafield object (A7's cost rules)."""
+    return 2 + first * 2
+
+
+def product_webhook_body(node: dict[str, Any]) -> dict[str, Any]:
+    """A GraphQL ``Product`` node in the shape of the ``products/update`` webhook body (REST), so it
+    goes through the webhook's own normaliser: numeric ``id``, ``tags`` as one comma-separated
+    string, the metafield as the subscription with ``metafieldNamespaces: ["storeloop"]`` sends it."""
+    gid = node.get("id")
+    legacy = gid.rsplit("/", 1)[-1] if isinstance(gid, str) else gid
+    tags = node.get("tags")
+    body: dict[str, Any] = {
+        "id": int(legacy) if isinstance(legacy, str) and legacy.isdigit() else legacy,
+        "admin_graphql_api_id": gid,
+        "title": node.get("title"),
+        "tags": ", ".join(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else "",
+        "updated_at": node.get("updatedAt"),
+    }
+    metafield = node.get("metafield")
+    if isinstance(metafield, dict) and metafield.get("value") is not None:
+        body["metafields"] = [{"namespace": "storeloop", "key": "replenish", "value": metafield.get("value")}]
+    return body
+
+
+class ShopifyProductPager:
+    """Every product of the shop, page by page (ID order), as ``products/update`` inbox entries.
+
+    The dedupe key holds a digest of what the cycle is read from (tags, metafield), not only
+    ``updatedAt``: whether a metafield edit moves the product's ``updatedAt`` is not documented
+    [VERIFY], and a changed cycle must not be taken for a duplicate.
+    """
+
+    source = "shopify"
+
+    def __init__(self, client: Any, store_key: str):
+        self.client = client
+        self.store_key = store_key
+
+    async def pages(self, page_size: int, retrying: Retrying, budget: Budget) -> AsyncIterator[list[tuple[str, str, bytes, datetime | None]]]:
+        first = max(1, min(int(page_size), 250))
+        async for nodes in connection_pages(self.client, self.store_key, PRODUCTS_QUERY, "products", {"first": first},
+                                            products_query_cost(first), retrying, budget):
+            yield [self._entry(n) for n in nodes]
+
+    @staticmethod
+    def _entry(node: dict[str, Any]) -> tuple[str, str, bytes, datetime | None]:
+        body = json.dumps(product_webhook_body(node), separators=(",", ":"), sort_keys=True).encode()
+        digest = hashlib.sha256(body).hexdigest()[:24]
+        return "products/update", f"shopify:sync-product:{node.get('id')}:{digest}", body, timestamp(node.get("updatedAt"))
