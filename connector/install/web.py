@@ -3,7 +3,8 @@
 - ``GET /shopify/install``: Shopify's app URL; verified, then 302 to the authorize page.
 - ``GET /shopify/callback``: the OAuth redirect; verified, code exchanged, webhooks registered.
 - ``GET /woocommerce/connect?store=KEY``: 302 to the store's wc-auth authorize page.
-- ``POST /woocommerce/callback/{nonce}``: WooCommerce posts the new REST keys (JSON).
+- ``POST /woocommerce/callback/{nonce}``: WooCommerce posts the new REST keys (JSON, read under
+  ``MAX_CALLBACK_BYTES`` as it streams in: 413 beyond; orjson: 400 for malformed or deeply nested).
 - ``GET /woocommerce/connected``: where WooCommerce sends the merchant back (``success=0|1``).
 
 Refusals never say more than what failed; nothing secret is logged or shown. ``Referrer-Policy:
@@ -18,7 +19,6 @@ from functools import partial
 from typing import Any
 
 import anyio.to_thread
-import orjson
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -27,6 +27,8 @@ from starlette.routing import Route
 from connector.install import shopify as shopify_flow
 from connector.install import woocommerce as woo_flow
 from connector.install.shopify import InstallRefused
+from connector.web import admin as admin_api
+from connector.web.http import BodyTooLarge, parse_json
 
 log = logging.getLogger("storeloop.install")
 
@@ -101,16 +103,14 @@ async def woocommerce_connect(request: Request) -> Response:
 
 async def woocommerce_callback(request: Request) -> Response:
     runtime = request.app.state.runtime
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > woo_flow.MAX_CALLBACK_BYTES:
-        return JSONResponse({"error": "body too large"}, status_code=413)
-    body = await request.body()
-    if len(body) > woo_flow.MAX_CALLBACK_BYTES:
-        return JSONResponse({"error": "body too large"}, status_code=413)
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        payload = None
+        body = await admin_api.read_body(request, woo_flow.MAX_CALLBACK_BYTES)
+    except BodyTooLarge:
+        return JSONResponse({"error": f"body larger than {woo_flow.MAX_CALLBACK_BYTES} bytes"}, status_code=413)
+    try:
+        payload = parse_json(body)
+    except ValueError as exc:
+        return JSONResponse({"error": f"body must be JSON: {exc}"}, status_code=400)
     try:
         store = await anyio.to_thread.run_sync(
             partial(woo_flow.complete_connect, runtime, request.path_params["nonce"], payload, runtime.clock()))

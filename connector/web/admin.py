@@ -1,10 +1,19 @@
-"""Admin JSON API behind a bearer token."""
+"""Admin JSON API behind a bearer token.
+
+Every route answers 401 without ``Authorization: Bearer <server.admin_token>`` (compared in
+constant time) and 429 once a client address has failed ``auth.LOGIN_ATTEMPTS`` times within
+a minute (in memory, per process; each failure is logged with the route's template, never the
+concrete path, which can hold a phone, nor the presented token). A body is read under
+``server.max_body_bytes`` as it streams in (413 beyond) and parsed with orjson, which refuses
+deep nesting (400 with the reason).
+"""
 
 from __future__ import annotations
 
 import hmac
 import logging
 from functools import partial
+from typing import Any
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -12,9 +21,11 @@ from starlette.responses import JSONResponse, Response
 
 from connector import admin
 from connector.web.auth import LoginLimiter
-from connector.web.http import problem
+from connector.web.http import BodyTooLarge, parse_json, problem
 
 log = logging.getLogger("storeloop.admin")
+
+CLOSED_BY_MAX = 120  # handoffs.closed_by is VARCHAR(120): longer would be a database error on PostgreSQL
 
 
 def _authorized(request: Request) -> bool:
@@ -39,22 +50,73 @@ def _limiter(request: Request) -> LoginLimiter:
     return limiter
 
 
-def _guard(request: Request) -> Response | int:
-    client = request.client.host if request.client else "unknown"
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def route_template(request: Request) -> str:
+    """``/api/stores/{store_key}/contacts/{phone}``, not the path itself (which can carry a phone)."""
+    route = request.scope.get("route")
+    return getattr(route, "path", None) or "?"
+
+
+def bearer_refusal(request: Request) -> Response | None:
+    """None when the request carries the admin token; else the 401/429 answer (failure counted and logged).
+
+    Shared by the admin API and the install routes that start a flow (``/woocommerce/connect``),
+    so a token guessed on one is limited on all of them."""
+    client = client_address(request)
     limiter = _limiter(request)
     wait = limiter.retry_after(client)
     if wait:
-        log.warning("admin request refused: too many failed attempts", extra={"path": request.url.path, "client": client})
+        log.warning("admin request refused: too many failed attempts", extra={"route": route_template(request), "client": client})
         return problem(429, f"too many failed attempts; try again in {wait} s", headers={"Retry-After": str(wait)})
     if not _authorized(request):
         limiter.failed(client)
-        log.warning("admin request without a valid token", extra={"path": request.url.path, "client": client})
+        log.warning("admin request without a valid token", extra={"route": route_template(request), "client": client})
         return problem(401, "unauthorized: send Authorization: Bearer <server.admin_token>")
     limiter.succeeded(client)
+    return None
+
+
+def _guard(request: Request) -> Response | int:
+    refused = bearer_refusal(request)
+    if refused is not None:
+        return refused
     store_id = _store_id(request)
     if store_id is None:
         return problem(404, "unknown store")
     return store_id
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    """The request body, refused (``BodyTooLarge``) as soon as it declares or streams more than ``cap`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_body(request: Request, cap: int, *, empty: Any = None) -> Any:
+    """The body as JSON (``empty`` when there is none), or the 413 / 400 answer to send instead."""
+    try:
+        body = await read_body(request, cap)
+    except BodyTooLarge:
+        log.warning("admin request body over the size cap", extra={"route": route_template(request), "cap": cap})
+        return problem(413, f"body larger than {cap} bytes")
+    if not body.strip():
+        return empty
+    try:
+        return parse_json(body)
+    except ValueError as exc:
+        return problem(400, f"body must be JSON: {exc}")
 
 
 async def contact(request: Request) -> Response:
@@ -111,16 +173,21 @@ async def close_handoff(request: Request) -> Response:
     guard = _guard(request)
     if isinstance(guard, Response):
         return guard
-    try:
-        handoff_id = int(request.path_params["handoff_id"])
-        body = await request.json() if await request.body() else {}
-    except ValueError:
-        return problem(400, "body must be JSON: {\"by\": \"name\", \"resolution\": \"...\"}")
-    if not isinstance(body, dict) or not str(body.get("by") or "").strip():
-        return problem(400, "say who closes it: {\"by\": \"name\"}")
     runtime = request.app.state.runtime
-    closed = await anyio.to_thread.run_sync(
-        partial(admin.close_handoff, runtime.db, guard, handoff_id, str(body["by"]), body.get("resolution")))
+    body = await json_body(request, runtime.settings.server.max_body_bytes, empty={})
+    if isinstance(body, Response):
+        return body
+    if not isinstance(body, dict):
+        return problem(400, "body must be a JSON object: {\"by\": \"name\", \"resolution\": \"...\"}")
+    by, resolution = body.get("by"), body.get("resolution")
+    if not isinstance(by, str) or not by.strip():
+        return problem(400, "say who closes it: {\"by\": \"name\"}")
+    if len(by) > CLOSED_BY_MAX:
+        return problem(400, f"by: at most {CLOSED_BY_MAX} characters")
+    if resolution is not None and not isinstance(resolution, str):
+        return problem(400, "resolution must be a string")
+    handoff_id = int(request.path_params["handoff_id"])
+    closed = await anyio.to_thread.run_sync(partial(admin.close_handoff, runtime.db, guard, handoff_id, by, resolution))
     return JSONResponse({"closed": True}) if closed else problem(404, "no open hand-off with that id in this store")
 
 
