@@ -8,25 +8,38 @@ or mutated payloads (tests/faults/test_fuzz.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from urllib.parse import parse_qs, urlparse
+import re
+from urllib.parse import parse_qs, quote, urlencode, urlparse
 
 import pytest
-from sqlalchemy import func, select
+from markupsafe import escape
+from sqlalchemy import func, inspect, select
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from connector.config import parse_settings
 from connector.logs import LogfmtFormatter
+from connector.outbox.dispatcher import Dispatcher
+from connector.outbox.senders import DryRunSender
 from connector.secrets import SECRET_KEYS_ENV, SecretBox, generate_key, get_credentials
 from connector.storage import models as m
 from tests.conftest import FIXTURES, PHONE_ID_A, SECRETS, settings_dict
 from tests.helpers import dumps, load_json, meta_signature, running_app, shopify_headers, woo_headers
 
 SQLISH = "Robert'); DROP TABLE orders;-- \" OR 1=1 /*"
-INJECTED_PHONE = "+91 98765 43210\r\nX-Injected: 1"
 ADMIN = {"Authorization": f"Bearer {SECRETS['admin']}"}
+CART_TOKEN = "cart-hook-7Qm2xWv9Lr4Tn8Kp3Zs6"
+WOO_ORDER = {"id": 4242, "status": "processing", "currency": "USD", "total": "10.00", "payment_method": "bacs",
+             "date_created_gmt": "2026-11-20T10:59:00", "date_modified_gmt": "2026-11-20T11:00:00", "date_paid_gmt": "2026-11-20T11:00:00",
+             "customer_id": 0, "customer_note": "",
+             "billing": {"first_name": "Ada", "last_name": "Lovelace", "address_1": "969 Market", "city": "San Francisco", "state": "CA",
+                         "postcode": "94103", "country": "US", "email": "ada@example.com", "phone": "(415) 555-0100"},
+             "shipping": {"first_name": "Ada", "last_name": "Lovelace", "address_1": "969 Market", "city": "San Francisco", "state": "CA",
+                          "postcode": "94103", "country": "US"},
+             "line_items": [{"id": 1, "name": "Woo Single #1", "product_id": 93, "quantity": 1, "price": "10.00"}]}
 
 
 @pytest.fixture
@@ -51,6 +64,11 @@ def _order(**kw) -> dict:
     o = load_json(FIXTURES / "shopify" / "orders_create.sample.json")
     o.update(kw)
     return o
+
+
+def _paid_order(**kw) -> dict:
+    """A prepaid order the order_confirmation journey confirms (when its customer has a phone)."""
+    return _order(financial_status="paid", test=False, payment_gateway_names=["razorpay"], cancelled_at=None, cancel_reason=None, **kw)
 
 
 def _wa_text(sender: str, wamid: str, text: str, *, profile: str = "Asha") -> dict:
@@ -179,47 +197,168 @@ def test_oversized_and_deeply_nested_bodies_are_refused_on_every_route_that_take
 
 
 def test_header_injection_in_a_phone_field_goes_nowhere(db_url):
-    with running_app(_settings(db_url)) as (client, runtime):
-        body = dumps(_order(phone=INJECTED_PHONE, customer={"id": 1, "phone": INJECTED_PHONE, "first_name": "Asha"}))
-        r = client.post("/webhooks/shopify", content=body, headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", "orders/create"))
-        assert r.status_code == 200 and "x-injected" not in {k.lower() for k in r.headers}
+    """A phone carrying CRLF and header text, from a Shopify order, a WooCommerce order and a
+    WhatsApp sender: no contact gets the number hidden in it, nothing is sent to anyone, and
+    what the admin API answers carries the text only as JSON data."""
+    raw = settings_dict(db_url)
+    template = [{"step": "order_confirmation.sent", "name": "order_ok_v1", "category": "utility", "body_text": "Order {{1}} is confirmed",
+                 "body": ["order.name"]}]
+    for store in raw["stores"]:
+        store.update(templates=template, journeys={"order_confirmation": {}}, policy={"quiet_hours": ""})
+    settings = parse_settings(raw, environ={})
+    shopify_phone = "+91 98765 43210\r\nX-Injected: 1"
+    woo_phone = "+1 415 555 2671\r\nBcc: attacker@example.com"
+    wa_from = "919812345678\r\nX-Injected: 1"
+    hidden = {"+919876543210", "+14155552671", "+919812345678"}  # the numbers inside the injected text
+    with running_app(settings) as (client, runtime):
+        shop = _paid_order(id=6001, phone=shopify_phone, customer={**_order()["customer"], "id": 6001, "phone": shopify_phone})
+        for address in ("billing_address", "shipping_address"):
+            shop[address] = {**shop[address], "phone": shopify_phone}
+        woo = {**WOO_ORDER, "id": 6002, "billing": {**WOO_ORDER["billing"], "phone": woo_phone},
+               "shipping": {**WOO_ORDER["shipping"], "phone": woo_phone}}
+        # the control: the same order with a clean phone is confirmed, so "nothing sent" means something
+        clean = _paid_order(id=6003, phone="+91 98111 22233", customer={"id": 6003, "phone": "+91 98111 22233"})
+        for body, headers in ((dumps(shop), None), (dumps(woo), "woo"), (dumps(clean), None)):
+            sent = client.post(*(("/webhooks/woocommerce/woo",) if headers else ("/webhooks/shopify",)), content=body,
+                               headers=woo_headers(body, SECRETS["woo"], "order.created") if headers else
+                               shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", "orders/create"))
+            assert sent.status_code == 200 and _no_injected_header(sent)
+        wa = _wa_text(wa_from, "wamid.inj", "hello")
+        wa["contacts"][0]["wa_id"] = wa_from
+        assert _no_injected_header(_whatsapp(client, wa))
         runtime.processor.drain()
+        sender = DryRunSender()
+        asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, sender).drain())
+
         with runtime.db.engine.connect() as conn:
-            phones = conn.execute(select(m.Contact.phone_e164)).scalars().all()
-            status = conn.execute(select(m.InboxEvent.status)).scalar_one()
-        # the phone parser keeps only the number: what is stored and used for sending is clean E.164
-        assert status in ("done", "failed") and all(p is None or p.lstrip("+").isdigit() for p in phones)
-        auth = {"Authorization": f"Bearer {SECRETS['admin']}"}
-        looked_up = client.get("/api/stores/shop-a/contacts/+91 98765 43210%0D%0AX-Injected: 1", headers=auth)
-        assert looked_up.status_code in (200, 400, 404) and "x-injected" not in {k.lower() for k in looked_up.headers}
-        assert "\r\nX-Injected" not in looked_up.headers.get("content-type", "")
+            rows = conn.execute(select(m.InboxEvent.topic, m.InboxEvent.status, m.InboxEvent.last_error)).all()
+            contacts = conn.execute(select(m.Contact)).all()
+        for topic, status, error in rows:  # each handled: done (stored without a phone) or failed with a reason
+            assert status == "done" or (status == "failed" and error), (topic, status, error)
+        e164s = {c.phone_e164 for c in contacts} - {None}
+        assert e164s == {"+919811122233"} and not hidden & e164s
+        assert all(re.fullmatch(r"\+\d{8,15}", p) for p in e164s)
+        injected = [c for c in contacts if c.phone_raw and "\n" in c.phone_raw]
+        assert injected and all(c.phone_e164 is None and not c.reachable for c in injected)
+        assert [m_.to for _, m_ in sender.sent] == ["+919811122233"]  # only the control was confirmed
+
+        # the admin API returns the stored text as JSON data: no header, no line break in any header
+        looked_up = client.get("/api/stores/shop-a/contacts/" + quote(shopify_phone, safe=""), headers=ADMIN)
+        assert looked_up.status_code == 200 and _no_injected_header(looked_up)
+        contact = looked_up.json()["contact"]
+        assert (contact["phone"], contact["phone_raw"], contact["reachable"]) == (None, shopify_phone, False)
+        assert "\r\nX-Injected" not in looked_up.text  # escaped inside the JSON string
+        order_view = client.get("/api/stores/shop-a/orders/6001", headers=ADMIN)
+        assert order_view.status_code == 200 and order_view.json()["order"]["contact_phone"] is None and _no_injected_header(order_view)
+
+
+def _no_injected_header(response) -> bool:
+    names = {k.lower() for k in response.headers}
+    values = " ".join(response.headers.values())
+    return not ({"x-injected", "bcc"} & names) and "\r" not in values and "\n" not in values
 
 
 def test_sql_in_every_free_text_field_is_stored_as_text(db_url):
-    with running_app(_settings(db_url)) as (client, runtime):
+    raw = settings_dict(db_url)
+    raw["stores"][2].update(cart_webhook_token=CART_TOKEN, default_country="IN")
+    settings = parse_settings(raw, environ={})
+    sql_phone = "x'); DROP TABLE contacts;--"  # a phone field that is no phone at all: kept as its text
+    with running_app(settings) as (client, runtime):
+        a, b, woo_id = runtime.store_ids["shop-a"], runtime.store_ids["shop-b"], runtime.store_ids["woo"]
+        # another store's customer, whose rows must come through untouched
+        other = dumps(_order(id=9001, phone="+1 212 555 0147", financial_status="paid", test=False))
+        assert client.post("/webhooks/shopify", content=other,
+                           headers=shopify_headers(other, SECRETS["shop_b"], "shop-b.myshopify.com", "orders/create")).status_code == 200
+        runtime.processor.drain()
+        tables_before = set(inspect(runtime.db.engine).get_table_names())
+        b_before = _row_counts(runtime.db, b)
+
+        # Shopify: an order (names, email, note, tags, line titles and SKUs), a checkout, an order with a SQL "phone"
         o = _order(id=4242, name=SQLISH[:60], note=SQLISH, tags=SQLISH, email=f"{SQLISH}@example.com", phone="+91 98765 43210",
                    financial_status="paid", test=False)
         o["customer"] = {**o["customer"], "first_name": SQLISH, "last_name": SQLISH, "phone": "+91 98765 43210"}
         for line in o["line_items"]:
             line["title"] = SQLISH
             line["sku"] = SQLISH[:100]
-        body = dumps(o)
-        assert client.post("/webhooks/shopify", content=body,
-                           headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", "orders/create")).status_code == 200
-        text = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
-            "messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": PHONE_ID_A},
-            "contacts": [{"profile": {"name": SQLISH}, "wa_id": "919876543210"}],
-            "messages": [{"from": "919876543210", "id": "wamid.sql", "timestamp": "1795158000", "type": "text", "text": {"body": SQLISH}}]}}]}]}
-        raw = json.dumps(text).encode()
-        assert client.post("/webhooks/whatsapp", content=raw, headers={"X-Hub-Signature-256": meta_signature(raw, SECRETS["wa_app"])}).status_code == 200
+        c = load_json(FIXTURES / "shopify" / "checkouts_create.sample.json")
+        c.update(token="sqltok", phone="+91 98765 43211", email=f"{SQLISH}@example.com", note=SQLISH, completed_at=None)
+        c["customer"] = {**c["customer"], "id": 4243, "first_name": SQLISH, "last_name": SQLISH, "phone": "+91 98765 43211"}
+        for line in c["line_items"]:
+            line["title"] = SQLISH
+        p = _order(id=4244, phone=sql_phone, financial_status="paid", test=False)
+        p["customer"] = {"id": 4244, "first_name": SQLISH, "last_name": SQLISH, "phone": sql_phone}
+        for address in ("billing_address", "shipping_address"):
+            p[address] = {**p[address], "phone": sql_phone}
+        for payload, topic in ((o, "orders/create"), (c, "checkouts/create"), (p, "orders/create")):
+            body = dumps(payload)
+            assert client.post("/webhooks/shopify", content=body,
+                               headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", topic)).status_code == 200
+        # WooCommerce: an order (billing and shipping names and address, the customer's note, a line) and a plugin cart
+        w = {**WOO_ORDER, "id": 4245, "customer_note": SQLISH,
+             "billing": {**WOO_ORDER["billing"], "first_name": SQLISH, "last_name": SQLISH, "address_1": SQLISH, "city": SQLISH,
+                         "company": SQLISH, "email": f"{SQLISH}@example.com"},
+             "shipping": {**WOO_ORDER["shipping"], "first_name": SQLISH, "last_name": SQLISH, "address_1": SQLISH},
+             "line_items": [{"id": 1, "name": SQLISH, "sku": SQLISH[:100], "product_id": 5, "quantity": 1, "price": "10.00"}]}
+        body = dumps(w)
+        assert client.post("/webhooks/woocommerce/woo", content=body, headers=woo_headers(body, SECRETS["woo"], "order.created")).status_code == 200
+        form = {"first_name": SQLISH, "last_name": SQLISH, "phone_number": "+91 98765 43212", "email": f"{SQLISH}@example.com",
+                "billing_address": SQLISH, "shipping_address": SQLISH, "product_names": SQLISH, "coupon_code": SQLISH,
+                "checkout_url": "https://bloom.example/checkout/?wcf_ac_token=c3FsLXNlc3Npb24", "order_status": "abandoned",
+                "cart_total": "10.00"}
+        assert client.post(f"/webhooks/woocommerce/woo/carts/{CART_TOKEN}", content=urlencode(form),
+                           headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code == 200
+        # WhatsApp: a text and a profile name (the text opens a hand-off for a person)
+        assert _whatsapp(client, _wa_text("919876543210", "wamid.sql", SQLISH, profile=SQLISH)).status_code == 200
         runtime.processor.drain()
-        view = client.get("/api/stores/shop-a/contacts/+919876543210", headers={"Authorization": f"Bearer {SECRETS['admin']}"}).json()
+
+        # the admin closes the hand-off with SQL-ish text, and searches for SQL-ish customers
+        [handoff] = client.get("/api/stores/shop-a/handoffs?status=open", headers=ADMIN).json()["items"]
+        closed = client.post(f"/api/stores/shop-a/handoffs/{handoff['id']}/close", json={"by": SQLISH, "resolution": SQLISH}, headers=ADMIN)
+        assert closed.json() == {"closed": True}
+        found = client.get("/api/stores/shop-a/contacts/" + quote(sql_phone, safe=""), headers=ADMIN)
+        assert found.status_code == 200 and found.json()["contact"]["phone_raw"] == sql_phone  # that exact row, by its text
+        assert found.json()["contact"]["name"] == f"{SQLISH} {SQLISH}"
+        missing = client.get("/api/stores/shop-a/contacts/" + quote("1' OR '1'='1", safe=""), headers=ADMIN)
+        assert missing.status_code == 404 and missing.json() == {"error": "no contact with that phone in this store"}
+        assert client.post("/dashboard/login", data={"token": SECRETS["admin"]}, follow_redirects=False).status_code == 303
+        for search in (sql_phone, "1' OR '1'='1", SQLISH):
+            page = client.get("/dashboard/shop-a/customer", params={"phone": search})
+            assert page.status_code == (200 if search == sql_phone else 404)
+            assert str(escape(search)) in page.text and search not in page.text  # echoed as text, escaped
+        assert "+91 98765 43210" not in client.get("/dashboard/shop-a/customer", params={"phone": "1' OR '1'='1"}).text
+
         with runtime.db.engine.connect() as conn:
-            orders = conn.execute(select(func.count()).select_from(m.Order)).scalar_one()
-            titles = conn.execute(select(m.OrderLine.title)).scalars().all()
+            statuses = conn.execute(select(m.InboxEvent.store_id, m.InboxEvent.topic, m.InboxEvent.status)).all()
+            orders = conn.execute(select(m.Order.external_id, m.Order.name, m.Order.tags).where(m.Order.store_id == a)).all()
+            titles = conn.execute(select(m.OrderLine.title, m.OrderLine.sku).where(m.OrderLine.store_id.in_((a, woo_id)))).all()
+            names = conn.execute(select(m.Contact.first_name, m.Contact.last_name, m.Contact.email)
+                                 .where(m.Contact.store_id.in_((a, woo_id)), m.Contact.phone_key != "+919876543299")).all()
+            checkouts = conn.execute(select(m.Checkout.line_items).where(m.Checkout.store_id.in_((a, woo_id)))).scalars().all()
             bodies = conn.execute(select(m.Message.body).where(m.Message.direction == "in")).scalars().all()
-    assert orders == 1 and set(titles) == {SQLISH} and bodies == [SQLISH]
-    assert view["contact"]["name"].startswith(SQLISH)
+            kept = conn.execute(select(m.Handoff.closed_by, m.Handoff.resolution, m.Handoff.reason)).one()
+            woo_raw = conn.execute(select(m.InboxEvent.raw_body).where(m.InboxEvent.topic == "order.created")).scalar_one()
+            cart_raw = conn.execute(select(m.InboxEvent.raw_body).where(m.InboxEvent.topic == "cart.abandoned")).scalar_one()
+        assert {s for *_, s in statuses} == {"done"}, statuses
+        assert sorted(orders) == [("4242", SQLISH, [SQLISH]), ("4244", "#9999", ["tag1", "tag2"])]
+        sql_lines = [t for t in titles if SQLISH in t]
+        assert sql_lines == [(SQLISH, SQLISH)] * (len(o["line_items"]) + 1)  # the Shopify order's lines and the WooCommerce one
+        assert [n[:2] for n in names] == [(SQLISH, SQLISH)] * 5  # order, checkout, SQL "phone", WooCommerce order, plugin cart
+        assert sorted(n[2] for n in names) == sorted([f"{SQLISH}@example.com"] * 4 + [_order()["email"]])
+        assert sorted(len(lines) for lines in checkouts) == [1, len(c["line_items"])]  # the plugin's cart and Shopify's
+        assert {li["title"] for lines in checkouts for li in lines} == {SQLISH}
+        assert bodies == [SQLISH] and kept == (SQLISH, SQLISH, f"customer wrote: {SQLISH}")
+        woo_doc = json.loads(woo_raw)
+        assert (woo_doc["customer_note"], woo_doc["billing"]["address_1"], woo_doc["billing"]["city"], woo_doc["shipping"]["address_1"]) == (SQLISH,) * 4
+        assert parse_qs(json.loads(cart_raw)["form"])["billing_address"] == [SQLISH]
+        # nothing was altered or dropped: every table is there, and the other store has exactly its rows
+        assert set(inspect(runtime.db.engine).get_table_names()) == tables_before >= {t.name for t in m.Base.metadata.sorted_tables}
+        assert _row_counts(runtime.db, b) == b_before and b_before["orders"] == 1 and b_before["contacts"] == 1
+
+
+def _row_counts(db, store_id: int) -> dict[str, int]:
+    with db.engine.connect() as conn:
+        return {t.name: conn.execute(select(func.count()).select_from(t).where(t.c.store_id == store_id)).scalar_one()
+                for t in m.Base.metadata.sorted_tables if "store_id" in t.c}
 
 
 @pytest.mark.parametrize("path", ["/webhooks/shopify", "/webhooks/woocommerce/woo", "/webhooks/whatsapp"])
