@@ -16,10 +16,12 @@ import httpx
 import pytest
 import respx
 from sqlalchemy import select
+from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from connector.cli import app as cli_app
 from connector.config import parse_settings
+from connector.install import nonces
 from connector.install.shopify import InstallRefused
 from connector.install.woocommerce import TOPICS, install_woocommerce
 from connector.runtime import Runtime
@@ -34,9 +36,9 @@ from connector.secrets import (
 )
 from connector.storage.db import Database
 from connector.storage.inbox import sync_stores
-from connector.storage.models import InboxEvent, StoreCredential
+from connector.storage.models import InboxEvent, OAuthState, StoreCredential
 from connector.web.app import create_app
-from tests.conftest import settings_dict
+from tests.conftest import SECRETS, settings_dict
 from tests.helpers import running_app
 from tests.install_fakes import FakeWoo, free_port, serve
 
@@ -223,8 +225,11 @@ def test_install_refuses_without_keys_or_public_url(db_url, key):
 # ---- wc-auth: keys without copy-paste -----------------------------------------------------------
 
 
+ADMIN = {"Authorization": f"Bearer {SECRETS['admin']}"}
+
+
 def connect(client) -> tuple[str, dict[str, list[str]]]:
-    answer = client.get("/woocommerce/connect", params={"store": "woo"}, follow_redirects=False)
+    answer = client.get("/woocommerce/connect", params={"store": "woo"}, headers=ADMIN, follow_redirects=False)
     assert answer.status_code == 302, answer.text
     location = urlparse(answer.headers["location"])
     assert (location.scheme, location.netloc, location.path) == ("https", "bloom.example", "/wc-auth/v1/authorize")
@@ -290,7 +295,7 @@ def test_wc_auth_needs_a_known_nonce_an_https_public_url_and_a_key(db_url, key, 
     settings = woo_settings(db_url, "https://bloom.example", PUBLIC_HTTPS)
     with running_app(settings) as (client, runtime):
         assert client.post("/woocommerce/callback/made-up-nonce", content=json.dumps(keys())).status_code == 401
-        assert client.get("/woocommerce/connect", params={"store": "shop-a"}, follow_redirects=False).status_code == 404
+        assert client.get("/woocommerce/connect", params={"store": "shop-a"}, headers=ADMIN, follow_redirects=False).status_code == 404
         path, _ = connect(client)
         runtime.clock = lambda: datetime.now(timezone.utc) + timedelta(minutes=20)
         assert client.post(path, content=json.dumps(keys())).status_code == 401  # expired
@@ -298,9 +303,67 @@ def test_wc_auth_needs_a_known_nonce_an_https_public_url_and_a_key(db_url, key, 
         assert big.status_code == 413
     plain = woo_settings(db_url, "https://bloom.example", "http://connector.example")
     with running_app(plain) as (client, _runtime):
-        refused = client.get("/woocommerce/connect", params={"store": "woo"}, follow_redirects=False)
+        refused = client.get("/woocommerce/connect", params={"store": "woo"}, headers=ADMIN, follow_redirects=False)
         assert refused.status_code == 409 and "https" in refused.text
     monkeypatch.delenv(SECRET_KEYS_ENV)
     with running_app(settings) as (client, _runtime):
         path, _ = connect(client)
         assert client.post(path, content=json.dumps(keys())).status_code == 503
+
+
+def test_only_the_admin_can_start_wc_auth(db_url, key, caplog):
+    """Whoever starts wc-auth learns the single-use callback path, and a key pair posted there
+    replaces the store's REST keys: an anonymous visitor is sent to sign in and gets no path."""
+    caplog.set_level(logging.INFO)
+    settings = woo_settings(db_url, "https://bloom.example", PUBLIC_HTTPS)
+
+    def outstanding(runtime) -> int:
+        with runtime.db.engine.connect() as conn:
+            return len(conn.execute(select(OAuthState.nonce)).all())
+
+    with running_app(settings) as (client, runtime):
+        anon = client.get("/woocommerce/connect", params={"store": "woo"}, follow_redirects=False)
+        assert anon.status_code == 303 and anon.headers["location"] == "/dashboard/woo/woocommerce/connect"
+        form = client.get(anon.headers["location"], follow_redirects=False)
+        assert form.status_code == 200 and 'name="token"' in form.text and "wc-auth" not in form.text
+        guessed = client.get("/woocommerce/connect", params={"store": "woo"}, headers={"Authorization": "Bearer guess-1"},
+                             follow_redirects=False)
+        assert guessed.status_code == 401 and "location" not in guessed.headers
+        assert outstanding(runtime) == 0  # nothing was made for them
+
+        # signed in on the dashboard, the same link goes on to the store's approval page
+        signed = client.post("/dashboard/login", data={"token": SECRETS["admin"], "next": anon.headers["location"]},
+                             follow_redirects=False)
+        assert signed.status_code == 303 and signed.headers["location"] == "/dashboard/woo/woocommerce/connect"
+        started = client.get(signed.headers["location"], follow_redirects=False)
+        assert started.status_code == 302
+        assert urlparse(started.headers["location"])[1:3] == ("bloom.example", "/wc-auth/v1/authorize")
+        assert outstanding(runtime) == 1
+
+        # guessing the token here counts with the admin API's failures, per client address
+        for i in range(2, 6):
+            assert client.get("/woocommerce/connect", params={"store": "woo"}, headers={"Authorization": f"Bearer guess-{i}"},
+                              follow_redirects=False).status_code == 401
+        assert client.get("/api/stores/woo/inbox", headers=ADMIN).status_code == 429
+        assert client.get("/woocommerce/connect", params={"store": "woo"}, headers=ADMIN, follow_redirects=False).status_code == 429
+        other = TestClient(client.app, client=("198.51.100.7", 40000))
+        assert other.get("/woocommerce/connect", params={"store": "woo"}, headers=ADMIN, follow_redirects=False).status_code == 302
+        assert outstanding(runtime) == 2
+    failures = [r for r in caplog.records if r.getMessage() == "admin request without a valid token"]
+    assert [(r.route, r.client) for r in failures] == [("/woocommerce/connect", "testclient")] * 5
+    assert "guess-" not in caplog.text and SECRETS["admin"] not in caplog.text
+
+
+def test_outstanding_wc_auth_callbacks_are_capped_per_store(db_url, key):
+    settings = woo_settings(db_url, "https://bloom.example", PUBLIC_HTTPS)
+    start = datetime.now(timezone.utc)
+    with running_app(settings) as (client, runtime):
+        ticks = iter(range(1000))
+        runtime.clock = lambda: start + timedelta(seconds=next(ticks))
+        paths = [connect(client)[0] for _ in range(nonces.MAX_OUTSTANDING + 5)]
+        with runtime.db.engine.connect() as conn:
+            kept = set(conn.execute(select(OAuthState.nonce).where(OAuthState.used_at.is_(None))).scalars())
+        assert kept == {p.rsplit("/", 1)[1] for p in paths[5:]}  # the newest, however often it is started
+        for old in paths[:5]:
+            assert client.post(old, content=json.dumps(keys())).status_code == 401
+        assert get_credentials(runtime.db, SecretBox([key]), runtime.store_ids["woo"]) == {}

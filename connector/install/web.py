@@ -2,7 +2,12 @@
 
 - ``GET /shopify/install``: Shopify's app URL; verified, then 302 to the authorize page.
 - ``GET /shopify/callback``: the OAuth redirect; verified, code exchanged, webhooks registered.
-- ``GET /woocommerce/connect?store=KEY``: 302 to the store's wc-auth authorize page.
+- ``GET /woocommerce/connect?store=KEY``: 302 to the store's wc-auth authorize page, for the
+  admin only: with ``Authorization: Bearer <server.admin_token>`` (failures limited and logged
+  with the admin API's), else 303 to ``/dashboard/{KEY}/woocommerce/connect``, which starts
+  it for a signed-in dashboard session and shows the sign-in form otherwise. Whoever starts
+  the flow learns the callback's single-use path, and a key pair posted there replaces the
+  store's REST keys, so starting it must not be open to anyone.
 - ``POST /woocommerce/callback/{nonce}``: WooCommerce posts the new REST keys (JSON, read under
   ``MAX_CALLBACK_BYTES`` as it streams in: 413 beyond; orjson: 400 for malformed or deeply nested).
 - ``GET /woocommerce/connected``: where WooCommerce sends the merchant back (``success=0|1``).
@@ -17,6 +22,7 @@ import html
 import logging
 from functools import partial
 from typing import Any
+from urllib.parse import quote
 
 import anyio.to_thread
 from starlette.background import BackgroundTask
@@ -28,6 +34,7 @@ from connector.install import shopify as shopify_flow
 from connector.install import woocommerce as woo_flow
 from connector.install.shopify import InstallRefused
 from connector.web import admin as admin_api
+from connector.web import auth
 from connector.web.http import BodyTooLarge, parse_json
 
 log = logging.getLogger("storeloop.install")
@@ -91,14 +98,37 @@ async def shopify_callback(request: Request) -> Response:
     return page("storeloop installed" if report.ok else "storeloop installed, with problems", lines)
 
 
-async def woocommerce_connect(request: Request) -> Response:
+async def _begin_woocommerce(request: Request, key: str) -> Response:
     runtime = request.app.state.runtime
-    key = request.query_params.get("store", "")
     try:
         url = await anyio.to_thread.run_sync(partial(woo_flow.begin_connect, runtime.db, runtime.settings, key, runtime.clock()))
     except InstallRefused as exc:
         return _refused(exc)
+    log.info("wc-auth connect started", extra={"store": key[:64], "client": admin_api.client_address(request)})
     return redirect(url)
+
+
+async def woocommerce_connect(request: Request) -> Response:
+    """The admin's API client (bearer token) starts at once; a browser is sent to the dashboard's
+    copy of this route, where its session cookie (scoped to /dashboard) is sent."""
+    key = request.query_params.get("store", "")
+    if "authorization" in request.headers:
+        refused = admin_api.bearer_refusal(request)
+        return refused if refused is not None else await _begin_woocommerce(request, key)
+    target = f"{request.scope.get('root_path', '')}/dashboard/{quote(key[:64], safe='')}/woocommerce/connect"
+    return RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
+
+
+async def dashboard_woocommerce_connect(request: Request) -> Response:
+    """``GET /dashboard/{store_key}/woocommerce/connect``: for a signed-in dashboard session (the
+    sign-in form otherwise, which comes back here)."""
+    from connector.web import dashboard
+
+    token = request.app.state.runtime.settings.server.admin_token
+    secret = token.get_secret_value() if token is not None else None
+    if not auth.session_valid(request.cookies.get(auth.COOKIE), secret or None):
+        return dashboard._login_page(request)
+    return await _begin_woocommerce(request, request.path_params["store_key"])
 
 
 async def woocommerce_callback(request: Request) -> Response:
@@ -145,9 +175,10 @@ ROUTES = [
     Route("/shopify/install", shopify_install, methods=["GET"]),
     Route("/shopify/callback", shopify_callback, methods=["GET"]),
     Route("/woocommerce/connect", woocommerce_connect, methods=["GET"]),
+    Route("/dashboard/{store_key}/woocommerce/connect", dashboard_woocommerce_connect, methods=["GET"]),
     Route("/woocommerce/callback/{nonce}", woocommerce_callback, methods=["POST"]),
     Route("/woocommerce/connected", woocommerce_connected, methods=["GET"]),
 ]
 
-__all__ = ["ROUTES", "SECURITY_HEADERS", "shopify_callback", "shopify_install", "woocommerce_callback", "woocommerce_connect",
-           "woocommerce_connected"]
+__all__ = ["ROUTES", "SECURITY_HEADERS", "dashboard_woocommerce_connect", "shopify_callback", "shopify_install",
+           "woocommerce_callback", "woocommerce_connect", "woocommerce_connected"]
