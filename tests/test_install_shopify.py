@@ -5,11 +5,13 @@ refuse), token refresh with a rotated refresh token, and idempotent webhook regi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, parse_qsl, urlparse
 
+import httpx
 import pytest
 from sqlalchemy import select, update
 from typer.testing import CliRunner
@@ -425,3 +427,93 @@ def test_callback_without_a_key_refuses_before_using_the_code(db_url, fake, monk
         answer = client.get("/shopify/callback", params=callback_params(fake, state, now))
         assert answer.status_code == 503 and SECRET_KEYS_ENV in answer.text
         assert fake.grants == []
+
+
+# ---- the token requests against Shopify's own library ----------------------------------------------
+
+
+def _recorder(answer: dict) -> tuple[list[httpx.Request], httpx.AsyncClient]:
+    """An HTTP client whose every request is kept and answered with ``answer`` (the Shopify edge)."""
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=answer)
+
+    return seen, httpx.AsyncClient(transport=httpx.MockTransport(handle))
+
+
+def _fields(request: httpx.Request) -> dict[str, str]:
+    if request.headers["content-type"].startswith("application/json"):
+        return json.loads(request.content)
+    return dict(parse_qsl(request.content.decode(), strict_parsing=True))
+
+
+def test_token_requests_carry_what_shopifyapp_sends():
+    """Our client credentials and refresh requests carry the same fields to the same endpoint as
+    Shopify's ``shopifyapp`` builds for the same inputs (it sends JSON, we send the form encoding
+    shopify.dev documents), and read the same token, scope and lifetime from the answer.
+
+    Why we do not call it (see adapters/shopify/oauth.py): it posts to ``https://{shop}.myshopify.com``
+    only, dates expiry by its own wall clock, skips a refresh its clock thinks is early, and has no
+    authorization-code exchange at all."""
+    import shopify_app
+
+    config = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    cc_answer = {"access_token": "shpat_cc_0001", "scope": "read_orders,write_orders", "expires_in": 86399}
+    refresh_answer = {"access_token": "shpat_exp_0002", "scope": "read_orders", "expires_in": 3600,
+                      "refresh_token": "shprt_0003", "refresh_token_expires_in": 7776000}
+    base = f"https://{SHOP}"
+
+    async def both(answer: dict, ours, theirs):
+        mine, http = _recorder(answer)
+        async with http:
+            now = datetime.now(timezone.utc)
+            grant = await ours(http, now)
+        lib, http = _recorder(answer)
+        async with http:
+            result = await theirs(http)
+        return mine, grant, lib, result, now
+
+    def stamped(value: str) -> datetime:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+    mine, grant, lib, result, now = asyncio.run(both(
+        cc_answer,
+        lambda http, now: oauth.client_credentials_grant(http, base, CLIENT_ID, CLIENT_SECRET, now),
+        lambda http: shopify_app.exchange_using_client_credentials_async("shop-a", config, http_client=http)))
+    refreshed = asyncio.run(both(
+        refresh_answer,
+        lambda http, now: oauth.refresh_grant(http, base, CLIENT_ID, CLIENT_SECRET, "shprt_old", now),
+        lambda http: shopify_app.refresh_access_token_async(
+            {"shop": "shop-a", "refresh_token": "shprt_old", "expires": "", "refresh_token_expires": "", "access_mode": "offline"},
+            config, http_client=http)))
+
+    for ours, theirs in ((mine, lib), (refreshed[0], refreshed[2])):
+        [a], [b] = ours, theirs
+        assert (a.method, a.url.scheme, a.url.host, a.url.path) == (b.method, b.url.scheme, b.url.host, b.url.path) == (
+            "POST", "https", SHOP, "/admin/oauth/access_token")
+        assert _fields(a) == _fields(b)
+        assert a.headers["accept"] == b.headers["accept"] == "application/json"
+        assert a.headers["content-type"] == "application/x-www-form-urlencoded" and b.headers["content-type"] == "application/json"
+    assert _fields(mine[0]) == {"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    assert _fields(refreshed[0][0])["refresh_token"] == "shprt_old"
+
+    assert result.ok and (grant.access_token, grant.scope) == (result.access_token.token, result.access_token.scope)
+    assert abs(stamped(result.access_token.expires) - grant.expires_at) <= timedelta(seconds=2)
+    _, rgrant, _, rresult, _ = refreshed
+    assert rresult.ok and (rgrant.access_token, rgrant.refresh_token) == (rresult.access_token.token, rresult.access_token.refresh_token)
+    assert abs(stamped(rresult.access_token.refresh_token_expires) - rgrant.refresh_token_expires_at) <= timedelta(seconds=2)
+
+    # its refresh decides by its own clock: 5 minutes before expiry (inside our RENEW_BEFORE) it makes no request
+    early, http = _recorder(refresh_answer)
+
+    async def early_refresh():
+        async with http:
+            soon = (datetime.now(timezone.utc) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return await shopify_app.refresh_access_token_async(
+                {"shop": "shop-a", "refresh_token": "shprt_old", "expires": soon, "refresh_token_expires": "", "access_mode": "offline"},
+                config, http_client=http)
+
+    skipped = asyncio.run(early_refresh())
+    assert early == [] and skipped.access_token is None and skipped.log.code == "token_still_valid"

@@ -13,16 +13,23 @@ Sources (platform-facts.md A8, and each checked for this module):
   "About client credentials": ``grant_type=client_credentials&client_id=…&client_secret=…``,
   answer ``{"access_token", "scope", "expires_in"}``; 86399 s in the examples).
 - Refresh: ``grant_type=refresh_token``, ``refresh_token``, ``client_id``, ``client_secret``
-  → ``access_token``, ``expires_in``, ``refresh_token`` (rotated), ``refresh_token_expires_in``
-  (Shopify's own ``shopifyapp`` 1.0.2 ``exchange/refresh_token.py`` builds exactly this body).
+  → ``access_token``, ``expires_in``, ``refresh_token`` (rotated), ``refresh_token_expires_in``.
 - Authorization code: ``client_id``, ``client_secret``, ``code``, plus ``expiring=1`` for an
   expiring offline token with a refresh token (changelog "Offline access tokens now support
   expiry and refresh", 2025-12-10; the ``expiring`` parameter as in Shopify/shopify-app-php#12).
 
-Why not ``shopifyapp``'s exchange functions: they hard-code ``https://{shop}.myshopify.com``
-(no ``api_base_url`` for a proxy or a loopback fake), compute expiry from the wall clock,
-and ``refresh_access_token`` skips the call when its own clock says the token is still
-valid, so renewal ahead of expiry cannot be driven by our (injectable) clock.
+Shopify's ``shopifyapp`` (1.0.2) builds the client credentials and refresh requests with the
+same fields (as a JSON body; we send the form encoding shopify.dev documents, which the
+endpoint takes as well); ``tests/test_install_shopify.py`` posts both through one fake edge
+and compares them. We do not call it because its exchange functions post to
+``https://{shop}.myshopify.com`` only (no ``api_base_url`` for a proxy or a loopback fake),
+date expiry by the wall clock instead of the caller's ``now``, and ``refresh_access_token``
+makes no request while its own clock says the token has more than 60 s left, so renewal
+``RENEW_BEFORE`` ahead of expiry cannot be driven by our (injectable) clock. Its client
+credentials exchange also answers a 429 or a 5xx like a refused secret (``ok=False``; the
+status only in its log records), where we need retryable vs permanent with ``Retry-After``,
+and it has no authorization-code exchange.
+Its functions keep no global state; the older ``shopify_python_api`` does (``Session.secret``).
 
 Nothing here logs, and no exception message carries a secret, a token or a response body.
 """
