@@ -387,6 +387,55 @@ def test_customer_redact_erases_every_trace_and_keeps_the_numbers(db_url, caplog
         assert new.id != meena_id and queued == (new.id, "pending") and old_sends == 0 and still == f"redacted:{meena_id}"
 
 
+def personal_data_in_logs(records, needles: list[str]) -> list[str]:
+    """Each log record (any logger) whose message, arguments, extra fields or exception text holds a needle."""
+    reserved = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+    formatter = logging.Formatter()
+    found = []
+    for record in records:
+        parts = [str(record.msg), record.getMessage(), repr(record.args)]
+        parts += [f"{k}={v!r}" for k, v in vars(record).items() if k not in reserved]
+        if record.exc_info:
+            parts.append(formatter.formatException(record.exc_info))
+        if record.stack_info:
+            parts.append(record.stack_info)
+        text = " ".join(parts).lower()
+        found += [f"{record.name} {record.levelname} {record.getMessage()[:120]!r}: {n}" for n in needles if n.lower() in text]
+    return found
+
+
+def test_logs_never_hold_a_customers_phone_name_or_email(db_url, caplog):
+    """Everything logged while a customer's story runs, at DEBUG, from every logger: ingest of her
+    checkout and order, WhatsApp statuses and her message (which quotes her phone and email), an
+    unreadable delivery, processing, the sends, her data request and her erasure."""
+    caplog.set_level(logging.DEBUG)
+    settings = make_settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        customer_story(client, runtime, settings, clock, MEENA, order_id=7001, token="tokM")
+        post_shopify(client, {**order_payload(MEENA, 7001, "2026-11-20T07:00:00Z"), "created_at": "yesterday"}, "orders/updated")
+        post_whatsapp(client, inbound_text(MEENA, f"STOP. {MEENA.first} {MEENA.last}, {MEENA.email}", T0 + timedelta(minutes=45),
+                                           wamid="wamid.stop-1"))
+        runtime.processor.drain()
+        dispatch(runtime, settings, clock)
+        with runtime.db.engine.connect() as conn:
+            unreadable = conn.execute(select(m.InboxEvent.status).where(m.InboxEvent.topic == "orders/updated")).scalar_one()
+        post_shopify(client, request_payload(MEENA, [7001], data_request=True), "customers/data_request")
+        runtime.processor.drain()
+        clock.now = T0 + timedelta(hours=2)
+        post_shopify(client, request_payload(MEENA, [7001]), "customers/redact")
+        runtime.processor.drain()
+    # the capture saw the whole story: ingest, processing (a failure among it), the sends, both requests
+    logged = [r.getMessage() for r in caplog.records]
+    assert unreadable == "failed" and any("cannot be normalised" in line for line in logged)
+    assert any(line == "dry run: would send" for line in logged)
+    for kind in ("customer_data_request", "customer_redact"):
+        assert any(line.startswith(f"privacy request {kind} answered: ") for line in logged), kind
+    assert len(caplog.records) >= 10
+    assert personal_data_in_logs(caplog.records, MEENA.needles()) == []
+
+
 def test_shop_redact_erases_that_store_only(db_url, caplog):
     settings = make_settings(db_url)
     clock = Clock(T0)
