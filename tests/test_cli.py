@@ -64,3 +64,79 @@ def test_python_dash_m_connector_is_the_same_cli(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "acme" in result.stdout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(tmp_path: Path, *flags: str):
+    """The real `storeloop serve` in its own process on a free 127.0.0.1 port, a fresh SQLite file."""
+    import os
+
+    from tests.conftest import SECRETS
+    from tests.helpers import ROOT
+
+    port = _free_port()
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        f'[server]\nport = {port}\nlog_level = "warning"\n[database]\nurl = "sqlite:///{tmp_path / "serve.db"}"\n'
+        f'[[stores]]\nkey = "shop-a"\nplatform = "shopify"\nshop_domain = "shop-a.myshopify.com"\n'
+        f'webhook_secret = "{SECRETS["shop_a"]}"\ndefault_country = "IN"\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "connector", "serve", "--config", str(config), *flags], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, f"http://127.0.0.1:{port}", tmp_path / "serve.db"
+
+
+def test_serve_no_worker_answers_webhooks_and_leaves_them_for_a_worker(tmp_path):
+    """`storeloop serve --no-worker` (the web role behind a load balancer) stores a signed webhook
+    and answers 200, but runs no processor: the row stays pending for `storeloop worker`."""
+    import sqlite3
+    import threading
+
+    import httpx
+
+    from tests.conftest import FIXTURES, SECRETS
+    from tests.helpers import dumps, load_json, shopify_headers, wait_until
+
+    proc, base, db_path = _serve(tmp_path, "--no-worker")
+    try:
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"serve exited: {proc.stderr.read() if proc.stderr else ''}")
+            try:
+                return httpx.get(f"{base}/readyz", timeout=0.5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(up, 30, "storeloop serve --no-worker to answer /readyz")
+        order = load_json(FIXTURES / "shopify" / "orders_create.sample.json") | {"phone": "+91 98765 43210"}
+        body = dumps(order)
+        answer = httpx.post(f"{base}/webhooks/shopify", content=body,
+                            headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", "orders/create"), timeout=5)
+        assert answer.status_code == 200, answer.text
+
+        def rows() -> list[tuple[str, str]]:
+            with sqlite3.connect(db_path) as conn:
+                return conn.execute("SELECT topic, status FROM inbox_events").fetchall()
+
+        assert rows() == [("orders/create", "pending")]  # committed before the 200
+        # Nothing can signal that a processor is absent: give one far longer than it needs (a row
+        # is processed within milliseconds when `serve` runs the worker), then look again.
+        threading.Event().wait(1.5)
+        assert rows() == [("orders/create", "pending")]
+        with sqlite3.connect(db_path) as conn:
+            assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
