@@ -17,7 +17,7 @@ from connector.journeys.reorder import Reorder, ReorderConfig
 from connector.reorder.cycles import CycleBook, Purchase, customer_cadence, cycle_from_tags, parse_cycle, product_key
 from connector.reorder.windows import Line, learn_cycles, open_due_windows, refresh_windows, run_reorder_tick, upcoming
 from connector.storage import models as m
-from tests.conftest import FIXTURES, PHONE_ID_A, SECRETS, settings_dict
+from tests.conftest import FIXTURES, PHONE_ID_A, PHONE_ID_WOO, SECRETS, settings_dict
 from tests.helpers import dumps, load_json, meta_signature, running_app, shopify_headers
 
 T0 = datetime(2026, 9, 1, 6, 0, tzinfo=timezone.utc)
@@ -537,3 +537,84 @@ def test_product_webhook_subscriptions_ask_for_the_storeloop_metafield_namespace
     calls.clear()
     again = asyncio.run(install())
     assert calls == [] and again.created == again.updated == [] and sorted(again.present) == ["ORDERS_CREATE", "PRODUCTS_CREATE", "PRODUCTS_UPDATE"]
+
+
+# ---- the reorder link, and the holdout --------------------------------------------------------
+def _start(client, wa_id: str, phone_id: str, at: datetime) -> None:
+    """The customer writes START on WhatsApp: marketing opt-in."""
+    env = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": phone_id},
+        "contacts": [{"profile": {"name": "C"}, "wa_id": wa_id}],
+        "messages": [{"from": wa_id, "id": f"wamid.start{wa_id}", "timestamp": str(int(at.timestamp())), "type": "text",
+                      "text": {"body": "START"}}]}}]}]}
+    body = dumps(env)
+    assert client.post("/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": meta_signature(body, SECRETS["wa_app"])}).status_code == 200
+
+
+def _links(runtime, store_id: int) -> list[str]:
+    with runtime.db.engine.connect() as conn:
+        rows = conn.execute(select(m.OutboxMessage).where(m.OutboxMessage.journey == "reorder", m.OutboxMessage.step == "reminder",
+                                                          m.OutboxMessage.store_id == store_id).order_by(m.OutboxMessage.id)).all()
+    assert all(r.status == "pending" for r in rows), [(r.status, r.skip_reason) for r in rows]
+    return sorted(r.payload["message"]["body"][2]["text"] for r in rows)
+
+
+def test_the_reminder_carries_a_shopify_cart_permalink_with_the_discount_and_a_woocommerce_add_to_cart_link(db_url):
+    from tests.helpers import woo_headers
+
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(templates=TEMPLATES, policy={"quiet_hours": ""},
+                            journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "discount_code": "AGAIN10", "follow_up_days": None}})
+    raw["stores"][2].update(templates=TEMPLATES, policy={"quiet_hours": ""},
+                            journeys={"reorder": {"cycles": {"93": "30d", "23": "60d"}, "follow_up_days": None}})
+    settings = parse_settings(raw, environ={})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", _order(8001, T0, qty=2))
+        woo = load_json(FIXTURES / "woocommerce" / "order.created.rest-v3-docs-example.json")
+        woo.update(id=8101, number="8101", status="processing", date_created_gmt=T0.strftime("%Y-%m-%dT%H:%M:%S"),
+                   date_modified_gmt=T0.strftime("%Y-%m-%dT%H:%M:%S"))
+        woo["billing"] = {**woo["billing"], "phone": "+1 650 253 0000"}
+        body = dumps(woo)
+        assert client.post("/webhooks/woocommerce/woo", content=body, headers=woo_headers(body, SECRETS["woo"], "order.created")).status_code == 200
+        _start(client, "16502530000", PHONE_ID_WOO, T0)
+        runtime.processor.drain()
+        clock.now = T0 + timedelta(days=62)  # all three are due: 4 d transit + 2 x 30 d (1 x 60 d) - 3 d lead
+        for key in ("shop-a", "woo"):
+            run_reorder_tick(runtime.db, settings.stores[[s.key for s in settings.stores].index(key)], runtime.store_ids[key], clock.now)
+        shop_links, woo_links = _links(runtime, runtime.store_ids["shop-a"]), _links(runtime, runtime.store_ids["woo"])
+    assert shop_links == ["https://shop-a.myshopify.com/cart/49001:2?discount=AGAIN10"]
+    # a simple product by its id, a variation by the variation's id; the quantity bought
+    assert woo_links == ["https://bloom.example/?add-to-cart=23&quantity=1", "https://bloom.example/?add-to-cart=93&quantity=2"]
+
+
+def test_a_holdout_customers_window_opens_into_the_control_group_and_sends_nothing(db_url):
+    settings = _settings(db_url, holdout_percent=50, follow_up_days=3)
+    clock = Clock(T0)
+    phones = [f"+91 98{n}65 4321{n}" for n in range(6)]
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        for n, phone in enumerate(phones):
+            _post(client, "customers_whats_app_marketing_consent/update", _consent(900 + n, phone.replace(" ", "")))
+            _post(client, "orders/create", _order(8200 + n, T0, phone=phone, customer_id=900 + n, qty=1))
+        runtime.processor.drain()
+        clock.now = T0 + timedelta(days=32)
+        opened_ = run_reorder_tick(runtime.db, settings.stores[0], sid, clock.now)[1]
+        clock.now += timedelta(days=3)
+        runtime.processor.process_timers()  # the follow-ups
+        with runtime.db.engine.connect() as conn:
+            runs = {r.contact_id: r for r in conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "reorder"))}
+            windows = {w.contact_id: w.status for w in conn.execute(select(m.ReorderWindow))}
+        outbox = _outbox(runtime)
+    assert opened_.opened == 6 and set(windows.values()) == {"opened"}
+    control = {cid for cid, r in runs.items() if r.holdout}
+    assert 0 < len(control) < 6  # some of each (half the customers, by a stable hash of the contact)
+    for cid in runs:
+        mine = [(o.step, o.status, o.skip_reason) for o in outbox if o.contact_id == cid]
+        if cid in control:  # recorded as held out; nothing goes to WhatsApp
+            assert mine == [("reminder", "skipped", "holdout"), ("follow_up", "skipped", "holdout")]
+        else:
+            assert mine == [("reminder", "pending", None), ("follow_up", "pending", None)]
