@@ -421,3 +421,41 @@ def test_the_scheduled_poll_takes_the_lease_once_per_tick_and_skips_an_uninstall
         post_webhook(client, shop, "app/uninstalled")
         runtime.processor.drain()
         assert asyncio.run(tick("w1")) is False and fake.calls == 1  # w1 holds the lease: only the uninstall stops it
+
+
+def test_a_checkout_polled_before_its_webhook_arrives_gets_one_run_and_one_first_reminder(db_url):
+    """The poll sees the checkouts first: the classic one is keyed by the token in its recovery
+    link (the token its webhook carries), the newer-link one is held back for its webhook's grace.
+    Then the webhooks arrive, then another poll: still one run and one first reminder each."""
+    settings = shop_settings(db_url)
+    store = settings.stores[0]
+    classic = fixture_checkout()
+    newer = fixture_checkout(token="84ad78572dae52a8cbea7d55371afe89", phone="+91 98123 45678", abandoned_checkout_url=AC_URL,
+                             cart_token="hWN9BnOsWHe9H8pVWYacHHG5")
+    clock = Clock(T)
+    fake = FakeCheckouts([polled_twin(classic, FIXTURE_ID),
+                          polled_twin(newer, 35550298931313, url=AC_URL.replace("shop-a.myshopify.com", "shop-a.example") + "&locale=en-IN")])
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        first = asyncio.run(poll(runtime.db, store, sid, fake, T))
+        assert (first.by_link, first.held_back, first.new_rows) == (1, 1, 1)
+        runtime.processor.drain()
+        assert set(runs(runtime.db)) == {"checkout:123123123"}
+        clock.now = T + timedelta(minutes=2)  # the webhooks turn up late
+        post_webhook(client, classic)
+        post_webhook(client, newer)
+        runtime.processor.drain()
+        later = asyncio.run(poll(runtime.db, store, sid, fake, T + timedelta(minutes=10)))
+        assert (later.known, later.held_back) == (2, 0)
+        clock.now = T + timedelta(minutes=10)
+        runtime.processor.drain()
+        assert reminders(runtime.db) == []  # quiet since 06:55: abandoned at 07:25
+        clock.now = T + timedelta(minutes=26)
+        runtime.processor.process_timers()
+        clock.now = T + timedelta(hours=2)
+        runtime.processor.process_timers()  # the ladder's second step is 6 hours on: nothing more yet
+        found = runs(runtime.db)
+        sent = reminders(runtime.db)
+    assert set(found) == {"checkout:123123123", "checkout:84ad78572dae52a8cbea7d55371afe89"}
+    assert sent == [("checkout:123123123", "first", "pending"), ("checkout:84ad78572dae52a8cbea7d55371afe89", "first", "pending")]
