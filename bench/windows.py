@@ -41,9 +41,11 @@ Marketing consent on ~65% of customers (the others' reminders are outbox rows sk
 Exit 0 with the figures, PASS/MISS against the targets; 1 if anything is inconsistent
 (windows lost or duplicated, a window opened twice, runs or outbox rows that do not match).
 
---orders-updated-index is an experiment: it adds an index on orders.updated_at (the schema
-has none; fulfilments have one) before the run, to show what the incremental scan costs
-with it. Without it the scan finds changed orders by reading the whole orders table.
+The full scan learns each product's cycle with the same code the tests check against
+synthetic histories (``cycles.intervals_in_order`` through ``windows._products``, then
+``cycles.learn_all``; tests/test_reorder.py runs ``refresh_windows(full=True)`` itself). The
+incremental tick finds changed orders and fulfilments through ``orders.updated_at``
+(migration 0007) and ``fulfillments.updated_at`` indexes.
 """
 
 from __future__ import annotations
