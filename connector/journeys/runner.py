@@ -58,6 +58,9 @@ _DUE = (select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.status ==
 _CONTACTS_BY_IDS = select(CONTACTS).where(CONTACTS.c.id.in_(bindparam("ids", expanding=True)))
 _ORDERS_BY_IDS = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
 CONTACT_ACTIVITY = (ev.OrderPlaced, ev.MessageReceived, ev.ButtonReplied)
+# outcomes that close a run because its steps are over, not because something happened that
+# makes a message still waiting wrong to send (any other outcome, a plugin's too, skips them)
+NATURAL_ENDS = frozenset({"sent", "reminded", "no_conversion", "no_reorder", "skipped_busy"})
 
 
 @functools.cache
@@ -68,6 +71,12 @@ def _new_run_statement(dialect: str) -> Any:
 
 def _found(row: Any, subject: str) -> tuple[int, Run, bool]:
     return row.id, Run(row.journey, subject, row.status, dict(row.state or {}), row.next_due_at, row.contact_id, row.started_at), row.holdout
+
+
+def _step_keys(store: Any, journey: str, subject: str) -> list[str]:
+    """The outbox keys of every template step this journey can queue for a subject (as ``queue_template`` names them)."""
+    prefix = f"{journey}."
+    return [f"{journey}:{t.step[len(prefix):]}:{subject}" for t in store.templates if t.step.startswith(prefix)]
 
 
 def _run(conn: Connection, store_id: int, journey: str, subject: str) -> tuple[int, Run, bool] | None:
@@ -296,6 +305,12 @@ class JourneyRunner:
                 if run_id is None:  # raced with another worker: theirs is the run
                     return 0
             created = True
+        if run_id is not None and not created and any(
+                isinstance(c, Handoff) or (isinstance(c, Finish) and c.outcome not in NATURAL_ENDS) for c in commands):
+            # the customer bought, answered, cancelled, opted out, or a person took over: what the
+            # run queued earlier and is still waiting (a reminder held for the morning, a retry)
+            # goes no further. This decision's own sends, below, are queued after.
+            ob.skip_pending(conn, store_id, _step_keys(store, journey, subject), "journey_ended", now)
         for cmd in commands:
             if isinstance(cmd, Start):
                 continue

@@ -103,6 +103,51 @@ def enqueue(
     return conn.execute(_enqueue_statement(conn.dialect.name), row).scalar()
 
 
+_WAITING_BY_KEYS = select(OUTBOX.c.id, OUTBOX.c.idempotency_key).where(  # the unique (store_id, key) index
+    OUTBOX.c.store_id == bindparam("sid"), OUTBOX.c.idempotency_key.in_(bindparam("keys", expanding=True)),
+    OUTBOX.c.channel == "whatsapp", OUTBOX.c.status == "pending")
+_SKIP_BY_ID = (OUTBOX.update().where(OUTBOX.c.id == bindparam("_id"), OUTBOX.c.status == "pending")
+               .values(status="skipped", skip_reason=bindparam("reason"), updated_at=bindparam("now")))
+
+
+def skip_pending(conn: Connection, store_id: int, keys: list[str], reason: str, now: datetime) -> None:
+    """Skip the WhatsApp messages with these keys that are still waiting (not yet claimed).
+
+    A journey run that ends (the customer bought, answered, opted out, a person took over)
+    must not leave a message behind that a later dispatch would still send: a cart reminder
+    held for the morning by quiet hours, a COD reminder whose answer already came. Rows held
+    in the processor's transaction cache are changed in memory; stored rows with one query
+    per batch (deferred to the cache's next flush), or at once without a cache.
+    """
+    if not keys:
+        return
+    wanted = {k[:255] for k in keys}
+    cache = current(conn)
+    if cache is None:
+        _skip_stored(conn, [(store_id, wanted, reason, now)])
+        return
+    for row in cache.later.get(_enqueue_statement(conn.dialect.name, returning=False), []):
+        if row["idempotency_key"] in wanted and row["channel"] == "whatsapp" and row["status"] == "pending":
+            row.update(status="skipped", skip_reason=reason, updated_at=now)
+    cache.defer("outbox.skip_pending", _skip_stored, (store_id, wanted, reason, now))
+
+
+def _skip_stored(conn: Connection, requests: list[tuple[int, set[str], str, datetime]]) -> None:
+    """One lookup per store and 500 keys, then one executemany for what is still pending."""
+    by_store: dict[int, dict[str, tuple[str, datetime]]] = {}
+    for store_id, keys, reason, now in requests:
+        by_store.setdefault(store_id, {}).update({k: (reason, now) for k in keys})
+    updates: list[dict[str, Any]] = []
+    for store_id, wanted in by_store.items():
+        keys = sorted(wanted)
+        for start in range(0, len(keys), 500):
+            for row_id, key in conn.execute(_WAITING_BY_KEYS, {"sid": store_id, "keys": keys[start:start + 500]}):
+                reason, now = wanted[key]
+                updates.append({"_id": row_id, "reason": reason, "now": now})
+    if updates:
+        conn.execute(_SKIP_BY_ID, sorted(updates, key=lambda u: u["_id"]))
+
+
 def contact_facts(conn: Connection, contact_ids: list[int]) -> dict[int, ContactFacts]:
     if not contact_ids:
         return {}

@@ -204,6 +204,9 @@ def flush(conn: Connection) -> None:
     cache = current(conn)
     if cache is None or not cache.has_held():
         return
+    deferred, cache.deferred = cache.deferred, {}
+    for run, items in deferred.values():
+        run(conn, items)
     for name, table in CACHED_TABLES.items():
         for rows in _shapes(row for _, row in sorted(cache.held[name].items())).values():
             execute_many(conn, _insert(table), rows)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -122,6 +122,9 @@ class TxCache:
         self.held: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in tables}
         self.dirty: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in tables}
         self.later: dict[Any, list[dict[str, Any]]] = {}
+        # statements that read or change rows already in the database, gathered per kind and run
+        # once at the start of the next ``flush`` (before that flush's held INSERTs): kind -> (run, items)
+        self.deferred: dict[str, tuple[Callable[[Connection, list[Any]], None], list[Any]]] = {}
         self.ids: dict[str, Iterator[int]] = {}  # ids allocated for held INSERTs, per table
 
     # ---- reads -------------------------------------------------------------------------------
@@ -207,7 +210,13 @@ class TxCache:
         return [self.rows[table][row_id] for row_id in self.held[table]]
 
     def has_held(self) -> bool:
-        return bool(self.later) or any(self.dirty.values()) or any(self.held.values())
+        return bool(self.later) or bool(self.deferred) or any(self.dirty.values()) or any(self.held.values())
+
+    def defer(self, kind: str, run: Callable[[Connection, list[Any]], None], item: Any) -> None:
+        """Gather ``item`` for one ``run(conn, items)`` at the next flush, before its held INSERTs:
+        many small statements of one kind become one, and rows inserted after the request
+        (held now, written by that flush) are out of its reach, as they would be if it ran now."""
+        self.deferred.setdefault(kind, (run, []))[1].append(item)
 
     def updated(self, table: str, row_id: int, values: Mapping[str, Any]) -> None:
         row = self.rows[table].get(row_id)
