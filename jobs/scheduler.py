@@ -88,10 +88,11 @@ async def reconcile_store(runtime: Any, store: Any, holder: str, interval: timed
 
 
 def log_report(job_name: str, report: Any) -> None:
-    """The job log: one line per run with its figures; WARNING when webhooks were re-enabled or could not be."""
+    """The job log: one line per run with its report (``extra["report"]``); WARNING when webhooks were
+    re-enabled or could not be, else DEBUG (the job's own INFO line already gives the figures)."""
     data = report.as_dict()
     reenabled, failed = data.get("webhooks_reenabled") or [], data.get("webhooks_failed") or []
-    level = logging.WARNING if reenabled or failed else logging.INFO
+    level = logging.WARNING if reenabled or failed else logging.DEBUG
     note = ""
     if reenabled:
         note += f"; re-enabled WooCommerce webhook(s) {', '.join(reenabled)}"
