@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import select
 
 from connector.contacts import normalize_phone
+from connector.rows import phone_key
 from connector.storage.db import Database
 from connector.storage import models as m
 
@@ -37,7 +38,7 @@ def contact_view(db: Database, store_id: int, phone: str, default_country: str, 
     parsed = normalize_phone(phone, default_country)
     if parsed is None:
         return None
-    key = parsed.e164 or f"raw:{parsed.raw}"
+    key = phone_key(parsed)  # as the contact was stored (a raw phone's key is cut to its column)
     with db.engine.connect() as conn:
         contact = conn.execute(
             select(m.Contact).where(m.Contact.store_id == store_id, m.Contact.phone_key == key)

@@ -79,3 +79,19 @@ class PermanentError(SendError):
     """Failed for good (bad number, template problem, expired token): never retried as is."""
 
     retryable = False
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Class: message`` for a log line or an inbox row's ``last_error``, without personal data.
+
+    A database error's full text carries what the database saw: the statement's values
+    (hidden by the engine's ``hide_parameters``) and the server's own DETAIL ("Key
+    (phone_key)=(+9198...) already exists"). Only the driver's first line is kept, which
+    names the problem and the constraint, never a value.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+        return f"{exc.__class__.__name__}: {exc.orig.__class__.__name__}: {first}"
+    return f"{exc.__class__.__name__}: {exc}"

@@ -20,10 +20,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, or_, select
+from sqlalchemy.exc import DBAPIError
 
 from connector.compliance import PRIVACY_TOPICS, PRIVACY_WAIT, waiting_for_earlier
 from connector.config import Settings
-from connector.errors import NormalizationError
+from connector.errors import NormalizationError, describe_error
 from connector.events import ComplianceRequested, Event, dump_events
 from connector.journeys.runner import JourneyRunner, prefetch_runs, run_subjects
 from connector.rows import keys_of, prefetch
@@ -227,12 +228,15 @@ class InboxProcessor:
         if isinstance(exc, NormalizationError):
             log.warning("inbox %s (%s %s) cannot be normalised: %s", row.id, row.source, row.topic, exc)
             return {"status": "failed", "last_error": f"normalisation: {exc}"[:2000]}
-        # a bug or a database hiccup: retry later, then give up loudly
+        # a bug or a database hiccup: retry later, then give up loudly (a database error's text
+        # can hold the row's values, so it is logged and kept without them, and without traceback)
         status = "failed" if attempts >= self.max_attempts else "pending"
-        log.error("inbox %s (%s %s) failed on attempt %d", row.id, row.source, row.topic, attempts, exc_info=exc)
+        described = describe_error(exc)
+        log.error("inbox %s (%s %s) failed on attempt %d: %s", row.id, row.source, row.topic, attempts, described,
+                  exc_info=None if isinstance(exc, DBAPIError) else exc)
         return {
             "status": status,
-            "last_error": f"{exc.__class__.__name__}: {exc}"[:2000],
+            "last_error": described[:2000],
             "available_at": now + timedelta(seconds=min(300, 2**attempts)),
         }
 

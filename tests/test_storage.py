@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, select, text
 
 from adapters.registry import normalizers
-from connector.errors import SchemaNotReadyError
+from connector.errors import SchemaNotReadyError, describe_error
 from connector.processor import InboxProcessor
 from connector.storage import models as m
 from connector.storage.db import Database, ensure_schema, head_revision, make_engine
@@ -357,3 +357,18 @@ def test_the_fast_executemany_stores_exactly_what_sqlalchemy_would(db):
     assert (after[got[0].id].status, after[got[0].id].next_due_at) == ("finished", later)
     assert (after[got[3].id].status, after[got[3].id].next_due_at) == ("handoff", None)
     assert after[got[1].id].status == "active"  # untouched
+
+
+def test_a_database_error_names_no_stored_value(db):
+    """Errors are logged and kept as an inbox row's last_error: the statement's values (phones,
+    names, emails) must not be in their text."""
+    from sqlalchemy.exc import IntegrityError
+
+    row = {"key": "asha.k@example.com", "platform": "shopify", "created_at": datetime(2026, 11, 20, tzinfo=timezone.utc)}
+    with db.engine.begin() as conn:
+        conn.execute(m.Store.__table__.insert(), row)
+    with pytest.raises(IntegrityError) as caught, db.engine.begin() as conn:
+        conn.execute(m.Store.__table__.insert(), row)
+    assert "hidden due to hide_parameters" in str(caught.value)  # the statement's values are not in it
+    described = describe_error(caught.value)  # what the processor logs and keeps (PostgreSQL adds a DETAIL)
+    assert "asha.k@example.com" not in described and described.startswith("IntegrityError: ")

@@ -13,6 +13,8 @@ Field notes: platform-facts.md C2 (statuses), C7 (opt-out), C8/C9 (ids, username
 
 from __future__ import annotations
 
+import re
+
 from typing import Any
 
 from adapters._parse import (
@@ -70,7 +72,8 @@ def _message(b: Body) -> Event:
     m = req_obj(b, "message")
     contacts = [c for _, c in get_objects(b, "contacts")]
     # Users with a username may have no phone in the webhook (C9): wa_id can be absent.
-    wa_id = get_id(m, "from", "message") or (get_id(contacts[0], "wa_id", "contacts[0]") if contacts else None)
+    sender = get_id(m, "from", "message") or (get_id(contacts[0], "wa_id", "contacts[0]") if contacts else None)
+    wa_id, sender_bsuid = _sender(sender, "message.from")
     contact = _contact_for(wa_id, contacts)
     profile = get_obj(contact, "profile", "contact") or {}
     context = get_obj(m, "context", "message") or {}
@@ -80,7 +83,7 @@ def _message(b: Body) -> Event:
         "message_id": req_str(m, "id", "message"),
         "wa_id": wa_id,
         "phone": wa_id_to_e164(wa_id),
-        "user_id": first_str(get_str(contact, "user_id", "contact"), get_str(m, "from_user_id", "message")),
+        "user_id": first_str(get_str(contact, "user_id", "contact"), get_str(m, "from_user_id", "message"), sender_bsuid),
         "profile_name": get_str(profile, "name", "contact.profile"),
         "context_message_id": get_str(context, "id", "message.context"),
         "occurred_at": req_unix_time(m, "timestamp", "message"),
@@ -93,6 +96,23 @@ def _message(b: Body) -> Event:
     if message_type == "text":
         text = get_str(get_obj(m, "text", "message") or {}, "body", "message.text")
     return MessageReceived(message_type=message_type, text=text, **common)
+
+
+_WA_ID = re.compile(r"[0-9]{5,20}")
+_BSUID = re.compile(r"[A-Z]{2}\.[A-Za-z0-9.]{1,120}")
+
+
+def _sender(value: str | None, where: str) -> tuple[str | None, str | None]:
+    """(wa_id, BSUID) of a sender: a WhatsApp id is the number's digits; a user who hides
+    their number (C9) may be named by a business-scoped id instead. Anything else (a CRLF,
+    a header, text) is refused here, before it can reach a contact row or a log line."""
+    if value is None:
+        return None, None
+    if _WA_ID.fullmatch(value):
+        return value, None
+    if _BSUID.fullmatch(value):
+        return None, value
+    raise NormalizationError(f"{where} is not a WhatsApp id")
 
 
 def _contact_for(wa_id: str | None, contacts: list[Body]) -> Body:
@@ -141,7 +161,7 @@ def _status(b: Body) -> Event:
 def _preference(b: Body) -> Event:
     phone_number_id = _phone_number_id(b)
     p = req_obj(b, "user_preference")
-    wa_id = get_id(p, "wa_id", "user_preference")
+    wa_id, _ = _sender(get_id(p, "wa_id", "user_preference"), "user_preference.wa_id")
     return MarketingPreferenceChanged(
         phone_number_id=phone_number_id,
         wa_id=wa_id,

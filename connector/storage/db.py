@@ -23,9 +23,11 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 def make_engine(url: str, *, pool_size: int = 5, connect_args: dict[str, Any] | None = None) -> Engine:
+    """``hide_parameters``: a database error's text (logged, and kept as an inbox row's
+    ``last_error``) never carries the statement's values, which hold phones, names, emails."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False, **(connect_args or {})},
-                               json_serializer=jsoncodec.dumps, json_deserializer=jsoncodec.loads)
+                               json_serializer=jsoncodec.dumps, json_deserializer=jsoncodec.loads, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -42,7 +44,7 @@ def make_engine(url: str, *, pool_size: int = 5, connect_args: dict[str, Any] | 
         return engine
     return create_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, connect_args=connect_args or {},
-        json_serializer=jsoncodec.dumps, json_deserializer=jsoncodec.loads,
+        json_serializer=jsoncodec.dumps, json_deserializer=jsoncodec.loads, hide_parameters=True,
     )
 
 

@@ -300,3 +300,26 @@ def test_malformed_item_raises_normalization_error(pair: tuple[str, dict[str, An
 def test_item_that_is_not_an_object() -> None:
     with pytest.raises(NormalizationError, match="body"):
         normalize("message", [], STORE)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sender", ["972987654321\r\nX-Injected: 1", "+972 98765", "not-a-number", "9" * 40])
+def test_a_sender_that_is_not_a_whatsapp_id_is_refused(sender: str) -> None:
+    """Text in ``from`` (a header injection, a formatted number, garbage) never becomes a contact's wa_id."""
+    topic, body = item("inbound_text.pywa.json")
+    body["message"]["from"] = sender
+    body["contacts"] = []
+    with pytest.raises(NormalizationError, match="message.from is not a WhatsApp id"):
+        normalize(topic, body, STORE)
+    topic, body = item("user_preferences_marketing_signup.pywa.json")
+    body["user_preference"]["wa_id"] = sender
+    with pytest.raises(NormalizationError, match="user_preference.wa_id is not a WhatsApp id"):
+        normalize(topic, body, STORE)
+
+
+def test_a_sender_named_only_by_a_business_scoped_id_keeps_it_as_user_id() -> None:
+    """A user who hides their number (C9) can be named by a BSUID in ``from``: no phone, the BSUID kept."""
+    topic, body = item("inbound_text.pywa.json")
+    body["message"]["from"] = "US.13491208655302741918"
+    body["contacts"] = []
+    (event,) = normalize(topic, body, STORE)
+    assert (event.wa_id, event.phone, event.user_id) == (None, None, "US.13491208655302741918")
