@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import NoResultFound
 
 from connector import events as ev
 from connector.policy import keyword_intent
-from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, LINES, MESSAGES, ORDERS, OUTBOX, STORES
+from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES
 from connector.rows import checkout_row, contact_by_phone, contact_row, contact_where, order_row, phone_key
 from connector.storage.txcache import current
 
@@ -44,6 +44,37 @@ _COMPLETE_CHECKOUT = update(CHECKOUTS).where(
 ).values(completed_at=bindparam("at"))
 
 
+def email_key(email: str | None) -> str | None:
+    """An email as contacts are matched by it: trimmed, case-insensitive (None when empty)."""
+    key = (email or "").strip().lower()
+    return key or None
+
+
+_CONTACT_BY_EMAIL = (select(CONTACTS)
+                     .where(CONTACTS.c.store_id == bindparam("sid"), func.lower(func.trim(CONTACTS.c.email)) == bindparam("key"))
+                     .order_by(CONTACTS.c.id.desc()).limit(1))
+
+
+def contact_by_email(conn: Connection, store_id: int, email: str | None) -> Any:
+    """This store's newest contact with that email (trimmed, any case), or None.
+
+    No index covers it (a store-wide scan), so only phone-less orders ask (``upsert_contact``).
+    Contacts held back in the transaction cache are newer than every stored one.
+    """
+    key = email_key(email)
+    if key is None:
+        return None
+    cache = current(conn)
+    if cache is not None:
+        held = [r for r in cache.held_rows("contacts") if r.store_id == store_id and email_key(r.email) == key]
+        if held:
+            return max(held, key=lambda r: r.id)
+        if cache.updates_column("contacts", "email"):
+            flush(conn)  # a held-back email change must be visible to the query
+    row = conn.execute(_CONTACT_BY_EMAIL, {"sid": store_id, "key": key}).first()
+    return cache.put("contacts", row) if cache is not None and row is not None else row
+
+
 def upsert_contact(
     conn: Connection,
     store_id: int,
@@ -53,8 +84,13 @@ def upsert_contact(
     customer: ev.Customer | None = None,
     wa_id: str | None = None,
     user_id: str | None = None,
+    by_email: bool = False,
 ) -> int | None:
-    """Find or create the contact for a phone (or a WhatsApp id); fill in what we learn."""
+    """Find or create the contact for a phone (or a WhatsApp id); fill in what we learn.
+
+    Without a phone: the platform's customer id, then (``by_email``: orders) the email, so an
+    order by a known customer reaches their runs (a checkout reminded on WhatsApp ends as recovered).
+    """
     row = None
     if phone is not None:
         row = contact_by_phone(conn, store_id, phone)
@@ -62,6 +98,8 @@ def upsert_contact(
         row = contact_where(conn, store_id, CONTACTS.c.wa_id, wa_id)
     if row is None and phone is None and customer is not None and customer.external_id:
         row = contact_where(conn, store_id, CONTACTS.c.external_customer_id, customer.external_id)
+    if row is None and phone is None and by_email and customer is not None:
+        row = contact_by_email(conn, store_id, customer.email)
     fields: dict[str, Any] = {}
     if customer is not None:
         for attr, col in (("first_name", "first_name"), ("last_name", "last_name"), ("email", "email"), ("external_id", "external_customer_id")):
@@ -318,7 +356,8 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
                     step=row.step, category=(row.payload or {}).get("fallback_category"),
                     payload={"subject": (row.payload or {}).get("subject"), "message": fallback}, due_at=now, now=now)
         if row.contact_id is not None and e.error_code == 131050:
-            record_consent(conn, store_id, row.contact_id, "marketing", "revoked", "whatsapp_error_131050", e.occurred_at, None)
+            if record_consent(conn, store_id, row.contact_id, "marketing", "revoked", "whatsapp_error_131050", e.occurred_at, None):
+                end_marketing_runs(conn, store_id, row.contact_id, "whatsapp_error_131050", now)
     elif row.status == "failed" or STATUS_RANK.get(e.status, -1) <= STATUS_RANK.get(row.status, -1):
         values = {}  # statuses only move forward; a failure stays a failure
     else:
@@ -363,12 +402,47 @@ def apply_status(conn: Connection, store_id: int, e: ev.MessageStatusChanged, no
     return row.contact_id or contact_id
 
 
+_ACTIVE_RUNS = select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.status == "active")
+
+
+def _active_runs(conn: Connection, store_id: int, contact_id: int) -> list[Any]:
+    """The contact's active journey runs (from the transaction cache when it knows them all)."""
+    cache = current(conn)
+    if cache is not None and (store_id, contact_id) in cache.active_runs_known:
+        return sorted((r for r in cache.rows["journey_runs"].values()
+                       if r.store_id == store_id and r.contact_id == contact_id and r.status == "active"), key=lambda r: r.id)
+    flush(conn)  # a held-back run or status change must be visible to the query
+    rows = conn.execute(_ACTIVE_RUNS, {"sid": store_id, "cid": contact_id}).all()
+    if cache is None:
+        return rows
+    cache.active_runs_known.add((store_id, contact_id))
+    return [cache.put("journey_runs", r) for r in rows]
+
+
+def end_marketing_runs(conn: Connection, store_id: int, contact_id: int, source: str, now: datetime) -> int:
+    """Any opt-out (STOP, a store's consent webhook, WhatsApp's marketing "stop", error 131050)
+    ends the contact's marketing runs at once, outcome ``opted_out``: no reminder is left to
+    be skipped, and the report says why the run ended. Utility runs (COD, delivery) go on;
+    the policy gate still decides each of their sends. Returns how many runs ended."""
+    from connector.journeys.registry import journeys
+
+    marketing = {name for name, j in journeys().items() if getattr(j, "marketing", False)}
+    ended = 0
+    for r in _active_runs(conn, store_id, contact_id):
+        if r.journey in marketing:
+            state = {**(r.state or {}), "outcome": "opted_out", "opted_out_via": source[:64], "opted_out_at": now.isoformat()}
+            update_by_id(conn, RUNS, r.id, {"status": "finished", "state": state, "next_due_at": None, "updated_at": now})
+            ended += 1
+    return ended
+
+
 def apply_keyword(conn: Connection, store_id: int, contact_id: int, intent: str, at: datetime, inbox_id: int) -> None:
     """STOP opts the contact out of everything at once; START opts back in to marketing."""
     if intent == "stop":
         update_by_id(conn, CONTACTS, contact_id, dict(opted_out_at=at, updated_at=at))
         record_consent(conn, store_id, contact_id, "marketing", "revoked", "whatsapp_keyword_stop", at, inbox_id)
         record_consent(conn, store_id, contact_id, "utility", "revoked", "whatsapp_keyword_stop", at, inbox_id)
+        end_marketing_runs(conn, store_id, contact_id, "whatsapp_keyword_stop", at)
     else:
         update_by_id(conn, CONTACTS, contact_id, dict(opted_out_at=None, updated_at=at))
         record_consent(conn, store_id, contact_id, "marketing", "granted", "whatsapp_keyword_start", at, inbox_id)
@@ -415,7 +489,7 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
         case ev.OrderPlaced() | ev.OrderUpdated() | ev.OrderPaid() | ev.OrderCancelled() | ev.OrderFulfilled():
             order = event.order
             out.subject = f"order:{order.external_id}"
-            out.contact_id = upsert_contact(conn, store_id, now, phone=order.customer.phone, customer=order.customer)
+            out.contact_id = upsert_contact(conn, store_id, now, phone=order.customer.phone, customer=order.customer, by_email=True)
             if out.contact_id is not None and order.customer.phone is not None and store.policy.utility_consent_from_order:
                 record_consent(conn, store_id, out.contact_id, "utility", "granted", "order_with_phone", order.created_at, inbox_id, only_if_unknown=True)
             out.stale = not apply_order(conn, store_id, order, out.contact_id, now)
@@ -439,7 +513,10 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
                 customer=ev.Customer(external_id=event.customer_external_id) if event.customer_external_id else None,
             )
             if out.contact_id is not None and event.state is not ev.ConsentState.UNKNOWN:
-                record_consent(conn, store_id, out.contact_id, event.category.value, event.state.value, event.source, event.occurred_at or now, inbox_id)
+                changed = record_consent(conn, store_id, out.contact_id, event.category.value, event.state.value, event.source,
+                                         event.occurred_at or now, inbox_id)
+                if changed and event.category is ev.ConsentCategory.MARKETING and event.state is ev.ConsentState.REVOKED:
+                    end_marketing_runs(conn, store_id, out.contact_id, event.source, now)
         case ev.MessageReceived() | ev.ButtonReplied():
             out.subject = f"wamid:{event.context_message_id}" if event.context_message_id else None
             out.contact_id = upsert_contact(conn, store_id, now, phone=event.phone, wa_id=event.wa_id, user_id=event.user_id)
@@ -458,7 +535,9 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             out.contact_id = upsert_contact(conn, store_id, now, phone=event.phone, wa_id=event.wa_id)
             state = {"stop": "revoked", "resume": "granted", "signup": "granted"}.get(event.value)
             if out.contact_id is not None and state is not None:
-                record_consent(conn, store_id, out.contact_id, "marketing", state, f"whatsapp_preference_{event.value}", event.occurred_at, inbox_id)
+                source = f"whatsapp_preference_{event.value}"
+                if record_consent(conn, store_id, out.contact_id, "marketing", state, source, event.occurred_at, inbox_id) and state == "revoked":
+                    end_marketing_runs(conn, store_id, out.contact_id, source, now)
         case ev.ProductUpdated():
             apply_product_cycle(conn, store_id, event, now)
         case ev.AppUninstalled():

@@ -31,6 +31,7 @@ class CheckoutRecovery:
     name: ClassVar[str] = "checkout_recovery"
     config_model: ClassVar[type[JourneyConfig]] = CheckoutRecoveryConfig
     follows_contact: ClassVar[bool] = True  # an order by the same customer, or a reply, also ends a run
+    marketing: ClassVar[bool] = True  # any opt-out ends its runs (state.end_marketing_runs)
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.CheckoutUpdated):

@@ -136,6 +136,9 @@ Command = Start | Send | WriteBack | Update | Wake | Finish | Handoff | MoveStag
 
 
 class Journey(Protocol):
+    """A journey may also set ``follows_contact = True`` (the customer's orders, replies and taps
+    reach all its active runs for them) and ``marketing = True`` (any opt-out ends its runs)."""
+
     name: ClassVar[str]
     config_model: ClassVar[type[JourneyConfig]]
 

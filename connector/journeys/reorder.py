@@ -6,9 +6,9 @@ the quantity, minus ``lead_days``, has passed. The journey sends the reminder wi
 cart link, optionally one follow-up, and keeps listening until the attribution window
 ends: a reorder of the same product inside it is attributed (with its revenue), a reply
 stops the follow-up. A customer busy in another journey (a COD ask, a cart reminder, a
-delivery hand-off) is skipped and the reason kept. Opt-outs, the marketing cap, quiet
-hours and the holdout are the policy gate's and the runner's business, as for every
-marketing step.
+delivery hand-off) is skipped and the reason kept. The marketing cap, quiet hours and the
+holdout are the policy gate's and the runner's business, as for every marketing step; an
+opt-out (of any kind) ends the run at once (``state.end_marketing_runs``).
 
 This block also carries the cycle settings, since windows only exist for stores that
 run the journey.
@@ -54,6 +54,7 @@ class Reorder:
     name: ClassVar[str] = "reorder"
     config_model: ClassVar[type[JourneyConfig]] = ReorderConfig
     follows_contact: ClassVar[bool] = True  # a later order or a reply by the customer reaches the run
+    marketing: ClassVar[bool] = True  # any opt-out ends its runs (state.end_marketing_runs)
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.ReorderWindowOpened):
