@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector import events as ev
@@ -27,6 +27,11 @@ class HandoffRequest:
     reason: str
     journey: str | None = None
     subject: str | None = None
+    # a free-text reply: stands back when one of the contact's runs asked for it (state
+    # ``awaiting_reply``); that journey opens the case itself, saying what the answer is for
+    unless_awaited: bool = False
+    # a second request for an open case is added to it; True: its owner is notified again
+    notify_update: bool = True
 
 
 def stage_after(event: Any, current: str) -> str | None:
@@ -54,7 +59,8 @@ def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | N
         text = (event.text or "").strip()
         if text and keyword_intent(text, store.policy.rules()) is None:
             what = f" (answering {reply_journey} {reply_subject})" if reply_journey else ""
-            out.append(HandoffRequest(f"reply:{contact_id}", f"customer wrote{what}: {text[:300]}", reply_journey, reply_subject))
+            out.append(HandoffRequest(f"reply:{contact_id}", f"customer wrote{what}: {text[:300]}", reply_journey, reply_subject,
+                                      unless_awaited=True, notify_update=False))
     if isinstance(event, ev.OrderPlaced) and store.handoff.order_value_over is not None:
         if float(event.order.total) > store.handoff.order_value_over:
             out.append(HandoffRequest(f"order:{event.order.external_id}:high_value",
@@ -86,8 +92,26 @@ def _context(conn: Connection, store_id: int, contact_id: int | None) -> dict[st
     }
 
 
+_OPEN_BY_KEY = select(HANDOFFS.c.id, HANDOFFS.c.stage, HANDOFFS.c.context).where(
+    HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.key == bindparam("key"), HANDOFFS.c.status == "open")
+_ACTIVE_STATES = select(RUNS.c.state).where(
+    RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.status == "active")
+MAX_UPDATES = 20
+
+
+def _awaited(conn: Connection, store_id: int, contact_id: int | None) -> bool:
+    """Whether one of the contact's active runs asked them something (a COD cancel reason)."""
+    if contact_id is None:
+        return False
+    return any((state or {}).get("awaiting_reply") for state in conn.execute(_ACTIVE_STATES, {"sid": store_id, "cid": contact_id}).scalars())
+
+
 def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | None, req: HandoffRequest, now: datetime) -> int | None:
-    """Open one hand-off per cause (a second reply adds to the open one's timeline, not a new case)."""
+    """Open one hand-off per cause; the same cause again (the customer's answer to a failed
+    delivery) is added to the open case's ``updates`` with a fresh context, and its owner is
+    told again when ``req.notify_update``. The caller flushes held-back writes first."""
+    if req.unless_awaited and _awaited(conn, store_id, contact_id):
+        return None  # the run that asked takes the answer and opens the case with what it means
     context = _context(conn, store_id, contact_id)
     stage = context.get("stage") or "entry"
     owner_cfg = store.stages.get(stage)
@@ -98,9 +122,21 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
              owner=owner_cfg.owner if owner_cfg else None, journey=req.journey, subject=req.subject, context=context,
              status="open", opened_at=now, closed_at=None, closed_by=None, resolution=None),
     ).scalar()
-    if hid is not None and owner_cfg is not None and owner_cfg.notify_url is not None:
-        ob.enqueue(conn, store_id=store_id, key=f"handoff:{hid}", contact_id=contact_id, journey=req.journey, step="handoff",
-                   category=None, channel="notify", payload={"handoff_id": hid, "stage": stage}, due_at=now, now=now)
+    n = 0
+    if hid is None:
+        case = conn.execute(_OPEN_BY_KEY, {"sid": store_id, "key": req.key[:255]}).first()
+        if case is None:
+            return None  # the key belongs to a closed case (closing frees it): nothing to add to
+        hid, stage, owner_cfg = case.id, case.stage, store.stages.get(case.stage)
+        updates = [*((case.context or {}).get("updates") or []), {"at": now.isoformat(), "reason": req.reason}][-MAX_UPDATES:]
+        update_by_id(conn, HANDOFFS, hid, {"context": {**context, "updates": updates}})
+        n = len(updates)
+        if not req.notify_update:
+            return hid
+    if owner_cfg is not None and owner_cfg.notify_url is not None:
+        ob.enqueue(conn, store_id=store_id, key=f"handoff:{hid}" + (f":update:{n}" if n else ""), contact_id=contact_id,
+                   journey=req.journey, step="handoff", category=None, channel="notify",
+                   payload={"handoff_id": hid, "stage": stage}, due_at=now, now=now)
     return hid
 
 
@@ -122,4 +158,7 @@ def notify_text(h: Any, store_name: str) -> str:
         lines.append(f"Customer: {ctx.get('name') or ''} {ctx.get('phone') or ''}".strip())
     if order:
         lines.append(f"Last order: {order.get('name')} {order.get('currency')} {order.get('total')} ({order.get('payment_state')})")
+    updates = ctx.get("updates") or []
+    if updates:
+        lines.append(f"Update: {updates[-1].get('reason')}")
     return "\n".join(lines)

@@ -120,3 +120,137 @@ def test_high_value_orders_open_a_hand_off(db_url):
         runtime.processor.drain()
         items = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
     assert [i["reason"] for i in items] == ["high-value order #9999 (USD 414.95)"]
+
+
+# ---- answers that belong to a person: a COD cancel with a reason, a failed delivery's choice ----
+
+def store_settings(db_url: str, journeys: dict, templates: list[dict]):
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(journeys=journeys, templates=templates, policy={"quiet_hours": ""},
+                            stages={"post_purchase": {"owner": "Delivery desk", "notify_url": HOOK}, "qualification": {"owner": "COD team"}})
+    return parse_settings(raw, environ={})
+
+
+def dispatch(runtime, settings):
+    """Send what is due (dry run), so each message has the wamid a customer's reply quotes."""
+    from connector.outbox.dispatcher import Dispatcher
+    from connector.outbox.senders import DryRunSender
+
+    asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender()).drain())
+
+
+def wamid_of(runtime, journey: str, step: str) -> str:
+    with runtime.db.engine.connect() as conn:
+        return conn.execute(select(m.OutboxMessage.wamid).where(m.OutboxMessage.journey == journey, m.OutboxMessage.step == step)).scalar_one()
+
+
+def tap(client, payload: str, msg_id: str, quoted: str) -> None:
+    post_wa(client, {"messages": [{"from": "919876543210", "id": msg_id, "timestamp": "1795158000", "type": "button",
+                                   "button": {"payload": payload, "text": payload}, "context": {"from": "1", "id": quoted}}]})
+
+
+def quick_replies(*payloads: str) -> list[dict]:
+    return [{"type": "quick_reply", "text": p[:20], "payload": p} for p in payloads]
+
+
+COD_TEMPLATES = [
+    {"step": "cod_confirmation.ask", "name": "cod_v1", "category": "utility", "body_text": "Confirm {{1}}?", "body": ["order.name"],
+     "buttons": quick_replies("cod_confirm", "cod_cancel")},
+    {"step": "cod_confirmation.cancel_reason", "name": "cod_why_v1", "category": "utility",
+     "body_text": "Order {{1}} is cancelled. Could you tell us why?", "body": ["order.name"]},
+]
+
+
+def test_a_cod_cancel_with_a_reason_in_the_next_message_opens_one_hand_off_for_the_cod_team(db_url):
+    settings = store_settings(db_url, {"cod_confirmation": {"cancel_reason_minutes": 60}}, COD_TEMPLATES)
+    with running_app(settings) as (client, runtime):
+        post_shopify(client, order(), "orders/create")
+        runtime.processor.drain()
+        dispatch(runtime, settings)
+        ask = wamid_of(runtime, "cod_confirmation", "ask")
+        tap(client, "cod_cancel", "wamid.T1", ask)
+        runtime.processor.drain()
+        # not quoting anything, as people type: the run that asked takes it, the general reply rule stands back
+        post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.R1", "timestamp": "1795158060", "type": "text",
+                                       "text": {"body": "Ordered twice by mistake, sorry"}}]})
+        runtime.processor.drain()
+        tap(client, "cod_confirm", "wamid.T2", ask)  # changes their mind: the choice is locked
+        post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.R2", "timestamp": "1795158120", "type": "text",
+                                       "text": {"body": "Can I order again later?"}}]})  # the run is done: an ordinary reply
+        runtime.processor.drain()
+        items = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
+        with runtime.db.engine.connect() as conn:
+            run = conn.execute(select(m.JourneyRun)).one()
+            queued = [(o.channel, o.step) for o in conn.execute(select(m.OutboxMessage).order_by(m.OutboxMessage.id))]
+    reason, reply = sorted(items, key=lambda h: h["id"])
+    assert (reason["owner"], reason["stage"], reason["journey"], reason["subject"]) == (
+        "COD team", "qualification", "cod_confirmation", "order:820982911946154508")
+    assert reason["reason"] == "customer cancelled COD order #9999: Ordered twice by mistake, sorry"
+    assert "Can I order again later?" in reply["reason"] and reply["journey"] is None
+    assert (run.status, run.state["outcome"], run.state["choice"], run.state["cancel_reason"]) == (
+        "finished", "cancelled", "cancelled", "Ordered twice by mistake, sorry")
+    assert queued == [("whatsapp", "ask"), ("store", "cancel"), ("whatsapp", "cancel_reason")]  # cancelled once, as configured
+
+
+def test_a_cancel_reason_button_cancels_and_hands_off_in_one_tap(db_url):
+    templates = [{**COD_TEMPLATES[0], "buttons": quick_replies("cod_confirm", "cod_cancel_price")}]
+    settings = store_settings(db_url, {"cod_confirmation": {"cancel_action": "tag", "cancel_reasons": {"cod_cancel_price": "found it cheaper"}}},
+                              templates)
+    with running_app(settings) as (client, runtime):
+        post_shopify(client, order(), "orders/create")
+        runtime.processor.drain()
+        dispatch(runtime, settings)
+        ask = wamid_of(runtime, "cod_confirmation", "ask")
+        for n in (1, 2):  # the same tap delivered twice
+            tap(client, "cod_cancel_price", f"wamid.T{n}", ask)
+        runtime.processor.drain()
+        items = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
+        with runtime.db.engine.connect() as conn:
+            writes = [(o.step, o.payload["args"]) for o in conn.execute(select(m.OutboxMessage).where(m.OutboxMessage.channel == "store"))]
+    [h] = items
+    assert h["owner"] == "COD team" and h["reason"] == "customer cancelled COD order #9999: found it cheaper"
+    assert writes == [("cancel_tag", {"tags": ["cod-cancelled-by-customer"]})]  # cancel_action = "tag", once
+
+
+NDR_TEMPLATES = [
+    {"step": "delivery.failed", "name": "ndr_v1", "category": "utility", "body_text": "We could not deliver {{1}}. What should we do?",
+     "body": ["order.name"], "buttons": quick_replies("ndr_reschedule", "ndr_update_address", "ndr_cancel")},
+    {"step": "delivery.ndr_reschedule", "name": "ndr_ok_v1", "category": "utility", "body_text": "Thanks, we will rearrange {{1}}.",
+     "body": ["order.name"]},
+]
+
+
+def test_answers_to_a_failed_delivery_are_kept_noted_and_added_to_the_open_hand_off(db_url):
+    settings = store_settings(db_url, {"delivery": {"acknowledge_answers": True}}, NDR_TEMPLATES)
+    with running_app(settings) as (client, runtime):
+        post_shopify(client, order(financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
+        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+        fulfilment.update(order_id=820982911946154508, shipment_status="failure", updated_at="2026-11-22T10:00:00Z")
+        post_shopify(client, fulfilment, "fulfillments/update")
+        runtime.processor.drain()
+        dispatch(runtime, settings)
+        ndr = wamid_of(runtime, "delivery", "failed")
+        tap(client, "ndr_reschedule", "wamid.N1", ndr)
+        tap(client, "ndr_reschedule", "wamid.N2", ndr)  # tapped again: already recorded
+        tap(client, "ndr_cancel", "wamid.N3", ndr)
+        runtime.processor.drain()
+        with respx.mock(assert_all_called=True) as slack:
+            hook = slack.post(HOOK).respond(200, text="ok")
+            while asyncio.run(runtime.notifier.run_once()):  # one notification per customer at a time, in order
+                pass
+        [h] = client.get("/api/stores/shop-a/handoffs", params={"status": "open"}, headers=ADMIN).json()["items"]
+        with runtime.db.engine.connect() as conn:
+            run = conn.execute(select(m.JourneyRun)).one()
+            store_rows = [(o.step, o.payload["action"], o.payload["args"]) for o in
+                          conn.execute(select(m.OutboxMessage).where(m.OutboxMessage.channel == "store"))]
+            replies = [o.step for o in conn.execute(select(m.OutboxMessage).where(m.OutboxMessage.channel == "whatsapp").order_by(m.OutboxMessage.id))]
+    assert (run.status, run.state["ndr_choice"], run.state["ndr_answers"]) == ("handoff", "cancel", ["reschedule", "cancel"])
+    assert h["owner"] == "Delivery desk" and "delivery failed" in h["reason"]
+    assert [u["reason"] for u in h["context"]["updates"]] == [
+        "customer asked to reschedule the failed delivery of #9999",
+        "customer asked to cancel #9999 after the failed delivery: it has shipped, so a person decides (no automatic cancel)"]
+    assert store_rows == [("ndr_reschedule", "add_note", {"note": "Failed delivery: the customer asked on WhatsApp to reschedule"})]
+    assert replies == ["failed", "ndr_reschedule", "ndr_cancel"]  # acknowledged (ndr_cancel has no template: recorded as skipped)
+    texts = [json.loads(c.request.content)["text"] for c in hook.calls]
+    assert len(texts) == 3 and all("hand-off" in t for t in texts)  # opened, then told of each answer
+    assert "Update: customer asked to cancel #9999" in texts[-1]

@@ -4,6 +4,12 @@ Placed COD order -> (optional delay, skipped if cancelled meanwhile) ask -> remi
 configured intervals -> no answer: the configured action (tag for a call, or cancel).
 Confirm tags the order and locks the choice; Cancel cancels it (or only tags it) unless it
 has been fulfilled. A tap days later, or twice, changes nothing once the choice is locked.
+
+A cancel with a reason goes to a person (a hand-off for the contact's stage owner, the
+COD team): the reason comes with the tap (a ``cancel_reasons`` button), or, with
+``cancel_reason_minutes``, as the customer's next message after a plain Cancel (the run
+waits for it, ``awaiting_reply``, and the general free-text hand-off stands back). The
+cancel itself follows ``cancel_action`` at the tap, whatever the reason.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from connector.journeys._common import order_context, replied_here
 from connector.journeys.engine import (
     Command, Facts, Finish, Handoff, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake, WriteBack,
 )
+from connector.policy import PolicyRules, keyword_intent
+
+KEYWORDS = PolicyRules()  # STOP / START are never a cancel reason (the store's own extra words are not known here)
 
 
 class CodConfirmationConfig(JourneyConfig):
@@ -32,6 +41,10 @@ class CodConfirmationConfig(JourneyConfig):
     confirm_status: str | None = Field(None, description="WooCommerce: status to set on confirm, e.g. 'processing'")
     confirm_payloads: tuple[str, ...] = ("cod_confirm",)
     cancel_payloads: tuple[str, ...] = ("cod_cancel",)
+    cancel_reasons: dict[str, str] = Field(
+        default_factory=dict, description="buttons that cancel with a reason: payload -> reason, e.g. { cod_cancel_mistake = \"ordered by mistake\" }")
+    cancel_reason_minutes: float = Field(0, ge=0, description="after a plain Cancel, wait this long for a reason (the next message, or a "
+                                                              "cancel_reasons button; step cod_confirmation.cancel_reason asks); 0: no wait")
     send_acknowledgement: bool = Field(False, description="send cod_confirmation.confirmed / .cancelled after a tap")
     prepaid_offer: bool = Field(False, description="after Confirm, offer to pay now (step cod_confirmation.prepaid_offer)")
     prepaid_discount_code: str | None = Field(None, description="an incentive for paying now, bound as discount.code")
@@ -40,33 +53,58 @@ class CodConfirmationConfig(JourneyConfig):
 class CodConfirmation:
     name: ClassVar[str] = "cod_confirmation"
     config_model: ClassVar[type[JourneyConfig]] = CodConfirmationConfig
+    follows_contact: ClassVar[bool] = True  # an unquoted message can be the cancel reason a run waits for
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderCancelled, ev.OrderFulfilled, ev.OrderPaid)):
             return f"order:{event.order.external_id}" if event.order.is_cod else None
-        if isinstance(event, ev.ButtonReplied):
+        if isinstance(event, (ev.ButtonReplied, ev.MessageReceived)):
             return replied_here(event, facts, self.name)
         return None
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
         if run is None:
             return self._start(event, facts, config, now)
-        state = run.state
-        if isinstance(event, (ev.OrderCancelled, ev.OrderFulfilled)) and run.status == "active":
+        waiting = run.status == "active" and run.state.get("phase") == "cancel_reason"
+        if isinstance(event, (ev.OrderCancelled, ev.OrderFulfilled)) and run.status == "active" and not waiting:
             return [Update({"closed_by": event.type}), Wake(None), Finish("order_cancelled" if isinstance(event, ev.OrderCancelled) else "fulfilled_unanswered")]
         if isinstance(event, ev.ButtonReplied):
+            if facts.extra.get("reply_journey") is not None and replied_here(event, facts, self.name) != run.subject:
+                return []  # a tap on another message (this run hears all of the contact's taps)
+            if waiting and event.payload in config.cancel_reasons:
+                return self._with_reason(run, facts, config.cancel_reasons[event.payload])
             return self._reply(event, run, facts, config, now)
+        if isinstance(event, ev.MessageReceived) and waiting:
+            text = " ".join((event.text or "").split())
+            if text and keyword_intent(text, KEYWORDS) is None:
+                return self._with_reason(run, facts, text[:300])
+            return []
+        if isinstance(event, TimerFired) and waiting:
+            return [Update({"awaiting_reply": False}), Finish("cancelled")]  # no reason given: nothing for a person
         if isinstance(event, TimerFired) and run.status == "active":
             return self._timer(run, facts, config, now)
         return []
+
+    @staticmethod
+    def _order_name(run: Run, facts: Facts) -> str:
+        order_id = run.subject.split(":", 1)[1]
+        if facts.order is not None and facts.order.external_id == order_id:
+            return facts.order.name
+        return run.state.get("order_name") or f"#{order_id}"
+
+    def _with_reason(self, run: Run, facts: Facts, reason: str) -> list[Command]:
+        """The reason a customer gave for cancelling: onto the run, and to a person."""
+        return [Update({"cancel_reason": reason, "awaiting_reply": False}), Wake(None),
+                Handoff(f"customer cancelled COD order {self._order_name(run, facts)}: {reason}"), Finish("cancelled")]
 
     def _start(self, event: Any, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
         if not isinstance(event, ev.OrderPlaced) or facts.contact_id is None or facts.order is None or facts.order.cancelled:
             return []
         subject = f"order:{facts.order.external_id}"
+        name = facts.order.name
         if config.delay_minutes > 0:
-            return [Start(subject, facts.contact_id, {"phase": "waiting"}), Wake(now + timedelta(minutes=config.delay_minutes))]
-        return [Start(subject, facts.contact_id, {"phase": "asked", "asked_at": now.isoformat(), "reminders": 0}),
+            return [Start(subject, facts.contact_id, {"phase": "waiting", "order_name": name}), Wake(now + timedelta(minutes=config.delay_minutes))]
+        return [Start(subject, facts.contact_id, {"phase": "asked", "asked_at": now.isoformat(), "reminders": 0, "order_name": name}),
                 Send("ask", order_context(facts)), Wake(self._next_wake(now, 0, config))]
 
     @staticmethod
@@ -103,6 +141,13 @@ class CodConfirmation:
             # a confirmation days later, after the order was only flagged for a call: still welcome
             return [Update({"choice": "confirmed_late", "answered_at": event.occurred_at.isoformat()}),
                     WriteBack("add_tags", order_id, {"tags": [config.confirm_tag]}, "late_confirm_tag")]
+        if choice is None and run.state.get("closed_by") == "order.fulfilled":
+            # it shipped before they answered: a Confirm still tags it, a Cancel goes to a person (never a cancel)
+            if event.payload in config.confirm_payloads:
+                return [Update({"choice": "confirmed_late", "answered_at": event.occurred_at.isoformat()}),
+                        WriteBack("add_tags", order_id, {"tags": [config.confirm_tag]}, "late_confirm_tag")]
+            if event.payload in config.cancel_payloads or event.payload in config.cancel_reasons:
+                return self._cancel(event, run, facts, config, now)
         if choice is not None or run.status != "active":
             return []  # locked: a second tap, or a tap after the run closed, changes nothing
         if event.payload in config.confirm_payloads:
@@ -118,17 +163,33 @@ class CodConfirmation:
                     offer["discount.code"] = config.prepaid_discount_code
                 commands.append(Send("prepaid_offer", offer))
             return commands + [MoveStage("post_purchase"), Finish("confirmed")]
-        if event.payload in config.cancel_payloads:
-            if facts.order is not None and facts.order.fulfillment_state == "fulfilled":
-                return [Update({"choice": "cancel_too_late"}), Wake(None),
-                        Handoff("customer asked to cancel a COD order that has already shipped"), Finish("cancel_after_fulfilment")]
-            commands = [Update({"choice": "cancelled", "answered_at": event.occurred_at.isoformat()}), Wake(None)]
-            if config.cancel_action == "cancel":
-                commands.append(WriteBack("cancel_order", order_id, {"reason": "customer", "notify_customer": False,
-                                                                     "staff_note": "Cancelled by the customer on WhatsApp"}, "cancel"))
-            else:
-                commands.append(WriteBack("add_tags", order_id, {"tags": [config.cancelled_tag]}, "cancel_tag"))
-            if config.send_acknowledgement:
-                commands.append(Send("cancelled", order_context(facts)))
-            return commands + [Finish("cancelled")]
+        if event.payload in config.cancel_payloads or event.payload in config.cancel_reasons:
+            return self._cancel(event, run, facts, config, now)
         return []
+
+    def _cancel(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
+        """Cancel per ``cancel_action`` (a shipped order goes to a person instead); a reason goes to a person too."""
+        order_id = run.subject.split(":", 1)[1]
+        reason = config.cancel_reasons.get(event.payload)
+        given = {"cancel_reason": reason} if reason else {}
+        if (facts.order is not None and facts.order.fulfillment_state == "fulfilled") or run.state.get("closed_by") == "order.fulfilled":
+            return [Update({"choice": "cancel_too_late", **given}), Wake(None),
+                    Handoff("customer asked to cancel a COD order that has already shipped" + (f": {reason}" if reason else "")),
+                    Finish("cancel_after_fulfilment")]
+        wait = reason is None and config.cancel_reason_minutes > 0
+        commands: list[Command] = [
+            Update({"choice": "cancelled", "answered_at": event.occurred_at.isoformat(), **given,
+                    **({"phase": "cancel_reason", "awaiting_reply": True} if wait else {})}),
+            Wake(now + timedelta(minutes=config.cancel_reason_minutes) if wait else None)]
+        if config.cancel_action == "cancel":
+            commands.append(WriteBack("cancel_order", order_id, {"reason": "customer", "notify_customer": False,
+                                                                 "staff_note": "Cancelled by the customer on WhatsApp"}, "cancel"))
+        else:
+            commands.append(WriteBack("add_tags", order_id, {"tags": [config.cancelled_tag]}, "cancel_tag"))
+        if config.send_acknowledgement:
+            commands.append(Send("cancelled", order_context(facts)))
+        if wait:
+            return commands + [Send("cancel_reason", order_context(facts))]  # the run stays open for the answer
+        if reason:
+            commands.append(Handoff(f"customer cancelled COD order {self._order_name(run, facts)}: {reason}"))
+        return commands + [Finish("cancelled")]

@@ -2,6 +2,12 @@
 
 Each step is sent at most once per order (the outbox key is journey, step, subject), so
 repeated or reordered fulfilment webhooks never repeat a message.
+
+The failed-delivery (NDR) message asks the customer: reschedule, update the address, or
+cancel (quick replies, matched by the message they answer). Each answer is kept on the run
+(once per choice) and added to the open hand-off (its owner is told); reschedule and
+address also go into the order's notes for the courier desk. A cancel is a request for a
+person, never an automatic cancel: the order has shipped.
 """
 
 from __future__ import annotations
@@ -12,8 +18,8 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from connector import events as ev
-from connector.journeys._common import order_context
-from connector.journeys.engine import Command, Facts, Handoff, JourneyConfig, Run, Send, Start, Update
+from connector.journeys._common import order_context, replied_here
+from connector.journeys.engine import Command, Facts, Handoff, JourneyConfig, Run, Send, Start, Update, WriteBack
 
 STEP_FOR_STATUS = {
     "in_transit": "shipped",
@@ -29,9 +35,32 @@ STEP_FOR_STATUS = {
 }
 
 
+NOTES = {
+    "reschedule": "Failed delivery: the customer asked on WhatsApp to reschedule",
+    "update_address": "Failed delivery: the customer wants to update the delivery address (asked on WhatsApp)",
+}
+ASKS = {
+    "reschedule": "customer asked to reschedule the failed delivery of {name}",
+    "update_address": "customer wants to update the address for the failed delivery of {name}",
+    "cancel": "customer asked to cancel {name} after the failed delivery: it has shipped, so a person decides (no automatic cancel)",
+}
+
+
 class DeliveryUpdatesConfig(JourneyConfig):
     steps: tuple[str, ...] = Field(("shipped", "out_for_delivery", "delivered", "failed"), description="which updates to send")
     handoff_on_failure: bool = True
+    reschedule_payloads: tuple[str, ...] = ("ndr_reschedule",)
+    address_payloads: tuple[str, ...] = ("ndr_update_address",)
+    cancel_payloads: tuple[str, ...] = ("ndr_cancel",)
+    note_answers: bool = Field(True, description="write a reschedule / new-address answer into the order's notes")
+    acknowledge_answers: bool = Field(False, description="answer a tap with step delivery.ndr_<choice> (reschedule, update_address, cancel)")
+
+    def choice(self, payload: str) -> str | None:
+        for choice, payloads in (("reschedule", self.reschedule_payloads), ("update_address", self.address_payloads),
+                                 ("cancel", self.cancel_payloads)):
+            if payload in payloads:
+                return choice
+        return None
 
 
 class DeliveryUpdates:
@@ -41,9 +70,13 @@ class DeliveryUpdates:
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.FulfillmentUpdated):
             return f"order:{event.fulfillment.order_external_id}"
+        if isinstance(event, ev.ButtonReplied):
+            return replied_here(event, facts, self.name)
         return None
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, now: datetime) -> list[Command]:
+        if isinstance(event, ev.ButtonReplied):
+            return self._answer(event, run, facts, config) if run is not None else []
         if not isinstance(event, ev.FulfillmentUpdated) or facts.order is None or facts.order.cancelled:
             return []
         f = event.fulfillment
@@ -63,4 +96,23 @@ class DeliveryUpdates:
         commands += [Update({"sent": sorted(done | {step}), "last_status": f.shipment_status.value}), Send(step, order_context(facts))]
         if step == "failed" and config.handoff_on_failure:
             commands.append(Handoff(f"delivery failed ({f.shipment_status.value}); call the customer to rearrange"))
+        return commands
+
+    @staticmethod
+    def _answer(event: ev.ButtonReplied, run: Run, facts: Facts, config: DeliveryUpdatesConfig) -> list[Command]:
+        """The customer's answer to the failed-delivery message: recorded, noted, and to a person."""
+        choice = config.choice(event.payload)
+        answers = list(run.state.get("ndr_answers") or [])
+        if choice is None or "failed" not in (run.state.get("sent") or []) or choice in answers:
+            return []  # not an answer to a failed delivery, or this answer again
+        order_id = run.subject.split(":", 1)[1]
+        name = facts.order.name if facts.order is not None else f"#{order_id}"
+        commands: list[Command] = [Update({"ndr_choice": choice, "ndr_answers": [*answers, choice],
+                                           "ndr_answered_at": event.occurred_at.isoformat()})]
+        if choice in NOTES and config.note_answers:
+            commands.append(WriteBack("add_note", order_id, {"note": NOTES[choice]}, f"ndr_{choice}"))
+        if choice == "cancel" or config.handoff_on_failure:
+            commands.append(Handoff(ASKS[choice].format(name=name)))
+        if config.acknowledge_answers:
+            commands.append(Send(f"ndr_{choice}", order_context(facts)))
         return commands
