@@ -255,6 +255,16 @@ class _StoreBase(_Settings):
             raise ValueError("; ".join(problems))
         return out
 
+    @model_validator(mode="after")
+    def _one_home_for_unpaid_orders(self) -> "_StoreBase":
+        """WooCommerce pending/failed orders go to checkout_recovery or payment_recovery, never both."""
+        from connector.journeys.checkout_recovery import settle_unpaid_orders
+
+        problems = settle_unpaid_orders(self.platform, self.journeys)  # type: ignore[attr-defined]
+        if problems:
+            raise ValueError("; ".join(f"journeys.{p}" for p in problems))
+        return self
+
     def enabled_journeys(self) -> dict[str, Any]:
         return {name: cfg for name, cfg in self.journeys.items() if cfg.enabled}
 

@@ -1,22 +1,513 @@
-"""What decide cannot see alone, through the app: which contact an order belongs to (its
-email, when it has no phone), and opt-outs that come from outside the chat."""
+"""Every built-in journey's ``decide`` as a table: (event, run state, now) -> commands.
+
+A case names the situation (its pytest id), builds the event, the run as stored (or None),
+the facts and the config, and lists the commands expected, each written short:
+``start:<subject>``, ``send:<step>``, ``wake:+6h`` (from T0; ``wake:none`` clears the timer),
+``add_tags:<tags>`` / ``cancel_order`` / ``add_note`` / ``set_status:<status>``,
+``update(<keys>)``, ``handoff``, ``stage:<stage>``, ``finish:<outcome>``. ``state`` checks
+values the updates write and ``says`` a phrase the hand-off reason must contain.
+
+The end of the file drives the app for what decide cannot see alone: which contact an order
+belongs to (email), opt-outs from outside the chat, and WooCommerce's unpaid orders.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
+from connector import events as ev
 from connector.config import parse_settings
+from connector.journeys.checkout_recovery import CheckoutRecovery, CheckoutRecoveryConfig
+from connector.journeys.cod_confirmation import CodConfirmation, CodConfirmationConfig
+from connector.journeys.delivery_updates import DeliveryUpdates, DeliveryUpdatesConfig
+from connector.journeys.engine import (
+    Facts, Finish, Handoff, MoveStage, OrderFacts, Run, Send, Start, TimerFired, Update, Wake, WriteBack,
+)
+from connector.journeys.order_confirmation import OrderConfirmation, OrderConfirmationConfig
+from connector.journeys.payment_recovery import PaymentRecovery, PaymentRecoveryConfig
+from connector.journeys.reorder import Reorder, ReorderConfig
+from connector.outbox.dispatcher import Dispatcher
+from connector.outbox.senders import DryRunSender
 from connector.reorder.windows import refresh_windows, run_reorder_tick
 from connector.storage import models as m
 from tests.conftest import FIXTURES, PHONE_ID_A, SECRETS, settings_dict
-from tests.helpers import dumps, load_json, meta_signature, running_app, shopify_headers
+from tests.helpers import dumps, load_json, meta_signature, running_app, shopify_headers, woo_headers
 
 T0 = datetime(2026, 11, 20, 6, 30, tzinfo=timezone.utc)
 H, D, MIN = timedelta(hours=1), timedelta(days=1), timedelta(minutes=1)
+
+
+# ---- builders -------------------------------------------------------------------------------
+
+def order(**kw: Any) -> ev.Order:
+    """A Shopify-like COD order #1042 placed at T0 (override anything)."""
+    base = dict(external_id="1042", name="#1042", created_at=T0, updated_at=T0, payment_state=ev.PaymentState.PENDING,
+                is_cod=True, total=Decimal("1299"), currency="INR", customer=ev.Customer(first_name="Asha"), checkout_token="tok1",
+                payment_url="https://pay.example/1042", line_items=(ev.LineItem(product_id="9001", title="Neem face wash"),))
+    return ev.Order(**{**base, **kw})
+
+
+def prepaid(**kw: Any) -> ev.Order:
+    return order(is_cod=False, **kw)
+
+
+def woo(status: str, **kw: Any) -> ev.Order:
+    """A WooCommerce order #727 (no checkout token; platform_status is the order status)."""
+    paid = status in ("processing", "completed")
+    state = ev.PaymentState.PAID if paid else ev.PaymentState.FAILED if status == "failed" else ev.PaymentState.PENDING
+    return order(external_id="727", name="#727", is_cod=False, checkout_token=None, platform_status=status, payment_state=state,
+                 payment_url="https://bloom.example/checkout/order-pay/727/?pay_for_order=true&key=wc_order_k", **kw)
+
+
+def facts(o: ev.Order | None = None, contact: int | None = 7, **extra: Any) -> Facts:
+    of = None
+    if o is not None:
+        of = OrderFacts(o.external_id, o.name, o.is_cod, o.payment_state.value, o.fulfillment_state.value, o.total, o.currency,
+                        o.cancelled_at is not None, None, o.payment_url, o.checkout_token, o.created_at)
+    return Facts(store_name="Acme", contact_id=contact, first_name="Asha", order=of, extra=extra)
+
+
+def routed(journey: str, subject: str = "order:1042") -> dict[str, str]:
+    """What the runner puts in facts.extra for a reply it matched to a sent message."""
+    return {"reply_journey": journey, "reply_subject": subject}
+
+
+def run(journey: str, state: dict[str, Any], status: str = "active", subject: str = "order:1042") -> Run:
+    return Run(journey, subject, status, state, None, 7, T0)
+
+
+def tap(payload: str, at: datetime = T0) -> ev.ButtonReplied:
+    return ev.ButtonReplied(phone_number_id="1", message_id=f"wamid.{payload}", wa_id="919876543210", payload=payload, occurred_at=at)
+
+
+def text(body: str, at: datetime = T0) -> ev.MessageReceived:
+    return ev.MessageReceived(phone_number_id="1", message_id="wamid.txt", wa_id="919876543210", message_type="text", text=body, occurred_at=at)
+
+
+def shipment(status: str) -> ev.FulfillmentUpdated:
+    return ev.FulfillmentUpdated(fulfillment=ev.Fulfillment(external_id="9", order_external_id="1042", status="success",
+                                                            shipment_status=ev.ShipmentStatus(status), created_at=T0, updated_at=T0))
+
+
+def checkout(updated: datetime = T0, url: str | None = "https://shop.example/recover/tok1", completed: datetime | None = None) -> ev.CheckoutUpdated:
+    return ev.CheckoutUpdated(checkout=ev.Checkout(token="tok1", created_at=T0, updated_at=updated, completed_at=completed, recovery_url=url,
+                                                   total=Decimal("899"), currency="INR", customer=ev.Customer(),
+                                                   line_items=(ev.LineItem(title="Neem face wash"),)))
+
+
+def opened(**kw: Any) -> ev.ReorderWindowOpened:
+    base = dict(window_id=1, order_external_id="1001", product_key="p:9001", product_id="9001", title="Neem face wash", quantity=1,
+                opens_at=T0, cycle_days=30, cycle_source="config", link="https://shop.example/cart/49001:1")
+    return ev.ReorderWindowOpened(**{**base, **kw})
+
+
+# ---- rendering ------------------------------------------------------------------------------
+
+def _offset(at: datetime | None) -> str:
+    if at is None:
+        return "none"
+    minutes = int((at - T0).total_seconds() // 60)
+    if minutes % 1440 == 0:
+        return f"+{minutes // 1440}d"
+    return f"+{minutes // 60}h" if minutes % 60 == 0 else f"+{minutes}m"
+
+
+def short(c: Any) -> str:
+    match c:
+        case Start():
+            return f"start:{c.subject}"
+        case Send():
+            return f"send:{c.step}"
+        case Wake():
+            return f"wake:{_offset(c.at)}"
+        case WriteBack(action="add_tags"):
+            return f"add_tags:{','.join(c.args['tags'])}"
+        case WriteBack(action="set_status"):
+            return f"set_status:{c.args['status']}"
+        case WriteBack():
+            return c.action
+        case Update():
+            return f"update({','.join(sorted(c.state))})"
+        case Finish():
+            return f"finish:{c.outcome}"
+        case Handoff():
+            return "handoff"
+        case MoveStage():
+            return f"stage:{c.stage}"
+    raise AssertionError(f"unknown command {c!r}")
+
+
+@dataclass
+class Case:
+    id: str
+    event: Any
+    run: Run | None
+    facts: Facts
+    config: Any
+    expect: list[str]
+    now: datetime = T0
+    state: dict[str, Any] = field(default_factory=dict)  # values the updates must write
+    says: str | None = None  # in the hand-off's reason
+
+
+def check(journey: Any, case: Case) -> None:
+    commands = journey.decide(case.event, case.run, case.facts, case.config, case.now)
+    assert [short(c) for c in commands] == case.expect
+    written: dict[str, Any] = {}
+    for c in commands:
+        if isinstance(c, (Update, Start)):
+            written.update(c.state)
+    assert {k: written.get(k) for k in case.state} == case.state
+    if case.says is not None:
+        [handoff] = [c for c in commands if isinstance(c, Handoff)]
+        assert case.says in handoff.reason
+
+
+def table(cases: list[Case]) -> Any:
+    return pytest.mark.parametrize("case", cases, ids=[c.id for c in cases])
+
+
+# ---- order confirmation ---------------------------------------------------------------------
+
+OC = OrderConfirmationConfig()
+
+ORDER_CONFIRMATION = [
+    Case("prepaid order: one message, done", ev.OrderPlaced(order=prepaid()), None, facts(prepaid()), OC,
+         ["start:order:1042", "send:sent", "finish:sent"]),
+    Case("the same order again: nothing", ev.OrderPlaced(order=prepaid()), run("order_confirmation", {"outcome": "sent"}, "finished"),
+         facts(prepaid()), OC, []),
+    Case("cancelled before we heard of it: nothing", ev.OrderPlaced(order=prepaid(cancelled_at=T0)), None,
+         facts(prepaid(cancelled_at=T0)), OC, []),
+    Case("no phone, no contact: nothing", ev.OrderPlaced(order=prepaid()), None, facts(prepaid(), contact=None), OC, []),
+]
+
+
+@table(ORDER_CONFIRMATION)
+def test_order_confirmation(case: Case) -> None:
+    check(OrderConfirmation(), case)
+
+
+def test_order_confirmation_is_for_prepaid_orders_only() -> None:
+    j = OrderConfirmation()
+    assert j.subject(ev.OrderPlaced(order=prepaid()), facts(prepaid())) == "order:1042"
+    assert j.subject(ev.OrderPlaced(order=order()), facts(order())) is None  # COD: cod_confirmation asks instead
+    assert j.subject(ev.OrderUpdated(order=prepaid()), facts(prepaid())) is None
+
+
+# ---- COD confirmation -----------------------------------------------------------------------
+
+COD = CodConfirmationConfig(reminder_hours=(6, 24), answer_window_hours=48)
+COD_REASONS = CodConfirmationConfig(cancel_reasons={"cod_cancel_mistake": "ordered by mistake"}, cancel_reason_minutes=60)
+ASKED = {"phase": "asked", "asked_at": T0.isoformat(), "reminders": 0, "order_name": "#1042"}
+WAITING = {**ASKED, "choice": "cancelled", "phase": "cancel_reason", "awaiting_reply": True}
+HERE = routed("cod_confirmation")
+
+COD_CASES = [
+    Case("placed: ask now, remind at 6 h", ev.OrderPlaced(order=order()), None, facts(order()), COD,
+         ["start:order:1042", "send:ask", "wake:+6h"], state={"phase": "asked", "order_name": "#1042"}),
+    Case("placed with a delay: wait first", ev.OrderPlaced(order=order()), None, facts(order()), CodConfirmationConfig(delay_minutes=30),
+         ["start:order:1042", "wake:+30m"], state={"phase": "waiting"}),
+    Case("placed but already cancelled: nothing", ev.OrderPlaced(order=order(cancelled_at=T0)), None, facts(order(cancelled_at=T0)), COD, []),
+    Case("delay over: ask", TimerFired(T0 + 30 * MIN), run("cod_confirmation", {"phase": "waiting"}), facts(), COD,
+         ["update(asked_at,phase,reminders)", "send:ask", "wake:+6h"], now=T0),
+    Case("delay over but cancelled meanwhile: close", TimerFired(T0), run("cod_confirmation", {"phase": "waiting"}),
+         facts(order(cancelled_at=T0)), COD, ["wake:none", "finish:order_cancelled"]),
+    Case("6 h without an answer: first reminder", TimerFired(T0 + 6 * H), run("cod_confirmation", ASKED), facts(), COD,
+         ["update(reminders)", "send:reminder_1", "wake:+1d"], now=T0 + 6 * H, state={"reminders": 1}),
+    Case("window over: tag for a call", TimerFired(T0 + 48 * H), run("cod_confirmation", {**ASKED, "reminders": 2}), facts(), COD,
+         ["update(choice)", "wake:none", "add_tags:cod-unconfirmed", "finish:no_answer"], now=T0 + 48 * H, state={"choice": "no_answer"}),
+    Case("window over, configured to cancel", TimerFired(T0), run("cod_confirmation", ASKED), facts(),
+         CodConfirmationConfig(reminder_hours=(), no_answer_action="cancel"), ["update(choice)", "wake:none", "cancel_order", "finish:no_answer"]),
+    Case("Confirm: tag, status, next stage", tap("cod_confirm"), run("cod_confirmation", ASKED), facts(**HERE),
+         CodConfirmationConfig(confirm_status="processing"),
+         ["update(answered_at,choice)", "wake:none", "add_tags:cod-confirmed", "set_status:processing", "stage:post_purchase", "finish:confirmed"]),
+    Case("Confirm with the pay-now offer", tap("cod_confirm"), run("cod_confirmation", ASKED), facts(order(), **HERE),
+         CodConfirmationConfig(prepaid_offer=True, send_acknowledgement=True),
+         ["update(answered_at,choice)", "wake:none", "add_tags:cod-confirmed", "send:confirmed", "send:prepaid_offer", "stage:post_purchase",
+          "finish:confirmed"]),
+    Case("Cancel: cancel in the store", tap("cod_cancel"), run("cod_confirmation", ASKED), facts(**HERE), COD,
+         ["update(answered_at,choice)", "wake:none", "cancel_order", "finish:cancelled"], state={"choice": "cancelled"}),
+    Case("Cancel, configured to tag only", tap("cod_cancel"), run("cod_confirmation", ASKED), facts(**HERE),
+         CodConfirmationConfig(cancel_action="tag"), ["update(answered_at,choice)", "wake:none", "add_tags:cod-cancelled-by-customer",
+                                                      "finish:cancelled"]),
+    Case("Cancel after it shipped: a person, no cancel", tap("cod_cancel"), run("cod_confirmation", ASKED),
+         facts(order(fulfillment_state=ev.FulfillmentState.FULFILLED), **HERE), COD,
+         ["update(choice)", "wake:none", "handoff", "finish:cancel_after_fulfilment"], says="already shipped"),
+    Case("Cancel with a reason button: cancel and a person", tap("cod_cancel_mistake"), run("cod_confirmation", ASKED), facts(**HERE),
+         COD_REASONS, ["update(answered_at,cancel_reason,choice)", "wake:none", "cancel_order", "handoff", "finish:cancelled"],
+         state={"cancel_reason": "ordered by mistake"}, says="cancelled COD order #1042: ordered by mistake"),
+    Case("plain Cancel, reasons wanted: cancel, ask why, wait an hour", tap("cod_cancel"), run("cod_confirmation", ASKED), facts(**HERE),
+         COD_REASONS, ["update(answered_at,awaiting_reply,choice,phase)", "wake:+1h", "cancel_order", "send:cancel_reason"],
+         state={"choice": "cancelled", "phase": "cancel_reason", "awaiting_reply": True}),
+    Case("the reason comes as a message: a person gets it", text("ordered twice by mistake"), run("cod_confirmation", WAITING), facts(),
+         COD_REASONS, ["update(awaiting_reply,cancel_reason)", "wake:none", "handoff", "finish:cancelled"],
+         state={"cancel_reason": "ordered twice by mistake"}, says="cancelled COD order #1042: ordered twice by mistake"),
+    Case("the reason comes as a reason button", tap("cod_cancel_mistake"), run("cod_confirmation", WAITING), facts(**HERE), COD_REASONS,
+         ["update(awaiting_reply,cancel_reason)", "wake:none", "handoff", "finish:cancelled"], says="ordered by mistake"),
+    Case("STOP while we wait is no reason", text("STOP"), run("cod_confirmation", WAITING), facts(), COD_REASONS, []),
+    Case("Confirm while we wait: the choice is locked", tap("cod_confirm"), run("cod_confirmation", WAITING), facts(**HERE), COD_REASONS, []),
+    Case("our own cancel comes back as a webhook: keep waiting", ev.OrderCancelled(order=order(cancelled_at=T0)),
+         run("cod_confirmation", WAITING), facts(order(cancelled_at=T0)), COD_REASONS, []),
+    Case("no reason within the hour: done, nobody bothered", TimerFired(T0 + H), run("cod_confirmation", WAITING),
+         facts(order(cancelled_at=T0)), COD_REASONS, ["update(awaiting_reply)", "finish:cancelled"], now=T0 + H),
+    Case("a second tap after Confirm: locked", tap("cod_cancel"), run("cod_confirmation", {**ASKED, "choice": "confirmed"}, "finished"),
+         facts(**HERE), COD, []),
+    Case("Confirm days after the call flag: still tagged", tap("cod_confirm", T0 + 3 * D),
+         run("cod_confirmation", {**ASKED, "choice": "no_answer"}, "finished"), facts(**HERE), COD,
+         ["update(answered_at,choice)", "add_tags:cod-confirmed"], state={"choice": "confirmed_late"}),
+    Case("a tap on another order's message: not this run", tap("cod_cancel"), run("cod_confirmation", ASKED),
+         facts(**routed("cod_confirmation", "order:2000")), COD, []),
+    Case("a message while we only asked: the reply rule's business", text("deliver after 6 pm?"), run("cod_confirmation", ASKED), facts(),
+         COD_REASONS, []),
+    Case("shipped while asked: stop asking", ev.OrderFulfilled(order=order(fulfillment_state=ev.FulfillmentState.FULFILLED)),
+         run("cod_confirmation", ASKED), facts(order(fulfillment_state=ev.FulfillmentState.FULFILLED)), COD,
+         ["update(closed_by)", "wake:none", "finish:fulfilled_unanswered"]),
+    Case("Cancel after it shipped unanswered: still a person", tap("cod_cancel"),
+         run("cod_confirmation", {**ASKED, "closed_by": "order.fulfilled"}, "finished"), facts(**HERE), COD,
+         ["update(choice)", "wake:none", "handoff", "finish:cancel_after_fulfilment"], state={"choice": "cancel_too_late"}, says="shipped"),
+    Case("Confirm after it shipped unanswered: tagged late", tap("cod_confirm"),
+         run("cod_confirmation", {**ASKED, "closed_by": "order.fulfilled"}, "finished"), facts(**HERE), COD,
+         ["update(answered_at,choice)", "add_tags:cod-confirmed"], state={"choice": "confirmed_late"}),
+    Case("cancelled in the store while asked: close", ev.OrderCancelled(order=order(cancelled_at=T0)), run("cod_confirmation", ASKED),
+         facts(order(cancelled_at=T0)), COD, ["update(closed_by)", "wake:none", "finish:order_cancelled"]),
+]
+
+
+@table(COD_CASES)
+def test_cod_confirmation(case: Case) -> None:
+    check(CodConfirmation(), case)
+
+
+# ---- delivery updates -----------------------------------------------------------------------
+
+DELIVERY = DeliveryUpdatesConfig()
+NDR = {"sent": ["failed", "shipped"], "last_status": "failure"}
+PAID = prepaid(payment_state=ev.PaymentState.PAID)
+HERE_DELIVERY = routed("delivery")
+
+DELIVERY_CASES = [
+    Case("shipped: start and tell", shipment("in_transit"), None, facts(PAID), DELIVERY, ["start:order:1042", "update(last_status,sent)", "send:shipped"]),
+    Case("shipped again: nothing", shipment("in_transit"), run("delivery", {"sent": ["shipped"]}), facts(PAID), DELIVERY, []),
+    Case("out for delivery", shipment("out_for_delivery"), run("delivery", {"sent": ["shipped"]}), facts(PAID), DELIVERY,
+         ["update(last_status,sent)", "send:out_for_delivery"], state={"sent": ["out_for_delivery", "shipped"]}),
+    Case("out for delivery twice: once", shipment("out_for_delivery"), run("delivery", {"sent": ["out_for_delivery", "shipped"]}),
+         facts(PAID), DELIVERY, []),
+    Case("a late 'shipped' after out for delivery: nothing", shipment("in_transit"), run("delivery", {"sent": ["out_for_delivery", "shipped"]}),
+         facts(PAID), DELIVERY, []),
+    Case("delivered", shipment("delivered"), run("delivery", {"sent": ["out_for_delivery", "shipped"]}), facts(PAID), DELIVERY,
+         ["update(last_status,sent)", "send:delivered"]),
+    Case("out for delivery not wanted by this store", shipment("out_for_delivery"), run("delivery", {"sent": ["shipped"]}), facts(PAID),
+         DeliveryUpdatesConfig(steps=("shipped", "delivered")), []),
+    Case("failed delivery: ask and hand off", shipment("failure"), run("delivery", {"sent": ["shipped"]}), facts(PAID), DELIVERY,
+         ["update(last_status,sent)", "send:failed", "handoff"], says="delivery failed (failure)"),
+    Case("failed delivery, no hand-off configured", shipment("attempted_delivery"), run("delivery", {"sent": ["shipped"]}), facts(PAID),
+         DeliveryUpdatesConfig(handoff_on_failure=False), ["update(last_status,sent)", "send:failed"]),
+    Case("cancelled order: no updates", shipment("in_transit"), None, facts(prepaid(cancelled_at=T0)), DELIVERY, []),
+    Case("NDR answer: reschedule -> run, note, hand-off", tap("ndr_reschedule"), run("delivery", NDR, "handoff"), facts(PAID, **HERE_DELIVERY),
+         DELIVERY, ["update(ndr_answered_at,ndr_answers,ndr_choice)", "add_note", "handoff"],
+         state={"ndr_choice": "reschedule", "ndr_answers": ["reschedule"]}, says="reschedule the failed delivery of #1042"),
+    Case("NDR answer: new address", tap("ndr_update_address"), run("delivery", NDR, "handoff"), facts(PAID, **HERE_DELIVERY), DELIVERY,
+         ["update(ndr_answered_at,ndr_answers,ndr_choice)", "add_note", "handoff"], says="update the address"),
+    Case("NDR answer: cancel goes to a person only", tap("ndr_cancel"), run("delivery", {**NDR, "ndr_answers": ["reschedule"]}, "handoff"),
+         facts(PAID, **HERE_DELIVERY), DELIVERY, ["update(ndr_answered_at,ndr_answers,ndr_choice)", "handoff"],
+         state={"ndr_choice": "cancel", "ndr_answers": ["reschedule", "cancel"]}, says="no automatic cancel"),
+    Case("the same answer twice: once", tap("ndr_reschedule"), run("delivery", {**NDR, "ndr_answers": ["reschedule"]}, "handoff"),
+         facts(PAID, **HERE_DELIVERY), DELIVERY, []),
+    Case("acknowledged when configured", tap("ndr_reschedule"), run("delivery", NDR, "handoff"), facts(PAID, **HERE_DELIVERY),
+         DeliveryUpdatesConfig(acknowledge_answers=True, note_answers=False),
+         ["update(ndr_answered_at,ndr_answers,ndr_choice)", "handoff", "send:ndr_reschedule"]),
+    Case("no hand-off configured: the note only, but a cancel still reaches a person", tap("ndr_update_address"), run("delivery", NDR),
+         facts(PAID, **HERE_DELIVERY), DeliveryUpdatesConfig(handoff_on_failure=False), ["update(ndr_answered_at,ndr_answers,ndr_choice)", "add_note"]),
+    Case("a tap before any failed delivery: nothing", tap("ndr_reschedule"), run("delivery", {"sent": ["shipped"]}), facts(PAID, **HERE_DELIVERY),
+         DELIVERY, []),
+]
+
+
+@table(DELIVERY_CASES)
+def test_delivery_updates(case: Case) -> None:
+    check(DeliveryUpdates(), case)
+
+
+# ---- checkout recovery ----------------------------------------------------------------------
+
+CR = CheckoutRecoveryConfig(abandon_after_minutes=30, ladder_minutes=(0, 360, 1440), discount_code="BACK10", discount_from_step=2,
+                            attribution_days=7)
+ABANDONED = T0 + 30 * MIN
+LADDER = {"abandoned_at": ABANDONED.isoformat(), "recovery_url": "https://shop.example/recover/tok1", "total": "899", "currency": "INR",
+          "product": "Neem face wash", "sent": 0}
+ONE_SENT = {**LADDER, "sent": 1, "first_sent_at": ABANDONED.isoformat(), "last_sent_at": ABANDONED.isoformat()}
+ALL_SENT = {**ONE_SENT, "sent": 3, "last_sent_at": (ABANDONED + 24 * H).isoformat()}
+CART = "checkout:tok1"
+UNPAID = {**LADDER, "recovery_url": woo("pending").payment_url, "unpaid_order": "727"}
+
+
+def bought(at: datetime) -> ev.OrderPlaced:
+    return ev.OrderPlaced(order=prepaid(created_at=at, updated_at=at, payment_state=ev.PaymentState.PAID))
+
+
+CHECKOUT_CASES = [
+    Case("abandoned: first reminder 30 min after the last update", checkout(), None, facts(), CR, [f"start:{CART}", "wake:+30m"],
+         state={"sent": 0, "abandoned_at": ABANDONED.isoformat()}),
+    Case("no recovery link: nothing to send", checkout(url=None), None, facts(), CR, []),
+    Case("still shopping: the ladder moves back", checkout(updated=T0 + 20 * MIN), run("checkout_recovery", LADDER, subject=CART), facts(), CR,
+         ["update(abandoned_at,currency,product,recovery_url,total)", "wake:+50m"]),
+    Case("completed: stop", checkout(completed=T0 + H), run("checkout_recovery", ONE_SENT, subject=CART), facts(), CR,
+         ["wake:none", "finish:completed"]),
+    Case("first reminder, the second at +6 h", TimerFired(ABANDONED), run("checkout_recovery", LADDER, subject=CART), facts(), CR,
+         ["update(first_sent_at,last_sent_at,sent,step)", "send:first", "wake:+390m"], now=ABANDONED,
+         state={"step": 1, "sent": 1, "first_sent_at": ABANDONED.isoformat(), "last_sent_at": ABANDONED.isoformat()}),
+    Case("a reminder the gate will skip (no marketing opt-in): queued for the record, not counted", TimerFired(ABANDONED),
+         run("checkout_recovery", LADDER, subject=CART), facts(marketing_ok=False), CR, ["update(step)", "send:first", "wake:+390m"],
+         now=ABANDONED, state={"step": 1, "sent": None}),
+    Case("bought after only skipped reminders: converted, not recovered", bought(T0 + 2 * H),
+         run("checkout_recovery", {**LADDER, "step": 1}, subject=CART), facts(), CR,
+         ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:converted"], state={"recovered": False, "revenue": "0"}),
+    Case("last reminder: wait out the attribution window from now", TimerFired(T0 + D),
+         run("checkout_recovery", {**ONE_SENT, "sent": 2}, subject=CART), facts(), CR,
+         ["update(last_sent_at,sent,step)", "send:third", "wake:+8d"], now=T0 + D, state={"last_sent_at": (T0 + D).isoformat()}),
+    Case("window over: no conversion", TimerFired(ABANDONED + 8 * D), run("checkout_recovery", ALL_SENT, subject=CART), facts(), CR,
+         ["wake:none", "finish:no_conversion"], now=ABANDONED + 8 * D),
+    Case("order after a reminder: recovered with its revenue", bought(T0 + 8 * H), run("checkout_recovery", ONE_SENT, subject=CART),
+         facts(), CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"],
+         state={"recovered": True, "revenue": "1299", "order_id": "1042"}),
+    Case("order before any reminder: converted, not recovered", bought(T0 + 10 * MIN), run("checkout_recovery", LADDER, subject=CART),
+         facts(), CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:converted"], state={"recovered": False, "revenue": "0"}),
+    Case("order outside the window: not attributed", bought(ABANDONED + 24 * H + 7 * D + H), run("checkout_recovery", ALL_SENT, subject=CART),
+         facts(), CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:converted"], state={"recovered": False}),
+    Case("window counts from the reminder actually sent, not the planned ladder", bought(ABANDONED + 7 * D + H),
+         run("checkout_recovery", ONE_SENT, subject=CART), facts(), CR,
+         ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:converted"], state={"recovered": False}),
+    Case("inside 7 days of the last reminder sent", bought(ABANDONED + 24 * H + 6 * D), run("checkout_recovery", ALL_SENT, subject=CART),
+         facts(), CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"], state={"recovered": True}),
+    Case("placed before the reminder, heard after: not recovered", bought(ABANDONED - MIN), run("checkout_recovery", ONE_SENT, subject=CART),
+         facts(), CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:converted"], state={"recovered": False}),
+    Case("the customer replies: a person answers, the ladder stops", text("is COD available?"), run("checkout_recovery", ONE_SENT, subject=CART),
+         facts(), CR, ["update(replied)", "wake:none", "finish:replied"]),
+    Case("WooCommerce pending order: its own ladder, with its pay link", ev.OrderPlaced(order=woo("pending")), None, facts(woo("pending")), CR,
+         ["start:order:727", "wake:+30m"], state={"recovery_url": woo("pending").payment_url, "unpaid_order": "727", "sent": 0}),
+    Case("WooCommerce failed payment starts one too", ev.OrderUpdated(order=woo("failed")), None, facts(woo("failed")), CR,
+         ["start:order:727", "wake:+30m"]),
+    Case("unpaid orders left to payment_recovery", ev.OrderPlaced(order=woo("pending")), None, facts(woo("pending")),
+         CheckoutRecoveryConfig(unpaid_orders=False), []),
+    Case("a paid WooCommerce order is no checkout", ev.OrderPlaced(order=woo("processing")), None, facts(woo("processing")), CR, []),
+    Case("the unpaid order is paid after a reminder: recovered", ev.OrderUpdated(order=woo("processing", updated_at=T0 + 5 * H)),
+         run("checkout_recovery", {**UNPAID, "sent": 1, "first_sent_at": ABANDONED.isoformat(), "last_sent_at": ABANDONED.isoformat()},
+             subject="order:727"), facts(woo("processing")), CR,
+         ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"], state={"recovered": True, "revenue": "1299"}),
+    Case("another payment attempt fails before any reminder: wait again", ev.OrderUpdated(order=woo("failed", updated_at=T0 + 20 * MIN)),
+         run("checkout_recovery", UNPAID, subject="order:727"), facts(woo("failed")), CR, ["update(abandoned_at)", "wake:+50m"]),
+    Case("the unpaid order is cancelled: stop", ev.OrderCancelled(order=woo("cancelled", cancelled_at=T0 + H)),
+         run("checkout_recovery", UNPAID, subject="order:727"), facts(woo("cancelled")), CR, ["wake:none", "finish:order_cancelled"]),
+    Case("the cart becomes a pending order: the order's ladder takes over", ev.OrderPlaced(order=woo("pending")),
+         run("checkout_recovery", ONE_SENT, subject=CART), facts(woo("pending")), CR,
+         ["update(superseded_by)", "wake:none", "finish:order_pending"], state={"superseded_by": "727"}),
+    Case("timer on an unpaid order that is paid by now: no reminder", TimerFired(ABANDONED), run("checkout_recovery", UNPAID, subject="order:727"),
+         facts(woo("processing")), CR, ["wake:none", "finish:order_closed"], now=ABANDONED),
+]
+
+
+@table(CHECKOUT_CASES)
+def test_checkout_recovery(case: Case) -> None:
+    check(CheckoutRecovery(), case)
+
+
+def test_checkout_recovery_reminders_carry_the_link_and_the_discount_from_its_step() -> None:
+    j = CheckoutRecovery()
+    first = j.decide(TimerFired(ABANDONED), run("checkout_recovery", LADDER, subject=CART), facts(), CR, ABANDONED)
+    second = j.decide(TimerFired(ABANDONED), run("checkout_recovery", ONE_SENT, subject=CART), facts(), CR, ABANDONED)
+    [s1], [s2] = [c for c in first if isinstance(c, Send)], [c for c in second if isinstance(c, Send)]
+    assert s1.context["checkout.recovery_url"] == "https://shop.example/recover/tok1" and "discount.code" not in s1.context
+    assert s2.context["discount.code"] == "BACK10"
+
+
+@pytest.mark.parametrize(("event", "subject"), [
+    (checkout(), "checkout:tok1"),
+    (ev.OrderPlaced(order=prepaid()), "checkout:tok1"),
+    (ev.OrderUpdated(order=prepaid()), None),
+    (ev.OrderPlaced(order=woo("pending")), "order:727"),
+    (ev.OrderUpdated(order=woo("processing")), "order:727"),
+    (ev.OrderPlaced(order=order(checkout_token=None)), None),  # COD
+], ids=["checkout", "shopify order", "shopify update", "woo order", "woo update", "cod without token"])
+def test_checkout_recovery_subjects(event: Any, subject: str | None) -> None:
+    assert CheckoutRecovery().subject(event, facts()) == subject
+
+
+# ---- payment recovery -----------------------------------------------------------------------
+
+PR = PaymentRecoveryConfig(after_minutes=60)
+PENDING = prepaid()
+
+PAYMENT_CASES = [
+    Case("payment pending: remind after an hour", ev.OrderPlaced(order=PENDING), None, facts(PENDING), PR, ["start:order:1042", "wake:+1h"]),
+    Case("the hour is up: the pay link, once", TimerFired(T0 + H), run("payment_recovery", {}), facts(PENDING), PR,
+         ["update(reminded)", "send:remind", "wake:none", "finish:reminded"], now=T0 + H),
+    Case("paid before the reminder", ev.OrderPaid(order=prepaid(payment_state=ev.PaymentState.PAID)), run("payment_recovery", {}),
+         facts(prepaid(payment_state=ev.PaymentState.PAID)), PR, ["wake:none", "update(paid)", "finish:paid_without_reminder"]),
+    Case("paid after the reminder: attributed", ev.OrderPaid(order=prepaid(payment_state=ev.PaymentState.PAID)),
+         run("payment_recovery", {"reminded": True}, "finished"), facts(prepaid(payment_state=ev.PaymentState.PAID)), PR,
+         ["update(currency,paid,revenue)"], state={"paid": True, "revenue": "1299"}),
+    Case("cancelled: closed", ev.OrderCancelled(order=prepaid(cancelled_at=T0)), run("payment_recovery", {}), facts(prepaid(cancelled_at=T0)), PR,
+         ["wake:none", "update(paid)", "finish:closed"]),
+    Case("WooCommerce pending order, checkout_recovery takes those: nothing", ev.OrderPlaced(order=woo("pending")), None, facts(woo("pending")),
+         PaymentRecoveryConfig(unpaid_orders=False), []),
+    Case("WooCommerce pending order, no checkout_recovery: reminded here", ev.OrderPlaced(order=woo("pending")), None, facts(woo("pending")),
+         PR, ["start:order:727", "wake:+1h"]),
+    Case("WooCommerce on-hold (bank transfer) stays here either way", ev.OrderPlaced(order=woo("on-hold")), None, facts(woo("on-hold")),
+         PaymentRecoveryConfig(unpaid_orders=False), ["start:order:727", "wake:+1h"]),
+]
+
+
+@table(PAYMENT_CASES)
+def test_payment_recovery(case: Case) -> None:
+    check(PaymentRecovery(), case)
+
+
+# ---- reorder --------------------------------------------------------------------------------
+
+RO = ReorderConfig(follow_up_days=3, attribution_days=14)
+REMINDED = {"product_key": "p:9001", "product": "Neem face wash", "link": "https://shop.example/cart/49001:1", "sent": 1,
+            "attribution_ends": (T0 + 14 * D).isoformat()}
+REORDER = "reorder:1001:p:9001"
+
+
+def reordered(at: datetime, product: str = "9001") -> ev.OrderPlaced:
+    return ev.OrderPlaced(order=prepaid(external_id="2002", created_at=at, updated_at=at, payment_state=ev.PaymentState.PAID,
+                                        line_items=(ev.LineItem(product_id=product, title="x"),)))
+
+
+REORDER_CASES = [
+    Case("window opens: remind, follow up in 3 days", opened(), None, facts(), RO,
+         [f"start:{REORDER}", "send:reminder", "stage:retention", "wake:+3d"], state={"sent": 1}),
+    Case("busy in another journey: skipped, reason kept", opened(busy_with=("cod_confirmation",)), None, facts(), RO,
+         [f"start:{REORDER}", "finish:skipped_busy"], state={"skipped": "cod_confirmation"}),
+    Case("opened twice: nothing", opened(), run("reorder", REMINDED, subject=REORDER), facts(), RO, []),
+    Case("3 days on: the one follow-up", TimerFired(T0 + 3 * D), run("reorder", REMINDED, subject=REORDER), facts(), RO,
+         ["update(sent)", "send:follow_up", "wake:+14d"], now=T0 + 3 * D),
+    Case("they replied: no follow-up, keep listening", TimerFired(T0 + 3 * D), run("reorder", {**REMINDED, "replied": True}, subject=REORDER),
+         facts(), RO, ["wake:+14d"], now=T0 + 3 * D),
+    Case("window over: no reorder", TimerFired(T0 + 14 * D), run("reorder", {**REMINDED, "sent": 2}, subject=REORDER), facts(), RO,
+         ["finish:no_reorder"], now=T0 + 14 * D),
+    Case("reordered inside the window: attributed", reordered(T0 + 5 * D), run("reorder", REMINDED, subject=REORDER), facts(), RO,
+         ["update(attributed,currency,order_id,reordered,revenue)", "wake:none", "finish:reordered"],
+         state={"attributed": True, "revenue": "1299"}),
+    Case("reordered after the window: not attributed", reordered(T0 + 15 * D), run("reorder", REMINDED, subject=REORDER), facts(), RO,
+         ["update(attributed,currency,order_id,reordered,revenue)", "wake:none", "finish:reordered"], state={"attributed": False, "revenue": "0"}),
+    Case("another product: keep waiting", reordered(T0 + 5 * D, product="777"), run("reorder", REMINDED, subject=REORDER), facts(), RO, []),
+    Case("a reply: stop the follow-up", text("thanks!"), run("reorder", REMINDED, subject=REORDER), facts(), RO, ["update(replied)", "wake:+14d"]),
+]
+
+
+@table(REORDER_CASES)
+def test_reorder(case: Case) -> None:
+    check(Reorder(), case)
 
 
 # ---- through the app: the facts decide is given ---------------------------------------------------
@@ -182,3 +673,65 @@ def test_whatsapps_own_marketing_stop_ends_a_reorder_run_before_its_follow_up(db
         sent = steps(runtime, "reorder")
     assert (r.status, r.state["outcome"], r.state["opted_out_via"]) == ("finished", "opted_out", "whatsapp_preference_stop")
     assert [s for _, _, s in sent] == ["reminder"]
+
+
+WOO_TEMPLATES = [
+    {"step": "checkout_recovery.first", "name": "woo_cart_v1", "category": "marketing", "body_text": "Finish your order: {{1}}",
+     "body": ["checkout.recovery_url"]},
+    {"step": "payment_recovery.remind", "name": "woo_pay_v1", "category": "utility", "body_text": "Pay for {{1}}: {{2}}",
+     "body": ["order.name", "order.payment_url"]},
+]
+
+
+def woo_app(db_url: str, journeys: dict):
+    raw = settings_dict(db_url)
+    raw["stores"][2].update(templates=WOO_TEMPLATES, journeys=journeys, policy={"quiet_hours": ""})
+    return parse_settings(raw, environ={})
+
+
+def post_woo(client, status: str, modified: str, *, paid: bool = False, topic: str = "order.created") -> None:
+    o = load_json(FIXTURES / "woocommerce" / "order.created.rest-v3-docs-example.json")
+    o.update(status=status, payment_method="stripe", payment_method_title="Card", date_created_gmt="2026-11-20T06:30:00", date_modified_gmt=modified,
+             date_paid=modified if paid else None, date_paid_gmt=modified if paid else None)
+    o["billing"]["phone"] = "+1 415 555 2671"
+    body = dumps(o)
+    assert client.post("/webhooks/woocommerce/woo", content=body, headers=woo_headers(body, SECRETS["woo"], topic)).status_code == 200
+
+
+def test_a_woocommerce_pending_order_runs_the_cart_ladder_with_its_pay_link_and_nothing_else(db_url):
+    settings = woo_app(db_url, {"checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0]}, "payment_recovery": {"after_minutes": 60}})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        post_wa(client, {"contacts": [{"profile": {"name": "John"}, "wa_id": "14155552671"}], "user_preferences": [
+            {"wa_id": "14155552671", "detail": "resume", "category": "marketing_messages", "value": "resume", "timestamp": 1795000000}]},
+            phone_number_id="1122334455667")
+        post_woo(client, "pending", "2026-11-20T06:30:00")
+        runtime.processor.drain()
+        for minutes in (31, 120, 180):  # the cart reminder is due; payment_recovery's hour is long past
+            clock.now = T0 + minutes * MIN
+            runtime.processor.process_timers()
+        asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, sender := DryRunSender(), clock=clock).drain())
+        post_woo(client, "processing", "2026-11-20T09:00:00", paid=True, topic="order.updated")
+        runtime.processor.drain()
+        found = runs(runtime)
+    sid = runtime.store_ids["woo"]
+    [(_, message)] = sender.sent
+    assert message.name == "woo_cart_v1"
+    assert message.body[0].text == "https://bloom.example/checkout/order-pay/727/?pay_for_order=true&key=wc_order_58d2d042d1d"
+    r = found[(sid, "checkout_recovery", "order:727")]
+    assert (r.status, r.state["outcome"], r.state["recovered"], r.state["revenue"]) == ("finished", "recovered", True, "29.35")
+    assert not any(k[1] == "payment_recovery" for k in found)  # one home: no pay reminder on top
+
+
+def test_without_checkout_recovery_a_woocommerce_pending_order_gets_the_pay_reminder(db_url):
+    settings = woo_app(db_url, {"payment_recovery": {"after_minutes": 60}})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        post_woo(client, "pending", "2026-11-20T06:30:00")
+        runtime.processor.drain()
+        clock.now = T0 + 61 * MIN
+        runtime.processor.process_timers()
+        sent = steps(runtime)
+    assert sent == [("payment_recovery", "order:727", "remind")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from connector import events as ev
 from connector.journeys.engine import Facts
 
 
@@ -28,3 +29,15 @@ def replied_here(event: Any, facts: Facts, journey: str) -> str | None:
     if facts.extra.get("reply_journey") == journey:
         return facts.extra.get("reply_subject")
     return None
+
+
+UNPAID_STATUSES = ("pending", "failed")
+
+
+def unpaid_order(order: Any) -> bool:
+    """A prepaid order whose payment never completed: WooCommerce's ``pending`` / ``failed``
+    (its order exists before the payment). Only WooCommerce stores may route these to
+    checkout recovery (``checkout_recovery.settle_unpaid_orders``): on Shopify the platform
+    status is the financial status, and a pending Shopify order is a placed order."""
+    return (order.platform_status in UNPAID_STATUSES and not order.is_cod and order.cancelled_at is None
+            and order.payment_state in (ev.PaymentState.PENDING, ev.PaymentState.FAILED))

@@ -2,8 +2,17 @@
 
 A checkout is abandoned after ``abandon_after_minutes`` without an update. Each reminder
 goes ``ladder_minutes[i]`` after abandonment (a discount code can be offered on a later
-step). The run stops the moment an order arrives for that checkout; an order within the
-attribution window after a reminder is recorded as recovered, with its revenue.
+step). The run stops the moment an order arrives for that checkout or from the same
+customer (phone, customer id, or email for a phone-less order: ``state.upsert_contact``),
+or the customer replies; any opt-out ends it too (``state.end_marketing_runs``). An order
+after a reminder the customer could get (not one the policy gate skips for consent) and
+within ``attribution_days`` of the last one is recorded as recovered, with its revenue.
+
+WooCommerce has no abandoned checkout of its own: its order exists before the payment, so a
+``pending`` or ``failed`` order is the abandoned checkout (``unpaid_orders``, on by default).
+It runs the same ladder with the order's pay link, and ends as recovered when the order
+is paid. Each such order has exactly one home: ``settle_unpaid_orders`` (run when the
+config is loaded) turns it off in ``payment_recovery`` when this journey takes it.
 """
 
 from __future__ import annotations
@@ -14,9 +23,11 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from connector import events as ev
+from connector.journeys._common import unpaid_order
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
 
 STEPS = ("first", "second", "third")
+ORDER_EVENTS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)
 
 
 class CheckoutRecoveryConfig(JourneyConfig):
@@ -25,6 +36,33 @@ class CheckoutRecoveryConfig(JourneyConfig):
     discount_code: str | None = None
     discount_from_step: int = Field(3, ge=1, le=3, description="first reminder (1-3) that carries the discount code")
     attribution_days: float = Field(7, gt=0)
+    unpaid_orders: bool = Field(True, description="WooCommerce only: a pending/failed order runs this ladder with its pay link "
+                                                  "(payment_recovery then leaves it alone)")
+
+
+def settle_unpaid_orders(platform: str, configs: dict[str, Any]) -> list[str]:
+    """Give WooCommerce's pending/failed orders one home, when a store's config is loaded.
+
+    They feed this journey when it is enabled with ``unpaid_orders`` (the default), else
+    ``payment_recovery``: never both, so nobody gets a cart reminder and a pay reminder for
+    one order. Settings are replaced in ``configs``; returns the problems (both set on).
+    """
+    checkout, payment = configs.get("checkout_recovery"), configs.get("payment_recovery")
+    explicit = [f"{name}.unpaid_orders" for name, cfg in (("checkout_recovery", checkout), ("payment_recovery", payment))
+                if cfg is not None and "unpaid_orders" in cfg.model_fields_set]
+    if platform != "woocommerce":
+        if checkout is not None:
+            configs["checkout_recovery"] = checkout.model_copy(update={"unpaid_orders": False})
+        return [f"{key}: a WooCommerce setting (Shopify's abandoned checkouts come from checkouts/*)" for key in explicit]
+    takes = checkout is not None and checkout.enabled and checkout.unpaid_orders
+    if payment is None:
+        return []
+    if takes and payment.unpaid_orders and "payment_recovery.unpaid_orders" in explicit:
+        return ["payment_recovery.unpaid_orders: checkout_recovery.unpaid_orders takes pending/failed orders already "
+                "(one of them must be false, or the customer gets both reminders)"]
+    if takes:
+        configs["payment_recovery"] = payment.model_copy(update={"unpaid_orders": False})
+    return []
 
 
 class CheckoutRecovery:
@@ -38,56 +76,116 @@ class CheckoutRecovery:
             return f"checkout:{event.checkout.token}"
         if isinstance(event, (ev.OrderPlaced, ev.OrderPaid)) and event.order.checkout_token:
             return f"checkout:{event.order.checkout_token}"
+        if isinstance(event, ORDER_EVENTS) and not event.order.checkout_token and not event.order.is_cod:
+            return f"order:{event.order.external_id}"  # a WooCommerce order: its own checkout (unpaid_orders)
         return None
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
         if isinstance(event, ev.CheckoutUpdated):
             return self._checkout(event.checkout, run, facts, config)
+        if isinstance(event, ORDER_EVENTS) and (run is None or run.subject == f"order:{event.order.external_id}"):
+            return self._unpaid_order(event, run, facts, config)
         if isinstance(event, (ev.OrderPlaced, ev.OrderPaid)) and run is not None:
             return self._converted(event.order, run, config)
         if isinstance(event, (ev.MessageReceived, ev.ButtonReplied)) and run is not None and run.status == "active":
             return [Update({"replied": True}), Wake(None), Finish("replied")]  # a person answers from here
         if isinstance(event, TimerFired) and run is not None and run.status == "active":
-            return self._remind(run, config)
+            o = facts.order  # an unpaid order's run: the order as stored now
+            if run.subject.startswith("order:") and o is not None and (o.cancelled or o.payment_state not in ("pending", "failed")):
+                return [Wake(None), Finish("order_closed")]
+            return self._remind(run, facts, config, now)
         return []
+
+    @staticmethod
+    def _ladder_start(updated_at: datetime, config: CheckoutRecoveryConfig) -> tuple[datetime, datetime]:
+        abandoned_at = updated_at + timedelta(minutes=config.abandon_after_minutes)
+        return abandoned_at, abandoned_at + timedelta(minutes=config.ladder_minutes[0])
 
     def _checkout(self, c: ev.Checkout, run: Run | None, facts: Facts, config: CheckoutRecoveryConfig) -> list[Command]:
         if c.completed_at is not None:
             return [Wake(None), Finish("completed")] if run is not None and run.status == "active" else []
-        abandoned_at = c.updated_at + timedelta(minutes=config.abandon_after_minutes)
+        abandoned_at, first = self._ladder_start(c.updated_at, config)
         state = {"abandoned_at": abandoned_at.isoformat(), "recovery_url": c.recovery_url, "total": str(c.total),
                  "currency": c.currency, "product": c.line_items[0].title if c.line_items else None}
         if run is None:
             if facts.contact_id is None or not c.recovery_url:
                 return []
-            return [Start(f"checkout:{c.token}", facts.contact_id, {**state, "sent": 0}), Wake(abandoned_at + timedelta(minutes=config.ladder_minutes[0]))]
+            return [Start(f"checkout:{c.token}", facts.contact_id, {**state, "sent": 0}), Wake(first)]
         if run.status == "active" and int(run.state.get("sent", 0)) == 0:
-            return [Update(state), Wake(abandoned_at + timedelta(minutes=config.ladder_minutes[0]))]  # still shopping: push back
+            return [Update(state), Wake(first)]  # still shopping: push back
         return []
 
-    def _remind(self, run: Run, config: CheckoutRecoveryConfig) -> list[Command]:
-        sent = int(run.state.get("sent", 0))
-        if sent >= len(config.ladder_minutes):
+    def _unpaid_order(self, event: Any, run: Run | None, facts: Facts, config: CheckoutRecoveryConfig) -> list[Command]:
+        """A WooCommerce pending/failed order as a checkout: ladder while unpaid, recovered once paid."""
+        o = event.order
+        if run is None:
+            if not config.unpaid_orders or not unpaid_order(o) or o.checkout_token or not o.payment_url or facts.contact_id is None \
+                    or isinstance(event, (ev.OrderPaid, ev.OrderCancelled)):
+                return []
+            abandoned_at, first = self._ladder_start(o.updated_at, config)
+            return [Start(f"order:{o.external_id}", facts.contact_id, {
+                "abandoned_at": abandoned_at.isoformat(), "recovery_url": o.payment_url, "total": str(o.total), "currency": o.currency,
+                "product": o.line_items[0].title if o.line_items else None, "unpaid_order": o.external_id, "sent": 0}), Wake(first)]
+        if run.status != "active":
+            return []
+        if isinstance(event, ev.OrderCancelled) or o.cancelled_at is not None:
+            return [Wake(None), Finish("order_cancelled")]
+        if unpaid_order(o):
+            if int(run.state.get("sent", 0)) == 0:  # another try at paying: the customer is still at it
+                abandoned_at, first = self._ladder_start(o.updated_at, config)
+                return [Update({"abandoned_at": abandoned_at.isoformat()}), Wake(first)]
+            return []
+        return self._converted(o, run, config, at=o.updated_at)  # paid, or moved on (on-hold, processing)
+
+    def _remind(self, run: Run, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
+        """The next step of the ladder. ``step`` is the ladder position; ``sent`` (and the times) count
+        only reminders the customer can get: one the policy gate will skip for consent (no marketing
+        opt-in, opted out, unreachable: ``facts.extra["marketing_ok"]``) is still queued, so the skip
+        and its reason are on record, but it is no reminder, so it cannot make an order recovered."""
+        step = int(run.state.get("step", run.state.get("sent", 0)))
+        if step >= len(config.ladder_minutes):
             return [Wake(None), Finish("no_conversion")]
         ctx = {"checkout.recovery_url": run.state.get("recovery_url"), "checkout.total": (run.state.get("total"), run.state.get("currency")),
                "reorder.product": run.state.get("product") or "your items"}
-        if config.discount_code and sent + 1 >= config.discount_from_step:
+        if config.discount_code and step + 1 >= config.discount_from_step:
             ctx["discount.code"] = config.discount_code
         abandoned_at = datetime.fromisoformat(run.state["abandoned_at"])
-        commands: list[Command] = [Update({"sent": sent + 1, "last_sent_at": None}), Send(STEPS[sent], ctx)]
-        if sent + 1 < len(config.ladder_minutes):
-            commands.append(Wake(abandoned_at + timedelta(minutes=config.ladder_minutes[sent + 1])))
+        progress: dict[str, Any] = {"step": step + 1}
+        if facts.extra.get("marketing_ok", True):
+            sent = int(run.state.get("sent", 0))
+            progress.update(sent=sent + 1, last_sent_at=now.isoformat(), **({} if sent else {"first_sent_at": now.isoformat()}))
+        commands: list[Command] = [Update(progress), Send(STEPS[step], ctx)]
+        if step + 1 < len(config.ladder_minutes):
+            commands.append(Wake(abandoned_at + timedelta(minutes=config.ladder_minutes[step + 1])))
         else:
-            commands.append(Wake(abandoned_at + timedelta(minutes=config.ladder_minutes[-1]) + timedelta(days=config.attribution_days)))
+            commands.append(Wake(now + timedelta(days=config.attribution_days)))  # the window after the last reminder
         return commands
 
-    def _converted(self, order: ev.Order, run: Run, config: CheckoutRecoveryConfig) -> list[Command]:
+    @staticmethod
+    def _attributed(run: Run, config: CheckoutRecoveryConfig, at: datetime) -> bool:
+        """An order at ``at`` counts as recovered: after the first reminder the run sent, and within
+        ``attribution_days`` of the last one (runs from before those times were kept: the planned
+        ladder's end)."""
+        if int(run.state.get("sent", 0)) == 0:
+            return False
+        first, last = run.state.get("first_sent_at"), run.state.get("last_sent_at")
+        window = timedelta(days=config.attribution_days)
+        if last:
+            return datetime.fromisoformat(first or last) <= at <= datetime.fromisoformat(last) + window
+        abandoned_at = datetime.fromisoformat(run.state["abandoned_at"])
+        return at <= abandoned_at + timedelta(minutes=config.ladder_minutes[-1]) + window
+
+    def _converted(self, order: ev.Order, run: Run, config: CheckoutRecoveryConfig, at: datetime | None = None) -> list[Command]:
+        """The customer ordered: recovered when it came inside the attribution window.
+
+        ``at`` is when the order counts (a WooCommerce unpaid order: when it was paid).
+        """
         if run.state.get("order_id"):
             return []
-        sent = int(run.state.get("sent", 0))
-        abandoned_at = datetime.fromisoformat(run.state["abandoned_at"])
-        window_end = abandoned_at + timedelta(minutes=config.ladder_minutes[-1]) + timedelta(days=config.attribution_days)
-        recovered = sent > 0 and order.created_at <= window_end
+        if config.unpaid_orders and unpaid_order(order) and run.status == "active":
+            # not bought yet: this order runs its own ladder (with its pay link) from here
+            return [Update({"superseded_by": order.external_id}), Wake(None), Finish("order_pending")]
+        recovered = self._attributed(run, config, at or order.created_at)
         commands: list[Command] = [Update({"order_id": order.external_id, "recovered": recovered,
                                            "revenue": str(order.total) if recovered else "0", "currency": order.currency})]
         if run.status == "active":

@@ -1,4 +1,9 @@
-"""Payment recovery (utility): an order whose payment stays pending or failed gets its pay link."""
+"""Payment recovery (utility): an order whose payment stays pending or failed gets its pay link.
+
+A WooCommerce ``pending`` / ``failed`` order is an abandoned checkout too: when
+``checkout_recovery`` takes those (its ``unpaid_orders``), ``unpaid_orders`` here is turned
+off when the config is loaded, so one order never gets both reminders.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from connector import events as ev
-from connector.journeys._common import order_context
+from connector.journeys._common import order_context, unpaid_order
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
 
 STALLED = ("pending", "failed", "authorized")
@@ -16,6 +21,8 @@ STALLED = ("pending", "failed", "authorized")
 
 class PaymentRecoveryConfig(JourneyConfig):
     after_minutes: float = Field(60, gt=0, description="how long a payment may stay pending before the reminder")
+    unpaid_orders: bool = Field(True, description="WooCommerce only: pending/failed orders; off (automatically) when "
+                                                  "checkout_recovery takes them")
 
 
 class PaymentRecovery:
@@ -31,7 +38,8 @@ class PaymentRecovery:
         o = facts.order
         if run is None:
             if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and o is not None and o.payment_state in STALLED \
-                    and not o.cancelled and o.payment_url and facts.contact_id is not None:
+                    and not o.cancelled and o.payment_url and facts.contact_id is not None \
+                    and (config.unpaid_orders or not unpaid_order(event.order)):
                 return [Start(f"order:{o.external_id}", facts.contact_id), Wake(o.placed_at + timedelta(minutes=config.after_minutes))]
             return []
         if run.status != "active":
