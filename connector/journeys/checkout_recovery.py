@@ -97,6 +97,11 @@ class CheckoutRecovery:
         return []
 
     @staticmethod
+    def _step(run: Run) -> int:
+        """How many ladder steps fired (runs from before ``step`` was kept: ``sent``)."""
+        return int(run.state.get("step", run.state.get("sent", 0)))
+
+    @staticmethod
     def _ladder_start(updated_at: datetime, config: CheckoutRecoveryConfig) -> tuple[datetime, datetime]:
         abandoned_at = updated_at + timedelta(minutes=config.abandon_after_minutes)
         return abandoned_at, abandoned_at + timedelta(minutes=config.ladder_minutes[0])
@@ -111,7 +116,7 @@ class CheckoutRecovery:
             if facts.contact_id is None or not c.recovery_url:
                 return []
             return [Start(f"checkout:{c.token}", facts.contact_id, {**state, "sent": 0}), Wake(first)]
-        if run.status == "active" and int(run.state.get("sent", 0)) == 0:
+        if run.status == "active" and self._step(run) == 0:
             return [Update(state), Wake(first)]  # still shopping: push back
         return []
 
@@ -131,7 +136,7 @@ class CheckoutRecovery:
         if isinstance(event, ev.OrderCancelled) or o.cancelled_at is not None:
             return [Wake(None), Finish("order_cancelled")]
         if unpaid_order(o):
-            if int(run.state.get("sent", 0)) == 0:  # another try at paying: the customer is still at it
+            if self._step(run) == 0:  # another try at paying: the customer is still at it
                 abandoned_at, first = self._ladder_start(o.updated_at, config)
                 return [Update({"abandoned_at": abandoned_at.isoformat()}), Wake(first)]
             return []
@@ -142,7 +147,7 @@ class CheckoutRecovery:
         only reminders the customer can get: one the policy gate will skip for consent (no marketing
         opt-in, opted out, unreachable: ``facts.extra["marketing_ok"]``) is still queued, so the skip
         and its reason are on record, but it is no reminder, so it cannot make an order recovered."""
-        step = int(run.state.get("step", run.state.get("sent", 0)))
+        step = self._step(run)
         if step >= len(config.ladder_minutes):
             return [Wake(None), Finish("no_conversion")]
         ctx = {"checkout.recovery_url": run.state.get("recovery_url"), "checkout.total": (run.state.get("total"), run.state.get("currency")),
