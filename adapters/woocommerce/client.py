@@ -1,5 +1,5 @@
 """A thin async WooCommerce REST v3 client: the store write-backs (``StoreWriter``) and
-the order listing for the sync job.
+the listings (``get_page``: one page of a collection with its totals) for the sync jobs.
 
 Not the ``woocommerce`` package: it uses module-level ``requests`` calls (no pooling, no
 async) (shared/docs/libraries.md §2). Auth follows platform-facts.md B1:
@@ -26,7 +26,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import httpx
@@ -47,6 +47,20 @@ _MEANING = {
     403: "not permitted (the key's user or permission lacks write access?)",
     404: "not found",
 }
+
+
+class Page(NamedTuple):
+    """One page of a REST v3 collection (``GET /orders``, ``/products``, ``/webhooks``...) and
+    what WordPress says about the whole listing with the same filters."""
+
+    items: list[dict[str, Any]]  # the JSON array's objects, in the order WooCommerce gave them
+    total: int | None  # X-WP-Total: items in the whole listing; None when the header is missing or not a number
+    total_pages: int | None  # X-WP-TotalPages at this per_page; None likewise
+
+
+def _header_int(headers: Mapping[str, str], name: str) -> int | None:
+    raw = (headers.get(name) or "").strip()
+    return int(raw) if raw.isdigit() else None
 
 
 def _enc(value: str) -> str:
@@ -198,6 +212,26 @@ class WooCommerceClient:
             raise PermanentError("unexpected response (not JSON)", http_status=response.status_code,
                                  outcome_unknown=True) from None
 
+    # ------------------------------------------------------------------ listings
+
+    async def get_page(self, path: str, params: Mapping[str, str] | None = None) -> Page:
+        """``GET {rest base}{path}`` of a collection: its items and the totals WordPress sends
+        (``X-WP-Total``, ``X-WP-TotalPages``), for paging and progress.
+
+        ``path`` is the collection under ``/wp-json/wc/v3`` (``"/orders"``); filters and
+        ``page`` / ``per_page`` go in ``params``. Same auth and error classes as every call
+        here (429 / 5xx retryable with Retry-After, other 4xx permanent); an answer that is
+        not a JSON array is a ``PermanentError``; array entries that are not objects are dropped.
+        """
+        if not path.startswith("/") or "?" in path:
+            raise ValueError("path must start with / and carry no query (use params)")
+        response = await self._request("GET", path, params=params)
+        items = self._json(response)
+        if not isinstance(items, list):
+            raise PermanentError(f"{path.strip('/')} list: unexpected response", http_status=response.status_code)
+        return Page([i for i in items if isinstance(i, dict)], _header_int(response.headers, "X-WP-Total"),
+                    _header_int(response.headers, "X-WP-TotalPages"))
+
     # ------------------------------------------------------------------ sync job
 
     async def disabled_webhooks(self) -> list[dict[str, Any]]:
@@ -230,14 +264,10 @@ class WooCommerceClient:
             "page": str(page),
             "per_page": str(per_page),
         }
-        response = await self._request("GET", "/orders", params=params)
-        orders = self._json(response)
-        if not isinstance(orders, list):
-            raise PermanentError("order list: unexpected response", http_status=response.status_code)
-        orders = [o for o in orders if isinstance(o, dict)]
-        raw = response.headers.get("X-WP-TotalPages", "").strip()
-        if raw.isdigit():
-            total = int(raw)
+        listed = await self.get_page("/orders", params)
+        orders = listed.items
+        if listed.total_pages is not None:
+            total = listed.total_pages
         else:
             total = page if len(orders) < per_page else page + 1
         return orders, total
@@ -310,4 +340,4 @@ class WooCommerceClient:
         await self._request("PUT", f"/orders/{oid}", json_body={"meta_data": [{"key": TAGS_META_KEY, "value": merged}]})
 
 
-__all__ = ["TAGS_META_KEY", "WooCommerceClient", "oauth1_params", "oauth1_signature"]
+__all__ = ["Page", "TAGS_META_KEY", "WooCommerceClient", "oauth1_params", "oauth1_signature"]

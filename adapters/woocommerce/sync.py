@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Any
 
 from adapters.envelope import parse_http_time
 from adapters.sync_page import Budget, Retrying, SyncedOrder
 from adapters.woocommerce.client import MAX_PER_PAGE
-from connector.errors import PermanentError, SyncError
+from connector.errors import SyncError
 
 NOT_PLACED = frozenset({"cancelled", "refunded", "failed", "trash", "checkout-draft"})
 MAX_RESTARTS = 3
@@ -39,22 +39,6 @@ PRODUCT_FIELDS = "id,name,tags,meta_data,date_modified_gmt,status"
 
 def _ts(value: Any) -> datetime | None:
     return parse_http_time(value) if isinstance(value, str) else None
-
-
-def _header_int(headers: Mapping[str, str], name: str) -> int | None:
-    raw = (headers.get(name) or "").strip()
-    return int(raw) if raw.isdigit() else None
-
-
-async def list_page(client: Any, path: str, params: Mapping[str, str]) -> tuple[list[dict[str, Any]], int | None, int | None]:
-    """One page of a WooCommerce collection: (items, ``X-WP-Total``, ``X-WP-TotalPages``), the
-    totals None when the headers are missing. Through the client's own transport (auth, OAuth 1.0a
-    signing, error classification: 429 / 5xx retryable with Retry-After), as install's client does."""
-    response = await client._request("GET", path, params=dict(params))
-    items = client._json(response)
-    if not isinstance(items, list):
-        raise PermanentError(f"{path.strip('/')} list: unexpected response", http_status=response.status_code)
-    return [i for i in items if isinstance(i, dict)], _header_int(response.headers, "X-WP-Total"), _header_int(response.headers, "X-WP-TotalPages")
 
 
 class WooOrderPager:
@@ -73,7 +57,7 @@ class WooOrderPager:
         page, last_page, lowest = 1, 1, None
         while page <= last_page:
             query = {**params, "page": str(page)}
-            orders, total, pages = await retrying(lambda: list_page(self.client, "/orders", query))
+            orders, total, pages = await retrying(lambda: self.client.get_page("/orders", query))
             if total is not None:
                 if lowest is not None and total < lowest:  # orders left the list: a later one may have moved onto a page already read
                     if self.restarts >= MAX_RESTARTS:
@@ -129,7 +113,7 @@ class WooProductPager:
         page, last_page = 1, 1
         while page <= last_page:
             query = {"orderby": "id", "order": "asc", "per_page": str(per_page), "page": str(page), "_fields": PRODUCT_FIELDS}
-            products, _total, pages = await retrying(lambda: list_page(self.client, "/products", query))
+            products, _total, pages = await retrying(lambda: self.client.get_page("/products", query))
             last_page = pages if pages is not None else (page if len(products) < per_page else page + 1)
             yield [self._entry(p) for p in products]
             if not products:

@@ -343,3 +343,39 @@ def test_non_json_2xx_is_outcome_unknown():
 def test_repr_has_no_secret():
     client = WooCommerceClient(make_store())
     assert CS not in repr(client) and CK not in repr(client)
+
+
+# ---------------------------------------------------------------- get_page (sync pagers, install)
+
+
+def test_get_page_returns_the_items_and_both_totals():
+    products = [{"id": 93, "name": "Rose water"}, "not an object", {"id": 94, "name": "Amla oil"}]
+    result, mock = run(lambda c: c.get_page("/products", {"per_page": "2", "page": "3", "_fields": "id,name"}),
+                       [("GET", f"{HTTPS_BASE}/products", httpx.Response(200, json=products,
+                                                                          headers={"X-WP-Total": "5", "X-WP-TotalPages": "3"}))])
+    assert result == ([{"id": 93, "name": "Rose water"}, {"id": 94, "name": "Amla oil"}], 5, 3)
+    assert (result.total, result.total_pages) == (5, 3)
+    req = mock.calls.last.request
+    assert dict(req.url.params) == {"per_page": "2", "page": "3", "_fields": "id,name"}
+    assert req.headers["Authorization"] == "Basic " + base64.b64encode(f"{CK}:{CS}".encode()).decode()
+
+
+def test_get_page_is_signed_on_plain_http_and_says_none_for_missing_or_odd_totals():
+    result, mock = run(lambda c: c.get_page("/webhooks", {"status": "disabled"}),
+                       [("GET", f"{HTTP_BASE}/webhooks", httpx.Response(200, json=[], headers={"X-WP-Total": "-1"}))],
+                       store=make_store("http://woo.test"))
+    assert result == ([], None, None)
+    query = dict(parse_qsl(urlsplit(str(mock.calls.last.request.url)).query))
+    assert query["status"] == "disabled" and query["oauth_consumer_key"] == CK
+    expected = oauth1_signature("GET", f"{HTTP_BASE}/webhooks", query, CS)
+    assert query["oauth_signature"] == expected and CS not in str(mock.calls.last.request.url)
+
+
+def test_get_page_errors_are_classified_like_every_call():
+    slow, _ = run(lambda c: c.get_page("/orders", {"page": "1"}),
+                  [("GET", f"{HTTPS_BASE}/orders", httpx.Response(429, headers={"Retry-After": "7"}))])
+    assert isinstance(slow, RetryableError) and slow.retry_after == 7
+    odd, _ = run(lambda c: c.get_page("/orders"), [("GET", f"{HTTPS_BASE}/orders", httpx.Response(200, json={"code": "x"}))])
+    assert isinstance(odd, PermanentError) and "orders list: unexpected response" in str(odd)
+    with pytest.raises(ValueError):
+        run(lambda c: c.get_page("orders?page=2"), [])
