@@ -27,6 +27,7 @@ class SyncedOrder:
 class OrderPager(Protocol):
     source: str  # the inbox source: "shopify" | "woocommerce"
     cursor_per_page: bool  # True when pages come sorted by update time (cursor may move per page)
+    total: int | None  # orders the run will see, once known (read after each page, for progress); None when not asked or not told
 
     def pages(self, window_start: datetime, page_size: int, retrying: Retrying, budget: Budget) -> AsyncIterator[list[SyncedOrder]]:
         """Each page of orders updated since ``window_start``."""

@@ -279,9 +279,8 @@ class _Job:
         await self._write(items)
         self.report.pages += 1
         self.report.orders_seen += len(page)
-        total = getattr(pager, "total", None)
-        if total is not None:
-            self.report.orders_total = total
+        if pager.total is not None:
+            self.report.orders_total = pager.total
         if self.progress is not None:
             self.progress(self.report)
         return newest
