@@ -143,8 +143,6 @@ def test_cancel_after_fulfilment_is_refused_and_handed_off(sqlite_url, scenario,
     _cancel_after_fulfilment(sc, world, orders_fulfilled=False)
 
 
-@pytest.mark.xfail(strict=True, reason="cod_confirmation finishes its run on OrderFulfilled (orders/fulfilled), so a later Cancel tap is "
-                   "dropped without the cancel_after_fulfilment hand-off")
 def test_cancel_after_fulfilment_is_handed_off_when_shopify_also_sends_orders_fulfilled(sqlite_url, scenario, world):
     sc = scenario(sqlite_url, "shopify", journeys={"cod_confirmation": {"reminder_hours": [], "answer_window_hours": 48}})
     _cancel_after_fulfilment(sc, world, orders_fulfilled=True)
@@ -204,8 +202,6 @@ def test_order_placed_while_the_first_reminder_waits_for_quiet_hours_gets_no_rem
     assert sc.sent(ASHA) == []  # she bought: no "your cart is waiting" the next morning
 
 
-@pytest.mark.xfail(strict=True, reason="checkout_recovery counts a queued reminder as sent: one skipped by the policy gate still "
-                   "makes the order 'recovered' with revenue")
 def test_order_placed_when_the_reminder_was_blocked_is_not_attributed(sqlite_url, scenario, world):
     sc = scenario(sqlite_url, "shopify", journeys=LADDER)
     sc.shopify("checkouts/create", p.shopify_checkout("tokA", ASHA, sc.now, accepts_marketing=False))  # no marketing consent

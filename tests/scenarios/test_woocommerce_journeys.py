@@ -193,8 +193,6 @@ def test_order_placed_while_the_first_reminder_waits_for_quiet_hours_gets_no_rem
     assert sc.sent(ASHA) == []  # she bought: no "your cart is waiting" the next morning
 
 
-@pytest.mark.xfail(strict=True, reason="checkout_recovery counts a queued reminder as sent: one skipped by the policy gate still "
-                   "makes the order 'recovered' with revenue")
 def test_order_placed_when_the_reminder_was_blocked_is_not_attributed(sqlite_url, scenario, world):
     sc = scenario(sqlite_url, "woocommerce", journeys=LADDER)
     sc.cart(p.woo_cart("a1a1a1a1a1", ASHA, opt_in=False))  # the plugin's default: a captured cart is not consent
