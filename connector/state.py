@@ -44,6 +44,12 @@ _COMPLETE_CHECKOUT = update(CHECKOUTS).where(
 ).values(completed_at=bindparam("at"))
 
 
+def _fit(column: str, value: str) -> str:
+    """Cut text to its contacts column (a 150-character name must not fail the row on PostgreSQL)."""
+    length = CONTACTS.c[column].type.length
+    return value[:length] if length else value
+
+
 def email_key(email: str | None) -> str | None:
     """An email as contacts are matched by it: trimmed, case-insensitive (None when empty)."""
     key = (email or "").strip().lower()
@@ -105,11 +111,12 @@ def upsert_contact(
         for attr, col in (("first_name", "first_name"), ("last_name", "last_name"), ("email", "email"), ("external_id", "external_customer_id")):
             value = getattr(customer, attr)
             if value:
-                fields[col] = value[:255]
+                fields[col] = value
     if wa_id:
         fields["wa_id"] = wa_id
     if user_id:
         fields["wa_user_id"] = user_id
+    fields = {col: _fit(col, value) for col, value in fields.items()}
     if row is None:
         if phone is None:
             return None

@@ -372,3 +372,25 @@ def test_a_database_error_names_no_stored_value(db):
     assert "hidden due to hide_parameters" in str(caught.value)  # the statement's values are not in it
     described = describe_error(caught.value)  # what the processor logs and keeps (PostgreSQL adds a DETAIL)
     assert "asha.k@example.com" not in described and described.startswith("IntegrityError: ")
+
+
+def test_long_customer_fields_are_cut_to_their_columns_not_failed(db_url):
+    """A 150-character name (or email) from a store must not fail the row on PostgreSQL's VARCHAR(120)."""
+    settings = make_settings(db_url)
+    db = Database.from_url(db_url)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    order = load_json(FIXTURES / "shopify" / "orders_create.sample.json")
+    long_name, long_email = "Asha" * 40, ("a" * 300) + "@example.com"
+    body = {**order, "id": 9001, "phone": "+91 98765 43210", "cancelled_at": None, "test": False,
+            "customer": {**order["customer"], "first_name": long_name, "last_name": long_name, "email": long_email, "phone": None},
+            "email": long_email}
+    write_items(db, [item(ids["shop-a"], "long", body)])
+    proc = InboxProcessor(db, settings, ids, normalizers(), clock=lambda: datetime(2026, 11, 20, tzinfo=timezone.utc))
+    assert proc.drain() == 1
+    with db.engine.connect() as conn:
+        row = conn.execute(select(m.InboxEvent.status, m.InboxEvent.last_error)).one()
+        contact = conn.execute(select(m.Contact)).one()
+    assert row.status == "done", row.last_error
+    assert (contact.first_name, contact.last_name) == (long_name[:120], long_name[:120])
+    assert contact.email == long_email[:255] and contact.phone_e164 == "+919876543210"
+    db.dispose()

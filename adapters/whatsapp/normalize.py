@@ -99,7 +99,7 @@ def _message(b: Body) -> Event:
 
 
 _WA_ID = re.compile(r"[0-9]{5,20}")
-_BSUID = re.compile(r"[A-Z]{2}\.[A-Za-z0-9.]{1,120}")
+_BSUID = re.compile(r"[A-Z]{2}\.[A-Za-z0-9.]{1,77}")  # contacts.wa_user_id holds 80
 
 
 def _sender(value: str | None, where: str) -> tuple[str | None, str | None]:
