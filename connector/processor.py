@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import Connection, bindparam, or_, select
 from sqlalchemy.exc import DBAPIError
 
 from connector.compliance import PRIVACY_TOPICS, PRIVACY_WAIT, waiting_for_earlier
@@ -31,7 +31,7 @@ from connector.rows import keys_of, prefetch
 from connector.state import apply_event
 from connector.storage import jsoncodec
 from connector.storage.db import Database
-from connector.storage.models import InboxEvent, utcnow
+from connector.storage.models import InboxEvent, JourneyRun, utcnow
 from connector.storage.sql import INBOX, execute_many, flush, update_statement
 from connector.storage.txcache import TxCache, installed
 
@@ -39,6 +39,10 @@ log = logging.getLogger("storeloop.processor")
 
 Normalizer = Callable[[str, dict[str, Any], Any], list[Event]]
 Clock = Callable[[], datetime]
+
+
+_ANY_DUE = (select(JourneyRun.id).where(JourneyRun.store_id.in_(bindparam("sids", expanding=True)), JourneyRun.status == "active",
+                                        JourneyRun.next_due_at <= bindparam("now")).limit(1))
 
 
 class _RowFailed(Exception):
@@ -77,10 +81,14 @@ class InboxProcessor:
         self.max_attempts = settings.worker.inbox_max_attempts
         self._stores = {store_ids[s.key]: s for s in settings.stores if s.key in store_ids}
         self.journeys = JourneyRunner()
+        self._seconds_per_row = 0.0  # moving average over the last batches (sizes batches under a time budget)
 
     def process_timers(self, limit: int = 100) -> int:
         """Fire journey runs whose next step is due (reminders, delayed asks, abandonment)."""
         now = self.clock()
+        stores = [sid for sid, store in self._stores.items() if store.enabled_journeys()]
+        if not stores or not self._timers_due(stores, now):
+            return 0  # the common case between steps: no write transaction, no write lock
         fired = 0
         with self.db.write_lock(), self.db.engine.begin() as conn, installed(conn):
             for store_id, store in self._stores.items():
@@ -89,13 +97,36 @@ class InboxProcessor:
             flush(conn)
         return fired
 
+    def _timers_due(self, store_ids: list[int], now: datetime) -> bool:
+        """Whether any run of these stores is due: one indexed read, outside a write transaction.
+
+        On SQLite every transaction of ours begins IMMEDIATE (takes the write lock), so the
+        check reads through the driver in autocommit; a run that comes due just after is
+        fired by the next call, as it would be anyway.
+        """
+        if self.db.is_sqlite:
+            marks = ", ".join("?" * len(store_ids))
+            sql = (f"SELECT 1 FROM journey_runs WHERE store_id IN ({marks}) AND status = 'active' "
+                   f"AND next_due_at <= ? LIMIT 1")
+            at = now.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
+            with self.db.engine.connect() as conn:
+                return conn.connection.driver_connection.execute(sql, [*store_ids, at]).fetchone() is not None
+        with self.db.engine.connect() as conn:
+            return conn.execute(_ANY_DUE, {"sids": store_ids, "now": now}).first() is not None
+
     def process_batch(self, time_budget: float | None = None, limit: int | None = None) -> int:
         """Process up to one batch of due rows; returns how many rows were handled.
 
         With a ``time_budget`` (seconds) the batch commits early once the budget is spent,
-        so on SQLite the webhook writer never waits long for the single write lock.
+        so on SQLite the webhook writer never waits long for the single write lock; it also
+        loads only about as many rows as the last batches processed in that time, so a large
+        ``worker.inbox_batch_size`` (fewer, larger transactions when nothing else waits) costs
+        no rows read and parsed for nothing.
         """
         now = self.clock()
+        limit = limit or self.batch_size
+        if time_budget is not None and self._seconds_per_row:
+            limit = max(1, min(limit, int(time_budget / self._seconds_per_row * 1.25) + 1))
         with self.db.write_lock(), self.db.engine.begin() as conn:
             query = (
                 select(InboxEvent)
@@ -105,7 +136,7 @@ class InboxProcessor:
                     or_(InboxEvent.available_at.is_(None), InboxEvent.available_at <= now),
                 )
                 .order_by(InboxEvent.id)
-                .limit(limit or self.batch_size)
+                .limit(limit)
             )
             if not self.db.is_sqlite:
                 query = query.with_for_update(skip_locked=True)
@@ -123,7 +154,11 @@ class InboxProcessor:
                 except _RowFailed as failed:  # rolled back: again, one savepoint per row
                     handled, marks = self._one_by_one(conn, rows, now, started, time_budget, must=failed.index + 1)
             _mark_rows(conn, marks)
-        return handled + len(marks)
+        done = handled + len(marks)
+        if done:  # how long a row takes here, for the next batch's size under a time budget
+            per_row = (time.perf_counter() - started) / done
+            self._seconds_per_row = per_row if not self._seconds_per_row else 0.7 * self._seconds_per_row + 0.3 * per_row
+        return done
 
     def _apply_batch(self, conn: Connection, rows: list[Any], parsed: list[list[Event] | Exception], now: datetime,
                      started: float, time_budget: float | None) -> list[tuple[int, dict[str, Any]]]:
