@@ -739,3 +739,37 @@ def test_without_checkout_recovery_a_woocommerce_pending_order_gets_the_pay_remi
         runtime.processor.process_timers()
         sent = steps(runtime)
     assert sent == [("payment_recovery", "order:727", "remind")]
+
+
+def test_an_order_under_another_phone_with_the_same_email_ends_the_checkout_run(db_url):
+    """The issue: the run stops when an order arrives for that checkout, phone OR email. Asha
+    checked out with one number and bought with another; the email is the same (any case)."""
+    settings = shopify_app(db_url, 0, templates=CART_TEMPLATES, journeys=CART_JOURNEY)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        post(client, "checkouts/create", abandoned("tokA", "+91 98765 43210", "asha.rao@example.com"))
+        post(client, "checkouts/create", abandoned("tokC", "+91 99000 11111", "chitra@example.com"))  # a control
+        runtime.processor.drain()
+        clock.now = T0 + 10 * MIN
+        runtime.processor.process_timers()  # both first reminders
+        o = load_json(FIXTURES / "shopify" / "orders_create.sample.json")
+        o["customer"] = {**o["customer"], "id": 99001, "phone": None, "email": " Asha.Rao@Example.COM"}
+        o["shipping_address"]["phone"] = o["billing_address"]["phone"] = None
+        o.update(id=5556, name="#5556", phone="+91 98123 45678", email=" Asha.Rao@Example.COM", checkout_token="another",
+                 financial_status="paid", payment_gateway_names=["razorpay"], cancelled_at=None, test=False,
+                 created_at="2026-11-20T07:00:00Z", updated_at="2026-11-20T07:00:00Z")
+        post(client, "orders/create", o)
+        runtime.processor.drain()
+        clock.now = T0 + 8 * H
+        runtime.processor.process_timers()
+        found = runs(runtime)
+        with runtime.db.engine.connect() as conn:
+            buyer = conn.execute(select(m.Order.contact_id)).scalar_one()
+        sent = steps(runtime)
+    sid = runtime.store_ids["shop-a"]
+    mine, control = found[(sid, "checkout_recovery", "checkout:tokA")], found[(sid, "checkout_recovery", "checkout:tokC")]
+    assert buyer != mine.contact_id  # another phone: another contact
+    assert (mine.status, mine.state["outcome"], mine.state["order_id"]) == ("finished", "recovered", "5556")
+    assert sent.count(("checkout_recovery", "checkout:tokA", "second")) == 0
+    assert control.status == "active" and ("checkout_recovery", "checkout:tokC", "second") in sent

@@ -32,10 +32,24 @@ def count(db: Database, model=m.InboxEvent) -> int:
         return conn.execute(select(func.count()).select_from(model)).scalar_one()
 
 
+EXPRESSION_INDEXES = {"ix_contacts_store_email"}  # alembic cannot compare these: checked by name below
+
+
+@pytest.mark.filterwarnings("ignore:.*expression-based index")
 def test_migrations_match_the_models(db):
+    def include(obj, name, kind, reflected, compare_to):  # type: ignore[no-untyped-def]
+        return not (kind == "index" and name in EXPRESSION_INDEXES)
+
     with db.engine.connect() as conn:
-        diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), m.Base.metadata)
+        diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True, "include_object": include}),
+                                 m.Base.metadata)
+        if db.is_sqlite:
+            names = {r[1] for r in conn.execute(text("PRAGMA index_list(contacts)"))}
+        else:
+            names = set(conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'contacts' "
+                                          "AND schemaname = current_schema()")).scalars())
     assert diffs == []
+    assert EXPRESSION_INDEXES <= names
 
 
 def test_write_items_stores_each_key_once_per_store(db):

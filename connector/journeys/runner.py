@@ -17,7 +17,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector import events as ev
@@ -30,6 +30,7 @@ from connector.journeys.registry import journeys
 from connector.outbox import store as ob
 from connector.outbox.queue import queue_template
 from connector.rows import contact_row, order_row
+from connector.state import email_key
 from connector.storage.sql import flush, insert_id, update_by_id, CONTACTS, ORDERS, OUTBOX, RUNS
 from connector.storage.txcache import by_key, current
 
@@ -93,6 +94,30 @@ def _active_subjects(conn: Connection, store_id: int, journey: str, contact_id: 
         return [r.subject for r in sorted(runs, key=lambda r: r.id)]
     flush(conn)  # a held-back status change must be visible to the query
     return list(conn.execute(_ACTIVE_FOR_CONTACT, {"sid": store_id, "j": journey, "cid": contact_id}).scalars())
+
+
+_CONTACTS_BY_EMAIL = select(CONTACTS.c.id).where(  # the (store_id, lower(trim(email))) index
+    CONTACTS.c.store_id == bindparam("sid"), func.lower(func.trim(CONTACTS.c.email)) == bindparam("key"))
+
+
+def _active_subjects_by_email(conn: Connection, store_id: int, journey: str, email: str | None, contact_id: int) -> list[str]:
+    """Active runs of this journey for the store's other contacts with this email (trimmed, any
+    case): the same customer who checked out under another phone. Usually there is none, so
+    this costs one indexed lookup of contacts; the runs then come as ``_active_subjects`` finds them."""
+    key = email_key(email)
+    if key is None:
+        return []
+    ids = set(conn.execute(_CONTACTS_BY_EMAIL, {"sid": store_id, "key": key}).scalars())
+    cache = current(conn)
+    if cache is not None:  # a cached contact is newer than its stored row (a held INSERT, a held email change)
+        for row in cache.rows["contacts"].values():
+            if row["store_id"] == store_id:
+                if email_key(row.get("email")) == key:
+                    ids.add(row["id"])
+                else:
+                    ids.discard(row["id"])
+    ids.discard(contact_id)
+    return [subject for cid in sorted(ids) for subject in _active_subjects(conn, store_id, journey, cid)]
 
 
 def _order_facts(conn: Connection, store_id: int, order_id: str) -> OrderFacts | None:
@@ -227,8 +252,13 @@ class JourneyRunner:
                 commands = journey.decide(event, run, facts, config, now)
                 applied += self._apply(conn, store, store_id, name, subject, found, commands, facts, config, now)
             if getattr(journey, "follows_contact", False) and facts.contact_id is not None and isinstance(event, CONTACT_ACTIVITY):
-                # the customer bought, wrote or tapped: the journey's other open runs for them hear it too
-                for other in _active_subjects(conn, store_id, name, facts.contact_id):
+                # the customer bought, wrote or tapped: the journey's other open runs for them hear it too;
+                # an order also reaches the runs of the same email under another phone
+                others = _active_subjects(conn, store_id, name, facts.contact_id)
+                if isinstance(event, ev.OrderPlaced) and event.order.customer is not None:
+                    others += [s for s in _active_subjects_by_email(conn, store_id, name, event.order.customer.email, facts.contact_id)
+                               if s not in others]
+                for other in others:
                     if other == subject:
                         continue
                     found = _run(conn, store_id, name, other)

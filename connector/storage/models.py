@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -167,6 +168,11 @@ class Contact(Base):
     stage: Mapped[str] = mapped_column(String(20), default="entry")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# contacts are matched by email as typed anywhere (trimmed, any case): an order with the checkout's
+# email ends its recovery run however the phone was written (migration 0008)
+Index("ix_contacts_store_email", Contact.store_id, func.lower(func.trim(Contact.email)))
 
 
 class ConsentChange(Base):
