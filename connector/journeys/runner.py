@@ -110,12 +110,15 @@ def _active_subjects_by_email(conn: Connection, store_id: int, journey: str, ema
     ids = set(conn.execute(_CONTACTS_BY_EMAIL, {"sid": store_id, "key": key}).scalars())
     cache = current(conn)
     if cache is not None:  # a cached contact is newer than its stored row (a held INSERT, a held email change)
-        for row in cache.rows["contacts"].values():
-            if row["store_id"] == store_id:
-                if email_key(row.get("email")) == key:
-                    ids.add(row["id"])
-                else:
-                    ids.discard(row["id"])
+        for cid in list(ids):
+            row = cache.get("contacts", cid)
+            if row is not None and email_key(row.get("email")) != key:
+                ids.discard(cid)
+        changed = [*cache.held["contacts"], *(cid for cid, values in cache.dirty["contacts"].items() if "email" in values)]
+        for cid in changed:
+            row = cache.get("contacts", cid)
+            if row is not None and row["store_id"] == store_id and email_key(row.get("email")) == key:
+                ids.add(cid)
     ids.discard(contact_id)
     return [subject for cid in sorted(ids) for subject in _active_subjects(conn, store_id, journey, cid)]
 
