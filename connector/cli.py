@@ -488,11 +488,23 @@ def _topics_table(title: str, rows: list[tuple[str, str, str]]) -> None:
     from rich.table import Table
 
     colours = {"created": "green", "already present": "cyan", "re-activated": "yellow", "secret updated": "yellow",
-               "failed": "red", "also at": "yellow"}
+               "updated": "yellow", "failed": "red", "also at": "yellow"}
     table = Table("topic", "result", "detail", title=title)
     for topic, result, detail in rows:
         table.add_row(escape(topic), f"[{colours.get(result, 'white')}]{result}[/]", escape(detail))
     Console().print(table)
+
+
+def _install_ending(out: Console, report: Any, hint: str | None) -> None:
+    """What every install ends with: the products read for the reorder journey (or why not), then
+    the backfill hint while no order history was imported."""
+    from connector.install.products import products_line
+
+    line = products_line(report.products, report.products_error)
+    if line is not None:
+        out.print(f"[yellow]{escape(line)}[/]" if report.products_error else escape(line), highlight=False)
+    if hint:
+        out.print(f"hint: {escape(hint)}", highlight=False, soft_wrap=True)
 
 
 @install_app.command("shopify")
@@ -501,15 +513,16 @@ def install_shopify_cmd(
     store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
 ) -> None:
     """Own store: client credentials grant (client_id + client_secret), or the legacy access_token;
-    then register the webhook subscriptions (idempotent). Other organisations' stores install from
-    their admin through /shopify/install."""
+    then register the webhook subscriptions (idempotent) and, for the reorder journey, read every
+    product once. Other organisations' stores install from their admin through /shopify/install."""
     from datetime import datetime, timezone
 
-    from connector.install.shopify import InstallRefused, install_shopify
+    from connector.install.shopify import InstallRefused, install_shopify, webhook_rows, webhook_summary
 
     settings, chosen, db, store_id, box = _install_target(config, store, "shopify")
     try:
         report = asyncio.run(install_shopify(db, settings, chosen, store_id, datetime.now(timezone.utc), box=box))
+        hint = backfill_hint(db, chosen, store_id)
     except InstallRefused as exc:
         console.print(f"[bold red]install refused:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
@@ -523,14 +536,13 @@ def install_shopify_cmd(
     out.print(f"[bold]{report.store}[/] ({report.shop}): token: {report.token}{expiry}")
     hooks = report.webhooks
     if hooks is not None:
-        rows = [(t, "created", "") for t in hooks.created] + [(t, "already present", "") for t in hooks.present]
-        rows += [(t, "failed", why) for t, why in hooks.failed] + [(t, "also at", uri) for t, uri in hooks.elsewhere]
-        _topics_table(f"webhook subscriptions -> {hooks.uri}", rows)
-        out.print(f"{len(hooks.created)} created, {len(hooks.present)} already present, {len(hooks.failed)} failed")
+        _topics_table(f"webhook subscriptions -> {hooks.uri}", webhook_rows(hooks))
+        out.print(webhook_summary(hooks))
     if report.webhook_error:
         out.print(f"[red]webhooks not registered:[/] {escape(report.webhook_error)}", highlight=False)
     for note in report.notes:
         out.print(f"note: {note}", markup=False, highlight=False)
+    _install_ending(out, report, hint)
     raise typer.Exit(0 if report.ok else 1)
 
 
@@ -542,7 +554,8 @@ def install_woocommerce_cmd(
     ping: Annotated[bool, typer.Option("--ping/--no-ping", help="check that the delivery URL answers WooCommerce's ping")] = True,
 ) -> None:
     """Check the REST keys, create or repair the webhooks (secret generated and stored encrypted),
-    and ping the delivery URL. Keys can come from the configuration or /woocommerce/connect."""
+    read every product once for the reorder journey, and ping the delivery URL. Keys can come from
+    the configuration or /woocommerce/connect."""
     from datetime import datetime, timezone
 
     from connector.install.shopify import InstallRefused
@@ -552,6 +565,7 @@ def install_woocommerce_cmd(
     try:
         report = asyncio.run(install_woocommerce(db, settings, chosen, store_id, datetime.now(timezone.utc), box=box,
                                                  new_secret=new_secret, ping=ping))
+        hint = backfill_hint(db, chosen, store_id)
     except InstallRefused as exc:
         console.print(f"[bold red]install refused:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
@@ -570,6 +584,7 @@ def install_woocommerce_cmd(
               f"{len(report.updated)} secret updated, {len(report.failed)} failed")
     colour = {True: "green", False: "red", None: "white"}[report.ping_ok]
     out.print(f"ping: [{colour}]{escape(report.ping)}[/]", highlight=False)
+    _install_ending(out, report, hint)
     raise typer.Exit(0 if report.ok else 1)
 
 

@@ -3,9 +3,11 @@
 
 FakeShopify: the token endpoint (client credentials, authorization code with ``expiring=1``,
 refresh with rotation; an invalidated refresh token is refused) and the Admin GraphQL
-webhookSubscriptions / webhookSubscriptionCreate, answering 401 to any token it did not
-issue (or revoked). FakeWoo: REST v3 orders and webhooks, every request's OAuth 1.0a
-signature checked, and WooCommerce's ping posted to the delivery URL when a webhook is made.
+webhookSubscriptions / webhookSubscriptionCreate / webhookSubscriptionUpdate (metafield
+namespaces kept) and products (cursor pages), answering 401 to any token it did not issue (or
+revoked). FakeWoo: REST v3 orders, products (pages with X-WP-Total / X-WP-TotalPages) and
+webhooks, every request's OAuth 1.0a signature checked, and WooCommerce's ping posted to the
+delivery URL when a webhook is made.
 """
 
 from __future__ import annotations
@@ -55,8 +57,11 @@ class FakeShopify:
         self.refresh_tokens: set[str] = set()
         self.codes: set[str] = set()
         self.grants: list[str] = []  # grant types served, in order
-        self.subscriptions: list[dict[str, str]] = []
+        self.subscriptions: list[dict[str, Any]] = []  # id, topic, uri (, metafieldNamespaces when it was given)
         self.creates = 0
+        self.updates: list[dict[str, Any]] = []  # webhookSubscriptionUpdate variables, in order
+        self.products: list[dict[str, Any]] = []  # Product nodes: id, title, tags, updatedAt, metafield
+        self.product_queries: list[dict[str, Any]] = []  # variables of each products page asked for
         self.app = Starlette(routes=[
             Route("/admin/oauth/access_token", self.token, methods=["POST"]),
             Route(f"/admin/api/{API_VERSION}/graphql.json", self.graphql, methods=["POST"]),
@@ -122,8 +127,25 @@ class FakeShopify:
                     "webhookSubscription": None,
                     "userErrors": [{"field": ["webhookSubscription", "uri"], "message": "Address for this topic has already been taken"}]}}})
             sub = {"id": f"gid://shopify/WebhookSubscription/{next(self.seq)}", "topic": topic, "uri": uri}
+            if "metafieldNamespaces" in variables["webhookSubscription"]:
+                sub["metafieldNamespaces"] = list(variables["webhookSubscription"]["metafieldNamespaces"])
             self.subscriptions.append(sub)
             return JSONResponse({"data": {"webhookSubscriptionCreate": {"webhookSubscription": sub, "userErrors": []}}})
+        if "webhookSubscriptionUpdate" in query:
+            self.updates.append(variables)
+            sub = next((s for s in self.subscriptions if s["id"] == variables["id"]), None)
+            if sub is None:
+                return JSONResponse({"data": {"webhookSubscriptionUpdate": {
+                    "webhookSubscription": None, "userErrors": [{"field": ["id"], "message": "Webhook subscription does not exist"}]}}})
+            sub.update(variables["webhookSubscription"])
+            return JSONResponse({"data": {"webhookSubscriptionUpdate": {"webhookSubscription": sub, "userErrors": []}}})
+        if "products(" in query:
+            self.product_queries.append(variables)
+            start = int(variables["cursor"]) if variables.get("cursor") else 0
+            page = self.products[start:start + variables["first"]]
+            more = start + variables["first"] < len(self.products)
+            return JSONResponse({"data": {"products": {
+                "nodes": page, "pageInfo": {"hasNextPage": more, "endCursor": str(start + variables["first"]) if more else None}}}})
         if "webhookSubscriptions(" in query:
             first, after = variables.get("first", 50), variables.get("after")
             start = int(after) if after else 0
@@ -144,8 +166,12 @@ class FakeWoo:
         self.pings: list[tuple[str, int]] = []  # (delivery_url, status) of the ping sent on create
         self.ids = itertools.count(101)
         self.requests = 0
+        self.products: list[dict[str, Any]] = []
+        self.product_requests: list[dict[str, str]] = []  # query of each /products page asked for (oauth_* left out)
+        self.products_status = 200  # anything else: that status and WooCommerce's error body
         self.app = Starlette(routes=[
             Route("/wp-json/wc/v3/orders", self.orders, methods=["GET"]),
+            Route("/wp-json/wc/v3/products", self.products_page, methods=["GET"]),
             Route("/wp-json/wc/v3/webhooks", self.webhooks, methods=["GET", "POST"]),
             Route("/wp-json/wc/v3/webhooks/{hook_id:int}", self.update, methods=["PUT"]),
         ])
@@ -167,6 +193,19 @@ class FakeWoo:
         if not self._authorized(request):
             return self._denied()
         return JSONResponse([{"id": 1}])
+
+    async def products_page(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return self._denied()
+        query = {k: v for k, v in request.query_params.items() if not k.startswith("oauth_")}
+        self.product_requests.append(query)
+        if self.products_status != 200:
+            return JSONResponse({"code": "woocommerce_rest_cannot_view", "message": "Sorry, you cannot list resources.",
+                                 "data": {"status": self.products_status}}, status_code=self.products_status)
+        per_page, page = int(query.get("per_page", "10")), int(query.get("page", "1"))
+        rows = sorted(self.products, key=lambda p: p["id"])
+        pages = max(1, -(-len(rows) // per_page))
+        return JSONResponse(rows[(page - 1) * per_page:page * per_page], headers={"X-WP-Total": str(len(rows)), "X-WP-TotalPages": str(pages)})
 
     async def webhooks(self, request: Request) -> Response:
         if not self._authorized(request):

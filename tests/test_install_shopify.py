@@ -17,14 +17,16 @@ from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from adapters.shopify import oauth
-from adapters.shopify.subscriptions import TOPICS, register_webhooks
+from adapters.shopify.subscriptions import TOPICS, SubscriptionReport, register_webhooks
 from connector.cli import app as cli_app
 from connector.config import parse_settings
 from connector.install.credentials import RenewingShopifyClient, ensure_shopify_token, obtain_shopify_token
+from connector.install.shopify import webhook_rows, webhook_summary
 from connector.secrets import SECRET_KEYS_ENV, SHOPIFY_ACCESS_TOKEN, SHOPIFY_REFRESH_TOKEN, SecretBox, generate_key, get_credentials
 from connector.storage.db import Database
 from connector.storage.inbox import sync_stores
-from connector.storage.models import Store, StoreCredential
+from connector.storage.models import InboxEvent, ProductCycle, Store, StoreCredential
+from connector.sync import BACKFILL_CURSOR, upsert_cursor
 from jobs.scheduler import has_credentials, make_client
 from tests.conftest import settings_dict
 from tests.helpers import dumps, running_app, shopify_headers
@@ -211,6 +213,69 @@ def test_cli_install_registers_webhooks_once(db_url, fake, key, tmp_path):
     assert fake.grants == ["client_credentials"]  # the stored token was reused
     for secret in [CLIENT_SECRET, key, *fake.issued]:
         assert secret not in first.output and secret not in again.output
+    # no reorder journey here: no product is read; no order history yet: the backfill is suggested
+    assert fake.product_queries == [] and "product(s) read" not in first.output
+    assert "hint: no order history imported yet for shop-a: run `storeloop sync --store shop-a --backfill --since 365d`" in again.output
+
+
+def product_node(n: int, tags: list[str], replenish: str | None = None) -> dict:
+    return {"id": f"gid://shopify/Product/{n}", "title": f"Product {n}", "tags": tags, "updatedAt": "2026-08-01T00:00:00Z",
+            "metafield": {"value": replenish} if replenish else None}
+
+
+def product_rows(db_url: str) -> list[dict]:
+    db = Database.from_url(db_url)
+    try:
+        with db.engine.connect() as conn:
+            bodies = conn.execute(select(InboxEvent.raw_body).where(InboxEvent.topic == "products/update")
+                                  .order_by(InboxEvent.id)).scalars().all()
+    finally:
+        db.dispose()
+    return [json.loads(b) for b in bodies]
+
+
+def test_cli_install_of_a_reorder_store_reads_the_products_and_adds_the_metafield_namespace(db_url, fake, key, tmp_path):
+    uri = f"{PUBLIC}/webhooks/shopify"
+    fake.products = [product_node(9001, ["vegan", "replenish:3w"]), product_node(9002, ["soap"], "45d"), product_node(9003, [])]
+    # subscribed by an earlier version, without the metafield namespace: product deliveries lack the cycle
+    fake.subscriptions.append({"id": "gid://shopify/WebhookSubscription/1", "topic": "PRODUCTS_UPDATE", "uri": uri,
+                               "metafieldNamespaces": []})
+    cfg = write_config(tmp_path, db_url, fake, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    cfg.write_text(cfg.read_text() + "[stores.journeys.reorder]\n")
+    args = ["install", "shopify", "--config", str(cfg), "--store", "shop-a"]
+    first = runner.invoke(cli_app, args, env={"COLUMNS": "200"})
+    assert first.exit_code == 0, first.output
+    [row] = [line for line in first.output.splitlines() if "PRODUCTS_UPDATE" in line]
+    assert "updated" in row and "metafield namespace 'storeloop' added" in row and "already present" not in row
+    assert f"{len(TOPICS) - 1} created, 0 already present, 1 updated, 0 failed" in first.output
+    assert {s["topic"]: s.get("metafieldNamespaces") for s in fake.subscriptions if s["topic"].startswith("PRODUCTS_")} == {
+        "PRODUCTS_UPDATE": ["storeloop"], "PRODUCTS_CREATE": ["storeloop"]}
+    assert [q["first"] for q in fake.product_queries] == [100]  # after the webhooks, the whole catalogue
+    assert "3 product(s) read for the reorder journey's cycles, 3 new or changed" in first.output
+    assert [(p["id"], p["tags"], p.get("metafields")) for p in product_rows(db_url)] == [
+        (9001, "vegan, replenish:3w", None), (9002, "soap", [{"namespace": "storeloop", "key": "replenish", "value": "45d"}]),
+        (9003, "", None)]  # in the inbox as product webhooks, for the worker
+    assert "hint: no order history imported yet for shop-a: run `storeloop sync --store shop-a --backfill --since 365d`" in first.output
+
+    db = Database.from_url(db_url)  # `storeloop sync --backfill` ran to its end since
+    try:
+        upsert_cursor(db, sync_stores(db, [("shop-a", "shopify")])["shop-a"], BACKFILL_CURSOR, "2025-11-20T12:00:00+00:00")
+    finally:
+        db.dispose()
+    again = runner.invoke(cli_app, args, env={"COLUMNS": "200"})
+    assert again.exit_code == 0, again.output
+    assert f"0 created, {len(TOPICS)} already present, 0 failed" in again.output and len(fake.updates) == 1
+    assert "3 product(s) read for the reorder journey's cycles, 0 new or changed" in again.output and len(product_rows(db_url)) == 3
+    assert "hint:" not in again.output
+
+
+def test_each_topic_is_counted_once_in_the_install_table():
+    hooks = SubscriptionReport(uri="https://x", created=["ORDERS_PAID"], present=["ORDERS_CREATE", "PRODUCTS_CREATE", "PRODUCTS_UPDATE"],
+                               updated=["PRODUCTS_CREATE"], failed=[("PRODUCTS_UPDATE", "Invalid namespace")])
+    assert webhook_rows(hooks) == [("ORDERS_PAID", "created", ""), ("ORDERS_CREATE", "already present", ""),
+                                   ("PRODUCTS_CREATE", "updated", "metafield namespace 'storeloop' added"),
+                                   ("PRODUCTS_UPDATE", "failed", "Invalid namespace")]
+    assert webhook_summary(hooks) == "1 created, 1 already present, 1 updated, 1 failed"
 
 
 def test_cli_install_with_a_legacy_token_and_a_partial_failure(db_url, fake, key, tmp_path):
@@ -327,6 +392,21 @@ def test_authorization_code_install_end_to_end(db_url, fake, key, now, caplog):
         assert hook.status_code == 200
     for secret in [CLIENT_SECRET, key, *fake.issued]:
         assert secret not in caplog.text
+
+
+def test_an_authorization_code_install_reads_the_products_after_the_page(db_url, fake, key, now):
+    settings = shop_settings(db_url, fake, journeys={"reorder": {}})
+    fake.products = [product_node(9001, ["replenish:3w"]), product_node(9002, [], "45d")]
+    with running_app(settings) as (client, runtime):
+        runtime.clock = lambda: now
+        done = client.get("/shopify/callback", params=callback_params(fake, state_from(begin(client, now)), now))
+        assert done.status_code == 200 and "products: being read now" in done.text
+        assert [q["first"] for q in fake.product_queries] == [100]  # with the token the callback stored
+        runtime.processor.drain()
+        sid = runtime.store_ids["shop-a"]
+        with runtime.db.engine.connect() as conn:
+            cycles = {(r.product_key, r.cycle_days) for r in conn.execute(select(ProductCycle).where(ProductCycle.store_id == sid))}
+    assert cycles == {("p:9001", 21.0), ("p:9002", 45.0)}
 
 
 def test_refresh_before_expiry_stores_the_rotated_refresh_token(db_url, fake, key, now):

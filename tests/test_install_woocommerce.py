@@ -36,7 +36,8 @@ from connector.secrets import (
 )
 from connector.storage.db import Database
 from connector.storage.inbox import sync_stores
-from connector.storage.models import InboxEvent, OAuthState, StoreCredential
+from connector.storage.models import InboxEvent, OAuthState, ProductCycle, StoreCredential
+from connector.sync import BACKFILL_CURSOR, upsert_cursor
 from connector.web.app import create_app
 from tests.conftest import SECRETS, settings_dict
 from tests.helpers import running_app
@@ -167,6 +168,9 @@ consumer_secret = "{CS}"
     assert "REST credentials ok (OAuth 1.0a" in out.output and "unreachable" in out.output
     assert f"{len(TOPICS)} created, 0 already present, 0 re-activated" in out.output
     assert len(woo.hooks) == len(TOPICS)
+    # no reorder journey here: no product is read; no order history yet: the backfill is suggested
+    assert woo.product_requests == [] and "product(s) read" not in out.output
+    assert "hint: no order history imported yet for woo: run `storeloop sync --store woo --backfill --since 365d`" in out.output
     quiet = runner.invoke(cli_app, ["install", "woocommerce", "--config", str(cfg), "--store", "woo", "--no-ping"])
     assert quiet.exit_code == 0, quiet.output
     assert f"0 created, {len(TOPICS)} already present" in quiet.output and "ping: not sent" in quiet.output
@@ -176,6 +180,99 @@ consumer_secret = "{CS}"
     cfg.write_text(wrong)
     refused = runner.invoke(cli_app, ["install", "woocommerce", "--config", str(cfg), "--store", "woo"])
     assert refused.exit_code == 2 and "do not work: HTTP 401" in refused.output and "cs_wrong" not in refused.output
+
+
+WOO_PRODUCTS = [
+    {"id": 93, "name": "Rose water", "tags": [], "meta_data": [{"id": 1, "key": "_storeloop_replenish", "value": "6w"}],
+     "date_modified_gmt": "2026-05-01T00:00:00", "status": "publish"},
+    {"id": 94, "name": "Amla oil", "tags": [{"id": 3, "name": "replenish:10d", "slug": "replenish-10d"}], "meta_data": [],
+     "date_modified_gmt": "2026-05-01T00:00:00", "status": "publish"},
+    {"id": 95, "name": "Gift card", "tags": [], "meta_data": [], "date_modified_gmt": "2026-05-01T00:00:00", "status": "publish"},
+]
+
+
+def reorder_config(tmp_path: Path, db_url: str, woo: FakeWoo) -> Path:
+    cfg = tmp_path / "storeloop.toml"
+    cfg.write_text(f"""
+[server]
+public_url = "http://127.0.0.1:9"
+[database]
+url = "{db_url}"
+[[stores]]
+key = "woo"
+platform = "woocommerce"
+site_url = "{woo.base}"
+webhook_secret = "w"
+consumer_key = "{CK}"
+consumer_secret = "{CS}"
+[stores.journeys.reorder]
+""")
+    return cfg
+
+
+def product_rows(db_url: str) -> list[dict]:
+    db = Database.from_url(db_url)
+    try:
+        with db.engine.connect() as conn:
+            bodies = conn.execute(select(InboxEvent.raw_body).where(InboxEvent.topic == "product.updated")
+                                  .order_by(InboxEvent.id)).scalars().all()
+    finally:
+        db.dispose()
+    return [json.loads(b) for b in bodies]
+
+
+def test_cli_install_reads_the_products_of_a_reorder_store_and_the_hint_goes_after_a_backfill(db_url, woo, key, tmp_path: Path):
+    woo.products = [dict(p) for p in WOO_PRODUCTS]
+    cfg = reorder_config(tmp_path, db_url, woo)
+    out = runner.invoke(cli_app, ["install", "woocommerce", "--config", str(cfg), "--store", "woo", "--no-ping"])
+    assert out.exit_code == 0, out.output
+    assert f"{len(TOPICS)} created" in out.output and len(woo.hooks) == len(TOPICS)
+    assert "3 product(s) read for the reorder journey's cycles, 3 new or changed" in out.output
+    assert len(woo.product_requests) == 1 and {"tags", "meta_data"} <= set(woo.product_requests[0]["_fields"].split(","))
+    assert [(p["id"], p["tags"], p["meta_data"]) for p in product_rows(db_url)] == [
+        (p["id"], p["tags"], p["meta_data"]) for p in WOO_PRODUCTS]  # in the inbox, for the worker
+    assert "hint: no order history imported yet for woo" in out.output
+
+    db = Database.from_url(db_url)  # `storeloop sync --backfill` ran to its end since
+    try:
+        upsert_cursor(db, sync_stores(db, [("woo", "woocommerce")])["woo"], BACKFILL_CURSOR, "2025-11-20T12:00:00+00:00")
+    finally:
+        db.dispose()
+    woo.products[2]["tags"] = [{"id": 4, "name": "replenish:90d", "slug": "replenish-90d"}]  # tagged in the admin meanwhile
+    again = runner.invoke(cli_app, ["install", "woocommerce", "--config", str(cfg), "--store", "woo", "--no-ping"])
+    assert again.exit_code == 0, again.output
+    assert f"0 created, {len(TOPICS)} already present" in again.output
+    assert "3 product(s) read for the reorder journey's cycles, 1 new or changed" in again.output
+    assert product_rows(db_url)[-1]["tags"] == [{"id": 4, "name": "replenish:90d", "slug": "replenish-90d"}]
+    assert "hint:" not in again.output
+
+
+def test_products_that_cannot_be_read_do_not_fail_the_install(db_url, woo, key, tmp_path: Path):
+    woo.products, woo.products_status = [dict(p) for p in WOO_PRODUCTS], 403  # the key's user may not list products
+    cfg = reorder_config(tmp_path, db_url, woo)
+    out = runner.invoke(cli_app, ["install", "woocommerce", "--config", str(cfg), "--store", "woo", "--no-ping"],
+                        env={"COLUMNS": "300"})
+    assert out.exit_code == 0, out.output
+    assert len(woo.hooks) == len(TOPICS) and len(woo.product_requests) == 1  # a 403 is not retried
+    assert "products not read: PermanentError: HTTP 403, woocommerce_rest_cannot_view" in out.output
+    assert "the worker's daily product sync tries again" in out.output
+    assert product_rows(db_url) == [] and "hint: no order history imported yet for woo" in out.output
+
+
+def test_install_makes_the_cycles_of_existing_products_known(db_url, woo, key):
+    """Products tagged (or given the cycle meta) before install never send a webhook: once the
+    install has read them and the worker has processed the rows, their cycles are there."""
+    settings = woo_settings(db_url, woo.base, PUBLIC_HTTPS, journeys={"reorder": {}})
+    woo.products = [dict(p) for p in WOO_PRODUCTS]
+    with running_app(settings) as (_client, runtime):
+        sid = runtime.store_ids["woo"]
+        report = asyncio.run(install_woocommerce(runtime.db, settings, settings.store("woo"), sid, T, box=SecretBox([key]),
+                                                 ping=False))
+        assert report.ok and report.products is not None and report.products.products_seen == 3
+        runtime.processor.drain()
+        with runtime.db.engine.connect() as conn:
+            cycles = {(r.product_key, r.cycle_days) for r in conn.execute(select(ProductCycle).where(ProductCycle.store_id == sid))}
+    assert cycles == {("p:93", 42.0), ("p:94", 10.0)}
 
 
 def test_https_stores_use_basic_auth(db_url, key):

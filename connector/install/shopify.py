@@ -10,7 +10,9 @@
   token with a refresh token (both stored encrypted; refreshed before expiry);
 - **legacy**: a custom-app ``access_token`` in the configuration keeps working.
 
-After either install the webhook subscriptions are registered (``adapters/shopify/subscriptions.py``).
+After either install the webhook subscriptions are registered (``adapters/shopify/subscriptions.py``),
+then, for a store running the reorder journey, every product is read once (``connector/install/products.py``;
+after the web callback that happens once the page is sent).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import httpx
 from sqlalchemy import update
 
 from adapters.shopify import oauth
-from adapters.shopify.subscriptions import COMPLIANCE_NOTE, SubscriptionReport, register_webhooks
+from adapters.shopify.subscriptions import COMPLIANCE_NOTE, METAFIELD_NAMESPACE, SubscriptionReport, register_webhooks
 from connector.config import Settings, ShopifyStore
 from connector.errors import SendError, StoreloopError
 from connector.install import nonces
@@ -38,9 +40,11 @@ from connector.install.credentials import (
     obtain_shopify_token,
     save_grant,
 )
+from connector.install.products import sync_products_at_install, wants_products
 from connector.secrets import HOW_TO, SecretBox
 from connector.storage.db import Database
 from connector.storage.models import Store
+from connector.sync import ProductSyncReport
 
 log = logging.getLogger("storeloop.install")
 
@@ -65,10 +69,34 @@ class ShopifyInstallReport:
     webhooks: SubscriptionReport | None = None
     webhook_error: str | None = None
     notes: list[str] = field(default_factory=list)
+    products: ProductSyncReport | None = None  # read at install (stores running the reorder journey)
+    products_error: str | None = None  # why they were not (the install still counts: the daily sync retries)
 
     @property
     def ok(self) -> bool:
         return self.webhook_error is None and (self.webhooks is None or self.webhooks.ok)
+
+
+def webhook_rows(hooks: SubscriptionReport) -> list[tuple[str, str, str]]:
+    """(topic, result, detail), one outcome per topic: a subscription whose metafield namespace was
+    added is ``updated`` (not also ``already present``), one whose update failed is ``failed`` only;
+    plus an ``also at`` line for each other address a topic is subscribed to."""
+    failed = {topic for topic, _ in hooks.failed}
+    present = [t for t in hooks.present if t not in hooks.updated and t not in failed]
+    rows = [(t, "created", "") for t in hooks.created] + [(t, "already present", "") for t in present]
+    rows += [(t, "updated", f"metafield namespace {METAFIELD_NAMESPACE!r} added") for t in hooks.updated]
+    rows += [(t, "failed", why) for t, why in hooks.failed] + [(t, "also at", uri) for t, uri in hooks.elsewhere]
+    return rows
+
+
+def webhook_summary(hooks: SubscriptionReport) -> str:
+    """``N created, N already present[, N updated], N failed``, counting each topic once."""
+    counts = {"created": 0, "already present": 0, "updated": 0, "failed": 0}
+    for _topic, result, _detail in webhook_rows(hooks):
+        if result in counts:
+            counts[result] += 1
+    updated = f", {counts['updated']} updated" if counts["updated"] else ""
+    return f"{counts['created']} created, {counts['already present']} already present{updated}, {counts['failed']} failed"
 
 
 def public_base(settings: Settings) -> str:
@@ -100,12 +128,24 @@ async def register_store_webhooks(
         return await register_webhooks(client, uri)
 
 
+async def sync_store_products(
+    db: Database, store: ShopifyStore, store_id: int, source: ShopifyTokenSource, now: datetime, *,
+    http: httpx.AsyncClient | None = None,
+) -> tuple[ProductSyncReport | None, str | None]:
+    """Every product into the inbox once (reorder stores only; see ``connector/install/products.py``)."""
+    if not wants_products(store):
+        return None, None
+    async with RenewingShopifyClient(store, source, http=http) as client:
+        return await sync_products_at_install(db, store, store_id, client, now)
+
+
 async def install_shopify(
     db: Database, settings: Settings, store: ShopifyStore, store_id: int, now: datetime, *,
     box: SecretBox | None, http: httpx.AsyncClient | None = None,
 ) -> ShopifyInstallReport:
     """``storeloop install shopify``: a token (client credentials, or the configured/stored one),
-    then the webhook subscriptions. Refuses before any call when nothing would work."""
+    then the webhook subscriptions, then (reorder journey) every product once. Refuses before
+    any call when nothing would work."""
     public_base(settings)
     report = ShopifyInstallReport(store=store.key, shop=store.shop_domain, token="")
     if can_use_client_credentials(store):
@@ -135,6 +175,7 @@ async def install_shopify(
     except SendError as exc:
         report.webhook_error = str(exc)
     await anyio.to_thread.run_sync(clear_uninstalled, db, store_id)
+    report.products, report.products_error = await sync_store_products(db, store, store_id, source, now, http=http)
     report.notes.append(COMPLIANCE_NOTE.replace("{public_url}", public_base(settings)))
     return report
 
@@ -232,5 +273,5 @@ def _use_as_writer(runtime: Any, store_id: int, store: ShopifyStore, source: Sho
 
 __all__ = [
     "InstallRefused", "ShopifyInstallReport", "begin_oauth", "complete_oauth", "install_shopify", "public_base",
-    "register_store_webhooks",
+    "register_store_webhooks", "sync_store_products", "webhook_rows", "webhook_summary",
 ]

@@ -1,7 +1,8 @@
 """Install routes (browser-facing, so HTML answers with security headers):
 
 - ``GET /shopify/install``: Shopify's app URL; verified, then 302 to the authorize page.
-- ``GET /shopify/callback``: the OAuth redirect; verified, code exchanged, webhooks registered.
+- ``GET /shopify/callback``: the OAuth redirect; verified, code exchanged, webhooks registered;
+  for a store running the reorder journey every product is read once after the page is sent.
 - ``GET /woocommerce/connect?store=KEY``: 302 to the store's wc-auth authorize page, for the
   admin only: with ``Authorization: Bearer <server.admin_token>`` (failures limited and logged
   with the admin API's), else 303 to ``/dashboard/{KEY}/woocommerce/connect``, which starts
@@ -32,6 +33,7 @@ from starlette.routing import Route
 
 from connector.install import shopify as shopify_flow
 from connector.install import woocommerce as woo_flow
+from connector.install.products import wants_products
 from connector.install.shopify import InstallRefused
 from connector.web import admin as admin_api
 from connector.web import auth
@@ -89,13 +91,27 @@ async def shopify_callback(request: Request) -> Response:
     lines = [f"shop: {report.shop}", f"token: {report.token}"]
     hooks = report.webhooks
     if hooks is not None:
-        lines.append(f"webhooks to {hooks.uri}: {len(hooks.created)} created, {len(hooks.present)} already present, "
-                     f"{len(hooks.failed)} failed")
+        lines.append(f"webhooks to {hooks.uri}: {shopify_flow.webhook_summary(hooks)}")
         lines += [f"failed: {topic}: {why}" for topic, why in hooks.failed]
     if report.webhook_error:
         lines.append(f"webhooks not registered: {report.webhook_error} (run `storeloop install shopify --store {report.store}`)")
+    background = None
+    if wants_products(runtime.settings.store(report.store)):
+        lines.append("products: being read now, for the reorder journey's cycles (tags, storeloop.replenish)")
+        background = BackgroundTask(_sync_shopify_products, runtime, report.store)
     lines += report.notes
-    return page("storeloop installed" if report.ok else "storeloop installed, with problems", lines)
+    answer = page("storeloop installed" if report.ok else "storeloop installed, with problems", lines)
+    answer.background = background
+    return answer
+
+
+async def _sync_shopify_products(rt: Any, key: str) -> None:
+    """After the callback's page: every product once, with the token the callback stored."""
+    store = rt.settings.store(key)
+    products, error = await shopify_flow.sync_store_products(rt.db, store, rt.store_ids[key], rt.shopify_tokens[key], rt.clock())
+    if products is not None:
+        log.info("shopify products read after install", extra={"store": key, "products": products.products_seen,
+                                                                "new_rows": products.new_rows})
 
 
 async def _begin_woocommerce(request: Request, key: str) -> Response:

@@ -10,7 +10,9 @@
 3. for each topic our normaliser handles, creates the webhook to
    ``{public_url}/webhooks/woocommerce/{key}``, re-activates a paused or disabled one, and
    pushes the secret to existing ones when it is new (``--new-secret``);
-4. posts WooCommerce's ping body (``webhook_id=N``) to that address and expects the 200
+4. for a store running the reorder journey, reads every product once (tags and the
+   ``_storeloop_replenish`` meta; ``connector/install/products.py``);
+5. posts WooCommerce's ping body (``webhook_id=N``) to that address and expects the 200
    WooCommerce itself requires (it sends the same ping when a webhook is created).
 
 The guided alternative (no keys to copy): ``GET /woocommerce/connect?store=KEY`` redirects to
@@ -40,6 +42,7 @@ from connector.config import Settings, WooCommerceStore
 from connector.errors import SendError
 from connector.install import nonces
 from connector.install.credentials import woocommerce_store_with_credentials
+from connector.install.products import sync_products_at_install
 from connector.install.shopify import InstallRefused, public_base
 from connector.secrets import (
     HOW_TO,
@@ -52,6 +55,7 @@ from connector.secrets import (
     put_credentials,
 )
 from connector.storage.db import Database
+from connector.sync import ProductSyncReport
 
 log = logging.getLogger("storeloop.install")
 
@@ -85,6 +89,8 @@ class WooInstallReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     ping: str = "not sent"
     ping_ok: bool | None = None
+    products: ProductSyncReport | None = None  # read at install (stores running the reorder journey)
+    products_error: str | None = None  # why they were not (the install still counts: the daily sync retries)
 
     @property
     def ok(self) -> bool:
@@ -161,12 +167,14 @@ async def install_woocommerce(
                 (report.reactivated if "status" in changes else report.updated).append(topic)
             except SendError as exc:
                 report.failed.append((topic, str(exc)))
+        report.products, report.products_error = await sync_products_at_install(db, store, store_id, client, now)
     if ping:
         async with httpx.AsyncClient() if http is None else contextlib.nullcontext(http) as ping_http:  # ours, or the caller's (not closed)
             report.ping_ok, report.ping = await _ping(ping_http, url, first_id or 0)
     log.info("woocommerce webhooks installed", extra={
         "store": store.key, "hooks_created": len(report.created), "hooks_present": len(report.present),
-        "hooks_reactivated": len(report.reactivated), "hooks_failed": len(report.failed)})
+        "hooks_reactivated": len(report.reactivated), "hooks_failed": len(report.failed),
+        "products_read": report.products.products_seen if report.products else None})
     return report
 
 
