@@ -66,3 +66,9 @@ def redact_phone(phone: str | None) -> str:
 def in_service_window(last_inbound_at: datetime | None, now: datetime) -> bool:
     """Free-form and interactive messages are allowed only within 24 h of the customer's last message."""
     return last_inbound_at is not None and now - last_inbound_at < SERVICE_WINDOW
+
+
+def email_key(email: str | None) -> str | None:
+    """An email as contacts are matched by it: trimmed, case-insensitive (None when empty)."""
+    key = (email or "").strip().lower()
+    return key or None

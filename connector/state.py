@@ -16,6 +16,7 @@ from sqlalchemy import Connection, bindparam, delete, func, insert, select, upda
 from sqlalchemy.exc import NoResultFound
 
 from connector import events as ev
+from connector.contacts import email_key
 from connector.policy import keyword_intent
 from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES
 from connector.rows import checkout_row, contact_by_phone, contact_row, contact_where, order_row, phone_key
@@ -50,12 +51,6 @@ def _fit(column: str, value: str) -> str:
     return value[:length] if length else value
 
 
-def email_key(email: str | None) -> str | None:
-    """An email as contacts are matched by it: trimmed, case-insensitive (None when empty)."""
-    key = (email or "").strip().lower()
-    return key or None
-
-
 _CONTACT_BY_EMAIL = (select(CONTACTS)
                      .where(CONTACTS.c.store_id == bindparam("sid"), func.lower(func.trim(CONTACTS.c.email)) == bindparam("key"))
                      .order_by(CONTACTS.c.id.desc()).limit(1))
@@ -64,15 +59,16 @@ _CONTACT_BY_EMAIL = (select(CONTACTS)
 def contact_by_email(conn: Connection, store_id: int, email: str | None) -> Any:
     """This store's newest contact with that email (trimmed, any case), or None.
 
-    No index covers it (a store-wide scan), so only phone-less orders ask (``upsert_contact``).
-    Contacts held back in the transaction cache are newer than every stored one.
+    The (store_id, lower(trim(email))) index answers it (migration 0008). Contacts held back
+    in the transaction cache are newer than every stored one.
     """
     key = email_key(email)
     if key is None:
         return None
     cache = current(conn)
     if cache is not None:
-        held = [r for r in cache.held_rows("contacts") if r.store_id == store_id and email_key(r.email) == key]
+        held = [r for r in (cache.get("contacts", cid) for cid in cache.contacts_by_email(key) if cid in cache.held["contacts"])
+                if r is not None and r.store_id == store_id and email_key(r.email) == key]
         if held:
             return max(held, key=lambda r: r.id)
         if cache.updates_column("contacts", "email"):

@@ -30,7 +30,7 @@ from connector.journeys.registry import journeys
 from connector.outbox import store as ob
 from connector.outbox.queue import queue_template
 from connector.rows import contact_row, order_row
-from connector.state import email_key
+from connector.contacts import email_key
 from connector.storage.sql import flush, insert_id, update_by_id, CONTACTS, ORDERS, OUTBOX, RUNS
 from connector.storage.txcache import by_key, current
 
@@ -89,9 +89,7 @@ def _active_subjects(conn: Connection, store_id: int, journey: str, contact_id: 
     """Subjects of the contact's active runs of a journey, in id order (as the index returns them)."""
     cache = current(conn)
     if cache is not None and (store_id, contact_id) in cache.active_runs_known:
-        runs = [r for r in cache.rows["journey_runs"].values()
-                if r.contact_id == contact_id and r.store_id == store_id and r.journey == journey and r.status == "active"]
-        return [r.subject for r in sorted(runs, key=lambda r: r.id)]
+        return [r.subject for r in cache.runs_of_contact(store_id, contact_id) if r.journey == journey and r.status == "active"]
     flush(conn)  # a held-back status change must be visible to the query
     return list(conn.execute(_ACTIVE_FOR_CONTACT, {"sid": store_id, "j": journey, "cid": contact_id}).scalars())
 
@@ -100,27 +98,22 @@ _CONTACTS_BY_EMAIL = select(CONTACTS.c.id).where(  # the (store_id, lower(trim(e
     CONTACTS.c.store_id == bindparam("sid"), func.lower(func.trim(CONTACTS.c.email)) == bindparam("key"))
 
 
-def _active_subjects_by_email(conn: Connection, store_id: int, journey: str, email: str | None, contact_id: int) -> list[str]:
-    """Active runs of this journey for the store's other contacts with this email (trimmed, any
-    case): the same customer who checked out under another phone. Usually there is none, so
-    this costs one indexed lookup of contacts; the runs then come as ``_active_subjects`` finds them."""
+def _same_email_contacts(conn: Connection, store_id: int, email: str | None, contact_id: int) -> list[int]:
+    """The store's other contacts with this email (trimmed, any case): the same customer who
+    checked out under another phone. Usually none: one indexed lookup of contacts."""
     key = email_key(email)
     if key is None:
         return []
     ids = set(conn.execute(_CONTACTS_BY_EMAIL, {"sid": store_id, "key": key}).scalars())
     cache = current(conn)
     if cache is not None:  # a cached contact is newer than its stored row (a held INSERT, a held email change)
+        ids |= cache.contacts_by_email(key)
         for cid in list(ids):
             row = cache.get("contacts", cid)
-            if row is not None and email_key(row.get("email")) != key:
+            if row is not None and (row["store_id"] != store_id or email_key(row.get("email")) != key):
                 ids.discard(cid)
-        changed = [*cache.held["contacts"], *(cid for cid, values in cache.dirty["contacts"].items() if "email" in values)]
-        for cid in changed:
-            row = cache.get("contacts", cid)
-            if row is not None and row["store_id"] == store_id and email_key(row.get("email")) == key:
-                ids.add(cid)
     ids.discard(contact_id)
-    return [subject for cid in sorted(ids) for subject in _active_subjects(conn, store_id, journey, cid)]
+    return sorted(ids)
 
 
 def _order_facts(conn: Connection, store_id: int, order_id: str) -> OrderFacts | None:
@@ -244,6 +237,7 @@ class JourneyRunner:
         for req in handoff_rules(event, facts.contact_id, store, facts.extra.get("reply_journey"), facts.extra.get("reply_subject")):
             flush(conn)  # the hand-off's context reads the contact and its runs from the database
             open_handoff(conn, store, store_id, facts.contact_id, req, now)
+        same_email: list[int] | None = None
         for name, config in store.enabled_journeys().items():
             journey = journeys().get(name)
             if journey is None:
@@ -259,8 +253,9 @@ class JourneyRunner:
                 # an order also reaches the runs of the same email under another phone
                 others = _active_subjects(conn, store_id, name, facts.contact_id)
                 if isinstance(event, ev.OrderPlaced) and event.order.customer is not None:
-                    others += [s for s in _active_subjects_by_email(conn, store_id, name, event.order.customer.email, facts.contact_id)
-                               if s not in others]
+                    if same_email is None:  # once per event, whichever journeys ask
+                        same_email = _same_email_contacts(conn, store_id, event.order.customer.email, facts.contact_id)
+                    others += [s for cid in same_email for s in _active_subjects(conn, store_id, name, cid) if s not in others]
                 for other in others:
                     if other == subject:
                         continue

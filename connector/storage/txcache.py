@@ -40,6 +40,7 @@ from typing import Any
 from sqlalchemy import JSON, Connection, Numeric, Table
 
 from connector.storage import jsoncodec
+from connector.contacts import email_key
 from connector.storage.models import UTCDateTime
 
 _INFO_KEY = "storeloop.txcache"
@@ -126,6 +127,8 @@ class TxCache:
         # once at the start of the next ``flush`` (before that flush's held INSERTs): kind -> (run, items)
         self.deferred: dict[str, tuple[Callable[[Connection, list[Any]], None], list[Any]]] = {}
         self.ids: dict[str, Iterator[int]] = {}  # ids allocated for held INSERTs, per table
+        self._emails: dict[str, set[int]] = {}  # contacts by email key, as they were cached (candidates)
+        self._runs: dict[tuple[int, int], set[int]] = {}  # journey runs by (store_id, contact_id)
 
     # ---- reads -------------------------------------------------------------------------------
     def lookup(self, key: tuple[Any, ...]) -> tuple[bool, CachedRow | None]:
@@ -151,7 +154,28 @@ class TxCache:
         cached = CachedRow(data)
         self.rows[table][cached["id"]] = cached
         self.keys[self._key(table, cached)] = cached["id"]
+        self._note_secondary_keys(table, cached["id"], cached)
         return cached
+
+    def contacts_by_email(self, key: str) -> set[int]:
+        """Ids of cached contacts that had this email key (trimmed, lower case) when cached or
+        changed in this transaction: candidates, so a caller re-checks each row's email."""
+        return self._emails.get(key, set())
+
+    def runs_of_contact(self, store_id: int, contact_id: int) -> list[CachedRow]:
+        """The cached journey runs of a contact (a run's contact never changes), in id order."""
+        runs = self.rows["journey_runs"]
+        return [runs[i] for i in sorted(self._runs.get((store_id, contact_id), ())) if i in runs]
+
+    def _note_secondary_keys(self, table: str, row_id: int, values: Mapping[str, Any]) -> None:
+        if table == "journey_runs":
+            if values.get("contact_id") is not None:
+                self._runs.setdefault((values["store_id"], values["contact_id"]), set()).add(row_id)
+            return
+        if table == "contacts" and values.get("email"):
+            key = email_key(values["email"])
+            if key is not None:
+                self._emails.setdefault(key, set()).add(row_id)
 
     def absent(self, key: tuple[Any, ...]) -> None:
         """The database has no row under this key (from a query that would have found it)."""
@@ -180,6 +204,7 @@ class TxCache:
             if unknown <= values.keys():
                 self.rows[table][row_id] = row
                 self.keys[self._key(table, row)] = row_id
+                self._note_secondary_keys(table, row_id, row)
                 if table == "contacts":  # a contact new in this transaction has no runs but the ones written through
                     self.active_runs_known.add((row["store_id"], row_id))
                 return True
@@ -195,6 +220,7 @@ class TxCache:
         if row is None or new is None:
             return False
         row.update(new)
+        self._note_secondary_keys(table, row_id, new)
         pending = self.held[table].get(row_id)
         if pending is None:
             pending = self.dirty[table].setdefault(row_id, {})
@@ -227,6 +253,7 @@ class TxCache:
             self.evict(table, row_id)
             return
         row.update(new)
+        self._note_secondary_keys(table, row_id, new)
 
     def _as_stored(self, table: str, values: Mapping[str, Any]) -> dict[str, Any] | None:
         """``values`` as the database would give them back; None when the cache cannot say
