@@ -8,6 +8,8 @@ written as ``"env:NAME"`` to read them from the environment; they are held as
 
 from __future__ import annotations
 
+import functools
+
 import os
 import re
 import tomllib
@@ -109,6 +111,10 @@ class PolicySettings(_Settings):
         return value
 
     def rules(self) -> Any:
+        """The policy gate's rules, built once per distinct settings (every queued message asks)."""
+        return _rules_of(self)
+
+    def _build_rules(self) -> Any:
         from datetime import time, timedelta
 
         from connector.policy import DEFAULT_START_WORDS, DEFAULT_STOP_WORDS, PolicyRules
@@ -128,6 +134,11 @@ class PolicySettings(_Settings):
             stop_words=frozenset(self.stop_words if self.stop_words is not None else DEFAULT_STOP_WORDS),
             start_words=frozenset(self.start_words if self.start_words is not None else DEFAULT_START_WORDS),
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _rules_of(policy: PolicySettings) -> Any:
+    return policy._build_rules()  # frozen settings hash by value: equal settings share their rules
 
 
 STAGES = ("entry", "qualification", "conversion", "post_purchase", "retention")
