@@ -4,20 +4,24 @@ The connector is the real app (uvicorn, webhooks, inbox, journeys, outbox) with 
 WhatsApp client pointed at a sandbox Cloud API and a Shopify Admin client pointed at a
 sandbox store API: real HTTP both ways. ``connector.sandbox.simulator`` plays three and a
 half weeks of a D2C store over a virtual clock, an hour at a time: orders (a COD share), abandoned
-checkouts, deliveries (some fail), reorders on product cycles, and customers who react to
-what actually reached them. Each hour the demo runs what the worker would (process the
+checkouts, stalled prepaid payments, deliveries (some fail), reorders on product cycles, and
+customers who react to what actually reached them. The sandbox WhatsApp refuses a few
+utility updates (Meta's 131026), and a support desk works the hand-offs through the admin
+API, closing most within hours. Each hour the demo runs what the worker would (process the
 inbox, fire due timers, open reorder windows, send, write back), so the run is
 deterministic for a seed and takes about a minute instead of three weeks.
 
 It ends with the weekly report of the last complete simulated week (the days after it let
-that week's customers finish deciding), the lift it measured next to the generator's true
-lift, and the dashboard URL.
+that week's customers finish deciding), the lift it measured for each journey with a
+holdout next to the generator's true lift, and, with ``--keep-running``, the dashboard URL
+(without it the connector stops with the demo, and says so).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import secrets
 import socket
 import tempfile
@@ -44,6 +48,9 @@ from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp
 from connector.web.app import create_app
 
 SHOP = "demo-naturals.myshopify.com"
+STORE_KEY = "demo-shop"
+REFUSED_SHARE = 0.03  # of these utility updates, refused by the sandbox WhatsApp as undeliverable (131026)
+REFUSED_TEMPLATES = frozenset({"order_thanks_v1", "shipped_v1", "delivered_v1"})
 PHONE_ID = "100000000000001"
 START = datetime(2026, 11, 2, 0, 0, tzinfo=timezone.utc)  # Monday of 2026-W45
 console = Console()
@@ -57,6 +64,9 @@ TEMPLATES: list[dict[str, Any]] = [
     {"step": "cod_confirmation.reminder_1", "name": "cod_reminder_v1", "category": "utility",
      "body_text": "Reminder: please confirm order {{1}}.", "body": ["order.name"],
      "buttons": [{"type": "quick_reply", "text": "Confirm", "payload": "cod_confirm"}, {"type": "quick_reply", "text": "Cancel", "payload": "cod_cancel"}]},
+    {"step": "payment_recovery.remind", "name": "payment_pending_v1", "category": "utility",
+     "body_text": "Hi {{1}}, the payment for order {{2}} did not go through. Pay here: {{3}}",
+     "body": ["customer.first_name", "order.name", "order.payment_url"]},
     {"step": "checkout_recovery.first", "name": "cart_reminder_v1", "category": "marketing",
      "body_text": "{{1}} is still in your cart: {{2}}", "body": ["reorder.product", "checkout.recovery_url"]},
     {"step": "checkout_recovery.second", "name": "cart_reminder_2_v1", "category": "marketing",
@@ -84,7 +94,7 @@ def demo_settings(workdir: Path, port: int, keys: dict[str, str], whatsapp_url: 
         "whatsapp": {"app_secret": keys["meta"], "verify_token": keys["verify"], "access_token": keys["wa_token"],
                      "graph_base_url": whatsapp_url, "pair_spacing_seconds": 0},
         "stores": [{
-            "key": "demo-shop", "platform": "shopify", "name": "Demo Naturals", "shop_domain": SHOP, "webhook_secret": keys["shopify"],
+            "key": STORE_KEY, "platform": "shopify", "name": "Demo Naturals", "shop_domain": SHOP, "webhook_secret": keys["shopify"],
             "access_token": keys["shop_token"], "api_base_url": shopify_url, "timezone": "Asia/Kolkata", "default_country": "IN",
             "whatsapp_phone_number_id": PHONE_ID, "templates": TEMPLATES,
             "policy": {"quiet_hours": "", "marketing_cap": 4},
@@ -93,6 +103,7 @@ def demo_settings(workdir: Path, port: int, keys: dict[str, str], whatsapp_url: 
             "journeys": {
                 "order_confirmation": {}, "cod_confirmation": {"reminder_hours": [6], "answer_window_hours": 24},
                 "checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0, 360], "holdout_percent": 30},
+                "payment_recovery": {"after_minutes": 60, "holdout_percent": 30},
                 "delivery": {"steps": ["shipped", "delivered", "failed"]},
                 "reorder": {"cycles": {f"SKU-{p[0]}": f"{p[4]}d" for p in PRODUCTS}, "lead_days": 3, "follow_up_days": None,
                             "holdout_percent": 30, "attribution_days": 7, "skip_when_busy": True},
@@ -155,21 +166,52 @@ class Connector:
         self._await(rt.writebacks.drain())
 
 
+class SupportDesk:
+    """The store's support person, working the open hand-offs through the admin API.
+
+    Each new hand-off is taken (``close_share`` of them) and closed 1 to 12 hours after it
+    opened, the rest stay open; the choices come from the seed, so a run stays reproducible.
+    """
+
+    def __init__(self, client: httpx.Client, seed: int, close_share: float = 0.75):
+        self.client, self.close_share = client, close_share
+        self.rng = random.Random(f"support-desk-{seed}")
+        self.due: dict[int, datetime | None] = {}
+        self.closed = 0
+
+    def work(self, now: datetime) -> None:
+        listed = self.client.get(f"/api/stores/{STORE_KEY}/handoffs", params={"status": "open"})
+        listed.raise_for_status()
+        for h in sorted(listed.json()["items"], key=lambda h: h["id"]):
+            if h["id"] not in self.due:
+                takes = self.rng.random() < self.close_share
+                hours = 1 + self.rng.random() * 11
+                self.due[h["id"]] = datetime.fromisoformat(h["opened_at"]) + timedelta(hours=hours) if takes else None
+            due = self.due[h["id"]]
+            if due is not None and due <= now:
+                closed = self.client.post(f"/api/stores/{STORE_KEY}/handoffs/{h['id']}/close",
+                                          json={"by": "Support desk", "resolution": "called the customer; sorted"})
+                closed.raise_for_status()
+                self.closed += 1
+
+
 def run_demo(days: int = 25, seed: int = 7, keep_running: bool = False, port: int = 0, scale: float = 1.0) -> int:
     keys = {k: secrets.token_hex(16) for k in ("shopify", "meta", "verify", "admin", "wa_token", "shop_token")}
     workdir = Path(tempfile.mkdtemp(prefix="storeloop-demo-"))
-    plan = Plan(days=days, seed=seed, orders_per_day=14 * scale, checkouts_per_day=28 * scale)
-    whatsapp = SandboxWhatsApp(token=keys["wa_token"])
+    plan = Plan(days=days, seed=seed, orders_per_day=14 * scale, checkouts_per_day=28 * scale, stalled_payments_per_day=12 * scale)
+    whatsapp = SandboxWhatsApp(token=keys["wa_token"], fail_share=REFUSED_SHARE, fail_templates=REFUSED_TEMPLATES, fail_seed=seed)
     shopify = SandboxShopify(token=keys["shop_token"])
     clock = VirtualClock(START)
     started = time.perf_counter()
     with SandboxServer(whatsapp.app) as wa_server, SandboxServer(shopify.app) as shop_server:
         settings = demo_settings(workdir, port or _free_port(), keys, wa_server.url, shop_server.url)
-        with Connector(settings, clock) as connector:
+        with Connector(settings, clock) as connector, \
+                httpx.Client(base_url=connector.url, timeout=30, headers={"Authorization": f"Bearer {keys['admin']}"}) as admin:
             console.print(f"connector on {connector.url} (SQLite {workdir / 'demo.db'}); sandbox WhatsApp {wa_server.url}, "
                           f"sandbox Shopify {shop_server.url}")
             store = Store(connector.url, shop=SHOP, shopify_secret=keys["shopify"], app_secret=keys["meta"], phone_number_id=PHONE_ID,
                           whatsapp=whatsapp, plan=plan, start=START, templates={t["step"]: t["name"] for t in TEMPLATES})
+            desk = SupportDesk(admin, seed)
             store.plan_days()
             hours = days * 24
             with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} h"), TimeElapsedColumn(),
@@ -182,6 +224,7 @@ def run_demo(days: int = 25, seed: int = 7, keep_running: bool = False, port: in
                     if store.react(clock.now):
                         store.run_until(clock.now)  # reactions due right away
                         connector.tick()
+                    desk.work(clock.now)
                     sent = len(whatsapp.accepted())
                     progress.update(task, advance=1, description=f"day {hour // 24 + 1:>2}/{days}: {store.stats['orders']} orders, "
                                                                f"{store.stats['checkouts']} checkouts, {sent} WhatsApp messages")
@@ -189,31 +232,36 @@ def run_demo(days: int = 25, seed: int = 7, keep_running: bool = False, port: in
             elapsed = time.perf_counter() - started
             week = parse_week(None, settings.stores[0].tz, START + timedelta(days=days))
             rt = connector.runtime
-            report = build_report(rt.db, settings.stores[0], rt.store_ids["demo-shop"], week)
+            report = build_report(rt.db, settings.stores[0], rt.store_ids[STORE_KEY], week)
             console.print(f"\nsimulated {days} days in {elapsed:.0f} s: {store.stats['webhooks']} signed webhooks "
                           f"(platform retries {store.stats['retries']}, stored once; refused {store.stats['refused']}), "
-                          f"{len(whatsapp.accepted())} WhatsApp messages sent, {len(shopify.tagged())} orders tagged and "
-                          f"{len(shopify.cancelled())} cancelled in the store")
+                          f"{len(whatsapp.accepted())} WhatsApp messages sent ({len(whatsapp.refused())} refused by WhatsApp as "
+                          f"undeliverable), {store.stats['stalled']} stalled payments ({store.stats['paid']} paid later), "
+                          f"{store.stats['questions']} customer questions, {desk.closed} hand-offs closed by the support desk, "
+                          f"{len(shopify.tagged())} orders tagged and {len(shopify.cancelled())} cancelled in the store")
             _stored(rt)
             console.print()
             render_report(report, console, "Demo Naturals")
             _lift_check(report, plan)
             phone = "+91" + store.first_buyer.phone
-            with httpx.Client(base_url=connector.url, timeout=10, headers={"Authorization": f"Bearer {keys['admin']}"}) as client:
-                view = client.get(f"/api/stores/demo-shop/contacts/{phone}").json()
-            console.print(f"[bold]One customer's context[/] (GET /api/stores/demo-shop/contacts/{phone}):")
+            view = admin.get(f"/api/stores/{STORE_KEY}/contacts/{phone}").json()
+            console.print(f"[bold]One customer's context[/] (GET /api/stores/{STORE_KEY}/contacts/{phone}):")
             console.print_json(json.dumps({k: view[k] for k in ("contact", "consent", "orders") if k in view}, default=str))
-            console.print(f"\nweekly report JSON: {connector.url}/api/stores/demo-shop/report?week={week.label}  "
-                          f"(Authorization: Bearer {keys['admin']})")
-            console.print(f"dashboard: {connector.url}/dashboard/demo-shop?week={week.label}  (admin token {keys['admin']})")
+            page = f"/dashboard/{STORE_KEY}?week={week.label}"
             if keep_running:
-                console.print("serving until Ctrl-C")
+                console.print(f"\nweekly report JSON: {connector.url}/api/stores/{STORE_KEY}/report?week={week.label}  "
+                              f"(Authorization: Bearer {keys['admin']})")
+                console.print(f"dashboard: {connector.url}{page}  (admin token {keys['admin']})")
+                console.print("[bold]serving until Ctrl-C[/]")
                 try:
                     while connector.thread.is_alive():
                         time.sleep(0.5)
                 except KeyboardInterrupt:
-                    pass
+                    console.print("stopping the connector")
             store.close()
+    if not keep_running:
+        console.print(f"\n[bold]The connector stopped with the demo[/]: its dashboard ({page}) and admin API no longer answer. "
+                      f"To browse them, run [bold]storeloop demo --keep-running[/] (the same seed gives the same data; Ctrl-C stops it).")
     return 0
 
 
@@ -237,13 +285,18 @@ def _stored(rt: Runtime) -> None:
     console.print(t)
 
 
-def _lift_check(report: dict[str, Any], plan: Plan) -> None:
+def _lift_check(report: dict[str, Any], plan: Plan) -> bool:
+    """Each journey with a holdout: the generator's true lift against the report's interval. True when every one holds it."""
     t = Table("journey", "true lift (generator)", "measured lift", "95% interval", "truth inside", title="Lift: what the report found vs the truth")
+    held = True
     for journey, truth in plan.true_lift.items():
         x = report["lift"].get(journey)
         if not x or x.get("lift") is None:
             t.add_row(journey, f"{truth:+.1%}", "-", "-", "no holdout data")
+            held = False
             continue
         lo, hi = x["ci95"]
         t.add_row(journey, f"{truth:+.1%}", f"{x['lift']:+.1%}", f"{lo:+.1%} .. {hi:+.1%}", "yes" if lo <= truth <= hi else "NO")
+        held = held and lo <= truth <= hi
     console.print(t)
+    return held

@@ -1,7 +1,10 @@
 """The README's first command: the demo runs the real server over 127.0.0.1, simulates a store, and reports.
 
 The simulation's customers convert with set probabilities, reminded or not, so the true lift
-of each marketing journey is known; the report's 95% interval must contain it.
+of each journey with a holdout (checkout recovery, payment recovery, reorder) is known; the
+report's 95% interval must contain it. A 95% interval misses one time in twenty by design, so
+the seed is fixed (the run is deterministic for a seed) and was checked offline: see the
+README's quick start for the seeds tried.
 """
 
 from __future__ import annotations
@@ -10,11 +13,21 @@ import re
 import subprocess
 import sys
 
+SEED = 7
+JOURNEYS = ("checkout_recovery", "payment_recovery", "reorder")
+
+
+def _figure(out: str, kpi: str) -> int:
+    """This week's value of a KPI row in the printed report (``│ kpi │ this week │ last week │ change │``)."""
+    match = re.search(rf"│ {kpi}\s+│\s+(-?\d+)\s+│", out)
+    assert match, f"no row for {kpi}"
+    return int(match.group(1))
+
 
 def test_demo_runs_end_to_end_and_its_report_finds_the_true_lift():
     result = subprocess.run(
-        [sys.executable, "-m", "connector", "demo"],
-        capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+        [sys.executable, "-m", "connector", "demo", "--seed", str(SEED)],
+        capture_output=True, text=True, timeout=420, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
@@ -23,8 +36,27 @@ def test_demo_runs_end_to_end_and_its_report_finds_the_true_lift():
     assert "pending" not in stored and "failed" not in stored  # every webhook processed
     assert re.search(r"refused 1\)", out)  # the forged delivery
     assert "Biggest leak:" in out and "week 2026-W47" in out
-    lift = out.split("Lift: what the report found vs the truth")[1]
-    rows = [line for line in lift.splitlines() if "checkout_recovery" in line or "reorder" in line]
-    assert len(rows) == 2 and all(line.rstrip(" │").endswith("yes") for line in rows), lift
+
+    # every journey with a holdout: the generator's true lift inside the report's 95% interval
+    lift = out.split("Lift: what the report found vs the truth")[1].split("One customer's context")[0]
+    rows = {j: line for line in lift.splitlines() for j in JOURNEYS if line.startswith(f"│ {j} ")}
+    assert set(rows) == set(JOURNEYS), lift
+    assert all(line.rstrip(" │").endswith("yes") for line in rows.values()), lift
+
+    # stalled payments were reminded (and some held back), and some paid
+    health = out.split("message health by template")[1].split("lift against the holdout")[0]
+    assert re.search(r"│ payment_recovery\.remind\s+│ payment_pending_v1\s+│\s+\d+ │\s+[1-9]\d* │", health), health
+    assert "holdout:" in health.split("payment_recovery.remind")[1].splitlines()[0]
+    assert _figure(out, "payments_recovered") > 0
+    # WhatsApp refused some utility updates: failed by Meta's code, not "unknown"
+    assert re.search(r"│\s+[1-9]\d* 131026: [1-9]\d* │", health) and "unknown" not in health
+    # customers wrote questions (hand-offs), the support desk closed some through the admin API, others stay open
+    prose = " ".join(out.split())  # rich wraps long lines
+    summary = re.search(r"(\d+) customer questions, (\d+) hand-offs closed by the support desk", prose)
+    assert summary and int(summary.group(1)) > 0 and int(summary.group(2)) > 0, out[:2000]
+    assert _figure(out, "handoffs_resolved") > 0 and re.search(r"Open hand-offs: Support [1-9]", out)
+
     assert '"source": "order_with_phone"' in out  # one customer's context from the admin API
-    assert "/dashboard/demo-shop?week=2026-W47" in out
+    # the server is gone when the demo ends; it says so and how to keep it
+    assert "The connector stopped with the demo" in prose and "run storeloop demo --keep-running" in prose
+    assert "/dashboard/demo-shop?week=2026-W47" in prose

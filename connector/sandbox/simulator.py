@@ -1,15 +1,22 @@
 """A simulated D2C store and its customers, for the demo: real webhooks, known true effects.
 
 Over an accelerated (virtual) clock the store places orders (a COD share), customers
-abandon checkouts, parcels ship and are delivered (some fail: NDR), and people come back
-to reorder on each product's cycle. Customers react to what actually reaches them on the
-sandbox WhatsApp: they tap Confirm or Cancel on a COD ask, read updates, sometimes write
-STOP, and buy after a reminder more often than without one.
+abandon checkouts, prepaid payments stall (a UPI or card payment left pending; the store
+cancels the order if it is still unpaid two days later), parcels ship and are delivered
+(some fail: NDR), and people come back to reorder on each product's cycle. Customers react to what actually reaches them on the sandbox WhatsApp:
+they tap Confirm or Cancel on a COD ask, read updates, sometimes ask a question in free
+text after a shipping update (a hand-off for a person) or write STOP, and buy or pay after
+a reminder more often than without one.
 
-The effects are set here, so the demo knows the true lift of each marketing journey:
-a reminded customer converts with ``*_reminded`` probability, anyone else with
-``*_base``; every customer in the simulation has opted in, so every treated (non-holdout)
-customer is reminded and the lift the report should find is exactly the difference.
+The effects are set here, so the demo knows the true lift of each journey with a holdout
+(checkout recovery, payment recovery, reorder): a reminded customer converts with
+``*_reminded`` probability, anyone else with ``*_base``, and decides only after the
+reminder would have reached them. Every customer in the simulation has opted in and the
+sends that the sandbox refuses are utility updates only, so a treated (non-holdout)
+customer is reminded unless they wrote STOP earlier. The report measures intent to treat:
+those few stay in the treated group unreached, and a customer's unrelated repeat order (a
+fifth of orders come from earlier customers) can count in either group, so the measured
+lift sits slightly below the difference on average; the interval must still hold it.
 
 Everything goes over real HTTP: signed Shopify webhooks and signed WhatsApp webhooks to
 the connector; the connector's sends and write-backs go to the sandbox peers.
@@ -40,6 +47,8 @@ PRODUCTS = [  # (product id, variant id, title, price, cycle days)
     (1004, 2004, "Green tea 100 bags", 450, 12),
 ]
 FIRST_NAMES = ["Asha", "Ravi", "Meera", "Kabir", "Isha", "Arjun", "Zoya", "Dev", "Nila", "Omar"]
+QUESTIONS = ["Can the courier come after 6 pm?", "Please leave it with the guard at the gate", "Is it coming before Friday?",
+             "Can I change the delivery address to my office?"]
 
 
 @dataclass
@@ -55,8 +64,12 @@ class Plan:
     ndr_share: float = 0.08
     read_share: float = 0.6
     stop_share: float = 0.01
+    question_share: float = 0.06  # writes a question after the shipping update: a hand-off
     checkout_base: float = 0.08  # buys anyway, without a reminder
     checkout_reminded: float = 0.30  # buys after a reminder
+    stalled_payments_per_day: float = 12  # prepaid orders whose payment stays pending
+    payment_base: float = 0.25  # pays anyway
+    payment_reminded: float = 0.55  # pays after the pay-link reminder
     reorder_base: float = 0.10
     reorder_reminded: float = 0.40
     seed: int = 7
@@ -64,6 +77,7 @@ class Plan:
     @property
     def true_lift(self) -> dict[str, float]:
         return {"checkout_recovery": round(self.checkout_reminded - self.checkout_base, 4),
+                "payment_recovery": round(self.payment_reminded - self.payment_base, 4),
                 "reorder": round(self.reorder_reminded - self.reorder_base, 4)}
 
 
@@ -102,13 +116,13 @@ class Store:
         self.customers: list[Customer] = []
         self.by_wa: dict[str, Customer] = {}
         self.received: dict[str, list[tuple[str, str]]] = {}  # wa_id -> [(template, wamid)]
-        self.stats = {"webhooks": 0, "refused": 0, "retries": 0, "orders": 0, "checkouts": 0, "recovered": 0, "reorders": 0}
+        self.stats = {"webhooks": 0, "refused": 0, "retries": 0, "orders": 0, "checkouts": 0, "recovered": 0, "reorders": 0,
+                      "stalled": 0, "paid": 0, "questions": 0}
         self._pending_orders: dict[int, tuple[Customer, dict[str, Any], bool, tuple, int]] = {}
         self._cod_open: dict[str, int] = {}  # wa_id -> the COD order waiting for an answer
         self._cancelled: set[int] = set()
         self.queue_now = start
-        self.outcomes: dict[str, dict[str, list[int]]] = {"checkout_recovery": {"reminded": [], "not": []},
-                                                            "reorder": {"reminded": [], "not": []}}
+        self.outcomes: dict[str, dict[str, list[int]]] = {j: {"reminded": [], "not": []} for j in plan.true_lift}
 
     # -- scheduling -----------------------------------------------------------------------
     def at(self, when: datetime, action: Callable[[], None]) -> None:
@@ -132,6 +146,8 @@ class Store:
                 self.at(self._moment(day), self._new_order)
             for _ in range(self._poisson(self.plan.checkouts_per_day)):
                 self.at(self._moment(day), self._new_checkout)
+            for _ in range(self._poisson(self.plan.stalled_payments_per_day)):
+                self.at(self._moment(day), self._new_stalled_payment)
 
     def _moment(self, day: int) -> datetime:
         # shoppers in India: mostly 09:00-23:00 IST (03:30-17:30 UTC)
@@ -185,13 +201,14 @@ class Store:
         if code != 200:
             raise RuntimeError(f"the connector answered {code} to a signed WhatsApp webhook")
 
-    def _order_payload(self, c: Customer, when: datetime, *, product: tuple, qty: int, cod: bool, checkout_token: str | None) -> dict[str, Any]:
+    def _order_payload(self, c: Customer, when: datetime, *, product: tuple, qty: int, cod: bool, checkout_token: str | None,
+                       stalled: bool = False) -> dict[str, Any]:
         pid, vid, title, price, _cycle = product
         oid = 5_000_000 + next(self._ids)
         stamp = when.isoformat()
         return {
             "id": oid, "name": f"#{oid - 4_990_000}", "created_at": stamp, "updated_at": stamp, "processed_at": stamp, "cancelled_at": None,
-            "financial_status": "pending" if cod else "paid", "fulfillment_status": None,
+            "financial_status": "pending" if cod or stalled else "paid", "fulfillment_status": None,
             "payment_gateway_names": ["Cash on Delivery (COD)"] if cod else ["razorpay"],
             "total_price": f"{price * qty}.00", "currency": "INR", "phone": "+91" + c.phone, "email": None,
             "customer": {"id": c.customer_id, "first_name": c.first_name, "last_name": "Demo", "phone": "+91" + c.phone},
@@ -203,16 +220,19 @@ class Store:
         }
 
     def _place_order(self, c: Customer, when: datetime, product: tuple, *, cod: bool | None = None, checkout_token: str | None = None,
-                     qty: int | None = None) -> None:
+                     qty: int | None = None, stalled: bool = False) -> None:
         cod = self.rng.random() < self.plan.cod_share if cod is None else cod
         qty = qty or self.rng.choice([1, 1, 1, 2])
-        order = self._order_payload(c, when, product=product, qty=qty, cod=cod, checkout_token=checkout_token)
+        order = self._order_payload(c, when, product=product, qty=qty, cod=cod, checkout_token=checkout_token, stalled=stalled)
         self._consent(c, when)
         self._shopify("orders/create", order, retry=self.rng.random() < 0.1)
         self.stats["orders"] += 1
         if cod:
             self._cod_open[c.wa_id] = order["id"]  # answered when the ask reaches them (see react)
         self._pending_orders[order["id"]] = (c, order, cod, product, qty)
+        if stalled:  # the customer decides whether to pay after the pay-link reminder (60 minutes) would have reached them
+            self.at(when + timedelta(hours=3 + self.rng.random() * 6), lambda: self._payment_decision(order["id"]))
+            return
         self.at(when + timedelta(days=1, hours=self.rng.random() * 6), lambda: self._ship(order["id"]))
 
     @property
@@ -253,6 +273,28 @@ class Store:
         # the customer decides after the first two reminders would have reached them
         self.at(now + timedelta(hours=9), lambda: self._checkout_decision(c, token, product))
 
+    def _new_stalled_payment(self) -> None:
+        now = self.queue_now
+        c = self._customer()
+        self.stats["stalled"] += 1
+        self._place_order(c, now, self.rng.choice(PRODUCTS), cod=False, stalled=True)
+
+    def _payment_decision(self, order_id: int) -> None:
+        c, order, _cod, _product, _qty = self._pending_orders[order_id]
+        remind = self.templates["payment_recovery.remind"]
+        reminded = any(t == remind for t, _ in self.received.get(c.wa_id, []))
+        paid = self.rng.random() < (self.plan.payment_reminded if reminded else self.plan.payment_base)
+        self.outcomes["payment_recovery"]["reminded" if reminded else "not"].append(int(paid))
+        if reminded:
+            self.received[c.wa_id] = [(t, w) for t, w in self.received[c.wa_id] if t != remind]
+        if not paid:  # the store cancels an order left unpaid for two days
+            self.at(datetime.fromisoformat(order["created_at"]) + timedelta(days=2), lambda: self._order_cancelled(order_id, "other"))
+            return
+        self.stats["paid"] += 1
+        stamp = self.queue_now.isoformat()
+        self._shopify("orders/paid", {**order, "financial_status": "paid", "updated_at": stamp})
+        self.at(self.queue_now + timedelta(days=1, hours=self.rng.random() * 6), lambda: self._ship(order_id))
+
     def _checkout_decision(self, c: Customer, token: str, product: tuple) -> None:
         reminded = any(t == self.templates["checkout_recovery.first"] for t, _ in self.received.get(c.wa_id, []))
         p = self.plan.checkout_reminded if reminded else self.plan.checkout_base
@@ -262,10 +304,11 @@ class Store:
             self.stats["recovered"] += 1
             self._place_order(c, self.queue_now, product, cod=False, checkout_token=token, qty=1)
 
-    def _order_cancelled(self, order_id: int) -> None:
+    def _order_cancelled(self, order_id: int, reason: str = "customer") -> None:
         _c, order, _cod, _product, _qty = self._pending_orders[order_id]
         stamp = self.queue_now.isoformat()
-        self._shopify("orders/cancelled", {**order, "cancelled_at": stamp, "updated_at": stamp, "cancel_reason": "customer"})
+        self._cancelled.add(order_id)
+        self._shopify("orders/cancelled", {**order, "cancelled_at": stamp, "updated_at": stamp, "cancel_reason": reason})
 
     def _ship(self, order_id: int) -> None:
         c, order, cod, product, qty = self._pending_orders[order_id]
@@ -326,6 +369,10 @@ class Store:
                     if order_id is not None:  # the connector's write-back cancels it; Shopify then says so
                         self._cancelled.add(order_id)
                         self.at(now + timedelta(hours=2), lambda order_id=order_id: self._order_cancelled(order_id))
+            elif call.template == self.templates.get("delivery.shipped") and self.rng.random() < self.plan.question_share:
+                question = self.rng.choice(QUESTIONS)
+                self.stats["questions"] += 1
+                self.at(now + timedelta(hours=1 + self.rng.random() * 2), lambda c=c, question=question: self._text(c, question))
             elif self.rng.random() < self.plan.stop_share:
                 self.at(now + timedelta(minutes=10), lambda c=c: self._text(c, "STOP"))
         return len(new)

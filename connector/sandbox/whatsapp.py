@@ -2,7 +2,10 @@
 
 It accepts ``POST /{version}/{phone_number_id}/messages`` like the Graph API, answers with
 a wamid, enforces a messages-per-second limit per number the way Meta does (error 130429),
-can be scripted to fail (5xx, 130429, HTML 502, ...), and can post signed status webhooks
+can be scripted to fail (5xx, 130429, HTML 502, ...), can refuse a share of sends the way
+Meta refuses an undeliverable one (``fail_share``: HTTP 400 with code 131026, chosen by a
+hash of the recipient, template and callback data, so the same sends fail whatever order
+they arrive in), and can post signed status webhooks
 (sent, delivered, read) back to the connector with the ``biz_opaque_callback_data`` it got.
 Nothing here is used in production.
 """
@@ -58,8 +61,13 @@ class SandboxWhatsApp:
         app_secret: str | None = None,
         statuses: tuple[str, ...] = ("sent", "delivered"),
         templates: list[dict[str, Any]] | None = None,
+        fail_share: float = 0.0,
+        fail_code: int = 131026,
+        fail_templates: frozenset[str] | None = None,
+        fail_seed: int = 0,
     ):
         self.token = token
+        self.fail_share, self.fail_code, self.fail_templates, self.fail_seed = fail_share, fail_code, fail_templates, fail_seed
         self.limit_mps = limit_mps
         self.webhook_url = webhook_url
         self.app_secret = app_secret
@@ -81,6 +89,10 @@ class SandboxWhatsApp:
     def accepted(self) -> list[Call]:
         return [c for c in self.calls if c.status == 200]
 
+    def refused(self) -> list[Call]:
+        """Sends answered with ``fail_code`` (see ``fail_share``)."""
+        return [c for c in self.calls if c.status == 400]
+
     def sends_per_callback(self) -> dict[str, int]:
         counts: dict[str, int] = defaultdict(int)
         for c in self.accepted():
@@ -88,6 +100,12 @@ class SandboxWhatsApp:
         return dict(counts)
 
     # -- the API -----------------------------------------------------------------------
+    def _refuse(self, to: str, template: str | None, callback: str | None) -> bool:
+        if not self.fail_share or (self.fail_templates is not None and template not in self.fail_templates):
+            return False
+        digest = hashlib.sha256(f"{self.fail_seed}|{to}|{template}|{callback}".encode()).digest()
+        return int.from_bytes(digest[:4], "big") / 2**32 < self.fail_share
+
     def _over_limit(self, phone_number_id: str, now: float) -> bool:
         if self.limit_mps is None:
             return False
@@ -113,6 +131,10 @@ class SandboxWhatsApp:
             scripted = self.script.popleft() if self.script else None
             if scripted is None and self._over_limit(phone, now):
                 scripted = ScriptedResponse(429, {"error": {"message": "(#130429) Rate limit hit", "type": "OAuthException", "code": 130429, "fbtrace_id": "SBX"}})
+            if scripted is None and self._refuse(to, template, callback):
+                scripted = ScriptedResponse(400, {"error": {
+                    "message": f"(#{self.fail_code}) Message undeliverable", "type": "OAuthException", "code": self.fail_code,
+                    "error_data": {"messaging_product": "whatsapp", "details": "Message could not be delivered"}, "fbtrace_id": "SBX"}})
         if scripted is not None:
             self.calls.append(Call(phone, to, kind, template, callback, now, scripted.status, None))
             if isinstance(scripted.body, str):
