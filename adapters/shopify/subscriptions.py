@@ -143,30 +143,30 @@ async def register_webhooks(client: Any, uri: str, topics: tuple[str, ...] = TOP
         subscription: dict[str, Any] = {"uri": uri, "format": "JSON"}
         if wanted:
             subscription["metafieldNamespaces"] = list(wanted)
-        try:
-            data = await client.graphql(CREATE_SUBSCRIPTION, {"topic": topic, "webhookSubscription": subscription})
-        except SendError as exc:
-            report.failed.append((topic, str(exc)))
-            continue
-        failure = _failure(data, "webhookSubscriptionCreate")
-        if failure:
-            report.failed.append((topic, failure))
-        else:
-            report.created.append(topic)
+        await _mutate(client, report, topic, "webhookSubscriptionCreate", CREATE_SUBSCRIPTION,
+                      {"topic": topic, "webhookSubscription": subscription}, done=report.created)
     return report
 
 
 async def _update(client: Any, report: SubscriptionReport, topic: str, sub_id: str, namespaces: list[str]) -> None:
+    await _mutate(client, report, topic, "webhookSubscriptionUpdate", UPDATE_SUBSCRIPTION,
+                  {"id": sub_id, "webhookSubscription": {"metafieldNamespaces": namespaces}}, done=report.updated)
+
+
+async def _mutate(client: Any, report: SubscriptionReport, topic: str, field_name: str, mutation: str, variables: dict[str, Any],
+                  *, done: list[str]) -> None:
+    """Run one subscription mutation for ``topic``: it goes to ``done`` when it worked, to ``report.failed``
+    with the reason when the call failed or the answer says it did nothing."""
     try:
-        data = await client.graphql(UPDATE_SUBSCRIPTION, {"id": sub_id, "webhookSubscription": {"metafieldNamespaces": namespaces}})
+        data = await client.graphql(mutation, variables)
     except SendError as exc:
         report.failed.append((topic, str(exc)))
         return
-    failure = _failure(data, "webhookSubscriptionUpdate")
+    failure = _failure(data, field_name)
     if failure:
         report.failed.append((topic, failure))
     else:
-        report.updated.append(topic)
+        done.append(topic)
 
 
 def _failure(data: Any, field_name: str) -> str | None:
