@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test serve bench clean
+.PHONY: demo test browser serve bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,11 +13,27 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# After the simulated weeks and the report, the dashboard and admin API keep serving until
+# Ctrl-C (which stops them within a second); `storeloop demo` alone stops when it is done.
 demo: $(VENV)/.installed  ## run the real connector against a sandbox store and WhatsApp on 127.0.0.1
-	$(BIN)/storeloop demo
+	$(BIN)/storeloop demo --keep-running
 
-test: $(VENV)/.installed  ## the whole suite; PostgreSQL tests run when 127.0.0.1:5432 answers
+test: $(VENV)/.installed browser  ## the whole suite; PostgreSQL tests run when 127.0.0.1:5432 answers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Best effort: the dashboard's browser test drives Debian's Chromium at /usr/bin/chromium and
+# skips (loudly) without it. As root with apt-get it is installed; otherwise a warning, and
+# `make test` goes on.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium for tests/test_dashboard_browser.py (apt-get)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	    || echo "WARNING: could not install chromium; tests/test_dashboard_browser.py will skip" >&2; \
+	else \
+	  echo "WARNING: no /usr/bin/chromium, and installing it needs root and apt-get:" \
+	       "tests/test_dashboard_browser.py will skip (run 'sudo apt-get install -y chromium' to include it)" >&2; \
+	fi
 
 serve: $(VENV)/.installed
 	$(BIN)/storeloop serve --config $(or $(CONFIG),storeloop.toml)
