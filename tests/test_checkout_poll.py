@@ -180,6 +180,17 @@ def polled_twin(webhook: dict, n: int, url: str | None = None) -> dict:
     return twin
 
 
+def classic_and_newer() -> tuple[dict, dict, FakeCheckouts]:
+    """Two checkouts as webhooks, and the Admin API showing both: the sample (token 123123123, a
+    classic recovery URL) and one with a newer-style recovery URL (token 84ad…, no token in the link)."""
+    classic = fixture_checkout()
+    newer = fixture_checkout(token="84ad78572dae52a8cbea7d55371afe89", phone="+91 98123 45678", abandoned_checkout_url=AC_URL,
+                             cart_token="hWN9BnOsWHe9H8pVWYacHHG5")
+    fake = FakeCheckouts([polled_twin(classic, FIXTURE_ID),
+                          polled_twin(newer, 35550298931313, url=AC_URL.replace("shop-a.myshopify.com", "shop-a.example") + "&locale=en-IN")])
+    return classic, newer, fake
+
+
 # ---- the normaliser and the recovery link --------------------------------------------------
 
 
@@ -290,12 +301,8 @@ def test_a_repeated_page_cursor_is_refused(db_url):
 def test_a_checkout_seen_by_webhook_and_by_poll_gets_one_run_and_one_first_reminder(db_url):
     settings = shop_settings(db_url)
     store = settings.stores[0]
-    classic = fixture_checkout()  # token 123123123, classic recovery URL
-    newer = fixture_checkout(token="84ad78572dae52a8cbea7d55371afe89", phone="+91 98123 45678", abandoned_checkout_url=AC_URL,
-                             cart_token="hWN9BnOsWHe9H8pVWYacHHG5")
+    classic, newer, fake = classic_and_newer()
     clock = Clock(T)
-    fake = FakeCheckouts([polled_twin(classic, FIXTURE_ID),
-                          polled_twin(newer, 35550298931313, url=AC_URL.replace("shop-a.myshopify.com", "shop-a.example") + "&locale=en-IN")])
     with running_app(settings) as (client, runtime):
         runtime.processor.clock = clock
         sid = runtime.store_ids["shop-a"]
@@ -429,12 +436,8 @@ def test_a_checkout_polled_before_its_webhook_arrives_gets_one_run_and_one_first
     Then the webhooks arrive, then another poll: still one run and one first reminder each."""
     settings = shop_settings(db_url)
     store = settings.stores[0]
-    classic = fixture_checkout()
-    newer = fixture_checkout(token="84ad78572dae52a8cbea7d55371afe89", phone="+91 98123 45678", abandoned_checkout_url=AC_URL,
-                             cart_token="hWN9BnOsWHe9H8pVWYacHHG5")
+    classic, newer, fake = classic_and_newer()
     clock = Clock(T)
-    fake = FakeCheckouts([polled_twin(classic, FIXTURE_ID),
-                          polled_twin(newer, 35550298931313, url=AC_URL.replace("shop-a.myshopify.com", "shop-a.example") + "&locale=en-IN")])
     with running_app(settings) as (client, runtime):
         runtime.processor.clock = clock
         sid = runtime.store_ids["shop-a"]
