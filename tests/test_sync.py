@@ -512,6 +512,38 @@ def test_scheduler_has_one_reconcile_job_per_store_with_credentials():
 # ---- CLI -----------------------------------------------------------------------------------
 
 
+SHOP_A_WITH_TOKEN = """
+[[stores]]
+key = "shop-a"
+platform = "shopify"
+shop_domain = "shop-a.myshopify.com"
+webhook_secret = "s"
+access_token = "shpat_x"
+api_base_url = "https://shop-a.example"
+"""
+
+
+def _cli_config(tmp_path: Path, store_block: str, *, public_url: str | None = "https://connector.example") -> tuple[Path, Path]:
+    """A config for ``storeloop sync`` with ``store_block`` (TOML) on a migrated SQLite file: (config, database)."""
+    from connector.storage.db import make_engine, migrate
+
+    db_path = tmp_path / "x.db"
+    engine = make_engine(f"sqlite:///{db_path}")
+    migrate(engine)
+    engine.dispose()
+    server = f'[server]\npublic_url = "{public_url}"\n' if public_url else ""
+    cfg = tmp_path / "storeloop.toml"
+    cfg.write_text(f"""
+{server}[database]
+url = "sqlite:///{db_path}"
+[whatsapp]
+app_secret = "{SECRETS['wa_app']}"
+verify_token = "v"
+{store_block}
+""")
+    return cfg, db_path
+
+
 def test_sync_cli_explains_unknown_stores_and_missing_credentials(tmp_path: Path):
     cfg = tmp_path / "storeloop.toml"
     cfg.write_text(f"""
@@ -566,27 +598,7 @@ def test_the_scheduled_job_takes_the_lease_and_reconciles(db_url):
 
 
 def test_sync_cli_runs_once_and_prints_the_report(tmp_path: Path):
-    from connector.storage.db import make_engine, migrate
-
-    db_path = tmp_path / "x.db"
-    engine = make_engine(f"sqlite:///{db_path}")
-    migrate(engine)
-    engine.dispose()
-    cfg = tmp_path / "storeloop.toml"
-    cfg.write_text(f"""
-[database]
-url = "sqlite:///{db_path}"
-[whatsapp]
-app_secret = "{SECRETS['wa_app']}"
-verify_token = "v"
-[[stores]]
-key = "shop-a"
-platform = "shopify"
-shop_domain = "shop-a.myshopify.com"
-webhook_secret = "s"
-access_token = "shpat_x"
-api_base_url = "https://shop-a.example"
-""")
+    cfg, _ = _cli_config(tmp_path, SHOP_A_WITH_TOKEN, public_url=None)
     now = datetime.now(timezone.utc).replace(microsecond=0)
     fake = FakeShopify([gql_node(n, updated=now - timedelta(days=1, minutes=n), created=now - timedelta(days=5)) for n in (1, 2)])
     with respx.mock() as mock:
@@ -869,27 +881,6 @@ def test_the_daily_product_sync_brings_existing_tags_metafields_and_meta_into_th
 # ---- storeloop sync --backfill, end to end ---------------------------------------------------------
 
 
-def _cli_config(tmp_path: Path, store_block: str) -> tuple[Path, Path]:
-    from connector.storage.db import make_engine, migrate
-
-    db_path = tmp_path / "x.db"
-    engine = make_engine(f"sqlite:///{db_path}")
-    migrate(engine)
-    engine.dispose()
-    cfg = tmp_path / "storeloop.toml"
-    cfg.write_text(f"""
-[server]
-public_url = "https://connector.example"
-[database]
-url = "sqlite:///{db_path}"
-[whatsapp]
-app_secret = "{SECRETS['wa_app']}"
-verify_token = "v"
-{store_block}
-""")
-    return cfg, db_path
-
-
 def _inbox_count(db_path: Path, source: str) -> int:
     import sqlite3
 
@@ -898,17 +889,7 @@ def _inbox_count(db_path: Path, source: str) -> int:
 
 
 def test_backfill_from_the_cli_counts_first_streams_page_by_page_and_stops_the_install_hint(tmp_path: Path):
-    cfg, db_path = _cli_config(tmp_path, """
-[[stores]]
-key = "shop-a"
-platform = "shopify"
-shop_domain = "shop-a.myshopify.com"
-webhook_secret = "s"
-access_token = "shpat_x"
-api_base_url = "https://shop-a.example"
-[stores.journeys.reorder]
-lead_days = 3
-""")
+    cfg, db_path = _cli_config(tmp_path, SHOP_A_WITH_TOKEN + "[stores.journeys.reorder]\nlead_days = 3\n")
     now = datetime.now(timezone.utc).replace(microsecond=0)
     fake = FakeShopify([gql_node(n, updated=now - timedelta(days=300) + timedelta(hours=n), created=now - timedelta(days=301)) for n in range(1, 41)]
                        + [gql_node(99, updated=now - timedelta(days=400), created=now - timedelta(days=401))])  # before --since
