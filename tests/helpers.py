@@ -16,11 +16,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from connector.config import Settings
 from connector.runtime import Runtime
 from connector.storage.db import Database
+from connector.storage.inbox import sync_stores
+from connector.storage.models import InboxEvent
+from connector.sync import BACKFILL_CURSOR, upsert_cursor
 from connector.web.app import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +87,27 @@ def running_app(settings: Settings, *, run_worker: bool = False, root_path: str 
     app = create_app(settings, runtime)
     with TestClient(app, raise_server_exceptions=True, root_path=root_path) as client:
         yield client, runtime
+
+
+def inbox_bodies(db_url: str, topic: str) -> list[Any]:
+    """The stored bodies of the inbox rows of ``topic``, oldest first, read through a connection of its own."""
+    db = Database.from_url(db_url)
+    try:
+        with db.engine.connect() as conn:
+            bodies = conn.execute(select(InboxEvent.raw_body).where(InboxEvent.topic == topic)
+                                  .order_by(InboxEvent.id)).scalars().all()
+    finally:
+        db.dispose()
+    return [json.loads(b) for b in bodies]
+
+
+def mark_backfilled(db_url: str, key: str, platform: str, until: str) -> None:
+    """As if ``storeloop sync --store KEY --backfill`` had run to its end: the store's backfill cursor is at ``until``."""
+    db = Database.from_url(db_url)
+    try:
+        upsert_cursor(db, sync_stores(db, [(key, platform)])[key], BACKFILL_CURSOR, until)
+    finally:
+        db.dispose()
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:

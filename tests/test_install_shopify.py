@@ -25,11 +25,10 @@ from connector.install.shopify import webhook_rows, webhook_summary
 from connector.secrets import SECRET_KEYS_ENV, SHOPIFY_ACCESS_TOKEN, SHOPIFY_REFRESH_TOKEN, SecretBox, generate_key, get_credentials
 from connector.storage.db import Database
 from connector.storage.inbox import sync_stores
-from connector.storage.models import InboxEvent, ProductCycle, Store, StoreCredential
-from connector.sync import BACKFILL_CURSOR, upsert_cursor
+from connector.storage.models import ProductCycle, Store, StoreCredential
 from jobs.scheduler import has_credentials, make_client
 from tests.conftest import settings_dict
-from tests.helpers import dumps, running_app, shopify_headers
+from tests.helpers import dumps, inbox_bodies, mark_backfilled, running_app, shopify_headers
 from tests.install_fakes import FakeShopify, serve
 
 CLIENT_ID = "client-id-shop-a"
@@ -223,17 +222,6 @@ def product_node(n: int, tags: list[str], replenish: str | None = None) -> dict:
             "metafield": {"value": replenish} if replenish else None}
 
 
-def product_rows(db_url: str) -> list[dict]:
-    db = Database.from_url(db_url)
-    try:
-        with db.engine.connect() as conn:
-            bodies = conn.execute(select(InboxEvent.raw_body).where(InboxEvent.topic == "products/update")
-                                  .order_by(InboxEvent.id)).scalars().all()
-    finally:
-        db.dispose()
-    return [json.loads(b) for b in bodies]
-
-
 def test_cli_install_of_a_reorder_store_reads_the_products_and_adds_the_metafield_namespace(db_url, fake, key, tmp_path):
     uri = f"{PUBLIC}/webhooks/shopify"
     fake.products = [product_node(9001, ["vegan", "replenish:3w"]), product_node(9002, ["soap"], "45d"), product_node(9003, [])]
@@ -252,20 +240,16 @@ def test_cli_install_of_a_reorder_store_reads_the_products_and_adds_the_metafiel
         "PRODUCTS_UPDATE": ["storeloop"], "PRODUCTS_CREATE": ["storeloop"]}
     assert [q["first"] for q in fake.product_queries] == [100]  # after the webhooks, the whole catalogue
     assert "3 product(s) read for the reorder journey's cycles, 3 new or changed" in first.output
-    assert [(p["id"], p["tags"], p.get("metafields")) for p in product_rows(db_url)] == [
+    assert [(p["id"], p["tags"], p.get("metafields")) for p in inbox_bodies(db_url, "products/update")] == [
         (9001, "vegan, replenish:3w", None), (9002, "soap", [{"namespace": "storeloop", "key": "replenish", "value": "45d"}]),
         (9003, "", None)]  # in the inbox as product webhooks, for the worker
     assert "hint: no order history imported yet for shop-a: run `storeloop sync --store shop-a --backfill --since 365d`" in first.output
 
-    db = Database.from_url(db_url)  # `storeloop sync --backfill` ran to its end since
-    try:
-        upsert_cursor(db, sync_stores(db, [("shop-a", "shopify")])["shop-a"], BACKFILL_CURSOR, "2025-11-20T12:00:00+00:00")
-    finally:
-        db.dispose()
+    mark_backfilled(db_url, "shop-a", "shopify", "2025-11-20T12:00:00+00:00")  # `storeloop sync --backfill` ran to its end since
     again = runner.invoke(cli_app, args, env={"COLUMNS": "200"})
     assert again.exit_code == 0, again.output
     assert f"0 created, {len(TOPICS)} already present, 0 failed" in again.output and len(fake.updates) == 1
-    assert "3 product(s) read for the reorder journey's cycles, 0 new or changed" in again.output and len(product_rows(db_url)) == 3
+    assert "3 product(s) read for the reorder journey's cycles, 0 new or changed" in again.output and len(inbox_bodies(db_url, "products/update")) == 3
     assert "hint:" not in again.output
 
 

@@ -37,10 +37,9 @@ from connector.secrets import (
 from connector.storage.db import Database
 from connector.storage.inbox import sync_stores
 from connector.storage.models import InboxEvent, OAuthState, ProductCycle, StoreCredential
-from connector.sync import BACKFILL_CURSOR, upsert_cursor
 from connector.web.app import create_app
 from tests.conftest import SECRETS, settings_dict
-from tests.helpers import running_app
+from tests.helpers import inbox_bodies, mark_backfilled, running_app
 from tests.install_fakes import FakeWoo, free_port, serve
 
 CK, CS = "ck_fake_consumer_key_0123456789", "cs_fake_consumer_secret_0123456789"
@@ -147,7 +146,9 @@ def test_install_creates_repairs_and_the_stored_secret_is_accepted(db_url, woo, 
         assert value not in caplog.text
 
 
-def test_cli_install_woocommerce(db_url, woo, key, tmp_path: Path):
+def woo_config(tmp_path: Path, db_url: str, woo: FakeWoo, *, reorder: bool = False) -> Path:
+    """A config for ``storeloop install woocommerce`` against the fake store (the public URL: nothing listens there);
+    ``reorder``: the store runs the reorder journey."""
     cfg = tmp_path / "storeloop.toml"
     cfg.write_text(f"""
 [server]
@@ -161,7 +162,12 @@ site_url = "{woo.base}"
 webhook_secret = "w"
 consumer_key = "{CK}"
 consumer_secret = "{CS}"
-""")
+""" + ("[stores.journeys.reorder]\n" if reorder else ""))
+    return cfg
+
+
+def test_cli_install_woocommerce(db_url, woo, key, tmp_path: Path):
+    cfg = woo_config(tmp_path, db_url, woo)
     out = runner.invoke(cli_app, ["install", "woocommerce", "--config", str(cfg), "--store", "woo"])
     # nothing listens on the public URL here: the webhooks are made, the ping says so
     assert out.exit_code == 1, out.output
@@ -191,72 +197,38 @@ WOO_PRODUCTS = [
 ]
 
 
-def reorder_config(tmp_path: Path, db_url: str, woo: FakeWoo) -> Path:
-    cfg = tmp_path / "storeloop.toml"
-    cfg.write_text(f"""
-[server]
-public_url = "http://127.0.0.1:9"
-[database]
-url = "{db_url}"
-[[stores]]
-key = "woo"
-platform = "woocommerce"
-site_url = "{woo.base}"
-webhook_secret = "w"
-consumer_key = "{CK}"
-consumer_secret = "{CS}"
-[stores.journeys.reorder]
-""")
-    return cfg
-
-
-def product_rows(db_url: str) -> list[dict]:
-    db = Database.from_url(db_url)
-    try:
-        with db.engine.connect() as conn:
-            bodies = conn.execute(select(InboxEvent.raw_body).where(InboxEvent.topic == "product.updated")
-                                  .order_by(InboxEvent.id)).scalars().all()
-    finally:
-        db.dispose()
-    return [json.loads(b) for b in bodies]
-
-
 def test_cli_install_reads_the_products_of_a_reorder_store_and_the_hint_goes_after_a_backfill(db_url, woo, key, tmp_path: Path):
     woo.products = [dict(p) for p in WOO_PRODUCTS]
-    cfg = reorder_config(tmp_path, db_url, woo)
+    cfg = woo_config(tmp_path, db_url, woo, reorder=True)
     out = runner.invoke(cli_app, ["install", "woocommerce", "--config", str(cfg), "--store", "woo", "--no-ping"])
     assert out.exit_code == 0, out.output
     assert f"{len(TOPICS)} created" in out.output and len(woo.hooks) == len(TOPICS)
     assert "3 product(s) read for the reorder journey's cycles, 3 new or changed" in out.output
     assert len(woo.product_requests) == 1 and {"tags", "meta_data"} <= set(woo.product_requests[0]["_fields"].split(","))
-    assert [(p["id"], p["tags"], p["meta_data"]) for p in product_rows(db_url)] == [
+    assert [(p["id"], p["tags"], p["meta_data"]) for p in inbox_bodies(db_url, "product.updated")] == [
         (p["id"], p["tags"], p["meta_data"]) for p in WOO_PRODUCTS]  # in the inbox, for the worker
     assert "hint: no order history imported yet for woo" in out.output
 
-    db = Database.from_url(db_url)  # `storeloop sync --backfill` ran to its end since
-    try:
-        upsert_cursor(db, sync_stores(db, [("woo", "woocommerce")])["woo"], BACKFILL_CURSOR, "2025-11-20T12:00:00+00:00")
-    finally:
-        db.dispose()
+    mark_backfilled(db_url, "woo", "woocommerce", "2025-11-20T12:00:00+00:00")  # `storeloop sync --backfill` ran to its end since
     woo.products[2]["tags"] = [{"id": 4, "name": "replenish:90d", "slug": "replenish-90d"}]  # tagged in the admin meanwhile
     again = runner.invoke(cli_app, ["install", "woocommerce", "--config", str(cfg), "--store", "woo", "--no-ping"])
     assert again.exit_code == 0, again.output
     assert f"0 created, {len(TOPICS)} already present" in again.output
     assert "3 product(s) read for the reorder journey's cycles, 1 new or changed" in again.output
-    assert product_rows(db_url)[-1]["tags"] == [{"id": 4, "name": "replenish:90d", "slug": "replenish-90d"}]
+    assert inbox_bodies(db_url, "product.updated")[-1]["tags"] == [{"id": 4, "name": "replenish:90d", "slug": "replenish-90d"}]
     assert "hint:" not in again.output
 
 
 def test_products_that_cannot_be_read_do_not_fail_the_install(db_url, woo, key, tmp_path: Path):
     woo.products, woo.products_status = [dict(p) for p in WOO_PRODUCTS], 403  # the key's user may not list products
-    cfg = reorder_config(tmp_path, db_url, woo)
+    cfg = woo_config(tmp_path, db_url, woo, reorder=True)
     out = runner.invoke(cli_app, ["install", "woocommerce", "--config", str(cfg), "--store", "woo", "--no-ping"],
                         env={"COLUMNS": "300"})
     assert out.exit_code == 0, out.output
     assert len(woo.hooks) == len(TOPICS) and len(woo.product_requests) == 1  # a 403 is not retried
     assert "products not read: PermanentError: HTTP 403, woocommerce_rest_cannot_view" in out.output
     assert "the worker's daily product sync tries again" in out.output
-    assert product_rows(db_url) == [] and "hint: no order history imported yet for woo" in out.output
+    assert inbox_bodies(db_url, "product.updated") == [] and "hint: no order history imported yet for woo" in out.output
 
 
 def test_install_makes_the_cycles_of_existing_products_known(db_url, woo, key):
