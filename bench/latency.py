@@ -40,8 +40,8 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 from _pipeline_data import SHOP, DayBuilder  # noqa: E402
 from _summary import process_peak_mb, record  # noqa: E402
 
-from connector.sandbox.seed import TEMPLATE  # noqa: E402
 from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp  # noqa: E402
+from tests.helpers import cod_store_toml, stop_process  # noqa: E402  (shared with tests/faults/test_kill_between_send_and_record.py)
 
 console = Console()
 if console.width < 132:  # pipes and CI default to 80 columns: keep the table on one line per row
@@ -57,8 +57,6 @@ def _free_port() -> int:
 
 
 def _config(path: Path, port: int, db: Path, wa_url: str) -> None:
-    buttons = ", ".join(f'{{ type = "quick_reply", text = "{b["text"]}", payload = "{b["payload"]}" }}' for b in TEMPLATE["buttons"])
-    body = ", ".join(f'"{b}"' for b in TEMPLATE["body"])
     path.write_text(f"""
 [server]
 host = "127.0.0.1"
@@ -73,27 +71,7 @@ access_token = "sandbox-token"
 graph_base_url = "{wa_url}"
 pair_spacing_seconds = 0
 
-[[stores]]
-key = "bench"
-platform = "shopify"
-shop_domain = "{SHOP}"
-webhook_secret = "{SECRET}"
-timezone = "Asia/Kolkata"
-default_country = "IN"
-whatsapp_phone_number_id = "{PHONE_ID}"
-policy = {{ quiet_hours = "" }}
-
-[[stores.templates]]
-step = "{TEMPLATE['step']}"
-name = "{TEMPLATE['name']}"
-category = "{TEMPLATE['category']}"
-language = "{TEMPLATE['language']}"
-body_text = "{TEMPLATE['body_text']}"
-body = [{body}]
-buttons = [{buttons}]
-
-[stores.journeys.cod_confirmation]
-""")
+""" + cod_store_toml("bench", SHOP, SECRET, PHONE_ID))
 
 
 def _headers(body: bytes, n: int) -> dict[str, str]:
@@ -154,11 +132,7 @@ def main() -> int:
                     time.sleep(0.05)
                 server_peak = process_peak_mb(proc.pid)  # the server's own peak RSS, while it still runs
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, grace=15)
             log.close()
     first: dict[str, float] = {}
     sends: dict[str, int] = {}

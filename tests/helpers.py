@@ -21,6 +21,7 @@ from starlette.testclient import TestClient
 
 from connector.config import Settings
 from connector.runtime import Runtime
+from connector.sandbox.seed import TEMPLATE
 from connector.storage.db import Database
 from connector.storage.inbox import sync_stores
 from connector.storage.models import InboxEvent
@@ -108,6 +109,46 @@ def mark_backfilled(db_url: str, key: str, platform: str, until: str) -> None:
         upsert_cursor(db, sync_stores(db, [(key, platform)])[key], BACKFILL_CURSOR, until)
     finally:
         db.dispose()
+
+
+def cod_store_toml(key: str, shop_domain: str, webhook_secret: str, phone_number_id: str) -> str:
+    """A ``[[stores]]`` table (TOML) for a Shopify store in Asia/Kolkata, no quiet hours, running the COD
+    confirmation journey with the sandbox's ask template (connector/sandbox/seed.py ``TEMPLATE``)."""
+    buttons = ", ".join(f'{{ type = "quick_reply", text = "{b["text"]}", payload = "{b["payload"]}" }}' for b in TEMPLATE["buttons"])
+    body = ", ".join(f'"{b}"' for b in TEMPLATE["body"])
+    return f"""[[stores]]
+key = "{key}"
+platform = "shopify"
+shop_domain = "{shop_domain}"
+webhook_secret = "{webhook_secret}"
+timezone = "Asia/Kolkata"
+default_country = "IN"
+whatsapp_phone_number_id = "{phone_number_id}"
+policy = {{ quiet_hours = "" }}
+
+[[stores.templates]]
+step = "{TEMPLATE['step']}"
+name = "{TEMPLATE['name']}"
+category = "{TEMPLATE['category']}"
+language = "{TEMPLATE['language']}"
+body_text = "{TEMPLATE['body_text']}"
+body = [{body}]
+buttons = [{buttons}]
+
+[stores.journeys.cod_confirmation]
+"""
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a child server: SIGTERM, up to ``grace`` seconds to exit, then SIGKILL; reaped either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:

@@ -103,7 +103,7 @@ def test_serve_no_worker_answers_webhooks_and_leaves_them_for_a_worker(tmp_path)
     import httpx
 
     from tests.conftest import FIXTURES, SECRETS
-    from tests.helpers import dumps, load_json, shopify_headers, wait_until
+    from tests.helpers import dumps, load_json, shopify_headers, stop_process, wait_until
 
     proc, base, db_path = _serve(tmp_path, "--no-worker")
     try:
@@ -134,9 +134,4 @@ def test_serve_no_worker_answers_webhooks_and_leaves_them_for_a_worker(tmp_path)
         with sqlite3.connect(db_path) as conn:
             assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

@@ -47,7 +47,7 @@ from starlette.routing import Route
 from connector.sandbox.seed import TEMPLATE
 from connector.sandbox.whatsapp import SandboxServer
 from tests.conftest import FIXTURES
-from tests.helpers import load_json, shopify_headers, wait_until
+from tests.helpers import cod_store_toml, load_json, shopify_headers, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = "kill-send.myshopify.com"
@@ -103,8 +103,6 @@ class HoldingCloudAPI:
 
 
 def _config(path: Path, db: Path, api_url: str) -> None:
-    buttons = ", ".join(f'{{ type = "quick_reply", text = "{b["text"]}", payload = "{b["payload"]}" }}' for b in TEMPLATE["buttons"])
-    body = ", ".join(f'"{b}"' for b in TEMPLATE["body"])
     path.write_text(f"""
 [server]
 host = "127.0.0.1"
@@ -122,27 +120,7 @@ verify_token = "kill-send-verify"
 pair_spacing_seconds = 0
 lease_seconds = {LEASE_SECONDS}
 
-[[stores]]
-key = "shop"
-platform = "shopify"
-shop_domain = "{SHOP}"
-webhook_secret = "{SECRET}"
-timezone = "Asia/Kolkata"
-default_country = "IN"
-whatsapp_phone_number_id = "{PHONE_ID}"
-policy = {{ quiet_hours = "" }}
-
-[[stores.templates]]
-step = "{TEMPLATE['step']}"
-name = "{TEMPLATE['name']}"
-category = "{TEMPLATE['category']}"
-language = "{TEMPLATE['language']}"
-body_text = "{TEMPLATE['body_text']}"
-body = [{body}]
-buttons = [{buttons}]
-
-[stores.journeys.cod_confirmation]
-""")
+""" + cod_store_toml("shop", SHOP, SECRET, PHONE_ID))
 
 
 def _free_port() -> int:
@@ -176,13 +154,7 @@ class Connector:
 
     def stop(self) -> None:
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
 
 
 def _cod_order(order_id: int, phone: str) -> bytes:
