@@ -198,9 +198,9 @@ def handoffs_view(db: Database, store_id: int, status: str | None, limit: int = 
     ]
 
 
-def close_handoff(db: Database, store_id: int, handoff_id: int, by: str, resolution: str | None) -> bool:
+def close_handoff(db: Database, store_id: int, handoff_id: int, by: str, resolution: str | None, now: datetime) -> bool:
+    """``now`` from the runtime's clock, as every other timestamp (resolution times are measured against ``opened_at``)."""
     from connector.handoffs import close_handoff as close
-    from connector.storage.models import utcnow
 
     with db.write_lock(), db.engine.begin() as conn:
-        return close(conn, store_id, handoff_id, by, resolution, utcnow())
+        return close(conn, store_id, handoff_id, by, resolution, now)

@@ -68,8 +68,10 @@ def test_failed_delivery_hands_off_to_the_stage_owner_and_notifies_them(db_url):
             hook = slack.post(HOOK).respond(200, text="ok")
             asyncio.run(runtime.notifier.run_once())
         opened = client.get("/api/stores/shop-a/handoffs", params={"status": "open"}, headers=ADMIN).json()["items"]
+        runtime.clock = lambda: datetime(2026, 11, 22, 13, 30, tzinfo=timezone.utc)  # the connector's clock, not the wall's
         closed = client.post(f"/api/stores/shop-a/handoffs/{opened[0]['id']}/close", headers=ADMIN,
                              json={"by": "Ravi", "resolution": "rescheduled for Friday"})
+        done = client.get("/api/stores/shop-a/handoffs", params={"status": "closed"}, headers=ADMIN).json()["items"]
         again = client.post(f"/api/stores/shop-a/handoffs/{opened[0]['id']}/close", headers=ADMIN, json={"by": "Ravi"})
         other_store = client.get("/api/stores/shop-b/handoffs", headers=ADMIN).json()["items"]
         still_open = client.get("/api/stores/shop-a/handoffs", params={"status": "open"}, headers=ADMIN).json()["items"]
@@ -83,6 +85,8 @@ def test_failed_delivery_hands_off_to_the_stage_owner_and_notifies_them(db_url):
     text = json.loads(hook.calls.last.request.content)["text"]
     assert "hand-off" in text and "Delivery desk" in text and "#9999" in text
     assert closed.status_code == 200 and again.status_code == 404
+    assert datetime.fromisoformat(done[0]["closed_at"]) == datetime(2026, 11, 22, 13, 30, tzinfo=timezone.utc)
+    assert (done[0]["closed_by"], done[0]["resolution"]) == ("Ravi", "rescheduled for Friday")
     assert other_store == [] and still_open == [] and no_token.status_code == 401
 
 

@@ -618,3 +618,27 @@ def test_a_holdout_customers_window_opens_into_the_control_group_and_sends_nothi
             assert mine == [("reminder", "skipped", "holdout"), ("follow_up", "skipped", "holdout")]
         else:
             assert mine == [("reminder", "pending", None), ("follow_up", "pending", None)]
+
+
+def test_a_prepaid_order_left_unpaid_opens_no_window_until_it_is_paid(db_url):
+    """An unpaid prepaid order never reaches the customer: no reminder to reorder what never came.
+    A COD order (paid at the door) and the same order once paid do get their windows."""
+    settings = _settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        unpaid = {**_order(2001, T0), "financial_status": "pending"}
+        cod = {**_order(2002, T0, phone=_phone(2), customer_id=7002), "financial_status": "pending",
+               "payment_gateway_names": ["Cash on Delivery (COD)"]}
+        _post(client, "orders/create", unpaid)
+        _post(client, "orders/create", cod)
+        runtime.processor.drain()
+        for full in (True, False):  # the daily full scan and the incremental tick agree
+            refresh_windows(runtime.db, store, sid, clock.now, full=full)
+            assert {w.order_external_id for w in upcoming(runtime.db, sid, clock.now + timedelta(days=90))} == {"2002"}
+        clock.now = T0 + timedelta(hours=5)
+        _post(client, "orders/updated", {**unpaid, "financial_status": "paid", "updated_at": clock.now.isoformat()})
+        runtime.processor.drain()
+        refresh_windows(runtime.db, store, sid, clock.now)
+        assert {w.order_external_id for w in upcoming(runtime.db, sid, clock.now + timedelta(days=90))} == {"2001", "2002"}

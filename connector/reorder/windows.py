@@ -120,6 +120,7 @@ def _history_query(store_id: int, contact_ids: list[int] | None, *, sqlite_scan:
                      .where(F.c.store_id == store_id).group_by(F.c.order_external_id).subquery("per_order"))
         q = select(*cols, per_order.c.delivered_at, per_order.c.fulfilled_at).select_from(
             source.outerjoin(per_order, per_order.c.order_external_id == O.c.external_id))
+        shipped = per_order.c.fulfilled_at.is_not(None)
     else:
         delivered = select(func.min(F.c.delivered_at)).where(F.c.store_id == O.c.store_id, F.c.order_external_id == O.c.external_id)
         fulfilled = select(func.min(F.c.created_at)).where(F.c.store_id == O.c.store_id, F.c.order_external_id == O.c.external_id)
@@ -128,11 +129,19 @@ def _history_query(store_id: int, contact_ids: list[int] | None, *, sqlite_scan:
             delivered_at, fulfilled_at = type_coerce(delivered_at, String), type_coerce(fulfilled_at, String)
         q = select(*cols, delivered_at.label("delivered_at"), fulfilled_at.label("fulfilled_at")).select_from(
             source).where(O.c.contact_id.in_(contact_ids))
+        shipped = fulfilled.scalar_subquery().is_not(None)  # an aggregate row always exists: its value says
     # SQLite, whole store: the store is compared through an expression so that no index on
     # it is used; SQLite then reads the lines in table order and sorts (5 s for 1,270,000
     # lines) instead of walking the orders by customer through an index (13 s).
     in_store = (O.c.store_id + 0) == store_id if sqlite_scan else O.c.store_id == store_id
-    return q.where(in_store, O.c.contact_id.is_not(None), O.c.test.is_(False)).order_by(O.c.contact_id, O.c.placed_at, O.c.id, L.c.id)
+    # a purchase: COD (paid at the door), paid, or shipped; a prepaid order left unpaid never
+    # reaches the customer, so it opens no window and learns no cycle (until it is paid)
+    bought = or_(O.c.is_cod.is_(True), and_(*(O.c.payment_state != state for state in UNPAID_STATES)), shipped)
+    return q.where(in_store, O.c.contact_id.is_not(None), O.c.test.is_(False), bought).order_by(
+        O.c.contact_id, O.c.placed_at, O.c.id, L.c.id)
+
+
+UNPAID_STATES = ("pending", "failed", "voided")
 
 
 def _per_contact(rows: Iterable[Any], parse: Any = None) -> Iterator[tuple[int, list[Line]]]:

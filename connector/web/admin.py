@@ -187,7 +187,7 @@ async def close_handoff(request: Request) -> Response:
     if resolution is not None and not isinstance(resolution, str):
         return problem(400, "resolution must be a string")
     handoff_id = int(request.path_params["handoff_id"])
-    closed = await anyio.to_thread.run_sync(partial(admin.close_handoff, runtime.db, guard, handoff_id, by, resolution))
+    closed = await anyio.to_thread.run_sync(partial(admin.close_handoff, runtime.db, guard, handoff_id, by, resolution, runtime.clock()))
     return JSONResponse({"closed": True}) if closed else problem(404, "no open hand-off with that id in this store")
 
 
