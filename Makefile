@@ -13,10 +13,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-# After the simulated weeks and the report, the dashboard and admin API keep serving until
-# Ctrl-C (which stops them within a second); `storeloop demo` alone stops when it is done.
+# Ends by itself after the report (a script or CI can run it); `.venv/bin/storeloop demo
+# --keep-running` keeps the dashboard and admin API serving until Ctrl-C.
 demo: $(VENV)/.installed  ## run the real connector against a sandbox store and WhatsApp on 127.0.0.1
-	$(BIN)/storeloop demo --keep-running
+	$(BIN)/storeloop demo
 
 test: $(VENV)/.installed browser  ## the whole suite; PostgreSQL tests run when 127.0.0.1:5432 answers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
