@@ -248,8 +248,10 @@ class FakeShopify:
             query, variables = body["query"], body.get("variables") or {}
         except (ValueError, KeyError, TypeError):
             return self._error("Parse error on request body", "BAD_REQUEST", 400)
+        if "ordersCount(query: $q" in query:  # the backfill's progress-bar total (adapters/shopify/sync.py)
+            return self._count(variables.get("q") or "", now)
         if "orders(first: $first, after: $cursor, sortKey: UPDATED_AT, query: $q)" not in query:
-            return self._error("this fake answers only the connector's orders query", "UNSUPPORTED")
+            return self._error("this fake answers only the connector's orders and ordersCount queries", "UNSUPPORTED")
         try:
             first, lines = int(variables["first"]), int(variables["lines"])
             q = variables.get("q") or ""
@@ -297,6 +299,23 @@ class FakeShopify:
                      "endCursor": _cursor(ID_BASE + last, int(self.store.updated_at(last).timestamp() * 1000)) if nodes else None}
         return self._json({"data": {"orders": {"pageInfo": page_info, "nodes": nodes}},
                            "extensions": {"cost": self._cost(requested, actual)}})
+
+    def _count(self, q: str, now: float) -> Response:
+        """``ordersCount`` with the pages' search query: an exact count for 1 point, like Shopify's."""
+        self._refill(now)
+        if self.available < 1:
+            self.stats["throttled"] += 1
+            return self._json({"errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
+                               "extensions": {"cost": self._cost(1.0, None)}})
+        try:
+            start = self._start(q, None)
+        except ValueError as exc:
+            return self._error(str(exc), "BAD_REQUEST")
+        self.available -= 1
+        self.stats["points_charged"] += 1
+        self.stats["points_requested"] += 1
+        return self._json({"data": {"ordersCount": {"count": self.store.n - start, "precision": "EXACT"}},
+                           "extensions": {"cost": self._cost(1.0, 1.0)}})
 
     def _start(self, q: str, cursor: str | None) -> int:
         """First index of the page: after the cursor, and updatedAt >= the filter's date."""
