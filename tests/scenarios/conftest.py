@@ -4,7 +4,9 @@
   hand-off webhook, served once per session on 127.0.0.1 and emptied before each test;
 - ``sqlite_url``: a fresh migrated SQLite database (most scenarios run on SQLite only);
   scenarios that must also hold on PostgreSQL take the shared ``db_url`` fixture instead;
-- ``scenario``: builds and starts a ``Scenario`` for a platform, closed after the test.
+- ``scenario``: builds and starts a ``Scenario`` for a platform, closed after the test;
+- ``store``: what the platform sends for each step of a story (stores.py), once for Shopify and
+  once for WooCommerce.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 from connector.sandbox.whatsapp import SandboxServer
 from tests.scenarios.fakes import FakeWorld
 from tests.scenarios.harness import Scenario
+from tests.scenarios.stores import SHOPIFY, WOOCOMMERCE, Store
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +43,11 @@ def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
     path = tmp_path / "storeloop.db"
     shutil.copy(sqlite_template, path)
     return f"sqlite:///{path}"
+
+
+@pytest.fixture(params=[SHOPIFY, WOOCOMMERCE], ids=lambda s: s.platform)
+def store(request: pytest.FixtureRequest) -> Store:
+    return request.param
 
 
 @pytest.fixture

@@ -80,21 +80,25 @@ def shopify_whatsapp_consent(customer_id: int, phone: str, state: str, at: datet
 
 # ---- WooCommerce ----------------------------------------------------------------------------
 
-def woo_order(order_id: int, phone: str, at: datetime, *, cod: bool = True, status: str = "processing", total: str = "1299.00",
-              modified: datetime | None = None, tracking: bool = False) -> dict[str, Any]:
+def woo_order(order_id: int, phone: str, at: datetime, *, cod: bool = True, status: str = "processing", total: str = "1299.00") -> dict[str, Any]:
     """The REST v3 order example turned into a COD (``cod``, unpaid) or paid order."""
     o = fixture("woocommerce/order.created.rest-v3-docs-example.json")
     o.update(id=order_id, number=str(order_id), order_key=f"wc_order_{order_id}", status=status, currency="INR", total=total,
-             date_created_gmt=gmt(at), date_created=gmt(at), date_modified_gmt=gmt(modified or at), date_modified=gmt(modified or at))
+             date_created_gmt=gmt(at), date_created=gmt(at), date_modified_gmt=gmt(at), date_modified=gmt(at))
     if cod:
         o.update(payment_method="cod", payment_method_title="Cash on delivery", date_paid=None, date_paid_gmt=None, transaction_id="")
     else:
         o.update(payment_method="razorpay", payment_method_title="Razorpay", date_paid=gmt(at), date_paid_gmt=gmt(at))
     o["billing"].update(phone=phone, first_name="Asha")
-    if tracking:
-        o["meta_data"] = [*o.get("meta_data", []), {"id": 99, "key": "_wc_shipment_tracking_items",
-                                                    "value": [{"tracking_provider": "Delhivery", "tracking_number": f"DL{order_id}"}]}]
     return o
+
+
+def woo_shipped(order: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """``order`` shipped at ``at``: completed, with a Shipment Tracking item in its meta."""
+    tracking = {"id": 99, "key": "_wc_shipment_tracking_items",
+                "value": [{"tracking_provider": "Delhivery", "tracking_number": f"DL{order['id']}"}]}
+    return {**order, "status": "completed", "date_modified_gmt": gmt(at), "date_modified": gmt(at),
+            "meta_data": [*order.get("meta_data", []), tracking]}
 
 
 CART_TOKEN = "cart-hook-Scenario-7Qm2xWv9Lr4Tn8Kp3Zs6"
