@@ -21,6 +21,22 @@ COST = {"requestedQueryCost": 10, "actualQueryCost": 10,
         "throttleStatus": {"maximumAvailable": 2000.0, "currentlyAvailable": 1990.0, "restoreRate": 100.0}}
 
 
+def admin_graphql_answer(body: dict[str, Any]) -> tuple[str, str | None, dict[str, Any], dict[str, Any]]:
+    """What the Admin GraphQL API answers to the connector's write-backs and its order read:
+    (operation, order gid, variables, data). Shared by this sandbox and the scenario tests' fake."""
+    query = str(body.get("query") or "")
+    variables = body.get("variables") or {}
+    gid = variables.get("id") or variables.get("orderId") or (variables.get("input") or {}).get("id")
+    if "tagsAdd" in query:
+        return "tagsAdd", gid, variables, {"tagsAdd": {"node": {"id": gid}, "userErrors": []}}
+    if "orderCancel" in query:
+        return "orderCancel", gid, variables, {"orderCancel": {"job": {"id": "gid://shopify/Job/1", "done": True},
+                                                               "orderCancelUserErrors": [], "userErrors": []}}
+    if "orderUpdate" in query:
+        return "orderUpdate", gid, variables, {"orderUpdate": {"order": {"id": gid}, "userErrors": []}}
+    return "query", gid, variables, {"order": {"id": gid, "cancelledAt": None, "note": None}}
+
+
 @dataclass
 class AdminCall:
     operation: str  # tagsAdd | orderCancel | orderUpdate | query
@@ -50,19 +66,7 @@ class SandboxShopify:
     async def _graphql(self, request: Request) -> Response:
         if request.headers.get("x-shopify-access-token") != self.token:
             return JSONResponse({"errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"}, 401)
-        body = await request.json()
-        query = str(body.get("query") or "")
-        variables = body.get("variables") or {}
-        gid = variables.get("id") or variables.get("orderId") or (variables.get("input") or {}).get("id")
-        if "tagsAdd" in query:
-            op, data = "tagsAdd", {"tagsAdd": {"node": {"id": gid}, "userErrors": []}}
-        elif "orderCancel" in query:
-            op, data = "orderCancel", {"orderCancel": {"job": {"id": "gid://shopify/Job/1", "done": True}, "orderCancelUserErrors": [],
-                                                       "userErrors": []}}
-        elif "orderUpdate" in query:
-            op, data = "orderUpdate", {"orderUpdate": {"order": {"id": gid}, "userErrors": []}}
-        else:
-            op, data = "query", {"order": {"id": gid, "cancelledAt": None}}
+        op, gid, variables, data = admin_graphql_answer(await request.json())
         with self._lock:
             self.calls.append(AdminCall(op, gid, variables))
         return JSONResponse({"data": data, "extensions": {"cost": COST}})

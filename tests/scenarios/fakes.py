@@ -30,6 +30,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from connector.sandbox.shopify import admin_graphql_answer
+
 WA_TOKEN = "wa-scenario-token"
 SHOP_TOKEN = "shpat_scenario_token"
 WOO_KEY = "ck_scenario_key"
@@ -136,19 +138,7 @@ class FakeWorld:
         if request.headers.get("x-shopify-access-token") != SHOP_TOKEN:
             self.refused.append("shopify")
             return JSONResponse({"errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"}, 401)
-        body = await request.json()
-        query = str(body.get("query") or "")
-        variables = body.get("variables") or {}
-        gid = variables.get("id") or variables.get("orderId") or (variables.get("input") or {}).get("id")
-        if "tagsAdd" in query:
-            op, data = "tagsAdd", {"tagsAdd": {"node": {"id": gid}, "userErrors": []}}
-        elif "orderCancel" in query:
-            op, data = "orderCancel", {"orderCancel": {"job": {"id": "gid://shopify/Job/1", "done": True},
-                                                       "orderCancelUserErrors": [], "userErrors": []}}
-        elif "orderUpdate" in query:
-            op, data = "orderUpdate", {"orderUpdate": {"order": {"id": gid}, "userErrors": []}}
-        else:
-            op, data = "query", {"order": {"id": gid, "cancelledAt": None, "note": None}}
+        op, _, variables, data = admin_graphql_answer(await request.json())
         with self._lock:
             self.shopify.append(ShopifyCall(op, variables))
         return JSONResponse({"data": data, "extensions": {"cost": COST}})
