@@ -389,7 +389,7 @@ async def run_periodic(
 
 __all__ = [
     "BACKFILL_CURSOR", "ORDERS_CURSOR", "PRODUCTS_CURSOR", "ProductSyncReport", "SyncError", "SyncReport", "acquire_lease",
-    "read_cursor", "reconcile_orders", "reenable_woocommerce_webhooks", "release_lease", "run_periodic", "sync_products",
+    "read_cursor", "reconcile_orders", "reenable_woocommerce_webhooks", "release_lease", "run_periodic", "same_url", "sync_products",
     "upsert_cursor", "woocommerce_delivery_url",
 ]
 
@@ -399,7 +399,8 @@ def woocommerce_delivery_url(public_base: str, store_key: str) -> str:
     return f"{public_base.rstrip('/')}/webhooks/woocommerce/{store_key}"
 
 
-def _ours(delivery_url: Any, ours: str) -> bool:
+def same_url(delivery_url: Any, ours: str) -> bool:
+    """A webhook's ``delivery_url`` is ours (a trailing slash aside)."""
     return isinstance(delivery_url, str) and delivery_url.rstrip("/") == ours.rstrip("/")
 
 
@@ -423,7 +424,7 @@ async def reenable_woocommerce_webhooks(store: Any, client: Any, delivery_url: s
         log.warning("could not list disabled WooCommerce webhooks", extra={"store": store.key, "reason": str(exc)})
         return
     for hook in hooks:
-        if not _ours(hook.get("delivery_url"), delivery_url):
+        if not same_url(hook.get("delivery_url"), delivery_url):
             continue
         label = f"{hook.get('id')} {hook.get('topic')}"
         try:

@@ -143,7 +143,7 @@ async def dashboard_woocommerce_connect(request: Request) -> Response:
     token = request.app.state.runtime.settings.server.admin_token
     secret = token.get_secret_value() if token is not None else None
     if not auth.session_valid(request.cookies.get(auth.COOKIE), secret or None):
-        return dashboard._login_page(request)
+        return dashboard.sign_in_form(request)
     return await _begin_woocommerce(request, request.path_params["store_key"])
 
 

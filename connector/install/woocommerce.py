@@ -44,6 +44,7 @@ from connector.install import nonces
 from connector.install.credentials import woocommerce_store_with_credentials
 from connector.install.products import sync_products_at_install
 from connector.install.shopify import InstallRefused, public_base
+from connector.sync import same_url, woocommerce_delivery_url
 from connector.secrets import (
     HOW_TO,
     WOO_CONSUMER_KEY,
@@ -69,11 +70,7 @@ MAX_CALLBACK_BYTES = 16_384
 
 
 def delivery_url(settings: Settings, store: WooCommerceStore) -> str:
-    return f"{public_base(settings)}/webhooks/woocommerce/{store.key}"
-
-
-def _same_url(a: Any, b: str) -> bool:
-    return isinstance(a, str) and a.rstrip("/") == b.rstrip("/")
+    return woocommerce_delivery_url(public_base(settings), store.key)  # the address reconciliation re-enables too
 
 
 @dataclass
@@ -146,7 +143,7 @@ async def install_woocommerce(
         hooks = await client.list_webhooks()
         first_id = None
         for topic in TOPICS:
-            mine = [h for h in hooks if h.get("topic") == topic and _same_url(h.get("delivery_url"), url)]
+            mine = [h for h in hooks if h.get("topic") == topic and same_url(h.get("delivery_url"), url)]
             try:
                 if not mine:
                     created = await client.create_webhook(name=f"{APP_NAME} {topic}", topic=topic, delivery_url=url, secret=secret)

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from connector import admin
 from connector.web.auth import LoginLimiter
-from connector.web.http import BodyTooLarge, parse_json, problem
+from connector.web.http import BodyTooLarge, parse_json, problem, receive_body
 
 log = logging.getLogger("storeloop.admin")
 
@@ -90,18 +90,8 @@ def _guard(request: Request) -> Response | int:
 
 
 async def read_body(request: Request, cap: int) -> bytes:
-    """The request body, refused (``BodyTooLarge``) as soon as it declares or streams more than ``cap`` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
-        raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The request body under ``cap`` (``BodyTooLarge`` beyond), read as the webhook endpoints read theirs."""
+    return await receive_body(request.receive, request.headers, cap)
 
 
 async def json_body(request: Request, cap: int, *, empty: Any = None) -> Any:

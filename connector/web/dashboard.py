@@ -105,7 +105,7 @@ def _safe_next(value: str | None) -> str:
     return value if not parts.scheme and not parts.netloc else "/dashboard"
 
 
-def _login_page(request: Request, status: int = 200, error: str | None = None, headers: dict[str, str] | None = None,
+def sign_in_form(request: Request, status: int = 200, error: str | None = None, headers: dict[str, str] | None = None,
                 next_url: str | None = None) -> HTMLResponse:
     if next_url is None:
         next_url = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -128,7 +128,7 @@ async def _form(request: Request) -> dict[str, list[str]]:
 
 
 async def login_page(request: Request) -> Response:
-    return _redirect("/dashboard") if _signed_in(request) else _login_page(request, next_url="/dashboard")
+    return _redirect("/dashboard") if _signed_in(request) else sign_in_form(request, next_url="/dashboard")
 
 
 async def login(request: Request) -> Response:
@@ -136,7 +136,7 @@ async def login(request: Request) -> Response:
     wait = limiter.retry_after(client)
     if wait:
         log.warning("dashboard login refused: too many failed attempts", extra={"client": client})
-        return _login_page(request, 429, f"Too many failed attempts. Try again in {wait} seconds.",
+        return sign_in_form(request, 429, f"Too many failed attempts. Try again in {wait} seconds.",
                            {"Retry-After": str(wait)}, next_url="/dashboard")
     form = await _form(request)
     next_url = _safe_next((form.get("next") or ["/dashboard"])[0])
@@ -144,7 +144,7 @@ async def login(request: Request) -> Response:
     if not auth.token_matches(given.strip() if given else None, _admin_token(request)):
         limiter.failed(client)
         log.warning("dashboard login with a wrong token", extra={"client": client})
-        return _login_page(request, 401, "That is not the admin token.", next_url=next_url)
+        return sign_in_form(request, 401, "That is not the admin token.", next_url=next_url)
     limiter.succeeded(client)
     log.info("dashboard login", extra={"client": client})
     response = _redirect(next_url)
@@ -304,7 +304,7 @@ def _page_context(request: Request, store: Any, week: str | None) -> dict[str, A
 
 async def index(request: Request) -> Response:
     if not _signed_in(request):
-        return _login_page(request)
+        return sign_in_form(request)
     stores = _stores(request)
     if not stores:
         return _render("error.html", 404, message="No store is configured.", stores=[], store=None, week=None, week_query="")
@@ -324,7 +324,7 @@ def _resolve(request: Request) -> tuple[Any, int] | Response:
 
 async def overview(request: Request) -> Response:
     if not _signed_in(request):
-        return _login_page(request)
+        return sign_in_form(request)
     resolved = _resolve(request)
     if isinstance(resolved, Response):
         return resolved
@@ -348,7 +348,7 @@ def _next_week(period: Period, tz: ZoneInfo) -> str | None:
 
 async def customer(request: Request) -> Response:
     if not _signed_in(request):
-        return _login_page(request)
+        return sign_in_form(request)
     resolved = _resolve(request)
     if isinstance(resolved, Response):
         return resolved

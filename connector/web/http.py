@@ -49,5 +49,27 @@ def json_object_error(body: bytes) -> str | None:
     return None
 
 
+async def receive_body(receive: Any, headers: Any, cap: int) -> bytes:
+    """The request body from the ASGI ``receive``, refused (``BodyTooLarge``) as soon as it declares or
+    streams more than ``cap`` bytes: the webhook endpoints, the admin API and the install callback."""
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
 def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": detail}, status_code=status, headers=headers)

@@ -20,7 +20,7 @@ from adapters.woocommerce import webhooks as woo
 from connector.errors import BadPayloadError, VerificationError
 from connector.runtime import Runtime
 from connector.storage.inbox import InboxItem
-from connector.web.http import BodyTooLarge, json_object_error, parse_json, problem
+from connector.web.http import BodyTooLarge, json_object_error, parse_json, problem, receive_body
 
 log = logging.getLogger("storeloop.webhooks")
 
@@ -57,33 +57,13 @@ class WebhookEndpoint:
         cap = runtime.settings.server.max_body_bytes
         response: Response
         try:
-            body = await _receive_body(receive, headers, cap)
+            body = await receive_body(receive, headers, cap)
         except BodyTooLarge:
             log.warning("body over the size cap", extra={"source": self.source, "cap": cap})
             response = problem(413, f"body larger than {cap} bytes")
         else:
             response = await self.handler(Delivery(runtime, headers, body, scope.get("path_params", {})))
         await response(scope, receive, send)
-
-
-async def _receive_body(receive: Any, headers: dict[str, str], cap: int) -> bytes:
-    declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > cap:
-            raise BodyTooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
 
 
 async def _store(runtime: Runtime, items: list[InboxItem], source: str) -> Response:
