@@ -408,12 +408,11 @@ def apply_status(conn: Connection, store_id: int, e: ev.MessageStatusChanged, no
 _ACTIVE_RUNS = select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.status == "active")
 
 
-def _active_runs(conn: Connection, store_id: int, contact_id: int) -> list[Any]:
-    """The contact's active journey runs (from the transaction cache when it knows them all)."""
+def active_runs(conn: Connection, store_id: int, contact_id: int) -> list[Any]:
+    """The contact's active journey runs in id order (from the transaction cache when it knows them all)."""
     cache = current(conn)
     if cache is not None and (store_id, contact_id) in cache.active_runs_known:
-        return sorted((r for r in cache.rows["journey_runs"].values()
-                       if r.store_id == store_id and r.contact_id == contact_id and r.status == "active"), key=lambda r: r.id)
+        return [r for r in cache.runs_of_contact(store_id, contact_id) if r.status == "active"]
     flush(conn)  # a held-back run or status change must be visible to the query
     rows = conn.execute(_ACTIVE_RUNS, {"sid": store_id, "cid": contact_id}).all()
     if cache is None:
@@ -431,7 +430,7 @@ def end_marketing_runs(conn: Connection, store_id: int, contact_id: int, source:
 
     marketing = {name for name, j in journeys().items() if getattr(j, "marketing", False)}
     ended = 0
-    for r in _active_runs(conn, store_id, contact_id):
+    for r in active_runs(conn, store_id, contact_id):
         if r.journey in marketing:
             state = {**(r.state or {}), "outcome": "opted_out", "opted_out_via": source[:64], "opted_out_at": now.isoformat()}
             update_by_id(conn, RUNS, r.id, {"status": "finished", "state": state, "next_due_at": None, "updated_at": now})

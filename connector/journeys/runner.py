@@ -30,6 +30,7 @@ from connector.journeys.registry import journeys
 from connector.outbox import store as ob
 from connector.outbox.queue import queue_template
 from connector.rows import contact_row, order_row
+from connector.state import active_runs
 from connector.contacts import email_key
 from connector.storage.sql import flush, insert_id, update_by_id, CONTACTS, ORDERS, OUTBOX, RUNS
 from connector.storage.txcache import by_key, current
@@ -46,9 +47,6 @@ def in_holdout(contact_id: int, journey: str, percent: float) -> bool:
 
 
 _RUN = select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == bindparam("j"), RUNS.c.subject == bindparam("s"))
-_ACTIVE_FOR_CONTACT = select(RUNS.c.subject).where(
-    RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == bindparam("j"), RUNS.c.contact_id == bindparam("cid"),
-    RUNS.c.status == "active")
 _RUNS_BY_SUBJECTS = select(RUNS).where(
     RUNS.c.store_id == bindparam("sid"), RUNS.c.journey.in_(bindparam("js", expanding=True)),
     RUNS.c.subject.in_(bindparam("ss", expanding=True)))
@@ -86,12 +84,8 @@ def _run(conn: Connection, store_id: int, journey: str, subject: str) -> tuple[i
 
 
 def _active_subjects(conn: Connection, store_id: int, journey: str, contact_id: int) -> list[str]:
-    """Subjects of the contact's active runs of a journey, in id order (as the index returns them)."""
-    cache = current(conn)
-    if cache is not None and (store_id, contact_id) in cache.active_runs_known:
-        return [r.subject for r in cache.runs_of_contact(store_id, contact_id) if r.journey == journey and r.status == "active"]
-    flush(conn)  # a held-back status change must be visible to the query
-    return list(conn.execute(_ACTIVE_FOR_CONTACT, {"sid": store_id, "j": journey, "cid": contact_id}).scalars())
+    """Subjects of the contact's active runs of a journey, in id order."""
+    return [r.subject for r in active_runs(conn, store_id, contact_id) if r.journey == journey]
 
 
 _CONTACTS_BY_EMAIL = select(CONTACTS.c.id).where(  # the (store_id, lower(trim(email))) index
