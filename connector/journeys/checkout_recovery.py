@@ -149,7 +149,7 @@ class CheckoutRecovery:
         and its reason are on record, but it is no reminder, so it cannot make an order recovered."""
         step = self._step(run)
         if step >= len(config.ladder_minutes):
-            return [Wake(None), Finish("no_conversion")]
+            return [Wake(None), Finish("no_conversion", skip_waiting=False)]
         ctx = {"checkout.recovery_url": run.state.get("recovery_url"), "checkout.total": (run.state.get("total"), run.state.get("currency")),
                "reorder.product": run.state.get("product") or "your items"}
         if config.discount_code and step + 1 >= config.discount_from_step:

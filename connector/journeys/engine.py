@@ -115,7 +115,12 @@ class Wake:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
+    """End the run. ``skip_waiting``: the run ends because something happened (the customer
+    bought, answered, cancelled; a person took over), so its messages still waiting are skipped
+    (``journey_ended``); False for a run that simply ran out of steps. Not part of equality."""
+
     outcome: str
+    skip_waiting: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

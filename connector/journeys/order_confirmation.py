@@ -26,4 +26,4 @@ class OrderConfirmation:
     def decide(self, event: Any, run: Run | None, facts: Facts, config: OrderConfirmationConfig, now: datetime) -> list[Command]:
         if run is not None or facts.contact_id is None or facts.order is None or facts.order.cancelled:
             return []
-        return [Start(f"order:{facts.order.external_id}", facts.contact_id), Send("sent", order_context(facts)), Finish("sent")]
+        return [Start(f"order:{facts.order.external_id}", facts.contact_id), Send("sent", order_context(facts)), Finish("sent", skip_waiting=False)]

@@ -50,5 +50,5 @@ class PaymentRecovery:
             paid = isinstance(event, ev.OrderPaid) or (o is not None and o.payment_state == "paid")
             return [Wake(None), Update({"paid": paid}), Finish("paid_without_reminder" if paid else "closed")]
         if isinstance(event, TimerFired):
-            return [Update({"reminded": True}), Send("remind", order_context(facts)), Wake(None), Finish("reminded")]
+            return [Update({"reminded": True}), Send("remind", order_context(facts)), Wake(None), Finish("reminded", skip_waiting=False)]
         return []

@@ -82,7 +82,7 @@ class Reorder:
         state = {"window_id": e.window_id, "product_key": e.product_key, "product": e.title, "quantity": e.quantity,
                  "link": e.link, "cycle_days": e.cycle_days, "cycle_source": e.cycle_source, "attribution_ends": ends.isoformat()}
         if e.busy_with and config.skip_when_busy:
-            return [Start(subject, facts.contact_id, {**state, "skipped": ",".join(e.busy_with)}), Finish("skipped_busy")]
+            return [Start(subject, facts.contact_id, {**state, "skipped": ",".join(e.busy_with)}), Finish("skipped_busy", skip_waiting=False)]
         commands: list[Command] = [Start(subject, facts.contact_id, {**state, "sent": 1}), Send("reminder", self._context(state, facts, config)),
                                    MoveStage("retention")]
         if config.follow_up_days:
@@ -106,7 +106,7 @@ class Reorder:
             return [Update({"sent": 2}), Send("follow_up", self._context(run.state, facts, config)), Wake(ends)]
         if now < ends:
             return [Wake(ends)]
-        return [Finish("no_reorder")]
+        return [Finish("no_reorder", skip_waiting=False)]
 
     @staticmethod
     def _reordered(order: ev.Order, run: Run) -> list[Command]:

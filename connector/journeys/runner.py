@@ -57,9 +57,6 @@ _DUE = (select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.status ==
 _CONTACTS_BY_IDS = select(CONTACTS).where(CONTACTS.c.id.in_(bindparam("ids", expanding=True)))
 _ORDERS_BY_IDS = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
 CONTACT_ACTIVITY = (ev.OrderPlaced, ev.MessageReceived, ev.ButtonReplied)
-# outcomes that close a run because its steps are over, not because something happened that
-# makes a message still waiting wrong to send (any other outcome, a plugin's too, skips them)
-NATURAL_ENDS = frozenset({"sent", "reminded", "no_conversion", "no_reorder", "skipped_busy"})
 
 
 @functools.cache
@@ -331,7 +328,7 @@ class JourneyRunner:
                     return 0
             created = True
         if run_id is not None and not created and any(
-                isinstance(c, Handoff) or (isinstance(c, Finish) and c.outcome not in NATURAL_ENDS) for c in commands):
+                isinstance(c, Handoff) or (isinstance(c, Finish) and c.skip_waiting) for c in commands):
             # the customer bought, answered, cancelled, opted out, or a person took over: what the
             # run queued earlier and is still waiting (a reminder held for the morning, a retry)
             # goes no further. This decision's own sends, below, are queued after.
