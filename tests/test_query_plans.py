@@ -1,0 +1,67 @@
+"""Hot lookups use the index made for them on SQLite, not one that reads a whole status.
+
+SQLite has no statistics here (nothing runs ANALYZE), so its planner picks an index by
+shape: given ``status = ?`` beside an ``IN (...)`` list it preferred the status index,
+and each lookup then read every pending message, every sent message or every active run
+of the store - cheap in a test, a full scan per batch in a store with months of history
+or a queue backed up behind a WhatsApp outage. These tests pin the plans.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from connector.journeys.runner import _RUNS_FOR_CONTACTS
+from connector.outbox.store import _BY_KEYS, _HISTORY
+from connector.storage.db import make_engine
+
+
+@pytest.fixture
+def conn(tmp_path: Path, sqlite_template: Path) -> Any:
+    path = tmp_path / "plans.db"
+    shutil.copy(sqlite_template, path)
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.connect() as c:
+        yield c
+    engine.dispose()
+
+
+def plan_of(conn: Any, statement: Any, params: dict[str, Any]) -> str:
+    """Run ``statement`` as the code does, then ask SQLite how it ran that exact SQL."""
+    sent: list[tuple[str, Any]] = []
+
+    def grab(_conn: Any, _cursor: Any, sql: str, parameters: Any, _context: Any, _many: bool) -> None:
+        sent.append((sql, parameters))
+
+    event.listen(conn, "before_cursor_execute", grab)
+    try:
+        conn.execute(statement, params).all()
+    finally:
+        event.remove(conn, "before_cursor_execute", grab)
+    sql, parameters = sent[-1]
+    return " | ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, parameters))
+
+
+NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
+
+
+def test_send_history_reads_the_contacts_rows_only(conn: Any) -> None:
+    plan = plan_of(conn, _HISTORY, {"cids": list(range(1, 40)), "since": NOW})
+    assert "ix_outbox_contact_updated" in plan, plan
+
+
+def test_skipping_waiting_messages_finds_them_by_key(conn: Any) -> None:
+    keys = [f"checkout_recovery:first:checkout:{i}" for i in range(200)]
+    plan = plan_of(conn, _BY_KEYS, {"sid": 1, "keys": keys})
+    assert "sqlite_autoindex_outbox_1 (store_id=? AND idempotency_key=?)" in plan, plan
+
+
+def test_a_contacts_runs_are_found_by_contact(conn: Any) -> None:
+    plan = plan_of(conn, _RUNS_FOR_CONTACTS, {"sid": 1, "cids": list(range(1, 40))})
+    assert "ix_journey_runs_contact (store_id=? AND contact_id=?)" in plan, plan
