@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import orjson
@@ -25,7 +26,7 @@ def parse_json(body: bytes) -> Any:
         raise ValueError(f"malformed JSON ({str(exc).split(':')[0]})") from None
 
 
-_validator = simdjson.Parser()  # the event loop's thread only; holds one document at a time
+_validators = threading.local()  # a parser holds one document at a time: one per thread
 
 
 def json_object_error(body: bytes) -> str | None:
@@ -36,8 +37,11 @@ def json_object_error(body: bytes) -> str | None:
     takes ~25 µs and leaves ~500 objects for the garbage collector, which made it the
     largest single cost of a Shopify delivery.
     """
+    validator = getattr(_validators, "parser", None)
+    if validator is None:
+        validator = _validators.parser = simdjson.Parser()
     try:
-        document = _validator.parse(body)
+        document = validator.parse(body)
     except (ValueError, RuntimeError):  # simdjson refuses some valid JSON (integers over 64 bits)
         try:
             payload = parse_json(body)
