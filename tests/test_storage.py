@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -460,3 +461,61 @@ def test_long_customer_fields_are_cut_to_their_columns_not_failed(db_url):
     assert (contact.first_name, contact.last_name) == (long_name[:120], long_name[:120])
     assert contact.email == long_email[:255] and contact.phone_e164 == "+919876543210"
     db.dispose()
+
+
+def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path):
+    """While deliveries queue for the writer, the processor runs one short slice per
+    SATURATED_GAP (each slice holds the write lock and the GIL the burst needs); once the
+    queue drains it works through everything at once."""
+    from connector import runtime as rt
+
+    settings = make_settings(f"sqlite:///{tmp_path / 'burst.db'}")
+    runtime = rt.Runtime(settings, run_worker=False)
+
+    class Writer:  # the writer as the loop sees it during a burst, then after
+        queued = 40
+
+        def waiting(self) -> int:
+            return self.queued
+
+        def busy(self) -> bool:
+            return self.queued > 0
+
+    class Processor:
+        def __init__(self) -> None:
+            self.backlog = 200
+            self.calls: list[tuple[float, float | None, int | None]] = []
+
+        def process_batch(self, budget: float | None = None, limit: int | None = None) -> int:
+            self.calls.append((time.monotonic(), budget, limit))
+            n = min(self.backlog, limit or 50)
+            self.backlog -= n
+            return n
+
+        def process_timers(self) -> int:
+            return 0
+
+    writer, processor = Writer(), Processor()
+    runtime.writer, runtime.processor = writer, processor  # type: ignore[assignment]
+
+    async def run() -> tuple[int, int]:
+        task = asyncio.create_task(runtime._process_loop())
+        await asyncio.sleep(1.0)
+        during = len(processor.calls)
+        writer.queued = 0
+        for _ in range(200):
+            if processor.backlog == 0:
+                break
+            await asyncio.sleep(0.01)
+        runtime._stopping = True
+        runtime.wake()
+        await asyncio.wait_for(task, 5)
+        return during, processor.backlog
+
+    try:
+        during, left = asyncio.run(run())
+    finally:
+        runtime.db.dispose()
+    assert 2 <= during <= 1.0 / rt.SATURATED_GAP + 2  # a few slices in a second, never none
+    assert all(budget == rt.BUSY_SLICE and limit == rt.BUSY_ROWS for _, budget, limit in processor.calls[:during])
+    assert left == 0  # after the burst: the backlog is worked off

@@ -125,6 +125,10 @@ class InboxWriter:
         """Webhooks are arriving: something waits for its commit or was committed in the last ``within`` s."""
         return self._waiting > 0 or time.monotonic() - self.last_commit < within
 
+    def waiting(self) -> int:
+        """Submissions waiting for their commit (a burst queues here)."""
+        return self._waiting
+
     def start(self) -> None:
         if self._thread is None:
             self._loop = asyncio.get_running_loop()
