@@ -93,58 +93,6 @@ def test_writer_stop_flushes_what_is_queued(db):
     assert count(db) == 20
 
 
-def test_writer_builds_rows_on_its_thread_and_passes_an_answer_back(db):
-    """The Shopify route hands the writer a function (HMAC and JSON check off the event loop):
-    rows it returns are stored in the same group commit as plain submissions, anything else
-    comes back unchanged with nothing stored, and an exception reaches the caller."""
-    ids = sync_stores(db, [("a", "shopify")])
-    threads: list[str] = []
-
-    def build(key: str):  # type: ignore[no-untyped-def]
-        def prepare():  # type: ignore[no-untyped-def]
-            threads.append(threading.current_thread().name)
-            return [item(ids["a"], key)]
-        return prepare
-
-    def broken():  # type: ignore[no-untyped-def]
-        raise ValueError("bug in a preparer")
-
-    async def run():  # type: ignore[no-untyped-def]
-        writer = InboxWriter(db)
-        writer.start()
-        try:
-            stored = await asyncio.gather(writer.submit(build("p1")), writer.submit([item(ids["a"], "plain")]),
-                                          writer.submit(build("p1")))
-            refused = await writer.submit(lambda: "401 unauthorized")
-            with pytest.raises(ValueError, match="bug in a preparer"):
-                await writer.submit(broken)
-            again = await writer.submit(build("p2"))  # the thread survived the exception
-        finally:
-            await writer.stop()
-        return stored, refused, again
-
-    stored, refused, again = asyncio.run(run())
-    assert stored == [[True], [True], [False]]  # the second p1 is a duplicate of the first
-    assert refused == "401 unauthorized"
-    assert again == [True]
-    assert set(threads) == {"inbox-writer"}
-    assert count(db) == 3
-
-
-def test_writer_refuses_submissions_once_stopped(db):
-    ids = sync_stores(db, [("a", "shopify")])
-
-    async def run() -> None:
-        writer = InboxWriter(db)
-        writer.start()
-        await writer.stop()
-        with pytest.raises(RuntimeError, match="not running"):
-            await writer.submit([item(ids["a"], "late")])
-
-    asyncio.run(run())
-    assert count(db) == 0
-
-
 def test_storage_failure_answers_503_and_acknowledges_nothing(db_url):
     from tests.helpers import running_app, shopify_headers
     from tests.conftest import SECRETS

@@ -1,7 +1,7 @@
 """The inbox: every verified delivery is stored once, before the sender gets its 2xx.
 
 ``InboxWriter`` is the group-commit writer: request handlers hand it rows and await the
-commit; one thread drains whatever has queued up meanwhile into a single transaction. Under
+commit; one task drains whatever has queued up meanwhile into a single transaction. Under
 load that turns hundreds of single-row commits into a few multi-row ones, while a lone
 webhook still commits at once (no timer, no added latency).
 """
@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Iterable
 
 import anyio.to_thread
 from sqlalchemy import bindparam, insert, select
@@ -99,161 +97,89 @@ _EXISTING = select(InboxEvent.dedupe_key).where(
 
 
 class InboxWriter:
-    """Group commit on one long-lived writer thread; ``submit`` returns after the commit.
-
-    The thread takes whatever has queued up since its last commit (up to ``max_batch``
-    rows) into one transaction, hands the results back to the event loop and goes straight
-    on to the next batch. A thread of its own rather than one ``to_thread`` call per batch:
-    under load each call waited ~2.5 ms for a worker to start and ~2 ms for the busy event
-    loop to resume the writer, more than the ~3.5 ms the write itself took, and the
-    writer sat idle meanwhile (bench/ingest.py).
-    """
+    """Single writer task with group commit; ``submit`` returns after the commit."""
 
     def __init__(self, db: Database, *, max_batch: int = 256, on_commit: Any = None):
         self.db = db
         self.max_batch = max_batch
         self.on_commit = on_commit
-        self._queue: queue.SimpleQueue[_Submission | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiting = 0  # submissions not answered yet; read and written on the event loop only
+        self._queue: asyncio.Queue[tuple[list[InboxItem], asyncio.Future[list[bool]]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.rows = 0
         self.last_commit = 0.0  # monotonic time of the last commit: "ingest is busy" for the processor
 
     def busy(self, within: float = 0.1) -> bool:
-        """Webhooks are arriving: something waits for its commit or was committed in the last ``within`` s."""
-        return self._waiting > 0 or time.monotonic() - self.last_commit < within
+        """Webhooks are arriving: something is queued or was committed in the last ``within`` s."""
+        return not self._queue.empty() or time.monotonic() - self.last_commit < within
 
     def waiting(self) -> int:
         """Submissions waiting for their commit (a burst queues here)."""
         return self._waiting
 
     def start(self) -> None:
-        if self._thread is None:
-            self._loop = asyncio.get_running_loop()
-            self._thread = threading.Thread(target=self._run, name="inbox-writer", daemon=True)
-            self._thread.start()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="inbox-writer")
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop: nothing acknowledged is dropped, and a submission
-        that arrives after the stop gets an error (a 503 to the sender), never silence."""
-        thread = self._thread
-        if thread is None:
+        """Finish what is queued, then stop: nothing acknowledged is dropped."""
+        if self._task is None:
             return
-        self._queue.put(None)  # the end mark: everything submitted before it is committed first
-        await anyio.to_thread.run_sync(thread.join)
-        self._thread = None
-        while True:
-            try:
-                late = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if late is not None:
-                self._settle([(late.future, None, RuntimeError("inbox writer stopped"))], False)
+        done: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(([], done))  # sentinel: an empty submission marks the end
+        await self._task
+        self._task = None
 
-    async def submit(self, items: list[InboxItem] | Callable[[], Any]) -> Any:
-        """Store ``items``; True for each row newly stored, False for a duplicate.
-
-        ``items`` may instead be a function the writer thread calls just before the batch's
-        insert, to build the rows there: work that would otherwise hold the event loop (the
-        Shopify route's HMAC over the body and JSON check). If it returns something other
-        than a list (an answer for a delivery that is not to be stored), ``submit`` returns
-        that unchanged; if it raises, ``submit`` raises the same exception.
-        """
-        if not callable(items) and not items:
+    async def submit(self, items: list[InboxItem]) -> list[bool]:
+        if not items:
             return []
-        if self._thread is None or self._loop is None:
+        if self._task is None:
             raise RuntimeError("inbox writer is not running")
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        self._waiting += 1
-        self._queue.put(_Submission(items, fut))
+        fut: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        await self._queue.put((items, fut))
         return await fut
 
-    def _run(self) -> None:
-        """The writer thread: block for the first submission, then take what else is queued."""
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                break
-            work = [first]
-            n = _size(first)
-            while n < self.max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
+    async def _run(self) -> None:
+        stop: asyncio.Future[list[bool]] | None = None
+        while stop is None:
+            items, fut = await self._queue.get()
+            work: list[tuple[list[InboxItem], asyncio.Future[list[bool]]]] = []
+            if items:
+                work.append((items, fut))
+            else:
+                stop = fut
+            n = len(items)
+            while stop is None and n < self.max_batch and not self._queue.empty():
+                items, fut = self._queue.get_nowait()
+                if not items:
+                    stop = fut
                     break
-                if more is None:
-                    stop = True
-                    break
-                work.append(more)
-                n += _size(more)
-            self._commit(work)
+                work.append((items, fut))
+                n += len(items)
+            if work:
+                await self._commit(work)
+        stop.set_result([])
 
-    def _commit(self, work: list[_Submission]) -> None:
-        answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        stored: list[tuple[asyncio.Future[Any], list[InboxItem]]] = []
-        for sub in work:
-            items = sub.items
-            if callable(items):
-                try:
-                    items = items()
-                except Exception as exc:
-                    log.exception("preparing a delivery for the inbox failed")
-                    answers.append((sub.future, None, exc))
-                    continue
-                if not isinstance(items, list):
-                    answers.append((sub.future, items, None))
-                    continue
-            stored.append((sub.future, items))
-        flat = [item for _, items in stored for item in items]
-        committed = False
+    async def _commit(self, work: list[tuple[list[InboxItem], asyncio.Future[list[bool]]]]) -> None:
+        flat = [item for items, _ in work for item in items]
         try:
-            results = write_items(self.db, flat) if flat else []
-            committed = bool(flat)
+            results = await anyio.to_thread.run_sync(write_items, self.db, flat)
         except Exception as exc:  # the database is down or broken: every waiter gets a 503
             log.error("inbox write failed for %d item(s): %s", len(flat), exc.__class__.__name__)
-            answers.extend((fut, None, exc) for fut, _ in stored)
-        else:
-            pos = 0
-            for fut, items in stored:
-                answers.append((fut, results[pos : pos + len(items)], None))
-                pos += len(items)
-            if committed:
-                self.batches += 1
-                self.rows += len(flat)
-        self._call_loop(self._settle, answers, committed)
-
-    def _call_loop(self, fn: Any, *args: Any) -> None:
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            log.warning("inbox writer finished a batch after its event loop closed")
-
-    def _settle(self, answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]], committed: bool) -> None:
-        """On the event loop: answer each waiting submission."""
-        if committed:
-            self.last_commit = time.monotonic()
-        for fut, value, exc in answers:
-            self._waiting -= 1
-            if not fut.done():
-                if exc is not None:
+            for _, fut in work:
+                if not fut.done():
                     fut.set_exception(exc)
-                else:
-                    fut.set_result(value)
-        if committed and self.on_commit is not None:
+            return
+        self.batches += 1
+        self.rows += len(flat)
+        self.last_commit = time.monotonic()
+        pos = 0
+        for items, fut in work:
+            if not fut.done():
+                fut.set_result(results[pos : pos + len(items)])
+            pos += len(items)
+        if self.on_commit is not None:
             self.on_commit()
-
-
-def _size(sub: _Submission) -> int:
-    return 1 if callable(sub.items) else len(sub.items)
-
-
-class _Submission(NamedTuple):
-    items: list[InboxItem] | Callable[[], Any]
-    future: asyncio.Future[Any]
 
 
 def sync_stores(db: Database, stores: Iterable[tuple[str, str]]) -> dict[str, int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import orjson
@@ -26,7 +25,7 @@ def parse_json(body: bytes) -> Any:
         raise ValueError(f"malformed JSON ({str(exc).split(':')[0]})") from None
 
 
-_validators = threading.local()  # a parser holds one document at a time: one per thread
+_validator = simdjson.Parser()  # the event loop's thread only; holds one document at a time
 
 
 def json_object_error(body: bytes) -> str | None:
@@ -37,11 +36,8 @@ def json_object_error(body: bytes) -> str | None:
     takes ~25 µs and leaves ~500 objects for the garbage collector, which made it the
     largest single cost of a Shopify delivery.
     """
-    validator = getattr(_validators, "parser", None)
-    if validator is None:
-        validator = _validators.parser = simdjson.Parser()
     try:
-        document = validator.parse(body)
+        document = _validator.parse(body)
     except (ValueError, RuntimeError):  # simdjson refuses some valid JSON (integers over 64 bits)
         try:
             payload = parse_json(body)

@@ -100,24 +100,7 @@ def _json_or_400(body: bytes, source: str, store_key: str) -> Any | Response:
 
 
 async def shopify_webhook(d: Delivery) -> Response:
-    """The busiest route: its checks run on the inbox writer's thread, just before the insert
-    (``_shopify_items``), so the event loop only reads the request and writes the answer."""
     runtime, headers, body = d.runtime, d.headers, d.body
-    try:
-        outcome = await runtime.writer.submit(lambda: _shopify_items(runtime, headers, body))
-    except Exception:
-        return problem(503, "storage unavailable; retry later")
-    if isinstance(outcome, Response):
-        return outcome
-    if outcome.count(False):
-        log.info("duplicate delivery", extra={"source": "shopify", "duplicates": 1, "items": 1})
-    return Response(status_code=200)
-
-
-def _shopify_items(runtime: Runtime, headers: dict[str, str], body: bytes) -> list[InboxItem] | Response:
-    """HMAC, JSON check and envelope of one Shopify delivery: its inbox row, or the answer that
-    refuses it (401 unsigned, 400 not a JSON object). Runs on the writer thread, where the
-    HMAC over the body runs beside the event loop (hashlib releases the GIL for it)."""
     try:
         store = runtime.shopify.verify(headers, body)
     except VerificationError as exc:
@@ -131,7 +114,7 @@ def _shopify_items(runtime: Runtime, headers: dict[str, str], body: bytes) -> li
     env = runtime.shopify.envelope(headers, body)
     if env.ignored_reason:
         log.info("shopify topic ignored", extra={"store": store.key, "topic": env.topic})
-    return [_item(runtime, store.key, "shopify", env, body)]
+    return await _store(runtime, [_item(runtime, store.key, "shopify", env, body)], "shopify")
 
 
 async def woocommerce_webhook(d: Delivery) -> Response:
