@@ -773,3 +773,28 @@ def test_an_order_under_another_phone_with_the_same_email_ends_the_checkout_run(
     assert (mine.status, mine.state["outcome"], mine.state["order_id"]) == ("finished", "recovered", "5556")
     assert sent.count(("checkout_recovery", "checkout:tokA", "second")) == 0
     assert control.status == "active" and ("checkout_recovery", "checkout:tokC", "second") in sent
+
+
+def test_an_order_with_the_checkouts_email_in_the_same_batch_ends_its_run(db_url):
+    """Checkout and order (another phone, the same email) processed in one batch: the email
+    match finds the contact created moments earlier in that batch, not only stored ones."""
+    settings = shopify_app(db_url, 0, templates=CART_TEMPLATES, journeys=CART_JOURNEY)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        post(client, "checkouts/create", abandoned("tokA", "+91 98765 43210", "asha.rao@example.com"))
+        o = load_json(FIXTURES / "shopify" / "orders_create.sample.json")
+        o["customer"] = {**o["customer"], "id": 99001, "phone": None, "email": "ASHA.RAO@example.com "}
+        o["shipping_address"]["phone"] = o["billing_address"]["phone"] = None
+        o.update(id=5557, name="#5557", phone="+91 98123 45678", email="ASHA.RAO@example.com ", checkout_token="another",
+                 financial_status="paid", payment_gateway_names=["razorpay"], cancelled_at=None, test=False,
+                 created_at="2026-11-20T06:40:00Z", updated_at="2026-11-20T06:40:00Z")
+        post(client, "orders/create", o)
+        assert runtime.processor.drain() == 2
+        clock.now = T0 + 8 * H
+        runtime.processor.process_timers()
+        found = runs(runtime)
+        sent = steps(runtime)
+    run = found[(runtime.store_ids["shop-a"], "checkout_recovery", "checkout:tokA")]
+    assert run.status == "finished" and run.state["order_id"] == "5557"
+    assert not [s for s in sent if s[0] == "checkout_recovery"]
