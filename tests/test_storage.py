@@ -86,8 +86,10 @@ def test_writer_stop_flushes_what_is_queued(db):
         writer.start()
         pending = [asyncio.ensure_future(writer.submit([item(ids["a"], f"k{i}")])) for i in range(20)]
         await asyncio.sleep(0)
+        assert writer.waiting() == 20  # what the processor reads to make way for a burst
         await writer.stop()
         await asyncio.gather(*pending)
+        assert writer.waiting() == 0
 
     asyncio.run(run())
     assert count(db) == 20

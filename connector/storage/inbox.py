@@ -105,6 +105,7 @@ class InboxWriter:
         self.on_commit = on_commit
         self._queue: asyncio.Queue[tuple[list[InboxItem], asyncio.Future[list[bool]]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._waiting = 0  # submissions not answered yet
         self.batches = 0
         self.rows = 0
         self.last_commit = 0.0  # monotonic time of the last commit: "ingest is busy" for the processor
@@ -136,8 +137,12 @@ class InboxWriter:
         if self._task is None:
             raise RuntimeError("inbox writer is not running")
         fut: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
-        await self._queue.put((items, fut))
-        return await fut
+        self._waiting += 1
+        try:
+            await self._queue.put((items, fut))
+            return await fut
+        finally:
+            self._waiting -= 1
 
     async def _run(self) -> None:
         stop: asyncio.Future[list[bool]] | None = None
