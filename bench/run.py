@@ -7,7 +7,9 @@ Each script prints its own tables as it goes and records its headline figures th
 bench/_summary.py; the summary at the end puts them side by side with what each was measured
 against in the same run (the bare endpoint, the configured rate) and the ratio, their
 targets, the peak memory of the process that did the work (the bench's own, or the
-`storeloop serve` it started), and the machine.
+`storeloop serve` it started), and the machine, with a reference loop timed before each
+script (``loop_ms``): shared machines change speed, and that tells a slow machine from a
+slow connector.
 Exit code: non-zero if any script failed.
 """
 
@@ -39,6 +41,18 @@ def _cpu() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def loop_ms() -> float:
+    """CPU milliseconds for a fixed pure-Python loop (3 million additions): how fast this machine
+    runs Python right now. Shared virtual machines change speed during a run (a loop like this
+    one ran 1.7x slower at one time than another within one hour on 2026-12-02); absolute figures
+    move with it, ratios much less."""
+    t0 = time.process_time()
+    x = 0
+    for i in range(3_000_000):
+        x += i
+    return (time.process_time() - t0) * 1000
+
+
 def summary_table(rows: list[dict], elapsed: float) -> Table:
     table = Table(title=f"storeloop benchmarks: {os.cpu_count()} CPUs ({_cpu()}), Python {platform.python_version()}, "
                         f"{time.strftime('%Y-%m-%d')}, {elapsed:.0f} s in all")
@@ -67,10 +81,11 @@ def main() -> int:
     with tempfile.NamedTemporaryFile("r", suffix=".jsonl", prefix="storeloop-bench-") as summary:
         env = {**os.environ, "STORELOOP_BENCH_SUMMARY": summary.name}
         for script in scripts:
-            print(f"== {script.relative_to(BENCH.parent)}", flush=True)
+            speed = loop_ms()
+            print(f"== {script.relative_to(BENCH.parent)} (machine check: reference loop {speed:.0f} ms)", flush=True)
             t0 = time.monotonic()
             code = subprocess.call([sys.executable, str(script)], cwd=BENCH.parent, env=env)  # output goes straight through
-            took.append(f"{script.stem} {time.monotonic() - t0:.0f} s")
+            took.append(f"{script.stem} {time.monotonic() - t0:.0f} s (loop {speed:.0f} ms)")
             if code != 0:
                 failed.append(f"{script.name} (exit {code})")
             print(flush=True)
@@ -79,7 +94,8 @@ def main() -> int:
     console.print(summary_table(rows, time.monotonic() - started))
     console.print("ratio: value / against, both measured in this run on this machine. peak MB: peak resident memory of the process "
                   "that did the work: the bench's own, or the `storeloop serve` it started (VmHWM, read just before stopping it).")
-    console.print(f"wall time per script: {', '.join(took)}")
+    console.print(f"wall time per script, with the reference loop's CPU time just before it: {', '.join(took)}; "
+                  f"after the last: {loop_ms():.0f} ms")
     if failed:
         print("failed: " + ", ".join(failed))
     return 1 if failed else 0
