@@ -741,6 +741,17 @@ def test_without_checkout_recovery_a_woocommerce_pending_order_gets_the_pay_remi
     assert sent == [("payment_recovery", "order:727", "remind")]
 
 
+def paid_order_by_email(order_id: int, email: str, at: str) -> dict:
+    """A paid Shopify order from a phone no checkout used (+91 98123 45678) and ``email``, no checkout token of ours."""
+    o = load_json(FIXTURES / "shopify" / "orders_create.sample.json")
+    o["customer"] = {**o["customer"], "id": 99001, "phone": None, "email": email}
+    o["shipping_address"]["phone"] = o["billing_address"]["phone"] = None
+    o.update(id=order_id, name=f"#{order_id}", phone="+91 98123 45678", email=email, checkout_token="another",
+             financial_status="paid", payment_gateway_names=["razorpay"], cancelled_at=None, test=False,
+             created_at=at, updated_at=at)
+    return o
+
+
 def test_an_order_under_another_phone_with_the_same_email_ends_the_checkout_run(db_url):
     """The issue: the run stops when an order arrives for that checkout, phone OR email. Asha
     checked out with one number and bought with another; the email is the same (any case)."""
@@ -753,13 +764,7 @@ def test_an_order_under_another_phone_with_the_same_email_ends_the_checkout_run(
         runtime.processor.drain()
         clock.now = T0 + 10 * MIN
         runtime.processor.process_timers()  # both first reminders
-        o = load_json(FIXTURES / "shopify" / "orders_create.sample.json")
-        o["customer"] = {**o["customer"], "id": 99001, "phone": None, "email": " Asha.Rao@Example.COM"}
-        o["shipping_address"]["phone"] = o["billing_address"]["phone"] = None
-        o.update(id=5556, name="#5556", phone="+91 98123 45678", email=" Asha.Rao@Example.COM", checkout_token="another",
-                 financial_status="paid", payment_gateway_names=["razorpay"], cancelled_at=None, test=False,
-                 created_at="2026-11-20T07:00:00Z", updated_at="2026-11-20T07:00:00Z")
-        post(client, "orders/create", o)
+        post(client, "orders/create", paid_order_by_email(5556, " Asha.Rao@Example.COM", "2026-11-20T07:00:00Z"))
         runtime.processor.drain()
         clock.now = T0 + 8 * H
         runtime.processor.process_timers()
@@ -783,13 +788,7 @@ def test_an_order_with_the_checkouts_email_in_the_same_batch_ends_its_run(db_url
     with running_app(settings) as (client, runtime):
         runtime.processor.clock = clock
         post(client, "checkouts/create", abandoned("tokA", "+91 98765 43210", "asha.rao@example.com"))
-        o = load_json(FIXTURES / "shopify" / "orders_create.sample.json")
-        o["customer"] = {**o["customer"], "id": 99001, "phone": None, "email": "ASHA.RAO@example.com "}
-        o["shipping_address"]["phone"] = o["billing_address"]["phone"] = None
-        o.update(id=5557, name="#5557", phone="+91 98123 45678", email="ASHA.RAO@example.com ", checkout_token="another",
-                 financial_status="paid", payment_gateway_names=["razorpay"], cancelled_at=None, test=False,
-                 created_at="2026-11-20T06:40:00Z", updated_at="2026-11-20T06:40:00Z")
-        post(client, "orders/create", o)
+        post(client, "orders/create", paid_order_by_email(5557, "ASHA.RAO@example.com ", "2026-11-20T06:40:00Z"))
         assert runtime.processor.drain() == 2
         clock.now = T0 + 8 * H
         runtime.processor.process_timers()
