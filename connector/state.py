@@ -405,20 +405,34 @@ def apply_status(conn: Connection, store_id: int, e: ev.MessageStatusChanged, no
     return row.contact_id or contact_id
 
 
-_ACTIVE_RUNS = select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.status == "active")
+# A contact's runs by the (store_id, contact_id) index; the caller keeps the active ones.
+# With ``status = 'active'`` beside ``contact_id IN (...)`` SQLite's planner took the
+# (store_id, status) timer index and read every active run of the store.
+RUNS_OF_CONTACTS = select(RUNS).where(
+    RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id.in_(bindparam("cids", expanding=True))).order_by(RUNS.c.id)
+
+
+def cache_active_runs(conn: Connection, store_id: int, contact_ids: Any) -> None:
+    """Put every active run of these contacts in the transaction cache (one query for those it
+    does not know yet) and note them as complete. A cached copy of a run wins over its stored
+    row, and held-back new runs are cached already, so nothing needs flushing first."""
+    cache = current(conn)
+    assert cache is not None
+    cids = sorted(c for c in contact_ids if (store_id, c) not in cache.active_runs_known)
+    if cids:
+        for row in conn.execute(RUNS_OF_CONTACTS, {"sid": store_id, "cids": cids}):
+            if row.status == "active":
+                cache.put("journey_runs", row)
+        cache.active_runs_known.update((store_id, c) for c in cids)
 
 
 def active_runs(conn: Connection, store_id: int, contact_id: int) -> list[Any]:
-    """The contact's active journey runs in id order (from the transaction cache when it knows them all)."""
+    """The contact's active journey runs in id order (through the transaction cache when there is one)."""
     cache = current(conn)
-    if cache is not None and (store_id, contact_id) in cache.active_runs_known:
-        return [r for r in cache.runs_of_contact(store_id, contact_id) if r.status == "active"]
-    flush(conn)  # a held-back run or status change must be visible to the query
-    rows = conn.execute(_ACTIVE_RUNS, {"sid": store_id, "cid": contact_id}).all()
     if cache is None:
-        return rows
-    cache.active_runs_known.add((store_id, contact_id))
-    return [cache.put("journey_runs", r) for r in rows]
+        return [r for r in conn.execute(RUNS_OF_CONTACTS, {"sid": store_id, "cids": [contact_id]}) if r.status == "active"]
+    cache_active_runs(conn, store_id, [contact_id])
+    return [r for r in cache.runs_of_contact(store_id, contact_id) if r.status == "active"]
 
 
 def end_marketing_runs(conn: Connection, store_id: int, contact_id: int, source: str, now: datetime) -> int:

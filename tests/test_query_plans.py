@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from connector.journeys.runner import _RUNS_FOR_CONTACTS
 from connector.outbox.store import _BY_KEYS, _HISTORY
+from connector.state import RUNS_OF_CONTACTS
 from connector.storage.db import make_engine
 
 
@@ -63,5 +63,5 @@ def test_skipping_waiting_messages_finds_them_by_key(conn: Any) -> None:
 
 
 def test_a_contacts_runs_are_found_by_contact(conn: Any) -> None:
-    plan = plan_of(conn, _RUNS_FOR_CONTACTS, {"sid": 1, "cids": list(range(1, 40))})
+    plan = plan_of(conn, RUNS_OF_CONTACTS, {"sid": 1, "cids": list(range(1, 40))})
     assert "ix_journey_runs_contact (store_id=? AND contact_id=?)" in plan, plan

@@ -30,7 +30,7 @@ from connector.journeys.registry import journeys
 from connector.outbox import store as ob
 from connector.outbox.queue import queue_template
 from connector.rows import contact_row, order_row
-from connector.state import active_runs
+from connector.state import active_runs, cache_active_runs
 from connector.contacts import email_key
 from connector.storage.sql import flush, insert_id, update_by_id, CONTACTS, ORDERS, OUTBOX, RUNS
 from connector.storage.txcache import by_key, current
@@ -50,11 +50,6 @@ _RUN = select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.journey ==
 _RUNS_BY_SUBJECTS = select(RUNS).where(
     RUNS.c.store_id == bindparam("sid"), RUNS.c.journey.in_(bindparam("js", expanding=True)),
     RUNS.c.subject.in_(bindparam("ss", expanding=True)))
-# The contacts' runs by the (store_id, contact_id) index; the caller keeps the active ones.
-# ``status = 'active'`` in SQL made SQLite's planner take the (store_id, status) timer index
-# instead and read every active run of the store for each batch.
-_RUNS_FOR_CONTACTS = select(RUNS).where(
-    RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id.in_(bindparam("cids", expanding=True)))
 _DUE = (select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.status == "active", RUNS.c.next_due_at <= bindparam("now"))
         .order_by(RUNS.c.next_due_at).limit(bindparam("limit")))
 _CONTACTS_BY_IDS = select(CONTACTS).where(CONTACTS.c.id.in_(bindparam("ids", expanding=True)))
@@ -144,12 +139,7 @@ def prefetch_runs(conn: Connection, store: Any, store_id: int, subjects: set[str
         for s in todo:
             for j in names:
                 cache.absent(("journey_runs", store_id, j, s))
-    cids = sorted(c for c in contact_ids if (store_id, c) not in cache.active_runs_known)
-    if cids:
-        for row in conn.execute(_RUNS_FOR_CONTACTS, {"sid": store_id, "cids": cids}):
-            if row.status == "active":
-                cache.put("journey_runs", row)
-        cache.active_runs_known.update((store_id, c) for c in cids)
+    cache_active_runs(conn, store_id, contact_ids)
 
 
 def _prefetch_for_timers(conn: Connection, store_id: int, rows: list[Any]) -> None:
