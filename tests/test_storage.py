@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sqlite3
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -59,7 +61,8 @@ def test_write_items_stores_each_key_once_per_store(db):
     second = write_items(db, [item(ids["a"], "k2"), item(ids["b"], "k2")])
     assert first == [True, True, False]
     assert second == [False, True]  # the same key in another store is another store's fact
-    assert count(db) == 3
+    assert write_items(db, [item(ids["a"], "k3"), item(ids["b"], "k3")]) == [True, True]
+    assert count(db) == 5
 
 
 def test_group_commit_stores_everything_in_fewer_transactions(db):
@@ -93,6 +96,51 @@ def test_writer_stop_flushes_what_is_queued(db):
 
     asyncio.run(run())
     assert count(db) == 20
+
+
+def test_writer_writes_on_the_loop_and_in_a_thread_while_sqlite_is_locked(tmp_path, sqlite_template):
+    """SQLite (PostgreSQL always writes from a thread): inline while the write lock is free;
+    while another process (here a second connection) or the processor holds it, the write
+    waits in a thread and the loop runs on."""
+    shutil.copy(sqlite_template, tmp_path / "inline.db")
+    db = Database.from_url(f"sqlite:///{tmp_path / 'inline.db'}")
+    ids = sync_stores(db, [("a", "shopify")])
+    other = sqlite3.connect(db.engine.url.database, isolation_level=None)
+
+    async def run() -> None:
+        writer = InboxWriter(db)
+        writer.start()
+        assert await writer.submit([item(ids["a"], "k1"), item(ids["a"], "k1")]) == [True, False]
+        assert (writer.batches, writer.inline_batches) == (1, 1)
+        for hold in ("process", "thread"):
+            if hold == "process":  # e.g. `storeloop sync` writing from another process
+                other.execute("BEGIN IMMEDIATE")
+            else:  # the processor's slice in this process
+                db.write_lock().acquire()
+            pending = asyncio.ensure_future(writer.submit([item(ids["a"], f"k-{hold}")]))
+            ticks = 0
+            for _ in range(20):  # the loop keeps running while the write waits
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert ticks == 20 and not pending.done()
+            if hold == "process":
+                other.execute("COMMIT")
+            else:
+                db.write_lock().release()
+            assert await asyncio.wait_for(pending, 30) == [True]
+        assert (writer.batches, writer.inline_batches) == (3, 1)
+        assert await writer.submit([item(ids["a"], "k2")]) == [True]  # free again: inline
+        assert writer.inline_batches == 2
+        await writer.stop()
+
+    try:
+        asyncio.run(run())
+        assert count(db) == 4
+        with db.engine.connect() as conn:  # the loop's busy timeout of 0 never reached the pool
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    finally:
+        other.close()
+        db.dispose()
 
 
 def test_storage_failure_answers_503_and_acknowledges_nothing(db_url):

@@ -9,7 +9,9 @@ webhook still commits at once (no timer, no added latency).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -58,15 +60,18 @@ def _db_time(value: datetime | None, sqlite_: bool) -> Any:
 def write_items(db: Database, items: Iterable[InboxItem]) -> list[bool]:
     """Store items in one transaction; True for each item newly stored, False for a duplicate.
 
-    The hot path of every webhook, so it goes to the driver directly: one query for the keys
-    already stored, then one ``executemany`` (``ON CONFLICT DO NOTHING`` still guards against
-    a concurrent writer). The values are encoded exactly as the models' column types do.
+    The hot path of every webhook, so it goes to the driver directly, and the values are
+    encoded exactly as the models' column types do. SQLite: ``insert_sqlite``. PostgreSQL
+    (several workers may write): one query for the keys already stored, then one
+    ``executemany`` (``ON CONFLICT DO NOTHING`` still guards against a concurrent writer).
     """
     items = list(items)
     if not items:
         return []
-    sqlite_ = db.is_sqlite
-    received = _db_time(utcnow(), sqlite_)
+    if db.is_sqlite:
+        with db.write_lock(), db.engine.begin() as conn:
+            return insert_sqlite(conn.connection.driver_connection, items)
+    received = _db_time(utcnow(), False)
     by_store: dict[int, list[str]] = {}
     for it in items:
         by_store.setdefault(it.store_id, []).append(it.dedupe_key)
@@ -85,10 +90,38 @@ def write_items(db: Database, items: Iterable[InboxItem]) -> list[bool]:
                 continue
             existing.add(key)  # a second copy in the same batch is a duplicate too
             out.append(True)
-            params.append((it.store_id, it.source, it.topic, it.dedupe_key, received, _db_time(it.triggered_at, sqlite_),
-                           jsoncodec.dumps(it.headers), it.raw_body, it.status, 0, it.last_error))
+            params.append(_params(it, received, False))
         if params:
             conn.exec_driver_sql(_insert_sql(conn.dialect.name), params)
+    return out
+
+
+def _params(it: InboxItem, received: Any, sqlite_: bool) -> tuple[Any, ...]:
+    return (it.store_id, it.source, it.topic, it.dedupe_key, received, _db_time(it.triggered_at, sqlite_),
+            jsoncodec.dumps(it.headers), it.raw_body, it.status, 0, it.last_error)
+
+
+_SQLITE_INSERT = _insert_sql("sqlite")
+
+
+def insert_sqlite(conn: Any, items: list[InboxItem]) -> list[bool]:
+    """Insert into the open SQLite transaction of the DB-API connection ``conn``; True per new row.
+
+    Optimistic: one ``executemany`` whose row count says whether every item was new (nearly
+    always; SQLite is a single writer, so nothing else inserts meanwhile). Only when some
+    were duplicates is it undone and redone row by row, each row's own count telling which.
+    That saves the lookup of existing keys, a fifth of the write, on every batch.
+    """
+    received = _db_time(utcnow(), True)
+    params = [_params(it, received, True) for it in items]
+    conn.execute("SAVEPOINT inbox_write")
+    cur = conn.executemany(_SQLITE_INSERT, params)
+    if cur.rowcount == len(params):
+        conn.execute("RELEASE inbox_write")
+        return [True] * len(params)
+    conn.execute("ROLLBACK TO inbox_write")
+    out = [conn.execute(_SQLITE_INSERT, row).rowcount == 1 for row in params]
+    conn.execute("RELEASE inbox_write")
     return out
 
 
@@ -97,7 +130,17 @@ _EXISTING = select(InboxEvent.dedupe_key).where(
 
 
 class InboxWriter:
-    """Single writer task with group commit; ``submit`` returns after the commit."""
+    """Single writer task with group commit; ``submit`` returns after the commit.
+
+    On SQLite the write runs on the event loop itself whenever the write lock is free at
+    once: two C calls (one ``executemany``, one commit; a few ms for a large batch) instead
+    of a hop to a worker thread and back. SQLite has one writer and the GIL lets one thread
+    run Python, so the thread bought no parallelism, only hand-offs: the loop waited for the
+    GIL, the thread waited for the loop. Written inline, ``serve --no-worker`` took about 15%
+    less CPU per delivery (bench/ingest.py, alternating runs). When the lock is taken (the
+    processor's slice, another process, a checkpoint) the write waits in a thread as before,
+    never on the loop; PostgreSQL always writes from a thread.
+    """
 
     def __init__(self, db: Database, *, max_batch: int = 256, on_commit: Any = None):
         self.db = db
@@ -109,6 +152,8 @@ class InboxWriter:
         self.batches = 0
         self.rows = 0
         self.last_commit = 0.0  # monotonic time of the last commit: "ingest is busy" for the processor
+        self.inline_batches = 0  # of ``batches``, those written on the event loop
+        self._inline: Any = None  # SQLite: the loop's own pooled connection, busy timeout 0
 
     def busy(self, within: float = 0.1) -> bool:
         """Webhooks are arriving: something is queued or was committed in the last ``within`` s."""
@@ -130,6 +175,9 @@ class InboxWriter:
         await self._queue.put(([], done))  # sentinel: an empty submission marks the end
         await self._task
         self._task = None
+        if self._inline is not None:
+            self._inline.close()  # detached from the pool: really closed
+            self._inline = None
 
     async def submit(self, items: list[InboxItem]) -> list[bool]:
         if not items:
@@ -168,7 +216,11 @@ class InboxWriter:
     async def _commit(self, work: list[tuple[list[InboxItem], asyncio.Future[list[bool]]]]) -> None:
         flat = [item for items, _ in work for item in items]
         try:
-            results = await anyio.to_thread.run_sync(write_items, self.db, flat)
+            results = self._write_now(flat) if self.db.is_sqlite else None
+            if results is None:
+                results = await anyio.to_thread.run_sync(write_items, self.db, flat)
+            else:
+                self.inline_batches += 1
         except Exception as exc:  # the database is down or broken: every waiter gets a 503
             log.error("inbox write failed for %d item(s): %s", len(flat), exc.__class__.__name__)
             for _, fut in work:
@@ -185,6 +237,33 @@ class InboxWriter:
             pos += len(items)
         if self.on_commit is not None:
             self.on_commit()
+
+
+    def _write_now(self, items: list[InboxItem]) -> list[bool] | None:
+        """Write on the loop if SQLite's write lock is free this instant; None if it is not."""
+        lock = self.db.write_lock()
+        if not lock.acquire(blocking=False):
+            return None  # the processor holds it in its thread
+        try:
+            if self._inline is None:
+                self._inline = self.db.engine.raw_connection()
+                self._inline.detach()  # its busy timeout of 0 must never reach another user of the pool
+                self._inline.dbapi_connection.execute("PRAGMA busy_timeout = 0")
+            conn = self._inline.dbapi_connection
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:  # another process writes: wait for it in a thread
+                return None
+            try:
+                results = insert_sqlite(conn, items)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            return results
+        finally:
+            lock.release()
 
 
 def sync_stores(db: Database, stores: Iterable[tuple[str, str]]) -> dict[str, int]:
