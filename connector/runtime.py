@@ -135,6 +135,7 @@ class Runtime:
             lambda: ensure_schema(self.db.engine, auto_migrate=self.settings.database.auto_migrate)
         )
         log.info("database schema %s", status)
+        self.db.start_checkpoints()  # SQLite: WAL checkpoints in a thread, not in the webhook writer's commits
         self.store_ids = await anyio.to_thread.run_sync(
             sync_stores, self.db, [(s.key, s.platform) for s in self.settings.stores]
         )

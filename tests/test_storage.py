@@ -143,6 +143,40 @@ def test_writer_writes_on_the_loop_and_in_a_thread_while_sqlite_is_locked(tmp_pa
         db.dispose()
 
 
+def test_wal_checkpoints_run_in_their_own_thread_after_the_writers_commits(tmp_path, sqlite_template):
+    """serve's writer commits on the event loop; the copy of the WAL into the database file
+    happens in the checkpoint thread, which stops with the database."""
+    shutil.copy(sqlite_template, tmp_path / "wal.db")
+    db = Database.from_url(f"sqlite:///{tmp_path / 'wal.db'}")
+    assert db.start_checkpoints()
+    checkpointer = db.checkpointer
+    assert checkpointer is not None
+    thread = checkpointer._thread
+    ids = sync_stores(db, [("a", "shopify")])
+    body = {"id": 0, "note": "x" * 12_000}  # about a Shopify order's size
+
+    async def run() -> None:
+        writer = InboxWriter(db)
+        writer.start()
+        for n in range(10):
+            await asyncio.gather(*(writer.submit([item(ids["a"], f"k{n}-{i}", body)]) for i in range(20)))
+        for _ in range(200):
+            if checkpointer.frames:
+                break
+            await asyncio.sleep(0.02)
+        assert writer.inline_batches == writer.batches
+        await writer.stop()
+
+    try:
+        asyncio.run(run())
+        assert checkpointer.checkpoints >= 1 and checkpointer.frames >= 1
+        assert count(db) == 200
+    finally:
+        db.dispose()
+    assert thread is not None and not thread.is_alive()
+    assert not Database.from_url("sqlite://").start_checkpoints()  # in memory: no file, no thread
+
+
 def test_storage_failure_answers_503_and_acknowledges_nothing(db_url):
     from tests.helpers import running_app, shopify_headers
     from tests.conftest import SECRETS

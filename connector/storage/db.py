@@ -17,6 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 
 from connector.errors import SchemaNotReadyError
+from connector.storage.checkpoint import WalCheckpointer
 from connector.storage import jsoncodec
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -115,6 +116,28 @@ class Database:
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._lock = threading.Lock() if self.is_sqlite else None
         self._nolock = nullcontext()
+        self.checkpointer: WalCheckpointer | None = None
+
+    def start_checkpoints(self) -> bool:
+        """``serve`` and ``worker``: SQLite's WAL checkpoints from a thread of their own
+        (storage/checkpoint.py). False where there is no file to do it for."""
+        path = self.engine.url.database
+        if not self.is_sqlite or not path or path == ":memory:" or "mode=memory" in str(self.engine.url):
+            return False
+        if self.checkpointer is None:
+            self.checkpointer = WalCheckpointer(path)
+        self.checkpointer.start()
+        return True
+
+    def note_commit(self) -> None:
+        """The inbox writer committed on the event loop: time for a checkpoint in the background.
+
+        Only that writer asks: its commits are the ones a checkpoint must stay out of. The
+        processor commits in a worker thread, where SQLite's own checkpoint costs the loop
+        nothing, and waking this thread after each of its small transactions made the
+        journey timers a quarter slower (bench/pipeline.py)."""
+        if self.checkpointer is not None:
+            self.checkpointer.notify()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> "Database":
@@ -124,4 +147,6 @@ class Database:
         return self._lock if self._lock is not None else self._nolock
 
     def dispose(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.engine.dispose()

@@ -257,6 +257,7 @@ class InboxWriter:
             try:
                 results = insert_sqlite(conn, items)
                 conn.execute("COMMIT")
+                self.db.note_commit()
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
