@@ -21,12 +21,6 @@ from connector.storage.checkpoint import WalCheckpointer
 from connector.storage import jsoncodec
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-# SQLite page size for new files. A stored webhook is mostly its raw body (a Shopify order is
-# 10-15 KB): on 4 KB pages each row spills into a chain of overflow pages, each a WAL frame
-# of its own. 16 KB pages took the inbox's group commit from 85 to 60 us of CPU per row
-# (write_items, 20,000 orders in batches of 32, alternating runs). Existing files keep
-# the size they were created with (changing it needs a VACUUM).
-PAGE_SIZE = 16384
 
 
 def make_engine(url: str, *, pool_size: int = 5, connect_args: dict[str, Any] | None = None) -> Engine:
@@ -40,8 +34,7 @@ def make_engine(url: str, *, pool_size: int = 5, connect_args: dict[str, Any] | 
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # let SQLAlchemy emit BEGIN (documented recipe)
             cur = dbapi_conn.cursor()
-            # page_size first: it only takes effect on a new, empty file, before WAL mode is set
-            for pragma in (f"page_size={PAGE_SIZE}", "journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000", "foreign_keys=ON"):
+            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000", "foreign_keys=ON"):
                 cur.execute(f"PRAGMA {pragma}")
             cur.close()
 
