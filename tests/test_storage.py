@@ -191,6 +191,10 @@ def test_storage_failure_answers_503_and_acknowledges_nothing(db_url):
         finally:
             with runtime.db.engine.begin() as conn:
                 conn.execute(text("ALTER TABLE inbox_events_away RENAME TO inbox_events"))
+        assert count(runtime.db) == 0
+        headers = shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", "orders/create")
+        retried = client.post("/webhooks/shopify", content=body, headers=headers)  # Shopify's retry, storage back
+        assert retried.status_code == 200 and count(runtime.db) == 1
     assert resp.status_code == 503
     assert ready.status_code == 200  # the database itself still answers
 

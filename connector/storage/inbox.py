@@ -261,6 +261,9 @@ class InboxWriter:
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
+                self._inline, broken = None, self._inline
+                with contextlib.suppress(sqlite3.Error):
+                    broken.close()  # the next batch opens a fresh one
                 raise
             return results
         finally:
