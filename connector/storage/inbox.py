@@ -110,7 +110,7 @@ def insert_sqlite(conn: Any, items: list[InboxItem]) -> list[bool]:
     Optimistic: one ``executemany`` whose row count says whether every item was new (nearly
     always; SQLite is a single writer, so nothing else inserts meanwhile). Only when some
     were duplicates is it undone and redone row by row, each row's own count telling which.
-    That saves the lookup of existing keys, a fifth of the write, on every batch.
+    That saves a lookup of the batch's keys before every insert.
     """
     received = _db_time(utcnow(), True)
     params = [_params(it, received, True) for it in items]
@@ -137,9 +137,9 @@ class InboxWriter:
     of a hop to a worker thread and back. SQLite has one writer and the GIL lets one thread
     run Python, so the thread bought no parallelism, only hand-offs: the loop waited for the
     GIL, the thread waited for the loop. Written inline, ``serve --no-worker`` took about 15%
-    less CPU per delivery (bench/ingest.py, alternating runs). When the lock is taken (the
-    processor's slice, another process, a checkpoint) the write waits in a thread as before,
-    never on the loop; PostgreSQL always writes from a thread.
+    less CPU per delivery (bench/_load.py against one server, alternating runs). When the
+    lock is taken (the processor's slice, another process) the write waits in a thread as
+    before, never on the loop; PostgreSQL always writes from a thread.
     """
 
     def __init__(self, db: Database, *, max_batch: int = 256, on_commit: Any = None):
@@ -153,7 +153,7 @@ class InboxWriter:
         self.rows = 0
         self.last_commit = 0.0  # monotonic time of the last commit: "ingest is busy" for the processor
         self.inline_batches = 0  # of ``batches``, those written on the event loop
-        self._inline: Any = None  # SQLite: the loop's own pooled connection, busy timeout 0
+        self._inline: Any = None  # SQLite: the loop's own connection (detached from the pool), busy timeout 0
 
     def busy(self, within: float = 0.1) -> bool:
         """Webhooks are arriving: something is queued or was committed in the last ``within`` s."""
@@ -237,7 +237,6 @@ class InboxWriter:
             pos += len(items)
         if self.on_commit is not None:
             self.on_commit()
-
 
     def _write_now(self, items: list[InboxItem]) -> list[bool] | None:
         """Write on the loop if SQLite's write lock is free this instant; None if it is not."""
