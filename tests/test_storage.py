@@ -112,6 +112,8 @@ def test_writer_writes_on_the_loop_and_in_a_thread_while_sqlite_is_locked(tmp_pa
         writer.start()
         assert await writer.submit([item(ids["a"], "k1"), item(ids["a"], "k1")]) == [True, False]
         assert (writer.batches, writer.inline_batches) == (1, 1)
+        on_loop = writer.inline_seconds
+        assert on_loop > 0
         for hold in ("process", "thread"):
             if hold == "process":  # e.g. `storeloop sync` writing from another process
                 other.execute("BEGIN IMMEDIATE")
@@ -129,6 +131,7 @@ def test_writer_writes_on_the_loop_and_in_a_thread_while_sqlite_is_locked(tmp_pa
                 db.write_lock().release()
             assert await asyncio.wait_for(pending, 30) == [True]
         assert (writer.batches, writer.inline_batches) == (3, 1)
+        assert writer.inline_seconds == on_loop  # the waits were in a thread, not on the loop
         assert await writer.submit([item(ids["a"], "k2")]) == [True]  # free again: inline
         assert writer.inline_batches == 2
         await writer.stop()

@@ -133,13 +133,16 @@ class InboxWriter:
     """Single writer task with group commit; ``submit`` returns after the commit.
 
     On SQLite the write runs on the event loop itself whenever the write lock is free at
-    once: two C calls (one ``executemany``, one commit; a few ms for a large batch) instead
-    of a hop to a worker thread and back. SQLite has one writer and the GIL lets one thread
-    run Python, so the thread bought no parallelism, only hand-offs: the loop waited for the
-    GIL, the thread waited for the loop. Written inline, ``serve --no-worker`` took about 15%
-    less CPU per delivery (bench/_load.py against one server, alternating runs). When the
-    lock is taken (the processor's slice, another process) the write waits in a thread as
-    before, never on the loop; PostgreSQL always writes from a thread.
+    once: one ``executemany`` and one commit instead of a hop to a worker thread and back.
+    This departs from DESIGN.md's "blocking calls go through anyio.to_thread", on purpose:
+    SQLite has one writer and the GIL lets one thread run Python, so the thread bought no
+    parallelism, only hand-offs (the loop waited for the GIL, the thread for the loop).
+    Written inline, ``serve --no-worker`` took about 15% less CPU per delivery (bench/_load.py
+    against one server, alternating runs). The loop is never made to wait for anything but
+    SQLite's own work: the connection's busy timeout is 0, and while the lock is taken (the
+    processor's slice, another process) the write goes to a thread as before. That work is
+    80-90 us per 11.6 KB order (bench/_asgi.py): ~6 ms for the 64-row batches of a busy
+    minute, ~23 ms at the 256-row cap. PostgreSQL always writes from a thread.
     """
 
     def __init__(self, db: Database, *, max_batch: int = 256, on_commit: Any = None):
@@ -153,6 +156,7 @@ class InboxWriter:
         self.rows = 0
         self.last_commit = 0.0  # monotonic time of the last commit: "ingest is busy" for the processor
         self.inline_batches = 0  # of ``batches``, those written on the event loop
+        self.inline_seconds = 0.0  # time the event loop spent in those writes
         self._inline: Any = None  # SQLite: the loop's own connection (detached from the pool), busy timeout 0
 
     def busy(self, within: float = 0.1) -> bool:
@@ -216,11 +220,13 @@ class InboxWriter:
     async def _commit(self, work: list[tuple[list[InboxItem], asyncio.Future[list[bool]]]]) -> None:
         flat = [item for items, _ in work for item in items]
         try:
+            started = time.perf_counter()
             results = self._write_now(flat) if self.db.is_sqlite else None
             if results is None:
                 results = await anyio.to_thread.run_sync(write_items, self.db, flat)
             else:
                 self.inline_batches += 1
+                self.inline_seconds += time.perf_counter() - started
         except Exception as exc:  # the database is down or broken: every waiter gets a 503
             log.error("inbox write failed for %d item(s): %s", len(flat), exc.__class__.__name__)
             for _, fut in work:
