@@ -558,3 +558,75 @@ def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path):
     assert 2 <= during <= 1.0 / rt.SATURATED_GAP + 2  # a few slices in a second, never none
     assert all(budget == rt.BUSY_SLICE and limit == rt.BUSY_ROWS for _, budget, limit in processor.calls[:during])
     assert left == 0  # after the burst: the backlog is worked off
+
+
+def _policy_runtime(tmp_path, waiting):
+    """A Runtime whose writer reports ``waiting()`` deliveries (busy throughout) and whose
+    processor takes up to ``limit`` rows of a backlog per slice, instantly."""
+    from connector import runtime as rt
+
+    runtime = rt.Runtime(make_settings(f"sqlite:///{tmp_path / 'policy.db'}"), run_worker=False)
+
+    class Writer:
+        def waiting(self) -> int:
+            return waiting()
+
+        def busy(self) -> bool:
+            return True  # a commit within the last 100 ms: webhooks are arriving
+
+    class Processor:
+        def __init__(self) -> None:
+            self.backlog = 2000
+            self.calls: list[float] = []
+
+        def process_batch(self, budget: float | None = None, limit: int | None = None) -> int:
+            self.calls.append(time.monotonic())
+            n = min(self.backlog, limit or 50)
+            self.backlog -= n
+            return n
+
+        def process_timers(self) -> int:
+            return 0
+
+    runtime.writer, runtime.processor = Writer(), Processor()  # type: ignore[assignment]
+    return runtime, runtime.processor
+
+
+def _run_policy(runtime, seconds: float) -> None:
+    async def run() -> None:
+        task = asyncio.create_task(runtime._process_loop())
+        await asyncio.sleep(seconds)
+        runtime._stopping = True
+        runtime.wake()
+        await asyncio.wait_for(task, 5)
+
+    try:
+        asyncio.run(run())
+    finally:
+        runtime.db.dispose()
+
+
+def test_a_steady_stream_that_never_queues_does_not_cap_the_processor(tmp_path):
+    """Webhooks keep arriving (the writer is busy) but none waits for its commit: the
+    processor goes from slice to slice. A fixed 20 ms pause after each slice capped it at
+    ~160 rows/s, and a steady 70 COD orders/s fell further behind every second."""
+    from connector import runtime as rt
+
+    runtime, processor = _policy_runtime(tmp_path, lambda: 0)
+    _run_policy(runtime, 2.0)
+    assert processor.backlog == 0  # 2,000 rows in 4-row slices within 2 s (the old loop: ~400)
+    assert len(processor.calls) >= 2000 // rt.BUSY_ROWS
+
+
+def test_deliveries_waiting_for_the_writer_go_before_the_next_slice(tmp_path):
+    """While some deliveries (fewer than a burst) wait for their commit, the next slice
+    waits for them, up to BUSY_PAUSE; as soon as none waits, slices run back to back."""
+    from connector import runtime as rt
+
+    until = time.monotonic() + 0.5
+    runtime, processor = _policy_runtime(tmp_path, lambda: 3 if time.monotonic() < until else 0)
+    assert 3 < rt.SATURATED
+    _run_policy(runtime, 1.0)
+    during = [t for t in processor.calls if t < until]
+    assert 2 <= len(during) <= 0.5 / rt.BUSY_PAUSE + 2  # one slice per pause while they wait
+    assert len(processor.calls) - len(during) > 5 * len(during)  # then back to back
