@@ -12,7 +12,7 @@ the dedupe keys make re-reading an unchanged order a no-op.
   ``retry_after``) and retried a bounded number of times (A7). Pages are sorted by
   ``updatedAt``, so after each page's commit the cursor moves to the page's max
   ``updatedAt``: a crash re-reads at most one page.
-- WooCommerce: ``GET /orders?modified_after=…`` page by page until ``X-WP-TotalPages``
+- WooCommerce: ``GET /orders?modified_after=…`` by offset, each page overlapping the last by one order
   (B1); a 429/5xx is backed off (Retry-After when given). The client orders the list by
   id (stable pages while orders change), not by modification time, so a per-page cursor
   could skip an earlier-modified order on a later page: the cursor moves once, after the

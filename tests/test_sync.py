@@ -329,30 +329,31 @@ def test_woocommerce_pages_backs_off_on_429_and_uses_the_webhook_dedupe_key(db_u
     settings, db, ids = setup(db_url)
     store, sid = settings.stores[2], ids["woo"]
     upsert_cursor(db, sid, "orders_updated_at", (T - timedelta(hours=1)).isoformat())
-    pages = {"1": [woo_order(1, "2026-11-20T06:10:00"), woo_order(2, "2026-11-20T06:40:00")],
-             "2": [woo_order(3, "2026-11-20T06:20:00", "completed")]}
+    orders = [woo_order(1, "2026-11-20T06:10:00"), woo_order(2, "2026-11-20T06:40:00"), woo_order(3, "2026-11-20T06:20:00", "completed")]
     seen: list = []
     events: list = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         q = parse_qs(urlparse(str(request.url)).query)
         seen.append(q)
-        events.append(("request", q["page"][0]))
+        events.append(("request", q["offset"][0]))
         if len(seen) == 1:
             return httpx.Response(429, headers={"Retry-After": "3"}, json={"code": "too_many"})
-        return httpx.Response(200, json=pages[q["page"][0]], headers={"X-WP-TotalPages": "2", "X-WP-Total": "3"})
+        start, per = int(q["offset"][0]), int(q["per_page"][0])
+        return httpx.Response(200, json=orders[start:start + per], headers={"X-WP-TotalPages": "2", "X-WP-Total": "3"})
 
     async def run():
         with respx.mock() as mock:
             mock.get(WOO_URL).mock(side_effect=handler)
             async with WooCommerceClient(store) as client:
-                return await reconcile_orders(db, store, sid, client, now=T, sleep=recorder(events))
+                return await reconcile_orders(db, store, sid, client, now=T, page_size=2, sleep=recorder(events))
 
     report = asyncio.run(run())
-    assert events[:3] == [("request", "1"), ("sleep", 3.0), ("request", "1")]
-    assert [q["page"][0] for q in seen] == ["1", "1", "2"]
+    assert events[:3] == [("request", "0"), ("sleep", 3.0), ("request", "0")]
+    # pages of two by offset, each starting on the last order read: [1, 2], then [2, 3] (all 3 read)
+    assert [q["offset"][0] for q in seen] == ["0", "0", "1"]
     assert seen[0]["modified_after"] == ["2026-11-20T05:55:00"] and seen[0]["dates_are_gmt"] == ["true"]
-    assert (report.pages, report.orders_seen, report.new_rows) == (2, 3, 3)
+    assert (report.orders_seen, report.new_rows) == (3, 3)
     # ordered by id, not by date: the cursor moves once, to the newest modification seen
     assert read_cursor(db, sid, "orders_updated_at") == datetime(2026, 11, 20, 6, 40, tzinfo=timezone.utc).isoformat()
     rows = inbox(db, sid)
@@ -618,7 +619,7 @@ OUR_HOOKS = "https://connector.example/webhooks/woocommerce/woo"
 
 class FakeWoo:
     """WooCommerce REST v3 behind respx: ``/orders`` filtered by ``modified_after`` (exclusive, GMT),
-    ordered by id, ``per_page`` capped at ``max_per_page``, ``X-WP-Total`` / ``X-WP-TotalPages``;
+    ordered by id, ``per_page`` capped at ``max_per_page``, ``page`` or ``offset``, ``X-WP-Total`` / ``X-WP-TotalPages``;
     trashed orders leave the list; ``/webhooks`` (``status=disabled``, PUT); ``/products``.
     ``changes[n]`` runs before the n-th orders request is answered, ``failures[n]`` answers it."""
 
@@ -640,8 +641,12 @@ class FakeWoo:
     @staticmethod
     def _paged(rows: list[dict], q: dict, cap: int) -> httpx.Response:
         per = min(int(q.get("per_page", ["10"])[0]), cap)
-        page = int(q.get("page", ["1"])[0])
-        chunk = rows[(page - 1) * per: page * per]
+        if "offset" in q:  # WordPress: offset wins over page
+            start = int(q["offset"][0])
+            chunk = rows[start: start + per]
+        else:
+            page = int(q.get("page", ["1"])[0])
+            chunk = rows[(page - 1) * per: page * per]
         return httpx.Response(200, json=chunk, headers={"X-WP-Total": str(len(rows)), "X-WP-TotalPages": str(-(-len(rows) // per))})
 
     def handler(self, request: httpx.Request) -> httpx.Response:
@@ -805,6 +810,57 @@ def test_woocommerce_data_changing_between_and_during_runs_and_a_503_never_make_
     db.dispose()
 
 
+def test_woocommerce_an_order_trashed_and_one_added_between_two_pages_never_hide_the_next_order(db_url):
+    """Between two pages an order already read is trashed and a new one arrives: ``X-WP-Total``
+    stays the same, but every later order moves one place forward, so page 2 by number would
+    start one order late. Each page starts on the last order read instead: the pager sees a
+    later order there, steps back, and reads every order that was in the window. Later an old
+    order modified during the run joins the list before the pager's place (a re-read, never a gap)."""
+    settings = woo_settings(db_url)
+    store = settings.stores[2]
+    db = Database.from_url(db_url)
+    sid = sync_stores(db, [(s.key, s.platform) for s in settings.stores])["woo"]
+    upsert_cursor(db, sid, "orders_updated_at", (T - timedelta(hours=3)).isoformat())
+    stamp = lambda minutes: (T - timedelta(hours=2) + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S")  # noqa: E731
+    old = woo_order(1, (T - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%S"))  # outside the window at first
+    fake = FakeWoo([old, *[woo_order(n, stamp(10 * n)) for n in range(2, 9)]], max_per_page=2)
+    in_window = {o["id"]: o["date_modified_gmt"] for o in fake.orders.values() if o["id"] != 1}
+
+    def trash_one_add_one(f: FakeWoo) -> None:  # after page 1 ([2, 3]) was read
+        f.put(woo_order(2, stamp(20)) | {"status": "trash"})
+        f.put(woo_order(9, stamp(95)))
+
+    def old_order_changes(f: FakeWoo) -> None:
+        f.put(old | {"date_modified_gmt": stamp(100), "status": "completed"})
+
+    totals: list[int] = []
+    fake.changes = {2: trash_one_add_one, 5: old_order_changes}
+    fake.on_page = lambda q: totals.append(len([o for o in fake.orders.values() if o["status"] != "trash"
+                                                and o["date_modified_gmt"] > q["modified_after"][0]]))
+
+    async def run(now: datetime):
+        with respx.mock() as mock:
+            mock.route(host="bloom.example").mock(side_effect=fake.handler)
+            async with WooCommerceClient(store) as client:
+                return await reconcile_orders(db, store, sid, client, now=now, page_size=2, sleep=recorder([]))
+
+    report = asyncio.run(run(T))
+    assert totals[0] == totals[1] == 7  # the total did not change across the two pages
+    rows = inbox(db, sid)
+    assert len({r.dedupe_key for r in rows}) == len(rows)  # nothing twice
+    stored = {(int(r.dedupe_key.split(":")[2]), r.dedupe_key.split(":", 3)[3].rsplit(":", 1)[0]) for r in rows}
+    for oid, modified in in_window.items():  # every order in the window when the run began (2 was trashed)
+        assert oid == 2 or (oid, modified) in stored, (oid, sorted(stored))
+    offsets = [int(q["offset"][0]) for m_, p, q in fake.requests if p == "/orders"]
+    assert any(b < a for a, b in zip(offsets, offsets[1:]))  # it stepped back at least once
+    assert report.orders_seen >= len(in_window) - 1
+    # the old order modified during the run: read now or by the next run (the cursor never passes the run's start)
+    asyncio.run(run(T + timedelta(minutes=15)))
+    assert (1, stamp(100)) in {(int(r.dedupe_key.split(":")[2]), r.dedupe_key.split(":", 3)[3].rsplit(":", 1)[0])
+                               for r in inbox(db, sid)}
+    db.dispose()
+
+
 # ---- products: cycle tags and metafields of products nobody edited since install -------------------
 
 
@@ -943,7 +999,8 @@ consumer_secret = "cs_test"
         result = CliRunner().invoke(cli_app, ["sync", "--config", str(cfg), "--store", "woo", "--backfill", "--since", "2025-12-01"],
                                     env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "5 of 5 order(s) read in 3 page(s); 5 new inbox row(s)" in result.output
+    # the fake serves two a page and each page starts on the last order read: [1, 2], [2, 3], [3, 4], [4, 5]
+    assert "5 of 5 order(s) read in 4 page(s); 5 new inbox row(s)" in result.output
     assert "re-enabled WooCommerce webhook 11 order.updated" in result.output and "12 order.updated" not in result.output
-    assert fake.puts() == [11] and stored_before_page == [0, 2, 4]
+    assert fake.puts() == [11] and stored_before_page == [0, 2, 3, 4]
     assert [q["modified_after"] for m_, p, q in fake.requests if p == "/orders"][0] == ["2025-11-30T23:55:00"]

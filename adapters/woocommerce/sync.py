@@ -1,15 +1,17 @@
 """Page through WooCommerce orders modified since a time, and through its products (REST v3).
 
-Orders: ``GET /orders?modified_after=…`` page by page until ``X-WP-TotalPages`` (B1). Pages
-come sorted by id (stable while orders change), not by modification time, so the core moves
-the cursor once, after the last page. ``X-WP-Total`` of the first page is the run's total
-(the backfill's progress bar). An order that is modified while we page stays in the list
-(only its data changes) and one newly modified joins it, which pushes later orders to a later
-page (read twice, stored once); but an order trashed or deleted meanwhile leaves it and pulls
-every later order one place forward, so the first order of the next page would be skipped.
-When ``X-WP-Total`` falls between two pages, the run starts again from page 1 (a few times at
-most, then it fails and the cursor stays). [A removal and an addition between the same two
-pages cancel out in the total: not detected; the next run's overlap does not cover it either.]
+Orders: ``GET /orders?modified_after=…&orderby=id&order=asc`` (B1), read by ``offset``, each
+page starting on the last order of the one before (one place of overlap). Pages are sorted by
+id (stable while orders change), not by modification time, so the core moves the cursor once,
+after the last page, and never past the run's start. ``X-WP-Total`` of the first page is the
+run's total (the backfill's progress bar). An order that is modified while we page stays in
+the list (only its data changes); one newly modified joins it, which pushes later orders one
+place back (read twice, stored once). An order trashed or deleted meanwhile leaves the list
+and pulls every later order one place forward: then the overlap place no longer holds the
+last order read but a later one, and the pager steps back a page and reads on from there
+(at most ``MAX_STEPS_BACK`` times in a run, then it fails and the cursor stays). The overlap
+sees every such shift, also a removal and an addition between the same two pages, which
+leave ``X-WP-Total`` unchanged.
 
 Products: every product (``_fields`` keeps the answer small), as ``product.updated`` entries,
 so their tags and ``_storeloop_replenish`` meta reach the reorder cycles through the webhook's
@@ -33,12 +35,17 @@ from adapters.woocommerce.client import MAX_PER_PAGE
 from connector.errors import SyncError
 
 NOT_PLACED = frozenset({"cancelled", "refunded", "failed", "trash", "checkout-draft"})
-MAX_RESTARTS = 3
+MAX_STEPS_BACK = 20  # a list that keeps shrinking under us: give up, the cursor stays
 PRODUCT_FIELDS = "id,name,tags,meta_data,date_modified_gmt,status"
 
 
 def _ts(value: Any) -> datetime | None:
     return parse_http_time(value) if isinstance(value, str) else None
+
+
+def _order_id(o: dict[str, Any]) -> int | None:
+    value = o.get("id")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class WooOrderPager:
@@ -48,32 +55,41 @@ class WooOrderPager:
     def __init__(self, client: Any, *, count: bool = False):
         self.client = client
         self.total: int | None = None  # X-WP-Total of the run's first page (free: every page says it)
-        self.restarts = 0
+        self.steps_back = 0  # times the list shrank before our place and we stepped back
 
     async def pages(self, window_start: datetime, page_size: int, retrying: Retrying, budget: Budget) -> AsyncIterator[list[SyncedOrder]]:
-        per_page = max(1, min(MAX_PER_PAGE, int(page_size)))
+        per_page = max(2, min(MAX_PER_PAGE, int(page_size)))  # one place is the overlap
         params = {"modified_after": window_start.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "dates_are_gmt": "true",
                   "orderby": "id", "order": "asc", "per_page": str(per_page)}
-        page, last_page, lowest = 1, 1, None
-        while page <= last_page:
-            query = {**params, "page": str(page)}
-            orders, total, pages = await retrying(lambda: self.client.get_page("/orders", query))
-            if total is not None:
-                if lowest is not None and total < lowest:  # orders left the list: a later one may have moved onto a page already read
-                    if self.restarts >= MAX_RESTARTS:
-                        raise SyncError(f"WooCommerce orders kept leaving the list while paging ({self.restarts} restarts); "
+        read, last_id = 0, None  # places of the list read so far; the id of the last order read
+        while True:
+            offset = read - 1 if last_id is not None else read  # each page starts on the last order read
+            query = {**params, "offset": str(offset)}
+            orders, total, _pages = await retrying(lambda: self.client.get_page("/orders", query))
+            if self.total is None and total is not None:
+                self.total = total
+            if last_id is not None:
+                first = _order_id(orders[0]) if orders else None
+                if first is None or first > last_id:
+                    # The place of the last order read now holds a later one: orders before it
+                    # left the list (trashed, deleted) and the rest moved forward, so the next
+                    # unread one may sit before this page. Step back a page and read on from there.
+                    if self.steps_back >= MAX_STEPS_BACK:
+                        raise SyncError(f"WooCommerce orders kept leaving the list while paging ({self.steps_back} steps back); "
                                         "the cursor stays, the next run reads the window again")
-                    self.restarts += 1
-                    page, last_page, lowest = 1, 1, total
+                    self.steps_back += 1
+                    read = max(0, read - (per_page - 1))
+                    last_id = None if read == 0 else last_id
                     continue
-                lowest = total if lowest is None else min(lowest, total)
-                if self.total is None:
-                    self.total = total
-            last_page = pages if pages is not None else (page if len(orders) < per_page else page + 1)
-            yield [self._order(o) for o in orders if o.get("status") != "checkout-draft"]
-            if not orders:
+            before, read = read, offset + len(orders)
+            fresh = orders[1:] if last_id is not None and orders and _order_id(orders[0]) == last_id else orders
+            yield [self._order(o) for o in fresh if o.get("status") != "checkout-draft"]
+            # the end: a page that brought no new place (empty, or only the overlap), every place
+            # of the list as WordPress counts it now (a server may cap per_page below ours), or
+            # without a count a short page
+            if read <= before or (read >= total if total is not None else len(orders) < per_page):
                 return
-            page += 1
+            last_id = _order_id(orders[-1])
 
     @staticmethod
     def _order(o: dict[str, Any]) -> SyncedOrder:
