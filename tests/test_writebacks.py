@@ -193,3 +193,25 @@ def test_a_store_without_a_writer_fails_its_row_and_never_touches_another_stores
     row, trail = outbox(db, oid)
     assert row.status == "failed" and "cannot perform 'add_tags'" in row.last_error
     assert trail == [("failed", None, row.last_error)] and route.call_count == 0
+
+
+def test_a_write_back_whose_worker_died_mid_call_counts_that_attempt_and_is_written_once_after(world):
+    """The worker claimed the row (lease) and died during the call: when the lease runs out the
+    idempotent write-back is due again, and the lost call counts toward ``max_attempts``."""
+    db, ids, clock, dispatcher = world
+    oid = queue(db, ids["shop-a"], "add_tags", {"tags": ["cod-confirmed"]})
+    with db.engine.begin() as conn:  # what the dead worker's claim left behind
+        conn.execute(OUTBOX.update().where(OUTBOX.c.id == oid).values(status="sending", lease_until=T0 + timedelta(seconds=60)))
+    clock.now = T0 + timedelta(minutes=5)
+    with db.engine.begin() as conn:
+        assert ob.expire_leases(conn, clock.now, channel="store") == 1
+    row, _ = outbox(db, oid)
+    assert (row.status, row.attempts) == ("pending", 1)
+    with respx.mock(assert_all_called=True) as shopify:
+        route = shopify.post(GRAPHQL).mock(return_value=httpx.Response(200, json=TAGGED))
+        assert run(dispatcher) == 1
+        clock.now += timedelta(hours=1)
+        assert run(dispatcher) == 0
+    row, trail = outbox(db, oid)
+    assert (row.status, row.attempts) == ("sent", 2) and route.call_count == 1
+    assert [t[0] for t in trail] == ["sent"]

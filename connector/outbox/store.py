@@ -238,14 +238,16 @@ def expire_leases(conn: Connection, now: datetime, channel: str = "whatsapp") ->
         for row in expired:
             conn.execute(
                 update(OUTBOX).where(OUTBOX.c.id == row.id, OUTBOX.c.status == "sending")
-                .values(status="pending", due_at=now, last_error="lease expired; retrying the idempotent write-back", updated_at=now)
+                .values(status="pending", due_at=now, attempts=OUTBOX.c.attempts + 1,
+                        last_error="lease expired; retrying the idempotent write-back", updated_at=now)
             )
         return len(expired)
     for row in expired:
         conn.execute(
             update(OUTBOX)
             .where(OUTBOX.c.id == row.id, OUTBOX.c.status == "sending")
-            .values(status="uncertain", last_error="lease expired during send; awaiting status webhook", updated_at=now)
+            .values(status="uncertain", attempts=OUTBOX.c.attempts + 1,  # the call was (possibly) made: it counts
+                    last_error="lease expired during send; awaiting status webhook", updated_at=now)
         )
         conn.execute(
             insert(ATTEMPTS).values(
