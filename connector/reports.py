@@ -48,7 +48,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Table, func, select
+from sqlalchemy import Connection, Table, bindparam, func, select
 
 from connector.storage import models as m
 from connector.storage.db import Database
@@ -271,27 +271,32 @@ def _template_name(payload: Any) -> str:
     return ((payload or {}).get("message") or {}).get("name") or "-"
 
 
+# prebuilt, and pinned to their indexes by tests/test_query_plans.py (ix_outbox_attempts_outbox_id,
+# ix_messages_outbox, ix_consent_changes_store_state_time): a store with months of messages
+# must not pay for all of them in every weekly report
+ATTEMPT_CODES = (select(ATTEMPTS.c.outbox_id, ATTEMPTS.c.error_code)
+                 .where(ATTEMPTS.c.outbox_id.in_(bindparam("oids", expanding=True))).order_by(ATTEMPTS.c.id))
+STATUS_CODES = select(MESSAGES.c.outbox_id, MESSAGES.c.error_code).where(
+    MESSAGES.c.outbox_id.in_(bindparam("oids", expanding=True)), MESSAGES.c.direction == "out", MESSAGES.c.error_code.is_not(None))
+MARKETING_REVOKED = select(CONSENT.c.contact_id, CONSENT.c.occurred_at).where(
+    CONSENT.c.store_id == bindparam("sid"), CONSENT.c.category == "marketing", CONSENT.c.state == "revoked",
+    CONSENT.c.occurred_at >= bindparam("start"), CONSENT.c.occurred_at < bindparam("end"))
+
+
 def _failure_codes(conn: Connection, ids: list[int]) -> dict[int, int | None]:
     """Meta's code for each failed send: the failed status webhook's (kept on the message), else the last attempt's."""
     codes: dict[int, int | None] = {}
     for chunk in _chunks(ids):
-        for oid, code in conn.execute(select(ATTEMPTS.c.outbox_id, ATTEMPTS.c.error_code)
-                                      .where(ATTEMPTS.c.outbox_id.in_(chunk)).order_by(ATTEMPTS.c.id)):
+        for oid, code in conn.execute(ATTEMPT_CODES, {"oids": chunk}):
             codes[oid] = code  # the last attempt's code
-        for oid, code in conn.execute(select(MESSAGES.c.outbox_id, MESSAGES.c.error_code)
-                                      .where(MESSAGES.c.outbox_id.in_(chunk), MESSAGES.c.direction == "out",
-                                             MESSAGES.c.error_code.is_not(None))):
+        for oid, code in conn.execute(STATUS_CODES, {"oids": chunk}):
             codes[oid] = code  # sent, then failed on Meta's side: the status webhook says why
     return codes
 
 
 def _opt_outs(conn: Connection, store_id: int, p: Period) -> tuple[int, Counter[str], dict[str, str]]:
     """Marketing opt-outs of the week: (total, per journey.step of the last message that reached the contact, names)."""
-    revoked = conn.execute(
-        select(CONSENT.c.contact_id, CONSENT.c.occurred_at)
-        .where(CONSENT.c.store_id == store_id, CONSENT.c.category == "marketing", CONSENT.c.state == "revoked",
-               CONSENT.c.occurred_at >= p.start, CONSENT.c.occurred_at < p.end)
-    ).all()
+    revoked = conn.execute(MARKETING_REVOKED, {"sid": store_id, "start": p.start, "end": p.end}).all()
     window = timedelta(hours=OPT_OUT_HOURS)
     reached: dict[int, list[tuple[datetime, str, str]]] = defaultdict(list)
     for chunk in _chunks(sorted({r.contact_id for r in revoked})):

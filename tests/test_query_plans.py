@@ -65,3 +65,19 @@ def test_skipping_waiting_messages_finds_them_by_key(conn: Any) -> None:
 def test_a_contacts_runs_are_found_by_contact(conn: Any) -> None:
     plan = plan_of(conn, RUNS_OF_CONTACTS, {"sid": 1, "cids": list(range(1, 40))})
     assert "ix_journey_runs_contact (store_id=? AND contact_id=?)" in plan, plan
+
+
+def test_the_weekly_reports_failure_codes_read_the_failed_sends_rows_only(conn: Any) -> None:
+    from connector.reports import ATTEMPT_CODES, STATUS_CODES
+
+    oids = list(range(1, 200))
+    assert "ix_outbox_attempts_outbox_id" in plan_of(conn, ATTEMPT_CODES, {"oids": oids})
+    plan = plan_of(conn, STATUS_CODES, {"oids": oids})
+    assert "ix_messages_outbox" in plan and "SCAN messages" not in plan, plan
+
+
+def test_the_weekly_reports_opt_outs_read_the_weeks_revocations_only(conn: Any) -> None:
+    from connector.reports import MARKETING_REVOKED
+
+    plan = plan_of(conn, MARKETING_REVOKED, {"sid": 1, "start": NOW, "end": NOW})
+    assert "ix_consent_changes_store_state_time" in plan and "SCAN consent_changes" not in plan, plan

@@ -179,6 +179,7 @@ class ConsentChange(Base):
     """Every consent change with its source and time, so 'why was this person messaged' has an answer."""
 
     __tablename__ = "consent_changes"
+    __table_args__ = (Index("ix_consent_changes_store_state_time", "store_id", "category", "state", "occurred_at"),)  # a week's opt-outs
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
@@ -276,6 +277,7 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("store_id", "wamid", name="uq_messages_store_wamid"),
         Index("ix_messages_store_contact", "store_id", "contact_id"),
+        Index("ix_messages_outbox", "outbox_id"),  # the weekly report: why each failed send failed
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
