@@ -195,8 +195,10 @@ class Runtime:
         slices, and after each one the deliveries that arrived meanwhile are committed
         before the next slice starts (``_after_busy_slice``). A steady stream that never
         queues therefore leaves the processor nearly all of the time: with a fixed 20 ms
-        pause after every slice it was capped at ~160 rows/s, and 70 COD orders/s fell
-        further behind every second (bench/latency.py: p95 10-15 s, now ~0.5 s). While
+        pause after every slice it was capped near 160 rows/s (less on a slow machine), and
+        a steady 150 COD orders/s fell further behind every second (bench/latency.py: p95
+        5.0-5.5 s, now ~0.55 s; 70/s did too in a slow hour). The price: a delivery that
+        arrives during a slice waits for it (2xx p99 ~45 ms instead of ~25 at 150/s). While
         webhooks are queueing for the writer (a burst beyond what it commits at once) only
         one slice runs per ``SATURATED_GAP``: each slice holds SQLite's write lock and the
         GIL, and at 20% duty the processor cut ingest to about 60% of the ``--no-worker``
