@@ -751,19 +751,38 @@ def test_a_failing_webhook_listing_is_reported_and_the_orders_are_still_reconcil
     db.dispose()
 
 
+def woo_world(db_url: str):
+    """The WooCommerce store of ``woo_settings``, its database and id, its cursor three hours back."""
+    settings = woo_settings(db_url)
+    db = Database.from_url(db_url)
+    sid = sync_stores(db, [(s.key, s.platform) for s in settings.stores])["woo"]
+    upsert_cursor(db, sid, "orders_updated_at", (T - timedelta(hours=3)).isoformat())
+    return settings.stores[2], db, sid
+
+
+def stamp(minutes: float) -> str:
+    """A WooCommerce GMT modification time, ``minutes`` after two hours before T."""
+    return (T - timedelta(hours=2) + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def stored_versions(db: Database, sid: int) -> set[tuple[int, str]]:
+    """(order id, date_modified_gmt) of every WooCommerce order row in the inbox."""
+    out = set()
+    for r in inbox(db, sid):
+        _, _, oid, rest = r.dedupe_key.split(":", 3)
+        out.add((int(oid), rest.rsplit(":", 1)[0]))
+    return out
+
+
 @pytest.mark.parametrize("retry_after", ["7", None], ids=["retry-after", "no-retry-after"])
 def test_woocommerce_data_changing_between_and_during_runs_and_a_503_never_make_the_cursor_skip_an_order(db_url, retry_after):
     """Pages of two orders, ten minutes of modification apart. Run 1: the second page answers 503
     once (slept off: Retry-After, else the first backoff step), an order already read changes, and
     an order on page 1 is trashed before page 2 is read, which pulls the next order onto page 1 (the
-    run starts again). Between runs orders change and new ones arrive. No run skips an order, the
-    inbox ends with every live order's newest version, nothing twice, and the cursor never moves back."""
-    settings = woo_settings(db_url)
-    store = settings.stores[2]
-    db = Database.from_url(db_url)
-    sid = sync_stores(db, [(s.key, s.platform) for s in settings.stores])["woo"]
-    upsert_cursor(db, sid, "orders_updated_at", (T - timedelta(hours=3)).isoformat())
-    stamp = lambda minutes: (T - timedelta(hours=2) + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S")  # noqa: E731
+    pager finds a later order on the overlap place and steps back). Between runs orders change and
+    new ones arrive. No run skips an order, the inbox ends with every live order's newest version,
+    nothing twice, and the cursor never moves back."""
+    store, db, sid = woo_world(db_url)
     fake = FakeWoo([woo_order(n, stamp(10 * n)) for n in range(1, 8)], max_per_page=2)
     headers = {"Retry-After": retry_after} if retry_after else {}
     fake.failures = {2: httpx.Response(503, headers=headers, json={"code": "service_unavailable"})}
@@ -816,12 +835,7 @@ def test_woocommerce_an_order_trashed_and_one_added_between_two_pages_never_hide
     start one order late. Each page starts on the last order read instead: the pager sees a
     later order there, steps back, and reads every order that was in the window. Later an old
     order modified during the run joins the list before the pager's place (a re-read, never a gap)."""
-    settings = woo_settings(db_url)
-    store = settings.stores[2]
-    db = Database.from_url(db_url)
-    sid = sync_stores(db, [(s.key, s.platform) for s in settings.stores])["woo"]
-    upsert_cursor(db, sid, "orders_updated_at", (T - timedelta(hours=3)).isoformat())
-    stamp = lambda minutes: (T - timedelta(hours=2) + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S")  # noqa: E731
+    store, db, sid = woo_world(db_url)
     old = woo_order(1, (T - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%S"))  # outside the window at first
     fake = FakeWoo([old, *[woo_order(n, stamp(10 * n)) for n in range(2, 9)]], max_per_page=2)
     in_window = {o["id"]: o["date_modified_gmt"] for o in fake.orders.values() if o["id"] != 1}
@@ -848,7 +862,7 @@ def test_woocommerce_an_order_trashed_and_one_added_between_two_pages_never_hide
     assert totals[0] == totals[1] == 7  # the total did not change across the two pages
     rows = inbox(db, sid)
     assert len({r.dedupe_key for r in rows}) == len(rows)  # nothing twice
-    stored = {(int(r.dedupe_key.split(":")[2]), r.dedupe_key.split(":", 3)[3].rsplit(":", 1)[0]) for r in rows}
+    stored = stored_versions(db, sid)
     for oid, modified in in_window.items():  # every order in the window when the run began (2 was trashed)
         assert oid == 2 or (oid, modified) in stored, (oid, sorted(stored))
     offsets = [int(q["offset"][0]) for m_, p, q in fake.requests if p == "/orders"]
@@ -856,8 +870,7 @@ def test_woocommerce_an_order_trashed_and_one_added_between_two_pages_never_hide
     assert report.orders_seen >= len(in_window) - 1
     # the old order modified during the run: read now or by the next run (the cursor never passes the run's start)
     asyncio.run(run(T + timedelta(minutes=15)))
-    assert (1, stamp(100)) in {(int(r.dedupe_key.split(":")[2]), r.dedupe_key.split(":", 3)[3].rsplit(":", 1)[0])
-                               for r in inbox(db, sid)}
+    assert (1, stamp(100)) in stored_versions(db, sid)
     db.dispose()
 
 
