@@ -272,24 +272,26 @@ def _template_name(payload: Any) -> str:
 
 
 # prebuilt, and pinned to their indexes by tests/test_query_plans.py (ix_outbox_attempts_outbox_id,
-# ix_messages_outbox, ix_consent_changes_store_state_time): a store with months of messages
+# ix_messages_store_outbox, ix_consent_changes_store_state_time): a store with months of messages
 # must not pay for all of them in every weekly report
 ATTEMPT_CODES = (select(ATTEMPTS.c.outbox_id, ATTEMPTS.c.error_code)
-                 .where(ATTEMPTS.c.outbox_id.in_(bindparam("oids", expanding=True))).order_by(ATTEMPTS.c.id))
+                 .where(ATTEMPTS.c.store_id == bindparam("sid"), ATTEMPTS.c.outbox_id.in_(bindparam("oids", expanding=True)))
+                 .order_by(ATTEMPTS.c.id))
 STATUS_CODES = select(MESSAGES.c.outbox_id, MESSAGES.c.error_code).where(
-    MESSAGES.c.outbox_id.in_(bindparam("oids", expanding=True)), MESSAGES.c.direction == "out", MESSAGES.c.error_code.is_not(None))
+    MESSAGES.c.store_id == bindparam("sid"), MESSAGES.c.outbox_id.in_(bindparam("oids", expanding=True)),
+    MESSAGES.c.direction == "out", MESSAGES.c.error_code.is_not(None))
 MARKETING_REVOKED = select(CONSENT.c.contact_id, CONSENT.c.occurred_at).where(
     CONSENT.c.store_id == bindparam("sid"), CONSENT.c.category == "marketing", CONSENT.c.state == "revoked",
     CONSENT.c.occurred_at >= bindparam("start"), CONSENT.c.occurred_at < bindparam("end"))
 
 
-def _failure_codes(conn: Connection, ids: list[int]) -> dict[int, int | None]:
+def _failure_codes(conn: Connection, store_id: int, ids: list[int]) -> dict[int, int | None]:
     """Meta's code for each failed send: the failed status webhook's (kept on the message), else the last attempt's."""
     codes: dict[int, int | None] = {}
     for chunk in _chunks(ids):
-        for oid, code in conn.execute(ATTEMPT_CODES, {"oids": chunk}):
+        for oid, code in conn.execute(ATTEMPT_CODES, {"sid": store_id, "oids": chunk}):
             codes[oid] = code  # the last attempt's code
-        for oid, code in conn.execute(STATUS_CODES, {"oids": chunk}):
+        for oid, code in conn.execute(STATUS_CODES, {"sid": store_id, "oids": chunk}):
             codes[oid] = code  # sent, then failed on Meta's side: the status webhook says why
     return codes
 
@@ -323,7 +325,7 @@ def message_health(conn: Connection, store_id: int, p: Period) -> dict[str, Any]
         select(OUTBOX.c.id, OUTBOX.c.journey, OUTBOX.c.step, OUTBOX.c.status, OUTBOX.c.skip_reason, OUTBOX.c.payload)
         .where(OUTBOX.c.store_id == store_id, OUTBOX.c.channel == "whatsapp", OUTBOX.c.created_at >= p.start, OUTBOX.c.created_at < p.end)
     ).all()
-    codes = _failure_codes(conn, [r.id for r in rows if r.status == "failed"])
+    codes = _failure_codes(conn, store_id, [r.id for r in rows if r.status == "failed"])
     templates: dict[str, dict[str, Any]] = {}
     for r in rows:
         name = _template_name(r.payload)

@@ -71,9 +71,9 @@ def test_the_weekly_reports_failure_codes_read_the_failed_sends_rows_only(conn: 
     from connector.reports import ATTEMPT_CODES, STATUS_CODES
 
     oids = list(range(1, 200))
-    assert "ix_outbox_attempts_outbox_id" in plan_of(conn, ATTEMPT_CODES, {"oids": oids})
-    plan = plan_of(conn, STATUS_CODES, {"oids": oids})
-    assert "ix_messages_outbox" in plan and "SCAN messages" not in plan, plan
+    assert "ix_outbox_attempts_outbox_id" in plan_of(conn, ATTEMPT_CODES, {"sid": 1, "oids": oids})
+    plan = plan_of(conn, STATUS_CODES, {"sid": 1, "oids": oids})
+    assert "ix_messages_store_outbox" in plan and "SCAN messages" not in plan, plan
 
 
 def test_the_weekly_reports_opt_outs_read_the_weeks_revocations_only(conn: Any) -> None:

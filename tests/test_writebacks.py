@@ -214,4 +214,4 @@ def test_a_write_back_whose_worker_died_mid_call_counts_that_attempt_and_is_writ
         assert run(dispatcher) == 0
     row, trail = outbox(db, oid)
     assert (row.status, row.attempts) == ("sent", 2) and route.call_count == 1
-    assert [t[0] for t in trail] == ["sent"]
+    assert trail == [("uncertain", None, "worker stopped before recording the result"), ("sent", None, None)]  # the lost call is on record

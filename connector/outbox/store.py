@@ -221,7 +221,8 @@ class Claimed:
 
 
 def expire_leases(conn: Connection, now: datetime, channel: str = "whatsapp") -> int:
-    """A claimed row whose lease ran out was possibly sent.
+    """A claimed row whose lease ran out was possibly sent: that call counts as an attempt
+    (``attempts`` + 1 and an ``uncertain`` attempt row), so ``max_attempts`` still bounds it.
 
     A WhatsApp message becomes ``uncertain`` (never resent; its status webhook settles it).
     A store write-back is idempotent (tags are a set, a cancelled order stays cancelled),
@@ -234,20 +235,15 @@ def expire_leases(conn: Connection, now: datetime, channel: str = "whatsapp") ->
             )
         )
     )
-    if channel != "whatsapp":
-        for row in expired:
-            conn.execute(
-                update(OUTBOX).where(OUTBOX.c.id == row.id, OUTBOX.c.status == "sending")
-                .values(status="pending", due_at=now, attempts=OUTBOX.c.attempts + 1,
-                        last_error="lease expired; retrying the idempotent write-back", updated_at=now)
-            )
-        return len(expired)
+    if channel == "whatsapp":
+        then: dict[str, Any] = {"status": "uncertain", "last_error": "lease expired during send; awaiting status webhook"}
+    else:
+        then = {"status": "pending", "due_at": now, "last_error": "lease expired; retrying the idempotent write-back"}
     for row in expired:
         conn.execute(
             update(OUTBOX)
             .where(OUTBOX.c.id == row.id, OUTBOX.c.status == "sending")
-            .values(status="uncertain", attempts=OUTBOX.c.attempts + 1,  # the call was (possibly) made: it counts
-                    last_error="lease expired during send; awaiting status webhook", updated_at=now)
+            .values(**then, attempts=OUTBOX.c.attempts + 1, updated_at=now)
         )
         conn.execute(
             insert(ATTEMPTS).values(

@@ -277,7 +277,7 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("store_id", "wamid", name="uq_messages_store_wamid"),
         Index("ix_messages_store_contact", "store_id", "contact_id"),
-        Index("ix_messages_outbox", "outbox_id"),  # the weekly report: why each failed send failed
+        Index("ix_messages_store_outbox", "store_id", "outbox_id"),  # the weekly report: why each failed send failed
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))

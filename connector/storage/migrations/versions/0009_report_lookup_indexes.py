@@ -1,4 +1,4 @@
-"""messages (outbox_id) and consent_changes (store_id, category, state, occurred_at) indexes:
+"""messages (store_id, outbox_id) and consent_changes (store_id, category, state, occurred_at) indexes:
 the weekly report's failure codes and opt-outs read their rows, not the whole table
 
 Revision ID: 0009
@@ -15,11 +15,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index('ix_messages_outbox', 'messages', ['outbox_id'], unique=False)
+    op.create_index('ix_messages_store_outbox', 'messages', ['store_id', 'outbox_id'], unique=False)
     op.create_index('ix_consent_changes_store_state_time', 'consent_changes', ['store_id', 'category', 'state', 'occurred_at'],
                     unique=False)
 
 
 def downgrade() -> None:
     op.drop_index('ix_consent_changes_store_state_time', table_name='consent_changes')
-    op.drop_index('ix_messages_outbox', table_name='messages')
+    op.drop_index('ix_messages_store_outbox', table_name='messages')
