@@ -26,8 +26,8 @@ from connector.compliance import PRIVACY_TOPICS, PRIVACY_WAIT, waiting_for_earli
 from connector.config import Settings
 from connector.errors import NormalizationError, describe_error
 from connector.events import ComplianceRequested, Event, dump_events
-from connector.journeys.runner import JourneyRunner, prefetch_runs, run_subjects
-from connector.rows import keys_of, prefetch
+from connector.journeys.runner import JourneyRunner, order_email_keys, prefetch_runs, run_subjects
+from connector.rows import keys_of, prefetch, prefetch_emails
 from connector.state import apply_event
 from connector.storage import jsoncodec
 from connector.storage.db import Database
@@ -188,20 +188,23 @@ class InboxProcessor:
         return marks
 
     def _prefetch(self, conn: Connection, cache: TxCache, rows: list[Any], parsed: list[list[Event] | Exception]) -> None:
-        """Load what the batch's events will look up: contacts, orders and checkouts, then journey runs."""
-        wanted: dict[int, tuple[set[str], set[str], set[str], set[str]]] = {}
+        """Load what the batch's events will look up: contacts (by phone, and by an order's email),
+        orders and checkouts, then journey runs."""
+        wanted: dict[int, tuple[set[str], set[str], set[str], set[str], set[str]]] = {}
         for row, events in zip(rows, parsed):
             if isinstance(events, Exception):
                 continue
-            phones, orders, tokens, subjects = wanted.setdefault(row.store_id, (set(), set(), set(), set()))
+            phones, orders, tokens, subjects, emails = wanted.setdefault(row.store_id, (set(), set(), set(), set(), set()))
             for event in events:
                 p, o, t = keys_of(event)
                 phones.update(p)
                 orders.update(o)
                 tokens.update(t)
                 subjects.update(run_subjects(event))
-        for store_id, (phones, orders, tokens, subjects) in wanted.items():
+                emails.update(order_email_keys(event))
+        for store_id, (phones, orders, tokens, subjects, emails) in wanted.items():
             prefetch(conn, store_id, phones, orders, tokens)
+            prefetch_emails(conn, store_id, emails)
             contacts = {cache.keys.get(("contacts", store_id, p)) for p in phones}
             contacts |= {o.contact_id for o in (cache.lookup(("orders", store_id, x))[1] for x in orders) if o is not None}
             prefetch_runs(conn, self._stores[store_id], store_id, subjects, {c for c in contacts if c is not None})

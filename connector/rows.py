@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from connector import events as ev
 from connector.storage.sql import CHECKOUTS, CONTACTS, ORDERS, flush
@@ -31,6 +31,8 @@ _CONTACTS_BY_PHONES = select(CONTACTS).where(CONTACTS.c.store_id == bindparam("s
 _ORDERS_BY_IDS = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
 _CHECKOUTS_BY_TOKENS = select(CHECKOUTS).where(
     CHECKOUTS.c.store_id == bindparam("sid"), CHECKOUTS.c.token.in_(bindparam("tokens", expanding=True)))
+_CONTACTS_BY_EMAILS = select(CONTACTS).where(  # the (store_id, lower(trim(email))) index
+    CONTACTS.c.store_id == bindparam("sid"), func.lower(func.trim(CONTACTS.c.email)).in_(bindparam("keys", expanding=True)))
 
 
 def contact_row(conn: Connection, contact_id: int) -> Any:
@@ -85,6 +87,21 @@ def prefetch(conn: Connection, store_id: int, phone_keys: set[str], order_ids: s
             cache.put(table, row)
         for k in todo:
             cache.absent((table, store_id, k))
+
+
+def prefetch_emails(conn: Connection, store_id: int, email_keys: set[str]) -> None:
+    """Load every contact of the store with one of these email keys into the transaction cache,
+    so matching an order to the same customer under another phone asks the database once per
+    batch rather than once per order. Call it before the batch writes anything."""
+    cache = current(conn)
+    if cache is None:
+        return
+    todo = sorted(k for k in email_keys if (store_id, k) not in cache.emails_loaded)
+    if not todo:
+        return
+    for row in conn.execute(_CONTACTS_BY_EMAILS, {"sid": store_id, "keys": todo}):
+        cache.put("contacts", row)
+    cache.emails_loaded.update((store_id, k) for k in todo)
 
 
 def contact_where(conn: Connection, store_id: int, column: Any, value: str) -> Any:

@@ -93,8 +93,11 @@ def _same_email_contacts(conn: Connection, store_id: int, email: str | None, con
     key = email_key(email)
     if key is None:
         return []
-    ids = set(conn.execute(_CONTACTS_BY_EMAIL, {"sid": store_id, "key": key}).scalars())
     cache = current(conn)
+    if cache is not None and (store_id, key) in cache.emails_loaded:  # the batch's prefetch read them all
+        ids = set(cache.contacts_by_email(key))
+    else:
+        ids = set(conn.execute(_CONTACTS_BY_EMAIL, {"sid": store_id, "key": key}).scalars())
     if cache is not None:  # a cached contact is newer than its stored row (a held INSERT, a held email change)
         ids |= cache.contacts_by_email(key)
         for cid in list(ids):
@@ -122,6 +125,14 @@ def run_subjects(event: Any) -> list[str]:
         return [f"checkout:{event.checkout.token}"]
     if isinstance(event, ev.FulfillmentUpdated):
         return [f"order:{event.fulfillment.order_external_id}"]
+    return []
+
+
+def order_email_keys(event: Any) -> list[str]:
+    """The email keys ``on_event`` matches other contacts by (a placed order's customer), for ``rows.prefetch_emails``."""
+    if isinstance(event, ev.OrderPlaced) and event.order.customer is not None:
+        key = email_key(event.order.customer.email)
+        return [key] if key else []
     return []
 
 

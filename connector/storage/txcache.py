@@ -128,6 +128,9 @@ class TxCache:
         self.deferred: dict[str, tuple[Callable[[Connection, list[Any]], None], list[Any]]] = {}
         self.ids: dict[str, Iterator[int]] = {}  # ids allocated for held INSERTs, per table
         self._emails: dict[str, set[int]] = {}  # contacts by email key, as they were cached (candidates)
+        # (store_id, email key) whose every stored contact was loaded (rows.prefetch_emails): then
+        # ``contacts_by_email`` alone answers; void once a contact is written past the cache
+        self.emails_loaded: set[tuple[int, str]] = set()
         self._runs: dict[tuple[int, int], set[int]] = {}  # journey runs by (store_id, contact_id)
 
     # ---- reads -------------------------------------------------------------------------------
@@ -245,6 +248,8 @@ class TxCache:
         self.deferred.setdefault(kind, (run, []))[1].append(item)
 
     def updated(self, table: str, row_id: int, values: Mapping[str, Any]) -> None:
+        if table == "contacts":  # written past the cache: an email may now match what was loaded
+            self.emails_loaded.clear()
         row = self.rows[table].get(row_id)
         if row is None:
             return
@@ -270,6 +275,8 @@ class TxCache:
 
     def forget(self, table: str, values: Mapping[str, Any]) -> None:
         """A row was written without its id: whatever the cache knew under its key is void."""
+        if table == "contacts":
+            self.emails_loaded.clear()
         key = (table, *(values[c] for c in NATURAL_KEYS[table]))  # every natural key column is NOT NULL
         row_id = self.keys.pop(key, None)
         if row_id is not None:
@@ -277,6 +284,8 @@ class TxCache:
 
     def evict(self, table: str, row_id: int) -> None:
         assert row_id not in self.dirty[table] and row_id not in self.held[table], "flush held-back writes before evicting their row"
+        if table == "contacts":  # its email is no longer known here
+            self.emails_loaded.clear()
         row = self.rows[table].pop(row_id, None)
         if row is not None:
             self.keys.pop(self._key(table, row), None)
