@@ -39,6 +39,8 @@ IDLE_SLICE = 0.1
 BUSY_ROWS = 4  # do not even load more raw bodies than a slice can process
 SATURATED = 8  # deliveries waiting for their commit: a burst the writer is working through
 SATURATED_GAP = 0.25  # seconds between slices meanwhile, so processing never stops for a whole burst
+IDLE_TIMERS = 100  # journey timers fired per transaction when no webhooks arrive
+BUSY_TIMERS = 20  # ... and while they arrive (~4 ms of work, like a busy slice)
 
 
 _gc_tuned = False
@@ -203,6 +205,11 @@ class Runtime:
         one slice runs per ``SATURATED_GAP``: each slice holds SQLite's write lock and the
         GIL, and at 20% duty the processor cut ingest to about 60% of the ``--no-worker``
         rate (bench/ingest.py). Nothing is lost meanwhile: it is all in the inbox.
+
+        Journey timers fire when no inbox row is due, a batch per transaction; a full batch
+        means more are due, so the loop goes round again at once instead of waiting for the
+        next poll: a wave of reminders coming due together (the morning after quiet hours, a
+        sale's abandoned checkouts) used to go out at one batch of 100 per poll interval.
         """
         assert self.processor is not None
         poll = self.settings.worker.inbox_poll_seconds
@@ -224,10 +231,16 @@ class Runtime:
             if handled and busy:
                 await self._after_busy_slice()
             elif handled == 0:
+                limit = BUSY_TIMERS if busy else IDLE_TIMERS
                 try:
-                    await anyio.to_thread.run_sync(self.processor.process_timers)
+                    fired = await anyio.to_thread.run_sync(self.processor.process_timers, limit)
                 except Exception:
                     log.exception("journey timers failed; retrying")
+                    fired = 0
+                if fired >= limit:  # a full batch: more are due (a wave of reminders); inbox rows still go first
+                    if busy:
+                        await self._after_busy_slice()
+                    continue
                 self._wakeup.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=poll)
