@@ -41,6 +41,7 @@ SATURATED = 8  # deliveries waiting for their commit: a burst the writer is work
 SATURATED_GAP = 0.25  # seconds between slices meanwhile, so processing never stops for a whole burst
 IDLE_TIMERS = 100  # journey timers fired per transaction when no webhooks arrive
 BUSY_TIMERS = 20  # ... and while they arrive (~4 ms of work, like a busy slice)
+TIMERS_EVERY = 1.0  # seconds: under an inbox backlog, timers still get a batch this often
 
 
 _gc_tuned = False
@@ -210,10 +211,12 @@ class Runtime:
         means more are due, so the loop goes round again at once instead of waiting for the
         next poll: a wave of reminders coming due together (the morning after quiet hours, a
         sale's abandoned checkouts) used to go out at one batch of 100 per poll interval.
+        Under a backlog that lasts (a burst, a backfill) they still get a batch every
+        ``TIMERS_EVERY``: they used to wait until the inbox was empty.
         """
         assert self.processor is not None
         poll = self.settings.worker.inbox_poll_seconds
-        last_slice = 0.0
+        last_slice = last_timers = 0.0
         while not self._stopping:
             if self.writer.waiting() >= SATURATED and time.monotonic() - last_slice < SATURATED_GAP:
                 await asyncio.sleep(BUSY_PAUSE)  # webhooks queue for the writer: they go first
@@ -230,20 +233,22 @@ class Runtime:
                 await asyncio.sleep(poll)
             if handled and busy:
                 await self._after_busy_slice()
-            elif handled == 0:
-                limit = BUSY_TIMERS if busy else IDLE_TIMERS
-                try:
-                    fired = await anyio.to_thread.run_sync(self.processor.process_timers, limit)
-                except Exception:
-                    log.exception("journey timers failed; retrying")
-                    fired = 0
-                if fired >= limit:  # a full batch: more are due (a wave of reminders); inbox rows still go first
-                    if busy:
-                        await self._after_busy_slice()
-                    continue
-                self._wakeup.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=poll)
+            if handled and time.monotonic() - last_timers < TIMERS_EVERY:
+                continue  # inbox rows first; timers when it is empty, or their turn under a backlog
+            last_timers = time.monotonic()
+            limit = BUSY_TIMERS if busy else IDLE_TIMERS
+            try:
+                fired = await anyio.to_thread.run_sync(self.processor.process_timers, limit)
+            except Exception:
+                log.exception("journey timers failed; retrying")
+                fired = 0
+            if fired >= limit or handled:  # a full batch means more are due (a wave of reminders)
+                if busy and fired:
+                    await self._after_busy_slice()
+                continue
+            self._wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=poll)
 
     async def _after_busy_slice(self) -> None:
         """Let the deliveries that arrived during a slice commit first, then go on at once.

@@ -648,6 +648,18 @@ def test_while_webhooks_arrive_timers_fire_in_small_batches_and_still_all_go(tmp
     assert {limit for _, limit in processor.timer_calls} == {rt.BUSY_TIMERS}
 
 
+def test_timers_still_fire_under_an_inbox_backlog_that_lasts(tmp_path):
+    """A backlog that does not drain (a long burst, a backfill): inbox rows keep the
+    processor busy, but due reminders get a batch every TIMERS_EVERY instead of waiting
+    for the inbox to be empty (the old loop fired none in this test)."""
+    from connector import runtime as rt
+
+    runtime, processor = _policy_runtime(tmp_path, lambda: 0, busy=False, backlog=10**9, timers=250)
+    _run_policy(runtime, 2.5 * rt.TIMERS_EVERY)
+    assert processor.timers == 0  # the first batch at once, the next two a TIMERS_EVERY apart
+    assert processor.backlog < 10**9 and len(processor.calls) > 10 * len(processor.timer_calls)
+
+
 def test_deliveries_waiting_for_the_writer_go_before_the_next_slice(tmp_path):
     """While some deliveries (fewer than a burst) wait for their commit, the next slice
     waits for them, up to BUSY_PAUSE; as soon as none waits, slices run back to back."""
