@@ -27,7 +27,7 @@ from connector.config import Settings
 from connector.errors import NormalizationError, describe_error
 from connector.events import ComplianceRequested, Event, dump_events
 from connector.journeys.runner import JourneyRunner, order_email_keys, prefetch_runs, run_subjects
-from connector.rows import keys_of, prefetch, prefetch_emails
+from connector.rows import contact_keys_of, keys_of, prefetch, prefetch_contacts
 from connector.state import apply_event
 from connector.storage import jsoncodec
 from connector.storage.db import Database
@@ -188,23 +188,27 @@ class InboxProcessor:
         return marks
 
     def _prefetch(self, conn: Connection, cache: TxCache, rows: list[Any], parsed: list[list[Event] | Exception]) -> None:
-        """Load what the batch's events will look up: contacts (by phone, and by an order's email),
-        orders and checkouts, then journey runs."""
-        wanted: dict[int, tuple[set[str], set[str], set[str], set[str], set[str]]] = {}
+        """Load what the batch's events will look up: contacts (by phone; by email and customer id
+        where there is no phone; by a placed order's email), orders and checkouts, then journey runs."""
+        wanted: dict[int, tuple[set[str], set[str], set[str], set[str], set[str], set[str]]] = {}
         for row, events in zip(rows, parsed):
             if isinstance(events, Exception):
                 continue
-            phones, orders, tokens, subjects, emails = wanted.setdefault(row.store_id, (set(), set(), set(), set(), set()))
+            phones, orders, tokens, subjects, emails, customers = wanted.setdefault(
+                row.store_id, (set(), set(), set(), set(), set(), set()))
             for event in events:
                 p, o, t = keys_of(event)
                 phones.update(p)
                 orders.update(o)
                 tokens.update(t)
                 subjects.update(run_subjects(event))
-                emails.update(order_email_keys(event))
-        for store_id, (phones, orders, tokens, subjects, emails) in wanted.items():
+                e, c = contact_keys_of(event)
+                emails.update(e, order_email_keys(event))
+                customers.update(c)
+        for store_id, (phones, orders, tokens, subjects, emails, customers) in wanted.items():
             prefetch(conn, store_id, phones, orders, tokens)
-            prefetch_emails(conn, store_id, emails)
+            prefetch_contacts(conn, store_id, "email", emails)
+            prefetch_contacts(conn, store_id, "external_customer_id", customers)
             contacts = {cache.keys.get(("contacts", store_id, p)) for p in phones}
             contacts |= {o.contact_id for o in (cache.lookup(("orders", store_id, x))[1] for x in orders) if o is not None}
             prefetch_runs(conn, self._stores[store_id], store_id, subjects, {c for c in contacts if c is not None})

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, select
 
 from connector import events as ev
+from connector.contacts import email_key
 from connector.storage.sql import CHECKOUTS, CONTACTS, ORDERS, flush
 from connector.storage.txcache import by_id, by_key, current
 
@@ -31,8 +32,12 @@ _CONTACTS_BY_PHONES = select(CONTACTS).where(CONTACTS.c.store_id == bindparam("s
 _ORDERS_BY_IDS = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
 _CHECKOUTS_BY_TOKENS = select(CHECKOUTS).where(
     CHECKOUTS.c.store_id == bindparam("sid"), CHECKOUTS.c.token.in_(bindparam("tokens", expanding=True)))
-_CONTACTS_BY_EMAILS = select(CONTACTS).where(  # the (store_id, lower(trim(email))) index
-    CONTACTS.c.store_id == bindparam("sid"), func.lower(func.trim(CONTACTS.c.email)).in_(bindparam("keys", expanding=True)))
+_CONTACTS_BY_MANY = {  # the (store_id, lower(trim(email))) and (store_id, external_customer_id) indexes
+    "email": select(CONTACTS).where(
+        CONTACTS.c.store_id == bindparam("sid"), func.lower(func.trim(CONTACTS.c.email)).in_(bindparam("keys", expanding=True))),
+    "external_customer_id": select(CONTACTS).where(
+        CONTACTS.c.store_id == bindparam("sid"), CONTACTS.c.external_customer_id.in_(bindparam("keys", expanding=True))),
+}
 
 
 def contact_row(conn: Connection, contact_id: int) -> Any:
@@ -89,19 +94,39 @@ def prefetch(conn: Connection, store_id: int, phone_keys: set[str], order_ids: s
             cache.absent((table, store_id, k))
 
 
-def prefetch_emails(conn: Connection, store_id: int, email_keys: set[str]) -> None:
-    """Load every contact of the store with one of these email keys into the transaction cache,
-    so matching an order to the same customer under another phone asks the database once per
-    batch rather than once per order. Call it before the batch writes anything."""
+def contact_keys_of(event: ev.Event) -> tuple[list[str], list[str]]:
+    """The email keys and platform customer ids ``state.upsert_contact`` looks a customer up by
+    when the event has no phone (``prefetch_contacts`` loads them for the batch)."""
+    customer, by_email = None, False
+    match event:
+        case ev.OrderPlaced() | ev.OrderUpdated() | ev.OrderPaid() | ev.OrderCancelled() | ev.OrderFulfilled():
+            customer, by_email = event.order.customer, True
+        case ev.CheckoutUpdated(checkout=c):
+            customer = c.customer
+        case ev.CustomerUpdated():
+            customer = event.customer
+        case ev.ConsentChanged():
+            return [], [event.customer_external_id] if event.phone is None and event.customer_external_id else []
+    if customer is None or customer.phone is not None:
+        return [], []
+    key = email_key(customer.email) if by_email else None
+    return [key] if key else [], [customer.external_id] if customer.external_id else []
+
+
+def prefetch_contacts(conn: Connection, store_id: int, column: str, keys: set[str]) -> None:
+    """Load every contact of the store whose ``column`` (``email``, trimmed and any case, or
+    ``external_customer_id``) is one of ``keys`` into the transaction cache: one query per
+    batch instead of one per event (on PostgreSQL each is a round trip). Call it before the
+    batch writes anything."""
     cache = current(conn)
     if cache is None:
         return
-    todo = sorted(k for k in email_keys if (store_id, k) not in cache.emails_loaded)
+    todo = sorted(k for k in keys if (column, store_id, k) not in cache.loaded)
     if not todo:
         return
-    for row in conn.execute(_CONTACTS_BY_EMAILS, {"sid": store_id, "keys": todo}):
+    for row in conn.execute(_CONTACTS_BY_MANY[column], {"sid": store_id, "keys": todo}):
         cache.put("contacts", row)
-    cache.emails_loaded.update((store_id, k) for k in todo)
+    cache.loaded.update((column, store_id, k) for k in todo)
 
 
 def contact_where(conn: Connection, store_id: int, column: Any, value: str) -> Any:
@@ -111,6 +136,10 @@ def contact_where(conn: Connection, store_id: int, column: Any, value: str) -> A
     at only when the database has no match (as a query after the INSERTs would return).
     """
     cache = current(conn)
+    if cache is not None and (column.name, store_id, value) in cache.loaded:  # the batch's prefetch read them all
+        rows = cache.matching_contacts(column.name, store_id, value)
+        stored = [r for r in rows if r.id not in cache.held["contacts"]]
+        return (stored or rows)[0] if rows else None  # as below: a stored match first, the oldest
     if cache is not None and cache.updates_column("contacts", column.name):
         flush(conn)  # a held-back change of that identifier must be visible to the query
     row = conn.execute(_CONTACT_BY[column.name], {"sid": store_id, "v": value}).first()

@@ -66,6 +66,9 @@ def contact_by_email(conn: Connection, store_id: int, email: str | None) -> Any:
     if key is None:
         return None
     cache = current(conn)
+    if cache is not None and ("email", store_id, key) in cache.loaded:  # the batch's prefetch read them all
+        rows = cache.matching_contacts("email", store_id, key)
+        return rows[-1] if rows else None  # the newest: held INSERTs have the highest ids
     if cache is not None:
         held = [r for r in (cache.get("contacts", cid) for cid in cache.contacts_by_email(key) if cid in cache.held["contacts"])
                 if r is not None and r.store_id == store_id and email_key(r.email) == key]

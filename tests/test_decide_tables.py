@@ -638,6 +638,31 @@ def test_opt_outs_from_outside_the_chat_end_checkout_runs_with_their_reason(db_u
     assert [s for _, _, s in sent] == ["first", "first"]  # no second reminder for either
 
 
+def test_a_phone_less_opt_out_in_the_same_batch_finds_the_customer_by_id(db_url):
+    """The checkout (phone and customer id) and the store's SMS unsubscribe (no phone, the
+    customer id) arrive together and are processed in one batch: the batch's lookup by
+    customer id finds the contact created moments earlier in it, not only stored ones."""
+    settings = shopify_app(db_url, 0, templates=CART_TEMPLATES, journeys=CART_JOURNEY)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        post(client, "checkouts/create", abandoned("tokA", "+91 98765 43210", "asha@example.com"))  # customer 603851970716743426
+        post(client, "customers_marketing_consent/update", {"id": 603851970716743426, "phone": None, "sms_marketing_consent": {
+            "state": "unsubscribed", "opt_in_level": "single_opt_in", "consent_updated_at": "2026-11-20T06:45:00Z",
+            "consent_collected_from": "OTHER"}})
+        assert runtime.processor.drain() == 2
+        clock.now = T0 + 8 * H
+        runtime.processor.process_timers()
+        found = runs(runtime)
+        sent = steps(runtime)
+        with runtime.db.engine.connect() as conn:
+            contacts = conn.execute(select(m.Contact.id, m.Contact.consent_marketing)).all()
+    run = found[(runtime.store_ids["shop-a"], "checkout_recovery", "checkout:tokA")]
+    assert len(contacts) == 1 and contacts[0].consent_marketing == "revoked"
+    assert (run.status, run.state["outcome"], run.state["opted_out_via"]) == ("finished", "opted_out", "shopify_sms_marketing")
+    assert not [s for s in sent if s[0] == "checkout_recovery"]
+
+
 def test_whatsapps_own_marketing_stop_ends_a_reorder_run_before_its_follow_up(db_url):
     templates = [
         {"step": "reorder.reminder", "name": "reorder_v1", "category": "marketing", "body_text": "Restock {{1}}: {{2}}",

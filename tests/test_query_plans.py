@@ -83,10 +83,13 @@ def test_the_weekly_reports_opt_outs_read_the_weeks_revocations_only(conn: Any) 
     assert "ix_consent_changes_store_state_time" in plan and "SCAN consent_changes" not in plan, plan
 
 
-def test_a_batchs_order_emails_find_their_contacts_by_the_email_index(conn: Any) -> None:
-    """One query per batch matches its orders' emails to contacts under other phones: it must
-    read the (store, lower(trim(email))) index, not every contact of the store."""
-    from connector.rows import _CONTACTS_BY_EMAILS
+def test_a_batchs_emails_and_customer_ids_find_their_contacts_by_index(conn: Any) -> None:
+    """One query per batch matches its orders' emails (and phone-less customers' ids) to
+    contacts: it must read the (store, lower(trim(email))) and (store, customer id) indexes,
+    not every contact of the store."""
+    from connector.rows import _CONTACTS_BY_MANY
 
-    plan = plan_of(conn, _CONTACTS_BY_EMAILS, {"sid": 1, "keys": [f"buyer{i}@example.in" for i in range(100)]})
+    plan = plan_of(conn, _CONTACTS_BY_MANY["email"], {"sid": 1, "keys": [f"buyer{i}@example.in" for i in range(100)]})
     assert "ix_contacts_store_email (store_id=? AND <expr>=?)" in plan, plan
+    plan = plan_of(conn, _CONTACTS_BY_MANY["external_customer_id"], {"sid": 1, "keys": [str(7_000_000 + i) for i in range(100)]})
+    assert "ix_contacts_store_customer (store_id=? AND external_customer_id=?)" in plan, plan

@@ -94,10 +94,9 @@ def _same_email_contacts(conn: Connection, store_id: int, email: str | None, con
     if key is None:
         return []
     cache = current(conn)
-    if cache is not None and (store_id, key) in cache.emails_loaded:  # the batch's prefetch read them all
-        ids = set(cache.contacts_by_email(key))
-    else:
-        ids = set(conn.execute(_CONTACTS_BY_EMAIL, {"sid": store_id, "key": key}).scalars())
+    if cache is not None and ("email", store_id, key) in cache.loaded:  # the batch's prefetch read them all
+        return [r.id for r in cache.matching_contacts("email", store_id, key) if r.id != contact_id]
+    ids = set(conn.execute(_CONTACTS_BY_EMAIL, {"sid": store_id, "key": key}).scalars())
     if cache is not None:  # a cached contact is newer than its stored row (a held INSERT, a held email change)
         ids |= cache.contacts_by_email(key)
         for cid in list(ids):
@@ -129,7 +128,7 @@ def run_subjects(event: Any) -> list[str]:
 
 
 def order_email_keys(event: Any) -> list[str]:
-    """The email keys ``on_event`` matches other contacts by (a placed order's customer), for ``rows.prefetch_emails``."""
+    """The email keys ``on_event`` matches other contacts by (a placed order's customer), for ``rows.prefetch_contacts``."""
     if isinstance(event, ev.OrderPlaced) and event.order.customer is not None:
         key = email_key(event.order.customer.email)
         return [key] if key else []

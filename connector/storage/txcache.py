@@ -128,9 +128,10 @@ class TxCache:
         self.deferred: dict[str, tuple[Callable[[Connection, list[Any]], None], list[Any]]] = {}
         self.ids: dict[str, Iterator[int]] = {}  # ids allocated for held INSERTs, per table
         self._emails: dict[str, set[int]] = {}  # contacts by email key, as they were cached (candidates)
-        # (store_id, email key) whose every stored contact was loaded (rows.prefetch_emails): then
-        # ``contacts_by_email`` alone answers; void once a contact is written past the cache
-        self.emails_loaded: set[tuple[int, str]] = set()
+        self._customers: dict[str, set[int]] = {}  # contacts by the platform's customer id (candidates)
+        # (column, store_id, key) whose every stored contact was loaded (rows.prefetch_contacts):
+        # then ``matching_contacts`` answers alone; void once a contact is written past the cache
+        self.loaded: set[tuple[str, int, str]] = set()
         self._runs: dict[tuple[int, int], set[int]] = {}  # journey runs by (store_id, contact_id)
 
     # ---- reads -------------------------------------------------------------------------------
@@ -165,6 +166,17 @@ class TxCache:
         changed in this transaction: candidates, so a caller re-checks each row's email."""
         return self._emails.get(key, set())
 
+    def matching_contacts(self, column: str, store_id: int, key: str) -> list[CachedRow]:
+        """The cached contacts of a store whose ``email`` (``key`` as ``email_key`` gives it) or
+        ``external_customer_id`` is ``key`` now, in id order. All of them, held INSERTs included,
+        once ``(column, store_id, key)`` is in ``loaded``."""
+        if column == "email":
+            ids, same = self._emails.get(key, ()), (lambda r: email_key(r.get("email")) == key)
+        else:
+            ids, same = self._customers.get(key, ()), (lambda r: r.get("external_customer_id") == key)
+        rows = (self.rows["contacts"].get(i) for i in ids)
+        return sorted((r for r in rows if r is not None and r["store_id"] == store_id and same(r)), key=lambda r: r["id"])
+
     def runs_of_contact(self, store_id: int, contact_id: int) -> list[CachedRow]:
         """The cached journey runs of a contact (a run's contact never changes), in id order."""
         runs = self.rows["journey_runs"]
@@ -175,10 +187,14 @@ class TxCache:
             if values.get("contact_id") is not None:
                 self._runs.setdefault((values["store_id"], values["contact_id"]), set()).add(row_id)
             return
-        if table == "contacts" and values.get("email"):
+        if table != "contacts":
+            return
+        if values.get("email"):
             key = email_key(values["email"])
             if key is not None:
                 self._emails.setdefault(key, set()).add(row_id)
+        if values.get("external_customer_id"):
+            self._customers.setdefault(values["external_customer_id"], set()).add(row_id)
 
     def absent(self, key: tuple[Any, ...]) -> None:
         """The database has no row under this key (from a query that would have found it)."""
@@ -248,8 +264,8 @@ class TxCache:
         self.deferred.setdefault(kind, (run, []))[1].append(item)
 
     def updated(self, table: str, row_id: int, values: Mapping[str, Any]) -> None:
-        if table == "contacts":  # written past the cache: an email may now match what was loaded
-            self.emails_loaded.clear()
+        if table == "contacts":  # written past the cache: an email or customer id may now match what was loaded
+            self.loaded.clear()
         row = self.rows[table].get(row_id)
         if row is None:
             return
@@ -276,7 +292,7 @@ class TxCache:
     def forget(self, table: str, values: Mapping[str, Any]) -> None:
         """A row was written without its id: whatever the cache knew under its key is void."""
         if table == "contacts":
-            self.emails_loaded.clear()
+            self.loaded.clear()
         key = (table, *(values[c] for c in NATURAL_KEYS[table]))  # every natural key column is NOT NULL
         row_id = self.keys.pop(key, None)
         if row_id is not None:
@@ -284,8 +300,8 @@ class TxCache:
 
     def evict(self, table: str, row_id: int) -> None:
         assert row_id not in self.dirty[table] and row_id not in self.held[table], "flush held-back writes before evicting their row"
-        if table == "contacts":  # its email is no longer known here
-            self.emails_loaded.clear()
+        if table == "contacts":  # its email and customer id are no longer known here
+            self.loaded.clear()
         row = self.rows[table].pop(row_id, None)
         if row is not None:
             self.keys.pop(self._key(table, row), None)
