@@ -465,6 +465,27 @@ def test_the_fast_executemany_stores_exactly_what_sqlalchemy_would(db):
     assert after[got[1].id].status == "active"  # untouched
 
 
+def test_a_timestamp_bound_again_and_again_is_stored_right_every_time(db):
+    """A batch binds its ``now`` many times over (the SQLite codec remembers the last value it
+    wrote): repeated, interleaved and equal-but-distinct values each store their own instant,
+    and a naive datetime is still refused right after an aware one."""
+    from connector.storage import sql
+
+    ids = sync_stores(db, [("a", "shopify")])
+    a = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)
+    b = datetime(2026, 11, 20, 15, 30, tzinfo=timezone(timedelta(hours=5, minutes=30)))  # the same instant as a
+    c = a + timedelta(microseconds=1)
+    order = [a, a, b, c, a, c, c, b]
+    rows = [{"store_id": ids["a"], "journey": "j", "subject": f"s{i}", "contact_id": None, "status": "active", "state": {},
+             "holdout": False, "next_due_at": at, "started_at": at, "updated_at": a} for i, at in enumerate(order)]
+    with db.engine.begin() as conn:
+        sql.execute_many(conn, sql._insert(sql.RUNS), rows)
+        got = conn.execute(select(m.JourneyRun.next_due_at, m.JourneyRun.started_at).order_by(m.JourneyRun.id)).all()
+    assert [r.next_due_at for r in got] == order and [r.started_at for r in got] == order
+    with pytest.raises(Exception, match="naive datetime"), db.engine.begin() as conn:
+        sql.execute_many(conn, sql._insert(sql.RUNS), [{**rows[0], "subject": "naive", "next_due_at": a.replace(tzinfo=None)}])
+
+
 def test_a_database_error_names_no_stored_value(db):
     """Errors are logged and kept as an inbox row's last_error: the statement's values (phones,
     names, emails) must not be in their text."""

@@ -67,13 +67,19 @@ class UTCDateTime(TypeDecorator[datetime]):
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
         utc = timezone.utc
+        last: list[tuple[datetime | None, str | None]] = [(None, None)]
 
         def process(value: datetime | None) -> str | None:
             if value is None:
                 return None
+            seen, text = last[0]  # one tuple, swapped whole: safe to read from any thread
+            if value is seen:  # a batch binds its ``now`` many times (created, updated, due, processed)
+                return text
             if value.tzinfo is None:
                 raise ValueError("naive datetime given to the database; use aware UTC datetimes")
-            return value.astimezone(utc).replace(tzinfo=None).isoformat(" ", "microseconds")
+            text = value.astimezone(utc).replace(tzinfo=None).isoformat(" ", "microseconds")
+            last[0] = (value, text)
+            return text
         return process
 
     def result_processor(self, dialect: Any, coltype: Any) -> Any:
@@ -81,9 +87,17 @@ class UTCDateTime(TypeDecorator[datetime]):
             return super().result_processor(dialect, coltype)
         utc = timezone.utc
         parse = datetime.fromisoformat
+        seen: dict[str, datetime] = {}  # rows read together share timestamps (a batch's ``now``)
 
         def process(value: str | None) -> datetime | None:
-            return None if value is None else parse(value).replace(tzinfo=utc)
+            if value is None:
+                return None
+            found = seen.get(value)
+            if found is None:
+                if len(seen) >= 4096:
+                    seen.clear()
+                found = seen[value] = parse(value).replace(tzinfo=utc)
+            return found
         return process
 
 
