@@ -171,10 +171,20 @@ def _next_id(conn: Connection, cache: TxCache, table: Table) -> int:
     return next(ids)
 
 
+_TAKEN: dict[str, int] = {}  # table -> ids the last transaction took from its sequence
+
+
 def _sequence(conn: Connection, name: str) -> Iterator[int]:
-    block = 16
+    """A batch of new rows needs about as many ids as the one before it: the first block is
+    that many (16 to 512), so a steady stream of batches costs one round trip per table each,
+    not 16, 32, 64... again every batch. A block's unused ids are gaps, as any sequence has."""
+    block = min(max(_TAKEN.get(name, 16), 16), 512)
+    taken = 0
     while True:
-        yield from conn.execute(_NEXTVALS, {"t": name, "n": block}).scalars()
+        for new_id in conn.execute(_NEXTVALS, {"t": name, "n": block}).scalars().all():
+            taken += 1
+            _TAKEN[name] = taken
+            yield new_id
         block = min(block * 2, 512)
 
 
