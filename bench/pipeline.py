@@ -10,7 +10,8 @@ peak memory; target at least 2,000 events/s end to end on SQLite."
 The default (5,000 orders, 10,000 checkouts) is a tenth of the issue's day so `make bench`
 stays short. Payloads come from bench/_pipeline_data.py (built from the real Shopify samples)
 and are generated and serialised before anything is timed, then frozen out of the garbage
-collector's sight (gc.freeze: a worker never holds a day of payloads). One Shopify store with every
+collector's sight (gc.freeze: a worker never holds a day of payloads), and the collector is set
+as `storeloop serve` and `worker` set it (runtime.tune_gc). One Shopify store with every
 built-in journey enabled and a template for each step; quiet hours off, so nothing is deferred.
 
 Timed phases (events = orders + checkouts; every phase is reported against that count):
@@ -64,6 +65,7 @@ from _summary import record  # noqa: E402
 from adapters.registry import normalizers  # noqa: E402
 from connector.config import Settings, parse_settings  # noqa: E402
 from connector.processor import InboxProcessor  # noqa: E402
+from connector.runtime import tune_gc  # noqa: E402
 from connector.storage import models as m  # noqa: E402
 from connector.storage.db import Database, make_engine, migrate  # noqa: E402
 from connector.storage.inbox import InboxItem, sync_stores, write_items  # noqa: E402
@@ -440,9 +442,10 @@ def main() -> int:
                     return 2
                 items = to_items(store_id, day)
                 # the pre-generated day is the bench's, not the connector's: a worker never holds a
-                # day of payloads, so the collector should not walk them during the timed phases
+                # day of payloads, so the collector should not walk them during the timed phases;
+                # then the collector's settings of `storeloop serve` / `worker` (runtime.tune_gc)
                 gc.collect()
-                gc.freeze()
+                tune_gc()
                 gen_rss = (_status_kb("VmRSS") or 0) / 1024 or None
                 clock = Clock(DAY_START.astimezone(timezone.utc))
                 proc = InboxProcessor(db, settings, store_ids, normalizers(), clock=clock)
