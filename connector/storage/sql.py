@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -76,9 +77,9 @@ def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) ->
     if plan is None:
         conn.execute(stmt, rows)
         return
-    sql_text, getters = plan
+    sql_text, encode = plan
     try:
-        params = [tuple([get(row) for get in getters]) for row in rows]
+        params = [encode(row) for row in rows]
     except KeyError:  # a row without a key the first one had: let SQLAlchemy say what is wrong
         conn.execute(stmt, rows)
         return
@@ -86,8 +87,8 @@ def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) ->
 
 
 @functools.cache
-def _plan(stmt: Any, dialect: Any, keys: tuple[str, ...]) -> tuple[str, list[Callable[[dict[str, Any]], Any]]] | None:
-    """The driver SQL and one value getter per ``?`` for rows with these keys (None: not covered)."""
+def _plan(stmt: Any, dialect: Any, keys: tuple[str, ...]) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]] | None:
+    """The driver SQL and a function from a row with these keys to its ``?`` values (None: not covered)."""
     compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
     if compiled.returning or compiled.postfetch or not compiled.positional or compiled.positiontup is None:
         return None
@@ -98,15 +99,17 @@ def _plan(stmt: Any, dialect: Any, keys: tuple[str, ...]) -> tuple[str, list[Cal
             return None
         defaults[col.key] = default
     getters: list[Callable[[dict[str, Any]], Any]] = []
+    positions: list[tuple[str | None, Any]] = []  # per ``?``: the row's key that fills it (None: not the row) and its processor
     for name in compiled.positiontup:
         bind = compiled.binds[name]
         if bind.expanding or bind.callable is not None:
             return None
         process = bind.type.dialect_impl(dialect).bind_processor(dialect)
         default = defaults.get(name)
+        positions.append((name if name in keys else None, process))
         if name in keys:
             key = name
-            getters.append((lambda r, k=key, p=process: p(r[k])) if process else (lambda r, k=key: r[k]))
+            getters.append((lambda r, k=key, p=process: p(r[k])) if process else operator.itemgetter(key))
         elif default is not None:
             make = (lambda d=default: d.arg) if default.is_scalar else (lambda d=default: d.arg(None))
             getters.append((lambda r, m=make, p=process: p(m())) if process else (lambda r, m=make: m()))
@@ -115,7 +118,26 @@ def _plan(stmt: Any, dialect: Any, keys: tuple[str, ...]) -> tuple[str, list[Cal
             getters.append(lambda r, v=value: v)
         else:
             return None
-    return compiled.string, getters
+    return compiled.string, _encoder(getters, positions)
+
+
+def _encoder(getters: list[Callable[[dict[str, Any]], Any]], positions: list[tuple[str | None, Any]]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """Every ``?`` filled from the row itself (no default, no constant): one C-level
+    ``itemgetter`` picks them all, and only the columns with a bind processor are passed
+    through it. Otherwise a getter per ``?``."""
+    if len(positions) < 2 or any(name is None for name, _ in positions):
+        return lambda row: tuple([get(row) for get in getters])
+    pick = operator.itemgetter(*(name for name, _ in positions))
+    fixes = [(i, process) for i, (_, process) in enumerate(positions) if process is not None]
+    if not fixes:
+        return pick  # type: ignore[return-value]
+
+    def encode(row: dict[str, Any]) -> tuple[Any, ...]:
+        values = list(pick(row))
+        for i, process in fixes:
+            values[i] = process(values[i])
+        return tuple(values)
+    return encode
 
 
 def insert_row(conn: Connection, table: Table, row: dict[str, Any]) -> None:
