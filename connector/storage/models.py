@@ -87,18 +87,25 @@ class UTCDateTime(TypeDecorator[datetime]):
             return super().result_processor(dialect, coltype)
         utc = timezone.utc
         parse = datetime.fromisoformat
-        seen: dict[str, datetime] = {}  # rows read together share timestamps (a batch's ``now``)
+        seen = _READ_TIMESTAMPS
 
         def process(value: str | None) -> datetime | None:
             if value is None:
                 return None
             found = seen.get(value)
             if found is None:
-                if len(seen) >= 4096:
+                if len(seen) >= _READ_TIMESTAMPS_MAX:
                     seen.clear()
                 found = seen[value] = parse(value).replace(tzinfo=utc)
             return found
         return process
+
+
+# Timestamps read from SQLite, by their text, shared by every column and statement (at most
+# ~1.5 MB): rows read together share timestamps (a batch's ``now``), and the processor reads
+# the same runs, contacts and messages again batch after batch. Immutable, so safe to share.
+_READ_TIMESTAMPS: dict[str, datetime] = {}
+_READ_TIMESTAMPS_MAX = 8192
 
 
 def utcnow() -> datetime:
