@@ -17,7 +17,9 @@ built-in journey enabled and a template for each step; quiet hours off, so nothi
 Timed phases (events = orders + checkouts; every phase is reported against that count):
   1. ingest   - `write_items` in batches of --batch: the durable inbox write the webhook
                 handler awaits (HTTP, HMAC and group commit are measured by bench/ingest.py);
-  2. process  - `InboxProcessor.drain()`: JSON, normalise, state, journeys, outbox rows.
+  2. process  - `InboxProcessor.process_batch()` as the worker's loop calls it on a backlog:
+                JSON, normalise, state, journeys, outbox rows; batches of up to
+                worker.inbox_batch_size rows, each ended early once runtime.IDLE_SLICE is spent.
                 The injected clock replays the day: each batch runs "when" its last event
                 arrived, as a worker keeping up with the webhooks would;
   3. timers   - the clock walks from the start of the day in --step-minutes steps for
@@ -65,7 +67,7 @@ from _summary import record  # noqa: E402
 from adapters.registry import normalizers  # noqa: E402
 from connector.config import Settings, parse_settings  # noqa: E402
 from connector.processor import InboxProcessor  # noqa: E402
-from connector.runtime import tune_gc  # noqa: E402
+from connector.runtime import IDLE_SLICE, tune_gc  # noqa: E402
 from connector.storage import models as m  # noqa: E402
 from connector.storage.db import Database, make_engine, migrate  # noqa: E402
 from connector.storage.inbox import InboxItem, sync_stores, write_items  # noqa: E402
@@ -147,20 +149,12 @@ def bench_settings(db_url: str) -> Settings:
 
 
 class Clock:
-    """The injected clock. ``replay`` makes successive calls return the given times (then the last)."""
+    """The injected clock: the phases set ``now`` as they replay the day."""
 
     def __init__(self, now: datetime):
         self.now = now
-        self._replay: list[datetime] = []
-        self._i = 0
-
-    def replay(self, times: list[datetime]) -> None:
-        self._replay, self._i = times, 0
 
     def __call__(self) -> datetime:
-        if self._i < len(self._replay):
-            self.now = self._replay[self._i]
-            self._i += 1
         return self.now
 
 
@@ -259,19 +253,21 @@ def phase_ingest(db: Database, items: list[InboxItem], batch: int, deadline: flo
 
 
 def phase_process(proc: InboxProcessor, clock: Clock, day: list[Webhook], stored: int, deadline: float, trace: bool) -> Phase:
-    p = start_phase("2 process (drain)", True)
+    p = start_phase("2 process (batches)", True)
     p.work_label = "rows processed"
     b = proc.batch_size
-    # one process_batch per clock call: batch k runs when its last event had arrived
-    clock.replay([day[min((k + 1) * b, stored) - 1].at.astimezone(timezone.utc) for k in range((stored + b - 1) // b)])
     if trace:
         tracemalloc.start()
     t0 = time.perf_counter()
-    while True:
+    while p.work < stored:
         if time.perf_counter() > deadline:
             p.cut = True
             break
-        n = proc.drain(max_batches=10)  # drain() in slices, so the time limit is honoured
+        # batches as `serve` and `worker` take them from a backlog: up to worker.inbox_batch_size
+        # rows, ended early once the idle slice is spent. Each runs "when" the last row it may
+        # take had arrived, as a worker keeping up with the webhooks would.
+        clock.now = day[min(p.work + b, stored) - 1].at.astimezone(timezone.utc)
+        n = proc.process_batch(IDLE_SLICE)
         p.work += n
         if n == 0:
             break
@@ -280,9 +276,8 @@ def phase_process(proc: InboxProcessor, clock: Clock, day: list[Webhook], stored
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         p.extra["tracemalloc_peak_mb"] = peak / 2**20
-    clock.replay([])
     end_phase(p)
-    p.note = f"inbox batch {b}"
+    p.note = f"inbox batch {b}, slice {IDLE_SLICE:g} s"
     return p
 
 

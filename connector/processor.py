@@ -62,6 +62,9 @@ def _mark_rows(conn: Connection, marks: list[tuple[int, dict[str, Any]]]) -> Non
         execute_many(conn, update_statement(INBOX, fields), params)
 
 
+FIRST_SLICE_ROWS = 32  # rows a time-budgeted batch loads before the processor knows how long a row takes
+
+
 class InboxProcessor:
     def __init__(
         self,
@@ -125,8 +128,11 @@ class InboxProcessor:
         """
         now = self.clock()
         limit = limit or self.batch_size
-        if time_budget is not None and self._seconds_per_row:
-            limit = max(1, min(limit, int(time_budget / self._seconds_per_row * 1.25) + 1))
+        if time_budget is not None:
+            # about as many rows as the budget covers; before any batch was timed, a few (not a
+            # whole batch read and parsed for the one row a short slice may have time for)
+            covered = int(time_budget / self._seconds_per_row * 1.25) + 1 if self._seconds_per_row else FIRST_SLICE_ROWS
+            limit = max(1, min(limit, covered))
         with self.db.write_lock(), self.db.engine.begin() as conn:
             query = (
                 select(InboxEvent)

@@ -16,7 +16,7 @@ from sqlalchemy import event, func, select, text
 
 from adapters.registry import normalizers
 from connector.errors import SchemaNotReadyError, describe_error
-from connector.processor import InboxProcessor
+from connector.processor import FIRST_SLICE_ROWS, InboxProcessor
 from connector.storage import models as m
 from connector.storage.db import Database, ensure_schema, head_revision, make_engine
 from connector.storage.inbox import InboxItem, InboxWriter, sync_stores, write_items
@@ -265,6 +265,45 @@ def test_a_row_that_fails_midway_through_a_batch_costs_the_others_nothing(db_url
     assert (rows_after["bad"].status, rows_after["bad"].attempts) == ("pending", 1) and "naive" in rows_after["bad"].last_error
     assert phones == {"+919800000001", "+919800000003"} and consents == 2  # the bad row's contact was rolled back
     db.dispose()
+
+
+def test_a_backlog_goes_in_large_batches_but_a_slice_ends_a_batch_when_its_time_is_spent(db_url):
+    """A backlog is worked off in transactions of up to ``worker.inbox_batch_size`` rows (500 by
+    default: fewer, larger commits), but a batch given a time budget (serve's slices) commits
+    as soon as the budget is spent and loads no more rows than that budget covers; the rest
+    stay pending for the next batch, and nothing is lost or done twice."""
+    from connector import events as ev
+
+    settings = make_settings(db_url)
+    db = Database.from_url(db_url)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    at = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    loaded: list[int] = []
+
+    def consent(topic, body, store):
+        loaded.append(body["n"])
+        return [ev.ConsentChanged(phone=ev.Phone(raw=body["phone"], e164=body["phone"]), category=ev.ConsentCategory.MARKETING,
+                                  state=ev.ConsentState.GRANTED, source="test", occurred_at=at)]
+
+    write_items(db, [item(ids["shop-a"], f"c{n}", {"id": f"c{n}", "n": n, "phone": f"+9198{n:08d}"}, topic="customers/update")
+                     for n in range(700)])
+    proc = InboxProcessor(db, settings, ids, {"shopify": consent}, clock=lambda: at)
+    assert proc.batch_size == settings.worker.inbox_batch_size == 500
+    try:
+        assert proc.process_batch(0.0) == 1  # the budget is spent after the first row: it commits alone
+        first = len(loaded)
+        assert first <= FIRST_SLICE_ROWS  # not a whole batch read and parsed for one row
+        assert proc.process_batch(0.0) == 1 and len(loaded) == first + 1  # the next slice reads only what it covers
+        assert proc.process_batch() == 500
+        assert proc.process_batch() == 198
+        assert proc.process_batch() == 0
+        with db.engine.connect() as conn:
+            statuses = dict(conn.execute(select(m.InboxEvent.status, func.count()).group_by(m.InboxEvent.status)).all())
+            contacts = conn.execute(select(func.count()).select_from(m.Contact)).scalar_one()
+    finally:
+        db.dispose()
+    assert statuses == {"done": 700} and contacts == 700
+    assert set(loaded) == set(range(700))
 
 
 def test_concurrent_processors_handle_each_row_once(db_url):
