@@ -183,6 +183,7 @@ def maxrss_mb() -> float:
 class Phase:
     name: str
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time (user + system) in the phase: steadier than wall time on a shared machine
     work: int = 0  # rows written / rows processed / timers fired
     work_label: str = ""
     peak_rss_mb: float | None = None
@@ -221,6 +222,7 @@ def count_statements(*_: object) -> None:
 def start_phase(name: str, track: bool) -> Phase:
     p = Phase(name)
     p.extra["statements_at_start"] = STATEMENTS[0]
+    p.extra["cpu_at_start"] = time.process_time()
     p.extra["hwm_reset"] = reset_peak_rss() if track else False
     rss = _status_kb("VmRSS")
     p.rss_start_mb = rss / 1024 if rss is not None else None
@@ -229,6 +231,7 @@ def start_phase(name: str, track: bool) -> Phase:
 
 def end_phase(p: Phase) -> None:
     p.statements = STATEMENTS[0] - p.extra["statements_at_start"]
+    p.cpu_seconds = time.process_time() - p.extra["cpu_at_start"]
     hwm = _status_kb("VmHWM")
     if p.extra.get("hwm_reset") and hwm is not None:
         p.peak_rss_mb = hwm / 1024
@@ -343,18 +346,19 @@ def report(args: argparse.Namespace, day: list[Webhook], phases: list[Phase], c:
     title = (f"pipeline: {n_orders:,} orders + {events - n_orders:,} checkouts = {events:,} events, one store, "
              f"all journeys, {db_label}")
     t = Table(title=title)
-    for col in ("phase", "seconds", "events/s", "work", "work/s", "stmts/event", "peak RSS MB", "notes"):
+    for col in ("phase", "seconds", "CPU s", "events/s", "work", "work/s", "stmts/event", "peak RSS MB", "notes"):
         t.add_column(col, justify="left" if col in ("phase", "notes", "work") else "right")
     for p in phases:
         peak = f"{p.peak_rss_mb:,.0f}" if p.peak_rss_mb is not None else "-"
         note = p.note + (" [bold red]CUT at time limit[/]" if p.cut else "")
         if "tracemalloc_peak_mb" in p.extra:
             note += f"; tracemalloc peak {p.extra['tracemalloc_peak_mb']:,.1f} MB (traced: slower)"
-        t.add_row(p.name, f"{p.seconds:.2f}", fmt_rate(events, p.seconds), f"{p.work:,} {p.work_label}",
+        t.add_row(p.name, f"{p.seconds:.2f}", f"{p.cpu_seconds:.2f}", fmt_rate(events, p.seconds), f"{p.work:,} {p.work_label}",
                   fmt_rate(p.work, p.seconds), f"{p.statements / events:.1f}" if events else "-", peak, note)
     total = sum(p.seconds for p in phases)
     statements = sum(p.statements for p in phases)
-    t.add_row("[bold]end to end (1+2+3)[/]", f"[bold]{total:.2f}[/]", f"[bold]{fmt_rate(events, total)}[/]", "", "",
+    cpu = sum(p.cpu_seconds for p in phases)
+    t.add_row("[bold]end to end (1+2+3)[/]", f"[bold]{total:.2f}[/]", f"{cpu:.2f}", f"[bold]{fmt_rate(events, total)}[/]", "", "",
               f"{statements / events:.1f}" if events else "-", f"{maxrss_mb():,.0f} (ru_maxrss)",
               "whole process, incl. the pre-generated payloads")
     console.print(t)
