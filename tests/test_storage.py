@@ -55,6 +55,38 @@ def test_migrations_match_the_models(db):
     assert EXPRESSION_INDEXES <= names
 
 
+def test_new_sqlite_files_get_8_kb_pages_and_a_file_from_before_keeps_its_4_kb_and_works(tmp_path):
+    """A webhook body spans fewer 8 KB pages (fewer WAL frames per commit); a database created
+    before that, with SQLite's 4 KB pages, is opened, migrated and written as it is."""
+    from connector.storage.db import SQLITE_PAGE_SIZE, migrate
+
+    fresh = make_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    migrate(fresh)
+    with fresh.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar() == SQLITE_PAGE_SIZE == 8192
+    fresh.dispose()
+
+    old_path = tmp_path / "old.db"
+    with sqlite3.connect(old_path) as raw:  # as an earlier release left it: 4 KB pages, WAL, a table in it
+        raw.execute("PRAGMA page_size = 4096")
+        raw.execute("PRAGMA journal_mode = WAL")
+        raw.execute("CREATE TABLE kept (id INTEGER PRIMARY KEY, note TEXT)")
+        raw.execute("INSERT INTO kept (note) VALUES ('from before')")
+    raw.close()
+    engine = make_engine(f"sqlite:///{old_path}")
+    migrate(engine)
+    db = Database(engine)
+    try:
+        ids = sync_stores(db, [("a", "shopify")])
+        assert write_items(db, [item(ids["a"], f"k{i}", {"id": i, "note": "x" * 12_000}) for i in range(20)]) == [True] * 20
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 4096
+            assert conn.exec_driver_sql("SELECT note FROM kept").scalar() == "from before"
+        assert count(db) == 20
+    finally:
+        db.dispose()
+
+
 def test_write_items_stores_each_key_once_per_store(db):
     ids = sync_stores(db, [("a", "shopify"), ("b", "shopify")])
     first = write_items(db, [item(ids["a"], "k1"), item(ids["a"], "k2"), item(ids["a"], "k1")])
