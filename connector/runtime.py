@@ -38,6 +38,7 @@ BUSY_PAUSE = 0.02  # at most this long after a slice, while deliveries wait for 
 IDLE_SLICE = 0.25  # ... and while none arrive: a backlog goes in batches of up to worker.inbox_batch_size
 BUSY_ROWS = 4  # do not even load more raw bodies than a slice can process
 SATURATED = 8  # deliveries waiting for their commit: a burst the writer is working through
+SATURATED_RATE = 1000.0  # ... or arriving this fast (per second): more than slices could keep up with
 SATURATED_GAP = 0.25  # seconds between slices meanwhile, so processing never stops for a whole burst
 IDLE_TIMERS = 100  # journey timers fired per transaction when no webhooks arrive
 BUSY_TIMERS = 20  # ... and while they arrive (~4 ms of work, like a busy slice)
@@ -205,7 +206,12 @@ class Runtime:
         webhooks are queueing for the writer (a burst beyond what it commits at once) only
         one slice runs per ``SATURATED_GAP``: each slice holds SQLite's write lock and the
         GIL, and at 20% duty the processor cut ingest to about 60% of the ``--no-worker``
-        rate (bench/ingest.py). Nothing is lost meanwhile: it is all in the inbox.
+        rate (bench/ingest.py). Nothing is lost meanwhile: it is all in the inbox. A burst
+        also counts when deliveries commit at ``SATURATED_RATE`` or faster: the writer commits
+        on the loop, so a burst waits in the sockets and ``waiting`` seldom reaches 8; the
+        processor then ran ~25 slices a second, each ~4 ms of CPU for its 4 rows, and took
+        ~40-60 us of server CPU per delivery (bench/HISTORY.md). Rows cost half as much in the
+        large batches after the burst.
 
         Journey timers fire when no inbox row is due, a batch per transaction; a full batch
         means more are due, so the loop goes round again at once instead of waiting for the
@@ -218,7 +224,8 @@ class Runtime:
         poll = self.settings.worker.inbox_poll_seconds
         last_slice = last_timers = 0.0
         while not self._stopping:
-            if self.writer.waiting() >= SATURATED and time.monotonic() - last_slice < SATURATED_GAP:
+            saturated = self.writer.waiting() >= SATURATED or self.writer.arrival_rate() >= SATURATED_RATE
+            if saturated and time.monotonic() - last_slice < SATURATED_GAP:
                 await asyncio.sleep(BUSY_PAUSE)  # webhooks queue for the writer: they go first
                 continue
             last_slice = time.monotonic()

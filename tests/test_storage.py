@@ -652,6 +652,9 @@ def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path):
         def busy(self) -> bool:
             return self.queued > 0
 
+        def arrival_rate(self) -> float:
+            return 0.0
+
     class Processor:
         def __init__(self) -> None:
             self.backlog = 200
@@ -692,10 +695,11 @@ def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path):
     assert left == 0  # after the burst: the backlog is worked off
 
 
-def _policy_runtime(tmp_path, waiting, *, busy=True, backlog=2000, timers=0):
-    """A Runtime whose writer reports ``waiting()`` deliveries (and ``busy``: webhooks
-    arriving) and whose processor takes up to ``limit`` rows of a backlog per slice, and
-    fires up to ``limit`` of ``timers`` due journey timers per call, instantly."""
+def _policy_runtime(tmp_path, waiting, *, busy=True, backlog=2000, timers=0, rate=0.0):
+    """A Runtime whose writer reports ``waiting()`` deliveries, ``rate`` deliveries committed
+    per second (and ``busy``: webhooks arriving) and whose processor takes up to ``limit``
+    rows of a backlog per slice, and fires up to ``limit`` of ``timers`` due journey timers
+    per call, instantly."""
     from connector import runtime as rt
 
     runtime = rt.Runtime(make_settings(f"sqlite:///{tmp_path / 'policy.db'}"), run_worker=False)
@@ -706,6 +710,9 @@ def _policy_runtime(tmp_path, waiting, *, busy=True, backlog=2000, timers=0):
 
         def busy(self) -> bool:
             return busy  # True: a commit within the last 100 ms
+
+        def arrival_rate(self) -> float:
+            return rate
 
     class Processor:
         def __init__(self) -> None:
@@ -754,6 +761,38 @@ def test_a_steady_stream_that_never_queues_does_not_cap_the_processor(tmp_path):
     _run_policy(runtime, 2.0)
     assert processor.backlog == 0  # 2,000 rows in 4-row slices within 2 s (the old loop: ~400)
     assert len(processor.calls) >= 2000 // rt.BUSY_ROWS
+
+
+def test_a_burst_that_waits_in_the_sockets_not_the_writer_still_gets_one_slice_per_gap(tmp_path):
+    """Deliveries commit at 5,000/s but none waits in the writer (it commits on the loop, so a
+    burst waits in the sockets): the processor still takes one slice per SATURATED_GAP, not
+    slice after slice at ~4 ms of CPU each for 4 rows while ingest needs every cycle."""
+    from connector import runtime as rt
+
+    runtime, processor = _policy_runtime(tmp_path, lambda: 0, rate=5000.0)
+    _run_policy(runtime, 1.0)
+    assert 2 <= len(processor.calls) <= 1.0 / rt.SATURATED_GAP + 2
+    slower, steady = _policy_runtime(tmp_path, lambda: 0, rate=150.0)  # a busy hour: slices go on at once
+    _run_policy(slower, 1.0)
+    assert len(steady.calls) >= 2000 // rt.BUSY_ROWS
+
+
+def test_the_writer_tells_how_fast_deliveries_arrive(db):
+    """The processor's burst signal: deliveries committed per second over a recent window."""
+    ids = sync_stores(db, [("a", "shopify")])
+
+    async def run() -> tuple[float, float, float]:
+        writer = InboxWriter(db)
+        writer.start()
+        await asyncio.gather(*(writer.submit([item(ids["a"], f"r{i}")]) for i in range(100)))
+        at = writer.last_commit
+        await writer.stop()
+        return writer.arrival_rate(1.0, now=at), writer.arrival_rate(0.5, now=at + 0.6), writer.arrival_rate(1.0, now=at + 2)
+
+    now_rate, half_later, much_later = asyncio.run(run())
+    assert now_rate == 100.0  # 100 deliveries within the last second
+    assert half_later == 0.0 and much_later == 0.0  # commits older than the window do not count
+    assert count(db) == 100
 
 
 def test_a_wave_of_due_reminders_goes_out_at_once_not_a_batch_per_poll(tmp_path):

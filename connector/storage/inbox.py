@@ -9,6 +9,7 @@ webhook still commits at once (no timer, no added latency).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import sqlite3
@@ -26,6 +27,7 @@ from connector.storage.db import Database
 from connector.storage.models import InboxEvent, Store, utcnow
 
 log = logging.getLogger("storeloop.inbox")
+RATE_HORIZON = 1.0  # seconds of commits the writer remembers for ``arrival_rate``
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +157,7 @@ class InboxWriter:
         self.batches = 0
         self.rows = 0
         self.last_commit = 0.0  # monotonic time of the last commit: "ingest is busy" for the processor
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()  # (commit time, rows), last RATE_HORIZON s
         self.inline_batches = 0  # of ``batches``, those written on the event loop
         self.inline_seconds = 0.0  # time the event loop spent in those writes
         self._inline: Any = None  # SQLite: the loop's own connection (detached from the pool), busy timeout 0
@@ -166,6 +169,19 @@ class InboxWriter:
     def waiting(self) -> int:
         """Submissions waiting for their commit (a burst queues here)."""
         return self._waiting
+
+    def arrival_rate(self, window: float = 0.25, now: float | None = None) -> float:
+        """Deliveries committed per second over the last ``window`` seconds (at most RATE_HORIZON).
+
+        A burst shows here even when nothing queues in the writer: written on the loop, each
+        commit holds the loop, so the next deliveries wait in the sockets, not in ``waiting``."""
+        now = time.monotonic() if now is None else now
+        rows = 0
+        for at, n in reversed(self._recent):
+            if now - at > window:
+                break
+            rows += n
+        return rows / window
 
     def start(self) -> None:
         if self._task is None:
@@ -235,7 +251,10 @@ class InboxWriter:
             return
         self.batches += 1
         self.rows += len(flat)
-        self.last_commit = time.monotonic()
+        self.last_commit = now = time.monotonic()
+        self._recent.append((now, len(flat)))
+        while now - self._recent[0][0] > RATE_HORIZON:
+            self._recent.popleft()
         pos = 0
         for items, fut in work:
             if not fut.done():
