@@ -65,6 +65,21 @@ def process_peak_mb(pid: int) -> float | None:
     return round(total_kb / 1024, 1) if seen else None
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a live process and its live descendants have used so far, in
+    seconds; None where /proc is not there or the process is gone. Two readings around a load
+    give the server's CPU per request, which a shared machine disturbs less than req/s."""
+    ticks, seen = 0, False
+    for p in [pid, *_children(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+        seen = True
+    return ticks / os.sysconf("SC_CLK_TCK") if seen else None
+
+
 def record(bench: str, figure: str, value: Any, target: str | None = None, ok: bool | None = None, peak: float | None = None,
            *, in_process: bool = True, peak_of: str | None = None, against: str | None = None, ratio: str | None = None) -> None:
     """One summary line.

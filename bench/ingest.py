@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _summary import process_peak_mb, record  # noqa: E402
+from _summary import process_cpu_seconds, process_peak_mb, record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
@@ -110,13 +110,15 @@ class Servers:
                 self.stop(proc)
 
 
-def run_load(port: int, args: argparse.Namespace, tag: str, procs: Servers) -> dict:
-    """Run bench/_load.py in its own process against `port`; return its JSON result."""
+def run_load(port: int, args: argparse.Namespace, tag: str, procs: Servers, server_pid: int | None = None) -> dict:
+    """Run bench/_load.py in its own process against `port`; return its JSON result, with the
+    server's CPU time per answered request (warm-up included) when ``server_pid`` is given."""
     cmd = [
         sys.executable, str(BENCH / "_load.py"), "--port", str(port), "--requests", str(args.requests),
         "--connections", str(args.connections), "--warmup", str(args.warmup), "--secret", SECRET,
         "--shop", SHOP, "--tag", tag, "--time-limit", str(args.time_limit),
     ]
+    cpu_before = process_cpu_seconds(server_pid) if server_pid else None
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     procs.procs.append((f"load-{tag}", proc, Path(os.devnull)))
     try:
@@ -126,7 +128,12 @@ def run_load(port: int, args: argparse.Namespace, tag: str, procs: Servers) -> d
         raise RuntimeError(f"load generator for {tag} overran its time limit") from None
     if proc.returncode != 0:
         raise RuntimeError(f"load generator for {tag} failed with exit code {proc.returncode}")
-    return json.loads(out.strip().splitlines()[-1])
+    result = json.loads(out.strip().splitlines()[-1])
+    cpu_after = process_cpu_seconds(server_pid) if server_pid else None
+    answered = result["ok"] + (result.get("warmup") or {}).get("ok", 0)
+    if cpu_before is not None and cpu_after is not None and answered:
+        result["cpu_us_per_req"] = (cpu_after - cpu_before) / answered * 1e6
+    return result
 
 
 def stored_rows(db: Path, tag: str) -> tuple[int, dict[str, int]]:
@@ -151,7 +158,7 @@ def bench_connector(name: str, extra: list[str], args: argparse.Namespace, procs
     cmd = [str(BIN / "storeloop"), "serve", "--config", str(config), "--port", str(port), "--workers", str(args.workers), *extra]
     proc = procs.start(name, cmd, port, tmp)
     console.print(f"[dim]{name}: {' '.join(cmd[1:])} (port {port})[/]")
-    res = run_load(port, args, name, procs)
+    res = run_load(port, args, name, procs, proc.pid)
     res["stored"], res["stored_by_status"] = stored_rows(directory / "bench.db", name)
     res["peak_mb"] = process_peak_mb(proc.pid)  # the server's own peak RSS, while it still runs
     procs.stop(proc)
@@ -166,14 +173,15 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> bool:
     """Print the table; return True when every connector acknowledged exactly what it stored."""
     table = Table(title=f"webhook ingest, {args.requests} requests, {args.connections} connections, {os.cpu_count()} CPUs")
     for col in ("target", "requests", "2xx", "non-2xx", "errors", "unsent", "req/s", "p50 ms", "p99 ms", "max ms", "vs bare",
-                "peak MB"):
+                "server CPU us/req", "peak MB"):
         table.add_column(col, justify="left" if col == "target" else "right")
     bare = results.get("bare", {}).get("rps")
     for name, r in results.items():
         ratio = f"{r['rps'] / bare:.0%}" if bare and name != "bare" else "-"
         table.add_row(
             name, str(r["requests"]), str(r["ok"]), str(r["non2xx"]), str(r["errors"]), str(r["unsent"]),
-            fmt(r["rps"], ",.0f"), fmt(r["p50_ms"]), fmt(r["p99_ms"]), fmt(r["max_ms"]), ratio, fmt(r.get("peak_mb"), ".0f"),
+            fmt(r["rps"], ",.0f"), fmt(r["p50_ms"]), fmt(r["p99_ms"]), fmt(r["max_ms"]), ratio, fmt(r.get("cpu_us_per_req"), ".0f"),
+            fmt(r.get("peak_mb"), ".0f"),
         )
     console.print(table)
     summarise(results)
@@ -200,7 +208,8 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> bool:
 
 
 def _figures(r: dict) -> str:
-    return f"{r['rps']:,.0f} req/s, p50 {fmt(r['p50_ms'])} ms, p99 {fmt(r['p99_ms'])} ms"
+    cpu = f", {r['cpu_us_per_req']:.0f} us CPU/req" if r.get("cpu_us_per_req") else ""
+    return f"{r['rps']:,.0f} req/s, p50 {fmt(r['p50_ms'])} ms, p99 {fmt(r['p99_ms'])} ms{cpu}"
 
 
 def summarise(results: dict[str, dict]) -> None:
@@ -253,7 +262,7 @@ def main() -> int:
                     "--log-level", "warning", "--no-access-log",
                 ]
                 bare = procs.start("bare", bare_cmd, bare_port, tmp)
-                results["bare"] = run_load(bare_port, args, "bare", procs)
+                results["bare"] = run_load(bare_port, args, "bare", procs, bare.pid)
                 results["bare"]["peak_mb"] = process_peak_mb(bare.pid)
                 procs.stop(bare)  # idle, but leave both CPUs to the connector
                 results["connector"] = bench_connector("connector", [], args, procs, tmp)
