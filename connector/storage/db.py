@@ -24,8 +24,9 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # New SQLite files use 8 KB pages (SQLite's default is 4 KB): a webhook's 7-12 KB body spans
 # fewer pages, each a WAL frame at commit and again at the checkpoint. Measured on 2026-12-04
 # (bench/HISTORY.md): the pipeline's CPU time -6% in five of five pairs, a webhook's server
-# CPU -6% in the mean of three (noisy); the reorder window scan +2-9% and its tick +10 ms. A file keeps the page size it
-# was created with (SQLite cannot change it in WAL mode), so existing files stay at 4 KB.
+# CPU -6% in the mean of three (noisy); the reorder window scan +2-9% and its tick +10 ms.
+# A file keeps the page size it was created with (SQLite cannot change it in WAL mode), so
+# existing files stay at 4 KB.
 SQLITE_PAGE_SIZE = 8192
 
 

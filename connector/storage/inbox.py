@@ -171,11 +171,13 @@ class InboxWriter:
         return self._waiting
 
     def arrival_rate(self, window: float = 0.25, now: float | None = None) -> float:
-        """Deliveries committed per second over the last ``window`` seconds (at most RATE_HORIZON).
+        """Deliveries committed per second over the last ``window`` seconds (at most RATE_HORIZON,
+        all the writer remembers).
 
         A burst shows here even when nothing queues in the writer: written on the loop, each
         commit holds the loop, so the next deliveries wait in the sockets, not in ``waiting``."""
         now = time.monotonic() if now is None else now
+        window = min(window, RATE_HORIZON)
         rows = 0
         for at, n in reversed(self._recent):
             if now - at > window:
