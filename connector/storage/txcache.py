@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Numeric, Table
+from sqlalchemy import JSON, Connection, Numeric, Row, Table
 
 from connector.storage import jsoncodec
 from connector.contacts import email_key
@@ -107,6 +107,25 @@ def _stored(kind: Any, value: Any) -> Any:
     return kind(value)
 
 
+_ROW_KEYS: dict[int, tuple[Any, tuple[str, ...]]] = {}  # id(result metadata) -> (it, its column keys)
+
+
+def _items(row: Any) -> Any:
+    """A row's (key, value) pairs. For a SQLAlchemy ``Row`` the keys come from its result's
+    metadata, which a cached statement shares across executions: zipping them with the row
+    is about four times faster than ``dict(row._mapping)``, which the timers and the batch
+    prefetches did for every row they loaded."""
+    if not isinstance(row, Row):
+        return row
+    meta = row._parent
+    known = _ROW_KEYS.get(id(meta))
+    if known is None or known[0] is not meta:
+        if len(_ROW_KEYS) >= 512:  # statements built on the fly bring new metadata: stay bounded
+            _ROW_KEYS.clear()
+        known = _ROW_KEYS[id(meta)] = (meta, tuple(meta.keys))
+    return zip(known[1], row)
+
+
 class TxCache:
     """Rows of the cached tables by id, natural keys to ids (None: no such row), send histories."""
 
@@ -151,11 +170,10 @@ class TxCache:
     # ---- filling ------------------------------------------------------------------------------
     def put(self, table: str, row: Any) -> CachedRow:
         """Remember a row just read (a SQLAlchemy Row or a mapping); a cached copy wins."""
-        data = row._mapping if hasattr(row, "_mapping") else row
-        current = self.rows[table].get(data["id"])
+        cached = CachedRow(_items(row))
+        current = self.rows[table].get(cached["id"])
         if current is not None:
             return current
-        cached = CachedRow(data)
         self.rows[table][cached["id"]] = cached
         self.keys[self._key(table, cached)] = cached["id"]
         self._note_secondary_keys(table, cached["id"], cached)
