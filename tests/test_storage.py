@@ -536,6 +536,29 @@ def test_the_fast_executemany_stores_exactly_what_sqlalchemy_would(db):
     assert after[got[1].id].status == "active"  # untouched
 
 
+def test_the_transaction_cache_keeps_each_row_under_its_own_column_names(db):
+    """``TxCache.put`` names a SQLAlchemy row's values by its result's columns (cached per
+    statement): rows of two statements over the same table, with their columns in different
+    orders, must each read back as the database holds them, and a row already cached wins."""
+    from connector.storage import sql
+    from connector.storage.txcache import installed
+
+    ids = sync_stores(db, [("a", "shopify")])
+    with db.engine.begin() as conn:
+        sql.execute_many(conn, sql._insert(sql.RUNS), [
+            {"store_id": ids["a"], "journey": "j", "subject": f"s{i}", "contact_id": None, "status": f"st{i}",
+             "state": {"n": i}, "holdout": False, "next_due_at": None} for i in range(3)])
+        stored = {r.id: dict(r._mapping) for r in conn.execute(select(sql.RUNS))}
+        backwards = select(*reversed(sql.RUNS.c))
+        with installed(conn) as cache:
+            first = [cache.put("journey_runs", r) for r in conn.execute(select(sql.RUNS).where(sql.RUNS.c.subject != "s2"))]
+            second = [cache.put("journey_runs", r) for r in conn.execute(backwards)]
+            third = cache.put("journey_runs", {**stored[second[2]["id"]], "status": "ignored"})  # a mapping, already cached
+    assert [dict(r) for r in first] == [stored[r["id"]] for r in first] and len(first) == 2
+    assert sorted(r["id"] for r in second) == sorted(stored) and all(dict(r) == stored[r["id"]] for r in second)
+    assert second[0] is first[0] and third is second[2] and third["status"] == stored[third["id"]]["status"]
+
+
 def test_a_timestamp_bound_again_and_again_is_stored_right_every_time(db):
     """A batch binds its ``now`` many times over (the SQLite codec remembers the last value it
     wrote): repeated, interleaved and equal-but-distinct values each store their own instant,
