@@ -43,7 +43,6 @@ from connector.storage import jsoncodec
 from connector.contacts import email_key
 from connector.storage.models import UTCDateTime
 
-_INFO_KEY = "storeloop.txcache"
 EVICT = object()
 
 # table -> the columns of the natural key (after store_id) lookups use
@@ -233,9 +232,11 @@ class TxCache:
         row = CachedRow(defaults)
         row["id"] = row_id
         for name, value in values.items():
-            value = _stored(kinds[name], value)
-            if value is EVICT:
-                break
+            kind = kinds[name]
+            if kind is not None and value is not None:  # _stored, inlined: a dozen columns per new row
+                value = kind(value)
+                if value is EVICT:
+                    break
             row[name] = value
         else:
             if unknown <= values.keys():
@@ -301,10 +302,12 @@ class TxCache:
         kinds = self.kinds[table]
         new: dict[str, Any] = {}
         for name, value in values.items():
-            stored = _stored(kinds[name], value)
-            if stored is EVICT or name in natural:
+            kind = kinds[name]
+            if kind is not None and value is not None:  # _stored, inlined
+                value = kind(value)
+            if value is EVICT or name in natural:
                 return None
-            new[name] = stored
+            new[name] = value
         return new
 
     def forget(self, table: str, values: Mapping[str, Any]) -> None:
@@ -358,9 +361,16 @@ def _defaults(table: Table) -> tuple[dict[str, Any], frozenset[str]]:
     return known, frozenset(unknown)
 
 
+# id(Connection) -> its installed cache. Not ``conn.info`` (the pooled DBAPI connection's
+# dict): ``current`` runs a score of times per processed event, and the three properties
+# behind ``conn.info`` cost more than the rest of it. The entry lives exactly as long as
+# the ``with`` block that installed it, on that Connection object.
+_INSTALLED: dict[int, TxCache] = {}
+
+
 def current(conn: Connection) -> TxCache | None:
     """The cache of the transaction running on ``conn``, if the processor installed one."""
-    return conn.info.get(_INFO_KEY)
+    return _INSTALLED.get(id(conn)) if _INSTALLED else None
 
 
 @contextlib.contextmanager
@@ -369,11 +379,11 @@ def installed(conn: Connection) -> Iterator[TxCache]:
     from connector.storage.sql import CACHED_TABLES
 
     cache = TxCache(CACHED_TABLES)
-    conn.info[_INFO_KEY] = cache
+    _INSTALLED[id(conn)] = cache
     try:
         yield cache
     finally:
-        conn.info.pop(_INFO_KEY, None)  # held-back writes not flushed by now belong to a rollback
+        _INSTALLED.pop(id(conn), None)  # held-back writes not flushed by now belong to a rollback
 
 
 def by_key(conn: Connection, table: str, key: tuple[Any, ...], stmt: Any, params: Mapping[str, Any]) -> Any:
