@@ -37,7 +37,6 @@ from _summary import process_cpu_seconds, process_peak_mb, record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
 SECRET = "bench-shopify-webhook-secret"
 SHOP = "bench.myshopify.com"
 console = Console()
@@ -155,7 +154,11 @@ def bench_connector(name: str, extra: list[str], args: argparse.Namespace, procs
     directory.mkdir()
     config = write_config(directory)
     port = free_port()
-    cmd = [str(BIN / "storeloop"), "serve", "--config", str(config), "--port", str(port), "--workers", str(args.workers), *extra]
+    # `python -m connector` from ROOT, not the `storeloop` script: the script imports whichever
+    # tree the package was installed from (the main checkout's, for a second worktree), so a
+    # run from another worktree measured main's code instead of its own
+    cmd = [sys.executable, "-m", "connector", "serve", "--config", str(config), "--port", str(port), "--workers", str(args.workers),
+           *extra]
     proc = procs.start(name, cmd, port, tmp)
     console.print(f"[dim]{name}: {' '.join(cmd[1:])} (port {port})[/]")
     res = run_load(port, args, name, procs, proc.pid)
