@@ -539,7 +539,8 @@ def test_the_fast_executemany_stores_exactly_what_sqlalchemy_would(db):
 def test_the_transaction_cache_keeps_each_row_under_its_own_column_names(db):
     """``TxCache.put`` names a SQLAlchemy row's values by its result's columns (cached per
     statement): rows of two statements over the same table, with their columns in different
-    orders, must each read back as the database holds them, and a row already cached wins."""
+    orders, must each read back as the database holds them, by key and as attributes (the
+    columns are properties of a class per table), and a row already cached wins."""
     from connector.storage import sql
     from connector.storage.txcache import installed
 
@@ -557,6 +558,11 @@ def test_the_transaction_cache_keeps_each_row_under_its_own_column_names(db):
     assert [dict(r) for r in first] == [stored[r["id"]] for r in first] and len(first) == 2
     assert sorted(r["id"] for r in second) == sorted(stored) and all(dict(r) == stored[r["id"]] for r in second)
     assert second[0] is first[0] and third is second[2] and third["status"] == stored[third["id"]]["status"]
+    row = second[1]  # read like a SQLAlchemy Row: every column as an attribute, nothing else
+    assert all(getattr(row, column) == row[column] for column in stored[row["id"]])
+    with pytest.raises(AttributeError):
+        row.no_such_column  # noqa: B018
+    assert getattr(row, "no_such_column", "absent") == "absent" and row.get("status") == row["status"]
 
 
 def test_a_timestamp_bound_again_and_again_is_stored_right_every_time(db):
