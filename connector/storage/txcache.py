@@ -241,11 +241,9 @@ class TxCache:
         row = self.row_types[table](defaults)
         row["id"] = row_id
         for name, value in values.items():
-            kind = kinds[name]
-            if kind is not None and value is not None:  # _stored, inlined: a dozen columns per new row
-                value = kind(value)
-                if value is EVICT:
-                    break
+            value = _stored(kinds[name], value)
+            if value is EVICT:
+                break
             row[name] = value
         else:
             if unknown <= values.keys():
@@ -311,12 +309,10 @@ class TxCache:
         kinds = self.kinds[table]
         new: dict[str, Any] = {}
         for name, value in values.items():
-            kind = kinds[name]
-            if kind is not None and value is not None:  # _stored, inlined
-                value = kind(value)
-            if value is EVICT or name in natural:
+            stored = _stored(kinds[name], value)
+            if stored is EVICT or name in natural:
                 return None
-            new[name] = value
+            new[name] = stored
         return new
 
     def forget(self, table: str, values: Mapping[str, Any]) -> None:
