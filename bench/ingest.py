@@ -136,12 +136,14 @@ def run_load(port: int, args: argparse.Namespace, tag: str, procs: Servers, serv
 
 
 def stored_rows(db: Path, tag: str) -> tuple[int, dict[str, int]]:
-    """Rows of this run in inbox_events (warm-up rows excluded by their event id), by status."""
+    """Rows of this run in inbox_events with their body in inbox_bodies (warm-up rows excluded by
+    their event id), by status: a row without its body would be a delivery lost."""
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
         pattern = f"shopify:orders/create:event:{tag}-%"
         warm = f"shopify:orders/create:event:{tag}-warm-%"
         rows = conn.execute(
-            "SELECT status, count(*) FROM inbox_events WHERE dedupe_key LIKE ? AND dedupe_key NOT LIKE ? GROUP BY status",
+            "SELECT status, count(*) FROM inbox_events e JOIN inbox_bodies b ON b.id = e.id "
+            "WHERE dedupe_key LIKE ? AND dedupe_key NOT LIKE ? GROUP BY status",
             (pattern, warm),
         ).fetchall()
     by_status = {s: n for s, n in rows}

@@ -49,14 +49,14 @@ from decimal import Decimal
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import Connection, String, Table, Text, bindparam, cast, false, func, literal, null, or_, select, true, update
+from sqlalchemy import Connection, String, Table, Text, bindparam, cast, delete, false, func, literal, null, or_, select, true, update
 
 from connector import events as ev
 from connector.contacts import normalize_phone
 from connector.storage import models as m
 from connector.storage.db import Database
 from connector.storage.sql import (
-    ATTEMPTS, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, HANDOFFS, INBOX, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES,
+    ATTEMPTS, BODIES, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, HANDOFFS, INBOX, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES,
 )
 
 log = logging.getLogger("storeloop.compliance")
@@ -320,9 +320,10 @@ def _inbox_rows(conn: Connection, scope: Scope, request_inbox_id: int | None) ->
     if probes and strong is not None:
         # deliveries the processor never tied to the contact (failed, held, earlier privacy requests):
         # the database finds candidates by substring, then the boundary-aware pattern confirms each
-        cond = or_(*[_bytes_contains(conn, INBOX.c.raw_body, p) for p in probes],
+        cond = or_(*[_bytes_contains(conn, BODIES.c.raw_body, p) for p in probes],
                    *[_text_contains(conn, cast(INBOX.c.event, Text), p) for p in probes])
-        query = select(INBOX.c.id, INBOX.c.raw_body, INBOX.c.event).where(INBOX.c.store_id == sid, cond)
+        query = (select(INBOX.c.id, BODIES.c.raw_body, INBOX.c.event).outerjoin(BODIES, BODIES.c.id == INBOX.c.id)
+                 .where(INBOX.c.store_id == sid, cond))
         if request_inbox_id is not None:
             query = query.where(INBOX.c.id < request_inbox_id)  # later deliveries are a new relationship
         for row in conn.execute(query):
@@ -414,7 +415,8 @@ def export_customer(
         inbox_ids |= set(conn.execute(select(INBOX.c.id).where(INBOX.c.store_id == sid, INBOX.c.subject.in_(chunk))).scalars())
     inbox: list[dict[str, Any]] = []
     for chunk in _chunks(sorted(inbox_ids)):
-        for row in conn.execute(select(INBOX).where(INBOX.c.id.in_(chunk)).order_by(INBOX.c.id)):
+        for row in conn.execute(select(INBOX, BODIES.c.raw_body).outerjoin(BODIES, BODIES.c.id == INBOX.c.id)
+                                .where(INBOX.c.id.in_(chunk)).order_by(INBOX.c.id)):
             inbox.append({"id": row.id, "source": row.source, "topic": row.topic, "received_at": _plain(row.received_at),
                           "status": row.status, "subject": row.subject, "event": row.event, "body": _body_for(row, wa_ids)})
     counts = {"contacts": len(out_contacts), "consent_changes": len(consent), "orders": len(orders), "checkouts": len(checkouts),
@@ -588,7 +590,8 @@ def _erase_inbox(conn: Connection, scope: Scope, now: datetime, where: Any | Non
     conds = [where] if where is not None else [INBOX.c.id.in_(chunk) for chunk in _chunks(ids or [])]
     total = 0
     for cond in conds:
-        total += conn.execute(update(INBOX).where(cond).values(raw_body=null(), event=null())).rowcount
+        conn.execute(delete(BODIES).where(BODIES.c.id.in_(select(INBOX.c.id).where(cond).scalar_subquery())))
+        total += conn.execute(update(INBOX).where(cond).values(event=null())).rowcount
         conn.execute(update(INBOX).where(cond, INBOX.c.status.in_(_UNSETTLED))
                      .values(status="ignored", available_at=None, last_error=f"{REDACTED}: privacy request"))
         conn.execute(update(INBOX).where(cond, INBOX.c.source == "whatsapp", ~INBOX.c.dedupe_key.startswith(f"{REDACTED}:"))

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, or_, select
+from sqlalchemy import Connection, bindparam, delete, or_, select
 from sqlalchemy.exc import DBAPIError
 
 from connector.compliance import PRIVACY_TOPICS, PRIVACY_WAIT, waiting_for_earlier
@@ -31,8 +31,9 @@ from connector.rows import contact_keys_of, keys_of, prefetch, prefetch_contacts
 from connector.state import apply_event
 from connector.storage import jsoncodec
 from connector.storage.db import Database
+from connector.storage.inbox import with_body
 from connector.storage.models import InboxEvent, JourneyRun, utcnow
-from connector.storage.sql import INBOX, execute_many, flush, update_statement
+from connector.storage.sql import BODIES, INBOX, execute_many, flush, update_statement
 from connector.storage.txcache import TxCache, installed
 
 log = logging.getLogger("storeloop.processor")
@@ -54,12 +55,20 @@ class _RowFailed(Exception):
 
 
 def _mark_rows(conn: Connection, marks: list[tuple[int, dict[str, Any]]]) -> None:
-    """Write the batch's outcomes with one executemany per shape (done, ignored, failed...)."""
+    """Write the batch's outcomes with one executemany per shape (done, ignored, failed...);
+    ``raw_body: None`` in a row's outcome deletes its stored body."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    erase: list[int] = []
     for row_id, values in marks:
+        if "raw_body" in values:
+            values = dict(values)
+            if values.pop("raw_body") is None:
+                erase.append(row_id)
         groups.setdefault(tuple(sorted(values)), []).append({**values, "_pk": row_id})
     for fields, params in groups.items():
         execute_many(conn, update_statement(INBOX, fields), params)
+    if erase:
+        conn.execute(delete(BODIES).where(BODIES.c.id.in_(erase)))
 
 
 FIRST_SLICE_ROWS = 32  # rows a time-budgeted batch loads before the processor knows how long a row takes
@@ -135,7 +144,7 @@ class InboxProcessor:
             limit = max(1, min(limit, covered))
         with self.db.write_lock(), self.db.engine.begin() as conn:
             query = (
-                select(InboxEvent)
+                with_body()
                 .where(
                     InboxEvent.status == "pending",
                     InboxEvent.store_id.in_(list(self._stores)),
@@ -145,7 +154,7 @@ class InboxProcessor:
                 .limit(limit)
             )
             if not self.db.is_sqlite:
-                query = query.with_for_update(skip_locked=True)
+                query = query.with_for_update(skip_locked=True, of=InboxEvent)
             rows = list(conn.execute(query))
             started = time.perf_counter()
             handled = 0

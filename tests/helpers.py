@@ -23,7 +23,7 @@ from connector.config import Settings
 from connector.runtime import Runtime
 from connector.sandbox.seed import TEMPLATE
 from connector.storage.db import Database
-from connector.storage.inbox import sync_stores
+from connector.storage.inbox import sync_stores, with_body
 from connector.storage.models import InboxEvent
 from connector.sync import BACKFILL_CURSOR, upsert_cursor
 from connector.web.app import create_app
@@ -95,8 +95,7 @@ def inbox_bodies(db_url: str, topic: str) -> list[Any]:
     db = Database.from_url(db_url)
     try:
         with db.engine.connect() as conn:
-            bodies = conn.execute(select(InboxEvent.raw_body).where(InboxEvent.topic == topic)
-                                  .order_by(InboxEvent.id)).scalars().all()
+            bodies = [r.raw_body for r in conn.execute(with_body().where(InboxEvent.topic == topic).order_by(InboxEvent.id))]
     finally:
         db.dispose()
     return [json.loads(b) for b in bodies]

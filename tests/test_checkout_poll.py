@@ -24,7 +24,7 @@ from connector.config import parse_settings
 from connector.errors import PermanentError, SyncError
 from connector.storage import models as m
 from connector.storage.db import Database
-from connector.storage.inbox import sync_stores
+from connector.storage.inbox import sync_stores, with_body
 from connector.sync import read_cursor, upsert_cursor
 from jobs.scheduler import build_scheduler, poll_checkouts_store
 from tests.conftest import FIXTURES, SECRETS, settings_dict
@@ -143,7 +143,7 @@ async def poll(db: Database, store, store_id: int, fake: FakeCheckouts, now: dat
 
 def inbox(db: Database, store_id: int) -> list:
     with db.engine.connect() as conn:
-        return conn.execute(select(m.InboxEvent).where(m.InboxEvent.store_id == store_id).order_by(m.InboxEvent.id)).all()
+        return conn.execute(with_body().where(m.InboxEvent.store_id == store_id).order_by(m.InboxEvent.id)).all()
 
 
 def runs(db: Database) -> dict:

@@ -26,6 +26,7 @@ from connector.outbox.dispatcher import Dispatcher
 from connector.outbox.senders import DryRunSender
 from connector.secrets import SECRET_KEYS_ENV, SecretBox, generate_key, get_credentials
 from connector.storage import models as m
+from connector.storage.inbox import with_body
 from tests.conftest import FIXTURES, PHONE_ID_A, SECRETS, settings_dict
 from tests.helpers import dumps, load_json, meta_signature, running_app, shopify_headers, woo_headers
 
@@ -336,8 +337,8 @@ def test_sql_in_every_free_text_field_is_stored_as_text(db_url):
             checkouts = conn.execute(select(m.Checkout.line_items).where(m.Checkout.store_id.in_((a, woo_id)))).scalars().all()
             bodies = conn.execute(select(m.Message.body).where(m.Message.direction == "in")).scalars().all()
             kept = conn.execute(select(m.Handoff.closed_by, m.Handoff.resolution, m.Handoff.reason)).one()
-            woo_raw = conn.execute(select(m.InboxEvent.raw_body).where(m.InboxEvent.topic == "order.created")).scalar_one()
-            cart_raw = conn.execute(select(m.InboxEvent.raw_body).where(m.InboxEvent.topic == "cart.abandoned")).scalar_one()
+            woo_raw = conn.execute(with_body().where(m.InboxEvent.topic == "order.created")).one().raw_body
+            cart_raw = conn.execute(with_body().where(m.InboxEvent.topic == "cart.abandoned")).one().raw_body
         assert {s for *_, s in statuses} == {"done"}, statuses
         assert sorted(orders) == [("4242", SQLISH, [SQLISH]), ("4244", "#9999", ["tag1", "tag2"])]
         sql_lines = [t for t in titles if SQLISH in t]

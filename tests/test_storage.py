@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import sqlite3
 import threading
@@ -13,13 +15,14 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event, func, select, text
+from sqlalchemy import inspect as sa_inspect
 
 from adapters.registry import normalizers
 from connector.errors import SchemaNotReadyError, describe_error
 from connector.processor import FIRST_SLICE_ROWS, InboxProcessor
 from connector.storage import models as m
 from connector.storage.db import Database, ensure_schema, head_revision, make_engine
-from connector.storage.inbox import InboxItem, InboxWriter, sync_stores, write_items
+from connector.storage.inbox import InboxItem, InboxWriter, sync_stores, with_body, write_items
 from connector.config import parse_settings
 from tests.conftest import PG_URL, PHONE_ID_A, PHONE_ID_B, empty_pg_schema, make_settings, settings_dict
 from tests.helpers import dumps, load_json
@@ -95,6 +98,68 @@ def test_write_items_stores_each_key_once_per_store(db):
     assert second == [False, True]  # the same key in another store is another store's fact
     assert write_items(db, [item(ids["a"], "k3"), item(ids["b"], "k3")]) == [True, True]
     assert count(db) == 5
+
+
+def test_each_stored_row_keeps_its_own_body_and_a_duplicate_stores_none(db):
+    """Bodies live in inbox_bodies under their row's id: checked for a batch of new rows and
+    for a batch with duplicates in it (SQLite's row-by-row path; PostgreSQL's lookup)."""
+    ids = sync_stores(db, [("a", "shopify"), ("b", "shopify")])
+    assert write_items(db, [item(ids["a"], f"k{i}", {"id": i, "pad": "x" * 9000}) for i in range(5)]) == [True] * 5
+    mixed = [item(ids["a"], "k1", {"id": "again"}), item(ids["b"], "k1", {"id": "b1"}), item(ids["a"], "k9", {"id": 9}),
+             item(ids["b"], "k1", {"id": "b1 again"})]
+    assert write_items(db, mixed) == [False, True, True, False]
+    with db.engine.connect() as conn:
+        rows = conn.execute(with_body().order_by(m.InboxEvent.id)).all()
+        assert conn.execute(select(func.count()).select_from(m.InboxBody)).scalar() == 7
+    got = {(r.store_id, r.dedupe_key): json.loads(r.raw_body)["id"] for r in rows}
+    assert got == {**{(ids["a"], f"k{i}"): i for i in range(5)}, (ids["b"], "k1"): "b1", (ids["a"], "k9"): 9}
+
+
+def test_a_database_from_before_the_bodies_table_keeps_every_body(db_url, tmp_path):
+    """Migrating 0009 -> head moves each stored body to inbox_bodies (rows purged earlier stay
+    without one) and the rows process as before; downgrading puts them back."""
+    from alembic import command
+
+    from connector.storage.db import alembic_config, migrate
+
+    if db_url.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+        engine = make_engine(url)
+    else:  # the session's schema is at head: an empty one of its own, dropped afterwards
+        schema = f"sl_mig_{os.getpid()}"
+        admin = make_engine(PG_URL)
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        engine = make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        migrate(engine, "0009")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO stores (key, platform, created_at) VALUES ('a', 'shopify', '2026-11-01 00:00:00')"))
+            for i, body in enumerate([b'{"id": 1}', None, b'{"id": 3}'], start=1):
+                conn.execute(text("INSERT INTO inbox_events (store_id, source, topic, dedupe_key, received_at, headers, raw_body, "
+                                  "status, attempts) VALUES ((SELECT id FROM stores), 'shopify', 'orders/create', :key, "
+                                  "'2026-11-01 00:00:00', '{}', :body, 'done', 1)"), {"key": f"k{i}", "body": body})
+            store_id = conn.execute(text("SELECT id FROM stores")).scalar()
+            before = dict(conn.execute(text("SELECT dedupe_key, raw_body FROM inbox_events")).all())
+        assert before == {"k1": b'{"id": 1}', "k2": None, "k3": b'{"id": 3}'}
+        migrate(engine)
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(m.InboxBody)).scalar() == 2
+            assert "raw_body" not in {c["name"] for c in sa_inspect(conn).get_columns("inbox_events")}
+        db = Database(engine)
+        assert write_items(db, [item(store_id, "k4", {"id": 4})]) == [True]  # a new row, with its own body
+        with engine.connect() as conn:
+            assert {r.dedupe_key: r.raw_body for r in conn.execute(with_body())} == {**before, "k4": b'{"id": 4}'}
+        command.downgrade(alembic_config(engine), "0009")
+        with engine.connect() as conn:
+            assert dict(conn.execute(text("SELECT dedupe_key, raw_body FROM inbox_events")).all()) == {**before, "k4": b'{"id": 4}'}
+    finally:
+        engine.dispose()
+        if not db_url.startswith("sqlite"):
+            with admin.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            admin.dispose()
 
 
 def test_group_commit_stores_everything_in_fewer_transactions(db):
@@ -408,7 +473,7 @@ def test_raw_bodies_are_purged_after_the_retention_but_failures_keep_theirs(db):
                      .values(received_at=now - timedelta(days=31)))
     assert purge_raw_bodies(db, now, retention_days=30, batch=1) == 1
     with db.engine.connect() as conn:
-        bodies = {r.dedupe_key: r.raw_body for r in conn.execute(select(m.InboxEvent.dedupe_key, m.InboxEvent.raw_body))}
+        bodies = {r.dedupe_key: r.raw_body for r in conn.execute(with_body())}
     assert bodies["old-done"] is None
     assert bodies["old-failed"] is not None and bodies["new-done"] is not None  # replayable / still recent
 

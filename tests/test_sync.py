@@ -28,7 +28,7 @@ from connector.cli import app as cli_app
 from connector.config import parse_settings
 from connector.storage import models as m
 from connector.storage.db import Database
-from connector.storage.inbox import sync_stores
+from connector.storage.inbox import sync_stores, with_body
 from connector.sync import SyncError, acquire_lease, read_cursor, reconcile_orders, run_periodic, upsert_cursor
 from jobs.scheduler import build_scheduler
 from tests.conftest import FIXTURES, SECRETS, settings_dict
@@ -143,7 +143,7 @@ def setup(db_url: str, **store: object):
 
 def inbox(db: Database, store_id: int) -> list:
     with db.engine.connect() as conn:
-        return conn.execute(select(m.InboxEvent).where(m.InboxEvent.store_id == store_id).order_by(m.InboxEvent.id)).all()
+        return conn.execute(with_body().where(m.InboxEvent.store_id == store_id).order_by(m.InboxEvent.id)).all()
 
 
 def recorder(events: list):

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from connector.storage import models as m
+from connector.storage.inbox import with_body
 from tests.conftest import FIXTURES, SECRETS, make_settings
 from tests.helpers import dumps, load_json, running_app, shopify_headers
 
@@ -35,7 +36,7 @@ def post(client, payload, topic, *, shop=SHOP_A, secret=SECRETS["shop_a"], raw: 
 
 def inbox_rows(runtime) -> list:
     with runtime.db.engine.connect() as conn:
-        return list(conn.execute(select(m.InboxEvent).order_by(m.InboxEvent.id)))
+        return list(conn.execute(with_body().order_by(m.InboxEvent.id)))
 
 
 def indian_order(updated_at: str = "2026-11-20T10:00:00+05:30", **changes) -> dict:

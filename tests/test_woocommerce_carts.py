@@ -23,6 +23,7 @@ from connector.errors import ConfigError
 from connector.runtime import Runtime
 from connector.storage import models as m
 from connector.storage.db import Database
+from connector.storage.inbox import with_body
 from connector.web.app import create_app
 from tests.conftest import FIXTURES, SECRETS, settings_dict
 from tests.helpers import dumps, load_json, woo_headers
@@ -108,7 +109,7 @@ def post(client: TestClient, fields: dict[str, str] | None = None, *, url: str =
 
 def inbox(runtime: Runtime) -> list:
     with runtime.db.engine.connect() as conn:
-        return list(conn.execute(select(m.InboxEvent).order_by(m.InboxEvent.id)))
+        return list(conn.execute(with_body().order_by(m.InboxEvent.id)))
 
 
 def outbox(runtime: Runtime) -> list:

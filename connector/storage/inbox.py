@@ -19,12 +19,12 @@ from datetime import datetime, timezone
 from typing import Any, Iterable
 
 import anyio.to_thread
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import Select, bindparam, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector.storage import jsoncodec
 from connector.storage.db import Database
-from connector.storage.models import InboxEvent, Store, utcnow
+from connector.storage.models import InboxBody, InboxEvent, Store, utcnow
 
 log = logging.getLogger("storeloop.inbox")
 RATE_HORIZON = 1.0  # seconds of commits the writer remembers for ``arrival_rate``
@@ -43,12 +43,24 @@ class InboxItem:
     last_error: str | None = None
 
 
-_COLUMNS = ("store_id", "source", "topic", "dedupe_key", "received_at", "triggered_at", "headers", "raw_body", "status", "attempts", "last_error")
+def with_body() -> Select[Any]:
+    """Inbox rows and their stored body as ``raw_body`` (None once retention or an erasure deleted it)."""
+    return select(InboxEvent, InboxBody.raw_body).outerjoin(InboxBody, InboxBody.id == InboxEvent.id)
+
+
+_COLUMNS = ("store_id", "source", "topic", "dedupe_key", "received_at", "triggered_at", "headers", "status", "attempts", "last_error")
 
 
 def _insert_sql(dialect: str) -> str:
     marks = ", ".join(["?" if dialect == "sqlite" else "%s"] * len(_COLUMNS))
     return f"INSERT INTO inbox_events ({', '.join(_COLUMNS)}) VALUES ({marks}) ON CONFLICT (store_id, dedupe_key) DO NOTHING"
+
+
+def _bodies_sql(dialect: str) -> str:
+    """The bodies of rows just inserted; ``DO NOTHING``: on PostgreSQL a concurrent writer
+    that stored the same delivery first stored the same bytes."""
+    mark = "?" if dialect == "sqlite" else "%s"
+    return f"INSERT INTO inbox_bodies (id, raw_body) VALUES ({mark}, {mark}) ON CONFLICT (id) DO NOTHING"
 
 
 def _db_time(value: datetime | None, sqlite_: bool) -> Any:
@@ -64,8 +76,9 @@ def write_items(db: Database, items: Iterable[InboxItem]) -> list[bool]:
 
     The hot path of every webhook, so it goes to the driver directly, and the values are
     encoded exactly as the models' column types do. SQLite: ``insert_sqlite``. PostgreSQL
-    (several workers may write): one query for the keys already stored, then one
-    ``executemany`` (``ON CONFLICT DO NOTHING`` still guards against a concurrent writer).
+    (several workers may write): one query for the keys already stored, one ``executemany``
+    (``ON CONFLICT DO NOTHING`` still guards against a concurrent writer), the new rows' ids
+    read back by key, and one ``executemany`` of their bodies.
     """
     items = list(items)
     if not items:
@@ -82,9 +95,9 @@ def write_items(db: Database, items: Iterable[InboxItem]) -> list[bool]:
         for store_id, keys in by_store.items():
             for start in range(0, len(keys), 500):
                 rows = conn.execute(_EXISTING, {"sid": store_id, "keys": keys[start : start + 500]})
-                existing.update((store_id, key) for (key,) in rows)
+                existing.update((store_id, key) for (key, _id) in rows)
         out: list[bool] = []
-        params: list[tuple[Any, ...]] = []
+        new: list[InboxItem] = []
         for it in items:
             key = (it.store_id, it.dedupe_key)
             if key in existing:
@@ -92,18 +105,26 @@ def write_items(db: Database, items: Iterable[InboxItem]) -> list[bool]:
                 continue
             existing.add(key)  # a second copy in the same batch is a duplicate too
             out.append(True)
-            params.append(_params(it, received, False))
-        if params:
-            conn.exec_driver_sql(_insert_sql(conn.dialect.name), params)
+            new.append(it)
+        if new:
+            conn.exec_driver_sql(_insert_sql(conn.dialect.name), [_params(it, received, False) for it in new])
+            ids: dict[tuple[int, str], int] = {}
+            for store_id in {it.store_id for it in new}:
+                keys = [it.dedupe_key for it in new if it.store_id == store_id]
+                for start in range(0, len(keys), 500):
+                    rows = conn.execute(_EXISTING, {"sid": store_id, "keys": keys[start : start + 500]})
+                    ids.update(((store_id, key), row_id) for (key, row_id) in rows)
+            conn.exec_driver_sql(_bodies_sql(conn.dialect.name), [(ids[(it.store_id, it.dedupe_key)], it.raw_body) for it in new])
     return out
 
 
 def _params(it: InboxItem, received: Any, sqlite_: bool) -> tuple[Any, ...]:
     return (it.store_id, it.source, it.topic, it.dedupe_key, received, _db_time(it.triggered_at, sqlite_),
-            jsoncodec.dumps(it.headers), it.raw_body, it.status, 0, it.last_error)
+            jsoncodec.dumps(it.headers), it.status, 0, it.last_error)
 
 
 _SQLITE_INSERT = _insert_sql("sqlite")
+_SQLITE_BODIES = _bodies_sql("sqlite")
 
 
 def insert_sqlite(conn: Any, items: list[InboxItem]) -> list[bool]:
@@ -113,21 +134,49 @@ def insert_sqlite(conn: Any, items: list[InboxItem]) -> list[bool]:
     always; SQLite is a single writer, so nothing else inserts meanwhile). Only when some
     were duplicates is it undone and redone row by row, each row's own count telling which.
     That saves a lookup of the batch's keys before every insert.
+
+    The bodies go to ``inbox_bodies`` under their rows' ids. With every item new, those are
+    the ``len(items)`` ids after the largest before the insert: a rowid table without
+    AUTOINCREMENT gives each new row the largest rowid plus one, and nothing else writes
+    during the transaction. Checked against ``last_insert_rowid()``; where it does not hold
+    (a table at the largest rowid, where SQLite picks free ids at random) the ids are read back.
     """
     received = _db_time(utcnow(), True)
     params = [_params(it, received, True) for it in items]
     conn.execute("SAVEPOINT inbox_write")
+    before = conn.execute("SELECT max(id) FROM inbox_events").fetchone()[0] or 0
     cur = conn.executemany(_SQLITE_INSERT, params)
     if cur.rowcount == len(params):
+        last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        if last == before + len(params):
+            conn.executemany(_SQLITE_BODIES, zip(range(before + 1, last + 1), (it.raw_body for it in items)))
+        else:
+            _bodies_by_key(conn, items, [True] * len(items))
         conn.execute("RELEASE inbox_write")
         return [True] * len(params)
     conn.execute("ROLLBACK TO inbox_write")
-    out = [conn.execute(_SQLITE_INSERT, row).rowcount == 1 for row in params]
+    out: list[bool] = []
+    bodies: list[tuple[int, bytes]] = []
+    for it, row in zip(items, params):
+        cur = conn.execute(_SQLITE_INSERT, row)
+        out.append(cur.rowcount == 1)
+        if cur.rowcount == 1:
+            bodies.append((cur.lastrowid, it.raw_body))
+    conn.executemany(_SQLITE_BODIES, bodies)
     conn.execute("RELEASE inbox_write")
     return out
 
 
-_EXISTING = select(InboxEvent.dedupe_key).where(
+def _bodies_by_key(conn: Any, items: list[InboxItem], new: list[bool]) -> None:
+    """Store the bodies of the new items under the ids their keys were given (read back)."""
+    for it, stored in zip(items, new):
+        if stored:
+            (row_id,) = conn.execute("SELECT id FROM inbox_events WHERE store_id = ? AND dedupe_key = ?",
+                                     (it.store_id, it.dedupe_key)).fetchone()
+            conn.execute(_SQLITE_BODIES, (row_id, it.raw_body))
+
+
+_EXISTING = select(InboxEvent.dedupe_key, InboxEvent.id).where(
     InboxEvent.store_id == bindparam("sid"), InboxEvent.dedupe_key.in_(bindparam("keys", expanding=True)))
 
 

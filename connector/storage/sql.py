@@ -23,6 +23,7 @@ from connector.storage.txcache import TxCache, current
 
 STORES: Table = m.Store.__table__  # type: ignore[assignment]
 INBOX: Table = m.InboxEvent.__table__  # type: ignore[assignment]
+BODIES: Table = m.InboxBody.__table__  # type: ignore[assignment]
 CONTACTS: Table = m.Contact.__table__  # type: ignore[assignment]
 CONSENT: Table = m.ConsentChange.__table__  # type: ignore[assignment]
 ORDERS: Table = m.Order.__table__  # type: ignore[assignment]
