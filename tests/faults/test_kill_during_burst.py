@@ -103,8 +103,10 @@ def test_every_acknowledged_webhook_survives_sigkill(tmp_path: Path) -> None:
 
     with sqlite3.connect(db) as conn:
         stored = {row[0] for row in conn.execute("SELECT dedupe_key FROM inbox_events")}
-    missing = [k for k in acknowledged if k not in stored]
-    assert missing == [], f"{len(missing)} acknowledged deliveries are not in the inbox"
+        with_body = {row[0] for row in conn.execute("SELECT e.dedupe_key FROM inbox_events e JOIN inbox_bodies b ON b.id = e.id")}
+    missing = [k for k in acknowledged if k not in with_body]
+    assert missing == [], f"{len(missing)} acknowledged deliveries are not in the inbox with their body"
+    assert with_body == stored  # a row is never committed without its body
 
     server = _serve(config, port)  # restart: the backlog is processed
     try:
