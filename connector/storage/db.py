@@ -78,7 +78,15 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
+    """Upgrade to ``revision``; on SQLite the WAL is then copied in and truncated, or a
+    migration that rewrote a large table would leave a log file of that size on disk."""
     command.upgrade(alembic_config(engine), revision)
+    if engine.dialect.name == "sqlite":
+        raw = engine.raw_connection()
+        try:
+            raw.dbapi_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # autocommit: see make_engine
+        finally:
+            raw.close()
 
 
 def ensure_schema(engine: Engine, *, auto_migrate: bool) -> str:
