@@ -29,6 +29,10 @@ Timed phases (events = orders + checkouts; every phase is reported against that 
                 nothing fires.
 Nothing is sent: the outbox is only filled (bench/dispatch.py measures sending).
 
+Disk: "MB written" is what each phase made the kernel write to storage (/proc/self/io
+write_bytes: the WAL, the checkpoints' copies into the database file): the figure that grows
+with the database and that a slow or metered disk feels first.
+
 Memory: peak RSS per phase (VmHWM, reset before each phase through /proc/self/clear_refs
 where the kernel allows it) and ru_maxrss for the whole process, which includes the
 pre-generated payloads. tracemalloc is off unless --tracemalloc (it traces only the
@@ -75,8 +79,8 @@ from connector.storage.inbox import InboxItem, sync_stores, write_items  # noqa:
 STORE_KEY = "bench-pipeline"
 TARGET = 2000.0  # events/s end to end on SQLite (the issue)
 console = Console()
-if console.width < 150:  # pipes and CI default to 80 columns: keep the table on one line per row
-    console = Console(width=150)
+if console.width < 175:  # pipes and CI default to 80 columns: keep the table on one line per row
+    console = Console(width=175)
 
 # ---- settings ---------------------------------------------------------------------------
 
@@ -166,6 +170,15 @@ def _status_kb(field_name: str) -> int | None:
     return None
 
 
+def written_bytes() -> int | None:
+    """Bytes this process has caused to be written to storage (Linux /proc/self/io), None where unreadable."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    return None
+
+
 def reset_peak_rss() -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0); False where not allowed."""
     try:
@@ -187,6 +200,7 @@ class Phase:
     work: int = 0  # rows written / rows processed / timers fired
     work_label: str = ""
     peak_rss_mb: float | None = None
+    written_mb: float | None = None  # bytes this process sent to storage in the phase (/proc/self/io write_bytes): WAL, checkpoints
     rss_start_mb: float | None = None
     note: str = ""
     cut: bool = False
@@ -223,6 +237,7 @@ def start_phase(name: str, track: bool) -> Phase:
     p = Phase(name)
     p.extra["statements_at_start"] = STATEMENTS[0]
     p.extra["cpu_at_start"] = time.process_time()
+    p.extra["written_at_start"] = written_bytes()
     p.extra["hwm_reset"] = reset_peak_rss() if track else False
     rss = _status_kb("VmRSS")
     p.rss_start_mb = rss / 1024 if rss is not None else None
@@ -232,6 +247,9 @@ def start_phase(name: str, track: bool) -> Phase:
 def end_phase(p: Phase) -> None:
     p.statements = STATEMENTS[0] - p.extra["statements_at_start"]
     p.cpu_seconds = time.process_time() - p.extra["cpu_at_start"]
+    written = written_bytes()
+    if written is not None and p.extra["written_at_start"] is not None:
+        p.written_mb = (written - p.extra["written_at_start"]) / 2**20
     hwm = _status_kb("VmHWM")
     if p.extra.get("hwm_reset") and hwm is not None:
         p.peak_rss_mb = hwm / 1024
@@ -346,7 +364,7 @@ def report(args: argparse.Namespace, day: list[Webhook], phases: list[Phase], c:
     title = (f"pipeline: {n_orders:,} orders + {events - n_orders:,} checkouts = {events:,} events, one store, "
              f"all journeys, {db_label}")
     t = Table(title=title)
-    for col in ("phase", "seconds", "CPU s", "events/s", "work", "work/s", "stmts/event", "peak RSS MB", "notes"):
+    for col in ("phase", "seconds", "CPU s", "events/s", "work", "work/s", "stmts/event", "MB written", "peak RSS MB", "notes"):
         t.add_column(col, justify="left" if col in ("phase", "notes", "work") else "right")
     for p in phases:
         peak = f"{p.peak_rss_mb:,.0f}" if p.peak_rss_mb is not None else "-"
@@ -354,12 +372,15 @@ def report(args: argparse.Namespace, day: list[Webhook], phases: list[Phase], c:
         if "tracemalloc_peak_mb" in p.extra:
             note += f"; tracemalloc peak {p.extra['tracemalloc_peak_mb']:,.1f} MB (traced: slower)"
         t.add_row(p.name, f"{p.seconds:.2f}", f"{p.cpu_seconds:.2f}", fmt_rate(events, p.seconds), f"{p.work:,} {p.work_label}",
-                  fmt_rate(p.work, p.seconds), f"{p.statements / events:.1f}" if events else "-", peak, note)
+                  fmt_rate(p.work, p.seconds), f"{p.statements / events:.1f}" if events else "-",
+                  f"{p.written_mb:,.0f}" if p.written_mb is not None else "-", peak, note)
     total = sum(p.seconds for p in phases)
     statements = sum(p.statements for p in phases)
     cpu = sum(p.cpu_seconds for p in phases)
+    written = [p.written_mb for p in phases]
     t.add_row("[bold]end to end (1+2+3)[/]", f"[bold]{total:.2f}[/]", f"{cpu:.2f}", f"[bold]{fmt_rate(events, total)}[/]", "", "",
-              f"{statements / events:.1f}" if events else "-", f"{maxrss_mb():,.0f} (ru_maxrss)",
+              f"{statements / events:.1f}" if events else "-", f"{sum(written):,.0f}" if None not in written else "-",  # type: ignore[arg-type]
+              f"{maxrss_mb():,.0f} (ru_maxrss)",
               "whole process, incl. the pre-generated payloads")
     console.print(t)
     rss_note = f", RSS after generation {gen_rss:,.0f} MB" if gen_rss is not None else ""
