@@ -206,7 +206,7 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> bool:
             verdict = "equal" if same else f"differs by {r['stored'] - r['ok']}, within {unanswered} unanswered" if explained else "MISMATCH"
             colour = "green" if same else "yellow" if explained else "bold red"
             console.print(
-                f"[{colour}]{name}: acknowledged (2xx) {r['ok']} vs stored in inbox_events {r['stored']} -> {verdict}[/]"
+                f"[{colour}]{name}: acknowledged (2xx) {r['ok']} vs stored with their body {r['stored']} -> {verdict}[/]"
                 f"  (status at the end of the run: {r['stored_by_status']})"
             )
     return good
@@ -235,7 +235,7 @@ def summarise(results: dict[str, dict]) -> None:
                against=against, ratio=f"{ratio:.0%} req/s")
     checked = [(name, r) for name, r in results.items() if "stored" in r]
     if checked:
-        record("ingest", "acknowledged (2xx) vs stored in inbox_events",
+        record("ingest", "acknowledged (2xx) vs stored (inbox row and body)",
                "; ".join(f"{'serve' if name == 'connector' else name.replace('connector ', 'serve ')}: {r['ok']:,} acknowledged"
                          for name, r in checked),
                "equal", all(r["stored"] == r["ok"] for _, r in checked), in_process=False,

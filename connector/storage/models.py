@@ -166,8 +166,8 @@ class InboxBody(Base):
     subject, processed_at) and SQLite rewrites a changed record whole, overflow pages and
     all: with the 7-12 KB body inside, marking a row done wrote the body again, to the WAL and
     again at the checkpoint. For the issue's day (bench/pipeline.py, 150,000 webhooks) the
-    processing phase wrote a fifth to a third less and took 3-18% less CPU in paired runs
-    (bench/HISTORY.md). PostgreSQL keeps a large value out of line anyway (TOAST); the
+    processing phase wrote a fifth less and took 6% less CPU, run side by side with the
+    old code (bench/HISTORY.md). PostgreSQL keeps a large value out of line anyway (TOAST); the
     schema is the same on both.
     """
 
