@@ -115,6 +115,29 @@ def test_each_stored_row_keeps_its_own_body_and_a_duplicate_stores_none(db):
     assert got == {**{(ids["a"], f"k{i}"): i for i in range(5)}, (ids["b"], "k1"): "b1", (ids["a"], "k9"): 9}
 
 
+def test_bodies_find_their_rows_when_sqlite_hands_out_ids_at_random(tmp_path):
+    """Once a SQLite table holds the largest rowid, new rows get random free ids, not the next
+    ones: the writer then reads each new row's id back instead of counting."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'full.db'}")
+    from connector.storage.db import migrate
+
+    migrate(engine)
+    db = Database(engine)
+    try:
+        ids = sync_stores(db, [("a", "shopify")])
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO inbox_events (id, store_id, source, topic, dedupe_key, received_at, headers, status, "
+                              "attempts) VALUES (9223372036854775807, :sid, 'shopify', 'orders/create', 'last', "
+                              "'2026-11-01 00:00:00', '{}', 'done', 1)"), {"sid": ids["a"]})
+        assert write_items(db, [item(ids["a"], f"k{i}", {"id": i}) for i in range(6)]) == [True] * 6
+        with engine.connect() as conn:
+            got = {r.dedupe_key: r.raw_body for r in conn.execute(with_body())}
+        assert {k: json.loads(v) for k, v in got.items() if v is not None} == {f"k{i}": {"id": i} for i in range(6)}
+        assert got["last"] is None
+    finally:
+        db.dispose()
+
+
 def test_a_database_from_before_the_bodies_table_keeps_every_body(db_url, tmp_path):
     """Migrating 0009 -> head moves each stored body to inbox_bodies (rows purged earlier stay
     without one) and the rows process as before; downgrading puts them back."""

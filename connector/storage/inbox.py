@@ -151,7 +151,7 @@ def insert_sqlite(conn: Any, items: list[InboxItem]) -> list[bool]:
         if last == before + len(params):
             conn.executemany(_SQLITE_BODIES, zip(range(before + 1, last + 1), (it.raw_body for it in items)))
         else:
-            _bodies_by_key(conn, items, [True] * len(items))
+            _bodies_by_key(conn, items)
         conn.execute("RELEASE inbox_write")
         return [True] * len(params)
     conn.execute("ROLLBACK TO inbox_write")
@@ -167,13 +167,12 @@ def insert_sqlite(conn: Any, items: list[InboxItem]) -> list[bool]:
     return out
 
 
-def _bodies_by_key(conn: Any, items: list[InboxItem], new: list[bool]) -> None:
-    """Store the bodies of the new items under the ids their keys were given (read back)."""
-    for it, stored in zip(items, new):
-        if stored:
-            (row_id,) = conn.execute("SELECT id FROM inbox_events WHERE store_id = ? AND dedupe_key = ?",
-                                     (it.store_id, it.dedupe_key)).fetchone()
-            conn.execute(_SQLITE_BODIES, (row_id, it.raw_body))
+def _bodies_by_key(conn: Any, items: list[InboxItem]) -> None:
+    """Store the bodies of items just inserted under the ids their keys were given (read back)."""
+    for it in items:
+        (row_id,) = conn.execute("SELECT id FROM inbox_events WHERE store_id = ? AND dedupe_key = ?",
+                                 (it.store_id, it.dedupe_key)).fetchone()
+        conn.execute(_SQLITE_BODIES, (row_id, it.raw_body))
 
 
 _EXISTING = select(InboxEvent.dedupe_key, InboxEvent.id).where(
