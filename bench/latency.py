@@ -12,6 +12,9 @@ COD confirmation ask for that customer (both on this process's monotonic clock).
 Three runs by default, each on a fresh server: a busy hour (30 orders/s), a sale-day spike
 (70/s, just under Meta's default 80 messages/s per number, so the sends themselves keep up)
 and 150/s for a number on a higher messaging tier (1,000 messages/s).
+Every message the sandbox accepts is answered, as Meta answers it, by signed status webhooks
+(sent, delivered, read; --statuses), so the orders share the inbox and the processor with the
+status traffic their own sends cause (about three status rows per ask).
 A processor that cannot keep up shows in the second: its latency grows through the run
 ("p95 last 10%" is the p95 of the last tenth of the orders posted). "2xx" is each POST's
 time to its answer (the delivery stored), which the processor's slices must not stretch.
@@ -28,6 +31,7 @@ import hmac
 import json
 import os
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -55,6 +59,7 @@ console = Console()
 if console.width < 170:  # pipes and CI default to 80 columns: keep the table on one line per row
     console = Console(width=170)
 SECRET = "bench-latency-secret"
+APP_SECRET = "bench-latency-app-secret"  # Meta's signature on the status webhooks the sandbox posts back
 PHONE_ID = "106540352242922"
 
 
@@ -76,6 +81,7 @@ url = "sqlite:///{db}"
 
 [whatsapp]
 access_token = "sandbox-token"
+app_secret = "{APP_SECRET}"
 graph_base_url = "{wa_url}"
 pair_spacing_seconds = 0
 messages_per_second = {mps:g}
@@ -90,14 +96,17 @@ def _headers(body: bytes, n: int) -> dict[str, str]:
             "X-Shopify-API-Version": "2026-07"}
 
 
-def run_once(rate: float, orders: int, seed: int, mps: float) -> dict | None:
+def run_once(rate: float, orders: int, seed: int, mps: float, statuses: tuple[str, ...]) -> dict | None:
     """One fresh server and sandbox (sending at most ``mps`` messages/s): ``orders`` COD webhooks
-    at ``rate``/s; None if the server did not start."""
-    fake = SandboxWhatsApp()
+    at ``rate``/s; None if the server did not start. For every message it accepts the sandbox
+    posts ``statuses`` back to the server as Meta's signed status webhooks, 10 ms apart, so
+    the orders share the inbox with the status traffic their own sends cause."""
+    fake = SandboxWhatsApp(app_secret=APP_SECRET, statuses=statuses)
     builder = DayBuilder(seed=seed)
     server_peak: float | None = None
     with tempfile.TemporaryDirectory(prefix="storeloop-latency-") as tmp, SandboxServer(fake.app) as sandbox:
         port = _free_port()
+        fake.webhook_url = f"http://127.0.0.1:{port}/webhooks/whatsapp" if statuses else None
         config = Path(tmp) / "storeloop.toml"
         _config(config, port, Path(tmp) / "latency.db", sandbox.url, mps)
         log = (Path(tmp) / "serve.log").open("w")
@@ -138,7 +147,9 @@ def run_once(rate: float, orders: int, seed: int, mps: float) -> dict | None:
                 deadline = time.monotonic() + 60
                 while len(fake.accepted()) < orders and time.monotonic() < deadline:
                     time.sleep(0.05)
+                time.sleep(0.1 + 0.01 * len(statuses))  # the last sends' statuses reach the server
                 server_peak = process_peak_mb(proc.pid)  # the server's own peak RSS, while it still runs
+            status_rows = _status_rows(Path(tmp) / "latency.db")
         finally:
             stop_process(proc, grace=15)
             log.close()
@@ -150,7 +161,14 @@ def run_once(rate: float, orders: int, seed: int, mps: float) -> dict | None:
         first.setdefault(to, call.at)
     by_post = [first[p] - t for p, t in posted.items() if p in first]  # in posting order
     return {"rate": rate, "orders": orders, "latencies": sorted(by_post), "by_post": by_post, "acks": sorted(acks),
-            "missing": len(posted) - len(by_post), "twice": sum(1 for n in sends.values() if n > 1), "peak": server_peak}
+            "missing": len(posted) - len(by_post), "twice": sum(1 for n in sends.values() if n > 1), "peak": server_peak,
+            "status_rows": status_rows}
+
+
+def _status_rows(db: Path) -> int:
+    """WhatsApp status deliveries the server stored during the run."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+        return conn.execute("SELECT count(*) FROM inbox_events WHERE source = 'whatsapp' AND topic = 'status'").fetchone()[0]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -165,17 +183,20 @@ def main() -> int:
                     help="whatsapp.messages_per_second (default: Meta's 80 below 80 orders/s, else a higher tier's 1,000)")
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds of webhooks per run (orders = rate x seconds)")
     ap.add_argument("--orders", type=int, default=None, help="orders per run instead of rate x seconds")
+    ap.add_argument("--statuses", default="sent,delivered,read",
+                    help="statuses the sandbox posts back per message accepted, as Meta does (comma-separated; '' for none)")
     args = ap.parse_args()
 
     table = Table(title="COD order webhook -> WhatsApp send call (`storeloop serve`, SQLite, default tick)")
-    for col in ("rate/s", "msg/s cap", "orders", "asks sent", "missing", "sent twice", "p50 ms", "p95 ms", "max ms",
+    statuses = tuple(s.strip() for s in args.statuses.split(",") if s.strip())
+    for col in ("rate/s", "msg/s cap", "orders", "asks sent", "missing", "sent twice", "status webhooks", "p50 ms", "p95 ms", "max ms",
                 "p95 last 10%", "target p95", "2xx p50 / p99 ms", "serve peak MB"):
         table.add_column(col, justify="right")
     failed = False
     for i, rate in enumerate(args.rate or [30.0, 70.0, 150.0]):
         orders = args.orders or max(1, round(rate * args.seconds))
         mps = args.mps or (80.0 if rate < 80 else 1000.0)
-        res = run_once(rate, orders, seed=7 + i, mps=mps)
+        res = run_once(rate, orders, seed=7 + i, mps=mps, statuses=statuses)
         if res is None:
             return 1
         latencies = res["latencies"]
@@ -190,11 +211,13 @@ def main() -> int:
         missing, twice = res["missing"], res["twice"]
         ok = p95 < 2.0 and not missing and not twice
         failed |= bool(missing or twice)
-        table.add_row(f"{rate:g}", f"{mps:g}", str(orders), str(len(latencies)), str(missing), str(twice), f"{p50 * 1000:.0f}",
+        table.add_row(f"{rate:g}", f"{mps:g}", str(orders), str(len(latencies)), str(missing), str(twice), f"{res['status_rows']:,}",
+                      f"{p50 * 1000:.0f}",
                       f"{p95 * 1000:.0f}", f"{latencies[-1] * 1000:.0f}", f"{tail95 * 1000:.0f}",
                       f"[{'green' if p95 < 2 else 'red'}]< 2,000[/]", f"{_pct(res['acks'], 0.5) * 1000:.1f} / {_pct(res['acks'], 0.99) * 1000:.1f}",
                       "-" if res["peak"] is None else f"{res['peak']:.0f}")
-        record("latency", f"COD order webhook -> WhatsApp send call, p50 / p95 ({orders} orders at {rate:g}/s, {mps:g} msg/s cap)",
+        with_statuses = f", {res['status_rows']:,} status webhooks back" if statuses else ""
+        record("latency", f"COD order webhook -> WhatsApp send call, p50 / p95 ({orders} orders at {rate:g}/s, {mps:g} msg/s cap{with_statuses})",
                f"{p50 * 1000:.0f} / {p95 * 1000:.0f} ms", "p95 < 2 s, none missing or twice", ok, res["peak"], in_process=False,
                peak_of="serve" if res["peak"] is not None else None)
     console.print(table)
