@@ -37,6 +37,7 @@ BUSY_SLICE = 0.005  # seconds of processing per batch while webhooks arrive
 BUSY_PAUSE = 0.02  # at most this long after a slice, while deliveries wait for the writer: they go first
 IDLE_SLICE = 0.25  # ... and while none arrive: a backlog goes in batches of up to worker.inbox_batch_size
 BUSY_ROWS = 4  # do not even load more raw bodies than a slice can process
+BUSY_GROWTH_MAX = 16  # a backlog that outlasts full slices while webhooks keep arriving: slices double up to 16x (64 rows, 80 ms)
 SATURATED = 8  # deliveries waiting for their commit: a burst the writer is working through
 SATURATED_RATE = 1000.0  # ... or arriving this fast (per second): more than slices could keep up with
 SATURATED_GAP = 0.25  # seconds between slices meanwhile, so processing never stops for a whole burst
@@ -213,6 +214,13 @@ class Runtime:
         ~40-60 us of server CPU per delivery (bench/HISTORY.md). Rows cost half as much in the
         large batches after the burst.
 
+        A steady stream below the burst rate can still outgrow 4-row slices: each COD ask
+        brings back three status webhooks (sent, delivered, read), and at 150 orders/s the
+        600 rows/s fell behind by seconds (bench/latency.py with statuses: p95 3.6 s). While
+        slices keep coming back full, each is twice the last, up to ``BUSY_GROWTH_MAX`` (64
+        rows, 80 ms); a slice that is not full, a burst, or no traffic starts again at 4 rows.
+        A delivery arriving meanwhile waits up to one such slice for its commit.
+
         Journey timers fire when no inbox row is due, a batch per transaction; a full batch
         means more are due, so the loop goes round again at once instead of waiting for the
         next poll: a wave of reminders coming due together (the morning after quiet hours, a
@@ -223,6 +231,7 @@ class Runtime:
         assert self.processor is not None
         poll = self.settings.worker.inbox_poll_seconds
         last_slice = last_timers = 0.0
+        growth = 1  # busy slices are BUSY_SLICE x growth and BUSY_ROWS x growth
         while not self._stopping:
             saturated = self.writer.waiting() >= SATURATED or self.writer.arrival_rate() >= SATURATED_RATE
             if saturated and time.monotonic() - last_slice < SATURATED_GAP:
@@ -230,14 +239,20 @@ class Runtime:
                 continue
             last_slice = time.monotonic()
             busy = self.writer.busy()
+            if saturated or not busy:
+                growth = 1
+            rows = BUSY_ROWS * growth
             try:
                 handled = await anyio.to_thread.run_sync(
-                    self.processor.process_batch, BUSY_SLICE if busy else IDLE_SLICE, BUSY_ROWS if busy else None
+                    self.processor.process_batch, BUSY_SLICE * growth if busy else IDLE_SLICE, rows if busy else None
                 )
             except Exception:
                 log.exception("inbox processing failed; retrying")
                 handled = 0
                 await asyncio.sleep(poll)
+            # a full slice while webhooks keep arriving (not a burst): the backlog outgrows 4-row
+            # slices, so the next is twice as long; one that is not full ends the growth
+            growth = min(growth * 2, BUSY_GROWTH_MAX) if busy and not saturated and handled >= rows else 1
             if handled and busy:
                 await self._after_busy_slice()
             if handled and time.monotonic() - last_timers < TIMERS_EVERY:

@@ -837,11 +837,13 @@ def _policy_runtime(tmp_path, waiting, *, busy=True, backlog=2000, timers=0, rat
         def __init__(self) -> None:
             self.backlog = backlog
             self.calls: list[float] = []
+            self.limits: list[tuple[float | None, int | None]] = []  # (time budget, row limit) per slice
             self.timers = timers
             self.timer_calls: list[tuple[float, int]] = []
 
         def process_batch(self, budget: float | None = None, limit: int | None = None) -> int:
             self.calls.append(time.monotonic())
+            self.limits.append((budget, limit))
             n = min(self.backlog, limit or 50)
             self.backlog -= n
             return n
@@ -878,8 +880,26 @@ def test_a_steady_stream_that_never_queues_does_not_cap_the_processor(tmp_path):
 
     runtime, processor = _policy_runtime(tmp_path, lambda: 0)
     _run_policy(runtime, 2.0)
-    assert processor.backlog == 0  # 2,000 rows in 4-row slices within 2 s (the old loop: ~400)
-    assert len(processor.calls) >= 2000 // rt.BUSY_ROWS
+    assert processor.backlog == 0  # 2,000 rows within 2 s (the old loop: ~400)
+    # every slice came back full, so each was twice the last up to the cap (a backlog that
+    # outlasts short slices is worked off in longer ones): 4, 8, 16, 32, 64, 64, ...
+    rows = [limit for _, limit in processor.limits]
+    cap = rt.BUSY_ROWS * rt.BUSY_GROWTH_MAX
+    assert rows[:5] == [4, 8, 16, 32, 64] == [rt.BUSY_ROWS * 2**i for i in range(5)] and max(rows) == cap
+    assert all(budget == rt.BUSY_SLICE * limit / rt.BUSY_ROWS for budget, limit in processor.limits)
+
+
+def test_a_slice_that_is_not_full_or_a_burst_brings_slices_back_to_four_rows(tmp_path):
+    """Growth lasts only while the backlog does: after a slice that found fewer rows than it
+    could take, and during a burst (which needs every cycle for ingest), slices are 4 rows."""
+    from connector import runtime as rt
+
+    runtime, processor = _policy_runtime(tmp_path, lambda: 0, backlog=4 + 8 + 16 + 5)
+    _run_policy(runtime, 0.5)
+    assert [limit for _, limit in processor.limits[:5]] == [4, 8, 16, 32, 4]  # 5 of 32 found: back to 4
+    burst, during = _policy_runtime(tmp_path, lambda: 0, rate=5000.0)
+    _run_policy(burst, 0.6)
+    assert during.limits and all(limit == rt.BUSY_ROWS for _, limit in during.limits)
 
 
 def test_a_burst_that_waits_in_the_sockets_not_the_writer_still_gets_one_slice_per_gap(tmp_path):
@@ -893,7 +913,7 @@ def test_a_burst_that_waits_in_the_sockets_not_the_writer_still_gets_one_slice_p
     assert 2 <= len(processor.calls) <= 1.0 / rt.SATURATED_GAP + 2
     slower, steady = _policy_runtime(tmp_path, lambda: 0, rate=150.0)  # a busy hour: slices go on at once
     _run_policy(slower, 1.0)
-    assert len(steady.calls) >= 2000 // rt.BUSY_ROWS
+    assert steady.backlog == 0 and len(steady.calls) > 1.0 / rt.SATURATED_GAP + 2
 
 
 def test_the_writer_tells_how_fast_deliveries_arrive(db):
