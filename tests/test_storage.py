@@ -976,7 +976,7 @@ def test_deliveries_waiting_for_the_writer_go_before_the_next_slice(tmp_path):
     from connector import runtime as rt
 
     until = time.monotonic() + 0.5
-    runtime, processor = _policy_runtime(tmp_path, lambda: 3 if time.monotonic() < until else 0)
+    runtime, processor = _policy_runtime(tmp_path, lambda: 3 if time.monotonic() < until else 0, backlog=10**6)
     assert 3 < rt.SATURATED
     _run_policy(runtime, 1.0)
     during = [t for t in processor.calls if t < until]
