@@ -162,21 +162,22 @@ class Clock:
         return self.now
 
 
-def _status_kb(field_name: str) -> int | None:
+def _proc_value(path: str, field_name: str) -> int | None:
+    """The number after ``field_name:`` in a /proc file of this process; None where unreadable (not Linux)."""
     with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(path).read_text().splitlines():
             if line.startswith(field_name + ":"):
                 return int(line.split()[1])
     return None
 
 
+def _status_kb(field_name: str) -> int | None:
+    return _proc_value("/proc/self/status", field_name)
+
+
 def written_bytes() -> int | None:
-    """Bytes this process has caused to be written to storage (Linux /proc/self/io), None where unreadable."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/io").read_text().splitlines():
-            if line.startswith("write_bytes:"):
-                return int(line.split()[1])
-    return None
+    """Bytes this process has caused to be written to storage (the WAL, checkpoints)."""
+    return _proc_value("/proc/self/io", "write_bytes")
 
 
 def reset_peak_rss() -> bool:

@@ -55,6 +55,7 @@ from connector import events as ev
 from connector.contacts import normalize_phone
 from connector.storage import models as m
 from connector.storage.db import Database
+from connector.storage.inbox import with_body
 from connector.storage.sql import (
     ATTEMPTS, BODIES, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, HANDOFFS, INBOX, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES,
 )
@@ -322,8 +323,7 @@ def _inbox_rows(conn: Connection, scope: Scope, request_inbox_id: int | None) ->
         # the database finds candidates by substring, then the boundary-aware pattern confirms each
         cond = or_(*[_bytes_contains(conn, BODIES.c.raw_body, p) for p in probes],
                    *[_text_contains(conn, cast(INBOX.c.event, Text), p) for p in probes])
-        query = (select(INBOX.c.id, BODIES.c.raw_body, INBOX.c.event).outerjoin(BODIES, BODIES.c.id == INBOX.c.id)
-                 .where(INBOX.c.store_id == sid, cond))
+        query = with_body(INBOX.c.id, INBOX.c.event).where(INBOX.c.store_id == sid, cond)
         if request_inbox_id is not None:
             query = query.where(INBOX.c.id < request_inbox_id)  # later deliveries are a new relationship
         for row in conn.execute(query):
@@ -415,8 +415,7 @@ def export_customer(
         inbox_ids |= set(conn.execute(select(INBOX.c.id).where(INBOX.c.store_id == sid, INBOX.c.subject.in_(chunk))).scalars())
     inbox: list[dict[str, Any]] = []
     for chunk in _chunks(sorted(inbox_ids)):
-        for row in conn.execute(select(INBOX, BODIES.c.raw_body).outerjoin(BODIES, BODIES.c.id == INBOX.c.id)
-                                .where(INBOX.c.id.in_(chunk)).order_by(INBOX.c.id)):
+        for row in conn.execute(with_body().where(INBOX.c.id.in_(chunk)).order_by(INBOX.c.id)):
             inbox.append({"id": row.id, "source": row.source, "topic": row.topic, "received_at": _plain(row.received_at),
                           "status": row.status, "subject": row.subject, "event": row.event, "body": _body_for(row, wa_ids)})
     counts = {"contacts": len(out_contacts), "consent_changes": len(consent), "orders": len(orders), "checkouts": len(checkouts),

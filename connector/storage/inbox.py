@@ -43,9 +43,10 @@ class InboxItem:
     last_error: str | None = None
 
 
-def with_body() -> Select[Any]:
-    """Inbox rows and their stored body as ``raw_body`` (None once retention or an erasure deleted it)."""
-    return select(InboxEvent, InboxBody.raw_body).outerjoin(InboxBody, InboxBody.id == InboxEvent.id)
+def with_body(*columns: Any) -> Select[Any]:
+    """Inbox rows (all their columns, or ``columns``) and their stored body as ``raw_body``
+    (None once retention or an erasure deleted it): the one place that joins the two tables."""
+    return select(*(columns or (InboxEvent,)), InboxBody.raw_body).outerjoin(InboxBody, InboxBody.id == InboxEvent.id)
 
 
 _COLUMNS = ("store_id", "source", "topic", "dedupe_key", "received_at", "triggered_at", "headers", "status", "attempts", "last_error")
