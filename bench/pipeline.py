@@ -19,7 +19,9 @@ Timed phases (events = orders + checkouts; every phase is reported against that 
                 handler awaits (HTTP, HMAC and group commit are measured by bench/ingest.py);
   2. process  - `InboxProcessor.process_batch()` as the worker's loop calls it on a backlog:
                 JSON, normalise, state, journeys, outbox rows; batches of up to
-                worker.inbox_batch_size rows, each ended early once runtime.IDLE_SLICE is spent.
+                worker.inbox_batch_size rows, each ended early once runtime.DRAIN_SLICE is spent
+                (serve's batches while no webhooks arrive; a separate `storeloop worker` on
+                SQLite ends them at IDLE_SLICE).
                 The injected clock replays the day: each batch runs "when" its last event
                 arrived, as a worker keeping up with the webhooks would;
   3. timers   - the clock walks from the start of the day in --step-minutes steps for
@@ -71,7 +73,7 @@ from _summary import record  # noqa: E402
 from adapters.registry import normalizers  # noqa: E402
 from connector.config import Settings, parse_settings  # noqa: E402
 from connector.processor import InboxProcessor  # noqa: E402
-from connector.runtime import IDLE_SLICE, tune_gc  # noqa: E402
+from connector.runtime import DRAIN_SLICE, tune_gc  # noqa: E402
 from connector.storage import models as m  # noqa: E402
 from connector.storage.db import Database, make_engine, migrate  # noqa: E402
 from connector.storage.inbox import InboxItem, sync_stores, write_items  # noqa: E402
@@ -285,11 +287,11 @@ def phase_process(proc: InboxProcessor, clock: Clock, day: list[Webhook], stored
         if time.perf_counter() > deadline:
             p.cut = True
             break
-        # batches as `serve` and `worker` take them from a backlog: up to worker.inbox_batch_size
-        # rows, ended early once the idle slice is spent. Each runs "when" the last row it may
+        # batches as `serve` takes them from a backlog while no webhooks arrive: up to
+        # worker.inbox_batch_size rows, ended early once the drain slice is spent. Each runs "when" the last row it may
         # take had arrived, as a worker keeping up with the webhooks would.
         clock.now = day[min(p.work + b, stored) - 1].at.astimezone(timezone.utc)
-        n = proc.process_batch(IDLE_SLICE)
+        n = proc.process_batch(DRAIN_SLICE)
         p.work += n
         if n == 0:
             break
@@ -299,7 +301,7 @@ def phase_process(proc: InboxProcessor, clock: Clock, day: list[Webhook], stored
         tracemalloc.stop()
         p.extra["tracemalloc_peak_mb"] = peak / 2**20
     end_phase(p)
-    p.note = f"inbox batch {b}, slice {IDLE_SLICE:g} s"
+    p.note = f"inbox batch {b}, slice {DRAIN_SLICE:g} s"
     return p
 
 

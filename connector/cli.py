@@ -118,6 +118,7 @@ def serve(
     console.print(f"dashboard: {base}/dashboard (sign in with server.admin_token)")
     os.environ["STORELOOP_CONFIG"] = str(config.resolve())
     os.environ["STORELOOP_RUN_WORKER"] = "0" if no_worker else "1"
+    os.environ["STORELOOP_WORKERS"] = str(workers)  # one process takes every webhook: its processor can yield to them
     uvicorn.run(
         "connector.web.factory:app",
         factory=True,

@@ -126,14 +126,18 @@ class InboxProcessor:
         with self.db.engine.connect() as conn:
             return conn.execute(_ANY_DUE, {"sids": store_ids, "now": now}).first() is not None
 
-    def process_batch(self, time_budget: float | None = None, limit: int | None = None) -> int:
+    def process_batch(self, time_budget: float | None = None, limit: int | None = None,
+                      yield_to: Callable[[], bool] | None = None) -> int:
         """Process up to one batch of due rows; returns how many rows were handled.
 
         With a ``time_budget`` (seconds) the batch commits early once the budget is spent,
         so on SQLite the webhook writer never waits long for the single write lock; it also
         loads only about as many rows as the last batches processed in that time, so a large
         ``worker.inbox_batch_size`` (fewer, larger transactions when nothing else waits) costs
-        no rows read and parsed for nothing.
+        no rows read and parsed for nothing. ``yield_to`` (called from this thread after each
+        row) ends the batch as soon as it returns True: ``serve`` passes "a delivery is waiting
+        for the write lock", so a long batch costs a webhook no more than the commit of the
+        rows done so far.
         """
         now = self.clock()
         limit = limit or self.batch_size
@@ -157,17 +161,28 @@ class InboxProcessor:
                 query = query.with_for_update(skip_locked=True, of=InboxEvent)
             rows = list(conn.execute(query))
             started = time.perf_counter()
+
+            def stop() -> bool:
+                if yield_to is not None and yield_to():
+                    return True
+                return time_budget is not None and time.perf_counter() - started > time_budget
+
             handled = 0
-            parsed = None
+            parsed: list[list[Event] | Exception] | None = None
             if not any((row.source, row.topic) in PRIVACY_TOPICS for row in rows):
-                parsed = [self._parse_row(row) for row in rows]
+                parsed = []
+                for row in rows:
+                    parsed.append(self._parse_row(row))
+                    if yield_to is not None and yield_to():
+                        break  # a delivery waits: apply what is parsed; the rest stay pending
+                rows = rows[: len(parsed)]
             if parsed is None or any(isinstance(e, ComplianceRequested) for p in parsed if isinstance(p, list) for e in p):
-                handled, marks = self._one_by_one(conn, rows, now, started, time_budget)  # a privacy request erases behind caches
+                handled, marks = self._one_by_one(conn, rows, now, stop)  # a privacy request erases behind caches
             else:
                 try:
-                    marks = self._apply_batch(conn, rows, parsed, now, started, time_budget)
+                    marks = self._apply_batch(conn, rows, parsed, now, stop)
                 except _RowFailed as failed:  # rolled back: again, one savepoint per row
-                    handled, marks = self._one_by_one(conn, rows, now, started, time_budget, must=failed.index + 1)
+                    handled, marks = self._one_by_one(conn, rows, now, stop, must=failed.index + 1)
             _mark_rows(conn, marks)
         done = handled + len(marks)
         if done:  # how long a row takes here, for the next batch's size under a time budget
@@ -176,7 +191,7 @@ class InboxProcessor:
         return done
 
     def _apply_batch(self, conn: Connection, rows: list[Any], parsed: list[list[Event] | Exception], now: datetime,
-                     started: float, time_budget: float | None) -> list[tuple[int, dict[str, Any]]]:
+                     stop: Callable[[], bool]) -> list[tuple[int, dict[str, Any]]]:
         """Apply the rows in one savepoint with the transaction cache; ``_RowFailed`` (rolled back) if one raises."""
         marks: list[tuple[int, dict[str, Any]]] = []
         with conn.begin_nested(), installed(conn) as cache:
@@ -194,7 +209,7 @@ class InboxProcessor:
                         raise _RowFailed(i) from exc
                 values.update(attempts=row.attempts + 1, processed_at=now)
                 marks.append((row.id, values))
-                if time_budget is not None and time.perf_counter() - started > time_budget:
+                if stop():
                     break  # the rest stay pending (and unlocked) for the next batch
             try:
                 flush(conn)
@@ -228,12 +243,12 @@ class InboxProcessor:
             contacts |= {o.contact_id for o in (cache.lookup(("orders", store_id, x))[1] for x in orders) if o is not None}
             prefetch_runs(conn, self._stores[store_id], store_id, subjects, {c for c in contacts if c is not None})
 
-    def _one_by_one(self, conn: Connection, rows: list[Any], now: datetime, started: float, time_budget: float | None,
+    def _one_by_one(self, conn: Connection, rows: list[Any], now: datetime, stop: Callable[[], bool],
                     *, must: int = 0) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
         """The careful path: each row in its own savepoint, no cache (privacy requests; a batch in which a row raised).
 
         Returns how many outcomes were already written and the rest. The first ``must``
-        rows are done whatever the time budget says: the batch attempt spent it on them.
+        rows are done whatever ``stop`` says: the batch attempt spent the time budget on them.
         """
         marks: list[tuple[int, dict[str, Any]]] = []
         handled = 0
@@ -247,7 +262,7 @@ class InboxProcessor:
                     marks.append((row.id, {"available_at": now + PRIVACY_WAIT}))
                     continue
             marks.append((row.id, self._process_row(conn, row, now)))
-            if i + 1 >= must and time_budget is not None and time.perf_counter() - started > time_budget:
+            if i + 1 >= must and stop():
                 break  # the rest stay pending (and unlocked) for the next batch
         return handled, marks
 

@@ -36,6 +36,7 @@ GC_GEN0_THRESHOLD = 20_000
 BUSY_SLICE = 0.005  # seconds of processing per batch while webhooks arrive
 BUSY_PAUSE = 0.02  # at most this long after a slice, while deliveries wait for the writer: they go first
 IDLE_SLICE = 0.25  # ... and while none arrive: a backlog goes in batches of up to worker.inbox_batch_size
+DRAIN_SLICE = 1.0  # ... where a delivery that arrives ends the batch at once (serve, one process), or on PostgreSQL
 BUSY_ROWS = 4  # do not even load more raw bodies than a slice can process
 BUSY_GROWTH_MAX = 16  # a backlog that outlasts full slices while webhooks keep arriving: slices double up to 16x (64 rows, 80 ms)
 SATURATED = 8  # deliveries waiting for their commit: a burst the writer is working through
@@ -73,8 +74,12 @@ class Runtime:
         sender: MessageSender | None = None,
         writers: dict[int, StoreWriter] | None = None,
         secret_box: Any = None,
+        ingest_here: bool = False,
     ):
+        """``ingest_here``: this process takes every webhook for its database (``serve`` with one
+        uvicorn process), so its processor sees each delivery that waits for SQLite's write lock."""
         self.settings = settings
+        self.ingest_here = ingest_here
         self.db = db or Database.from_url(settings.database.url, pool_size=settings.database.pool_size)
         self.clock = clock
         self.run_worker = run_worker
@@ -242,10 +247,9 @@ class Runtime:
             if saturated or not busy:
                 growth = 1
             rows = BUSY_ROWS * growth
+            budget, limit, yield_to = (BUSY_SLICE * growth, rows, None) if busy else self._idle_slice()
             try:
-                handled = await anyio.to_thread.run_sync(
-                    self.processor.process_batch, BUSY_SLICE * growth if busy else IDLE_SLICE, rows if busy else None
-                )
+                handled = await anyio.to_thread.run_sync(self.processor.process_batch, budget, limit, yield_to)
             except Exception:
                 log.exception("inbox processing failed; retrying")
                 handled = 0
@@ -271,6 +275,27 @@ class Runtime:
             self._wakeup.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=poll)
+
+    def _idle_slice(self) -> tuple[float, None, Callable[[], bool] | None]:
+        """Time budget, row limit and yield test of a batch while no webhooks arrive (a backlog
+        after a burst, a backfill, a worker on its own).
+
+        Larger batches are cheaper per row once the database is large: each commit writes every
+        page its rows touched, and the unique keys (delivery, step, run, phone, checkout token)
+        are random, so rows share index pages only within a transaction. Batches of up to
+        2,000 rows in a 1 s slice took the issue's day from 62 to 51 s of processing against
+        500 rows in 0.25 s (bench/pipeline.py, bench/HISTORY.md). On SQLite a batch holds the
+        one write lock, so it may run that long only where a delivery waiting for the lock can
+        end it at the next row: in the process that takes every webhook (``ingest_here``). A
+        separate ``storeloop worker`` cannot see another process's deliveries and keeps to
+        ``IDLE_SLICE``. PostgreSQL's processing does not hold ingest up.
+        """
+        if not self.db.is_sqlite:
+            return DRAIN_SLICE, None, None
+        if self.ingest_here:
+            writer = self.writer
+            return DRAIN_SLICE, None, lambda: writer.waiting() > 0
+        return IDLE_SLICE, None, None
 
     async def _after_busy_slice(self) -> None:
         """Let the deliveries that arrived during a slice commit first, then go on at once.

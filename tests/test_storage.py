@@ -390,7 +390,7 @@ def test_a_row_that_fails_midway_through_a_batch_costs_the_others_nothing(db_url
 
 
 def test_a_backlog_goes_in_large_batches_but_a_slice_ends_a_batch_when_its_time_is_spent(db_url):
-    """A backlog is worked off in transactions of up to ``worker.inbox_batch_size`` rows (500 by
+    """A backlog is worked off in transactions of up to ``worker.inbox_batch_size`` rows (2,000 by
     default: fewer, larger commits), but a batch given a time budget (serve's slices) commits
     as soon as the budget is spent and loads no more rows than that budget covers; the rest
     stay pending for the next batch, and nothing is lost or done twice."""
@@ -408,15 +408,15 @@ def test_a_backlog_goes_in_large_batches_but_a_slice_ends_a_batch_when_its_time_
                                   state=ev.ConsentState.GRANTED, source="test", occurred_at=at)]
 
     write_items(db, [item(ids["shop-a"], f"c{n}", {"id": f"c{n}", "n": n, "phone": f"+9198{n:08d}"}, topic="customers/update")
-                     for n in range(700)])
+                     for n in range(2200)])
     proc = InboxProcessor(db, settings, ids, {"shopify": consent}, clock=lambda: at)
-    assert proc.batch_size == settings.worker.inbox_batch_size == 500
+    assert proc.batch_size == settings.worker.inbox_batch_size == 2000
     try:
         assert proc.process_batch(0.0) == 1  # the budget is spent after the first row: it commits alone
         first = len(loaded)
         assert first <= FIRST_SLICE_ROWS  # not a whole batch read and parsed for one row
         assert proc.process_batch(0.0) == 1 and len(loaded) == first + 1  # the next slice reads only what it covers
-        assert proc.process_batch() == 500
+        assert proc.process_batch() == 2000
         assert proc.process_batch() == 198
         assert proc.process_batch() == 0
         with db.engine.connect() as conn:
@@ -424,8 +424,8 @@ def test_a_backlog_goes_in_large_batches_but_a_slice_ends_a_batch_when_its_time_
             contacts = conn.execute(select(func.count()).select_from(m.Contact)).scalar_one()
     finally:
         db.dispose()
-    assert statuses == {"done": 700} and contacts == 700
-    assert set(loaded) == set(range(700))
+    assert statuses == {"done": 2200} and contacts == 2200
+    assert set(loaded) == set(range(2200))
 
 
 def test_concurrent_processors_handle_each_row_once(db_url):
@@ -753,6 +753,133 @@ def test_long_customer_fields_are_cut_to_their_columns_not_failed(db_url):
     db.dispose()
 
 
+def test_a_waiting_delivery_ends_a_long_batch_at_the_next_row(db_url):
+    """``serve`` runs long batches on an idle backlog and passes "a delivery waits for the write
+    lock" as ``yield_to``: once it says so, the batch stops parsing or applying at the next
+    row and commits what it has, and the rest stay pending for the next batch."""
+    from connector import events as ev
+
+    settings = make_settings(db_url)
+    db = Database.from_url(db_url)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    at = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    parsed: list[int] = []
+
+    def consent(topic, body, store):
+        parsed.append(body["n"])
+        return [ev.ConsentChanged(phone=ev.Phone(raw=body["phone"], e164=body["phone"]), category=ev.ConsentCategory.MARKETING,
+                                  state=ev.ConsentState.GRANTED, source="test", occurred_at=at)]
+
+    write_items(db, [item(ids["shop-a"], f"c{n}", {"id": f"c{n}", "n": n, "phone": f"+9198{n:08d}"}, topic="customers/update")
+                     for n in range(120)])
+    proc = InboxProcessor(db, settings, ids, {"shopify": consent}, clock=lambda: at)
+    calls = [0]
+
+    def after(n: int):
+        def yield_to() -> bool:  # asked after every row parsed, then after every row applied
+            calls[0] += 1
+            return calls[0] >= n
+        return yield_to
+
+    try:
+        # a delivery starts waiting while the batch parses its 10th row: one row is applied, not 50
+        assert proc.process_batch(60.0, 50, after(10)) == 1 and len(parsed) == 10
+        # ... while it applies its 3rd row (after 50 parsed): three rows
+        parsed.clear(); calls[0] = 0
+        assert proc.process_batch(60.0, 50, after(53)) == 3 and len(parsed) == 50
+        assert proc.process_batch(60.0, 200, lambda: False) == 116  # nobody waits: the whole backlog
+        with db.engine.connect() as conn:
+            statuses = dict(conn.execute(select(m.InboxEvent.status, func.count()).group_by(m.InboxEvent.status)).all())
+            contacts = conn.execute(select(func.count()).select_from(m.Contact)).scalar_one()
+    finally:
+        db.dispose()
+    assert statuses == {"done": 120} and contacts == 120  # each row once
+
+
+def test_an_idle_backlog_runs_long_batches_only_where_a_waiting_delivery_can_end_them(db_url, tmp_path):
+    """No webhooks arriving, a backlog: ``serve`` (the one process taking the webhooks) runs
+    DRAIN_SLICE batches that a delivery waiting for the writer ends; a separate worker on SQLite
+    cannot see another process's deliveries and keeps to IDLE_SLICE; on PostgreSQL processing
+    never holds ingest up, so both drain in long batches."""
+    from connector import runtime as rt
+
+    waiting = [0]
+    serve, in_serve = _policy_runtime(tmp_path, lambda: waiting[0], busy=False, ingest_here=True, db_url=db_url)
+    sqlite = serve.db.is_sqlite
+    _run_policy(serve, 0.3)
+    worker, in_worker = _policy_runtime(tmp_path, lambda: waiting[0], busy=False, db_url=db_url)
+    _run_policy(worker, 0.3)
+    assert in_serve.backlog == in_worker.backlog == 0
+    assert {budget for budget, _ in in_serve.limits} == {rt.DRAIN_SLICE}
+    if sqlite:
+        yield_to = in_serve.yields[0]
+        assert yield_to() is False
+        waiting[0] = 1
+        assert yield_to() is True  # a delivery waits for the write lock: the batch ends at the next row
+        assert {budget for budget, _ in in_worker.limits} == {rt.IDLE_SLICE} and set(in_worker.yields) == {None}
+    else:
+        assert {budget for budget, _ in in_worker.limits} == {rt.DRAIN_SLICE} and set(in_serve.yields) == {None}
+
+
+def test_a_delivery_arriving_during_a_long_batch_is_stored_and_the_backlog_finishes(tmp_path):
+    """The real loop, writer and processor of ``serve`` on SQLite: a webhook that arrives while
+    the processor is in a long batch (each row slowed to 2 ms, so a batch is ~1 s) is
+    acknowledged long before that batch could have ended, and every row is processed once."""
+    from connector import events as ev
+    from connector import runtime as rt
+
+    settings = make_settings(f"sqlite:///{tmp_path / 'drain.db'}")
+    at = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    runtime = rt.Runtime(settings, run_worker=False, ingest_here=True, clock=lambda: at)
+    parsed: list[int] = []
+    reached = threading.Event()
+
+    def slow_consent(topic, body, store):
+        time.sleep(0.002)
+        parsed.append(body.get("n", -1))
+        if len(parsed) == 400:
+            reached.set()
+        return [ev.ConsentChanged(phone=ev.Phone(raw=body["phone"], e164=body["phone"]), category=ev.ConsentCategory.MARKETING,
+                                  state=ev.ConsentState.GRANTED, source="test", occurred_at=at)]
+
+    async def run() -> tuple[int, dict, int]:
+        await runtime.start()
+        ids = runtime.store_ids
+        write_items(runtime.db, [item(ids["shop-a"], f"c{n}", {"id": f"c{n}", "n": n, "phone": f"+9198{n:08d}"},
+                                      topic="customers/update") for n in range(1500)])
+        runtime.processor = InboxProcessor(runtime.db, settings, ids, {"shopify": slow_consent}, clock=lambda: at)
+        task = asyncio.create_task(runtime._process_loop())
+        while not reached.is_set():
+            await asyncio.sleep(0.005)
+        before = len(parsed)
+        stored = await runtime.writer.submit([item(ids["shop-a"], "late", {"id": "late", "phone": "+919899999999"},
+                                                   topic="customers/update")])
+        parsed_at_ack = len(parsed) - before
+        for _ in range(1500):  # the rest of the backlog: ~3 s of slowed rows
+            if _pending(runtime.db) == 0:
+                break
+            await asyncio.sleep(0.02)
+        runtime._stopping = True
+        runtime.wake()
+        await asyncio.wait_for(task, 10)
+        assert stored == [True]
+        with runtime.db.engine.connect() as conn:
+            statuses = dict(conn.execute(select(m.InboxEvent.status, func.count()).group_by(m.InboxEvent.status)).all())
+            contacts = conn.execute(select(func.count()).select_from(m.Contact)).scalar_one()
+        await runtime.stop()
+        return parsed_at_ack, statuses, contacts
+
+    parsed_at_ack, statuses, contacts = asyncio.run(run())
+    # the batch stopped at the next row, not at the end of its slice
+    assert parsed_at_ack < 10  # 1 here; 54-57 with 0.25 s batches that no delivery ends
+    assert statuses == {"done": 1501} and contacts == 1501  # the late delivery too, each row once
+
+
+def _pending(db: Database) -> int:
+    with db.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(m.InboxEvent).where(m.InboxEvent.status == "pending")).scalar_one()
+
+
 def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path):
     """While deliveries queue for the writer, the processor runs one short slice per
     SATURATED_GAP (each slice holds the write lock and the GIL the burst needs); once the
@@ -779,7 +906,7 @@ def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path):
             self.backlog = 200
             self.calls: list[tuple[float, float | None, int | None]] = []
 
-        def process_batch(self, budget: float | None = None, limit: int | None = None) -> int:
+        def process_batch(self, budget: float | None = None, limit: int | None = None, yield_to=None) -> int:
             self.calls.append((time.monotonic(), budget, limit))
             n = min(self.backlog, limit or 50)
             self.backlog -= n
@@ -814,14 +941,14 @@ def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path):
     assert left == 0  # after the burst: the backlog is worked off
 
 
-def _policy_runtime(tmp_path, waiting, *, busy=True, backlog=2000, timers=0, rate=0.0):
+def _policy_runtime(tmp_path, waiting, *, busy=True, backlog=2000, timers=0, rate=0.0, ingest_here=False, db_url=None):
     """A Runtime whose writer reports ``waiting()`` deliveries, ``rate`` deliveries committed
     per second (and ``busy``: webhooks arriving) and whose processor takes up to ``limit``
     rows of a backlog per slice, and fires up to ``limit`` of ``timers`` due journey timers
     per call, instantly."""
     from connector import runtime as rt
 
-    runtime = rt.Runtime(make_settings(f"sqlite:///{tmp_path / 'policy.db'}"), run_worker=False)
+    runtime = rt.Runtime(make_settings(db_url or f"sqlite:///{tmp_path / 'policy.db'}"), run_worker=False, ingest_here=ingest_here)
 
     class Writer:
         def waiting(self) -> int:
@@ -838,12 +965,14 @@ def _policy_runtime(tmp_path, waiting, *, busy=True, backlog=2000, timers=0, rat
             self.backlog = backlog
             self.calls: list[float] = []
             self.limits: list[tuple[float | None, int | None]] = []  # (time budget, row limit) per slice
+            self.yields: list = []  # the yield test passed with each slice (None: none)
             self.timers = timers
             self.timer_calls: list[tuple[float, int]] = []
 
-        def process_batch(self, budget: float | None = None, limit: int | None = None) -> int:
+        def process_batch(self, budget: float | None = None, limit: int | None = None, yield_to=None) -> int:
             self.calls.append(time.monotonic())
             self.limits.append((budget, limit))
+            self.yields.append(yield_to)
             n = min(self.backlog, limit or 50)
             self.backlog -= n
             return n

@@ -42,8 +42,10 @@ class ConnectorApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None, *, run_worker: bool = True) -> Starlette:
-    rt = runtime or Runtime(settings, run_worker=run_worker)
+def create_app(settings: Settings, runtime: Runtime | None = None, *, run_worker: bool = True, ingest_here: bool = True) -> Starlette:
+    """``ingest_here``: this app takes every webhook for its database (False with several uvicorn
+    processes): its processor may then run long batches that a waiting delivery ends (Runtime)."""
+    rt = runtime or Runtime(settings, run_worker=run_worker, ingest_here=ingest_here)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -14,4 +14,5 @@ from connector.web.app import create_app
 def app() -> Starlette:
     settings = load_settings(os.environ["STORELOOP_CONFIG"])
     configure_logging(settings.server.log_level)
-    return create_app(settings, run_worker=os.environ.get("STORELOOP_RUN_WORKER", "1") == "1")
+    return create_app(settings, run_worker=os.environ.get("STORELOOP_RUN_WORKER", "1") == "1",
+                      ingest_here=os.environ.get("STORELOOP_WORKERS", "1") == "1")
