@@ -90,6 +90,31 @@ def test_new_sqlite_files_get_8_kb_pages_and_a_file_from_before_keeps_its_4_kb_a
         db.dispose()
 
 
+def test_sqlite_copies_its_log_into_the_database_every_10000_pages_not_every_1000(tmp_path):
+    """A longer write-ahead log copies a page written by many commits once per checkpoint
+    (SQLite's default copies every 1,000 pages, inside the commit that passed them)."""
+    from connector.storage.db import SQLITE_AUTOCHECKPOINT, migrate
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'wal.db'}")
+    migrate(engine)  # ends with the log truncated
+    db = Database(engine)
+    try:
+        ids = sync_stores(db, [("a", "shopify")])
+        for batch in range(25):  # ~4,000 pages of 12 KB bodies in 25 commits: four defaults' worth
+            write_items(db, [item(ids["a"], f"b{batch}-{i}", {"id": i, "note": "x" * 12_000}) for i in range(100)])
+        raw = engine.raw_connection()  # autocommit (make_engine): a checkpoint cannot run inside a transaction
+        try:
+            busy, log_frames, copied = raw.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            (limit,) = raw.dbapi_connection.execute("PRAGMA wal_autocheckpoint").fetchone()
+        finally:
+            raw.close()
+    finally:
+        db.dispose()
+    assert limit == SQLITE_AUTOCHECKPOINT == 10_000
+    assert 3_000 < log_frames < SQLITE_AUTOCHECKPOINT  # no checkpoint restarted the log meanwhile
+    assert busy == 0 and copied == log_frames  # and a checkpoint still copies all of it
+
+
 def test_write_items_stores_each_key_once_per_store(db):
     ids = sync_stores(db, [("a", "shopify"), ("b", "shopify")])
     first = write_items(db, [item(ids["a"], "k1"), item(ids["a"], "k2"), item(ids["a"], "k1")])
