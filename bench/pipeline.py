@@ -455,6 +455,7 @@ def main() -> int:
             event.listen(engine, "before_cursor_execute", count_statements)
             migrate(engine)
             db = Database(engine)
+            db.start_checkpoints()  # as `storeloop serve` and `worker` run (SQLite): the log is also copied in a thread
             try:
                 store_ids = sync_stores(db, [(STORE_KEY, "shopify")])
                 store_id = store_ids[STORE_KEY]

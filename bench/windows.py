@@ -559,6 +559,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
                       f"{res.load['lines']:,} lines, {res.load['fulfilled']:,} fulfilments, {res.load['cancelled']:,} cancelled[/]")
 
         db = Database.from_url(fresh.url)
+        db.start_checkpoints()  # as `storeloop serve` and `worker` run (SQLite): the log is copied in a thread
         try:
             gc.collect()
             # (a) the full scan

@@ -327,6 +327,31 @@ def test_wal_checkpoints_run_in_their_own_thread_after_the_writers_commits(tmp_p
     assert not Database.from_url("sqlite://").start_checkpoints()  # in memory: no file, no thread
 
 
+def test_the_checkpoint_thread_also_copies_what_other_commits_wrote(tmp_path):
+    """The processor's, timers' and reorder tick's commits do not wake the thread; it looks
+    every ``idle_interval`` anyway, so their log is copied there, not by whichever commit
+    passes SQLite's 10,000-page threshold (~80 MB copied inside that commit)."""
+    from connector.storage.db import migrate
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'idle.db'}")
+    migrate(engine)
+    db = Database(engine)
+    try:
+        ids = sync_stores(db, [("a", "shopify")])
+        assert db.start_checkpoints()
+        checkpointer = db.checkpointer
+        assert checkpointer is not None
+        checkpointer.idle_interval = 0.05
+        write_items(db, [item(ids["a"], f"k{i}", {"id": i, "note": "x" * 12_000}) for i in range(50)])  # no note_commit()
+        for _ in range(200):
+            if checkpointer.frames:
+                break
+            time.sleep(0.02)
+        assert checkpointer.frames >= 50  # the bodies' pages, copied by the thread
+    finally:
+        db.dispose()
+
+
 def test_storage_failure_answers_503_and_acknowledges_nothing(db_url):
     from tests.helpers import running_app, shopify_headers
     from tests.conftest import SECRETS
