@@ -285,16 +285,17 @@ class Runtime:
         are random, so rows share index pages only within a transaction. Batches of up to
         2,000 rows in a 1 s slice took the issue's day from 62 to 51 s of processing against
         500 rows in 0.25 s (bench/pipeline.py, bench/HISTORY.md). On SQLite a batch holds the
-        one write lock, so it may run that long only where a delivery waiting for the lock can
-        end it at the next row: in the process that takes every webhook (``ingest_here``). A
-        separate ``storeloop worker`` cannot see another process's deliveries and keeps to
+        one write lock, so it may run that long only where whoever waits for the lock ends it
+        at the next row: a delivery, or any thread of this process (the dispatcher recording
+        a send, an admin request), in the process that takes every webhook (``ingest_here``).
+        A separate ``storeloop worker`` cannot see another process's deliveries and keeps to
         ``IDLE_SLICE``. PostgreSQL's processing does not hold ingest up.
         """
         if not self.db.is_sqlite:
             return DRAIN_SLICE, None, None
         if self.ingest_here:
-            writer = self.writer
-            return DRAIN_SLICE, None, lambda: writer.waiting() > 0
+            writer, db = self.writer, self.db
+            return DRAIN_SLICE, None, lambda: writer.waiting() > 0 or db.write_lock_wanted()
         return IDLE_SLICE, None, None
 
     async def _after_busy_slice(self) -> None:

@@ -871,10 +871,12 @@ def test_an_idle_backlog_runs_long_batches_only_where_a_waiting_delivery_can_end
         assert {budget for budget, _ in in_worker.limits} == {rt.DRAIN_SLICE} and set(in_serve.yields) == {None}
 
 
-def test_a_delivery_arriving_during_a_long_batch_is_stored_and_the_backlog_finishes(tmp_path):
+@pytest.mark.parametrize("who", ["delivery", "dispatcher"])
+def test_whoever_waits_for_the_write_lock_during_a_long_batch_gets_it_at_the_next_row(tmp_path, who):
     """The real loop, writer and processor of ``serve`` on SQLite: a webhook that arrives while
-    the processor is in a long batch (each row slowed to 2 ms, so a batch is ~1 s) is
-    acknowledged long before that batch could have ended, and every row is processed once."""
+    the processor is in a long batch (each row slowed to 2 ms, so a batch is ~1 s), or another
+    thread of the process that needs the write lock (the dispatcher recording a send, an admin
+    request), gets it long before that batch could have ended; every row is processed once."""
     from connector import events as ev
     from connector import runtime as rt
 
@@ -902,8 +904,12 @@ def test_a_delivery_arriving_during_a_long_batch_is_stored_and_the_backlog_finis
         while not reached.is_set():
             await asyncio.sleep(0.005)
         before = len(parsed)
-        stored = await runtime.writer.submit([item(ids["shop-a"], "late", {"id": "late", "phone": "+919899999999"},
-                                                   topic="customers/update")])
+        if who == "delivery":
+            stored = await runtime.writer.submit([item(ids["shop-a"], "late", {"id": "late", "phone": "+919899999999"},
+                                                       topic="customers/update")])
+        else:  # a thread taking the lock as outbox/store.py does (write_items: the lock, then a transaction)
+            stored = await asyncio.to_thread(write_items, runtime.db, [item(ids["shop-a"], "late", {"id": "late", "phone": "+919899999999"},
+                                                                            topic="customers/update")])
         parsed_at_ack = len(parsed) - before
         for _ in range(1500):  # the rest of the backlog: ~3 s of slowed rows
             if _pending(runtime.db) == 0:

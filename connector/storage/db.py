@@ -119,6 +119,48 @@ def ensure_schema(engine: Engine, *, auto_migrate: bool) -> str:
     )
 
 
+class WriteLock:
+    """SQLite's in-process write lock, which also tells whether a thread is waiting for it.
+
+    A long batch (the processor draining a backlog) asks ``waiting()`` after each row and
+    commits early for whoever waits: a webhook's insert, the dispatcher recording a send, an
+    admin request. The waiters are a set of thread ids: ``set.add`` and ``discard`` are atomic
+    under the GIL, where a counter's ``+= 1`` from two threads is not.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._waiters: set[int] = set()
+        self._ident = threading.get_ident
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        if not blocking:
+            return False
+        me = self._ident()
+        self._waiters.add(me)
+        try:
+            return self._lock.acquire()
+        finally:
+            self._waiters.discard(me)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def waiting(self) -> bool:
+        return bool(self._waiters)
+
+    def __enter__(self) -> "WriteLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 class Database:
     """The engine plus the one in-process write lock SQLite needs.
 
@@ -128,12 +170,11 @@ class Database:
     """
 
     def __init__(self, engine: Engine):
-        import threading
         from contextlib import nullcontext
 
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
-        self._lock = threading.Lock() if self.is_sqlite else None
+        self._lock = WriteLock() if self.is_sqlite else None
         self._nolock = nullcontext()
         self.checkpointer: WalCheckpointer | None = None
 
@@ -164,6 +205,10 @@ class Database:
 
     def write_lock(self) -> Any:
         return self._lock if self._lock is not None else self._nolock
+
+    def write_lock_wanted(self) -> bool:
+        """SQLite: another thread of this process waits for the write lock."""
+        return self._lock is not None and self._lock.waiting()
 
     def dispose(self) -> None:
         if self.checkpointer is not None:
