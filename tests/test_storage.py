@@ -439,27 +439,44 @@ def test_a_row_that_fails_midway_through_a_batch_costs_the_others_nothing(db_url
     db.dispose()
 
 
+def _consent_rows(store_id: int, n: int) -> list[InboxItem]:
+    """``n`` customers/update deliveries, each one marketing opt-in of its own phone."""
+    return [item(store_id, f"c{i}", {"id": f"c{i}", "n": i, "phone": f"+9198{i:08d}"}, topic="customers/update") for i in range(n)]
+
+
+def _consent_normalizer(seen: list[int], at: datetime, *, delay: float = 0.0, on_row=None):
+    """A normaliser for ``_consent_rows`` that records each row's ``n`` as it is parsed."""
+    from connector import events as ev
+
+    def consent(topic, body, store):
+        if delay:
+            time.sleep(delay)
+        seen.append(body.get("n", -1))
+        if on_row is not None:
+            on_row(len(seen))
+        return [ev.ConsentChanged(phone=ev.Phone(raw=body["phone"], e164=body["phone"]), category=ev.ConsentCategory.MARKETING,
+                                  state=ev.ConsentState.GRANTED, source="test", occurred_at=at)]
+
+    return consent
+
+
+def _consent_backlog(db_url: str, n: int) -> tuple[Database, InboxProcessor, list[int], dict]:
+    """A store with ``n`` pending ``_consent_rows`` and a processor that records what it parses."""
+    settings = make_settings(db_url)
+    db = Database.from_url(db_url)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    at = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    seen: list[int] = []
+    write_items(db, _consent_rows(ids["shop-a"], n))
+    return db, InboxProcessor(db, settings, ids, {"shopify": _consent_normalizer(seen, at)}, clock=lambda: at), seen, settings
+
+
 def test_a_backlog_goes_in_large_batches_but_a_slice_ends_a_batch_when_its_time_is_spent(db_url):
     """A backlog is worked off in transactions of up to ``worker.inbox_batch_size`` rows (2,000 by
     default: fewer, larger commits), but a batch given a time budget (serve's slices) commits
     as soon as the budget is spent and loads no more rows than that budget covers; the rest
     stay pending for the next batch, and nothing is lost or done twice."""
-    from connector import events as ev
-
-    settings = make_settings(db_url)
-    db = Database.from_url(db_url)
-    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
-    at = datetime(2026, 11, 20, tzinfo=timezone.utc)
-    loaded: list[int] = []
-
-    def consent(topic, body, store):
-        loaded.append(body["n"])
-        return [ev.ConsentChanged(phone=ev.Phone(raw=body["phone"], e164=body["phone"]), category=ev.ConsentCategory.MARKETING,
-                                  state=ev.ConsentState.GRANTED, source="test", occurred_at=at)]
-
-    write_items(db, [item(ids["shop-a"], f"c{n}", {"id": f"c{n}", "n": n, "phone": f"+9198{n:08d}"}, topic="customers/update")
-                     for n in range(2200)])
-    proc = InboxProcessor(db, settings, ids, {"shopify": consent}, clock=lambda: at)
+    db, proc, loaded, settings = _consent_backlog(db_url, 2200)
     assert proc.batch_size == settings.worker.inbox_batch_size == 2000
     try:
         assert proc.process_batch(0.0) == 1  # the budget is spent after the first row: it commits alone
@@ -807,22 +824,7 @@ def test_a_waiting_delivery_ends_a_long_batch_at_the_next_row(db_url):
     """``serve`` runs long batches on an idle backlog and passes "a delivery waits for the write
     lock" as ``yield_to``: once it says so, the batch stops parsing or applying at the next
     row and commits what it has, and the rest stay pending for the next batch."""
-    from connector import events as ev
-
-    settings = make_settings(db_url)
-    db = Database.from_url(db_url)
-    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
-    at = datetime(2026, 11, 20, tzinfo=timezone.utc)
-    parsed: list[int] = []
-
-    def consent(topic, body, store):
-        parsed.append(body["n"])
-        return [ev.ConsentChanged(phone=ev.Phone(raw=body["phone"], e164=body["phone"]), category=ev.ConsentCategory.MARKETING,
-                                  state=ev.ConsentState.GRANTED, source="test", occurred_at=at)]
-
-    write_items(db, [item(ids["shop-a"], f"c{n}", {"id": f"c{n}", "n": n, "phone": f"+9198{n:08d}"}, topic="customers/update")
-                     for n in range(120)])
-    proc = InboxProcessor(db, settings, ids, {"shopify": consent}, clock=lambda: at)
+    db, proc, parsed, _ = _consent_backlog(db_url, 120)
     calls = [0]
 
     def after(n: int):
@@ -877,7 +879,6 @@ def test_whoever_waits_for_the_write_lock_during_a_long_batch_gets_it_at_the_nex
     the processor is in a long batch (each row slowed to 2 ms, so a batch is ~1 s), or another
     thread of the process that needs the write lock (the dispatcher recording a send, an admin
     request), gets it long before that batch could have ended; every row is processed once."""
-    from connector import events as ev
     from connector import runtime as rt
 
     settings = make_settings(f"sqlite:///{tmp_path / 'drain.db'}")
@@ -885,20 +886,12 @@ def test_whoever_waits_for_the_write_lock_during_a_long_batch_gets_it_at_the_nex
     runtime = rt.Runtime(settings, run_worker=False, ingest_here=True, clock=lambda: at)
     parsed: list[int] = []
     reached = threading.Event()
-
-    def slow_consent(topic, body, store):
-        time.sleep(0.002)
-        parsed.append(body.get("n", -1))
-        if len(parsed) == 400:
-            reached.set()
-        return [ev.ConsentChanged(phone=ev.Phone(raw=body["phone"], e164=body["phone"]), category=ev.ConsentCategory.MARKETING,
-                                  state=ev.ConsentState.GRANTED, source="test", occurred_at=at)]
+    slow_consent = _consent_normalizer(parsed, at, delay=0.002, on_row=lambda n: n == 400 and reached.set())
 
     async def run() -> tuple[int, dict, int]:
         await runtime.start()
         ids = runtime.store_ids
-        write_items(runtime.db, [item(ids["shop-a"], f"c{n}", {"id": f"c{n}", "n": n, "phone": f"+9198{n:08d}"},
-                                      topic="customers/update") for n in range(1500)])
+        write_items(runtime.db, _consent_rows(ids["shop-a"], 1500))
         runtime.processor = InboxProcessor(runtime.db, settings, ids, {"shopify": slow_consent}, clock=lambda: at)
         task = asyncio.create_task(runtime._process_loop())
         while not reached.is_set():
