@@ -25,7 +25,7 @@ from connector.storage.db import Database, ensure_schema, head_revision, make_en
 from connector.storage.inbox import InboxItem, InboxWriter, sync_stores, with_body, write_items
 from connector.config import parse_settings
 from tests.conftest import PG_URL, PHONE_ID_A, PHONE_ID_B, empty_pg_schema, make_settings, settings_dict
-from tests.helpers import dumps, load_json
+from tests.helpers import dumps, load_json, wait_until
 from tests.test_journeys import FIXTURES
 
 
@@ -343,11 +343,7 @@ def test_the_checkpoint_thread_also_copies_what_other_commits_wrote(tmp_path):
         assert checkpointer is not None
         checkpointer.idle_interval = 0.05
         write_items(db, [item(ids["a"], f"k{i}", {"id": i, "note": "x" * 12_000}) for i in range(50)])  # no note_commit()
-        for _ in range(200):
-            if checkpointer.frames:
-                break
-            time.sleep(0.02)
-        assert checkpointer.frames >= 50  # the bodies' pages, copied by the thread
+        wait_until(lambda: checkpointer.frames >= 50, 5, "the thread to copy the bodies' pages", every=0.02)
     finally:
         db.dispose()
 
@@ -444,13 +440,11 @@ def _consent_rows(store_id: int, n: int) -> list[InboxItem]:
     return [item(store_id, f"c{i}", {"id": f"c{i}", "n": i, "phone": f"+9198{i:08d}"}, topic="customers/update") for i in range(n)]
 
 
-def _consent_normalizer(seen: list[int], at: datetime, *, delay: float = 0.0, on_row=None):
+def _consent_normalizer(seen: list[int], at: datetime, *, on_row=None):
     """A normaliser for ``_consent_rows`` that records each row's ``n`` as it is parsed."""
     from connector import events as ev
 
     def consent(topic, body, store):
-        if delay:
-            time.sleep(delay)
         seen.append(body.get("n", -1))
         if on_row is not None:
             on_row(len(seen))
@@ -876,9 +870,9 @@ def test_an_idle_backlog_runs_long_batches_only_where_a_waiting_delivery_can_end
 @pytest.mark.parametrize("who", ["delivery", "dispatcher"])
 def test_whoever_waits_for_the_write_lock_during_a_long_batch_gets_it_at_the_next_row(tmp_path, who):
     """The real loop, writer and processor of ``serve`` on SQLite: a webhook that arrives while
-    the processor is in a long batch (each row slowed to 2 ms, so a batch is ~1 s), or another
-    thread of the process that needs the write lock (the dispatcher recording a send, an admin
-    request), gets it long before that batch could have ended; every row is processed once."""
+    the processor is in a long batch (up to 2,000 rows or 1 s), or another thread of the process
+    that needs the write lock (the dispatcher recording a send, an admin request), gets it at
+    the batch's next row, not at its end; every row is processed once."""
     from connector import runtime as rt
 
     settings = make_settings(f"sqlite:///{tmp_path / 'drain.db'}")
@@ -886,13 +880,19 @@ def test_whoever_waits_for_the_write_lock_during_a_long_batch_gets_it_at_the_nex
     runtime = rt.Runtime(settings, run_worker=False, ingest_here=True, clock=lambda: at)
     parsed: list[int] = []
     reached = threading.Event()
-    slow_consent = _consent_normalizer(parsed, at, delay=0.002, on_row=lambda n: n == 400 and reached.set())
+
+    def at_row(n: int) -> None:  # in the processor's thread, mid-batch: hold on until someone waits for the lock
+        if n == 400:
+            reached.set()
+            wait_until(lambda: runtime.writer.waiting() > 0 or runtime.db.write_lock_wanted(), 10, "a writer waiting", every=0.001)
+
+    consent = _consent_normalizer(parsed, at, on_row=at_row)
 
     async def run() -> tuple[int, dict, int]:
         await runtime.start()
         ids = runtime.store_ids
         write_items(runtime.db, _consent_rows(ids["shop-a"], 1500))
-        runtime.processor = InboxProcessor(runtime.db, settings, ids, {"shopify": slow_consent}, clock=lambda: at)
+        runtime.processor = InboxProcessor(runtime.db, settings, ids, {"shopify": consent}, clock=lambda: at)
         task = asyncio.create_task(runtime._process_loop())
         while not reached.is_set():
             await asyncio.sleep(0.005)
@@ -904,7 +904,7 @@ def test_whoever_waits_for_the_write_lock_during_a_long_batch_gets_it_at_the_nex
             stored = await asyncio.to_thread(write_items, runtime.db, [item(ids["shop-a"], "late", {"id": "late", "phone": "+919899999999"},
                                                                             topic="customers/update")])
         parsed_at_ack = len(parsed) - before
-        for _ in range(1500):  # the rest of the backlog: ~3 s of slowed rows
+        for _ in range(1500):  # the rest of the backlog
             if _pending(runtime.db) == 0:
                 break
             await asyncio.sleep(0.02)
@@ -920,7 +920,7 @@ def test_whoever_waits_for_the_write_lock_during_a_long_batch_gets_it_at_the_nex
 
     parsed_at_ack, statuses, contacts = asyncio.run(run())
     # the batch stopped at the next row, not at the end of its slice
-    assert parsed_at_ack < 10  # 1 here; 54-57 with 0.25 s batches that no delivery ends
+    assert parsed_at_ack < 10
     assert statuses == {"done": 1501} and contacts == 1501  # the late delivery too, each row once
 
 
