@@ -288,8 +288,8 @@ def phase_process(proc: InboxProcessor, clock: Clock, day: list[Webhook], stored
             p.cut = True
             break
         # batches as `serve` takes them from a backlog while no webhooks arrive: up to
-        # worker.inbox_batch_size rows, ended early once the drain slice is spent. Each runs "when" the last row it may
-        # take had arrived, as a worker keeping up with the webhooks would.
+        # worker.inbox_batch_size rows, ended early once the drain slice is spent. Each runs
+        # "when" the last row it may take had arrived, as a worker keeping up with the webhooks would.
         clock.now = day[min(p.work + b, stored) - 1].at.astimezone(timezone.utc)
         n = proc.process_batch(DRAIN_SLICE)
         p.work += n

@@ -84,8 +84,8 @@ class WorkerSettings(_Settings):
     inbox_batch_size: int = Field(
         2000, ge=1, le=5000,
         description="inbox rows per processing transaction at most; a batch also ends once its slice is spent (while no webhooks "
-                    "arrive: 1 s in serve, where a delivery that arrives ends it at once, and on PostgreSQL; 0.25 s in a separate "
-                    "worker on SQLite; 5 ms while webhooks arrive), so a larger batch never holds SQLite's write lock longer")
+                    "arrive: 1 s in serve, where a webhook or any other write of the process ends it at the next row, and on "
+                    "PostgreSQL; 0.25 s in a separate worker on SQLite; 5 ms while webhooks arrive)")
     inbox_max_attempts: int = Field(5, ge=1, le=100)
     raw_body_retention_days: int = Field(30, ge=1)
     reconcile_minutes: float = Field(15, gt=0, description="how often orders are reconciled with each store's API")

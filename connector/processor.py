@@ -135,9 +135,9 @@ class InboxProcessor:
         loads only about as many rows as the last batches processed in that time, so a large
         ``worker.inbox_batch_size`` (fewer, larger transactions when nothing else waits) costs
         no rows read and parsed for nothing. ``yield_to`` (called from this thread after each
-        row) ends the batch as soon as it returns True: ``serve`` passes "a delivery is waiting
-        for the write lock", so a long batch costs a webhook no more than the commit of the
-        rows done so far.
+        row) ends the batch as soon as it returns True: ``serve`` passes "a delivery or another
+        thread of the process waits for the write lock", so a long batch costs them no more
+        than the commit of the rows done so far.
         """
         now = self.clock()
         limit = limit or self.batch_size
@@ -174,7 +174,7 @@ class InboxProcessor:
                 for row in rows:
                     parsed.append(self._parse_row(row))
                     if yield_to is not None and yield_to():
-                        break  # a delivery waits: apply what is parsed; the rest stay pending
+                        break  # someone waits for the write lock: apply what is parsed; the rest stay pending
                 rows = rows[: len(parsed)]
             if parsed is None or any(isinstance(e, ComplianceRequested) for p in parsed if isinstance(p, list) for e in p):
                 handled, marks = self._one_by_one(conn, rows, now, stop)  # a privacy request erases behind caches

@@ -7,6 +7,8 @@ with "database is locked"; see shared/docs/libraries.md §5). PostgreSQL is chos
 
 from __future__ import annotations
 
+import threading
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -129,18 +131,15 @@ class WriteLock:
     """
 
     def __init__(self) -> None:
-        import threading
-
         self._lock = threading.Lock()
         self._waiters: set[int] = set()
-        self._ident = threading.get_ident
 
     def acquire(self, blocking: bool = True) -> bool:
         if self._lock.acquire(blocking=False):
             return True
         if not blocking:
             return False
-        me = self._ident()
+        me = threading.get_ident()
         self._waiters.add(me)
         try:
             return self._lock.acquire()
@@ -170,8 +169,6 @@ class Database:
     """
 
     def __init__(self, engine: Engine):
-        from contextlib import nullcontext
-
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._lock = WriteLock() if self.is_sqlite else None
