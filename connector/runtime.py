@@ -247,7 +247,10 @@ class Runtime:
             if saturated or not busy:
                 growth = 1
             rows = BUSY_ROWS * growth
-            budget, limit, yield_to = (BUSY_SLICE * growth, rows, None) if busy else self._idle_slice()
+            if busy:
+                budget, limit, yield_to = BUSY_SLICE * growth, rows, None
+            else:
+                (budget, yield_to), limit = self._idle_slice(), None
             try:
                 handled = await anyio.to_thread.run_sync(self.processor.process_batch, budget, limit, yield_to)
             except Exception:
@@ -276,9 +279,9 @@ class Runtime:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=poll)
 
-    def _idle_slice(self) -> tuple[float, None, Callable[[], bool] | None]:
-        """Time budget, row limit and yield test of a batch while no webhooks arrive (a backlog
-        after a burst, a backfill, a worker on its own).
+    def _idle_slice(self) -> tuple[float, Callable[[], bool] | None]:
+        """Time budget and yield test of a batch while no webhooks arrive (a backlog after a
+        burst, a backfill, a worker on its own); its rows are up to ``worker.inbox_batch_size``.
 
         Larger batches are cheaper per row once the database is large: each commit writes every
         page its rows touched, and the unique keys (delivery, step, run, phone, checkout token)
@@ -292,11 +295,11 @@ class Runtime:
         ``IDLE_SLICE``. PostgreSQL's processing does not hold ingest up.
         """
         if not self.db.is_sqlite:
-            return DRAIN_SLICE, None, None
+            return DRAIN_SLICE, None
         if self.ingest_here:
             writer, db = self.writer, self.db
-            return DRAIN_SLICE, None, lambda: writer.waiting() > 0 or db.write_lock_wanted()
-        return IDLE_SLICE, None, None
+            return DRAIN_SLICE, lambda: writer.waiting() > 0 or db.write_lock_wanted()
+        return IDLE_SLICE, None
 
     async def _after_busy_slice(self) -> None:
         """Let the deliveries that arrived during a slice commit first, then go on at once.
