@@ -28,7 +28,8 @@ Timed phases (events = orders + checkouts; every phase is reported against that 
                 --timer-hours (default 72: the day plus the two days its follow-ups need -
                 checkout reminders up to 24 h after abandonment, COD reminders at 6 h / 24 h
                 and the 48 h no-answer tag); at every step `process_timers()` runs until
-                nothing fires.
+                nothing fires, in batches of up to runtime.IDLE_TIMERS runs ended early once
+                runtime.DRAIN_SLICE is spent (serve's timer batches while no webhooks arrive).
 Nothing is sent: the outbox is only filled (bench/dispatch.py measures sending).
 
 Disk: "MB written" is what each phase made the kernel write to storage (/proc/self/io
@@ -73,7 +74,7 @@ from _summary import record  # noqa: E402
 from adapters.registry import normalizers  # noqa: E402
 from connector.config import Settings, parse_settings  # noqa: E402
 from connector.processor import InboxProcessor  # noqa: E402
-from connector.runtime import DRAIN_SLICE, tune_gc  # noqa: E402
+from connector.runtime import DRAIN_SLICE, IDLE_TIMERS, tune_gc  # noqa: E402
 from connector.storage import models as m  # noqa: E402
 from connector.storage.db import Database, make_engine, migrate  # noqa: E402
 from connector.storage.inbox import InboxItem, sync_stores, write_items  # noqa: E402
@@ -319,7 +320,7 @@ def phase_timers(proc: InboxProcessor, clock: Clock, hours: float, step_minutes:
         clock.now = DAY_START.astimezone(timezone.utc) + timedelta(minutes=s * step_minutes)
         fired_here = 0
         while True:
-            n = proc.process_timers()
+            n = proc.process_timers(IDLE_TIMERS, DRAIN_SLICE)
             fired_here += n
             if n == 0 or time.perf_counter() > deadline:
                 break
@@ -328,7 +329,7 @@ def phase_timers(proc: InboxProcessor, clock: Clock, hours: float, step_minutes:
         done_steps = s
     p.seconds = time.perf_counter() - t0
     end_phase(p)
-    p.note = f"{done_steps} steps of {step_minutes:g} min ({done_steps * step_minutes / 60:g} h), busiest step {busiest}"
+    p.note = f"{done_steps} steps of {step_minutes:g} min ({done_steps * step_minutes / 60:g} h), busiest step {busiest}, batches of {IDLE_TIMERS}"
     return p
 
 

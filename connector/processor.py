@@ -95,17 +95,34 @@ class InboxProcessor:
         self.journeys = JourneyRunner()
         self._seconds_per_row = 0.0  # moving average over the last batches (sizes batches under a time budget)
 
-    def process_timers(self, limit: int = 100) -> int:
-        """Fire journey runs whose next step is due (reminders, delayed asks, abandonment)."""
+    def process_timers(self, limit: int = 100, time_budget: float | None = None,
+                       yield_to: Callable[[], bool] | None = None) -> int:
+        """Fire journey runs whose next step is due (reminders, delayed asks, abandonment);
+        returns how many fired.
+
+        ``time_budget`` and ``yield_to`` end the transaction early as in ``process_batch``
+        (after the run being fired): a wave of reminders can go in long batches, which share
+        the runs', outbox's and contacts' index pages and commit far less often, without
+        holding up whoever waits for the write lock. Runs not reached stay due.
+        """
         now = self.clock()
         stores = [sid for sid, store in self._stores.items() if store.enabled_journeys()]
         if not stores or not self._timers_due(stores, now):
             return 0  # the common case between steps: no write transaction, no write lock
         fired = 0
         with self.db.write_lock(), self.db.engine.begin() as conn, installed(conn):
+            started = time.perf_counter()
+
+            def stop() -> bool:
+                if yield_to is not None and yield_to():
+                    return True
+                return time_budget is not None and time.perf_counter() - started > time_budget
+
             for store_id, store in self._stores.items():
-                if store.enabled_journeys():
-                    fired += self.journeys.on_timers(conn, store, store_id, now, limit)
+                if store.enabled_journeys() and fired < limit:
+                    fired += self.journeys.on_timers(conn, store, store_id, now, limit - fired, stop)
+                    if stop():
+                        break
             flush(conn)
         return fired
 

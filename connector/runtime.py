@@ -42,7 +42,7 @@ BUSY_GROWTH_MAX = 16  # a backlog that outlasts full slices while webhooks keep 
 SATURATED = 8  # deliveries waiting for their commit: a burst the writer is working through
 SATURATED_RATE = 1000.0  # ... or arriving this fast (per second): more than slices could keep up with
 SATURATED_GAP = 0.25  # seconds between slices meanwhile, so processing never stops for a whole burst
-IDLE_TIMERS = 100  # journey timers fired per transaction when no webhooks arrive
+IDLE_TIMERS = 1000  # journey timers fired per transaction when no webhooks arrive, within the idle slice
 BUSY_TIMERS = 20  # ... and while they arrive (~4 ms of work, like a busy slice)
 TIMERS_EVERY = 1.0  # seconds: under an inbox backlog, timers still get a batch this often
 
@@ -230,7 +230,9 @@ class Runtime:
         means more are due, so the loop goes round again at once instead of waiting for the
         next poll: a wave of reminders coming due together (the morning after quiet hours, a
         sale's abandoned checkouts) used to go out at one batch of 100 per poll interval.
-        Under a backlog that lasts (a burst, a backfill) they still get a batch every
+        With no webhooks arriving a batch is up to ``IDLE_TIMERS`` runs under the idle slice's
+        time budget and yield test (``_idle_slice``), as the inbox's batches are; while they
+        arrive, ``BUSY_TIMERS``. Under a backlog that lasts (a burst, a backfill) they still get a batch every
         ``TIMERS_EVERY``: they used to wait until the inbox was empty.
         """
         assert self.processor is not None
@@ -265,13 +267,18 @@ class Runtime:
             if handled and time.monotonic() - last_timers < TIMERS_EVERY:
                 continue  # inbox rows first; timers when it is empty, or their turn under a backlog
             last_timers = time.monotonic()
-            limit = BUSY_TIMERS if busy else IDLE_TIMERS
+            if busy:
+                limit, budget, yield_to = BUSY_TIMERS, None, None
+            else:
+                limit, (budget, yield_to) = IDLE_TIMERS, self._idle_slice()
             try:
-                fired = await anyio.to_thread.run_sync(self.processor.process_timers, limit)
+                fired = await anyio.to_thread.run_sync(self.processor.process_timers, limit, budget, yield_to)
             except Exception:
                 log.exception("journey timers failed; retrying")
                 fired = 0
-            if fired >= limit or handled:  # a full batch means more are due (a wave of reminders)
+            # a full batch means more are due (a wave of reminders); so may an idle batch its
+            # slice or a waiting writer ended: the next round's due check is one indexed read
+            if fired >= limit or handled or (fired and not busy):
                 if busy and fired:
                     await self._after_busy_slice()
                 continue

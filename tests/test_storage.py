@@ -564,6 +564,55 @@ def test_raw_bodies_are_purged_after_the_retention_but_failures_keep_theirs(db):
     assert bodies["old-failed"] is not None and bodies["new-done"] is not None  # replayable / still recent
 
 
+def test_a_timer_batch_told_to_stop_ends_after_the_run_it_fired_and_the_rest_fire_once_later(db_url):
+    """A wave of 30 abandoned checkouts comes due. A timer batch whose yield test turns True
+    (someone waits for the write lock) ends after the run it was firing, with that run's
+    reminder written; a spent time budget does the same. The runs not reached stay due and
+    fire in the next batch: every checkout gets its first reminder once."""
+    data = settings_dict(db_url)
+    store = data["stores"][0]
+    store.update(timezone="Asia/Kolkata", default_country="IN", policy={"quiet_hours": ""},
+                 templates=[{"step": "checkout_recovery.first", "name": "cart_v1", "category": "marketing",
+                             "body_text": "You left {{1}}", "body": ["checkout.recovery_url"]}],
+                 journeys={"checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0]}})
+    settings = parse_settings(data, environ={})
+    db = Database.from_url(db_url)
+    try:
+        ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+        checkout = load_json(FIXTURES / "shopify" / "checkouts_create.sample.json")
+        now = [datetime(2026, 11, 20, 5, 15, tzinfo=timezone.utc)]
+        write_items(db, [item(ids["shop-a"], f"c{i}", {**checkout, "token": f"T{i}", "phone": f"+91 98765 {43210 + i}",
+                                                      "buyer_accepts_marketing": True, "completed_at": None,
+                                                      "created_at": "2026-11-20T05:00:00Z", "updated_at": "2026-11-20T05:00:00Z"},
+                                   topic="checkouts/create") for i in range(30)])
+        proc = InboxProcessor(db, settings, {"shop-a": ids["shop-a"]}, normalizers(), clock=lambda: now[0])
+        assert proc.drain() == 30
+        now[0] = datetime(2026, 11, 20, 6, 0, tzinfo=timezone.utc)  # 60 quiet minutes: all 30 are due
+
+        def reminders() -> int:
+            with db.engine.connect() as conn:
+                return conn.execute(select(func.count()).select_from(m.OutboxMessage).where(m.OutboxMessage.step == "first")).scalar_one()
+
+        asked = [0]
+
+        def someone_waits() -> bool:  # the 10th question: a delivery starts waiting during the 10th run
+            asked[0] += 1
+            return asked[0] >= 10
+
+        assert proc.process_timers(1000, None, someone_waits) == 10
+        assert reminders() == 10
+        assert proc.process_timers(1000, 0.0) == 1  # a spent budget: one run, then the commit
+        assert reminders() == 11
+        assert proc.process_timers(1000) == 19
+        assert proc.process_timers(1000) == 0
+        with db.engine.connect() as conn:
+            per_contact = conn.execute(select(m.OutboxMessage.contact_id, func.count()).where(m.OutboxMessage.step == "first")
+                                       .group_by(m.OutboxMessage.contact_id)).all()
+        assert len(per_contact) == 30 and {n for _, n in per_contact} == {1}  # each checkout's customer once
+    finally:
+        db.dispose()
+
+
 def test_a_batch_decides_exactly_as_rows_processed_one_at_a_time(db_url):
     """Batches are applied with a transaction cache and held-back writes (storage/txcache.py):
     the same webhooks, one row per batch for shop-a and all in one batch for shop-b, must
@@ -961,7 +1010,7 @@ def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path):
             self.backlog -= n
             return n
 
-        def process_timers(self) -> int:
+        def process_timers(self, limit: int = 100, budget: float | None = None, yield_to=None) -> int:
             return 0
 
     writer, processor = Writer(), Processor()
@@ -990,11 +1039,12 @@ def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path):
     assert left == 0  # after the burst: the backlog is worked off
 
 
-def _policy_runtime(tmp_path, waiting, *, busy=True, backlog=2000, timers=0, rate=0.0, ingest_here=False, db_url=None):
+def _policy_runtime(tmp_path, waiting, *, busy=True, backlog=2000, timers=0, rate=0.0, ingest_here=False, db_url=None,
+                    timer_cut=None):
     """A Runtime whose writer reports ``waiting()`` deliveries, ``rate`` deliveries committed
     per second (and ``busy``: webhooks arriving) and whose processor takes up to ``limit``
-    rows of a backlog per slice, and fires up to ``limit`` of ``timers`` due journey timers
-    per call, instantly."""
+    rows of a backlog per slice, and fires up to ``limit`` (and at most ``timer_cut``) of
+    ``timers`` due journey timers per call, instantly."""
     from connector import runtime as rt
 
     runtime = rt.Runtime(make_settings(db_url or f"sqlite:///{tmp_path / 'policy.db'}"), run_worker=False, ingest_here=ingest_here)
@@ -1017,6 +1067,7 @@ def _policy_runtime(tmp_path, waiting, *, busy=True, backlog=2000, timers=0, rat
             self.yields: list = []  # the yield test passed with each slice (None: none)
             self.timers = timers
             self.timer_calls: list[tuple[float, int]] = []
+            self.timer_slices: list = []  # (time budget, yield test) per timer batch
 
         def process_batch(self, budget: float | None = None, limit: int | None = None, yield_to=None) -> int:
             self.calls.append(time.monotonic())
@@ -1026,9 +1077,10 @@ def _policy_runtime(tmp_path, waiting, *, busy=True, backlog=2000, timers=0, rat
             self.backlog -= n
             return n
 
-        def process_timers(self, limit: int = 100) -> int:
+        def process_timers(self, limit: int = 100, budget: float | None = None, yield_to=None) -> int:
             self.timer_calls.append((time.monotonic(), limit))
-            n = min(self.timers, limit)
+            self.timer_slices.append((budget, yield_to))
+            n = min(self.timers, limit, timer_cut or limit)  # timer_cut: the slice's budget ends each batch there
             self.timers -= n
             return n
 
@@ -1123,6 +1175,40 @@ def test_a_wave_of_due_reminders_goes_out_at_once_not_a_batch_per_poll(tmp_path)
     _run_policy(runtime, 0.6)
     assert processor.timers == 0
     assert {limit for _, limit in processor.timer_calls} == {rt.IDLE_TIMERS}
+    # a batch that its time budget ended early (fewer than the limit fired) is followed at once too
+    runtime, processor = _policy_runtime(tmp_path, lambda: 0, busy=False, backlog=0, timers=3000, timer_cut=150)
+    _run_policy(runtime, 0.6)
+    assert processor.timers == 0 and len(processor.timer_calls) >= 20
+
+
+def test_idle_timer_batches_are_long_only_where_a_waiting_writer_can_end_them(db_url, tmp_path):
+    """No webhooks arriving: timer batches of up to IDLE_TIMERS runs get the idle slice of
+    inbox batches, a DRAIN_SLICE ended at the next run by whoever waits for the write lock in
+    ``serve`` (one process, SQLite), IDLE_SLICE in a separate SQLite worker, DRAIN_SLICE on
+    PostgreSQL; while webhooks arrive, BUSY_TIMERS runs with no budget of their own."""
+    from connector import runtime as rt
+
+    waiting = [0]
+    serve, in_serve = _policy_runtime(tmp_path, lambda: waiting[0], busy=False, backlog=0, timers=5000, ingest_here=True,
+                                      db_url=db_url)
+    _run_policy(serve, 0.3)
+    worker, in_worker = _policy_runtime(tmp_path, lambda: waiting[0], busy=False, backlog=0, timers=5000, db_url=db_url)
+    _run_policy(worker, 0.3)
+    assert in_serve.timers == in_worker.timers == 0
+    assert {limit for _, limit in in_serve.timer_calls} == {limit for _, limit in in_worker.timer_calls} == {rt.IDLE_TIMERS}
+    assert {budget for budget, _ in in_serve.timer_slices} == {rt.DRAIN_SLICE}
+    if serve.db.is_sqlite:
+        yield_to = in_serve.timer_slices[0][1]
+        assert yield_to() is False
+        waiting[0] = 1
+        assert yield_to() is True  # a delivery waits for the write lock: the batch ends after the run it is firing
+        assert set(in_worker.timer_slices) == {(rt.IDLE_SLICE, None)}
+    else:
+        assert set(in_worker.timer_slices) == {(rt.DRAIN_SLICE, None)}
+    busy, in_busy = _policy_runtime(tmp_path, lambda: 0, busy=True, backlog=0, timers=100, ingest_here=True, db_url=db_url)
+    _run_policy(busy, 0.3)
+    assert in_busy.timers == 0 and set(in_busy.timer_slices) == {(None, None)}
+    assert {limit for _, limit in in_busy.timer_calls} == {rt.BUSY_TIMERS}
 
 
 def test_while_webhooks_arrive_timers_fire_in_small_batches_and_still_all_go(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -260,8 +261,12 @@ class JourneyRunner:
                     applied += self._apply(conn, store, store_id, name, other, found, commands, facts, config, now)
         return applied
 
-    def on_timers(self, conn: Connection, store: Any, store_id: int, now: datetime, limit: int = 100) -> int:
-        """Fire up to ``limit`` due runs; each fires once (its timer is cleared in the run's one UPDATE)."""
+    def on_timers(self, conn: Connection, store: Any, store_id: int, now: datetime, limit: int = 100,
+                  stop: Callable[[], bool] | None = None) -> int:
+        """Fire up to ``limit`` due runs; each fires once (its timer is cleared in the run's one UPDATE).
+
+        ``stop`` is asked after each run: True ends the batch there, and the runs not reached
+        stay due for the next one. Returns how many fired."""
         cache = current(conn)
         flush(conn)  # the due query must see every held-back timer change
         rows = conn.execute(_DUE, {"sid": store_id, "now": now, "limit": limit}).all()
@@ -273,17 +278,21 @@ class JourneyRunner:
                 ob.send_history(conn, sorted({r.contact_id for r in rows if r.contact_id is not None}),
                                 now - max(rules.marketing_cap_window, rules.cart_quiet_after_order))
         enabled = store.enabled_journeys()
+        fired = 0
         for row in rows:
+            fired += 1
             found = _found(row, row.subject)
             journey = journeys().get(row.journey)
             if journey is None or row.journey not in enabled:
                 update_by_id(conn, RUNS, row.id, {"next_due_at": None})  # fire once
-                continue
-            facts = _facts(conn, store, store_id, TimerFired(now), row.contact_id, row.subject)
-            commands = journey.decide(TimerFired(now), found[1], facts, enabled[row.journey], now)
-            self._apply(conn, store, store_id, row.journey, row.subject, found, commands, facts, enabled[row.journey], now,
-                        fired=True)
-        return len(rows)
+            else:
+                facts = _facts(conn, store, store_id, TimerFired(now), row.contact_id, row.subject)
+                commands = journey.decide(TimerFired(now), found[1], facts, enabled[row.journey], now)
+                self._apply(conn, store, store_id, row.journey, row.subject, found, commands, facts, enabled[row.journey], now,
+                            fired=True)
+            if stop is not None and stop():
+                break
+        return fired
 
     def _apply(self, conn: Connection, store: Any, store_id: int, journey: str, subject: str,
                found: tuple[int, Run, bool] | None, commands: list[Any], facts: Facts, config: Any, now: datetime,
