@@ -564,6 +564,43 @@ def test_raw_bodies_are_purged_after_the_retention_but_failures_keep_theirs(db):
     assert bodies["old-failed"] is not None and bodies["new-done"] is not None  # replayable / still recent
 
 
+def test_a_run_ending_in_one_store_never_skips_another_stores_message_queued_in_the_same_batch(db_url):
+    """Two stores both have an order #101 (order numbers are per store). In one batch store
+    B's COD order queues its ask and store A's order #101 is cancelled: A's run ends and its
+    waiting messages are skipped; B's ask, held in the same batch under the same step key,
+    stays pending. One store's decision never touches another store's messages."""
+    data = settings_dict(db_url)
+    templates = [{"step": "cod_confirmation.ask", "name": "cod_v1", "category": "utility", "body_text": "Confirm {{1}}?",
+                  "body": ["order.name"], "buttons": [{"type": "quick_reply", "text": "Confirm", "payload": "cod_confirm"},
+                                                      {"type": "quick_reply", "text": "Cancel", "payload": "cod_cancel"}]}]
+    for store in data["stores"][:2]:
+        store.update(timezone="Asia/Kolkata", default_country="IN", templates=templates, policy={"quiet_hours": ""},
+                     journeys={"cod_confirmation": {}})
+    settings = parse_settings(data, environ={})
+    db = Database.from_url(db_url)
+    try:
+        ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+        order = load_json(FIXTURES / "shopify" / "orders_create.sample.json")
+        cod = dict(order, id=101, name="#101", phone="+91 98765 43210", financial_status="pending", cancelled_at=None,
+                   cancel_reason=None, test=False, payment_gateway_names=["Cash on Delivery (COD)"],
+                   created_at="2026-11-20T06:00:00Z", updated_at="2026-11-20T06:00:00Z")
+        now = datetime(2026, 11, 20, 6, 5, tzinfo=timezone.utc)
+        proc = InboxProcessor(db, settings, {"shop-a": ids["shop-a"], "shop-b": ids["shop-b"]}, normalizers(), clock=lambda: now,
+                              batch_size=100)
+        write_items(db, [item(ids["shop-a"], "a1", cod)])
+        assert proc.drain() == 1  # store A's ask is queued
+        cancelled = dict(cod, cancelled_at="2026-11-20T06:03:00Z", cancel_reason="customer", updated_at="2026-11-20T06:03:00Z")
+        write_items(db, [item(ids["shop-b"], "b1", dict(cod, phone="+91 98123 45678")),  # B's ask: held in the batch
+                         item(ids["shop-a"], "a2", cancelled, topic="orders/cancelled")])  # A's run ends in the same batch
+        assert proc.drain() == 2
+        with db.engine.connect() as conn:
+            asks = dict(conn.execute(select(m.OutboxMessage.store_id, m.OutboxMessage.status)
+                                     .where(m.OutboxMessage.step == "ask")).all())
+        assert asks == {ids["shop-a"]: "skipped", ids["shop-b"]: "pending"}
+    finally:
+        db.dispose()
+
+
 def test_a_timer_batch_told_to_stop_ends_after_the_run_it_fired_and_the_rest_fire_once_later(db_url):
     """A wave of 30 abandoned checkouts comes due. A timer batch whose yield test turns True
     (someone waits for the write lock) ends after the run it was firing, with that run's

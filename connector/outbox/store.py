@@ -100,7 +100,9 @@ def enqueue(
     )
     cache = current(conn)
     if cache is not None:
-        cache.later.setdefault(_enqueue_statement(conn.dialect.name, returning=False), []).append(row)
+        stmt = _enqueue_statement(conn.dialect.name, returning=False)
+        cache.later.setdefault(stmt, []).append(row)
+        cache.later_keys.setdefault(stmt, {}).setdefault((store_id, row["idempotency_key"]), []).append(row)
         return None
     return conn.execute(_enqueue_statement(conn.dialect.name), row).scalar()
 
@@ -131,9 +133,13 @@ def skip_pending(conn: Connection, store_id: int, keys: list[str], reason: str, 
     if cache is None:
         _skip_stored(conn, [(store_id, wanted, reason, now)])
         return
-    for row in cache.later.get(_enqueue_statement(conn.dialect.name, returning=False), []):
-        if row["idempotency_key"] in wanted and row["channel"] == "whatsapp" and row["status"] == "pending":
-            row.update(status="skipped", skip_reason=reason, updated_at=now)
+    # this store's rows only: step keys name a subject ("order:101"), and two stores can both
+    # have an order #101 in one batch (a COD ask of one store was once skipped by the other's cancel)
+    held = cache.later_keys.get(_enqueue_statement(conn.dialect.name, returning=False), {})
+    for key in wanted:
+        for row in held.get((store_id, key), ()):
+            if row["channel"] == "whatsapp" and row["status"] == "pending":
+                row.update(status="skipped", skip_reason=reason, updated_at=now)
     cache.defer("outbox.skip_pending", _skip_stored, (store_id, wanted, reason, now))
 
 

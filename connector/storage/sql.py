@@ -248,7 +248,7 @@ def flush(conn: Connection) -> None:
         for fields, rows in _shapes({"_pk": row_id, **values} for row_id, values in sorted(cache.dirty[name].items())).items():
             execute_many(conn, _update(table, tuple(f for f in fields if f != "_pk")), rows)
         cache.dirty[name].clear()
-    later, cache.later = cache.later, {}
+    later, cache.later, cache.later_keys = cache.later, {}, {}
     for stmt, rows in later.items():
         for run in _runs_of_one_shape(rows):
             execute_many(conn, stmt, run)

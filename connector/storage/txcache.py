@@ -150,6 +150,9 @@ class TxCache:
         self.held: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in tables}
         self.dirty: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in tables}
         self.later: dict[Any, list[dict[str, Any]]] = {}
+        # statement -> a caller's key -> its rows held in ``later`` (outbox: (store_id, idempotency key)),
+        # so a held row is found without scanning the batch's every held row
+        self.later_keys: dict[Any, dict[Any, list[dict[str, Any]]]] = {}
         # statements that read or change rows already in the database, gathered per kind and run
         # once at the start of the next ``flush`` (before that flush's held INSERTs): kind -> (run, items)
         self.deferred: dict[str, tuple[Callable[[Connection, list[Any]], None], list[Any]]] = {}
