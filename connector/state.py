@@ -225,10 +225,10 @@ def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: in
         if contact_id is None:
             values.pop("contact_id")
         update_by_id(conn, ORDERS, order_id, values)
-        if any(line["order_id"] == order_id for line in held_later(conn, LINES)):
+        if held_later(conn, LINES, order_id):
             flush(conn)  # lines held back for this order must exist to be replaced
         conn.execute(delete(LINES).where(LINES.c.order_id == order_id))
-    insert_later(conn, LINES, _line_rows(store_id, order_id, order.line_items))
+    insert_later(conn, LINES, _line_rows(store_id, order_id, order.line_items), key=order_id)
     if order.checkout_token:
         _complete_checkout(conn, store_id, order.checkout_token, order.created_at)
     return True

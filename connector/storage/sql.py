@@ -148,9 +148,9 @@ def insert_row(conn: Connection, table: Table, row: dict[str, Any]) -> None:
         conn.execute(_insert(table), row)
 
 
-def insert_later(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+def insert_later(conn: Connection, table: Table, rows: list[dict[str, Any]], key: Any = None) -> None:
     """INSERT rows nobody reads back inside the batch: with the batch's executemany when the
-    processor's transaction cache is installed, else now."""
+    processor's transaction cache is installed, else now. ``key`` files them for ``held_later``."""
     if not rows:
         return
     cache = current(conn)
@@ -158,12 +158,15 @@ def insert_later(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> 
         execute_many(conn, _insert(table), rows)
     else:
         cache.later.setdefault(_insert(table), []).extend(rows)
+        if key is not None:
+            cache.later_keys.setdefault(_insert(table), {}).setdefault(key, []).extend(rows)
 
 
-def held_later(conn: Connection, table: Table) -> list[dict[str, Any]]:
-    """The rows ``insert_later`` holds for ``table`` in this transaction (none without a cache)."""
+def held_later(conn: Connection, table: Table, key: Any) -> list[dict[str, Any]]:
+    """The rows ``insert_later`` holds for ``table`` under ``key`` in this transaction (none
+    without a cache): a lookup, not a scan of the batch's every held row."""
     cache = current(conn)
-    return cache.later.get(_insert(table), []) if cache is not None else []
+    return cache.later_keys.get(_insert(table), {}).get(key, []) if cache is not None else []
 
 
 def insert_id(conn: Connection, table: Table, row: dict[str, Any]) -> int:
