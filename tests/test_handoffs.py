@@ -258,3 +258,30 @@ def test_answers_to_a_failed_delivery_are_kept_noted_and_added_to_the_open_hand_
     texts = [json.loads(c.request.content)["text"] for c in hook.calls]
     assert len(texts) == 3 and all("hand-off" in t for t in texts)  # opened, then told of each answer
     assert "Update: customer asked to cancel #9999" in texts[-1]
+
+
+def test_a_notification_row_never_posts_another_stores_hand_off(db_url):
+    """A notification names its hand-off by id: the notifier reads it within the row's own
+    store, so a row of shop-b naming shop-a's hand-off (a hand-edited or corrupted row) posts
+    nothing and fails with a reason; shop-a's customer details never reach shop-b's channel."""
+    raw = settings_dict(db_url)
+    for store in raw["stores"][:2]:
+        store.update(journeys={"cod_confirmation": {}, "delivery": {}}, policy={"quiet_hours": ""},
+                     stages={"post_purchase": {"owner": "Delivery desk", "notify_url": HOOK}})
+    with running_app(parse_settings(raw, environ={})) as (client, runtime):
+        post_shopify(client, order(financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
+        runtime.processor.drain()
+        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+        fulfilment.update(order_id=820982911946154508, shipment_status="failure", updated_at="2026-11-22T10:00:00Z")
+        post_shopify(client, fulfilment, "fulfillments/update")
+        runtime.processor.drain()
+        with runtime.db.engine.begin() as conn:  # the notification row now claims to be shop-b's
+            conn.execute(m.OutboxMessage.__table__.update().where(m.OutboxMessage.channel == "notify")
+                         .values(store_id=runtime.store_ids["shop-b"]))
+        with respx.mock(assert_all_called=False) as slack:
+            hook = slack.post(HOOK).respond(200, text="ok")
+            asyncio.run(runtime.notifier.run_once())
+        with runtime.db.engine.connect() as conn:
+            row = conn.execute(select(m.OutboxMessage.status, m.OutboxMessage.last_error).where(m.OutboxMessage.channel == "notify")).one()
+    assert not hook.called
+    assert row.status == "failed" and "hand-off not found" in (row.last_error or "")

@@ -42,9 +42,10 @@ class NotifyDispatcher:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    def _handoff(self, hid: int):  # type: ignore[no-untyped-def]
+    def _handoff(self, store_id: int, hid: int):  # type: ignore[no-untyped-def]
+        """The hand-off a notification is about, within the notification's own store."""
         with self.db.engine.connect() as conn:
-            return conn.execute(select(HANDOFFS).where(HANDOFFS.c.id == hid)).first()
+            return conn.execute(select(HANDOFFS).where(HANDOFFS.c.store_id == store_id, HANDOFFS.c.id == hid)).first()
 
     async def run_once(self) -> int:
         now = self.clock()
@@ -62,7 +63,7 @@ class NotifyDispatcher:
         stage_cfg = store.stages.get(row.payload.get("stage"))
         if stage_cfg is None or stage_cfg.notify_url is None:
             return ob.Result(row, "skipped", started, error_detail="no notify_url for this stage")
-        h = await anyio.to_thread.run_sync(self._handoff, int(row.payload["handoff_id"]))
+        h = await anyio.to_thread.run_sync(self._handoff, row.store_id, int(row.payload["handoff_id"]))
         if h is None:
             return ob.Result(row, "failed", started, error_detail="hand-off not found")
         try:
