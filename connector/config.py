@@ -216,7 +216,7 @@ class WhatsAppSettings(_Settings):
     access_token: SecretStr | None = Field(None, description="empty: messages are recorded as dry runs")
     business_account_id: str | None = None
     messages_per_second: float = Field(80, gt=0, le=1000, description="per sending phone number (Meta: 80 default)")
-    pair_spacing_seconds: float = Field(6, ge=0, description="minimum gap between two messages to one recipient")
+    pair_spacing_seconds: float = Field(6, ge=0, description="minimum gap between two messages from one business number to one recipient (Meta error 131056)")
     send_concurrency: int = Field(
         64, ge=1, le=512,
         description="most sends in flight per dispatcher; fewer are used while rate x latency needs fewer",

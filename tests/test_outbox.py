@@ -407,3 +407,27 @@ def test_an_uninstalled_shop_gets_no_more_sends(db_url, sandbox):
         dispatch(db, settings, ids, Clock(NOON_IST), url)
         [row] = outbox_rows(db)
     assert row.status == "pending" and fake.accepted() == []  # kept, never sent
+
+
+def test_pair_spacing_is_per_sending_number_so_another_store_is_not_held_back(db, db_url, sandbox):
+    """Meta spaces one business number's messages to one user (error 131056), not every
+    number's: two stores, each with its own number, send their COD asks to the same customer
+    at once; a second message from the same store to that customer waits for the spacing."""
+    fake, url = sandbox
+    raw = settings_dict(db_url)
+    raw["whatsapp"].update({"access_token": "sandbox-token", "graph_base_url": url, "pair_spacing_seconds": 6})
+    for store in raw["stores"][:2]:
+        store["templates"] = TEMPLATES
+    settings = parse_settings(raw, environ={})
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    contacts = {key: seed_contact(db, ids[key]) for key in ("shop-a", "shop-b")}
+    with db.engine.begin() as conn:
+        for key, subject in (("shop-a", "order:1"), ("shop-b", "order:1"), ("shop-a", "order:2")):
+            queue_template(conn, store=settings.stores[0 if key == "shop-a" else 1], store_id=ids[key], contact_id=contacts[key],
+                           journey="cod_confirmation", step="ask", subject=subject, context=CONTEXT, now=NOON_IST)
+    dispatch(db, settings, ids, Clock(NOON_IST), url)
+    rows = outbox_rows(db)
+    sent_from = sorted(call.phone_number_id for call in fake.accepted())
+    assert sent_from == sorted([settings.stores[0].whatsapp_phone_number_id, settings.stores[1].whatsapp_phone_number_id])
+    assert [(r.store_id, r.status) for r in rows] == [(ids["shop-a"], "sent"), (ids["shop-b"], "sent"), (ids["shop-a"], "pending")]
+    assert rows[2].due_at > NOON_IST  # deferred by the spacing, not dropped

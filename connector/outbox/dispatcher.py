@@ -183,14 +183,15 @@ class Dispatcher:
             return ob.Result(row, "deferred", started, due_at=decision.defer_until, error_detail=decision.reason)
         if not decision.allowed:
             return ob.Result(row, "skipped", started, error_detail=decision.reason)
-        wait = self.spacer.wait_for(message.to)
+        pair = f"{phone_id}:{message.to}"  # Meta spaces one business number's messages to one user (131056)
+        wait = self.spacer.wait_for(pair)
         if wait > SHORT_WAIT:
             return ob.Result(row, "deferred", started, due_at=started + timedelta(seconds=wait))
         async with self.in_flight:
             if wait > 0:
                 await asyncio.sleep(wait)
             await self._bucket(phone_id).acquire()
-            self.spacer.mark(message.to)
+            self.spacer.mark(pair)
             label = message.name if message.kind == "template" else None
             t0 = time.perf_counter()
             try:

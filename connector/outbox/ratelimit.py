@@ -45,7 +45,8 @@ class TokenBucket:
 
 
 class RecipientSpacer:
-    """Remembers when each recipient was last messaged by this dispatcher."""
+    """Remembers when each recipient was last messaged by this dispatcher (the dispatcher's
+    key is the sending number and the recipient: Meta's pair limit is per business number)."""
 
     def __init__(self, spacing: float, clock: Callable[[], float] = time.monotonic):
         self.spacing = spacing
