@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -601,35 +602,48 @@ def test_a_run_ending_in_one_store_never_skips_another_stores_message_queued_in_
         db.dispose()
 
 
+def _due_checkout_wave(db_url: str, n: int) -> tuple[Database, InboxProcessor, Callable[[], int]]:
+    """``n`` abandoned checkouts of shop-a whose first reminder is due now (60 quiet minutes),
+    the processor that fires them, and a count of the first reminders queued."""
+    data = settings_dict(db_url)
+    data["stores"][0].update(timezone="Asia/Kolkata", default_country="IN", policy={"quiet_hours": ""},
+                             templates=[{"step": "checkout_recovery.first", "name": "cart_v1", "category": "marketing",
+                                         "body_text": "You left {{1}}", "body": ["checkout.recovery_url"]}],
+                             journeys={"checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0]}})
+    settings = parse_settings(data, environ={})
+    db = Database.from_url(db_url)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    checkout = load_json(FIXTURES / "shopify" / "checkouts_create.sample.json")
+    now = [datetime(2026, 11, 20, 5, 15, tzinfo=timezone.utc)]
+    write_items(db, [item(ids["shop-a"], f"c{i}", {**checkout, "token": f"T{i}", "phone": f"+91 98765 {43210 + i}",
+                                                  "buyer_accepts_marketing": True, "completed_at": None,
+                                                  "created_at": "2026-11-20T05:00:00Z", "updated_at": "2026-11-20T05:00:00Z"},
+                               topic="checkouts/create") for i in range(n)])
+    proc = InboxProcessor(db, settings, {"shop-a": ids["shop-a"]}, normalizers(), clock=lambda: now[0])
+    assert proc.drain() == n
+    now[0] = datetime(2026, 11, 20, 6, 0, tzinfo=timezone.utc)  # 60 quiet minutes: all are due
+
+    def reminders() -> int:
+        with db.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(m.OutboxMessage).where(m.OutboxMessage.step == "first")).scalar_one()
+
+    return db, proc, reminders
+
+
+def _reminded_once_each(db: Database, n: int) -> bool:
+    with db.engine.connect() as conn:
+        per_contact = conn.execute(select(m.OutboxMessage.contact_id, func.count()).where(m.OutboxMessage.step == "first")
+                                   .group_by(m.OutboxMessage.contact_id)).all()
+    return len(per_contact) == n and {k for _, k in per_contact} == {1}
+
+
 def test_a_timer_batch_told_to_stop_ends_after_the_run_it_fired_and_the_rest_fire_once_later(db_url):
     """A wave of 30 abandoned checkouts comes due. A timer batch whose yield test turns True
     (someone waits for the write lock) ends after the run it was firing, with that run's
     reminder written; a spent time budget does the same. The runs not reached stay due and
     fire in the next batch: every checkout gets its first reminder once."""
-    data = settings_dict(db_url)
-    store = data["stores"][0]
-    store.update(timezone="Asia/Kolkata", default_country="IN", policy={"quiet_hours": ""},
-                 templates=[{"step": "checkout_recovery.first", "name": "cart_v1", "category": "marketing",
-                             "body_text": "You left {{1}}", "body": ["checkout.recovery_url"]}],
-                 journeys={"checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0]}})
-    settings = parse_settings(data, environ={})
-    db = Database.from_url(db_url)
+    db, proc, reminders = _due_checkout_wave(db_url, 30)
     try:
-        ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
-        checkout = load_json(FIXTURES / "shopify" / "checkouts_create.sample.json")
-        now = [datetime(2026, 11, 20, 5, 15, tzinfo=timezone.utc)]
-        write_items(db, [item(ids["shop-a"], f"c{i}", {**checkout, "token": f"T{i}", "phone": f"+91 98765 {43210 + i}",
-                                                      "buyer_accepts_marketing": True, "completed_at": None,
-                                                      "created_at": "2026-11-20T05:00:00Z", "updated_at": "2026-11-20T05:00:00Z"},
-                                   topic="checkouts/create") for i in range(30)])
-        proc = InboxProcessor(db, settings, {"shop-a": ids["shop-a"]}, normalizers(), clock=lambda: now[0])
-        assert proc.drain() == 30
-        now[0] = datetime(2026, 11, 20, 6, 0, tzinfo=timezone.utc)  # 60 quiet minutes: all 30 are due
-
-        def reminders() -> int:
-            with db.engine.connect() as conn:
-                return conn.execute(select(func.count()).select_from(m.OutboxMessage).where(m.OutboxMessage.step == "first")).scalar_one()
-
         asked = [0]
 
         def someone_waits() -> bool:  # the 10th question: a delivery starts waiting during the 10th run
@@ -642,11 +656,37 @@ def test_a_timer_batch_told_to_stop_ends_after_the_run_it_fired_and_the_rest_fir
         assert reminders() == 11
         assert proc.process_timers(1000) == 19
         assert proc.process_timers(1000) == 0
-        with db.engine.connect() as conn:
-            per_contact = conn.execute(select(m.OutboxMessage.contact_id, func.count()).where(m.OutboxMessage.step == "first")
-                                       .group_by(m.OutboxMessage.contact_id)).all()
-        assert len(per_contact) == 30 and {n for _, n in per_contact} == {1}  # each checkout's customer once
+        assert _reminded_once_each(db, 30)
     finally:
+        db.dispose()
+
+
+def test_workers_on_postgresql_fire_the_due_runs_another_worker_holds_no_second_time_and_do_not_wait(db_url):
+    """Several `storeloop worker` processes on PostgreSQL fire journey timers at once. A run
+    another worker is firing (its row locked in that worker's transaction) is skipped, not
+    fired a second time and not waited for; it is done when that worker commits. (On SQLite
+    one write lock serializes timer batches.)"""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite: timer batches take the one write lock in turn")
+    db, proc, reminders = _due_checkout_wave(db_url, 30)
+    other = db.engine.connect()
+    try:
+        other.begin()
+        held = other.execute(select(m.JourneyRun.id).where(m.JourneyRun.status == "active").order_by(m.JourneyRun.next_due_at)
+                             .limit(10).with_for_update()).scalars().all()  # another worker, mid-batch
+        result: list[int] = []
+        worker = threading.Thread(target=lambda: result.append(proc.process_timers(1000)), daemon=True)
+        worker.start()
+        worker.join(10)
+        waited = worker.is_alive()
+        other.execute(m.JourneyRun.__table__.update().where(m.JourneyRun.id.in_(held)).values(next_due_at=None))
+        other.commit()  # the other worker fired its ten (here: cleared their timers) and committed
+        worker.join(10)
+        assert not waited, "process_timers waited for the runs another worker holds"
+        assert result == [20] and reminders() == 20
+        assert proc.process_timers(1000) == 0  # the other worker's ten are done, not fired again
+    finally:
+        other.close()
         db.dispose()
 
 

@@ -53,6 +53,9 @@ _RUNS_BY_SUBJECTS = select(RUNS).where(
     RUNS.c.subject.in_(bindparam("ss", expanding=True)))
 _DUE = (select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.status == "active", RUNS.c.next_due_at <= bindparam("now"))
         .order_by(RUNS.c.next_due_at).limit(bindparam("limit")))
+# PostgreSQL, several workers: a run another worker is firing is skipped, neither fired twice
+# nor waited for (SQLite's one write lock already takes timer batches in turn)
+_DUE_SKIP_LOCKED = _DUE.with_for_update(skip_locked=True, of=RUNS)
 _CONTACTS_BY_IDS = select(CONTACTS).where(CONTACTS.c.id.in_(bindparam("ids", expanding=True)))
 _ORDERS_BY_IDS = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
 CONTACT_ACTIVITY = (ev.OrderPlaced, ev.MessageReceived, ev.ButtonReplied)
@@ -269,7 +272,8 @@ class JourneyRunner:
         stay due for the next one. Returns how many fired."""
         cache = current(conn)
         flush(conn)  # the due query must see every held-back timer change
-        rows = conn.execute(_DUE, {"sid": store_id, "now": now, "limit": limit}).all()
+        due = _DUE if conn.dialect.name == "sqlite" else _DUE_SKIP_LOCKED
+        rows = conn.execute(due, {"sid": store_id, "now": now, "limit": limit}).all()
         if cache is not None:
             rows = [cache.put("journey_runs", r) for r in rows]
             _prefetch_for_timers(conn, store_id, rows)
