@@ -8,6 +8,7 @@ runner applies them inside the processor's transaction.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -69,18 +70,28 @@ def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | N
     return out
 
 
+# built once: a statement built per call cost more than the queries themselves (an inbound
+# free-text message opens a hand-off; a burst of them spent ~40% of its time building these)
+_CONTEXT_CONTACT = select(CONTACTS.c.phone_e164, CONTACTS.c.first_name, CONTACTS.c.last_name, CONTACTS.c.stage).where(
+    CONTACTS.c.id == bindparam("cid"))
+_CONTEXT_ORDER = (select(ORDERS.c.external_id, ORDERS.c.name, ORDERS.c.total, ORDERS.c.currency, ORDERS.c.payment_state,
+                         ORDERS.c.is_cod).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.contact_id == bindparam("cid"))
+                  .order_by(ORDERS.c.placed_at.desc()).limit(1))
+_CONTEXT_RUNS = select(RUNS.c.journey, RUNS.c.subject, RUNS.c.status).where(
+    RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.status != "finished")
+_CONTEXT_MESSAGES = (select(MESSAGES.c.direction, MESSAGES.c.kind, MESSAGES.c.body, MESSAGES.c.occurred_at).where(
+    MESSAGES.c.store_id == bindparam("sid"), MESSAGES.c.contact_id == bindparam("cid"))
+                     .order_by(MESSAGES.c.occurred_at.desc()).limit(5))
+
+
 def _context(conn: Connection, store_id: int, contact_id: int | None) -> dict[str, Any]:
     if contact_id is None:
         return {}
-    contact = conn.execute(select(CONTACTS.c.phone_e164, CONTACTS.c.first_name, CONTACTS.c.last_name, CONTACTS.c.stage)
-                           .where(CONTACTS.c.id == contact_id)).first()
-    order = conn.execute(select(ORDERS.c.external_id, ORDERS.c.name, ORDERS.c.total, ORDERS.c.currency, ORDERS.c.payment_state,
-                                ORDERS.c.is_cod).where(ORDERS.c.store_id == store_id, ORDERS.c.contact_id == contact_id)
-                         .order_by(ORDERS.c.placed_at.desc()).limit(1)).first()
-    runs = conn.execute(select(RUNS.c.journey, RUNS.c.subject, RUNS.c.status).where(
-        RUNS.c.store_id == store_id, RUNS.c.contact_id == contact_id, RUNS.c.status != "finished")).all()
-    messages = conn.execute(select(MESSAGES.c.direction, MESSAGES.c.kind, MESSAGES.c.body, MESSAGES.c.occurred_at).where(
-        MESSAGES.c.store_id == store_id, MESSAGES.c.contact_id == contact_id).order_by(MESSAGES.c.occurred_at.desc()).limit(5)).all()
+    params = {"sid": store_id, "cid": contact_id}
+    contact = conn.execute(_CONTEXT_CONTACT, params).first()
+    order = conn.execute(_CONTEXT_ORDER, params).first()
+    runs = conn.execute(_CONTEXT_RUNS, params).all()
+    messages = conn.execute(_CONTEXT_MESSAGES, params).all()
     return {
         "phone": contact.phone_e164 if contact else None,
         "name": " ".join(p for p in (contact.first_name, contact.last_name) if p) if contact else None,
@@ -106,6 +117,13 @@ def _awaited(conn: Connection, store_id: int, contact_id: int | None) -> bool:
     return any((state or {}).get("awaiting_reply") for state in conn.execute(_ACTIVE_STATES, {"sid": store_id, "cid": contact_id}).scalars())
 
 
+@functools.cache
+def _insert_handoff(dialect: str) -> Any:
+    """INSERT a case unless one with its key exists (the key's unique index), returning its id."""
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(HANDOFFS)
+    return ins.on_conflict_do_nothing(index_elements=["store_id", "key"]).returning(HANDOFFS.c.id)
+
+
 def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | None, req: HandoffRequest, now: datetime) -> int | None:
     """Open one hand-off per cause; the same cause again (the customer's answer to a failed
     delivery) is added to the open case's ``updates`` with a fresh context, and its owner is
@@ -115,9 +133,8 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
     context = _context(conn, store_id, contact_id)
     stage = context.get("stage") or "entry"
     owner_cfg = store.stages.get(stage)
-    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(HANDOFFS)
     hid = conn.execute(
-        ins.on_conflict_do_nothing(index_elements=["store_id", "key"]).returning(HANDOFFS.c.id),
+        _insert_handoff(conn.dialect.name),
         dict(store_id=store_id, contact_id=contact_id, key=req.key[:255], reason=req.reason, stage=stage,
              owner=owner_cfg.owner if owner_cfg else None, journey=req.journey, subject=req.subject, context=context,
              status="open", opened_at=now, closed_at=None, closed_by=None, resolution=None),

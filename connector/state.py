@@ -307,26 +307,20 @@ def _flush_if_held(conn: Connection, contact_id: int | None) -> None:
         flush(conn)
 
 
+# built once (a burst of inbound messages spent more building statements than running them)
+_MESSAGE_BY_WAMID = select(MESSAGES.c.id).where(MESSAGES.c.store_id == bindparam("sid"), MESSAGES.c.wamid == bindparam("wamid"))
+_INSERT_MESSAGE = insert(MESSAGES)
+
+
 def record_inbound(
     conn: Connection, store_id: int, contact_id: int | None, wamid: str, kind: str, body: str | None, at: datetime, now: datetime
 ) -> None:
     """An inbound WhatsApp message: into the timeline once, and it (re)opens the 24 h window."""
-    exists = conn.execute(select(MESSAGES.c.id).where(MESSAGES.c.store_id == store_id, MESSAGES.c.wamid == wamid)).first()
+    exists = conn.execute(_MESSAGE_BY_WAMID, {"sid": store_id, "wamid": wamid}).first()
     if exists is None:
         _flush_if_held(conn, contact_id)
-        conn.execute(
-            insert(MESSAGES).values(
-                store_id=store_id,
-                contact_id=contact_id,
-                direction="in",
-                wamid=wamid,
-                kind=kind,
-                body=body,
-                status="received",
-                occurred_at=at,
-                updated_at=now,
-            )
-        )
+        conn.execute(_INSERT_MESSAGE, dict(store_id=store_id, contact_id=contact_id, direction="in", wamid=wamid, kind=kind,
+                                           body=body, status="received", occurred_at=at, updated_at=now))
     if contact_id is not None:
         contact_at = contact_row(conn, contact_id).last_inbound_at
         if contact_at is None or contact_at < at:
