@@ -100,9 +100,7 @@ def enqueue(
     )
     cache = current(conn)
     if cache is not None:
-        stmt = _enqueue_statement(conn.dialect.name, returning=False)
-        cache.later.setdefault(stmt, []).append(row)
-        cache.later_keys.setdefault(stmt, {}).setdefault((store_id, row["idempotency_key"]), []).append(row)
+        cache.hold_later(_enqueue_statement(conn.dialect.name, returning=False), [row], (store_id, row["idempotency_key"]))
         return None
     return conn.execute(_enqueue_statement(conn.dialect.name), row).scalar()
 
@@ -135,9 +133,9 @@ def skip_pending(conn: Connection, store_id: int, keys: list[str], reason: str, 
         return
     # this store's rows only: step keys name a subject ("order:101"), and two stores can both
     # have an order #101 in one batch (a COD ask of one store was once skipped by the other's cancel)
-    held = cache.later_keys.get(_enqueue_statement(conn.dialect.name, returning=False), {})
+    stmt = _enqueue_statement(conn.dialect.name, returning=False)
     for key in wanted:
-        for row in held.get((store_id, key), ()):
+        for row in cache.held_later(stmt, (store_id, key)):
             if row["channel"] == "whatsapp" and row["status"] == "pending":
                 row.update(status="skipped", skip_reason=reason, updated_at=now)
     cache.defer("outbox.skip_pending", _skip_stored, (store_id, wanted, reason, now))

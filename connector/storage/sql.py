@@ -157,16 +157,14 @@ def insert_later(conn: Connection, table: Table, rows: list[dict[str, Any]], key
     if cache is None:
         execute_many(conn, _insert(table), rows)
     else:
-        cache.later.setdefault(_insert(table), []).extend(rows)
-        if key is not None:
-            cache.later_keys.setdefault(_insert(table), {}).setdefault(key, []).extend(rows)
+        cache.hold_later(_insert(table), rows, key)
 
 
 def held_later(conn: Connection, table: Table, key: Any) -> list[dict[str, Any]]:
     """The rows ``insert_later`` holds for ``table`` under ``key`` in this transaction (none
     without a cache): a lookup, not a scan of the batch's every held row."""
     cache = current(conn)
-    return cache.later_keys.get(_insert(table), {}).get(key, []) if cache is not None else []
+    return cache.held_later(_insert(table), key) if cache is not None else []
 
 
 def insert_id(conn: Connection, table: Table, row: dict[str, Any]) -> int:
@@ -251,8 +249,7 @@ def flush(conn: Connection) -> None:
         for fields, rows in _shapes({"_pk": row_id, **values} for row_id, values in sorted(cache.dirty[name].items())).items():
             execute_many(conn, _update(table, tuple(f for f in fields if f != "_pk")), rows)
         cache.dirty[name].clear()
-    later, cache.later, cache.later_keys = cache.later, {}, {}
-    for stmt, rows in later.items():
+    for stmt, rows in cache.take_later().items():
         for run in _runs_of_one_shape(rows):
             execute_many(conn, stmt, run)
 

@@ -283,6 +283,22 @@ class TxCache:
         """The cached rows of ``table`` whose INSERT is held back."""
         return [self.rows[table][row_id] for row_id in self.held[table]]
 
+    def hold_later(self, stmt: Any, rows: list[dict[str, Any]], key: Any = None) -> None:
+        """Hold rows for one executemany of ``stmt`` at the next flush; ``key`` files them for
+        ``held_later`` (a lookup instead of a scan of every row the batch holds)."""
+        self.later.setdefault(stmt, []).extend(rows)
+        if key is not None:
+            self.later_keys.setdefault(stmt, {}).setdefault(key, []).extend(rows)
+
+    def held_later(self, stmt: Any, key: Any) -> list[dict[str, Any]]:
+        """The rows held for ``stmt`` under ``key`` (the same dicts: a change to one is what is written)."""
+        return self.later_keys.get(stmt, {}).get(key, [])
+
+    def take_later(self) -> dict[Any, list[dict[str, Any]]]:
+        """The held rows per statement, for the flush that writes them; none are held after."""
+        later, self.later, self.later_keys = self.later, {}, {}
+        return later
+
     def has_held(self) -> bool:
         return bool(self.later) or bool(self.deferred) or any(self.dirty.values()) or any(self.held.values())
 
