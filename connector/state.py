@@ -307,9 +307,15 @@ def _flush_if_held(conn: Connection, contact_id: int | None) -> None:
         flush(conn)
 
 
-# built once (a burst of inbound messages spent more building statements than running them)
-_MESSAGE_BY_WAMID = select(MESSAGES.c.id).where(MESSAGES.c.store_id == bindparam("sid"), MESSAGES.c.wamid == bindparam("wamid"))
+# Built once, for inbound messages and statuses alike: a burst of either spent more building
+# its statements than running them (bench/HISTORY.md).
+_MESSAGE_BY_WAMID = select(MESSAGES.c.id, MESSAGES.c.status, MESSAGES.c.error_code, MESSAGES.c.contact_id).where(
+    MESSAGES.c.store_id == bindparam("sid"), MESSAGES.c.wamid == bindparam("wamid"))
 _INSERT_MESSAGE = insert(MESSAGES)
+_OUTBOX_FOR_STATUS = select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.contact_id, OUTBOX.c.category, OUTBOX.c.payload,
+                            OUTBOX.c.journey, OUTBOX.c.step, OUTBOX.c.idempotency_key).where(OUTBOX.c.store_id == bindparam("sid"))
+_OUTBOX_BY_ID = _OUTBOX_FOR_STATUS.where(OUTBOX.c.id == bindparam("oid"))
+_OUTBOX_BY_WAMID = _OUTBOX_FOR_STATUS.where(OUTBOX.c.wamid == bindparam("wamid"))
 
 
 def record_inbound(
@@ -332,12 +338,10 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
     from connector.outbox.store import STATUS_RANK, outbox_id_from_callback
 
     oid = outbox_id_from_callback(e.callback_data)
-    cond = OUTBOX.c.id == oid if oid is not None else OUTBOX.c.wamid == e.message_id
-    row = conn.execute(
-        select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.contact_id, OUTBOX.c.category, OUTBOX.c.payload, OUTBOX.c.journey,
-               OUTBOX.c.step, OUTBOX.c.idempotency_key)
-        .where(OUTBOX.c.store_id == store_id, cond)
-    ).first()
+    if oid is not None:
+        row = conn.execute(_OUTBOX_BY_ID, {"sid": store_id, "oid": oid}).first()
+    else:
+        row = conn.execute(_OUTBOX_BY_WAMID, {"sid": store_id, "wamid": e.message_id}).first()
     if row is None:
         return None, None
     values: dict[str, Any] = {"wamid": e.message_id, "updated_at": now}
@@ -370,30 +374,15 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
 def apply_status(conn: Connection, store_id: int, e: ev.MessageStatusChanged, now: datetime) -> int | None:
     """Statuses arrive out of order: sent < delivered < read only moves forward; failed is kept with its code."""
     outbox_id, contact_id = _settle_outbox(conn, store_id, e, now)
-    row = conn.execute(
-        select(MESSAGES.c.id, MESSAGES.c.status, MESSAGES.c.error_code, MESSAGES.c.contact_id).where(
-            MESSAGES.c.store_id == store_id, MESSAGES.c.wamid == e.message_id
-        )
-    ).first()
+    row = conn.execute(_MESSAGE_BY_WAMID, {"sid": store_id, "wamid": e.message_id}).first()
     if row is None:
         if contact_id is None and e.recipient_id:
             found = contact_where(conn, store_id, CONTACTS.c.wa_id, e.recipient_id)
             contact_id = found.id if found is not None else None
         _flush_if_held(conn, contact_id)
-        conn.execute(
-            insert(MESSAGES).values(
-                store_id=store_id,
-                contact_id=contact_id,
-                direction="out",
-                wamid=e.message_id,
-                kind="template" if outbox_id else "unknown",
-                status=e.status,
-                error_code=e.error_code,
-                outbox_id=outbox_id,
-                occurred_at=e.occurred_at,
-                updated_at=now,
-            )
-        )
+        conn.execute(_INSERT_MESSAGE, dict(store_id=store_id, contact_id=contact_id, direction="out", wamid=e.message_id,
+                                           kind="template" if outbox_id else "unknown", status=e.status, error_code=e.error_code,
+                                           outbox_id=outbox_id, occurred_at=e.occurred_at, updated_at=now))
         return contact_id
     if e.status == "failed":
         update_by_id(conn, MESSAGES, row.id, dict(status="failed", error_code=e.error_code, updated_at=now))
