@@ -71,6 +71,11 @@ def _mark_rows(conn: Connection, marks: list[tuple[int, dict[str, Any]]]) -> Non
         conn.execute(delete(BODIES).where(BODIES.c.id.in_(erase)))
 
 
+def _from_sync(row: Any) -> bool:
+    """An inbox row the sync job wrote (orders it read from the store's API), not a webhook."""
+    return bool((row.headers or {}).get("x-storeloop-sync"))
+
+
 FIRST_SLICE_ROWS = 32  # rows a time-budgeted batch loads before the processor knows how long a row takes
 
 
@@ -359,6 +364,10 @@ class InboxProcessor:
             if outcome.private is not None:  # a privacy request: no journey hears it
                 private = [*(private or []), *outcome.private]
             elif not outcome.stale and not outcome.held:
+                if outcome.placed is not None and not _from_sync(row):
+                    # first sight of a fresh order through a later event: placed, then that event.
+                    # The sync job decides first sight itself (a backfill places nothing).
+                    self.journeys.on_event(conn, store, row.store_id, outcome.placed, outcome.contact_id, now)
                 self.journeys.on_event(conn, store, row.store_id, event, outcome.contact_id, now)
         values: dict[str, Any] = {
             "status": "done",

@@ -38,6 +38,21 @@ class Outcome:
     stale: bool = False
     held: str | None = None  # a reason to keep the row for a later feature
     private: list[dict[str, Any]] | None = None  # a privacy request: the row keeps this instead of its body and event
+    placed: ev.OrderPlaced | None = None  # an order first seen through a later event: the journeys hear it placed first
+
+
+# An order first seen through a later event is still news to the journeys when it was created
+# this recently: orders/updated (an app tags new orders within seconds) or orders/paid can beat
+# orders/create, whose retry then carries an older payload and is dropped as stale, or
+# orders/create is lost. The sync job applies the same rule to orders it finds that were never
+# stored (connector/sync.py). Cancelled, refunded, voided and failed orders are no such news.
+PLACED_WITHIN = timedelta(hours=24)
+_NOT_PLACED = (ev.PaymentState.REFUNDED, ev.PaymentState.VOIDED, ev.PaymentState.FAILED)
+
+
+def placed_on_first_sight(order: ev.Order, now: datetime) -> bool:
+    """Whether an order we never stored, seen first through an update, counts as just placed."""
+    return order.cancelled_at is None and order.payment_state not in _NOT_PLACED and order.created_at >= now - PLACED_WITHIN
 
 
 _COMPLETE_CHECKOUT = update(CHECKOUTS).where(
@@ -194,11 +209,12 @@ def _line_rows(store_id: int, order_id: int, lines: tuple[ev.LineItem, ...]) -> 
     ]
 
 
-def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: int | None, now: datetime) -> bool:
-    """Upsert an order and its lines; False (and nothing written) when the payload is stale."""
+def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: int | None, now: datetime) -> str:
+    """Upsert an order and its lines: "new" (first stored now), "changed", or "stale" (nothing
+    written: a newer payload is stored)."""
     existing = order_row(conn, store_id, order.external_id)
     if existing is not None and existing.source_updated_at > order.updated_at:
-        return False
+        return "stale"
     values = {
         "name": order.name[:64],
         "contact_id": contact_id,
@@ -231,7 +247,7 @@ def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: in
     insert_later(conn, LINES, _line_rows(store_id, order_id, order.line_items), key=order_id)
     if order.checkout_token:
         _complete_checkout(conn, store_id, order.checkout_token, order.created_at)
-    return True
+    return "new" if existing is None else "changed"
 
 
 def _complete_checkout(conn: Connection, store_id: int, token: str, at: datetime) -> None:
@@ -494,7 +510,10 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             out.contact_id = upsert_contact(conn, store_id, now, phone=order.customer.phone, customer=order.customer, by_email=True)
             if out.contact_id is not None and order.customer.phone is not None and store.policy.utility_consent_from_order:
                 record_consent(conn, store_id, out.contact_id, "utility", "granted", "order_with_phone", order.created_at, inbox_id, only_if_unknown=True)
-            out.stale = not apply_order(conn, store_id, order, out.contact_id, now)
+            written = apply_order(conn, store_id, order, out.contact_id, now)
+            out.stale = written == "stale"
+            if written == "new" and not isinstance(event, ev.OrderPlaced) and placed_on_first_sight(order, now):
+                out.placed = ev.OrderPlaced(order=order)
         case ev.CheckoutUpdated(checkout=checkout):
             out.subject = f"checkout:{checkout.token}"
             out.contact_id = upsert_contact(conn, store_id, now, phone=checkout.customer.phone, customer=checkout.customer)

@@ -59,6 +59,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from adapters.sync_page import OrderPager, SyncedOrder
 from connector.errors import RetryableError, SyncError  # noqa: F401  (SyncError is part of this module's API)
+from connector.state import PLACED_WITHIN
 from connector.storage.db import Database
 from connector.storage.inbox import InboxItem, write_items
 from connector.storage.models import Lease, Order, SyncCursor
@@ -70,7 +71,6 @@ BACKFILL_CURSOR = "orders_backfilled_since"  # set when a backfill (``since``) r
 PRODUCTS_CURSOR = "products_synced_at"
 DEFAULT_LOOKBACK = timedelta(days=1)
 DEFAULT_OVERLAP = timedelta(minutes=5)
-PLACED_WITHIN = timedelta(hours=24)
 MAX_ATTEMPTS = 5  # per page, for throttling / transient failures
 MAX_BACKOFF = 60.0
 
