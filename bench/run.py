@@ -54,7 +54,8 @@ def loop_ms() -> float:
 
 
 def summary_table(rows: list[dict], elapsed: float) -> Table:
-    table = Table(title=f"storeloop benchmarks: {os.cpu_count()} CPUs ({_cpu()}), Python {platform.python_version()}, "
+    table = Table(title=f"storeloop benchmarks: {os.cpu_count()} CPUs ({_cpu()}), Python {platform.python_version()} "
+                        f"({os.path.realpath(sys.executable)}), "
                         f"{time.strftime('%Y-%m-%d')}, {elapsed:.0f} s in all")
     for col in ("bench", "figure", "value", "against (same run)", "ratio", "target", "met", "peak MB (process)"):
         table.add_column(col, justify="right" if col in ("ratio", "met", "peak MB (process)") else "left")
