@@ -3,6 +3,10 @@
 A WooCommerce ``pending`` / ``failed`` order is an abandoned checkout too: when
 ``checkout_recovery`` takes those (its ``unpaid_orders``), ``unpaid_orders`` here is turned
 off when the config is loaded, so one order never gets both reminders.
+
+An ``authorized`` payment is not stalled: the customer has paid, the store captures later
+(Shopify manual capture, at fulfilment). It starts no run and ends an active one unpaid, so
+nobody is asked to pay twice and the capture is never counted as a recovered payment.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from connector import events as ev
 from connector.journeys._common import order_context, unpaid_order
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
 
-STALLED = ("pending", "failed", "authorized")
+STALLED = ("pending", "failed")  # not "authorized": paid as far as the customer knows
 
 
 class PaymentRecoveryConfig(JourneyConfig):
