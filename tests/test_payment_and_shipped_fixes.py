@@ -2,6 +2,8 @@
 
 - A card payment that is only authorized (Shopify stores that capture manually) is paid as far
   as the customer knows: no "pay now" reminder, and the later capture is no recovered payment.
+- A WooCommerce order paid after the pay reminder arrives as an order update (there is no
+  orders/paid): it counts as a recovered payment, once, with its revenue.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from datetime import datetime
 from typing import Any
 
 from connector import events as ev
+from connector.config import parse_settings
 from connector.journeys.engine import TimerFired
 from connector.journeys.payment_recovery import PaymentRecovery
 from connector.reports import Period, conversion
-from tests.conftest import FIXTURES
-from tests.helpers import load_json, running_app
+from tests.conftest import FIXTURES, SECRETS, settings_dict
+from tests.helpers import dumps, load_json, running_app, woo_headers
 from tests.test_decide_tables import (
-    D, H, MIN, PR, T0, Case, Clock, check, facts, post, prepaid, run, runs, shopify_app, steps, table,
+    D, H, MIN, PR, T0, Case, Clock, check, facts, post, prepaid, run, runs, shopify_app, steps, table, woo,
 )
 
 AUTHORIZED = ev.PaymentState.AUTHORIZED
@@ -89,3 +92,66 @@ def test_manual_capture_orders_get_no_pay_reminder_and_their_capture_is_no_recov
     ended = found[(sid, "payment_recovery", "order:1002")]
     assert ended.status == "finished" and ended.state["paid"] is False and not ended.state.get("reminded")
     assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (1, 0, "0")
+
+
+# ---- WooCommerce: paid after the reminder ---------------------------------------------------
+
+WOO_PAID_CASES = [
+    Case("WooCommerce paid after the reminder (an order update): recovered with its revenue",
+         ev.OrderUpdated(order=woo("processing")), run("payment_recovery", {"reminded": True}, "finished", subject="order:727"),
+         facts(woo("processing")), PR, ["update(currency,paid,revenue)"], state={"paid": True, "revenue": "1299", "currency": "INR"}),
+    Case("the same payment heard again (orders/paid after the update): counted once", ev.OrderPaid(order=woo("processing")),
+         run("payment_recovery", {"reminded": True, "paid": True, "revenue": "1299"}, "finished", subject="order:727"),
+         facts(woo("processing")), PR, []),
+    Case("a reminded WooCommerce order still unpaid: nothing recorded", ev.OrderUpdated(order=woo("on-hold")),
+         run("payment_recovery", {"reminded": True}, "finished", subject="order:727"), facts(woo("on-hold")), PR, []),
+]
+
+
+@table(WOO_PAID_CASES)
+def test_a_payment_heard_as_an_order_update_is_recorded_once(case: Case) -> None:
+    check(PaymentRecovery(), case)
+
+
+def woo_settings(db_url: str, templates: list[dict[str, Any]], journeys: dict[str, Any]):
+    raw = settings_dict(db_url)
+    raw["stores"][2].update(templates=templates, journeys=journeys, policy={"quiet_hours": ""})
+    return parse_settings(raw, environ={})
+
+
+def post_woo(client, status: str, modified: datetime, *, paid: bool = False, tracking: dict[str, str] | None = None,
+             topic: str = "order.updated") -> None:
+    """WooCommerce order #727 (John, +1 415 555 2671, 29.35 USD, card) as the store sends it."""
+    o = load_json(FIXTURES / "woocommerce" / "order.created.rest-v3-docs-example.json")
+    stamp = modified.strftime("%Y-%m-%dT%H:%M:%S")
+    o.update(status=status, payment_method="stripe", payment_method_title="Card", date_created_gmt="2026-11-20T06:30:00",
+             date_modified_gmt=stamp, date_paid=stamp if paid else None, date_paid_gmt=stamp if paid else None)
+    o["billing"]["phone"] = "+1 415 555 2671"
+    if tracking is not None:  # the Shipment Tracking extension's meta
+        o["meta_data"] = [*o["meta_data"], {"id": 99, "key": "_wc_shipment_tracking_items", "value": [tracking]}]
+    body = dumps(o)
+    assert client.post("/webhooks/woocommerce/woo", content=body, headers=woo_headers(body, SECRETS["woo"], topic)).status_code == 200
+
+
+def test_a_woocommerce_payment_after_the_pay_reminder_counts_as_recovered_once(db_url):
+    settings = woo_settings(db_url, [PAY_TEMPLATE], {"payment_recovery": {"after_minutes": 60}})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        post_woo(client, "pending", T0, topic="order.created")
+        runtime.processor.drain()
+        clock.now = T0 + 61 * MIN
+        runtime.processor.process_timers()
+        clock.now = T0 + 3 * H  # John pays with the link
+        post_woo(client, "processing", clock.now, paid=True)
+        runtime.processor.drain()
+        post_woo(client, "completed", clock.now + H, paid=True)  # shipped: the payment again
+        runtime.processor.drain()
+        sent = steps(runtime)
+        sid = runtime.store_ids["woo"]
+        r = runs(runtime)[(sid, "payment_recovery", "order:727")]
+        with runtime.db.engine.connect() as conn:
+            report = conversion(conn, sid, WEEK)
+    assert sent == [("payment_recovery", "order:727", "remind")]
+    assert (r.state["reminded"], r.state["paid"], r.state["revenue"], r.state["currency"]) == (True, True, "29.35", "USD")
+    assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (1, 1, "29.35")

@@ -47,7 +47,7 @@ class PaymentRecovery:
                 return [Start(f"order:{o.external_id}", facts.contact_id), Wake(o.placed_at + timedelta(minutes=config.after_minutes))]
             return []
         if run.status != "active":
-            if isinstance(event, ev.OrderPaid) and run.state.get("reminded") and not run.state.get("paid"):
+            if _paid(event) and run.state.get("reminded") and not run.state.get("paid"):
                 return [Update({"paid": True, "revenue": str(event.order.total), "currency": event.order.currency})]
             return []
         if isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) or (o is not None and (o.payment_state not in STALLED or o.cancelled)):
@@ -56,3 +56,9 @@ class PaymentRecovery:
         if isinstance(event, TimerFired):
             return [Update({"reminded": True}), Send("remind", order_context(facts)), Wake(None), Finish("reminded", skip_waiting=False)]
         return []
+
+
+def _paid(event: Any) -> bool:
+    """The payment arrived: Shopify's orders/paid, or an order update that shows it paid (WooCommerce
+    has no paid event: processing/completed with a ``date_paid`` comes as an update)."""
+    return isinstance(event, ev.OrderPaid) or (isinstance(event, ev.OrderUpdated) and event.order.payment_state == ev.PaymentState.PAID)
