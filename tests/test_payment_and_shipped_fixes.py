@@ -1,20 +1,28 @@
-"""Payment recovery, as a store owner sees it.
+"""Payment recovery and the "shipped" update, as a store owner sees them.
 
 - A card payment that is only authorized (Shopify stores that capture manually) is paid as far
   as the customer knows: no "pay now" reminder, and the later capture is no recovered payment.
 - A WooCommerce order paid after the pay reminder arrives as an order update (there is no
   orders/paid): it counts as a recovered payment, once, with its revenue.
+- A fulfilment first marked without tracking, then given tracking, still gets its one
+  "shipped" message (with the tracking) when the shipped template needs tracking.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
+import pytest
+
 from connector import events as ev
 from connector.config import parse_settings
+from connector.journeys.delivery_updates import DeliveryUpdates, DeliveryUpdatesConfig
 from connector.journeys.engine import TimerFired
 from connector.journeys.payment_recovery import PaymentRecovery
+from connector.outbox.dispatcher import Dispatcher
+from connector.outbox.senders import DryRunSender
 from connector.reports import Period, conversion
 from tests.conftest import FIXTURES, SECRETS, settings_dict
 from tests.helpers import dumps, load_json, running_app, woo_headers
@@ -26,6 +34,12 @@ AUTHORIZED = ev.PaymentState.AUTHORIZED
 WEEK = Period("this week", T0 - D, T0 + 7 * D)
 PAY_TEMPLATE = {"step": "payment_recovery.remind", "name": "pay_v1", "category": "utility", "body_text": "Pay for {{1}}: {{2}}",
                 "body": ["order.name", "order.payment_url"]}
+# as in config.example.toml: the shipped message names the courier and links the tracking number
+TRACKED_SHIPPED = {"step": "delivery.shipped", "name": "shipped_tracked_v1", "category": "utility",
+                   "body_text": "Order {{1}} is on its way with {{2}}, tracking {{3}}",
+                   "body": ["order.name", "fulfillment.tracking_company", "fulfillment.tracking_number"]}
+PLAIN_SHIPPED = {"step": "delivery.shipped", "name": "shipped_plain_v1", "category": "utility",
+                 "body_text": "Order {{1}} is on its way", "body": ["order.name"]}
 
 
 def iso(at: datetime) -> str:
@@ -155,3 +169,115 @@ def test_a_woocommerce_payment_after_the_pay_reminder_counts_as_recovered_once(d
     assert sent == [("payment_recovery", "order:727", "remind")]
     assert (r.state["reminded"], r.state["paid"], r.state["revenue"], r.state["currency"]) == (True, True, "29.35", "USD")
     assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (1, 1, "29.35")
+
+
+# ---- the shipped update: decide -------------------------------------------------------------
+
+DU = DeliveryUpdatesConfig()
+
+
+def shipped(tracked: bool, status: str = "none") -> ev.FulfillmentUpdated:
+    tracking = dict(tracking_company="UPS", tracking_number="1z827wk74630") if tracked else {}
+    return ev.FulfillmentUpdated(fulfillment=ev.Fulfillment(external_id="9", order_external_id="1042", status="success",
+                                                            shipment_status=ev.ShipmentStatus(status), created_at=T0, updated_at=T0,
+                                                            **tracking))
+
+
+SHIPPED_CASES = [
+    Case("fulfilled without tracking: the shipped step is tried, not used up", shipped(False), None, facts(prepaid()), DU,
+         ["start:order:1042", "update(last_status,sent)", "send:shipped"], state={"sent": []}),
+    Case("still no tracking: not tried again", shipped(False, "confirmed"), run("delivery", {"sent": [], "last_status": "none"}),
+         facts(prepaid()), DU, []),
+    Case("tracking added: shipped, now used up", shipped(True), run("delivery", {"sent": [], "last_status": "none"}),
+         facts(prepaid()), DU, ["update(last_status,sent)", "send:shipped"], state={"sent": ["shipped"]}),
+    Case("tracked from the start: shipped once", shipped(True), None, facts(prepaid()), DU,
+         ["start:order:1042", "update(last_status,sent)", "send:shipped"], state={"sent": ["shipped"]}),
+    Case("tracking again: nothing", shipped(True), run("delivery", {"sent": ["shipped"]}), facts(prepaid()), DU, []),
+    Case("tracking only after out for delivery: no late shipped", shipped(True),
+         run("delivery", {"sent": ["out_for_delivery"], "last_status": "out_for_delivery"}), facts(prepaid()), DU, []),
+]
+
+
+@table(SHIPPED_CASES)
+def test_shipped_waits_to_be_used_up_until_tracking(case: Case) -> None:
+    check(DeliveryUpdates(), case)
+
+
+# ---- the shipped update: through the app ----------------------------------------------------
+
+def fulfillment(order_id: int, at: datetime, *, tracked: bool) -> dict[str, Any]:
+    """Shopify's fulfilment of the whole order, with or without the courier's tracking."""
+    f = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+    f.update(id=order_id + 2000, order_id=order_id, status="success", shipment_status=None, created_at=iso(T0 + H), updated_at=iso(at))
+    if not tracked:
+        f.update(tracking_company=None, tracking_number=None, tracking_numbers=[], tracking_url=None, tracking_urls=[])
+    return f
+
+
+def dispatch(runtime, settings, clock: Clock, sender: DryRunSender) -> None:
+    asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, sender, clock=clock).drain())
+
+
+@pytest.mark.parametrize("same_batch", [False, True], ids=["tracking added hours later", "both webhooks in one batch"])
+def test_a_fulfilment_marked_without_tracking_gets_its_shipped_message_once_tracking_is_added(db_url, same_batch):
+    settings = shopify_app(db_url, 0, templates=[TRACKED_SHIPPED], journeys={"delivery": {}})
+    clock, sender = Clock(T0), DryRunSender()
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        post(client, "orders/create", shopify_order(1001, "paid", T0))
+        runtime.processor.drain()
+        clock.now = T0 + H
+        post(client, "fulfillments/create", fulfillment(1001, clock.now, tracked=False))  # marked fulfilled, no tracking yet
+        if not same_batch:
+            runtime.processor.drain()
+            dispatch(runtime, settings, clock, sender)
+            clock.now = T0 + 3 * H
+        post(client, "fulfillments/update", fulfillment(1001, T0 + 3 * H, tracked=True))  # the merchant adds tracking
+        runtime.processor.drain()
+        clock.now = T0 + 4 * H
+        post(client, "fulfillments/update", fulfillment(1001, clock.now, tracked=True))  # and saves it again
+        runtime.processor.drain()
+        dispatch(runtime, settings, clock, sender)
+    [(_, message)] = sender.sent
+    assert message.name == "shipped_tracked_v1"
+    assert [p.text for p in message.body] == ["#1001", "UPS", "1z827wk74630"]
+
+
+def test_a_woocommerce_order_completed_before_its_tracking_gets_the_shipped_message_with_it(db_url):
+    settings = woo_settings(db_url, [TRACKED_SHIPPED], {"delivery": {}})
+    clock, sender = Clock(T0), DryRunSender()
+    tracking = {"tracking_provider": "Delhivery", "tracking_number": "DL727"}
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        post_woo(client, "processing", T0, paid=True, topic="order.created")
+        runtime.processor.drain()
+        clock.now = T0 + H
+        post_woo(client, "completed", clock.now, paid=True)  # completed first
+        runtime.processor.drain()
+        dispatch(runtime, settings, clock, sender)
+        for hours in (2, 3):  # Shipment Tracking saved, then the order saved again
+            clock.now = T0 + hours * H
+            post_woo(client, "completed", clock.now, paid=True, tracking=tracking)
+            runtime.processor.drain()
+        dispatch(runtime, settings, clock, sender)
+    [(_, message)] = sender.sent
+    assert [p.text for p in message.body] == ["#727", "Delhivery", "DL727"]
+
+
+def test_a_shipped_template_without_tracking_goes_out_at_once_and_only_once(db_url):
+    settings = shopify_app(db_url, 0, templates=[PLAIN_SHIPPED], journeys={"delivery": {}})
+    clock, sender = Clock(T0), DryRunSender()
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        post(client, "orders/create", shopify_order(1001, "paid", T0))
+        clock.now = T0 + H
+        post(client, "fulfillments/create", fulfillment(1001, clock.now, tracked=False))
+        runtime.processor.drain()
+        dispatch(runtime, settings, clock, sender)
+        first = [m.name for _, m in sender.sent]
+        clock.now = T0 + 3 * H
+        post(client, "fulfillments/update", fulfillment(1001, clock.now, tracked=True))
+        runtime.processor.drain()
+        dispatch(runtime, settings, clock, sender)
+    assert first == ["shipped_plain_v1"]
+    assert [m.name for _, m in sender.sent] == ["shipped_plain_v1"]

@@ -3,6 +3,12 @@
 Each step is sent at most once per order (the outbox key is journey, step, subject), so
 repeated or reordered fulfilment webhooks never repeat a message.
 
+"Shipped" is used up only by a fulfilment with tracking (a number or a link). A store often
+marks an order fulfilled first and adds the tracking later: the first, untracked fulfilment
+tries the step once (a template that needs no tracking goes out then; one that names the
+courier or the number is skipped for the missing value), and the tracked update sends it,
+turning that skipped row into a queued one. Either way the customer hears "shipped" once.
+
 The failed-delivery (NDR) message asks the customer: reschedule, update the address, or
 cancel (quick replies, matched by the message they answer). Each answer is kept on the run
 (once per choice) and added to the open hand-off (its owner is told); reschedule and
@@ -20,6 +26,7 @@ from pydantic import Field
 from connector import events as ev
 from connector.journeys._common import order_context, replied_here
 from connector.journeys.engine import Command, Facts, Handoff, JourneyConfig, Run, Send, Start, Update, WriteBack
+from connector.outbox.queue import REQUEUE_MISSING_VALUE
 
 STEP_FOR_STATUS = {
     "in_transit": "shipped",
@@ -88,12 +95,21 @@ class DeliveryUpdates:
         done = set((run.state.get("sent") or []) if run else [])
         if step in done or (step == "shipped" and done & {"out_for_delivery", "delivered"}):
             return []  # already told, or a late "shipped" after later news
+        untracked = step == "shipped" and not (f.tracking_number or f.tracking_url)
+        # "shipped" still open after a shipped status: it was tried without tracking
+        tried = run is not None and STEP_FOR_STATUS.get(run.state.get("last_status") or "") == "shipped"
+        if untracked and tried:
+            return []  # wait for the tracking
         commands: list[Command] = []
         if run is None:
             if facts.contact_id is None:
                 return []
             commands.append(Start(f"order:{facts.order.external_id}", facts.contact_id, {"sent": []}))
-        commands += [Update({"sent": sorted(done | {step}), "last_status": f.shipment_status.value}), Send(step, order_context(facts))]
+        context = order_context(facts)
+        if step == "shipped" and tried:
+            context[REQUEUE_MISSING_VALUE] = True  # the untracked try may have been skipped for want of tracking
+        told = done if untracked else done | {step}  # an untracked "shipped" leaves the step open
+        commands += [Update({"sent": sorted(told), "last_status": f.shipment_status.value}), Send(step, context)]
         if step == "failed" and config.handoff_on_failure:
             commands.append(Handoff(f"delivery failed ({f.shipment_status.value}); call the customer to rearrange"))
         return commands

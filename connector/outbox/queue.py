@@ -17,7 +17,7 @@ from connector.config import ShopifyStore, WooCommerceStore
 from connector.messages import InteractiveButtons, TextMessage
 from connector.outbox import store as ob
 from connector.policy import CART_JOURNEYS, ContactFacts, SendHistory, check
-from connector.storage.sql import CONTACTS
+from connector.storage.sql import CONTACTS, OUTBOX, flush, update_by_id
 from connector.storage.txcache import by_id, current
 from connector.templates import MissingValueError, render
 
@@ -36,6 +36,13 @@ def _queued(conn: Connection, new_id: int | None, reason: str | None) -> Queued:
 
 
 _CONTACT = select(CONTACTS).where(CONTACTS.c.id == bindparam("cid"))
+# by the unique (store_id, key) index alone; status and reason are checked on the one row
+_BY_KEY = select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.skip_reason).where(
+    OUTBOX.c.store_id == bindparam("sid"), OUTBOX.c.idempotency_key == bindparam("key"))
+
+# A flag in a Send's context (no template value): this step may have been recorded earlier as
+# skipped for a missing value (a shipped message before its tracking); if so, queue that row now.
+REQUEUE_MISSING_VALUE = "outbox.requeue_missing_value"
 
 
 def _contact(conn: Connection, store: ShopifyStore | WooCommerceStore, store_id: int, contact_id: int):  # type: ignore[no-untyped-def]
@@ -97,11 +104,27 @@ def queue_template(
             when = decision.defer_until or when
         elif not decision.allowed:
             reason = decision.reason
+    if reason is None and context.get(REQUEUE_MISSING_VALUE):
+        requeued = _requeue_missing_value(conn, store_id, key, payload, when, now)
+        if requeued is not None:
+            return Queued(requeued, "pending")
     new_id = ob.enqueue(
         conn, store_id=store_id, key=key, contact_id=contact_id, journey=journey, step=step, category=category,
         payload=payload, due_at=when, now=now, skip_reason=reason,
     )
     return _queued(conn, new_id, reason)
+
+
+def _requeue_missing_value(conn: Connection, store_id: int, key: str, payload: dict[str, Any], due_at: datetime,
+                           now: datetime) -> int | None:
+    """The key's row skipped for a missing value becomes pending with the full message; its id, or
+    None (no such row: the key is new, or its message was queued or sent, and stays once)."""
+    flush(conn)  # the skipped row may be held for the batch's executemany
+    row = conn.execute(_BY_KEY, {"sid": store_id, "key": key[:255]}).first()
+    if row is None or row.status != "skipped" or not (row.skip_reason or "").startswith("missing_value"):
+        return None
+    update_by_id(conn, OUTBOX, row.id, {"status": "pending", "skip_reason": None, "payload": payload, "due_at": due_at, "updated_at": now})
+    return row.id
 
 
 def queue_free_form(
