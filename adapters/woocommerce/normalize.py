@@ -173,12 +173,15 @@ def _order(o: Body, store: WooCommerceStore) -> Order:
     gateway_names = tuple(n for n in (payment_method, get_str(o, "payment_method_title")) if n)
     number = get_id(o, "number") or order_id
     status_url, payment_url = _order_urls(order_id, get_str(o, "order_key"), store)
+    payment_state = _payment_state(status, paid)
     return Order(
         external_id=order_id,
         name=f"#{number}",
         created_at=created_at,
         updated_at=updated_at,
-        payment_state=_payment_state(status, paid),
+        # WooCommerce keeps no cancel time: the last change of a cancelled order is the best we have
+        cancelled_at=updated_at if status == "cancelled" else None,
+        payment_state=payment_state,
         fulfillment_state=FulfillmentState.FULFILLED if status == "completed" else FulfillmentState.UNFULFILLED,
         platform_status=status,
         is_cod=payment_method is not None and payment_method.strip().lower() in store.cod_gateway_names(),
