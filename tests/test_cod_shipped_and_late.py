@@ -52,7 +52,141 @@ def cancelled(world, store: Store) -> bool:
 
 # ---- once the order has shipped, the COD run is over ------------------------------------------
 
+@pytest.mark.parametrize("status", ["completed", "shipped", "out-for-delivery"])
+def test_a_shipped_woocommerce_order_gets_no_reminder_no_cancel_and_keeps_its_status(sqlite_url, scenario, world, status):
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": {
+        **COD, "no_answer_action": "cancel", "confirm_status": "processing"}})
+    order = WOOCOMMERCE.awaiting_confirmation(1, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, order)
+    sc.work()
+    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    sc.later(hours=2)
+    sc.woo("order.updated", {**p.woo_shipped(order, sc.now), "status": status})  # the merchant ships it (core or plugin status)
+    sc.later(days=2)  # the reminder and the answer window go by
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]  # never asked to confirm a shipped order again
+    assert status_puts(world) == []  # not cancelled for "no answer"
+
+    sc.tap(ASHA, "cod_confirm", ask)  # she confirms days later
+    sc.later(hours=1)
+    assert status_puts(world) == []  # a completed order is never moved back to processing
+    assert sc.report()["stages"]["qualification"]["metrics"]["no_answer"] == 0
+
+
+@pytest.mark.parametrize("status", ["shipped", "delivered"])
+def test_a_cancel_tap_after_a_plugin_shipping_status_goes_to_a_person(sqlite_url, scenario, world, status):
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": {"reminder_hours": [], "answer_window_hours": 48}})
+    order = WOOCOMMERCE.order(3, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, order)
+    sc.work()
+    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    sc.later(hours=2)
+    sc.woo("order.updated", {**order, "status": status, "date_modified_gmt": p.gmt(sc.now)})
+    sc.later(hours=2)
+    sc.tap(ASHA, "cod_cancel", ask)
+    sc.later(hours=1)
+    assert world.woo_writes() == []  # nothing cancelled, noted or tagged
+    [handoff] = sc.handoffs(status="open")
+    assert "shipped" in handoff["reason"] and "cancel" in handoff["reason"]
+
+
+def test_a_partly_shipped_shopify_order_ends_the_run_and_a_cancel_goes_to_a_person(sqlite_url, scenario, world):
+    sc = scenario(sqlite_url, "shopify", journeys={"cod_confirmation": COD})
+    order = SHOPIFY.order(4, ASHA, sc.now)
+    SHOPIFY.place(sc, order)
+    sc.work()
+    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    sc.later(hours=2)
+    partial = {**order, "fulfillment_status": "partial", "updated_at": p.iso(sc.now)}
+    sc.shopify("fulfillments/create", p.shopify_fulfillment(order["id"] + 2000, order["id"], sc.now))
+    sc.shopify("orders/updated", partial)  # one parcel of two is on its way
+    sc.later(hours=12)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]  # no reminder at 6 h
+    sc.tap(ASHA, "cod_cancel", ask)
+    sc.later(hours=1)
+    assert world.shopify_ops("orderCancel") == [] and world.shopify_ops("tagsAdd") == []
+    [handoff] = sc.handoffs(status="open")
+    assert "shipped" in handoff["reason"]
+
+
 # ---- taps after the no-answer step -----------------------------------------------------------
+
+def _unanswered(sc, store: Store, n: int) -> Any:
+    """Order ``n`` placed and asked; the answer window goes by. Returns the ask she can still tap."""
+    order = store.order(n, ASHA, sc.now)
+    store.place(sc, order)
+    sc.work()
+    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    sc.at(T0 + timedelta(hours=25))
+    return ask
+
+
+def test_a_late_cancel_after_the_call_flag_cancels_the_order(sqlite_url, scenario, world, store: Store):
+    sc = scenario(sqlite_url, store.platform, journeys={"cod_confirmation": {**COD, "no_answer_action": "tag"}})
+    ask = _unanswered(sc, store, 5)
+    assert tagged(world, store) == ["cod-unconfirmed"] and not cancelled(world, store)
+    sc.later(days=1)
+    sc.tap(ASHA, "cod_cancel", ask)  # the order has not shipped: she does not want it
+    sc.later(hours=1)
+    assert cancelled(world, store)
+    assert sc.report()["stages"]["qualification"]["metrics"]["cancelled"] == 1
+
+
+def test_a_late_confirm_is_honoured_when_nothing_was_done_for_no_answer(sqlite_url, scenario, world, store: Store):
+    sc = scenario(sqlite_url, store.platform, journeys={"cod_confirmation": {**COD, "no_answer_action": "none", **store.confirm_settings}})
+    ask = _unanswered(sc, store, 6)
+    assert tagged(world, store) == []
+    sc.tap(ASHA, "cod_confirm", ask)
+    sc.later(hours=1)
+    assert tagged(world, store) == ["cod-confirmed"]
+    if store.platform == "woocommerce":
+        assert status_puts(world) == ["processing"]
+    assert sc.report()["stages"]["qualification"]["metrics"]["confirmed"] == 1
+
+
+def test_a_late_confirm_after_the_call_flag_sets_the_confirm_status_and_says_the_flag_is_stale(sqlite_url, scenario, world):
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": {**COD, "no_answer_action": "tag", "confirm_status": "processing"}})
+    ask = _unanswered(sc, WOOCOMMERCE, 7)
+    sc.tap(ASHA, "cod_confirm", ask)
+    sc.later(hours=1)
+    assert tagged(world, WOOCOMMERCE) == ["cod-unconfirmed", "cod-confirmed"]
+    assert status_puts(world) == ["processing"]
+    assert any("cod-unconfirmed" in n and "confirmed" in n for n in notes(world) if not n.startswith("storeloop tags:"))
+
+
+def test_a_tap_made_before_the_deadline_wins_over_the_call_flag(sqlite_url, scenario, world):
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": {**COD, "no_answer_action": "tag", "confirm_status": "processing"}})
+    order = WOOCOMMERCE.order(8, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, order)
+    sc.work()
+    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    sc.at(T0 + timedelta(hours=23, minutes=50))
+    tap = sc.tap_delivery(ASHA, "cod_confirm", ask)  # she taps 10 minutes before the deadline...
+    sc.at(T0 + timedelta(hours=24))  # ...but the webhook reaches us after the no-answer step ran
+    sc.post(tap)
+    sc.later(hours=1)
+    assert tagged(world, WOOCOMMERCE) == ["cod-unconfirmed", "cod-confirmed"]
+    assert status_puts(world) == ["processing"]  # confirmed as if on time
+    assert any("cod-unconfirmed" in n for n in notes(world) if not n.startswith("storeloop tags:"))  # the call flag is stale
+    q = sc.report()["stages"]["qualification"]["metrics"]
+    assert (q["confirmed"], q["no_answer"]) == (1, 0)
+
+
+def test_a_tap_made_before_the_deadline_after_a_no_answer_cancel_goes_to_a_person(sqlite_url, scenario, world):
+    sc = scenario(sqlite_url, "shopify", journeys={"cod_confirmation": {**COD, "no_answer_action": "cancel"}})
+    order = SHOPIFY.order(9, ASHA, sc.now)
+    SHOPIFY.place(sc, order)
+    sc.work()
+    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    sc.at(T0 + timedelta(hours=23, minutes=50))
+    tap = sc.tap_delivery(ASHA, "cod_confirm", ask)
+    sc.at(T0 + timedelta(hours=24))
+    SHOPIFY.cancelled_echo(sc, order)
+    sc.post(tap)
+    sc.later(hours=1)
+    [handoff] = sc.handoffs(status="open")  # a cancel cannot be undone by us: a person decides
+    assert "confirm" in handoff["reason"] and "cancel" in handoff["reason"]
+    assert world.shopify_ops("tagsAdd") == []  # a cancelled order is not tagged confirmed
+
 
 # ---- WooCommerce: cancelled orders, and the pay-now link -------------------------------------
 

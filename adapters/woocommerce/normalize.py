@@ -132,6 +132,8 @@ _SHIPMENT_FOR_STATUS = {
     "rto": ShipmentStatus.FAILURE,
 }
 TRACKING_META = "_wc_shipment_tracking_items"
+# The order has left the warehouse: fulfilled, so a COD run stops asking and a late Cancel goes to a person.
+_SHIPPED_STATUSES = frozenset(_SHIPMENT_FOR_STATUS)
 
 
 def _shipment(o: Body, order: Order) -> list[Event]:
@@ -182,7 +184,7 @@ def _order(o: Body, store: WooCommerceStore) -> Order:
         # WooCommerce keeps no cancel time: the last change of a cancelled order is the best we have
         cancelled_at=updated_at if status == "cancelled" else None,
         payment_state=payment_state,
-        fulfillment_state=FulfillmentState.FULFILLED if status == "completed" else FulfillmentState.UNFULFILLED,
+        fulfillment_state=FulfillmentState.FULFILLED if status in _SHIPPED_STATUSES else FulfillmentState.UNFULFILLED,
         platform_status=status,
         is_cod=payment_method is not None and payment_method.strip().lower() in store.cod_gateway_names(),
         gateway_names=gateway_names,

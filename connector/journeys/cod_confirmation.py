@@ -5,6 +5,14 @@ configured intervals -> no answer: the configured action (tag for a call, or can
 Confirm tags the order and locks the choice; Cancel cancels it (or only tags it) unless it
 has been fulfilled. A tap days later, or twice, changes nothing once the choice is locked.
 
+Once the order has shipped, fully or partly (an order event or a fulfilment saying so, or the
+order as stored when a timer fires), the run ends: no more asks or reminders, no no-answer
+action, and no write-back ever changes its status; a late Confirm only tags it, a late Cancel
+goes to a person. A tap after the no-answer step is still honoured while the order is open:
+Confirm confirms (and notes that the unconfirmed tag is stale: the store clients cannot
+remove a tag), Cancel cancels per ``cancel_action``; a tap made before the deadline counts as
+answered in time. A Confirm after a no-answer cancel goes to a person (we cannot undo one).
+
 A cancel with a reason goes to a person (a hand-off for the contact's stage owner, the
 COD team): the reason comes with the tap (a ``cancel_reasons`` button), or, with
 ``cancel_reason_minutes``, as the customer's next message after a plain Cancel (the run
@@ -27,6 +35,20 @@ from connector.journeys.engine import (
 from connector.policy import PolicyRules, keyword_intent
 
 KEYWORDS = PolicyRules()  # STOP / START are never a cancel reason (the store's own extra words are not known here)
+SHIPPED = ("fulfilled", "partial")  # fully or partly shipped: too late to cancel by tap, or to move its status
+# ``closed_by`` of a run the order's shipping ended (the timer writes "order.shipped"); the other one is "order.cancelled"
+SHIPPED_BY = ("order.fulfilled", "order.updated", "fulfillment.updated", "order.shipped")
+
+
+def shipped_event(event: Any) -> bool:
+    """A store event saying the order has left the warehouse, at least in part."""
+    if isinstance(event, ev.OrderFulfilled):
+        return True
+    if isinstance(event, ev.OrderUpdated):
+        return event.order.fulfillment_state.value in SHIPPED and event.order.cancelled_at is None
+    if isinstance(event, ev.FulfillmentUpdated):
+        return event.fulfillment.status == "success"
+    return False
 
 
 class CodConfirmationConfig(JourneyConfig):
@@ -58,6 +80,8 @@ class CodConfirmation:
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderCancelled, ev.OrderFulfilled, ev.OrderPaid)):
             return f"order:{event.order.external_id}" if event.order.is_cod else None
+        if isinstance(event, ev.FulfillmentUpdated):  # the event names no payment method: the stored order does
+            return f"order:{facts.order.external_id}" if facts.order is not None and facts.order.is_cod else None
         if isinstance(event, (ev.ButtonReplied, ev.MessageReceived)):
             return replied_here(event, facts, self.name)
         return None
@@ -66,8 +90,11 @@ class CodConfirmation:
         if run is None:
             return self._start(event, facts, config, now)
         waiting = run.status == "active" and run.state.get("phase") == "cancel_reason"
-        if isinstance(event, (ev.OrderCancelled, ev.OrderFulfilled)) and run.status == "active" and not waiting:
-            return [Update({"closed_by": event.type}), Wake(None), Finish("order_cancelled" if isinstance(event, ev.OrderCancelled) else "fulfilled_unanswered")]
+        if run.status == "active" and not waiting:
+            if isinstance(event, ev.OrderCancelled):
+                return [Update({"closed_by": event.type}), Wake(None), Finish("order_cancelled")]
+            if shipped_event(event):
+                return [Update({"closed_by": event.type}), Wake(None), Finish("fulfilled_unanswered")]
         if isinstance(event, ev.ButtonReplied):
             if facts.extra.get("reply_journey") is not None and replied_here(event, facts, self.name) != run.subject:
                 return []  # a tap on another message (this run hears all of the contact's taps)
@@ -117,6 +144,8 @@ class CodConfirmation:
         state = run.state
         if facts.order is not None and facts.order.cancelled:
             return [Wake(None), Finish("order_cancelled")]
+        if self._shipped(run, facts):  # shipped while we waited and its event never reached us: never ask, never cancel
+            return [Update({"closed_by": "order.shipped"}), Wake(None), Finish("fulfilled_unanswered")]
         if state.get("phase") == "waiting":
             return [Update({"phase": "asked", "asked_at": now.isoformat(), "reminders": 0}), Send("ask", order_context(facts)),
                     Wake(self._next_wake(now, 0, config))]
@@ -134,49 +163,88 @@ class CodConfirmation:
                                                                  "staff_note": "COD order not confirmed on WhatsApp"}, "no_answer_cancel"))
         return commands + [Finish("no_answer")]
 
-    def _reply(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
+    @staticmethod
+    def _shipped(run: Run, facts: Facts) -> bool:
+        """Shipped, fully or partly: as the run heard it, or as the order is stored now."""
         order_id = run.subject.split(":", 1)[1]
-        choice = run.state.get("choice")
-        if choice == "no_answer" and config.no_answer_action == "tag" and event.payload in config.confirm_payloads:
-            # a confirmation days later, after the order was only flagged for a call: still welcome
-            return [Update({"choice": "confirmed_late", "answered_at": event.occurred_at.isoformat()}),
-                    WriteBack("add_tags", order_id, {"tags": [config.confirm_tag]}, "late_confirm_tag")]
-        if choice is None and run.state.get("closed_by") == "order.fulfilled":
-            # it shipped before they answered: a Confirm still tags it, a Cancel goes to a person (never a cancel)
-            if event.payload in config.confirm_payloads:
-                return [Update({"choice": "confirmed_late", "answered_at": event.occurred_at.isoformat()}),
-                        WriteBack("add_tags", order_id, {"tags": [config.confirm_tag]}, "late_confirm_tag")]
-            if event.payload in config.cancel_payloads or event.payload in config.cancel_reasons:
-                return self._cancel(event, run, facts, config, now)
-        if choice is not None or run.status != "active":
-            return []  # locked: a second tap, or a tap after the run closed, changes nothing
-        if event.payload in config.confirm_payloads:
-            commands: list[Command] = [Update({"choice": "confirmed", "answered_at": event.occurred_at.isoformat()}), Wake(None),
-                                       WriteBack("add_tags", order_id, {"tags": [config.confirm_tag]}, "confirm_tag")]
-            if config.confirm_status:
-                commands.append(WriteBack("set_status", order_id, {"status": config.confirm_status}, "confirm_status"))
-            if config.send_acknowledgement:
-                commands.append(Send("confirmed", order_context(facts)))
-            if config.prepaid_offer and facts.order is not None and facts.order.payment_url:
-                offer = order_context(facts)
-                if config.prepaid_discount_code:
-                    offer["discount.code"] = config.prepaid_discount_code
-                commands.append(Send("prepaid_offer", offer))
-            return commands + [MoveStage("post_purchase"), Finish("confirmed")]
-        if event.payload in config.cancel_payloads or event.payload in config.cancel_reasons:
-            return self._cancel(event, run, facts, config, now)
-        return []
+        stored = facts.order is not None and facts.order.external_id == order_id and facts.order.fulfillment_state in SHIPPED
+        return stored or run.state.get("closed_by") in SHIPPED_BY
 
-    def _cancel(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
-        """Cancel per ``cancel_action`` (a shipped order goes to a person instead); a reason goes to a person too."""
+    def _reply(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
+        choice = run.state.get("choice")
+        confirm = event.payload in config.confirm_payloads
+        if choice not in (None, "no_answer") or run.state.get("closed_by") == "order.cancelled":
+            return []  # locked: a second tap, or a tap after the order was cancelled, changes nothing
+        if not confirm and event.payload not in config.cancel_payloads and event.payload not in config.cancel_reasons:
+            return []
+        if self._shipped(run, facts):
+            # it shipped before they answered: a Confirm only tags it (its status is the store's now), a Cancel goes to a person
+            if not confirm:
+                return self._cancel(event, run, facts, config, now)
+            order_id = run.subject.split(":", 1)[1]
+            commands: list[Command] = [Update({"choice": "confirmed_late", "answered_at": event.occurred_at.isoformat()}),
+                                       WriteBack("add_tags", order_id, {"tags": [config.confirm_tag]}, "late_confirm_tag")]
+            return commands + ([Wake(None), Finish("confirmed")] if run.status == "active" else [])
+        if choice == "no_answer":
+            return self._after_no_answer(event, run, facts, config, now, confirm)
+        if run.status != "active":
+            return []
+        return self._confirm(event, run, facts, config, "confirmed") if confirm else self._cancel(event, run, facts, config, now)
+
+    def _after_no_answer(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime,
+                         confirm: bool) -> list[Command]:
+        """A tap after the no-answer step, on an order that has not shipped: still the customer's choice.
+
+        A tap made before the deadline (its webhook came after the timer) counts as answered in time.
+        A cancelled order cannot be confirmed back by us: that goes to a person.
+        """
+        asked_at = run.state.get("asked_at")
+        in_time = asked_at is not None and event.occurred_at < datetime.fromisoformat(asked_at) + timedelta(hours=config.answer_window_hours)
+        cancelled = (facts.order is not None and facts.order.cancelled) or config.no_answer_action == "cancel"
+        if not confirm:
+            return [] if facts.order is not None and facts.order.cancelled else self._cancel(event, run, facts, config, now, late=True)
+        choice = "confirmed" if in_time else "confirmed_late"
+        if cancelled:
+            when = "before the answer deadline" if in_time else "after the answer window"
+            return [Update({"choice": choice, "answered_at": event.occurred_at.isoformat()}),
+                    Handoff(f"customer confirmed COD order {self._order_name(run, facts)} {when}, but it was cancelled "
+                            "for no answer: restore or re-create it if they still want it")]
+        commands = self._confirm(event, run, facts, config, choice, tag_key="late_confirm_tag")
+        if config.no_answer_action == "tag":
+            note = f"COD order confirmed on WhatsApp after it was tagged {config.unconfirmed_tag}: that tag no longer applies"
+            commands.insert(-2, WriteBack("add_note", run.subject.split(":", 1)[1], {"note": note}, "unflag_note"))
+        return commands
+
+    def _confirm(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, choice: str,
+                 tag_key: str = "confirm_tag") -> list[Command]:
+        """Tag (and set ``confirm_status``) an open order the customer confirmed; acknowledge, offer to pay now."""
+        order_id = run.subject.split(":", 1)[1]
+        commands: list[Command] = [Update({"choice": choice, "answered_at": event.occurred_at.isoformat()}), Wake(None),
+                                   WriteBack("add_tags", order_id, {"tags": [config.confirm_tag]}, tag_key)]
+        if config.confirm_status:
+            commands.append(WriteBack("set_status", order_id, {"status": config.confirm_status}, "confirm_status"))
+        if config.send_acknowledgement:
+            commands.append(Send("confirmed", order_context(facts)))
+        if config.prepaid_offer and facts.order is not None and facts.order.payment_url:
+            offer = order_context(facts)
+            if config.prepaid_discount_code:
+                offer["discount.code"] = config.prepaid_discount_code
+            commands.append(Send("prepaid_offer", offer))
+        return commands + [MoveStage("post_purchase"), Finish("confirmed")]
+
+    def _cancel(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime,
+                late: bool = False) -> list[Command]:
+        """Cancel per ``cancel_action`` (a shipped order goes to a person instead); a reason goes to a person too.
+
+        ``late``: after the no-answer step the run is closed, so it does not wait for a reason."""
         order_id = run.subject.split(":", 1)[1]
         reason = config.cancel_reasons.get(event.payload)
         given = {"cancel_reason": reason} if reason else {}
-        if (facts.order is not None and facts.order.fulfillment_state == "fulfilled") or run.state.get("closed_by") == "order.fulfilled":
+        if self._shipped(run, facts):
             return [Update({"choice": "cancel_too_late", **given}), Wake(None),
                     Handoff("customer asked to cancel a COD order that has already shipped" + (f": {reason}" if reason else "")),
                     Finish("cancel_after_fulfilment")]
-        wait = reason is None and config.cancel_reason_minutes > 0
+        wait = reason is None and config.cancel_reason_minutes > 0 and not late
         commands: list[Command] = [
             Update({"choice": "cancelled", "answered_at": event.occurred_at.isoformat(), **given,
                     **({"phase": "cancel_reason", "awaiting_reply": True} if wait else {})}),
