@@ -204,3 +204,18 @@ def test_a_woocommerce_order_created_already_cancelled_is_not_asked_to_confirm(s
     assert event.order.cancelled_at == T0
 
 
+@pytest.mark.parametrize(("status", "payable"), [("on-hold", False), ("processing", False), ("pending", True), ("failed", True)])
+def test_a_woocommerce_cod_order_has_a_pay_link_only_where_woocommerce_takes_payment(status, payable):
+    [event] = normalize("order.created", p.woo_order(7311, ASHA, T0, status=status), woo_store())
+    assert (event.order.payment_url is not None) == payable
+
+
+def test_no_pay_now_offer_without_a_pay_link_and_the_run_says_why():
+    at = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    order = OrderFacts("7312", "#7312", True, "pending", "unfulfilled", Decimal("1299"), "INR", False, None, None, None, at)
+    facts = Facts(store_name="Bloom", contact_id=7, order=order, extra={"reply_journey": "cod_confirmation", "reply_subject": "order:7312"})
+    asked = Run("cod_confirmation", "order:7312", "active", {"phase": "asked", "asked_at": at.isoformat(), "reminders": 0}, None, 7, at)
+    tap = ev.ButtonReplied(phone_number_id="1", message_id="wamid.t", wa_id="919876543210", payload="cod_confirm", occurred_at=at)
+    commands = CodConfirmation().decide(tap, asked, facts, CodConfirmationConfig(prepaid_offer=True), at)
+    assert not any(isinstance(c, Send) and c.step == "prepaid_offer" for c in commands)
+    assert any(isinstance(c, Update) and c.state.get("prepaid_offer_skipped") == "no_payment_link" for c in commands)

@@ -134,6 +134,9 @@ _SHIPMENT_FOR_STATUS = {
 TRACKING_META = "_wc_shipment_tracking_items"
 # The order has left the warehouse: fulfilled, so a COD run stops asking and a late Cancel goes to a person.
 _SHIPPED_STATUSES = frozenset(_SHIPMENT_FOR_STATUS)
+# The pay-for-order page takes payment only in these (WC_Order::needs_payment's default valid statuses):
+# a COD order in processing / on-hold has no pay link that works.
+_PAYABLE_STATUSES = frozenset({"pending", "failed"})
 
 
 def _shipment(o: Body, order: Order) -> list[Event]:
@@ -176,6 +179,8 @@ def _order(o: Body, store: WooCommerceStore) -> Order:
     number = get_id(o, "number") or order_id
     status_url, payment_url = _order_urls(order_id, get_str(o, "order_key"), store)
     payment_state = _payment_state(status, paid)
+    if payment_state is not PaymentState.PAID and status not in _PAYABLE_STATUSES:
+        payment_url = None  # unpaid, and the pay page would refuse it: no link to offer
     return Order(
         external_id=order_id,
         name=f"#{number}",

@@ -230,6 +230,8 @@ class CodConfirmation:
             if config.prepaid_discount_code:
                 offer["discount.code"] = config.prepaid_discount_code
             commands.append(Send("prepaid_offer", offer))
+        elif config.prepaid_offer:  # e.g. a WooCommerce COD order in processing: its pay page would refuse payment
+            commands.append(Update({"prepaid_offer_skipped": "no_payment_link"}))
         return commands + [MoveStage("post_purchase"), Finish("confirmed")]
 
     def _cancel(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime,
