@@ -99,7 +99,11 @@ def test_cod_confirm_and_cancel_are_locked_after_the_first_tap():
     shipped = facts(order(fulfillment_state=ev.FulfillmentState.FULFILLED))
     assert kinds(j.decide(tap("cod_cancel"), asked, shipped, cfg, T0)) == ["update", "wake", "handoff", "finish:cancel_after_fulfilment"]
     flagged = run("cod_confirmation", {**asked.state, "choice": "no_answer"}, "finished")
-    assert kinds(j.decide(tap("cod_confirm", T0 + timedelta(days=3)), flagged, facts(), cfg, T0)) == ["update", "add_tags:cod-confirmed"]
+    assert kinds(j.decide(tap("cod_confirm", T0 + timedelta(days=3)), flagged, facts(), cfg, T0)) == [
+        "update", "wake", "add_tags:cod-confirmed", "set_status:processing", "add_note:None", "movestage", "finish:confirmed"]
+    # cancelled for no answer (its write-back may still be on its way): a late Cancel adds no second cancel
+    cancel_cfg = CodConfirmationConfig(no_answer_action="cancel")
+    assert j.decide(tap("cod_cancel", T0 + timedelta(days=3)), flagged, facts(), cancel_cfg, T0) == []
 
 
 def test_cod_confirmation_can_offer_to_pay_now():

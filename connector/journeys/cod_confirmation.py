@@ -201,8 +201,8 @@ class CodConfirmation:
         asked_at = run.state.get("asked_at")
         in_time = asked_at is not None and event.occurred_at < datetime.fromisoformat(asked_at) + timedelta(hours=config.answer_window_hours)
         cancelled = (facts.order is not None and facts.order.cancelled) or config.no_answer_action == "cancel"
-        if not confirm:
-            return [] if facts.order is not None and facts.order.cancelled else self._cancel(event, run, facts, config, now, late=True)
+        if not confirm:  # cancelled already, or by the no-answer write-back on its way: nothing more to do
+            return [] if cancelled else self._cancel(event, run, facts, config, now, late=True)
         choice = "confirmed" if in_time else "confirmed_late"
         if cancelled:
             when = "before the answer deadline" if in_time else "after the answer window"
