@@ -9,9 +9,10 @@ Stages and what counts (runs are counted in the week they started):
   message), and the share who gave marketing consent.
 - qualification: COD orders asked to confirm, confirmed, cancelled, unanswered, the
   confirmation rate and the median minutes from ask to answer.
-- conversion: checkouts reminded (holdout excluded), recovered (an order within the
-  attribution window after a reminder), the recovery rate and recovered revenue; the same
-  for stalled payments.
+- conversion: checkouts reminded (holdout excluded; a reminder counts once WhatsApp took it:
+  one held for quiet hours and then dropped, skipped by policy or failed is none), recovered
+  (an order within the attribution window after a reminder that went out), the recovery
+  rate and recovered revenue; the same for stalled payments.
 - post-purchase: delivery updates sent / delivered / read, shipments, failed deliveries
   (NDR) and their rate; hand-offs opened and their median resolution time.
 - retention: reorder windows opened, reminded, reordered inside the window, the rate and
@@ -50,6 +51,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Table, bindparam, func, select
 
+from connector.journeys.checkout_recovery import STEPS as CART_STEPS
 from connector.storage import models as m
 from connector.storage.db import Database
 
@@ -67,6 +69,7 @@ MESSAGES = INBOUND  # the same table holds what we sent (direction "out", with i
 
 _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
 Z95 = 1.959964
+REACHED = ("sent", "delivered", "read", "dry_run")  # WhatsApp took the message (or a dry run stood in for it), as the runner counts
 OPT_OUT_HOURS = 72  # an opt-out is put down to the last message that reached the contact this long before it
 LIFT_JOURNEYS = ("checkout_recovery", "payment_recovery", "reorder")
 
@@ -124,7 +127,7 @@ def _iso(value: Any) -> datetime | None:
 
 def _runs(conn: Connection, store_id: int, journey: str, p: Period) -> list[Any]:
     return conn.execute(
-        select(RUNS.c.status, RUNS.c.state, RUNS.c.holdout, RUNS.c.started_at, RUNS.c.contact_id)
+        select(RUNS.c.status, RUNS.c.state, RUNS.c.holdout, RUNS.c.started_at, RUNS.c.contact_id, RUNS.c.subject)
         .where(RUNS.c.store_id == store_id, RUNS.c.journey == journey, RUNS.c.started_at >= p.start, RUNS.c.started_at < p.end)
     ).all()
 
@@ -151,6 +154,22 @@ def reordered_in_window(conn: Connection, store_id: int, runs: list[Any]) -> lis
     for r in runs:
         at, ends = placed.get(str(r.state.get("order_id"))), _iso(r.state.get("attribution_ends"))
         out.append(bool(r.state.get("reordered")) and (at is None or ends is None or at <= ends))
+    return out
+
+
+def reminders_went_out(conn: Connection, store_id: int, journey: str, steps: tuple[str, ...], runs: list[Any]) -> list[bool]:
+    """For each run: did one of its reminders go out (WhatsApp took it)? A run records what it
+    queued; its outbox rows (keyed journey, step, subject) say what became of it. A run none of
+    whose rows can be read (written by hand, or removed) counts on its own record."""
+    keys = [[f"{journey}:{step}:{r.subject}"[:255] for step in steps] for r in runs]
+    statuses: dict[str, str] = {}
+    for chunk in _chunks(sorted({k for ks in keys for k in ks})):
+        statuses.update(conn.execute(select(OUTBOX.c.idempotency_key, OUTBOX.c.status)
+                                     .where(OUTBOX.c.store_id == store_id, OUTBOX.c.idempotency_key.in_(chunk))).all())
+    out = []
+    for ks in keys:
+        found = [statuses[k] for k in ks if k in statuses]
+        out.append(any(s in REACHED for s in found) if found else True)
     return out
 
 
@@ -208,7 +227,8 @@ def qualification(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
 
 def conversion(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     checkouts = _runs(conn, store_id, "checkout_recovery", p)
-    reminded = [r for r in checkouts if not r.holdout and int(r.state.get("sent", 0)) > 0]
+    queued = [r for r in checkouts if not r.holdout and int(r.state.get("sent", 0)) > 0]
+    reminded = [r for r, out in zip(queued, reminders_went_out(conn, store_id, "checkout_recovery", CART_STEPS, queued)) if out]
     recovered = [r for r in reminded if r.state.get("recovered")]
     payments = _runs(conn, store_id, "payment_recovery", p)
     pay_reminded = [r for r in payments if not r.holdout and r.state.get("reminded")]

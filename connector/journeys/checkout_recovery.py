@@ -5,8 +5,11 @@ goes ``ladder_minutes[i]`` after abandonment (a discount code can be offered on 
 step). The run stops the moment an order arrives for that checkout or from the same
 customer (phone, customer id, or email for a phone-less order: ``state.upsert_contact``),
 or the customer replies; any opt-out ends it too (``state.end_marketing_runs``). An order
-after a reminder the customer could get (not one the policy gate skips for consent) and
-within ``attribution_days`` of the last one is recorded as recovered, with its revenue.
+after a reminder that went out (WhatsApp took it: sent, delivered, read) and within
+``attribution_days`` of the last one before it is recorded as recovered, with its revenue; a
+reminder still waiting (quiet hours), skipped (the frequency cap, a recent order, no consent)
+or failed at Meta is no reminder. The runner tells which went out, and when, as the order
+arrives (``facts.extra["reminders_sent"]``, from the run's outbox rows).
 
 WooCommerce has no abandoned checkout of its own: its order exists before the payment, so a
 ``pending`` or ``failed`` order is the abandoned checkout (``unpaid_orders``, on by default).
@@ -70,6 +73,7 @@ class CheckoutRecovery:
     config_model: ClassVar[type[JourneyConfig]] = CheckoutRecoveryConfig
     follows_contact: ClassVar[bool] = True  # an order by the same customer, or a reply, also ends a run
     marketing: ClassVar[bool] = True  # any opt-out ends its runs (state.end_marketing_runs)
+    credits_sent_reminders: ClassVar[bool] = True  # an order reaching a run: facts.extra["reminders_sent"]
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.CheckoutUpdated):
@@ -86,7 +90,7 @@ class CheckoutRecovery:
         if isinstance(event, ORDER_EVENTS) and (run is None or run.subject == f"order:{event.order.external_id}"):
             return self._unpaid_order(event, run, facts, config)
         if isinstance(event, (ev.OrderPlaced, ev.OrderPaid)) and run is not None:
-            return self._converted(event.order, run, config)
+            return self._converted(event.order, run, facts, config)
         if isinstance(event, (ev.MessageReceived, ev.ButtonReplied)) and run is not None and run.status == "active":
             return [Update({"replied": True}), Wake(None), Finish("replied")]  # a person answers from here
         if isinstance(event, TimerFired) and run is not None and run.status == "active":
@@ -140,13 +144,14 @@ class CheckoutRecovery:
                 abandoned_at, first = self._ladder_start(o.updated_at, config)
                 return [Update({"abandoned_at": abandoned_at.isoformat()}), Wake(first)]
             return []
-        return self._converted(o, run, config, at=o.updated_at)  # paid, or moved on (on-hold, processing)
+        return self._converted(o, run, facts, config, at=o.updated_at)  # paid, or moved on (on-hold, processing)
 
     def _remind(self, run: Run, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
         """The next step of the ladder. ``step`` is the ladder position; ``sent`` (and the times) count
-        only reminders the customer can get: one the policy gate will skip for consent (no marketing
-        opt-in, opted out, unreachable: ``facts.extra["marketing_ok"]``) is still queued, so the skip
-        and its reason are on record, but it is no reminder, so it cannot make an order recovered."""
+        reminders queued for a customer who can get them: one the policy gate will skip for consent
+        (no marketing opt-in, opted out, unreachable: ``facts.extra["marketing_ok"]``) is still
+        queued, so the skip and its reason are on record, but not counted. Queued is not sent:
+        attribution asks what went out (``_attributed``)."""
         step = self._step(run)
         if step >= len(config.ladder_minutes):
             return [Wake(None), Finish("no_conversion", skip_waiting=False)]
@@ -167,20 +172,26 @@ class CheckoutRecovery:
         return commands
 
     @staticmethod
-    def _attributed(run: Run, config: CheckoutRecoveryConfig, at: datetime) -> bool:
-        """An order at ``at`` counts as recovered: after the first reminder the run sent, and within
-        ``attribution_days`` of the last one (runs from before those times were kept: the planned
-        ladder's end)."""
+    def _attributed(run: Run, facts: Facts, config: CheckoutRecoveryConfig, at: datetime) -> bool:
+        """An order at ``at`` counts as recovered: after a reminder that went out, and within
+        ``attribution_days`` of the last one before it. What went out is ``facts.extra["reminders_sent"]``
+        (the runner's look at the outbox); without it (a caller that did not look) the run's own
+        record of what it queued, and for runs from before those times were kept the planned ladder's end."""
         if int(run.state.get("sent", 0)) == 0:
             return False
-        first, last = run.state.get("first_sent_at"), run.state.get("last_sent_at")
         window = timedelta(days=config.attribution_days)
+        sent = facts.extra.get("reminders_sent")
+        if sent is not None:
+            before = [t for t in sent if t <= at]
+            return bool(before) and at <= max(before) + window
+        first, last = run.state.get("first_sent_at"), run.state.get("last_sent_at")
         if last:
             return datetime.fromisoformat(first or last) <= at <= datetime.fromisoformat(last) + window
         abandoned_at = datetime.fromisoformat(run.state["abandoned_at"])
         return at <= abandoned_at + timedelta(minutes=config.ladder_minutes[-1]) + window
 
-    def _converted(self, order: ev.Order, run: Run, config: CheckoutRecoveryConfig, at: datetime | None = None) -> list[Command]:
+    def _converted(self, order: ev.Order, run: Run, facts: Facts, config: CheckoutRecoveryConfig,
+                   at: datetime | None = None) -> list[Command]:
         """The customer ordered: recovered when it came inside the attribution window.
 
         ``at`` is when the order counts (a WooCommerce unpaid order: when it was paid).
@@ -190,7 +201,7 @@ class CheckoutRecovery:
         if config.unpaid_orders and unpaid_order(order) and run.status == "active":
             # not bought yet: this order runs its own ladder (with its pay link) from here
             return [Update({"superseded_by": order.external_id}), Wake(None), Finish("order_pending")]
-        recovered = self._attributed(run, config, at or order.created_at)
+        recovered = self._attributed(run, facts, config, at or order.created_at)
         commands: list[Command] = [Update({"order_id": order.external_id, "recovered": recovered,
                                            "revenue": str(order.total) if recovered else "0", "currency": order.currency})]
         if run.status == "active":

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +34,7 @@ from connector.outbox.queue import queue_template
 from connector.rows import contact_row, order_row
 from connector.state import active_runs, cache_active_runs
 from connector.contacts import email_key
-from connector.storage.sql import flush, insert_id, update_by_id, CONTACTS, ORDERS, OUTBOX, RUNS
+from connector.storage.sql import flush, insert_id, update_by_id, CONTACTS, MESSAGES, ORDERS, OUTBOX, RUNS
 from connector.storage.txcache import by_key, current
 
 log = logging.getLogger("storeloop.journeys")
@@ -59,6 +60,19 @@ _DUE_SKIP_LOCKED = _DUE.with_for_update(skip_locked=True, of=RUNS)
 _CONTACTS_BY_IDS = select(CONTACTS).where(CONTACTS.c.id.in_(bindparam("ids", expanding=True)))
 _ORDERS_BY_IDS = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
 CONTACT_ACTIVITY = (ev.OrderPlaced, ev.MessageReceived, ev.ButtonReplied)
+CONVERSIONS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)  # what can credit a run's reminders with an order
+# WhatsApp took the message: it went out to the customer (a dry run's stand-in for "sent" counts,
+# as the policy gate counts it, so a trial without an access token reports what live would)
+REACHED = ("sent", "delivered", "read", "dry_run")
+# the run's steps by the unique (store_id, key) index, each with when it went out (its outbound
+# message row); the status is checked on the few rows found (see outbox.store._BY_KEYS)
+_SENT_STEPS = (
+    select(OUTBOX.c.status, OUTBOX.c.updated_at, func.min(MESSAGES.c.occurred_at).label("sent_at"))
+    .select_from(OUTBOX.outerjoin(MESSAGES, (MESSAGES.c.store_id == OUTBOX.c.store_id) & (MESSAGES.c.outbox_id == OUTBOX.c.id)
+                                  & (MESSAGES.c.direction == "out")))
+    .where(OUTBOX.c.store_id == bindparam("sid"), OUTBOX.c.idempotency_key.in_(bindparam("keys", expanding=True)),
+           OUTBOX.c.channel == "whatsapp")
+    .group_by(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.updated_at))
 
 
 @functools.cache
@@ -75,6 +89,30 @@ def _step_keys(store: Any, journey: str, subject: str) -> list[str]:
     """The outbox keys of every template step this journey can queue for a subject (as ``queue_template`` names them)."""
     prefix = f"{journey}."
     return [f"{journey}:{t.step[len(prefix):]}:{subject}" for t in store.templates if t.step.startswith(prefix)]
+
+
+def _reminders_sent(conn: Connection, store: Any, store_id: int, journey: str, subject: str) -> tuple[datetime, ...]:
+    """When each of the run's messages went out, in order: only those WhatsApp took, so a
+    reminder still waiting, skipped (quiet hours then the order, the cap) or failed is none."""
+    keys = [k[:255] for k in _step_keys(store, journey, subject)]
+    if not keys:
+        return ()
+    rows = conn.execute(_SENT_STEPS, {"sid": store_id, "keys": keys})
+    return tuple(sorted(r.sent_at or r.updated_at for r in rows if r.status in REACHED))
+
+
+def _with_sends(conn: Connection, store: Any, store_id: int, journey: Any, event: Any, found: tuple[int, Run, bool] | None,
+                facts: Facts) -> Facts:
+    """The facts for an order reaching a run that credits orders to its reminders
+    (``credits_sent_reminders``): which of them went out, and when (one lookup, and only
+    for a run that queued a reminder and has no order yet: not for every event or timer)."""
+    if not getattr(journey, "credits_sent_reminders", False) or found is None or not isinstance(event, CONVERSIONS):
+        return facts
+    run = found[1]
+    if run.state.get("order_id") or not int(run.state.get("sent", 0)):
+        return facts
+    sent = _reminders_sent(conn, store, store_id, run.journey, run.subject)
+    return replace(facts, extra={**facts.extra, "reminders_sent": sent})
 
 
 def _run(conn: Connection, store_id: int, journey: str, subject: str) -> tuple[int, Run, bool] | None:
@@ -245,8 +283,9 @@ class JourneyRunner:
             if subject is not None:
                 found = _run(conn, store_id, name, subject)
                 run = found[1] if found else None
-                commands = journey.decide(event, run, facts, config, now)
-                applied += self._apply(conn, store, store_id, name, subject, found, commands, facts, config, now)
+                seen = _with_sends(conn, store, store_id, journey, event, found, facts)
+                commands = journey.decide(event, run, seen, config, now)
+                applied += self._apply(conn, store, store_id, name, subject, found, commands, seen, config, now)
             if getattr(journey, "follows_contact", False) and facts.contact_id is not None and isinstance(event, CONTACT_ACTIVITY):
                 # the customer bought, wrote or tapped: the journey's other open runs for them hear it too;
                 # an order also reaches the runs of the same email under another phone
@@ -260,8 +299,9 @@ class JourneyRunner:
                         continue
                     found = _run(conn, store_id, name, other)
                     assert found is not None
-                    commands = journey.decide(event, found[1], facts, config, now)
-                    applied += self._apply(conn, store, store_id, name, other, found, commands, facts, config, now)
+                    seen = _with_sends(conn, store, store_id, journey, event, found, facts)
+                    commands = journey.decide(event, found[1], seen, config, now)
+                    applied += self._apply(conn, store, store_id, name, other, found, commands, seen, config, now)
         return applied
 
     def on_timers(self, conn: Connection, store: Any, store_id: int, now: datetime, limit: int = 100,

@@ -1,0 +1,63 @@
+"""What a store owner reads after a reminder that never reached the customer, and where a typed answer goes.
+
+- Checkout recovery credits an order to a reminder only when the reminder went out (WhatsApp
+  took it: sent, delivered or read) before the order: one held for the night and then dropped
+  because the customer bought, or one Meta failed, is no reminder and recovers nothing.
+- A customer who types an answer to a failed delivery continues the hand-off a person already
+  has for it: no second case, no second notification.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from tests.scenarios import payloads as p
+from tests.scenarios.conftest import _world_server, scenario, sqlite_url, store, world  # noqa: F401 (fixtures)
+from tests.scenarios.harness import T0, wa_id
+from tests.scenarios.stores import Store
+
+ASHA = "+919876543210"
+RAVI = "+919812345678"
+LADDER = {"checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0, 360, 1440],
+                                "discount_code": "BACK10", "discount_from_step": 3}}
+
+
+def conversion(sc) -> dict:
+    return sc.report()["stages"]["conversion"]["metrics"]
+
+
+# ---- finding 1: attribution counts only reminders that went out ---------------------------------
+
+def test_a_reminder_held_for_the_night_and_dropped_when_she_bought_recovers_nothing(sqlite_url, scenario, world, store: Store):
+    sc = scenario(sqlite_url, store.platform, journeys=LADDER, policy={"quiet_hours": "21:00-09:00"})
+    sc.at(store.local(20, 45))
+    store.start_checkout(sc, "A", ASHA)
+    sc.at(store.local(23, 0))  # abandoned at 21:15: the first reminder is queued for 09:00
+    store.pay_checkout(sc, 7, ASHA, "A", total="1299.00")  # she buys at 23:00, before any reminder
+    store.cart_recovered(sc, "A", ASHA)
+    sc.later(days=3)
+
+    assert sc.sent(ASHA) == []
+    c = conversion(sc)
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (1, 0, 0, "0")
+
+
+def test_only_a_reminder_whatsapp_took_before_the_order_makes_it_recovered(sqlite_url, scenario, world, store: Store):
+    sc = scenario(sqlite_url, store.platform, journeys=LADDER)
+    store.start_checkout(sc, "A", ASHA)
+    store.start_checkout(sc, "R", RAVI)
+    sc.at(T0 + timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == sc.templates_to(RAVI) == ["cart_1_v1"]
+    # Meta could not deliver Asha's reminder (her status webhook says failed); Ravi's arrived
+    failed = sc.last_to(ASHA, "cart_1_v1")
+    sc.post(sc.whatsapp_delivery(p.wa_status(sc.phone_number_id, wa_id(ASHA), failed.wamid, "failed", sc.now)))
+    sc.at(T0 + timedelta(hours=2))
+    store.pay_checkout(sc, 5, ASHA, "A", total="1299.00")
+    store.pay_checkout(sc, 6, RAVI, "R", total="799.00")
+    store.cart_recovered(sc, "A", ASHA)
+    store.cart_recovered(sc, "R", RAVI)
+    sc.later(days=3)
+
+    c = conversion(sc)
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"]) == (2, 1, 1)
+    assert c["recovered_revenue"] == "799.00"  # Ravi's order only
