@@ -4,6 +4,11 @@ A hand-off carries the whole context (stage, active journey, last order, recent
 messages), goes to the owner of the contact's stage, and notifies them through the
 stage's outgoing webhook (Slack-compatible JSON) via the outbox. Rules are pure; the
 runner applies them inside the processor's transaction.
+
+A customer's typed reply continues the case a person already has for the journey it
+answers (the message it quotes first, else the contact's latest case whose run waits on
+a person, e.g. a failed delivery): it is added to that case, never a second one. Only
+with no such case open does a reply open its own.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ class HandoffRequest:
     unless_awaited: bool = False
     # a second request for an open case is added to it; True: its owner is notified again
     notify_update: bool = True
+    # a free-text reply: added to the open case of the journey it answers (``journey`` and
+    # ``subject`` from the quoted message) or of a run waiting on a person, if there is one
+    continues_open: bool = False
 
 
 def stage_after(event: Any, current: str) -> str | None:
@@ -61,7 +69,7 @@ def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | N
         if text and keyword_intent(text, store.policy.rules()) is None:
             what = f" (answering {reply_journey} {reply_subject})" if reply_journey else ""
             out.append(HandoffRequest(f"reply:{contact_id}", f"customer wrote{what}: {text[:300]}", reply_journey, reply_subject,
-                                      unless_awaited=True, notify_update=False))
+                                      unless_awaited=True, notify_update=False, continues_open=True))
     if isinstance(event, ev.OrderPlaced) and store.handoff.order_value_over is not None:
         if float(event.order.total) > store.handoff.order_value_over:
             out.append(HandoffRequest(f"order:{event.order.external_id}:high_value",
@@ -103,8 +111,10 @@ def _context(conn: Connection, store_id: int, contact_id: int | None) -> dict[st
     }
 
 
-_OPEN_BY_KEY = select(HANDOFFS.c.id, HANDOFFS.c.stage, HANDOFFS.c.context).where(
+_OPEN_BY_KEY = select(HANDOFFS.c.id, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey).where(
     HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.key == bindparam("key"), HANDOFFS.c.status == "open")
+_OPEN_BY_KEYS = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey).where(
+    HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.key.in_(bindparam("keys", expanding=True)), HANDOFFS.c.status == "open")
 _ACTIVE_STATES = select(RUNS.c.state).where(
     RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.status == "active")
 MAX_UPDATES = 20
@@ -124,13 +134,52 @@ def _insert_handoff(dialect: str) -> Any:
     return ins.on_conflict_do_nothing(index_elements=["store_id", "key"]).returning(HANDOFFS.c.id)
 
 
+def _continued(conn: Connection, store_id: int, req: HandoffRequest, context: dict[str, Any]) -> Any:
+    """The open case a typed reply continues: that of the journey its quoted message belongs
+    to, else the latest of the contact's runs waiting on a person (status ``handoff``, from the
+    context just read). None: no such case; no query when no run could have one."""
+    answered = f"{req.journey}:{req.subject}"[:255] if req.journey and req.subject else None
+    keys = {f"{r['journey']}:{r['subject']}"[:255] for r in context.get("active_journeys") or () if r["status"] == "handoff"}
+    if answered:
+        keys.add(answered)
+    if not keys:
+        return None
+    cases = conn.execute(_OPEN_BY_KEYS, {"sid": store_id, "keys": sorted(keys)}).all()
+    return next((c for c in cases if c.key == answered), None) or max(cases, key=lambda c: c.id, default=None)
+
+
+def _add_update(conn: Connection, store: Any, store_id: int, contact_id: int | None, case: Any, context: dict[str, Any],
+                req: HandoffRequest, now: datetime) -> int:
+    """Add a request to an open case with a fresh context; its owner is told when ``req.notify_update``."""
+    updates = [*((case.context or {}).get("updates") or []), {"at": now.isoformat(), "reason": req.reason}][-MAX_UPDATES:]
+    update_by_id(conn, HANDOFFS, case.id, {"context": {**context, "updates": updates}})
+    if req.notify_update:
+        _notify(conn, store, store_id, contact_id, case.id, case.stage, case.journey, now, len(updates))
+    return case.id
+
+
+def _notify(conn: Connection, store: Any, store_id: int, contact_id: int | None, hid: int, stage: str, journey: str | None,
+            now: datetime, update: int = 0) -> None:
+    """Queue the stage owner's notification of a case (``update``: the n-th update of it)."""
+    owner_cfg = store.stages.get(stage)
+    if owner_cfg is not None and owner_cfg.notify_url is not None:
+        ob.enqueue(conn, store_id=store_id, key=f"handoff:{hid}" + (f":update:{update}" if update else ""), contact_id=contact_id,
+                   journey=journey, step="handoff", category=None, channel="notify",
+                   payload={"handoff_id": hid, "stage": stage}, due_at=now, now=now)
+
+
 def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | None, req: HandoffRequest, now: datetime) -> int | None:
     """Open one hand-off per cause; the same cause again (the customer's answer to a failed
     delivery) is added to the open case's ``updates`` with a fresh context, and its owner is
-    told again when ``req.notify_update``. The caller flushes held-back writes first."""
+    told again when ``req.notify_update``. A typed reply (``req.continues_open``) is added to
+    the case it continues, if one is open. The caller flushes held-back writes first."""
     if req.unless_awaited and _awaited(conn, store_id, contact_id):
         return None  # the run that asked takes the answer and opens the case with what it means
     context = _context(conn, store_id, contact_id)
+    if req.continues_open:
+        case = _continued(conn, store_id, req, context)
+        if case is not None:
+            return _add_update(conn, store, store_id, contact_id, case, context, req, now)
     stage = context.get("stage") or "entry"
     owner_cfg = store.stages.get(stage)
     hid = conn.execute(
@@ -139,21 +188,12 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
              owner=owner_cfg.owner if owner_cfg else None, journey=req.journey, subject=req.subject, context=context,
              status="open", opened_at=now, closed_at=None, closed_by=None, resolution=None),
     ).scalar()
-    n = 0
     if hid is None:
         case = conn.execute(_OPEN_BY_KEY, {"sid": store_id, "key": req.key[:255]}).first()
         if case is None:
             return None  # the key belongs to a closed case (closing frees it): nothing to add to
-        hid, stage, owner_cfg = case.id, case.stage, store.stages.get(case.stage)
-        updates = [*((case.context or {}).get("updates") or []), {"at": now.isoformat(), "reason": req.reason}][-MAX_UPDATES:]
-        update_by_id(conn, HANDOFFS, hid, {"context": {**context, "updates": updates}})
-        n = len(updates)
-        if not req.notify_update:
-            return hid
-    if owner_cfg is not None and owner_cfg.notify_url is not None:
-        ob.enqueue(conn, store_id=store_id, key=f"handoff:{hid}" + (f":update:{n}" if n else ""), contact_id=contact_id,
-                   journey=req.journey, step="handoff", category=None, channel="notify",
-                   payload={"handoff_id": hid, "stage": stage}, due_at=now, now=now)
+        return _add_update(conn, store, store_id, contact_id, case, context, req, now)
+    _notify(conn, store, store_id, contact_id, hid, stage, req.journey, now)
     return hid
 
 

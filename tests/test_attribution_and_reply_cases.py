@@ -9,12 +9,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import timedelta
 
+import respx
+
+from tests.conftest import FIXTURES
+from tests.helpers import load_json, running_app
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, store, world  # noqa: F401 (fixtures)
 from tests.scenarios.harness import T0, wa_id
 from tests.scenarios.stores import Store
+from tests.test_handoffs import ADMIN, HOOK, NDR_TEMPLATES, dispatch, order, post_shopify, post_wa, store_settings, wamid_of
 
 ASHA = "+919876543210"
 RAVI = "+919812345678"
@@ -61,3 +68,43 @@ def test_only_a_reminder_whatsapp_took_before_the_order_makes_it_recovered(sqlit
     c = conversion(sc)
     assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"]) == (2, 1, 1)
     assert c["recovered_revenue"] == "799.00"  # Ravi's order only
+
+
+# ---- finding 2: a typed answer continues the open hand-off ---------------------------------------
+
+def test_a_typed_answer_to_a_failed_delivery_joins_its_hand_off_without_a_second_case_or_alert(db_url):
+    settings = store_settings(db_url, {"delivery": {}}, NDR_TEMPLATES)
+    with running_app(settings) as (client, runtime):
+        post_shopify(client, order(financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
+        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+        fulfilment.update(order_id=820982911946154508, shipment_status="failure", updated_at="2026-11-22T10:00:00Z")
+        post_shopify(client, fulfilment, "fulfillments/update")
+        runtime.processor.drain()
+        dispatch(runtime, settings)
+        ndr = wamid_of(runtime, "delivery", "failed")
+        # as people type: no quoted message; then one quoting the failed-delivery message
+        post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.T1", "timestamp": "1795158000", "type": "text",
+                                       "text": {"body": "deliver tomorrow please"}}]})
+        post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.T2", "timestamp": "1795158060", "type": "text",
+                                       "text": {"body": "after 6 pm is best"}, "context": {"from": "1", "id": ndr}}]})
+        runtime.processor.drain()
+        with respx.mock(assert_all_called=True) as slack:
+            hook = slack.post(HOOK).respond(200, text="ok")
+            while asyncio.run(runtime.notifier.run_once()):
+                pass
+        cases = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
+        # once the desk closes it, the next message is a new conversation: a case of its own
+        assert client.post(f"/api/stores/shop-a/handoffs/{cases[0]['id']}/close", headers=ADMIN, json={"by": "Ravi"}).status_code == 200
+        post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.T3", "timestamp": "1795158120", "type": "text",
+                                       "text": {"body": "thanks, got it!"}}]})
+        runtime.processor.drain()
+        reopened = client.get("/api/stores/shop-a/handoffs", params={"status": "open"}, headers=ADMIN).json()["items"]
+    [h] = cases  # one case: the failed delivery's, still open
+    assert (h["status"], h["journey"], h["subject"], h["owner"]) == ("open", "delivery", "order:820982911946154508", "Delivery desk")
+    updates = [u["reason"] for u in h["context"]["updates"]]
+    assert len(updates) == 2 and "deliver tomorrow please" in updates[0] and "after 6 pm is best" in updates[1]
+    assert "deliver tomorrow please" in [m_["text"] for m_ in h["context"]["recent_messages"]]
+    texts = [json.loads(c.request.content)["text"] for c in hook.calls]
+    assert len(texts) == 1 and "delivery failed" in texts[0]  # the desk was told once, when the case opened
+    [new] = reopened
+    assert "thanks, got it!" in new["reason"] and new["id"] != h["id"]
