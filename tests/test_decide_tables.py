@@ -584,6 +584,7 @@ def test_a_phone_less_order_with_the_same_email_ends_the_checkout_run_as_recover
         runtime.processor.drain()
         clock.now = T0 + 10 * MIN  # ten minutes after abandonment: the first reminders
         runtime.processor.process_timers()
+        asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender(), clock=clock).drain())
         o = load_json(FIXTURES / "shopify" / "orders_create.sample.json")
         o.pop("customer")  # a guest order: no customer id, and no phone anywhere
         o["shipping_address"]["phone"] = o["billing_address"]["phone"] = None
@@ -738,10 +739,11 @@ def test_a_woocommerce_pending_order_runs_the_cart_ladder_with_its_pay_link_and_
             phone_number_id="1122334455667")
         post_woo(client, "pending", "2026-11-20T06:30:00")
         runtime.processor.drain()
+        sender = DryRunSender()
         for minutes in (31, 120, 180):  # the cart reminder is due; payment_recovery's hour is long past
             clock.now = T0 + minutes * MIN
             runtime.processor.process_timers()
-        asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, sender := DryRunSender(), clock=clock).drain())
+            asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, sender, clock=clock).drain())
         post_woo(client, "processing", "2026-11-20T09:00:00", paid=True, topic="order.updated")
         runtime.processor.drain()
         found = runs(runtime)
@@ -790,6 +792,7 @@ def test_an_order_under_another_phone_with_the_same_email_ends_the_checkout_run(
         runtime.processor.drain()
         clock.now = T0 + 10 * MIN
         runtime.processor.process_timers()  # both first reminders
+        asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender(), clock=clock).drain())
         post(client, "orders/create", paid_order_by_email(5556, " Asha.Rao@Example.COM", "2026-11-20T07:00:00Z"))
         runtime.processor.drain()
         clock.now = T0 + 8 * H

@@ -23,6 +23,7 @@ from connector.journeys.payment_recovery import PaymentRecovery, PaymentRecovery
 from connector.journeys.registry import journeys
 from connector.journeys.runner import in_holdout
 from connector.outbox.dispatcher import Dispatcher
+from connector.outbox.senders import DryRunSender
 from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp
 from connector.storage import models as m
 from tests.conftest import FIXTURES, PHONE_ID_A, SECRETS, settings_dict
@@ -417,6 +418,7 @@ def test_checkout_ladder_stops_on_an_order_by_the_same_customer_or_a_reply(db_ur
         runtime.processor.drain()
         clock.now = T0 + timedelta(minutes=10)  # 06:40, ten minutes after abandonment
         runtime.processor.process_timers()
+        asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender(), clock=clock).drain())  # both reminders go out
         # customer A orders through a new checkout (another token), customer B writes back
         o = cod_order_payload()
         o.update(checkout_token="another", created_at="2026-11-20T07:00:00Z", updated_at="2026-11-20T07:00:00Z", phone="+91 98765 43210")

@@ -7,6 +7,7 @@ comes from a clock injected into the runtime, never from sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
@@ -20,6 +21,8 @@ from starlette.testclient import TestClient
 
 from connector.config import Settings, parse_settings
 from connector.errors import ConfigError
+from connector.outbox.dispatcher import Dispatcher
+from connector.outbox.senders import DryRunSender
 from connector.runtime import Runtime
 from connector.storage import models as m
 from connector.storage.db import Database
@@ -265,11 +268,13 @@ def test_a_cart_with_only_an_email_is_kept_but_starts_no_run(db_url):
 @pytest.mark.parametrize("status", ["completed", "recovered"])
 def test_a_recovered_cart_after_the_first_reminder_stops_the_later_ones(db_url, status):
     clock = Clock(T0)
-    with running(make_settings(db_url), clock) as (client, runtime):
+    settings = make_settings(db_url)
+    with running(settings, clock) as (client, runtime):
         post(client, cart(whatsapp_opt_in="1"))
         runtime.processor.drain()
         clock.now = T0 + timedelta(minutes=30)
         runtime.processor.process_timers()  # reminder 1
+        asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender(), clock=clock).drain())  # and it goes out
         clock.now = T0 + timedelta(hours=2)
         done = cart(status)
         codes = [post(client, done).status_code for _ in range(2)]  # the plugin may post it twice
@@ -295,11 +300,13 @@ def test_a_woocommerce_order_from_the_same_customer_ends_the_run_as_recovered(db
     order.update(date_created_gmt="2026-11-20T07:30:00", date_modified_gmt="2026-11-20T07:30:00",
                  billing={**order["billing"], "phone": "+91 98765 43210"})
     body = dumps(order)
-    with running(make_settings(db_url), clock) as (client, runtime):
+    settings = make_settings(db_url)
+    with running(settings, clock) as (client, runtime):
         post(client, cart(whatsapp_opt_in="1"))
         runtime.processor.drain()
         clock.now = T0 + timedelta(minutes=30)
         runtime.processor.process_timers()  # reminder 1
+        asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender(), clock=clock).drain())  # and it goes out
         clock.now = T0 + timedelta(hours=1)
         assert client.post("/webhooks/woocommerce/woo", content=body, headers=woo_headers(body, SECRETS["woo"], "order.created")).status_code == 200
         runtime.processor.drain()
