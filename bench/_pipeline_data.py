@@ -8,7 +8,10 @@ up front, so the timed phases only move bytes.
 The day (store time Asia/Kolkata, 00:00-24:00):
   * checkouts: created uniformly over the day, updated 0-10 minutes later; a phone on
     ~85% (shipping address, sometimes also the customer or the SMS marketing phone),
-    buyer_accepts_marketing on ~60%; an abandoned_checkout_url on every one;
+    a marketing opt-in on ~60% (the email box and, where there is a phone, the SMS box: the
+    connector takes WhatsApp marketing consent from the phone's opt-in only, since
+    2026-12-06; before, the email box alone counted and ~30% of those ticked the SMS box);
+    an abandoned_checkout_url on every one;
   * ~40% of checkouts convert: an order 1-15 minutes after the checkout's last update,
     with the checkout's token and the same buyer; the other orders come from checkouts
     we never saw (their own token), ~15% of them from a returning buyer;
@@ -165,7 +168,7 @@ class DayBuilder:
             "abandoned_checkout_url": f"https://{SHOP}/{SHOP_ID}/checkouts/{token}/recover?key={self.rng.getrandbits(64):016x}",
             "total_line_items_price": f"{subtotal:.2f}", "subtotal_price": f"{subtotal:.2f}", "total_tax": "0.00", "tax_lines": [],
             "taxes_included": True, "total_discounts": "0.00", "total_price": f"{subtotal:.2f}",
-            "buyer_accepts_sms_marketing": accepts and b.phone is not None and self.rng.random() < 0.3,
+            "buyer_accepts_sms_marketing": accepts and b.phone is not None,
             "sms_marketing_phone": None,
             "billing_address": self._address(b, t["billing_address"], shipping_phone),
             "shipping_address": self._address(b, t["shipping_address"], shipping_phone),

@@ -143,8 +143,8 @@ def bench_settings(db_url: str) -> Settings:
             "key": STORE_KEY, "name": "Bench Naturals", "platform": "shopify", "shop_domain": SHOP,
             "webhook_secret": "bench-pipeline-secret", "timezone": "Asia/Kolkata", "default_country": "IN",
             "whatsapp_phone_number_id": "109876543210987",
-            # quiet hours off: nothing deferred. Marketing consent comes from the checkout opt-in
-            # (buyer_accepts_marketing) as the connector records it; utility consent from the order's phone.
+            # quiet hours off: nothing deferred. Marketing consent comes from the checkout's phone
+            # opt-in (buyer_accepts_sms_marketing) as the connector records it; utility consent from the order's phone.
             "policy": {"quiet_hours": ""},
             "templates": TEMPLATES,
             "journeys": JOURNEYS,

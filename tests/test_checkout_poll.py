@@ -160,7 +160,7 @@ def reminders(db: Database) -> list[tuple[str, str, str]]:
 def fixture_checkout(**changes: object) -> dict:
     """The real checkouts/create sample, brought to the test's time with a reachable phone and the opt-in ticked."""
     c = load_json(FIXTURES / "shopify" / "checkouts_create.sample.json")
-    c.update(phone="+91 98765 43210", buyer_accepts_marketing=True, completed_at=None,
+    c.update(phone="+91 98765 43210", buyer_accepts_marketing=True, buyer_accepts_sms_marketing=True, completed_at=None,
              created_at=iso(T - timedelta(minutes=15)), updated_at=iso(T - timedelta(minutes=5)))
     c.update(changes)
     return c
@@ -210,6 +210,13 @@ def test_a_polled_node_normalises_to_the_webhooks_checkout_event():
     assert gql.normalize_checkout_node(node(42, updated=T), store)[0].checkout.token == "tok42"
     [unmatched] = gql.normalize_checkout_node(node(43, updated=T, url=AC_URL, whatsapp="NOT_SUBSCRIBED"), store)
     assert unmatched.checkout.token == "id:43" and unmatched.checkout.accepts_marketing is False
+    # an email opt-in alone is no WhatsApp marketing consent; the phone's SMS opt-in is
+    email_only = node(45, updated=T, whatsapp="NOT_SUBSCRIBED")
+    email_only["customer"]["defaultEmailAddress"]["marketingState"] = "SUBSCRIBED"
+    assert gql.normalize_checkout_node(email_only, store)[0].checkout.accepts_marketing is False
+    sms = node(46, updated=T, whatsapp="NOT_SUBSCRIBED")
+    sms["customer"]["defaultPhoneNumber"]["marketingState"] = "SUBSCRIBED"
+    assert gql.normalize_checkout_node(sms, store)[0].checkout.accepts_marketing is True
     [done] = gql.normalize_checkout_node(node(44, updated=T, completed=T), store)
     assert done.checkout.completed_at == T
     # the page query stays under Shopify's single-query ceiling

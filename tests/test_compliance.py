@@ -101,7 +101,7 @@ def recovery_key(token: str) -> str:
 
 def checkout_payload(p: Person, token: str) -> dict:
     c = load_json(FIXTURES / "shopify" / "checkouts_create.sample.json")
-    c.update(token=token, phone=p.phone, email=p.email, buyer_accepts_marketing=True, completed_at=None, currency="INR",
+    c.update(token=token, phone=p.phone, email=p.email, buyer_accepts_marketing=True, buyer_accepts_sms_marketing=True, completed_at=None, currency="INR",
              created_at="2026-11-20T06:00:00Z", updated_at="2026-11-20T06:00:00Z",
              abandoned_checkout_url=f"https://shop-a.example/checkouts/{token}/recover?key={recovery_key(token)}")
     c["customer"] = {**c["customer"], "id": p.customer_id, "first_name": p.first, "last_name": p.last, "email": p.email, "phone": p.phone,

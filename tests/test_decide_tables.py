@@ -558,7 +558,7 @@ def post_wa(client, value: dict, phone_number_id: str = PHONE_ID_A) -> None:
 
 def abandoned(token: str, phone: str | None, email: str) -> dict:
     c = load_json(FIXTURES / "shopify" / "checkouts_create.sample.json")
-    c.update(token=token, phone=phone, email=email, buyer_accepts_marketing=True, completed_at=None,
+    c.update(token=token, phone=phone, email=email, buyer_accepts_marketing=True, buyer_accepts_sms_marketing=True, completed_at=None,
              created_at="2026-11-20T06:00:00Z", updated_at="2026-11-20T06:00:00Z")
     return c
 

@@ -406,7 +406,7 @@ def test_checkout_ladder_stops_on_an_order_by_the_same_customer_or_a_reply(db_ur
 
     def checkout(token: str, phone: str) -> dict:
         c = load_json(FIXTURES / "shopify" / "checkouts_create.sample.json")
-        c.update(token=token, phone=phone, buyer_accepts_marketing=True, completed_at=None,
+        c.update(token=token, phone=phone, buyer_accepts_marketing=True, buyer_accepts_sms_marketing=True, completed_at=None,
                  created_at="2026-11-20T06:00:00Z", updated_at="2026-11-20T06:00:00Z")
         return c
 

@@ -616,7 +616,7 @@ def _due_checkout_wave(db_url: str, n: int) -> tuple[Database, InboxProcessor, C
     checkout = load_json(FIXTURES / "shopify" / "checkouts_create.sample.json")
     now = [datetime(2026, 11, 20, 5, 15, tzinfo=timezone.utc)]
     write_items(db, [item(ids["shop-a"], f"c{i}", {**checkout, "token": f"T{i}", "phone": f"+91 98765 {43210 + i}",
-                                                  "buyer_accepts_marketing": True, "completed_at": None,
+                                                  "buyer_accepts_marketing": True, "buyer_accepts_sms_marketing": True, "completed_at": None,
                                                   "created_at": "2026-11-20T05:00:00Z", "updated_at": "2026-11-20T05:00:00Z"},
                                topic="checkouts/create") for i in range(n)])
     proc = InboxProcessor(db, settings, {"shop-a": ids["shop-a"]}, normalizers(), clock=lambda: now[0])
@@ -721,9 +721,9 @@ def test_a_batch_decides_exactly_as_rows_processed_one_at_a_time(db_url):
 
     cod = ["Cash on Delivery (COD)"]
     bodies = [
-        ("checkouts/create", {**checkout, "token": "T1", "phone": "+91 98765 43210", "buyer_accepts_marketing": True, "completed_at": None,
+        ("checkouts/create", {**checkout, "token": "T1", "phone": "+91 98765 43210", "buyer_accepts_marketing": True, "buyer_accepts_sms_marketing": True, "completed_at": None,
                               "created_at": "2026-11-20T05:00:00Z", "updated_at": "2026-11-20T05:00:00Z"}),
-        ("checkouts/create", {**checkout, "token": "T2", "phone": "+91 98123 45678", "buyer_accepts_marketing": True, "completed_at": None,
+        ("checkouts/create", {**checkout, "token": "T2", "phone": "+91 98123 45678", "buyer_accepts_marketing": True, "buyer_accepts_sms_marketing": True, "completed_at": None,
                               "created_at": "2026-11-20T05:10:00Z", "updated_at": "2026-11-20T05:10:00Z"}),
         ("orders/create", orders(id=101, name="#101", phone="+91 98765 43210", checkout_token="T1", financial_status="pending",
                                  payment_gateway_names=cod)),

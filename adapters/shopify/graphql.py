@@ -481,11 +481,11 @@ def _checkout_customer(o: dict[str, Any], store: ShopifyStore) -> tuple[Customer
     webhook, which also has the checkout's own phone fields, absent here), parsed with the
     shipping (else billing) country, else the store's default.
 
-    Marketing: the webhook's ``buyer_accepts_marketing`` / ``buyer_accepts_sms_marketing`` have
-    no field on AbandonedCheckout; the nearest is the customer's consent, which the checkout's
-    checkbox sets: email or SMS ``marketingState`` or the WhatsApp consent ``state`` equal to
-    ``SUBSCRIBED`` counts as the same opt-in [VERIFY that the checkbox is reflected on the
-    customer before the checkout is abandoned].
+    Marketing: the webhook's ``buyer_accepts_sms_marketing`` has no field on AbandonedCheckout;
+    the nearest is the customer's consent, which the checkout's checkbox sets: the phone's SMS
+    ``marketingState`` or its WhatsApp consent ``state`` equal to ``SUBSCRIBED`` counts as the
+    same opt-in [VERIFY that the checkbox is reflected on the customer before the checkout is
+    abandoned]. An email opt-in is no consent to WhatsApp marketing (platform-facts A5, C7).
     """
     c = get_obj(o, "customer") or {}
     email = get_obj(c, "defaultEmailAddress", "customer") or {}
@@ -500,7 +500,6 @@ def _checkout_customer(o: dict[str, Any], store: ShopifyStore) -> tuple[Customer
         get_str(billing, "phone", "billingAddress"),
     )
     states = (
-        get_str(email, "marketingState", "customer.defaultEmailAddress"),
         get_str(phone, "marketingState", "customer.defaultPhoneNumber"),
         get_str(whatsapp, "state", "customer.defaultPhoneNumber.whatsAppMarketingConsent"),
     )

@@ -281,7 +281,9 @@ def _checkout(_topic: str, o: Body, store: ShopifyStore) -> list[Event]:
         currency=req_str(o, "currency"),
         customer=_customer(o, store, phone_keys=("phone", "sms_marketing_phone")),
         line_items=_line_items(o),
-        accepts_marketing=get_bool(o, "buyer_accepts_marketing") or get_bool(o, "buyer_accepts_sms_marketing"),
+        # a phone-channel opt-in only: buyer_accepts_marketing is the email checkbox, and an email
+        # opt-in is no consent to WhatsApp marketing (platform-facts A5, C7)
+        accepts_marketing=get_bool(o, "buyer_accepts_sms_marketing"),
     )
     return [CheckoutUpdated(checkout=checkout)]
 

@@ -264,7 +264,7 @@ class Store:
         self._shopify("checkouts/create", {
             "id": 9_000_000 + next(self._ids), "token": token, "created_at": stamp, "updated_at": stamp, "completed_at": None,
             "phone": "+91" + c.phone, "email": None, "abandoned_checkout_url": f"https://{self.shop}/checkouts/{token}/recover",
-            "total_price": f"{product[3]}.00", "currency": "INR", "buyer_accepts_marketing": True,
+            "total_price": f"{product[3]}.00", "currency": "INR", "buyer_accepts_marketing": True, "buyer_accepts_sms_marketing": True,
             "customer": {"id": c.customer_id, "first_name": c.first_name, "phone": "+91" + c.phone},
             "line_items": [{"product_id": product[0], "variant_id": product[1], "title": product[2], "quantity": 1, "price": f"{product[3]}.00"}],
             "shipping_address": {"country_code": "IN", "phone": "+91" + c.phone},

@@ -309,6 +309,15 @@ def test_checkout_sms_marketing_phone_and_consent() -> None:
     assert checkout.customer.phone.e164 == "+16505551234"
 
 
+def test_an_email_marketing_tick_alone_is_no_whatsapp_marketing_consent() -> None:
+    """``buyer_accepts_marketing`` is the checkout's email box: a shopper who ticked only that
+    must not get WhatsApp cart reminders (platform-facts A5, C7)."""
+    body = load("checkouts_create")
+    body.update(buyer_accepts_marketing=True, buyer_accepts_sms_marketing=False, phone="+919876543210")
+    checkout = only(normalize("checkouts/update", body, STORE)).checkout
+    assert checkout.accepts_marketing is False
+
+
 def test_sample_fulfillment() -> None:
     f = only(normalize("fulfillments/update", load("fulfillments_update"), STORE)).fulfillment
     assert (f.external_id, f.order_external_id, f.status) == ("123456", "820982911946154508", "pending")

@@ -56,7 +56,7 @@ def customer_id_for(phone: str) -> int:
 
 def shopify_checkout(token: str, phone: str, at: datetime, *, accepts_marketing: bool = True, total: str = "899.00") -> dict[str, Any]:
     c = fixture("shopify/checkouts_create.sample.json")
-    c.update(token=token, phone=phone, buyer_accepts_marketing=accepts_marketing, completed_at=None, created_at=iso(at), updated_at=iso(at),
+    c.update(token=token, phone=phone, buyer_accepts_marketing=accepts_marketing, buyer_accepts_sms_marketing=accepts_marketing, completed_at=None, created_at=iso(at), updated_at=iso(at),
              total_price=total, currency="INR", presentment_currency="INR",
              abandoned_checkout_url=f"https://shop-a.example/548380009/checkouts/{token}/recover?key=k-{token}")
     c["customer"].update(id=customer_id_for(phone), admin_graphql_api_id=f"gid://shopify/Customer/{customer_id_for(phone)}")
