@@ -66,10 +66,20 @@ def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | N
         return out
     if isinstance(event, ev.MessageReceived) and store.handoff.free_text_replies:
         text = (event.text or "").strip()
-        if text and keyword_intent(text, store.policy.rules()) is None:
+        # what only a person can take in (adapters/whatsapp/normalize.py names a voice note "voice");
+        # a reaction, a sticker or a system notice has no text and is none of these: no case
+        sent = {"image": "a photo", "video": "a video", "voice": "a voice note", "audio": "an audio file",
+                "document": "a document", "location": "a location", "contacts": "a contact card",
+                "order": "an order from the catalog",
+                "unsupported": "a message WhatsApp does not pass on (see the chat)",
+                "unknown": "a message WhatsApp does not pass on (see the chat)"}.get(event.message_type)
+        if (text or sent) and not (text and keyword_intent(text, store.policy.rules()) is not None):
             what = f" (answering {reply_journey} {reply_subject})" if reply_journey else ""
-            out.append(HandoffRequest(f"reply:{contact_id}", f"customer wrote{what}: {text[:300]}", reply_journey, reply_subject,
-                                      unless_awaited=True, notify_update=False, continues_open=True))
+            said = f": {text[:300]}" if text else ""
+            reason = f"customer sent {sent}{what}{said}" if sent else f"customer wrote{what}{said}"
+            # words go to the run that asked for them (a COD cancel reason); a voice note it cannot read
+            out.append(HandoffRequest(f"reply:{contact_id}", reason, reply_journey, reply_subject,
+                                      unless_awaited=bool(text), notify_update=False, continues_open=True))
     if isinstance(event, ev.OrderPlaced) and store.handoff.order_value_over is not None:
         if float(event.order.total) > store.handoff.order_value_over:
             out.append(HandoffRequest(f"order:{event.order.external_id}:high_value",

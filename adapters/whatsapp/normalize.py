@@ -95,7 +95,17 @@ def _message(b: Body) -> Event:
     text = None
     if message_type == "text":
         text = get_str(get_obj(m, "text", "message") or {}, "body", "message.text")
+    elif message_type in _CAPTIONED:  # a photo, video or document may carry the customer's words
+        text = get_str(get_obj(m, message_type, "message") or {}, "caption", f"message.{message_type}")
+    elif message_type == "audio" and (get_obj(m, "audio", "message") or {}).get("voice") is True:
+        message_type = "voice"  # a voice note (recorded in the chat), not an audio file
+    # A reaction (or taking one back), a sticker and WhatsApp's own notices (``system``: the user
+    # changed number) keep their type and no text: the journeys do not take them as an answer
+    # (checkout_recovery.NOT_A_REPLY) and no hand-off opens; the contact's timeline still shows them.
     return MessageReceived(message_type=message_type, text=text, **common)
+
+
+_CAPTIONED = ("image", "video", "document")
 
 
 _WA_ID = re.compile(r"[0-9]{5,20}")

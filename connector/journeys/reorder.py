@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from pydantic import AnyHttpUrl, Field, field_validator
 
 from connector import events as ev
+from connector.journeys.checkout_recovery import is_reply
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake
 from connector.reorder.cycles import parse_cycle, product_key
 
@@ -69,6 +70,8 @@ class Reorder:
         if isinstance(event, ev.OrderPlaced):
             return self._reordered(event.order, run)
         if isinstance(event, (ev.MessageReceived, ev.ButtonReplied)):
+            if not is_reply(event):
+                return []  # a reaction or a sticker: the follow-up still goes
             return [Update({"replied": True}), Wake(datetime.fromisoformat(run.state["attribution_ends"]))]
         if isinstance(event, TimerFired):
             return self._timer(run, facts, config, now)
