@@ -1,9 +1,13 @@
-"""What a store owner sees when a customer reacts, sends a sticker or a voice note.
+"""What a store owner sees when a customer reacts, sends a sticker or a voice note, and when
+WhatsApp's gateway times out on a send.
 
 - A thumbs-up (or a sticker, or WhatsApp's "changed number" notice) on a cart reminder is no
   answer: the recovery goes on and the next reminder still goes; nobody gets a hand-off.
 - A voice note, a photo or a document is an answer only a person can take in: the recovery
   stops as replied and a hand-off opens saying what the customer sent.
+- A 504 from a gateway (no Meta error body) may hide a send Meta did make: the message is
+  ``uncertain`` and never sent a second time; a 503, a 502 and a 5xx with Meta's error body
+  are still retried.
 
 Inbound message shapes are those of Meta's Cloud API as recorded in pywa's
 ``tests/data/updates/message.json`` (reaction, voice, image, sticker), put into the public
@@ -15,18 +19,24 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
+from adapters.whatsapp.errors import classify, is_outcome_unknown
 from adapters.whatsapp.normalize import normalize
+from connector.errors import RetryableError
 from connector.config import ShopifyStore
 from connector.journeys.engine import Facts, Run, Update, Wake
 from connector.journeys.reorder import Reorder, ReorderConfig
+from connector.sandbox.whatsapp import ScriptedResponse
 from connector.storage import models as m
+from connector.storage.inbox import sync_stores
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
 from tests.scenarios.harness import T0, wa_id
 from tests.scenarios.stores import SHOPIFY
+from tests.test_outbox import NOON_IST, Clock, attempts, dispatch, outbox_rows, queue, sandbox, seed_contact, settings_for  # noqa: F401
 
 ASHA = "+919876543210"
 SHOPIFY_STORE = ShopifyStore.model_validate({"key": "demo", "platform": "shopify", "webhook_secret": "s", "shop_domain": "demo.myshopify.com"})
@@ -128,3 +138,36 @@ def test_a_reaction_to_a_reorder_reminder_keeps_its_follow_up_and_a_voice_note_e
     assert Reorder().decide(wa_message("reaction", now), run, facts, config, now) == []  # the follow-up stays due
     commands = Reorder().decide(wa_message("voice", now), run, facts, config, now)
     assert Update({"replied": True}) in commands and Wake(T0 + timedelta(days=14)) in commands  # no follow-up after an answer
+
+
+# ---- finding 5: a gateway timeout is outcome-unknown, never re-sent ----------------------------
+
+def test_a_504_without_a_meta_error_is_outcome_unknown_while_503_502_and_meta_errors_are_retried():
+    html = "<html><body><h1>504 Gateway Time-out</h1></body></html>"
+    timeout = classify(httpx.Response(504, text=html, headers={"Content-Type": "text/html"}))
+    assert isinstance(timeout, RetryableError) and timeout.outcome_unknown and is_outcome_unknown(timeout)
+    assert timeout.http_status == 504 and "Time-out" not in str(timeout)  # not the body
+    for answer in (httpx.Response(503, text="<html>Service Unavailable</html>"),
+                   httpx.Response(502, text="<html>502 Bad Gateway</html>"),
+                   httpx.Response(504, json={"error": {"code": 131000, "message": "Something went wrong"}}),
+                   httpx.Response(429, json={"error": {"code": 130429, "message": "Rate limit hit"}})):
+        exc = classify(answer)
+        assert isinstance(exc, RetryableError) and not exc.outcome_unknown, answer.status_code
+
+
+def test_a_send_answered_by_a_gateway_timeout_is_uncertain_and_never_sent_twice(db, db_url, sandbox):
+    fake, url = sandbox
+    settings = settings_for(db_url, url)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    cid = seed_contact(db, ids["shop-a"])
+    queue(db, settings, ids["shop-a"], cid)
+    fake.script.append(ScriptedResponse(504, "<html><body>504 Gateway Time-out</body></html>"))
+    clock = Clock(NOON_IST)
+    dispatch(db, settings, ids, clock, url)
+    clock.now += timedelta(days=1)  # long past any backoff
+    dispatch(db, settings, ids, clock, url)
+
+    [row] = outbox_rows(db)
+    assert (row.status, row.attempts) == ("uncertain", 1)  # its status webhook settles it
+    assert [a.outcome for a in attempts(db)] == ["uncertain"]
+    assert fake.accepted() == []  # the customer never gets the message a second time

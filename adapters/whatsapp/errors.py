@@ -23,6 +23,8 @@ from connector.errors import PermanentError, RetryableError, SendError
 MAX_RETRY_AFTER = 3600.0  # a Retry-After beyond an hour is not believed; the outbox backs off anyway
 WAIT_A_DAY = 86400.0  # 131049: Meta says do not retry the same user for at least 24 h
 MAX_META_MESSAGE = 200
+# a gateway that timed out waiting on Meta: the request may have been sent (see classify())
+GATEWAY_TIMEOUTS = frozenset({504})
 
 # code -> (retryable, short meaning). 132xxx and 200-299 are ranges, see describe()/_known().
 CODES: dict[int, tuple[bool, str]] = {
@@ -156,8 +158,13 @@ def classify(response: httpx.Response, *, redact: Iterable[str] = ()) -> SendErr
     """The exception for a non-2xx Graph answer (returned, not raised).
 
     Known codes decide; an unknown code or a non-JSON body (a proxy's HTML 502) falls back
-    to the status: 5xx and 429 retryable, anything else permanent. ``redact`` lists strings
-    (the access token) that must never reach the message even if Meta quotes them.
+    to the status: 5xx and 429 retryable, anything else permanent. A gateway timeout (504)
+    without Graph's error body is the exception: the gateway gave up waiting on Meta, which
+    may have sent the message, so it is outcome-unknown like a read timeout (never re-sent;
+    the status webhook settles it). A 502/503 without a body stays retryable: the gateway
+    reached no working Meta server (the outage tests/faults/test_whatsapp_outage.py plays).
+    ``redact`` lists strings (the access token) that must never reach the message even if
+    Meta quotes them.
     """
     status = response.status_code
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -165,6 +172,9 @@ def classify(response: httpx.Response, *, redact: Iterable[str] = ()) -> SendErr
     by_status = status >= 500 or status == 429
 
     if error is None:
+        if status in GATEWAY_TIMEOUTS:
+            return RetryableError(f"HTTP {status} without a Graph error body; outcome unknown (gateway timeout)",
+                                  http_status=status, retry_after=retry_after, outcome_unknown=True)
         cls = RetryableError if by_status else PermanentError
         return cls(f"HTTP {status} without a Graph error body", http_status=status, retry_after=retry_after)
 
