@@ -101,6 +101,21 @@ def _reminders_sent(conn: Connection, store: Any, store_id: int, journey: str, s
     return tuple(sorted(r.sent_at or r.updated_at for r in rows if r.status in REACHED))
 
 
+def _supersede_waiting(conn: Connection, store: Any, store_id: int, journey: str, subject: str, commands: list[Any],
+                       now: datetime) -> None:
+    """A marketing run queueing its next step: the run's earlier steps still waiting (held for
+    the morning by quiet hours, a retry) are skipped as ``superseded``, so only the latest
+    reminder goes out. Without this, a first reminder deferred to 09:00 and the second one
+    (due at 03:30, deferred too) reached the customer seconds apart. Rows held in the batch
+    are changed in memory, stored ones with one lookup per batch (``ob.skip_pending``)."""
+    steps = {c.step for c in commands if isinstance(c, Send)}
+    if not steps or not getattr(journeys().get(journey), "marketing", False):
+        return
+    own = {f"{journey}:{step}:{subject}" for step in steps}
+    earlier = [k for k in _step_keys(store, journey, subject) if k not in own]
+    ob.skip_pending(conn, store_id, earlier, "superseded", now)
+
+
 def _with_sends(conn: Connection, store: Any, store_id: int, journey: Any, event: Any, found: tuple[int, Run, bool] | None,
                 facts: Facts) -> Facts:
     """The facts for an order reaching a run that credits orders to its reminders
@@ -390,6 +405,8 @@ class JourneyRunner:
             # run queued earlier and is still waiting (a reminder held for the morning, a retry)
             # goes no further. This decision's own sends, below, are queued after.
             ob.skip_pending(conn, store_id, _step_keys(store, journey, subject), "journey_ended", now)
+        if contact_id is not None and not holdout and run_id is not None and not created:
+            _supersede_waiting(conn, store, store_id, journey, subject, commands, now)
         for cmd in commands:
             if isinstance(cmd, Start):
                 continue
