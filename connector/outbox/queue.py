@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select
 
 from connector.config import ShopifyStore, WooCommerceStore
+from connector.journeys.registry import journeys
 from connector.messages import InteractiveButtons, TextMessage
 from connector.outbox import store as ob
 from connector.policy import CART_JOURNEYS, ContactFacts, SendHistory, check
@@ -53,6 +54,16 @@ def _contact(conn: Connection, store: ShopifyStore | WooCommerceStore, store_id:
     return contact
 
 
+def gate_category(journey: str | None, category: str | None) -> str | None:
+    """The category a message is gated and recorded as: a step of a marketing journey (its class
+    says ``marketing = True``: checkout recovery, reorder) is marketing whatever its template's
+    category says, so a cart reminder bound to a "utility" template still needs the marketing
+    opt-in, counts toward the cap and waits out quiet hours. Other journeys keep the template's."""
+    if journey is not None and getattr(journeys().get(journey), "marketing", False):
+        return "marketing"
+    return category
+
+
 def _needs_history(category: str, journey: str) -> bool:
     """The gate reads the send history only for marketing and for cart journeys (policy.check)."""
     return category == "marketing" or journey in CART_JOURNEYS
@@ -80,7 +91,7 @@ def queue_template(
     contact = _contact(conn, store, store_id, contact_id)
     reason: str | None = None
     payload: dict[str, Any] = {"subject": subject}
-    category = tpl.category if tpl else None
+    category = gate_category(journey, tpl.category) if tpl else None
     if tpl is None:
         reason = "no_template_configured"
     elif contact.phone_e164 is None:
@@ -149,6 +160,7 @@ def queue_free_form(
     """
     contact = _contact(conn, store, store_id, contact_id)
     facts = _facts(contact)
+    category = gate_category(journey, category) or category
     decision = check(category=category, kind=message.kind, journey=journey, contact=facts, history=SendHistory(),
                      rules=store.policy.rules(), tz=store.tz, now=now)
     reason = None if decision.allowed or decision.deferred else decision.reason
@@ -159,7 +171,7 @@ def queue_free_form(
     if fallback_context is not None and tpl is not None and contact.phone_e164:
         try:
             payload["fallback"] = render(tpl, fallback_context, to=contact.phone_e164, callback_data=None).model_dump(mode="json")
-            payload["fallback_category"] = tpl.category
+            payload["fallback_category"] = gate_category(journey, tpl.category)
         except MissingValueError:
             pass
     new_id = ob.enqueue(
