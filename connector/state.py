@@ -454,14 +454,36 @@ def end_marketing_runs(conn: Connection, store_id: int, contact_id: int, source:
     return ended
 
 
+def _started_after(contact: Any, at: datetime) -> bool:
+    """Whether a START keyword newer than ``at`` is on record (the consent it granted, with its time)."""
+    for category in ("marketing", "utility"):
+        when = getattr(contact, f"consent_{category}_at")
+        if getattr(contact, f"consent_{category}_source") == "whatsapp_keyword_start" and when is not None and when > at:
+            return True
+    return False
+
+
 def apply_keyword(conn: Connection, store_id: int, contact_id: int, intent: str, at: datetime, inbox_id: int) -> None:
-    """STOP opts the contact out of everything at once; START opts back in to marketing."""
+    """STOP opts the contact out of everything at once; START opts back in to marketing.
+
+    Keywords can arrive out of order (WhatsApp retries, two messages a second apart): one older
+    than the contact's last opposite keyword changes nothing, so a STOP at 10:01 stands against
+    a START sent at 10:00 and delivered after it, and a START at 10:02 against a STOP at 10:01.
+    """
+    contact = contact_row(conn, contact_id)
+    if contact is None:
+        raise NoResultFound(f"contact {contact_id} not found")
     if intent == "stop":
-        update_by_id(conn, CONTACTS, contact_id, dict(opted_out_at=at, updated_at=at))
+        if _started_after(contact, at):
+            return
+        if contact.opted_out_at is None:
+            update_by_id(conn, CONTACTS, contact_id, dict(opted_out_at=at, updated_at=at))
         record_consent(conn, store_id, contact_id, "marketing", "revoked", "whatsapp_keyword_stop", at, inbox_id)
         record_consent(conn, store_id, contact_id, "utility", "revoked", "whatsapp_keyword_stop", at, inbox_id)
         end_marketing_runs(conn, store_id, contact_id, "whatsapp_keyword_stop", at)
     else:
+        if contact.opted_out_at is not None and contact.opted_out_at > at:
+            return
         update_by_id(conn, CONTACTS, contact_id, dict(opted_out_at=None, updated_at=at))
         record_consent(conn, store_id, contact_id, "marketing", "granted", "whatsapp_keyword_start", at, inbox_id)
         record_consent(conn, store_id, contact_id, "utility", "granted", "whatsapp_keyword_start", at, inbox_id)
