@@ -95,6 +95,30 @@ def contact_by_email(conn: Connection, store_id: int, email: str | None) -> Any:
     return cache.put("contacts", row) if cache is not None and row is not None else row
 
 
+# no index of its own: the (store_id, ...) indexes narrow it to the store's contacts, and it runs
+# only for a sender with neither phone nor WhatsApp id (a username user, C9 of platform-facts)
+_CONTACT_BY_USER_ID = (select(CONTACTS).where(CONTACTS.c.store_id == bindparam("sid"), CONTACTS.c.wa_user_id == bindparam("v"))
+                       .order_by(CONTACTS.c.id).limit(1))
+
+
+def contact_by_user_id(conn: Connection, store_id: int, user_id: str) -> Any:
+    """This store's contact with that business-scoped user id (BSUID), the oldest; None if none.
+
+    As ``rows.contact_where``: a held-back change of the column is flushed first, and contacts
+    whose INSERT is held back are looked at only when no stored one matches.
+    """
+    cache = current(conn)
+    if cache is not None and cache.updates_column("contacts", "wa_user_id"):
+        flush(conn)
+    row = conn.execute(_CONTACT_BY_USER_ID, {"sid": store_id, "v": user_id[:80]}).first()
+    if cache is None:
+        return row
+    if row is not None:
+        return cache.put("contacts", row)
+    held = [r for r in cache.held_rows("contacts") if r.store_id == store_id and r["wa_user_id"] == user_id[:80]]
+    return min(held, key=lambda r: r.id) if held else None
+
+
 def upsert_contact(
     conn: Connection,
     store_id: int,
@@ -116,6 +140,10 @@ def upsert_contact(
         row = contact_by_phone(conn, store_id, phone)
     if row is None and wa_id:
         row = contact_where(conn, store_id, CONTACTS.c.wa_id, wa_id)
+    if row is None and phone is None and not wa_id and user_id:
+        # a WhatsApp user who hides their number is named by a business-scoped id only: their
+        # STOP must reach the contact that id was learnt on (a message that carried both)
+        row = contact_by_user_id(conn, store_id, user_id)
     if row is None and phone is None and customer is not None and customer.external_id:
         row = contact_where(conn, store_id, CONTACTS.c.external_customer_id, customer.external_id)
     if row is None and phone is None and by_email and customer is not None:
