@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import httpx
 import phonenumbers
 from pydantic import (
     AnyHttpUrl,
@@ -151,6 +152,26 @@ STAGES = ("entry", "qualification", "conversion", "post_purchase", "retention")
 class StageSettings(_Settings):
     owner: str | None = Field(None, description="who gets this stage's hand-offs (shown in the hand-off and the report)")
     notify_url: SecretStr | None = Field(None, description="Slack-compatible incoming webhook for new hand-offs")
+
+    @field_validator("notify_url")
+    @classmethod
+    def _webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
+        """An http(s) URL with a host and no whitespace (a secret read from the environment often
+        ends in a newline); the problem never quotes the URL, which is a secret."""
+        if value is None:
+            return None
+        url = value.get_secret_value()
+        if any(c.isspace() or not c.isprintable() for c in url):
+            raise ValueError("contains whitespace or a control character (a trailing newline from the environment?)")
+        try:
+            parsed = httpx.URL(url)
+        except Exception:
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parsed.port is not None and not 1 <= parsed.port <= 65535:
+            raise ValueError("has a port outside 1-65535")
+        return value
 
 
 class HandoffSettings(_Settings):

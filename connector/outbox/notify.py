@@ -52,13 +52,24 @@ class NotifyDispatcher:
         rows = await anyio.to_thread.run_sync(
             lambda: ob.claim(self.db, store_ids=list(self.stores), now=now, limit=20, lease=timedelta(minutes=2),
                              worker="notify", history_window=timedelta(0), channel="notify"))
-        results = [await self._one(r) for r in rows]
+        results = [await self._guarded(r) for r in rows]
         if results:
             await anyio.to_thread.run_sync(ob.record, self.db, results, self.clock())
         return len(rows)
 
-    async def _one(self, row: ob.Claimed) -> ob.Result:
+    async def _guarded(self, row: ob.Claimed) -> ob.Result:
+        """One row's result, whatever goes wrong with it: an exception escaping here would leave
+        the whole batch (every store's rows, some already POSTed) unrecorded, and an expired
+        lease would send those again, again and again. The error names only the exception's
+        class: its message may quote the webhook URL, which is a secret."""
         started = self.clock()
+        try:
+            return await self._one(row, started)
+        except Exception as exc:
+            log.warning("notification %s (store %s) failed: %s", row.id, row.store_id, exc.__class__.__name__)
+            return ob.Result(row, "failed", started, error_detail=exc.__class__.__name__)
+
+    async def _one(self, row: ob.Claimed, started: datetime) -> ob.Result:
         store = self.stores[row.store_id]
         stage_cfg = store.stages.get(row.payload.get("stage"))
         if stage_cfg is None or stage_cfg.notify_url is None:
