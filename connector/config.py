@@ -271,6 +271,7 @@ class _StoreBase(_Settings):
     @classmethod
     def _journeys(cls, value: dict[str, Any]) -> dict[str, Any]:
         """Each journey validates its own block (plugins bring their own settings model)."""
+        from connector.journeys.engine import accepts_holdout
         from connector.journeys.registry import journeys
 
         known = journeys()
@@ -287,6 +288,11 @@ class _StoreBase(_Settings):
                 for err in exc.errors(include_url=False, include_input=False):
                     msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
                     problems.append(f"{name}.{'.'.join(str(p) for p in err['loc'])}: {msg}")
+                continue
+            if getattr(out[name], "holdout_percent", 0) > 0 and not accepts_holdout(journey):
+                problems.append(f"{name}.holdout_percent: {name} keeps no control group (only marketing journeys do): "
+                                "its holdout customers would get no message yet still have the journey act on their "
+                                "orders (e.g. cancel an unconfirmed COD order); remove holdout_percent")
         if problems:
             raise ValueError("; ".join(problems))
         return out

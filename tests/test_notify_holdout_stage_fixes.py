@@ -100,3 +100,24 @@ def test_a_notify_url_with_a_newline_or_another_scheme_is_a_config_error_that_ne
     assert "stores[0].stages.post_purchase.notify_url" in text and "newline" in text
     assert "stores[0].stages.retention.notify_url" in text and "http" in text
     assert "qualification" not in text and "XXXX" not in text and "hooks.example" not in text
+
+
+# ---- 2. a holdout only where a control group gets nothing ---------------------------------
+
+@pytest.mark.parametrize("journey", ["cod_confirmation", "delivery", "order_confirmation"])
+def test_a_holdout_on_a_journey_that_acts_on_orders_is_a_config_error_naming_it(journey):
+    raw = settings_dict("sqlite://")
+    raw["stores"][1]["journeys"] = {journey: {"holdout_percent": 10}}
+    with pytest.raises(ConfigError) as err:
+        parse_settings(raw, environ={})
+    [problem] = err.value.problems
+    assert problem.startswith("stores[1].journeys") and f"{journey}.holdout_percent" in problem
+
+
+def test_marketing_journeys_and_payment_recovery_keep_their_holdout():
+    raw = settings_dict("sqlite://")
+    raw["stores"][0]["journeys"] = {"checkout_recovery": {"holdout_percent": 10}, "payment_recovery": {"holdout_percent": 30},
+                                    "reorder": {"holdout_percent": 20}, "cod_confirmation": {"holdout_percent": 0}}
+    journeys = parse_settings(raw, environ={}).stores[0].journeys
+    assert (journeys["checkout_recovery"].holdout_percent, journeys["payment_recovery"].holdout_percent,
+            journeys["reorder"].holdout_percent) == (10, 30, 20)

@@ -22,7 +22,8 @@ class JourneyConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     enabled: bool = True
-    holdout_percent: float = Field(0, ge=0, le=50, description="share of contacts kept as a control group (get nothing)")
+    holdout_percent: float = Field(0, ge=0, le=50, description="share of contacts kept as a control group (get nothing); "
+                                                               "only on a journey that accepts one (see accepts_holdout)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +143,8 @@ Command = Start | Send | WriteBack | Update | Wake | Finish | Handoff | MoveStag
 
 class Journey(Protocol):
     """A journey may also set ``follows_contact = True`` (the customer's orders, replies and taps
-    reach all its active runs for them) and ``marketing = True`` (any opt-out ends its runs)."""
+    reach all its active runs for them), ``marketing = True`` (any opt-out ends its runs) and
+    ``accepts_holdout`` (see ``accepts_holdout``)."""
 
     name: ClassVar[str]
     config_model: ClassVar[type[JourneyConfig]]
@@ -152,3 +154,19 @@ class Journey(Protocol):
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: Any, now: datetime) -> list[Command]:
         """Pure: the commands for this event given the run's state."""
+
+
+# built-in journeys that keep a control group without being marketing; their modules should say
+# ``accepts_holdout = True`` themselves (payment recovery: a control run only misses its reminder)
+_HOLDOUT_BUILTINS = frozenset({"payment_recovery"})
+
+
+def accepts_holdout(journey: Any) -> bool:
+    """Whether a journey may keep a holdout (``holdout_percent``): a marketing journey, or one
+    that says ``accepts_holdout = True``. A control run gets no message but still acts on the
+    store, so a journey that acts on the customer's silence (COD confirmation cancels or flags
+    an unanswered order) would act on customers who were never asked."""
+    declared = getattr(journey, "accepts_holdout", None)
+    if declared is not None:
+        return bool(declared)
+    return bool(getattr(journey, "marketing", False)) or getattr(journey, "name", None) in _HOLDOUT_BUILTINS
