@@ -43,8 +43,23 @@ class HandoffRequest:
     continues_open: bool = False
 
 
+_STAGE_ORDER = {s: i for i, s in enumerate(("entry", "qualification", "conversion", "post_purchase", "retention"))}
+
+
 def stage_after(event: Any, current: str) -> str | None:
-    """The stage an event moves the contact to (None: unchanged)."""
+    """The stage an event moves the contact to (None: unchanged).
+
+    Only a new order starts a new purchase cycle and may move a contact back (a retention
+    customer who orders again is in qualification, conversion or post-purchase for that
+    order). Anything else only moves them forward: a COD order is marked paid when the cash
+    is collected, after delivery, and that must not pull the customer out of retention."""
+    stage = _stage_of(event, current)
+    if stage is None or isinstance(event, ev.OrderPlaced):
+        return stage
+    return stage if _STAGE_ORDER.get(stage, 0) > _STAGE_ORDER.get(current, 0) else None
+
+
+def _stage_of(event: Any, current: str) -> str | None:
     if isinstance(event, ev.CheckoutUpdated) and event.checkout.completed_at is None and current == "entry":
         return "conversion"
     if isinstance(event, ev.OrderPlaced):

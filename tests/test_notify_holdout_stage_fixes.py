@@ -121,3 +121,29 @@ def test_marketing_journeys_and_payment_recovery_keep_their_holdout():
     journeys = parse_settings(raw, environ={}).stores[0].journeys
     assert (journeys["checkout_recovery"].holdout_percent, journeys["payment_recovery"].holdout_percent,
             journeys["reorder"].holdout_percent) == (10, 30, 20)
+
+
+# ---- 3. stages move forward; only a new order starts a new cycle ----------------------------
+
+def test_a_cod_order_paid_after_delivery_leaves_the_customer_in_retention(db_url):
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(journeys={"delivery": {}}, policy={"quiet_hours": ""})
+    with running_app(parse_settings(raw, environ={})) as (client, runtime):
+        post_shopify(client, order(), "orders/create")  # COD, pending
+        runtime.processor.drain()
+        placed = contact_stage(runtime)
+        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+        fulfilment.update(order_id=820982911946154508, shipment_status="delivered", updated_at="2026-11-22T10:00:00Z")
+        post_shopify(client, fulfilment, "fulfillments/update")
+        runtime.processor.drain()
+        delivered = contact_stage(runtime)
+        # the courier hands the cash over: Shopify marks the COD order paid, after delivery
+        post_shopify(client, order(financial_status="paid", updated_at="2026-11-23T10:00:00+05:30"), "orders/paid")
+        runtime.processor.drain()
+        paid = contact_stage(runtime)
+        # a new order is a new purchase cycle: the customer is in qualification for it
+        post_shopify(client, order(id=820982911946154999, name="#10000", created_at="2026-12-20T12:00:00+05:30",
+                                   updated_at="2026-12-20T12:00:00+05:30"), "orders/create")
+        runtime.processor.drain()
+        reordered = contact_stage(runtime)
+    assert (placed, delivered, paid, reordered) == ("qualification", "retention", "retention", "qualification")
