@@ -176,10 +176,15 @@ def _continued(conn: Connection, store_id: int, req: HandoffRequest, context: di
 def _add_update(conn: Connection, store: Any, store_id: int, contact_id: int | None, case: Any, context: dict[str, Any],
                 req: HandoffRequest, now: datetime) -> int:
     """Add a request to an open case with a fresh context; its owner is told when ``req.notify_update``."""
-    updates = [*((case.context or {}).get("updates") or []), {"at": now.isoformat(), "reason": req.reason}][-MAX_UPDATES:]
-    update_by_id(conn, HANDOFFS, case.id, {"context": {**context, "updates": updates}})
+    before = case.context or {}
+    kept = before.get("updates") or []
+    updates = [*kept, {"at": now.isoformat(), "reason": req.reason}][-MAX_UPDATES:]
+    # the n-th update of the case, counted past the MAX_UPDATES kept: its notification's key
+    # (a key taken from the capped list would repeat from the 21st update on, and be dropped)
+    count = int(before.get("update_count") or len(kept)) + 1
+    update_by_id(conn, HANDOFFS, case.id, {"context": {**context, "updates": updates, "update_count": count}})
     if req.notify_update:
-        _notify(conn, store, store_id, contact_id, case.id, case.stage, case.journey, now, len(updates))
+        _notify(conn, store, store_id, contact_id, case.id, case.stage, case.journey, now, count)
     return case.id
 
 

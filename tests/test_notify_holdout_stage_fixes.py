@@ -147,3 +147,25 @@ def test_a_cod_order_paid_after_delivery_leaves_the_customer_in_retention(db_url
         runtime.processor.drain()
         reordered = contact_stage(runtime)
     assert (placed, delivered, paid, reordered) == ("qualification", "retention", "retention", "qualification")
+
+
+# ---- 6a. every notified update reaches the owner --------------------------------------------
+
+def test_every_notified_update_of_a_case_reaches_its_owner_past_the_twenty_kept(db_url):
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(stages={"entry": {"owner": "Front desk", "notify_url": HOOK}})
+    settings = parse_settings(raw, environ={})
+    with running_app(settings) as (client, runtime):
+        store, sid = settings.stores[0], runtime.store_ids["shop-a"]
+        for i in range(23):  # opened, then 22 notified updates
+            with runtime.db.engine.begin() as conn:
+                open_handoff(conn, store, sid, None, HandoffRequest("case:1", f"update {i}"), T0 + timedelta(minutes=i))
+        with respx.mock(assert_all_called=True) as slack:
+            hook = slack.post(HOOK).respond(200, text="ok")
+            while asyncio.run(runtime.notifier.run_once()):
+                pass
+        with runtime.db.engine.connect() as conn:
+            [h] = conn.execute(select(m.Handoff)).all()
+    texts = [json.loads(c.request.content)["text"] for c in hook.calls]
+    assert len(texts) == 23 and all("hand-off" in t for t in texts)  # opened, then told of each of the 22 updates
+    assert len(h.context["updates"]) == 20  # the case keeps the latest 20
