@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector import events as ev
@@ -231,10 +231,13 @@ def close_handoff(conn: Connection, store_id: int, handoff_id: int, by: str, res
     row = conn.execute(select(HANDOFFS.c.key, HANDOFFS.c.status).where(HANDOFFS.c.id == handoff_id, HANDOFFS.c.store_id == store_id)).first()
     if row is None or row.status != "open":
         return False
-    # free the cause's key so the same cause can open a new case later
-    update_by_id(conn, HANDOFFS, handoff_id, {"status": "closed", "closed_at": now, "closed_by": by[:120], "resolution": resolution,
-                                              "key": f"{row.key}:closed:{handoff_id}"[:255]})
-    return True
+    # free the cause's key so the same cause can open a new case later; only an open case is
+    # closed: of two people closing it at once, the first keeps their name and resolution and
+    # the other is told it is no longer open
+    done = conn.execute(
+        update(HANDOFFS).where(HANDOFFS.c.id == handoff_id, HANDOFFS.c.store_id == store_id, HANDOFFS.c.status == "open")
+        .values(status="closed", closed_at=now, closed_by=by[:120], resolution=resolution, key=f"{row.key}:closed:{handoff_id}"[:255]))
+    return done.rowcount == 1
 
 
 def notify_text(h: Any, store_name: str) -> str:

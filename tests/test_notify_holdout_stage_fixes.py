@@ -169,3 +169,35 @@ def test_every_notified_update_of_a_case_reaches_its_owner_past_the_twenty_kept(
     texts = [json.loads(c.request.content)["text"] for c in hook.calls]
     assert len(texts) == 23 and all("hand-off" in t for t in texts)  # opened, then told of each of the 22 updates
     assert len(h.context["updates"]) == 20  # the case keeps the latest 20
+
+
+# ---- 6b. two people close the same case ------------------------------------------------------
+
+def test_two_people_closing_one_case_at_once_the_first_keeps_their_resolution(db_url):
+    raw = settings_dict(db_url)
+    settings = parse_settings(raw, environ={})
+    with running_app(settings) as (client, runtime):
+        store, sid = settings.stores[0], runtime.store_ids["shop-a"]
+        with runtime.db.engine.begin() as conn:
+            hid = open_handoff(conn, store, sid, None, HandoffRequest("case:1", "customer wrote"), T0)
+        first: list[bool] = []
+        engine = runtime.db.engine
+        with engine.connect() as conn_b:
+            if engine.dialect.name == "postgresql":
+                # Ravi has read the case (open) when Asha's close commits, just before his UPDATE
+                def asha_closes_first(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+                    if statement.lstrip().upper().startswith("UPDATE HANDOFFS") and not first:
+                        with engine.begin() as conn_a:
+                            first.append(close_handoff(conn_a, sid, hid, "Asha", "refunded", T0 + timedelta(hours=1)))
+                event.listen(conn_b, "before_cursor_execute", asha_closes_first)
+            else:
+                # SQLite's BEGIN IMMEDIATE serializes the two transactions: Asha's commits first
+                with engine.begin() as conn_a:
+                    first.append(close_handoff(conn_a, sid, hid, "Asha", "refunded", T0 + timedelta(hours=1)))
+            with conn_b.begin():
+                second = close_handoff(conn_b, sid, hid, "Ravi", "rescheduled", T0 + timedelta(hours=2))
+        [closed] = client.get("/api/stores/shop-a/handoffs", params={"status": "closed"},
+                              headers={"Authorization": f"Bearer {SECRETS['admin']}"}).json()["items"]
+    assert first == [True] and second is False  # Ravi is told it is no longer open
+    assert (closed["closed_by"], closed["resolution"]) == ("Asha", "refunded")
+    assert datetime.fromisoformat(closed["closed_at"]) == T0 + timedelta(hours=1)
