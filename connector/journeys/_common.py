@@ -41,3 +41,18 @@ def unpaid_order(order: Any) -> bool:
     status is the financial status, and a pending Shopify order is a placed order."""
     return (order.platform_status in UNPAID_STATUSES and not order.is_cod and order.cancelled_at is None
             and order.payment_state in (ev.PaymentState.PENDING, ev.PaymentState.FAILED))
+
+
+# what a customer sends that answers nothing (adapters/whatsapp/normalize.py): a reaction to one
+# of our messages (or taking it back), a sticker, WhatsApp's own notices (``system``: the user
+# changed number; ``request_welcome``: a chat opened for the first time). A run that follows the
+# contact goes on as if nothing came; a photo, a voice note or a document is an answer (and
+# opens a hand-off, connector/handoffs.rules).
+NOT_A_REPLY = frozenset({"reaction", "sticker", "system", "request_welcome"})
+
+
+def is_reply(event: Any) -> bool:
+    """Whether an inbound WhatsApp event answers us (a tap, words, a photo…), not just a reaction."""
+    if isinstance(event, ev.ButtonReplied):
+        return True
+    return isinstance(event, ev.MessageReceived) and event.message_type not in NOT_A_REPLY

@@ -5,7 +5,7 @@ goes ``ladder_minutes[i]`` after abandonment (a discount code can be offered on 
 step). The run stops the moment an order arrives for that checkout or from the same
 customer (phone, customer id, or email for a phone-less order: ``state.upsert_contact``),
 or the customer replies (a tap, words, a photo or voice note; a reaction or a sticker is no
-reply, ``NOT_A_REPLY``); any opt-out ends it too (``state.end_marketing_runs``). An order
+reply, ``_common.NOT_A_REPLY``); any opt-out ends it too (``state.end_marketing_runs``). An order
 after a reminder that went out (WhatsApp took it: sent, delivered, read) and within
 ``attribution_days`` of the last one before it is recorded as recovered, with its revenue; a
 reminder still waiting (quiet hours), skipped (the frequency cap, a recent order, no consent)
@@ -27,23 +27,10 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from connector import events as ev
-from connector.journeys._common import unpaid_order
+from connector.journeys._common import is_reply, unpaid_order
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
 
 STEPS = ("first", "second", "third")
-# what a customer sends that answers nothing (adapters/whatsapp/normalize.py): a reaction to one
-# of our messages (or taking it back), a sticker, WhatsApp's own notices (``system``: the user
-# changed number; ``request_welcome``: a chat opened for the first time). A run that follows the
-# contact goes on as if nothing came; a photo, a voice note or a document is an answer (and
-# opens a hand-off, connector/handoffs.rules).
-NOT_A_REPLY = frozenset({"reaction", "sticker", "system", "request_welcome"})
-
-
-def is_reply(event: Any) -> bool:
-    """Whether an inbound WhatsApp event answers us (a tap, words, a photo…), not just a reaction."""
-    if isinstance(event, ev.ButtonReplied):
-        return True
-    return isinstance(event, ev.MessageReceived) and event.message_type not in NOT_A_REPLY
 ORDER_EVENTS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)
 
 

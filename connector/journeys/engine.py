@@ -156,11 +156,6 @@ class Journey(Protocol):
         """Pure: the commands for this event given the run's state."""
 
 
-# built-in journeys that keep a control group without being marketing; their modules should say
-# ``accepts_holdout = True`` themselves (payment recovery: a control run only misses its reminder)
-_HOLDOUT_BUILTINS = frozenset({"payment_recovery"})
-
-
 def accepts_holdout(journey: Any) -> bool:
     """Whether a journey may keep a holdout (``holdout_percent``): a marketing journey, or one
     that says ``accepts_holdout = True``. A control run gets no message but still acts on the
@@ -169,4 +164,4 @@ def accepts_holdout(journey: Any) -> bool:
     declared = getattr(journey, "accepts_holdout", None)
     if declared is not None:
         return bool(declared)
-    return bool(getattr(journey, "marketing", False)) or getattr(journey, "name", None) in _HOLDOUT_BUILTINS
+    return bool(getattr(journey, "marketing", False))

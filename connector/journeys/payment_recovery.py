@@ -32,6 +32,7 @@ class PaymentRecoveryConfig(JourneyConfig):
 class PaymentRecovery:
     name: ClassVar[str] = "payment_recovery"
     config_model: ClassVar[type[JourneyConfig]] = PaymentRecoveryConfig
+    accepts_holdout: ClassVar[bool] = True  # a control run only misses its reminder: lift can be measured
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)) and not event.order.is_cod:

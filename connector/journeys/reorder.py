@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from pydantic import AnyHttpUrl, Field, field_validator
 
 from connector import events as ev
-from connector.journeys.checkout_recovery import is_reply
+from connector.journeys._common import is_reply
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake
 from connector.reorder.cycles import parse_cycle, product_key
 
