@@ -101,19 +101,14 @@ def _reminders_sent(conn: Connection, store: Any, store_id: int, journey: str, s
     return tuple(sorted(r.sent_at or r.updated_at for r in rows if r.status in REACHED))
 
 
-def _supersede_waiting(conn: Connection, store: Any, store_id: int, journey: str, subject: str, commands: list[Any],
-                       now: datetime) -> None:
-    """A marketing run queueing its next step: the run's earlier steps still waiting (held for
-    the morning by quiet hours, a retry) are skipped as ``superseded``, so only the latest
-    reminder goes out. Without this, a first reminder deferred to 09:00 and the second one
-    (due at 03:30, deferred too) reached the customer seconds apart. Rows held in the batch
-    are changed in memory, stored ones with one lookup per batch (``ob.skip_pending``)."""
-    steps = {c.step for c in commands if isinstance(c, Send)}
-    if not steps or not getattr(journeys().get(journey), "marketing", False):
-        return
-    own = {f"{journey}:{step}:{subject}" for step in steps}
-    earlier = [k for k in _step_keys(store, journey, subject) if k not in own]
-    ob.skip_pending(conn, store_id, earlier, "superseded", now)
+def _supersede_waiting(conn: Connection, store: Any, store_id: int, journey: str, step: str, subject: str, now: datetime) -> None:
+    """A marketing run's step was just queued for later (quiet hours): the run's other steps
+    still waiting are skipped as ``superseded``, so only the latest reminder goes out. Without
+    this, a first reminder held until 09:00 and the second one (due at 03:30, held too) reached
+    the customer seconds apart. Only a held step looks (one lookup of the run's keys, or the
+    batch's held rows: ``ob.skip_pending``): a step that goes now finds the earlier ones sent."""
+    own = f"{journey}:{step}:{subject}"
+    ob.skip_pending(conn, store_id, [k for k in _step_keys(store, journey, subject) if k != own], "superseded", now)
 
 
 def _with_sends(conn: Connection, store: Any, store_id: int, journey: Any, event: Any, found: tuple[int, Run, bool] | None,
@@ -405,8 +400,6 @@ class JourneyRunner:
             # run queued earlier and is still waiting (a reminder held for the morning, a retry)
             # goes no further. This decision's own sends, below, are queued after.
             ob.skip_pending(conn, store_id, _step_keys(store, journey, subject), "journey_ended", now)
-        if contact_id is not None and not holdout and run_id is not None and not created:
-            _supersede_waiting(conn, store, store_id, journey, subject, commands, now)
         for cmd in commands:
             if isinstance(cmd, Start):
                 continue
@@ -417,8 +410,10 @@ class JourneyRunner:
                     ob.enqueue(conn, store_id=store_id, key=f"{journey}:{cmd.step}:{subject}", contact_id=contact_id, journey=journey,
                                step=cmd.step, category=None, payload={"subject": subject}, due_at=now, now=now, skip_reason="holdout")
                 else:
-                    queue_template(conn, store=store, store_id=store_id, contact_id=contact_id, journey=journey, step=cmd.step,
-                                   subject=subject, context=cmd.context, now=now, due_at=cmd.due_at)
+                    queued = queue_template(conn, store=store, store_id=store_id, contact_id=contact_id, journey=journey, step=cmd.step,
+                                            subject=subject, context=cmd.context, now=now, due_at=cmd.due_at)
+                    if queued.deferred and run_id is not None and not created and getattr(journeys().get(journey), "marketing", False):
+                        _supersede_waiting(conn, store, store_id, journey, cmd.step, subject, now)
             elif isinstance(cmd, WriteBack):
                 ob.enqueue(conn, store_id=store_id, key=f"{journey}:writeback:{cmd.key}:{subject}", contact_id=contact_id,
                            journey=journey, step=cmd.key, category=None, channel="store",

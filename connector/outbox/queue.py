@@ -28,12 +28,13 @@ class Queued:
     outbox_id: int | None  # None: already queued (duplicate), or held for the batch's executemany (ob.enqueue)
     status: str  # pending | skipped | duplicate
     reason: str | None = None
+    deferred: bool = False  # pending, but not to go now (quiet hours, a later due time)
 
 
-def _queued(conn: Connection, new_id: int | None, reason: str | None) -> Queued:
+def _queued(conn: Connection, new_id: int | None, reason: str | None, deferred: bool = False) -> Queued:
     if new_id is None and current(conn) is None:
         return Queued(None, "duplicate")
-    return Queued(new_id, "skipped" if reason else "pending", reason)
+    return Queued(new_id, "skipped" if reason else "pending", reason, deferred and not reason)
 
 
 _CONTACT = select(CONTACTS).where(CONTACTS.c.id == bindparam("cid"))
@@ -118,12 +119,12 @@ def queue_template(
     if reason is None and context.get(REQUEUE_MISSING_VALUE):
         requeued = _requeue_missing_value(conn, store_id, key, payload, when, now)
         if requeued is not None:
-            return Queued(requeued, "pending")
+            return Queued(requeued, "pending", deferred=when > now)
     new_id = ob.enqueue(
         conn, store_id=store_id, key=key, contact_id=contact_id, journey=journey, step=step, category=category,
         payload=payload, due_at=when, now=now, skip_reason=reason,
     )
-    return _queued(conn, new_id, reason)
+    return _queued(conn, new_id, reason, when > now)
 
 
 def _requeue_missing_value(conn: Connection, store_id: int, key: str, payload: dict[str, Any], due_at: datetime,
