@@ -15,13 +15,12 @@ from datetime import timedelta
 
 import respx
 
-from tests.conftest import FIXTURES
-from tests.helpers import load_json, running_app
+from tests.helpers import running_app
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, store, world  # noqa: F401 (fixtures)
 from tests.scenarios.harness import T0, wa_id
 from tests.scenarios.stores import Store
-from tests.test_handoffs import ADMIN, HOOK, NDR_TEMPLATES, dispatch, order, post_shopify, post_wa, store_settings, wamid_of
+from tests.test_handoffs import ADMIN, HOOK, NDR_TEMPLATES, failed_delivery, post_wa, store_settings
 
 ASHA = "+919876543210"
 RAVI = "+919812345678"
@@ -75,13 +74,7 @@ def test_only_a_reminder_whatsapp_took_before_the_order_makes_it_recovered(sqlit
 def test_a_typed_answer_to_a_failed_delivery_joins_its_hand_off_without_a_second_case_or_alert(db_url):
     settings = store_settings(db_url, {"delivery": {}}, NDR_TEMPLATES)
     with running_app(settings) as (client, runtime):
-        post_shopify(client, order(financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
-        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
-        fulfilment.update(order_id=820982911946154508, shipment_status="failure", updated_at="2026-11-22T10:00:00Z")
-        post_shopify(client, fulfilment, "fulfillments/update")
-        runtime.processor.drain()
-        dispatch(runtime, settings)
-        ndr = wamid_of(runtime, "delivery", "failed")
+        ndr = failed_delivery(client, runtime, settings)
         # as people type: no quoted message; then one quoting the failed-delivery message
         post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.T1", "timestamp": "1795158000", "type": "text",
                                        "text": {"body": "deliver tomorrow please"}}]})

@@ -224,16 +224,21 @@ NDR_TEMPLATES = [
 ]
 
 
+def failed_delivery(client, runtime, settings) -> str:
+    """A paid order whose delivery failed, its failed-delivery message sent: that message's wamid."""
+    post_shopify(client, order(financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
+    fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+    fulfilment.update(order_id=820982911946154508, shipment_status="failure", updated_at="2026-11-22T10:00:00Z")
+    post_shopify(client, fulfilment, "fulfillments/update")
+    runtime.processor.drain()
+    dispatch(runtime, settings)
+    return wamid_of(runtime, "delivery", "failed")
+
+
 def test_answers_to_a_failed_delivery_are_kept_noted_and_added_to_the_open_hand_off(db_url):
     settings = store_settings(db_url, {"delivery": {"acknowledge_answers": True}}, NDR_TEMPLATES)
     with running_app(settings) as (client, runtime):
-        post_shopify(client, order(financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
-        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
-        fulfilment.update(order_id=820982911946154508, shipment_status="failure", updated_at="2026-11-22T10:00:00Z")
-        post_shopify(client, fulfilment, "fulfillments/update")
-        runtime.processor.drain()
-        dispatch(runtime, settings)
-        ndr = wamid_of(runtime, "delivery", "failed")
+        ndr = failed_delivery(client, runtime, settings)
         tap(client, "ndr_reschedule", "wamid.N1", ndr)
         tap(client, "ndr_reschedule", "wamid.N2", ndr)  # tapped again: already recorded
         tap(client, "ndr_cancel", "wamid.N3", ndr)
