@@ -5,10 +5,12 @@ messages), goes to the owner of the contact's stage, and notifies them through t
 stage's outgoing webhook (Slack-compatible JSON) via the outbox. Rules are pure; the
 runner applies them inside the processor's transaction.
 
-A customer's typed reply continues the case a person already has for the journey it
-answers (the message it quotes first, else the contact's latest case whose run waits on
-a person, e.g. a failed delivery): it is added to that case, never a second one. Only
-with no such case open does a reply open its own.
+A customer's typed reply continues the journey it answers. One that quotes our message
+answers that message's journey and subject only: it is added to that journey's open case,
+or opens a new case for it (its stage owner is told), never another journey's case. One
+that quotes nothing is added to the case of the journey it answers by phone (the contact's
+latest active run), else to the contact's latest case whose run waits on a person (e.g. a
+failed delivery); only with no such case open does it open its own.
 """
 
 from __future__ import annotations
@@ -39,8 +41,11 @@ class HandoffRequest:
     # a second request for an open case is added to it; True: its owner is notified again
     notify_update: bool = True
     # a free-text reply: added to the open case of the journey it answers (``journey`` and
-    # ``subject`` from the quoted message) or of a run waiting on a person, if there is one
+    # ``subject`` from the quoted message, or by phone) or, quoting nothing, of a run waiting on a person
     continues_open: bool = False
+    # a reply quoting one of our messages: ``journey`` and ``subject`` are that message's, and
+    # it continues (or stands back for) that journey only
+    quoted: bool = False
 
 
 _STAGE_ORDER = {s: i for i, s in enumerate(("entry", "qualification", "conversion", "post_purchase", "retention"))}
@@ -74,8 +79,14 @@ def _stage_of(event: Any, current: str) -> str | None:
     return None
 
 
-def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | None, reply_subject: str | None) -> list[HandoffRequest]:
-    """Which events need a person (NDRs come from the delivery journey itself)."""
+def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | None, reply_subject: str | None,
+          quoted: bool = False) -> list[HandoffRequest]:
+    """Which events need a person (NDRs come from the delivery journey itself).
+
+    ``reply_journey`` / ``reply_subject``: the journey a reply answers, by the message it
+    quotes (``quoted``) or by phone. A reply with one is keyed by it (the key a journey's own
+    case has), so it never lands in another journey's case; one with none shares the
+    contact's generic ``reply:`` case."""
     out: list[HandoffRequest] = []
     if contact_id is None:
         return out
@@ -89,12 +100,15 @@ def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | N
                 "unsupported": "a message WhatsApp does not pass on (see the chat)",
                 "unknown": "a message WhatsApp does not pass on (see the chat)"}.get(event.message_type)
         if (text or sent) and not (text and keyword_intent(text, store.policy.rules()) is not None):
-            what = f" (answering {reply_journey} {reply_subject})" if reply_journey else ""
+            # only a quoted reply surely answers that message; one matched by phone carries the
+            # journey (the case's journey and subject) without saying so in its reason
+            what = f" (answering {reply_journey} {reply_subject})" if reply_journey and quoted else ""
             said = f": {text[:300]}" if text else ""
             reason = f"customer sent {sent}{what}{said}" if sent else f"customer wrote{what}{said}"
             # words go to the run that asked for them (a COD cancel reason); a voice note it cannot read
-            out.append(HandoffRequest(f"reply:{contact_id}", reason, reply_journey, reply_subject,
-                                      unless_awaited=bool(text), notify_update=False, continues_open=True))
+            key = f"{reply_journey}:{reply_subject}" if reply_journey and reply_subject else f"reply:{contact_id}"
+            out.append(HandoffRequest(key, reason, reply_journey, reply_subject, unless_awaited=bool(text),
+                                      notify_update=False, continues_open=True, quoted=quoted and bool(reply_journey)))
     if isinstance(event, ev.OrderPlaced) and store.handoff.order_value_over is not None:
         if float(event.order.total) > store.handoff.order_value_over:
             out.append(HandoffRequest(f"order:{event.order.external_id}:high_value",
@@ -140,16 +154,20 @@ _OPEN_BY_KEY = select(HANDOFFS.c.id, HANDOFFS.c.stage, HANDOFFS.c.context, HANDO
     HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.key == bindparam("key"), HANDOFFS.c.status == "open")
 _OPEN_BY_KEYS = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey).where(
     HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.key.in_(bindparam("keys", expanding=True)), HANDOFFS.c.status == "open")
-_ACTIVE_STATES = select(RUNS.c.state).where(
+_ACTIVE_STATES = select(RUNS.c.journey, RUNS.c.subject, RUNS.c.state).where(
     RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.status == "active")
 MAX_UPDATES = 20
 
 
-def _awaited(conn: Connection, store_id: int, contact_id: int | None) -> bool:
-    """Whether one of the contact's active runs asked them something (a COD cancel reason)."""
+def _awaited(conn: Connection, store_id: int, contact_id: int | None, req: HandoffRequest) -> bool:
+    """Whether one of the contact's active runs asked them something (a COD cancel reason) that
+    this reply answers: any such run for a reply quoting nothing, only the quoted one's run for
+    a reply quoting our message (words quoting another order's delivery message are no reason)."""
     if contact_id is None:
         return False
-    return any((state or {}).get("awaiting_reply") for state in conn.execute(_ACTIVE_STATES, {"sid": store_id, "cid": contact_id}).scalars())
+    rows = conn.execute(_ACTIVE_STATES, {"sid": store_id, "cid": contact_id})
+    return any((r.state or {}).get("awaiting_reply") and (not req.quoted or (r.journey, r.subject) == (req.journey, req.subject))
+               for r in rows)
 
 
 @functools.cache
@@ -160,11 +178,14 @@ def _insert_handoff(dialect: str) -> Any:
 
 
 def _continued(conn: Connection, store_id: int, req: HandoffRequest, context: dict[str, Any]) -> Any:
-    """The open case a typed reply continues: that of the journey its quoted message belongs
-    to, else the latest of the contact's runs waiting on a person (status ``handoff``, from the
-    context just read). None: no such case; no query when no run could have one."""
+    """The open case a typed reply continues: that of the journey it answers; for a reply that
+    quotes nothing, else the latest of the contact's runs waiting on a person (status
+    ``handoff``, from the context just read). A reply quoting our message continues its
+    journey's case only. None: no such case; no query when no run could have one."""
     answered = f"{req.journey}:{req.subject}"[:255] if req.journey and req.subject else None
-    keys = {f"{r['journey']}:{r['subject']}"[:255] for r in context.get("active_journeys") or () if r["status"] == "handoff"}
+    keys: set[str] = set()
+    if not req.quoted:
+        keys = {f"{r['journey']}:{r['subject']}"[:255] for r in context.get("active_journeys") or () if r["status"] == "handoff"}
     if answered:
         keys.add(answered)
     if not keys:
@@ -202,8 +223,9 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
     """Open one hand-off per cause; the same cause again (the customer's answer to a failed
     delivery) is added to the open case's ``updates`` with a fresh context, and its owner is
     told again when ``req.notify_update``. A typed reply (``req.continues_open``) is added to
-    the case it continues, if one is open. The caller flushes held-back writes first."""
-    if req.unless_awaited and _awaited(conn, store_id, contact_id):
+    the case it continues, if one is open; else it opens its own (keyed by the journey it
+    answers, if any), and its stage owner is told. The caller flushes held-back writes first."""
+    if req.unless_awaited and _awaited(conn, store_id, contact_id, req):
         return None  # the run that asked takes the answer and opens the case with what it means
     context = _context(conn, store_id, contact_id)
     if req.continues_open:

@@ -16,7 +16,9 @@ answered in time. A Confirm after a no-answer cancel goes to a person (we cannot
 A cancel with a reason goes to a person (a hand-off for the contact's stage owner, the
 COD team): the reason comes with the tap (a ``cancel_reasons`` button), or, with
 ``cancel_reason_minutes``, as the customer's next message after a plain Cancel (the run
-waits for it, ``awaiting_reply``, and the general free-text hand-off stands back). The
+waits for it, ``awaiting_reply``, and the general free-text hand-off stands back): one
+quoting nothing or this order's own message; words quoting another journey's or order's
+message answer that one instead. The
 cancel itself follows ``cancel_action`` at the tap, whatever the reason.
 """
 
@@ -102,6 +104,8 @@ class CodConfirmation:
                 return self._with_reason(run, facts, config.cancel_reasons[event.payload])
             return self._reply(event, run, facts, config, now)
         if isinstance(event, ev.MessageReceived) and waiting:
+            if facts.extra.get("reply_quoted") and replied_here(event, facts, self.name) != run.subject:
+                return []  # it quotes another journey's or order's message: it answers that, not why they cancelled
             text = " ".join((event.text or "").split())
             if text and keyword_intent(text, KEYWORDS) is None:
                 return self._with_reason(run, facts, text[:300])

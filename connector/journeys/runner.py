@@ -28,6 +28,7 @@ from connector.journeys.engine import (
 )
 from connector.handoffs import HandoffRequest, open_handoff, stage_after
 from connector.handoffs import rules as handoff_rules
+from connector.journeys._common import is_reply
 from connector.journeys.registry import journeys
 from connector.outbox import store as ob
 from connector.outbox.queue import queue_template
@@ -233,25 +234,26 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
         fulfillment = event.fulfillment.model_dump(mode="json")
     elif isinstance(event, (ev.ButtonReplied, ev.MessageReceived)):
         # a reply continues the journey it answers: the message it quotes first, the phone second
-        sent = None
+        # (the contact's most recently updated active run; a reaction or a sticker answers nothing)
+        answered = None
         if event.context_message_id:
             sent = conn.execute(
                 select(OUTBOX.c.journey, OUTBOX.c.payload, OUTBOX.c.contact_id)
                 .where(OUTBOX.c.store_id == store_id, OUTBOX.c.wamid == event.context_message_id)
             ).first()
-        if (sent is None or not sent.journey) and contact_id is not None and isinstance(event, ev.ButtonReplied):
-            flush(conn)  # reads runs past the transaction cache
-            sent = conn.execute(
-                select(RUNS.c.journey, RUNS.c.subject, RUNS.c.contact_id)
-                .where(RUNS.c.store_id == store_id, RUNS.c.contact_id == contact_id, RUNS.c.status == "active")
-                .order_by(RUNS.c.updated_at.desc()).limit(1)
-            ).first()
-            if sent is not None:
-                sent = type("Sent", (), {"journey": sent.journey, "payload": {"subject": sent.subject}, "contact_id": sent.contact_id})
-        if sent is not None and sent.journey:
-            extra = {"reply_journey": sent.journey, "reply_subject": (sent.payload or {}).get("subject")}
-            contact_id = contact_id or sent.contact_id
-            subj = extra["reply_subject"] or ""
+            if sent is not None and sent.journey:
+                answered = (sent.journey, (sent.payload or {}).get("subject"), sent.contact_id)
+                extra["reply_quoted"] = True  # it quotes one of this journey's messages: it answers that, no other
+        if answered is None and contact_id is not None and is_reply(event):
+            # through the transaction cache (the batch's prefetch read the contact's active runs)
+            runs = active_runs(conn, store_id, contact_id)
+            if runs:
+                latest = max(runs, key=lambda r: (r.updated_at, r.id))
+                answered = (latest.journey, latest.subject, latest.contact_id)
+        if answered is not None:
+            extra.update(reply_journey=answered[0], reply_subject=answered[1])
+            contact_id = contact_id or answered[2]
+            subj = answered[1] or ""
             order_id = subj.split(":", 1)[1] if subj.startswith("order:") else None
     elif isinstance(event, TimerFired) and subject and subject.startswith("order:"):
         order_id = subject.split(":", 1)[1]
@@ -281,7 +283,8 @@ class JourneyRunner:
             stage = stage_after(event, current or "entry")
             if stage is not None and stage != current:
                 update_by_id(conn, CONTACTS, facts.contact_id, {"stage": stage, "updated_at": now})
-        for req in handoff_rules(event, facts.contact_id, store, facts.extra.get("reply_journey"), facts.extra.get("reply_subject")):
+        for req in handoff_rules(event, facts.contact_id, store, facts.extra.get("reply_journey"), facts.extra.get("reply_subject"),
+                                 quoted=bool(facts.extra.get("reply_quoted"))):
             flush(conn)  # the hand-off's context reads the contact and its runs from the database
             open_handoff(conn, store, store_id, facts.contact_id, req, now)
         same_email: list[int] | None = None
