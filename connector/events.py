@@ -269,6 +269,7 @@ class MarketingPreferenceChanged(_Fact):
     phone_number_id: str
     wa_id: str | None
     phone: Phone | None = None
+    user_id: str | None = None  # the business-scoped user id (C9): all a username user may show
     value: str
     category: str
     occurred_at: datetime

@@ -603,7 +603,7 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             out.subject = f"wamid:{event.message_id}"
             out.contact_id = apply_status(conn, store_id, event, now)
         case ev.MarketingPreferenceChanged():
-            out.contact_id = upsert_contact(conn, store_id, now, phone=event.phone, wa_id=event.wa_id)
+            out.contact_id = upsert_contact(conn, store_id, now, phone=event.phone, wa_id=event.wa_id, user_id=event.user_id)
             state = {"stop": "revoked", "resume": "granted", "signup": "granted"}.get(event.value)
             if out.contact_id is not None and state is not None:
                 source = f"whatsapp_preference_{event.value}"

@@ -171,11 +171,22 @@ def _status(b: Body) -> Event:
 def _preference(b: Body) -> Event:
     phone_number_id = _phone_number_id(b)
     p = req_obj(b, "user_preference")
-    wa_id, _ = _sender(get_id(p, "wa_id", "user_preference"), "user_preference.wa_id")
+    wa_id, bsuid = _sender(get_id(p, "wa_id", "user_preference"), "user_preference.wa_id")
+    contacts = [c for _, c in get_objects(b, "contacts")]
+    if wa_id is not None:  # only the contact named by the same number: a stranger's id must not be learnt on it
+        contact = next((c for c in contacts if get_id(c, "wa_id", "contact") == wa_id), {})
+    else:
+        contact = contacts[0] if len(contacts) == 1 else {}
+    # a user with a username may show no number (C9): their business-scoped id still names them,
+    # and state.upsert_contact finds the contact it was learnt on
+    user_id = first_str(get_str(p, "user_id", "user_preference"), get_str(contact, "user_id", "contact"), bsuid)
+    if user_id is not None and not _BSUID.fullmatch(user_id):
+        user_id = None  # not a business-scoped id: never written to a contact row
     return MarketingPreferenceChanged(
         phone_number_id=phone_number_id,
         wa_id=wa_id,
         phone=wa_id_to_e164(wa_id),
+        user_id=user_id,
         value=req_str(p, "value", "user_preference"),
         category=req_str(p, "category", "user_preference"),
         occurred_at=req_unix_time(p, "timestamp", "user_preference"),
