@@ -95,8 +95,8 @@ def contact_by_email(conn: Connection, store_id: int, email: str | None) -> Any:
     return cache.put("contacts", row) if cache is not None and row is not None else row
 
 
-# no index of its own: the (store_id, ...) indexes narrow it to the store's contacts, and it runs
-# only for a sender with neither phone nor WhatsApp id (a username user, C9 of platform-facts)
+# by the (store_id, wa_user_id) index (migration 0011); it runs only for a sender with neither
+# phone nor WhatsApp id (a username user, C9 of platform-facts)
 _CONTACT_BY_USER_ID = (select(CONTACTS).where(CONTACTS.c.store_id == bindparam("sid"), CONTACTS.c.wa_user_id == bindparam("v"))
                        .order_by(CONTACTS.c.id).limit(1))
 

@@ -47,3 +47,25 @@ def test_whatsapp_marketing_stop_by_business_scoped_id_only_stops_cart_reminders
     assert sc.templates_to(ASHA) == ["cart_1_v1"]  # no second or third cart reminder after she stopped marketing
     marketing = sc.contact(ASHA)["consent"]["marketing"]
     assert (marketing["state"], marketing["source"]) == ("revoked", "whatsapp_preference_stop")
+
+
+# ---- 2. the BSUID lookup reads its index, not every contact of the store ------------------------
+
+def test_a_contact_is_found_by_business_scoped_id_through_its_index(tmp_path, sqlite_template):
+    """A username user's STOP or marketing "stop" finds their contact by BSUID alone: in a store
+    with a hundred thousand contacts that lookup must read the (store, wa_user_id) index."""
+    import shutil
+
+    from connector.state import _CONTACT_BY_USER_ID
+    from connector.storage.db import make_engine
+    from tests.test_query_plans import plan_of
+
+    path = tmp_path / "plans.db"
+    shutil.copy(sqlite_template, path)
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            plan = plan_of(conn, _CONTACT_BY_USER_ID, {"sid": 1, "v": BSUID})
+    finally:
+        engine.dispose()
+    assert "ix_contacts_store_wa_user_id (store_id=? AND wa_user_id=?)" in plan, plan

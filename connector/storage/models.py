@@ -182,6 +182,7 @@ class Contact(Base):
         UniqueConstraint("store_id", "phone_key", name="uq_contacts_store_phone"),
         Index("ix_contacts_store_wa_id", "store_id", "wa_id"),
         Index("ix_contacts_store_customer", "store_id", "external_customer_id"),
+        Index("ix_contacts_store_wa_user_id", "store_id", "wa_user_id"),  # a sender known only by their BSUID (C9)
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
