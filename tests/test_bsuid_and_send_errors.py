@@ -10,9 +10,17 @@ told as store stories (the scenario harness: real app, virtual clock, fake peers
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 
+import pytest
+from sqlalchemy import select
+
+from adapters.whatsapp.client import WhatsAppClient
+from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp, ScriptedResponse
+from connector.storage import models as m
 from tests.scenarios import payloads as p
+from tests.scenarios.fakes import WA_TOKEN
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
 from tests.scenarios.stores import SHOPIFY
 from tests.scenarios.test_store_journeys import LADDER
@@ -69,3 +77,68 @@ def test_a_contact_is_found_by_business_scoped_id_through_its_index(tmp_path, sq
     finally:
         engine.dispose()
     assert "ix_contacts_store_wa_user_id (store_id=? AND wa_user_id=?)" in plan, plan
+
+
+# ---- 3. 131050 / 131026 in the answer to the send itself -----------------------------------------
+
+@pytest.fixture
+def graph() -> Iterator[tuple[SandboxWhatsApp, str]]:
+    """A fake Graph API that can be scripted to refuse a send with a Meta error code."""
+    fake = SandboxWhatsApp(token=WA_TOKEN)
+    with SandboxServer(fake.app) as server:
+        yield fake, server.url
+
+
+def _send_through(sc, url: str) -> WhatsAppClient:
+    """The scenario's dispatcher sends to ``url`` (the scripted Graph API) instead of the fake world."""
+    client = WhatsAppClient(url, sc.settings.whatsapp.api_version, WA_TOKEN)
+    sc.runtime.dispatcher.sender = client
+    return client
+
+
+def _refuse_next(fake: SandboxWhatsApp, code: int) -> None:
+    fake.script.append(ScriptedResponse(400, {"error": {"message": f"(#{code}) refused", "type": "OAuthException", "code": code,
+                                                        "error_data": {"messaging_product": "whatsapp", "details": "refused"},
+                                                        "fbtrace_id": "T1"}}))
+
+
+def test_131050_answered_to_a_cart_reminder_stops_her_other_carts_reminders(sqlite_url, scenario, world, graph):
+    fake, url = graph
+    sc = scenario(sqlite_url, "shopify", journeys=LADDER)
+    client = _send_through(sc, url)
+    try:
+        SHOPIFY.start_checkout(sc, "A", ASHA)  # cart A: first reminder at +30 min
+        sc.later(minutes=10)
+        SHOPIFY.start_checkout(sc, "B", ASHA)  # cart B: first reminder at +40 min
+        _refuse_next(fake, 131050)  # she stopped marketing on WhatsApp: Meta refuses cart A's reminder at once
+        sc.later(minutes=25)
+        assert [(c.template, c.status) for c in fake.calls] == [("cart_1_v1", 400)]
+
+        sc.later(days=2)
+        assert fake.accepted() == []  # no reminder of cart A or cart B reached her after Meta said she stopped marketing
+        seen = sc.contact(ASHA)
+        assert (seen["consent"]["marketing"]["state"], seen["consent"]["marketing"]["source"]) == ("revoked", "whatsapp_error_131050")
+        assert sorted(j["status"] for j in seen["journeys"]) == ["finished", "finished"]  # both cart runs ended at once
+    finally:
+        sc.client.portal.call(client.aclose)
+
+
+def test_131026_answered_to_a_send_marks_her_unreachable_and_later_updates_are_skipped(sqlite_url, scenario, world, graph):
+    fake, url = graph
+    sc = scenario(sqlite_url, "shopify", journeys={"order_confirmation": {}})
+    client = _send_through(sc, url)
+    try:
+        _refuse_next(fake, 131026)  # her number cannot get WhatsApp messages
+        SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, sc.now, cod=False))
+        sc.later(minutes=10)
+        assert [(c.template, c.status) for c in fake.calls] == [("order_thanks_v1", 400)]
+        assert sc.contact(ASHA)["contact"]["reachable"] is False  # the owner sees the number cannot be reached
+
+        SHOPIFY.place(sc, SHOPIFY.order(2, ASHA, sc.now, cod=False))
+        sc.later(minutes=10)
+        assert [(c.template, c.status) for c in fake.calls] == [("order_thanks_v1", 400)]  # no second try at a dead number
+        with sc.runtime.db.engine.connect() as conn:
+            rows = conn.execute(select(m.OutboxMessage.status, m.OutboxMessage.skip_reason).order_by(m.OutboxMessage.id)).all()
+        assert [tuple(r) for r in rows] == [("failed", None), ("skipped", "unreachable")]
+    finally:
+        sc.client.portal.call(client.aclose)

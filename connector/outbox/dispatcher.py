@@ -211,7 +211,9 @@ class Dispatcher:
                 ms = int((time.perf_counter() - t0) * 1000)
                 if exc.outcome_unknown:  # e.g. a 200 without a message id: it may have gone out
                     return ob.Result(row, "uncertain", started, ms, error_code=exc.code, error_detail=f"outcome unknown: {exc}")
-                return ob.Result(row, "failed", started, ms, error_code=exc.code, error_detail=str(exc))
+                # 131026 / 131050 in the answer itself: the contact changes as for a failed status webhook
+                return ob.Result(row, "failed", started, ms, error_code=exc.code, error_detail=str(exc),
+                                 about_contact=exc.code in ob.CONTACT_ERRORS)
             except Exception as exc:  # a bug after the request may have left: do not risk a second send
                 log.exception("unexpected error while sending outbox %s", row.id)
                 return ob.Result(row, "uncertain", started, error_detail=f"unexpected {exc.__class__.__name__}")

@@ -342,6 +342,7 @@ class Result:
     recipient: str | None = None
     kind: str | None = None
     label: str | None = None
+    about_contact: bool = False  # WhatsApp refused the send for a reason of the person's (CONTACT_ERRORS)
 
 
 @functools.cache
@@ -358,6 +359,24 @@ def _message_statement(dialect: str) -> Any:
 
 
 _LEARN_WA_ID = CONTACTS.update().where(CONTACTS.c.id == bindparam("_cid"), CONTACTS.c.wa_id.is_(None)).values(wa_id=bindparam("wa_id"))
+_UNREACHABLE = CONTACTS.update().where(CONTACTS.c.id == bindparam("_cid")).values(reachable=False, updated_at=bindparam("now"))
+# Meta's answer to the send itself that says something about the person, not the message: the
+# same codes in a failed status webhook change the contact the same way (state._settle_outbox)
+CONTACT_ERRORS = (131026, 131050)
+
+
+def _apply_contact_errors(conn: Connection, failed: list[tuple[int, int, int, datetime]], now: datetime) -> None:
+    """131026 (undeliverable): the contact is unreachable, later sends are skipped as such.
+    131050 (the user stopped marketing on WhatsApp): marketing consent revoked and their
+    marketing runs end, so no other cart or reorder reminder is queued for them."""
+    from connector.state import end_marketing_runs, record_consent
+
+    unreachable = sorted({cid for _, cid, code, _ in failed if code == 131026})
+    if unreachable:
+        conn.execute(_UNREACHABLE, [{"_cid": cid, "now": now} for cid in unreachable])
+    for store_id, cid, code, at in failed:
+        if code == 131050 and record_consent(conn, store_id, cid, "marketing", "revoked", "whatsapp_error_131050", at, None):
+            end_marketing_runs(conn, store_id, cid, "whatsapp_error_131050", now)
 
 
 def record(db: Database, results: list[Result], now: datetime) -> None:
@@ -368,6 +387,7 @@ def record(db: Database, results: list[Result], now: datetime) -> None:
     attempts: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
     wa_ids: list[dict[str, Any]] = []
+    contact_errors: list[tuple[int, int, int, datetime]] = []
     for res in results:
         r = res.row
         values: dict[str, Any] = {"updated_at": now, "lease_until": None, "leased_by": None}
@@ -399,6 +419,8 @@ def record(db: Database, results: list[Result], now: datetime) -> None:
             })
             if res.wa_id and r.contact_id is not None:
                 wa_ids.append({"_cid": r.contact_id, "wa_id": res.wa_id})
+        if res.outcome == "failed" and res.about_contact and res.error_code in CONTACT_ERRORS and r.contact_id is not None:
+            contact_errors.append((r.store_id, r.contact_id, res.error_code, res.started_at))
     with db.write_lock(), db.engine.begin() as conn:
         for fields, params in updates.items():
             conn.execute(_record_statement(fields), params)
@@ -408,6 +430,8 @@ def record(db: Database, results: list[Result], now: datetime) -> None:
             conn.execute(_message_statement(conn.dialect.name), messages)
         if wa_ids:
             conn.execute(_LEARN_WA_ID, wa_ids)
+        if contact_errors:
+            _apply_contact_errors(conn, contact_errors, now)
 
 
 def heartbeat(db: Database, name: str, holder: str, now: datetime, ttl: timedelta, prefix: str = "dispatcher:") -> int:
