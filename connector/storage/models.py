@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -182,7 +183,10 @@ class Contact(Base):
         UniqueConstraint("store_id", "phone_key", name="uq_contacts_store_phone"),
         Index("ix_contacts_store_wa_id", "store_id", "wa_id"),
         Index("ix_contacts_store_customer", "store_id", "external_customer_id"),
-        Index("ix_contacts_store_wa_user_id", "store_id", "wa_user_id"),  # a sender known only by their BSUID (C9)
+        # a sender known only by their BSUID (C9); partial: most contacts have none, and a new
+        # contact then costs no index entry (``wa_user_id = ?`` implies the condition, so it is used)
+        Index("ix_contacts_store_wa_user_id", "store_id", "wa_user_id", sqlite_where=text("wa_user_id IS NOT NULL"),
+              postgresql_where=text("wa_user_id IS NOT NULL")),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))

@@ -8,6 +8,7 @@ Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-05
 """
+import sqlalchemy as sa
 from alembic import op
 
 
@@ -18,7 +19,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index('ix_contacts_store_wa_user_id', 'contacts', ['store_id', 'wa_user_id'], unique=False)
+    # partial: only contacts that have one (most have none, and then cost no index entry)
+    op.create_index('ix_contacts_store_wa_user_id', 'contacts', ['store_id', 'wa_user_id'], unique=False,
+                    sqlite_where=sa.text('wa_user_id IS NOT NULL'), postgresql_where=sa.text('wa_user_id IS NOT NULL'))
 
 
 def downgrade() -> None:
