@@ -26,7 +26,6 @@ from pydantic import Field
 from connector import events as ev
 from connector.journeys._common import order_context, replied_here
 from connector.journeys.engine import Command, Facts, Handoff, JourneyConfig, Run, Send, Start, Update, WriteBack
-from connector.outbox.queue import REQUEUE_MISSING_VALUE
 
 STEP_FOR_STATUS = {
     "in_transit": "shipped",
@@ -105,11 +104,10 @@ class DeliveryUpdates:
             if facts.contact_id is None:
                 return []
             commands.append(Start(f"order:{facts.order.external_id}", facts.contact_id, {"sent": []}))
-        context = order_context(facts)
-        if step == "shipped" and tried:
-            context[REQUEUE_MISSING_VALUE] = True  # the untracked try may have been skipped for want of tracking
         told = done if untracked else done | {step}  # an untracked "shipped" leaves the step open
-        commands += [Update({"sent": sorted(told), "last_status": f.shipment_status.value}), Send(step, context)]
+        # after an untracked try, that try may have been skipped for want of the tracking
+        commands += [Update({"sent": sorted(told), "last_status": f.shipment_status.value}),
+                     Send(step, order_context(facts), retry_missing_value=step == "shipped" and tried)]
         if step == "failed" and config.handoff_on_failure:
             commands.append(Handoff(f"delivery failed ({f.shipment_status.value}); call the customer to rearrange"))
         return commands

@@ -92,6 +92,9 @@ class Send:
     step: str
     context: dict[str, Any]
     due_at: datetime | None = None
+    # this step may be on record as skipped for a missing template value (a "shipped" message
+    # tried before the tracking came): if so, that row is queued now with the full message
+    retry_missing_value: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,10 +42,6 @@ _CONTACT = select(CONTACTS).where(CONTACTS.c.id == bindparam("cid"))
 _BY_KEY = select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.skip_reason).where(
     OUTBOX.c.store_id == bindparam("sid"), OUTBOX.c.idempotency_key == bindparam("key"))
 
-# A flag in a Send's context (no template value): this step may have been recorded earlier as
-# skipped for a missing value (a shipped message before its tracking); if so, queue that row now.
-REQUEUE_MISSING_VALUE = "outbox.requeue_missing_value"
-
 
 def _contact(conn: Connection, store: ShopifyStore | WooCommerceStore, store_id: int, contact_id: int):  # type: ignore[no-untyped-def]
     """The contact's phone and the facts the gate needs; it must belong to this store."""
@@ -86,7 +82,10 @@ def queue_template(
     context: dict[str, Any],
     now: datetime,
     due_at: datetime | None = None,
+    retry_missing_value: bool = False,
 ) -> Queued:
+    """Render, gate and queue a journey step's template. ``retry_missing_value``: the step may be
+    on record as skipped for a missing value (``Send.retry_missing_value``); that row is queued."""
     tpl = store.template_for(f"{journey}.{step}")
     key = f"{journey}:{step}:{subject}"
     contact = _contact(conn, store, store_id, contact_id)
@@ -116,7 +115,7 @@ def queue_template(
             when = decision.defer_until or when
         elif not decision.allowed:
             reason = decision.reason
-    if reason is None and context.get(REQUEUE_MISSING_VALUE):
+    if reason is None and retry_missing_value:
         requeued = _requeue_missing_value(conn, store_id, key, payload, when, now)
         if requeued is not None:
             return Queued(requeued, "pending", deferred=when > now)
