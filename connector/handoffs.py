@@ -54,12 +54,14 @@ _STAGE_ORDER = {s: i for i, s in enumerate(("entry", "qualification", "conversio
 def stage_after(event: Any, current: str) -> str | None:
     """The stage an event moves the contact to (None: unchanged).
 
-    Only a new order starts a new purchase cycle and may move a contact back (a retention
-    customer who orders again is in qualification, conversion or post-purchase for that
-    order). Anything else only moves them forward: a COD order is marked paid when the cash
-    is collected, after delivery, and that must not pull the customer out of retention."""
+    A new order starts a new purchase cycle and may move a contact back (a retention customer
+    who orders again is in qualification, conversion or post-purchase for that order), and so
+    may a fulfilment (a second order still on its way, or failing to arrive, puts them back in
+    post-purchase, with its owner). A payment only moves them forward: a COD order is marked
+    paid when the cash is collected, after delivery, and that must not pull the customer out
+    of retention."""
     stage = _stage_of(event, current)
-    if stage is None or isinstance(event, ev.OrderPlaced):
+    if stage is None or isinstance(event, (ev.OrderPlaced, ev.FulfillmentUpdated)):
         return stage
     return stage if _STAGE_ORDER.get(stage, 0) > _STAGE_ORDER.get(current, 0) else None
 
@@ -106,14 +108,19 @@ def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | N
             said = f": {text[:300]}" if text else ""
             reason = f"customer sent {sent}{what}{said}" if sent else f"customer wrote{what}{said}"
             # words go to the run that asked for them (a COD cancel reason); a voice note it cannot read
-            key = f"{reply_journey}:{reply_subject}" if reply_journey and reply_subject else f"reply:{contact_id}"
+            # a quoted reply is keyed by what it answers (the key that journey's own case has); one
+            # matched by phone shares the contact's reply case, so a conversation stays one case
+            # while the run it matched ends or another becomes the latest
+            key = f"{reply_journey}:{reply_subject}" if quoted and reply_journey and reply_subject else f"reply:{contact_id}"
             out.append(HandoffRequest(key, reason, reply_journey, reply_subject, unless_awaited=bool(text),
                                       notify_update=False, continues_open=True, quoted=quoted and bool(reply_journey)))
     if isinstance(event, ev.OrderPlaced) and store.handoff.order_value_over is not None:
         if float(event.order.total) > store.handoff.order_value_over:
+            # the same order heard placed again (orders/updated came first, then orders/create)
+            # adds nothing to its case and tells nobody twice
             out.append(HandoffRequest(f"order:{event.order.external_id}:high_value",
                                       f"high-value order {event.order.name} ({event.order.currency} {event.order.total})",
-                                      None, f"order:{event.order.external_id}"))
+                                      None, f"order:{event.order.external_id}", notify_update=False))
     return out
 
 
@@ -177,7 +184,12 @@ def _insert_handoff(dialect: str) -> Any:
     return ins.on_conflict_do_nothing(index_elements=["store_id", "key"]).returning(HANDOFFS.c.id)
 
 
-def _continued(conn: Connection, store_id: int, req: HandoffRequest, context: dict[str, Any]) -> Any:
+_OPEN_BY_SUBJECT = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey).where(
+    HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.contact_id == bindparam("cid"), HANDOFFS.c.journey == bindparam("j"),
+    HANDOFFS.c.subject == bindparam("s"), HANDOFFS.c.status == "open").order_by(HANDOFFS.c.id.desc()).limit(1)
+
+
+def _continued(conn: Connection, store_id: int, contact_id: int | None, req: HandoffRequest, context: dict[str, Any]) -> Any:
     """The open case a typed reply continues: that of the journey it answers; for a reply that
     quotes nothing, else the latest of the contact's runs waiting on a person (status
     ``handoff``, from the context just read). A reply quoting our message continues its
@@ -191,7 +203,11 @@ def _continued(conn: Connection, store_id: int, req: HandoffRequest, context: di
     if not keys:
         return None
     cases = conn.execute(_OPEN_BY_KEYS, {"sid": store_id, "keys": sorted(keys)}).all()
-    return next((c for c in cases if c.key == answered), None) or max(cases, key=lambda c: c.id, default=None)
+    found = next((c for c in cases if c.key == answered), None)
+    if found is None and answered and contact_id is not None:
+        # a case a reply matched by phone opened for this journey (keyed as the contact's reply case)
+        found = conn.execute(_OPEN_BY_SUBJECT, {"sid": store_id, "cid": contact_id, "j": req.journey, "s": req.subject}).first()
+    return found or max(cases, key=lambda c: c.id, default=None)
 
 
 def _add_update(conn: Connection, store: Any, store_id: int, contact_id: int | None, case: Any, context: dict[str, Any],
@@ -229,7 +245,7 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
         return None  # the run that asked takes the answer and opens the case with what it means
     context = _context(conn, store_id, contact_id)
     if req.continues_open:
-        case = _continued(conn, store_id, req, context)
+        case = _continued(conn, store_id, contact_id, req, context)
         if case is not None:
             return _add_update(conn, store, store_id, contact_id, case, context, req, now)
     stage = context.get("stage") or "entry"

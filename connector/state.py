@@ -504,7 +504,7 @@ def apply_keyword(conn: Connection, store_id: int, contact_id: int, intent: str,
     if intent == "stop":
         if _started_after(contact, at):
             return
-        if contact.opted_out_at is None:
+        if contact.opted_out_at is None or contact.opted_out_at < at:  # the latest STOP: what a START is held against
             update_by_id(conn, CONTACTS, contact_id, dict(opted_out_at=at, updated_at=at))
         record_consent(conn, store_id, contact_id, "marketing", "revoked", "whatsapp_keyword_stop", at, inbox_id)
         record_consent(conn, store_id, contact_id, "utility", "revoked", "whatsapp_keyword_stop", at, inbox_id)

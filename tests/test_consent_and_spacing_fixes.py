@@ -115,3 +115,17 @@ def test_stop_from_a_sender_without_a_phone_opts_out_the_contact_known_by_their_
     SHOPIFY.place(sc, SHOPIFY.order(2, ASHA, sc.now, cod=False))
     sc.later(minutes=10)
     assert sc.templates_to(ASHA) == ["order_thanks_v1"]  # nothing after her STOP
+
+
+def test_a_start_between_two_stops_does_not_undo_the_later_stop(sqlite_url, scenario, world):
+    """STOP at 10:00, STOP at 10:20, and a START sent at 10:10 delivered last: her last word was STOP."""
+    sc = scenario(sqlite_url, "shopify", journeys={"order_confirmation": {}})
+    SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, sc.now, cod=False))
+    sc.later(minutes=10)
+    first = sc.now + timedelta(minutes=1)
+    _text(sc, ASHA, "STOP", first, "wamid.STOP1")
+    _text(sc, ASHA, "STOP", first + timedelta(minutes=20), "wamid.STOP2")
+    _text(sc, ASHA, "START", first + timedelta(minutes=10), "wamid.START1")
+    sc.later(minutes=30)
+    seen = sc.contact(ASHA)
+    assert seen["contact"]["opted_out_at"] is not None

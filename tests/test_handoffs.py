@@ -290,3 +290,20 @@ def test_a_notification_row_never_posts_another_stores_hand_off(db_url):
             row = conn.execute(select(m.OutboxMessage.status, m.OutboxMessage.last_error).where(m.OutboxMessage.channel == "notify")).one()
     assert not hook.called
     assert row.status == "failed" and "hand-off not found" in (row.last_error or "")
+
+
+def test_an_order_heard_placed_twice_tells_the_owner_of_its_high_value_once(db_url):
+    """orders/updated before orders/create with the same body: the order is news at the first and
+    heard again at the second; its high-value case opens once and its owner is told once."""
+    with running_app(settings(db_url, handoff={"order_value_over": 400})) as (client, runtime):
+        now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()  # news: placed just now
+        paid = order(financial_status="paid", payment_gateway_names=["razorpay"], created_at=now, updated_at=now)  # the desk is told
+        post_shopify(client, paid, "orders/updated")
+        runtime.processor.drain()
+        post_shopify(client, paid, "orders/create")
+        runtime.processor.drain()
+        items = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
+        with runtime.db.engine.connect() as conn:
+            told = conn.execute(select(m.OutboxMessage.idempotency_key).where(m.OutboxMessage.channel == "notify")).scalars().all()
+    assert [i["reason"] for i in items] == ["high-value order #9999 (USD 414.95)"]
+    assert len(told) == 1, told

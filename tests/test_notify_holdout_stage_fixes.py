@@ -201,3 +201,27 @@ def test_two_people_closing_one_case_at_once_the_first_keeps_their_resolution(db
     assert first == [True] and second is False  # Ravi is told it is no longer open
     assert (closed["closed_by"], closed["resolution"]) == ("Asha", "refunded")
     assert datetime.fromisoformat(closed["closed_at"]) == T0 + timedelta(hours=1)
+
+
+def test_a_second_orders_failed_delivery_puts_a_retention_customer_back_in_post_purchase():
+    """Order A delivered (retention), order B still on its way fails: B's case belongs to the
+    post-purchase owner, so the fulfilment moves the customer back; a payment does not."""
+    from connector import events as ev
+    from connector.handoffs import stage_after
+
+    at = T0
+    failed = ev.FulfillmentUpdated(fulfillment=ev.Fulfillment(external_id="B1", order_external_id="B", status="success",
+                                                              shipment_status=ev.ShipmentStatus.FAILURE, created_at=at, updated_at=at))
+    assert stage_after(failed, "retention") == "post_purchase"
+    assert stage_after(ev.OrderPaid(order=_order_event("A", at)), "retention") is None
+
+
+
+def _order_event(external_id: str, at: datetime):
+    from decimal import Decimal
+
+    from connector import events as ev
+
+    return ev.Order(external_id=external_id, name=f"#{external_id}", created_at=at, updated_at=at, payment_state=ev.PaymentState.PAID,
+                    is_cod=True, total=Decimal("499"), currency="INR", customer=ev.Customer())
+

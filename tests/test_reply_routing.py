@@ -175,3 +175,24 @@ def test_an_unquoted_reply_to_the_open_cod_ask_is_the_cod_teams_case_for_that_or
     [joined] = updates(case)
     assert "and please gift wrap it" in joined
     assert len(told["cod"]) == 1
+
+
+def test_plain_messages_of_one_conversation_stay_one_case_while_the_run_they_answered_ends(db_url):
+    """'is COD available?' answers the open COD ask by phone and opens the case; once the run the
+    first message matched is gone, the next plain message still joins that case, told once."""
+    settings = reply_settings(db_url)
+    with running_app(settings) as (client, runtime):
+        post_shopify(client, order(), "orders/create")
+        runtime.processor.drain()
+        dispatch(runtime, settings)
+        text(client, "wamid.P1", "is COD available?", at=1795158000)
+        runtime.processor.drain()
+        tap(client, "cod_confirm", "wamid.P2", ask_of(runtime, ORDER_1))  # the COD run ends: confirmed
+        runtime.processor.drain()
+        text(client, "wamid.P3", "hello?", at=1795158120)
+        runtime.processor.drain()
+        told = notifications(runtime)
+        by = cases(client)
+    [case] = by.values()
+    assert "is COD available?" in case["reason"] and any("hello?" in u for u in updates(case))
+    assert len(told["cod"]) + len(told["desk"]) == 1
