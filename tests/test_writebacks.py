@@ -215,3 +215,41 @@ def test_a_write_back_whose_worker_died_mid_call_counts_that_attempt_and_is_writ
     row, trail = outbox(db, oid)
     assert (row.status, row.attempts) == ("sent", 2) and route.call_count == 1
     assert trail == [("uncertain", None, "worker stopped before recording the result"), ("sent", None, None)]  # the lost call is on record
+
+
+def _stored_order(db, store_id: int, external_id: str, **state) -> None:
+    """The order as the store's webhooks left it in our tables."""
+    from decimal import Decimal
+
+    from connector.storage import models as m
+
+    with db.engine.begin() as conn:
+        conn.execute(m.Order.__table__.insert().values(
+            store_id=store_id, external_id=external_id, name=f"#{external_id}", payment_state="pending", is_cod=True,
+            total=Decimal("499"), currency="INR", tags=[], test=False, placed_at=T0, source_updated_at=T0, updated_at=T0,
+            **{"fulfillment_state": "unfulfilled", "cancelled_at": None, **state}))
+
+
+def test_a_status_or_cancel_write_back_never_moves_an_order_that_shipped_or_was_cancelled_since_it_was_queued(world):
+    """A Confirm's status (WooCommerce) queued just before the order shipped, and a no-answer
+    cancel (Shopify) for an order the merchant cancelled meanwhile: skipped with the reason, no
+    call to the store; a tag for the same shipped order still goes."""
+    db, ids, clock, dispatcher = world
+    _stored_order(db, ids["woo"], "727", fulfillment_state="fulfilled")
+    _stored_order(db, ids["shop-a"], "1042", cancelled_at=T0)
+    status = queue(db, ids["woo"], "set_status", {"status": "processing"}, order_id="727", step="confirm_status")
+    tag = queue(db, ids["woo"], "add_tags", {"tags": ["cod-confirmed"]}, order_id="727", step="confirm_tag")
+    cancel = queue(db, ids["shop-a"], "cancel_order", {"reason": "customer", "notify_customer": False, "staff_note": None},
+                   order_id="1042", step="no_answer_cancel")
+    with respx.mock(assert_all_called=False) as stores:
+        put = stores.put(f"{WOO}/orders/727").respond(200, json={"id": 727})
+        get = stores.get(f"{WOO}/orders/727").respond(200, json={"id": 727, "meta_data": []})
+        notes = stores.post(f"{WOO}/orders/727/notes").respond(201, json={"id": 1})
+        shopify = stores.post(GRAPHQL).respond(200, json={"data": {}})
+        run(dispatcher)
+    assert [(outbox(db, oid)[0].status, outbox(db, oid)[0].skip_reason) for oid in (status, cancel)] == [
+        ("skipped", "order_shipped"), ("skipped", "order_cancelled")]
+    assert outbox(db, tag)[0].status == "sent" and get.called and notes.called
+    meta_puts = [json.loads(c.request.content) for c in put.calls]
+    assert all("status" not in b for b in meta_puts) and not shopify.called
+

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 import anyio.to_thread
+from sqlalchemy import bindparam, select
 
 from connector.config import Settings
 from connector.errors import PermanentError, RetryableError
@@ -27,10 +28,37 @@ from connector.outbox import store as ob
 from connector.outbox.retry import RetryPolicy, next_attempt_at
 from connector.storage.db import Database
 from connector.storage.models import utcnow
+from connector.storage.sql import ORDERS
 from connector.store_writer import StoreWriter
 
 log = logging.getLogger("storeloop.writebacks")
 ACTIONS = ("add_tags", "cancel_order", "add_note", "set_status")
+# write-backs that change an order's state: never on an order that has shipped or was cancelled
+# since the journey queued them (a COD confirmation's status, a no-answer cancel)
+MOVES = ("cancel_order", "set_status")
+_ORDER_STATES = select(ORDERS.c.external_id, ORDERS.c.fulfillment_state, ORDERS.c.cancelled_at).where(
+    ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
+
+
+def closed_orders(db: Database, rows: list[ob.Claimed]) -> dict[tuple[int, str], str]:
+    """Why each order a state-changing write-back is for may no longer be moved, as stored now
+    (the store's webhooks keep it current): ``order_shipped`` (fully or partly) or
+    ``order_cancelled``. One query per store."""
+    wanted: dict[int, set[str]] = {}
+    for r in rows:
+        if (r.payload or {}).get("action") in MOVES:
+            wanted.setdefault(r.store_id, set()).add(str(r.payload.get("order_id")))
+    out: dict[tuple[int, str], str] = {}
+    if not wanted:
+        return out
+    with db.engine.connect() as conn:
+        for sid, ids in wanted.items():
+            for o in conn.execute(_ORDER_STATES, {"sid": sid, "ids": sorted(ids)}):
+                if o.fulfillment_state in ("fulfilled", "partial"):
+                    out[(sid, o.external_id)] = "order_shipped"
+                elif o.cancelled_at is not None:
+                    out[(sid, o.external_id)] = "order_cancelled"
+    return out
 
 
 class DryRunWriter:
@@ -84,7 +112,8 @@ class WriteBackDispatcher:
                              worker=self.worker, history_window=timedelta(0), channel="store")
         )
         if rows:
-            results = await asyncio.gather(*(self._one(r) for r in rows))
+            closed = await anyio.to_thread.run_sync(closed_orders, self.db, rows)
+            results = await asyncio.gather(*(self._one(r, closed) for r in rows))
             await anyio.to_thread.run_sync(ob.record, self.db, list(results), self.clock())
         return len(rows)
 
@@ -94,13 +123,17 @@ class WriteBackDispatcher:
     async def run_forever(self, stop: asyncio.Event, idle_seconds: float = 1.0) -> None:
         await loop.run_forever(self.run_once, stop, idle_seconds, log)
 
-    async def _one(self, row: ob.Claimed) -> ob.Result:
+    async def _one(self, row: ob.Claimed, closed: Mapping[tuple[int, str], str]) -> ob.Result:
         started = self.clock()
         p = row.payload
         writer = self.writers.get(row.store_id)
         action, order_id, args = p.get("action"), str(p.get("order_id")), dict(p.get("args") or {})
         if writer is None or action not in ACTIONS:
             return ob.Result(row, "failed", started, error_detail=f"cannot perform {action!r} for this store")
+        why = closed.get((row.store_id, order_id)) if action in MOVES else None
+        if why is not None:  # shipped or cancelled since it was queued: the store's state stands
+            log.info("store write-back skipped", extra={"action": action, "order": order_id, "outcome": why})
+            return ob.Result(row, "skipped", started, error_detail=why)
         t0 = time.perf_counter()
         async with self.semaphore:
             try:
