@@ -52,6 +52,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Table, bindparam, func, select
 
 from connector.journeys.checkout_recovery import STEPS as CART_STEPS
+from connector.outbox.store import REACHED_STATES
 from connector.storage import models as m
 from connector.storage.db import Database
 
@@ -69,7 +70,7 @@ MESSAGES = INBOUND  # the same table holds what we sent (direction "out", with i
 
 _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
 Z95 = 1.959964
-REACHED = ("sent", "delivered", "read", "dry_run")  # WhatsApp took the message (or a dry run stood in for it), as the runner counts
+REACHED = REACHED_STATES  # WhatsApp took the message (or a dry run stood in for it), as the runner counts
 OPT_OUT_HOURS = 72  # an opt-out is put down to the last message that reached the contact this long before it
 LIFT_JOURNEYS = ("checkout_recovery", "payment_recovery", "reorder")
 

@@ -393,8 +393,8 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
         values.update(status="failed", last_error=f"{e.error_code}: {e.error_title or 'failed'}"[:2000])
         if e.error_code == 131049:  # Meta's per-user marketing limit: not before 24 h, then the same message again
             values.update(status="pending", due_at=e.occurred_at + timedelta(hours=24), last_error="131049: retry after 24 h")
-        if row.contact_id is not None and e.error_code == 131026:
-            update_by_id(conn, CONTACTS, row.contact_id, dict(reachable=False, updated_at=now))
+        if row.contact_id is not None:
+            apply_contact_error(conn, store_id, row.contact_id, e.error_code, e.occurred_at, now)
         fallback = (row.payload or {}).get("fallback")
         if e.error_code == 131047 and fallback and row.status != "failed":
             # the 24 h window had closed: the same step goes out once more, as its template
@@ -403,9 +403,6 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
             enqueue(conn, store_id=store_id, key=f"{row.idempotency_key}:template", contact_id=row.contact_id, journey=row.journey,
                     step=row.step, category=(row.payload or {}).get("fallback_category"),
                     payload={"subject": (row.payload or {}).get("subject"), "message": fallback}, due_at=now, now=now)
-        if row.contact_id is not None and e.error_code == 131050:
-            if record_consent(conn, store_id, row.contact_id, "marketing", "revoked", "whatsapp_error_131050", e.occurred_at, None):
-                end_marketing_runs(conn, store_id, row.contact_id, "whatsapp_error_131050", now)
     elif row.status == "failed" or STATUS_RANK.get(e.status, -1) <= STATUS_RANK.get(row.status, -1):
         values = {}  # statuses only move forward; a failure stays a failure
     else:
@@ -413,6 +410,18 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
     if values:
         update_by_id(conn, OUTBOX, row.id, values)
     return row.id, row.contact_id
+
+
+def apply_contact_error(conn: Connection, store_id: int, contact_id: int, code: int | None, at: datetime, now: datetime) -> None:
+    """What Meta's failure says about the person, not the message, whether it came back from the
+    send call itself or in a failed status webhook (outbox.store.CONTACT_ERRORS).
+    131026 (undeliverable): the contact is unreachable, later sends are skipped as such.
+    131050 (the user stopped marketing on WhatsApp): marketing consent revoked and their
+    marketing runs end. Any other code: nothing."""
+    if code == 131026:
+        update_by_id(conn, CONTACTS, contact_id, dict(reachable=False, updated_at=now))
+    elif code == 131050 and record_consent(conn, store_id, contact_id, "marketing", "revoked", "whatsapp_error_131050", at, None):
+        end_marketing_runs(conn, store_id, contact_id, "whatsapp_error_131050", now)
 
 
 def apply_status(conn: Connection, store_id: int, e: ev.MessageStatusChanged, now: datetime) -> int | None:

@@ -62,9 +62,7 @@ _CONTACTS_BY_IDS = select(CONTACTS).where(CONTACTS.c.id.in_(bindparam("ids", exp
 _ORDERS_BY_IDS = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
 CONTACT_ACTIVITY = (ev.OrderPlaced, ev.MessageReceived, ev.ButtonReplied)
 CONVERSIONS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)  # what can credit a run's reminders with an order
-# WhatsApp took the message: it went out to the customer (a dry run's stand-in for "sent" counts,
-# as the policy gate counts it, so a trial without an access token reports what live would)
-REACHED = ("sent", "delivered", "read", "dry_run")
+REACHED = ob.REACHED_STATES  # WhatsApp took it: a reminder that went out
 # the run's steps by the unique (store_id, key) index, each with when it went out (its outbound
 # message row); the status is checked on the few rows found (see outbox.store._BY_KEYS)
 _SENT_STEPS = (

@@ -359,24 +359,11 @@ def _message_statement(dialect: str) -> Any:
 
 
 _LEARN_WA_ID = CONTACTS.update().where(CONTACTS.c.id == bindparam("_cid"), CONTACTS.c.wa_id.is_(None)).values(wa_id=bindparam("wa_id"))
-_UNREACHABLE = CONTACTS.update().where(CONTACTS.c.id == bindparam("_cid")).values(reachable=False, updated_at=bindparam("now"))
-# Meta's answer to the send itself that says something about the person, not the message: the
-# same codes in a failed status webhook change the contact the same way (state._settle_outbox)
+# Meta failures that say something about the person: the contact changes (state.apply_contact_error)
 CONTACT_ERRORS = (131026, 131050)
-
-
-def _apply_contact_errors(conn: Connection, failed: list[tuple[int, int, int, datetime]], now: datetime) -> None:
-    """131026 (undeliverable): the contact is unreachable, later sends are skipped as such.
-    131050 (the user stopped marketing on WhatsApp): marketing consent revoked and their
-    marketing runs end, so no other cart or reorder reminder is queued for them."""
-    from connector.state import end_marketing_runs, record_consent
-
-    unreachable = sorted({cid for _, cid, code, _ in failed if code == 131026})
-    if unreachable:
-        conn.execute(_UNREACHABLE, [{"_cid": cid, "now": now} for cid in unreachable])
-    for store_id, cid, code, at in failed:
-        if code == 131050 and record_consent(conn, store_id, cid, "marketing", "revoked", "whatsapp_error_131050", at, None):
-            end_marketing_runs(conn, store_id, cid, "whatsapp_error_131050", now)
+# WhatsApp took the message (or a dry run stood in for it): what counts as a reminder that went
+# out, for attribution (journeys.runner) and the weekly report (reports)
+REACHED_STATES = ("sent", "delivered", "read", "dry_run")
 
 
 def record(db: Database, results: list[Result], now: datetime) -> None:
@@ -431,7 +418,10 @@ def record(db: Database, results: list[Result], now: datetime) -> None:
         if wa_ids:
             conn.execute(_LEARN_WA_ID, wa_ids)
         if contact_errors:
-            _apply_contact_errors(conn, contact_errors, now)
+            from connector.state import apply_contact_error
+
+            for store_id, cid, code, at in contact_errors:
+                apply_contact_error(conn, store_id, cid, code, at, now)
 
 
 def heartbeat(db: Database, name: str, holder: str, now: datetime, ttl: timedelta, prefix: str = "dispatcher:") -> int:
