@@ -64,6 +64,9 @@ class DatabaseSettings(_Settings):
     url: str = "sqlite:///storeloop.db"
     auto_migrate: bool = Field(True, description="SQLite only: serve migrates an unmigrated file itself")
     group_commit_max: int = Field(256, ge=1, le=10_000, description="webhooks written per transaction at most")
+    ingest_journal: Literal["burst", "always", "off"] = Field(
+        "burst", description="SQLite file: under a burst, acknowledge webhooks from an append-only journal beside the "
+        "database and move them into the inbox after it (storage/journal.py); always; or off (always the inbox itself)")
     pool_size: int = Field(5, ge=1, le=100)
 
     @field_validator("url")

@@ -87,7 +87,8 @@ class Runtime:
         self.stores_by_phone_id = {s.whatsapp_phone_number_id: s for s in settings.stores if s.whatsapp_phone_number_id}
         self.shopify = ShopifyWebhooks(s for s in settings.stores if isinstance(s, ShopifyStore))
         self.store_ids: dict[str, int] = {}
-        self.writer = InboxWriter(self.db, max_batch=settings.database.group_commit_max, on_commit=self.wake)
+        self.writer = InboxWriter(self.db, max_batch=settings.database.group_commit_max, on_commit=self.wake,
+                                  journal=settings.database.ingest_journal)
         self.processor: InboxProcessor | None = None
         self.dispatcher: Dispatcher | None = None
         self.sender = sender or self._default_sender()
@@ -156,6 +157,8 @@ class Runtime:
             self.woo_webhook_secrets.preload, [s.key for s in self.settings.stores if isinstance(s, WooCommerceStore)])
         self.writebacks = WriteBackDispatcher(self.db, self.settings, self.store_ids, self.writers, clock=self.clock)
         self.notifier = NotifyDispatcher(self.db, self.settings, self.store_ids, clock=self.clock)
+        # journals of a process that was killed mid-burst: acknowledged, so into the inbox first
+        await anyio.to_thread.run_sync(self.writer.recover)
         self.writer.start()
         # Startup objects (SQLAlchemy, pydantic models, config) never die: freeze them out of the
         # cyclic GC, and collect less often. Each webhook's JSON allocates ~1,000 objects, which
@@ -240,12 +243,15 @@ class Runtime:
         last_slice = last_timers = 0.0
         growth = 1  # busy slices are BUSY_SLICE x growth and BUSY_ROWS x growth
         while not self._stopping:
-            saturated = self.writer.waiting() >= SATURATED or self.writer.arrival_rate() >= SATURATED_RATE
+            # a burst, or its deliveries still moving from the ingest journal into the inbox (the
+            # writer's large batches go first: cheaper per row than slices that hold the lock)
+            saturated = (self.writer.waiting() >= SATURATED or self.writer.arrival_rate() >= SATURATED_RATE
+                         or self.writer.journal_pending())
             if saturated and time.monotonic() - last_slice < SATURATED_GAP:
                 await asyncio.sleep(BUSY_PAUSE)  # webhooks queue for the writer: they go first
                 continue
             last_slice = time.monotonic()
-            busy = self.writer.busy()
+            busy = self.writer.busy() or self.writer.journal_pending()
             if saturated or not busy:
                 growth = 1
             rows = BUSY_ROWS * growth

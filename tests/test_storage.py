@@ -217,7 +217,7 @@ def test_group_commit_stores_everything_in_fewer_transactions(db):
     ids = sync_stores(db, [("a", "shopify")])
 
     async def burst() -> tuple[list[list[bool]], InboxWriter]:
-        writer = InboxWriter(db, max_batch=64)
+        writer = InboxWriter(db, max_batch=64, journal="off")  # the inbox itself (the journal: test_ingest_journal.py)
         writer.start()
         results = await asyncio.gather(*(writer.submit([item(ids["a"], f"k{i % 150}")]) for i in range(300)))
         await writer.stop()
@@ -307,7 +307,7 @@ def test_wal_checkpoints_run_in_their_own_thread_after_the_writers_commits(tmp_p
     body = {"id": 0, "note": "x" * 12_000}  # about a Shopify order's size
 
     async def run() -> None:
-        writer = InboxWriter(db)
+        writer = InboxWriter(db, journal="off")  # commits to the inbox, not the ingest journal
         writer.start()
         for n in range(10):
             await asyncio.gather(*(writer.submit([item(ids["a"], f"k{n}-{i}", body)]) for i in range(20)))
@@ -1055,17 +1055,21 @@ def _pending(db: Database) -> int:
         return conn.execute(select(func.count()).select_from(m.InboxEvent).where(m.InboxEvent.status == "pending")).scalar_one()
 
 
-def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path):
+@pytest.mark.parametrize("burst", ["queued", "journaled"])
+def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path, burst):
     """While deliveries queue for the writer, the processor runs one short slice per
     SATURATED_GAP (each slice holds the write lock and the GIL the burst needs); once the
-    queue drains it works through everything at once."""
+    queue drains it works through everything at once. The same while a burst's deliveries
+    are still moving from the ingest journal into the inbox (no webhook arriving any more):
+    the writer's 500-row imports go first."""
     from connector import runtime as rt
 
     settings = make_settings(f"sqlite:///{tmp_path / 'burst.db'}")
     runtime = rt.Runtime(settings, run_worker=False)
 
     class Writer:  # the writer as the loop sees it during a burst, then after
-        queued = 40
+        queued = 40 if burst == "queued" else 0
+        journaled = burst == "journaled"
 
         def waiting(self) -> int:
             return self.queued
@@ -1075,6 +1079,9 @@ def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path):
 
         def arrival_rate(self) -> float:
             return 0.0
+
+        def journal_pending(self) -> bool:
+            return self.journaled
 
     class Processor:
         def __init__(self) -> None:
@@ -1097,7 +1104,7 @@ def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path):
         task = asyncio.create_task(runtime._process_loop())
         await asyncio.sleep(1.0)
         during = len(processor.calls)
-        writer.queued = 0
+        writer.queued, writer.journaled = 0, False
         for _ in range(200):
             if processor.backlog == 0:
                 break
@@ -1135,6 +1142,9 @@ def _policy_runtime(tmp_path, waiting, *, busy=True, backlog=2000, timers=0, rat
 
         def arrival_rate(self) -> float:
             return rate
+
+        def journal_pending(self) -> bool:
+            return False
 
     class Processor:
         def __init__(self) -> None:

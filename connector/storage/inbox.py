@@ -28,6 +28,14 @@ from connector.storage.models import InboxBody, InboxEvent, Store, utcnow
 
 log = logging.getLogger("storeloop.inbox")
 RATE_HORIZON = 1.0  # seconds of commits the writer remembers for ``arrival_rate``
+JOURNAL_MODES = ("burst", "always", "off")
+BURST_WAITING = 8  # submissions waiting for the writer: a burst, journaled
+BURST_RATE = 1000.0  # ... or deliveries acknowledged this fast (per second, over the last 0.25 s)
+IMPORT_ROWS = 500  # journaled rows moved into the inbox per transaction (~25 ms of the loop)
+JOURNAL_BURST_BYTES = 256 << 20  # a burst's journal beyond this (~22,000 orders): it imports while the burst lasts
+IMPORT_POLL = 0.05  # seconds between looks at whether a burst is over, while anything is journaled
+IMPORT_RETRY = 1.0  # seconds after a failed import before the next try
+ORPHAN_SCAN = 10.0  # seconds between looks for the journals of processes that died
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +49,7 @@ class InboxItem:
     triggered_at: datetime | None = None
     status: str = "pending"
     last_error: str | None = None
+    received_at: datetime | None = None  # when it was acknowledged, if before this write (the ingest journal)
 
 
 def with_body(*columns: Any) -> Select[Any]:
@@ -120,6 +129,8 @@ def write_items(db: Database, items: Iterable[InboxItem]) -> list[bool]:
 
 
 def _params(it: InboxItem, received: Any, sqlite_: bool) -> tuple[Any, ...]:
+    if it.received_at is not None:
+        received = _db_time(it.received_at, sqlite_)
     return (it.store_id, it.source, it.topic, it.dedupe_key, received, _db_time(it.triggered_at, sqlite_),
             jsoncodec.dumps(it.headers), it.status, 0, it.last_error)
 
@@ -194,9 +205,20 @@ class InboxWriter:
     processor's slice, another process) the write goes to a thread as before. That work is
     80-90 us per 11.6 KB order (bench/_asgi.py): ~6 ms for the 64-row batches of a busy
     minute, ~23 ms at the 256-row cap. PostgreSQL always writes from a thread.
+
+    Under a burst (``BURST_WAITING`` submissions waiting, or ``BURST_RATE`` deliveries a
+    second) a SQLite file's batches go to the ingest journal instead (storage/journal.py:
+    one ``os.write`` a batch, a fraction of the inbox write) and move into the inbox in
+    batches of ``IMPORT_ROWS`` once the burst is over; while it lasts only once the file holds
+    ``JOURNAL_BURST_BYTES`` (then a batch every round: acknowledgements slow to the rate the
+    inbox takes rows, and the file stays bounded). The journal saves no work: the rows are
+    written after the burst instead of during it (bench/ingest.py counts the server's CPU
+    until they are). While anything is journaled every batch goes there too, so the
+    inbox keeps the order deliveries were acknowledged in. ``journal``: "burst" (the
+    default), "always" or "off" (``database.ingest_journal``).
     """
 
-    def __init__(self, db: Database, *, max_batch: int = 256, on_commit: Any = None):
+    def __init__(self, db: Database, *, max_batch: int = 256, on_commit: Any = None, journal: str = "burst"):
         self.db = db
         self.max_batch = max_batch
         self.on_commit = on_commit
@@ -210,6 +232,17 @@ class InboxWriter:
         self.inline_batches = 0  # of ``batches``, those written on the event loop
         self.inline_seconds = 0.0  # time the event loop spent in those writes
         self._inline: Any = None  # SQLite: the loop's own connection (detached from the pool), busy timeout 0
+        if journal not in JOURNAL_MODES:
+            raise ValueError(f"journal must be one of {', '.join(JOURNAL_MODES)}, not {journal!r}")
+        self.journal_mode = journal
+        self._journal: Any = None  # storage.journal.IngestJournal, opened at the first burst
+        self._journal_path = self._journal_file()  # None: no journal here (PostgreSQL, memory, "off")
+        self._arrived = asyncio.Event()  # a submission was queued (the runner's idle wait)
+        self.journaled_rows = 0  # acknowledged through the journal...
+        self.imported_rows = 0  # ... and moved into the inbox since (duplicates included)
+        self._import_after = 0.0  # monotonic: after a failed import, the next try
+        self._orphans_at = 0.0  # monotonic: the next look for journals of dead processes
+        self._burst_started, self._burst_rows = 0.0, 0  # since the journal was last empty: for the log
 
     def busy(self, within: float = 0.1) -> bool:
         """Webhooks are arriving: something is queued or was committed in the last ``within`` s."""
@@ -234,23 +267,78 @@ class InboxWriter:
             rows += n
         return rows / window
 
+    def journal_pending(self) -> bool:
+        """Acknowledged deliveries are waiting in this process's journal for their inbox rows."""
+        return self._journal is not None and self._journal.pending
+
+    def _journal_file(self) -> Any:
+        """This process's journal path, or None where there is none (PostgreSQL, memory, "off")."""
+        if self.journal_mode == "off" or not self.db.is_sqlite:
+            return None
+        path = self.db.engine.url.database
+        if not path or path == ":memory:" or "mode=memory" in str(self.db.engine.url):
+            return None
+        from connector.storage.journal import journal_path
+
+        return journal_path(path)
+
+    def recover(self) -> int:
+        """Import the journals of processes that died (nobody holds their lock) into the inbox,
+        oldest first, and delete them; the rows imported. Blocking: ``serve`` calls it in a thread
+        before it takes webhooks, and the running writer every ``ORPHAN_SCAN`` seconds."""
+        own = self._journal_path
+        if own is None:
+            return 0
+        from connector.storage.journal import orphans
+
+        imported = 0
+        for journal in orphans(self.db.engine.url.database, own=own if self._journal is not None else None):
+            try:
+                while journal.pending:
+                    items, offset = journal.read(IMPORT_ROWS)
+                    results = write_items(self.db, items)
+                    journal.consumed(offset)
+                    imported += len(items)
+                    _log_duplicates(results, "journal of a process that stopped")
+            except Exception as exc:  # left in place, whole, for the next look
+                log.error("ingest journal %s could not be imported: %s", journal.path.name, exc.__class__.__name__)
+                journal.close()
+                continue
+            log.warning("ingest journal of a process that stopped imported",
+                        extra={"journal": journal.path.name, "rows": imported})
+            journal.close(unlink=True)
+        return imported
+
     def start(self) -> None:
         if self._task is None:
+            self._arrived = asyncio.Event()
+            self._orphans_at = time.monotonic() + ORPHAN_SCAN if self._journal_path is not None else float("inf")
             self._task = asyncio.create_task(self._run(), name="inbox-writer")
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop: nothing acknowledged is dropped."""
+        """Finish what is queued and journaled, then stop: nothing acknowledged is dropped."""
         if self._task is None:
             return
         done: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
         await self._queue.put(([], done))  # sentinel: an empty submission marks the end
+        self._arrived.set()
         await self._task
         self._task = None
+        if self._journal is not None:
+            while self._journal.pending and await self._import_chunk():
+                pass
+            if self._journal.pending:
+                log.error("inbox: the ingest journal could not be imported; the next start imports it",
+                          extra={"journal": self._journal.path.name})
+            self._journal.close(unlink=not self._journal.pending)
+            self._journal = None
         if self._inline is not None:
             self._inline.close()  # detached from the pool: really closed
             self._inline = None
 
     async def submit(self, items: list[InboxItem]) -> list[bool]:
+        """Store ``items``; True per item newly stored, False per duplicate. Items that went
+        through the journal are all True: their duplicates are found (and logged) on import."""
         if not items:
             return []
         if self._task is None:
@@ -259,14 +347,40 @@ class InboxWriter:
         self._waiting += 1
         try:
             await self._queue.put((items, fut))
+            self._arrived.set()
             return await fut
         finally:
             self._waiting -= 1
 
+    def _bursting(self) -> bool:
+        return self._waiting >= BURST_WAITING or self.arrival_rate() >= BURST_RATE
+
     async def _run(self) -> None:
         stop: asyncio.Future[list[bool]] | None = None
         while stop is None:
-            items, fut = await self._queue.get()
+            importing = False
+            if self._journal is not None and self._journal.pending and time.monotonic() >= self._import_after:
+                if self._journal.size >= JOURNAL_BURST_BYTES or not self._bursting():
+                    importing = await self._import_chunk()
+            if self._queue.empty():
+                if importing:  # more to import: let the loop answer whoever came meanwhile, then go on
+                    await asyncio.sleep(0)
+                    continue
+                if time.monotonic() >= self._orphans_at:
+                    self._orphans_at = time.monotonic() + ORPHAN_SCAN
+                    await anyio.to_thread.run_sync(self.recover)
+                    continue  # submissions may have queued meanwhile
+                self._arrived.clear()
+                if self.journal_pending():
+                    wait: float | None = IMPORT_POLL
+                elif self._orphans_at == float("inf"):
+                    wait = None
+                else:
+                    wait = max(0.0, self._orphans_at - time.monotonic())
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), timeout=wait)
+                continue
+            items, fut = self._queue.get_nowait()
             work: list[tuple[list[InboxItem], asyncio.Future[list[bool]]]] = []
             if items:
                 work.append((items, fut))
@@ -288,13 +402,22 @@ class InboxWriter:
         flat = [item for items, _ in work for item in items]
         try:
             started = time.perf_counter()
-            results = self._write_now(flat) if self.db.is_sqlite else None
-            if results is None:
-                results = await anyio.to_thread.run_sync(write_items, self.db, flat)
+            if self._journal_now():
+                if not self._journal.pending:
+                    self._burst_started, self._burst_rows = time.monotonic(), 0
+                    log.info("burst: webhooks acknowledged from the ingest journal", extra={"journal": self._journal.path.name})
+                self._journal.append(flat, utcnow())
+                self.journaled_rows += len(flat)
+                self._burst_rows += len(flat)
+                results: list[bool] | None = [True] * len(flat)
             else:
-                self.inline_batches += 1
-                self.inline_seconds += time.perf_counter() - started
-        except Exception as exc:  # the database is down or broken: every waiter gets a 503
+                results = self._write_now(flat) if self.db.is_sqlite else None
+                if results is None:
+                    results = await anyio.to_thread.run_sync(write_items, self.db, flat)
+                else:
+                    self.inline_batches += 1
+                    self.inline_seconds += time.perf_counter() - started
+        except Exception as exc:  # the database (or the journal's disk) is down or broken: every waiter gets a 503
             log.error("inbox write failed for %d item(s): %s", len(flat), exc.__class__.__name__)
             for _, fut in work:
                 if not fut.done():
@@ -311,8 +434,47 @@ class InboxWriter:
             if not fut.done():
                 fut.set_result(results[pos : pos + len(items)])
             pos += len(items)
+        if self.on_commit is not None and not self.journal_pending():
+            self.on_commit()
+
+    def _journal_now(self) -> bool:
+        """This batch goes to the journal: a burst, or earlier batches are still there."""
+        if self._journal_path is None:
+            return False
+        if self._journal is None:
+            if not (self.journal_mode == "always" or self._bursting()):
+                return False
+            from connector.storage.journal import IngestJournal
+
+            self._journal = IngestJournal.open(self._journal_path)
+            if self._journal is None:  # another live process holds this name (the same pid on another host?)
+                log.error("inbox: ingest journal %s is locked by another process; writing to the inbox", self._journal_path.name)
+                self._journal_path = None
+                return False
+        return self.journal_mode == "always" or self._journal.pending or self._bursting()
+
+    async def _import_chunk(self) -> bool:
+        """Move the oldest journaled batches (about ``IMPORT_ROWS`` rows) into the inbox; False if
+        the write failed (they stay journaled; the next try in ``IMPORT_RETRY`` s)."""
+        items, offset = self._journal.read(IMPORT_ROWS)
+        try:
+            results = self._write_now(items) if items else []
+            if results is None:
+                results = await anyio.to_thread.run_sync(write_items, self.db, items)
+        except Exception as exc:
+            log.error("inbox: journaled deliveries could not be imported (%d rows kept): %s",
+                      len(items), exc.__class__.__name__)
+            self._import_after = time.monotonic() + IMPORT_RETRY
+            return False
+        self._journal.consumed(offset)
+        self.imported_rows += len(items)
+        _log_duplicates(results, "journal")
+        if not self._journal.pending:
+            log.info("ingest journal imported into the inbox", extra={
+                "rows": self._burst_rows, "seconds": round(time.monotonic() - self._burst_started, 2)})
         if self.on_commit is not None:
             self.on_commit()
+        return True
 
     def _write_now(self, items: list[InboxItem]) -> list[bool] | None:
         """Write on the loop if SQLite's write lock is free this instant; None if it is not."""
@@ -343,6 +505,12 @@ class InboxWriter:
             return results
         finally:
             lock.release()
+
+
+def _log_duplicates(results: list[bool], source: str) -> None:
+    dupes = results.count(False)
+    if dupes:
+        log.info("duplicate delivery", extra={"source": source, "duplicates": dupes, "items": len(results)})
 
 
 def sync_stores(db: Database, stores: Iterable[tuple[str, str]]) -> dict[str, int]:

@@ -2,7 +2,9 @@
 
 No outbound call and no business logic happen inside a request: one inbox write (group
 committed with whatever else is arriving), then the answer. A 2xx is only sent after the
-commit; if the database cannot take the write, the sender gets a 503 and retries.
+commit, or under a burst on SQLite after the batch is in the ingest journal
+(storage/journal.py), which the inbox imports after the burst; if neither can take the
+write, the sender gets a 503 and retries.
 """
 
 from __future__ import annotations
