@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 import os
 import shutil
@@ -68,7 +69,7 @@ def test_a_burst_is_acknowledged_from_the_journal_and_lands_in_the_inbox_once_in
     writer = asyncio.run(run())
     stored = _stored(file_db)
     assert [k for k, _ in stored] == [f"k{i:04d}" for i in range(1000)]  # once each, in acknowledgement order
-    assert all(body is not None and b'"note"' in body for _, body in stored)
+    assert all(body is not None and json.loads(body)["id"] == key for key, body in stored)  # each row its own body
     assert writer.imported_rows == writer.journaled_rows
     assert list(tmp_path.glob("j.db-ingest-*.journal")) == []
     assert any(r.getMessage() == "duplicate delivery" for r in caplog.records)
@@ -126,7 +127,7 @@ def test_a_failed_import_keeps_the_rows_journaled_and_retries(file_db, monkeypat
     assert calls["n"] >= 2
     assert [k for k, _ in _stored(file_db)] == ["k1", "k2"]
     assert writer.imported_rows == 2
-    assert any("could not be imported (2 rows kept)" in r.getMessage() for r in caplog.records)
+    assert any("could not be imported (kept for the next try)" in r.getMessage() for r in caplog.records)
 
 
 def test_a_full_disk_answers_503_and_leaves_the_journal_whole(file_db, tmp_path, monkeypatch):
@@ -150,12 +151,13 @@ def test_a_full_disk_answers_503_and_leaves_the_journal_whole(file_db, tmp_path,
         writer._import_after = float("inf")
         writer.start()
         await writer.submit([_item(ids["a"], "before")])
-        size = writer._journal._size
+        (segment,) = writer._segments
+        size = segment.size
         fail["on"] = True
         with pytest.raises(OSError):
             await writer.submit([_item(ids["a"], "lost-and-told")])
         fail["on"] = False
-        assert os.path.getsize(writer._journal.path) == size  # cut back to the last whole frame
+        assert os.path.getsize(segment.path) == size  # cut back to the last whole frame
         await writer.submit([_item(ids["a"], "after")])
         writer._import_after = 0.0
         await writer.stop()
@@ -238,10 +240,12 @@ asyncio.run(main())
 """
 
 
-def test_deliveries_acknowledged_by_a_killed_process_are_imported_at_the_next_start(file_db, tmp_path):
+@pytest.mark.parametrize("restart_mode", ["burst", "off"])
+def test_deliveries_acknowledged_by_a_killed_process_are_imported_at_the_next_start(file_db, tmp_path, restart_mode):
     """A process acknowledges 200 deliveries through its journal and is SIGKILLed before any
     import: nothing is in the inbox, the journal holds it all, and the next connector start
-    (``Runtime.start``: before it takes webhooks) imports it, in order, and deletes the file."""
+    (``Runtime.start``: before it takes webhooks) imports it, in order, and deletes the file;
+    also when the operator switched the journal off before restarting."""
     script = tmp_path / "killed.py"
     script.write_text(textwrap.dedent(_KILLED))
     proc = subprocess.Popen([sys.executable, str(script), str(file_db.engine.url)], cwd=ROOT, stdout=subprocess.PIPE,
@@ -259,7 +263,9 @@ def test_deliveries_acknowledged_by_a_killed_process_are_imported_at_the_next_st
 
     from connector.runtime import Runtime
 
-    settings = parse_settings({**settings_dict(str(file_db.engine.url)), "stores": [
+    data = settings_dict(str(file_db.engine.url))
+    data["database"] = {**data.get("database", {}), "ingest_journal": restart_mode}
+    settings = parse_settings({**data, "stores": [
         {"key": "a", "platform": "shopify", "shop_domain": "a.myshopify.com", "webhook_secret": "s" * 24}]}, environ={})
 
     async def start_and_stop() -> None:
@@ -301,5 +307,151 @@ def test_a_mistyped_journal_mode_is_a_config_error():
     assert "ingest_journal" in str(err.value) and "burst" in str(err.value)
 
 
-def test_the_journal_lives_beside_the_database_named_for_the_process(tmp_path):
-    assert journal_path(tmp_path / "shop.db") == tmp_path / f"shop.db-ingest-{os.getpid()}.journal"
+def test_each_journal_file_has_a_name_of_its_own_beside_the_database(tmp_path):
+    """pid and a random part: a process never takes over the file a dead process with the same
+    pid left (containers reuse pids); that one is an orphan, imported as such."""
+    first, second = journal_path(tmp_path / "shop.db"), journal_path(tmp_path / "shop.db")
+    assert first != second and first.parent == tmp_path
+    assert first.name.startswith(f"shop.db-ingest-{os.getpid()}-") and first.name.endswith(".journal")
+    assert sorted(tmp_path.glob(journal_mod.journal_glob(tmp_path / "shop.db"))) == []
+    first.touch()
+    assert list(tmp_path.glob(journal_mod.journal_glob(tmp_path / "shop.db"))) == [first]
+
+
+def test_a_dead_process_journal_with_a_torn_tail_is_imported_up_to_it_and_kept_aside(file_db, tmp_path, caplog):
+    """A process died inside a write (its pid may be ours now): its whole frames are imported,
+    the file is renamed *.damaged for inspection, and this process journals to a file of its own."""
+    ids = sync_stores(file_db, [("a", "shopify")])
+    dead_path = tmp_path / f"j.db-ingest-{os.getpid()}-deadbeef.journal"
+    dead = IngestJournal.open(dead_path)
+    dead.append([_item(ids["a"], "dead-1")], datetime.now(timezone.utc))
+    dead.append([_item(ids["a"], "dead-2")], datetime.now(timezone.utc))
+    dead.close()
+    with open(dead_path, "r+b") as f:
+        f.truncate(dead_path.stat().st_size - 10)
+    caplog.set_level(logging.ERROR, "storeloop.inbox")
+
+    async def run() -> None:
+        writer = InboxWriter(file_db, journal="always")
+        assert await anyio_run(writer.recover) == 1
+        writer.start()
+        await writer.submit([_item(ids["a"], "mine")])
+        assert all(segment.path != dead_path for segment in writer._segments)
+        await writer.stop()
+
+    asyncio.run(run())
+    assert [k for k, _ in _stored(file_db)] == ["dead-1", "mine"]
+    assert not dead_path.exists() and dead_path.with_name(dead_path.name + ".damaged").exists()
+    assert any("not a whole frame" in r.getMessage() for r in caplog.records)
+
+
+async def anyio_run(fn):  # type: ignore[no-untyped-def]
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(fn)
+
+
+def test_a_long_burst_spreads_over_files_that_go_once_imported(file_db, tmp_path, monkeypatch):
+    """Files of SEGMENT_BYTES: a long burst's imported files are deleted while it goes on, so its
+    disk stays bounded; every delivery still lands once, in order."""
+    import connector.storage.inbox as inbox
+
+    monkeypatch.setattr(inbox, "SEGMENT_BYTES", 20_000)  # ~8 deliveries of 2 KB a file
+    ids = sync_stores(file_db, [("a", "shopify")])
+
+    async def run() -> int:
+        writer = InboxWriter(file_db, journal="always")
+        writer._import_after = float("inf")
+        writer.start()
+        for n in range(10):
+            await asyncio.gather(*(writer.submit([_item(ids["a"], f"k{n}-{i}")]) for i in range(8)))
+        files = len(list(tmp_path.glob("j.db-ingest-*.journal")))
+        assert files == len(writer._segments) >= 5
+        writer._import_after = 0.0
+        for _ in range(300):  # the writer imports file after file, deleting each once imported
+            if len(list(tmp_path.glob("j.db-ingest-*.journal"))) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert len(list(tmp_path.glob("j.db-ingest-*.journal"))) == 1  # the last one stays, emptied, for the next burst
+        await writer.stop()
+        return files
+
+    asyncio.run(run())
+    assert [k for k, _ in _stored(file_db)] == [f"k{n}-{i}" for n in range(10) for i in range(8)]
+    assert list(tmp_path.glob("j.db-ingest-*")) == []
+
+
+def test_while_the_inbox_refuses_imports_a_full_journal_answers_503(file_db, monkeypatch):
+    """The journal does not hide a broken inbox for long: past JOURNAL_MAX_BYTES not imported,
+    new batches get an error (the endpoint's 503, the sender retries), as they would without a
+    journal; what was acknowledged is imported once the inbox takes writes again."""
+    import connector.storage.inbox as inbox
+
+    monkeypatch.setattr(inbox, "JOURNAL_MAX_BYTES", 10_000)
+    monkeypatch.setattr(inbox, "IMPORT_RETRY", 0.02)
+    ids = sync_stores(file_db, [("a", "shopify")])
+    refusing = {"on": True}
+    real = inbox.insert_sqlite
+
+    def insert(conn, items):  # type: ignore[no-untyped-def]
+        if refusing["on"]:
+            raise inbox.sqlite3.OperationalError("database or disk is full")
+        return real(conn, items)
+
+    monkeypatch.setattr(inbox, "insert_sqlite", insert)
+
+    async def run() -> None:
+        writer = InboxWriter(file_db, journal="always")
+        writer.start()
+        acknowledged = 0
+        with pytest.raises(OSError, match="has not taken yet"):
+            for i in range(20):
+                await writer.submit([_item(ids["a"], f"k{i:02d}")])
+                acknowledged += 1
+        assert 2 <= acknowledged < 20
+        refusing["on"] = False
+        await writer.stop()
+        assert [k for k, _ in _stored(file_db)] == [f"k{i:02d}" for i in range(acknowledged)]
+
+    asyncio.run(run())
+
+
+def test_a_running_writer_imports_a_dead_process_journal_without_holding_up_webhooks(file_db, tmp_path, monkeypatch):
+    import connector.storage.inbox as inbox
+
+    monkeypatch.setattr(inbox, "ORPHAN_SCAN", 0.05)
+    ids = sync_stores(file_db, [("a", "shopify")])
+
+    async def run() -> None:
+        writer = InboxWriter(file_db, journal="off")  # orphans are imported whatever the mode
+        writer.start()
+        dead = IngestJournal.open(journal_path(tmp_path / "j.db"))
+        dead.append([_item(ids["a"], "dead")], datetime.now(timezone.utc))
+        dead.close()
+        assert await writer.submit([_item(ids["a"], "live")]) == [True]
+        for _ in range(200):
+            if len(_stored(file_db)) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await writer.stop()
+
+    asyncio.run(run())
+    assert sorted(k for k, _ in _stored(file_db)) == ["dead", "live"]
+    assert list(tmp_path.glob("j.db-ingest-*")) == []
+
+
+def test_an_orphan_that_cannot_be_opened_is_logged_and_left(file_db, tmp_path, monkeypatch, caplog):
+    (tmp_path / "j.db-ingest-1-00000000.journal").write_bytes(b"")
+    real_open = IngestJournal.open.__func__
+
+    def refuse(cls, path, *, create=True):  # type: ignore[no-untyped-def]
+        if not create:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(cls, path, create=create)
+
+    monkeypatch.setattr(IngestJournal, "open", classmethod(refuse))
+    caplog.set_level(logging.ERROR, "storeloop.inbox")
+    writer = InboxWriter(file_db)
+    assert writer.recover() == 0
+    assert (tmp_path / "j.db-ingest-1-00000000.journal").exists()
+    assert any("cannot be opened: OSError" in r.getMessage() for r in caplog.records)

@@ -32,7 +32,9 @@ JOURNAL_MODES = ("burst", "always", "off")
 BURST_WAITING = 8  # submissions waiting for the writer: a burst, journaled
 BURST_RATE = 1000.0  # ... or deliveries acknowledged this fast (per second, over the last 0.25 s)
 IMPORT_ROWS = 500  # journaled rows moved into the inbox per transaction (~25 ms of the loop)
-JOURNAL_BURST_BYTES = 256 << 20  # a burst's journal beyond this (~22,000 orders): it imports while the burst lasts
+JOURNAL_BURST_BYTES = 256 << 20  # journaled and not yet imported beyond this (~22,000 orders): it imports while the burst lasts
+JOURNAL_MAX_BYTES = 1 << 30  # ... beyond this (imports failing): new batches get a 503, as without a journal
+SEGMENT_BYTES = 64 << 20  # a journal file this large gets a successor, so imported ones go while a long burst lasts
 IMPORT_POLL = 0.05  # seconds between looks at whether a burst is over, while anything is journaled
 IMPORT_RETRY = 1.0  # seconds after a failed import before the next try
 ORPHAN_SCAN = 10.0  # seconds between looks for the journals of processes that died
@@ -209,9 +211,13 @@ class InboxWriter:
     Under a burst (``BURST_WAITING`` submissions waiting, or ``BURST_RATE`` deliveries a
     second) a SQLite file's batches go to the ingest journal instead (storage/journal.py:
     one ``os.write`` a batch, a fraction of the inbox write) and move into the inbox in
-    batches of ``IMPORT_ROWS`` once the burst is over; while it lasts only once the file holds
-    ``JOURNAL_BURST_BYTES`` (then a batch every round: acknowledgements slow to the rate the
-    inbox takes rows, and the file stays bounded). The journal saves no work: the rows are
+    batches of ``IMPORT_ROWS`` once the burst is over; while it lasts only once it holds
+    ``JOURNAL_BURST_BYTES`` not yet imported (then a batch every round: acknowledgements slow
+    to the rate the inbox takes rows). Files of ``SEGMENT_BYTES`` each, deleted once imported,
+    keep a long burst's disk bounded; past ``JOURNAL_MAX_BYTES`` not imported (the inbox
+    refusing the imports) new batches get a 503, as they would without a journal. Journals of
+    processes that died are imported at start and every ``ORPHAN_SCAN`` seconds by a task of
+    their own, whatever ``journal`` says. The journal saves no work: the rows are
     written after the burst instead of during it (bench/ingest.py counts the server's CPU
     until they are). While anything is journaled every batch goes there too, so the
     inbox keeps the order deliveries were acknowledged in. ``journal``: "burst" (the
@@ -235,13 +241,15 @@ class InboxWriter:
         if journal not in JOURNAL_MODES:
             raise ValueError(f"journal must be one of {', '.join(JOURNAL_MODES)}, not {journal!r}")
         self.journal_mode = journal
-        self._journal: Any = None  # storage.journal.IngestJournal, opened at the first burst
-        self._journal_path = self._journal_file()  # None: no journal here (PostgreSQL, memory, "off")
+        # this process's journal files (storage.journal.IngestJournal), oldest first: appends go to
+        # the last, imports read the first
+        self._segments: collections.deque[Any] = collections.deque()
+        self._sqlite_file = self._database_file()  # None: no journals here (PostgreSQL, memory)
+        self._orphan_task: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()  # a submission was queued (the runner's idle wait)
         self.journaled_rows = 0  # acknowledged through the journal...
         self.imported_rows = 0  # ... and moved into the inbox since (duplicates included)
         self._import_after = 0.0  # monotonic: after a failed import, the next try
-        self._orphans_at = 0.0  # monotonic: the next look for journals of dead processes
         self._burst_started, self._burst_rows = 0.0, 0  # since the journal was last empty: for the log
 
     def busy(self, within: float = 0.1) -> bool:
@@ -269,51 +277,64 @@ class InboxWriter:
 
     def journal_pending(self) -> bool:
         """Acknowledged deliveries are waiting in this process's journal for their inbox rows."""
-        return self._journal is not None and self._journal.pending
+        return any(segment.pending for segment in self._segments)
 
-    def _journal_file(self) -> Any:
-        """This process's journal path, or None where there is none (PostgreSQL, memory, "off")."""
-        if self.journal_mode == "off" or not self.db.is_sqlite:
+    def _pending_bytes(self) -> int:
+        return sum(segment.pending_bytes for segment in self._segments)
+
+    def _database_file(self) -> str | None:
+        """The SQLite file journals live beside; None for PostgreSQL and memory databases."""
+        if not self.db.is_sqlite:
             return None
         path = self.db.engine.url.database
         if not path or path == ":memory:" or "mode=memory" in str(self.db.engine.url):
             return None
-        from connector.storage.journal import journal_path
-
-        return journal_path(path)
+        return path
 
     def recover(self) -> int:
         """Import the journals of processes that died (nobody holds their lock) into the inbox,
         oldest first, and delete them; the rows imported. Blocking: ``serve`` calls it in a thread
-        before it takes webhooks, and the running writer every ``ORPHAN_SCAN`` seconds."""
-        own = self._journal_path
-        if own is None:
+        before it takes webhooks, and a task every ``ORPHAN_SCAN`` seconds while it runs. Never
+        raises: a journal that cannot be read or imported now is logged and left for the next look."""
+        if self._sqlite_file is None:
             return 0
         from connector.storage.journal import orphans
 
         imported = 0
-        for journal in orphans(self.db.engine.url.database, own=own if self._journal is not None else None):
+        try:
+            found = orphans(self._sqlite_file, own={segment.path for segment in self._segments})
+        except Exception as exc:
+            log.error("ingest journals could not be listed: %s", exc.__class__.__name__)
+            return 0
+        for journal in found:
+            rows = 0
             try:
                 while journal.pending:
                     items, offset = journal.read(IMPORT_ROWS)
                     results = write_items(self.db, items)
                     journal.consumed(offset)
-                    imported += len(items)
+                    rows += len(items)
                     _log_duplicates(results, "journal of a process that stopped")
-            except Exception as exc:  # left in place, whole, for the next look
+            except Exception as exc:  # left in place, from where it stopped, for the next look
                 log.error("ingest journal %s could not be imported: %s", journal.path.name, exc.__class__.__name__)
                 journal.close()
                 continue
-            log.warning("ingest journal of a process that stopped imported",
-                        extra={"journal": journal.path.name, "rows": imported})
+            imported += rows
+            log.warning("ingest journal of a process that stopped imported", extra={"journal": journal.path.name, "rows": rows})
             journal.close(unlink=True)
         return imported
+
+    async def _recover_forever(self) -> None:
+        while True:
+            await asyncio.sleep(ORPHAN_SCAN)
+            await anyio.to_thread.run_sync(self.recover)
 
     def start(self) -> None:
         if self._task is None:
             self._arrived = asyncio.Event()
-            self._orphans_at = time.monotonic() + ORPHAN_SCAN if self._journal_path is not None else float("inf")
             self._task = asyncio.create_task(self._run(), name="inbox-writer")
+            if self._sqlite_file is not None:
+                self._orphan_task = asyncio.create_task(self._recover_forever(), name="ingest-journal-orphans")
 
     async def stop(self) -> None:
         """Finish what is queued and journaled, then stop: nothing acknowledged is dropped."""
@@ -324,14 +345,19 @@ class InboxWriter:
         self._arrived.set()
         await self._task
         self._task = None
-        if self._journal is not None:
-            while self._journal.pending and await self._import_chunk():
-                pass
-            if self._journal.pending:
+        if self._orphan_task is not None:
+            self._orphan_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._orphan_task  # an import under way finishes in its thread first
+            self._orphan_task = None
+        while self.journal_pending() and await self._import_chunk():
+            pass
+        for segment in self._segments:
+            if segment.pending:
                 log.error("inbox: the ingest journal could not be imported; the next start imports it",
-                          extra={"journal": self._journal.path.name})
-            self._journal.close(unlink=not self._journal.pending)
-            self._journal = None
+                          extra={"journal": segment.path.name})
+            segment.close(unlink=not segment.pending)
+        self._segments.clear()
         if self._inline is not None:
             self._inline.close()  # detached from the pool: really closed
             self._inline = None
@@ -359,26 +385,16 @@ class InboxWriter:
         stop: asyncio.Future[list[bool]] | None = None
         while stop is None:
             importing = False
-            if self._journal is not None and self._journal.pending and time.monotonic() >= self._import_after:
-                if self._journal.size >= JOURNAL_BURST_BYTES or not self._bursting():
+            if self.journal_pending() and time.monotonic() >= self._import_after:
+                if self._pending_bytes() >= JOURNAL_BURST_BYTES or not self._bursting():
                     importing = await self._import_chunk()
             if self._queue.empty():
                 if importing:  # more to import: let the loop answer whoever came meanwhile, then go on
                     await asyncio.sleep(0)
                     continue
-                if time.monotonic() >= self._orphans_at:
-                    self._orphans_at = time.monotonic() + ORPHAN_SCAN
-                    await anyio.to_thread.run_sync(self.recover)
-                    continue  # submissions may have queued meanwhile
                 self._arrived.clear()
-                if self.journal_pending():
-                    wait: float | None = IMPORT_POLL
-                elif self._orphans_at == float("inf"):
-                    wait = None
-                else:
-                    wait = max(0.0, self._orphans_at - time.monotonic())
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._arrived.wait(), timeout=wait)
+                    await asyncio.wait_for(self._arrived.wait(), timeout=IMPORT_POLL if self.journal_pending() else None)
                 continue
             items, fut = self._queue.get_nowait()
             work: list[tuple[list[InboxItem], asyncio.Future[list[bool]]]] = []
@@ -403,10 +419,7 @@ class InboxWriter:
         try:
             started = time.perf_counter()
             if self._journal_now():
-                if not self._journal.pending:
-                    self._burst_started, self._burst_rows = time.monotonic(), 0
-                    log.info("burst: webhooks acknowledged from the ingest journal", extra={"journal": self._journal.path.name})
-                self._journal.append(flat, utcnow())
+                self._journal_append(flat)
                 self.journaled_rows += len(flat)
                 self._burst_rows += len(flat)
                 results: list[bool] | None = [True] * len(flat)
@@ -439,37 +452,49 @@ class InboxWriter:
 
     def _journal_now(self) -> bool:
         """This batch goes to the journal: a burst, or earlier batches are still there."""
-        if self._journal_path is None:
+        if self.journal_mode == "off" or self._sqlite_file is None:
             return False
-        if self._journal is None:
-            if not (self.journal_mode == "always" or self._bursting()):
-                return False
-            from connector.storage.journal import IngestJournal
+        return self.journal_mode == "always" or self.journal_pending() or self._bursting()
 
-            self._journal = IngestJournal.open(self._journal_path)
-            if self._journal is None:  # another live process holds this name (the same pid on another host?)
-                log.error("inbox: ingest journal %s is locked by another process; writing to the inbox", self._journal_path.name)
-                self._journal_path = None
-                return False
-        return self.journal_mode == "always" or self._journal.pending or self._bursting()
+    def _journal_append(self, items: list[InboxItem]) -> None:
+        """Append a batch to the last journal file (a new one when there is none, or it is full
+        or broken); raises, so the senders get a 503, if nothing can be journaled."""
+        from connector.storage.journal import IngestJournal, journal_path
+
+        if not self.journal_pending():
+            self._burst_started, self._burst_rows = time.monotonic(), 0
+        if self._pending_bytes() >= JOURNAL_MAX_BYTES:
+            raise OSError(f"ingest journal holds {JOURNAL_MAX_BYTES >> 20} MB the inbox has not taken yet")
+        tail = self._segments[-1] if self._segments else None
+        if tail is None or tail.size >= SEGMENT_BYTES or tail.broken:
+            tail = IngestJournal.open(journal_path(self._sqlite_file))
+            assert tail is not None  # a new file of our own: nobody else can hold it
+            self._segments.append(tail)
+            if len(self._segments) == 1:
+                log.info("burst: webhooks acknowledged from the ingest journal", extra={"journal": tail.path.name})
+        tail.append(items, utcnow())
+        self._burst_rows += len(items)
 
     async def _import_chunk(self) -> bool:
         """Move the oldest journaled batches (about ``IMPORT_ROWS`` rows) into the inbox; False if
-        the write failed (they stay journaled; the next try in ``IMPORT_RETRY`` s)."""
-        items, offset = self._journal.read(IMPORT_ROWS)
+        that failed (they stay journaled; the next try in ``IMPORT_RETRY`` s)."""
+        head = self._segments[0]
         try:
+            items, offset = head.read(IMPORT_ROWS)
             results = self._write_now(items) if items else []
             if results is None:
                 results = await anyio.to_thread.run_sync(write_items, self.db, items)
+            head.consumed(offset)
         except Exception as exc:
-            log.error("inbox: journaled deliveries could not be imported (%d rows kept): %s",
-                      len(items), exc.__class__.__name__)
+            log.error("inbox: journaled deliveries could not be imported (kept for the next try): %s", exc.__class__.__name__)
             self._import_after = time.monotonic() + IMPORT_RETRY
             return False
-        self._journal.consumed(offset)
         self.imported_rows += len(items)
         _log_duplicates(results, "journal")
-        if not self._journal.pending:
+        if not head.pending and len(self._segments) > 1:  # imported, and no longer written to
+            self._segments.popleft()
+            head.close(unlink=True)
+        if not self.journal_pending():
             log.info("ingest journal imported into the inbox", extra={
                 "rows": self._burst_rows, "seconds": round(time.monotonic() - self._burst_started, 2)})
         if self.on_commit is not None:

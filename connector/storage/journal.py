@@ -11,7 +11,7 @@ answers faster. The durability promise is the inbox's own: SQLite in WAL mode wi
 ``synchronous = NORMAL`` does not fsync a commit either, so both survive the process being
 killed and both rely on the kernel for the rest.
 
-One file per process, beside the database (``<db>-ingest-<pid>.journal``), locked with
+One file per process, beside the database (``<db>-ingest-<pid>-<random>.journal``), locked with
 ``flock`` while the process lives. A process that finds a file nobody holds (its owner was
 killed) imports it before it takes webhooks, and every few seconds while it runs
 (``InboxWriter``). Records are imported in the order they were appended; a delivery that
@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
 import struct
 import zlib
 from datetime import datetime
@@ -108,12 +109,19 @@ class IngestJournal:
         # frames are read into one reused buffer: its pages stay mapped, where a fresh bytes
         # object of several MB per read cost as much as the read itself (first touch of new memory)
         self._buffer = bytearray()  # allocated at the first read
+        self.damaged = False  # a frame that is not whole was found (and skipped with all after it)
+        self.broken = False  # a failed write could not be cut back: no more appends until emptied
 
     @classmethod
-    def open(cls, path: Path) -> "IngestJournal | None":
-        """Open and lock ``path``; None if another live process holds it."""
+    def open(cls, path: Path, *, create: bool = True) -> "IngestJournal | None":
+        """Open and lock ``path``; None if another live process holds it (or, without ``create``,
+        if it no longer exists)."""
+        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(path, flags, 0o600)
+            except FileNotFoundError:
+                return None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -128,10 +136,17 @@ class IngestJournal:
             if same:
                 return cls(path, fd)
             os.close(fd)
+            if not create:
+                return None
 
     @property
     def pending(self) -> bool:
         return self._read < self._size
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes not yet imported."""
+        return self._size - self._read
 
     @property
     def size(self) -> int:
@@ -142,6 +157,8 @@ class IngestJournal:
         """Write one frame; returns once the kernel has all of it. On a failed or short write
         (a full disk) the file is cut back to where it was and the error raised: the senders
         get a 503, and no half frame is left for a later one to follow."""
+        if self.broken:
+            raise OSError(f"ingest journal {self.path.name} holds a failed write; it takes no more until it is imported")
         parts, length = _encode(items, received)
         start = self._size
         try:
@@ -151,8 +168,10 @@ class IngestJournal:
                 while written < length:
                     written += os.write(self._fd, rest[written:])
         except BaseException:
-            with contextlib.suppress(OSError):
+            try:
                 os.ftruncate(self._fd, start)
+            except OSError:  # the half frame stays: what precedes it is still read (up to ``_size``)
+                self.broken = True
             raise
         self._size = start + length
 
@@ -194,6 +213,7 @@ class IngestJournal:
         precedes it is imported; the rest was never acknowledged, or cannot be read."""
         log.error("ingest journal %s: %d bytes from offset %d are not a whole frame; skipped",
                   self.path.name, self._size - offset, offset)
+        self.damaged = True
         return self._size
 
     def consumed(self, offset: int) -> None:
@@ -201,32 +221,43 @@ class IngestJournal:
         if self._read >= self._size:  # all in the inbox: start the file again
             os.ftruncate(self._fd, 0)
             self._read = self._size = self._check_below = 0
+            self.broken = False
 
     def close(self, *, unlink: bool = False) -> None:
+        """Release the file. ``unlink``: it was imported; one found damaged is kept instead, renamed
+        ``*.damaged`` (no longer a journal anyone imports), for whoever investigates."""
         if self._fd < 0:
             return
         if unlink:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()  # still holding the lock: nobody can have opened it meanwhile
+            with contextlib.suppress(FileNotFoundError):  # still holding the lock: nobody opened it meanwhile
+                if self.damaged:
+                    self.path.rename(self.path.with_name(self.path.name + ".damaged"))
+                else:
+                    self.path.unlink()
         os.close(self._fd)  # releases the lock
         self._fd = -1
 
 
-def orphans(db_path: str | Path, own: Path | None = None) -> list[IngestJournal]:
+def orphans(db_path: str | Path, own: set[Path] | None = None) -> list[IngestJournal]:
     """The journals beside ``db_path`` that no live process holds (their owners died), locked
-    for the caller, oldest first; ``own`` (this process's file) is left out."""
+    for the caller, oldest first; ``own`` (this process's file) is left out. A file that cannot
+    be opened (permissions, no file descriptors left) is logged and left for the next look."""
     directory = Path(db_path).resolve().parent
     found: list[tuple[float, IngestJournal]] = []
     for path in directory.glob(journal_glob(db_path)):
-        if own is not None and path == own:
+        if own and path in own:
             continue
-        journal = IngestJournal.open(path)
-        if journal is not None:
-            found.append((path.stat().st_mtime, journal))
-    return [j for _, j in sorted(found, key=lambda pair: pair[0])]
+        try:
+            journal = IngestJournal.open(path, create=False)
+            if journal is not None:
+                found.append((os.fstat(journal._fd).st_mtime, journal))
+        except OSError as exc:
+            log.error("ingest journal %s cannot be opened: %s", path.name, exc.__class__.__name__)
+    return [j for _, j in sorted(found, key=lambda pair: (pair[0], pair[1].path.name))]
 
 
 def journal_path(db_path: str | Path) -> Path:
+    """A new journal's name: the process id and a random part, so a process never takes over a
+    file a dead process left under the same pid (containers reuse pids): that one is an orphan."""
     path = Path(db_path).resolve()
-    return path.with_name(f"{path.name}-ingest-{os.getpid()}{SUFFIX}")
-
+    return path.with_name(f"{path.name}-ingest-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}")
