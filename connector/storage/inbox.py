@@ -31,7 +31,8 @@ RATE_HORIZON = 1.0  # seconds of commits the writer remembers for ``arrival_rate
 JOURNAL_MODES = ("burst", "always", "off")
 BURST_WAITING = 8  # submissions waiting for the writer: a burst, journaled
 BURST_RATE = 1000.0  # ... or deliveries acknowledged this fast (per second, over the last 0.25 s)
-IMPORT_ROWS = 500  # journaled rows moved into the inbox per transaction (~25 ms of the loop)
+IMPORT_ROWS = 500  # journaled rows moved into the inbox per transaction after a burst (~25-35 ms of the loop)
+BURST_IMPORT_ROWS = 128  # ... and while one lasts (a long one): shorter stalls for the deliveries still arriving
 JOURNAL_BURST_BYTES = 256 << 20  # journaled and not yet imported beyond this (~22,000 orders): it imports while the burst lasts
 JOURNAL_MAX_BYTES = 1 << 30  # ... beyond this (imports failing): new batches get a 503, as without a journal
 SEGMENT_BYTES = 64 << 20  # a journal file this large gets a successor, so imported ones go while a long burst lasts
@@ -386,8 +387,9 @@ class InboxWriter:
         while stop is None:
             importing = False
             if self.journal_pending() and time.monotonic() >= self._import_after:
-                if self._pending_bytes() >= JOURNAL_BURST_BYTES or not self._bursting():
-                    importing = await self._import_chunk()
+                bursting = self._bursting()
+                if not bursting or self._pending_bytes() >= JOURNAL_BURST_BYTES:
+                    importing = await self._import_chunk(BURST_IMPORT_ROWS if bursting else IMPORT_ROWS)
             if self._queue.empty():
                 if importing:  # more to import: let the loop answer whoever came meanwhile, then go on
                     await asyncio.sleep(0)
@@ -475,12 +477,12 @@ class InboxWriter:
         tail.append(items, utcnow())
         self._burst_rows += len(items)
 
-    async def _import_chunk(self) -> bool:
-        """Move the oldest journaled batches (about ``IMPORT_ROWS`` rows) into the inbox; False if
-        that failed (they stay journaled; the next try in ``IMPORT_RETRY`` s)."""
+    async def _import_chunk(self, rows: int = IMPORT_ROWS) -> bool:
+        """Move the oldest journaled batches (about ``rows`` rows) into the inbox; False if that
+        failed (they stay journaled; the next try in ``IMPORT_RETRY`` s)."""
         head = self._segments[0]
         try:
-            items, offset = head.read(IMPORT_ROWS)
+            items, offset = head.read(rows)
             results = self._write_now(items) if items else []
             if results is None:
                 results = await anyio.to_thread.run_sync(write_items, self.db, items)
