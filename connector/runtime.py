@@ -243,15 +243,12 @@ class Runtime:
         last_slice = last_timers = 0.0
         growth = 1  # busy slices are BUSY_SLICE x growth and BUSY_ROWS x growth
         while not self._stopping:
-            # a burst, or its deliveries still moving from the ingest journal into the inbox (the
-            # writer's large batches go first: cheaper per row than slices that hold the lock)
-            saturated = (self.writer.waiting() >= SATURATED or self.writer.arrival_rate() >= SATURATED_RATE
-                         or self.writer.journal_pending())
+            saturated = self.writer.waiting() >= SATURATED or self.writer.arrival_rate() >= SATURATED_RATE
             if saturated and time.monotonic() - last_slice < SATURATED_GAP:
                 await asyncio.sleep(BUSY_PAUSE)  # webhooks queue for the writer: they go first
                 continue
             last_slice = time.monotonic()
-            busy = self.writer.busy() or self.writer.journal_pending()
+            busy = self.writer.busy()
             if saturated or not busy:
                 growth = 1
             rows = BUSY_ROWS * growth

@@ -455,3 +455,31 @@ def test_an_orphan_that_cannot_be_opened_is_logged_and_left(file_db, tmp_path, m
     assert writer.recover() == 0
     assert (tmp_path / "j.db-ingest-1-00000000.journal").exists()
     assert any("cannot be opened: OSError" in r.getMessage() for r in caplog.records)
+
+
+def test_a_burst_that_lasts_still_moves_its_oldest_deliveries_into_the_inbox(file_db, monkeypatch):
+    """While deliveries keep counting as a burst (a steady stream of status webhooks can), the
+    journal is not left to grow until the burst ends: a delivery that has waited
+    JOURNAL_MAX_WAIT is imported, so the processor sees it (COD asks had waited 13-30 s)."""
+    import connector.storage.inbox as inbox
+
+    ids = sync_stores(file_db, [("a", "shopify")])
+    monkeypatch.setattr(inbox.InboxWriter, "_bursting", lambda self: True)  # the burst never ends
+
+    async def run() -> float:
+        writer = InboxWriter(file_db)
+        writer.start()
+        await writer.submit([_item(ids["a"], "first")])
+        assert writer.journaled_rows == 1 and _stored(file_db) == []
+        started = asyncio.get_running_loop().time()
+        while not _stored(file_db):
+            await writer.submit([_item(ids["a"], f"more-{asyncio.get_running_loop().time()}")])  # the stream goes on
+            await asyncio.sleep(0.01)
+            assert asyncio.get_running_loop().time() - started < 5, "the burst's deliveries never reached the inbox"
+        waited = asyncio.get_running_loop().time() - started
+        await writer.stop()
+        return waited
+
+    waited = asyncio.run(run())
+    assert inbox.JOURNAL_MAX_WAIT <= waited + 0.05  # not before it was due (the burst's answers go first)
+    assert _stored(file_db)[0][0] == "first"

@@ -1055,21 +1055,17 @@ def _pending(db: Database) -> int:
         return conn.execute(select(func.count()).select_from(m.InboxEvent).where(m.InboxEvent.status == "pending")).scalar_one()
 
 
-@pytest.mark.parametrize("burst", ["queued", "journaled"])
-def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path, burst):
+def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path):
     """While deliveries queue for the writer, the processor runs one short slice per
     SATURATED_GAP (each slice holds the write lock and the GIL the burst needs); once the
-    queue drains it works through everything at once. The same while a burst's deliveries
-    are still moving from the ingest journal into the inbox (no webhook arriving any more):
-    the writer's 500-row imports go first."""
+    queue drains it works through everything at once."""
     from connector import runtime as rt
 
     settings = make_settings(f"sqlite:///{tmp_path / 'burst.db'}")
     runtime = rt.Runtime(settings, run_worker=False)
 
     class Writer:  # the writer as the loop sees it during a burst, then after
-        queued = 40 if burst == "queued" else 0
-        journaled = burst == "journaled"
+        queued = 40
 
         def waiting(self) -> int:
             return self.queued
@@ -1079,9 +1075,6 @@ def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path, burs
 
         def arrival_rate(self) -> float:
             return 0.0
-
-        def journal_pending(self) -> bool:
-            return self.journaled
 
     class Processor:
         def __init__(self) -> None:
@@ -1104,7 +1097,7 @@ def test_processor_yields_to_a_webhook_burst_and_catches_up_after(tmp_path, burs
         task = asyncio.create_task(runtime._process_loop())
         await asyncio.sleep(1.0)
         during = len(processor.calls)
-        writer.queued, writer.journaled = 0, False
+        writer.queued = 0
         for _ in range(200):
             if processor.backlog == 0:
                 break
@@ -1142,9 +1135,6 @@ def _policy_runtime(tmp_path, waiting, *, busy=True, backlog=2000, timers=0, rat
 
         def arrival_rate(self) -> float:
             return rate
-
-        def journal_pending(self) -> bool:
-            return False
 
     class Processor:
         def __init__(self) -> None:
