@@ -73,6 +73,8 @@ def test_a_burst_is_acknowledged_from_the_journal_and_lands_in_the_inbox_once_in
     assert writer.imported_rows == writer.journaled_rows
     assert list(tmp_path.glob("j.db-ingest-*.journal")) == []
     assert any(r.getMessage() == "duplicate delivery" for r in caplog.records)
+    imported = [r for r in caplog.records if r.getMessage() == "ingest journal imported into the inbox"]
+    assert imported and sum(r.rows for r in imported) == writer.journaled_rows  # what the operator's log says
 
 
 def test_deliveries_after_a_burst_queue_behind_the_journaled_ones(file_db):

@@ -438,7 +438,6 @@ class InboxWriter:
             if self._journal_now():
                 self._journal_append(flat)
                 self.journaled_rows += len(flat)
-                self._burst_rows += len(flat)
                 results: list[bool] | None = [True] * len(flat)
             else:
                 results = self._write_now(flat) if self.db.is_sqlite else None
