@@ -175,11 +175,20 @@ class Database:
         self._nolock = nullcontext()
         self.checkpointer: WalCheckpointer | None = None
 
+    @property
+    def sqlite_file(self) -> str | None:
+        """The SQLite database's file (what its WAL checkpoints and ingest journals go with);
+        None for PostgreSQL and in-memory databases."""
+        path = self.engine.url.database
+        if not self.is_sqlite or not path or path == ":memory:" or "mode=memory" in str(self.engine.url):
+            return None
+        return path
+
     def start_checkpoints(self) -> bool:
         """``serve`` and ``worker``: SQLite's WAL checkpoints from a thread of their own
         (storage/checkpoint.py). False where there is no file to do it for."""
-        path = self.engine.url.database
-        if not self.is_sqlite or not path or path == ":memory:" or "mode=memory" in str(self.engine.url):
+        path = self.sqlite_file
+        if path is None:
             return False
         if self.checkpointer is None:
             self.checkpointer = WalCheckpointer(path)

@@ -250,7 +250,7 @@ class InboxWriter:
         # this process's journal files (storage.journal.IngestJournal), oldest first: appends go to
         # the last, imports read the first
         self._segments: collections.deque[Any] = collections.deque()
-        self._sqlite_file = self._database_file()  # None: no journals here (PostgreSQL, memory)
+        self._sqlite_file = db.sqlite_file  # None: no journals here (PostgreSQL, memory)
         self._orphan_task: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()  # a submission was queued (the runner's idle wait)
         self.journaled_rows = 0  # acknowledged through the journal...
@@ -290,15 +290,6 @@ class InboxWriter:
     def _pending_bytes(self) -> int:
         return sum(segment.pending_bytes for segment in self._segments)
 
-    def _database_file(self) -> str | None:
-        """The SQLite file journals live beside; None for PostgreSQL and memory databases."""
-        if not self.db.is_sqlite:
-            return None
-        path = self.db.engine.url.database
-        if not path or path == ":memory:" or "mode=memory" in str(self.db.engine.url):
-            return None
-        return path
-
     def recover(self) -> int:
         """Import the journals of processes that died (nobody holds their lock) into the inbox,
         oldest first, and delete them; the rows imported. Blocking: ``serve`` calls it in a thread
@@ -322,7 +313,7 @@ class InboxWriter:
                     results = write_items(self.db, items)
                     journal.consumed(offset)
                     rows += len(items)
-                    _log_duplicates(results, "journal of a process that stopped")
+                    log_duplicates(results, "journal of a process that stopped")
             except Exception as exc:  # left in place, from where it stopped, for the next look
                 log.error("ingest journal %s could not be imported: %s", journal.path.name, exc.__class__.__name__)
                 journal.close()
@@ -509,7 +500,7 @@ class InboxWriter:
             self._import_after = time.monotonic() + IMPORT_RETRY
             return False
         self.imported_rows += len(items)
-        _log_duplicates(results, "journal")
+        log_duplicates(results, "journal")
         if not head.pending and len(self._segments) > 1:  # imported, and no longer written to
             self._segments.popleft()
             head.close(unlink=True)
@@ -551,7 +542,8 @@ class InboxWriter:
             lock.release()
 
 
-def _log_duplicates(results: list[bool], source: str) -> None:
+def log_duplicates(results: list[bool], source: str) -> None:
+    """One log line for the duplicates among ``results`` (a submission's, or a journal import's)."""
     dupes = results.count(False)
     if dupes:
         log.info("duplicate delivery", extra={"source": source, "duplicates": dupes, "items": len(results)})

@@ -21,7 +21,7 @@ from adapters.woocommerce import carts as woo_carts
 from adapters.woocommerce import webhooks as woo
 from connector.errors import BadPayloadError, VerificationError
 from connector.runtime import Runtime
-from connector.storage.inbox import InboxItem
+from connector.storage.inbox import InboxItem, log_duplicates
 from connector.web.http import BodyTooLarge, json_object_error, parse_json, problem, receive_body
 
 log = logging.getLogger("storeloop.webhooks")
@@ -73,9 +73,7 @@ async def _store(runtime: Runtime, items: list[InboxItem], source: str) -> Respo
         results = await runtime.writer.submit(items)
     except Exception:
         return problem(503, "storage unavailable; retry later")
-    dupes = results.count(False)
-    if dupes:
-        log.info("duplicate delivery", extra={"source": source, "duplicates": dupes, "items": len(items)})
+    log_duplicates(results, source)
     return Response(status_code=200)
 
 
