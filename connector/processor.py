@@ -99,6 +99,9 @@ class InboxProcessor:
         self._stores = {store_ids[s.key]: s for s in settings.stores if s.key in store_ids}
         self.journeys = JourneyRunner()
         self._seconds_per_row = 0.0  # moving average over the last batches (sizes batches under a time budget)
+        # whether the last batch left due rows behind: it loaded as many as it could take, or its
+        # budget or yield test ended it before the last one (the loop grows its busy slices on this)
+        self.more_due = False
 
     def process_timers(self, limit: int = 100, time_budget: float | None = None,
                        yield_to: Callable[[], bool] | None = None) -> int:
@@ -182,6 +185,7 @@ class InboxProcessor:
             if not self.db.is_sqlite:
                 query = query.with_for_update(skip_locked=True, of=InboxEvent)
             rows = list(conn.execute(query))
+            loaded = len(rows)
             started = time.perf_counter()
 
             def stop() -> bool:
@@ -207,6 +211,7 @@ class InboxProcessor:
                     handled, marks = self._one_by_one(conn, rows, now, stop, must=failed.index + 1)
             _mark_rows(conn, marks)
         done = handled + len(marks)
+        self.more_due = loaded >= limit or done < loaded
         if done:  # how long a row takes here, for the next batch's size under a time budget
             per_row = (time.perf_counter() - started) / done
             self._seconds_per_row = per_row if not self._seconds_per_row else 0.7 * self._seconds_per_row + 0.3 * per_row

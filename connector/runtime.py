@@ -225,9 +225,10 @@ class Runtime:
         A steady stream below the burst rate can still outgrow 4-row slices: each COD ask
         brings back three status webhooks (sent, delivered, read), and at 150 orders/s the
         600 rows/s fell behind by seconds (bench/latency.py with statuses: p95 3.6 s). While
-        slices keep coming back full, each is twice the last, up to ``BUSY_GROWTH_MAX`` (64
-        rows, 80 ms); a slice that is not full, a burst, or no traffic starts again at 4 rows.
-        A delivery arriving meanwhile waits up to one such slice for its commit.
+        slices keep leaving due rows behind (``processor.more_due``), each is twice the last,
+        up to ``BUSY_GROWTH_MAX`` (64 rows, 80 ms); a slice that took every due row, a burst,
+        or no traffic starts again at 4 rows. A delivery arriving meanwhile waits up to one
+        such slice for its commit.
 
         Journey timers fire when no inbox row is due, a batch per transaction; a full batch
         means more are due, so the loop goes round again at once instead of waiting for the
@@ -262,9 +263,12 @@ class Runtime:
                 log.exception("inbox processing failed; retrying")
                 handled = 0
                 await asyncio.sleep(poll)
-            # a full slice while webhooks keep arriving (not a burst): the backlog outgrows 4-row
-            # slices, so the next is twice as long; one that is not full ends the growth
-            growth = min(growth * 2, BUSY_GROWTH_MAX) if busy and not saturated and handled >= rows else 1
+            # a slice that left due rows behind while webhooks keep arriving (not a burst): the
+            # backlog outgrows short slices, so the next is twice as long; one that took every
+            # due row ends the growth. Not "handled its row limit": on a slow or shared machine
+            # the time budget ends a 4-row slice after 2 or 3 rows, and slices that never grew
+            # spent their time on per-slice overhead while the backlog grew by seconds
+            growth = min(growth * 2, BUSY_GROWTH_MAX) if busy and not saturated and self.processor.more_due else 1
             if handled and busy:
                 await self._after_busy_slice()
             if handled and time.monotonic() - last_timers < TIMERS_EVERY:
