@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_ready(proc: subprocess.Popen, url: str, what: str, log_name: str, timeout: float = 20.0) -> None:
@@ -22,3 +35,46 @@ def wait_ready(proc: subprocess.Popen, url: str, what: str, log_name: str, timeo
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not start")
         time.sleep(0.05)
+
+
+class SandboxProcess:
+    """bench/_sandbox_server.py (the sandbox Cloud API) in a child process on 127.0.0.1, so the
+    fake server shares neither the event loop nor the GIL of what the bench measures with."""
+
+    def __init__(self, workdir: Path, args: list[str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, str(BENCH / "_sandbox_server.py"), "--port", str(self.port), *(args or [])]
+        self.log = (workdir / f"sandbox-{self.port}.log").open("w")
+        self.proc = subprocess.Popen(cmd, cwd=BENCH.parent, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def __enter__(self) -> "SandboxProcess":
+        try:
+            wait_ready(self.proc, f"{self.url}/_ready", "sandbox", self.log.name)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def cpu_seconds(self) -> float | None:
+        """utime + stime of the sandbox process so far (Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def calls(self) -> list[tuple]:
+        """Every call as (monotonic time, HTTP status, callback data, to): CLOCK_MONOTONIC is
+        one clock for every process of the machine, so the times compare with the bench's."""
+        with urllib.request.urlopen(f"{self.url}/_calls", timeout=30) as r:
+            return [tuple(c) for c in json.loads(r.read())]
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()

@@ -7,7 +7,9 @@ CPU. Listens on 127.0.0.1 only (uvicorn, uvloop, httptools, one worker):
 
 ``--script-file`` holds a JSON list of {"status", "body", "headers"} (ScriptedResponse);
 they are queued once ``--script-after`` requests have been accepted. ``GET /_calls``
-returns every call as [monotonic time, HTTP status, callback data]; ``GET /_ready`` is 200.
+returns every call as [monotonic time, HTTP status, callback data, to]; ``GET /_ready`` is 200.
+With ``--webhook-url`` and ``--app-secret`` every accepted message is answered, as Meta does,
+by signed status webhooks (``--statuses``, 10 ms apart) posted to that URL (bench/latency.py).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class BenchSandbox(SandboxWhatsApp):
         return response
 
     async def _calls(self, request: Request) -> Response:
-        rows = [[c.at, c.status, c.callback_data] for c in self.calls]
+        rows = [[c.at, c.status, c.callback_data, c.to] for c in self.calls]
         return Response(orjson.dumps(rows), media_type="application/json")
 
     async def _ready(self, request: Request) -> Response:
@@ -62,11 +64,16 @@ def main() -> None:
     parser.add_argument("--limit-mps", type=float, default=None)
     parser.add_argument("--script-after", type=int, default=None)
     parser.add_argument("--script-file", type=Path, default=None)
+    parser.add_argument("--webhook-url", default=None, help="where to post the status webhooks of each accepted message")
+    parser.add_argument("--app-secret", default=None, help="Meta's app secret that signs them")
+    parser.add_argument("--statuses", default="sent,delivered", help="comma-separated statuses per accepted message")
     args = parser.parse_args()
     scripted = []
     if args.script_file is not None:
         scripted = [ScriptedResponse(s["status"], s.get("body"), s.get("headers") or {}) for s in json.loads(args.script_file.read_text())]
-    fake = BenchSandbox(after=args.script_after, scripted=scripted, limit_mps=args.limit_mps)
+    statuses = tuple(s.strip() for s in args.statuses.split(",") if s.strip())
+    fake = BenchSandbox(after=args.script_after, scripted=scripted, limit_mps=args.limit_mps, webhook_url=args.webhook_url,
+                        app_secret=args.app_secret, statuses=statuses)
     uvicorn.run(fake.app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, loop="uvloop", http="httptools")
 
 

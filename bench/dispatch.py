@@ -32,12 +32,10 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -66,7 +64,7 @@ from connector.storage.db import Database  # noqa: E402
 from connector.storage.inbox import sync_stores  # noqa: E402
 
 sys.path.insert(0, str(BENCH))
-from _peer import wait_ready  # noqa: E402
+from _peer import SandboxProcess, free_port, wait_ready  # noqa: E402
 from _summary import record  # noqa: E402
 from _fresh_db import FreshDatabase  # noqa: E402
 
@@ -168,50 +166,14 @@ class Result:
 
 
 # -- infrastructure ---------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class SandboxProcess:
-    """bench/_sandbox_server.py in a child process on 127.0.0.1."""
-
-    def __init__(self, workdir: Path, scenario: Scenario):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, str(BENCH / "_sandbox_server.py"), "--port", str(self.port)]
-        if scenario.failures:
-            script = workdir / f"script-{self.port}.json"
-            script.write_text(json.dumps(failure_burst(scenario.failures)))
-            cmd += ["--script-after", str(scenario.fail_after), "--script-file", str(script)]
-        self.log = (workdir / f"sandbox-{self.port}.log").open("w")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def __enter__(self) -> "SandboxProcess":
-        wait_ready(self.proc, f"{self.url}/_ready", "sandbox", self.log.name)
-        return self
-
-    def cpu_seconds(self) -> float | None:
-        """utime + stime of the sandbox process so far (Linux /proc)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def calls(self) -> list[tuple[float, int, str | None]]:
-        with urllib.request.urlopen(f"{self.url}/_calls", timeout=30) as r:
-            return [tuple(c) for c in json.loads(r.read())]
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+def sandbox_process(workdir: Path, scenario: Scenario) -> SandboxProcess:
+    """bench/_sandbox_server.py in a child process, armed with the scenario's failure burst."""
+    args: list[str] = []
+    if scenario.failures:
+        script = workdir / f"script-{scenario.fail_after}-{scenario.failures}.json"
+        script.write_text(json.dumps(failure_burst(scenario.failures)))
+        args = ["--script-after", str(scenario.fail_after), "--script-file", str(script)]
+    return SandboxProcess(workdir, args)
 
 
 class SandboxThread:
@@ -370,7 +332,7 @@ def run_scenario(
 ) -> Result:
     result = Result(scenario)
     fresh = FreshDatabase(workdir, f"{scenario.name}-{int(scenario.rate)}", pg_url)
-    box_cls = SandboxProcess if sandbox_mode == "process" else SandboxThread
+    box_cls = sandbox_process if sandbox_mode == "process" else SandboxThread
     try:
         with box_cls(workdir, scenario) as box:
             settings = make_settings(fresh.url, box.url, scenario.rate, concurrency)
@@ -388,7 +350,7 @@ def run_scenario(
                 result.cpu_dispatcher = _own_cpu() - cpu0
             box1 = box.cpu_seconds()
             result.cpu_sandbox = box1 - box0 if box0 is not None and box1 is not None else None
-            result.calls = box.calls()
+            result.calls = [c[:3] for c in box.calls()]  # (time, status, callback)
         with fresh.db.engine.connect() as conn:
             rows = conn.execute(select(m.OutboxMessage.id, m.OutboxMessage.status)).all()
             result.statuses = dict(Counter(r.status for r in rows))

@@ -431,3 +431,32 @@ def test_pair_spacing_is_per_sending_number_so_another_store_is_not_held_back(db
     assert sent_from == sorted([settings.stores[0].whatsapp_phone_number_id, settings.stores[1].whatsapp_phone_number_id])
     assert [(r.store_id, r.status) for r in rows] == [(ids["shop-a"], "sent"), (ids["shop-b"], "sent"), (ids["shop-a"], "pending")]
     assert rows[2].due_at > NOON_IST  # deferred by the spacing, not dropped
+
+
+def test_the_sandbox_stops_cleanly_with_status_webhooks_still_on_their_way():
+    """The sandbox Cloud API (demo, benches) answers each accepted message with status
+    webhooks 10 ms apart. Stopped with some still on their way, it used to close its HTTP
+    client under them: each then ended in "Cannot send a request, as the client has been
+    closed", logged by asyncio as a task exception nobody retrieved (dozens per bench run).
+    They are now dropped, as a stopped process drops them."""
+    import httpx
+
+    fake = SandboxWhatsApp(app_secret="s", statuses=("sent", "delivered", "read"), webhook_url="http://127.0.0.1:9/webhooks/whatsapp")
+
+    async def run() -> list:
+        async with fake.app.router.lifespan_context(fake.app):  # what uvicorn runs around the server
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=fake.app), base_url="http://sandbox") as client:
+                for n in range(3):
+                    r = await client.post(f"/v23.0/{PHONE_ID_A}/messages", headers={"Authorization": "Bearer sandbox-token"},
+                                          json={"messaging_product": "whatsapp", "to": f"+9198765432{n:02d}", "type": "text",
+                                                "text": {"body": "hi"}})
+                    assert r.status_code == 200
+            posting = [t for t in asyncio.all_tasks() if "_post_statuses" in repr(t.get_coro())]
+            assert len(posting) == 3
+            await asyncio.sleep(0.001)  # they have started: their first status waits its 10 ms
+        await asyncio.sleep(0.05)  # the server has stopped; what is left of its tasks runs now
+        return [t.exception() for t in posting if t.done() and not t.cancelled()]
+
+    errors = asyncio.run(run())
+    assert len(fake.accepted()) == 3
+    assert not [e for e in errors if e is not None]

@@ -81,6 +81,7 @@ class SandboxWhatsApp:
         self._window: dict[str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
         self._client: httpx.AsyncClient | None = None  # posts the status webhooks; one per sandbox, opened on first use
+        self._posting: set[asyncio.Task[None]] = set()  # status webhooks on their way (cancelled at shutdown)
         self.app = Starlette(
             routes=[
                 Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
@@ -92,6 +93,10 @@ class SandboxWhatsApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
         yield
+        posting, self._posting = list(self._posting), set()
+        for task in posting:  # statuses still on their way when the server stops are dropped, not posted to a closed client
+            task.cancel()
+        await asyncio.gather(*posting, return_exceptions=True)
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -154,7 +159,9 @@ class SandboxWhatsApp:
         wamid = f"wamid.SBX{next(self._ids):08d}"
         self.calls.append(Call(phone, to, kind, template, callback, now, 200, wamid))
         if self.webhook_url and self.app_secret:
-            asyncio.get_running_loop().create_task(self._post_statuses(phone, to, wamid, callback))
+            task = asyncio.get_running_loop().create_task(self._post_statuses(phone, to, wamid, callback))
+            self._posting.add(task)
+            task.add_done_callback(self._posting.discard)
         digits = to.lstrip("+")
         return JSONResponse({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": digits}], "messages": [{"id": wamid}]})
 
