@@ -1201,10 +1201,10 @@ def test_a_steady_stream_that_never_queues_does_not_cap_the_processor(tmp_path):
 
 def test_slices_that_their_time_budget_ends_early_still_grow_while_a_backlog_lasts(tmp_path):
     """A slow or shared machine: the 5 ms budget ends each 4-row slice after 2 rows. Slices
-    grew only when they handled their row limit, so they stayed at 4 rows, spent their time
-    on per-slice overhead, and a steady 150 COD orders/s fell 11-18 s behind with two other
-    busy processes on the machine (bench/latency.py). A slice that leaves due rows behind
-    grows, however few rows its budget covered."""
+    grew only when they handled their row limit, so they stayed at 4 rows and spent their
+    time on per-slice overhead (bench/latency.py at 150 COD orders/s with two other busy
+    processes on the two cores: ~55 slices a second of 2 rows each while the backlog grew).
+    A slice that leaves due rows behind grows, however few rows its budget covered."""
     from connector import runtime as rt
 
     runtime, processor = _policy_runtime(tmp_path, lambda: 0, backlog=400, slice_cut=2)
