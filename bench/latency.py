@@ -19,6 +19,9 @@ status traffic their own sends cause (about three status rows per ask).
 A processor that cannot keep up shows in the second: its latency grows through the run
 ("p95 last 10%" is the p95 of the last tenth of the orders posted). "2xx" is each POST's
 time to its answer (the delivery stored), which the processor's slices must not stretch.
+Two columns come from the server's own rows and tell a slow connector from a slow sandbox:
+"processed" is an order's arrival to its processing, "send call" each call's duration
+until the sandbox answered.
 
 Target (issue #8): p95 under 2 s with the default tick. Exit 1 if an ask is missing or sent twice.
 """
@@ -56,8 +59,8 @@ from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp  # noqa: E
 from tests.helpers import cod_store_toml, stop_process  # noqa: E402  (shared with tests/faults/test_kill_between_send_and_record.py)
 
 console = Console()
-if console.width < 170:  # pipes and CI default to 80 columns: keep the table on one line per row
-    console = Console(width=170)
+if console.width < 200:  # pipes and CI default to 80 columns: keep the table on one line per row
+    console = Console(width=200)
 SECRET = "bench-latency-secret"
 APP_SECRET = "bench-latency-app-secret"  # Meta's signature on the status webhooks the sandbox posts back
 PHONE_ID = "106540352242922"
@@ -181,6 +184,7 @@ def run_once(rate: float, orders: int, seed: int, mps: float, statuses: tuple[st
                 time.sleep(0.1 + 0.01 * len(statuses))  # the last sends' statuses reach the server
                 server_peak = process_peak_mb(proc.pid)  # the server's own peak RSS, while it still runs
             status_rows = _status_rows(Path(tmp) / "latency.db")
+            server_side = _server_side(Path(tmp) / "latency.db")
             accepted = _accepted(sandbox)
         finally:
             stop_process(proc, grace=15)
@@ -194,13 +198,27 @@ def run_once(rate: float, orders: int, seed: int, mps: float, statuses: tuple[st
     by_post = [first[p] - t for p, t in posted.items() if p in first]  # in posting order
     return {"rate": rate, "orders": orders, "latencies": sorted(by_post), "by_post": by_post, "acks": sorted(acks),
             "missing": len(posted) - len(by_post), "twice": sum(1 for n in sends.values() if n > 1), "peak": server_peak,
-            "status_rows": status_rows}
+            "status_rows": status_rows, **server_side}
 
 
 def _status_rows(db: Path) -> int:
     """WhatsApp status deliveries the server stored during the run."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
         return conn.execute("SELECT count(*) FROM inbox_events WHERE source = 'whatsapp' AND topic = 'status'").fetchone()[0]
+
+
+def _server_side(db: Path) -> dict[str, list[float]]:
+    """What the server's own rows say, to tell a slow connector from a slow sandbox: seconds
+    from each order's arrival to its processing (``processed``), and each send call's
+    duration, the sandbox's answer included (``calls``)."""
+    def seconds(text: str) -> float:
+        return datetime.fromisoformat(text).timestamp()
+
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+        processed = sorted(seconds(done) - seconds(came) for came, done in conn.execute(
+            "SELECT received_at, processed_at FROM inbox_events WHERE topic = 'orders/create' AND processed_at IS NOT NULL"))
+        calls = sorted(ms / 1000 for (ms,) in conn.execute("SELECT duration_ms FROM outbox_attempts WHERE duration_ms IS NOT NULL"))
+    return {"processed": processed, "calls": calls}
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -224,7 +242,7 @@ def main() -> int:
     table = Table(title="COD order webhook -> WhatsApp send call (`storeloop serve`, SQLite, default tick)")
     statuses = tuple(s.strip() for s in args.statuses.split(",") if s.strip())
     for col in ("rate/s", "msg/s cap", "orders", "asks sent", "missing", "sent twice", "status webhooks", "p50 ms", "p95 ms", "max ms",
-                "p95 last 10%", "target p95", "2xx p50 / p99 ms", "serve peak MB"):
+                "p95 last 10%", "target p95", "2xx p50 / p99 ms", "processed p95 ms", "send call p50 / p95 ms", "serve peak MB"):
         table.add_column(col, justify="right")
     failed = False
     for i, rate in enumerate(args.rate or [30.0, 70.0, 150.0]):
@@ -249,9 +267,12 @@ def main() -> int:
                       f"{p50 * 1000:.0f}",
                       f"{p95 * 1000:.0f}", f"{latencies[-1] * 1000:.0f}", f"{tail95 * 1000:.0f}",
                       f"[{'green' if p95 < 2 else 'red'}]< 2,000[/]", f"{_pct(res['acks'], 0.5) * 1000:.1f} / {_pct(res['acks'], 0.99) * 1000:.1f}",
+                      f"{_pct(res['processed'], 0.95) * 1000:.0f}", f"{_pct(res['calls'], 0.5) * 1000:.0f} / {_pct(res['calls'], 0.95) * 1000:.0f}",
                       "-" if res["peak"] is None else f"{res['peak']:.0f}")
         with_statuses = f", {res['status_rows']:,} status webhooks back" if statuses else ""
-        record("latency", f"COD order webhook -> WhatsApp send call, p50 / p95 ({orders} orders at {rate:g}/s, {mps:g} msg/s cap{with_statuses})",
+        server = (f"; server side: processed p95 {_pct(res['processed'], 0.95) * 1000:.0f} ms, "
+                  f"send calls p95 {_pct(res['calls'], 0.95) * 1000:.0f} ms")
+        record("latency", f"COD order webhook -> WhatsApp send call, p50 / p95 ({orders} orders at {rate:g}/s, {mps:g} msg/s cap{with_statuses}{server})",
                f"{p50 * 1000:.0f} / {p95 * 1000:.0f} ms", "p95 < 2 s, none missing or twice", ok, res["peak"], in_process=False,
                peak_of="serve" if res["peak"] is not None else None)
     console.print(table)
