@@ -165,6 +165,7 @@ class InboxProcessor:
         than the commit of the rows done so far.
         """
         now = self.clock()
+        self.more_due = False  # until this batch says otherwise (a batch that raises leaves nothing to grow on)
         limit = limit or self.batch_size
         if time_budget is not None:
             # about as many rows as the budget covers; before any batch was timed, a few (not a
