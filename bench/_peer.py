@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 
@@ -37,38 +38,37 @@ def wait_ready(proc: subprocess.Popen, url: str, what: str, log_name: str, timeo
         time.sleep(0.05)
 
 
-class SandboxProcess:
-    """bench/_sandbox_server.py (the sandbox Cloud API) in a child process on 127.0.0.1, so the
-    fake server shares neither the event loop nor the GIL of what the bench measures with."""
+class PeerProcess:
+    """A fake peer (a ``bench/_*.py`` server) in a child process on 127.0.0.1: started with
+    ``args``, ready once its ``/_ready`` answers, stopped on exit; its output goes to a log."""
 
-    def __init__(self, workdir: Path, args: list[str] | None = None):
+    def __init__(self, workdir: Path, script: str, what: str, args: list[str]):
+        self.what = what
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, str(BENCH / "_sandbox_server.py"), "--port", str(self.port), *(args or [])]
-        self.log = (workdir / f"sandbox-{self.port}.log").open("w")
+        cmd = [sys.executable, str(BENCH / script), "--port", str(self.port), *args]
+        self.log = (workdir / f"{Path(script).stem.lstrip('_')}-{self.port}.log").open("w")
         self.proc = subprocess.Popen(cmd, cwd=BENCH.parent, stdout=self.log, stderr=subprocess.STDOUT)
 
-    def __enter__(self) -> "SandboxProcess":
+    def __enter__(self):
         try:
-            wait_ready(self.proc, f"{self.url}/_ready", "sandbox", self.log.name)
+            wait_ready(self.proc, f"{self.url}/_ready", self.what, self.log.name)
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def cpu_seconds(self) -> float | None:
-        """utime + stime of the sandbox process so far (Linux /proc)."""
+        """utime + stime of the peer's process so far (Linux /proc)."""
         try:
             fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
             return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except (OSError, ValueError, IndexError):
             return None
 
-    def calls(self) -> list[tuple]:
-        """Every call as (monotonic time, HTTP status, callback data, to): CLOCK_MONOTONIC is
-        one clock for every process of the machine, so the times compare with the bench's."""
-        with urllib.request.urlopen(f"{self.url}/_calls", timeout=30) as r:
-            return [tuple(c) for c in json.loads(r.read())]
+    def get_json(self, path: str) -> Any:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as r:
+            return json.loads(r.read())
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
@@ -78,3 +78,16 @@ class SandboxProcess:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+class SandboxProcess(PeerProcess):
+    """bench/_sandbox_server.py (the sandbox Cloud API) in a child process, so the fake server
+    shares neither the event loop nor the GIL of what the bench measures."""
+
+    def __init__(self, workdir: Path, args: list[str] | None = None):
+        super().__init__(workdir, "_sandbox_server.py", "sandbox", args or [])
+
+    def calls(self) -> list[tuple]:
+        """Every call as (monotonic time, HTTP status, callback data, to): CLOCK_MONOTONIC is
+        one clock for every process of the machine, so the times compare with the bench's."""
+        return [tuple(c) for c in self.get_json("/_calls")]

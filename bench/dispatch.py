@@ -64,7 +64,7 @@ from connector.storage.db import Database  # noqa: E402
 from connector.storage.inbox import sync_stores  # noqa: E402
 
 sys.path.insert(0, str(BENCH))
-from _peer import SandboxProcess, free_port, wait_ready  # noqa: E402
+from _peer import SandboxProcess  # noqa: E402
 from _summary import record  # noqa: E402
 from _fresh_db import FreshDatabase  # noqa: E402
 

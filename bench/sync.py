@@ -55,15 +55,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import resource
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -78,7 +74,7 @@ from rich.table import Table  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from _fake_shopify import ID_BASE, Store, order_cost, requested_cost  # noqa: E402
-from _peer import wait_ready  # noqa: E402
+from _peer import PeerProcess  # noqa: E402
 from _summary import record  # noqa: E402
 from _fresh_db import FreshDatabase  # noqa: E402
 from adapters.shopify import graphql as gql  # noqa: E402
@@ -106,41 +102,17 @@ if console.width < 132:
 # ---- infrastructure -----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class FakeShopifyProcess:
+class FakeShopifyProcess(PeerProcess):
     """bench/_fake_shopify.py in a child process on 127.0.0.1."""
 
     def __init__(self, workdir: Path, *, orders: int, now: datetime, restore_rate: float, maximum: float,
                  drain_at: list[int], drain_points: float):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, str(BENCH / "_fake_shopify.py"), "--port", str(self.port), "--orders", str(orders),
-               "--now", str(now.timestamp()), "--token", TOKEN, "--restore-rate", str(restore_rate), "--maximum", str(maximum),
-               "--drain-at", ",".join(map(str, drain_at)), "--drain-points", str(drain_points)]
-        self.log = (workdir / f"fake-shopify-{self.port}.log").open("w")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def __enter__(self) -> "FakeShopifyProcess":
-        wait_ready(self.proc, f"{self.url}/_ready", "fake Shopify", self.log.name)
-        return self
+        super().__init__(workdir, "_fake_shopify.py", "fake Shopify", [
+            "--orders", str(orders), "--now", str(now.timestamp()), "--token", TOKEN, "--restore-rate", str(restore_rate),
+            "--maximum", str(maximum), "--drain-at", ",".join(map(str, drain_at)), "--drain-points", str(drain_points)])
 
     def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.url}/_stats", timeout=30) as r:
-            return json.loads(r.read())
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        return self.get_json("/_stats")
 
 
 def bench_settings(db_url: str, base_url: str) -> Settings:
