@@ -3,9 +3,10 @@
 `storeloop serve` runs in its own process (SQLite, uvicorn, the inbox processor and the
 dispatcher on their default tick, a live WhatsApp client) against the sandbox Cloud API in a
 thread of this process on 127.0.0.1 (`--sandbox process`: in a third process,
-bench/_sandbox_server.py). The bench posts signed COD `orders/create` webhooks at a steady rate and times each from the
-moment its POST starts to the moment the sandbox receives the COD confirmation ask for that
-customer (both on the machine's monotonic clock, which every process shares).
+bench/_sandbox_server.py). The bench posts signed COD `orders/create` webhooks at a steady
+rate and times each from the moment its POST starts to the moment the sandbox receives the
+COD confirmation ask for that customer (both on the machine's monotonic clock, which every
+process shares).
 
     .venv/bin/python bench/latency.py                      # 10 s each at 30/s, 70/s and 150/s
     .venv/bin/python bench/latency.py --rate 50 --seconds 30
