@@ -8,6 +8,7 @@ import asyncio
 import errno
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ from connector.config import ConfigError, parse_settings
 from connector.storage import journal as journal_mod
 from connector.storage import models as m
 from connector.storage.db import Database
-from connector.storage.inbox import InboxItem, InboxWriter, sync_stores, with_body
+from connector.storage.inbox import InboxItem, InboxWriter, IngestLimits, sync_stores, with_body
 from connector.storage.journal import IngestJournal, journal_path, orphans
 from tests.conftest import settings_dict
 from tests.helpers import dumps
@@ -84,14 +85,14 @@ def test_deliveries_after_a_burst_queue_behind_the_journaled_ones(file_db):
 
     async def run() -> None:
         writer = InboxWriter(file_db, journal="always")
-        writer._import_after = float("inf")  # as if the burst went on: nothing imported yet
+        writer.defer_imports(math.inf)  # as if the burst went on: nothing imported yet
         writer.start()
         await asyncio.gather(*(writer.submit([_item(ids["a"], f"burst-{i:03d}")]) for i in range(50)))
         assert _stored(file_db) == [] and writer.journal_pending()
         writer.journal_mode = "burst"  # the burst is over, a lone delivery comes
         await writer.submit([_item(ids["a"], "after")])
         assert _stored(file_db) == []  # behind the journaled ones, not before them
-        writer._import_after = 0.0
+        writer.defer_imports(0.0)
         await writer.stop()
 
     asyncio.run(run())
@@ -112,10 +113,9 @@ def test_a_failed_import_keeps_the_rows_journaled_and_retries(file_db, monkeypat
         return real(conn, items)
 
     monkeypatch.setattr(inbox, "insert_sqlite", flaky)
-    monkeypatch.setattr(inbox, "IMPORT_RETRY", 0.05)
 
     async def run() -> InboxWriter:
-        writer = InboxWriter(file_db, journal="always")
+        writer = InboxWriter(file_db, journal="always", limits=IngestLimits(import_retry=0.05))
         writer.start()
         assert await writer.submit([_item(ids["a"], "k1"), _item(ids["a"], "k2")]) == [True, True]
         for _ in range(200):
@@ -150,7 +150,7 @@ def test_a_full_disk_answers_503_and_leaves_the_journal_whole(file_db, tmp_path,
 
     async def run() -> None:
         writer = InboxWriter(file_db, journal="always")
-        writer._import_after = float("inf")
+        writer.defer_imports(math.inf)
         writer.start()
         await writer.submit([_item(ids["a"], "before")])
         (segment,) = writer._segments
@@ -161,7 +161,7 @@ def test_a_full_disk_answers_503_and_leaves_the_journal_whole(file_db, tmp_path,
         fail["on"] = False
         assert os.path.getsize(segment.path) == size  # cut back to the last whole frame
         await writer.submit([_item(ids["a"], "after")])
-        writer._import_after = 0.0
+        writer.defer_imports(0.0)
         await writer.stop()
 
     asyncio.run(run())
@@ -230,7 +230,7 @@ ids = sync_stores(db, [("a", "shopify")])
 
 async def main():
     writer = InboxWriter(db, journal="always")
-    writer._import_after = float("inf")  # killed in the middle of a burst: nothing imported yet
+    writer.defer_imports(float("inf"))  # killed in the middle of a burst: nothing imported yet
     writer.start()
     for n in range(5):
         await asyncio.gather(*(writer.submit([InboxItem(store_id=ids["a"], source="shopify", topic="orders/create",
@@ -353,23 +353,20 @@ async def anyio_run(fn):  # type: ignore[no-untyped-def]
     return await anyio.to_thread.run_sync(fn)
 
 
-def test_a_long_burst_spreads_over_files_that_go_once_imported(file_db, tmp_path, monkeypatch):
-    """Files of SEGMENT_BYTES: a long burst's imported files are deleted while it goes on, so its
-    disk stays bounded; every delivery still lands once, in order."""
-    import connector.storage.inbox as inbox
-
-    monkeypatch.setattr(inbox, "SEGMENT_BYTES", 20_000)  # ~8 deliveries of 2 KB a file
+def test_a_long_burst_spreads_over_files_that_go_once_imported(file_db, tmp_path):
+    """Files of ``segment_bytes``: a long burst's imported files are deleted while it goes on, so
+    its disk stays bounded; every delivery still lands once, in order."""
     ids = sync_stores(file_db, [("a", "shopify")])
 
     async def run() -> int:
-        writer = InboxWriter(file_db, journal="always")
-        writer._import_after = float("inf")
+        writer = InboxWriter(file_db, journal="always", limits=IngestLimits(segment_bytes=20_000))  # ~8 deliveries of 2 KB a file
+        writer.defer_imports(math.inf)
         writer.start()
         for n in range(10):
             await asyncio.gather(*(writer.submit([_item(ids["a"], f"k{n}-{i}")]) for i in range(8)))
         files = len(list(tmp_path.glob("j.db-ingest-*.journal")))
         assert files == len(writer._segments) >= 5
-        writer._import_after = 0.0
+        writer.defer_imports(0.0)
         for _ in range(300):  # the writer imports file after file, deleting each once imported
             if len(list(tmp_path.glob("j.db-ingest-*.journal"))) == 1:
                 break
@@ -384,13 +381,11 @@ def test_a_long_burst_spreads_over_files_that_go_once_imported(file_db, tmp_path
 
 
 def test_while_the_inbox_refuses_imports_a_full_journal_answers_503(file_db, monkeypatch):
-    """The journal does not hide a broken inbox for long: past JOURNAL_MAX_BYTES not imported,
+    """The journal does not hide a broken inbox for long: past ``max_bytes`` not imported,
     new batches get an error (the endpoint's 503, the sender retries), as they would without a
     journal; what was acknowledged is imported once the inbox takes writes again."""
     import connector.storage.inbox as inbox
 
-    monkeypatch.setattr(inbox, "JOURNAL_MAX_BYTES", 10_000)
-    monkeypatch.setattr(inbox, "IMPORT_RETRY", 0.02)
     ids = sync_stores(file_db, [("a", "shopify")])
     refusing = {"on": True}
     real = inbox.insert_sqlite
@@ -403,7 +398,7 @@ def test_while_the_inbox_refuses_imports_a_full_journal_answers_503(file_db, mon
     monkeypatch.setattr(inbox, "insert_sqlite", insert)
 
     async def run() -> None:
-        writer = InboxWriter(file_db, journal="always")
+        writer = InboxWriter(file_db, journal="always", limits=IngestLimits(max_bytes=10_000, import_retry=0.02))
         writer.start()
         acknowledged = 0
         with pytest.raises(OSError, match="has not taken yet"):
@@ -418,14 +413,11 @@ def test_while_the_inbox_refuses_imports_a_full_journal_answers_503(file_db, mon
     asyncio.run(run())
 
 
-def test_a_running_writer_imports_a_dead_process_journal_without_holding_up_webhooks(file_db, tmp_path, monkeypatch):
-    import connector.storage.inbox as inbox
-
-    monkeypatch.setattr(inbox, "ORPHAN_SCAN", 0.05)
+def test_a_running_writer_imports_a_dead_process_journal_without_holding_up_webhooks(file_db, tmp_path):
     ids = sync_stores(file_db, [("a", "shopify")])
 
     async def run() -> None:
-        writer = InboxWriter(file_db, journal="off")  # orphans are imported whatever the mode
+        writer = InboxWriter(file_db, journal="off", limits=IngestLimits(orphan_scan=0.05))  # orphans are imported whatever the mode
         writer.start()
         dead = IngestJournal.open(journal_path(tmp_path / "j.db"))
         dead.append([_item(ids["a"], "dead")], datetime.now(timezone.utc))
@@ -459,17 +451,14 @@ def test_an_orphan_that_cannot_be_opened_is_logged_and_left(file_db, tmp_path, m
     assert any("cannot be opened: OSError" in r.getMessage() for r in caplog.records)
 
 
-def test_a_burst_that_lasts_still_moves_its_oldest_deliveries_into_the_inbox(file_db, monkeypatch):
+def test_a_burst_that_lasts_still_moves_its_oldest_deliveries_into_the_inbox(file_db):
     """While deliveries keep counting as a burst (a steady stream of status webhooks can), the
     journal is not left to grow until the burst ends: a delivery that has waited
-    JOURNAL_MAX_WAIT is imported, so the processor sees it (COD asks had waited 13-30 s)."""
-    import connector.storage.inbox as inbox
-
+    ``max_wait`` is imported, so the processor sees it (COD asks had waited 13-30 s)."""
     ids = sync_stores(file_db, [("a", "shopify")])
-    monkeypatch.setattr(inbox.InboxWriter, "_bursting", lambda self: True)  # the burst never ends
 
     async def run() -> float:
-        writer = InboxWriter(file_db)
+        writer = InboxWriter(file_db, limits=IngestLimits(burst_waiting=0))  # every batch is a burst: it never ends
         writer.start()
         await writer.submit([_item(ids["a"], "first")])
         assert writer.journaled_rows == 1 and _stored(file_db) == []
@@ -483,5 +472,5 @@ def test_a_burst_that_lasts_still_moves_its_oldest_deliveries_into_the_inbox(fil
         return waited
 
     waited = asyncio.run(run())
-    assert inbox.JOURNAL_MAX_WAIT <= waited + 0.05  # not before it was due (the burst's answers go first)
+    assert IngestLimits().max_wait <= waited + 0.05  # not before it was due (the burst's answers go first)
     assert _stored(file_db)[0][0] == "first"

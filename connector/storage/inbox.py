@@ -29,18 +29,6 @@ from connector.storage.models import InboxBody, InboxEvent, Store, utcnow
 log = logging.getLogger("storeloop.inbox")
 RATE_HORIZON = 1.0  # seconds of commits the writer remembers for ``arrival_rate``
 JOURNAL_MODES = ("burst", "always", "off")
-BURST_WAITING = 8  # submissions waiting for the writer: a burst, journaled
-BURST_RATE = 1000.0  # ... or deliveries acknowledged this fast (per second, over the last 0.25 s)
-IMPORT_ROWS = 500  # journaled rows moved into the inbox per transaction after a burst (~25-35 ms of the loop)
-BURST_IMPORT_ROWS = 128  # ... and while one lasts: shorter stalls for the deliveries still arriving
-JOURNAL_MAX_WAIT = 0.5  # seconds: while a burst lasts, a journaled delivery this old gets imported anyway...
-BURST_IMPORT_GAP = 0.05  # ... a batch of BURST_IMPORT_ROWS at most this often (~15% of the loop, 2,560 rows/s)
-JOURNAL_BURST_BYTES = 256 << 20  # journaled and not yet imported beyond this (~22,000 orders): it imports while the burst lasts
-JOURNAL_MAX_BYTES = 1 << 30  # ... beyond this (imports failing): new batches get a 503, as without a journal
-SEGMENT_BYTES = 64 << 20  # a journal file this large gets a successor, so imported ones go while a long burst lasts
-IMPORT_POLL = 0.05  # seconds between looks at whether a burst is over, while anything is journaled
-IMPORT_RETRY = 1.0  # seconds after a failed import before the next try
-ORPHAN_SCAN = 10.0  # seconds between looks for the journals of processes that died
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +43,26 @@ class InboxItem:
     status: str = "pending"
     last_error: str | None = None
     received_at: datetime | None = None  # when it was acknowledged, if before this write (the ingest journal)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestLimits:
+    """When the writer journals a batch, and how the journal moves into the inbox. The
+    defaults are what ``serve`` runs; a test passes its own to reach a state quickly (a small
+    file, a short retry, a burst that never ends)."""
+
+    burst_waiting: int = 8  # submissions waiting for the writer: a burst, journaled
+    burst_rate: float = 1000.0  # ... or deliveries acknowledged this fast (per second, over the last 0.25 s)
+    import_rows: int = 500  # journaled rows moved into the inbox per transaction after a burst (~25-35 ms of the loop)
+    burst_import_rows: int = 128  # ... and while one lasts: shorter stalls for the deliveries still arriving
+    max_wait: float = 0.5  # seconds: while a burst lasts, a journaled delivery this old gets imported anyway...
+    burst_import_gap: float = 0.05  # ... a batch of burst_import_rows at most this often (~15% of the loop, 2,560 rows/s)
+    burst_bytes: int = 256 << 20  # journaled and not yet imported beyond this (~22,000 orders): it imports while the burst lasts
+    max_bytes: int = 1 << 30  # ... beyond this (imports failing): new batches get a 503, as without a journal
+    segment_bytes: int = 64 << 20  # a journal file this large gets a successor, so imported ones go while a long burst lasts
+    import_poll: float = 0.05  # seconds between looks at whether a burst is over, while anything is journaled
+    import_retry: float = 1.0  # seconds after a failed import before the next try
+    orphan_scan: float = 10.0  # seconds between looks for the journals of processes that died
 
 
 def with_body(*columns: Any) -> Select[Any]:
@@ -211,27 +219,30 @@ class InboxWriter:
     80-90 us per 11.6 KB order (bench/_asgi.py): ~6 ms for the 64-row batches of a busy
     minute, ~23 ms at the 256-row cap. PostgreSQL always writes from a thread.
 
-    Under a burst (``BURST_WAITING`` submissions waiting, or ``BURST_RATE`` deliveries a
-    second) a SQLite file's batches go to the ingest journal instead (storage/journal.py:
-    one ``os.write`` a batch, a fraction of the inbox write) and move into the inbox in
-    batches of ``IMPORT_ROWS`` once the burst is over. While it lasts, a batch of
-    ``BURST_IMPORT_ROWS`` every ``BURST_IMPORT_GAP`` once the oldest has waited
-    ``JOURNAL_MAX_WAIT``, so the processor still gets rows (a steady stream of status webhooks
+    Under a burst (``limits.burst_waiting`` submissions waiting, or ``limits.burst_rate``
+    deliveries a second) a SQLite file's batches go to the ingest journal instead
+    (storage/journal.py: one ``os.write`` a batch, a fraction of the inbox write) and move into the inbox in
+    batches of ``import_rows`` once the burst is over. While it lasts, a batch of
+    ``burst_import_rows`` every ``burst_import_gap`` once the oldest has waited
+    ``max_wait``, so the processor still gets rows (a steady stream of status webhooks
     that kept counting as a burst once held COD asks back for 13-30 s), and every round once it
-    holds ``JOURNAL_BURST_BYTES`` not yet imported (acknowledgements then slow to the rate the
-    inbox takes rows). Files of ``SEGMENT_BYTES`` each, deleted once imported,
-    keep a long burst's disk bounded; past ``JOURNAL_MAX_BYTES`` not imported (the inbox
+    holds ``burst_bytes`` not yet imported (acknowledgements then slow to the rate the
+    inbox takes rows). Files of ``segment_bytes`` each, deleted once imported,
+    keep a long burst's disk bounded; past ``max_bytes`` not imported (the inbox
     refusing the imports) new batches get a 503, as they would without a journal. Journals of
-    processes that died are imported at start and every ``ORPHAN_SCAN`` seconds by a task of
+    processes that died are imported at start and every ``orphan_scan`` seconds by a task of
     their own, whatever ``journal`` says. The journal saves no work: the rows are
     written after the burst instead of during it (bench/ingest.py counts the server's CPU
     until they are). While anything is journaled every batch goes there too, so the
     inbox keeps the order deliveries were acknowledged in. ``journal``: "burst" (the
-    default), "always" or "off" (``database.ingest_journal``).
+    default), "always" or "off" (``database.ingest_journal``). ``limits``: the figures above
+    (``IngestLimits``).
     """
 
-    def __init__(self, db: Database, *, max_batch: int = 256, on_commit: Any = None, journal: str = "burst"):
+    def __init__(self, db: Database, *, max_batch: int = 256, on_commit: Any = None, journal: str = "burst",
+                 limits: IngestLimits | None = None):
         self.db = db
+        self.limits = limits or IngestLimits()
         self.max_batch = max_batch
         self.on_commit = on_commit
         self._queue: asyncio.Queue[tuple[list[InboxItem], asyncio.Future[list[bool]]]] = asyncio.Queue()
@@ -293,7 +304,7 @@ class InboxWriter:
     def recover(self) -> int:
         """Import the journals of processes that died (nobody holds their lock) into the inbox,
         oldest first, and delete them; the rows imported. Blocking: ``serve`` calls it in a thread
-        before it takes webhooks, and a task every ``ORPHAN_SCAN`` seconds while it runs. Never
+        before it takes webhooks, and a task every ``limits.orphan_scan`` seconds while it runs. Never
         raises: a journal that cannot be read or imported now is logged and left for the next look."""
         if self._sqlite_file is None:
             return 0
@@ -309,7 +320,7 @@ class InboxWriter:
             rows = 0
             try:
                 while journal.pending:
-                    items, offset = journal.read(IMPORT_ROWS)
+                    items, offset = journal.read(self.limits.import_rows)
                     results = write_items(self.db, items)
                     journal.consumed(offset)
                     rows += len(items)
@@ -325,7 +336,7 @@ class InboxWriter:
 
     async def _recover_forever(self) -> None:
         while True:
-            await asyncio.sleep(ORPHAN_SCAN)
+            await asyncio.sleep(self.limits.orphan_scan)
             await anyio.to_thread.run_sync(self.recover)
 
     def start(self) -> None:
@@ -378,20 +389,27 @@ class InboxWriter:
         finally:
             self._waiting -= 1
 
+    def defer_imports(self, until: float) -> None:
+        """No journal import before ``until`` (monotonic seconds): after a failed one, the next
+        waits ``limits.import_retry``; a test holds imports back with ``math.inf`` and lets
+        them go with 0."""
+        self._import_after = until
+
     def _bursting(self) -> bool:
-        return self._waiting >= BURST_WAITING or self.arrival_rate() >= BURST_RATE
+        return self._waiting >= self.limits.burst_waiting or self.arrival_rate() >= self.limits.burst_rate
 
     async def _run(self) -> None:
         stop: asyncio.Future[list[bool]] | None = None
+        limits = self.limits
         while stop is None:
             importing = False
             now = time.monotonic()
             if self.journal_pending() and now >= self._import_after:
-                rows = IMPORT_ROWS
+                rows = limits.import_rows
                 if self._bursting():
-                    overdue = bool(self._frames) and now - self._frames[0][2] >= JOURNAL_MAX_WAIT
-                    if self._pending_bytes() >= JOURNAL_BURST_BYTES or (overdue and now >= self._burst_import_at):
-                        rows, self._burst_import_at = BURST_IMPORT_ROWS, now + BURST_IMPORT_GAP
+                    overdue = bool(self._frames) and now - self._frames[0][2] >= limits.max_wait
+                    if self._pending_bytes() >= limits.burst_bytes or (overdue and now >= self._burst_import_at):
+                        rows, self._burst_import_at = limits.burst_import_rows, now + limits.burst_import_gap
                     else:
                         rows = 0
                 if rows:
@@ -402,7 +420,7 @@ class InboxWriter:
                     continue
                 self._arrived.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._arrived.wait(), timeout=IMPORT_POLL if self.journal_pending() else None)
+                    await asyncio.wait_for(self._arrived.wait(), timeout=limits.import_poll if self.journal_pending() else None)
                 continue
             items, fut = self._queue.get_nowait()
             work: list[tuple[list[InboxItem], asyncio.Future[list[bool]]]] = []
@@ -470,10 +488,10 @@ class InboxWriter:
 
         if not self.journal_pending():
             self._burst_started, self._burst_rows = time.monotonic(), 0
-        if self._pending_bytes() >= JOURNAL_MAX_BYTES:
-            raise OSError(f"ingest journal holds {JOURNAL_MAX_BYTES >> 20} MB the inbox has not taken yet")
+        if self._pending_bytes() >= self.limits.max_bytes:
+            raise OSError(f"ingest journal holds {self.limits.max_bytes >> 20} MB the inbox has not taken yet")
         tail = self._segments[-1] if self._segments else None
-        if tail is None or tail.size >= SEGMENT_BYTES or tail.broken:
+        if tail is None or tail.size >= self.limits.segment_bytes or tail.broken:
             tail = IngestJournal.open(journal_path(self._sqlite_file))
             assert tail is not None  # a new file of our own: nobody else can hold it
             self._segments.append(tail)
@@ -483,12 +501,12 @@ class InboxWriter:
         self._frames.append((tail, tail.size, time.monotonic()))
         self._burst_rows += len(items)
 
-    async def _import_chunk(self, rows: int = IMPORT_ROWS) -> bool:
+    async def _import_chunk(self, rows: int | None = None) -> bool:
         """Move the oldest journaled batches (about ``rows`` rows) into the inbox; False if that
-        failed (they stay journaled; the next try in ``IMPORT_RETRY`` s)."""
+        failed (they stay journaled; the next try in ``limits.import_retry`` s)."""
         head = self._segments[0]
         try:
-            items, offset = head.read(rows)
+            items, offset = head.read(rows or self.limits.import_rows)
             results = self._write_now(items) if items else []
             if results is None:
                 results = await anyio.to_thread.run_sync(write_items, self.db, items)
@@ -497,7 +515,7 @@ class InboxWriter:
                 self._frames.popleft()
         except Exception as exc:
             log.error("inbox: journaled deliveries could not be imported (kept for the next try): %s", exc.__class__.__name__)
-            self._import_after = time.monotonic() + IMPORT_RETRY
+            self.defer_imports(time.monotonic() + self.limits.import_retry)
             return False
         self.imported_rows += len(items)
         log_duplicates(results, "journal")
