@@ -91,3 +91,29 @@ class SandboxProcess(PeerProcess):
         """Every call as (monotonic time, HTTP status, callback data, to): CLOCK_MONOTONIC is
         one clock for every process of the machine, so the times compare with the bench's."""
         return [tuple(c) for c in self.get_json("/_calls")]
+
+
+class SandboxThread:
+    """A sandbox Cloud API app (``connector.sandbox.whatsapp``) served in a thread of this
+    process, as tests run it: the same face as ``SandboxProcess``, sharing this process's CPU."""
+
+    def __init__(self, fake: Any):
+        from connector.sandbox.whatsapp import SandboxServer
+
+        self.fake = fake
+        self.server = SandboxServer(fake.app)
+        self.url = self.server.url
+
+    def __enter__(self) -> "SandboxThread":
+        self.server.__enter__()
+        return self
+
+    def cpu_seconds(self) -> float | None:
+        return None  # shares this process
+
+    def calls(self) -> list[tuple]:
+        """Every call as (monotonic time, HTTP status, callback data, to)."""
+        return [(c.at, c.status, c.callback_data, c.to) for c in self.fake.calls]
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.__exit__(*exc)

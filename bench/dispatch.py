@@ -64,7 +64,7 @@ from connector.storage.db import Database  # noqa: E402
 from connector.storage.inbox import sync_stores  # noqa: E402
 
 sys.path.insert(0, str(BENCH))
-from _peer import SandboxProcess  # noqa: E402
+from _peer import SandboxProcess, SandboxThread  # noqa: E402
 from _summary import record  # noqa: E402
 from _fresh_db import FreshDatabase  # noqa: E402
 
@@ -176,32 +176,14 @@ def sandbox_process(workdir: Path, scenario: Scenario) -> SandboxProcess:
     return SandboxProcess(workdir, args)
 
 
-class SandboxThread:
+def sandbox_thread(workdir: Path, scenario: Scenario) -> SandboxThread:
     """The same sandbox in a thread of this process (what tests do), for comparison."""
+    from _sandbox_server import BenchSandbox  # type: ignore[import-not-found]
 
-    def __init__(self, workdir: Path, scenario: Scenario):
-        sys.path.insert(0, str(BENCH))
-        from _sandbox_server import BenchSandbox  # type: ignore[import-not-found]
+    from connector.sandbox.whatsapp import ScriptedResponse
 
-        from connector.sandbox.whatsapp import SandboxServer, ScriptedResponse
-
-        scripted = [ScriptedResponse(s["status"], s.get("body"), s.get("headers") or {}) for s in failure_burst(scenario.failures)]
-        self.fake = BenchSandbox(after=scenario.fail_after if scenario.failures else None, scripted=scripted)
-        self.server = SandboxServer(self.fake.app)
-        self.url = self.server.url
-
-    def __enter__(self) -> "SandboxThread":
-        self.server.__enter__()
-        return self
-
-    def cpu_seconds(self) -> float | None:
-        return None  # shares this process
-
-    def calls(self) -> list[tuple[float, int, str | None]]:
-        return [(c.at, c.status, c.callback_data) for c in self.fake.calls]
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__(*exc)
+    scripted = [ScriptedResponse(s["status"], s.get("body"), s.get("headers") or {}) for s in failure_burst(scenario.failures)]
+    return SandboxThread(BenchSandbox(after=scenario.fail_after if scenario.failures else None, scripted=scripted))
 
 
 def make_settings(db_url: str, base_url: str, rate: float, concurrency: int | None = None) -> Settings:
@@ -332,7 +314,7 @@ def run_scenario(
 ) -> Result:
     result = Result(scenario)
     fresh = FreshDatabase(workdir, f"{scenario.name}-{int(scenario.rate)}", pg_url)
-    box_cls = sandbox_process if sandbox_mode == "process" else SandboxThread
+    box_cls = sandbox_process if sandbox_mode == "process" else sandbox_thread
     try:
         with box_cls(workdir, scenario) as box:
             settings = make_settings(fresh.url, box.url, scenario.rate, concurrency)

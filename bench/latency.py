@@ -43,6 +43,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -52,11 +53,11 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
-from _peer import SandboxProcess, free_port  # noqa: E402
+from _peer import SandboxProcess, SandboxThread, free_port  # noqa: E402
 from _pipeline_data import SHOP, DayBuilder  # noqa: E402
 from _summary import process_peak_mb, record  # noqa: E402
 
-from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp  # noqa: E402
+from connector.sandbox.whatsapp import SandboxWhatsApp  # noqa: E402
 from tests.helpers import cod_store_toml, stop_process  # noqa: E402  (shared with tests/faults/test_kill_between_send_and_record.py)
 
 console = Console()
@@ -67,34 +68,17 @@ APP_SECRET = "bench-latency-app-secret"  # Meta's signature on the status webhoo
 PHONE_ID = "106540352242922"
 
 
-class SandboxThread:
-    """The sandbox in a thread of this process, sharing its GIL with the load generator.
-
-    The default. In its own process (``--sandbox process``) the sandbox no longer slows the
-    load generator: on a quiet machine the answers come sooner (2xx p50 3.6-3.8 ms against
-    6.2-7.0 at 150/s) and the asks' latency is the same; but with two other busy processes
-    on the two cores, five processes share them, the sandbox answers and posts late, and
-    asks came 45-50 s late where the thread gave 0.5-23 s (bench/HISTORY.md, Latency)."""
-
-    def __init__(self, webhook_url: str | None, statuses: tuple[str, ...]):
-        self.fake = SandboxWhatsApp(app_secret=APP_SECRET, statuses=statuses, webhook_url=webhook_url)
-        self.server = SandboxServer(self.fake.app)
-        self.url = self.server.url
-
-    def __enter__(self) -> "SandboxThread":
-        self.server.__enter__()
-        return self
-
-    def calls(self) -> list[tuple]:
-        return [(c.at, c.status, c.callback_data, c.to) for c in self.fake.calls]
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__(*exc)
+# The sandbox runs in a thread of this process by default, sharing its GIL with the load
+# generator. In its own process (``--sandbox process``) it no longer slows the load generator:
+# on a quiet machine the answers come sooner (2xx p50 3.6-3.8 ms against 6.2-7.0 at 150/s) and
+# the asks' latency is the same; but with two other busy processes on the two cores, five
+# processes share them, the sandbox answers and posts late, and asks came 45-50 s late where
+# the thread gave 0.5-23 s (bench/HISTORY.md, Latency).
 
 
 def _sandbox(mode: str, workdir: Path, webhook_url: str | None, statuses: tuple[str, ...]) -> SandboxProcess | SandboxThread:
     if mode == "thread":
-        return SandboxThread(webhook_url, statuses)
+        return SandboxThread(SandboxWhatsApp(app_secret=APP_SECRET, statuses=statuses, webhook_url=webhook_url))
     args = ["--statuses", ",".join(statuses)]
     if webhook_url:
         args += ["--webhook-url", webhook_url, "--app-secret", APP_SECRET]
@@ -184,7 +168,6 @@ def run_once(rate: float, orders: int, seed: int, mps: float, statuses: tuple[st
                     time.sleep(0.1)
                 time.sleep(0.1 + 0.01 * len(statuses))  # the last sends' statuses reach the server
                 server_peak = process_peak_mb(proc.pid)  # the server's own peak RSS, while it still runs
-            status_rows = _status_rows(Path(tmp) / "latency.db")
             server_side = _server_side(Path(tmp) / "latency.db")
             accepted = _accepted(sandbox)
         finally:
@@ -199,19 +182,14 @@ def run_once(rate: float, orders: int, seed: int, mps: float, statuses: tuple[st
     by_post = [first[p] - t for p, t in posted.items() if p in first]  # in posting order
     return {"rate": rate, "orders": orders, "latencies": sorted(by_post), "by_post": by_post, "acks": sorted(acks),
             "missing": len(posted) - len(by_post), "twice": sum(1 for n in sends.values() if n > 1), "peak": server_peak,
-            "status_rows": status_rows, **server_side}
+            **server_side}
 
 
-def _status_rows(db: Path) -> int:
-    """WhatsApp status deliveries the server stored during the run."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-        return conn.execute("SELECT count(*) FROM inbox_events WHERE source = 'whatsapp' AND topic = 'status'").fetchone()[0]
-
-
-def _server_side(db: Path) -> dict[str, list[float]]:
-    """What the server's own rows say, to tell a slow connector from a slow sandbox: seconds
-    from each order's arrival to its processing (``processed``), and each send call's
-    duration, the sandbox's answer included (``calls``)."""
+def _server_side(db: Path) -> dict[str, Any]:
+    """What the server's own rows say: the status webhooks it stored (``status_rows``), and,
+    to tell a slow connector from a slow sandbox, seconds from each order's arrival to its
+    processing (``processed``) and each send call's duration, the sandbox's answer included
+    (``calls``)."""
     def seconds(text: str) -> float:
         return datetime.fromisoformat(text).timestamp()
 
@@ -219,7 +197,8 @@ def _server_side(db: Path) -> dict[str, list[float]]:
         processed = sorted(seconds(done) - seconds(came) for came, done in conn.execute(
             "SELECT received_at, processed_at FROM inbox_events WHERE topic = 'orders/create' AND processed_at IS NOT NULL"))
         calls = sorted(ms / 1000 for (ms,) in conn.execute("SELECT duration_ms FROM outbox_attempts WHERE duration_ms IS NOT NULL"))
-    return {"processed": processed, "calls": calls}
+        statuses = conn.execute("SELECT count(*) FROM inbox_events WHERE source = 'whatsapp' AND topic = 'status'").fetchone()[0]
+    return {"processed": processed, "calls": calls, "status_rows": statuses}
 
 
 def _pct(values: list[float], q: float) -> float:
