@@ -242,4 +242,12 @@ def transport(*, verify: ssl.SSLContext, limits: httpx.Limits) -> httpx.AsyncHTT
     return t
 
 
-__all__ = ["AsyncioBackend", "AsyncioStream", "transport"]
+def connection_pool(t: httpx.AsyncHTTPTransport) -> httpcore.AsyncConnectionPool:
+    """The httpcore pool under a transport made by ``transport``: a caller that builds its own
+    ``httpcore.Request`` skips httpx's request and response wrapping (the WhatsApp sends)."""
+    pool = t._pool
+    assert isinstance(pool, httpcore.AsyncConnectionPool)
+    return pool
+
+
+__all__ = ["AsyncioBackend", "AsyncioStream", "connection_pool", "transport"]

@@ -16,6 +16,7 @@ from decimal import ROUND_HALF_UP
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpcore
 import httpx
 import orjson
 
@@ -110,6 +111,10 @@ def build_payload(message: OutboundMessage) -> dict[str, Any]:
 
 
 def _accepted(response: httpx.Response) -> SendResult:
+    return _accepted_body(response.status_code, response.content)
+
+
+def _accepted_body(status: int, content: bytes) -> SendResult:
     """Read Meta's 2xx answer.
 
     A 2xx without ``messages[0].id`` means Meta may well have sent the message but we
@@ -118,12 +123,12 @@ def _accepted(response: httpx.Response) -> SendResult:
     the status webhook (which carries biz_opaque_callback_data) settle it.
     """
     try:
-        data = response.json()
+        data = orjson.loads(content)
         wamid = data["messages"][0]["id"]
         if not isinstance(wamid, str) or not wamid:
             raise ValueError
     except (ValueError, KeyError, IndexError, TypeError):
-        raise PermanentError("unexpected accepted response", http_status=response.status_code, outcome_unknown=True) from None
+        raise PermanentError("unexpected accepted response", http_status=status, outcome_unknown=True) from None
     wa_id = None
     contacts = data.get("contacts")
     if isinstance(contacts, list) and contacts and isinstance(contacts[0], dict):
@@ -138,7 +143,27 @@ POOL_SIZE = 2  # connections per httpx pool (see WhatsAppClient.__init__)
 @dataclass(slots=True)
 class _Pool:
     transport: httpx.AsyncHTTPTransport
+    connections: httpcore.AsyncConnectionPool  # the transport's own pool: sends go to it directly
     in_flight: int = 0
+
+
+# httpcore's transport errors as httpx names them (what adapters.whatsapp.errors classifies);
+# the same pairs httpx's own transport maps, most specific class first along the MRO
+_TRANSPORT_ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
+    getattr(httpcore, name): getattr(httpx, name)
+    for name in ("ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "TimeoutException", "ConnectError",
+                 "ReadError", "WriteError", "NetworkError", "RemoteProtocolError", "LocalProtocolError", "ProtocolError",
+                 "ProxyError", "UnsupportedProtocol")
+}
+
+_CORE_ERRORS = tuple(_TRANSPORT_ERRORS)
+
+
+def _as_httpx(exc: Exception) -> httpx.TransportError:
+    for cls in type(exc).__mro__:
+        if cls in _TRANSPORT_ERRORS:
+            return _TRANSPORT_ERRORS[cls](str(exc))
+    return httpx.TransportError(str(exc))
 
 
 def _busy(pool: _Pool) -> int:
@@ -148,13 +173,16 @@ def _busy(pool: _Pool) -> int:
 class WhatsAppClient:
     """``MessageSender`` over the Cloud API, one pooled httpx transport per instance.
 
-    ``send`` hands its request straight to the pooled ``httpx.AsyncHTTPTransport``: the
-    client layer above it (cookie jar, redirects, auth flow, hooks) does nothing for a POST
-    to Graph and cost about 30% of the CPU of a send (0.76 vs 0.54 ms per request on
-    127.0.0.1), which is what caps one process's send rate. The transports' connections run
-    on the event loop's own transports (``adapters/asyncio_backend.py``), not anyio streams:
-    0.80-0.90 ms of dispatcher CPU per send at 1,000/s against 0.94-1.05 (bench/dispatch.py,
-    alternating runs). Other calls go through an
+    ``send`` hands its request straight to the httpcore pool under each pooled
+    ``httpx.AsyncHTTPTransport``: the client layer above it (cookie jar, redirects, auth
+    flow, hooks) does nothing for a POST to Graph and cost about 30% of the CPU of a send
+    (0.76 vs 0.54 ms per request on 127.0.0.1), which is what caps one process's send rate,
+    and the transport's request and response wrapping another 13% (dispatcher CPU per send
+    at 1,000/s, bench/dispatch.py, three alternating pairs: 0.77-0.79 ms against
+    0.89-0.92). Its connections run on the event loop's own transports
+    (``adapters/asyncio_backend.py``), not anyio streams: 0.80-0.90 ms against 0.94-1.05
+    before that. Transport errors are named as httpx names them, so
+    ``adapters.whatsapp.errors`` classifies them as before. Other calls go through an
     ``httpx.AsyncClient`` on the same pool. ``timeout`` applies to every request, also on a
     client passed as ``http`` (which is then used for everything, and not closed by us).
     """
@@ -182,12 +210,14 @@ class WhatsAppClient:
             shards = max(1, -(-max_connections // per))
             limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
             tls = httpx.create_ssl_context()  # one CA bundle load (~30 ms of CPU), not one per pool
-            self._pools = [_Pool(asyncio_backend.transport(verify=tls, limits=limits)) for _ in range(shards)]
+            transports = [asyncio_backend.transport(verify=tls, limits=limits) for _ in range(shards)]
+            self._pools = [_Pool(t, asyncio_backend.connection_pool(t)) for t in transports]
             http = httpx.AsyncClient(timeout=timeout, transport=self._pools[0].transport)
         self._http = http
-        self._timeout_ext = timeout.as_dict()
+        self._timeout_ext = {"timeout": timeout.as_dict()}
         self._post_headers = httpx.Headers({**self._headers(), "Content-Type": "application/json"})
-        self._send_urls: dict[str, httpx.URL] = {}  # parsed once per sending number
+        # per sending number, built once: the URL and the headers of its POSTs (all but the length)
+        self._send_targets: dict[str, tuple[httpx.URL, httpcore.URL, list[tuple[bytes, bytes]]]] = {}
 
     def __repr__(self) -> str:  # never the token
         return f"WhatsAppClient({self._root!r})"
@@ -218,29 +248,41 @@ class WhatsAppClient:
 
     async def send(self, phone_number_id: str, message: OutboundMessage) -> SendResult:
         """One POST, no retry. Raises RetryableError / PermanentError (connector.errors)."""
-        url = self._send_urls.get(phone_number_id)
-        if url is None:
-            url = self._send_urls[phone_number_id] = httpx.URL(f"{self._root}/{phone_number_id}/messages")
+        target = self._send_targets.get(phone_number_id)
+        if target is None:
+            target = self._send_targets[phone_number_id] = self._target(phone_number_id)
+        url, core_url, headers = target
         content = orjson.dumps(build_payload(message))
         if not self._pools:
             return _accepted(await self._request("POST", url, content=content, headers=self._post_headers))
-        request = httpx.Request("POST", url, headers=self._post_headers, content=content, extensions={"timeout": self._timeout_ext})
+        request = httpcore.Request(b"POST", core_url, headers=[*headers, (b"Content-Length", b"%d" % len(content))],
+                                   content=content, extensions=self._timeout_ext)
         pool = min(self._pools, key=_busy)
         pool.in_flight += 1
         try:
-            response = await pool.transport.handle_async_request(request)
+            response = await pool.connections.handle_async_request(request)
             try:
-                await response.aread()
+                body = await response.aread()
             finally:
                 await response.aclose()
-        except httpx.TransportError as exc:
+        except _CORE_ERRORS as exc:
+            raise errors.classify_transport(_as_httpx(exc)) from None
+        except httpx.TransportError as exc:  # what respx's mocked pool raises in the tests
             raise errors.classify_transport(exc) from None
         finally:
             pool.in_flight -= 1
-        response.request = request
-        if not response.is_success:
-            raise errors.classify(response, redact=(self._token,))
-        return _accepted(response)
+        if not 200 <= response.status < 300:
+            answer = httpx.Response(response.status, headers=response.headers, content=body,
+                                    request=httpx.Request("POST", url, headers=self._post_headers, content=content))
+            raise errors.classify(answer, redact=(self._token,))
+        return _accepted_body(response.status, body)
+
+    def _target(self, phone_number_id: str) -> tuple[httpx.URL, httpcore.URL, list[tuple[bytes, bytes]]]:
+        url = httpx.URL(f"{self._root}/{phone_number_id}/messages")
+        core_url = httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path)
+        host = url.netloc  # with the port when it is not the scheme's default, as httpx writes it
+        headers = [(b"Host", host), *((k.encode("latin-1"), v.encode("latin-1")) for k, v in self._post_headers.items())]
+        return url, core_url, headers
 
     async def list_templates(self, waba_id: str) -> list[dict[str, Any]]:
         """Every message template of a WABA, as Meta's raw dicts (name, language, status, ...).

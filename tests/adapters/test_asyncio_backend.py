@@ -100,7 +100,8 @@ def test_the_client_sends_on_the_native_backend() -> None:
     async def go() -> None:
         c = client("http://127.0.0.1:9")
         try:
-            assert c._pools and all(isinstance(p.transport._pool._network_backend, asyncio_backend.AsyncioBackend) for p in c._pools)
+            assert c._pools and all(isinstance(p.connections._network_backend, asyncio_backend.AsyncioBackend)
+                                    and p.connections is p.transport._pool for p in c._pools)
         finally:
             await c.aclose()
 
@@ -145,6 +146,43 @@ def test_sends_over_https_reuse_one_checked_connection(loop: str, certificate: t
     wamids, connections = run(loop, go())
     assert wamids == ["wamid.ONE"] * 3
     assert connections == 1  # kept alive over TLS
+
+
+@LOOPS
+def test_the_request_on_the_wire_is_the_graph_post_with_its_headers(loop: str) -> None:
+    """The send path builds its own httpcore request: method, path, Host (with the port),
+    token, content type and length, and the JSON body, as a server reads them."""
+    seen: list[tuple[bytes, bytes]] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(v for k, v in (line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+                          if k.strip().lower() == b"content-length"))
+        seen.append((head, await reader.readexactly(length)))
+        writer.write(answer())
+        await writer.drain()
+
+    async def go() -> tuple[int, str]:
+        async with Server(record) as server:
+            c = client(f"http://127.0.0.1:{server.port}")
+            try:
+                result = await c.send("1065", TextMessage(to=TO, body="hello"))
+            finally:
+                await c.aclose()
+            return server.port, result.wamid
+
+    port, wamid = run(loop, go())
+    assert wamid == "wamid.ONE"
+    (head, body), = seen
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+    assert lines[0] == "POST /v23.0/1065/messages HTTP/1.1"
+    assert headers["host"] == f"127.0.0.1:{port}"
+    assert headers["authorization"] == "Bearer token-never-logged"
+    assert headers["content-type"] == "application/json"
+    assert int(headers["content-length"]) == len(body)
+    assert orjson.loads(body) == {"messaging_product": "whatsapp", "recipient_type": "individual", "to": TO, "type": "text",
+                                  "text": {"body": "hello", "preview_url": False}}
 
 
 @LOOPS
