@@ -88,6 +88,27 @@ def client(base: str, **kw: object) -> WhatsAppClient:
     return WhatsAppClient(base, "v23.0", "token-never-logged", **kw)  # type: ignore[arg-type]
 
 
+async def failed_send(base: str, **client_kw: object) -> RetryableError:
+    """One send to ``base``: the RetryableError it has to end in."""
+    c = client(base, **client_kw)
+    try:
+        await c.send("1065", TextMessage(to=TO, body="hello"))
+    except RetryableError as exc:
+        return exc
+    finally:
+        await c.aclose()
+    raise AssertionError("the send did not fail")
+
+
+def send_error(loop: str, handler: Handler, *, tls: ssl.SSLContext | None = None, **client_kw: object) -> RetryableError:
+    """``failed_send`` to a server running ``handler``."""
+    async def go() -> RetryableError:
+        async with Server(handler, tls) as server:
+            return await failed_send(f"{'https' if tls else 'http'}://127.0.0.1:{server.port}", **client_kw)
+
+    return run(loop, go())  # type: ignore[return-value]
+
+
 async def keep_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     while True:
         await read_request(reader)
@@ -196,19 +217,8 @@ def test_a_certificate_the_client_does_not_trust_is_refused_before_anything_is_s
     async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         requests.append(await read_request(reader))
 
-    async def go() -> BaseException:
-        async with Server(record, tls) as server:
-            c = client(f"https://127.0.0.1:{server.port}")
-            try:
-                await c.send("1065", TextMessage(to=TO, body="hello"))
-            except RetryableError as exc:
-                return exc
-            finally:
-                await c.aclose()
-        raise AssertionError("an untrusted certificate was accepted")
-
-    exc = run(loop, go())
-    assert isinstance(exc, RetryableError) and not exc.outcome_unknown and "connection failed" in str(exc)
+    exc = send_error(loop, record, tls=tls)
+    assert not exc.outcome_unknown and "connection failed" in str(exc)
     assert requests == []
 
 
@@ -255,34 +265,16 @@ def test_a_server_that_never_answers_is_a_timeout_with_the_outcome_unknown(loop:
         await read_request(reader)
         await reader.read()  # until the client gives up
 
-    async def go() -> BaseException:
-        async with Server(swallow) as server:
-            c = client(f"http://127.0.0.1:{server.port}", timeout=httpx.Timeout(0.2))
-            try:
-                await c.send("1065", TextMessage(to=TO, body="hello"))
-            except RetryableError as exc:
-                return exc
-            finally:
-                await c.aclose()
-        raise AssertionError("no timeout")
-
-    exc = run(loop, go())
+    exc = send_error(loop, swallow, timeout=httpx.Timeout(0.2))
     assert isinstance(exc, RetryableError) and exc.outcome_unknown and "timeout" in str(exc)
 
 
 @LOOPS
 def test_a_refused_connection_is_retryable_and_known_not_sent(loop: str) -> None:
-    async def go() -> BaseException:
+    async def go() -> RetryableError:
         async with Server(keep_answering) as server:
             port = server.port
-        c = client(f"http://127.0.0.1:{port}")  # the server is gone: nothing listens there
-        try:
-            await c.send("1065", TextMessage(to=TO, body="hello"))
-        except RetryableError as exc:
-            return exc
-        finally:
-            await c.aclose()
-        raise AssertionError("sent to nobody")
+        return await failed_send(f"http://127.0.0.1:{port}")  # the server is gone: nothing listens there
 
     exc = run(loop, go())
     assert isinstance(exc, RetryableError) and not exc.outcome_unknown and "connection failed" in str(exc)
@@ -296,18 +288,7 @@ def test_an_answer_cut_off_half_way_leaves_the_outcome_unknown(loop: str) -> Non
         writer.write(full[: len(full) - 20])
         await writer.drain()
 
-    async def go() -> BaseException:
-        async with Server(half) as server:
-            c = client(f"http://127.0.0.1:{server.port}")
-            try:
-                await c.send("1065", TextMessage(to=TO, body="hello"))
-            except RetryableError as exc:
-                return exc
-            finally:
-                await c.aclose()
-        raise AssertionError("a truncated answer was accepted")
-
-    exc = run(loop, go())
+    exc = send_error(loop, half)
     assert isinstance(exc, RetryableError) and exc.outcome_unknown
 
 
