@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _peer import free_port  # noqa: E402
 from _summary import process_cpu_seconds, process_peak_mb, record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,12 +42,6 @@ SHOP = "bench.myshopify.com"
 console = Console()
 if console.width < 170:  # pipes and CI default to 80 columns: keep the table on one line per row
     console = Console(width=170)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(directory: Path) -> Path:

@@ -19,6 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpcore
 import httpx
 import orjson
+# the mapping httpx's own transport applies to httpcore's errors (httpx is pinned below 0.29)
+from httpx._transports.default import map_httpcore_exceptions
 
 from adapters import asyncio_backend
 from adapters.whatsapp import errors
@@ -147,25 +149,6 @@ class _Pool:
     in_flight: int = 0
 
 
-# httpcore's transport errors as httpx names them (what adapters.whatsapp.errors classifies);
-# the same pairs httpx's own transport maps, most specific class first along the MRO
-_TRANSPORT_ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
-    getattr(httpcore, name): getattr(httpx, name)
-    for name in ("ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "TimeoutException", "ConnectError",
-                 "ReadError", "WriteError", "NetworkError", "RemoteProtocolError", "LocalProtocolError", "ProtocolError",
-                 "ProxyError", "UnsupportedProtocol")
-}
-
-_CORE_ERRORS = tuple(_TRANSPORT_ERRORS)
-
-
-def _as_httpx(exc: Exception) -> httpx.TransportError:
-    for cls in type(exc).__mro__:
-        if cls in _TRANSPORT_ERRORS:
-            return _TRANSPORT_ERRORS[cls](str(exc))
-    return httpx.TransportError(str(exc))
-
-
 def _busy(pool: _Pool) -> int:
     return pool.in_flight
 
@@ -181,7 +164,7 @@ class WhatsAppClient:
     at 1,000/s, bench/dispatch.py, three alternating pairs: 0.77-0.79 ms against
     0.89-0.92). Its connections run on the event loop's own transports
     (``adapters/asyncio_backend.py``), not anyio streams: 0.80-0.90 ms against 0.94-1.05
-    before that. Transport errors are named as httpx names them, so
+    before that. httpcore's errors go through httpx's own mapping, so
     ``adapters.whatsapp.errors`` classifies them as before. Other calls go through an
     ``httpx.AsyncClient`` on the same pool. ``timeout`` applies to every request, also on a
     client passed as ``http`` (which is then used for everything, and not closed by us).
@@ -260,14 +243,13 @@ class WhatsAppClient:
         pool = min(self._pools, key=_busy)
         pool.in_flight += 1
         try:
-            response = await pool.connections.handle_async_request(request)
-            try:
-                body = await response.aread()
-            finally:
-                await response.aclose()
-        except _CORE_ERRORS as exc:
-            raise errors.classify_transport(_as_httpx(exc)) from None
-        except httpx.TransportError as exc:  # what respx's mocked pool raises in the tests
+            with map_httpcore_exceptions():  # httpcore's errors as httpx names them, as its transport does
+                response = await pool.connections.handle_async_request(request)
+                try:
+                    body = await response.aread()
+                finally:
+                    await response.aclose()
+        except httpx.TransportError as exc:
             raise errors.classify_transport(exc) from None
         finally:
             pool.in_flight -= 1
