@@ -159,6 +159,7 @@ class Runtime:
         self.notifier = NotifyDispatcher(self.db, self.settings, self.store_ids, clock=self.clock)
         # journals of a process that was killed mid-burst: acknowledged, so into the inbox first
         await anyio.to_thread.run_sync(self.writer.recover)
+        self.writer.stores = tuple(self.store_ids[s.key] for s in self.settings.stores)  # the processor's, not a removed store's
         self.writer.start()
         # Startup objects (SQLAlchemy, pydantic models, config) never die: freeze them out of the
         # cyclic GC, and collect less often. Each webhook's JSON allocates ~1,000 objects, which

@@ -25,7 +25,7 @@ from connector.config import ConfigError, parse_settings
 from connector.storage import journal as journal_mod
 from connector.storage import models as m
 from connector.storage.db import Database
-from connector.storage.inbox import InboxItem, InboxWriter, IngestLimits, sync_stores, with_body
+from connector.storage.inbox import InboxItem, InboxWriter, IngestLimits, sync_stores, with_body, write_items
 from connector.storage.journal import IngestJournal, journal_path, orphans
 from tests.conftest import settings_dict
 from tests.helpers import dumps
@@ -474,3 +474,76 @@ def test_a_burst_that_lasts_still_moves_its_oldest_deliveries_into_the_inbox(fil
     waited = asyncio.run(run())
     assert IngestLimits().max_wait <= waited + 0.05  # not before it was due (the burst's answers go first)
     assert _stored(file_db)[0][0] == "first"
+
+
+@pytest.mark.parametrize("backlog", ["due", "other store", "retry later", "none"])
+def test_during_a_burst_the_journal_feeds_the_processor_only_as_fast_as_it_takes_rows(file_db, backlog):
+    """While a burst lasts the journal moves deliveries into the inbox only while fewer than
+    ``burst_import_rows`` rows are due for the processor: with enough waiting (it is behind)
+    nothing is imported however long the burst goes on (the import would only slow the
+    answers), and the import starts as soon as the processor has taken them. Rows the
+    processor will not take now (a store it does not serve, a retry not due yet) do not count
+    as its backlog, so they cannot hold the burst's deliveries back."""
+    ids = sync_stores(file_db, [("a", "shopify"), ("b", "shopify")])
+    later = datetime(2099, 1, 1, tzinfo=timezone.utc)
+    if backlog != "none":
+        store = ids["b"] if backlog == "other store" else ids["a"]
+        write_items(file_db, [_item(store, f"old-{i}") for i in range(4)])  # in the inbox before the burst
+        if backlog == "retry later":
+            with file_db.engine.begin() as conn:
+                conn.execute(m.InboxEvent.__table__.update().values(available_at=later, attempts=1))
+    limits = IngestLimits(burst_waiting=0, burst_import_rows=4, max_wait=0.05, burst_import_gap=0.01)
+
+    async def run() -> tuple[list[str], list[str]]:
+        writer = InboxWriter(file_db, limits=limits)  # every batch is a burst: it never ends
+        writer.stores = (ids["a"],)
+        writer.start()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        n = 0
+        while loop.time() - started < 0.4:  # eight times max_wait, the stream going on
+            await writer.submit([_item(ids["a"], f"new-{n:03d}")])
+            n += 1
+            await asyncio.sleep(0.005)
+        during = [k for k, _ in _stored(file_db) if k.startswith("new-")]
+        with file_db.engine.begin() as conn:  # the processor takes what was due
+            conn.execute(m.InboxEvent.__table__.update().where(m.InboxEvent.dedupe_key.like("old-%")).values(status="done"))
+        while not any(k.startswith("new-") for k, _ in _stored(file_db)):
+            await writer.submit([_item(ids["a"], f"new-{n:03d}")])
+            n += 1
+            await asyncio.sleep(0.005)
+            assert loop.time() - started < 5, "the processor got nothing after it ran dry"
+        after = [k for k, _ in _stored(file_db) if k.startswith("new-")]
+        await writer.stop()
+        return during, after
+
+    during, after = asyncio.run(run())
+    if backlog == "due":
+        assert during == []  # the processor was behind: nothing imported ahead of it
+    else:
+        assert during[:1] == ["new-000"]  # nothing it would take: the oldest imported within the burst
+    assert after[0] == "new-000"
+    assert [k for k, _ in _stored(file_db) if k.startswith("new-")] == sorted(k for k, _ in _stored(file_db) if k.startswith("new-"))
+
+
+def test_the_connector_counts_only_its_own_stores_rows_as_the_processors_backlog(file_db):
+    """``Runtime.start`` tells the writer which stores its processor takes: rows left pending
+    by a store since removed from the config never count as a backlog that holds a burst back."""
+    from connector.runtime import Runtime
+
+    sync_stores(file_db, [("removed", "shopify")])
+    settings = parse_settings({**settings_dict(str(file_db.engine.url)), "stores": [
+        {"key": "a", "platform": "shopify", "shop_domain": "a.myshopify.com", "webhook_secret": "s" * 24},
+        {"key": "b", "platform": "shopify", "shop_domain": "b.myshopify.com", "webhook_secret": "t" * 24}]}, environ={})
+
+    async def start_and_stop() -> tuple[tuple[int, ...] | None, dict[str, int]]:
+        runtime = Runtime(settings, file_db, run_worker=False)
+        await runtime.start()
+        try:
+            return runtime.writer.stores, dict(runtime.store_ids)
+        finally:
+            await runtime.stop()
+
+    stores, ids = asyncio.run(start_and_stop())
+    assert stores is not None and sorted(stores) == sorted([ids["a"], ids["b"]])
+    assert sync_stores(file_db, [])["removed"] not in stores

@@ -20,6 +20,7 @@ from sqlalchemy import event
 from connector.outbox.store import _BY_KEYS, _HISTORY
 from connector.state import RUNS_OF_CONTACTS
 from connector.storage.db import make_engine
+from connector.storage.inbox import due_rows_sql
 
 
 @pytest.fixture
@@ -93,3 +94,11 @@ def test_a_batchs_emails_and_customer_ids_find_their_contacts_by_index(conn: Any
     assert "ix_contacts_store_email (store_id=? AND <expr>=?)" in plan, plan
     plan = plan_of(conn, _CONTACTS_BY_MANY["external_customer_id"], {"sid": 1, "keys": [str(7_000_000 + i) for i in range(100)]})
     assert "ix_contacts_store_customer (store_id=? AND external_customer_id=?)" in plan, plan
+
+
+def test_the_journals_look_at_the_processors_backlog_reads_the_pending_rows_only(conn: Any) -> None:
+    """While a burst lasts the writer counts the rows due every 50 ms at most: by the (status,
+    id) index, never a scan of every row the inbox ever stored."""
+    sql = due_rows_sql((1, 2))
+    plan = " | ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, ("2026-12-01 00:00:00.000000", 128)))
+    assert "ix_inbox_events_status_id" in plan, plan
