@@ -547,3 +547,33 @@ def test_the_connector_counts_only_its_own_stores_rows_as_the_processors_backlog
     stores, ids = asyncio.run(start_and_stop())
     assert stores is not None and sorted(stores) == sorted([ids["a"], ids["b"]])
     assert sync_stores(file_db, [])["removed"] not in stores
+
+
+def test_if_the_backlog_cannot_be_counted_the_burst_is_still_imported(file_db, monkeypatch, caplog):
+    """A failing look at the processor's backlog (the database unreachable for a moment) is
+    logged and counts as "short of rows": the writer goes on and the deliveries reach the inbox."""
+    from sqlalchemy.exc import OperationalError
+
+    ids = sync_stores(file_db, [("a", "shopify")])
+    caplog.set_level(logging.WARNING, "storeloop.inbox")
+
+    def unreachable(stores):  # type: ignore[no-untyped-def]
+        raise OperationalError("connect", {}, Exception("unable to open database file"))
+
+    monkeypatch.setattr("connector.storage.inbox.due_rows_sql", unreachable)
+
+    async def run() -> None:
+        writer = InboxWriter(file_db, limits=IngestLimits(burst_waiting=0, max_wait=0.02, burst_import_gap=0.01))
+        writer.start()
+        loop = asyncio.get_running_loop()
+        started, n = loop.time(), 0
+        while not _stored(file_db):
+            await writer.submit([_item(ids["a"], f"k{n:03d}")])  # a burst that goes on
+            n += 1
+            await asyncio.sleep(0.005)
+            assert loop.time() - started < 5, "nothing imported while the count failed"
+        await writer.stop()
+
+    asyncio.run(run())
+    assert _stored(file_db)[0][0] == "k000"
+    assert any("counting the rows due failed: OperationalError" in r.getMessage() for r in caplog.records)

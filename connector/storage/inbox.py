@@ -556,9 +556,11 @@ class InboxWriter:
         indexed read (status, id) in autocommit on the loop's connection, which never waits
         for the write lock in WAL mode. If it fails the answer is 0, so the import goes on as
         if the processor were short of rows (the import itself then reports the error)."""
+        now = utcnow().replace(tzinfo=None).isoformat(" ", "microseconds")  # as UTCDateTime stores it
         try:
-            return self._loop_connection().execute(due_rows_sql(self.stores), (utcnow().replace(tzinfo=None).isoformat(" ", "microseconds"), self.limits.burst_import_rows)).fetchone()[0]
-        except sqlite3.Error as exc:
+            sql = due_rows_sql(self.stores)
+            return self._loop_connection().execute(sql, (now, self.limits.burst_import_rows)).fetchone()[0]
+        except Exception as exc:  # the database is unreachable or broken: never the writer task's end
             log.warning("inbox: counting the rows due failed: %s", exc.__class__.__name__)
             return 0
 
