@@ -549,18 +549,23 @@ def test_the_connector_counts_only_its_own_stores_rows_as_the_processors_backlog
     assert sync_stores(file_db, [])["removed"] not in stores
 
 
-def test_if_the_backlog_cannot_be_counted_the_burst_is_still_imported(file_db, monkeypatch, caplog):
-    """A failing look at the processor's backlog (the database unreachable for a moment) is
-    logged and counts as "short of rows": the writer goes on and the deliveries reach the inbox."""
-    from sqlalchemy.exc import OperationalError
+def test_if_the_backlog_cannot_be_counted_the_burst_is_still_imported(file_db, caplog):
+    """A failing look at the processor's backlog (here SQLite itself refuses the read, through
+    an authorizer on the database's connections; the import reads nothing it denies) is logged
+    and counts as "short of rows": the writer goes on and the deliveries reach the inbox."""
+    import sqlite3
+
+    from sqlalchemy import event
 
     ids = sync_stores(file_db, [("a", "shopify")])
     caplog.set_level(logging.WARNING, "storeloop.inbox")
+    file_db.engine.dispose()  # every connection from here on is a new one, with the authorizer
 
-    def unreachable(stores):  # type: ignore[no-untyped-def]
-        raise OperationalError("connect", {}, Exception("unable to open database file"))
+    def deny_available_at(action, table, column, *_):  # type: ignore[no-untyped-def]
+        refused = action == sqlite3.SQLITE_READ and (table, column) == ("inbox_events", "available_at")
+        return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
 
-    monkeypatch.setattr("connector.storage.inbox.due_rows_sql", unreachable)
+    event.listen(file_db.engine, "connect", lambda dbapi_conn, _record: dbapi_conn.set_authorizer(deny_available_at))
 
     async def run() -> None:
         writer = InboxWriter(file_db, limits=IngestLimits(burst_waiting=0, max_wait=0.02, burst_import_gap=0.01))
@@ -568,7 +573,8 @@ def test_if_the_backlog_cannot_be_counted_the_burst_is_still_imported(file_db, m
         loop = asyncio.get_running_loop()
         started, n = loop.time(), 0
         while not _stored(file_db):
-            await writer.submit([_item(ids["a"], f"k{n:03d}")])  # a burst that goes on
+            # a writer task that died on the error would never answer: fail, do not hang
+            await asyncio.wait_for(writer.submit([_item(ids["a"], f"k{n:03d}")]), timeout=5)  # a burst that goes on
             n += 1
             await asyncio.sleep(0.005)
             assert loop.time() - started < 5, "nothing imported while the count failed"
@@ -576,4 +582,4 @@ def test_if_the_backlog_cannot_be_counted_the_burst_is_still_imported(file_db, m
 
     asyncio.run(run())
     assert _stored(file_db)[0][0] == "k000"
-    assert any("counting the rows due failed: OperationalError" in r.getMessage() for r in caplog.records)
+    assert any("counting the rows due failed: DatabaseError" in r.getMessage() for r in caplog.records)
