@@ -90,11 +90,12 @@ def _bodies_sql(dialect: str) -> str:
 
 
 def _db_time(value: datetime | None, sqlite_: bool) -> Any:
-    """Encoded as the models' UTCDateTime stores it: naive UTC text on SQLite, aware on PostgreSQL."""
+    """Encoded as the models' UTCDateTime stores it: naive UTC text with microseconds on SQLite
+    (always six digits, so texts compare as the times do), aware on PostgreSQL."""
     if value is None:
         return None
     value = value.astimezone(timezone.utc)
-    return value.replace(tzinfo=None).isoformat(sep=" ") if sqlite_ else value
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds") if sqlite_ else value
 
 
 def write_items(db: Database, items: Iterable[InboxItem]) -> list[bool]:
@@ -556,10 +557,9 @@ class InboxWriter:
         indexed read (status, id) in autocommit on the loop's connection, which never waits
         for the write lock in WAL mode. If it fails the answer is 0, so the import goes on as
         if the processor were short of rows (the import itself then reports the error)."""
-        now = utcnow().replace(tzinfo=None).isoformat(" ", "microseconds")  # as UTCDateTime stores it
         try:
             sql = due_rows_sql(self.stores)
-            return self._loop_connection().execute(sql, (now, self.limits.burst_import_rows)).fetchone()[0]
+            return self._loop_connection().execute(sql, (_db_time(utcnow(), True), self.limits.burst_import_rows)).fetchone()[0]
         except Exception as exc:  # the database is unreachable or broken: never the writer task's end
             log.warning("inbox: counting the rows due failed: %s", exc.__class__.__name__)
             return 0
