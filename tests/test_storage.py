@@ -22,6 +22,7 @@ from adapters.registry import normalizers
 from connector.errors import SchemaNotReadyError, describe_error
 from connector.processor import FIRST_SLICE_ROWS, InboxProcessor
 from connector.storage import models as m
+from connector.storage.checkpoint import WalCheckpointer
 from connector.storage.db import Database, ensure_schema, head_revision, make_engine
 from connector.storage.inbox import InboxItem, InboxWriter, sync_stores, with_body, write_items
 from connector.config import parse_settings
@@ -343,8 +344,31 @@ def test_the_checkpoint_thread_also_copies_what_other_commits_wrote(tmp_path):
         checkpointer = db.checkpointer
         assert checkpointer is not None
         checkpointer.idle_interval = 0.05
-        write_items(db, [item(ids["a"], f"k{i}", {"id": i, "note": "x" * 12_000}) for i in range(50)])  # no note_commit()
-        wait_until(lambda: checkpointer.frames >= 50, 5, "the thread to copy the bodies' pages", every=0.02)
+        with db.write_lock(), db.engine.begin() as conn:  # a commit of the processor's kind: no note_commit()
+            conn.execute(m.InboxEvent.__table__.insert(), [
+                {"store_id": ids["a"], "source": "shopify", "topic": "orders/create", "dedupe_key": f"k{i}",
+                 "received_at": m.utcnow(), "headers": {}, "status": "done", "attempts": 1, "last_error": "x" * 12_000}
+                for i in range(50)])
+        wait_until(lambda: checkpointer.frames >= 50, 5, "the thread to copy the rows' pages", every=0.02)
+    finally:
+        db.dispose()
+
+
+def test_the_writers_commits_in_a_thread_wake_the_checkpoint_thread_too(tmp_path, sqlite_template):
+    """While the processor holds SQLite's write lock, the inbox writer commits through
+    ``write_items`` in a thread, and journal imports do too: those commits wake the checkpoint
+    thread as the loop's do, so the log is copied there and not inside a later commit of the
+    writer's (SQLite's own checkpoint at 10,000 pages copies ~80 MB in the commit that passes it)."""
+    shutil.copy(sqlite_template, tmp_path / "woken.db")
+    db = Database.from_url(f"sqlite:///{tmp_path / 'woken.db'}")
+    try:
+        ids = sync_stores(db, [("a", "shopify")])
+        db.checkpointer = WalCheckpointer(db.sqlite_file, idle_interval=3600)  # never looks on its own here
+        assert db.start_checkpoints()
+        write_items(db, [item(ids["a"], f"k{i}", {"id": i, "note": "x" * 12_000}) for i in range(50)])
+        wait_until(lambda: db.checkpointer.frames >= 50, 5, "the woken thread to copy the bodies' pages", every=0.02)
+        assert db.checkpointer.checkpoints >= 1
+        assert count(db) == 50
     finally:
         db.dispose()
 

@@ -196,7 +196,8 @@ class Database:
         return True
 
     def note_commit(self) -> None:
-        """The inbox writer committed on the event loop: time for a checkpoint in the background.
+        """The inbox writer committed (on the event loop, or in a thread through ``write_items``):
+        time for a checkpoint in the background.
 
         Only that writer asks: its commits are the ones a checkpoint must stay out of. The
         processor commits in a worker thread, where SQLite's own checkpoint costs the loop

@@ -106,13 +106,20 @@ def write_items(db: Database, items: Iterable[InboxItem]) -> list[bool]:
     (several workers may write): one query for the keys already stored, one ``executemany``
     (``ON CONFLICT DO NOTHING`` still guards against a concurrent writer), the new rows' ids
     read back by key, and one ``executemany`` of their bodies.
+
+    Every caller is the inbox writer (its thread path while the processor holds SQLite's
+    write lock, journal imports), so each SQLite commit here wakes the WAL checkpoint thread
+    as the writer's commits on the loop do: the copy of the log into the database happens
+    there, not inside a later commit of ours (``Database.note_commit``).
     """
     items = list(items)
     if not items:
         return []
     if db.is_sqlite:
         with db.write_lock(), db.engine.begin() as conn:
-            return insert_sqlite(conn.connection.driver_connection, items)
+            results = insert_sqlite(conn.connection.driver_connection, items)
+        db.note_commit()
+        return results
     received = _db_time(utcnow(), False)
     by_store: dict[int, list[str]] = {}
     for it in items:
