@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from connector.compliance import PRIVACY_TOPICS, PRIVACY_WAIT, waiting_for_earlier
 from connector.config import Settings
 from connector.errors import NormalizationError, describe_error
+from connector.gc_pause import cyclic_gc_paused
 from connector.events import ComplianceRequested, Event, dump_events
 from connector.journeys.runner import JourneyRunner, order_email_keys, prefetch_runs, run_subjects
 from connector.rows import contact_keys_of, keys_of, prefetch, prefetch_contacts
@@ -163,7 +164,14 @@ class InboxProcessor:
         row) ends the batch as soon as it returns True: ``serve`` passes "a delivery or another
         thread of the process waits for the write lock", so a long batch costs them no more
         than the commit of the rows done so far.
+
+        Python's cyclic garbage collector is paused until the batch's objects are dropped
+        (``connector/gc_pause.py``: walking them while the batch held them was ~5% of processing).
         """
+        with cyclic_gc_paused():
+            return self._process_batch(time_budget, limit, yield_to)
+
+    def _process_batch(self, time_budget: float | None, limit: int | None, yield_to: Callable[[], bool] | None) -> int:
         now = self.clock()
         self.more_due = False  # until this batch says otherwise (a batch that raises leaves nothing to grow on)
         limit = limit or self.batch_size
