@@ -6,9 +6,10 @@ batch's allocations trigger walks all of them, only to find them alive. On the i
 day (bench/pipeline.py, 150,000 events) that was ~2.9 s of a 55 s process phase, about
 20 us a row, and a larger gen-0 threshold did not help (the same objects are walked once
 whatever the threshold). With the collector paused for the batch, what the batch drops at
-its end is freed by reference counting and never walked at all. Cycles made meanwhile wait
-for the next collection after the batch; a batch lasts at most its time slice (about a
-second), so nothing piles up.
+its end is freed by reference counting and never walked at all. Cycles made meanwhile (by
+any thread) wait for the next collection after the batch: a batch lasts its time slice
+(about a second) plus any wait for SQLite's write lock (at most the 30 s busy timeout, when
+another process writes), so little can pile up.
 
 The collector is process-wide, so the pause counts its holders: with two threads inside,
 it resumes when the last one leaves, and never turns on a collector the embedding
