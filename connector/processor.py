@@ -25,8 +25,8 @@ from sqlalchemy.exc import DBAPIError
 from connector.compliance import PRIVACY_TOPICS, PRIVACY_WAIT, waiting_for_earlier
 from connector.config import Settings
 from connector.errors import NormalizationError, describe_error
-from connector.gc_pause import cyclic_gc_paused
 from connector.events import ComplianceRequested, Event, dump_events
+from connector.gc_pause import cyclic_gc_paused
 from connector.journeys.runner import JourneyRunner, order_email_keys, prefetch_runs, run_subjects
 from connector.rows import contact_keys_of, keys_of, prefetch, prefetch_contacts
 from connector.state import apply_event
