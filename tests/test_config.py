@@ -109,3 +109,16 @@ def test_settings_are_frozen():
     settings = parse_settings(base(), environ={})
     with pytest.raises(Exception):
         settings.stores[0].key = "b"  # type: ignore[misc]
+
+
+def test_waiting_for_a_woocommerce_payment_before_the_order_confirmation_is_a_woocommerce_setting():
+    woo = {"key": "w", "platform": "woocommerce", "site_url": "https://w.example", "webhook_secret": "s",
+           "journeys": {"order_confirmation": {}}}
+    shop, wc = parse_settings({"stores": [{**base()["stores"][0], "journeys": {"order_confirmation": {}}}, woo]}, environ={}).stores
+    # a Shopify order exists once its checkout is complete: confirmed as placed, pending payment or not
+    assert shop.journeys["order_confirmation"].after_payment is False
+    assert wc.journeys["order_confirmation"].after_payment is True
+    with pytest.raises(ConfigError) as err:
+        parse_settings(base(journeys={"order_confirmation": {"after_payment": True}}), environ={})
+    assert any(p.startswith("stores[0]") and "order_confirmation.after_payment: a WooCommerce setting" in p for p in err.value.problems), \
+        err.value.problems

@@ -187,6 +187,27 @@ ORDER_CONFIRMATION = [
     Case("cancelled before we heard of it: nothing", ev.OrderPlaced(order=prepaid(cancelled_at=T0)), None,
          facts(prepaid(cancelled_at=T0)), OC, []),
     Case("no phone, no contact: nothing", ev.OrderPlaced(order=prepaid()), None, facts(prepaid(), contact=None), OC, []),
+    Case("WooCommerce order still pending: wait for the payment", ev.OrderPlaced(order=woo("pending")), None, facts(woo("pending")), OC,
+         ["start:order:727", "finish:awaiting_payment"]),
+    Case("WooCommerce order whose payment failed: wait too", ev.OrderPlaced(order=woo("failed")), None, facts(woo("failed")), OC,
+         ["start:order:727", "finish:awaiting_payment"]),
+    Case("WooCommerce order placed paid: one message", ev.OrderPlaced(order=woo("processing")), None, facts(woo("processing")), OC,
+         ["start:order:727", "send:sent", "finish:sent"]),
+    Case("the waiting order is paid: confirm it now", ev.OrderUpdated(order=woo("processing")),
+         run("order_confirmation", {"outcome": "awaiting_payment"}, "finished", "order:727"), facts(woo("processing")), OC,
+         ["send:sent", "finish:sent"], state={}),
+    Case("the waiting order is updated but unpaid: nothing", ev.OrderUpdated(order=woo("pending")),
+         run("order_confirmation", {"outcome": "awaiting_payment"}, "finished", "order:727"), facts(woo("pending")), OC, []),
+    Case("the waiting order is cancelled: nothing", ev.OrderUpdated(order=woo("cancelled")),
+         run("order_confirmation", {"outcome": "awaiting_payment"}, "finished", "order:727"),
+         facts(woo("cancelled", cancelled_at=T0)), OC, []),
+    Case("paid again after the confirmation: nothing", ev.OrderUpdated(order=woo("completed")),
+         run("order_confirmation", {"outcome": "sent"}, "finished", "order:727"), facts(woo("completed")), OC, []),
+    Case("an update of an order never seen placed: nothing", ev.OrderUpdated(order=woo("processing")), None,
+         facts(woo("processing")), OC, []),
+    Case("Shopify (after_payment off): a pending order is placed, confirm it", ev.OrderPlaced(order=prepaid(platform_status="pending")),
+         None, facts(prepaid(platform_status="pending")), OrderConfirmationConfig(after_payment=False),
+         ["start:order:1042", "send:sent", "finish:sent"]),
 ]
 
 
@@ -199,7 +220,8 @@ def test_order_confirmation_is_for_prepaid_orders_only() -> None:
     j = OrderConfirmation()
     assert j.subject(ev.OrderPlaced(order=prepaid()), facts(prepaid())) == "order:1042"
     assert j.subject(ev.OrderPlaced(order=order()), facts(order())) is None  # COD: cod_confirmation asks instead
-    assert j.subject(ev.OrderUpdated(order=prepaid()), facts(prepaid())) is None
+    assert j.subject(ev.OrderUpdated(order=prepaid()), facts(prepaid())) == "order:1042"  # a waiting order is confirmed when paid
+    assert j.subject(ev.OrderUpdated(order=order()), facts(order())) is None
 
 
 # ---- COD confirmation -----------------------------------------------------------------------
@@ -711,6 +733,8 @@ WOO_TEMPLATES = [
      "body": ["checkout.recovery_url"]},
     {"step": "payment_recovery.remind", "name": "woo_pay_v1", "category": "utility", "body_text": "Pay for {{1}}: {{2}}",
      "body": ["order.name", "order.payment_url"]},
+    {"step": "order_confirmation.sent", "name": "woo_thanks_v1", "category": "utility", "body_text": "Thank you for order {{1}}",
+     "body": ["order.name"]},
 ]
 
 
@@ -754,6 +778,39 @@ def test_a_woocommerce_pending_order_runs_the_cart_ladder_with_its_pay_link_and_
     r = found[(sid, "checkout_recovery", "order:727")]
     assert (r.status, r.state["outcome"], r.state["recovered"], r.state["revenue"]) == ("finished", "recovered", True, "29.35")
     assert not any(k[1] == "payment_recovery" for k in found)  # one home: no pay reminder on top
+
+
+def test_a_woocommerce_order_is_thanked_for_once_it_is_paid_not_while_its_cart_reminder_goes_out(db_url):
+    settings = woo_app(db_url, {"order_confirmation": {}, "checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0]}})
+    clock = Clock(T0)
+    sender = DryRunSender()
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+
+        def dispatch() -> list[str]:
+            asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, sender, clock=clock).drain())
+            return [message.name for _, message in sender.sent]
+
+        post_wa(client, {"contacts": [{"profile": {"name": "John"}, "wa_id": "14155552671"}], "user_preferences": [
+            {"wa_id": "14155552671", "detail": "resume", "category": "marketing_messages", "value": "resume", "timestamp": 1795000000}]},
+            phone_number_id="1122334455667")
+        post_woo(client, "pending", "2026-11-20T06:30:00")  # gone to the payment page, not paid
+        runtime.processor.drain()
+        assert dispatch() == []
+        clock.now = T0 + 31 * MIN
+        runtime.processor.process_timers()
+        assert dispatch() == ["woo_cart_v1"]  # the pay link: no "thank you for your order" beside it
+        clock.now = T0 + 150 * MIN
+        post_woo(client, "processing", "2026-11-20T09:00:00", paid=True, topic="order.updated")
+        runtime.processor.drain()
+        assert dispatch() == ["woo_cart_v1", "woo_thanks_v1"]
+        post_woo(client, "completed", "2026-11-20T10:00:00", paid=True, topic="order.updated")
+        runtime.processor.drain()
+        assert dispatch() == ["woo_cart_v1", "woo_thanks_v1"]  # thanked once
+        found = runs(runtime)
+    sid = runtime.store_ids["woo"]
+    assert found[(sid, "order_confirmation", "order:727")].state["outcome"] == "sent"
+    assert found[(sid, "checkout_recovery", "order:727")].state["outcome"] == "recovered"
 
 
 def test_without_checkout_recovery_a_woocommerce_pending_order_gets_the_pay_reminder(db_url):

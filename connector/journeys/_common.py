@@ -31,6 +31,12 @@ def replied_here(event: Any, facts: Facts, journey: str) -> str | None:
     return None
 
 
+def payment_arrived(event: Any) -> bool:
+    """The payment arrived: Shopify's orders/paid, or an order update that shows it paid (WooCommerce
+    has no paid event: processing/completed with a ``date_paid`` comes as an update)."""
+    return isinstance(event, ev.OrderPaid) or (isinstance(event, ev.OrderUpdated) and event.order.payment_state == ev.PaymentState.PAID)
+
+
 UNPAID_STATUSES = ("pending", "failed")
 
 

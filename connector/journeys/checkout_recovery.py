@@ -49,15 +49,24 @@ def settle_unpaid_orders(platform: str, configs: dict[str, Any]) -> list[str]:
 
     They feed this journey when it is enabled with ``unpaid_orders`` (the default), else
     ``payment_recovery``: never both, so nobody gets a cart reminder and a pay reminder for
-    one order. Settings are replaced in ``configs``; returns the problems (both set on).
+    one order. On other platforms the WooCommerce-only settings are turned off (and
+    ``order_confirmation`` confirms every prepaid order as placed). Settings are replaced in
+    ``configs``; returns the problems (both set on, a WooCommerce setting on another platform).
     """
     checkout, payment = configs.get("checkout_recovery"), configs.get("payment_recovery")
+    confirmation = configs.get("order_confirmation")
     explicit = [f"{name}.unpaid_orders" for name, cfg in (("checkout_recovery", checkout), ("payment_recovery", payment))
                 if cfg is not None and "unpaid_orders" in cfg.model_fields_set]
     if platform != "woocommerce":
         if checkout is not None:
             configs["checkout_recovery"] = checkout.model_copy(update={"unpaid_orders": False})
-        return [f"{key}: a WooCommerce setting (Shopify's abandoned checkouts come from checkouts/*)" for key in explicit]
+        problems = [f"{key}: a WooCommerce setting (Shopify's abandoned checkouts come from checkouts/*)" for key in explicit]
+        if confirmation is not None and "after_payment" in confirmation.model_fields_set:
+            problems.append("order_confirmation.after_payment: a WooCommerce setting (a Shopify order exists once its checkout "
+                            "is complete, and is confirmed as placed)")
+        if confirmation is not None:
+            configs["order_confirmation"] = confirmation.model_copy(update={"after_payment": False})
+        return problems
     takes = checkout is not None and checkout.enabled and checkout.unpaid_orders
     if payment is None:
         return []

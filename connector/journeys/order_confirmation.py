@@ -1,17 +1,32 @@
-"""Order confirmation (utility): one message when a prepaid order is placed."""
+"""Order confirmation (utility): one message when a prepaid order is placed.
+
+A WooCommerce order exists before its payment: a ``pending`` or ``failed`` order is a
+customer who went to the payment page and has not paid (``_common.unpaid_order``), so
+thanking them for the order would be premature, and contradict the cart or pay reminder
+they get for it. Such an order is confirmed when it is paid (``after_payment``, on for
+WooCommerce stores; a Shopify order exists only once the checkout is complete, so a pending
+one, e.g. a bank deposit, is confirmed as placed). The run records the wait
+(outcome ``awaiting_payment``), so the payment confirms it once and an update of an order
+the connector never saw placed confirms nothing.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from connector import events as ev
-from connector.journeys._common import order_context
+from connector.journeys._common import order_context, payment_arrived, unpaid_order
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start
+
+AWAITING = "awaiting_payment"
 
 
 class OrderConfirmationConfig(JourneyConfig):
-    pass
+    after_payment: bool = Field(True, description="WooCommerce only: a pending/failed order (made before its payment) is "
+                                                  "confirmed once it is paid, not when it is created")
 
 
 class OrderConfirmation:
@@ -19,11 +34,20 @@ class OrderConfirmation:
     config_model: ClassVar[type[JourneyConfig]] = OrderConfirmationConfig
 
     def subject(self, event: Any, facts: Facts) -> str | None:
-        if isinstance(event, ev.OrderPlaced) and facts.order and not facts.order.is_cod:
+        if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)) and facts.order and not facts.order.is_cod:
             return f"order:{event.order.external_id}"
         return None
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: OrderConfirmationConfig, now: datetime) -> list[Command]:
-        if run is not None or facts.contact_id is None or facts.order is None or facts.order.cancelled:
+        if facts.contact_id is None or facts.order is None or facts.order.cancelled:
             return []
-        return [Start(f"order:{facts.order.external_id}", facts.contact_id), Send("sent", order_context(facts)), Finish("sent", skip_waiting=False)]
+        if run is None:
+            if not isinstance(event, ev.OrderPlaced):
+                return []  # an order first seen placed decides; later updates of an unknown order confirm nothing
+            start = Start(f"order:{facts.order.external_id}", facts.contact_id)
+            if config.after_payment and unpaid_order(event.order):
+                return [start, Finish(AWAITING, skip_waiting=False)]
+            return [start, Send("sent", order_context(facts)), Finish("sent", skip_waiting=False)]
+        if run.state.get("outcome") == AWAITING and payment_arrived(event):
+            return [Send("sent", order_context(facts)), Finish("sent", skip_waiting=False)]
+        return []

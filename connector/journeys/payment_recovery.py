@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from connector import events as ev
-from connector.journeys._common import order_context, unpaid_order
+from connector.journeys._common import order_context, payment_arrived, unpaid_order
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
 
 STALLED = ("pending", "failed")  # not "authorized": paid as far as the customer knows
@@ -48,7 +48,7 @@ class PaymentRecovery:
                 return [Start(f"order:{o.external_id}", facts.contact_id), Wake(o.placed_at + timedelta(minutes=config.after_minutes))]
             return []
         if run.status != "active":
-            if _paid(event) and run.state.get("reminded") and not run.state.get("paid"):
+            if payment_arrived(event) and run.state.get("reminded") and not run.state.get("paid"):
                 return [Update({"paid": True, "revenue": str(event.order.total), "currency": event.order.currency})]
             return []
         if isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) or (o is not None and (o.payment_state not in STALLED or o.cancelled)):
@@ -57,9 +57,3 @@ class PaymentRecovery:
         if isinstance(event, TimerFired):
             return [Update({"reminded": True}), Send("remind", order_context(facts)), Wake(None), Finish("reminded", skip_waiting=False)]
         return []
-
-
-def _paid(event: Any) -> bool:
-    """The payment arrived: Shopify's orders/paid, or an order update that shows it paid (WooCommerce
-    has no paid event: processing/completed with a ``date_paid`` comes as an update)."""
-    return isinstance(event, ev.OrderPaid) or (isinstance(event, ev.OrderUpdated) and event.order.payment_state == ev.PaymentState.PAID)
