@@ -300,7 +300,15 @@ COD_CASES = [
          run("cod_confirmation", {**ASKED, "closed_by": "order.fulfilled"}, "finished"), facts(**HERE), COD,
          ["update(answered_at,choice)", "add_tags:cod-confirmed"], state={"choice": "confirmed_late"}),
     Case("cancelled in the store while asked: close", ev.OrderCancelled(order=order(cancelled_at=T0)), run("cod_confirmation", ASKED),
-         facts(order(cancelled_at=T0)), COD, ["update(closed_by)", "wake:none", "finish:order_cancelled"]),
+         facts(order(cancelled_at=T0)), COD, ["update(closed_by)", "wake:none", "finish:order_cancelled"],
+         state={"closed_by": "order.cancelled"}),
+    Case("an update shows it cancelled (its cancel event dropped as older): close", ev.OrderUpdated(order=order(cancelled_at=T0)),
+         run("cod_confirmation", ASKED), facts(order(cancelled_at=T0)), COD, ["update(closed_by)", "wake:none", "finish:order_cancelled"],
+         state={"closed_by": "order.cancelled"}),
+    Case("Confirm on an order the store cancelled (the run never heard it): nothing", tap("cod_confirm"), run("cod_confirmation", ASKED),
+         facts(order(cancelled_at=T0), **HERE), CodConfirmationConfig(prepaid_offer=True, send_acknowledgement=True), []),
+    Case("Cancel on an order the store cancelled: nothing", tap("cod_cancel"), run("cod_confirmation", ASKED),
+         facts(order(cancelled_at=T0), **HERE), COD, []),
 ]
 
 

@@ -93,8 +93,10 @@ class CodConfirmation:
             return self._start(event, facts, config, now)
         waiting = run.status == "active" and run.state.get("phase") == "cancel_reason"
         if run.status == "active" and not waiting:
-            if isinstance(event, ev.OrderCancelled):
-                return [Update({"closed_by": event.type}), Wake(None), Finish("order_cancelled")]
+            if isinstance(event, ev.OrderCancelled) or (isinstance(event, ev.OrderUpdated) and event.order.cancelled_at is not None):
+                # an update can be the first (or only) word of it: Shopify's orders/cancelled is dropped as
+                # stale when the orders/updated it came with was newer
+                return [Update({"closed_by": "order.cancelled"}), Wake(None), Finish("order_cancelled")]
             if shipped_event(event):
                 return [Update({"closed_by": event.type}), Wake(None), Finish("fulfilled_unanswered")]
         if isinstance(event, ev.ButtonReplied):
@@ -168,6 +170,13 @@ class CodConfirmation:
         return commands + [Finish("no_answer")]
 
     @staticmethod
+    def _cancelled(run: Run, facts: Facts) -> bool:
+        """Cancelled: as the run heard it, or as the order is stored now (its cancel event may never have reached the run)."""
+        order_id = run.subject.split(":", 1)[1]
+        stored = facts.order is not None and facts.order.external_id == order_id and facts.order.cancelled
+        return stored or run.state.get("closed_by") == "order.cancelled"
+
+    @staticmethod
     def _shipped(run: Run, facts: Facts) -> bool:
         """Shipped, fully or partly: as the run heard it, or as the order is stored now."""
         order_id = run.subject.split(":", 1)[1]
@@ -177,7 +186,7 @@ class CodConfirmation:
     def _reply(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
         choice = run.state.get("choice")
         confirm = event.payload in config.confirm_payloads
-        if choice not in (None, "no_answer") or run.state.get("closed_by") == "order.cancelled":
+        if choice not in (None, "no_answer") or (choice is None and self._cancelled(run, facts)):
             return []  # locked: a second tap, or a tap after the order was cancelled, changes nothing
         if not confirm and event.payload not in config.cancel_payloads and event.payload not in config.cancel_reasons:
             return []

@@ -171,6 +171,26 @@ def test_cancel_after_fulfilment_is_handed_off_when_shopify_also_sends_orders_fu
     _cancel_after_fulfilment(sc, world, SHOPIFY, orders_fulfilled=True)
 
 
+def test_a_confirm_on_an_order_the_store_cancelled_is_not_written_back_when_the_cancel_webhook_came_late(sqlite_url, scenario, world):
+    """Shopify delivers in no set order: the cancel's orders/updated, then a newer update (a restock note), reach us before
+    orders/cancelled, which is then older than the stored order and dropped as stale. The run learns of the cancel from
+    the update; a Confirm tap after it neither tags the cancelled order nor thanks her for it."""
+    sc = scenario(sqlite_url, "shopify", journeys={"cod_confirmation": {**COD["cod_confirmation"], "send_acknowledgement": True}})
+    order = SHOPIFY.order(9, ASHA, sc.now)
+    SHOPIFY.place(sc, order)
+    sc.work()
+    [ask] = sc.sent(ASHA)
+    sc.later(minutes=30)
+    cancelled = {**order, "cancelled_at": p.iso(sc.now), "cancel_reason": "inventory", "updated_at": p.iso(sc.now)}
+    sc.shopify("orders/updated", {**cancelled, "updated_at": p.iso(sc.now + timedelta(seconds=5)), "note": "restocked"})
+    sc.shopify("orders/cancelled", cancelled)  # older than what is stored now: stale
+    sc.later(minutes=5)
+    sc.tap(ASHA, "cod_confirm", ask)
+    sc.later(days=2)  # the reminder's and the answer window's times go by
+    assert world.shopify_ops("tagsAdd") == [] and world.shopify_ops("orderCancel") == []
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]  # no "confirmed", no reminder
+
+
 # ---- checkout recovery (WooCommerce: the Cart Abandonment Recovery plugin) ---------------------
 
 def test_checkout_recovered_after_reminder_2_stops_reminder_3_and_is_attributed(sqlite_url, scenario, world, store: Store):
