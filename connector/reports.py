@@ -232,7 +232,8 @@ def conversion(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     reminded = [r for r, out in zip(queued, reminders_went_out(conn, store_id, "checkout_recovery", CART_STEPS, queued)) if out]
     recovered = [r for r in reminded if r.state.get("recovered")]
     payments = _runs(conn, store_id, "payment_recovery", p)
-    pay_reminded = [r for r in payments if not r.holdout and r.state.get("reminded")]
+    pay_queued = [r for r in payments if not r.holdout and r.state.get("reminded")]
+    pay_reminded = [r for r, out in zip(pay_queued, reminders_went_out(conn, store_id, "payment_recovery", ("remind",), pay_queued)) if out]
     paid = [r for r in pay_reminded if r.state.get("paid")]
     return {
         "checkouts_abandoned": len(checkouts), "checkouts_reminded": len(reminded), "checkouts_recovered": len(recovered),

@@ -173,7 +173,8 @@ def test_payment_recovery_reminds_once_and_attributes_the_payment():
     assert kinds(j.decide(TimerFired(T0), r, facts(prepaid), cfg, T0)) == ["update", "send:remind", "wake", "finish:reminded"]
     paid = order(is_cod=False, payment_state=ev.PaymentState.PAID)
     reminded = run("payment_recovery", {"reminded": True}, "finished")
-    assert j.decide(ev.OrderPaid(order=paid), reminded, facts(paid), cfg, T0)[0].state == {"paid": True, "revenue": "1299", "currency": "INR"}
+    assert j.decide(ev.OrderPaid(order=paid), reminded, facts(paid), cfg, T0)[0].state == {
+        "paid": True, "order_id": "1042", "revenue": "1299", "currency": "INR"}
     assert kinds(j.decide(ev.OrderPaid(order=paid), r, facts(paid), cfg, T0)) == ["wake", "update", "finish:paid_without_reminder"]
 
 

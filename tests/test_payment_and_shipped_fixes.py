@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from connector import events as ev
 from connector.config import parse_settings
@@ -24,6 +25,7 @@ from connector.journeys.payment_recovery import PaymentRecovery
 from connector.outbox.dispatcher import Dispatcher
 from connector.outbox.senders import DryRunSender
 from connector.reports import Period, conversion
+from connector.storage import models as m
 from tests.conftest import FIXTURES, SECRETS, settings_dict
 from tests.helpers import dumps, load_json, running_app, woo_headers
 from tests.test_decide_tables import (
@@ -92,6 +94,7 @@ def test_manual_capture_orders_get_no_pay_reminder_and_their_capture_is_no_recov
         runtime.processor.drain()
         clock.now = T0 + 2 * H
         runtime.processor.process_timers()
+        asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender(), clock=clock).drain())  # it goes out
         clock.now = T0 + 2 * D
         for o in (card, later):  # both ship and are captured two days on
             post(client, "orders/paid", {**o, "financial_status": "paid", "updated_at": iso(clock.now)})
@@ -112,8 +115,9 @@ def test_manual_capture_orders_get_no_pay_reminder_and_their_capture_is_no_recov
 
 WOO_PAID_CASES = [
     Case("WooCommerce paid after the reminder (an order update): recovered with its revenue",
-         ev.OrderUpdated(order=woo("processing")), run("payment_recovery", {"reminded": True}, "finished", subject="order:727"),
-         facts(woo("processing")), PR, ["update(currency,paid,revenue)"], state={"paid": True, "revenue": "1299", "currency": "INR"}),
+         ev.OrderUpdated(order=woo("processing")), run("payment_recovery", {"reminded": True, "sent": 1}, "finished", subject="order:727"),
+         facts(woo("processing"), reminders_sent=(T0 + H,)), PR, ["update(currency,order_id,paid,revenue)"],
+         state={"paid": True, "revenue": "1299", "currency": "INR"}),
     Case("the same payment heard again (orders/paid after the update): counted once", ev.OrderPaid(order=woo("processing")),
          run("payment_recovery", {"reminded": True, "paid": True, "revenue": "1299"}, "finished", subject="order:727"),
          facts(woo("processing")), PR, []),
@@ -156,6 +160,8 @@ def test_a_woocommerce_payment_after_the_pay_reminder_counts_as_recovered_once(d
         runtime.processor.drain()
         clock.now = T0 + 61 * MIN
         runtime.processor.process_timers()
+        sender = DryRunSender()
+        asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, sender, clock=clock).drain())
         clock.now = T0 + 3 * H  # John pays with the link
         post_woo(client, "processing", clock.now, paid=True)
         runtime.processor.drain()
@@ -167,8 +173,43 @@ def test_a_woocommerce_payment_after_the_pay_reminder_counts_as_recovered_once(d
         with runtime.db.engine.connect() as conn:
             report = conversion(conn, sid, WEEK)
     assert sent == [("payment_recovery", "order:727", "remind")]
+    assert [message.name for _, message in sender.sent] == ["pay_v1"]
     assert (r.state["reminded"], r.state["paid"], r.state["revenue"], r.state["currency"]) == (True, True, "29.35", "USD")
     assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (1, 1, "29.35")
+
+
+def test_a_payment_made_while_the_pay_reminder_waits_for_the_morning_skips_it_and_is_not_counted_as_recovered(db_url):
+    raw = settings_dict(db_url)  # the WooCommerce store is in Rome: 06:30 UTC is 07:30 there, inside its quiet hours
+    raw["stores"][2].update(templates=[PAY_TEMPLATE], journeys={"payment_recovery": {"after_minutes": 60}},
+                            policy={"quiet_hours": "21:00-09:00", "utility_in_quiet_hours": False})
+    settings = parse_settings(raw, environ={})
+    clock = Clock(T0)
+    sender = DryRunSender()
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+
+        def dispatch() -> list[str]:
+            asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, sender, clock=clock).drain())
+            return [message.name for _, message in sender.sent]
+
+        post_woo(client, "pending", T0, topic="order.created")
+        runtime.processor.drain()
+        clock.now = T0 + 61 * MIN  # 08:31 in Rome: the pay link waits for 09:00
+        runtime.processor.process_timers()
+        assert dispatch() == []
+        clock.now = T0 + 80 * MIN  # John pays at 08:50 anyway
+        post_woo(client, "processing", clock.now, paid=True)
+        runtime.processor.drain()
+        clock.now = T0 + 3 * H  # the morning: nothing asks him to pay for what he paid
+        assert dispatch() == []
+        sid = runtime.store_ids["woo"]
+        r = runs(runtime)[(sid, "payment_recovery", "order:727")]
+        with runtime.db.engine.connect() as conn:
+            report = conversion(conn, sid, WEEK)
+            [row] = conn.execute(select(m.OutboxMessage.status, m.OutboxMessage.skip_reason).where(m.OutboxMessage.journey == "payment_recovery")).all()
+    assert (r.state["paid"], r.state["paid_before_reminder"], r.state.get("revenue")) == (True, True, None)
+    assert tuple(row) == ("skipped", "journey_ended")
+    assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (0, 0, "0")
 
 
 # ---- the shipped update: decide -------------------------------------------------------------

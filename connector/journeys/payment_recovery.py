@@ -7,6 +7,12 @@ off when the config is loaded, so one order never gets both reminders.
 An ``authorized`` payment is not stalled: the customer has paid, the store captures later
 (Shopify manual capture, at fulfilment). It starts no run and ends an active one unpaid, so
 nobody is asked to pay twice and the capture is never counted as a recovered payment.
+
+A payment is credited to the reminder only if the reminder went out (WhatsApp took it), as
+the runner tells from the run's outbox row (``credits_sent_reminders``). A payment that
+arrives while the reminder still waits (quiet hours, a retry, the send rate) skips it, so
+nobody is asked to pay for what they have paid, and a reminder the gate blocked or Meta
+refused earns nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class PaymentRecovery:
     name: ClassVar[str] = "payment_recovery"
     config_model: ClassVar[type[JourneyConfig]] = PaymentRecoveryConfig
     accepts_holdout: ClassVar[bool] = True  # a control run only misses its reminder: lift can be measured
+    credits_sent_reminders: ClassVar[bool] = True  # a payment reaching a reminded run: facts.extra["reminders_sent"]
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)) and not event.order.is_cod:
@@ -49,11 +56,18 @@ class PaymentRecovery:
             return []
         if run.status != "active":
             if payment_arrived(event) and run.state.get("reminded") and not run.state.get("paid"):
-                return [Update({"paid": True, "revenue": str(event.order.total), "currency": event.order.currency})]
+                # a run stored before the runner told what went out has no "sent": its own record counts
+                # (``order_id``, as checkout recovery records the order that converted a run: the runner
+                # looks up no more sends for it)
+                paid = {"paid": True, "order_id": event.order.external_id}
+                if facts.extra.get("reminders_sent", True):
+                    return [Update({**paid, "revenue": str(event.order.total), "currency": event.order.currency})]
+                return [Update({**paid, "paid_before_reminder": True}), Finish("paid_before_reminder", skip_waiting=True)]
             return []
         if isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) or (o is not None and (o.payment_state not in STALLED or o.cancelled)):
             paid = isinstance(event, ev.OrderPaid) or (o is not None and o.payment_state == "paid")
             return [Wake(None), Update({"paid": paid}), Finish("paid_without_reminder" if paid else "closed")]
         if isinstance(event, TimerFired):
-            return [Update({"reminded": True}), Send("remind", order_context(facts)), Wake(None), Finish("reminded", skip_waiting=False)]
+            return [Update({"reminded": True, "sent": 1}), Send("remind", order_context(facts)), Wake(None),
+                    Finish("reminded", skip_waiting=False)]
         return []
