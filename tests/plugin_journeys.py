@@ -1,0 +1,55 @@
+"""Journeys as a third party would publish them (``storeloop.journeys`` entry points), for tests/test_journey_plugins.py."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from connector import events as ev
+from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start
+
+
+class LoyaltyThanksConfig(JourneyConfig):
+    points_per_order: int = Field(10, ge=0)
+
+
+class LoyaltyThanks:
+    """A plugin journey: one "you earned points" message per prepaid order."""
+
+    name: ClassVar[str] = "loyalty_thanks"
+    config_model: ClassVar[type[JourneyConfig]] = LoyaltyThanksConfig
+
+    def subject(self, event: Any, facts: Facts) -> str | None:
+        if isinstance(event, ev.OrderPlaced) and not event.order.is_cod:
+            return f"order:{event.order.external_id}"
+        return None
+
+    def decide(self, event: Any, run: Run | None, facts: Facts, config: LoyaltyThanksConfig, now: datetime) -> list[Command]:
+        if run is not None or facts.contact_id is None or not isinstance(event, ev.OrderPlaced):
+            return []
+        return [Start(f"order:{event.order.external_id}", facts.contact_id, {"points": config.points_per_order}),
+                Send("points", {"customer.first_name": facts.first_name}), Finish("sent", skip_waiting=False)]
+
+
+class Impostor(LoyaltyThanks):
+    """Takes a built-in journey's name: must not replace it."""
+
+    name: ClassVar[str] = "order_confirmation"
+
+
+class SecondLoyalty(LoyaltyThanks):
+    """Another package's journey under a name a plugin already has."""
+
+
+class FailsToStart(LoyaltyThanks):
+    name: ClassVar[str] = "fails_to_start"
+
+    def __init__(self) -> None:
+        raise RuntimeError("no licence key")
+
+
+class NotAJourney:
+    name: ClassVar[str] = "not_a_journey"
+    config_model: ClassVar[type[JourneyConfig]] = JourneyConfig
