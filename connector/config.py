@@ -289,8 +289,8 @@ class _StoreBase(_Settings):
                 out[name] = journey.config_model.model_validate(block or {})
             except ValidationError as exc:
                 for err in exc.errors(include_url=False, include_input=False):
-                    msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
-                    problems.append(f"{name}.{'.'.join(str(p) for p in err['loc'])}: {msg}")
+                    msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+                    problems.append(f"{'.'.join([name, *(str(p) for p in err['loc'])])}: {msg}")  # no loc: the block as a whole
                 continue
             if getattr(out[name], "holdout_percent", 0) > 0 and not accepts_holdout(journey):
                 problems.append(f"{name}.holdout_percent: {name} keeps no control group (only marketing journeys do): "

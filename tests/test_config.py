@@ -122,3 +122,21 @@ def test_waiting_for_a_woocommerce_payment_before_the_order_confirmation_is_a_wo
         parse_settings(base(journeys={"order_confirmation": {"after_payment": True}}), environ={})
     assert any(p.startswith("stores[0]") and "order_confirmation.after_payment: a WooCommerce setting" in p for p in err.value.problems), \
         err.value.problems
+
+
+def test_journey_timings_that_contradict_each_other_are_config_errors():
+    data = base(journeys={
+        "checkout_recovery": {"ladder_minutes": [0, 1440, 360], "discount_code": "BACK10"},  # the third due before the second
+        "cod_confirmation": {"reminder_hours": [6, 48], "answer_window_hours": 24},  # a reminder after the deadline
+    })
+    with pytest.raises(ConfigError) as err:
+        parse_settings(data, environ={})
+    problems = "\n".join(err.value.problems)
+    assert "checkout_recovery: ladder_minutes must be zero or more and increasing, got [0.0, 1440.0, 360.0]" in problems, problems
+    assert "cod_confirmation: reminder_hours: the last reminder (48 h) must come before answer_window_hours (24 h)" in problems
+    with pytest.raises(ConfigError) as err:
+        parse_settings(base(journeys={"checkout_recovery": {"ladder_minutes": [0, 360], "discount_code": "BACK10"}}), environ={})
+    assert "discount_from_step 3: the ladder has 2 reminder(s), so discount_code 'BACK10' would never be offered" in "\n".join(err.value.problems)
+    ok = parse_settings(base(journeys={"checkout_recovery": {"ladder_minutes": [0, 360], "discount_code": "BACK10", "discount_from_step": 2},
+                                       "cod_confirmation": {"reminder_hours": [6], "answer_window_hours": 24}}), environ={})
+    assert ok.stores[0].journeys["checkout_recovery"].discount_from_step == 2

@@ -24,7 +24,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from connector import events as ev
 from connector.journeys._common import is_reply, unpaid_order
@@ -42,6 +42,18 @@ class CheckoutRecoveryConfig(JourneyConfig):
     attribution_days: float = Field(7, gt=0)
     unpaid_orders: bool = Field(True, description="WooCommerce only: a pending/failed order runs this ladder with its pay link "
                                                   "(payment_recovery then leaves it alone)")
+
+    @model_validator(mode="after")
+    def _a_ladder_in_order(self) -> "CheckoutRecoveryConfig":
+        """Each reminder after the one before (a later one that is due earlier goes out right after it),
+        and a discount on a step the ladder has (else it is silently never offered)."""
+        steps = self.ladder_minutes
+        if any(m < 0 for m in steps) or any(b <= a for a, b in zip(steps, steps[1:])):
+            raise ValueError(f"ladder_minutes must be zero or more and increasing, got {list(steps)}")
+        if self.discount_code and self.discount_from_step > len(steps):
+            raise ValueError(f"discount_from_step {self.discount_from_step}: the ladder has {len(steps)} reminder(s), so "
+                             f"discount_code {self.discount_code!r} would never be offered")
+        return self
 
 
 def settle_unpaid_orders(platform: str, configs: dict[str, Any]) -> list[str]:

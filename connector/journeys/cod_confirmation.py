@@ -27,7 +27,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from connector import events as ev
 from connector.journeys._common import order_context, replied_here
@@ -72,6 +72,18 @@ class CodConfirmationConfig(JourneyConfig):
     send_acknowledgement: bool = Field(False, description="send cod_confirmation.confirmed / .cancelled after a tap")
     prepaid_offer: bool = Field(False, description="after Confirm, offer to pay now (step cod_confirmation.prepaid_offer)")
     prepaid_discount_code: str | None = Field(None, description="an incentive for paying now, bound as discount.code")
+
+    @model_validator(mode="after")
+    def _reminders_inside_the_window(self) -> "CodConfirmationConfig":
+        """Reminders in order and before the answer deadline: one due after it would reach the
+        customer as the no-answer action runs (a "please confirm" for an order being cancelled)."""
+        hours = self.reminder_hours
+        if any(h <= 0 for h in hours) or any(b <= a for a, b in zip(hours, hours[1:])):
+            raise ValueError(f"reminder_hours must be positive and increasing, got {list(hours)}")
+        if hours and hours[-1] >= self.answer_window_hours:
+            raise ValueError(f"reminder_hours: the last reminder ({hours[-1]:g} h) must come before answer_window_hours "
+                             f"({self.answer_window_hours:g} h), when no_answer_action runs")
+        return self
 
 
 class CodConfirmation:
