@@ -162,7 +162,9 @@ def reminders_went_out(conn: Connection, store_id: int, journey: str, steps: tup
     """For each run: did one of its reminders go out (WhatsApp took it)? A run records what it
     queued; its outbox rows (keyed journey, step, subject) say what became of it. A run none of
     whose rows can be read (written by hand, or removed) counts on its own record."""
-    keys = [[f"{journey}:{step}:{r.subject}"[:255] for step in steps] for r in runs]
+    # a run that took over another's ladder (``continues``: a cart that became an unpaid order) went out with its sends too
+    keys = [[f"{journey}:{step}:{subject}"[:255] for subject in (r.subject, r.state.get("continues")) if subject for step in steps]
+            for r in runs]
     statuses: dict[str, str] = {}
     for chunk in _chunks(sorted({k for ks in keys for k in ks})):
         statuses.update(conn.execute(select(OUTBOX.c.idempotency_key, OUTBOX.c.status)
@@ -228,6 +230,8 @@ def qualification(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
 
 def conversion(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     checkouts = _runs(conn, store_id, "checkout_recovery", p)
+    continued = {r.state.get("continues") for r in checkouts}
+    checkouts = [r for r in checkouts if r.subject not in continued]  # one checkout: the run that went on with its ladder counts
     queued = [r for r in checkouts if not r.holdout and int(r.state.get("sent", 0)) > 0]
     reminded = [r for r, out in zip(queued, reminders_went_out(conn, store_id, "checkout_recovery", CART_STEPS, queued)) if out]
     recovered = [r for r in reminded if r.state.get("recovered")]

@@ -377,6 +377,7 @@ ABANDONED = T0 + 30 * MIN
 LADDER = {"abandoned_at": ABANDONED.isoformat(), "recovery_url": "https://shop.example/recover/tok1", "total": "899", "currency": "INR",
           "product": "Neem face wash", "sent": 0}
 ONE_SENT = {**LADDER, "sent": 1, "first_sent_at": ABANDONED.isoformat(), "last_sent_at": ABANDONED.isoformat()}
+TWO_SENT = {**ONE_SENT, "sent": 2, "step": 2, "last_sent_at": (ABANDONED + 6 * H).isoformat()}
 ALL_SENT = {**ONE_SENT, "sent": 3, "last_sent_at": (ABANDONED + 24 * H).isoformat()}
 CART = "checkout:tok1"
 UNPAID = {**LADDER, "recovery_url": woo("pending").payment_url, "unpaid_order": "727"}
@@ -444,6 +445,21 @@ CHECKOUT_CASES = [
     Case("the cart becomes a pending order: the order's ladder takes over", ev.OrderPlaced(order=woo("pending")),
          run("checkout_recovery", ONE_SENT, subject=CART), facts(woo("pending")), CR,
          ["update(superseded_by)", "wake:none", "finish:order_pending"], state={"superseded_by": "727"}),
+    Case("a pending order from a cart reminded twice: it goes on with the cart's ladder (its third step next)",
+         ev.OrderPlaced(order=woo("pending")), None, facts(woo("pending"), open_runs=(run("checkout_recovery", TWO_SENT, subject=CART),)), CR,
+         ["start:order:727", "wake:+1470m"],
+         state={"step": 2, "sent": 2, "continues": CART, "first_sent_at": ABANDONED.isoformat(), "last_sent_at": TWO_SENT["last_sent_at"]}),
+    Case("a pending order from a cart not reminded yet: a ladder of its own", ev.OrderPlaced(order=woo("pending")), None,
+         facts(woo("pending"), open_runs=(run("checkout_recovery", LADDER, subject=CART),)), CR, ["start:order:727", "wake:+30m"],
+         state={"sent": 0, "continues": None}),
+    Case("a pending order from a cart whose ladder is over: only the attribution window is left", ev.OrderPlaced(order=woo("pending")),
+         None, facts(woo("pending"), open_runs=(run("checkout_recovery", ALL_SENT, subject=CART),)), CR, ["start:order:727", "wake:+11550m"],
+         state={"sent": 3, "continues": CART}),
+    Case("the order that went on with a cart's ladder is paid: the cart's reminders recovered it",
+         ev.OrderUpdated(order=woo("processing", updated_at=T0 + 8 * H)),
+         run("checkout_recovery", {**UNPAID, **TWO_SENT, "step": 2, "continues": CART}, subject="order:727"),
+         facts(woo("processing"), reminders_sent=(ABANDONED, ABANDONED + 6 * H)), CR,
+         ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"], state={"recovered": True, "revenue": "1299"}),
     Case("timer on an unpaid order that is paid by now: no reminder", TimerFired(ABANDONED), run("checkout_recovery", UNPAID, subject="order:727"),
          facts(woo("processing")), CR, ["wake:none", "finish:order_closed"], now=ABANDONED),
 ]

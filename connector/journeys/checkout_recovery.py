@@ -110,7 +110,7 @@ class CheckoutRecovery:
         if isinstance(event, ev.CheckoutUpdated):
             return self._checkout(event.checkout, run, facts, config)
         if isinstance(event, ORDER_EVENTS) and (run is None or run.subject == f"order:{event.order.external_id}"):
-            return self._unpaid_order(event, run, facts, config)
+            return self._unpaid_order(event, run, facts, config, now)
         if isinstance(event, (ev.OrderPlaced, ev.OrderPaid)) and run is not None:
             return self._converted(event.order, run, facts, config)
         if is_reply(event) and run is not None and run.status == "active":
@@ -146,17 +146,33 @@ class CheckoutRecovery:
             return [Update(state), Wake(first)]  # still shopping: push back
         return []
 
-    def _unpaid_order(self, event: Any, run: Run | None, facts: Facts, config: CheckoutRecoveryConfig) -> list[Command]:
-        """A WooCommerce pending/failed order as a checkout: ladder while unpaid, recovered once paid."""
+    def _unpaid_order(self, event: Any, run: Run | None, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
+        """A WooCommerce pending/failed order as a checkout: ladder while unpaid, recovered once paid.
+
+        An order placed from a cart whose ladder had begun (the plugin's cart, reminded, and now
+        an order waiting for its payment) goes on with that ladder, not a new one: the next
+        reminder is the cart's next step, and the cart's reminders count for attribution
+        (``continues``; the cart run ends ``order_pending``, ``_converted``)."""
         o = event.order
         if run is None:
             if not config.unpaid_orders or not unpaid_order(o) or o.checkout_token or not o.payment_url or facts.contact_id is None \
                     or isinstance(event, (ev.OrderPaid, ev.OrderCancelled)):
                 return []
             abandoned_at, first = self._ladder_start(o.updated_at, config)
-            return [Start(f"order:{o.external_id}", facts.contact_id, {
+            state: dict[str, Any] = {
                 "abandoned_at": abandoned_at.isoformat(), "recovery_url": o.payment_url, "total": str(o.total), "currency": o.currency,
-                "product": o.line_items[0].title if o.line_items else None, "unpaid_order": o.external_id, "sent": 0}), Wake(first)]
+                "product": o.line_items[0].title if o.line_items else None, "unpaid_order": o.external_id, "sent": 0}
+            cart = self._cart_reminded(facts)
+            if cart is not None:
+                step = self._step(cart)
+                state.update({k: cart.state[k] for k in ("sent", "first_sent_at", "last_sent_at") if k in cart.state},
+                             step=step, continues=cart.subject)
+                if step < len(config.ladder_minutes):
+                    first = abandoned_at + timedelta(minutes=config.ladder_minutes[step])
+                else:  # the cart's ladder is over: only its attribution window is left
+                    last = cart.state.get("last_sent_at")
+                    first = (datetime.fromisoformat(last) if last else now) + timedelta(days=config.attribution_days)
+            return [Start(f"order:{o.external_id}", facts.contact_id, state), Wake(first)]
         if run.status != "active":
             return []
         if isinstance(event, ev.OrderCancelled) or o.cancelled_at is not None:
@@ -167,6 +183,11 @@ class CheckoutRecovery:
                 return [Update({"abandoned_at": abandoned_at.isoformat()}), Wake(first)]
             return []
         return self._converted(o, run, facts, config, at=o.updated_at)  # paid, or moved on (on-hold, processing)
+
+    def _cart_reminded(self, facts: Facts) -> Run | None:
+        """The customer's open checkout run furthest up its ladder, if a reminder was queued (``facts.extra["open_runs"]``)."""
+        carts = [r for r in facts.extra.get("open_runs", ()) if r.subject.startswith("checkout:") and r.status == "active" and self._step(r)]
+        return max(carts, key=self._step, default=None)
 
     def _remind(self, run: Run, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
         """The next step of the ladder. ``step`` is the ladder position; ``sent`` (and the times) count

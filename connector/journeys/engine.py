@@ -52,6 +52,9 @@ class Facts:
     order: OrderFacts | None = None
     fulfillment: dict[str, Any] | None = None
     button_payload: str | None = None  # for a ButtonReplied routed to this run
+    # what else the runner knows: "stage", "marketing_ok", the reply's "reply_journey" / "reply_subject",
+    # "reminders_sent" (credits_sent_reminders journeys), "open_runs" (follows_contact journeys: the
+    # contact's other active runs of the journey, as the event's own run decides)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

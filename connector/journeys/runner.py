@@ -121,12 +121,21 @@ def _with_sends(conn: Connection, store: Any, store_id: int, journey: Any, event
     if run.state.get("order_id") or not int(run.state.get("sent", 0)):
         return facts
     sent = _reminders_sent(conn, store, store_id, run.journey, run.subject)
+    if run.state.get("continues"):  # the run took over another's ladder (a cart that became an unpaid order): its sends count
+        sent = tuple(sorted(sent + _reminders_sent(conn, store, store_id, run.journey, run.state["continues"])))
     return replace(facts, extra={**facts.extra, "reminders_sent": sent})
 
 
 def _run(conn: Connection, store_id: int, journey: str, subject: str) -> tuple[int, Run, bool] | None:
     row = by_key(conn, "journey_runs", (store_id, journey, subject), _RUN, {"sid": store_id, "j": journey, "s": subject})
     return None if row is None else _found(row, subject)
+
+
+def _found_run(conn: Connection, store_id: int, journey: str, subject: str) -> tuple[int, Run, bool]:
+    """A run known to exist (one of a contact's active runs)."""
+    found = _run(conn, store_id, journey, subject)
+    assert found is not None
+    return found
 
 
 def _active_subjects(conn: Connection, store_id: int, journey: str, contact_id: int) -> list[str]:
@@ -291,12 +300,8 @@ class JourneyRunner:
             if journey is None:
                 continue
             subject = journey.subject(event, facts)
-            if subject is not None:
-                found = _run(conn, store_id, name, subject)
-                run = found[1] if found else None
-                seen = _with_sends(conn, store, store_id, journey, event, found, facts)
-                commands = journey.decide(event, run, seen, config, now)
-                applied += self._apply(conn, store, store_id, name, subject, found, commands, seen, config, now)
+            others: list[str] = []
+            jfacts = facts
             if getattr(journey, "follows_contact", False) and facts.contact_id is not None and isinstance(event, CONTACT_ACTIVITY):
                 # the customer bought, wrote or tapped: the journey's other open runs for them hear it too;
                 # an order also reaches the runs of the same email under another phone
@@ -305,14 +310,20 @@ class JourneyRunner:
                     if same_email is None:  # once per event, whichever journeys ask
                         same_email = _same_email_contacts(conn, store_id, event.order.customer.email, facts.contact_id)
                     others += [s for cid in same_email for s in _active_subjects(conn, store_id, name, cid) if s not in others]
-                for other in others:
-                    if other == subject:
-                        continue
-                    found = _run(conn, store_id, name, other)
-                    assert found is not None
-                    seen = _with_sends(conn, store, store_id, journey, event, found, facts)
-                    commands = journey.decide(event, found[1], seen, config, now)
-                    applied += self._apply(conn, store, store_id, name, other, found, commands, seen, config, now)
+                others = [o for o in others if o != subject]
+                if others:  # what the event's own run decides beside (a new run can take over an open one's ladder)
+                    jfacts = replace(facts, extra={**facts.extra, "open_runs": tuple(_found_run(conn, store_id, name, o)[1] for o in others)})
+            if subject is not None:
+                found = _run(conn, store_id, name, subject)
+                run = found[1] if found else None
+                seen = _with_sends(conn, store, store_id, journey, event, found, jfacts)
+                commands = journey.decide(event, run, seen, config, now)
+                applied += self._apply(conn, store, store_id, name, subject, found, commands, seen, config, now)
+            for other in others:
+                found = _found_run(conn, store_id, name, other)
+                seen = _with_sends(conn, store, store_id, journey, event, found, facts)
+                commands = journey.decide(event, found[1], seen, config, now)
+                applied += self._apply(conn, store, store_id, name, other, found, commands, seen, config, now)
         return applied
 
     def on_timers(self, conn: Connection, store: Any, store_id: int, now: datetime, limit: int = 100,

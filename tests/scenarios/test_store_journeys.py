@@ -21,7 +21,7 @@ import pytest
 
 from tests.scenarios import payloads as p
 from tests.scenarios.harness import T0, Delivery
-from tests.scenarios.stores import SHOPIFY, Store
+from tests.scenarios.stores import SHOPIFY, WOOCOMMERCE, Store
 
 ASHA = "+919876543210"
 RAVI = "+919812345678"
@@ -210,6 +210,36 @@ def test_checkout_recovered_after_reminder_2_stops_reminder_3_and_is_attributed(
 
     assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_2_v1"]  # reminder 3 never sent
     assert sc.templates_to(RAVI) == ["cart_1_v1", "cart_2_v1", "cart_3_v1"]
+    assert sc.last_to(RAVI, "cart_3_v1").params[1] == "BACK10"
+    c = conversion(sc)
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"]) == (2, 2, 1)
+    assert c["recovered_revenue"] == "1299.00"
+
+
+def test_a_woocommerce_cart_that_becomes_an_unpaid_order_goes_on_with_its_ladder_and_its_payment_is_recovered(sqlite_url, scenario, world):
+    """WooCommerce makes the order before the payment: after two cart reminders Asha orders and the gateway leaves it
+    pending, then she pays; Ravi's order stays pending. Neither is reminded from the start again, and Asha's payment
+    is credited to the cart's reminders: one checkout, reminded, recovered."""
+    sc = scenario(sqlite_url, "woocommerce", journeys=LADDER)
+    store = WOOCOMMERCE
+    store.start_checkout(sc, "A", ASHA)
+    store.start_checkout(sc, "R", RAVI)
+    sc.work()
+    sc.at(T0 + timedelta(hours=6, minutes=30))
+    assert sc.templates_to(ASHA) == sc.templates_to(RAVI) == ["cart_1_v1", "cart_2_v1"]
+
+    sc.at(T0 + timedelta(hours=7))
+    unpaid = {n: {**store.order(n, phone, sc.now, cod=False), "status": "pending", "date_paid": None, "date_paid_gmt": None}
+              for n, phone in ((4, ASHA), (5, RAVI))}
+    unpaid[5]["billing"] = {**unpaid[5]["billing"], "email": "ravi@example.com", "first_name": "Ravi"}  # two customers, two emails
+    for order in unpaid.values():
+        sc.woo("order.created", order)
+    sc.at(T0 + timedelta(hours=8))
+    sc.woo("order.updated", {**unpaid[4], "status": "processing", "date_paid_gmt": p.gmt(sc.now), "date_modified_gmt": p.gmt(sc.now)})
+    sc.later(days=3)
+
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_2_v1"]  # paid: nothing more
+    assert sc.templates_to(RAVI) == ["cart_1_v1", "cart_2_v1", "cart_3_v1"]  # the ladder's last step, not its first again
     assert sc.last_to(RAVI, "cart_3_v1").params[1] == "BACK10"
     c = conversion(sc)
     assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"]) == (2, 2, 1)
