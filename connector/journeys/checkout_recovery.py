@@ -31,6 +31,7 @@ from connector.journeys._common import is_reply, unpaid_order
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
 
 STEPS = ("first", "second", "third")
+ORDER_GRACE = timedelta(hours=2)  # how long a reminded cart reported completed waits for its order (``_checkout``)
 ORDER_EVENTS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)
 
 
@@ -108,7 +109,7 @@ class CheckoutRecovery:
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
         if isinstance(event, ev.CheckoutUpdated):
-            return self._checkout(event.checkout, run, facts, config)
+            return self._checkout(event.checkout, run, facts, config, now)
         if isinstance(event, ORDER_EVENTS) and (run is None or run.subject == f"order:{event.order.external_id}"):
             return self._unpaid_order(event, run, facts, config, now)
         if isinstance(event, (ev.OrderPlaced, ev.OrderPaid)) and run is not None:
@@ -116,6 +117,8 @@ class CheckoutRecovery:
         if is_reply(event) and run is not None and run.status == "active":
             return [Update({"replied": True}), Wake(None), Finish("replied")]  # a person answers from here
         if isinstance(event, TimerFired) and run is not None and run.status == "active":
+            if run.state.get("completed_at"):  # the completed cart's order never reached us
+                return [Wake(None), Finish("completed")]
             o = facts.order  # an unpaid order's run: the order as stored now
             if run.subject.startswith("order:") and o is not None and (o.cancelled or o.payment_state not in ("pending", "failed")):
                 return [Wake(None), Finish("order_closed")]
@@ -132,9 +135,16 @@ class CheckoutRecovery:
         abandoned_at = updated_at + timedelta(minutes=config.abandon_after_minutes)
         return abandoned_at, abandoned_at + timedelta(minutes=config.ladder_minutes[0])
 
-    def _checkout(self, c: ev.Checkout, run: Run | None, facts: Facts, config: CheckoutRecoveryConfig) -> list[Command]:
+    def _checkout(self, c: ev.Checkout, run: Run | None, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
         if c.completed_at is not None:
-            return [Wake(None), Finish("completed")] if run is not None and run.status == "active" else []
+            if run is None or run.status != "active" or run.state.get("completed_at"):
+                return []
+            if int(run.state.get("sent", 0)):
+                # reminded: wait a while for the order, so it can be credited. The Cart Abandonment
+                # Recovery plugin posts "completed" at once while WooCommerce queues its order webhooks,
+                # and a WooCommerce order names no cart: it finds this run only while it is active
+                return [Update({"completed_at": c.completed_at.isoformat()}), Wake(now + ORDER_GRACE)]
+            return [Wake(None), Finish("completed")]
         abandoned_at, first = self._ladder_start(c.updated_at, config)
         state = {"abandoned_at": abandoned_at.isoformat(), "recovery_url": c.recovery_url, "total": str(c.total),
                  "currency": c.currency, "product": c.line_items[0].title if c.line_items else None}

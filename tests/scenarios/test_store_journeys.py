@@ -246,6 +246,30 @@ def test_a_woocommerce_cart_that_becomes_an_unpaid_order_goes_on_with_its_ladder
     assert c["recovered_revenue"] == "1299.00"
 
 
+def test_a_woocommerce_cart_reported_completed_before_its_order_arrives_is_still_recovered(sqlite_url, scenario, world):
+    """The plugin posts "completed" as the order is made; WooCommerce queues its order.created webhook and delivers it
+    minutes later. The order still finds the cart's run and is credited to its two reminders."""
+    sc = scenario(sqlite_url, "woocommerce", journeys=LADDER)
+    store = WOOCOMMERCE
+    store.start_checkout(sc, "A", ASHA)
+    store.start_checkout(sc, "R", RAVI)  # completed, and no order ever comes: the run ends, nothing is credited
+    sc.work()
+    sc.at(T0 + timedelta(hours=6, minutes=30))
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_2_v1"]
+
+    sc.at(T0 + timedelta(hours=8))
+    sc.cart(p.woo_cart(store.SESSIONS["A"], ASHA, status="completed"))
+    sc.cart(p.woo_cart(store.SESSIONS["R"], RAVI, status="completed"))
+    sc.later(minutes=12)
+    sc.woo("order.created", store.order(4, ASHA, sc.now, cod=False, total="1299.00"))
+    sc.later(days=3)
+
+    assert sc.templates_to(ASHA) == sc.templates_to(RAVI) == ["cart_1_v1", "cart_2_v1"]  # no third reminder for either
+    c = conversion(sc)
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"]) == (2, 2, 1)
+    assert c["recovered_revenue"] == "1299.00"
+
+
 def test_order_placed_before_any_reminder_is_not_attributed(sqlite_url, scenario, world, store: Store):
     sc = scenario(sqlite_url, store.platform, journeys=LADDER)
     store.start_checkout(sc, "A", ASHA)
