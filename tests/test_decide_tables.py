@@ -321,6 +321,7 @@ def test_cod_confirmation(case: Case) -> None:
 
 DELIVERY = DeliveryUpdatesConfig()
 NDR = {"sent": ["failed", "shipped"], "last_status": "failure"}
+RETRIED = {**NDR, "sent": ["failed", "out_for_delivery", "shipped"], "ndr_answers": ["reschedule"], "last_status": "out_for_delivery"}
 PAID = prepaid(payment_state=ev.PaymentState.PAID)
 HERE_DELIVERY = routed("delivery")
 
@@ -361,6 +362,18 @@ DELIVERY_CASES = [
          facts(PAID, **HERE_DELIVERY), DeliveryUpdatesConfig(handoff_on_failure=False), ["update(ndr_answered_at,ndr_answers,ndr_choice)", "handoff"]),
     Case("a tap before any failed delivery: nothing", tap("ndr_reschedule"), run("delivery", {"sent": ["shipped"]}), facts(PAID, **HERE_DELIVERY),
          DELIVERY, []),
+    Case("the same failure reported again: once", shipment("failure"), run("delivery", {**NDR, "last_status": "failure"}, "handoff"),
+         facts(PAID), DELIVERY, []),
+    Case("out for delivery again after a failure: remembered, not told twice", shipment("out_for_delivery"),
+         run("delivery", {**RETRIED, "last_status": "attempted_delivery"}, "handoff"), facts(PAID), DELIVERY, ["update(last_status)"],
+         state={"last_status": "out_for_delivery"}),
+    Case("it fails again after going out again: ask again (a message of its own) and tell a person", shipment("attempted_delivery"),
+         run("delivery", RETRIED, "handoff"), facts(PAID), DELIVERY, ["update(failed_attempts,last_status,ndr_answers)", "send:failed", "handoff"],
+         state={"failed_attempts": 2, "ndr_answers": [], "last_status": "attempted_delivery"}, says="delivery failed again (attempt 2"),
+    Case("after the second failure the customer may ask to reschedule again", tap("ndr_reschedule"),
+         run("delivery", {**RETRIED, "failed_attempts": 2, "ndr_answers": [], "last_status": "failure"}, "handoff"),
+         facts(PAID, **HERE_DELIVERY), DELIVERY, ["update(ndr_answered_at,ndr_answers,ndr_choice)", "add_note", "handoff"],
+         state={"ndr_answers": ["reschedule"]}),
 ]
 
 

@@ -265,6 +265,40 @@ def test_answers_to_a_failed_delivery_are_kept_noted_and_added_to_the_open_hand_
     assert "Update: customer asked to cancel #9999" in texts[-1]
 
 
+def test_a_second_failed_delivery_asks_again_and_takes_a_second_reschedule(db_url):
+    """The courier tries again the next day and fails again: the customer is asked again, her new answer is noted
+    for the courier desk, and the open hand-off hears of both; a repeat of the same failure asks nothing."""
+    settings = store_settings(db_url, {"delivery": {}}, NDR_TEMPLATES)
+    with running_app(settings) as (client, runtime):
+        first = failed_delivery(client, runtime, settings)
+        tap(client, "ndr_reschedule", "wamid.N1", first)
+        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+        for status, at in (("out_for_delivery", "2026-11-23T08:00:00Z"), ("attempted_delivery", "2026-11-23T12:00:00Z"),
+                           ("attempted_delivery", "2026-11-23T12:00:00Z")):  # Shopify retries the last delivery
+            fulfilment.update(order_id=820982911946154508, shipment_status=status, updated_at=at)
+            post_shopify(client, fulfilment, "fulfillments/update")
+            runtime.processor.drain()
+        dispatch(runtime, settings)
+        with runtime.db.engine.connect() as conn:
+            asks = conn.execute(select(m.OutboxMessage.idempotency_key, m.OutboxMessage.status, m.OutboxMessage.wamid)
+                                .where(m.OutboxMessage.step == "failed").order_by(m.OutboxMessage.id)).all()
+        tap(client, "ndr_reschedule", "wamid.N2", asks[-1].wamid)  # her answer to the second message
+        runtime.processor.drain()
+        [h] = client.get("/api/stores/shop-a/handoffs", params={"status": "open"}, headers=ADMIN).json()["items"]
+        with runtime.db.engine.connect() as conn:
+            run = conn.execute(select(m.JourneyRun)).one()
+            notes = [o.payload["args"]["note"] for o in conn.execute(
+                select(m.OutboxMessage).where(m.OutboxMessage.channel == "store").order_by(m.OutboxMessage.id))]
+    assert [(a.idempotency_key, a.status) for a in asks] == [
+        ("delivery:failed:order:820982911946154508", "dry_run"), ("delivery:failed#2:order:820982911946154508", "dry_run")]
+    assert (run.state["failed_attempts"], run.state["ndr_answers"]) == (2, ["reschedule"])
+    assert notes == ["Failed delivery: the customer asked on WhatsApp to reschedule"] * 2
+    assert [u["reason"] for u in h["context"]["updates"]] == [
+        "customer asked to reschedule the failed delivery of #9999",
+        "delivery failed again (attempt 2, attempted_delivery); call the customer to rearrange",
+        "customer asked to reschedule the failed delivery of #9999"]
+
+
 def test_a_notification_row_never_posts_another_stores_hand_off(db_url):
     """A notification names its hand-off by id: the notifier reads it within the row's own
     store, so a row of shop-b naming shop-a's hand-off (a hand-edited or corrupted row) posts

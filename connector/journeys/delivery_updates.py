@@ -10,7 +10,9 @@ courier or the number is skipped for the missing value), and the tracked update 
 turning that skipped row into a queued one. Either way the customer hears "shipped" once.
 
 The failed-delivery (NDR) message asks the customer: reschedule, update the address, or
-cancel (quick replies, matched by the message they answer). Each answer is kept on the run
+cancel (quick replies, matched by the message they answer). A courier often tries again: a
+failure after the parcel moved on (out for delivery again, back in transit) is a new attempt,
+asked about again (``_failed_again``); the same failure reported twice is not. Each answer is kept on the run
 (once per choice) and added to the open hand-off (its owner is told); reschedule and
 address also go into the order's notes for the courier desk. A cancel is a request for a
 person, never an automatic cancel: the order has shipped.
@@ -92,7 +94,15 @@ class DeliveryUpdates:
         if step is None or step not in config.steps:
             return []
         done = set((run.state.get("sent") or []) if run else [])
+        status = f.shipment_status.value
+        last = run.state.get("last_status") if run else None
+        if run is not None and step == "failed" and "failed" in done and STEP_FOR_STATUS.get(last or "") != "failed":
+            return self._failed_again(run, facts, config, status)
         if step in done or (step == "shipped" and done & {"out_for_delivery", "delivered"}):
+            if run is not None and last is not None and status != last and "failed" in done:
+                # after a failed delivery the parcel moves on (back to the hub, out again): remembered, so
+                # its next failure is a new attempt to ask about, and a repeat of this news is not
+                return [Update({"last_status": status})]
             return []  # already told, or a late "shipped" after later news
         untracked = step == "shipped" and not (f.tracking_number or f.tracking_url)
         # "shipped" still open after a shipped status: it was tried without tracking
@@ -106,27 +116,42 @@ class DeliveryUpdates:
             commands.append(Start(f"order:{facts.order.external_id}", facts.contact_id, {"sent": []}))
         told = done if untracked else done | {step}  # an untracked "shipped" leaves the step open
         # after an untracked try, that try may have been skipped for want of the tracking
-        commands += [Update({"sent": sorted(told), "last_status": f.shipment_status.value}),
+        commands += [Update({"sent": sorted(told), "last_status": status}),
                      Send(step, order_context(facts), retry_missing_value=step == "shipped" and tried)]
         if step == "failed" and config.handoff_on_failure:
             commands.append(Handoff(f"delivery failed ({f.shipment_status.value}); call the customer to rearrange"))
         return commands
 
     @staticmethod
+    def _failed_again(run: Run, facts: Facts, config: DeliveryUpdatesConfig, status: str) -> list[Command]:
+        """Another failed attempt after the parcel moved on (the courier tried again): the customer
+        is asked again (a message of its own, ``Send.occurrence``), may answer afresh, and a person
+        hears of it (the open hand-off, or a new one if it was closed)."""
+        attempt = int(run.state.get("failed_attempts", 1)) + 1
+        commands: list[Command] = [Update({"last_status": status, "failed_attempts": attempt, "ndr_answers": []}),
+                                   Send("failed", order_context(facts), occurrence=attempt)]
+        if config.handoff_on_failure:
+            commands.append(Handoff(f"delivery failed again (attempt {attempt}, {status}); call the customer to rearrange"))
+        return commands
+
+    @staticmethod
     def _answer(event: ev.ButtonReplied, run: Run, facts: Facts, config: DeliveryUpdatesConfig) -> list[Command]:
-        """The customer's answer to the failed-delivery message: recorded, noted, and to a person."""
+        """The customer's answer to the failed-delivery message: recorded, noted, and to a person
+        (once per choice and failed attempt: after a second failure they may ask to reschedule again)."""
         choice = config.choice(event.payload)
         answers = list(run.state.get("ndr_answers") or [])
         if choice is None or "failed" not in (run.state.get("sent") or []) or choice in answers:
             return []  # not an answer to a failed delivery, or this answer again
         order_id = run.subject.split(":", 1)[1]
         name = facts.order.name if facts.order is not None else f"#{order_id}"
+        attempt = int(run.state.get("failed_attempts", 1))
+        suffix = f"_{attempt}" if attempt > 1 else ""
         commands: list[Command] = [Update({"ndr_choice": choice, "ndr_answers": [*answers, choice],
                                            "ndr_answered_at": event.occurred_at.isoformat()})]
         if choice in NOTES and config.note_answers:
-            commands.append(WriteBack("add_note", order_id, {"note": NOTES[choice]}, f"ndr_{choice}"))
+            commands.append(WriteBack("add_note", order_id, {"note": NOTES[choice]}, f"ndr_{choice}{suffix}"))
         if choice == "cancel" or config.handoff_on_failure:
             commands.append(Handoff(ASKS[choice].format(name=name)))
         if config.acknowledge_answers:
-            commands.append(Send(f"ndr_{choice}", order_context(facts)))
+            commands.append(Send(f"ndr_{choice}", order_context(facts), occurrence=attempt))
         return commands

@@ -98,6 +98,9 @@ class Send:
     # this step may be on record as skipped for a missing template value (a "shipped" message
     # tried before the tracking came): if so, that row is queued now with the full message
     retry_missing_value: bool = False
+    # the step's nth time for the subject (a second failed delivery): its own outbox key, so it
+    # is sent once again rather than taken for the first one repeated
+    occurrence: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from connector.handoffs import rules as handoff_rules
 from connector.journeys._common import is_reply
 from connector.journeys.registry import journeys
 from connector.outbox import store as ob
-from connector.outbox.queue import queue_template
+from connector.outbox.queue import queue_template, step_key
 from connector.rows import contact_row, order_row
 from connector.state import active_runs, cache_active_runs
 from connector.contacts import email_key
@@ -419,12 +419,13 @@ class JourneyRunner:
                 if contact_id is None:
                     continue
                 if holdout:
-                    ob.enqueue(conn, store_id=store_id, key=f"{journey}:{cmd.step}:{subject}", contact_id=contact_id, journey=journey,
-                               step=cmd.step, category=None, payload={"subject": subject}, due_at=now, now=now, skip_reason="holdout")
+                    ob.enqueue(conn, store_id=store_id, key=step_key(journey, cmd.step, subject, cmd.occurrence), contact_id=contact_id,
+                               journey=journey, step=cmd.step, category=None, payload={"subject": subject}, due_at=now, now=now,
+                               skip_reason="holdout")
                 else:
                     queued = queue_template(conn, store=store, store_id=store_id, contact_id=contact_id, journey=journey, step=cmd.step,
                                             subject=subject, context=cmd.context, now=now, due_at=cmd.due_at,
-                                            retry_missing_value=cmd.retry_missing_value)
+                                            retry_missing_value=cmd.retry_missing_value, occurrence=cmd.occurrence)
                     if queued.deferred and run_id is not None and not created and getattr(journeys().get(journey), "marketing", False):
                         _supersede_waiting(conn, store, store_id, journey, cmd.step, subject, now)
             elif isinstance(cmd, WriteBack):

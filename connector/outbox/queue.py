@@ -70,6 +70,12 @@ def _facts(contact) -> ContactFacts:  # type: ignore[no-untyped-def]
     return ContactFacts(contact.consent_utility, contact.consent_marketing, contact.opted_out_at, contact.last_inbound_at, contact.reachable)
 
 
+def step_key(journey: str, step: str, subject: str, occurrence: int = 1) -> str:
+    """The idempotency key of a journey step's message: (journey, step, subject), and for a
+    step's second or later time (``Send.occurrence``) its number after the step."""
+    return f"{journey}:{step}:{subject}" if occurrence <= 1 else f"{journey}:{step}#{occurrence}:{subject}"
+
+
 def queue_template(
     conn: Connection,
     *,
@@ -83,11 +89,13 @@ def queue_template(
     now: datetime,
     due_at: datetime | None = None,
     retry_missing_value: bool = False,
+    occurrence: int = 1,
 ) -> Queued:
     """Render, gate and queue a journey step's template. ``retry_missing_value``: the step may be
-    on record as skipped for a missing value (``Send.retry_missing_value``); that row is queued."""
+    on record as skipped for a missing value (``Send.retry_missing_value``); that row is queued.
+    ``occurrence``: the step's nth time for this subject (``step_key``)."""
     tpl = store.template_for(f"{journey}.{step}")
-    key = f"{journey}:{step}:{subject}"
+    key = step_key(journey, step, subject, occurrence)
     contact = _contact(conn, store, store_id, contact_id)
     reason: str | None = None
     payload: dict[str, Any] = {"subject": subject}
