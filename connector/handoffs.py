@@ -46,9 +46,22 @@ class HandoffRequest:
     # a reply quoting one of our messages: ``journey`` and ``subject`` are that message's, and
     # it continues (or stands back for) that journey only
     quoted: bool = False
+    # the stage the case concerns (its journey's ``stage``): that stage's owner takes it, wherever
+    # the contact's other orders have moved them since (None: the contact's stage)
+    stage: str | None = None
 
 
 _STAGE_ORDER = {s: i for i, s in enumerate(("entry", "qualification", "conversion", "post_purchase", "retention"))}
+
+
+def journey_stage(journey: str | None) -> str | None:
+    """The stage a journey's cases belong to (its class's ``stage``; None for none, or a plugin that names none)."""
+    if journey is None:
+        return None
+    from connector.journeys.registry import journeys  # the registry loads the journeys, which need nothing from here
+
+    stage = getattr(journeys().get(journey), "stage", None)
+    return stage if stage in _STAGE_ORDER else None
 
 
 def stage_after(event: Any, current: str) -> str | None:
@@ -113,7 +126,8 @@ def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | N
             # while the run it matched ends or another becomes the latest
             key = f"{reply_journey}:{reply_subject}" if quoted and reply_journey and reply_subject else f"reply:{contact_id}"
             out.append(HandoffRequest(key, reason, reply_journey, reply_subject, unless_awaited=bool(text),
-                                      notify_update=False, continues_open=True, quoted=quoted and bool(reply_journey)))
+                                      notify_update=False, continues_open=True, quoted=quoted and bool(reply_journey),
+                                      stage=journey_stage(reply_journey)))
     if isinstance(event, ev.OrderPlaced) and store.handoff.order_value_over is not None:
         if float(event.order.total) > store.handoff.order_value_over:
             # the same order heard placed again (orders/updated came first, then orders/create)
@@ -248,7 +262,7 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
         case = _continued(conn, store_id, contact_id, req, context)
         if case is not None:
             return _add_update(conn, store, store_id, contact_id, case, context, req, now)
-    stage = context.get("stage") or "entry"
+    stage = req.stage or context.get("stage") or "entry"
     owner_cfg = store.stages.get(stage)
     hid = conn.execute(
         _insert_handoff(conn.dialect.name),

@@ -196,6 +196,33 @@ def test_a_cod_cancel_with_a_reason_in_the_next_message_opens_one_hand_off_for_t
     assert queued == [("whatsapp", "ask"), ("store", "cancel"), ("whatsapp", "cancel_reason")]  # cancelled once, as configured
 
 
+def test_a_cod_cancel_reason_goes_to_the_cod_team_even_after_another_order_was_delivered(db_url):
+    """Asha's earlier order is delivered (she moves to retention) while her new COD order waits for its answer:
+    her cancel with a reason is the COD team's case, and a reply quoting the COD ask too, not the retention owner's."""
+    templates = [{**COD_TEMPLATES[0], "buttons": quick_replies("cod_confirm", "cod_cancel_price")}]
+    settings = store_settings(db_url, {"cod_confirmation": {"cancel_reasons": {"cod_cancel_price": "found it cheaper"}}, "delivery": {}},
+                              templates)
+    with running_app(settings) as (client, runtime):
+        post_shopify(client, order(id=5550001, name="#5550", financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
+        post_shopify(client, order(), "orders/create")  # the new COD order, #9999
+        runtime.processor.drain()
+        dispatch(runtime, settings)
+        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+        fulfilment.update(order_id=5550001, shipment_status="delivered", updated_at="2026-11-21T10:00:00Z")
+        post_shopify(client, fulfilment, "fulfillments/update")
+        runtime.processor.drain()
+        stage_now = contact_stage(runtime)
+        ask = wamid_of(runtime, "cod_confirmation", "ask")
+        post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.R0", "timestamp": "1795158000", "type": "text",
+                                       "text": {"body": "Is this the same as my last order?"}, "context": {"from": "1", "id": ask}}]})
+        tap(client, "cod_cancel_price", "wamid.T1", ask)
+        runtime.processor.drain()
+        items = sorted(client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"], key=lambda h: h["id"])
+    assert stage_now == "retention"
+    assert [(h["owner"], h["stage"], h["journey"]) for h in items] == [("COD team", "qualification", "cod_confirmation")]
+    assert [u["reason"] for u in items[0]["context"]["updates"]] == ["customer cancelled COD order #9999: found it cheaper"]
+
+
 def test_a_cancel_reason_button_cancels_and_hands_off_in_one_tap(db_url):
     templates = [{**COD_TEMPLATES[0], "buttons": quick_replies("cod_confirm", "cod_cancel_price")}]
     settings = store_settings(db_url, {"cod_confirmation": {"cancel_action": "tag", "cancel_reasons": {"cod_cancel_price": "found it cheaper"}}},

@@ -93,6 +93,7 @@ def settle_unpaid_orders(platform: str, configs: dict[str, Any]) -> list[str]:
 
 class CheckoutRecovery:
     name: ClassVar[str] = "checkout_recovery"
+    stage: ClassVar[str] = "conversion"  # whose cases its hand-offs are (handoffs.journey_stage)
     config_model: ClassVar[type[JourneyConfig]] = CheckoutRecoveryConfig
     follows_contact: ClassVar[bool] = True  # an order by the same customer, or a reply, also ends a run
     marketing: ClassVar[bool] = True  # any opt-out ends its runs (state.end_marketing_runs)

@@ -88,6 +88,7 @@ class CodConfirmationConfig(JourneyConfig):
 
 class CodConfirmation:
     name: ClassVar[str] = "cod_confirmation"
+    stage: ClassVar[str] = "qualification"  # whose cases its hand-offs are (handoffs.journey_stage)
     config_model: ClassVar[type[JourneyConfig]] = CodConfirmationConfig
     follows_contact: ClassVar[bool] = True  # an unquoted message can be the cancel reason a run waits for
 

@@ -73,6 +73,7 @@ class DeliveryUpdatesConfig(JourneyConfig):
 
 class DeliveryUpdates:
     name: ClassVar[str] = "delivery"
+    stage: ClassVar[str] = "post_purchase"  # whose cases its hand-offs are (handoffs.journey_stage)
     config_model: ClassVar[type[JourneyConfig]] = DeliveryUpdatesConfig
 
     def subject(self, event: Any, facts: Facts) -> str | None:

@@ -152,8 +152,9 @@ Command = Start | Send | WriteBack | Update | Wake | Finish | Handoff | MoveStag
 
 class Journey(Protocol):
     """A journey may also set ``follows_contact = True`` (the customer's orders, replies and taps
-    reach all its active runs for them), ``marketing = True`` (any opt-out ends its runs) and
-    ``accepts_holdout`` (see ``accepts_holdout``)."""
+    reach all its active runs for them), ``marketing = True`` (any opt-out ends its runs),
+    ``accepts_holdout`` (see ``accepts_holdout``) and ``stage`` (one of the five: whose owner
+    takes its hand-offs and the replies to its messages; else the contact's stage)."""
 
     name: ClassVar[str]
     config_model: ClassVar[type[JourneyConfig]]

@@ -31,6 +31,7 @@ class OrderConfirmationConfig(JourneyConfig):
 
 class OrderConfirmation:
     name: ClassVar[str] = "order_confirmation"
+    stage: ClassVar[str] = "post_purchase"  # whose cases its hand-offs are (handoffs.journey_stage)
     config_model: ClassVar[type[JourneyConfig]] = OrderConfirmationConfig
 
     def subject(self, event: Any, facts: Facts) -> str | None:

@@ -37,6 +37,7 @@ class PaymentRecoveryConfig(JourneyConfig):
 
 class PaymentRecovery:
     name: ClassVar[str] = "payment_recovery"
+    stage: ClassVar[str] = "conversion"  # whose cases its hand-offs are (handoffs.journey_stage)
     config_model: ClassVar[type[JourneyConfig]] = PaymentRecoveryConfig
     accepts_holdout: ClassVar[bool] = True  # a control run only misses its reminder: lift can be measured
     credits_sent_reminders: ClassVar[bool] = True  # a payment reaching a reminded run: facts.extra["reminders_sent"]

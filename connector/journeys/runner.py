@@ -26,7 +26,7 @@ from connector import events as ev
 from connector.journeys.engine import (
     Facts, Finish, Handoff, MoveStage, OrderFacts, Run, Send, Start, TimerFired, Update, Wake, WriteBack,
 )
-from connector.handoffs import HandoffRequest, open_handoff, stage_after
+from connector.handoffs import HandoffRequest, journey_stage, open_handoff, stage_after
 from connector.handoffs import rules as handoff_rules
 from connector.journeys._common import is_reply
 from connector.journeys.registry import journeys
@@ -447,7 +447,7 @@ class JourneyRunner:
             elif isinstance(cmd, Handoff):
                 state.update(handoff_reason=cmd.reason, handoff_at=now.isoformat())
                 values.update(status="handoff", state=state)
-                handoffs.append(HandoffRequest(f"{journey}:{subject}", cmd.reason, journey, subject))
+                handoffs.append(HandoffRequest(f"{journey}:{subject}", cmd.reason, journey, subject, stage=journey_stage(journey)))
         if values and run_id is not None and not created:
             values["updated_at"] = now
         if fired and run_id is not None and not created:
