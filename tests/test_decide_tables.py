@@ -97,6 +97,12 @@ def shipment(status: str) -> ev.FulfillmentUpdated:
                                                             shipment_status=ev.ShipmentStatus(status), created_at=T0, updated_at=T0))
 
 
+def pending_fulfilment(status: str) -> ev.FulfillmentUpdated:
+    """A Shopify fulfilment not done yet (``status`` open or pending), with no carrier news."""
+    return ev.FulfillmentUpdated(fulfillment=ev.Fulfillment(external_id="9", order_external_id="1042", status=status,
+                                                            shipment_status=ev.ShipmentStatus("none"), created_at=T0, updated_at=T0))
+
+
 def checkout(updated: datetime = T0, url: str | None = "https://shop.example/recover/tok1", completed: datetime | None = None) -> ev.CheckoutUpdated:
     return ev.CheckoutUpdated(checkout=ev.Checkout(token="tok1", created_at=T0, updated_at=updated, completed_at=completed, recovery_url=url,
                                                    total=Decimal("899"), currency="INR", customer=ev.Customer(),
@@ -345,6 +351,8 @@ DELIVERY_CASES = [
     Case("failed delivery, no hand-off configured", shipment("attempted_delivery"), run("delivery", {"sent": ["shipped"]}), facts(PAID),
          DeliveryUpdatesConfig(handoff_on_failure=False), ["update(last_status,sent)", "send:failed"]),
     Case("cancelled order: no updates", shipment("in_transit"), None, facts(prepaid(cancelled_at=T0)), DELIVERY, []),
+    Case("a fulfilment still open (a fulfilment service packing): not shipped yet", pending_fulfilment("open"), None, facts(PAID), DELIVERY, []),
+    Case("a fulfilment pending: not shipped yet", pending_fulfilment("pending"), None, facts(PAID), DELIVERY, []),
     Case("NDR answer: reschedule -> run, note, hand-off", tap("ndr_reschedule"), run("delivery", NDR, "handoff"), facts(PAID, **HERE_DELIVERY),
          DELIVERY, ["update(ndr_answered_at,ndr_answers,ndr_choice)", "add_note", "handoff"],
          state={"ndr_choice": "reschedule", "ndr_answers": ["reschedule"]}, says="reschedule the failed delivery of #1042"),

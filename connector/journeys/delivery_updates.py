@@ -91,8 +91,8 @@ class DeliveryUpdates:
         if run is not None and run.status == "finished":
             return []  # delivered: later news of the parcel is late news
         f = event.fulfillment
-        if f.status in ("cancelled", "error", "failure") and f.shipment_status.value == "none":
-            return []
+        if f.status in ("cancelled", "error", "failure", "pending", "open") and f.shipment_status.value == "none":
+            return []  # cancelled, failed, or not done yet (a fulfilment service still packing): nothing has shipped
         step = STEP_FOR_STATUS.get(f.shipment_status.value)
         if step is None or step not in config.steps:
             return []
