@@ -53,3 +53,14 @@ class FailsToStart(LoyaltyThanks):
 class NotAJourney:
     name: ClassVar[str] = "not_a_journey"
     config_model: ClassVar[type[JourneyConfig]] = JourneyConfig
+
+
+class Exploding(LoyaltyThanks):
+    """A plugin with a bug that shows on one order only (for the processor's all-or-nothing rows)."""
+
+    name: ClassVar[str] = "exploding"
+
+    def decide(self, event: Any, run: Run | None, facts: Facts, config: LoyaltyThanksConfig, now: datetime) -> list[Command]:
+        if isinstance(event, ev.OrderPlaced) and event.order.external_id == "1002":
+            raise RuntimeError("plugin bug on order 1002")
+        return []

@@ -18,11 +18,14 @@ from connector.journeys.order_confirmation import OrderConfirmation
 from tests.conftest import settings_dict
 from tests.helpers import running_app
 from tests.plugin_journeys import LoyaltyThanks
+from sqlalchemy import select
+
+from connector.storage import models as m
 from tests.test_decide_tables import post, runs, steps
 from tests.test_payment_and_shipped_fixes import shopify_order, T0
 
 PLUGINS = {"loyalty_thanks": "LoyaltyThanks", "impostor": "Impostor", "zz_second_loyalty": "SecondLoyalty",
-           "fails_to_start": "FailsToStart", "not_a_journey": "NotAJourney"}
+           "fails_to_start": "FailsToStart", "not_a_journey": "NotAJourney", "exploding": "Exploding"}
 
 
 @pytest.fixture
@@ -75,3 +78,29 @@ def test_a_plugins_settings_are_checked_like_a_built_in_journeys(plugins):
     text = "\n".join(err.value.problems)
     assert "loyalty_thanks.points_per_order" in text and "loyalty_thanks.point: unknown key (typo?)" in text
     assert "fails_to_start: unknown journey" in text
+
+
+def test_a_journey_that_raises_on_one_order_leaves_nothing_of_that_row_and_costs_the_others_nothing(plugins, db_url, caplog):
+    """One transaction per row: order 1002's own state, its order_confirmation run and its queued message (all written
+    before the plugin raised) go back together; its inbox row stays to be retried; order 1001 in the same batch is done."""
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(policy={"quiet_hours": ""}, journeys={"order_confirmation": {}, "exploding": {}}, templates=[
+        {"step": "order_confirmation.sent", "name": "thanks_v1", "category": "utility", "body_text": "Thanks {{1}}", "body": ["order.name"]}])
+    settings = parse_settings(raw, environ={})
+    with running_app(settings) as (client, runtime):
+        for n in (1001, 1002):
+            post(client, "orders/create", shopify_order(n, "paid", T0))
+        with caplog.at_level(logging.ERROR, logger="storeloop.processor"):
+            runtime.processor.drain()
+        sent = steps(runtime)
+        found = runs(runtime)
+        with runtime.db.engine.connect() as conn:
+            orders = set(conn.execute(select(m.Order.external_id)).scalars())
+            inbox = {r.topic + ":" + r.status: r.last_error for r in conn.execute(select(m.InboxEvent))}
+    sid = runtime.store_ids["shop-a"]
+    assert sent == [("order_confirmation", "order:1001", "sent")]
+    assert set(found) == {(sid, "order_confirmation", "order:1001")}
+    assert orders == {"1001"}
+    assert set(inbox) == {"orders/create:done", "orders/create:pending"}
+    assert "RuntimeError" in inbox["orders/create:pending"]
+    assert "plugin bug on order 1002" in caplog.text
