@@ -136,6 +136,30 @@ def test_cod_no_answer_gets_one_reminder_then_the_configured_action(sqlite_url, 
     assert sc.report()["stages"]["qualification"]["metrics"]["no_answer"] == 1
 
 
+def test_cod_cancel_in_time_cancels_the_order_in_the_store_once(sqlite_url, scenario, world, store: Store):
+    sc = scenario(sqlite_url, store.platform, journeys=COD)
+    order = store.order(6, ASHA, sc.now)
+    store.place(sc, order)
+    sc.work()
+    [ask] = sc.sent(ASHA)
+    sc.later(minutes=40)
+    sc.tap(ASHA, "cod_cancel", ask, times=2)  # Meta delivers the same tap twice
+    sc.later(minutes=5)
+    store.cancelled_echo(sc, order)
+    sc.later(days=2)  # the reminder's time and the answer window go by
+
+    if store.platform == "shopify":
+        assert world.shopify_ops("orderCancel") == [{
+            "orderId": gid(5006), "reason": "CUSTOMER", "refundMethod": {"originalPaymentMethodsRefund": False}, "restock": True,
+            "notifyCustomer": False, "staffNote": "Cancelled by the customer on WhatsApp"}]
+        assert world.shopify_ops("tagsAdd") == []
+    else:
+        assert writes(world) == Counter([put(7306, {"status": "cancelled"}), note(7306, "Cancelled by the customer on WhatsApp")])
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]  # no reminder after her answer
+    qualification = sc.report()["stages"]["qualification"]["metrics"]
+    assert (qualification["asked"], qualification["confirmed"], qualification["cancelled"]) == (1, 0, 1)
+
+
 def _cancel_after_fulfilment(sc, world, store: Store, **shipping) -> None:
     order = store.order(3, ASHA, sc.now)
     store.place(sc, order)
