@@ -137,6 +137,8 @@ _SHIPPED_STATUSES = frozenset(_SHIPMENT_FOR_STATUS)
 # The pay-for-order page takes payment only in these (WC_Order::needs_payment's default valid statuses):
 # a COD order in processing / on-hold has no pay link that works.
 _PAYABLE_STATUSES = frozenset({"pending", "failed"})
+# Tracking meta on an order in these says nothing about a parcel on its way: never paid, called off or money returned
+_NOT_ON_ITS_WAY = frozenset({"pending", "failed", "cancelled", "refunded", "checkout-draft", "trash"})
 
 
 def _shipment(o: Body, order: Order) -> list[Event]:
@@ -147,7 +149,7 @@ def _shipment(o: Body, order: Order) -> list[Event]:
             first = meta["value"][-1]
             tracking = first if isinstance(first, dict) else {}
     status = _SHIPMENT_FOR_STATUS.get(order.platform_status or "")
-    if status is None and tracking:
+    if status is None and tracking and order.platform_status not in _NOT_ON_ITS_WAY:
         status = ShipmentStatus.IN_TRANSIT
     if status is None:
         return []

@@ -284,3 +284,6 @@ def test_shipping_status_and_tracking_meta_become_a_fulfilment() -> None:
     delivered = normalize("order.updated", {**cod_order(), "status": "delivered"}, STORE)
     assert [e.fulfillment.shipment_status for e in delivered if isinstance(e, FulfillmentUpdated)] == [ShipmentStatus.DELIVERED]
     assert not any(isinstance(e, FulfillmentUpdated) for e in normalize("order.updated", cod_order(), STORE))
+    for status in ("refunded", "cancelled", "failed"):  # tracking meta left on an order whose parcel is not on its way
+        events = normalize("order.updated", {**cod_order(), "status": status, "meta_data": [tracking]}, STORE)
+        assert not any(isinstance(e, FulfillmentUpdated) for e in events), status
