@@ -223,28 +223,6 @@ def test_a_cod_cancel_reason_goes_to_the_cod_team_even_after_another_order_was_d
     assert [u["reason"] for u in items[0]["context"]["updates"]] == ["customer cancelled COD order #9999: found it cheaper"]
 
 
-def test_a_reply_after_a_delivered_order_is_not_filed_under_that_orders_delivery(db_url):
-    """Order A was delivered, order B is newly confirmed: an unquoted "where is my order?" is about B, or at least
-    not about A's finished delivery, so it does not land in a delivery case for A."""
-    settings = store_settings(db_url, {"order_confirmation": {}, "delivery": {}}, [])
-    with running_app(settings) as (client, runtime):
-        post_shopify(client, order(id=5550001, name="#5550", financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
-        runtime.processor.drain()
-        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
-        fulfilment.update(order_id=5550001, shipment_status="delivered", updated_at="2026-11-21T10:00:00Z")
-        post_shopify(client, fulfilment, "fulfillments/update")
-        post_shopify(client, order(financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")  # order B, #9999
-        runtime.processor.drain()
-        post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.R9", "timestamp": "1795158000", "type": "text",
-                                       "text": {"body": "Where is my order?"}}]})
-        runtime.processor.drain()
-        [h] = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
-        with runtime.db.engine.connect() as conn:
-            delivery = conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "delivery")).one()
-    assert (h["journey"], h["subject"]) == (None, None) and "Where is my order?" in h["reason"]
-    assert (delivery.status, delivery.state["outcome"]) == ("finished", "delivered")
-
-
 def test_a_cancel_reason_button_cancels_and_hands_off_in_one_tap(db_url):
     templates = [{**COD_TEMPLATES[0], "buttons": quick_replies("cod_confirm", "cod_cancel_price")}]
     settings = store_settings(db_url, {"cod_confirmation": {"cancel_action": "tag", "cancel_reasons": {"cod_cancel_price": "found it cheaper"}}},

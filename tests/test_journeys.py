@@ -138,7 +138,7 @@ def test_delivery_updates_once_per_status_and_a_failure_hands_off():
     assert kinds(j.decide(ful("in_transit"), None, facts(), cfg, T0)) == ["start", "update", "send:shipped"]
     r = run("delivery", {"sent": ["shipped"]})
     assert j.decide(ful("in_transit"), r, facts(), cfg, T0) == []
-    assert kinds(j.decide(ful("delivered"), r, facts(), cfg, T0)) == ["update", "send:delivered", "finish:delivered"]
+    assert kinds(j.decide(ful("delivered"), r, facts(), cfg, T0)) == ["update", "send:delivered"]
     late = run("delivery", {"sent": ["delivered", "shipped"]})
     assert j.decide(ful("in_transit"), late, facts(), cfg, T0) == []
     assert kinds(j.decide(ful("failure"), r, facts(), cfg, T0)) == ["update", "send:failed", "handoff"]

@@ -27,7 +27,7 @@ from pydantic import Field
 
 from connector import events as ev
 from connector.journeys._common import order_context, replied_here
-from connector.journeys.engine import Command, Facts, Finish, Handoff, JourneyConfig, Run, Send, Start, Update, WriteBack
+from connector.journeys.engine import Command, Facts, Handoff, JourneyConfig, Run, Send, Start, Update, WriteBack
 
 STEP_FOR_STATUS = {
     "in_transit": "shipped",
@@ -88,8 +88,6 @@ class DeliveryUpdates:
             return self._answer(event, run, facts, config) if run is not None else []
         if not isinstance(event, ev.FulfillmentUpdated) or facts.order is None or facts.order.cancelled:
             return []
-        if run is not None and run.status == "finished":
-            return []  # delivered: later news of the parcel is late news
         f = event.fulfillment
         if f.status in ("cancelled", "error", "failure", "pending", "open") and f.shipment_status.value == "none":
             return []  # cancelled, failed, or not done yet (a fulfilment service still packing): nothing has shipped
@@ -123,9 +121,6 @@ class DeliveryUpdates:
                      Send(step, order_context(facts), retry_missing_value=step == "shipped" and tried)]
         if step == "failed" and config.handoff_on_failure:
             commands.append(Handoff(f"delivery failed ({f.shipment_status.value}); call the customer to rearrange"))
-        if step == "delivered":
-            # the order's story is over: an active run would be the "latest" a later unquoted reply is matched to
-            commands.append(Finish("delivered", skip_waiting=False))
         return commands
 
     @staticmethod
