@@ -92,8 +92,8 @@ def text(body: str, at: datetime = T0) -> ev.MessageReceived:
     return ev.MessageReceived(phone_number_id="1", message_id="wamid.txt", wa_id="919876543210", message_type="text", text=body, occurred_at=at)
 
 
-def shipment(status: str) -> ev.FulfillmentUpdated:
-    return ev.FulfillmentUpdated(fulfillment=ev.Fulfillment(external_id="9", order_external_id="1042", status="success",
+def shipment(status: str, parcel: str = "9") -> ev.FulfillmentUpdated:
+    return ev.FulfillmentUpdated(fulfillment=ev.Fulfillment(external_id=parcel, order_external_id="1042", status="success",
                                                             shipment_status=ev.ShipmentStatus(status), created_at=T0, updated_at=T0))
 
 
@@ -335,22 +335,23 @@ PAID = prepaid(payment_state=ev.PaymentState.PAID)
 HERE_DELIVERY = routed("delivery")
 
 DELIVERY_CASES = [
-    Case("shipped: start and tell", shipment("in_transit"), None, facts(PAID), DELIVERY, ["start:order:1042", "update(last_status,sent)", "send:shipped"]),
+    Case("shipped: start and tell", shipment("in_transit"), None, facts(PAID), DELIVERY,
+         ["start:order:1042", "update(last_status,parcels,sent)", "send:shipped"], state={"parcels": {"9": "in_transit"}}),
     Case("shipped again: nothing", shipment("in_transit"), run("delivery", {"sent": ["shipped"]}), facts(PAID), DELIVERY, []),
     Case("out for delivery", shipment("out_for_delivery"), run("delivery", {"sent": ["shipped"]}), facts(PAID), DELIVERY,
-         ["update(last_status,sent)", "send:out_for_delivery"], state={"sent": ["out_for_delivery", "shipped"]}),
+         ["update(last_status,parcels,sent)", "send:out_for_delivery"], state={"sent": ["out_for_delivery", "shipped"]}),
     Case("out for delivery twice: once", shipment("out_for_delivery"), run("delivery", {"sent": ["out_for_delivery", "shipped"]}),
          facts(PAID), DELIVERY, []),
     Case("a late 'shipped' after out for delivery: nothing", shipment("in_transit"), run("delivery", {"sent": ["out_for_delivery", "shipped"]}),
          facts(PAID), DELIVERY, []),
     Case("delivered", shipment("delivered"), run("delivery", {"sent": ["out_for_delivery", "shipped"]}), facts(PAID), DELIVERY,
-         ["update(last_status,sent)", "send:delivered"]),
+         ["update(last_status,parcels,sent)", "send:delivered"]),
     Case("out for delivery not wanted by this store", shipment("out_for_delivery"), run("delivery", {"sent": ["shipped"]}), facts(PAID),
          DeliveryUpdatesConfig(steps=("shipped", "delivered")), []),
     Case("failed delivery: ask and hand off", shipment("failure"), run("delivery", {"sent": ["shipped"]}), facts(PAID), DELIVERY,
-         ["update(last_status,sent)", "send:failed", "handoff"], says="delivery failed (failure)"),
+         ["update(last_status,parcels,sent)", "send:failed", "handoff"], says="delivery failed (failure)"),
     Case("failed delivery, no hand-off configured", shipment("attempted_delivery"), run("delivery", {"sent": ["shipped"]}), facts(PAID),
-         DeliveryUpdatesConfig(handoff_on_failure=False), ["update(last_status,sent)", "send:failed"]),
+         DeliveryUpdatesConfig(handoff_on_failure=False), ["update(last_status,parcels,sent)", "send:failed"]),
     Case("cancelled order: no updates", shipment("in_transit"), None, facts(prepaid(cancelled_at=T0)), DELIVERY, []),
     Case("a fulfilment still open (a fulfilment service packing): not shipped yet", pending_fulfilment("open"), None, facts(PAID), DELIVERY, []),
     Case("a fulfilment pending: not shipped yet", pending_fulfilment("pending"), None, facts(PAID), DELIVERY, []),
@@ -376,11 +377,19 @@ DELIVERY_CASES = [
     Case("the same failure reported again: once", shipment("failure"), run("delivery", {**NDR, "last_status": "failure"}, "handoff"),
          facts(PAID), DELIVERY, []),
     Case("out for delivery again after a failure: remembered, not told twice", shipment("out_for_delivery"),
-         run("delivery", {**RETRIED, "last_status": "attempted_delivery"}, "handoff"), facts(PAID), DELIVERY, ["update(last_status)"],
+         run("delivery", {**RETRIED, "last_status": "attempted_delivery"}, "handoff"), facts(PAID), DELIVERY, ["update(last_status,parcels)"],
          state={"last_status": "out_for_delivery"}),
     Case("it fails again after going out again: ask again (a message of its own) and tell a person", shipment("attempted_delivery"),
-         run("delivery", RETRIED, "handoff"), facts(PAID), DELIVERY, ["update(failed_attempts,last_status,ndr_answers)", "send:failed", "handoff"],
+         run("delivery", RETRIED, "handoff"), facts(PAID), DELIVERY,
+         ["update(failed_attempts,last_status,ndr_answers,parcels)", "send:failed", "handoff"],
          state={"failed_attempts": 2, "ndr_answers": [], "last_status": "attempted_delivery"}, says="delivery failed again (attempt 2"),
+    Case("two parcels: the first one's failure reported again after the second moved on: nothing", shipment("failure", "9"),
+         run("delivery", {**NDR, "parcels": {"9": "failure", "10": "in_transit"}, "last_status": "in_transit"}, "handoff"), facts(PAID),
+         DELIVERY, []),
+    Case("two parcels: the second one fails too: ask about it", shipment("failure", "10"),
+         run("delivery", {**NDR, "parcels": {"9": "failure", "10": "in_transit"}, "last_status": "in_transit"}, "handoff"), facts(PAID),
+         DELIVERY, ["update(failed_attempts,last_status,ndr_answers,parcels)", "send:failed", "handoff"],
+         state={"parcels": {"9": "failure", "10": "failure"}}),
     Case("after the second failure the customer may ask to reschedule again", tap("ndr_reschedule"),
          run("delivery", {**RETRIED, "failed_attempts": 2, "ndr_answers": [], "last_status": "failure"}, "handoff"),
          facts(PAID, **HERE_DELIVERY), DELIVERY, ["update(ndr_answered_at,ndr_answers,ndr_choice)", "add_note", "handoff"],

@@ -226,13 +226,13 @@ def shipped(tracked: bool, status: str = "none") -> ev.FulfillmentUpdated:
 
 SHIPPED_CASES = [
     Case("fulfilled without tracking: the shipped step is tried, not used up", shipped(False), None, facts(prepaid()), DU,
-         ["start:order:1042", "update(last_status,sent)", "send:shipped"], state={"sent": []}),
+         ["start:order:1042", "update(last_status,parcels,sent)", "send:shipped"], state={"sent": []}),
     Case("still no tracking: not tried again", shipped(False, "confirmed"), run("delivery", {"sent": [], "last_status": "none"}),
          facts(prepaid()), DU, []),
     Case("tracking added: shipped, now used up", shipped(True), run("delivery", {"sent": [], "last_status": "none"}),
-         facts(prepaid()), DU, ["update(last_status,sent)", "send:shipped"], state={"sent": ["shipped"]}),
+         facts(prepaid()), DU, ["update(last_status,parcels,sent)", "send:shipped"], state={"sent": ["shipped"]}),
     Case("tracked from the start: shipped once", shipped(True), None, facts(prepaid()), DU,
-         ["start:order:1042", "update(last_status,sent)", "send:shipped"], state={"sent": ["shipped"]}),
+         ["start:order:1042", "update(last_status,parcels,sent)", "send:shipped"], state={"sent": ["shipped"]}),
     Case("tracking again: nothing", shipped(True), run("delivery", {"sent": ["shipped"]}), facts(prepaid()), DU, []),
     Case("tracking only after out for delivery: no late shipped", shipped(True),
          run("delivery", {"sent": ["out_for_delivery"], "last_status": "out_for_delivery"}), facts(prepaid()), DU, []),

@@ -96,14 +96,17 @@ class DeliveryUpdates:
             return []
         done = set((run.state.get("sent") or []) if run else [])
         status = f.shipment_status.value
-        last = run.state.get("last_status") if run else None
-        if run is not None and step == "failed" and "failed" in done and STEP_FOR_STATUS.get(last or "") != "failed":
-            return self._failed_again(run, facts, config, status)
+        # each parcel's latest news (an order can ship in several); a run from before kept one status for all
+        parcels = dict((run.state.get("parcels") or {}) if run else {})
+        prev = parcels.get(f.external_id, run.state.get("last_status") if run is not None and "parcels" not in run.state else None)
+        parcels[f.external_id] = status
+        if run is not None and step == "failed" and "failed" in done and STEP_FOR_STATUS.get(prev or "") != "failed":
+            return self._failed_again(run, facts, config, status, parcels)
         if step in done or (step == "shipped" and done & {"out_for_delivery", "delivered"}):
-            if run is not None and last is not None and status != last and "failed" in done:
+            if run is not None and status != prev and "failed" in done:
                 # after a failed delivery the parcel moves on (back to the hub, out again): remembered, so
                 # its next failure is a new attempt to ask about, and a repeat of this news is not
-                return [Update({"last_status": status})]
+                return [Update({"last_status": status, "parcels": parcels})]
             return []  # already told, or a late "shipped" after later news
         untracked = step == "shipped" and not (f.tracking_number or f.tracking_url)
         # "shipped" still open after a shipped status: it was tried without tracking
@@ -117,19 +120,19 @@ class DeliveryUpdates:
             commands.append(Start(f"order:{facts.order.external_id}", facts.contact_id, {"sent": []}))
         told = done if untracked else done | {step}  # an untracked "shipped" leaves the step open
         # after an untracked try, that try may have been skipped for want of the tracking
-        commands += [Update({"sent": sorted(told), "last_status": status}),
+        commands += [Update({"sent": sorted(told), "last_status": status, "parcels": parcels}),
                      Send(step, order_context(facts), retry_missing_value=step == "shipped" and tried)]
         if step == "failed" and config.handoff_on_failure:
             commands.append(Handoff(f"delivery failed ({f.shipment_status.value}); call the customer to rearrange"))
         return commands
 
     @staticmethod
-    def _failed_again(run: Run, facts: Facts, config: DeliveryUpdatesConfig, status: str) -> list[Command]:
-        """Another failed attempt after the parcel moved on (the courier tried again): the customer
-        is asked again (a message of its own, ``Send.occurrence``), may answer afresh, and a person
-        hears of it (the open hand-off, or a new one if it was closed)."""
+    def _failed_again(run: Run, facts: Facts, config: DeliveryUpdatesConfig, status: str, parcels: dict[str, str]) -> list[Command]:
+        """Another failed attempt after the parcel moved on (the courier tried again), or another
+        parcel's: the customer is asked again (a message of its own, ``Send.occurrence``), may
+        answer afresh, and a person hears of it (the open hand-off, or a new one if it was closed)."""
         attempt = int(run.state.get("failed_attempts", 1)) + 1
-        commands: list[Command] = [Update({"last_status": status, "failed_attempts": attempt, "ndr_answers": []}),
+        commands: list[Command] = [Update({"last_status": status, "parcels": parcels, "failed_attempts": attempt, "ndr_answers": []}),
                                    Send("failed", order_context(facts), occurrence=attempt)]
         if config.handoff_on_failure:
             commands.append(Handoff(f"delivery failed again (attempt {attempt}, {status}); call the customer to rearrange"))
