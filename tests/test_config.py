@@ -118,10 +118,16 @@ def test_waiting_for_a_woocommerce_payment_before_the_order_confirmation_is_a_wo
     # a Shopify order exists once its checkout is complete: confirmed as placed, pending payment or not
     assert shop.journeys["order_confirmation"].after_payment is False
     assert wc.journeys["order_confirmation"].after_payment is True
+    shop, wc = parse_settings({"stores": [{**base()["stores"][0], "journeys": {"checkout_recovery": {}}},
+                                          {**woo, "journeys": {"checkout_recovery": {}}}]}, environ={}).stores
+    # a Shopify order names its checkout, so a completed checkout's run ends at once; a WooCommerce cart waits for its order
+    assert (shop.journeys["checkout_recovery"].completed_wait_minutes, wc.journeys["checkout_recovery"].completed_wait_minutes) == (0, 120)
     with pytest.raises(ConfigError) as err:
-        parse_settings(base(journeys={"order_confirmation": {"after_payment": True}}), environ={})
+        parse_settings(base(journeys={"order_confirmation": {"after_payment": True},
+                                      "checkout_recovery": {"completed_wait_minutes": 30}}), environ={})
     assert any(p.startswith("stores[0]") and "order_confirmation.after_payment: a WooCommerce setting" in p for p in err.value.problems), \
         err.value.problems
+    assert any("checkout_recovery.completed_wait_minutes: a WooCommerce setting" in p for p in err.value.problems), err.value.problems
 
 
 def test_journey_timings_that_contradict_each_other_are_config_errors():

@@ -29,7 +29,7 @@ from connector.journeys.checkout_recovery import CheckoutRecovery, CheckoutRecov
 from connector.journeys.cod_confirmation import CodConfirmation, CodConfirmationConfig
 from connector.journeys.delivery_updates import DeliveryUpdates, DeliveryUpdatesConfig
 from connector.journeys.engine import (
-    Facts, Finish, Handoff, MoveStage, OrderFacts, Run, Send, Start, TimerFired, Update, Wake, WriteBack,
+    Facts, Finish, Handoff, MoveStage, OrderFacts, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WriteBack,
 )
 from connector.journeys.order_confirmation import OrderConfirmation, OrderConfirmationConfig
 from connector.journeys.payment_recovery import PaymentRecovery, PaymentRecoveryConfig
@@ -144,6 +144,8 @@ def short(c: Any) -> str:
             return f"update({','.join(sorted(c.state))})"
         case Finish():
             return f"finish:{c.outcome}"
+        case Withdraw():
+            return "withdraw"
         case Handoff():
             return "handoff"
         case MoveStage():
@@ -431,8 +433,11 @@ CHECKOUT_CASES = [
     Case("completed before any reminder: stop", checkout(completed=T0 + H), run("checkout_recovery", LADDER, subject=CART), facts(), CR,
          ["wake:none", "finish:completed"]),
     Case("completed after a reminder: wait a while for its order (the plugin posts before WooCommerce's queued order webhook)",
-         checkout(completed=T0 + H), run("checkout_recovery", ONE_SENT, subject=CART), facts(), CR, ["update(completed_at)", "wake:+3h"],
-         now=T0 + H, state={"completed_at": (T0 + H).isoformat()}),
+         checkout(completed=T0 + H), run("checkout_recovery", ONE_SENT, subject=CART), facts(), CR,
+         ["update(completed_at)", "withdraw", "wake:+3h"], now=T0 + H, state={"completed_at": (T0 + H).isoformat()}),
+    Case("completed after a reminder on Shopify (its order names the checkout): stop at once", checkout(completed=T0 + H),
+         run("checkout_recovery", ONE_SENT, subject=CART), facts(), CheckoutRecoveryConfig(completed_wait_minutes=0),
+         ["wake:none", "finish:completed"]),
     Case("completed again while waiting: nothing", checkout(completed=T0 + H),
          run("checkout_recovery", {**ONE_SENT, "completed_at": (T0 + H).isoformat()}, subject=CART), facts(), CR, [], now=T0 + 2 * H),
     Case("the order comes while the completed cart waits: recovered", bought(T0 + H),

@@ -28,10 +28,9 @@ from pydantic import Field, model_validator
 
 from connector import events as ev
 from connector.journeys._common import is_reply, unpaid_order
-from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
+from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake, Withdraw
 
 STEPS = ("first", "second", "third")
-ORDER_GRACE = timedelta(hours=2)  # how long a reminded cart reported completed waits for its order (``_checkout``)
 ORDER_EVENTS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)
 
 
@@ -43,6 +42,10 @@ class CheckoutRecoveryConfig(JourneyConfig):
     attribution_days: float = Field(7, gt=0)
     unpaid_orders: bool = Field(True, description="WooCommerce only: a pending/failed order runs this ladder with its pay link "
                                                   "(payment_recovery then leaves it alone)")
+    completed_wait_minutes: float = Field(120, ge=0, description="WooCommerce only: how long a reminded cart the Cart Abandonment "
+                                                                 "Recovery plugin reports completed waits for its order, to credit "
+                                                                 "it (WooCommerce queues its order webhooks, and its order names "
+                                                                 "no cart); 0: end at once")
 
     @model_validator(mode="after")
     def _a_ladder_in_order(self) -> "CheckoutRecoveryConfig":
@@ -72,7 +75,10 @@ def settle_unpaid_orders(platform: str, configs: dict[str, Any]) -> list[str]:
                 if cfg is not None and "unpaid_orders" in cfg.model_fields_set]
     if platform != "woocommerce":
         if checkout is not None:
-            configs["checkout_recovery"] = checkout.model_copy(update={"unpaid_orders": False})
+            if "completed_wait_minutes" in checkout.model_fields_set:
+                explicit.append("checkout_recovery.completed_wait_minutes")
+            # (a Shopify order names its checkout: it finds the run however that ended, no wait needed)
+            configs["checkout_recovery"] = checkout.model_copy(update={"unpaid_orders": False, "completed_wait_minutes": 0})
         problems = [f"{key}: a WooCommerce setting (Shopify's abandoned checkouts come from checkouts/*)" for key in explicit]
         if confirmation is not None and "after_payment" in confirmation.model_fields_set:
             problems.append("order_confirmation.after_payment: a WooCommerce setting (a Shopify order exists once its checkout "
@@ -140,11 +146,13 @@ class CheckoutRecovery:
         if c.completed_at is not None:
             if run is None or run.status != "active" or run.state.get("completed_at"):
                 return []
-            if int(run.state.get("sent", 0)):
+            if int(run.state.get("sent", 0)) and config.completed_wait_minutes > 0:
                 # reminded: wait a while for the order, so it can be credited. The Cart Abandonment
                 # Recovery plugin posts "completed" at once while WooCommerce queues its order webhooks,
-                # and a WooCommerce order names no cart: it finds this run only while it is active
-                return [Update({"completed_at": c.completed_at.isoformat()}), Wake(now + ORDER_GRACE)]
+                # and a WooCommerce order names no cart: it finds this run only while it is active.
+                # A reminder still waiting (quiet hours, a retry) is withdrawn now: the cart was bought
+                return [Update({"completed_at": c.completed_at.isoformat()}), Withdraw(),
+                        Wake(now + timedelta(minutes=config.completed_wait_minutes))]
             return [Wake(None), Finish("completed")]
         abandoned_at, first = self._ladder_start(c.updated_at, config)
         state = {"abandoned_at": abandoned_at.isoformat(), "recovery_url": c.recovery_url, "total": str(c.total),

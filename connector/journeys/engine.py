@@ -134,6 +134,13 @@ class Finish:
 
 
 @dataclass(frozen=True, slots=True)
+class Withdraw:
+    """Skip the run's messages still waiting (held for quiet hours, a retry) while the run goes
+    on: what just happened makes them wrong (the cart was bought; the run only waits to credit
+    the order). ``Finish`` does the same when the run ends."""
+
+
+@dataclass(frozen=True, slots=True)
 class Handoff:
     """Hand the conversation to a person (e.g. a failed delivery); the run waits for them."""
 
@@ -147,7 +154,7 @@ class MoveStage:
     stage: str
 
 
-Command = Start | Send | WriteBack | Update | Wake | Finish | Handoff | MoveStage
+Command = Start | Send | WriteBack | Update | Wake | Finish | Withdraw | Handoff | MoveStage
 
 
 class Journey(Protocol):

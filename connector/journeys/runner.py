@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from connector import events as ev
 from connector.journeys.engine import (
-    Facts, Finish, Handoff, MoveStage, OrderFacts, Run, Send, Start, TimerFired, Update, Wake, WriteBack,
+    Facts, Finish, Handoff, MoveStage, OrderFacts, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WriteBack,
 )
 from connector.handoffs import HandoffRequest, journey_stage, open_handoff, stage_after
 from connector.handoffs import rules as handoff_rules
@@ -407,7 +407,7 @@ class JourneyRunner:
                     return 0
             created = True
         if run_id is not None and not created and any(
-                isinstance(c, Handoff) or (isinstance(c, Finish) and c.skip_waiting) for c in commands):
+                isinstance(c, (Handoff, Withdraw)) or (isinstance(c, Finish) and c.skip_waiting) for c in commands):
             # the customer bought, answered, cancelled, opted out, or a person took over: what the
             # run queued earlier and is still waiting (a reminder held for the morning, a retry)
             # goes no further. This decision's own sends, below, are queued after.

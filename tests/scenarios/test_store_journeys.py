@@ -294,6 +294,26 @@ def test_a_woocommerce_cart_reported_completed_before_its_order_arrives_is_still
     assert c["recovered_revenue"] == "1299.00"
 
 
+def test_a_cart_reminder_held_for_the_morning_is_withdrawn_when_the_cart_is_completed(sqlite_url, scenario, world):
+    """06:30 in Rome is inside the store's quiet hours: the first reminder waits for 09:00. Asha completes the cart at
+    07:30; while her run waits (until 09:30) for the order to credit, the held reminder must not reach her at 09:00,
+    even though the order's webhook is late (or never comes, as here)."""
+    sc = scenario(sqlite_url, "woocommerce", journeys=LADDER, policy={"quiet_hours": "21:00-09:00"})
+    store = WOOCOMMERCE
+    store.start_checkout(sc, "A", ASHA)
+    sc.work()
+    sc.at(T0 + timedelta(minutes=40))  # the reminder is queued for 09:00
+    assert sc.templates_to(ASHA) == []
+    sc.at(T0 + timedelta(hours=1, minutes=30))
+    sc.cart(p.woo_cart(store.SESSIONS["A"], ASHA, status="completed"))
+    sc.at(T0 + timedelta(hours=3, minutes=15))  # 09:15 in Rome
+    assert sc.templates_to(ASHA) == []
+    sc.later(days=1)
+    assert sc.templates_to(ASHA) == []
+    c = conversion(sc)
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"]) == (1, 0, 0)
+
+
 def test_order_placed_before_any_reminder_is_not_attributed(sqlite_url, scenario, world, store: Store):
     sc = scenario(sqlite_url, store.platform, journeys=LADDER)
     store.start_checkout(sc, "A", ASHA)
