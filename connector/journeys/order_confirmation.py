@@ -3,8 +3,8 @@
 A WooCommerce order exists before its payment: a ``pending`` or ``failed`` order is a
 customer who went to the payment page and has not paid (``_common.unpaid_order``), so
 thanking them for the order would be premature, and contradict the cart or pay reminder
-they get for it. Such an order is confirmed when it is paid (``after_payment``, on for
-WooCommerce stores; a Shopify order exists only once the checkout is complete, so a pending
+they get for it. Such an order is confirmed when it is paid or otherwise moves on (on-hold
+for a bank transfer, as one created so is) (``after_payment``, on for WooCommerce stores; a Shopify order exists only once the checkout is complete, so a pending
 one, e.g. a bank deposit, is confirmed as placed). The run records the wait
 (outcome ``awaiting_payment``), so the payment confirms it once and an update of an order
 the connector never saw placed confirms nothing.
@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from connector import events as ev
-from connector.journeys._common import order_context, payment_arrived, unpaid_order
+from connector.journeys._common import order_context, unpaid_order
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start
 
 AWAITING = "awaiting_payment"
@@ -49,6 +49,8 @@ class OrderConfirmation:
             if config.after_payment and unpaid_order(event.order):
                 return [start, Finish(AWAITING, skip_waiting=False)]
             return [start, Send("sent", order_context(facts)), Finish("sent", skip_waiting=False)]
-        if run.state.get("outcome") == AWAITING and payment_arrived(event):
+        if run.state.get("outcome") == AWAITING and isinstance(event, (ev.OrderUpdated, ev.OrderPaid)) and not unpaid_order(event.order):
+            # paid, or moved on without a payment yet (on-hold for a bank transfer, processing): confirmed as
+            # such an order is when it is created that way
             return [Send("sent", order_context(facts)), Finish("sent", skip_waiting=False)]
         return []
