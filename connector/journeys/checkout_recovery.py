@@ -31,6 +31,7 @@ from connector.journeys._common import is_reply, unpaid_order
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake, Withdraw
 
 STEPS = ("first", "second", "third")
+CONTINUE_WITHIN = timedelta(days=1)  # a pending order goes on from a cart whose last reminder is this recent (``_cart_reminded``)
 ORDER_EVENTS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)
 
 
@@ -181,7 +182,7 @@ class CheckoutRecovery:
             state: dict[str, Any] = {
                 "abandoned_at": abandoned_at.isoformat(), "recovery_url": o.payment_url, "total": str(o.total), "currency": o.currency,
                 "product": o.line_items[0].title if o.line_items else None, "unpaid_order": o.external_id, "sent": 0}
-            cart = self._cart_reminded(facts)
+            cart = self._cart_reminded(facts, config, now)
             if cart is not None:
                 step = self._step(cart)
                 state.update({k: cart.state[k] for k in ("sent", "first_sent_at", "last_sent_at") if k in cart.state},
@@ -203,9 +204,18 @@ class CheckoutRecovery:
             return []
         return self._converted(o, run, facts, config, at=o.updated_at)  # paid, or moved on (on-hold, processing)
 
-    def _cart_reminded(self, facts: Facts) -> Run | None:
-        """The customer's open checkout run furthest up its ladder, if a reminder was queued (``facts.extra["open_runs"]``)."""
-        carts = [r for r in facts.extra.get("open_runs", ()) if r.subject.startswith("checkout:") and r.status == "active" and self._step(r)]
+    def _cart_reminded(self, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> Run | None:
+        """The customer's open checkout run furthest up its ladder (``facts.extra["open_runs"]``) that this order
+        goes on from: one with a reminder queued, and still reminding or reminded within ``CONTINUE_WITHIN``.
+        A cart whose ladder ended days ago and only waits out its attribution window is another purchase."""
+        def current(r: Run) -> bool:
+            if self._step(r) < len(config.ladder_minutes):
+                return True
+            last = r.state.get("last_sent_at")
+            return last is not None and now - datetime.fromisoformat(last) <= CONTINUE_WITHIN
+
+        carts = [r for r in facts.extra.get("open_runs", ()) if r.subject.startswith("checkout:") and r.status == "active"
+                 and self._step(r) and current(r)]
         return max(carts, key=self._step, default=None)
 
     def _remind(self, run: Run, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
