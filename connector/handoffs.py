@@ -47,7 +47,7 @@ class HandoffRequest:
     # it continues (or stands back for) that journey only
     quoted: bool = False
     # the stage the case concerns (its journey's ``stage``): that stage's owner takes it, wherever
-    # the contact's other orders have moved them since (None: the contact's stage)
+    # the contact's other orders have moved them since (None, or a stage with no owner: the contact's stage)
     stage: str | None = None
 
 
@@ -262,7 +262,8 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
         case = _continued(conn, store_id, contact_id, req, context)
         if case is not None:
             return _add_update(conn, store, store_id, contact_id, case, context, req, now)
-    stage = req.stage or context.get("stage") or "entry"
+    # the journey's stage when the store gave it an owner; else, as before stages came from journeys, the contact's
+    stage = req.stage if req.stage in store.stages else (context.get("stage") or "entry")
     owner_cfg = store.stages.get(stage)
     hid = conn.execute(
         _insert_handoff(conn.dialect.name),

@@ -223,6 +223,28 @@ def test_a_cod_cancel_reason_goes_to_the_cod_team_even_after_another_order_was_d
     assert [u["reason"] for u in items[0]["context"]["updates"]] == ["customer cancelled COD order #9999: found it cheaper"]
 
 
+def test_a_journeys_case_goes_to_the_customers_stage_owner_when_the_journeys_stage_has_none(db_url):
+    """Only retention has an owner here: a COD cancel reason from a customer in retention still reaches a person."""
+    templates = [{**COD_TEMPLATES[0], "buttons": quick_replies("cod_confirm", "cod_cancel_price")}]
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(journeys={"cod_confirmation": {"cancel_reasons": {"cod_cancel_price": "found it cheaper"}}, "delivery": {}},
+                            templates=templates, policy={"quiet_hours": ""}, stages={"retention": {"owner": "Care team"}})
+    settings = parse_settings(raw, environ={})
+    with running_app(settings) as (client, runtime):
+        post_shopify(client, order(id=5550001, name="#5550", financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
+        post_shopify(client, order(), "orders/create")
+        runtime.processor.drain()
+        dispatch(runtime, settings)
+        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+        fulfilment.update(order_id=5550001, shipment_status="delivered", updated_at="2026-11-21T10:00:00Z")
+        post_shopify(client, fulfilment, "fulfillments/update")
+        runtime.processor.drain()
+        tap(client, "cod_cancel_price", "wamid.T1", wamid_of(runtime, "cod_confirmation", "ask"))
+        runtime.processor.drain()
+        [h] = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
+    assert (h["owner"], h["stage"], h["journey"]) == ("Care team", "retention", "cod_confirmation")
+
+
 def test_a_cancel_reason_button_cancels_and_hands_off_in_one_tap(db_url):
     templates = [{**COD_TEMPLATES[0], "buttons": quick_replies("cod_confirm", "cod_cancel_price")}]
     settings = store_settings(db_url, {"cod_confirmation": {"cancel_action": "tag", "cancel_reasons": {"cod_cancel_price": "found it cheaper"}}},
