@@ -126,6 +126,13 @@ def _iso(value: Any) -> datetime | None:
         return None
 
 
+def _one_per_checkout(runs: list[Any]) -> list[Any]:
+    """A cart that became an unpaid order is one checkout: the order's run, which went on with the
+    cart's ladder (``continues``), counts; the cart's own run does not count again."""
+    continued = {r.state.get("continues") for r in runs} - {None}
+    return [r for r in runs if r.subject not in continued] if continued else runs
+
+
 def _runs(conn: Connection, store_id: int, journey: str, p: Period) -> list[Any]:
     return conn.execute(
         select(RUNS.c.status, RUNS.c.state, RUNS.c.holdout, RUNS.c.started_at, RUNS.c.contact_id, RUNS.c.subject)
@@ -229,9 +236,7 @@ def qualification(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
 
 
 def conversion(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
-    checkouts = _runs(conn, store_id, "checkout_recovery", p)
-    continued = {r.state.get("continues") for r in checkouts}
-    checkouts = [r for r in checkouts if r.subject not in continued]  # one checkout: the run that went on with its ladder counts
+    checkouts = _one_per_checkout(_runs(conn, store_id, "checkout_recovery", p))
     queued = [r for r in checkouts if not r.holdout and int(r.state.get("sent", 0)) > 0]
     reminded = [r for r, out in zip(queued, reminders_went_out(conn, store_id, "checkout_recovery", CART_STEPS, queued)) if out]
     recovered = [r for r in reminded if r.state.get("recovered")]
@@ -400,7 +405,7 @@ def lift(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for journey in LIFT_JOURNEYS:
         # runs the journey skipped (the customer was busy elsewhere) were skipped in both groups alike
-        runs = [r for r in _runs(conn, store_id, journey, p) if not r.state.get("skipped")]
+        runs = [r for r in _one_per_checkout(_runs(conn, store_id, journey, p)) if not r.state.get("skipped")]
         if not any(r.holdout for r in runs):
             continue  # no holdout configured (or nobody in it yet): nothing to compare against
         outcome = converted(conn, store_id, journey, runs)

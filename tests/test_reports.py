@@ -68,10 +68,12 @@ class Week:
         self.conn.execute(m.Message.__table__.insert().values(
             store_id=self.sid, contact_id=cid, direction="in", kind="text", body="hi", occurred_at=at))
 
-    def run(self, journey: str, state: dict, *, at: datetime = MON + timedelta(days=1), holdout: bool = False, status: str = "finished") -> None:
+    def run(self, journey: str, state: dict, *, at: datetime = MON + timedelta(days=1), holdout: bool = False, status: str = "finished",
+            subject: str | None = None) -> None:
         i = self._next()
         self.conn.execute(m.JourneyRun.__table__.insert().values(
-            store_id=self.sid, journey=journey, subject=f"s{i}", status=status, state=state, holdout=holdout, started_at=at, updated_at=at))
+            store_id=self.sid, journey=journey, subject=subject or f"s{i}", status=status, state=state, holdout=holdout, started_at=at,
+            updated_at=at))
 
     def outbox(self, journey: str, step: str, status: str, *, template: str = "tpl", skip: str | None = None,
                codes: tuple[int | None, ...] = (), at: datetime = MON + timedelta(days=2), to: int | None = None,
@@ -312,6 +314,25 @@ def test_every_kpi_of_a_hand_built_week(db):
     assert r["biggest_leak"] == {"stage": "conversion", "lost": 4, "owner": "Ravi"}
     assert r["open_handoffs"] == {"Priya": 1, "Ravi": 1, "unassigned": 1}
     json.dumps(r)  # the API and --json serve it as is
+
+
+def test_a_cart_that_went_on_as_an_unpaid_order_is_one_checkout_in_the_funnel_and_the_lift(db):
+    """A WooCommerce cart reminded, then its pending order (which went on with the cart's ladder) paid: one checkout,
+    recovered; the cart's own run (ended "order_pending") counts neither as a second checkout nor as an unconverted one."""
+    settings = _settings("sqlite://")
+    store_id = sync_stores(db, [("shop-a", "shopify")])["shop-a"]
+    with db.engine.begin() as conn:
+        w = Week(conn, store_id)
+        w.run("checkout_recovery", {"sent": 2, "superseded_by": "727"}, subject="checkout:wcf-a1")
+        w.run("checkout_recovery", {"sent": 2, "continues": "checkout:wcf-a1", "order_id": "727", "recovered": True, "revenue": "50"},
+              subject="order:727")
+        w.run("checkout_recovery", {"sent": 0}, holdout=True)  # the control group: one that did not buy
+        w.run("checkout_recovery", {"sent": 0, "order_id": "9", "recovered": False, "revenue": "0"}, holdout=True)  # and one that did
+    r = build_report(db, settings.stores[0], store_id, WEEK)
+    c = r["stages"]["conversion"]["metrics"]
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (3, 1, 1, "50")
+    lift = r["lift"]["checkout_recovery"]
+    assert (lift["treated"], lift["control"], lift["lift"]) == (1, 2, 0.5)  # 1 of 1 treated bought, 1 of 2 in the holdout
 
 
 def test_lift_interval_covers_a_known_effect():
