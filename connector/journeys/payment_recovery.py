@@ -57,10 +57,10 @@ class PaymentRecovery:
             return []
         if run.status != "active":
             if payment_arrived(event) and run.state.get("reminded") and not run.state.get("paid"):
-                # a run stored before the runner told what went out has no "sent": its own record counts
-                # (``order_id``, as checkout recovery records the order that converted a run: the runner
-                # looks up no more sends for it)
+                # ``order_id``, as checkout recovery records the order that converted a run: the runner
+                # looks up the run's sends no more
                 paid = {"paid": True, "order_id": event.order.external_id}
+                # no ``reminders_sent``: a run stored before reminders kept ``sent``, whose own record counts
                 if facts.extra.get("reminders_sent", True):
                     return [Update({**paid, "revenue": str(event.order.total), "currency": event.order.currency})]
                 return [Update({**paid, "paid_before_reminder": True}), Finish("paid_before_reminder", skip_waiting=True)]
