@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -867,17 +868,21 @@ def test_a_woocommerce_pending_order_runs_the_cart_ladder_with_its_pay_link_and_
     assert not any(k[1] == "payment_recovery" for k in found)  # one home: no pay reminder on top
 
 
+def dispatcher(runtime, settings, clock: Clock, sender: DryRunSender) -> Callable[[], list[str]]:
+    """Send what is due now (dry run); returns the names of every template sent so far."""
+    def dispatch() -> list[str]:
+        asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, sender, clock=clock).drain())
+        return [message.name for _, message in sender.sent]
+    return dispatch
+
+
 def test_a_woocommerce_order_is_thanked_for_once_it_is_paid_not_while_its_cart_reminder_goes_out(db_url):
     settings = woo_app(db_url, {"order_confirmation": {}, "checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0]}})
     clock = Clock(T0)
     sender = DryRunSender()
     with running_app(settings) as (client, runtime):
         runtime.processor.clock = clock
-
-        def dispatch() -> list[str]:
-            asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, sender, clock=clock).drain())
-            return [message.name for _, message in sender.sent]
-
+        dispatch = dispatcher(runtime, settings, clock, sender)
         post_wa(client, {"contacts": [{"profile": {"name": "John"}, "wa_id": "14155552671"}], "user_preferences": [
             {"wa_id": "14155552671", "detail": "resume", "category": "marketing_messages", "value": "resume", "timestamp": 1795000000}]},
             phone_number_id="1122334455667")

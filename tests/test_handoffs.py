@@ -196,23 +196,31 @@ def test_a_cod_cancel_with_a_reason_in_the_next_message_opens_one_hand_off_for_t
     assert queued == [("whatsapp", "ask"), ("store", "cancel"), ("whatsapp", "cancel_reason")]  # cancelled once, as configured
 
 
+CANCEL_PRICE = {"cancel_reasons": {"cod_cancel_price": "found it cheaper"}}
+CANCEL_PRICE_TEMPLATES = [{**COD_TEMPLATES[0], "buttons": quick_replies("cod_confirm", "cod_cancel_price")}]
+
+
+def cod_order_after_a_delivered_one(client, runtime, settings) -> str:
+    """Asha's paid order #5550 is delivered (she is in retention now) while her new COD order #9999 waits for its
+    answer: the ask's wamid."""
+    post_shopify(client, order(id=5550001, name="#5550", financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
+    post_shopify(client, order(), "orders/create")
+    runtime.processor.drain()
+    dispatch(runtime, settings)
+    fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+    fulfilment.update(order_id=5550001, shipment_status="delivered", updated_at="2026-11-21T10:00:00Z")
+    post_shopify(client, fulfilment, "fulfillments/update")
+    runtime.processor.drain()
+    return wamid_of(runtime, "cod_confirmation", "ask")
+
+
 def test_a_cod_cancel_reason_goes_to_the_cod_team_even_after_another_order_was_delivered(db_url):
     """Asha's earlier order is delivered (she moves to retention) while her new COD order waits for its answer:
     her cancel with a reason is the COD team's case, and a reply quoting the COD ask too, not the retention owner's."""
-    templates = [{**COD_TEMPLATES[0], "buttons": quick_replies("cod_confirm", "cod_cancel_price")}]
-    settings = store_settings(db_url, {"cod_confirmation": {"cancel_reasons": {"cod_cancel_price": "found it cheaper"}}, "delivery": {}},
-                              templates)
+    settings = store_settings(db_url, {"cod_confirmation": CANCEL_PRICE, "delivery": {}}, CANCEL_PRICE_TEMPLATES)
     with running_app(settings) as (client, runtime):
-        post_shopify(client, order(id=5550001, name="#5550", financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
-        post_shopify(client, order(), "orders/create")  # the new COD order, #9999
-        runtime.processor.drain()
-        dispatch(runtime, settings)
-        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
-        fulfilment.update(order_id=5550001, shipment_status="delivered", updated_at="2026-11-21T10:00:00Z")
-        post_shopify(client, fulfilment, "fulfillments/update")
-        runtime.processor.drain()
+        ask = cod_order_after_a_delivered_one(client, runtime, settings)
         stage_now = contact_stage(runtime)
-        ask = wamid_of(runtime, "cod_confirmation", "ask")
         post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.R0", "timestamp": "1795158000", "type": "text",
                                        "text": {"body": "Is this the same as my last order?"}, "context": {"from": "1", "id": ask}}]})
         tap(client, "cod_cancel_price", "wamid.T1", ask)
@@ -225,21 +233,12 @@ def test_a_cod_cancel_reason_goes_to_the_cod_team_even_after_another_order_was_d
 
 def test_a_journeys_case_goes_to_the_customers_stage_owner_when_the_journeys_stage_has_none(db_url):
     """Only retention has an owner here: a COD cancel reason from a customer in retention still reaches a person."""
-    templates = [{**COD_TEMPLATES[0], "buttons": quick_replies("cod_confirm", "cod_cancel_price")}]
     raw = settings_dict(db_url)
-    raw["stores"][0].update(journeys={"cod_confirmation": {"cancel_reasons": {"cod_cancel_price": "found it cheaper"}}, "delivery": {}},
-                            templates=templates, policy={"quiet_hours": ""}, stages={"retention": {"owner": "Care team"}})
+    raw["stores"][0].update(journeys={"cod_confirmation": CANCEL_PRICE, "delivery": {}}, templates=CANCEL_PRICE_TEMPLATES,
+                            policy={"quiet_hours": ""}, stages={"retention": {"owner": "Care team"}})
     settings = parse_settings(raw, environ={})
     with running_app(settings) as (client, runtime):
-        post_shopify(client, order(id=5550001, name="#5550", financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
-        post_shopify(client, order(), "orders/create")
-        runtime.processor.drain()
-        dispatch(runtime, settings)
-        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
-        fulfilment.update(order_id=5550001, shipment_status="delivered", updated_at="2026-11-21T10:00:00Z")
-        post_shopify(client, fulfilment, "fulfillments/update")
-        runtime.processor.drain()
-        tap(client, "cod_cancel_price", "wamid.T1", wamid_of(runtime, "cod_confirmation", "ask"))
+        tap(client, "cod_cancel_price", "wamid.T1", cod_order_after_a_delivered_one(client, runtime, settings))
         runtime.processor.drain()
         [h] = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
     assert (h["owner"], h["stage"], h["journey"]) == ("Care team", "retention", "cod_confirmation")

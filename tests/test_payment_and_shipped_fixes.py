@@ -29,7 +29,7 @@ from connector.storage import models as m
 from tests.conftest import FIXTURES, SECRETS, settings_dict
 from tests.helpers import dumps, load_json, running_app, woo_headers
 from tests.test_decide_tables import (
-    D, H, MIN, PR, T0, Case, Clock, check, facts, post, prepaid, run, runs, shopify_app, steps, table, woo,
+    D, H, MIN, PR, T0, Case, Clock, check, dispatcher, facts, post, prepaid, run, runs, shopify_app, steps, table, woo,
 )
 
 AUTHORIZED = ev.PaymentState.AUTHORIZED
@@ -187,11 +187,7 @@ def test_a_payment_made_while_the_pay_reminder_waits_for_the_morning_skips_it_an
     sender = DryRunSender()
     with running_app(settings) as (client, runtime):
         runtime.processor.clock = clock
-
-        def dispatch() -> list[str]:
-            asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, sender, clock=clock).drain())
-            return [message.name for _, message in sender.sent]
-
+        dispatch = dispatcher(runtime, settings, clock, sender)
         post_woo(client, "pending", T0, topic="order.created")
         runtime.processor.drain()
         clock.now = T0 + 61 * MIN  # 08:31 in Rome: the pay link waits for 09:00
