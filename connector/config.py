@@ -301,11 +301,12 @@ class _StoreBase(_Settings):
         return out
 
     @model_validator(mode="after")
-    def _one_home_for_unpaid_orders(self) -> "_StoreBase":
-        """WooCommerce pending/failed orders go to checkout_recovery or payment_recovery, never both."""
-        from connector.journeys.checkout_recovery import settle_unpaid_orders
+    def _woocommerce_only_settings(self) -> "_StoreBase":
+        """WooCommerce pending/failed orders go to checkout_recovery or payment_recovery, never both; the
+        WooCommerce-only journey settings are off on other platforms (``settle_woocommerce_settings``)."""
+        from connector.journeys.checkout_recovery import settle_woocommerce_settings
 
-        problems = settle_unpaid_orders(self.platform, self.journeys)  # type: ignore[attr-defined]
+        problems = settle_woocommerce_settings(self.platform, self.journeys)  # type: ignore[attr-defined]
         if problems:
             raise ValueError("; ".join(f"journeys.{p}" for p in problems))
         return self

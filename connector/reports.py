@@ -52,6 +52,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Table, bindparam, func, select
 
 from connector.journeys.checkout_recovery import STEPS as CART_STEPS
+from connector.outbox.queue import step_key
 from connector.outbox.store import REACHED_STATES
 from connector.storage import models as m
 from connector.storage.db import Database
@@ -170,7 +171,7 @@ def reminders_went_out(conn: Connection, store_id: int, journey: str, steps: tup
     queued; its outbox rows (keyed journey, step, subject) say what became of it. A run none of
     whose rows can be read (written by hand, or removed) counts on its own record."""
     # a run that took over another's ladder (``continues``: a cart that became an unpaid order) went out with its sends too
-    keys = [[f"{journey}:{step}:{subject}"[:255] for subject in (r.subject, r.state.get("continues")) if subject for step in steps]
+    keys = [[step_key(journey, step, subject)[:255] for subject in (r.subject, r.state.get("continues")) if subject for step in steps]
             for r in runs]
     statuses: dict[str, str] = {}
     for chunk in _chunks(sorted({k for ks in keys for k in ks})):

@@ -31,19 +31,13 @@ def replied_here(event: Any, facts: Facts, journey: str) -> str | None:
     return None
 
 
-def payment_arrived(event: Any) -> bool:
-    """The payment arrived: Shopify's orders/paid, or an order update that shows it paid (WooCommerce
-    has no paid event: processing/completed with a ``date_paid`` comes as an update)."""
-    return isinstance(event, ev.OrderPaid) or (isinstance(event, ev.OrderUpdated) and event.order.payment_state == ev.PaymentState.PAID)
-
-
 UNPAID_STATUSES = ("pending", "failed")
 
 
 def unpaid_order(order: Any) -> bool:
     """A prepaid order whose payment never completed: WooCommerce's ``pending`` / ``failed``
     (its order exists before the payment). Only WooCommerce stores may route these to
-    checkout recovery (``checkout_recovery.settle_unpaid_orders``): on Shopify the platform
+    checkout recovery (``checkout_recovery.settle_woocommerce_settings``): on Shopify the platform
     status is the financial status, and a pending Shopify order is a placed order."""
     return (order.platform_status in UNPAID_STATUSES and not order.is_cod and order.cancelled_at is None
             and order.payment_state in (ev.PaymentState.PENDING, ev.PaymentState.FAILED))

@@ -15,7 +15,7 @@ arrives (``facts.extra["reminders_sent"]``, from the run's outbox rows).
 WooCommerce has no abandoned checkout of its own: its order exists before the payment, so a
 ``pending`` or ``failed`` order is the abandoned checkout (``unpaid_orders``, on by default).
 It runs the same ladder with the order's pay link, and ends as recovered when the order
-is paid. Each such order has exactly one home: ``settle_unpaid_orders`` (run when the
+is paid. Each such order has exactly one home: ``settle_woocommerce_settings`` (run when the
 config is loaded) turns it off in ``payment_recovery`` when this journey takes it.
 """
 
@@ -61,8 +61,9 @@ class CheckoutRecoveryConfig(JourneyConfig):
         return self
 
 
-def settle_unpaid_orders(platform: str, configs: dict[str, Any]) -> list[str]:
-    """Give WooCommerce's pending/failed orders one home, when a store's config is loaded.
+def settle_woocommerce_settings(platform: str, configs: dict[str, Any]) -> list[str]:
+    """Settle the WooCommerce-only journey settings when a store's config is loaded; first, give
+    WooCommerce's pending/failed orders one home.
 
     They feed this journey when it is enabled with ``unpaid_orders`` (the default), else
     ``payment_recovery``: never both, so nobody gets a cart reminder and a pay reminder for

@@ -12,8 +12,8 @@ turning that skipped row into a queued one. Either way the customer hears "shipp
 The failed-delivery (NDR) message asks the customer: reschedule, update the address, or
 cancel (quick replies, matched by the message they answer). A courier often tries again: a
 failure after the parcel moved on (out for delivery again, back in transit) is a new attempt,
-asked about again (``_failed_again``); the same failure reported twice is not. Each answer is kept on the run
-(once per choice) and added to the open hand-off (its owner is told); reschedule and
+asked about again (``_failed_again``); the same failure reported twice is not. Each answer
+is kept on the run (once per choice and attempt) and added to the open hand-off (its owner is told); reschedule and
 address also go into the order's notes for the courier desk. A cancel is a request for a
 person, never an automatic cancel: the order has shipped.
 """
@@ -123,7 +123,7 @@ class DeliveryUpdates:
         commands += [Update({"sent": sorted(told), "last_status": status, "parcels": parcels}),
                      Send(step, order_context(facts), retry_missing_value=step == "shipped" and tried)]
         if step == "failed" and config.handoff_on_failure:
-            commands.append(Handoff(f"delivery failed ({f.shipment_status.value}); call the customer to rearrange"))
+            commands.append(Handoff(f"delivery failed ({status}); call the customer to rearrange"))
         return commands
 
     @staticmethod

@@ -4,8 +4,9 @@ A WooCommerce order exists before its payment: a ``pending`` or ``failed`` order
 customer who went to the payment page and has not paid (``_common.unpaid_order``), so
 thanking them for the order would be premature, and contradict the cart or pay reminder
 they get for it. Such an order is confirmed when it is paid or otherwise moves on (on-hold
-for a bank transfer, as one created so is) (``after_payment``, on for WooCommerce stores; a Shopify order exists only once the checkout is complete, so a pending
-one, e.g. a bank deposit, is confirmed as placed). The run records the wait
+for a bank transfer, as one created so is): ``after_payment``, on for WooCommerce stores.
+A Shopify order exists only once its checkout is complete, so a pending one (a bank
+deposit) is confirmed as placed. The run records the wait
 (outcome ``awaiting_payment``), so the payment confirms it once and an update of an order
 the connector never saw placed confirms nothing.
 """

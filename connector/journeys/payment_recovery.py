@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from connector import events as ev
-from connector.journeys._common import order_context, payment_arrived, unpaid_order
+from connector.journeys._common import order_context, unpaid_order
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
 
 STALLED = ("pending", "failed")  # not "authorized": paid as far as the customer knows
@@ -56,7 +56,7 @@ class PaymentRecovery:
                 return [Start(f"order:{o.external_id}", facts.contact_id), Wake(o.placed_at + timedelta(minutes=config.after_minutes))]
             return []
         if run.status != "active":
-            if payment_arrived(event) and run.state.get("reminded") and not run.state.get("paid"):
+            if _paid(event) and run.state.get("reminded") and not run.state.get("paid"):
                 # ``order_id``, as checkout recovery records the order that converted a run: the runner
                 # looks up the run's sends no more
                 paid = {"paid": True, "order_id": event.order.external_id}
@@ -72,3 +72,9 @@ class PaymentRecovery:
             return [Update({"reminded": True, "sent": 1}), Send("remind", order_context(facts)), Wake(None),
                     Finish("reminded", skip_waiting=False)]
         return []
+
+
+def _paid(event: Any) -> bool:
+    """The payment arrived: Shopify's orders/paid, or an order update that shows it paid (WooCommerce
+    has no paid event: processing/completed with a ``date_paid`` comes as an update)."""
+    return isinstance(event, ev.OrderPaid) or (isinstance(event, ev.OrderUpdated) and event.order.payment_state == ev.PaymentState.PAID)

@@ -87,7 +87,7 @@ def _found(row: Any, subject: str) -> tuple[int, Run, bool]:
 def _step_keys(store: Any, journey: str, subject: str) -> list[str]:
     """The outbox keys of every template step this journey can queue for a subject (as ``queue_template`` names them)."""
     prefix = f"{journey}."
-    return [f"{journey}:{t.step[len(prefix):]}:{subject}" for t in store.templates if t.step.startswith(prefix)]
+    return [step_key(journey, t.step[len(prefix):], subject) for t in store.templates if t.step.startswith(prefix)]
 
 
 def _reminders_sent(conn: Connection, store: Any, store_id: int, journey: str, subject: str) -> tuple[datetime, ...]:
@@ -106,7 +106,7 @@ def _supersede_waiting(conn: Connection, store: Any, store_id: int, journey: str
     this, a first reminder held until 09:00 and the second one (due at 03:30, held too) reached
     the customer seconds apart. Only a held step looks (one lookup of the run's keys, or the
     batch's held rows: ``ob.skip_pending``): a step that goes now finds the earlier ones sent."""
-    own = f"{journey}:{step}:{subject}"
+    own = step_key(journey, step, subject)
     ob.skip_pending(conn, store_id, [k for k in _step_keys(store, journey, subject) if k != own], "superseded", now)
 
 

@@ -183,7 +183,7 @@ def queue_free_form(
         except MissingValueError:
             pass
     new_id = ob.enqueue(
-        conn, store_id=store_id, key=f"{journey}:{step}:{subject}", contact_id=contact_id, journey=journey, step=step,
+        conn, store_id=store_id, key=step_key(journey, step, subject), contact_id=contact_id, journey=journey, step=step,
         category=category, payload=payload, due_at=decision.defer_until or now, now=now, skip_reason=reason,
     )
     return _queued(conn, new_id, reason)
