@@ -244,6 +244,52 @@ def test_a_journeys_case_goes_to_the_customers_stage_owner_when_the_journeys_sta
     assert (h["owner"], h["stage"], h["journey"]) == ("Care team", "retention", "cod_confirmation")
 
 
+def delivered_order(client, runtime, order_id: int = 5550001, name: str = "#5550") -> None:
+    """A prepaid order whose one parcel has been delivered."""
+    post_shopify(client, order(id=order_id, name=name, financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
+    runtime.processor.drain()
+    fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+    fulfilment.update(order_id=order_id, shipment_status="delivered", updated_at="2026-11-21T10:00:00Z")
+    post_shopify(client, fulfilment, "fulfillments/update")
+    runtime.processor.drain()
+
+
+def test_a_reply_after_a_delivered_order_is_not_filed_under_that_orders_delivery(db_url):
+    """Order A was delivered, order B is newly confirmed: an unquoted "where is my order?" is about B, or at least
+    not about A's delivery, whose story is over, so it does not land in a delivery case for A."""
+    settings = store_settings(db_url, {"order_confirmation": {}, "delivery": {}}, [])
+    with running_app(settings) as (client, runtime):
+        delivered_order(client, runtime)
+        post_shopify(client, order(financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")  # order B, #9999
+        runtime.processor.drain()
+        post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.R9", "timestamp": "1795158000", "type": "text",
+                                       "text": {"body": "Where is my order?"}}]})
+        runtime.processor.drain()
+        [h] = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
+        with runtime.db.engine.connect() as conn:
+            delivery = conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "delivery")).one()
+    assert (h["journey"], h["subject"]) == (None, None) and "Where is my order?" in h["reason"]
+    assert (delivery.status, delivery.state["outcome"]) == ("finished", "delivered")
+
+
+def test_a_second_parcel_that_fails_after_the_first_was_delivered_is_still_asked_about(db_url):
+    """The order's run ended with its first parcel delivered; a second parcel of the same order fails
+    later: the customer is asked and the delivery desk gets the case, as for any failed delivery."""
+    settings = store_settings(db_url, {"delivery": {}}, [])
+    with running_app(settings) as (client, runtime):
+        delivered_order(client, runtime)
+        second = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+        second.update(id=second["id"] + 1, order_id=5550001, shipment_status="failure", updated_at="2026-11-23T10:00:00Z")
+        post_shopify(client, second, "fulfillments/update")
+        runtime.processor.drain()
+        [h] = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
+        with runtime.db.engine.connect() as conn:
+            asked = conn.execute(select(m.OutboxMessage.idempotency_key).where(m.OutboxMessage.journey == "delivery", m.OutboxMessage.channel == "whatsapp")).scalars().all()
+    assert sorted(asked) == ["delivery:delivered:order:5550001", "delivery:failed:order:5550001"]
+    assert (h["journey"], h["subject"], h["owner"]) == ("delivery", "order:5550001", "Delivery desk")
+    assert "delivery failed (failure)" in h["reason"]
+
+
 def test_a_cancel_reason_button_cancels_and_hands_off_in_one_tap(db_url):
     templates = [{**COD_TEMPLATES[0], "buttons": quick_replies("cod_confirm", "cod_cancel_price")}]
     settings = store_settings(db_url, {"cod_confirmation": {"cancel_action": "tag", "cancel_reasons": {"cod_cancel_price": "found it cheaper"}}},

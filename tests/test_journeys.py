@@ -136,10 +136,10 @@ def test_delivery_updates_once_per_status_and_a_failure_hands_off():
         return ev.FulfillmentUpdated(fulfillment=ev.Fulfillment(external_id="9", order_external_id="1042", status="success",
                                                                 shipment_status=ev.ShipmentStatus(status), created_at=T0, updated_at=T0))
     assert kinds(j.decide(ful("in_transit"), None, facts(), cfg, T0)) == ["start", "update", "send:shipped"]
-    r = run("delivery", {"sent": ["shipped"]})
+    r = run("delivery", {"sent": ["shipped"], "parcels": {"9": "in_transit"}})
     assert j.decide(ful("in_transit"), r, facts(), cfg, T0) == []
-    assert kinds(j.decide(ful("delivered"), r, facts(), cfg, T0)) == ["update", "send:delivered"]
-    late = run("delivery", {"sent": ["delivered", "shipped"]})
+    assert kinds(j.decide(ful("delivered"), r, facts(), cfg, T0)) == ["update", "send:delivered", "finish:delivered"]
+    late = run("delivery", {"sent": ["delivered", "shipped"], "parcels": {"9": "in_transit"}})
     assert j.decide(ful("in_transit"), late, facts(), cfg, T0) == []
     assert kinds(j.decide(ful("failure"), r, facts(), cfg, T0)) == ["update", "send:failed", "handoff"]
 

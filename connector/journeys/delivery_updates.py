@@ -27,7 +27,7 @@ from pydantic import Field
 
 from connector import events as ev
 from connector.journeys._common import order_context, replied_here
-from connector.journeys.engine import Command, Facts, Handoff, JourneyConfig, Run, Send, Start, Update, WriteBack
+from connector.journeys.engine import Command, Facts, Finish, Handoff, JourneyConfig, Run, Send, Start, Update, WriteBack
 
 STEP_FOR_STATUS = {
     "in_transit": "shipped",
@@ -52,6 +52,16 @@ ASKS = {
     "update_address": "customer wants to update the address for the failed delivery of {name}",
     "cancel": "customer asked to cancel {name} after the failed delivery: it has shipped, so a person decides (no automatic cancel)",
 }
+
+
+def _arrived(run: Run | None, parcels: dict[str, str]) -> list[Command]:
+    """The run ends once every parcel it heard of is delivered: an open delivery run would be
+    the contact's "latest" run for ever, and take their unquoted replies of months later. It
+    still hears later news (a parcel it had not heard of, shipped or failed) as a finished run,
+    and a failure then asks and hands off as before."""
+    if (run is None or run.status != "finished") and parcels and all(s == "delivered" for s in parcels.values()):
+        return [Finish("delivered", skip_waiting=False)]
+    return []
 
 
 class DeliveryUpdatesConfig(JourneyConfig):
@@ -103,10 +113,11 @@ class DeliveryUpdates:
         if run is not None and step == "failed" and "failed" in done and STEP_FOR_STATUS.get(prev or "") != "failed":
             return self._failed_again(run, facts, config, status, parcels)
         if step in done or (step == "shipped" and done & {"out_for_delivery", "delivered"}):
-            if run is not None and status != prev and "failed" in done:
-                # after a failed delivery the parcel moves on (back to the hub, out again): remembered, so
-                # its next failure is a new attempt to ask about, and a repeat of this news is not
-                return [Update({"last_status": status, "parcels": parcels})]
+            if run is not None and status != prev:
+                # news told before, of another parcel or the same one moving on (back to the hub, out
+                # again after a failure): remembered, so its next failure is a new attempt to ask about,
+                # a repeat of this news is not, and the run knows when every parcel has arrived
+                return [Update({"last_status": status, "parcels": parcels}), *_arrived(run, parcels)]
             return []  # already told, or a late "shipped" after later news
         untracked = step == "shipped" and not (f.tracking_number or f.tracking_url)
         # "shipped" still open after a shipped status: it was tried without tracking
@@ -124,7 +135,7 @@ class DeliveryUpdates:
                      Send(step, order_context(facts), retry_missing_value=step == "shipped" and tried)]
         if step == "failed" and config.handoff_on_failure:
             commands.append(Handoff(f"delivery failed ({status}); call the customer to rearrange"))
-        return commands
+        return commands + _arrived(run, parcels)
 
     @staticmethod
     def _failed_again(run: Run, facts: Facts, config: DeliveryUpdatesConfig, status: str, parcels: dict[str, str]) -> list[Command]:
