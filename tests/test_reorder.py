@@ -294,6 +294,38 @@ def test_a_customer_in_another_journey_or_opted_out_gets_no_reminder(db_url):
     assert [(o.status, o.skip_reason) for o in outbox] == [("skipped", "opted_out")]
 
 
+def test_a_closed_hand_off_no_longer_keeps_the_customer_from_the_reorder_reminder(db_url):
+    """Both customers' parcels failed on delivery: a hand-off each, their delivery runs in status
+    "handoff". The delivery desk closed the first case: that customer is reminded to reorder when
+    the window opens. The second case is still open, so a person is on it: no reminder."""
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(templates=TEMPLATES, policy={"quiet_hours": ""},
+                            journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "lead_days": 3}, "delivery": {}})
+    settings = parse_settings(raw, environ={})
+    clock = Clock(T0)
+    admin = {"Authorization": f"Bearer {SECRETS['admin']}"}
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        for cid, phone in ((1, "+91 98765 43210"), (2, "+91 98123 45678")):
+            _post(client, "customers_whats_app_marketing_consent/update", _consent(cid, phone.replace(" ", "")))
+            _post(client, "orders/create", _order(4000 + cid, T0, phone=phone, customer_id=cid, qty=1))
+            failed = _delivered(4000 + cid, T0 + timedelta(days=2))
+            _post(client, "fulfillments/update", {**failed, "id": failed["id"] + cid, "shipment_status": "failure"})
+        runtime.processor.drain()
+        cases = client.get("/api/stores/shop-a/handoffs", params={"status": "open"}, headers=admin).json()["items"]
+        first = next(h for h in cases if h["subject"] == "order:4001")
+        assert client.post(f"/api/stores/shop-a/handoffs/{first['id']}/close", headers=admin, json={"by": "Ravi"}).status_code == 200
+        clock.now = T0 + timedelta(days=32)
+        run_reorder_tick(runtime.db, settings.stores[0], sid, clock.now)
+        with runtime.db.engine.connect() as conn:
+            runs = {r.subject: r for r in conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "reorder"))}
+            delivery = {r.subject: r.status for r in conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "delivery"))}
+    assert delivery == {"order:4001": "handoff", "order:4002": "handoff"}
+    assert [o.payload["subject"] for o in _outbox(runtime) if o.status == "pending"] == ["reorder:4001:p:9001"]
+    assert (runs["reorder:4002:p:9001"].state["outcome"], runs["reorder:4002:p:9001"].state["skipped"]) == ("skipped_busy", "delivery")
+
+
 def test_windows_command_lists_what_goes_out_this_week(tmp_path):
     from typer.testing import CliRunner
 
