@@ -6,6 +6,7 @@ import asyncio
 import json
 from datetime import datetime, timedelta, timezone
 
+import pytest
 import respx
 from sqlalchemy import select
 
@@ -288,6 +289,28 @@ def test_a_second_parcel_that_fails_after_the_first_was_delivered_is_still_asked
     assert sorted(asked) == ["delivery:delivered:order:5550001", "delivery:failed:order:5550001"]
     assert (h["journey"], h["subject"], h["owner"]) == ("delivery", "order:5550001", "Delivery desk")
     assert "delivery failed (failure)" in h["reason"]
+
+
+@pytest.mark.parametrize("days_later, filed_under", [(3, ("delivery", "order:5550001")), (10, (None, None))])
+def test_an_unquoted_reply_continues_a_run_that_moved_lately_not_one_left_open_for_weeks(db_url, days_later, filed_under):
+    """The parcel was reported shipped and never delivered, so its delivery run stays open. "Hello?"
+    three days on is about that parcel; ten days on (past handoff.reply_match_days) it is a case of its own."""
+    settings = store_settings(db_url, {"delivery": {}}, [])
+    shipped_at = datetime(2026, 11, 21, 10, 0, tzinfo=timezone.utc)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = lambda: shipped_at
+        post_shopify(client, order(id=5550001, name="#5550", financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
+        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+        fulfilment.update(order_id=5550001, shipment_status="in_transit", updated_at="2026-11-21T10:00:00Z")
+        post_shopify(client, fulfilment, "fulfillments/update")
+        runtime.processor.drain()
+        said = shipped_at + timedelta(days=days_later)
+        runtime.processor.clock = lambda: said
+        post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.R9", "timestamp": str(int(said.timestamp())), "type": "text",
+                                       "text": {"body": "Hello?"}}]})
+        runtime.processor.drain()
+        [h] = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
+    assert (h["journey"], h["subject"]) == filed_under and "Hello?" in h["reason"]
 
 
 def test_a_cancel_reason_button_cancels_and_hands_off_in_one_tap(db_url):

@@ -16,7 +16,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
@@ -252,8 +252,11 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
                 answered = (sent.journey, (sent.payload or {}).get("subject"), sent.contact_id)
                 extra["reply_quoted"] = True  # it quotes one of this journey's messages: it answers that, no other
         if answered is None and contact_id is not None and is_reply(event):
-            # through the transaction cache (the batch's prefetch read the contact's active runs)
-            runs = active_runs(conn, store_id, contact_id)
+            # through the transaction cache (the batch's prefetch read the contact's active runs);
+            # only a run that moved lately: one still open weeks on (a parcel never reported
+            # delivered) is not what an unquoted "hello" answers
+            since = event.occurred_at - timedelta(days=store.handoff.reply_match_days)
+            runs = [r for r in active_runs(conn, store_id, contact_id) if r.updated_at >= since]
             if runs:
                 latest = max(runs, key=lambda r: (r.updated_at, r.id))
                 answered = (latest.journey, latest.subject, latest.contact_id)
