@@ -416,6 +416,31 @@ def test_a_second_failed_delivery_asks_again_and_takes_a_second_reschedule(db_ur
         "customer asked to reschedule the failed delivery of #9999"]
 
 
+def test_an_answer_that_comes_before_the_second_ask_went_out_withdraws_that_ask(db_url):
+    """The courier failed a second time and the second ask waits to go out; meanwhile the customer taps
+    Reschedule on the first one. That answers the second failure (noted for the desk), so the second
+    ask (its own outbox key, delivery:failed#2) is not sent to ask her again."""
+    settings = store_settings(db_url, {"delivery": {}}, NDR_TEMPLATES)
+    with running_app(settings) as (client, runtime):
+        first = failed_delivery(client, runtime, settings)
+        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+        for status, at in (("out_for_delivery", "2026-11-23T08:00:00Z"), ("attempted_delivery", "2026-11-23T12:00:00Z")):
+            fulfilment.update(order_id=820982911946154508, shipment_status=status, updated_at=at)
+            post_shopify(client, fulfilment, "fulfillments/update")
+        runtime.processor.drain()
+        tap(client, "ndr_reschedule", "wamid.N1", first)
+        runtime.processor.drain()
+        dispatch(runtime, settings)
+        with runtime.db.engine.connect() as conn:
+            asks = conn.execute(select(m.OutboxMessage.idempotency_key, m.OutboxMessage.status, m.OutboxMessage.skip_reason)
+                                .where(m.OutboxMessage.step == "failed").order_by(m.OutboxMessage.id)).all()
+            notes = conn.execute(select(m.OutboxMessage.idempotency_key).where(m.OutboxMessage.channel == "store",
+                                                                               m.OutboxMessage.journey == "delivery")).scalars().all()
+    assert [tuple(a) for a in asks] == [("delivery:failed:order:820982911946154508", "dry_run", None),
+                                        ("delivery:failed#2:order:820982911946154508", "skipped", "journey_ended")]
+    assert notes == ["delivery:writeback:ndr_reschedule_2:order:820982911946154508"]
+
+
 def test_a_notification_row_never_posts_another_stores_hand_off(db_url):
     """A notification names its hand-off by id: the notifier reads it within the row's own
     store, so a row of shop-b naming shop-a's hand-off (a hand-edited or corrupted row) posts

@@ -84,10 +84,16 @@ def _found(row: Any, subject: str) -> tuple[int, Run, bool]:
     return row.id, Run(row.journey, subject, row.status, dict(row.state or {}), row.next_due_at, row.contact_id, row.started_at), row.holdout
 
 
-def _step_keys(store: Any, journey: str, subject: str) -> list[str]:
-    """The outbox keys of every template step this journey can queue for a subject (as ``queue_template`` names them)."""
+REPEATS = "_repeats"  # run state: {step: its highest Send.occurrence}, so the run's later keys are known
+
+
+def _step_keys(store: Any, journey: str, subject: str, state: dict[str, Any] | None = None) -> list[str]:
+    """The outbox keys of every template step this journey can queue for a subject (as
+    ``queue_template`` names them), with the second and later times of a step the run repeated."""
     prefix = f"{journey}."
-    return [step_key(journey, t.step[len(prefix):], subject) for t in store.templates if t.step.startswith(prefix)]
+    repeats = (state or {}).get(REPEATS) or {}
+    return [step_key(journey, step, subject, n) for t in store.templates if t.step.startswith(prefix)
+            for step in (t.step[len(prefix):],) for n in range(1, int(repeats.get(step, 1)) + 1)]
 
 
 def _reminders_sent(conn: Connection, store: Any, store_id: int, journey: str, subject: str) -> tuple[datetime, ...]:
@@ -414,13 +420,16 @@ class JourneyRunner:
             # the customer bought, answered, cancelled, opted out, or a person took over: what the
             # run queued earlier and is still waiting (a reminder held for the morning, a retry)
             # goes no further. This decision's own sends, below, are queued after.
-            ob.skip_pending(conn, store_id, _step_keys(store, journey, subject), "journey_ended", now)
+            ob.skip_pending(conn, store_id, _step_keys(store, journey, subject, state), "journey_ended", now)
         for cmd in commands:
             if isinstance(cmd, Start):
                 continue
             elif isinstance(cmd, Send):
                 if contact_id is None:
                     continue
+                if cmd.occurrence > 1 and run_id is not None and int((state.get(REPEATS) or {}).get(cmd.step, 1)) < cmd.occurrence:
+                    state[REPEATS] = {**(state.get(REPEATS) or {}), cmd.step: cmd.occurrence}
+                    values["state"] = state
                 if holdout:
                     ob.enqueue(conn, store_id=store_id, key=step_key(journey, cmd.step, subject, cmd.occurrence), contact_id=contact_id,
                                journey=journey, step=cmd.step, category=None, payload={"subject": subject}, due_at=now, now=now,
