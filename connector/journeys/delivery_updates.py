@@ -113,10 +113,11 @@ class DeliveryUpdates:
         if run is not None and step == "failed" and "failed" in done and STEP_FOR_STATUS.get(prev or "") != "failed":
             return self._failed_again(run, facts, config, status, parcels)
         if step in done or (step == "shipped" and done & {"out_for_delivery", "delivered"}):
-            if run is not None and status != prev:
+            if run is not None and status not in (prev, "none"):
                 # news told before, of another parcel or the same one moving on (back to the hub, out
                 # again after a failure): remembered, so its next failure is a new attempt to ask about,
                 # a repeat of this news is not, and the run knows when every parcel has arrived
+                # ("none" is no carrier news, e.g. tracking added later: the parcel's status stands)
                 return [Update({"last_status": status, "parcels": parcels}), *_arrived(run, parcels)]
             return []  # already told, or a late "shipped" after later news
         untracked = step == "shipped" and not (f.tracking_number or f.tracking_url)
