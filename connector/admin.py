@@ -182,14 +182,18 @@ def inbox_view(db: Database, store_id: int, status: str | None, limit: int = 50,
         ]
 
 
-def handoffs_view(db: Database, store_id: int, status: str | None, limit: int = 100) -> list[dict[str, Any]]:
+def handoffs_view(db: Database, store_id: int, status: str | None, limit: int = 100, before_id: int | None = None) -> list[dict[str, Any]]:
+    """Newest first, a page at a time: the next page is ``before_id`` = the last item's id (as the
+    inbox's), so a store with more open cases than a page still sees every one of them."""
     from connector.storage.sql import HANDOFFS
 
     query = select(HANDOFFS).where(HANDOFFS.c.store_id == store_id)
     if status:
         query = query.where(HANDOFFS.c.status == status)
+    if before_id:
+        query = query.where(HANDOFFS.c.id < before_id)
     with db.engine.connect() as conn:
-        rows = conn.execute(query.order_by(HANDOFFS.c.opened_at.desc()).limit(limit)).all()
+        rows = conn.execute(query.order_by(HANDOFFS.c.id.desc()).limit(limit)).all()
     return [
         {"id": h.id, "status": h.status, "stage": h.stage, "owner": h.owner, "reason": h.reason, "journey": h.journey,
          "subject": h.subject, "opened_at": _iso(h.opened_at), "closed_at": _iso(h.closed_at), "closed_by": h.closed_by,

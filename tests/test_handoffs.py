@@ -127,6 +127,25 @@ def test_high_value_orders_open_a_hand_off(db_url):
     assert [i["reason"] for i in items] == ["high-value order #9999 (USD 414.95)"]
 
 
+def test_hand_offs_are_listed_a_page_at_a_time_so_none_is_out_of_reach(db_url):
+    """Five high-value orders are five open cases; pages of two, newest first, reach all five once."""
+    with running_app(settings(db_url, handoff={"order_value_over": 400})) as (client, runtime):
+        for n in range(5):
+            post_shopify(client, order(id=7770000 + n, name=f"#77{n}"), "orders/create")
+        runtime.processor.drain()
+        pages, before = [], None
+        for _ in range(5):  # bounded: an API that ignored before_id would repeat the first page for ever
+            params = {"status": "open", "limit": "2", **({"before_id": str(before)} if before else {})}
+            items = client.get("/api/stores/shop-a/handoffs", params=params, headers=ADMIN).json()["items"]
+            if not items:
+                break
+            pages.append([i["subject"] for i in items])
+            before = items[-1]["id"]
+        bad = client.get("/api/stores/shop-a/handoffs", params={"limit": "ten"}, headers=ADMIN)
+    assert pages == [["order:7770004", "order:7770003"], ["order:7770002", "order:7770001"], ["order:7770000"]]
+    assert bad.status_code == 400 and "limit and before_id must be integers" in bad.text
+
+
 # ---- answers that belong to a person: a COD cancel with a reason, a failed delivery's choice ----
 
 def store_settings(db_url: str, journeys: dict, templates: list[dict]):

@@ -154,8 +154,13 @@ async def handoffs(request: Request) -> Response:
     status = request.query_params.get("status")
     if status and status not in ("open", "closed"):
         return problem(400, "status must be open or closed")
+    try:
+        limit = min(500, max(1, int(request.query_params.get("limit", "100"))))
+        before = int(request.query_params["before_id"]) if "before_id" in request.query_params else None
+    except ValueError:
+        return problem(400, "limit and before_id must be integers")
     runtime = request.app.state.runtime
-    rows = await anyio.to_thread.run_sync(partial(admin.handoffs_view, runtime.db, guard, status))
+    rows = await anyio.to_thread.run_sync(partial(admin.handoffs_view, runtime.db, guard, status, limit, before))
     return JSONResponse({"items": rows})
 
 
