@@ -51,7 +51,7 @@ from connector.events import (
 Body = dict[str, Any]
 
 # Statuses of an order that has not been paid yet; a fresh COD order is ``processing``
-# (or ``on-hold``) with no ``date_paid`` (B2).
+# (or ``on-hold``), and unpaid whatever its ``date_paid`` says (``_COD_PAID_STATUSES``).
 _UNPAID_STATES = {
     "pending": PaymentState.PENDING,
     "processing": PaymentState.PENDING,
@@ -79,8 +79,9 @@ def normalize(topic: str, body: dict, store: WooCommerceStore) -> list[Event]:
     if topic in _ORDER_TOPICS:
         if (get_str(data, "status") or "").lower() == _CHECKOUT_DRAFT:
             return []
-        order = _order(data, store)
-        shipment = _shipment(data, order)
+        tracking = _tracking(data)
+        order = _order(data, store, tracking)
+        shipment = _shipment(data, order, tracking)
         if topic == "order.created":
             return [OrderPlaced(order=order), *shipment]
         if topic == "order.updated" and order.platform_status == "cancelled":
@@ -134,6 +135,12 @@ _SHIPMENT_FOR_STATUS = {
 TRACKING_META = "_wc_shipment_tracking_items"
 # The order has left the warehouse: fulfilled, so a COD run stops asking and a late Cancel goes to a person.
 _SHIPPED_STATUSES = frozenset(_SHIPMENT_FOR_STATUS)
+# Shipping methods that send nothing: the customer collects the order ("completed" is then no parcel)
+_PICKUP_METHODS = frozenset({"local_pickup", "pickup_location"})
+# A COD order is paid when the cash is taken: WooCommerce sets ``date_paid`` as soon as any order
+# reaches processing (``WC_Order::maybe_set_date_paid``, every gateway since 3.0), so for COD
+# only these statuses say the money came in
+_COD_PAID_STATUSES = frozenset({"completed", "delivered"})
 # The pay-for-order page takes payment only in these (WC_Order::needs_payment's default valid statuses):
 # a COD order in processing / on-hold has no pay link that works.
 _PAYABLE_STATUSES = frozenset({"pending", "failed"})
@@ -141,15 +148,39 @@ _PAYABLE_STATUSES = frozenset({"pending", "failed"})
 _NOT_ON_ITS_WAY = frozenset({"pending", "failed", "cancelled", "refunded", "checkout-draft", "trash"})
 
 
-def _shipment(o: Body, order: Order) -> list[Event]:
-    """A FulfillmentUpdated from the order's status and Shipment Tracking meta, when it shipped."""
+def _tracking(o: Body) -> dict[str, Any]:
+    """The latest Shipment Tracking item of the order ({} without one)."""
     tracking: dict[str, Any] = {}
     for _, meta in get_objects(o, "meta_data"):
         if meta.get("key") == TRACKING_META and isinstance(meta.get("value"), list) and meta["value"]:
             first = meta["value"][-1]
             tracking = first if isinstance(first, dict) else {}
+    return tracking
+
+
+def _ships(o: Body) -> bool:
+    """Whether the order has a shipping line that sends a parcel (not a pickup; a virtual or
+    downloadable order has none)."""
+    for _, line in get_objects(o, "shipping_lines"):
+        if str(line.get("method_id") or "").lower() not in _PICKUP_METHODS:
+            return True
+    return False
+
+
+def _tracked(order_status: str | None, tracking: dict[str, Any]) -> bool:
+    """Tracking meta on an order that is on its way (not one never paid, called off or refunded)."""
+    return bool(tracking) and order_status not in _NOT_ON_ITS_WAY
+
+
+def _shipment(o: Body, order: Order, tracking: dict[str, Any]) -> list[Event]:
+    """A FulfillmentUpdated from the order's status and Shipment Tracking meta, when it shipped.
+
+    ``completed`` is a parcel on its way only for an order that ships: WooCommerce completes a
+    virtual or downloadable order at payment, and a store completes a pickup when it is collected."""
     status = _SHIPMENT_FOR_STATUS.get(order.platform_status or "")
-    if status is None and tracking and order.platform_status not in _NOT_ON_ITS_WAY:
+    if status is ShipmentStatus.IN_TRANSIT and order.platform_status == "completed" and not tracking and not _ships(o):
+        status = None
+    if status is None and _tracked(order.platform_status, tracking):
         status = ShipmentStatus.IN_TRANSIT
     if status is None:
         return []
@@ -170,16 +201,20 @@ def _shipment(o: Body, order: Order) -> list[Event]:
     ]
 
 
-def _order(o: Body, store: WooCommerceStore) -> Order:
+def _order(o: Body, store: WooCommerceStore, tracking: dict[str, Any]) -> Order:
     order_id = req_id(o, "id")
     status = req_str(o, "status").lower()
     created_at = get_datetime(o, "date_created_gmt") or req_datetime(o, "date_created")
     updated_at = get_datetime(o, "date_modified_gmt") or get_datetime(o, "date_modified") or created_at
-    paid = (get_datetime(o, "date_paid_gmt") or get_datetime(o, "date_paid")) is not None
     payment_method = get_str(o, "payment_method")
+    is_cod = payment_method is not None and payment_method.strip().lower() in store.cod_gateway_names()
+    paid = (status in _COD_PAID_STATUSES) if is_cod else (get_datetime(o, "date_paid_gmt") or get_datetime(o, "date_paid")) is not None
     gateway_names = tuple(n for n in (payment_method, get_str(o, "payment_method_title")) if n)
     number = get_id(o, "number") or order_id
     status_url, payment_url = _order_urls(order_id, get_str(o, "order_key"), store)
+    # the REST order's own pay link (v3 ``payment_url``) knows the store's checkout page, whose
+    # slug is translated or renamed on many stores; ours is the default /checkout/ path
+    payment_url = _http_url(get_str(o, "payment_url")) or payment_url
     payment_state = _payment_state(status, paid)
     if payment_state is not PaymentState.PAID and status not in _PAYABLE_STATUSES:
         payment_url = None  # unpaid, and the pay page would refuse it: no link to offer
@@ -191,9 +226,11 @@ def _order(o: Body, store: WooCommerceStore) -> Order:
         # WooCommerce keeps no cancel time: the last change of a cancelled order is the best we have
         cancelled_at=updated_at if status == "cancelled" else None,
         payment_state=payment_state,
-        fulfillment_state=FulfillmentState.FULFILLED if status in _SHIPPED_STATUSES else FulfillmentState.UNFULFILLED,
+        # shipped by its status, or by tracking a store added while the order stayed in processing
+        fulfillment_state=(FulfillmentState.FULFILLED if status in _SHIPPED_STATUSES or _tracked(status, tracking)
+                           else FulfillmentState.UNFULFILLED),
         platform_status=status,
-        is_cod=payment_method is not None and payment_method.strip().lower() in store.cod_gateway_names(),
+        is_cod=is_cod,
         gateway_names=gateway_names,
         total=req_decimal(o, "total"),
         currency=req_str(o, "currency"),
@@ -210,6 +247,10 @@ def _payment_state(status: str, paid: bool) -> PaymentState:
     if paid or status == "completed":
         return PaymentState.PAID
     return _UNPAID_STATES.get(status, PaymentState.OTHER)
+
+
+def _http_url(value: str | None) -> str | None:
+    return value if value and value.startswith(("https://", "http://")) else None
 
 
 def _order_urls(order_id: str, order_key: str | None, store: WooCommerceStore) -> tuple[str | None, str | None]:

@@ -143,17 +143,64 @@ def test_store_cod_gateways_are_honoured() -> None:
     ],
 )
 def test_payment_state(status: str, paid: bool, state: PaymentState) -> None:
-    body = cod_order()
+    body = {**load_order(), "date_paid": None, "date_paid_gmt": None}  # bank transfer
     body["status"] = status
     if paid:
         body["date_paid_gmt"] = "2017-03-22T19:28:08"
     assert only(normalize("order.updated", body, STORE)).order.payment_state is state
 
 
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [("processing", PaymentState.PENDING), ("on-hold", PaymentState.PENDING), ("completed", PaymentState.PAID),
+     ("delivered", PaymentState.PAID), ("refunded", PaymentState.REFUNDED), ("cancelled", PaymentState.VOIDED)],
+)
+def test_a_cod_order_is_paid_when_the_cash_is_taken_whatever_its_date_paid_says(status: str, state: PaymentState) -> None:
+    """WooCommerce stamps ``date_paid`` on every order that reaches processing, COD included
+    (``WC_Order::maybe_set_date_paid``): a fresh COD order as the REST API really sends it is not paid,
+    and its pay link is none (the pay page refuses a processing order)."""
+    body = {**cod_order(), "status": status, "date_paid": "2017-03-22T16:28:08", "date_paid_gmt": "2017-03-22T19:28:08"}
+    order = only(normalize("order.updated" if status != "cancelled" else "order.created", body, STORE)).order
+    assert order.payment_state is state
+    if status in ("processing", "on-hold"):
+        assert order.payment_url is None
+
+
 def test_date_paid_without_gmt_still_counts_as_paid() -> None:
-    body = cod_order()
-    body["date_paid"] = "2017-03-22T16:28:08"
+    body = {**load_order(), "date_paid_gmt": None, "date_paid": "2017-03-22T16:28:08", "status": "processing"}
     assert only(normalize("order.updated", body, STORE)).order.payment_state is PaymentState.PAID
+
+
+def test_the_orders_own_pay_link_wins_over_the_default_checkout_path() -> None:
+    """A German store's checkout page is /kasse/: the REST order's payment_url says so, our /checkout/ guess would 404."""
+    pay = "https://shop.example/kasse/order-pay/727/?pay_for_order=true&key=wc_order_58d2d042d1d"
+    body = {**load_order(), "status": "pending", "date_paid": None, "date_paid_gmt": None}
+    assert only(normalize("order.updated", {**body, "payment_url": pay}, STORE)).order.payment_url == pay
+    guessed = only(normalize("order.updated", body, STORE)).order.payment_url
+    assert guessed is not None and guessed.startswith("https://shop.example/checkout/order-pay/727/")
+    assert only(normalize("order.updated", {**body, "payment_url": "javascript:alert(1)"}, STORE)).order.payment_url == guessed
+
+
+def test_a_completed_order_that_ships_nothing_is_no_parcel_on_its_way() -> None:
+    """WooCommerce completes a virtual or downloadable order at payment, and a store completes a pickup when it is
+    collected: no "your order is on its way". An order with a delivery shipping line, or tracking, still is one."""
+    def shipped(**change: Any) -> list:
+        events = normalize("order.updated", {**load_order(), "status": "completed", **change}, STORE)
+        return [e.fulfillment.shipment_status for e in events if isinstance(e, FulfillmentUpdated)]
+    pickup = [{"id": 1, "method_title": "Local pickup", "method_id": "local_pickup", "total": "0.00"}]
+    tracking = {"key": "_wc_shipment_tracking_items", "value": [{"tracking_provider": "delhivery", "tracking_number": "DL42"}]}
+    assert shipped(shipping_lines=[]) == [] and shipped(shipping_lines=pickup) == []
+    assert shipped() == [ShipmentStatus.IN_TRANSIT]  # the docs order ships flat rate
+    assert shipped(shipping_lines=[], meta_data=[tracking]) == [ShipmentStatus.IN_TRANSIT]
+
+
+def test_tracking_added_while_the_order_stays_in_processing_makes_it_fulfilled() -> None:
+    """The parcel is on its way (the customer was told so), so a late COD Cancel goes to a person, not to the store."""
+    tracking = {"key": "_wc_shipment_tracking_items", "value": [{"tracking_provider": "delhivery", "tracking_number": "DL42"}]}
+    assert only(normalize("order.updated", {**cod_order(), "meta_data": [tracking]}, STORE)).order.fulfillment_state is FulfillmentState.FULFILLED
+    assert only(normalize("order.updated", cod_order(), STORE)).order.fulfillment_state is FulfillmentState.UNFULFILLED
+    refunded = {**cod_order(), "status": "refunded", "meta_data": [tracking]}
+    assert only(normalize("order.updated", refunded, STORE)).order.fulfillment_state is FulfillmentState.UNFULFILLED
 
 
 def test_completed_is_fulfilled() -> None:
