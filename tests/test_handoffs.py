@@ -460,6 +460,25 @@ def test_an_answer_that_comes_before_the_second_ask_went_out_withdraws_that_ask(
     assert notes == ["delivery:writeback:ndr_reschedule_2:order:820982911946154508"]
 
 
+def test_a_reply_after_the_rearranged_parcel_arrived_joins_the_open_delivery_case(db_url):
+    """The delivery failed, the desk's case is open; the parcel then arrives. "Got it but the box is damaged",
+    quoting nothing, belongs in that open case, not in a new one for another desk."""
+    settings = store_settings(db_url, {"delivery": {}}, NDR_TEMPLATES)
+    with running_app(settings) as (client, runtime):
+        failed_delivery(client, runtime, settings)
+        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+        fulfilment.update(order_id=820982911946154508, shipment_status="delivered", updated_at="2026-11-23T10:00:00Z")
+        post_shopify(client, fulfilment, "fulfillments/update")
+        runtime.processor.drain()
+        post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.D1", "timestamp": "1795158000", "type": "text",
+                                       "text": {"body": "Got it but the box is damaged"}}]})
+        runtime.processor.drain()
+        cases = client.get("/api/stores/shop-a/handoffs", params={"status": "open"}, headers=ADMIN).json()["items"]
+    [case] = cases
+    assert (case["journey"], case["owner"]) == ("delivery", "Delivery desk")
+    assert "Got it but the box is damaged" in case["context"]["updates"][-1]["reason"]
+
+
 def test_a_notification_row_never_posts_another_stores_hand_off(db_url):
     """A notification names its hand-off by id: the notifier reads it within the row's own
     store, so a row of shop-b naming shop-a's hand-off (a hand-edited or corrupted row) posts

@@ -58,8 +58,10 @@ def _arrived(run: Run | None, parcels: dict[str, str]) -> list[Command]:
     """The run ends once every parcel it heard of is delivered: an open delivery run would be
     the contact's "latest" run for ever, and take their unquoted replies of months later. It
     still hears later news (a parcel it had not heard of, shipped or failed) as a finished run,
-    and a failure then asks and hands off as before."""
-    if (run is None or run.status != "finished") and parcels and all(s == "delivered" for s in parcels.values()):
+    and a failure then asks and hands off as before. A run a person is on (status ``handoff``,
+    after a failed delivery) stays theirs: the customer's unquoted replies find its open case
+    through it (``handoffs._continued``), delivered or not."""
+    if (run is None or run.status == "active") and parcels and all(s == "delivered" for s in parcels.values()):
         return [Finish("delivered", skip_waiting=False)]
     return []
 
