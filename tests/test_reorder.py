@@ -326,6 +326,27 @@ def test_a_closed_hand_off_no_longer_keeps_the_customer_from_the_reorder_reminde
     assert (runs["reorder:4002:p:9001"].state["outcome"], runs["reorder:4002:p:9001"].state["skipped"]) == ("skipped_busy", "delivery")
 
 
+def test_an_open_high_value_note_does_not_keep_the_customer_from_the_reorder_reminder(db_url):
+    """A big order opens a hand-off that only tells the team (no one answers it, so it may stay open for good);
+    no one is talking with the customer, so the reorder reminder still goes out."""
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(templates=TEMPLATES, policy={"quiet_hours": ""}, handoff={"order_value_over": 400},
+                            journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "lead_days": 3}})
+    settings = parse_settings(raw, environ={})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", _order(4001, T0, qty=2))  # 2 x 249.50: over 400
+        runtime.processor.drain()
+        cases = client.get("/api/stores/shop-a/handoffs", params={"status": "open"},
+                           headers={"Authorization": f"Bearer {SECRETS['admin']}"}).json()["items"]
+        clock.now = T0 + timedelta(days=62)
+        run_reorder_tick(runtime.db, settings.stores[0], runtime.store_ids["shop-a"], clock.now)
+    assert [c["subject"] for c in cases] == ["order:4001"]
+    assert [o.status for o in _outbox(runtime)] == ["pending"]
+
+
 def test_windows_command_lists_what_goes_out_this_week(tmp_path):
     from typer.testing import CliRunner
 

@@ -590,9 +590,12 @@ _SCHEDULED = select(RUNS.c.journey).where(
 #    (store, journey, subject) index instead of the customer's runs (0.36 ms a window, growing with the runs)
 # "A person on it" is an open hand-off, not a run left in status "handoff": a run stays so after
 # its case is closed (a failed delivery rearranged, a COD cancel dealt with), and the customer
-# was never reminded to reorder again. A case with no journey (a free-text question) counts too.
+# was never reminded to reorder again. A conversation counts: a journey's case, or the customer's
+# own question (``reply:`` cases); a note for the team that no one answers (a high-value order)
+# does not, or one big order would have kept its customer from every reorder reminder.
 _WITH_A_PERSON = select(HANDOFFS.c.journey).where(
-    HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.status == "open", HANDOFFS.c.contact_id == bindparam("cid"))
+    HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.status == "open", HANDOFFS.c.contact_id == bindparam("cid"),
+    HANDOFFS.c.journey.is_not(None) | HANDOFFS.c.key.startswith("reply:", autoescape=True))
 
 
 def busy_with(conn: Connection, store_id: int, contact_id: int | None) -> tuple[str, ...]:
