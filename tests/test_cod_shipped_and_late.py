@@ -108,6 +108,23 @@ def test_a_partly_shipped_shopify_order_ends_the_run_and_a_cancel_goes_to_a_pers
     assert "shipped" in handoff["reason"]
 
 
+def test_a_cancel_while_a_reminder_waits_for_its_retry_withdraws_the_reminder(sqlite_url, scenario, world):
+    """WhatsApp was down when the 6-hour reminder fell due, so it waits for a retry; she taps Cancel meanwhile
+    (and is asked why, the run staying open for her answer). "Please confirm" must not reach her after that."""
+    sc = scenario(sqlite_url, "shopify", journeys={"cod_confirmation": {**COD, "cancel_reason_minutes": 60}})
+    order = SHOPIFY.order(7, ASHA, sc.now)
+    SHOPIFY.place(sc, order)
+    sc.work()
+    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    world.whatsapp_down = True
+    sc.later(hours=6)  # the reminder's send fails: it waits for its retry
+    world.whatsapp_down = False
+    sc.tap(ASHA, "cod_cancel", ask)
+    sc.later(hours=2)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+    assert cancelled(world, SHOPIFY)
+
+
 # ---- taps after the no-answer step -----------------------------------------------------------
 
 def _unanswered(sc, store: Store, n: int) -> Any:

@@ -281,8 +281,9 @@ COD_CASES = [
     Case("Cancel with a reason button: cancel and a person", tap("cod_cancel_mistake"), run("cod_confirmation", ASKED), facts(**HERE),
          COD_REASONS, ["update(answered_at,cancel_reason,choice)", "wake:none", "cancel_order", "handoff", "finish:cancelled"],
          state={"cancel_reason": "ordered by mistake"}, says="cancelled COD order #1042: ordered by mistake"),
-    Case("plain Cancel, reasons wanted: cancel, ask why, wait an hour", tap("cod_cancel"), run("cod_confirmation", ASKED), facts(**HERE),
-         COD_REASONS, ["update(answered_at,awaiting_reply,choice,phase)", "wake:+1h", "cancel_order", "send:cancel_reason"],
+    Case("plain Cancel, reasons wanted: cancel, withdraw what waits (a reminder's retry), ask why, wait an hour", tap("cod_cancel"),
+         run("cod_confirmation", ASKED), facts(**HERE), COD_REASONS,
+         ["update(answered_at,awaiting_reply,choice,phase)", "wake:+1h", "cancel_order", "withdraw", "send:cancel_reason"],
          state={"choice": "cancelled", "phase": "cancel_reason", "awaiting_reply": True}),
     Case("the reason comes as a message: a person gets it", text("ordered twice by mistake"), run("cod_confirmation", WAITING), facts(),
          COD_REASONS, ["update(awaiting_reply,cancel_reason)", "wake:none", "handoff", "finish:cancelled"],
@@ -633,7 +634,8 @@ REORDER_CASES = [
     Case("reordered after the window: not attributed", reordered(T0 + 15 * D), run("reorder", REMINDED, subject=REORDER), facts(), RO,
          ["update(attributed,currency,order_id,reordered,revenue)", "wake:none", "finish:reordered"], state={"attributed": False, "revenue": "0"}),
     Case("another product: keep waiting", reordered(T0 + 5 * D, product="777"), run("reorder", REMINDED, subject=REORDER), facts(), RO, []),
-    Case("a reply: stop the follow-up", text("thanks!"), run("reorder", REMINDED, subject=REORDER), facts(), RO, ["update(replied)", "wake:+14d"]),
+    Case("a reply: stop the follow-up, one already waiting too", text("thanks!"), run("reorder", REMINDED, subject=REORDER), facts(), RO,
+         ["update(replied)", "withdraw", "wake:+14d"]),
 ]
 
 

@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 from connector import events as ev
 from connector.journeys._common import order_context, replied_here
 from connector.journeys.engine import (
-    Command, Facts, Finish, Handoff, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake, WriteBack,
+    Command, Facts, Finish, Handoff, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WriteBack,
 )
 from connector.policy import PolicyRules, keyword_intent
 
@@ -285,7 +285,8 @@ class CodConfirmation:
         if config.send_acknowledgement:
             commands.append(Send("cancelled", order_context(facts)))
         if wait:
-            return commands + [Send("cancel_reason", order_context(facts))]  # the run stays open for the answer
+            # the run stays open for the answer; a reminder still waiting (a retry) must not ask her to confirm now
+            return commands + [Withdraw(), Send("cancel_reason", order_context(facts))]
         if reason:
             commands.append(Handoff(f"customer cancelled COD order {self._order_name(run, facts)}: {reason}"))
         return commands + [Finish("cancelled")]

@@ -23,7 +23,7 @@ from pydantic import AnyHttpUrl, Field, field_validator
 
 from connector import events as ev
 from connector.journeys._common import is_reply
-from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake
+from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake, Withdraw
 from connector.reorder.cycles import parse_cycle, product_key
 
 
@@ -73,7 +73,9 @@ class Reorder:
         if isinstance(event, (ev.MessageReceived, ev.ButtonReplied)):
             if not is_reply(event):
                 return []  # a reaction or a sticker: the follow-up still goes
-            return [Update({"replied": True}), Wake(datetime.fromisoformat(run.state["attribution_ends"]))]
+            # they answered: no follow-up (one held for quiet hours or a retry is withdrawn too); the run
+            # stays to credit a reorder inside the window
+            return [Update({"replied": True}), Withdraw(), Wake(datetime.fromisoformat(run.state["attribution_ends"]))]
         if isinstance(event, TimerFired):
             return self._timer(run, facts, config, now)
         return []

@@ -75,6 +75,7 @@ class FakeWorld:
     woo: list[WooCall] = field(default_factory=list)
     notifications: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # calls without valid credentials
+    whatsapp_down: bool = False  # True: the Cloud API answers 503 (an outage), and nothing reaches a phone
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -96,6 +97,7 @@ class FakeWorld:
             self.notifications.clear()
             self.refused.clear()
             self.woo_meta.clear()
+            self.whatsapp_down = False
 
     # ---- what scenarios read -------------------------------------------------------------
     def sent(self, to: str | None = None) -> list[WhatsAppSend]:
@@ -115,6 +117,8 @@ class FakeWorld:
         if request.headers.get("authorization") != f"Bearer {WA_TOKEN}":
             self.refused.append("whatsapp")
             return JSONResponse({"error": {"message": "Invalid OAuth access token.", "type": "OAuthException", "code": 190}}, 401)
+        if self.whatsapp_down:
+            return JSONResponse({"error": {"message": "Service temporarily unavailable", "type": "OAuthException", "code": 2}}, 503)
         body = await request.json()
         template = body.get("template") or {}
         params: list[str] = []
