@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from pydantic import Field
 
 from connector import events as ev
-from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start
+from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Wake
 
 
 class LoyaltyThanksConfig(JourneyConfig):
@@ -63,4 +63,19 @@ class Exploding(LoyaltyThanks):
     def decide(self, event: Any, run: Run | None, facts: Facts, config: LoyaltyThanksConfig, now: datetime) -> list[Command]:
         if isinstance(event, ev.OrderPlaced) and event.order.external_id == "1002":
             raise RuntimeError("plugin bug on order 1002")
+        return []
+
+
+class TimerBomb(LoyaltyThanks):
+    """Thanks an hour after the order; its timer has a bug that shows on order 1002 only."""
+
+    name: ClassVar[str] = "timer_bomb"
+
+    def decide(self, event: Any, run: Run | None, facts: Facts, config: LoyaltyThanksConfig, now: datetime) -> list[Command]:
+        if isinstance(event, ev.OrderPlaced) and run is None and facts.contact_id is not None:
+            return [Start(f"order:{event.order.external_id}", facts.contact_id, {}), Wake(now + timedelta(hours=1))]
+        if isinstance(event, TimerFired) and run is not None:
+            if run.subject == "order:1002":
+                raise RuntimeError("plugin bug in the timer of order 1002")
+            return [Send("points", {"customer.first_name": facts.first_name}), Finish("sent")]
         return []

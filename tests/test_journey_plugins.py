@@ -7,6 +7,7 @@ plus the plugins of tests/plugin_journeys.py, as an installed plugin package wou
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from importlib.metadata import EntryPoint, entry_points
 
 import pytest
@@ -25,7 +26,8 @@ from tests.test_decide_tables import post, runs, steps
 from tests.test_payment_and_shipped_fixes import shopify_order, T0
 
 PLUGINS = {"loyalty_thanks": "LoyaltyThanks", "impostor": "Impostor", "zz_second_loyalty": "SecondLoyalty",
-           "fails_to_start": "FailsToStart", "not_a_journey": "NotAJourney", "exploding": "Exploding"}
+           "fails_to_start": "FailsToStart", "not_a_journey": "NotAJourney", "exploding": "Exploding",
+           "timer_bomb": "TimerBomb"}
 
 
 @pytest.fixture
@@ -104,3 +106,29 @@ def test_a_journey_that_raises_on_one_order_leaves_nothing_of_that_row_and_costs
     assert set(inbox) == {"orders/create:done", "orders/create:pending"}
     assert "RuntimeError" in inbox["orders/create:pending"]
     assert "plugin bug on order 1002" in caplog.text
+
+
+def test_a_journey_that_raises_on_one_timer_costs_the_other_timers_nothing(plugins, db_url, caplog):
+    """Every due run fires in one transaction: a plugin whose timer raises for order 1002 must not keep order 1001's
+    (or any other journey's) timer from firing batch after batch. The broken run is logged and tried again later."""
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(policy={"quiet_hours": ""}, journeys={"timer_bomb": {}}, templates=[
+        {"step": "timer_bomb.points", "name": "points_v1", "category": "utility", "body_text": "Thanks {{1}}", "body": ["customer.first_name"]}])
+    settings = parse_settings(raw, environ={})
+    with running_app(settings) as (client, runtime):
+        for n in (1002, 1001):
+            post(client, "orders/create", shopify_order(n, "paid", T0))
+        runtime.processor.clock = lambda: T0
+        runtime.processor.drain()
+        runtime.processor.clock = lambda: T0 + timedelta(hours=2)
+        with caplog.at_level(logging.ERROR, logger="storeloop.journeys"):
+            fired = runtime.processor.process_timers()
+            again = runtime.processor.process_timers()  # the broken run is not due again at once
+        sent = steps(runtime)
+        found = runs(runtime)
+    sid = runtime.store_ids["shop-a"]
+    assert (fired, again) == (2, 0)
+    assert sent == [("timer_bomb", "order:1001", "points")]
+    broken = found[(sid, "timer_bomb", "order:1002")]
+    assert broken.status == "active" and broken.next_due_at > T0 + timedelta(hours=2)
+    assert "plugin bug in the timer of order 1002" in caplog.text

@@ -289,6 +289,20 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
                  fulfillment=fulfillment, extra=extra)
 
 
+TIMER_FAILURES = "_timer_failures"  # run state: how many times in a row its journey raised on its timer
+
+
+def _timer_failed(conn: Connection, row: Any, run: Run, now: datetime) -> None:
+    """``decide`` raised on a run's timer. It is pure, so nothing was done; the run's timer is
+    set again after a growing pause (5 minutes, doubling, at most a day), so one broken run
+    neither stops every other due run (they fire in one transaction) nor fires in a tight loop."""
+    failures = int(run.state.get(TIMER_FAILURES, 0)) + 1
+    pause = min(timedelta(days=1), timedelta(minutes=5) * 2 ** min(failures - 1, 10))
+    log.exception("journey %s raised on the timer of run %s (%s, store %s), %d time(s) in a row; trying again in %s",
+                  run.journey, row.id, run.subject, row.store_id, failures, pause)
+    update_by_id(conn, RUNS, row.id, {"next_due_at": now + pause, "state": {**run.state, TIMER_FAILURES: failures}})
+
+
 class JourneyRunner:
     def on_event(self, conn: Connection, store: Any, store_id: int, event: Any, contact_id: int | None, now: datetime) -> int:
         """Run every enabled journey for one event; returns how many commands were applied."""
@@ -362,9 +376,13 @@ class JourneyRunner:
                 update_by_id(conn, RUNS, row.id, {"next_due_at": None})  # fire once
             else:
                 facts = _facts(conn, store, store_id, TimerFired(now), row.contact_id, row.subject)
-                commands = journey.decide(TimerFired(now), found[1], facts, enabled[row.journey], now)
-                self._apply(conn, store, store_id, row.journey, row.subject, found, commands, facts, enabled[row.journey], now,
-                            fired=True)
+                try:
+                    commands = journey.decide(TimerFired(now), found[1], facts, enabled[row.journey], now)
+                except Exception:  # a journey's bug (a plugin's, say): this run waits, the others' timers still fire
+                    _timer_failed(conn, row, found[1], now)
+                else:
+                    self._apply(conn, store, store_id, row.journey, row.subject, found, commands, facts, enabled[row.journey], now,
+                                fired=True)
             if stop is not None and stop():
                 break
         return fired
