@@ -357,7 +357,26 @@ _MESSAGE_BY_WAMID = select(MESSAGES.c.id, MESSAGES.c.status, MESSAGES.c.error_co
     MESSAGES.c.store_id == bindparam("sid"), MESSAGES.c.wamid == bindparam("wamid"))
 _INSERT_MESSAGE = insert(MESSAGES)
 _OUTBOX_FOR_STATUS = select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.contact_id, OUTBOX.c.category, OUTBOX.c.payload,
-                            OUTBOX.c.journey, OUTBOX.c.step, OUTBOX.c.idempotency_key).where(OUTBOX.c.store_id == bindparam("sid"))
+                            OUTBOX.c.journey, OUTBOX.c.step, OUTBOX.c.idempotency_key, OUTBOX.c.attempts).where(OUTBOX.c.store_id == bindparam("sid"))
+_RUN_STATUS = select(RUNS.c.status).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == bindparam("j"), RUNS.c.subject == bindparam("s"))
+# 131049 (Meta's per-user marketing limit): the same message again a day later, on three days at most
+ENGAGEMENT_LIMIT_SENDS = 3
+
+
+def _another_day(conn: Connection, store_id: int, row: Any) -> bool:
+    """Whether a message WhatsApp held back for the user's marketing limit (131049) is worth
+    sending again tomorrow: not after its third try, and only while its journey run is still
+    going (a cart reminder after the cart's run ended, or weeks later, is not the one it was)."""
+    if int(row.attempts or 0) >= ENGAGEMENT_LIMIT_SENDS:
+        return False
+    subject = (row.payload or {}).get("subject")
+    if not row.journey or not subject:
+        return True
+    cache = current(conn)
+    if cache is not None:
+        flush(conn)  # the run's status may be a write the batch still holds
+    status = conn.execute(_RUN_STATUS, {"sid": store_id, "j": row.journey, "s": subject}).scalar()
+    return status in (None, "active")
 _OUTBOX_BY_ID = _OUTBOX_FOR_STATUS.where(OUTBOX.c.id == bindparam("oid"))
 _OUTBOX_BY_WAMID = _OUTBOX_FOR_STATUS.where(OUTBOX.c.wamid == bindparam("wamid"))
 
@@ -391,7 +410,7 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
     values: dict[str, Any] = {"wamid": e.message_id, "updated_at": now}
     if e.status == "failed":
         values.update(status="failed", last_error=f"{e.error_code}: {e.error_title or 'failed'}"[:2000])
-        if e.error_code == 131049:  # Meta's per-user marketing limit: not before 24 h, then the same message again
+        if e.error_code == 131049 and _another_day(conn, store_id, row):  # not before 24 h, then the same message again
             values.update(status="pending", due_at=e.occurred_at + timedelta(hours=24), last_error="131049: retry after 24 h")
         if row.contact_id is not None:
             apply_contact_error(conn, store_id, row.contact_id, e.error_code, e.occurred_at, now)

@@ -300,6 +300,38 @@ def test_failed_status_webhooks_change_the_contact(db_url, sandbox):
     assert later.status == "pending" and later.due_at == datetime.fromtimestamp(1795158000, timezone.utc) + timedelta(hours=24)
 
 
+def test_a_message_held_back_for_the_marketing_limit_is_tried_on_three_days_at_most_and_only_while_its_run_goes_on(db_url, sandbox):
+    """131049 (the user's marketing limit): the same message again a day later, but not a fourth time, and not for a
+    run that has ended meanwhile (a cart reminder days after the cart's ladder and attribution window are over)."""
+    fake, url = sandbox
+    settings = settings_for(db_url, url)
+    with running_app(settings) as (client, runtime):
+        db, ids = runtime.db, runtime.store_ids
+        sid = ids["shop-a"]
+        people = {s: seed_contact(db, sid, phone=p) for s, p in (("w:ended", "+919876543210"), ("w:going", "+919812345678"),
+                                                                 ("w:third", "+919898989898"))}  # one each: the marketing cap
+        queued = {s: queue(db, settings, sid, cid, step="reorder.remind", subject=s) for s, cid in people.items()}
+        with db.engine.begin() as conn:
+            for subject, status in (("w:ended", "finished"), ("w:going", "active"), ("w:third", "active")):
+                conn.execute(m.JourneyRun.__table__.insert().values(
+                    store_id=sid, journey="reorder", subject=subject, contact_id=people[subject], status=status, state={}, holdout=False,
+                    started_at=NOON_IST, updated_at=NOON_IST))
+        dispatch(db, settings, ids, Clock(NOON_IST), url)
+        with db.engine.begin() as conn:  # the third one has been tried on three days already
+            conn.execute(m.OutboxMessage.__table__.update().where(m.OutboxMessage.id == queued["w:third"].outbox_id).values(attempts=3))
+        sent = {c.callback_data: c.wamid for c in fake.accepted()}
+        for q in queued.values():
+            envelope = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+                "messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": PHONE_ID_A},
+                "statuses": [{"id": sent[f"outbox:{q.outbox_id}"], "status": "failed", "timestamp": "1795158000",
+                              "biz_opaque_callback_data": f"outbox:{q.outbox_id}", "errors": [{"code": 131049, "title": "limit"}]}]}}]}]}
+            body = json.dumps(envelope).encode()
+            client.post("/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": meta_signature(body, SECRETS["wa_app"])})
+        runtime.processor.drain()
+        rows = {r.id: r for r in outbox_rows(db)}
+    assert {s: rows[q.outbox_id].status for s, q in queued.items()} == {"w:ended": "failed", "w:going": "pending", "w:third": "failed"}
+
+
 def test_stop_keyword_opts_out_at_once(db_url, sandbox):
     fake, url = sandbox
     settings = settings_for(db_url, url)
