@@ -125,6 +125,30 @@ def test_a_cancel_while_a_reminder_waits_for_its_retry_withdraws_the_reminder(sq
     assert cancelled(world, SHOPIFY)
 
 
+def test_an_order_the_store_confirmed_by_phone_is_neither_reminded_nor_cancelled_for_no_answer(sqlite_url, scenario, world):
+    """COD orders wait on hold; Confirm moves them to processing. The merchant phones her and moves the order to
+    processing himself: no reminder, no "no answer" cancel of an order she confirmed; the report counts it apart.
+    Her Cancel tap after that goes to a person."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": {
+        **COD, "no_answer_action": "cancel", **WOOCOMMERCE.confirm_settings}})
+    order = WOOCOMMERCE.awaiting_confirmation(8, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, order)
+    sc.work()
+    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    sc.later(hours=2)
+    sc.woo("order.updated", {**order, "status": "processing", "date_modified_gmt": p.gmt(sc.now)})  # confirmed on the phone
+    sc.later(days=2)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+    assert status_puts(world) == [] and world.woo_writes() == []
+    metrics = sc.report()["stages"]["qualification"]["metrics"]
+    assert (metrics["confirmed_by_store"], metrics["no_answer"], metrics["lost"]) == (1, 0, 0)
+    sc.tap(ASHA, "cod_cancel", ask)
+    sc.later(hours=1)
+    assert status_puts(world) == []
+    [case] = sc.handoffs(status="open")
+    assert "after the store confirmed it" in case["reason"]
+
+
 # ---- taps after the no-answer step -----------------------------------------------------------
 
 def _unanswered(sc, store: Store, n: int) -> Any:

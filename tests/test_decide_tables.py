@@ -244,7 +244,23 @@ ASKED = {"phase": "asked", "asked_at": T0.isoformat(), "reminders": 0, "order_na
 WAITING = {**ASKED, "choice": "cancelled", "phase": "cancel_reason", "awaiting_reply": True}
 HERE = routed("cod_confirmation")
 
+WOO_COD = CodConfirmationConfig(confirm_status="wc-processing", no_answer_action="cancel")
+
+
+def woo_cod(status: str) -> ev.Order:
+    return order(external_id="727", name="#727", platform_status=status)
+
+
 COD_CASES = [
+    Case("the store moved it to the confirm status itself (a call): no more asks, no no-answer cancel",
+         ev.OrderUpdated(order=woo_cod("processing")), run("cod_confirmation", {**ASKED, "placed_status": "on-hold"}, subject="order:727"),
+         facts(woo_cod("processing")), WOO_COD, ["update(choice,closed_by)", "wake:none", "stage:post_purchase", "finish:confirmed_by_store"],
+         state={"choice": "confirmed_by_store"}),
+    Case("placed in the confirm status already (COD orders come in processing): an update of it confirms nothing",
+         ev.OrderUpdated(order=woo_cod("processing")), run("cod_confirmation", {**ASKED, "placed_status": "processing"}, subject="order:727"),
+         facts(woo_cod("processing")), WOO_COD, []),
+    Case("a run from before the placed status was kept: goes on", ev.OrderUpdated(order=woo_cod("processing")),
+         run("cod_confirmation", ASKED, subject="order:727"), facts(woo_cod("processing")), WOO_COD, []),
     Case("placed: ask now, remind at 6 h", ev.OrderPlaced(order=order()), None, facts(order()), COD,
          ["start:order:1042", "send:ask", "wake:+6h"], state={"phase": "asked", "order_name": "#1042"}),
     Case("placed with a delay: wait first", ev.OrderPlaced(order=order()), None, facts(order()), CodConfirmationConfig(delay_minutes=30),

@@ -112,6 +112,11 @@ class CodConfirmation:
                 return [Update({"closed_by": "order.cancelled"}), Wake(None), Finish("order_cancelled")]
             if shipped_event(event):
                 return [Update({"closed_by": event.type}), Wake(None), Finish("fulfilled_unanswered")]
+            if isinstance(event, ev.OrderUpdated) and self._store_confirmed(event.order, run, config):
+                # the store moved it to the confirm status itself (a call, say): no reminder, and above all
+                # no "no answer" cancel of an order the customer has confirmed
+                return [Update({"choice": "confirmed_by_store", "closed_by": "store.status"}), Wake(None),
+                        MoveStage("post_purchase"), Finish("confirmed_by_store")]
         if isinstance(event, ev.ButtonReplied):
             if facts.extra.get("reply_journey") is not None and replied_here(event, facts, self.name) != run.subject:
                 return []  # a tap on another message (this run hears all of the contact's taps)
@@ -132,6 +137,16 @@ class CodConfirmation:
         return []
 
     @staticmethod
+    def _store_confirmed(order: ev.Order, run: Run, config: CodConfirmationConfig) -> bool:
+        """WooCommerce: the order reached ``confirm_status`` from another status it was placed in
+        (a run from before ``placed_status`` was kept cannot tell, and goes on)."""
+        if not config.confirm_status or order.platform_status is None:
+            return False
+        wanted = config.confirm_status.strip().lower().removeprefix("wc-")
+        placed = run.state.get("placed_status")
+        return order.platform_status == wanted and placed is not None and placed != wanted
+
+    @staticmethod
     def _order_name(run: Run, facts: Facts) -> str:
         order_id = run.subject.split(":", 1)[1]
         if facts.order is not None and facts.order.external_id == order_id:
@@ -147,10 +162,10 @@ class CodConfirmation:
         if not isinstance(event, ev.OrderPlaced) or facts.contact_id is None or facts.order is None or facts.order.cancelled:
             return []
         subject = f"order:{facts.order.external_id}"
-        name = facts.order.name
+        known = {"order_name": facts.order.name, "placed_status": event.order.platform_status}
         if config.delay_minutes > 0:
-            return [Start(subject, facts.contact_id, {"phase": "waiting", "order_name": name}), Wake(now + timedelta(minutes=config.delay_minutes))]
-        return [Start(subject, facts.contact_id, {"phase": "asked", "asked_at": now.isoformat(), "reminders": 0, "order_name": name}),
+            return [Start(subject, facts.contact_id, {"phase": "waiting", **known}), Wake(now + timedelta(minutes=config.delay_minutes))]
+        return [Start(subject, facts.contact_id, {"phase": "asked", "asked_at": now.isoformat(), "reminders": 0, **known}),
                 Send("ask", order_context(facts)), Wake(self._next_wake(now, 0, config))]
 
     @staticmethod
@@ -199,6 +214,11 @@ class CodConfirmation:
     def _reply(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
         choice = run.state.get("choice")
         confirm = event.payload in config.confirm_payloads
+        if choice == "confirmed_by_store" and not self._cancelled(run, facts) and (
+                event.payload in config.cancel_payloads or event.payload in config.cancel_reasons):
+            # the store confirmed it with her (by phone); a Cancel now is for a person to sort out, not automatic
+            return [Update({"cancel_after_store_confirmed": event.occurred_at.isoformat()}),
+                    Handoff(f"customer tapped Cancel on COD order {self._order_name(run, facts)} after the store confirmed it")]
         if choice not in (None, "no_answer") or (choice is None and self._cancelled(run, facts)):
             return []  # locked: a second tap, or a tap after the order was cancelled, changes nothing
         if not confirm and event.payload not in config.cancel_payloads and event.payload not in config.cancel_reasons:
