@@ -78,6 +78,11 @@ def _from_sync(row: Any) -> bool:
 
 
 FIRST_SLICE_ROWS = 32  # rows a time-budgeted batch loads before the processor knows how long a row takes
+# A fulfilment whose order is not stored yet waits for it (Shopify sends fulfillments/create and
+# orders/create in no set order; an order row retrying after an error comes later too): the row is
+# tried again after 30 s, 60 s, ... this many times (about 10 minutes), then the journeys hear it
+# without its order (which means nothing is sent for it)
+ORDER_WAIT_TRIES = 6
 
 
 class InboxProcessor:
@@ -371,6 +376,10 @@ class InboxProcessor:
         private: list[dict[str, Any]] | None = None
         for event in events:
             outcome = apply_event(conn, store, row.store_id, event, row.id, now)
+            if outcome.order_unknown and row.attempts < ORDER_WAIT_TRIES:
+                # "shipped" would be lost: the delivery journey needs the order (its customer, its name)
+                return {"status": "pending", "available_at": now + timedelta(seconds=30 * (row.attempts + 1)),
+                        "last_error": "waiting for its order to arrive"}
             subject = subject or outcome.subject
             contact_id = contact_id or outcome.contact_id
             stale = stale or outcome.stale

@@ -39,6 +39,7 @@ class Outcome:
     held: str | None = None  # a reason to keep the row for a later feature
     private: list[dict[str, Any]] | None = None  # a privacy request: the row keeps this instead of its body and event
     placed: ev.OrderPlaced | None = None  # an order first seen through a later event: the journeys hear it placed first
+    order_unknown: bool = False  # a fulfilment of an order not stored yet (Shopify's webhooks come in any order)
 
 
 # An order first seen through a later event is still news to the journeys when it was created
@@ -602,6 +603,7 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             out.subject = f"order:{f.order_external_id}"
             placed = order_row(conn, store_id, f.order_external_id)
             out.contact_id = placed.contact_id if placed is not None else None
+            out.order_unknown = placed is None
             out.stale = not apply_fulfillment(conn, store_id, f, now)
         case ev.CustomerUpdated(customer=customer):
             out.subject = f"customer:{customer.external_id}" if customer.external_id else None

@@ -109,3 +109,17 @@ def test_an_order_a_backfill_imports_as_an_update_stays_silent(sqlite_url, scena
     sc.shopify("orders/updated", {**SHOPIFY.order(7, ASHA, sc.now), "id": 7, "admin_graphql_api_id": "gid://shopify/Order/7"})
     sc.later(hours=1)
     assert sc.sent() == []
+
+
+def test_a_parcel_shipped_before_its_order_reached_us_is_still_announced_once(sqlite_url, scenario, world):
+    """Shopify's fulfillments/create can beat orders/create (or the order's delivery fails once and comes later): the
+    fulfilment waits for its order, then "on its way" goes out, once, though the parcel's webhook came twice."""
+    sc = scenario(sqlite_url, "shopify", journeys={"delivery": {}})
+    order = SHOPIFY.order(5, ASHA, sc.now, cod=False)
+    sc.shopify("fulfillments/create", p.shopify_fulfillment(order["id"] + 2000, order["id"], sc.now), times=2)
+    sc.work()
+    assert sc.templates_to(ASHA) == []
+    sc.later(seconds=20)
+    sc.shopify("orders/create", order)
+    sc.later(minutes=2, step=timedelta(seconds=30))
+    assert sc.templates_to(ASHA) == ["shipped_v1"]
