@@ -168,6 +168,14 @@ class OrderCancelled(_Fact):
     order: Order
 
 
+class OrderDeleted(_Fact):
+    """The store moved an order to the bin or deleted it (WooCommerce ``order.deleted``, whose body
+    is only the id): as good as cancelled for every journey."""
+
+    type: Literal["order.deleted"] = "order.deleted"
+    order_external_id: str
+
+
 class OrderFulfilled(_Fact):
     type: Literal["order.fulfilled"] = "order.fulfilled"
     order: Order
@@ -316,6 +324,7 @@ Event = Annotated[
         OrderUpdated,
         OrderPaid,
         OrderCancelled,
+        OrderDeleted,
         OrderFulfilled,
         CheckoutUpdated,
         FulfillmentUpdated,

@@ -599,6 +599,15 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             if out.contact_id is not None and checkout.accepts_marketing:
                 record_consent(conn, store_id, out.contact_id, "marketing", "granted", "checkout_opt_in", checkout.updated_at, inbox_id, only_if_unknown=True)
             out.stale = not apply_checkout(conn, store_id, checkout, out.contact_id)
+        case ev.OrderDeleted(order_external_id=oid):
+            out.subject = f"order:{oid}"
+            stored = order_row(conn, store_id, oid)
+            if stored is not None:
+                out.contact_id = stored.contact_id
+                if stored.cancelled_at is None:
+                    # binned: cancelled for every journey (their timers read it: no COD reminder, no
+                    # "no answer" cancel that would take it out of the bin, no cart or pay reminder)
+                    update_by_id(conn, ORDERS, stored.id, {"cancelled_at": now, "platform_status": "trash", "updated_at": now})
         case ev.FulfillmentUpdated(fulfillment=f):
             out.subject = f"order:{f.order_external_id}"
             placed = order_row(conn, store_id, f.order_external_id)

@@ -149,6 +149,20 @@ def test_an_order_the_store_confirmed_by_phone_is_neither_reminded_nor_cancelled
     assert "after the store confirmed it" in case["reason"]
 
 
+def test_an_order_the_merchant_binned_is_neither_reminded_nor_cancelled_out_of_the_bin(sqlite_url, scenario, world):
+    """A spam COD order goes to the bin (order.deleted, whose body is only its id): no reminder, and no "no answer"
+    cancel, whose status write would take it out of the bin."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": {**COD, "no_answer_action": "cancel"}})
+    order = WOOCOMMERCE.order(9, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, order)
+    sc.work()
+    sc.later(hours=1)
+    sc.woo("order.deleted", {"id": order["id"]})
+    sc.later(days=2)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+    assert world.woo_writes() == []
+
+
 # ---- taps after the no-answer step -----------------------------------------------------------
 
 def _unanswered(sc, store: Store, n: int) -> Any:

@@ -41,6 +41,7 @@ from connector.events import (
     LineItem,
     Order,
     OrderCancelled,
+    OrderDeleted,
     OrderPlaced,
     OrderUpdated,
     PaymentState,
@@ -70,7 +71,8 @@ _CHECKOUT_DRAFT = "checkout-draft"  # block-checkout drafts leak into order.upda
 def normalize(topic: str, body: dict, store: WooCommerceStore) -> list[Event]:
     """Translate one WooCommerce webhook (topic + JSON body) into events.
 
-    ``order.deleted`` (body ``{"id": N}``), checkout drafts and unknown topics give ``[]``.
+    ``order.deleted`` (body ``{"id": N}``: the bin or deleted for good) gives ``OrderDeleted``;
+    checkout drafts and unknown topics give ``[]``.
     ``cart.*`` topics are the Cart Abandonment Recovery plugin's posts (``carts.py``).
     """
     data = as_object(body, "body")
@@ -84,9 +86,11 @@ def normalize(topic: str, body: dict, store: WooCommerceStore) -> list[Event]:
         shipment = _shipment(data, order, tracking)
         if topic == "order.created":
             return [OrderPlaced(order=order), *shipment]
-        if topic == "order.updated" and order.platform_status == "cancelled":
+        if topic == "order.updated" and order.platform_status in _CLOSED:
             return [OrderCancelled(order=order)]
         return [OrderUpdated(order=order), *shipment]
+    if topic == "order.deleted":
+        return [OrderDeleted(order_external_id=req_id(data, "id"))]
     if topic in _CUSTOMER_TOPICS:
         return [_customer_updated(data, store)]
     if topic in _PRODUCT_TOPICS:
@@ -144,6 +148,8 @@ _COD_PAID_STATUSES = frozenset({"completed", "delivered"})
 # The pay-for-order page takes payment only in these (WC_Order::needs_payment's default valid statuses):
 # a COD order in processing / on-hold has no pay link that works.
 _PAYABLE_STATUSES = frozenset({"pending", "failed"})
+# Called off: cancelled, or moved to the bin (``trash``; ``order.deleted`` says the same with only the id)
+_CLOSED = frozenset({"cancelled", "trash"})
 # Tracking meta on an order in these says nothing about a parcel on its way: never paid, called off or money returned
 _NOT_ON_ITS_WAY = frozenset({"pending", "failed", "cancelled", "refunded", "checkout-draft", "trash"})
 
@@ -223,8 +229,8 @@ def _order(o: Body, store: WooCommerceStore, tracking: dict[str, Any]) -> Order:
         name=f"#{number}",
         created_at=created_at,
         updated_at=updated_at,
-        # WooCommerce keeps no cancel time: the last change of a cancelled order is the best we have
-        cancelled_at=updated_at if status == "cancelled" else None,
+        # WooCommerce keeps no cancel time: the last change of a cancelled (or binned) order is the best we have
+        cancelled_at=updated_at if status in _CLOSED else None,
         payment_state=payment_state,
         # shipped by its status, or by tracking a store added while the order stayed in processing
         fulfillment_state=(FulfillmentState.FULFILLED if status in _SHIPPED_STATUSES or _tracked(status, tracking)

@@ -60,9 +60,9 @@ from connector.sync import ProductSyncReport
 
 log = logging.getLogger("storeloop.install")
 
-# What the webhook endpoint accepts (adapters/woocommerce/webhooks.py) less order.deleted, which the
-# normaliser turns into no event: order.created|updated|restored, customer.created|updated.
-TOPICS = tuple(sorted(woo_webhooks.TOPICS - {"order.deleted"}))
+# What the webhook endpoint accepts (adapters/woocommerce/webhooks.py): order.created|updated|
+# deleted|restored (deleted: an order moved to the bin, as good as cancelled), customer.created|updated.
+TOPICS = tuple(sorted(woo_webhooks.TOPICS))
 APP_NAME = "storeloop"
 CALLBACK_PATH = "/woocommerce/callback/"
 CONNECTED_PATH = "/woocommerce/connected"

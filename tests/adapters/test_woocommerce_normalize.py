@@ -20,6 +20,7 @@ from connector.events import (
     CustomerUpdated,
     FulfillmentState,
     OrderCancelled,
+    OrderDeleted,
     OrderPlaced,
     OrderUpdated,
     PaymentState,
@@ -219,9 +220,14 @@ def test_cancelled_update_is_order_cancelled() -> None:
     assert event.order.payment_state is PaymentState.VOIDED
 
 
+def test_an_order_moved_to_the_bin_is_cancelled() -> None:
+    event = only(normalize("order.updated", {**cod_order(), "status": "trash"}, STORE))
+    assert isinstance(event, OrderCancelled) and event.order.cancelled_at is not None
+
+
 def test_topics() -> None:
     assert isinstance(only(normalize("order.restored", load_order(), STORE)), OrderUpdated)
-    assert normalize("order.deleted", {"id": 727}, STORE) == []
+    assert normalize("order.deleted", {"id": 727}, STORE) == [OrderDeleted(order_external_id="727")]
     assert normalize("coupon.updated", load_order(), STORE) == []
     assert normalize("action.woocommerce_checkout_order_processed", {"action": "x", "arg": 1}, STORE) == []
 
