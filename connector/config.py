@@ -180,8 +180,8 @@ class StageSettings(_Settings):
 class HandoffSettings(_Settings):
     free_text_replies: bool = Field(True, description="a reply that is not a button or keyword goes to a person")
     order_value_over: float | None = Field(None, gt=0, description="orders above this total open a hand-off")
-    reply_match_days: float = Field(7, gt=0, description="a reply that quotes none of our messages continues the contact's "
-                                    "latest active run only if that run moved within this many days of it")
+    reply_match_days: float = Field(7, gt=0, description="a reply that quotes none of our messages continues the active run "
+                                    "whose message reached the customer last, within this many days of the reply")
 
 
 class TemplateButton(_Settings):

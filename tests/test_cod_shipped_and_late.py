@@ -163,6 +163,24 @@ def test_an_order_the_merchant_binned_is_neither_reminded_nor_cancelled_out_of_t
     assert world.woo_writes() == []
 
 
+def test_an_unquoted_question_goes_to_the_journey_whose_message_she_got_not_to_a_silent_one(sqlite_url, scenario, world):
+    """She got the COD ask; an hour later she left a cart without the marketing opt-in, so its reminder was not sent
+    (though the cart's run moved last). "Can I change the address for my COD order?", quoting nothing, is about the
+    COD order: its case is the COD journey's (the qualification desk's), not the cart's."""
+    sc = scenario(sqlite_url, "shopify", journeys={"cod_confirmation": COD, "checkout_recovery": {
+        "abandon_after_minutes": 30, "ladder_minutes": [0, 360, 1440]}})
+    SHOPIFY.place(sc, SHOPIFY.order(10, ASHA, sc.now))
+    sc.work()
+    sc.later(hours=1)
+    SHOPIFY.start_checkout(sc, "Q", ASHA, opt_in=False)
+    sc.later(hours=1, step=timedelta(minutes=30))  # the cart's first reminder falls due and is not sent
+    sc.say(ASHA, "Can I change the address for my COD order?")
+    sc.later(minutes=5)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+    [case] = sc.handoffs(status="open")
+    assert case["journey"] == "cod_confirmation" and case["stage"] == "qualification"
+
+
 # ---- taps after the no-answer step -----------------------------------------------------------
 
 def _unanswered(sc, store: Store, n: int) -> Any:

@@ -155,12 +155,16 @@ def store_settings(db_url: str, journeys: dict, templates: list[dict]):
     return parse_settings(raw, environ={})
 
 
-def dispatch(runtime, settings):
+def dispatch(runtime, settings, **kw):
     """Send what is due (dry run), so each message has the wamid a customer's reply quotes."""
     from connector.outbox.dispatcher import Dispatcher
     from connector.outbox.senders import DryRunSender
 
-    asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender()).drain())
+    asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender(), **kw).drain())
+
+
+SHIPPED_TEMPLATE = {"step": "delivery.shipped", "name": "shipped_v1", "category": "utility", "body_text": "Order {{1}} is on its way",
+                    "body": ["order.name"]}
 
 
 def wamid_of(runtime, journey: str, step: str) -> str:
@@ -314,7 +318,7 @@ def test_a_second_parcel_that_fails_after_the_first_was_delivered_is_still_asked
 def test_an_unquoted_reply_continues_a_run_that_moved_lately_not_one_left_open_for_weeks(db_url, days_later, filed_under):
     """The parcel was reported shipped and never delivered, so its delivery run stays open. "Hello?"
     three days on is about that parcel; ten days on (past handoff.reply_match_days) it is a case of its own."""
-    settings = store_settings(db_url, {"delivery": {}}, [])
+    settings = store_settings(db_url, {"delivery": {}}, [SHIPPED_TEMPLATE])
     shipped_at = datetime(2026, 11, 21, 10, 0, tzinfo=timezone.utc)
     with running_app(settings) as (client, runtime):
         runtime.processor.clock = lambda: shipped_at
@@ -323,6 +327,7 @@ def test_an_unquoted_reply_continues_a_run_that_moved_lately_not_one_left_open_f
         fulfilment.update(order_id=5550001, shipment_status="in_transit", updated_at="2026-11-21T10:00:00Z")
         post_shopify(client, fulfilment, "fulfillments/update")
         runtime.processor.drain()
+        dispatch(runtime, settings, clock=lambda: shipped_at)  # "on its way" reaches her
         said = shipped_at + timedelta(days=days_later)
         runtime.processor.clock = lambda: said
         post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.R9", "timestamp": str(int(said.timestamp())), "type": "text",

@@ -102,3 +102,12 @@ def test_the_journals_look_at_the_processors_backlog_reads_the_pending_rows_only
     sql = due_rows_sql((1, 2))
     plan = " | ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, ("2026-12-01 00:00:00.000000", 128)))
     assert "ix_inbox_events_status_id" in plan, plan
+
+
+def test_an_unquoted_reply_reads_the_customers_own_recent_messages_only(conn: Any) -> None:
+    """Which journey an unquoted reply answers: the customer's messages of the last days, by the (contact,
+    updated_at) index, not every message the store sent (a status index would read every sent one)."""
+    from connector.journeys.runner import _REACHED_LATELY
+
+    plan = plan_of(conn, _REACHED_LATELY, {"sid": 1, "cid": 7, "since": NOW})
+    assert "ix_outbox_contact_updated (contact_id=? AND updated_at>?)" in plan, plan

@@ -236,6 +236,29 @@ def _prefetch_for_timers(conn: Connection, store_id: int, rows: list[Any]) -> No
             cache.absent(("orders", store_id, o))
 
 
+_REACHED_LATELY = select(OUTBOX.c.journey, OUTBOX.c.payload).where(  # the (contact_id, updated_at) index
+    OUTBOX.c.contact_id == bindparam("cid"), OUTBOX.c.updated_at >= bindparam("since"), OUTBOX.c.store_id == bindparam("sid"),
+    OUTBOX.c.channel == "whatsapp", OUTBOX.c.status.in_(REACHED), OUTBOX.c.journey.is_not(None),
+).order_by(OUTBOX.c.updated_at.desc()).limit(50)
+
+
+def _last_heard(conn: Connection, store: Any, store_id: int, contact_id: int, at: datetime) -> tuple[str, str, int] | None:
+    """The active run an unquoted reply answers: the one whose message reached the customer
+    last, within ``handoff.reply_match_days``. Not merely the run that moved last: a cart
+    reminder the gate skipped (no marketing consent), or a holdout run, said nothing to her;
+    and a run still open weeks on (a parcel never reported delivered) is not what "hello"
+    answers. The active runs come through the transaction cache (the batch's prefetch)."""
+    since = at - timedelta(days=store.handoff.reply_match_days)
+    runs = {(r.journey, r.subject): r for r in active_runs(conn, store_id, contact_id)}
+    if not runs:
+        return None
+    for row in conn.execute(_REACHED_LATELY, {"sid": store_id, "cid": contact_id, "since": since}):
+        run = runs.get((row.journey, (row.payload or {}).get("subject")))
+        if run is not None:
+            return run.journey, run.subject, run.contact_id
+    return None
+
+
 def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: int | None, subject: str | None) -> Facts:
     order_id = None
     fulfillment = None
@@ -258,14 +281,7 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
                 answered = (sent.journey, (sent.payload or {}).get("subject"), sent.contact_id)
                 extra["reply_quoted"] = True  # it quotes one of this journey's messages: it answers that, no other
         if answered is None and contact_id is not None and is_reply(event):
-            # through the transaction cache (the batch's prefetch read the contact's active runs);
-            # only a run that moved lately: one still open weeks on (a parcel never reported
-            # delivered) is not what an unquoted "hello" answers
-            since = event.occurred_at - timedelta(days=store.handoff.reply_match_days)
-            runs = [r for r in active_runs(conn, store_id, contact_id) if r.updated_at >= since]
-            if runs:
-                latest = max(runs, key=lambda r: (r.updated_at, r.id))
-                answered = (latest.journey, latest.subject, latest.contact_id)
+            answered = _last_heard(conn, store, store_id, contact_id, event.occurred_at)
         if answered is not None:
             extra.update(reply_journey=answered[0], reply_subject=answered[1])
             contact_id = contact_id or answered[2]
