@@ -184,6 +184,25 @@ def test_woocommerce_503_is_retried_after_its_retry_after_and_a_404_ends_failed(
     assert note.call_count == 1
 
 
+def test_a_woocommerce_note_whose_answer_was_lost_is_not_written_twice(world):
+    """The note's POST timed out after WooCommerce had saved it (outcome unknown): the retry reads the order's notes,
+    finds it, and writes nothing more; the audit trail shows the unknown try and the retry that found it."""
+    db, ids, clock, dispatcher = world
+    oid = queue(db, ids["woo"], "add_note", {"note": "Failed delivery: the customer asked to reschedule"}, order_id="727", step="ndr")
+    saved = [{"note": "Failed delivery: the customer asked to reschedule", "date_created_gmt": (T0 + timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S")}]
+    with respx.mock(assert_all_called=True) as woo:
+        post = woo.post(f"{WOO}/orders/727/notes").mock(side_effect=httpx.ReadTimeout("read timed out"))
+        listed = woo.get(f"{WOO}/orders/727/notes").respond(200, json=saved)
+        assert run(dispatcher) == 1
+        row, _ = outbox(db, oid)
+        clock.now = row.due_at
+        assert run(dispatcher) == 1
+    row, trail = outbox(db, oid)
+    assert (row.status, row.attempts) == ("sent", 2)
+    assert post.call_count == 1 and listed.call_count == 1
+    assert [t[0] for t in trail] == ["retry", "sent"] and "outcome unknown" in trail[0][2]
+
+
 def test_a_store_without_a_writer_fails_its_row_and_never_touches_another_stores_api(world):
     db, ids, clock, dispatcher = world
     oid = queue(db, ids["shop-b"], "add_tags", {"tags": ["cod-confirmed"]})  # shop-b has no credentials here

@@ -32,6 +32,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -365,7 +366,8 @@ class ShopifyAdminClient:
         if errors:
             raise PermanentError(f"tagsAdd: {_describe_user_errors(errors, (self._token,))}")
 
-    async def cancel_order(self, order_id: str, *, reason: str, notify_customer: bool, staff_note: str | None) -> None:
+    async def cancel_order(self, order_id: str, *, reason: str, notify_customer: bool, staff_note: str | None,
+                           unless_since: datetime | None = None) -> None:
         """``orderCancel`` without refund, with restock. Asynchronous at Shopify (a Job).
 
         An order that is already cancelled is a success (write-backs must be idempotent).
@@ -400,8 +402,9 @@ class ShopifyAdminClient:
         order = data.get("order")
         return isinstance(order, dict) and bool(order.get("cancelledAt"))
 
-    async def add_note(self, order_id: str, note: str) -> None:
+    async def add_note(self, order_id: str, note: str, *, unless_since: datetime | None = None) -> None:
         """Append a line to the order's note (Shopify has one note field, overwritten on update).
+        (``unless_since`` is not needed here: a line the note holds is never added again.)
 
         Two calls: read ``order.note``, then ``orderUpdate(input: {id, note})`` with the line
         appended. NOT atomic: a merchant edit between the two calls is lost (last writer

@@ -25,7 +25,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
@@ -36,6 +36,7 @@ from connector.config import WooCommerceStore
 from connector.errors import PermanentError, RetryableError
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+NOTE_CLOCK_GRACE = timedelta(minutes=10)  # our clock against the store's, when a retried note looks for itself
 TAGS_META_KEY = "_storeloop_tags"
 TAGS_NOTE_PREFIX = "storeloop tags: "
 MAX_PER_PAGE = 100  # WordPress caps per_page at 100 (B1)
@@ -282,7 +283,8 @@ class WooCommerceClient:
             raise PermanentError("invalid WooCommerce order status")
         await self._request("PUT", f"/orders/{oid}", json_body={"status": status})
 
-    async def cancel_order(self, order_id: str, *, reason: str, notify_customer: bool, staff_note: str | None) -> None:
+    async def cancel_order(self, order_id: str, *, reason: str, notify_customer: bool, staff_note: str | None,
+                           unless_since: datetime | None = None) -> None:
         """Status ``cancelled``, then the staff note (if any) as a private order note.
 
         WooCommerce has no cancel reason, refund or notify switch on this call: ``reason``
@@ -292,17 +294,39 @@ class WooCommerceClient:
         """
         await self.set_status(order_id, "cancelled")
         if staff_note and staff_note.strip():
-            await self.add_note(order_id, staff_note)
+            await self.add_note(order_id, staff_note, unless_since=unless_since)
 
-    async def add_note(self, order_id: str, note: str) -> None:
+    async def add_note(self, order_id: str, note: str, *, unless_since: datetime | None = None) -> None:
         """``POST /orders/{id}/notes {"note": …, "customer_note": false}`` (private; no email).
 
-        Not idempotent: a repeated call adds a second identical note.
+        Not idempotent at WooCommerce: a repeated call adds a second identical note. So a retry
+        (``unless_since``: when the write-back was queued) first reads the order's private notes
+        (``GET /orders/{id}/notes?type=internal``) and writes nothing when the same note is there
+        from since then (ten minutes' grace for the two clocks): the earlier try landed though
+        its answer was lost. The same words written before that (a second reschedule after a
+        second failed delivery) are a note of their own.
         """
         oid = _order_id(order_id)
         if not note.strip():
             return
+        if unless_since is not None and await self._has_note_since(oid, note, unless_since - NOTE_CLOCK_GRACE):
+            return
         await self._request("POST", f"/orders/{oid}/notes", json_body={"note": note, "customer_note": False})
+
+    async def _has_note_since(self, oid: str, note: str, since: datetime) -> bool:
+        response = await self._request("GET", f"/orders/{oid}/notes", params={"type": "internal", "_fields": "note,date_created_gmt"})
+        notes = self._json(response)
+        wanted = note.strip()
+        for item in notes if isinstance(notes, list) else []:
+            if not isinstance(item, dict) or str(item.get("note") or "").strip() != wanted:
+                continue
+            try:
+                created = datetime.fromisoformat(str(item.get("date_created_gmt"))).replace(tzinfo=timezone.utc)
+            except ValueError:
+                continue
+            if created >= since:
+                return True
+        return False
 
     async def add_tags(self, order_id: str, tags: Sequence[str]) -> None:
         """WooCommerce orders have no tags; we keep them in two places.

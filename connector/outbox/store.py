@@ -222,6 +222,7 @@ class Claimed:
     attempts: int
     facts: ContactFacts | None = None
     history: SendHistory = field(default_factory=SendHistory)
+    created_at: datetime | None = None  # when it was queued (a retried store note looks for itself since then)
 
 
 def expire_leases(conn: Connection, now: datetime, channel: str = "whatsapp") -> int:
@@ -292,7 +293,7 @@ def claim(
         query = (
             select(
                 OUTBOX.c.id, OUTBOX.c.store_id, OUTBOX.c.contact_id, OUTBOX.c.journey,
-                OUTBOX.c.category, OUTBOX.c.payload, OUTBOX.c.attempts,
+                OUTBOX.c.category, OUTBOX.c.payload, OUTBOX.c.attempts, OUTBOX.c.created_at,
             )
             .where(
                 OUTBOX.c.status == "pending",
@@ -308,7 +309,8 @@ def claim(
         )
         if not db.is_sqlite:
             query = query.with_for_update(skip_locked=True)
-        rows = [Claimed(r.id, r.store_id, r.contact_id, r.journey, r.category, r.payload, r.attempts) for r in conn.execute(query)]
+        rows = [Claimed(r.id, r.store_id, r.contact_id, r.journey, r.category, r.payload, r.attempts, created_at=r.created_at)
+                for r in conn.execute(query)]
         if not rows:
             return []
         ids = [r.contact_id for r in rows if r.contact_id is not None]

@@ -70,10 +70,11 @@ class DryRunWriter:
     async def add_tags(self, order_id: str, tags: list[str]) -> None:
         self.calls.append(("add_tags", order_id, {"tags": list(tags)}))
 
-    async def cancel_order(self, order_id: str, *, reason: str, notify_customer: bool, staff_note: str | None) -> None:
+    async def cancel_order(self, order_id: str, *, reason: str, notify_customer: bool, staff_note: str | None,
+                           unless_since: datetime | None = None) -> None:
         self.calls.append(("cancel_order", order_id, {"reason": reason}))
 
-    async def add_note(self, order_id: str, note: str) -> None:
+    async def add_note(self, order_id: str, note: str, *, unless_since: datetime | None = None) -> None:
         self.calls.append(("add_note", order_id, {"note": note}))
 
     async def set_status(self, order_id: str, status: str) -> None:
@@ -137,7 +138,9 @@ class WriteBackDispatcher:
         t0 = time.perf_counter()
         async with self.semaphore:
             try:
-                await self._call(writer, action, order_id, args)
+                # a retry: the earlier try may have landed though its answer was lost (a timeout, a
+                # worker that died); a note is the one write that is not idempotent at the store
+                await self._call(writer, action, order_id, args, row.created_at if row.attempts else None)
             except (RetryableError, PermanentError) as exc:
                 return self._after_error(row, started, int((time.perf_counter() - t0) * 1000), exc)
             except Exception as exc:  # a bug must not leave the batch leased: recorded and retried like an unknown outcome
@@ -149,14 +152,14 @@ class WriteBackDispatcher:
         return ob.Result(row, outcome, started, int((time.perf_counter() - t0) * 1000))
 
     @staticmethod
-    async def _call(writer: StoreWriter, action: str, order_id: str, args: dict) -> None:
+    async def _call(writer: StoreWriter, action: str, order_id: str, args: dict, retry_since: datetime | None) -> None:
         if action == "add_tags":
             await writer.add_tags(order_id, args["tags"])
         elif action == "cancel_order":
             await writer.cancel_order(order_id, reason=args.get("reason", "other"), notify_customer=bool(args.get("notify_customer")),
-                                      staff_note=args.get("staff_note"))
+                                      staff_note=args.get("staff_note"), unless_since=retry_since)
         elif action == "add_note":
-            await writer.add_note(order_id, args["note"])
+            await writer.add_note(order_id, args["note"], unless_since=retry_since)
         else:
             await writer.set_status(order_id, args["status"])
 

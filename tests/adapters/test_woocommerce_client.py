@@ -187,6 +187,22 @@ def test_add_note_shape():
     assert body(mock.calls.last.request) == {"note": "COD confirmed on WhatsApp", "customer_note": False}
 
 
+def test_a_retried_note_is_not_written_again_when_the_earlier_try_landed():
+    """The first POST timed out after WooCommerce saved the note: the retry finds it (written since the write-back was
+    queued) and writes nothing. The same words from before that (an earlier failed delivery's) are another note."""
+    since = datetime(2026, 12, 6, 10, 0, tzinfo=timezone.utc)
+    ours = [{"note": "Failed delivery: reschedule", "date_created_gmt": "2026-12-06T10:00:03"}]
+    older = [{"note": "Failed delivery: reschedule", "date_created_gmt": "2026-12-04T09:00:00"}]
+    _, landed = run(lambda c: c.add_note("123", "Failed delivery: reschedule", unless_since=since),
+                    [("GET", f"{HTTPS_BASE}/orders/123/notes", httpx.Response(200, json=ours))])
+    assert [c.request.method for c in landed.calls] == ["GET"]
+    assert dict(landed.calls[0].request.url.params) == {"type": "internal", "_fields": "note,date_created_gmt"}
+    _, lost = run(lambda c: c.add_note("123", "Failed delivery: reschedule", unless_since=since),
+                  [("GET", f"{HTTPS_BASE}/orders/123/notes", httpx.Response(200, json=older)),
+                   ("POST", f"{HTTPS_BASE}/orders/123/notes", httpx.Response(201, json={"id": 10}))])
+    assert [c.request.method for c in lost.calls] == ["GET", "POST"]
+
+
 def test_cancel_shape_with_staff_note():
     result, mock = run(
         lambda c: c.cancel_order("123", reason="customer", notify_customer=True, staff_note="Customer said no"),
