@@ -52,14 +52,20 @@ def cancelled(world, store: Store) -> bool:
 
 # ---- once the order has shipped, the COD run is over ------------------------------------------
 
-@pytest.mark.parametrize("status", ["completed", "shipped", "out-for-delivery"])
-def test_a_shipped_woocommerce_order_gets_no_reminder_no_cancel_and_keeps_its_status(sqlite_url, scenario, world, status):
+def _on_hold_and_asked(sqlite_url, scenario, n: int) -> tuple[Any, dict[str, Any], Any]:
+    """A WooCommerce store whose COD orders wait on hold until Confirm moves them to processing, and whose
+    unanswered ones are cancelled; order ``n`` placed and asked. Returns the scenario, the order and the ask."""
     sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": {
-        **COD, "no_answer_action": "cancel", "confirm_status": "processing"}})
-    order = WOOCOMMERCE.awaiting_confirmation(1, ASHA, sc.now)
+        **COD, "no_answer_action": "cancel", **WOOCOMMERCE.confirm_settings}})
+    order = WOOCOMMERCE.awaiting_confirmation(n, ASHA, sc.now)
     WOOCOMMERCE.place(sc, order)
     sc.work()
-    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    return sc, order, sc.last_to(ASHA, "cod_confirm_v1")
+
+
+@pytest.mark.parametrize("status", ["completed", "shipped", "out-for-delivery"])
+def test_a_shipped_woocommerce_order_gets_no_reminder_no_cancel_and_keeps_its_status(sqlite_url, scenario, world, status):
+    sc, order, ask = _on_hold_and_asked(sqlite_url, scenario, 1)
     sc.later(hours=2)
     sc.woo("order.updated", {**p.woo_shipped(order, sc.now), "status": status})  # the merchant ships it (core or plugin status)
     sc.later(days=2)  # the reminder and the answer window go by
@@ -129,12 +135,7 @@ def test_an_order_the_store_confirmed_by_phone_is_neither_reminded_nor_cancelled
     """COD orders wait on hold; Confirm moves them to processing. The merchant phones her and moves the order to
     processing himself: no reminder, no "no answer" cancel of an order she confirmed; the report counts it apart.
     Her Cancel tap after that goes to a person."""
-    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": {
-        **COD, "no_answer_action": "cancel", **WOOCOMMERCE.confirm_settings}})
-    order = WOOCOMMERCE.awaiting_confirmation(8, ASHA, sc.now)
-    WOOCOMMERCE.place(sc, order)
-    sc.work()
-    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    sc, order, ask = _on_hold_and_asked(sqlite_url, scenario, 8)
     sc.later(hours=2)
     sc.woo("order.updated", {**order, "status": "processing", "date_modified_gmt": p.gmt(sc.now)})  # confirmed on the phone
     sc.later(days=2)

@@ -256,6 +256,14 @@ def test_history_imported_late_expires_instead_of_messaging_and_an_earlier_reord
     assert _outbox(runtime) == []
 
 
+def _two_customers_ordered(client) -> list[int]:
+    """Customers 1 and 2 opted in to WhatsApp marketing and each ordered the 30-day product at T0 (orders 4001, 4002)."""
+    for cid, phone in ((1, "+91 98765 43210"), (2, "+91 98123 45678")):
+        _post(client, "customers_whats_app_marketing_consent/update", _consent(cid, phone.replace(" ", "")))
+        _post(client, "orders/create", _order(4000 + cid, T0, phone=phone, customer_id=cid, qty=1))
+    return [1, 2]
+
+
 def test_a_customer_in_another_journey_or_opted_out_gets_no_reminder(db_url):
     raw = settings_dict(db_url)
     raw["stores"][0].update(
@@ -268,9 +276,7 @@ def test_a_customer_in_another_journey_or_opted_out_gets_no_reminder(db_url):
     with running_app(settings) as (client, runtime):
         runtime.processor.clock = clock
         sid = runtime.store_ids["shop-a"]
-        for cid, phone in ((1, "+91 98765 43210"), (2, "+91 98123 45678")):
-            _post(client, "customers_whats_app_marketing_consent/update", _consent(cid, phone.replace(" ", "")))
-            _post(client, "orders/create", _order(4000 + cid, T0, phone=phone, customer_id=cid, qty=1))
+        _two_customers_ordered(client)
         runtime.processor.drain()
         clock.now = T0 + timedelta(days=32)  # both windows opened a day ago (4 d transit + 30 d - 3 d lead)
         # customer 1 has a COD order waiting for confirmation; customer 2 wrote STOP
@@ -307,9 +313,7 @@ def test_a_closed_hand_off_no_longer_keeps_the_customer_from_the_reorder_reminde
     with running_app(settings) as (client, runtime):
         runtime.processor.clock = clock
         sid = runtime.store_ids["shop-a"]
-        for cid, phone in ((1, "+91 98765 43210"), (2, "+91 98123 45678")):
-            _post(client, "customers_whats_app_marketing_consent/update", _consent(cid, phone.replace(" ", "")))
-            _post(client, "orders/create", _order(4000 + cid, T0, phone=phone, customer_id=cid, qty=1))
+        for cid in _two_customers_ordered(client):
             failed = _delivered(4000 + cid, T0 + timedelta(days=2))
             _post(client, "fulfillments/update", {**failed, "id": failed["id"] + cid, "shipment_status": "failure"})
         runtime.processor.drain()
