@@ -94,6 +94,9 @@ def _stage_of(event: Any, current: str) -> str | None:
     return None
 
 
+REPLY_CASE = "reply:"  # the key prefix of a customer's own question that answers no journey (``reply:<contact id>``)
+
+
 def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | None, reply_subject: str | None,
           quoted: bool = False) -> list[HandoffRequest]:
     """Which events need a person (NDRs come from the delivery journey itself).
@@ -124,7 +127,7 @@ def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | N
             # a quoted reply is keyed by what it answers (the key that journey's own case has); one
             # matched by phone shares the contact's reply case, so a conversation stays one case
             # while the run it matched ends or another becomes the latest
-            key = f"{reply_journey}:{reply_subject}" if quoted and reply_journey and reply_subject else f"reply:{contact_id}"
+            key = f"{reply_journey}:{reply_subject}" if quoted and reply_journey and reply_subject else f"{REPLY_CASE}{contact_id}"
             out.append(HandoffRequest(key, reason, reply_journey, reply_subject, unless_awaited=bool(text),
                                       notify_update=False, continues_open=True, quoted=quoted and bool(reply_journey),
                                       stage=journey_stage(reply_journey)))

@@ -27,7 +27,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from connector import events as ev
 from connector.journeys._common import order_context, replied_here
@@ -63,6 +63,12 @@ class CodConfirmationConfig(JourneyConfig):
     cancel_action: Literal["cancel", "tag"] = "cancel"
     cancelled_tag: str = "cod-cancelled-by-customer"
     confirm_status: str | None = Field(None, description="WooCommerce: status to set on confirm, e.g. 'processing'")
+
+    @field_validator("confirm_status")
+    @classmethod
+    def _status_as_woocommerce_reports_it(cls, value: str | None) -> str | None:
+        """'wc-Processing' and 'processing' are one status: kept as an order's status reads (``_store_confirmed``)."""
+        return (value.strip().lower().removeprefix("wc-") or None) if value is not None else None
     confirm_payloads: tuple[str, ...] = ("cod_confirm",)
     cancel_payloads: tuple[str, ...] = ("cod_cancel",)
     cancel_reasons: dict[str, str] = Field(
@@ -142,9 +148,8 @@ class CodConfirmation:
         (a run from before ``placed_status`` was kept cannot tell, and goes on)."""
         if not config.confirm_status or order.platform_status is None:
             return False
-        wanted = config.confirm_status.strip().lower().removeprefix("wc-")
         placed = run.state.get("placed_status")
-        return order.platform_status == wanted and placed is not None and placed != wanted
+        return order.platform_status == config.confirm_status and placed is not None and placed != config.confirm_status
 
     @staticmethod
     def _order_name(run: Run, facts: Facts) -> str:

@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy import Connection, String, Table, and_, bindparam, exists, func, or_, select, tuple_, type_coerce, update
 
 from connector import events as ev
+from connector.handoffs import REPLY_CASE
 from connector.journeys.reorder import ReorderConfig
 from connector.journeys.runner import JourneyRunner
 from connector.reorder.cycles import CycleBook, cadence, intervals_in_order, learn_all, product_key
@@ -595,7 +596,7 @@ _SCHEDULED = select(RUNS.c.journey).where(
 # does not, or one big order would have kept its customer from every reorder reminder.
 _WITH_A_PERSON = select(HANDOFFS.c.journey).where(
     HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.status == "open", HANDOFFS.c.contact_id == bindparam("cid"),
-    HANDOFFS.c.journey.is_not(None) | HANDOFFS.c.key.startswith("reply:", autoescape=True))
+    HANDOFFS.c.journey.is_not(None) | HANDOFFS.c.key.startswith(REPLY_CASE, autoescape=True))
 
 
 def busy_with(conn: Connection, store_id: int, contact_id: int | None) -> tuple[str, ...]:
