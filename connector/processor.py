@@ -80,9 +80,12 @@ def _from_sync(row: Any) -> bool:
 FIRST_SLICE_ROWS = 32  # rows a time-budgeted batch loads before the processor knows how long a row takes
 # A fulfilment whose order is not stored yet waits for it (Shopify sends fulfillments/create and
 # orders/create in no set order; an order row retrying after an error comes later too): the row is
-# tried again after 30 s, 60 s, ... this many times (about 10 minutes), then the journeys hear it
-# without its order (which means nothing is sent for it)
-ORDER_WAIT_TRIES = 6
+# looked at again every ORDER_WAIT_STEP for ORDER_WAIT after it was first processed (its
+# ``processed_at`` stays that first time while it waits), then the journeys hear it without its
+# order (which means nothing is sent for it). Waiting is not failing: it takes nothing from the
+# row's attempts (``worker.inbox_max_attempts``).
+ORDER_WAIT = timedelta(minutes=10)
+ORDER_WAIT_STEP = timedelta(seconds=30)
 
 
 class InboxProcessor:
@@ -248,7 +251,8 @@ class InboxProcessor:
                     except Exception as exc:
                         log.debug("inbox %s raised in its batch (%s); redoing the batch row by row", row.id, exc.__class__.__name__)
                         raise _RowFailed(i) from exc
-                values.update(attempts=row.attempts + 1, processed_at=now)
+                values.setdefault("attempts", row.attempts + 1)  # a row waiting for its order keeps its count
+                values.setdefault("processed_at", now)  # and the time it began to wait
                 marks.append((row.id, values))
                 if stop():
                     break  # the rest stay pending (and unlocked) for the next batch
@@ -326,7 +330,8 @@ class InboxProcessor:
                 values = self._apply_events(conn, row, store, events, now) if events else self._ignored(row)
         except Exception as exc:
             values = self._failure(row, exc, now)
-        values.update(attempts=row.attempts + 1, processed_at=now)
+        values.setdefault("attempts", row.attempts + 1)
+        values.setdefault("processed_at", now)
         return values
 
     def _parse_row(self, row: Any) -> list[Event] | Exception:
@@ -376,10 +381,11 @@ class InboxProcessor:
         private: list[dict[str, Any]] | None = None
         for event in events:
             outcome = apply_event(conn, store, row.store_id, event, row.id, now)
-            if outcome.order_unknown and row.attempts < ORDER_WAIT_TRIES:
+            since = row.processed_at or now
+            if outcome.order_unknown and now < since + ORDER_WAIT:
                 # "shipped" would be lost: the delivery journey needs the order (its customer, its name)
-                return {"status": "pending", "available_at": now + timedelta(seconds=30 * (row.attempts + 1)),
-                        "last_error": "waiting for its order to arrive"}
+                return {"status": "pending", "available_at": now + ORDER_WAIT_STEP, "attempts": row.attempts,
+                        "processed_at": since, "last_error": "waiting for its order to arrive"}
             subject = subject or outcome.subject
             contact_id = contact_id or outcome.contact_id
             stale = stale or outcome.stale

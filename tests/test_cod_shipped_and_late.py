@@ -21,7 +21,7 @@ from connector.journeys.engine import Facts, OrderFacts, Run, Send, Update
 from tests.conftest import settings_dict
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, store, world  # noqa: F401  (the scenarios' fixtures)
-from tests.scenarios.harness import T0
+from tests.scenarios.harness import T0, wa_id
 from tests.scenarios.stores import SHOPIFY, WOOCOMMERCE, Store
 
 ASHA = "+919876543210"
@@ -180,6 +180,30 @@ def test_an_unquoted_question_goes_to_the_journey_whose_message_she_got_not_to_a
     assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
     [case] = sc.handoffs(status="open")
     assert case["journey"] == "cod_confirmation" and case["stage"] == "qualification"
+
+
+def test_an_unquoted_question_goes_to_the_message_she_got_last_whatever_order_her_read_receipts_came_in(sqlite_url, scenario,
+                                                                                                           world):
+    """Order A's parcel was announced on Monday, order B's COD ask went out on Tuesday. Meta's read receipts come in no
+    set order: the ask's first, the shipped message's after. Her unquoted question is about the ask she got last."""
+    sc = scenario(sqlite_url, "shopify", journeys={"cod_confirmation": COD, "delivery": {}})
+    first = SHOPIFY.order(11, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, first)
+    sc.shopify("fulfillments/create", p.shopify_fulfillment(first["id"] + 2000, first["id"], sc.now))
+    sc.work()
+    shipped = sc.last_to(ASHA, "shipped_v1")
+    sc.later(days=1)
+    SHOPIFY.place(sc, SHOPIFY.order(12, ASHA, sc.now))
+    sc.work()
+    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    sc.later(hours=1)
+    for sent in (ask, shipped):  # she opens the chat: the receipts arrive newest message first
+        sc.post(sc.whatsapp_delivery(p.wa_status(sc.phone_number_id, wa_id(ASHA), sent.wamid, "read", sc.now, sent.callback)))
+        sc.later(minutes=1)
+    sc.say(ASHA, "I want to change the address of my new order")
+    sc.later(minutes=5)
+    [case] = sc.handoffs(status="open")
+    assert (case["journey"], case["stage"]) == ("cod_confirmation", "qualification")
 
 
 # ---- taps after the no-answer step -----------------------------------------------------------

@@ -650,8 +650,10 @@ REORDER_CASES = [
     Case("reordered after the window: not attributed", reordered(T0 + 15 * D), run("reorder", REMINDED, subject=REORDER), facts(), RO,
          ["update(attributed,currency,order_id,reordered,revenue)", "wake:none", "finish:reordered"], state={"attributed": False, "revenue": "0"}),
     Case("another product: keep waiting", reordered(T0 + 5 * D, product="777"), run("reorder", REMINDED, subject=REORDER), facts(), RO, []),
-    Case("a reply: stop the follow-up, one already waiting too", text("thanks!"), run("reorder", REMINDED, subject=REORDER), facts(), RO,
-         ["update(replied)", "withdraw", "wake:+14d"]),
+    Case("a reply (this run hears all of them): no follow-up; a reminder still waiting goes on", text("thanks!"),
+         run("reorder", REMINDED, subject=REORDER), facts(), RO, ["update(replied)", "wake:+14d"]),
+    Case("a reply after the follow-up was queued: the follow-up, if it still waits, is withdrawn", text("thanks!"),
+         run("reorder", {**REMINDED, "sent": 2}, subject=REORDER), facts(), RO, ["update(replied)", "withdraw", "wake:+14d"]),
 ]
 
 

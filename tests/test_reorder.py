@@ -301,9 +301,9 @@ def test_a_customer_in_another_journey_or_opted_out_gets_no_reminder(db_url):
 
 
 def test_a_closed_hand_off_no_longer_keeps_the_customer_from_the_reorder_reminder(db_url):
-    """Both customers' parcels failed on delivery: a hand-off each, their delivery runs in status
-    "handoff". The delivery desk closed the first case: that customer is reminded to reorder when
-    the window opens. The second case is still open, so a person is on it: no reminder."""
+    """Both customers' failed deliveries reached the desk two days before their windows opened: a hand-off each, their
+    delivery runs in status "handoff". The delivery desk closed the first case: that customer is reminded to reorder
+    when the window opens. The second case is still open, so a person is on it: no reminder."""
     raw = settings_dict(db_url)
     raw["stores"][0].update(templates=TEMPLATES, policy={"quiet_hours": ""},
                             journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "lead_days": 3}, "delivery": {}})
@@ -313,9 +313,12 @@ def test_a_closed_hand_off_no_longer_keeps_the_customer_from_the_reorder_reminde
     with running_app(settings) as (client, runtime):
         runtime.processor.clock = clock
         sid = runtime.store_ids["shop-a"]
-        for cid in _two_customers_ordered(client):
+        _two_customers_ordered(client)
+        runtime.processor.drain()
+        for cid in (1, 2):
             failed = _delivered(4000 + cid, T0 + timedelta(days=2))
             _post(client, "fulfillments/update", {**failed, "id": failed["id"] + cid, "shipment_status": "failure"})
+        clock.now = T0 + timedelta(days=30)  # the courier's failure report reaches the desk late: the cases open now
         runtime.processor.drain()
         cases = client.get("/api/stores/shop-a/handoffs", params={"status": "open"}, headers=admin).json()["items"]
         first = next(h for h in cases if h["subject"] == "order:4001")
@@ -348,6 +351,33 @@ def test_an_open_high_value_note_does_not_keep_the_customer_from_the_reorder_rem
         clock.now = T0 + timedelta(days=62)
         run_reorder_tick(runtime.db, settings.stores[0], runtime.store_ids["shop-a"], clock.now)
     assert [c["subject"] for c in cases] == ["order:4001"]
+    assert [o.status for o in _outbox(runtime)] == ["pending"]
+
+
+def test_a_thank_you_case_no_one_closed_weeks_ago_does_not_keep_the_customer_from_the_reorder_reminder(db_url):
+    """"Got it, thanks!" opened a case that nobody closed (many stores never do). A month on, no one is talking
+    with her: the reorder reminder goes out."""
+    settings = _settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", _order(4001, T0, qty=1))
+        runtime.processor.drain()
+        clock.now = T0 + timedelta(days=5)
+        env = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": PHONE_ID_A},
+            "contacts": [{"profile": {"name": "Asha"}, "wa_id": "919876543210"}],
+            "messages": [{"from": "919876543210", "id": "wamid.thx", "timestamp": str(int(clock.now.timestamp())), "type": "text",
+                          "text": {"body": "Got it, thanks!"}}]}}]}]}
+        body = dumps(env)
+        client.post("/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": meta_signature(body, SECRETS["wa_app"])})
+        runtime.processor.drain()
+        cases = client.get("/api/stores/shop-a/handoffs", params={"status": "open"},
+                           headers={"Authorization": f"Bearer {SECRETS['admin']}"}).json()["items"]
+        clock.now = T0 + timedelta(days=32)
+        run_reorder_tick(runtime.db, settings.stores[0], runtime.store_ids["shop-a"], clock.now)
+    assert len(cases) == 1
     assert [o.status for o in _outbox(runtime)] == ["pending"]
 
 

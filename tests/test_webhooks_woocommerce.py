@@ -109,3 +109,20 @@ def test_malformed_json_is_400(db_url):
         stored = rows(runtime)
     assert resp.status_code == 400
     assert stored == []
+
+
+def test_an_order_binned_twice_is_two_events_and_a_repeated_delivery_is_one(db_url):
+    """``order.deleted`` carries only the id, the same each time: binned, restored and binned again must reach the
+    journeys twice (the second bin stops a COD reminder again), while the same delivery posted twice is stored once."""
+    def deleted(delivery_id: str):
+        body = dumps({"id": 727})
+        return client.post(URL, content=body, headers={**woo_headers(body, SECRETS["woo"], "order.deleted"),
+                                                         "X-WC-Webhook-Delivery-ID": delivery_id})
+
+    with running_app(make_settings(db_url)) as (client, runtime):
+        codes = [deleted("d1").status_code, deleted("d1").status_code]
+        post(client, cod_order(date_modified_gmt="2026-11-20T11:00:00"), "order.restored")
+        codes.append(deleted("d2").status_code)
+        stored = [r.topic for r in rows(runtime)]
+    assert codes == [200, 200, 200]
+    assert stored == ["order.deleted", "order.restored", "order.deleted"]

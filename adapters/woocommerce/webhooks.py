@@ -76,6 +76,10 @@ def envelope(headers: Mapping[str, str], body: bytes, payload: Any) -> Envelope:
         status = payload.get("status")
         if rid is not None and modified:
             key = f"woocommerce:{topic}:{rid}:{modified}:{status}"
+        elif rid is not None and topic == "order.deleted" and headers.get("x-wc-webhook-delivery-id"):
+            # the body is only the id, the same every time: an order binned, restored and binned again is two
+            # events. WooCommerce does not retry, and its delivery id changes by the second: the id tells them apart
+            key = f"woocommerce:{topic}:{rid}:{headers['x-wc-webhook-delivery-id']}"
         if ignored is None and topic.startswith("order.") and status == "checkout-draft":
             ignored = "checkout-draft order (block checkout in progress)"
     if key is None:

@@ -73,9 +73,11 @@ class Reorder:
         if isinstance(event, (ev.MessageReceived, ev.ButtonReplied)):
             if not is_reply(event):
                 return []  # a reaction or a sticker: the follow-up still goes
-            # they answered: no follow-up (one held for quiet hours or a retry is withdrawn too); the run
-            # stays to credit a reorder inside the window
-            return [Update({"replied": True}), Withdraw(), Wake(datetime.fromisoformat(run.state["attribution_ends"]))]
+            # they wrote (this run hears all their replies): no follow-up, and one already queued (held for
+            # quiet hours, a retry) is withdrawn; the reminder itself, if it still waits, goes on, for a word
+            # about another order says nothing about restocking. The run stays to credit a reorder.
+            ends = Wake(datetime.fromisoformat(run.state["attribution_ends"]))
+            return [Update({"replied": True}), *([Withdraw()] if int(run.state.get("sent", 0)) >= 2 else []), ends]
         if isinstance(event, TimerFired):
             return self._timer(run, facts, config, now)
         return []

@@ -236,10 +236,16 @@ def _prefetch_for_timers(conn: Connection, store_id: int, rows: list[Any]) -> No
             cache.absent(("orders", store_id, o))
 
 
-_REACHED_LATELY = select(OUTBOX.c.journey, OUTBOX.c.payload).where(  # the (contact_id, updated_at) index
+# newest first by when each went out (its outbound message row; else the row's last change), not by
+# ``updated_at`` alone: a read receipt moves that, and Meta sends them in no set order. A message that
+# went out since ``since`` was updated since then too, which keeps the (contact_id, updated_at) index.
+_WENT_OUT = (select(func.min(MESSAGES.c.occurred_at))
+             .where(MESSAGES.c.store_id == OUTBOX.c.store_id, MESSAGES.c.outbox_id == OUTBOX.c.id, MESSAGES.c.direction == "out")
+             .scalar_subquery())
+_REACHED_LATELY = select(OUTBOX.c.journey, OUTBOX.c.payload, func.coalesce(_WENT_OUT, OUTBOX.c.updated_at).label("sent_at")).where(
     OUTBOX.c.contact_id == bindparam("cid"), OUTBOX.c.updated_at >= bindparam("since"), OUTBOX.c.store_id == bindparam("sid"),
     OUTBOX.c.channel == "whatsapp", OUTBOX.c.status.in_(REACHED), OUTBOX.c.journey.is_not(None),
-).order_by(OUTBOX.c.updated_at.desc()).limit(50)
+).order_by(OUTBOX.c.updated_at.desc()).limit(200)
 
 
 def _last_heard(conn: Connection, store: Any, store_id: int, contact_id: int, at: datetime) -> tuple[str, str, int] | None:
@@ -249,12 +255,18 @@ def _last_heard(conn: Connection, store: Any, store_id: int, contact_id: int, at
     and a run still open weeks on (a parcel never reported delivered) is not what "hello"
     answers. The active runs come through the transaction cache (the batch's prefetch)."""
     since = at - timedelta(days=store.handoff.reply_match_days)
-    runs = {(r.journey, r.subject): r for r in active_runs(conn, store_id, contact_id)}
+    runs: dict[tuple[str, str], Any] = {}
+    for r in active_runs(conn, store_id, contact_id):
+        runs[(r.journey, r.subject)] = r
+        took_over = (r.state or {}).get("continues")  # an unpaid order's run went on with a cart's ladder
+        if took_over:
+            runs.setdefault((r.journey, took_over), r)
     if not runs:
         return None
-    for row in conn.execute(_REACHED_LATELY, {"sid": store_id, "cid": contact_id, "since": since}):
+    reached = conn.execute(_REACHED_LATELY, {"sid": store_id, "cid": contact_id, "since": since}).all()
+    for row in sorted(reached, key=lambda r: r.sent_at, reverse=True):
         run = runs.get((row.journey, (row.payload or {}).get("subject")))
-        if run is not None:
+        if run is not None and row.sent_at >= since:
             return run.journey, run.subject, run.contact_id
     return None
 

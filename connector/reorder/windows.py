@@ -593,20 +593,23 @@ _SCHEDULED = select(RUNS.c.journey).where(
 # its case is closed (a failed delivery rearranged, a COD cancel dealt with), and the customer
 # was never reminded to reorder again. A conversation counts: a journey's case, or the customer's
 # own question (``reply:`` cases); a note for the team that no one answers (a high-value order)
-# does not, or one big order would have kept its customer from every reorder reminder.
+# does not. And only a recent one (BUSY_CASE_DAYS): many stores never close a "thanks, got it"
+# case, which would have kept that customer from every reorder reminder for good.
+BUSY_CASE_DAYS = 7
 _WITH_A_PERSON = select(HANDOFFS.c.journey).where(
     HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.status == "open", HANDOFFS.c.contact_id == bindparam("cid"),
-    HANDOFFS.c.journey.is_not(None) | HANDOFFS.c.key.startswith(REPLY_CASE, autoescape=True))
+    HANDOFFS.c.journey.is_not(None) | HANDOFFS.c.key.startswith(REPLY_CASE, autoescape=True),
+    HANDOFFS.c.opened_at >= bindparam("since"))
 
 
-def busy_with(conn: Connection, store_id: int, contact_id: int | None) -> tuple[str, ...]:
+def busy_with(conn: Connection, store_id: int, contact_id: int | None, now: datetime) -> tuple[str, ...]:
     """What keeps a customer from a reorder reminder now: journeys with a step scheduled, and
-    the journeys of their open hand-offs ("handoff" for a case no journey opened)."""
+    the journeys of their recent open hand-offs ("handoff" for a case no journey opened)."""
     if contact_id is None:
         return ()
     params = {"sid": store_id, "cid": contact_id}
     scheduled = set(conn.execute(_SCHEDULED, params).scalars())
-    people = {j or "handoff" for j in conn.execute(_WITH_A_PERSON, params).scalars()}
+    people = {j or "handoff" for j in conn.execute(_WITH_A_PERSON, {**params, "since": now - timedelta(days=BUSY_CASE_DAYS)}).scalars()}
     return tuple(sorted(scheduled | people))
 
 
@@ -630,7 +633,7 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
             if w.opens_at < late:
                 expired.append({"_id": w.id})
                 continue
-            busy = busy_with(conn, store_id, w.contact_id)
+            busy = busy_with(conn, store_id, w.contact_id, now)
             event = ev.ReorderWindowOpened(
                 window_id=w.id, order_external_id=w.order_external_id, product_key=w.product_key, product_id=w.product_id,
                 variant_id=w.variant_id, sku=w.sku, title=w.title, quantity=w.quantity, opens_at=w.opens_at, cycle_days=w.cycle_days,

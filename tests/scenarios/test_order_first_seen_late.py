@@ -123,3 +123,26 @@ def test_a_parcel_shipped_before_its_order_reached_us_is_still_announced_once(sq
     sc.shopify("orders/create", order)
     sc.later(minutes=2, step=timedelta(seconds=30))
     assert sc.templates_to(ASHA) == ["shipped_v1"]
+
+
+def test_a_fulfilment_waits_for_its_order_ten_minutes_without_using_up_its_retries(sqlite_url, scenario, world):
+    """Waiting is not failing: the row keeps its attempts (a later database hiccup still gets every retry), says
+    why it waits, and after ten minutes without its order it is done (nothing is sent for an order never seen)."""
+    sc = scenario(sqlite_url, "shopify", journeys={"delivery": {}})
+    sc.shopify("fulfillments/create", p.shopify_fulfillment(9_000_001, 9_000_000, sc.now))
+    sc.later(minutes=5, step=timedelta(seconds=30))
+    waiting = _inbox_row(sc)
+    sc.later(minutes=6, step=timedelta(seconds=30))
+    done = _inbox_row(sc)
+    assert (waiting.status, waiting.attempts, waiting.last_error) == ("pending", 0, "waiting for its order to arrive")
+    assert (done.status, done.attempts) == ("done", 1)
+    assert sc.sent() == []
+
+
+def _inbox_row(sc):
+    from sqlalchemy import select
+
+    from connector.storage import models as m
+
+    with sc.runtime.db.engine.connect() as conn:
+        return conn.execute(select(m.InboxEvent).where(m.InboxEvent.topic == "fulfillments/create")).one()
