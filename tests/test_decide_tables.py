@@ -252,6 +252,9 @@ def woo_cod(status: str) -> ev.Order:
 
 
 COD_CASES = [
+    Case("the store binned the order: the run ends, what it has waiting is skipped", ev.OrderDeleted(order_external_id="1042"), run("cod_confirmation", ASKED), facts(),
+         COD, ["wake:none", "finish:order_deleted"]),
+    Case("a binned order with no run: nothing", ev.OrderDeleted(order_external_id="1042"), None, facts(), COD, []),
     Case("the store moved it to the confirm status itself (a call): no more asks, no no-answer cancel",
          ev.OrderUpdated(order=woo_cod("processing")), run("cod_confirmation", {**ASKED, "placed_status": "on-hold"}, subject="order:727"),
          facts(woo_cod("processing")), WOO_COD, ["update(choice,closed_by)", "wake:none", "stage:post_purchase", "finish:confirmed_by_store"],
@@ -461,6 +464,9 @@ def bought(at: datetime) -> ev.OrderPlaced:
 
 
 CHECKOUT_CASES = [
+    Case("the store binned the order: the run ends, what it has waiting is skipped", ev.OrderDeleted(order_external_id="1042"), run("checkout_recovery", LADDER), facts(),
+         CR, ["wake:none", "finish:order_deleted"]),
+    Case("a binned order with no run: nothing", ev.OrderDeleted(order_external_id="1042"), None, facts(), CR, []),
     Case("abandoned: first reminder 30 min after the last update", checkout(), None, facts(), CR, [f"start:{CART}", "wake:+30m"],
          state={"sent": 0, "abandoned_at": ABANDONED.isoformat()}),
     Case("no recovery link: nothing to send", checkout(url=None), None, facts(), CR, []),
@@ -587,6 +593,9 @@ PR = PaymentRecoveryConfig(after_minutes=60)
 PENDING = prepaid()
 
 PAYMENT_CASES = [
+    Case("the store binned the order: the run ends, what it has waiting is skipped", ev.OrderDeleted(order_external_id="1042"), run("payment_recovery", {}), facts(),
+         PR, ["wake:none", "finish:order_deleted"]),
+    Case("a binned order with no run: nothing", ev.OrderDeleted(order_external_id="1042"), None, facts(), PR, []),
     Case("payment pending: remind after an hour", ev.OrderPlaced(order=PENDING), None, facts(PENDING), PR, ["start:order:1042", "wake:+1h"]),
     Case("the hour is up: the pay link, once", TimerFired(T0 + H), run("payment_recovery", {}), facts(PENDING), PR,
          ["update(reminded,sent)", "send:remind", "wake:none", "finish:reminded"], now=T0 + H, state={"reminded": True, "sent": 1}),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from connector import events as ev
-from connector.journeys.engine import Facts
+from connector.journeys.engine import Command, Facts, Finish, Run, Wake
 
 
 def order_context(facts: Facts) -> dict[str, Any]:
@@ -22,6 +22,17 @@ def order_context(facts: Facts) -> dict[str, Any]:
     if facts.fulfillment:
         ctx.update({f"fulfillment.{k}": v for k, v in facts.fulfillment.items() if k in ("tracking_company", "tracking_number", "tracking_url")})
     return ctx
+
+
+def deleted_order(event: Any) -> str | None:
+    """The subject of the order the store binned or deleted (``OrderDeleted``), for a journey whose runs are orders'."""
+    return f"order:{event.order_external_id}" if isinstance(event, ev.OrderDeleted) else None
+
+
+def end_for_deleted_order(run: Run | None) -> list[Command]:
+    """The store binned or deleted the order: its active run ends, and what it still has waiting (a
+    reminder held for quiet hours, a retry) is skipped; its pay link would lead nowhere."""
+    return [Wake(None), Finish("order_deleted")] if run is not None and run.status == "active" else []
 
 
 def replied_here(event: Any, facts: Facts, journey: str) -> str | None:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from connector import events as ev
-from connector.journeys._common import is_reply, unpaid_order
+from connector.journeys._common import deleted_order, end_for_deleted_order, is_reply, unpaid_order
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake, Withdraw
 
 STEPS = ("first", "second", "third")
@@ -108,6 +108,8 @@ class CheckoutRecovery:
     credits_sent_reminders: ClassVar[bool] = True  # an order reaching a run: facts.extra["reminders_sent"]
 
     def subject(self, event: Any, facts: Facts) -> str | None:
+        if isinstance(event, ev.OrderDeleted):
+            return deleted_order(event)
         if isinstance(event, ev.CheckoutUpdated):
             return f"checkout:{event.checkout.token}"
         if isinstance(event, (ev.OrderPlaced, ev.OrderPaid)) and event.order.checkout_token:
@@ -117,6 +119,8 @@ class CheckoutRecovery:
         return None
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
+        if isinstance(event, ev.OrderDeleted):
+            return end_for_deleted_order(run)
         if isinstance(event, ev.CheckoutUpdated):
             return self._checkout(event.checkout, run, facts, config, now)
         if isinstance(event, ORDER_EVENTS) and (run is None or run.subject == f"order:{event.order.external_id}"):

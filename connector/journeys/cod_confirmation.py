@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from connector import events as ev
-from connector.journeys._common import order_context, replied_here
+from connector.journeys._common import deleted_order, end_for_deleted_order, order_context, replied_here
 from connector.journeys.engine import (
     Command, Facts, Finish, Handoff, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WriteBack,
 )
@@ -99,6 +99,8 @@ class CodConfirmation:
     follows_contact: ClassVar[bool] = True  # an unquoted message can be the cancel reason a run waits for
 
     def subject(self, event: Any, facts: Facts) -> str | None:
+        if isinstance(event, ev.OrderDeleted):
+            return deleted_order(event)
         if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderCancelled, ev.OrderFulfilled, ev.OrderPaid)):
             return f"order:{event.order.external_id}" if event.order.is_cod else None
         if isinstance(event, ev.FulfillmentUpdated):  # the event names no payment method: the stored order does
@@ -108,6 +110,8 @@ class CodConfirmation:
         return None
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
+        if isinstance(event, ev.OrderDeleted):
+            return end_for_deleted_order(run)
         if run is None:
             return self._start(event, facts, config, now)
         waiting = run.status == "active" and run.state.get("phase") == "cancel_reason"

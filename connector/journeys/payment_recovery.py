@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from connector import events as ev
-from connector.journeys._common import order_context, unpaid_order
+from connector.journeys._common import deleted_order, end_for_deleted_order, order_context, unpaid_order
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
 
 STALLED = ("pending", "failed")  # not "authorized": paid as far as the customer knows
@@ -43,11 +43,15 @@ class PaymentRecovery:
     credits_sent_reminders: ClassVar[bool] = True  # a payment reaching a reminded run: facts.extra["reminders_sent"]
 
     def subject(self, event: Any, facts: Facts) -> str | None:
+        if isinstance(event, ev.OrderDeleted):
+            return deleted_order(event)
         if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)) and not event.order.is_cod:
             return f"order:{event.order.external_id}"
         return None
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: PaymentRecoveryConfig, now: datetime) -> list[Command]:
+        if isinstance(event, ev.OrderDeleted):
+            return end_for_deleted_order(run)
         o = facts.order
         if run is None:
             if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and o is not None and o.payment_state in STALLED \

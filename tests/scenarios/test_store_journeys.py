@@ -439,3 +439,19 @@ def test_duplicate_webhook_storm_sends_each_message_once(db_url, scenario, world
     else:
         assert writes(world) == Counter([note(7320, "storeloop tags: cod-confirmed"), tags_meta(7320, "cod-confirmed"),
                                          note(7321, "storeloop tags: cod-unconfirmed"), tags_meta(7321, "cod-unconfirmed")])
+
+
+def test_an_unpaid_order_binned_at_night_gets_no_reminder_in_the_morning(sqlite_url, scenario, world):
+    """Asha's cart is reminded once, then she orders and the payment stays pending: the order goes on with the cart's
+    ladder. Its next reminder falls due at night and waits for the morning (quiet hours). The merchant moves the
+    order to the bin (order.deleted: only its id) before then: its pay link would lead nowhere, so nothing goes out."""
+    sc = scenario(sqlite_url, "woocommerce", journeys=LADDER, policy={"quiet_hours": "21:00-09:00"})  # Rome
+    sc.at(T0 + timedelta(hours=14))  # 20:00 in Rome
+    WOOCOMMERCE.start_checkout(sc, "A", ASHA)
+    sc.later(minutes=45, step=timedelta(minutes=15))  # the first reminder went out at 20:30
+    order = {**WOOCOMMERCE.order(6, ASHA, sc.now, cod=False), "status": "pending", "date_paid": None, "date_paid_gmt": None}
+    sc.woo("order.created", order)
+    sc.at(T0 + timedelta(hours=22), step=timedelta(hours=1))  # 04:00: the second step fell due at 02:30, held for 09:00
+    sc.woo("order.deleted", {"id": order["id"]})
+    sc.later(days=2)
+    assert sc.templates_to(ASHA) == ["cart_1_v1"]
