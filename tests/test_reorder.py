@@ -256,6 +256,17 @@ def test_history_imported_late_expires_instead_of_messaging_and_an_earlier_reord
     assert _outbox(runtime) == []
 
 
+def _says(client, wa_id: str, text: str, at: datetime):
+    """A signed WhatsApp webhook: the customer ``wa_id`` writes ``text`` at ``at``."""
+    env = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": PHONE_ID_A},
+        "contacts": [{"profile": {"name": "Asha"}, "wa_id": wa_id}],
+        "messages": [{"from": wa_id, "id": f"wamid.{wa_id}.{int(at.timestamp())}", "timestamp": str(int(at.timestamp())), "type": "text",
+                      "text": {"body": text}}]}}]}]}
+    body = dumps(env)
+    return client.post("/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": meta_signature(body, SECRETS["wa_app"])})
+
+
 def _two_customers_ordered(client) -> list[int]:
     """Customers 1 and 2 opted in to WhatsApp marketing and each ordered the 30-day product at T0 (orders 4001, 4002)."""
     for cid, phone in ((1, "+91 98765 43210"), (2, "+91 98123 45678")):
@@ -284,13 +295,7 @@ def test_a_customer_in_another_journey_or_opted_out_gets_no_reminder(db_url):
         cod.update(financial_status="pending", payment_gateway_names=["Cash on Delivery (COD)"])
         _post(client, "orders/create", cod)
         runtime.processor.drain()
-        env = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
-            "messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": PHONE_ID_A},
-            "contacts": [{"profile": {"name": "B"}, "wa_id": "919812345678"}],
-            "messages": [{"from": "919812345678", "id": "wamid.stop", "timestamp": str(int(clock.now.timestamp())), "type": "text",
-                          "text": {"body": "STOP"}}]}}]}]}
-        body = dumps(env)
-        assert client.post("/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": meta_signature(body, SECRETS["wa_app"])}).status_code == 200
+        assert _says(client, "919812345678", "STOP", clock.now).status_code == 200
         runtime.processor.drain()
         run_reorder_tick(runtime.db, settings.stores[0], sid, clock.now)
         with runtime.db.engine.connect() as conn:
@@ -365,13 +370,7 @@ def test_a_thank_you_case_no_one_closed_weeks_ago_does_not_keep_the_customer_fro
         _post(client, "orders/create", _order(4001, T0, qty=1))
         runtime.processor.drain()
         clock.now = T0 + timedelta(days=5)
-        env = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
-            "messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": PHONE_ID_A},
-            "contacts": [{"profile": {"name": "Asha"}, "wa_id": "919876543210"}],
-            "messages": [{"from": "919876543210", "id": "wamid.thx", "timestamp": str(int(clock.now.timestamp())), "type": "text",
-                          "text": {"body": "Got it, thanks!"}}]}}]}]}
-        body = dumps(env)
-        client.post("/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": meta_signature(body, SECRETS["wa_app"])})
+        assert _says(client, "919876543210", "Got it, thanks!", clock.now).status_code == 200
         runtime.processor.drain()
         cases = client.get("/api/stores/shop-a/handoffs", params={"status": "open"},
                            headers={"Authorization": f"Bearer {SECRETS['admin']}"}).json()["items"]
