@@ -20,7 +20,7 @@ from connector.contacts import email_key
 from connector.policy import keyword_intent
 from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES
 from connector.rows import checkout_row, contact_by_phone, contact_row, contact_where, order_row, phone_key
-from connector.storage.txcache import current
+from connector.storage.txcache import by_key, current
 
 MESSAGE_STATUS_RANK = {"accepted": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
 
@@ -359,7 +359,7 @@ _MESSAGE_BY_WAMID = select(MESSAGES.c.id, MESSAGES.c.status, MESSAGES.c.error_co
 _INSERT_MESSAGE = insert(MESSAGES)
 _OUTBOX_FOR_STATUS = select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.contact_id, OUTBOX.c.category, OUTBOX.c.payload,
                             OUTBOX.c.journey, OUTBOX.c.step, OUTBOX.c.idempotency_key, OUTBOX.c.attempts).where(OUTBOX.c.store_id == bindparam("sid"))
-_RUN_STATUS = select(RUNS.c.status).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == bindparam("j"), RUNS.c.subject == bindparam("s"))
+_RUN_BY_KEY = select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == bindparam("j"), RUNS.c.subject == bindparam("s"))
 # 131049 (Meta's per-user marketing limit): the same message again a day later, on three days at most
 ENGAGEMENT_LIMIT_SENDS = 3
 
@@ -373,11 +373,9 @@ def _another_day(conn: Connection, store_id: int, row: Any) -> bool:
     subject = (row.payload or {}).get("subject")
     if not row.journey or not subject:
         return True
-    cache = current(conn)
-    if cache is not None:
-        flush(conn)  # the run's status may be a write the batch still holds
-    status = conn.execute(_RUN_STATUS, {"sid": store_id, "j": row.journey, "s": subject}).scalar()
-    return status in (None, "active")
+    # through the transaction cache, as the runner reads runs: a run status the batch still holds counts
+    run = by_key(conn, "journey_runs", (store_id, row.journey, subject), _RUN_BY_KEY, {"sid": store_id, "j": row.journey, "s": subject})
+    return run is None or run.status == "active"
 _OUTBOX_BY_ID = _OUTBOX_FOR_STATUS.where(OUTBOX.c.id == bindparam("oid"))
 _OUTBOX_BY_WAMID = _OUTBOX_FOR_STATUS.where(OUTBOX.c.wamid == bindparam("wamid"))
 

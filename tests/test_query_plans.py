@@ -111,3 +111,12 @@ def test_an_unquoted_reply_reads_the_customers_own_recent_messages_only(conn: An
 
     plan = plan_of(conn, _REACHED_LATELY, {"sid": 1, "cid": 7, "since": NOW})
     assert "ix_outbox_contact_updated (contact_id=? AND updated_at>?)" in plan, plan
+
+
+def test_whether_a_customer_is_busy_reads_their_own_runs_and_open_cases_only(conn: Any) -> None:
+    """Once per reorder window opened: by the (store, contact) index, not the timers' (store, status, next_due_at)
+    index, which SQLite took while the status and timer were in the SQL and which reads every scheduled run of the store."""
+    from connector.reorder.windows import _BUSY
+
+    plan = plan_of(conn, _BUSY, {"sid": 1, "cid": 7, "since": NOW})
+    assert "ix_journey_runs_contact (store_id=? AND contact_id=?)" in plan and "ix_journey_runs_due" not in plan, plan
