@@ -403,6 +403,12 @@ class ShopifyStore(_StoreBase):
         return secrets
 
 
+def provider_slug(name: str) -> str:
+    """A Shipment Tracking provider's name as its tracking items store it ("DHL US" -> "dhl-us",
+    WordPress's ``sanitize_title`` for the names the extension lists)."""
+    return re.sub(r"[^a-z0-9_]+", "-", name.strip().lower()).strip("-")
+
+
 class WooCommerceStore(_StoreBase):
     platform: Literal["woocommerce"]
     site_url: AnyHttpUrl
@@ -414,6 +420,32 @@ class WooCommerceStore(_StoreBase):
         description="the secret in the Cart Abandonment Recovery plugin's webhook URL "
         "(/webhooks/woocommerce/{key}/carts/{token}); unset: that endpoint answers 401",
     )
+
+    tracking_links: dict[str, str] = Field(
+        default_factory=dict,
+        description="links of the Shipment Tracking extension's predefined providers, by provider name, as the "
+        "store's public /wp-json/wc-shipment-tracking/v3/shipment-trackings/providers lists them "
+        "(%1$s the tracking number, %2$s the postcode, %3$s the country); an order's tracking item names "
+        "only its provider, so without this its 'shipped' message has no link",
+    )
+
+    @field_validator("tracking_links")
+    @classmethod
+    def _tracking_links(cls, value: dict[str, str]) -> dict[str, str]:
+        links: dict[str, str] = {}
+        for name, url in value.items():
+            if not provider_slug(name):
+                raise ValueError(f"provider name {name!r} is empty")
+            if not re.match(r"https?://[^\s/]+", url.strip()):
+                raise ValueError(f"link of {name!r} must be an http(s) URL, got {url!r}")
+            links[name.strip()] = url.strip()
+        return links
+
+    def tracking_provider(self, stored: str) -> tuple[str, str] | None:
+        """The configured (name, link format) of the provider an order's tracking item names, which
+        stores it as a slug ("dhl-us") or, written through the REST API, as the name ("DHL US")."""
+        slug = provider_slug(stored)
+        return next(((name, url) for name, url in self.tracking_links.items() if provider_slug(name) == slug), None)
 
     @field_validator("cart_webhook_token")
     @classmethod

@@ -469,3 +469,30 @@ def test_woocommerce_shipping_status_drives_delivery_updates_once(db_url):
         with runtime.db.engine.connect() as conn:
             steps = [(o_.journey, o_.step) for o_ in conn.execute(select(m.OutboxMessage).order_by(m.OutboxMessage.id))]
     assert steps == [("delivery", "shipped"), ("delivery", "delivered")]
+
+
+def test_woocommerce_shipped_message_links_a_predefined_providers_parcel(db_url):
+    """Shipment Tracking's own providers (UPS here) put no link in the order: the store's listed
+    format makes one, so a "shipped" template that shows the link goes out instead of being skipped
+    for a missing value."""
+    raw = settings_dict(db_url)
+    raw["stores"][2].update(
+        templates=[{"step": "delivery.shipped", "name": "shipped_v2", "category": "utility", "body_text": "{{1}} shipped: {{2}}",
+                    "body": ["order.name", "fulfillment.tracking_url"]}],
+        journeys={"delivery": {}}, policy={"quiet_hours": ""},
+        tracking_links={"UPS": "https://www.ups.example/track?tracknum=%1$s"})
+    settings = parse_settings(raw, environ={})
+    from tests.helpers import woo_headers
+
+    o = load_json(FIXTURES / "woocommerce" / "order.created.rest-v3-docs-example.json")
+    o.update(status="completed", date_modified_gmt="2026-11-21T09:00:00", date_created_gmt="2026-11-20T06:00:00")
+    o["billing"]["phone"] = "+1 415 555 2671"
+    o["meta_data"] = [{"key": "_wc_shipment_tracking_items", "value": [{"tracking_provider": "ups", "tracking_number": "1Z9"}]}]
+    body = dumps(o)
+    with running_app(settings) as (client, runtime):
+        client.post("/webhooks/woocommerce/woo", content=body, headers=woo_headers(body, SECRETS["woo"], "order.updated"))
+        runtime.processor.drain()
+        with runtime.db.engine.connect() as conn:
+            [row] = conn.execute(select(m.OutboxMessage)).all()
+    assert (row.step, row.status, row.skip_reason) == ("shipped", "pending", None)
+    assert "https://www.ups.example/track?tracknum=1Z9" in json.dumps(row.payload)

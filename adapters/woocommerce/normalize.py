@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 from adapters._parse import (
     as_object,
@@ -83,7 +84,7 @@ def normalize(topic: str, body: dict, store: WooCommerceStore) -> list[Event]:
             return []
         tracking = _tracking(data)
         order = _order(data, store, tracking)
-        shipment = _shipment(data, order, tracking)
+        shipment = _shipment(data, order, tracking, store)
         if topic == "order.created":
             return [OrderPlaced(order=order), *shipment]
         if topic == "order.updated" and order.platform_status in _CLOSED:
@@ -178,7 +179,32 @@ def _tracked(order_status: str | None, tracking: dict[str, Any]) -> bool:
     return bool(tracking) and order_status not in _NOT_ON_ITS_WAY
 
 
-def _shipment(o: Body, order: Order, tracking: dict[str, Any]) -> list[Event]:
+def _tracking_link(o: Body, tracking: dict[str, Any], store: WooCommerceStore) -> tuple[str | None, str | None]:
+    """The carrier's name and the tracking link of a Shipment Tracking item.
+
+    A custom provider's item carries its link; a predefined provider's names only the provider,
+    whose link format the extension keeps in PHP (``store.tracking_links`` has the store's). The
+    format's placeholders are the extension's: %1$s the number, %2$s the postcode, %3$s the country."""
+    number = str(tracking.get("tracking_number") or "").strip()
+    custom = str(tracking.get("custom_tracking_provider") or "").strip()
+    provider = str(tracking.get("tracking_provider") or "").strip()
+    link = str(tracking.get("custom_tracking_link") or "").strip()
+    configured = store.tracking_provider(provider) if provider and not custom else None
+    company = custom or (configured[0] if configured else provider) or None
+    if not link and configured:
+        link = configured[1]
+    if not link or ("%1$s" in link and not number):
+        return company, None
+    where = "shipping" if get_str(get_obj(o, "shipping") or {}, "postcode", "shipping") else "billing"
+    address = get_obj(o, where) or {}
+    postcode = (get_str(address, "postcode", where) or "").replace(" ", "").upper()
+    country = (get_str(address, "country", where) or "").upper()
+    for placeholder, value in (("%1$s", number), ("%2$s", postcode), ("%3$s", country)):
+        link = link.replace(placeholder, quote(value, safe=""))
+    return company, link
+
+
+def _shipment(o: Body, order: Order, tracking: dict[str, Any], store: WooCommerceStore) -> list[Event]:
     """A FulfillmentUpdated from the order's status and Shipment Tracking meta, when it shipped.
 
     ``completed`` is a parcel on its way only for an order that ships: WooCommerce completes a
@@ -190,6 +216,7 @@ def _shipment(o: Body, order: Order, tracking: dict[str, Any]) -> list[Event]:
         status = ShipmentStatus.IN_TRANSIT
     if status is None:
         return []
+    company, link = _tracking_link(o, tracking, store)
     return [
         FulfillmentUpdated(
             fulfillment=Fulfillment(
@@ -197,9 +224,9 @@ def _shipment(o: Body, order: Order, tracking: dict[str, Any]) -> list[Event]:
                 order_external_id=order.external_id,
                 status="success",
                 shipment_status=status,
-                tracking_company=str(tracking.get("custom_tracking_provider") or tracking.get("tracking_provider") or "") or None,
-                tracking_number=str(tracking.get("tracking_number") or "") or None,
-                tracking_url=str(tracking.get("custom_tracking_link") or "") or None,
+                tracking_company=company,
+                tracking_number=str(tracking.get("tracking_number") or "").strip() or None,
+                tracking_url=link,
                 created_at=order.updated_at,
                 updated_at=order.updated_at,
             )

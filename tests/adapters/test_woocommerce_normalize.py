@@ -340,3 +340,48 @@ def test_shipping_status_and_tracking_meta_become_a_fulfilment() -> None:
     for status in ("refunded", "cancelled", "failed"):  # tracking meta left on an order whose parcel is not on its way
         events = normalize("order.updated", {**cod_order(), "status": status, "meta_data": [tracking]}, STORE)
         assert not any(isinstance(e, FulfillmentUpdated) for e in events), status
+
+
+def _shipped(store: WooCommerceStore, item: dict[str, Any], **order: Any) -> Any:
+    body = {**cod_order(), "status": "completed", **order,
+            "meta_data": [{"key": "_wc_shipment_tracking_items", "value": [item]}]}
+    [f] = [e.fulfillment for e in normalize("order.updated", body, store) if isinstance(e, FulfillmentUpdated)]
+    return f
+
+
+def test_a_predefined_providers_parcel_gets_the_link_the_store_lists_for_it() -> None:
+    """A tracking item of one of Shipment Tracking's own providers stores only the provider's slug
+    and the number: the link comes from the formats the store lists (``tracking_links``)."""
+    store = make_store(tracking_links={"DHL US": "https://www.dhl.example/track?id=%1$s&zip=%2$s&c=%3$s",
+                                       "Delhivery": "https://www.delhivery.example/track/package/%1$s"})
+    f = _shipped(store, {"tracking_provider": "dhl-us", "tracking_number": "JD 014/600", "custom_tracking_link": ""},
+                 shipping={**cod_order()["shipping"], "postcode": "94 103", "country": "us"})
+    assert (f.tracking_company, f.tracking_number, f.tracking_url) == (
+        "DHL US", "JD 014/600", "https://www.dhl.example/track?id=JD%20014%2F600&zip=94103&c=US")
+    # written through the extension's REST API the item names the provider as it is listed
+    f = _shipped(store, {"tracking_provider": "Delhivery", "tracking_number": "DL42"})
+    assert (f.tracking_company, f.tracking_url) == ("Delhivery", "https://www.delhivery.example/track/package/DL42")
+    # a provider the store lists no link for: the parcel is still on its way, with no link
+    f = _shipped(store, {"tracking_provider": "usps", "tracking_number": "9400"})
+    assert (f.tracking_company, f.tracking_number, f.tracking_url) == ("usps", "9400", None)
+    assert _shipped(STORE, {"tracking_provider": "delhivery", "tracking_number": "DL42"}).tracking_url is None
+
+
+def test_a_custom_providers_link_gets_its_placeholders_filled() -> None:
+    f = _shipped(STORE, {"tracking_provider": "", "custom_tracking_provider": "Shree Couriers",
+                         "custom_tracking_link": "https://shree.example/t/%1$s", "tracking_number": "SC77"})
+    assert (f.tracking_company, f.tracking_url) == ("Shree Couriers", "https://shree.example/t/SC77")
+    # a link format with the number's place but no number would be a dead link
+    f = _shipped(STORE, {"custom_tracking_provider": "Shree Couriers", "custom_tracking_link": "https://shree.example/t/%1$s"})
+    assert f.tracking_url is None
+    # a custom provider's own link wins over a listed provider of the same name
+    store = make_store(tracking_links={"Shree Couriers": "https://other.example/%1$s"})
+    f = _shipped(store, {"custom_tracking_provider": "Shree Couriers", "custom_tracking_link": "https://shree.example/x",
+                         "tracking_number": "SC1"})
+    assert f.tracking_url == "https://shree.example/x"
+
+
+@pytest.mark.parametrize("links, error", [({"DHL US": "dhl.example/%1$s"}, "must be an http"), ({" ": "https://x.example"}, "empty")])
+def test_a_tracking_link_that_is_not_one_is_a_config_error(links: dict[str, str], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        make_store(tracking_links=links)
