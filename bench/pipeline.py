@@ -67,7 +67,7 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from sqlalchemy import event, func, select  # noqa: E402
+from sqlalchemy import event, func, select, update  # noqa: E402
 
 from _pipeline_data import DAY_START, SHOP, Webhook, build_day  # noqa: E402
 from _summary import record  # noqa: E402
@@ -306,6 +306,16 @@ def phase_process(proc: InboxProcessor, clock: Clock, day: list[Webhook], stored
     return p
 
 
+def cod_questions_sent(db: Database, store_id: int) -> int:
+    """Untimed, between the phases: the COD questions the process phase queued go out, as the
+    dispatcher sends them within seconds (nothing else is dispatched here). The answer deadline
+    acts on a customer the question reached; one it reached nobody with is handed to a person."""
+    with db.engine.begin() as conn:
+        return conn.execute(update(m.OutboxMessage).where(
+            m.OutboxMessage.store_id == store_id, m.OutboxMessage.journey == "cod_confirmation", m.OutboxMessage.step == "ask",
+            m.OutboxMessage.status == "pending").values(status="sent", updated_at=m.OutboxMessage.due_at)).rowcount
+
+
 def phase_timers(proc: InboxProcessor, clock: Clock, hours: float, step_minutes: float, deadline: float) -> Phase:
     p = start_phase("3 timers (process_timers)", True)
     p.work_label = "timers fired"
@@ -480,6 +490,7 @@ def main() -> int:
                 if not phases[-1].cut:
                     phases.append(phase_process(proc, clock, day, phases[0].work, deadline, args.tracemalloc))
                 if not phases[-1].cut:
+                    cod_questions_sent(db, store_id)
                     phases.append(phase_timers(proc, clock, args.timer_hours, args.step_minutes, deadline))
                 c = counts(db, store_id)
                 db_bytes = None

@@ -232,6 +232,7 @@ def qualification(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
             minutes.append((b - a).total_seconds() / 60)
     return {"cod_orders": len(runs), "asked": len(asked), "confirmed": confirmed, "cancelled": choice["cancelled"],
             "cancel_after_fulfilment": choice["cancel_too_late"], "no_answer": choice["no_answer"],
+            "not_reached": choice["not_reached"],  # none of our messages reached them: flagged for a call, never cancelled
             "confirmed_by_store": choice["confirmed_by_store"],  # the store confirmed it itself (a call): not ours, not lost
             "confirmation_rate": _rate(confirmed, len(asked)), "median_minutes_to_answer": _median(minutes),
             "lost": len(asked) - confirmed - choice["confirmed_by_store"]}

@@ -317,3 +317,48 @@ def test_no_pay_now_offer_without_a_pay_link_and_the_run_says_why():
     commands = CodConfirmation().decide(tap, asked, facts, CodConfirmationConfig(prepaid_offer=True), at)
     assert not any(isinstance(c, Send) and c.step == "prepaid_offer" for c in commands)
     assert any(isinstance(c, Update) and c.state.get("prepaid_offer_skipped") == "no_payment_link" for c in commands)
+
+
+# ---- nobody could be asked ---------------------------------------------------------------------
+
+def _undeliverable(sc, phone: str, sent) -> None:
+    """WhatsApp took the message, then reports it could not deliver it (131026: not on WhatsApp, say)."""
+    status = p.wa_status(sc.phone_number_id, wa_id(phone), sent.wamid, "failed", sc.now, sent.callback)
+    status["entry"][0]["changes"][0]["value"]["statuses"][0]["errors"] = [
+        {"code": 131026, "title": "Message undeliverable", "message": "Message undeliverable"}]
+    sc.post(sc.whatsapp_delivery(status))
+
+
+@pytest.mark.parametrize("action", ["cancel", "tag"])
+def test_an_order_whose_customer_no_message_reached_is_flagged_for_a_call_never_cancelled(sqlite_url, scenario, world,
+                                                                                         store: Store, action):
+    """Her number is not on WhatsApp: the question comes back undeliverable (and the reminder is not
+    tried). She could not answer, so the deadline does not cancel her order for "no answer": it is
+    tagged for a call and a person hears of it; the report tells it apart from a customer who did not
+    answer."""
+    sc = scenario(sqlite_url, store.platform, journeys={"cod_confirmation": {**COD, "no_answer_action": action}})
+    order = store.order(8, ASHA, sc.now)
+    store.place(sc, order)
+    sc.work()
+    _undeliverable(sc, ASHA, sc.last_to(ASHA, "cod_confirm_v1"))
+    sc.later(days=2)
+
+    assert not cancelled(world, store)
+    assert tagged(world, store) == ["cod-unconfirmed"]
+    [handoff] = sc.handoffs(status="open")
+    assert "none of our WhatsApp messages reached" in handoff["reason"] and store.name(8) in handoff["reason"]
+    metrics = sc.report()["stages"]["qualification"]["metrics"]
+    assert (metrics["no_answer"], metrics["not_reached"]) == (0, 1)
+
+
+def test_an_order_whose_customer_got_the_question_is_still_cancelled_for_no_answer(sqlite_url, scenario, world):
+    """Only the reminder failed: the question reached her, so no answer is her answer."""
+    sc = scenario(sqlite_url, "shopify", journeys={"cod_confirmation": {**COD, "no_answer_action": "cancel"}})
+    order = SHOPIFY.order(9, ASHA, sc.now)
+    SHOPIFY.place(sc, order)
+    sc.work()
+    sc.later(hours=6)
+    _undeliverable(sc, ASHA, sc.last_to(ASHA, "cod_reminder_v1"))
+    sc.later(days=2)
+    assert cancelled(world, SHOPIFY)
+    assert sc.handoffs(status="open") == []

@@ -296,7 +296,11 @@ def test_unanswered_cod_order_gets_its_reminder_then_is_flagged(db_url):
         body = dumps(cod_order_payload())
         client.post("/webhooks/shopify", content=body, headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", "orders/create"))
         runtime.processor.drain()
+        from connector.outbox.senders import DryRunSender
+
         for hours in (1, 6, 12, 24, 30):
+            # the question and the reminder go out (the deadline acts only on a customer they reached)
+            asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender(), clock=lambda: clock.now).drain())
             clock.now = T0 + timedelta(hours=hours)
             runtime.processor.process_timers()
         with runtime.db.engine.connect() as conn:

@@ -198,6 +198,8 @@ class CodConfirmation:
             return [Update({"reminders": sent + 1}), Send(f"reminder_{sent + 1}", order_context(facts)),
                     Wake(self._next_wake(asked_at, sent + 1, config))]
         order_id = run.subject.split(":", 1)[1]
+        if "reminders_sent" in facts.extra and not facts.extra["reminders_sent"]:
+            return self._not_reached(run, facts, config, order_id)
         commands: list[Command] = [Update({"choice": "no_answer"}), Wake(None)]
         if config.no_answer_action == "tag":
             commands.append(WriteBack("add_tags", order_id, {"tags": [config.unconfirmed_tag]}, "no_answer_tag"))
@@ -205,6 +207,24 @@ class CodConfirmation:
             commands.append(WriteBack("cancel_order", order_id, {"reason": "customer", "notify_customer": True,
                                                                  "staff_note": "COD order not confirmed on WhatsApp"}, "no_answer_cancel"))
         return commands + [Finish("no_answer")]
+
+    def _not_reached(self, run: Run, facts: Facts, config: CodConfirmationConfig, order_id: str) -> list[Command]:
+        """The deadline came and none of our messages reached the customer (not on WhatsApp, a
+        number that is not one, opted out, a template WhatsApp refused): she could not answer, so
+        her order is never cancelled for it; it is flagged for a call and a person hears of it."""
+        commands: list[Command] = [Update({"choice": "not_reached"}), Wake(None)]
+        if config.no_answer_action != "none":
+            commands += [WriteBack("add_tags", order_id, {"tags": [config.unconfirmed_tag]}, "no_answer_tag"),
+                         Handoff(f"COD order {self._order_name(run, facts)} could not be confirmed: none of our WhatsApp "
+                                 "messages reached the customer; call them to confirm")]
+        return commands + [Finish("not_reached")]
+
+    @staticmethod
+    def needs_sends(event: Any, run: Run, config: CodConfirmationConfig) -> bool:
+        """At the answer deadline the runner tells which of the run's messages went out
+        (``facts.extra["reminders_sent"]``): an order nobody could ask is not one nobody answered."""
+        return (isinstance(event, TimerFired) and run.status == "active" and run.state.get("phase") == "asked"
+                and int(run.state.get("reminders", 0)) >= len(config.reminder_hours))
 
     @staticmethod
     def _cancelled(run: Run, facts: Facts) -> bool:

@@ -132,6 +132,17 @@ def _with_sends(conn: Connection, store: Any, store_id: int, journey: Any, event
     return replace(facts, extra={**facts.extra, "reminders_sent": sent})
 
 
+def _with_sends_for_timer(conn: Connection, store: Any, store_id: int, journey: Any, run: Run, facts: Facts, config: Any,
+                          now: datetime) -> Facts:
+    """The facts for a timer whose decision turns on whether the run's messages reached the
+    customer (a journey's ``needs_sends``: COD's answer deadline, which must not cancel an
+    order nobody could ask): one lookup of the run's step keys, at that one timer."""
+    needs = getattr(journey, "needs_sends", None)
+    if needs is None or not needs(TimerFired(now), run, config):
+        return facts
+    return replace(facts, extra={**facts.extra, "reminders_sent": _reminders_sent(conn, store, store_id, run.journey, run.subject)})
+
+
 def _run(conn: Connection, store_id: int, journey: str, subject: str) -> tuple[int, Run, bool] | None:
     row = by_key(conn, "journey_runs", (store_id, journey, subject), _RUN, {"sid": store_id, "j": journey, "s": subject})
     return None if row is None else _found(row, subject)
@@ -404,6 +415,7 @@ class JourneyRunner:
                 update_by_id(conn, RUNS, row.id, {"next_due_at": None})  # fire once
             else:
                 facts = _facts(conn, store, store_id, TimerFired(now), row.contact_id, row.subject)
+                facts = _with_sends_for_timer(conn, store, store_id, journey, found[1], facts, enabled[row.journey], now)
                 try:
                     commands = journey.decide(TimerFired(now), found[1], facts, enabled[row.journey], now)
                 except Exception:  # a journey's bug (a plugin's, say): this run waits, the others' timers still fire
