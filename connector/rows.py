@@ -7,6 +7,7 @@ each row per batch; without it they query as before.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select
@@ -30,6 +31,9 @@ _CONTACT_BY = {c.name: select(CONTACTS).where(CONTACTS.c.store_id == bindparam("
                for c in (CONTACTS.c.wa_id, CONTACTS.c.external_customer_id)}
 _CONTACTS_BY_PHONES = select(CONTACTS).where(CONTACTS.c.store_id == bindparam("sid"), CONTACTS.c.phone_key.in_(bindparam("keys", expanding=True)))
 _ORDERS_BY_IDS = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
+_ORDERS_BY_CHECKOUTS = select(ORDERS).where(  # the (store_id, checkout_token) index
+    ORDERS.c.store_id == bindparam("sid"), ORDERS.c.checkout_token.in_(bindparam("tokens", expanding=True)))
+_ORDERS_BY_CHECKOUT = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.checkout_token == bindparam("token"))
 _CHECKOUTS_BY_TOKENS = select(CHECKOUTS).where(
     CHECKOUTS.c.store_id == bindparam("sid"), CHECKOUTS.c.token.in_(bindparam("tokens", expanding=True)))
 _CONTACTS_BY_MANY = {  # the (store_id, lower(trim(email))) and (store_id, external_customer_id) indexes
@@ -92,6 +96,25 @@ def prefetch(conn: Connection, store_id: int, phone_keys: set[str], order_ids: s
             cache.put(table, row)
         for k in todo:
             cache.absent((table, store_id, k))
+    todo = sorted(t for t in tokens if ("checkout_token", store_id, t) not in cache.loaded)
+    if todo:  # the orders that name the batch's checkouts (a checkout heard after its order)
+        for row in conn.execute(_ORDERS_BY_CHECKOUTS, {"sid": store_id, "tokens": todo}):
+            cache.put("orders", row)
+        cache.loaded.update(("checkout_token", store_id, t) for t in todo)
+
+
+def checkout_ordered_at(conn: Connection, store_id: int, token: str) -> datetime | None:
+    """When the first order of the store that names this checkout was placed; None if none has.
+    From the batch's prefetch when it loaded the token (orders written in the batch included)."""
+    cache = current(conn)
+    if cache is not None and ("checkout_token", store_id, token) in cache.loaded:
+        rows = cache.orders_of_checkout(store_id, token)
+    else:
+        rows = conn.execute(_ORDERS_BY_CHECKOUT, {"sid": store_id, "token": token}).all()
+        if cache is not None:
+            rows = [cache.put("orders", r) for r in rows]
+    times = [r.placed_at for r in rows]
+    return min(times) if times else None
 
 
 def contact_keys_of(event: ev.Event) -> tuple[list[str], list[str]]:

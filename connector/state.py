@@ -19,7 +19,7 @@ from connector import events as ev
 from connector.contacts import email_key
 from connector.policy import keyword_intent
 from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES
-from connector.rows import checkout_row, contact_by_phone, contact_row, contact_where, order_row, phone_key
+from connector.rows import checkout_ordered_at, checkout_row, contact_by_phone, contact_row, contact_where, order_row, phone_key
 from connector.storage.txcache import by_key, current
 
 MESSAGE_STATUS_RANK = {"accepted": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
@@ -307,13 +307,19 @@ def apply_checkout(conn: Connection, store_id: int, checkout: ev.Checkout, conta
         "source_updated_at": checkout.updated_at,
     }
     if existing is None:
+        # Shopify sends webhooks in no set order: a checkout heard after its order is born completed
+        ordered = checkout_ordered_at(conn, store_id, checkout.token) if checkout.completed_at is None else None
+        if ordered is not None:
+            values["completed_at"] = ordered
         insert_id(conn, CHECKOUTS, dict(store_id=store_id, token=checkout.token, **values))
-    else:
-        if contact_id is None:
-            values.pop("contact_id")
-        if existing.completed_at is not None and checkout.completed_at is None:
-            values.pop("completed_at")  # an order already completed it; a late update must not reopen it
+        return ordered is None  # an order came first: kept, but nothing left to recover
+    if contact_id is None:
+        values.pop("contact_id")
+    if existing.completed_at is not None and checkout.completed_at is None:
+        values.pop("completed_at")  # an order already completed it; a late update must not reopen it
         update_by_id(conn, CHECKOUTS, existing.id, values)
+        return False  # nor start a cart ladder for it (one heard before it had a phone has no run yet)
+    update_by_id(conn, CHECKOUTS, existing.id, values)
     return True
 
 

@@ -120,3 +120,12 @@ def test_whether_a_customer_is_busy_reads_their_own_runs_and_open_cases_only(con
 
     plan = plan_of(conn, _BUSY, {"sid": 1, "cid": 7, "since": NOW})
     assert "ix_journey_runs_contact (store_id=? AND contact_id=?)" in plan and "ix_journey_runs_due" not in plan, plan
+
+
+def test_the_orders_that_name_a_batchs_checkouts_are_found_by_token(conn: Any) -> None:
+    from connector.rows import _ORDERS_BY_CHECKOUT, _ORDERS_BY_CHECKOUTS
+
+    plan = plan_of(conn, _ORDERS_BY_CHECKOUTS, {"sid": 1, "tokens": [f"tok{i}" for i in range(300)]})
+    assert "ix_orders_store_checkout (store_id=? AND checkout_token=?)" in plan, plan
+    plan = plan_of(conn, _ORDERS_BY_CHECKOUT, {"sid": 1, "token": "tok1"})
+    assert "ix_orders_store_checkout (store_id=? AND checkout_token=?)" in plan, plan

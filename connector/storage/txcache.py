@@ -163,6 +163,7 @@ class TxCache:
         # then ``matching_contacts`` answers alone; void once a contact is written past the cache
         self.loaded: set[tuple[str, int, str]] = set()
         self._runs: dict[tuple[int, int], set[int]] = {}  # journey runs by (store_id, contact_id)
+        self._order_tokens: dict[tuple[int, str], set[int]] = {}  # orders by (store_id, checkout_token) (candidates)
 
     # ---- reads -------------------------------------------------------------------------------
     def lookup(self, key: tuple[Any, ...]) -> tuple[bool, CachedRow | None]:
@@ -211,7 +212,17 @@ class TxCache:
         runs = self.rows["journey_runs"]
         return [runs[i] for i in sorted(self._runs.get((store_id, contact_id), ())) if i in runs]
 
+    def orders_of_checkout(self, store_id: int, token: str) -> list[CachedRow]:
+        """The cached orders of a store that name this checkout now; all of them, held INSERTs
+        included, once ``("checkout_token", store_id, token)`` is in ``loaded`` (``rows.prefetch``)."""
+        rows = (self.rows["orders"].get(i) for i in self._order_tokens.get((store_id, token), ()))
+        return [r for r in rows if r is not None and r["store_id"] == store_id and r["checkout_token"] == token]
+
     def _note_secondary_keys(self, table: str, row_id: int, values: Mapping[str, Any]) -> None:
+        if table == "orders":
+            if values.get("checkout_token") and values.get("store_id") is not None:
+                self._order_tokens.setdefault((values["store_id"], values["checkout_token"]), set()).add(row_id)
+            return
         if table == "journey_runs":
             if values.get("contact_id") is not None:
                 self._runs.setdefault((values["store_id"], values["contact_id"]), set()).add(row_id)

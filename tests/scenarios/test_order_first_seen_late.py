@@ -146,3 +146,34 @@ def _inbox_row(sc):
 
     with sc.runtime.db.engine.connect() as conn:
         return conn.execute(select(m.InboxEvent).where(m.InboxEvent.topic == "fulfillments/create")).one()
+
+
+def test_a_checkout_heard_after_its_order_starts_no_cart_reminders(sqlite_url, scenario, world):
+    """She checks out and pays within minutes; Shopify's ``checkouts/create`` for that checkout failed
+    once and its retry (the original body: not completed) comes after the order. Reminding her to finish
+    a cart she has paid for is the worst message a store can send; the checkout is kept as completed."""
+    sc = scenario(sqlite_url, "shopify", journeys={**LADDER, **CONFIRMATION})
+    started = sc.now
+    checkout = p.shopify_checkout(SHOPIFY.token("A"), ASHA, started)
+    sc.later(minutes=10)
+    sc.shopify("orders/create", SHOPIFY.order(1, ASHA, sc.now, cod=False, total="899.00", checkout="A"))
+    sc.work()
+    sc.later(minutes=2)
+    sc.shopify("checkouts/create", checkout)  # the retry of the first delivery
+    sc.shopify("checkouts/update", {**checkout, "updated_at": p.iso(started + timedelta(minutes=1))})
+    sc.later(days=2)  # the whole ladder's time goes by
+    assert sc.templates_to(ASHA) == ["order_thanks_v1"]
+    assert sc.report()["stages"]["conversion"]["metrics"]["checkouts_abandoned"] == 0
+
+
+def test_a_checkout_and_its_order_in_one_batch_in_the_wrong_order_start_no_cart_reminders(sqlite_url, scenario, world):
+    """The same, with both deliveries waiting for the same batch (the worker was busy): the order
+    written earlier in the batch completes the checkout heard after it."""
+    sc = scenario(sqlite_url, "shopify", journeys={**LADDER, **CONFIRMATION})
+    checkout = p.shopify_checkout(SHOPIFY.token("B"), RAVI, sc.now)
+    sc.later(minutes=10)
+    sc.post(sc.shopify_delivery("orders/create", SHOPIFY.order(2, RAVI, sc.now, cod=False, total="899.00", checkout="B")),
+            sc.shopify_delivery("checkouts/create", checkout))
+    sc.work()
+    sc.later(days=2)
+    assert sc.templates_to(RAVI) == ["order_thanks_v1"]
