@@ -103,7 +103,8 @@ class PolicySettings(_Settings):
 
     quiet_hours: str = Field("21:00-09:00", description="'HH:MM-HH:MM' in the store's time zone; '' disables")
     utility_in_quiet_hours: bool = True
-    marketing_cap: int = Field(2, ge=0, description="marketing messages per contact in marketing_cap_days, all journeys")
+    marketing_cap: int = Field(3, ge=0, description="marketing messages per contact in marketing_cap_days, all journeys "
+                                                   "(the cart ladder's reminders must fit: three by default)")
     marketing_cap_days: int = Field(7, ge=1)
     cart_quiet_after_order_hours: int = Field(24, ge=0)
     utility_needs_consent: bool = True
@@ -311,6 +312,24 @@ class _StoreBase(_Settings):
         problems = settle_woocommerce_settings(self.platform, self.journeys)  # type: ignore[attr-defined]
         if problems:
             raise ValueError("; ".join(f"journeys.{p}" for p in problems))
+        return self
+
+    @model_validator(mode="after")
+    def _ladder_fits_the_cap(self) -> "_StoreBase":
+        """A cart ladder with more reminders inside the cap's window than the cap allows sends its
+        last ones never (skipped ``frequency_cap``), and that is the discount step by default."""
+        ladder = getattr(self.journeys.get("checkout_recovery"), "ladder_minutes", None)  # type: ignore[attr-defined]
+        if not ladder or not self.journeys["checkout_recovery"].enabled:  # type: ignore[attr-defined]
+            return self
+        window = self.policy.marketing_cap_days * 24 * 60  # type: ignore[attr-defined]
+        inside = sum(1 for m in ladder if m - ladder[0] < window)
+        cap = self.policy.marketing_cap  # type: ignore[attr-defined]
+        if inside > cap:
+            raise ValueError(
+                f"journeys.checkout_recovery.ladder_minutes sends {inside} reminders within {self.policy.marketing_cap_days} "  # type: ignore[attr-defined]
+                f"day(s) but policy.marketing_cap allows {cap} marketing message(s) per contact in that time: reminder "
+                f"{cap + 1} would never go out (skipped as frequency_cap); raise policy.marketing_cap to {inside} or "
+                "shorten the ladder")
         return self
 
     def enabled_journeys(self) -> dict[str, Any]:

@@ -146,3 +146,17 @@ def test_journey_timings_that_contradict_each_other_are_config_errors():
     ok = parse_settings(base(journeys={"checkout_recovery": {"ladder_minutes": [0, 360], "discount_code": "BACK10", "discount_from_step": 2},
                                        "cod_confirmation": {"reminder_hours": [6], "answer_window_hours": 24}}), environ={})
     assert ok.stores[0].journeys["checkout_recovery"].discount_from_step == 2
+
+
+def test_a_cart_ladder_the_marketing_cap_would_cut_short_is_a_config_error():
+    """Three reminders in a day against two marketing messages a week: the third (the discount) would
+    be skipped as frequency_cap every time, silently."""
+    with pytest.raises(ConfigError) as err:
+        parse_settings(base(journeys={"checkout_recovery": {"ladder_minutes": [0, 360, 1440], "discount_code": "BACK10"}},
+                            policy={"marketing_cap": 2}), environ={})
+    assert ("ladder_minutes sends 3 reminders within 7 day(s) but policy.marketing_cap allows 2 marketing message(s) per contact "
+            "in that time: reminder 3 would never go out") in "\n".join(err.value.problems)
+    # the defaults fit; a ladder spread past the cap's window fits; a disabled journey is not checked
+    assert parse_settings(base(journeys={"checkout_recovery": {}}), environ={}).stores[0].policy.marketing_cap == 3
+    parse_settings(base(journeys={"checkout_recovery": {"ladder_minutes": [0, 1440, 11520]}}, policy={"marketing_cap": 2}), environ={})
+    parse_settings(base(journeys={"checkout_recovery": {"enabled": False}}, policy={"marketing_cap": 1}), environ={})

@@ -39,7 +39,7 @@ def _text(sc, phone: str | None, text: str, at, message_id: str, *, user_id: str
 # ---- 1. quiet hours must not bunch a cart's reminders together --------------------------------
 
 def test_reminders_held_by_quiet_hours_reach_the_customer_once_not_seconds_apart(sqlite_url, scenario, world):
-    sc = scenario(sqlite_url, "shopify", journeys=LADDER, policy={"quiet_hours": "21:00-09:00", "marketing_cap": 2})
+    sc = scenario(sqlite_url, "shopify", journeys=LADDER, policy={"quiet_hours": "21:00-09:00", "marketing_cap": 3})
     sc.at(SHOPIFY.local(21, 0))
     SHOPIFY.start_checkout(sc, "A", ASHA)  # abandoned 21:30: reminder 1 waits for 09:00; reminder 2 is due 03:30, waits too
     sc.at(SHOPIFY.local(21, 0) + timedelta(hours=12, minutes=30))  # 09:30 the next morning

@@ -216,13 +216,14 @@ def test_frequency_cap_spans_two_journeys(db, db_url, sandbox):
     ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
     cid = seed_contact(db, ids["shop-a"])
     clock = Clock(NOON_IST)
-    for n, step in enumerate(["reorder.remind", "checkout_recovery.first", "reorder.remind"]):
+    for n, step in enumerate(["reorder.remind", "checkout_recovery.first", "reorder.remind", "checkout_recovery.first"]):
         r = queue(db, settings, ids["shop-a"], cid, step=step, subject=f"s:{n}", now=clock.now)
         dispatch(db, settings, ids, clock, url)
         clock.now += timedelta(hours=1)
     statuses = [(r.journey, r.status, r.skip_reason) for r in outbox_rows(db)]
-    assert statuses == [("reorder", "sent", None), ("checkout_recovery", "sent", None), ("reorder", "skipped", "frequency_cap")]
-    assert len(fake.accepted()) == 2
+    assert statuses == [("reorder", "sent", None), ("checkout_recovery", "sent", None), ("reorder", "sent", None),
+                        ("checkout_recovery", "skipped", "frequency_cap")]  # 3 a week by default
+    assert len(fake.accepted()) == 3
 
 
 def test_lost_outcome_is_never_resent_and_is_settled_by_the_status_webhook(db_url, sandbox):
