@@ -89,6 +89,9 @@ def _stage_of(event: Any, current: str) -> str | None:
         return "qualification" if o.is_cod else "conversion"
     if isinstance(event, ev.OrderPaid):
         return "post_purchase"
+    if isinstance(event, ev.OrderUpdated) and event.order.payment_state in (ev.PaymentState.PAID, ev.PaymentState.PARTIALLY_PAID):
+        # WooCommerce says "paid" only this way (an order updated to processing with date_paid)
+        return "post_purchase"
     if isinstance(event, ev.FulfillmentUpdated):
         return "retention" if event.fulfillment.shipment_status is ev.ShipmentStatus.DELIVERED else "post_purchase"
     return None

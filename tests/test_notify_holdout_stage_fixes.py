@@ -149,6 +149,28 @@ def test_a_cod_order_paid_after_delivery_leaves_the_customer_in_retention(db_url
     assert (placed, delivered, paid, reordered) == ("qualification", "retention", "retention", "qualification")
 
 
+def test_a_woocommerce_customer_who_pays_later_moves_on_from_conversion(db_url):
+    """WooCommerce has no "paid" webhook: a pending order updated to processing with ``date_paid``
+    is the payment. Her questions must then go to the post-purchase owner, not the checkout desk."""
+    from tests.helpers import woo_headers
+
+    raw = settings_dict(db_url)
+    raw["stores"][2].update(policy={"quiet_hours": ""})
+    woo = load_json(FIXTURES / "woocommerce" / "order.created.rest-v3-docs-example.json")
+    woo.update(status="pending", date_paid=None, date_paid_gmt=None, date_created_gmt="2026-11-20T06:00:00",
+               date_modified_gmt="2026-11-20T06:00:00")
+    woo["billing"]["phone"] = "+1 415 555 2671"
+    paid = {**woo, "status": "processing", "date_paid_gmt": "2026-11-20T07:00:00", "date_paid": "2026-11-20T07:00:00",
+            "date_modified_gmt": "2026-11-20T07:00:00"}
+    with running_app(parse_settings(raw, environ={})) as (client, runtime):
+        stages = []
+        for topic, body in (("order.created", dumps(woo)), ("order.updated", dumps(paid))):
+            client.post("/webhooks/woocommerce/woo", content=body, headers=woo_headers(body, SECRETS["woo"], topic))
+            runtime.processor.drain()
+            stages.append(contact_stage(runtime))
+    assert stages == ["conversion", "post_purchase"]
+
+
 # ---- 6a. every notified update reaches the owner --------------------------------------------
 
 def test_every_notified_update_of_a_case_reaches_its_owner_past_the_twenty_kept(db_url):
