@@ -66,8 +66,8 @@ mutation StoreloopTagsAdd($id: ID!, $tags: [String!]!) {
 # "No refund" = refundMethod {originalPaymentMethodsRefund: false} and no storeCreditRefund;
 # Shopify still releases an authorized-but-uncaptured payment on cancel (same page).
 # Only `orderCancelUserErrors` is selected: the payload's `userErrors` is deprecated.
-# The mutation is asynchronous: it returns a Job; we do not poll it (the orders/cancelled
-# webhook or the sync job confirms the outcome).
+# The mutation is asynchronous: it returns a Job, which can end without cancelling (an open
+# return, a payment still being processed); ``cancel_order`` waits for it and reads the order.
 ORDER_CANCEL = """
 mutation StoreloopOrderCancel($orderId: ID!, $reason: OrderCancelReason!,
     $refundMethod: OrderCancelRefundMethodInput!, $restock: Boolean!,
@@ -85,6 +85,15 @@ query StoreloopOrderCancelledAt($id: ID!) {
   order(id: $id) { id cancelledAt }
 }
 """
+
+JOB_DONE = """
+query StoreloopJob($id: ID!) {
+  job(id: $id) { id done }
+}
+"""
+
+# how long ``cancel_order`` waits for Shopify's cancel job, in pauses between looks (about 15 s in all)
+CANCEL_JOB_WAITS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 ORDER_NOTE = """
 query StoreloopOrderNote($id: ID!) {
@@ -380,6 +389,8 @@ class ShopifyAdminClient:
         mapped = CANCEL_REASONS.get(reason.strip().lower())
         if mapped is None:
             raise PermanentError(f"unknown cancel reason {reason[:40]!r} (use one of {', '.join(CANCEL_REASONS)})")
+        if unless_since is not None and await self._is_cancelled(gid):
+            return  # a retry: the first try's job cancelled it after all
         variables = {
             "orderId": gid,
             "reason": mapped,
@@ -392,10 +403,31 @@ class ShopifyAdminClient:
         payload = self._payload(data, "orderCancel")
         errors = _user_errors(payload.get("orderCancelUserErrors")) + _user_errors(payload.get("userErrors"))
         if not errors:
+            await self._cancel_job_done(gid, payload.get("job"))
             return
         if not any(e.get("code") == "NOT_FOUND" for e in errors) and await self._is_cancelled(gid):
             return
         raise PermanentError(f"orderCancel: {_describe_user_errors(errors, (self._token,))}")
+
+    async def _cancel_job_done(self, gid: str, job: Any) -> None:
+        """Wait for the cancel job, then read the order: a job that ended without cancelling it
+        (Shopify refuses some cancels only once the job runs) is a failed write-back, which a person
+        hears of; one still running after the waits is retried (the retry first reads the order)."""
+        job_id = job.get("id") if isinstance(job, dict) else None
+        done = bool(job.get("done")) if isinstance(job, dict) else False
+        for pause in CANCEL_JOB_WAITS if job_id and not done else ():
+            await self._sleep(pause)
+            data = await self.graphql(JOB_DONE, {"id": job_id})
+            found = data.get("job")
+            if isinstance(found, dict) and found.get("done"):
+                done = True
+                break
+        if await self._is_cancelled(gid):
+            return
+        if done:
+            raise PermanentError("orderCancel: Shopify's cancel job ended without cancelling the order "
+                                 "(an open return or a payment still being processed can stop it)")
+        raise RetryableError("orderCancel: Shopify's cancel job is still running", outcome_unknown=True)
 
     async def _is_cancelled(self, gid: str) -> bool:
         data = await self.graphql(ORDER_CANCELLED_AT, {"id": gid})

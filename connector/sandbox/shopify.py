@@ -21,20 +21,28 @@ COST = {"requestedQueryCost": 10, "actualQueryCost": 10,
         "throttleStatus": {"maximumAvailable": 2000.0, "currentlyAvailable": 1990.0, "restoreRate": 100.0}}
 
 
-def admin_graphql_answer(body: dict[str, Any]) -> tuple[str, str | None, dict[str, Any], dict[str, Any]]:
-    """What the Admin GraphQL API answers to the connector's write-backs and its order read:
-    (operation, order gid, variables, data). Shared by this sandbox and the scenario tests' fake."""
+def admin_graphql_answer(body: dict[str, Any], cancelled: dict[str, str] | None = None,
+                         ) -> tuple[str, str | None, dict[str, Any], dict[str, Any]]:
+    """What the Admin GraphQL API answers to the connector's write-backs and its order reads:
+    (operation, order gid, variables, data). Shared by this sandbox and the scenario tests' fake.
+    ``cancelled`` (order gid -> when) is the peer's memory of the orders it cancelled, so the
+    order read after a cancel job finds the order cancelled, as Shopify's would."""
+    cancelled = {} if cancelled is None else cancelled
     query = str(body.get("query") or "")
     variables = body.get("variables") or {}
     gid = variables.get("id") or variables.get("orderId") or (variables.get("input") or {}).get("id")
     if "tagsAdd" in query:
         return "tagsAdd", gid, variables, {"tagsAdd": {"node": {"id": gid}, "userErrors": []}}
     if "orderCancel" in query:
+        if gid:
+            cancelled.setdefault(gid, "2026-01-01T00:00:00Z")
         return "orderCancel", gid, variables, {"orderCancel": {"job": {"id": "gid://shopify/Job/1", "done": True},
                                                                "orderCancelUserErrors": [], "userErrors": []}}
     if "orderUpdate" in query:
         return "orderUpdate", gid, variables, {"orderUpdate": {"order": {"id": gid}, "userErrors": []}}
-    return "query", gid, variables, {"order": {"id": gid, "cancelledAt": None, "note": None}}
+    if "job(" in query:
+        return "job", None, variables, {"job": {"id": gid, "done": True}}
+    return "query", gid, variables, {"order": {"id": gid, "cancelledAt": cancelled.get(gid or ""), "note": None}}
 
 
 @dataclass
@@ -48,6 +56,7 @@ class SandboxShopify:
     def __init__(self, *, token: str = "sandbox-admin-token"):
         self.token = token
         self.calls: list[AdminCall] = []
+        self.cancelled_at: dict[str, str] = {}
         self._lock = threading.Lock()
         self.app = Starlette(routes=[Route("/admin/api/{version}/graphql.json", self._graphql, methods=["POST"])])
 
@@ -66,7 +75,8 @@ class SandboxShopify:
     async def _graphql(self, request: Request) -> Response:
         if request.headers.get("x-shopify-access-token") != self.token:
             return JSONResponse({"errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"}, 401)
-        op, gid, variables, data = admin_graphql_answer(await request.json())
+        body = await request.json()
         with self._lock:
+            op, gid, variables, data = admin_graphql_answer(body, self.cancelled_at)
             self.calls.append(AdminCall(op, gid, variables))
         return JSONResponse({"data": data, "extensions": {"cost": COST}})

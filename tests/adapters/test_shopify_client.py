@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -222,12 +223,31 @@ def test_graphql_returns_data():
 # ---------------------------------------------------------------- orderCancel
 
 
+QUEUED = ok({"orderCancel": {"job": {"id": "gid://shopify/Job/1", "done": False}, "orderCancelUserErrors": []}})
+
+
+def job(done: bool) -> httpx.Response:
+    return ok({"job": {"id": "gid://shopify/Job/1", "done": done}})
+
+
+def order_cancelled_at(when: str | None) -> httpx.Response:
+    return ok({"order": {"id": GID, "cancelledAt": when}})
+
+
+class Pauses:
+    def __init__(self) -> None:
+        self.taken: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.taken.append(seconds)
+
+
 def test_order_cancel_shape():
-    resp = ok({"orderCancel": {"job": {"id": "gid://shopify/Job/1", "done": False}, "orderCancelUserErrors": []}})
     result, route, _ = run(lambda c: c.cancel_order(ORDER_ID, reason="customer", notify_customer=True,
-                                                     staff_note="COD not confirmed on WhatsApp"), resp)
+                                                     staff_note="COD not confirmed on WhatsApp"),
+                           QUEUED, job(True), order_cancelled_at("2026-09-01T10:00:00Z"), client_kw={"sleep": Pauses()})
     assert result is None
-    body = sent(route)
+    body = sent(route, 0)
     assert "orderCancel(orderId: $orderId" in body["query"]
     assert "refundMethod: $refundMethod" in body["query"]
     assert "refund:" not in body["query"]  # the deprecated Boolean argument
@@ -244,10 +264,43 @@ def test_order_cancel_shape():
 @pytest.mark.parametrize("ours,theirs", [("declined", "DECLINED"), ("fraud", "FRAUD"), ("inventory", "INVENTORY"),
                                           ("staff", "STAFF"), ("other", "OTHER"), ("Customer", "CUSTOMER")])
 def test_order_cancel_reasons(ours, theirs):
-    resp = ok({"orderCancel": {"job": {"id": "gid://shopify/Job/1", "done": False}, "orderCancelUserErrors": []}})
-    _, route, _ = run(lambda c: c.cancel_order(ORDER_ID, reason=ours, notify_customer=False, staff_note=None), resp)
-    assert sent(route)["variables"]["reason"] == theirs
-    assert sent(route)["variables"]["staffNote"] is None
+    _, route, _ = run(lambda c: c.cancel_order(ORDER_ID, reason=ours, notify_customer=False, staff_note=None),
+                      QUEUED, job(True), order_cancelled_at("2026-09-01T10:00:00Z"), client_kw={"sleep": Pauses()})
+    assert sent(route, 0)["variables"]["reason"] == theirs
+    assert sent(route, 0)["variables"]["staffNote"] is None
+
+
+def test_order_cancel_waits_for_shopifys_job_and_reads_the_order():
+    """The cancel is a job at Shopify: done only when the job is, and the order says so."""
+    pauses = Pauses()
+    result, route, _ = run(lambda c: c.cancel_order(ORDER_ID, reason="customer", notify_customer=False, staff_note=None),
+                           QUEUED, job(False), job(True), order_cancelled_at("2026-09-01T10:00:00Z"), client_kw={"sleep": pauses})
+    assert result is None
+    assert [("job(" in sent(route, i)["query"], "cancelledAt" in sent(route, i)["query"]) for i in (1, 2, 3)] == [
+        (True, False), (True, False), (False, True)]
+    assert sent(route, 1)["variables"] == {"id": "gid://shopify/Job/1"} and pauses.taken == [0.5, 1.0]
+
+
+def test_a_cancel_job_that_ends_without_cancelling_is_a_failed_write_back():
+    """Shopify accepted the mutation, then its job could not cancel (an open return, a payment in
+    flight): the order ships unless someone is told, so this is a failure, not a success."""
+    result, _, _ = run(lambda c: c.cancel_order(ORDER_ID, reason="customer", notify_customer=False, staff_note=None),
+                       QUEUED, job(True), order_cancelled_at(None), client_kw={"sleep": Pauses()})
+    assert isinstance(result, PermanentError) and not result.outcome_unknown
+    assert "cancel job ended without cancelling the order" in str(result)
+
+
+def test_a_cancel_job_still_running_is_retried_and_the_retry_reads_the_order_first():
+    pauses = Pauses()
+    result, route, _ = run(lambda c: c.cancel_order(ORDER_ID, reason="customer", notify_customer=False, staff_note=None),
+                           QUEUED, *[job(False)] * 5, order_cancelled_at(None), client_kw={"sleep": pauses})
+    assert isinstance(result, RetryableError) and result.outcome_unknown
+    assert sum(pauses.taken) == 15.5 and route.call_count == 7
+    # the retry: the job has cancelled it meanwhile, so no second orderCancel
+    since = datetime(2026, 9, 1, tzinfo=timezone.utc)
+    result, route, _ = run(lambda c: c.cancel_order(ORDER_ID, reason="customer", notify_customer=False, staff_note=None,
+                                                    unless_since=since), order_cancelled_at("2026-09-01T10:00:05Z"))
+    assert result is None and route.call_count == 1 and "orderCancel(" not in sent(route, 0)["query"]
 
 
 def test_order_cancel_unknown_reason_is_permanent_without_a_call():

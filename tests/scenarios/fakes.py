@@ -81,6 +81,7 @@ class FakeWorld:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self.woo_meta: dict[str, list[dict[str, Any]]] = {}
+        self.shopify_cancelled: dict[str, str] = {}  # order gid -> cancelledAt, as the fake Shopify remembers it
         self.app = Starlette(routes=[
             Route("/{version}/{phone_number_id}/messages", self._wa_messages, methods=["POST"]),
             Route("/admin/api/{version}/graphql.json", self._shopify_graphql, methods=["POST"]),
@@ -97,6 +98,7 @@ class FakeWorld:
             self.notifications.clear()
             self.refused.clear()
             self.woo_meta.clear()
+            self.shopify_cancelled.clear()
             self.whatsapp_down = False
 
     # ---- what scenarios read -------------------------------------------------------------
@@ -142,8 +144,9 @@ class FakeWorld:
         if request.headers.get("x-shopify-access-token") != SHOP_TOKEN:
             self.refused.append("shopify")
             return JSONResponse({"errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"}, 401)
-        op, _, variables, data = admin_graphql_answer(await request.json())
+        body = await request.json()
         with self._lock:
+            op, _, variables, data = admin_graphql_answer(body, self.shopify_cancelled)
             self.shopify.append(ShopifyCall(op, variables))
         return JSONResponse({"data": data, "extensions": {"cost": COST}})
 
