@@ -69,6 +69,28 @@ def test_only_a_reminder_whatsapp_took_before_the_order_makes_it_recovered(sqlit
     assert c["recovered_revenue"] == "799.00"  # Ravi's order only
 
 
+def test_one_order_after_two_reminded_checkouts_is_recovered_once(sqlite_url, scenario, world, store: Store):
+    """Asha leaves checkout A (reminded), then checkout R two hours later (reminded), then buys once, from R. The order
+    credits one checkout: R's (Shopify: the order names it; WooCommerce: the cart reminded last). A ends without
+    revenue and sends her nothing more."""
+    sc = scenario(sqlite_url, store.platform, journeys=LADDER)
+    store.start_checkout(sc, "A", ASHA)
+    sc.at(T0 + timedelta(minutes=30))
+    sc.at(T0 + timedelta(hours=2))
+    store.start_checkout(sc, "R", ASHA)
+    sc.at(T0 + timedelta(hours=2, minutes=30))
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_1_v1"]
+    sc.at(T0 + timedelta(hours=3))
+    store.pay_checkout(sc, 1, ASHA, "R", total="1000.00")
+    store.cart_recovered(sc, "R", ASHA)
+    sc.later(days=3)
+
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_1_v1"]  # A's second reminder (due at +6 h 30) never went
+    c = conversion(sc)
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"]) == (2, 2, 1)
+    assert c["recovered_revenue"] == "1000.00"
+
+
 # ---- finding 2: a typed answer continues the open hand-off ---------------------------------------
 
 def test_a_typed_answer_to_a_failed_delivery_joins_its_hand_off_without_a_second_case_or_alert(db_url):

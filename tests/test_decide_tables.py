@@ -463,6 +463,11 @@ def bought(at: datetime) -> ev.OrderPlaced:
     return ev.OrderPlaced(order=prepaid(created_at=at, updated_at=at, payment_state=ev.PaymentState.PAID))
 
 
+def bought_for(token: str | None, at: datetime) -> ev.OrderPlaced:
+    """A paid order naming checkout ``token`` (None: none, as a WooCommerce order or one from a new checkout with no run)."""
+    return ev.OrderPlaced(order=prepaid(checkout_token=token, created_at=at, updated_at=at, payment_state=ev.PaymentState.PAID))
+
+
 CHECKOUT_CASES = [
     Case("the store binned the order: the run ends, what it has waiting is skipped", ev.OrderDeleted(order_external_id="1042"), run("checkout_recovery", LADDER), facts(),
          CR, ["wake:none", "finish:order_deleted"]),
@@ -518,6 +523,31 @@ CHECKOUT_CASES = [
          facts(), CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"], state={"recovered": True}),
     Case("placed before the reminder, heard after: not recovered", bought(ABANDONED - MIN), run("checkout_recovery", ONE_SENT, subject=CART),
          facts(), CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:converted"], state={"recovered": False}),
+    Case("one order reaching two of her reminded carts, for the other one: this one ends without revenue, its reminders skipped",
+         bought_for("tok2", T0 + 3 * H), run("checkout_recovery", ONE_SENT, subject=CART),
+         facts(order_runs=((run("checkout_recovery", ONE_SENT, subject=CART), (ABANDONED,)),
+                           (run("checkout_recovery", ONE_SENT, subject="checkout:tok2"), (ABANDONED + H,)))), CR,
+         ["update(converted_elsewhere)", "wake:none", "finish:converted_elsewhere"], state={"converted_elsewhere": "1042", "revenue": None}),
+    Case("the same order reaching its own checkout's run: recovered there, whichever was reminded last", bought_for("tok1", T0 + 3 * H),
+         run("checkout_recovery", ONE_SENT, subject=CART),
+         facts(order_runs=((run("checkout_recovery", ONE_SENT, subject=CART), (ABANDONED,)),
+                           (run("checkout_recovery", ONE_SENT, subject="checkout:tok2"), (ABANDONED + H,))), reminders_sent=(ABANDONED,)),
+         CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"], state={"recovered": True, "revenue": "1299"}),
+    Case("an order naming none of her checkouts: the cart whose reminder went out last is credited", bought_for(None, T0 + 3 * H),
+         run("checkout_recovery", ONE_SENT, subject="checkout:tok2"),
+         facts(order_runs=((run("checkout_recovery", TWO_SENT, subject=CART), (ABANDONED,)),
+                           (run("checkout_recovery", ONE_SENT, subject="checkout:tok2"), (ABANDONED + H,))), reminders_sent=(ABANDONED + H,)),
+         CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"], state={"recovered": True}),
+    Case("... and the cart reminded earlier ends without revenue", bought_for(None, T0 + 3 * H),
+         run("checkout_recovery", TWO_SENT, subject=CART),
+         facts(order_runs=((run("checkout_recovery", TWO_SENT, subject=CART), (ABANDONED,)),
+                           (run("checkout_recovery", ONE_SENT, subject="checkout:tok2"), (ABANDONED + H,)))), CR,
+         ["update(converted_elsewhere)", "wake:none", "finish:converted_elsewhere"]),
+    Case("a WooCommerce order while one of her carts is reported completed: that cart is its own", ev.OrderPlaced(order=woo("processing")),
+         run("checkout_recovery", ONE_SENT, subject="checkout:tok2"),
+         facts(woo("processing"), order_runs=((run("checkout_recovery", {**ONE_SENT, "completed_at": T0.isoformat()}, subject=CART), (ABANDONED,)),
+                                              (run("checkout_recovery", ONE_SENT, subject="checkout:tok2"), (ABANDONED + H,)))), CR,
+         ["update(converted_elsewhere)", "wake:none", "finish:converted_elsewhere"]),
     Case("the customer replies: a person answers, the ladder stops", text("is COD available?"), run("checkout_recovery", ONE_SENT, subject=CART),
          facts(), CR, ["update(replied)", "wake:none", "finish:replied"]),
     Case("WooCommerce pending order: its own ladder, with its pay link", ev.OrderPlaced(order=woo("pending")), None, facts(woo("pending")), CR,

@@ -54,7 +54,8 @@ class Facts:
     button_payload: str | None = None  # for a ButtonReplied routed to this run
     # what else the runner knows: "stage", "marketing_ok", the reply's "reply_journey" / "reply_subject",
     # "reminders_sent" (credits_sent_reminders journeys), "open_runs" (follows_contact journeys: the
-    # contact's other active runs of the journey, as the event's own run decides)
+    # contact's other active runs of the journey, as the event's own run decides), "order_runs" (an order
+    # reaching several runs of a journey crediting reminders: each (run, when its reminders went out))
     extra: dict[str, Any] = field(default_factory=dict)
 
 
