@@ -91,6 +91,26 @@ def test_one_order_after_two_reminded_checkouts_is_recovered_once(sqlite_url, sc
     assert c["recovered_revenue"] == "1000.00"
 
 
+def test_a_recovered_order_the_store_cancels_later_leaves_the_recovered_revenue(sqlite_url, scenario, world, store: Store):
+    """Asha buys after the first cart reminder, and the store cancels the order the next day: the week's report no
+    longer counts it as recovered, nor its revenue."""
+    sc = scenario(sqlite_url, store.platform, journeys=LADDER)
+    store.start_checkout(sc, "A", ASHA)
+    sc.at(T0 + timedelta(hours=2))
+    order = store.order(1, ASHA, sc.now, cod=False, total="1299.00", **({"checkout": "A"} if store.platform == "shopify" else {}))
+    store.place(sc, order)
+    store.cart_recovered(sc, "A", ASHA)
+    sc.later(hours=2)
+    assert conversion(sc)["recovered_revenue"] == "1299.00"
+    sc.later(days=1)
+    store.cancelled_echo(sc, order)
+    sc.later(hours=1)
+
+    assert sc.templates_to(ASHA) == ["cart_1_v1"]
+    c = conversion(sc)
+    assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (1, 0, "0")
+
+
 # ---- finding 2: a typed answer continues the open hand-off ---------------------------------------
 
 def test_a_typed_answer_to_a_failed_delivery_joins_its_hand_off_without_a_second_case_or_alert(db_url):
