@@ -17,8 +17,9 @@ Stages and what counts (runs are counted in the week they started):
   the webhooks came in) recovered nothing: it is left out of the count and the revenue.
 - post-purchase: delivery updates sent / delivered / read, shipments, failed deliveries
   (NDR) and their rate; hand-offs opened and their median resolution time.
-- retention: reorder windows opened, reminded, reordered inside the window (in an order that
-  still stands, as above), the rate and the revenue.
+- retention: reorder windows opened, reminded (as for checkouts: a reminder WhatsApp took),
+  reordered inside the window after a reminder that went out (in an order that still stands,
+  as above), the rate and the revenue.
 
 Message health per template (journey step): queued, sent, delivered, read, failed by Meta
 code (the failed status webhook's code, else the last send attempt's), skipped by policy
@@ -54,6 +55,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Table, bindparam, func, select
 
 from connector.journeys.checkout_recovery import STEPS as CART_STEPS
+from connector.journeys.reorder import STEPS as REORDER_STEPS
 from connector.outbox.queue import step_key
 from connector.outbox.store import REACHED_STATES
 from connector.storage import models as m
@@ -321,8 +323,10 @@ def retention(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
         .where(WINDOWS.c.store_id == store_id, WINDOWS.c.opened_at >= p.start, WINDOWS.c.opened_at < p.end)
     ).scalar() or 0
     runs = _runs(conn, store_id, "reorder", p)
-    reminded = [r for r in runs if not r.holdout and int(r.state.get("sent", 0)) > 0]
-    reordered = [r for r, yes in zip(reminded, reordered_in_window(conn, store_id, reminded)) if yes]
+    queued = [r for r in runs if not r.holdout and int(r.state.get("sent", 0)) > 0]
+    reminded = [r for r, out in zip(queued, reminders_went_out(conn, store_id, "reorder", REORDER_STEPS, queued)) if out]
+    # a reorder placed before any reminder went out (one held for quiet hours) is not credited to it
+    reordered = [r for r, yes in zip(reminded, reordered_in_window(conn, store_id, reminded)) if yes and r.state.get("attributed") is not False]
     return {"windows_opened": opened, "reminded": len(reminded), "skipped_busy": sum(1 for r in runs if r.state.get("skipped")),
             "reordered_in_window": len(reordered), "repeat_rate": _rate(len(reordered), len(reminded)),
             "revenue": _money([r.state.get("revenue") for r in reordered]), "lost": len(reminded) - len(reordered)}

@@ -113,6 +113,7 @@ class CheckoutRecovery:
     follows_contact: ClassVar[bool] = True  # an order by the same customer, or a reply, also ends a run
     marketing: ClassVar[bool] = True  # any opt-out ends its runs (state.end_marketing_runs)
     credits_sent_reminders: ClassVar[bool] = True  # an order reaching a run: facts.extra["reminders_sent"]
+    credits_one_run: ClassVar[bool] = True  # an order reaching several runs: facts.extra["order_runs"] (``_credited``)
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.OrderDeleted):

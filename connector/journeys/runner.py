@@ -134,12 +134,11 @@ def _with_sends(conn: Connection, store: Any, store_id: int, journey: Any, event
 
 def _sharing_the_order(journey: Any, event: Any, targets: list[tuple[str, tuple[int, Run, bool] | None, Facts]]
                        ) -> list[tuple[str, tuple[int, Run, bool] | None, Facts]]:
-    """An order that reaches several runs of a journey crediting reminders (the customer's open
-    carts, and the order's own checkout's run): each run is told of all of them, with when each
-    one's reminders went out (``facts.extra["order_runs"]``), so the journey credits the order
-    to one of them only. Otherwise the targets as they are."""
-    if not (getattr(journey, "credits_sent_reminders", False) and getattr(journey, "follows_contact", False)) \
-            or not isinstance(event, CONVERSIONS):
+    """An order that reaches several runs of a journey that credits an order to one run only
+    (``credits_one_run``: the customer's open carts, and the order's own checkout's run): each
+    run is told of all of them, with when each one's reminders went out (``facts.extra["order_runs"]``),
+    so the journey picks the one. Otherwise the targets as they are."""
+    if not getattr(journey, "credits_one_run", False) or not isinstance(event, CONVERSIONS):
         return targets
     reached = tuple((found[1], seen.extra.get("reminders_sent")) for _s, found, seen in targets if found is not None)
     if len(reached) < 2:
