@@ -12,7 +12,8 @@ Stages and what counts (runs are counted in the week they started):
 - conversion: checkouts reminded (holdout excluded; a reminder counts once WhatsApp took it:
   one held for quiet hours and then dropped, skipped by policy or failed is none), recovered
   (an order within the attribution window after a reminder that went out), the recovery
-  rate and recovered revenue; the same for stalled payments. An order the store has since
+  rate and recovered revenue; the same for stalled payments (paid within the payment journey's
+  ``attribution_days`` of its reminder). An order the store has since
   cancelled, voided or refunded (as the orders table has it at report time, whatever order
   the webhooks came in) recovered nothing: it is left out of the count and the revenue.
 - post-purchase: delivery updates sent / delivered / read, shipments, failed deliveries
@@ -286,7 +287,9 @@ def conversion(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     payments = _runs(conn, store_id, "payment_recovery", p)
     pay_queued = [r for r in payments if not r.holdout and r.state.get("reminded")]
     pay_reminded = [r for r, out in zip(pay_queued, reminders_went_out(conn, store_id, "payment_recovery", ("remind",), pay_queued)) if out]
-    paid = _standing(conn, store_id, "payment_recovery", [r for r in pay_reminded if r.state.get("paid")])
+    # paid within the journey's attribution window (``recovered``; a run from before it was kept: paid at all)
+    paid = _standing(conn, store_id, "payment_recovery",
+                     [r for r in pay_reminded if r.state.get("paid") and r.state.get("recovered") is not False])
     return {
         "checkouts_abandoned": len(checkouts), "checkouts_reminded": len(reminded), "checkouts_recovered": len(recovered),
         "recovery_rate": _rate(len(recovered), len(reminded)), "recovered_revenue": _money([r.state.get("revenue") for r in recovered]),

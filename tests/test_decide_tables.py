@@ -622,6 +622,11 @@ def test_checkout_recovery_subjects(event: Any, subject: str | None) -> None:
 PR = PaymentRecoveryConfig(after_minutes=60)
 PENDING = prepaid()
 
+def paid_at(at: datetime) -> ev.Order:
+    """Order #1042, paid at ``at`` (its last change, as the store reports it)."""
+    return prepaid(payment_state=ev.PaymentState.PAID, updated_at=at)
+
+
 PAYMENT_CASES = [
     Case("the store binned the order: the run ends, what it has waiting is skipped", ev.OrderDeleted(order_external_id="1042"), run("payment_recovery", {}), facts(),
          PR, ["wake:none", "finish:order_deleted"]),
@@ -631,17 +636,26 @@ PAYMENT_CASES = [
          ["update(reminded,sent)", "send:remind", "wake:none", "finish:reminded"], now=T0 + H, state={"reminded": True, "sent": 1}),
     Case("paid before the reminder", ev.OrderPaid(order=prepaid(payment_state=ev.PaymentState.PAID)), run("payment_recovery", {}),
          facts(prepaid(payment_state=ev.PaymentState.PAID)), PR, ["wake:none", "update(paid)", "finish:paid_without_reminder"]),
-    Case("paid after the reminder went out: attributed", ev.OrderPaid(order=prepaid(payment_state=ev.PaymentState.PAID)),
+    Case("paid after the reminder went out: attributed", ev.OrderPaid(order=paid_at(T0 + 2 * H)),
          run("payment_recovery", {"reminded": True, "sent": 1}, "finished"),
-         facts(prepaid(payment_state=ev.PaymentState.PAID), reminders_sent=(T0 + H,)), PR,
-         ["update(currency,order_id,paid,revenue)"], state={"paid": True, "revenue": "1299", "order_id": "1042"}),
+         facts(paid_at(T0 + 2 * H), reminders_sent=(T0 + H,)), PR,
+         ["update(currency,order_id,paid,recovered,revenue)"], state={"paid": True, "recovered": True, "revenue": "1299", "order_id": "1042"}),
+    Case("paid on the last day of the attribution window: attributed", ev.OrderPaid(order=paid_at(T0 + H + 3 * D)),
+         run("payment_recovery", {"reminded": True, "sent": 1}, "finished"), facts(paid_at(T0 + H + 3 * D), reminders_sent=(T0 + H,)), PR,
+         ["update(currency,order_id,paid,recovered,revenue)"], state={"recovered": True, "revenue": "1299"}),
+    Case("paid a month after the reminder: paid, but not recovered by it (no revenue)", ev.OrderPaid(order=paid_at(T0 + 30 * D)),
+         run("payment_recovery", {"reminded": True, "sent": 1}, "finished"), facts(paid_at(T0 + 30 * D), reminders_sent=(T0 + H,)), PR,
+         ["update(currency,order_id,paid,recovered,revenue)"], state={"paid": True, "recovered": False, "revenue": "0"}),
+    Case("paid before the reminder went out, heard after: not recovered", ev.OrderPaid(order=paid_at(T0 + 30 * MIN)),
+         run("payment_recovery", {"reminded": True, "sent": 1}, "finished"), facts(paid_at(T0 + 30 * MIN), reminders_sent=(T0 + H,)), PR,
+         ["update(currency,order_id,paid,recovered,revenue)"], state={"paid": True, "recovered": False, "revenue": "0"}),
     Case("paid while the reminder still waits: not attributed, the reminder skipped",
          ev.OrderPaid(order=prepaid(payment_state=ev.PaymentState.PAID)), run("payment_recovery", {"reminded": True, "sent": 1}, "finished"),
          facts(prepaid(payment_state=ev.PaymentState.PAID), reminders_sent=()), PR,
          ["update(order_id,paid,paid_before_reminder)", "finish:paid_before_reminder"], state={"paid": True, "revenue": None}),
     Case("a run stored before sends were told (no reminders_sent): its record counts",
          ev.OrderUpdated(order=woo("processing")), run("payment_recovery", {"reminded": True}, "finished", "order:727"),
-         facts(woo("processing")), PR, ["update(currency,order_id,paid,revenue)"], state={"paid": True, "revenue": "1299"}),
+         facts(woo("processing")), PR, ["update(currency,order_id,paid,recovered,revenue)"], state={"paid": True, "revenue": "1299"}),
     Case("cancelled: closed", ev.OrderCancelled(order=prepaid(cancelled_at=T0)), run("payment_recovery", {}), facts(prepaid(cancelled_at=T0)), PR,
          ["wake:none", "update(paid)", "finish:closed"]),
     Case("WooCommerce pending order, checkout_recovery takes those: nothing", ev.OrderPlaced(order=woo("pending")), None, facts(woo("pending")),
