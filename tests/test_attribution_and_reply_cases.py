@@ -111,6 +111,26 @@ def test_a_recovered_order_the_store_cancels_later_leaves_the_recovered_revenue(
     assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (1, 0, "0")
 
 
+def test_a_confirm_tap_on_a_cod_question_leaves_an_unrelated_cart_ladder_going(sqlite_url, scenario, world, store: Store):
+    """Asha was asked to confirm a COD order; a day later she leaves a new cart and gets its first reminder. Then she
+    taps Confirm on the COD question: that answers the COD journey, not the cart, so the cart's ladder goes on. (The
+    store lets cart reminders follow an order confirmation at once, so only the journeys decide what goes out.)"""
+    cod = {"cod_confirmation": {"reminder_hours": [], "answer_window_hours": 72, **store.confirm_settings}}
+    sc = scenario(sqlite_url, store.platform, journeys={**cod, **LADDER}, policy={"cart_quiet_after_order_hours": 0})
+    store.place(sc, store.awaiting_confirmation(1, ASHA, sc.now))
+    sc.later(minutes=5)
+    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    sc.later(hours=25)
+    store.start_checkout(sc, "R", ASHA)
+    sc.later(minutes=31)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cart_1_v1"]
+    sc.tap(ASHA, "cod_confirm", ask)
+    sc.later(days=2)
+
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cart_1_v1", "cart_2_v1", "cart_3_v1"]
+    assert sc.report()["stages"]["qualification"]["metrics"]["confirmed"] == 1
+
+
 # ---- finding 2: a typed answer continues the open hand-off ---------------------------------------
 
 def test_a_typed_answer_to_a_failed_delivery_joins_its_hand_off_without_a_second_case_or_alert(db_url):

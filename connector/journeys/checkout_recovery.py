@@ -4,13 +4,15 @@ A checkout is abandoned after ``abandon_after_minutes`` without an update. Each 
 goes ``ladder_minutes[i]`` after abandonment (a discount code can be offered on a later
 step). The run stops the moment an order arrives for that checkout or from the same
 customer (phone, customer id, or email for a phone-less order: ``state.upsert_contact``),
-or the customer replies (a tap, words, a photo or voice note; a reaction or a sticker is no
-reply, ``_common.NOT_A_REPLY``); any opt-out ends it too (``state.end_marketing_runs``). An order
-after a reminder that went out (WhatsApp took it: sent, delivered, read) and within
-``attribution_days`` of the last one before it is recorded as recovered, with its revenue; a
-reminder still waiting (quiet hours), skipped (the frequency cap, a recent order, no consent)
-or failed at Meta is no reminder. The runner tells which went out, and when, as the order
-arrives (``facts.extra["reminders_sent"]``, from the run's outbox rows).
+or the customer replies to it (a tap, words, a photo or voice note quoting one of its
+reminders, or quoting nothing while no other journey's message is what she answers:
+``_answers``; a reaction or a sticker is no reply, ``_common.NOT_A_REPLY``); any opt-out
+ends it too (``state.end_marketing_runs``). An order after a reminder that went out (WhatsApp
+took it: sent, delivered, read) and within ``attribution_days`` of the last one before it is
+recorded as recovered, with its revenue; a reminder still waiting (quiet hours), skipped (the
+frequency cap, a recent order, no consent) or failed at Meta is no reminder. The runner tells
+which went out, and when, as the order arrives (``facts.extra["reminders_sent"]``, from the
+run's outbox rows).
 
 One order credits one run. A customer with several open carts (two checkouts, one order) has
 the order credited to its own checkout's run (``_credited``: the checkout the order names, or
@@ -135,7 +137,7 @@ class CheckoutRecovery:
             return self._unpaid_order(event, run, facts, config, now)
         if isinstance(event, (ev.OrderPlaced, ev.OrderPaid)) and run is not None:
             return self._converted(event.order, run, facts, config)
-        if is_reply(event) and run is not None and run.status == "active":
+        if is_reply(event) and run is not None and run.status == "active" and self._answers(run, facts):
             return [Update({"replied": True}), Wake(None), Finish("replied")]  # a person answers from here
         if isinstance(event, TimerFired) and run is not None and run.status == "active":
             if run.state.get("completed_at"):  # the completed cart's order never reached us
@@ -145,6 +147,16 @@ class CheckoutRecovery:
                 return [Wake(None), Finish("order_closed")]
             return self._remind(run, facts, config, now)
         return []
+
+    def _answers(self, run: Run, facts: Facts) -> bool:
+        """Whether a reply (which reaches all her open carts) is this run's: it quotes one of this run's
+        messages (or of the cart whose ladder it took over), or, quoting nothing, it answers no other
+        journey (the runner's ``reply_journey``: the run whose message reached her last). A Confirm tap
+        on a COD question, or words after a delivery update, leave the cart's ladder to go on."""
+        journey, subject = facts.extra.get("reply_journey"), facts.extra.get("reply_subject")
+        if facts.extra.get("reply_quoted"):
+            return journey == self.name and subject in (run.subject, run.state.get("continues"))
+        return journey in (None, self.name)
 
     @staticmethod
     def _step(run: Run) -> int:
