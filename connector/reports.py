@@ -13,9 +13,9 @@ Stages and what counts (runs are counted in the week they started):
   one held for quiet hours and then dropped, skipped by policy or failed is none), recovered
   (an order within the attribution window after a reminder that went out), the recovery
   rate and recovered revenue; the same for stalled payments (paid within the payment journey's
-  ``attribution_days`` of its reminder). An order the store has since
-  cancelled, voided or refunded (as the orders table has it at report time, whatever order
-  the webhooks came in) recovered nothing: it is left out of the count and the revenue.
+  ``attribution_days`` of its reminder). An order the store has since cancelled, voided or
+  refunded (as the orders table has it at report time, whatever order the webhooks came in)
+  recovered nothing: it is left out of the count and the revenue (and of the lift's conversions).
 - post-purchase: delivery updates sent / delivered / read, shipments, failed deliveries
   (NDR) and their rate; hand-offs opened and their median resolution time.
 - retention: reorder windows opened, reminded (as for checkouts: a reminder WhatsApp took),
@@ -329,7 +329,8 @@ def retention(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     queued = [r for r in runs if not r.holdout and int(r.state.get("sent", 0)) > 0]
     reminded = [r for r, out in zip(queued, reminders_went_out(conn, store_id, "reorder", REORDER_STEPS, queued)) if out]
     # a reorder placed before any reminder went out (one held for quiet hours) is not credited to it
-    reordered = [r for r, yes in zip(reminded, reordered_in_window(conn, store_id, reminded)) if yes and r.state.get("attributed") is not False]
+    reordered = [r for r, yes in zip(reminded, reordered_in_window(conn, store_id, reminded))
+                 if yes and r.state.get("attributed") is not False]
     return {"windows_opened": opened, "reminded": len(reminded), "skipped_busy": sum(1 for r in runs if r.state.get("skipped")),
             "reordered_in_window": len(reordered), "repeat_rate": _rate(len(reordered), len(reminded)),
             "revenue": _money([r.state.get("revenue") for r in reordered]), "lost": len(reminded) - len(reordered)}
