@@ -12,11 +12,15 @@ Stages and what counts (runs are counted in the week they started):
 - conversion: checkouts reminded (holdout excluded; a reminder counts once WhatsApp took it:
   one held for quiet hours and then dropped, skipped by policy or failed is none), recovered
   (an order within the attribution window after a reminder that went out), the recovery
-  rate and recovered revenue; the same for stalled payments.
+  rate and recovered revenue; the same for stalled payments (paid within the payment journey's
+  ``attribution_days`` of its reminder). An order the store has since cancelled, voided or
+  refunded (as the orders table has it at report time, whatever order the webhooks came in)
+  recovered nothing: it is left out of the count and the revenue (and of the lift's conversions).
 - post-purchase: delivery updates sent / delivered / read, shipments, failed deliveries
   (NDR) and their rate; hand-offs opened and their median resolution time.
-- retention: reorder windows opened, reminded, reordered inside the window, the rate and
-  the revenue.
+- retention: reorder windows opened, reminded (as for checkouts: a reminder WhatsApp took),
+  reordered inside the window after a reminder that went out (in an order that still stands,
+  as above), the rate and the revenue.
 
 Message health per template (journey step): queued, sent, delivered, read, failed by Meta
 code (the failed status webhook's code, else the last send attempt's), skipped by policy
@@ -52,6 +56,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Table, bindparam, func, select
 
 from connector.journeys.checkout_recovery import STEPS as CART_STEPS
+from connector.journeys.reorder import STEPS as REORDER_STEPS
 from connector.outbox.queue import step_key
 from connector.outbox.store import REACHED_STATES
 from connector.storage import models as m
@@ -146,23 +151,56 @@ def _chunks(ids: list[Any], size: int = 500) -> Any:
         yield ids[i:i + size]
 
 
+CALLED_OFF_PAYMENTS = ("refunded", "voided")  # with ``cancelled_at``: an order whose money the store no longer has
+# the orders' (store_id, external_id) unique index: a run's order, only ever in the report's own store
+ORDERS_NOW = select(ORDERS.c.external_id, ORDERS.c.placed_at, ORDERS.c.cancelled_at, ORDERS.c.payment_state).where(
+    ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
+
+
+def _orders_now(conn: Connection, store_id: int, ids: set[str]) -> dict[str, Any]:
+    """The store's orders by id as they stand now (placed, cancelled, payment state)."""
+    found: dict[str, Any] = {}
+    for chunk in _chunks(sorted(ids)):
+        found.update((row.external_id, row) for row in conn.execute(ORDERS_NOW, {"sid": store_id, "ids": chunk}))
+    return found
+
+
+def _called_off(order: Any) -> bool:
+    """Cancelled, voided or refunded by now: a sale that did not stand (a partial refund still stands)."""
+    return order is not None and (order.cancelled_at is not None or order.payment_state in CALLED_OFF_PAYMENTS)
+
+
+def run_order(journey: str, run: Any) -> str | None:
+    """The order a run credits: ``order_id`` (a payment run from before it was kept: its subject's order)."""
+    order_id = run.state.get("order_id")
+    if order_id is None and journey == "payment_recovery" and str(run.subject).startswith("order:"):
+        order_id = str(run.subject).split(":", 1)[1]
+    return None if order_id is None else str(order_id)
+
+
+def orders_standing(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> list[bool]:
+    """For each run: does the order it credits still stand? Read from the order as stored now, not from the
+    run, so a cancel or a refund counts whenever it came (before or after the order reached the run). A run
+    with no order, or whose order row is gone, stands on its own record."""
+    found = _orders_now(conn, store_id, {o for r in runs if (o := run_order(journey, r)) is not None})
+    return [not _called_off(found.get(run_order(journey, r) or "")) for r in runs]
+
+
 def reordered_in_window(conn: Connection, store_id: int, runs: list[Any]) -> list[bool]:
-    """For each reorder run: did the customer reorder the product inside the attribution window?
+    """For each reorder run: did the customer reorder the product inside the attribution window,
+    in an order that still stands (not cancelled, voided or refunded since)?
 
     The run records the reorder (``reordered``, ``order_id``) whether its contact is in the
     holdout or not; the order's own time is compared with ``attribution_ends`` here, so a
     reorder that reached the run after its window (the timer that ends it fires on the next
     tick) counts for neither group. A run whose order row is gone counts on its flag.
     """
-    wanted = sorted({str(r.state.get("order_id")) for r in runs if r.state.get("reordered") and r.state.get("order_id")})
-    placed: dict[str, datetime] = {}
-    for chunk in _chunks(wanted):
-        placed.update(conn.execute(select(ORDERS.c.external_id, ORDERS.c.placed_at)
-                                   .where(ORDERS.c.store_id == store_id, ORDERS.c.external_id.in_(chunk))).all())
+    found = _orders_now(conn, store_id, {str(r.state["order_id"]) for r in runs if r.state.get("reordered") and r.state.get("order_id")})
     out = []
     for r in runs:
-        at, ends = placed.get(str(r.state.get("order_id"))), _iso(r.state.get("attribution_ends"))
-        out.append(bool(r.state.get("reordered")) and (at is None or ends is None or at <= ends))
+        order, ends = found.get(str(r.state.get("order_id"))), _iso(r.state.get("attribution_ends"))
+        inside = order is None or ends is None or order.placed_at <= ends
+        out.append(bool(r.state.get("reordered")) and inside and not _called_off(order))
     return out
 
 
@@ -186,13 +224,17 @@ def reminders_went_out(conn: Connection, store_id: int, journey: str, steps: tup
 
 def converted(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> list[bool]:
     """What each journey exists to cause, read the same way for treated and holdout runs."""
-    if journey == "checkout_recovery":
-        return [bool(r.state.get("order_id")) for r in runs]
-    if journey == "payment_recovery":
-        return [bool(r.state.get("paid")) for r in runs]
+    if journey in ("checkout_recovery", "payment_recovery"):
+        flag = "order_id" if journey == "checkout_recovery" else "paid"
+        return [bool(r.state.get(flag)) and ok for r, ok in zip(runs, orders_standing(conn, store_id, journey, runs))]
     if journey == "reorder":
         return reordered_in_window(conn, store_id, runs)
     raise ValueError(f"no conversion defined for {journey}")
+
+
+def _standing(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> list[Any]:
+    """The runs whose order still stands: a recovery the store cancelled or refunded since recovered nothing."""
+    return [r for r, ok in zip(runs, orders_standing(conn, store_id, journey, runs)) if ok]
 
 
 # -- stages ------------------------------------------------------------------------------------
@@ -242,11 +284,13 @@ def conversion(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     checkouts = _one_per_checkout(_runs(conn, store_id, "checkout_recovery", p))
     queued = [r for r in checkouts if not r.holdout and int(r.state.get("sent", 0)) > 0]
     reminded = [r for r, out in zip(queued, reminders_went_out(conn, store_id, "checkout_recovery", CART_STEPS, queued)) if out]
-    recovered = [r for r in reminded if r.state.get("recovered")]
+    recovered = _standing(conn, store_id, "checkout_recovery", [r for r in reminded if r.state.get("recovered")])
     payments = _runs(conn, store_id, "payment_recovery", p)
     pay_queued = [r for r in payments if not r.holdout and r.state.get("reminded")]
     pay_reminded = [r for r, out in zip(pay_queued, reminders_went_out(conn, store_id, "payment_recovery", ("remind",), pay_queued)) if out]
-    paid = [r for r in pay_reminded if r.state.get("paid")]
+    # paid within the journey's attribution window (``recovered``; a run from before it was kept: paid at all)
+    paid = _standing(conn, store_id, "payment_recovery",
+                     [r for r in pay_reminded if r.state.get("paid") and r.state.get("recovered") is not False])
     return {
         "checkouts_abandoned": len(checkouts), "checkouts_reminded": len(reminded), "checkouts_recovered": len(recovered),
         "recovery_rate": _rate(len(recovered), len(reminded)), "recovered_revenue": _money([r.state.get("revenue") for r in recovered]),
@@ -283,8 +327,11 @@ def retention(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
         .where(WINDOWS.c.store_id == store_id, WINDOWS.c.opened_at >= p.start, WINDOWS.c.opened_at < p.end)
     ).scalar() or 0
     runs = _runs(conn, store_id, "reorder", p)
-    reminded = [r for r in runs if not r.holdout and int(r.state.get("sent", 0)) > 0]
-    reordered = [r for r, yes in zip(reminded, reordered_in_window(conn, store_id, reminded)) if yes]
+    queued = [r for r in runs if not r.holdout and int(r.state.get("sent", 0)) > 0]
+    reminded = [r for r, out in zip(queued, reminders_went_out(conn, store_id, "reorder", REORDER_STEPS, queued)) if out]
+    # a reorder placed before any reminder went out (one held for quiet hours) is not credited to it
+    reordered = [r for r, yes in zip(reminded, reordered_in_window(conn, store_id, reminded))
+                 if yes and r.state.get("attributed") is not False]
     return {"windows_opened": opened, "reminded": len(reminded), "skipped_busy": sum(1 for r in runs if r.state.get("skipped")),
             "reordered_in_window": len(reordered), "repeat_rate": _rate(len(reordered), len(reminded)),
             "revenue": _money([r.state.get("revenue") for r in reordered]), "lost": len(reminded) - len(reordered)}

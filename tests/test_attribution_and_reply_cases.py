@@ -69,6 +69,68 @@ def test_only_a_reminder_whatsapp_took_before_the_order_makes_it_recovered(sqlit
     assert c["recovered_revenue"] == "799.00"  # Ravi's order only
 
 
+def test_one_order_after_two_reminded_checkouts_is_recovered_once(sqlite_url, scenario, world, store: Store):
+    """Asha leaves checkout A (reminded), then checkout R two hours later (reminded), then buys once, from R. The order
+    credits one checkout: R's (Shopify: the order names it; WooCommerce: the cart reminded last). A ends without
+    revenue and sends her nothing more."""
+    sc = scenario(sqlite_url, store.platform, journeys=LADDER)
+    store.start_checkout(sc, "A", ASHA)
+    sc.at(T0 + timedelta(minutes=30))
+    sc.at(T0 + timedelta(hours=2))
+    store.start_checkout(sc, "R", ASHA)
+    sc.at(T0 + timedelta(hours=2, minutes=30))
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_1_v1"]
+    sc.at(T0 + timedelta(hours=3))
+    store.pay_checkout(sc, 1, ASHA, "R", total="1000.00")
+    store.cart_recovered(sc, "R", ASHA)
+    sc.later(days=3)
+
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_1_v1"]  # A's second reminder (due at +6 h 30) never went
+    c = conversion(sc)
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"]) == (2, 2, 1)
+    assert c["recovered_revenue"] == "1000.00"
+
+
+def test_a_recovered_order_the_store_cancels_later_leaves_the_recovered_revenue(sqlite_url, scenario, world, store: Store):
+    """Asha buys after the first cart reminder, and the store cancels the order the next day: the week's report no
+    longer counts it as recovered, nor its revenue."""
+    sc = scenario(sqlite_url, store.platform, journeys=LADDER)
+    store.start_checkout(sc, "A", ASHA)
+    sc.at(T0 + timedelta(hours=2))
+    order = store.order(1, ASHA, sc.now, cod=False, total="1299.00", **({"checkout": "A"} if store.platform == "shopify" else {}))
+    store.place(sc, order)
+    store.cart_recovered(sc, "A", ASHA)
+    sc.later(hours=2)
+    assert conversion(sc)["recovered_revenue"] == "1299.00"
+    sc.later(days=1)
+    store.cancelled_echo(sc, order)
+    sc.later(hours=1)
+
+    assert sc.templates_to(ASHA) == ["cart_1_v1"]
+    c = conversion(sc)
+    assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (1, 0, "0")
+
+
+def test_a_confirm_tap_on_a_cod_question_leaves_an_unrelated_cart_ladder_going(sqlite_url, scenario, world, store: Store):
+    """Asha was asked to confirm a COD order; a day later she leaves a new cart and gets its first reminder. Then she
+    taps Confirm on the COD question: that answers the COD journey, not the cart, so the cart's ladder goes on. (The
+    store lets cart reminders follow an order confirmation at once, so only the journeys decide what goes out.)"""
+    cod = {"cod_confirmation": {"reminder_hours": [], "answer_window_hours": 72, **store.confirm_settings}}
+    sc = scenario(sqlite_url, store.platform, journeys={**cod, **LADDER}, policy={"cart_quiet_after_order_hours": 0})
+    store.place(sc, store.awaiting_confirmation(1, ASHA, sc.now))
+    sc.later(minutes=5)
+    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    sc.later(hours=25)
+    store.start_checkout(sc, "R", ASHA)
+    sc.later(minutes=31)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cart_1_v1"]
+    sc.tap(ASHA, "cod_confirm", ask)
+    sc.later(days=2)
+
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cart_1_v1", "cart_2_v1", "cart_3_v1"]
+    assert sc.report()["stages"]["qualification"]["metrics"]["confirmed"] == 1
+
+
 # ---- finding 2: a typed answer continues the open hand-off ---------------------------------------
 
 def test_a_typed_answer_to_a_failed_delivery_joins_its_hand_off_without_a_second_case_or_alert(db_url):

@@ -473,6 +473,11 @@ def bought(at: datetime) -> ev.OrderPlaced:
     return ev.OrderPlaced(order=prepaid(created_at=at, updated_at=at, payment_state=ev.PaymentState.PAID))
 
 
+def bought_for(token: str | None, at: datetime) -> ev.OrderPlaced:
+    """A paid order naming checkout ``token`` (None: none, as a WooCommerce order or one from a new checkout with no run)."""
+    return ev.OrderPlaced(order=prepaid(checkout_token=token, created_at=at, updated_at=at, payment_state=ev.PaymentState.PAID))
+
+
 CHECKOUT_CASES = [
     Case("the store binned the order: the run ends, what it has waiting is skipped", ev.OrderDeleted(order_external_id="1042"), run("checkout_recovery", LADDER), facts(),
          CR, ["wake:none", "finish:order_deleted"]),
@@ -528,8 +533,45 @@ CHECKOUT_CASES = [
          facts(), CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"], state={"recovered": True}),
     Case("placed before the reminder, heard after: not recovered", bought(ABANDONED - MIN), run("checkout_recovery", ONE_SENT, subject=CART),
          facts(), CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:converted"], state={"recovered": False}),
+    Case("one order reaching two of her reminded carts, for the other one: this one ends without revenue, its reminders skipped",
+         bought_for("tok2", T0 + 3 * H), run("checkout_recovery", ONE_SENT, subject=CART),
+         facts(order_runs=((run("checkout_recovery", ONE_SENT, subject=CART), (ABANDONED,)),
+                           (run("checkout_recovery", ONE_SENT, subject="checkout:tok2"), (ABANDONED + H,)))), CR,
+         ["update(converted_elsewhere)", "wake:none", "finish:converted_elsewhere"], state={"converted_elsewhere": "1042", "revenue": None}),
+    Case("the same order reaching its own checkout's run: recovered there, whichever was reminded last", bought_for("tok1", T0 + 3 * H),
+         run("checkout_recovery", ONE_SENT, subject=CART),
+         facts(order_runs=((run("checkout_recovery", ONE_SENT, subject=CART), (ABANDONED,)),
+                           (run("checkout_recovery", ONE_SENT, subject="checkout:tok2"), (ABANDONED + H,))), reminders_sent=(ABANDONED,)),
+         CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"], state={"recovered": True, "revenue": "1299"}),
+    Case("an order naming none of her checkouts: the cart whose reminder went out last is credited", bought_for(None, T0 + 3 * H),
+         run("checkout_recovery", ONE_SENT, subject="checkout:tok2"),
+         facts(order_runs=((run("checkout_recovery", TWO_SENT, subject=CART), (ABANDONED,)),
+                           (run("checkout_recovery", ONE_SENT, subject="checkout:tok2"), (ABANDONED + H,))), reminders_sent=(ABANDONED + H,)),
+         CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"], state={"recovered": True}),
+    Case("... and the cart reminded earlier ends without revenue", bought_for(None, T0 + 3 * H),
+         run("checkout_recovery", TWO_SENT, subject=CART),
+         facts(order_runs=((run("checkout_recovery", TWO_SENT, subject=CART), (ABANDONED,)),
+                           (run("checkout_recovery", ONE_SENT, subject="checkout:tok2"), (ABANDONED + H,)))), CR,
+         ["update(converted_elsewhere)", "wake:none", "finish:converted_elsewhere"]),
+    Case("a WooCommerce order while one of her carts is reported completed: that cart is its own", ev.OrderPlaced(order=woo("processing")),
+         run("checkout_recovery", ONE_SENT, subject="checkout:tok2"),
+         facts(woo("processing"), order_runs=((run("checkout_recovery", {**ONE_SENT, "completed_at": T0.isoformat()}, subject=CART), (ABANDONED,)),
+                                              (run("checkout_recovery", ONE_SENT, subject="checkout:tok2"), (ABANDONED + H,)))), CR,
+         ["update(converted_elsewhere)", "wake:none", "finish:converted_elsewhere"]),
     Case("the customer replies: a person answers, the ladder stops", text("is COD available?"), run("checkout_recovery", ONE_SENT, subject=CART),
          facts(), CR, ["update(replied)", "wake:none", "finish:replied"]),
+    Case("she answers this cart's reminder (quoting it): the ladder stops", text("is COD available?"),
+         run("checkout_recovery", ONE_SENT, subject=CART), facts(**routed("checkout_recovery", CART), reply_quoted=True), CR,
+         ["update(replied)", "wake:none", "finish:replied"]),
+    Case("she taps Confirm on a COD question: not this cart's answer, the ladder goes on", tap("cod_confirm"),
+         run("checkout_recovery", ONE_SENT, subject=CART), facts(**routed("cod_confirmation"), reply_quoted=True), CR, []),
+    Case("she quotes another cart's reminder: this ladder goes on", text("still there?"),
+         run("checkout_recovery", ONE_SENT, subject=CART), facts(**routed("checkout_recovery", "checkout:tok2"), reply_quoted=True), CR, []),
+    Case("typed, quoting nothing, after a delivery update reached her last: that answers the delivery, the ladder goes on",
+         text("where is my parcel?"), run("checkout_recovery", ONE_SENT, subject=CART), facts(**routed("delivery")), CR, []),
+    Case("typed, quoting nothing, and this journey's message reached her last: the ladder stops", text("is COD available?"),
+         run("checkout_recovery", ONE_SENT, subject=CART), facts(**routed("checkout_recovery", CART)), CR,
+         ["update(replied)", "wake:none", "finish:replied"]),
     Case("WooCommerce pending order: its own ladder, with its pay link", ev.OrderPlaced(order=woo("pending")), None, facts(woo("pending")), CR,
          ["start:order:727", "wake:+30m"], state={"recovery_url": woo("pending").payment_url, "unpaid_order": "727", "sent": 0}),
     Case("WooCommerce failed payment starts one too", ev.OrderUpdated(order=woo("failed")), None, facts(woo("failed")), CR,
@@ -602,6 +644,11 @@ def test_checkout_recovery_subjects(event: Any, subject: str | None) -> None:
 PR = PaymentRecoveryConfig(after_minutes=60)
 PENDING = prepaid()
 
+def paid_at(at: datetime) -> ev.Order:
+    """Order #1042, paid at ``at`` (its last change, as the store reports it)."""
+    return prepaid(payment_state=ev.PaymentState.PAID, updated_at=at)
+
+
 PAYMENT_CASES = [
     Case("the store binned the order: the run ends, what it has waiting is skipped", ev.OrderDeleted(order_external_id="1042"), run("payment_recovery", {}), facts(),
          PR, ["wake:none", "finish:order_deleted"]),
@@ -611,17 +658,26 @@ PAYMENT_CASES = [
          ["update(reminded,sent)", "send:remind", "wake:none", "finish:reminded"], now=T0 + H, state={"reminded": True, "sent": 1}),
     Case("paid before the reminder", ev.OrderPaid(order=prepaid(payment_state=ev.PaymentState.PAID)), run("payment_recovery", {}),
          facts(prepaid(payment_state=ev.PaymentState.PAID)), PR, ["wake:none", "update(paid)", "finish:paid_without_reminder"]),
-    Case("paid after the reminder went out: attributed", ev.OrderPaid(order=prepaid(payment_state=ev.PaymentState.PAID)),
+    Case("paid after the reminder went out: attributed", ev.OrderPaid(order=paid_at(T0 + 2 * H)),
          run("payment_recovery", {"reminded": True, "sent": 1}, "finished"),
-         facts(prepaid(payment_state=ev.PaymentState.PAID), reminders_sent=(T0 + H,)), PR,
-         ["update(currency,order_id,paid,revenue)"], state={"paid": True, "revenue": "1299", "order_id": "1042"}),
+         facts(paid_at(T0 + 2 * H), reminders_sent=(T0 + H,)), PR,
+         ["update(currency,order_id,paid,recovered,revenue)"], state={"paid": True, "recovered": True, "revenue": "1299", "order_id": "1042"}),
+    Case("paid on the last day of the attribution window: attributed", ev.OrderPaid(order=paid_at(T0 + H + 3 * D)),
+         run("payment_recovery", {"reminded": True, "sent": 1}, "finished"), facts(paid_at(T0 + H + 3 * D), reminders_sent=(T0 + H,)), PR,
+         ["update(currency,order_id,paid,recovered,revenue)"], state={"recovered": True, "revenue": "1299"}),
+    Case("paid a month after the reminder: paid, but not recovered by it (no revenue)", ev.OrderPaid(order=paid_at(T0 + 30 * D)),
+         run("payment_recovery", {"reminded": True, "sent": 1}, "finished"), facts(paid_at(T0 + 30 * D), reminders_sent=(T0 + H,)), PR,
+         ["update(currency,order_id,paid,recovered,revenue)"], state={"paid": True, "recovered": False, "revenue": "0"}),
+    Case("paid before the reminder went out, heard after: not recovered", ev.OrderPaid(order=paid_at(T0 + 30 * MIN)),
+         run("payment_recovery", {"reminded": True, "sent": 1}, "finished"), facts(paid_at(T0 + 30 * MIN), reminders_sent=(T0 + H,)), PR,
+         ["update(currency,order_id,paid,recovered,revenue)"], state={"paid": True, "recovered": False, "revenue": "0"}),
     Case("paid while the reminder still waits: not attributed, the reminder skipped",
          ev.OrderPaid(order=prepaid(payment_state=ev.PaymentState.PAID)), run("payment_recovery", {"reminded": True, "sent": 1}, "finished"),
          facts(prepaid(payment_state=ev.PaymentState.PAID), reminders_sent=()), PR,
          ["update(order_id,paid,paid_before_reminder)", "finish:paid_before_reminder"], state={"paid": True, "revenue": None}),
     Case("a run stored before sends were told (no reminders_sent): its record counts",
          ev.OrderUpdated(order=woo("processing")), run("payment_recovery", {"reminded": True}, "finished", "order:727"),
-         facts(woo("processing")), PR, ["update(currency,order_id,paid,revenue)"], state={"paid": True, "revenue": "1299"}),
+         facts(woo("processing")), PR, ["update(currency,order_id,paid,recovered,revenue)"], state={"paid": True, "revenue": "1299"}),
     Case("cancelled: closed", ev.OrderCancelled(order=prepaid(cancelled_at=T0)), run("payment_recovery", {}), facts(prepaid(cancelled_at=T0)), PR,
          ["wake:none", "update(paid)", "finish:closed"]),
     Case("WooCommerce pending order, checkout_recovery takes those: nothing", ev.OrderPlaced(order=woo("pending")), None, facts(woo("pending")),
@@ -668,6 +724,15 @@ REORDER_CASES = [
          state={"attributed": True, "revenue": "1299"}),
     Case("reordered after the window: not attributed", reordered(T0 + 15 * D), run("reorder", REMINDED, subject=REORDER), facts(), RO,
          ["update(attributed,currency,order_id,reordered,revenue)", "wake:none", "finish:reordered"], state={"attributed": False, "revenue": "0"}),
+    Case("reordered after the reminder went out: attributed", reordered(T0 + 5 * D), run("reorder", REMINDED, subject=REORDER),
+         facts(reminders_sent=(T0 + H,)), RO, ["update(attributed,currency,order_id,reordered,revenue)", "wake:none", "finish:reordered"],
+         state={"attributed": True, "revenue": "1299"}),
+    Case("reordered though the reminder never went out (skipped: no consent; or still held): not attributed", reordered(T0 + 5 * D),
+         run("reorder", REMINDED, subject=REORDER), facts(reminders_sent=()), RO,
+         ["update(attributed,currency,order_id,reordered,revenue)", "wake:none", "finish:reordered"], state={"attributed": False, "revenue": "0"}),
+    Case("reordered before the only reminder that went out: not attributed", reordered(T0 + 5 * D),
+         run("reorder", REMINDED, subject=REORDER), facts(reminders_sent=(T0 + 5 * D + H,)), RO,
+         ["update(attributed,currency,order_id,reordered,revenue)", "wake:none", "finish:reordered"], state={"attributed": False}),
     Case("another product: keep waiting", reordered(T0 + 5 * D, product="777"), run("reorder", REMINDED, subject=REORDER), facts(), RO, []),
     Case("a reply (this run hears all of them): no follow-up; a reminder still waiting goes on", text("thanks!"),
          run("reorder", REMINDED, subject=REORDER), facts(), RO, ["update(replied)", "wake:+14d"]),

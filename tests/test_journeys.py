@@ -174,7 +174,7 @@ def test_payment_recovery_reminds_once_and_attributes_the_payment():
     paid = order(is_cod=False, payment_state=ev.PaymentState.PAID)
     reminded = run("payment_recovery", {"reminded": True}, "finished")
     assert j.decide(ev.OrderPaid(order=paid), reminded, facts(paid), cfg, T0)[0].state == {
-        "paid": True, "order_id": "1042", "revenue": "1299", "currency": "INR"}
+        "paid": True, "order_id": "1042", "recovered": True, "revenue": "1299", "currency": "INR"}
     assert kinds(j.decide(ev.OrderPaid(order=paid), r, facts(paid), cfg, T0)) == ["wake", "update", "finish:paid_without_reminder"]
 
 

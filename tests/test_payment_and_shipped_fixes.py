@@ -111,12 +111,43 @@ def test_manual_capture_orders_get_no_pay_reminder_and_their_capture_is_no_recov
     assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (1, 0, "0")
 
 
+# ---- the payment's attribution window -------------------------------------------------------------
+
+def test_a_payment_weeks_after_the_pay_reminder_is_not_recovered_by_it(db_url):
+    """Two card orders stay pending and get the pay link. One is paid the next day: recovered. The other is paid a
+    month later (a bank transfer at last): paid, but not the reminder's doing, so no recovered revenue."""
+    settings = shopify_app(db_url, 0, templates=[PAY_TEMPLATE], journeys={"payment_recovery": {"after_minutes": 60, "attribution_days": 3}})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        soon, late = shopify_order(1101, "pending", T0), shopify_order(1102, "pending", T0)
+        for o in (soon, late):
+            post(client, "orders/create", o)
+        runtime.processor.drain()
+        clock.now = T0 + 2 * H
+        runtime.processor.process_timers()
+        for _ in range(2):  # both go out (the second a few seconds after the first: two messages to one phone are spaced)
+            asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender(), clock=clock).drain())
+            clock.now += MIN
+        for o, at in ((soon, T0 + D), (late, T0 + 30 * D)):
+            clock.now = at
+            post(client, "orders/paid", {**o, "financial_status": "paid", "updated_at": iso(at)})
+            runtime.processor.drain()
+        sid = runtime.store_ids["shop-a"]
+        with runtime.db.engine.connect() as conn:
+            report = conversion(conn, sid, WEEK)
+            total = conn.execute(select(m.Order.total).where(m.Order.external_id == "1101")).scalar_one()
+    assert steps(runtime, "payment_recovery") == [("payment_recovery", "order:1101", "remind"), ("payment_recovery", "order:1102", "remind")]
+    assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (2, 1, str(total))
+
+
 # ---- WooCommerce: paid after the reminder ---------------------------------------------------
 
 WOO_PAID_CASES = [
     Case("WooCommerce paid after the reminder (an order update): recovered with its revenue",
-         ev.OrderUpdated(order=woo("processing")), run("payment_recovery", {"reminded": True, "sent": 1}, "finished", subject="order:727"),
-         facts(woo("processing"), reminders_sent=(T0 + H,)), PR, ["update(currency,order_id,paid,revenue)"],
+         ev.OrderUpdated(order=woo("processing", updated_at=T0 + 2 * H)),
+         run("payment_recovery", {"reminded": True, "sent": 1}, "finished", subject="order:727"),
+         facts(woo("processing"), reminders_sent=(T0 + H,)), PR, ["update(currency,order_id,paid,recovered,revenue)"],
          state={"paid": True, "revenue": "1299", "currency": "INR"}),
     Case("the same payment heard again (orders/paid after the update): counted once", ev.OrderPaid(order=woo("processing")),
          run("payment_recovery", {"reminded": True, "paid": True, "revenue": "1299"}, "finished", subject="order:727"),

@@ -84,6 +84,13 @@ def test_the_weekly_reports_opt_outs_read_the_weeks_revocations_only(conn: Any) 
     assert "ix_consent_changes_store_state_time" in plan and "SCAN consent_changes" not in plan, plan
 
 
+def test_the_weekly_reports_look_at_the_credited_orders_reads_them_by_store_and_id(conn: Any) -> None:
+    from connector.reports import ORDERS_NOW
+
+    plan = plan_of(conn, ORDERS_NOW, {"sid": 1, "ids": [str(5000 + i) for i in range(200)]})
+    assert "(store_id=? AND external_id=?)" in plan and "SCAN orders" not in plan, plan  # the unique (store, id) index
+
+
 def test_a_batchs_emails_and_customer_ids_find_their_contacts_by_index(conn: Any) -> None:
     """One query per batch matches its orders' emails (and phone-less customers' ids) to
     contacts: it must read the (store, lower(trim(email))) and (store, customer id) indexes,

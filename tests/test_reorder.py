@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -15,7 +16,10 @@ from connector.errors import ConfigError
 from connector.journeys.engine import Facts, Finish, Run, Send, Start, TimerFired, Wake
 from connector.journeys.reorder import Reorder, ReorderConfig
 from connector.reorder.cycles import CycleBook, Purchase, customer_cadence, cycle_from_tags, parse_cycle, product_key
+from connector.outbox.dispatcher import Dispatcher
+from connector.outbox.senders import DryRunSender
 from connector.reorder.windows import Line, learn_cycles, open_due_windows, refresh_windows, run_reorder_tick, upcoming
+from connector.reports import build_report, parse_week
 from connector.storage import models as m
 from tests.conftest import FIXTURES, PHONE_ID_A, PHONE_ID_WOO, SECRETS, settings_dict
 from tests.helpers import dumps, load_json, meta_signature, running_app, shopify_headers
@@ -214,9 +218,11 @@ def test_a_delivered_order_opens_its_window_once_and_a_reorder_inside_it_is_attr
         assert (reminder.step, reminder.status) == ("reminder", "pending")
         params = [p["text"] for p in reminder.payload["message"]["body"]]
         assert params == ["Asha", "Neem face wash", "https://shop-a.myshopify.com/cart/49001:2"]
+        _dispatch(runtime, settings, clock)  # it goes out: a reorder can be credited to it
 
         clock.now += timedelta(days=3)
         runtime.processor.process_timers()  # the follow-up
+        _dispatch(runtime, settings, clock)
         clock.now += timedelta(days=2)
         _post(client, "orders/create", _order(1002, clock.now, qty=1))  # the reorder, inside the window
         runtime.processor.drain()
@@ -459,6 +465,63 @@ def test_several_customers_reordering_in_one_tick_are_all_marked(db_url):
             status = {w.order_external_id: (w.status, w.reorder_order_id) for w in conn.execute(select(m.ReorderWindow))}
     assert scan.mode == "incremental"
     assert {k: v for k, v in status.items() if k.startswith("70")} == {f"700{i}": ("reordered", f"710{i}") for i in range(3)}
+
+
+def _dispatch(runtime, settings, clock: Clock) -> None:
+    """The dispatcher's round: what is due goes out (a dry run stands in for WhatsApp: status ``dry_run``)."""
+    asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender(), clock=clock).drain())
+
+
+def _own_order(order_id: int, placed: datetime, phone: str, customer_id: int) -> dict:
+    """A one-pack order of a customer of their own (the fixture's email is everyone's: one customer to the connector)."""
+    o = _order(order_id, placed, phone=phone, customer_id=customer_id, qty=1)
+    email = f"c{customer_id}@example.com"
+    o.update(email=email, contact_email=email)
+    o["customer"]["email"] = email
+    return o
+
+
+def test_a_reorder_is_credited_only_after_its_reminder_went_out(db_url):
+    """Three customers' windows open in one tick. Asha's reminder goes out and she reorders: credited. Bina gave no
+    marketing consent, so hers is skipped; Chitra reorders while hers still waits to go out (it never does). Their
+    reorders earn the reminder nothing: the week's report counts one customer reminded, one reorder, Asha's revenue."""
+    settings = _settings(db_url, follow_up_days=3, attribution_days=14)
+    clock = Clock(T0)
+    asha, bina, chitra = ((_phone(n), 600 + n) for n in (1, 2, 3))
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        for phone, customer in (asha, chitra):
+            _post(client, "customers_whats_app_marketing_consent/update", _consent(customer, phone.replace(" ", "")))
+        for n, (phone, customer) in enumerate((asha, bina, chitra)):
+            _post(client, "orders/create", _own_order(4001 + n, T0, phone, customer))
+        runtime.processor.drain()
+        clock.now = T0 + timedelta(days=32)
+        assert run_reorder_tick(runtime.db, store, sid, clock.now)[1].opened == 3
+        opened_at = clock.now
+        clock.now += timedelta(minutes=5)
+        _post(client, "orders/create", _own_order(4103, clock.now, *chitra))  # before any reminder went out
+        runtime.processor.drain()
+        _dispatch(runtime, settings, clock)
+        clock.now += timedelta(days=2)
+        for n, (phone, customer) in ((1, asha), (2, bina)):
+            _post(client, "orders/create", _own_order(4100 + n, clock.now, phone, customer))
+        runtime.processor.drain()
+        _dispatch(runtime, settings, clock)
+        with runtime.db.engine.connect() as conn:
+            runs = {r.contact_id: r for r in conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "reorder"))}
+            asha_total = conn.execute(select(m.Order.total).where(m.Order.external_id == "4101")).scalar_one()
+        week = opened_at.astimezone(store.tz).isocalendar()
+        report = build_report(runtime.db, store, sid, parse_week(f"{week.year}-W{week.week:02d}", store.tz, clock.now))
+    ids = {name: _contact_id(runtime, customer) for name, (_phone_, customer) in zip(("asha", "bina", "chitra"), (asha, bina, chitra))}
+    sent = {cid: [(o.step, o.status, o.skip_reason) for o in _outbox(runtime) if o.contact_id == cid] for cid in ids.values()}
+    assert sent == {ids["asha"]: [("reminder", "dry_run", None)], ids["bina"]: [("reminder", "skipped", "no_marketing_consent")],
+                    ids["chitra"]: [("reminder", "skipped", "journey_ended")]}
+    assert {name: (runs[cid].state["outcome"], runs[cid].state["attributed"]) for name, cid in ids.items()} == {
+        "asha": ("reordered", True), "bina": ("reordered", False), "chitra": ("reordered", False)}
+    retention = report["stages"]["retention"]["metrics"]
+    assert (retention["reminded"], retention["reordered_in_window"], retention["repeat_rate"]) == (1, 1, 1.0)
+    assert retention["revenue"] == str(asha_total)
 
 
 # ---- production learning: the real full scan on a synthetic history ---------------------------

@@ -52,12 +52,14 @@ class Week:
             store_id=self.sid, phone_key=f"+9190000{i:05d}", phone_e164=f"+9190000{i:05d}", consent_marketing=consent,
             created_at=at, updated_at=at)).inserted_primary_key[0]
 
-    def order(self, cid: int, at: datetime, total: str = "100") -> str:
+    def order(self, cid: int, at: datetime, total: str = "100", *, external_id: str | None = None, payment_state: str = "paid",
+              cancelled_at: datetime | None = None) -> str:
         i = self._next()
+        external_id = external_id or f"o{i}"
         self.conn.execute(m.Order.__table__.insert().values(
-            store_id=self.sid, external_id=f"o{i}", name=f"#{i}", contact_id=cid, payment_state="paid", fulfillment_state="unfulfilled",
-            total=total, currency="INR", placed_at=at, source_updated_at=at))
-        return f"o{i}"
+            store_id=self.sid, external_id=external_id, name=f"#{i}", contact_id=cid, payment_state=payment_state,
+            fulfillment_state="unfulfilled", total=total, currency="INR", placed_at=at, source_updated_at=at, cancelled_at=cancelled_at))
+        return external_id
 
     def checkout(self, cid: int, at: datetime) -> None:
         i = self._next()
@@ -333,6 +335,37 @@ def test_a_cart_that_went_on_as_an_unpaid_order_is_one_checkout_in_the_funnel_an
     assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (3, 1, 1, "50")
     lift = r["lift"]["checkout_recovery"]
     assert (lift["treated"], lift["control"], lift["lift"]) == (1, 2, 0.5)  # 1 of 1 treated bought, 1 of 2 in the holdout
+
+
+def test_recovered_revenue_leaves_out_orders_the_store_cancelled_voided_or_refunded_since(db):
+    """A reminded checkout, payment or reorder whose order was cancelled, voided or refunded afterwards recovered nothing:
+    the report reads each order as it stands now, in its own store only (shop-b's order "5001", cancelled, is another order)."""
+    settings = _settings("sqlite://")
+    ids = sync_stores(db, [("shop-a", "shopify"), ("shop-b", "shopify")])
+    a, b = ids["shop-a"], ids["shop-b"]
+    with db.engine.begin() as conn:
+        w, other = Week(conn, a), Week(conn, b)
+        cid = w.contact(OLD, "granted")
+        kept = w.order(cid, _d(1), "500", external_id="5001")
+        other.order(other.contact(OLD), _d(1), "500", external_id="5001", cancelled_at=_d(2))  # shop-b's own order 5001
+        cancelled = w.order(cid, _d(1), "300", cancelled_at=_d(2))
+        refunded = w.order(cid, _d(1), "200", payment_state="refunded")
+        partly = w.order(cid, _d(1), "80", payment_state="partially_refunded")  # a partial refund: the sale stands
+        for order_id, total in ((kept, "500"), (cancelled, "300"), (refunded, "200"), (partly, "80")):
+            w.run("checkout_recovery", {"sent": 1, "recovered": True, "revenue": total, "order_id": order_id})
+        voided = w.order(cid, _d(1), "700", payment_state="voided")
+        paid = w.order(cid, _d(1), "150")
+        w.run("payment_recovery", {"reminded": True, "sent": 1, "paid": True, "order_id": voided, "revenue": "700"}, subject=f"order:{voided}")
+        w.run("payment_recovery", {"reminded": True, "paid": True, "revenue": "150"}, subject=f"order:{paid}")  # no order_id kept
+        ends = _d(8).isoformat()
+        for order_id, total in ((w.order(cid, _d(3), "90"), "90"), (w.order(cid, _d(3), "60", payment_state="refunded"), "60")):
+            w.run("reorder", {"sent": 1, "reordered": True, "attributed": True, "order_id": order_id, "revenue": total,
+                              "attribution_ends": ends})
+    r = build_report(db, settings.stores[0], a, WEEK)
+    c, kept_back = r["stages"]["conversion"]["metrics"], r["stages"]["retention"]["metrics"]
+    assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (4, 2, "580")
+    assert (c["payments_reminded"], c["payments_recovered"], c["payment_recovered_revenue"]) == (2, 1, "150")
+    assert (kept_back["reminded"], kept_back["reordered_in_window"], kept_back["revenue"]) == (2, 1, "90")
 
 
 def test_lift_interval_covers_a_known_effect():

@@ -4,13 +4,21 @@ A checkout is abandoned after ``abandon_after_minutes`` without an update. Each 
 goes ``ladder_minutes[i]`` after abandonment (a discount code can be offered on a later
 step). The run stops the moment an order arrives for that checkout or from the same
 customer (phone, customer id, or email for a phone-less order: ``state.upsert_contact``),
-or the customer replies (a tap, words, a photo or voice note; a reaction or a sticker is no
-reply, ``_common.NOT_A_REPLY``); any opt-out ends it too (``state.end_marketing_runs``). An order
-after a reminder that went out (WhatsApp took it: sent, delivered, read) and within
-``attribution_days`` of the last one before it is recorded as recovered, with its revenue; a
-reminder still waiting (quiet hours), skipped (the frequency cap, a recent order, no consent)
-or failed at Meta is no reminder. The runner tells which went out, and when, as the order
-arrives (``facts.extra["reminders_sent"]``, from the run's outbox rows).
+or the customer replies to it (a tap, words, a photo or voice note quoting one of its
+reminders, or quoting nothing while no other journey's message is what she answers:
+``_answers``; a reaction or a sticker is no reply, ``_common.NOT_A_REPLY``); any opt-out
+ends it too (``state.end_marketing_runs``). An order after a reminder that went out (WhatsApp
+took it: sent, delivered, read) and within ``attribution_days`` of the last one before it is
+recorded as recovered, with its revenue; a reminder still waiting (quiet hours), skipped (the
+frequency cap, a recent order, no consent) or failed at Meta is no reminder. The runner tells
+which went out, and when, as the order arrives (``facts.extra["reminders_sent"]``, from the
+run's outbox rows).
+
+One order credits one run. A customer with several open carts (two checkouts, one order) has
+the order credited to its own checkout's run (``_credited``: the checkout the order names, or
+on WooCommerce the cart the plugin reported completed), else to the run whose reminder went
+out last; her other runs end ``converted_elsewhere``, with no revenue, and their waiting
+reminders are skipped.
 
 WooCommerce has no abandoned checkout of its own: its order exists before the payment, so a
 ``pending`` or ``failed`` order is the abandoned checkout (``unpaid_orders``, on by default).
@@ -21,7 +29,7 @@ config is loaded) turns it off in ``payment_recovery`` when this journey takes i
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
@@ -33,6 +41,7 @@ from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run
 STEPS = ("first", "second", "third")
 CONTINUE_WITHIN = timedelta(days=1)  # a pending order goes on from a cart whose last reminder is this recent (``_cart_reminded``)
 ORDER_EVENTS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)
+_NEVER = datetime.min.replace(tzinfo=timezone.utc)  # ranks a run with no reminder below any that had one (``_credited``)
 
 
 class CheckoutRecoveryConfig(JourneyConfig):
@@ -106,6 +115,7 @@ class CheckoutRecovery:
     follows_contact: ClassVar[bool] = True  # an order by the same customer, or a reply, also ends a run
     marketing: ClassVar[bool] = True  # any opt-out ends its runs (state.end_marketing_runs)
     credits_sent_reminders: ClassVar[bool] = True  # an order reaching a run: facts.extra["reminders_sent"]
+    credits_one_run: ClassVar[bool] = True  # an order reaching several runs: facts.extra["order_runs"] (``_credited``)
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.OrderDeleted):
@@ -127,7 +137,7 @@ class CheckoutRecovery:
             return self._unpaid_order(event, run, facts, config, now)
         if isinstance(event, (ev.OrderPlaced, ev.OrderPaid)) and run is not None:
             return self._converted(event.order, run, facts, config)
-        if is_reply(event) and run is not None and run.status == "active":
+        if is_reply(event) and run is not None and run.status == "active" and self._answers(run, facts):
             return [Update({"replied": True}), Wake(None), Finish("replied")]  # a person answers from here
         if isinstance(event, TimerFired) and run is not None and run.status == "active":
             if run.state.get("completed_at"):  # the completed cart's order never reached us
@@ -137,6 +147,16 @@ class CheckoutRecovery:
                 return [Wake(None), Finish("order_closed")]
             return self._remind(run, facts, config, now)
         return []
+
+    def _answers(self, run: Run, facts: Facts) -> bool:
+        """Whether a reply (which reaches all her open carts) is this run's: it quotes one of this run's
+        messages (or of the cart whose ladder it took over), or, quoting nothing, it answers no other
+        journey (the runner's ``reply_journey``: the run whose message reached her last). A Confirm tap
+        on a COD question, or words after a delivery update, leave the cart's ladder to go on."""
+        journey, subject = facts.extra.get("reply_journey"), facts.extra.get("reply_subject")
+        if facts.extra.get("reply_quoted"):
+            return journey == self.name and subject in (run.subject, run.state.get("continues"))
+        return journey in (None, self.name)
 
     @staticmethod
     def _step(run: Run) -> int:
@@ -267,6 +287,29 @@ class CheckoutRecovery:
         abandoned_at = datetime.fromisoformat(run.state["abandoned_at"])
         return at <= abandoned_at + timedelta(minutes=config.ladder_minutes[-1]) + window
 
+    def _credited(self, order: ev.Order, facts: Facts) -> str | None:
+        """The one run an order credits when it reaches several of the customer's runs
+        (``facts.extra["order_runs"]``: each with when its reminders went out), so one order is
+        never recovered twice. Its own checkout's run when it has one (the checkout the order
+        names; on WooCommerce, which names none, a cart the plugin reported completed); else
+        the run whose reminder went out last before the order (then the one that queued one
+        last, then the newest). None: the order reaches one run only, which it credits."""
+        runs = facts.extra.get("order_runs") or ()
+        if len(runs) < 2:
+            return None
+        own = self.subject(ev.OrderPlaced(order=order), facts)
+        if any(r.subject == own for r, _sent in runs):
+            return own
+
+        def rank(item: tuple[int, tuple[Run, tuple[datetime, ...] | None]]) -> tuple[bool, datetime, datetime, int]:
+            i, (r, sent) = item
+            went = [t for t in sent or () if t <= order.created_at]
+            queued = r.state.get("last_sent_at")
+            return (bool(r.state.get("completed_at")), max(went, default=_NEVER),
+                    datetime.fromisoformat(queued) if queued else _NEVER, i)
+
+        return max(enumerate(runs), key=rank)[1][0].subject
+
     def _converted(self, order: ev.Order, run: Run, facts: Facts, config: CheckoutRecoveryConfig,
                    at: datetime | None = None) -> list[Command]:
         """The customer ordered: recovered when it came inside the attribution window.
@@ -278,6 +321,11 @@ class CheckoutRecovery:
         if config.unpaid_orders and unpaid_order(order) and run.status == "active":
             # not bought yet: this order runs its own ladder (with its pay link) from here
             return [Update({"superseded_by": order.external_id}), Wake(None), Finish("order_pending")]
+        if self._credited(order, facts) not in (None, run.subject):
+            # the order is another checkout's (a customer with several carts buys once): no revenue here
+            if run.status != "active":
+                return []
+            return [Update({"converted_elsewhere": order.external_id}), Wake(None), Finish("converted_elsewhere")]
         recovered = self._attributed(run, facts, config, at or order.created_at)
         commands: list[Command] = [Update({"order_id": order.external_id, "recovered": recovered,
                                            "revenue": str(order.total) if recovered else "0", "currency": order.currency})]

@@ -54,7 +54,8 @@ class Facts:
     button_payload: str | None = None  # for a ButtonReplied routed to this run
     # what else the runner knows: "stage", "marketing_ok", the reply's "reply_journey" / "reply_subject",
     # "reminders_sent" (credits_sent_reminders journeys), "open_runs" (follows_contact journeys: the
-    # contact's other active runs of the journey, as the event's own run decides)
+    # contact's other active runs of the journey, as the event's own run decides), "order_runs" (an order
+    # reaching several runs of a ``credits_one_run`` journey: each (run, when its reminders went out))
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -160,8 +161,11 @@ Command = Start | Send | WriteBack | Update | Wake | Finish | Withdraw | Handoff
 class Journey(Protocol):
     """A journey may also set ``follows_contact = True`` (the customer's orders, replies and taps
     reach all its active runs for them), ``marketing = True`` (any opt-out ends its runs),
-    ``accepts_holdout`` (see ``accepts_holdout``) and ``stage`` (one of the five: whose owner
-    takes its hand-offs and the replies to its messages; else the contact's stage)."""
+    ``accepts_holdout`` (see ``accepts_holdout``), ``stage`` (one of the five: whose owner
+    takes its hand-offs and the replies to its messages; else the contact's stage),
+    ``credits_sent_reminders = True`` (an order reaching a run: ``facts.extra["reminders_sent"]``)
+    and ``credits_one_run = True`` (an order reaching several runs: ``facts.extra["order_runs"]``,
+    so it credits one)."""
 
     name: ClassVar[str]
     config_model: ClassVar[type[JourneyConfig]]

@@ -12,7 +12,10 @@ A payment is credited to the reminder only if the reminder went out (WhatsApp to
 the runner tells from the run's outbox row (``credits_sent_reminders``). A payment that
 arrives while the reminder still waits (quiet hours, a retry, the send rate) skips it, so
 nobody is asked to pay for what they have paid, and a reminder the gate blocked or Meta
-refused earns nothing.
+refused earns nothing. A payment counts as recovered only within ``attribution_days`` of
+the reminder (when the store saw the order paid): one weeks later was not the reminder's
+doing. It is still recorded as paid (the lift compares payments, treated or not), as
+``recovered: false`` with no revenue.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class PaymentRecoveryConfig(JourneyConfig):
     after_minutes: float = Field(60, gt=0, description="how long a payment may stay pending before the reminder")
     unpaid_orders: bool = Field(True, description="WooCommerce only: pending/failed orders; off (automatically) when "
                                                   "checkout_recovery takes them")
+    attribution_days: float = Field(3, gt=0, description="a payment this long after the reminder went out is recovered by it")
 
 
 class PaymentRecovery:
@@ -65,8 +69,11 @@ class PaymentRecovery:
                 # looks up the run's sends no more
                 paid = {"paid": True, "order_id": event.order.external_id}
                 # no ``reminders_sent``: a run stored before reminders kept ``sent``, whose own record counts
-                if facts.extra.get("reminders_sent", True):
-                    return [Update({**paid, "revenue": str(event.order.total), "currency": event.order.currency})]
+                sent = facts.extra.get("reminders_sent")
+                if sent is None or sent:
+                    recovered = _within_window(sent, event.order.updated_at, config)
+                    return [Update({**paid, "recovered": recovered, "revenue": str(event.order.total) if recovered else "0",
+                                    "currency": event.order.currency})]
                 return [Update({**paid, "paid_before_reminder": True}), Finish("paid_before_reminder", skip_waiting=True)]
             return []
         if isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) or (o is not None and (o.payment_state not in STALLED or o.cancelled)):
@@ -76,6 +83,15 @@ class PaymentRecovery:
             return [Update({"reminded": True, "sent": 1}), Send("remind", order_context(facts)), Wake(None),
                     Finish("reminded", skip_waiting=False)]
         return []
+
+
+def _within_window(sent: tuple[datetime, ...] | None, paid_at: datetime, config: PaymentRecoveryConfig) -> bool:
+    """Whether a payment at ``paid_at`` came within ``attribution_days`` of the reminder that went out
+    last before it (its time unknown, a run stored before sends were told: it counts, as it did)."""
+    if sent is None:
+        return True
+    before = [t for t in sent if t <= paid_at]
+    return bool(before) and paid_at <= max(before) + timedelta(days=config.attribution_days)
 
 
 def _paid(event: Any) -> bool:

@@ -4,7 +4,10 @@ The window scan (connector/reorder/windows.py) raises ``ReorderWindowOpened`` wh
 delivery (or fulfilment, or the order date, plus transit) plus the product's cycle times
 the quantity, minus ``lead_days``, has passed. The journey sends the reminder with the
 cart link, optionally one follow-up, and keeps listening until the attribution window
-ends: a reorder of the same product inside it is attributed (with its revenue), a reply
+ends: a reorder of the same product inside it is attributed (with its revenue) when a
+reminder went out before it (WhatsApp took it, as the runner tells from the run's outbox rows:
+``credits_sent_reminders``); one the gate skipped (no marketing consent, the cap), one still
+held for quiet hours when the order came, or one Meta refused earns nothing. A reply
 stops the follow-up. A customer busy in another journey (a COD ask, a cart reminder, a
 delivery hand-off) is skipped and the reason kept. The marketing cap, quiet hours and the
 holdout are the policy gate's and the runner's business, as for every marketing step; an
@@ -25,6 +28,9 @@ from connector import events as ev
 from connector.journeys._common import is_reply
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake, Withdraw
 from connector.reorder.cycles import parse_cycle, product_key
+
+
+STEPS = ("reminder", "follow_up")  # its messages, in order (the report reads what became of them)
 
 
 class ReorderConfig(JourneyConfig):
@@ -57,6 +63,7 @@ class Reorder:
     config_model: ClassVar[type[JourneyConfig]] = ReorderConfig
     follows_contact: ClassVar[bool] = True  # a later order or a reply by the customer reaches the run
     marketing: ClassVar[bool] = True  # any opt-out ends its runs (state.end_marketing_runs)
+    credits_sent_reminders: ClassVar[bool] = True  # a reorder reaching a run: facts.extra["reminders_sent"]
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.ReorderWindowOpened):
@@ -69,7 +76,7 @@ class Reorder:
         if run is None or run.status != "active":
             return []
         if isinstance(event, ev.OrderPlaced):
-            return self._reordered(event.order, run)
+            return self._reordered(event.order, run, facts)
         if isinstance(event, (ev.MessageReceived, ev.ButtonReplied)):
             if not is_reply(event):
                 return []  # a reaction or a sticker: the follow-up still goes
@@ -117,11 +124,20 @@ class Reorder:
         return [Finish("no_reorder", skip_waiting=False)]
 
     @staticmethod
-    def _reordered(order: ev.Order, run: Run) -> list[Command]:
+    def _reminded_before(run: Run, facts: Facts, at: datetime) -> bool:
+        """Whether a reminder went out before ``at``: ``facts.extra["reminders_sent"]`` (the runner's look
+        at the run's outbox rows); without it (a caller that did not look) the run's record of what it queued."""
+        sent = facts.extra.get("reminders_sent")
+        if sent is None:
+            return int(run.state.get("sent", 0)) > 0
+        return any(t <= at for t in sent)
+
+    def _reordered(self, order: ev.Order, run: Run, facts: Facts) -> list[Command]:
         key = run.state.get("product_key")
         if not any(product_key(li.product_id, li.sku, li.title) == key for li in order.line_items):
             return []  # another product: still waiting for this one
-        attributed = order.created_at <= datetime.fromisoformat(run.state["attribution_ends"]) and int(run.state.get("sent", 0)) > 0
+        attributed = order.created_at <= datetime.fromisoformat(run.state["attribution_ends"]) \
+            and self._reminded_before(run, facts, order.created_at)
         return [Update({"order_id": order.external_id, "reordered": True, "attributed": attributed,
                         "revenue": str(order.total) if attributed else "0", "currency": order.currency}),
                 Wake(None), Finish("reordered")]

@@ -143,6 +143,20 @@ def _with_sends_for_timer(conn: Connection, store: Any, store_id: int, journey: 
     return replace(facts, extra={**facts.extra, "reminders_sent": _reminders_sent(conn, store, store_id, run.journey, run.subject)})
 
 
+def _sharing_the_order(journey: Any, event: Any, targets: list[tuple[str, tuple[int, Run, bool] | None, Facts]]
+                       ) -> list[tuple[str, tuple[int, Run, bool] | None, Facts]]:
+    """An order that reaches several runs of a journey that credits an order to one run only
+    (``credits_one_run``: the customer's open carts, and the order's own checkout's run): each
+    run is told of all of them, with when each one's reminders went out (``facts.extra["order_runs"]``),
+    so the journey picks the one. Otherwise the targets as they are."""
+    if not getattr(journey, "credits_one_run", False) or not isinstance(event, CONVERSIONS):
+        return targets
+    reached = tuple((found[1], seen.extra.get("reminders_sent")) for _s, found, seen in targets if found is not None)
+    if len(reached) < 2:
+        return targets
+    return [(s, found, replace(seen, extra={**seen.extra, "order_runs": reached})) for s, found, seen in targets]
+
+
 def _run(conn: Connection, store_id: int, journey: str, subject: str) -> tuple[int, Run, bool] | None:
     row = by_key(conn, "journey_runs", (store_id, journey, subject), _RUN, {"sid": store_id, "j": journey, "s": subject})
     return None if row is None else _found(row, subject)
@@ -375,17 +389,16 @@ class JourneyRunner:
                 others = [o for o in others if o != subject]
                 if others:  # what the event's own run decides beside (a new run can take over an open one's ladder)
                     jfacts = replace(facts, extra={**facts.extra, "open_runs": tuple(_found_run(conn, store_id, name, o)[1] for o in others)})
+            targets: list[tuple[str, tuple[int, Run, bool] | None, Facts]] = []
             if subject is not None:
                 found = _run(conn, store_id, name, subject)
-                run = found[1] if found else None
-                seen = _with_sends(conn, store, store_id, journey, event, found, jfacts)
-                commands = journey.decide(event, run, seen, config, now)
-                applied += self._apply(conn, store, store_id, name, subject, found, commands, seen, config, now)
+                targets.append((subject, found, _with_sends(conn, store, store_id, journey, event, found, jfacts)))
             for other in others:
                 found = _found_run(conn, store_id, name, other)
-                seen = _with_sends(conn, store, store_id, journey, event, found, facts)
-                commands = journey.decide(event, found[1], seen, config, now)
-                applied += self._apply(conn, store, store_id, name, other, found, commands, seen, config, now)
+                targets.append((other, found, _with_sends(conn, store, store_id, journey, event, found, facts)))
+            for target, found, seen in _sharing_the_order(journey, event, targets):
+                commands = journey.decide(event, found[1] if found else None, seen, config, now)
+                applied += self._apply(conn, store, store_id, name, target, found, commands, seen, config, now)
         return applied
 
     def on_timers(self, conn: Connection, store: Any, store_id: int, now: datetime, limit: int = 100,
