@@ -367,7 +367,9 @@ class _StoreBase(_Settings):
         return tuple(secrets)
 
 
-DEFAULT_SHOPIFY_SCOPES = ("read_orders", "write_orders", "read_customers", "write_customers", "read_products")  # A8; products/*: reorder cycles
+# A8; products/*: reorder cycles; fulfillments/* (delivery updates) need read_fulfillments
+# (adapters/shopify/subscriptions.py TOPIC_SCOPES: what each subscribed topic needs)
+DEFAULT_SHOPIFY_SCOPES = ("read_orders", "write_orders", "read_customers", "write_customers", "read_products", "read_fulfillments")
 
 
 class ShopifyStore(_StoreBase):
