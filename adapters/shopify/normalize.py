@@ -31,6 +31,7 @@ from adapters._parse import (
     req_id,
     req_str,
 )
+from adapters.cod_gateways import is_cod
 from connector.config import ShopifyStore
 from connector.contacts import normalize_phone
 from connector.errors import NormalizationError
@@ -128,7 +129,6 @@ def _order(o: Body, store: ShopifyStore) -> Order:
     created_at = req_datetime(o, "created_at")
     financial_status = get_str(o, "financial_status")
     gateways = _gateway_names(o)
-    cod_names = set(store.cod_gateway_names())
     total = get_decimal(o, "current_total_price")
     if total is None:
         total = req_decimal(o, "total_price")
@@ -141,7 +141,7 @@ def _order(o: Body, store: ShopifyStore) -> Order:
         payment_state=_PAYMENT_STATES.get((financial_status or "").lower(), PaymentState.OTHER),
         fulfillment_state=_fulfillment_state(get_str(o, "fulfillment_status")),
         platform_status=financial_status,
-        is_cod=any(name.strip().lower() in cod_names for name in gateways),
+        is_cod=is_cod(gateways, store.cod_gateway_names()),
         gateway_names=gateways,
         total=total,
         currency=req_str(o, "currency"),
