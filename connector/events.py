@@ -125,6 +125,10 @@ class Order(_Fact):
     payment_url: str | None = None
     tags: tuple[str, ...] = ()
     test: bool = False
+    # Payment terms (a B2B or draft order on Net 30, a fixed date, due on fulfilment): the payment is
+    # owed only from ``payment_due_at``; terms with no date yet (due on fulfilment) leave it None.
+    payment_terms: str | None = None  # the terms' type, lower case: net, fixed, fulfillment, receipt, ...
+    payment_due_at: datetime | None = None
 
 
 class Checkout(_Fact):

@@ -657,6 +657,14 @@ PAYMENT_CASES = [
          PR, ["start:order:727", "wake:+1h"]),
     Case("WooCommerce on-hold (bank transfer) stays here either way", ev.OrderPlaced(order=woo("on-hold")), None, facts(woo("on-hold")),
          PaymentRecoveryConfig(unpaid_orders=False), ["start:order:727", "wake:+1h"]),
+    Case("on Net 30 terms: not chased before the payment is due", ev.OrderPlaced(order=prepaid(payment_terms="net", payment_due_at=T0 + 30 * D)),
+         None, facts(PENDING), PR, ["start:order:1042", "wake:+30d"]),
+    Case("terms due within the hour: the usual hour", ev.OrderPlaced(order=prepaid(payment_terms="fixed", payment_due_at=T0 + 10 * MIN)),
+         None, facts(PENDING), PR, ["start:order:1042", "wake:+1h"]),
+    Case("due on fulfilment, not fulfilled yet: nothing to chase", ev.OrderPlaced(order=prepaid(payment_terms="fulfillment")),
+         None, facts(PENDING), PR, []),
+    Case("due on receipt: owed at once, the usual hour", ev.OrderPlaced(order=prepaid(payment_terms="receipt")),
+         None, facts(PENDING), PR, ["start:order:1042", "wake:+1h"]),
 ]
 
 

@@ -32,6 +32,7 @@ from adapters._parse import (
     req_str,
 )
 from adapters.cod_gateways import is_cod
+from adapters.shopify.payment_terms import payment_due
 from connector.config import ShopifyStore
 from connector.contacts import normalize_phone
 from connector.errors import NormalizationError
@@ -129,6 +130,7 @@ def _order(o: Body, store: ShopifyStore) -> Order:
     created_at = req_datetime(o, "created_at")
     financial_status = get_str(o, "financial_status")
     gateways = _gateway_names(o)
+    terms, due_at = payment_due(o, created_at)
     total = get_decimal(o, "current_total_price")
     if total is None:
         total = req_decimal(o, "total_price")
@@ -154,6 +156,8 @@ def _order(o: Body, store: ShopifyStore) -> Order:
         payment_url=get_str(o, "order_status_url"),
         tags=_tags(o),
         test=get_bool(o, "test"),
+        payment_terms=terms,
+        payment_due_at=due_at,
     )
 
 

@@ -534,3 +534,42 @@ def test_malformed_body_raises_normalization_error_naming_the_field(topic: str, 
 def test_body_that_is_not_an_object(body: Any) -> None:
     with pytest.raises(NormalizationError, match="body"):
         normalize("orders/create", body, STORE)
+
+
+# ---- payment terms (B2B / draft orders on Net 30, a fixed date, due on fulfilment) ----------------------
+
+
+def on_terms(terms: Any) -> Any:
+    body = load("orders_create")
+    body.update(financial_status="pending", cancelled_at=None, created_at="2026-11-20T06:00:00Z", payment_terms=terms)
+    return only(normalize("orders/create", body, STORE)).order
+
+
+NET_30 = {"payment_terms_name": "Net 30", "payment_terms_type": "net", "due_in_days": 30,
+          "payment_schedules": [{"amount": "1299.00", "issued_at": "2026-11-20T06:00:00Z", "due_at": "2026-12-20T06:00:00Z",
+                                 "completed_at": None}]}
+
+
+def test_an_order_on_net_30_carries_when_its_payment_is_due() -> None:
+    order = on_terms(NET_30)
+    assert (order.payment_terms, order.payment_due_at) == ("net", datetime(2026, 12, 20, 6, 0, tzinfo=timezone.utc))
+
+
+@pytest.mark.parametrize(("terms", "kind", "due"), [
+    (None, None, None),  # the sample: no terms, due at once
+    ({**NET_30, "payment_terms_type": "NET", "payment_schedules": [{"issued_at": "2026-11-21T00:00:00Z", "due_at": None}]},
+     "net", datetime(2026, 12, 21, tzinfo=timezone.utc)),  # no due_at: issued + due_in_days
+    ({**NET_30, "payment_schedules": []}, "net", datetime(2026, 12, 20, 6, 0, tzinfo=timezone.utc)),  # nor a schedule: placed + 30 days
+    ({"payment_terms_type": "fixed", "payment_schedules": [
+        {"due_at": "2026-12-01T00:00:00Z", "completed_at": "2026-11-30T10:00:00Z"},  # paid already: the next one counts
+        {"due_at": "2027-01-01T00:00:00Z", "completed_at": ""}]}, "fixed", datetime(2027, 1, 1, tzinfo=timezone.utc)),
+    ({"payment_terms_type": "fulfillment", "due_in_days": None, "payment_schedules": []}, "fulfillment", None),  # no date until fulfilled
+])
+def test_payment_terms_shapes(terms: Any, kind: str | None, due: datetime | None) -> None:
+    order = on_terms(terms)
+    assert (order.payment_terms, order.payment_due_at) == (kind, due)
+
+
+def test_malformed_payment_terms_name_the_field() -> None:
+    with pytest.raises(NormalizationError, match="payment_terms.due_in_days"):
+        on_terms({**NET_30, "payment_schedules": [], "due_in_days": "thirty"})
