@@ -352,6 +352,18 @@ def test_cod_confirmation(case: Case) -> None:
     check(CodConfirmation(), case)
 
 
+def test_a_no_answer_cancel_is_not_recorded_as_the_customers_own_cancel() -> None:
+    """Shopify records the reason: CUSTOMER reads "Customer changed/cancelled order"; a customer who never
+    answered did not. Her own Cancel tap is hers."""
+    config = CodConfirmationConfig(reminder_hours=(), no_answer_action="cancel", cancel_action="cancel")
+    silent = CodConfirmation().decide(TimerFired(T0), run("cod_confirmation", ASKED), facts(), config, T0)
+    tapped = CodConfirmation().decide(tap("cod_cancel"), run("cod_confirmation", ASKED), facts(**HERE), config, T0)
+    [no_answer] = [c for c in silent if isinstance(c, WriteBack) and c.action == "cancel_order"]
+    [own] = [c for c in tapped if isinstance(c, WriteBack) and c.action == "cancel_order"]
+    assert (no_answer.args["reason"], no_answer.key) == ("other", "no_answer_cancel")
+    assert (own.args["reason"], own.key) == ("customer", "cancel")
+
+
 # ---- delivery updates -----------------------------------------------------------------------
 
 DELIVERY = DeliveryUpdatesConfig()
