@@ -83,7 +83,7 @@ def test_cod_asks_reminds_then_flags_an_unanswered_order():
     assert kinds(last) == ["update", "wake", "add_tags:cod-unconfirmed", "finish:no_answer"]
     cancel_cfg = CodConfirmationConfig(reminder_hours=(), no_answer_action="cancel")
     state["reminders"] = 0
-    assert "cancel_order:customer" in kinds(j.decide(TimerFired(T0), run("cod_confirmation", state), facts(), cancel_cfg, T0))
+    assert "cancel_order:other" in kinds(j.decide(TimerFired(T0), run("cod_confirmation", state), facts(), cancel_cfg, T0))
 
 
 def test_cod_confirm_and_cancel_are_locked_after_the_first_tap():
