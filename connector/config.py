@@ -265,7 +265,10 @@ class _StoreBase(_Settings):
     previous_webhook_secret: SecretStr | None = Field(None, description="accepted during a secret rotation")
     timezone: str = "UTC"
     default_country: str = "US"
-    cod_gateways: tuple[str, ...] | None = None
+    cod_gateways: tuple[str, ...] | None = Field(
+        None, description="payment gateway names (exact, case-insensitive) that mean cash on delivery, replacing the default "
+        "list; on Shopify a gateway whose words say so ('COD', 'Cash/Pay/Collect on Delivery') is COD besides "
+        "(adapters/cod_gateways.py)")
     whatsapp_phone_number_id: str | None = None
     policy: PolicySettings = PolicySettings()
     templates: tuple[TemplateSettings, ...] = ()
@@ -386,7 +389,9 @@ class _StoreBase(_Settings):
         return tuple(secrets)
 
 
-DEFAULT_SHOPIFY_SCOPES = ("read_orders", "write_orders", "read_customers", "write_customers", "read_products")  # A8; products/*: reorder cycles
+# A8; products/*: reorder cycles; fulfillments/* (delivery updates) need read_fulfillments
+# (adapters/shopify/subscriptions.py TOPIC_SCOPES: what each subscribed topic needs)
+DEFAULT_SHOPIFY_SCOPES = ("read_orders", "write_orders", "read_customers", "write_customers", "read_products", "read_fulfillments")
 
 
 class ShopifyStore(_StoreBase):

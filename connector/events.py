@@ -41,22 +41,29 @@ class FulfillmentState(StrEnum):
 
 
 class ShipmentStatus(StrEnum):
-    """Carrier-level progress; unknown platform values become ``other``, never an error."""
+    """Carrier-level progress (Shopify's ``shipment_status`` values and meanings); unknown platform
+    values become ``other``, never an error."""
 
     NONE = "none"
     LABEL_PRINTED = "label_printed"
     LABEL_PURCHASED = "label_purchased"
     CONFIRMED = "confirmed"
-    CARRIER_PICKED_UP = "carrier_picked_up"
+    CARRIER_PICKED_UP = "carrier_picked_up"  # the courier collected it from the store: on its way
     IN_TRANSIT = "in_transit"
     OUT_FOR_DELIVERY = "out_for_delivery"
-    ATTEMPTED_DELIVERY = "attempted_delivery"
-    READY_FOR_PICKUP = "ready_for_pickup"
-    PICKED_UP = "picked_up"
+    ATTEMPTED_DELIVERY = "attempted_delivery"  # the courier tried and could not deliver (an NDR)
+    READY_FOR_PICKUP = "ready_for_pickup"  # waiting at a pickup point for the customer
+    PICKED_UP = "picked_up"  # the customer collected it at the pickup point: delivered
     DELAYED = "delayed"
     DELIVERED = "delivered"
+    # the carrier's tracking could not be read (an invalid tracking number) or the shipment was
+    # cancelled: news for the store, not a failed delivery (that is ATTEMPTED_DELIVERY)
     FAILURE = "failure"
     OTHER = "other"
+
+
+# The parcel is in the customer's hands: delivered to the door, or collected at a pickup point.
+DELIVERED_STATUSES = frozenset({ShipmentStatus.DELIVERED, ShipmentStatus.PICKED_UP})
 
 
 class ConsentCategory(StrEnum):
@@ -118,6 +125,10 @@ class Order(_Fact):
     payment_url: str | None = None
     tags: tuple[str, ...] = ()
     test: bool = False
+    # Payment terms (a B2B or draft order on Net 30, a fixed date, due on fulfilment): the payment is
+    # owed only from ``payment_due_at``; terms with no date yet (due on fulfilment) leave it None.
+    payment_terms: str | None = None  # the terms' type, lower case: net, fixed, fulfillment, receipt, ...
+    payment_due_at: datetime | None = None
 
 
 class Checkout(_Fact):

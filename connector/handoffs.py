@@ -93,7 +93,7 @@ def _stage_of(event: Any, current: str) -> str | None:
         # WooCommerce says "paid" only this way (an order updated to processing with date_paid)
         return "post_purchase"
     if isinstance(event, ev.FulfillmentUpdated):
-        return "retention" if event.fulfillment.shipment_status is ev.ShipmentStatus.DELIVERED else "post_purchase"
+        return "retention" if event.fulfillment.shipment_status in ev.DELIVERED_STATUSES else "post_purchase"
     return None
 
 

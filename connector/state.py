@@ -342,8 +342,8 @@ def apply_fulfillment(conn: Connection, store_id: int, f: ev.Fulfillment, now: d
         "source_updated_at": f.updated_at,
         "updated_at": now,  # the reorder-window scan picks up changed fulfilments by this
     }
-    if f.shipment_status is ev.ShipmentStatus.DELIVERED and (existing is None or existing.delivered_at is None):
-        values["delivered_at"] = f.updated_at  # the first "delivered" is when the customer got it
+    if f.shipment_status in ev.DELIVERED_STATUSES and (existing is None or existing.delivered_at is None):
+        values["delivered_at"] = f.updated_at  # the first "delivered" (or "picked up") is when the customer got it
     if existing is None:
         insert_row(conn, FULFILLMENTS, dict(store_id=store_id, external_id=f.external_id, **values))
     else:

@@ -48,6 +48,9 @@ def serve(app: Any, port: int = 0) -> Iterator[str]:
         yield server.url
 
 
+SCOPED_TOPICS = {t: {"read_fulfillments", "write_fulfillments", "read_marketplace_orders"} for t in ("FULFILLMENTS_CREATE", "FULFILLMENTS_UPDATE")}
+
+
 class FakeShopify:
     def __init__(self, client_id: str, client_secret: str):
         self.client_id, self.client_secret = client_id, client_secret
@@ -62,6 +65,9 @@ class FakeShopify:
         self.updates: list[dict[str, Any]] = []  # webhookSubscriptionUpdate variables, in order
         self.products: list[dict[str, Any]] = []  # Product nodes: id, title, tags, updatedAt, metafield
         self.product_queries: list[dict[str, Any]] = []  # variables of each products page asked for
+        # the scopes the store granted; set: a topic needing another is refused, as Shopify does (the
+        # WebhookSubscriptionTopic reference: fulfillments/* need read_fulfillments or read_marketplace_orders)
+        self.granted_scopes: set[str] | None = None
         self.app = Starlette(routes=[
             Route("/admin/oauth/access_token", self.token, methods=["POST"]),
             Route(f"/admin/api/{API_VERSION}/graphql.json", self.graphql, methods=["POST"]),
@@ -122,6 +128,9 @@ class FakeShopify:
         if "webhookSubscriptionCreate" in query:
             self.creates += 1
             topic, uri = variables["topic"], variables["webhookSubscription"]["uri"]
+            if self.granted_scopes is not None and topic in SCOPED_TOPICS and not self.granted_scopes & SCOPED_TOPICS[topic]:
+                return JSONResponse({"data": {"webhookSubscriptionCreate": {
+                    "webhookSubscription": None, "userErrors": [{"field": ["topic"], "message": f"Invalid topic specified: {topic}"}]}}})
             if any(s["topic"] == topic and s["uri"] == uri for s in self.subscriptions):
                 return JSONResponse({"data": {"webhookSubscriptionCreate": {
                     "webhookSubscription": None,

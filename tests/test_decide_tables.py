@@ -362,10 +362,22 @@ def test_cod_confirmation(case: Case) -> None:
     check(CodConfirmation(), case)
 
 
+def test_a_no_answer_cancel_is_not_recorded_as_the_customers_own_cancel() -> None:
+    """Shopify records the reason: CUSTOMER reads "Customer changed/cancelled order"; a customer who never
+    answered did not. Her own Cancel tap is hers."""
+    config = CodConfirmationConfig(reminder_hours=(), no_answer_action="cancel", cancel_action="cancel")
+    silent = CodConfirmation().decide(TimerFired(T0), run("cod_confirmation", ASKED), facts(), config, T0)
+    tapped = CodConfirmation().decide(tap("cod_cancel"), run("cod_confirmation", ASKED), facts(**HERE), config, T0)
+    [no_answer] = [c for c in silent if isinstance(c, WriteBack) and c.action == "cancel_order"]
+    [own] = [c for c in tapped if isinstance(c, WriteBack) and c.action == "cancel_order"]
+    assert (no_answer.args["reason"], no_answer.key) == ("other", "no_answer_cancel")
+    assert (own.args["reason"], own.key) == ("customer", "cancel")
+
+
 # ---- delivery updates -----------------------------------------------------------------------
 
 DELIVERY = DeliveryUpdatesConfig()
-NDR = {"sent": ["failed", "shipped"], "last_status": "failure"}
+NDR = {"sent": ["failed", "shipped"], "last_status": "attempted_delivery"}
 RETRIED = {**NDR, "sent": ["failed", "out_for_delivery", "shipped"], "ndr_answers": ["reschedule"], "last_status": "out_for_delivery"}
 PAID = prepaid(payment_state=ev.PaymentState.PAID)
 HERE_DELIVERY = routed("delivery")
@@ -394,15 +406,15 @@ DELIVERY_CASES = [
     Case("delivered after a failed delivery a person handles: told, the run stays theirs (replies find the open case)",
          shipment("delivered"), run("delivery", {"sent": ["failed", "shipped"], "parcels": {"9": "out_for_delivery"}}, "handoff"),
          facts(PAID), DELIVERY, ["update(last_status,parcels,sent)", "send:delivered"]),
-    Case("an ended run hears of a parcel it did not know, which fails: ask and hand off", shipment("failure", "10"),
+    Case("an ended run hears of a parcel it did not know, which fails: ask and hand off", shipment("attempted_delivery", "10"),
          run("delivery", {"sent": ["delivered", "shipped"], "parcels": {"9": "delivered"}}, "finished"), facts(PAID), DELIVERY,
-         ["update(last_status,parcels,sent)", "send:failed", "handoff"], state={"parcels": {"9": "delivered", "10": "failure"}}),
+         ["update(last_status,parcels,sent)", "send:failed", "handoff"], state={"parcels": {"9": "delivered", "10": "attempted_delivery"}}),
     Case("news of an ended run's parcel again: nothing", shipment("delivered"),
          run("delivery", {"sent": ["delivered", "shipped"], "parcels": {"9": "delivered"}}, "finished"), facts(PAID), DELIVERY, []),
     Case("out for delivery not wanted by this store", shipment("out_for_delivery"), run("delivery", {"sent": ["shipped"]}), facts(PAID),
          DeliveryUpdatesConfig(steps=("shipped", "delivered")), []),
-    Case("failed delivery: ask and hand off", shipment("failure"), run("delivery", {"sent": ["shipped"]}), facts(PAID), DELIVERY,
-         ["update(last_status,parcels,sent)", "send:failed", "handoff"], says="delivery failed (failure)"),
+    Case("failed delivery: ask and hand off", shipment("attempted_delivery"), run("delivery", {"sent": ["shipped"]}), facts(PAID), DELIVERY,
+         ["update(last_status,parcels,sent)", "send:failed", "handoff"], says="delivery failed (attempted_delivery)"),
     Case("failed delivery, no hand-off configured", shipment("attempted_delivery"), run("delivery", {"sent": ["shipped"]}), facts(PAID),
          DeliveryUpdatesConfig(handoff_on_failure=False), ["update(last_status,parcels,sent)", "send:failed"]),
     Case("cancelled order: no updates", shipment("in_transit"), None, facts(prepaid(cancelled_at=T0)), DELIVERY, []),
@@ -427,7 +439,7 @@ DELIVERY_CASES = [
          facts(PAID, **HERE_DELIVERY), DeliveryUpdatesConfig(handoff_on_failure=False), ["update(ndr_answered_at,ndr_answers,ndr_choice)", "handoff"]),
     Case("a tap before any failed delivery: nothing", tap("ndr_reschedule"), run("delivery", {"sent": ["shipped"]}), facts(PAID, **HERE_DELIVERY),
          DELIVERY, []),
-    Case("the same failure reported again: once", shipment("failure"), run("delivery", {**NDR, "last_status": "failure"}, "handoff"),
+    Case("the same failure reported again: once", shipment("attempted_delivery"), run("delivery", NDR, "handoff"),
          facts(PAID), DELIVERY, []),
     Case("out for delivery again after a failure: remembered, not told twice", shipment("out_for_delivery"),
          run("delivery", {**RETRIED, "last_status": "attempted_delivery"}, "handoff"), facts(PAID), DELIVERY, ["update(last_status,parcels)"],
@@ -436,17 +448,54 @@ DELIVERY_CASES = [
          run("delivery", RETRIED, "handoff"), facts(PAID), DELIVERY,
          ["update(failed_attempts,last_status,ndr_answers,parcels)", "send:failed", "handoff"],
          state={"failed_attempts": 2, "ndr_answers": [], "last_status": "attempted_delivery"}, says="delivery failed again (attempt 2"),
-    Case("two parcels: the first one's failure reported again after the second moved on: nothing", shipment("failure", "9"),
-         run("delivery", {**NDR, "parcels": {"9": "failure", "10": "in_transit"}, "last_status": "in_transit"}, "handoff"), facts(PAID),
+    Case("two parcels: the first one's failure reported again after the second moved on: nothing", shipment("attempted_delivery", "9"),
+         run("delivery", {**NDR, "parcels": {"9": "attempted_delivery", "10": "in_transit"}, "last_status": "in_transit"}, "handoff"), facts(PAID),
          DELIVERY, []),
-    Case("two parcels: the second one fails too: ask about it", shipment("failure", "10"),
-         run("delivery", {**NDR, "parcels": {"9": "failure", "10": "in_transit"}, "last_status": "in_transit"}, "handoff"), facts(PAID),
-         DELIVERY, ["update(failed_attempts,last_status,ndr_answers,parcels)", "send:failed", "handoff"],
-         state={"parcels": {"9": "failure", "10": "failure"}}),
+    Case("two parcels: the second one fails too: ask about it", shipment("attempted_delivery", "10"),
+         run("delivery", {**NDR, "parcels": {"9": "attempted_delivery", "10": "in_transit"}, "last_status": "in_transit"}, "handoff"),
+         facts(PAID), DELIVERY, ["update(failed_attempts,last_status,ndr_answers,parcels)", "send:failed", "handoff"],
+         state={"parcels": {"9": "attempted_delivery", "10": "attempted_delivery"}}),
     Case("after the second failure the customer may ask to reschedule again", tap("ndr_reschedule"),
-         run("delivery", {**RETRIED, "failed_attempts": 2, "ndr_answers": [], "last_status": "failure"}, "handoff"),
+         run("delivery", {**RETRIED, "failed_attempts": 2, "ndr_answers": [], "last_status": "attempted_delivery"}, "handoff"),
          facts(PAID, **HERE_DELIVERY), DELIVERY, ["update(ndr_answered_at,ndr_answers,ndr_choice)", "add_note", "handoff"],
          state={"ndr_answers": ["reschedule"]}),
+    # Shopify's `failure` is a tracking failure ("something went wrong when pulling tracking information ...
+    # the tracking number was invalid or the shipment was canceled"), not a failed delivery attempt
+    Case("tracking failed: a person checks with the courier, the customer is asked nothing", shipment("failure"),
+         run("delivery", {"sent": ["shipped"], "parcels": {"9": "in_transit"}}), facts(PAID), DELIVERY,
+         ["update(last_status,parcels,tracking_failed)", "handoff"], state={"parcels": {"9": "failure"}, "tracking_failed": ["9"]},
+         says="tracking failed for #1042"),
+    Case("tracking failed as the first news: a run for the person, no message", shipment("failure"), None, facts(PAID), DELIVERY,
+         ["start:order:1042", "update(last_status,parcels,tracking_failed)", "handoff"], state={"sent": []}, says="the customer was not told"),
+    Case("tracking failed again: once", shipment("failure"),
+         run("delivery", {"sent": ["shipped"], "parcels": {"9": "failure"}, "tracking_failed": ["9"]}, "handoff"), facts(PAID), DELIVERY, []),
+    Case("tracking failed, no hand-off configured: kept as the parcel's news, nothing else", shipment("failure"),
+         run("delivery", {"sent": ["shipped"], "parcels": {"9": "in_transit"}}), facts(PAID),
+         DeliveryUpdatesConfig(handoff_on_tracking_failure=False), ["update(last_status,parcels,tracking_failed)"]),
+    Case("a failed delivery after the tracking failed: asked about", shipment("attempted_delivery"),
+         run("delivery", {"sent": ["shipped"], "parcels": {"9": "failure"}, "tracking_failed": ["9"]}, "handoff"), facts(PAID), DELIVERY,
+         ["update(last_status,parcels,sent)", "send:failed", "handoff"]),
+    Case("a failed delivery asked about again after the tracking failed: a new attempt", shipment("attempted_delivery"),
+         run("delivery", {**NDR, "parcels": {"9": "failure"}, "tracking_failed": ["9"]}, "handoff"), facts(PAID), DELIVERY,
+         ["update(failed_attempts,last_status,ndr_answers,parcels)", "send:failed", "handoff"]),
+    Case("a failed delivery stored as 'failure' before it meant a tracking failure, reported again: once", shipment("attempted_delivery"),
+         run("delivery", {"sent": ["failed", "shipped"], "parcels": {"9": "failure"}}, "handoff"), facts(PAID), DELIVERY, []),
+    Case("picked up at the pickup point: delivered, and the run ends", shipment("picked_up"),
+         run("delivery", {"sent": ["shipped"], "parcels": {"9": "ready_for_pickup"}}), facts(PAID), DELIVERY,
+         ["update(last_status,parcels,sent)", "send:delivered", "finish:delivered"]),
+    Case("ready for pickup, step not listed: nothing", shipment("ready_for_pickup"),
+         run("delivery", {"sent": ["shipped"], "parcels": {"9": "in_transit"}}), facts(PAID), DELIVERY, []),
+    Case("ready for pickup, step listed: told", shipment("ready_for_pickup"),
+         run("delivery", {"sent": ["shipped"], "parcels": {"9": "in_transit"}}), facts(PAID),
+         DeliveryUpdatesConfig(steps=("shipped", "ready_for_pickup", "delivered", "failed")),
+         ["update(last_status,parcels,sent)", "send:ready_for_pickup"]),
+    Case("picked up by the carrier: shipped", shipment("carrier_picked_up"), None, facts(PAID), DELIVERY,
+         ["start:order:1042", "update(last_status,parcels,sent)", "send:shipped"]),
+    Case("delayed as the first news: it has shipped", shipment("delayed"), None, facts(PAID), DELIVERY,
+         ["start:order:1042", "update(last_status,parcels,sent)", "send:shipped"]),
+    Case("delayed after shipped: kept as the parcel's news, no message", shipment("delayed"),
+         run("delivery", {"sent": ["shipped"], "parcels": {"9": "in_transit"}}), facts(PAID), DELIVERY,
+         ["update(last_status,parcels)"], state={"parcels": {"9": "delayed"}}),
 ]
 
 
@@ -686,6 +735,14 @@ PAYMENT_CASES = [
          PR, ["start:order:727", "wake:+1h"]),
     Case("WooCommerce on-hold (bank transfer) stays here either way", ev.OrderPlaced(order=woo("on-hold")), None, facts(woo("on-hold")),
          PaymentRecoveryConfig(unpaid_orders=False), ["start:order:727", "wake:+1h"]),
+    Case("on Net 30 terms: not chased before the payment is due", ev.OrderPlaced(order=prepaid(payment_terms="net", payment_due_at=T0 + 30 * D)),
+         None, facts(PENDING), PR, ["start:order:1042", "wake:+30d"]),
+    Case("terms due within the hour: the usual hour", ev.OrderPlaced(order=prepaid(payment_terms="fixed", payment_due_at=T0 + 10 * MIN)),
+         None, facts(PENDING), PR, ["start:order:1042", "wake:+1h"]),
+    Case("due on fulfilment, not fulfilled yet: nothing to chase", ev.OrderPlaced(order=prepaid(payment_terms="fulfillment")),
+         None, facts(PENDING), PR, []),
+    Case("due on receipt: owed at once, the usual hour", ev.OrderPlaced(order=prepaid(payment_terms="receipt")),
+         None, facts(PENDING), PR, ["start:order:1042", "wake:+1h"]),
 ]
 
 

@@ -62,7 +62,7 @@ def test_failed_delivery_hands_off_to_the_stage_owner_and_notifies_them(db_url):
         runtime.processor.drain()
         stage_after_order = contact_stage(runtime)
         fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
-        fulfilment.update(order_id=820982911946154508, shipment_status="failure", updated_at="2026-11-22T10:00:00Z")
+        fulfilment.update(order_id=820982911946154508, shipment_status="attempted_delivery", updated_at="2026-11-22T10:00:00Z")
         post_shopify(client, fulfilment, "fulfillments/update")
         runtime.processor.drain()
         with respx.mock(assert_all_called=True) as slack:
@@ -80,7 +80,7 @@ def test_failed_delivery_hands_off_to_the_stage_owner_and_notifies_them(db_url):
     assert stage_after_order == "post_purchase"
     [h] = opened
     assert h["owner"] == "Delivery desk" and h["stage"] == "post_purchase" and h["journey"] == "delivery"
-    assert "delivery failed (failure)" in h["reason"]
+    assert "delivery failed (attempted_delivery)" in h["reason"]
     assert h["context"]["phone"] == "+919876543210" and h["context"]["last_order"]["name"] == "#9999"
     assert {"journey": "delivery", "subject": "order:820982911946154508", "status": "handoff"} in h["context"]["active_journeys"]
     text = json.loads(hook.calls.last.request.content)["text"]
@@ -303,7 +303,7 @@ def test_a_second_parcel_that_fails_after_the_first_was_delivered_is_still_asked
     with running_app(settings) as (client, runtime):
         delivered_order(client, runtime)
         second = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
-        second.update(id=second["id"] + 1, order_id=5550001, shipment_status="failure", updated_at="2026-11-23T10:00:00Z")
+        second.update(id=second["id"] + 1, order_id=5550001, shipment_status="attempted_delivery", updated_at="2026-11-23T10:00:00Z")
         post_shopify(client, second, "fulfillments/update")
         runtime.processor.drain()
         [h] = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
@@ -311,7 +311,7 @@ def test_a_second_parcel_that_fails_after_the_first_was_delivered_is_still_asked
             asked = conn.execute(select(m.OutboxMessage.idempotency_key).where(m.OutboxMessage.journey == "delivery", m.OutboxMessage.channel == "whatsapp")).scalars().all()
     assert sorted(asked) == ["delivery:delivered:order:5550001", "delivery:failed:order:5550001"]
     assert (h["journey"], h["subject"], h["owner"]) == ("delivery", "order:5550001", "Delivery desk")
-    assert "delivery failed (failure)" in h["reason"]
+    assert "delivery failed (attempted_delivery)" in h["reason"]
 
 
 @pytest.mark.parametrize("days_later, filed_under", [(3, ("delivery", "order:5550001")), (10, (None, None))])
@@ -369,7 +369,7 @@ def failed_delivery(client, runtime, settings) -> str:
     """A paid order whose delivery failed, its failed-delivery message sent: that message's wamid."""
     post_shopify(client, order(financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
     fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
-    fulfilment.update(order_id=820982911946154508, shipment_status="failure", updated_at="2026-11-22T10:00:00Z")
+    fulfilment.update(order_id=820982911946154508, shipment_status="attempted_delivery", updated_at="2026-11-22T10:00:00Z")
     post_shopify(client, fulfilment, "fulfillments/update")
     runtime.processor.drain()
     dispatch(runtime, settings)
@@ -496,7 +496,7 @@ def test_a_notification_row_never_posts_another_stores_hand_off(db_url):
         post_shopify(client, order(financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
         runtime.processor.drain()
         fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
-        fulfilment.update(order_id=820982911946154508, shipment_status="failure", updated_at="2026-11-22T10:00:00Z")
+        fulfilment.update(order_id=820982911946154508, shipment_status="attempted_delivery", updated_at="2026-11-22T10:00:00Z")
         post_shopify(client, fulfilment, "fulfillments/update")
         runtime.processor.drain()
         with runtime.db.engine.begin() as conn:  # the notification row now claims to be shop-b's
@@ -526,3 +526,57 @@ def test_an_order_heard_placed_twice_tells_the_owner_of_its_high_value_once(db_u
             told = conn.execute(select(m.OutboxMessage.idempotency_key).where(m.OutboxMessage.channel == "notify")).scalars().all()
     assert [i["reason"] for i in items] == ["high-value order #9999 (USD 414.95)"]
     assert len(told) == 1, told
+
+
+# ---- Shopify's shipment statuses as Shopify means them --------------------------------------------------
+
+
+def shipment(status: str, at: str, **kw) -> dict:
+    f = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+    f.update(order_id=820982911946154508, status="success", shipment_status=status, tracking_number="1Z001", updated_at=at, **kw)
+    return f
+
+
+def delivery_outbox(runtime) -> list[str]:
+    with runtime.db.engine.connect() as conn:
+        return [r.step for r in conn.execute(select(m.OutboxMessage.step).where(
+            m.OutboxMessage.journey == "delivery", m.OutboxMessage.channel == "whatsapp").order_by(m.OutboxMessage.id))]
+
+
+def test_a_tracking_failure_goes_to_the_delivery_desk_and_the_customer_is_not_asked_about_a_failed_delivery(db_url):
+    """Shopify's ``failure``: "something went wrong when pulling tracking information for the shipment, such as
+    the tracking number was invalid or the shipment was canceled". The parcel may well be on its way: nobody
+    tells the customer their delivery failed or asks them to reschedule; the delivery desk checks with the courier."""
+    with running_app(settings(db_url)) as (client, runtime):
+        post_shopify(client, order(financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
+        post_shopify(client, shipment("in_transit", "2026-11-21T10:00:00Z"), "fulfillments/create")
+        post_shopify(client, shipment("failure", "2026-11-22T10:00:00Z"), "fulfillments/update")
+        post_shopify(client, shipment("failure", "2026-11-22T11:00:00Z"), "fulfillments/update")  # the same news again
+        runtime.processor.drain()
+        steps = delivery_outbox(runtime)
+        cases = client.get("/api/stores/shop-a/handoffs", params={"status": "open"}, headers=ADMIN).json()["items"]
+    assert steps == ["shipped"]  # no "failed" (NDR) message, not even a skipped one
+    [h] = cases
+    assert h["owner"] == "Delivery desk" and h["journey"] == "delivery"
+    assert "tracking failed for #9999 (UPS 1Z001)" in h["reason"] and "the customer was not told" in h["reason"]
+    assert "delivery failed" not in h["reason"]
+
+
+def test_a_parcel_picked_up_at_a_pickup_point_counts_as_delivered(db_url):
+    """``picked_up``: the customer collected it. Told as delivered, the delivery run ends, the order has its
+    delivered date (the reorder window counts from it) and the customer moves on to retention."""
+    with running_app(settings(db_url)) as (client, runtime):
+        post_shopify(client, order(financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
+        post_shopify(client, shipment("in_transit", "2026-11-21T10:00:00Z"), "fulfillments/create")
+        post_shopify(client, shipment("ready_for_pickup", "2026-11-22T09:00:00Z"), "fulfillments/update")
+        post_shopify(client, shipment("picked_up", "2026-11-22T17:00:00Z"), "fulfillments/update")
+        runtime.processor.drain()
+        steps = delivery_outbox(runtime)
+        with runtime.db.engine.connect() as conn:
+            run = conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "delivery")).one()
+            delivered_at = conn.execute(select(m.Fulfillment.delivered_at)).scalar_one()
+        stage = contact_stage(runtime)
+    assert steps == ["shipped", "delivered"]
+    assert (run.status, run.state["outcome"]) == ("finished", "delivered")
+    assert delivered_at is not None and delivered_at.replace(tzinfo=timezone.utc) == datetime(2026, 11, 22, 17, 0, tzinfo=timezone.utc)
+    assert stage == "retention"

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from adapters.shopify import oauth
 from adapters.shopify.subscriptions import TOPICS, SubscriptionReport, register_webhooks
 from connector.cli import app as cli_app
-from connector.config import parse_settings
+from connector.config import DEFAULT_SHOPIFY_SCOPES, parse_settings
 from connector.install.credentials import RenewingShopifyClient, ensure_shopify_token, obtain_shopify_token
 from connector.install.shopify import webhook_rows, webhook_summary
 from connector.secrets import SECRET_KEYS_ENV, SHOPIFY_ACCESS_TOKEN, SHOPIFY_REFRESH_TOKEN, SecretBox, generate_key, get_credentials
@@ -284,6 +284,42 @@ def test_cli_install_explains_what_is_missing(db_url, fake, key, tmp_path):
     assert "shpss_wrong" not in failed.output
 
 
+def test_every_subscribed_topic_says_what_scope_it_needs_and_the_default_scopes_cover_them_all():
+    from adapters.shopify.subscriptions import TOPIC_SCOPES, missing_scopes
+
+    assert set(TOPIC_SCOPES) >= set(TOPICS)  # a new topic gets its row, or install cannot explain its refusal
+    assert {t: missing_scopes(t, DEFAULT_SHOPIFY_SCOPES) for t in TOPICS} == {t: () for t in TOPICS}
+    assert missing_scopes("FULFILLMENTS_UPDATE", ("read_orders", "write_orders")) == ("read_fulfillments", "read_marketplace_orders")
+    assert missing_scopes("FULFILLMENTS_UPDATE", ("write_fulfillments",)) == ()  # a write scope grants its read scope
+    assert missing_scopes("PRODUCTS_UPDATE", (" READ_PRODUCTS ",)) == () and missing_scopes("APP_UNINSTALLED", ()) == ()
+
+
+def test_cli_install_names_the_scope_a_refused_topic_needs(db_url, fake, key, tmp_path):
+    """Scopes from before delivery updates needed read_fulfillments: Shopify refuses the fulfilment topics
+    with a bare "Invalid topic"; the install says, per topic, which scope to add and what stops working."""
+    old_scopes = ["read_orders", "write_orders", "read_customers", "write_customers", "read_products"]
+    fake.granted_scopes = set(old_scopes)
+    cfg = write_config(tmp_path, db_url, fake, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    cfg.write_text(cfg.read_text() + f"scopes = {json.dumps(old_scopes)}\n")
+    out = runner.invoke(cli_app, ["install", "shopify", "--config", str(cfg), "--store", "shop-a"], env={"COLUMNS": "400"})
+    assert out.exit_code == 1, out.output
+    assert f"{len(TOPICS) - 2} created, 0 already present, 2 failed" in out.output
+    rows = {line.split()[1]: " ".join(line.split()) for line in out.output.splitlines() if "FULFILLMENTS_" in line}  # │ topic │ ...
+    for topic in ("FULFILLMENTS_CREATE", "FULFILLMENTS_UPDATE"):
+        assert "failed" in rows[topic] and "needs scope read_fulfillments (or read_marketplace_orders)" in rows[topic]
+        assert "delivery updates will not work" in rows[topic] and f"Invalid topic specified: {topic}" in rows[topic]
+    assert "ORDERS_CREATE" not in " ".join(rows)  # the topics its scopes cover are not flagged
+
+
+def test_cli_install_notes_a_topic_the_token_allows_but_the_scopes_lack(db_url, fake, key, tmp_path):
+    cfg = write_config(tmp_path, db_url, fake, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    cfg.write_text(cfg.read_text() + 'scopes = ["read_orders", "write_orders", "read_customers", "write_customers", "read_products"]\n')
+    out = runner.invoke(cli_app, ["install", "shopify", "--config", str(cfg), "--store", "shop-a"], env={"COLUMNS": "400"})
+    assert out.exit_code == 0, out.output
+    notes = [" ".join(line.split()) for line in out.output.splitlines() if line.startswith("note: FULFILLMENTS_")]
+    assert len(notes) == 2 and all("lack read_fulfillments or read_marketplace_orders: add read_fulfillments" in n for n in notes)
+
+
 def test_registration_is_idempotent_and_pages_through_existing_subscriptions(db_url, fake, key):
     settings = shop_settings(db_url, fake)
     store = settings.store("shop-a")
@@ -320,7 +356,7 @@ def state_from(response) -> str:
     assert (location.scheme, location.netloc, location.path) == ("https", SHOP, "/admin/oauth/authorize")
     query = parse_qs(location.query)
     assert query["client_id"] == [CLIENT_ID]
-    assert query["scope"] == ["read_orders,write_orders,read_customers,write_customers,read_products"]
+    assert query["scope"] == ["read_orders,write_orders,read_customers,write_customers,read_products,read_fulfillments"]
     assert query["redirect_uri"] == [f"{PUBLIC}/shopify/callback"]
     assert "grant_options[]" not in query  # offline token
     return query["state"][0]
@@ -376,6 +412,19 @@ def test_authorization_code_install_end_to_end(db_url, fake, key, now, caplog):
         assert hook.status_code == 200
     for secret in [CLIENT_SECRET, key, *fake.issued]:
         assert secret not in caplog.text
+
+
+def test_an_install_from_the_admin_with_the_default_scopes_subscribes_to_delivery_news(db_url, fake, key, now):
+    """Shopify grants what the authorize page asked for (the default ``scopes``) and refuses the
+    fulfilment topics without read_fulfillments: with the defaults, delivery updates get their webhooks."""
+    settings = shop_settings(db_url, fake)
+    with running_app(settings) as (client, runtime):
+        runtime.clock = lambda: now
+        started = begin(client, now)
+        fake.granted_scopes = set(parse_qs(urlparse(started.headers["location"]).query)["scope"][0].split(","))
+        done = client.get("/shopify/callback", params=callback_params(fake, state_from(started), now))
+        assert done.status_code == 200 and f"{len(TOPICS)} created, 0 already present, 0 failed" in done.text
+    assert {"FULFILLMENTS_CREATE", "FULFILLMENTS_UPDATE"} <= {s["topic"] for s in fake.subscriptions}
 
 
 def test_an_authorization_code_install_reads_the_products_after_the_page(db_url, fake, key, now):

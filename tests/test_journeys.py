@@ -83,7 +83,7 @@ def test_cod_asks_reminds_then_flags_an_unanswered_order():
     assert kinds(last) == ["update", "wake", "add_tags:cod-unconfirmed", "finish:no_answer"]
     cancel_cfg = CodConfirmationConfig(reminder_hours=(), no_answer_action="cancel")
     state["reminders"] = 0
-    assert "cancel_order:customer" in kinds(j.decide(TimerFired(T0), run("cod_confirmation", state), facts(), cancel_cfg, T0))
+    assert "cancel_order:other" in kinds(j.decide(TimerFired(T0), run("cod_confirmation", state), facts(), cancel_cfg, T0))
 
 
 def test_cod_confirm_and_cancel_are_locked_after_the_first_tap():
@@ -141,7 +141,7 @@ def test_delivery_updates_once_per_status_and_a_failure_hands_off():
     assert kinds(j.decide(ful("delivered"), r, facts(), cfg, T0)) == ["update", "send:delivered", "finish:delivered"]
     late = run("delivery", {"sent": ["delivered", "shipped"], "parcels": {"9": "in_transit"}})
     assert j.decide(ful("in_transit"), late, facts(), cfg, T0) == []
-    assert kinds(j.decide(ful("failure"), r, facts(), cfg, T0)) == ["update", "send:failed", "handoff"]
+    assert kinds(j.decide(ful("attempted_delivery"), r, facts(), cfg, T0)) == ["update", "send:failed", "handoff"]
 
 
 def test_checkout_recovery_ladder_and_attribution():
@@ -473,6 +473,33 @@ def test_woocommerce_shipping_status_drives_delivery_updates_once(db_url):
         with runtime.db.engine.connect() as conn:
             steps = [(o_.journey, o_.step) for o_ in conn.execute(select(m.OutboxMessage).order_by(m.OutboxMessage.id))]
     assert steps == [("delivery", "shipped"), ("delivery", "delivered")]
+
+
+@pytest.mark.parametrize("status", ["failed-delivery", "rto"])
+def test_woocommerce_failed_delivery_statuses_still_ask_the_customer_and_hand_off(db_url, status):
+    """Shopify's ``failure`` (a tracking failure) is told to the store only; WooCommerce's own failed-delivery
+    statuses are a courier who could not deliver: the customer is asked (NDR) and a person takes it, as before."""
+    raw = settings_dict(db_url)
+    raw["stores"][2].update(journeys={"delivery": {}}, policy={"quiet_hours": ""})
+    settings = parse_settings(raw, environ={})
+    from tests.helpers import woo_headers
+
+    def woo(state: str, modified: str) -> bytes:
+        o = load_json(FIXTURES / "woocommerce" / "order.created.rest-v3-docs-example.json")
+        o.update(status=state, date_modified_gmt=modified, date_created_gmt="2026-11-20T06:00:00")
+        o["billing"]["phone"] = "+1 415 555 2671"
+        return dumps(o)
+
+    with running_app(settings) as (client, runtime):
+        for body in (woo("completed", "2026-11-21T09:00:00"), woo(status, "2026-11-23T10:00:00")):
+            client.post("/webhooks/woocommerce/woo", content=body, headers=woo_headers(body, SECRETS["woo"], "order.updated"))
+        runtime.processor.drain()
+        with runtime.db.engine.connect() as conn:
+            steps = [o_.step for o_ in conn.execute(select(m.OutboxMessage).where(m.OutboxMessage.channel == "whatsapp")
+                                                     .order_by(m.OutboxMessage.id))]
+            reasons = [h.reason for h in conn.execute(select(m.Handoff))]
+    assert steps == ["shipped", "failed"]
+    assert len(reasons) == 1 and "delivery failed (attempted_delivery)" in reasons[0]
 
 
 def test_woocommerce_shipped_message_links_a_predefined_providers_parcel(db_url):

@@ -39,7 +39,7 @@ T0 = datetime(2026, 11, 20, 6, 30, tzinfo=timezone.utc)
 def _failed_delivery(client, post) -> None:
     post(client, order(financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
     fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
-    fulfilment.update(order_id=820982911946154508, shipment_status="failure", updated_at="2026-11-22T10:00:00Z")
+    fulfilment.update(order_id=820982911946154508, shipment_status="attempted_delivery", updated_at="2026-11-22T10:00:00Z")
     post(client, fulfilment, "fulfillments/update")
 
 

@@ -141,6 +141,38 @@ def test_a_payment_weeks_after_the_pay_reminder_is_not_recovered_by_it(db_url):
     assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (2, 1, str(total))
 
 
+# ---- payment terms: a B2B order on Net 30 is not late an hour after it was placed ----------------------
+
+
+def test_an_order_on_net_30_gets_no_pay_reminder_before_its_payment_is_due(db_url):
+    """A B2B / draft order on Net 30 is pending from the start. Before, its buyer got "complete your
+    payment" an hour after ordering; now the pay link goes only once the payment is due (and not at all
+    if it is paid by then). An order without terms is reminded after the hour as before."""
+    settings = shopify_app(db_url, 0, templates=[PAY_TEMPLATE], journeys={"payment_recovery": {"after_minutes": 60}})
+    clock = Clock(T0)
+    net30 = {"payment_terms_name": "Net 30", "payment_terms_type": "net", "due_in_days": 30,
+             "payment_schedules": [{"issued_at": iso(T0), "due_at": iso(T0 + 30 * D), "completed_at": None}]}
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        post(client, "orders/create", {**shopify_order(1001, "pending", T0), "payment_terms": net30})
+        post(client, "orders/create", {**shopify_order(1002, "pending", T0), "payment_terms": net30})  # paid on day 20
+        post(client, "orders/create", shopify_order(1003, "pending", T0))  # no terms
+        runtime.processor.drain()
+        clock.now = T0 + 2 * H
+        runtime.processor.process_timers()
+        after_two_hours = steps(runtime, "payment_recovery")
+        clock.now = T0 + 20 * D
+        post(client, "orders/paid", {**shopify_order(1002, "paid", T0), "payment_terms": {**net30, "payment_schedules": [
+            {"issued_at": iso(T0), "due_at": iso(T0 + 30 * D), "completed_at": iso(clock.now)}]}, "updated_at": iso(clock.now)})
+        runtime.processor.drain()
+        runtime.processor.process_timers()
+        clock.now = T0 + 30 * D + MIN
+        runtime.processor.process_timers()
+        after_due = steps(runtime, "payment_recovery")
+    assert after_two_hours == [("payment_recovery", "order:1003", "remind")]
+    assert after_due == [("payment_recovery", "order:1003", "remind"), ("payment_recovery", "order:1001", "remind")]
+
+
 # ---- WooCommerce: paid after the reminder ---------------------------------------------------
 
 WOO_PAID_CASES = [

@@ -328,7 +328,7 @@ def test_a_closed_hand_off_no_longer_keeps_the_customer_from_the_reorder_reminde
         runtime.processor.drain()
         for cid in (1, 2):
             failed = _delivered(4000 + cid, T0 + timedelta(days=2))
-            _post(client, "fulfillments/update", {**failed, "id": failed["id"] + cid, "shipment_status": "failure"})
+            _post(client, "fulfillments/update", {**failed, "id": failed["id"] + cid, "shipment_status": "attempted_delivery"})
         clock.now = T0 + timedelta(days=30)  # the courier's failure report reaches the desk late: the cases open now
         runtime.processor.drain()
         cases = client.get("/api/stores/shop-a/handoffs", params={"status": "open"}, headers=admin).json()["items"]

@@ -49,7 +49,7 @@ def failed_delivery_of_order_1(client, runtime) -> None:
     """Order 1 (#9999), paid, could not be delivered: its case is open with the delivery desk."""
     post_shopify(client, order(financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
     fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
-    fulfilment.update(order_id=820982911946154508, shipment_status="failure", updated_at="2026-11-22T10:00:00Z")
+    fulfilment.update(order_id=820982911946154508, shipment_status="attempted_delivery", updated_at="2026-11-22T10:00:00Z")
     post_shopify(client, fulfilment, "fulfillments/update")
     runtime.processor.drain()
 

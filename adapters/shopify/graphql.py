@@ -49,6 +49,7 @@ from adapters._parse import (
     req_datetime,
     req_str,
 )
+from adapters.cod_gateways import is_cod
 from connector.config import ShopifyStore
 from connector.contacts import normalize_phone
 from connector.errors import NormalizationError
@@ -208,7 +209,6 @@ def _order(o: dict[str, Any], store: ShopifyStore) -> Order:
     financial = get_str(o, "displayFinancialStatus")
     fulfillment = get_str(o, "displayFulfillmentStatus")
     gateways = tuple(g for g in (_strings(o, "paymentGatewayNames")) if g.strip())
-    cod_names = set(store.cod_gateway_names())
     total = _money(o, "currentTotalPriceSet")
     if total is None:
         raise NormalizationError("currentTotalPriceSet.shopMoney.amount: missing")
@@ -225,7 +225,7 @@ def _order(o: dict[str, Any], store: ShopifyStore) -> Order:
         fulfillment_state=_FULFILLMENT_STATES.get((fulfillment or "").upper(), FulfillmentState.OTHER)
         if fulfillment else FulfillmentState.UNFULFILLED,
         platform_status=financial.lower() if financial else None,
-        is_cod=any(name.strip().lower() in cod_names for name in gateways),
+        is_cod=is_cod(gateways, store.cod_gateway_names()),
         gateway_names=gateways,
         total=total,
         currency=currency or "",

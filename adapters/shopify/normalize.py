@@ -31,6 +31,8 @@ from adapters._parse import (
     req_id,
     req_str,
 )
+from adapters.cod_gateways import is_cod
+from adapters.shopify.payment_terms import payment_due
 from connector.config import ShopifyStore
 from connector.contacts import normalize_phone
 from connector.errors import NormalizationError
@@ -128,7 +130,7 @@ def _order(o: Body, store: ShopifyStore) -> Order:
     created_at = req_datetime(o, "created_at")
     financial_status = get_str(o, "financial_status")
     gateways = _gateway_names(o)
-    cod_names = set(store.cod_gateway_names())
+    terms, due_at = payment_due(o, created_at)
     total = get_decimal(o, "current_total_price")
     if total is None:
         total = req_decimal(o, "total_price")
@@ -141,7 +143,7 @@ def _order(o: Body, store: ShopifyStore) -> Order:
         payment_state=_PAYMENT_STATES.get((financial_status or "").lower(), PaymentState.OTHER),
         fulfillment_state=_fulfillment_state(get_str(o, "fulfillment_status")),
         platform_status=financial_status,
-        is_cod=any(name.strip().lower() in cod_names for name in gateways),
+        is_cod=is_cod(gateways, store.cod_gateway_names()),
         gateway_names=gateways,
         total=total,
         currency=req_str(o, "currency"),
@@ -154,6 +156,8 @@ def _order(o: Body, store: ShopifyStore) -> Order:
         payment_url=get_str(o, "order_status_url"),
         tags=_tags(o),
         test=get_bool(o, "test"),
+        payment_terms=terms,
+        payment_due_at=due_at,
     )
 
 

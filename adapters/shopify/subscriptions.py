@@ -13,6 +13,7 @@ TOML (``[webhooks] compliance_topics``) or the Partner/Dev Dashboard (platform-f
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,58 @@ COMPLIANCE_NOTE = (
 # namespace: ``WebhookSubscriptionInput.metafieldNamespaces`` (Admin GraphQL 2024-10 .. 2027-01,
 # "The list of namespaces for any metafields that should be included in the webhook subscription";
 # ``WebhookSubscription.metafieldNamespaces`` reads it back).
+# What a token needs to subscribe to each topic we use, and what stops working without it.
+# Shopify's WebhookSubscriptionTopic reference: "Requires at least one of the following scopes"
+# (FULFILLMENTS_CREATE / FULFILLMENTS_UPDATE: read_fulfillments, read_marketplace_orders;
+# ORDERS_*: read_orders, read_marketplace_orders[, read_buyer_membership_orders]), or "Requires
+# the `read_orders` scope" (CHECKOUTS_*), `read_customers` (CUSTOMERS_*), `read_products`
+# (PRODUCTS_*); APP_UNINSTALLED needs none. The WhatsApp consent topic (API 2026-07) is assumed
+# to need read_customers like the SMS one [VERIFY in the 2026-07 topic table]. A write scope
+# grants its read scope too (shopify.dev "Shopify API access scopes").
+_ORDERS = ("read_orders", "read_marketplace_orders")
+_ORDERS_WIDE = (*_ORDERS, "read_buyer_membership_orders")
+TOPIC_SCOPES: dict[str, tuple[tuple[str, ...], str]] = {
+    "ORDERS_CREATE": (_ORDERS, "every order journey"),
+    "ORDERS_UPDATED": (_ORDERS_WIDE, "every order journey"),
+    "ORDERS_PAID": (_ORDERS, "payment recovery and order confirmation"),
+    "ORDERS_CANCELLED": (_ORDERS_WIDE, "ending journeys of cancelled orders"),
+    "ORDERS_FULFILLED": (_ORDERS, "COD confirmation (shipped orders)"),
+    "ORDERS_PARTIALLY_FULFILLED": (_ORDERS, "COD confirmation (shipped orders)"),
+    "FULFILLMENTS_CREATE": (("read_fulfillments", "read_marketplace_orders"), "delivery updates"),
+    "FULFILLMENTS_UPDATE": (("read_fulfillments", "read_marketplace_orders"), "delivery updates"),
+    "CHECKOUTS_CREATE": (("read_orders",), "checkout recovery"),
+    "CHECKOUTS_UPDATE": (("read_orders",), "checkout recovery"),
+    "CHECKOUTS_DELETE": (("read_orders",), "checkout recovery"),
+    "CUSTOMERS_UPDATE": (("read_customers",), "customer details and consent"),
+    "CUSTOMERS_MARKETING_CONSENT_UPDATE": (("read_customers",), "marketing consent"),
+    "CUSTOMERS_WHATS_APP_MARKETING_CONSENT_UPDATE": (("read_customers",), "WhatsApp marketing consent"),
+    "PRODUCTS_CREATE": (("read_products",), "reorder cycles"),
+    "PRODUCTS_UPDATE": (("read_products",), "reorder cycles"),
+    "APP_UNINSTALLED": ((), "pausing a store that removed the app"),
+}
+
+
+def granted(scopes: Iterable[str]) -> frozenset[str]:
+    """The scopes as Shopify reads them: each ``write_x`` also grants ``read_x``."""
+    out = {s.strip().lower() for s in scopes if s.strip()}
+    return frozenset(out | {"read_" + s.removeprefix("write_") for s in out if s.startswith("write_")})
+
+
+def missing_scopes(topic: str, scopes: Iterable[str]) -> tuple[str, ...]:
+    """The scopes one of which ``topic`` needs when ``scopes`` hold none of them; () when covered
+    (or when the topic is not in the table: Shopify is then the judge)."""
+    needs = TOPIC_SCOPES.get(topic, ((), ""))[0]
+    return () if not needs or granted(scopes) & set(needs) else needs
+
+
+def scope_hint(topic: str, needs: tuple[str, ...]) -> str:
+    """What a store owner reads beside a topic its configured scopes do not cover."""
+    either = needs[0] + (f" (or {', '.join(needs[1:])})" if needs[1:] else "")
+    use = TOPIC_SCOPES.get(topic, ((), ""))[1]
+    return (f"needs scope {either}, which this store's `scopes` lack" + (f" ({use} will not work)" if use else "")
+            + f": add {needs[0]} to `scopes` (and to the app's access scopes), then install again")
+
+
 METAFIELD_NAMESPACE = "storeloop"
 NAMESPACES: dict[str, tuple[str, ...]] = {"PRODUCTS_CREATE": (METAFIELD_NAMESPACE,), "PRODUCTS_UPDATE": (METAFIELD_NAMESPACE,)}
 
@@ -85,6 +138,7 @@ class SubscriptionReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)  # present (listed there too) without the metafield namespaces it needs: added
     elsewhere: list[tuple[str, str]] = field(default_factory=list)  # (topic, other uri): left alone
+    scope_gaps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # topic -> scopes (one of) the configured ones lack
 
     @property
     def ok(self) -> bool:
@@ -117,7 +171,8 @@ async def list_subscriptions(client: Any) -> list[dict[str, Any]]:
     return out
 
 
-async def register_webhooks(client: Any, uri: str, topics: tuple[str, ...] = TOPICS) -> SubscriptionReport:
+async def register_webhooks(client: Any, uri: str, topics: tuple[str, ...] = TOPICS,
+                            scopes: Iterable[str] | None = None) -> SubscriptionReport:
     """Create the missing subscriptions to ``uri``; a failure on one topic does not stop the others.
 
     A topic subscribed to a different address (an old public URL) is reported in ``elsewhere``
@@ -126,8 +181,15 @@ async def register_webhooks(client: Any, uri: str, topics: tuple[str, ...] = TOP
     made without it (an earlier version) gets it added (``updated``) with
     ``webhookSubscriptionUpdate``. A listing that does not say which namespaces a
     subscription has leaves it alone.
+
+    ``scopes`` (the store's configured ones): a topic they do not cover (``TOPIC_SCOPES``) is in
+    ``scope_gaps`` and, if Shopify refuses it, its failure says which scope to add. It is still
+    tried: a client-credentials token has the scopes of the app's version, not of this list.
     """
     report = SubscriptionReport(uri=uri)
+    if scopes is not None:
+        have = granted(scopes)
+        report.scope_gaps = {t: needs for t in topics if (needs := missing_scopes(t, have))}
     existing = await list_subscriptions(client)
     for topic in topics:
         wanted = NAMESPACES.get(topic, ())
@@ -160,13 +222,20 @@ async def _mutate(client: Any, report: SubscriptionReport, topic: str, field_nam
     try:
         data = await client.graphql(mutation, variables)
     except SendError as exc:
-        report.failed.append((topic, str(exc)))
+        _failed(report, topic, str(exc))
         return
     failure = _failure(data, field_name)
     if failure:
-        report.failed.append((topic, failure))
+        _failed(report, topic, failure)
     else:
         done.append(topic)
+
+
+def _failed(report: SubscriptionReport, topic: str, why: str) -> None:
+    """A refused topic; when the configured scopes lack what it needs, that comes first (Shopify's own
+    answer for a missing scope is a bare "Invalid topic" or "Access denied")."""
+    needs = report.scope_gaps.get(topic)
+    report.failed.append((topic, f"{scope_hint(topic, needs)}; Shopify said: {why}" if needs else why))
 
 
 def _failure(data: Any, field_name: str) -> str | None:
@@ -180,4 +249,5 @@ def _failure(data: Any, field_name: str) -> str | None:
     return None
 
 
-__all__ = ["COMPLIANCE_NOTE", "METAFIELD_NAMESPACE", "NAMESPACES", "SubscriptionReport", "TOPICS", "list_subscriptions", "register_webhooks"]
+__all__ = ["COMPLIANCE_NOTE", "METAFIELD_NAMESPACE", "NAMESPACES", "SubscriptionReport", "TOPICS", "TOPIC_SCOPES", "granted",
+           "list_subscriptions", "missing_scopes", "register_webhooks", "scope_hint"]

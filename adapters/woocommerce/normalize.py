@@ -134,8 +134,10 @@ _SHIPMENT_FOR_STATUS = {
     "shipped": ShipmentStatus.IN_TRANSIT,
     "out-for-delivery": ShipmentStatus.OUT_FOR_DELIVERY,
     "delivered": ShipmentStatus.DELIVERED,
-    "failed-delivery": ShipmentStatus.FAILURE,
-    "rto": ShipmentStatus.FAILURE,
+    # the courier could not deliver (returned to origin): a failed delivery attempt, asked about and handed
+    # off; not FAILURE, which is Shopify's "tracking could not be read", told to the store only
+    "failed-delivery": ShipmentStatus.ATTEMPTED_DELIVERY,
+    "rto": ShipmentStatus.ATTEMPTED_DELIVERY,
 }
 TRACKING_META = "_wc_shipment_tracking_items"
 # The order has left the warehouse: fulfilled, so a COD run stops asking and a late Cancel goes to a person.

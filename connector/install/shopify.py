@@ -28,7 +28,7 @@ import httpx
 from sqlalchemy import update
 
 from adapters.shopify import oauth
-from adapters.shopify.subscriptions import COMPLIANCE_NOTE, METAFIELD_NAMESPACE, SubscriptionReport, register_webhooks
+from adapters.shopify.subscriptions import COMPLIANCE_NOTE, METAFIELD_NAMESPACE, SubscriptionReport, register_webhooks, scope_hint
 from connector.config import Settings, ShopifyStore
 from connector.errors import SendError, StoreloopError
 from connector.install import nonces
@@ -89,6 +89,16 @@ def webhook_rows(hooks: SubscriptionReport) -> list[tuple[str, str, str]]:
     return rows
 
 
+def scope_notes(hooks: SubscriptionReport) -> list[str]:
+    """Topics subscribed although the store's ``scopes`` lack what they need: this token has it
+    (a client-credentials token carries the app version's scopes), but an install from the
+    Shopify admin asks for ``scopes`` only."""
+    failed = {topic for topic, _ in hooks.failed}
+    return [f"{topic} is subscribed, but the store's `scopes` lack {' or '.join(needs)}: add {needs[0]} there, "
+            f"since an install from the Shopify admin asks for `scopes` only" for topic, needs in hooks.scope_gaps.items()
+            if topic not in failed]
+
+
 def webhook_summary(hooks: SubscriptionReport) -> str:
     """``N created, N already present[, N updated], N failed``, counting each topic once."""
     counts = {"created": 0, "already present": 0, "updated": 0, "failed": 0}
@@ -125,7 +135,7 @@ async def register_store_webhooks(
 ) -> SubscriptionReport:
     uri = public_base(settings) + WEBHOOK_PATH
     async with RenewingShopifyClient(store, source, http=http) as client:
-        return await register_webhooks(client, uri)
+        return await register_webhooks(client, uri, scopes=store.scopes)
 
 
 async def sync_store_products(
@@ -172,6 +182,7 @@ async def install_shopify(
     source = ShopifyTokenSource(db, store, box=box, store_id=store_id, clock=lambda: now, http=http)
     try:
         report.webhooks = await register_store_webhooks(db, settings, store, source, http=http)
+        report.notes += scope_notes(report.webhooks)
     except SendError as exc:
         report.webhook_error = str(exc)
     await anyio.to_thread.run_sync(clear_uninstalled, db, store_id)
@@ -256,6 +267,7 @@ async def complete_oauth(runtime: Any, params: list[tuple[str, str]], now: datet
                                       expires_at=grant.expires_at)
         try:
             report.webhooks = await register_store_webhooks(db, settings, store, source, http=client)
+            report.notes += scope_notes(report.webhooks)
         except SendError as exc:
             report.webhook_error = str(exc)
     report.notes.append(COMPLIANCE_NOTE.replace("{public_url}", public_base(settings)))
@@ -273,5 +285,5 @@ def _use_as_writer(runtime: Any, store_id: int, store: ShopifyStore, source: Sho
 
 __all__ = [
     "InstallRefused", "ShopifyInstallReport", "begin_oauth", "complete_oauth", "install_shopify", "public_base",
-    "register_store_webhooks", "sync_store_products", "webhook_rows", "webhook_summary",
+    "register_store_webhooks", "scope_notes", "sync_store_products", "webhook_rows", "webhook_summary",
 ]

@@ -204,7 +204,8 @@ class CodConfirmation:
         if config.no_answer_action == "tag":
             commands.append(WriteBack("add_tags", order_id, {"tags": [config.unconfirmed_tag]}, "no_answer_tag"))
         elif config.no_answer_action == "cancel":
-            commands.append(WriteBack("cancel_order", order_id, {"reason": "customer", "notify_customer": True,
+            # "other", not "customer": the customer never asked (Shopify would record "Customer changed/cancelled order")
+            commands.append(WriteBack("cancel_order", order_id, {"reason": "other", "notify_customer": True,
                                                                  "staff_note": "COD order not confirmed on WhatsApp"}, "no_answer_cancel"))
         return commands + [Finish("no_answer")]
 

@@ -1,5 +1,12 @@
 """Delivery updates (utility): shipped, out for delivery, delivered; a failed delivery hands off.
 
+Carrier statuses mean what Shopify documents: ``attempted_delivery`` is a failed delivery
+(asked about, handed off); ``failure`` is a tracking failure ("something went wrong when
+pulling tracking information ... the tracking number was invalid or the shipment was
+canceled"), so a person hears of it and the customer is not told anything; ``picked_up``
+(collected at a pickup point) is delivered; ``delayed`` and ``carrier_picked_up`` say it has
+shipped; ``ready_for_pickup`` has its own step, sent only when the store lists it in ``steps``.
+
 Each step is sent at most once per order (the outbox key is journey, step, subject), so
 repeated or reordered fulfilment webhooks never repeat a message.
 
@@ -35,12 +42,17 @@ STEP_FOR_STATUS = {
     "label_printed": "shipped",
     "label_purchased": "shipped",
     "carrier_picked_up": "shipped",
+    "delayed": "shipped",  # on its way, late: "shipped" if not told yet, else only kept as the parcel's news
     "none": "shipped",
     "out_for_delivery": "out_for_delivery",
+    "ready_for_pickup": "ready_for_pickup",
     "delivered": "delivered",
+    "picked_up": "delivered",
     "attempted_delivery": "failed",
-    "failure": "failed",
 }
+TRACKING_FAILURE = ev.ShipmentStatus.FAILURE.value  # not a step: a person hears of it, the customer does not
+ARRIVED = frozenset(s.value for s in ev.DELIVERED_STATUSES)
+LATER_THAN_SHIPPED = frozenset({"out_for_delivery", "ready_for_pickup", "delivered"})
 
 
 NOTES = {
@@ -54,6 +66,16 @@ ASKS = {
 }
 
 
+def _as_now_meant(prev: str | None, run: Run | None, parcel: str) -> str | None:
+    """A parcel's stored news as it is meant now: ``failure`` stored before it meant a tracking
+    failure (runs keep the parcels whose tracking failed in ``tracking_failed``) was a failed
+    delivery, WooCommerce's failed-delivery and rto among them; read so, the same failure reported
+    again after an upgrade is not asked about twice."""
+    if prev == TRACKING_FAILURE and run is not None and parcel not in (run.state.get("tracking_failed") or ()):
+        return ev.ShipmentStatus.ATTEMPTED_DELIVERY.value
+    return prev
+
+
 def _arrived(run: Run | None, parcels: dict[str, str]) -> list[Command]:
     """The run ends once every parcel it heard of is delivered: an open delivery run would be
     the contact's "latest" run for ever, and take their unquoted replies of months later. It
@@ -61,14 +83,18 @@ def _arrived(run: Run | None, parcels: dict[str, str]) -> list[Command]:
     and a failure then asks and hands off as before. A run a person is on (status ``handoff``,
     after a failed delivery) stays theirs: the customer's unquoted replies find its open case
     through it (``handoffs._continued``), delivered or not."""
-    if (run is None or run.status == "active") and parcels and all(s == "delivered" for s in parcels.values()):
+    if (run is None or run.status == "active") and parcels and all(s in ARRIVED for s in parcels.values()):
         return [Finish("delivered", skip_waiting=False)]
     return []
 
 
 class DeliveryUpdatesConfig(JourneyConfig):
-    steps: tuple[str, ...] = Field(("shipped", "out_for_delivery", "delivered", "failed"), description="which updates to send")
+    steps: tuple[str, ...] = Field(("shipped", "out_for_delivery", "delivered", "failed"),
+                                   description="which updates to send; also ready_for_pickup (the parcel waits at a pickup point)")
     handoff_on_failure: bool = True
+    handoff_on_tracking_failure: bool = Field(
+        True, description="a parcel whose tracking fails (Shopify's 'failure': an invalid tracking number, a cancelled shipment) "
+                          "goes to a person; the customer is not told")
     reschedule_payloads: tuple[str, ...] = ("ndr_reschedule",)
     address_payloads: tuple[str, ...] = ("ndr_update_address",)
     cancel_payloads: tuple[str, ...] = ("ndr_cancel",)
@@ -103,18 +129,21 @@ class DeliveryUpdates:
         f = event.fulfillment
         if f.status in ("cancelled", "error", "failure", "pending", "open") and f.shipment_status.value == "none":
             return []  # cancelled, failed, or not done yet (a fulfilment service still packing): nothing has shipped
-        step = STEP_FOR_STATUS.get(f.shipment_status.value)
-        if step is None or step not in config.steps:
-            return []
-        done = set((run.state.get("sent") or []) if run else [])
         status = f.shipment_status.value
         # each parcel's latest news (an order can ship in several); a run from before kept one status for all
         parcels = dict((run.state.get("parcels") or {}) if run else {})
-        prev = parcels.get(f.external_id, run.state.get("last_status") if run is not None and "parcels" not in run.state else None)
+        stored = parcels.get(f.external_id, run.state.get("last_status") if run is not None and "parcels" not in run.state else None)
+        prev = _as_now_meant(stored, run, f.external_id)
         parcels[f.external_id] = status
+        if status == TRACKING_FAILURE:
+            return self._tracking_failed(run, facts, config, f, prev, parcels)
+        step = STEP_FOR_STATUS.get(status)
+        if step is None or step not in config.steps:
+            return []
+        done = set((run.state.get("sent") or []) if run else [])
         if run is not None and step == "failed" and "failed" in done and STEP_FOR_STATUS.get(prev or "") != "failed":
             return self._failed_again(run, facts, config, status, parcels)
-        if step in done or (step == "shipped" and done & {"out_for_delivery", "delivered"}):
+        if step in done or (step == "shipped" and done & LATER_THAN_SHIPPED):
             if run is not None and status not in (prev, "none"):
                 # news told before, of another parcel or the same one moving on (back to the hub, out
                 # again after a failure): remembered, so its next failure is a new attempt to ask about,
@@ -139,6 +168,28 @@ class DeliveryUpdates:
         if step == "failed" and config.handoff_on_failure:
             commands.append(Handoff(f"delivery failed ({status}); call the customer to rearrange"))
         return commands + _arrived(run, parcels)
+
+    @staticmethod
+    def _tracking_failed(run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, f: ev.Fulfillment, prev: str | None,
+                         parcels: dict[str, str]) -> list[Command]:
+        """The carrier's tracking failed (Shopify's ``failure``): the parcel may be fine, so the customer
+        is not asked about a failed delivery; a person checks with the courier (once per failure of a
+        parcel: the same news again says nothing, a failure after the tracking recovered is new)."""
+        if prev == TRACKING_FAILURE:
+            return []  # the same failure reported again
+        failed_tracking = sorted({*((run.state.get("tracking_failed") or []) if run else []), f.external_id})
+        kept = Update({"last_status": TRACKING_FAILURE, "parcels": parcels, "tracking_failed": failed_tracking})
+        if not config.handoff_on_tracking_failure:
+            return [kept] if run is not None else []
+        if run is None and facts.contact_id is None:
+            return []
+        assert facts.order is not None
+        parcel = " ".join(p for p in (f.tracking_company, f.tracking_number) if p) or f"fulfilment {f.external_id}"
+        commands: list[Command] = [Start(f"order:{facts.order.external_id}", facts.contact_id, {"sent": []})] if run is None else []
+        return commands + [
+            kept,
+            Handoff(f"tracking failed for {facts.order.name} ({parcel}): the carrier's tracking could not be read (an invalid "
+                    f"tracking number) or the shipment was cancelled; check with the courier (the customer was not told)")]
 
     @staticmethod
     def _failed_again(run: Run, facts: Facts, config: DeliveryUpdatesConfig, status: str, parcels: dict[str, str]) -> list[Command]:

@@ -28,6 +28,7 @@ from pydantic import Field
 from connector import events as ev
 from connector.journeys._common import deleted_order, end_for_deleted_order, order_context, unpaid_order
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
+from connector.journeys.payment_terms import chase_from
 
 STALLED = ("pending", "failed")  # not "authorized": paid as far as the customer knows
 
@@ -61,7 +62,8 @@ class PaymentRecovery:
             if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and o is not None and o.payment_state in STALLED \
                     and not o.cancelled and o.payment_url and facts.contact_id is not None \
                     and (config.unpaid_orders or not unpaid_order(event.order)):
-                return [Start(f"order:{o.external_id}", facts.contact_id), Wake(o.placed_at + timedelta(minutes=config.after_minutes))]
+                due = chase_from(event.order, o.placed_at + timedelta(minutes=config.after_minutes))  # not before payment terms make it due
+                return [Start(f"order:{o.external_id}", facts.contact_id), Wake(due)] if due is not None else []
             return []
         if run.status != "active":
             if _paid(event) and run.state.get("reminded") and not run.state.get("paid"):

@@ -323,7 +323,7 @@ class Store:
         done = now + timedelta(days=2, hours=self.rng.random() * 12)
 
         def deliver() -> None:
-            self._shopify("fulfillments/update", {**base, "shipment_status": "failure" if failed else "delivered",
+            self._shopify("fulfillments/update", {**base, "shipment_status": "attempted_delivery" if failed else "delivered",
                                                   "updated_at": self.queue_now.isoformat()})
             # on the product's cycle the customer runs low and decides whether to reorder (after a
             # failed delivery the parcel comes on the second try, about when the connector assumes)

@@ -187,13 +187,49 @@ def test_cod_default_names(name: str) -> None:
     assert only(normalize("orders/create", body, STORE)).order.is_cod is True
 
 
-def test_store_cod_gateways_replace_the_defaults() -> None:
-    store = make_store(cod_gateways=["Pay on Delivery"])
+def test_store_cod_gateways_name_a_gateway_whose_words_do_not_say_cod() -> None:
+    store = make_store(cod_gateways=["Nakad Bhugtan", "Pay at door"])  # exact names (case-insensitive), as before
     custom = cod_order()
-    custom["payment_gateway_names"] = ["pay on delivery "]
+    custom["payment_gateway_names"] = ["pay at door "]
     custom["gateway"] = None
     assert only(normalize("orders/create", custom, store)).order.is_cod is True
-    assert only(normalize("orders/create", cod_order(), store)).order.is_cod is False
+    assert only(normalize("orders/create", custom, STORE)).order.is_cod is False  # not a default name, no COD words
+    # the configured names replace the default list; a gateway whose own words say COD is COD besides
+    assert only(normalize("orders/create", cod_order(), store)).order.is_cod is True
+
+
+def with_gateways(*names: str) -> dict[str, Any]:
+    body = cod_order()
+    body.update(payment_gateway_names=list(names), gateway=None)
+    return body
+
+
+RENAMED_COD = ["Cash on Delivery - Pay at door", "COD - Cash on Delivery", "Pay on Delivery", "Payment on delivery",
+               "Collect on Delivery", "cash-on-delivery", "C.O.D.", "CashOnDelivery", "COD_fee_app", "Partial COD (₹100 advance)"]
+NOT_COD = ["Barcode Pay", "Codapay", "Encoded Payments", "bogus", "Razorpay", "Cash", "Delivery partner wallet", "Cash on pickup",
+           "shopify_payments", "Pay later"]
+
+
+@pytest.mark.parametrize("name", RENAMED_COD)
+def test_a_cod_method_the_merchant_renamed_is_still_cod(name: str) -> None:
+    """Renamed manual methods were missed by the exact default names: the customer got a prepaid "order
+    confirmed" and a "complete your payment" reminder instead of the Confirm/Cancel question."""
+    assert only(normalize("orders/create", with_gateways("gift_card", name), STORE)).order.is_cod is True
+
+
+@pytest.mark.parametrize("name", NOT_COD)
+def test_a_gateway_with_cod_letters_inside_a_word_is_not_cod(name: str) -> None:
+    assert only(normalize("orders/create", with_gateways(name), STORE)).order.is_cod is False
+
+
+@pytest.mark.parametrize(("name", "cod"), [("COD - Cash on Delivery", True), ("Pay on Delivery", True), ("Barcode Pay", False)])
+def test_the_reconciled_order_reads_cod_the_same_way(name: str, cod: bool) -> None:
+    from adapters.shopify.graphql import normalize_node
+
+    node = {"id": "gid://shopify/Order/77", "name": "#1077", "createdAt": "2026-11-20T06:00:00Z", "updatedAt": "2026-11-20T06:00:00Z",
+            "displayFinancialStatus": "PENDING", "paymentGatewayNames": [name], "currencyCode": "INR",
+            "currentTotalPriceSet": {"shopMoney": {"amount": "1299.00", "currencyCode": "INR"}}}
+    assert only(normalize_node(node, STORE)).order.is_cod is cod
 
 
 @pytest.mark.parametrize(
@@ -498,3 +534,42 @@ def test_malformed_body_raises_normalization_error_naming_the_field(topic: str, 
 def test_body_that_is_not_an_object(body: Any) -> None:
     with pytest.raises(NormalizationError, match="body"):
         normalize("orders/create", body, STORE)
+
+
+# ---- payment terms (B2B / draft orders on Net 30, a fixed date, due on fulfilment) ----------------------
+
+
+def on_terms(terms: Any) -> Any:
+    body = load("orders_create")
+    body.update(financial_status="pending", cancelled_at=None, created_at="2026-11-20T06:00:00Z", payment_terms=terms)
+    return only(normalize("orders/create", body, STORE)).order
+
+
+NET_30 = {"payment_terms_name": "Net 30", "payment_terms_type": "net", "due_in_days": 30,
+          "payment_schedules": [{"amount": "1299.00", "issued_at": "2026-11-20T06:00:00Z", "due_at": "2026-12-20T06:00:00Z",
+                                 "completed_at": None}]}
+
+
+def test_an_order_on_net_30_carries_when_its_payment_is_due() -> None:
+    order = on_terms(NET_30)
+    assert (order.payment_terms, order.payment_due_at) == ("net", datetime(2026, 12, 20, 6, 0, tzinfo=timezone.utc))
+
+
+@pytest.mark.parametrize(("terms", "kind", "due"), [
+    (None, None, None),  # the sample: no terms, due at once
+    ({**NET_30, "payment_terms_type": "NET", "payment_schedules": [{"issued_at": "2026-11-21T00:00:00Z", "due_at": None}]},
+     "net", datetime(2026, 12, 21, tzinfo=timezone.utc)),  # no due_at: issued + due_in_days
+    ({**NET_30, "payment_schedules": []}, "net", datetime(2026, 12, 20, 6, 0, tzinfo=timezone.utc)),  # nor a schedule: placed + 30 days
+    ({"payment_terms_type": "fixed", "payment_schedules": [
+        {"due_at": "2026-12-01T00:00:00Z", "completed_at": "2026-11-30T10:00:00Z"},  # paid already: the next one counts
+        {"due_at": "2027-01-01T00:00:00Z", "completed_at": ""}]}, "fixed", datetime(2027, 1, 1, tzinfo=timezone.utc)),
+    ({"payment_terms_type": "fulfillment", "due_in_days": None, "payment_schedules": []}, "fulfillment", None),  # no date until fulfilled
+])
+def test_payment_terms_shapes(terms: Any, kind: str | None, due: datetime | None) -> None:
+    order = on_terms(terms)
+    assert (order.payment_terms, order.payment_due_at) == (kind, due)
+
+
+def test_malformed_payment_terms_name_the_field() -> None:
+    with pytest.raises(NormalizationError, match="payment_terms.due_in_days"):
+        on_terms({**NET_30, "payment_schedules": [], "due_in_days": "thirty"})

@@ -122,7 +122,8 @@ def test_cod_no_answer_gets_one_reminder_then_the_configured_action(sqlite_url, 
 
     if store.platform == "shopify" and action == "cancel":
         assert world.shopify_ops("orderCancel") == [{
-            "orderId": gid(5002), "reason": "CUSTOMER", "refundMethod": {"originalPaymentMethodsRefund": False}, "restock": True,
+            # not CUSTOMER: she never answered, and Shopify would record "Customer changed/cancelled order"
+            "orderId": gid(5002), "reason": "OTHER", "refundMethod": {"originalPaymentMethodsRefund": False}, "restock": True,
             "notifyCustomer": True, "staffNote": "COD order not confirmed on WhatsApp"}]
         assert world.shopify_ops("tagsAdd") == []
     elif store.platform == "shopify":
