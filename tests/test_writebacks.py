@@ -272,3 +272,50 @@ def test_a_status_or_cancel_write_back_never_moves_an_order_that_shipped_or_was_
     meta_puts = [json.loads(c.request.content) for c in put.calls]
     assert all("status" not in b for b in meta_puts) and not shopify.called
 
+
+
+def handoffs(db) -> list:
+    from connector.storage import models as m
+
+    with db.engine.connect() as conn:
+        return conn.execute(select(m.Handoff.key, m.Handoff.reason, m.Handoff.journey, m.Handoff.subject, m.Handoff.stage,
+                                   m.Handoff.status).order_by(m.Handoff.id)).all()
+
+
+def test_a_cancel_the_store_refuses_goes_to_a_person_with_the_stores_answer(world):
+    """The customer tapped Cancel; Shopify's cancel job ended without cancelling (an open return). Nobody
+    would know, and the order would ship: a person takes it, with what the store said."""
+    db, ids, clock, dispatcher = world
+    oid = queue(db, ids["shop-a"], "cancel_order", {"reason": "customer", "notify_customer": False}, step="cancel")
+    dispatcher.writers[ids["shop-a"]]._sleep = _no_pause  # type: ignore[attr-defined]
+    with respx.mock(assert_all_called=True) as shopify:
+        shopify.post(GRAPHQL).mock(side_effect=[
+            httpx.Response(200, json={"data": {"orderCancel": {"job": {"id": "gid://shopify/Job/9", "done": True},
+                                                               "orderCancelUserErrors": []}}}),
+            httpx.Response(200, json={"data": {"order": {"id": "gid://shopify/Order/1042", "cancelledAt": None}}}),
+        ])
+        run(dispatcher)
+    row, _ = outbox(db, oid)
+    [case] = handoffs(db)
+    assert row.status == "failed"
+    assert case.key == f"writeback:{oid}" and (case.journey, case.subject, case.status) == ("cod_confirmation", "order:1042", "open")
+    assert "did not take our cancel of order 1042" in case.reason and "cancel job ended without cancelling" in case.reason
+
+
+def test_a_write_back_given_up_on_goes_to_a_person_and_one_that_lands_does_not(world):
+    db, ids, clock, dispatcher = world
+    given_up = queue(db, ids["woo"], "set_status", {"status": "processing"}, order_id="727", step="confirm_status")
+    queue(db, ids["shop-a"], "add_tags", {"tags": ["cod-confirmed"]})
+    with respx.mock(assert_all_called=True) as mock:
+        mock.put(f"{WOO}/orders/727").respond(503)
+        mock.post(GRAPHQL).respond(json=TAGGED)
+        for _ in range(3):
+            run(dispatcher)
+            clock.now += timedelta(minutes=10)
+    [case] = handoffs(db)
+    assert case.key == f"writeback:{given_up}" and "status processing of order 727" in case.reason
+    assert "gave up after 3 attempts" in case.reason
+
+
+async def _no_pause(_seconds: float) -> None:
+    return None

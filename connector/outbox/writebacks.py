@@ -23,6 +23,7 @@ from sqlalchemy import bindparam, select
 
 from connector.config import Settings
 from connector.errors import PermanentError, RetryableError
+from connector.handoffs import HandoffRequest, journey_stage, open_handoff
 from connector.outbox import loop
 from connector.outbox import store as ob
 from connector.outbox.retry import RetryPolicy, next_attempt_at
@@ -59,6 +60,33 @@ def closed_orders(db: Database, rows: list[ob.Claimed]) -> dict[tuple[int, str],
                 elif o.cancelled_at is not None:
                     out[(sid, o.external_id)] = "order_cancelled"
     return out
+
+
+def _what(action: str | None, args: Mapping[str, object]) -> str:
+    """A write-back as a person reads it."""
+    if action == "add_tags":
+        return "tags " + ", ".join(str(t) for t in (args.get("tags") or []))  # type: ignore[attr-defined]
+    if action == "set_status":
+        return f"status {args.get('status')}"
+    return {"cancel_order": "cancel", "add_note": "note"}.get(action or "", str(action))
+
+
+def hand_off_failures(db: Database, stores: Mapping[int, object], results: list[ob.Result], now: datetime) -> int:
+    """A write-back the store refused for good, or one given up on, is what the customer asked
+    for (a cancel, a confirmation's tag or status) not done: a person does it by hand. One
+    hand-off per write-back, for its journey's stage owner, with the store's answer."""
+    failed = [r for r in results if r.outcome == "failed" and r.row.store_id in stores]
+    if not failed:
+        return 0
+    with db.engine.begin() as conn:
+        for res in failed:
+            p = res.row.payload or {}
+            reason = (f"the store did not take our {_what(p.get('action'), p.get('args') or {})} of order {p.get('order_id')}: "
+                      f"{res.error_detail or 'no answer'}; do it by hand")
+            req = HandoffRequest(f"writeback:{res.row.id}", reason[:2000], res.row.journey, p.get("subject"),
+                                 stage=journey_stage(res.row.journey))
+            open_handoff(conn, stores[res.row.store_id], res.row.store_id, res.row.contact_id, req, now)
+    return len(failed)
 
 
 class DryRunWriter:
@@ -100,6 +128,7 @@ class WriteBackDispatcher:
         self.writers = writers
         self.clock = clock
         self.store_ids = [store_ids[s.key] for s in settings.stores if s.key in store_ids]
+        self.stores = {store_ids[s.key]: s for s in settings.stores if s.key in store_ids}
         wa = settings.whatsapp
         self.retry = RetryPolicy(wa.backoff_base_seconds, wa.backoff_cap_seconds, wa.max_attempts)
         self.semaphore = asyncio.Semaphore(concurrency)
@@ -116,6 +145,7 @@ class WriteBackDispatcher:
             closed = await anyio.to_thread.run_sync(closed_orders, self.db, rows)
             results = await asyncio.gather(*(self._one(r, closed) for r in rows))
             await anyio.to_thread.run_sync(ob.record, self.db, list(results), self.clock())
+            await anyio.to_thread.run_sync(hand_off_failures, self.db, self.stores, list(results), self.clock())
         return len(rows)
 
     async def drain(self, max_batches: int = 1000) -> int:
