@@ -136,3 +136,11 @@ def test_the_orders_that_name_a_batchs_checkouts_are_found_by_token(conn: Any) -
     assert "ix_orders_store_checkout (store_id=? AND checkout_token=?)" in plan, plan
     plan = plan_of(conn, _ORDERS_BY_CHECKOUT, {"sid": 1, "token": "tok1"})
     assert "ix_orders_store_checkout (store_id=? AND checkout_token=?)" in plan, plan
+
+
+def test_what_went_out_of_a_timer_batchs_runs_is_found_by_key(conn: Any) -> None:
+    from connector.journeys.runner import _SENT_STEPS_KEYED
+
+    keys = [f"cod_confirmation:ask:order:{i}" for i in range(500)]
+    plan = plan_of(conn, _SENT_STEPS_KEYED, {"sid": 1, "keys": keys})
+    assert "sqlite_autoindex_outbox_1 (store_id=? AND idempotency_key=?)" in plan, plan
