@@ -104,10 +104,12 @@ def pending_fulfilment(status: str) -> ev.FulfillmentUpdated:
                                                             shipment_status=ev.ShipmentStatus("none"), created_at=T0, updated_at=T0))
 
 
-def checkout(updated: datetime = T0, url: str | None = "https://shop.example/recover/tok1", completed: datetime | None = None) -> ev.CheckoutUpdated:
+def checkout(updated: datetime = T0, url: str | None = "https://shop.example/recover/tok1", completed: datetime | None = None,
+             total: str = "899", product: str = "Neem face wash", phone: str | None = None) -> ev.CheckoutUpdated:
+    customer = ev.Customer(phone=ev.Phone(raw=phone, e164=phone) if phone else None)
     return ev.CheckoutUpdated(checkout=ev.Checkout(token="tok1", created_at=T0, updated_at=updated, completed_at=completed, recovery_url=url,
-                                                   total=Decimal("899"), currency="INR", customer=ev.Customer(),
-                                                   line_items=(ev.LineItem(title="Neem face wash"),)))
+                                                   total=Decimal(total), currency="INR", customer=customer,
+                                                   line_items=(ev.LineItem(title=product),)))
 
 
 def opened(**kw: Any) -> ev.ReorderWindowOpened:
@@ -536,8 +538,15 @@ CHECKOUT_CASES = [
     Case("no recovery link: nothing to send", checkout(url=None), None, facts(), CR, []),
     Case("still shopping: the ladder moves back", checkout(updated=T0 + 20 * MIN), run("checkout_recovery", LADDER, subject=CART), facts(), CR,
          ["update(abandoned_at,currency,product,recovery_url,total)", "wake:+50m"]),
-    Case("an update after a skipped first reminder: the ladder goes on, no restart", checkout(updated=T0 + H),
-         run("checkout_recovery", {**LADDER, "step": 1}, subject=CART), facts(), CR, []),
+    Case("an update after the first reminder: the ladder goes on from its abandonment, no restart, quoting the cart as it is now",
+         checkout(updated=T0 + H, url="https://shop.example/recover/tok1-v2", total="2500", product="Rose toner"),
+         run("checkout_recovery", {**LADDER, "step": 1}, subject=CART), facts(), CR, ["update(currency,product,recovery_url,total)"],
+         state={"total": "2500", "product": "Rose toner", "recovery_url": "https://shop.example/recover/tok1-v2", "abandoned_at": None}),
+    Case("her checkout now gives a phone that is another contact's: no more reminders to the number she replaced",
+         checkout(updated=T0 + H, phone="+919811111111"), run("checkout_recovery", ONE_SENT, subject=CART), facts(contact=8), CR,
+         ["update(contact_changed_to)", "wake:none", "finish:contact_changed"], state={"contact_changed_to": 8}),
+    Case("the same phone again (the same contact): only the cart is kept current", checkout(updated=T0 + H, phone="+919876543210"),
+         run("checkout_recovery", ONE_SENT, subject=CART), facts(), CR, ["update(currency,product,recovery_url,total)"]),
     Case("completed before it was abandoned: stop, never abandoned", checkout(completed=T0 + 20 * MIN),
          run("checkout_recovery", LADDER, subject=CART), facts(), CR, ["wake:none", "finish:completed"], state={"abandoned": None}),
     Case("completed after its abandonment time, before the first step fired: stop, it was abandoned", checkout(completed=T0 + H),

@@ -5,10 +5,16 @@ goes ``ladder_minutes[i]`` after abandonment (a discount code can be offered on 
 step). A run starts with the checkout, so one bought minutes later was never abandoned:
 ``was_abandoned`` tells the runs that were (a ladder step fired while it was open, or it
 was bought or completed only after its abandonment time), and only those are the report's
-abandoned checkouts and enter its lift. The run stops the moment an order arrives for
+abandoned checkouts and enter its lift. A change to the checkout before the first reminder
+pushes the ladder back; after it, the ladder keeps its times and its reminders quote the
+checkout as it is now (link, total, product). A checkout that now gives a phone that is
+another contact's ends the run (``contact_changed``): no more reminders to the number she
+replaced, and a run's contact (its holdout group, its consent) is fixed when it starts, so
+the ladder does not move to the new one. The run stops the moment an order arrives for
 that checkout or from the same customer (phone, customer id, or email for a phone-less
-order: ``state.upsert_contact``), or the customer replies to it (a tap, words, a photo or voice note quoting one of its
-reminders, or quoting nothing while no other journey's message is what she answers:
+order: ``state.upsert_contact``), or the customer replies to it (a tap, words, a photo or
+voice note quoting one of its reminders, or quoting nothing while no other journey's message
+is what she answers:
 ``_answers``; a reaction or a sticker is no reply, ``_common.NOT_A_REPLY``); any opt-out
 ends it too (``state.end_marketing_runs``). An order after a reminder that went out (WhatsApp
 took it: sent, delivered, read) and within ``attribution_days`` of the last one before it is
@@ -206,15 +212,34 @@ class CheckoutRecovery:
             late = self._abandoned_by(run, c.completed_at)
             return [*([Update(late)] if late else []), Wake(None), Finish("completed")]
         abandoned_at, first = self._ladder_start(c.updated_at, config)
-        state = {"abandoned_at": abandoned_at.isoformat(), "recovery_url": c.recovery_url, "total": str(c.total),
-                 "currency": c.currency, "product": c.line_items[0].title if c.line_items else None}
+        state = {"abandoned_at": abandoned_at.isoformat(), **self._cart(c)}
         if run is None:
             if facts.contact_id is None or not c.recovery_url:
                 return []
             return [Start(f"checkout:{c.token}", facts.contact_id, {**state, "sent": 0}), Wake(first)]
-        if run.status == "active" and self._step(run) == 0:
+        if run.status != "active":
+            return []
+        if self._another_contact(c, run, facts):
+            # her checkout now gives another number: nothing more to the one she replaced (a typo may be a
+            # stranger's, and the link opens her checkout); the run's contact (its holdout group, its consent)
+            # is fixed, so the ladder ends rather than moving to the new number
+            return [Update({"contact_changed_to": facts.contact_id}), Wake(None), Finish("contact_changed")]
+        if self._step(run) == 0:
             return [Update(state), Wake(first)]  # still shopping: push back
-        return []
+        # back after a reminder: the next ones quote the cart as it is now, on the ladder's own times
+        return [Update(self._cart(c))] if c.recovery_url else []
+
+    @staticmethod
+    def _cart(c: ev.Checkout) -> dict[str, Any]:
+        """What the reminders quote: the checkout's link, total and first product, as last heard."""
+        return {"recovery_url": c.recovery_url, "total": str(c.total), "currency": c.currency,
+                "product": c.line_items[0].title if c.line_items else None}
+
+    @staticmethod
+    def _another_contact(c: ev.Checkout, run: Run, facts: Facts) -> bool:
+        """Whether the checkout now gives a phone that is another contact's than the run's (she corrected it)."""
+        return c.customer.phone is not None and facts.contact_id is not None and run.contact_id is not None \
+            and facts.contact_id != run.contact_id
 
     def _unpaid_order(self, event: Any, run: Run | None, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
         """A WooCommerce pending/failed order as a checkout: ladder while unpaid, recovered once paid.
