@@ -23,7 +23,8 @@ Stages and what counts (runs are counted in the week they started):
   (NDR) and their rate; hand-offs opened and their median resolution time.
 - retention: reorder windows opened, reminded (as for checkouts: a reminder WhatsApp took),
   reordered inside the window after a reminder that went out (in an order that still stands,
-  as above), the rate and the revenue.
+  as above), the rate and the revenue (each run's product's lines in the reorder, price x
+  quantity: an order reordering two reminded products counts each once, not its total twice).
 
 Message health per template (journey step): queued, sent, delivered, read, failed by Meta
 code (the failed status webhook's code, else the last send attempt's), skipped by policy

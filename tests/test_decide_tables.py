@@ -777,8 +777,10 @@ REORDER = "reorder:1001:p:9001"
 
 
 def reordered(at: datetime, product: str = "9001") -> ev.OrderPlaced:
+    """Order #2002 (total 1299): two packs of ``product`` at 499.50, and a soap at 300."""
     return ev.OrderPlaced(order=prepaid(external_id="2002", created_at=at, updated_at=at, payment_state=ev.PaymentState.PAID,
-                                        line_items=(ev.LineItem(product_id=product, title="x"),)))
+                                        line_items=(ev.LineItem(product_id=product, title="x", quantity=2, price=Decimal("499.50")),
+                                                    ev.LineItem(product_id="31", title="soap", price=Decimal("300")))))
 
 
 REORDER_CASES = [
@@ -793,14 +795,15 @@ REORDER_CASES = [
          facts(), RO, ["wake:+14d"], now=T0 + 3 * D),
     Case("window over: no reorder", TimerFired(T0 + 14 * D), run("reorder", {**REMINDED, "sent": 2}, subject=REORDER), facts(), RO,
          ["finish:no_reorder"], now=T0 + 14 * D),
-    Case("reordered inside the window: attributed", reordered(T0 + 5 * D), run("reorder", REMINDED, subject=REORDER), facts(), RO,
+    Case("reordered inside the window: attributed, with the product's lines as its revenue (not the order's total)",
+         reordered(T0 + 5 * D), run("reorder", REMINDED, subject=REORDER), facts(), RO,
          ["update(attributed,currency,order_id,reordered,revenue)", "wake:none", "finish:reordered"],
-         state={"attributed": True, "revenue": "1299"}),
+         state={"attributed": True, "revenue": "999.00"}),
     Case("reordered after the window: not attributed", reordered(T0 + 15 * D), run("reorder", REMINDED, subject=REORDER), facts(), RO,
          ["update(attributed,currency,order_id,reordered,revenue)", "wake:none", "finish:reordered"], state={"attributed": False, "revenue": "0"}),
     Case("reordered after the reminder went out: attributed", reordered(T0 + 5 * D), run("reorder", REMINDED, subject=REORDER),
          facts(reminders_sent=(T0 + H,)), RO, ["update(attributed,currency,order_id,reordered,revenue)", "wake:none", "finish:reordered"],
-         state={"attributed": True, "revenue": "1299"}),
+         state={"attributed": True, "revenue": "999.00"}),
     Case("reordered though the reminder never went out (skipped: no consent; or still held): not attributed", reordered(T0 + 5 * D),
          run("reorder", REMINDED, subject=REORDER), facts(reminders_sent=()), RO,
          ["update(attributed,currency,order_id,reordered,revenue)", "wake:none", "finish:reordered"], state={"attributed": False, "revenue": "0"}),
