@@ -9,10 +9,13 @@ Stages and what counts (runs are counted in the week they started):
   message), and the share who gave marketing consent.
 - qualification: COD orders asked to confirm, confirmed, cancelled, unanswered, the
   confirmation rate and the median minutes from ask to answer.
-- conversion: checkouts reminded (holdout excluded; a reminder counts once WhatsApp took it:
+- conversion: checkouts abandoned (a run starts with the checkout, but one bought or completed
+  before ``abandon_after_minutes`` was never abandoned: only runs still open then count,
+  ``checkout_recovery.was_abandoned``), reminded (holdout excluded; a reminder counts once WhatsApp took it:
   one held for quiet hours and then dropped, skipped by policy or failed is none), recovered
   (an order within the attribution window after a reminder that went out), the recovery
-  rate and recovered revenue; the same for stalled payments (paid within the payment journey's
+  rate and recovered revenue; the same for stalled payments (still pending when the reminder
+  came, ``payment_recovery.stalled``; recovered: paid within the payment journey's
   ``attribution_days`` of its reminder). An order the store has since cancelled, voided or
   refunded (as the orders table has it at report time, whatever order the webhooks came in)
   recovered nothing: it is left out of the count and the revenue (and of the lift's conversions).
@@ -20,7 +23,8 @@ Stages and what counts (runs are counted in the week they started):
   (NDR) and their rate; hand-offs opened and their median resolution time.
 - retention: reorder windows opened, reminded (as for checkouts: a reminder WhatsApp took),
   reordered inside the window after a reminder that went out (in an order that still stands,
-  as above), the rate and the revenue.
+  as above), the rate and the revenue (each run's product's lines in the reorder, price x
+  quantity: an order reordering two reminded products counts each once, not its total twice).
 
 Message health per template (journey step): queued, sent, delivered, read, failed by Meta
 code (the failed status webhook's code, else the last send attempt's), skipped by policy
@@ -29,8 +33,10 @@ reached the contact in the ``OPT_OUT_HOURS`` before it (a STOP answers what was 
 received); one with no such message is counted store-wide only.
 
 Lift: for each journey with a holdout, runs of contacts in the holdout (who got nothing) are
-the control group. Conversion is what the journey exists for (an order for the checkout, a
-payment, a reorder of the product inside the attribution window), read the same way for
+the control group, among the runs the funnel counts (abandoned checkouts, stalled payments):
+a checkout bought before it was abandoned converts in either group and only waters the lift
+down. Conversion is what the journey exists for (an order for the checkout, a payment, a
+reorder of the product inside the attribution window), read the same way for
 treated and control (never ``attributed``, which needs a message the control never got),
 and the report gives the difference with a 95% interval (normal approximation of a
 difference of two proportions), so it says what the messages caused, not only what they
@@ -55,7 +61,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Table, bindparam, func, select
 
-from connector.journeys.checkout_recovery import STEPS as CART_STEPS
+from connector.journeys.checkout_recovery import STEPS as CART_STEPS, was_abandoned
+from connector.journeys.payment_recovery import stalled
 from connector.journeys.reorder import STEPS as REORDER_STEPS
 from connector.outbox.queue import step_key
 from connector.outbox.store import REACHED_STATES
@@ -137,6 +144,19 @@ def _one_per_checkout(runs: list[Any]) -> list[Any]:
     cart's ladder (``continues``), counts; the cart's own run does not count again."""
     continued = {r.state.get("continues") for r in runs} - {None}
     return [r for r in runs if r.subject not in continued] if continued else runs
+
+
+# which of a journey's runs its funnel and lift count: a checkout still open at its abandonment time, a
+# payment still pending when its reminder came (a run starts at the checkout or the order, before either)
+COHORT = {"checkout_recovery": was_abandoned, "payment_recovery": stalled}
+
+
+def _cohort(journey: str, runs: list[Any]) -> list[Any]:
+    """The runs of ``journey`` that reached the point its messages are about (``COHORT``), each checkout once."""
+    counts = COHORT.get(journey)
+    if journey == "checkout_recovery":
+        runs = _one_per_checkout(runs)
+    return runs if counts is None else [r for r in runs if counts(r.state)]
 
 
 def _runs(conn: Connection, store_id: int, journey: str, p: Period) -> list[Any]:
@@ -281,11 +301,11 @@ def qualification(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
 
 
 def conversion(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
-    checkouts = _one_per_checkout(_runs(conn, store_id, "checkout_recovery", p))
+    checkouts = _cohort("checkout_recovery", _runs(conn, store_id, "checkout_recovery", p))
     queued = [r for r in checkouts if not r.holdout and int(r.state.get("sent", 0)) > 0]
     reminded = [r for r, out in zip(queued, reminders_went_out(conn, store_id, "checkout_recovery", CART_STEPS, queued)) if out]
     recovered = _standing(conn, store_id, "checkout_recovery", [r for r in reminded if r.state.get("recovered")])
-    payments = _runs(conn, store_id, "payment_recovery", p)
+    payments = _cohort("payment_recovery", _runs(conn, store_id, "payment_recovery", p))
     pay_queued = [r for r in payments if not r.holdout and r.state.get("reminded")]
     pay_reminded = [r for r, out in zip(pay_queued, reminders_went_out(conn, store_id, "payment_recovery", ("remind",), pay_queued)) if out]
     # paid within the journey's attribution window (``recovered``; a run from before it was kept: paid at all)
@@ -455,7 +475,7 @@ def lift(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for journey in LIFT_JOURNEYS:
         # runs the journey skipped (the customer was busy elsewhere) were skipped in both groups alike
-        runs = [r for r in _one_per_checkout(_runs(conn, store_id, journey, p)) if not r.state.get("skipped")]
+        runs = [r for r in _cohort(journey, _runs(conn, store_id, journey, p)) if not r.state.get("skipped")]
         if not any(r.holdout for r in runs):
             continue  # no holdout configured (or nobody in it yet): nothing to compare against
         outcome = converted(conn, store_id, journey, runs)

@@ -131,6 +131,38 @@ def test_a_confirm_tap_on_a_cod_question_leaves_an_unrelated_cart_ladder_going(s
     assert sc.report()["stages"]["qualification"]["metrics"]["confirmed"] == 1
 
 
+# ---- a checkout bought before it was abandoned was never abandoned ------------------------------
+
+BUYERS = (("A", ASHA), ("R", RAVI), ("M", "+919900112233"))  # they pay five minutes after starting their checkout
+LEAVERS = (("D", "+919811122233"), ("M2", "+919822233344"), ("N", "+919833344455"))  # they never come back
+
+
+def test_checkouts_bought_before_they_were_abandoned_count_neither_as_abandoned_nor_in_the_lift(sqlite_url, scenario, world,
+                                                                                               store: Store):
+    """Six customers start a checkout; three pay five minutes later (before the 30 minutes that make a checkout
+    abandoned), three leave. Half the contacts are in the holdout. The report counts three abandoned checkouts, and
+    the lift compares only those three: the buyers, who would have bought in either group, no longer water it down."""
+    journeys = {"checkout_recovery": {**LADDER["checkout_recovery"], "holdout_percent": 50}}
+    sc = scenario(sqlite_url, store.platform, journeys=journeys)
+    for key, phone in BUYERS + LEAVERS:
+        store.start_checkout(sc, key, phone)
+    sc.at(T0 + timedelta(minutes=5))
+    for n, (key, phone) in enumerate(BUYERS, start=1):
+        store.pay_checkout(sc, n, phone, key, total="899.00")
+    for key, phone in BUYERS:
+        store.cart_recovered(sc, key, phone)
+    sc.later(days=2)
+
+    assert all(sc.sent(phone) == [] for _, phone in BUYERS)
+    report = sc.report()
+    c = report["stages"]["conversion"]["metrics"]
+    reminded = sum(1 for _, phone in LEAVERS if sc.sent(phone))  # the leavers outside the holdout
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"]) == (3, reminded, 0)
+    lift = report["lift"]["checkout_recovery"]
+    assert (lift["treated"], lift["control"]) == (reminded, 3 - reminded)
+    assert lift["treated_converted"] == lift["control_converted"] == 0
+
+
 # ---- finding 2: a typed answer continues the open hand-off ---------------------------------------
 
 def test_a_typed_answer_to_a_failed_delivery_joins_its_hand_off_without_a_second_case_or_alert(db_url):

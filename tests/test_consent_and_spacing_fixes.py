@@ -5,7 +5,9 @@ fake WhatsApp and Shopify on 127.0.0.1): what the customer receives and what the
    customer never gets two reminders of one cart seconds apart;
 4. a step of a marketing journey is gated as marketing even if its template says utility;
 6. STOP and START arriving out of order: the newer one stands;
-3. a STOP from a sender named only by a business-scoped user id (no phone) opts them out.
+3. a STOP from a sender named only by a business-scoped user id (no phone) opts them out;
+7. "no cart reminder within 24 h of an order confirmation" counts from when the confirmation
+   went out: a read receipt or a tap on the COD question later does not start the 24 hours again.
 """
 
 from __future__ import annotations
@@ -129,3 +131,60 @@ def test_a_start_between_two_stops_does_not_undo_the_later_stop(sqlite_url, scen
     sc.later(minutes=30)
     seen = sc.contact(ASHA)
     assert seen["contact"]["opted_out_at"] is not None
+
+
+# ---- 7. the cart quiet period after an order confirmation counts from when it was sent ----------
+
+def test_a_read_receipt_for_the_order_confirmation_does_not_hold_back_a_cart_reminder_a_day_later(sqlite_url, scenario, world):
+    """Asha's order is confirmed at once; she reads the confirmation 20 hours later. A new cart she leaves the next day is
+    reminded 24.5 hours after the confirmation went out: the read receipt is no new confirmation."""
+    sc = scenario(sqlite_url, "shopify", journeys={"order_confirmation": {}, **LADDER})
+    SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, sc.now, cod=False))
+    sc.later(minutes=1)
+    thanks = sc.last_to(ASHA, "order_thanks_v1")
+    sc.at(T0 + timedelta(hours=20))
+    sc.post(sc.whatsapp_delivery(p.wa_status(sc.phone_number_id, wa_id(ASHA), thanks.wamid, "read", sc.now)))
+    sc.at(T0 + timedelta(hours=24))
+    SHOPIFY.start_checkout(sc, "B", ASHA)
+    sc.at(T0 + timedelta(hours=24, minutes=31))  # abandoned at 24 h 30
+
+    assert sc.templates_to(ASHA) == ["order_thanks_v1", "cart_1_v1"]
+
+
+ACK = {"step": "cod_confirmation.confirmed", "name": "cod_thanks_v1", "category": "utility", "body_text": "Thanks, {{1}} is confirmed.",
+       "body": ["order.name"]}
+
+
+@pytest.mark.parametrize("ack", [False, True], ids=["no acknowledgement", "acknowledged"])
+def test_a_confirm_tap_on_the_cod_question_does_not_hold_back_a_cart_reminder_a_day_after_the_question(sqlite_url, scenario,
+                                                                                                         world, monkeypatch, ack):
+    """Asha is asked to confirm her COD order; she taps Confirm 20 hours later (the store tags the order; with
+    ``send_acknowledgement`` she is thanked). A new cart she leaves the next day is reminded 24.5 hours after the question
+    went out: her tap, the tag it wrote and the thanks for it are no new order confirmation."""
+    if ack:
+        monkeypatch.setattr(harness, "TEMPLATES", [*harness.TEMPLATES, ACK])
+    cod = {"cod_confirmation": {"reminder_hours": [], "answer_window_hours": 72, "send_acknowledgement": ack}}
+    sc = scenario(sqlite_url, "shopify", journeys={**cod, **LADDER})
+    SHOPIFY.place(sc, SHOPIFY.awaiting_confirmation(1, ASHA, sc.now))
+    sc.later(minutes=1)
+    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    sc.at(T0 + timedelta(hours=20))
+    sc.tap(ASHA, "cod_confirm", ask)
+    sc.later(minutes=5)
+    assert world.shopify_ops("tagsAdd")  # the tap confirmed the order in the store
+    sc.at(T0 + timedelta(hours=24))
+    SHOPIFY.start_checkout(sc, "B", ASHA)
+    sc.at(T0 + timedelta(hours=24, minutes=31))
+
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", *(["cod_thanks_v1"] if ack else []), "cart_1_v1"]
+
+
+def test_a_cart_reminder_still_waits_out_the_day_after_the_order_confirmation(sqlite_url, scenario, world):
+    """The rule itself stands: a cart left an hour after the confirmation gets no reminder inside the 24 hours."""
+    sc = scenario(sqlite_url, "shopify", journeys={"order_confirmation": {}, **LADDER})
+    SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, sc.now, cod=False))
+    sc.later(hours=1)
+    SHOPIFY.start_checkout(sc, "B", ASHA)
+    sc.at(T0 + timedelta(hours=2))
+
+    assert sc.templates_to(ASHA) == ["order_thanks_v1"]

@@ -153,13 +153,13 @@ def test_the_overview_shows_the_known_week(app_with_week):
     assert ('<td>by source</td><td class="num">checkout 1, order 1, other 1, whatsapp 1</td><td class="num">whatsapp 1</td>'
             '<td class="num">checkout +1, order +1, other +1, whatsapp +0</td>') in entry
     assert "750.50" in html and "<svg" in html
-    # funnels: checkout 7 abandoned -> 4 reminded -> 2 recovered
-    assert re.search(r"abandoned</text>.*?>7<", html) and re.search(r"reminded</text>.*?>4<tspan[^>]*> \(57%\)", html)
+    # funnels: checkout 6 abandoned -> 4 reminded -> 2 recovered
+    assert re.search(r"abandoned</text>.*?>6<", html) and re.search(r"reminded</text>.*?>4<tspan[^>]*> \(67%\)", html)
     # the biggest leak, named with its owner
     assert "Biggest leak: Conversion</strong> — 4 customers lost this week; owner Ravi" in html
-    # lift for each journey with a holdout: checkout 40% treated vs 50% holdout, payments, reorders; intervals drawn and written
-    assert "lift −10 pp, 95% interval −91.5 pp to +71.5 pp" in html and "no evidence yet" in html
-    assert "lift +26.7 pp, 95% interval −41.8 pp to +95.2 pp" in html and "lift +25 pp, 95% interval −39.8 pp to +89.8 pp" in html
+    # lift for each journey with a holdout: checkout 50% treated vs 50% holdout, payments, reorders; intervals drawn and written
+    assert "lift ±0 pp, 95% interval −84.9 pp to +84.9 pp" in html and "no evidence yet" in html
+    assert "lift +16.7 pp, 95% interval −55.8 pp to +89.1 pp" in html and "lift +25 pp, 95% interval −39.8 pp to +89.8 pp" in html
     # message health: opt-outs against the message that preceded them
     health = html.split('id="health"')[1]
     assert re.search(r"<td>reorder.reminder</td><td>reorder_v1</td>.*?<td class=\"num\">1</td></tr>", health.replace("\n", ""))

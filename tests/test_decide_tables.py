@@ -104,10 +104,12 @@ def pending_fulfilment(status: str) -> ev.FulfillmentUpdated:
                                                             shipment_status=ev.ShipmentStatus("none"), created_at=T0, updated_at=T0))
 
 
-def checkout(updated: datetime = T0, url: str | None = "https://shop.example/recover/tok1", completed: datetime | None = None) -> ev.CheckoutUpdated:
+def checkout(updated: datetime = T0, url: str | None = "https://shop.example/recover/tok1", completed: datetime | None = None,
+             total: str = "899", product: str = "Neem face wash", phone: str | None = None) -> ev.CheckoutUpdated:
+    customer = ev.Customer(phone=ev.Phone(raw=phone, e164=phone) if phone else None)
     return ev.CheckoutUpdated(checkout=ev.Checkout(token="tok1", created_at=T0, updated_at=updated, completed_at=completed, recovery_url=url,
-                                                   total=Decimal("899"), currency="INR", customer=ev.Customer(),
-                                                   line_items=(ev.LineItem(title="Neem face wash"),)))
+                                                   total=Decimal(total), currency="INR", customer=customer,
+                                                   line_items=(ev.LineItem(title=product),)))
 
 
 def opened(**kw: Any) -> ev.ReorderWindowOpened:
@@ -536,10 +538,20 @@ CHECKOUT_CASES = [
     Case("no recovery link: nothing to send", checkout(url=None), None, facts(), CR, []),
     Case("still shopping: the ladder moves back", checkout(updated=T0 + 20 * MIN), run("checkout_recovery", LADDER, subject=CART), facts(), CR,
          ["update(abandoned_at,currency,product,recovery_url,total)", "wake:+50m"]),
-    Case("an update after a skipped first reminder: the ladder goes on, no restart", checkout(updated=T0 + H),
-         run("checkout_recovery", {**LADDER, "step": 1}, subject=CART), facts(), CR, []),
-    Case("completed before any reminder: stop", checkout(completed=T0 + H), run("checkout_recovery", LADDER, subject=CART), facts(), CR,
-         ["wake:none", "finish:completed"]),
+    Case("an update after the first reminder: the ladder goes on from its abandonment, no restart, quoting the cart as it is now",
+         checkout(updated=T0 + H, url="https://shop.example/recover/tok1-v2", total="2500", product="Rose toner"),
+         run("checkout_recovery", {**LADDER, "step": 1}, subject=CART), facts(), CR, ["update(currency,product,recovery_url,total)"],
+         state={"total": "2500", "product": "Rose toner", "recovery_url": "https://shop.example/recover/tok1-v2", "abandoned_at": None}),
+    Case("her checkout now gives a phone that is another contact's: no more reminders to the number she replaced",
+         checkout(updated=T0 + H, phone="+919811111111"), run("checkout_recovery", ONE_SENT, subject=CART), facts(contact=8), CR,
+         ["update(contact_changed_to)", "wake:none", "finish:contact_changed"], state={"contact_changed_to": 8}),
+    Case("the same phone again (the same contact): only the cart is kept current", checkout(updated=T0 + H, phone="+919876543210"),
+         run("checkout_recovery", ONE_SENT, subject=CART), facts(), CR, ["update(currency,product,recovery_url,total)"]),
+    Case("completed before it was abandoned: stop, never abandoned", checkout(completed=T0 + 20 * MIN),
+         run("checkout_recovery", LADDER, subject=CART), facts(), CR, ["wake:none", "finish:completed"], state={"abandoned": None}),
+    Case("completed after its abandonment time, before the first step fired: stop, it was abandoned", checkout(completed=T0 + H),
+         run("checkout_recovery", LADDER, subject=CART), facts(), CR, ["update(abandoned)", "wake:none", "finish:completed"],
+         state={"abandoned": True}),
     Case("completed after a reminder: wait a while for its order (the plugin posts before WooCommerce's queued order webhook)",
          checkout(completed=T0 + H), run("checkout_recovery", ONE_SENT, subject=CART), facts(), CR,
          ["update(completed_at)", "withdraw", "wake:+3h"], now=T0 + H, state={"completed_at": (T0 + H).isoformat()}),
@@ -572,7 +584,12 @@ CHECKOUT_CASES = [
          facts(), CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"],
          state={"recovered": True, "revenue": "1299", "order_id": "1042"}),
     Case("order before any reminder: converted, not recovered", bought(T0 + 10 * MIN), run("checkout_recovery", LADDER, subject=CART),
-         facts(), CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:converted"], state={"recovered": False, "revenue": "0"}),
+         facts(), CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:converted"],
+         state={"recovered": False, "revenue": "0", "abandoned": None}),
+    Case("order after the abandonment time, before a first step that comes later: converted, and it was abandoned",
+         bought(ABANDONED + 10 * MIN), run("checkout_recovery", LADDER, subject=CART), facts(), CR,
+         ["update(abandoned,currency,order_id,recovered,revenue)", "wake:none", "finish:converted"],
+         state={"recovered": False, "abandoned": True}),
     Case("order outside the window: not attributed", bought(ABANDONED + 24 * H + 7 * D + H), run("checkout_recovery", ALL_SENT, subject=CART),
          facts(), CR, ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:converted"], state={"recovered": False}),
     Case("window counts from the reminder actually sent, not the planned ladder", bought(ABANDONED + 7 * D + H),
@@ -760,8 +777,10 @@ REORDER = "reorder:1001:p:9001"
 
 
 def reordered(at: datetime, product: str = "9001") -> ev.OrderPlaced:
+    """Order #2002 (total 1299): two packs of ``product`` at 499.50, and a soap at 300."""
     return ev.OrderPlaced(order=prepaid(external_id="2002", created_at=at, updated_at=at, payment_state=ev.PaymentState.PAID,
-                                        line_items=(ev.LineItem(product_id=product, title="x"),)))
+                                        line_items=(ev.LineItem(product_id=product, title="x", quantity=2, price=Decimal("499.50")),
+                                                    ev.LineItem(product_id="31", title="soap", price=Decimal("300")))))
 
 
 REORDER_CASES = [
@@ -776,14 +795,15 @@ REORDER_CASES = [
          facts(), RO, ["wake:+14d"], now=T0 + 3 * D),
     Case("window over: no reorder", TimerFired(T0 + 14 * D), run("reorder", {**REMINDED, "sent": 2}, subject=REORDER), facts(), RO,
          ["finish:no_reorder"], now=T0 + 14 * D),
-    Case("reordered inside the window: attributed", reordered(T0 + 5 * D), run("reorder", REMINDED, subject=REORDER), facts(), RO,
+    Case("reordered inside the window: attributed, with the product's lines as its revenue (not the order's total)",
+         reordered(T0 + 5 * D), run("reorder", REMINDED, subject=REORDER), facts(), RO,
          ["update(attributed,currency,order_id,reordered,revenue)", "wake:none", "finish:reordered"],
-         state={"attributed": True, "revenue": "1299"}),
+         state={"attributed": True, "revenue": "999.00"}),
     Case("reordered after the window: not attributed", reordered(T0 + 15 * D), run("reorder", REMINDED, subject=REORDER), facts(), RO,
          ["update(attributed,currency,order_id,reordered,revenue)", "wake:none", "finish:reordered"], state={"attributed": False, "revenue": "0"}),
     Case("reordered after the reminder went out: attributed", reordered(T0 + 5 * D), run("reorder", REMINDED, subject=REORDER),
          facts(reminders_sent=(T0 + H,)), RO, ["update(attributed,currency,order_id,reordered,revenue)", "wake:none", "finish:reordered"],
-         state={"attributed": True, "revenue": "1299"}),
+         state={"attributed": True, "revenue": "999.00"}),
     Case("reordered though the reminder never went out (skipped: no consent; or still held): not attributed", reordered(T0 + 5 * D),
          run("reorder", REMINDED, subject=REORDER), facts(reminders_sent=()), RO,
          ["update(attributed,currency,order_id,reordered,revenue)", "wake:none", "finish:reordered"], state={"attributed": False, "revenue": "0"}),

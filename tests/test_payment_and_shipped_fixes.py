@@ -141,6 +141,35 @@ def test_a_payment_weeks_after_the_pay_reminder_is_not_recovered_by_it(db_url):
     assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (2, 1, str(total))
 
 
+def test_an_order_paid_before_its_pay_reminder_was_due_is_no_stalled_payment(db_url):
+    """Three card orders start pending. One is paid five minutes later (the bank was slow), one after its pay reminder,
+    one never. The report counts two stalled payments, not three: the first never stalled."""
+    settings = shopify_app(db_url, 0, templates=[PAY_TEMPLATE], journeys={"payment_recovery": {"after_minutes": 60}})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        quick, reminded, unpaid = (shopify_order(n, "pending", T0) for n in (1201, 1202, 1203))
+        for o in (quick, reminded, unpaid):
+            post(client, "orders/create", o)
+        runtime.processor.drain()
+        clock.now = T0 + 5 * MIN
+        post(client, "orders/paid", {**quick, "financial_status": "paid", "updated_at": iso(clock.now)})
+        runtime.processor.drain()
+        clock.now = T0 + 2 * H
+        runtime.processor.process_timers()
+        for _ in range(2):  # two messages to one phone go out a little apart
+            asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender(), clock=clock).drain())
+            clock.now += MIN
+        clock.now = T0 + 5 * H
+        post(client, "orders/paid", {**reminded, "financial_status": "paid", "updated_at": iso(clock.now)})
+        runtime.processor.drain()
+        sid = runtime.store_ids["shop-a"]
+        with runtime.db.engine.connect() as conn:
+            report = conversion(conn, sid, WEEK)
+    assert steps(runtime, "payment_recovery") == [("payment_recovery", "order:1202", "remind"), ("payment_recovery", "order:1203", "remind")]
+    assert (report["payments_stalled"], report["payments_reminded"], report["payments_recovered"]) == (2, 2, 1)
+
+
 # ---- payment terms: a B2B order on Net 30 is not late an hour after it was placed ----------------------
 
 

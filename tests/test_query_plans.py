@@ -55,6 +55,8 @@ NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 def test_send_history_reads_the_contacts_rows_only(conn: Any) -> None:
     plan = plan_of(conn, _HISTORY, {"cids": list(range(1, 40)), "since": NOW})
     assert "ix_outbox_contact_updated" in plan, plan
+    # when each went out: its own outbound message rows, by their index
+    assert "ix_messages_store_outbox" in plan and "SCAN messages" not in plan, plan
 
 
 def test_skipping_waiting_messages_finds_them_by_key(conn: Any) -> None:

@@ -114,9 +114,10 @@ def test_reorder_reminds_follows_up_once_and_attributes_a_reorder():
                      payment_state=ev.PaymentState.PAID, total=Decimal("499"), currency="INR", customer=ev.Customer(),
                      line_items=(ev.LineItem(product_id="777", title="Soap"),))
     assert j.decide(ev.OrderPlaced(order=other), run2, FACTS, cfg, T0) == []  # another product: keep waiting
-    again = other.model_copy(update={"line_items": (ev.LineItem(product_id="9001", variant_id="49001", title="Neem face wash", quantity=2),)})
+    again = other.model_copy(update={"line_items": (ev.LineItem(product_id="9001", variant_id="49001", title="Neem face wash", quantity=2,
+                                                                price=Decimal("249.50")),)})
     done = j.decide(ev.OrderPlaced(order=again), run2, FACTS, cfg, T0 + timedelta(days=5))
-    assert done[-1] == Finish("reordered") and done[0].state["attributed"] is True and done[0].state["revenue"] == "499"
+    assert done[-1] == Finish("reordered") and done[0].state["attributed"] is True and done[0].state["revenue"] == "499.00"
 
 
 def test_reorder_skips_a_customer_busy_in_another_journey_and_ignores_a_second_opening():
@@ -484,7 +485,8 @@ def _own_order(order_id: int, placed: datetime, phone: str, customer_id: int) ->
 def test_a_reorder_is_credited_only_after_its_reminder_went_out(db_url):
     """Three customers' windows open in one tick. Asha's reminder goes out and she reorders: credited. Bina gave no
     marketing consent, so hers is skipped; Chitra reorders while hers still waits to go out (it never does). Their
-    reorders earn the reminder nothing: the week's report counts one customer reminded, one reorder, Asha's revenue."""
+    reorders earn the reminder nothing: the week's report counts one customer reminded, one reorder, and the pack Asha
+    reordered as its revenue."""
     settings = _settings(db_url, follow_up_days=3, attribution_days=14)
     clock = Clock(T0)
     asha, bina, chitra = ((_phone(n), 600 + n) for n in (1, 2, 3))
@@ -510,7 +512,6 @@ def test_a_reorder_is_credited_only_after_its_reminder_went_out(db_url):
         _dispatch(runtime, settings, clock)
         with runtime.db.engine.connect() as conn:
             runs = {r.contact_id: r for r in conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "reorder"))}
-            asha_total = conn.execute(select(m.Order.total).where(m.Order.external_id == "4101")).scalar_one()
         week = opened_at.astimezone(store.tz).isocalendar()
         report = build_report(runtime.db, store, sid, parse_week(f"{week.year}-W{week.week:02d}", store.tz, clock.now))
     ids = {name: _contact_id(runtime, customer) for name, (_phone_, customer) in zip(("asha", "bina", "chitra"), (asha, bina, chitra))}
@@ -521,7 +522,49 @@ def test_a_reorder_is_credited_only_after_its_reminder_went_out(db_url):
         "asha": ("reordered", True), "bina": ("reordered", False), "chitra": ("reordered", False)}
     retention = report["stages"]["retention"]["metrics"]
     assert (retention["reminded"], retention["reordered_in_window"], retention["repeat_rate"]) == (1, 1, 1.0)
-    assert retention["revenue"] == str(asha_total)
+    assert retention["revenue"] == "249.50"  # her one pack of the product (not her order's total, shipping and taxes in it)
+
+
+NEEM = {"product_id": 9001, "variant_id": 49001, "sku": "NEEM-100", "title": "Neem face wash", "price": "249.50"}
+ROSE = {"product_id": 9002, "variant_id": 49002, "sku": "ROSE-200", "title": "Rose toner", "price": "180.00"}
+SOAP = {"product_id": 9003, "variant_id": 49003, "sku": "SOAP-1", "title": "Sandal soap", "price": "99.00"}
+
+
+def _basket(order_id: int, placed: datetime, *lines: tuple[dict, int]) -> dict:
+    """Asha's paid order of these (product, quantity) lines (the fixture's totals, shipping and taxes kept)."""
+    o = _order(order_id, placed)
+    base = o["line_items"][0]
+    o["line_items"] = [{**base, **item, "id": order_id * 10 + n, "quantity": qty} for n, (item, qty) in enumerate(lines)]
+    return o
+
+
+def test_one_order_reordering_two_reminded_products_credits_each_only_its_own_lines(db_url):
+    """Asha's first order had neem face wash and rose toner: both windows open, both reminders go out. She reorders
+    both in one order (two face washes, one toner) with a soap she never had before. The week's retention revenue is
+    what the two reordered products brought, 2 x 249.50 + 180.00 = 679.00: not the order's total once per product
+    (which counted the whole order twice, soap, shipping and taxes included)."""
+    settings = _settings(db_url, follow_up_days=3, attribution_days=14, cycles={"NEEM-100": "30d", "ROSE-200": "30d"})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", _basket(5001, T0, (NEEM, 1), (ROSE, 1)))
+        runtime.processor.drain()
+        clock.now = T0 + timedelta(days=32)
+        assert run_reorder_tick(runtime.db, store, sid, clock.now)[1].opened == 2
+        opened_at = clock.now
+        for _ in range(2):  # two messages to one phone go out a little apart
+            _dispatch(runtime, settings, clock)
+            clock.now += timedelta(minutes=1)
+        clock.now += timedelta(days=2)
+        _post(client, "orders/create", _basket(5002, clock.now, (NEEM, 2), (ROSE, 1), (SOAP, 1)))
+        runtime.processor.drain()
+        week = opened_at.astimezone(store.tz).isocalendar()
+        report = build_report(runtime.db, store, sid, parse_week(f"{week.year}-W{week.week:02d}", store.tz, clock.now))
+    assert [(o.step, o.status) for o in _outbox(runtime)] == [("reminder", "dry_run"), ("reminder", "dry_run")]
+    retention = report["stages"]["retention"]["metrics"]
+    assert (retention["reminded"], retention["reordered_in_window"], retention["revenue"]) == (2, 2, "679.00")
 
 
 # ---- production learning: the real full scan on a synthetic history ---------------------------

@@ -139,7 +139,7 @@ def build_week(db, store_id: int) -> None:
         w.run("cod_confirmation", {"asked_at": LAST_WEEK.isoformat(), "choice": "confirmed",
                                    "answered_at": (LAST_WEEK + timedelta(minutes=20)).isoformat()}, at=LAST_WEEK)
 
-        # conversion: 7 checkout runs (2 in the holdout)
+        # conversion: 7 checkout runs (2 in the holdout), 6 abandoned: one is still being filled in (no ladder step yet)
         w.run("checkout_recovery", {"sent": 2, "recovered": True, "revenue": "500", "order_id": "a"})
         w.run("checkout_recovery", {"sent": 1})
         w.run("checkout_recovery", {"sent": 0}, status="active")
@@ -149,7 +149,8 @@ def build_week(db, store_id: int) -> None:
         w.run("checkout_recovery", {"sent": 1}, holdout=True)
         w.run("checkout_recovery", {"sent": 1, "recovered": True, "revenue": "199.99", "order_id": "z"}, at=LAST_WEEK)
         w.run("checkout_recovery", {"sent": 1}, at=LAST_WEEK)
-        # ... and 8 stalled payments (3 in the holdout, whose reminder the runner skipped; one paid before its reminder)
+        # ... and 8 payment runs, 7 stalled (3 in the holdout, whose reminder the runner skipped); one was paid before its
+        # reminder was due, so it never stalled
         w.run("payment_recovery", {"reminded": True, "paid": True, "revenue": "100"})
         w.run("payment_recovery", {"reminded": True})
         w.run("payment_recovery", {"reminded": True, "paid": True, "revenue": "250.25"})
@@ -253,14 +254,14 @@ def test_every_kpi_of_a_hand_built_week(db):
 
     assert stages["conversion"] == {
         "owner": "Ravi", "headline": "recovery_rate",
-        "metrics": {"checkouts_abandoned": 7, "checkouts_reminded": 4, "checkouts_recovered": 2, "recovery_rate": 0.5,
-                    "recovered_revenue": "750.50", "payments_stalled": 8, "payments_reminded": 4, "payments_recovered": 2,
+        "metrics": {"checkouts_abandoned": 6, "checkouts_reminded": 4, "checkouts_recovered": 2, "recovery_rate": 0.5,
+                    "recovered_revenue": "750.50", "payments_stalled": 7, "payments_reminded": 4, "payments_recovered": 2,
                     "payment_recovery_rate": 0.5, "payment_recovered_revenue": "350.25", "lost": 4},
         "previous": {"checkouts_abandoned": 2, "checkouts_reminded": 2, "checkouts_recovered": 1, "recovery_rate": 0.5,
                      "recovered_revenue": "199.99", "payments_stalled": 1, "payments_reminded": 1, "payments_recovered": 1,
                      "payment_recovery_rate": 1.0, "payment_recovered_revenue": "40", "lost": 1},
-        "change": {"checkouts_abandoned": 5, "checkouts_reminded": 2, "checkouts_recovered": 1, "recovery_rate": 0.0,
-                   "recovered_revenue": "550.51", "payments_stalled": 7, "payments_reminded": 3, "payments_recovered": 1,
+        "change": {"checkouts_abandoned": 4, "checkouts_reminded": 2, "checkouts_recovered": 1, "recovery_rate": 0.0,
+                   "recovered_revenue": "550.51", "payments_stalled": 6, "payments_reminded": 3, "payments_recovered": 1,
                    "payment_recovery_rate": -0.5, "payment_recovered_revenue": "310.25", "lost": 3}}
 
     assert stages["post_purchase"] == {
@@ -306,10 +307,11 @@ def test_every_kpi_of_a_hand_built_week(db):
     lifts = {j: (x["treated_converted"], x["treated"], x["control_converted"], x["control"], x["lift"], x["ci95"], x["significant"])
              for j, x in r["lift"].items()}
     assert lifts == {
-        # 2 of 5 treated checkouts converted against 1 of 2 in the holdout: no evidence the reminders helped
-        "checkout_recovery": (2, 5, 1, 2, -0.1, [-0.9152, 0.7152], False),
-        # paid: 3 of 5 treated (one before its reminder, as would happen in the holdout) against 1 of 3
-        "payment_recovery": (3, 5, 1, 3, 0.2667, [-0.4181, 0.9515], False),
+        # 2 of 4 abandoned treated checkouts converted against 1 of 2 in the holdout (the one still being filled in is in
+        # neither): no evidence the reminders helped
+        "checkout_recovery": (2, 4, 1, 2, 0.0, [-0.8487, 0.8487], False),
+        # paid: 2 of 4 stalled treated against 1 of 3 (the one paid before its reminder was due is in neither group)
+        "payment_recovery": (2, 4, 1, 3, 0.1667, [-0.5577, 0.891], False),
         # reordered inside the window: 2 of 4 treated (the busy run is left out) against 1 of 4; late reorders count for neither
         "reorder": (2, 4, 1, 4, 0.25, [-0.3982, 0.8982], False),
     }
@@ -328,13 +330,48 @@ def test_a_cart_that_went_on_as_an_unpaid_order_is_one_checkout_in_the_funnel_an
         w.run("checkout_recovery", {"sent": 2, "superseded_by": "727"}, subject="checkout:wcf-a1")
         w.run("checkout_recovery", {"sent": 2, "continues": "checkout:wcf-a1", "order_id": "727", "recovered": True, "revenue": "50"},
               subject="order:727")
-        w.run("checkout_recovery", {"sent": 0}, holdout=True)  # the control group: one that did not buy
-        w.run("checkout_recovery", {"sent": 0, "order_id": "9", "recovered": False, "revenue": "0"}, holdout=True)  # and one that did
+        # the control group (abandoned: their first step fired, the holdout kept its message back): one that did not buy
+        w.run("checkout_recovery", {"step": 1, "sent": 1}, holdout=True)
+        w.run("checkout_recovery", {"step": 1, "sent": 1, "order_id": "9", "recovered": False, "revenue": "0"}, holdout=True)  # and one that did
     r = build_report(db, settings.stores[0], store_id, WEEK)
     c = r["stages"]["conversion"]["metrics"]
     assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (3, 1, 1, "50")
     lift = r["lift"]["checkout_recovery"]
     assert (lift["treated"], lift["control"], lift["lift"]) == (1, 2, 0.5)  # 1 of 1 treated bought, 1 of 2 in the holdout
+
+
+def test_only_abandoned_checkouts_and_stalled_payments_are_counted_and_compared_in_the_lift(db):
+    """A run starts with the checkout (or the order), so there is one for a checkout bought five minutes later and for an
+    order paid before its reminder was due: those were never abandoned or stalled, and count in neither the funnel nor
+    the lift, whichever group their contact is in. Runs kept before ``abandoned`` was recorded count by their ladder
+    steps (``step``; before that was kept, ``sent``); payment runs have always kept ``reminded``."""
+    settings = _settings("sqlite://")
+    store_id = sync_stores(db, [("shop-a", "shopify")])["shop-a"]
+    with db.engine.begin() as conn:
+        w = Week(conn, store_id)
+        # never abandoned: bought or completed before the abandonment time (both groups), and one still being filled in
+        w.run("checkout_recovery", {"sent": 0, "order_id": "n1", "recovered": False, "revenue": "0", "outcome": "converted"})
+        w.run("checkout_recovery", {"sent": 0, "order_id": "n2", "recovered": False, "revenue": "0", "outcome": "converted"},
+              holdout=True)
+        w.run("checkout_recovery", {"sent": 0, "outcome": "completed"}, holdout=True)
+        w.run("checkout_recovery", {"sent": 0}, status="active")
+        # abandoned: a ladder step fired while it was open, or it was bought after its abandonment time
+        w.run("checkout_recovery", {"step": 1, "sent": 1})
+        w.run("checkout_recovery", {"sent": 2, "order_id": "a1", "recovered": True, "revenue": "400"})  # kept before ``step`` was
+        w.run("checkout_recovery", {"step": 1, "sent": 0}, holdout=True)
+        w.run("checkout_recovery", {"sent": 0, "abandoned": True, "order_id": "a2", "recovered": False, "revenue": "0"}, holdout=True)
+        # payments paid before their reminder was due, in both groups: never stalled
+        w.run("payment_recovery", {"paid": True, "outcome": "paid_without_reminder"})
+        w.run("payment_recovery", {"paid": True, "outcome": "paid_without_reminder"}, holdout=True)
+        w.run("payment_recovery", {"reminded": True, "sent": 1, "paid": True, "recovered": True, "revenue": "120"})
+        w.run("payment_recovery", {"reminded": True, "sent": 1})
+        w.run("payment_recovery", {"reminded": True, "sent": 1}, holdout=True)
+    r = build_report(db, settings.stores[0], store_id, WEEK)
+    c = r["stages"]["conversion"]["metrics"]
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (4, 2, 1, "400")
+    assert (c["payments_stalled"], c["payments_reminded"], c["payments_recovered"], c["payment_recovered_revenue"]) == (3, 2, 1, "120")
+    groups = {j: (x["treated_converted"], x["treated"], x["control_converted"], x["control"]) for j, x in r["lift"].items()}
+    assert groups == {"checkout_recovery": (1, 2, 1, 2), "payment_recovery": (1, 2, 0, 1)}
 
 
 def test_recovered_revenue_leaves_out_orders_the_store_cancelled_voided_or_refunded_since(db):

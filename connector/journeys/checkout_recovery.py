@@ -2,10 +2,19 @@
 
 A checkout is abandoned after ``abandon_after_minutes`` without an update. Each reminder
 goes ``ladder_minutes[i]`` after abandonment (a discount code can be offered on a later
-step). The run stops the moment an order arrives for that checkout or from the same
-customer (phone, customer id, or email for a phone-less order: ``state.upsert_contact``),
-or the customer replies to it (a tap, words, a photo or voice note quoting one of its
-reminders, or quoting nothing while no other journey's message is what she answers:
+step). A run starts with the checkout, so one bought minutes later was never abandoned:
+``was_abandoned`` tells the runs that were (a ladder step fired while it was open, or it
+was bought or completed only after its abandonment time), and only those are the report's
+abandoned checkouts and enter its lift. A change to the checkout before the first reminder
+pushes the ladder back; after it, the ladder keeps its times and its reminders quote the
+checkout as it is now (link, total, product). A checkout that now gives a phone that is
+another contact's ends the run (``contact_changed``): no more reminders to the number she
+replaced, and a run's contact (its holdout group, its consent) is fixed when it starts, so
+the ladder does not move to the new one. The run stops the moment an order arrives for
+that checkout or from the same customer (phone, customer id, or email for a phone-less
+order: ``state.upsert_contact``), or the customer replies to it (a tap, words, a photo or
+voice note quoting one of its reminders, or quoting nothing while no other journey's message
+is what she answers:
 ``_answers``; a reaction or a sticker is no reply, ``_common.NOT_A_REPLY``); any opt-out
 ends it too (``state.end_marketing_runs``). An order after a reminder that went out (WhatsApp
 took it: sent, delivered, read) and within ``attribution_days`` of the last one before it is
@@ -42,6 +51,20 @@ STEPS = ("first", "second", "third")
 CONTINUE_WITHIN = timedelta(days=1)  # a pending order goes on from a cart whose last reminder is this recent (``_cart_reminded``)
 ORDER_EVENTS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)
 _NEVER = datetime.min.replace(tzinfo=timezone.utc)  # ranks a run with no reminder below any that had one (``_credited``)
+
+
+def ladder_step(state: dict[str, Any]) -> int:
+    """How many ladder steps fired (runs from before ``step`` was kept: ``sent``)."""
+    return int(state.get("step", state.get("sent", 0)))
+
+
+def was_abandoned(state: dict[str, Any]) -> bool:
+    """Whether a run's checkout was abandoned, not just started: still open when the ladder's first step
+    came (``step``, for a holdout run too), or bought or completed after its abandonment time but before a
+    first step that comes later (``abandoned``, ``ladder_minutes[0]`` > 0). Runs from before ``abandoned``
+    was kept count by their steps. The report's abandoned checkouts and its lift count these runs only:
+    a checkout bought five minutes in would have been bought in either group."""
+    return bool(state.get("abandoned")) or ladder_step(state) > 0
 
 
 class CheckoutRecoveryConfig(JourneyConfig):
@@ -160,8 +183,15 @@ class CheckoutRecovery:
 
     @staticmethod
     def _step(run: Run) -> int:
-        """How many ladder steps fired (runs from before ``step`` was kept: ``sent``)."""
-        return int(run.state.get("step", run.state.get("sent", 0)))
+        return ladder_step(run.state)
+
+    @staticmethod
+    def _abandoned_by(run: Run, at: datetime) -> dict[str, Any]:
+        """``abandoned`` for a run bought or completed at ``at``, past its abandonment time, before its first
+        step fired (with ``ladder_minutes[0]`` > 0, or a late timer): it was abandoned though never reminded."""
+        if was_abandoned(run.state) or "abandoned_at" not in run.state or at < datetime.fromisoformat(run.state["abandoned_at"]):
+            return {}
+        return {"abandoned": True}
 
     @staticmethod
     def _ladder_start(updated_at: datetime, config: CheckoutRecoveryConfig) -> tuple[datetime, datetime]:
@@ -179,17 +209,37 @@ class CheckoutRecovery:
                 # A reminder still waiting (quiet hours, a retry) is withdrawn now: the cart was bought
                 return [Update({"completed_at": c.completed_at.isoformat()}), Withdraw(),
                         Wake(now + timedelta(minutes=config.completed_wait_minutes))]
-            return [Wake(None), Finish("completed")]
+            late = self._abandoned_by(run, c.completed_at)
+            return [*([Update(late)] if late else []), Wake(None), Finish("completed")]
         abandoned_at, first = self._ladder_start(c.updated_at, config)
-        state = {"abandoned_at": abandoned_at.isoformat(), "recovery_url": c.recovery_url, "total": str(c.total),
-                 "currency": c.currency, "product": c.line_items[0].title if c.line_items else None}
+        state = {"abandoned_at": abandoned_at.isoformat(), **self._cart(c)}
         if run is None:
             if facts.contact_id is None or not c.recovery_url:
                 return []
             return [Start(f"checkout:{c.token}", facts.contact_id, {**state, "sent": 0}), Wake(first)]
-        if run.status == "active" and self._step(run) == 0:
+        if run.status != "active":
+            return []
+        if self._another_contact(c, run, facts):
+            # her checkout now gives another number: nothing more to the one she replaced (a typo may be a
+            # stranger's, and the link opens her checkout); the run's contact (its holdout group, its consent)
+            # is fixed, so the ladder ends rather than moving to the new number
+            return [Update({"contact_changed_to": facts.contact_id}), Wake(None), Finish("contact_changed")]
+        if self._step(run) == 0:
             return [Update(state), Wake(first)]  # still shopping: push back
-        return []
+        # back after a reminder: the next ones quote the cart as it is now, on the ladder's own times
+        return [Update(self._cart(c))] if c.recovery_url else []
+
+    @staticmethod
+    def _cart(c: ev.Checkout) -> dict[str, Any]:
+        """What the reminders quote: the checkout's link, total and first product, as last heard."""
+        return {"recovery_url": c.recovery_url, "total": str(c.total), "currency": c.currency,
+                "product": c.line_items[0].title if c.line_items else None}
+
+    @staticmethod
+    def _another_contact(c: ev.Checkout, run: Run, facts: Facts) -> bool:
+        """Whether the checkout now gives a phone that is another contact's than the run's (she corrected it)."""
+        return c.customer.phone is not None and facts.contact_id is not None and run.contact_id is not None \
+            and facts.contact_id != run.contact_id
 
     def _unpaid_order(self, event: Any, run: Run | None, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
         """A WooCommerce pending/failed order as a checkout: ladder while unpaid, recovered once paid.
@@ -326,8 +376,9 @@ class CheckoutRecovery:
             if run.status != "active":
                 return []
             return [Update({"converted_elsewhere": order.external_id}), Wake(None), Finish("converted_elsewhere")]
-        recovered = self._attributed(run, facts, config, at or order.created_at)
-        commands: list[Command] = [Update({"order_id": order.external_id, "recovered": recovered,
+        at = at or order.created_at
+        recovered = self._attributed(run, facts, config, at)
+        commands: list[Command] = [Update({"order_id": order.external_id, "recovered": recovered, **self._abandoned_by(run, at),
                                            "revenue": str(order.total) if recovered else "0", "currency": order.currency})]
         if run.status == "active":
             commands += [Wake(None), Finish("recovered" if recovered else "converted")]

@@ -87,6 +87,13 @@ class PaymentRecovery:
         return []
 
 
+def stalled(state: dict[str, Any]) -> bool:
+    """Whether a run's payment stalled: still pending when the reminder came (``reminded``, kept since the
+    journey began, for a holdout run too, whose reminder the runner skips). An order paid minutes after it
+    was placed was never stalled: the report's stalled payments and its lift count these runs only."""
+    return bool(state.get("reminded"))
+
+
 def _within_window(sent: tuple[datetime, ...] | None, paid_at: datetime, config: PaymentRecoveryConfig) -> bool:
     """Whether a payment at ``paid_at`` came within ``attribution_days`` of the reminder that went out
     last before it (its time unknown, a run stored before sends were told: it counts, as it did)."""

@@ -4,7 +4,8 @@ The window scan (connector/reorder/windows.py) raises ``ReorderWindowOpened`` wh
 delivery (or fulfilment, or the order date, plus transit) plus the product's cycle times
 the quantity, minus ``lead_days``, has passed. The journey sends the reminder with the
 cart link, optionally one follow-up, and keeps listening until the attribution window
-ends: a reorder of the same product inside it is attributed (with its revenue) when a
+ends: a reorder of the same product inside it is attributed (with its revenue: that
+product's lines in the order, price x quantity, ``line_revenue``) when a
 reminder went out before it (WhatsApp took it, as the runner tells from the run's outbox rows:
 ``credits_sent_reminders``); one the gate skipped (no marketing consent, the cap), one still
 held for quiet hours when the order came, or one Meta refused earns nothing. A reply
@@ -20,6 +21,7 @@ run the journey.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from pydantic import AnyHttpUrl, Field, field_validator
@@ -134,10 +136,18 @@ class Reorder:
 
     def _reordered(self, order: ev.Order, run: Run, facts: Facts) -> list[Command]:
         key = run.state.get("product_key")
-        if not any(product_key(li.product_id, li.sku, li.title) == key for li in order.line_items):
+        lines = [li for li in order.line_items if product_key(li.product_id, li.sku, li.title) == key]
+        if not lines:
             return []  # another product: still waiting for this one
         attributed = order.created_at <= datetime.fromisoformat(run.state["attribution_ends"]) \
             and self._reminded_before(run, facts, order.created_at)
         return [Update({"order_id": order.external_id, "reordered": True, "attributed": attributed,
-                        "revenue": str(order.total) if attributed else "0", "currency": order.currency}),
+                        "revenue": str(line_revenue(lines)) if attributed else "0", "currency": order.currency}),
                 Wake(None), Finish("reordered")]
+
+
+def line_revenue(lines: list[ev.LineItem]) -> Decimal:
+    """What a reordered product brought: its lines' price x quantity. Not the order's total: one order can
+    reorder several reminded products (each run would count the whole order again) and carry other items,
+    shipping and taxes the reminder did not sell."""
+    return sum((li.price * li.quantity for li in lines), Decimal("0"))

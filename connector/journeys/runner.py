@@ -277,13 +277,10 @@ def _prefetch_for_timers(conn: Connection, store_id: int, rows: list[Any]) -> No
             cache.absent(("orders", store_id, o))
 
 
-# newest first by when each went out (its outbound message row; else the row's last change), not by
-# ``updated_at`` alone: a read receipt moves that, and Meta sends them in no set order. A message that
+# newest first by when each went out (``ob.SENT_AT``: its outbound message row; else the row's last change),
+# not by ``updated_at`` alone: a read receipt moves that, and Meta sends them in no set order. A message that
 # went out since ``since`` was updated since then too, which keeps the (contact_id, updated_at) index.
-_WENT_OUT = (select(func.min(MESSAGES.c.occurred_at))
-             .where(MESSAGES.c.store_id == OUTBOX.c.store_id, MESSAGES.c.outbox_id == OUTBOX.c.id, MESSAGES.c.direction == "out")
-             .scalar_subquery())
-_REACHED_LATELY = select(OUTBOX.c.journey, OUTBOX.c.payload, func.coalesce(_WENT_OUT, OUTBOX.c.updated_at).label("sent_at")).where(
+_REACHED_LATELY = select(OUTBOX.c.journey, OUTBOX.c.payload, ob.SENT_AT.label("sent_at")).where(
     OUTBOX.c.contact_id == bindparam("cid"), OUTBOX.c.updated_at >= bindparam("since"), OUTBOX.c.store_id == bindparam("sid"),
     OUTBOX.c.channel == "whatsapp", OUTBOX.c.status.in_(REACHED), OUTBOX.c.journey.is_not(None),
 ).order_by(OUTBOX.c.updated_at.desc()).limit(200)

@@ -24,7 +24,10 @@ from connector.storage.txcache import current
 
 SENT_STATES = ("sending", "sent", "delivered", "read", "uncertain", "dry_run")
 STATUS_RANK = {"sending": 0, "uncertain": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
-CONFIRMATION_JOURNEYS = ("order_confirmation", "cod_confirmation")
+# the message that confirms an order to the customer (the policy gate's "order confirmation"): the
+# thanks for a prepaid order, the question for a COD one. Not a COD reminder or the answer to her tap
+# (the same order, later), nor the store write-back her tap makes (a ``store`` row of the journey).
+CONFIRMATIONS = (("order_confirmation", "sent"), ("cod_confirmation", "ask"))
 
 
 def callback_for(outbox_id: int) -> str:
@@ -44,15 +47,25 @@ def _enqueue_statement(dialect: str, returning: bool = True) -> Any:
     return ins.returning(OUTBOX.c.id) if returning else ins
 
 
-# By the (contact_id, updated_at) index; the status is checked on the rows found. With
-# ``status IN (...)`` in SQL, SQLite's planner took the (status, due_at) index and read every
-# sent message of every contact (the whole send history) for each batch.
+# When a message went out: its outbound message row (by the (store_id, outbox_id) index). Not the
+# row's ``updated_at``: a status webhook (a read receipt comes hours later) moves that on. A row in
+# flight has no message yet: its last change, the claim, stands in.
+WENT_OUT = (select(func.min(MESSAGES.c.occurred_at))
+            .where(MESSAGES.c.store_id == OUTBOX.c.store_id, MESSAGES.c.outbox_id == OUTBOX.c.id, MESSAGES.c.direction == "out")
+            .scalar_subquery())
+SENT_AT = func.coalesce(WENT_OUT, OUTBOX.c.updated_at)
+
+# By the (contact_id, updated_at) index (a message that went out since ``since`` was updated since
+# then too); the status is checked on the rows found. With ``status IN (...)`` in SQL, SQLite's
+# planner took the (status, due_at) index and read every sent message of every contact (the whole
+# send history) for each batch.
 _HISTORY = (
-    select(OUTBOX.c.contact_id, OUTBOX.c.category, OUTBOX.c.journey, OUTBOX.c.updated_at, OUTBOX.c.status)
+    select(OUTBOX.c.contact_id, OUTBOX.c.category, OUTBOX.c.journey, OUTBOX.c.step, OUTBOX.c.status, SENT_AT.label("sent_at"))
     .where(
         OUTBOX.c.contact_id.in_(bindparam("cids", expanding=True)),
         OUTBOX.c.updated_at >= bindparam("since"),
-        or_(OUTBOX.c.category == "marketing", OUTBOX.c.journey.in_(CONFIRMATION_JOURNEYS)),
+        OUTBOX.c.channel == "whatsapp",
+        or_(OUTBOX.c.category == "marketing", *(and_(OUTBOX.c.journey == j, OUTBOX.c.step == s) for j, s in CONFIRMATIONS)),
     )
 )
 
@@ -175,7 +188,8 @@ def contact_facts(conn: Connection, contact_ids: list[int]) -> dict[int, Contact
 
 
 def send_history(conn: Connection, contact_ids: list[int], since: datetime) -> dict[int, SendHistory]:
-    """Marketing sends and order confirmations per contact since ``since`` (one query).
+    """Marketing sends and order confirmations (``CONFIRMATIONS``) per contact since ``since``, each at
+    when it went out (one query).
 
     Inside the processor's transaction cache a contact's history is read once per batch
     (queueing only adds pending or skipped rows, which do not count; a status update of
@@ -200,12 +214,12 @@ def _history(conn: Connection, contact_ids: list[int], since: datetime) -> dict[
     marketing: dict[int, list[datetime]] = {}
     confirmed: dict[int, datetime] = {}
     for r in rows:
-        if r.status not in SENT_STATES:
+        if r.status not in SENT_STATES or r.sent_at < since:
             continue
         if r.category == "marketing":
-            marketing.setdefault(r.contact_id, []).append(r.updated_at)
-        if r.journey in CONFIRMATION_JOURNEYS and (r.contact_id not in confirmed or confirmed[r.contact_id] < r.updated_at):
-            confirmed[r.contact_id] = r.updated_at
+            marketing.setdefault(r.contact_id, []).append(r.sent_at)
+        if (r.journey, r.step) in CONFIRMATIONS and (r.contact_id not in confirmed or confirmed[r.contact_id] < r.sent_at):
+            confirmed[r.contact_id] = r.sent_at
     return {
         cid: SendHistory(tuple(sorted(marketing.get(cid, ()))), confirmed.get(cid)) for cid in set(marketing) | set(confirmed)
     }

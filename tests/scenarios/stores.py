@@ -89,6 +89,10 @@ class ShopifyStore(_Store):
     def checkout_delivery(self, sc: Scenario, key: str, phone: str, *, opt_in: bool = True) -> Delivery:
         return sc.shopify_delivery("checkouts/create", p.shopify_checkout(self.token(key), phone, sc.now, accepts_marketing=opt_in))
 
+    def change_checkout(self, sc: Scenario, key: str, phone: str, *, total: str) -> None:
+        """She comes back to checkout ``key`` and changes it (``total``; ``phone``: the number she gives now)."""
+        sc.shopify("checkouts/update", {**p.shopify_checkout(self.token(key), phone, T0, total=total), "updated_at": p.iso(sc.now)})
+
     def pay_checkout(self, sc: Scenario, n: int, phone: str, key: str, total: str) -> None:
         """She pays: the order names the checkout it completes (``checkout_token``)."""
         self.place(sc, self.order(n, phone, sc.now, cod=False, total=total, checkout=key))
@@ -140,6 +144,10 @@ class WooStore(_Store):
     def checkout_delivery(self, sc: Scenario, key: str, phone: str, *, opt_in: bool = True) -> Delivery:
         """``opt_in=False``: the plugin's default, a captured cart is not consent."""
         return sc.cart_delivery(p.woo_cart(self.SESSIONS[key], phone, opt_in=opt_in))
+
+    def change_checkout(self, sc: Scenario, key: str, phone: str, *, total: str) -> None:
+        """The plugin posts the cart again, changed (``total``; ``phone``: the number she gives now)."""
+        sc.cart(p.woo_cart(self.SESSIONS[key], phone, total=total))
 
     def pay_checkout(self, sc: Scenario, n: int, phone: str, key: str, total: str) -> None:
         """She pays: a WooCommerce order says nothing of the plugin's cart."""
