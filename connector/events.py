@@ -66,6 +66,25 @@ class ShipmentStatus(StrEnum):
 DELIVERED_STATUSES = frozenset({ShipmentStatus.DELIVERED, ShipmentStatus.PICKED_UP})
 
 
+class SalesChannel(StrEnum):
+    """Where the order was placed. ``pos``: at the store's till (Shopify POS), the customer in the
+    shop; the order-placed journeys (confirmation, COD, payment) leave it alone unless a store asks."""
+
+    ONLINE = "online"
+    POS = "pos"
+
+
+class Delivery(StrEnum):
+    """How the goods reach the customer; only a ``shipping`` order gets shipped/delivered messages.
+
+    ``pickup``: the customer collects it at the store (a fulfilment is the hand-over, not a parcel);
+    ``none``: nothing to deliver (gift cards, digital goods, services) or taken home from the till."""
+
+    SHIPPING = "shipping"
+    PICKUP = "pickup"
+    NONE = "none"
+
+
 class ConsentCategory(StrEnum):
     UTILITY = "utility"
     MARKETING = "marketing"
@@ -129,6 +148,8 @@ class Order(_Fact):
     # owed only from ``payment_due_at``; terms with no date yet (due on fulfilment) leave it None.
     payment_terms: str | None = None  # the terms' type, lower case: net, fixed, fulfillment, receipt, ...
     payment_due_at: datetime | None = None
+    channel: SalesChannel = SalesChannel.ONLINE
+    delivery: Delivery = Delivery.SHIPPING
 
 
 class Checkout(_Fact):

@@ -258,6 +258,8 @@ def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: in
         "payment_url": order.payment_url,
         "tags": list(order.tags),
         "test": order.test,
+        "channel": order.channel.value,
+        "delivery": order.delivery.value,
         "placed_at": order.created_at,
         "cancelled_at": order.cancelled_at,
         "source_updated_at": order.updated_at,

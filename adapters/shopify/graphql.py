@@ -57,6 +57,7 @@ from connector.events import (
     Checkout,
     CheckoutUpdated,
     Customer,
+    Delivery,
     Event,
     FulfillmentState,
     LineItem,
@@ -65,6 +66,7 @@ from connector.events import (
     OrderPlaced,
     OrderUpdated,
     PaymentState,
+    SalesChannel,
 )
 
 MAX_QUERY_COST = 1000  # single-query ceiling (A7) [VERIFY]
@@ -78,6 +80,9 @@ _LINE_FIELDS = """
       product { id }
       originalUnitPriceSet { shopMoney { amount } }
 """
+# an order's line also says whether it ships (AbandonedCheckoutLineItem has no such field)
+_ORDER_LINE_FIELDS = _LINE_FIELDS + """      requiresShipping
+"""
 
 ORDERS_QUERY = (
     """
@@ -87,15 +92,16 @@ query StoreloopReconcileOrders($first: Int!, $cursor: String, $q: String, $lines
     nodes {
       id name createdAt updatedAt cancelledAt
       displayFinancialStatus displayFulfillmentStatus paymentGatewayNames
-      email phone currencyCode statusPageUrl tags test checkoutToken customerLocale
+      email phone currencyCode statusPageUrl tags test checkoutToken customerLocale sourceName
       currentTotalPriceSet { shopMoney { amount currencyCode } }
       customer { id firstName lastName email phone }
       shippingAddress { phone countryCodeV2 firstName lastName }
       billingAddress { phone countryCodeV2 firstName lastName }
+      shippingLine { title code }
       lineItems(first: $lines) {
         pageInfo { hasNextPage endCursor }
         nodes {"""
-    + _LINE_FIELDS
+    + _ORDER_LINE_FIELDS
     + """        }
       }
     }
@@ -112,7 +118,7 @@ query StoreloopOrderLines($id: ID!, $after: String, $lines: Int!) {
     lineItems(first: $lines, after: $after) {
       pageInfo { hasNextPage endCursor }
       nodes {"""
-    + _LINE_FIELDS
+    + _ORDER_LINE_FIELDS
     + """      }
     }
   }
@@ -122,9 +128,9 @@ query StoreloopOrderLines($id: ID!, $after: String, $lines: Int!) {
 
 
 def node_cost(lines: int = LINES_PER_ORDER) -> int:
-    """Requested cost of one order node: itself, customer, 2 addresses, price set + money,
-    and the line item connection (2 + lines × (item, variant, product, price set, money))."""
-    return 1 + 1 + 2 + 2 + 2 + lines * 5
+    """Requested cost of one order node: itself, customer, 2 addresses, price set + money, the
+    shipping line, and the line item connection (2 + lines × (item, variant, product, price set, money))."""
+    return 1 + 1 + 2 + 2 + 1 + 2 + lines * 5
 
 
 def page_size_for(page_size: int, lines: int = LINES_PER_ORDER) -> int:
@@ -215,6 +221,8 @@ def _order(o: dict[str, Any], store: ShopifyStore) -> Order:
     price_set = get_obj(get_obj(o, "currentTotalPriceSet") or {}, "shopMoney") or {}
     currency = first_str(get_str(o, "currencyCode"), get_str(price_set, "currencyCode", "currentTotalPriceSet.shopMoney"))
     status_url = get_str(o, "statusPageUrl")
+    line_items, needs_shipping = _order_lines(o)
+    channel = SalesChannel.POS if (get_str(o, "sourceName") or "").lower() == "pos" else SalesChannel.ONLINE
     return Order(
         external_id=order_id_of(o),
         name=req_str(o, "name"),
@@ -230,13 +238,31 @@ def _order(o: dict[str, Any], store: ShopifyStore) -> Order:
         total=total,
         currency=currency or "",
         customer=_customer(o, store),
-        line_items=_line_items(o),
+        line_items=line_items,
         checkout_token=get_str(o, "checkoutToken"),
         status_url=status_url,
         payment_url=status_url,  # as for webhooks: the status page is where a pending payment is completed
         tags=tuple(t.strip() for t in _strings(o, "tags") if t.strip()),
         test=get_bool(o, "test"),
+        channel=channel,
+        delivery=_delivery(o, needs_shipping, channel, store),
     )
+
+
+def _delivery(o: dict[str, Any], needs_shipping: bool, channel: SalesChannel, store: ShopifyStore) -> Delivery:
+    """As the webhook's (normalize._delivery): nothing that ships is ``none``, a shipping line named
+    as a pickup location (``pickup_lines``) ``pickup``, a POS sale without one ``none``."""
+    if not needs_shipping:
+        return Delivery.NONE
+    line = get_obj(o, "shippingLine") or {}
+    if store.pickup_lines:
+        for key in ("title", "code"):
+            name = get_str(line, key, "shippingLine")
+            if name and name.strip().lower() in store.pickup_lines:
+                return Delivery.PICKUP
+    if channel is SalesChannel.POS and not line:
+        return Delivery.NONE
+    return Delivery.SHIPPING
 
 
 def _strings(o: dict[str, Any], key: str) -> list[str]:
@@ -284,9 +310,17 @@ def _customer(o: dict[str, Any], store: ShopifyStore) -> Customer:
 
 
 def _line_items(o: dict[str, Any]) -> tuple[LineItem, ...]:
+    return _order_lines(o)[0]
+
+
+def _order_lines(o: dict[str, Any]) -> tuple[tuple[LineItem, ...], bool]:
+    """The lines, and whether any ships (``requiresShipping``; absent, as on a checkout's line, or no
+    lines at all: taken to ship)."""
     connection = get_obj(o, "lineItems") or {}
     items = []
+    ships = False
     for where, li in get_objects(connection, "nodes", "lineItems"):
+        ships = ships or get_bool(li, "requiresShipping", where, default=True)
         variant = get_obj(li, "variant", where) or {}
         product = get_obj(li, "product", where) or {}
         price = _money(li, "originalUnitPriceSet", where)
@@ -301,7 +335,7 @@ def _line_items(o: dict[str, Any]) -> tuple[LineItem, ...]:
                 price=Decimal("0") if price is None else price,
             )
         )
-    return tuple(items)
+    return tuple(items), ships or not items
 
 
 def lines_truncated(node: dict[str, Any]) -> str | None:

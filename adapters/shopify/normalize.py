@@ -46,6 +46,7 @@ from connector.events import (
     ConsentState,
     Customer,
     CustomerUpdated,
+    Delivery,
     Event,
     Fulfillment,
     FulfillmentState,
@@ -59,6 +60,7 @@ from connector.events import (
     OrderUpdated,
     PaymentState,
     ProductUpdated,
+    SalesChannel,
     ShipmentStatus,
 )
 
@@ -134,6 +136,8 @@ def _order(o: Body, store: ShopifyStore) -> Order:
     total = get_decimal(o, "current_total_price")
     if total is None:
         total = req_decimal(o, "total_price")
+    line_items, needs_shipping = _order_lines(o)
+    channel = SalesChannel.POS if (get_str(o, "source_name") or "").lower() == "pos" else SalesChannel.ONLINE
     return Order(
         external_id=req_id(o, "id"),
         name=req_str(o, "name"),
@@ -148,7 +152,7 @@ def _order(o: Body, store: ShopifyStore) -> Order:
         total=total,
         currency=req_str(o, "currency"),
         customer=_customer(o, store, phone_keys=("phone",)),
-        line_items=_line_items(o),
+        line_items=line_items,
         checkout_token=get_str(o, "checkout_token"),
         status_url=get_str(o, "order_status_url"),
         # Shopify sends no separate pay link; the order status page is where a customer
@@ -158,7 +162,32 @@ def _order(o: Body, store: ShopifyStore) -> Order:
         test=get_bool(o, "test"),
         payment_terms=terms,
         payment_due_at=due_at,
+        channel=channel,
+        delivery=_delivery(o, needs_shipping, channel, store),
     )
+
+
+def _delivery(o: Body, needs_shipping: bool, channel: SalesChannel, store: ShopifyStore) -> Delivery:
+    """How the order reaches the customer, from what the order webhook carries.
+
+    Nothing to ship (every line ``requires_shipping: false``: gift cards, digital goods) is
+    ``none``; a shipping line named as one of the store's pickup locations (``pickup_lines``) is
+    ``pickup`` (Shopify's REST order marks a pickup no other way: its line is titled after the
+    location, ``source`` "shopify", like any rate); a POS sale without a shipping line was taken
+    home from the till (``none``); everything else ships."""
+    if not needs_shipping:
+        return Delivery.NONE
+    lines = [(where, line) for where, line in get_objects(o, "shipping_lines") if not get_bool(line, "is_removed", where)]
+    pickup = store.pickup_lines
+    if pickup:
+        for where, line in lines:
+            for key in ("title", "code"):
+                name = get_str(line, key, where)
+                if name and name.strip().lower() in pickup:
+                    return Delivery.PICKUP
+    if channel is SalesChannel.POS and not lines:
+        return Delivery.NONE
+    return Delivery.SHIPPING
 
 
 def _gateway_names(o: Body) -> tuple[str, ...]:
@@ -193,8 +222,16 @@ def _tags(o: Body) -> tuple[str, ...]:
 
 
 def _line_items(o: Body) -> tuple[LineItem, ...]:
+    return _order_lines(o)[0]
+
+
+def _order_lines(o: Body) -> tuple[tuple[LineItem, ...], bool]:
+    """The lines, and whether any of them ships (``requires_shipping``, absent counts as yes; an
+    order without lines is taken to ship, as before the flag was read)."""
     items = []
+    ships = False
     for where, li in get_objects(o, "line_items"):
+        ships = ships or get_bool(li, "requires_shipping", where, default=True)
         items.append(
             LineItem(
                 external_id=get_id(li, "id", where),
@@ -206,7 +243,7 @@ def _line_items(o: Body) -> tuple[LineItem, ...]:
                 price=_or_zero(get_decimal(li, "price", where)),
             )
         )
-    return tuple(items)
+    return tuple(items), ships or not items
 
 
 def _or_zero(value: Decimal | None) -> Decimal:

@@ -257,6 +257,9 @@ class Order(Base):
     payment_url: Mapped[str | None] = mapped_column(Text)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     test: Mapped[bool] = mapped_column(Boolean, default=False)
+    # events.SalesChannel / events.Delivery: a till sale or a pickup gets no order-placed or shipping messages
+    channel: Mapped[str] = mapped_column(String(16), default="online", server_default="online")
+    delivery: Mapped[str] = mapped_column(String(16), default="shipping", server_default="shipping")
     placed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     source_updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

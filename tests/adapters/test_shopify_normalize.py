@@ -23,6 +23,7 @@ from connector.events import (
     ConsentChanged,
     ConsentState,
     CustomerUpdated,
+    Delivery,
     FulfillmentState,
     FulfillmentUpdated,
     OrderCancelled,
@@ -31,6 +32,7 @@ from connector.events import (
     OrderPlaced,
     OrderUpdated,
     PaymentState,
+    SalesChannel,
     ShipmentStatus,
     dump_events,
     load_events,
@@ -573,3 +575,71 @@ def test_payment_terms_shapes(terms: Any, kind: str | None, due: datetime | None
 def test_malformed_payment_terms_name_the_field() -> None:
     with pytest.raises(NormalizationError, match="payment_terms.due_in_days"):
         on_terms({**NET_30, "payment_schedules": [], "due_in_days": "thirty"})
+
+
+# ---- where the order was placed and how it reaches the customer ------------------------------
+
+PICKUP_LINE = {"id": 7001, "code": "Main Street Store", "title": "Main Street Store", "source": "shopify", "price": "0.00",
+               "carrier_identifier": None, "delivery_category": None, "is_removed": False}
+
+
+def sold(source_name: str = "web", shipping_lines: list | None = None, requires_shipping: bool | None = True) -> Any:
+    """The sample order (paid, open) placed through ``source_name`` with these shipping lines."""
+    body = load("orders_create")
+    body.update(source_name=source_name, financial_status="paid", cancelled_at=None, test=False)
+    if shipping_lines is not None:
+        body["shipping_lines"] = shipping_lines
+    for li in body["line_items"]:
+        li["requires_shipping"] = requires_shipping
+    return only(normalize("orders/create", body, STORE)).order
+
+
+PICKUP_STORE = make_store(pickup_lines=[" main street STORE "])  # as a store owner may type it
+
+
+def test_the_sample_web_order_ships() -> None:
+    order = only(normalize("orders/create", load("orders_create"), STORE)).order
+    assert (order.channel, order.delivery) == (SalesChannel.ONLINE, Delivery.SHIPPING)
+
+
+def test_a_sale_at_the_till_is_a_pos_order_with_nothing_to_ship() -> None:
+    """A POS sale (``source_name`` pos, no shipping line): the customer left the shop with it, so the
+    journeys must not thank them for an order or tell them it has shipped."""
+    order = sold("pos", shipping_lines=[])
+    assert (order.channel, order.delivery) == (SalesChannel.POS, Delivery.NONE)
+
+
+def test_a_pos_order_shipped_to_the_customer_still_ships() -> None:
+    order = sold("pos")  # the sample's shipping line: "ship to customer" from the till
+    assert (order.channel, order.delivery) == (SalesChannel.POS, Delivery.SHIPPING)
+
+
+def test_a_shipping_line_named_as_a_pickup_location_is_a_pickup() -> None:
+    body = load("orders_create")
+    body["shipping_lines"] = [PICKUP_LINE]
+    assert only(normalize("orders/create", body, PICKUP_STORE)).order.delivery is Delivery.PICKUP
+    # the webhook marks a pickup no other way: a store that names no pickup location gets a shipping order
+    assert only(normalize("orders/create", body, STORE)).order.delivery is Delivery.SHIPPING
+    # a removed line is not the order's delivery method
+    body["shipping_lines"] = [{**PICKUP_LINE, "is_removed": True}]
+    assert only(normalize("orders/create", body, PICKUP_STORE)).order.delivery is Delivery.SHIPPING
+
+
+def test_an_order_with_nothing_that_requires_shipping_has_nothing_to_deliver() -> None:
+    assert sold(requires_shipping=False).delivery is Delivery.NONE
+    assert sold(requires_shipping=None).delivery is Delivery.SHIPPING  # not said: ships, as before
+
+
+def test_the_reconciled_order_reads_channel_and_delivery_the_same_way() -> None:
+    from adapters.shopify.graphql import normalize_node
+
+    node = {"id": "gid://shopify/Order/77", "name": "#1077", "createdAt": "2026-11-20T06:00:00Z", "updatedAt": "2026-11-20T06:00:00Z",
+            "displayFinancialStatus": "PAID", "paymentGatewayNames": ["shopify_payments"], "currencyCode": "INR",
+            "currentTotalPriceSet": {"shopMoney": {"amount": "1299.00", "currencyCode": "INR"}}, "sourceName": "pos",
+            "shippingLine": None, "lineItems": {"nodes": [{"id": "gid://shopify/LineItem/1", "quantity": 1, "title": "Tea",
+                                                          "requiresShipping": True}]}}
+    order = only(normalize_node(node, STORE)).order
+    assert (order.channel, order.delivery) == (SalesChannel.POS, Delivery.NONE)
+    picked = {**node, "sourceName": "web", "shippingLine": {"title": "Main Street Store", "code": "Main Street Store"}}
+    assert only(normalize_node(picked, PICKUP_STORE)).order.delivery is Delivery.PICKUP
+    assert only(normalize_node(picked, STORE)).order.delivery is Delivery.SHIPPING
