@@ -80,8 +80,9 @@ _LINE_FIELDS = """
       product { id }
       originalUnitPriceSet { shopMoney { amount } }
 """
-# an order's line also says whether it ships (AbandonedCheckoutLineItem has no such field)
-_ORDER_LINE_FIELDS = _LINE_FIELDS + """      requiresShipping
+# an order's line also says how many the customer still has and whether it ships
+# (AbandonedCheckoutLineItem has neither field)
+_ORDER_LINE_FIELDS = _LINE_FIELDS + """      currentQuantity requiresShipping
 """
 
 ORDERS_QUERY = (
@@ -314,12 +315,18 @@ def _line_items(o: dict[str, Any]) -> tuple[LineItem, ...]:
 
 
 def _order_lines(o: dict[str, Any]) -> tuple[tuple[LineItem, ...], bool]:
-    """The lines, and whether any ships (``requiresShipping``; absent, as on a checkout's line, or no
-    lines at all: taken to ship)."""
+    """The lines the customer still has (``currentQuantity``: a line removed by an edit or refunded
+    and restocked is at 0 and left out, as the webhook's ``current_quantity``), and whether any ships
+    (``requiresShipping``; absent, as on a checkout's line, or no lines at all: taken to ship)."""
     connection = get_obj(o, "lineItems") or {}
     items = []
     ships = False
     for where, li in get_objects(connection, "nodes", "lineItems"):
+        quantity = get_int(li, "currentQuantity", where)
+        if quantity is None:
+            quantity = get_int(li, "quantity", where, default=1)
+        elif quantity <= 0:
+            continue
         ships = ships or get_bool(li, "requiresShipping", where, default=True)
         variant = get_obj(li, "variant", where) or {}
         product = get_obj(li, "product", where) or {}
@@ -331,7 +338,7 @@ def _order_lines(o: dict[str, Any]) -> tuple[tuple[LineItem, ...], bool]:
                 variant_id=legacy_id(variant.get("id"), f"{where}.variant.id"),
                 sku=get_str(li, "sku", where),
                 title=get_str(li, "title", where) or "",
-                quantity=get_int(li, "quantity", where, default=1),
+                quantity=quantity,
                 price=Decimal("0") if price is None else price,
             )
         )

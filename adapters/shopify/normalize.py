@@ -226,11 +226,20 @@ def _line_items(o: Body) -> tuple[LineItem, ...]:
 
 
 def _order_lines(o: Body) -> tuple[tuple[LineItem, ...], bool]:
-    """The lines, and whether any of them ships (``requires_shipping``, absent counts as yes; an
-    order without lines is taken to ship, as before the flag was read)."""
+    """The lines the customer still has, and whether any of them ships.
+
+    ``current_quantity`` (REST 2024-01 on) is the quantity after removals: a line an order edit
+    took out, or refunded and restocked, is at 0 and is no purchase (no reorder reminder for
+    it); absent (a checkout's line, an older payload), ``quantity`` counts. ``requires_shipping``
+    absent counts as yes; an order without lines is taken to ship, as before the flag was read."""
     items = []
     ships = False
     for where, li in get_objects(o, "line_items"):
+        quantity = get_int(li, "current_quantity", where)
+        if quantity is None:
+            quantity = get_int(li, "quantity", where, default=1)
+        elif quantity <= 0:
+            continue
         ships = ships or get_bool(li, "requires_shipping", where, default=True)
         items.append(
             LineItem(
@@ -239,7 +248,7 @@ def _order_lines(o: Body) -> tuple[tuple[LineItem, ...], bool]:
                 variant_id=get_id(li, "variant_id", where),
                 sku=get_str(li, "sku", where),
                 title=first_str(get_str(li, "title", where), get_str(li, "name", where)) or "",
-                quantity=get_int(li, "quantity", where, default=1),
+                quantity=quantity,
                 price=_or_zero(get_decimal(li, "price", where)),
             )
         )

@@ -507,7 +507,8 @@ def broken(name: str, mutate: Any) -> dict[str, Any]:
         ("orders/create", broken("orders_create", lambda b: b.update(current_total_price="abc")), "current_total_price"),
         ("orders/create", broken("orders_create", lambda b: b.update(line_items="none")), "line_items"),
         ("orders/create", broken("orders_create", lambda b: b["line_items"].append(7)), "line_items[5]"),
-        ("orders/create", broken("orders_create", lambda b: b["line_items"][0].update(quantity="x")), "quantity"),
+        ("orders/create", broken("orders_create", lambda b: b["line_items"][0].update(current_quantity="x")), "current_quantity"),
+        ("orders/create", broken("orders_create", lambda b: b["line_items"][0].update(current_quantity=None, quantity="x")), "quantity"),
         ("orders/create", broken("orders_create", lambda b: b.update(shipping_address=[])), "shipping_address"),
         ("orders/create", broken("orders_create", lambda b: b.update(test="yes")), "test"),
         ("orders/create", broken("orders_create", lambda b: b.update(tags=5)), "tags"),
@@ -643,3 +644,43 @@ def test_the_reconciled_order_reads_channel_and_delivery_the_same_way() -> None:
     picked = {**node, "sourceName": "web", "shippingLine": {"title": "Main Street Store", "code": "Main Street Store"}}
     assert only(normalize_node(picked, PICKUP_STORE)).order.delivery is Delivery.PICKUP
     assert only(normalize_node(picked, STORE)).order.delivery is Delivery.SHIPPING
+
+
+# ---- lines an order edit removed, or the customer returned ------------------------------------
+
+def test_a_line_at_current_quantity_zero_is_no_purchase_and_a_reduced_one_counts_what_is_left() -> None:
+    """orders/updated after an edit or a refund with restock keeps the line at ``current_quantity`` 0:
+    stored with its original quantity, it counted as bought (a reorder reminder for what was returned)."""
+    body = load("orders_create")
+    body["line_items"][0].update(quantity=3, current_quantity=1)  # two of three taken off the order
+    body["line_items"][1].update(current_quantity=0)  # removed
+    items = only(normalize("orders/updated", body, STORE)).order.line_items
+    assert [(i.external_id, i.quantity) for i in items] == [
+        ("487817672276298554", 1), ("890123456789012345", 1), ("976318377106520349", 1), ("315789986012684393", 1)]
+
+
+def test_a_payload_without_current_quantity_keeps_the_quantity() -> None:
+    body = load("orders_create")
+    for li in body["line_items"]:
+        del li["current_quantity"]
+    assert [i.quantity for i in only(normalize("orders/create", body, STORE)).order.line_items] == [1] * 5
+
+
+def test_only_returned_goods_leave_nothing_that_ships_and_nothing_bought() -> None:
+    """Every line returned: no purchase left; the order keeps its delivery as before (it is taken to ship)."""
+    body = load("orders_create")
+    for li in body["line_items"]:
+        li["current_quantity"] = 0
+    order = only(normalize("orders/updated", body, STORE)).order
+    assert (order.line_items, order.delivery) == ((), Delivery.SHIPPING)
+
+
+def test_the_reconciled_order_drops_removed_lines_the_same_way() -> None:
+    from adapters.shopify.graphql import normalize_node
+
+    lines = [{"id": "gid://shopify/LineItem/1", "quantity": 2, "currentQuantity": 0, "title": "Soap"},
+             {"id": "gid://shopify/LineItem/2", "quantity": 3, "currentQuantity": 2, "title": "Tea"}]
+    node = {"id": "gid://shopify/Order/77", "name": "#1077", "createdAt": "2026-11-20T06:00:00Z", "updatedAt": "2026-11-21T06:00:00Z",
+            "displayFinancialStatus": "PARTIALLY_REFUNDED", "paymentGatewayNames": ["shopify_payments"], "currencyCode": "INR",
+            "currentTotalPriceSet": {"shopMoney": {"amount": "200.00", "currencyCode": "INR"}}, "lineItems": {"nodes": lines}}
+    assert [(i.title, i.quantity) for i in only(normalize_node(node, STORE)).order.line_items] == [("Tea", 2)]
