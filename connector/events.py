@@ -163,6 +163,9 @@ class Checkout(_Fact):
     customer: Customer
     line_items: tuple[LineItem, ...] = ()
     accepts_marketing: bool = False
+    # the number the marketing opt-in was given for, when the platform names one (Shopify's
+    # sms_marketing_phone): consent is recorded for that number only, not for the customer's phone
+    marketing_phone: Phone | None = None
 
 
 class Fulfillment(_Fact):

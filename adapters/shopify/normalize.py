@@ -321,6 +321,7 @@ def _checkout(_topic: str, o: Body, store: ShopifyStore) -> list[Event]:
     if _topic == "checkouts/delete":
         return []
     created_at = req_datetime(o, "created_at")
+    customer = _customer(o, store, phone_keys=("phone", "sms_marketing_phone"))
     checkout = Checkout(
         token=req_id(o, "token"),
         created_at=created_at,
@@ -329,11 +330,13 @@ def _checkout(_topic: str, o: Body, store: ShopifyStore) -> list[Event]:
         recovery_url=get_str(o, "abandoned_checkout_url"),
         total=req_decimal(o, "total_price"),
         currency=req_str(o, "currency"),
-        customer=_customer(o, store, phone_keys=("phone", "sms_marketing_phone")),
+        customer=customer,
         line_items=_line_items(o),
         # a phone-channel opt-in only: buyer_accepts_marketing is the email checkbox, and an email
         # opt-in is no consent to WhatsApp marketing (platform-facts A5, C7)
         accepts_marketing=get_bool(o, "buyer_accepts_sms_marketing"),
+        # "Text me with news and offers" asks for its own number: the opt-in is for that one
+        marketing_phone=normalize_phone(get_str(o, "sms_marketing_phone"), customer.country),
     )
     return [CheckoutUpdated(checkout=checkout)]
 

@@ -345,6 +345,17 @@ def test_checkout_sms_marketing_phone_and_consent() -> None:
     checkout = only(normalize("checkouts/update", body, STORE)).checkout
     assert checkout.accepts_marketing is True
     assert checkout.customer.phone.e164 == "+16505551234"
+    assert checkout.marketing_phone.e164 == "+16505551234"
+
+
+def test_the_sms_opt_in_names_its_own_number_beside_the_checkout_phone() -> None:
+    """The checkout's phone is the contact; the opt-in was typed with another number: the event says
+    which, so consent goes to that number only."""
+    body = load("checkouts_create")
+    body.update(phone="+14155550100", buyer_accepts_sms_marketing=True, sms_marketing_phone="(415) 555-0199")  # a US address
+    checkout = only(normalize("checkouts/update", body, STORE)).checkout
+    assert (checkout.customer.phone.e164, checkout.marketing_phone.e164, checkout.accepts_marketing) == ("+14155550100", "+14155550199", True)
+    assert only(normalize("checkouts/create", load("checkouts_create"), STORE)).checkout.marketing_phone is None  # the sample names none
 
 
 def test_an_email_marketing_tick_alone_is_no_whatsapp_marketing_consent() -> None:

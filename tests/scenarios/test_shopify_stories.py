@@ -1,14 +1,16 @@
-"""Shopify orders that are not an online parcel in the shop's own currency, end to end.
+"""Shopify stories the platform-neutral ones (test_store_journeys.py) do not tell, end to end.
 
 A sale at the store's till (Shopify POS) and an order the customer collects at the store are
-no parcel: the customer must not hear "your order has shipped". What reaches the customer's
-phone is the assertion, as in test_store_journeys.py.
+no parcel: the customer must not hear "your order has shipped". A checkout's SMS opt-in is for
+the number typed beside the checkbox, not for the checkout's contact phone. What reaches the
+customer's phone, and what the admin API shows, is the assertion.
 """
 
 from __future__ import annotations
 
 from tests.scenarios import payloads as p
 from tests.scenarios.stores import SHOPIFY
+from tests.scenarios.test_store_journeys import LADDER
 
 ASHA = "+919876543210"
 RAVI = "+919812345678"
@@ -51,3 +53,28 @@ def test_an_online_order_collected_at_the_store_is_thanked_but_never_shipped(sql
     sc.later(hours=1)
     assert sc.templates_to(ASHA) == ["order_thanks_v1"]
     assert sc.templates_to(RAVI) == ["order_thanks_v1", "shipped_v1"]  # the same steps for a parcel still tell it
+
+
+def test_a_checkout_sms_opt_in_is_recorded_for_the_number_it_was_given_for(sqlite_url, scenario, world):
+    """Checkout phone ...0100, "Text me with news and offers" ticked with ...0199: before, ...0100 got
+    marketing consent (and the cart reminders) though the opt-in was for ...0199."""
+    contact, opted_in = "+14155550100", "+14155550199"
+    sc = scenario(sqlite_url, "shopify", journeys=LADDER)
+    checkout = p.shopify_checkout("tokSMS", contact, sc.now)
+    checkout.update(sms_marketing_phone=opted_in, buyer_accepts_sms_marketing=True)
+    sc.shopify("checkouts/create", checkout)
+    sc.later(days=2)  # the whole ladder's time
+    assert sc.templates_to(contact) == []  # no marketing consent for this number: no cart reminder
+    assert sc.contact(contact)["consent"]["marketing"]["state"] == "unknown"
+    assert (sc.contact(opted_in)["consent"]["marketing"]["state"], sc.contact(opted_in)["consent"]["marketing"]["source"]) == (
+        "granted", "checkout_opt_in")
+
+
+def test_a_checkout_sms_opt_in_for_the_checkout_phone_itself_still_counts(sqlite_url, scenario, world):
+    sc = scenario(sqlite_url, "shopify", journeys=LADDER)
+    checkout = p.shopify_checkout("tokSMS", ASHA, sc.now)
+    checkout.update(sms_marketing_phone="+91 98765-43210", buyer_accepts_sms_marketing=True)  # the same number, written otherwise
+    sc.shopify("checkouts/create", checkout)
+    sc.later(hours=1)
+    assert sc.templates_to(ASHA) == ["cart_1_v1"]
+    assert sc.contact(ASHA)["consent"]["marketing"]["state"] == "granted"
