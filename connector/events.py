@@ -135,8 +135,12 @@ class Order(_Fact):
     platform_status: str | None = None
     is_cod: bool = False
     gateway_names: tuple[str, ...] = ()
-    total: Decimal
+    total: Decimal  # the shop's money: what revenue is counted in, one currency per store
     currency: str
+    # what the customer was charged, in their own currency, when it is not the shop's (Shopify
+    # Markets' presentment money): what a message shows them (the cash to have ready for COD)
+    customer_total: Decimal | None = None
+    customer_currency: str | None = None
     customer: Customer
     line_items: tuple[LineItem, ...] = ()
     checkout_token: str | None = None
@@ -158,6 +162,8 @@ class Checkout(_Fact):
     updated_at: datetime
     completed_at: datetime | None = None
     recovery_url: str | None = None
+    # what the customer saw at checkout, in their currency (Shopify: the presentment currency); only
+    # reminders show it, revenue is counted from the order
     total: Decimal
     currency: str
     customer: Customer

@@ -253,6 +253,8 @@ def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: in
         "is_cod": order.is_cod,
         "total": order.total,
         "currency": order.currency[:8],
+        "customer_total": order.customer_total,
+        "customer_currency": order.customer_currency and order.customer_currency[:8],
         "checkout_token": order.checkout_token,
         "status_url": order.status_url,
         "payment_url": order.payment_url,

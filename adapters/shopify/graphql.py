@@ -93,8 +93,8 @@ query StoreloopReconcileOrders($first: Int!, $cursor: String, $q: String, $lines
     nodes {
       id name createdAt updatedAt cancelledAt
       displayFinancialStatus displayFulfillmentStatus paymentGatewayNames
-      email phone currencyCode statusPageUrl tags test checkoutToken customerLocale sourceName
-      currentTotalPriceSet { shopMoney { amount currencyCode } }
+      email phone currencyCode presentmentCurrencyCode statusPageUrl tags test checkoutToken customerLocale sourceName
+      currentTotalPriceSet { shopMoney { amount currencyCode } presentmentMoney { amount currencyCode } }
       customer { id firstName lastName email phone }
       shippingAddress { phone countryCodeV2 firstName lastName }
       billingAddress { phone countryCodeV2 firstName lastName }
@@ -129,9 +129,10 @@ query StoreloopOrderLines($id: ID!, $after: String, $lines: Int!) {
 
 
 def node_cost(lines: int = LINES_PER_ORDER) -> int:
-    """Requested cost of one order node: itself, customer, 2 addresses, price set + money, the
-    shipping line, and the line item connection (2 + lines × (item, variant, product, price set, money))."""
-    return 1 + 1 + 2 + 2 + 1 + 2 + lines * 5
+    """Requested cost of one order node: itself, customer, 2 addresses, price set + shop and
+    presentment money, the shipping line, and the line item connection (2 + lines × (item,
+    variant, product, price set, money))."""
+    return 1 + 1 + 2 + 3 + 1 + 2 + lines * 5
 
 
 def page_size_for(page_size: int, lines: int = LINES_PER_ORDER) -> int:
@@ -221,6 +222,7 @@ def _order(o: dict[str, Any], store: ShopifyStore) -> Order:
         raise NormalizationError("currentTotalPriceSet.shopMoney.amount: missing")
     price_set = get_obj(get_obj(o, "currentTotalPriceSet") or {}, "shopMoney") or {}
     currency = first_str(get_str(o, "currencyCode"), get_str(price_set, "currencyCode", "currentTotalPriceSet.shopMoney"))
+    charged, charged_in = _charged(o, currency or "")
     status_url = get_str(o, "statusPageUrl")
     line_items, needs_shipping = _order_lines(o)
     channel = SalesChannel.POS if (get_str(o, "sourceName") or "").lower() == "pos" else SalesChannel.ONLINE
@@ -238,6 +240,8 @@ def _order(o: dict[str, Any], store: ShopifyStore) -> Order:
         gateway_names=gateways,
         total=total,
         currency=currency or "",
+        customer_total=charged,
+        customer_currency=charged_in,
         customer=_customer(o, store),
         line_items=line_items,
         checkout_token=get_str(o, "checkoutToken"),
@@ -248,6 +252,19 @@ def _order(o: dict[str, Any], store: ShopifyStore) -> Order:
         channel=channel,
         delivery=_delivery(o, needs_shipping, channel, store),
     )
+
+
+def _charged(o: dict[str, Any], shop_currency: str) -> tuple[Decimal | None, str | None]:
+    """As the webhook's (normalize._charged): ``currentTotalPriceSet.presentmentMoney`` when the
+    order's ``presentmentCurrencyCode`` is not the shop's; a node stored without them: (None, None)."""
+    presentment = get_str(o, "presentmentCurrencyCode")
+    if presentment is None or presentment.upper() == shop_currency.upper():
+        return None, None
+    money = get_obj(get_obj(o, "currentTotalPriceSet") or {}, "presentmentMoney", "currentTotalPriceSet") or {}
+    amount = get_decimal(money, "amount", "currentTotalPriceSet.presentmentMoney")
+    if amount is None:
+        return None, None
+    return amount, get_str(money, "currencyCode", "currentTotalPriceSet.presentmentMoney") or presentment.upper()
 
 
 def _delivery(o: dict[str, Any], needs_shipping: bool, channel: SalesChannel, store: ShopifyStore) -> Delivery:
@@ -382,7 +399,7 @@ query StoreloopAbandonedCheckouts($first: Int!, $cursor: String, $q: String, $li
     pageInfo { hasNextPage endCursor }
     nodes {
       id name abandonedCheckoutUrl createdAt updatedAt completedAt
-      totalPriceSet { shopMoney { amount currencyCode } }
+      totalPriceSet { presentmentMoney { amount currencyCode } }
       customer {
         id firstName lastName
         defaultEmailAddress { emailAddress marketingState }
@@ -495,10 +512,13 @@ def normalize_checkout_node(node: dict, store: ShopifyStore) -> list[Event]:
     marker = get_obj(data, MARKER) or {}
     token = get_str(marker, "token", MARKER) or link_token(data) or fallback_token(checkout_id_of(data))
     created_at = req_datetime(data, "createdAt")
-    total = _money(data, "totalPriceSet")
+    # what the customer saw, in their currency (as the checkouts/* webhook's total_price); a node
+    # stored before the poll asked for presentmentMoney has the shop's money only
+    price_set = get_obj(data, "totalPriceSet") or {}
+    price = get_obj(price_set, "presentmentMoney", "totalPriceSet") or get_obj(price_set, "shopMoney", "totalPriceSet") or {}
+    total = get_decimal(price, "amount", "totalPriceSet.presentmentMoney")
     if total is None:
-        raise NormalizationError("totalPriceSet.shopMoney.amount: missing")
-    price = get_obj(get_obj(data, "totalPriceSet") or {}, "shopMoney", "totalPriceSet") or {}
+        raise NormalizationError("totalPriceSet.presentmentMoney.amount: missing")
     customer, accepts_marketing = _checkout_customer(data, store)
     checkout = Checkout(
         token=token,
@@ -507,7 +527,7 @@ def normalize_checkout_node(node: dict, store: ShopifyStore) -> list[Event]:
         completed_at=get_datetime(data, "completedAt"),
         recovery_url=get_str(data, "abandonedCheckoutUrl"),
         total=total,
-        currency=req_str(price, "currencyCode", "totalPriceSet.shopMoney"),
+        currency=req_str(price, "currencyCode", "totalPriceSet.presentmentMoney"),
         customer=customer,
         line_items=_line_items(data),
         accepts_marketing=accepts_marketing,

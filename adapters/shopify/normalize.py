@@ -138,6 +138,8 @@ def _order(o: Body, store: ShopifyStore) -> Order:
         total = req_decimal(o, "total_price")
     line_items, needs_shipping = _order_lines(o)
     channel = SalesChannel.POS if (get_str(o, "source_name") or "").lower() == "pos" else SalesChannel.ONLINE
+    currency = req_str(o, "currency")
+    charged, charged_in = _charged(o, currency)
     return Order(
         external_id=req_id(o, "id"),
         name=req_str(o, "name"),
@@ -150,7 +152,9 @@ def _order(o: Body, store: ShopifyStore) -> Order:
         is_cod=is_cod(gateways, store.cod_gateway_names()),
         gateway_names=gateways,
         total=total,
-        currency=req_str(o, "currency"),
+        currency=currency,
+        customer_total=charged,
+        customer_currency=charged_in,
         customer=_customer(o, store, phone_keys=("phone",)),
         line_items=line_items,
         checkout_token=get_str(o, "checkout_token"),
@@ -165,6 +169,21 @@ def _order(o: Body, store: ShopifyStore) -> Order:
         channel=channel,
         delivery=_delivery(o, needs_shipping, channel, store),
     )
+
+
+def _charged(o: Body, shop_currency: str) -> tuple[Decimal | None, str | None]:
+    """What the customer was charged in their own currency, when it is not the shop's (Shopify
+    Markets): ``current_total_price_set.presentment_money`` (else ``total_price_set``'s). The sets
+    are read only for such an order: most orders are in the shop's currency."""
+    presentment = get_str(o, "presentment_currency")
+    if presentment is None or presentment.strip().upper() == shop_currency.strip().upper():
+        return None, None
+    for key in ("current_total_price_set", "total_price_set"):
+        money = get_obj(get_obj(o, key) or {}, "presentment_money", key) or {}
+        amount = get_decimal(money, "amount", f"{key}.presentment_money")
+        if amount is not None:
+            return amount, get_str(money, "currency_code", f"{key}.presentment_money") or presentment.strip().upper()
+    return None, None
 
 
 def _delivery(o: Body, needs_shipping: bool, channel: SalesChannel, store: ShopifyStore) -> Delivery:
@@ -328,8 +347,9 @@ def _checkout(_topic: str, o: Body, store: ShopifyStore) -> list[Event]:
         updated_at=get_datetime(o, "updated_at") or created_at,
         completed_at=get_datetime(o, "completed_at"),
         recovery_url=get_str(o, "abandoned_checkout_url"),
+        # the checkout's prices are in the customer's (presentment) currency; ``currency`` is the shop's
         total=req_decimal(o, "total_price"),
-        currency=req_str(o, "currency"),
+        currency=get_str(o, "presentment_currency") or req_str(o, "currency"),
         customer=customer,
         line_items=_line_items(o),
         # a phone-channel opt-in only: buyer_accepts_marketing is the email checkbox, and an email

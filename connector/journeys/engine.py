@@ -42,6 +42,8 @@ class OrderFacts:
     placed_at: datetime
     channel: str = "online"  # events.SalesChannel: "pos" is a sale at the store's till
     delivery: str = "shipping"  # events.Delivery: only "shipping" is a parcel to tell the customer about
+    customer_total: Decimal | None = None  # in the customer's currency when not the shop's: what messages show
+    customer_currency: str | None = None
 
     @property
     def ships(self) -> bool:

@@ -250,8 +250,11 @@ class Order(Base):
     fulfillment_state: Mapped[str] = mapped_column(String(24))
     platform_status: Mapped[str | None] = mapped_column(String(40))
     is_cod: Mapped[bool] = mapped_column(Boolean, default=False)
-    total: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+    total: Mapped[Decimal] = mapped_column(Numeric(14, 2))  # the shop's money (revenue)
     currency: Mapped[str] = mapped_column(String(8))
+    # the customer's own currency when it is not the shop's (events.Order.customer_total): what messages show
+    customer_total: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+    customer_currency: Mapped[str | None] = mapped_column(String(8))
     checkout_token: Mapped[str | None] = mapped_column(String(128))
     status_url: Mapped[str | None] = mapped_column(Text)
     payment_url: Mapped[str | None] = mapped_column(Text)

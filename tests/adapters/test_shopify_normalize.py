@@ -695,3 +695,59 @@ def test_the_reconciled_order_drops_removed_lines_the_same_way() -> None:
             "displayFinancialStatus": "PARTIALLY_REFUNDED", "paymentGatewayNames": ["shopify_payments"], "currencyCode": "INR",
             "currentTotalPriceSet": {"shopMoney": {"amount": "200.00", "currencyCode": "INR"}}, "lineItems": {"nodes": lines}}
     assert [(i.title, i.quantity) for i in only(normalize_node(node, STORE)).order.line_items] == [("Tea", 2)]
+
+
+# ---- Shopify Markets: the shop's money and the customer's ------------------------------------
+
+def markets_order(shop: str = "100.00", charged: str = "92.50") -> dict[str, Any]:
+    body = load("orders_create")
+    money = {"shop_money": {"amount": shop, "currency_code": "USD"}, "presentment_money": {"amount": charged, "currency_code": "EUR"}}
+    body.update(currency="USD", presentment_currency="EUR", current_total_price=shop, current_total_price_set=money)
+    return body
+
+
+def test_an_order_paid_in_another_currency_carries_what_the_customer_was_charged() -> None:
+    """The shop's money stays the total (revenue adds up in one currency); what the customer sees is kept beside it."""
+    order = only(normalize("orders/create", markets_order(), STORE)).order
+    assert (order.total, order.currency) == (Decimal("100.00"), "USD")
+    assert (order.customer_total, order.customer_currency) == (Decimal("92.50"), "EUR")
+
+
+def test_an_order_in_the_shops_own_currency_carries_no_second_amount() -> None:
+    order = only(normalize("orders/create", load("orders_create"), STORE)).order  # USD shop, USD customer
+    assert (order.customer_total, order.customer_currency) == (None, None)
+
+
+def test_without_the_current_set_the_original_presentment_total_is_taken() -> None:
+    body = markets_order()
+    body["total_price_set"] = body.pop("current_total_price_set")
+    assert only(normalize("orders/create", body, STORE)).order.customer_total == Decimal("92.50")
+
+
+def test_a_checkouts_total_is_in_the_customers_currency() -> None:
+    """The checkout webhook's ``total_price`` is in the presentment currency; ``currency`` is the shop's
+    default (REST Abandoned checkout reference): the total is labelled with the presentment currency."""
+    body = load("checkouts_create")
+    body.update(currency="USD", presentment_currency="EUR", total_price="92.50")
+    checkout = only(normalize("checkouts/update", body, STORE)).checkout
+    assert (checkout.total, checkout.currency) == (Decimal("92.50"), "EUR")
+    body.pop("presentment_currency")
+    assert only(normalize("checkouts/update", body, STORE)).checkout.currency == "USD"  # not said: the shop's
+
+
+def test_the_reconciled_order_and_polled_checkout_read_the_customers_money_the_same_way() -> None:
+    from adapters.shopify.graphql import normalize_checkout_node, normalize_node
+
+    node = {"id": "gid://shopify/Order/77", "name": "#1077", "createdAt": "2026-11-20T06:00:00Z", "updatedAt": "2026-11-20T06:00:00Z",
+            "displayFinancialStatus": "PAID", "paymentGatewayNames": ["shopify_payments"], "currencyCode": "USD",
+            "presentmentCurrencyCode": "EUR", "currentTotalPriceSet": {"shopMoney": {"amount": "100.00", "currencyCode": "USD"},
+                                                                      "presentmentMoney": {"amount": "92.50", "currencyCode": "EUR"}}}
+    order = only(normalize_node(node, STORE)).order
+    assert (order.total, order.currency, order.customer_total, order.customer_currency) == (Decimal("100.00"), "USD", Decimal("92.50"), "EUR")
+    checkout = {"id": "gid://shopify/AbandonedCheckout/5", "abandonedCheckoutUrl": "https://shop.example/1/checkouts/abc/recover?key=k",
+                "createdAt": "2026-11-20T06:00:00Z", "updatedAt": "2026-11-20T06:00:00Z",
+                "totalPriceSet": {"presentmentMoney": {"amount": "92.50", "currencyCode": "EUR"}}}
+    polled = only(normalize_checkout_node(checkout, STORE)).checkout
+    assert (polled.total, polled.currency) == (Decimal("92.50"), "EUR")
+    stored_before = {**checkout, "totalPriceSet": {"shopMoney": {"amount": "100.00", "currencyCode": "USD"}}}  # an inbox row from before
+    assert only(normalize_checkout_node(stored_before, STORE)).checkout.currency == "USD"

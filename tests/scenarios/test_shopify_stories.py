@@ -2,7 +2,8 @@
 
 A sale at the store's till (Shopify POS) and an order the customer collects at the store are
 no parcel: the customer must not hear "your order has shipped". A checkout's SMS opt-in is for
-the number typed beside the checkbox, not for the checkout's contact phone. What reaches the
+the number typed beside the checkbox, not for the checkout's contact phone. On a Shopify Markets
+store the customer sees their own currency while revenue stays in the shop's. What reaches the
 customer's phone, and what the admin API shows, is the assertion.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from tests.scenarios import payloads as p
 from tests.scenarios.stores import SHOPIFY
-from tests.scenarios.test_store_journeys import LADDER
+from tests.scenarios.test_store_journeys import LADDER, conversion
 
 ASHA = "+919876543210"
 RAVI = "+919812345678"
@@ -78,3 +79,39 @@ def test_a_checkout_sms_opt_in_for_the_checkout_phone_itself_still_counts(sqlite
     sc.later(hours=1)
     assert sc.templates_to(ASHA) == ["cart_1_v1"]
     assert sc.contact(ASHA)["consent"]["marketing"]["state"] == "granted"
+
+
+# ---- a Shopify Markets store: the shop counts in USD, this customer pays in EUR -------------------
+
+def in_euros(order: dict, shop: str = "100.00", charged: str = "92.50") -> dict:
+    """``order`` placed by a customer shopping in EUR on a USD shop (Shopify Markets)."""
+    def money(amount_shop: str, amount_charged: str) -> dict:
+        return {"shop_money": {"amount": amount_shop, "currency_code": "USD"},
+                "presentment_money": {"amount": amount_charged, "currency_code": "EUR"}}
+    return {**order, "currency": "USD", "presentment_currency": "EUR", "total_price": shop, "current_total_price": shop,
+            "total_price_set": money(shop, charged), "current_total_price_set": money(shop, charged)}
+
+
+def test_a_customer_paying_in_euros_is_asked_for_the_euros_to_have_ready(sqlite_url, scenario, world):
+    """Before: the COD ask said "USD 100.00" to a customer who will hand the courier EUR 92.50."""
+    sc = scenario(sqlite_url, "shopify", journeys={**ORDER_JOURNEYS})
+    SHOPIFY.place(sc, in_euros(SHOPIFY.order(1, ASHA, sc.now)))
+    SHOPIFY.place(sc, in_euros(SHOPIFY.order(2, RAVI, sc.now, cod=False)))
+    sc.work()
+    assert sc.last_to(ASHA, "cod_confirm_v1").params == ("Asha", SHOPIFY.name(1), "EUR 92.50")
+    assert sc.last_to(RAVI, "order_thanks_v1").params == (SHOPIFY.name(2), "EUR 92.50")
+
+
+def test_cart_reminders_show_the_customers_currency_and_the_recovered_revenue_stays_in_the_shops(sqlite_url, scenario, world):
+    """Shopify's checkout webhook gives ``total_price`` in the presentment currency and ``currency`` as the
+    shop's: before, the last reminder offered "USD 92.50". The order it recovers counts 100.00 (USD) in
+    the report, so every revenue figure of the store adds up in one currency."""
+    sc = scenario(sqlite_url, "shopify", journeys=LADDER)
+    checkout = {**p.shopify_checkout("tokEU", ASHA, sc.now, total="92.50"), "currency": "USD", "presentment_currency": "EUR"}
+    sc.shopify("checkouts/create", checkout)
+    sc.later(hours=25)
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_2_v1", "cart_3_v1"]
+    assert sc.last_to(ASHA, "cart_3_v1").params[0] == "EUR 92.50"
+    SHOPIFY.place(sc, in_euros({**SHOPIFY.order(1, ASHA, sc.now, cod=False), "checkout_token": "tokEU"}))
+    sc.later(days=8)
+    assert conversion(sc)["recovered_revenue"] == "100.00"
