@@ -196,8 +196,10 @@ def _delivery(o: Body, needs_shipping: bool, channel: SalesChannel, store: Shopi
     home from the till (``none``); everything else ships."""
     if not needs_shipping:
         return Delivery.NONE
-    lines = [(where, line) for where, line in get_objects(o, "shipping_lines") if not get_bool(line, "is_removed", where)]
     pickup = store.pickup_lines
+    if not pickup and channel is not SalesChannel.POS:
+        return Delivery.SHIPPING  # most orders: the shipping lines need not be read
+    lines = [(where, line) for where, line in get_objects(o, "shipping_lines") if not get_bool(line, "is_removed", where)]
     if pickup:
         for where, line in lines:
             for key in ("title", "code"):
