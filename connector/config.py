@@ -404,6 +404,16 @@ class ShopifyStore(_StoreBase):
     scopes: tuple[str, ...] = Field(DEFAULT_SHOPIFY_SCOPES, description="asked for by /shopify/install")
     api_version: str = Field("2026-07", pattern=r"^\d{4}-\d{2}$|^unstable$")
     api_base_url: AnyHttpUrl | None = Field(None, description="defaults to https://{shop_domain}")
+    pickup_lines: tuple[str, ...] = Field(
+        (), description="the shipping-line titles (or codes) of the store's local pickup, exact, any case: Shopify names a "
+        "pickup order's shipping line after the pickup location (e.g. 'Main Street Store') and its order webhook carries no "
+        "other sign of a pickup; such an order is collected, so it gets no shipped or delivered message")
+
+    @field_validator("pickup_lines")
+    @classmethod
+    def _pickup_lines(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Kept as the normaliser compares them: trimmed, lower case."""
+        return tuple(dict.fromkeys(v.strip().lower() for v in value if v.strip()))
 
     @field_validator("shop_domain")
     @classmethod

@@ -66,6 +66,25 @@ class ShipmentStatus(StrEnum):
 DELIVERED_STATUSES = frozenset({ShipmentStatus.DELIVERED, ShipmentStatus.PICKED_UP})
 
 
+class SalesChannel(StrEnum):
+    """Where the order was placed. ``pos``: at the store's till (Shopify POS), the customer in the
+    shop; the order-placed journeys (confirmation, COD, payment) leave it alone unless a store asks."""
+
+    ONLINE = "online"
+    POS = "pos"
+
+
+class Delivery(StrEnum):
+    """How the goods reach the customer; only a ``shipping`` order gets shipped/delivered messages.
+
+    ``pickup``: the customer collects it at the store (a fulfilment is the hand-over, not a parcel);
+    ``none``: nothing to deliver (gift cards, digital goods, services) or taken home from the till."""
+
+    SHIPPING = "shipping"
+    PICKUP = "pickup"
+    NONE = "none"
+
+
 class ConsentCategory(StrEnum):
     UTILITY = "utility"
     MARKETING = "marketing"
@@ -116,8 +135,12 @@ class Order(_Fact):
     platform_status: str | None = None
     is_cod: bool = False
     gateway_names: tuple[str, ...] = ()
-    total: Decimal
+    total: Decimal  # the shop's money: what revenue is counted in, one currency per store
     currency: str
+    # what the customer was charged, in their own currency, when it is not the shop's (Shopify
+    # Markets' presentment money): what a message shows them (the cash to have ready for COD)
+    customer_total: Decimal | None = None
+    customer_currency: str | None = None
     customer: Customer
     line_items: tuple[LineItem, ...] = ()
     checkout_token: str | None = None
@@ -129,6 +152,8 @@ class Order(_Fact):
     # owed only from ``payment_due_at``; terms with no date yet (due on fulfilment) leave it None.
     payment_terms: str | None = None  # the terms' type, lower case: net, fixed, fulfillment, receipt, ...
     payment_due_at: datetime | None = None
+    channel: SalesChannel = SalesChannel.ONLINE
+    delivery: Delivery = Delivery.SHIPPING
 
 
 class Checkout(_Fact):
@@ -137,11 +162,16 @@ class Checkout(_Fact):
     updated_at: datetime
     completed_at: datetime | None = None
     recovery_url: str | None = None
+    # what the customer saw at checkout, in their currency (Shopify: the presentment currency); only
+    # reminders show it, revenue is counted from the order
     total: Decimal
     currency: str
     customer: Customer
     line_items: tuple[LineItem, ...] = ()
     accepts_marketing: bool = False
+    # the number the marketing opt-in was given for, when the platform names one (Shopify's
+    # sms_marketing_phone): consent is recorded for that number only, not for the customer's phone
+    marketing_phone: Phone | None = None
 
 
 class Fulfillment(_Fact):

@@ -72,7 +72,8 @@ def keys_of(event: ev.Event) -> tuple[list[str], list[str], list[str]]:
             phone = o.customer.phone
             return ([phone_key(phone)] if phone else [], [o.external_id], [o.checkout_token] if o.checkout_token else [])
         case ev.CheckoutUpdated(checkout=c):
-            return ([phone_key(c.customer.phone)] if c.customer.phone else [], [], [c.token])
+            phones = [phone_key(p) for p in (c.customer.phone, c.marketing_phone if c.accepts_marketing else None) if p is not None]
+            return (phones, [], [c.token])
         case ev.FulfillmentUpdated(fulfillment=f):
             return [], [f.order_external_id], []
         case ev.CustomerUpdated() | ev.ConsentChanged() | ev.MessageReceived() | ev.ButtonReplied() | ev.MarketingPreferenceChanged():

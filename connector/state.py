@@ -253,11 +253,15 @@ def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: in
         "is_cod": order.is_cod,
         "total": order.total,
         "currency": order.currency[:8],
+        "customer_total": order.customer_total,
+        "customer_currency": order.customer_currency and order.customer_currency[:8],
         "checkout_token": order.checkout_token,
         "status_url": order.status_url,
         "payment_url": order.payment_url,
         "tags": list(order.tags),
         "test": order.test,
+        "channel": order.channel.value,
+        "delivery": order.delivery.value,
         "placed_at": order.created_at,
         "cancelled_at": order.cancelled_at,
         "source_updated_at": order.updated_at,
@@ -289,6 +293,17 @@ def _complete_checkout(conn: Connection, store_id: int, token: str, at: datetime
                 update_by_id(conn, CHECKOUTS, checkout.id, {"completed_at": at})
             return
     conn.execute(_COMPLETE_CHECKOUT, {"sid": store_id, "tok": token, "at": at})
+
+
+def _opted_in_contact(conn: Connection, store_id: int, checkout: ev.Checkout, contact_id: int | None, now: datetime) -> int | None:
+    """The contact a checkout's marketing opt-in belongs to: the number it was given for
+    (``marketing_phone``), found or created (with the buyer's name only: the email and the
+    platform's customer id name the checkout's own contact), else the checkout's contact."""
+    wanted, own = checkout.marketing_phone, checkout.customer.phone
+    if wanted is None or (own is not None and phone_key(wanted) == phone_key(own)):
+        return contact_id
+    named = ev.Customer(first_name=checkout.customer.first_name, last_name=checkout.customer.last_name)
+    return upsert_contact(conn, store_id, now, phone=wanted, customer=named)
 
 
 def apply_checkout(conn: Connection, store_id: int, checkout: ev.Checkout, contact_id: int | None) -> bool:
@@ -600,8 +615,9 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
         case ev.CheckoutUpdated(checkout=checkout):
             out.subject = f"checkout:{checkout.token}"
             out.contact_id = upsert_contact(conn, store_id, now, phone=checkout.customer.phone, customer=checkout.customer)
-            if out.contact_id is not None and checkout.accepts_marketing:
-                record_consent(conn, store_id, out.contact_id, "marketing", "granted", "checkout_opt_in", checkout.updated_at, inbox_id, only_if_unknown=True)
+            opted_in = _opted_in_contact(conn, store_id, checkout, out.contact_id, now) if checkout.accepts_marketing else None
+            if opted_in is not None:
+                record_consent(conn, store_id, opted_in, "marketing", "granted", "checkout_opt_in", checkout.updated_at, inbox_id, only_if_unknown=True)
             out.stale = not apply_checkout(conn, store_id, checkout, out.contact_id)
         case ev.OrderDeleted(order_external_id=oid):
             out.subject = f"order:{oid}"

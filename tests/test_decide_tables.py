@@ -72,7 +72,8 @@ def facts(o: ev.Order | None = None, contact: int | None = 7, **extra: Any) -> F
     of = None
     if o is not None:
         of = OrderFacts(o.external_id, o.name, o.is_cod, o.payment_state.value, o.fulfillment_state.value, o.total, o.currency,
-                        o.cancelled_at is not None, None, o.payment_url, o.checkout_token, o.created_at)
+                        o.cancelled_at is not None, None, o.payment_url, o.checkout_token, o.created_at,
+                        channel=o.channel.value, delivery=o.delivery.value)
     return Facts(store_name="Acme", contact_id=contact, first_name="Asha", order=of, extra=extra)
 
 
@@ -189,6 +190,8 @@ def table(cases: list[Case]) -> Any:
 # ---- order confirmation ---------------------------------------------------------------------
 
 OC = OrderConfirmationConfig()
+TILL = prepaid(payment_state=ev.PaymentState.PAID, channel=ev.SalesChannel.POS, delivery=ev.Delivery.NONE)  # a Shopify POS sale
+PICKUP = prepaid(payment_state=ev.PaymentState.PAID, delivery=ev.Delivery.PICKUP)  # bought online, collected at the store
 
 ORDER_CONFIRMATION = [
     Case("prepaid order: one message, done", ev.OrderPlaced(order=prepaid()), None, facts(prepaid()), OC,
@@ -221,6 +224,11 @@ ORDER_CONFIRMATION = [
          facts(woo("processing")), OC, []),
     Case("Shopify (after_payment off): a pending order is placed, confirm it", ev.OrderPlaced(order=prepaid(platform_status="pending")),
          None, facts(prepaid(platform_status="pending")), OrderConfirmationConfig(after_payment=False),
+         ["start:order:1042", "send:sent", "finish:sent"]),
+    Case("a sale at the store's till (POS): the customer has the receipt, nothing", ev.OrderPlaced(order=TILL), None, facts(TILL), OC, []),
+    Case("a till sale, the store asks to thank those too: one message", ev.OrderPlaced(order=TILL), None, facts(TILL),
+         OrderConfirmationConfig(include_pos=True), ["start:order:1042", "send:sent", "finish:sent"]),
+    Case("an online order collected at the store: thanked like any other", ev.OrderPlaced(order=PICKUP), None, facts(PICKUP), OC,
          ["start:order:1042", "send:sent", "finish:sent"]),
 ]
 
@@ -270,6 +278,10 @@ COD_CASES = [
          ["start:order:1042", "send:ask", "wake:+6h"], state={"phase": "asked", "order_name": "#1042"}),
     Case("placed with a delay: wait first", ev.OrderPlaced(order=order()), None, facts(order()), CodConfirmationConfig(delay_minutes=30),
          ["start:order:1042", "wake:+30m"], state={"phase": "waiting"}),
+    Case("a COD order taken at the store's till (POS): not asked", ev.OrderPlaced(order=order(channel=ev.SalesChannel.POS)), None,
+         facts(order(channel=ev.SalesChannel.POS)), COD, []),
+    Case("a till COD order, the store asks about those too: asked", ev.OrderPlaced(order=order(channel=ev.SalesChannel.POS)), None,
+         facts(order(channel=ev.SalesChannel.POS)), CodConfirmationConfig(include_pos=True), ["start:order:1042", "send:ask", "wake:+6h"]),
     Case("placed but already cancelled: nothing", ev.OrderPlaced(order=order(cancelled_at=T0)), None, facts(order(cancelled_at=T0)), COD, []),
     Case("delay over: ask", TimerFired(T0), run("cod_confirmation", {"phase": "waiting"}), facts(), COD,
          ["update(asked_at,phase,reminders)", "send:ask", "wake:+6h"]),
@@ -387,6 +399,15 @@ HERE_DELIVERY = routed("delivery")
 DELIVERY_CASES = [
     Case("shipped: start and tell", shipment("in_transit"), None, facts(PAID), DELIVERY,
          ["start:order:1042", "update(last_status,parcels,sent)", "send:shipped"], state={"parcels": {"9": "in_transit"}}),
+    Case("a pickup order marked picked up (a fulfilment, no carrier news): no 'shipped'", shipment("none"), None, facts(PICKUP),
+         DELIVERY, []),
+    Case("a pickup order's fulfilment with carrier-like news: still nothing", shipment("delivered"), None, facts(PICKUP), DELIVERY, []),
+    Case("a till sale fulfilled at once: no 'shipped'", shipment("none"), None, facts(TILL), DELIVERY, []),
+    Case("nothing to deliver (a gift card): no 'shipped'", shipment("none"), None,
+         facts(prepaid(payment_state=ev.PaymentState.PAID, delivery=ev.Delivery.NONE)), DELIVERY, []),
+    Case("a till sale shipped to the customer: told like any parcel", shipment("in_transit"), None,
+         facts(prepaid(payment_state=ev.PaymentState.PAID, channel=ev.SalesChannel.POS)), DELIVERY,
+         ["start:order:1042", "update(last_status,parcels,sent)", "send:shipped"]),
     Case("shipped again: nothing", shipment("in_transit"), run("delivery", {"sent": ["shipped"], "last_status": "in_transit"}), facts(PAID),
          DELIVERY, []),
     Case("out for delivery", shipment("out_for_delivery"), run("delivery", {"sent": ["shipped"]}), facts(PAID), DELIVERY,
@@ -720,6 +741,10 @@ PAYMENT_CASES = [
          PR, ["wake:none", "finish:order_deleted"]),
     Case("a binned order with no run: nothing", ev.OrderDeleted(order_external_id="1042"), None, facts(), PR, []),
     Case("payment pending: remind after an hour", ev.OrderPlaced(order=PENDING), None, facts(PENDING), PR, ["start:order:1042", "wake:+1h"]),
+    Case("pending at the store's till (POS): settled in person, no reminder", ev.OrderPlaced(order=prepaid(channel=ev.SalesChannel.POS)), None,
+         facts(prepaid(channel=ev.SalesChannel.POS)), PR, []),
+    Case("pending at the till, the store asks to remind those too", ev.OrderPlaced(order=prepaid(channel=ev.SalesChannel.POS)), None,
+         facts(prepaid(channel=ev.SalesChannel.POS)), PaymentRecoveryConfig(include_pos=True), ["start:order:1042", "wake:+1h"]),
     Case("the hour is up: the pay link, once", TimerFired(T0 + H), run("payment_recovery", {}), facts(PENDING), PR,
          ["update(reminded,sent)", "send:remind", "wake:none", "finish:reminded"], now=T0 + H, state={"reminded": True, "sent": 1}),
     Case("paid before the reminder", ev.OrderPaid(order=prepaid(payment_state=ev.PaymentState.PAID)), run("payment_recovery", {}),

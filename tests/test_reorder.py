@@ -154,7 +154,7 @@ def _order(order_id: int, placed: datetime, *, phone: str = "+91 98765 43210", q
              test=False, created_at=stamp, updated_at=stamp, processed_at=stamp, phone=phone, checkout_token=f"tok{order_id}")
     o["customer"] = {**o["customer"], "id": customer_id, "phone": phone, "first_name": "Asha"}
     o["line_items"] = [{**o["line_items"][0], "id": order_id * 10, "product_id": int(product), "variant_id": int(variant), "sku": sku,
-                        "title": "Neem face wash", "quantity": qty, "price": "249.50"}]
+                        "title": "Neem face wash", "quantity": qty, "current_quantity": qty, "price": "249.50"}]
     return o
 
 
@@ -236,6 +236,44 @@ def test_a_delivered_order_opens_its_window_once_and_a_reorder_inside_it_is_attr
     # the first window is done; the reorder has its own window, one 30-day pack from its order date + transit
     assert (windows["1001"].status, windows["1001"].reorder_order_id) == ("reordered", "1002")
     assert windows["1002"].status == "pending" and windows["1002"].anchor == "placed"
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["incremental tick", "daily full scan"])
+def test_a_product_the_customer_returned_gets_no_reorder_reminder(db_url, full):
+    """Shopify's orders/updated after a return (refunded and restocked) or an order edit keeps the line,
+    with ``current_quantity: 0``. Before, it was stored with its original quantity: the customer was
+    reminded to reorder the soap they had sent back. The window planned before the return is cancelled
+    when it comes due, whichever scan ran after the change."""
+    settings = _settings(db_url, cycles={"NEEM-100": "30d", "SOAP-1": "30d"})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        order = _order(1001, T0, qty=1)
+        soap = {**order["line_items"][0], "id": 10012, "product_id": 9002, "variant_id": 49002, "sku": "SOAP-1", "title": "Sandal soap"}
+        order["line_items"].append(soap)
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", order)
+        clock.now = T0 + timedelta(days=4)
+        _post(client, "fulfillments/update", _delivered(1001, clock.now))
+        runtime.processor.drain()
+        refresh_windows(runtime.db, store, sid, clock.now)
+        due = {w.product_key: w.opens_at for w in upcoming(runtime.db, sid, clock.now + timedelta(days=90))}
+        assert due.keys() == {"p:9001", "p:9002"} and due["p:9001"] == due["p:9002"]
+
+        clock.now += timedelta(days=2)  # the soap comes back: refunded and restocked
+        returned = {**order, "updated_at": clock.now.isoformat(), "financial_status": "partially_refunded",
+                    "line_items": [order["line_items"][0], {**soap, "current_quantity": 0, "fulfillable_quantity": 0}]}
+        _post(client, "orders/updated", returned)
+        runtime.processor.drain()
+        refresh_windows(runtime.db, store, sid, clock.now, full=full)
+        clock.now = due["p:9001"] + timedelta(hours=1)  # both windows' time
+        open_due_windows(runtime.db, store, sid, clock.now)
+        with runtime.db.engine.connect() as conn:
+            lines = conn.execute(select(m.OrderLine.sku, m.OrderLine.quantity)).all()
+            windows = {w.product_key: w.status for w in conn.execute(select(m.ReorderWindow))}
+    assert [(r.step, r.payload["message"]["body"][1]["text"]) for r in _outbox(runtime)] == [("reminder", "Neem face wash")]
+    assert lines == [("NEEM-100", 1)] and windows == {"p:9001": "opened", "p:9002": "cancelled"}
 
 
 def test_history_imported_late_expires_instead_of_messaging_and_an_earlier_reorder_skips_the_window(db_url):
@@ -534,7 +572,7 @@ def _basket(order_id: int, placed: datetime, *lines: tuple[dict, int]) -> dict:
     """Asha's paid order of these (product, quantity) lines (the fixture's totals, shipping and taxes kept)."""
     o = _order(order_id, placed)
     base = o["line_items"][0]
-    o["line_items"] = [{**base, **item, "id": order_id * 10 + n, "quantity": qty} for n, (item, qty) in enumerate(lines)]
+    o["line_items"] = [{**base, **item, "id": order_id * 10 + n, "quantity": qty, "current_quantity": qty} for n, (item, qty) in enumerate(lines)]
     return o
 
 

@@ -984,8 +984,8 @@ def test_backfill_from_the_cli_counts_first_streams_page_by_page_and_stops_the_i
     assert count["q"] == fake.queries[0]["q"] and count["q"].startswith("updated_at:>='")
     assert "40 of 40 order(s) read in 3 page(s); 40 new inbox row(s)" in result.output
     assert "2 product(s) read, 2 with new tags or cycle" in result.output
-    # each page was committed before the next was asked for: 17 orders a page (the query cost ceiling)
-    assert stored_before_page == [0, 17, 34]
+    # each page was committed before the next was asked for: 16 orders a page (the query cost ceiling)
+    assert stored_before_page == [0, 16, 32]
     assert [q["cursor"] is None for q in fake.queries] == [True, False, False]
     assert "hint:" not in result.output
     again = cli()

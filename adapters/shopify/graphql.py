@@ -57,6 +57,7 @@ from connector.events import (
     Checkout,
     CheckoutUpdated,
     Customer,
+    Delivery,
     Event,
     FulfillmentState,
     LineItem,
@@ -65,6 +66,7 @@ from connector.events import (
     OrderPlaced,
     OrderUpdated,
     PaymentState,
+    SalesChannel,
 )
 
 MAX_QUERY_COST = 1000  # single-query ceiling (A7) [VERIFY]
@@ -78,6 +80,10 @@ _LINE_FIELDS = """
       product { id }
       originalUnitPriceSet { shopMoney { amount } }
 """
+# an order's line also says how many the customer still has and whether it ships
+# (AbandonedCheckoutLineItem has neither field)
+_ORDER_LINE_FIELDS = _LINE_FIELDS + """      currentQuantity requiresShipping
+"""
 
 ORDERS_QUERY = (
     """
@@ -87,15 +93,16 @@ query StoreloopReconcileOrders($first: Int!, $cursor: String, $q: String, $lines
     nodes {
       id name createdAt updatedAt cancelledAt
       displayFinancialStatus displayFulfillmentStatus paymentGatewayNames
-      email phone currencyCode statusPageUrl tags test checkoutToken customerLocale
-      currentTotalPriceSet { shopMoney { amount currencyCode } }
+      email phone currencyCode presentmentCurrencyCode statusPageUrl tags test checkoutToken customerLocale sourceName
+      currentTotalPriceSet { shopMoney { amount currencyCode } presentmentMoney { amount currencyCode } }
       customer { id firstName lastName email phone }
       shippingAddress { phone countryCodeV2 firstName lastName }
       billingAddress { phone countryCodeV2 firstName lastName }
+      shippingLine { title code }
       lineItems(first: $lines) {
         pageInfo { hasNextPage endCursor }
         nodes {"""
-    + _LINE_FIELDS
+    + _ORDER_LINE_FIELDS
     + """        }
       }
     }
@@ -112,7 +119,7 @@ query StoreloopOrderLines($id: ID!, $after: String, $lines: Int!) {
     lineItems(first: $lines, after: $after) {
       pageInfo { hasNextPage endCursor }
       nodes {"""
-    + _LINE_FIELDS
+    + _ORDER_LINE_FIELDS
     + """      }
     }
   }
@@ -122,9 +129,10 @@ query StoreloopOrderLines($id: ID!, $after: String, $lines: Int!) {
 
 
 def node_cost(lines: int = LINES_PER_ORDER) -> int:
-    """Requested cost of one order node: itself, customer, 2 addresses, price set + money,
-    and the line item connection (2 + lines × (item, variant, product, price set, money))."""
-    return 1 + 1 + 2 + 2 + 2 + lines * 5
+    """Requested cost of one order node: itself, customer, 2 addresses, price set + shop and
+    presentment money, the shipping line, and the line item connection (2 + lines × (item,
+    variant, product, price set, money))."""
+    return 1 + 1 + 2 + 3 + 1 + 2 + lines * 5
 
 
 def page_size_for(page_size: int, lines: int = LINES_PER_ORDER) -> int:
@@ -214,7 +222,10 @@ def _order(o: dict[str, Any], store: ShopifyStore) -> Order:
         raise NormalizationError("currentTotalPriceSet.shopMoney.amount: missing")
     price_set = get_obj(get_obj(o, "currentTotalPriceSet") or {}, "shopMoney") or {}
     currency = first_str(get_str(o, "currencyCode"), get_str(price_set, "currencyCode", "currentTotalPriceSet.shopMoney"))
+    charged, charged_in = _charged(o, currency or "")
     status_url = get_str(o, "statusPageUrl")
+    line_items, needs_shipping = _order_lines(o)
+    channel = SalesChannel.POS if (get_str(o, "sourceName") or "").lower() == "pos" else SalesChannel.ONLINE
     return Order(
         external_id=order_id_of(o),
         name=req_str(o, "name"),
@@ -229,14 +240,47 @@ def _order(o: dict[str, Any], store: ShopifyStore) -> Order:
         gateway_names=gateways,
         total=total,
         currency=currency or "",
+        customer_total=charged,
+        customer_currency=charged_in,
         customer=_customer(o, store),
-        line_items=_line_items(o),
+        line_items=line_items,
         checkout_token=get_str(o, "checkoutToken"),
         status_url=status_url,
         payment_url=status_url,  # as for webhooks: the status page is where a pending payment is completed
         tags=tuple(t.strip() for t in _strings(o, "tags") if t.strip()),
         test=get_bool(o, "test"),
+        channel=channel,
+        delivery=_delivery(o, needs_shipping, channel, store),
     )
+
+
+def _charged(o: dict[str, Any], shop_currency: str) -> tuple[Decimal | None, str | None]:
+    """As the webhook's (normalize._charged): ``currentTotalPriceSet.presentmentMoney`` when the
+    order's ``presentmentCurrencyCode`` is not the shop's; a node stored without them: (None, None)."""
+    presentment = get_str(o, "presentmentCurrencyCode")
+    if presentment is None or presentment.upper() == shop_currency.upper():
+        return None, None
+    money = get_obj(get_obj(o, "currentTotalPriceSet") or {}, "presentmentMoney", "currentTotalPriceSet") or {}
+    amount = get_decimal(money, "amount", "currentTotalPriceSet.presentmentMoney")
+    if amount is None:
+        return None, None
+    return amount, get_str(money, "currencyCode", "currentTotalPriceSet.presentmentMoney") or presentment.upper()
+
+
+def _delivery(o: dict[str, Any], needs_shipping: bool, channel: SalesChannel, store: ShopifyStore) -> Delivery:
+    """As the webhook's (normalize._delivery): nothing that ships is ``none``, a shipping line named
+    as a pickup location (``pickup_lines``) ``pickup``, a POS sale without one ``none``."""
+    if not needs_shipping:
+        return Delivery.NONE
+    line = get_obj(o, "shippingLine") or {}
+    if store.pickup_lines:
+        for key in ("title", "code"):
+            name = get_str(line, key, "shippingLine")
+            if name and name.strip().lower() in store.pickup_lines:
+                return Delivery.PICKUP
+    if channel is SalesChannel.POS and not line:
+        return Delivery.NONE
+    return Delivery.SHIPPING
 
 
 def _strings(o: dict[str, Any], key: str) -> list[str]:
@@ -284,9 +328,23 @@ def _customer(o: dict[str, Any], store: ShopifyStore) -> Customer:
 
 
 def _line_items(o: dict[str, Any]) -> tuple[LineItem, ...]:
+    return _order_lines(o)[0]
+
+
+def _order_lines(o: dict[str, Any]) -> tuple[tuple[LineItem, ...], bool]:
+    """The lines the customer still has (``currentQuantity``: a line removed by an edit or refunded
+    and restocked is at 0 and left out, as the webhook's ``current_quantity``), and whether any ships
+    (``requiresShipping``; absent, as on a checkout's line, or no lines at all: taken to ship)."""
     connection = get_obj(o, "lineItems") or {}
     items = []
+    ships = False
     for where, li in get_objects(connection, "nodes", "lineItems"):
+        quantity = get_int(li, "currentQuantity", where)
+        if quantity is None:
+            quantity = get_int(li, "quantity", where, default=1)
+        elif quantity <= 0:
+            continue
+        ships = ships or get_bool(li, "requiresShipping", where, default=True)
         variant = get_obj(li, "variant", where) or {}
         product = get_obj(li, "product", where) or {}
         price = _money(li, "originalUnitPriceSet", where)
@@ -297,11 +355,11 @@ def _line_items(o: dict[str, Any]) -> tuple[LineItem, ...]:
                 variant_id=legacy_id(variant.get("id"), f"{where}.variant.id"),
                 sku=get_str(li, "sku", where),
                 title=get_str(li, "title", where) or "",
-                quantity=get_int(li, "quantity", where, default=1),
+                quantity=quantity,
                 price=Decimal("0") if price is None else price,
             )
         )
-    return tuple(items)
+    return tuple(items), ships or not items
 
 
 def lines_truncated(node: dict[str, Any]) -> str | None:
@@ -341,7 +399,7 @@ query StoreloopAbandonedCheckouts($first: Int!, $cursor: String, $q: String, $li
     pageInfo { hasNextPage endCursor }
     nodes {
       id name abandonedCheckoutUrl createdAt updatedAt completedAt
-      totalPriceSet { shopMoney { amount currencyCode } }
+      totalPriceSet { presentmentMoney { amount currencyCode } }
       customer {
         id firstName lastName
         defaultEmailAddress { emailAddress marketingState }
@@ -454,10 +512,13 @@ def normalize_checkout_node(node: dict, store: ShopifyStore) -> list[Event]:
     marker = get_obj(data, MARKER) or {}
     token = get_str(marker, "token", MARKER) or link_token(data) or fallback_token(checkout_id_of(data))
     created_at = req_datetime(data, "createdAt")
-    total = _money(data, "totalPriceSet")
+    # what the customer saw, in their currency (as the checkouts/* webhook's total_price); a node
+    # stored before the poll asked for presentmentMoney has the shop's money only
+    price_set = get_obj(data, "totalPriceSet") or {}
+    price = get_obj(price_set, "presentmentMoney", "totalPriceSet") or get_obj(price_set, "shopMoney", "totalPriceSet") or {}
+    total = get_decimal(price, "amount", "totalPriceSet.presentmentMoney")
     if total is None:
-        raise NormalizationError("totalPriceSet.shopMoney.amount: missing")
-    price = get_obj(get_obj(data, "totalPriceSet") or {}, "shopMoney", "totalPriceSet") or {}
+        raise NormalizationError("totalPriceSet.presentmentMoney.amount: missing")
     customer, accepts_marketing = _checkout_customer(data, store)
     checkout = Checkout(
         token=token,
@@ -466,7 +527,7 @@ def normalize_checkout_node(node: dict, store: ShopifyStore) -> list[Event]:
         completed_at=get_datetime(data, "completedAt"),
         recovery_url=get_str(data, "abandonedCheckoutUrl"),
         total=total,
-        currency=req_str(price, "currencyCode", "totalPriceSet.shopMoney"),
+        currency=req_str(price, "currencyCode", "totalPriceSet.presentmentMoney"),
         customer=customer,
         line_items=_line_items(data),
         accepts_marketing=accepts_marketing,

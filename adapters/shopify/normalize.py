@@ -46,6 +46,7 @@ from connector.events import (
     ConsentState,
     Customer,
     CustomerUpdated,
+    Delivery,
     Event,
     Fulfillment,
     FulfillmentState,
@@ -59,6 +60,7 @@ from connector.events import (
     OrderUpdated,
     PaymentState,
     ProductUpdated,
+    SalesChannel,
     ShipmentStatus,
 )
 
@@ -134,6 +136,10 @@ def _order(o: Body, store: ShopifyStore) -> Order:
     total = get_decimal(o, "current_total_price")
     if total is None:
         total = req_decimal(o, "total_price")
+    line_items, needs_shipping = _order_lines(o)
+    channel = SalesChannel.POS if (get_str(o, "source_name") or "").lower() == "pos" else SalesChannel.ONLINE
+    currency = req_str(o, "currency")
+    charged, charged_in = _charged(o, currency)
     return Order(
         external_id=req_id(o, "id"),
         name=req_str(o, "name"),
@@ -146,9 +152,11 @@ def _order(o: Body, store: ShopifyStore) -> Order:
         is_cod=is_cod(gateways, store.cod_gateway_names()),
         gateway_names=gateways,
         total=total,
-        currency=req_str(o, "currency"),
+        currency=currency,
+        customer_total=charged,
+        customer_currency=charged_in,
         customer=_customer(o, store, phone_keys=("phone",)),
-        line_items=_line_items(o),
+        line_items=line_items,
         checkout_token=get_str(o, "checkout_token"),
         status_url=get_str(o, "order_status_url"),
         # Shopify sends no separate pay link; the order status page is where a customer
@@ -158,7 +166,49 @@ def _order(o: Body, store: ShopifyStore) -> Order:
         test=get_bool(o, "test"),
         payment_terms=terms,
         payment_due_at=due_at,
+        channel=channel,
+        delivery=_delivery(o, needs_shipping, channel, store),
     )
+
+
+def _charged(o: Body, shop_currency: str) -> tuple[Decimal | None, str | None]:
+    """What the customer was charged in their own currency, when it is not the shop's (Shopify
+    Markets): ``current_total_price_set.presentment_money`` (else ``total_price_set``'s). The sets
+    are read only for such an order: most orders are in the shop's currency."""
+    presentment = get_str(o, "presentment_currency")
+    if presentment is None or presentment.strip().upper() == shop_currency.strip().upper():
+        return None, None
+    for key in ("current_total_price_set", "total_price_set"):
+        money = get_obj(get_obj(o, key) or {}, "presentment_money", key) or {}
+        amount = get_decimal(money, "amount", f"{key}.presentment_money")
+        if amount is not None:
+            return amount, get_str(money, "currency_code", f"{key}.presentment_money") or presentment.strip().upper()
+    return None, None
+
+
+def _delivery(o: Body, needs_shipping: bool, channel: SalesChannel, store: ShopifyStore) -> Delivery:
+    """How the order reaches the customer, from what the order webhook carries.
+
+    Nothing to ship (every line ``requires_shipping: false``: gift cards, digital goods) is
+    ``none``; a shipping line named as one of the store's pickup locations (``pickup_lines``) is
+    ``pickup`` (Shopify's REST order marks a pickup no other way: its line is titled after the
+    location, ``source`` "shopify", like any rate); a POS sale without a shipping line was taken
+    home from the till (``none``); everything else ships."""
+    if not needs_shipping:
+        return Delivery.NONE
+    pickup = store.pickup_lines
+    if not pickup and channel is not SalesChannel.POS:
+        return Delivery.SHIPPING  # most orders: the shipping lines need not be read
+    lines = [(where, line) for where, line in get_objects(o, "shipping_lines") if not get_bool(line, "is_removed", where)]
+    if pickup:
+        for where, line in lines:
+            for key in ("title", "code"):
+                name = get_str(line, key, where)
+                if name and name.strip().lower() in pickup:
+                    return Delivery.PICKUP
+    if channel is SalesChannel.POS and not lines:
+        return Delivery.NONE
+    return Delivery.SHIPPING
 
 
 def _gateway_names(o: Body) -> tuple[str, ...]:
@@ -193,8 +243,25 @@ def _tags(o: Body) -> tuple[str, ...]:
 
 
 def _line_items(o: Body) -> tuple[LineItem, ...]:
+    return _order_lines(o)[0]
+
+
+def _order_lines(o: Body) -> tuple[tuple[LineItem, ...], bool]:
+    """The lines the customer still has, and whether any of them ships.
+
+    ``current_quantity`` (REST 2024-01 on) is the quantity after removals: a line an order edit
+    took out, or refunded and restocked, is at 0 and is no purchase (no reorder reminder for
+    it); absent (a checkout's line, an older payload), ``quantity`` counts. ``requires_shipping``
+    absent counts as yes; an order without lines is taken to ship, as before the flag was read."""
     items = []
+    ships = False
     for where, li in get_objects(o, "line_items"):
+        quantity = get_int(li, "current_quantity", where)
+        if quantity is None:
+            quantity = get_int(li, "quantity", where, default=1)
+        elif quantity <= 0:
+            continue
+        ships = ships or get_bool(li, "requires_shipping", where, default=True)
         items.append(
             LineItem(
                 external_id=get_id(li, "id", where),
@@ -202,11 +269,11 @@ def _line_items(o: Body) -> tuple[LineItem, ...]:
                 variant_id=get_id(li, "variant_id", where),
                 sku=get_str(li, "sku", where),
                 title=first_str(get_str(li, "title", where), get_str(li, "name", where)) or "",
-                quantity=get_int(li, "quantity", where, default=1),
+                quantity=quantity,
                 price=_or_zero(get_decimal(li, "price", where)),
             )
         )
-    return tuple(items)
+    return tuple(items), ships or not items
 
 
 def _or_zero(value: Decimal | None) -> Decimal:
@@ -275,19 +342,23 @@ def _checkout(_topic: str, o: Body, store: ShopifyStore) -> list[Event]:
     if _topic == "checkouts/delete":
         return []
     created_at = req_datetime(o, "created_at")
+    customer = _customer(o, store, phone_keys=("phone", "sms_marketing_phone"))
     checkout = Checkout(
         token=req_id(o, "token"),
         created_at=created_at,
         updated_at=get_datetime(o, "updated_at") or created_at,
         completed_at=get_datetime(o, "completed_at"),
         recovery_url=get_str(o, "abandoned_checkout_url"),
+        # the checkout's prices are in the customer's (presentment) currency; ``currency`` is the shop's
         total=req_decimal(o, "total_price"),
-        currency=req_str(o, "currency"),
-        customer=_customer(o, store, phone_keys=("phone", "sms_marketing_phone")),
+        currency=get_str(o, "presentment_currency") or req_str(o, "currency"),
+        customer=customer,
         line_items=_line_items(o),
         # a phone-channel opt-in only: buyer_accepts_marketing is the email checkbox, and an email
         # opt-in is no consent to WhatsApp marketing (platform-facts A5, C7)
         accepts_marketing=get_bool(o, "buyer_accepts_sms_marketing"),
+        # "Text me with news and offers" asks for its own number: the opt-in is for that one
+        marketing_phone=normalize_phone(get_str(o, "sms_marketing_phone"), customer.country),
     )
     return [CheckoutUpdated(checkout=checkout)]
 

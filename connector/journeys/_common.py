@@ -9,13 +9,15 @@ from connector.journeys.engine import Command, Facts, Finish, Run, Wake
 
 
 def order_context(facts: Facts) -> dict[str, Any]:
-    """Template values every order-related step can use."""
+    """Template values every order-related step can use. ``order.total`` is what the customer was
+    charged in their own currency (Shopify Markets: the presentment money), else the shop's."""
     ctx: dict[str, Any] = {"customer.first_name": facts.first_name, "store.name": facts.store_name}
     o = facts.order
     if o is not None:
+        charged = (str(o.customer_total), o.customer_currency) if o.customer_total is not None and o.customer_currency else None
         ctx.update({
             "order.name": o.name,
-            "order.total": (str(o.total), o.currency),
+            "order.total": charged or (str(o.total), o.currency),
             "order.status_url": o.status_url,
             "order.payment_url": o.payment_url,
         })

@@ -20,6 +20,8 @@ waits for it, ``awaiting_reply``, and the general free-text hand-off stands back
 quoting nothing or this order's own message; words quoting another journey's or order's
 message answer that one instead. The
 cancel itself follows ``cancel_action`` at the tap, whatever the reason.
+
+An order taken at the store's till (Shopify POS) is not asked about unless ``include_pos``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class CodConfirmationConfig(JourneyConfig):
     cancel_action: Literal["cancel", "tag"] = "cancel"
     cancelled_tag: str = "cod-cancelled-by-customer"
     confirm_status: str | None = Field(None, description="WooCommerce: status to set on confirm, e.g. 'processing'")
+    include_pos: bool = Field(False, description="also ask about COD orders taken at the store's till (Shopify POS): "
+                                                 "by default a customer who ordered in the shop is not asked to confirm")
 
     @field_validator("confirm_status")
     @classmethod
@@ -170,6 +174,8 @@ class CodConfirmation:
     def _start(self, event: Any, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
         if not isinstance(event, ev.OrderPlaced) or facts.contact_id is None or facts.order is None or facts.order.cancelled:
             return []
+        if facts.order.channel == ev.SalesChannel.POS and not config.include_pos:
+            return []  # ordered at the till, face to face: nothing to confirm on WhatsApp
         subject = f"order:{facts.order.external_id}"
         known = {"order_name": facts.order.name, "placed_status": event.order.platform_status}
         if config.delay_minutes > 0:

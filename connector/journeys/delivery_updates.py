@@ -7,6 +7,9 @@ canceled"), so a person hears of it and the customer is not told anything; ``pic
 (collected at a pickup point) is delivered; ``delayed`` and ``carrier_picked_up`` say it has
 shipped; ``ready_for_pickup`` has its own step, sent only when the store lists it in ``steps``.
 
+An order that does not ship (``OrderFacts.ships``: collected at the store, a sale at the till,
+nothing to deliver) gets none of this: its fulfilment is the hand-over, not a parcel.
+
 Each step is sent at most once per order (the outbox key is journey, step, subject), so
 repeated or reordered fulfilment webhooks never repeat a message.
 
@@ -126,6 +129,8 @@ class DeliveryUpdates:
             return self._answer(event, run, facts, config) if run is not None else []
         if not isinstance(event, ev.FulfillmentUpdated) or facts.order is None or facts.order.cancelled:
             return []
+        if not facts.order.ships:
+            return []  # collected at the store, sold at the till, or nothing to deliver: its fulfilment is no parcel
         f = event.fulfillment
         if f.status in ("cancelled", "error", "failure", "pending", "open") and f.shipment_status.value == "none":
             return []  # cancelled, failed, or not done yet (a fulfilment service still packing): nothing has shipped

@@ -40,6 +40,15 @@ class OrderFacts:
     payment_url: str | None
     checkout_token: str | None
     placed_at: datetime
+    channel: str = "online"  # events.SalesChannel: "pos" is a sale at the store's till
+    delivery: str = "shipping"  # events.Delivery: only "shipping" is a parcel to tell the customer about
+    customer_total: Decimal | None = None  # in the customer's currency when not the shop's: what messages show
+    customer_currency: str | None = None
+
+    @property
+    def ships(self) -> bool:
+        """Whether a parcel goes to the customer (not collected at the store, nothing to deliver, or a till sale)."""
+        return self.delivery == "shipping"
 
 
 @dataclass(frozen=True, slots=True)

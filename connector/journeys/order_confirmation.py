@@ -9,6 +9,9 @@ A Shopify order exists only once its checkout is complete, so a pending one (a b
 deposit) is confirmed as placed. The run records the wait
 (outcome ``awaiting_payment``), so the payment confirms it once and an update of an order
 the connector never saw placed confirms nothing.
+
+A sale at the store's till (Shopify POS) is not confirmed unless ``include_pos``: the customer
+has the goods and the receipt in hand.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ AWAITING = "awaiting_payment"
 class OrderConfirmationConfig(JourneyConfig):
     after_payment: bool = Field(True, description="WooCommerce only: a pending/failed order (made before its payment) is "
                                                   "confirmed once it is paid, not when it is created")
+    include_pos: bool = Field(False, description="also thank for sales at the store's till (Shopify POS): the customer "
+                                                 "is in the shop with the receipt, so by default they get nothing")
 
 
 class OrderConfirmation:
@@ -46,6 +51,8 @@ class OrderConfirmation:
         if run is None:
             if not isinstance(event, ev.OrderPlaced):
                 return []  # an order first seen placed decides; later updates of an unknown order confirm nothing
+            if facts.order.channel == ev.SalesChannel.POS and not config.include_pos:
+                return []
             start = Start(f"order:{facts.order.external_id}", facts.contact_id)
             if config.after_payment and unpaid_order(event.order):
                 return [start, Finish(AWAITING, skip_waiting=False)]

@@ -16,6 +16,9 @@ refused earns nothing. A payment counts as recovered only within ``attribution_d
 the reminder (when the store saw the order paid): one weeks later was not the reminder's
 doing. It is still recorded as paid (the lift compares payments, treated or not), as
 ``recovered: false`` with no revenue.
+
+An order taken at the store's till (Shopify POS) is settled in person: no reminder unless
+``include_pos``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class PaymentRecoveryConfig(JourneyConfig):
     unpaid_orders: bool = Field(True, description="WooCommerce only: pending/failed orders; off (automatically) when "
                                                   "checkout_recovery takes them")
     attribution_days: float = Field(3, gt=0, description="a payment this long after the reminder went out is recovered by it")
+    include_pos: bool = Field(False, description="also remind about unpaid orders taken at the store's till (Shopify POS): "
+                                                 "by default the shop settles those with the customer in person")
 
 
 class PaymentRecovery:
@@ -61,7 +66,8 @@ class PaymentRecovery:
         if run is None:
             if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and o is not None and o.payment_state in STALLED \
                     and not o.cancelled and o.payment_url and facts.contact_id is not None \
-                    and (config.unpaid_orders or not unpaid_order(event.order)):
+                    and (config.unpaid_orders or not unpaid_order(event.order)) \
+                    and (o.channel != ev.SalesChannel.POS or config.include_pos):
                 due = chase_from(event.order, o.placed_at + timedelta(minutes=config.after_minutes))  # not before payment terms make it due
                 return [Start(f"order:{o.external_id}", facts.contact_id), Wake(due)] if due is not None else []
             return []

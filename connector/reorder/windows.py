@@ -14,7 +14,8 @@ acknowledged while it runs.
 that marks it opened (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several workers never
 open one twice; the run and outbox keys make a second try harmless anyway). A window that
 came due more than ``late_days`` ago (history imported after the fact) is ``expired``
-instead of messaged.
+instead of messaged, and one whose product is no longer a line of its order (an order edit
+removed it, or it was refunded and restocked) is ``cancelled``.
 """
 
 from __future__ import annotations
@@ -613,6 +614,23 @@ def busy_with(conn: Connection, store_id: int, contact_id: int | None, now: date
     return tuple(sorted({journey for journey, status, due in conn.execute(_BUSY, params) if status == "case" or (status == "active" and due)}))
 
 
+_LINES_OF_ORDERS = (select(O.c.external_id, L.c.product_id, L.c.sku, L.c.title).select_from(L.join(O, L.c.order_id == O.c.id))
+                    .where(O.c.store_id == bindparam("sid"), O.c.external_id.in_(bindparam("oids", expanding=True))))
+
+
+def _still_bought(conn: Connection, store_id: int, windows: list[Any]) -> set[tuple[str, str]]:
+    """(order, product key) of these windows' orders as their lines stand now: a product an order
+    edit removed, or the customer returned (refunded and restocked), is no longer a line of its order,
+    and its window, planned before, must not remind anyone to buy it again. One query for the lot;
+    the daily full scan leaves such a window pending, so this is checked as windows open."""
+    orders = sorted({w.order_external_id for w in windows})
+    found: set[tuple[str, str]] = set()
+    for i in range(0, len(orders), 500):
+        rows = conn.execute(_LINES_OF_ORDERS, {"sid": store_id, "oids": orders[i:i + 500]})
+        found.update((oid, product_key(pid, sku, title)) for oid, pid, sku, title in rows)
+    return found
+
+
 def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, limit: int = 500,
                      runner: JourneyRunner | None = None) -> OpenReport:
     """Open up to ``limit`` due windows into the reorder journey; call until it opens none."""
@@ -628,8 +646,12 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
         rows = conn.execute(query).all()
-        expired, opened = [], []
+        bought = _still_bought(conn, store_id, rows)
+        expired, opened, gone = [], [], []
         for w in rows:
+            if (w.order_external_id, w.product_key) not in bought:
+                gone.append({"_id": w.id})
+                continue
             if w.opens_at < late:
                 expired.append({"_id": w.id})
                 continue
@@ -641,6 +663,8 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
             )
             runner.on_event(conn, store, store_id, event, w.contact_id, now)
             opened.append({"_id": w.id})
+        if gone:
+            conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="cancelled", updated_at=now), gone)
         if expired:
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="expired", updated_at=now), expired)
         if opened:

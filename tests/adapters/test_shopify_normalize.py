@@ -23,6 +23,7 @@ from connector.events import (
     ConsentChanged,
     ConsentState,
     CustomerUpdated,
+    Delivery,
     FulfillmentState,
     FulfillmentUpdated,
     OrderCancelled,
@@ -31,6 +32,7 @@ from connector.events import (
     OrderPlaced,
     OrderUpdated,
     PaymentState,
+    SalesChannel,
     ShipmentStatus,
     dump_events,
     load_events,
@@ -343,6 +345,17 @@ def test_checkout_sms_marketing_phone_and_consent() -> None:
     checkout = only(normalize("checkouts/update", body, STORE)).checkout
     assert checkout.accepts_marketing is True
     assert checkout.customer.phone.e164 == "+16505551234"
+    assert checkout.marketing_phone.e164 == "+16505551234"
+
+
+def test_the_sms_opt_in_names_its_own_number_beside_the_checkout_phone() -> None:
+    """The checkout's phone is the contact; the opt-in was typed with another number: the event says
+    which, so consent goes to that number only."""
+    body = load("checkouts_create")
+    body.update(phone="+14155550100", buyer_accepts_sms_marketing=True, sms_marketing_phone="(415) 555-0199")  # a US address
+    checkout = only(normalize("checkouts/update", body, STORE)).checkout
+    assert (checkout.customer.phone.e164, checkout.marketing_phone.e164, checkout.accepts_marketing) == ("+14155550100", "+14155550199", True)
+    assert only(normalize("checkouts/create", load("checkouts_create"), STORE)).checkout.marketing_phone is None  # the sample names none
 
 
 def test_an_email_marketing_tick_alone_is_no_whatsapp_marketing_consent() -> None:
@@ -505,7 +518,8 @@ def broken(name: str, mutate: Any) -> dict[str, Any]:
         ("orders/create", broken("orders_create", lambda b: b.update(current_total_price="abc")), "current_total_price"),
         ("orders/create", broken("orders_create", lambda b: b.update(line_items="none")), "line_items"),
         ("orders/create", broken("orders_create", lambda b: b["line_items"].append(7)), "line_items[5]"),
-        ("orders/create", broken("orders_create", lambda b: b["line_items"][0].update(quantity="x")), "quantity"),
+        ("orders/create", broken("orders_create", lambda b: b["line_items"][0].update(current_quantity="x")), "current_quantity"),
+        ("orders/create", broken("orders_create", lambda b: b["line_items"][0].update(current_quantity=None, quantity="x")), "quantity"),
         ("orders/create", broken("orders_create", lambda b: b.update(shipping_address=[])), "shipping_address"),
         ("orders/create", broken("orders_create", lambda b: b.update(test="yes")), "test"),
         ("orders/create", broken("orders_create", lambda b: b.update(tags=5)), "tags"),
@@ -573,3 +587,167 @@ def test_payment_terms_shapes(terms: Any, kind: str | None, due: datetime | None
 def test_malformed_payment_terms_name_the_field() -> None:
     with pytest.raises(NormalizationError, match="payment_terms.due_in_days"):
         on_terms({**NET_30, "payment_schedules": [], "due_in_days": "thirty"})
+
+
+# ---- where the order was placed and how it reaches the customer ------------------------------
+
+PICKUP_LINE = {"id": 7001, "code": "Main Street Store", "title": "Main Street Store", "source": "shopify", "price": "0.00",
+               "carrier_identifier": None, "delivery_category": None, "is_removed": False}
+
+
+def sold(source_name: str = "web", shipping_lines: list | None = None, requires_shipping: bool | None = True) -> Any:
+    """The sample order (paid, open) placed through ``source_name`` with these shipping lines."""
+    body = load("orders_create")
+    body.update(source_name=source_name, financial_status="paid", cancelled_at=None, test=False)
+    if shipping_lines is not None:
+        body["shipping_lines"] = shipping_lines
+    for li in body["line_items"]:
+        li["requires_shipping"] = requires_shipping
+    return only(normalize("orders/create", body, STORE)).order
+
+
+PICKUP_STORE = make_store(pickup_lines=[" main street STORE "])  # as a store owner may type it
+
+
+def test_the_sample_web_order_ships() -> None:
+    order = only(normalize("orders/create", load("orders_create"), STORE)).order
+    assert (order.channel, order.delivery) == (SalesChannel.ONLINE, Delivery.SHIPPING)
+
+
+def test_a_sale_at_the_till_is_a_pos_order_with_nothing_to_ship() -> None:
+    """A POS sale (``source_name`` pos, no shipping line): the customer left the shop with it, so the
+    journeys must not thank them for an order or tell them it has shipped."""
+    order = sold("pos", shipping_lines=[])
+    assert (order.channel, order.delivery) == (SalesChannel.POS, Delivery.NONE)
+
+
+def test_a_pos_order_shipped_to_the_customer_still_ships() -> None:
+    order = sold("pos")  # the sample's shipping line: "ship to customer" from the till
+    assert (order.channel, order.delivery) == (SalesChannel.POS, Delivery.SHIPPING)
+
+
+def test_a_shipping_line_named_as_a_pickup_location_is_a_pickup() -> None:
+    body = load("orders_create")
+    body["shipping_lines"] = [PICKUP_LINE]
+    assert only(normalize("orders/create", body, PICKUP_STORE)).order.delivery is Delivery.PICKUP
+    # the webhook marks a pickup no other way: a store that names no pickup location gets a shipping order
+    assert only(normalize("orders/create", body, STORE)).order.delivery is Delivery.SHIPPING
+    # a removed line is not the order's delivery method
+    body["shipping_lines"] = [{**PICKUP_LINE, "is_removed": True}]
+    assert only(normalize("orders/create", body, PICKUP_STORE)).order.delivery is Delivery.SHIPPING
+
+
+def test_an_order_with_nothing_that_requires_shipping_has_nothing_to_deliver() -> None:
+    assert sold(requires_shipping=False).delivery is Delivery.NONE
+    assert sold(requires_shipping=None).delivery is Delivery.SHIPPING  # not said: ships, as before
+
+
+def test_the_reconciled_order_reads_channel_and_delivery_the_same_way() -> None:
+    from adapters.shopify.graphql import normalize_node
+
+    node = {"id": "gid://shopify/Order/77", "name": "#1077", "createdAt": "2026-11-20T06:00:00Z", "updatedAt": "2026-11-20T06:00:00Z",
+            "displayFinancialStatus": "PAID", "paymentGatewayNames": ["shopify_payments"], "currencyCode": "INR",
+            "currentTotalPriceSet": {"shopMoney": {"amount": "1299.00", "currencyCode": "INR"}}, "sourceName": "pos",
+            "shippingLine": None, "lineItems": {"nodes": [{"id": "gid://shopify/LineItem/1", "quantity": 1, "title": "Tea",
+                                                          "requiresShipping": True}]}}
+    order = only(normalize_node(node, STORE)).order
+    assert (order.channel, order.delivery) == (SalesChannel.POS, Delivery.NONE)
+    picked = {**node, "sourceName": "web", "shippingLine": {"title": "Main Street Store", "code": "Main Street Store"}}
+    assert only(normalize_node(picked, PICKUP_STORE)).order.delivery is Delivery.PICKUP
+    assert only(normalize_node(picked, STORE)).order.delivery is Delivery.SHIPPING
+
+
+# ---- lines an order edit removed, or the customer returned ------------------------------------
+
+def test_a_line_at_current_quantity_zero_is_no_purchase_and_a_reduced_one_counts_what_is_left() -> None:
+    """orders/updated after an edit or a refund with restock keeps the line at ``current_quantity`` 0:
+    stored with its original quantity, it counted as bought (a reorder reminder for what was returned)."""
+    body = load("orders_create")
+    body["line_items"][0].update(quantity=3, current_quantity=1)  # two of three taken off the order
+    body["line_items"][1].update(current_quantity=0)  # removed
+    items = only(normalize("orders/updated", body, STORE)).order.line_items
+    assert [(i.external_id, i.quantity) for i in items] == [
+        ("487817672276298554", 1), ("890123456789012345", 1), ("976318377106520349", 1), ("315789986012684393", 1)]
+
+
+def test_a_payload_without_current_quantity_keeps_the_quantity() -> None:
+    body = load("orders_create")
+    for li in body["line_items"]:
+        del li["current_quantity"]
+    assert [i.quantity for i in only(normalize("orders/create", body, STORE)).order.line_items] == [1] * 5
+
+
+def test_only_returned_goods_leave_nothing_that_ships_and_nothing_bought() -> None:
+    """Every line returned: no purchase left; the order keeps its delivery as before (it is taken to ship)."""
+    body = load("orders_create")
+    for li in body["line_items"]:
+        li["current_quantity"] = 0
+    order = only(normalize("orders/updated", body, STORE)).order
+    assert (order.line_items, order.delivery) == ((), Delivery.SHIPPING)
+
+
+def test_the_reconciled_order_drops_removed_lines_the_same_way() -> None:
+    from adapters.shopify.graphql import normalize_node
+
+    lines = [{"id": "gid://shopify/LineItem/1", "quantity": 2, "currentQuantity": 0, "title": "Soap"},
+             {"id": "gid://shopify/LineItem/2", "quantity": 3, "currentQuantity": 2, "title": "Tea"}]
+    node = {"id": "gid://shopify/Order/77", "name": "#1077", "createdAt": "2026-11-20T06:00:00Z", "updatedAt": "2026-11-21T06:00:00Z",
+            "displayFinancialStatus": "PARTIALLY_REFUNDED", "paymentGatewayNames": ["shopify_payments"], "currencyCode": "INR",
+            "currentTotalPriceSet": {"shopMoney": {"amount": "200.00", "currencyCode": "INR"}}, "lineItems": {"nodes": lines}}
+    assert [(i.title, i.quantity) for i in only(normalize_node(node, STORE)).order.line_items] == [("Tea", 2)]
+
+
+# ---- Shopify Markets: the shop's money and the customer's ------------------------------------
+
+def markets_order(shop: str = "100.00", charged: str = "92.50") -> dict[str, Any]:
+    body = load("orders_create")
+    money = {"shop_money": {"amount": shop, "currency_code": "USD"}, "presentment_money": {"amount": charged, "currency_code": "EUR"}}
+    body.update(currency="USD", presentment_currency="EUR", current_total_price=shop, current_total_price_set=money)
+    return body
+
+
+def test_an_order_paid_in_another_currency_carries_what_the_customer_was_charged() -> None:
+    """The shop's money stays the total (revenue adds up in one currency); what the customer sees is kept beside it."""
+    order = only(normalize("orders/create", markets_order(), STORE)).order
+    assert (order.total, order.currency) == (Decimal("100.00"), "USD")
+    assert (order.customer_total, order.customer_currency) == (Decimal("92.50"), "EUR")
+
+
+def test_an_order_in_the_shops_own_currency_carries_no_second_amount() -> None:
+    order = only(normalize("orders/create", load("orders_create"), STORE)).order  # USD shop, USD customer
+    assert (order.customer_total, order.customer_currency) == (None, None)
+
+
+def test_without_the_current_set_the_original_presentment_total_is_taken() -> None:
+    body = markets_order()
+    body["total_price_set"] = body.pop("current_total_price_set")
+    assert only(normalize("orders/create", body, STORE)).order.customer_total == Decimal("92.50")
+
+
+def test_a_checkouts_total_is_in_the_customers_currency() -> None:
+    """The checkout webhook's ``total_price`` is in the presentment currency; ``currency`` is the shop's
+    default (REST Abandoned checkout reference): the total is labelled with the presentment currency."""
+    body = load("checkouts_create")
+    body.update(currency="USD", presentment_currency="EUR", total_price="92.50")
+    checkout = only(normalize("checkouts/update", body, STORE)).checkout
+    assert (checkout.total, checkout.currency) == (Decimal("92.50"), "EUR")
+    body.pop("presentment_currency")
+    assert only(normalize("checkouts/update", body, STORE)).checkout.currency == "USD"  # not said: the shop's
+
+
+def test_the_reconciled_order_and_polled_checkout_read_the_customers_money_the_same_way() -> None:
+    from adapters.shopify.graphql import normalize_checkout_node, normalize_node
+
+    node = {"id": "gid://shopify/Order/77", "name": "#1077", "createdAt": "2026-11-20T06:00:00Z", "updatedAt": "2026-11-20T06:00:00Z",
+            "displayFinancialStatus": "PAID", "paymentGatewayNames": ["shopify_payments"], "currencyCode": "USD",
+            "presentmentCurrencyCode": "EUR", "currentTotalPriceSet": {"shopMoney": {"amount": "100.00", "currencyCode": "USD"},
+                                                                      "presentmentMoney": {"amount": "92.50", "currencyCode": "EUR"}}}
+    order = only(normalize_node(node, STORE)).order
+    assert (order.total, order.currency, order.customer_total, order.customer_currency) == (Decimal("100.00"), "USD", Decimal("92.50"), "EUR")
+    checkout = {"id": "gid://shopify/AbandonedCheckout/5", "abandonedCheckoutUrl": "https://shop.example/1/checkouts/abc/recover?key=k",
+                "createdAt": "2026-11-20T06:00:00Z", "updatedAt": "2026-11-20T06:00:00Z",
+                "totalPriceSet": {"presentmentMoney": {"amount": "92.50", "currencyCode": "EUR"}}}
+    polled = only(normalize_checkout_node(checkout, STORE)).checkout
+    assert (polled.total, polled.currency) == (Decimal("92.50"), "EUR")
+    stored_before = {**checkout, "totalPriceSet": {"shopMoney": {"amount": "100.00", "currencyCode": "USD"}}}  # an inbox row from before
+    assert only(normalize_checkout_node(stored_before, STORE)).checkout.currency == "USD"

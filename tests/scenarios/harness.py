@@ -79,7 +79,8 @@ def wa_id(phone: str) -> str:
 class Scenario:
     """The real connector for one store, ``platform`` ``shopify`` (store ``shop-a``) or ``woocommerce`` (store ``woo``)."""
 
-    def __init__(self, world: FakeWorld, db_url: str, platform: str, *, journeys: dict[str, Any], policy: dict[str, Any] | None = None):
+    def __init__(self, world: FakeWorld, db_url: str, platform: str, *, journeys: dict[str, Any], policy: dict[str, Any] | None = None,
+                 store_settings: dict[str, Any] | None = None):
         raw = settings_dict(db_url)
         raw["whatsapp"].update(access_token=WA_TOKEN, graph_base_url=world.url, pair_spacing_seconds=0)
         if platform == "shopify":
@@ -94,6 +95,7 @@ class Scenario:
         store.update(templates=TEMPLATES, journeys=journeys,
                      policy={"quiet_hours": "", "marketing_cap": 5, **(policy or {})},
                      stages={s: {"owner": f"{s} desk", "notify_url": f"{world.url}/hooks/{s}"} for s in STAGES})
+        store.update(store_settings or {})  # e.g. Shopify's pickup_lines
         self.platform = platform
         self.key = store["key"]
         self.world = world
