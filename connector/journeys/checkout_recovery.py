@@ -340,15 +340,18 @@ class CheckoutRecovery:
     def _credited(self, order: ev.Order, facts: Facts) -> str | None:
         """The one run an order credits when it reaches several of the customer's runs
         (``facts.extra["order_runs"]``: each with when its reminders went out), so one order is
-        never recovered twice. Its own checkout's run when it has one (the checkout the order
-        names; on WooCommerce, which names none, a cart the plugin reported completed); else
-        the run whose reminder went out last before the order (then the one that queued one
-        last, then the newest). None: the order reaches one run only, which it credits."""
+        never recovered twice. Its own checkout's run when a reminder of it went out before the
+        order (the checkout the order names; on WooCommerce, which names none, a cart the plugin
+        reported completed); else the run whose reminder went out last before the order (then the
+        one that queued one last, then the newest). An own checkout never reminded gives way to
+        the cart that was: whether its run exists depends only on whether Shopify delivered its
+        checkout before the order (a checkout heard after its order starts none), and the credit
+        must not. None: the order reaches one run only, which it credits."""
         runs = facts.extra.get("order_runs") or ()
         if len(runs) < 2:
             return None
         own = self.subject(ev.OrderPlaced(order=order), facts)
-        if any(r.subject == own for r, _sent in runs):
+        if any(r.subject == own and any(t <= order.created_at for t in sent or ()) for r, sent in runs):
             return own
 
         def rank(item: tuple[int, tuple[Run, tuple[datetime, ...] | None]]) -> tuple[bool, datetime, datetime, int]:
