@@ -284,8 +284,11 @@ def entry(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
 
 def qualification(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     runs = _runs(conn, store_id, "cod_confirmation", p)
-    asked = [r for r in runs if r.state.get("asked_at")]
-    choice = Counter(r.state.get("choice") for r in asked)
+    # asked: the question went out to someone it could reach (``not_reached`` are counted apart:
+    # they could not answer, and would lower the confirmation rate for a reason not theirs)
+    queued = [r for r in runs if r.state.get("asked_at")]
+    asked = [r for r in queued if r.state.get("choice") != "not_reached"]
+    choice = Counter(r.state.get("choice") for r in queued)
     confirmed = choice["confirmed"] + choice["confirmed_late"]
     minutes = []
     for r in asked:

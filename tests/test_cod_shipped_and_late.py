@@ -349,6 +349,8 @@ def test_an_order_whose_customer_no_message_reached_is_flagged_for_a_call_never_
     assert "none of our WhatsApp messages reached" in handoff["reason"] and store.name(8) in handoff["reason"]
     metrics = sc.report()["stages"]["qualification"]["metrics"]
     assert (metrics["no_answer"], metrics["not_reached"]) == (0, 1)
+    # she could not answer: not one of the asked, nor lost, nor in the confirmation rate
+    assert (metrics["cod_orders"], metrics["asked"], metrics["lost"], metrics["confirmation_rate"]) == (1, 0, 0, None)
 
 
 def test_an_order_whose_customer_got_the_question_is_still_cancelled_for_no_answer(sqlite_url, scenario, world):
