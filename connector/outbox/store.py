@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, exists, func, insert, or_, select, update
@@ -382,8 +383,9 @@ CONTACT_ERRORS = (131026, 131050)
 REACHED_STATES = ("sent", "delivered", "read", "dry_run")
 
 
-def record(db: Database, results: list[Result], now: datetime) -> None:
-    """Write a batch's outcomes: a few executemany statements, whatever the batch size."""
+def record(db: Database, results: list[Result], now: datetime, also: Callable[[Connection], Any] | None = None) -> None:
+    """Write a batch's outcomes: a few executemany statements, whatever the batch size.
+    ``also`` writes what must commit with them (the hand-offs of failed store write-backs)."""
     if not results:
         return
     updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
@@ -438,6 +440,8 @@ def record(db: Database, results: list[Result], now: datetime) -> None:
 
             for store_id, cid, code, at in contact_errors:
                 apply_contact_error(conn, store_id, cid, code, at, now)
+        if also is not None:
+            also(conn)
 
 
 def heartbeat(db: Database, name: str, holder: str, now: datetime, ttl: timedelta, prefix: str = "dispatcher:") -> int:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 import anyio.to_thread
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, bindparam, select
 
 from connector.config import Settings
 from connector.errors import PermanentError, RetryableError
@@ -71,21 +71,19 @@ def _what(action: str | None, args: Mapping[str, object]) -> str:
     return {"cancel_order": "cancel", "add_note": "note"}.get(action or "", str(action))
 
 
-def hand_off_failures(db: Database, stores: Mapping[int, object], results: list[ob.Result], now: datetime) -> int:
+def hand_off_failures(conn: Connection, stores: Mapping[int, object], results: list[ob.Result], now: datetime) -> int:
     """A write-back the store refused for good, or one given up on, is what the customer asked
     for (a cancel, a confirmation's tag or status) not done: a person does it by hand. One
-    hand-off per write-back, for its journey's stage owner, with the store's answer."""
+    hand-off per write-back, for its journey's stage owner, with the store's answer; written in
+    the transaction that records the failure, so a crash between the two cannot lose it."""
     failed = [r for r in results if r.outcome == "failed" and r.row.store_id in stores]
-    if not failed:
-        return 0
-    with db.engine.begin() as conn:
-        for res in failed:
-            p = res.row.payload or {}
-            reason = (f"the store did not take our {_what(p.get('action'), p.get('args') or {})} of order {p.get('order_id')}: "
-                      f"{res.error_detail or 'no answer'}; do it by hand")
-            req = HandoffRequest(f"writeback:{res.row.id}", reason[:2000], res.row.journey, p.get("subject"),
-                                 stage=journey_stage(res.row.journey))
-            open_handoff(conn, stores[res.row.store_id], res.row.store_id, res.row.contact_id, req, now)
+    for res in failed:
+        p = res.row.payload or {}
+        reason = (f"the store did not take our {_what(p.get('action'), p.get('args') or {})} of order {p.get('order_id')}: "
+                  f"{res.error_detail or 'no answer'}; do it by hand")
+        req = HandoffRequest(f"writeback:{res.row.id}", reason[:2000], res.row.journey, p.get("subject"),
+                             stage=journey_stage(res.row.journey))
+        open_handoff(conn, stores[res.row.store_id], res.row.store_id, res.row.contact_id, req, now)
     return len(failed)
 
 
@@ -144,8 +142,9 @@ class WriteBackDispatcher:
         if rows:
             closed = await anyio.to_thread.run_sync(closed_orders, self.db, rows)
             results = await asyncio.gather(*(self._one(r, closed) for r in rows))
-            await anyio.to_thread.run_sync(ob.record, self.db, list(results), self.clock())
-            await anyio.to_thread.run_sync(hand_off_failures, self.db, self.stores, list(results), self.clock())
+            now, done = self.clock(), list(results)
+            await anyio.to_thread.run_sync(
+                lambda: ob.record(self.db, done, now, also=lambda conn: hand_off_failures(conn, self.stores, done, now)))
         return len(rows)
 
     async def drain(self, max_batches: int = 1000) -> int:
