@@ -172,7 +172,8 @@ class Journey(Protocol):
     reach all its active runs for them), ``marketing = True`` (any opt-out ends its runs),
     ``accepts_holdout`` (see ``accepts_holdout``), ``stage`` (one of the five: whose owner
     takes its hand-offs and the replies to its messages; else the contact's stage),
-    ``credits_sent_reminders = True`` (an order reaching a run: ``facts.extra["reminders_sent"]``)
+    ``credits_sent_reminders = True`` (an order reaching a run: ``facts.extra["reminders_sent"]``;
+    with ``may_credit(event, run)``, only for an order that method says can credit the run)
     and ``credits_one_run = True`` (an order reaching several runs: ``facts.extra["order_runs"]``,
     so it credits one)."""
 

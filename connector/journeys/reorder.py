@@ -134,9 +134,21 @@ class Reorder:
             return int(run.state.get("sent", 0)) > 0
         return any(t <= at for t in sent)
 
-    def _reordered(self, order: ev.Order, run: Run, facts: Facts) -> list[Command]:
+    @staticmethod
+    def _lines(order: ev.Order, run: Run) -> list[ev.LineItem]:
+        """The order's lines of the run's product."""
         key = run.state.get("product_key")
-        lines = [li for li in order.line_items if product_key(li.product_id, li.sku, li.title) == key]
+        return [li for li in order.line_items if product_key(li.product_id, li.sku, li.title) == key]
+
+    def may_credit(self, event: Any, run: Run) -> bool:
+        """Whether an order event can credit this run (it buys the run's product): the runner looks
+        up which reminders went out only then, not for every order a customer with open reorder
+        runs places."""
+        order = getattr(event, "order", None)
+        return order is not None and bool(self._lines(order, run))
+
+    def _reordered(self, order: ev.Order, run: Run, facts: Facts) -> list[Command]:
+        lines = self._lines(order, run)
         if not lines:
             return []  # another product: still waiting for this one
         attributed = order.created_at <= datetime.fromisoformat(run.state["attribution_ends"]) \

@@ -133,6 +133,9 @@ def _with_sends(conn: Connection, store: Any, store_id: int, journey: Any, event
     run = found[1]
     if run.state.get("order_id") or not int(run.state.get("sent", 0)):
         return facts
+    may_credit = getattr(journey, "may_credit", None)
+    if may_credit is not None and not may_credit(event, run):
+        return facts  # an order the run cannot credit (reorder: another product): no lookup
     sent = _reminders_sent(conn, store, store_id, run.journey, run.subject)
     if run.state.get("continues"):  # the run took over another's ladder (a cart that became an unpaid order): its sends count
         sent = tuple(sorted(sent + _reminders_sent(conn, store, store_id, run.journey, run.state["continues"])))
