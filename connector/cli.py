@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from connector.config import Settings, load_settings
 from connector.errors import ConfigError, SchemaNotReadyError
@@ -22,13 +23,21 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="TOML configurat
 
 
 def _load(path: Path) -> Settings:
+    """The settings, or exit 2 listing every problem; settings that work against each other are
+    said (and logged) but do not stop it."""
+    import logging
+
     try:
-        return load_settings(path)
+        settings = load_settings(path)
     except ConfigError as exc:
         console.print(f"[bold red]{path}: invalid configuration[/]")
         for p in exc.problems:
             console.print(f"  - {p}", markup=False, highlight=False)
         raise typer.Exit(2) from None
+    for warning in settings.warnings():
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+        logging.getLogger("storeloop.config").warning("%s", warning)
+    return settings
 
 
 def _store(settings: Settings, key: str) -> Any:

@@ -317,23 +317,24 @@ class _StoreBase(_Settings):
             raise ValueError("; ".join(f"journeys.{p}" for p in problems))
         return self
 
-    @model_validator(mode="after")
-    def _ladder_fits_the_cap(self) -> "_StoreBase":
-        """A cart ladder with more reminders inside the cap's window than the cap allows sends its
-        last ones never (skipped ``frequency_cap``), and that is the discount step by default."""
-        ladder = getattr(self.journeys.get("checkout_recovery"), "ladder_minutes", None)  # type: ignore[attr-defined]
-        if not ladder or not self.journeys["checkout_recovery"].enabled:  # type: ignore[attr-defined]
-            return self
-        window = self.policy.marketing_cap_days * 24 * 60  # type: ignore[attr-defined]
-        inside = sum(1 for m in ladder if m - ladder[0] < window)
-        cap = self.policy.marketing_cap  # type: ignore[attr-defined]
-        if inside > cap:
-            raise ValueError(
-                f"journeys.checkout_recovery.ladder_minutes sends {inside} reminders within {self.policy.marketing_cap_days} "  # type: ignore[attr-defined]
-                f"day(s) but policy.marketing_cap allows {cap} marketing message(s) per contact in that time: reminder "
-                f"{cap + 1} would never go out (skipped as frequency_cap); raise policy.marketing_cap to {inside} or "
-                "shorten the ladder")
-        return self
+    def warnings(self) -> list[str]:
+        """Settings that load but work against each other: said by ``check-config`` and logged at
+        start, not refused (a config that ran yesterday keeps running after an upgrade)."""
+        out: list[str] = []
+        cart = self.journeys.get("checkout_recovery")  # type: ignore[attr-defined]
+        ladder = getattr(cart, "ladder_minutes", None)
+        if ladder and cart.enabled:
+            window = self.policy.marketing_cap_days * 24 * 60  # type: ignore[attr-defined]
+            # the most reminders any one cap window holds (it may start at any step, not only the first)
+            inside = max(sum(1 for m in ladder if 0 <= m - start < window) for start in ladder)
+            cap = self.policy.marketing_cap  # type: ignore[attr-defined]
+            if inside > cap:
+                out.append(
+                    f"stores[{self.key}].journeys.checkout_recovery.ladder_minutes sends {inside} reminders within "  # type: ignore[attr-defined]
+                    f"{self.policy.marketing_cap_days} day(s) but [stores.policy] marketing_cap allows {cap} marketing "  # type: ignore[attr-defined]
+                    f"message(s) per contact in that time: a later reminder (the discount step by default) is always "
+                    f"skipped as frequency_cap; raise marketing_cap to {inside} or spread the ladder out")
+        return out
 
     def enabled_journeys(self) -> dict[str, Any]:
         return {name: cfg for name, cfg in self.journeys.items() if cfg.enabled}
@@ -525,6 +526,10 @@ class Settings(_Settings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def warnings(self) -> list[str]:
+        """Every store's ``warnings``: settings that load but work against each other."""
+        return [w for s in self.stores for w in s.warnings()]
 
     def store(self, key: str) -> ShopifyStore | WooCommerceStore:
         for s in self.stores:

@@ -148,15 +148,34 @@ def test_journey_timings_that_contradict_each_other_are_config_errors():
     assert ok.stores[0].journeys["checkout_recovery"].discount_from_step == 2
 
 
-def test_a_cart_ladder_the_marketing_cap_would_cut_short_is_a_config_error():
+def test_a_cart_ladder_the_marketing_cap_would_cut_short_is_said_at_load(tmp_path, caplog):
     """Three reminders in a day against two marketing messages a week: the third (the discount) would
-    be skipped as frequency_cap every time, silently."""
-    with pytest.raises(ConfigError) as err:
-        parse_settings(base(journeys={"checkout_recovery": {"ladder_minutes": [0, 360, 1440], "discount_code": "BACK10"}},
-                            policy={"marketing_cap": 2}), environ={})
-    assert ("ladder_minutes sends 3 reminders within 7 day(s) but policy.marketing_cap allows 2 marketing message(s) per contact "
-            "in that time: reminder 3 would never go out") in "\n".join(err.value.problems)
+    be skipped as frequency_cap every time, silently. It is said by check-config and logged at start,
+    but the connector still starts (a config that ran before an upgrade keeps running)."""
+    from typer.testing import CliRunner
+
+    from connector.cli import app
+
+    tight = parse_settings(base(journeys={"checkout_recovery": {"ladder_minutes": [0, 360, 1440], "discount_code": "BACK10"}},
+                                policy={"marketing_cap": 2}), environ={})
+    [warning] = tight.warnings()
+    assert ("ladder_minutes sends 3 reminders within 7 day(s) but [stores.policy] marketing_cap allows 2 marketing message(s) "
+            "per contact in that time") in warning
+    # the window may start at any step: [0, 25 h, 26 h] against 1 a day holds 2 in one day
+    [late] = parse_settings(base(journeys={"checkout_recovery": {"ladder_minutes": [0, 1500, 1560]}},
+                                 policy={"marketing_cap": 1, "marketing_cap_days": 1}), environ={}).warnings()
+    assert "sends 2 reminders within 1 day(s)" in late
     # the defaults fit; a ladder spread past the cap's window fits; a disabled journey is not checked
-    assert parse_settings(base(journeys={"checkout_recovery": {}}), environ={}).stores[0].policy.marketing_cap == 3
-    parse_settings(base(journeys={"checkout_recovery": {"ladder_minutes": [0, 1440, 11520]}}, policy={"marketing_cap": 2}), environ={})
-    parse_settings(base(journeys={"checkout_recovery": {"enabled": False}}, policy={"marketing_cap": 1}), environ={})
+    assert parse_settings(base(journeys={"checkout_recovery": {}}), environ={}).warnings() == []
+    assert parse_settings(base(journeys={"checkout_recovery": {"ladder_minutes": [0, 1440, 11520]}}, policy={"marketing_cap": 2}),
+                          environ={}).warnings() == []
+    assert parse_settings(base(journeys={"checkout_recovery": {"enabled": False}}, policy={"marketing_cap": 1}), environ={}).warnings() == []
+    path = tmp_path / "tight.toml"
+    path.write_text(
+        '[[stores]]\nkey = "a"\nplatform = "shopify"\nshop_domain = "a.myshopify.com"\nwebhook_secret = "s"\n'
+        '[stores.policy]\nmarketing_cap = 2\n[stores.journeys.checkout_recovery]\nladder_minutes = [0, 360, 1440]\n')
+    with caplog.at_level(logging.WARNING, logger="storeloop.config"):
+        result = CliRunner().invoke(app, ["check-config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "marketing_cap allows 2" in result.output and "valid" in result.output
+    assert any("marketing_cap allows 2" in r.getMessage() for r in caplog.records)
