@@ -108,12 +108,13 @@ def checkout_ordered_at(conn: Connection, store_id: int, token: str) -> datetime
     """When the first order of the store that names this checkout was placed; None if none has.
     From the batch's prefetch when it loaded the token (orders written in the batch included)."""
     cache = current(conn)
-    if cache is not None and ("checkout_token", store_id, token) in cache.loaded:
-        rows = cache.orders_of_checkout(store_id, token)
-    else:
+    if cache is None:
         rows = conn.execute(_ORDERS_BY_CHECKOUT, {"sid": store_id, "token": token}).all()
-        if cache is not None:
-            rows = [cache.put("orders", r) for r in rows]
+    else:
+        if ("checkout_token", store_id, token) not in cache.loaded:  # not prefetched, or the mark was cleared
+            for row in conn.execute(_ORDERS_BY_CHECKOUT, {"sid": store_id, "token": token}):
+                cache.put("orders", row)
+        rows = cache.orders_of_checkout(store_id, token)  # the stored ones and those the batch holds back
     times = [r.placed_at for r in rows]
     return min(times) if times else None
 
