@@ -103,6 +103,16 @@ def get_bool(d: Mapping[str, Any], key: str, where: str = "", *, default: bool =
     return value
 
 
+def kept_quantity(line: Mapping[str, Any], current: str, original: str, where: str = "") -> int | None:
+    """A line's quantity after removals (``current``: Shopify's current quantity, REST or GraphQL
+    name); None for a line at 0 (an order edit took it out, or it was refunded and restocked),
+    which is no purchase. Without it (a checkout's line, an older payload) the ``original`` counts."""
+    quantity = get_int(line, current, where)
+    if quantity is None:
+        return get_int(line, original, where, default=1)
+    return quantity if quantity > 0 else None
+
+
 def get_int(d: Mapping[str, Any], key: str, where: str = "", *, default: int | None = None) -> int | None:
     """An integer, also accepted as a digit string (Meta writes numbers as strings)."""
     value = d.get(key)

@@ -36,12 +36,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from adapters._parse import (
+    kept_quantity,
     as_object,
     first_str,
     get_bool,
     get_datetime,
     get_decimal,
-    get_int,
     get_list,
     get_obj,
     get_objects,
@@ -339,10 +339,8 @@ def _order_lines(o: dict[str, Any]) -> tuple[tuple[LineItem, ...], bool]:
     items = []
     ships = False
     for where, li in get_objects(connection, "nodes", "lineItems"):
-        quantity = get_int(li, "currentQuantity", where)
+        quantity = kept_quantity(li, "currentQuantity", "quantity", where)
         if quantity is None:
-            quantity = get_int(li, "quantity", where, default=1)
-        elif quantity <= 0:
             continue
         ships = ships or get_bool(li, "requiresShipping", where, default=True)
         variant = get_obj(li, "variant", where) or {}

@@ -14,13 +14,13 @@ from decimal import Decimal
 from typing import Any
 
 from adapters._parse import (
+    kept_quantity,
     as_object,
     first_str,
     get_bool,
     get_datetime,
     get_decimal,
     get_id,
-    get_int,
     get_list,
     get_obj,
     get_objects,
@@ -256,10 +256,8 @@ def _order_lines(o: Body) -> tuple[tuple[LineItem, ...], bool]:
     items = []
     ships = False
     for where, li in get_objects(o, "line_items"):
-        quantity = get_int(li, "current_quantity", where)
+        quantity = kept_quantity(li, "current_quantity", "quantity", where)
         if quantity is None:
-            quantity = get_int(li, "quantity", where, default=1)
-        elif quantity <= 0:
             continue
         ships = ships or get_bool(li, "requires_shipping", where, default=True)
         items.append(
