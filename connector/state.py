@@ -240,7 +240,15 @@ def _line_rows(store_id: int, order_id: int, lines: tuple[ev.LineItem, ...]) -> 
 
 def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: int | None, now: datetime) -> str:
     """Upsert an order and its lines: "new" (first stored now), "changed", or "stale" (nothing
-    written: a newer payload is stored)."""
+    written: a newer payload is stored).
+
+    Payment terms are kept from the events that carry them: an event without terms leaves the
+    stored ones as they are. The reconcile reads Shopify orders through Admin GraphQL, which does
+    not read terms (the read_payment_terms scope), and must not make an order on "due on
+    fulfilment" look owed at once. So terms the store removes again stay on record: harmless once
+    the order is paid (nothing chases a paid order); an unpaid order whose terms were dropped is
+    still treated as on them (not chased before their last due date; with none, not at all).
+    """
     existing = order_row(conn, store_id, order.external_id)
     if existing is not None and existing.source_updated_at > order.updated_at:
         return "stale"
@@ -267,6 +275,9 @@ def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: in
         "source_updated_at": order.updated_at,
         "updated_at": now,
     }
+    if order.payment_terms is not None or order.payment_due_at is not None:
+        values["payment_terms"] = order.payment_terms and order.payment_terms[:32]
+        values["payment_due_at"] = order.payment_due_at
     if existing is None:
         order_id = insert_id(conn, ORDERS, dict(store_id=store_id, external_id=order.external_id, **values))
     else:

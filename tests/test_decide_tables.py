@@ -73,7 +73,8 @@ def facts(o: ev.Order | None = None, contact: int | None = 7, **extra: Any) -> F
     if o is not None:
         of = OrderFacts(o.external_id, o.name, o.is_cod, o.payment_state.value, o.fulfillment_state.value, o.total, o.currency,
                         o.cancelled_at is not None, None, o.payment_url, o.checkout_token, o.created_at,
-                        channel=o.channel.value, delivery=o.delivery.value)
+                        channel=o.channel.value, delivery=o.delivery.value, payment_terms=o.payment_terms,
+                        payment_due_at=o.payment_due_at)
     return Facts(store_name="Acme", contact_id=contact, first_name="Asha", order=of, extra=extra)
 
 
@@ -742,6 +743,8 @@ def test_checkout_recovery_subjects(event: Any, subject: str | None) -> None:
 
 PR = PaymentRecoveryConfig(after_minutes=60)
 PENDING = prepaid()
+NET_30 = prepaid(payment_terms="net", payment_due_at=T0 + 30 * D)  # as stored from the webhook
+ON_FULFILMENT = prepaid(payment_terms="fulfillment")  # due once fulfilled: no date yet
 
 def paid_at(at: datetime) -> ev.Order:
     """Order #1042, paid at ``at`` (its last change, as the store reports it)."""
@@ -797,6 +800,22 @@ PAYMENT_CASES = [
          None, facts(PENDING), PR, []),
     Case("due on receipt: owed at once, the usual hour", ev.OrderPlaced(order=prepaid(payment_terms="receipt")),
          None, facts(PENDING), PR, ["start:order:1042", "wake:+1h"]),
+    # the reconcile's read (Admin GraphQL) carries no terms: the ones stored from the webhook decide
+    Case("reconcile update, stored due on fulfilment: nothing to chase", ev.OrderUpdated(order=PENDING),
+         None, facts(ON_FULFILMENT), PR, []),
+    Case("reconcile update, stored Net 30: not chased before the payment is due", ev.OrderUpdated(order=PENDING),
+         None, facts(NET_30), PR, ["start:order:1042", "wake:+30d"]),
+    Case("reconcile update, stored due on receipt: the usual hour", ev.OrderUpdated(order=PENDING),
+         None, facts(prepaid(payment_terms="receipt")), PR, ["start:order:1042", "wake:+1h"]),
+    Case("reconcile update, no terms stored: the usual hour", ev.OrderUpdated(order=PENDING),
+         None, facts(PENDING), PR, ["start:order:1042", "wake:+1h"]),
+    Case("fulfilled on terms, the update dates the payment: chased from that date, not the stored undated terms",
+         ev.OrderUpdated(order=prepaid(payment_terms="fulfillment", payment_due_at=T0 + 40 * D)),
+         None, facts(ON_FULFILMENT), PR, ["start:order:1042", "wake:+40d"]),
+    Case("an order on terms first seen by the reconcile alone (its webhook lost): no terms known, the usual hour",
+         ev.OrderPlaced(order=PENDING), None, facts(PENDING), PR, ["start:order:1042", "wake:+1h"]),
+    Case("a reconcile update while a Net 30 run waits for its date: nothing changes", ev.OrderUpdated(order=PENDING),
+         run("payment_recovery", {}), facts(NET_30), PR, []),
 ]
 
 

@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+import respx
 from sqlalchemy import select
 
+from adapters.shopify.client import ShopifyAdminClient
 from connector import events as ev
 from connector.config import parse_settings
 from connector.journeys.delivery_updates import DeliveryUpdates, DeliveryUpdatesConfig
@@ -26,11 +28,13 @@ from connector.outbox.dispatcher import Dispatcher
 from connector.outbox.senders import DryRunSender
 from connector.reports import Period, conversion
 from connector.storage import models as m
+from connector.sync import reconcile_orders
 from tests.conftest import FIXTURES, SECRETS, settings_dict
 from tests.helpers import dumps, load_json, running_app, woo_headers
 from tests.test_decide_tables import (
     D, H, MIN, PR, T0, Case, Clock, check, dispatcher, facts, post, prepaid, run, runs, shopify_app, steps, table, woo,
 )
+from tests.test_sync import SHOP_URL, FakeShopify, gql_node
 
 AUTHORIZED = ev.PaymentState.AUTHORIZED
 WEEK = Period("this week", T0 - D, T0 + 7 * D)
@@ -200,6 +204,109 @@ def test_an_order_on_net_30_gets_no_pay_reminder_before_its_payment_is_due(db_ur
         after_due = steps(runtime, "payment_recovery")
     assert after_two_hours == [("payment_recovery", "order:1003", "remind")]
     assert after_due == [("payment_recovery", "order:1003", "remind"), ("payment_recovery", "order:1001", "remind")]
+
+
+def test_an_order_on_terms_re_read_by_the_reconcile_gets_no_pay_reminder_before_its_payment_is_due(db_url):
+    """The 15-minute reconcile reads orders through Admin GraphQL, which does not read payment terms.
+    Before, its re-read of an order on "due on fulfilment" terms (the webhook rightly started nothing)
+    started the pay reminder as for an order owed at once: the B2B buyer got "complete your payment"
+    an hour after ordering. Now the order keeps the terms its webhook carried and the journey decides
+    by them: nothing until the fulfilment dates the payment, and a Net 30 order is still reminded
+    only once it is due. An order without terms is reminded after the hour as before."""
+    settings = shopify_app(db_url, 0, templates=[PAY_TEMPLATE], journeys={"payment_recovery": {"after_minutes": 60}},
+                           access_token="shpat_test", api_base_url="https://shop-a.example")
+    store = settings.stores[0]
+    clock = Clock(T0)
+    on_fulfilment = {"payment_terms_name": "Due on fulfillment", "payment_terms_type": "fulfillment", "due_in_days": None,
+                     "payment_schedules": []}
+    net30 = {"payment_terms_name": "Net 30", "payment_terms_type": "net", "due_in_days": 30,
+             "payment_schedules": [{"issued_at": iso(T0), "due_at": iso(T0 + 30 * D), "completed_at": None}]}
+    orders = {2001: on_fulfilment, 2002: net30, 2003: None}  # 2003: no terms
+
+    def node(oid: int, updated: datetime) -> dict[str, Any]:
+        """The reconcile's GraphQL node of the same order: no payment terms in it."""
+        n = gql_node(oid, updated=updated, created=T0, phone="+91 98765 43210", oid=oid)
+        n.update(name=f"#{oid}", paymentGatewayNames=["shopify_payments"], checkoutToken=None)
+        return n
+
+    fake = FakeShopify([])
+
+    def reconcile(runtime: Any) -> None:
+        """The reconcile job's tick: every order was touched since the last (an app tags it, say)."""
+        for oid in orders:
+            fake.put(node(oid, clock.now - 5 * MIN))
+
+        async def tick() -> None:
+            with respx.mock() as mock:
+                mock.post(SHOP_URL).mock(side_effect=fake.handler)
+                async with ShopifyAdminClient(store) as api:
+                    await reconcile_orders(runtime.db, store, runtime.store_ids["shop-a"], api, now=clock.now)
+
+        asyncio.run(tick())
+        runtime.processor.drain()
+
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        for oid, terms in orders.items():
+            post(client, "orders/create", {**shopify_order(oid, "pending", T0), "payment_terms": terms})
+        runtime.processor.drain()
+        for minutes in (15, 30, 45, 60, 75, 90):  # the reconcile's ticks re-read all three
+            clock.now = T0 + minutes * MIN
+            reconcile(runtime)
+            runtime.processor.process_timers()
+        clock.now = T0 + 6 * H
+        reconcile(runtime)
+        runtime.processor.process_timers()
+        within_hours = steps(runtime, "payment_recovery")
+        with runtime.db.engine.connect() as conn:
+            kept = {r.external_id: (r.payment_terms, r.payment_due_at) for r in conn.execute(
+                select(m.Order).where(m.Order.store_id == runtime.store_ids["shop-a"]))}
+            reads = [r.status for r in conn.execute(select(m.InboxEvent).where(m.InboxEvent.topic == "sync/order"))]
+        clock.now = T0 + 29 * D
+        reconcile(runtime)
+        runtime.processor.process_timers()
+        before_due = steps(runtime, "payment_recovery")
+        clock.now = T0 + 30 * D + MIN
+        runtime.processor.process_timers()
+        after_due = steps(runtime, "payment_recovery")
+    assert reads == ["done"] * 3 * 7  # every re-read was applied as an update (none stale, none failed)
+    assert within_hours == before_due == [("payment_recovery", "order:2003", "remind")]
+    assert after_due == [("payment_recovery", "order:2003", "remind"), ("payment_recovery", "order:2002", "remind")]
+    assert kept == {"2001": ("fulfillment", None), "2002": ("net", T0 + 30 * D), "2003": (None, None)}
+
+
+def test_an_order_row_keeps_the_terms_an_event_carried_in_the_transaction_cache_and_without(db):
+    """What the journeys read (``OrderFacts``, from the order row): the terms of the last event that
+    carried them. An update without terms (the reconcile's read) leaves them, whether the row is a
+    held INSERT in the processor's transaction cache, a stored row read into the cache, or a plain
+    read; an event with other terms replaces them (the fulfilment that dates the payment)."""
+    from connector.rows import order_row, prefetch
+    from connector.state import apply_order
+    from connector.storage.inbox import sync_stores
+    from connector.storage.sql import flush
+    from connector.storage.txcache import installed
+
+    sid = sync_stores(db, [("a", "shopify")])["a"]
+    due = (T0 + 30 * D).astimezone(timezone(timedelta(hours=5, minutes=30)))  # stored (and cached) as UTC
+    with db.engine.begin() as conn, installed(conn):
+        apply_order(conn, sid, prepaid(payment_terms="net", payment_due_at=due), None, T0)  # the webhook
+        apply_order(conn, sid, prepaid(updated_at=T0 + 15 * MIN), None, T0 + 15 * MIN)  # the reconcile: no terms
+        held = dict(order_row(conn, sid, "1042"))
+        flush(conn)
+    with db.engine.begin() as conn, installed(conn):
+        prefetch(conn, sid, set(), {"1042"}, set())
+        read = dict(order_row(conn, sid, "1042"))
+        apply_order(conn, sid, prepaid(updated_at=T0 + 30 * MIN), None, T0 + 30 * MIN)
+        cached = dict(order_row(conn, sid, "1042"))
+        flush(conn)
+    with db.engine.begin() as conn:
+        stored = order_row(conn, sid, "1042")._asdict()
+        apply_order(conn, sid, prepaid(payment_terms="fulfillment", payment_due_at=T0 + 2 * D, updated_at=T0 + 2 * D), None, T0 + 2 * D)
+        dated = order_row(conn, sid, "1042")._asdict()
+    for row in (held, read, cached, stored):
+        assert (row["payment_terms"], row["payment_due_at"]) == ("net", T0 + 30 * D)
+        assert row["payment_due_at"].utcoffset() == timedelta(0)
+    assert (dated["payment_terms"], dated["payment_due_at"]) == ("fulfillment", T0 + 2 * D)
 
 
 # ---- WooCommerce: paid after the reminder ---------------------------------------------------

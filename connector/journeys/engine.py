@@ -44,6 +44,10 @@ class OrderFacts:
     delivery: str = "shipping"  # events.Delivery: only "shipping" is a parcel to tell the customer about
     customer_total: Decimal | None = None  # in the customer's currency when not the shop's: what messages show
     customer_currency: str | None = None
+    # the terms as stored (events.Order.payment_terms / payment_due_at): kept from the event that carried
+    # them, so an update without terms (the reconcile's GraphQL read) still knows the order is on terms
+    payment_terms: str | None = None
+    payment_due_at: datetime | None = None
 
     @property
     def ships(self) -> bool:

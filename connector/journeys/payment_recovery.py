@@ -17,6 +17,10 @@ the reminder (when the store saw the order paid): one weeks later was not the re
 doing. It is still recorded as paid (the lift compares payments, treated or not), as
 ``recovered: false`` with no revenue.
 
+An order on payment terms (Shopify B2B / draft orders: Net 30, a fixed date, due on fulfilment)
+is not chased before its payment is due (``payment_terms.chase_from``), by the terms as stored:
+the reconcile's read of the order carries none.
+
 An order taken at the store's till (Shopify POS) is settled in person: no reminder unless
 ``include_pos``.
 """
@@ -31,7 +35,7 @@ from pydantic import Field
 from connector import events as ev
 from connector.journeys._common import deleted_order, end_for_deleted_order, order_context, unpaid_order
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
-from connector.journeys.payment_terms import chase_from
+from connector.journeys.payment_terms import chase_from, terms_of
 
 STALLED = ("pending", "failed")  # not "authorized": paid as far as the customer knows
 
@@ -68,7 +72,9 @@ class PaymentRecovery:
                     and not o.cancelled and o.payment_url and facts.contact_id is not None \
                     and (config.unpaid_orders or not unpaid_order(event.order)) \
                     and (o.channel != ev.SalesChannel.POS or config.include_pos):
-                due = chase_from(event.order, o.placed_at + timedelta(minutes=config.after_minutes))  # not before payment terms make it due
+                # not before payment terms make it due: the event's, else the stored ones (the reconcile's
+                # GraphQL read carries none; an order on terms first seen by it alone is chased as one without)
+                due = chase_from(*terms_of(event.order, o), o.placed_at + timedelta(minutes=config.after_minutes))
                 return [Start(f"order:{o.external_id}", facts.contact_id), Wake(due)] if due is not None else []
             return []
         if run.status != "active":

@@ -223,7 +223,8 @@ def _order_facts(conn: Connection, store_id: int, order_id: str) -> OrderFacts |
         return None
     return OrderFacts(o.external_id, o.name, o.is_cod, o.payment_state, o.fulfillment_state, o.total, o.currency,
                       o.cancelled_at is not None, o.status_url, o.payment_url, o.checkout_token, o.placed_at,
-                      channel=o.channel, delivery=o.delivery, customer_total=o.customer_total, customer_currency=o.customer_currency)
+                      channel=o.channel, delivery=o.delivery, customer_total=o.customer_total, customer_currency=o.customer_currency,
+                      payment_terms=o.payment_terms, payment_due_at=o.payment_due_at)
 
 
 def run_subjects(event: Any) -> list[str]:

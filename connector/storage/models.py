@@ -263,6 +263,10 @@ class Order(Base):
     # events.SalesChannel / events.Delivery: a till sale or a pickup gets no order-placed or shipping messages
     channel: Mapped[str] = mapped_column(String(16), default="online", server_default="online")
     delivery: Mapped[str] = mapped_column(String(16), default="shipping", server_default="shipping")
+    # events.Order.payment_terms / payment_due_at, as the last event that carried terms gave them: the
+    # reconcile's GraphQL read carries none, and must not make an order on terms look owed at once
+    payment_terms: Mapped[str | None] = mapped_column(String(32))
+    payment_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     placed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     source_updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
