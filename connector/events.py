@@ -122,6 +122,9 @@ class LineItem(_Fact):
     title: str = ""
     quantity: int = 1
     price: Decimal = Decimal("0")
+    # the discounts the line got, in all (its own and its share of the order's: a discount code), in
+    # the shop's money: what it brought is price x quantity less this
+    discount: Decimal = Decimal("0")
 
 
 class Order(_Fact):

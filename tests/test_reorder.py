@@ -605,6 +605,33 @@ def test_one_order_reordering_two_reminded_products_credits_each_only_its_own_li
     assert (retention["reminded"], retention["reordered_in_window"], retention["revenue"]) == (2, 2, "679.00")
 
 
+def test_a_reorder_made_with_the_reminders_discount_code_is_credited_what_was_paid(db_url):
+    """The reminder carried AGAIN10; she reorders two face washes with it (49.90 off the line). The week's
+    retention revenue is what she paid for them, 449.10, not their list price."""
+    settings = _settings(db_url, follow_up_days=3, attribution_days=14, cycles={"NEEM-100": "30d"}, discount_code="AGAIN10")
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", _basket(5001, T0, (NEEM, 1)))
+        runtime.processor.drain()
+        clock.now = T0 + timedelta(days=32)
+        assert run_reorder_tick(runtime.db, store, sid, clock.now)[1].opened == 1
+        opened_at = clock.now
+        _dispatch(runtime, settings, clock)
+        clock.now += timedelta(days=2)
+        reorder = _basket(5002, clock.now, (NEEM, 2))
+        reorder["line_items"][0]["discount_allocations"] = [
+            {"amount": "49.90", "amount_set": {"shop_money": {"amount": "49.90", "currency_code": "INR"}}}]
+        _post(client, "orders/create", reorder)
+        runtime.processor.drain()
+        week = opened_at.astimezone(store.tz).isocalendar()
+        report = build_report(runtime.db, store, sid, parse_week(f"{week.year}-W{week.week:02d}", store.tz, clock.now))
+    retention = report["stages"]["retention"]["metrics"]
+    assert (retention["reordered_in_window"], retention["revenue"]) == (1, "449.10")
+
+
 # ---- production learning: the real full scan on a synthetic history ---------------------------
 def _phone(n: int) -> str:
     return f"+91 98{n:03d} 4{n:04d}"

@@ -269,9 +269,20 @@ def _order_lines(o: Body) -> tuple[tuple[LineItem, ...], bool]:
                 title=first_str(get_str(li, "title", where), get_str(li, "name", where)) or "",
                 quantity=quantity,
                 price=_or_zero(get_decimal(li, "price", where)),
+                discount=_line_discount(li, where),
             )
         )
     return tuple(items), ships or not items
+
+
+def _line_discount(li: Body, where: str) -> Decimal:
+    """The line's discounts in the shop's money: its ``discount_allocations`` (its own discount and
+    its share of an order-level one, such as the reorder reminder's code)."""
+    total = Decimal("0")
+    for at, allocation in get_objects(li, "discount_allocations", where):
+        shop = get_obj(get_obj(allocation, "amount_set", at) or {}, "shop_money", at) or {}
+        total += _or_zero(get_decimal(shop, "amount", at) if shop else get_decimal(allocation, "amount", at))
+    return total
 
 
 def _or_zero(value: Decimal | None) -> Decimal:

@@ -351,9 +351,18 @@ def _line_items(o: Body) -> tuple[LineItem, ...]:
                 title=get_str(li, "name", where) or "",
                 quantity=get_int(li, "quantity", where, default=1),
                 price=Decimal("0") if price is None else price,
+                discount=_line_discount(li, where),
             )
         )
     return tuple(items)
+
+
+def _line_discount(li: Body, where: str) -> Decimal:
+    """What the line's coupons took off: ``subtotal`` (before discounts) less ``total`` (after)."""
+    subtotal, total = get_decimal(li, "subtotal", where), get_decimal(li, "total", where)
+    if subtotal is None or total is None or total >= subtotal:
+        return Decimal("0")
+    return subtotal - total
 
 
 def _customer_updated(c: Body, store: WooCommerceStore) -> CustomerUpdated:

@@ -159,7 +159,8 @@ class Reorder:
 
 
 def line_revenue(lines: list[ev.LineItem]) -> Decimal:
-    """What a reordered product brought: its lines' price x quantity. Not the order's total: one order can
-    reorder several reminded products (each run would count the whole order again) and carry other items,
-    shipping and taxes the reminder did not sell."""
-    return sum((li.price * li.quantity for li in lines), Decimal("0"))
+    """What a reordered product brought: its lines' price x quantity, less their discounts (the reminder's
+    own code among them). Not the order's total: one order can reorder several reminded products (each
+    run would count the whole order again) and carry other items, shipping and taxes the reminder did not
+    sell."""
+    return sum((max(li.price * li.quantity - li.discount, Decimal("0")) for li in lines), Decimal("0"))

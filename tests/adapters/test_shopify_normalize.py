@@ -751,3 +751,16 @@ def test_the_reconciled_order_and_polled_checkout_read_the_customers_money_the_s
     assert (polled.total, polled.currency) == (Decimal("92.50"), "EUR")
     stored_before = {**checkout, "totalPriceSet": {"shopMoney": {"amount": "100.00", "currencyCode": "USD"}}}  # an inbox row from before
     assert only(normalize_checkout_node(stored_before, STORE)).checkout.currency == "USD"
+
+
+def test_a_lines_discounts_are_its_allocations_in_the_shops_money() -> None:
+    """A discount code spread over the order reaches each line as an allocation: what the line brought
+    is its price x quantity less those (the reorder credit counts that, not the list price)."""
+    body = load("orders_create")
+    body["line_items"][0]["discount_allocations"] = [
+        {"amount": "9.00", "amount_set": {"shop_money": {"amount": "10.00", "currency_code": "USD"},
+                                          "presentment_money": {"amount": "9.00", "currency_code": "EUR"}},
+         "discount_application_index": 0},
+        {"amount": "2.50", "discount_application_index": 1}]  # an older payload: the amount alone
+    items = only(normalize("orders/create", body, STORE)).order.line_items
+    assert [i.discount for i in items] == [Decimal("12.50"), Decimal("0"), Decimal("0"), Decimal("0"), Decimal("0")]

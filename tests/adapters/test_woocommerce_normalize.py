@@ -385,3 +385,11 @@ def test_a_custom_providers_link_gets_its_placeholders_filled() -> None:
 def test_a_tracking_link_that_is_not_one_is_a_config_error(links: dict[str, str], error: str) -> None:
     with pytest.raises(ValueError, match=error):
         make_store(tracking_links=links)
+
+
+def test_a_lines_coupon_discount_is_its_subtotal_less_its_total() -> None:
+    body = load_order()
+    body["line_items"][0].update(subtotal="21.98", total="19.78")
+    body["line_items"][1].update(subtotal="18.00", total="18.00")
+    items = normalize("order.created", body, STORE)[0].order.line_items
+    assert [i.discount for i in items] == [Decimal("2.20"), Decimal("0")]
