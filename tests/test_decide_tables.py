@@ -871,6 +871,13 @@ REORDER_CASES = [
          run("reorder", REMINDED, subject=REORDER), facts(), RO, ["update(replied)", "wake:+14d"]),
     Case("a reply after the follow-up was queued: the follow-up, if it still waits, is withdrawn", text("thanks!"),
          run("reorder", {**REMINDED, "sent": 2}, subject=REORDER), facts(), RO, ["update(replied)", "withdraw", "wake:+14d"]),
+    Case("a Confirm tap on a COD question of another order: the follow-up still goes", tap("cod_confirm"),
+         run("reorder", REMINDED, subject=REORDER), facts(**routed("cod_confirmation"), reply_quoted=True), RO, []),
+    Case("words quoting nothing, while a delivery update is what reached her last: the follow-up still goes", text("where is it?"),
+         run("reorder", REMINDED, subject=REORDER), facts(**routed("delivery")), RO, []),
+    Case("a reply quoting this reminder: no follow-up", text("not now"),
+         run("reorder", REMINDED, subject=REORDER), facts(**routed("reorder", REORDER), reply_quoted=True), RO,
+         ["update(replied)", "wake:+14d"]),
 ]
 
 

@@ -44,6 +44,18 @@ def replied_here(event: Any, facts: Facts, journey: str) -> str | None:
     return None
 
 
+def answers_run(run: Any, facts: Facts, journey: str) -> bool:
+    """Whether a reply (which reaches all of a follow-the-contact journey's runs for her) is this
+    run's: it quotes one of this run's messages (or of the run whose ladder it took over,
+    ``continues``), or, quoting nothing, it answers no other journey (the runner's
+    ``reply_journey``: the run whose message reached her last). A Confirm tap on a COD question,
+    or words after a delivery update, leave a cart ladder or a reorder follow-up to go on."""
+    answered, subject = facts.extra.get("reply_journey"), facts.extra.get("reply_subject")
+    if facts.extra.get("reply_quoted"):
+        return answered == journey and subject in (run.subject, run.state.get("continues"))
+    return answered in (None, journey)
+
+
 UNPAID_STATUSES = ("pending", "failed")
 
 

@@ -15,7 +15,7 @@ that checkout or from the same customer (phone, customer id, or email for a phon
 order: ``state.upsert_contact``), or the customer replies to it (a tap, words, a photo or
 voice note quoting one of its reminders, or quoting nothing while no other journey's message
 is what she answers:
-``_answers``; a reaction or a sticker is no reply, ``_common.NOT_A_REPLY``); any opt-out
+``_common.answers_run``; a reaction or a sticker is no reply, ``_common.NOT_A_REPLY``); any opt-out
 ends it too (``state.end_marketing_runs``). An order after a reminder that went out (WhatsApp
 took it: sent, delivered, read) and within ``attribution_days`` of the last one before it is
 recorded as recovered, with its revenue; a reminder still waiting (quiet hours), skipped (the
@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from connector import events as ev
-from connector.journeys._common import deleted_order, end_for_deleted_order, is_reply, unpaid_order
+from connector.journeys._common import answers_run, deleted_order, end_for_deleted_order, is_reply, unpaid_order
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake, Withdraw
 
 STEPS = ("first", "second", "third")
@@ -160,7 +160,7 @@ class CheckoutRecovery:
             return self._unpaid_order(event, run, facts, config, now)
         if isinstance(event, (ev.OrderPlaced, ev.OrderPaid)) and run is not None:
             return self._converted(event.order, run, facts, config)
-        if is_reply(event) and run is not None and run.status == "active" and self._answers(run, facts):
+        if is_reply(event) and run is not None and run.status == "active" and answers_run(run, facts, self.name):
             return [Update({"replied": True}), Wake(None), Finish("replied")]  # a person answers from here
         if isinstance(event, TimerFired) and run is not None and run.status == "active":
             if run.state.get("completed_at"):  # the completed cart's order never reached us
@@ -170,16 +170,6 @@ class CheckoutRecovery:
                 return [Wake(None), Finish("order_closed")]
             return self._remind(run, facts, config, now)
         return []
-
-    def _answers(self, run: Run, facts: Facts) -> bool:
-        """Whether a reply (which reaches all her open carts) is this run's: it quotes one of this run's
-        messages (or of the cart whose ladder it took over), or, quoting nothing, it answers no other
-        journey (the runner's ``reply_journey``: the run whose message reached her last). A Confirm tap
-        on a COD question, or words after a delivery update, leave the cart's ladder to go on."""
-        journey, subject = facts.extra.get("reply_journey"), facts.extra.get("reply_subject")
-        if facts.extra.get("reply_quoted"):
-            return journey == self.name and subject in (run.subject, run.state.get("continues"))
-        return journey in (None, self.name)
 
     @staticmethod
     def _step(run: Run) -> int:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from pydantic import AnyHttpUrl, Field, field_validator
 
 from connector import events as ev
-from connector.journeys._common import is_reply
+from connector.journeys._common import answers_run, is_reply
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake, Withdraw
 from connector.reorder.cycles import parse_cycle, product_key
 
@@ -80,8 +80,8 @@ class Reorder:
         if isinstance(event, ev.OrderPlaced):
             return self._reordered(event.order, run, facts)
         if isinstance(event, (ev.MessageReceived, ev.ButtonReplied)):
-            if not is_reply(event):
-                return []  # a reaction or a sticker: the follow-up still goes
+            if not is_reply(event) or not answers_run(run, facts, self.name):
+                return []  # a reaction or a sticker, or an answer to another journey's message: the follow-up still goes
             # they wrote (this run hears all their replies): no follow-up, and one already queued (held for
             # quiet hours, a retry) is withdrawn; the reminder itself, if it still waits, goes on, for a word
             # about another order says nothing about restocking. The run stays to credit a reorder.
