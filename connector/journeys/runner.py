@@ -35,7 +35,7 @@ from connector.outbox.queue import queue_template, step_key
 from connector.rows import contact_row, order_row
 from connector.state import active_runs, cache_active_runs
 from connector.contacts import email_key
-from connector.storage.sql import flush, insert_id, update_by_id, CONTACTS, MESSAGES, ORDERS, OUTBOX, RUNS
+from connector.storage.sql import flush, insert_id, update_by_id, CONTACTS, ORDERS, OUTBOX, RUNS
 from connector.storage.txcache import by_key, current
 
 log = logging.getLogger("storeloop.journeys")
@@ -63,22 +63,12 @@ _ORDERS_BY_IDS = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORD
 CONTACT_ACTIVITY = (ev.OrderPlaced, ev.MessageReceived, ev.ButtonReplied)
 CONVERSIONS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)  # what can credit a run's reminders with an order
 REACHED = ob.REACHED_STATES  # WhatsApp took it: a reminder that went out
-# the run's steps by the unique (store_id, key) index, each with when it went out (its outbound
-# message row); the status is checked on the few rows found (see outbox.store._BY_KEYS)
-_SENT_STEPS = (
-    select(OUTBOX.c.status, OUTBOX.c.updated_at, func.min(MESSAGES.c.occurred_at).label("sent_at"))
-    .select_from(OUTBOX.outerjoin(MESSAGES, (MESSAGES.c.store_id == OUTBOX.c.store_id) & (MESSAGES.c.outbox_id == OUTBOX.c.id)
-                                  & (MESSAGES.c.direction == "out")))
-    .where(OUTBOX.c.store_id == bindparam("sid"), OUTBOX.c.idempotency_key.in_(bindparam("keys", expanding=True)),
-           OUTBOX.c.channel == "whatsapp")
-    .group_by(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.updated_at))
-_SENT_STEPS_KEYED = (  # the same, for many runs at once (``_sends_of_due_runs``)
-    select(OUTBOX.c.idempotency_key, OUTBOX.c.status, OUTBOX.c.updated_at, func.min(MESSAGES.c.occurred_at).label("sent_at"))
-    .select_from(OUTBOX.outerjoin(MESSAGES, (MESSAGES.c.store_id == OUTBOX.c.store_id) & (MESSAGES.c.outbox_id == OUTBOX.c.id)
-                                  & (MESSAGES.c.direction == "out")))
-    .where(OUTBOX.c.store_id == bindparam("sid"), OUTBOX.c.idempotency_key.in_(bindparam("keys", expanding=True)),
-           OUTBOX.c.channel == "whatsapp")
-    .group_by(OUTBOX.c.id, OUTBOX.c.idempotency_key, OUTBOX.c.status, OUTBOX.c.updated_at))
+# runs' steps by the unique (store_id, key) index, each with when it went out (``ob.SENT_AT``: its
+# outbound message row, else the row's last change, as the policy gate reads it); the status is
+# checked on the few rows found (see outbox.store._BY_KEYS). One run's keys or a timer batch's.
+_SENT_STEPS = select(OUTBOX.c.idempotency_key, OUTBOX.c.status, ob.SENT_AT.label("sent_at")).where(
+    OUTBOX.c.store_id == bindparam("sid"), OUTBOX.c.idempotency_key.in_(bindparam("keys", expanding=True)),
+    OUTBOX.c.channel == "whatsapp")
 
 
 @functools.cache
@@ -110,7 +100,7 @@ def _reminders_sent(conn: Connection, store: Any, store_id: int, journey: str, s
     if not keys:
         return ()
     rows = conn.execute(_SENT_STEPS, {"sid": store_id, "keys": keys})
-    return tuple(sorted(r.sent_at or r.updated_at for r in rows if r.status in REACHED))
+    return tuple(sorted(r.sent_at for r in rows if r.status in REACHED))
 
 
 def _supersede_waiting(conn: Connection, store: Any, store_id: int, journey: str, step: str, subject: str, now: datetime) -> None:
@@ -157,9 +147,9 @@ def _sends_of_due_runs(conn: Connection, store: Any, store_id: int, due: list[tu
     sent: dict[tuple[str, str], list[datetime]] = {run: [] for run in wanted.values()}
     keys = sorted(wanted)
     for i in range(0, len(keys), 500):
-        for r in conn.execute(_SENT_STEPS_KEYED, {"sid": store_id, "keys": keys[i:i + 500]}):
+        for r in conn.execute(_SENT_STEPS, {"sid": store_id, "keys": keys[i:i + 500]}):
             if r.status in REACHED:
-                sent[wanted[r.idempotency_key]].append(r.sent_at or r.updated_at)
+                sent[wanted[r.idempotency_key]].append(r.sent_at)
     return {run: tuple(sorted(times)) for run, times in sent.items()}
 
 
