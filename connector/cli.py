@@ -447,7 +447,6 @@ def report(
 
 # ---- store install and secrets at rest (connector/install, connector/secrets.py) ----
 
-from rich.markup import escape  # noqa: E402  (messages can hold [brackets])
 
 install_app = typer.Typer(help="Connect a store: tokens (stored encrypted) and the webhooks the connector needs.",
                           no_args_is_help=True)

@@ -50,6 +50,7 @@ from adapters._parse import (
     req_str,
 )
 from adapters.cod_gateways import is_cod
+from adapters.shopify.delivery import delivery
 from connector.config import ShopifyStore
 from connector.contacts import normalize_phone
 from connector.errors import NormalizationError
@@ -268,19 +269,11 @@ def _charged(o: dict[str, Any], shop_currency: str) -> tuple[Decimal | None, str
 
 
 def _delivery(o: dict[str, Any], needs_shipping: bool, channel: SalesChannel, store: ShopifyStore) -> Delivery:
-    """As the webhook's (normalize._delivery): nothing that ships is ``none``, a shipping line named
-    as a pickup location (``pickup_lines``) ``pickup``, a POS sale without one ``none``."""
-    if not needs_shipping:
-        return Delivery.NONE
-    line = get_obj(o, "shippingLine") or {}
-    if store.pickup_lines:
-        for key in ("title", "code"):
-            name = get_str(line, key, "shippingLine")
-            if name and name.strip().lower() in store.pickup_lines:
-                return Delivery.PICKUP
-    if channel is SalesChannel.POS and not line:
-        return Delivery.NONE
-    return Delivery.SHIPPING
+    """As the webhook's (``adapters/shopify/delivery.py``), from the order's ``shippingLine``."""
+    def names() -> list[list[str | None]]:
+        line = get_obj(o, "shippingLine") or {}
+        return [[get_str(line, "title", "shippingLine"), get_str(line, "code", "shippingLine")]] if line else []
+    return delivery(needs_shipping, channel, store.pickup_lines, names)
 
 
 def _strings(o: dict[str, Any], key: str) -> list[str]:

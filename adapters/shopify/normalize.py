@@ -32,6 +32,7 @@ from adapters._parse import (
     req_str,
 )
 from adapters.cod_gateways import is_cod
+from adapters.shopify.delivery import delivery
 from adapters.shopify.payment_terms import payment_due
 from connector.config import ShopifyStore
 from connector.contacts import normalize_phone
@@ -187,28 +188,12 @@ def _charged(o: Body, shop_currency: str) -> tuple[Decimal | None, str | None]:
 
 
 def _delivery(o: Body, needs_shipping: bool, channel: SalesChannel, store: ShopifyStore) -> Delivery:
-    """How the order reaches the customer, from what the order webhook carries.
-
-    Nothing to ship (every line ``requires_shipping: false``: gift cards, digital goods) is
-    ``none``; a shipping line named as one of the store's pickup locations (``pickup_lines``) is
-    ``pickup`` (Shopify's REST order marks a pickup no other way: its line is titled after the
-    location, ``source`` "shopify", like any rate); a POS sale without a shipping line was taken
-    home from the till (``none``); everything else ships."""
-    if not needs_shipping:
-        return Delivery.NONE
-    pickup = store.pickup_lines
-    if not pickup and channel is not SalesChannel.POS:
-        return Delivery.SHIPPING  # most orders: the shipping lines need not be read
-    lines = [(where, line) for where, line in get_objects(o, "shipping_lines") if not get_bool(line, "is_removed", where)]
-    if pickup:
-        for where, line in lines:
-            for key in ("title", "code"):
-                name = get_str(line, key, where)
-                if name and name.strip().lower() in pickup:
-                    return Delivery.PICKUP
-    if channel is SalesChannel.POS and not lines:
-        return Delivery.NONE
-    return Delivery.SHIPPING
+    """How the order reaches the customer (``adapters/shopify/delivery.py``), from the webhook's
+    live (not ``is_removed``) shipping lines."""
+    def names() -> list[list[str | None]]:
+        return [[get_str(line, "title", where), get_str(line, "code", where)]
+                for where, line in get_objects(o, "shipping_lines") if not get_bool(line, "is_removed", where)]
+    return delivery(needs_shipping, channel, store.pickup_lines, names)
 
 
 def _gateway_names(o: Body) -> tuple[str, ...]:

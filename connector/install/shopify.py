@@ -28,7 +28,7 @@ import httpx
 from sqlalchemy import update
 
 from adapters.shopify import oauth
-from adapters.shopify.subscriptions import COMPLIANCE_NOTE, METAFIELD_NAMESPACE, SubscriptionReport, register_webhooks, scope_hint
+from adapters.shopify.subscriptions import COMPLIANCE_NOTE, METAFIELD_NAMESPACE, SubscriptionReport, register_webhooks
 from connector.config import Settings, ShopifyStore
 from connector.errors import SendError, StoreloopError
 from connector.install import nonces
