@@ -51,16 +51,20 @@ def render_report(data: dict[str, Any], out: Console, title: str) -> None:
               f"{mh['opt_out_hours']} h before)")
     if data["lift"]:
         lift = Table(title="lift against the holdout (conversion, treated minus control, 95% interval)", title_justify="left")
-        for col in ("journey", "treated", "control", "lift", "95% interval", "significant"):
+        for col in ("journey", "treated", "control", "lift", "95% interval", "significant", "reached", "per customer reached"):
             lift.add_column(col, justify="left" if col == "journey" else "right")
         for journey, x in data["lift"].items():
             if x["lift"] is None:
-                lift.add_row(journey, str(x["treated"]), str(x["control"]), "-", "-", "-")
+                lift.add_row(journey, str(x["treated"]), str(x["control"]), "-", "-", "-", "-", "-")
                 continue
+            per = (f"{x['lift_per_reached']:+.1%} ({x['ci95_per_reached'][0]:+.1%} .. {x['ci95_per_reached'][1]:+.1%})"
+                   if x.get("lift_per_reached") is not None else "-")
             lift.add_row(journey, f"{x['treated_converted']}/{x['treated']} ({x['treated_rate']:.1%})",
                          f"{x['control_converted']}/{x['control']} ({x['control_rate']:.1%})", f"{x['lift']:+.1%}",
-                         f"{x['ci95'][0]:+.1%} .. {x['ci95'][1]:+.1%}", "yes" if x["significant"] else "no")
+                         f"{x['ci95'][0]:+.1%} .. {x['ci95'][1]:+.1%}", "yes" if x["significant"] else "no",
+                         f"{x['treated_reached']}/{x['treated']}" if "treated_reached" in x else "-", per)
         out.print(lift)
+        out.print("lift is over every treated customer, reached or not; per customer reached divides it by the share a reminder reached")
     leak = data["biggest_leak"]
     if leak["stage"]:
         out.print(f"[bold red]Biggest leak: {leak['stage']}[/] ({leak['lost']} customers lost this week"

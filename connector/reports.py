@@ -40,7 +40,13 @@ reorder of the product inside the attribution window), read the same way for
 treated and control (never ``attributed``, which needs a message the control never got),
 and the report gives the difference with a 95% interval (normal approximation of a
 difference of two proportions), so it says what the messages caused, not only what they
-touched.
+touched. That difference is over everyone the journey covered, reached or not: a treated
+customer whose reminder never went out (no consent, opted out, not on WhatsApp) converts
+like the holdout and waters it down. The report also says how many treated runs a reminder
+reached and the lift per customer reached (the difference divided by that share; no
+reminder, no effect, and the holdout is never reached: Bloom's estimator), with its interval
+scaled the same way (the share taken as known), which is what one reminder does for the
+customer who gets it.
 
 The biggest leak is the stage that lost the most customers this week: consent not given,
 COD orders not confirmed, reminded checkouts and payments not recovered, deliveries that
@@ -303,24 +309,35 @@ def qualification(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
             "lost": len(asked) - confirmed - choice["confirmed_by_store"]}
 
 
+# which treated runs queued a reminder, and the steps whose outbox rows say whether it went out
+QUEUED = {"checkout_recovery": (lambda r: int(r.state.get("sent", 0)) > 0, CART_STEPS),
+          "payment_recovery": (lambda r: bool(r.state.get("reminded")), ("remind",)),
+          "reorder": (lambda r: int(r.state.get("sent", 0)) > 0, REORDER_STEPS)}
+
+
+def reminded(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> list[Any]:
+    """The treated runs of ``runs`` a reminder reached (WhatsApp took it): the funnel's ``reminded``, the lift's reach."""
+    queued_if, steps = QUEUED[journey]
+    queued = [r for r in runs if not r.holdout and queued_if(r)]
+    return [r for r, out in zip(queued, reminders_went_out(conn, store_id, journey, steps, queued)) if out]
+
+
 def conversion(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     checkouts = _cohort("checkout_recovery", _runs(conn, store_id, "checkout_recovery", p))
-    queued = [r for r in checkouts if not r.holdout and int(r.state.get("sent", 0)) > 0]
-    reminded = [r for r, out in zip(queued, reminders_went_out(conn, store_id, "checkout_recovery", CART_STEPS, queued)) if out]
-    recovered = _standing(conn, store_id, "checkout_recovery", [r for r in reminded if r.state.get("recovered")])
+    reached = reminded(conn, store_id, "checkout_recovery", checkouts)
+    recovered = _standing(conn, store_id, "checkout_recovery", [r for r in reached if r.state.get("recovered")])
     payments = _cohort("payment_recovery", _runs(conn, store_id, "payment_recovery", p))
-    pay_queued = [r for r in payments if not r.holdout and r.state.get("reminded")]
-    pay_reminded = [r for r, out in zip(pay_queued, reminders_went_out(conn, store_id, "payment_recovery", ("remind",), pay_queued)) if out]
+    pay_reminded = reminded(conn, store_id, "payment_recovery", payments)
     # paid within the journey's attribution window (``recovered``; a run from before it was kept: paid at all)
     paid = _standing(conn, store_id, "payment_recovery",
                      [r for r in pay_reminded if r.state.get("paid") and r.state.get("recovered") is not False])
     return {
-        "checkouts_abandoned": len(checkouts), "checkouts_reminded": len(reminded), "checkouts_recovered": len(recovered),
-        "recovery_rate": _rate(len(recovered), len(reminded)), "recovered_revenue": _money([r.state.get("revenue") for r in recovered]),
+        "checkouts_abandoned": len(checkouts), "checkouts_reminded": len(reached), "checkouts_recovered": len(recovered),
+        "recovery_rate": _rate(len(recovered), len(reached)), "recovered_revenue": _money([r.state.get("revenue") for r in recovered]),
         "payments_stalled": len(payments), "payments_reminded": len(pay_reminded), "payments_recovered": len(paid),
         "payment_recovery_rate": _rate(len(paid), len(pay_reminded)),
         "payment_recovered_revenue": _money([r.state.get("revenue") for r in paid]),
-        "lost": (len(reminded) - len(recovered)) + (len(pay_reminded) - len(paid)),
+        "lost": (len(reached) - len(recovered)) + (len(pay_reminded) - len(paid)),
     }
 
 
@@ -350,14 +367,13 @@ def retention(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
         .where(WINDOWS.c.store_id == store_id, WINDOWS.c.opened_at >= p.start, WINDOWS.c.opened_at < p.end)
     ).scalar() or 0
     runs = _runs(conn, store_id, "reorder", p)
-    queued = [r for r in runs if not r.holdout and int(r.state.get("sent", 0)) > 0]
-    reminded = [r for r, out in zip(queued, reminders_went_out(conn, store_id, "reorder", REORDER_STEPS, queued)) if out]
+    reached = reminded(conn, store_id, "reorder", runs)
     # a reorder placed before any reminder went out (one held for quiet hours) is not credited to it
-    reordered = [r for r, yes in zip(reminded, reordered_in_window(conn, store_id, reminded))
+    reordered = [r for r, yes in zip(reached, reordered_in_window(conn, store_id, reached))
                  if yes and r.state.get("attributed") is not False]
-    return {"windows_opened": opened, "reminded": len(reminded), "skipped_busy": sum(1 for r in runs if r.state.get("skipped")),
-            "reordered_in_window": len(reordered), "repeat_rate": _rate(len(reordered), len(reminded)),
-            "revenue": _money([r.state.get("revenue") for r in reordered]), "lost": len(reminded) - len(reordered)}
+    return {"windows_opened": opened, "reminded": len(reached), "skipped_busy": sum(1 for r in runs if r.state.get("skipped")),
+            "reordered_in_window": len(reordered), "repeat_rate": _rate(len(reordered), len(reached)),
+            "revenue": _money([r.state.get("revenue") for r in reordered]), "lost": len(reached) - len(reordered)}
 
 
 STAGES = {"entry": entry, "qualification": qualification, "conversion": conversion, "post_purchase": post_purchase, "retention": retention}
@@ -461,17 +477,26 @@ def message_health(conn: Connection, store_id: int, p: Period) -> dict[str, Any]
             "opt_out_hours": OPT_OUT_HOURS}
 
 
-def diff_interval(conv_t: int, n_t: int, conv_c: int, n_c: int) -> dict[str, Any]:
-    """Treated minus control conversion with a 95% interval (normal approximation)."""
+def diff_interval(conv_t: int, n_t: int, conv_c: int, n_c: int, reached: int | None = None) -> dict[str, Any]:
+    """Treated minus control conversion with a 95% interval (normal approximation).
+
+    With ``reached`` (treated runs a reminder reached), also the lift per customer reached: the
+    difference over the reached share, its interval scaled alike (the share taken as known)."""
     if not n_t or not n_c:
         return {"treated": n_t, "control": n_c, "lift": None, "ci95": None, "significant": None}
     p_t, p_c = conv_t / n_t, conv_c / n_c
     se = math.sqrt(p_t * (1 - p_t) / n_t + p_c * (1 - p_c) / n_c)
     lift = p_t - p_c
     lo, hi = lift - Z95 * se, lift + Z95 * se
-    return {"treated": n_t, "treated_converted": conv_t, "treated_rate": round(p_t, 4), "control": n_c, "control_converted": conv_c,
-            "control_rate": round(p_c, 4), "lift": round(lift, 4), "ci95": [round(lo, 4), round(hi, 4)],
-            "relative_lift": round(lift / p_c, 4) if p_c else None, "significant": lo > 0 or hi < 0}
+    out = {"treated": n_t, "treated_converted": conv_t, "treated_rate": round(p_t, 4), "control": n_c, "control_converted": conv_c,
+           "control_rate": round(p_c, 4), "lift": round(lift, 4), "ci95": [round(lo, 4), round(hi, 4)],
+           "relative_lift": round(lift / p_c, 4) if p_c else None, "significant": lo > 0 or hi < 0}
+    if reached is not None:
+        share = reached / n_t
+        out.update(treated_reached=reached, reach_rate=round(share, 4),
+                   lift_per_reached=round(lift / share, 4) if reached else None,
+                   ci95_per_reached=[round(lo / share, 4), round(hi / share, 4)] if reached else None)
+    return out
 
 
 def lift(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
@@ -484,7 +509,7 @@ def lift(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
         outcome = converted(conn, store_id, journey, runs)
         treated = [yes for r, yes in zip(runs, outcome) if not r.holdout]
         control = [yes for r, yes in zip(runs, outcome) if r.holdout]
-        out[journey] = diff_interval(sum(treated), len(treated), sum(control), len(control))
+        out[journey] = diff_interval(sum(treated), len(treated), sum(control), len(control), len(reminded(conn, store_id, journey, runs)))
     return out
 
 

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from connector.config import parse_settings
+from connector.outbox.queue import step_key
 from connector.reports import build_report, diff_interval, parse_week
 from connector.storage import models as m
 from connector.storage.inbox import sync_stores
@@ -403,6 +404,34 @@ def test_recovered_revenue_leaves_out_orders_the_store_cancelled_voided_or_refun
     assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (4, 2, "580")
     assert (c["payments_reminded"], c["payments_recovered"], c["payment_recovered_revenue"]) == (2, 1, "150")
     assert (kept_back["reminded"], kept_back["reordered_in_window"], kept_back["revenue"]) == (2, 1, "90")
+
+
+def test_the_lift_says_how_many_treated_customers_a_reminder_reached_and_the_lift_per_customer_reached(db):
+    """Ten treated reorder windows, a reminder reached eight (two were skipped: no consent, opted out), four reordered;
+    one of ten in the holdout reordered. The lift over everyone treated is 30 points; the two never reached converted
+    like the holdout, so per customer reached a reminder did 30 / 0.8 = 37.5 points, its interval scaled alike."""
+    settings = _settings("sqlite://")
+    store_id = sync_stores(db, [("shop-a", "shopify")])["shop-a"]
+    ends = _d(8).isoformat()
+    with db.engine.begin() as conn:
+        w = Week(conn, store_id)
+        for i in range(10):
+            subject = f"reorder:o{i}:p:1"
+            bought = {"reordered": True, "order_id": f"r{i}"} if i < 4 else {}
+            w.run("reorder", {"sent": 1, "attribution_ends": ends, **bought}, subject=subject)
+            status, skip = ("read", None) if i < 8 else ("skipped", "no_marketing_consent" if i == 8 else "opted_out")
+            conn.execute(m.OutboxMessage.__table__.insert().values(
+                store_id=store_id, idempotency_key=step_key("reorder", "reminder", subject), channel="whatsapp", journey="reorder",
+                step="reminder", category="marketing", payload={}, status=status, skip_reason=skip, due_at=_d(1), created_at=_d(1),
+                updated_at=_d(1)))
+        for i in range(10):
+            w.run("reorder", {"sent": 1, "attribution_ends": ends, **({"reordered": True} if i == 0 else {})}, holdout=True)
+    x = build_report(db, settings.stores[0], store_id, WEEK)["lift"]["reorder"]
+    assert (x["treated_converted"], x["treated"], x["control_converted"], x["control"], x["lift"]) == (4, 10, 1, 10, 0.3)
+    assert (x["treated_reached"], x["reach_rate"], x["lift_per_reached"]) == (8, 0.8, 0.375)
+    assert x["ci95_per_reached"] == pytest.approx([x["ci95"][0] / 0.8, x["ci95"][1] / 0.8], abs=2e-4)
+    assert diff_interval(4, 10, 1, 10, reached=0)["lift_per_reached"] is None  # nobody reached: no per-reached figure
+    assert "lift_per_reached" not in diff_interval(4, 10, 1, 10)
 
 
 def test_lift_interval_covers_a_known_effect():
