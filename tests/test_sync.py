@@ -168,6 +168,15 @@ def test_graphql_node_normalises_like_the_webhook():
     assert o.status_url == o.payment_url == "https://shop-a.example/orders/7/status"
     [li] = o.line_items
     assert (li.external_id, li.variant_id, li.product_id, li.price, li.quantity) == ("9007", "77", "66", Decimal("649.50"), 2)
+    assert li.discount == 0
+    # what was taken off a line (its own discount and its share of the order's code) counts as the webhook's does
+    discounted = gql_node(10, updated=T)
+    discounted["lineItems"]["nodes"][0]["discountAllocations"] = [
+        {"allocatedAmountSet": {"shopMoney": {"amount": "100.00"}, "presentmentMoney": {"amount": "1.20"}}},
+        {"allocatedAmountSet": {"shopMoney": {"amount": "29.90"}}}]
+    [e3] = gql.normalize_node(discounted, store)
+    assert e3.order.line_items[0].discount == Decimal("129.90")
+    assert "discountAllocations { allocatedAmountSet { shopMoney { amount } } }" in gql.ORDERS_QUERY + gql.ORDER_LINES_QUERY
     expired = gql_node(8, updated=T) | {"displayFinancialStatus": "EXPIRED", "displayFulfillmentStatus": "PARTIALLY_FULFILLED"}
     [e2] = gql.normalize_node(expired, store)
     assert e2.order.payment_state is ev.PaymentState.OTHER and e2.order.fulfillment_state is ev.FulfillmentState.PARTIAL
@@ -982,11 +991,11 @@ def test_backfill_from_the_cli_counts_first_streams_page_by_page_and_stops_the_i
     # the total came from ordersCount with the pages' own search query
     [count] = fake.counts[-1:]
     assert count["q"] == fake.queries[0]["q"] and count["q"].startswith("updated_at:>='")
-    assert "40 of 40 order(s) read in 3 page(s); 40 new inbox row(s)" in result.output
+    assert "40 of 40 order(s) read in 4 page(s); 40 new inbox row(s)" in result.output
     assert "2 product(s) read, 2 with new tags or cycle" in result.output
-    # each page was committed before the next was asked for: 16 orders a page (the query cost ceiling)
-    assert stored_before_page == [0, 16, 32]
-    assert [q["cursor"] is None for q in fake.queries] == [True, False, False]
+    # each page was committed before the next was asked for: 11 orders a page (the query cost ceiling)
+    assert stored_before_page == [0, 11, 22, 33]
+    assert [q["cursor"] is None for q in fake.queries] == [True, False, False, False]
     assert "hint:" not in result.output
     again = cli()
     assert again.exit_code == 0 and "hint:" not in again.output

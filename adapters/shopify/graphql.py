@@ -81,10 +81,12 @@ _LINE_FIELDS = """
       product { id }
       originalUnitPriceSet { shopMoney { amount } }
 """
-# an order's line also says how many the customer still has and whether it ships
-# (AbandonedCheckoutLineItem has neither field)
+# an order's line also says how many the customer still has, whether it ships and what was taken
+# off it (AbandonedCheckoutLineItem has neither of the first two; its discounts are not read)
 _ORDER_LINE_FIELDS = _LINE_FIELDS + """      currentQuantity requiresShipping
+      discountAllocations { allocatedAmountSet { shopMoney { amount } } }
 """
+LINE_COST = 8  # the item, variant, product, price set + money, and the discount allocation + its set + money
 
 ORDERS_QUERY = (
     """
@@ -131,9 +133,8 @@ query StoreloopOrderLines($id: ID!, $after: String, $lines: Int!) {
 
 def node_cost(lines: int = LINES_PER_ORDER) -> int:
     """Requested cost of one order node: itself, customer, 2 addresses, price set + shop and
-    presentment money, the shipping line, and the line item connection (2 + lines × (item,
-    variant, product, price set, money))."""
-    return 1 + 1 + 2 + 3 + 1 + 2 + lines * 5
+    presentment money, the shipping line, and the line item connection (2 + lines × ``LINE_COST``)."""
+    return 1 + 1 + 2 + 3 + 1 + 2 + lines * LINE_COST
 
 
 def page_size_for(page_size: int, lines: int = LINES_PER_ORDER) -> int:
@@ -146,7 +147,7 @@ def query_cost(first: int, lines: int = LINES_PER_ORDER) -> int:
     return 2 + first * node_cost(lines)
 
 
-LINES_QUERY_COST = 1 + 2 + LINES_PAGE * 5
+LINES_QUERY_COST = 1 + 2 + LINES_PAGE * LINE_COST
 
 
 def legacy_id(gid: Any, where: str) -> str | None:
@@ -348,9 +349,19 @@ def _order_lines(o: dict[str, Any]) -> tuple[tuple[LineItem, ...], bool]:
                 title=get_str(li, "title", where) or "",
                 quantity=quantity,
                 price=Decimal("0") if price is None else price,
+                discount=_line_discount(li, where),
             )
         )
     return tuple(items), ships or not items
+
+
+def _line_discount(li: dict[str, Any], where: str) -> Decimal:
+    """The line's ``discountAllocations`` in the shop's money, as the webhook's ``discount_allocations``:
+    a reorder credited from an order the reconcile saw first counts what the customer paid."""
+    total = Decimal("0")
+    for at, allocation in get_objects(li, "discountAllocations", where):
+        total += _money(allocation, "allocatedAmountSet", at) or Decimal("0")
+    return total
 
 
 def lines_truncated(node: dict[str, Any]) -> str | None:
