@@ -46,6 +46,7 @@ PRODUCTS = [  # (product id, variant id, title, price, cycle days)
     (1003, 2003, "Protein bar x6", 540, 7),
     (1004, 2004, "Green tea 100 bags", 450, 12),
 ]
+PRODUCT_TITLES = {p[2] for p in PRODUCTS}
 FIRST_NAMES = ["Asha", "Ravi", "Meera", "Kabir", "Isha", "Arjun", "Zoya", "Dev", "Nila", "Omar"]
 QUESTIONS = ["Can the courier come after 6 pm?", "Please leave it with the guard at the gate", "Is it coming before Friday?",
              "Can I change the delivery address to my office?"]
@@ -116,6 +117,7 @@ class Store:
         self.customers: list[Customer] = []
         self.by_wa: dict[str, Customer] = {}
         self.received: dict[str, list[tuple[str, str]]] = {}  # wa_id -> [(template, wamid)]
+        self.reorder_reminders: dict[str, list[str]] = {}  # wa_id -> products her reorder reminders named, not yet decided on
         self.stats = {"webhooks": 0, "refused": 0, "retries": 0, "orders": 0, "checkouts": 0, "recovered": 0, "reorders": 0,
                       "stalled": 0, "paid": 0, "questions": 0}
         self._pending_orders: dict[int, tuple[Customer, dict[str, Any], bool, tuple, int]] = {}
@@ -333,12 +335,15 @@ class Store:
         self.at(done, deliver)
 
     def _reorder_decision(self, c: Customer, product: tuple) -> None:
-        reminded = any(t == self.templates["reorder.reminder"] for t, _ in self.received.get(c.wa_id, []))
+        # a reminder about this product moves her (one about another product she also buys does not,
+        # and is still there when that product's turn comes)
+        waiting = self.reorder_reminders.get(c.wa_id, [])
+        reminded = product[2] in waiting
         p = self.plan.reorder_reminded if reminded else self.plan.reorder_base
         bought = self.rng.random() < p
         self.outcomes["reorder"]["reminded" if reminded else "not"].append(int(bought))
         if reminded:
-            self.received[c.wa_id] = [(t, w) for t, w in self.received[c.wa_id] if t != self.templates["reorder.reminder"]]
+            waiting.remove(product[2])
         if bought:
             self.stats["reorders"] += 1
             self._place_order(c, self.queue_now, product, cod=False)
@@ -356,6 +361,8 @@ class Store:
             if c is None or call.wamid is None:
                 continue
             self.received.setdefault(c.wa_id, []).append((call.template or "", call.wamid))
+            if call.template == self.templates.get("reorder.reminder"):
+                self.reorder_reminders.setdefault(c.wa_id, []).extend(p for p in call.params if p in PRODUCT_TITLES)
             self.at(now + timedelta(minutes=5), lambda call=call: self._status(call, "delivered"))
             if self.rng.random() < self.plan.read_share:
                 self.at(now + timedelta(minutes=20), lambda call=call: self._status(call, "read"))

@@ -46,6 +46,15 @@ class Call:
     at: float
     status: int
     wamid: str | None
+    params: tuple[str, ...] = ()  # the template's body parameters, as the customer reads them
+
+
+def _body_params(template: Any) -> tuple[str, ...]:
+    """The text of a template send's body parameters (what fills {{1}}, {{2}}, ...)."""
+    for component in (template or {}).get("components") or []:
+        if isinstance(component, dict) and component.get("type") == "body":
+            return tuple(str(p.get("text", "")) for p in component.get("parameters") or [] if isinstance(p, dict))
+    return ()
 
 
 @dataclass
@@ -144,6 +153,7 @@ class SandboxWhatsApp:
         to = str(body.get("to", ""))
         kind = str(body.get("type", ""))
         template = (body.get("template") or {}).get("name")
+        params = _body_params(body.get("template"))
         callback = body.get("biz_opaque_callback_data")
         with self._lock:
             scripted = self.script.popleft() if self.script else None
@@ -154,12 +164,12 @@ class SandboxWhatsApp:
                     "message": f"(#{self.fail_code}) Message undeliverable", "type": "OAuthException", "code": self.fail_code,
                     "error_data": {"messaging_product": "whatsapp", "details": "Message could not be delivered"}, "fbtrace_id": "SBX"}})
         if scripted is not None:
-            self.calls.append(Call(phone, to, kind, template, callback, now, scripted.status, None))
+            self.calls.append(Call(phone, to, kind, template, callback, now, scripted.status, None, params))
             if isinstance(scripted.body, str):
                 return Response(scripted.body, scripted.status, headers=scripted.headers, media_type="text/html")
             return JSONResponse(scripted.body, scripted.status, headers=scripted.headers)
         wamid = f"wamid.SBX{next(self._ids):08d}"
-        self.calls.append(Call(phone, to, kind, template, callback, now, 200, wamid))
+        self.calls.append(Call(phone, to, kind, template, callback, now, 200, wamid, params))
         if self.webhook_url and self.app_secret:
             task = asyncio.get_running_loop().create_task(self._post_statuses(phone, to, wamid, callback))
             self._posting.add(task)
