@@ -40,6 +40,23 @@ DEFAULT_COD_GATEWAYS = {
     "woocommerce": ("cod",),
 }
 _KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# What a WooCommerce order status says about the parcel (``shipping_statuses``); the store-neutral
+# meanings adapters/woocommerce/normalize.py turns into fulfilment events
+SHIPPING_MEANINGS = ("shipped", "out_for_delivery", "delivered", "failed_delivery")
+# Statuses that shipping plugins commonly add, and core ``completed``; a store's own list is merged over these
+DEFAULT_SHIPPING_STATUSES: dict[str, str] = {
+    "completed": "shipped",
+    "shipped": "shipped",
+    "dispatched": "shipped",
+    "in-transit": "shipped",
+    "out-for-delivery": "out_for_delivery",
+    "delivered": "delivered",
+    # the courier could not deliver (returned to origin)
+    "failed-delivery": "failed_delivery",
+    "rto": "failed_delivery",
+}
+# WooCommerce's own statuses of an order that has not shipped: never a shipping status
+_NOT_SHIPPING = frozenset({"pending", "processing", "on-hold", "cancelled", "refunded", "failed", "checkout-draft", "trash"})
 
 
 class _Settings(BaseModel):
@@ -481,6 +498,34 @@ class WooCommerceStore(_StoreBase):
         stores it as a slug ("dhl-us") or, written through the REST API, as the name ("DHL US")."""
         slug = provider_slug(stored)
         return next(((name, url) for name, url in self.tracking_links.items() if provider_slug(name) == slug), None)
+
+    shipping_statuses: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_SHIPPING_STATUSES),
+        description="order statuses (core 'completed' and those shipping plugins add) and what each says about the "
+        "parcel: " + " / ".join(SHIPPING_MEANINGS) + "; merged over the defaults (completed, shipped, dispatched, "
+        "in-transit = shipped; out-for-delivery; delivered; failed-delivery, rto = failed_delivery). An order in one "
+        "has left: a COD run stops asking, and no cancel or status write-back touches it")
+    checkout_url: AnyHttpUrl | None = Field(
+        None, description="the store's checkout page when it is not {site_url}/checkout/ (renamed or translated): the "
+        "order-status and pay links are built on it when an order does not carry its own pay link")
+
+    @field_validator("shipping_statuses", mode="before")
+    @classmethod
+    def _shipping_statuses(cls, value: Any) -> dict[str, str]:
+        """The store's statuses over the defaults, as an order's ``status`` reads (no ``wc-``, lower case)."""
+        if not isinstance(value, dict):
+            raise ValueError("must be a table of status = meaning, e.g. { dispatched = \"shipped\" }")
+        merged = dict(DEFAULT_SHIPPING_STATUSES)
+        for raw, meaning in value.items():
+            status = str(raw).strip().lower().removeprefix("wc-")
+            if not re.fullmatch(r"[a-z0-9_-]{1,20}", status):
+                raise ValueError(f"{raw!r} is not a WooCommerce status (a slug like 'dispatched', at most 20 characters)")
+            if status in _NOT_SHIPPING:
+                raise ValueError(f"{raw!r} is WooCommerce's own status of an order that has not shipped; it cannot mean {meaning!r}")
+            if meaning not in SHIPPING_MEANINGS:
+                raise ValueError(f"{raw!r} = {meaning!r}: the meaning must be one of {', '.join(SHIPPING_MEANINGS)}")
+            merged[status] = meaning
+        return merged
 
     @field_validator("cart_webhook_token")
     @classmethod

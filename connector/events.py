@@ -67,11 +67,16 @@ DELIVERED_STATUSES = frozenset({ShipmentStatus.DELIVERED, ShipmentStatus.PICKED_
 
 
 class SalesChannel(StrEnum):
-    """Where the order was placed. ``pos``: at the store's till (Shopify POS), the customer in the
-    shop; the order-placed journeys (confirmation, COD, payment) leave it alone unless a store asks."""
+    """Where the order was placed. ``pos``: at the store's till (Shopify POS, WooCommerce's Point of
+    Sale), the customer in the shop; the order-placed journeys (confirmation, COD, payment) leave it
+    alone unless a store asks. ``admin``: entered by the store's staff (a phone order in wp-admin);
+    ``subscription``: raised by the store itself (a subscription renewal). Neither is a checkout the
+    customer left: an unpaid one is no abandoned cart."""
 
     ONLINE = "online"
     POS = "pos"
+    ADMIN = "admin"
+    SUBSCRIPTION = "subscription"
 
 
 class Delivery(StrEnum):

@@ -209,8 +209,9 @@ def test_an_unquoted_question_goes_to_the_message_she_got_last_whatever_order_he
 # ---- taps after the no-answer step -----------------------------------------------------------
 
 def _unanswered(sc, store: Store, n: int) -> Any:
-    """Order ``n`` placed and asked; the answer window goes by. Returns the ask she can still tap."""
-    order = store.order(n, ASHA, sc.now)
+    """Order ``n`` placed and asked (on WooCommerce on hold, until Confirm moves it on); the answer window goes by.
+    Returns the ask she can still tap."""
+    order = store.awaiting_confirmation(n, ASHA, sc.now)
     store.place(sc, order)
     sc.work()
     ask = sc.last_to(ASHA, "cod_confirm_v1")
@@ -253,7 +254,7 @@ def test_a_late_confirm_after_the_call_flag_sets_the_confirm_status_and_says_the
 
 def test_a_tap_made_before_the_deadline_wins_over_the_call_flag(sqlite_url, scenario, world):
     sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": {**COD, "no_answer_action": "tag", "confirm_status": "processing"}})
-    order = WOOCOMMERCE.order(8, ASHA, sc.now)
+    order = WOOCOMMERCE.awaiting_confirmation(8, ASHA, sc.now)
     WOOCOMMERCE.place(sc, order)
     sc.work()
     ask = sc.last_to(ASHA, "cod_confirm_v1")

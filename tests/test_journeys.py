@@ -343,16 +343,17 @@ def test_woocommerce_cod_confirmation_writes_back_a_note_meta_and_status(db_url)
             client.post("/webhooks/whatsapp", content=raw_body, headers={"X-Hub-Signature-256": meta_signature(raw_body, SECRETS["wa_app"])})
         runtime.processor.drain()
         with respx.mock(assert_all_called=True) as woo:
-            get = woo.get("https://bloom.example/wp-json/wc/v3/orders/727").respond(json={"id": 727, "meta_data": []})
+            # the order as WooCommerce has it now: on hold (a COD order waiting for its confirmation)
+            get = woo.get("https://bloom.example/wp-json/wc/v3/orders/727").respond(json={"id": 727, "status": "on-hold", "meta_data": []})
             note = woo.post("https://bloom.example/wp-json/wc/v3/orders/727/notes").respond(201, json={"id": 1})
-            put = woo.put("https://bloom.example/wp-json/wc/v3/orders/727").respond(json={"id": 727})
+            put = woo.put("https://bloom.example/wp-json/wc/v3/orders/727").respond(json={"id": 727, "status": "processing"})
             asyncio.run(runtime.writebacks.drain())
             asyncio.run(runtime.writebacks.drain())
     assert [m_.name for _, m_ in sender.sent] == ["cod_confirm_v1"]  # asked once despite the duplicate delivery
     assert json.loads(note.calls.last.request.content) == {"note": "storeloop tags: cod-confirmed", "customer_note": False}
     puts = [json.loads(c.request.content) for c in put.calls]
     assert {"status": "processing"} in puts and {"meta_data": [{"key": "_storeloop_tags", "value": "cod-confirmed"}]} in puts
-    assert get.call_count == 1 and note.call_count == 1 and put.call_count == 2
+    assert get.call_count == 2 and note.call_count == 1 and put.call_count == 2  # the tags' read and the status read
 
 
 def test_duplicate_storm_and_opted_out_contacts(db_url):

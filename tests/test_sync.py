@@ -348,6 +348,8 @@ def test_woocommerce_pages_backs_off_on_429_and_uses_the_webhook_dedupe_key(db_u
         events.append(("request", q["offset"][0]))
         if len(seen) == 1:
             return httpx.Response(429, headers={"Retry-After": "3"}, json={"code": "too_many"})
+        if q.get("status") == ["trash"]:  # the bin's listing: empty
+            return httpx.Response(200, json=[], headers={"X-WP-TotalPages": "0", "X-WP-Total": "0"})
         start, per = int(q["offset"][0]), int(q["per_page"][0])
         return httpx.Response(200, json=orders[start:start + per], headers={"X-WP-TotalPages": "2", "X-WP-Total": "3"})
 
@@ -359,8 +361,8 @@ def test_woocommerce_pages_backs_off_on_429_and_uses_the_webhook_dedupe_key(db_u
 
     report = asyncio.run(run())
     assert events[:3] == [("request", "0"), ("sleep", 3.0), ("request", "0")]
-    # pages of two by offset, each starting on the last order read: [1, 2], then [2, 3] (all 3 read)
-    assert [q["offset"][0] for q in seen] == ["0", "0", "1"]
+    # pages of two by offset, each starting on the last order read: [1, 2], then [2, 3] (all 3 read); then the bin's listing
+    assert [(q["offset"][0], q.get("status")) for q in seen] == [("0", None), ("0", None), ("1", None), ("0", ["trash"])]
     assert seen[0]["modified_after"] == ["2026-11-20T05:55:00"] and seen[0]["dates_are_gmt"] == ["true"]
     assert (report.orders_seen, report.new_rows) == (3, 3)
     # ordered by id, not by date: the cursor moves once, to the newest modification seen
@@ -629,7 +631,7 @@ OUR_HOOKS = "https://connector.example/webhooks/woocommerce/woo"
 class FakeWoo:
     """WooCommerce REST v3 behind respx: ``/orders`` filtered by ``modified_after`` (exclusive, GMT),
     ordered by id, ``per_page`` capped at ``max_per_page``, ``page`` or ``offset``, ``X-WP-Total`` / ``X-WP-TotalPages``;
-    trashed orders leave the list; ``/webhooks`` (``status=disabled``, PUT); ``/products``.
+    trashed orders leave the list and are the ``status=trash`` listing; ``/webhooks`` (``status=disabled``, PUT); ``/products``.
     ``changes[n]`` runs before the n-th orders request is answered, ``failures[n]`` answers it."""
 
     def __init__(self, orders: list[dict], *, max_per_page: int = 100):
@@ -672,7 +674,9 @@ class FakeWoo:
             if self.on_page is not None:
                 self.on_page(q)
             since = q["modified_after"][0]
-            rows = sorted((o for o in self.orders.values() if o["status"] != "trash" and o["date_modified_gmt"] > since), key=lambda o: o["id"])
+            binned = q.get("status") == ["trash"]  # the default listing (any) leaves the bin out; status=trash is the bin
+            rows = sorted((o for o in self.orders.values() if (o["status"] == "trash") == binned and o["date_modified_gmt"] > since),
+                          key=lambda o: o["id"])
             return self._paged(rows, q, self.max_per_page)
         if path == "/products":
             return self._paged(sorted(self.products, key=lambda p: p["id"]), q, self.max_per_page)
@@ -781,6 +785,31 @@ def stored_versions(db: Database, sid: int) -> set[tuple[int, str]]:
         _, _, oid, rest = r.dedupe_key.split(":", 3)
         out.add((int(oid), rest.rsplit(":", 1)[0]))
     return out
+
+
+def test_woocommerce_reconcile_reads_the_bin_so_a_binned_order_whose_webhook_was_lost_is_called_off(db_url):
+    """WooCommerce's order listing leaves the bin out and never retries a lost ``order.deleted``: the
+    reconcile reads the bin as a listing of its own, so an order binned in the window reaches the core as
+    called off (an ``order.updated`` saying ``trash``: ``OrderCancelled``) and no journey goes on with it."""
+    from adapters.woocommerce.normalize import normalize as woo_normalize
+    from connector.events import OrderCancelled
+
+    store, db, sid = woo_world(db_url)
+    fake = FakeWoo([woo_order(1, stamp(10)), woo_order(2, stamp(20), "trash")], max_per_page=10)
+
+    async def run():
+        with respx.mock() as mock:
+            mock.route(host="bloom.example").mock(side_effect=fake.handler)
+            async with WooCommerceClient(store) as client:
+                return await reconcile_orders(db, store, sid, client, now=T, page_size=10, sleep=recorder([]))
+
+    asyncio.run(run())
+    assert [q.get("status") for m_, p, q in fake.requests if p == "/orders"] == [None, ["trash"]]
+    [binned] = [r for r in inbox(db, sid) if r.dedupe_key.split(":")[2] == "2"]
+    assert binned.topic == "order.updated"
+    [event] = woo_normalize(binned.topic, json.loads(binned.raw_body), store)
+    assert isinstance(event, OrderCancelled) and event.order.external_id == "2"
+    db.dispose()
 
 
 @pytest.mark.parametrize("retry_after", ["7", None], ids=["retry-after", "no-retry-after"])
@@ -1024,5 +1053,5 @@ consumer_secret = "cs_test"
     # the fake serves two a page and each page starts on the last order read: [1, 2], [2, 3], [3, 4], [4, 5]
     assert "5 of 5 order(s) read in 4 page(s); 5 new inbox row(s)" in result.output
     assert "re-enabled WooCommerce webhook 11 order.updated" in result.output and "12 order.updated" not in result.output
-    assert fake.puts() == [11] and stored_before_page == [0, 2, 3, 4]
+    assert fake.puts() == [11] and stored_before_page == [0, 2, 3, 4, 5]  # the last: the bin's listing (empty)
     assert [q["modified_after"] for m_, p, q in fake.requests if p == "/orders"][0] == ["2025-11-30T23:55:00"]

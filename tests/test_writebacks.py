@@ -164,6 +164,7 @@ def test_woocommerce_503_is_retried_after_its_retry_after_and_a_404_ends_failed(
     status = queue(db, ids["woo"], "set_status", {"status": "processing"}, order_id="727", step="confirm_status")
     gone = queue(db, ids["woo"], "add_note", {"note": "Confirmed on WhatsApp"}, order_id="728", step="note")
     with respx.mock(assert_all_called=True) as woo:
+        woo.get(f"{WOO}/orders/727").respond(json={"id": 727, "status": "on-hold"})  # read before the move
         put = woo.put(f"{WOO}/orders/727").mock(side_effect=[
             httpx.Response(503, headers={"Retry-After": "120"}, json={"code": "maintenance"}),
             httpx.Response(200, json={"id": 727, "status": "processing"}),
@@ -307,6 +308,7 @@ def test_a_write_back_given_up_on_goes_to_a_person_and_one_that_lands_does_not(w
     given_up = queue(db, ids["woo"], "set_status", {"status": "processing"}, order_id="727", step="confirm_status")
     queue(db, ids["shop-a"], "add_tags", {"tags": ["cod-confirmed"]})
     with respx.mock(assert_all_called=True) as mock:
+        mock.get(f"{WOO}/orders/727").respond(json={"id": 727, "status": "on-hold"})
         mock.put(f"{WOO}/orders/727").respond(503)
         mock.post(GRAPHQL).respond(json=TAGGED)
         for _ in range(3):

@@ -100,6 +100,26 @@ def oauth1_params(
     return signed
 
 
+# Statuses an order is never moved out of by a write-back (platform-facts B2): called off, money
+# returned, payment failed, in the bin, or (a COD plugin's status) refused at the door. Shipped ones
+# (``completed`` and the store's ``shipping_statuses``) likewise.
+_SETTLED = {"cancelled": "it was cancelled", "refunded": "it was refunded", "failed": "its payment failed",
+            "trash": "it is in the bin", "refused": "it was refused", "checkout-draft": "it is a checkout draft"}
+# The way an order moves forward before it ships: a move to an earlier one is backwards
+_FORWARD = ("pending", "on-hold", "processing")
+
+
+def refusal(current: str, target: str, shipping: frozenset[str] | set[str]) -> str | None:
+    """Why an order in status ``current`` may not be moved to ``target``, or None when it may."""
+    if current == "completed" or current in shipping:
+        return f"it has shipped (status {current})"
+    if current in _SETTLED:
+        return _SETTLED[current]
+    if current in _FORWARD and target in _FORWARD and _FORWARD.index(target) < _FORWARD.index(current):
+        return f"that would move it back from {current}"
+    return None
+
+
 def _order_id(order_id: str) -> str:
     raw = str(order_id).strip()
     if not raw.isdigit():
@@ -136,6 +156,7 @@ class WooCommerceClient:
         self._timeout = timeout
         self._clock = clock
         self._nonce = nonce
+        self._shipping = frozenset(store.shipping_statuses)  # the store's statuses of an order that has left
         self._owns_http = http is None
         self._http = http if http is not None else httpx.AsyncClient(timeout=timeout)
 
@@ -276,16 +297,45 @@ class WooCommerceClient:
     # ------------------------------------------------------------------ StoreWriter
 
     async def set_status(self, order_id: str, status: str) -> None:
-        """``PUT /orders/{id} {"status": status}``; setting the current status again is a no-op."""
+        """``PUT /orders/{id} {"status": status}``, after reading the order as it is now.
+
+        Our copy of the order can be stale (WooCommerce never retries a failed webhook, B3), so the
+        live status decides: an order that has shipped, was called off, failed or refunded, or a move
+        backwards (completed -> processing), is refused with a ``PermanentError`` naming why (the
+        write-back fails and a person gets it, as a refused Shopify cancel does). Setting the status
+        it already has is a no-op (a retry whose first try landed). The answer must show the status
+        asked for: a plugin that vetoes the change answers 200 with the old one."""
         oid = _order_id(order_id)
         status = status.strip().lower().removeprefix("wc-")
         if not status or not re.fullmatch(r"[a-z0-9_\-]{1,20}", status):
             raise PermanentError("invalid WooCommerce order status")
-        await self._request("PUT", f"/orders/{oid}", json_body={"status": status})
+        current = await self._status(oid)
+        if current == status:
+            return
+        why = refusal(current, status, self._shipping)
+        if why is not None:
+            raise PermanentError(f"order {oid} not moved to {status}: {why}")
+        response = await self._request("PUT", f"/orders/{oid}", json_body={"status": status})
+        answer = self._json(response)
+        now = str(answer.get("status") or "").lower() if isinstance(answer, dict) else ""
+        if now != status:
+            raise PermanentError(f"order {oid} not moved to {status}: WooCommerce answered status {now[:20] or 'none'!r} "
+                                 "(a plugin or the order's state refused the change)")
+
+    async def _status(self, oid: str) -> str:
+        """The order's status at WooCommerce now (``GET /orders/{id}?_fields=id,status``)."""
+        response = await self._request("GET", f"/orders/{oid}", params={"_fields": "id,status"})
+        order = self._json(response)
+        status = order.get("status") if isinstance(order, dict) else None
+        if not isinstance(status, str) or not status.strip():
+            raise PermanentError(f"order {oid}: WooCommerce's answer has no status", outcome_unknown=True)
+        return status.strip().lower().removeprefix("wc-")
 
     async def cancel_order(self, order_id: str, *, reason: str, notify_customer: bool, staff_note: str | None,
                            unless_since: datetime | None = None) -> None:
-        """Status ``cancelled``, then the staff note (if any) as a private order note.
+        """Status ``cancelled`` (``set_status``: only an order not yet shipped, nor called off,
+        failed or refunded; one already cancelled stays as it is), then the staff note (if any)
+        as a private order note.
 
         WooCommerce has no cancel reason, refund or notify switch on this call: ``reason``
         is not sent (put it in ``staff_note``), nothing is refunded, stock of a cancelled
@@ -364,4 +414,4 @@ class WooCommerceClient:
         await self._request("PUT", f"/orders/{oid}", json_body={"meta_data": [{"key": TAGS_META_KEY, "value": merged}]})
 
 
-__all__ = ["Page", "TAGS_META_KEY", "WooCommerceClient", "oauth1_params", "oauth1_signature"]
+__all__ = ["Page", "TAGS_META_KEY", "WooCommerceClient", "oauth1_params", "oauth1_signature", "refusal"]

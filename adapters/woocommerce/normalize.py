@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from adapters._parse import (
     as_object,
@@ -28,6 +28,7 @@ from adapters._parse import (
     req_id,
     req_str,
 )
+from adapters.cod_gateways import is_cod as is_cod_gateway
 from adapters.woocommerce import carts
 from connector.config import WooCommerceStore
 from connector.contacts import normalize_phone
@@ -47,6 +48,7 @@ from connector.events import (
     OrderUpdated,
     PaymentState,
     ProductUpdated,
+    SalesChannel,
     ShipmentStatus,
 )
 
@@ -127,27 +129,37 @@ def _product(data: dict) -> ProductUpdated:
                           updated_at=get_datetime(data, "date_modified_gmt"))
 
 
-# WooCommerce has no fulfilment object: stores mark shipping with a status (core
-# "completed", or statuses that plugins add) and the Shipment Tracking extension's meta.
-_SHIPMENT_FOR_STATUS = {
-    "completed": ShipmentStatus.IN_TRANSIT,
+# WooCommerce has no fulfilment object: stores mark shipping with a status (core "completed", or
+# statuses that plugins add: the store's ``shipping_statuses``, with their meanings) and the Shipment
+# Tracking extension's meta. An order in any of these statuses has left the warehouse: fulfilled, so
+# a COD run stops asking and a late Cancel goes to a person.
+_SHIPMENT_FOR_MEANING = {
     "shipped": ShipmentStatus.IN_TRANSIT,
-    "out-for-delivery": ShipmentStatus.OUT_FOR_DELIVERY,
+    "out_for_delivery": ShipmentStatus.OUT_FOR_DELIVERY,
     "delivered": ShipmentStatus.DELIVERED,
     # the courier could not deliver (returned to origin): a failed delivery attempt, asked about and handed
     # off; not FAILURE, which is Shopify's "tracking could not be read", told to the store only
-    "failed-delivery": ShipmentStatus.ATTEMPTED_DELIVERY,
-    "rto": ShipmentStatus.ATTEMPTED_DELIVERY,
+    "failed_delivery": ShipmentStatus.ATTEMPTED_DELIVERY,
 }
 TRACKING_META = "_wc_shipment_tracking_items"
-# The order has left the warehouse: fulfilled, so a COD run stops asking and a late Cancel goes to a person.
-_SHIPPED_STATUSES = frozenset(_SHIPMENT_FOR_STATUS)
 # Shipping methods that send nothing: the customer collects the order ("completed" is then no parcel)
 _PICKUP_METHODS = frozenset({"local_pickup", "pickup_location"})
 # A COD order is paid when the cash is taken: WooCommerce sets ``date_paid`` as soon as any order
 # reaches processing (``WC_Order::maybe_set_date_paid``, every gateway since 3.0), so for COD
-# only these statuses say the money came in
-_COD_PAID_STATUSES = frozenset({"completed", "delivered"})
+# only ``completed`` and a status the store calls delivered say the money came in.
+
+# Where an order was placed, by its ``created_via`` (WooCommerce core: checkout, store-api, admin,
+# rest-api; its Point of Sale: pos-rest-api / point-of-sale; the WCPOS plugin: woocommerce-pos;
+# Subscriptions: subscription for a renewal). Anything else (checkout, a headless store's REST
+# order, a payment plugin's own) is the online shop. WooCommerce itself only treats unpaid
+# checkout / store-api orders as abandoned (``wc_cancel_unpaid_orders``).
+_CHANNEL_FOR_CREATED_VIA = {
+    "pos-rest-api": SalesChannel.POS,
+    "point-of-sale": SalesChannel.POS,
+    "woocommerce-pos": SalesChannel.POS,
+    "admin": SalesChannel.ADMIN,
+    "subscription": SalesChannel.SUBSCRIPTION,
+}
 # The pay-for-order page takes payment only in these (WC_Order::needs_payment's default valid statuses):
 # a COD order in processing / on-hold has no pay link that works.
 _PAYABLE_STATUSES = frozenset({"pending", "failed"})
@@ -206,13 +218,19 @@ def _tracking_link(o: Body, tracking: dict[str, Any], store: WooCommerceStore) -
     return company, link
 
 
+def _shipment_status(status: str | None, store: WooCommerceStore) -> ShipmentStatus | None:
+    """What the order's status says about its parcel (``store.shipping_statuses``); None: not shipped."""
+    meaning = store.shipping_statuses.get(status or "")
+    return _SHIPMENT_FOR_MEANING.get(meaning) if meaning else None
+
+
 def _shipment(o: Body, order: Order, tracking: dict[str, Any], store: WooCommerceStore) -> list[Event]:
     """A FulfillmentUpdated from the order's status and Shipment Tracking meta, when it shipped.
 
     ``completed`` is a parcel on its way only for an order that ships: WooCommerce completes a
     virtual or downloadable order at payment, and a store completes a pickup when it is collected."""
-    status = _SHIPMENT_FOR_STATUS.get(order.platform_status or "")
-    if status is ShipmentStatus.IN_TRANSIT and order.platform_status == "completed" and not tracking and not _ships(o):
+    status = _shipment_status(order.platform_status, store)
+    if status is not None and order.platform_status == "completed" and not tracking and not _ships(o):
         status = None
     if status is None and _tracked(order.platform_status, tracking):
         status = ShipmentStatus.IN_TRANSIT
@@ -242,14 +260,18 @@ def _order(o: Body, store: WooCommerceStore, tracking: dict[str, Any]) -> Order:
     created_at = get_datetime(o, "date_created_gmt") or req_datetime(o, "date_created")
     updated_at = get_datetime(o, "date_modified_gmt") or get_datetime(o, "date_modified") or created_at
     payment_method = get_str(o, "payment_method")
-    is_cod = payment_method is not None and payment_method.strip().lower() in store.cod_gateway_names()
-    paid = (status in _COD_PAID_STATUSES) if is_cod else (get_datetime(o, "date_paid_gmt") or get_datetime(o, "date_paid")) is not None
     gateway_names = tuple(n for n in (payment_method, get_str(o, "payment_method_title")) if n)
+    # the gateway id or its title: a configured name, or words that say cash on delivery (a COD
+    # plugin's own id such as "cod_advance", a renamed "Cash on delivery" method)
+    is_cod = is_cod_gateway(gateway_names, store.cod_gateway_names())
+    delivered = status == "completed" or store.shipping_statuses.get(status) == "delivered"
+    paid = delivered if is_cod else (get_datetime(o, "date_paid_gmt") or get_datetime(o, "date_paid")) is not None
     number = get_id(o, "number") or order_id
-    status_url, payment_url = _order_urls(order_id, get_str(o, "order_key"), store)
     # the REST order's own pay link (v3 ``payment_url``) knows the store's checkout page, whose
-    # slug is translated or renamed on many stores; ours is the default /checkout/ path
-    payment_url = _http_url(get_str(o, "payment_url")) or payment_url
+    # slug is translated or renamed on many stores; the thank-you page is on the same page
+    own_pay_url = _http_url(get_str(o, "payment_url"))
+    status_url, payment_url = _order_urls(order_id, get_str(o, "order_key"), own_pay_url, store)
+    payment_url = own_pay_url or payment_url
     payment_state = _payment_state(status, paid)
     if payment_state is not PaymentState.PAID and status not in _PAYABLE_STATUSES:
         payment_url = None  # unpaid, and the pay page would refuse it: no link to offer
@@ -262,7 +284,7 @@ def _order(o: Body, store: WooCommerceStore, tracking: dict[str, Any]) -> Order:
         cancelled_at=updated_at if status in _CLOSED else None,
         payment_state=payment_state,
         # shipped by its status, or by tracking a store added while the order stayed in processing
-        fulfillment_state=(FulfillmentState.FULFILLED if status in _SHIPPED_STATUSES or _tracked(status, tracking)
+        fulfillment_state=(FulfillmentState.FULFILLED if status in store.shipping_statuses or _tracked(status, tracking)
                            else FulfillmentState.UNFULFILLED),
         platform_status=status,
         is_cod=is_cod,
@@ -273,6 +295,7 @@ def _order(o: Body, store: WooCommerceStore, tracking: dict[str, Any]) -> Order:
         line_items=_line_items(o),
         status_url=status_url,
         payment_url=payment_url,
+        channel=_CHANNEL_FOR_CREATED_VIA.get((get_str(o, "created_via") or "").strip().lower(), SalesChannel.ONLINE),
     )
 
 
@@ -288,15 +311,43 @@ def _http_url(value: str | None) -> str | None:
     return value if value and value.startswith(("https://", "http://")) else None
 
 
-def _order_urls(order_id: str, order_key: str | None, store: WooCommerceStore) -> tuple[str | None, str | None]:
-    """The customer-facing thank-you and pay-for-order pages; both need the order key."""
+def _order_urls(order_id: str, order_key: str | None, pay_url: str | None, store: WooCommerceStore) -> tuple[str | None, str | None]:
+    """The customer-facing thank-you and pay-for-order pages; both need the order key.
+
+    Both are endpoints of the checkout page, whose slug many stores rename or translate
+    (``/kasse/``, ``/finalizar-compra/``): taken from the order's own pay link when it has one,
+    else the store's ``checkout_url``, else the default ``{site}/checkout/``."""
     if not order_key:
         return None, None
-    site = str(store.site_url).rstrip("/")
+    key = quote(order_key, safe="")
+    received = _received_from_pay_url(pay_url, order_id, key)
+    if received is not None:
+        return received, pay_url
+    checkout = str(store.checkout_url or f"{str(store.site_url).rstrip('/')}/checkout/").rstrip("/")
     return (
-        f"{site}/checkout/order-received/{order_id}/?key={order_key}",
-        f"{site}/checkout/order-pay/{order_id}/?pay_for_order=true&key={order_key}",
+        f"{checkout}/order-received/{order_id}/?key={key}",
+        f"{checkout}/order-pay/{order_id}/?pay_for_order=true&key={key}",
     )
+
+
+def _received_from_pay_url(pay_url: str | None, order_id: str, key: str) -> str | None:
+    """The thank-you page beside a pay link: ``{checkout}/order-pay/{id}/…`` ->
+    ``{checkout}/order-received/{id}/?key=…``; with plain permalinks ``?page_id=7&order-pay={id}…``
+    -> ``?page_id=7&order-received={id}&key=…``. None for a link of another shape (a renamed
+    ``order-pay`` endpoint: its thank-you endpoint's name is not in it)."""
+    if not pay_url:
+        return None
+    parts = urlsplit(pay_url)
+    marker = f"/order-pay/{order_id}/"
+    if marker in parts.path:
+        checkout = parts.path[: parts.path.index(marker)]
+        return urlunsplit((parts.scheme, parts.netloc, f"{checkout}/order-received/{order_id}/", f"key={key}", ""))
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if ("order-pay", order_id) in query:
+        kept = [(k, v) for k, v in query if k not in ("order-pay", "pay_for_order", "key")]
+        return urlunsplit((parts.scheme, parts.netloc, parts.path,
+                           urlencode([*kept, ("order-received", order_id)]) + f"&key={key}", ""))
+    return None
 
 
 def _order_customer(o: Body, store: WooCommerceStore) -> Customer:
@@ -323,17 +374,22 @@ def _customer(
     shipping: Body,
     store: WooCommerceStore,
 ) -> Customer:
-    """Phone from billing (shipping.phone exists since WC 5.6), parsed with the address country."""
-    country = (
-        get_str(billing, "country", "billing") or get_str(shipping, "country", "shipping") or store.default_country
-    ).upper()
-    raw_phone = first_str(get_str(billing, "phone", "billing"), get_str(shipping, "phone", "shipping"))
+    """Phone from billing, else shipping (shipping.phone exists since WC 5.6), each read with its own
+    address's country (a recipient abroad writes a local number), else the store's."""
+    billing_country = get_str(billing, "country", "billing")
+    shipping_country = get_str(shipping, "country", "shipping")
+    country = (billing_country or shipping_country or store.default_country).upper()
+    billing_phone = get_str(billing, "phone", "billing")
+    if billing_phone and billing_phone.strip():
+        phone = normalize_phone(billing_phone, country)
+    else:
+        phone = normalize_phone(get_str(shipping, "phone", "shipping"), (shipping_country or store.default_country).upper())
     return Customer(
         external_id=external_id,
         first_name=first_name,
         last_name=last_name,
         email=email,
-        phone=normalize_phone(raw_phone, country),
+        phone=phone,
         country=country,
     )
 

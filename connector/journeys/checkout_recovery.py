@@ -241,7 +241,7 @@ class CheckoutRecovery:
         o = event.order
         if run is None:
             if not config.unpaid_orders or not unpaid_order(o) or o.checkout_token or not o.payment_url or facts.contact_id is None \
-                    or isinstance(event, (ev.OrderPaid, ev.OrderCancelled)):
+                    or isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) or o.channel != ev.SalesChannel.ONLINE:  # staff's, a renewal, a till's: no cart left
                 return []
             abandoned_at, first = self._ladder_start(o.updated_at, config)
             state: dict[str, Any] = {

@@ -49,8 +49,10 @@ class Calls(list):
         return self[-1]
 
 
-def run(coro_fn, routes: list[tuple[str, str, Any]], *, store: WooCommerceStore | None = None):
-    """Mock (method, url, response-or-list) routes, run ``coro_fn(client)``; return (result or SendError, calls)."""
+def run(coro_fn, routes: list[tuple[str, str, Any]], *, store: WooCommerceStore | None = None, status: str = "pending"):
+    """Mock (method, url, response-or-list) routes, run ``coro_fn(client)``; return (result or SendError, calls).
+
+    A read of one order that no route answers finds it in ``status`` (the read before a status move)."""
 
     async def go():
         client = WooCommerceClient(store or make_store(), clock=lambda: float(TS), nonce=lambda: NONCE)
@@ -65,6 +67,8 @@ def run(coro_fn, routes: list[tuple[str, str, Any]], *, store: WooCommerceStore 
         for method, url, response in routes:
             route = mock.route(method=method, url=url)
             route.side_effect = response if isinstance(response, list) else [response]
+        mock.route(method="GET", path__regex=r"/wp-json/wc/v3/orders/\d+$").mock(
+            side_effect=lambda request: httpx.Response(200, json={"id": int(request.url.path.rsplit("/", 1)[1]), "status": status}))
         result = asyncio.run(go())
         calls = Calls(mock.calls)
     return result, calls
@@ -146,7 +150,7 @@ def test_oauth_signature_function_known_vector():
 def test_oauth_signs_writes_with_their_method():
     store = make_store("http://woo.test")
     result, mock = run(lambda c: c.set_status("77", "on-hold"),
-                       [("PUT", f"{HTTP_BASE}/orders/77", httpx.Response(200, json={"id": 77}))], store=store)
+                       [("PUT", f"{HTTP_BASE}/orders/77", httpx.Response(200, json={"id": 77, "status": "on-hold"}))], store=store)
     assert result is None
     req = mock.calls.last.request
     query = dict(parse_qsl(urlsplit(str(req.url)).query))
@@ -170,7 +174,7 @@ def test_missing_keys_is_permanent_without_a_call():
 
 def test_set_status_shape():
     result, mock = run(lambda c: c.set_status("123", "wc-processing"),
-                       [("PUT", f"{HTTPS_BASE}/orders/123", httpx.Response(200, json={"id": 123}))])
+                       [("PUT", f"{HTTPS_BASE}/orders/123", httpx.Response(200, json={"id": 123, "status": "processing"}))])
     assert result is None
     assert body(mock.calls.last.request) == {"status": "processing"}
 
@@ -210,8 +214,9 @@ def test_cancel_shape_with_staff_note():
          ("POST", f"{HTTPS_BASE}/orders/123/notes", httpx.Response(201, json={"id": 9}))],
     )
     assert result is None
-    calls = [(c.request.method, c.request.url.path, body(c.request)) for c in mock.calls]
+    calls = [(c.request.method, c.request.url.path, c.request.content and body(c.request)) for c in mock.calls]
     assert calls == [
+        ("GET", "/wp-json/wc/v3/orders/123", b""),  # read first: only an order not yet shipped is cancelled
         ("PUT", "/wp-json/wc/v3/orders/123", {"status": "cancelled"}),
         ("POST", "/wp-json/wc/v3/orders/123/notes", {"note": "Customer said no", "customer_note": False}),
     ]
@@ -219,8 +224,8 @@ def test_cancel_shape_with_staff_note():
 
 def test_cancel_without_staff_note_is_one_call():
     result, mock = run(lambda c: c.cancel_order("123", reason="other", notify_customer=False, staff_note=None),
-                       [("PUT", f"{HTTPS_BASE}/orders/123", httpx.Response(200, json={"id": 123}))])
-    assert result is None and len(mock.calls) == 1
+                       [("PUT", f"{HTTPS_BASE}/orders/123", httpx.Response(200, json={"id": 123, "status": "cancelled"}))])
+    assert result is None and [c.request.method for c in mock.calls] == ["GET", "PUT"]
 
 
 def test_add_tags_note_and_merged_meta():
@@ -395,3 +400,47 @@ def test_get_page_errors_are_classified_like_every_call():
     assert isinstance(odd, PermanentError) and "orders list: unexpected response" in str(odd)
     with pytest.raises(ValueError):
         run(lambda c: c.get_page("orders?page=2"), [])
+
+
+# ---------------------------------------------------------------- the order as WooCommerce has it now
+
+
+@pytest.mark.parametrize("now,why", [("completed", "shipped"), ("dispatched", "shipped"), ("refunded", "refunded"),
+                                     ("failed", "payment failed"), ("trash", "bin")])
+def test_cancel_reads_the_order_and_refuses_one_shipped_or_settled(now, why):
+    """Our copy can be stale (a lost webhook): the live status decides, and a refused cancel names why."""
+    result, mock = run(lambda c: c.cancel_order("123", reason="other", notify_customer=True, staff_note="COD not confirmed"),
+                       [], status=now)
+    assert isinstance(result, PermanentError) and why in str(result) and not result.outcome_unknown
+    assert [c.request.method for c in mock.calls] == ["GET"]  # nothing cancelled, no note
+    assert mock.calls[0].request.url.params["_fields"] == "id,status"
+
+
+def test_a_status_move_never_goes_backwards():
+    for now, target in (("completed", "processing"), ("processing", "on-hold"), ("cancelled", "processing")):
+        result, mock = run(lambda c: c.set_status("123", target), [], status=now)
+        assert isinstance(result, PermanentError), (now, target)
+        assert [c.request.method for c in mock.calls] == ["GET"]
+
+
+def test_cancelling_a_cancelled_order_changes_nothing_but_still_notes_it():
+    """A retry whose first PUT landed (its answer lost) finds the order cancelled: done, no second PUT."""
+    result, mock = run(lambda c: c.cancel_order("123", reason="other", notify_customer=True, staff_note="COD not confirmed"),
+                       [("POST", f"{HTTPS_BASE}/orders/123/notes", httpx.Response(201, json={"id": 9}))], status="cancelled")
+    assert result is None and [c.request.method for c in mock.calls] == ["GET", "POST"]
+
+
+def test_a_status_change_the_store_did_not_make_is_a_failed_write_back():
+    """A plugin that vetoes the change answers 200 with the order as it was."""
+    result, mock = run(lambda c: c.set_status("123", "processing"),
+                       [("PUT", f"{HTTPS_BASE}/orders/123", httpx.Response(200, json={"id": 123, "status": "on-hold"}))],
+                       status="on-hold")
+    assert isinstance(result, PermanentError) and "on-hold" in str(result)
+
+
+def test_a_configured_shipping_status_is_shipped_for_the_write_backs_too():
+    store = make_store(shipping_statuses={"handed-to-courier": "shipped"})
+    result, mock = run(lambda c: c.cancel_order("123", reason="other", notify_customer=True, staff_note=None), [],
+                       store=store, status="handed-to-courier")
+    assert isinstance(result, PermanentError) and "shipped" in str(result)
+    assert [c.request.method for c in mock.calls] == ["GET"]

@@ -121,11 +121,12 @@ def test_cod_variant() -> None:
 
 
 def test_store_cod_gateways_are_honoured() -> None:
-    cheque = cod_order()
-    cheque["payment_method"] = "Cheque"
+    cheque = {**cod_order(), "payment_method": "Cheque", "payment_method_title": "Check payments"}
+    assert only(normalize("order.created", cheque, STORE)).order.is_cod is False  # paid before it ships
     store = make_store(cod_gateways=["cheque"])
     assert only(normalize("order.created", cheque, store)).order.is_cod is True
-    assert only(normalize("order.created", cod_order(), store)).order.is_cod is False
+    # as on Shopify, a gateway whose words say cash on delivery stays COD whatever the list
+    assert only(normalize("order.created", cod_order(), store)).order.is_cod is True
 
 
 @pytest.mark.parametrize(
@@ -393,3 +394,103 @@ def test_a_lines_coupon_discount_is_its_subtotal_less_its_total() -> None:
     body["line_items"][1].update(subtotal="18.00", total="18.00")
     items = normalize("order.created", body, STORE)[0].order.line_items
     assert [i.discount for i in items] == [Decimal("2.20"), Decimal("0")]
+
+
+# ---- where the order was placed (created_via) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("created_via,channel", [
+    ("checkout", "online"), ("store-api", "online"), ("rest-api", "online"), (None, "online"), ("some-plugin", "online"),
+    ("admin", "admin"), ("subscription", "subscription"),
+    ("pos-rest-api", "pos"), ("point-of-sale", "pos"), ("woocommerce-pos", "pos"),
+])
+def test_created_via_gives_the_sales_channel(created_via, channel) -> None:
+    order = {**load_order(), "created_via": created_via}
+    assert only(normalize("order.created", order, STORE)).order.channel == channel
+
+
+# ---- shipping statuses plugins add ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status,shipment", [("dispatched", ShipmentStatus.IN_TRANSIT), ("in-transit", ShipmentStatus.IN_TRANSIT),
+                                             ("out-for-delivery", ShipmentStatus.OUT_FOR_DELIVERY),
+                                             ("delivered", ShipmentStatus.DELIVERED), ("rto", ShipmentStatus.ATTEMPTED_DELIVERY)])
+def test_default_shipping_statuses_ship_the_order(status, shipment) -> None:
+    placed, fulfilled = normalize("order.updated", {**cod_order(), "status": status}, STORE)
+    assert placed.order.fulfillment_state is FulfillmentState.FULFILLED
+    assert fulfilled.fulfillment.shipment_status is shipment
+
+
+def test_a_store_configures_its_plugins_statuses() -> None:
+    store = make_store(shipping_statuses={"wc-Handed-To-Courier": "shipped", "completed": "delivered"})
+    assert store.shipping_statuses["dispatched"] == "shipped"  # the defaults stay
+    placed, fulfilled = normalize("order.updated", {**cod_order(), "status": "handed-to-courier"}, store)
+    assert placed.order.fulfillment_state is FulfillmentState.FULFILLED
+    assert fulfilled.fulfillment.shipment_status is ShipmentStatus.IN_TRANSIT
+    # a COD store that completes the order when the cash is in: delivered, and paid
+    placed, fulfilled = normalize("order.updated", {**cod_order(), "status": "completed"}, store)
+    assert fulfilled.fulfillment.shipment_status is ShipmentStatus.DELIVERED and placed.order.payment_state is PaymentState.PAID
+
+
+@pytest.mark.parametrize("statuses,words", [({"dispatched": "shiped"}, "must be one of"), ({"processing": "shipped"}, "not shipped"),
+                                            ({"far too long a status name": "shipped"}, "not a WooCommerce status")])
+def test_a_typo_in_shipping_statuses_is_a_clear_error(statuses, words) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=words):
+        make_store(shipping_statuses=statuses)
+
+
+# ---- the order-status link follows the store's checkout page ---------------------------------------
+
+
+def test_status_url_is_on_the_checkout_page_the_pay_link_names() -> None:
+    order = {**load_order(), "status": "pending", "date_paid": None, "date_paid_gmt": None, "order_key": "wc_order_k1",
+             "payment_url": "https://shop.example/kasse/order-pay/727/?pay_for_order=true&key=wc_order_k1"}
+    o = only(normalize("order.created", order, STORE)).order
+    assert o.status_url == "https://shop.example/kasse/order-received/727/?key=wc_order_k1"
+    assert o.payment_url == "https://shop.example/kasse/order-pay/727/?pay_for_order=true&key=wc_order_k1"
+
+
+def test_status_url_with_plain_permalinks() -> None:
+    order = {**load_order(), "order_key": "wc_order_k1",
+             "payment_url": "https://shop.example/?page_id=7&order-pay=727&pay_for_order=true&key=wc_order_k1"}
+    o = only(normalize("order.created", order, STORE)).order
+    assert o.status_url == "https://shop.example/?page_id=7&order-received=727&key=wc_order_k1"
+
+
+def test_status_url_on_the_configured_checkout_page_without_a_pay_link() -> None:
+    store = make_store(checkout_url="https://shop.example/finalizar-compra/")
+    order = {**load_order(), "order_key": "wc_order_k1"}
+    order.pop("payment_url", None)
+    o = only(normalize("order.created", order, store)).order
+    assert o.status_url == "https://shop.example/finalizar-compra/order-received/727/?key=wc_order_k1"
+    assert only(normalize("order.created", order, STORE)).order.status_url == \
+        "https://shop.example/checkout/order-received/727/?key=wc_order_k1"  # nothing known: the default page
+
+
+# ---- each phone with its own address's country --------------------------------------------------------
+
+
+def test_a_shipping_phone_is_read_with_the_shipping_country() -> None:
+    order = load_order()
+    order["billing"].update(phone="", country="IN")
+    order["shipping"].update(phone="050 123 4567", country="AE")
+    assert only(normalize("order.created", order, STORE)).order.customer.phone.e164 == "+971501234567"
+    order["billing"].update(phone="098765 43210")  # billing's own, read with billing's country
+    assert only(normalize("order.created", order, STORE)).order.customer.phone.e164 == "+919876543210"
+
+
+# ---- COD plugins' own gateways ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method,title,cod", [
+    ("cod", "Cash on delivery", True),
+    ("cod_advance", "Partial COD (pay shipping now)", True),  # a partial-COD plugin's gateway
+    ("cash_on_delivery", "Pay at your door", True),
+    ("wc_gateway_offline_2", "Cash on Delivery", True),  # a cloned offline gateway, titled by the merchant
+    ("cheque", "Check payments", False), ("bacs", "Direct bank transfer", False), ("razorpay", "Razorpay", False),
+])
+def test_cod_gateways_by_id_or_words(method, title, cod) -> None:
+    order = {**cod_order(), "payment_method": method, "payment_method_title": title}
+    assert only(normalize("order.created", order, STORE)).order.is_cod is cod

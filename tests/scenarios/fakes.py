@@ -8,7 +8,8 @@ One Starlette app plays three peers and records every call it gets:
   (``X-Shopify-Access-Token`` checked; ``tagsAdd``, ``orderCancel``, ``orderUpdate``, reads);
 - the WooCommerce REST API v3 under ``/wp-json/wc/v3`` (OAuth 1.0a consumer key checked,
   as WooCommerce does on plain http): ``GET``/``PUT /orders/{id}``, ``POST /orders/{id}/notes``;
-  it keeps each order's ``meta_data`` so a second tag write sees the first;
+  it keeps each order's ``meta_data`` so a second tag write sees the first, and its ``status``
+  (from the order webhooks the scenario posted, a status PUT, or ``woo_status`` set by a test);
 - a Slack-compatible incoming webhook for hand-off notifications: ``POST /hooks/{stage}``.
 
 The scenarios assert on what these fakes received, never on the connector's tables.
@@ -81,6 +82,9 @@ class FakeWorld:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self.woo_meta: dict[str, list[dict[str, Any]]] = {}
+        # each order's status as the fake WooCommerce has it: what the scenario's order webhooks said
+        # (harness.Scenario.woo_delivery), a status PUT, or set by a test (a change whose webhook was lost)
+        self.woo_status: dict[str, str] = {}
         self.shopify_cancelled: dict[str, str] = {}  # order gid -> cancelledAt, as the fake Shopify remembers it
         self.app = Starlette(routes=[
             Route("/{version}/{phone_number_id}/messages", self._wa_messages, methods=["POST"]),
@@ -98,6 +102,7 @@ class FakeWorld:
             self.notifications.clear()
             self.refused.clear()
             self.woo_meta.clear()
+            self.woo_status.clear()
             self.shopify_cancelled.clear()
             self.whatsapp_down = False
 
@@ -178,8 +183,11 @@ class FakeWorld:
             if body and isinstance(body.get("meta_data"), list):
                 for item in body["meta_data"]:
                     meta[:] = [m for m in meta if m.get("key") != item.get("key")] + [item]
+            if body and "status" in body:
+                self.woo_status[oid] = body["status"]
             current = list(meta)
-        return JSONResponse({"id": int(oid), "meta_data": current, **({"status": body["status"]} if body and "status" in body else {})})
+            status = self.woo_status.get(oid, "processing")
+        return JSONResponse({"id": int(oid), "status": status, "meta_data": current})
 
     async def _woo_note(self, request: Request) -> Response:
         if not self._woo_authorized(request):

@@ -152,6 +152,8 @@ class Scenario:
         return Delivery("/webhooks/shopify", body, headers, f"shopify {topic}")
 
     def woo_delivery(self, topic: str, payload: dict[str, Any]) -> Delivery:
+        if topic.startswith("order.") and "id" in payload and isinstance(payload.get("status"), str):
+            self.world.woo_status[str(payload["id"])] = payload["status"]  # the store has the order as its webhook says
         body = dumps(payload)
         return Delivery(f"/webhooks/woocommerce/{self.key}", body, woo_headers(body, SECRETS["woo"], topic), f"woocommerce {topic}")
 
