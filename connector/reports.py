@@ -17,8 +17,10 @@ Stages and what counts (runs are counted in the week they started):
   rate and recovered revenue; the same for stalled payments (still pending when the reminder
   came, ``payment_recovery.stalled``; recovered: paid within the payment journey's
   ``attribution_days`` of its reminder). An order the store has since cancelled, voided or
-  refunded (as the orders table has it at report time, whatever order the webhooks came in)
-  recovered nothing: it is left out of the count and the revenue (and of the lift's conversions).
+  refunded, or whose payment failed (as the orders table has it at report time, whatever order
+  the webhooks came in) recovered nothing: it is left out of the count and the revenue (and of
+  the lift's conversions). One order is credited once: a cart whose order was then paid after
+  its pay reminder counts as the pay reminder's recovery, not also as a recovered checkout.
 - post-purchase: delivery updates sent / delivered / read, shipments, failed deliveries
   (NDR) and their rate; hand-offs opened and their median resolution time.
 - retention: reorder windows opened, reminded (as for checkouts: a reminder WhatsApp took),
@@ -177,7 +179,9 @@ def _chunks(ids: list[Any], size: int = 500) -> Any:
         yield ids[i:i + size]
 
 
-CALLED_OFF_PAYMENTS = ("refunded", "voided")  # with ``cancelled_at``: an order whose money the store no longer has
+# with ``cancelled_at``: an order whose money the store no longer has, or never had (a WooCommerce order whose payment
+# failed: it exists before its payment, and stays ``failed`` unless she pays)
+CALLED_OFF_PAYMENTS = ("refunded", "voided", "failed")
 # the orders' (store_id, external_id) unique index: a run's order, only ever in the report's own store
 ORDERS_NOW = select(ORDERS.c.external_id, ORDERS.c.placed_at, ORDERS.c.cancelled_at, ORDERS.c.payment_state).where(
     ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
@@ -192,7 +196,7 @@ def _orders_now(conn: Connection, store_id: int, ids: set[str]) -> dict[str, Any
 
 
 def _called_off(order: Any) -> bool:
-    """Cancelled, voided or refunded by now: a sale that did not stand (a partial refund still stands)."""
+    """Cancelled, voided, refunded or failed by now: a sale that did not stand (a partial refund still stands)."""
     return order is not None and (order.cancelled_at is not None or order.payment_state in CALLED_OFF_PAYMENTS)
 
 
@@ -256,6 +260,22 @@ def converted(conn: Connection, store_id: int, journey: str, runs: list[Any]) ->
     if journey == "reorder":
         return reordered_in_window(conn, store_id, runs)
     raise ValueError(f"no conversion defined for {journey}")
+
+
+_PAYMENT_RUNS = select(RUNS.c.subject, RUNS.c.state).where(
+    RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == "payment_recovery", RUNS.c.subject.in_(bindparam("ss", expanding=True)))
+
+
+def _not_paid_by_reminder(conn: Connection, store_id: int, runs: list[Any]) -> list[Any]:
+    """The recovered checkout runs whose order no pay reminder recovered. One order is credited once: a cart
+    reminded, then an order left unpaid, then paid after its pay reminder (``payment_recovery``, whatever week
+    its run started) is the pay reminder's, the last before the payment; the cart recovered no revenue of its own."""
+    subjects = {f"order:{o}" for r in runs if (o := run_order("checkout_recovery", r)) is not None}
+    paid: set[str] = set()
+    for chunk in _chunks(sorted(subjects)):
+        paid.update(row.subject for row in conn.execute(_PAYMENT_RUNS, {"sid": store_id, "ss": chunk})
+                    if (row.state or {}).get("paid") and (row.state or {}).get("recovered") is True)
+    return [r for r in runs if f"order:{run_order('checkout_recovery', r)}" not in paid]
 
 
 def _standing(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> list[Any]:
@@ -325,7 +345,8 @@ def reminded(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> 
 def conversion(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     checkouts = _cohort("checkout_recovery", _runs(conn, store_id, "checkout_recovery", p))
     reached = reminded(conn, store_id, "checkout_recovery", checkouts)
-    recovered = _standing(conn, store_id, "checkout_recovery", [r for r in reached if r.state.get("recovered")])
+    standing = _standing(conn, store_id, "checkout_recovery", [r for r in reached if r.state.get("recovered")])
+    recovered = _not_paid_by_reminder(conn, store_id, standing)  # the rest are the pay reminders' (and not lost)
     payments = _cohort("payment_recovery", _runs(conn, store_id, "payment_recovery", p))
     pay_reminded = reminded(conn, store_id, "payment_recovery", payments)
     # paid within the journey's attribution window (``recovered``; a run from before it was kept: paid at all)
@@ -337,7 +358,7 @@ def conversion(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
         "payments_stalled": len(payments), "payments_reminded": len(pay_reminded), "payments_recovered": len(paid),
         "payment_recovery_rate": _rate(len(paid), len(pay_reminded)),
         "payment_recovered_revenue": _money([r.state.get("revenue") for r in paid]),
-        "lost": (len(reached) - len(recovered)) + (len(pay_reminded) - len(paid)),
+        "lost": (len(reached) - len(standing)) + (len(pay_reminded) - len(paid)),
     }
 
 

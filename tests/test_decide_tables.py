@@ -539,6 +539,8 @@ ONE_SENT = {**LADDER, "sent": 1, "first_sent_at": ABANDONED.isoformat(), "last_s
 TWO_SENT = {**ONE_SENT, "sent": 2, "step": 2, "last_sent_at": (ABANDONED + 6 * H).isoformat()}
 ALL_SENT = {**ONE_SENT, "sent": 3, "last_sent_at": (ABANDONED + 24 * H).isoformat()}
 CART = "checkout:tok1"
+SHARED = CR.model_copy(update={"unpaid_orders_by_consent": True})  # payment_recovery takes unpaid orders too
+CR_NO_UNPAID = CR.model_copy(update={"unpaid_orders": False})
 UNPAID = {**LADDER, "recovery_url": woo("pending").payment_url, "unpaid_order": "727"}
 
 
@@ -710,6 +712,42 @@ CHECKOUT_CASES = [
          ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"], state={"recovered": True, "revenue": "1299"}),
     Case("timer on an unpaid order that is paid by now: no reminder", TimerFired(ABANDONED), run("checkout_recovery", UNPAID, subject="order:727"),
          facts(woo("processing")), CR, ["wake:none", "finish:order_closed"], now=ABANDONED),
+    # payment_recovery takes unpaid orders too (issue #4 item 5): the customer's consent, when the order is placed, decides
+    Case("both take unpaid orders, she has marketing consent: the cart ladder", ev.OrderPlaced(order=woo("failed")), None,
+         facts(woo("failed"), marketing_ok=True), SHARED, ["start:order:727", "wake:+30m"]),
+    Case("both take unpaid orders, no marketing consent: left to the pay reminder (the ladder could not reach her)",
+         ev.OrderPlaced(order=woo("failed")), None, facts(woo("failed"), marketing_ok=False), SHARED, []),
+    Case("both take unpaid orders: an update starts no ladder (decided when the order was placed)", ev.OrderUpdated(order=woo("failed")),
+         None, facts(woo("failed"), marketing_ok=True), SHARED, []),
+    # one checkout, one ladder (issue #4 item 3; the runner must pass open_runs with a checkout)
+    Case("her unpaid order runs the ladder: the plugin's cart for it, posted abandoned later, starts no second one", checkout(),
+         None, facts(open_runs=(run("checkout_recovery", UNPAID, subject="order:727"),)), CR, []),
+    Case("... an unpaid order only waiting for its payment (no ladder of its own): the cart gets its ladder", checkout(), None,
+         facts(open_runs=(run("checkout_recovery", {**UNPAID, "waits_for_payment": True}, subject="order:727"),)), CR,
+         ["start:checkout:tok1", "wake:+30m"]),
+    Case("... an order ladder over days ago: a new cart is another purchase", checkout(T0 + 9 * D), None,
+         facts(open_runs=(run("checkout_recovery", {**UNPAID, **ALL_SENT, "step": 3}, subject="order:727"),)), CR,
+         ["start:checkout:tok1", "wake:+12990m"], now=T0 + 9 * D),
+    # a cart is recovered by a purchase, not by an order whose payment failed or waits (issue #4 item 6)
+    Case("unpaid orders off, the reminded cart becomes a failed order: no credit, the cart's ladder ends",
+         ev.OrderPlaced(order=woo("failed")), run("checkout_recovery", ONE_SENT, subject=CART), facts(woo("failed")), CR_NO_UNPAID,
+         ["update(superseded_by)", "wake:none", "finish:order_pending"], state={"superseded_by": "727", "revenue": None, "order_id": None}),
+    Case("... and the order waits for its payment with the cart's reminders, sending nothing", ev.OrderPlaced(order=woo("failed")), None,
+         facts(woo("failed"), open_runs=(run("checkout_recovery", TWO_SENT, subject=CART),)), CR_NO_UNPAID, ["start:order:727", "wake:+10470m"],
+         state={"waits_for_payment": True, "continues": CART, "sent": 2, "step": 2}),
+    Case("... an order from a cart none of whose reminders went out: nothing waits", ev.OrderPlaced(order=woo("failed")), None,
+         facts(woo("failed"), open_runs=(run("checkout_recovery", {**LADDER, "step": 1}, subject=CART),)), CR_NO_UNPAID, []),
+    Case("... paid later: the cart's reminders recovered it", ev.OrderUpdated(order=woo("processing", updated_at=T0 + 8 * H)),
+         run("checkout_recovery", {**TWO_SENT, "continues": CART, "unpaid_order": "727", "waits_for_payment": True}, subject="order:727"),
+         facts(woo("processing"), reminders_sent=(ABANDONED, ABANDONED + 6 * H)), CR_NO_UNPAID,
+         ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"], state={"recovered": True, "revenue": "1299"}),
+    Case("... never paid: it ends with the cart's window, no reminder, no credit", TimerFired(ABANDONED + 8 * D),
+         run("checkout_recovery", {**TWO_SENT, "continues": CART, "unpaid_order": "727", "waits_for_payment": True}, subject="order:727"),
+         facts(woo("failed")), CR_NO_UNPAID, ["wake:none", "finish:not_paid"], now=ABANDONED + 8 * D),
+    Case("a pending Shopify order is a placed one: it still recovers the cart", bought_for("tok1", T0 + 3 * H).model_copy(
+         update={"order": prepaid(platform_status="pending", created_at=T0 + 3 * H, updated_at=T0 + 3 * H)}),
+         run("checkout_recovery", ONE_SENT, subject=CART), facts(), CR.model_copy(update={"order_before_payment": False, "unpaid_orders": False}),
+         ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"], state={"recovered": True}),
 ]
 
 
@@ -742,6 +780,9 @@ def test_checkout_recovery_subjects(event: Any, subject: str | None) -> None:
 # ---- payment recovery -----------------------------------------------------------------------
 
 PR = PaymentRecoveryConfig(after_minutes=60)
+PR_SHARED = PaymentRecoveryConfig(after_minutes=60, unpaid_orders_by_consent=True)
+WAITING = {"placed_at": T0.isoformat(), "products": ["9001"]}  # a run waiting to remind about order #1042
+RETRY = prepaid(external_id="1043", name="#1043", payment_state=ev.PaymentState.PAID, created_at=T0 + 20 * MIN)  # her second try, paid
 PENDING = prepaid()
 NET_30 = prepaid(payment_terms="net", payment_due_at=T0 + 30 * D)  # as stored from the webhook
 ON_FULFILMENT = prepaid(payment_terms="fulfillment")  # due once fulfilled: no date yet
@@ -816,6 +857,40 @@ PAYMENT_CASES = [
          ev.OrderPlaced(order=PENDING), None, facts(PENDING), PR, ["start:order:1042", "wake:+1h"]),
     Case("a reconcile update while a Net 30 run waits for its date: nothing changes", ev.OrderUpdated(order=PENDING),
          run("payment_recovery", {}), facts(NET_30), PR, []),
+    Case("a new run keeps its order's time and products (to tell her second try)", ev.OrderPlaced(order=PENDING), None, facts(PENDING), PR,
+         ["start:order:1042", "wake:+1h"], state={"placed_at": T0.isoformat(), "products": ["9001"]}),
+    # checkout_recovery takes unpaid orders too (issue #4 item 5): the customer's consent, when the order is placed, decides
+    Case("both take unpaid orders, no marketing consent: the pay reminder", ev.OrderPlaced(order=woo("failed")), None,
+         facts(woo("failed"), marketing_ok=False), PR_SHARED, ["start:order:727", "wake:+1h"]),
+    Case("both take unpaid orders, she has marketing consent: the cart ladder's", ev.OrderPlaced(order=woo("failed")), None,
+         facts(woo("failed"), marketing_ok=True), PR_SHARED, []),
+    Case("both take unpaid orders: an update starts no reminder (decided when the order was placed)", ev.OrderUpdated(order=woo("failed")),
+         None, facts(woo("failed"), marketing_ok=False), PR_SHARED, []),
+    Case("both take unpaid orders: on-hold (bank transfer) is no abandoned checkout, it stays here", ev.OrderPlaced(order=woo("on-hold")),
+         None, facts(woo("on-hold"), marketing_ok=True), PR_SHARED, ["start:order:727", "wake:+1h"]),
+    # her second try (issue #4 item 2): another order of hers reaches the waiting run (the journey follows the contact)
+    Case("she pays another order for the same product 20 minutes later: no reminder for this one", ev.OrderPlaced(order=RETRY),
+         run("payment_recovery", WAITING), facts(RETRY), PR, ["update(replaced_by)", "wake:none", "finish:replaced_by_order"],
+         state={"replaced_by": "1043", "revenue": None}),
+    Case("... or takes it cash on delivery instead", ev.OrderPlaced(order=order(external_id="1043", created_at=T0 + 20 * MIN)),
+         run("payment_recovery", WAITING), facts(), PR, ["update(replaced_by)", "wake:none", "finish:replaced_by_order"]),
+    Case("... a run stored before it kept its products: any later paid order of hers that day", ev.OrderPlaced(order=RETRY),
+         run("payment_recovery", {}), facts(RETRY), PR, ["update(replaced_by)", "wake:none", "finish:replaced_by_order"]),
+    Case("... paid as an update (once the runner routes it): the same", ev.OrderUpdated(order=RETRY),
+         run("payment_recovery", WAITING), facts(RETRY), PR, ["update(replaced_by)", "wake:none", "finish:replaced_by_order"]),
+    Case("her other order is for another product: another purchase, this one is still chased",
+         ev.OrderPlaced(order=RETRY.model_copy(update={"line_items": (ev.LineItem(product_id="9002", title="Soap"),)})),
+         run("payment_recovery", WAITING), facts(), PR, []),
+    Case("her other order is not paid either: nothing yet", ev.OrderPlaced(order=prepaid(external_id="1043", created_at=T0 + 20 * MIN)),
+         run("payment_recovery", WAITING), facts(), PR, []),
+    Case("her other order came two days later: another purchase", ev.OrderPlaced(order=RETRY.model_copy(update={"created_at": T0 + 2 * D})),
+         run("payment_recovery", WAITING), facts(), PR, []),
+    Case("an older order of hers (heard late) replaces nothing", ev.OrderPlaced(order=RETRY.model_copy(update={"created_at": T0 - H})),
+         run("payment_recovery", WAITING), facts(), PR, []),
+    Case("a reply reaching the run (it follows her): not this order's news", text("hello"), run("payment_recovery", WAITING),
+         facts(PENDING), PR, []),
+    Case("a paid order of hers reaching a finished run: nothing", ev.OrderPlaced(order=RETRY),
+         run("payment_recovery", {**WAITING, "reminded": True}, "finished"), facts(RETRY), PR, []),
 ]
 
 

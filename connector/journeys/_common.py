@@ -68,6 +68,21 @@ def unpaid_order(order: Any) -> bool:
             and order.payment_state in (ev.PaymentState.PENDING, ev.PaymentState.FAILED))
 
 
+def cart_ladder_takes(event: Any, facts: Facts) -> bool:
+    """Whether a WooCommerce unpaid order runs the cart ladder (checkout_recovery, marketing) rather
+    than the pay reminder (payment_recovery, utility), when both journeys take unpaid orders
+    (``unpaid_orders_by_consent``): only for a customer the ladder can reach (marketing consent,
+    not opted out, reachable: the runner's ``marketing_ok``), else the gate would skip every step
+    and she would get nothing. Decided once, on the order's arrival (``OrderPlaced``): an update
+    starts neither journey, so a change of consent later never hands one order to both."""
+    return isinstance(event, ev.OrderPlaced) and bool(facts.extra.get("marketing_ok"))
+
+
+def pay_reminder_takes(event: Any, facts: Facts) -> bool:
+    """The other half of ``cart_ladder_takes``: the unpaid order of a customer the ladder cannot reach."""
+    return isinstance(event, ev.OrderPlaced) and not facts.extra.get("marketing_ok")
+
+
 # what a customer sends that answers nothing (adapters/whatsapp/normalize.py): a reaction to one
 # of our messages (or taking it back), a sticker, WhatsApp's own notices (``system``: the user
 # changed number; ``request_welcome``: a chat opened for the first time). A run that follows the

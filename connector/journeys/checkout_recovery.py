@@ -32,8 +32,14 @@ reminders are skipped.
 WooCommerce has no abandoned checkout of its own: its order exists before the payment, so a
 ``pending`` or ``failed`` order is the abandoned checkout (``unpaid_orders``, on by default).
 It runs the same ladder with the order's pay link, and ends as recovered when the order
-is paid. Each such order has exactly one home: ``settle_woocommerce_settings`` (run when the
-config is loaded) turns it off in ``payment_recovery`` when this journey takes it.
+is paid. Each such order has exactly one home: with ``payment_recovery`` taking them too, this
+ladder takes the order of a customer it can reach (marketing consent), the pay reminder
+everyone else's (``settle_woocommerce_settings``, ``_common.cart_ladder_takes``). A cart is
+recovered only by a purchase: an order paid, or cash on delivery (credited as placed); an
+order whose payment failed or waits credits nothing and ends the cart's ladder, and when this
+ladder does not take it a silent run waits for its payment with the cart's reminders
+(``_waits_for_payment``). A cart posted abandoned while her unpaid order already runs the
+ladder starts none (``_order_laddering``: the plugin keeps a cart until its order is paid).
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from connector import events as ev
-from connector.journeys._common import answers_run, deleted_order, end_for_deleted_order, is_reply, unpaid_order
+from connector.journeys._common import (
+    answers_run, cart_ladder_takes, deleted_order, end_for_deleted_order, is_reply, unpaid_order,
+)
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake, Withdraw
 
 STEPS = ("first", "second", "third")
@@ -75,6 +83,12 @@ class CheckoutRecoveryConfig(JourneyConfig):
     attribution_days: float = Field(7, gt=0)
     unpaid_orders: bool = Field(True, description="WooCommerce only: a pending/failed order runs this ladder with its pay link "
                                                   "(payment_recovery then leaves it alone)")
+    unpaid_orders_by_consent: bool = Field(False, description="set when the config is loaded: payment_recovery takes unpaid "
+                                                              "orders too, so this ladder takes only those of customers with "
+                                                              "marketing consent (``_common.cart_ladder_takes``)")
+    order_before_payment: bool = Field(True, description="set when the config is loaded: WooCommerce makes the order before "
+                                                         "the payment, so a pending/failed one recovers no cart (on other "
+                                                         "platforms a pending order is a placed one)")
     completed_wait_minutes: float = Field(120, ge=0, description="WooCommerce only: how long a reminded cart the Cart Abandonment "
                                                                  "Recovery plugin reports completed waits for its order, to credit "
                                                                  "it (WooCommerce queues its order webhooks, and its order names "
@@ -95,24 +109,32 @@ class CheckoutRecoveryConfig(JourneyConfig):
 
 def settle_woocommerce_settings(platform: str, configs: dict[str, Any]) -> list[str]:
     """Settle the WooCommerce-only journey settings when a store's config is loaded; first, give
-    WooCommerce's pending/failed orders one home.
+    each of WooCommerce's pending/failed orders one home.
 
-    They feed this journey when it is enabled with ``unpaid_orders`` (the default), else
-    ``payment_recovery``: never both, so nobody gets a cart reminder and a pay reminder for
-    one order. On other platforms the WooCommerce-only settings are turned off (and
-    ``order_confirmation`` confirms every prepaid order as placed). Settings are replaced in
-    ``configs``; returns the problems (both set on, a WooCommerce setting on another platform).
+    When this journey (``unpaid_orders``) and ``payment_recovery`` (its ``unpaid_orders``) both
+    take them, the order's customer decides (``unpaid_orders_by_consent``): the cart ladder, a
+    marketing journey, takes the order of a customer it can reach; the utility pay reminder
+    takes everyone else's (WooCommerce asks no marketing opt-in: most customers), never both
+    (``_common.cart_ladder_takes``). When only one takes them, it takes them all. On other
+    platforms the WooCommerce-only settings are turned off (and ``order_confirmation`` confirms
+    every prepaid order as placed). Settings are replaced in ``configs``; returns the problems
+    (a WooCommerce setting on another platform).
     """
     checkout, payment = configs.get("checkout_recovery"), configs.get("payment_recovery")
     confirmation = configs.get("order_confirmation")
-    explicit = [f"{name}.unpaid_orders" for name, cfg in (("checkout_recovery", checkout), ("payment_recovery", payment))
-                if cfg is not None and "unpaid_orders" in cfg.model_fields_set]
     if platform != "woocommerce":
+        explicit = [f"{name}.unpaid_orders" for name, cfg in (("checkout_recovery", checkout), ("payment_recovery", payment))
+                    if cfg is not None and "unpaid_orders" in cfg.model_fields_set]
         if checkout is not None:
             if "completed_wait_minutes" in checkout.model_fields_set:
                 explicit.append("checkout_recovery.completed_wait_minutes")
-            # (a Shopify order names its checkout: it finds the run however that ended, no wait needed)
-            configs["checkout_recovery"] = checkout.model_copy(update={"unpaid_orders": False, "completed_wait_minutes": 0})
+            # (a Shopify order names its checkout: it finds the run however that ended, no wait needed;
+            # a pending Shopify order is a placed one)
+            configs["checkout_recovery"] = checkout.model_copy(update={"unpaid_orders": False, "completed_wait_minutes": 0,
+                                                                       "unpaid_orders_by_consent": False,
+                                                                       "order_before_payment": False})
+        if payment is not None:
+            configs["payment_recovery"] = payment.model_copy(update={"unpaid_orders_by_consent": False})
         problems = [f"{key}: a WooCommerce setting (Shopify's abandoned checkouts come from checkouts/*)" for key in explicit]
         if confirmation is not None and "after_payment" in confirmation.model_fields_set:
             problems.append("order_confirmation.after_payment: a WooCommerce setting (a Shopify order exists once its checkout "
@@ -120,14 +142,12 @@ def settle_woocommerce_settings(platform: str, configs: dict[str, Any]) -> list[
         if confirmation is not None:
             configs["order_confirmation"] = confirmation.model_copy(update={"after_payment": False})
         return problems
-    takes = checkout is not None and checkout.enabled and checkout.unpaid_orders
-    if payment is None:
-        return []
-    if takes and payment.unpaid_orders and "payment_recovery.unpaid_orders" in explicit:
-        return ["payment_recovery.unpaid_orders: checkout_recovery.unpaid_orders takes pending/failed orders already "
-                "(one of them must be false, or the customer gets both reminders)"]
-    if takes:
-        configs["payment_recovery"] = payment.model_copy(update={"unpaid_orders": False})
+    shared = bool(checkout is not None and checkout.enabled and checkout.unpaid_orders
+                  and payment is not None and payment.enabled and payment.unpaid_orders)
+    if checkout is not None:
+        configs["checkout_recovery"] = checkout.model_copy(update={"unpaid_orders_by_consent": shared, "order_before_payment": True})
+    if payment is not None:
+        configs["payment_recovery"] = payment.model_copy(update={"unpaid_orders_by_consent": shared})
     return []
 
 
@@ -168,6 +188,8 @@ class CheckoutRecovery:
             o = facts.order  # an unpaid order's run: the order as stored now
             if run.subject.startswith("order:") and o is not None and (o.cancelled or o.payment_state not in ("pending", "failed")):
                 return [Wake(None), Finish("order_closed")]
+            if run.state.get("waits_for_payment"):  # the cart's window is over and the order is still not paid
+                return [Wake(None), Finish("not_paid")]
             return self._remind(run, facts, config, now)
         return []
 
@@ -204,7 +226,7 @@ class CheckoutRecovery:
         abandoned_at, first = self._ladder_start(c.updated_at, config)
         state = {"abandoned_at": abandoned_at.isoformat(), **self._cart(c)}
         if run is None:
-            if facts.contact_id is None or not c.recovery_url:
+            if facts.contact_id is None or not c.recovery_url or self._order_laddering(facts, config, now):
                 return []
             return [Start(f"checkout:{c.token}", facts.contact_id, {**state, "sent": 0}), Wake(first)]
         if run.status != "active":
@@ -240,9 +262,12 @@ class CheckoutRecovery:
         (``continues``; the cart run ends ``order_pending``, ``_converted``)."""
         o = event.order
         if run is None:
-            if not config.unpaid_orders or not unpaid_order(o) or o.checkout_token or not o.payment_url or facts.contact_id is None \
-                    or isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) or o.channel != ev.SalesChannel.ONLINE:  # staff's, a renewal, a till's: no cart left
+            if not config.order_before_payment or not unpaid_order(o) or o.checkout_token or not o.payment_url \
+                    or facts.contact_id is None or isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) \
+                    or o.channel != ev.SalesChannel.ONLINE:  # staff's, a renewal, a till's: no cart left (the pay reminder's)
                 return []
+            if not self._takes(event, facts, config):
+                return self._waits_for_payment(o, facts, config, now)
             abandoned_at, first = self._ladder_start(o.updated_at, config)
             state: dict[str, Any] = {
                 "abandoned_at": abandoned_at.isoformat(), "recovery_url": o.payment_url, "total": str(o.total), "currency": o.currency,
@@ -269,18 +294,50 @@ class CheckoutRecovery:
             return []
         return self._converted(o, run, facts, config, at=o.updated_at)  # paid, or moved on (on-hold, processing)
 
+    @staticmethod
+    def _takes(event: Any, facts: Facts, config: CheckoutRecoveryConfig) -> bool:
+        """Whether this ladder takes an unpaid order: with ``unpaid_orders``, and when payment_recovery
+        takes them too, only a customer the ladder can reach (``_common.cart_ladder_takes``)."""
+        return config.unpaid_orders and (not config.unpaid_orders_by_consent or cart_ladder_takes(event, facts))
+
+    def _waits_for_payment(self, o: ev.Order, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
+        """An unpaid order this ladder leaves to the pay reminder (or to nobody), placed from a cart
+        whose reminders went out: a run that sends nothing and waits out the cart's attribution
+        window for the payment, so a payment that comes still credits the cart's reminders
+        (``continues``), and an order that is never paid credits nothing."""
+        cart = self._cart_reminded(facts, config, now)
+        if cart is None or not int(cart.state.get("sent", 0)):
+            return []
+        state = {k: cart.state[k] for k in ("abandoned_at", "sent", "first_sent_at", "last_sent_at") if k in cart.state}
+        last = cart.state.get("last_sent_at")
+        ends = (datetime.fromisoformat(last) if last else now) + timedelta(days=config.attribution_days)
+        return [Start(f"order:{o.external_id}", facts.contact_id, {**state, "step": self._step(cart), "continues": cart.subject,
+                                                                 "unpaid_order": o.external_id, "waits_for_payment": True}),
+                Wake(ends)]
+
+    def _order_laddering(self, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> bool:
+        """Whether her unpaid order already runs this ladder (``facts.extra["open_runs"]``), so a cart heard
+        now starts none: the Cart Abandonment Recovery plugin clears a cart only once its order is
+        processing or completed, so the cart she left at the payment step is posted "abandoned" after
+        its order; one ladder each would remind her twice of one checkout. An order ladder that ended
+        days ago and only waits out its window is no reason (another purchase)."""
+        return any(r.subject.startswith("order:") and r.status == "active" and r.state.get("unpaid_order")
+                   and not r.state.get("waits_for_payment") and self._current(r, config, now)
+                   for r in facts.extra.get("open_runs", ()))
+
+    def _current(self, r: Run, config: CheckoutRecoveryConfig, now: datetime) -> bool:
+        """A run still on its ladder, or whose last reminder is within ``CONTINUE_WITHIN``."""
+        if self._step(r) < len(config.ladder_minutes):
+            return True
+        last = r.state.get("last_sent_at")
+        return last is not None and now - datetime.fromisoformat(last) <= CONTINUE_WITHIN
+
     def _cart_reminded(self, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> Run | None:
         """The customer's open checkout run furthest up its ladder (``facts.extra["open_runs"]``) that this order
         goes on from: one with a reminder queued, and still reminding or reminded within ``CONTINUE_WITHIN``.
         A cart whose ladder ended days ago and only waits out its attribution window is another purchase."""
-        def current(r: Run) -> bool:
-            if self._step(r) < len(config.ladder_minutes):
-                return True
-            last = r.state.get("last_sent_at")
-            return last is not None and now - datetime.fromisoformat(last) <= CONTINUE_WITHIN
-
         carts = [r for r in facts.extra.get("open_runs", ()) if r.subject.startswith("checkout:") and r.status == "active"
-                 and self._step(r) and current(r)]
+                 and self._step(r) and self._current(r, config, now)]
         return max(carts, key=self._step, default=None)
 
     def _remind(self, run: Run, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
@@ -361,8 +418,11 @@ class CheckoutRecovery:
         """
         if run.state.get("order_id"):
             return []
-        if config.unpaid_orders and unpaid_order(order) and run.status == "active":
-            # not bought yet: this order runs its own ladder (with its pay link) from here
+        if config.order_before_payment and unpaid_order(order):
+            # not bought yet (WooCommerce makes the order before the payment): no credit. The order
+            # runs the ladder from here with its pay link, or gets the pay reminder (``_takes``)
+            if run.status != "active":
+                return []
             return [Update({"superseded_by": order.external_id}), Wake(None), Finish("order_pending")]
         if self._credited(order, facts) not in (None, run.subject):
             # the order is another checkout's (a customer with several carts buys once): no revenue here

@@ -1,8 +1,18 @@
 """Payment recovery (utility): an order whose payment stays pending or failed gets its pay link.
 
-A WooCommerce ``pending`` / ``failed`` order is an abandoned checkout too: when
-``checkout_recovery`` takes those (its ``unpaid_orders``), ``unpaid_orders`` here is turned
-off when the config is loaded, so one order never gets both reminders.
+A WooCommerce ``pending`` / ``failed`` order is an abandoned checkout too. When
+``checkout_recovery`` takes those as well (its ``unpaid_orders``), the customer decides where
+each one goes, when it is placed: the cart ladder (marketing) for a customer it can reach, the
+pay reminder here for everyone else (``_common.cart_ladder_takes``; WooCommerce asks no
+marketing opt-in, so that is most customers), and never both (``unpaid_orders_by_consent``,
+set when the config is loaded).
+
+A customer who gives up on an order and buys the same things in another one (WooCommerce
+makes a new order when she checks out again from another session or with a changed cart; a
+second Shopify checkout) is not asked to pay for the first: the journey follows the contact,
+and her later order, paid (or cash on delivery), placed within ``REPLACED_WITHIN`` of this one
+and sharing a product with it, ends the run before its reminder (``replaced_by_order``, no
+revenue: the reminder never went out).
 
 An ``authorized`` payment is not stalled: the customer has paid, the store captures later
 (Shopify manual capture, at fulfilment). It starts no run and ends an active one unpaid, so
@@ -33,18 +43,23 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from connector import events as ev
-from connector.journeys._common import deleted_order, end_for_deleted_order, order_context, unpaid_order
+from connector.journeys._common import deleted_order, end_for_deleted_order, order_context, pay_reminder_takes, unpaid_order
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
 from connector.journeys.payment_terms import chase_from, terms_of
 
 STALLED = ("pending", "failed")  # not "authorized": paid as far as the customer knows
+SETTLED = (ev.PaymentState.PAID, ev.PaymentState.AUTHORIZED)  # a later order paid as far as she knows (``_replaced``)
+REPLACED_WITHIN = timedelta(days=1)  # a later order this soon after this one, with a product of it, is her second try
 
 
 class PaymentRecoveryConfig(JourneyConfig):
     after_minutes: float = Field(60, gt=0, description="how long a payment may stay pending before the reminder")
-    unpaid_orders: bool = Field(True, description="WooCommerce only: pending/failed orders; off (automatically) when "
-                                                  "checkout_recovery takes them")
+    unpaid_orders: bool = Field(True, description="WooCommerce only: pending/failed orders (when checkout_recovery takes "
+                                                  "them too, those of customers its ladder cannot reach)")
     attribution_days: float = Field(3, gt=0, description="a payment this long after the reminder went out is recovered by it")
+    unpaid_orders_by_consent: bool = Field(False, description="set when the config is loaded: checkout_recovery takes unpaid "
+                                                              "orders too, so this takes only those of customers without "
+                                                              "marketing consent (``_common.cart_ladder_takes``)")
     include_pos: bool = Field(False, description="also remind about unpaid orders taken at the store's till (Shopify POS): "
                                                  "by default the shop settles those with the customer in person")
 
@@ -55,6 +70,7 @@ class PaymentRecovery:
     config_model: ClassVar[type[JourneyConfig]] = PaymentRecoveryConfig
     accepts_holdout: ClassVar[bool] = True  # a control run only misses its reminder: lift can be measured
     credits_sent_reminders: ClassVar[bool] = True  # a payment reaching a reminded run: facts.extra["reminders_sent"]
+    follows_contact: ClassVar[bool] = True  # her later order reaches her waiting runs: it may replace theirs (``_replaced``)
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.OrderDeleted):
@@ -66,16 +82,21 @@ class PaymentRecovery:
     def decide(self, event: Any, run: Run | None, facts: Facts, config: PaymentRecoveryConfig, now: datetime) -> list[Command]:
         if isinstance(event, ev.OrderDeleted):
             return end_for_deleted_order(run)
+        if run is not None and not _about(event, run):
+            return _replaced(event, run)  # another order of hers, or a reply: not this order's news
         o = facts.order
         if run is None:
             if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and o is not None and o.payment_state in STALLED \
                     and not o.cancelled and o.payment_url and facts.contact_id is not None \
-                    and (config.unpaid_orders or not unpaid_order(event.order)) \
+                    and (not unpaid_order(event.order) or _takes(event, facts, config)) \
                     and (o.channel != ev.SalesChannel.POS or config.include_pos):
                 # not before payment terms make it due: the event's, else the stored ones (the reconcile's
                 # GraphQL read carries none; an order on terms first seen by it alone is chased as one without)
                 due = chase_from(*terms_of(event.order, o), o.placed_at + timedelta(minutes=config.after_minutes))
-                return [Start(f"order:{o.external_id}", facts.contact_id), Wake(due)] if due is not None else []
+                if due is None:
+                    return []
+                state = {"placed_at": event.order.created_at.isoformat(), "products": sorted(_products(event.order))}
+                return [Start(f"order:{o.external_id}", facts.contact_id, state), Wake(due)]
             return []
         if run.status != "active":
             if _paid(event) and run.state.get("reminded") and not run.state.get("paid"):
@@ -97,6 +118,44 @@ class PaymentRecovery:
             return [Update({"reminded": True, "sent": 1}), Send("remind", order_context(facts)), Wake(None),
                     Finish("reminded", skip_waiting=False)]
         return []
+
+
+def _takes(event: Any, facts: Facts, config: PaymentRecoveryConfig) -> bool:
+    """Whether this journey takes a WooCommerce unpaid order: with ``unpaid_orders``, and when the cart
+    ladder takes them too, only a customer it cannot reach (``_common.pay_reminder_takes``), or an
+    order that was no cart (made by staff in wp-admin, a subscription renewal: the ladder leaves those)."""
+    return config.unpaid_orders and (not config.unpaid_orders_by_consent or pay_reminder_takes(event, facts)
+                                     or (isinstance(event, ev.OrderPlaced) and event.order.channel != ev.SalesChannel.ONLINE))
+
+
+def _about(event: Any, run: Run) -> bool:
+    """Whether an event reaching a run is its own order's (or its timer), not another order or a reply
+    of the customer's that reached it because the journey follows her."""
+    if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)):
+        return run.subject == f"order:{event.order.external_id}"
+    return isinstance(event, TimerFired)
+
+
+def _products(order: ev.Order) -> set[str]:
+    """What an order is for, to tell a second try at the same purchase from another purchase."""
+    return {str(li.product_id or li.variant_id or li.sku or li.title) for li in order.line_items}
+
+
+def _replaced(event: Any, run: Run) -> list[Command]:
+    """Another order of hers reached this waiting run: a later one she paid for (or chose cash on
+    delivery for), placed within ``REPLACED_WITHIN`` of this one and sharing a product with it, is
+    her second try at this purchase. The run ends before its reminder (and what it has waiting is
+    skipped), so nobody is asked to pay twice; no revenue, as no reminder went out. A run stored
+    before it kept its order's products or time: any product, its start as the order's time."""
+    if run.status != "active" or not isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)):
+        return []
+    o = event.order
+    placed = datetime.fromisoformat(run.state["placed_at"]) if run.state.get("placed_at") else run.started_at
+    mine = set(run.state.get("products") or ())
+    if o.cancelled_at is not None or not (o.is_cod or o.payment_state in SETTLED) or not placed <= o.created_at <= placed + REPLACED_WITHIN \
+            or (mine and not mine & _products(o)):
+        return []
+    return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced_by_order", skip_waiting=True)]
 
 
 def stalled(state: dict[str, Any]) -> bool:

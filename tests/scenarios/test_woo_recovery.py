@@ -1,0 +1,166 @@
+"""WooCommerce unpaid orders end to end (issue #4, items 4 and 5): who reminds her, how often, and what the report credits.
+
+WooCommerce makes the order before the payment, so a ``pending`` / ``failed`` order is an abandoned checkout, a
+payment to recover, or her first try at a purchase she then makes again. Signed WooCommerce webhooks and the Cart
+Abandonment Recovery plugin's posts go in over HTTP; what reaches her phone (the fake WhatsApp) and the weekly
+report are what is asserted, on the scenario's virtual clock.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from tests.scenarios import payloads as p
+from tests.scenarios.harness import T0, TEMPLATES
+from tests.scenarios.stores import WOOCOMMERCE
+from tests.scenarios.test_store_journeys import LADDER, conversion
+
+ASHA = "+919876543210"
+PAY = {"step": "payment_recovery.remind", "name": "pay_v1", "category": "utility",
+       "body_text": "Complete payment for {{1}}: {{2}}", "body": ["order.name", "order.payment_url"]}
+BOTH = {"payment_recovery": {}, **LADDER}
+
+
+def unpaid(n: int, at, status: str = "failed") -> dict:
+    """Asha's order #n, its card declined (``failed``) or left at the payment page (``pending``)."""
+    return {**WOOCOMMERCE.order(n, ASHA, at, cod=False), "status": status, "date_paid": None, "date_paid_gmt": None}
+
+
+def paid(order: dict, at) -> dict:
+    """The same order, paid now (WooCommerce has no paid event: an update to processing with ``date_paid``)."""
+    return {**order, "status": "processing", "date_paid_gmt": p.gmt(at), "date_modified_gmt": p.gmt(at)}
+
+
+def store(sqlite_url, scenario, journeys: dict):
+    return scenario(sqlite_url, "woocommerce", journeys=journeys, store_settings={"templates": [*TEMPLATES, PAY]})
+
+
+# ---- item 5: the cart ladder takes an unpaid order only from a customer it can reach -------------------------------
+
+def test_a_declined_card_without_marketing_consent_still_gets_the_pay_reminder_when_cart_recovery_is_on(sqlite_url, scenario, world):
+    """Turning on checkout_recovery used to move every unpaid order to the marketing ladder, which the gate then skipped
+    for want of consent (WooCommerce asks none): nothing reached her. Now she gets the utility pay link, once."""
+    sc = store(sqlite_url, scenario, BOTH)
+    sc.woo("order.created", unpaid(1, sc.now))
+    sc.later(days=3)
+    assert sc.templates_to(ASHA) == ["pay_v1"]
+    assert sc.last_to(ASHA, "pay_v1").params[-1].startswith("https://bloom.example/checkout/order-pay/7301/")
+    assert conversion(sc)["payments_reminded"] == 1
+
+
+def test_a_declined_card_with_marketing_consent_gets_the_cart_ladder_and_no_pay_reminder_beside_it(sqlite_url, scenario, world):
+    sc = store(sqlite_url, scenario, BOTH)
+    sc.marketing_preference(ASHA, "resume")  # she opted in to marketing on WhatsApp
+    sc.later(minutes=5)
+    sc.woo("order.created", unpaid(1, sc.now))
+    sc.later(days=3)
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_2_v1", "cart_3_v1"]  # one ladder, the order's pay link
+    assert "pay_v1" not in sc.templates_to(ASHA)
+
+
+# ---- item 2: her second try replaces the first order -------------------------------------------------------------
+
+@pytest.mark.parametrize("journeys", [{"payment_recovery": {}, "order_confirmation": {}},
+                                      {"payment_recovery": {}, "order_confirmation": {}, **LADDER}], ids=["payment", "payment+cart"])
+def test_no_pay_link_for_an_order_she_replaced_with_a_paid_one(sqlite_url, scenario, world, journeys):
+    """Her card is declined on #7301; 20 minutes later she checks out again from another device (WooCommerce makes
+    #7302) and pays. She is thanked for #7302 and never asked to pay for #7301."""
+    sc = store(sqlite_url, scenario, journeys)
+    sc.woo("order.created", unpaid(1, sc.now))
+    sc.later(minutes=20)
+    sc.woo("order.created", WOOCOMMERCE.order(2, ASHA, sc.now, cod=False))  # paid: processing
+    sc.later(days=1)
+    assert sc.templates_to(ASHA) == ["order_thanks_v1"]
+    assert sc.last_to(ASHA, "order_thanks_v1").params[-1] != "#7301"
+    c = conversion(sc)
+    assert (c["payments_stalled"], c["payments_reminded"], c["payment_recovered_revenue"]) == (0, 0, "0")
+
+
+def test_a_cash_on_delivery_retry_also_replaces_the_declined_order(sqlite_url, scenario, world):
+    sc = store(sqlite_url, scenario, {"payment_recovery": {}})
+    sc.woo("order.created", unpaid(1, sc.now))
+    sc.later(minutes=20)
+    sc.woo("order.created", WOOCOMMERCE.order(2, ASHA, sc.now, cod=True))  # she gives up on the card: COD
+    sc.later(days=1)
+    assert "pay_v1" not in sc.templates_to(ASHA)
+
+
+# ---- item 6: a failed order recovers no cart, and one order is credited once -------------------------------------
+
+def _cart_then_failed_order(sc):
+    WOOCOMMERCE.start_checkout(sc, "A", ASHA)
+    sc.work()
+    sc.at(T0 + timedelta(hours=7))  # two cart reminders went out
+    order = unpaid(4, sc.now)
+    sc.woo("order.created", order)
+    return order
+
+
+@pytest.mark.parametrize("journeys", [{"checkout_recovery": {**LADDER["checkout_recovery"], "unpaid_orders": False}},
+                                      {"checkout_recovery": {**LADDER["checkout_recovery"], "unpaid_orders": False}, "payment_recovery": {}}],
+                         ids=["cart", "cart+payment"])
+def test_a_failed_order_after_cart_reminders_is_no_recovered_cart(sqlite_url, scenario, world, journeys):
+    """The store's owner reads the weekly report: a declined card is no sale, however many reminders came before."""
+    sc = store(sqlite_url, scenario, journeys)
+    _cart_then_failed_order(sc)
+    sc.later(days=3)
+    assert sc.templates_to(ASHA)[:2] == ["cart_1_v1", "cart_2_v1"]
+    assert "cart_3_v1" not in sc.templates_to(ASHA)  # she ordered: the cart's ladder is over
+    c = conversion(sc)
+    assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (1, 0, "0")
+    assert c["payment_recovered_revenue"] == "0"
+
+
+def test_an_order_paid_after_its_pay_reminder_is_counted_once(sqlite_url, scenario, world):
+    """Cart reminders, a declined card, the pay reminder an hour later, and she pays: 1,299 recovered, not 2,598."""
+    sc = store(sqlite_url, scenario, {"checkout_recovery": {**LADDER["checkout_recovery"], "unpaid_orders": False}, "payment_recovery": {}})
+    order = _cart_then_failed_order(sc)
+    sc.later(hours=2)
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_2_v1", "pay_v1"]
+    sc.woo("order.updated", paid(order, sc.now))
+    sc.later(days=2)
+    c = conversion(sc)
+    assert (c["payments_recovered"], c["payment_recovered_revenue"]) == (1, "1299.00")
+    assert (c["checkouts_recovered"], c["recovered_revenue"], c["lost"]) == (0, "0", 0)
+
+
+def test_an_order_paid_soon_after_cart_reminders_still_credits_the_cart(sqlite_url, scenario, world):
+    """With unpaid orders left to nobody, the cart's reminders still recover the order she pays minutes later."""
+    sc = store(sqlite_url, scenario, {"checkout_recovery": {**LADDER["checkout_recovery"], "unpaid_orders": False}})
+    order = _cart_then_failed_order(sc)
+    sc.later(minutes=10)
+    sc.woo("order.updated", paid(order, sc.now))
+    sc.later(days=2)
+    c = conversion(sc)
+    assert (c["checkouts_recovered"], c["recovered_revenue"]) == (1, "1299.00")
+
+
+# ---- item 3: one checkout, one ladder ------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="needs the runner to pass the contact's open runs (facts.extra['open_runs']) to a "
+                                       "CheckoutUpdated's decide; checkout_recovery._order_laddering is ready for it")
+def test_an_order_left_at_the_payment_step_and_its_abandoned_cart_run_one_ladder(sqlite_url, scenario, world):
+    """She places the order and leaves at the card page; the plugin keeps her cart (it clears it only at processing)
+    and posts it abandoned 15 minutes later. She gets each reminder once, with the order's pay link."""
+    sc = scenario(sqlite_url, "woocommerce", journeys=LADDER)
+    order = unpaid(1, sc.now, status="pending")
+    order["billing"]["email"] = "a1a1a1@example.in"  # the email the plugin captured the cart with
+    sc.woo("order.created", order)
+    sc.later(minutes=15)
+    sc.cart(p.woo_cart(WOOCOMMERCE.SESSIONS["A"], ASHA))
+    sc.later(hours=7, step=timedelta(minutes=10))
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_2_v1"]
+    assert all("order-pay/7301" in s.params[-1] for s in sc.sent(ASHA))
+
+
+def test_an_unpaid_order_the_staff_entered_gets_the_pay_reminder_not_the_cart_ladder(sqlite_url, scenario, world):
+    """A pending order the merchant made in wp-admin (``created_via`` admin) was never a cart she left, so the ladder
+    leaves it even for a customer with marketing consent; the pay reminder takes it instead of nobody."""
+    sc = store(sqlite_url, scenario, BOTH)
+    sc.say(ASHA, "START")  # marketing consent: a checkout's unpaid order would run the ladder
+    sc.later(days=1)
+    sc.woo("order.created", {**unpaid(1, sc.now, status="pending"), "created_via": "admin"})
+    sc.later(days=3)
+    assert sc.templates_to(ASHA) == ["pay_v1"]
