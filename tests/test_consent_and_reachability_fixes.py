@@ -2,18 +2,26 @@
 clock, fake WhatsApp and Shopify on 127.0.0.1): what the customer receives and what the store owner sees.
 
 1. a Hindi word one vowel sign away from a keyword ("रुको", wait; "बाद", later) opts nobody out;
+2. one 131026 (undeliverable) is not for good: a message from her, or one of ours reaching her
+   after it, makes her reachable again; older news arriving late does not.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
+from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
+from tests.scenarios.fakes import WhatsAppSend
+from tests.scenarios.harness import wa_id
 from tests.scenarios.stores import SHOPIFY
 from tests.test_consent_and_spacing_fixes import _text
 
 ASHA = "+919876543210"
 THANKS = {"order_confirmation": {}}
+COD = {"cod_confirmation": {"reminder_hours": [], "answer_window_hours": 72}}
 
 
 # ---- 1. "wait" in Hindi is not "stop" -------------------------------------------------------------
@@ -48,3 +56,97 @@ def test_a_hindi_stop_still_opts_her_out(sqlite_url, scenario, world):
     SHOPIFY.place(sc, SHOPIFY.order(2, ASHA, sc.now, cod=False))
     sc.later(minutes=10)
     assert sc.templates_to(ASHA) == ["order_thanks_v1"]
+
+
+# ---- 2. one 131026 is not for good --------------------------------------------------------------
+
+def _status(sc, sent: WhatsAppSend, status: str, at, code: int | None = None) -> None:
+    """WhatsApp's status webhook for one of our messages, dated ``at``; ``code``: the failure's error code."""
+    env = p.wa_status(sc.phone_number_id, wa_id(sent.to), sent.wamid, status, at)
+    if code is not None:
+        env["entry"][0]["changes"][0]["value"]["statuses"][0]["errors"] = [{"code": code, "title": "Message undeliverable"}]
+    sc.post(sc.whatsapp_delivery(env))
+
+
+def test_after_a_131026_her_own_message_makes_her_reachable_for_the_next_cod_question(sqlite_url, scenario, world):
+    """Asha's first COD question is undeliverable (she had not accepted WhatsApp's new terms). Two days later she
+    writes to the store from WhatsApp, then orders again: this time she is asked to confirm."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    SHOPIFY.place(sc, SHOPIFY.awaiting_confirmation(1, ASHA, sc.now))
+    sc.later(minutes=1)
+    _status(sc, sc.last_to(ASHA, "cod_confirm_v1"), "failed", sc.now, code=131026)
+    sc.later(minutes=1)
+    assert sc.contact(ASHA)["contact"]["reachable"] is False
+
+    sc.later(days=2)
+    _text(sc, ASHA, "Hi, I updated WhatsApp. Where is my order?", sc.now, "wamid.BACK")
+    sc.later(minutes=1)
+    assert sc.contact(ASHA)["contact"]["reachable"] is True  # the owner sees she can be reached again
+    SHOPIFY.place(sc, SHOPIFY.awaiting_confirmation(2, ASHA, sc.now))
+    sc.later(minutes=5)
+    asks = [s for s in sc.sent(ASHA) if s.template == "cod_confirm_v1"]
+    assert [SHOPIFY.name(2) in s.params for s in asks] == [False, True]  # order 2's question reached her
+
+
+def test_a_131026_that_comes_after_her_newer_message_does_not_mark_her_unreachable(sqlite_url, scenario, world):
+    """The failure of the first question (at 10:31) reaches the store only after her message of 10:35: it is older
+    news, and her next order is confirmed."""
+    sc = scenario(sqlite_url, "shopify", journeys=THANKS)
+    SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, sc.now, cod=False))
+    sc.later(minutes=1)
+    thanks = sc.last_to(ASHA, "order_thanks_v1")
+    failed_at = sc.now
+    sc.later(minutes=4)
+    _text(sc, ASHA, "Thanks! Is it gift wrapped?", sc.now, "wamid.HI")
+    sc.later(minutes=5)
+    _status(sc, thanks, "failed", failed_at, code=131026)  # Meta's retry of a webhook we missed
+    sc.later(minutes=1)
+
+    assert sc.contact(ASHA)["contact"]["reachable"] is True
+    SHOPIFY.place(sc, SHOPIFY.order(2, ASHA, sc.now, cod=False))
+    sc.later(minutes=5)
+    assert sc.templates_to(ASHA) == ["order_thanks_v1", "order_thanks_v1"]
+
+
+def test_a_later_message_delivered_after_a_131026_makes_her_reachable_again(sqlite_url, scenario, world):
+    """Order 1's thanks fails with 131026, but its webhook comes after order 2's thanks went out; that one is
+    delivered: she is reachable, and order 3 is confirmed too."""
+    sc = scenario(sqlite_url, "shopify", journeys=THANKS)
+    SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, sc.now, cod=False))
+    sc.later(minutes=1)
+    first = sc.last_to(ASHA, "order_thanks_v1")
+    failed_at = sc.now
+    SHOPIFY.place(sc, SHOPIFY.order(2, ASHA, sc.now, cod=False))
+    sc.later(minutes=1)
+    second = sc.sent(ASHA)[-1]
+    _status(sc, first, "failed", failed_at, code=131026)
+    sc.later(minutes=1)
+    assert sc.contact(ASHA)["contact"]["reachable"] is False
+
+    _status(sc, second, "delivered", sc.now)
+    sc.later(minutes=1)
+    assert sc.contact(ASHA)["contact"]["reachable"] is True
+    SHOPIFY.place(sc, SHOPIFY.order(3, ASHA, sc.now, cod=False))
+    sc.later(minutes=5)
+    assert sc.templates_to(ASHA) == ["order_thanks_v1"] * 3
+
+
+def test_a_delivery_older_than_the_131026_arriving_late_leaves_her_unreachable(sqlite_url, scenario, world):
+    """Order 1's thanks was delivered at once, but that webhook comes only after order 2's thanks failed with
+    131026: the delivery is older news, and order 3 is not sent to a number WhatsApp refused since."""
+    sc = scenario(sqlite_url, "shopify", journeys=THANKS)
+    SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, sc.now, cod=False))
+    sc.later(minutes=1)
+    first, delivered_at = sc.last_to(ASHA, "order_thanks_v1"), sc.now
+    sc.later(minutes=10)
+    SHOPIFY.place(sc, SHOPIFY.order(2, ASHA, sc.now, cod=False))
+    sc.later(minutes=1)
+    _status(sc, sc.sent(ASHA)[-1], "failed", sc.now, code=131026)
+    sc.later(minutes=1)
+    _status(sc, first, "delivered", delivered_at)
+    sc.later(minutes=1)
+
+    assert sc.contact(ASHA)["contact"]["reachable"] is False
+    SHOPIFY.place(sc, SHOPIFY.order(3, ASHA, sc.now, cod=False))
+    sc.later(minutes=5)
+    assert sc.templates_to(ASHA) == ["order_thanks_v1", "order_thanks_v1"]
