@@ -587,13 +587,33 @@ def end_marketing_runs(conn: Connection, store_id: int, contact_id: int, source:
     return ended
 
 
-def _started_after(contact: Any, at: datetime) -> bool:
-    """Whether a START keyword newer than ``at`` is on record (the consent it granted, with its time)."""
+# What answers a STOP typed on WhatsApp: START, WhatsApp's own marketing "resume" (or "signup"), and
+# the store's WhatsApp marketing consent. An SMS opt-in in the store is no answer to it.
+WHATSAPP_OPT_INS = frozenset({"whatsapp_keyword_start", "whatsapp_preference_resume", "whatsapp_preference_signup",
+                              "shopify_whatsapp_marketing"})
+
+
+def _opted_in_after(contact: Any, at: datetime) -> bool:
+    """Whether a WhatsApp opt-in newer than ``at`` is on record (the consent it granted, with its time)."""
     for category in ("marketing", "utility"):
         when = getattr(contact, f"consent_{category}_at")
-        if getattr(contact, f"consent_{category}_source") == "whatsapp_keyword_start" and when is not None and when > at:
+        if (getattr(contact, f"consent_{category}") == "granted" and getattr(contact, f"consent_{category}_source") in WHATSAPP_OPT_INS
+                and when is not None and when > at):
             return True
     return False
+
+
+def lift_opt_out(conn: Connection, store_id: int, contact_id: int, source: str, at: datetime, inbox_id: int) -> None:
+    """A WhatsApp opt-in other than START (WhatsApp's "resume", the store's WhatsApp marketing consent)
+    newer than the contact's STOP lifts it as START does: she hears from the store again, and the
+    utility consent the STOP took comes back. One older than the STOP (a late webhook) changes nothing."""
+    contact = contact_row(conn, contact_id)
+    if contact.opted_out_at is None or contact.opted_out_at > at:
+        return
+    took_utility = contact.consent_utility == "revoked" and contact.consent_utility_source == "whatsapp_keyword_stop"
+    update_by_id(conn, CONTACTS, contact_id, dict(opted_out_at=None, updated_at=at))
+    if took_utility:
+        record_consent(conn, store_id, contact_id, "utility", "granted", source, at, inbox_id)
 
 
 def apply_keyword(conn: Connection, store_id: int, contact_id: int, intent: str, at: datetime, inbox_id: int) -> None:
@@ -602,12 +622,14 @@ def apply_keyword(conn: Connection, store_id: int, contact_id: int, intent: str,
     Keywords can arrive out of order (WhatsApp retries, two messages a second apart): one older
     than the contact's last opposite keyword changes nothing, so a STOP at 10:01 stands against
     a START sent at 10:00 and delivered after it, and a START at 10:02 against a STOP at 10:01.
+    Any WhatsApp opt-in counts as START here (``WHATSAPP_OPT_INS``): a STOP older than her
+    "resume" changes nothing either.
     """
     contact = contact_row(conn, contact_id)
     if contact is None:
         raise NoResultFound(f"contact {contact_id} not found")
     if intent == "stop":
-        if _started_after(contact, at):
+        if _opted_in_after(contact, at):
             return
         if contact.opted_out_at is None or contact.opted_out_at < at:  # the latest STOP: what a START is held against
             update_by_id(conn, CONTACTS, contact_id, dict(opted_out_at=at, updated_at=at))
@@ -704,6 +726,8 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
                                          event.occurred_at or now, inbox_id)
                 if changed and event.category is ev.ConsentCategory.MARKETING and event.state is ev.ConsentState.REVOKED:
                     end_marketing_runs(conn, store_id, out.contact_id, event.source, now)
+                if event.state is ev.ConsentState.GRANTED and event.source in WHATSAPP_OPT_INS and event.occurred_at is not None:
+                    lift_opt_out(conn, store_id, out.contact_id, event.source, event.occurred_at, inbox_id)  # undated: not shown newer
         case ev.MessageReceived() | ev.ButtonReplied():
             out.subject = f"wamid:{event.context_message_id}" if event.context_message_id else None
             out.contact_id = upsert_contact(conn, store_id, now, phone=event.phone, wa_id=event.wa_id, user_id=event.user_id)
@@ -725,6 +749,8 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
                 source = f"whatsapp_preference_{event.value}"
                 if record_consent(conn, store_id, out.contact_id, "marketing", state, source, event.occurred_at, inbox_id) and state == "revoked":
                     end_marketing_runs(conn, store_id, out.contact_id, source, now)
+                if state == "granted":
+                    lift_opt_out(conn, store_id, out.contact_id, source, event.occurred_at, inbox_id)
         case ev.ProductUpdated():
             apply_product_cycle(conn, store_id, event, now)
         case ev.AppUninstalled():

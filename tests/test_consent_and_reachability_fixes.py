@@ -3,7 +3,10 @@ clock, fake WhatsApp and Shopify on 127.0.0.1): what the customer receives and w
 
 1. a Hindi word one vowel sign away from a keyword ("रुको", wait; "बाद", later) opts nobody out;
 2. one 131026 (undeliverable) is not for good: a message from her, or one of ours reaching her
-   after it, makes her reachable again; older news arriving late does not.
+   after it, makes her reachable again; older news arriving late does not;
+3. after STOP, WhatsApp's "resume" or the store's WhatsApp marketing consent, when newer, opts her
+   back in as START does (her COD questions too); an older one arriving late does not, a STOP
+   older than her "resume" does not undo it, and an SMS opt-in in the store is no answer to it.
 """
 
 from __future__ import annotations
@@ -150,3 +153,94 @@ def test_a_delivery_older_than_the_131026_arriving_late_leaves_her_unreachable(s
     SHOPIFY.place(sc, SHOPIFY.order(3, ASHA, sc.now, cod=False))
     sc.later(minutes=5)
     assert sc.templates_to(ASHA) == ["order_thanks_v1", "order_thanks_v1"]
+
+
+# ---- 3. "resume" and the store's WhatsApp consent answer a STOP, when newer ----------------------
+
+def _shopify_whatsapp_consent(sc, phone: str, state: str, at) -> None:
+    sc.shopify("customers_whats_app_marketing_consent/update", p.shopify_whatsapp_consent(p.customer_id_for(phone), phone, state, at))
+
+
+def _stopped(sc) -> None:
+    """Asha's first COD order is asked about; she writes STOP."""
+    SHOPIFY.place(sc, SHOPIFY.awaiting_confirmation(1, ASHA, sc.now))
+    sc.later(minutes=5)
+    _text(sc, ASHA, "STOP", sc.now, "wamid.STOP")
+    sc.later(minutes=5)
+    assert sc.contact(ASHA)["contact"]["opted_out_at"] is not None
+
+
+def _asked_about_order_2(sc) -> bool:
+    SHOPIFY.place(sc, SHOPIFY.awaiting_confirmation(2, ASHA, sc.now))
+    sc.later(minutes=5)
+    return any(SHOPIFY.name(2) in s.params for s in sc.sent(ASHA) if s.template == "cod_confirm_v1")
+
+
+@pytest.mark.parametrize("opt_in", ["whatsapp resume", "store consent"])
+def test_a_resume_after_stop_opts_her_back_in_to_cod_questions_and_marketing(sqlite_url, scenario, world, opt_in):
+    """A day after her STOP, Asha taps "Resume promotions" in WhatsApp (or subscribes to the store's WhatsApp
+    marketing): the owner sees her opted in, and her next COD order is asked about."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    _stopped(sc)
+    sc.later(days=1)
+    if opt_in == "whatsapp resume":
+        sc.marketing_preference(ASHA, "resume")
+    else:
+        _shopify_whatsapp_consent(sc, ASHA, "subscribed", sc.now)
+    sc.later(minutes=5)
+
+    seen = sc.contact(ASHA)
+    assert seen["contact"]["opted_out_at"] is None
+    assert seen["consent"]["marketing"]["state"] == seen["consent"]["utility"]["state"] == "granted"
+    assert _asked_about_order_2(sc)
+
+
+@pytest.mark.parametrize("opt_in", ["whatsapp resume", "store consent"])
+def test_a_resume_older_than_the_stop_arriving_late_leaves_her_opted_out(sqlite_url, scenario, world, opt_in):
+    """The opt-in was given before her STOP; its webhook comes only after it: her STOP stands."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    before = sc.now + timedelta(minutes=2)
+    _stopped(sc)
+    if opt_in == "whatsapp resume":
+        env = p.wa_marketing_preference(sc.phone_number_id, wa_id(ASHA), "resume", before)
+        sc.post(sc.whatsapp_delivery(env))
+    else:
+        _shopify_whatsapp_consent(sc, ASHA, "subscribed", before)
+    sc.later(minutes=5)
+
+    assert sc.contact(ASHA)["contact"]["opted_out_at"] is not None
+    assert not _asked_about_order_2(sc)
+
+
+def test_a_stop_older_than_her_resume_arriving_late_does_not_opt_her_out(sqlite_url, scenario, world):
+    """She wrote STOP at 10:40 and tapped "Resume promotions" at 10:45; the STOP's webhook comes last. Her last word
+    was to hear from the store."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    SHOPIFY.place(sc, SHOPIFY.awaiting_confirmation(1, ASHA, sc.now))
+    sc.later(minutes=10)
+    stop_at = sc.now
+    sc.later(minutes=5)
+    sc.marketing_preference(ASHA, "resume")
+    sc.later(minutes=1)
+    _text(sc, ASHA, "STOP", stop_at, "wamid.STOP")
+    sc.later(minutes=5)
+
+    assert sc.contact(ASHA)["contact"]["opted_out_at"] is None
+    assert _asked_about_order_2(sc)
+
+
+def test_an_sms_opt_in_in_the_store_does_not_answer_a_stop_sent_on_whatsapp(sqlite_url, scenario, world):
+    """A day after her STOP on WhatsApp she ticks the store's SMS marketing box: that is about texts, not WhatsApp."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    _stopped(sc)
+    sc.later(days=1)
+    sms = {"id": p.customer_id_for(ASHA), "phone": ASHA,
+           "sms_marketing_consent": {"state": "subscribed", "opt_in_level": "single_opt_in", "consent_updated_at": p.iso(sc.now),
+                                     "consent_collected_from": "SHOPIFY"}}
+    sc.shopify("customers_marketing_consent/update", sms)
+    sc.later(minutes=5)
+
+    seen = sc.contact(ASHA)
+    assert (seen["consent"]["marketing"]["state"], seen["consent"]["marketing"]["source"]) == ("granted", "shopify_sms_marketing")
+    assert seen["contact"]["opted_out_at"] is not None
+    assert not _asked_about_order_2(sc)
