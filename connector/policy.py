@@ -24,6 +24,7 @@ from connector.contacts import in_service_window
 
 DEFAULT_STOP_WORDS = (
     "stop", "stop all", "unsubscribe", "opt out", "optout", "end", "quit",  # English
+    "stop promotions",  # the label of Meta's marketing opt-out quick reply (third-party docs: Engati, Kapso)
     "band karo", "band", "बंद", "बंद करो", "रोको",  # Hindi
     "baja", "alto", "detener", "cancelar suscripcion",  # Spanish
     "parar", "sair", "descadastrar",  # Portuguese

@@ -644,6 +644,28 @@ def apply_keyword(conn: Connection, store_id: int, contact_id: int, intent: str,
         record_consent(conn, store_id, contact_id, "utility", "granted", "whatsapp_keyword_start", at, inbox_id)
 
 
+def _answer_payloads(store: Any) -> set[str]:
+    """The button payloads the store's journeys take as answers (COD Confirm / Cancel and its cancel
+    reasons, the NDR choices): by the settings' convention, every ``*_payloads`` list and the keys of
+    a ``*_reasons`` table (payload -> reason)."""
+    found: set[str] = set()
+    for config in store.journeys.values():
+        for name, value in config:
+            if name.endswith("_payloads") or (name.endswith("_reasons") and isinstance(value, dict)):
+                found.update(value)
+    return found
+
+
+def tap_intent(event: ev.ButtonReplied, store: Any) -> str | None:
+    """'stop' or 'start' for a tap on a quick reply that says so, by its payload or else its label (a
+    marketing template's "Stop promotions" button), as if typed; a journey's own button (a COD
+    Cancel, an NDR choice) is that journey's answer, never a keyword, whatever its label."""
+    if event.payload in _answer_payloads(store):
+        return None
+    rules = store.policy.rules()
+    return keyword_intent(event.payload, rules) or keyword_intent(event.title, rules)
+
+
 def apply_product_cycle(conn: Connection, store_id: int, p: ev.ProductUpdated, now: datetime) -> None:
     """Keep the product's tagged cycle (``replenish:30d``, or the metafield) in ``product_cycles``.
 
@@ -732,11 +754,10 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             out.subject = f"wamid:{event.context_message_id}" if event.context_message_id else None
             out.contact_id = upsert_contact(conn, store_id, now, phone=event.phone, wa_id=event.wa_id, user_id=event.user_id)
             if isinstance(event, ev.ButtonReplied):
-                kind, body = "button", event.payload
+                kind, body, intent = "button", event.payload, tap_intent(event, store)
             else:
-                kind, body = event.message_type, event.text
+                kind, body, intent = event.message_type, event.text, keyword_intent(event.text, store.policy.rules())
             record_inbound(conn, store_id, out.contact_id, event.message_id, kind[:32], body, event.occurred_at, now)
-            intent = keyword_intent(event.text, store.policy.rules()) if isinstance(event, ev.MessageReceived) else None
             if intent is not None and out.contact_id is not None:
                 apply_keyword(conn, store_id, out.contact_id, intent, event.occurred_at, inbox_id)
         case ev.MessageStatusChanged():

@@ -6,20 +6,31 @@ clock, fake WhatsApp and Shopify on 127.0.0.1): what the customer receives and w
    after it, makes her reachable again; older news arriving late does not;
 3. after STOP, WhatsApp's "resume" or the store's WhatsApp marketing consent, when newer, opts her
    back in as START does (her COD questions too); an older one arriving late does not, a STOP
-   older than her "resume" does not undo it, and an SMS opt-in in the store is no answer to it.
+   older than her "resume" does not undo it, and an SMS opt-in in the store is no answer to it;
+4. a tap on a quick reply that says STOP (a cart template's "Stop promotions" button) opts her out as
+   the typed word does; a journey's own button (COD Cancel) is its answer, whatever its label says.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 
+from connector import events as ev
+from connector.config import PolicySettings
+from connector.journeys.cod_confirmation import CodConfirmationConfig
+from connector.journeys.delivery_updates import DeliveryUpdatesConfig
+from connector.state import tap_intent
+
+from tests.scenarios import harness
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
 from tests.scenarios.fakes import WhatsAppSend
 from tests.scenarios.harness import wa_id
 from tests.scenarios.stores import SHOPIFY
+from tests.scenarios.test_store_journeys import LADDER
 from tests.test_consent_and_spacing_fixes import _text
 
 ASHA = "+919876543210"
@@ -244,3 +255,68 @@ def test_an_sms_opt_in_in_the_store_does_not_answer_a_stop_sent_on_whatsapp(sqli
     assert (seen["consent"]["marketing"]["state"], seen["consent"]["marketing"]["source"]) == ("granted", "shopify_sms_marketing")
     assert seen["contact"]["opted_out_at"] is not None
     assert not _asked_about_order_2(sc)
+
+
+# ---- 4. a "Stop promotions" tap is an opt-out; a journey's own button is not -----------------------
+
+TAP_STORE = SimpleNamespace(
+    policy=PolicySettings(stop_words=("stop", "cancel", "stop promotions")),
+    journeys={"cod_confirmation": CodConfirmationConfig(cancel_reasons={"cod_cancel_mistake": "ordered by mistake"}),
+              "delivery": DeliveryUpdatesConfig(enabled=False)})
+
+
+@pytest.mark.parametrize(("payload", "label", "intent"), [
+    ("STOP", "Stop promotions", "stop"),
+    ("promo_optout_7", "Stop promotions", "stop"),  # a payload of its own: the label says it
+    ("RESUME", "Resume", "start"),
+    ("size_m", "Medium", None),
+    ("cod_cancel", "Cancel", None),  # the journeys' own buttons, whatever their label
+    ("cod_cancel_mistake", "Cancel", None),
+    ("cod_confirm", "Stop", None),
+    ("ndr_cancel", "Cancel", None),  # a journey switched off still sent its buttons once
+])
+def test_which_taps_are_keywords(payload, label, intent):
+    tap = ev.ButtonReplied(phone_number_id="1", message_id="wamid.T", wa_id="919876543210", payload=payload, title=label,
+                           occurred_at=harness.T0)
+    assert tap_intent(tap, TAP_STORE) == intent
+
+
+def _tap(sc, quoting: WhatsAppSend, payload: str, label: str) -> None:
+    env = p.wa_button_tap(sc.phone_number_id, wa_id(quoting.to), f"wamid.TAP{payload[:8]}", payload, quoting.wamid, sc.now)
+    env["entry"][0]["changes"][0]["value"]["messages"][0]["button"]["text"] = label
+    sc.post(sc.whatsapp_delivery(env))
+
+
+@pytest.mark.parametrize("payload", ["STOP", "Stop promotions"], ids=["payload STOP", "the label as payload"])
+def test_a_stop_promotions_tap_on_a_cart_reminder_opts_her_out(sqlite_url, scenario, world, monkeypatch, payload):
+    """The first cart reminder carries a "Stop promotions" quick reply (payload STOP, or none set: WhatsApp then
+    sends the label). Asha taps it: no second or third reminder, none for the cart she leaves two days later,
+    and the owner sees her opted out."""
+    stop = {"type": "quick_reply", "text": "Stop promotions", "payload": payload}
+    monkeypatch.setattr(harness, "TEMPLATES", [{**t, "buttons": [stop]} if t["step"] == "checkout_recovery.first" else t
+                                               for t in harness.TEMPLATES])
+    sc = scenario(sqlite_url, "shopify", journeys=LADDER)
+    SHOPIFY.start_checkout(sc, "A", ASHA)
+    sc.later(hours=1)
+    _tap(sc, sc.last_to(ASHA, "cart_1_v1"), payload, "Stop promotions")
+    sc.later(days=2)
+    SHOPIFY.start_checkout(sc, "B", ASHA)
+    sc.later(days=2)
+
+    assert sc.templates_to(ASHA) == ["cart_1_v1"]
+    seen = sc.contact(ASHA)
+    assert seen["contact"]["opted_out_at"] is not None
+    assert (seen["consent"]["marketing"]["state"], seen["consent"]["marketing"]["source"]) == ("revoked", "whatsapp_keyword_stop")
+
+
+def test_a_cod_cancel_button_labelled_with_a_stop_word_cancels_the_order_and_opts_nobody_out(sqlite_url, scenario, world):
+    """The store counts a typed "cancel" as an opt-out (its stop_words); its COD question's Cancel button is labelled
+    "Cancel". Asha taps it: her order is cancelled, and she is not opted out (her shipping updates still come)."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD, policy={"stop_words": ["stop", "cancel"]})
+    SHOPIFY.place(sc, SHOPIFY.awaiting_confirmation(1, ASHA, sc.now))
+    sc.later(minutes=5)
+    _tap(sc, sc.last_to(ASHA, "cod_confirm_v1"), "cod_cancel", "Cancel")
+    sc.later(minutes=5)
+
+    assert len(world.shopify_ops("orderCancel")) == 1
+    assert sc.contact(ASHA)["contact"]["opted_out_at"] is None
