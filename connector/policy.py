@@ -15,7 +15,6 @@ always say why someone was not messaged. Rules, in order:
 from __future__ import annotations
 
 import functools
-import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -25,6 +24,7 @@ from connector.contacts import in_service_window
 
 DEFAULT_STOP_WORDS = (
     "stop", "stop all", "unsubscribe", "opt out", "optout", "end", "quit",  # English
+    "stop promotions",  # the label of Meta's marketing opt-out quick reply (third-party docs: Engati, Kapso)
     "band karo", "band", "बंद", "बंद करो", "रोको",  # Hindi
     "baja", "alto", "detener", "cancelar suscripcion",  # Spanish
     "parar", "sair", "descadastrar",  # Portuguese
@@ -137,11 +137,37 @@ def check(
     return ALLOW
 
 
+# Scripts whose combining marks are accents or optional vowel points: "arrêt" is "arret",
+# "إلغاء" is "الغاء". In the others (Devanagari and the other Indic abugidas) a mark is the vowel
+# itself: रुको (wait) is not रोको (stop), बाद (later) is not बंद (stop).
+_MARKS_OPTIONAL = frozenset({"LATIN", "GREEK", "CYRILLIC", "ARABIC", "HEBREW"})
+_INVISIBLE = "\u0640"  # Arabic tatweel: stretches a word, spells nothing
+
+
+@functools.lru_cache(maxsize=4096)
+def _marks_optional(letter: str) -> bool:
+    return unicodedata.name(letter, "").split(" ", 1)[0] in _MARKS_OPTIONAL
+
+
 def _fold(text: str) -> str:
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c))  # arrêt == arret; both sides fold alike
-    text = re.sub(r"[^\w\s]", " ", text.casefold())
-    return " ".join(text.split())
+    """A message as the keyword lists see it: case, width, punctuation, symbols (an emoji) and
+    optional accents do not count; the letters and the vowel signs that spell the word do."""
+    out: list[str] = []
+    optional = True  # whether the marks on the last letter may go
+    for c in unicodedata.normalize("NFKD", text.casefold()):
+        kind = unicodedata.category(c)
+        if kind[0] == "M":
+            if not optional:  # kept on a Devanagari letter; gone on a Latin one or a dropped emoji (its VS16)
+                out.append(c)
+        elif c == _INVISIBLE or kind == "Cf":  # tatweel, a zero-width joiner, a direction mark
+            continue
+        elif kind[0] in "LN":
+            optional = kind[0] == "N" or _marks_optional(c)
+            out.append(c)
+        else:
+            out.append(" ")
+            optional = True
+    return " ".join(unicodedata.normalize("NFC", "".join(out)).split())
 
 
 @functools.lru_cache(maxsize=32)

@@ -18,7 +18,7 @@ from sqlalchemy.exc import NoResultFound
 from connector import events as ev
 from connector.contacts import email_key
 from connector.policy import keyword_intent
-from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES
+from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, ATTEMPTS, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES
 from connector.rows import checkout_ordered_at, checkout_row, contact_by_phone, contact_row, contact_where, order_row, phone_key
 from connector.storage.txcache import by_key, current
 
@@ -389,8 +389,10 @@ def _flush_if_held(conn: Connection, contact_id: int | None) -> None:
 _MESSAGE_BY_WAMID = select(MESSAGES.c.id, MESSAGES.c.status, MESSAGES.c.error_code, MESSAGES.c.contact_id).where(
     MESSAGES.c.store_id == bindparam("sid"), MESSAGES.c.wamid == bindparam("wamid"))
 _INSERT_MESSAGE = insert(MESSAGES)
+# with the contact's ``reachable`` as stored: a delivered status can undo a 131026 without reading the contact apart
 _OUTBOX_FOR_STATUS = select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.contact_id, OUTBOX.c.category, OUTBOX.c.payload,
-                            OUTBOX.c.journey, OUTBOX.c.step, OUTBOX.c.idempotency_key, OUTBOX.c.attempts).where(OUTBOX.c.store_id == bindparam("sid"))
+                            OUTBOX.c.journey, OUTBOX.c.step, OUTBOX.c.idempotency_key, OUTBOX.c.attempts, CONTACTS.c.reachable).select_from(
+    OUTBOX.outerjoin(CONTACTS, CONTACTS.c.id == OUTBOX.c.contact_id)).where(OUTBOX.c.store_id == bindparam("sid"))
 _RUN_BY_KEY = select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == bindparam("j"), RUNS.c.subject == bindparam("s"))
 # 131049 (Meta's per-user marketing limit): the same message again a day later, on three days at most
 ENGAGEMENT_LIMIT_SENDS = 3
@@ -422,13 +424,39 @@ def record_inbound(
         conn.execute(_INSERT_MESSAGE, dict(store_id=store_id, contact_id=contact_id, direction="in", wamid=wamid, kind=kind,
                                            body=body, status="received", occurred_at=at, updated_at=now))
     if contact_id is not None:
-        contact_at = contact_row(conn, contact_id).last_inbound_at
-        if contact_at is None or contact_at < at:
+        contact = contact_row(conn, contact_id)
+        if contact.last_inbound_at is None or contact.last_inbound_at < at:
             update_by_id(conn, CONTACTS, contact_id, dict(last_inbound_at=at, updated_at=now))
+        if not contact.reachable:
+            reachable_again(conn, store_id, contact_id, at, now)
 
 
-def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, now: datetime) -> tuple[int | None, int | None]:
-    """Move the outbox row a status names (by our callback data, else by wamid); returns (outbox id, contact id)."""
+# 131026 (undeliverable): when we last tried a send WhatsApp refused so, by the send's time: a
+# message refused in a failed status webhook, or an attempt refused in the answer to the send
+UNDELIVERABLE = 131026
+_UNDELIVERABLE_MESSAGE = select(func.max(MESSAGES.c.occurred_at)).where(
+    MESSAGES.c.store_id == bindparam("sid"), MESSAGES.c.contact_id == bindparam("cid"), MESSAGES.c.error_code == UNDELIVERABLE)
+_UNDELIVERABLE_ATTEMPT = select(func.max(ATTEMPTS.c.started_at)).select_from(ATTEMPTS.join(OUTBOX, OUTBOX.c.id == ATTEMPTS.c.outbox_id)).where(
+    OUTBOX.c.store_id == bindparam("sid"), OUTBOX.c.contact_id == bindparam("cid"), ATTEMPTS.c.error_code == UNDELIVERABLE)
+
+
+def reachable_again(conn: Connection, store_id: int, contact_id: int, at: datetime, now: datetime) -> None:
+    """She is on WhatsApp after all: she wrote to the store at ``at``, or a message of ours reached
+    her then (delivered, read). 131026 also stands for passing causes (terms not accepted, an old
+    app: platform-facts C4), so this undoes one from a send made by ``at``; one from a later send
+    stands (a late webhook of older news). A contact with no number (it never parsed, or was erased
+    for a privacy request) stays unreachable."""
+    contact = contact_row(conn, contact_id)
+    if contact is None or contact.reachable or contact.phone_e164 is None:
+        return
+    params = {"sid": store_id, "cid": contact_id}
+    refused = [t for q in (_UNDELIVERABLE_MESSAGE, _UNDELIVERABLE_ATTEMPT) if (t := conn.execute(q, params).scalar()) is not None]
+    if not refused or max(refused) <= at:
+        update_by_id(conn, CONTACTS, contact_id, dict(reachable=True, updated_at=now))
+
+
+def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, now: datetime) -> Any:
+    """Move the outbox row a status names (by our callback data, else by wamid); returns that row (as it was), or None."""
     from connector.outbox.store import STATUS_RANK, outbox_id_from_callback
 
     oid = outbox_id_from_callback(e.callback_data)
@@ -437,7 +465,7 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
     else:
         row = conn.execute(_OUTBOX_BY_WAMID, {"sid": store_id, "wamid": e.message_id}).first()
     if row is None:
-        return None, None
+        return None
     values: dict[str, Any] = {"wamid": e.message_id, "updated_at": now}
     if e.status == "failed":
         values.update(status="failed", last_error=f"{e.error_code}: {e.error_title or 'failed'}"[:2000])
@@ -459,24 +487,30 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
         values.update(status=e.status, last_error=None)
     if values:
         update_by_id(conn, OUTBOX, row.id, values)
-    return row.id, row.contact_id
+    return row
 
 
 def apply_contact_error(conn: Connection, store_id: int, contact_id: int, code: int | None, at: datetime, now: datetime) -> None:
     """What Meta's failure says about the person, not the message, whether it came back from the
     send call itself or in a failed status webhook (outbox.store.CONTACT_ERRORS).
-    131026 (undeliverable): the contact is unreachable, later sends are skipped as such.
+    131026 (undeliverable): the contact is unreachable, later sends are skipped as such, until
+    she writes to the store or a later message reaches her (``reachable_again``); not when she
+    wrote after this failure (its webhook came late).
     131050 (the user stopped marketing on WhatsApp): marketing consent revoked and their
     marketing runs end. Any other code: nothing."""
-    if code == 131026:
-        update_by_id(conn, CONTACTS, contact_id, dict(reachable=False, updated_at=now))
+    if code == UNDELIVERABLE:
+        wrote = contact_row(conn, contact_id).last_inbound_at
+        if wrote is None or wrote <= at:
+            update_by_id(conn, CONTACTS, contact_id, dict(reachable=False, updated_at=now))
     elif code == 131050 and record_consent(conn, store_id, contact_id, "marketing", "revoked", "whatsapp_error_131050", at, None):
         end_marketing_runs(conn, store_id, contact_id, "whatsapp_error_131050", now)
 
 
 def apply_status(conn: Connection, store_id: int, e: ev.MessageStatusChanged, now: datetime) -> int | None:
-    """Statuses arrive out of order: sent < delivered < read only moves forward; failed is kept with its code."""
-    outbox_id, contact_id = _settle_outbox(conn, store_id, e, now)
+    """Statuses arrive out of order: sent < delivered < read only moves forward; failed is kept with its code.
+    A message of ours reaching a contact marked unreachable makes her reachable again (``reachable_again``)."""
+    sent = _settle_outbox(conn, store_id, e, now)
+    outbox_id, contact_id = (sent.id, sent.contact_id) if sent is not None else (None, None)
     row = conn.execute(_MESSAGE_BY_WAMID, {"sid": store_id, "wamid": e.message_id}).first()
     if row is None:
         if contact_id is None and e.recipient_id:
@@ -486,12 +520,24 @@ def apply_status(conn: Connection, store_id: int, e: ev.MessageStatusChanged, no
         conn.execute(_INSERT_MESSAGE, dict(store_id=store_id, contact_id=contact_id, direction="out", wamid=e.message_id,
                                            kind="template" if outbox_id else "unknown", status=e.status, error_code=e.error_code,
                                            outbox_id=outbox_id, occurred_at=e.occurred_at, updated_at=now))
-        return contact_id
-    if e.status == "failed":
-        update_by_id(conn, MESSAGES, row.id, dict(status="failed", error_code=e.error_code, updated_at=now))
-    elif row.status != "failed" and MESSAGE_STATUS_RANK.get(e.status, -1) > MESSAGE_STATUS_RANK.get(row.status, -1):
-        update_by_id(conn, MESSAGES, row.id, dict(status=e.status, updated_at=now))
-    return row.contact_id or contact_id
+    else:
+        if e.status == "failed":
+            update_by_id(conn, MESSAGES, row.id, dict(status="failed", error_code=e.error_code, updated_at=now))
+        elif row.status != "failed" and MESSAGE_STATUS_RANK.get(e.status, -1) > MESSAGE_STATUS_RANK.get(row.status, -1):
+            update_by_id(conn, MESSAGES, row.id, dict(status=e.status, updated_at=now))
+        contact_id = row.contact_id or contact_id
+    if sent is not None and sent.contact_id is not None and MESSAGE_STATUS_RANK.get(e.status, -1) >= MESSAGE_STATUS_RANK["delivered"]:
+        if not _reachable_now(conn, sent.contact_id, sent.reachable):
+            reachable_again(conn, store_id, sent.contact_id, e.occurred_at, now)
+    return contact_id
+
+
+def _reachable_now(conn: Connection, contact_id: int, stored: bool | None) -> bool:
+    """The contact's ``reachable``: the transaction cache's copy when it holds her row (it may hold a
+    change not written yet), else the value read with the outbox row."""
+    cache = current(conn)
+    cached = cache.get("contacts", contact_id) if cache is not None else None
+    return bool(cached.reachable) if cached is not None else stored is None or bool(stored)
 
 
 # A contact's runs by the (store_id, contact_id) index; the caller keeps the active ones.
@@ -541,13 +587,33 @@ def end_marketing_runs(conn: Connection, store_id: int, contact_id: int, source:
     return ended
 
 
-def _started_after(contact: Any, at: datetime) -> bool:
-    """Whether a START keyword newer than ``at`` is on record (the consent it granted, with its time)."""
+# What answers a STOP typed on WhatsApp: START, WhatsApp's own marketing "resume" (or "signup"), and
+# the store's WhatsApp marketing consent. An SMS opt-in in the store is no answer to it.
+WHATSAPP_OPT_INS = frozenset({"whatsapp_keyword_start", "whatsapp_preference_resume", "whatsapp_preference_signup",
+                              "shopify_whatsapp_marketing"})
+
+
+def _opted_in_after(contact: Any, at: datetime) -> bool:
+    """Whether a WhatsApp opt-in newer than ``at`` is on record (the consent it granted, with its time)."""
     for category in ("marketing", "utility"):
         when = getattr(contact, f"consent_{category}_at")
-        if getattr(contact, f"consent_{category}_source") == "whatsapp_keyword_start" and when is not None and when > at:
+        if (getattr(contact, f"consent_{category}") == "granted" and getattr(contact, f"consent_{category}_source") in WHATSAPP_OPT_INS
+                and when is not None and when > at):
             return True
     return False
+
+
+def lift_opt_out(conn: Connection, store_id: int, contact_id: int, source: str, at: datetime, inbox_id: int) -> None:
+    """A WhatsApp opt-in other than START (WhatsApp's "resume", the store's WhatsApp marketing consent)
+    newer than the contact's STOP lifts it as START does: she hears from the store again, and the
+    utility consent the STOP took comes back. One older than the STOP (a late webhook) changes nothing."""
+    contact = contact_row(conn, contact_id)
+    if contact.opted_out_at is None or contact.opted_out_at > at:
+        return
+    took_utility = contact.consent_utility == "revoked" and contact.consent_utility_source == "whatsapp_keyword_stop"
+    update_by_id(conn, CONTACTS, contact_id, dict(opted_out_at=None, updated_at=at))
+    if took_utility:
+        record_consent(conn, store_id, contact_id, "utility", "granted", source, at, inbox_id)
 
 
 def apply_keyword(conn: Connection, store_id: int, contact_id: int, intent: str, at: datetime, inbox_id: int) -> None:
@@ -556,12 +622,14 @@ def apply_keyword(conn: Connection, store_id: int, contact_id: int, intent: str,
     Keywords can arrive out of order (WhatsApp retries, two messages a second apart): one older
     than the contact's last opposite keyword changes nothing, so a STOP at 10:01 stands against
     a START sent at 10:00 and delivered after it, and a START at 10:02 against a STOP at 10:01.
+    Any WhatsApp opt-in counts as START here (``WHATSAPP_OPT_INS``): a STOP older than her
+    "resume" changes nothing either.
     """
     contact = contact_row(conn, contact_id)
     if contact is None:
         raise NoResultFound(f"contact {contact_id} not found")
     if intent == "stop":
-        if _started_after(contact, at):
+        if _opted_in_after(contact, at):
             return
         if contact.opted_out_at is None or contact.opted_out_at < at:  # the latest STOP: what a START is held against
             update_by_id(conn, CONTACTS, contact_id, dict(opted_out_at=at, updated_at=at))
@@ -574,6 +642,28 @@ def apply_keyword(conn: Connection, store_id: int, contact_id: int, intent: str,
         update_by_id(conn, CONTACTS, contact_id, dict(opted_out_at=None, updated_at=at))
         record_consent(conn, store_id, contact_id, "marketing", "granted", "whatsapp_keyword_start", at, inbox_id)
         record_consent(conn, store_id, contact_id, "utility", "granted", "whatsapp_keyword_start", at, inbox_id)
+
+
+def _answer_payloads(store: Any) -> set[str]:
+    """The button payloads the store's journeys take as answers (COD Confirm / Cancel and its cancel
+    reasons, the NDR choices): by the settings' convention, every ``*_payloads`` list and the keys of
+    a ``*_reasons`` table (payload -> reason)."""
+    found: set[str] = set()
+    for config in store.journeys.values():
+        for name, value in config:
+            if name.endswith("_payloads") or (name.endswith("_reasons") and isinstance(value, dict)):
+                found.update(value)
+    return found
+
+
+def tap_intent(event: ev.ButtonReplied, store: Any) -> str | None:
+    """'stop' or 'start' for a tap on a quick reply that says so, by its payload or else its label (a
+    marketing template's "Stop promotions" button), as if typed; a journey's own button (a COD
+    Cancel, an NDR choice) is that journey's answer, never a keyword, whatever its label."""
+    if event.payload in _answer_payloads(store):
+        return None
+    rules = store.policy.rules()
+    return keyword_intent(event.payload, rules) or keyword_intent(event.title, rules)
 
 
 def apply_product_cycle(conn: Connection, store_id: int, p: ev.ProductUpdated, now: datetime) -> None:
@@ -658,15 +748,16 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
                                          event.occurred_at or now, inbox_id)
                 if changed and event.category is ev.ConsentCategory.MARKETING and event.state is ev.ConsentState.REVOKED:
                     end_marketing_runs(conn, store_id, out.contact_id, event.source, now)
+                if event.state is ev.ConsentState.GRANTED and event.source in WHATSAPP_OPT_INS and event.occurred_at is not None:
+                    lift_opt_out(conn, store_id, out.contact_id, event.source, event.occurred_at, inbox_id)  # undated: not shown newer
         case ev.MessageReceived() | ev.ButtonReplied():
             out.subject = f"wamid:{event.context_message_id}" if event.context_message_id else None
             out.contact_id = upsert_contact(conn, store_id, now, phone=event.phone, wa_id=event.wa_id, user_id=event.user_id)
             if isinstance(event, ev.ButtonReplied):
-                kind, body = "button", event.payload
+                kind, body, intent = "button", event.payload, tap_intent(event, store)
             else:
-                kind, body = event.message_type, event.text
+                kind, body, intent = event.message_type, event.text, keyword_intent(event.text, store.policy.rules())
             record_inbound(conn, store_id, out.contact_id, event.message_id, kind[:32], body, event.occurred_at, now)
-            intent = keyword_intent(event.text, store.policy.rules()) if isinstance(event, ev.MessageReceived) else None
             if intent is not None and out.contact_id is not None:
                 apply_keyword(conn, store_id, out.contact_id, intent, event.occurred_at, inbox_id)
         case ev.MessageStatusChanged():
@@ -679,6 +770,8 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
                 source = f"whatsapp_preference_{event.value}"
                 if record_consent(conn, store_id, out.contact_id, "marketing", state, source, event.occurred_at, inbox_id) and state == "revoked":
                     end_marketing_runs(conn, store_id, out.contact_id, source, now)
+                if state == "granted":
+                    lift_opt_out(conn, store_id, out.contact_id, source, event.occurred_at, inbox_id)
         case ev.ProductUpdated():
             apply_product_cycle(conn, store_id, event, now)
         case ev.AppUninstalled():

@@ -11,7 +11,8 @@ import pytest
 
 from connector.outbox.ratelimit import InFlightLimit, RecipientSpacer, TokenBucket
 from connector.outbox.retry import RetryPolicy, next_attempt_at
-from connector.policy import ContactFacts, PolicyRules, SendHistory, check, keyword_intent, next_allowed
+from connector.policy import (DEFAULT_START_WORDS, DEFAULT_STOP_WORDS, ContactFacts, PolicyRules, SendHistory, check, keyword_intent,
+                              next_allowed)
 
 IST = ZoneInfo("Asia/Kolkata")
 NY = ZoneInfo("America/New_York")
@@ -94,6 +95,26 @@ def test_stop_keywords_in_several_languages(text):
 @pytest.mark.parametrize("text", ["please stop calling me, I confirmed", "Confirm", "cancel", "", None, "stopped?"])
 def test_ordinary_messages_are_not_keywords(text):
     assert keyword_intent(text, RULES) is None
+
+
+@pytest.mark.parametrize("text", ["रुको", "रुको।", "बाद", "बाद करो", "शेर", "रखो"])
+def test_a_hindi_word_a_vowel_sign_away_from_a_keyword_is_not_one(text):
+    """रुको (wait) is not रोको (stop), बाद (later) is not बंद (stop), शेर (lion) is not शुरू (start): the
+    vowel signs spell the word, so "wait" to a COD question opts nobody out."""
+    assert keyword_intent(text, RULES) is None
+
+
+_AS_TYPED = {"arret": "Arrêt !", "arreter": "ARRÊTER", "desabonner": "Désabonner", "desinscrire": "désinscrire",
+             "demarrer": "Démarrer", "cancelar suscripcion": "Cancelar suscripción", "الغاء الاشتراك": "إلغاء الاشتراك",
+             "توقف": "تَوَقَّفْ", "बंद करो": "बंद करो।", "रोको": "रोको!", "शुरू": "शुरू 🙏", "stop": "ＳＴＯＰ 🛑"}
+
+
+@pytest.mark.parametrize(("word", "intent"), [(w, "stop") for w in DEFAULT_STOP_WORDS] + [(w, "start") for w in DEFAULT_START_WORDS])
+def test_every_default_keyword_matches_as_customers_type_it(word, intent):
+    """Each shipped keyword (English, Hindi and Hinglish, Spanish, Portuguese, Italian, French, German, Arabic) in
+    capitals, with punctuation, with the accents or vowel points its language may carry, and with an emoji."""
+    for typed in (word, word.upper(), f" {word.title()}! ", f"{word} 👍", _AS_TYPED.get(word, word)):
+        assert keyword_intent(typed, RULES) == intent, typed
 
 
 def test_start_and_custom_keywords():
