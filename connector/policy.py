@@ -24,7 +24,6 @@ from connector.contacts import in_service_window
 
 DEFAULT_STOP_WORDS = (
     "stop", "stop all", "unsubscribe", "opt out", "optout", "end", "quit",  # English
-    "stop promotions",  # the label of Meta's marketing opt-out quick reply (third-party docs: Engati, Kapso)
     "band karo", "band", "बंद", "बंद करो", "रोको",  # Hindi
     "baja", "alto", "detener", "cancelar suscripcion",  # Spanish
     "parar", "sair", "descadastrar",  # Portuguese
@@ -175,8 +174,14 @@ def _folded(words: frozenset[str]) -> frozenset[str]:
     return frozenset(_fold(w) for w in words)
 
 
+# what asks for no more promotions, and only that: the label of Meta's marketing opt-out quick reply
+# on marketing templates (third-party docs: Engati, Kapso). Her order's COD question and its
+# delivery updates still come; a store that lists one of these in its stop_words makes it a STOP.
+MARKETING_STOP_WORDS = frozenset({"stop promotions", "stop promotion", "no promotions"})
+
+
 def keyword_intent(text: str | None, rules: PolicyRules) -> str | None:
-    """'stop' or 'start' when the whole message is an opt-out/opt-in keyword, else None.
+    """'stop', 'start' or 'stop_marketing' when the whole message is an opt-out/opt-in keyword, else None.
 
     Only a message that is the keyword (ignoring case, accents and punctuation) counts, so
     "please stop calling, I confirmed" in a conversation is left to a person.
@@ -190,4 +195,6 @@ def keyword_intent(text: str | None, rules: PolicyRules) -> str | None:
         return "stop"
     if folded in _folded(rules.start_words):
         return "start"
+    if folded in _folded(MARKETING_STOP_WORDS):
+        return "stop_marketing"
     return None

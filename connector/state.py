@@ -617,7 +617,8 @@ def lift_opt_out(conn: Connection, store_id: int, contact_id: int, source: str, 
 
 
 def apply_keyword(conn: Connection, store_id: int, contact_id: int, intent: str, at: datetime, inbox_id: int) -> None:
-    """STOP opts the contact out of everything at once; START opts back in to marketing.
+    """STOP opts the contact out of everything at once; START opts back in to marketing; "Stop
+    promotions" (``stop_marketing``) revokes marketing consent only.
 
     Keywords can arrive out of order (WhatsApp retries, two messages a second apart): one older
     than the contact's last opposite keyword changes nothing, so a STOP at 10:01 stands against
@@ -628,6 +629,10 @@ def apply_keyword(conn: Connection, store_id: int, contact_id: int, intent: str,
     contact = contact_row(conn, contact_id)
     if contact is None:
         raise NoResultFound(f"contact {contact_id} not found")
+    if intent == "stop_marketing":  # "Stop promotions": marketing only, as WhatsApp's own marketing "stop" preference
+        if record_consent(conn, store_id, contact_id, "marketing", "revoked", "whatsapp_keyword_stop_promotions", at, inbox_id):
+            end_marketing_runs(conn, store_id, contact_id, "whatsapp_keyword_stop_promotions", at)
+        return
     if intent == "stop":
         if _opted_in_after(contact, at):
             return
@@ -657,8 +662,8 @@ def _answer_payloads(store: Any) -> set[str]:
 
 
 def tap_intent(event: ev.ButtonReplied, store: Any) -> str | None:
-    """'stop' or 'start' for a tap on a quick reply that says so, by its payload or else its label (a
-    marketing template's "Stop promotions" button), as if typed; a journey's own button (a COD
+    """'stop', 'start' or 'stop_marketing' for a tap on a quick reply that says so, by its payload or else
+    its label (a marketing template's "Stop promotions" button: marketing only), as if typed; a journey's own button (a COD
     Cancel, an NDR choice) is that journey's answer, never a keyword, whatever its label."""
     if event.payload in _answer_payloads(store):
         return None

@@ -290,12 +290,13 @@ def _tap(sc, quoting: WhatsAppSend, payload: str, label: str) -> None:
 @pytest.mark.parametrize("payload", ["STOP", "Stop promotions"], ids=["payload STOP", "the label as payload"])
 def test_a_stop_promotions_tap_on_a_cart_reminder_opts_her_out(sqlite_url, scenario, world, monkeypatch, payload):
     """The first cart reminder carries a "Stop promotions" quick reply (payload STOP, or none set: WhatsApp then
-    sends the label). Asha taps it: no second or third reminder, none for the cart she leaves two days later,
-    and the owner sees her opted out."""
+    sends the label). Asha taps it: no second or third reminder, none for the cart she leaves two days later.
+    A STOP payload opts her out of everything; the label alone asks for no more promotions only, so the COD
+    question of the order she places next still reaches her."""
     stop = {"type": "quick_reply", "text": "Stop promotions", "payload": payload}
     monkeypatch.setattr(harness, "TEMPLATES", [{**t, "buttons": [stop]} if t["step"] == "checkout_recovery.first" else t
                                                for t in harness.TEMPLATES])
-    sc = scenario(sqlite_url, "shopify", journeys=LADDER)
+    sc = scenario(sqlite_url, "shopify", journeys={**LADDER, **COD})
     SHOPIFY.start_checkout(sc, "A", ASHA)
     sc.later(hours=1)
     _tap(sc, sc.last_to(ASHA, "cart_1_v1"), payload, "Stop promotions")
@@ -305,8 +306,16 @@ def test_a_stop_promotions_tap_on_a_cart_reminder_opts_her_out(sqlite_url, scena
 
     assert sc.templates_to(ASHA) == ["cart_1_v1"]
     seen = sc.contact(ASHA)
-    assert seen["contact"]["opted_out_at"] is not None
-    assert (seen["consent"]["marketing"]["state"], seen["consent"]["marketing"]["source"]) == ("revoked", "whatsapp_keyword_stop")
+    if payload == "STOP":
+        assert seen["contact"]["opted_out_at"] is not None
+        assert (seen["consent"]["marketing"]["state"], seen["consent"]["marketing"]["source"]) == ("revoked", "whatsapp_keyword_stop")
+    else:
+        assert seen["contact"]["opted_out_at"] is None
+        assert (seen["consent"]["marketing"]["state"], seen["consent"]["marketing"]["source"]) == \
+            ("revoked", "whatsapp_keyword_stop_promotions")
+    SHOPIFY.place(sc, SHOPIFY.awaiting_confirmation(1, ASHA, sc.now))
+    sc.later(minutes=5)
+    assert sc.templates_to(ASHA)[1:] == ([] if payload == "STOP" else ["cod_confirm_v1"])
 
 
 def test_a_cod_cancel_button_labelled_with_a_stop_word_cancels_the_order_and_opts_nobody_out(sqlite_url, scenario, world):
