@@ -148,14 +148,20 @@ def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | N
 # free-text message opens a hand-off; a burst of them spent ~40% of its time building these)
 _CONTEXT_CONTACT = select(CONTACTS.c.phone_e164, CONTACTS.c.first_name, CONTACTS.c.last_name, CONTACTS.c.stage).where(
     CONTACTS.c.id == bindparam("cid"))
-_CONTEXT_ORDER = (select(ORDERS.c.external_id, ORDERS.c.name, ORDERS.c.total, ORDERS.c.currency, ORDERS.c.payment_state,
-                         ORDERS.c.is_cod).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.contact_id == bindparam("cid"))
+_ORDER_FIELDS = (ORDERS.c.external_id, ORDERS.c.name, ORDERS.c.total, ORDERS.c.currency, ORDERS.c.payment_state, ORDERS.c.is_cod)
+_CONTEXT_ORDER = (select(*_ORDER_FIELDS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.contact_id == bindparam("cid"))
                   .order_by(ORDERS.c.placed_at.desc()).limit(1))
+_CASE_ORDER = select(*_ORDER_FIELDS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id == bindparam("oid"))
 _CONTEXT_RUNS = select(RUNS.c.journey, RUNS.c.subject, RUNS.c.status).where(
     RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.status != "finished")
 _CONTEXT_MESSAGES = (select(MESSAGES.c.direction, MESSAGES.c.kind, MESSAGES.c.body, MESSAGES.c.occurred_at).where(
     MESSAGES.c.store_id == bindparam("sid"), MESSAGES.c.contact_id == bindparam("cid"))
                      .order_by(MESSAGES.c.occurred_at.desc()).limit(5))
+
+
+def _order_summary(order: Any) -> dict[str, Any] | None:
+    return {"id": order.external_id, "name": order.name, "total": str(order.total), "currency": order.currency,
+            "payment_state": order.payment_state, "cod": order.is_cod} if order else None
 
 
 def _context(conn: Connection, store_id: int, contact_id: int | None) -> dict[str, Any]:
@@ -170,16 +176,28 @@ def _context(conn: Connection, store_id: int, contact_id: int | None) -> dict[st
         "phone": contact.phone_e164 if contact else None,
         "name": " ".join(p for p in (contact.first_name, contact.last_name) if p) if contact else None,
         "stage": contact.stage if contact else None,
-        "last_order": {"id": order.external_id, "name": order.name, "total": str(order.total), "currency": order.currency,
-                       "payment_state": order.payment_state, "cod": order.is_cod} if order else None,
+        "last_order": _order_summary(order),
         "active_journeys": [{"journey": r.journey, "subject": r.subject, "status": r.status} for r in runs],
         "recent_messages": [{"direction": m_.direction, "type": m_.kind, "text": m_.body, "at": m_.occurred_at.isoformat()} for m_ in messages],
     }
 
 
-_OPEN_BY_KEY = select(HANDOFFS.c.id, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey).where(
+def _with_case_order(conn: Connection, store_id: int, subject: str | None, context: dict[str, Any]) -> dict[str, Any]:
+    """The context with ``order``: the order the case is about (its subject ``order:<id>``), which
+    need not be the customer's newest (``last_order``): a failed delivery of #9999 while #10000 is
+    on its way is about #9999. None for a case about no order (a question quoting nothing)."""
+    if not (subject and subject.startswith("order:")):
+        return {**context, "order": None} if context else context
+    external_id = subject.split(":", 1)[1]
+    newest = context.get("last_order")
+    order = newest if newest and newest["id"] == external_id else _order_summary(
+        conn.execute(_CASE_ORDER, {"sid": store_id, "oid": external_id}).first())
+    return {**context, "order": order}
+
+
+_OPEN_BY_KEY = select(HANDOFFS.c.id, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey, HANDOFFS.c.subject).where(
     HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.key == bindparam("key"), HANDOFFS.c.status == "open")
-_OPEN_BY_KEYS = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey).where(
+_OPEN_BY_KEYS = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey, HANDOFFS.c.subject).where(
     HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.key.in_(bindparam("keys", expanding=True)), HANDOFFS.c.status == "open")
 _ACTIVE_STATES = select(RUNS.c.journey, RUNS.c.subject, RUNS.c.state).where(
     RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.status == "active")
@@ -204,7 +222,8 @@ def _insert_handoff(dialect: str) -> Any:
     return ins.on_conflict_do_nothing(index_elements=["store_id", "key"]).returning(HANDOFFS.c.id)
 
 
-_OPEN_BY_SUBJECT = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey).where(
+_OPEN_BY_SUBJECT = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey,
+                          HANDOFFS.c.subject).where(
     HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.contact_id == bindparam("cid"), HANDOFFS.c.journey == bindparam("j"),
     HANDOFFS.c.subject == bindparam("s"), HANDOFFS.c.status == "open").order_by(HANDOFFS.c.id.desc()).limit(1)
 
@@ -232,7 +251,9 @@ def _continued(conn: Connection, store_id: int, contact_id: int | None, req: Han
 
 def _add_update(conn: Connection, store: Any, store_id: int, contact_id: int | None, case: Any, context: dict[str, Any],
                 req: HandoffRequest, now: datetime) -> int:
-    """Add a request to an open case with a fresh context; its owner is told when ``req.notify_update``."""
+    """Add a request to an open case with a fresh context (about the case's own order, whatever
+    order the request names); its owner is told when ``req.notify_update``."""
+    context = _with_case_order(conn, store_id, case.subject, context)
     before = case.context or {}
     kept = before.get("updates") or []
     updates = [*kept, {"at": now.isoformat(), "reason": req.reason}][-MAX_UPDATES:]
@@ -274,7 +295,8 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
     hid = conn.execute(
         _insert_handoff(conn.dialect.name),
         dict(store_id=store_id, contact_id=contact_id, key=req.key[:255], reason=req.reason, stage=stage,
-             owner=owner_cfg.owner if owner_cfg else None, journey=req.journey, subject=req.subject, context=context,
+             owner=owner_cfg.owner if owner_cfg else None, journey=req.journey, subject=req.subject,
+             context=_with_case_order(conn, store_id, req.subject, context),
              status="open", opened_at=now, closed_at=None, closed_by=None, resolution=None),
     ).scalar()
     if hid is None:
@@ -300,13 +322,15 @@ def close_handoff(conn: Connection, store_id: int, handoff_id: int, by: str, res
 
 
 def notify_text(h: Any, store_name: str) -> str:
+    """The owner's message: the case's own order first (``Order``); the customer's newest
+    (``Last order``) only for a case about no order, or one opened before cases named theirs."""
     ctx = h.context or {}
-    order = ctx.get("last_order") or {}
+    label, order = ("Order", ctx["order"]) if ctx.get("order") else ("Last order", ctx.get("last_order") or {})
     lines = [f"*{store_name}: hand-off #{h.id}* for {h.owner or 'the ' + h.stage + ' team'}", h.reason]
     if ctx.get("name") or ctx.get("phone"):
         lines.append(f"Customer: {ctx.get('name') or ''} {ctx.get('phone') or ''}".strip())
     if order:
-        lines.append(f"Last order: {order.get('name')} {order.get('currency')} {order.get('total')} ({order.get('payment_state')})")
+        lines.append(f"{label}: {order.get('name')} {order.get('currency')} {order.get('total')} ({order.get('payment_state')})")
     updates = ctx.get("updates") or []
     if updates:
         lines.append(f"Update: {updates[-1].get('reason')}")

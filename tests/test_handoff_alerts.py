@@ -1,0 +1,59 @@
+"""What a stage owner reads in a hand-off alert, and what the admin API says about it:
+
+- a failed delivery's case and alert name the order that failed, not the customer's newest;
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import respx
+
+from tests.conftest import FIXTURES
+from tests.helpers import load_json, running_app
+from tests.test_handoffs import ADMIN, HOOK, order, post_shopify, settings
+
+ORDER_9999 = "order:820982911946154508"
+
+
+def slack_texts(runtime, status: int = 200, body: str = "ok") -> list[str]:
+    """Run the notifier once against a fake Slack webhook: what it was sent."""
+    with respx.mock(assert_all_called=False) as slack:
+        hook = slack.post(HOOK).respond(status, text=body)
+        asyncio.run(runtime.notifier.run_once())
+    return [json.loads(c.request.content)["text"] for c in hook.calls]
+
+
+def open_cases(client) -> list[dict]:
+    return client.get("/api/stores/shop-a/handoffs", params={"status": "open"}, headers=ADMIN).json()["items"]
+
+
+def paid(**kw) -> dict:
+    return order(financial_status="paid", payment_gateway_names=["razorpay"], **kw)
+
+
+def fail_delivery_of_9999(client, runtime) -> None:
+    fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+    fulfilment.update(order_id=820982911946154508, shipment_status="attempted_delivery", updated_at="2026-11-22T10:00:00Z")
+    post_shopify(client, fulfilment, "fulfillments/update")
+    runtime.processor.drain()
+
+
+# ---- the failed delivery's own order ----------------------------------------------------------
+
+def test_a_failed_delivery_alert_names_the_order_that_failed_not_the_customers_newer_one(db_url):
+    """#9999's delivery fails while Asha's newer order #10000 is on its way: the delivery desk must reschedule #9999."""
+    with running_app(settings(db_url)) as (client, runtime):
+        post_shopify(client, paid(), "orders/create")
+        post_shopify(client, paid(id=820982911946154509, name="#10000", created_at="2026-11-21T12:00:00+05:30",
+                                  updated_at="2026-11-21T12:00:00+05:30"), "orders/create")
+        runtime.processor.drain()
+        fail_delivery_of_9999(client, runtime)
+        [text] = slack_texts(runtime)
+        [case] = open_cases(client)
+    assert case["subject"] == ORDER_9999 and "#9999" in case["reason"]
+    assert case["context"]["order"]["name"] == "#9999"
+    assert case["context"]["last_order"]["name"] == "#10000"  # the newest is still there, as what it is
+    assert "Order: #9999 USD 414.95 (paid)" in text
+    assert "#10000" not in text
