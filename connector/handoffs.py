@@ -321,17 +321,26 @@ def close_handoff(conn: Connection, store_id: int, handoff_id: int, by: str, res
     return done.rowcount == 1
 
 
+def _slack(value: Any) -> str:
+    """A value as Slack text: ``&``, ``<`` and ``>`` escaped (Slack's formatting reference). They
+    are its control characters: a customer's ``<!channel>`` would ping the whole channel and
+    ``<https://evil|shop.myshopify.com/admin>`` would show a link that is not what it says."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def notify_text(h: Any, store_name: str) -> str:
     """The owner's message: the case's own order first (``Order``); the customer's newest
-    (``Last order``) only for a case about no order, or one opened before cases named theirs."""
+    (``Last order``) only for a case about no order, or one opened before cases named theirs.
+    Every value is escaped (``_slack``), whoever wrote it; only our own markup (the bold title) is not."""
     ctx = h.context or {}
     label, order = ("Order", ctx["order"]) if ctx.get("order") else ("Last order", ctx.get("last_order") or {})
-    lines = [f"*{store_name}: hand-off #{h.id}* for {h.owner or 'the ' + h.stage + ' team'}", h.reason]
+    owner = h.owner or f"the {h.stage} team"
+    lines = [f"*{_slack(store_name)}: hand-off #{h.id}* for {_slack(owner)}", _slack(h.reason)]
     if ctx.get("name") or ctx.get("phone"):
-        lines.append(f"Customer: {ctx.get('name') or ''} {ctx.get('phone') or ''}".strip())
+        lines.append(_slack(f"Customer: {ctx.get('name') or ''} {ctx.get('phone') or ''}".strip()))
     if order:
-        lines.append(f"{label}: {order.get('name')} {order.get('currency')} {order.get('total')} ({order.get('payment_state')})")
+        lines.append(_slack(f"{label}: {order.get('name')} {order.get('currency')} {order.get('total')} ({order.get('payment_state')})"))
     updates = ctx.get("updates") or []
     if updates:
-        lines.append(f"Update: {updates[-1].get('reason')}")
+        lines.append(_slack(f"Update: {updates[-1].get('reason')}"))
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """What a stage owner reads in a hand-off alert, and what the admin API says about it:
 
 - a failed delivery's case and alert name the order that failed, not the customer's newest;
+- the customer's words and name reach Slack as text: no ``<!channel>`` ping, no disguised link;
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import respx
 
 from tests.conftest import FIXTURES
 from tests.helpers import load_json, running_app
-from tests.test_handoffs import ADMIN, HOOK, order, post_shopify, settings
+from tests.test_handoffs import ADMIN, HOOK, order, post_shopify, post_wa, settings
 
 ORDER_9999 = "order:820982911946154508"
 
@@ -57,3 +58,28 @@ def test_a_failed_delivery_alert_names_the_order_that_failed_not_the_customers_n
     assert case["context"]["last_order"]["name"] == "#10000"  # the newest is still there, as what it is
     assert "Order: #9999 USD 414.95 (paid)" in text
     assert "#10000" not in text
+
+
+def text(client, msg_id: str, body: str, at: int = 1795158000) -> None:
+    post_wa(client, {"messages": [{"from": "919876543210", "id": msg_id, "timestamp": str(at), "type": "text", "text": {"body": body}}]})
+
+
+# ---- Slack's control characters --------------------------------------------------------------
+
+HOSTILE = "<!channel> refund here <https://evil.example/login|shop-a.myshopify.com/admin> & fast"
+
+
+def test_a_customers_words_and_name_reach_slack_as_text_not_a_ping_or_a_disguised_link(db_url):
+    with running_app(settings(db_url)) as (client, runtime):
+        customer = {**load_json(FIXTURES / "shopify" / "orders_create.sample.json")["customer"], "first_name": "Jo <!here>"}
+        post_shopify(client, paid(customer=customer), "orders/create")
+        runtime.processor.drain()
+        text(client, "wamid.S1", HOSTILE)
+        runtime.processor.drain()
+        [sent] = slack_texts(runtime)
+        [case] = open_cases(client)
+    assert HOSTILE in case["reason"]  # the case keeps her words as she wrote them
+    assert "&lt;!channel&gt; refund here &lt;https://evil.example/login|shop-a.myshopify.com/admin&gt; &amp; fast" in sent
+    assert "Jo &lt;!here&gt;" in sent
+    assert "<" not in sent and ">" not in sent  # nothing Slack would read as a mention or a link
+    assert sent.startswith(f"*shop-a: hand-off #{case['id']}* for Delivery desk")  # our own markup still bold
