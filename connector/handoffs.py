@@ -260,10 +260,20 @@ def _add_update(conn: Connection, store: Any, store_id: int, contact_id: int | N
     # the n-th update of the case, counted past the MAX_UPDATES kept: its notification's key
     # (a key taken from the capped list would repeat from the 21st update on, and be dropped)
     count = int(before.get("update_count") or len(kept)) + 1
-    update_by_id(conn, HANDOFFS, case.id, {"context": {**context, "updates": updates, "update_count": count}})
+    # which update its owner was told of last (``told_update``, 0: the opening): the case's
+    # notification the admin API reports on (``notification_key``)
+    told = {"told_update": before["told_update"]} if "told_update" in before else {}
+    if req.notify_update:
+        told = {"told_update": count}
+    update_by_id(conn, HANDOFFS, case.id, {"context": {**context, "updates": updates, "update_count": count, **told}})
     if req.notify_update:
         _notify(conn, store, store_id, contact_id, case.id, case.stage, case.journey, now, count)
     return case.id
+
+
+def notification_key(hid: int, update: int = 0) -> str:
+    """The outbox key of a case's notification (``update``: of its n-th update; 0: of its opening)."""
+    return f"handoff:{hid}" + (f":update:{update}" if update else "")
 
 
 def _notify(conn: Connection, store: Any, store_id: int, contact_id: int | None, hid: int, stage: str, journey: str | None,
@@ -271,7 +281,7 @@ def _notify(conn: Connection, store: Any, store_id: int, contact_id: int | None,
     """Queue the stage owner's notification of a case (``update``: the n-th update of it)."""
     owner_cfg = store.stages.get(stage)
     if owner_cfg is not None and owner_cfg.notify_url is not None:
-        ob.enqueue(conn, store_id=store_id, key=f"handoff:{hid}" + (f":update:{update}" if update else ""), contact_id=contact_id,
+        ob.enqueue(conn, store_id=store_id, key=notification_key(hid, update), contact_id=contact_id,
                    journey=journey, step="handoff", category=None, channel="notify",
                    payload={"handoff_id": hid, "stage": stage}, due_at=now, now=now)
 

@@ -2,16 +2,22 @@
 
 - a failed delivery's case and alert name the order that failed, not the customer's newest;
 - the customer's words and name reach Slack as text: no ``<!channel>`` ping, no disguised link;
+- a webhook that refuses the alerts (a revoked Slack hook) is logged, never with its URL, and every
+  case in the admin API and the dashboard's queue says whether its owner was told;
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from datetime import timedelta
 
 import respx
 
-from tests.conftest import FIXTURES
+from connector.config import parse_settings
+from connector.storage.models import utcnow
+from tests.conftest import FIXTURES, SECRETS, settings_dict
 from tests.helpers import load_json, running_app
 from tests.test_handoffs import ADMIN, HOOK, order, post_shopify, post_wa, settings
 
@@ -83,3 +89,66 @@ def test_a_customers_words_and_name_reach_slack_as_text_not_a_ping_or_a_disguise
     assert "Jo &lt;!here&gt;" in sent
     assert "<" not in sent and ">" not in sent  # nothing Slack would read as a mention or a link
     assert sent.startswith(f"*shop-a: hand-off #{case['id']}* for Delivery desk")  # our own markup still bold
+
+
+# ---- a webhook that refuses the alerts -------------------------------------------------------
+
+def no_secret_logged(caplog) -> None:
+    """Our logs never quote the webhook URL (Slack's hook path is its secret)."""
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("storeloop")]
+    assert not [m_ for m_ in ours if "hooks.slack" in m_ or "XXXX" in m_ or "T000" in m_]
+
+
+def test_a_revoked_slack_hook_is_logged_and_every_case_says_its_owner_was_not_told(db_url, caplog):
+    with running_app(settings(db_url)) as (client, runtime):
+        post_shopify(client, paid(), "orders/create")
+        runtime.processor.drain()
+        fail_delivery_of_9999(client, runtime)
+        [queued] = open_cases(client)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            slack_texts(runtime, 404, "no_service")  # Slack's answer for a removed or revoked hook
+        [case] = open_cases(client)
+        assert client.post("/dashboard/login", data={"token": SECRETS["admin"], "next": "/dashboard"}).status_code == 200
+        queue = client.get("/dashboard/shop-a").text.split('id="handoffs"')[1].split('id="health"')[0]
+    assert queued["notify"] == {"status": "pending", "attempts": 0}
+    assert (case["notify"]["status"], case["notify"]["error"]) == ("failed", "HTTP 404 (no_service)")
+    [warning] = [r for r in caplog.records if r.name == "storeloop.notify" and r.levelno == logging.WARNING]
+    assert f"hand-off {case['id']}" in warning.getMessage() and "HTTP 404 (no_service)" in warning.getMessage()
+    assert "shop-a" in warning.getMessage() and "post_purchase" in warning.getMessage()
+    no_secret_logged(caplog)
+    assert "failed: HTTP 404 (no_service)" in queue
+
+
+def test_a_hook_that_keeps_failing_is_logged_when_the_notifier_gives_up(db_url, caplog):
+    raw = settings_dict(db_url)
+    raw["whatsapp"]["max_attempts"] = 2
+    raw["stores"][0].update(journeys={"delivery": {}}, policy={"quiet_hours": ""},
+                            stages={"post_purchase": {"owner": "Delivery desk", "notify_url": HOOK}})
+    with running_app(parse_settings(raw, environ={})) as (client, runtime):
+        post_shopify(client, paid(), "orders/create")
+        runtime.processor.drain()
+        fail_delivery_of_9999(client, runtime)
+        with caplog.at_level(logging.INFO):
+            slack_texts(runtime, 503, "<html>Service Unavailable for https://hooks.slack.example/services/T000/B000/XXXX</html>")
+            [retrying] = open_cases(client)
+            runtime.notifier.clock = lambda: utcnow() + timedelta(hours=1)  # past the retry's backoff
+            slack_texts(runtime, 503, "<html>Service Unavailable</html>")
+        [case] = open_cases(client)
+    assert retrying["notify"] == {"status": "pending", "attempts": 1, "error": "HTTP 503"}  # a page's body is left out
+    assert (case["notify"]["status"], case["notify"]["error"]) == ("failed", "HTTP 503")
+    [warning] = [r for r in caplog.records if r.name == "storeloop.notify" and r.levelno == logging.WARNING]
+    assert "given up after 2 attempts: HTTP 503" in warning.getMessage() and f"hand-off {case['id']}" in warning.getMessage()
+    no_secret_logged(caplog)
+
+
+def test_each_case_says_whether_its_owner_was_told_sent_or_not_configured(db_url):
+    """The COD team has no webhook (told nowhere: they must watch the queue); the delivery desk's was told."""
+    with running_app(settings(db_url, handoff={"order_value_over": 400})) as (client, runtime):
+        post_shopify(client, order(), "orders/create")  # COD: the qualification stage, COD team, no notify_url
+        post_shopify(client, paid(id=820982911946154509, name="#10000"), "orders/create")  # paid: the delivery desk's
+        runtime.processor.drain()
+        slack_texts(runtime)
+        by_order = {c["subject"]: c["notify"] for c in open_cases(client)}
+    assert by_order[ORDER_9999] == {"status": "not_configured"}
+    assert by_order["order:820982911946154509"]["status"] == "sent"
