@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, update
@@ -228,25 +228,44 @@ _OPEN_BY_SUBJECT = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDO
     HANDOFFS.c.subject == bindparam("s"), HANDOFFS.c.status == "open").order_by(HANDOFFS.c.id.desc()).limit(1)
 
 
-def _continued(conn: Connection, store_id: int, contact_id: int | None, req: HandoffRequest, context: dict[str, Any]) -> Any:
+_OPEN_OF_CONTACT = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey,
+                          HANDOFFS.c.subject, HANDOFFS.c.opened_at).where(
+    HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.contact_id == bindparam("cid"), HANDOFFS.c.status == "open",
+).order_by(HANDOFFS.c.id.desc()).limit(20)
+
+
+def _last_active(case: Any) -> datetime:
+    """When the case last heard something: its opening, or its latest update."""
+    updates = (case.context or {}).get("updates") or []
+    latest = datetime.fromisoformat(updates[-1]["at"]) if updates and updates[-1].get("at") else None
+    return max(case.opened_at, latest) if latest is not None else case.opened_at
+
+
+def _continued(conn: Connection, store: Any, store_id: int, contact_id: int | None, req: HandoffRequest,
+               context: dict[str, Any], now: datetime) -> Any:
     """The open case a typed reply continues: that of the journey it answers; for a reply that
     quotes nothing, else the latest of the contact's runs waiting on a person (status
-    ``handoff``, from the context just read). A reply quoting our message continues its
-    journey's case only. None: no such case; no query when no run could have one."""
+    ``handoff``, from the context just read), else, for one that answers no journey, the
+    contact's open case that last heard from them within ``reply_match_days`` (the run a quoted
+    question answered has ended since: her "hello?" is the same conversation, not a new case).
+    A reply quoting our message continues its journey's case only. None: no such case."""
     answered = f"{req.journey}:{req.subject}"[:255] if req.journey and req.subject else None
     keys: set[str] = set()
     if not req.quoted:
         keys = {f"{r['journey']}:{r['subject']}"[:255] for r in context.get("active_journeys") or () if r["status"] == "handoff"}
     if answered:
         keys.add(answered)
-    if not keys:
-        return None
-    cases = conn.execute(_OPEN_BY_KEYS, {"sid": store_id, "keys": sorted(keys)}).all()
+    cases = conn.execute(_OPEN_BY_KEYS, {"sid": store_id, "keys": sorted(keys)}).all() if keys else []
     found = next((c for c in cases if c.key == answered), None)
     if found is None and answered and contact_id is not None:
         # a case a reply matched by phone opened for this journey (keyed as the contact's reply case)
         found = conn.execute(_OPEN_BY_SUBJECT, {"sid": store_id, "cid": contact_id, "j": req.journey, "s": req.subject}).first()
-    return found or max(cases, key=lambda c: c.id, default=None)
+    found = found or max(cases, key=lambda c: c.id, default=None)
+    if found is None and not req.quoted and req.journey is None and contact_id is not None:
+        since = now - timedelta(days=store.handoff.reply_match_days)
+        recent = [c for c in conn.execute(_OPEN_OF_CONTACT, {"sid": store_id, "cid": contact_id}) if _last_active(c) >= since]
+        found = max(recent, key=_last_active, default=None)
+    return found
 
 
 def _add_update(conn: Connection, store: Any, store_id: int, contact_id: int | None, case: Any, context: dict[str, Any],
@@ -296,7 +315,7 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
         return None  # the run that asked takes the answer and opens the case with what it means
     context = _context(conn, store_id, contact_id)
     if req.continues_open:
-        case = _continued(conn, store_id, contact_id, req, context)
+        case = _continued(conn, store, store_id, contact_id, req, context, now)
         if case is not None:
             return _add_update(conn, store, store_id, contact_id, case, context, req, now)
     # the journey's stage when the store gave it an owner; else, as before stages came from journeys, the contact's
