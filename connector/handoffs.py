@@ -195,9 +195,11 @@ def _with_case_order(conn: Connection, store_id: int, subject: str | None, conte
     return {**context, "order": order}
 
 
-_OPEN_BY_KEY = select(HANDOFFS.c.id, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey, HANDOFFS.c.subject).where(
+_OPEN_BY_KEY = select(HANDOFFS.c.id, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey, HANDOFFS.c.subject,
+                      HANDOFFS.c.opened_at).where(
     HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.key == bindparam("key"), HANDOFFS.c.status == "open")
-_OPEN_BY_KEYS = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey, HANDOFFS.c.subject).where(
+_OPEN_BY_KEYS = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey, HANDOFFS.c.subject,
+                       HANDOFFS.c.opened_at).where(
     HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.key.in_(bindparam("keys", expanding=True)), HANDOFFS.c.status == "open")
 _ACTIVE_STATES = select(RUNS.c.journey, RUNS.c.subject, RUNS.c.state).where(
     RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.status == "active")
@@ -223,7 +225,7 @@ def _insert_handoff(dialect: str) -> Any:
 
 
 _OPEN_BY_SUBJECT = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey,
-                          HANDOFFS.c.subject).where(
+                          HANDOFFS.c.subject, HANDOFFS.c.opened_at).where(
     HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.contact_id == bindparam("cid"), HANDOFFS.c.journey == bindparam("j"),
     HANDOFFS.c.subject == bindparam("s"), HANDOFFS.c.status == "open").order_by(HANDOFFS.c.id.desc()).limit(1)
 
@@ -271,7 +273,8 @@ def _continued(conn: Connection, store: Any, store_id: int, contact_id: int | No
 def _add_update(conn: Connection, store: Any, store_id: int, contact_id: int | None, case: Any, context: dict[str, Any],
                 req: HandoffRequest, now: datetime) -> int:
     """Add a request to an open case with a fresh context (about the case's own order, whatever
-    order the request names); its owner is told when ``req.notify_update``."""
+    order the request names); its owner is told when ``req.notify_update``, or of the customer's
+    own later message (``_follow_up``)."""
     context = _with_case_order(conn, store_id, case.subject, context)
     before = case.context or {}
     kept = before.get("updates") or []
@@ -279,15 +282,29 @@ def _add_update(conn: Connection, store: Any, store_id: int, contact_id: int | N
     # the n-th update of the case, counted past the MAX_UPDATES kept: its notification's key
     # (a key taken from the capped list would repeat from the 21st update on, and be dropped)
     count = int(before.get("update_count") or len(kept)) + 1
-    # which update its owner was told of last (``told_update``, 0: the opening): the case's
-    # notification the admin API reports on (``notification_key``)
-    told = {"told_update": before["told_update"]} if "told_update" in before else {}
-    if req.notify_update:
-        told = {"told_update": count}
+    # when its owner was told last (``told_at``; none: at the opening) and of which update
+    # (``told_update``, 0: the opening): the follow-up's rate limit, and the case's notification
+    # the admin API reports on (``notification_key``)
+    told = {k: before[k] for k in ("told_at", "told_update") if k in before}
+    notify = req.notify_update or _follow_up(store, case, before, req, now)
+    if notify:
+        told = {"told_at": now.isoformat(), "told_update": count}
     update_by_id(conn, HANDOFFS, case.id, {"context": {**context, "updates": updates, "update_count": count, **told}})
-    if req.notify_update:
+    if notify:
         _notify(conn, store, store_id, contact_id, case.id, case.stage, case.journey, now, count)
     return case.id
+
+
+def _follow_up(store: Any, case: Any, before: dict[str, Any], req: HandoffRequest, now: datetime) -> bool:
+    """Whether a customer's later message in an open case tells its owner again: "actually, cancel
+    my order" an hour on must not wait for someone to re-read the case. Rate-limited (at most one
+    alert per case per ``handoff.follow_up_minutes``), so a burst of messages is one alert and the
+    case's opening is not followed by a second alert for her next line."""
+    minutes = store.handoff.follow_up_minutes
+    if not req.continues_open or minutes is None:
+        return False
+    told_at = datetime.fromisoformat(before["told_at"]) if before.get("told_at") else case.opened_at
+    return now - told_at >= timedelta(minutes=minutes)
 
 
 def notification_key(hid: int, update: int = 0) -> str:

@@ -4,6 +4,8 @@
 - the customer's words and name reach Slack as text: no ``<!channel>`` ping, no disguised link;
 - a webhook that refuses the alerts (a revoked Slack hook) is logged, never with its URL, and every
   case in the admin API and the dashboard's queue says whether its owner was told;
+- a customer's later message in an open case tells its owner again, at most once per
+  ``handoff.follow_up_minutes`` (a burst of lines right after the opening is not a second alert).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import respx
 
@@ -152,3 +154,40 @@ def test_each_case_says_whether_its_owner_was_told_sent_or_not_configured(db_url
         by_order = {c["subject"]: c["notify"] for c in open_cases(client)}
     assert by_order[ORDER_9999] == {"status": "not_configured"}
     assert by_order["order:820982911946154509"]["status"] == "sent"
+
+
+# ---- her later messages in an open case --------------------------------------------------------
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_a_customers_later_message_in_an_open_case_tells_its_owner_again_at_most_once_per_half_hour(db_url):
+    t0 = datetime(2026, 11, 22, 10, 5, tzinfo=timezone.utc)
+    clock = Clock(t0)
+    with running_app(settings(db_url)) as (client, runtime):
+        runtime.processor.clock = clock
+        post_shopify(client, paid(), "orders/create")
+        runtime.processor.drain()
+        fail_delivery_of_9999(client, runtime)
+        opening, later = slack_texts(runtime), []
+        for minutes, msg_id, body in ((2, "wamid.F1", "I was at work, sorry"),  # right after the alert: in the case only
+                                      (120, "wamid.F2", "actually, cancel my order"),  # two hours on: the desk is told
+                                      (125, "wamid.F3", "please confirm"),  # five minutes later: in the case only
+                                      (160, "wamid.F4", "hello??")):  # 40 minutes after the last alert: told again
+            clock.now = t0 + timedelta(minutes=minutes)
+            text(client, msg_id, body, at=int(clock.now.timestamp()))
+            runtime.processor.drain()
+            later += slack_texts(runtime)  # the notifier runs all the time
+        [case] = open_cases(client)
+    assert len(opening) == 1 and "delivery failed (attempted_delivery) for #9999" in opening[0]
+    assert [u["reason"] for u in case["context"]["updates"]] == [
+        "customer wrote: I was at work, sorry", "customer wrote: actually, cancel my order", "customer wrote: please confirm",
+        "customer wrote: hello??"]
+    assert len(later) == 2
+    assert "Update: customer wrote: actually, cancel my order" in later[0] and "Update: customer wrote: hello??" in later[1]
+    assert case["notify"]["status"] == "sent"
