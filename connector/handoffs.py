@@ -10,7 +10,13 @@ answers that message's journey and subject only: it is added to that journey's o
 or opens a new case for it (its stage owner is told), never another journey's case. One
 that quotes nothing is added to the case of the journey it answers by phone (the contact's
 latest active run), else to the contact's latest case whose run waits on a person (e.g. a
-failed delivery); only with no such case open does it open its own.
+failed delivery), else, answering no journey, to the contact's open case that last heard
+from them within ``reply_match_days``; only with no such case open does it open its own.
+Her later messages in an open case tell its owner again at most once per ``follow_up_minutes``.
+
+A case about an order (subject ``order:<id>``) carries that order in its context (``order``)
+beside the contact's newest (``last_order``); its alert names the case's own. Alerts escape
+Slack's control characters in every value they show.
 """
 
 from __future__ import annotations
