@@ -249,6 +249,14 @@ def _last_active(case: Any) -> datetime:
     return max(case.opened_at, latest) if latest is not None else case.opened_at
 
 
+def _may_have_case(context: dict[str, Any]) -> bool:
+    """Whether the contact could have an open case to continue: one with no order, no open run
+    and no message but this one (a new number writing in) has none, and is spared the query (it
+    reads the store's open cases: 2,000 new numbers in a batch would read them 2,000 times).
+    Every case comes from an order, a run that wrote to them, or an earlier message of theirs."""
+    return bool(context.get("last_order") or context.get("active_journeys") or len(context.get("recent_messages") or ()) > 1)
+
+
 def _continued(conn: Connection, store: Any, store_id: int, contact_id: int | None, req: HandoffRequest,
                context: dict[str, Any], now: datetime) -> Any:
     """The open case a typed reply continues: that of the journey it answers; for a reply that
@@ -269,7 +277,7 @@ def _continued(conn: Connection, store: Any, store_id: int, contact_id: int | No
         # a case a reply matched by phone opened for this journey (keyed as the contact's reply case)
         found = conn.execute(_OPEN_BY_SUBJECT, {"sid": store_id, "cid": contact_id, "j": req.journey, "s": req.subject}).first()
     found = found or max(cases, key=lambda c: c.id, default=None)
-    if found is None and not req.quoted and req.journey is None and contact_id is not None:
+    if found is None and not req.quoted and req.journey is None and contact_id is not None and _may_have_case(context):
         since = now - timedelta(days=store.handoff.reply_match_days)
         recent = [c for c in conn.execute(_OPEN_OF_CONTACT, {"sid": store_id, "cid": contact_id}) if _last_active(c) >= since]
         found = max(recent, key=_last_active, default=None)
