@@ -3,7 +3,8 @@
 - a failed delivery's case and alert name the order that failed, not the customer's newest;
 - the customer's words and name reach Slack as text: no ``<!channel>`` ping, no disguised link;
 - a webhook that refuses the alerts (a revoked Slack hook) is logged, never with its URL, and every
-  case in the admin API and the dashboard's queue says whether its owner was told;
+  case in the admin API and the dashboard's queue says whether its owner was told; httpx's own
+  request line (which quotes the URL) stays out of an INFO log;
 - a customer's later message in an open case tells its owner again, at most once per
   ``handoff.follow_up_minutes`` (a burst of lines right after the opening is not a second alert).
 """
@@ -96,9 +97,29 @@ def test_a_customers_words_and_name_reach_slack_as_text_not_a_ping_or_a_disguise
 # ---- a webhook that refuses the alerts -------------------------------------------------------
 
 def no_secret_logged(caplog) -> None:
-    """Our logs never quote the webhook URL (Slack's hook path is its secret)."""
-    ours = [r.getMessage() for r in caplog.records if r.name.startswith("storeloop")]
-    assert not [m_ for m_ in ours if "hooks.slack" in m_ or "XXXX" in m_ or "T000" in m_]
+    """Our logs never quote the webhook URL (Slack's hook path is its secret); httpx's request line: see below."""
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("storeloop")]
+    assert not [line for line in lines if "hooks.slack" in line or "XXXX" in line or "T000" in line], lines
+
+
+def test_httpx_request_lines_which_quote_the_webhook_url_stay_out_of_an_info_log():
+    """httpx logs ``HTTP Request: POST https://hooks.slack.com/services/...`` at INFO. A deployment that
+    logs the root logger at INFO would print every hook's secret path; the connector's logging setup
+    keeps httpx at WARNING."""
+    from connector.logs import configure_logging
+
+    root, ours, httpx_log = logging.getLogger(), logging.getLogger("storeloop"), logging.getLogger("httpx")
+    saved = (root.level, ours.level, ours.handlers[:], ours.propagate, httpx_log.level)
+    try:
+        root.setLevel(logging.INFO)
+        configure_logging("info")
+        assert not httpx_log.isEnabledFor(logging.INFO) and httpx_log.isEnabledFor(logging.WARNING)
+    finally:
+        root.setLevel(saved[0])
+        ours.setLevel(saved[1])
+        ours.handlers[:] = saved[2]
+        ours.propagate = saved[3]
+        httpx_log.setLevel(saved[4])
 
 
 def test_a_revoked_slack_hook_is_logged_and_every_case_says_its_owner_was_not_told(db_url, caplog):
