@@ -182,9 +182,37 @@ def inbox_view(db: Database, store_id: int, status: str | None, limit: int = 50,
         ]
 
 
+def notifications(conn: Any, store_id: int, cases: list[Any]) -> dict[int, dict[str, Any]]:
+    """Whether each case's owner was told: its latest notification (the opening's, or that of the
+    last update its owner was told of) as ``sent``, ``failed`` (with the webhook's answer, e.g.
+    ``HTTP 404 (no_service)``: a revoked hook tells no one until the config is fixed), ``pending``
+    (queued, or waiting to retry) or ``not_configured`` (the stage has no ``notify_url``)."""
+    from connector.handoffs import notification_key
+    from connector.storage.sql import OUTBOX
+
+    keys = {notification_key(h.id, int((h.context or {}).get("told_update") or 0)): h.id for h in cases}
+    if not keys:
+        return {}
+    rows = {r.idempotency_key: r for r in conn.execute(
+        select(OUTBOX.c.idempotency_key, OUTBOX.c.status, OUTBOX.c.last_error, OUTBOX.c.skip_reason, OUTBOX.c.attempts,
+               OUTBOX.c.updated_at).where(OUTBOX.c.store_id == store_id, OUTBOX.c.channel == "notify",
+                                          OUTBOX.c.idempotency_key.in_(list(keys))))}
+    out: dict[int, dict[str, Any]] = {}
+    for key, hid in keys.items():
+        r = rows.get(key)
+        if r is None or r.status == "skipped":  # never queued, or the stage's URL was removed before it went
+            out[hid] = {"status": "not_configured"}
+        elif r.status in ("sent", "failed"):
+            out[hid] = {"status": r.status, "at": _iso(r.updated_at), **({"error": r.last_error} if r.status == "failed" else {})}
+        else:  # pending or sending; a retry keeps the last error
+            out[hid] = {"status": "pending", "attempts": r.attempts, **({"error": r.last_error} if r.last_error else {})}
+    return out
+
+
 def handoffs_view(db: Database, store_id: int, status: str | None, limit: int = 100, before_id: int | None = None) -> list[dict[str, Any]]:
     """Newest first, a page at a time: the next page is ``before_id`` = the last item's id (as the
-    inbox's), so a store with more open cases than a page still sees every one of them."""
+    inbox's), so a store with more open cases than a page still sees every one of them. Each case
+    says whether its owner was told (``notify``, see ``notifications``)."""
     from connector.storage.sql import HANDOFFS
 
     query = select(HANDOFFS).where(HANDOFFS.c.store_id == store_id)
@@ -194,10 +222,11 @@ def handoffs_view(db: Database, store_id: int, status: str | None, limit: int = 
         query = query.where(HANDOFFS.c.id < before_id)
     with db.engine.connect() as conn:
         rows = conn.execute(query.order_by(HANDOFFS.c.id.desc()).limit(limit)).all()
+        told = notifications(conn, store_id, rows)
     return [
         {"id": h.id, "status": h.status, "stage": h.stage, "owner": h.owner, "reason": h.reason, "journey": h.journey,
          "subject": h.subject, "opened_at": _iso(h.opened_at), "closed_at": _iso(h.closed_at), "closed_by": h.closed_by,
-         "resolution": h.resolution, "context": h.context}
+         "resolution": h.resolution, "notify": told[h.id], "context": h.context}
         for h in rows
     ]
 

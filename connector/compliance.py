@@ -72,7 +72,7 @@ _UNSETTLED = ("pending", "failed", "held")
 # what an outbox payload keeps: enough for reports (the template name) and the write-back audit
 _PAYLOAD_KEEP = ("subject", "action", "order_id", "args", "handoff_id", "stage", "fallback_category")
 _MESSAGE_KEEP = ("kind", "name", "language")
-_HANDOFF_CONTEXT_KEEP = ("stage", "last_order", "active_journeys")
+_HANDOFF_CONTEXT_KEEP = ("stage", "order", "last_order", "active_journeys", "told_at", "told_update")
 _STATE_DROP = ("recovery_url",)  # a checkout recovery URL opens the customer's checkout (address, email)
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _LONG_NUMBER = re.compile(r"(?<!\d)\+?\d(?:[\s\-.()/]*\d){8,}(?!\d)")  # 9+ digits: a phone, not a date

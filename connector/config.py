@@ -200,6 +200,10 @@ class HandoffSettings(_Settings):
     order_value_over: float | None = Field(None, gt=0, description="orders above this total open a hand-off")
     reply_match_days: float = Field(7, gt=0, description="a reply that quotes none of our messages continues the active run "
                                     "whose message reached the customer last, within this many days of the reply")
+    follow_up_minutes: float | None = Field(
+        30, gt=0, description="a customer's message added to an open case tells its owner again when they were last told of "
+                              "that case at least this many minutes ago (at most one such alert per case in that time); "
+                              "none: never (only the opening and a journey's news are told)")
 
 
 class TemplateButton(_Settings):

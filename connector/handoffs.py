@@ -10,14 +10,20 @@ answers that message's journey and subject only: it is added to that journey's o
 or opens a new case for it (its stage owner is told), never another journey's case. One
 that quotes nothing is added to the case of the journey it answers by phone (the contact's
 latest active run), else to the contact's latest case whose run waits on a person (e.g. a
-failed delivery); only with no such case open does it open its own.
+failed delivery), else, answering no journey, to the contact's open case that last heard
+from them within ``reply_match_days``; only with no such case open does it open its own.
+Her later messages in an open case tell its owner again at most once per ``follow_up_minutes``.
+
+A case about an order (subject ``order:<id>``) carries that order in its context (``order``)
+beside the contact's newest (``last_order``); its alert names the case's own. Alerts escape
+Slack's control characters in every value they show.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, update
@@ -148,14 +154,20 @@ def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | N
 # free-text message opens a hand-off; a burst of them spent ~40% of its time building these)
 _CONTEXT_CONTACT = select(CONTACTS.c.phone_e164, CONTACTS.c.first_name, CONTACTS.c.last_name, CONTACTS.c.stage).where(
     CONTACTS.c.id == bindparam("cid"))
-_CONTEXT_ORDER = (select(ORDERS.c.external_id, ORDERS.c.name, ORDERS.c.total, ORDERS.c.currency, ORDERS.c.payment_state,
-                         ORDERS.c.is_cod).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.contact_id == bindparam("cid"))
+_ORDER_FIELDS = (ORDERS.c.external_id, ORDERS.c.name, ORDERS.c.total, ORDERS.c.currency, ORDERS.c.payment_state, ORDERS.c.is_cod)
+_CONTEXT_ORDER = (select(*_ORDER_FIELDS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.contact_id == bindparam("cid"))
                   .order_by(ORDERS.c.placed_at.desc()).limit(1))
+_CASE_ORDER = select(*_ORDER_FIELDS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id == bindparam("oid"))
 _CONTEXT_RUNS = select(RUNS.c.journey, RUNS.c.subject, RUNS.c.status).where(
     RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.status != "finished")
 _CONTEXT_MESSAGES = (select(MESSAGES.c.direction, MESSAGES.c.kind, MESSAGES.c.body, MESSAGES.c.occurred_at).where(
     MESSAGES.c.store_id == bindparam("sid"), MESSAGES.c.contact_id == bindparam("cid"))
                      .order_by(MESSAGES.c.occurred_at.desc()).limit(5))
+
+
+def _order_summary(order: Any) -> dict[str, Any] | None:
+    return {"id": order.external_id, "name": order.name, "total": str(order.total), "currency": order.currency,
+            "payment_state": order.payment_state, "cod": order.is_cod} if order else None
 
 
 def _context(conn: Connection, store_id: int, contact_id: int | None) -> dict[str, Any]:
@@ -170,16 +182,30 @@ def _context(conn: Connection, store_id: int, contact_id: int | None) -> dict[st
         "phone": contact.phone_e164 if contact else None,
         "name": " ".join(p for p in (contact.first_name, contact.last_name) if p) if contact else None,
         "stage": contact.stage if contact else None,
-        "last_order": {"id": order.external_id, "name": order.name, "total": str(order.total), "currency": order.currency,
-                       "payment_state": order.payment_state, "cod": order.is_cod} if order else None,
+        "last_order": _order_summary(order),
         "active_journeys": [{"journey": r.journey, "subject": r.subject, "status": r.status} for r in runs],
         "recent_messages": [{"direction": m_.direction, "type": m_.kind, "text": m_.body, "at": m_.occurred_at.isoformat()} for m_ in messages],
     }
 
 
-_OPEN_BY_KEY = select(HANDOFFS.c.id, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey).where(
+def _with_case_order(conn: Connection, store_id: int, subject: str | None, context: dict[str, Any]) -> dict[str, Any]:
+    """The context with ``order``: the order the case is about (its subject ``order:<id>``), which
+    need not be the customer's newest (``last_order``): a failed delivery of #9999 while #10000 is
+    on its way is about #9999. None for a case about no order (a question quoting nothing)."""
+    if not (subject and subject.startswith("order:")):
+        return {**context, "order": None} if context else context
+    external_id = subject.split(":", 1)[1]
+    newest = context.get("last_order")
+    order = newest if newest and newest["id"] == external_id else _order_summary(
+        conn.execute(_CASE_ORDER, {"sid": store_id, "oid": external_id}).first())
+    return {**context, "order": order}
+
+
+_OPEN_BY_KEY = select(HANDOFFS.c.id, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey, HANDOFFS.c.subject,
+                      HANDOFFS.c.opened_at).where(
     HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.key == bindparam("key"), HANDOFFS.c.status == "open")
-_OPEN_BY_KEYS = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey).where(
+_OPEN_BY_KEYS = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey, HANDOFFS.c.subject,
+                       HANDOFFS.c.opened_at).where(
     HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.key.in_(bindparam("keys", expanding=True)), HANDOFFS.c.status == "open")
 _ACTIVE_STATES = select(RUNS.c.journey, RUNS.c.subject, RUNS.c.state).where(
     RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.status == "active")
@@ -204,45 +230,100 @@ def _insert_handoff(dialect: str) -> Any:
     return ins.on_conflict_do_nothing(index_elements=["store_id", "key"]).returning(HANDOFFS.c.id)
 
 
-_OPEN_BY_SUBJECT = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey).where(
+_OPEN_BY_SUBJECT = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey,
+                          HANDOFFS.c.subject, HANDOFFS.c.opened_at).where(
     HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.contact_id == bindparam("cid"), HANDOFFS.c.journey == bindparam("j"),
     HANDOFFS.c.subject == bindparam("s"), HANDOFFS.c.status == "open").order_by(HANDOFFS.c.id.desc()).limit(1)
 
 
-def _continued(conn: Connection, store_id: int, contact_id: int | None, req: HandoffRequest, context: dict[str, Any]) -> Any:
+_OPEN_OF_CONTACT = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey,
+                          HANDOFFS.c.subject, HANDOFFS.c.opened_at).where(
+    HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.contact_id == bindparam("cid"), HANDOFFS.c.status == "open",
+).order_by(HANDOFFS.c.id.desc()).limit(20)
+
+
+def _last_active(case: Any) -> datetime:
+    """When the case last heard something: its opening, or its latest update."""
+    updates = (case.context or {}).get("updates") or []
+    latest = datetime.fromisoformat(updates[-1]["at"]) if updates and updates[-1].get("at") else None
+    return max(case.opened_at, latest) if latest is not None else case.opened_at
+
+
+def _may_have_case(context: dict[str, Any]) -> bool:
+    """Whether the contact could have an open case to continue: one with no order, no open run
+    and no message but this one (a new number writing in) has none, and is spared the query (it
+    reads the store's open cases: 2,000 new numbers in a batch would read them 2,000 times).
+    Every case comes from an order, a run that wrote to them, or an earlier message of theirs."""
+    return bool(context.get("last_order") or context.get("active_journeys") or len(context.get("recent_messages") or ()) > 1)
+
+
+def _continued(conn: Connection, store: Any, store_id: int, contact_id: int | None, req: HandoffRequest,
+               context: dict[str, Any], now: datetime) -> Any:
     """The open case a typed reply continues: that of the journey it answers; for a reply that
     quotes nothing, else the latest of the contact's runs waiting on a person (status
-    ``handoff``, from the context just read). A reply quoting our message continues its
-    journey's case only. None: no such case; no query when no run could have one."""
+    ``handoff``, from the context just read), else, for one that answers no journey, the
+    contact's open case that last heard from them within ``reply_match_days`` (the run a quoted
+    question answered has ended since: her "hello?" is the same conversation, not a new case).
+    A reply quoting our message continues its journey's case only. None: no such case."""
     answered = f"{req.journey}:{req.subject}"[:255] if req.journey and req.subject else None
     keys: set[str] = set()
     if not req.quoted:
         keys = {f"{r['journey']}:{r['subject']}"[:255] for r in context.get("active_journeys") or () if r["status"] == "handoff"}
     if answered:
         keys.add(answered)
-    if not keys:
-        return None
-    cases = conn.execute(_OPEN_BY_KEYS, {"sid": store_id, "keys": sorted(keys)}).all()
+    cases = conn.execute(_OPEN_BY_KEYS, {"sid": store_id, "keys": sorted(keys)}).all() if keys else []
     found = next((c for c in cases if c.key == answered), None)
     if found is None and answered and contact_id is not None:
         # a case a reply matched by phone opened for this journey (keyed as the contact's reply case)
         found = conn.execute(_OPEN_BY_SUBJECT, {"sid": store_id, "cid": contact_id, "j": req.journey, "s": req.subject}).first()
-    return found or max(cases, key=lambda c: c.id, default=None)
+    found = found or max(cases, key=lambda c: c.id, default=None)
+    if found is None and not req.quoted and req.journey is None and contact_id is not None and _may_have_case(context):
+        since = now - timedelta(days=store.handoff.reply_match_days)
+        recent = [c for c in conn.execute(_OPEN_OF_CONTACT, {"sid": store_id, "cid": contact_id}) if _last_active(c) >= since]
+        found = max(recent, key=_last_active, default=None)
+    return found
 
 
 def _add_update(conn: Connection, store: Any, store_id: int, contact_id: int | None, case: Any, context: dict[str, Any],
                 req: HandoffRequest, now: datetime) -> int:
-    """Add a request to an open case with a fresh context; its owner is told when ``req.notify_update``."""
+    """Add a request to an open case with a fresh context (about the case's own order, whatever
+    order the request names); its owner is told when ``req.notify_update``, or of the customer's
+    own later message (``_follow_up``)."""
+    context = _with_case_order(conn, store_id, case.subject, context)
     before = case.context or {}
     kept = before.get("updates") or []
     updates = [*kept, {"at": now.isoformat(), "reason": req.reason}][-MAX_UPDATES:]
     # the n-th update of the case, counted past the MAX_UPDATES kept: its notification's key
     # (a key taken from the capped list would repeat from the 21st update on, and be dropped)
     count = int(before.get("update_count") or len(kept)) + 1
-    update_by_id(conn, HANDOFFS, case.id, {"context": {**context, "updates": updates, "update_count": count}})
-    if req.notify_update:
+    # when its owner was told last (``told_at``; none: at the opening) and of which update
+    # (``told_update``, 0: the opening): the follow-up's rate limit, and the case's notification
+    # the admin API reports on (``notification_key``)
+    told = {k: before[k] for k in ("told_at", "told_update") if k in before}
+    notify = req.notify_update or _follow_up(store, case, before, req, now)
+    if notify:
+        told = {"told_at": now.isoformat(), "told_update": count}
+    update_by_id(conn, HANDOFFS, case.id, {"context": {**context, "updates": updates, "update_count": count, **told}})
+    if notify:
         _notify(conn, store, store_id, contact_id, case.id, case.stage, case.journey, now, count)
     return case.id
+
+
+def _follow_up(store: Any, case: Any, before: dict[str, Any], req: HandoffRequest, now: datetime) -> bool:
+    """Whether a customer's later message in an open case tells its owner again: "actually, cancel
+    my order" an hour on must not wait for someone to re-read the case. Rate-limited (at most one
+    alert per case per ``handoff.follow_up_minutes``), so a burst of messages is one alert and the
+    case's opening is not followed by a second alert for her next line."""
+    minutes = store.handoff.follow_up_minutes
+    if not req.continues_open or minutes is None:
+        return False
+    told_at = datetime.fromisoformat(before["told_at"]) if before.get("told_at") else case.opened_at
+    return now - told_at >= timedelta(minutes=minutes)
+
+
+def notification_key(hid: int, update: int = 0) -> str:
+    """The outbox key of a case's notification (``update``: of its n-th update; 0: of its opening)."""
+    return f"handoff:{hid}" + (f":update:{update}" if update else "")
 
 
 def _notify(conn: Connection, store: Any, store_id: int, contact_id: int | None, hid: int, stage: str, journey: str | None,
@@ -250,7 +331,7 @@ def _notify(conn: Connection, store: Any, store_id: int, contact_id: int | None,
     """Queue the stage owner's notification of a case (``update``: the n-th update of it)."""
     owner_cfg = store.stages.get(stage)
     if owner_cfg is not None and owner_cfg.notify_url is not None:
-        ob.enqueue(conn, store_id=store_id, key=f"handoff:{hid}" + (f":update:{update}" if update else ""), contact_id=contact_id,
+        ob.enqueue(conn, store_id=store_id, key=notification_key(hid, update), contact_id=contact_id,
                    journey=journey, step="handoff", category=None, channel="notify",
                    payload={"handoff_id": hid, "stage": stage}, due_at=now, now=now)
 
@@ -265,7 +346,7 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
         return None  # the run that asked takes the answer and opens the case with what it means
     context = _context(conn, store_id, contact_id)
     if req.continues_open:
-        case = _continued(conn, store_id, contact_id, req, context)
+        case = _continued(conn, store, store_id, contact_id, req, context, now)
         if case is not None:
             return _add_update(conn, store, store_id, contact_id, case, context, req, now)
     # the journey's stage when the store gave it an owner; else, as before stages came from journeys, the contact's
@@ -274,7 +355,8 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
     hid = conn.execute(
         _insert_handoff(conn.dialect.name),
         dict(store_id=store_id, contact_id=contact_id, key=req.key[:255], reason=req.reason, stage=stage,
-             owner=owner_cfg.owner if owner_cfg else None, journey=req.journey, subject=req.subject, context=context,
+             owner=owner_cfg.owner if owner_cfg else None, journey=req.journey, subject=req.subject,
+             context=_with_case_order(conn, store_id, req.subject, context),
              status="open", opened_at=now, closed_at=None, closed_by=None, resolution=None),
     ).scalar()
     if hid is None:
@@ -299,15 +381,26 @@ def close_handoff(conn: Connection, store_id: int, handoff_id: int, by: str, res
     return done.rowcount == 1
 
 
+def _slack(value: Any) -> str:
+    """A value as Slack text: ``&``, ``<`` and ``>`` escaped (Slack's formatting reference). They
+    are its control characters: a customer's ``<!channel>`` would ping the whole channel and
+    ``<https://evil|shop.myshopify.com/admin>`` would show a link that is not what it says."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def notify_text(h: Any, store_name: str) -> str:
+    """The owner's message: the case's own order first (``Order``); the customer's newest
+    (``Last order``) only for a case about no order, or one opened before cases named theirs.
+    Every value is escaped (``_slack``), whoever wrote it; only our own markup (the bold title) is not."""
     ctx = h.context or {}
-    order = ctx.get("last_order") or {}
-    lines = [f"*{store_name}: hand-off #{h.id}* for {h.owner or 'the ' + h.stage + ' team'}", h.reason]
+    label, order = ("Order", ctx["order"]) if ctx.get("order") else ("Last order", ctx.get("last_order") or {})
+    owner = h.owner or f"the {h.stage} team"
+    lines = [f"*{_slack(store_name)}: hand-off #{h.id}* for {_slack(owner)}", _slack(h.reason)]
     if ctx.get("name") or ctx.get("phone"):
-        lines.append(f"Customer: {ctx.get('name') or ''} {ctx.get('phone') or ''}".strip())
+        lines.append(_slack(f"Customer: {ctx.get('name') or ''} {ctx.get('phone') or ''}".strip()))
     if order:
-        lines.append(f"Last order: {order.get('name')} {order.get('currency')} {order.get('total')} ({order.get('payment_state')})")
+        lines.append(_slack(f"{label}: {order.get('name')} {order.get('currency')} {order.get('total')} ({order.get('payment_state')})"))
     updates = ctx.get("updates") or []
     if updates:
-        lines.append(f"Update: {updates[-1].get('reason')}")
+        lines.append(_slack(f"Update: {updates[-1].get('reason')}"))
     return "\n".join(lines)

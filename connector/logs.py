@@ -29,3 +29,6 @@ def configure_logging(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # httpx logs each request's full URL at INFO: a Slack webhook's path is its secret, so that
+    # line must not reach a handler someone adds to the root logger (errors still do)
+    logging.getLogger("httpx").setLevel(logging.WARNING)

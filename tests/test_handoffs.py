@@ -204,17 +204,17 @@ def test_a_cod_cancel_with_a_reason_in_the_next_message_opens_one_hand_off_for_t
         runtime.processor.drain()
         tap(client, "cod_confirm", "wamid.T2", ask)  # changes their mind: the choice is locked
         post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.R2", "timestamp": "1795158120", "type": "text",
-                                       "text": {"body": "Can I order again later?"}}]})  # the run is done: an ordinary reply
+                                       "text": {"body": "Can I order again later?"}}]})  # the run is done: the same conversation
         runtime.processor.drain()
         items = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
         with runtime.db.engine.connect() as conn:
             run = conn.execute(select(m.JourneyRun)).one()
             queued = [(o.channel, o.step) for o in conn.execute(select(m.OutboxMessage).order_by(m.OutboxMessage.id))]
-    reason, reply = sorted(items, key=lambda h: h["id"])
+    [reason] = items  # her next question joins the COD team's open case: one conversation, one case
     assert (reason["owner"], reason["stage"], reason["journey"], reason["subject"]) == (
         "COD team", "qualification", "cod_confirmation", "order:820982911946154508")
     assert reason["reason"] == "customer cancelled COD order #9999: Ordered twice by mistake, sorry"
-    assert "Can I order again later?" in reply["reason"] and reply["journey"] is None
+    assert [u["reason"] for u in reason["context"]["updates"]] == ["customer wrote: Can I order again later?"]
     assert (run.status, run.state["outcome"], run.state["choice"], run.state["cancel_reason"]) == (
         "finished", "cancelled", "cancelled", "Ordered twice by mistake, sorry")
     assert queued == [("whatsapp", "ask"), ("store", "cancel"), ("whatsapp", "cancel_reason")]  # cancelled once, as configured
@@ -436,7 +436,7 @@ def test_a_second_failed_delivery_asks_again_and_takes_a_second_reschedule(db_ur
     assert notes == ["Failed delivery: the customer asked on WhatsApp to reschedule"] * 2
     assert [u["reason"] for u in h["context"]["updates"]] == [
         "customer asked to reschedule the failed delivery of #9999",
-        "delivery failed again (attempt 2, attempted_delivery); call the customer to rearrange",
+        "delivery failed again (attempt 2, attempted_delivery) for #9999; call the customer to rearrange",
         "customer asked to reschedule the failed delivery of #9999"]
 
 

@@ -9,12 +9,16 @@ A reply continues the journey it answers: the message it quotes first, the phone
   another order go to the delivery case; the next unquoted message is the reason.
 - An unquoted reply while the COD question is open is the COD team's case for that order,
   and a later reply quoting the question joins it.
+- A question quoting the COD ask opens the COD team's case; once she has confirmed (the run
+  ended), her next plain message joins that open case, not a second, generic one; a message
+  after ``reply_match_days`` of silence is a new conversation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime, timedelta, timezone
 
 import respx
 from sqlalchemy import select
@@ -196,3 +200,52 @@ def test_plain_messages_of_one_conversation_stay_one_case_while_the_run_they_ans
     [case] = by.values()
     assert "is COD available?" in case["reason"] and any("hello?" in u for u in updates(case))
     assert len(told["cod"]) + len(told["desk"]) == 1
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+T0 = datetime(2026, 11, 20, 6, 40, tzinfo=timezone.utc)
+
+
+def quoted_question_then_confirm(client, runtime, settings, clock: Clock) -> None:
+    """She asks, quoting the COD ask of order 1 (the COD team's case opens), then taps Confirm: the run ends."""
+    runtime.processor.clock = clock
+    post_shopify(client, order(), "orders/create")
+    runtime.processor.drain()
+    dispatch(runtime, settings, clock=clock)
+    ask = ask_of(runtime, ORDER_1)
+    text(client, "wamid.Q1", "Can you deliver after 6 pm?", quoted=ask, at=int((T0 + timedelta(minutes=5)).timestamp()))
+    clock.now = T0 + timedelta(minutes=6)
+    runtime.processor.drain()
+    tap(client, "cod_confirm", "wamid.Q2", ask)
+    runtime.processor.drain()
+
+
+def test_a_plain_follow_up_after_the_quoted_question_s_run_ended_joins_its_case_not_a_new_one(db_url):
+    settings = reply_settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        quoted_question_then_confirm(client, runtime, settings, clock)
+        text(client, "wamid.Q3", "hello? did you see my question?", at=int((T0 + timedelta(minutes=20)).timestamp()))
+        clock.now = T0 + timedelta(minutes=21)
+        runtime.processor.drain()
+        told = notifications(runtime)
+        by = cases(client)
+        # eight days of silence later (past the default reply_match_days, 7): a new conversation, a case of its own
+        text(client, "wamid.Q4", "do you sell gift cards?", at=int((T0 + timedelta(days=8)).timestamp()))
+        clock.now = T0 + timedelta(days=8)
+        runtime.processor.drain()
+        later = cases(client)
+    [(key, case)] = by.items()
+    assert key == ("cod_confirmation", ORDER_1) and case["owner"] == "COD team"
+    assert "Can you deliver after 6 pm?" in case["reason"]
+    assert [u for u in updates(case) if "hello? did you see my question?" in u]
+    assert len(told["cod"]) == 1 and told["desk"] == []  # the COD team was told once; nobody got a second alert
+    assert set(later) == {("cod_confirmation", ORDER_1), (None, None)}
+    assert len(updates(later["cod_confirmation", ORDER_1])) == 1 and "do you sell gift cards?" in later[None, None]["reason"]

@@ -171,7 +171,7 @@ class DeliveryUpdates:
         commands += [Update({"sent": sorted(told), "last_status": status, "parcels": parcels}),
                      Send(step, order_context(facts), retry_missing_value=step == "shipped" and tried)]
         if step == "failed" and config.handoff_on_failure:
-            commands.append(Handoff(f"delivery failed ({status}); call the customer to rearrange"))
+            commands.append(Handoff(f"delivery failed ({status}) for {facts.order.name}; call the customer to rearrange"))
         return commands + _arrived(run, parcels)
 
     @staticmethod
@@ -201,11 +201,13 @@ class DeliveryUpdates:
         """Another failed attempt after the parcel moved on (the courier tried again), or another
         parcel's: the customer is asked again (a message of its own, ``Send.occurrence``), may
         answer afresh, and a person hears of it (the open hand-off, or a new one if it was closed)."""
+        assert facts.order is not None  # decide reads a fulfilment only with its order
         attempt = int(run.state.get("failed_attempts", 1)) + 1
         commands: list[Command] = [Update({"last_status": status, "parcels": parcels, "failed_attempts": attempt, "ndr_answers": []}),
                                    Send("failed", order_context(facts), occurrence=attempt)]
         if config.handoff_on_failure:
-            commands.append(Handoff(f"delivery failed again (attempt {attempt}, {status}); call the customer to rearrange"))
+            commands.append(Handoff(f"delivery failed again (attempt {attempt}, {status}) for {facts.order.name}; "
+                                    f"call the customer to rearrange"))
         return commands
 
     @staticmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
@@ -26,6 +27,14 @@ from connector.storage.models import utcnow
 from connector.storage.sql import HANDOFFS
 
 log = logging.getLogger("storeloop.notify")
+_SLACK_ERROR = re.compile(r"[a-z_]{1,40}")  # Slack's answer names its error: no_service, invalid_token, channel_is_archived
+
+
+def _said(resp: httpx.Response) -> str:
+    """The webhook's own word for a refusal, when it is one of Slack's error names; any other body
+    is left out (a proxy's error page may quote the request, and the URL is a secret)."""
+    body = resp.text.strip()
+    return f" ({body})" if _SLACK_ERROR.fullmatch(body) else ""
 
 
 class NotifyDispatcher:
@@ -80,15 +89,27 @@ class NotifyDispatcher:
         try:
             resp = await self.http.post(stage_cfg.notify_url.get_secret_value(), json={"text": notify_text(h, store.name or store.key)})
         except httpx.HTTPError as exc:
-            when = next_attempt_at(row.attempts + 1, None, self.retry, self.clock(), self.rng.random())
-            outcome = "retry" if when else "failed"
-            return ob.Result(row, outcome, started, error_detail=f"{exc.__class__.__name__}", due_at=when)
+            return self._retry_or_fail(row, started, exc.__class__.__name__)
         if resp.status_code >= 500 or resp.status_code == 429:
-            when = next_attempt_at(row.attempts + 1, None, self.retry, self.clock(), self.rng.random())
-            return ob.Result(row, "retry" if when else "failed", started, error_detail=f"HTTP {resp.status_code}", due_at=when)
+            return self._retry_or_fail(row, started, f"HTTP {resp.status_code}{_said(resp)}")
         if resp.status_code >= 400:
-            return ob.Result(row, "failed", started, error_detail=f"HTTP {resp.status_code}")
+            # a revoked or mistyped hook (Slack: 403 invalid_token, 404 no_service, 410 channel gone)
+            # fails every alert of its stage until someone fixes the config: it must be heard
+            error = f"HTTP {resp.status_code}{_said(resp)}"
+            log.warning("notification %s of hand-off %s (store %s, stage %s) refused: %s; its owner was not told "
+                        "(check the stage's notify_url)", row.id, row.payload.get("handoff_id"), store.key,
+                        row.payload.get("stage"), error)
+            return ob.Result(row, "failed", started, error_detail=error)
         return ob.Result(row, "sent", started)
+
+    def _retry_or_fail(self, row: ob.Claimed, started: datetime, error: str) -> ob.Result:
+        """Try again later, or give up once the retries are spent (logged: its owner was never told)."""
+        when = next_attempt_at(row.attempts + 1, None, self.retry, self.clock(), self.rng.random())
+        if when is None:
+            log.warning("notification %s of hand-off %s (store %s, stage %s) given up after %d attempts: %s; its owner "
+                        "was not told", row.id, row.payload.get("handoff_id"), self.stores[row.store_id].key, row.payload.get("stage"),
+                        row.attempts + 1, error)
+        return ob.Result(row, "retry" if when else "failed", started, error_detail=error, due_at=when)
 
     async def run_forever(self, stop: asyncio.Event, idle_seconds: float = 1.0) -> None:
         await loop.run_forever(self.run_once, stop, idle_seconds, log)

@@ -188,10 +188,10 @@ def _age(opened: datetime, now: datetime) -> str:
 
 
 def handoff_queue(db: Database, store_id: int, now: datetime, limit: int = 200) -> list[dict[str, Any]]:
-    """Open hand-offs, oldest first, with the customer they are about."""
+    """Open hand-offs, oldest first, with the customer they are about and whether their owner was told."""
     query = (
         select(HANDOFFS.c.id, HANDOFFS.c.reason, HANDOFFS.c.stage, HANDOFFS.c.owner, HANDOFFS.c.journey, HANDOFFS.c.opened_at,
-               CONTACTS.c.first_name, CONTACTS.c.last_name, CONTACTS.c.phone_e164)
+               HANDOFFS.c.context, CONTACTS.c.first_name, CONTACTS.c.last_name, CONTACTS.c.phone_e164)
         .select_from(HANDOFFS.outerjoin(CONTACTS, CONTACTS.c.id == HANDOFFS.c.contact_id))
         .where(HANDOFFS.c.store_id == store_id, HANDOFFS.c.status == "open")
         .order_by(HANDOFFS.c.opened_at, HANDOFFS.c.id)
@@ -199,9 +199,11 @@ def handoff_queue(db: Database, store_id: int, now: datetime, limit: int = 200) 
     )
     with db.engine.connect() as conn:
         rows = conn.execute(query).all()
+        told = admin.notifications(conn, store_id, rows)
     return [
         {"id": r.id, "reason": r.reason, "stage": r.stage, "owner": r.owner, "journey": r.journey, "opened_at": r.opened_at,
-         "age": _age(r.opened_at, now), "name": " ".join(p for p in (r.first_name, r.last_name) if p) or None, "phone": r.phone_e164}
+         "age": _age(r.opened_at, now), "name": " ".join(p for p in (r.first_name, r.last_name) if p) or None, "phone": r.phone_e164,
+         "notify": told[r.id]}
         for r in rows
     ]
 
