@@ -130,11 +130,14 @@ def upsert_contact(
     wa_id: str | None = None,
     user_id: str | None = None,
     by_email: bool = False,
+    new_by_user_id: bool = False,
 ) -> int | None:
     """Find or create the contact for a phone (or a WhatsApp id); fill in what we learn.
 
     Without a phone: the platform's customer id, then (``by_email``: orders) the email, so an
     order by a known customer reaches their runs (a checkout reminded on WhatsApp ends as recovered).
+    ``new_by_user_id`` (a message she wrote): a sender known by her business-scoped id alone, new to
+    the store, becomes a contact keyed by that id, so her words are kept against her and open a case.
     """
     row = None
     if phone is not None:
@@ -161,14 +164,16 @@ def upsert_contact(
         fields["wa_user_id"] = user_id
     fields = {col: _fit(col, value) for col, value in fields.items()}
     if row is None:
-        if phone is None:
+        if phone is None and not (user_id and new_by_user_id):
             return None
         values = {
             "store_id": store_id,
-            "phone_key": phone_key(phone),
-            "phone_e164": phone.e164,
-            "phone_raw": phone.raw[:80],
-            "reachable": phone.e164 is not None,
+            # a new WhatsApp user who hides their number is named by their business-scoped id (C9); we
+            # cannot send to them by number, but what they write is kept and reaches a person
+            "phone_key": phone_key(phone) if phone is not None else f"bsuid:{user_id}"[:80],
+            "phone_e164": phone.e164 if phone is not None else None,
+            "phone_raw": phone.raw[:80] if phone is not None else None,
+            "reachable": phone is not None and phone.e164 is not None,
             "created_at": now,
             "updated_at": now,
             "consent_utility": "unknown",
@@ -757,7 +762,8 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
                     lift_opt_out(conn, store_id, out.contact_id, event.source, event.occurred_at, inbox_id)  # undated: not shown newer
         case ev.MessageReceived() | ev.ButtonReplied():
             out.subject = f"wamid:{event.context_message_id}" if event.context_message_id else None
-            out.contact_id = upsert_contact(conn, store_id, now, phone=event.phone, wa_id=event.wa_id, user_id=event.user_id)
+            out.contact_id = upsert_contact(conn, store_id, now, phone=event.phone, wa_id=event.wa_id, user_id=event.user_id,
+                                            new_by_user_id=True)
             if isinstance(event, ev.ButtonReplied):
                 kind, body, intent = "button", event.payload, tap_intent(event, store)
             else:

@@ -57,6 +57,30 @@ def test_whatsapp_marketing_stop_by_business_scoped_id_only_stops_cart_reminders
     assert (marketing["state"], marketing["source"]) == ("revoked", "whatsapp_preference_stop")
 
 
+def test_a_new_customer_who_hides_her_number_writes_in_and_a_person_hears_of_it(sqlite_url, scenario, world):
+    """A customer the store has never heard of writes from a username account: no number anywhere, only her BSUID.
+    Her question is kept against a contact named by that id and opens a case for a person (it used to be stored
+    with no contact, and nobody heard of it); her second message joins that contact and that case."""
+    sc = scenario(sqlite_url, "shopify", journeys=LADDER)
+    for i, words in enumerate(("Do you deliver to Pune? I want to order 10 units", "Please call me back")):
+        env = p.wa_text(sc.phone_number_id, "0", f"wamid.BS{i}", words, sc.now)
+        change = env["entry"][0]["changes"][0]["value"]
+        change["contacts"] = [{"profile": {"name": "Meera"}, "user_id": BSUID}]
+        msg = change["messages"][0]
+        msg.pop("from")
+        msg["from_user_id"] = BSUID
+        sc.post(sc.whatsapp_delivery(env))
+        sc.later(minutes=5)
+    [case] = sc.handoffs(status="open")
+    assert "Pune" in str(case) and "Please call me back" in str(case)
+    with sc.runtime.db.engine.connect() as conn:
+        contacts = conn.execute(select(m.Contact.id, m.Contact.phone_e164, m.Contact.wa_user_id, m.Contact.reachable)).all()
+        authors = conn.execute(select(m.Message.contact_id).where(m.Message.direction == "in")).scalars().all()
+    [(cid, phone, user_id, reachable)] = contacts
+    assert (phone, user_id, reachable) == (None, BSUID, False)  # nothing is sent to her by a number we do not have
+    assert authors == [cid, cid]
+
+
 # ---- 2. the BSUID lookup reads its index, not every contact of the store ------------------------
 
 def test_a_contact_is_found_by_business_scoped_id_through_its_index(tmp_path, sqlite_template):
