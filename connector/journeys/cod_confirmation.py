@@ -13,6 +13,13 @@ Confirm confirms (and notes that the unconfirmed tag is stale: the store clients
 remove a tag), Cancel cancels per ``cancel_action``; a tap made before the deadline counts as
 answered in time. A Confirm after a no-answer cancel goes to a person (we cannot undo one).
 
+A typed answer to the question (a message quoting the ask or a reminder, or quoting nothing while
+the question is the message she got last), a photo or a voice note, goes to a person
+(handoffs.rules opens the case; the runner says so, ``handed_off``): the run stops reminding and
+takes no no-answer action, since only a person can read what she wrote (``phase`` "with_person";
+a Confirm or Cancel tap after it still counts). An order whose customer wrote back is never
+cancelled for no answer.
+
 A cancel with a reason goes to a person (a hand-off for the contact's stage owner, the
 COD team): the reason comes with the tap (a ``cancel_reasons`` button), or, with
 ``cancel_reason_minutes``, as the customer's next message after a plain Cancel (the run
@@ -137,6 +144,8 @@ class CodConfirmation:
             if waiting and event.payload in config.cancel_reasons:
                 return self._with_reason(run, facts, config.cancel_reasons[event.payload])
             return self._reply(event, run, facts, config, now)
+        if isinstance(event, ev.MessageReceived) and self._answers_question(event, run, facts):
+            return [Update({"phase": "with_person", "replied_at": event.occurred_at.isoformat()}), Withdraw(), Wake(None)]
         if isinstance(event, ev.MessageReceived) and waiting:
             if facts.extra.get("reply_quoted") and replied_here(event, facts, self.name) != run.subject:
                 return []  # it quotes another journey's or order's message: it answers that, not why they cancelled
@@ -149,6 +158,12 @@ class CodConfirmation:
         if isinstance(event, TimerFired) and run.status == "active":
             return self._timer(run, facts, config, now)
         return []
+
+    def _answers_question(self, event: ev.MessageReceived, run: Run, facts: Facts) -> bool:
+        """Words (a photo, a voice note) that answer this run's open question and went to a person:
+        they quote its message, or quote nothing while its message is the one she got last."""
+        return (run.status == "active" and run.state.get("phase") == "asked" and bool(facts.extra.get("handed_off"))
+                and replied_here(event, facts, self.name) == run.subject)
 
     @staticmethod
     def _store_confirmed(order: ev.Order, run: Run, config: CodConfirmationConfig) -> bool:

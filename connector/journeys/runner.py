@@ -375,10 +375,13 @@ class JourneyRunner:
             stage = stage_after(event, current or "entry")
             if stage is not None and stage != current:
                 update_by_id(conn, CONTACTS, facts.contact_id, {"stage": stage, "updated_at": now})
+        handed_off = False
         for req in handoff_rules(event, facts.contact_id, store, facts.extra.get("reply_journey"), facts.extra.get("reply_subject"),
                                  quoted=bool(facts.extra.get("reply_quoted"))):
             flush(conn)  # the hand-off's context reads the contact and its runs from the database
-            open_handoff(conn, store, store_id, facts.contact_id, req, now)
+            handed_off = open_handoff(conn, store, store_id, facts.contact_id, req, now) is not None or handed_off
+        if handed_off:  # a person has her words now: the run they answer stops asking (COD confirmation)
+            facts = replace(facts, extra={**facts.extra, "handed_off": True})
         same_email: list[int] | None = None
         for name, config in store.enabled_journeys().items():
             journey = journeys().get(name)
