@@ -67,3 +67,60 @@ def test_a_tap_after_her_words_still_confirms(sqlite_url, scenario, world):
     assert tagged(world, SHOPIFY) == ["cod-confirmed"] and not cancelled(world, SHOPIFY)
     q = qualification(sc)
     assert (q["confirmed"], q["with_person"], q["lost"]) == (1, 0, 0)
+
+
+# ---- she taps the other button after her choice is locked ------------------------------------------
+
+def _asked(sc, store: Store, n: int):
+    store.place(sc, store.order(n, ASHA, sc.now))
+    sc.work()
+    return sc.last_to(ASHA, "cod_confirm_v1")
+
+
+def test_cancel_after_confirm_keeps_the_order_and_tells_a_person_once(sqlite_url, scenario, world, store: Store):
+    """She confirms, then a minute later taps Cancel on the same message; the parcel has not left. Nothing flips by
+    itself (the order stays confirmed, nothing is cancelled), but the COD team hears exactly what she tapped, on which
+    order, and that it is not yet fulfilled, so they can call before it ships. Tapping Cancel again adds nothing."""
+    sc = scenario(sqlite_url, store.platform, journeys={"cod_confirmation": COD})
+    ask = _asked(sc, store, 31)
+    sc.tap(ASHA, "cod_confirm", ask)
+    sc.later(minutes=1)
+    sc.tap(ASHA, "cod_cancel", ask)
+    sc.later(minutes=10)
+    sc.tap(ASHA, "cod_cancel", ask)
+    sc.later(hours=1)
+
+    assert tagged(world, store) == ["cod-confirmed"] and not cancelled(world, store)
+    [case] = sc.handoffs(status="open")
+    assert case["reason"] == f"customer tapped Cancel on COD order {store.name(31)} after confirming it; not yet fulfilled"
+    assert case["stage"] == "qualification"
+    assert len(told(world)) == 1
+
+
+def test_confirm_after_her_own_cancel_does_not_confirm_and_tells_a_person(sqlite_url, scenario, world):
+    sc = scenario(sqlite_url, "shopify", journeys={"cod_confirmation": COD})
+    ask = _asked(sc, SHOPIFY, 32)
+    sc.tap(ASHA, "cod_cancel", ask)
+    sc.later(minutes=2)
+    sc.tap(ASHA, "cod_confirm", ask)
+    sc.later(hours=1)
+    assert cancelled(world, SHOPIFY) and tagged(world, SHOPIFY) == []  # the cancel stands; no confirm tag on a cancelled order
+    [case] = sc.handoffs(status="open")
+    assert f"tapped Confirm on COD order {SHOPIFY.name(32)} after cancelling it" in case["reason"]
+
+
+def test_confirm_after_the_store_cancelled_tells_a_person(sqlite_url, scenario, world, store: Store):
+    sc = scenario(sqlite_url, store.platform, journeys={"cod_confirmation": COD})
+    order = store.order(33, ASHA, sc.now)
+    store.place(sc, order)
+    sc.work()
+    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    sc.later(hours=1)
+    store.cancelled_echo(sc, order)  # the merchant cancels it in the store admin
+    sc.later(hours=1)
+    sc.tap(ASHA, "cod_confirm", ask)
+    sc.later(hours=1)
+    assert tagged(world, store) == []
+    [case] = sc.handoffs(status="open")
+    assert f"tapped Confirm on COD order {store.name(33)} after the store cancelled it" in case["reason"]
+    assert len(told(world)) == 1

@@ -3,7 +3,9 @@
 Placed COD order -> (optional delay, skipped if cancelled meanwhile) ask -> reminders at the
 configured intervals -> no answer: the configured action (tag for a call, or cancel).
 Confirm tags the order and locks the choice; Cancel cancels it (or only tags it) unless it
-has been fulfilled. A tap days later, or twice, changes nothing once the choice is locked.
+has been fulfilled. A tap days later, or twice, changes nothing once the choice is locked; the
+opposite tap (Cancel after Confirm, Confirm after her Cancel or after the store cancelled the
+order) changes nothing either, but a person hears what she tapped, once.
 
 Once the order has shipped, fully or partly (an order event or a fulfilment saying so, or the
 order as stored when a timer fires), the run ends: no more asks or reminders, no no-answer
@@ -49,6 +51,8 @@ KEYWORDS = PolicyRules()  # STOP / START are never a cancel reason (the store's 
 SHIPPED = ("fulfilled", "partial")  # fully or partly shipped: too late to cancel by tap, or to move its status
 # ``closed_by`` of a run the order's shipping ended (the timer writes "order.shipped"); the other one is "order.cancelled"
 SHIPPED_BY = ("order.fulfilled", "order.updated", "fulfillment.updated", "order.shipped")
+CONFIRMED = ("confirmed", "confirmed_late", "confirmed_by_store")  # locked choices a Cancel tap goes against
+CANCELLED = ("cancelled", "cancel_too_late")  # locked choices a Confirm tap goes against
 
 
 def shipped_event(event: Any) -> bool:
@@ -265,15 +269,13 @@ class CodConfirmation:
     def _reply(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
         choice = run.state.get("choice")
         confirm = event.payload in config.confirm_payloads
-        if choice == "confirmed_by_store" and not self._cancelled(run, facts) and (
-                event.payload in config.cancel_payloads or event.payload in config.cancel_reasons):
-            # the store confirmed it with her (by phone); a Cancel now is for a person to sort out, not automatic
-            return [Update({"cancel_after_store_confirmed": event.occurred_at.isoformat()}),
-                    Handoff(f"customer tapped Cancel on COD order {self._order_name(run, facts)} after the store confirmed it")]
-        if choice not in (None, "no_answer") or (choice is None and self._cancelled(run, facts)):
-            return []  # locked: a second tap, or a tap after the order was cancelled, changes nothing
         if not confirm and event.payload not in config.cancel_payloads and event.payload not in config.cancel_reasons:
             return []
+        against = self._against(run, facts, confirm)
+        if against is not None:
+            return self._changed_mind(event, run, facts, config, confirm, against)
+        if choice not in (None, "no_answer") or (choice is None and self._cancelled(run, facts)):
+            return []  # locked: the same tap again, or a Cancel of a cancelled order, changes nothing
         if self._shipped(run, facts):
             # it shipped before they answered: a Confirm only tags it (its status is the store's now), a Cancel goes to a person
             if not confirm:
@@ -287,6 +289,44 @@ class CodConfirmation:
         if run.status != "active":
             return []
         return self._confirm(event, run, facts, config, "confirmed") if confirm else self._cancel(event, run, facts, config, now)
+
+    def _against(self, run: Run, facts: Facts, confirm: bool) -> str | None:
+        """What a tap goes against, as a person reads it: a Cancel after a Confirm (hers or the
+        store's) of an order still standing, a Confirm after a Cancel (hers or the store's). None: not that."""
+        choice = run.state.get("choice")
+        if not confirm and choice in CONFIRMED and not self._cancelled(run, facts):
+            return "after the store confirmed it" if choice == "confirmed_by_store" else "after confirming it"
+        if confirm and choice in CANCELLED:
+            return "after asking to cancel it" if choice == "cancel_too_late" else "after cancelling it"
+        if confirm and choice is None and self._cancelled(run, facts):
+            return "after the store cancelled it"
+        return None
+
+    def _changed_mind(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, confirm: bool,
+                      against: str) -> list[Command]:
+        """A tap against the locked choice: the choice stands (no flip, nothing written to the store), and
+        a person hears what she tapped on which order; the same change of mind again adds nothing."""
+        tapped = "confirm" if confirm else "cancel"
+        if run.state.get("changed_mind") == tapped:
+            return []  # her second such tap: the case has it
+        reason = f"customer tapped {tapped.capitalize()} on COD order {self._order_name(run, facts)} {against}"
+        if not confirm and self._shipped(run, facts):
+            reason += "; it has already shipped"
+        elif not confirm and self._stored(run, facts):
+            reason += "; not yet fulfilled"
+        elif run.state.get("choice") == "cancelled" and config.cancel_action == "tag":
+            reason += f" (her Cancel only tagged it {config.cancelled_tag})"
+        commands: list[Command] = [Update({"changed_mind": tapped, "changed_mind_at": event.occurred_at.isoformat(),
+                                           **({"awaiting_reply": False} if run.state.get("awaiting_reply") else {})})]
+        if run.status == "active":  # asked and cancelled by the store meanwhile, or waiting for her cancel reason: over
+            outcome = "order_cancelled" if run.state.get("choice") is None else "cancelled"
+            commands += [Wake(None), Finish(outcome)]
+        return commands + [Handoff(reason)]  # last: the run waits on the person (her next words join the case)
+
+    @staticmethod
+    def _stored(run: Run, facts: Facts) -> bool:
+        """Whether the facts carry this run's order as stored (so its fulfilment is known)."""
+        return facts.order is not None and facts.order.external_id == run.subject.split(":", 1)[1]
 
     def _after_no_answer(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime,
                          confirm: bool) -> list[Command]:
