@@ -8,8 +8,9 @@ Stages and what counts (runs are counted in the week they started):
 - entry: new contacts, where they came from (their first order, checkout or WhatsApp
   message), and the share who gave marketing consent.
 - qualification: COD orders asked to confirm, confirmed, cancelled, unanswered, answered in
-  words (``with_person``: a person decides, not lost), the confirmation rate and the median
-  minutes from ask to answer (a tap, or her first words).
+  words (``with_person``: a person decides, not lost), opted out after the question
+  (``opted_out``: flagged for a call, counted lost unless a tap confirms it), the confirmation
+  rate and the median minutes from ask to answer (a tap, or her first words).
 - conversion: checkouts abandoned (a run starts with the checkout, but one bought or completed
   before ``abandon_after_minutes`` was never abandoned: only runs still open then count,
   ``checkout_recovery.was_abandoned``), reminded (holdout excluded; a reminder counts once WhatsApp took it:
@@ -312,6 +313,7 @@ def qualification(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
             "not_reached": choice["not_reached"],  # none of our messages reached them: flagged for a call, never cancelled
             "confirmed_by_store": choice["confirmed_by_store"],  # the store confirmed it itself (a call): not ours, not lost
             "with_person": with_person,  # answered in words: a person decides, not counted lost
+            "opted_out": choice["opted_out"],  # opted out (STOP) after the question: flagged for a call, never cancelled; lost
             "confirmation_rate": _rate(confirmed, len(asked)), "median_minutes_to_answer": _median(minutes),
             "lost": len(asked) - confirmed - choice["confirmed_by_store"] - with_person}
 

@@ -124,3 +124,27 @@ def test_confirm_after_the_store_cancelled_tells_a_person(sqlite_url, scenario, 
     [case] = sc.handoffs(status="open")
     assert f"tapped Confirm on COD order {store.name(33)} after the store cancelled it" in case["reason"]
     assert len(told(world)) == 1
+
+
+# ---- she opts out after the question ---------------------------------------------------------------
+
+@pytest.mark.parametrize("action", ["cancel", "tag"])
+def test_stop_after_the_question_flags_the_order_for_a_call_and_never_cancels_it(sqlite_url, scenario, world, store: Store, action):
+    """She answers the COD question with STOP. Nothing more reaches her (the reminder is held back), and at the deadline
+    her silence is not taken for "no answer": the order is tagged for a call and the COD team hears why, even where
+    unanswered orders are cancelled. The report counts her apart from those who did not answer."""
+    sc = scenario(sqlite_url, store.platform, journeys={"cod_confirmation": {**COD, "no_answer_action": action}})
+    ask = _asked(sc, store, 41)
+    sc.later(minutes=10)
+    sc.say(ASHA, "STOP", quoting=ask)
+    sc.later(days=2)
+
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+    assert not cancelled(world, store)
+    assert tagged(world, store) == ["cod-unconfirmed"]
+    [case] = sc.handoffs(status="open")
+    assert case["reason"] == (f"COD order {store.name(41)} was not confirmed: the customer opted out of our WhatsApp messages (STOP) "
+                              "after we asked; call them to confirm")
+    assert len(told(world)) == 1
+    q = qualification(sc)
+    assert (q["asked"], q["opted_out"], q["no_answer"], q["not_reached"], q["lost"]) == (1, 1, 0, 0, 1)

@@ -14,6 +14,8 @@ goes to a person. A tap after the no-answer step is still honoured while the ord
 Confirm confirms (and notes that the unconfirmed tag is stale: the store clients cannot
 remove a tag), Cancel cancels per ``cancel_action``; a tap made before the deadline counts as
 answered in time. A Confirm after a no-answer cancel goes to a person (we cannot undo one).
+A customer who opted out (STOP) after the question is not one who did not answer: at the
+deadline her order is flagged for a call and a person hears of it, never cancelled.
 
 A typed answer to the question (a message quoting the ask or a reminder, or quoting nothing while
 the question is the message she got last), a photo or a voice note, goes to a person
@@ -53,6 +55,7 @@ SHIPPED = ("fulfilled", "partial")  # fully or partly shipped: too late to cance
 SHIPPED_BY = ("order.fulfilled", "order.updated", "fulfillment.updated", "order.shipped")
 CONFIRMED = ("confirmed", "confirmed_late", "confirmed_by_store")  # locked choices a Cancel tap goes against
 CANCELLED = ("cancelled", "cancel_too_late")  # locked choices a Confirm tap goes against
+AFTER_DEADLINE = ("no_answer", "opted_out")  # the deadline's choices a tap still overrides while the order is open
 
 
 def shipped_event(event: Any) -> bool:
@@ -225,6 +228,8 @@ class CodConfirmation:
         order_id = run.subject.split(":", 1)[1]
         if "reminders_sent" in facts.extra and not facts.extra["reminders_sent"]:
             return self._not_reached(run, facts, config, order_id)
+        if facts.extra.get("opted_out_at") is not None:
+            return self._opted_out(run, facts, config, order_id)
         commands: list[Command] = [Update({"choice": "no_answer"}), Wake(None)]
         if config.no_answer_action == "tag":
             commands.append(WriteBack("add_tags", order_id, {"tags": [config.unconfirmed_tag]}, "no_answer_tag"))
@@ -244,6 +249,17 @@ class CodConfirmation:
                          Handoff(f"COD order {self._order_name(run, facts)} could not be confirmed: none of our WhatsApp "
                                  "messages reached the customer; call them to confirm")]
         return commands + [Finish("not_reached")]
+
+    def _opted_out(self, run: Run, facts: Facts, config: CodConfirmationConfig, order_id: str) -> list[Command]:
+        """The deadline came and the customer is opted out (STOP). The question reached her, so she
+        opted out after it (nothing reaches an opted-out contact): that is no "no answer", and her
+        order is never cancelled for it; it is flagged for a call and a person hears of it."""
+        commands: list[Command] = [Update({"choice": "opted_out"}), Wake(None)]
+        if config.no_answer_action != "none":
+            commands += [WriteBack("add_tags", order_id, {"tags": [config.unconfirmed_tag]}, "no_answer_tag"),
+                         Handoff(f"COD order {self._order_name(run, facts)} was not confirmed: the customer opted out of our "
+                                 "WhatsApp messages (STOP) after we asked; call them to confirm")]
+        return commands + [Finish("opted_out")]
 
     @staticmethod
     def needs_sends(event: Any, run: Run, config: CodConfirmationConfig) -> bool:
@@ -274,7 +290,7 @@ class CodConfirmation:
         against = self._against(run, facts, confirm)
         if against is not None:
             return self._changed_mind(event, run, facts, config, confirm, against)
-        if choice not in (None, "no_answer") or (choice is None and self._cancelled(run, facts)):
+        if choice not in (None, *AFTER_DEADLINE) or (choice is None and self._cancelled(run, facts)):
             return []  # locked: the same tap again, or a Cancel of a cancelled order, changes nothing
         if self._shipped(run, facts):
             # it shipped before they answered: a Confirm only tags it (its status is the store's now), a Cancel goes to a person
@@ -284,7 +300,7 @@ class CodConfirmation:
             commands: list[Command] = [Update({"choice": "confirmed_late", "answered_at": event.occurred_at.isoformat()}),
                                        WriteBack("add_tags", order_id, {"tags": [config.confirm_tag]}, "late_confirm_tag")]
             return commands + ([Wake(None), Finish("confirmed")] if run.status == "active" else [])
-        if choice == "no_answer":
+        if choice in AFTER_DEADLINE:
             return self._after_no_answer(event, run, facts, config, now, confirm)
         if run.status != "active":
             return []
@@ -330,14 +346,18 @@ class CodConfirmation:
 
     def _after_no_answer(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime,
                          confirm: bool) -> list[Command]:
-        """A tap after the no-answer step, on an order that has not shipped: still the customer's choice.
+        """A tap after the no-answer step (or the opted-out one), on an order that has not shipped: still
+        the customer's choice.
 
         A tap made before the deadline (its webhook came after the timer) counts as answered in time.
-        A cancelled order cannot be confirmed back by us: that goes to a person.
+        A cancelled order cannot be confirmed back by us: that goes to a person. An opted-out
+        customer's order was only flagged (``no_answer_action`` other than "none"), never cancelled.
         """
         asked_at = run.state.get("asked_at")
         in_time = asked_at is not None and event.occurred_at < datetime.fromisoformat(asked_at) + timedelta(hours=config.answer_window_hours)
-        cancelled = (facts.order is not None and facts.order.cancelled) or config.no_answer_action == "cancel"
+        no_answer = run.state.get("choice") == "no_answer"
+        cancelled = (facts.order is not None and facts.order.cancelled) or (no_answer and config.no_answer_action == "cancel")
+        flagged = config.no_answer_action == "tag" if no_answer else config.no_answer_action != "none"
         if not confirm:  # cancelled already, or by the no-answer write-back on its way: nothing more to do
             return [] if cancelled else self._cancel(event, run, facts, config, now, late=True)
         choice = "confirmed" if in_time else "confirmed_late"
@@ -347,7 +367,7 @@ class CodConfirmation:
                     Handoff(f"customer confirmed COD order {self._order_name(run, facts)} {when}, but it was cancelled "
                             "for no answer: restore or re-create it if they still want it")]
         commands = self._confirm(event, run, facts, config, choice, tag_key="late_confirm_tag")
-        if config.no_answer_action == "tag":
+        if flagged:
             note = f"COD order confirmed on WhatsApp after it was tagged {config.unconfirmed_tag}: that tag no longer applies"
             commands.insert(-2, WriteBack("add_note", run.subject.split(":", 1)[1], {"note": note}, "unflag_note"))
         return commands

@@ -65,7 +65,8 @@ class Facts:
     order: OrderFacts | None = None
     fulfillment: dict[str, Any] | None = None
     button_payload: str | None = None  # for a ButtonReplied routed to this run
-    # what else the runner knows: "stage", "marketing_ok", the reply's "reply_journey" / "reply_subject",
+    # what else the runner knows: "stage", "marketing_ok", "opted_out_at" (only while the contact is opted
+    # out: STOP), the reply's "reply_journey" / "reply_subject",
     # "handed_off" (the event opened a case for a person, or joined one: handoffs.rules),
     # "reminders_sent" (credits_sent_reminders journeys), "open_runs" (follows_contact journeys: the
     # contact's other active runs of the journey, as the event's own run decides), "order_runs" (an order

@@ -347,6 +347,8 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
             # whether a marketing message can reach them at all (the gate's consent rules), so a
             # journey counts only reminders the customer could get (checkout attribution)
             extra["marketing_ok"] = person.consent_marketing == "granted" and person.opted_out_at is None and bool(person.reachable)
+            if person.opted_out_at is not None:  # STOP: nothing reaches her now (a COD run must not take her silence for an answer)
+                extra["opted_out_at"] = person.opted_out_at
     return Facts(store_name=store.name or store.key, contact_id=contact_id, first_name=first_name, order=order,
                  fulfillment=fulfillment, extra=extra)
 
