@@ -148,3 +148,42 @@ def test_stop_after_the_question_flags_the_order_for_a_call_and_never_cancels_it
     assert len(told(world)) == 1
     q = qualification(sc)
     assert (q["asked"], q["opted_out"], q["no_answer"], q["not_reached"], q["lost"]) == (1, 1, 0, 0, 1)
+
+
+# ---- a tap we cannot tie to one order ---------------------------------------------------------------
+
+def test_a_tap_matching_no_message_with_two_orders_open_changes_neither_and_asks_a_person(sqlite_url, scenario, world, store: Store):
+    """Two COD orders, both asked; WhatsApp took both questions but its answers were lost, so the connector knows
+    neither message's id. Her Cancel tap quotes one of them, which the connector cannot name: cancelling both orders
+    (as a tap reaching every open run did) would lose one she may want. Neither is changed, neither is reminded or
+    cancelled for no answer, and the COD team gets one case naming both orders."""
+    sc = scenario(sqlite_url, store.platform, journeys={"cod_confirmation": {**COD, "no_answer_action": "cancel"}})
+    world.whatsapp_answer_lost = True
+    store.place(sc, store.order(51, ASHA, sc.now))
+    store.place(sc, store.order(52, ASHA, sc.now))
+    sc.work()
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_confirm_v1"]  # both reached her phone
+    sc.later(minutes=20)
+    sc.tap(ASHA, "cod_cancel", sc.sent(ASHA)[-1])
+    sc.later(minutes=10)
+    sc.tap(ASHA, "cod_cancel", sc.sent(ASHA)[-1])  # and again, a little impatient
+    sc.later(hours=1)
+
+    assert not cancelled(world, store) and tagged(world, store) == []
+    [case] = sc.handoffs(status="open")
+    assert "could not match" in case["reason"] and store.name(51) in case["reason"] and store.name(52) in case["reason"]
+    assert len(told(world)) == 1
+    sc.later(days=2)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_confirm_v1"]  # no "please confirm" after she answered
+    assert not cancelled(world, store) and tagged(world, store) == []  # nor a cancel for "no answer"
+
+
+def test_a_tap_matching_no_message_with_one_order_open_still_acts_on_it(sqlite_url, scenario, world):
+    sc = scenario(sqlite_url, "shopify", journeys={"cod_confirmation": COD})
+    world.whatsapp_answer_lost = True
+    SHOPIFY.place(sc, SHOPIFY.order(53, ASHA, sc.now))
+    sc.work()
+    sc.later(minutes=20)
+    sc.tap(ASHA, "cod_cancel", sc.last_to(ASHA, "cod_confirm_v1"))
+    sc.later(hours=1)
+    assert cancelled(world, SHOPIFY) and sc.handoffs(status="open") == []

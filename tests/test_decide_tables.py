@@ -256,6 +256,10 @@ WAITING = {**ASKED, "choice": "cancelled", "phase": "cancel_reason", "awaiting_r
 HERE = routed("cod_confirmation")
 
 WOO_COD = CodConfirmationConfig(confirm_status="wc-processing", no_answer_action="cancel")
+# two COD runs of one customer a tap matching none of our messages reaches (the runner's ``reached_runs``)
+OPEN_1042 = run("cod_confirmation", ASKED)
+OPEN_2000 = run("cod_confirmation", {**ASKED, "order_name": "#2000"}, subject="order:2000")
+NOT_ASKED_2000 = run("cod_confirmation", {"phase": "waiting", "order_name": "#2000"}, subject="order:2000")
 
 
 def woo_cod(status: str) -> ev.Order:
@@ -399,6 +403,20 @@ COD_CASES = [
          state={"choice": "confirmed_late"}),
     Case("a tap on another order's message: not this run", tap("cod_cancel"), run("cod_confirmation", ASKED),
          facts(**routed("cod_confirmation", "order:2000")), COD, []),
+    Case("a tap matching none of our messages, two questions open: none changed, the first run asks a person which order",
+         tap("cod_cancel"), run("cod_confirmation", ASKED), facts(reached_runs=(OPEN_1042, OPEN_2000)), COD,
+         ["update(phase,replied_at)", "withdraw", "wake:none", "update(unmatched_tap)", "handoff"], state={"phase": "with_person"},
+         says="tapped Cancel on a COD question we could not match to one of her open COD orders (#1042, #2000); none was changed"),
+    Case("... and the other run: stops asking, no second case", tap("cod_cancel"), OPEN_2000, facts(reached_runs=(OPEN_1042, OPEN_2000)),
+         COD, ["update(phase,replied_at)", "withdraw", "wake:none"]),
+    Case("the same unmatched tap again: the case has it", tap("cod_cancel"),
+         run("cod_confirmation", {**ASKED, "phase": "with_person", "unmatched_tap": "cod_cancel"}),
+         facts(reached_runs=(OPEN_1042, OPEN_2000)), COD, []),
+    Case("a tap matching no message, one question open (the other order not asked yet): that one acts", tap("cod_cancel"),
+         run("cod_confirmation", ASKED), facts(reached_runs=(OPEN_1042, NOT_ASKED_2000)), COD,
+         ["update(answered_at,choice)", "wake:none", "cancel_order", "finish:cancelled"]),
+    Case("... and the order not asked yet: nothing", tap("cod_cancel"), NOT_ASKED_2000, facts(reached_runs=(OPEN_1042, NOT_ASKED_2000)),
+         COD, []),
     Case("a message while we only asked: the reply rule's business", text("deliver after 6 pm?"), run("cod_confirmation", ASKED), facts(),
          COD_REASONS, []),
     Case("words answering the question went to a person: no more reminders, no no-answer action", text("yes I confirm, deliver after 6"),

@@ -32,6 +32,11 @@ quoting nothing or this order's own message; words quoting another journey's or 
 message answer that one instead. The
 cancel itself follows ``cancel_action`` at the tap, whatever the reason.
 
+A tap the runner cannot tie to one of our messages (the ask's send outcome was lost, so its
+message id is unknown) reaches all of her open COD runs (``reached_runs``): it acts only when one
+of them has an open question; with several, none is changed, they stop asking, and a person
+asks her which order she meant.
+
 An order taken at the store's till (Shopify POS) is not asked about unless ``include_pos``.
 """
 
@@ -148,6 +153,12 @@ class CodConfirmation:
         if isinstance(event, ev.ButtonReplied):
             if facts.extra.get("reply_journey") is not None and replied_here(event, facts, self.name) != run.subject:
                 return []  # a tap on another message (this run hears all of the contact's taps)
+            if "reached_runs" in facts.extra and self._answer_payload(event, config):
+                meant = [r for r in facts.extra["reached_runs"] if self._open_question(r)]
+                if len(meant) > 1:
+                    return self._unmatched(event, run, config, meant)
+                if not meant or meant[0].subject != run.subject:
+                    return []  # it matched no message, and this is not the one order it can mean
             if waiting and event.payload in config.cancel_reasons:
                 return self._with_reason(run, facts, config.cancel_reasons[event.payload])
             return self._reply(event, run, facts, config, now)
@@ -165,6 +176,31 @@ class CodConfirmation:
         if isinstance(event, TimerFired) and run.status == "active":
             return self._timer(run, facts, config, now)
         return []
+
+    @staticmethod
+    def _answer_payload(event: ev.ButtonReplied, config: CodConfirmationConfig) -> bool:
+        return event.payload in config.confirm_payloads or event.payload in config.cancel_payloads or event.payload in config.cancel_reasons
+
+    @staticmethod
+    def _open_question(run: Run) -> bool:
+        """A run a tap could answer: its question went out and no choice closed it (or it waits for her reason)."""
+        return run.status == "active" and run.state.get("phase") in ("asked", "with_person", "cancel_reason")
+
+    def _unmatched(self, event: ev.ButtonReplied, run: Run, config: CodConfirmationConfig, meant: list[Run]) -> list[Command]:
+        """A Confirm or Cancel tap the runner could not tie to one message, while several of her COD
+        questions are open: acting on all would confirm or cancel every order, so none is changed. Each
+        open question stops asking (she did answer one of them) and a person asks her which order she
+        meant: the first run (in id order) opens one case naming them all, once per kind of tap."""
+        commands: list[Command] = []
+        if run.state.get("phase") == "asked":
+            commands += [Update({"phase": "with_person", "replied_at": event.occurred_at.isoformat()}), Withdraw(), Wake(None)]
+        if run.subject == meant[0].subject and run.state.get("unmatched_tap") != event.payload:
+            tapped = "Confirm" if event.payload in config.confirm_payloads else "Cancel"
+            names = ", ".join(r.state.get("order_name") or f"#{r.subject.split(':', 1)[1]}" for r in meant)
+            commands += [Update({"unmatched_tap": event.payload}),
+                         Handoff(f"customer tapped {tapped} on a COD question we could not match to one of her open COD orders "
+                                 f"({names}); none was changed: ask her which order she meant", waits=False)]
+        return commands
 
     def _answers_question(self, event: ev.MessageReceived, run: Run, facts: Facts) -> bool:
         """Words (a photo, a voice note) that answer this run's open question and went to a person:

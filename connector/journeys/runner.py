@@ -410,6 +410,11 @@ class JourneyRunner:
             for other in others:
                 found = _found_run(conn, store_id, name, other)
                 targets.append((other, found, _with_sends(conn, store, store_id, journey, event, found, facts)))
+            if isinstance(event, ev.ButtonReplied) and facts.extra.get("reply_journey") is None and len(targets) > 1:
+                # a tap that matched none of our messages reaches all her runs: each is told of all of them,
+                # so a journey can act only when one run could be meant (one Cancel must not cancel every order)
+                reached = tuple(found[1] for _s, found, _f in targets if found is not None)
+                targets = [(s, found, replace(seen, extra={**seen.extra, "reached_runs": reached})) for s, found, seen in targets]
             for target, found, seen in _sharing_the_order(journey, event, targets):
                 commands = journey.decide(event, found[1] if found else None, seen, config, now)
                 applied += self._apply(conn, store, store_id, name, target, found, commands, seen, config, now)
@@ -490,7 +495,7 @@ class JourneyRunner:
                     state["outcome"], status = cmd.outcome, "finished"
                 elif isinstance(cmd, Handoff):
                     state.update(handoff_reason=cmd.reason, handoff_at=now.isoformat())
-                    status = "handoff"
+                    status = "handoff" if cmd.waits else status
             row = dict(store_id=store_id, journey=journey, subject=subject[:160], contact_id=contact_id, status=status,
                        state=state, holdout=holdout, started_at=now, updated_at=now, next_due_at=due)
             if current(conn) is not None:
@@ -545,7 +550,7 @@ class JourneyRunner:
                     update_by_id(conn, CONTACTS, contact_id, {"stage": cmd.stage, "updated_at": now})
             elif isinstance(cmd, Handoff):
                 state.update(handoff_reason=cmd.reason, handoff_at=now.isoformat())
-                values.update(status="handoff", state=state)
+                values.update(state=state, **({"status": "handoff"} if cmd.waits else {}))
                 handoffs.append(HandoffRequest(f"{journey}:{subject}", cmd.reason, journey, subject, stage=journey_stage(journey)))
         if values and run_id is not None and not created:
             values["updated_at"] = now
