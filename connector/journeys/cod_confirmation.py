@@ -191,15 +191,16 @@ class CodConfirmation:
         questions are open: acting on all would confirm or cancel every order, so none is changed. Each
         open question stops asking (she did answer one of them) and a person asks her which order she
         meant: the first run (in id order) opens one case naming them all, once per kind of tap."""
-        commands: list[Command] = []
-        if run.state.get("phase") == "asked":
-            commands += [Update({"phase": "with_person", "replied_at": event.occurred_at.isoformat()}), Withdraw(), Wake(None)]
-        if run.subject == meant[0].subject and run.state.get("unmatched_tap") != event.payload:
+        asking = run.state.get("phase") == "asked"
+        speaks = run.subject == meant[0].subject and run.state.get("unmatched_tap") != event.payload
+        state = {**({"phase": "with_person", "replied_at": event.occurred_at.isoformat()} if asking else {}),
+                 **({"unmatched_tap": event.payload} if speaks else {})}
+        commands: list[Command] = ([Update(state)] if state else []) + ([Withdraw(), Wake(None)] if asking else [])
+        if speaks:
             tapped = "Confirm" if event.payload in config.confirm_payloads else "Cancel"
             names = ", ".join(r.state.get("order_name") or f"#{r.subject.split(':', 1)[1]}" for r in meant)
-            commands += [Update({"unmatched_tap": event.payload}),
-                         Handoff(f"customer tapped {tapped} on a COD question we could not match to one of her open COD orders "
-                                 f"({names}); none was changed: ask her which order she meant", waits=False)]
+            commands.append(Handoff(f"customer tapped {tapped} on a COD question we could not match to one of her open COD orders "
+                                    f"({names}); none was changed: ask her which order she meant", waits=False))
         return commands
 
     def _answers_question(self, event: ev.MessageReceived, run: Run, facts: Facts) -> bool:
@@ -400,8 +401,8 @@ class CodConfirmation:
         if cancelled:
             when = "before the answer deadline" if in_time else "after the answer window"
             return [Update({"choice": choice, "answered_at": event.occurred_at.isoformat()}),
-                    Handoff(f"customer confirmed COD order {self._order_name(run, facts)} {when}, but it was cancelled "
-                            "for no answer: restore or re-create it if they still want it")]
+                    Handoff(f"customer confirmed COD order {self._order_name(run, facts)} {when}, but it was cancelled"
+                            f"{' for no answer' if no_answer else ''}: restore or re-create it if they still want it")]
         commands = self._confirm(event, run, facts, config, choice, tag_key="late_confirm_tag")
         if flagged:
             note = f"COD order confirmed on WhatsApp after it was tagged {config.unconfirmed_tag}: that tag no longer applies"

@@ -508,7 +508,8 @@ class JourneyRunner:
                     return 0
             created = True
         if run_id is not None and not created and any(
-                isinstance(c, (Handoff, Withdraw)) or (isinstance(c, Finish) and c.skip_waiting) for c in commands):
+                isinstance(c, Withdraw) or (isinstance(c, Handoff) and c.waits) or (isinstance(c, Finish) and c.skip_waiting)
+                for c in commands):
             # the customer bought, answered, cancelled, opted out, or a person took over: what the
             # run queued earlier and is still waiting (a reminder held for the morning, a retry)
             # goes no further. This decision's own sends, below, are queued after.
