@@ -7,8 +7,10 @@ zone (``2026-W47``); each figure comes with last week's value so the change is v
 Stages and what counts (runs are counted in the week they started):
 - entry: new contacts, where they came from (their first order, checkout or WhatsApp
   message), and the share who gave marketing consent.
-- qualification: COD orders asked to confirm, confirmed, cancelled, unanswered, the
-  confirmation rate and the median minutes from ask to answer.
+- qualification: COD orders asked to confirm, confirmed, cancelled, unanswered, answered in
+  words (``with_person``: a person decides, not lost), opted out after the question
+  (``opted_out``: flagged for a call, counted lost unless a tap confirms it), the confirmation
+  rate and the median minutes from ask to answer (a tap, or her first words).
 - conversion: checkouts abandoned (a run starts with the checkout, but one bought or completed
   before ``abandon_after_minutes`` was never abandoned: only runs still open then count,
   ``checkout_recovery.was_abandoned``), reminded (holdout excluded; a reminder counts once WhatsApp took it:
@@ -316,17 +318,24 @@ def qualification(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     asked = [r for r in queued if r.state.get("choice") != "not_reached"]
     choice = Counter(r.state.get("choice") for r in queued)
     confirmed = choice["confirmed"] + choice["confirmed_late"]
+    # she answered in words and no tap decided it since: a person has it (the order was neither
+    # confirmed here nor lost; one the store cancelled after talking to her is lost)
+    with_person = sum(1 for r in asked if r.state.get("phase") == "with_person" and r.state.get("choice") is None
+                      and r.state.get("closed_by") != "order.cancelled")
     minutes = []
     for r in asked:
-        a, b = _iso(r.state.get("asked_at")), _iso(r.state.get("answered_at"))
-        if a and b:
-            minutes.append((b - a).total_seconds() / 60)
+        a = _iso(r.state.get("asked_at"))
+        answers = [t for t in (_iso(r.state.get("answered_at")), _iso(r.state.get("replied_at"))) if t]  # a tap, or words
+        if a and answers:
+            minutes.append((min(answers) - a).total_seconds() / 60)
     return {"cod_orders": len(runs), "asked": len(asked), "confirmed": confirmed, "cancelled": choice["cancelled"],
             "cancel_after_fulfilment": choice["cancel_too_late"], "no_answer": choice["no_answer"],
             "not_reached": choice["not_reached"],  # none of our messages reached them: flagged for a call, never cancelled
             "confirmed_by_store": choice["confirmed_by_store"],  # the store confirmed it itself (a call): not ours, not lost
+            "with_person": with_person,  # answered in words: a person decides, not counted lost
+            "opted_out": choice["opted_out"],  # opted out (STOP) after the question: flagged for a call, never cancelled; lost
             "confirmation_rate": _rate(confirmed, len(asked)), "median_minutes_to_answer": _median(minutes),
-            "lost": len(asked) - confirmed - choice["confirmed_by_store"]}
+            "lost": len(asked) - confirmed - choice["confirmed_by_store"] - with_person}
 
 
 # which treated runs queued a reminder, and the steps whose outbox rows say whether it went out

@@ -202,21 +202,22 @@ def test_a_cod_cancel_with_a_reason_in_the_next_message_opens_one_hand_off_for_t
         post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.R1", "timestamp": "1795158060", "type": "text",
                                        "text": {"body": "Ordered twice by mistake, sorry"}}]})
         runtime.processor.drain()
-        tap(client, "cod_confirm", "wamid.T2", ask)  # changes their mind: the choice is locked
+        tap(client, "cod_confirm", "wamid.T2", ask)  # changes their mind: the choice is locked, the COD team is told in the case
         post_wa(client, {"messages": [{"from": "919876543210", "id": "wamid.R2", "timestamp": "1795158120", "type": "text",
-                                       "text": {"body": "Can I order again later?"}}]})  # the run is done: the same conversation
+                                       "text": {"body": "Can I order again later?"}}]})  # the run waits on that person: the same case
         runtime.processor.drain()
         items = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
         with runtime.db.engine.connect() as conn:
             run = conn.execute(select(m.JourneyRun)).one()
             queued = [(o.channel, o.step) for o in conn.execute(select(m.OutboxMessage).order_by(m.OutboxMessage.id))]
-    [reason] = items  # her next question joins the COD team's open case: one conversation, one case
+    [reason] = items
     assert (reason["owner"], reason["stage"], reason["journey"], reason["subject"]) == (
         "COD team", "qualification", "cod_confirmation", "order:820982911946154508")
     assert reason["reason"] == "customer cancelled COD order #9999: Ordered twice by mistake, sorry"
-    assert [u["reason"] for u in reason["context"]["updates"]] == ["customer wrote: Can I order again later?"]
+    updates = [u["reason"] for u in reason["context"]["updates"]]
+    assert updates[0] == "customer tapped Confirm on COD order #9999 after cancelling it" and "Can I order again later?" in updates[1]
     assert (run.status, run.state["outcome"], run.state["choice"], run.state["cancel_reason"]) == (
-        "finished", "cancelled", "cancelled", "Ordered twice by mistake, sorry")
+        "handoff", "cancelled", "cancelled", "Ordered twice by mistake, sorry")
     assert queued == [("whatsapp", "ask"), ("store", "cancel"), ("whatsapp", "cancel_reason")]  # cancelled once, as configured
 
 

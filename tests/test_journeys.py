@@ -92,7 +92,7 @@ def test_cod_confirm_and_cancel_are_locked_after_the_first_tap():
     assert kinds(j.decide(tap("cod_confirm"), asked, facts(), cfg, T0)) == [
         "update", "wake", "add_tags:cod-confirmed", "set_status:processing", "movestage", "finish:confirmed"]
     locked = run("cod_confirmation", {**asked.state, "choice": "confirmed"}, "finished")
-    assert j.decide(tap("cod_cancel"), locked, facts(), cfg, T0) == []
+    assert kinds(j.decide(tap("cod_cancel"), locked, facts(), cfg, T0)) == ["update", "handoff"]  # no flip: a person hears it
     assert j.decide(tap("cod_confirm"), locked, facts(), cfg, T0) == []
     assert kinds(j.decide(tap("cod_cancel"), asked, facts(), cfg, T0)) == ["update", "wake", "cancel_order:customer", "finish:cancelled"]
     tag_only = CodConfirmationConfig(cancel_action="tag")
@@ -258,7 +258,7 @@ def test_cod_confirmation_end_to_end_over_http(db_url):
                 client.post("/webhooks/whatsapp", content=raw_body, headers={"X-Hub-Signature-256": meta_signature(raw_body, SECRETS["wa_app"])})
 
             reply("cod_confirm", "wamid.tap1")
-            reply("cod_cancel", "wamid.tap2")  # changes its mind: too late, the choice is locked
+            reply("cod_cancel", "wamid.tap2")  # changes its mind: the choice is locked, a person is told
             runtime.processor.drain()
             clock.now = T0 + timedelta(hours=7)  # the reminder would have been due
             runtime.processor.process_timers()
@@ -279,8 +279,8 @@ def test_cod_confirmation_end_to_end_over_http(db_url):
                 written = conn.execute(select(m.OutboxMessage.status).where(m.OutboxMessage.channel == "store")).scalar_one()
             assert written == "sent"
     [r] = runs
-    assert (r.journey, r.subject, r.status, r.state["choice"], r.state["outcome"]) == (
-        "cod_confirmation", "order:820982911946154508", "finished", "confirmed", "confirmed")
+    assert (r.journey, r.subject, r.status, r.state["choice"], r.state["outcome"], r.state["changed_mind"]) == (
+        "cod_confirmation", "order:820982911946154508", "handoff", "confirmed", "confirmed", "cancel")  # her Cancel went to a person
     assert [(o.channel, o.step, o.status) for o in outbox] == [("whatsapp", "ask", "sent"), ("store", "confirm_tag", "pending")]
     assert outbox[1].payload == {"subject": "order:820982911946154508", "action": "add_tags", "order_id": "820982911946154508", "args": {"tags": ["cod-confirmed"]}}
 

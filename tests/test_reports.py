@@ -246,11 +246,11 @@ def test_every_kpi_of_a_hand_built_week(db):
 
     assert stages["qualification"] == {
         "owner": None, "headline": "confirmation_rate",
-        "metrics": {"cod_orders": 6, "asked": 5, "confirmed": 2, "cancelled": 1, "cancel_after_fulfilment": 1, "no_answer": 1, "not_reached": 0, "confirmed_by_store": 0,
+        "metrics": {"cod_orders": 6, "asked": 5, "confirmed": 2, "cancelled": 1, "cancel_after_fulfilment": 1, "no_answer": 1, "not_reached": 0, "confirmed_by_store": 0, "with_person": 0, "opted_out": 0,
                     "confirmation_rate": 0.4, "median_minutes_to_answer": 30.0, "lost": 3},
-        "previous": {"cod_orders": 1, "asked": 1, "confirmed": 1, "cancelled": 0, "cancel_after_fulfilment": 0, "no_answer": 0, "not_reached": 0, "confirmed_by_store": 0,
+        "previous": {"cod_orders": 1, "asked": 1, "confirmed": 1, "cancelled": 0, "cancel_after_fulfilment": 0, "no_answer": 0, "not_reached": 0, "confirmed_by_store": 0, "with_person": 0, "opted_out": 0,
                      "confirmation_rate": 1.0, "median_minutes_to_answer": 20.0, "lost": 0},
-        "change": {"cod_orders": 5, "asked": 4, "confirmed": 1, "cancelled": 1, "cancel_after_fulfilment": 1, "no_answer": 1, "not_reached": 0, "confirmed_by_store": 0,
+        "change": {"cod_orders": 5, "asked": 4, "confirmed": 1, "cancelled": 1, "cancel_after_fulfilment": 1, "no_answer": 1, "not_reached": 0, "confirmed_by_store": 0, "with_person": 0, "opted_out": 0,
                    "confirmation_rate": -0.6, "median_minutes_to_answer": 10.0, "lost": 3}}
 
     assert stages["conversion"] == {
@@ -319,6 +319,26 @@ def test_every_kpi_of_a_hand_built_week(db):
     assert r["biggest_leak"] == {"stage": "conversion", "lost": 4, "owner": "Ravi"}
     assert r["open_handoffs"] == {"Priya": 1, "Ravi": 1, "unassigned": 1}
     json.dumps(r)  # the API and --json serve it as is
+
+
+def test_cod_orders_answered_in_words_are_a_persons_not_lost(db):
+    """She answered the question in words: a person decides, so the order is neither confirmed here nor lost;
+    her words count as her answer's time. One the store cancelled after talking to her is lost; one she then
+    confirmed with a tap is confirmed."""
+    settings = _settings("sqlite://")
+    store_id = sync_stores(db, [("shop-a", "shopify")])["shop-a"]
+    asked = MON + timedelta(days=1)
+    at = lambda minutes: (asked + timedelta(minutes=minutes)).isoformat()  # noqa: E731
+    with db.engine.begin() as conn:
+        w = Week(conn, store_id)
+        w.run("cod_confirmation", {"asked_at": asked.isoformat(), "phase": "with_person", "replied_at": at(20)}, status="active")
+        w.run("cod_confirmation", {"asked_at": asked.isoformat(), "phase": "with_person", "replied_at": at(40),
+                                   "closed_by": "order.cancelled", "outcome": "order_cancelled"})
+        w.run("cod_confirmation", {"asked_at": asked.isoformat(), "phase": "with_person", "replied_at": at(60), "choice": "confirmed",
+                                   "answered_at": at(90)})
+    q = build_report(db, settings.stores[0], store_id, WEEK)["stages"]["qualification"]["metrics"]
+    assert (q["asked"], q["with_person"], q["confirmed"], q["lost"]) == (3, 1, 1, 1)
+    assert q["median_minutes_to_answer"] == 40.0  # 20, 40 and 60 (her words, before the tap at 90)
 
 
 def test_a_cart_that_went_on_as_an_unpaid_order_is_one_checkout_in_the_funnel_and_the_lift(db):

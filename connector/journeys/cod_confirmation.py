@@ -3,7 +3,9 @@
 Placed COD order -> (optional delay, skipped if cancelled meanwhile) ask -> reminders at the
 configured intervals -> no answer: the configured action (tag for a call, or cancel).
 Confirm tags the order and locks the choice; Cancel cancels it (or only tags it) unless it
-has been fulfilled. A tap days later, or twice, changes nothing once the choice is locked.
+has been fulfilled. A tap days later, or twice, changes nothing once the choice is locked; the
+opposite tap (Cancel after Confirm, Confirm after her Cancel or after the store cancelled the
+order) changes nothing either, but a person hears what she tapped, once.
 
 Once the order has shipped, fully or partly (an order event or a fulfilment saying so, or the
 order as stored when a timer fires), the run ends: no more asks or reminders, no no-answer
@@ -12,6 +14,15 @@ goes to a person. A tap after the no-answer step is still honoured while the ord
 Confirm confirms (and notes that the unconfirmed tag is stale: the store clients cannot
 remove a tag), Cancel cancels per ``cancel_action``; a tap made before the deadline counts as
 answered in time. A Confirm after a no-answer cancel goes to a person (we cannot undo one).
+A customer who opted out (STOP) after the question is not one who did not answer: at the
+deadline her order is flagged for a call and a person hears of it, never cancelled.
+
+A typed answer to the question (a message quoting the ask or a reminder, or quoting nothing while
+the question is the message she got last), a photo or a voice note, goes to a person
+(handoffs.rules opens the case; the runner says so, ``handed_off``): the run stops reminding and
+takes no no-answer action, since only a person can read what she wrote (``phase`` "with_person";
+a Confirm or Cancel tap after it still counts). An order whose customer wrote back is never
+cancelled for no answer.
 
 A cancel with a reason goes to a person (a hand-off for the contact's stage owner, the
 COD team): the reason comes with the tap (a ``cancel_reasons`` button), or, with
@@ -20,6 +31,11 @@ waits for it, ``awaiting_reply``, and the general free-text hand-off stands back
 quoting nothing or this order's own message; words quoting another journey's or order's
 message answer that one instead. The
 cancel itself follows ``cancel_action`` at the tap, whatever the reason.
+
+A tap the runner cannot tie to one of our messages (the ask's send outcome was lost, so its
+message id is unknown) reaches all of her open COD runs (``reached_runs``): it acts only when one
+of them has an open question; with several, none is changed, they stop asking, and a person
+asks her which order she meant.
 
 An order taken at the store's till (Shopify POS) is not asked about unless ``include_pos``.
 """
@@ -42,6 +58,9 @@ KEYWORDS = PolicyRules()  # STOP / START are never a cancel reason (the store's 
 SHIPPED = ("fulfilled", "partial")  # fully or partly shipped: too late to cancel by tap, or to move its status
 # ``closed_by`` of a run the order's shipping ended (the timer writes "order.shipped"); the other one is "order.cancelled"
 SHIPPED_BY = ("order.fulfilled", "order.updated", "fulfillment.updated", "order.shipped")
+CONFIRMED = ("confirmed", "confirmed_late", "confirmed_by_store")  # locked choices a Cancel tap goes against
+CANCELLED = ("cancelled", "cancel_too_late")  # locked choices a Confirm tap goes against
+AFTER_DEADLINE = ("no_answer", "opted_out")  # the deadline's choices a tap still overrides while the order is open
 
 
 def shipped_event(event: Any) -> bool:
@@ -134,9 +153,17 @@ class CodConfirmation:
         if isinstance(event, ev.ButtonReplied):
             if facts.extra.get("reply_journey") is not None and replied_here(event, facts, self.name) != run.subject:
                 return []  # a tap on another message (this run hears all of the contact's taps)
+            if "reached_runs" in facts.extra and self._answer_payload(event, config):
+                meant = [r for r in facts.extra["reached_runs"] if self._open_question(r)]
+                if len(meant) > 1:
+                    return self._unmatched(event, run, config, meant)
+                if not meant or meant[0].subject != run.subject:
+                    return []  # it matched no message, and this is not the one order it can mean
             if waiting and event.payload in config.cancel_reasons:
                 return self._with_reason(run, facts, config.cancel_reasons[event.payload])
             return self._reply(event, run, facts, config, now)
+        if isinstance(event, ev.MessageReceived) and self._answers_question(event, run, facts):
+            return [Update({"phase": "with_person", "replied_at": event.occurred_at.isoformat()}), Withdraw(), Wake(None)]
         if isinstance(event, ev.MessageReceived) and waiting:
             if facts.extra.get("reply_quoted") and replied_here(event, facts, self.name) != run.subject:
                 return []  # it quotes another journey's or order's message: it answers that, not why they cancelled
@@ -149,6 +176,38 @@ class CodConfirmation:
         if isinstance(event, TimerFired) and run.status == "active":
             return self._timer(run, facts, config, now)
         return []
+
+    @staticmethod
+    def _answer_payload(event: ev.ButtonReplied, config: CodConfirmationConfig) -> bool:
+        return event.payload in config.confirm_payloads or event.payload in config.cancel_payloads or event.payload in config.cancel_reasons
+
+    @staticmethod
+    def _open_question(run: Run) -> bool:
+        """A run a tap could answer: its question went out and no choice closed it (or it waits for her reason)."""
+        return run.status == "active" and run.state.get("phase") in ("asked", "with_person", "cancel_reason")
+
+    def _unmatched(self, event: ev.ButtonReplied, run: Run, config: CodConfirmationConfig, meant: list[Run]) -> list[Command]:
+        """A Confirm or Cancel tap the runner could not tie to one message, while several of her COD
+        questions are open: acting on all would confirm or cancel every order, so none is changed. Each
+        open question stops asking (she did answer one of them) and a person asks her which order she
+        meant: the first run (in id order) opens one case naming them all, once per kind of tap."""
+        asking = run.state.get("phase") == "asked"
+        speaks = run.subject == meant[0].subject and run.state.get("unmatched_tap") != event.payload
+        state = {**({"phase": "with_person", "replied_at": event.occurred_at.isoformat()} if asking else {}),
+                 **({"unmatched_tap": event.payload} if speaks else {})}
+        commands: list[Command] = ([Update(state)] if state else []) + ([Withdraw(), Wake(None)] if asking else [])
+        if speaks:
+            tapped = "Confirm" if event.payload in config.confirm_payloads else "Cancel"
+            names = ", ".join(r.state.get("order_name") or f"#{r.subject.split(':', 1)[1]}" for r in meant)
+            commands.append(Handoff(f"customer tapped {tapped} on a COD question we could not match to one of her open COD orders "
+                                    f"({names}); none was changed: ask her which order she meant", waits=False))
+        return commands
+
+    def _answers_question(self, event: ev.MessageReceived, run: Run, facts: Facts) -> bool:
+        """Words (a photo, a voice note) that answer this run's open question and went to a person:
+        they quote its message, or quote nothing while its message is the one she got last."""
+        return (run.status == "active" and run.state.get("phase") == "asked" and bool(facts.extra.get("handed_off"))
+                and replied_here(event, facts, self.name) == run.subject)
 
     @staticmethod
     def _store_confirmed(order: ev.Order, run: Run, config: CodConfirmationConfig) -> bool:
@@ -206,6 +265,8 @@ class CodConfirmation:
         order_id = run.subject.split(":", 1)[1]
         if "reminders_sent" in facts.extra and not facts.extra["reminders_sent"]:
             return self._not_reached(run, facts, config, order_id)
+        if facts.extra.get("opted_out_at") is not None:
+            return self._opted_out(run, facts, config, order_id)
         commands: list[Command] = [Update({"choice": "no_answer"}), Wake(None)]
         if config.no_answer_action == "tag":
             commands.append(WriteBack("add_tags", order_id, {"tags": [config.unconfirmed_tag]}, "no_answer_tag"))
@@ -225,6 +286,17 @@ class CodConfirmation:
                          Handoff(f"COD order {self._order_name(run, facts)} could not be confirmed: none of our WhatsApp "
                                  "messages reached the customer; call them to confirm")]
         return commands + [Finish("not_reached")]
+
+    def _opted_out(self, run: Run, facts: Facts, config: CodConfirmationConfig, order_id: str) -> list[Command]:
+        """The deadline came and the customer is opted out (STOP). The question reached her, so she
+        opted out after it (nothing reaches an opted-out contact): that is no "no answer", and her
+        order is never cancelled for it; it is flagged for a call and a person hears of it."""
+        commands: list[Command] = [Update({"choice": "opted_out"}), Wake(None)]
+        if config.no_answer_action != "none":
+            commands += [WriteBack("add_tags", order_id, {"tags": [config.unconfirmed_tag]}, "no_answer_tag"),
+                         Handoff(f"COD order {self._order_name(run, facts)} was not confirmed: the customer opted out of our "
+                                 "WhatsApp messages (STOP) after we asked; call them to confirm")]
+        return commands + [Finish("opted_out")]
 
     @staticmethod
     def needs_sends(event: Any, run: Run, config: CodConfirmationConfig) -> bool:
@@ -250,15 +322,13 @@ class CodConfirmation:
     def _reply(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
         choice = run.state.get("choice")
         confirm = event.payload in config.confirm_payloads
-        if choice == "confirmed_by_store" and not self._cancelled(run, facts) and (
-                event.payload in config.cancel_payloads or event.payload in config.cancel_reasons):
-            # the store confirmed it with her (by phone); a Cancel now is for a person to sort out, not automatic
-            return [Update({"cancel_after_store_confirmed": event.occurred_at.isoformat()}),
-                    Handoff(f"customer tapped Cancel on COD order {self._order_name(run, facts)} after the store confirmed it")]
-        if choice not in (None, "no_answer") or (choice is None and self._cancelled(run, facts)):
-            return []  # locked: a second tap, or a tap after the order was cancelled, changes nothing
         if not confirm and event.payload not in config.cancel_payloads and event.payload not in config.cancel_reasons:
             return []
+        against = self._against(run, facts, confirm)
+        if against is not None:
+            return self._changed_mind(event, run, facts, config, confirm, against)
+        if choice not in (None, *AFTER_DEADLINE) or (choice is None and self._cancelled(run, facts)):
+            return []  # locked: the same tap again, or a Cancel of a cancelled order, changes nothing
         if self._shipped(run, facts):
             # it shipped before they answered: a Confirm only tags it (its status is the store's now), a Cancel goes to a person
             if not confirm:
@@ -267,32 +337,74 @@ class CodConfirmation:
             commands: list[Command] = [Update({"choice": "confirmed_late", "answered_at": event.occurred_at.isoformat()}),
                                        WriteBack("add_tags", order_id, {"tags": [config.confirm_tag]}, "late_confirm_tag")]
             return commands + ([Wake(None), Finish("confirmed")] if run.status == "active" else [])
-        if choice == "no_answer":
+        if choice in AFTER_DEADLINE:
             return self._after_no_answer(event, run, facts, config, now, confirm)
         if run.status != "active":
             return []
         return self._confirm(event, run, facts, config, "confirmed") if confirm else self._cancel(event, run, facts, config, now)
 
+    def _against(self, run: Run, facts: Facts, confirm: bool) -> str | None:
+        """What a tap goes against, as a person reads it: a Cancel after a Confirm (hers or the
+        store's) of an order still standing, a Confirm after a Cancel (hers or the store's). None: not that."""
+        choice = run.state.get("choice")
+        if not confirm and choice in CONFIRMED and not self._cancelled(run, facts):
+            return "after the store confirmed it" if choice == "confirmed_by_store" else "after confirming it"
+        if confirm and choice in CANCELLED:
+            return "after asking to cancel it" if choice == "cancel_too_late" else "after cancelling it"
+        if confirm and choice is None and self._cancelled(run, facts):
+            return "after the store cancelled it"
+        return None
+
+    def _changed_mind(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, confirm: bool,
+                      against: str) -> list[Command]:
+        """A tap against the locked choice: the choice stands (no flip, nothing written to the store), and
+        a person hears what she tapped on which order; the same change of mind again adds nothing."""
+        tapped = "confirm" if confirm else "cancel"
+        if run.state.get("changed_mind") == tapped:
+            return []  # her second such tap: the case has it
+        reason = f"customer tapped {tapped.capitalize()} on COD order {self._order_name(run, facts)} {against}"
+        if not confirm and self._shipped(run, facts):
+            reason += "; it has already shipped"
+        elif not confirm and self._stored(run, facts):
+            reason += "; not yet fulfilled"
+        elif run.state.get("choice") == "cancelled" and config.cancel_action == "tag":
+            reason += f" (her Cancel only tagged it {config.cancelled_tag})"
+        commands: list[Command] = [Update({"changed_mind": tapped, "changed_mind_at": event.occurred_at.isoformat(),
+                                           **({"awaiting_reply": False} if run.state.get("awaiting_reply") else {})})]
+        if run.status == "active":  # asked and cancelled by the store meanwhile, or waiting for her cancel reason: over
+            outcome = "order_cancelled" if run.state.get("choice") is None else "cancelled"
+            commands += [Wake(None), Finish(outcome)]
+        return commands + [Handoff(reason)]  # last: the run waits on the person (her next words join the case)
+
+    @staticmethod
+    def _stored(run: Run, facts: Facts) -> bool:
+        """Whether the facts carry this run's order as stored (so its fulfilment is known)."""
+        return facts.order is not None and facts.order.external_id == run.subject.split(":", 1)[1]
+
     def _after_no_answer(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime,
                          confirm: bool) -> list[Command]:
-        """A tap after the no-answer step, on an order that has not shipped: still the customer's choice.
+        """A tap after the no-answer step (or the opted-out one), on an order that has not shipped: still
+        the customer's choice.
 
         A tap made before the deadline (its webhook came after the timer) counts as answered in time.
-        A cancelled order cannot be confirmed back by us: that goes to a person.
+        A cancelled order cannot be confirmed back by us: that goes to a person. An opted-out
+        customer's order was only flagged (``no_answer_action`` other than "none"), never cancelled.
         """
         asked_at = run.state.get("asked_at")
         in_time = asked_at is not None and event.occurred_at < datetime.fromisoformat(asked_at) + timedelta(hours=config.answer_window_hours)
-        cancelled = (facts.order is not None and facts.order.cancelled) or config.no_answer_action == "cancel"
+        no_answer = run.state.get("choice") == "no_answer"
+        cancelled = (facts.order is not None and facts.order.cancelled) or (no_answer and config.no_answer_action == "cancel")
+        flagged = config.no_answer_action == "tag" if no_answer else config.no_answer_action != "none"
         if not confirm:  # cancelled already, or by the no-answer write-back on its way: nothing more to do
             return [] if cancelled else self._cancel(event, run, facts, config, now, late=True)
         choice = "confirmed" if in_time else "confirmed_late"
         if cancelled:
             when = "before the answer deadline" if in_time else "after the answer window"
             return [Update({"choice": choice, "answered_at": event.occurred_at.isoformat()}),
-                    Handoff(f"customer confirmed COD order {self._order_name(run, facts)} {when}, but it was cancelled "
-                            "for no answer: restore or re-create it if they still want it")]
+                    Handoff(f"customer confirmed COD order {self._order_name(run, facts)} {when}, but it was cancelled"
+                            f"{' for no answer' if no_answer else ''}: restore or re-create it if they still want it")]
         commands = self._confirm(event, run, facts, config, choice, tag_key="late_confirm_tag")
-        if config.no_answer_action == "tag":
+        if flagged:
             note = f"COD order confirmed on WhatsApp after it was tagged {config.unconfirmed_tag}: that tag no longer applies"
             commands.insert(-2, WriteBack("add_note", run.subject.split(":", 1)[1], {"note": note}, "unflag_note"))
         return commands

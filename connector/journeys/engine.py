@@ -65,9 +65,13 @@ class Facts:
     order: OrderFacts | None = None
     fulfillment: dict[str, Any] | None = None
     button_payload: str | None = None  # for a ButtonReplied routed to this run
-    # what else the runner knows: "stage", "marketing_ok", the reply's "reply_journey" / "reply_subject",
+    # what else the runner knows: "stage", "marketing_ok", "opted_out_at" (only while the contact is opted
+    # out: STOP), the reply's "reply_journey" / "reply_subject",
+    # "handed_off" (the event opened a case for a person, or joined one: handoffs.rules),
     # "reminders_sent" (credits_sent_reminders journeys), "open_runs" (follows_contact journeys: the
-    # contact's other active runs of the journey, as the event's own run decides), "order_runs" (an order
+    # contact's other active runs of the journey, as the event's own run decides), "reached_runs" (a tap
+    # that matched none of our messages, reaching several runs of a follows_contact journey: all of
+    # them, in id order, told alike to each, so they can tell which one it may mean), "order_runs" (an order
     # reaching several runs of a ``credits_one_run`` journey: each (run, when its reminders went out))
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -156,9 +160,12 @@ class Withdraw:
 
 @dataclass(frozen=True, slots=True)
 class Handoff:
-    """Hand the conversation to a person (e.g. a failed delivery); the run waits for them."""
+    """Hand the conversation to a person (e.g. a failed delivery); the run waits for them.
+    ``waits=False``: a person is told, but the run stays as it is (an active run still takes
+    the customer's taps and fires its timers)."""
 
     reason: str
+    waits: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -347,6 +347,8 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
             # whether a marketing message can reach them at all (the gate's consent rules), so a
             # journey counts only reminders the customer could get (checkout attribution)
             extra["marketing_ok"] = person.consent_marketing == "granted" and person.opted_out_at is None and bool(person.reachable)
+            if person.opted_out_at is not None:  # STOP: nothing reaches her now (a COD run must not take her silence for an answer)
+                extra["opted_out_at"] = person.opted_out_at
     return Facts(store_name=store.name or store.key, contact_id=contact_id, first_name=first_name, order=order,
                  fulfillment=fulfillment, extra=extra)
 
@@ -375,10 +377,13 @@ class JourneyRunner:
             stage = stage_after(event, current or "entry")
             if stage is not None and stage != current:
                 update_by_id(conn, CONTACTS, facts.contact_id, {"stage": stage, "updated_at": now})
+        handed_off = False
         for req in handoff_rules(event, facts.contact_id, store, facts.extra.get("reply_journey"), facts.extra.get("reply_subject"),
                                  quoted=bool(facts.extra.get("reply_quoted"))):
             flush(conn)  # the hand-off's context reads the contact and its runs from the database
-            open_handoff(conn, store, store_id, facts.contact_id, req, now)
+            handed_off = open_handoff(conn, store, store_id, facts.contact_id, req, now) is not None or handed_off
+        if handed_off:  # a person has her words now: the run they answer stops asking (COD confirmation)
+            facts = replace(facts, extra={**facts.extra, "handed_off": True})
         same_email: list[int] | None = None
         for name, config in store.enabled_journeys().items():
             journey = journeys().get(name)
@@ -405,6 +410,11 @@ class JourneyRunner:
             for other in others:
                 found = _found_run(conn, store_id, name, other)
                 targets.append((other, found, _with_sends(conn, store, store_id, journey, event, found, facts)))
+            if isinstance(event, ev.ButtonReplied) and facts.extra.get("reply_journey") is None and len(targets) > 1:
+                # a tap that matched none of our messages reaches all her runs: each is told of all of them,
+                # so a journey can act only when one run could be meant (one Cancel must not cancel every order)
+                reached = tuple(found[1] for _s, found, _f in targets if found is not None)
+                targets = [(s, found, replace(seen, extra={**seen.extra, "reached_runs": reached})) for s, found, seen in targets]
             for target, found, seen in _sharing_the_order(journey, event, targets):
                 commands = journey.decide(event, found[1] if found else None, seen, config, now)
                 applied += self._apply(conn, store, store_id, name, target, found, commands, seen, config, now)
@@ -485,7 +495,7 @@ class JourneyRunner:
                     state["outcome"], status = cmd.outcome, "finished"
                 elif isinstance(cmd, Handoff):
                     state.update(handoff_reason=cmd.reason, handoff_at=now.isoformat())
-                    status = "handoff"
+                    status = "handoff" if cmd.waits else status
             row = dict(store_id=store_id, journey=journey, subject=subject[:160], contact_id=contact_id, status=status,
                        state=state, holdout=holdout, started_at=now, updated_at=now, next_due_at=due)
             if current(conn) is not None:
@@ -498,7 +508,8 @@ class JourneyRunner:
                     return 0
             created = True
         if run_id is not None and not created and any(
-                isinstance(c, (Handoff, Withdraw)) or (isinstance(c, Finish) and c.skip_waiting) for c in commands):
+                isinstance(c, Withdraw) or (isinstance(c, Handoff) and c.waits) or (isinstance(c, Finish) and c.skip_waiting)
+                for c in commands):
             # the customer bought, answered, cancelled, opted out, or a person took over: what the
             # run queued earlier and is still waiting (a reminder held for the morning, a retry)
             # goes no further. This decision's own sends, below, are queued after.
@@ -540,7 +551,7 @@ class JourneyRunner:
                     update_by_id(conn, CONTACTS, contact_id, {"stage": cmd.stage, "updated_at": now})
             elif isinstance(cmd, Handoff):
                 state.update(handoff_reason=cmd.reason, handoff_at=now.isoformat())
-                values.update(status="handoff", state=state)
+                values.update(state=state, **({"status": "handoff"} if cmd.waits else {}))
                 handoffs.append(HandoffRequest(f"{journey}:{subject}", cmd.reason, journey, subject, stage=journey_stage(journey)))
         if values and run_id is not None and not created:
             values["updated_at"] = now

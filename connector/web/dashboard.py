@@ -235,7 +235,8 @@ def _funnels(stages: dict[str, Any]) -> list[dict[str, Any]]:
          "note": f"recovered revenue {c['payment_recovered_revenue']}"},
         {"title": "COD confirmation", "stage": "qualification", "steps": [("COD orders", q["cod_orders"]), ("asked", q["asked"]),
          ("confirmed", q["confirmed"])],
-         "note": f"cancelled {q['cancelled']}, no answer {q['no_answer']}, not reached {q['not_reached']}, median answer "
+         "note": f"cancelled {q['cancelled']}, no answer {q['no_answer']}, not reached {q['not_reached']}, "
+                 f"with a person {q['with_person']}, opted out {q['opted_out']}, median answer "
                  f"{'–' if q['median_minutes_to_answer'] is None else q['median_minutes_to_answer']} min"},
         {"title": "Delivery updates", "stage": "post_purchase", "steps": [("sent", p["updates_sent"]),
          ("delivered", p["updates_delivered"]), ("read", p["updates_read"])],

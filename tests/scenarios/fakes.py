@@ -77,6 +77,9 @@ class FakeWorld:
     notifications: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # calls without valid credentials
     whatsapp_down: bool = False  # True: the Cloud API answers 503 (an outage), and nothing reaches a phone
+    # True: the Cloud API takes each message (it reaches the phone) but its answer names no message id,
+    # as when the answer is lost: the connector cannot tell the message went out, nor match a reply to it
+    whatsapp_answer_lost: bool = False
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -105,6 +108,7 @@ class FakeWorld:
             self.woo_status.clear()
             self.shopify_cancelled.clear()
             self.whatsapp_down = False
+            self.whatsapp_answer_lost = False
 
     # ---- what scenarios read -------------------------------------------------------------
     def sent(self, to: str | None = None) -> list[WhatsAppSend]:
@@ -141,6 +145,8 @@ class FakeWorld:
             self.whatsapp.append(WhatsAppSend(request.path_params["phone_number_id"], str(body.get("to")), template.get("name"),
                                               tuple(params), tuple(buttons), body.get("biz_opaque_callback_data"), wamid))
         to = str(body.get("to", ""))
+        if self.whatsapp_answer_lost:
+            return JSONResponse({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to.lstrip("+")}]})
         return JSONResponse({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to.lstrip("+")}],
                              "messages": [{"id": wamid}]})
 

@@ -195,8 +195,10 @@ class Scenario:
         """The customer taps a quick reply of ``quoting``; ``times`` > 1: Meta delivers the same tap again."""
         self.post(self.tap_delivery(phone, payload, quoting), times=times)
 
-    def say(self, phone: str, text: str) -> None:
-        self.post(self.whatsapp_delivery(p.wa_text(self.phone_number_id, wa_id(phone), self._message_id(), text, self.now)))
+    def say(self, phone: str, text: str, quoting: WhatsAppSend | None = None) -> None:
+        """The customer writes; ``quoting``: the message of ours she replies to (else she quotes nothing)."""
+        self.post(self.whatsapp_delivery(p.wa_text(self.phone_number_id, wa_id(phone), self._message_id(), text, self.now,
+                                                   quoting.wamid if quoting else None)))
 
     def marketing_preference(self, phone: str, value: str) -> None:
         self.post(self.whatsapp_delivery(p.wa_marketing_preference(self.phone_number_id, wa_id(phone), value, self.now)))

@@ -148,9 +148,12 @@ def wa_button_tap(phone_number_id: str, wa_id: str, message_id: str, payload: st
     return env
 
 
-def wa_text(phone_number_id: str, wa_id: str, message_id: str, text: str, at: datetime) -> dict[str, Any]:
+def wa_text(phone_number_id: str, wa_id: str, message_id: str, text: str, at: datetime, context_wamid: str | None = None) -> dict[str, Any]:
+    """Words from the customer; ``context_wamid``: the message she quotes (a swipe-to-reply)."""
     env, msg = _inbound("inbound_text.pywa.json", phone_number_id, wa_id, message_id, at)
     msg["text"] = {"body": text}
+    if context_wamid:
+        msg["context"] = {"from": phone_number_id, "id": context_wamid}
     return env
 
 
