@@ -403,6 +403,13 @@ class JourneyRunner:
                 others = [o for o in others if o != subject]
                 if others:  # what the event's own run decides beside (a new run can take over an open one's ladder)
                     jfacts = replace(facts, extra={**facts.extra, "open_runs": tuple(_found_run(conn, store_id, name, o)[1] for o in others)})
+            elif isinstance(event, ev.CheckoutUpdated) and getattr(journey, "follows_contact", False) and facts.contact_id is not None \
+                    and subject is not None and _run(conn, store_id, name, subject) is None:
+                # a cart heard for the first time decides beside her open runs (the ladder her unpaid order already
+                # runs reminds her of this cart: checkout_recovery._order_laddering); they do not hear the cart
+                mine = [o for o in _active_subjects(conn, store_id, name, facts.contact_id) if o != subject]
+                if mine:
+                    jfacts = replace(facts, extra={**facts.extra, "open_runs": tuple(_found_run(conn, store_id, name, o)[1] for o in mine)})
             targets: list[tuple[str, tuple[int, Run, bool] | None, Facts]] = []
             if subject is not None:
                 found = _run(conn, store_id, name, subject)

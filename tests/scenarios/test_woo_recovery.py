@@ -139,8 +139,6 @@ def test_an_order_paid_soon_after_cart_reminders_still_credits_the_cart(sqlite_u
 
 # ---- item 3: one checkout, one ladder ------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="needs the runner to pass the contact's open runs (facts.extra['open_runs']) to a "
-                                       "CheckoutUpdated's decide; checkout_recovery._order_laddering is ready for it")
 def test_an_order_left_at_the_payment_step_and_its_abandoned_cart_run_one_ladder(sqlite_url, scenario, world):
     """She places the order and leaves at the card page; the plugin keeps her cart (it clears it only at processing)
     and posts it abandoned 15 minutes later. She gets each reminder once, with the order's pay link."""
