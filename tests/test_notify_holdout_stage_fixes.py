@@ -238,6 +238,17 @@ def test_a_second_orders_failed_delivery_puts_a_retention_customer_back_in_post_
     assert stage_after(ev.OrderPaid(order=_order_event("A", at)), "retention") is None
 
 
+def test_a_card_payment_authorised_for_capture_later_puts_her_in_post_purchase_not_conversion():
+    """Manual capture: the order is placed with its payment authorised, paid as far as she knows; her questions
+    belong to post-purchase (before, she sat in conversion, with the checkout desk, until the store captured)."""
+    from connector import events as ev
+    from connector.handoffs import stage_after
+
+    order = _order_event("A", T0).model_copy(update={"payment_state": ev.PaymentState.AUTHORIZED, "is_cod": False})
+    assert stage_after(ev.OrderPlaced(order=order), "entry") == "post_purchase"
+    assert stage_after(ev.OrderUpdated(order=order), "conversion") == "post_purchase"
+
+
 
 def _order_event(external_id: str, at: datetime):
     from decimal import Decimal
