@@ -98,12 +98,15 @@ def contact_by_email(conn: Connection, store_id: int, email: str | None) -> Any:
 
 # by the (store_id, wa_user_id) index (migration 0011); it runs only for a sender with neither
 # phone nor WhatsApp id (a username user, C9 of platform-facts)
+# a contact with a number first: one made from her id alone (she hid her number when she first wrote) and
+# the one her number was later seen on share the id, and what she does by id (a STOP) is for the latter
 _CONTACT_BY_USER_ID = (select(CONTACTS).where(CONTACTS.c.store_id == bindparam("sid"), CONTACTS.c.wa_user_id == bindparam("v"))
-                       .order_by(CONTACTS.c.id).limit(1))
+                       .order_by(CONTACTS.c.phone_e164.is_(None), CONTACTS.c.id).limit(1))
 
 
 def contact_by_user_id(conn: Connection, store_id: int, user_id: str) -> Any:
-    """This store's contact with that business-scoped user id (BSUID), the oldest; None if none.
+    """This store's contact with that business-scoped user id (BSUID): the oldest with a phone number,
+    else the oldest; None if none.
 
     As ``rows.contact_where``: a held-back change of the column is flushed first, and contacts
     whose INSERT is held back are looked at only when no stored one matches.
@@ -117,7 +120,7 @@ def contact_by_user_id(conn: Connection, store_id: int, user_id: str) -> Any:
     if row is not None:
         return cache.put("contacts", row)
     held = [r for r in cache.held_rows("contacts") if r.store_id == store_id and r["wa_user_id"] == user_id[:80]]
-    return min(held, key=lambda r: r.id) if held else None
+    return min(held, key=lambda r: (r["phone_e164"] is None, r.id)) if held else None
 
 
 def upsert_contact(

@@ -7,8 +7,9 @@ clock, fake WhatsApp and Shopify on 127.0.0.1): what the customer receives and w
 3. after STOP, WhatsApp's "resume" or the store's WhatsApp marketing consent, when newer, opts her
    back in as START does (her COD questions too); an older one arriving late does not, a STOP
    older than her "resume" does not undo it, and an SMS opt-in in the store is no answer to it;
-4. a tap on a quick reply that says STOP (a cart template's "Stop promotions" button) opts her out as
-   the typed word does; a journey's own button (COD Cancel) is its answer, whatever its label says.
+4. a tap on a quick reply that says STOP opts her out as the typed word does; a cart template's "Stop
+   promotions" button (its label as the payload) ends marketing only; a journey's own button (COD Cancel)
+   is its answer, whatever its label says.
 """
 
 from __future__ import annotations
@@ -257,7 +258,7 @@ def test_an_sms_opt_in_in_the_store_does_not_answer_a_stop_sent_on_whatsapp(sqli
     assert not _asked_about_order_2(sc)
 
 
-# ---- 4. a "Stop promotions" tap is an opt-out; a journey's own button is not -----------------------
+# ---- 4. a STOP or "Stop promotions" tap is an opt-out; a journey's own button is not --------------
 
 TAP_STORE = SimpleNamespace(
     policy=PolicySettings(stop_words=("stop", "cancel", "stop promotions")),

@@ -801,13 +801,17 @@ CHECKOUT_CASES = [
     # payment_recovery takes unpaid orders too (issue #4 item 5): the customer's consent, when the order is placed, decides
     Case("both take unpaid orders, she has marketing consent: the cart ladder", ev.OrderPlaced(order=woo("failed")), None,
          facts(woo("failed"), marketing_ok=True), SHARED, ["start:order:727", "wake:+30m"]),
-    Case("both take unpaid orders, no marketing consent: left to the pay reminder (the ladder could not reach her)",
-         ev.OrderPlaced(order=woo("failed")), None, facts(woo("failed"), marketing_ok=False), SHARED, []),
+    Case("both take unpaid orders, no marketing consent: left to the pay reminder (the ladder could not reach her); a silent "
+         "run keeps the cart the plugin posts for it from starting a ladder", ev.OrderPlaced(order=woo("failed")), None,
+         facts(woo("failed"), marketing_ok=False), SHARED, ["start:order:727", "wake:+1d"]),
     Case("both take unpaid orders: an update starts no ladder (decided when the order was placed)", ev.OrderUpdated(order=woo("failed")),
          None, facts(woo("failed"), marketing_ok=True), SHARED, []),
     # one checkout, one ladder (issue #4 item 3; the runner must pass open_runs with a checkout)
     Case("her unpaid order runs the ladder: the plugin's cart for it, posted abandoned later, starts no second one", checkout(),
          None, facts(open_runs=(run("checkout_recovery", UNPAID, subject="order:727"),)), CR, []),
+    Case("... her unpaid order went to the pay reminder (a silent run): the cart posted with an opt-in starts no ladder", checkout(),
+         None, facts(open_runs=(run("checkout_recovery", {"unpaid_order": "727", "pay_reminder": True, "sent": 0}, subject="order:727"),)),
+         CR, []),
     Case("... an unpaid order only waiting for its payment (no ladder of its own): the cart gets its ladder", checkout(), None,
          facts(open_runs=(run("checkout_recovery", {**UNPAID, "waits_for_payment": True}, subject="order:727"),)), CR,
          ["start:checkout:tok1", "wake:+30m"]),

@@ -82,7 +82,8 @@ class CheckoutRecoveryConfig(JourneyConfig):
     discount_from_step: int = Field(3, ge=1, le=3, description="first reminder (1-3) that carries the discount code")
     attribution_days: float = Field(7, gt=0)
     unpaid_orders: bool = Field(True, description="WooCommerce only: a pending/failed order runs this ladder with its pay link "
-                                                  "(payment_recovery then leaves it alone)")
+                                                  "(with payment_recovery taking them too, only for a customer with marketing "
+                                                  "consent; the pay reminder takes the others)")
     unpaid_orders_by_consent: bool = Field(False, description="set when the config is loaded: payment_recovery takes unpaid "
                                                               "orders too, so this ladder takes only those of customers with "
                                                               "marketing consent (``_common.cart_ladder_takes``)")
@@ -190,6 +191,8 @@ class CheckoutRecovery:
                 return [Wake(None), Finish("order_closed")]
             if run.state.get("waits_for_payment"):  # the cart's window is over and the order is still not paid
                 return [Wake(None), Finish("not_paid")]
+            if run.state.get("pay_reminder"):  # the pay reminder's order: no cart of hers stands beside it any more
+                return [Wake(None), Finish("pay_reminder")]
             return self._remind(run, facts, config, now)
         return []
 
@@ -267,7 +270,7 @@ class CheckoutRecovery:
                     or o.channel != ev.SalesChannel.ONLINE:  # staff's, a renewal, a till's: no cart left (the pay reminder's)
                 return []
             if not self._takes(event, facts, config):
-                return self._waits_for_payment(o, facts, config, now)
+                return self._waits_for_payment(o, facts, config, now, placed=isinstance(event, ev.OrderPlaced))
             abandoned_at, first = self._ladder_start(o.updated_at, config)
             state: dict[str, Any] = {
                 "abandoned_at": abandoned_at.isoformat(), "recovery_url": o.payment_url, "total": str(o.total), "currency": o.currency,
@@ -288,6 +291,8 @@ class CheckoutRecovery:
         if isinstance(event, ev.OrderCancelled) or o.cancelled_at is not None:
             return [Wake(None), Finish("order_cancelled")]
         if unpaid_order(o):
+            if run.state.get("pay_reminder") or run.state.get("waits_for_payment"):
+                return []  # a silent run: it keeps its own time
             if self._step(run) == 0:  # another try at paying: the customer is still at it
                 abandoned_at, first = self._ladder_start(o.updated_at, config)
                 return [Update({"abandoned_at": abandoned_at.isoformat()}), Wake(first)]
@@ -300,13 +305,20 @@ class CheckoutRecovery:
         takes them too, only a customer the ladder can reach (``_common.cart_ladder_takes``)."""
         return config.unpaid_orders and (not config.unpaid_orders_by_consent or cart_ladder_takes(event, facts))
 
-    def _waits_for_payment(self, o: ev.Order, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
+    def _waits_for_payment(self, o: ev.Order, facts: Facts, config: CheckoutRecoveryConfig, now: datetime,
+                           placed: bool = False) -> list[Command]:
         """An unpaid order this ladder leaves to the pay reminder (or to nobody), placed from a cart
         whose reminders went out: a run that sends nothing and waits out the cart's attribution
         window for the payment, so a payment that comes still credits the cart's reminders
         (``continues``), and an order that is never paid credits nothing."""
         cart = self._cart_reminded(facts, config, now)
         if cart is None or not int(cart.state.get("sent", 0)):
+            if placed and config.unpaid_orders and config.unpaid_orders_by_consent:
+                # the pay reminder has it (decided as it was placed): a silent run keeps the cart the plugin posts minutes later (with an
+                # opt-in that now lets the ladder reach her) from starting a second ladder (``_order_laddering``)
+                return [Start(f"order:{o.external_id}", facts.contact_id, {"unpaid_order": o.external_id, "pay_reminder": True,
+                                                                         "sent": 0}),
+                        Wake(now + CONTINUE_WITHIN)]
             return []
         state = {k: cart.state[k] for k in ("abandoned_at", "sent", "first_sent_at", "last_sent_at") if k in cart.state}
         last = cart.state.get("last_sent_at")
@@ -314,6 +326,13 @@ class CheckoutRecovery:
         return [Start(f"order:{o.external_id}", facts.contact_id, {**state, "step": self._step(cart), "continues": cart.subject,
                                                                  "unpaid_order": o.external_id, "waits_for_payment": True}),
                 Wake(ends)]
+
+    @staticmethod
+    def new_cart_sees_open_runs(config: CheckoutRecoveryConfig) -> bool:
+        """The runner's hook: a cart heard for the first time decides beside her open runs of this journey
+        (``facts.extra["open_runs"]``) only where an unpaid order can run the ladder (WooCommerce), so a
+        Shopify checkout costs no lookup of her runs."""
+        return config.order_before_payment and config.unpaid_orders
 
     def _order_laddering(self, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> bool:
         """Whether her unpaid order already runs this ladder (``facts.extra["open_runs"]``), so a cart heard

@@ -71,6 +71,8 @@ class PaymentRecovery:
     accepts_holdout: ClassVar[bool] = True  # a control run only misses its reminder: lift can be measured
     credits_sent_reminders: ClassVar[bool] = True  # a payment reaching a reminded run: facts.extra["reminders_sent"]
     follows_contact: ClassVar[bool] = True  # her later order reaches her waiting runs: it may replace theirs (``_replaced``)
+    # placed, and paid later: a WooCommerce retry is created pending and paid by an update (replies are not this journey's)
+    contact_events: ClassVar[tuple[type, ...]] = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.OrderDeleted):

@@ -60,7 +60,12 @@ _DUE = (select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.status ==
 _DUE_SKIP_LOCKED = _DUE.with_for_update(skip_locked=True, of=RUNS)
 _CONTACTS_BY_IDS = select(CONTACTS).where(CONTACTS.c.id.in_(bindparam("ids", expanding=True)))
 _ORDERS_BY_IDS = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
-CONTACT_ACTIVITY = (ev.OrderPlaced, ev.MessageReceived, ev.ButtonReplied)
+CONTACT_ACTIVITY = (ev.OrderPlaced, ev.MessageReceived, ev.ButtonReplied)  # what a follows_contact journey's other runs hear
+# (a journey may name its own: ``contact_events``)
+
+
+def _never(_config: Any) -> bool:
+    return False
 CONVERSIONS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)  # what can credit a run's reminders with an order
 REACHED = ob.REACHED_STATES  # WhatsApp took it: a reminder that went out
 # runs' steps by the unique (store_id, key) index, each with when it went out (``ob.SENT_AT``: its
@@ -326,7 +331,10 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
             if sent is not None and sent.journey:
                 answered = (sent.journey, (sent.payload or {}).get("subject"), sent.contact_id)
                 extra["reply_quoted"] = True  # it quotes one of this journey's messages: it answers that, no other
-        if answered is None and contact_id is not None and is_reply(event):
+        # a tap on a message we have no record of (its send's answer was lost) is not guessed by phone: the
+        # message she last got may be another order's question; the journeys' runs see it unmatched (``reached_runs``)
+        guess = not (isinstance(event, ev.ButtonReplied) and event.context_message_id)
+        if answered is None and contact_id is not None and is_reply(event) and guess:
             answered = _last_heard(conn, store, store_id, contact_id, event.occurred_at)
         if answered is not None:
             extra.update(reply_journey=answered[0], reply_subject=answered[1])
@@ -392,7 +400,8 @@ class JourneyRunner:
             subject = journey.subject(event, facts)
             others: list[str] = []
             jfacts = facts
-            if getattr(journey, "follows_contact", False) and facts.contact_id is not None and isinstance(event, CONTACT_ACTIVITY):
+            if getattr(journey, "follows_contact", False) and facts.contact_id is not None \
+                    and isinstance(event, getattr(journey, "contact_events", CONTACT_ACTIVITY)):
                 # the customer bought, wrote or tapped: the journey's other open runs for them hear it too;
                 # an order also reaches the runs of the same email under another phone
                 others = _active_subjects(conn, store_id, name, facts.contact_id)
@@ -403,8 +412,8 @@ class JourneyRunner:
                 others = [o for o in others if o != subject]
                 if others:  # what the event's own run decides beside (a new run can take over an open one's ladder)
                     jfacts = replace(facts, extra={**facts.extra, "open_runs": tuple(_found_run(conn, store_id, name, o)[1] for o in others)})
-            elif isinstance(event, ev.CheckoutUpdated) and getattr(journey, "follows_contact", False) and facts.contact_id is not None \
-                    and subject is not None and _run(conn, store_id, name, subject) is None:
+            elif isinstance(event, ev.CheckoutUpdated) and facts.contact_id is not None and subject is not None \
+                    and getattr(journey, "new_cart_sees_open_runs", _never)(config) and _run(conn, store_id, name, subject) is None:
                 # a cart heard for the first time decides beside her open runs (the ladder her unpaid order already
                 # runs reminds her of this cart: checkout_recovery._order_laddering); they do not hear the cart
                 mine = [o for o in _active_subjects(conn, store_id, name, facts.contact_id) if o != subject]
