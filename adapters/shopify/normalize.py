@@ -32,7 +32,7 @@ from adapters._parse import (
     req_str,
 )
 from adapters.cod_gateways import is_cod
-from adapters.shopify.delivery import delivery
+from adapters.shopify.delivery import delivery, sales_channel
 from adapters.shopify.payment_terms import payment_due
 from connector.config import ShopifyStore
 from connector.contacts import normalize_phone
@@ -138,7 +138,7 @@ def _order(o: Body, store: ShopifyStore) -> Order:
     if total is None:
         total = req_decimal(o, "total_price")
     line_items, needs_shipping = _order_lines(o)
-    channel = SalesChannel.POS if (get_str(o, "source_name") or "").lower() == "pos" else SalesChannel.ONLINE
+    channel = sales_channel(get_str(o, "source_name"))
     currency = req_str(o, "currency")
     charged, charged_in = _charged(o, currency)
     return Order(

@@ -97,6 +97,7 @@ class Line:
     quantity: int
     delivered_at: datetime | None
     fulfilled_at: datetime | None
+    subscription: bool = False  # a subscription's order (a renewal the store raises itself)
 
     @property
     def key(self) -> str:
@@ -113,9 +114,12 @@ def _history_query(store_id: int, contact_ids: list[int] | None, *, sqlite_scan:
     statistics (a freshly loaded table) it was planned as a walk over every fulfilment of the
     store per line: 24 s for 10,000 orders.
     """
-    placed, cancelled = (type_coerce(O.c.placed_at, String), type_coerce(O.c.cancelled_at, String)) if raw_times else (O.c.placed_at,
-                                                                                                                    O.c.cancelled_at)
-    cols = (O.c.contact_id, O.c.external_id, placed, cancelled, L.c.product_id, L.c.variant_id, L.c.sku, L.c.title, L.c.quantity)
+    placed = type_coerce(O.c.placed_at, String) if raw_times else O.c.placed_at
+    # called off: cancelled, or its money returned or never taken (a WooCommerce refund keeps the
+    # order's lines; they are no purchase, and a window planned on them is cancelled)
+    called_off = or_(O.c.cancelled_at.is_not(None), *(O.c.payment_state == state for state in CALLED_OFF_STATES)).label("called_off")
+    cols = (O.c.contact_id, O.c.external_id, placed, called_off, (O.c.channel == ev.SalesChannel.SUBSCRIPTION.value).label("subscription"),
+            L.c.product_id, L.c.variant_id, L.c.sku, L.c.title, L.c.quantity)
     source = O.join(L, L.c.order_id == O.c.id)
     if contact_ids is None:
         per_order = (select(F.c.order_external_id, func.min(F.c.delivered_at).label("delivered_at"),
@@ -138,13 +142,15 @@ def _history_query(store_id: int, contact_ids: list[int] | None, *, sqlite_scan:
     # lines) instead of walking the orders by customer through an index (13 s).
     in_store = (O.c.store_id + 0) == store_id if sqlite_scan else O.c.store_id == store_id
     # a purchase: COD (paid at the door), paid, or shipped; a prepaid order left unpaid never
-    # reaches the customer, so it opens no window and learns no cycle (until it is paid)
-    bought = or_(O.c.is_cod.is_(True), and_(*(O.c.payment_state != state for state in UNPAID_STATES)), shipped)
+    # reaches the customer, so it opens no window and learns no cycle (until it is paid). Orders
+    # called off are read too (as no purchase), so that a window planned before is cancelled.
+    bought = or_(O.c.is_cod.is_(True), and_(*(O.c.payment_state != state for state in UNPAID_STATES)), shipped, called_off)
     return q.where(in_store, O.c.contact_id.is_not(None), O.c.test.is_(False), bought).order_by(
         O.c.contact_id, O.c.placed_at, O.c.id, L.c.id)
 
 
 UNPAID_STATES = ("pending", "failed", "voided")
+CALLED_OFF_STATES = ("refunded", "voided")  # the money went back (a return) or was never taken
 
 
 def _per_contact(rows: Iterable[Any], parse: Any = None) -> Iterator[tuple[int, list[Line]]]:
@@ -155,15 +161,15 @@ def _per_contact(rows: Iterable[Any], parse: Any = None) -> Iterator[tuple[int, 
     """
     current: int | None = None
     lines: list[Line] = []
-    for contact_id, external_id, placed_at, cancelled_at, product_id, variant_id, sku, title, quantity, delivered_at, fulfilled_at in rows:
+    for contact_id, external_id, placed_at, called_off, subscription, product_id, variant_id, sku, title, quantity, delivered_at, fulfilled_at in rows:
         if contact_id != current:
             if current is not None:
                 yield current, lines
             current, lines = contact_id, []
         if parse is not None:
             placed_at, delivered_at, fulfilled_at = parse(placed_at), parse(delivered_at), parse(fulfilled_at)
-        lines.append(Line(external_id, placed_at, cancelled_at is not None, product_id, variant_id, sku, title or "",
-                          max(1, quantity or 1), delivered_at, fulfilled_at))
+        lines.append(Line(external_id, placed_at, bool(called_off), product_id, variant_id, sku, title or "",
+                          max(1, quantity or 1), delivered_at, fulfilled_at, bool(subscription)))
     if current is not None:
         yield current, lines
 
@@ -243,6 +249,12 @@ def _products(lines: list[Line]) -> Iterator[tuple[str, list[Line], list[float]]
         yield key, purchases, intervals_in_order(purchases) if len(purchases) >= 2 else []
 
 
+def _on_subscription(purchases: list[Line]) -> bool:
+    """Whether the customer gets this product on a subscription: the store sends the next one by
+    itself, so "reorder in one tap" days before a renewal would ask for a second box."""
+    return any(p.subscription for p in purchases)
+
+
 def plan_contact(contact_id: int, lines: list[Line], book: CycleBook, config: ReorderConfig, now: datetime, plan: Plan) -> None:
     """Windows for one customer's history (pure apart from filling ``plan``)."""
     plan.cancelled_orders.update(line.order_external_id for line in lines if line.cancelled)
@@ -250,6 +262,8 @@ def plan_contact(contact_id: int, lines: list[Line], book: CycleBook, config: Re
         latest = purchases[-1]
         for before, after in zip(purchases, purchases[1:]):
             plan.reordered.append({"o": before.order_external_id, "k": key, "by": after.order_external_id, "now": now})
+        if _on_subscription(purchases):
+            continue
         found = book.resolve(key=key, product_id=latest.product_id, variant_id=latest.variant_id, sku=latest.sku, customer=cadence(gaps))
         if found is None:
             continue  # nothing knows this product's cycle yet
@@ -282,13 +296,19 @@ def _scan_contact(contact_id: int, lines: list[Line], book: CycleBook, config: R
     tag or the customer's own cadence already decides is planned now (learned cycles come
     last in the precedence, so they could not change it); the others wait in ``deferred``.
     Each product's per-unit intervals go to ``intervals``, as ``learn_cycles`` collects them.
-    Earlier purchases are not listed as reordered: the full scan marks those in SQL.
+    Earlier purchases are not listed as reordered: the full scan marks those in SQL, from the later
+    window; a product on subscription has none, so the purchase before its latest is listed.
     """
     plan.cancelled_orders.update(line.order_external_id for line in lines if line.cancelled)
     for key, purchases, gaps in _products(lines):
         latest = purchases[-1]
         if gaps:
             intervals[key].append(gaps)
+        if _on_subscription(purchases):
+            if len(purchases) >= 2:  # no later window to mark it in SQL: the purchase before is marked here
+                before = purchases[-2]
+                plan.reordered.append({"o": before.order_external_id, "k": key, "by": latest.order_external_id, "now": now})
+            continue
         found = book.resolve(key=key, product_id=latest.product_id, variant_id=latest.variant_id, sku=latest.sku, customer=cadence(gaps))
         if found is None:
             deferred.append((contact_id, sys.intern(key), _compact(latest)))
@@ -301,7 +321,7 @@ def _compact(line: Line) -> Line:
     intern = sys.intern
     return Line(line.order_external_id, line.placed_at, line.cancelled, line.product_id and intern(line.product_id),
                 line.variant_id and intern(line.variant_id), line.sku and intern(line.sku), intern(line.title), line.quantity,
-                line.delivered_at, line.fulfilled_at)
+                line.delivered_at, line.fulfilled_at, line.subscription)
 
 
 def learn_cycles(histories: Iterable[tuple[int, list[Line]]], min_repeat_buyers: int) -> dict[str, tuple[float, int]]:
@@ -372,7 +392,7 @@ _MARK_CANCELLED = (
 )
 
 
-def _write(conn: Connection, store_id: int, plan: Plan, now: datetime, *, marks: bool = True) -> None:
+def _write(conn: Connection, store_id: int, plan: Plan, now: datetime) -> None:
     if plan.windows:
         dialect = conn.dialect.name
         t = _sqlite_text if dialect == "sqlite" else _utc
@@ -385,7 +405,7 @@ def _write(conn: Connection, store_id: int, plan: Plan, now: datetime, *, marks:
             for i in range(0, len(params), PG_ROWS_PER_STATEMENT):
                 chunk = params[i:i + PG_ROWS_PER_STATEMENT]
                 conn.exec_driver_sql(_upsert_sql(dialect, len(chunk)), tuple(v for row in chunk for v in row))
-    if marks and plan.reordered:
+    if plan.reordered:
         conn.execute(_MARK_REORDERED, [{"sid": store_id, **r} for r in plan.reordered])
     if plan.cancelled_orders:
         conn.execute(_MARK_CANCELLED, [{"sid": store_id, "o": o, "now": now} for o in plan.cancelled_orders])
@@ -483,7 +503,7 @@ def _full(db: Database, store_id: int, config: ReorderConfig, now: datetime) -> 
         report.windows += len(plan.windows)
         plan.windows.sort(key=_UNIQUE)  # in the unique index's order: each batch touches its pages once, in order
         with db.write_lock(), writer.begin():
-            _write(writer, store_id, plan, now, marks=False)
+            _write(writer, store_id, plan, now)
             if final:
                 _store_learned(writer, store_id, learned, now)
                 _mark_all_reordered(writer, store_id, now)

@@ -1,0 +1,155 @@
+"""Reorder reminders that must not go out: a refunded order, a subscription's renewal, a product the
+store no longer sells, a customer who already reordered (under another number, or awaiting payment).
+Each drives the real webhook path, then the reorder tick, and checks what the customer would get."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from connector.config import parse_settings
+from connector.reorder.windows import open_due_windows, refresh_windows, run_reorder_tick
+from connector.storage import models as m
+from tests.conftest import FIXTURES, PHONE_ID_WOO, SECRETS, settings_dict
+from tests.helpers import dumps, load_json, running_app, woo_headers
+from tests.test_reorder import TEMPLATES, T0, Clock, _consent, _order, _outbox, _post, _settings, _start
+
+
+def _statuses(runtime) -> dict[tuple[str, str], str]:
+    with runtime.db.engine.connect() as conn:
+        return {(w.order_external_id, w.product_key): w.status for w in conn.execute(select(m.ReorderWindow))}
+
+
+def _woo(order_id: int, at: datetime, status: str, *, created_via: str = "checkout", phone: str = "+1 650 253 0000",
+         paid: bool = True) -> dict:
+    """The docs' example order (products 93 x2 and 22 x1) as ``order_id``, placed at ``at``."""
+    woo = load_json(FIXTURES / "woocommerce" / "order.created.rest-v3-docs-example.json")
+    stamp = at.strftime("%Y-%m-%dT%H:%M:%S")
+    woo.update(id=order_id, number=str(order_id), status=status, created_via=created_via, date_created_gmt=stamp, date_modified_gmt=stamp,
+               date_paid_gmt=stamp if paid else None, date_paid=stamp if paid else None)
+    woo["billing"] = {**woo["billing"], "phone": phone}
+    return woo
+
+
+def _wpost(client, topic: str, body: dict) -> None:
+    raw = dumps(body)
+    r = client.post("/webhooks/woocommerce/woo", content=raw, headers=woo_headers(raw, SECRETS["woo"], topic))
+    assert r.status_code == 200, r.text
+
+
+def _woo_settings(db_url: str, **journey):
+    raw = settings_dict(db_url)
+    raw["stores"][2].update(templates=TEMPLATES, policy={"quiet_hours": ""},
+                            journeys={"reorder": {"cycles": {"93": "30d", "22": "30d", "23": "30d"}, "follow_up_days": None, **journey}})
+    return parse_settings(raw, environ={})
+
+
+# ---- 7. a refunded order is no purchase -------------------------------------------------------
+@pytest.mark.parametrize("full", [False, True], ids=["incremental tick", "daily full scan"])
+def test_a_refunded_woocommerce_order_gets_no_reorder_reminder(db_url, full):
+    """WooCommerce keeps a refunded order's lines (the refund is an object of its own): the order,
+    returned and refunded five days after it was placed, still read as two products bought, and the
+    customer was asked to reorder them. Its windows, planned before the refund, are cancelled."""
+    settings = _woo_settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["woo"], settings.stores[2]
+        _wpost(client, "order.created", _woo(8101, T0, "processing"))
+        _start(client, "16502530000", PHONE_ID_WOO, T0)
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        assert set(_statuses(runtime).values()) == {"pending"}
+        clock.now += timedelta(days=5)
+        refunded = _woo(8101, T0, "refunded")
+        refunded["date_modified_gmt"] = clock.now.strftime("%Y-%m-%dT%H:%M:%S")
+        _wpost(client, "order.updated", refunded)
+        runtime.processor.drain()
+        refresh_windows(runtime.db, store, sid, clock.now, full=full)
+        clock.now = T0 + timedelta(days=31, hours=1)  # product 22's window (4 d transit + 30 d - 3 d lead)
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        clock.now = T0 + timedelta(days=61, hours=1)  # and two packs of 93
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+    assert _outbox(runtime) == []
+    assert _statuses(runtime) == {("8101", "p:22"): "cancelled", ("8101", "p:93"): "cancelled"}
+
+
+def test_a_fully_refunded_shopify_order_whose_lines_stay_gets_no_reorder_reminder(db_url):
+    """A Shopify refund of the money alone (no line refunded or restocked) leaves ``current_quantity``
+    as it was; ``financial_status: refunded`` is what says the purchase was undone."""
+    settings = _settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        order = _order(6301, T0, qty=1)
+        _post(client, "orders/create", order)
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        clock.now += timedelta(days=6)
+        _post(client, "orders/updated", {**order, "financial_status": "refunded", "updated_at": clock.now.isoformat()})
+        runtime.processor.drain()
+        clock.now = T0 + timedelta(days=32)
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+    assert _outbox(runtime) == []
+    assert _statuses(runtime) == {("6301", "p:9001"): "cancelled"}
+
+
+# ---- 6. a subscription renews by itself -------------------------------------------------------
+def test_a_woocommerce_subscriber_is_not_asked_to_reorder_what_renews_by_itself(db_url):
+    """The first box is a checkout order, the next a renewal the store raises itself (``created_via:
+    subscription``): no window for the renewal, so no "reorder in one tap" three days before the next one."""
+    settings = _woo_settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["woo"], settings.stores[2]
+        _wpost(client, "order.created", _woo(8201, T0, "processing"))
+        _start(client, "16502530000", PHONE_ID_WOO, T0)
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        clock.now = T0 + timedelta(days=30)
+        _wpost(client, "order.created", _woo(8202, clock.now, "processing", created_via="subscription"))
+        runtime.processor.drain()
+        for day in (30, 61, 62, 92):
+            clock.now = T0 + timedelta(days=day, hours=1)
+            run_reorder_tick(runtime.db, store, sid, clock.now)
+        with runtime.db.engine.connect() as conn:
+            runs = conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "reorder")).all()
+    assert _outbox(runtime) == [] and runs == []
+    assert _statuses(runtime) == {("8201", "p:22"): "reordered", ("8201", "p:93"): "reordered"}
+
+
+def test_a_shopify_order_raised_by_a_subscription_contract_gets_no_reorder_reminder(db_url):
+    settings = _settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        renewal = _order(6101, T0, qty=1)
+        renewal["source_name"] = "subscription_contract_checkout_one"
+        _post(client, "orders/create", renewal)
+        runtime.processor.drain()
+        for day in (0, 32, 33):
+            clock.now = T0 + timedelta(days=day)
+            run_reorder_tick(runtime.db, store, sid, clock.now)
+        with runtime.db.engine.connect() as conn:
+            channel = conn.execute(select(m.Order.channel)).scalar_one()
+    assert channel == "subscription"
+    assert _outbox(runtime) == [] and _statuses(runtime) == {}
+
+
+@pytest.mark.parametrize("source, channel", [("subscription_contract", "subscription"), ("subscription_contract_checkout_one", "subscription"),
+                                             ("pos", "pos"), ("web", "online"), (None, "online")])
+def test_shopify_source_name_names_the_sales_channel_in_webhooks_and_the_reconcile(source, channel):
+    from adapters.shopify import graphql
+    from adapters.shopify.normalize import normalize
+
+    store = parse_settings(settings_dict("sqlite://"), environ={}).stores[0]
+    [event] = normalize("orders/create", {**_order(6101, T0), "source_name": source}, store)
+    assert event.order.channel.value == channel
+    assert graphql.sales_channel(source).value == channel  # the reconcile's ``sourceName`` reads the same
