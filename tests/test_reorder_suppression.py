@@ -153,3 +153,73 @@ def test_shopify_source_name_names_the_sales_channel_in_webhooks_and_the_reconci
     [event] = normalize("orders/create", {**_order(6101, T0), "source_name": source}, store)
     assert event.order.channel.value == channel
     assert graphql.sales_channel(source).value == channel  # the reconcile's ``sourceName`` reads the same
+
+
+# ---- 5. a product the store no longer sells ---------------------------------------------------
+def _neem(status: str = "active", tags: str = "replenish:30d", at: datetime = T0) -> dict:
+    return {"id": 9001, "title": "Neem face wash", "tags": tags, "status": status, "updated_at": at.isoformat()}
+
+
+@pytest.mark.parametrize("change", ["archived", "draft", "tag removed"])
+def test_no_reorder_reminder_for_a_product_archived_or_whose_replenish_tag_was_removed(db_url, change):
+    """The window was planned from the product's ``replenish:30d`` tag; two days later the merchant
+    archives the product (or makes it a draft, or takes the tag off). Before, the window stayed
+    pending and the customer got a cart link to a product no longer for sale."""
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(templates=TEMPLATES, policy={"quiet_hours": ""}, journeys={"reorder": {"lead_days": 3}})
+    settings = parse_settings(raw, environ={})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "products/update", _neem())
+        _post(client, "orders/create", _order(6001, T0, qty=1))
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        assert _statuses(runtime) == {("6001", "p:9001"): "pending"}
+        clock.now += timedelta(days=2)
+        _post(client, "products/update", _neem(tags="", at=clock.now) if change == "tag removed" else _neem(change, at=clock.now))
+        runtime.processor.drain()
+        for day in (3, 32, 33):
+            clock.now = T0 + timedelta(days=day)
+            run_reorder_tick(runtime.db, store, sid, clock.now)
+    assert _outbox(runtime) == []
+    assert _statuses(runtime) == {("6001", "p:9001"): "cancelled"}
+
+
+def _woo_product(pid: int, status: str = "publish", stock: str = "instock", at: datetime = T0) -> dict:
+    return {"id": pid, "name": f"Product {pid}", "tags": [], "status": status, "stock_status": stock,
+            "date_modified_gmt": at.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def test_a_woocommerce_product_binned_gets_no_reminder_and_one_sold_out_waits_until_it_is_back(db_url):
+    """Product 22 is moved to the bin: its window is cancelled at once. Product 93 is sold out when its
+    window comes: nothing goes out while it is; back in stock a day later, the reminder goes."""
+    settings = _woo_settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["woo"], settings.stores[2]
+        _wpost(client, "order.created", _woo(8401, T0, "processing"))
+        _start(client, "16502530000", PHONE_ID_WOO, T0)
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        clock.now += timedelta(days=10)
+        _wpost(client, "product.updated", _woo_product(22, status="trash", at=clock.now))
+        _wpost(client, "product.updated", _woo_product(93, stock="outofstock", at=clock.now))
+        runtime.processor.drain()
+        assert _statuses(runtime) == {("8401", "p:22"): "cancelled", ("8401", "p:93"): "pending"}
+        clock.now = T0 + timedelta(days=61, hours=1)  # 93's window: 4 d transit + 2 x 30 d - 3 d lead
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        clock.now += timedelta(hours=7)
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        held = (_outbox(runtime), _statuses(runtime))
+        clock.now += timedelta(hours=17)
+        _wpost(client, "product.updated", _woo_product(93, at=clock.now))  # restocked
+        runtime.processor.drain()
+        clock.now += timedelta(hours=6)
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+    assert held == ([], {("8401", "p:22"): "cancelled", ("8401", "p:93"): "pending"})
+    assert [(o.payload["subject"], o.status) for o in _outbox(runtime)] == [("reorder:8401:p:93", "pending")]
+    assert _statuses(runtime) == {("8401", "p:22"): "cancelled", ("8401", "p:93"): "opened"}

@@ -15,7 +15,15 @@ that marks it opened (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several worke
 open one twice; the run and outbox keys make a second try harmless anyway). A window that
 came due more than ``late_days`` ago (history imported after the fact) is ``expired``
 instead of messaged, and one whose product is no longer a line of its order (an order edit
-removed it, or it was refunded and restocked) is ``cancelled``.
+removed it, or it was refunded and restocked) or is no longer sold is ``cancelled``. One whose
+product is sold out is held: checked again ``SOLD_OUT_RECHECK`` later, so it opens once the
+product is back in stock, or expires when that comes more than ``late_days`` after the window's
+time (the daily full scan puts its time back).
+
+A refunded or voided order is no purchase, like a cancelled one; a product the customer gets on
+a subscription (its renewals raised by the store) opens no window. At the end of a full scan, a
+pending window it did not plan (no cycle names its product any more, the product is not sold)
+is cancelled.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ O: Table = m.Order.__table__  # type: ignore[assignment]
 L: Table = m.OrderLine.__table__  # type: ignore[assignment]
 F: Table = m.Fulfillment.__table__  # type: ignore[assignment]
 C: Table = m.ProductCycle.__table__  # type: ignore[assignment]
+PA: Table = m.ProductAvailability.__table__  # type: ignore[assignment]
 RUNS: Table = m.JourneyRun.__table__  # type: ignore[assignment]
 HANDOFFS: Table = m.Handoff.__table__  # type: ignore[assignment]
 
@@ -437,13 +446,22 @@ def _mark_all_reordered(conn: Connection, store_id: int, now: datetime) -> None:
     )
 
 
+def _cancel_unplanned(conn: Connection, store_id: int, now: datetime) -> None:
+    """Full scan, last: a window still pending that this scan did not plan (every planned one was
+    stamped ``now``) belongs to a purchase no cycle names any more (a ``replenish:`` tag removed, a
+    product no longer sold) or that is no purchase now: it is cancelled, not left to remind."""
+    conn.execute(update(W).where(W.c.store_id == store_id, W.c.status == "pending", W.c.updated_at < now)
+                 .values(status="cancelled", updated_at=now))
+
+
 def _book(conn: Connection, store_id: int, config: ReorderConfig, learned: dict[str, float] | None = None) -> CycleBook:
     tags: dict[str, float] = {}
     stored: dict[str, float] = {}
     for row in conn.execute(select(C.c.product_key, C.c.source, C.c.cycle_days).where(C.c.store_id == store_id)):
         (tags if row.source == "tag" else stored)[row.product_key] = row.cycle_days
+    unavailable = frozenset(conn.execute(select(PA.c.product_key).where(PA.c.store_id == store_id, PA.c.available.is_(False))).scalars())
     return CycleBook(config=config.cycles, tags=tags, learned=stored if learned is None else learned,
-                     min_days=config.min_cycle_days, max_days=config.max_cycle_days)
+                     min_days=config.min_cycle_days, max_days=config.max_cycle_days, unavailable=unavailable)
 
 
 def _store_learned(conn: Connection, store_id: int, learned: dict[str, tuple[float, int]], now: datetime) -> None:
@@ -507,6 +525,7 @@ def _full(db: Database, store_id: int, config: ReorderConfig, now: datetime) -> 
             if final:
                 _store_learned(writer, store_id, learned, now)
                 _mark_all_reordered(writer, store_id, now)
+                _cancel_unplanned(writer, store_id, now)
         plan = Plan()
 
     with _history(db, store_id) as histories, _scan_writer(db) as writer:
@@ -651,6 +670,20 @@ def _still_bought(conn: Connection, store_id: int, windows: list[Any]) -> set[tu
     return found
 
 
+SOLD_OUT_RECHECK = timedelta(hours=6)
+
+
+def _not_buyable(conn: Connection, store_id: int, windows: list[Any]) -> dict[str, bool]:
+    """{product key: available} of these windows' products that cannot be bought now (no longer
+    sold, or sold out); one query for the lot."""
+    keys = sorted({w.product_key for w in windows})
+    found: dict[str, bool] = {}
+    for i in range(0, len(keys), 500):
+        rows = conn.execute(select(PA.c.product_key, PA.c.available).where(PA.c.store_id == store_id, PA.c.product_key.in_(keys[i:i + 500])))
+        found.update((key, bool(available)) for key, available in rows)
+    return found
+
+
 def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, limit: int = 500,
                      runner: JourneyRunner | None = None) -> OpenReport:
     """Open up to ``limit`` due windows into the reorder journey; call until it opens none."""
@@ -667,13 +700,17 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
             query = query.with_for_update(skip_locked=True)
         rows = conn.execute(query).all()
         bought = _still_bought(conn, store_id, rows)
-        expired, opened, gone = [], [], []
+        not_buyable = _not_buyable(conn, store_id, rows) if rows else {}
+        expired, opened, gone, held = [], [], [], []
         for w in rows:
-            if (w.order_external_id, w.product_key) not in bought:
+            if (w.order_external_id, w.product_key) not in bought or not not_buyable.get(w.product_key, True):
                 gone.append({"_id": w.id})
                 continue
             if w.opens_at < late:
                 expired.append({"_id": w.id})
+                continue
+            if w.product_key in not_buyable:  # sold out: held (checked again later) until it is back or the window is too late
+                held.append({"_id": w.id})
                 continue
             busy = busy_with(conn, store_id, w.contact_id, now)
             event = ev.ReorderWindowOpened(
@@ -687,6 +724,8 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="cancelled", updated_at=now), gone)
         if expired:
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="expired", updated_at=now), expired)
+        if held:
+            conn.execute(update(W).where(W.c.id == bindparam("_id")).values(opens_at=now + SOLD_OUT_RECHECK, updated_at=now), held)
         if opened:
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="opened", opened_at=now, updated_at=now), opened)
     report.opened, report.expired = len(opened), len(expired)
