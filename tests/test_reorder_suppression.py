@@ -223,3 +223,63 @@ def test_a_woocommerce_product_binned_gets_no_reminder_and_one_sold_out_waits_un
     assert held == ([], {("8401", "p:22"): "cancelled", ("8401", "p:93"): "pending"})
     assert [(o.payload["subject"], o.status) for o in _outbox(runtime)] == [("reorder:8401:p:93", "pending")]
     assert _statuses(runtime) == {("8401", "p:22"): "cancelled", ("8401", "p:93"): "opened"}
+
+
+# ---- 8. she already reordered -----------------------------------------------------------------
+@pytest.mark.parametrize("same", ["customer account", "email"])
+def test_no_reminder_when_she_already_reordered_under_another_phone_number(db_url, same):
+    """Her reorder came with another phone number (so another contact), but the same Shopify customer
+    account, or only the same email (a guest checkout). Before, the first window opened anyway and she was
+    asked to reorder what she bought twelve days earlier."""
+    settings = _settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", _order(6201, T0, qty=1))
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        clock.now = T0 + timedelta(days=19)
+        again = _order(6202, clock.now, qty=1, phone="+91 99000 11111",
+                       customer_id=115310627314723954 if same == "customer account" else 4242)
+        again["customer"]["phone"] = None
+        _post(client, "orders/create", again)
+        runtime.processor.drain()
+        for day in (19, 32, 33):
+            clock.now = T0 + timedelta(days=day, hours=1)
+            run_reorder_tick(runtime.db, store, sid, clock.now)
+        with runtime.db.engine.connect() as conn:
+            contacts = conn.execute(select(m.Order.external_id, m.Order.contact_id).order_by(m.Order.id)).all()
+            first = conn.execute(select(m.ReorderWindow).where(m.ReorderWindow.order_external_id == "6201")).one()
+    assert contacts[0][1] != contacts[1][1]  # two contacts: the phone numbers differ
+    assert _outbox(runtime) == []
+    assert (first.status, first.reorder_order_id) == ("reordered", "6202")
+
+
+def test_no_reminder_while_her_bank_transfer_reorder_is_on_hold_and_nothing_is_credited(db_url):
+    """A WooCommerce reorder paid by bank transfer waits ``on-hold`` (unpaid) until the money comes: it is
+    no purchase for the scans yet, but she has reordered, so no reminder goes out; with no reminder,
+    no run exists to credit the reorder's revenue to."""
+    settings = _woo_settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["woo"], settings.stores[2]
+        _wpost(client, "order.created", _woo(8301, T0, "processing"))
+        _start(client, "16502530000", PHONE_ID_WOO, T0)
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        clock.now = T0 + timedelta(days=25)
+        bacs = _woo(8302, clock.now, "on-hold", paid=False)
+        bacs["payment_method"], bacs["payment_method_title"] = "bacs", "Direct bank transfer"
+        _wpost(client, "order.created", bacs)
+        runtime.processor.drain()
+        for day in (25, 31, 61, 62):
+            clock.now = T0 + timedelta(days=day, hours=1)
+            run_reorder_tick(runtime.db, store, sid, clock.now)
+        with runtime.db.engine.connect() as conn:
+            runs = conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "reorder")).all()
+            by = {w.product_key: w.reorder_order_id for w in conn.execute(select(m.ReorderWindow))}
+    assert _outbox(runtime) == [] and runs == []
+    assert _statuses(runtime) == {("8301", "p:22"): "reordered", ("8301", "p:93"): "reordered"} and by == {"p:22": "8302", "p:93": "8302"}

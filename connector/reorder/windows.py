@@ -23,7 +23,9 @@ time (the daily full scan puts its time back).
 A refunded or voided order is no purchase, like a cancelled one; a product the customer gets on
 a subscription (its renewals raised by the store) opens no window. At the end of a full scan, a
 pending window it did not plan (no cycle names its product any more, the product is not sold)
-is cancelled.
+is cancelled. A due window whose customer ordered the product again since (under another number
+with the same email or platform customer id, or an order still awaiting payment, such as a bank
+transfer on hold) is ``reordered`` without a reminder.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any
 from sqlalchemy import Connection, String, Table, and_, bindparam, exists, func, literal, or_, select, true, tuple_, type_coerce, union_all, update
 
 from connector import events as ev
+from connector.contacts import email_key
 from connector.handoffs import REPLY_CASE
 from connector.journeys.reorder import ReorderConfig
 from connector.journeys.runner import JourneyRunner
@@ -620,6 +623,7 @@ def _incremental(db: Database, store_id: int, config: ReorderConfig, now: dateti
 class OpenReport:
     opened: int = 0
     expired: int = 0
+    reordered: int = 0  # due, but she had already ordered it again (another number, a payment awaited)
 
 
 # "In another journey" = a run that still has a step scheduled (a COD ask waiting for its
@@ -670,6 +674,58 @@ def _still_bought(conn: Connection, store_id: int, windows: list[Any]) -> set[tu
     return found
 
 
+CT: Table = m.Contact.__table__  # type: ignore[assignment]
+_EMAIL = func.lower(func.trim(CT.c.email))  # as ix_contacts_store_email indexes it
+# An order that says she restocked: not called off, and paid, paying at the door, or awaiting her
+# payment (a bank transfer on hold): she will not be asked to buy what she has just ordered.
+_NOT_A_REORDER = ("failed", "voided", "refunded")
+
+
+def _customers(conn: Connection, store_id: int, contact_ids: list[int]) -> dict[int, set[int]]:
+    """Each contact's customer: every contact of the store sharing her email or platform customer id
+    (a reorder placed under another phone number is another contact). Two queries by index for the lot."""
+    mine = conn.execute(select(CT.c.id, CT.c.email, CT.c.external_customer_id).where(CT.c.id.in_(contact_ids))).all()
+    emails = {c.id: email_key(c.email) for c in mine}
+    accounts = {c.id: c.external_customer_id for c in mine}
+    by_email: dict[str, set[int]] = defaultdict(set)
+    by_account: dict[str, set[int]] = defaultdict(set)
+    wanted_emails, wanted_accounts = sorted({e for e in emails.values() if e}), sorted({a for a in accounts.values() if a})
+    if wanted_emails:
+        for cid, email in conn.execute(select(CT.c.id, _EMAIL).where(CT.c.store_id == store_id, _EMAIL.in_(wanted_emails))):
+            by_email[email].add(cid)
+    if wanted_accounts:
+        for cid, account in conn.execute(select(CT.c.id, CT.c.external_customer_id).where(
+                CT.c.store_id == store_id, CT.c.external_customer_id.in_(wanted_accounts))):
+            by_account[account].add(cid)
+    return {cid: {cid} | by_email.get(emails.get(cid) or "", set()) | by_account.get(accounts.get(cid) or "", set()) for cid in contact_ids}
+
+
+def _reordered_since(conn: Connection, store_id: int, windows: list[Any]) -> dict[int, str]:
+    """{window id: the order} for windows whose customer already ordered the product again after the
+    window's order: under any of her contacts (``_customers``), and whether or not that order is paid
+    yet (``_NOT_A_REORDER``). The scans only see a paid (or COD, or shipped) order of the same contact.
+    Three queries for the lot, however many windows."""
+    if not windows:
+        return {}
+    customers = _customers(conn, store_id, sorted({w.contact_id for w in windows}))
+    everyone = sorted(set().union(*customers.values()))
+    orders = (select(O.c.contact_id, O.c.external_id, O.c.placed_at, L.c.product_id, L.c.sku, L.c.title)
+              .select_from(O.join(L, L.c.order_id == O.c.id))
+              .where(O.c.store_id == store_id, O.c.contact_id.in_(everyone), O.c.placed_at > min(w.placed_at for w in windows),
+                     O.c.cancelled_at.is_(None), O.c.test.is_(False), O.c.payment_state.not_in(_NOT_A_REORDER))
+              .order_by(O.c.placed_at))
+    later: dict[tuple[int, str], list[tuple[datetime, str]]] = defaultdict(list)  # (contact, product) -> [(placed, order)]
+    for contact_id, external_id, placed_at, product_id, sku, title in conn.execute(orders):
+        later[(contact_id, product_key(product_id, sku, title))].append((placed_at, external_id))
+    found: dict[int, str] = {}
+    for w in windows:
+        hits = [(at, oid) for cid in customers[w.contact_id] for at, oid in later.get((cid, w.product_key), ())
+                if at > w.placed_at and oid != w.order_external_id]
+        if hits:
+            found[w.id] = min(hits)[1]
+    return found
+
+
 SOLD_OUT_RECHECK = timedelta(hours=6)
 
 
@@ -701,7 +757,7 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
         rows = conn.execute(query).all()
         bought = _still_bought(conn, store_id, rows)
         not_buyable = _not_buyable(conn, store_id, rows) if rows else {}
-        expired, opened, gone, held = [], [], [], []
+        expired, gone, held, due = [], [], [], []
         for w in rows:
             if (w.order_external_id, w.product_key) not in bought or not not_buyable.get(w.product_key, True):
                 gone.append({"_id": w.id})
@@ -711,6 +767,12 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
                 continue
             if w.product_key in not_buyable:  # sold out: held (checked again later) until it is back or the window is too late
                 held.append({"_id": w.id})
+                continue
+            due.append(w)
+        reordered = _reordered_since(conn, store_id, due)
+        opened = []
+        for w in due:
+            if w.id in reordered:  # no reminder: it never ran, so nothing can be credited to it
                 continue
             busy = busy_with(conn, store_id, w.contact_id, now)
             event = ev.ReorderWindowOpened(
@@ -724,11 +786,14 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="cancelled", updated_at=now), gone)
         if expired:
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="expired", updated_at=now), expired)
+        if reordered:
+            conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="reordered", reorder_order_id=bindparam("by"), updated_at=now),
+                         [{"_id": wid, "by": oid} for wid, oid in reordered.items()])
         if held:
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(opens_at=now + SOLD_OUT_RECHECK, updated_at=now), held)
         if opened:
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="opened", opened_at=now, updated_at=now), opened)
-    report.opened, report.expired = len(opened), len(expired)
+    report.opened, report.expired, report.reordered = len(opened), len(expired), len(reordered)
     return report
 
 
@@ -740,7 +805,8 @@ def run_reorder_tick(db: Database, store: Any, store_id: int, now: datetime, *, 
         step = open_due_windows(db, store, store_id, now)
         total.opened += step.opened
         total.expired += step.expired
-        if step.opened + step.expired == 0:
+        total.reordered += step.reordered
+        if step.opened + step.expired + step.reordered == 0:
             break
     return scan, total
 
