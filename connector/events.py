@@ -333,13 +333,16 @@ class MarketingPreferenceChanged(_Fact):
 
 
 class ProductUpdated(_Fact):
-    """A product's tags (and replenishment metafield) changed: ``replenish:30d`` sets its cycle."""
+    """A product's tags (and replenishment metafield) or status changed: ``replenish:30d`` sets its cycle;
+    a product no longer sold (or sold out) gets no reorder reminder."""
 
     type: Literal["product.updated"] = "product.updated"
     product_id: str
     title: str = ""
     tags: tuple[str, ...] = ()
     replenish: str | None = None  # a metafield value such as "30d", when the payload carries one
+    available: bool = True  # the store sells it (not archived, a draft or in the bin); a payload without a status: True
+    in_stock: bool = True  # not sold out (WooCommerce ``stock_status``); a payload that does not say: True
     updated_at: datetime | None = None
 
 

@@ -680,10 +680,14 @@ def tap_intent(event: ev.ButtonReplied, store: Any) -> str | None:
 
 
 def apply_product_cycle(conn: Connection, store_id: int, p: ev.ProductUpdated, now: datetime) -> None:
-    """Keep the product's tagged cycle (``replenish:30d``, or the metafield) in ``product_cycles``.
+    """Keep the product's tagged cycle (``replenish:30d``, or the metafield) in ``product_cycles``, and
+    whether it can be bought in ``product_availability``.
 
-    A changed cycle makes the next reorder-window tick a full scan, so every buyer of the
-    product gets windows on the new cycle.
+    A changed cycle or availability makes the next reorder-window tick a full scan, so every buyer
+    of the product gets windows on the new cycle, and windows no cycle names any more (the tag
+    removed, and neither the config nor history names one) are cancelled by it. A product no longer
+    sold (archived, a draft, in the bin) has its pending windows cancelled here and now: no
+    reminder may link to it, even from a tick that runs before that scan.
     """
     from connector.reorder.cycles import cycle_from_tags, parse_cycle, product_key
     from connector.storage.models import ProductCycle, SyncCursor
@@ -697,19 +701,41 @@ def apply_product_cycle(conn: Connection, store_id: int, p: ev.ProductUpdated, n
     if days is None:
         days = cycle_from_tags(p.tags)
     key = product_key(p.product_id, None, None)
+    changed = _apply_availability(conn, store_id, key, p, now)
     table = ProductCycle.__table__
     current = conn.execute(select(table.c.id, table.c.cycle_days).where(
         table.c.store_id == store_id, table.c.product_key == key, table.c.source == "tag")).first()
-    if current is not None and days is not None and current.cycle_days == days:
-        return
-    if current is None and days is None:
-        return
-    if current is not None:
+    if current is not None and (days is None or current.cycle_days != days):
         conn.execute(table.delete().where(table.c.id == current.id))
-    if days is not None:
+        changed = True
+    if days is not None and (current is None or current.cycle_days != days):
         conn.execute(table.insert().values(store_id=store_id, product_key=key, source="tag", cycle_days=days, samples=0, updated_at=now))
-    cursors = SyncCursor.__table__
-    conn.execute(cursors.delete().where(cursors.c.store_id == store_id, cursors.c.name == "reorder_relearned"))
+        changed = True
+    if changed:
+        cursors = SyncCursor.__table__
+        conn.execute(cursors.delete().where(cursors.c.store_id == store_id, cursors.c.name == "reorder_relearned"))
+
+
+def _apply_availability(conn: Connection, store_id: int, key: str, p: ev.ProductUpdated, now: datetime) -> bool:
+    """Record whether the product can be bought (a row only for one that cannot); True when that changed.
+    Becoming unavailable cancels its pending reorder windows (sold out only holds them: see windows.py)."""
+    from connector.storage.models import ProductAvailability, ReorderWindow
+
+    table, windows = ProductAvailability.__table__, ReorderWindow.__table__
+    row = conn.execute(select(table.c.id, table.c.available, table.c.in_stock).where(
+        table.c.store_id == store_id, table.c.product_key == key)).first()
+    before = (True, True) if row is None else (bool(row.available), bool(row.in_stock))
+    after = (p.available, p.in_stock)
+    if after == before:
+        return False
+    if row is not None:
+        conn.execute(table.delete().where(table.c.id == row.id))
+    if after != (True, True):
+        conn.execute(table.insert().values(store_id=store_id, product_key=key, available=p.available, in_stock=p.in_stock, updated_at=now))
+    if not p.available:
+        conn.execute(windows.update().where(windows.c.store_id == store_id, windows.c.product_key == key, windows.c.status == "pending")
+                     .values(status="cancelled", updated_at=now))
+    return True
 
 
 def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, inbox_id: int, now: datetime) -> Outcome:

@@ -1,4 +1,4 @@
-"""How a Shopify order reaches the customer, shared by the webhook and the reconcile readers.
+"""How a Shopify order was placed and reaches the customer, shared by the webhook and the reconcile readers.
 
 Nothing to ship (every line ``requires_shipping: false``: gift cards, digital goods) is
 ``none``; a shipping line named as one of the store's pickup locations (``pickup_lines``) is
@@ -12,6 +12,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from connector.events import Delivery, SalesChannel
+
+
+def sales_channel(source_name: str | None) -> SalesChannel:
+    """Where the order came from, by its ``source_name`` (GraphQL ``sourceName``): ``pos`` is the till;
+    an order a subscription contract's billing raised is ``subscription_contract`` (and, since October
+    2025, ``subscription_contract_checkout_one``). Shopify keeps this a free string, not an enum, so any
+    value starting ``subscription_contract`` counts (community.shopify.dev, "Order/paid webhook
+    SourceName property changed for subscription")."""
+    source = (source_name or "").strip().lower()
+    if source == "pos":
+        return SalesChannel.POS
+    if source.startswith("subscription_contract"):
+        return SalesChannel.SUBSCRIPTION
+    return SalesChannel.ONLINE
 
 
 def delivery(needs_shipping: bool, channel: SalesChannel, pickup_lines: Iterable[str],

@@ -50,7 +50,7 @@ from adapters._parse import (
     req_str,
 )
 from adapters.cod_gateways import is_cod
-from adapters.shopify.delivery import delivery
+from adapters.shopify.delivery import delivery, sales_channel
 from connector.config import ShopifyStore
 from connector.contacts import normalize_phone
 from connector.errors import NormalizationError
@@ -227,7 +227,7 @@ def _order(o: dict[str, Any], store: ShopifyStore) -> Order:
     charged, charged_in = _charged(o, currency or "")
     status_url = get_str(o, "statusPageUrl")
     line_items, needs_shipping = _order_lines(o)
-    channel = SalesChannel.POS if (get_str(o, "sourceName") or "").lower() == "pos" else SalesChannel.ONLINE
+    channel = sales_channel(get_str(o, "sourceName"))
     return Order(
         external_id=order_id_of(o),
         name=req_str(o, "name"),

@@ -32,7 +32,7 @@ from adapters._parse import (
     req_str,
 )
 from adapters.cod_gateways import is_cod
-from adapters.shopify.delivery import delivery
+from adapters.shopify.delivery import delivery, sales_channel
 from adapters.shopify.payment_terms import payment_due
 from connector.config import ShopifyStore
 from connector.contacts import normalize_phone
@@ -138,7 +138,7 @@ def _order(o: Body, store: ShopifyStore) -> Order:
     if total is None:
         total = req_decimal(o, "total_price")
     line_items, needs_shipping = _order_lines(o)
-    channel = SalesChannel.POS if (get_str(o, "source_name") or "").lower() == "pos" else SalesChannel.ONLINE
+    channel = sales_channel(get_str(o, "source_name"))
     currency = req_str(o, "currency")
     charged, charged_in = _charged(o, currency)
     return Order(
@@ -444,7 +444,8 @@ def _app_uninstalled(_topic: str, shop: Body, store: ShopifyStore) -> list[Event
 
 def _product(_topic: str, b: Body, _store: ShopifyStore) -> list[Event]:
     """``products/create|update``: tags come as one comma-separated string; a metafield
-    ``storeloop.replenish`` (included when the subscription asks for that namespace) wins."""
+    ``storeloop.replenish`` (included when the subscription asks for that namespace) wins.
+    ``status`` archived or draft: no longer for sale."""
     replenish = None
     for i, mf in enumerate(get_list(b, "metafields")):
         if isinstance(mf, dict) and mf.get("namespace") == "storeloop" and mf.get("key") == "replenish":
@@ -453,8 +454,14 @@ def _product(_topic: str, b: Body, _store: ShopifyStore) -> list[Event]:
                 raise NormalizationError(f"metafields[{i}].value: expected a string like '30d'")
             replenish = value
     tags = get_str(b, "tags") or ""
+    status = (get_str(b, "status") or "").strip().lower()
     return [ProductUpdated(product_id=req_id(b, "id"), title=get_str(b, "title") or "", replenish=replenish,
-                           tags=tuple(t.strip() for t in tags.split(",") if t.strip()), updated_at=get_datetime(b, "updated_at"))]
+                           tags=tuple(t.strip() for t in tags.split(",") if t.strip()), available=status not in _NOT_FOR_SALE,
+                           updated_at=get_datetime(b, "updated_at"))]
+
+
+# Product ``status`` values of a product no customer can buy (``active`` and ``unlisted``, sold by link, can be)
+_NOT_FOR_SALE = frozenset({"archived", "draft"})
 
 
 def _compliance(topic: str, b: Body, store: ShopifyStore) -> list[Event]:

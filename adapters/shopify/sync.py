@@ -150,7 +150,7 @@ PRODUCTS_QUERY = """
 query StoreloopProducts($first: Int!, $cursor: String) {
   products(first: $first, after: $cursor, sortKey: ID) {
     pageInfo { hasNextPage endCursor }
-    nodes { id title tags updatedAt metafield(namespace: "storeloop", key: "replenish") { value } }
+    nodes { id title tags status updatedAt metafield(namespace: "storeloop", key: "replenish") { value } }
   }
 }
 """
@@ -175,6 +175,8 @@ def product_webhook_body(node: dict[str, Any]) -> dict[str, Any]:
         "tags": ", ".join(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else "",
         "updated_at": node.get("updatedAt"),
     }
+    if isinstance(node.get("status"), str):  # ProductStatus ACTIVE / ARCHIVED / DRAFT; the webhook's is lower case
+        body["status"] = node["status"].lower()
     metafield = node.get("metafield")
     if isinstance(metafield, dict) and metafield.get("value") is not None:
         body["metafields"] = [{"namespace": "storeloop", "key": "replenish", "value": metafield.get("value")}]

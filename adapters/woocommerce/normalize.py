@@ -108,7 +108,10 @@ def _product(data: dict) -> ProductUpdated:
     """``product.created|updated``: tags are ``[{"id", "name", "slug"}]``; the cycle tag is a name.
 
     A product meta ``_storeloop_replenish`` (or ``replenish``) such as ``"30d"`` names the cycle
-    too and wins over a tag, as Shopify's ``storeloop.replenish`` metafield does.
+    too and wins over a tag, as Shopify's ``storeloop.replenish`` metafield does. Only a ``publish``ed
+    product is for sale (a draft, one pending review, private or in the bin is not); ``stock_status``
+    ``outofstock`` is sold out (``onbackorder`` can still be ordered). ``catalog_visibility: hidden``
+    is still sold by its link.
     """
     tags = []
     for i, tag in enumerate(get_list(data, "tags")):
@@ -125,7 +128,10 @@ def _product(data: dict) -> ProductUpdated:
                 raise NormalizationError(f"{path}.value: expected a cycle like '30d'")
             meta.setdefault(key, str(value).strip())
     replenish = next((meta[k] for k in REPLENISH_META if k in meta), None)
+    status = get_str(data, "status")
     return ProductUpdated(product_id=req_id(data, "id"), title=get_str(data, "name") or "", tags=tuple(tags), replenish=replenish,
+                          available=status is None or status.strip().lower() == "publish",
+                          in_stock=(get_str(data, "stock_status") or "").strip().lower() != "outofstock",
                           updated_at=get_datetime(data, "date_modified_gmt"))
 
 

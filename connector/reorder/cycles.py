@@ -128,11 +128,15 @@ class CycleBook:
     learned: Mapping[str, float]  # by product key
     min_days: float = 1.0
     max_days: float = 730.0
+    unavailable: frozenset[str] = frozenset()  # product keys the store no longer sells: no cycle, so no window
+
 
     def resolve(
         self, *, key: str, product_id: str | None, variant_id: str | None, sku: str | None, customer: float | None = None,
     ) -> tuple[float, str] | None:
-        """(days per unit, source) or None when nothing knows this product yet."""
+        """(days per unit, source) or None when nothing knows this product yet, or it is no longer sold."""
+        if key in self.unavailable:
+            return None
         for ident in (variant_id, sku, product_id):
             if ident and ident in self.config:
                 return self.config[ident], "config"

@@ -15,7 +15,17 @@ that marks it opened (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several worke
 open one twice; the run and outbox keys make a second try harmless anyway). A window that
 came due more than ``late_days`` ago (history imported after the fact) is ``expired``
 instead of messaged, and one whose product is no longer a line of its order (an order edit
-removed it, or it was refunded and restocked) is ``cancelled``.
+removed it, or it was refunded and restocked) or is no longer sold is ``cancelled``. One whose
+product is sold out is held: checked again ``SOLD_OUT_RECHECK`` later, so it opens once the
+product is back in stock, or expires when that comes more than ``late_days`` after the window's
+time (the daily full scan puts its time back).
+
+A refunded or voided order is no purchase, like a cancelled one; a product the customer gets on
+a subscription (its renewals raised by the store) opens no window. At the end of a full scan, a
+pending window it did not plan (no cycle names its product any more, the product is not sold)
+is cancelled. A due window whose customer ordered the product again since (under another number
+with the same email or platform customer id, or an order still awaiting payment, such as a bank
+transfer on hold) is ``reordered`` without a reminder.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from typing import Any
 from sqlalchemy import Connection, String, Table, and_, bindparam, exists, func, literal, or_, select, true, tuple_, type_coerce, union_all, update
 
 from connector import events as ev
+from connector.contacts import email_key
 from connector.handoffs import REPLY_CASE
 from connector.journeys.reorder import ReorderConfig
 from connector.journeys.runner import JourneyRunner
@@ -58,6 +69,7 @@ O: Table = m.Order.__table__  # type: ignore[assignment]
 L: Table = m.OrderLine.__table__  # type: ignore[assignment]
 F: Table = m.Fulfillment.__table__  # type: ignore[assignment]
 C: Table = m.ProductCycle.__table__  # type: ignore[assignment]
+PA: Table = m.ProductAvailability.__table__  # type: ignore[assignment]
 RUNS: Table = m.JourneyRun.__table__  # type: ignore[assignment]
 HANDOFFS: Table = m.Handoff.__table__  # type: ignore[assignment]
 
@@ -97,6 +109,7 @@ class Line:
     quantity: int
     delivered_at: datetime | None
     fulfilled_at: datetime | None
+    subscription: bool = False  # a subscription's order (a renewal the store raises itself)
 
     @property
     def key(self) -> str:
@@ -113,9 +126,12 @@ def _history_query(store_id: int, contact_ids: list[int] | None, *, sqlite_scan:
     statistics (a freshly loaded table) it was planned as a walk over every fulfilment of the
     store per line: 24 s for 10,000 orders.
     """
-    placed, cancelled = (type_coerce(O.c.placed_at, String), type_coerce(O.c.cancelled_at, String)) if raw_times else (O.c.placed_at,
-                                                                                                                    O.c.cancelled_at)
-    cols = (O.c.contact_id, O.c.external_id, placed, cancelled, L.c.product_id, L.c.variant_id, L.c.sku, L.c.title, L.c.quantity)
+    placed = type_coerce(O.c.placed_at, String) if raw_times else O.c.placed_at
+    # called off: cancelled, or its money returned or never taken (a WooCommerce refund keeps the
+    # order's lines; they are no purchase, and a window planned on them is cancelled)
+    called_off = or_(O.c.cancelled_at.is_not(None), *(O.c.payment_state == state for state in CALLED_OFF_STATES)).label("called_off")
+    cols = (O.c.contact_id, O.c.external_id, placed, called_off, (O.c.channel == ev.SalesChannel.SUBSCRIPTION.value).label("subscription"),
+            L.c.product_id, L.c.variant_id, L.c.sku, L.c.title, L.c.quantity)
     source = O.join(L, L.c.order_id == O.c.id)
     if contact_ids is None:
         per_order = (select(F.c.order_external_id, func.min(F.c.delivered_at).label("delivered_at"),
@@ -138,13 +154,15 @@ def _history_query(store_id: int, contact_ids: list[int] | None, *, sqlite_scan:
     # lines) instead of walking the orders by customer through an index (13 s).
     in_store = (O.c.store_id + 0) == store_id if sqlite_scan else O.c.store_id == store_id
     # a purchase: COD (paid at the door), paid, or shipped; a prepaid order left unpaid never
-    # reaches the customer, so it opens no window and learns no cycle (until it is paid)
-    bought = or_(O.c.is_cod.is_(True), and_(*(O.c.payment_state != state for state in UNPAID_STATES)), shipped)
+    # reaches the customer, so it opens no window and learns no cycle (until it is paid). Orders
+    # called off are read too (as no purchase), so that a window planned before is cancelled.
+    bought = or_(O.c.is_cod.is_(True), and_(*(O.c.payment_state != state for state in UNPAID_STATES)), shipped, called_off)
     return q.where(in_store, O.c.contact_id.is_not(None), O.c.test.is_(False), bought).order_by(
         O.c.contact_id, O.c.placed_at, O.c.id, L.c.id)
 
 
 UNPAID_STATES = ("pending", "failed", "voided")
+CALLED_OFF_STATES = ("refunded", "voided")  # the money went back (a return) or was never taken
 
 
 def _per_contact(rows: Iterable[Any], parse: Any = None) -> Iterator[tuple[int, list[Line]]]:
@@ -155,15 +173,15 @@ def _per_contact(rows: Iterable[Any], parse: Any = None) -> Iterator[tuple[int, 
     """
     current: int | None = None
     lines: list[Line] = []
-    for contact_id, external_id, placed_at, cancelled_at, product_id, variant_id, sku, title, quantity, delivered_at, fulfilled_at in rows:
+    for contact_id, external_id, placed_at, called_off, subscription, product_id, variant_id, sku, title, quantity, delivered_at, fulfilled_at in rows:
         if contact_id != current:
             if current is not None:
                 yield current, lines
             current, lines = contact_id, []
         if parse is not None:
             placed_at, delivered_at, fulfilled_at = parse(placed_at), parse(delivered_at), parse(fulfilled_at)
-        lines.append(Line(external_id, placed_at, cancelled_at is not None, product_id, variant_id, sku, title or "",
-                          max(1, quantity or 1), delivered_at, fulfilled_at))
+        lines.append(Line(external_id, placed_at, bool(called_off), product_id, variant_id, sku, title or "",
+                          max(1, quantity or 1), delivered_at, fulfilled_at, bool(subscription)))
     if current is not None:
         yield current, lines
 
@@ -243,6 +261,12 @@ def _products(lines: list[Line]) -> Iterator[tuple[str, list[Line], list[float]]
         yield key, purchases, intervals_in_order(purchases) if len(purchases) >= 2 else []
 
 
+def _on_subscription(purchases: list[Line]) -> bool:
+    """Whether the customer gets this product on a subscription: the store sends the next one by
+    itself, so "reorder in one tap" days before a renewal would ask for a second box."""
+    return any(p.subscription for p in purchases)
+
+
 def plan_contact(contact_id: int, lines: list[Line], book: CycleBook, config: ReorderConfig, now: datetime, plan: Plan) -> None:
     """Windows for one customer's history (pure apart from filling ``plan``)."""
     plan.cancelled_orders.update(line.order_external_id for line in lines if line.cancelled)
@@ -250,6 +274,8 @@ def plan_contact(contact_id: int, lines: list[Line], book: CycleBook, config: Re
         latest = purchases[-1]
         for before, after in zip(purchases, purchases[1:]):
             plan.reordered.append({"o": before.order_external_id, "k": key, "by": after.order_external_id, "now": now})
+        if _on_subscription(purchases):
+            continue
         found = book.resolve(key=key, product_id=latest.product_id, variant_id=latest.variant_id, sku=latest.sku, customer=cadence(gaps))
         if found is None:
             continue  # nothing knows this product's cycle yet
@@ -282,13 +308,19 @@ def _scan_contact(contact_id: int, lines: list[Line], book: CycleBook, config: R
     tag or the customer's own cadence already decides is planned now (learned cycles come
     last in the precedence, so they could not change it); the others wait in ``deferred``.
     Each product's per-unit intervals go to ``intervals``, as ``learn_cycles`` collects them.
-    Earlier purchases are not listed as reordered: the full scan marks those in SQL.
+    Earlier purchases are not listed as reordered: the full scan marks those in SQL, from the later
+    window; a product on subscription has none, so the purchase before its latest is listed.
     """
     plan.cancelled_orders.update(line.order_external_id for line in lines if line.cancelled)
     for key, purchases, gaps in _products(lines):
         latest = purchases[-1]
         if gaps:
             intervals[key].append(gaps)
+        if _on_subscription(purchases):
+            if len(purchases) >= 2:  # no later window to mark it in SQL: the purchase before is marked here
+                before = purchases[-2]
+                plan.reordered.append({"o": before.order_external_id, "k": key, "by": latest.order_external_id, "now": now})
+            continue
         found = book.resolve(key=key, product_id=latest.product_id, variant_id=latest.variant_id, sku=latest.sku, customer=cadence(gaps))
         if found is None:
             deferred.append((contact_id, sys.intern(key), _compact(latest)))
@@ -301,7 +333,7 @@ def _compact(line: Line) -> Line:
     intern = sys.intern
     return Line(line.order_external_id, line.placed_at, line.cancelled, line.product_id and intern(line.product_id),
                 line.variant_id and intern(line.variant_id), line.sku and intern(line.sku), intern(line.title), line.quantity,
-                line.delivered_at, line.fulfilled_at)
+                line.delivered_at, line.fulfilled_at, line.subscription)
 
 
 def learn_cycles(histories: Iterable[tuple[int, list[Line]]], min_repeat_buyers: int) -> dict[str, tuple[float, int]]:
@@ -372,7 +404,7 @@ _MARK_CANCELLED = (
 )
 
 
-def _write(conn: Connection, store_id: int, plan: Plan, now: datetime, *, marks: bool = True) -> None:
+def _write(conn: Connection, store_id: int, plan: Plan, now: datetime) -> None:
     if plan.windows:
         dialect = conn.dialect.name
         t = _sqlite_text if dialect == "sqlite" else _utc
@@ -385,7 +417,7 @@ def _write(conn: Connection, store_id: int, plan: Plan, now: datetime, *, marks:
             for i in range(0, len(params), PG_ROWS_PER_STATEMENT):
                 chunk = params[i:i + PG_ROWS_PER_STATEMENT]
                 conn.exec_driver_sql(_upsert_sql(dialect, len(chunk)), tuple(v for row in chunk for v in row))
-    if marks and plan.reordered:
+    if plan.reordered:
         conn.execute(_MARK_REORDERED, [{"sid": store_id, **r} for r in plan.reordered])
     if plan.cancelled_orders:
         conn.execute(_MARK_CANCELLED, [{"sid": store_id, "o": o, "now": now} for o in plan.cancelled_orders])
@@ -417,13 +449,22 @@ def _mark_all_reordered(conn: Connection, store_id: int, now: datetime) -> None:
     )
 
 
+def _cancel_unplanned(conn: Connection, store_id: int, now: datetime) -> None:
+    """Full scan, last: a window still pending that this scan did not plan (every planned one was
+    stamped ``now``) belongs to a purchase no cycle names any more (a ``replenish:`` tag removed, a
+    product no longer sold) or that is no purchase now: it is cancelled, not left to remind."""
+    conn.execute(update(W).where(W.c.store_id == store_id, W.c.status == "pending", W.c.updated_at < now)
+                 .values(status="cancelled", updated_at=now))
+
+
 def _book(conn: Connection, store_id: int, config: ReorderConfig, learned: dict[str, float] | None = None) -> CycleBook:
     tags: dict[str, float] = {}
     stored: dict[str, float] = {}
     for row in conn.execute(select(C.c.product_key, C.c.source, C.c.cycle_days).where(C.c.store_id == store_id)):
         (tags if row.source == "tag" else stored)[row.product_key] = row.cycle_days
+    unavailable = frozenset(conn.execute(select(PA.c.product_key).where(PA.c.store_id == store_id, PA.c.available.is_(False))).scalars())
     return CycleBook(config=config.cycles, tags=tags, learned=stored if learned is None else learned,
-                     min_days=config.min_cycle_days, max_days=config.max_cycle_days)
+                     min_days=config.min_cycle_days, max_days=config.max_cycle_days, unavailable=unavailable)
 
 
 def _store_learned(conn: Connection, store_id: int, learned: dict[str, tuple[float, int]], now: datetime) -> None:
@@ -483,10 +524,11 @@ def _full(db: Database, store_id: int, config: ReorderConfig, now: datetime) -> 
         report.windows += len(plan.windows)
         plan.windows.sort(key=_UNIQUE)  # in the unique index's order: each batch touches its pages once, in order
         with db.write_lock(), writer.begin():
-            _write(writer, store_id, plan, now, marks=False)
+            _write(writer, store_id, plan, now)
             if final:
                 _store_learned(writer, store_id, learned, now)
                 _mark_all_reordered(writer, store_id, now)
+                _cancel_unplanned(writer, store_id, now)
         plan = Plan()
 
     with _history(db, store_id) as histories, _scan_writer(db) as writer:
@@ -581,6 +623,7 @@ def _incremental(db: Database, store_id: int, config: ReorderConfig, now: dateti
 class OpenReport:
     opened: int = 0
     expired: int = 0
+    reordered: int = 0  # due, but she had already ordered it again (another number, a payment awaited)
 
 
 # "In another journey" = a run that still has a step scheduled (a COD ask waiting for its
@@ -631,6 +674,72 @@ def _still_bought(conn: Connection, store_id: int, windows: list[Any]) -> set[tu
     return found
 
 
+CT: Table = m.Contact.__table__  # type: ignore[assignment]
+_EMAIL = func.lower(func.trim(CT.c.email))  # as ix_contacts_store_email indexes it
+# An order that says she restocked: not called off, and paid, paying at the door, or awaiting her
+# payment (a bank transfer on hold): she will not be asked to buy what she has just ordered.
+_NOT_A_REORDER = ("failed", "voided", "refunded")
+
+
+def _customers(conn: Connection, store_id: int, contact_ids: list[int]) -> dict[int, set[int]]:
+    """Each contact's customer: every contact of the store sharing her email or platform customer id
+    (a reorder placed under another phone number is another contact). Two queries by index for the lot."""
+    mine = conn.execute(select(CT.c.id, CT.c.email, CT.c.external_customer_id).where(CT.c.id.in_(contact_ids))).all()
+    emails = {c.id: email_key(c.email) for c in mine}
+    accounts = {c.id: c.external_customer_id for c in mine}
+    by_email: dict[str, set[int]] = defaultdict(set)
+    by_account: dict[str, set[int]] = defaultdict(set)
+    wanted_emails, wanted_accounts = sorted({e for e in emails.values() if e}), sorted({a for a in accounts.values() if a})
+    if wanted_emails:
+        for cid, email in conn.execute(select(CT.c.id, _EMAIL).where(CT.c.store_id == store_id, _EMAIL.in_(wanted_emails))):
+            by_email[email].add(cid)
+    if wanted_accounts:
+        for cid, account in conn.execute(select(CT.c.id, CT.c.external_customer_id).where(
+                CT.c.store_id == store_id, CT.c.external_customer_id.in_(wanted_accounts))):
+            by_account[account].add(cid)
+    return {cid: {cid} | by_email.get(emails.get(cid) or "", set()) | by_account.get(accounts.get(cid) or "", set()) for cid in contact_ids}
+
+
+def _reordered_since(conn: Connection, store_id: int, windows: list[Any]) -> dict[int, str]:
+    """{window id: the order} for windows whose customer already ordered the product again after the
+    window's order: under any of her contacts (``_customers``), and whether or not that order is paid
+    yet (``_NOT_A_REORDER``). The scans only see a paid (or COD, or shipped) order of the same contact.
+    Three queries for the lot, however many windows."""
+    if not windows:
+        return {}
+    customers = _customers(conn, store_id, sorted({w.contact_id for w in windows}))
+    everyone = sorted(set().union(*customers.values()))
+    orders = (select(O.c.contact_id, O.c.external_id, O.c.placed_at, L.c.product_id, L.c.sku, L.c.title)
+              .select_from(O.join(L, L.c.order_id == O.c.id))
+              .where(O.c.store_id == store_id, O.c.contact_id.in_(everyone), O.c.placed_at > min(w.placed_at for w in windows),
+                     O.c.cancelled_at.is_(None), O.c.test.is_(False), O.c.payment_state.not_in(_NOT_A_REORDER))
+              .order_by(O.c.placed_at))
+    later: dict[tuple[int, str], list[tuple[datetime, str]]] = defaultdict(list)  # (contact, product) -> [(placed, order)]
+    for contact_id, external_id, placed_at, product_id, sku, title in conn.execute(orders):
+        later[(contact_id, product_key(product_id, sku, title))].append((placed_at, external_id))
+    found: dict[int, str] = {}
+    for w in windows:
+        hits = [(at, oid) for cid in customers[w.contact_id] for at, oid in later.get((cid, w.product_key), ())
+                if at > w.placed_at and oid != w.order_external_id]
+        if hits:
+            found[w.id] = min(hits)[1]
+    return found
+
+
+SOLD_OUT_RECHECK = timedelta(hours=6)
+
+
+def _not_buyable(conn: Connection, store_id: int, windows: list[Any]) -> dict[str, bool]:
+    """{product key: available} of these windows' products that cannot be bought now (no longer
+    sold, or sold out); one query for the lot."""
+    keys = sorted({w.product_key for w in windows})
+    found: dict[str, bool] = {}
+    for i in range(0, len(keys), 500):
+        rows = conn.execute(select(PA.c.product_key, PA.c.available).where(PA.c.store_id == store_id, PA.c.product_key.in_(keys[i:i + 500])))
+        found.update((key, bool(available)) for key, available in rows)
+    return found
+
+
 def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, limit: int = 500,
                      runner: JourneyRunner | None = None) -> OpenReport:
     """Open up to ``limit`` due windows into the reorder journey; call until it opens none."""
@@ -647,13 +756,23 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
             query = query.with_for_update(skip_locked=True)
         rows = conn.execute(query).all()
         bought = _still_bought(conn, store_id, rows)
-        expired, opened, gone = [], [], []
+        not_buyable = _not_buyable(conn, store_id, rows) if rows else {}
+        expired, gone, held, due = [], [], [], []
         for w in rows:
-            if (w.order_external_id, w.product_key) not in bought:
+            if (w.order_external_id, w.product_key) not in bought or not not_buyable.get(w.product_key, True):
                 gone.append({"_id": w.id})
                 continue
             if w.opens_at < late:
                 expired.append({"_id": w.id})
+                continue
+            if w.product_key in not_buyable:  # sold out: held (checked again later) until it is back or the window is too late
+                held.append({"_id": w.id})
+                continue
+            due.append(w)
+        reordered = _reordered_since(conn, store_id, due)
+        opened = []
+        for w in due:
+            if w.id in reordered:  # no reminder: it never ran, so nothing can be credited to it
                 continue
             busy = busy_with(conn, store_id, w.contact_id, now)
             event = ev.ReorderWindowOpened(
@@ -667,9 +786,14 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="cancelled", updated_at=now), gone)
         if expired:
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="expired", updated_at=now), expired)
+        if reordered:
+            conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="reordered", reorder_order_id=bindparam("by"), updated_at=now),
+                         [{"_id": wid, "by": oid} for wid, oid in reordered.items()])
+        if held:
+            conn.execute(update(W).where(W.c.id == bindparam("_id")).values(opens_at=now + SOLD_OUT_RECHECK, updated_at=now), held)
         if opened:
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="opened", opened_at=now, updated_at=now), opened)
-    report.opened, report.expired = len(opened), len(expired)
+    report.opened, report.expired, report.reordered = len(opened), len(expired), len(reordered)
     return report
 
 
@@ -681,7 +805,8 @@ def run_reorder_tick(db: Database, store: Any, store_id: int, now: datetime, *, 
         step = open_due_windows(db, store, store_id, now)
         total.opened += step.opened
         total.expired += step.expired
-        if step.opened + step.expired == 0:
+        total.reordered += step.reordered
+        if step.opened + step.expired + step.reordered == 0:
             break
     return scan, total
 

@@ -507,6 +507,21 @@ class ProductCycle(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class ProductAvailability(Base):
+    """A product the store does not sell now: archived, a draft or in the bin (``available`` false), or
+    sold out (``in_stock`` false). Only such products have a row; none means buyable. Kept from the
+    product webhooks (``state.apply_product_cycle``) so no reorder reminder links to what cannot be bought."""
+
+    __tablename__ = "product_availability"
+    __table_args__ = (UniqueConstraint("store_id", "product_key", name="uq_product_availability_key"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    product_key: Mapped[str] = mapped_column(String(140))
+    available: Mapped[bool] = mapped_column(Boolean)
+    in_stock: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class StoreCredential(Base):
     """A token or key obtained by install, Fernet-encrypted (connector/secrets.py); never plain text.
 
