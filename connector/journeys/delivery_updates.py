@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from connector import events as ev
-from connector.journeys._common import order_context, replied_here
+from connector.journeys._common import cancelled_order, deleted_order, order_context, replied_here, withdraw_for_cancel
 from connector.journeys.engine import Command, Facts, Finish, Handoff, JourneyConfig, Run, Send, Start, Update, WriteBack
 
 STEP_FOR_STATUS = {
@@ -122,11 +122,18 @@ class DeliveryUpdates:
             return f"order:{event.fulfillment.order_external_id}"
         if isinstance(event, ev.ButtonReplied):
             return replied_here(event, facts, self.name)
+        if isinstance(event, ev.OrderDeleted):
+            return deleted_order(event)
+        if isinstance(event, (ev.OrderCancelled, ev.OrderUpdated)) and cancelled_order(event, facts):
+            return f"order:{event.order.external_id}"  # a cancel withdraws what the run has waiting
         return None
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, now: datetime) -> list[Command]:
         if isinstance(event, ev.ButtonReplied):
             return self._answer(event, run, facts, config) if run is not None else []
+        if cancelled_order(event, facts):
+            # an update still waiting must not reach her after the cancel; a run a person is on stays theirs
+            return withdraw_for_cancel(run, finish=True) if run is not None else []
         if not isinstance(event, ev.FulfillmentUpdated) or facts.order is None or facts.order.cancelled:
             return []
         if not facts.order.ships:
