@@ -89,3 +89,126 @@ def test_the_thanks_and_shipped_held_for_the_night_are_not_sent_after_the_order_
     SHOPIFY.cancelled_echo(sc, order)
     sc.at(ist(1, 10), step=timedelta(minutes=30))
     assert sc.templates_to(ASHA) == []
+
+
+# ---- "shipped": every parcel's link, told once ---------------------------------------------------
+
+def test_shipped_skipped_for_want_of_its_link_goes_out_once_the_store_adds_the_link(sqlite_url, scenario, world):
+    """Before: a courier Shopify does not know gives a number but no link; the "shipped" template that
+    shows the link was skipped, and the link the store added later (then in_transit) changed nothing."""
+    sc = start(scenario, sqlite_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", parcel(7001, order, sc.now, None, "XYZ999", url=None, company="Other"))
+    sc.later(minutes=30)
+    assert shipped_links(sc) == []
+    link = "https://courier.example/t/XYZ999"
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, None, "XYZ999", url=link, company="Other"))
+    sc.later(minutes=30)
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "in_transit", "XYZ999", url=link, company="Other"))
+    sc.later(hours=1)
+    assert shipped_links(sc) == [link]  # exactly one "shipped", with the link
+
+
+def test_a_split_shipment_tells_each_parcels_link_and_delivered_only_once_both_arrived(sqlite_url, scenario, world):
+    """Before: two parcels (fulfilments 7001, 7002): only AAA111's link was sent, and "delivered" went out
+    when AAA111 arrived while BBB222 was still on its way; nothing at all when BBB222 arrived."""
+    sc = start(scenario, sqlite_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", parcel(7001, order, sc.now, "in_transit", "AAA111"))
+    sc.shopify("orders/updated", {**order, "fulfillment_status": "partial", "updated_at": p.iso(sc.now)})
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", parcel(7002, order, sc.now, "in_transit", "BBB222"))
+    sc.shopify("orders/updated", {**order, "fulfillment_status": "fulfilled", "updated_at": p.iso(sc.now)})
+    sc.later(days=1)
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "delivered", "AAA111"))
+    sc.later(hours=1)
+    assert shipped_links(sc) == ["https://track.example/AAA111", "https://track.example/BBB222"]
+    assert "delivered_v1" not in sc.templates_to(ASHA)  # BBB222 is still on its way
+    sc.later(days=2)
+    sc.shopify("fulfillments/update", parcel(7002, order, sc.now, "delivered", "BBB222"), times=2)
+    sc.later(hours=1)
+    assert sc.templates_to(ASHA).count("delivered_v1") == 1
+    assert sc.templates_to(ASHA)[-1] == "delivered_v1"
+
+
+def test_a_corrected_tracking_number_reaches_the_customer_once(sqlite_url, scenario, world):
+    """Before: the store fixed a typo in the number (same fulfilment); she kept only the dead TYPO111 link."""
+    sc = start(scenario, sqlite_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", parcel(7001, order, sc.now, "in_transit", "TYPO111"))
+    sc.later(minutes=20)
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "in_transit", "RIGHT222"), times=2)
+    sc.later(minutes=20)
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "in_transit", "RIGHT222"))
+    sc.later(minutes=20)
+    assert shipped_links(sc) == ["https://track.example/TYPO111", "https://track.example/RIGHT222"]
+
+
+# ---- a failed delivery, then delivered after all ---------------------------------------------------
+
+def test_the_ndr_case_hears_of_the_delivery_and_a_late_answer_writes_no_note(sqlite_url, scenario, world):
+    """Before: the case kept saying "call the customer to rearrange" after the parcel was delivered, and
+    her "Update address" tap two days after delivery wrote a failed-delivery note to the Shopify order."""
+    sc = start(scenario, sqlite_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", parcel(7001, order, sc.now, "in_transit", "AAA111"))
+    sc.later(days=1)
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "attempted_delivery", "AAA111"))
+    sc.later(hours=1)
+    ndr = sc.last_to(ASHA, "ndr_v1")
+    sc.later(days=1)
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "out_for_delivery", "AAA111"))
+    sc.later(hours=2)
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "delivered", "AAA111"))
+    sc.later(hours=1)
+    told = [n[1].get("text", "") for n in world.notifications]
+    assert any("#5001 was delivered after the failed attempt: no call needed" in t for t in told), told
+    [case] = sc.handoffs()
+    assert case["status"] == "open"  # the same case, told; a person closes it
+    sc.later(days=2)
+    sc.tap(ASHA, "ndr_update_address", ndr)
+    sc.later(hours=1)
+    assert [c for c in world.shopify if c.operation == "orderUpdate"] == []  # no note written to the order
+    told = [n[1].get("text", "") for n in world.notifications]
+    assert "it has been delivered since, so nothing was written to the order" in told[-1]
+
+
+# ---- quiet hours: the current news only ----------------------------------------------------------
+
+def test_after_a_night_of_updates_held_for_quiet_hours_only_the_latest_goes_out(sqlite_url, scenario, world):
+    """Before (utility held in quiet hours): shipped at 22:00, out for delivery at 07:00, delivered at
+    08:30: at 09:00 she got "shipped", "out for delivery" and "delivered" together."""
+    sc = start(scenario, sqlite_url, policy=NIGHT_HOLDS_UTILITY)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.at(ist(0, 22), step=timedelta(minutes=30))
+    sc.shopify("fulfillments/create", parcel(7001, order, sc.now, "in_transit", "AAA111"))
+    sc.at(ist(1, 7), step=timedelta(minutes=30))
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "out_for_delivery", "AAA111"))
+    sc.at(ist(1, 8, 30), step=timedelta(minutes=30))
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "delivered", "AAA111"))
+    sc.later(minutes=1)
+    assert sc.templates_to(ASHA) == ["order_thanks_v1"]  # thanked by day; the rest held
+    sc.at(ist(1, 9, 30), step=timedelta(minutes=15))
+    assert sc.templates_to(ASHA) == ["order_thanks_v1", "delivered_v1"]
+
+
+def test_out_for_delivery_after_a_daytime_shipped_still_goes_out(sqlite_url, scenario, world):
+    """What was already sent is not touched, and the step being sent is not withdrawn with the old ones."""
+    sc = start(scenario, sqlite_url, policy=NIGHT_HOLDS_UTILITY)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", parcel(7001, order, sc.now, "in_transit", "AAA111"))
+    sc.later(hours=1)
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "out_for_delivery", "AAA111"))
+    sc.later(minutes=10)
+    assert sc.templates_to(ASHA) == ["order_thanks_v1", "shipped_track_v1", "ofd_v1"]
