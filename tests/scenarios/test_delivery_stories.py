@@ -212,3 +212,29 @@ def test_out_for_delivery_after_a_daytime_shipped_still_goes_out(sqlite_url, sce
     sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "out_for_delivery", "AAA111"))
     sc.later(minutes=10)
     assert sc.templates_to(ASHA) == ["order_thanks_v1", "shipped_track_v1", "ofd_v1"]
+
+
+def test_a_second_woocommerce_tracking_item_gets_its_own_shipped(sqlite_url, scenario, world):
+    """Before: WooCommerce kept only the last Shipment Tracking item under the order's one fulfilment, so a
+    second parcel's item replaced the first silently and she never got its link."""
+    from tests.scenarios.stores import WOOCOMMERCE
+    sc = scenario(sqlite_url, "woocommerce", journeys=JOURNEYS, store_settings={"templates": DELIVERY_TEMPLATES})
+    order = WOOCOMMERCE.order(1, ASHA, sc.now, cod=False)
+    WOOCOMMERCE.place(sc, order)
+    sc.later(hours=1)
+
+    def item(number: str) -> dict[str, str]:
+        return {"tracking_provider": "", "custom_tracking_provider": "Delhivery", "tracking_number": number,
+                "custom_tracking_link": f"https://track.example/{number}"}
+
+    def shipped(*numbers: str) -> dict[str, Any]:
+        meta = {"id": 99, "key": "_wc_shipment_tracking_items", "value": [item(n) for n in numbers]}
+        return {**order, "status": "completed", "date_modified_gmt": p.gmt(sc.now), "date_modified": p.gmt(sc.now),
+                "meta_data": [*order.get("meta_data", []), meta]}
+
+    sc.woo("order.updated", shipped("DL1"))
+    sc.later(hours=1)
+    sc.woo("order.updated", shipped("DL1", "DL2"))
+    sc.later(hours=1)
+    assert [s.params[1] for s in sc.sent(ASHA) if s.template == "shipped_track_v1"] == [
+        "https://track.example/DL1", "https://track.example/DL2"]
