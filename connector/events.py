@@ -188,8 +188,13 @@ class Fulfillment(_Fact):
     status: str
     shipment_status: ShipmentStatus = ShipmentStatus.NONE
     tracking_company: str | None = None
-    tracking_number: str | None = None
+    tracking_number: str | None = None  # the first of ``tracking_numbers``: what a template shows
     tracking_url: str | None = None
+    # every number of a fulfilment that carries several (Shopify's multi-package tracking, WooCommerce's
+    # Shipment Tracking items) and their links, in the same order where the platform pairs them: a
+    # number added later is another parcel, told of in its own "shipped"
+    tracking_numbers: tuple[str, ...] = ()
+    tracking_urls: tuple[str, ...] = ()
     created_at: datetime
     updated_at: datetime
 

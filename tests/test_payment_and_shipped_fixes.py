@@ -425,10 +425,12 @@ SHIPPED_CASES = [
     Case("still no tracking: not tried again", shipped(False, "confirmed"), run("delivery", {"sent": [], "last_status": "none"}),
          facts(prepaid()), DU, []),
     Case("tracking added: shipped, now used up", shipped(True), run("delivery", {"sent": [], "last_status": "none"}),
-         facts(prepaid()), DU, ["update(last_status,parcels,sent)", "send:shipped"], state={"sent": ["shipped"]}),
+         facts(prepaid()), DU, ["update(last_status,parcels,sent,tracking)", "send:shipped"], state={"sent": ["shipped"]}),
     Case("tracked from the start: shipped once", shipped(True), None, facts(prepaid()), DU,
-         ["start:order:1042", "update(last_status,parcels,sent)", "send:shipped"], state={"sent": ["shipped"]}),
-    Case("tracking again: nothing", shipped(True), run("delivery", {"sent": ["shipped"], "last_status": "none"}), facts(prepaid()), DU, []),
+         ["start:order:1042", "update(last_status,parcels,sent,tracking)", "send:shipped"], state={"sent": ["shipped"]}),
+    # a run from before each parcel's tracking was kept: nothing said, its tracking now kept (a later correction is told)
+    Case("tracking again: nothing", shipped(True), run("delivery", {"sent": ["shipped"], "last_status": "none"}), facts(prepaid()), DU,
+         ["update(tracking)"]),
     Case("tracking only after out for delivery: no late shipped", shipped(True),
          run("delivery", {"sent": ["out_for_delivery"], "last_status": "out_for_delivery"}), facts(prepaid()), DU, []),
 ]

@@ -369,6 +369,8 @@ def _fulfillment(_topic: str, f: Body, _store: ShopifyStore) -> list[Event]:
         tracking_company=get_str(f, "tracking_company"),
         tracking_number=get_str(f, "tracking_number") or _first_of(f, "tracking_numbers"),
         tracking_url=get_str(f, "tracking_url") or _first_of(f, "tracking_urls"),
+        tracking_numbers=_all_of(f, "tracking_numbers"),  # multi-package tracking: every parcel's number
+        tracking_urls=_all_of(f, "tracking_urls"),
         created_at=created_at,
         updated_at=get_datetime(f, "updated_at") or created_at,
     )
@@ -376,12 +378,19 @@ def _fulfillment(_topic: str, f: Body, _store: ShopifyStore) -> list[Event]:
 
 
 def _first_of(d: Body, key: str) -> str | None:
+    found = _all_of(d, key)
+    return found[0] if found else None
+
+
+def _all_of(d: Body, key: str) -> tuple[str, ...]:
+    """The non-blank strings of a list field, in order."""
+    values: list[str] = []
     for i, value in enumerate(get_list(d, key)):
         if not isinstance(value, str):
             raise NormalizationError(f"{key}[{i}]: expected a string")
         if value.strip():
-            return value
-    return None
+            values.append(value)
+    return tuple(values)
 
 
 def _customer_updated(_topic: str, c: Body, store: ShopifyStore) -> list[Event]:

@@ -84,9 +84,10 @@ def normalize(topic: str, body: dict, store: WooCommerceStore) -> list[Event]:
     if topic in _ORDER_TOPICS:
         if (get_str(data, "status") or "").lower() == _CHECKOUT_DRAFT:
             return []
-        tracking = _tracking(data)
+        items = _tracking_items(data)
+        tracking = items[0] if items else {}  # the first parcel's is what a template shows
         order = _order(data, store, tracking)
-        shipment = _shipment(data, order, tracking, store)
+        shipment = _shipment(data, order, items, store)
         if topic == "order.created":
             return [OrderPlaced(order=order), *shipment]
         if topic == "order.updated" and order.platform_status in _CLOSED:
@@ -175,14 +176,14 @@ _CLOSED = frozenset({"cancelled", "trash"})
 _NOT_ON_ITS_WAY = frozenset({"pending", "failed", "cancelled", "refunded", "checkout-draft", "trash"})
 
 
-def _tracking(o: Body) -> dict[str, Any]:
-    """The latest Shipment Tracking item of the order ({} without one)."""
-    tracking: dict[str, Any] = {}
+def _tracking_items(o: Body) -> list[dict[str, Any]]:
+    """The order's Shipment Tracking items, in the order the extension lists them ([] without one):
+    each is a parcel (a store adds one per package it sends)."""
+    items: list[dict[str, Any]] = []
     for _, meta in get_objects(o, "meta_data"):
         if meta.get("key") == TRACKING_META and isinstance(meta.get("value"), list) and meta["value"]:
-            first = meta["value"][-1]
-            tracking = first if isinstance(first, dict) else {}
-    return tracking
+            items = [i for i in meta["value"] if isinstance(i, dict)]
+    return items
 
 
 def _ships(o: Body) -> bool:
@@ -230,11 +231,14 @@ def _shipment_status(status: str | None, store: WooCommerceStore) -> ShipmentSta
     return _SHIPMENT_FOR_MEANING.get(meaning) if meaning else None
 
 
-def _shipment(o: Body, order: Order, tracking: dict[str, Any], store: WooCommerceStore) -> list[Event]:
+def _shipment(o: Body, order: Order, items: list[dict[str, Any]], store: WooCommerceStore) -> list[Event]:
     """A FulfillmentUpdated from the order's status and Shipment Tracking meta, when it shipped.
 
     ``completed`` is a parcel on its way only for an order that ships: WooCommerce completes a
-    virtual or downloadable order at payment, and a store completes a pickup when it is collected."""
+    virtual or downloadable order at payment, and a store completes a pickup when it is collected.
+    Every item's number and link are kept (``tracking_numbers`` / ``tracking_urls``), so a parcel the
+    store adds later is told of; the first item's is what a template shows."""
+    tracking = items[0] if items else {}
     status = _shipment_status(order.platform_status, store)
     if status is not None and order.platform_status == "completed" and not tracking and not _ships(o):
         status = None
@@ -243,6 +247,8 @@ def _shipment(o: Body, order: Order, tracking: dict[str, Any], store: WooCommerc
     if status is None:
         return []
     company, link = _tracking_link(o, tracking, store)
+    numbers = [str(i.get("tracking_number") or "").strip() for i in items]
+    links = [_tracking_link(o, i, store)[1] for i in items]
     return [
         FulfillmentUpdated(
             fulfillment=Fulfillment(
@@ -253,6 +259,9 @@ def _shipment(o: Body, order: Order, tracking: dict[str, Any], store: WooCommerc
                 tracking_company=company,
                 tracking_number=str(tracking.get("tracking_number") or "").strip() or None,
                 tracking_url=link,
+                # paired by position: only when every item has both a number and a link
+                tracking_numbers=tuple(n for n in numbers if n),
+                tracking_urls=tuple(u for u in links if u) if all(numbers) and all(links) else (),
                 created_at=order.updated_at,
                 updated_at=order.updated_at,
             )

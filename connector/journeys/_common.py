@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from connector import events as ev
-from connector.journeys.engine import Command, Facts, Finish, Run, Wake
+from connector.journeys.engine import Command, Facts, Finish, Run, Update, Wake, Withdraw
 
 
 def order_context(facts: Facts) -> dict[str, Any]:
@@ -35,6 +35,24 @@ def end_for_deleted_order(run: Run | None) -> list[Command]:
     """The store binned or deleted the order: its active run ends, and what it still has waiting (a
     reminder held for quiet hours, a retry) is skipped; its pay link would lead nowhere."""
     return [Wake(None), Finish("order_deleted")] if run is not None and run.status == "active" else []
+
+
+def cancelled_order(event: Any, facts: Facts) -> bool:
+    """The event says the order is called off: cancelled, binned, or an update showing it cancelled
+    (its ``orders/cancelled`` may have been dropped as older)."""
+    return isinstance(event, (ev.OrderCancelled, ev.OrderDeleted)) or (
+        isinstance(event, ev.OrderUpdated) and facts.order is not None and facts.order.cancelled)
+
+
+def withdraw_for_cancel(run: Run, *, finish: bool = False) -> list[Command]:
+    """The order was cancelled or binned: what the run still has waiting (a message held for quiet
+    hours, a retry behind an outage) is withdrawn, so it never reaches her after the cancel; once
+    (the cancel and the update that echoes it both arrive: the second finds ``cancelled`` kept).
+    ``finish``: an active run also ends (``Finish`` withdraws the same way)."""
+    if run.state.get("cancelled"):
+        return []
+    end: Command = Finish("order_cancelled") if finish and run.status == "active" else Withdraw()
+    return [Update({"cancelled": True}), end]
 
 
 def replied_here(event: Any, facts: Facts, journey: str) -> str | None:

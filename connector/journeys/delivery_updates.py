@@ -11,13 +11,27 @@ An order that does not ship (``OrderFacts.ships``: collected at the store, a sal
 nothing to deliver) gets none of this: its fulfilment is the hand-over, not a parcel.
 
 Each step is sent at most once per order (the outbox key is journey, step, subject), so
-repeated or reordered fulfilment webhooks never repeat a message.
+repeated or reordered fulfilment webhooks never repeat a message; "shipped" is the exception, once
+per parcel and per tracking she was told: the run keeps each parcel's numbers and links
+(``tracking``), so another parcel (a second fulfilment, or a number added to one: multi-package
+tracking, another Shipment Tracking item) and a corrected number or link get a "shipped" of their
+own (``Send.occurrence``) with that parcel's link, once per change, until the parcel arrives.
+"Delivered" is said once every parcel heard of has arrived and the order has no part still to
+ship (Shopify's ``partial``), not when the first of several arrives.
+
+A later step (out for delivery, delivered) withdraws what the run still has waiting (held for
+quiet hours, a retry) once every parcel is past it: after a night she hears the current news, not
+"shipped", "out for delivery" and "delivered" together at 09:00. A cancelled or binned order
+withdraws it too.
 
 "Shipped" is used up only by a fulfilment with tracking (a number or a link). A store often
 marks an order fulfilled first and adds the tracking later: the first, untracked fulfilment
 tries the step once (a template that needs no tracking goes out then; one that names the
 courier or the number is skipped for the missing value), and the tracked update sends it,
-turning that skipped row into a queued one. Either way the customer hears "shipped" once.
+turning that skipped row into a queued one. Either way the customer hears "shipped" once. The
+same holds for a tracked fulfilment that lacks what the template shows (a number without a link,
+no courier name): the link or courier added later sends that message again with
+``retry_missing_value``, which only revives a row skipped for a missing value.
 
 The failed-delivery (NDR) message asks the customer: reschedule, update the address, or
 cancel (quick replies, matched by the message they answer). A courier often tries again: a
@@ -25,7 +39,9 @@ failure after the parcel moved on (out for delivery again, back in transit) is a
 asked about again (``_failed_again``); the same failure reported twice is not. Each answer
 is kept on the run (once per choice and attempt) and added to the open hand-off (its owner is told); reschedule and
 address also go into the order's notes for the courier desk. A cancel is a request for a
-person, never an automatic cancel: the order has shipped.
+person, never an automatic cancel: the order has shipped. The failed parcel delivered after all
+is added to the open case ("no call needed"); an answer once every parcel has arrived writes no
+note to the order, and the case hears it instead.
 """
 
 from __future__ import annotations
@@ -36,8 +52,8 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from connector import events as ev
-from connector.journeys._common import order_context, replied_here
-from connector.journeys.engine import Command, Facts, Finish, Handoff, JourneyConfig, Run, Send, Start, Update, WriteBack
+from connector.journeys._common import cancelled_order, deleted_order, order_context, replied_here, withdraw_for_cancel
+from connector.journeys.engine import Command, Facts, Finish, Handoff, JourneyConfig, Run, Send, Start, Update, Withdraw, WriteBack
 
 STEP_FOR_STATUS = {
     "in_transit": "shipped",
@@ -79,16 +95,109 @@ def _as_now_meant(prev: str | None, run: Run | None, parcel: str) -> str | None:
     return prev
 
 
-def _arrived(run: Run | None, parcels: dict[str, str]) -> list[Command]:
+def _all_arrived(parcels: dict[str, str], facts: Facts) -> bool:
+    """Every parcel heard of has arrived, and the order, where the store says so, has no part still
+    to ship (Shopify's ``partial``): "delivered" is said then, not when the first of several arrives."""
+    partial = facts.order is not None and facts.order.fulfillment_state == ev.FulfillmentState.PARTIAL.value
+    return bool(parcels) and all(s in ARRIVED for s in parcels.values()) and not partial
+
+
+def _arrived(run: Run | None, parcels: dict[str, str], everything: bool) -> list[Command]:
     """The run ends once every parcel it heard of is delivered: an open delivery run would be
     the contact's "latest" run for ever, and take their unquoted replies of months later. It
     still hears later news (a parcel it had not heard of, shipped or failed) as a finished run,
     and a failure then asks and hands off as before. A run a person is on (status ``handoff``,
     after a failed delivery) stays theirs: the customer's unquoted replies find its open case
     through it (``handoffs._continued``), delivered or not."""
-    if (run is None or run.status == "active") and parcels and all(s in ARRIVED for s in parcels.values()):
+    if (run is None or run.status == "active") and everything:
         return [Finish("delivered", skip_waiting=False)]
     return []
+
+
+Pair = tuple[str | None, str | None]  # a parcel's (tracking number, link)
+
+
+def _pairs(f: ev.Fulfillment) -> list[Pair]:
+    """The fulfilment's parcels as (number, link): every number it carries, each with its link where
+    the platform pairs them (as many links as numbers), else the first with the fulfilment's link."""
+    numbers = list(f.tracking_numbers)
+    if f.tracking_number and f.tracking_number not in numbers:
+        numbers.insert(0, f.tracking_number)
+    if not numbers:
+        return [(None, f.tracking_url)] if f.tracking_url else []
+    urls = list(f.tracking_urls) if len(f.tracking_urls) == len(numbers) else [f.tracking_url]
+    return [(n, urls[i] if i < len(urls) else None) for i, n in enumerate(numbers)]
+
+
+def _key(pair: Pair) -> str:
+    return pair[0] or pair[1] or ""
+
+
+def _told(f: ev.Fulfillment, pairs: list[Pair], n: int, before: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A parcel's tracking as told: each number's link, the courier, and the "shipped" message (its
+    occurrence) that told it."""
+    seen = {**((before or {}).get("told") or {}), **{_key(p): p[1] for p in pairs}}
+    return {"told": seen, "company": f.tracking_company or (before or {}).get("company"), "n": n}
+
+
+def _tracking_of(run: Run | None, parcel: str) -> dict[str, Any]:
+    """The tracking each parcel was told with. A run from before this was kept has told its parcels
+    (None: tracking unknown), so they are not told again; one from before parcels were kept, any."""
+    if run is None:
+        return {}
+    if "tracking" in run.state:
+        return dict(run.state["tracking"])
+    if "shipped" not in (run.state.get("sent") or []):
+        return {}
+    known = run.state["parcels"] if "parcels" in run.state else {parcel: None}
+    return {p: None for p in known}
+
+
+def _showing(facts: Facts, pair: Pair) -> dict[str, Any]:
+    """The order's values with this parcel's number and link (a template shows one parcel)."""
+    return {**order_context(facts), "fulfillment.tracking_number": pair[0], "fulfillment.tracking_url": pair[1]}
+
+
+def _tracking_news(run: Run, facts: Facts, f: ev.Fulfillment) -> tuple[dict[str, Any] | None, list[Command]]:
+    """After "shipped" went out, tracking she was not told: (the run's tracking as told now, the sends).
+
+    Another parcel (a fulfilment not told of, or a number added to one) and a corrected number or link
+    get a "shipped" of their own (``Send.occurrence``), once per change. A link or courier added to the
+    number told (it came without, and a template that shows it was skipped for the missing value) sends
+    that message again with ``retry_missing_value``: only a row skipped so is queued, never a second one."""
+    pairs = _pairs(f)
+    if not pairs:
+        return None, []
+    tracking = _tracking_of(run, f.external_id)
+    latest = max([int(r.get("n", 1)) for r in tracking.values() if r] + [1])
+    if f.external_id not in tracking:  # another parcel, with its own tracking
+        return {**tracking, f.external_id: _told(f, pairs, latest + 1)}, [Send("shipped", _showing(facts, pairs[0]), occurrence=latest + 1)]
+    record = tracking[f.external_id]
+    if record is None:  # told before its tracking was kept
+        return {**tracking, f.external_id: _told(f, pairs, 1)}, []
+    seen: dict[str, str | None] = record.get("told") or {}
+    changed = [p for p in pairs if _key(p) not in seen or (p[1] and seen[_key(p)] and seen[_key(p)] != p[1])]
+    if changed:  # a number not told (another package, a corrected number) or a corrected link
+        return ({**tracking, f.external_id: _told(f, pairs, latest + 1, record)},
+                [Send("shipped", _showing(facts, changed[0]), occurrence=latest + 1)])
+    gained = [p for p in pairs if p[1] and not seen.get(_key(p))]
+    if gained or (f.tracking_company and not record.get("company")):
+        n = int(record.get("n", 1))
+        return ({**tracking, f.external_id: _told(f, pairs, n, record)},
+                [Send("shipped", _showing(facts, (gained or pairs)[0]), occurrence=n, retry_missing_value=True)])
+    return None, []
+
+
+def _delivered_after_failure(run: Run | None, facts: Facts, parcel: str, status: str, prev: str | None) -> list[Command]:
+    """A parcel whose delivery failed has arrived after all: the open case hears it (no call needed);
+    the run stays as it is."""
+    if run is None or run.status != "handoff" or status not in ARRIVED or (prev or "") in ARRIVED:
+        return []
+    ndr = run.state.get("ndr_parcels")  # a run from before this was kept: its failure was this parcel's
+    if "failed" not in (run.state.get("sent") or []) or (ndr is not None and parcel not in ndr):
+        return []
+    name = facts.order.name if facts.order is not None else run.subject
+    return [Handoff(f"{name} was delivered after the failed attempt: no call needed", waits=False)]
 
 
 class DeliveryUpdatesConfig(JourneyConfig):
@@ -122,11 +231,18 @@ class DeliveryUpdates:
             return f"order:{event.fulfillment.order_external_id}"
         if isinstance(event, ev.ButtonReplied):
             return replied_here(event, facts, self.name)
+        if isinstance(event, ev.OrderDeleted):
+            return deleted_order(event)
+        if isinstance(event, (ev.OrderCancelled, ev.OrderUpdated)) and cancelled_order(event, facts):
+            return f"order:{event.order.external_id}"  # a cancel withdraws what the run has waiting
         return None
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, now: datetime) -> list[Command]:
         if isinstance(event, ev.ButtonReplied):
             return self._answer(event, run, facts, config) if run is not None else []
+        if cancelled_order(event, facts):
+            # an update still waiting must not reach her after the cancel; a run a person is on stays theirs
+            return withdraw_for_cancel(run, finish=True) if run is not None else []
         if not isinstance(event, ev.FulfillmentUpdated) or facts.order is None or facts.order.cancelled:
             return []
         if not facts.order.ships:
@@ -147,16 +263,11 @@ class DeliveryUpdates:
             return []
         done = set((run.state.get("sent") or []) if run else [])
         if run is not None and step == "failed" and "failed" in done and STEP_FOR_STATUS.get(prev or "") != "failed":
-            return self._failed_again(run, facts, config, status, parcels)
-        if step in done or (step == "shipped" and done & LATER_THAN_SHIPPED):
-            if run is not None and status not in (prev, "none"):
-                # news told before, of another parcel or the same one moving on (back to the hub, out
-                # again after a failure): remembered, so its next failure is a new attempt to ask about,
-                # a repeat of this news is not, and the run knows when every parcel has arrived
-                # ("none" is no carrier news, e.g. tracking added later: the parcel's status stands)
-                return [Update({"last_status": status, "parcels": parcels}), *_arrived(run, parcels)]
-            return []  # already told, or a late "shipped" after later news
-        untracked = step == "shipped" and not (f.tracking_number or f.tracking_url)
+            return self._failed_again(run, facts, config, status, parcels, f.external_id)
+        everything = _all_arrived(parcels, facts)
+        if step in done or (step == "shipped" and done & LATER_THAN_SHIPPED) or (step == "delivered" and not everything):
+            return self._heard(run, facts, f, status, prev, step, parcels, everything)
+        untracked = step == "shipped" and not _pairs(f)
         # "shipped" still open after a shipped status: it was tried without tracking
         tried = run is not None and STEP_FOR_STATUS.get(run.state.get("last_status") or "") == "shipped"
         if untracked and tried:
@@ -166,13 +277,48 @@ class DeliveryUpdates:
             if facts.contact_id is None:
                 return []
             commands.append(Start(f"order:{facts.order.external_id}", facts.contact_id, {"sent": []}))
+        elif step in LATER_THAN_SHIPPED and all(STEP_FOR_STATUS.get(s) in LATER_THAN_SHIPPED for s in parcels.values()):
+            # every parcel is past what the run may still have waiting (held for quiet hours, a retry): the
+            # earlier news is withdrawn, so she gets the current one only (this decision's send is queued after)
+            commands.append(Withdraw())
         told = done if untracked else done | {step}  # an untracked "shipped" leaves the step open
+        state: dict[str, Any] = {"sent": sorted(told), "last_status": status, "parcels": parcels}
+        if step == "shipped" and not untracked:
+            state["tracking"] = {**_tracking_of(run, f.external_id), f.external_id: _told(f, _pairs(f), 1)}
+        if step == "failed":
+            state["ndr_parcels"] = sorted({*((run.state.get("ndr_parcels") or []) if run else []), f.external_id})
         # after an untracked try, that try may have been skipped for want of the tracking
-        commands += [Update({"sent": sorted(told), "last_status": status, "parcels": parcels}),
-                     Send(step, order_context(facts), retry_missing_value=step == "shipped" and tried)]
+        commands += [Update(state), Send(step, order_context(facts), retry_missing_value=step == "shipped" and tried)]
         if step == "failed" and config.handoff_on_failure:
             commands.append(Handoff(f"delivery failed ({status}) for {facts.order.name}; call the customer to rearrange"))
-        return commands + _arrived(run, parcels)
+        commands += _delivered_after_failure(run, facts, f.external_id, status, prev)
+        return commands + _arrived(run, parcels, everything)
+
+    @staticmethod
+    def _heard(run: Run | None, facts: Facts, f: ev.Fulfillment, status: str, prev: str | None, step: str,
+               parcels: dict[str, str], everything: bool) -> list[Command]:
+        """News whose step was told already (or "delivered" while another parcel is on its way): the
+        parcel's status is kept (so its next failure is a new attempt to ask about, a repeat of this news
+        is not, and the run knows when every parcel has arrived), and a "shipped" that brings tracking
+        she was not told (another parcel, a corrected number or link, a link added later) tells it."""
+        if run is None:
+            if step != "delivered" or facts.contact_id is None or facts.order is None:
+                return []
+            # first heard delivered, another parcel still to come: the run keeps it, "delivered" waits
+            return [Start(f"order:{facts.order.external_id}", facts.contact_id, {"sent": []}),
+                    Update({"last_status": status, "parcels": parcels})]
+        state: dict[str, Any] = {}
+        if status not in (prev, "none"):  # "none" is no carrier news (e.g. tracking added later): the status stands
+            state.update(last_status=status, parcels=parcels)
+        sends: list[Command] = []
+        if step == "shipped" and "shipped" in (run.state.get("sent") or []) and (prev or "") not in ARRIVED:
+            tracking, sends = _tracking_news(run, facts, f)
+            if tracking is not None:
+                state["tracking"] = tracking
+        if not state:
+            return []  # already told, or a late "shipped" after later news
+        return [Update(state), *sends, *_delivered_after_failure(run, facts, f.external_id, status, prev),
+                *_arrived(run, parcels, everything)]
 
     @staticmethod
     def _tracking_failed(run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, f: ev.Fulfillment, prev: str | None,
@@ -197,13 +343,16 @@ class DeliveryUpdates:
                     f"tracking number) or the shipment was cancelled; check with the courier (the customer was not told)")]
 
     @staticmethod
-    def _failed_again(run: Run, facts: Facts, config: DeliveryUpdatesConfig, status: str, parcels: dict[str, str]) -> list[Command]:
+    def _failed_again(run: Run, facts: Facts, config: DeliveryUpdatesConfig, status: str, parcels: dict[str, str],
+                      parcel: str) -> list[Command]:
         """Another failed attempt after the parcel moved on (the courier tried again), or another
         parcel's: the customer is asked again (a message of its own, ``Send.occurrence``), may
         answer afresh, and a person hears of it (the open hand-off, or a new one if it was closed)."""
         assert facts.order is not None  # decide reads a fulfilment only with its order
         attempt = int(run.state.get("failed_attempts", 1)) + 1
-        commands: list[Command] = [Update({"last_status": status, "parcels": parcels, "failed_attempts": attempt, "ndr_answers": []}),
+        ndr_parcels = sorted({*(run.state.get("ndr_parcels") or []), parcel})
+        commands: list[Command] = [Update({"last_status": status, "parcels": parcels, "failed_attempts": attempt, "ndr_answers": [],
+                                           "ndr_parcels": ndr_parcels}),
                                    Send("failed", order_context(facts), occurrence=attempt)]
         if config.handoff_on_failure:
             commands.append(Handoff(f"delivery failed again (attempt {attempt}, {status}) for {facts.order.name}; "
@@ -213,7 +362,8 @@ class DeliveryUpdates:
     @staticmethod
     def _answer(event: ev.ButtonReplied, run: Run, facts: Facts, config: DeliveryUpdatesConfig) -> list[Command]:
         """The customer's answer to the failed-delivery message: recorded, noted, and to a person
-        (once per choice and failed attempt: after a second failure they may ask to reschedule again)."""
+        (once per choice and failed attempt: after a second failure they may ask to reschedule again).
+        Once every parcel has arrived the answer is late: no note is written, the case is told."""
         choice = config.choice(event.payload)
         answers = list(run.state.get("ndr_answers") or [])
         if choice is None or "failed" not in (run.state.get("sent") or []) or choice in answers:
@@ -224,6 +374,13 @@ class DeliveryUpdates:
         suffix = f"_{attempt}" if attempt > 1 else ""
         commands: list[Command] = [Update({"ndr_choice": choice, "ndr_answers": [*answers, choice],
                                            "ndr_answered_at": event.occurred_at.isoformat()})]
+        parcels = run.state.get("parcels") or {}
+        if parcels and all(s in ARRIVED for s in parcels.values()):
+            # a late tap: every parcel has arrived since, so the courier desk gets no note to act on; the case hears it
+            if choice == "cancel" or config.handoff_on_failure:
+                commands.append(Handoff(f"{ASKS[choice].format(name=name)}; it has been delivered since, so nothing was "
+                                        f"written to the order"))
+            return commands
         if choice in NOTES and config.note_answers:
             commands.append(WriteBack("add_note", order_id, {"note": NOTES[choice]}, f"ndr_{choice}{suffix}"))
         if choice == "cancel" or config.handoff_on_failure:

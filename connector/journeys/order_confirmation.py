@@ -12,6 +12,9 @@ the connector never saw placed confirms nothing.
 
 A sale at the store's till (Shopify POS) is not confirmed unless ``include_pos``: the customer
 has the goods and the receipt in hand.
+
+An order cancelled (or binned) while its thanks still waits (held for quiet hours, a retry behind
+a WhatsApp outage) withdraws it: "thanks for your order" must not reach her after the cancel.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from connector import events as ev
-from connector.journeys._common import order_context, unpaid_order
+from connector.journeys._common import cancelled_order, deleted_order, order_context, unpaid_order, withdraw_for_cancel
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start
 
 AWAITING = "awaiting_payment"
@@ -41,11 +44,15 @@ class OrderConfirmation:
     config_model: ClassVar[type[JourneyConfig]] = OrderConfirmationConfig
 
     def subject(self, event: Any, facts: Facts) -> str | None:
-        if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)) and facts.order and not facts.order.is_cod:
+        if isinstance(event, ev.OrderDeleted):
+            return deleted_order(event)
+        if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)) and facts.order and not facts.order.is_cod:
             return f"order:{event.order.external_id}"
         return None
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: OrderConfirmationConfig, now: datetime) -> list[Command]:
+        if run is not None and run.state.get("outcome") != AWAITING and cancelled_order(event, facts):
+            return withdraw_for_cancel(run)  # its thanks may still wait (quiet hours, an outage's retry)
         if facts.contact_id is None or facts.order is None or facts.order.cancelled:
             return []
         if run is None:

@@ -400,6 +400,15 @@ def test_tracking_lists_are_used_when_the_single_fields_are_empty() -> None:
     assert (f.tracking_number, f.tracking_url) == ("T2", "https://t/2")
 
 
+def test_every_tracking_number_of_a_multi_package_fulfilment_is_kept() -> None:
+    """Before: only the first number was kept, so a second package's number was never heard of."""
+    body = load("fulfillments_update")
+    body.update(tracking_number="T1", tracking_url="https://t/1", tracking_numbers=["T1", "T2"], tracking_urls=["https://t/1", "https://t/2"])
+    f = only(normalize("fulfillments/update", body, STORE)).fulfillment
+    assert (f.tracking_number, f.tracking_url) == ("T1", "https://t/1")  # what a template shows
+    assert (f.tracking_numbers, f.tracking_urls) == (("T1", "T2"), ("https://t/1", "https://t/2"))
+
+
 # ---- customers, consent, app, compliance -------------------------------------------------
 
 

@@ -343,6 +343,18 @@ def test_shipping_status_and_tracking_meta_become_a_fulfilment() -> None:
         assert not any(isinstance(e, FulfillmentUpdated) for e in events), status
 
 
+def test_every_shipment_tracking_item_is_kept_and_the_first_is_shown() -> None:
+    """Before: only the last item was kept, under the one fulfilment: the other parcel was never told."""
+    items = [{"tracking_provider": "", "custom_tracking_provider": "Delhivery", "tracking_number": "DL1",
+              "custom_tracking_link": "https://track.example/DL1"},
+             {"tracking_provider": "", "custom_tracking_provider": "Delhivery", "tracking_number": "DL2",
+              "custom_tracking_link": "https://track.example/DL2"}]
+    body = {**cod_order(), "status": "completed", "meta_data": [{"key": "_wc_shipment_tracking_items", "value": items}]}
+    [f] = [e.fulfillment for e in normalize("order.updated", body, STORE) if isinstance(e, FulfillmentUpdated)]
+    assert (f.tracking_number, f.tracking_url) == ("DL1", "https://track.example/DL1")
+    assert (f.tracking_numbers, f.tracking_urls) == (("DL1", "DL2"), ("https://track.example/DL1", "https://track.example/DL2"))
+
+
 def _shipped(store: WooCommerceStore, item: dict[str, Any], **order: Any) -> Any:
     body = {**cod_order(), "status": "completed", **order,
             "meta_data": [{"key": "_wc_shipment_tracking_items", "value": [item]}]}
