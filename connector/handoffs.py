@@ -46,6 +46,8 @@ class HandoffRequest:
     unless_awaited: bool = False
     # a second request for an open case is added to it; True: its owner is notified again
     notify_update: bool = True
+    # news for a case, if one is open (a failed parcel delivered after all): none open, nothing to tell
+    only_open: bool = False
     # a free-text reply: added to the open case of the journey it answers (``journey`` and
     # ``subject`` from the quoted message, or by phone) or, quoting nothing, of a run waiting on a person
     continues_open: bool = False
@@ -354,6 +356,9 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
         case = _continued(conn, store, store_id, contact_id, req, context, now)
         if case is not None:
             return _add_update(conn, store, store_id, contact_id, case, context, req, now)
+    if req.only_open:
+        case = conn.execute(_OPEN_BY_KEY, {"sid": store_id, "key": req.key[:255]}).first()
+        return None if case is None else _add_update(conn, store, store_id, contact_id, case, context, req, now)
     # the journey's stage when the store gave it an owner; else, as before stages came from journeys, the contact's
     stage = req.stage if req.stage in store.stages else (context.get("stage") or "entry")
     owner_cfg = store.stages.get(stage)

@@ -197,7 +197,7 @@ def _delivered_after_failure(run: Run | None, facts: Facts, parcel: str, status:
     if "failed" not in (run.state.get("sent") or []) or (ndr is not None and parcel not in ndr):
         return []
     name = facts.order.name if facts.order is not None else run.subject
-    return [Handoff(f"{name} was delivered after the failed attempt: no call needed", waits=False)]
+    return [Handoff(f"{name} was delivered after the failed attempt: no call needed", waits=False, only_open=True)]
 
 
 class DeliveryUpdatesConfig(JourneyConfig):

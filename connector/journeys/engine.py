@@ -166,6 +166,7 @@ class Handoff:
 
     reason: str
     waits: bool = True
+    only_open: bool = False  # news for the run's case if it is still open; none open (a person closed it): nothing
 
 
 @dataclass(frozen=True, slots=True)

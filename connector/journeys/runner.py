@@ -568,7 +568,8 @@ class JourneyRunner:
             elif isinstance(cmd, Handoff):
                 state.update(handoff_reason=cmd.reason, handoff_at=now.isoformat())
                 values.update(state=state, **({"status": "handoff"} if cmd.waits else {}))
-                handoffs.append(HandoffRequest(f"{journey}:{subject}", cmd.reason, journey, subject, stage=journey_stage(journey)))
+                handoffs.append(HandoffRequest(f"{journey}:{subject}", cmd.reason, journey, subject, stage=journey_stage(journey),
+                                               only_open=cmd.only_open))
         if values and run_id is not None and not created:
             values["updated_at"] = now
         if fired and run_id is not None and not created:

@@ -181,6 +181,31 @@ def test_the_ndr_case_hears_of_the_delivery_and_a_late_answer_writes_no_note(sql
     assert "it has been delivered since, so nothing was written to the order" in told[-1]
 
 
+def test_a_failed_parcel_delivered_after_staff_closed_its_case_opens_no_new_case(sqlite_url, scenario, world):
+    """Staff rang her and closed the failed-delivery case; the parcel is delivered the next day. That is news
+    for an open case only: no second case "delivered after the failed attempt" for anyone to close."""
+    from tests.conftest import SECRETS
+
+    sc = start(scenario, sqlite_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", parcel(7001, order, sc.now, "in_transit", "AAA111"))
+    sc.later(days=1)
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "attempted_delivery", "AAA111"))
+    sc.later(hours=1)
+    [case] = sc.handoffs(status="open")
+    closed = sc.client.post(f"/api/stores/{sc.key}/handoffs/{case['id']}/close", json={"by": "Ravi", "resolution": "rang her"},
+                            headers={"Authorization": f"Bearer {SECRETS['admin']}"})
+    assert closed.status_code == 200, closed.text
+    told_before = len(world.notifications)
+    sc.later(days=1)
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "delivered", "AAA111"))
+    sc.later(hours=1)
+    assert sc.handoffs(status="open") == []
+    assert len(world.notifications) == told_before
+
+
 # ---- quiet hours: the current news only ----------------------------------------------------------
 
 def test_after_a_night_of_updates_held_for_quiet_hours_only_the_latest_goes_out(sqlite_url, scenario, world):
