@@ -154,7 +154,7 @@ def _replaced(event: Any, run: Run) -> list[Command]:
     o = event.order
     placed = datetime.fromisoformat(run.state["placed_at"]) if run.state.get("placed_at") else run.started_at
     mine = set(run.state.get("products") or ())
-    if o.cancelled_at is not None or not (o.is_cod or o.payment_state in SETTLED) or not placed <= o.created_at <= placed + REPLACED_WITHIN \
+    if o.cancelled_at is not None or not (o.is_cod or o.payment_state in SETTLED) or not placed < o.created_at <= placed + REPLACED_WITHIN \
             or (mine and not mine & _products(o)):
         return []
     return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced_by_order", skip_waiting=True)]
