@@ -39,6 +39,17 @@ def _preference_by_user_id_only(sc, user_id: str, value: str) -> dict:
     return env
 
 
+def bsuid_only_text(sc, words: str, message_id: str, name: str = "Meera") -> None:
+    """A text from a user who hides their number: no wa_id anywhere, only the BSUID."""
+    env = p.wa_text(sc.phone_number_id, "0", message_id, words, sc.now)
+    change = env["entry"][0]["changes"][0]["value"]
+    change["contacts"] = [{"profile": {"name": name}, "user_id": BSUID}]
+    msg = change["messages"][0]
+    msg.pop("from")
+    msg["from_user_id"] = BSUID
+    sc.post(sc.whatsapp_delivery(env))
+
+
 # ---- 1. WhatsApp's marketing "stop" from a user named only by their BSUID -----------------------
 
 def test_whatsapp_marketing_stop_by_business_scoped_id_only_stops_cart_reminders(sqlite_url, scenario, world):
@@ -63,13 +74,7 @@ def test_a_new_customer_who_hides_her_number_writes_in_and_a_person_hears_of_it(
     with no contact, and nobody heard of it); her second message joins that contact and that case."""
     sc = scenario(sqlite_url, "shopify", journeys=LADDER)
     for i, words in enumerate(("Do you deliver to Pune? I want to order 10 units", "Please call me back")):
-        env = p.wa_text(sc.phone_number_id, "0", f"wamid.BS{i}", words, sc.now)
-        change = env["entry"][0]["changes"][0]["value"]
-        change["contacts"] = [{"profile": {"name": "Meera"}, "user_id": BSUID}]
-        msg = change["messages"][0]
-        msg.pop("from")
-        msg["from_user_id"] = BSUID
-        sc.post(sc.whatsapp_delivery(env))
+        bsuid_only_text(sc, words, f"wamid.BS{i}")
         sc.later(minutes=5)
     [case] = sc.handoffs(status="open")
     assert "Pune" in str(case) and "Please call me back" in str(case)

@@ -8,7 +8,6 @@ her phone, the store's API and the hand-off webhook (fake peers on 127.0.0.1).
 
 from __future__ import annotations
 
-from datetime import timedelta
 
 import pytest
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from connector.config import parse_settings
-from connector.reorder.windows import open_due_windows, refresh_windows, run_reorder_tick
+from connector.reorder.windows import refresh_windows, run_reorder_tick
 from connector.storage import models as m
 from tests.conftest import FIXTURES, PHONE_ID_WOO, SECRETS, settings_dict
 from tests.helpers import dumps, load_json, running_app, woo_headers

@@ -27,7 +27,7 @@ from tests.scenarios.stores import SHOPIFY, WOOCOMMERCE
 from tests.scenarios.test_store_journeys import LADDER
 from tests.scenarios.test_woo_recovery import BOTH, paid, unpaid
 from tests.scenarios.test_woo_recovery import store as woo_store
-from tests.test_bsuid_and_send_errors import BSUID
+from tests.test_bsuid_and_send_errors import BSUID, bsuid_only_text
 from tests.test_cod_shipped_and_late import cancelled, tagged
 from tests.test_consent_and_spacing_fixes import _text
 
@@ -67,26 +67,16 @@ def test_one_open_question_whose_send_answer_was_lost_still_takes_her_tap(sqlite
     assert tagged(world, SHOPIFY) == ["cod-confirmed"] and not cancelled(world, SHOPIFY)
 
 
-def _bsuid_only_text(sc, words: str, message_id: str) -> None:
-    env = p.wa_text(sc.phone_number_id, "0", message_id, words, sc.now)
-    change = env["entry"][0]["changes"][0]["value"]
-    change["contacts"] = [{"profile": {"name": "Asha"}, "user_id": BSUID}]
-    msg = change["messages"][0]
-    msg.pop("from")
-    msg["from_user_id"] = BSUID
-    sc.post(sc.whatsapp_delivery(env))
-
-
 def test_a_stop_by_business_scoped_id_reaches_the_contact_with_her_number(sqlite_url, scenario, world):
     sc = scenario(sqlite_url, "shopify", journeys=LADDER)
-    _bsuid_only_text(sc, "Do you ship to Pune?", "wamid.Q1")  # first message: number hidden (a contact from the id)
+    bsuid_only_text(sc, "Do you ship to Pune?", "wamid.Q1", name="Asha")  # first message: number hidden (a contact from the id)
     sc.later(minutes=5)
     _text(sc, ASHA, "Ok thanks", sc.now, "wamid.HI", user_id=BSUID)  # later, her number and the id together
     sc.later(minutes=5)
     SHOPIFY.start_checkout(sc, "A", ASHA)
     sc.later(hours=1)
     assert sc.templates_to(ASHA) == ["cart_1_v1"]
-    _bsuid_only_text(sc, "STOP", "wamid.STOP")  # number hidden again
+    bsuid_only_text(sc, "STOP", "wamid.STOP", name="Asha")  # number hidden again
     sc.later(days=2)
     assert sc.templates_to(ASHA) == ["cart_1_v1"]  # no second or third reminder
     assert sc.contact(ASHA)["contact"]["opted_out_at"] is not None
