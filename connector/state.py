@@ -717,8 +717,10 @@ def apply_product_cycle(conn: Connection, store_id: int, p: ev.ProductUpdated, n
 
 
 def _apply_availability(conn: Connection, store_id: int, key: str, p: ev.ProductUpdated, now: datetime) -> bool:
-    """Record whether the product can be bought (a row only for one that cannot); True when that changed.
-    Becoming unavailable cancels its pending reorder windows (sold out only holds them: see windows.py)."""
+    """Record whether the product can be bought (a row only for one that cannot); True when whether it is
+    sold at all changed (what the full scan plans by). Becoming unavailable cancels its pending reorder
+    windows; sold out only holds them as they come due (windows.py), so a stock flip, which WooCommerce
+    sends each time the last unit sells, is recorded but forces no full scan."""
     from connector.storage.models import ProductAvailability, ReorderWindow
 
     table, windows = ProductAvailability.__table__, ReorderWindow.__table__
@@ -735,7 +737,7 @@ def _apply_availability(conn: Connection, store_id: int, key: str, p: ev.Product
     if not p.available:
         conn.execute(windows.update().where(windows.c.store_id == store_id, windows.c.product_key == key, windows.c.status == "pending")
                      .values(status="cancelled", updated_at=now))
-    return True
+    return after[0] != before[0]
 
 
 def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, inbox_id: int, now: datetime) -> Outcome:

@@ -259,8 +259,9 @@ def test_no_reminder_when_she_already_reordered_under_another_phone_number(db_ur
 
 def test_no_reminder_while_her_bank_transfer_reorder_is_on_hold_and_nothing_is_credited(db_url):
     """A WooCommerce reorder paid by bank transfer waits ``on-hold`` (unpaid) until the money comes: it is
-    no purchase for the scans yet, but she has reordered, so no reminder goes out; with no reminder,
-    no run exists to credit the reorder's revenue to."""
+    no purchase for the scans yet, but she has reordered, so no reminder goes out while it waits (the
+    window is held, checked again later); once the money comes the window is ``reordered``. With no
+    reminder, no run exists to credit the reorder's revenue to."""
     settings = _woo_settings(db_url)
     clock = Clock(T0)
     with running_app(settings) as (client, runtime):
@@ -275,11 +276,76 @@ def test_no_reminder_while_her_bank_transfer_reorder_is_on_hold_and_nothing_is_c
         bacs["payment_method"], bacs["payment_method_title"] = "bacs", "Direct bank transfer"
         _wpost(client, "order.created", bacs)
         runtime.processor.drain()
-        for day in (25, 31, 61, 62):
-            clock.now = T0 + timedelta(days=day, hours=1)
+        for hours in range(25 * 24, 32 * 24, 6):  # the scheduled tick, every few hours here (the window is due on day 31)
+            clock.now = T0 + timedelta(hours=hours + 1)
+            run_reorder_tick(runtime.db, store, sid, clock.now)
+        waiting = _statuses(runtime)
+        paid_at = T0 + timedelta(days=32, hours=6)  # the money comes a day later (a window held longer than late_days expires)
+        _wpost(client, "order.updated", {**bacs, "status": "processing", "date_paid_gmt": paid_at.strftime("%Y-%m-%dT%H:%M:%S"),
+                                         "date_modified_gmt": paid_at.strftime("%Y-%m-%dT%H:%M:%S")})
+        clock.now = paid_at
+        runtime.processor.drain()
+        for hours in (7, 13, 19):
+            clock.now = T0 + timedelta(days=32, hours=hours)
             run_reorder_tick(runtime.db, store, sid, clock.now)
         with runtime.db.engine.connect() as conn:
             runs = conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "reorder")).all()
-            by = {w.product_key: w.reorder_order_id for w in conn.execute(select(m.ReorderWindow))}
+            by = {w.product_key: w.reorder_order_id for w in conn.execute(select(m.ReorderWindow)) if w.order_external_id == "8301"}
+    assert waiting[("8301", "p:22")] == "pending"  # due on day 31, held while the transfer is on hold
     assert _outbox(runtime) == [] and runs == []
-    assert _statuses(runtime) == {("8301", "p:22"): "reordered", ("8301", "p:93"): "reordered"} and by == {"p:22": "8302", "p:93": "8302"}
+    assert _statuses(runtime)[("8301", "p:22")] == "reordered" and by["p:22"] == "8302"
+
+
+def test_a_checkout_she_left_at_the_payment_page_holds_the_reminder_only_until_it_is_cancelled(db_url):
+    """A WooCommerce order left ``pending`` at the card page for the same products is no reorder yet: the
+    window waits while it stands, and once the store cancels it (its hold-stock time ran out) her reminder
+    goes out. It used to mark the window reordered for good, so she never heard of it."""
+    settings = _woo_settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["woo"], settings.stores[2]
+        _wpost(client, "order.created", _woo(8301, T0, "processing"))
+        _start(client, "16502530000", PHONE_ID_WOO, T0)
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        clock.now = T0 + timedelta(days=25)
+        left = _woo(8302, clock.now, "pending", paid=False)
+        _wpost(client, "order.created", left)
+        runtime.processor.drain()
+        for day in (25, 31):
+            clock.now = T0 + timedelta(days=day, hours=1)
+            run_reorder_tick(runtime.db, store, sid, clock.now)
+        before = _outbox(runtime)
+        cancelled_at = (T0 + timedelta(days=31, hours=2)).strftime("%Y-%m-%dT%H:%M:%S")
+        _wpost(client, "order.updated", {**left, "status": "cancelled", "date_modified_gmt": cancelled_at})
+        clock.now = T0 + timedelta(days=31, hours=2)
+        runtime.processor.drain()
+        for hours in (8, 14):
+            clock.now = T0 + timedelta(days=31, hours=hours)
+            run_reorder_tick(runtime.db, store, sid, clock.now)
+    assert before == []
+    assert len(_outbox(runtime)) >= 1  # her reminder, once the unpaid order was cancelled
+
+
+def test_a_product_selling_out_and_coming_back_forces_no_full_rescan(db_url):
+    """WooCommerce sends a product update each time the last unit sells and when stock returns. A sold-out product's
+    windows are only held as they come due, so the flip is recorded but must not make the next tick a full scan of
+    the store's history (it did, every time); a product that stops being sold does."""
+    settings = _woo_settings(db_url)
+    clock = Clock(T0)
+    modes = []
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["woo"], settings.stores[2]
+        _wpost(client, "order.created", _woo(8401, T0, "processing"))
+        _start(client, "16502530000", PHONE_ID_WOO, T0)
+        runtime.processor.drain()
+        modes.append(refresh_windows(runtime.db, store, sid, clock.now).mode)
+        for stock in ("outofstock", "instock", "outofstock", "instock"):
+            clock.now += timedelta(minutes=15)
+            _wpost(client, "product.updated", _woo_product(555, stock=stock, at=clock.now))
+            runtime.processor.drain()
+            clock.now += timedelta(minutes=1)
+            modes.append(refresh_windows(runtime.db, store, sid, clock.now).mode)
+    assert modes == ["full", "incremental", "incremental", "incremental", "incremental"]

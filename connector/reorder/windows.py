@@ -677,8 +677,10 @@ def _still_bought(conn: Connection, store_id: int, windows: list[Any]) -> set[tu
 CT: Table = m.Contact.__table__  # type: ignore[assignment]
 _EMAIL = func.lower(func.trim(CT.c.email))  # as ix_contacts_store_email indexes it
 # An order that says she restocked: not called off, and paid, paying at the door, or awaiting her
-# payment (a bank transfer on hold): she will not be asked to buy what she has just ordered.
+# payment (a bank transfer on hold, a checkout left at the card page): she will not be asked to buy
+# what she has just ordered. An unpaid one only holds the window (``_reordered_since``).
 _NOT_A_REORDER = ("failed", "voided", "refunded")
+_SETTLED = ("paid", "partially_paid", "authorized", "partially_refunded")
 
 
 def _customers(conn: Connection, store_id: int, contact_ids: list[int]) -> dict[int, set[int]]:
@@ -700,30 +702,37 @@ def _customers(conn: Connection, store_id: int, contact_ids: list[int]) -> dict[
     return {cid: {cid} | by_email.get(emails.get(cid) or "", set()) | by_account.get(accounts.get(cid) or "", set()) for cid in contact_ids}
 
 
-def _reordered_since(conn: Connection, store_id: int, windows: list[Any]) -> dict[int, str]:
-    """{window id: the order} for windows whose customer already ordered the product again after the
-    window's order: under any of her contacts (``_customers``), and whether or not that order is paid
-    yet (``_NOT_A_REORDER``). The scans only see a paid (or COD, or shipped) order of the same contact.
-    Three queries for the lot, however many windows."""
+def _reordered_since(conn: Connection, store_id: int, windows: list[Any]) -> tuple[dict[int, str], set[int]]:
+    """({window id: the order}, {window id}) for windows whose customer already ordered the product again
+    after the window's order, under any of her contacts (``_customers``): paid, authorised or cash on
+    delivery (the first: the window is ``reordered``), or still unpaid (the second: a bank transfer on
+    hold, or a checkout she may yet abandon, so the window waits, and opens if that order is cancelled).
+    The scans only see a paid (or COD, or shipped) order of the same contact. Three queries for the lot,
+    however many windows."""
     if not windows:
-        return {}
+        return {}, set()
     customers = _customers(conn, store_id, sorted({w.contact_id for w in windows}))
     everyone = sorted(set().union(*customers.values()))
-    orders = (select(O.c.contact_id, O.c.external_id, O.c.placed_at, L.c.product_id, L.c.sku, L.c.title)
+    orders = (select(O.c.contact_id, O.c.external_id, O.c.placed_at, L.c.product_id, L.c.sku, L.c.title,
+                     (O.c.payment_state.in_(_SETTLED) | O.c.is_cod).label("settled"))
               .select_from(O.join(L, L.c.order_id == O.c.id))
               .where(O.c.store_id == store_id, O.c.contact_id.in_(everyone), O.c.placed_at > min(w.placed_at for w in windows),
                      O.c.cancelled_at.is_(None), O.c.test.is_(False), O.c.payment_state.not_in(_NOT_A_REORDER))
               .order_by(O.c.placed_at))
-    later: dict[tuple[int, str], list[tuple[datetime, str]]] = defaultdict(list)  # (contact, product) -> [(placed, order)]
-    for contact_id, external_id, placed_at, product_id, sku, title in conn.execute(orders):
-        later[(contact_id, product_key(product_id, sku, title))].append((placed_at, external_id))
+    later: dict[tuple[int, str], list[tuple[datetime, str, bool]]] = defaultdict(list)  # (contact, product) -> [(placed, order, settled)]
+    for contact_id, external_id, placed_at, product_id, sku, title, settled in conn.execute(orders):
+        later[(contact_id, product_key(product_id, sku, title))].append((placed_at, external_id, bool(settled)))
     found: dict[int, str] = {}
+    waiting: set[int] = set()
     for w in windows:
-        hits = [(at, oid) for cid in customers[w.contact_id] for at, oid in later.get((cid, w.product_key), ())
+        hits = [(at, oid, settled) for cid in customers[w.contact_id] for at, oid, settled in later.get((cid, w.product_key), ())
                 if at > w.placed_at and oid != w.order_external_id]
-        if hits:
-            found[w.id] = min(hits)[1]
-    return found
+        paid = [(at, oid) for at, oid, settled in hits if settled]
+        if paid:
+            found[w.id] = min(paid)[1]
+        elif hits:
+            waiting.add(w.id)
+    return found, waiting
 
 
 SOLD_OUT_RECHECK = timedelta(hours=6)
@@ -769,10 +778,13 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
                 held.append({"_id": w.id})
                 continue
             due.append(w)
-        reordered = _reordered_since(conn, store_id, due)
+        reordered, unpaid = _reordered_since(conn, store_id, due)
         opened = []
         for w in due:
             if w.id in reordered:  # no reminder: it never ran, so nothing can be credited to it
+                continue
+            if w.id in unpaid:  # her reorder waits for its payment: ask again later (it opens if that order is cancelled)
+                held.append({"_id": w.id})
                 continue
             busy = busy_with(conn, store_id, w.contact_id, now)
             event = ev.ReorderWindowOpened(
