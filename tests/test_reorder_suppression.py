@@ -4,7 +4,10 @@ Each drives the real webhook path, then the reorder tick, and checks what the cu
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -52,15 +55,7 @@ def test_a_refunded_woocommerce_order_gets_no_reorder_reminder(db_url, full):
     """WooCommerce keeps a refunded order's lines (the refund is an object of its own): the order,
     returned and refunded five days after it was placed, still read as two products bought, and the
     customer was asked to reorder them. Its windows, planned before the refund, are cancelled."""
-    settings = _woo_settings(db_url)
-    clock = Clock(T0)
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
-        sid, store = runtime.store_ids["woo"], settings.stores[2]
-        _wpost(client, "order.created", _woo(8101, T0, "processing"))
-        _start(client, "16502530000", PHONE_ID_WOO, T0)
-        runtime.processor.drain()
-        run_reorder_tick(runtime.db, store, sid, clock.now)
+    with _woo_buyer(db_url, 8101) as (client, runtime, clock, store, sid):
         assert set(_statuses(runtime).values()) == {"pending"}
         clock.now += timedelta(days=5)
         refunded = _woo(8101, T0, "refunded")
@@ -102,15 +97,7 @@ def test_a_fully_refunded_shopify_order_whose_lines_stay_gets_no_reorder_reminde
 def test_a_woocommerce_subscriber_is_not_asked_to_reorder_what_renews_by_itself(db_url):
     """The first box is a checkout order, the next a renewal the store raises itself (``created_via:
     subscription``): no window for the renewal, so no "reorder in one tap" three days before the next one."""
-    settings = _woo_settings(db_url)
-    clock = Clock(T0)
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
-        sid, store = runtime.store_ids["woo"], settings.stores[2]
-        _wpost(client, "order.created", _woo(8201, T0, "processing"))
-        _start(client, "16502530000", PHONE_ID_WOO, T0)
-        runtime.processor.drain()
-        run_reorder_tick(runtime.db, store, sid, clock.now)
+    with _woo_buyer(db_url, 8201) as (client, runtime, clock, store, sid):
         clock.now = T0 + timedelta(days=30)
         _wpost(client, "order.created", _woo(8202, clock.now, "processing", created_via="subscription"))
         runtime.processor.drain()
@@ -188,6 +175,22 @@ def test_no_reorder_reminder_for_a_product_archived_or_whose_replenish_tag_was_r
     assert _statuses(runtime) == {("6001", "p:9001"): "cancelled"}
 
 
+@contextmanager
+def _woo_buyer(db_url: str, order_id: int) -> Iterator[tuple[Any, Any, Clock, Any, int]]:
+    """The WooCommerce store with one customer (opted in by START) who bought the docs' example order
+    (products 93 x2 and 22 x1) as ``order_id`` at T0, its windows planned: (client, runtime, clock, store, store id)."""
+    settings = _woo_settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["woo"], settings.stores[2]
+        _wpost(client, "order.created", _woo(order_id, T0, "processing"))
+        _start(client, "16502530000", PHONE_ID_WOO, T0)
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        yield client, runtime, clock, store, sid
+
+
 def _woo_product(pid: int, status: str = "publish", stock: str = "instock", at: datetime = T0) -> dict:
     return {"id": pid, "name": f"Product {pid}", "tags": [], "status": status, "stock_status": stock,
             "date_modified_gmt": at.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -196,15 +199,7 @@ def _woo_product(pid: int, status: str = "publish", stock: str = "instock", at: 
 def test_a_woocommerce_product_binned_gets_no_reminder_and_one_sold_out_waits_until_it_is_back(db_url):
     """Product 22 is moved to the bin: its window is cancelled at once. Product 93 is sold out when its
     window comes: nothing goes out while it is; back in stock a day later, the reminder goes."""
-    settings = _woo_settings(db_url)
-    clock = Clock(T0)
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
-        sid, store = runtime.store_ids["woo"], settings.stores[2]
-        _wpost(client, "order.created", _woo(8401, T0, "processing"))
-        _start(client, "16502530000", PHONE_ID_WOO, T0)
-        runtime.processor.drain()
-        run_reorder_tick(runtime.db, store, sid, clock.now)
+    with _woo_buyer(db_url, 8401) as (client, runtime, clock, store, sid):
         clock.now += timedelta(days=10)
         _wpost(client, "product.updated", _woo_product(22, status="trash", at=clock.now))
         _wpost(client, "product.updated", _woo_product(93, stock="outofstock", at=clock.now))
@@ -262,15 +257,7 @@ def test_no_reminder_while_her_bank_transfer_reorder_is_on_hold_and_nothing_is_c
     no purchase for the scans yet, but she has reordered, so no reminder goes out while it waits (the
     window is held, checked again later); once the money comes the window is ``reordered``. With no
     reminder, no run exists to credit the reorder's revenue to."""
-    settings = _woo_settings(db_url)
-    clock = Clock(T0)
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
-        sid, store = runtime.store_ids["woo"], settings.stores[2]
-        _wpost(client, "order.created", _woo(8301, T0, "processing"))
-        _start(client, "16502530000", PHONE_ID_WOO, T0)
-        runtime.processor.drain()
-        run_reorder_tick(runtime.db, store, sid, clock.now)
+    with _woo_buyer(db_url, 8301) as (client, runtime, clock, store, sid):
         clock.now = T0 + timedelta(days=25)
         bacs = _woo(8302, clock.now, "on-hold", paid=False)
         bacs["payment_method"], bacs["payment_method_title"] = "bacs", "Direct bank transfer"
@@ -300,15 +287,7 @@ def test_a_checkout_she_left_at_the_payment_page_holds_the_reminder_only_until_i
     """A WooCommerce order left ``pending`` at the card page for the same products is no reorder yet: the
     window waits while it stands, and once the store cancels it (its hold-stock time ran out) her reminder
     goes out. It used to mark the window reordered for good, so she never heard of it."""
-    settings = _woo_settings(db_url)
-    clock = Clock(T0)
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
-        sid, store = runtime.store_ids["woo"], settings.stores[2]
-        _wpost(client, "order.created", _woo(8301, T0, "processing"))
-        _start(client, "16502530000", PHONE_ID_WOO, T0)
-        runtime.processor.drain()
-        run_reorder_tick(runtime.db, store, sid, clock.now)
+    with _woo_buyer(db_url, 8301) as (client, runtime, clock, store, sid):
         clock.now = T0 + timedelta(days=25)
         left = _woo(8302, clock.now, "pending", paid=False)
         _wpost(client, "order.created", left)
