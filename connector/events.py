@@ -33,6 +33,13 @@ class PaymentState(StrEnum):
     OTHER = "other"
 
 
+# Paid as far as the customer knows: the money is taken, or part of it, or her card authorised for the store to
+# capture later (Shopify manual capture), or paid and partly refunded since. Her questions are post-purchase
+# ones, her order replaces an unpaid try at the same purchase, and it counts as a reorder.
+PAID_AS_SHE_KNOWS = frozenset({PaymentState.PAID, PaymentState.PARTIALLY_PAID, PaymentState.AUTHORIZED,
+                               PaymentState.PARTIALLY_REFUNDED})
+
+
 class FulfillmentState(StrEnum):
     UNFULFILLED = "unfulfilled"
     PARTIAL = "partial"

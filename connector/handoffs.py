@@ -72,11 +72,6 @@ def journey_stage(journey: str | None) -> str | None:
     return stage if stage in _STAGE_ORDER else None
 
 
-# an authorised card payment is paid as far as the customer knows (the store captures it later: Shopify
-# manual capture), as payment recovery reads it: her questions go to post-purchase, not the checkout desk
-PAID_AS_SHE_KNOWS = (ev.PaymentState.PAID, ev.PaymentState.PARTIALLY_PAID, ev.PaymentState.AUTHORIZED)
-
-
 def stage_after(event: Any, current: str) -> str | None:
     """The stage an event moves the contact to (None: unchanged).
 
@@ -97,12 +92,12 @@ def _stage_of(event: Any, current: str) -> str | None:
         return "conversion"
     if isinstance(event, ev.OrderPlaced):
         o = event.order
-        if o.payment_state in PAID_AS_SHE_KNOWS:
+        if o.payment_state in ev.PAID_AS_SHE_KNOWS:
             return "post_purchase"
         return "qualification" if o.is_cod else "conversion"
     if isinstance(event, ev.OrderPaid):
         return "post_purchase"
-    if isinstance(event, ev.OrderUpdated) and event.order.payment_state in PAID_AS_SHE_KNOWS:
+    if isinstance(event, ev.OrderUpdated) and event.order.payment_state in ev.PAID_AS_SHE_KNOWS:
         # WooCommerce says "paid" only this way (an order updated to processing with date_paid)
         return "post_purchase"
     if isinstance(event, ev.FulfillmentUpdated):

@@ -48,7 +48,6 @@ from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run
 from connector.journeys.payment_terms import chase_from, terms_of
 
 STALLED = ("pending", "failed")  # not "authorized": paid as far as the customer knows
-SETTLED = (ev.PaymentState.PAID, ev.PaymentState.AUTHORIZED)  # a later order paid as far as she knows (``_replaced``)
 REPLACED_WITHIN = timedelta(days=1)  # a later order this soon after this one, with a product of it, is her second try
 
 
@@ -154,7 +153,7 @@ def _replaced(event: Any, run: Run) -> list[Command]:
     o = event.order
     placed = datetime.fromisoformat(run.state["placed_at"]) if run.state.get("placed_at") else run.started_at
     mine = set(run.state.get("products") or ())
-    if o.cancelled_at is not None or not (o.is_cod or o.payment_state in SETTLED) or not placed < o.created_at <= placed + REPLACED_WITHIN \
+    if o.cancelled_at is not None or not (o.is_cod or o.payment_state in ev.PAID_AS_SHE_KNOWS) or not placed < o.created_at <= placed + REPLACED_WITHIN \
             or (mine and not mine & _products(o)):
         return []
     return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced_by_order", skip_waiting=True)]

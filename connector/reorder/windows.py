@@ -680,7 +680,7 @@ _EMAIL = func.lower(func.trim(CT.c.email))  # as ix_contacts_store_email indexes
 # payment (a bank transfer on hold, a checkout left at the card page): she will not be asked to buy
 # what she has just ordered. An unpaid one only holds the window (``_reordered_since``).
 _NOT_A_REORDER = ("failed", "voided", "refunded")
-_SETTLED = ("paid", "partially_paid", "authorized", "partially_refunded")
+_SETTLED = sorted(state.value for state in ev.PAID_AS_SHE_KNOWS)
 
 
 def _customers(conn: Connection, store_id: int, contact_ids: list[int]) -> dict[int, set[int]]:
