@@ -66,7 +66,7 @@ class _Settings(BaseModel):
 class ServerSettings(_Settings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
-    max_body_bytes: int = Field(1_048_576, ge=1024, description="larger webhook bodies get 413")
+    max_body_bytes: int = Field(4_194_304, ge=1024, description="larger webhook and admin bodies get 413; WhatsApp's route never caps below 4 MiB (Meta batches up to ~3 MB per POST)")
     admin_token: SecretStr | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     public_url: AnyHttpUrl | None = Field(

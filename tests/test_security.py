@@ -27,6 +27,7 @@ from connector.outbox.senders import DryRunSender
 from connector.secrets import SECRET_KEYS_ENV, SecretBox, generate_key, get_credentials
 from connector.storage import models as m
 from connector.storage.inbox import with_body
+from connector.web.webhooks import WHATSAPP_LARGEST_POST
 from tests.conftest import FIXTURES, PHONE_ID_A, SECRETS, settings_dict
 from tests.helpers import dumps, load_json, meta_signature, running_app, shopify_headers, woo_headers
 
@@ -164,11 +165,13 @@ def test_oversized_and_deeply_nested_bodies_are_refused_on_every_route_that_take
         for i in range(0, len(body), 4096):
             yield body[i:i + 4096]
 
+    # WhatsApp's route never caps below Meta's largest POST (~3 MB): over that it is refused too
+    wa_big = b'{"id": 1, "note": "' + b"x" * (WHATSAPP_LARGEST_POST + 5000) + b'"}'
     with running_app(settings) as (client, runtime):
-        for body, expected in ((big, 413), (deep, 400)):
+        for body, wa_body, expected in ((big, wa_big, 413), (deep, deep, 400)):
             r1 = client.post("/webhooks/shopify", content=body, headers=shopify_headers(body, SECRETS["shop_a"], "shop-a.myshopify.com", "orders/create"))
             r2 = client.post("/webhooks/woocommerce/woo", content=body, headers=woo_headers(body, SECRETS["woo"], "order.created"))
-            r3 = client.post("/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": meta_signature(body, SECRETS["wa_app"])})
+            r3 = client.post("/webhooks/whatsapp", content=wa_body, headers={"X-Hub-Signature-256": meta_signature(wa_body, SECRETS["wa_app"])})
             assert (r1.status_code, r2.status_code, r3.status_code) == (expected, expected, expected)
         # a body that only claims to be small is cut off at the cap as it streams in
         r = client.post("/webhooks/shopify", content=big, headers={**shopify_headers(big, SECRETS["shop_a"], "shop-a.myshopify.com", "orders/create"),

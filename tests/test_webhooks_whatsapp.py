@@ -165,3 +165,38 @@ def test_malformed_envelopes(db_url):
         stored = rows(runtime)
     assert [r.status_code for r in (not_json, wrong_shape, bad_change)] == [400, 400, 400]
     assert stored == []
+
+
+def test_a_malformed_part_is_kept_as_ignored_and_the_good_parts_beside_it_are_stored(db_url):
+    """Meta retries a refused POST whole for days: a 400 for one bad element would lose every
+    reply beside it, on every retry. The bad part is stored as ignored with its reason."""
+    good = routed("inbound_text", PHONE_ID_A)
+    value = good["entry"][0]["changes"][0]["value"]
+    value["messages"].append("not an object")  # one element of the batch is broken
+    stray = {"field": "messages", "value": "x"}  # and so is a whole change of another entry
+    good["entry"].append({"id": "1", "changes": [stray]})
+    with running_app(make_settings(db_url)) as (client, runtime):
+        first = post(client, good)
+        again = post(client, good)  # the retry of the same POST stores nothing twice
+        stored = rows(runtime)
+    assert first.status_code == 200 and again.status_code == 200
+    assert sorted((r.topic, r.status) for r in stored) == [("malformed", "ignored"), ("message", "pending")]
+    ignored = next(r for r in stored if r.status == "ignored")
+    assert ignored.last_error == "malformed: messages element is not an object"
+
+
+def test_a_whatsapp_batch_over_one_mebibyte_is_accepted(db_url):
+    """Meta batches up to ~3 MB in one POST; the old 1 MiB cap refused such a batch on every retry."""
+    envelope = routed("inbound_text", PHONE_ID_A)
+    value = envelope["entry"][0]["changes"][0]["value"]
+    first = value["messages"][0]
+    value["messages"] = [{**first, "id": f"wamid.big{i}", "text": {"body": "x" * 900}} for i in range(2_000)]
+    body = json.dumps(envelope).encode()
+    assert len(body) > 2**20
+    # an operator's old setting: WhatsApp's route still takes Meta's largest POST
+    settings = make_settings(db_url, server={"max_body_bytes": 1_048_576})
+    with running_app(settings) as (client, runtime):
+        answer = post(client, None, raw=body)
+        stored = rows(runtime)
+    assert answer.status_code == 200
+    assert len(stored) == 2_000

@@ -2,7 +2,10 @@
 
 One POST can carry many messages, statuses and preference changes for several phone
 numbers. Each becomes its own inbox item, routed by ``metadata.phone_number_id``, so a
-failure to process one never holds back the others and each is deduplicated alone.
+failure to process one never holds back the others and each is deduplicated alone. A
+malformed part of an otherwise good POST becomes an item of its own marked ``ignored_reason``
+(stored as ``ignored`` where it names a phone number we serve): Meta retries a refused POST
+whole, for days, so a 400 for one bad element would lose every good one beside it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class WhatsAppItem:
     topic: str
     dedupe_key: str
     body: dict[str, Any]
+    ignored_reason: str | None = None  # a malformed part, kept for the record and never processed
 
     def raw(self) -> bytes:
         return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -63,30 +67,50 @@ def _item_key(topic: str, item: dict[str, Any], body: bytes) -> str:
     return f"whatsapp:{topic}:sha256:{body_digest(canonical)}"
 
 
+def _malformed(reason: str, phone_number_id: Any, body: dict[str, Any]) -> WhatsAppItem:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return WhatsAppItem(
+        phone_number_id=str(phone_number_id) if phone_number_id is not None else None,
+        topic="malformed",
+        dedupe_key=f"whatsapp:malformed:sha256:{body_digest(canonical)}",
+        body=body,
+        ignored_reason=reason,
+    )
+
+
 def split(payload: Any, raw: bytes) -> list[WhatsAppItem]:
-    """Meta's envelope -> one item per message, status, preference change or error."""
+    """Meta's envelope -> one item per message, status, preference change or error.
+
+    Raises BadPayloadError only when nothing in the POST is usable (not an envelope at all,
+    or every part malformed): then the sender hears a 400 and nothing valid is refused.
+    """
     if not isinstance(payload, dict) or not isinstance(payload.get("entry"), list):
         raise BadPayloadError("not a WhatsApp Business Account update (no entry list)")
     items: list[WhatsAppItem] = []
     for entry in payload["entry"]:
         changes = entry.get("changes") if isinstance(entry, dict) else None
         if not isinstance(changes, list):
-            raise BadPayloadError("entry without a changes list")
+            items.append(_malformed("entry without a changes list", None, {"entry": entry}))
+            continue
         for change in changes:
             if not isinstance(change, dict) or not isinstance(change.get("value"), dict):
-                raise BadPayloadError("change without a value object")
+                items.append(_malformed("change without a value object", None, {"change": change}))
+                continue
             field, value = change.get("field"), change["value"]
             metadata = value.get("metadata") if isinstance(value.get("metadata"), dict) else {}
             phone_number_id = metadata.get("phone_number_id")
             contacts = value.get("contacts") if isinstance(value.get("contacts"), list) else []
-            found = False
+            found = malformed = False
             for list_name, topic in _LISTS.items():
                 entries = value.get(list_name)
                 if not isinstance(entries, list):
                     continue
                 for element in entries:
                     if not isinstance(element, dict):
-                        raise BadPayloadError(f"{list_name} element is not an object")
+                        items.append(_malformed(f"{list_name} element is not an object", phone_number_id,
+                                                {"field": field, "metadata": metadata, list_name: element}))
+                        malformed = True
+                        continue
                     found = True
                     body = {"field": field, "metadata": metadata, "contacts": contacts, topic: element}
                     items.append(
@@ -97,7 +121,7 @@ def split(payload: Any, raw: bytes) -> list[WhatsAppItem]:
                             body=body,
                         )
                     )
-            if not found:
+            if not found and not malformed:
                 body = {"field": field, "metadata": metadata, "value": value}
                 canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
                 items.append(
@@ -108,4 +132,6 @@ def split(payload: Any, raw: bytes) -> list[WhatsAppItem]:
                         body=body,
                     )
                 )
+    if items and all(i.ignored_reason for i in items):
+        raise BadPayloadError(items[0].ignored_reason or "malformed update")
     return items

@@ -56,7 +56,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, run_worker
             await rt.stop()
 
     shopify = webhooks.WebhookEndpoint(webhooks.shopify_webhook, "shopify")
-    whatsapp = webhooks.WebhookEndpoint(webhooks.whatsapp_webhook, "whatsapp")
+    whatsapp = webhooks.WebhookEndpoint(webhooks.whatsapp_webhook, "whatsapp", floor=webhooks.WHATSAPP_LARGEST_POST)
     routes = [
         Route("/webhooks/shopify", shopify, methods=["POST"]),
         Route("/webhooks/woocommerce/{store_key}", webhooks.WebhookEndpoint(webhooks.woocommerce_webhook, "woocommerce"), methods=["POST"]),

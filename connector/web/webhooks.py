@@ -45,18 +45,22 @@ class Delivery:
         self.path_params = path_params
 
 
+WHATSAPP_LARGEST_POST = 4 * 2**20  # Meta batches up to 1,000 updates and ~3 MB in one POST (platform-facts C2)
+
+
 class WebhookEndpoint:
     """A plain ASGI endpoint around ``handler(delivery) -> Response``: headers as one dict
     (Starlette's ``Headers.get`` rescans the raw list per call), the body read under the cap."""
 
-    def __init__(self, handler: Any, source: str):
+    def __init__(self, handler: Any, source: str, floor: int = 0):
         self.handler = handler
         self.source = source
+        self.floor = floor  # a sender's documented largest POST: a lower cap would refuse it on every retry
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         runtime: Runtime = scope["app"].state.runtime
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        cap = runtime.settings.server.max_body_bytes
+        cap = max(runtime.settings.server.max_body_bytes, self.floor)
         response: Response
         try:
             body = await receive_body(receive, headers, cap)
@@ -204,8 +208,18 @@ async def whatsapp_webhook(d: Delivery) -> Response:
         if store is None:
             # Not a number this deployment serves (or an account-level field with no number):
             # acknowledged so Meta stops retrying, and logged so a missing mapping is visible.
-            log.warning("whatsapp update for an unconfigured phone number", extra={"phone_number_id": part.phone_number_id, "topic": part.topic})
+            if part.ignored_reason:
+                log.warning("whatsapp update has a malformed part naming no number we serve; dropped, the rest stored",
+                            extra={"reason": part.ignored_reason})
+            else:
+                log.warning("whatsapp update for an unconfigured phone number", extra={"phone_number_id": part.phone_number_id, "topic": part.topic})
             continue
+        if part.ignored_reason:
+            log.warning("whatsapp update has a malformed part; kept as ignored, the rest stored",
+                        extra={"store": store.key, "reason": part.ignored_reason})
+            ignored: str | None = f"malformed: {part.ignored_reason}"
+        else:
+            ignored = f"field {part.topic[6:]} is not handled" if part.topic.startswith("field:") else None
         items.append(
             InboxItem(
                 store_id=runtime.store_ids[store.key],
@@ -214,8 +228,8 @@ async def whatsapp_webhook(d: Delivery) -> Response:
                 dedupe_key=part.dedupe_key,
                 raw_body=part.raw(),
                 headers={"phone_number_id": part.phone_number_id or ""},
-                status="pending" if not part.topic.startswith("field:") else "ignored",
-                last_error=None if not part.topic.startswith("field:") else f"field {part.topic[6:]} is not handled",
+                status="ignored" if ignored else "pending",
+                last_error=ignored,
             )
         )
     if not items:
