@@ -284,6 +284,9 @@ class _StoreBase(_Settings):
     name: str | None = None
     webhook_secret: SecretStr
     previous_webhook_secret: SecretStr | None = Field(None, description="accepted during a secret rotation")
+    admin_token: SecretStr | None = Field(
+        None, description="opens this store's admin API routes and dashboard pages and no other store's (for the store's own "
+        "team in an agency deployment); server.admin_token opens every store")
     timezone: str = "UTC"
     default_country: str = "US"
     cod_gateways: tuple[str, ...] | None = Field(
@@ -572,6 +575,16 @@ class Settings(_Settings):
                 if value in seen:
                     problems.append(f"stores: {label} {value!r} is used by more than one store")
                 seen.add(value)
+        tokens = [(s.key, s.admin_token.get_secret_value()) for s in self.stores if s.admin_token is not None]
+        if any(not t for _, t in tokens):
+            problems.append("stores: admin_token is empty (leave it out instead)")
+        everyone = self.server.admin_token.get_secret_value() if self.server.admin_token is not None else None
+        owners: dict[str, str] = {}
+        for key, token in tokens:  # one token, one scope: a shared token would open the wrong store
+            if token and (token == everyone or token in owners):
+                problems.append(f"stores: the admin_token of store {key!r} is also "
+                                f"{'server.admin_token' if token == everyone else 'the admin_token of store ' + repr(owners[token])}")
+            owners.setdefault(token, key)
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -28,13 +28,22 @@ log = logging.getLogger("storeloop.admin")
 CLOSED_BY_MAX = 120  # handoffs.closed_by is VARCHAR(120): longer would be a database error on PostgreSQL
 
 
-def _authorized(request: Request) -> bool:
-    token = request.app.state.runtime.settings.server.admin_token
+def _authorized(request: Request, store_key: str | None = None) -> bool:
+    """The bearer is ``server.admin_token``, or (for a route of ``store_key``) that store's own
+    ``admin_token``: a store's token opens nothing of another store."""
     given = request.headers.get("authorization", "")
-    if token is None or not token.get_secret_value() or not given.startswith("Bearer "):
+    if not given.startswith("Bearer "):
         return False
     presented = given.removeprefix("Bearer ").strip()
-    return presented.isascii() and hmac.compare_digest(presented, token.get_secret_value())
+    if not presented.isascii():
+        return False
+    runtime = request.app.state.runtime
+    store = runtime.stores_by_key.get(store_key) if store_key else None
+    accepted = 0
+    for token in (runtime.settings.server.admin_token, store.admin_token if store is not None else None):
+        if token is not None and token.get_secret_value():  # both compared, in constant time each
+            accepted |= hmac.compare_digest(presented, token.get_secret_value())
+    return bool(accepted)
 
 
 def _store_id(request: Request) -> int | None:
@@ -60,18 +69,19 @@ def route_template(request: Request) -> str:
     return getattr(route, "path", None) or "?"
 
 
-def bearer_refusal(request: Request) -> Response | None:
-    """None when the request carries the admin token; else the 401/429 answer (failure counted and logged).
+def bearer_refusal(request: Request, store_key: str | None = None) -> Response | None:
+    """None when the request carries the admin token (or ``store_key``'s own); else the 401/429
+    answer (failure counted and logged).
 
-    Shared by the admin API and the install routes that start a flow (``/woocommerce/connect``),
-    so a token guessed on one is limited on all of them."""
+    Shared by the admin API and the install routes that start a flow (``/woocommerce/connect``,
+    which only ``server.admin_token`` opens), so a token guessed on one is limited on all of them."""
     client = client_address(request)
     limiter = _limiter(request)
     wait = limiter.retry_after(client)
     if wait:
         log.warning("admin request refused: too many failed attempts", extra={"route": route_template(request), "client": client})
         return problem(429, f"too many failed attempts; try again in {wait} s", headers={"Retry-After": str(wait)})
-    if not _authorized(request):
+    if not _authorized(request, store_key):
         limiter.failed(client)
         log.warning("admin request without a valid token", extra={"route": route_template(request), "client": client})
         return problem(401, "unauthorized: send Authorization: Bearer <server.admin_token>")
@@ -80,7 +90,7 @@ def bearer_refusal(request: Request) -> Response | None:
 
 
 def _guard(request: Request) -> Response | int:
-    refused = bearer_refusal(request)
+    refused = bearer_refusal(request, request.path_params["store_key"])
     if refused is not None:
         return refused
     store_id = _store_id(request)

@@ -4,7 +4,9 @@ Browsers cannot send the admin API's bearer header, so the dashboard trades the 
 for a cookie once, through a login form:
 
 - The cookie value is ``v1.<expires>.<nonce>.<signature>``: an expiry (Unix seconds) and a
-  random nonce, signed with HMAC-SHA256 keyed by ``server.admin_token``. Nothing is stored on
+  random nonce, signed with HMAC-SHA256 keyed by ``server.admin_token``. A store's own
+  ``admin_token`` opens a session for that store only: ``v1.<expires>.<nonce>.<store>``, signed
+  with that store's token, so rotating it ends that store's sessions. Nothing is stored on
   the server, so every process of a deployment accepts it; rotating the admin token ends
   every session at once. Logging out clears the browser's cookie; a copied cookie stays
   valid until it expires (``SESSION_SECONDS``), so rotate the token if one leaks.
@@ -25,6 +27,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 
 COOKIE = "storeloop_session"
 COOKIE_PATH = "/dashboard"
@@ -32,6 +35,7 @@ SESSION_SECONDS = 12 * 3600
 LOGIN_ATTEMPTS = 5  # failed logins allowed per client IP ...
 LOGIN_WINDOW_SECONDS = 60.0  # ... within this many seconds; then 429 until the oldest ages out
 _CONTEXT = b"storeloop.dashboard.session|"  # the same key signs nothing else
+ALL_STORES = "*"  # a session opened with server.admin_token (store keys are slugs: never "*")
 
 
 def token_matches(given: str | None, token: str | None) -> bool:
@@ -46,25 +50,38 @@ def _sign(payload: str, token: str) -> str:
     return base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
 
 
-def issue_session(token: str, *, now: float | None = None, ttl: int = SESSION_SECONDS) -> str:
+def issue_session(token: str, *, now: float | None = None, ttl: int = SESSION_SECONDS, store: str | None = None) -> str:
+    """A session for everything (``server.admin_token``), or for one store, signed with that
+    store's own ``admin_token`` (``v1.<expires>.<nonce>.<store key>``)."""
     expires = int((time.time() if now is None else now) + ttl)
-    payload = f"v1.{expires}.{secrets.token_urlsafe(12)}"
+    payload = f"v1.{expires}.{secrets.token_urlsafe(12)}" + (f".{store}" if store else "")
     return f"{payload}.{_sign(payload, token)}"
 
 
-def session_valid(value: str | None, token: str | None, *, now: float | None = None) -> bool:
-    """True for an untampered, unexpired session signed with this admin token."""
-    if not value or not token or len(value) > 200 or not value.isascii():
-        return False
+def session_scope(value: str | None, token: str | None, store_tokens: Mapping[str, str] | None = None, *,
+                  now: float | None = None) -> str | None:
+    """``ALL_STORES`` for an untampered, unexpired session signed with the admin token; a store's key
+    for one signed with that store's own token; None otherwise."""
+    if not value or len(value) > 200 or not value.isascii():
+        return None
     payload, _, signature = value.rpartition(".")
     parts = payload.split(".")
-    if len(parts) != 3 or parts[0] != "v1" or not parts[1].isdigit():
-        return False
-    if not hmac.compare_digest(signature.encode("ascii"), _sign(payload, token).encode("ascii")):
-        return False
+    if len(parts) not in (3, 4) or parts[0] != "v1" or not parts[1].isdigit():
+        return None
+    store = parts[3] if len(parts) == 4 else None
+    key = (store_tokens or {}).get(store) if store else token
+    if not key or not hmac.compare_digest(signature.encode("ascii"), _sign(payload, key).encode("ascii")):
+        return None
     current = time.time() if now is None else now
     expires = int(parts[1])
-    return current < expires <= current + SESSION_SECONDS + 60
+    if not current < expires <= current + SESSION_SECONDS + 60:
+        return None
+    return store or ALL_STORES
+
+
+def session_valid(value: str | None, token: str | None, *, now: float | None = None) -> bool:
+    """True for an untampered, unexpired session signed with this admin token (every store)."""
+    return session_scope(value, token, now=now) == ALL_STORES
 
 
 class LoginLimiter:

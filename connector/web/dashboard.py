@@ -81,8 +81,19 @@ def _admin_token(request: Request) -> str | None:
     return token.get_secret_value() if token is not None and token.get_secret_value() else None
 
 
+def _store_tokens(request: Request) -> dict[str, str]:
+    """Each store's own admin token (opens that store's pages only)."""
+    return {s.key: s.admin_token.get_secret_value() for s in request.app.state.runtime.settings.stores
+            if s.admin_token is not None and s.admin_token.get_secret_value()}
+
+
+def _scope(request: Request) -> str | None:
+    """``auth.ALL_STORES``, the one store key the session opens, or None (not signed in)."""
+    return auth.session_scope(request.cookies.get(auth.COOKIE), _admin_token(request), _store_tokens(request))
+
+
 def _signed_in(request: Request) -> bool:
-    return auth.session_valid(request.cookies.get(auth.COOKIE), _admin_token(request))
+    return _scope(request) is not None
 
 
 def _client(request: Request) -> str:
@@ -110,7 +121,7 @@ def sign_in_form(request: Request, status: int = 200, error: str | None = None, 
     if next_url is None:
         next_url = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return _render("login.html", status, headers, error=error, next_url=_safe_next(next_url),
-                   configured=_admin_token(request) is not None)
+                   configured=_admin_token(request) is not None or bool(_store_tokens(request)))
 
 
 # -- login / logout --------------------------------------------------------------------------------
@@ -141,14 +152,20 @@ async def login(request: Request) -> Response:
     form = await _form(request)
     next_url = _safe_next((form.get("next") or ["/dashboard"])[0])
     given = (form.get("token") or [None])[0]
-    if not auth.token_matches(given.strip() if given else None, _admin_token(request)):
-        limiter.failed(client)
-        log.warning("dashboard login with a wrong token", extra={"client": client})
-        return sign_in_form(request, 401, "That is not the admin token.", next_url=next_url)
+    presented = given.strip() if given else None
+    everyone = _admin_token(request)
+    store = None
+    if not auth.token_matches(presented, everyone):
+        store = next((key for key, token in _store_tokens(request).items() if auth.token_matches(presented, token)), None)
+        if store is None:
+            limiter.failed(client)
+            log.warning("dashboard login with a wrong token", extra={"client": client})
+            return sign_in_form(request, 401, "That is not the admin token.", next_url=next_url)
     limiter.succeeded(client)
-    log.info("dashboard login", extra={"client": client})
-    response = _redirect(next_url)
-    response.set_cookie(auth.COOKIE, auth.issue_session(_admin_token(request) or ""), max_age=auth.SESSION_SECONDS,
+    log.info("dashboard login", extra={"client": client, "store": store or "all"})
+    session = auth.issue_session(everyone or "") if store is None else auth.issue_session(_store_tokens(request)[store], store=store)
+    response = _redirect(next_url if store is None or next_url.startswith(f"/dashboard/{store}") else f"/dashboard/{store}")
+    response.set_cookie(auth.COOKIE, session, max_age=auth.SESSION_SECONDS,
                         path=auth.COOKIE_PATH, secure=request.url.scheme == "https", httponly=True, samesite="strict")
     return response
 
@@ -297,7 +314,9 @@ def overview_data(db: Database, store: Any, store_id: int, period: Period) -> di
 
 # -- pages --------------------------------------------------------------------------------------------
 def _stores(request: Request) -> list[Any]:
-    return list(request.app.state.runtime.settings.stores)
+    """The stores this session opens (a store's own token: that store only)."""
+    scope = _scope(request)
+    return [s for s in request.app.state.runtime.settings.stores if scope == auth.ALL_STORES or s.key == scope]
 
 
 def _page_context(request: Request, store: Any, week: str | None) -> dict[str, Any]:
@@ -319,7 +338,7 @@ def _resolve(request: Request) -> tuple[Any, int] | Response:
     runtime = request.app.state.runtime
     key = request.path_params["store_key"]
     store, store_id = runtime.stores_by_key.get(key), runtime.store_ids.get(key)
-    if store is None or store_id is None:
+    if store is None or store_id is None or store not in _stores(request):  # another store's session: as if absent
         return _render("error.html", 404, message=f"No store {key!r} here.", stores=_stores(request), store=None, week=None,
                        week_query="")
     return store, store_id
