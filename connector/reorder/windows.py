@@ -825,7 +825,7 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
 # -- a product that stops being sold, and is sold again ---------------------------------------------
 def product_not_sold(conn: Connection, store_id: int, keys: Iterable[str], now: datetime) -> None:
     """Cancel the pending windows of a product the store stopped selling (by any of its keys), at once:
-    no reminder may link to it, even from a tick before the full scan that follows."""
+    no reminder may link to it. No full scan is needed: every scan's ``CycleBook`` plans none for it."""
     keys = sorted(set(keys))
     if keys:
         conn.execute(update(W).where(W.c.store_id == store_id, W.c.status == "pending", W.c.product_key.in_(keys))
@@ -838,7 +838,8 @@ def product_sold_again(conn: Connection, store: Any, store_id: int, keys: Iterab
     and those whose order has been called off since, stay cancelled. The number made pending.
 
     Found through ix_reorder_windows_due (cancelled windows from the cut-off on), not a scan; the full
-    scan the availability change forces next replans them on the cycles of the day."""
+    scan that being sold again forces next replans them on the cycles of the day, and plans what was
+    bought while the product was not sold."""
     keys = sorted(set(keys))
     if not keys:
         return 0

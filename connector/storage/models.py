@@ -461,8 +461,8 @@ class ReorderWindow(Base):
     Computed by connector/reorder/windows.py from orders, lines and fulfilments; the
     reorder journey starts when ``opens_at`` passes. ``status``: pending (not open yet),
     opened (the journey heard it), reordered (a later order of the product came first or
-    after), cancelled (the order was), expired (opened too long ago to message, e.g. from
-    a history backfill).
+    after), cancelled (``cancel_reason`` says why), expired (opened too long ago to message,
+    e.g. from a history backfill).
     """
 
     __tablename__ = "reorder_windows"
