@@ -355,7 +355,16 @@ class ProductUpdated(_Fact):
     replenish: str | None = None  # a metafield value such as "30d", when the payload carries one
     available: bool = True  # the store sells it (not archived, a draft or in the bin); a payload without a status: True
     in_stock: bool = True  # not sold out (WooCommerce ``stock_status``); a payload that does not say: True
+    skus: tuple[str, ...] = ()  # its variants' SKUs, as order lines that name no product id carry them
     updated_at: datetime | None = None
+
+
+class ProductDeleted(_Fact):
+    """The store deleted a product (Shopify ``products/delete``) or moved it to the bin (WooCommerce
+    ``product.deleted``); both bodies are only the id. No reorder reminder may link to it."""
+
+    type: Literal["product.deleted"] = "product.deleted"
+    product_id: str
 
 
 class ReorderWindowOpened(_Fact):
@@ -401,6 +410,7 @@ Event = Annotated[
         MessageStatusChanged,
         MarketingPreferenceChanged,
         ProductUpdated,
+        ProductDeleted,
     ],
     Field(discriminator="type"),
 ]

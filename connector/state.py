@@ -679,18 +679,18 @@ def tap_intent(event: ev.ButtonReplied, store: Any) -> str | None:
     return keyword_intent(event.payload, rules) or keyword_intent(event.title, rules)
 
 
-def apply_product_cycle(conn: Connection, store_id: int, p: ev.ProductUpdated, now: datetime) -> None:
+def apply_product_cycle(conn: Connection, store: Any, store_id: int, p: ev.ProductUpdated, now: datetime) -> None:
     """Keep the product's tagged cycle (``replenish:30d``, or the metafield) in ``product_cycles``, and
     whether it can be bought in ``product_availability``.
 
-    A changed cycle or availability makes the next reorder-window tick a full scan, so every buyer
-    of the product gets windows on the new cycle, and windows no cycle names any more (the tag
-    removed, and neither the config nor history names one) are cancelled by it. A product no longer
-    sold (archived, a draft, in the bin) has its pending windows cancelled here and now: no
-    reminder may link to it, even from a tick that runs before that scan.
+    A changed cycle makes the next reorder-window tick a full scan, so every buyer of the product gets
+    windows on the new cycle, and windows no cycle names any more (the tag removed, and neither the
+    config nor history names one) are cancelled by it. A product no longer sold (archived, a draft, in
+    the bin) has its pending windows cancelled here and now: no reminder may link to it, even from a
+    tick that runs before any scan; sold again, those come back, and a full scan plans the rest.
     """
     from connector.reorder.cycles import cycle_from_tags, parse_cycle, product_key
-    from connector.storage.models import ProductCycle, SyncCursor
+    from connector.storage.models import ProductCycle
 
     days = None
     if p.replenish:
@@ -701,7 +701,9 @@ def apply_product_cycle(conn: Connection, store_id: int, p: ev.ProductUpdated, n
     if days is None:
         days = cycle_from_tags(p.tags)
     key = product_key(p.product_id, None, None)
-    changed = _apply_availability(conn, store_id, key, p, now)
+    # lines that name no product id (a custom item, a product the platform no longer links) are keyed by SKU, else title
+    keys = [key, *(product_key(None, sku, None) for sku in p.skus), *([product_key(None, None, p.title)] if p.title.strip() else [])]
+    changed = _apply_availability(conn, store, store_id, p.product_id, keys, (p.available, p.in_stock), now)
     table = ProductCycle.__table__
     current = conn.execute(select(table.c.id, table.c.cycle_days).where(
         table.c.store_id == store_id, table.c.product_key == key, table.c.source == "tag")).first()
@@ -712,32 +714,67 @@ def apply_product_cycle(conn: Connection, store_id: int, p: ev.ProductUpdated, n
         conn.execute(table.insert().values(store_id=store_id, product_key=key, source="tag", cycle_days=days, samples=0, updated_at=now))
         changed = True
     if changed:
-        cursors = SyncCursor.__table__
-        conn.execute(cursors.delete().where(cursors.c.store_id == store_id, cursors.c.name == "reorder_relearned"))
+        _rescan_reorder_windows(conn, store_id)
 
 
-def _apply_availability(conn: Connection, store_id: int, key: str, p: ev.ProductUpdated, now: datetime) -> bool:
-    """Record whether the product can be bought (a row only for one that cannot); True when whether it is
-    sold at all changed (what the full scan plans by). Becoming unavailable cancels its pending reorder
-    windows; sold out only holds them as they come due (windows.py), so a stock flip, which WooCommerce
-    sends each time the last unit sells, is recorded but forces no full scan."""
-    from connector.storage.models import ProductAvailability, ReorderWindow
+def apply_product_deleted(conn: Connection, store: Any, store_id: int, p: ev.ProductDeleted, now: datetime) -> None:
+    """A product deleted (or binned) is no longer sold. Its body is only the id: the SKUs and titles its
+    windows were bought under (what a line keeps once the platform unlinks the product) are read from
+    those windows, so a later order update that drops the product id plans no reminder for it either.
+    Its tagged cycle stays: a product back from the bin has it still."""
+    from connector.reorder.cycles import product_key
+    from connector.storage.models import ReorderWindow
 
-    table, windows = ProductAvailability.__table__, ReorderWindow.__table__
-    row = conn.execute(select(table.c.id, table.c.available, table.c.in_stock).where(
-        table.c.store_id == store_id, table.c.product_key == key)).first()
-    before = (True, True) if row is None else (bool(row.available), bool(row.in_stock))
-    after = (p.available, p.in_stock)
-    if after == before:
+    windows = ReorderWindow.__table__
+    key = product_key(p.product_id, None, None)
+    bought_as = conn.execute(select(windows.c.sku, windows.c.title).where(
+        windows.c.store_id == store_id, windows.c.product_key == key).distinct()).all()
+    keys = [key, *(product_key(None, sku, None) for sku, _ in bought_as if sku),
+            *(product_key(None, None, title) for _, title in bought_as if title and title.strip())]
+    if _apply_availability(conn, store, store_id, p.product_id, keys, (False, True), now):
+        _rescan_reorder_windows(conn, store_id)
+
+
+def _rescan_reorder_windows(conn: Connection, store_id: int) -> None:
+    """The next reorder tick is a full scan (windows replanned for every buyer, cycles relearned)."""
+    from connector.storage.models import SyncCursor
+
+    cursors = SyncCursor.__table__
+    conn.execute(cursors.delete().where(cursors.c.store_id == store_id, cursors.c.name == "reorder_relearned"))
+
+
+def _apply_availability(conn: Connection, store: Any, store_id: int, product_id: str, keys: list[str], after: tuple[bool, bool],
+                        now: datetime) -> bool:
+    """Record whether the product can be bought, (available, in stock), under each of its keys (rows only
+    while it cannot; a key recorded before for the same product, a SKU it no longer has, goes with the
+    rest). True when it is sold again (the full scan plans what was bought meanwhile). Stopping being sold
+    cancels its pending reorder windows, being sold again brings those back (``windows.product_not_sold``,
+    ``product_sold_again``); sold out only holds them as they come due, so a stock flip, which WooCommerce
+    sends each time the last unit sells, is recorded but forces no full scan, nor does stopping being sold."""
+    from connector.reorder.windows import product_not_sold, product_sold_again
+    from connector.storage.models import ProductAvailability
+
+    table = ProductAvailability.__table__
+    rows = conn.execute(select(table.c.id, table.c.product_key, table.c.available, table.c.in_stock).where(
+        table.c.store_id == store_id, table.c.product_key.in_(keys) | (table.c.product_id == product_id))).all()
+    before = {r.product_key: (bool(r.available), bool(r.in_stock)) for r in rows}
+    every = sorted(set(keys) | set(before))
+    stale = [k for k in every if before.get(k, (True, True)) != after]
+    if not stale:
         return False
-    if row is not None:
-        conn.execute(table.delete().where(table.c.id == row.id))
+    gone = [r.id for r in rows if r.product_key in stale]
+    if gone:
+        conn.execute(table.delete().where(table.c.id.in_(gone)))
     if after != (True, True):
-        conn.execute(table.insert().values(store_id=store_id, product_key=key, available=p.available, in_stock=p.in_stock, updated_at=now))
-    if not p.available:
-        conn.execute(windows.update().where(windows.c.store_id == store_id, windows.c.product_key == key, windows.c.status == "pending")
-                     .values(status="cancelled", updated_at=now))
-    return after[0] != before[0]
+        conn.execute(table.insert(), [dict(store_id=store_id, product_key=k, product_id=product_id, available=after[0], in_stock=after[1],
+                                           updated_at=now) for k in stale])
+    flipped = [k for k in stale if before.get(k, (True, True))[0] != after[0]]
+    if flipped and not after[0]:
+        product_not_sold(conn, store_id, flipped, now)
+        return False  # its windows are cancelled here, and every tick's scan plans none for it (``CycleBook.unavailable``)
+    if flipped:
+        product_sold_again(conn, store, store_id, flipped, now)
+    return bool(flipped)  # sold again: purchases planned nothing while it was not sold; the full scan plans them
 
 
 def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, inbox_id: int, now: datetime) -> Outcome:
@@ -815,7 +852,9 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
                 if state == "granted":
                     lift_opt_out(conn, store_id, out.contact_id, source, event.occurred_at, inbox_id)
         case ev.ProductUpdated():
-            apply_product_cycle(conn, store_id, event, now)
+            apply_product_cycle(conn, store, store_id, event, now)
+        case ev.ProductDeleted():
+            apply_product_deleted(conn, store, store_id, event, now)
         case ev.AppUninstalled():
             from connector.storage.models import StoreCredential
 

@@ -237,7 +237,7 @@ def test_cli_install_of_a_reorder_store_reads_the_products_and_adds_the_metafiel
     assert "updated" in row and "metafield namespace 'storeloop' added" in row and "already present" not in row
     assert f"{len(TOPICS) - 1} created, 0 already present, 1 updated, 0 failed" in first.output
     assert {s["topic"]: s.get("metafieldNamespaces") for s in fake.subscriptions if s["topic"].startswith("PRODUCTS_")} == {
-        "PRODUCTS_UPDATE": ["storeloop"], "PRODUCTS_CREATE": ["storeloop"]}
+        "PRODUCTS_UPDATE": ["storeloop"], "PRODUCTS_CREATE": ["storeloop"], "PRODUCTS_DELETE": None}  # a deletion's body is only the id
     assert [q["first"] for q in fake.product_queries] == [100]  # after the webhooks, the whole catalogue
     assert "3 product(s) read for the reorder journey's cycles, 3 new or changed" in first.output
     assert [(p["id"], p["tags"], p.get("metafields")) for p in inbox_bodies(db_url, "products/update")] == [

@@ -60,6 +60,7 @@ from connector.events import (
     OrderPlaced,
     OrderUpdated,
     PaymentState,
+    ProductDeleted,
     ProductUpdated,
     SalesChannel,
     ShipmentStatus,
@@ -454,7 +455,8 @@ def _app_uninstalled(_topic: str, shop: Body, store: ShopifyStore) -> list[Event
 def _product(_topic: str, b: Body, _store: ShopifyStore) -> list[Event]:
     """``products/create|update``: tags come as one comma-separated string; a metafield
     ``storeloop.replenish`` (included when the subscription asks for that namespace) wins.
-    ``status`` archived or draft: no longer for sale."""
+    ``status`` archived or draft: no longer for sale. The variants' SKUs name it on order lines that
+    carry no product id (a custom item, or a line whose product Shopify no longer links)."""
     replenish = None
     for i, mf in enumerate(get_list(b, "metafields")):
         if isinstance(mf, dict) and mf.get("namespace") == "storeloop" and mf.get("key") == "replenish":
@@ -464,9 +466,15 @@ def _product(_topic: str, b: Body, _store: ShopifyStore) -> list[Event]:
             replenish = value
     tags = get_str(b, "tags") or ""
     status = (get_str(b, "status") or "").strip().lower()
+    skus = tuple(dict.fromkeys(sku for where, v in get_objects(b, "variants") if (sku := get_str(v, "sku", where))))  # as lines carry them
     return [ProductUpdated(product_id=req_id(b, "id"), title=get_str(b, "title") or "", replenish=replenish,
                            tags=tuple(t.strip() for t in tags.split(",") if t.strip()), available=status not in _NOT_FOR_SALE,
-                           updated_at=get_datetime(b, "updated_at"))]
+                           skus=skus, updated_at=get_datetime(b, "updated_at"))]
+
+
+def _product_deleted(_topic: str, b: Body, _store: ShopifyStore) -> list[Event]:
+    """``products/delete``: the body is only ``{"id": N}``."""
+    return [ProductDeleted(product_id=req_id(b, "id"))]
 
 
 # Product ``status`` values of a product no customer can buy (``active`` and ``unlisted``, sold by link, can be)
@@ -505,6 +513,7 @@ _HANDLERS: dict[str, Callable[[str, Body, ShopifyStore], list[Event]]] = {
     "app/uninstalled": _app_uninstalled,
     "products/create": _product,
     "products/update": _product,
+    "products/delete": _product_deleted,
     "customers/data_request": _compliance,
     "customers/redact": _compliance,
     "shop/redact": _compliance,

@@ -72,6 +72,7 @@ TOPIC_SCOPES: dict[str, tuple[tuple[str, ...], str]] = {
     "CUSTOMERS_WHATS_APP_MARKETING_CONSENT_UPDATE": (("read_customers",), "WhatsApp marketing consent"),
     "PRODUCTS_CREATE": (("read_products",), "reorder cycles"),
     "PRODUCTS_UPDATE": (("read_products",), "reorder cycles"),
+    "PRODUCTS_DELETE": (("read_products",), "no reorder reminder for a deleted product"),
     "APP_UNINSTALLED": ((), "pausing a store that removed the app"),
 }
 

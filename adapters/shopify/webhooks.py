@@ -36,6 +36,7 @@ TOPICS = ORDER_TOPICS | frozenset(
         "app/uninstalled",
         "products/create",
         "products/update",
+        "products/delete",
         "customers/data_request",
         "customers/redact",
         "shop/redact",

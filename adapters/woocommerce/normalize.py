@@ -47,6 +47,7 @@ from connector.events import (
     OrderPlaced,
     OrderUpdated,
     PaymentState,
+    ProductDeleted,
     ProductUpdated,
     SalesChannel,
     ShipmentStatus,
@@ -66,7 +67,7 @@ _UNPAID_STATES = {
 
 _ORDER_TOPICS = {"order.created", "order.updated", "order.restored"}
 _CUSTOMER_TOPICS = {"customer.created", "customer.updated"}
-_PRODUCT_TOPICS = {"product.created", "product.updated"}
+_PRODUCT_TOPICS = {"product.created", "product.updated", "product.restored"}  # restored: out of the bin, the product as it is now
 _CHECKOUT_DRAFT = "checkout-draft"  # block-checkout drafts leak into order.updated (B3)
 
 
@@ -74,7 +75,8 @@ _CHECKOUT_DRAFT = "checkout-draft"  # block-checkout drafts leak into order.upda
 def normalize(topic: str, body: dict, store: WooCommerceStore) -> list[Event]:
     """Translate one WooCommerce webhook (topic + JSON body) into events.
 
-    ``order.deleted`` (body ``{"id": N}``: the bin or deleted for good) gives ``OrderDeleted``;
+    ``order.deleted`` (body ``{"id": N}``: the bin or deleted for good) gives ``OrderDeleted``, and
+    ``product.deleted`` (the same body: the product binned) ``ProductDeleted``;
     checkout drafts and unknown topics give ``[]``.
     ``cart.*`` topics are the Cart Abandonment Recovery plugin's posts (``carts.py``).
     """
@@ -95,6 +97,8 @@ def normalize(topic: str, body: dict, store: WooCommerceStore) -> list[Event]:
         return [OrderUpdated(order=order), *shipment]
     if topic == "order.deleted":
         return [OrderDeleted(order_external_id=req_id(data, "id"))]
+    if topic == "product.deleted":  # moved to the bin (``wp_trash_post``): only the id
+        return [ProductDeleted(product_id=req_id(data, "id"))]
     if topic in _CUSTOMER_TOPICS:
         return [_customer_updated(data, store)]
     if topic in _PRODUCT_TOPICS:
@@ -112,7 +116,8 @@ def _product(data: dict) -> ProductUpdated:
     too and wins over a tag, as Shopify's ``storeloop.replenish`` metafield does. Only a ``publish``ed
     product is for sale (a draft, one pending review, private or in the bin is not); ``stock_status``
     ``outofstock`` is sold out (``onbackorder`` can still be ordered). ``catalog_visibility: hidden``
-    is still sold by its link.
+    is still sold by its link. ``sku`` (the product's own; a variation's is on the variation) names it
+    on order lines whose ``product_id`` is 0 (the product deleted for good).
     """
     tags = []
     for i, tag in enumerate(get_list(data, "tags")):
@@ -133,7 +138,7 @@ def _product(data: dict) -> ProductUpdated:
     return ProductUpdated(product_id=req_id(data, "id"), title=get_str(data, "name") or "", tags=tuple(tags), replenish=replenish,
                           available=status is None or status.strip().lower() == "publish",
                           in_stock=(get_str(data, "stock_status") or "").strip().lower() != "outofstock",
-                          updated_at=get_datetime(data, "date_modified_gmt"))
+                          skus=tuple(sku for sku in (get_str(data, "sku"),) if sku), updated_at=get_datetime(data, "date_modified_gmt"))
 
 
 # WooCommerce has no fulfilment object: stores mark shipping with a status (core "completed", or

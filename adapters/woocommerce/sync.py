@@ -41,7 +41,7 @@ from connector.errors import SyncError
 
 NOT_PLACED = frozenset({"cancelled", "refunded", "failed", "trash", "checkout-draft"})
 MAX_STEPS_BACK = 20  # a list that keeps shrinking under us: give up, the cursor stays
-PRODUCT_FIELDS = "id,name,tags,meta_data,date_modified_gmt,status,stock_status"
+PRODUCT_FIELDS = "id,name,sku,tags,meta_data,date_modified_gmt,status,stock_status"
 
 
 def _ts(value: Any) -> datetime | None:

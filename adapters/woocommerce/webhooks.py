@@ -28,8 +28,11 @@ TOPICS = frozenset(
         "customer.updated",
         "product.created",
         "product.updated",
+        "product.deleted",
+        "product.restored",
     }
 )
+_ONLY_THE_ID = frozenset({"order.deleted", "product.deleted"})  # a ``deleted`` body is ``{"id": N}`` (WC_Webhook::build_payload)
 _KEPT_HEADERS = (
     "x-wc-webhook-source",
     "x-wc-webhook-topic",
@@ -76,9 +79,9 @@ def envelope(headers: Mapping[str, str], body: bytes, payload: Any) -> Envelope:
         status = payload.get("status")
         if rid is not None and modified:
             key = f"woocommerce:{topic}:{rid}:{modified}:{status}"
-        elif rid is not None and topic == "order.deleted" and headers.get("x-wc-webhook-delivery-id"):
-            # the body is only the id, the same every time: an order binned, restored and binned again is two
-            # events. WooCommerce does not retry, and its delivery id changes by the second: the id tells them apart
+        elif rid is not None and topic in _ONLY_THE_ID and headers.get("x-wc-webhook-delivery-id"):
+            # the body is only the id, the same every time: an order (or product) binned, restored and binned again is
+            # two events. WooCommerce does not retry, and its delivery id changes by the second: the id tells them apart
             key = f"woocommerce:{topic}:{rid}:{headers['x-wc-webhook-delivery-id']}"
         if ignored is None and topic.startswith("order.") and status == "checkout-draft":
             ignored = "checkout-draft order (block checkout in progress)"

@@ -26,6 +26,11 @@ pending window it did not plan (no cycle names its product any more, the product
 is cancelled. A due window whose customer ordered the product again since (under another number
 with the same email or platform customer id, or an order still awaiting payment, such as a bank
 transfer on hold) is ``reordered`` without a reminder.
+
+A product that stops being sold (archived, a draft, binned or deleted) has its pending windows
+cancelled at once (``product_not_sold``, with ``cancel_reason`` ``not_sold``); sold again, those still
+ahead, or due within ``late_days``, are pending again (``product_sold_again``). Windows cancelled for
+any other reason (the order called off, the line returned) stay cancelled.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, String, Table, and_, bindparam, exists, func, literal, or_, select, true, tuple_, type_coerce, union_all, update
+from sqlalchemy import Connection, String, Table, and_, bindparam, case, exists, func, literal, or_, select, true, tuple_, type_coerce, union_all, update
 
 from connector import events as ev
 from connector.contacts import email_key
@@ -396,11 +401,15 @@ _MARK_REORDERED = (
 )
 # status is compared through an expression on purpose: SQLite (no ANALYZE statistics) would
 # otherwise search ix_reorder_windows_due (store_id, status), i.e. walk every pending window of
-# the store once per cancelled order, instead of looking the order up by the unique key.
+# the store once per cancelled order, instead of looking the order up by the unique key. A window
+# already cancelled because its product was not sold takes the order's reason: it must not come back
+# when the product does.
+NOT_SOLD = "not_sold"  # cancel_reason of a window whose product stopped being sold: planned again if it is sold again
 _MARK_CANCELLED = (
     update(W)
-    .where(W.c.store_id == bindparam("sid"), W.c.order_external_id == bindparam("o"), func.coalesce(W.c.status, "") == "pending")
-    .values(status="cancelled", updated_at=bindparam("now"))
+    .where(W.c.store_id == bindparam("sid"), W.c.order_external_id == bindparam("o"),
+           or_(func.coalesce(W.c.status, "") == "pending", W.c.cancel_reason == NOT_SOLD))
+    .values(status="cancelled", cancel_reason="called_off", updated_at=bindparam("now"))
 )
 
 
@@ -453,8 +462,9 @@ def _cancel_unplanned(conn: Connection, store_id: int, now: datetime) -> None:
     """Full scan, last: a window still pending that this scan did not plan (every planned one was
     stamped ``now``) belongs to a purchase no cycle names any more (a ``replenish:`` tag removed, a
     product no longer sold) or that is no purchase now: it is cancelled, not left to remind."""
+    not_sold = W.c.product_key.in_(select(PA.c.product_key).where(PA.c.store_id == store_id, PA.c.available.is_(False)))
     conn.execute(update(W).where(W.c.store_id == store_id, W.c.status == "pending", W.c.updated_at < now)
-                 .values(status="cancelled", updated_at=now))
+                 .values(status="cancelled", cancel_reason=case((not_sold, NOT_SOLD), else_="unplanned"), updated_at=now))
 
 
 def _book(conn: Connection, store_id: int, config: ReorderConfig, learned: dict[str, float] | None = None) -> CycleBook:
@@ -768,8 +778,11 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
         not_buyable = _not_buyable(conn, store_id, rows) if rows else {}
         expired, gone, held, due = [], [], [], []
         for w in rows:
-            if (w.order_external_id, w.product_key) not in bought or not not_buyable.get(w.product_key, True):
-                gone.append({"_id": w.id})
+            if (w.order_external_id, w.product_key) not in bought:
+                gone.append({"_id": w.id, "why": "not_a_line"})
+                continue
+            if not not_buyable.get(w.product_key, True):
+                gone.append({"_id": w.id, "why": NOT_SOLD})
                 continue
             if w.opens_at < late:
                 expired.append({"_id": w.id})
@@ -795,7 +808,7 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
             runner.on_event(conn, store, store_id, event, w.contact_id, now)
             opened.append({"_id": w.id})
         if gone:
-            conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="cancelled", updated_at=now), gone)
+            conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="cancelled", cancel_reason=bindparam("why"), updated_at=now), gone)
         if expired:
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="expired", updated_at=now), expired)
         if reordered:
@@ -807,6 +820,37 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="opened", opened_at=now, updated_at=now), opened)
     report.opened, report.expired, report.reordered = len(opened), len(expired), len(reordered)
     return report
+
+
+# -- a product that stops being sold, and is sold again ---------------------------------------------
+def product_not_sold(conn: Connection, store_id: int, keys: Iterable[str], now: datetime) -> None:
+    """Cancel the pending windows of a product the store stopped selling (by any of its keys), at once:
+    no reminder may link to it. No full scan is needed: every scan's ``CycleBook`` plans none for it."""
+    keys = sorted(set(keys))
+    if keys:
+        conn.execute(update(W).where(W.c.store_id == store_id, W.c.status == "pending", W.c.product_key.in_(keys))
+                     .values(status="cancelled", cancel_reason=NOT_SOLD, updated_at=now))
+
+
+def product_sold_again(conn: Connection, store: Any, store_id: int, keys: Iterable[str], now: datetime) -> int:
+    """Make pending again the windows cancelled only because the product was not sold, that are still
+    ahead or came due within ``late_days`` (as ``open_due_windows`` would still message them); older ones,
+    and those whose order has been called off since, stay cancelled. The number made pending.
+
+    Found through ix_reorder_windows_due (cancelled windows from the cut-off on), not a scan; the full
+    scan that being sold again forces next replans them on the cycles of the day, and plans what was
+    bought while the product was not sold."""
+    keys = sorted(set(keys))
+    if not keys:
+        return 0
+    config = config_for(store)
+    since = now - timedelta(days=config.late_days if config is not None else 0)
+    called_off = exists().where(O.c.store_id == W.c.store_id, O.c.external_id == W.c.order_external_id,
+                                or_(O.c.cancelled_at.is_not(None), O.c.payment_state.in_(CALLED_OFF_STATES)))
+    return conn.execute(
+        update(W).where(W.c.store_id == store_id, W.c.status == "cancelled", W.c.opens_at >= since, W.c.product_key.in_(keys),
+                        W.c.cancel_reason == NOT_SOLD, ~called_off)
+        .values(status="pending", cancel_reason=None, updated_at=now)).rowcount
 
 
 def run_reorder_tick(db: Database, store: Any, store_id: int, now: datetime, *, max_open: int = 10_000) -> tuple[ScanReport, OpenReport]:

@@ -461,8 +461,8 @@ class ReorderWindow(Base):
     Computed by connector/reorder/windows.py from orders, lines and fulfilments; the
     reorder journey starts when ``opens_at`` passes. ``status``: pending (not open yet),
     opened (the journey heard it), reordered (a later order of the product came first or
-    after), cancelled (the order was), expired (opened too long ago to message, e.g. from
-    a history backfill).
+    after), cancelled (``cancel_reason`` says why), expired (opened too long ago to message,
+    e.g. from a history backfill).
     """
 
     __tablename__ = "reorder_windows"
@@ -488,6 +488,9 @@ class ReorderWindow(Base):
     cycle_source: Mapped[str] = mapped_column(String(16))  # config | tag | customer | learned
     opens_at: Mapped[datetime] = mapped_column(UTCDateTime)
     status: Mapped[str] = mapped_column(String(12), default="pending")
+    # why a cancelled window was: ``not_sold`` (its product stopped being sold; planned again if it is
+    # sold again in time), ``called_off`` (its order), ``not_a_line`` (edited out or returned), ``unplanned``
+    cancel_reason: Mapped[str | None] = mapped_column(String(16))
     opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     reorder_order_id: Mapped[str | None] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -510,13 +513,18 @@ class ProductCycle(Base):
 class ProductAvailability(Base):
     """A product the store does not sell now: archived, a draft or in the bin (``available`` false), or
     sold out (``in_stock`` false). Only such products have a row; none means buyable. Kept from the
-    product webhooks (``state.apply_product_cycle``) so no reorder reminder links to what cannot be bought."""
+    product webhooks (``state.apply_product_cycle``) so no reorder reminder links to what cannot be bought.
+
+    One row per key a window can have for the product: its id (``p:``), and its SKUs and title (``s:``,
+    ``t:``) for order lines that name no product; ``product_id`` ties them together, so the lot goes
+    when the product is sold again, even a SKU or title it no longer has."""
 
     __tablename__ = "product_availability"
     __table_args__ = (UniqueConstraint("store_id", "product_key", name="uq_product_availability_key"),)
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
     product_key: Mapped[str] = mapped_column(String(140))
+    product_id: Mapped[str | None] = mapped_column(String(64))
     available: Mapped[bool] = mapped_column(Boolean)
     in_stock: Mapped[bool] = mapped_column(Boolean)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
