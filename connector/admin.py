@@ -89,6 +89,8 @@ def contact_view(db: Database, store_id: int, phone: str, default_country: str, 
                 "phone": contact.phone_e164,
                 "phone_raw": contact.phone_raw,
                 "reachable": contact.reachable,
+                # when WhatsApp last refused the number (131026) or it was last tried again: the retry clock
+                "unreachable_since": _iso(contact.unreachable_at),
                 "wa_id": contact.wa_id,
                 "name": " ".join(p for p in (contact.first_name, contact.last_name) if p) or None,
                 "email": contact.email,

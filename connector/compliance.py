@@ -472,7 +472,8 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
     cw = scope.by_contact(CONTACTS) if scope.shop else (CONTACTS.c.store_id == sid) & _in(CONTACTS.c.id, scope.contact_ids)
     counts["contacts"] = conn.execute(update(CONTACTS).where(cw).values(
         phone_key=_placeholder(CONTACTS.c.id), phone_e164=None, phone_raw=None, wa_id=REDACTED, wa_user_id=None,
-        external_customer_id=None, first_name=None, last_name=None, email=None, reachable=False, updated_at=now,
+        external_customer_id=None, first_name=None, last_name=None, email=None, reachable=False, unreachable_at=None,
+        updated_at=now,
     )).rowcount
     conn.execute(update(CONTACTS).where(cw, CONTACTS.c.opted_out_at.is_(None)).values(opted_out_at=now))
 

@@ -126,6 +126,8 @@ class PolicySettings(_Settings):
     cart_quiet_after_order_hours: int = Field(24, ge=0)
     utility_needs_consent: bool = True
     utility_consent_from_order: bool = Field(True, description="an order with a phone counts as WhatsApp contact consent")
+    unreachable_retry_days: int = Field(7, ge=0, le=365, description="days after WhatsApp refused a number (131026) before "
+                                                                  "one new message tries it again; 0: never")
     stop_words: tuple[str, ...] | None = None
     start_words: tuple[str, ...] | None = None
 
@@ -157,6 +159,7 @@ class PolicySettings(_Settings):
             marketing_cap_window=timedelta(days=self.marketing_cap_days),
             cart_quiet_after_order=timedelta(hours=self.cart_quiet_after_order_hours),
             utility_needs_consent=self.utility_needs_consent,
+            unreachable_retry_after=timedelta(days=self.unreachable_retry_days) if self.unreachable_retry_days else None,
             stop_words=frozenset(self.stop_words if self.stop_words is not None else DEFAULT_STOP_WORDS),
             start_words=frozenset(self.start_words if self.start_words is not None else DEFAULT_START_WORDS),
         )

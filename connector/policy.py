@@ -4,7 +4,8 @@ Applied when a message is queued and again just before it is sent (consent can c
 in between). A blocked message is recorded as skipped with the reason, so a report can
 always say why someone was not messaged. Rules, in order:
 
-1. opted out (STOP keyword) or unreachable number -> skip;
+1. opted out (STOP keyword) or unreachable number -> skip (a number WhatsApp refused, 131026, is
+   worth one more try once ``unreachable_retry_after`` has passed: ``worth_trying``);
 2. consent for the category (utility: WhatsApp contact consent; marketing: opt-in);
 3. the 24-hour customer-service window for free-form and interactive messages;
 4. no cart reminder within N hours of an order confirmation;
@@ -42,6 +43,7 @@ class ContactFacts:
     opted_out_at: datetime | None = None
     last_inbound_at: datetime | None = None
     reachable: bool = True
+    unreachable_at: datetime | None = None  # when her number was last refused or tried again; None: for good
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class PolicyRules:
     marketing_cap_window: timedelta = timedelta(days=7)
     cart_quiet_after_order: timedelta = timedelta(hours=24)
     utility_needs_consent: bool = True
+    unreachable_retry_after: timedelta | None = timedelta(days=7)  # None: never tried again by time
     stop_words: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_STOP_WORDS))
     start_words: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_START_WORDS))
 
@@ -99,6 +102,16 @@ def next_allowed(now: datetime, tz: ZoneInfo, start: time, end: time) -> datetim
     return candidate.astimezone(now.tzinfo)
 
 
+def worth_trying(reachable: bool, unreachable_at: datetime | None, rules: PolicyRules, now: datetime) -> bool:
+    """Whether a message may go to this number: it is reachable, or WhatsApp refused it (131026:
+    not on WhatsApp, terms not accepted, an old app, passing causes) long enough ago that she may have
+    put it right. That try restarts the clock (``outbox.store.record``), so it is one message per period."""
+    if reachable:
+        return True
+    retry = rules.unreachable_retry_after
+    return unreachable_at is not None and retry is not None and now - unreachable_at >= retry
+
+
 def check(
     *,
     category: str,
@@ -113,7 +126,7 @@ def check(
     """Decide for one message. ``kind`` is template, interactive or text."""
     if contact.opted_out_at is not None:
         return Decision(False, "opted_out")
-    if not contact.reachable:
+    if not worth_trying(contact.reachable, contact.unreachable_at, rules, now):
         return Decision(False, "unreachable")
     if category == "marketing" and contact.consent_marketing != "granted":
         return Decision(False, "no_marketing_consent")

@@ -453,14 +453,14 @@ def reachable_again(conn: Connection, store_id: int, contact_id: int, at: dateti
     her then (delivered, read). 131026 also stands for passing causes (terms not accepted, an old
     app: platform-facts C4), so this undoes one from a send made by ``at``; one from a later send
     stands (a late webhook of older news). A contact with no number (it never parsed, or was erased
-    for a privacy request) stays unreachable."""
+    for a privacy request) stays unreachable. Reachable, she has no retry clock (``unreachable_at``)."""
     contact = contact_row(conn, contact_id)
     if contact is None or contact.reachable or contact.phone_e164 is None:
         return
     params = {"sid": store_id, "cid": contact_id}
     refused = [t for q in (_UNDELIVERABLE_MESSAGE, _UNDELIVERABLE_ATTEMPT) if (t := conn.execute(q, params).scalar()) is not None]
     if not refused or max(refused) <= at:
-        update_by_id(conn, CONTACTS, contact_id, dict(reachable=True, updated_at=now))
+        update_by_id(conn, CONTACTS, contact_id, dict(reachable=True, unreachable_at=None, updated_at=now))
 
 
 def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, now: datetime) -> Any:
@@ -502,14 +502,20 @@ def apply_contact_error(conn: Connection, store_id: int, contact_id: int, code: 
     """What Meta's failure says about the person, not the message, whether it came back from the
     send call itself or in a failed status webhook (outbox.store.CONTACT_ERRORS).
     131026 (undeliverable): the contact is unreachable, later sends are skipped as such, until
-    she writes to the store or a later message reaches her (``reachable_again``); not when she
-    wrote after this failure (its webhook came late).
+    she writes to the store or a later message reaches her (``reachable_again``), or until the
+    store's retry period from this refusal has passed (``policy.worth_trying``: one new message
+    tries her number again, and its own 131026 restarts the clock); not when she wrote after this
+    failure (its webhook came late). The clock keeps the latest refusal or try: an older refusal
+    arriving late does not set it back.
     131050 (the user stopped marketing on WhatsApp): marketing consent revoked and their
     marketing runs end. Any other code: nothing."""
     if code == UNDELIVERABLE:
-        wrote = contact_row(conn, contact_id).last_inbound_at
-        if wrote is None or wrote <= at:
-            update_by_id(conn, CONTACTS, contact_id, dict(reachable=False, updated_at=now))
+        contact = contact_row(conn, contact_id)
+        if contact.last_inbound_at is None or contact.last_inbound_at <= at:
+            since = None  # a number we no longer hold (erased) is never tried again
+            if contact.phone_e164 is not None:
+                since = at if contact.unreachable_at is None else max(at, contact.unreachable_at)
+            update_by_id(conn, CONTACTS, contact_id, dict(reachable=False, unreachable_at=since, updated_at=now))
     elif code == 131050 and record_consent(conn, store_id, contact_id, "marketing", "revoked", "whatsapp_error_131050", at, None):
         end_marketing_runs(conn, store_id, contact_id, "whatsapp_error_131050", now)
 

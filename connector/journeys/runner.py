@@ -32,6 +32,7 @@ from connector.journeys._common import is_reply
 from connector.journeys.registry import journeys
 from connector.outbox import store as ob
 from connector.outbox.queue import queue_template, step_key
+from connector.policy import worth_trying
 from connector.rows import contact_row, order_row
 from connector.state import active_runs, cache_active_runs
 from connector.contacts import email_key
@@ -310,7 +311,8 @@ def _last_heard(conn: Connection, store: Any, store_id: int, contact_id: int, at
     return None
 
 
-def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: int | None, subject: str | None) -> Facts:
+def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: int | None, subject: str | None,
+           now: datetime) -> Facts:
     order_id = None
     fulfillment = None
     extra: dict[str, Any] = {}
@@ -353,8 +355,10 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
             first_name = person.first_name
             extra["stage"] = person.stage
             # whether a marketing message can reach them at all (the gate's consent rules), so a
-            # journey counts only reminders the customer could get (checkout attribution)
-            extra["marketing_ok"] = person.consent_marketing == "granted" and person.opted_out_at is None and bool(person.reachable)
+            # journey counts only reminders the customer could get (checkout attribution); a refused number
+            # counts once it is worth another try, as the gate lets that try through
+            extra["marketing_ok"] = (person.consent_marketing == "granted" and person.opted_out_at is None
+                                     and (bool(person.reachable) or worth_trying(False, person.unreachable_at, store.policy.rules(), now)))
             if person.opted_out_at is not None:  # STOP: nothing reaches her now (a COD run must not take her silence for an answer)
                 extra["opted_out_at"] = person.opted_out_at
     return Facts(store_name=store.name or store.key, contact_id=contact_id, first_name=first_name, order=order,
@@ -379,7 +383,7 @@ class JourneyRunner:
     def on_event(self, conn: Connection, store: Any, store_id: int, event: Any, contact_id: int | None, now: datetime) -> int:
         """Run every enabled journey for one event; returns how many commands were applied."""
         applied = 0
-        facts = _facts(conn, store, store_id, event, contact_id, None)
+        facts = _facts(conn, store, store_id, event, contact_id, None, now)
         if facts.contact_id is not None:
             current = facts.extra.get("stage")
             stage = stage_after(event, current or "entry")
@@ -463,7 +467,7 @@ class JourneyRunner:
             if journey is None or row.journey not in enabled:
                 update_by_id(conn, RUNS, row.id, {"next_due_at": None})  # fire once
             else:
-                facts = _facts(conn, store, store_id, TimerFired(now), row.contact_id, row.subject)
+                facts = _facts(conn, store, store_id, TimerFired(now), row.contact_id, row.subject, now)
                 if (row.journey, row.subject) in sends:
                     facts = replace(facts, extra={**facts.extra, "reminders_sent": sends[(row.journey, row.subject)]})
                 try:

@@ -67,7 +67,8 @@ def _needs_history(category: str, journey: str) -> bool:
 
 
 def _facts(contact) -> ContactFacts:  # type: ignore[no-untyped-def]
-    return ContactFacts(contact.consent_utility, contact.consent_marketing, contact.opted_out_at, contact.last_inbound_at, contact.reachable)
+    return ContactFacts(contact.consent_utility, contact.consent_marketing, contact.opted_out_at, contact.last_inbound_at, contact.reachable,
+                        contact.unreachable_at)
 
 
 def step_key(journey: str, step: str, subject: str, occurrence: int = 1) -> str:

@@ -179,11 +179,11 @@ def contact_facts(conn: Connection, contact_ids: list[int]) -> dict[int, Contact
     rows = conn.execute(
         select(
             CONTACTS.c.id, CONTACTS.c.consent_utility, CONTACTS.c.consent_marketing, CONTACTS.c.opted_out_at,
-            CONTACTS.c.last_inbound_at, CONTACTS.c.reachable,
+            CONTACTS.c.last_inbound_at, CONTACTS.c.reachable, CONTACTS.c.unreachable_at,
         ).where(CONTACTS.c.id.in_(contact_ids))
     )
     return {
-        r.id: ContactFacts(r.consent_utility, r.consent_marketing, r.opted_out_at, r.last_inbound_at, r.reachable)
+        r.id: ContactFacts(r.consent_utility, r.consent_marketing, r.opted_out_at, r.last_inbound_at, r.reachable, r.unreachable_at)
         for r in rows
     }
 
@@ -378,6 +378,12 @@ def _message_statement(dialect: str) -> Any:
 _LEARN_WA_ID = CONTACTS.update().where(CONTACTS.c.id == bindparam("_cid"), CONTACTS.c.wa_id.is_(None)).values(wa_id=bindparam("wa_id"))
 # Meta failures that say something about the person: the contact changes (state.apply_contact_error)
 CONTACT_ERRORS = (131026, 131050)
+# a message that went (or may have gone) to a number marked unreachable (131026) was the one try the gate let through
+# once the retry period had passed (policy.worth_trying): the period starts again from it, so her
+# next message waits for this one's news (delivered: reachable again; 131026: the clock restarts)
+_TRIED_AGAIN = CONTACTS.update().where(
+    CONTACTS.c.id == bindparam("_cid"), CONTACTS.c.reachable.is_(False), CONTACTS.c.unreachable_at < bindparam("_at"),
+).values(unreachable_at=bindparam("tried_at"))
 # WhatsApp took the message (or a dry run stood in for it): what counts as a reminder that went
 # out, for attribution (journeys.runner) and the weekly report (reports)
 REACHED_STATES = ("sent", "delivered", "read", "dry_run")
@@ -392,6 +398,7 @@ def record(db: Database, results: list[Result], now: datetime, also: Callable[[C
     attempts: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
     wa_ids: list[dict[str, Any]] = []
+    tried_again: list[dict[str, Any]] = []
     contact_errors: list[tuple[int, int, int, datetime]] = []
     for res in results:
         r = res.row
@@ -424,6 +431,8 @@ def record(db: Database, results: list[Result], now: datetime, also: Callable[[C
             })
             if res.wa_id and r.contact_id is not None:
                 wa_ids.append({"_cid": r.contact_id, "wa_id": res.wa_id})
+        if res.outcome in ("sent", "dry_run", "uncertain") and r.facts is not None and not r.facts.reachable and r.contact_id is not None:
+            tried_again.append({"_cid": r.contact_id, "_at": res.started_at, "tried_at": res.started_at})
         if res.outcome == "failed" and res.about_contact and res.error_code in CONTACT_ERRORS and r.contact_id is not None:
             contact_errors.append((r.store_id, r.contact_id, res.error_code, res.started_at))
     with db.write_lock(), db.engine.begin() as conn:
@@ -435,6 +444,8 @@ def record(db: Database, results: list[Result], now: datetime, also: Callable[[C
             conn.execute(_message_statement(conn.dialect.name), messages)
         if wa_ids:
             conn.execute(_LEARN_WA_ID, wa_ids)
+        if tried_again:
+            conn.execute(_TRIED_AGAIN, tried_again)
         if contact_errors:
             from connector.state import apply_contact_error
 

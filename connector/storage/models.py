@@ -195,6 +195,9 @@ class Contact(Base):
     phone_e164: Mapped[str | None] = mapped_column(String(20))
     phone_raw: Mapped[str | None] = mapped_column(String(80))
     reachable: Mapped[bool] = mapped_column(Boolean, default=True)
+    # when WhatsApp last refused her number (131026) or we last tried it again: with ``reachable``
+    # false, None means for good (no number, erased); a time, worth one more try some days on (policy)
+    unreachable_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     wa_id: Mapped[str | None] = mapped_column(String(32))
     wa_user_id: Mapped[str | None] = mapped_column(String(80))
     external_customer_id: Mapped[str | None] = mapped_column(String(64))
