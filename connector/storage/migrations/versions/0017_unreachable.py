@@ -7,8 +7,8 @@ through once ``policy.unreachable_retry_days`` have passed. Contacts already unr
 take their last update as that time (the refusal is what last changed them, as a rule); those without
 a number (it never parsed, or was erased) keep none and are never tried.
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-12
 """
 import sqlalchemy as sa
@@ -17,8 +17,8 @@ from alembic import op
 import connector.storage.models
 
 
-revision = '0016'
-down_revision = '0015'
+revision = '0017'
+down_revision = '0016'
 branch_labels = None
 depends_on = None
 
