@@ -12,7 +12,13 @@ makes a new order when she checks out again from another session or with a chang
 second Shopify checkout) is not asked to pay for the first: the journey follows the contact,
 and her later order, paid (or cash on delivery), placed within ``REPLACED_WITHIN`` of this one
 and sharing a product with it, ends the run before its reminder (``replaced_by_order``, no
-revenue: the reminder never went out).
+revenue: the reminder never went out). Her later unpaid try at it (placed pending again, in that
+time, a try this journey chases) replaces it too (``replaced``): only her newest try is chased,
+and an older one heard after it starts finished. The run keeps listening after its reminder is
+queued, until that time is up, so a reminder still held (quiet hours, the one-message line) is
+withdrawn when she replaces the order before it goes. A newer try cancelled before its reminder
+does not bring the older one back: she or the store called the purchase off, and the older try
+is as stale (WooCommerce cancels unpaid orders after its hold-stock minutes, the oldest first).
 
 An ``authorized`` payment is not stalled: the customer has paid, the store captures later
 (Shopify manual capture, at fulfilment). It starts no run and ends an active one unpaid, so
@@ -80,45 +86,69 @@ class PaymentRecovery:
             return f"order:{event.order.external_id}"
         return None
 
+    def may_credit(self, event: Any, run: Run) -> bool:
+        """Only the run's own order credits its reminder: her other orders, which reach a run still
+        listening for her replacement, cost no lookup of its sends."""
+        return _about(event, run)
+
     def decide(self, event: Any, run: Run | None, facts: Facts, config: PaymentRecoveryConfig, now: datetime) -> list[Command]:
         if isinstance(event, ev.OrderDeleted):
             return end_for_deleted_order(run)
         if run is not None and not _about(event, run):
-            return _replaced(event, run)  # another order of hers, or a reply: not this order's news
+            return _replaced(event, run, facts, config)  # another order of hers, or a reply: not this order's news
         o = facts.order
         if run is None:
-            if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and o is not None and o.payment_state in STALLED \
-                    and not o.cancelled and o.payment_url and facts.contact_id is not None \
-                    and (not unpaid_order(event.order) or _takes(event, facts, config)) \
-                    and (o.channel != ev.SalesChannel.POS or config.include_pos):
-                # not before payment terms make it due: the event's, else the stored ones (the reconcile's
-                # GraphQL read carries none; an order on terms first seen by it alone is chased as one without)
-                due = chase_from(*terms_of(event.order, o), o.placed_at + timedelta(minutes=config.after_minutes))
-                if due is None:
-                    return []
-                state = {"placed_at": event.order.created_at.isoformat(), "products": sorted(_products(event.order))}
-                return [Start(f"order:{o.external_id}", facts.contact_id, state), Wake(due)]
-            return []
-        if run.status != "active":
-            if _paid(event) and run.state.get("reminded") and not run.state.get("paid"):
-                # ``order_id``, as checkout recovery records the order that converted a run: the runner
-                # looks up the run's sends no more
-                paid = {"paid": True, "order_id": event.order.external_id}
-                # no ``reminders_sent``: a run stored before reminders kept ``sent``, whose own record counts
-                sent = facts.extra.get("reminders_sent")
-                if sent is None or sent:
-                    recovered = _within_window(sent, event.order.updated_at, config)
-                    return [Update({**paid, "recovered": recovered, "revenue": str(event.order.total) if recovered else "0",
-                                    "currency": event.order.currency})]
-                return [Update({**paid, "paid_before_reminder": True}), Finish("paid_before_reminder", skip_waiting=True)]
+            due = _chase_from(event, facts, config) if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) else None
+            if due is None or o is None:
+                return []
+            state = {"placed_at": event.order.created_at.isoformat(), "products": sorted(_products(event.order))}
+            newer = _newer_try(event, facts)
+            if newer is not None:  # heard after her newer try at the same purchase, which is chased instead
+                return [Start(f"order:{o.external_id}", facts.contact_id, {**state, "replaced_by": newer}), Finish("replaced")]
+            return [Start(f"order:{o.external_id}", facts.contact_id, state), Wake(due)]
+        active = run.status == "active"
+        if _paid(event) and run.state.get("reminded") and not run.state.get("paid"):
+            # ``order_id``, as checkout recovery records the order that converted a run: the runner
+            # looks up the run's sends no more
+            paid = {"paid": True, "order_id": event.order.external_id}
+            # no ``reminders_sent``: a run stored before reminders kept ``sent``, whose own record counts
+            sent = facts.extra.get("reminders_sent")
+            if sent is None or sent:
+                recovered = _within_window(sent, event.order.updated_at, config)
+                return [Update({**paid, "recovered": recovered, "revenue": str(event.order.total) if recovered else "0",
+                                "currency": event.order.currency}), *([Wake(None), Finish("reminded", skip_waiting=False)] if active else [])]
+            return [Update({**paid, "paid_before_reminder": True}), *([Wake(None)] if active else []),
+                    Finish("paid_before_reminder", skip_waiting=True)]
+        if not active:
             return []
         if isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) or (o is not None and (o.payment_state not in STALLED or o.cancelled)):
+            if run.state.get("reminded"):  # cancelled, or paid as she knows (authorized): the reminder, if still held, goes no further
+                return [Wake(None), Finish("closed")]
             paid = isinstance(event, ev.OrderPaid) or (o is not None and o.payment_state == "paid")
             return [Wake(None), Update({"paid": paid}), Finish("paid_without_reminder" if paid else "closed")]
         if isinstance(event, TimerFired):
-            return [Update({"reminded": True, "sent": 1}), Send("remind", order_context(facts)), Wake(None),
-                    Finish("reminded", skip_waiting=False)]
+            if run.state.get("reminded"):  # her time to replace the order is up
+                return [Finish("reminded", skip_waiting=False)]
+            # the run listens until she can no longer replace the order (``_replaced``): a reminder held
+            # for the morning is then withdrawn, not sent after she paid her second try
+            listen = _placed(run) + REPLACED_WITHIN
+            end: list[Command] = [Wake(listen)] if listen > now else [Wake(None), Finish("reminded", skip_waiting=False)]
+            return [Update({"reminded": True, "sent": 1}), Send("remind", order_context(facts)), *end]
         return []
+
+
+def _chase_from(event: Any, facts: Facts, config: PaymentRecoveryConfig) -> datetime | None:
+    """When this journey reminds her of the event's order (``facts.order``), or None if it does not chase
+    it: a stalled, open, prepaid order with a pay link, of a contact, that this journey takes (not the cart
+    ladder's; not the till's unless ``include_pos``), not before its payment terms make it due: the event's,
+    else the stored ones (the reconcile's GraphQL read carries none; an order on terms first seen by it
+    alone is chased as one without)."""
+    o = facts.order
+    if o is None or o.payment_state not in STALLED or o.cancelled or not o.payment_url or facts.contact_id is None \
+            or (unpaid_order(event.order) and not _takes(event, facts, config)) \
+            or (o.channel == ev.SalesChannel.POS and not config.include_pos):
+        return None
+    return chase_from(*terms_of(event.order, o), o.placed_at + timedelta(minutes=config.after_minutes))
 
 
 def _takes(event: Any, facts: Facts, config: PaymentRecoveryConfig) -> bool:
@@ -142,21 +172,50 @@ def _products(order: ev.Order) -> set[str]:
     return {str(li.product_id or li.variant_id or li.sku or li.title) for li in order.line_items}
 
 
-def _replaced(event: Any, run: Run) -> list[Command]:
-    """Another order of hers reached this waiting run: a later one she paid for (or chose cash on
-    delivery for), placed within ``REPLACED_WITHIN`` of this one and sharing a product with it, is
-    her second try at this purchase. The run ends before its reminder (and what it has waiting is
-    skipped), so nobody is asked to pay twice; no revenue, as no reminder went out. A run stored
-    before it kept its order's products or time: any product, its start as the order's time."""
+def _placed(run: Run) -> datetime:
+    """When the run's order was placed (a run stored before it kept that: its start)."""
+    return datetime.fromisoformat(run.state["placed_at"]) if run.state.get("placed_at") else run.started_at
+
+
+def _later_try(placed: datetime, products: set[str] | None, later: datetime, its_products: set[str] | None) -> bool:
+    """Whether an order placed at ``later`` for ``its_products`` is a later try at the purchase of one placed
+    at ``placed`` for ``products``: after it, within ``REPLACED_WITHIN``, sharing a product (any, for a run's
+    products unknown: None)."""
+    return placed < later <= placed + REPLACED_WITHIN and (products is None or its_products is None or bool(products & its_products))
+
+
+def _run_products(run: Run) -> set[str] | None:
+    """The products of a run's order; None for a run stored before runs kept them."""
+    return set(run.state.get("products") or ()) or None
+
+
+def _replaced(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig) -> list[Command]:
+    """Another order of hers reached this run, still waiting or listening after its reminder: a later
+    try at this purchase (``_later_try``) that she paid for (or chose cash on delivery for) ends
+    the run (``replaced_by_order``), and so does one she left unpaid again, which this journey chases
+    instead (``replaced``): only her newest try is chased. What the run has waiting (its reminder, held
+    for quiet hours or the one-message line) is withdrawn, so nobody is asked to pay twice; no revenue.
+    ``facts`` are the other order's."""
     if run.status != "active" or not isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)):
         return []
     o = event.order
-    placed = datetime.fromisoformat(run.state["placed_at"]) if run.state.get("placed_at") else run.started_at
-    mine = set(run.state.get("products") or ())
-    if o.cancelled_at is not None or not (o.is_cod or o.payment_state in ev.PAID_AS_SHE_KNOWS) or not placed < o.created_at <= placed + REPLACED_WITHIN \
-            or (mine and not mine & _products(o)):
+    if o.cancelled_at is not None or not _later_try(_placed(run), _run_products(run), o.created_at, _products(o)):
         return []
-    return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced_by_order", skip_waiting=True)]
+    if o.is_cod or o.payment_state in ev.PAID_AS_SHE_KNOWS:
+        return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced_by_order", skip_waiting=True)]
+    if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and _chase_from(event, facts, config) is not None:
+        return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced", skip_waiting=True)]
+    return []
+
+
+def _newer_try(event: Any, facts: Facts) -> str | None:
+    """The order of her open run (``facts.extra["open_runs"]``, this journey's) that is a newer try at the
+    purchase of the event's order, heard first (webhooks come in any order): that one is chased."""
+    o = event.order
+    for r in facts.extra.get("open_runs", ()):
+        if r.subject.startswith("order:") and _later_try(o.created_at, _products(o), _placed(r), _run_products(r)):
+            return r.subject.split(":", 1)[1]
+    return None
 
 
 def stalled(state: dict[str, Any]) -> bool:
