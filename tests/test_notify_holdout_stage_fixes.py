@@ -77,7 +77,7 @@ def test_a_broken_notify_url_fails_alone_and_the_other_owner_is_told_once(db_url
             hook_a = slack.post(HOOK).respond(200, text="ok")
             with contextlib.suppress(httpx.InvalidURL):  # before the fix it escaped the batch
                 asyncio.run(runtime.notifier.run_once())
-            runtime.notifier.clock = lambda: utcnow() + timedelta(minutes=3)  # past the 2-minute lease
+            runtime.notifier.clock = lambda: utcnow() + timedelta(minutes=3)  # past the lease (2.5 minutes)
             for _ in range(3):
                 with contextlib.suppress(httpx.InvalidURL):
                     asyncio.run(runtime.notifier.run_once())

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import re
+import socket
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
@@ -28,6 +30,15 @@ from connector.storage.sql import HANDOFFS
 
 log = logging.getLogger("storeloop.notify")
 _SLACK_ERROR = re.compile(r"[a-z_]{1,40}")  # Slack's answer names its error: no_service, invalid_token, channel_is_archived
+# The POSTs of a batch go one after another, and another worker takes a row over once its lease
+# runs out: the lease covers a whole batch of calls at their longest, plus the time to record them.
+# A call is bounded as a whole (httpx's timeouts are per step: a hook trickling its answer is not),
+# and no call starts that the rest of the lease would not cover (a worker slowed by something
+# else: a stalled process, a slow database); those rows go back untried for the next claim.
+BATCH = 8
+CALL_SECONDS = 15.0
+RECORD_SECONDS = 30.0
+LEASE = timedelta(seconds=BATCH * CALL_SECONDS + RECORD_SECONDS)
 
 
 def _said(resp: httpx.Response) -> str:
@@ -47,6 +58,7 @@ class NotifyDispatcher:
         wa = settings.whatsapp
         self.retry = RetryPolicy(wa.backoff_base_seconds, wa.backoff_cap_seconds, wa.max_attempts)
         self.rng = random.Random()
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:notify"
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -59,9 +71,19 @@ class NotifyDispatcher:
     async def run_once(self) -> int:
         now = self.clock()
         rows = await anyio.to_thread.run_sync(
-            lambda: ob.claim(self.db, store_ids=list(self.stores), now=now, limit=20, lease=timedelta(minutes=2),
-                             worker="notify", history_window=timedelta(0), channel="notify"))
-        results = [await self._guarded(r) for r in rows]
+            lambda: ob.claim(self.db, store_ids=list(self.stores), now=now, limit=BATCH, lease=LEASE,
+                             worker=self.worker, history_window=timedelta(0), channel="notify"))
+        last_start = now + LEASE - timedelta(seconds=CALL_SECONDS + RECORD_SECONDS)
+        results: list[ob.Result] = []
+        for row in rows:
+            if self.clock() > last_start:  # another worker could take it over mid-call: a second alert
+                results.append(ob.Result(row, "released", self.clock()))
+            else:
+                results.append(await self._guarded(row))
+        left = [r.row.id for r in results if r.outcome == "released"]
+        if left:
+            log.warning("notifications %s left untried for the next claim: this batch ran late (%s of its %s lease used)",
+                        left, self.clock() - now, LEASE)
         if results:
             await anyio.to_thread.run_sync(ob.record, self.db, results, self.clock())
         return len(rows)
@@ -87,9 +109,12 @@ class NotifyDispatcher:
         if h is None:
             return ob.Result(row, "failed", started, error_detail="hand-off not found")
         try:
-            resp = await self.http.post(stage_cfg.notify_url.get_secret_value(), json={"text": notify_text(h, store.name or store.key)})
+            with anyio.fail_after(CALL_SECONDS):
+                resp = await self.http.post(stage_cfg.notify_url.get_secret_value(), json={"text": notify_text(h, store.name or store.key)})
         except httpx.HTTPError as exc:
             return self._retry_or_fail(row, started, exc.__class__.__name__)
+        except TimeoutError:
+            return self._retry_or_fail(row, started, f"no answer within {CALL_SECONDS:g} s")
         if resp.status_code >= 500 or resp.status_code == 429:
             return self._retry_or_fail(row, started, f"HTTP {resp.status_code}{_said(resp)}")
         if resp.status_code >= 400:

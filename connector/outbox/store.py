@@ -10,6 +10,8 @@ settles it.
 from __future__ import annotations
 
 import functools
+import logging
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from collections.abc import Callable
@@ -22,6 +24,8 @@ from connector.policy import ContactFacts, SendHistory
 from connector.storage.sql import ATTEMPTS, CONTACTS, MESSAGES, OUTBOX, STORES
 from connector.storage.db import Database
 from connector.storage.txcache import current
+
+log = logging.getLogger("storeloop.outbox")
 
 SENT_STATES = ("sending", "sent", "delivered", "read", "uncertain", "dry_run")
 STATUS_RANK = {"sending": 0, "uncertain": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
@@ -238,6 +242,7 @@ class Claimed:
     facts: ContactFacts | None = None
     history: SendHistory = field(default_factory=SendHistory)
     created_at: datetime | None = None  # when it was queued (a retried store note looks for itself since then)
+    lease: str | None = None  # the claim's ``leased_by``: its result is written only while the row is still this claim's
 
 
 def expire_leases(conn: Connection, now: datetime, channel: str = "whatsapp") -> int:
@@ -252,26 +257,30 @@ def expire_leases(conn: Connection, now: datetime, channel: str = "whatsapp") ->
         conn.execute(
             select(OUTBOX.c.id, OUTBOX.c.store_id, OUTBOX.c.lease_until).where(
                 OUTBOX.c.status == "sending", OUTBOX.c.lease_until < now, OUTBOX.c.channel == channel
-            )
+            ).order_by(OUTBOX.c.id)  # rows locked in id order, as ``record`` locks them: no deadlock between the two
         )
     )
     if channel == "whatsapp":
         then: dict[str, Any] = {"status": "uncertain", "last_error": "lease expired during send; awaiting status webhook"}
     else:
         then = {"status": "pending", "due_at": now, "last_error": "lease expired; retrying the idempotent write-back"}
+    done = 0
     for row in expired:
-        conn.execute(
+        changed = conn.execute(
             update(OUTBOX)
-            .where(OUTBOX.c.id == row.id, OUTBOX.c.status == "sending")
+            .where(OUTBOX.c.id == row.id, OUTBOX.c.status == "sending", OUTBOX.c.lease_until < now)
             .values(**then, attempts=OUTBOX.c.attempts + 1, updated_at=now)
-        )
+        ).rowcount
+        if not changed:  # its worker recorded it meanwhile (PostgreSQL: we waited on its lock), or another worker expired it
+            continue
+        done += 1
         conn.execute(
             insert(ATTEMPTS).values(
                 store_id=row.store_id, outbox_id=row.id, started_at=row.lease_until, outcome="uncertain",
                 error_detail="worker stopped before recording the result",
             )
         )
-    return len(expired)
+    return done
 
 
 RETRY_KEEPS_PLACE = timedelta(hours=1)
@@ -302,7 +311,12 @@ def claim(
     db: Database, *, store_ids: list[int], now: datetime, limit: int, lease: timedelta, worker: str, history_window: timedelta,
     channel: str = "whatsapp",
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due rows of a channel (SKIP LOCKED on PostgreSQL, the write lock on SQLite)."""
+    """Lease up to ``limit`` due rows of a channel (SKIP LOCKED on PostgreSQL, the write lock on SQLite).
+
+    ``leased_by`` names the worker and this one claim, so a result that comes back after the
+    lease ran out can tell the row was taken over, even by another dispatcher of the same process.
+    """
+    lease_id = f"{worker[:55]}/{secrets.token_hex(4)}"
     with db.write_lock(), db.engine.begin() as conn:
         expire_leases(conn, now, channel)
         query = (
@@ -324,8 +338,8 @@ def claim(
         )
         if not db.is_sqlite:
             query = query.with_for_update(skip_locked=True)
-        rows = [Claimed(r.id, r.store_id, r.contact_id, r.journey, r.category, r.payload, r.attempts, created_at=r.created_at)
-                for r in conn.execute(query)]
+        rows = [Claimed(r.id, r.store_id, r.contact_id, r.journey, r.category, r.payload, r.attempts, created_at=r.created_at,
+                        lease=lease_id) for r in conn.execute(query)]
         if not rows:
             return []
         ids = [r.contact_id for r in rows if r.contact_id is not None]
@@ -334,7 +348,7 @@ def claim(
         conn.execute(
             update(OUTBOX)
             .where(OUTBOX.c.id.in_([r.id for r in rows]))
-            .values(status="sending", lease_until=now + lease, leased_by=worker[:64], updated_at=now)
+            .values(status="sending", lease_until=now + lease, leased_by=lease_id, updated_at=now)
         )
         for r in rows:
             if r.contact_id is not None:
@@ -348,7 +362,7 @@ class Result:
     """The outcome of one claimed row, written back in one batch."""
 
     row: Claimed
-    outcome: str  # sent | dry_run | retry | failed | uncertain | skipped | deferred
+    outcome: str  # sent | dry_run | retry | failed | uncertain | skipped | deferred | released (not tried: due again as it was)
     started_at: datetime
     duration_ms: int | None = None
     wamid: str | None = None
@@ -389,12 +403,32 @@ _TRIED_AGAIN = CONTACTS.update().where(
 REACHED_STATES = ("sent", "delivered", "read", "dry_run")
 
 
-def record(db: Database, results: list[Result], now: datetime, also: Callable[[Connection], Any] | None = None) -> None:
+TRIED = ("sent", "dry_run", "retry", "failed", "uncertain")  # outcomes of a call that was made: an attempt
+# The rows a batch's results are for that are still leased ('sending'), with their claim; locked on
+# PostgreSQL until the results commit (in id order, as ``expire_leases`` takes them)
+_LEASED = (select(OUTBOX.c.id, OUTBOX.c.leased_by)
+           .where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)), OUTBOX.c.status == "sending").order_by(OUTBOX.c.id))
+
+
+def _still_ours(conn: Connection, results: list[Result]) -> set[int]:
+    """The ids of the rows these results' claims still hold. A result that comes back after its
+    lease ran out, when another worker has expired the row (made it due again, or ``uncertain``),
+    claimed it or settled it, is not the row's outcome any more: that claim's is."""
+    query = _LEASED if conn.dialect.name == "sqlite" else _LEASED.with_for_update()
+    held = dict(conn.execute(query, {"ids": sorted({res.row.id for res in results})}).all())
+    return {res.row.id for res in results if res.row.id in held and res.row.lease in (None, held[res.row.id])}
+
+
+def record(db: Database, results: list[Result], now: datetime,
+           also: Callable[[Connection, list[Result]], Any] | None = None) -> list[Result]:
     """Write a batch's outcomes: a few executemany statements, whatever the batch size.
-    ``also`` writes what must commit with them (the hand-offs of failed store write-backs)."""
+
+    A row is settled only while this batch's claim still holds it; a late result (its lease ran
+    out and another worker took the row over) keeps its attempt row, the call did happen, but
+    changes no status. ``also`` writes what must commit with them, given the results that
+    settled their rows (the hand-offs of failed store write-backs). Returns those results."""
     if not results:
-        return
-    updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        return []
     attempts: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
     wa_ids: list[dict[str, Any]] = []
@@ -402,22 +436,7 @@ def record(db: Database, results: list[Result], now: datetime, also: Callable[[C
     contact_errors: list[tuple[int, int, int, datetime]] = []
     for res in results:
         r = res.row
-        values: dict[str, Any] = {"updated_at": now, "lease_until": None, "leased_by": None}
-        tried = res.outcome in ("sent", "dry_run", "retry", "failed", "uncertain")
-        if tried:
-            values["attempts"] = r.attempts + 1
-        if res.outcome in ("sent", "dry_run"):
-            values.update(status=res.outcome, wamid=res.wamid, last_error=None)
-        elif res.outcome == "retry":
-            values.update(status="pending", due_at=res.due_at, last_error=res.error_detail)
-        elif res.outcome == "deferred":
-            values.update(status="pending", due_at=res.due_at, skip_reason=None)
-        elif res.outcome == "skipped":
-            values.update(status="skipped", skip_reason=res.error_detail)
-        else:  # failed | uncertain
-            values.update(status=res.outcome, last_error=res.error_detail)
-        updates.setdefault(tuple(sorted(values)), []).append({**values, "_pk": r.id})
-        if tried:
+        if res.outcome in TRIED:
             attempts.append({
                 "store_id": r.store_id, "outbox_id": r.id, "started_at": res.started_at, "duration_ms": res.duration_ms,
                 "outcome": res.outcome, "error_code": res.error_code,
@@ -436,6 +455,16 @@ def record(db: Database, results: list[Result], now: datetime, also: Callable[[C
         if res.outcome == "failed" and res.about_contact and res.error_code in CONTACT_ERRORS and r.contact_id is not None:
             contact_errors.append((r.store_id, r.contact_id, res.error_code, res.started_at))
     with db.write_lock(), db.engine.begin() as conn:
+        ours = _still_ours(conn, results)
+        settled = [res for res in results if res.row.id in ours]
+        late = sorted(res.row.id for res in results if res.row.id not in ours and res.outcome != "released")
+        if late:
+            log.warning("outbox rows %s: the result came after the lease ran out and another worker had expired, claimed "
+                        "or settled the row; kept as an attempt only", late)
+        updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for res in settled:
+            values = _settle(res, now)
+            updates.setdefault(tuple(sorted(values)), []).append({**values, "_pk": res.row.id})
         for fields, params in updates.items():
             conn.execute(_record_statement(fields), params)
         if attempts:
@@ -452,7 +481,28 @@ def record(db: Database, results: list[Result], now: datetime, also: Callable[[C
             for store_id, cid, code, at in contact_errors:
                 apply_contact_error(conn, store_id, cid, code, at, now)
         if also is not None:
-            also(conn)
+            also(conn, settled)
+    return settled
+
+
+def _settle(res: Result, now: datetime) -> dict[str, Any]:
+    """The row's new values for its result (the lease is released whatever the outcome)."""
+    values: dict[str, Any] = {"updated_at": now, "lease_until": None, "leased_by": None}
+    if res.outcome in TRIED:
+        values["attempts"] = res.row.attempts + 1
+    if res.outcome in ("sent", "dry_run"):
+        values.update(status=res.outcome, wamid=res.wamid, last_error=None)
+    elif res.outcome == "retry":
+        values.update(status="pending", due_at=res.due_at, last_error=res.error_detail)
+    elif res.outcome == "deferred":
+        values.update(status="pending", due_at=res.due_at, skip_reason=None)
+    elif res.outcome == "released":  # never tried: due as it was, its attempts and last error as they were
+        values.update(status="pending")
+    elif res.outcome == "skipped":
+        values.update(status="skipped", skip_reason=res.error_detail)
+    else:  # failed | uncertain
+        values.update(status=res.outcome, last_error=res.error_detail)
+    return values
 
 
 def heartbeat(db: Database, name: str, holder: str, now: datetime, ttl: timedelta, prefix: str = "dispatcher:") -> int:

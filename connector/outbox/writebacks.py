@@ -75,7 +75,9 @@ def hand_off_failures(conn: Connection, stores: Mapping[int, object], results: l
     """A write-back the store refused for good, or one given up on, is what the customer asked
     for (a cancel, a confirmation's tag or status) not done: a person does it by hand. One
     hand-off per write-back, for its journey's stage owner, with the store's answer; written in
-    the transaction that records the failure, so a crash between the two cannot lose it."""
+    the transaction that records the failure, so a crash between the two cannot lose it. Only
+    results that settled their rows: one that came after its lease ran out leaves the row to the
+    worker that took it over (whose call may well succeed)."""
     failed = [r for r in results if r.outcome == "failed" and r.row.store_id in stores]
     for res in failed:
         p = res.row.payload or {}
@@ -144,7 +146,7 @@ class WriteBackDispatcher:
             results = await asyncio.gather(*(self._one(r, closed) for r in rows))
             now, done = self.clock(), list(results)
             await anyio.to_thread.run_sync(
-                lambda: ob.record(self.db, done, now, also=lambda conn: hand_off_failures(conn, self.stores, done, now)))
+                lambda: ob.record(self.db, done, now, also=lambda conn, settled: hand_off_failures(conn, self.stores, settled, now)))
         return len(rows)
 
     async def drain(self, max_batches: int = 1000) -> int:
