@@ -143,8 +143,10 @@ def stage_of_purchases(purchases: list[Purchase], checked_out: bool) -> str:
 _HER_ORDERS = select(ORDERS.c.external_id, ORDERS.c.placed_at, ORDERS.c.payment_state, ORDERS.c.fulfillment_state, ORDERS.c.is_cod,
                      ORDERS.c.channel, ORDERS.c.cancelled_at).where(
     ORDERS.c.store_id == bindparam("sid"), ORDERS.c.contact_id == bindparam("cid"))
-_THEIR_PARCELS = select(FULFILLMENTS.c.order_external_id, FULFILLMENTS.c.source_updated_at, FULFILLMENTS.c.delivered_at).where(
-    FULFILLMENTS.c.store_id == bindparam("sid"), FULFILLMENTS.c.order_external_id.in_(bindparam("oids", expanding=True)))
+# by the order id's index alone (the store is checked on the rows): beside ``store_id = ?`` SQLite, which has no
+# statistics here, picks the (store_id, external_id) index and reads every fulfilment of the store
+_THEIR_PARCELS = select(FULFILLMENTS.c.store_id, FULFILLMENTS.c.order_external_id, FULFILLMENTS.c.source_updated_at,
+                        FULFILLMENTS.c.delivered_at).where(FULFILLMENTS.c.order_external_id.in_(bindparam("oids", expanding=True)))
 _THEIR_COD_RUNS = select(RUNS.c.subject, RUNS.c.state).where(
     RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == bindparam("journey"), RUNS.c.subject.in_(bindparam("subjects", expanding=True)))
 
@@ -163,7 +165,9 @@ def restage(conn: Connection, store_id: int, contact_id: int, now: datetime) -> 
     live = [o for o in orders if not ev.called_off(o.cancelled_at, o.payment_state)]
     parcels: dict[str, Any] = {}
     if live:
-        for f in conn.execute(_THEIR_PARCELS, {"sid": store_id, "oids": [o.external_id for o in live]}):
+        for f in conn.execute(_THEIR_PARCELS, {"oids": [o.external_id for o in live]}):
+            if f.store_id != store_id:
+                continue
             if f.order_external_id not in parcels or f.source_updated_at > parcels[f.order_external_id].source_updated_at:
                 parcels[f.order_external_id] = f
     shipped = {o.external_id for o in live
