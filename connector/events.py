@@ -38,6 +38,15 @@ class PaymentState(StrEnum):
 # ones, her order replaces an unpaid try at the same purchase, and it counts as a reorder.
 PAID_AS_SHE_KNOWS = frozenset({PaymentState.PAID, PaymentState.PARTIALLY_PAID, PaymentState.AUTHORIZED,
                                PaymentState.PARTIALLY_REFUNDED})
+# No money is owed or kept: all of it refunded, or the payment voided (an authorisation released, a WooCommerce
+# order cancelled). Such an order, like a cancelled one, is no purchase of hers (``called_off``).
+NO_MONEY_KEPT = frozenset({PaymentState.REFUNDED, PaymentState.VOIDED})
+
+
+def called_off(cancelled_at: datetime | None, payment_state: str) -> bool:
+    """Whether an order (an event's, or a stored row's fields) no longer counts as a purchase: it was
+    cancelled or binned, fully refunded, or its payment voided. A failed payment is not: she can still pay."""
+    return cancelled_at is not None or payment_state in NO_MONEY_KEPT
 
 
 class FulfillmentState(StrEnum):

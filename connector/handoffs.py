@@ -32,7 +32,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from connector import events as ev
 from connector.outbox import store as ob
 from connector.policy import keyword_intent
-from connector.storage.sql import CONTACTS, HANDOFFS, MESSAGES, ORDERS, RUNS, update_by_id
+from connector.rows import contact_row
+from connector.storage.sql import CONTACTS, FULFILLMENTS, HANDOFFS, MESSAGES, ORDERS, RUNS, flush, update_by_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,8 @@ def stage_after(event: Any, current: str) -> str | None:
     may a fulfilment (a second order still on its way, or failing to arrive, puts them back in
     post-purchase, with its owner). A payment only moves them forward: a COD order is marked
     paid when the cash is collected, after delivery, and that must not pull the customer out
-    of retention."""
+    of retention. News of an order called off (cancelled, fully refunded) moves no one: where
+    that leaves her is for her other orders to say (``restage``, when it is called off)."""
     stage = _stage_of(event, current)
     if stage is None or isinstance(event, (ev.OrderPlaced, ev.FulfillmentUpdated)):
         return stage
@@ -88,6 +90,11 @@ def stage_after(event: Any, current: str) -> str | None:
 
 
 def _stage_of(event: Any, current: str) -> str | None:
+    order = getattr(event, "order", None)
+    if isinstance(order, ev.Order) and ev.called_off(order.cancelled_at, order.payment_state):
+        # a cancelled or refunded order is no purchase: news of it (a paid order cancelled without a
+        # refund, the store tagging it later) moves no one on; ``restage`` settles where it leaves her
+        return None
     if isinstance(event, ev.CheckoutUpdated) and event.checkout.completed_at is None and current == "entry":
         return "conversion"
     if isinstance(event, ev.OrderPlaced):
@@ -103,6 +110,82 @@ def _stage_of(event: Any, current: str) -> str | None:
     if isinstance(event, ev.FulfillmentUpdated):
         return "retention" if event.fulfillment.shipment_status in ev.DELIVERED_STATUSES else "post_purchase"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """One of her orders that still counts (not ``called_off``), as the stage rules see it."""
+
+    moved_at: datetime  # when it last moved her: placed, or its latest parcel news
+    paid: bool  # paid as far as she knows
+    cod: bool
+    confirmed: bool  # a COD order she, or the store, confirmed
+    shipped: bool
+    delivered: bool  # its latest parcel news says it is in her hands
+
+
+def stage_of_purchases(purchases: list[Purchase], checked_out: bool) -> str:
+    """The stage her orders that still count give, as ``stage_after`` would have left her had the
+    ones called off never been placed: the order that moved her last decides (placed, shipped or
+    delivered; a payment moves no one back, so it does not count as news). With none left she is
+    where she was before buying: in conversion if she went through a checkout (without the order it
+    is a checkout left unfinished), else in entry (an order entered by the store's staff)."""
+    latest = max(purchases, key=lambda p: p.moved_at, default=None)
+    if latest is None:
+        return "conversion" if checked_out else "entry"
+    if latest.delivered:
+        return "retention"
+    if latest.shipped or latest.paid or latest.confirmed:
+        return "post_purchase"
+    return "qualification" if latest.cod else "conversion"
+
+
+_HER_ORDERS = select(ORDERS.c.external_id, ORDERS.c.placed_at, ORDERS.c.payment_state, ORDERS.c.fulfillment_state, ORDERS.c.is_cod,
+                     ORDERS.c.channel, ORDERS.c.cancelled_at).where(
+    ORDERS.c.store_id == bindparam("sid"), ORDERS.c.contact_id == bindparam("cid"))
+# by the order id's index alone (the store is checked on the rows): beside ``store_id = ?`` SQLite, which has no
+# statistics here, picks the (store_id, external_id) index and reads every fulfilment of the store
+_THEIR_PARCELS = select(FULFILLMENTS.c.store_id, FULFILLMENTS.c.order_external_id, FULFILLMENTS.c.source_updated_at,
+                        FULFILLMENTS.c.delivered_at).where(FULFILLMENTS.c.order_external_id.in_(bindparam("oids", expanding=True)))
+_THEIR_COD_RUNS = select(RUNS.c.subject, RUNS.c.state).where(
+    RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == bindparam("journey"), RUNS.c.subject.in_(bindparam("subjects", expanding=True)))
+
+
+def restage(conn: Connection, store_id: int, contact_id: int, now: datetime) -> str:
+    """Put a contact one of whose orders was just called off (cancelled, binned, fully refunded) in
+    the stage her other orders give (``stage_of_purchases``): a returning customer whose new COD order
+    is cancelled is back in retention, not left with the COD team. The contact row keeps no history;
+    her orders, their parcels and her COD answers are it. Runs only on that rare event (a few
+    indexed reads); returns the stage."""
+    from connector.journeys.cod_confirmation import CONFIRMED, CodConfirmation
+
+    flush(conn)  # the called-off order's change, and orders of hers held back in this batch, must be readable
+    params = {"sid": store_id, "cid": contact_id}
+    orders = conn.execute(_HER_ORDERS, params).all()
+    live = [o for o in orders if not ev.called_off(o.cancelled_at, o.payment_state)]
+    parcels: dict[str, Any] = {}
+    if live:
+        for f in conn.execute(_THEIR_PARCELS, {"oids": [o.external_id for o in live]}):
+            if f.store_id != store_id:
+                continue
+            if f.order_external_id not in parcels or f.source_updated_at > parcels[f.order_external_id].source_updated_at:
+                parcels[f.order_external_id] = f
+    shipped = {o.external_id for o in live
+               if o.fulfillment_state in (ev.FulfillmentState.FULFILLED, ev.FulfillmentState.PARTIAL) or o.external_id in parcels}
+    paid = {o.external_id for o in live if o.payment_state in ev.PAID_AS_SHE_KNOWS}
+    asked = [f"order:{o.external_id}" for o in live if o.is_cod and o.external_id not in shipped | paid]
+    confirmed = {r.subject.split(":", 1)[1] for r in conn.execute(
+        _THEIR_COD_RUNS, {"sid": store_id, "journey": CodConfirmation.name, "subjects": asked}) if (r.state or {}).get("choice") in CONFIRMED
+    } if asked else set()
+    purchases = [Purchase(moved_at=max(o.placed_at, parcels[o.external_id].source_updated_at) if o.external_id in parcels else o.placed_at,
+                          paid=o.external_id in paid, cod=o.is_cod, confirmed=o.external_id in confirmed, shipped=o.external_id in shipped,
+                          delivered=o.external_id in parcels and parcels[o.external_id].delivered_at is not None)
+                 for o in live]
+    stage = stage_of_purchases(purchases, checked_out=any(o.channel == ev.SalesChannel.ONLINE for o in orders))
+    contact = contact_row(conn, contact_id)
+    if contact is not None and contact.stage != stage:
+        update_by_id(conn, CONTACTS, contact_id, {"stage": stage, "updated_at": now})
+    return stage
 
 
 REPLY_CASE = "reply:"  # the key prefix of a customer's own question that answers no journey (``reply:<contact id>``)

@@ -17,6 +17,7 @@ from sqlalchemy.exc import NoResultFound
 
 from connector import events as ev
 from connector.contacts import email_key
+from connector.handoffs import restage
 from connector.policy import keyword_intent
 from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, ATTEMPTS, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES
 from connector.rows import checkout_ordered_at, checkout_row, contact_by_phone, contact_row, contact_where, order_row, phone_key
@@ -247,7 +248,8 @@ def _line_rows(store_id: int, order_id: int, lines: tuple[ev.LineItem, ...]) -> 
 
 
 def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: int | None, now: datetime) -> str:
-    """Upsert an order and its lines: "new" (first stored now), "changed", or "stale" (nothing
+    """Upsert an order and its lines: "new" (first stored now), "changed", "called_off" (changed, and
+    the purchase it was is off now: cancelled, fully refunded or voided), or "stale" (nothing
     written: a newer payload is stored).
 
     Payment terms are kept from the events that carry them: an event without terms leaves the
@@ -260,6 +262,8 @@ def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: in
     existing = order_row(conn, store_id, order.external_id)
     if existing is not None and existing.source_updated_at > order.updated_at:
         return "stale"
+    # read before the update below (it changes the cached row in place)
+    counted = existing is not None and not ev.called_off(existing.cancelled_at, existing.payment_state)
     values = {
         "name": order.name[:64],
         "contact_id": contact_id,
@@ -299,7 +303,9 @@ def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: in
     insert_later(conn, LINES, _line_rows(store_id, order_id, order.line_items), key=order_id)
     if order.checkout_token:
         _complete_checkout(conn, store_id, order.checkout_token, order.created_at)
-    return "new" if existing is None else "changed"
+    if existing is None:
+        return "new"
+    return "called_off" if counted and ev.called_off(order.cancelled_at, order.payment_state) else "changed"
 
 
 def _complete_checkout(conn: Connection, store_id: int, token: str, at: datetime) -> None:
@@ -797,6 +803,10 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             out.stale = written == "stale"
             if written == "new" and not isinstance(event, ev.OrderPlaced) and placed_on_first_sight(order, now):
                 out.placed = ev.OrderPlaced(order=order)
+            if written == "called_off":
+                owner = out.contact_id if out.contact_id is not None else order_row(conn, store_id, order.external_id).contact_id
+                if owner is not None:
+                    restage(conn, store_id, owner, now)  # she is where her other orders leave her
         case ev.CheckoutUpdated(checkout=checkout):
             out.subject = f"checkout:{checkout.token}"
             out.contact_id = upsert_contact(conn, store_id, now, phone=checkout.customer.phone, customer=checkout.customer)
@@ -810,9 +820,12 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             if stored is not None:
                 out.contact_id = stored.contact_id
                 if stored.cancelled_at is None:
+                    counted = not ev.called_off(None, stored.payment_state)
                     # binned: cancelled for every journey (their timers read it: no COD reminder, no
                     # "no answer" cancel that would take it out of the bin, no cart or pay reminder)
                     update_by_id(conn, ORDERS, stored.id, {"cancelled_at": now, "platform_status": "trash", "updated_at": now})
+                    if counted and stored.contact_id is not None:
+                        restage(conn, store_id, stored.contact_id, now)
         case ev.FulfillmentUpdated(fulfillment=f):
             out.subject = f"order:{f.order_external_id}"
             placed = order_row(conn, store_id, f.order_external_id)
