@@ -15,7 +15,12 @@ repeated or reordered fulfilment webhooks never repeat a message; "shipped" is t
 per parcel and per tracking she was told: the run keeps each parcel's numbers and links
 (``tracking``), so another parcel (a second fulfilment, or a number added to one: multi-package
 tracking, another Shipment Tracking item) and a corrected number or link get a "shipped" of their
-own (``Send.occurrence``) with that parcel's link, once per change, until the parcel arrives.
+own (``Send.occurrence``) with that parcel's link, once per change, until the parcel arrives. A
+fulfilment that comes with several numbers at once gets one per number (a template shows one
+link); the further ones only where the "shipped" template shows the number or the link, else they
+would repeat the first word for word (``Send.shows``). The news comes from a fulfilment's own
+webhook or from an order webhook that lists it (``FulfillmentUpdated.listed_on_order``): either way
+once, since a repeat finds the step told and the parcel's status kept.
 "Delivered" is said once every parcel heard of has arrived and the order has no part still to
 ship (Shopify's ``partial``), not when the first of several arrives.
 
