@@ -259,6 +259,9 @@ class CheckoutUpdated(_Fact):
 class FulfillmentUpdated(_Fact):
     type: Literal["fulfillment.updated"] = "fulfillment.updated"
     fulfillment: Fulfillment
+    # one of the fulfilments an order event lists (Shopify's order ``fulfillments[]``), sent again with
+    # every update of the order: news only when it changed, so a repeat is heard by no journey
+    listed_on_order: bool = False
 
 
 class CustomerUpdated(_Fact):

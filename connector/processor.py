@@ -28,7 +28,7 @@ from connector.errors import NormalizationError, describe_error
 from connector.events import ComplianceRequested, Event, dump_events
 from connector.gc_pause import cyclic_gc_paused
 from connector.journeys.runner import JourneyRunner, order_email_keys, prefetch_runs, run_subjects
-from connector.rows import contact_keys_of, keys_of, prefetch, prefetch_contacts
+from connector.rows import contact_keys_of, fulfillment_keys_of, keys_of, prefetch, prefetch_contacts
 from connector.state import apply_event
 from connector.storage import jsoncodec
 from connector.storage.db import Database
@@ -265,23 +265,24 @@ class InboxProcessor:
     def _prefetch(self, conn: Connection, cache: TxCache, rows: list[Any], parsed: list[list[Event] | Exception]) -> None:
         """Load what the batch's events will look up: contacts (by phone; by email and customer id
         where there is no phone; by a placed order's email), orders and checkouts, then journey runs."""
-        wanted: dict[int, tuple[set[str], set[str], set[str], set[str], set[str], set[str]]] = {}
+        wanted: dict[int, tuple[set[str], set[str], set[str], set[str], set[str], set[str], set[str]]] = {}
         for row, events in zip(rows, parsed):
             if isinstance(events, Exception):
                 continue
-            phones, orders, tokens, subjects, emails, customers = wanted.setdefault(
-                row.store_id, (set(), set(), set(), set(), set(), set()))
+            phones, orders, tokens, subjects, emails, customers, fulfillments = wanted.setdefault(
+                row.store_id, (set(), set(), set(), set(), set(), set(), set()))
             for event in events:
                 p, o, t = keys_of(event)
                 phones.update(p)
                 orders.update(o)
                 tokens.update(t)
+                fulfillments.update(fulfillment_keys_of(event))
                 subjects.update(run_subjects(event))
                 e, c = contact_keys_of(event)
                 emails.update(e, order_email_keys(event))
                 customers.update(c)
-        for store_id, (phones, orders, tokens, subjects, emails, customers) in wanted.items():
-            prefetch(conn, store_id, phones, orders, tokens)
+        for store_id, (phones, orders, tokens, subjects, emails, customers, fulfillments) in wanted.items():
+            prefetch(conn, store_id, phones, orders, tokens, fulfillments)
             prefetch_contacts(conn, store_id, "email", emails)
             prefetch_contacts(conn, store_id, "external_customer_id", customers)
             contacts = {cache.keys.get(("contacts", store_id, p)) for p in phones}
@@ -392,7 +393,7 @@ class InboxProcessor:
             held = held or outcome.held
             if outcome.private is not None:  # a privacy request: no journey hears it
                 private = [*(private or []), *outcome.private]
-            elif not outcome.stale and not outcome.held:
+            elif not outcome.stale and not outcome.held and not outcome.old_news:
                 if outcome.placed is not None and not _from_sync(row):
                     # first sight of a fresh order through a later event: placed, then that event.
                     # The sync job decides first sight itself (a backfill places nothing).

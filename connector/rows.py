@@ -1,4 +1,4 @@
-"""Whole-row lookups of contacts, orders and checkouts, and a batch's prefetch of them.
+"""Whole-row lookups of contacts, orders, checkouts and fulfilments, and a batch's prefetch of them.
 
 They go through the processor's transaction cache (``storage/txcache.py``) when one is
 installed, so the state code, the journey facts and the policy gate share one read of
@@ -7,6 +7,7 @@ each row per batch; without it they query as before.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy import Connection, bindparam, func, select
 
 from connector import events as ev
 from connector.contacts import email_key
-from connector.storage.sql import CHECKOUTS, CONTACTS, ORDERS, flush
+from connector.storage.sql import CHECKOUTS, CONTACTS, FULFILLMENTS, ORDERS, flush
 from connector.storage.txcache import by_id, by_key, current
 
 
@@ -26,6 +27,9 @@ def phone_key(phone: ev.Phone) -> str:
 _CONTACT_BY_PHONE = select(CONTACTS).where(CONTACTS.c.store_id == bindparam("sid"), CONTACTS.c.phone_key == bindparam("key"))
 _CONTACT_BY_ID = select(CONTACTS).where(CONTACTS.c.id == bindparam("cid"))
 _ORDER_BY_ID = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id == bindparam("oid"))
+_FULFILLMENT_BY_ID = select(FULFILLMENTS).where(FULFILLMENTS.c.store_id == bindparam("sid"), FULFILLMENTS.c.external_id == bindparam("fid"))
+_FULFILLMENTS_BY_IDS = select(FULFILLMENTS).where(FULFILLMENTS.c.store_id == bindparam("sid"),
+                                                  FULFILLMENTS.c.external_id.in_(bindparam("ids", expanding=True)))
 _CHECKOUT_BY_TOKEN = select(CHECKOUTS).where(CHECKOUTS.c.store_id == bindparam("sid"), CHECKOUTS.c.token == bindparam("token"))
 _CONTACT_BY = {c.name: select(CONTACTS).where(CONTACTS.c.store_id == bindparam("sid"), c == bindparam("v"))
                for c in (CONTACTS.c.wa_id, CONTACTS.c.external_customer_id)}
@@ -60,6 +64,11 @@ def order_row(conn: Connection, store_id: int, external_id: str) -> Any:
     return by_key(conn, "orders", (store_id, external_id), _ORDER_BY_ID, {"sid": store_id, "oid": external_id})
 
 
+def fulfillment_row(conn: Connection, store_id: int, external_id: str) -> Any:
+    """The whole fulfilment row by its platform id, or None."""
+    return by_key(conn, "fulfillments", (store_id, external_id), _FULFILLMENT_BY_ID, {"sid": store_id, "fid": external_id})
+
+
 def checkout_row(conn: Connection, store_id: int, token: str) -> Any:
     return by_key(conn, "checkouts", (store_id, token), _CHECKOUT_BY_TOKEN, {"sid": store_id, "token": token})
 
@@ -82,14 +91,23 @@ def keys_of(event: ev.Event) -> tuple[list[str], list[str], list[str]]:
     return [], [], []
 
 
-def prefetch(conn: Connection, store_id: int, phone_keys: set[str], order_ids: set[str], tokens: set[str]) -> None:
-    """Load a batch's contacts, orders and checkouts into the transaction cache: three queries instead of one per lookup."""
+def fulfillment_keys_of(event: ev.Event) -> list[str]:
+    """The fulfilments ``apply_event`` will look up for an event (every order update of a shipped
+    Shopify order lists its fulfilments: read with the batch, not one query each)."""
+    return [event.fulfillment.external_id] if isinstance(event, ev.FulfillmentUpdated) else []
+
+
+def prefetch(conn: Connection, store_id: int, phone_keys: set[str], order_ids: set[str], tokens: set[str],
+             fulfillment_ids: Collection[str] = ()) -> None:
+    """Load a batch's contacts, orders, checkouts and fulfilments into the transaction cache: a query
+    per table instead of one per lookup."""
     cache = current(conn)
     if cache is None:
         return
     for table, stmt, param, keys in (("contacts", _CONTACTS_BY_PHONES, "keys", phone_keys),
                                      ("orders", _ORDERS_BY_IDS, "ids", order_ids),
-                                     ("checkouts", _CHECKOUTS_BY_TOKENS, "tokens", tokens)):
+                                     ("checkouts", _CHECKOUTS_BY_TOKENS, "tokens", tokens),
+                                     ("fulfillments", _FULFILLMENTS_BY_IDS, "ids", fulfillment_ids)):
         todo = sorted(k for k in keys if not cache.lookup((table, store_id, k))[0])
         if not todo:
             continue

@@ -20,7 +20,7 @@ from connector.contacts import email_key
 from connector.handoffs import restage
 from connector.policy import keyword_intent
 from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, ATTEMPTS, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES
-from connector.rows import checkout_ordered_at, checkout_row, contact_by_phone, contact_row, contact_where, order_row, phone_key
+from connector.rows import checkout_ordered_at, checkout_row, contact_by_phone, contact_row, contact_where, fulfillment_row, order_row, phone_key
 from connector.storage.txcache import by_key, current
 
 MESSAGE_STATUS_RANK = {"accepted": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
@@ -41,6 +41,7 @@ class Outcome:
     private: list[dict[str, Any]] | None = None  # a privacy request: the row keeps this instead of its body and event
     placed: ev.OrderPlaced | None = None  # an order first seen through a later event: the journeys hear it placed first
     order_unknown: bool = False  # a fulfilment of an order not stored yet (Shopify's webhooks come in any order)
+    old_news: bool = False  # a fulfilment its order lists that says nothing new (or first seen long after): no journey hears it
 
 
 # An order first seen through a later event is still news to the journeys when it was created
@@ -48,6 +49,7 @@ class Outcome:
 # orders/create, whose retry then carries an older payload and is dropped as stale, or
 # orders/create is lost. The sync job applies the same rule to orders it finds that were never
 # stored (connector/sync.py). Cancelled, refunded, voided and failed orders are no such news.
+# So is a fulfilment an order lists, first seen this long after it last changed.
 PLACED_WITHIN = timedelta(hours=24)
 _NOT_PLACED = (ev.PaymentState.REFUNDED, ev.PaymentState.VOIDED, ev.PaymentState.FAILED)
 
@@ -363,13 +365,17 @@ def apply_checkout(conn: Connection, store_id: int, checkout: ev.Checkout, conta
     return True
 
 
-def apply_fulfillment(conn: Connection, store_id: int, f: ev.Fulfillment, now: datetime) -> bool:
-    existing = conn.execute(
-        select(FULFILLMENTS.c.id, FULFILLMENTS.c.source_updated_at, FULFILLMENTS.c.delivered_at).where(
-            FULFILLMENTS.c.store_id == store_id, FULFILLMENTS.c.external_id == f.external_id
-        )
-    ).first()
+def apply_fulfillment(conn: Connection, store_id: int, f: ev.Fulfillment, now: datetime, *, news_only: bool = False) -> bool:
+    """Store the fulfilment unless what is stored is newer; False if not written. ``news_only`` (a
+    fulfilment its order lists, sent again with every order update): the same as stored, as of the
+    same time, is not written either, so an order update that changes no parcel costs no write and
+    tells no journey anything."""
+    existing = fulfillment_row(conn, store_id, f.external_id)
     if existing is not None and existing.source_updated_at > f.updated_at:
+        return False
+    if news_only and existing is not None and existing.source_updated_at == f.updated_at and (
+            existing.status, existing.shipment_status, existing.tracking_company, existing.tracking_number, existing.tracking_url) == (
+            f.status[:24], f.shipment_status.value, f.tracking_company, f.tracking_number, f.tracking_url):
         return False
     values = {
         "order_external_id": f.order_external_id,
@@ -831,7 +837,14 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             placed = order_row(conn, store_id, f.order_external_id)
             out.contact_id = placed.contact_id if placed is not None else None
             out.order_unknown = placed is None
-            out.stale = not apply_fulfillment(conn, store_id, f, now)
+            if event.listed_on_order:
+                # unchanged, or first seen long after it last changed (an old order updated since the install):
+                # no news for anyone, and the order's update stands (its row is not stale for this)
+                first_sight = fulfillment_row(conn, store_id, f.external_id) is None
+                written = apply_fulfillment(conn, store_id, f, now, news_only=True)
+                out.old_news = not written or (first_sight and f.updated_at < now - PLACED_WITHIN)
+            else:
+                out.stale = not apply_fulfillment(conn, store_id, f, now)
         case ev.CustomerUpdated(customer=customer):
             out.subject = f"customer:{customer.external_id}" if customer.external_id else None
             out.contact_id = upsert_contact(conn, store_id, now, phone=customer.phone, customer=customer)

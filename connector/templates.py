@@ -78,6 +78,11 @@ def _param(variable: str, context: dict[str, Any]) -> Param:
     return TextParam(text=str(value)[:1024])
 
 
+def shows(tpl: "TemplateSettings | None", variables: tuple[str, ...]) -> bool:
+    """Whether the template puts any of these values in its body or a button's link."""
+    return tpl is not None and any(v in variables for v in (*tpl.body, *(b.suffix for b in tpl.buttons)))
+
+
 def render(tpl: "TemplateSettings", context: dict[str, Any], *, to: str, callback_data: str | None) -> TemplateMessage:
     """Build the message for one recipient; raises MissingValueError naming the variable."""
     buttons: list[QuickReplyButton | UrlButton] = []

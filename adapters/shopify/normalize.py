@@ -122,7 +122,8 @@ def normalize(topic: str, body: dict, store: ShopifyStore) -> list[Event]:
 
         return graphql.normalize_checkout_node(data, store)
     if topic in _ORDER_EVENTS:
-        return [_ORDER_EVENTS[topic](order=_order(data, store))]
+        order = _order(data, store)
+        return [_ORDER_EVENTS[topic](order=order), *_listed_fulfillments(data, order.external_id)]
     handler = _HANDLERS.get(topic)
     return handler(topic, data, store) if handler else []
 
@@ -359,36 +360,49 @@ def _checkout(_topic: str, o: Body, store: ShopifyStore) -> list[Event]:
 
 
 def _fulfillment(_topic: str, f: Body, _store: ShopifyStore) -> list[Event]:
-    created_at = req_datetime(f, "created_at")
-    status = get_str(f, "shipment_status")
+    return [FulfillmentUpdated(fulfillment=_read_fulfillment(f))]
+
+
+def _listed_fulfillments(o: Body, order_id: str) -> list[Event]:
+    """The order's ``fulfillments[]`` (the Fulfillment resource, as fulfillments/* sends it), each as news
+    of its parcel: a carrier status can reach the order (orders/updated) with no fulfillments/update
+    (a tracking app that writes fulfilment events, Shopify's own tracking), and "delivered" must not
+    depend on which webhook came. An order lists them all, every time: ``listed_on_order`` says so,
+    and only a fulfilment that changed is heard (``state.apply_event``)."""
+    return [FulfillmentUpdated(fulfillment=_read_fulfillment(f, where, order_id), listed_on_order=True)
+            for where, f in get_objects(o, "fulfillments")]
+
+
+def _read_fulfillment(f: Body, where: str = "", order_id: str | None = None) -> Fulfillment:
+    created_at = req_datetime(f, "created_at", where)
+    status = get_str(f, "shipment_status", where)
     shipment = _SHIPMENT_STATUSES.get(status.lower(), ShipmentStatus.OTHER) if status else ShipmentStatus.NONE
-    fulfillment = Fulfillment(
-        external_id=req_id(f, "id"),
-        order_external_id=req_id(f, "order_id"),
-        status=req_str(f, "status"),
+    return Fulfillment(
+        external_id=req_id(f, "id", where),
+        order_external_id=order_id or req_id(f, "order_id", where),  # an order lists its own
+        status=req_str(f, "status", where),
         shipment_status=shipment,
-        tracking_company=get_str(f, "tracking_company"),
-        tracking_number=get_str(f, "tracking_number") or _first_of(f, "tracking_numbers"),
-        tracking_url=get_str(f, "tracking_url") or _first_of(f, "tracking_urls"),
-        tracking_numbers=_all_of(f, "tracking_numbers"),  # multi-package tracking: every parcel's number
-        tracking_urls=_all_of(f, "tracking_urls"),
+        tracking_company=get_str(f, "tracking_company", where),
+        tracking_number=get_str(f, "tracking_number", where) or _first_of(f, "tracking_numbers", where),
+        tracking_url=get_str(f, "tracking_url", where) or _first_of(f, "tracking_urls", where),
+        tracking_numbers=_all_of(f, "tracking_numbers", where),  # multi-package tracking: every parcel's number
+        tracking_urls=_all_of(f, "tracking_urls", where),
         created_at=created_at,
-        updated_at=get_datetime(f, "updated_at") or created_at,
+        updated_at=get_datetime(f, "updated_at", where) or created_at,
     )
-    return [FulfillmentUpdated(fulfillment=fulfillment)]
 
 
-def _first_of(d: Body, key: str) -> str | None:
-    found = _all_of(d, key)
+def _first_of(d: Body, key: str, where: str = "") -> str | None:
+    found = _all_of(d, key, where)
     return found[0] if found else None
 
 
-def _all_of(d: Body, key: str) -> tuple[str, ...]:
+def _all_of(d: Body, key: str, where: str = "") -> tuple[str, ...]:
     """The non-blank strings of a list field, in order."""
     values: list[str] = []
-    for i, value in enumerate(get_list(d, key)):
+    for i, value in enumerate(get_list(d, key, where)):
         if not isinstance(value, str):
-            raise NormalizationError(f"{key}[{i}]: expected a string")
+            raise NormalizationError(f"{where + '.' if where else ''}{key}[{i}]: expected a string")
         if value.strip():
             values.append(value)
     return tuple(values)

@@ -15,7 +15,12 @@ repeated or reordered fulfilment webhooks never repeat a message; "shipped" is t
 per parcel and per tracking she was told: the run keeps each parcel's numbers and links
 (``tracking``), so another parcel (a second fulfilment, or a number added to one: multi-package
 tracking, another Shipment Tracking item) and a corrected number or link get a "shipped" of their
-own (``Send.occurrence``) with that parcel's link, once per change, until the parcel arrives.
+own (``Send.occurrence``) with that parcel's link, once per change, until the parcel arrives. A
+fulfilment that comes with several numbers at once gets one per number (a template shows one
+link); the further ones only where the "shipped" template shows the number or the link, else they
+would repeat the first word for word (``Send.shows``). The news comes from a fulfilment's own
+webhook or from an order webhook that lists it (``FulfillmentUpdated.listed_on_order``): either way
+once, since a repeat finds the step told and the parcel's status kept.
 "Delivered" is said once every parcel heard of has arrived and the order has no part still to
 ship (Shopify's ``partial``), not when the first of several arrives.
 
@@ -72,6 +77,7 @@ STEP_FOR_STATUS = {
 TRACKING_FAILURE = ev.ShipmentStatus.FAILURE.value  # not a step: a person hears of it, the customer does not
 ARRIVED = frozenset(s.value for s in ev.DELIVERED_STATUSES)
 LATER_THAN_SHIPPED = frozenset({"out_for_delivery", "ready_for_pickup", "delivered"})
+TRACKING_SHOWN = ("fulfillment.tracking_number", "fulfillment.tracking_url")  # what tells one parcel from another
 
 
 NOTES = {
@@ -133,11 +139,37 @@ def _key(pair: Pair) -> str:
     return pair[0] or pair[1] or ""
 
 
-def _told(f: ev.Fulfillment, pairs: list[Pair], n: int, before: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A parcel's tracking as told: each number's link, the courier, and the "shipped" message (its
-    occurrence) that told it."""
+def _told(f: ev.Fulfillment, pairs: list[Pair], n: int, before: dict[str, Any] | None = None,
+          of: dict[str, int] | None = None) -> dict[str, Any]:
+    """A parcel's tracking as told: each number's link, the courier, the "shipped" message (its
+    occurrence) that told it, and (``of``) the further numbers told at the same time, each in a
+    "shipped" of its own, with that message's occurrence."""
     seen = {**((before or {}).get("told") or {}), **{_key(p): p[1] for p in pairs}}
-    return {"told": seen, "company": f.tracking_company or (before or {}).get("company"), "n": n}
+    record: dict[str, Any] = {"told": seen, "company": f.tracking_company or (before or {}).get("company"), "n": n}
+    if of:
+        record["of"] = of
+    return record
+
+
+def _occurrence(record: dict[str, Any], key: str) -> int:
+    """The "shipped" message that told this number: its own, or its parcel's."""
+    return int((record.get("of") or {}).get(key, record.get("n", 1)))
+
+
+def _latest(tracking: dict[str, Any]) -> int:
+    """The highest "shipped" occurrence the run has used."""
+    return max([max([int(r.get("n", 1)), *(r.get("of") or {}).values()]) for r in tracking.values() if r] + [1])
+
+
+def _further(facts: Facts, pairs: list[Pair], first: int) -> tuple[list[Command], dict[str, int]]:
+    """A "shipped" for each of ``pairs`` (numbers told at the same time as another), from occurrence
+    ``first``, and the occurrence each number was told in. A template shows one number and one link,
+    so each parcel needs a message of its own; one that shows neither would repeat the first message
+    word for word, so these go out only where the template shows the number or the link
+    (``Send.shows``)."""
+    sends: list[Command] = [Send("shipped", _showing(facts, p), occurrence=first + i, shows=TRACKING_SHOWN)
+                            for i, p in enumerate(pairs)]
+    return sends, {_key(p): first + i for i, p in enumerate(pairs)}
 
 
 def _tracking_of(run: Run | None, parcel: str) -> dict[str, Any]:
@@ -162,29 +194,40 @@ def _tracking_news(run: Run, facts: Facts, f: ev.Fulfillment) -> tuple[dict[str,
     """After "shipped" went out, tracking she was not told: (the run's tracking as told now, the sends).
 
     Another parcel (a fulfilment not told of, or a number added to one) and a corrected number or link
-    get a "shipped" of their own (``Send.occurrence``), once per change. A link or courier added to the
-    number told (it came without, and a template that shows it was skipped for the missing value) sends
-    that message again with ``retry_missing_value``: only a row skipped so is queued, never a second one."""
+    get a "shipped" of their own (``Send.occurrence``), once per change, and so does each further number
+    that came with it. A link or courier added to the numbers told (they came without, and a template
+    that shows it was skipped for the missing value) sends each of those messages again with
+    ``retry_missing_value``: only a row skipped so is queued, never a second one."""
     pairs = _pairs(f)
     if not pairs:
         return None, []
     tracking = _tracking_of(run, f.external_id)
-    latest = max([int(r.get("n", 1)) for r in tracking.values() if r] + [1])
+    latest = _latest(tracking)
     if f.external_id not in tracking:  # another parcel, with its own tracking
-        return {**tracking, f.external_id: _told(f, pairs, latest + 1)}, [Send("shipped", _showing(facts, pairs[0]), occurrence=latest + 1)]
+        sends, of = _further(facts, pairs[1:], latest + 2)
+        return ({**tracking, f.external_id: _told(f, pairs, latest + 1, of=of)},
+                [Send("shipped", _showing(facts, pairs[0]), occurrence=latest + 1), *sends])
     record = tracking[f.external_id]
     if record is None:  # told before its tracking was kept
         return {**tracking, f.external_id: _told(f, pairs, 1)}, []
     seen: dict[str, str | None] = record.get("told") or {}
     changed = [p for p in pairs if _key(p) not in seen or (p[1] and seen[_key(p)] and seen[_key(p)] != p[1])]
     if changed:  # a number not told (another package, a corrected number) or a corrected link
-        return ({**tracking, f.external_id: _told(f, pairs, latest + 1, record)},
-                [Send("shipped", _showing(facts, changed[0]), occurrence=latest + 1)])
+        sends, of = _further(facts, changed[1:], latest + 2)
+        now_told = {_key(p) for p in changed}
+        # the numbers told before keep the message that told them (the parcel's is this one now)
+        before = {k: _occurrence(record, k) for k in seen if k not in now_told}
+        return ({**tracking, f.external_id: _told(f, pairs, latest + 1, record, {**before, **of})},
+                [Send("shipped", _showing(facts, changed[0]), occurrence=latest + 1), *sends])
     gained = [p for p in pairs if p[1] and not seen.get(_key(p))]
     if gained or (f.tracking_company and not record.get("company")):
-        n = int(record.get("n", 1))
-        return ({**tracking, f.external_id: _told(f, pairs, n, record)},
-                [Send("shipped", _showing(facts, (gained or pairs)[0]), occurrence=n, retry_missing_value=True)])
+        of = record.get("of") or {}
+        retries: dict[int, Command] = {}
+        for p in gained or pairs:  # each message that told one of them, once
+            retries.setdefault(_occurrence(record, _key(p)), Send(
+                "shipped", _showing(facts, p), occurrence=_occurrence(record, _key(p)), retry_missing_value=True,
+                shows=TRACKING_SHOWN if _key(p) in of else ()))
+        return {**tracking, f.external_id: _told(f, pairs, int(record.get("n", 1)), record, of)}, list(retries.values())
     return None, []
 
 
@@ -283,12 +326,15 @@ class DeliveryUpdates:
             commands.append(Withdraw())
         told = done if untracked else done | {step}  # an untracked "shipped" leaves the step open
         state: dict[str, Any] = {"sent": sorted(told), "last_status": status, "parcels": parcels}
+        further: list[Command] = []
         if step == "shipped" and not untracked:
-            state["tracking"] = {**_tracking_of(run, f.external_id), f.external_id: _told(f, _pairs(f), 1)}
+            # a fulfilment with several numbers (multi-package tracking): each parcel's link in a "shipped" of its own
+            further, of = _further(facts, _pairs(f)[1:], 2)
+            state["tracking"] = {**_tracking_of(run, f.external_id), f.external_id: _told(f, _pairs(f), 1, of=of)}
         if step == "failed":
             state["ndr_parcels"] = sorted({*((run.state.get("ndr_parcels") or []) if run else []), f.external_id})
         # after an untracked try, that try may have been skipped for want of the tracking
-        commands += [Update(state), Send(step, order_context(facts), retry_missing_value=step == "shipped" and tried)]
+        commands += [Update(state), Send(step, order_context(facts), retry_missing_value=step == "shipped" and tried), *further]
         if step == "failed" and config.handoff_on_failure:
             commands.append(Handoff(f"delivery failed ({status}) for {facts.order.name}; call the customer to rearrange"))
         commands += _delivered_after_failure(run, facts, f.external_id, status, prev)

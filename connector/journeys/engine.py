@@ -119,6 +119,9 @@ class Send:
     # the step's nth time for the subject (a second failed delivery): its own outbox key, so it
     # is sent once again rather than taken for the first one repeated
     occurrence: int = 1
+    # sent only if the step's template shows one of these values: a message that exists to tell
+    # one of them (a further parcel's tracking) would otherwise repeat an earlier one word for word
+    shows: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

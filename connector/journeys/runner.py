@@ -33,6 +33,7 @@ from connector.journeys.registry import journeys
 from connector.outbox import store as ob
 from connector.outbox.queue import queue_template, step_key
 from connector.policy import worth_trying
+from connector.templates import shows
 from connector.rows import contact_row, order_row
 from connector.state import active_runs, cache_active_runs
 from connector.contacts import email_key
@@ -538,8 +539,8 @@ class JourneyRunner:
             if isinstance(cmd, Start):
                 continue
             elif isinstance(cmd, Send):
-                if contact_id is None:
-                    continue
+                if contact_id is None or (cmd.shows and not shows(store.template_for(f"{journey}.{cmd.step}"), cmd.shows)):
+                    continue  # nobody to send to, or the message would say nothing its template shows
                 if cmd.occurrence > 1 and run_id is not None and int((state.get(REPEATS) or {}).get(cmd.step, 1)) < cmd.occurrence:
                     state[REPEATS] = {**(state.get(REPEATS) or {}), cmd.step: cmd.occurrence}
                     values["state"] = state

@@ -39,7 +39,7 @@ LEASES: Table = m.Lease.__table__  # type: ignore[assignment]
 
 # the tables the transaction cache holds rows of (by id and by natural key)
 # (in foreign-key order: held INSERTs are flushed parents first)
-CACHED_TABLES: dict[str, Table] = {t.name: t for t in (CONTACTS, ORDERS, CHECKOUTS, RUNS)}
+CACHED_TABLES: dict[str, Table] = {t.name: t for t in (CONTACTS, ORDERS, CHECKOUTS, RUNS, FULFILLMENTS)}
 _NEXTVALS = text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)")
 
 

@@ -52,6 +52,7 @@ NATURAL_KEYS: dict[str, tuple[str, ...]] = {
     "orders": ("store_id", "external_id"),
     "checkouts": ("store_id", "token"),
     "journey_runs": ("store_id", "journey", "subject"),
+    "fulfillments": ("store_id", "external_id"),
 }
 
 
