@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401  (the scenarios' fixtures)
@@ -134,6 +134,23 @@ def test_shipped_out_for_delivery_and_delivered_seen_only_on_the_order_reach_her
     sc.later(hours=1)
     assert sc.templates_to(ASHA) == ["order_thanks_v1", "shipped_track_v1", "ofd_v1", "delivered_v1"]
     assert links(sc) == ["https://track.example/AAA111"]
+
+
+def test_a_fulfilment_listed_on_the_order_that_cannot_be_read_leaves_the_order_update_and_the_other_parcels_intact(sqlite_url, scenario, world):
+    """An order update whose fulfillments[] holds one entry of a shape we cannot read (no id) is still
+    the order's news: the good parcel beside it is told, and the order's own change is stored."""
+    sc = start(scenario, sqlite_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    unreadable = {k: v for k, v in fulfilment(7002, order, sc.now, "in_transit", "ZZZ999").items() if k != "id"}
+    sc.shopify("orders/updated", order_listing(order, sc.now, fulfilment(7001, order, sc.now, "in_transit", "AAA111"), unreadable,
+                                               note="gift wrap"))
+    sc.later(hours=1)
+    assert links(sc) == ["https://track.example/AAA111"]
+    with sc.runtime.db.engine.connect() as conn:
+        statuses = conn.execute(text("SELECT status FROM inbox_events WHERE topic = 'orders/updated'")).scalars().all()
+    assert statuses and set(statuses) == {"done"}  # not failed: the order's update was applied
 
 
 def test_delivered_heard_from_the_order_and_from_the_fulfilment_is_told_once_whichever_comes_first(sqlite_url, scenario, world):

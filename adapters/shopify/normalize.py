@@ -8,6 +8,7 @@ Field notes: platform-facts.md A3 (payloads), A4 (COD), A5 (consent).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -37,6 +38,8 @@ from adapters.shopify.payment_terms import payment_due
 from connector.config import ShopifyStore
 from connector.contacts import normalize_phone
 from connector.errors import NormalizationError
+
+log = logging.getLogger("storeloop.shopify")
 from connector.events import (
     AppUninstalled,
     Checkout,
@@ -369,8 +372,16 @@ def _listed_fulfillments(o: Body, order_id: str) -> list[Event]:
     (a tracking app that writes fulfilment events, Shopify's own tracking), and "delivered" must not
     depend on which webhook came. An order lists them all, every time: ``listed_on_order`` says so,
     and only a fulfilment that changed is heard (``state.apply_event``)."""
-    return [FulfillmentUpdated(fulfillment=_read_fulfillment(f, where, order_id), listed_on_order=True)
-            for where, f in get_objects(o, "fulfillments")]
+    listed: list[Event] = []
+    for i, item in enumerate(o.get("fulfillments") or () if isinstance(o.get("fulfillments"), list) else ()):
+        try:
+            listed.append(FulfillmentUpdated(fulfillment=_read_fulfillment(as_object(item, f"fulfillments[{i}]"), f"fulfillments[{i}]",
+                                                                           order_id), listed_on_order=True))
+        except NormalizationError as exc:
+            # the order itself is good: an entry we cannot read is left out (its own fulfillments/* webhook
+            # still tells), never the order update with it
+            log.warning("order %s: fulfilment listed on the order left out: %s", order_id, exc)
+    return listed
 
 
 def _read_fulfillment(f: Body, where: str = "", order_id: str | None = None) -> Fulfillment:
