@@ -356,6 +356,47 @@ class MarketingPreferenceChanged(_Fact):
     occurred_at: datetime
 
 
+class TemplateStatusChanged(_Fact):
+    """Meta changed the status of one of the business account's templates
+    (``message_template_status_update``): approved, paused, disabled, rejected, flagged..."""
+
+    type: Literal["whatsapp.template_status_changed"] = "whatsapp.template_status_changed"
+    business_account_id: str
+    template_id: str | None = None
+    name: str
+    language: str
+    status: str  # Meta's ``event``: APPROVED, PAUSED, DISABLED, REJECTED, FLAGGED, REINSTATED...
+    reason: str | None = None  # Meta's ``reason`` (``NONE`` for a pause, null for a deletion)
+    title: str | None = None  # ``other_info.title``: FIRST_PAUSE, SECOND_PAUSE, UNPAUSE...
+    description: str | None = None  # ``other_info.description``: Meta's words on the pause
+    rejection: str | None = None  # ``rejection_info.reason``
+    recommendation: str | None = None  # ``rejection_info.recommendation``
+    disable_date: datetime | None = None  # ``disable_info.disable_date``
+    category: str | None = None  # ``message_template_category``
+    occurred_at: datetime | None = None  # the entry's ``time``
+
+
+class TemplateCategoryChanged(_Fact):
+    """Meta changed, or is about to change, a template's category (``template_category_update``):
+    a utility template made marketing costs more and is limited as marketing."""
+
+    type: Literal["whatsapp.template_category_changed"] = "whatsapp.template_category_changed"
+    business_account_id: str
+    template_id: str | None = None
+    name: str
+    language: str
+    new_category: str  # the category now (an impending notice: still the current one)
+    previous_category: str | None = None  # a completed change: what it was
+    correct_category: str | None = None  # an impending change: what it is going to be
+    effective_at: datetime | None = None  # an impending change: ``category_update_timestamp``
+    occurred_at: datetime | None = None
+
+    @property
+    def category(self) -> str:
+        """The category the template has, or is about to have."""
+        return self.correct_category or self.new_category
+
+
 class ProductUpdated(_Fact):
     """A product's tags (and replenishment metafield) or status changed: ``replenish:30d`` sets its cycle;
     a product no longer sold (or sold out) gets no reorder reminder."""
@@ -421,6 +462,8 @@ Event = Annotated[
         ButtonReplied,
         MessageStatusChanged,
         MarketingPreferenceChanged,
+        TemplateStatusChanged,
+        TemplateCategoryChanged,
         ProductUpdated,
         ProductDeleted,
     ],

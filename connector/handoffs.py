@@ -14,6 +14,9 @@ failed delivery), else, answering no journey, to the contact's open case that la
 from them within ``reply_match_days``; only with no such case open does it open its own.
 Her later messages in an open case tell its owner again at most once per ``follow_up_minutes``.
 
+Meta pausing, disabling or recategorising a template the store sends opens a case about no
+customer (subject ``template:<name>:<language>``, ``template_requests``).
+
 A case about an order (subject ``order:<id>``) carries that order in its context (``order``)
 beside the contact's newest (``last_order``); its alert names the case's own. Alerts escape
 Slack's control characters in every value they show.
@@ -34,6 +37,7 @@ from connector.outbox import store as ob
 from connector.policy import keyword_intent
 from connector.rows import contact_row
 from connector.storage.sql import CONTACTS, FULFILLMENTS, HANDOFFS, MESSAGES, ORDERS, RUNS, flush, update_by_id
+from connector.template_check import template_news, template_subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +204,8 @@ def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | N
     case has), so it never lands in another journey's case; one with none shares the
     contact's generic ``reply:`` case."""
     out: list[HandoffRequest] = []
+    if isinstance(event, (ev.TemplateStatusChanged, ev.TemplateCategoryChanged)):
+        return template_requests(event, store)
     if contact_id is None:
         return out
     if isinstance(event, ev.MessageReceived) and store.handoff.free_text_replies:
@@ -233,6 +239,18 @@ def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | N
                                       f"high-value order {event.order.name} ({event.order.currency} {event.order.total})",
                                       None, f"order:{event.order.external_id}", notify_update=False))
     return out
+
+
+def template_requests(event: ev.TemplateStatusChanged | ev.TemplateCategoryChanged, store: Any) -> list[HandoffRequest]:
+    """Meta paused, disabled, rejected or recategorised a template the store sends: a case about
+    no customer, one per template (its later news is added to it, and told), for the stage owner
+    of the first journey that sends it. Good news (approved again) only adds to an open case."""
+    news = template_news(store.templates, event)
+    if news is None:
+        return []
+    journey = news.steps[0].split(".", 1)[0]
+    key = template_subject(news.name, news.language)
+    return [HandoffRequest(key, news.reason[:2000], journey, key, only_open=news.only_open, stage=journey_stage(journey))]
 
 
 # built once: a statement built per call cost more than the queries themselves (an inbound

@@ -111,6 +111,17 @@ class Runtime:
         self._worker_task: asyncio.Task[None] | None = None
         self._stopping = False
 
+    def stores_of_account(self, business_account_id: str) -> tuple[ShopifyStore | WooCommerceStore, ...]:
+        """The stores an update about a WhatsApp Business Account itself (a template paused)
+        concerns. A deployment has one account (``whatsapp.business_account_id``): its stores are
+        every store sending through a WhatsApp number; another account's update concerns none.
+        Unset, the account is taken to be ours: Meta sends the app's webhooks only for the
+        accounts subscribed to it."""
+        ours = self.settings.whatsapp.business_account_id
+        if ours and ours.strip() != business_account_id:
+            return ()
+        return tuple(self.stores_by_phone_id.values())
+
     def woocommerce_store(self, key: str) -> WooCommerceStore | None:
         store = self.stores_by_key.get(key)
         return store if isinstance(store, WooCommerceStore) else None

@@ -22,6 +22,7 @@ from connector.policy import keyword_intent
 from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, ATTEMPTS, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES
 from connector.rows import checkout_ordered_at, checkout_row, contact_by_phone, contact_row, contact_where, fulfillment_row, order_row, phone_key
 from connector.storage.txcache import by_key, current
+from connector.template_check import template_subject
 
 MESSAGE_STATUS_RANK = {"accepted": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
 
@@ -883,6 +884,8 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
                     end_marketing_runs(conn, store_id, out.contact_id, source, now)
                 if state == "granted":
                     lift_opt_out(conn, store_id, out.contact_id, source, event.occurred_at, inbox_id)
+        case ev.TemplateStatusChanged() | ev.TemplateCategoryChanged():
+            out.subject = template_subject(event.name, event.language)  # nothing stored: the hand-off rules read it
         case ev.ProductUpdated():
             apply_product_cycle(conn, store, store_id, event, now)
         case ev.ProductDeleted():

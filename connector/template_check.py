@@ -1,10 +1,13 @@
-"""Compare the configured templates with what the WhatsApp Business Account really has."""
+"""Compare the configured templates with what the WhatsApp Business Account really has: on
+demand (``storeloop templates check``), and as Meta announces changes (``template_news``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from connector import events as ev
 from connector.config import Settings, TemplateSettings
 from connector.templates import placeholders
 
@@ -62,3 +65,88 @@ def check_templates(settings: Settings, remote: list[dict[str, Any]]) -> list[Fi
             problems = compare(tpl, found)
             findings.append(Finding(**base, result="mismatch" if problems else "ok", detail="; ".join(problems)))
     return findings
+
+
+# Meta's template status events (``message_template_status_update``) after which the store's
+# messages using the template fail, or soon may, and what that means for them (error codes:
+# platform-facts.md C4). Any other event (APPROVED, REINSTATED, PENDING, IN_APPEAL, LOCKED,
+# LIMIT_EXCEEDED...) stops no send and tells nobody.
+STOPPING = {
+    "PAUSED": "its messages fail (error 132015) until Meta unpauses it",
+    "DISABLED": "its messages fail for good (error 132016): submit a new template and bind the step to it",
+    "REJECTED": "its messages fail: edit and resubmit it, or appeal",
+    "FLAGGED": "it had negative feedback and is at risk of being disabled",
+    "ARCHIVED": "it was archived in WhatsApp Manager: unarchive it",
+    "PENDING_DELETION": "it is being deleted: its messages will fail",
+    "DELETED": "it was deleted: its messages fail",
+}
+USABLE_AGAIN = ("APPROVED", "REINSTATED")
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateNews:
+    """What Meta said about one of a store's templates, for the store's owner."""
+
+    name: str
+    language: str
+    steps: tuple[str, ...]  # the journey steps that send it
+    reason: str
+    only_open: bool = False  # good news: added to the template's open case, if one is; else nobody is told
+
+
+def template_subject(name: str, language: str) -> str:
+    """A template's key: its cases and inbox rows are filed under it."""
+    return f"template:{name}:{language}"
+
+
+def _language(code: str) -> str:
+    # Meta's template API writes en_US; its webhook reference (and pywa's sample) show en-US, pt-BR
+    return code.replace("-", "_").lower()
+
+
+def _utc(at: datetime) -> str:
+    return f"{at:%Y-%m-%d %H:%M} UTC"
+
+
+def _meta_said(e: ev.TemplateStatusChanged) -> str:
+    """Meta's own words on a status change: its reason (``NONE`` for a pause says nothing), the
+    pause's title and description, a rejection's explanation, the disable date."""
+    said = [e.reason if e.reason and e.reason.upper() != "NONE" else None,
+            ": ".join(p for p in (e.title, e.description) if p) or None,
+            e.rejection, f"Meta recommends: {e.recommendation}" if e.recommendation else None,
+            f"disable date {_utc(e.disable_date)}" if e.disable_date else None]
+    words = "; ".join(w for w in said if w)
+    return f" ({words})" if words else ""
+
+
+def template_news(templates: tuple[TemplateSettings, ...],
+                  event: ev.TemplateStatusChanged | ev.TemplateCategoryChanged) -> TemplateNews | None:
+    """Whether Meta's news about a template concerns a store (one of its ``templates`` by name
+    and language) and stops or changes its sends: a status after which its messages fail, or a
+    category other than the config's (Meta prices and limits a template by its own category).
+    None: not the store's template, or nothing its owner must act on."""
+    used = tuple(t for t in templates if t.name == event.name and _language(t.language) == _language(event.language))
+    if not used:
+        return None
+    steps = tuple(t.step for t in used)
+    what = f"WhatsApp template {event.name} ({event.language}), used by {', '.join(steps)},"
+    if isinstance(event, ev.TemplateStatusChanged):
+        if event.status in USABLE_AGAIN:
+            return TemplateNews(event.name, event.language, steps, f"{what} is {event.status} again: it can be sent", only_open=True)
+        if event.status not in STOPPING:
+            return None
+        return TemplateNews(event.name, event.language, steps,
+                            f"{what} is now {event.status}{_meta_said(event)}: {STOPPING[event.status]}")
+    wrong = sorted({t.category.upper() for t in used if t.category.upper() != event.category})
+    if not wrong:
+        return TemplateNews(event.name, event.language, steps, f"{what} is {event.category} again, as the config says",
+                            only_open=True)
+    if event.correct_category:  # Meta's notice ahead of the change
+        when = f" on {_utc(event.effective_at)}" if event.effective_at else ""
+        change = f"will be recategorised from {event.new_category} to {event.category}{when}"
+    else:
+        was = f"from {event.previous_category} " if event.previous_category else ""
+        change = f"was recategorised {was}to {event.category}"
+    return TemplateNews(event.name, event.language, steps,
+                        f"{what} {change} by Meta; the config sends it as {'/'.join(wrong)}: Meta prices and limits "
+                        f"it as {event.category}. Bind the step to a {'/'.join(wrong).lower()} template, or appeal")

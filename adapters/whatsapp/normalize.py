@@ -7,14 +7,18 @@ Each row's body is::
     {"field": <change.field>, "metadata": <value.metadata>, "contacts": <value.contacts or []>,
      "<topic>": <the single item>}
 
-with ``topic`` one of ``message``, ``status``, ``user_preference``, ``error``.
-Field notes: platform-facts.md C2 (statuses), C7 (opt-out), C8/C9 (ids, usernames).
+with ``topic`` one of ``message``, ``status``, ``user_preference``, ``error``. A change about
+the business account itself is kept whole: ``{"field", "metadata": {}, "business_account_id":
+<entry.id>, "time": <entry.time>, "value": <change.value>}``, topic ``template_status``
+(``message_template_status_update``) or ``template_category`` (``template_category_update``),
+read as Meta's webhook references of those names give them.
+Field notes: platform-facts.md C2 (statuses), C6 (categories), C7 (opt-out), C8/C9 (ids, usernames).
 """
 
 from __future__ import annotations
 
 import re
-
+from datetime import datetime
 from typing import Any
 
 from adapters._parse import (
@@ -25,6 +29,7 @@ from adapters._parse import (
     get_obj,
     get_objects,
     get_str,
+    get_unix_time,
     guard,
     req_id,
     req_obj,
@@ -40,6 +45,8 @@ from connector.events import (
     MarketingPreferenceChanged,
     MessageReceived,
     MessageStatusChanged,
+    TemplateCategoryChanged,
+    TemplateStatusChanged,
 )
 
 Body = dict[str, Any]
@@ -59,6 +66,10 @@ def normalize(topic: str, body: dict, store: ShopifyStore | WooCommerceStore) ->
         return [_status(data)]
     if topic == "user_preference":
         return [_preference(data)]
+    if topic == "template_status":
+        return [_template_status(data)]
+    if topic == "template_category":
+        return [_template_category(data)]
     return []
 
 
@@ -190,4 +201,53 @@ def _preference(b: Body) -> Event:
         value=req_str(p, "value", "user_preference"),
         category=req_str(p, "category", "user_preference"),
         occurred_at=req_unix_time(p, "timestamp", "user_preference"),
+    )
+
+
+def _template(b: Body) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fields every template update names: the account, the template, when."""
+    v = req_obj(b, "value")
+    return v, {
+        "business_account_id": req_id(b, "business_account_id"),
+        "template_id": get_id(v, "message_template_id", "value"),
+        "name": req_str(v, "message_template_name", "value"),
+        "language": req_str(v, "message_template_language", "value"),
+        "occurred_at": get_unix_time(b, "time"),
+    }
+
+
+def _optional_time(d: Body, key: str, where: str) -> datetime | None:
+    """A date shown to a person only: one we cannot read is left out, not the whole update."""
+    try:
+        return get_unix_time(d, key, where)
+    except NormalizationError:
+        return None
+
+
+def _template_status(b: Body) -> Event:
+    v, common = _template(b)
+    other = get_obj(v, "other_info", "value") or {}  # a pause or unpause (Meta: "locked or unlocked")
+    rejection = get_obj(v, "rejection_info", "value") or {}  # a rejection for INVALID_FORMAT
+    disabled = get_obj(v, "disable_info", "value") or {}
+    return TemplateStatusChanged(
+        status=req_str(v, "event", "value").upper(),
+        reason=get_str(v, "reason", "value"),
+        title=get_str(other, "title", "value.other_info"),
+        description=get_str(other, "description", "value.other_info"),
+        rejection=get_str(rejection, "reason", "value.rejection_info"),
+        recommendation=get_str(rejection, "recommendation", "value.rejection_info"),
+        disable_date=_optional_time(disabled, "disable_date", "value.disable_info"),
+        category=get_str(v, "message_template_category", "value"),
+        **common,
+    )
+
+
+def _template_category(b: Body) -> Event:
+    v, common = _template(b)
+    return TemplateCategoryChanged(
+        new_category=req_str(v, "new_category", "value").upper(),
+        previous_category=(get_str(v, "previous_category", "value") or "").upper() or None,
+        correct_category=(get_str(v, "correct_category", "value") or "").upper() or None,
+        effective_at=_optional_time(v, "category_update_timestamp", "value"),
+        **common,
     )

@@ -2,7 +2,9 @@
 
 One POST can carry many messages, statuses and preference changes for several phone
 numbers. Each becomes its own inbox item, routed by ``metadata.phone_number_id``, so a
-failure to process one never holds back the others and each is deduplicated alone. A
+failure to process one never holds back the others and each is deduplicated alone. A change
+about the business account itself (a template paused, recategorised; the account restricted)
+names no number: it carries the account's id (``entry[].id``) and is routed by that. A
 malformed part of an otherwise good POST becomes an item of its own marked ``ignored_reason``
 (stored as ``ignored`` where it names a phone number we serve): Meta retries a refused POST
 whole, for days, so a 400 for one bad element would lose every good one beside it.
@@ -22,6 +24,9 @@ from adapters.envelope import body_digest, is_ascii
 from connector.errors import BadPayloadError, VerificationError
 
 _LISTS = {"messages": "message", "statuses": "status", "user_preferences": "user_preference", "errors": "error"}
+# account-level fields the core reads (Meta's webhook references of the same names); any other
+# field is kept as ``field:<name>``
+_ACCOUNT_TOPICS = {"message_template_status_update": "template_status", "template_category_update": "template_category"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,7 @@ class WhatsAppItem:
     dedupe_key: str
     body: dict[str, Any]
     ignored_reason: str | None = None  # a malformed part, kept for the record and never processed
+    business_account_id: str | None = None  # a change naming no number: the account it is about (``entry[].id``)
 
     def raw(self) -> bytes:
         return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -78,6 +84,14 @@ def _malformed(reason: str, phone_number_id: Any, body: dict[str, Any]) -> Whats
     )
 
 
+def _account_id(entry: dict[str, Any]) -> str | None:
+    """The business account an entry is about (``entry[].id``, a string in Meta's payloads)."""
+    value = entry.get("id")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    return str(value).strip() or None
+
+
 def split(payload: Any, raw: bytes) -> list[WhatsAppItem]:
     """Meta's envelope -> one item per message, status, preference change or error.
 
@@ -123,13 +137,21 @@ def split(payload: Any, raw: bytes) -> list[WhatsAppItem]:
                     )
             if not found and not malformed:
                 body = {"field": field, "metadata": metadata, "value": value}
+                account = _account_id(entry) if phone_number_id is None else None
+                topic = f"field:{field}"
+                if account is not None:
+                    # the entry's time too: the same news twice (paused again after a reinstatement)
+                    # is two updates, while Meta's retry of one POST repeats it
+                    body.update(business_account_id=account, time=entry.get("time"))
+                    topic = _ACCOUNT_TOPICS.get(str(field), topic)
                 canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
                 items.append(
                     WhatsAppItem(
                         phone_number_id=str(phone_number_id) if phone_number_id is not None else None,
-                        topic=f"field:{field}",
-                        dedupe_key=f"whatsapp:field:{field}:sha256:{body_digest(canonical)}",
+                        topic=topic,
+                        dedupe_key=f"whatsapp:{topic}:sha256:{body_digest(canonical)}"[:255],
                         body=body,
+                        business_account_id=account,
                     )
                 )
     if items and all(i.ignored_reason for i in items):

@@ -204,34 +204,46 @@ async def whatsapp_webhook(d: Delivery) -> Response:
         return problem(400, str(exc))
     items: list[InboxItem] = []
     for part in parts:
-        store = runtime.stores_by_phone_id.get(part.phone_number_id or "")
-        if store is None:
-            # Not a number this deployment serves (or an account-level field with no number):
-            # acknowledged so Meta stops retrying, and logged so a missing mapping is visible.
+        if part.business_account_id is not None:  # about the account itself (its templates): each of its stores keeps it
+            stores = runtime.stores_of_account(part.business_account_id)
+            header = {"business_account_id": part.business_account_id}
+        else:
+            store = runtime.stores_by_phone_id.get(part.phone_number_id or "")
+            stores = (store,) if store is not None else ()
+            header = {"phone_number_id": part.phone_number_id or ""}
+        if not stores:
+            # Not a number (or an account) this deployment serves: acknowledged so Meta stops
+            # retrying, and logged so a missing mapping is visible.
             if part.ignored_reason:
                 log.warning("whatsapp update has a malformed part naming no number we serve; dropped, the rest stored",
                             extra={"reason": part.ignored_reason})
+            elif part.business_account_id is not None:
+                log.warning("whatsapp account update reaches no store: another business account than "
+                            "whatsapp.business_account_id, or no store has a WhatsApp number",
+                            extra={"business_account_id": part.business_account_id[:64], "topic": part.topic})
             else:
                 log.warning("whatsapp update for an unconfigured phone number", extra={"phone_number_id": part.phone_number_id, "topic": part.topic})
             continue
         if part.ignored_reason:
             log.warning("whatsapp update has a malformed part; kept as ignored, the rest stored",
-                        extra={"store": store.key, "reason": part.ignored_reason})
+                        extra={"store": stores[0].key, "reason": part.ignored_reason})
             ignored: str | None = f"malformed: {part.ignored_reason}"
         else:
             ignored = f"field {part.topic[6:]} is not handled" if part.topic.startswith("field:") else None
-        items.append(
-            InboxItem(
-                store_id=runtime.store_ids[store.key],
-                source="whatsapp",
-                topic=part.topic[:80],
-                dedupe_key=part.dedupe_key,
-                raw_body=part.raw(),
-                headers={"phone_number_id": part.phone_number_id or ""},
-                status="ignored" if ignored else "pending",
-                last_error=ignored,
+        raw = part.raw()
+        for store in stores:
+            items.append(
+                InboxItem(
+                    store_id=runtime.store_ids[store.key],
+                    source="whatsapp",
+                    topic=part.topic[:80],
+                    dedupe_key=part.dedupe_key,
+                    raw_body=raw,
+                    headers=header,
+                    status="ignored" if ignored else "pending",
+                    last_error=ignored,
+                )
             )
-        )
     if not items:
         return Response(status_code=200)
     return await _store(runtime, items, "whatsapp")
