@@ -94,3 +94,48 @@ def test_an_expired_token_fails_no_message_and_once_whatsapp_takes_sends_again_e
 
 def sc_templates(fake: SandboxWhatsApp, phone: str) -> list[str]:
     return [c.template or "?" for c in fake.accepted() if c.to == phone]
+
+
+# ---- 2. a database blip while a batch's outcomes are written ------------------------------------
+
+def test_a_database_blip_while_recording_loses_no_batch_and_a_message_kept_from_meta_is_still_sent(db, db_url, graph):
+    fake, url = graph
+    settings = settings_for(db_url, url, access_token=WA_TOKEN, messages_per_second=4)  # a batch of one message
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    sid = ids["shop-a"]
+    queued = [queue(db, settings, sid, seed_contact(db, sid, phone=phone), subject=f"order:{n}")
+              for n, phone in enumerate((ASHA, RAVI, MEERA))]
+    blips: list[str] = []
+
+    def refuse_first_outcomes(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if not blips and statement.lstrip().upper().startswith("INSERT INTO OUTBOX_ATTEMPTS"):
+            blips.append(statement)
+            raise OperationalError(statement, parameters, Exception("database is locked"))
+
+    event.listen(db.engine, "before_cursor_execute", refuse_first_outcomes)
+    clock = Clock(NOON_IST)
+
+    async def run() -> None:
+        client = WhatsAppClient(url, settings.whatsapp.api_version, WA_TOKEN)
+        dispatcher = Dispatcher(db, settings, ids, client, clock=clock)
+        try:
+            # Asha's ask goes out and its outcome is refused; Ravi's meets a 503 (it never reached Meta)
+            assert await dispatcher.run_once() == 1
+            fake.script.append(ScriptedResponse(503, {"error": {"message": "Service unavailable", "code": 2, "is_transient": True}}))
+            for _ in range(5):  # the worker's loop goes on, as run_forever does after a failed round
+                try:
+                    await dispatcher.run_once()
+                except Exception:
+                    pass
+            await dispatcher.close()
+            clock.now += timedelta(minutes=5)  # past the lease and past the 503's retry
+            await dispatcher.drain()
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    assert blips  # the database did refuse once
+    rows = {r.id: r for r in outbox_rows(db)}
+    assert [rows[q.outbox_id].status for q in queued] == ["sent", "sent", "sent"]  # none left 'uncertain'
+    assert set(fake.sends_per_callback().values()) == {1} and len(fake.accepted()) == 3
+    assert sorted((a.outcome, a.error_code) for a in attempts(db)) == [("retry", 2), ("sent", None), ("sent", None), ("sent", None)]

@@ -4,7 +4,7 @@ One loop per worker: claim a batch with a lease (committed before any call, so a
 leaves ``sending`` rows that become ``uncertain``, never resent), run the policy gate
 again, pace through the per-number token bucket and the per-recipient spacer, send with
 bounded concurrency, then write every outcome in one transaction while the next batch
-is being claimed.
+is being claimed (again and again until it commits: a database blip loses no result).
 
 An account-level refusal (an expired token, a permission, payment, a block: ``AccountError``)
 fails no message: the row waits, its attempts unspent, and the number's sends pause in this
@@ -45,6 +45,8 @@ HEARTBEAT_EVERY = 0.25  # seconds between counting live dispatchers (a joining o
 HEARTBEAT_TTL = 5.0  # a dispatcher not heard from for this long no longer takes a share
 PAUSE_FIRST = 60.0  # seconds a number's sends pause after an account-level refusal ...
 PAUSE_CAP = 900.0  # ... doubling with each refused probe, up to a quarter of an hour
+RECORD_RETRY_FIRST = 0.1  # seconds before writing a batch's outcomes again after the database refused them ...
+RECORD_RETRY_CAP = 5.0  # ... doubling up to this
 
 
 @dataclass(slots=True)
@@ -93,6 +95,7 @@ class Dispatcher:
             + [timedelta(days=1)]
         )
         self._pending_record: asyncio.Task[None] | None = None
+        self._recording_again = False  # the pending outcomes were refused once: written again until they commit
         self.paused: dict[str, Pause] = {}  # phone_number_id -> its pause (this worker's memory)
         self._probes: set[int] = set()  # rows of this batch that test a paused number
         self._shown: dict[str, Pause | None] = {}  # pause changes still to show /readyz (None: resumed)
@@ -145,6 +148,8 @@ class Dispatcher:
     async def run_once(self) -> int:
         """Claim and send one batch; returns how many rows were claimed."""
         await self._heartbeat()
+        if self._recording_again:
+            await self.flush()  # the database refused the last outcomes: no claim (which expires leases, ours too) before they are in
         now = self.clock()
         rows = await self._claim_due(now)
         if not rows and self._pending_record is not None:
@@ -155,8 +160,8 @@ class Dispatcher:
         if rows:
             results = await asyncio.gather(*(self._one(row) for row in rows))
             self._probes.clear()
-            await self.flush()  # at most one batch of results in flight
-            self._pending_record = asyncio.create_task(anyio.to_thread.run_sync(ob.record, self.db, list(results), self.clock()))
+            await self.flush()  # at most one batch of results in flight; the previous one's are in before these go
+            self._pending_record = asyncio.create_task(self._record(list(results)))
         await self._show_pauses()
         return len(rows)
 
@@ -180,6 +185,23 @@ class Dispatcher:
                 worker=self.worker_id, history_window=self.history_window,
             )
         )
+
+    async def _record(self, results: list[ob.Result]) -> None:
+        """Write a batch's outcomes, trying again until they commit: given up, the rows would stay
+        ``sending`` and end ``uncertain`` when their lease runs out, never to be sent (even one
+        that a 503 kept from Meta, or quiet hours held back). A retry writes the same values; the
+        rows move only while still ``sending`` (a status webhook may have settled one meanwhile)."""
+        wait = RECORD_RETRY_FIRST
+        while True:
+            try:
+                await anyio.to_thread.run_sync(lambda: ob.record(self.db, results, self.clock()))
+                self._recording_again = False
+                return
+            except Exception as exc:
+                self._recording_again = True
+                log.error("recording %d send outcomes failed (%s); trying again in %.1f s", len(results), describe_error(exc), wait)
+                await asyncio.sleep(wait)
+                wait = min(RECORD_RETRY_CAP, wait * 2)
 
     async def flush(self) -> None:
         if self._pending_record is not None:
