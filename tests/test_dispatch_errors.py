@@ -139,3 +139,38 @@ def test_a_database_blip_while_recording_loses_no_batch_and_a_message_kept_from_
     assert [rows[q.outbox_id].status for q in queued] == ["sent", "sent", "sent"]  # none left 'uncertain'
     assert set(fake.sends_per_callback().values()) == {1} and len(fake.accepted()) == 3
     assert sorted((a.outcome, a.error_code) for a in attempts(db)) == [("retry", 2), ("sent", None), ("sent", None), ("sent", None)]
+
+
+# ---- 3. a peak above the number's real rate ---------------------------------------------------
+
+def test_a_peak_above_the_numbers_real_rate_fails_no_message_and_the_pace_slows_to_it(db, db_url):
+    """The store set 80 messages a second, but the number takes 20 (shared with the WhatsApp Business
+    app, or not yet upgraded): Meta answers the excess with 130429. A store with max_attempts = 3."""
+    fake = SandboxWhatsApp(token=WA_TOKEN, limit_mps=20)
+    with SandboxServer(fake.app) as server:
+        settings = settings_for(db_url, server.url, access_token=WA_TOKEN, messages_per_second=80, max_attempts=3)
+        ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+        sid = ids["shop-a"]
+        for n in range(40):  # a sale opens: forty COD orders at once
+            queue(db, settings, sid, seed_contact(db, sid, phone=f"+9198100{n:05d}"), subject=f"order:{n}")
+        clock = Clock(NOON_IST)
+
+        async def run() -> None:
+            client = WhatsAppClient(server.url, settings.whatsapp.api_version, WA_TOKEN)
+            dispatcher = Dispatcher(db, settings, ids, client, clock=clock)
+            try:
+                for _ in range(20):
+                    await dispatcher.drain()
+                    if all(r.status != "pending" for r in outbox_rows(db)):
+                        return
+                    clock.now += timedelta(seconds=10)
+            finally:
+                await client.aclose()
+
+        asyncio.run(run())
+    rows = outbox_rows(db)
+    assert [r.status for r in rows] == ["sent"] * 40  # none "gave up after 3 attempts"
+    assert {r.attempts for r in rows} == {1}  # a 130429 spent none of a message's tries
+    assert set(fake.sends_per_callback().values()) == {1} and len(fake.accepted()) == 40
+    # the pace slowed to what the number takes (kept at 80 a second, this peak drew 54-62 refusals)
+    assert sum(1 for c in fake.calls if c.status == 429) < 45

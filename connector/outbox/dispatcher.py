@@ -45,6 +45,10 @@ HEARTBEAT_EVERY = 0.25  # seconds between counting live dispatchers (a joining o
 HEARTBEAT_TTL = 5.0  # a dispatcher not heard from for this long no longer takes a share
 PAUSE_FIRST = 60.0  # seconds a number's sends pause after an account-level refusal ...
 PAUSE_CAP = 900.0  # ... doubling with each refused probe, up to a quarter of an hour
+# Meta's answers that a message came too fast (the number's throughput, or to one user): it is
+# retried soon, without spending one of max_attempts (a peak above the number's real rate once
+# failed messages "after 8 attempts"); 130429 also slows the number's bucket (ratelimit.py)
+THROTTLES = frozenset({130429, 131056})
 RECORD_RETRY_FIRST = 0.1  # seconds before writing a batch's outcomes again after the database refused them ...
 RECORD_RETRY_CAP = 5.0  # ... doubling up to this
 
@@ -81,6 +85,7 @@ class Dispatcher:
         self.stores: dict[int, ShopifyStore | WooCommerceStore] = {store_ids[s.key]: s for s in settings.stores if s.key in store_ids}
         self.rules: dict[int, PolicyRules] = {sid: s.policy.rules() for sid, s in self.stores.items()}
         self.retry = RetryPolicy(wa.backoff_base_seconds, wa.backoff_cap_seconds, wa.max_attempts)
+        self.throttle_retry = RetryPolicy(wa.backoff_base_seconds, wa.backoff_cap_seconds, max_attempts=2**31)  # unbounded
         self.lease = timedelta(seconds=wa.lease_seconds)
         # a quarter of a second of sends per claim: the bucket's 5% burst (50 ms) covers the
         # pause while the next batch is claimed, which a second's batch outlasted (1,000/s ran
@@ -318,10 +323,14 @@ class Dispatcher:
             ms = int((time.perf_counter() - t0) * 1000)
             if exc.outcome_unknown:
                 return ob.Result(row, "uncertain", started, ms, error_code=exc.code, error_detail=f"outcome unknown: {exc}")
-            when = next_attempt_at(row.attempts + 1, exc.retry_after, self.retry, self.clock(), self.rng.random())
+            throttled = exc.code in THROTTLES
+            if exc.code == 130429:
+                self._bucket(phone_id).throttled()
+            when = next_attempt_at(row.attempts + 1, exc.retry_after, self.throttle_retry if throttled else self.retry, self.clock(),
+                                   self.rng.random())
             if when is None:
                 return ob.Result(row, "failed", started, ms, error_code=exc.code, error_detail=f"gave up after {row.attempts + 1} attempts: {exc}")
-            return ob.Result(row, "retry", started, ms, error_code=exc.code, error_detail=str(exc), due_at=when)
+            return ob.Result(row, "retry", started, ms, error_code=exc.code, error_detail=str(exc), due_at=when, counts=not throttled)
         except AccountError as exc:  # the token, a permission, payment, a block: not this message's fault
             ms = int((time.perf_counter() - t0) * 1000)
             self._pause(phone_id, exc)
