@@ -174,3 +174,40 @@ def test_a_peak_above_the_numbers_real_rate_fails_no_message_and_the_pace_slows_
     assert set(fake.sends_per_callback().values()) == {1} and len(fake.accepted()) == 40
     # the pace slowed to what the number takes (kept at 80 a second, this peak drew 54-62 refusals)
     assert sum(1 for c in fake.calls if c.status == 429) < 45
+
+
+# ---- 4. 131049 answered to the send itself ----------------------------------------------------
+
+def test_the_marketing_limit_answered_to_the_send_retries_as_the_status_webhook_does(db, db_url, graph):
+    """131049 (the user's marketing limit) may come back in the answer to the send instead of a failed status
+    webhook: the same message a day later, but not a fourth time, and not for a run that has ended meanwhile."""
+    fake, url = graph
+    settings = settings_for(db_url, url, access_token=WA_TOKEN)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    sid = ids["shop-a"]
+    people = {s: seed_contact(db, sid, phone=p) for s, p in (("w:ended", ASHA), ("w:going", RAVI), ("w:third", MEERA))}
+    queued = {s: queue(db, settings, sid, cid, step="reorder.remind", subject=s) for s, cid in people.items()}
+    with db.engine.begin() as conn:
+        for subject, status in (("w:ended", "finished"), ("w:going", "active"), ("w:third", "active")):
+            conn.execute(m.JourneyRun.__table__.insert().values(
+                store_id=sid, journey="reorder", subject=subject, contact_id=people[subject], status=status, state={}, holdout=False,
+                started_at=NOON_IST, updated_at=NOON_IST))
+        # the third one was held back on two days already
+        conn.execute(m.OutboxMessage.__table__.update().where(m.OutboxMessage.id == queued["w:third"].outbox_id).values(attempts=2))
+    fake.script.extend([ScriptedResponse(400, {"error": {"message": "(#131049) This message was not delivered to maintain healthy "
+                                                                    "ecosystem engagement.", "type": "OAuthException", "code": 131049,
+                                                         "fbtrace_id": "T131049"}})] * 3)
+    clock = Clock(NOON_IST)
+
+    async def run() -> None:
+        client = WhatsAppClient(url, settings.whatsapp.api_version, WA_TOKEN)
+        try:
+            await Dispatcher(db, settings, ids, client, clock=clock).drain()
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    rows = {r.id: r for r in outbox_rows(db)}
+    assert {s: rows[q.outbox_id].status for s, q in queued.items()} == {"w:ended": "failed", "w:going": "pending", "w:third": "failed"}
+    assert rows[queued["w:going"].outbox_id].due_at >= NOON_IST + timedelta(hours=24)  # not before a day has passed
+    assert [c.status for c in fake.calls] == [400] * 3 and fake.accepted() == []

@@ -21,7 +21,7 @@ import random
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import anyio.to_thread
@@ -35,6 +35,7 @@ from connector.outbox import store as ob
 from connector.outbox.ratelimit import InFlightLimit, RecipientSpacer, TokenBucket
 from connector.outbox.retry import RetryPolicy, next_attempt_at
 from connector.policy import ContactFacts, PolicyRules, check
+from connector.state import another_day
 from connector.storage.db import Database
 from connector.storage.models import utcnow
 
@@ -199,7 +200,7 @@ class Dispatcher:
         wait = RECORD_RETRY_FIRST
         while True:
             try:
-                await anyio.to_thread.run_sync(lambda: ob.record(self.db, results, self.clock()))
+                await anyio.to_thread.run_sync(lambda: ob.record(self.db, self._marketing_limit(results), self.clock()))
                 self._recording_again = False
                 return
             except Exception as exc:
@@ -207,6 +208,18 @@ class Dispatcher:
                 log.error("recording %d send outcomes failed (%s); trying again in %.1f s", len(results), describe_error(exc), wait)
                 await asyncio.sleep(wait)
                 wait = min(RECORD_RETRY_CAP, wait * 2)
+
+    def _marketing_limit(self, results: list[ob.Result]) -> list[ob.Result]:
+        """131049 (the user's marketing limit) answered to the send: tomorrow again by the failed
+        status webhook's rule (``state.another_day``: three tries at most, only while the run goes
+        on), else failed. Runs in the recording thread (it reads the runs)."""
+        limited = [r for r in results if r.outcome == "retry" and r.error_code == 131049]
+        if not limited:
+            return results
+        with self.db.engine.connect() as conn:
+            ended = {id(r) for r in limited if not another_day(conn, r.row.store_id, r.row.journey, r.row.payload, r.row.attempts + 1)}
+        return [replace(r, outcome="failed", due_at=None, error_detail=f"not tried again (third try, or its run ended): {r.error_detail}")
+                if id(r) in ended else r for r in results]
 
     async def flush(self) -> None:
         if self._pending_record is not None:
