@@ -22,7 +22,6 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 
 from adapters.whatsapp.client import WhatsAppClient
-from connector.outbox import store as ob
 from connector.outbox.dispatcher import Dispatcher
 from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp, ScriptedResponse
 from connector.storage import models as m
@@ -47,6 +46,10 @@ def graph() -> Iterator[tuple[SandboxWhatsApp, str]]:
 
 
 # ---- 1. an expired access token ---------------------------------------------------------------
+
+def templates_to(fake: SandboxWhatsApp, phone: str) -> list[str]:
+    return [c.template or "?" for c in fake.accepted() if c.to == phone]
+
 
 def test_an_expired_token_fails_no_message_and_once_whatsapp_takes_sends_again_each_goes_out_once(
         sqlite_url, scenario, world, graph, caplog):
@@ -79,10 +82,10 @@ def test_an_expired_token_fails_no_message_and_once_whatsapp_takes_sends_again_e
         sc.later(seconds=90)
         assert len(fake.calls) == refused + 1  # the next try waits twice as long
 
-        fake.script.clear()  # the owner renews the token
+        fake.script.clear()  # the owner fixes the account in Meta's Business Manager: the token works again
         sc.later(minutes=2)
         for phone in (ASHA, RAVI, MEERA, "+919811122233"):
-            assert sc_templates(fake, phone) == ["cod_confirm_v1"]  # every ask reached its customer, once
+            assert templates_to(fake, phone) == ["cod_confirm_v1"]  # every ask reached its customer, once
         assert set(fake.sends_per_callback().values()) == {1}
         with sc.runtime.db.engine.connect() as conn:
             rows = conn.execute(select(m.OutboxMessage.status, m.OutboxMessage.attempts)).all()
@@ -92,8 +95,29 @@ def test_an_expired_token_fails_no_message_and_once_whatsapp_takes_sends_again_e
         sc.client.portal.call(client.aclose)
 
 
-def sc_templates(fake: SandboxWhatsApp, phone: str) -> list[str]:
-    return [c.template or "?" for c in fake.accepted() if c.to == phone]
+def test_an_ask_held_by_a_broken_token_past_its_answer_window_is_withdrawn_not_sent_late(sqlite_url, scenario, world, graph):
+    """What went out of date while the account was broken is withdrawn by its journey: the COD ask
+    is not sent after the order was flagged for a call."""
+    fake, url = graph
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    client = WhatsAppClient(url, sc.settings.whatsapp.api_version, WA_TOKEN)
+    sc.runtime.dispatcher.sender = client
+    try:
+        fake.script.extend([EXPIRED] * 1000)
+        SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, sc.now))
+        sc.later(hours=25, step=timedelta(minutes=30))  # the answer window (24 h) closes while the token is broken
+        fake.script.clear()
+        sc.later(hours=2)
+        assert fake.accepted() == []  # no "please confirm" a day late
+        assert world.shopify_ops("tagsAdd") == [{"id": "gid://shopify/Order/5001", "tags": ["cod-unconfirmed"]}]  # flagged for a call
+        assert [h["reason"] for h in sc.handoffs()][0].startswith("COD order")  # and a person hears of it
+        with sc.runtime.db.engine.connect() as conn:
+            rows = conn.execute(select(m.OutboxMessage.step, m.OutboxMessage.status, m.OutboxMessage.skip_reason, m.OutboxMessage.attempts)
+                                .where(m.OutboxMessage.channel == "whatsapp").order_by(m.OutboxMessage.id)).all()
+        # the ask (and its reminder) withdrawn by the journey, not failed for the token
+        assert [tuple(r) for r in rows] == [("ask", "skipped", "journey_ended", 0), ("reminder_1", "skipped", "journey_ended", 0)]
+    finally:
+        sc.client.portal.call(client.aclose)
 
 
 # ---- 2. a database blip while a batch's outcomes are written ------------------------------------
