@@ -76,9 +76,15 @@ class RetryableError(SendError):
 
 
 class PermanentError(SendError):
-    """Failed for good (bad number, template problem, expired token): never retried as is."""
+    """Failed for good (bad number, template problem): never retried as is."""
 
     retryable = False
+
+
+class AccountError(PermanentError):
+    """Every send from this account fails alike until a person fixes it (an expired token, a
+    missing permission, a payment issue, a block): the message is not at fault, so it waits
+    and the sender pauses instead of failing everything queued."""
 
 
 def describe_error(exc: BaseException) -> str:

@@ -419,17 +419,19 @@ _RUN_BY_KEY = select(RUNS).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.jou
 ENGAGEMENT_LIMIT_SENDS = 3
 
 
-def _another_day(conn: Connection, store_id: int, row: Any) -> bool:
+def another_day(conn: Connection, store_id: int, journey: str | None, payload: dict[str, Any] | None, tries: int) -> bool:
     """Whether a message WhatsApp held back for the user's marketing limit (131049) is worth
-    sending again tomorrow: not after its third try, and only while its journey run is still
-    going (a cart reminder after the cart's run ended, or weeks later, is not the one it was)."""
-    if int(row.attempts or 0) >= ENGAGEMENT_LIMIT_SENDS:
+    sending again tomorrow: not after its third try (``tries`` counts the one refused), and
+    only while its journey run is still going (a cart reminder after the cart's run ended, or
+    weeks later, is not the one it was). The same rule whether 131049 came in a failed status
+    webhook or in the answer to the send (outbox.dispatcher)."""
+    if tries >= ENGAGEMENT_LIMIT_SENDS:
         return False
-    subject = (row.payload or {}).get("subject")
-    if not row.journey or not subject:
+    subject = (payload or {}).get("subject")
+    if not journey or not subject:
         return True
     # through the transaction cache, as the runner reads runs: a run status the batch still holds counts
-    run = by_key(conn, "journey_runs", (store_id, row.journey, subject), _RUN_BY_KEY, {"sid": store_id, "j": row.journey, "s": subject})
+    run = by_key(conn, "journey_runs", (store_id, journey, subject), _RUN_BY_KEY, {"sid": store_id, "j": journey, "s": subject})
     return run is None or run.status == "active"
 _OUTBOX_BY_ID = _OUTBOX_FOR_STATUS.where(OUTBOX.c.id == bindparam("oid"))
 _OUTBOX_BY_WAMID = _OUTBOX_FOR_STATUS.where(OUTBOX.c.wamid == bindparam("wamid"))
@@ -490,7 +492,7 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
     values: dict[str, Any] = {"wamid": e.message_id, "updated_at": now}
     if e.status == "failed":
         values.update(status="failed", last_error=f"{e.error_code}: {e.error_title or 'failed'}"[:2000])
-        if e.error_code == 131049 and _another_day(conn, store_id, row):  # not before 24 h, then the same message again
+        if e.error_code == 131049 and another_day(conn, store_id, row.journey, row.payload, int(row.attempts or 0)):  # not before 24 h, then the same message again
             values.update(status="pending", due_at=e.occurred_at + timedelta(hours=24), last_error="131049: retry after 24 h")
         if row.contact_id is not None:
             apply_contact_error(conn, store_id, row.contact_id, e.error_code, e.occurred_at, now)

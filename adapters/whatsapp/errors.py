@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 import httpx
 
-from connector.errors import PermanentError, RetryableError, SendError
+from connector.errors import AccountError, PermanentError, RetryableError, SendError
 
 MAX_RETRY_AFTER = 3600.0  # a Retry-After beyond an hour is not believed; the outbox backs off anyway
 WAIT_A_DAY = 86400.0  # 131049: Meta says do not retry the same user for at least 24 h
@@ -74,6 +74,18 @@ CODES: dict[int, tuple[bool, str]] = {
     3: (False, "capability not available to this app"),
     10: (False, "permission denied"),
 }
+
+
+# The account or the number, not the message: every send fails alike until a person fixes it
+# (a new token, a permission granted, a payment method, a lock or block lifted, quality
+# restored). classify() answers AccountError, so the outbox holds the messages and pauses the
+# number (platform-facts C4: "pause sends") instead of failing each queued one for good.
+# Not 130497 (the recipient's country) nor 131064 (unclear which limit it is): per message.
+ACCOUNT_CODES = frozenset({0, 3, 10, 190, 368, 131031, 131042, 131048})
+
+
+def is_account_code(code: int | None) -> bool:
+    return code is not None and (code in ACCOUNT_CODES or 200 <= code <= 299)
 
 
 def _known(code: int) -> tuple[bool, str] | None:
@@ -163,6 +175,8 @@ def classify(response: httpx.Response, *, redact: Iterable[str] = ()) -> SendErr
     may have sent the message, so it is outcome-unknown like a read timeout (never re-sent;
     the status webhook settles it). A 502/503 without a body stays retryable: the gateway
     reached no working Meta server (the outage tests/faults/test_whatsapp_outage.py plays).
+    An account-level code (``ACCOUNT_CODES``: the token, a permission, payment, a block) is an
+    ``AccountError``, a PermanentError the dispatcher treats as "pause this number".
     ``redact`` lists strings (the access token) that must never reach the message even if
     Meta quotes them.
     """
@@ -199,7 +213,7 @@ def classify(response: httpx.Response, *, redact: Iterable[str] = ()) -> SendErr
     text += f" ({describe(code)})"
     if meta:
         text += f": {meta}"
-    cls = RetryableError if retryable else PermanentError
+    cls = RetryableError if retryable else AccountError if is_account_code(code) else PermanentError
     return cls(text, code=code, subcode=subcode, trace_id=trace_id, http_status=status, retry_after=retry_after)
 
 

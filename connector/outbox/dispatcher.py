@@ -4,7 +4,12 @@ One loop per worker: claim a batch with a lease (committed before any call, so a
 leaves ``sending`` rows that become ``uncertain``, never resent), run the policy gate
 again, pace through the per-number token bucket and the per-recipient spacer, send with
 bounded concurrency, then write every outcome in one transaction while the next batch
-is being claimed.
+is being claimed (again and again until it commits: a database blip loses no result).
+
+An account-level refusal (an expired token, a permission, payment, a block: ``AccountError``)
+fails no message: the row waits, its attempts unspent, and the number's sends pause in this
+worker's memory (a restart, e.g. with a new token, tries at once); after the pause one message
+probes, and its success lets the rest go. /readyz shows the pause (``ob.mark_paused``).
 """
 
 from __future__ import annotations
@@ -16,19 +21,21 @@ import random
 import socket
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import anyio.to_thread
 from pydantic import TypeAdapter
 
 from connector.config import Settings, ShopifyStore, WooCommerceStore
-from connector.errors import PermanentError, RetryableError
+from connector.errors import AccountError, PermanentError, RetryableError, SendError, describe_error
 from connector.messages import MessageSender, OutboundMessage
 from connector.outbox import loop
 from connector.outbox import store as ob
 from connector.outbox.ratelimit import InFlightLimit, RecipientSpacer, TokenBucket
 from connector.outbox.retry import RetryPolicy, next_attempt_at
 from connector.policy import ContactFacts, PolicyRules, check
+from connector.state import another_day
 from connector.storage.db import Database
 from connector.storage.models import utcnow
 
@@ -37,6 +44,24 @@ MESSAGE = TypeAdapter(OutboundMessage)
 SHORT_WAIT = 0.5  # recipient spacing below this is slept; above it becomes a durable due time
 HEARTBEAT_EVERY = 0.25  # seconds between counting live dispatchers (a joining one is counted at once)
 HEARTBEAT_TTL = 5.0  # a dispatcher not heard from for this long no longer takes a share
+PAUSE_FIRST = 60.0  # seconds a number's sends pause after an account-level refusal ...
+PAUSE_CAP = 900.0  # ... doubling with each refused probe, up to a quarter of an hour
+# Meta's answers that a message came too fast (the number's throughput, or to one user): it is
+# retried soon, without spending one of max_attempts (a peak above the number's real rate once
+# failed messages "after 8 attempts"); 130429 also slows the number's bucket (ratelimit.py)
+THROTTLES = frozenset({130429, 131056})
+RECORD_RETRY_FIRST = 0.1  # seconds before writing a batch's outcomes again after the database refused them ...
+RECORD_RETRY_CAP = 5.0  # ... doubling up to this
+
+
+@dataclass(slots=True)
+class Pause:
+    """Sends from one number stopped after an account-level refusal; at ``until`` one message probes."""
+
+    code: int | None
+    reason: str
+    until: datetime
+    seconds: float
 
 
 class Dispatcher:
@@ -61,6 +86,7 @@ class Dispatcher:
         self.stores: dict[int, ShopifyStore | WooCommerceStore] = {store_ids[s.key]: s for s in settings.stores if s.key in store_ids}
         self.rules: dict[int, PolicyRules] = {sid: s.policy.rules() for sid, s in self.stores.items()}
         self.retry = RetryPolicy(wa.backoff_base_seconds, wa.backoff_cap_seconds, wa.max_attempts)
+        self.throttle_retry = RetryPolicy(wa.backoff_base_seconds, wa.backoff_cap_seconds, max_attempts=2**31)  # unbounded
         self.lease = timedelta(seconds=wa.lease_seconds)
         # a quarter of a second of sends per claim: the bucket's 5% burst (50 ms) covers the
         # pause while the next batch is claimed, which a second's batch outlasted (1,000/s ran
@@ -75,6 +101,11 @@ class Dispatcher:
             + [timedelta(days=1)]
         )
         self._pending_record: asyncio.Task[None] | None = None
+        self._recording_again = False  # the pending outcomes were refused once: written again until they commit
+        self.paused: dict[str, Pause] = {}  # phone_number_id -> its pause (this worker's memory)
+        self._probes: set[int] = set()  # rows of this batch that test a paused number
+        self._shown: dict[str, Pause | None] = {}  # pause changes still to show /readyz (None: resumed)
+        self._fresh = True  # no pause of an earlier run (another token, perhaps) is this one's
         self.sent = 0
         self.peers = 1
         self._beat_at = 0.0
@@ -123,32 +154,124 @@ class Dispatcher:
     async def run_once(self) -> int:
         """Claim and send one batch; returns how many rows were claimed."""
         await self._heartbeat()
+        if self._recording_again:
+            await self.flush()  # the database refused the last outcomes: no claim (which expires leases, ours too) before they are in
         now = self.clock()
-        rows = await self._claim(now)
+        rows = await self._claim_due(now)
         if not rows and self._pending_record is not None:
             # a contact's next message waits its turn until the batch being recorded is settled:
             # "nothing due" is only true once that batch is in
             await self.flush()
-            rows = await self._claim(now)
-        if not rows:
-            return 0
-        results = await asyncio.gather(*(self._one(row) for row in rows))
-        await self.flush()  # at most one batch of results in flight
-        self._pending_record = asyncio.create_task(anyio.to_thread.run_sync(ob.record, self.db, list(results), self.clock()))
+            rows = await self._claim_due(now)
+        if rows:
+            results = await asyncio.gather(*(self._one(row) for row in rows))
+            self._probes.clear()
+            await self.flush()  # at most one batch of results in flight; the previous one's are in before these go
+            self._pending_record = asyncio.create_task(self._record(list(results)))
+        await self._show_pauses()
         return len(rows)
 
-    async def _claim(self, now: datetime) -> list[ob.Claimed]:
+    async def _claim_due(self, now: datetime) -> list[ob.Claimed]:
+        """A batch from the numbers that send; one row of each paused number whose pause is over (its probe)."""
+        if not self.paused:
+            return await self._claim(now, list(self.stores), self.batch)
+        sending = [sid for sid, s in self.stores.items() if s.whatsapp_phone_number_id not in self.paused]
+        rows = await self._claim(now, sending, self.batch) if sending else []
+        for phone_id, pause in list(self.paused.items()):
+            if pause.until <= now:
+                probe = await self._claim(now, [sid for sid, s in self.stores.items() if s.whatsapp_phone_number_id == phone_id], 1)
+                self._probes.update(r.id for r in probe)
+                rows += probe
+        return rows
+
+    async def _claim(self, now: datetime, store_ids: list[int], limit: int) -> list[ob.Claimed]:
         return await anyio.to_thread.run_sync(
             lambda: ob.claim(
-                self.db, store_ids=list(self.stores), now=now, limit=self.batch, lease=self.lease,
+                self.db, store_ids=store_ids, now=now, limit=limit, lease=self.lease,
                 worker=self.worker_id, history_window=self.history_window,
             )
         )
+
+    async def _record(self, results: list[ob.Result]) -> None:
+        """Write a batch's outcomes, trying again until they commit: given up, the rows would stay
+        ``sending`` and end ``uncertain`` when their lease runs out, never to be sent (even one
+        that a 503 kept from Meta, or quiet hours held back). A retry writes the same values; the
+        rows move only while still ``sending`` (a status webhook may have settled one meanwhile)."""
+        wait = RECORD_RETRY_FIRST
+        while True:
+            try:
+                await anyio.to_thread.run_sync(lambda: ob.record(self.db, self._marketing_limit(results), self.clock()))
+                self._recording_again = False
+                return
+            except Exception as exc:
+                self._recording_again = True
+                log.error("recording %d send outcomes failed (%s); trying again in %.1f s", len(results), describe_error(exc), wait)
+                await asyncio.sleep(wait)
+                wait = min(RECORD_RETRY_CAP, wait * 2)
+
+    def _marketing_limit(self, results: list[ob.Result]) -> list[ob.Result]:
+        """131049 (the user's marketing limit) answered to the send: tomorrow again by the failed
+        status webhook's rule (``state.another_day``: three tries at most, only while the run goes
+        on), else failed. Runs in the recording thread (it reads the runs)."""
+        limited = [r for r in results if r.outcome == "retry" and r.error_code == 131049]
+        if not limited:
+            return results
+        with self.db.engine.connect() as conn:
+            ended = {id(r) for r in limited if not another_day(conn, r.row.store_id, r.row.journey, r.row.payload, r.row.attempts + 1)}
+        return [replace(r, outcome="failed", due_at=None, error_detail=f"not tried again (third try, or its run ended): {r.error_detail}")
+                if id(r) in ended else r for r in results]
 
     async def flush(self) -> None:
         if self._pending_record is not None:
             task, self._pending_record = self._pending_record, None
             await task
+
+    def _stores_of(self, phone_id: str) -> str:
+        return ", ".join(sorted(s.key for s in self.stores.values() if s.whatsapp_phone_number_id == phone_id))
+
+    def _pause(self, phone_id: str, exc: SendError) -> None:
+        """An account-level refusal: no more sends from this number for a while, then one probe."""
+        now = self.clock()
+        current = self.paused.get(phone_id)
+        if current is not None and current.until > now:
+            return  # another send of the same batch said so too
+        seconds = PAUSE_FIRST if current is None else min(PAUSE_CAP, current.seconds * 2)
+        seconds = max(seconds, exc.retry_after or 0.0)
+        pause = self.paused[phone_id] = Pause(exc.code, str(exc), now + timedelta(seconds=seconds), seconds)
+        self._shown[phone_id] = pause
+        log.error(
+            "WhatsApp refuses every send of store %s (code %s): %s; its messages wait unsent, and one is tried again in %d s. "
+            "Fix the account (a new access token needs a restart), and the waiting messages go out",
+            self._stores_of(phone_id), exc.code, exc, seconds, extra={"store": self._stores_of(phone_id), "code": exc.code},
+        )
+
+    def _resume(self, phone_id: str) -> None:
+        if self.paused.pop(phone_id, None) is not None:
+            self._shown[phone_id] = None
+            log.warning("WhatsApp takes store %s's messages again; the waiting ones go out now", self._stores_of(phone_id),
+                        extra={"store": self._stores_of(phone_id)})
+
+    async def _show_pauses(self) -> None:
+        """Make pause changes visible to /readyz in every process (a leases row per paused number)."""
+        if self._fresh:
+            self._shown = {**{s.whatsapp_phone_number_id: None for s in self.stores.values() if s.whatsapp_phone_number_id},
+                           **self._shown}
+        if not self._shown:
+            return
+        shown, self._shown = self._shown, {}
+
+        def write() -> None:
+            ob.clear_paused(self.db, [p for p, pause in shown.items() if pause is None])
+            for phone_id, pause in shown.items():
+                if pause is not None:
+                    ob.mark_paused(self.db, phone_id, pause.code, pause.until)
+
+        try:
+            await anyio.to_thread.run_sync(write)
+            self._fresh = False
+        except Exception as exc:  # only the report of it: the pause holds all the same
+            log.warning("could not show paused WhatsApp numbers (%s)", describe_error(exc))
+            self._shown = {**shown, **self._shown}
 
     async def drain(self, max_batches: int = 10_000) -> int:
         total = await loop.drain(self.run_once, max_batches)
@@ -191,35 +314,53 @@ class Dispatcher:
             if wait > 0:
                 await asyncio.sleep(wait)
             await self._bucket(phone_id).acquire()
-            self.spacer.mark(pair)
-            label = message.name if message.kind == "template" else None
-            t0 = time.perf_counter()
+            pause = self.paused.get(phone_id)
+            if pause is not None and row.id not in self._probes:  # refused meanwhile: this one waits with the others
+                return ob.Result(row, "held", started, error_detail=f"waits: sends paused ({pause.reason})")
+            result = await self._send(row, phone_id, pair, message, started)
+            if row.id in self._probes and result.outcome != "held":
+                self._resume(phone_id)  # WhatsApp answered something else than "the account": it works again
+            return result
+
+    async def _send(self, row: ob.Claimed, phone_id: str, pair: str, message: OutboundMessage, started: datetime) -> ob.Result:
+        """One call to WhatsApp and what its answer means for the row."""
+        self.spacer.mark(pair)
+        label = message.name if message.kind == "template" else None
+        t0 = time.perf_counter()
+        try:
             try:
-                try:
-                    sent = await self.sender.send(phone_id, message.model_copy(update={"callback_data": ob.callback_for(row.id)}))
-                finally:
-                    self.in_flight.observe(time.perf_counter() - t0)
-            except RetryableError as exc:
-                ms = int((time.perf_counter() - t0) * 1000)
-                if exc.outcome_unknown:
-                    return ob.Result(row, "uncertain", started, ms, error_code=exc.code, error_detail=f"outcome unknown: {exc}")
-                when = next_attempt_at(row.attempts + 1, exc.retry_after, self.retry, self.clock(), self.rng.random())
-                if when is None:
-                    return ob.Result(row, "failed", started, ms, error_code=exc.code, error_detail=f"gave up after {row.attempts + 1} attempts: {exc}")
-                return ob.Result(row, "retry", started, ms, error_code=exc.code, error_detail=str(exc), due_at=when)
-            except PermanentError as exc:
-                ms = int((time.perf_counter() - t0) * 1000)
-                if exc.outcome_unknown:  # e.g. a 200 without a message id: it may have gone out
-                    return ob.Result(row, "uncertain", started, ms, error_code=exc.code, error_detail=f"outcome unknown: {exc}")
-                # 131026 / 131050 in the answer itself: the contact changes as for a failed status webhook
-                return ob.Result(row, "failed", started, ms, error_code=exc.code, error_detail=str(exc),
-                                 about_contact=exc.code in ob.CONTACT_ERRORS)
-            except Exception as exc:  # a bug after the request may have left: do not risk a second send
-                log.exception("unexpected error while sending outbox %s", row.id)
-                return ob.Result(row, "uncertain", started, error_detail=f"unexpected {exc.__class__.__name__}")
+                sent = await self.sender.send(phone_id, message.model_copy(update={"callback_data": ob.callback_for(row.id)}))
+            finally:
+                self.in_flight.observe(time.perf_counter() - t0)
+        except RetryableError as exc:
             ms = int((time.perf_counter() - t0) * 1000)
-            self.sent += 1
-            return ob.Result(
-                row, "dry_run" if sent.dry_run else "sent", started, ms, wamid=sent.wamid, wa_id=sent.wa_id,
-                recipient=message.to, kind=message.kind, label=label,
-            )
+            if exc.outcome_unknown:
+                return ob.Result(row, "uncertain", started, ms, error_code=exc.code, error_detail=f"outcome unknown: {exc}")
+            throttled = exc.code in THROTTLES
+            if exc.code == 130429:
+                self._bucket(phone_id).throttled()
+            when = next_attempt_at(row.attempts + 1, exc.retry_after, self.throttle_retry if throttled else self.retry, self.clock(),
+                                   self.rng.random())
+            if when is None:
+                return ob.Result(row, "failed", started, ms, error_code=exc.code, error_detail=f"gave up after {row.attempts + 1} attempts: {exc}")
+            return ob.Result(row, "retry", started, ms, error_code=exc.code, error_detail=str(exc), due_at=when, counts=not throttled)
+        except AccountError as exc:  # the token, a permission, payment, a block: not this message's fault
+            ms = int((time.perf_counter() - t0) * 1000)
+            self._pause(phone_id, exc)
+            return ob.Result(row, "held", started, ms, error_code=exc.code, error_detail=f"waits: {exc}", counts=False)
+        except PermanentError as exc:
+            ms = int((time.perf_counter() - t0) * 1000)
+            if exc.outcome_unknown:  # e.g. a 200 without a message id: it may have gone out
+                return ob.Result(row, "uncertain", started, ms, error_code=exc.code, error_detail=f"outcome unknown: {exc}")
+            # 131026 / 131050 in the answer itself: the contact changes as for a failed status webhook
+            return ob.Result(row, "failed", started, ms, error_code=exc.code, error_detail=str(exc),
+                             about_contact=exc.code in ob.CONTACT_ERRORS)
+        except Exception as exc:  # a bug after the request may have left: do not risk a second send
+            log.exception("unexpected error while sending outbox %s", row.id)
+            return ob.Result(row, "uncertain", started, error_detail=f"unexpected {exc.__class__.__name__}")
+        ms = int((time.perf_counter() - t0) * 1000)
+        self.sent += 1
+        return ob.Result(
+            row, "dry_run" if sent.dry_run else "sent", started, ms, wamid=sent.wamid, wa_id=sent.wa_id,
+            recipient=message.to, kind=message.kind, label=label,
+        )

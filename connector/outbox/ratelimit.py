@@ -3,7 +3,9 @@
 Meta allows 80 messages/s per number by default (up to 1,000) and limits messages to
 one recipient in a short time (131056). The bucket hands out send slots at exactly the
 configured rate; the spacer tells the dispatcher when a recipient may get the next one,
-so a long wait becomes a durable due time instead of a sleep.
+so a long wait becomes a durable due time instead of a sleep. A number that answers 130429
+is slower than configured (shared with the WhatsApp Business app, not yet upgraded): its
+bucket halves its pace and climbs back over half a minute, as TCP does.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+
+THROTTLE_FLOOR = 1 / 16  # a throttled number's pace falls at most to this share of its rate ...
+THROTTLE_RECOVERY = 30.0  # ... and climbs back to the whole rate within this many seconds without a 130429
 
 
 class TokenBucket:
@@ -24,13 +29,31 @@ class TokenBucket:
         self.clock = clock
         self._next = clock()
         self._lock: asyncio.Lock | None = None
+        self._cut = 1.0  # the share of ``rate`` right after the last 130429 ...
+        self._cut_at: float | None = None  # ... and when that was
+
+    def share(self, now: float | None = None) -> float:
+        """The part of ``rate`` in force: 1 unless Meta said 130429 lately."""
+        if self._cut_at is None:
+            return 1.0
+        now = self.clock() if now is None else now
+        return min(1.0, self._cut + (now - self._cut_at) / THROTTLE_RECOVERY)
+
+    def throttled(self) -> None:
+        """Meta answered 130429: halve the pace at once, at most once a second (the sends already
+        in flight say the same thing), down to ``THROTTLE_FLOOR``; it then climbs back linearly."""
+        now = self.clock()
+        if self._cut_at is not None and now - self._cut_at < 1.0:
+            return
+        self._cut, self._cut_at = max(THROTTLE_FLOOR, self.share(now) / 2), now
 
     def reserve(self) -> float:
         """Take the next slot; returns how long to wait for it (0 when a token is free)."""
         now = self.clock()
-        earliest = now - (self.burst - 1) / self.rate
+        rate = self.rate * self.share(now)
+        earliest = now - (self.burst - 1) / rate
         slot = max(self._next, earliest)
-        self._next = slot + 1 / self.rate
+        self._next = slot + 1 / rate
         return max(0.0, slot - now)
 
     async def acquire(self) -> None:

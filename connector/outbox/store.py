@@ -362,7 +362,7 @@ class Result:
     """The outcome of one claimed row, written back in one batch."""
 
     row: Claimed
-    outcome: str  # sent | dry_run | retry | failed | uncertain | skipped | deferred | released (not tried: due again as it was)
+    outcome: str  # sent | dry_run | retry | failed | uncertain | skipped | deferred | held (the number paused) | released (not tried)
     started_at: datetime
     duration_ms: int | None = None
     wamid: str | None = None
@@ -374,6 +374,7 @@ class Result:
     kind: str | None = None
     label: str | None = None
     about_contact: bool = False  # WhatsApp refused the send for a reason of the person's (CONTACT_ERRORS)
+    counts: bool = True  # the try spends one of max_attempts (a throttle answer does not)
 
 
 @functools.cache
@@ -436,7 +437,8 @@ def record(db: Database, results: list[Result], now: datetime,
     contact_errors: list[tuple[int, int, int, datetime]] = []
     for res in results:
         r = res.row
-        if res.outcome in TRIED:
+        # held: the number is paused (an account-level refusal); an attempt row if the refusal came from a call
+        if res.outcome in TRIED or (res.outcome == "held" and res.duration_ms is not None):
             attempts.append({
                 "store_id": r.store_id, "outbox_id": r.id, "started_at": res.started_at, "duration_ms": res.duration_ms,
                 "outcome": res.outcome, "error_code": res.error_code,
@@ -488,7 +490,7 @@ def record(db: Database, results: list[Result], now: datetime,
 def _settle(res: Result, now: datetime) -> dict[str, Any]:
     """The row's new values for its result (the lease is released whatever the outcome)."""
     values: dict[str, Any] = {"updated_at": now, "lease_until": None, "leased_by": None}
-    if res.outcome in TRIED:
+    if res.outcome in TRIED and res.counts:  # a throttle answer spends none of max_attempts
         values["attempts"] = res.row.attempts + 1
     if res.outcome in ("sent", "dry_run"):
         values.update(status=res.outcome, wamid=res.wamid, last_error=None)
@@ -498,6 +500,8 @@ def _settle(res: Result, now: datetime) -> dict[str, Any]:
         values.update(status="pending", due_at=res.due_at, skip_reason=None)
     elif res.outcome == "released":  # never tried: due as it was, its attempts and last error as they were
         values.update(status="pending")
+    elif res.outcome == "held":  # the number is paused: pending again as it was, its attempts unspent
+        values.update(status="pending", last_error=res.error_detail)
     elif res.outcome == "skipped":
         values.update(status="skipped", skip_reason=res.error_detail)
     else:  # failed | uncertain
@@ -527,3 +531,35 @@ def release(db: Database, name: str) -> None:
 
     with db.write_lock(), db.engine.begin() as conn:
         conn.execute(LEASES.delete().where(LEASES.c.name == name))
+
+
+PAUSED = "whatsapp-paused:"  # a leases row per sending number a dispatcher has paused (holder: Meta's code)
+
+
+def mark_paused(db: Database, phone_number_id: str, code: int | None, next_try: datetime) -> None:
+    """Say (for /readyz) that sends from this number are paused until ``next_try``: the pause
+    itself lives in the dispatcher's memory, this row only makes it visible to every process."""
+    from connector.storage.sql import LEASES
+
+    ins = (postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert)(LEASES)
+    values = {"holder": "" if code is None else str(code), "expires_at": next_try}
+    with db.write_lock(), db.engine.begin() as conn:
+        conn.execute(ins.on_conflict_do_update(index_elements=["name"], set_=values), {"name": f"{PAUSED}{phone_number_id}"[:120], **values})
+
+
+def clear_paused(db: Database, phone_number_ids: list[str]) -> None:
+    """The number sends again (or a dispatcher starts afresh with, perhaps, a new token)."""
+    from connector.storage.sql import LEASES
+
+    if phone_number_ids:
+        with db.write_lock(), db.engine.begin() as conn:
+            conn.execute(LEASES.delete().where(LEASES.c.name.in_([f"{PAUSED}{p}"[:120] for p in phone_number_ids])))
+
+
+def paused_numbers(db: Database) -> dict[str, tuple[int | None, datetime]]:
+    """phone_number_id -> (Meta's code, the next try) for every number a dispatcher paused."""
+    from connector.storage.sql import LEASES
+
+    with db.engine.connect() as conn:
+        rows = conn.execute(select(LEASES.c.name, LEASES.c.holder, LEASES.c.expires_at).where(LEASES.c.name.like(f"{PAUSED}%")))
+        return {r.name[len(PAUSED):]: (int(r.holder) if r.holder.lstrip("-").isdigit() else None, r.expires_at) for r in rows}

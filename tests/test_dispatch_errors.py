@@ -1,0 +1,237 @@
+"""What the WhatsApp dispatcher does when the account, the database or Meta's limits get in the way.
+
+1. An expired access token (190) fails no message: each waits unsent, the store's sends pause and
+   /readyz says so, and once WhatsApp takes sends again every waiting message goes out once;
+2. a database that refuses one batch's outcomes loses neither that batch nor the next: the
+   outcomes are written again until they commit, and a message a 503 kept from Meta is still sent;
+3. throttling (130429) spends none of a message's tries, and the number's pace slows;
+4. 131049 (the user's marketing limit) answered to the send follows the status webhook's rule.
+
+Real app or real dispatcher, a virtual clock, and a fake Graph API on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError
+
+from adapters.whatsapp.client import WhatsAppClient
+from connector.outbox.dispatcher import Dispatcher
+from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp, ScriptedResponse
+from connector.storage import models as m
+from connector.storage.inbox import sync_stores
+from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
+from tests.scenarios.fakes import WA_TOKEN
+from tests.scenarios.stores import SHOPIFY
+from tests.test_outbox import NOON_IST, Clock, attempts, outbox_rows, queue, seed_contact, settings_for
+
+ASHA, RAVI, MEERA = "+919876543210", "+919812345678", "+919900112233"
+COD = {"cod_confirmation": {"reminder_hours": [6], "answer_window_hours": 24}}
+EXPIRED = ScriptedResponse(401, {"error": {"message": "Error validating access token: Session has expired.", "type": "OAuthException",
+                                           "code": 190, "error_subcode": 463, "fbtrace_id": "T190"}})
+
+
+@pytest.fixture
+def graph() -> Iterator[tuple[SandboxWhatsApp, str]]:
+    """A fake Graph API that can be scripted to answer sends with Meta's errors."""
+    fake = SandboxWhatsApp(token=WA_TOKEN)
+    with SandboxServer(fake.app) as server:
+        yield fake, server.url
+
+
+# ---- 1. an expired access token ---------------------------------------------------------------
+
+def templates_to(fake: SandboxWhatsApp, phone: str) -> list[str]:
+    return [c.template or "?" for c in fake.accepted() if c.to == phone]
+
+
+def test_an_expired_token_fails_no_message_and_once_whatsapp_takes_sends_again_each_goes_out_once(
+        sqlite_url, scenario, world, graph, caplog):
+    fake, url = graph
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    client = WhatsAppClient(url, sc.settings.whatsapp.api_version, WA_TOKEN)
+    sc.runtime.dispatcher.sender = client
+    try:
+        fake.script.extend([EXPIRED] * 100)  # the store's access token expired overnight
+        with caplog.at_level(logging.ERROR, logger="storeloop.dispatcher"):
+            for n, phone in enumerate((ASHA, RAVI, MEERA), start=1):
+                SHOPIFY.place(sc, SHOPIFY.order(n, phone, sc.now))
+            sc.work()
+        refused = len(fake.calls)
+        assert fake.accepted() == [] and 1 <= refused <= 3
+        with sc.runtime.db.engine.connect() as conn:
+            rows = conn.execute(select(m.OutboxMessage.status, m.OutboxMessage.attempts)).all()
+        assert [tuple(r) for r in rows] == [("pending", 0)] * 3  # waiting, none failed, no try spent
+        # the owner hears of it: a log line naming the store and Meta's code, and /readyz
+        assert any("shop-a" in r.getMessage() and "190" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+        ready = sc.client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["whatsapp"] == "paused"
+        assert [(p["store"], p["code"]) for p in ready.json()["whatsapp_paused"]] == [("shop-a", 190)]
+
+        SHOPIFY.place(sc, SHOPIFY.order(4, "+919811122233", sc.now))  # orders keep coming in
+        sc.later(seconds=30)
+        assert len(fake.calls) == refused  # paused: not every queued message is tried against a dead token
+        sc.later(seconds=40)
+        assert len(fake.calls) == refused + 1  # after a minute one message asks whether it works again: no
+        sc.later(seconds=90)
+        assert len(fake.calls) == refused + 1  # the next try waits twice as long
+
+        fake.script.clear()  # the owner fixes the account in Meta's Business Manager: the token works again
+        sc.later(minutes=2)
+        for phone in (ASHA, RAVI, MEERA, "+919811122233"):
+            assert templates_to(fake, phone) == ["cod_confirm_v1"]  # every ask reached its customer, once
+        assert set(fake.sends_per_callback().values()) == {1}
+        with sc.runtime.db.engine.connect() as conn:
+            rows = conn.execute(select(m.OutboxMessage.status, m.OutboxMessage.attempts)).all()
+        assert [tuple(r) for r in rows] == [("sent", 1)] * 4
+        assert sc.client.get("/readyz").json()["whatsapp"] == "sending"
+    finally:
+        sc.client.portal.call(client.aclose)
+
+
+def test_an_ask_held_by_a_broken_token_past_its_answer_window_is_withdrawn_not_sent_late(sqlite_url, scenario, world, graph):
+    """What went out of date while the account was broken is withdrawn by its journey: the COD ask
+    is not sent after the order was flagged for a call."""
+    fake, url = graph
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    client = WhatsAppClient(url, sc.settings.whatsapp.api_version, WA_TOKEN)
+    sc.runtime.dispatcher.sender = client
+    try:
+        fake.script.extend([EXPIRED] * 1000)
+        SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, sc.now))
+        sc.later(hours=25, step=timedelta(minutes=30))  # the answer window (24 h) closes while the token is broken
+        fake.script.clear()
+        sc.later(hours=2)
+        assert fake.accepted() == []  # no "please confirm" a day late
+        assert world.shopify_ops("tagsAdd") == [{"id": "gid://shopify/Order/5001", "tags": ["cod-unconfirmed"]}]  # flagged for a call
+        assert [h["reason"] for h in sc.handoffs()][0].startswith("COD order")  # and a person hears of it
+        with sc.runtime.db.engine.connect() as conn:
+            rows = conn.execute(select(m.OutboxMessage.step, m.OutboxMessage.status, m.OutboxMessage.skip_reason, m.OutboxMessage.attempts)
+                                .where(m.OutboxMessage.channel == "whatsapp").order_by(m.OutboxMessage.id)).all()
+        # the ask (and its reminder) withdrawn by the journey, not failed for the token
+        assert [tuple(r) for r in rows] == [("ask", "skipped", "journey_ended", 0), ("reminder_1", "skipped", "journey_ended", 0)]
+    finally:
+        sc.client.portal.call(client.aclose)
+
+
+# ---- 2. a database blip while a batch's outcomes are written ------------------------------------
+
+def test_a_database_blip_while_recording_loses_no_batch_and_a_message_kept_from_meta_is_still_sent(db, db_url, graph):
+    fake, url = graph
+    settings = settings_for(db_url, url, access_token=WA_TOKEN, messages_per_second=4)  # a batch of one message
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    sid = ids["shop-a"]
+    queued = [queue(db, settings, sid, seed_contact(db, sid, phone=phone), subject=f"order:{n}")
+              for n, phone in enumerate((ASHA, RAVI, MEERA))]
+    blips: list[str] = []
+
+    def refuse_first_outcomes(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if not blips and statement.lstrip().upper().startswith("INSERT INTO OUTBOX_ATTEMPTS"):
+            blips.append(statement)
+            raise OperationalError(statement, parameters, Exception("database is locked"))
+
+    event.listen(db.engine, "before_cursor_execute", refuse_first_outcomes)
+    clock = Clock(NOON_IST)
+
+    async def run() -> None:
+        client = WhatsAppClient(url, settings.whatsapp.api_version, WA_TOKEN)
+        dispatcher = Dispatcher(db, settings, ids, client, clock=clock)
+        try:
+            # Asha's ask goes out and its outcome is refused; Ravi's meets a 503 (it never reached Meta)
+            assert await dispatcher.run_once() == 1
+            fake.script.append(ScriptedResponse(503, {"error": {"message": "Service unavailable", "code": 2, "is_transient": True}}))
+            for _ in range(5):  # the worker's loop goes on, as run_forever does after a failed round
+                try:
+                    await dispatcher.run_once()
+                except Exception:
+                    pass
+            await dispatcher.close()
+            clock.now += timedelta(minutes=5)  # past the lease and past the 503's retry
+            await dispatcher.drain()
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    assert blips  # the database did refuse once
+    rows = {r.id: r for r in outbox_rows(db)}
+    assert [rows[q.outbox_id].status for q in queued] == ["sent", "sent", "sent"]  # none left 'uncertain'
+    assert set(fake.sends_per_callback().values()) == {1} and len(fake.accepted()) == 3
+    assert sorted((a.outcome, a.error_code) for a in attempts(db)) == [("retry", 2), ("sent", None), ("sent", None), ("sent", None)]
+
+
+# ---- 3. a peak above the number's real rate ---------------------------------------------------
+
+def test_a_peak_above_the_numbers_real_rate_fails_no_message_and_the_pace_slows_to_it(db, db_url):
+    """The store set 80 messages a second, but the number takes 20 (shared with the WhatsApp Business
+    app, or not yet upgraded): Meta answers the excess with 130429. A store with max_attempts = 3."""
+    fake = SandboxWhatsApp(token=WA_TOKEN, limit_mps=20)
+    with SandboxServer(fake.app) as server:
+        settings = settings_for(db_url, server.url, access_token=WA_TOKEN, messages_per_second=80, max_attempts=3)
+        ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+        sid = ids["shop-a"]
+        for n in range(40):  # a sale opens: forty COD orders at once
+            queue(db, settings, sid, seed_contact(db, sid, phone=f"+9198100{n:05d}"), subject=f"order:{n}")
+        clock = Clock(NOON_IST)
+
+        async def run() -> None:
+            client = WhatsAppClient(server.url, settings.whatsapp.api_version, WA_TOKEN)
+            dispatcher = Dispatcher(db, settings, ids, client, clock=clock)
+            try:
+                for _ in range(20):
+                    await dispatcher.drain()
+                    if all(r.status != "pending" for r in outbox_rows(db)):
+                        return
+                    clock.now += timedelta(seconds=10)
+            finally:
+                await client.aclose()
+
+        asyncio.run(run())
+    rows = outbox_rows(db)
+    assert [r.status for r in rows] == ["sent"] * 40  # none "gave up after 3 attempts"
+    assert {r.attempts for r in rows} == {1}  # a 130429 spent none of a message's tries
+    assert set(fake.sends_per_callback().values()) == {1} and len(fake.accepted()) == 40
+    # the pace slowed to what the number takes (kept at 80 a second, this peak drew 54-62 refusals)
+    assert sum(1 for c in fake.calls if c.status == 429) < 45
+
+
+# ---- 4. 131049 answered to the send itself ----------------------------------------------------
+
+def test_the_marketing_limit_answered_to_the_send_retries_as_the_status_webhook_does(db, db_url, graph):
+    """131049 (the user's marketing limit) may come back in the answer to the send instead of a failed status
+    webhook: the same message a day later, but not a fourth time, and not for a run that has ended meanwhile."""
+    fake, url = graph
+    settings = settings_for(db_url, url, access_token=WA_TOKEN)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    sid = ids["shop-a"]
+    people = {s: seed_contact(db, sid, phone=p) for s, p in (("w:ended", ASHA), ("w:going", RAVI), ("w:third", MEERA))}
+    queued = {s: queue(db, settings, sid, cid, step="reorder.remind", subject=s) for s, cid in people.items()}
+    with db.engine.begin() as conn:
+        for subject, status in (("w:ended", "finished"), ("w:going", "active"), ("w:third", "active")):
+            conn.execute(m.JourneyRun.__table__.insert().values(
+                store_id=sid, journey="reorder", subject=subject, contact_id=people[subject], status=status, state={}, holdout=False,
+                started_at=NOON_IST, updated_at=NOON_IST))
+        # the third one was held back on two days already
+        conn.execute(m.OutboxMessage.__table__.update().where(m.OutboxMessage.id == queued["w:third"].outbox_id).values(attempts=2))
+    fake.script.extend([ScriptedResponse(400, {"error": {"message": "(#131049) This message was not delivered to maintain healthy "
+                                                                    "ecosystem engagement.", "type": "OAuthException", "code": 131049,
+                                                         "fbtrace_id": "T131049"}})] * 3)
+    clock = Clock(NOON_IST)
+
+    async def run() -> None:
+        client = WhatsAppClient(url, settings.whatsapp.api_version, WA_TOKEN)
+        try:
+            await Dispatcher(db, settings, ids, client, clock=clock).drain()
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    rows = {r.id: r for r in outbox_rows(db)}
+    assert {s: rows[q.outbox_id].status for s, q in queued.items()} == {"w:ended": "failed", "w:going": "pending", "w:third": "failed"}
+    assert rows[queued["w:going"].outbox_id].due_at >= NOON_IST + timedelta(hours=24)  # not before a day has passed
+    assert [c.status for c in fake.calls] == [400] * 3 and fake.accepted() == []
