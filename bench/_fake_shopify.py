@@ -2,7 +2,9 @@
 
 It answers the connector's reconciliation query (``adapters/shopify/graphql.py``
 ``ORDERS_QUERY``): ``orders(first: $first, after: $cursor, sortKey: UPDATED_AT, query: $q)``
-with ``$q = "updated_at:>='…'"`` and ``lineItems(first: $lines)``. The store holds
+with ``$q = "updated_at:>='…'"``, ``lineItems(first: $lines)`` and, when the query asks,
+``fulfillments(first: $fulfillments)`` with ``trackingInfo(first: $tracking)`` (a fulfilled
+order has one delivered parcel) and the customer's ``defaultPhoneNumber`` consent. The store holds
 ``--orders`` orders, but none of them is kept in memory: order ``i`` (0-based) is generated
 on the fly from its index (deterministic, same bytes every run), with ``updatedAt``
 non-decreasing in ``i`` (every tenth order shares its predecessor's timestamp, as real
@@ -12,8 +14,8 @@ Cursors are opaque base64 JSON ``{"last_id", "last_value"}`` like Shopify's.
 
 Cost and throttling as platform-facts.md A7 describes Shopify's: a leaky bucket of
 ``--maximum`` points refilled at ``--restore-rate`` points/s (full at the first request).
-Each query's requested cost (object 1, connection 2 + first x node, scalars 0: the rule
-``graphql.query_cost`` implements) must be in the bucket, else the answer is HTTP 200 with
+Each query's requested cost (object 1, connection 2 + first x node, scalars 0, a list sized
+by ``first`` like a connection: the rule ``graphql.query_cost`` implements) must be in the bucket, else the answer is HTTP 200 with
 ``errors[0].extensions.code = "THROTTLED"`` and ``actualQueryCost: null``; otherwise the
 requested cost is taken, the query runs, and the difference to the actual cost (the nodes
 and line items really returned) is refunded. Every answer carries ``extensions.cost`` with
@@ -82,18 +84,32 @@ def line_cost() -> int:
     return 5
 
 
-def order_cost(lines: int) -> int:
+def fulfillment_cost(tracking: int) -> int:
+    """A fulfilment: itself and its trackingInfo list (2 + tracking x entry)."""
+    return 1 + 2 + tracking
+
+
+def order_cost(lines: int, fulfillments: list[int] | None = None, consent: int = 0) -> int:
     """An order node: itself, customer, shippingAddress, billingAddress, currentTotalPriceSet,
-    shopMoney (scalars are free), and its lineItems connection (2 + lines x item)."""
-    return 6 + 2 + lines * line_cost()
+    shopMoney (scalars are free), its lineItems connection (2 + lines x item), the customer's
+    phone and WhatsApp consent objects (``consent``), and when asked for its fulfillments list
+    (2 + each fulfilment's cost, ``fulfillments`` = the tracking entries of each)."""
+    listed = 0 if fulfillments is None else 2 + sum(fulfillment_cost(t) for t in fulfillments)
+    return 6 + 2 + lines * line_cost() + consent + listed
 
 
-def requested_cost(first: int, lines: int) -> int:
-    return 2 + first * order_cost(lines)
+def requested_cost(first: int, lines: int, fulfillments: int | None = None, tracking: int = 0, consent: bool = False) -> int:
+    asked = None if fulfillments is None else [tracking] * fulfillments
+    return 2 + first * order_cost(lines, asked, 2 if consent else 0)
 
 
 def actual_cost(nodes: list[dict[str, Any]]) -> int:
-    return 2 + sum(order_cost(len(n["lineItems"]["nodes"])) for n in nodes)
+    def cost(n: dict[str, Any]) -> int:
+        phone = (n.get("customer") or {}).get("defaultPhoneNumber")
+        consent = 0 if phone is None else 1 + (1 if phone.get("whatsAppMarketingConsent") is not None else 0)
+        listed = n.get("fulfillments")
+        return order_cost(len(n["lineItems"]["nodes"]), None if listed is None else [len(f["trackingInfo"]) for f in listed], consent)
+    return 2 + sum(cost(n) for n in nodes)
 
 
 # ---- the store -------------------------------------------------------------------------------
@@ -122,7 +138,7 @@ class Store:
                 hi = mid
         return lo
 
-    def node(self, i: int, lines_limit: int) -> dict[str, Any]:
+    def node(self, i: int, lines_limit: int, fulfillments: int | None = None, tracking: int = 0, consent: bool = False) -> dict[str, Any]:
         rng = random.Random(self.seed * 1_000_003 + i)
         oid = ID_BASE + i
         updated = self.updated_at(i)
@@ -151,14 +167,23 @@ class Store:
         shown = items[:lines_limit]
         more = len(items) > lines_limit
         address = {"phone": phone if rng.random() < 0.5 else None, "countryCodeV2": "IN", "firstName": fn, "lastName": ln}
-        return {
+        fulfilled = old and paid and not cancelled
+        customer: dict[str, Any] = {"id": f"gid://shopify/Customer/{7_000_000_000_000 + rng.randrange(self.n // 2 + 1)}",
+                                    "firstName": fn, "lastName": ln, "email": None, "phone": None}
+        if consent:
+            opted = rng.random() < 0.3
+            customer["defaultPhoneNumber"] = {
+                "phoneNumber": phone, "marketingState": "SUBSCRIBED" if opted else "NOT_SUBSCRIBED",
+                "marketingUpdatedAt": iso(created) if opted else None,
+                "whatsAppMarketingConsent": {"state": "SUBSCRIBED" if opted else "NOT_SUBSCRIBED", "updatedAt": iso(created) if opted else None}}
+        node = {
             "id": f"gid://shopify/Order/{oid}",
             "name": f"#{1001 + i}",
             "createdAt": iso(created),
             "updatedAt": iso(updated),
             "cancelledAt": iso(updated) if cancelled else None,
             "displayFinancialStatus": "PAID" if paid else "PENDING",
-            "displayFulfillmentStatus": "FULFILLED" if (old and paid and not cancelled) else "UNFULFILLED",
+            "displayFulfillmentStatus": "FULFILLED" if fulfilled else "UNFULFILLED",
             "paymentGatewayNames": ["Cash on Delivery (COD)"] if cod else (["shopify_payments"] if paid else ["razorpay"]),
             "email": f"{fn.lower()}.{ln.lower()}{i}@example.com",
             "phone": phone if rng.random() < 0.7 else None,
@@ -169,8 +194,7 @@ class Store:
             "checkoutToken": f"{oid:032x}",
             "customerLocale": "en-IN",
             "currentTotalPriceSet": {"shopMoney": {"amount": f"{total:.2f}", "currencyCode": "INR"}},
-            "customer": {"id": f"gid://shopify/Customer/{7_000_000_000_000 + rng.randrange(self.n // 2 + 1)}",
-                         "firstName": fn, "lastName": ln, "email": None, "phone": None},
+            "customer": customer,
             "shippingAddress": address,
             "billingAddress": dict(address),
             "lineItems": {
@@ -179,6 +203,12 @@ class Store:
                 "nodes": shown,
             },
         }
+        if fulfillments is not None:  # a fulfilled order: one parcel, delivered
+            parcel = {"id": f"gid://shopify/Fulfillment/{ID_BASE + i}", "status": "SUCCESS", "displayStatus": "DELIVERED",
+                      "createdAt": iso(created + timedelta(days=1)), "updatedAt": iso(updated),
+                      "trackingInfo": [{"company": "Delhivery", "number": f"DL{oid}", "url": f"https://track.example/DL{oid}"}][:tracking]}
+            node["fulfillments"] = [parcel][:fulfillments] if fulfilled else []
+        return node
 
 
 def _cursor(last_id: int, last_value: int) -> str:
@@ -254,6 +284,9 @@ class FakeShopify:
             return self._error("this fake answers only the connector's orders and ordersCount queries", "UNSUPPORTED")
         try:
             first, lines = int(variables["first"]), int(variables["lines"])
+            fulfillments = int(variables["fulfillments"]) if "fulfillments" in variables else None
+            tracking = int(variables.get("tracking") or 0)
+            consent = "defaultPhoneNumber" in query
             q = variables.get("q") or ""
             cursor = variables.get("cursor")
         except (KeyError, TypeError, ValueError):
@@ -262,7 +295,7 @@ class FakeShopify:
             return self._error(f"The first argument must be between 1 and {MAX_FIRST}", "BAD_REQUEST")
         st["orders_requests"] += 1
         st["max_first"] = max(st["max_first"], first)
-        requested = float(requested_cost(first, lines))
+        requested = float(requested_cost(first, lines, fulfillments, tracking, consent))
         st["requested_costs"][str(int(requested))] = st["requested_costs"].get(str(int(requested)), 0) + 1
         if requested > MAX_QUERY_COST:
             st["errors"] += 1
@@ -288,7 +321,7 @@ class FakeShopify:
             st["points_requested"] -= requested
             return self._error(str(exc), "BAD_REQUEST")
         end = min(self.store.n, start + first)
-        nodes = [self.store.node(i, lines) for i in range(start, end)]
+        nodes = [self.store.node(i, lines, fulfillments, tracking, consent) for i in range(start, end)]
         actual = float(actual_cost(nodes))
         self.available = min(self.maximum, self.available + requested - actual)  # the refund
         st["points_charged"] += actual

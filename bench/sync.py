@@ -292,8 +292,8 @@ def report(args: argparse.Namespace, run: Run) -> bool:
     r, st, c = run.report, run.stats, run.checks
     stored = c.get("distinct_orders", 0)
     first = gql.page_size_for(100)
-    req = requested_cost(first, gql.LINES_PER_ORDER)
-    avg_actual = 2 + first * order_cost(AVG_LINES)
+    req = requested_cost(first, gql.LINES_PER_ORDER, gql.FULFILLMENTS_PER_ORDER, gql.TRACKING_PER_FULFILLMENT, consent=True)
+    avg_actual = 2 + first * order_cost(AVG_LINES, [1], 2)  # a fulfilled order: one parcel with one number, and the consent
     charged = float(st.get("points_charged", 0.0))
     allowed = run.restore_rate * run.wall
     util = charged / allowed if allowed else 0.0
@@ -357,8 +357,9 @@ def report(args: argparse.Namespace, run: Run) -> bool:
     T = max(0.0, (st.get("at") or 0) - (st.get("first_request") or 0))
     console.print(
         f"  fake: {st.get('requests', 0):,} requests ({st.get('ok', 0):,} answered, {throttled} THROTTLED, {st.get('errors', 0)} errors), "
-        f"requested cost per page {req} (first={first}, lineItems(first: {gql.LINES_PER_ORDER})), actual ~{avg_actual} at "
-        f"{AVG_LINES} lines/order; bucket {run.maximum:,.0f} pts, restore {run.restore_rate:,.0f}/s")
+        f"requested cost per page {req} (first={first}, lineItems(first: {gql.LINES_PER_ORDER}), fulfillments(first: "
+        f"{gql.FULFILLMENTS_PER_ORDER}) x trackingInfo(first: {gql.TRACKING_PER_FULFILLMENT})), actual ~{avg_actual} at "
+        f"{AVG_LINES} lines and one parcel/order; bucket {run.maximum:,.0f} pts, restore {run.restore_rate:,.0f}/s")
     console.print(
         f"  bucket from the first request to the end ({T:.1f} s): full {run.maximum:,.0f} + refill {run.restore_rate * T:,.0f} = "
         f"charged {charged:,.0f} + other client {st.get('points_other', 0):,.0f} ({run.bursts} bursts) + lost to the cap "

@@ -19,6 +19,14 @@ the dedupe keys make re-reading an unchanged order a no-op.
   last page, to ``min(max date_modified seen, run start)``. A crash re-reads the window;
   the dedupe keys make that harmless.
 
+What else a lost webhook would have said comes with the order where the platform's listing
+has it: Shopify's order pages carry each order's fulfilments and the customer's marketing
+consent (``fulfillments/*``, ``customers_marketing_consent/update`` and the WhatsApp consent
+topic are given up after about 4 hours, A1), normalised to the events those webhooks produce;
+a parcel heard before is no news, and a consent older than the stored one changes nothing, so a
+re-read or a late webhook sends nothing twice. A consent changed on a customer none of whose
+orders changed in the window is not read.
+
 The window starts ``overlap`` before the cursor (clock skew, Shopify's search index lag,
 orders committed out of order). The cursor is stored in ``sync_cursors`` and never moves
 back (a ``since`` backfill reads from ``since`` but keeps a later stored cursor).

@@ -1020,11 +1020,12 @@ def test_backfill_from_the_cli_counts_first_streams_page_by_page_and_stops_the_i
     # the total came from ordersCount with the pages' own search query
     [count] = fake.counts[-1:]
     assert count["q"] == fake.queries[0]["q"] and count["q"].startswith("updated_at:>='")
-    assert "40 of 40 order(s) read in 4 page(s); 40 new inbox row(s)" in result.output
+    assert "40 of 40 order(s) read in 5 page(s); 40 new inbox row(s)" in result.output
     assert "2 product(s) read, 2 with new tags or cycle" in result.output
-    # each page was committed before the next was asked for: 11 orders a page (the query cost ceiling)
-    assert stored_before_page == [0, 11, 22, 33]
-    assert [q["cursor"] is None for q in fake.queries] == [True, False, False, False]
+    # each page was committed before the next was asked for: 8 orders a page (the query cost ceiling,
+    # with each order's fulfilments and the customer's consent)
+    assert stored_before_page == [0, 8, 16, 24, 32]
+    assert [q["cursor"] is None for q in fake.queries] == [True, False, False, False, False]
     assert "hint:" not in result.output
     again = cli()
     assert again.exit_code == 0 and "hint:" not in again.output

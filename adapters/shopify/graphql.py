@@ -15,10 +15,29 @@ EXPIRED, PAID, PARTIALLY_PAID, PARTIALLY_REFUNDED, PENDING, REFUNDED, VOIDED),
 
 Query cost (A7): a connection costs ``2 + first × (cost of one node)``, an object 1, a
 scalar or enum 0, and a single query may not ask for more than 1,000 points **[VERIFY]**.
-One order node here is ``8 + 5 × lines`` points, so ``orders(first: 100)`` with
-``lineItems(first: 50)`` (25,802 points) would be refused outright. The page size is
-therefore derived from the cost (``page_size_for``); an order with more line items than
-the page query asks for is completed with ``ORDER_LINES_QUERY``.
+A list of objects sized by ``first`` (``Order.fulfillments``, ``Fulfillment.trackingInfo``:
+plain lists, no pageInfo) is counted like a connection, the upper bound **[VERIFY on a
+live response]**. One order node here is ``node_cost()`` points, so ``orders(first: 100)``
+with ``lineItems(first: 50)`` would be refused outright. The page size is therefore derived
+from the cost (``page_size_for``): 8 orders a page, 994 points requested (before the
+fulfilments and consent were read: 11 orders, 992 points). An order with more line items
+than the page query asks for is completed with ``ORDER_LINES_QUERY``, one that lists as many
+fulfilments as the page asks for with ``ORDER_FULFILLMENTS_QUERY``.
+
+Lost webhooks the reconcile replaces besides the order's own (Shopify stops retrying after
+about 4 hours, A1): each order's ``fulfillments`` (Fulfillment: ``id status displayStatus
+createdAt updatedAt trackingInfo { company number url }``, API 2026-07) become the
+``FulfillmentUpdated`` events the order webhooks' ``fulfillments[]`` produce
+(``listed_on_order``: only a parcel that changed is news, so a re-read or a webhook heard
+first sends nothing twice); the customer's ``defaultPhoneNumber`` consent (``marketingState`` /
+``marketingUpdatedAt``, the SMS state ``customers_marketing_consent/update`` brings, and
+``whatsAppMarketingConsent { state updatedAt }``, the WhatsApp topic's) becomes the same
+``ConsentChanged`` those webhooks produce, dated, so an older state never overrides a newer one.
+``displayStatus`` stands in for the webhook's ``shipment_status`` (the latest carrier event):
+the carrier values are the same words; FULFILLED, MARKED_AS_FULFILLED, SUBMITTED and CANCELED
+carry no carrier news (the webhook's ``null``) **[VERIFY that displayStatus follows the latest
+fulfilment event, and that a fulfilment event moves the order's updatedAt, without which the
+reconcile does not re-read the order]**.
 
 Abandoned checkouts (``ABANDONED_CHECKOUTS_QUERY``, stored with topic ``sync/checkout`` by
 ``connector.checkout_poll``): how a polled ``AbandonedCheckout`` is keyed so that it lands on
@@ -29,6 +48,7 @@ from the stored node's ``_storeloop.token``.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -51,16 +71,22 @@ from adapters._parse import (
 )
 from adapters.cod_gateways import is_cod
 from adapters.shopify.delivery import delivery, sales_channel
+from adapters.shopify.normalize import SMS_SOURCE, WHATSAPP_SOURCE, consent_state_of
 from connector.config import ShopifyStore
 from connector.contacts import normalize_phone
 from connector.errors import NormalizationError
 from connector.events import (
     Checkout,
     CheckoutUpdated,
+    ConsentCategory,
+    ConsentChanged,
+    ConsentState,
     Customer,
     Delivery,
     Event,
+    Fulfillment,
     FulfillmentState,
+    FulfillmentUpdated,
     LineItem,
     Order,
     OrderCancelled,
@@ -68,11 +94,17 @@ from connector.events import (
     OrderUpdated,
     PaymentState,
     SalesChannel,
+    ShipmentStatus,
 )
+
+log = logging.getLogger("storeloop.shopify")
 
 MAX_QUERY_COST = 1000  # single-query ceiling (A7) [VERIFY]
 LINES_PER_ORDER = 10  # line items fetched with the page; more are fetched per order
 LINES_PAGE = 50
+FULFILLMENTS_PER_ORDER = 5  # fulfilments fetched with the page; an order listing this many is asked again for all
+FULFILLMENTS_PAGE = 50  # what that second ask reads (a plain list: no cursor to page on)
+TRACKING_PER_FULFILLMENT = 3  # tracking numbers read per fulfilment (multi-package tracking)
 MARKER = "_storeloop"  # added by the sync job to the stored node: {"placed": true} = first sight of a fresh order
 
 _LINE_FIELDS = """
@@ -88,9 +120,24 @@ _ORDER_LINE_FIELDS = _LINE_FIELDS + """      currentQuantity requiresShipping
 """
 LINE_COST = 8  # the item, variant, product, price set + money, and the discount allocation + its set + money
 
+_FULFILLMENT_FIELDS = """
+        id status displayStatus createdAt updatedAt
+        trackingInfo(first: $tracking) { company number url }
+"""
+CONSENT_COST = 2  # the customer's defaultPhoneNumber and its whatsAppMarketingConsent
+
+
+def fulfillment_cost(tracking: int = TRACKING_PER_FULFILLMENT) -> int:
+    """One fulfilment: itself and its trackingInfo list (counted as a connection: 2 + tracking)."""
+    return 1 + 2 + tracking
+
+
+def fulfillments_cost(fulfillments: int = FULFILLMENTS_PER_ORDER, tracking: int = TRACKING_PER_FULFILLMENT) -> int:
+    return 2 + fulfillments * fulfillment_cost(tracking)
+
 ORDERS_QUERY = (
     """
-query StoreloopReconcileOrders($first: Int!, $cursor: String, $q: String, $lines: Int!) {
+query StoreloopReconcileOrders($first: Int!, $cursor: String, $q: String, $lines: Int!, $fulfillments: Int!, $tracking: Int!) {
   orders(first: $first, after: $cursor, sortKey: UPDATED_AT, query: $q) {
     pageInfo { hasNextPage endCursor }
     nodes {
@@ -98,7 +145,10 @@ query StoreloopReconcileOrders($first: Int!, $cursor: String, $q: String, $lines
       displayFinancialStatus displayFulfillmentStatus paymentGatewayNames
       email phone currencyCode presentmentCurrencyCode statusPageUrl tags test checkoutToken customerLocale sourceName
       currentTotalPriceSet { shopMoney { amount currencyCode } presentmentMoney { amount currencyCode } }
-      customer { id firstName lastName email phone }
+      customer {
+        id firstName lastName email phone
+        defaultPhoneNumber { phoneNumber marketingState marketingUpdatedAt whatsAppMarketingConsent { state updatedAt } }
+      }
       shippingAddress { phone countryCodeV2 firstName lastName }
       billingAddress { phone countryCodeV2 firstName lastName }
       shippingLine { title code }
@@ -108,7 +158,23 @@ query StoreloopReconcileOrders($first: Int!, $cursor: String, $q: String, $lines
     + _ORDER_LINE_FIELDS
     + """        }
       }
+      fulfillments(first: $fulfillments) {"""
+    + _FULFILLMENT_FIELDS
+    + """      }
     }
+  }
+}
+"""
+)
+
+ORDER_FULFILLMENTS_QUERY = (
+    """
+query StoreloopOrderFulfillments($id: ID!, $fulfillments: Int!, $tracking: Int!) {
+  order(id: $id) {
+    id
+    fulfillments(first: $fulfillments) {"""
+    + _FULFILLMENT_FIELDS
+    + """    }
   }
 }
 """
@@ -133,8 +199,9 @@ query StoreloopOrderLines($id: ID!, $after: String, $lines: Int!) {
 
 def node_cost(lines: int = LINES_PER_ORDER) -> int:
     """Requested cost of one order node: itself, customer, 2 addresses, price set + shop and
-    presentment money, the shipping line, and the line item connection (2 + lines × ``LINE_COST``)."""
-    return 1 + 1 + 2 + 3 + 1 + 2 + lines * LINE_COST
+    presentment money, the shipping line, the line item connection (2 + lines × ``LINE_COST``),
+    the customer's phone consent and the fulfilments (``fulfillments_cost``)."""
+    return 1 + 1 + 2 + 3 + 1 + 2 + lines * LINE_COST + CONSENT_COST + fulfillments_cost()
 
 
 def page_size_for(page_size: int, lines: int = LINES_PER_ORDER) -> int:
@@ -148,6 +215,7 @@ def query_cost(first: int, lines: int = LINES_PER_ORDER) -> int:
 
 
 LINES_QUERY_COST = 1 + 2 + LINES_PAGE * LINE_COST
+FULFILLMENTS_QUERY_COST = 1 + fulfillments_cost(FULFILLMENTS_PAGE)
 
 
 def legacy_id(gid: Any, where: str) -> str | None:
@@ -200,12 +268,101 @@ def normalize_node(node: dict, store: ShopifyStore) -> list[Event]:
     """
     data = as_object(node, "body")
     order = _order(data, store)
+    event: Event
     if order.cancelled_at is not None:
-        return [OrderCancelled(order=order)]
-    marker = get_obj(data, MARKER) or {}
-    if marker.get("placed") is True:
-        return [OrderPlaced(order=order)]
-    return [OrderUpdated(order=order)]
+        event = OrderCancelled(order=order)
+    elif (get_obj(data, MARKER) or {}).get("placed") is True:
+        event = OrderPlaced(order=order)
+    else:
+        event = OrderUpdated(order=order)
+    return [event, *_listed_fulfillments(data, order.external_id), *_consents(data, store)]
+
+
+# FulfillmentDisplayStatus (2026-07) -> the webhook's shipment_status: the carrier events are the same
+# words; the rest say nothing of the carrier (the webhook's null). LABEL_VOIDED, NOT_DELIVERED and new
+# values are "other", never an error.
+_SHIPMENT_STATUSES = {s.value.upper(): s for s in ShipmentStatus if s not in (ShipmentStatus.NONE, ShipmentStatus.OTHER)}
+_NO_CARRIER_NEWS = frozenset({"FULFILLED", "MARKED_AS_FULFILLED", "SUBMITTED", "CANCELED"})
+
+
+def _shipment_status(display: str | None) -> ShipmentStatus:
+    if display is None or display.upper() in _NO_CARRIER_NEWS:
+        return ShipmentStatus.NONE
+    return _SHIPMENT_STATUSES.get(display.upper(), ShipmentStatus.OTHER)
+
+
+def _listed_fulfillments(o: dict[str, Any], order_id: str) -> list[Event]:
+    """The order's ``fulfillments``, each as its parcel's news, as the order webhooks' ``fulfillments[]``
+    (``listed_on_order``: an unchanged one is heard by no journey). One that cannot be read is left out
+    with a log line, never the order with it."""
+    listed: list[Event] = []
+    items = o.get("fulfillments")
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        where = f"fulfillments[{i}]"
+        try:
+            listed.append(FulfillmentUpdated(fulfillment=_fulfillment(as_object(item, where), where, order_id), listed_on_order=True))
+        except NormalizationError as exc:
+            log.warning("order %s: fulfilment read by the reconcile left out: %s", order_id, exc)
+    return listed
+
+
+def _fulfillment(f: dict[str, Any], where: str, order_id: str) -> Fulfillment:
+    """A GraphQL Fulfillment as the webhook's (normalize._read_fulfillment): status lower-cased to the
+    REST words (SUCCESS -> success), the first tracking entry's company, number and link, and every
+    number and link in order."""
+    fid = legacy_id(f.get("id"), f"{where}.id")
+    if fid is None:
+        raise NormalizationError(f"{where}.id: missing")
+    created_at = req_datetime(f, "createdAt", where)
+    tracking = [t for _, t in get_objects(f, "trackingInfo", where)]
+    numbers = tuple(n for t in tracking if (n := get_str(t, "number", f"{where}.trackingInfo")))
+    urls = tuple(u for t in tracking if (u := get_str(t, "url", f"{where}.trackingInfo")))
+    return Fulfillment(
+        external_id=fid,
+        order_external_id=order_id,
+        status=req_str(f, "status", where).lower(),
+        shipment_status=_shipment_status(get_str(f, "displayStatus", where)),
+        tracking_company=first_str(*(get_str(t, "company", f"{where}.trackingInfo") for t in tracking)),
+        tracking_number=numbers[0] if numbers else None,
+        tracking_url=urls[0] if urls else None,
+        tracking_numbers=numbers,
+        tracking_urls=urls,
+        created_at=created_at,
+        updated_at=get_datetime(f, "updatedAt", where) or created_at,
+    )
+
+
+def _consents(o: dict[str, Any], store: ShopifyStore) -> list[Event]:
+    """The customer's marketing consent as the consent webhooks bring it: the phone's SMS state
+    (``customers_marketing_consent/update``) and its WhatsApp consent (the 2026-07 topic).
+
+    Only a dated state: the reconcile reads it again with every update of any of her orders, and
+    ``record_consent`` keeps the newest, so a state older than what is stored (her STOP on WhatsApp
+    since) changes nothing; an undated one would be taken as of now and could override that. A
+    consent that cannot be read is left out with a log line, not the order with it."""
+    customer = get_obj(o, "customer") or {}
+    phone = get_obj(customer, "defaultPhoneNumber", "customer") or {}
+    if not phone:
+        return []
+    where = "customer.defaultPhoneNumber"
+    out: list[Event] = []
+    try:
+        customer_id = legacy_id(customer.get("id"), "customer.id")
+        number = normalize_phone(get_str(phone, "phoneNumber", where), store.default_country)
+        whatsapp = get_obj(phone, "whatsAppMarketingConsent", where) or {}
+        for state, at, source in (
+            (get_str(phone, "marketingState", where), get_datetime(phone, "marketingUpdatedAt", where), SMS_SOURCE),
+            (get_str(whatsapp, "state", f"{where}.whatsAppMarketingConsent"),
+             get_datetime(whatsapp, "updatedAt", f"{where}.whatsAppMarketingConsent"), WHATSAPP_SOURCE),
+        ):
+            consent = consent_state_of(state)
+            if at is not None and consent is not ConsentState.UNKNOWN:
+                out.append(ConsentChanged(customer_external_id=customer_id, phone=number, category=ConsentCategory.MARKETING,
+                                          state=consent, source=source, occurred_at=at))
+    except NormalizationError as exc:
+        log.warning("order %s: customer consent read by the reconcile left out: %s", o.get("id"), exc)
+        return []
+    return out
 
 
 def _money(o: dict[str, Any], key: str, where: str = "") -> Decimal | None:
@@ -362,6 +519,12 @@ def _line_discount(li: dict[str, Any], where: str) -> Decimal:
     for at, allocation in get_objects(li, "discountAllocations", where):
         total += _money(allocation, "allocatedAmountSet", at) or Decimal("0")
     return total
+
+
+def fulfillments_truncated(node: dict[str, Any]) -> bool:
+    """Whether the page may not hold all of an order's fulfilments (a plain list: it lists as many as asked for)."""
+    listed = node.get("fulfillments")
+    return isinstance(listed, list) and len(listed) >= FULFILLMENTS_PER_ORDER
 
 
 def lines_truncated(node: dict[str, Any]) -> str | None:
@@ -580,8 +743,10 @@ def _checkout_customer(o: dict[str, Any], store: ShopifyStore) -> tuple[Customer
 
 
 __all__ = [
-    "ABANDONED_CHECKOUTS_QUERY", "CHECKOUT_LINES", "LINES_PAGE", "LINES_PER_ORDER", "LINES_QUERY_COST", "MARKER",
-    "MAX_QUERY_COST", "ORDERS_QUERY", "ORDER_LINES_QUERY", "RecoveryLink", "checkout_id_of", "checkout_node_cost",
-    "checkout_page_size_for", "checkout_query_cost", "fallback_token", "legacy_id", "lines_truncated", "link_token",
-    "node_cost", "normalize_checkout_node", "normalize_node", "order_id_of", "page_size_for", "query_cost", "recovery_link",
+    "ABANDONED_CHECKOUTS_QUERY", "CHECKOUT_LINES", "FULFILLMENTS_PAGE", "FULFILLMENTS_PER_ORDER", "FULFILLMENTS_QUERY_COST",
+    "LINES_PAGE", "LINES_PER_ORDER", "LINES_QUERY_COST", "MARKER", "MAX_QUERY_COST", "ORDERS_QUERY", "ORDER_FULFILLMENTS_QUERY",
+    "ORDER_LINES_QUERY", "RecoveryLink", "TRACKING_PER_FULFILLMENT", "checkout_id_of", "checkout_node_cost",
+    "checkout_page_size_for", "checkout_query_cost", "fallback_token", "fulfillment_cost", "fulfillments_cost",
+    "fulfillments_truncated", "legacy_id", "lines_truncated", "link_token", "node_cost", "normalize_checkout_node",
+    "normalize_node", "order_id_of", "page_size_for", "query_cost", "recovery_link",
 ]

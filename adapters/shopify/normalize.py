@@ -324,9 +324,13 @@ def _customer(o: Body, store: ShopifyStore, *, phone_keys: tuple[str, ...]) -> C
     )
 
 
-def _consent_state(consent: Body | None, where: str) -> ConsentState:
-    state = get_str(consent or {}, "state", where)
+def consent_state_of(state: str | None) -> ConsentState:
+    """A Shopify marketing consent state (the webhook's lower case or GraphQL's enum) as ours; unknown: UNKNOWN."""
     return _CONSENT_STATES.get(state.lower(), ConsentState.UNKNOWN) if state else ConsentState.UNKNOWN
+
+
+def _consent_state(consent: Body | None, where: str) -> ConsentState:
+    return consent_state_of(get_str(consent or {}, "state", where))
 
 
 def _consent_time(consent: Body | None, where: str) -> datetime | None:

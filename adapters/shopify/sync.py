@@ -2,9 +2,9 @@
 and through its products for their replenishment cycles (tags, ``storeloop.replenish``).
 
 Before each page the rate budget is awaited (the cost bucket), a THROTTLED answer is
-retried through the core's policy, an order with more line items than one page carries is
-completed with a follow-up query, and a repeated page cursor stops the run. A backfill
-first asks ``ordersCount`` with the same search query, for its progress bar.
+retried through the core's policy, an order with more line items or fulfilments than one
+page carries is completed with a follow-up query, and a repeated page cursor stops the run.
+A backfill first asks ``ordersCount`` with the same search query, for its progress bar.
 """
 
 from __future__ import annotations
@@ -97,14 +97,27 @@ class ShopifyOrderPager:
         if self.want_total:
             self.total = await self.count(window_start, retrying, budget)
         first = gql.page_size_for(page_size)
-        variables = {"first": first, "q": since_filter(window_start), "lines": gql.LINES_PER_ORDER}
+        variables = {"first": first, "q": since_filter(window_start), "lines": gql.LINES_PER_ORDER,
+                     "fulfillments": gql.FULFILLMENTS_PER_ORDER, "tracking": gql.TRACKING_PER_FULFILLMENT}
         async for nodes in connection_pages(self.client, self.store_key, gql.ORDERS_QUERY, "orders", variables,
                                             gql.query_cost(first), retrying, budget):
             for node in nodes:
                 after = gql.lines_truncated(node)
                 if after is not None:
                     await self._complete_lines(node, after, retrying, budget)
+                if gql.fulfillments_truncated(node):
+                    await self._complete_fulfillments(node, retrying, budget)
             yield [self._order(node) for node in nodes]
+
+    async def _complete_fulfillments(self, node: dict[str, Any], retrying: Retrying, budget: Budget) -> None:
+        """Ask again for all of an order's fulfilments (one that lists as many as the page asked for):
+        a plain list has no cursor, so the second ask reads up to FULFILLMENTS_PAGE at once."""
+        await budget(gql.FULFILLMENTS_QUERY_COST)
+        variables = {"id": node.get("id"), "fulfillments": gql.FULFILLMENTS_PAGE, "tracking": gql.TRACKING_PER_FULFILLMENT}
+        data = await retrying(lambda: self.client.graphql(gql.ORDER_FULFILLMENTS_QUERY, variables))
+        listed = ((data or {}).get("order") or {}).get("fulfillments")
+        if isinstance(listed, list):
+            node["fulfillments"] = listed
 
     async def _complete_lines(self, node: dict[str, Any], after: str, retrying: Retrying, budget: Budget) -> None:
         """Fetch the rest of an order's line items (orders with more than LINES_PER_ORDER)."""

@@ -5,7 +5,9 @@ One Starlette app plays three peers and records every call it gets:
 - the WhatsApp Cloud API: ``POST /{version}/{phone_number_id}/messages`` (bearer token checked),
   answering with a fresh ``wamid`` like Meta does;
 - the Shopify Admin GraphQL API: ``POST /admin/api/{version}/graphql.json``
-  (``X-Shopify-Access-Token`` checked; ``tagsAdd``, ``orderCancel``, ``orderUpdate``, reads);
+  (``X-Shopify-Access-Token`` checked; ``tagsAdd``, ``orderCancel``, ``orderUpdate``, reads), and the
+  reconcile's order pages from ``shopify_orders`` (the store's orders as GraphQL nodes, sorted by
+  update time, ``updated_at:>=`` filter, cursors; each order's fulfilments cut at what is asked for);
 - the WooCommerce REST API v3 under ``/wp-json/wc/v3`` (OAuth 1.0a consumer key checked,
   as WooCommerce does on plain http): ``GET``/``PUT /orders/{id}``, ``POST /orders/{id}/notes``;
   it keeps each order's ``meta_data`` so a second tag write sees the first, and its ``status``
@@ -23,6 +25,7 @@ import hmac
 import itertools
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -89,6 +92,9 @@ class FakeWorld:
         # (harness.Scenario.woo_delivery), a status PUT, or set by a test (a change whose webhook was lost)
         self.woo_status: dict[str, str] = {}
         self.shopify_cancelled: dict[str, str] = {}  # order gid -> cancelledAt, as the fake Shopify remembers it
+        # order gid -> the order as Shopify's Admin GraphQL has it now (tests/scenarios/payloads.shopify_order_node):
+        # what the reconcile reads, whether or not its webhooks reached the connector
+        self.shopify_orders: dict[str, dict[str, Any]] = {}
         self.app = Starlette(routes=[
             Route("/{version}/{phone_number_id}/messages", self._wa_messages, methods=["POST"]),
             Route("/admin/api/{version}/graphql.json", self._shopify_graphql, methods=["POST"]),
@@ -107,6 +113,7 @@ class FakeWorld:
             self.woo_meta.clear()
             self.woo_status.clear()
             self.shopify_cancelled.clear()
+            self.shopify_orders.clear()
             self.whatsapp_down = False
             self.whatsapp_answer_lost = False
 
@@ -156,10 +163,29 @@ class FakeWorld:
             self.refused.append("shopify")
             return JSONResponse({"errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"}, 401)
         body = await request.json()
+        query, variables = str(body.get("query") or ""), body.get("variables") or {}
         with self._lock:
-            op, _, variables, data = admin_graphql_answer(body, self.shopify_cancelled)
+            if "orders(first: $first" in query:  # the reconcile's page
+                op, data = "orders", {"orders": self._orders_page(variables)}
+            elif "StoreloopOrderFulfillments" in query:  # an order listing as many fulfilments as the page asked for
+                node = self.shopify_orders.get(variables.get("id") or "")
+                op, data = "orderFulfillments", {"order": _as_listed(node, variables) if node else None}
+            else:
+                op, _, variables, data = admin_graphql_answer(body, self.shopify_cancelled)
             self.shopify.append(ShopifyCall(op, variables))
         return JSONResponse({"data": data, "extensions": {"cost": COST}})
+
+    def _orders_page(self, v: dict[str, Any]) -> dict[str, Any]:
+        """``orders(first, after, sortKey: UPDATED_AT, query: "updated_at:>='…'")``: (updatedAt, id) order."""
+        since = _time(str(v.get("q") or "").split(">=", 1)[1].strip("'\""))
+        rows = sorted((n for n in self.shopify_orders.values() if _time(n["updatedAt"]) >= since),
+                      key=lambda n: (_time(n["updatedAt"]), n["id"]))
+        if v.get("cursor"):
+            at, oid = v["cursor"].split("|", 1)
+            rows = [n for n in rows if (_time(n["updatedAt"]), n["id"]) > (_time(at), oid)]
+        page = rows[: int(v["first"])]
+        end = f"{page[-1]['updatedAt']}|{page[-1]['id']}" if page else None
+        return {"pageInfo": {"hasNextPage": len(rows) > len(page), "endCursor": end}, "nodes": [_as_listed(n, v) for n in page]}
 
     # ---- WooCommerce REST v3 -------------------------------------------------------------
     def _woo_authorized(self, request: Request) -> bool:
@@ -210,6 +236,18 @@ class FakeWorld:
         with self._lock:
             self.notifications.append((request.path_params["stage"], body))
         return Response("ok")
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+def _as_listed(node: dict[str, Any], v: dict[str, Any]) -> dict[str, Any]:
+    """The order as a query asking for ``fulfillments(first: $fulfillments)`` / ``trackingInfo(first: $tracking)``
+    gets it: plain lists, cut at what was asked for (none when the query does not ask)."""
+    listed = node.get("fulfillments") or []
+    return {**node, "fulfillments": [{**f, "trackingInfo": (f.get("trackingInfo") or [])[: int(v.get("tracking") or 0)]}
+                                     for f in listed[: int(v.get("fulfillments") or 0)]]}
 
 
 def _rawurlencode(value: str) -> str:

@@ -78,6 +78,90 @@ def shopify_whatsapp_consent(customer_id: int, phone: str, state: str, at: datet
     return c
 
 
+# ---- Shopify Admin GraphQL: what the reconcile reads ------------------------------------------
+#
+# The same order, parcels and consent as the webhook bodies above, in the shape the reconcile's
+# ``orders`` query returns them (adapters/shopify/graphql.py ``ORDERS_QUERY``, API 2026-07): ids as
+# gids, enums upper case, times in UTC.
+
+def gql_time(text: str | None) -> str | None:
+    """A webhook timestamp (any offset) as GraphQL's DateTime: UTC, ``Z``."""
+    if text is None:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def shopify_fulfillment_node(f: dict[str, Any]) -> dict[str, Any]:
+    """A ``fulfillments/*`` body (``shopify_fulfillment``) as the GraphQL Fulfillment: its carrier status is
+    the ``displayStatus`` (FULFILLED before any carrier news), every tracking number with its link."""
+    numbers = f.get("tracking_numbers") or ([f["tracking_number"]] if f.get("tracking_number") else [])
+    urls = f.get("tracking_urls") or ([f["tracking_url"]] if f.get("tracking_url") else [])
+    status = str(f["status"]).upper()
+    display = str(f["shipment_status"]).upper() if f.get("shipment_status") else {"SUCCESS": "FULFILLED", "CANCELLED": "CANCELED"}.get(status, "SUBMITTED")
+    return {"id": f["admin_graphql_api_id"], "status": status, "displayStatus": display,
+            "createdAt": gql_time(f["created_at"]), "updatedAt": gql_time(f["updated_at"]),
+            "trackingInfo": [{"company": f.get("tracking_company"), "number": n, "url": urls[i] if i < len(urls) else None}
+                             for i, n in enumerate(numbers)]}
+
+
+def shopify_phone_consent(phone: str, *, sms: tuple[str, datetime | None] | None = None,
+                          whatsapp: tuple[str, datetime | None] | None = None) -> dict[str, Any]:
+    """The customer's ``defaultPhoneNumber`` with its consent, from the two consent webhooks' samples:
+    ``sms`` / ``whatsapp`` = (state, when) as those webhooks would say it (when None: Shopify kept no date)."""
+    sms_consent = fixture("shopify/customers_marketing_consent_update.sample.json")["sms_marketing_consent"]
+    wa_consent = fixture("shopify/customers_whats_app_marketing_consent_update.sample.json")["whats_app_marketing_consent"]
+    if sms:
+        sms_consent.update(state=sms[0], consent_updated_at=iso(sms[1]) if sms[1] else None)
+    if whatsapp:
+        wa_consent.update(state=whatsapp[0], updated_at=iso(whatsapp[1]) if whatsapp[1] else None)
+    return {"phoneNumber": phone, "marketingState": (sms_consent["state"] or "not_subscribed").upper(),
+            "marketingUpdatedAt": gql_time(sms_consent["consent_updated_at"]),
+            "whatsAppMarketingConsent": {"state": (wa_consent["state"] or "not_subscribed").upper(), "updatedAt": gql_time(wa_consent["updated_at"])}}
+
+
+def shopify_order_node(order: dict[str, Any], *, fulfillments: tuple[dict[str, Any], ...] | list[dict[str, Any]] = (),
+                       phone_consent: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An ``orders/*`` body (``shopify_order``) as the GraphQL Order the reconcile reads, with these
+    fulfilments (``fulfillments/*`` bodies) and the customer's ``defaultPhoneNumber`` (``shopify_phone_consent``)."""
+    currency = order["currency"]
+
+    def address(a: dict[str, Any] | None) -> dict[str, Any] | None:
+        return {"phone": a.get("phone"), "countryCodeV2": a.get("country_code"), "firstName": a.get("first_name"),
+                "lastName": a.get("last_name")} if a else None
+
+    def gid(kind: str, value: Any) -> dict[str, str] | None:
+        return {"id": f"gid://shopify/{kind}/{value}"} if value else None
+
+    lines = [{"id": li["admin_graphql_api_id"], "quantity": li["quantity"], "currentQuantity": li.get("current_quantity", li["quantity"]),
+              "title": li.get("title"), "sku": li.get("sku"), "variant": gid("ProductVariant", li.get("variant_id")),
+              "product": gid("Product", li.get("product_id")), "originalUnitPriceSet": {"shopMoney": {"amount": li["price"]}},
+              "requiresShipping": li.get("requires_shipping", True),
+              "discountAllocations": [{"allocatedAmountSet": {"shopMoney": {"amount": d["amount_set"]["shop_money"]["amount"]}}}
+                                      for d in li.get("discount_allocations") or []]}
+             for li in order.get("line_items") or []]
+    shipping = next((s for s in order.get("shipping_lines") or [] if not s.get("is_removed")), None)
+    customer = order.get("customer") or {}
+    total = order.get("current_total_price") or order["total_price"]
+    return {
+        "id": order["admin_graphql_api_id"], "name": order["name"], "createdAt": gql_time(order["created_at"]),
+        "updatedAt": gql_time(order["updated_at"]), "cancelledAt": gql_time(order.get("cancelled_at")),
+        "displayFinancialStatus": str(order["financial_status"]).upper(),
+        "displayFulfillmentStatus": {"fulfilled": "FULFILLED", "partial": "PARTIALLY_FULFILLED"}.get(order.get("fulfillment_status") or "", "UNFULFILLED"),
+        "paymentGatewayNames": order.get("payment_gateway_names") or [], "email": order.get("email"), "phone": order.get("phone"),
+        "currencyCode": currency, "presentmentCurrencyCode": order.get("presentment_currency"), "statusPageUrl": order.get("order_status_url"),
+        "tags": [t.strip() for t in (order.get("tags") or "").split(",") if t.strip()], "test": bool(order.get("test")),
+        "checkoutToken": order.get("checkout_token"), "customerLocale": order.get("customer_locale"), "sourceName": order.get("source_name"),
+        "currentTotalPriceSet": {"shopMoney": {"amount": total, "currencyCode": currency},
+                                 "presentmentMoney": {"amount": total, "currencyCode": order.get("presentment_currency") or currency}},
+        "customer": {"id": customer.get("admin_graphql_api_id"), "firstName": customer.get("first_name"), "lastName": customer.get("last_name"),
+                     "email": customer.get("email"), "phone": customer.get("phone"), "defaultPhoneNumber": phone_consent} if customer else None,
+        "shippingAddress": address(order.get("shipping_address")), "billingAddress": address(order.get("billing_address")),
+        "shippingLine": {"title": shipping.get("title"), "code": shipping.get("code")} if shipping else None,
+        "lineItems": {"pageInfo": {"hasNextPage": False, "endCursor": None}, "nodes": lines},
+        "fulfillments": [shopify_fulfillment_node(f) for f in fulfillments],
+    }
+
+
 # ---- WooCommerce ----------------------------------------------------------------------------
 
 def woo_order(order_id: int, phone: str, at: datetime, *, cod: bool = True, status: str = "processing", total: str = "1299.00") -> dict[str, Any]:
