@@ -5,15 +5,17 @@ Every query is scoped by store: a key from one store never finds another store's
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from connector.contacts import normalize_phone
 from connector.rows import phone_key
 from connector.storage.db import Database
 from connector.storage import models as m
+from connector.storage.sql import BODIES, INBOX
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -182,6 +184,91 @@ def inbox_view(db: Database, store_id: int, status: str | None, limit: int = 50,
             {**_event_summary(r), "dedupe_key": r.dedupe_key, "attempts": r.attempts, "received_at": _iso(r.received_at)}
             for r in rows
         ]
+
+
+REPLAYABLE = ("failed", "held")
+REPLAY_CHUNK = 500  # ids per statement (SQLite's bound-parameter limit, PostgreSQL's plan size)
+
+
+@dataclass(slots=True)
+class Replay:
+    """What a replay did: the rows made pending again (id, topic, their last error) and, for ids
+    asked for by number, why each other one was not."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    refused: dict[int, str] = field(default_factory=dict)
+
+    def as_dict(self, listed: int = 1000) -> dict[str, Any]:
+        return {"replayed": len(self.rows), "items": self.rows[:listed], "not_replayed": {str(k): v for k, v in self.refused.items()}}
+
+
+def replay_inbox(db: Database, store_id: int, *, ids: list[int] | None = None, status: str = "failed",
+                 since: datetime | None = None) -> Replay:
+    """Make a store's ``status`` rows (failed by default; those ``ids``, received since ``since``)
+    pending again, as if just received: attempts back to 0, due at once (no due time, so a
+    worker whose clock is behind this process's takes it too), first-processed time cleared (a
+    fulfilment waits for its order again).
+
+    Failed rows keep their body for this (``retention.py``): after a fix, their events are
+    applied as they would have been, through the processor's usual checks, so a row whose news
+    reached us some other way since (a later webhook, the reconciliation) is stale, and one run
+    per journey and subject means no customer hears the same thing twice. A row without its body
+    (erased for a privacy request) cannot be read again and is left as it is. The update is
+    conditional on the status, so two replays at once make a row pending once.
+    """
+    if status not in REPLAYABLE:
+        raise ValueError(f"status must be one of {', '.join(REPLAYABLE)}")
+    result = Replay()
+    query = (select(INBOX.c.id, INBOX.c.status, INBOX.c.topic, INBOX.c.source, INBOX.c.received_at, INBOX.c.last_error,
+                    BODIES.c.id.label("body"))
+             .select_from(INBOX.outerjoin(BODIES, BODIES.c.id == INBOX.c.id)).where(INBOX.c.store_id == store_id))
+    with db.write_lock(), db.engine.begin() as conn:
+        if ids:
+            found = []
+            for chunk in _chunks(sorted(set(ids)), REPLAY_CHUNK):
+                found += conn.execute(query.where(INBOX.c.id.in_(chunk))).all()
+        else:
+            where = query.where(INBOX.c.status == status)
+            found = conn.execute(where if since is None else where.where(INBOX.c.received_at >= since)).all()
+        chosen = []
+        for row in sorted(found, key=lambda r: r.id):
+            if row.status != status:
+                result.refused[row.id] = f"{row.status}, not {status}"
+            elif since is not None and _aware(row.received_at) < since:
+                result.refused[row.id] = "received before --since"
+            elif row.body is None:
+                result.refused[row.id] = "no stored body (erased for a privacy request)"
+            else:
+                chosen.append(row)
+        for missing in sorted(set(ids or ()) - {r.id for r in found}):
+            result.refused[missing] = "no such inbox row in this store"
+        replayed: set[int] = set()
+        for chunk in _chunks([r.id for r in chosen], REPLAY_CHUNK):
+            done = conn.execute(update(INBOX).where(INBOX.c.id.in_(chunk), INBOX.c.status == status)
+                                .values(status="pending", attempts=0, available_at=None, processed_at=None)
+                                .returning(INBOX.c.id))
+            replayed.update(r.id for r in done)
+    for row in chosen:
+        if row.id in replayed:
+            result.rows.append({"id": row.id, "source": row.source, "topic": row.topic, "received_at": _iso(row.received_at),
+                                "error": row.last_error})
+        else:
+            result.refused[row.id] = "replayed by someone else meanwhile"
+    return result
+
+
+def failed_count(conn: Any, store_id: int) -> int:
+    """The store's inbox rows that failed for good (what ``storeloop replay`` takes)."""
+    return int(conn.execute(select(func.count()).select_from(INBOX).where(INBOX.c.status == "failed",
+                                                                            INBOX.c.store_id == store_id)).scalar() or 0)
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 def notifications(conn: Any, store_id: int, cases: list[Any]) -> dict[int, dict[str, Any]]:

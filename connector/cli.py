@@ -1,4 +1,4 @@
-"""Command line: serve, worker, migrate, check-config, demo."""
+"""Command line: serve, worker, migrate, check-config, demo, sync, replay, report, install..."""
 
 from __future__ import annotations
 
@@ -368,6 +368,57 @@ def sync(
         console.print(f"[red]WooCommerce webhook not re-enabled:[/] {escape(why)}", highlight=False)
     if hint:
         console.print(f"hint: {escape(hint)}", highlight=False)
+
+
+@app.command()
+def replay(
+    config: ConfigOpt = Path("storeloop.toml"),
+    store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
+    ids: Annotated[Optional[list[int]], typer.Option("--id", help="only this inbox row (repeat for several)")] = None,
+    status: Annotated[str, typer.Option(help="which rows: failed (default) or held")] = "failed",
+    since: Annotated[Optional[str], typer.Option(help="only rows received since: Nd, Nh or an ISO date")] = None,
+) -> None:
+    """Process a store's failed inbox rows again, after the fix for why they failed.
+
+    The rows become pending as if just received (attempts reset, due now) and the worker
+    (``serve`` or ``worker``) processes them at its next poll. Harmless for an event that
+    reached the connector some other way meanwhile: it is stale, and a journey never sends
+    a step twice for one order or checkout.
+    """
+    from datetime import datetime, timezone
+
+    from rich.table import Table
+
+    from connector.admin import REPLAYABLE, replay_inbox
+
+    if status not in REPLAYABLE:
+        console.print(f"[bold red]--status must be one of {', '.join(REPLAYABLE)}[/]")
+        raise typer.Exit(2)
+    settings = _load(config)
+    chosen = _store(settings, store)
+    now = datetime.now(timezone.utc)
+    start = _parse_since(since, now) if since else None
+    db, store_ids = _open_db(settings, "replay")
+    try:
+        result = replay_inbox(db, store_ids[chosen.key], ids=ids or None, status=status, since=start)
+    finally:
+        db.dispose()
+    if result.rows:
+        shown = 50
+        table = Table("id", "source", "topic", "received", "last error", title=f"{chosen.key}: inbox rows made pending again")
+        for row in result.rows[:shown]:
+            table.add_row(str(row["id"]), row["source"], escape(row["topic"]), (row["received_at"] or "")[:19],
+                          escape((row["error"] or "")[:120]))
+        Console().print(table)
+        more = f" ({len(result.rows) - shown} more not listed)" if len(result.rows) > shown else ""
+        console.print(f"{len(result.rows)} {status} row(s) replayed{more}; a running worker processes them within "
+                      f"{settings.worker.inbox_poll_seconds:g} s", highlight=False, soft_wrap=True)
+    elif not result.refused:
+        console.print(f"no {status} inbox rows in {chosen.key}" + (" since then" if start else ""), highlight=False)
+    for row_id, why in result.refused.items():
+        console.print(f"[yellow]row {row_id} not replayed:[/] {escape(why)}", highlight=False, soft_wrap=True)
+    if ids and result.refused:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,8 +1,8 @@
 """Turn stored inbox rows into events and state, one short transaction per batch.
 
 Normalisation happens here, not in the webhook request: the raw body is already durable,
-so a payload our adapter cannot read is marked ``failed`` with a reason (and can be
-replayed after a fix) instead of being lost or answered with a 500.
+so a payload our adapter cannot read is marked ``failed`` with a reason (and replayed after
+a fix: ``storeloop replay``, ``connector.admin.replay_inbox``) instead of being lost or answered with a 500.
 
 A batch is first applied as a whole, inside one savepoint and with a transaction cache
 (``storage/txcache.py``) filled by a few ``IN`` queries, which is several times fewer

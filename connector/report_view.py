@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -73,3 +74,17 @@ def render_report(data: dict[str, Any], out: Console, title: str) -> None:
         out.print("No leak this week: nothing was lost at any stage.")
     if data["open_handoffs"]:
         out.print("Open hand-offs: " + ", ".join(f"{owner} {n}" for owner, n in data["open_handoffs"].items()))
+    render_health(data.get("connector_health") or {}, out, data["store"])
+
+
+def render_health(health: dict[str, Any], out: Console, store_key: str) -> None:
+    """Failed inbox rows and failing scheduled jobs, said only when there are some."""
+    failed = health.get("inbox_failed") or 0
+    if failed:
+        out.print(f"[bold red]{failed} inbox row(s) failed[/] and wait for a replay: after the fix, "
+                  f"`storeloop replay --store {store_key}`", highlight=False, soft_wrap=True)
+    for job in health.get("jobs") or []:
+        if job["status"] == "failing":
+            why = str(job["last_error"]) + (f"; {job['hint']}" if job["hint"] else "")
+            out.print(f"[bold red]{job['job']} failing[/] ({job['failures_in_a_row']} in a row, last ok {job['last_ok_at'] or 'never'}): "
+                      + escape(why), highlight=False, soft_wrap=True)

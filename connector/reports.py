@@ -582,9 +582,10 @@ def build_report(db: Database, store: Any, store_id: int, period: Period) -> dic
                 "previous": before,
                 "change": {k: _change(v, before.get(k)) for k, v in current.items() if _change(v, before.get(k)) is not None},
             }
-        health = message_health(conn, store_id, period)
+        messages = message_health(conn, store_id, period)
         lifts = lift(conn, store_id, period)
         handoffs = open_handoffs(conn, store_id)
+        health = connector_health(conn, store_id)
     leak_stage = max(stages, key=lambda s: stages[s]["metrics"]["lost"])
     lost = stages[leak_stage]["metrics"]["lost"]
     return {
@@ -592,8 +593,18 @@ def build_report(db: Database, store: Any, store_id: int, period: Period) -> dic
         "period": {"week": period.label, "start": period.start.isoformat(), "end": period.end.isoformat(), "timezone": store.timezone,
                    "previous": previous.label},
         "stages": stages,
-        "message_health": health,
+        "message_health": messages,
         "lift": lifts,
         "biggest_leak": {"stage": leak_stage if lost else None, "lost": lost, "owner": stages[leak_stage]["owner"] if lost else None},
         "open_handoffs": handoffs,
+        "connector_health": health,
     }
+
+
+def connector_health(conn: Connection, store_id: int) -> dict[str, Any]:
+    """Now, not for the week (as ``open_handoffs``): inbox rows that failed for good (``storeloop
+    replay`` processes them again after a fix) and each scheduled job's last outcome."""
+    from connector.admin import failed_count
+    from connector.job_health import job_states
+
+    return {"inbox_failed": failed_count(conn, store_id), "jobs": job_states(conn, store_id)}

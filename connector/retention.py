@@ -3,7 +3,7 @@
 The normalised event, the state tables and the timeline stay; the raw body (names, phones,
 addresses as the platform sent them) is deleted from ``inbox_bodies`` for inbox rows that are
 settled (done, ignored) and older than ``worker.raw_body_retention_days``. Failed and held
-rows keep their body so they can still be replayed after a fix.
+rows keep their body so they can still be replayed after a fix (``storeloop replay``).
 """
 
 from __future__ import annotations

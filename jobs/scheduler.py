@@ -5,7 +5,9 @@ with, per store that has API credentials, ``reconcile:<store key>`` every
 ``worker.reconcile_minutes`` (WooCommerce: our disabled webhooks switched back on first),
 ``checkout-poll:<key>`` (Shopify), and for stores running the reorder journey
 ``products:<key>`` (daily, first a minute after start) and ``reorder:<key>``; plus the
-hourly raw-body purge. Each run logs its report (the job log).
+hourly raw-body purge. Each run logs its report (the job log); a run that fails is logged on the
+storeloop logger with its store and job, and each store job's last outcome (last success, last
+error, failures in a row) is kept in the database for the dashboard (``connector/job_health.py``).
 Every worker may run a scheduler: each tick takes the database lease
 ``job:reconcile:<store key>`` first, so the job runs once per tick across workers.
 Start it after ``runtime.start()`` (it needs ``runtime.store_ids``) and shut it down
@@ -23,10 +25,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import anyio.to_thread
+import httpx
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from connector import job_health
 from connector.config import ShopifyStore
+from connector.errors import StoreloopError
+from connector.job_health import safe_error
 from connector.sync import acquire_lease, reconcile_orders, run_periodic, sync_products, woocommerce_delivery_url
 
 log = logging.getLogger("storeloop.jobs")
@@ -111,8 +117,6 @@ async def _sync_tick(runtime: Any, store: Any, holder: str, interval: timedelta,
     if store_id is None:
         log.warning("%s %s: store not registered yet (runtime not started?)", job_name, store.key)
         return False
-    if await anyio.to_thread.run_sync(_uninstalled, runtime.db, store_id):
-        return False  # app/uninstalled: its token no longer works, and nothing more is sent
 
     async def job() -> None:
         async with make_client(store, runtime.db, tokens=getattr(runtime, "shopify_tokens", None)) as client:
@@ -122,7 +126,57 @@ async def _sync_tick(runtime: Any, store: Any, holder: str, interval: timedelta,
             if wake is not None:
                 wake()
 
-    return await run_periodic(runtime.db, holder, f"job:{job_name}:{store.key}", interval * LEASE_FRACTION, job)
+    return await _tracked_tick(runtime, store, store_id, holder, interval, job_name, job)
+
+
+async def _tracked_tick(runtime: Any, store: Any, store_id: int, holder: str, interval: timedelta, job_name: str,
+                        job: Callable[[], Awaitable[Any]]) -> bool:
+    """Run one tick of a store's job under its lease, and record how it went (``connector/job_health.py``).
+
+    A job that raises is logged here, on the storeloop logger with the store and job (the error's
+    class and message, never a URL), and the tick ends normally: APScheduler's own logger, outside
+    the structured logs, used to be the only one to hear of a revoked key or a platform down for
+    hours. The outcome is stored per store and job, so the dashboard (possibly another process) shows it.
+    """
+    try:
+        if await anyio.to_thread.run_sync(_uninstalled, runtime.db, store_id):
+            return False  # app/uninstalled: its token no longer works, and nothing more is sent
+    except Exception as exc:  # the database itself is unreachable: nothing to record it in either
+        log.error("%s %s: could not start: %s", job_name, store.key, safe_error(exc), extra={"store": store.key, "job": job_name})
+        return False
+
+    async def tracked() -> None:
+        try:
+            await job()
+        except Exception as exc:
+            await _record(runtime, store, store_id, job_name, exc)
+        else:
+            await _record(runtime, store, store_id, job_name, None)
+
+    try:
+        return await run_periodic(runtime.db, holder, f"job:{job_name}:{store.key}", interval * LEASE_FRACTION, tracked)
+    except Exception as exc:  # the lease could not be taken (database unavailable)
+        log.error("%s %s: could not take the job's lease: %s", job_name, store.key, safe_error(exc),
+                  extra={"store": store.key, "job": job_name})
+        return False
+
+
+async def _record(runtime: Any, store: Any, store_id: int, job_name: str, error: Exception | None) -> None:
+    """Log a failed tick and store the tick's outcome (a failure to store it is logged, not raised)."""
+    now = runtime.clock()
+    state: dict[str, Any] | None = None
+    try:
+        state = await anyio.to_thread.run_sync(job_health.record, runtime.db, store_id, job_name, now, error)
+    except Exception as exc:
+        log.error("%s %s: outcome not recorded: %s", job_name, store.key, safe_error(exc), extra={"store": store.key, "job": job_name})
+    if error is None:
+        return
+    failures = state["failures_in_a_row"] if state else None
+    hint = state["hint"] if state else None
+    expected = isinstance(error, (StoreloopError, httpx.HTTPError))  # said by the platform or the network: no traceback
+    log.error("%s %s failed%s: %s%s", job_name, store.key, f" ({failures} in a row)" if failures else "", safe_error(error),
+              f"; {hint}" if hint else "", exc_info=None if expected else error,
+              extra={"store": store.key, "job": job_name, "failures": failures, "http_status": getattr(error, "http_status", None)})
 
 
 def _uninstalled(db: Any, store_id: int) -> bool:
@@ -173,7 +227,7 @@ async def reorder_job(runtime: Any, store: Any, holder: str, interval: timedelta
     from connector.reorder.windows import run_reorder_tick
 
     store_id = runtime.store_ids.get(store.key)
-    if store_id is None or await anyio.to_thread.run_sync(_uninstalled, runtime.db, store_id):
+    if store_id is None:
         return False
 
     async def job() -> None:
@@ -181,7 +235,7 @@ async def reorder_job(runtime: Any, store: Any, holder: str, interval: timedelta
         if opened.opened or opened.expired:
             log.info("reorder windows opened", extra={"store": store.key, "opened": opened.opened, "expired": opened.expired})
 
-    return await run_periodic(runtime.db, holder, f"job:reorder:{store.key}", interval * LEASE_FRACTION, job)
+    return await _tracked_tick(runtime, store, store_id, holder, interval, "reorder", job)
 
 
 PRODUCT_SYNC_EVERY = timedelta(hours=24)

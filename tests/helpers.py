@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +80,15 @@ def dumps(payload: Any) -> bytes:
 
 
 @contextlib.contextmanager
-def running_app(settings: Settings, *, run_worker: bool = False, root_path: str = "") -> Iterator[tuple[TestClient, Runtime]]:
+def running_app(settings: Settings, *, run_worker: bool = False, root_path: str = "",
+                clock: Callable[[], datetime] | None = None) -> Iterator[tuple[TestClient, Runtime]]:
     """The real app with its lifespan; the processor is driven by the test unless run_worker.
 
     ``root_path``: served under a path prefix, as behind a reverse proxy (ASGI root_path).
+    ``clock``: the runtime's clock from the start (its processor's and dispatcher's too).
     """
-    runtime = Runtime(settings, Database.from_url(settings.database.url), run_worker=run_worker)
+    runtime = Runtime(settings, Database.from_url(settings.database.url), run_worker=run_worker,
+                      **({"clock": clock} if clock is not None else {}))
     app = create_app(settings, runtime)
     with TestClient(app, raise_server_exceptions=True, root_path=root_path) as client:
         yield client, runtime

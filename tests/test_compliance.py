@@ -347,7 +347,10 @@ def test_customer_redact_erases_every_trace_and_keeps_the_numbers(db_url, caplog
         assert +after["outbox"] == +expected_outbox
         after["outbox"] = before["outbox"]
         assert after == {**before, "inbox": before["inbox"] + 1}
-        assert build_report(runtime.db, settings.stores[0], sid, period) == report_before
+        report_after = build_report(runtime.db, settings.stores[0], sid, period)
+        # her failed delivery was erased with the rest: no longer offered for a replay
+        assert (report_before.pop("connector_health")["inbox_failed"], report_after.pop("connector_health")["inbox_failed"]) == (1, 0)
+        assert report_after == report_before
         with runtime.db.engine.connect() as conn:
             contact = conn.execute(select(m.Contact).where(m.Contact.id == meena_id)).one()
             skipped = conn.execute(select(m.OutboxMessage.skip_reason).where(m.OutboxMessage.id.in_(pending))).scalars().all()

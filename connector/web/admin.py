@@ -157,6 +157,41 @@ async def inbox(request: Request) -> Response:
     return JSONResponse({"items": rows})
 
 
+async def replay_inbox(request: Request) -> Response:
+    """``POST .../inbox/replay``: make the store's failed rows pending again after a fix (all of them,
+    or ``{"ids": [...]}``, ``"status"`` failed or held, ``"since"`` an ISO time); the processor is woken."""
+    from datetime import datetime, timezone
+
+    guard = _guard(request)
+    if isinstance(guard, Response):
+        return guard
+    runtime = request.app.state.runtime
+    body = await json_body(request, runtime.settings.server.max_body_bytes, empty={})
+    if isinstance(body, Response):
+        return body
+    if not isinstance(body, dict):
+        return problem(400, "body must be a JSON object: {\"ids\": [1, 2], \"status\": \"failed\", \"since\": \"2026-11-20T00:00:00Z\"}")
+    ids, status, since = body.get("ids"), body.get("status", "failed"), body.get("since")
+    if ids is not None and (not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+        return problem(400, "ids must be a non-empty list of inbox row ids (integers); leave it out for every failed row")
+    if status not in admin.REPLAYABLE:
+        return problem(400, f"status must be one of {', '.join(admin.REPLAYABLE)}")
+    when = None
+    if since is not None:
+        try:
+            when = datetime.fromisoformat(str(since).replace("Z", "+00:00"))
+        except ValueError:
+            return problem(400, "since must be an ISO 8601 time, e.g. 2026-11-20T00:00:00Z")
+        when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
+    result = await anyio.to_thread.run_sync(partial(admin.replay_inbox, runtime.db, guard, ids=ids or None,
+                                                    status=status, since=when))
+    if result.rows:
+        log.info("inbox rows replayed", extra={"store": request.path_params["store_key"], "rows": len(result.rows),
+                                               "client": client_address(request)})
+        runtime.wake()
+    return JSONResponse(result.as_dict())
+
+
 async def handoffs(request: Request) -> Response:
     guard = _guard(request)
     if isinstance(guard, Response):

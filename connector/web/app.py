@@ -67,6 +67,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, run_worker
         Route("/api/stores/{store_key}/contacts/{phone}", admin.contact, methods=["GET"]),
         Route("/api/stores/{store_key}/orders/{order_id}", admin.order, methods=["GET"]),
         Route("/api/stores/{store_key}/inbox", admin.inbox, methods=["GET"]),
+        Route("/api/stores/{store_key}/inbox/replay", admin.replay_inbox, methods=["POST"]),
         Route("/api/stores/{store_key}/handoffs", admin.handoffs, methods=["GET"]),
         Route("/api/stores/{store_key}/handoffs/{handoff_id:int}/close", admin.close_handoff, methods=["POST"]),
         Route("/api/stores/{store_key}/report", admin.report, methods=["GET"]),

@@ -5,7 +5,8 @@ Pages (every one answers the login form until the browser holds a session, see `
 - ``GET /dashboard``: the first configured store's overview.
 - ``GET /dashboard/{store}?week=2026-W47``: stage KPIs this week against last (with a
   six-week trend), each journey's funnel, lift against the holdout with its 95% interval,
-  the biggest leak, message health and the open hand-off queue. Default week: the last
+  the biggest leak, message health, the open hand-off queue, and the connector's health now
+  (failed inbox rows with how to replay them, each scheduled job's last outcome). Default week: the last
   complete one in the store's time zone (the same rule as the report).
 - ``GET /dashboard/{store}/customer?phone=...``: a customer's timeline (``contact_view``).
 - ``POST /dashboard/login`` (form field ``token``) and ``POST /dashboard/logout``.
