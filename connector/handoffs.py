@@ -53,6 +53,9 @@ class HandoffRequest:
     notify_update: bool = True
     # news for a case, if one is open (a failed parcel delivered after all): none open, nothing to tell
     only_open: bool = False
+    # with ``only_open``: the case by its id (one the key does not name: the contact's reply case a
+    # customer's words joined); None: the case with ``key``
+    case_id: int | None = None
     # a free-text reply: added to the open case of the journey it answers (``journey`` and
     # ``subject`` from the quoted message, or by phone) or, quoting nothing, of a run waiting on a person
     continues_open: bool = False
@@ -307,6 +310,9 @@ def _with_case_order(conn: Connection, store_id: int, subject: str | None, conte
 _OPEN_BY_KEY = select(HANDOFFS.c.id, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey, HANDOFFS.c.subject,
                       HANDOFFS.c.opened_at).where(
     HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.key == bindparam("key"), HANDOFFS.c.status == "open")
+_OPEN_BY_ID = select(HANDOFFS.c.id, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey, HANDOFFS.c.subject,
+                     HANDOFFS.c.opened_at).where(
+    HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.id == bindparam("id"), HANDOFFS.c.status == "open")
 _OPEN_BY_KEYS = select(HANDOFFS.c.id, HANDOFFS.c.key, HANDOFFS.c.stage, HANDOFFS.c.context, HANDOFFS.c.journey, HANDOFFS.c.subject,
                        HANDOFFS.c.opened_at).where(
     HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.key.in_(bindparam("keys", expanding=True)), HANDOFFS.c.status == "open")
@@ -453,7 +459,8 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
         if case is not None:
             return _add_update(conn, store, store_id, contact_id, case, context, req, now)
     if req.only_open:
-        case = conn.execute(_OPEN_BY_KEY, {"sid": store_id, "key": req.key[:255]}).first()
+        case = (conn.execute(_OPEN_BY_ID, {"sid": store_id, "id": req.case_id}) if req.case_id is not None
+                else conn.execute(_OPEN_BY_KEY, {"sid": store_id, "key": req.key[:255]})).first()
         return None if case is None else _add_update(conn, store, store_id, contact_id, case, context, req, now)
     # the journey's stage when the store gave it an owner; else, as before stages came from journeys, the contact's
     stage = req.stage if req.stage in store.stages else (context.get("stage") or "entry")

@@ -44,11 +44,13 @@ def test_words_in_answer_to_the_question_go_to_a_person_and_stop_the_reminders_a
     sc.later(days=2)  # the reminder's time and the deadline go by
 
     assert sc.templates_to(ASHA) == ["cod_confirm_v1"]  # no reminder after she answered
-    assert not cancelled(world, store) and tagged(world, store) == []  # no no-answer action at all
+    # never cancelled for "no answer"; nobody acted on her case by the deadline, so it is tagged for a call
+    # (tests/test_cod_late_answers.py), and nothing else
+    assert not cancelled(world, store) and tagged(world, store) == ["cod-unconfirmed"]
     [case] = sc.handoffs(status="open")
     assert case["journey"] == "cod_confirmation" and case["stage"] == "qualification"
     assert "please deliver after 6 pm" in case["reason"]
-    assert len(told(world)) == 1  # the COD team heard once
+    assert len(told(world)) == 2  # the COD team heard of her words, then of the deadline passing with the case open
     q = qualification(sc)
     assert (q["asked"], q["with_person"], q["no_answer"], q["lost"], q["median_minutes_to_answer"]) == (1, 1, 0, 0, 30.0)
 
@@ -155,7 +157,8 @@ def test_a_tap_matching_no_message_with_two_orders_open_changes_neither_and_asks
     """Two COD orders, both asked; WhatsApp took both questions but its answers were lost, so the connector knows
     neither message's id. Her Cancel tap quotes one of them, which the connector cannot name: cancelling both orders
     (as a tap reaching every open run did) would lose one she may want. Neither is changed, neither is reminded or
-    cancelled for no answer, and the COD team gets one case naming both orders."""
+    cancelled for no answer, and the COD team gets one case naming both orders. Nobody closes it: at the answer
+    deadline both orders are tagged for a call, never cancelled."""
     sc = scenario(sqlite_url, store.platform, journeys={"cod_confirmation": {**COD, "no_answer_action": "cancel"}})
     world.whatsapp_answer_lost = True
     store.place(sc, store.order(51, ASHA, sc.now))
@@ -174,7 +177,9 @@ def test_a_tap_matching_no_message_with_two_orders_open_changes_neither_and_asks
     assert len(told(world)) == 1
     sc.later(days=2)
     assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_confirm_v1"]  # no "please confirm" after she answered
-    assert not cancelled(world, store) and tagged(world, store) == []  # nor a cancel for "no answer"
+    assert not cancelled(world, store)  # nor a cancel for "no answer"
+    assert tagged(world, store) == ["cod-unconfirmed", "cod-unconfirmed"]  # the case still open at the deadline: a call
+    assert len(sc.handoffs(status="open")) == 1  # the one case heard it, for each order
 
 
 def test_a_tap_matching_no_message_with_one_order_open_still_acts_on_it(sqlite_url, scenario, world):

@@ -15,14 +15,21 @@ Confirm confirms (and notes that the unconfirmed tag is stale: the store clients
 remove a tag), Cancel cancels per ``cancel_action``; a tap made before the deadline counts as
 answered in time. A Confirm after a no-answer cancel goes to a person (we cannot undo one).
 A customer who opted out (STOP) after the question is not one who did not answer: at the
-deadline her order is flagged for a call and a person hears of it, never cancelled.
+deadline her order is flagged for a call and a person hears of it, never cancelled. The same
+for one none of our messages had reached by the deadline (``not_reached``). A tap after either
+(a question delivered late: her phone was off for two days) is honoured as after the no-answer
+step, and the case that asked for a call hears what she tapped and what was done, if still open.
 
 A typed answer to the question (a message quoting the ask or a reminder, or quoting nothing while
 the question is the message she got last), a photo or a voice note, goes to a person
-(handoffs.rules opens the case; the runner says so, ``handed_off``): the run stops reminding and
-takes no no-answer action, since only a person can read what she wrote (``phase`` "with_person";
-a Confirm or Cancel tap after it still counts). An order whose customer wrote back is never
-cancelled for no answer.
+(handoffs.rules opens the case; the runner says so, ``handed_off``, with the case's id): the run
+stops reminding and takes no no-answer action, since only a person can read what she wrote
+(``phase`` "with_person"; a Confirm or Cancel tap after it still counts).
+An order whose customer wrote back is never cancelled for no answer. But it is not left waiting
+on a person for ever: at the answer deadline, if her case is still open (nobody closed it) and the
+order has not moved on (cancelled, shipped, confirmed: each ends the run), it is tagged
+``unconfirmed_tag`` for a call and the case hears so (``deadline`` "flagged"); a case a person
+closed was dealt with (``deadline`` "case_closed"), and the order is left as they left it.
 
 A cancel with a reason goes to a person (a hand-off for the contact's stage owner, the
 COD team): the reason comes with the tap (a ``cancel_reasons`` button), or, with
@@ -60,7 +67,9 @@ SHIPPED = ("fulfilled", "partial")  # fully or partly shipped: too late to cance
 SHIPPED_BY = ("order.fulfilled", "order.updated", "fulfillment.updated", "order.shipped")
 CONFIRMED = ("confirmed", "confirmed_late", "confirmed_by_store")  # locked choices a Cancel tap goes against
 CANCELLED = ("cancelled", "cancel_too_late")  # locked choices a Confirm tap goes against
-AFTER_DEADLINE = ("no_answer", "opted_out")  # the deadline's choices a tap still overrides while the order is open
+# the deadline's choices a tap still overrides while the order is open (not reached: a message delivered late, say)
+AFTER_DEADLINE = ("no_answer", "opted_out", "not_reached")
+CALL_ASKED = ("opted_out", "not_reached")  # of those, the ones a hand-off asked a person to call her about
 
 
 def shipped_event(event: Any) -> bool:
@@ -163,7 +172,11 @@ class CodConfirmation:
                 return self._with_reason(run, facts, config.cancel_reasons[event.payload])
             return self._reply(event, run, facts, config, now)
         if isinstance(event, ev.MessageReceived) and self._answers_question(event, run, facts):
-            return [Update({"phase": "with_person", "replied_at": event.occurred_at.isoformat()}), Withdraw(), Wake(None)]
+            case = facts.extra.get("handed_off")  # the case her words opened or joined (the runner's id for it)
+            known = {"case_id": case} if type(case) is int else {}
+            # no reminder, no no-answer action; the deadline stays, for a person who never acts (``_unhandled``)
+            return [Update({"phase": "with_person", "replied_at": event.occurred_at.isoformat(), **known}), Withdraw(),
+                    Wake(self._deadline(run, config))]
         if isinstance(event, ev.MessageReceived) and waiting:
             if facts.extra.get("reply_quoted") and replied_here(event, facts, self.name) != run.subject:
                 return []  # it quotes another journey's or order's message: it answers that, not why they cancelled
@@ -193,9 +206,11 @@ class CodConfirmation:
         meant: the first run (in id order) opens one case naming them all, once per kind of tap."""
         asking = run.state.get("phase") == "asked"
         speaks = run.subject == meant[0].subject and run.state.get("unmatched_tap") != event.payload
-        state = {**({"phase": "with_person", "replied_at": event.occurred_at.isoformat()} if asking else {}),
+        # the case is the first run's (keyed by its subject): the others' deadlines look for it (``_persons_case``)
+        case = {"case_subject": meant[0].subject} if asking and run.subject != meant[0].subject else {}
+        state = {**({"phase": "with_person", "replied_at": event.occurred_at.isoformat(), **case} if asking else {}),
                  **({"unmatched_tap": event.payload} if speaks else {})}
-        commands: list[Command] = ([Update(state)] if state else []) + ([Withdraw(), Wake(None)] if asking else [])
+        commands: list[Command] = ([Update(state)] if state else []) + ([Withdraw(), Wake(self._deadline(run, config))] if asking else [])
         if speaks:
             tapped = "Confirm" if event.payload in config.confirm_payloads else "Cancel"
             names = ", ".join(r.state.get("order_name") or f"#{r.subject.split(':', 1)[1]}" for r in meant)
@@ -243,6 +258,11 @@ class CodConfirmation:
                 Send("ask", order_context(facts)), Wake(self._next_wake(now, 0, config))]
 
     @staticmethod
+    def _deadline(run: Run, config: CodConfirmationConfig) -> datetime:
+        """The answer deadline of an asked run: ``answer_window_hours`` after the question."""
+        return datetime.fromisoformat(run.state["asked_at"]) + timedelta(hours=config.answer_window_hours)
+
+    @staticmethod
     def _next_wake(asked_at: datetime, reminders_sent: int, config: CodConfirmationConfig) -> datetime:
         if reminders_sent < len(config.reminder_hours):
             return asked_at + timedelta(hours=config.reminder_hours[reminders_sent])
@@ -254,6 +274,8 @@ class CodConfirmation:
             return [Wake(None), Finish("order_cancelled")]
         if self._shipped(run, facts):  # shipped while we waited and its event never reached us: never ask, never cancel
             return [Update({"closed_by": "order.shipped"}), Wake(None), Finish("fulfilled_unanswered")]
+        if state.get("phase") == "with_person":
+            return self._unhandled(run, facts, config, now)
         if state.get("phase") == "waiting":
             return [Update({"phase": "asked", "asked_at": now.isoformat(), "reminders": 0}), Send("ask", order_context(facts)),
                     Wake(self._next_wake(now, 0, config))]
@@ -298,6 +320,48 @@ class CodConfirmation:
                                  "WhatsApp messages (STOP) after we asked; call them to confirm")]
         return commands + [Finish("opted_out")]
 
+    def _unhandled(self, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime) -> list[Command]:
+        """The answer deadline of an order whose customer answered in words (``with_person``). If a
+        person closed her case (or the order moved on: cancelled, shipped, confirmed, each of which
+        ends the run first), nothing. If her case is still open, nobody acted on what she wrote: the
+        order is tagged for a call as an unanswered one is (``unconfirmed_tag``), never cancelled
+        (she did answer), whatever ``no_answer_action`` says but "none"; and the case hears it. The
+        run stays with the person: a Confirm or Cancel tap after it still counts (``_after_no_answer``)."""
+        deadline = self._deadline(run, config)
+        if now < deadline:
+            return [Wake(deadline)]  # woken early (a run from before this timer was kept: migration 0016)
+        still_open, case = self._persons_case(run, facts)
+        if not still_open:
+            return [Update({"deadline": "case_closed"})]  # a person dealt with it
+        if config.no_answer_action == "none":
+            return []
+        order_id = run.subject.split(":", 1)[1]
+        return [Update({"deadline": "flagged", **({"case_id": case} if case is not None else {})}), Wake(None),
+                WriteBack("add_tags", order_id, {"tags": [config.unconfirmed_tag]}, "unhandled_tag"),
+                Handoff(f"COD order {self._order_name(run, facts)}: the customer answered the question in words and no one has "
+                        f"acted on it by the answer deadline; tagged {config.unconfirmed_tag}: call them to confirm",
+                        waits=False, only_open=True, case=case)]
+
+    def _persons_case(self, run: Run, facts: Facts) -> tuple[bool, int | None]:
+        """Whether the case a person has about her words is still open, and its id (None: the run's own
+        case, by its key). Hers: the case her words went to (``case_id``), else one about this order
+        (or, for a tap we could not match, the order whose run asked a person: ``case_subject``).
+        Without the runner's ``open_cases`` (a caller that does not look), taken as still open."""
+        cases = facts.extra.get("open_cases")
+        mine = run.state.get("case_id")
+        if cases is None:
+            return True, mine
+        about = (run.subject, run.state.get("case_subject") or run.subject)
+        found = next((c for c in cases if c.id == mine), None) or next(
+            (c for c in cases if c.journey == self.name and c.subject in about), None)
+        return found is not None, (found.id if found is not None else None)
+
+    @staticmethod
+    def needs_cases(event: Any, run: Run, config: CodConfirmationConfig) -> bool:
+        """At the answer deadline of a run her words went to a person, the runner tells which of her
+        hand-offs are still open (``facts.extra["open_cases"]``): one a person closed was dealt with."""
+        return isinstance(event, TimerFired) and run.status == "active" and run.state.get("phase") == "with_person"
+
     @staticmethod
     def needs_sends(event: Any, run: Run, config: CodConfirmationConfig) -> bool:
         """At the answer deadline the runner tells which of the run's messages went out
@@ -329,6 +393,12 @@ class CodConfirmation:
             return self._changed_mind(event, run, facts, config, confirm, against)
         if choice not in (None, *AFTER_DEADLINE) or (choice is None and self._cancelled(run, facts)):
             return []  # locked: the same tap again, or a Cancel of a cancelled order, changes nothing
+        commands = self._answer(event, run, facts, config, now, confirm)
+        return commands + self._case_news(event, run, facts, config, confirm, commands)
+
+    def _answer(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime,
+                confirm: bool) -> list[Command]:
+        """What her Confirm or Cancel does to an order no choice has locked."""
         if self._shipped(run, facts):
             # it shipped before they answered: a Confirm only tags it (its status is the store's now), a Cancel goes to a person
             if not confirm:
@@ -337,11 +407,35 @@ class CodConfirmation:
             commands: list[Command] = [Update({"choice": "confirmed_late", "answered_at": event.occurred_at.isoformat()}),
                                        WriteBack("add_tags", order_id, {"tags": [config.confirm_tag]}, "late_confirm_tag")]
             return commands + ([Wake(None), Finish("confirmed")] if run.status == "active" else [])
-        if choice in AFTER_DEADLINE:
+        if run.state.get("choice") in AFTER_DEADLINE or run.state.get("deadline") == "flagged":
             return self._after_no_answer(event, run, facts, config, now, confirm)
         if run.status != "active":
             return []
         return self._confirm(event, run, facts, config, "confirmed") if confirm else self._cancel(event, run, facts, config, now)
+
+    def _case_news(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, confirm: bool,
+                   commands: list[Command]) -> list[Command]:
+        """A tap that settled an order the deadline asked a person to call her about (not reached, opted
+        out, her words flagged) tells that case what she tapped and what was done, if it is still open
+        (its owner is alerted), so nobody calls her for nothing. Nothing when the tap did nothing, or
+        already hands the order to a person (a Cancel of a shipped order, a Confirm of a cancelled one).
+        A tap before the deadline on words a person has needs no call called off: the order's tag says it."""
+        if not commands or any(isinstance(c, Handoff) for c in commands):
+            return []
+        state = run.state
+        called = (state.get("choice") in CALL_ASKED and config.no_answer_action != "none") or state.get("deadline") == "flagged"
+        if not called:
+            return []
+        chosen = next((c.state["choice"] for c in commands if isinstance(c, Update) and "choice" in c.state), None)
+        if chosen in ("confirmed", "confirmed_late"):
+            done = f"confirmed (tagged {config.confirm_tag})"
+        elif chosen == "cancelled":
+            done = "cancelled" if config.cancel_action == "cancel" else f"tagged {config.cancelled_tag}"
+        else:
+            return []
+        tapped = "Confirm" if confirm else "Cancel"
+        reason = f"customer tapped {tapped} on WhatsApp: COD order {self._order_name(run, facts)} {done}; no need to call them"
+        return [Handoff(reason, waits=False, only_open=True, case=state.get("case_id"))]
 
     def _against(self, run: Run, facts: Facts, confirm: bool) -> str | None:
         """What a tap goes against, as a person reads it: a Cancel after a Confirm (hers or the
@@ -383,12 +477,13 @@ class CodConfirmation:
 
     def _after_no_answer(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime,
                          confirm: bool) -> list[Command]:
-        """A tap after the no-answer step (or the opted-out one), on an order that has not shipped: still
-        the customer's choice.
+        """A tap after the no-answer step (or the opted-out or not-reached one, or the flag of her words
+        no person acted on), on an order that has not shipped: still the customer's choice.
 
         A tap made before the deadline (its webhook came after the timer) counts as answered in time.
-        A cancelled order cannot be confirmed back by us: that goes to a person. An opted-out
-        customer's order was only flagged (``no_answer_action`` other than "none"), never cancelled.
+        A cancelled order cannot be confirmed back by us: that goes to a person. The order of a
+        customer who opted out, whom nothing reached, or whose words no person acted on, was only
+        flagged (``no_answer_action`` other than "none"), never cancelled; a Confirm notes the flag is stale.
         """
         asked_at = run.state.get("asked_at")
         in_time = asked_at is not None and event.occurred_at < datetime.fromisoformat(asked_at) + timedelta(hours=config.answer_window_hours)

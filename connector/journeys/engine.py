@@ -67,13 +67,23 @@ class Facts:
     button_payload: str | None = None  # for a ButtonReplied routed to this run
     # what else the runner knows: "stage", "marketing_ok", "opted_out_at" (only while the contact is opted
     # out: STOP), the reply's "reply_journey" / "reply_subject",
-    # "handed_off" (the event opened a case for a person, or joined one: handoffs.rules),
+    # "handed_off" (the event opened a case for a person, or joined one: handoffs.rules; the case's id),
     # "reminders_sent" (credits_sent_reminders journeys), "open_runs" (follows_contact journeys: the
     # contact's other active runs of the journey, as the event's own run decides), "reached_runs" (a tap
     # that matched none of our messages, reaching several runs of a follows_contact journey: all of
     # them, in id order, told alike to each, so they can tell which one it may mean), "order_runs" (an order
-    # reaching several runs of a ``credits_one_run`` journey: each (run, when its reminders went out))
+    # reaching several runs of a ``credits_one_run`` journey: each (run, when its reminders went out)),
+    # "open_cases" (a timer of a journey whose ``needs_cases`` asks: the contact's open hand-offs, ``OpenCase``)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenCase:
+    """One of the contact's hand-offs still open (no person closed it): what a journey may check its run's case against."""
+
+    id: int
+    journey: str | None
+    subject: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +180,8 @@ class Handoff:
     reason: str
     waits: bool = True
     only_open: bool = False  # news for the run's case if it is still open; none open (a person closed it): nothing
+    # with ``only_open``: the case to tell, by id (the one her words joined, say); None: the run's own
+    case: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +200,11 @@ class Journey(Protocol):
     ``accepts_holdout`` (see ``accepts_holdout``), ``stage`` (one of the five: whose owner
     takes its hand-offs and the replies to its messages; else the contact's stage),
     ``credits_sent_reminders = True`` (an order reaching a run: ``facts.extra["reminders_sent"]``;
-    with ``may_credit(event, run)``, only for an order that method says can credit the run)
-    and ``credits_one_run = True`` (an order reaching several runs: ``facts.extra["order_runs"]``,
-    so it credits one)."""
+    with ``may_credit(event, run)``, only for an order that method says can credit the run),
+    ``credits_one_run = True`` (an order reaching several runs: ``facts.extra["order_runs"]``,
+    so it credits one), ``needs_sends(event, run, config)`` (a timer it says True for:
+    ``facts.extra["reminders_sent"]``) and ``needs_cases(event, run, config)`` (a timer it says
+    True for: ``facts.extra["open_cases"]``, the contact's hand-offs still open)."""
 
     name: ClassVar[str]
     config_model: ClassVar[type[JourneyConfig]]

@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from connector import events as ev
 from connector.journeys.engine import (
-    Facts, Finish, Handoff, MoveStage, OrderFacts, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WriteBack,
+    Facts, Finish, Handoff, MoveStage, OpenCase, OrderFacts, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WriteBack,
 )
 from connector.handoffs import HandoffRequest, journey_stage, open_handoff, stage_after
 from connector.handoffs import rules as handoff_rules
@@ -37,7 +37,7 @@ from connector.templates import shows
 from connector.rows import contact_row, order_row
 from connector.state import active_runs, cache_active_runs
 from connector.contacts import email_key
-from connector.storage.sql import flush, insert_id, update_by_id, CONTACTS, ORDERS, OUTBOX, RUNS
+from connector.storage.sql import flush, insert_id, update_by_id, CONTACTS, HANDOFFS, ORDERS, OUTBOX, RUNS
 from connector.storage.txcache import by_key, current
 
 log = logging.getLogger("storeloop.journeys")
@@ -158,6 +158,31 @@ def _sends_of_due_runs(conn: Connection, store: Any, store_id: int, due: list[tu
             if r.status in REACHED:
                 sent[wanted[r.idempotency_key]].append(r.sent_at)
     return {run: tuple(sorted(times)) for run, times in sent.items()}
+
+
+# the open hand-offs of a batch's contacts, by the (store_id, status) index: open cases are few
+_OPEN_CASES = select(HANDOFFS.c.id, HANDOFFS.c.contact_id, HANDOFFS.c.journey, HANDOFFS.c.subject).where(
+    HANDOFFS.c.store_id == bindparam("sid"), HANDOFFS.c.status == "open", HANDOFFS.c.contact_id.in_(bindparam("cids", expanding=True)))
+
+
+def _cases_of_due_runs(conn: Connection, store_id: int, due: list[tuple[Any, tuple[int, Run, bool]]], enabled: dict[str, Any],
+                       now: datetime) -> dict[tuple[str, str], tuple[OpenCase, ...]]:
+    """The open hand-offs of the contact of each due run whose timer turns on whether a person
+    still has its case (a journey's ``needs_cases``: COD's answer deadline of a run her words
+    went to a person, who may have closed it), by (journey, subject): one query per 500
+    contacts for the whole timer batch, before any of them fires."""
+    asking = {name: needs for name in enabled if (needs := getattr(journeys().get(name), "needs_cases", None)) is not None}
+    wanted: dict[tuple[str, str], int | None] = {}
+    for row, found in due if asking else ():
+        needs = asking.get(row.journey)
+        if needs is not None and needs(TimerFired(now), found[1], enabled[row.journey]):
+            wanted[(row.journey, row.subject)] = row.contact_id
+    cids = sorted({c for c in wanted.values() if c is not None})
+    open_cases: dict[int, list[OpenCase]] = {}
+    for i in range(0, len(cids), 500):
+        for r in conn.execute(_OPEN_CASES, {"sid": store_id, "cids": cids[i:i + 500]}):
+            open_cases.setdefault(r.contact_id, []).append(OpenCase(r.id, r.journey, r.subject))
+    return {run: tuple(open_cases.get(cid, ())) if cid is not None else () for run, cid in wanted.items()}
 
 
 def _sharing_the_order(journey: Any, event: Any, targets: list[tuple[str, tuple[int, Run, bool] | None, Facts]]
@@ -390,13 +415,13 @@ class JourneyRunner:
             stage = stage_after(event, current or "entry")
             if stage is not None and stage != current:
                 update_by_id(conn, CONTACTS, facts.contact_id, {"stage": stage, "updated_at": now})
-        handed_off = False
+        handed_off: int | None = None
         for req in handoff_rules(event, facts.contact_id, store, facts.extra.get("reply_journey"), facts.extra.get("reply_subject"),
                                  quoted=bool(facts.extra.get("reply_quoted"))):
             flush(conn)  # the hand-off's context reads the contact and its runs from the database
-            handed_off = open_handoff(conn, store, store_id, facts.contact_id, req, now) is not None or handed_off
-        if handed_off:  # a person has her words now: the run they answer stops asking (COD confirmation)
-            facts = replace(facts, extra={**facts.extra, "handed_off": True})
+            handed_off = open_handoff(conn, store, store_id, facts.contact_id, req, now) or handed_off
+        if handed_off:  # a person has her words now (in this case): the run they answer stops asking (COD confirmation)
+            facts = replace(facts, extra={**facts.extra, "handed_off": handed_off})
         same_email: list[int] | None = None
         for name, config in store.enabled_journeys().items():
             journey = journeys().get(name)
@@ -461,6 +486,7 @@ class JourneyRunner:
         enabled = store.enabled_journeys()
         due = [(row, _found(row, row.subject)) for row in rows]
         sends = _sends_of_due_runs(conn, store, store_id, due, enabled, now)
+        cases = _cases_of_due_runs(conn, store_id, due, enabled, now)
         fired = 0
         for row, found in due:
             fired += 1
@@ -471,6 +497,8 @@ class JourneyRunner:
                 facts = _facts(conn, store, store_id, TimerFired(now), row.contact_id, row.subject, now)
                 if (row.journey, row.subject) in sends:
                     facts = replace(facts, extra={**facts.extra, "reminders_sent": sends[(row.journey, row.subject)]})
+                if (row.journey, row.subject) in cases:
+                    facts = replace(facts, extra={**facts.extra, "open_cases": cases[(row.journey, row.subject)]})
                 try:
                     commands = journey.decide(TimerFired(now), found[1], facts, enabled[row.journey], now)
                 except Exception:  # a journey's bug (a plugin's, say): this run waits, the others' timers still fire
@@ -574,7 +602,7 @@ class JourneyRunner:
                 state.update(handoff_reason=cmd.reason, handoff_at=now.isoformat())
                 values.update(state=state, **({"status": "handoff"} if cmd.waits else {}))
                 handoffs.append(HandoffRequest(f"{journey}:{subject}", cmd.reason, journey, subject, stage=journey_stage(journey),
-                                               only_open=cmd.only_open))
+                                               only_open=cmd.only_open, case_id=cmd.case))
         if values and run_id is not None and not created:
             values["updated_at"] = now
         if fired and run_id is not None and not created:
