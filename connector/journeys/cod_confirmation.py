@@ -1,7 +1,8 @@
 """COD confirmation (utility): Confirm / Cancel quick replies that write back to the store.
 
 Placed COD order -> (optional delay, skipped if cancelled meanwhile) ask -> reminders at the
-configured intervals -> no answer: the configured action (tag for a call, or cancel).
+configured intervals -> no answer: the configured action (tag for a call, or cancel). A reminder
+sent late (its timer waited while the app was uninstalled) moves what follows by as much.
 Confirm tags the order and locks the choice; Cancel cancels it (or only tags it) unless it
 has been fulfilled. A tap days later, or twice, changes nothing once the choice is locked; the
 opposite tap (Cancel after Confirm, Confirm after her Cancel or after the store cancelled the
@@ -282,8 +283,11 @@ class CodConfirmation:
         asked_at = datetime.fromisoformat(state["asked_at"])
         sent = int(state.get("reminders", 0))
         if sent < len(config.reminder_hours):
+            # a reminder that goes out late (the app was uninstalled, the worker down) keeps its distance to
+            # the next step: she has as long after it to answer as the configuration gives, never seconds
+            late = max(now - (asked_at + timedelta(hours=config.reminder_hours[sent])), timedelta(0))
             return [Update({"reminders": sent + 1}), Send(f"reminder_{sent + 1}", order_context(facts)),
-                    Wake(self._next_wake(asked_at, sent + 1, config))]
+                    Wake(self._next_wake(asked_at, sent + 1, config) + late)]
         order_id = run.subject.split(":", 1)[1]
         if "reminders_sent" in facts.extra and not facts.extra["reminders_sent"]:
             return self._not_reached(run, facts, config, order_id)
