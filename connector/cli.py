@@ -600,6 +600,13 @@ def install_shopify_cmd(
         out.print(webhook_summary(hooks))
     if report.webhook_error:
         out.print(f"[red]webhooks not registered:[/] {escape(report.webhook_error)}", highlight=False)
+    if report.catch_up_error:
+        out.print(f"[yellow]orders changed while the app was uninstalled not read back: {escape(report.catch_up_error)} (the "
+                  f"worker's reconcile tries again; until it has, the store's messages and reminders wait)[/]", highlight=False)
+    elif report.catch_up is not None:
+        out.print(f"{report.catch_up.orders_seen} order(s) changed while the app was uninstalled read back; what was queued "
+                  f"meanwhile is not sent, and messages and reminders resume once a running worker has processed them",
+                  highlight=False)
     for note in report.notes:
         out.print(f"note: {note}", markup=False, highlight=False)
     _install_ending(out, report, hint)

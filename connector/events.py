@@ -287,6 +287,14 @@ class AppUninstalled(_Fact):
     shop: str
 
 
+class StoreCaughtUp(_Fact):
+    """Ours, not a platform's: the orders changed while the app was uninstalled are read back and
+    in the inbox ahead of this; the store's timers and sends resume (``connector/reinstall.py``)."""
+
+    type: Literal["store.caught_up"] = "store.caught_up"
+    reinstalled_at: datetime
+
+
 class ComplianceRequested(_Fact):
     """Shopify's mandatory privacy topics; handled by the compliance issue."""
 
@@ -457,6 +465,7 @@ Event = Annotated[
         CustomerUpdated,
         ConsentChanged,
         AppUninstalled,
+        StoreCaughtUp,
         ComplianceRequested,
         MessageReceived,
         ButtonReplied,

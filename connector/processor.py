@@ -19,9 +19,10 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, or_, select
+from sqlalchemy import Connection, bindparam, delete, exists, or_, select
 from sqlalchemy.exc import DBAPIError
 
+from connector import reinstall
 from connector.compliance import PRIVACY_TOPICS, PRIVACY_WAIT, waiting_for_earlier
 from connector.config import Settings
 from connector.errors import NormalizationError, describe_error
@@ -34,7 +35,7 @@ from connector.storage import jsoncodec
 from connector.storage.db import Database
 from connector.storage.inbox import with_body
 from connector.storage.models import InboxEvent, JourneyRun, utcnow
-from connector.storage.sql import BODIES, INBOX, execute_many, flush, update_statement
+from connector.storage.sql import BODIES, INBOX, STORES, execute_many, flush, update_statement
 from connector.storage.txcache import TxCache, installed
 
 log = logging.getLogger("storeloop.processor")
@@ -43,8 +44,12 @@ Normalizer = Callable[[str, dict[str, Any], Any], list[Event]]
 Clock = Callable[[], datetime]
 
 
-_ANY_DUE = (select(JourneyRun.id).where(JourneyRun.store_id.in_(bindparam("sids", expanding=True)), JourneyRun.status == "active",
-                                        JourneyRun.next_due_at <= bindparam("now")).limit(1))
+# the stores among ``sids`` with a run due, but for one whose timers wait (``reinstall.STORE_WAITS``): one
+# (store_id, status, next_due_at) index probe per store
+_DUE_STORES = (select(STORES.c.id).where(
+    STORES.c.id.in_(bindparam("sids", expanding=True)), ~reinstall.STORE_WAITS,
+    exists().where(JourneyRun.store_id == STORES.c.id, JourneyRun.status == "active", JourneyRun.next_due_at <= bindparam("now")),
+).order_by(STORES.c.id))
 
 
 class _RowFailed(Exception):
@@ -101,7 +106,7 @@ class InboxProcessor:
     ):
         self.db = db
         self.settings = settings
-        self.normalizers = normalizers
+        self.normalizers = {**normalizers, reinstall.SOURCE: reinstall.normalize}  # and our own rows
         self.clock = clock
         self.batch_size = batch_size or settings.worker.inbox_batch_size
         self.max_attempts = settings.worker.inbox_max_attempts
@@ -121,10 +126,14 @@ class InboxProcessor:
         (after the run being fired): a wave of reminders can go in long batches, which share
         the runs', outbox's and contacts' index pages and commit far less often, without
         holding up whoever waits for the write lock. Runs not reached stay due.
+
+        The runs of a store that is uninstalled, or reinstalled and not caught up yet, wait
+        (``connector/reinstall.py``): fired now, they would decide on what the store was.
         """
         now = self.clock()
         stores = [sid for sid, store in self._stores.items() if store.enabled_journeys()]
-        if not stores or not self._timers_due(stores, now):
+        stores = self._due_stores(stores, now) if stores else []
+        if not stores:
             return 0  # the common case between steps: no write transaction, no write lock
         fired = 0
         with self.db.write_lock(), self.db.engine.begin() as conn, installed(conn):
@@ -135,16 +144,16 @@ class InboxProcessor:
                     return True
                 return time_budget is not None and time.perf_counter() - started > time_budget
 
-            for store_id, store in self._stores.items():
-                if store.enabled_journeys() and fired < limit:
-                    fired += self.journeys.on_timers(conn, store, store_id, now, limit - fired, stop)
+            for store_id in stores:
+                if fired < limit:
+                    fired += self.journeys.on_timers(conn, self._stores[store_id], store_id, now, limit - fired, stop)
                     if stop():
                         break
             flush(conn)
         return fired
 
-    def _timers_due(self, store_ids: list[int], now: datetime) -> bool:
-        """Whether any run of these stores is due: one indexed read, outside a write transaction.
+    def _due_stores(self, store_ids: list[int], now: datetime) -> list[int]:
+        """The stores with a run due whose timers may fire: one indexed read, outside a write transaction.
 
         On SQLite every transaction of ours begins IMMEDIATE (takes the write lock), so the
         check reads through the driver in autocommit; a run that comes due just after is
@@ -152,13 +161,14 @@ class InboxProcessor:
         """
         if self.db.is_sqlite:
             marks = ", ".join("?" * len(store_ids))
-            sql = (f"SELECT 1 FROM journey_runs WHERE store_id IN ({marks}) AND status = 'active' "
-                   f"AND next_due_at <= ? LIMIT 1")
+            sql = (f"SELECT id FROM stores WHERE id IN ({marks}) AND uninstalled_at IS NULL AND reinstalled_at IS NULL "
+                   f"AND EXISTS (SELECT 1 FROM journey_runs WHERE store_id = stores.id AND status = 'active' "
+                   f"AND next_due_at <= ?) ORDER BY id")
             at = now.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
             with self.db.engine.connect() as conn:
-                return conn.connection.driver_connection.execute(sql, [*store_ids, at]).fetchone() is not None
+                return [r[0] for r in conn.connection.driver_connection.execute(sql, [*store_ids, at]).fetchall()]
         with self.db.engine.connect() as conn:
-            return conn.execute(_ANY_DUE, {"sids": store_ids, "now": now}).first() is not None
+            return list(conn.execute(_DUE_STORES, {"sids": store_ids, "now": now}).scalars())
 
     def process_batch(self, time_budget: float | None = None, limit: int | None = None,
                       yield_to: Callable[[], bool] | None = None) -> int:

@@ -899,6 +899,10 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             # Shopify revokes the app's tokens on uninstall: keep no dead secrets (a new install stores fresh ones)
             conn.execute(StoreCredential.__table__.delete().where(
                 StoreCredential.__table__.c.store_id == store_id, StoreCredential.__table__.c.kind.like("shopify_%")))
+        case ev.StoreCaughtUp():
+            from connector.reinstall import caught_up
+
+            caught_up(conn, store_id, event)
         case ev.ComplianceRequested():
             from connector.compliance import handle
 

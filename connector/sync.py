@@ -67,6 +67,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from adapters.sync_page import OrderPager, SyncedOrder
 from connector.errors import RetryableError, SyncError  # noqa: F401  (SyncError is part of this module's API)
+from connector.reinstall import caught_up_item
 from connector.state import PLACED_WITHIN
 from connector.storage.db import Database
 from connector.storage.inbox import InboxItem, write_items
@@ -116,6 +117,7 @@ class SyncReport(JobReport):
     placed: int = 0  # first sight of a fresh order, stored so that it starts the journeys
     webhooks_reenabled: list[str] = field(default_factory=list)  # WooCommerce: "id topic" of ours switched back on
     webhooks_failed: list[str] = field(default_factory=list)  # "id topic: why" (or why none could be checked)
+    caught_up: bool = False  # it ended a reinstalled store's wait: its timers and sends resume once that is heard
 
 
 # ---- cursors --------------------------------------------------------------------------
@@ -213,6 +215,12 @@ async def reconcile_orders(
     await job.run(pager_for(store, client, count=progress is not None), report.window_start, page_size)
     if since is not None:  # a backfill ran to its end: `storeloop install` stops suggesting one
         await anyio.to_thread.run_sync(upsert_cursor, db, store_id, BACKFILL_CURSOR, since.isoformat())
+    if since is None or stored is None or since <= stored:
+        # it read every order changed since the cursor, so those changed while the app was uninstalled:
+        # a reinstalled store's timers and sends resume once the processor has heard them (connector/reinstall.py)
+        caught_up = await anyio.to_thread.run_sync(caught_up_item, db, store_id)
+        if caught_up is not None:
+            report.caught_up = (await anyio.to_thread.run_sync(write_items, db, [caught_up]))[0]
     log.info("reconciled %s: %d page(s), %d order(s), %d new, cursor %s -> %s", store.key, report.pages,
              report.orders_seen, report.new_rows, report.cursor_before, report.cursor_after)
     return report

@@ -121,7 +121,7 @@ async def _sync_tick(runtime: Any, store: Any, holder: str, interval: timedelta,
     async def job() -> None:
         async with make_client(store, runtime.db, tokens=getattr(runtime, "shopify_tokens", None)) as client:
             report = await work(client, store_id)
-        if report.new_rows:
+        if report.new_rows or getattr(report, "caught_up", False):
             wake = getattr(runtime, "wake", None)
             if wake is not None:
                 wake()

@@ -4,10 +4,11 @@
 FakeShopify: the token endpoint (client credentials, authorization code with ``expiring=1``,
 refresh with rotation; an invalidated refresh token is refused) and the Admin GraphQL
 webhookSubscriptions / webhookSubscriptionCreate / webhookSubscriptionUpdate (metafield
-namespaces kept) and products (cursor pages), answering 401 to any token it did not issue (or
-revoked). FakeWoo: REST v3 orders, products (pages with X-WP-Total / X-WP-TotalPages) and
-webhooks, every request's OAuth 1.0a signature checked, and WooCommerce's ping posted to the
-delivery URL when a webhook is made.
+namespaces kept), products (cursor pages), orders (``updated_at:>=`` search, one page) and the
+order write-backs (tagsAdd, orderCancel: recorded in ``writes``), answering 401 to any token it
+did not issue (or revoked). FakeWoo: REST v3 orders, products (pages with X-WP-Total /
+X-WP-TotalPages) and webhooks, every request's OAuth 1.0a signature checked, and WooCommerce's
+ping posted to the delivery URL when a webhook is made.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class FakeShopify:
         self.updates: list[dict[str, Any]] = []  # webhookSubscriptionUpdate variables, in order
         self.products: list[dict[str, Any]] = []  # Product nodes: id, title, tags, updatedAt, metafield
         self.product_queries: list[dict[str, Any]] = []  # variables of each products page asked for
+        self.orders: list[dict[str, Any]] = []  # Order nodes (tests/test_sync.py gql_node), for the reconcile
+        self.writes: list[tuple[str, dict[str, Any]]] = []  # (mutation, variables) of each write-back, in order
         # the scopes the store granted; set: a topic needing another is refused, as Shopify does (the
         # WebhookSubscriptionTopic reference: fulfillments/* need read_fulfillments or read_marketplace_orders)
         self.granted_scopes: set[str] | None = None
@@ -155,6 +158,21 @@ class FakeShopify:
             more = start + variables["first"] < len(self.products)
             return JSONResponse({"data": {"products": {
                 "nodes": page, "pageInfo": {"hasNextPage": more, "endCursor": str(start + variables["first"]) if more else None}}}})
+        if "orders(" in query:
+            since = variables["q"].split(">='", 1)[1].rstrip("'")
+            page = sorted((n for n in self.orders if n["updatedAt"] >= since), key=lambda n: (n["updatedAt"], n["id"]))
+            return JSONResponse({"data": {"orders": {"nodes": page, "pageInfo": {"hasNextPage": False, "endCursor": None}}}})
+        if "tagsAdd(" in query:
+            self.writes.append(("tagsAdd", variables))
+            return JSONResponse({"data": {"tagsAdd": {"node": {"id": variables["id"]}, "userErrors": []}}})
+        if "orderCancel(" in query:
+            self.writes.append(("orderCancel", variables))
+            return JSONResponse({"data": {"orderCancel": {"job": {"id": "gid://shopify/Job/1", "done": True},
+                                                          "orderCancelUserErrors": []}}})
+        if "order(id:" in query:  # a cancel's check: cancelled by the store, or by a write-back above
+            cancelled = any(n["id"] == variables["id"] and n["cancelledAt"] for n in self.orders) or any(
+                name == "orderCancel" and v["orderId"] == variables["id"] for name, v in self.writes)
+            return JSONResponse({"data": {"order": {"id": variables["id"], "cancelledAt": "2026-01-01T00:00:00Z" if cancelled else None}}})
         if "webhookSubscriptions(" in query:
             first, after = variables.get("first", 50), variables.get("after")
             start = int(after) if after else 0

@@ -442,6 +442,39 @@ def test_an_authorization_code_install_reads_the_products_after_the_page(db_url,
     assert cycles == {("p:9001", 21.0), ("p:9002", 45.0)}
 
 
+def test_a_reinstall_from_the_admin_reads_the_orders_back_before_anything_decided_in_the_gap_reaches_the_store(db_url, fake, key):
+    """Uninstalled for a day and a half; the staff cancelled the COD order meanwhile. Installed again from the
+    admin: the page says the orders are being read back, and no "not confirmed" cancel goes to Shopify."""
+    from connector.outbox.dispatcher import Dispatcher
+    from connector.outbox.senders import DryRunSender
+    from connector.outbox.writebacks import WriteBackDispatcher
+    from tests.test_journeys import TEMPLATES, T0, Clock, cod_order_payload
+    from tests.test_sync import gql_node
+
+    cod = {"cod_confirmation": {"reminder_hours": [6], "answer_window_hours": 24, "no_answer_action": "cancel"}}
+    settings = shop_settings(db_url, fake, templates=TEMPLATES, journeys=cod, policy={"quiet_hours": ""})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.clock = runtime.processor.clock = clock
+        for topic, body in (("orders/create", dumps(cod_order_payload())), ("app/uninstalled", dumps({"myshopify_domain": SHOP}))):
+            assert client.post("/webhooks/shopify", content=body, headers=shopify_headers(body, CLIENT_SECRET, SHOP, topic)).status_code == 200
+            runtime.processor.drain()
+            client.portal.call(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender(), clock=clock).drain)  # the question
+        fake.orders = [gql_node(1, oid=820982911946154508, created=T0, updated=T0 + timedelta(hours=20), cancelled=T0 + timedelta(hours=20),
+                                cod=True, phone="+91 98765 43210")]
+        for hours in (6, 24, 36):  # the reminder and the answer deadline come while the app is uninstalled
+            clock.now = T0 + timedelta(hours=hours)
+            runtime.processor.process_timers()
+        done = client.get("/shopify/callback", params=callback_params(fake, state_from(begin(client, clock.now)), clock.now))
+        assert done.status_code == 200 and "orders: reading back those changed while the app was uninstalled" in done.text
+        for _ in range(2):
+            runtime.processor.drain()
+            runtime.processor.process_timers()
+            client.portal.call(WriteBackDispatcher(runtime.db, settings, runtime.store_ids, runtime.writers, clock=clock).drain)
+            clock.now += timedelta(hours=30)
+    assert [name for name, _ in fake.writes] == []
+
+
 def test_refresh_before_expiry_stores_the_rotated_refresh_token(db_url, fake, key, now):
     settings = shop_settings(db_url, fake)
     box = SecretBox([key])

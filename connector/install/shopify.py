@@ -12,7 +12,9 @@
 
 After either install the webhook subscriptions are registered (``adapters/shopify/subscriptions.py``),
 then, for a store running the reorder journey, every product is read once (``connector/install/products.py``;
-after the web callback that happens once the page is sent).
+after the web callback that happens once the page is sent). An install that ends an ``app/uninstalled``
+also reads back the orders changed meanwhile (``catch_up_orders``), which the store's timers and sends
+wait for (``connector/reinstall.py``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from typing import Any
 
 import anyio.to_thread
 import httpx
-from sqlalchemy import update
 
 from adapters.shopify import oauth
 from adapters.shopify.subscriptions import COMPLIANCE_NOTE, METAFIELD_NAMESPACE, SubscriptionReport, register_webhooks
+from connector import reinstall
 from connector.config import Settings, ShopifyStore
 from connector.errors import SendError, StoreloopError
 from connector.install import nonces
@@ -43,8 +45,7 @@ from connector.install.credentials import (
 from connector.install.products import sync_products_at_install, wants_products
 from connector.secrets import HOW_TO, SecretBox
 from connector.storage.db import Database
-from connector.storage.models import Store
-from connector.sync import ProductSyncReport
+from connector.sync import ProductSyncReport, SyncReport, reconcile_orders
 
 log = logging.getLogger("storeloop.install")
 
@@ -71,6 +72,9 @@ class ShopifyInstallReport:
     notes: list[str] = field(default_factory=list)
     products: ProductSyncReport | None = None  # read at install (stores running the reorder journey)
     products_error: str | None = None  # why they were not (the install still counts: the daily sync retries)
+    resumed: bool = False  # it ended an app/uninstalled: the orders changed meanwhile are read back before sends resume
+    catch_up: SyncReport | None = None  # that read (the CLI install does it; the web callback once the page is sent)
+    catch_up_error: str | None = None  # why it failed (the worker's reconcile tries again; the store waits until then)
 
     @property
     def ok(self) -> bool:
@@ -124,10 +128,27 @@ def shopify_store_for(settings: Settings, shop: str) -> ShopifyStore | None:
     return None
 
 
-def clear_uninstalled(db: Database, store_id: int) -> None:
-    """A fresh install undoes an earlier ``app/uninstalled`` (jobs and sends resume)."""
+def clear_uninstalled(db: Database, store: ShopifyStore, store_id: int, now: datetime) -> bool:
+    """A fresh install undoes an earlier ``app/uninstalled``: the jobs resume at once; what was queued
+    meanwhile is skipped, and timers and sends wait for the orders to be read back
+    (``connector/reinstall.py``). False when the store was not uninstalled."""
     with db.write_lock(), db.engine.begin() as conn:
-        conn.execute(update(Store).where(Store.id == store_id).values(uninstalled_at=None))
+        return reinstall.resume(conn, store, store_id, now)
+
+
+async def catch_up_orders(
+    db: Database, store: ShopifyStore, store_id: int, source: ShopifyTokenSource, now: datetime, *,
+    http: httpx.AsyncClient | None = None,
+) -> tuple[SyncReport | None, str | None]:
+    """After an uninstall, the orders changed meanwhile at once (the reconcile from its cursor, which
+    ends the store's wait), not at the worker's next reconcile tick: ``(report, None)`` or ``(None, why)``."""
+    try:
+        async with RenewingShopifyClient(store, source, http=http) as client:
+            return await reconcile_orders(db, store, store_id, client, now=now), None
+    except StoreloopError as exc:  # after its retries: the worker's reconcile tries again, the store waits until then
+        why = f"{type(exc).__name__}: {exc}"
+        log.warning("orders not read back after the reinstall", extra={"store": store.key, "reason": why})
+        return None, why
 
 
 async def register_store_webhooks(
@@ -185,7 +206,9 @@ async def install_shopify(
         report.notes += scope_notes(report.webhooks)
     except SendError as exc:
         report.webhook_error = str(exc)
-    await anyio.to_thread.run_sync(clear_uninstalled, db, store_id)
+    report.resumed = await anyio.to_thread.run_sync(clear_uninstalled, db, store, store_id, now)
+    if report.resumed:
+        report.catch_up, report.catch_up_error = await catch_up_orders(db, store, store_id, source, now, http=http)
     report.products, report.products_error = await sync_store_products(db, store, store_id, source, now, http=http)
     report.notes.append(COMPLIANCE_NOTE.replace("{public_url}", public_base(settings)))
     return report
@@ -253,7 +276,7 @@ async def complete_oauth(runtime: Any, params: list[tuple[str, str]], now: datet
     async with httpx.AsyncClient(timeout=oauth.TOKEN_TIMEOUT) if http is None else contextlib.nullcontext(http) as client:  # ours, or the caller's (not closed)
         grant = await oauth.exchange_code(client, store.admin_base_url, store.client_id, secret, code, now)
         await anyio.to_thread.run_sync(lambda: save_grant(db, box, store_id, grant, now))
-        await anyio.to_thread.run_sync(clear_uninstalled, db, store_id)
+        resumed = await anyio.to_thread.run_sync(clear_uninstalled, db, store, store_id, now)
         log.info("shopify app installed", extra={"store": store.key, "scope": grant.scope[:200],
                                                  "expiring": grant.expires_at is not None})
         source = runtime.shopify_tokens.get(store.key)
@@ -264,7 +287,7 @@ async def complete_oauth(runtime: Any, params: list[tuple[str, str]], now: datet
         _use_as_writer(runtime, store_id, store, source)
         report = ShopifyInstallReport(store=store.key, shop=shop, token="authorization code (expiring offline token)"
                                       if grant.refresh_token else "authorization code (offline token)",
-                                      expires_at=grant.expires_at)
+                                      expires_at=grant.expires_at, resumed=resumed)
         try:
             report.webhooks = await register_store_webhooks(db, settings, store, source, http=client)
             report.notes += scope_notes(report.webhooks)
@@ -284,6 +307,7 @@ def _use_as_writer(runtime: Any, store_id: int, store: ShopifyStore, source: Sho
 
 
 __all__ = [
-    "InstallRefused", "ShopifyInstallReport", "begin_oauth", "complete_oauth", "install_shopify", "public_base",
+    "InstallRefused", "ShopifyInstallReport", "begin_oauth", "catch_up_orders", "clear_uninstalled", "complete_oauth",
+    "install_shopify", "public_base",
     "register_store_webhooks", "scope_notes", "sync_store_products", "webhook_rows", "webhook_summary",
 ]

@@ -2,7 +2,8 @@
 
 - ``GET /shopify/install``: Shopify's app URL; verified, then 302 to the authorize page.
 - ``GET /shopify/callback``: the OAuth redirect; verified, code exchanged, webhooks registered;
-  for a store running the reorder journey every product is read once after the page is sent.
+  once the page is sent, the orders changed while the app was uninstalled are read back (after
+  an ``app/uninstalled``) and, for a store running the reorder journey, every product once.
 - ``GET /woocommerce/connect?store=KEY``: 302 to the store's wc-auth authorize page, for the
   admin only: with ``Authorization: Bearer <server.admin_token>`` (failures limited and logged
   with the admin API's), else 303 to ``/dashboard/{KEY}/woocommerce/connect``, which starts
@@ -26,7 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 import anyio.to_thread
-from starlette.background import BackgroundTask
+from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -95,14 +96,28 @@ async def shopify_callback(request: Request) -> Response:
         lines += [f"failed: {topic}: {why}" for topic, why in hooks.failed]
     if report.webhook_error:
         lines.append(f"webhooks not registered: {report.webhook_error} (run `storeloop install shopify --store {report.store}`)")
-    background = None
+    background = BackgroundTasks()
+    if report.resumed:
+        lines.append("orders: reading back those changed while the app was uninstalled; messages and reminders wait for them, "
+                     "and what was queued meanwhile is not sent")
+        background.add_task(_catch_up_orders, runtime, report.store)
     if wants_products(runtime.settings.store(report.store)):
         lines.append("products: being read now, for the reorder journey's cycles (tags, storeloop.replenish)")
-        background = BackgroundTask(_sync_shopify_products, runtime, report.store)
+        background.add_task(_sync_shopify_products, runtime, report.store)
     lines += report.notes
     answer = page("storeloop installed" if report.ok else "storeloop installed, with problems", lines)
     answer.background = background
     return answer
+
+
+async def _catch_up_orders(rt: Any, key: str) -> None:
+    """After the callback's page: the orders changed while the app was uninstalled, which the
+    store's timers and sends wait for (``connector/reinstall.py``)."""
+    store = rt.settings.store(key)
+    caught, _error = await shopify_flow.catch_up_orders(rt.db, store, rt.store_ids[key], rt.shopify_tokens[key], rt.clock())
+    if caught is not None:
+        log.info("orders read back after the reinstall", extra={"store": key, "orders": caught.orders_seen, "new_rows": caught.new_rows})
+        rt.wake()
 
 
 async def _sync_shopify_products(rt: Any, key: str) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, and_, bindparam, exists, func, insert, or_, s
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector.policy import ContactFacts, SendHistory
+from connector.reinstall import STORE_WAITS
 from connector.storage.sql import ATTEMPTS, CONTACTS, MESSAGES, OUTBOX, STORES
 from connector.storage.db import Database
 from connector.storage.txcache import current
@@ -329,8 +330,9 @@ def claim(
                 OUTBOX.c.channel == channel,
                 OUTBOX.c.due_at <= now,
                 OUTBOX.c.store_id.in_(store_ids),
-                # app/uninstalled stops every send and write-back for that shop at once
-                ~exists().where(STORES.c.id == OUTBOX.c.store_id, STORES.c.uninstalled_at.is_not(None)),
+                # app/uninstalled stops every send and write-back for that shop at once; after a
+                # reinstall they wait until its orders are read back (connector/reinstall.py)
+                ~exists().where(STORES.c.id == OUTBOX.c.store_id, STORE_WAITS),
                 ~_waits_its_turn(now),
             )
             .order_by(OUTBOX.c.due_at, OUTBOX.c.id)

@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
 import anyio.to_thread
 from sqlalchemy import Connection, bindparam, select
@@ -83,10 +84,27 @@ def hand_off_failures(conn: Connection, stores: Mapping[int, object], results: l
         p = res.row.payload or {}
         reason = (f"the store did not take our {_what(p.get('action'), p.get('args') or {})} of order {p.get('order_id')}: "
                   f"{res.error_detail or 'no answer'}; do it by hand")
-        req = HandoffRequest(f"writeback:{res.row.id}", reason[:2000], res.row.journey, p.get("subject"),
-                             stage=journey_stage(res.row.journey))
-        open_handoff(conn, stores[res.row.store_id], res.row.store_id, res.row.contact_id, req, now)
+        _hand_off(conn, stores[res.row.store_id], res.row.store_id, res.row, reason, now)
     return len(failed)
+
+
+def hand_off_unmade(conn: Connection, store: object, store_id: int, rows: list[Any], now: datetime) -> int:
+    """Write-backs decided while the app was uninstalled, skipped at the reinstall (``connector/reinstall.py``):
+    what a customer asked for then (her Cancel, her Confirm's tag) is not made blindly on an order that may
+    have moved on since, and not dropped unseen either: a person checks the order, one hand-off each."""
+    for row in rows:
+        p = row.payload or {}
+        reason = (f"our {_what(p.get('action'), p.get('args') or {})} of order {p.get('order_id')} was decided while the app "
+                  f"was uninstalled and was not made: check the order and do it by hand if it still holds")
+        _hand_off(conn, store, store_id, row, reason, now)
+    return len(rows)
+
+
+def _hand_off(conn: Connection, store: object, store_id: int, row: Any, reason: str, now: datetime) -> None:
+    """One hand-off per write-back (its outbox row: ``id``, ``payload``, ``journey``, ``contact_id``), for its journey's stage owner."""
+    p = row.payload or {}
+    req = HandoffRequest(f"writeback:{row.id}", reason[:2000], row.journey, p.get("subject"), stage=journey_stage(row.journey))
+    open_handoff(conn, store, store_id, row.contact_id, req, now)
 
 
 class DryRunWriter:

@@ -127,6 +127,8 @@ class Store(Base):
     key: Mapped[str] = mapped_column(String(64), unique=True)
     platform: Mapped[str] = mapped_column(String(20))
     uninstalled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # an install ended an uninstall: timers and sends wait until the orders are read back (connector/reinstall.py)
+    reinstalled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -5,9 +5,10 @@ One Starlette app plays three peers and records every call it gets:
 - the WhatsApp Cloud API: ``POST /{version}/{phone_number_id}/messages`` (bearer token checked),
   answering with a fresh ``wamid`` like Meta does;
 - the Shopify Admin GraphQL API: ``POST /admin/api/{version}/graphql.json``
-  (``X-Shopify-Access-Token`` checked; ``tagsAdd``, ``orderCancel``, ``orderUpdate``, reads), and the
+  (``X-Shopify-Access-Token`` checked; ``tagsAdd``, ``orderCancel``, ``orderUpdate``, reads), the
   reconcile's order pages from ``shopify_orders`` (the store's orders as GraphQL nodes, sorted by
-  update time, ``updated_at:>=`` filter, cursors; each order's fulfilments cut at what is asked for);
+  update time, ``updated_at:>=`` filter, cursors; each order's fulfilments cut at what is asked for),
+  and install's ``webhookSubscriptions`` / ``webhookSubscriptionCreate``;
 - the WooCommerce REST API v3 under ``/wp-json/wc/v3`` (OAuth 1.0a consumer key checked,
   as WooCommerce does on plain http): ``GET``/``PUT /orders/{id}``, ``POST /orders/{id}/notes``;
   it keeps each order's ``meta_data`` so a second tag write sees the first, and its ``status``
@@ -59,7 +60,7 @@ class WhatsAppSend:
 
 @dataclass(frozen=True)
 class ShopifyCall:
-    operation: str  # tagsAdd | orderCancel | orderUpdate | query
+    operation: str  # tagsAdd | orderCancel | orderUpdate | query | orders | orderFulfillments | webhookSubscriptions | webhookSubscriptionCreate
     variables: dict[str, Any]
 
 
@@ -95,6 +96,8 @@ class FakeWorld:
         # order gid -> the order as Shopify's Admin GraphQL has it now (tests/scenarios/payloads.shopify_order_node):
         # what the reconcile reads, whether or not its webhooks reached the connector
         self.shopify_orders: dict[str, dict[str, Any]] = {}
+        self.shopify_orders_status = 200  # anything else: the order pages answer it (403: the token lacks read_orders)
+        self.shopify_hooks: list[dict[str, Any]] = []  # webhook subscriptions made by install
         self.app = Starlette(routes=[
             Route("/{version}/{phone_number_id}/messages", self._wa_messages, methods=["POST"]),
             Route("/admin/api/{version}/graphql.json", self._shopify_graphql, methods=["POST"]),
@@ -114,6 +117,8 @@ class FakeWorld:
             self.woo_status.clear()
             self.shopify_cancelled.clear()
             self.shopify_orders.clear()
+            self.shopify_orders_status = 200
+            self.shopify_hooks.clear()
             self.whatsapp_down = False
             self.whatsapp_answer_lost = False
 
@@ -165,8 +170,22 @@ class FakeWorld:
         body = await request.json()
         query, variables = str(body.get("query") or ""), body.get("variables") or {}
         with self._lock:
+            if "orders(first: $first" in query and self.shopify_orders_status != 200:
+                self.shopify.append(ShopifyCall("orders", variables))
+                return JSONResponse({"errors": "[API] This action requires merchant approval for read_orders scope."},
+                                    self.shopify_orders_status)
             if "orders(first: $first" in query:  # the reconcile's page
                 op, data = "orders", {"orders": self._orders_page(variables)}
+            elif "webhookSubscriptionCreate" in query:
+                hook = {"id": f"gid://shopify/WebhookSubscription/{next(self._ids)}", "topic": variables["topic"],
+                        "uri": variables["webhookSubscription"]["uri"]}
+                if "metafieldNamespaces" in variables["webhookSubscription"]:
+                    hook["metafieldNamespaces"] = list(variables["webhookSubscription"]["metafieldNamespaces"])
+                self.shopify_hooks.append(hook)
+                op, data = "webhookSubscriptionCreate", {"webhookSubscriptionCreate": {"webhookSubscription": hook, "userErrors": []}}
+            elif "webhookSubscriptions(" in query:
+                op, data = "webhookSubscriptions", {"webhookSubscriptions": {
+                    "nodes": list(self.shopify_hooks), "pageInfo": {"hasNextPage": False, "endCursor": None}}}
             elif "StoreloopOrderFulfillments" in query:  # an order listing as many fulfilments as the page asked for
                 node = self.shopify_orders.get(variables.get("id") or "")
                 op, data = "orderFulfillments", {"order": _as_listed(node, variables) if node else None}

@@ -80,8 +80,9 @@ class Scenario:
     """The real connector for one store, ``platform`` ``shopify`` (store ``shop-a``) or ``woocommerce`` (store ``woo``)."""
 
     def __init__(self, world: FakeWorld, db_url: str, platform: str, *, journeys: dict[str, Any], policy: dict[str, Any] | None = None,
-                 store_settings: dict[str, Any] | None = None):
+                 store_settings: dict[str, Any] | None = None, server: dict[str, Any] | None = None):
         raw = settings_dict(db_url)
+        raw["server"].update(server or {})  # e.g. public_url, which install needs
         raw["whatsapp"].update(access_token=WA_TOKEN, graph_base_url=world.url, pair_spacing_seconds=0)
         if platform == "shopify":
             store = raw["stores"][0]
