@@ -260,8 +260,10 @@ class CodConfirmation:
 
     @staticmethod
     def _deadline(run: Run, config: CodConfirmationConfig) -> datetime:
-        """The answer deadline of an asked run: ``answer_window_hours`` after the question."""
-        return datetime.fromisoformat(run.state["asked_at"]) + timedelta(hours=config.answer_window_hours)
+        """The answer deadline of an asked run: ``answer_window_hours`` after the question, later by
+        as much as its reminders went out late (``slipped``, seconds)."""
+        return datetime.fromisoformat(run.state["asked_at"]) + timedelta(hours=config.answer_window_hours,
+                                                                         seconds=float(run.state.get("slipped", 0)))
 
     @staticmethod
     def _next_wake(asked_at: datetime, reminders_sent: int, config: CodConfirmationConfig) -> datetime:
@@ -283,11 +285,14 @@ class CodConfirmation:
         asked_at = datetime.fromisoformat(state["asked_at"])
         sent = int(state.get("reminders", 0))
         if sent < len(config.reminder_hours):
-            # a reminder that goes out late (the app was uninstalled, the worker down) keeps its distance to
-            # the next step: she has as long after it to answer as the configuration gives, never seconds
-            late = max(now - (asked_at + timedelta(hours=config.reminder_hours[sent])), timedelta(0))
-            return [Update({"reminders": sent + 1}), Send(f"reminder_{sent + 1}", order_context(facts)),
-                    Wake(self._next_wake(asked_at, sent + 1, config) + late)]
+            # a reminder that goes out late (its timer held while the app was uninstalled, the worker down)
+            # moves what follows by as much: she has as long after it to answer as the configuration gives
+            slipped = float(state.get("slipped", 0))
+            planned = asked_at + timedelta(hours=config.reminder_hours[sent], seconds=slipped)
+            slipped += max((now - planned).total_seconds(), 0.0)
+            return [Update({"reminders": sent + 1, **({"slipped": slipped} if slipped else {})}),
+                    Send(f"reminder_{sent + 1}", order_context(facts)),
+                    Wake(self._next_wake(asked_at, sent + 1, config) + timedelta(seconds=slipped))]
         order_id = run.subject.split(":", 1)[1]
         if "reminders_sent" in facts.extra and not facts.extra["reminders_sent"]:
             return self._not_reached(run, facts, config, order_id)
@@ -490,7 +495,7 @@ class CodConfirmation:
         flagged (``no_answer_action`` other than "none"), never cancelled; a Confirm notes the flag is stale.
         """
         asked_at = run.state.get("asked_at")
-        in_time = asked_at is not None and event.occurred_at < datetime.fromisoformat(asked_at) + timedelta(hours=config.answer_window_hours)
+        in_time = asked_at is not None and event.occurred_at < self._deadline(run, config)
         no_answer = run.state.get("choice") == "no_answer"
         cancelled = (facts.order is not None and facts.order.cancelled) or (no_answer and config.no_answer_action == "cancel")
         flagged = config.no_answer_action == "tag" if no_answer else config.no_answer_action != "none"

@@ -146,3 +146,22 @@ def test_while_the_orders_cannot_be_read_back_the_store_keeps_waiting_and_the_ne
     assert sc.client.portal.call(partial(reconcile_store, sc.runtime, store, "worker-1", timedelta(minutes=15)))
     sc.work()
     assert sc.templates_to(RAVI) == ["cod_confirm_v1", "cod_reminder_v1"]
+
+
+def test_words_she_writes_after_the_late_reminder_wait_for_a_person_until_the_moved_deadline(sqlite_url, scenario, world):
+    sc = scenario(sqlite_url, "shopify", journeys=COD_CANCEL, server=PUBLIC)
+    placed = sc.now
+    SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, placed))
+    in_store(world, 1, ASHA, placed)
+    sc.work()
+    sc.later(hours=1)
+    uninstall(sc)
+    sc.later(hours=39)
+    reinstall(sc)
+    sc.work()
+    sc.later(minutes=30)
+    sc.say(ASHA, "Can I change the address first?", quoting=sc.last_to(ASHA, "cod_reminder_v1"))
+    sc.later(hours=2)
+    assert world.shopify_ops("tagsAdd") == [] and world.shopify_ops("orderCancel") == []  # a person has her words
+    sc.later(hours=16, step=timedelta(hours=1))  # 18 h after the reminder, nobody acted on them
+    assert [t["tags"] for t in world.shopify_ops("tagsAdd")] == [["cod-unconfirmed"]] and world.shopify_ops("orderCancel") == []
