@@ -6,7 +6,7 @@ An install that ends an uninstall now sets ``reinstalled_at``; until the reconci
 orders changed since and the processor has heard them (``connector/reinstall.py``) the store's
 journey timers and outbox wait. Existing stores are not waiting for anything: NULL.
 
-Revision ID: 0021
+Revision ID: 0019
 Revises: 0018
 Create Date: 2026-12-14
 """
@@ -16,7 +16,7 @@ from alembic import op
 import connector.storage.models
 
 
-revision = '0021'
+revision = '0019'
 down_revision = '0018'
 branch_labels = None
 depends_on = None
