@@ -165,6 +165,39 @@ def test_a_database_blip_while_recording_loses_no_batch_and_a_message_kept_from_
     assert sorted((a.outcome, a.error_code) for a in attempts(db)) == [("retry", 2), ("sent", None), ("sent", None), ("sent", None)]
 
 
+def test_a_message_throttled_on_its_first_try_keeps_its_place_before_her_next_one(db, db_url, graph):
+    """A 130429 spends none of the message's tries; it must still hold its place in her line, or her
+    next message (queued after it) goes out first: the reminder before the order confirmation."""
+    fake, url = graph
+    settings = settings_for(db_url, url, access_token=WA_TOKEN, pair_spacing_seconds=0)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    sid = ids["shop-a"]
+    cid = seed_contact(db, sid, phone=ASHA)
+    first = queue(db, settings, sid, cid, subject="order:1")
+    second = queue(db, settings, sid, cid, subject="order:2")
+    fake.script.append(ScriptedResponse(429, {"error": {"message": "(#130429) Rate limit hit", "type": "OAuthException",
+                                                        "code": 130429, "fbtrace_id": "T"}}, headers={"Retry-After": "30"}))
+    clock = Clock(NOON_IST)
+    sent_order: list[int] = []
+
+    async def run() -> None:
+        client = WhatsAppClient(url, settings.whatsapp.api_version, WA_TOKEN)
+        dispatcher = Dispatcher(db, settings, ids, client, clock=clock)
+        try:
+            for _ in range(8):  # the worker's rounds, 10 s apart: the throttled one is due again after 30 s
+                await dispatcher.run_once()
+                await dispatcher.flush()
+                sent_order.extend(r.id for r in outbox_rows(db) if r.status == "sent" and r.id not in sent_order)
+                clock.now += timedelta(seconds=10)
+            await dispatcher.close()
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    assert sent_order == [first.outbox_id, second.outbox_id]
+    assert {r.id: r.attempts for r in outbox_rows(db)}[first.outbox_id] == 1  # the throttle answer spent no try
+
+
 # ---- 3. a peak above the number's real rate ---------------------------------------------------
 
 def test_a_peak_above_the_numbers_real_rate_fails_no_message_and_the_pace_slows_to_it(db, db_url):

@@ -303,8 +303,9 @@ def _waits_its_turn(now: datetime) -> Any:
         ahead.c.channel == OUTBOX.c.channel,
         ahead.c.id < OUTBOX.c.id,
         ahead.c.status.in_(("pending", "sending")),
+        # tried before: a spent attempt, or an error kept without one (a throttle answer spends none)
         or_(ahead.c.status == "sending", ahead.c.due_at <= now,
-            and_(ahead.c.attempts > 0, ahead.c.due_at <= now + RETRY_KEEPS_PLACE)),
+            and_(or_(ahead.c.attempts > 0, ahead.c.last_error.is_not(None)), ahead.c.due_at <= now + RETRY_KEEPS_PLACE)),
     )
 
 
