@@ -233,6 +233,15 @@ def record_consent(
     return True
 
 
+SKU_LENGTH = LINES.c.sku.type.length  # what a line keeps of a SKU: a product's SKUs are cut alike to match its lines
+TRACKING_LENGTH = FULFILLMENTS.c.tracking_number.type.length
+
+
+def _cut(value: str | None, length: int) -> str | None:
+    """Text cut to its column (PostgreSQL refuses a longer value and the whole row with it)."""
+    return value[:length] if value else value
+
+
 def _line_rows(store_id: int, order_id: int, lines: tuple[ev.LineItem, ...]) -> list[dict[str, Any]]:
     return [
         {
@@ -241,7 +250,7 @@ def _line_rows(store_id: int, order_id: int, lines: tuple[ev.LineItem, ...]) -> 
             "external_id": li.external_id,
             "product_id": li.product_id,
             "variant_id": li.variant_id,
-            "sku": li.sku,
+            "sku": _cut(li.sku, SKU_LENGTH),  # a longer one fails the order's row on PostgreSQL
             "title": li.title[:255],
             "quantity": li.quantity,
             "price": li.price,
@@ -374,16 +383,19 @@ def apply_fulfillment(conn: Connection, store_id: int, f: ev.Fulfillment, now: d
     existing = fulfillment_row(conn, store_id, f.external_id)
     if existing is not None and existing.source_updated_at > f.updated_at:
         return False
+    # cut to their columns: a carrier name or number longer than it fails the row on PostgreSQL, and since
+    # order webhooks list their fulfilments, that row would be the order's own update
+    company, number = _cut(f.tracking_company, TRACKING_LENGTH), _cut(f.tracking_number, TRACKING_LENGTH)
     if news_only and existing is not None and existing.source_updated_at == f.updated_at and (
             existing.status, existing.shipment_status, existing.tracking_company, existing.tracking_number, existing.tracking_url) == (
-            f.status[:24], f.shipment_status.value, f.tracking_company, f.tracking_number, f.tracking_url):
+            f.status[:24], f.shipment_status.value, company, number, f.tracking_url):
         return False
     values = {
         "order_external_id": f.order_external_id,
         "status": f.status[:24],
         "shipment_status": f.shipment_status.value,
-        "tracking_company": f.tracking_company,
-        "tracking_number": f.tracking_number,
+        "tracking_company": company,
+        "tracking_number": number,
         "tracking_url": f.tracking_url,
         "created_at": f.created_at,
         "source_updated_at": f.updated_at,
@@ -723,7 +735,8 @@ def apply_product_cycle(conn: Connection, store: Any, store_id: int, p: ev.Produ
         days = cycle_from_tags(p.tags)
     key = product_key(p.product_id, None, None)
     # lines that name no product id (a custom item, a product the platform no longer links) are keyed by SKU, else title
-    keys = [key, *(product_key(None, sku, None) for sku in p.skus), *([product_key(None, None, p.title)] if p.title.strip() else [])]
+    keys = [key, *(product_key(None, _cut(sku, SKU_LENGTH), None) for sku in p.skus),
+            *([product_key(None, None, p.title)] if p.title.strip() else [])]
     changed = _apply_availability(conn, store, store_id, p.product_id, keys, (p.available, p.in_stock), now)
     table = ProductCycle.__table__
     current = conn.execute(select(table.c.id, table.c.cycle_days).where(

@@ -153,6 +153,25 @@ def test_a_fulfilment_listed_on_the_order_that_cannot_be_read_leaves_the_order_u
     assert statuses and set(statuses) == {"done"}  # not failed: the order's update was applied
 
 
+def test_a_carrier_name_longer_than_its_column_fails_neither_the_order_update_nor_the_parcel(db_url, scenario, world):
+    """PostgreSQL refuses text longer than its column, and with it the whole row: since order webhooks list
+    their fulfilments, a 130-character carrier name failed the order's own update (its note, a cancel)."""
+    sc = start(scenario, db_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    long_named = fulfilment(7001, order, sc.now, "in_transit", "AAA111")
+    long_named["tracking_company"] = "Shree Maruti Integrated Logistics " * 4  # 136 characters
+    sc.shopify("orders/updated", order_listing(order, sc.now, long_named, note="please leave at the door"))
+    sc.later(hours=1)
+    assert links(sc) == ["https://track.example/AAA111"]
+    with sc.runtime.db.engine.connect() as conn:
+        statuses = conn.execute(text("SELECT status FROM inbox_events WHERE topic = 'orders/updated'")).scalars().all()
+        company = conn.execute(text("SELECT tracking_company FROM fulfillments")).scalar_one()
+    assert statuses and set(statuses) == {"done"}
+    assert company == long_named["tracking_company"][:120]
+
+
 def test_delivered_heard_from_the_order_and_from_the_fulfilment_is_told_once_whichever_comes_first(sqlite_url, scenario, world):
     """Order 1's update says delivered before its fulfilments/update does; order 2's the other way round.
     Before: order 1 got no "delivered" until the fulfilment webhook came (never, when it does not)."""
