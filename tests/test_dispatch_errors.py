@@ -27,6 +27,7 @@ from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp, ScriptedR
 from connector.storage import models as m
 from connector.storage.inbox import sync_stores
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
+from tests.conftest import SECRETS
 from tests.scenarios.fakes import WA_TOKEN
 from tests.scenarios.stores import SHOPIFY
 from tests.test_outbox import NOON_IST, Clock, attempts, outbox_rows, queue, seed_contact, settings_for
@@ -71,8 +72,12 @@ def test_an_expired_token_fails_no_message_and_once_whatsapp_takes_sends_again_e
         # the owner hears of it: a log line naming the store and Meta's code, and /readyz
         assert any("shop-a" in r.getMessage() and "190" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
         ready = sc.client.get("/readyz")
-        assert ready.status_code == 200 and ready.json()["whatsapp"] == "paused"
-        assert [(p["store"], p["code"]) for p in ready.json()["whatsapp_paused"]] == [("shop-a", 190)]
+        assert ready.status_code == 200 and ready.json()["whatsapp"] == "paused" and ready.json()["whatsapp_paused_stores"] == 1
+        assert "shop-a" not in ready.text and "190" not in ready.text  # /readyz answers anyone: no store, no code
+        # which store and why: on that store's dashboard, behind its sign-in
+        assert sc.client.post("/dashboard/login", data={"token": SECRETS["admin"], "next": "/dashboard"}).status_code == 200
+        page = sc.client.get("/dashboard/shop-a").text
+        assert "WhatsApp sends are paused" in page and "code 190" in page
 
         SHOPIFY.place(sc, SHOPIFY.order(4, "+919811122233", sc.now))  # orders keep coming in
         sc.later(seconds=30)
@@ -196,6 +201,43 @@ def test_a_message_throttled_on_its_first_try_keeps_its_place_before_her_next_on
     asyncio.run(run())
     assert sent_order == [first.outbox_id, second.outbox_id]
     assert {r.id: r.attempts for r in outbox_rows(db)}[first.outbox_id] == 1  # the throttle answer spent no try
+
+
+def test_a_worker_told_to_stop_while_the_database_refuses_its_outcomes_stops(db, db_url, graph, caplog):
+    """Outcomes refused by the database are written again until they commit, but not past a stop: a
+    SIGTERM during an outage used to hang the worker (until its orchestrator killed it)."""
+    fake, url = graph
+    settings = settings_for(db_url, url, access_token=WA_TOKEN)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    sid = ids["shop-a"]
+    queued = queue(db, settings, sid, seed_contact(db, sid, phone=ASHA), subject="order:1")
+
+    def refuse_outcomes(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("INSERT INTO OUTBOX_ATTEMPTS"):
+            raise OperationalError(statement, parameters, Exception("database is locked"))
+
+    event.listen(db.engine, "before_cursor_execute", refuse_outcomes)
+
+    async def run() -> None:
+        client = WhatsAppClient(url, settings.whatsapp.api_version, WA_TOKEN)
+        dispatcher = Dispatcher(db, settings, ids, client, clock=Clock(NOON_IST))
+        stop = asyncio.Event()
+        task = asyncio.create_task(dispatcher.run_forever(stop, idle_seconds=0.01))
+        try:
+            while not fake.accepted():  # the message went out; its outcome is being refused
+                await asyncio.sleep(0.01)
+            stop.set()
+            await asyncio.wait_for(task, timeout=30)  # before: never returned
+        finally:
+            task.cancel()
+            await client.aclose()
+
+    with caplog.at_level(logging.ERROR, logger="storeloop.dispatcher"):
+        asyncio.run(run())
+    event.remove(db.engine, "before_cursor_execute", refuse_outcomes)
+    assert len(fake.accepted()) == 1
+    assert any("given up" in r.getMessage() and str(queued.outbox_id) in r.getMessage() for r in caplog.records)
+    assert {r.id: r.status for r in outbox_rows(db)}[queued.outbox_id] == "sending"  # its lease settles it, as after a crash
 
 
 # ---- 3. a peak above the number's real rate ---------------------------------------------------

@@ -15,6 +15,7 @@ probes, and its success lets the rest go. /readyz shows the pause (``ob.mark_pau
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -102,6 +103,7 @@ class Dispatcher:
         )
         self._pending_record: asyncio.Task[None] | None = None
         self._recording_again = False  # the pending outcomes were refused once: written again until they commit
+        self._stop: asyncio.Event | None = None  # set when the worker stops: outcomes still refused are given up then
         self.paused: dict[str, Pause] = {}  # phone_number_id -> its pause (this worker's memory)
         self._probes: set[int] = set()  # rows of this batch that test a paused number
         self._shown: dict[str, Pause | None] = {}  # pause changes still to show /readyz (None: resumed)
@@ -205,9 +207,24 @@ class Dispatcher:
                 return
             except Exception as exc:
                 self._recording_again = True
+                if self._stop is not None and self._stop.is_set():
+                    # a worker told to stop does not wait for the database for ever (its orchestrator would
+                    # kill it anyway): these rows stay 'sending' and their lease settles them, as after a crash
+                    log.error("recording %d send outcomes failed (%s) while stopping; given up: rows %s end as their lease "
+                              "runs out", len(results), describe_error(exc), sorted(r.row.id for r in results))
+                    self._recording_again = False
+                    return
                 log.error("recording %d send outcomes failed (%s); trying again in %.1f s", len(results), describe_error(exc), wait)
-                await asyncio.sleep(wait)
+                await self._pause_unless_stopping(wait)
                 wait = min(RECORD_RETRY_CAP, wait * 2)
+
+    async def _pause_unless_stopping(self, seconds: float) -> None:
+        """Sleep between tries at recording, cut short when the worker is told to stop."""
+        if self._stop is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
 
     def _marketing_limit(self, results: list[ob.Result]) -> list[ob.Result]:
         """131049 (the user's marketing limit) answered to the send: tomorrow again by the failed
@@ -279,6 +296,7 @@ class Dispatcher:
         return total
 
     async def run_forever(self, stop: asyncio.Event, idle_seconds: float = 0.5) -> None:
+        self._stop = stop
         await loop.run_forever(self.run_once, stop, idle_seconds, log)
         await self.close()
 

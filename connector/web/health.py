@@ -1,8 +1,10 @@
 """Liveness and readiness for load balancers and orchestrators.
 
-/readyz also lists the stores whose WhatsApp sends a dispatcher paused (an expired token, a
-missing permission, payment, a block: connector/outbox/dispatcher.py), still with 200: the
-connector takes webhooks all the same, and its messages wait for the account to be fixed.
+/readyz also says whether a dispatcher paused WhatsApp sends (an expired token, a missing
+permission, payment, a block: connector/outbox/dispatcher.py) and for how many stores, still with
+200: the connector takes webhooks all the same, and its messages wait for the account to be fixed.
+It names no store and no code: it answers anyone, and in an agency deployment one brand's trouble is
+not another's business. Which store and why are in the error log and on that store's dashboard.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from adapters.whatsapp.errors import describe
 from connector.outbox import store as ob
 
 
@@ -27,15 +28,10 @@ def _ping(runtime) -> None:  # type: ignore[no-untyped-def]
         conn.execute(text("SELECT 1"))
 
 
-def _paused(runtime) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    """The configured stores whose number a dispatcher paused, with Meta's code and the next try."""
+def _paused(runtime) -> int:  # type: ignore[no-untyped-def]
+    """How many configured stores have a number a dispatcher paused."""
     paused = ob.paused_numbers(runtime.db)
-    out = []
-    for store in runtime.settings.stores:
-        if store.whatsapp_phone_number_id in paused:
-            code, next_try = paused[store.whatsapp_phone_number_id]
-            out.append({"store": store.key, "code": code, "reason": describe(code), "next_try_at": next_try.isoformat()})
-    return out
+    return sum(1 for store in runtime.settings.stores if store.whatsapp_phone_number_id in paused)
 
 
 async def readyz(request: Request) -> JSONResponse:
@@ -52,5 +48,5 @@ async def readyz(request: Request) -> JSONResponse:
     else:
         body["whatsapp"] = "paused" if paused else "sending"
         if paused:
-            body["whatsapp_paused"] = paused
+            body["whatsapp_paused_stores"] = paused
     return JSONResponse(body)
