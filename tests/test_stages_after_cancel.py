@@ -205,3 +205,18 @@ def test_a_refunded_woocommerce_order_puts_a_returning_customer_back_in_retentio
         with runtime.db.engine.connect() as conn:
             refunded = conn.execute(select(m.Order.payment_state).where(m.Order.external_id == "7002")).scalar_one()
         assert (ordering, refunded, stage(client, "woo", WOO_PHONE)) == ("post_purchase", "refunded", "retention")
+
+
+def test_parcel_news_of_a_cancelled_order_leaves_her_where_her_other_orders_put_her(db_url):
+    """A carrier scan of the cancelled order's parcel (shipped before the cancel, now on its way back) is no
+    purchase of hers: it used to put the returning customer back in post-purchase, with the delivery desk."""
+    with running_app(settings(db_url)) as (client, runtime):
+        returning_customer(client, runtime)
+        post_shopify(client, cancelled(id=NEW, name="#10000", created_at="2026-11-25T12:00:00+05:30", financial_status="voided"),
+                     "orders/cancelled")
+        runtime.processor.drain()
+        after_cancel = stage(client)
+        parcel(client, NEW, "in_transit", "2026-11-26T12:00:00Z", fulfilment_id=255858047)
+        runtime.processor.drain()
+        after_scan = stage(client)
+    assert (after_cancel, after_scan) == ("retention", "retention")
