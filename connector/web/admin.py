@@ -99,6 +99,20 @@ def _guard(request: Request) -> Response | int:
     return store_id
 
 
+async def _guarded_object(request: Request, example: str) -> Response | tuple[int, dict[str, Any]]:
+    """The store id and the body as a JSON object for a POST of the admin API, or the answer to send
+    instead (401/404 from the guard, 413/400 for the body; ``example`` shows the expected shape)."""
+    guard = _guard(request)
+    if isinstance(guard, Response):
+        return guard
+    body = await json_body(request, request.app.state.runtime.settings.server.max_body_bytes, empty={})
+    if isinstance(body, Response):
+        return body
+    if not isinstance(body, dict):
+        return problem(400, f"body must be a JSON object: {example}")
+    return guard, body
+
+
 async def read_body(request: Request, cap: int) -> bytes:
     """The request body under ``cap`` (``BodyTooLarge`` beyond), read as the webhook endpoints read theirs."""
     return await receive_body(request.receive, request.headers, cap)
@@ -162,15 +176,11 @@ async def replay_inbox(request: Request) -> Response:
     or ``{"ids": [...]}``, ``"status"`` failed or held, ``"since"`` an ISO time); the processor is woken."""
     from datetime import datetime, timezone
 
-    guard = _guard(request)
-    if isinstance(guard, Response):
-        return guard
+    guarded = await _guarded_object(request, '{"ids": [1, 2], "status": "failed", "since": "2026-11-20T00:00:00Z"}')
+    if isinstance(guarded, Response):
+        return guarded
+    guard, body = guarded
     runtime = request.app.state.runtime
-    body = await json_body(request, runtime.settings.server.max_body_bytes, empty={})
-    if isinstance(body, Response):
-        return body
-    if not isinstance(body, dict):
-        return problem(400, "body must be a JSON object: {\"ids\": [1, 2], \"status\": \"failed\", \"since\": \"2026-11-20T00:00:00Z\"}")
     ids, status, since = body.get("ids"), body.get("status", "failed"), body.get("since")
     if ids is not None and (not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
         return problem(400, "ids must be a non-empty list of inbox row ids (integers); leave it out for every failed row")
@@ -210,15 +220,11 @@ async def handoffs(request: Request) -> Response:
 
 
 async def close_handoff(request: Request) -> Response:
-    guard = _guard(request)
-    if isinstance(guard, Response):
-        return guard
+    guarded = await _guarded_object(request, '{"by": "name", "resolution": "..."}')
+    if isinstance(guarded, Response):
+        return guarded
+    guard, body = guarded
     runtime = request.app.state.runtime
-    body = await json_body(request, runtime.settings.server.max_body_bytes, empty={})
-    if isinstance(body, Response):
-        return body
-    if not isinstance(body, dict):
-        return problem(400, "body must be a JSON object: {\"by\": \"name\", \"resolution\": \"...\"}")
     by, resolution = body.get("by"), body.get("resolution")
     if not isinstance(by, str) or not by.strip():
         return problem(400, "say who closes it: {\"by\": \"name\"}")
