@@ -52,6 +52,10 @@ _DUE_STORES = (select(STORES.c.id).where(
 ).order_by(STORES.c.id))
 
 
+# rows processed only once every row of their store received before them is (``waiting_for_earlier``)
+AFTER_EARLIER = PRIVACY_TOPICS | {(reinstall.SOURCE, reinstall.CAUGHT_UP)}
+
+
 class _RowFailed(Exception):
     """A row raised while its batch was applied as a whole: redo the batch row by row."""
 
@@ -222,7 +226,7 @@ class InboxProcessor:
 
             handled = 0
             parsed: list[list[Event] | Exception] | None = None
-            if not any((row.source, row.topic) in PRIVACY_TOPICS for row in rows):
+            if not any((row.source, row.topic) in AFTER_EARLIER for row in rows):
                 parsed = []
                 for row in rows:
                     parsed.append(self._parse_row(row))
@@ -309,9 +313,11 @@ class InboxProcessor:
         marks: list[tuple[int, dict[str, Any]]] = []
         handled = 0
         for i, row in enumerate(rows):
-            if (row.source, row.topic) in PRIVACY_TOPICS:
-                # a privacy request sees, and can erase, everything received before it: this
-                # batch's outcomes are written first, and rows another worker holds are waited for
+            if (row.source, row.topic) in AFTER_EARLIER:
+                # a privacy request sees, and can erase, everything received before it, and a reinstalled
+                # store's timers resume only once the orders read back before its caught-up row are heard
+                # (one retried after an error, or held by another worker, too): this batch's outcomes are
+                # written first, and rows still pending before it are waited for
                 _mark_rows(conn, marks)
                 handled, marks = handled + len(marks), []
                 if waiting_for_earlier(conn, row.store_id, row.id):

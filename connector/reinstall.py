@@ -24,6 +24,7 @@ An install that ends the uninstall (``resume``, in the install's transaction):
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +34,9 @@ from connector import events as ev
 from connector.errors import NormalizationError
 from connector.storage.db import Database
 from connector.storage.inbox import InboxItem
-from connector.storage.sql import OUTBOX, STORES
+from connector.storage.sql import INBOX, OUTBOX, STORES
+
+log = logging.getLogger("storeloop.install")
 
 SOURCE = "storeloop"  # inbox rows of our own making, not a platform's
 CAUGHT_UP = "store/caught_up"
@@ -47,6 +50,13 @@ def resume(conn: Connection, store: Any, store_id: int, now: datetime) -> bool:
     """End an uninstall (see the module docstring); False when the store was not uninstalled."""
     from connector.outbox.writebacks import hand_off_unmade
 
+    # an ``app/uninstalled`` still waiting in the inbox (the worker behind, or down) is older than this
+    # install: processed after it, it would pause the store again and drop the credentials just stored
+    superseded = conn.execute(update(INBOX).where(
+        INBOX.c.store_id == store_id, INBOX.c.status == "pending", INBOX.c.source == "shopify", INBOX.c.topic == "app/uninstalled",
+    ).values(status="ignored", last_error="superseded: the app was installed again before this was processed")).rowcount
+    if superseded:
+        log.warning("app/uninstalled superseded by a reinstall before it was processed", extra={"store": store.key})
     since = conn.execute(select(STORES.c.uninstalled_at).where(STORES.c.id == store_id)).scalar()
     if since is None:
         return False

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, func, insert, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector.policy import ContactFacts, SendHistory
@@ -333,7 +333,8 @@ def claim(
                 OUTBOX.c.store_id.in_(store_ids),
                 # app/uninstalled stops every send and write-back for that shop at once; after a
                 # reinstall they wait until its orders are read back (connector/reinstall.py)
-                ~exists().where(STORES.c.id == OUTBOX.c.store_id, STORE_WAITS),
+                # (a notice to the store's own team goes all the same: it only tells a person of a case)
+                true() if channel == "notify" else ~exists().where(STORES.c.id == OUTBOX.c.store_id, STORE_WAITS),
                 ~_waits_its_turn(now),
             )
             .order_by(OUTBOX.c.due_at, OUTBOX.c.id)

@@ -165,3 +165,74 @@ def test_words_she_writes_after_the_late_reminder_wait_for_a_person_until_the_mo
     assert world.shopify_ops("tagsAdd") == [] and world.shopify_ops("orderCancel") == []  # a person has her words
     sc.later(hours=16, step=timedelta(hours=1))  # 18 h after the reminder, nobody acted on them
     assert [t["tags"] for t in world.shopify_ops("tagsAdd")] == [["cod-unconfirmed"]] and world.shopify_ops("orderCancel") == []
+
+
+def test_timers_wait_for_a_read_back_order_that_failed_once_before_its_caught_up_row(sqlite_url, scenario, world):
+    """The staff shipped the COD order while the app was gone; its read-back row meets a transient database
+    error (retried seconds later). The caught-up row right behind it must not end the wait first: the
+    no-answer cancel would be decided on the order as it was, and Shopify would cancel a shipped parcel."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    sc = scenario(sqlite_url, "shopify", journeys={"cod_confirmation": {"reminder_hours": [], "answer_window_hours": 24,
+                                                                        "no_answer_action": "cancel"}}, server=PUBLIC)
+    placed = sc.now
+    SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, placed))
+    sc.work()
+    sc.later(hours=1)
+    uninstall(sc)
+    in_store(world, 1, ASHA, placed, updated=placed + timedelta(hours=10), shipped=True)
+    sc.later(hours=30)
+    blips: list[str] = []
+
+    def refuse_once(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        # the batch's attempt, then the row's own: it is put back to be retried seconds later
+        if len(blips) < 2 and statement.lstrip().upper().startswith("UPDATE ORDERS"):
+            blips.append(statement)
+            raise OperationalError(statement, parameters, Exception("database is locked"))
+
+    event.listen(sc.runtime.db.engine, "before_cursor_execute", refuse_once)
+    try:
+        reinstall(sc)
+        sc.work()
+        sc.later(hours=1, step=timedelta(seconds=10))
+    finally:
+        event.remove(sc.runtime.db.engine, "before_cursor_execute", refuse_once)
+    assert len(blips) == 2  # the read-back order's row did fail
+    assert world.shopify_ops("orderCancel") == []
+
+
+def test_the_team_hears_of_a_tap_made_while_the_app_was_gone_even_while_the_orders_cannot_be_read_back(sqlite_url, scenario, world):
+    """Notices to the store's own team (Slack) tell a person of a case: they wait for no read-back."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD_CANCEL, server=PUBLIC)  # each stage's owner has a Slack hook (the fake's)
+    placed = sc.now
+    SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, placed))
+    in_store(world, 1, ASHA, placed)
+    sc.work()
+    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    sc.later(hours=1)
+    uninstall(sc)
+    sc.later(hours=2)
+    sc.tap(ASHA, "cod_cancel", ask)
+    sc.later(hours=2)
+    world.shopify_orders_status = 403  # installed again without read_orders: the read-back fails
+    before = len(world.notifications)
+    reinstall(sc)
+    sc.later(hours=1, step=timedelta(minutes=5))
+    assert [c for c in sc.handoffs() if "decided while the app was uninstalled" in c["reason"]]
+    assert world.notifications[before:]  # the team was told of it
+
+
+def test_an_uninstall_still_waiting_in_the_inbox_when_the_app_is_installed_again_does_not_undo_the_install(sqlite_url, scenario, world):
+    """The worker was behind when the merchant removed the app and added it back: the old app/uninstalled,
+    processed after the install, paused the store for good (no reminder, no deadline action, no reconcile)."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD_CANCEL, server=PUBLIC)
+    placed = sc.now
+    SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, placed))
+    in_store(world, 1, ASHA, placed)
+    sc.work()
+    sc.later(hours=1)
+    uninstall(sc)  # stored, not processed yet
+    reinstall(sc)  # the merchant adds the app back at once
+    sc.later(hours=7, step=timedelta(hours=1))
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_reminder_v1"]
