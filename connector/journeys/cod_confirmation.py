@@ -338,7 +338,7 @@ class CodConfirmation:
         run stays with the person: a Confirm or Cancel tap after it still counts (``_after_no_answer``)."""
         deadline = self._deadline(run, config)
         if now < deadline:
-            return [Wake(deadline)]  # woken early (a run from before this timer was kept: migration 0016)
+            return [Wake(deadline)]  # woken early (a run from before this timer was kept: migration 0018)
         still_open, case = self._persons_case(run, facts)
         if not still_open:
             return [Update({"deadline": "case_closed"})]  # a person dealt with it

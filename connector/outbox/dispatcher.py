@@ -15,7 +15,6 @@ probes, and its success lets the rest go. /readyz shows the pause (``ob.mark_pau
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -53,6 +52,7 @@ PAUSE_CAP = 900.0  # ... doubling with each refused probe, up to a quarter of an
 THROTTLES = frozenset({130429, 131056})
 RECORD_RETRY_FIRST = 0.1  # seconds before writing a batch's outcomes again after the database refused them ...
 RECORD_RETRY_CAP = 5.0  # ... doubling up to this
+RECORD_AFTER_STOP = 20.0  # seconds a stopping worker still tries (at most half its lease) before leaving the rows to it
 
 
 @dataclass(slots=True)
@@ -200,6 +200,7 @@ class Dispatcher:
         that a 503 kept from Meta, or quiet hours held back). A retry writes the same values; the
         rows move only while still ``sending`` (a status webhook may have settled one meanwhile)."""
         wait = RECORD_RETRY_FIRST
+        given_up_at: float | None = None  # once told to stop: the tries go on this long (a blip during a deploy), no longer
         while True:
             try:
                 await anyio.to_thread.run_sync(lambda: ob.record(self.db, self._marketing_limit(results), self.clock()))
@@ -207,7 +208,10 @@ class Dispatcher:
                 return
             except Exception as exc:
                 self._recording_again = True
-                if self._stop is not None and self._stop.is_set():
+                stopping = self._stop is not None and self._stop.is_set()
+                if stopping and given_up_at is None:
+                    given_up_at = time.monotonic() + min(RECORD_AFTER_STOP, self.lease.total_seconds() / 2)
+                if given_up_at is not None and time.monotonic() >= given_up_at:
                     # a worker told to stop does not wait for the database for ever (its orchestrator would
                     # kill it anyway): these rows stay 'sending' and their lease settles them, as after a crash
                     log.error("recording %d send outcomes failed (%s) while stopping; given up: rows %s end as their lease "
@@ -215,16 +219,8 @@ class Dispatcher:
                     self._recording_again = False
                     return
                 log.error("recording %d send outcomes failed (%s); trying again in %.1f s", len(results), describe_error(exc), wait)
-                await self._pause_unless_stopping(wait)
+                await asyncio.sleep(wait)
                 wait = min(RECORD_RETRY_CAP, wait * 2)
-
-    async def _pause_unless_stopping(self, seconds: float) -> None:
-        """Sleep between tries at recording, cut short when the worker is told to stop."""
-        if self._stop is None:
-            await asyncio.sleep(seconds)
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
 
     def _marketing_limit(self, results: list[ob.Result]) -> list[ob.Result]:
         """131049 (the user's marketing limit) answered to the send: tomorrow again by the failed
