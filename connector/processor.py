@@ -295,7 +295,8 @@ class InboxProcessor:
                 e, c = contact_keys_of(event)
                 emails.update(e, order_email_keys(event))
                 customers.update(c)
-        for store_id, (phones, orders, tokens, subjects, emails, customers, fulfillments) in wanted.items():
+        # in store order: the rows locked there are taken by every worker in one order (rows.prefetch)
+        for store_id, (phones, orders, tokens, subjects, emails, customers, fulfillments) in sorted(wanted.items()):
             prefetch(conn, store_id, phones, orders, tokens, fulfillments)
             prefetch_contacts(conn, store_id, "email", emails)
             prefetch_contacts(conn, store_id, "external_customer_id", customers)
