@@ -6,9 +6,10 @@ a fix: ``storeloop replay``, ``connector.admin.replay_inbox``) instead of being 
 
 A batch is first applied as a whole, inside one savepoint and with a transaction cache
 (``storage/txcache.py``) filled by a few ``IN`` queries, which is several times fewer
-statements than one savepoint and a dozen lookups per row. If any row raises, that
-savepoint is rolled back and the batch is redone row by row, each row in its own
-savepoint, so one bad row still cannot cost the others their work.
+statements than one savepoint and a dozen lookups per row. If any row raises, or a value
+one row brings breaks those lookups, that savepoint is rolled back and the batch is redone
+row by row, each row in its own savepoint, so one bad row still cannot cost the others
+their work (nor stall the inbox: the batch would fail again on every try).
 """
 
 from __future__ import annotations
@@ -253,7 +254,11 @@ class InboxProcessor:
         """Apply the rows in one savepoint with the transaction cache; ``_RowFailed`` (rolled back) if one raises."""
         marks: list[tuple[int, dict[str, Any]]] = []
         with conn.begin_nested(), installed(conn) as cache:
-            self._prefetch(conn, cache, rows, parsed)
+            try:
+                self._prefetch(conn, cache, rows, parsed)
+            except Exception as exc:  # a value one row brings breaks the batch's lookups: its own savepoint finds it
+                log.warning("inbox batch of %d rows could not be read ahead (%s); processing it row by row", len(rows), describe_error(exc))
+                raise _RowFailed(-1) from exc
             for i, (row, events) in enumerate(zip(rows, parsed)):
                 if isinstance(events, Exception):  # unreadable: decided without the database
                     values = self._failure(row, events, now)
@@ -295,7 +300,8 @@ class InboxProcessor:
                 e, c = contact_keys_of(event)
                 emails.update(e, order_email_keys(event))
                 customers.update(c)
-        for store_id, (phones, orders, tokens, subjects, emails, customers, fulfillments) in wanted.items():
+        # in store order: the rows locked there are taken by every worker in one order (rows.prefetch)
+        for store_id, (phones, orders, tokens, subjects, emails, customers, fulfillments) in sorted(wanted.items()):
             prefetch(conn, store_id, phones, orders, tokens, fulfillments)
             prefetch_contacts(conn, store_id, "email", emails)
             prefetch_contacts(conn, store_id, "external_customer_id", customers)
@@ -384,7 +390,7 @@ class InboxProcessor:
         if normalize is None:
             raise NormalizationError(f"no adapter for source {row.source!r}")
         try:
-            body = jsoncodec.loads(row.raw_body or b"")
+            body = jsoncodec.loads_body(row.raw_body or b"")
         except (ValueError, UnicodeDecodeError) as exc:
             raise NormalizationError(f"stored body is not JSON ({exc})") from None
         if not isinstance(body, dict):

@@ -40,6 +40,27 @@ _ORDERS_BY_CHECKOUTS = select(ORDERS).where(  # the (store_id, checkout_token) i
 _ORDERS_BY_CHECKOUT = select(ORDERS).where(ORDERS.c.store_id == bindparam("sid"), ORDERS.c.checkout_token == bindparam("token"))
 _CHECKOUTS_BY_TOKENS = select(CHECKOUTS).where(
     CHECKOUTS.c.store_id == bindparam("sid"), CHECKOUTS.c.token.in_(bindparam("tokens", expanding=True)))
+
+
+# Rows a payload may change (orders, checkouts, fulfilments) are read locked on PostgreSQL, as
+# their UPDATE would lock them (FOR NO KEY UPDATE), in id order: another worker whose batch has
+# the same order waits for this transaction, then reads what it wrote. Read without the lock,
+# both saw the old row, both passed the stale check (``state.apply_order``), and the older
+# payload, written last, overwrote the newer. SQLite needs none: our transactions hold its one
+# write lock from their first statement.
+def _for_update(stmt: Any, table: Any) -> Any:
+    return stmt.order_by(table.c.id).with_for_update(key_share=True)
+
+
+_ORDER_BY_ID_LOCKED = _for_update(_ORDER_BY_ID, ORDERS)
+_CHECKOUT_BY_TOKEN_LOCKED = _for_update(_CHECKOUT_BY_TOKEN, CHECKOUTS)
+_FULFILLMENT_BY_ID_LOCKED = _for_update(_FULFILLMENT_BY_ID, FULFILLMENTS)
+# a batch's prefetch: (table, statement, its parameter), unlocked and locked
+_PREFETCH = (("contacts", _CONTACTS_BY_PHONES, "keys"), ("orders", _ORDERS_BY_IDS, "ids"),
+             ("checkouts", _CHECKOUTS_BY_TOKENS, "tokens"), ("fulfillments", _FULFILLMENTS_BY_IDS, "ids"))
+_PREFETCH_LOCKED = (("contacts", _CONTACTS_BY_PHONES, "keys"), ("orders", _for_update(_ORDERS_BY_IDS, ORDERS), "ids"),
+                    ("checkouts", _for_update(_CHECKOUTS_BY_TOKENS, CHECKOUTS), "tokens"),
+                    ("fulfillments", _for_update(_FULFILLMENTS_BY_IDS, FULFILLMENTS), "ids"))
 _CONTACTS_BY_MANY = {  # the (store_id, lower(trim(email))) and (store_id, external_customer_id) indexes
     "email": select(CONTACTS).where(
         CONTACTS.c.store_id == bindparam("sid"), func.lower(func.trim(CONTACTS.c.email)).in_(bindparam("keys", expanding=True))),
@@ -59,18 +80,26 @@ def contact_by_phone(conn: Connection, store_id: int, phone: ev.Phone) -> Any:
     return by_key(conn, "contacts", (store_id, key), _CONTACT_BY_PHONE, {"sid": store_id, "key": key})
 
 
-def order_row(conn: Connection, store_id: int, external_id: str) -> Any:
-    """The whole order row by its platform id, or None."""
-    return by_key(conn, "orders", (store_id, external_id), _ORDER_BY_ID, {"sid": store_id, "oid": external_id})
+def _locks(conn: Connection) -> bool:
+    return conn.dialect.name != "sqlite"
 
 
-def fulfillment_row(conn: Connection, store_id: int, external_id: str) -> Any:
-    """The whole fulfilment row by its platform id, or None."""
-    return by_key(conn, "fulfillments", (store_id, external_id), _FULFILLMENT_BY_ID, {"sid": store_id, "fid": external_id})
+def order_row(conn: Connection, store_id: int, external_id: str, *, for_update: bool = False) -> Any:
+    """The whole order row by its platform id, or None; ``for_update``: read locked on PostgreSQL
+    (a payload is about to be compared with it and written: see ``_for_update``)."""
+    stmt = _ORDER_BY_ID_LOCKED if for_update and _locks(conn) else _ORDER_BY_ID
+    return by_key(conn, "orders", (store_id, external_id), stmt, {"sid": store_id, "oid": external_id})
 
 
-def checkout_row(conn: Connection, store_id: int, token: str) -> Any:
-    return by_key(conn, "checkouts", (store_id, token), _CHECKOUT_BY_TOKEN, {"sid": store_id, "token": token})
+def fulfillment_row(conn: Connection, store_id: int, external_id: str, *, for_update: bool = False) -> Any:
+    """The whole fulfilment row by its platform id, or None (``for_update``: as for ``order_row``)."""
+    stmt = _FULFILLMENT_BY_ID_LOCKED if for_update and _locks(conn) else _FULFILLMENT_BY_ID
+    return by_key(conn, "fulfillments", (store_id, external_id), stmt, {"sid": store_id, "fid": external_id})
+
+
+def checkout_row(conn: Connection, store_id: int, token: str, *, for_update: bool = False) -> Any:
+    stmt = _CHECKOUT_BY_TOKEN_LOCKED if for_update and _locks(conn) else _CHECKOUT_BY_TOKEN
+    return by_key(conn, "checkouts", (store_id, token), stmt, {"sid": store_id, "token": token})
 
 
 def keys_of(event: ev.Event) -> tuple[list[str], list[str], list[str]]:
@@ -85,6 +114,8 @@ def keys_of(event: ev.Event) -> tuple[list[str], list[str], list[str]]:
             return (phones, [], [c.token])
         case ev.FulfillmentUpdated(fulfillment=f):
             return [], [f.order_external_id], []
+        case ev.OrderDeleted(order_external_id=oid):
+            return [], [oid], []
         case ev.CustomerUpdated() | ev.ConsentChanged() | ev.MessageReceived() | ev.ButtonReplied() | ev.MarketingPreferenceChanged():
             phone = event.customer.phone if isinstance(event, ev.CustomerUpdated) else event.phone
             return [phone_key(phone)] if phone else [], [], []
@@ -100,14 +131,14 @@ def fulfillment_keys_of(event: ev.Event) -> list[str]:
 def prefetch(conn: Connection, store_id: int, phone_keys: set[str], order_ids: set[str], tokens: set[str],
              fulfillment_ids: Collection[str] = ()) -> None:
     """Load a batch's contacts, orders, checkouts and fulfilments into the transaction cache: a query
-    per table instead of one per lookup."""
+    per table instead of one per lookup. On PostgreSQL the orders, checkouts and fulfilments are
+    read locked (``_for_update``): call it for the batch's stores in store order, before the batch
+    writes anything, so workers take these locks in one order."""
     cache = current(conn)
     if cache is None:
         return
-    for table, stmt, param, keys in (("contacts", _CONTACTS_BY_PHONES, "keys", phone_keys),
-                                     ("orders", _ORDERS_BY_IDS, "ids", order_ids),
-                                     ("checkouts", _CHECKOUTS_BY_TOKENS, "tokens", tokens),
-                                     ("fulfillments", _FULFILLMENTS_BY_IDS, "ids", fulfillment_ids)):
+    for (table, stmt, param), keys in zip(_PREFETCH_LOCKED if _locks(conn) else _PREFETCH,
+                                          (phone_keys, order_ids, tokens, fulfillment_ids)):
         todo = sorted(k for k in keys if not cache.lookup((table, store_id, k))[0])
         if not todo:
             continue

