@@ -18,7 +18,7 @@ from connector.storage import models as m
 from tests.conftest import SECRETS, settings_dict
 from tests.helpers import dumps, running_app, woo_headers
 from tests.test_reorder import T0, Clock, _consent, _order, _outbox, _post, _settings
-from tests.test_reorder_suppression import _statuses, _woo_buyer, _woo_product
+from tests.test_reorder_suppression import _shopify_buyer, _statuses, _woo_buyer, _woo_product
 
 
 def _wpost(client, topic: str, body: dict, *, delivery: str = "b4c1d0f1e2") -> None:
@@ -46,16 +46,7 @@ def test_a_product_deleted_in_shopify_gets_no_reminder_even_once_its_order_lines
     and ``variant_id`` null, which planned a new window under the line's SKU: she was reminded to reorder a
     product that no longer exists."""
     assert "PRODUCTS_DELETE" in SHOPIFY_SUBSCRIPTIONS and "product.deleted" in WOO_SUBSCRIPTIONS  # install subscribes them
-    settings = _settings(db_url)
-    clock = Clock(T0)
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
-        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
-        _post(client, "customers_whats_app_marketing_consent/update", _consent())
-        order = _order(6001, T0, qty=1)
-        _post(client, "orders/create", order)
-        runtime.processor.drain()
-        _tick(runtime, store, sid, clock, T0)
+    with _shopify_buyer(db_url, 6001) as (client, runtime, clock, store, sid, order):
         clock.now = T0 + timedelta(days=3)
         _post(client, "products/delete", {"id": 9001})
         runtime.processor.drain()
@@ -102,16 +93,8 @@ def test_an_archived_product_sold_again_brings_back_the_reminder_if_it_is_still_
     """Archived on day 2, the Neem face wash is active again later. Her window (due on day 31) had been
     cancelled for good, so she was never reminded. Back before the day, the reminder goes on the day; back
     within late_days (2) of it, at once; later than that, never (a reminder that late is not sent at all)."""
-    settings = _settings(db_url)
-    clock = Clock(T0)
     back = T0 + timedelta(days=back_days)
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
-        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
-        _post(client, "customers_whats_app_marketing_consent/update", _consent())
-        _post(client, "orders/create", _order(6001, T0, qty=1))
-        runtime.processor.drain()
-        _tick(runtime, store, sid, clock, T0)
+    with _shopify_buyer(db_url, 6001) as (client, runtime, clock, store, sid, _order_body):
         clock.now = T0 + timedelta(days=2)
         _post(client, "products/update", _neem("archived", clock.now))
         runtime.processor.drain()

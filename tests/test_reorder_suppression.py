@@ -74,16 +74,7 @@ def test_a_refunded_woocommerce_order_gets_no_reorder_reminder(db_url, full):
 def test_a_fully_refunded_shopify_order_whose_lines_stay_gets_no_reorder_reminder(db_url):
     """A Shopify refund of the money alone (no line refunded or restocked) leaves ``current_quantity``
     as it was; ``financial_status: refunded`` is what says the purchase was undone."""
-    settings = _settings(db_url)
-    clock = Clock(T0)
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
-        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
-        _post(client, "customers_whats_app_marketing_consent/update", _consent())
-        order = _order(6301, T0, qty=1)
-        _post(client, "orders/create", order)
-        runtime.processor.drain()
-        run_reorder_tick(runtime.db, store, sid, clock.now)
+    with _shopify_buyer(db_url, 6301) as (client, runtime, clock, store, sid, order):
         clock.now += timedelta(days=6)
         _post(client, "orders/updated", {**order, "financial_status": "refunded", "updated_at": clock.now.isoformat()})
         runtime.processor.drain()
@@ -176,6 +167,23 @@ def test_no_reorder_reminder_for_a_product_archived_or_whose_replenish_tag_was_r
 
 
 @contextmanager
+def _shopify_buyer(db_url: str, order_id: int) -> Iterator[tuple[Any, Any, Clock, Any, int, dict]]:
+    """The Shopify store with one customer (WhatsApp marketing consent) who bought one Neem face wash as
+    ``order_id`` at T0, its window planned: (client, runtime, clock, store, store id, the order's body)."""
+    settings = _settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        order = _order(order_id, T0, qty=1)
+        _post(client, "orders/create", order)
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        yield client, runtime, clock, store, sid, order
+
+
+@contextmanager
 def _woo_buyer(db_url: str, order_id: int) -> Iterator[tuple[Any, Any, Clock, Any, int]]:
     """The WooCommerce store with one customer (opted in by START) who bought the docs' example order
     (products 93 x2 and 22 x1) as ``order_id`` at T0, its windows planned: (client, runtime, clock, store, store id)."""
@@ -226,15 +234,7 @@ def test_no_reminder_when_she_already_reordered_under_another_phone_number(db_ur
     """Her reorder came with another phone number (so another contact), but the same Shopify customer
     account, or only the same email (a guest checkout). Before, the first window opened anyway and she was
     asked to reorder what she bought twelve days earlier."""
-    settings = _settings(db_url)
-    clock = Clock(T0)
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
-        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
-        _post(client, "customers_whats_app_marketing_consent/update", _consent())
-        _post(client, "orders/create", _order(6201, T0, qty=1))
-        runtime.processor.drain()
-        run_reorder_tick(runtime.db, store, sid, clock.now)
+    with _shopify_buyer(db_url, 6201) as (client, runtime, clock, store, sid, _order_body):
         clock.now = T0 + timedelta(days=19)
         again = _order(6202, clock.now, qty=1, phone="+91 99000 11111",
                        customer_id=115310627314723954 if same == "customer account" else 4242)
