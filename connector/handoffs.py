@@ -80,7 +80,7 @@ def journey_stage(journey: str | None) -> str | None:
     return stage if stage in _STAGE_ORDER else None
 
 
-def stage_after(event: Any, current: str) -> str | None:
+def stage_after(event: Any, current: str, *, order_called_off: bool = False) -> str | None:
     """The stage an event moves the contact to (None: unchanged).
 
     A new order starts a new purchase cycle and may move a contact back (a retention customer
@@ -89,7 +89,10 @@ def stage_after(event: Any, current: str) -> str | None:
     post-purchase, with its owner). A payment only moves them forward: a COD order is marked
     paid when the cash is collected, after delivery, and that must not pull the customer out
     of retention. News of an order called off (cancelled, fully refunded) moves no one: where
-    that leaves her is for her other orders to say (``restage``, when it is called off)."""
+    that leaves her is for her other orders to say (``restage``, when it is called off); that is the
+    event's own order, or for parcel news, which carries none, the stored one (``order_called_off``)."""
+    if order_called_off and isinstance(event, ev.FulfillmentUpdated):
+        return None  # a carrier scan after the cancel, a return shipment after a refund
     stage = _stage_of(event, current)
     if stage is None or isinstance(event, (ev.OrderPlaced, ev.FulfillmentUpdated)):
         return stage

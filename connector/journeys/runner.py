@@ -410,14 +410,12 @@ class JourneyRunner:
         """Run every enabled journey for one event; returns how many commands were applied."""
         applied = 0
         facts = _facts(conn, store, store_id, event, contact_id, None, now)
-        # parcel news of an order called off (a return shipment after a refund, a carrier scan after a cancel) moves
-        # no one: ``restage`` put her where her other orders leave her (a fulfilment carries no order state: the
-        # stored order says)
-        dead = isinstance(event, ev.FulfillmentUpdated) and facts.order is not None and (
-            facts.order.cancelled or ev.called_off(None, facts.order.payment_state))
-        if facts.contact_id is not None and not dead:
+        if facts.contact_id is not None:
             current = facts.extra.get("stage")
-            stage = stage_after(event, current or "entry")
+            # the stored order says whether parcel news is of an order called off (a fulfilment carries no order state)
+            stored = facts.order
+            called_off = stored is not None and (stored.cancelled or ev.called_off(None, stored.payment_state))
+            stage = stage_after(event, current or "entry", order_called_off=called_off)
             if stage is not None and stage != current:
                 update_by_id(conn, CONTACTS, facts.contact_id, {"stage": stage, "updated_at": now})
         handed_off: int | None = None
