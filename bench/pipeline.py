@@ -277,7 +277,8 @@ def phase_ingest(db: Database, items: list[InboxItem], batch: int, deadline: flo
     return p
 
 
-def phase_process(proc: InboxProcessor, clock: Clock, day: list[Webhook], stored: int, deadline: float, trace: bool) -> Phase:
+def phase_process(proc: InboxProcessor, clock: Clock, day: list[Webhook], stored: int, deadline: float, trace: bool,
+                  slice_s: float | None = DRAIN_SLICE) -> Phase:
     p = start_phase("2 process (batches)", True)
     p.work_label = "rows processed"
     b = proc.batch_size
@@ -292,7 +293,7 @@ def phase_process(proc: InboxProcessor, clock: Clock, day: list[Webhook], stored
         # worker.inbox_batch_size rows, ended early once the drain slice is spent. Each runs
         # "when" the last row it may take had arrived, as a worker keeping up with the webhooks would.
         clock.now = day[min(p.work + b, stored) - 1].at.astimezone(timezone.utc)
-        n = proc.process_batch(DRAIN_SLICE)
+        n = proc.process_batch(slice_s)
         p.work += n
         if n == 0:
             break
@@ -302,7 +303,7 @@ def phase_process(proc: InboxProcessor, clock: Clock, day: list[Webhook], stored
         tracemalloc.stop()
         p.extra["tracemalloc_peak_mb"] = peak / 2**20
     end_phase(p)
-    p.note = f"inbox batch {b}, slice {DRAIN_SLICE:g} s"
+    p.note = f"inbox batch {b}, " + (f"slice {slice_s:g} s" if slice_s else "no slice")
     return p
 
 
@@ -316,7 +317,8 @@ def cod_questions_sent(db: Database, store_id: int) -> int:
             m.OutboxMessage.status == "pending").values(status="sent", updated_at=m.OutboxMessage.due_at)).rowcount
 
 
-def phase_timers(proc: InboxProcessor, clock: Clock, hours: float, step_minutes: float, deadline: float) -> Phase:
+def phase_timers(proc: InboxProcessor, clock: Clock, hours: float, step_minutes: float, deadline: float,
+                 slice_s: float | None = DRAIN_SLICE) -> Phase:
     p = start_phase("3 timers (process_timers)", True)
     p.work_label = "timers fired"
     steps = int(hours * 60 / step_minutes)
@@ -330,7 +332,7 @@ def phase_timers(proc: InboxProcessor, clock: Clock, hours: float, step_minutes:
         clock.now = DAY_START.astimezone(timezone.utc) + timedelta(minutes=s * step_minutes)
         fired_here = 0
         while True:
-            n = proc.process_timers(IDLE_TIMERS, DRAIN_SLICE)
+            n = proc.process_timers(IDLE_TIMERS, slice_s)
             fired_here += n
             if n == 0 or time.perf_counter() > deadline:
                 break
@@ -446,6 +448,10 @@ def main() -> int:
     ap.add_argument("--step-minutes", type=float, default=10.0, help="simulated minutes per timer step")
     ap.add_argument("--seed", type=int, default=20261120)
     ap.add_argument("--time-limit", type=float, default=300.0, help="seconds for the timed phases together; then stop and report")
+    ap.add_argument("--slice", type=float, default=DRAIN_SLICE,
+                    help="seconds a process or timer batch may run before it ends (default: runtime.DRAIN_SLICE, as serve "
+                         "drains a backlog); 0 = batches end by size only, so what they do does not depend on how fast the "
+                         "machine is right now: use it for instruction counts under valgrind")
     ap.add_argument("--tracemalloc", action="store_true", help="trace allocations in the process phase (slows it a lot)")
     args = ap.parse_args()
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -488,10 +494,10 @@ def main() -> int:
                 phases = [phase_ingest(db, items, args.batch, deadline)]
                 del items
                 if not phases[-1].cut:
-                    phases.append(phase_process(proc, clock, day, phases[0].work, deadline, args.tracemalloc))
+                    phases.append(phase_process(proc, clock, day, phases[0].work, deadline, args.tracemalloc, args.slice or None))
                 if not phases[-1].cut:
                     cod_questions_sent(db, store_id)
-                    phases.append(phase_timers(proc, clock, args.timer_hours, args.step_minutes, deadline))
+                    phases.append(phase_timers(proc, clock, args.timer_hours, args.step_minutes, deadline, args.slice or None))
                 c = counts(db, store_id)
                 db_bytes = None
                 if db.is_sqlite and engine.url.database:
