@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from connector.cli import app
 from connector.config import load_settings, parse_settings
 from connector.errors import ConfigError
-from connector.messages import CurrencyParam, QuickReplyButton, TextParam, UrlButton
+from connector.messages import CurrencyParam, QuickReplyButton, TemplateMessage, TextParam, UrlButton
 from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp
-from connector.templates import MissingValueError, definition, render
+from connector.templates import MissingValueError, definition, render, render_stored
 from tests.test_config import EXAMPLE, EXAMPLE_ENV
 
 runner = CliRunner()
@@ -49,6 +49,35 @@ def test_render_binds_values_in_order():
     assert msg.buttons == (UrlButton(suffix="DL1"),)
     with pytest.raises(MissingValueError, match="fulfillment.tracking_number"):
         render(shipped, {**ctx, "fulfillment.tracking_number": None}, to="+919876543210", callback_data=None)
+
+
+@pytest.mark.parametrize("amount", ["1299.5", "1E+3", "0.10", 899])
+def test_the_stored_message_is_the_one_the_dispatcher_sends(amount):
+    """What the outbox stores (``render_stored``, built without the model for speed) reads back as
+    the same message and dumps to the same JSON: a header image, text and currency values, a
+    friendly default for a missing first name, quick replies and a URL button, a callback."""
+    settings = parse_settings(store_with({
+        "step": "checkout_recovery.first", "name": "cart_v1", "category": "marketing", "header_image": "https://cdn.example/c.png",
+        "body_text": "Hi {{1}}, your {{2}} of {{3}} is waiting", "body": ["customer.first_name", "reorder.product", "checkout.total"],
+        "buttons": [{"type": "quick_reply", "text": "Stop", "payload": "stop"},
+                    {"type": "url", "text": "Open", "url": "https://shop.example/c/{{1}}", "suffix": "checkout.recovery_url"}]}), environ={})
+    tpl = settings.stores[0].template_for("checkout_recovery.first")
+    ctx = {"customer.first_name": "", "reorder.product": "Neem face wash", "checkout.total": (amount, "INR"), "checkout.recovery_url": "abc/recover"}
+    stored = render_stored(tpl, ctx, to="+919876543210", callback_data="outbox:9")
+    message = TemplateMessage.model_validate(json.loads(json.dumps(stored)))  # as the dispatcher reads the row
+    assert message.model_dump(mode="json") == stored
+    assert message == render(tpl, ctx, to="+919876543210", callback_data="outbox:9")
+    assert message.header_media.link == "https://cdn.example/c.png" and message.callback_data == "outbox:9"
+    assert message.body[0] == TextParam(text="there") and message.body[2].amount == Decimal(str(amount))
+    assert message.buttons == (QuickReplyButton(payload="stop"), UrlButton(suffix="abc/recover"))
+
+
+def test_an_amount_that_is_not_a_number_is_a_missing_value_not_a_crash():
+    settings = load_settings(EXAMPLE, environ=EXAMPLE_ENV)
+    cod = settings.stores[0].template_for("cod_confirmation.ask")
+    for bad in ("NaN", "Infinity", "twelve"):
+        with pytest.raises(MissingValueError, match="order.total is not an amount"):
+            render_stored(cod, {"customer.first_name": "Asha", "order.name": "#1042", "order.total": (bad, "INR")}, to="+919876543210", callback_data=None)
 
 
 def test_templates_export_prints_definitions_ready_for_whatsapp_manager(monkeypatch):

@@ -20,7 +20,7 @@ from connector.outbox import store as ob
 from connector.policy import CART_JOURNEYS, ContactFacts, SendHistory, check
 from connector.storage.sql import CONTACTS, OUTBOX, flush, update_by_id
 from connector.storage.txcache import by_id, current
-from connector.templates import MissingValueError, render
+from connector.templates import MissingValueError, render_stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +107,7 @@ def queue_template(
         reason = "unreachable"
     else:
         try:
-            message = render(tpl, context, to=contact.phone_e164, callback_data=None)
-            payload["message"] = message.model_dump(mode="json")
+            payload["message"] = render_stored(tpl, context, to=contact.phone_e164, callback_data=None)
         except MissingValueError as exc:
             reason = f"missing_value: {exc}"
     when = due_at or now
@@ -179,7 +178,7 @@ def queue_free_form(
     tpl = store.template_for(f"{journey}.{step}")
     if fallback_context is not None and tpl is not None and contact.phone_e164:
         try:
-            payload["fallback"] = render(tpl, fallback_context, to=contact.phone_e164, callback_data=None).model_dump(mode="json")
+            payload["fallback"] = render_stored(tpl, fallback_context, to=contact.phone_e164, callback_data=None)
             payload["fallback_category"] = gate_category(journey, tpl.category)
         except MissingValueError:
             pass

@@ -10,7 +10,7 @@ from sqlalchemy import insert, select
 from connector.outbox import store as ob
 from connector.storage import models as m
 from connector.storage.db import Database
-from connector.templates import render
+from connector.templates import render_stored
 
 # A COD ask template binding and its values, shared by load tests and benchmarks.
 TEMPLATE = {
@@ -41,7 +41,7 @@ def seed_due_messages(db: Database, store: Any, store_id: int, count: int, now: 
             ])
         contacts = dict(conn.execute(select(m.Contact.phone_e164, m.Contact.id).where(m.Contact.store_id == store_id)).all())
         for i, phone in enumerate(phones):
-            payload = {"subject": f"order:{i}", "message": render(tpl, context, to=phone, callback_data=None).model_dump(mode="json")}
+            payload = {"subject": f"order:{i}", "message": render_stored(tpl, context, to=phone, callback_data=None)}
             new_id = ob.enqueue(conn, store_id=store_id, key=f"{journey}:{name}:order:{i}", contact_id=contacts[phone],
                                 journey=journey, step=name, category=tpl.category, payload=payload, due_at=now, now=now)
             assert new_id is not None
