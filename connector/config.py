@@ -292,6 +292,9 @@ class _StoreBase(_Settings):
         "team in an agency deployment); server.admin_token opens every store")
     timezone: str = "UTC"
     default_country: str = "US"
+    currency: str | None = Field(
+        None, description="the store's own currency (ISO 4217, e.g. INR), listed first in every revenue figure of the report; "
+        "revenue is reported per currency, never converted or added across currencies")
     cod_gateways: tuple[str, ...] | None = Field(
         None, description="payment gateway names (exact, case-insensitive) that mean cash on delivery, replacing the default "
         "list; on Shopify a gateway whose words say so ('COD', 'Cash/Pay/Collect on Delivery') is COD besides "
@@ -401,6 +404,16 @@ class _StoreBase(_Settings):
         if value not in phonenumbers.SUPPORTED_REGIONS:
             raise ValueError(f"unknown country code {value!r} (use ISO 3166 alpha-2 like 'IN')")
         return value
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        code = value.strip().upper()
+        if not re.fullmatch(r"[A-Z]{3}", code):
+            raise ValueError(f"{value!r} is not a currency code (use ISO 4217 like 'INR')")
+        return code
 
     @property
     def tz(self) -> ZoneInfo:

@@ -8,8 +8,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from connector import money
 
-def _shown(value: Any) -> str:
+
+def _shown(value: Any, key: str = "") -> str:
+    if money.is_money(value, key):
+        return money.shown(value)  # one amount per currency, never their sum
     if isinstance(value, dict):
         return ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
     return "-" if value is None else str(value)
@@ -18,6 +22,8 @@ def _shown(value: Any) -> str:
 def _change(change: Any) -> str:
     if change is None:
         return ""
+    if money.is_money(change):
+        return money.shown_change(change)
     if isinstance(change, dict):
         return ", ".join(f"{k} {v:+}" for k, v in change.items())
     if isinstance(change, (int, float)):
@@ -35,7 +41,7 @@ def render_report(data: dict[str, Any], out: Console, title: str) -> None:
             if key == "lost":
                 continue
             style = "bold" if key == stage["headline"] else ""
-            table.add_row(f"[{style}]{key}[/]" if style else key, _shown(value), _shown(stage["previous"].get(key)),
+            table.add_row(f"[{style}]{key}[/]" if style else key, _shown(value, key), _shown(stage["previous"].get(key), key),
                           _change(stage["change"].get(key)))
         out.print(table)
     health = Table(title="message health by template", title_justify="left")

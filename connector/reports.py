@@ -4,6 +4,11 @@ Everything is read from what the connector already stores (contacts, runs, outbo
 windows, hand-offs); nothing is estimated. A period is an ISO week in the store's time
 zone (``2026-W47``); each figure comes with last week's value so the change is visible.
 
+Money is never added across currencies (a WooCommerce multi-currency store takes orders in
+several; there are no exchange rates here): every revenue figure is ``{currency: amount}``,
+each run counted in its order's currency, the store's own (``stores.currency``) first
+(``connector.money``). No figure divides money by a count, so none needs one currency.
+
 Stages and what counts (runs are counted in the week they started):
 - entry: new contacts, where they came from (their first order, checkout or WhatsApp
   message), and the share who gave marketing consent.
@@ -71,6 +76,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Table, bindparam, func, select
 
+from connector import money
 from connector.journeys.checkout_recovery import STEPS as CART_STEPS, was_abandoned
 from connector.journeys.payment_recovery import stalled
 from connector.journeys.reorder import STEPS as REORDER_STEPS
@@ -138,8 +144,9 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
 
-def _money(values: list[Any]) -> str:
-    return str(sum((Decimal(str(v)) for v in values if v not in (None, "")), Decimal("0")))
+def _money(runs: list[Any], currency: str | None) -> dict[str, str]:
+    """The runs' revenue per currency (each run keeps its order's), never added across currencies."""
+    return money.by_currency(((r.state.get("currency"), r.state.get("revenue")) for r in runs), currency)
 
 
 def _iso(value: Any) -> datetime | None:
@@ -351,7 +358,7 @@ def reminded(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> 
     return [r for r, out in zip(queued, reminders_went_out(conn, store_id, journey, steps, queued)) if out]
 
 
-def conversion(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
+def conversion(conn: Connection, store_id: int, p: Period, currency: str | None = None) -> dict[str, Any]:
     checkouts = _cohort("checkout_recovery", _runs(conn, store_id, "checkout_recovery", p))
     reached = reminded(conn, store_id, "checkout_recovery", checkouts)
     standing = _standing(conn, store_id, "checkout_recovery", [r for r in reached if r.state.get("recovered")])
@@ -363,10 +370,10 @@ def conversion(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
                      [r for r in pay_reminded if r.state.get("paid") and r.state.get("recovered") is not False])
     return {
         "checkouts_abandoned": len(checkouts), "checkouts_reminded": len(reached), "checkouts_recovered": len(recovered),
-        "recovery_rate": _rate(len(recovered), len(reached)), "recovered_revenue": _money([r.state.get("revenue") for r in recovered]),
+        "recovery_rate": _rate(len(recovered), len(reached)), "recovered_revenue": _money(recovered, currency),
         "payments_stalled": len(payments), "payments_reminded": len(pay_reminded), "payments_recovered": len(paid),
         "payment_recovery_rate": _rate(len(paid), len(pay_reminded)),
-        "payment_recovered_revenue": _money([r.state.get("revenue") for r in paid]),
+        "payment_recovered_revenue": _money(paid, currency),
         "lost": (len(reached) - len(standing)) + (len(pay_reminded) - len(paid)),
     }
 
@@ -391,7 +398,7 @@ def post_purchase(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     }
 
 
-def retention(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
+def retention(conn: Connection, store_id: int, p: Period, currency: str | None = None) -> dict[str, Any]:
     opened = conn.execute(
         select(func.count()).select_from(WINDOWS)
         .where(WINDOWS.c.store_id == store_id, WINDOWS.c.opened_at >= p.start, WINDOWS.c.opened_at < p.end)
@@ -403,10 +410,11 @@ def retention(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
                  if yes and r.state.get("attributed") is not False]
     return {"windows_opened": opened, "reminded": len(reached), "skipped_busy": sum(1 for r in runs if r.state.get("skipped")),
             "reordered_in_window": len(reordered), "repeat_rate": _rate(len(reordered), len(reached)),
-            "revenue": _money([r.state.get("revenue") for r in reordered]), "lost": len(reached) - len(reordered)}
+            "revenue": _money(reordered, currency), "lost": len(reached) - len(reordered)}
 
 
 STAGES = {"entry": entry, "qualification": qualification, "conversion": conversion, "post_purchase": post_purchase, "retention": retention}
+MONEY_STAGES = ("conversion", "retention")  # their revenue figures are told the store's currency (``money.by_currency``)
 HEADLINE = {"entry": "consent_rate", "qualification": "confirmation_rate", "conversion": "recovery_rate", "post_purchase": "ndr_rate",
             "retention": "repeat_rate"}
 
@@ -552,6 +560,8 @@ def open_handoffs(conn: Connection, store_id: int) -> dict[str, int]:
 
 
 def _change(now: Any, before: Any) -> Any:
+    if isinstance(now, dict) and isinstance(before, dict) and (money.is_money(now) or money.is_money(before)):
+        return money.difference(now, before)  # per currency
     if isinstance(now, dict) and isinstance(before, dict):  # counts by key (new contacts by source)
         keys = sorted(set(now) | set(before))
         if all(isinstance(v, int) for v in [*now.values(), *before.values()]):
@@ -571,10 +581,12 @@ def build_report(db: Database, store: Any, store_id: int, period: Period) -> dic
     """The whole weekly report as JSON-ready data (CLI, API and dashboard share it)."""
     tz = store.tz
     previous = period.previous(tz)
+    currency = getattr(store, "currency", None)
     with db.engine.connect() as conn:
         stages: dict[str, Any] = {}
         for name, fn in STAGES.items():
-            current, before = fn(conn, store_id, period), fn(conn, store_id, previous)
+            kw = {"currency": currency} if name in MONEY_STAGES else {}
+            current, before = fn(conn, store_id, period, **kw), fn(conn, store_id, previous, **kw)
             stages[name] = {
                 "owner": store.stages[name].owner if name in store.stages else None,
                 "headline": HEADLINE[name],
@@ -590,6 +602,7 @@ def build_report(db: Database, store: Any, store_id: int, period: Period) -> dic
     lost = stages[leak_stage]["metrics"]["lost"]
     return {
         "store": store.key,
+        "currency": currency,  # the store's own, first in every money figure (None: not configured)
         "period": {"week": period.label, "start": period.start.isoformat(), "end": period.end.isoformat(), "timezone": store.timezone,
                    "previous": previous.label},
         "stages": stages,

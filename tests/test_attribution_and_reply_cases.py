@@ -45,7 +45,7 @@ def test_a_reminder_held_for_the_night_and_dropped_when_she_bought_recovers_noth
 
     assert sc.sent(ASHA) == []
     c = conversion(sc)
-    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (1, 0, 0, "0")
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (1, 0, 0, {})
 
 
 def test_only_a_reminder_whatsapp_took_before_the_order_makes_it_recovered(sqlite_url, scenario, world, store: Store):
@@ -66,7 +66,7 @@ def test_only_a_reminder_whatsapp_took_before_the_order_makes_it_recovered(sqlit
 
     c = conversion(sc)
     assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"]) == (2, 1, 1)
-    assert c["recovered_revenue"] == "799.00"  # Ravi's order only
+    assert c["recovered_revenue"] == {"INR": "799.00"}  # Ravi's order only
 
 
 def test_one_order_after_two_reminded_checkouts_is_recovered_once(sqlite_url, scenario, world, store: Store):
@@ -88,7 +88,7 @@ def test_one_order_after_two_reminded_checkouts_is_recovered_once(sqlite_url, sc
     assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_1_v1"]  # A's second reminder (due at +6 h 30) never went
     c = conversion(sc)
     assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"]) == (2, 2, 1)
-    assert c["recovered_revenue"] == "1000.00"
+    assert c["recovered_revenue"] == {"INR": "1000.00"}
 
 
 def test_a_recovered_order_the_store_cancels_later_leaves_the_recovered_revenue(sqlite_url, scenario, world, store: Store):
@@ -101,14 +101,14 @@ def test_a_recovered_order_the_store_cancels_later_leaves_the_recovered_revenue(
     store.place(sc, order)
     store.cart_recovered(sc, "A", ASHA)
     sc.later(hours=2)
-    assert conversion(sc)["recovered_revenue"] == "1299.00"
+    assert conversion(sc)["recovered_revenue"] == {"INR": "1299.00"}
     sc.later(days=1)
     store.cancelled_echo(sc, order)
     sc.later(hours=1)
 
     assert sc.templates_to(ASHA) == ["cart_1_v1"]
     c = conversion(sc)
-    assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (1, 0, "0")
+    assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (1, 0, {})
 
 
 def test_a_confirm_tap_on_a_cod_question_leaves_an_unrelated_cart_ladder_going(sqlite_url, scenario, world, store: Store):

@@ -52,7 +52,7 @@ def test_reminders_held_by_quiet_hours_reach_the_customer_once_not_seconds_apart
     sc.later(days=2)
     assert sc.templates_to(ASHA) == ["cart_2_v1"]  # reminder 3 never came
     c = conversion(sc)
-    assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (1, 1, "899.00")
+    assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (1, 1, {"INR": "899.00"})
 
 
 # ---- 4. a marketing journey is marketing, whatever its template's category says ----------------

@@ -112,7 +112,7 @@ def test_manual_capture_orders_get_no_pay_reminder_and_their_capture_is_no_recov
     assert (sid, "payment_recovery", "order:1001") not in found
     ended = found[(sid, "payment_recovery", "order:1002")]
     assert ended.status == "finished" and ended.state["paid"] is False and not ended.state.get("reminded")
-    assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (1, 0, "0")
+    assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (1, 0, {})
 
 
 # ---- the payment's attribution window -------------------------------------------------------------
@@ -142,7 +142,7 @@ def test_a_payment_weeks_after_the_pay_reminder_is_not_recovered_by_it(db_url):
             report = conversion(conn, sid, WEEK)
             total = conn.execute(select(m.Order.total).where(m.Order.external_id == "1101")).scalar_one()
     assert steps(runtime, "payment_recovery") == [("payment_recovery", "order:1101", "remind"), ("payment_recovery", "order:1102", "remind")]
-    assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (2, 1, str(total))
+    assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (2, 1, {"USD": str(total)})
 
 
 def test_an_order_paid_before_its_pay_reminder_was_due_is_no_stalled_payment(db_url):
@@ -374,7 +374,7 @@ def test_a_woocommerce_payment_after_the_pay_reminder_counts_as_recovered_once(d
     assert sent == [("payment_recovery", "order:727", "remind")]
     assert [message.name for _, message in sender.sent] == ["pay_v1"]
     assert (r.state["reminded"], r.state["paid"], r.state["revenue"], r.state["currency"]) == (True, True, "29.35", "USD")
-    assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (1, 1, "29.35")
+    assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (1, 1, {"USD": "29.35"})  # the fixture's dollars
 
 
 def test_a_payment_made_while_the_pay_reminder_waits_for_the_morning_skips_it_and_is_not_counted_as_recovered(db_url):
@@ -404,7 +404,7 @@ def test_a_payment_made_while_the_pay_reminder_waits_for_the_morning_skips_it_an
             [row] = conn.execute(select(m.OutboxMessage.status, m.OutboxMessage.skip_reason).where(m.OutboxMessage.journey == "payment_recovery")).all()
     assert (r.state["paid"], r.state["paid_before_reminder"], r.state.get("revenue")) == (True, True, None)
     assert tuple(row) == ("skipped", "journey_ended")
-    assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (0, 0, "0")
+    assert (report["payments_reminded"], report["payments_recovered"], report["payment_recovered_revenue"]) == (0, 0, {})
 
 
 # ---- the shipped update: decide -------------------------------------------------------------

@@ -560,7 +560,7 @@ def test_a_reorder_is_credited_only_after_its_reminder_went_out(db_url):
         "asha": ("reordered", True), "bina": ("reordered", False), "chitra": ("reordered", False)}
     retention = report["stages"]["retention"]["metrics"]
     assert (retention["reminded"], retention["reordered_in_window"], retention["repeat_rate"]) == (1, 1, 1.0)
-    assert retention["revenue"] == "249.50"  # her one pack of the product (not her order's total, shipping and taxes in it)
+    assert retention["revenue"] == {"USD": "249.50"}  # her one pack of the product (not her order's total, shipping and taxes in it)
 
 
 NEEM = {"product_id": 9001, "variant_id": 49001, "sku": "NEEM-100", "title": "Neem face wash", "price": "249.50"}
@@ -602,7 +602,7 @@ def test_one_order_reordering_two_reminded_products_credits_each_only_its_own_li
         report = build_report(runtime.db, store, sid, parse_week(f"{week.year}-W{week.week:02d}", store.tz, clock.now))
     assert [(o.step, o.status) for o in _outbox(runtime)] == [("reminder", "dry_run"), ("reminder", "dry_run")]
     retention = report["stages"]["retention"]["metrics"]
-    assert (retention["reminded"], retention["reordered_in_window"], retention["revenue"]) == (2, 2, "679.00")
+    assert (retention["reminded"], retention["reordered_in_window"], retention["revenue"]) == (2, 2, {"USD": "679.00"})
 
 
 def test_a_reorder_made_with_the_reminders_discount_code_is_credited_what_was_paid(db_url):
@@ -629,7 +629,7 @@ def test_a_reorder_made_with_the_reminders_discount_code_is_credited_what_was_pa
         week = opened_at.astimezone(store.tz).isocalendar()
         report = build_report(runtime.db, store, sid, parse_week(f"{week.year}-W{week.week:02d}", store.tz, clock.now))
     retention = report["stages"]["retention"]["metrics"]
-    assert (retention["reordered_in_window"], retention["revenue"]) == (1, "449.10")
+    assert (retention["reordered_in_window"], retention["revenue"]) == (1, {"USD": "449.10"})
 
 
 # ---- production learning: the real full scan on a synthetic history ---------------------------

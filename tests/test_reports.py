@@ -74,6 +74,8 @@ class Week:
     def run(self, journey: str, state: dict, *, at: datetime = MON + timedelta(days=1), holdout: bool = False, status: str = "finished",
             subject: str | None = None) -> None:
         i = self._next()
+        if "revenue" in state:
+            state = {"currency": "INR", **state}  # the journeys keep the order's currency beside its revenue
         self.conn.execute(m.JourneyRun.__table__.insert().values(
             store_id=self.sid, journey=journey, subject=subject or f"s{i}", status=status, state=state, holdout=holdout, started_at=at,
             updated_at=at))
@@ -256,14 +258,14 @@ def test_every_kpi_of_a_hand_built_week(db):
     assert stages["conversion"] == {
         "owner": "Ravi", "headline": "recovery_rate",
         "metrics": {"checkouts_abandoned": 6, "checkouts_reminded": 4, "checkouts_recovered": 2, "recovery_rate": 0.5,
-                    "recovered_revenue": "750.50", "payments_stalled": 7, "payments_reminded": 4, "payments_recovered": 2,
-                    "payment_recovery_rate": 0.5, "payment_recovered_revenue": "350.25", "lost": 4},
+                    "recovered_revenue": {"INR": "750.50"}, "payments_stalled": 7, "payments_reminded": 4, "payments_recovered": 2,
+                    "payment_recovery_rate": 0.5, "payment_recovered_revenue": {"INR": "350.25"}, "lost": 4},
         "previous": {"checkouts_abandoned": 2, "checkouts_reminded": 2, "checkouts_recovered": 1, "recovery_rate": 0.5,
-                     "recovered_revenue": "199.99", "payments_stalled": 1, "payments_reminded": 1, "payments_recovered": 1,
-                     "payment_recovery_rate": 1.0, "payment_recovered_revenue": "40", "lost": 1},
+                     "recovered_revenue": {"INR": "199.99"}, "payments_stalled": 1, "payments_reminded": 1, "payments_recovered": 1,
+                     "payment_recovery_rate": 1.0, "payment_recovered_revenue": {"INR": "40"}, "lost": 1},
         "change": {"checkouts_abandoned": 4, "checkouts_reminded": 2, "checkouts_recovered": 1, "recovery_rate": 0.0,
-                   "recovered_revenue": "550.51", "payments_stalled": 6, "payments_reminded": 3, "payments_recovered": 1,
-                   "payment_recovery_rate": -0.5, "payment_recovered_revenue": "310.25", "lost": 3}}
+                   "recovered_revenue": {"INR": "550.51"}, "payments_stalled": 6, "payments_reminded": 3, "payments_recovered": 1,
+                   "payment_recovery_rate": -0.5, "payment_recovered_revenue": {"INR": "310.25"}, "lost": 3}}
 
     assert stages["post_purchase"] == {
         "owner": "Priya", "headline": "ndr_rate",
@@ -277,11 +279,11 @@ def test_every_kpi_of_a_hand_built_week(db):
     assert stages["retention"] == {
         "owner": None, "headline": "repeat_rate",
         "metrics": {"windows_opened": 3, "reminded": 4, "skipped_busy": 1, "reordered_in_window": 2, "repeat_rate": 0.5,
-                    "revenue": "450", "lost": 2},
+                    "revenue": {"INR": "450"}, "lost": 2},
         "previous": {"windows_opened": 1, "reminded": 1, "skipped_busy": 0, "reordered_in_window": 1, "repeat_rate": 1.0,
-                     "revenue": "120.50", "lost": 0},
+                     "revenue": {"INR": "120.50"}, "lost": 0},
         "change": {"windows_opened": 2, "reminded": 3, "skipped_busy": 1, "reordered_in_window": 1, "repeat_rate": -0.5,
-                   "revenue": "329.50", "lost": 2}}
+                   "revenue": {"INR": "329.50"}, "lost": 2}}
 
     health = r["message_health"]
     assert (health["opt_outs"], health["opt_outs_without_message"], health["opt_out_hours"]) == (4, 1, 72)
@@ -356,7 +358,7 @@ def test_a_cart_that_went_on_as_an_unpaid_order_is_one_checkout_in_the_funnel_an
         w.run("checkout_recovery", {"step": 1, "sent": 1, "order_id": "9", "recovered": False, "revenue": "0"}, holdout=True)  # and one that did
     r = build_report(db, settings.stores[0], store_id, WEEK)
     c = r["stages"]["conversion"]["metrics"]
-    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (3, 1, 1, "50")
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (3, 1, 1, {"INR": "50"})
     lift = r["lift"]["checkout_recovery"]
     assert (lift["treated"], lift["control"], lift["lift"]) == (1, 2, 0.5)  # 1 of 1 treated bought, 1 of 2 in the holdout
 
@@ -389,8 +391,8 @@ def test_only_abandoned_checkouts_and_stalled_payments_are_counted_and_compared_
         w.run("payment_recovery", {"reminded": True, "sent": 1}, holdout=True)
     r = build_report(db, settings.stores[0], store_id, WEEK)
     c = r["stages"]["conversion"]["metrics"]
-    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (4, 2, 1, "400")
-    assert (c["payments_stalled"], c["payments_reminded"], c["payments_recovered"], c["payment_recovered_revenue"]) == (3, 2, 1, "120")
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (4, 2, 1, {"INR": "400"})
+    assert (c["payments_stalled"], c["payments_reminded"], c["payments_recovered"], c["payment_recovered_revenue"]) == (3, 2, 1, {"INR": "120"})
     groups = {j: (x["treated_converted"], x["treated"], x["control_converted"], x["control"]) for j, x in r["lift"].items()}
     assert groups == {"checkout_recovery": (1, 2, 1, 2), "payment_recovery": (1, 2, 0, 1)}
 
@@ -421,9 +423,9 @@ def test_recovered_revenue_leaves_out_orders_the_store_cancelled_voided_or_refun
                               "attribution_ends": ends})
     r = build_report(db, settings.stores[0], a, WEEK)
     c, kept_back = r["stages"]["conversion"]["metrics"], r["stages"]["retention"]["metrics"]
-    assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (4, 2, "580")
-    assert (c["payments_reminded"], c["payments_recovered"], c["payment_recovered_revenue"]) == (2, 1, "150")
-    assert (kept_back["reminded"], kept_back["reordered_in_window"], kept_back["revenue"]) == (2, 1, "90")
+    assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (4, 2, {"INR": "580"})
+    assert (c["payments_reminded"], c["payments_recovered"], c["payment_recovered_revenue"]) == (2, 1, {"INR": "150"})
+    assert (kept_back["reminded"], kept_back["reordered_in_window"], kept_back["revenue"]) == (2, 1, {"INR": "90"})
 
 
 def test_the_lift_says_how_many_treated_customers_a_reminder_reached_and_the_lift_per_customer_reached(db):
@@ -509,3 +511,4 @@ def test_report_over_the_api_and_the_cli(db_url, tmp_path):
     assert "Biggest leak: conversion" in table.output and "Ravi" in table.output and "recovery_rate" in table.output
     assert "checkout 1, order 1, other 1, whatsapp 1" in table.output and "checkout +1, order +1, other +1, whatsapp +0" in table.output
     assert "marketing opt-outs this week: 4 (1 with no message in the 72 h before)" in table.output
+    assert "INR 750.50" in table.output and "INR 199.99" in table.output and "INR +550.51" in table.output  # revenue per currency

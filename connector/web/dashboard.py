@@ -34,7 +34,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from adapters.whatsapp.errors import describe
-from connector import admin
+from connector import admin, money
 from connector.outbox import store as ob
 from connector.reports import CONTACTS, HANDOFFS, HEADLINE, STAGES, Period, build_report, parse_week
 from connector.storage.db import Database
@@ -249,10 +249,10 @@ def _funnels(stages: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {"title": "Checkout recovery", "stage": "conversion", "steps": [("abandoned", c["checkouts_abandoned"]),
          ("reminded", c["checkouts_reminded"]), ("recovered", c["checkouts_recovered"])],
-         "note": f"recovered revenue {c['recovered_revenue']}"},
+         "note": f"recovered revenue {money.shown(c['recovered_revenue'])}"},
         {"title": "Payment recovery", "stage": "conversion", "steps": [("stalled", c["payments_stalled"]),
          ("reminded", c["payments_reminded"]), ("paid", c["payments_recovered"])],
-         "note": f"recovered revenue {c['payment_recovered_revenue']}"},
+         "note": f"recovered revenue {money.shown(c['payment_recovered_revenue'])}"},
         {"title": "COD confirmation", "stage": "qualification", "steps": [("COD orders", q["cod_orders"]), ("asked", q["asked"]),
          ("confirmed", q["confirmed"])],
          "note": f"cancelled {q['cancelled']}, no answer {q['no_answer']}, not reached {q['not_reached']}, "
@@ -263,7 +263,7 @@ def _funnels(stages: dict[str, Any]) -> list[dict[str, Any]]:
          "note": f"{p['shipments']} shipments, {p['ndr']} failed deliveries (NDR {charts.pct(p['ndr_rate'])})"},
         {"title": "Reorder reminders", "stage": "retention", "steps": [("windows opened", r["windows_opened"]),
          ("reminded", r["reminded"]), ("reordered", r["reordered_in_window"])],
-         "note": f"revenue {r['revenue']}, {r['skipped_busy']} skipped (customer busy in another journey)"},
+         "note": f"revenue {money.shown(r['revenue'])}, {r['skipped_busy']} skipped (customer busy in another journey)"},
         {"title": "Opt-in", "stage": "entry", "steps": [("new contacts", e["new_contacts"]), ("marketing consent", e["marketing_consent"])],
          "note": "by source: " + (", ".join(f"{k} {v}" for k, v in e["by_source"].items()) or "–")},
     ]
@@ -274,6 +274,8 @@ def _fmt_metric(key: str, value: Any) -> str:
         return "–"
     if key.endswith("_rate") and isinstance(value, (int, float)):
         return charts.pct(value)
+    if money.is_money(value, key):
+        return money.shown(value)
     if isinstance(value, dict):
         return ", ".join(f"{k} {v}" for k, v in value.items()) or "–"
     return str(value)
@@ -282,6 +284,8 @@ def _fmt_metric(key: str, value: Any) -> str:
 def _fmt_change(key: str, value: Any) -> str:
     if value is None:
         return ""
+    if money.is_money(value):
+        return money.shown_change(value)
     if isinstance(value, dict):
         return ", ".join(f"{k} {v:+g}" for k, v in value.items())
     if key.endswith("_rate") and isinstance(value, (int, float)):
