@@ -24,6 +24,22 @@ class SyncedOrder:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class SyncedCustomer:
+    """One customer the reconcile's customers pass read: when she last changed (the cursor), and her inbox
+    entry (topic, dedupe key, raw body), None when she carries nothing the consent path reads (no phone)."""
+
+    updated_at: datetime | None
+    entry: tuple[str, str, bytes] | None
+
+
+class CustomerPager(Protocol):
+    source: str
+
+    def pages(self, window_start: datetime, page_size: int, retrying: Retrying, budget: Budget) -> AsyncIterator[list[SyncedCustomer]]:
+        """Each page of customers updated since ``window_start``, sorted by update time."""
+
+
 class OrderPager(Protocol):
     source: str  # the inbox source: "shopify" | "woocommerce"
     cursor_per_page: bool  # True when pages come sorted by update time (cursor may move per page)

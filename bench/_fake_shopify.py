@@ -22,6 +22,9 @@ and line items really returned) is refunded. Every answer carries ``extensions.c
 ``requestedQueryCost``, ``actualQueryCost`` and ``throttleStatus``. A query over 1,000
 requested points is refused with ``MAX_COST_EXCEEDED``.
 
+The customers pass that follows the orders (``CUSTOMERS_QUERY``) gets an empty page: the bench
+measures the orders backfill.
+
 Other traffic of the same app (write-backs by the outbox share the per-app-and-store
 bucket): with ``--drain-at 1500,3000`` the 1,500th and 3,000th orders requests first find
 up to ``--drain-points`` taken from the bucket by "another client", which the connector
@@ -280,6 +283,8 @@ class FakeShopify:
             return self._error("Parse error on request body", "BAD_REQUEST", 400)
         if "ordersCount(query: $q" in query:  # the backfill's progress-bar total (adapters/shopify/sync.py)
             return self._count(variables.get("q") or "", now)
+        if "customers(first: $first, after: $cursor, sortKey: UPDATED_AT, query: $q)" in query:  # the customers pass
+            return self._customers(variables, now)
         if "orders(first: $first, after: $cursor, sortKey: UPDATED_AT, query: $q)" not in query:
             return self._error("this fake answers only the connector's orders and ordersCount queries", "UNSUPPORTED")
         try:
@@ -332,6 +337,25 @@ class FakeShopify:
                      "endCursor": _cursor(ID_BASE + last, int(self.store.updated_at(last).timestamp() * 1000)) if nodes else None}
         return self._json({"data": {"orders": {"pageInfo": page_info, "nodes": nodes}},
                            "extensions": {"cost": self._cost(requested, actual)}})
+
+    def _customers(self, variables: dict[str, Any], now: float) -> Response:
+        """The reconcile's customers pass (consent changed on customers with no changed order): this store's
+        customers changed with their orders, so the page is empty; its cost comes out of the same bucket
+        (requested: the connection, 2 + first x 3 for the customer and her phone's consent; charged: 2)."""
+        try:
+            first = int(variables["first"])
+        except (KeyError, TypeError, ValueError):
+            return self._error("Variable $first of type Int! was provided invalid value", "INVALID_VARIABLE")
+        requested = float(2 + first * 3)
+        self._refill(now)
+        if requested > self.available:
+            self.stats["throttled"] += 1
+            return self._json({"errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
+                               "extensions": {"cost": self._cost(requested, None)}})
+        self.available -= 2.0
+        self.stats["points_charged"] += 2.0
+        return self._json({"data": {"customers": {"pageInfo": {"hasNextPage": False, "endCursor": None}, "nodes": []}},
+                           "extensions": {"cost": self._cost(requested, 2.0)}})
 
     def _count(self, q: str, now: float) -> Response:
         """``ordersCount`` with the pages' search query: an exact count for 1 point, like Shopify's."""

@@ -288,7 +288,8 @@ def sync(
     backfill: Annotated[bool, typer.Option("--backfill", help="read from --since (default 365d) instead of the stored cursor")] = False,
     since: Annotated[Optional[str], typer.Option(help="backfill start: Nd, Nh or an ISO date (implies --backfill)")] = None,
 ) -> None:
-    """Reconcile a store's orders once: fetch what changed since the last run into the inbox.
+    """Reconcile a store's orders once: fetch what changed since the last run into the inbox
+    (Shopify: and the marketing consent of the customers changed since the last run).
 
     A backfill (``--backfill`` / ``--since``) also reads every product first (tags and cycle
     metafields for the reorder journey) and shows a progress bar against the platform's count.
@@ -361,6 +362,10 @@ def sync(
                   + ("; a running worker processes them" if report.new_rows else ""), highlight=False)
     if products is not None:
         console.print(f"{products.products_seen} product(s) read, {products.new_rows} with new tags or cycle", highlight=False)
+    if report.customers_failed:
+        console.print(f"[red]customers' consent not read back:[/] {escape(report.customers_failed)}", highlight=False)
+    elif chosen.platform == "shopify":
+        console.print(f"{report.customers_seen} changed customer(s) read back for their marketing consent", highlight=False)
     for label in report.webhooks_reenabled:
         console.print(f"[yellow]re-enabled WooCommerce webhook {escape(label)}[/] (WooCommerce had disabled it after failed deliveries)",
                       highlight=False)

@@ -25,7 +25,9 @@ consent (``fulfillments/*``, ``customers_marketing_consent/update`` and the What
 topic are given up after about 4 hours, A1), normalised to the events those webhooks produce;
 a parcel heard before is no news, and a consent older than the stored one changes nothing, so a
 re-read or a late webhook sends nothing twice. A consent changed on a customer none of whose
-orders changed in the window is not read.
+orders changed is read by the customers pass that follows the orders (``connector/customer_sync.py``:
+``customers`` updated since its own cursor, ``customers_updated_at``); a failure of that pass is
+reported (``customers_failed``) and leaves the orders read.
 
 The window starts ``overlap`` before the cursor (clock skew, Shopify's search index lag,
 orders committed out of order). The cursor is stored in ``sync_cursors`` and never moves
@@ -113,11 +115,19 @@ class JobReport:
 @dataclass(slots=True)
 class SyncReport(JobReport):
     orders_seen: int = 0
+    customers_seen: int = 0  # Shopify: customers changed since the customers pass's cursor (their consent; connector/customer_sync.py)
+    customers_cursor_after: datetime | None = None
+    customers_failed: str | None = None  # why the customers pass failed (the orders pass's work stands)
     orders_total: int | None = None  # what the platform said the run would see (progress bar), when asked and told
     placed: int = 0  # first sight of a fresh order, stored so that it starts the journeys
     webhooks_reenabled: list[str] = field(default_factory=list)  # WooCommerce: "id topic" of ours switched back on
     webhooks_failed: list[str] = field(default_factory=list)  # "id topic: why" (or why none could be checked)
     caught_up: bool = False  # it ended a reinstalled store's wait: its timers and sends resume once that is heard
+
+    def as_dict(self) -> dict[str, Any]:
+        out = JobReport.as_dict(self)
+        out["customers_cursor_after"] = self.customers_cursor_after.isoformat() if self.customers_cursor_after else None
+        return out
 
 
 # ---- cursors --------------------------------------------------------------------------
@@ -196,7 +206,8 @@ async def reconcile_orders(
     max_attempts: int = MAX_ATTEMPTS,
     reenable_webhooks_under: str | None = None,
 ) -> SyncReport:
-    """Fetch every order updated since the stored cursor (or ``since``) into the inbox.
+    """Fetch every order updated since the stored cursor (or ``since``) into the inbox; on Shopify,
+    then the customers updated since their own cursor, for their consent (``connector/customer_sync.py``).
 
     ``progress`` is called after each committed page (and makes the pager learn the run's
     total, ``report.orders_total``). ``reenable_webhooks_under``: a WooCommerce store's own
@@ -213,6 +224,8 @@ async def reconcile_orders(
         await reenable_woocommerce_webhooks(store, client, reenable_webhooks_under, report)
     job = _Job(db, store, store_id, client, now, report, progress, sleep, placed_within, max_attempts, stored)
     await job.run(pager_for(store, client, count=progress is not None), report.window_start, page_size)
+    await _customers_pass(db, store, store_id, client, report, now=now, overlap=overlap, page_size=page_size, sleep=sleep,
+                          max_attempts=max_attempts)
     if since is not None:  # a backfill ran to its end: `storeloop install` stops suggesting one
         await anyio.to_thread.run_sync(upsert_cursor, db, store_id, BACKFILL_CURSOR, since.isoformat())
     if since is None or stored is None or since <= stored:
@@ -221,9 +234,23 @@ async def reconcile_orders(
         caught_up = await anyio.to_thread.run_sync(caught_up_item, db, store_id)
         if caught_up is not None:
             report.caught_up = (await anyio.to_thread.run_sync(write_items, db, [caught_up]))[0]
-    log.info("reconciled %s: %d page(s), %d order(s), %d new, cursor %s -> %s", store.key, report.pages,
-             report.orders_seen, report.new_rows, report.cursor_before, report.cursor_after)
+    log.info("reconciled %s: %d page(s), %d order(s), %d customer(s), %d new, cursor %s -> %s", store.key, report.pages,
+             report.orders_seen, report.customers_seen, report.new_rows, report.cursor_before, report.cursor_after)
     return report
+
+
+async def _customers_pass(db: Database, store: Any, store_id: int, client: Any, report: SyncReport, **kw: Any) -> None:
+    """Shopify: the consent of customers none of whose orders changed (connector/customer_sync.py). A failure
+    is reported (``customers_failed``, a WARNING) and does not undo the orders read: a reinstalled store
+    still resumes, and the scheduled job counts the tick as failed (jobs/scheduler.py)."""
+    from connector.customer_sync import reconcile_customers
+    from connector.job_health import safe_error
+
+    try:
+        await reconcile_customers(db, store, store_id, client, report, **kw)
+    except Exception as exc:
+        report.customers_failed = safe_error(exc)
+        log.warning("customers' consent not read back", extra={"store": store.key, "reason": report.customers_failed})
 
 
 @dataclass(slots=True)

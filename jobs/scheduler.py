@@ -2,7 +2,9 @@
 
 Thin wiring only. ``build_scheduler(runtime)`` returns an unstarted ``AsyncIOScheduler``
 with, per store that has API credentials, ``reconcile:<store key>`` every
-``worker.reconcile_minutes`` (WooCommerce: our disabled webhooks switched back on first),
+``worker.reconcile_minutes`` (WooCommerce: our disabled webhooks switched back on first;
+Shopify: the customers changed are read for their consent after the orders, and a tick whose
+customers pass failed counts as failed),
 ``checkout-poll:<key>`` (Shopify), and for stores running the reorder journey
 ``products:<key>`` (daily, first a minute after start) and ``reorder:<key>``; plus the
 hourly raw-body purge. Each run logs its report (the job log); a run that fails is logged on the
@@ -31,7 +33,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from connector import job_health
 from connector.config import ShopifyStore
-from connector.errors import StoreloopError
+from connector.errors import StoreloopError, SyncError
 from connector.job_health import safe_error
 from connector.sync import acquire_lease, reconcile_orders, run_periodic, sync_products, woocommerce_delivery_url
 
@@ -88,6 +90,10 @@ async def reconcile_store(runtime: Any, store: Any, holder: str, interval: timed
         report = await reconcile_orders(runtime.db, store, store_id, client, now=runtime.clock(),
                                         reenable_webhooks_under=delivery_url_for(runtime, store) if store.platform == "woocommerce" else None)
         log_report("reconcile", report)
+        if report.customers_failed:  # the orders are in; a consent left unread is a failed tick on the dashboard
+            if report.new_rows or report.caught_up:
+                _wake(runtime)
+            raise SyncError(f"customers' consent not read back: {report.customers_failed}")
         return report
 
     return await _sync_tick(runtime, store, holder, interval, "reconcile", work)
@@ -98,8 +104,11 @@ def log_report(job_name: str, report: Any) -> None:
     re-enabled or could not be, else DEBUG (the job's own INFO line already gives the figures)."""
     data = report.as_dict()
     reenabled, failed = data.get("webhooks_reenabled") or [], data.get("webhooks_failed") or []
-    level = logging.WARNING if reenabled or failed else logging.DEBUG
+    customers_failed = data.get("customers_failed")
+    level = logging.WARNING if reenabled or failed or customers_failed else logging.DEBUG
     note = ""
+    if customers_failed:
+        note += f"; customers' consent not read back: {customers_failed}"
     if reenabled:
         note += f"; re-enabled WooCommerce webhook(s) {', '.join(reenabled)}"
     if failed:
@@ -122,11 +131,16 @@ async def _sync_tick(runtime: Any, store: Any, holder: str, interval: timedelta,
         async with make_client(store, runtime.db, tokens=getattr(runtime, "shopify_tokens", None)) as client:
             report = await work(client, store_id)
         if report.new_rows or getattr(report, "caught_up", False):
-            wake = getattr(runtime, "wake", None)
-            if wake is not None:
-                wake()
+            _wake(runtime)
 
     return await _tracked_tick(runtime, store, store_id, holder, interval, job_name, job)
+
+
+def _wake(runtime: Any) -> None:
+    """Tell the processor new rows are in (a runtime without a worker has nothing to wake)."""
+    wake = getattr(runtime, "wake", None)
+    if wake is not None:
+        wake()
 
 
 async def _tracked_tick(runtime: Any, store: Any, store_id: int, holder: str, interval: timedelta, job_name: str,

@@ -4,7 +4,7 @@
 FakeShopify: the token endpoint (client credentials, authorization code with ``expiring=1``,
 refresh with rotation; an invalidated refresh token is refused) and the Admin GraphQL
 webhookSubscriptions / webhookSubscriptionCreate / webhookSubscriptionUpdate (metafield
-namespaces kept), products (cursor pages), orders (``updated_at:>=`` search, one page) and the
+namespaces kept), products (cursor pages), orders (``updated_at:>=`` search, one page), customers (none) and the
 order write-backs (tagsAdd, orderCancel: recorded in ``writes``), answering 401 to any token it
 did not issue (or revoked). FakeWoo: REST v3 orders, products (pages with X-WP-Total /
 X-WP-TotalPages) and webhooks, every request's OAuth 1.0a signature checked, and WooCommerce's
@@ -162,6 +162,8 @@ class FakeShopify:
             since = variables["q"].split(">='", 1)[1].rstrip("'")
             page = sorted((n for n in self.orders if n["updatedAt"] >= since), key=lambda n: (n["updatedAt"], n["id"]))
             return JSONResponse({"data": {"orders": {"nodes": page, "pageInfo": {"hasNextPage": False, "endCursor": None}}}})
+        if "customers(" in query:  # the reconcile's customers pass: nobody's consent changed
+            return JSONResponse({"data": {"customers": {"nodes": [], "pageInfo": {"hasNextPage": False, "endCursor": None}}}})
         if "tagsAdd(" in query:
             self.writes.append(("tagsAdd", variables))
             return JSONResponse({"data": {"tagsAdd": {"node": {"id": variables["id"]}, "userErrors": []}}})

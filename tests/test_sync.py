@@ -66,10 +66,13 @@ def gql_node(n: int, *, updated: datetime, created: datetime | None = None, cod:
 
 
 class FakeShopify:
-    """Orders sorted by (updatedAt, id), ``updated_at:>='…'`` filter, Relay cursors, a leaky bucket."""
+    """Orders sorted by (updatedAt, id), ``updated_at:>='…'`` filter, Relay cursors, a leaky bucket; the
+    customers pass's ``customers`` query the same way, from ``customers``."""
 
     def __init__(self, nodes: list[dict], *, events: list | None = None):
         self.orders = {n["id"]: n for n in nodes}
+        self.customers: dict[str, dict] = {}  # Customer nodes: id, updatedAt, defaultPhoneNumber
+        self.customer_queries: list[dict] = []
         self.events = events if events is not None else []
         self.throttle_calls: set[int] = set()
         self.fail_calls: set[int] = set()
@@ -78,7 +81,8 @@ class FakeShopify:
         self.counts: list[dict] = []  # ordersCount requests
         self.products: list[dict] = []  # Product nodes: id, title, tags, updatedAt, metafield
         self.product_queries: list[dict] = []
-        self.on_page = None  # called with the variables before a page is answered
+        self.on_page = None  # called with the variables before a page of orders is answered
+        self.available = 900  # the bucket's level each answered page reports (throttleStatus.currentlyAvailable)
 
     def put(self, node: dict) -> None:
         self.orders[node["id"]] = node
@@ -113,18 +117,21 @@ class FakeShopify:
         if self.calls in self.fail_calls:
             return httpx.Response(200, json={"errors": [{"message": "boom", "extensions": {"code": "BAD_REQUEST"}}]})
         since = v["q"].split(">='", 1)[1].rstrip("'")
-        if self.on_page is not None:
+        field, source = ("customers", self.customers) if "customers(" in body["query"] else ("orders", self.orders)
+        if field == "customers":
+            self.customer_queries.append(v)
+        elif self.on_page is not None:
             self.on_page(v)
-        rows = sorted((n for n in self.orders.values() if n["updatedAt"] >= since), key=lambda n: (n["updatedAt"], n["id"]))
+        rows = sorted((n for n in source.values() if n["updatedAt"] >= since), key=lambda n: (n["updatedAt"], n["id"]))
         if v.get("cursor"):
             after = tuple(v["cursor"].split("|", 1))
             rows = [n for n in rows if (n["updatedAt"], n["id"]) > after]
         page, more = rows[: v["first"]], len(rows) > v["first"]
         end = f"{page[-1]['updatedAt']}|{page[-1]['id']}" if page else None
         return httpx.Response(200, json={
-            "data": {"orders": {"pageInfo": {"hasNextPage": more, "endCursor": end}, "nodes": page}},
+            "data": {field: {"pageInfo": {"hasNextPage": more, "endCursor": end}, "nodes": page}},
             "extensions": {"cost": {"requestedQueryCost": 118, "actualQueryCost": 40,
-                                    "throttleStatus": {"maximumAvailable": 1000.0, "currentlyAvailable": 900, "restoreRate": 50.0}}}})
+                                    "throttleStatus": {"maximumAvailable": 1000.0, "currentlyAvailable": self.available, "restoreRate": 50.0}}}})
 
 
 def shop_settings(db_url: str, **store: object):
@@ -605,7 +612,7 @@ def test_the_scheduled_job_takes_the_lease_and_reconciles(db_url):
         assert asyncio.run(tick("w2")) is False  # same tick, another worker: skipped
         with runtime.db.engine.connect() as conn:
             lease = conn.execute(select(m.Lease).where(m.Lease.name == "job:reconcile:shop-a")).one()
-        assert lease.holder == "w1" and fake.calls == 1
+        assert lease.holder == "w1" and (len(fake.queries), len(fake.customer_queries)) == (1, 1)  # the orders, the customers pass
         assert len(inbox(runtime.db, runtime.store_ids["shop-a"])) == 1
 
 

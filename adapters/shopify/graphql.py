@@ -33,6 +33,9 @@ first sends nothing twice); the customer's ``defaultPhoneNumber`` consent (``mar
 ``marketingUpdatedAt``, the SMS state ``customers_marketing_consent/update`` brings, and
 ``whatsAppMarketingConsent { state updatedAt }``, the WhatsApp topic's) becomes the same
 ``ConsentChanged`` those webhooks produce, dated, so an older state never overrides a newer one.
+A customer none of whose orders changed is read by the customers pass (``CUSTOMERS_QUERY``, the
+same phone consent fields, ``phone_consents`` the one reading of them for both), stored with topic
+``sync/customer`` and normalised by ``normalize_customer_node``.
 ``displayStatus`` stands in for the webhook's ``shipment_status`` (the latest carrier event):
 the carrier values are the same words; FULFILLED, MARKED_AS_FULFILLED, SUBMITTED and CANCELED
 carry no carrier news (the webhook's ``null``) **[VERIFY that displayStatus follows the latest
@@ -124,6 +127,8 @@ _FULFILLMENT_FIELDS = """
         id status displayStatus createdAt updatedAt
         trackingInfo(first: $tracking) { company number url }
 """
+# the phone's consent, as the order pages and the customers pass both read it (``phone_consents``)
+_PHONE_CONSENT_FIELDS = "defaultPhoneNumber { phoneNumber marketingState marketingUpdatedAt whatsAppMarketingConsent { state updatedAt } }"
 CONSENT_COST = 2  # the customer's defaultPhoneNumber and its whatsAppMarketingConsent
 
 
@@ -147,7 +152,9 @@ query StoreloopReconcileOrders($first: Int!, $cursor: String, $q: String, $lines
       currentTotalPriceSet { shopMoney { amount currencyCode } presentmentMoney { amount currencyCode } }
       customer {
         id firstName lastName email phone
-        defaultPhoneNumber { phoneNumber marketingState marketingUpdatedAt whatsAppMarketingConsent { state updatedAt } }
+        """
+    + _PHONE_CONSENT_FIELDS
+    + """
       }
       shippingAddress { phone countryCodeV2 firstName lastName }
       billingAddress { phone countryCodeV2 firstName lastName }
@@ -216,6 +223,48 @@ def query_cost(first: int, lines: int = LINES_PER_ORDER) -> int:
 
 LINES_QUERY_COST = 1 + 2 + LINES_PAGE * LINE_COST
 FULFILLMENTS_QUERY_COST = 1 + fulfillments_cost(FULFILLMENTS_PAGE)
+
+
+# ---- the customers pass: consent changed on a customer none of whose orders changed ------------
+#
+# ``customers(first, after, sortKey: UPDATED_AT, query: "updated_at:>='…'")`` (CustomerSortKeys has
+# UPDATED_AT; ``updated_at`` is a customer search term, as in ``customersCount``; needs read_customers).
+# Only what the consent path reads: the id, ``updatedAt`` for the cursor, and the phone's consent, the
+# same fields the order pages read on ``Order.customer``. **[VERIFY on a live store that a consent
+# change moves ``Customer.updatedAt``, without which the pass does not see it, and that the search
+# index honours the time of day in ``updated_at:>=`` (a coarser match only re-reads more).]**
+
+CUSTOMERS_QUERY = (
+    """
+query StoreloopReconcileCustomers($first: Int!, $cursor: String, $q: String) {
+  customers(first: $first, after: $cursor, sortKey: UPDATED_AT, query: $q) {
+    pageInfo { hasNextPage endCursor }
+    nodes {
+      id updatedAt
+      """
+    + _PHONE_CONSENT_FIELDS
+    + """
+    }
+  }
+}
+"""
+)
+CUSTOMERS_PAGE_MAX = 250  # a connection's ``first`` ceiling (A6)
+
+
+def customer_node_cost() -> int:
+    """One customer node: itself and its phone's consent (``CONSENT_COST``)."""
+    return 1 + CONSENT_COST
+
+
+def customers_page_size_for(page_size: int) -> int:
+    """The largest ``first`` <= page_size (and the connection's ceiling) whose requested cost stays under the limit."""
+    fit = (MAX_QUERY_COST - 2) // customer_node_cost()
+    return max(1, min(int(page_size), CUSTOMERS_PAGE_MAX, fit))
+
+
+def customers_query_cost(first: int) -> int:
+    return 2 + first * customer_node_cost()
 
 
 def legacy_id(gid: Any, where: str) -> str | None:
@@ -333,36 +382,48 @@ def _fulfillment(f: dict[str, Any], where: str, order_id: str) -> Fulfillment:
 
 
 def _consents(o: dict[str, Any], store: ShopifyStore) -> list[Event]:
-    """The customer's marketing consent as the consent webhooks bring it: the phone's SMS state
-    (``customers_marketing_consent/update``) and its WhatsApp consent (the 2026-07 topic).
-
-    Only a dated state: the reconcile reads it again with every update of any of her orders, and
-    ``record_consent`` keeps the newest, so a state older than what is stored (her STOP on WhatsApp
-    since) changes nothing; an undated one would be taken as of now and could override that. A
-    consent that cannot be read is left out with a log line, not the order with it."""
-    customer = get_obj(o, "customer") or {}
-    phone = get_obj(customer, "defaultPhoneNumber", "customer") or {}
-    if not phone:
-        return []
-    where = "customer.defaultPhoneNumber"
-    out: list[Event] = []
+    """The consent of the order's customer (``phone_consents``), read again with every update of any of
+    her orders. One that cannot be read is left out with a log line, not the order with it."""
     try:
-        customer_id = legacy_id(customer.get("id"), "customer.id")
-        number = normalize_phone(get_str(phone, "phoneNumber", where), store.default_country)
-        whatsapp = get_obj(phone, "whatsAppMarketingConsent", where) or {}
-        for state, at, source in (
-            (get_str(phone, "marketingState", where), get_datetime(phone, "marketingUpdatedAt", where), SMS_SOURCE),
-            (get_str(whatsapp, "state", f"{where}.whatsAppMarketingConsent"),
-             get_datetime(whatsapp, "updatedAt", f"{where}.whatsAppMarketingConsent"), WHATSAPP_SOURCE),
-        ):
-            consent = consent_state_of(state)
-            if at is not None and consent is not ConsentState.UNKNOWN:
-                out.append(ConsentChanged(customer_external_id=customer_id, phone=number, category=ConsentCategory.MARKETING,
-                                          state=consent, source=source, occurred_at=at))
+        return phone_consents(get_obj(o, "customer") or {}, store, "customer")
     except NormalizationError as exc:
         log.warning("order %s: customer consent read by the reconcile left out: %s", o.get("id"), exc)
         return []
+
+
+def phone_consents(customer: dict[str, Any], store: ShopifyStore, where: str) -> list[Event]:
+    """A GraphQL ``Customer``'s marketing consent as the consent webhooks bring it: the phone's SMS state
+    (``customers_marketing_consent/update``) and its WhatsApp consent (the 2026-07 topic). The one reading of
+    it, for the order pages (``Order.customer``) and the customers pass alike.
+
+    Only a dated state: ``record_consent`` keeps the newest, so a state older than what is stored (her STOP
+    on WhatsApp since, a consent webhook heard after the read) changes nothing; an undated one would be
+    taken as of now and could override that. No phone: nothing. NormalizationError when it cannot be read."""
+    phone = get_obj(customer, "defaultPhoneNumber", where) or {}
+    if not phone:
+        return []
+    at_phone = f"{where}.defaultPhoneNumber"
+    customer_id = legacy_id(customer.get("id"), f"{where}.id")
+    number = normalize_phone(get_str(phone, "phoneNumber", at_phone), store.default_country)
+    whatsapp = get_obj(phone, "whatsAppMarketingConsent", at_phone) or {}
+    out: list[Event] = []
+    for state, at, source in (
+        (get_str(phone, "marketingState", at_phone), get_datetime(phone, "marketingUpdatedAt", at_phone), SMS_SOURCE),
+        (get_str(whatsapp, "state", f"{at_phone}.whatsAppMarketingConsent"),
+         get_datetime(whatsapp, "updatedAt", f"{at_phone}.whatsAppMarketingConsent"), WHATSAPP_SOURCE),
+    ):
+        consent = consent_state_of(state)
+        if at is not None and consent is not ConsentState.UNKNOWN:
+            out.append(ConsentChanged(customer_external_id=customer_id, phone=number, category=ConsentCategory.MARKETING,
+                                      state=consent, source=source, occurred_at=at))
     return out
+
+
+def normalize_customer_node(node: dict, store: ShopifyStore) -> list[Event]:
+    """One ``customers.nodes[]`` item (as stored by the customers pass) -> the ``ConsentChanged`` events
+    its consent webhooks would have brought; ``[]`` when it carries no dated consent. A consent that cannot
+    be read fails the row (NormalizationError), which keeps its body for a person to look at."""
+    return phone_consents(as_object(node, "body"), store, "customer")
 
 
 def _money(o: dict[str, Any], key: str, where: str = "") -> Decimal | None:
@@ -743,10 +804,10 @@ def _checkout_customer(o: dict[str, Any], store: ShopifyStore) -> tuple[Customer
 
 
 __all__ = [
-    "ABANDONED_CHECKOUTS_QUERY", "CHECKOUT_LINES", "FULFILLMENTS_PAGE", "FULFILLMENTS_PER_ORDER", "FULFILLMENTS_QUERY_COST",
+    "ABANDONED_CHECKOUTS_QUERY", "CHECKOUT_LINES", "CUSTOMERS_QUERY", "FULFILLMENTS_PAGE", "FULFILLMENTS_PER_ORDER", "FULFILLMENTS_QUERY_COST",
     "LINES_PAGE", "LINES_PER_ORDER", "LINES_QUERY_COST", "MARKER", "MAX_QUERY_COST", "ORDERS_QUERY", "ORDER_FULFILLMENTS_QUERY",
     "ORDER_LINES_QUERY", "RecoveryLink", "TRACKING_PER_FULFILLMENT", "checkout_id_of", "checkout_node_cost",
-    "checkout_page_size_for", "checkout_query_cost", "fallback_token", "fulfillment_cost", "fulfillments_cost",
+    "checkout_page_size_for", "checkout_query_cost", "customer_node_cost", "customers_page_size_for", "customers_query_cost", "fallback_token", "fulfillment_cost", "fulfillments_cost",
     "fulfillments_truncated", "legacy_id", "lines_truncated", "link_token", "node_cost", "normalize_checkout_node",
-    "normalize_node", "order_id_of", "page_size_for", "query_cost", "recovery_link",
+    "normalize_customer_node", "normalize_node", "order_id_of", "page_size_for", "phone_consents", "query_cost", "recovery_link",
 ]

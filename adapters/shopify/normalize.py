@@ -108,6 +108,7 @@ _COMPLIANCE = {
 
 SYNC_ORDER_TOPIC = "sync/order"
 SYNC_CHECKOUT_TOPIC = "sync/checkout"  # an abandonedCheckouts node stored by the checkout poll
+SYNC_CUSTOMER_TOPIC = "sync/customer"  # a customers node (her phone's consent) stored by the reconcile's customers pass
 SMS_SOURCE = "shopify_sms_marketing"
 WHATSAPP_SOURCE = "shopify_whatsapp_marketing"
 
@@ -124,6 +125,10 @@ def normalize(topic: str, body: dict, store: ShopifyStore) -> list[Event]:
         from adapters.shopify import graphql
 
         return graphql.normalize_checkout_node(data, store)
+    if topic == SYNC_CUSTOMER_TOPIC:  # the consent its lost consent webhooks would have brought
+        from adapters.shopify import graphql
+
+        return graphql.normalize_customer_node(data, store)
     if topic in _ORDER_EVENTS:
         order = _order(data, store)
         return [_ORDER_EVENTS[topic](order=order), *_listed_fulfillments(data, order.external_id)]

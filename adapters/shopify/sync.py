@@ -1,5 +1,6 @@
-"""Page through Shopify's orders for reconciliation (Admin GraphQL, sorted by update time),
-and through its products for their replenishment cycles (tags, ``storeloop.replenish``).
+"""Page through Shopify's orders for reconciliation (Admin GraphQL, sorted by update time), through
+its customers changed since the last run for their consent (the customers pass), and through its
+products for their replenishment cycles (tags, ``storeloop.replenish``).
 
 Before each page the rate budget is awaited (the cost bucket), a THROTTLED answer is
 retried through the core's policy, an order with more line items or fulfilments than one
@@ -18,7 +19,8 @@ from typing import Any
 
 from adapters.shopify import graphql as gql
 from adapters.envelope import parse_http_time
-from adapters.sync_page import Budget, Retrying, SyncedOrder
+from adapters.shopify.normalize import SYNC_CUSTOMER_TOPIC
+from adapters.sync_page import Budget, Retrying, SyncedCustomer, SyncedOrder
 from connector.errors import PermanentError, SyncError
 
 
@@ -154,6 +156,42 @@ class ShopifyOrderPager:
         updated_raw = order.body.get("updatedAt") if isinstance(order.body.get("updatedAt"), str) else None
         key = f"shopify:sync:{order.external_id or 'unknown'}:{updated_raw}"
         return "sync/order", key, json.dumps(body, separators=(",", ":")).encode()
+
+
+# ---- customers: the consent of those none of whose orders changed --------------------------------
+
+
+class ShopifyCustomerPager:
+    """The customers updated since the window's start (``customers(sortKey: UPDATED_AT)``), each as a
+    ``sync/customer`` inbox entry that normalises to the ``ConsentChanged`` her consent webhooks bring.
+
+    The dedupe key holds a digest of what the consent path reads (the phone and its consent states and
+    dates), not ``updatedAt``: a customer read again in the next window's overlap, or changed in some other
+    way (an address, a tag), is a duplicate row, and only a consent change is new. Pages are sorted by
+    update time, so the core may move its cursor after each one."""
+
+    source = "shopify"
+
+    def __init__(self, client: Any, store_key: str):
+        self.client = client
+        self.store_key = store_key
+
+    async def pages(self, window_start: datetime, page_size: int, retrying: Retrying, budget: Budget) -> AsyncIterator[list[SyncedCustomer]]:
+        first = gql.customers_page_size_for(page_size)
+        variables = {"first": first, "q": since_filter(window_start)}
+        async for nodes in connection_pages(self.client, self.store_key, gql.CUSTOMERS_QUERY, "customers", variables,
+                                            gql.customers_query_cost(first), retrying, budget):
+            yield [self._customer(node) for node in nodes]
+
+    @staticmethod
+    def _customer(node: dict[str, Any]) -> SyncedCustomer:
+        updated = timestamp(node.get("updatedAt"))
+        phone = node.get("defaultPhoneNumber")
+        if not isinstance(phone, dict) or not phone:
+            return SyncedCustomer(updated, None)
+        digest = hashlib.sha256(json.dumps(phone, separators=(",", ":"), sort_keys=True).encode()).hexdigest()[:24]
+        body = json.dumps(node, separators=(",", ":"), sort_keys=True).encode()
+        return SyncedCustomer(updated, (SYNC_CUSTOMER_TOPIC, f"shopify:sync-customer:{node.get('id')}:{digest}", body))
 
 
 # ---- products: tags and the storeloop.replenish metafield (reorder cycles) -------------------

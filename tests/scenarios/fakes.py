@@ -8,6 +8,7 @@ One Starlette app plays three peers and records every call it gets:
   (``X-Shopify-Access-Token`` checked; ``tagsAdd``, ``orderCancel``, ``orderUpdate``, reads), the
   reconcile's order pages from ``shopify_orders`` (the store's orders as GraphQL nodes, sorted by
   update time, ``updated_at:>=`` filter, cursors; each order's fulfilments cut at what is asked for),
+  its customer pages from ``shopify_customers`` (the same way: the customers' consent as Shopify has it),
   and install's ``webhookSubscriptions`` / ``webhookSubscriptionCreate``;
 - the WooCommerce REST API v3 under ``/wp-json/wc/v3`` (OAuth 1.0a consumer key checked,
   as WooCommerce does on plain http): ``GET``/``PUT /orders/{id}``, ``POST /orders/{id}/notes``;
@@ -60,7 +61,7 @@ class WhatsAppSend:
 
 @dataclass(frozen=True)
 class ShopifyCall:
-    operation: str  # tagsAdd | orderCancel | orderUpdate | query | orders | orderFulfillments | webhookSubscriptions | webhookSubscriptionCreate
+    operation: str  # tagsAdd | orderCancel | orderUpdate | query | orders | customers | orderFulfillments | webhookSubscriptions | webhookSubscriptionCreate
     variables: dict[str, Any]
 
 
@@ -97,6 +98,9 @@ class FakeWorld:
         # what the reconcile reads, whether or not its webhooks reached the connector
         self.shopify_orders: dict[str, dict[str, Any]] = {}
         self.shopify_orders_status = 200  # anything else: the order pages answer it (403: the token lacks read_orders)
+        # customer gid -> the customer as Shopify's Admin GraphQL has it now (payloads.shopify_customer_node): her phone's
+        # consent, whether or not its consent webhook reached the connector
+        self.shopify_customers: dict[str, dict[str, Any]] = {}
         self.shopify_hooks: list[dict[str, Any]] = []  # webhook subscriptions made by install
         self.app = Starlette(routes=[
             Route("/{version}/{phone_number_id}/messages", self._wa_messages, methods=["POST"]),
@@ -118,6 +122,7 @@ class FakeWorld:
             self.shopify_cancelled.clear()
             self.shopify_orders.clear()
             self.shopify_orders_status = 200
+            self.shopify_customers.clear()
             self.shopify_hooks.clear()
             self.whatsapp_down = False
             self.whatsapp_answer_lost = False
@@ -176,6 +181,8 @@ class FakeWorld:
                                     self.shopify_orders_status)
             if "orders(first: $first" in query:  # the reconcile's page
                 op, data = "orders", {"orders": self._orders_page(variables)}
+            elif "customers(first: $first" in query:  # the reconcile's customers pass
+                op, data = "customers", {"customers": _updated_page(self.shopify_customers, variables)}
             elif "webhookSubscriptionCreate" in query:
                 hook = {"id": f"gid://shopify/WebhookSubscription/{next(self._ids)}", "topic": variables["topic"],
                         "uri": variables["webhookSubscription"]["uri"]}
@@ -196,15 +203,8 @@ class FakeWorld:
 
     def _orders_page(self, v: dict[str, Any]) -> dict[str, Any]:
         """``orders(first, after, sortKey: UPDATED_AT, query: "updated_at:>='…'")``: (updatedAt, id) order."""
-        since = _time(str(v.get("q") or "").split(">=", 1)[1].strip("'\""))
-        rows = sorted((n for n in self.shopify_orders.values() if _time(n["updatedAt"]) >= since),
-                      key=lambda n: (_time(n["updatedAt"]), n["id"]))
-        if v.get("cursor"):
-            at, oid = v["cursor"].split("|", 1)
-            rows = [n for n in rows if (_time(n["updatedAt"]), n["id"]) > (_time(at), oid)]
-        page = rows[: int(v["first"])]
-        end = f"{page[-1]['updatedAt']}|{page[-1]['id']}" if page else None
-        return {"pageInfo": {"hasNextPage": len(rows) > len(page), "endCursor": end}, "nodes": [_as_listed(n, v) for n in page]}
+        page = _updated_page(self.shopify_orders, v)
+        return {**page, "nodes": [_as_listed(n, v) for n in page["nodes"]]}
 
     # ---- WooCommerce REST v3 -------------------------------------------------------------
     def _woo_authorized(self, request: Request) -> bool:
@@ -259,6 +259,18 @@ class FakeWorld:
 
 def _time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+def _updated_page(nodes: dict[str, dict[str, Any]], v: dict[str, Any]) -> dict[str, Any]:
+    """A connection ``(first, after, sortKey: UPDATED_AT, query: "updated_at:>='…'")``: (updatedAt, id) order, Relay cursors."""
+    since = _time(str(v.get("q") or "").split(">=", 1)[1].strip("'\""))
+    rows = sorted((n for n in nodes.values() if _time(n["updatedAt"]) >= since), key=lambda n: (_time(n["updatedAt"]), n["id"]))
+    if v.get("cursor"):
+        at, oid = v["cursor"].split("|", 1)
+        rows = [n for n in rows if (_time(n["updatedAt"]), n["id"]) > (_time(at), oid)]
+    page = rows[: int(v["first"])]
+    end = f"{page[-1]['updatedAt']}|{page[-1]['id']}" if page else None
+    return {"pageInfo": {"hasNextPage": len(rows) > len(page), "endCursor": end}, "nodes": page}
 
 
 def _as_listed(node: dict[str, Any], v: dict[str, Any]) -> dict[str, Any]:

@@ -119,6 +119,13 @@ def shopify_phone_consent(phone: str, *, sms: tuple[str, datetime | None] | None
             "whatsAppMarketingConsent": {"state": (wa_consent["state"] or "not_subscribed").upper(), "updatedAt": gql_time(wa_consent["updated_at"])}}
 
 
+def shopify_customer_node(phone: str, phone_consent: dict[str, Any], updated: datetime) -> dict[str, Any]:
+    """The customer with this phone as the reconcile's ``customers`` query reads her (API 2026-07): her id,
+    when she last changed, and her ``defaultPhoneNumber`` with its consent (``shopify_phone_consent``)."""
+    return {"id": f"gid://shopify/Customer/{customer_id_for(phone)}", "updatedAt": gql_time(iso(updated)),
+            "defaultPhoneNumber": phone_consent}
+
+
 def shopify_order_node(order: dict[str, Any], *, fulfillments: tuple[dict[str, Any], ...] | list[dict[str, Any]] = (),
                        phone_consent: dict[str, Any] | None = None) -> dict[str, Any]:
     """An ``orders/*`` body (``shopify_order``) as the GraphQL Order the reconcile reads, with these
