@@ -1,0 +1,192 @@
+"""One journey run whose timer cannot fire must not stall every store's timers.
+
+Every due run of every store fires in one transaction (``InboxProcessor.process_timers``). A run
+whose firing raises (a plugin's bug while its decision is applied, a value the database refuses
+when the batch's writes are flushed) used to roll all of them back, and the next call picked the
+same runs first: reminders, COD deadlines and delayed asks of every store stopped for good. Now the
+batch is redone run by run, the bad run is parked (tried again later, logged once, shown on the
+dashboard) and the others fire.
+
+The journeys are plugins (tests/plugin_journeys.py) published through the entry-point group, as
+in tests/test_journey_plugins.py; orders come in as signed webhooks; time is the processor's clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from datetime import datetime, timedelta, timezone
+from importlib.metadata import EntryPoint, entry_points
+
+import pytest
+from typer.testing import CliRunner
+
+from connector.cli import app as cli_app
+from connector.config import load_settings, parse_settings
+from connector.journeys import registry
+from tests import plugin_journeys
+from tests.conftest import PHONE_ID_A, SECRETS, settings_dict
+from tests.helpers import running_app
+from tests.test_dashboard import login
+from tests.test_decide_tables import post, runs, steps
+from tests.test_payment_and_shipped_fixes import T0, shopify_order
+
+ADMIN = {"Authorization": f"Bearer {SECRETS['admin']}"}
+PLUGINS = {"timer_lost_stage": "TimerLostStage", "timer_odd_state": "TimerOddState"}
+
+
+@pytest.fixture
+def plugins(monkeypatch):
+    installed = list(entry_points(group=registry.GROUP))
+    published = [EntryPoint(name, f"tests.plugin_journeys:{cls}", registry.GROUP) for name, cls in PLUGINS.items()]
+    monkeypatch.setattr(registry, "entry_points", lambda group: [*installed, *published] if group == registry.GROUP else [])
+    registry.journeys.cache_clear()
+    yield
+    registry.journeys.cache_clear()
+
+
+def two_stores(db_url: str, journey: str):
+    """shop-a and shop-b both run the plugin journey, with its one template."""
+    raw = settings_dict(db_url)
+    for store in raw["stores"][:2]:
+        store.update(policy={"quiet_hours": ""}, journeys={journey: {}}, templates=[
+            {"step": f"{journey}.points", "name": "points_v1", "category": "utility", "body_text": "Thanks {{1}}",
+             "body": ["customer.first_name"]}])
+    return parse_settings(raw, environ={})
+
+
+def place_orders(client, runtime) -> None:
+    """Orders 1001 and 1002 in shop-a, 2001 in shop-b, all at T0: each starts a run due at T0 + 1 h."""
+    for n in (1002, 1001):
+        post(client, "orders/create", shopify_order(n, "paid", T0))
+    post(client, "orders/create", shopify_order(2001, "paid", T0), shop="shop-b")
+    runtime.processor.clock = lambda: T0
+    runtime.processor.drain()
+
+
+@pytest.mark.parametrize("journey", ["timer_lost_stage", "timer_odd_state"],
+                         ids=["refused at the batch's flush", "raises while its decision is applied"])
+def test_one_run_whose_timer_cannot_fire_costs_no_other_run_of_any_store_its_timer(plugins, db_url, caplog, journey):
+    settings = two_stores(db_url, journey)
+    with running_app(settings) as (client, runtime):
+        place_orders(client, runtime)
+        runtime.processor.clock = lambda: T0 + timedelta(hours=2)
+        with caplog.at_level(logging.WARNING, logger="storeloop"):
+            fired = runtime.processor.process_timers()
+            again = runtime.processor.process_timers()  # the broken run is not due again at once, nor raises
+        sent = steps(runtime)
+        found = runs(runtime)
+    a, b = runtime.store_ids["shop-a"], runtime.store_ids["shop-b"]
+    # the same store's other run and the other store's run fired: their thanks are queued
+    assert sorted(sent) == [(journey, "order:1001", "points"), (journey, "order:2001", "points")]
+    assert found[(a, journey, "order:1001")].status == found[(b, journey, "order:2001")].status == "finished"
+    assert fired == 3 and again == 0
+    broken = found[(a, journey, "order:1002")]
+    assert broken.status == "active" and broken.next_due_at == T0 + timedelta(hours=2, minutes=5)  # parked, not lost
+    assert broken.state["_timer_failures"] == 1 and broken.state["_timer_error"]
+    told = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(told) == 1  # once, with the store, the journey and the run
+    line = told[0].getMessage()
+    assert "shop-a" in line and journey in line and f"run {broken.id}" in line and broken.state["_timer_error"] in line
+
+
+def test_a_parked_run_is_shown_on_the_dashboard_and_fires_once_its_bug_is_fixed(plugins, db_url, monkeypatch):
+    settings = two_stores(db_url, "timer_odd_state")
+    with running_app(settings) as (client, runtime):
+        place_orders(client, runtime)
+        runtime.processor.clock = lambda: T0 + timedelta(hours=2)
+        runtime.processor.process_timers()
+        broken = runs(runtime)[(runtime.store_ids["shop-a"], "timer_odd_state", "order:1002")]
+        assert login(client).status_code == 303
+        page = client.get("/dashboard/shop-a").text
+        health = client.get("/api/stores/shop-a/report", headers=ADMIN).json()["connector_health"]
+        other = client.get("/api/stores/shop-b/report", headers=ADMIN).json()["connector_health"]
+
+        # tried again after the pause: still broken, the pause doubles
+        runtime.processor.clock = lambda: T0 + timedelta(hours=2, minutes=6)
+        assert runtime.processor.process_timers() == 1
+        again = runs(runtime)[(runtime.store_ids["shop-a"], "timer_odd_state", "order:1002")]
+
+        monkeypatch.setattr(plugin_journeys.TimerOddState, "broken", False)  # the plugin's fix is deployed
+        runtime.processor.clock = lambda: T0 + timedelta(hours=2, minutes=17)
+        assert runtime.processor.process_timers() == 1
+        fixed = runs(runtime)[(runtime.store_ids["shop-a"], "timer_odd_state", "order:1002")]
+        sent = steps(runtime)
+        after = client.get("/api/stores/shop-a/report", headers=ADMIN).json()["connector_health"]
+        page_after = client.get("/dashboard/shop-a").text
+
+    [shown] = health["timers_failing"]["runs"]
+    assert health["timers_failing"]["count"] == 1
+    assert (shown["id"], shown["journey"], shown["failures"]) == (broken.id, "timer_odd_state", 1)
+    assert shown["error"] == broken.state["_timer_error"] and "TypeError" in shown["error"]
+    assert 'id="timers-failing"' in page and f"run {broken.id}" in page and "TypeError" in page
+    assert other["timers_failing"]["count"] == 0  # shop-b's dashboard is about shop-b only
+    assert again.state["_timer_failures"] == 2 and again.next_due_at == T0 + timedelta(hours=2, minutes=16)
+    # fixed: it fired as any run does, and what it kept of the failures is gone (the journey's own state is left)
+    assert ("timer_odd_state", "order:1002", "points") in sent
+    assert fixed.status == "finished" and fixed.state == {"points": 10, "thanked": True, "outcome": "sent"}
+    assert after["timers_failing"]["count"] == 0 and 'id="timers-failing"' not in page_after
+
+
+def test_after_the_fix_replay_timers_fires_the_parked_run_at_once(plugins, tmp_path, sqlite_template, monkeypatch):
+    """The owner need not wait out the pause (up to a day): `storeloop replay --timers` makes the store's
+    parked runs due now; the next timer round fires them, and the report no longer names them."""
+    db_path = tmp_path / "storeloop.db"
+    shutil.copy(sqlite_template, db_path)
+    cfg = tmp_path / "storeloop.toml"
+    cfg.write_text(f"""
+[server]
+admin_token = "{SECRETS['admin']}"
+[database]
+url = "sqlite:///{db_path}"
+[whatsapp]
+app_secret = "{SECRETS['wa_app']}"
+verify_token = "v"
+
+[[stores]]
+key = "shop-a"
+platform = "shopify"
+shop_domain = "shop-a.myshopify.com"
+webhook_secret = "{SECRETS['shop_a']}"
+timezone = "Asia/Kolkata"
+default_country = "IN"
+whatsapp_phone_number_id = "{PHONE_ID_A}"
+policy = {{ quiet_hours = "" }}
+
+[[stores.templates]]
+step = "timer_odd_state.points"
+name = "points_v1"
+category = "utility"
+body_text = "Thanks {{{{1}}}}"
+body = ["customer.first_name"]
+
+[stores.journeys.timer_odd_state]
+""")
+    settings = load_settings(cfg)
+    cli = CliRunner()
+    with running_app(settings) as (client, runtime):
+        for n in (1002, 1001):
+            post(client, "orders/create", shopify_order(n, "paid", T0))
+        runtime.processor.clock = lambda: T0
+        runtime.processor.drain()
+        runtime.processor.clock = lambda: T0 + timedelta(hours=2)
+        assert runtime.processor.process_timers() == 2
+        weekly = cli.invoke(cli_app, ["report", "--config", str(cfg), "--store", "shop-a"])
+        assert weekly.exit_code == 0, weekly.output
+        assert "1 journey run(s) whose timer raised" in weekly.output and "storeloop replay --store shop-a --timers" in weekly.output
+
+        monkeypatch.setattr(plugin_journeys.TimerOddState, "broken", False)  # the fix is deployed
+        assert runtime.processor.process_timers() == 0  # parked: not before its pause is over
+        replayed = cli.invoke(cli_app, ["replay", "--config", str(cfg), "--store", "shop-a", "--timers"])
+        assert replayed.exit_code == 0, replayed.output
+        assert "1 journey run(s) due now" in replayed.output
+        # due "now" by the command's clock (the wall clock), whichever is later
+        later = max(T0 + timedelta(hours=2, seconds=1), datetime.now(timezone.utc) + timedelta(seconds=1))
+        runtime.processor.clock = lambda: later
+        assert runtime.processor.process_timers() == 1
+        sent = steps(runtime)
+        again = cli.invoke(cli_app, ["replay", "--config", str(cfg), "--store", "shop-a", "--timers"])
+        after = cli.invoke(cli_app, ["report", "--config", str(cfg), "--store", "shop-a"])
+    assert sorted(sent) == [("timer_odd_state", "order:1001", "points"), ("timer_odd_state", "order:1002", "points")]
+    assert "no journey run of shop-a waits" in again.output
+    assert "whose timer raised" not in after.output
