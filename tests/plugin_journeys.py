@@ -113,3 +113,19 @@ class TimerOddState(LoyaltyThanks):
                 return [Update({"seen": {1, 2}}), Wake(now + timedelta(hours=1))]
             return [Send("points", {"customer.first_name": facts.first_name}), Update({"thanked": True}), Finish("sent")]
         return []
+
+
+class WindowBomb(LoyaltyThanks):
+    """Hears reorder windows opening (a "reorder bonus" plugin); its bug shows on order 7001's window
+    only. ``broken`` off: the bug is fixed."""
+
+    name: ClassVar[str] = "window_bomb"
+    broken: ClassVar[bool] = True
+
+    def subject(self, event: Any, facts: Facts) -> str | None:
+        return f"window:{event.window_id}" if isinstance(event, ev.ReorderWindowOpened) else None
+
+    def decide(self, event: Any, run: Run | None, facts: Facts, config: LoyaltyThanksConfig, now: datetime) -> list[Command]:
+        if isinstance(event, ev.ReorderWindowOpened) and event.order_external_id == "7001" and type(self).broken:
+            raise RuntimeError("plugin bug on the window of order 7001")
+        return []

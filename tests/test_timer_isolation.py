@@ -13,17 +13,20 @@ in tests/test_journey_plugins.py; orders come in as signed webhooks; time is the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 from datetime import datetime, timedelta, timezone
 from importlib.metadata import EntryPoint, entry_points
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from connector.cli import app as cli_app
 from connector.config import load_settings, parse_settings
 from connector.journeys import registry
+from connector.storage import models as m
 from tests import plugin_journeys
 from tests.conftest import PHONE_ID_A, SECRETS, settings_dict
 from tests.helpers import running_app
@@ -32,7 +35,7 @@ from tests.test_decide_tables import post, runs, steps
 from tests.test_payment_and_shipped_fixes import T0, shopify_order
 
 ADMIN = {"Authorization": f"Bearer {SECRETS['admin']}"}
-PLUGINS = {"timer_lost_stage": "TimerLostStage", "timer_odd_state": "TimerOddState"}
+PLUGINS = {"timer_lost_stage": "TimerLostStage", "timer_odd_state": "TimerOddState", "window_bomb": "WindowBomb"}
 
 
 @pytest.fixture
@@ -190,3 +193,63 @@ body = ["customer.first_name"]
     assert sorted(sent) == [("timer_odd_state", "order:1001", "points"), ("timer_odd_state", "order:1002", "points")]
     assert "no journey run of shop-a waits" in again.output
     assert "whose timer raised" not in after.output
+
+
+# ---- the reorder tick ----------------------------------------------------------------------------
+
+def test_a_reorder_window_that_cannot_open_costs_the_stores_other_windows_nothing_and_the_job_says_so(plugins, db_url, caplog,
+                                                                                                      monkeypatch):
+    """The reorder tick opens a store's due windows in one transaction. A window whose opening raises (here a
+    plugin that hears reorder windows) used to roll back every window of the batch, tick after tick: no
+    customer of the store got a reorder reminder again. Now the others open; that one stays pending, is
+    tried again at the next tick, and the job is shown failing with the window and the error until it opens."""
+    from jobs.scheduler import reorder_job
+    from tests.test_reorder import TEMPLATES, _order
+
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(templates=TEMPLATES, policy={"quiet_hours": ""},
+                            journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "lead_days": 3}, "window_bomb": {}})
+    settings = parse_settings(raw, environ={})
+    clock = [T0]
+    phones = {7000: "+91 98765 43210", 7001: "+91 98123 45678", 7002: "+91 99887 76655"}
+    with running_app(settings, clock=lambda: clock[0]) as (client, runtime):
+        runtime.processor.clock = lambda: clock[0]
+        for i, (n, phone) in enumerate(phones.items()):
+            post(client, "orders/create", _order(n, T0, phone=phone, customer_id=100 + i))
+        runtime.processor.drain()
+        store, sid = settings.stores[0], runtime.store_ids["shop-a"]
+
+        def tick() -> None:
+            assert asyncio.run(reorder_job(runtime, store, "w1", timedelta(minutes=15))) is True
+
+        def windows() -> dict:
+            with runtime.db.engine.connect() as conn:
+                return {w.order_external_id: w for w in conn.execute(select(m.ReorderWindow).where(m.ReorderWindow.store_id == sid))}
+
+        tick()  # plans the windows
+        clock[0] = max(w.opens_at for w in windows().values()) + timedelta(hours=1)
+        with caplog.at_level(logging.WARNING, logger="storeloop"):
+            tick()
+            clock[0] += timedelta(minutes=15)
+            tick()  # the next tick tries it again, and opens nothing twice
+        first = windows()
+        job = next(j for j in client.get("/api/stores/shop-a/report", headers=ADMIN).json()["connector_health"]["jobs"]
+                   if j["job"] == "reorder")
+        reminders = sorted(s for _j, s, _step in steps(runtime, "reorder"))
+
+        monkeypatch.setattr(plugin_journeys.WindowBomb, "broken", False)  # the fix is deployed
+        clock[0] += timedelta(minutes=15)
+        tick()
+        last = windows()
+        fixed = next(j for j in client.get("/api/stores/shop-a/report", headers=ADMIN).json()["connector_health"]["jobs"]
+                     if j["job"] == "reorder")
+        after = sorted(s for _j, s, _step in steps(runtime, "reorder"))
+    assert {o: w.status for o, w in first.items()} == {"7000": "opened", "7001": "pending", "7002": "opened"}
+    subject = {o: f"reorder:{o}:{w.product_key}" for o, w in last.items()}
+    assert reminders == [subject["7000"], subject["7002"]]  # one each, not two
+    assert (job["status"], job["failures_in_a_row"]) == ("failing", 2)
+    assert f"window {first['7001'].id}" in job["last_error"] and "plugin bug on the window of order 7001" in job["last_error"]
+    told = [r.getMessage() for r in caplog.records if r.name == "storeloop.reorder" and r.levelno >= logging.ERROR]
+    assert len(told) == 2 and all("shop-a" in t and f"window {first['7001'].id}" in t for t in told)  # once a tick
+    assert last["7001"].status == "opened" and fixed["status"] == "ok"
+    assert after == sorted(subject.values())
