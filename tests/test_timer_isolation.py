@@ -32,6 +32,7 @@ from tests.conftest import PHONE_ID_A, SECRETS, settings_dict
 from tests.helpers import running_app
 from tests.test_dashboard import login
 from tests.test_decide_tables import post, runs, steps
+from tests.test_outbox import sandbox  # noqa: F401 (fixture)
 from tests.test_payment_and_shipped_fixes import T0, shopify_order
 
 ADMIN = {"Authorization": f"Bearer {SECRETS['admin']}"}
@@ -253,3 +254,86 @@ def test_a_reorder_window_that_cannot_open_costs_the_stores_other_windows_nothin
     assert len(told) == 2 and all("shop-a" in t and f"window {first['7001'].id}" in t for t in told)  # once a tick
     assert last["7001"].status == "opened" and fixed["status"] == "ok"
     assert after == sorted(subject.values())
+
+
+# ---- the WhatsApp dispatcher ---------------------------------------------------------------------
+
+def _three_queued(db, db_url, url):
+    """Asha's, Ravi's and Meera's COD asks, queued in one batch's worth (the dispatcher claims them together)."""
+    from connector.storage.inbox import sync_stores
+    from tests.test_outbox import queue, seed_contact, settings_for
+
+    settings = settings_for(db_url, url, messages_per_second=40)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    sid = ids["shop-a"]
+    queued = {name: queue(db, settings, sid, seed_contact(db, sid, phone=phone), subject=f"order:{n}")
+              for n, (name, phone) in enumerate((("asha", "+919876543210"), ("ravi", "+919812345678"), ("meera", "+919900112233")))}
+    return settings, ids, queued
+
+
+def _dispatch_once(db, settings, ids, url) -> None:
+    from adapters.whatsapp.client import WhatsAppClient
+    from connector.outbox.dispatcher import Dispatcher
+    from tests.test_outbox import NOON_IST, Clock
+
+    async def run() -> None:
+        client = WhatsAppClient(url, settings.whatsapp.api_version, "sandbox-token")
+        try:
+            dispatcher = Dispatcher(db, settings, ids, client, clock=Clock(NOON_IST))
+            try:
+                await dispatcher.run_once()
+            finally:
+                await dispatcher.close()
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_message_whose_request_cannot_be_built_fails_with_its_reason_and_its_batch_goes_out(db, db_url, sandbox):
+    """A stored message whose parameters no longer render into a request (an amount no request can carry)
+    was sent to nobody: it is ``failed`` with the reason, not ``uncertain`` (which says it may have gone
+    out, and is never looked at again); the other messages of its batch go out."""
+    from tests.test_outbox import attempts, outbox_rows
+
+    fake, url = sandbox
+    settings, ids, queued = _three_queued(db, db_url, url)
+    with db.engine.begin() as conn:  # Ravi's stored amount is one no request can carry
+        row = conn.execute(select(m.OutboxMessage).where(m.OutboxMessage.id == queued["ravi"].outbox_id)).one()
+        payload = dict(row.payload)
+        payload["message"] = {**payload["message"], "body": [
+            {**p, "amount": "1E+5000"} if p.get("type") == "currency" else p for p in payload["message"]["body"]]}
+        conn.execute(m.OutboxMessage.__table__.update().where(m.OutboxMessage.id == row.id).values(payload=payload))
+    _dispatch_once(db, settings, ids, url)
+    rows = {r.id: r for r in outbox_rows(db)}
+    assert [rows[queued[n].outbox_id].status for n in ("asha", "ravi", "meera")] == ["sent", "failed", "sent"]
+    assert "cannot be built" in rows[queued["ravi"].outbox_id].last_error
+    assert sorted(c.to for c in fake.accepted()) == ["+919876543210", "+919900112233"]  # nothing went out for Ravi
+    assert sorted(a.outcome for a in attempts(db)) == ["failed", "sent", "sent"]
+
+
+def test_a_bug_before_one_send_costs_the_rest_of_its_batch_nothing(db, db_url, sandbox, monkeypatch, caplog):
+    """Every claimed row of a batch is sent concurrently and the outcomes are written together: an
+    exception out of one row's preparation (a bug, injected here in the per-recipient spacing) made
+    the whole batch's outcomes unwritten, so every message of it (any store's) ended ``uncertain``
+    when its lease ran out, never sent. Now that row alone fails, with the reason, and is logged."""
+    from connector.outbox import ratelimit
+    from tests.test_outbox import outbox_rows
+
+    fake, url = sandbox
+    settings, ids, queued = _three_queued(db, db_url, url)
+    real = ratelimit.RecipientSpacer.wait_for
+
+    def buggy(self, pair: str) -> float:
+        if pair.endswith("+919812345678"):
+            raise KeyError("spacing bug")
+        return real(self, pair)
+
+    monkeypatch.setattr(ratelimit.RecipientSpacer, "wait_for", buggy)
+    with caplog.at_level(logging.ERROR, logger="storeloop.dispatcher"):
+        _dispatch_once(db, settings, ids, url)
+    rows = {r.id: r for r in outbox_rows(db)}
+    assert [rows[queued[n].outbox_id].status for n in ("asha", "ravi", "meera")] == ["sent", "failed", "sent"]
+    assert "KeyError" in rows[queued["ravi"].outbox_id].last_error
+    assert sorted(c.to for c in fake.accepted()) == ["+919876543210", "+919900112233"]
+    assert f"outbox {queued['ravi'].outbox_id}" in caplog.text
