@@ -382,6 +382,7 @@ def replay(
     ids: Annotated[Optional[list[int]], typer.Option("--id", help="only this inbox row (repeat for several)")] = None,
     status: Annotated[str, typer.Option(help="which rows: failed (default) or held")] = "failed",
     since: Annotated[Optional[str], typer.Option(help="only rows received since: Nd, Nh or an ISO date")] = None,
+    timers: Annotated[bool, typer.Option("--timers", help="instead: fire the journey runs whose timer raised at once")] = False,
 ) -> None:
     """Process a store's failed inbox rows again, after the fix for why they failed.
 
@@ -389,6 +390,9 @@ def replay(
     (``serve`` or ``worker``) processes them at its next poll. Harmless for an event that
     reached the connector some other way meanwhile: it is stale, and a journey never sends
     a step twice for one order or checkout.
+
+    With ``--timers``: the store's journey runs whose timer raised (each waits, tried again
+    after a growing pause) are due now instead; the worker fires them at its next poll.
     """
     from datetime import datetime, timezone
 
@@ -402,6 +406,9 @@ def replay(
     settings = _load(config)
     chosen = _store(settings, store)
     now = datetime.now(timezone.utc)
+    if timers:
+        _retry_timers(settings, chosen.key, now)
+        return
     start = _parse_since(since, now) if since else None
     db, store_ids = _open_db(settings, "replay")
     try:
@@ -424,6 +431,23 @@ def replay(
         console.print(f"[yellow]row {row_id} not replayed:[/] {escape(why)}", highlight=False, soft_wrap=True)
     if ids and result.refused:
         raise typer.Exit(1)
+
+
+def _retry_timers(settings: Settings, store_key: str, now: Any) -> None:
+    """``replay --timers``: the store's parked journey runs due now (``journeys/timer_failures.py``)."""
+    from connector.journeys.timer_failures import retry_now
+
+    db, store_ids = _open_db(settings, "replay")
+    try:
+        ids = retry_now(db, store_ids[store_key], now)
+    finally:
+        db.dispose()
+    if not ids:
+        console.print(f"no journey run of {store_key} waits after its timer raised", highlight=False)
+        return
+    shown = ", ".join(str(i) for i in ids[:50]) + (f" and {len(ids) - 50} more" if len(ids) > 50 else "")
+    console.print(f"{len(ids)} journey run(s) due now: {shown}; a running worker fires them at its next timer round",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

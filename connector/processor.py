@@ -134,27 +134,55 @@ class InboxProcessor:
 
         The runs of a store that is uninstalled, or reinstalled and not caught up yet, wait
         (``connector/reinstall.py``): fired now, they would decide on what the store was.
+
+        The runs fire in one transaction with the transaction cache (no statement more than that
+        when nothing raises); if one raises (or the batch's writes are refused) it is rolled back
+        and the runs fire again in a new one, each in its own savepoint, so the run that raises is
+        parked alone (``journeys/timer_failures.py``) and the others, of every store, still fire:
+        it cannot stall them batch after batch.
         """
         now = self.clock()
         stores = [sid for sid, store in self._stores.items() if store.enabled_journeys()]
         stores = self._due_stores(stores, now) if stores else []
         if not stores:
             return 0  # the common case between steps: no write transaction, no write lock
+        started = [0.0]  # once the write lock is ours
+
+        def stop() -> bool:
+            if yield_to is not None and yield_to():
+                return True
+            return time_budget is not None and time.perf_counter() - started[0] > time_budget
+
+        reached = [0]
+        try:
+            with self.db.write_lock(), self.db.engine.begin() as conn, installed(conn):
+                started[0] = time.perf_counter()
+                return self._fire_timers(conn, stores, now, limit, stop, reached)
+        except Exception as exc:
+            # a run raised while its decision was applied, or a value one wrote was refused at the
+            # flush: the transaction (and the cache, with every held write) is rolled back
+            log.debug("timer batch raised after %d run(s) (%s); firing its runs one by one", reached[0], exc.__class__.__name__)
+        # again run by run, each in its own savepoint, at least as far as that attempt got (it spent the budget)
+        with self.db.write_lock(), self.db.engine.begin() as conn:
+            return self._fire_timers(conn, stores, now, limit, stop, [0], isolate=True, must=reached[0] + 1)
+
+    def _fire_timers(self, conn: Connection, stores: list[int], now: datetime, limit: int, stop: Callable[[], bool],
+                     reached: list[int], *, isolate: bool = False, must: int = 0) -> int:
+        """Fire the stores' due runs, up to ``limit``; ``reached`` counts the runs gone through.
+        ``stop`` is heeded once ``must`` runs are. ``isolate``: each run in its own savepoint."""
+
+        def after_run() -> bool:
+            reached[0] += 1
+            return reached[0] >= must and stop()
+
         fired = 0
-        with self.db.write_lock(), self.db.engine.begin() as conn, installed(conn):
-            started = time.perf_counter()
-
-            def stop() -> bool:
-                if yield_to is not None and yield_to():
-                    return True
-                return time_budget is not None and time.perf_counter() - started > time_budget
-
-            for store_id in stores:
-                if fired < limit:
-                    fired += self.journeys.on_timers(conn, self._stores[store_id], store_id, now, limit - fired, stop)
-                    if stop():
-                        break
-            flush(conn)
+        for store_id in stores:
+            if fired >= limit:
+                break
+            fired += self.journeys.on_timers(conn, self._stores[store_id], store_id, now, limit - fired, after_run, isolate=isolate)
+            if reached[0] >= must and stop():
+                break
+        flush(conn)
         return fired
 
     def _due_stores(self, store_ids: list[int], now: datetime) -> list[int]:

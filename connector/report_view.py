@@ -89,6 +89,12 @@ def render_health(health: dict[str, Any], out: Console, store_key: str) -> None:
     if failed:
         out.print(f"[bold red]{failed} inbox row(s) failed[/] and wait for a replay: after the fix, "
                   f"`storeloop replay --store {store_key}`", highlight=False, soft_wrap=True)
+    parked = health.get("timers_failing") or {}
+    if parked.get("count"):
+        latest = parked["runs"][0]
+        out.print(f"[bold red]{parked['count']} journey run(s) whose timer raised[/] wait, tried again by themselves "
+                  f"(latest: {latest['journey']} run {latest['id']}: " + escape(str(latest["error"])) + "); after the fix, "
+                  f"`storeloop replay --store {store_key} --timers`", highlight=False, soft_wrap=True)
     for job in health.get("jobs") or []:
         if job["status"] == "failing":
             why = str(job["last_error"]) + (f"; {job['hint']}" if job["hint"] else "")

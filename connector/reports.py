@@ -616,8 +616,11 @@ def build_report(db: Database, store: Any, store_id: int, period: Period) -> dic
 
 def connector_health(conn: Connection, store_id: int) -> dict[str, Any]:
     """Now, not for the week (as ``open_handoffs``): inbox rows that failed for good (``storeloop
-    replay`` processes them again after a fix) and each scheduled job's last outcome."""
+    replay`` processes them again after a fix), journey runs whose timer raised (parked, tried
+    again by themselves; ``storeloop replay --timers`` at once) and each scheduled job's last outcome."""
     from connector.admin import failed_count
     from connector.job_health import job_states
+    from connector.journeys.timer_failures import parked_runs
 
-    return {"inbox_failed": failed_count(conn, store_id), "jobs": job_states(conn, store_id)}
+    return {"inbox_failed": failed_count(conn, store_id), "timers_failing": parked_runs(conn, store_id),
+            "jobs": job_states(conn, store_id)}

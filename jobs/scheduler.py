@@ -238,7 +238,7 @@ def build_scheduler(runtime: Any, *, holder: str | None = None) -> AsyncIOSchedu
 
 async def reorder_job(runtime: Any, store: Any, holder: str, interval: timedelta) -> bool:
     """Under the store's lease: refresh reorder windows, open the due ones into the journey."""
-    from connector.reorder.windows import run_reorder_tick
+    from connector.reorder.windows import WindowsNotOpened, run_reorder_tick
 
     store_id = runtime.store_ids.get(store.key)
     if store_id is None:
@@ -248,6 +248,8 @@ async def reorder_job(runtime: Any, store: Any, holder: str, interval: timedelta
         scan, opened = await anyio.to_thread.run_sync(lambda: run_reorder_tick(runtime.db, store, store_id, runtime.clock()))
         if opened.opened or opened.expired:
             log.info("reorder windows opened", extra={"store": store.key, "opened": opened.opened, "expired": opened.expired})
+        if opened.failed:  # the others opened and are committed; the tick is failing until these open too
+            raise WindowsNotOpened(store.key, opened.failed)
 
     return await _tracked_tick(runtime, store, store_id, holder, interval, "reorder", job)
 

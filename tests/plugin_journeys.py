@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from connector import events as ev
-from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Wake
+from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake
 
 
 class LoyaltyThanksConfig(JourneyConfig):
@@ -78,4 +78,54 @@ class TimerBomb(LoyaltyThanks):
             if run.subject == "order:1002":
                 raise RuntimeError("plugin bug in the timer of order 1002")
             return [Send("points", {"customer.first_name": facts.first_name}), Finish("sent")]
+        return []
+
+
+class TimerLostStage(LoyaltyThanks):
+    """Thanks an hour after the order; on order 1002 its timer moves the customer to a stage it looked
+    up and did not find (None), which the database refuses (the stage is required) only when the
+    timer batch's held writes are flushed."""
+
+    name: ClassVar[str] = "timer_lost_stage"
+
+    def decide(self, event: Any, run: Run | None, facts: Facts, config: LoyaltyThanksConfig, now: datetime) -> list[Command]:
+        if isinstance(event, ev.OrderPlaced) and run is None and facts.contact_id is not None:
+            return [Start(f"order:{event.order.external_id}", facts.contact_id, {}), Wake(now + timedelta(hours=1))]
+        if isinstance(event, TimerFired) and run is not None:
+            if run.subject == "order:1002":
+                return [MoveStage({"vip": "retention"}.get(str(facts.extra.get("tier")))), Wake(now + timedelta(hours=1))]  # type: ignore[arg-type]
+            return [Send("points", {"customer.first_name": facts.first_name}), Finish("sent")]
+        return []
+
+
+class TimerOddState(LoyaltyThanks):
+    """Thanks an hour after the order; on order 1002 its timer keeps a value no JSON column can store
+    (a set), which raises while the run's update is applied. ``broken`` off: the bug is fixed."""
+
+    name: ClassVar[str] = "timer_odd_state"
+    broken: ClassVar[bool] = True
+
+    def decide(self, event: Any, run: Run | None, facts: Facts, config: LoyaltyThanksConfig, now: datetime) -> list[Command]:
+        if isinstance(event, ev.OrderPlaced) and run is None and facts.contact_id is not None:
+            return [Start(f"order:{event.order.external_id}", facts.contact_id, {"points": 10}), Wake(now + timedelta(hours=1))]
+        if isinstance(event, TimerFired) and run is not None:
+            if run.subject == "order:1002" and type(self).broken:
+                return [Update({"seen": {1, 2}}), Wake(now + timedelta(hours=1))]
+            return [Send("points", {"customer.first_name": facts.first_name}), Update({"thanked": True}), Finish("sent")]
+        return []
+
+
+class WindowBomb(LoyaltyThanks):
+    """Hears reorder windows opening (a "reorder bonus" plugin); its bug shows on order 7001's window
+    only. ``broken`` off: the bug is fixed."""
+
+    name: ClassVar[str] = "window_bomb"
+    broken: ClassVar[bool] = True
+
+    def subject(self, event: Any, facts: Facts) -> str | None:
+        return f"window:{event.window_id}" if isinstance(event, ev.ReorderWindowOpened) else None
+
+    def decide(self, event: Any, run: Run | None, facts: Facts, config: LoyaltyThanksConfig, now: datetime) -> list[Command]:
+        if isinstance(event, ev.ReorderWindowOpened) and event.order_external_id == "7001" and type(self).broken:
+            raise RuntimeError("plugin bug on the window of order 7001")
         return []

@@ -146,3 +146,12 @@ def test_what_went_out_of_a_timer_batchs_runs_is_found_by_key(conn: Any) -> None
     keys = [f"cod_confirmation:ask:order:{i}" for i in range(500)]
     plan = plan_of(conn, _SENT_STEPS, {"sid": 1, "keys": keys})
     assert "sqlite_autoindex_outbox_1 (store_id=? AND idempotency_key=?)" in plan, plan
+
+
+def test_the_dashboards_count_of_parked_timers_reads_the_stores_active_runs_only(conn: Any) -> None:
+    """Runs whose timer raised are found among the store's active runs (by the timers' index), not by
+    reading every run of every store."""
+    from connector.journeys.timer_failures import PARKED_COUNT
+
+    plan = plan_of(conn, PARKED_COUNT, {"sid": 1})
+    assert "ix_journey_runs_due (store_id=? AND status=?)" in plan and "SCAN journey_runs" not in plan, plan

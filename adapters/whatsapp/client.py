@@ -235,7 +235,12 @@ class WhatsAppClient:
         if target is None:
             target = self._send_targets[phone_number_id] = self._target(phone_number_id)
         url, core_url, headers = target
-        content = orjson.dumps(build_payload(message))
+        try:
+            content = orjson.dumps(build_payload(message))
+        except PermanentError:
+            raise
+        except Exception as exc:  # nothing was sent: a known failure, not an unknown outcome
+            raise PermanentError(f"the request cannot be built: {exc.__class__.__name__}: {exc}"[:300]) from None
         if not self._pools:
             return _accepted(await self._request("POST", url, content=content, headers=self._post_headers))
         request = httpcore.Request(b"POST", core_url, headers=[*headers, (b"Content-Length", b"%d" % len(content))],

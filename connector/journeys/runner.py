@@ -29,6 +29,7 @@ from connector.journeys.engine import (
 from connector.handoffs import HandoffRequest, journey_stage, open_handoff, stage_after
 from connector.handoffs import rules as handoff_rules
 from connector.journeys._common import is_reply
+from connector.journeys import timer_failures
 from connector.journeys.registry import journeys
 from connector.outbox import store as ob
 from connector.outbox.queue import queue_template, step_key
@@ -391,20 +392,6 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
                  fulfillment=fulfillment, extra=extra)
 
 
-TIMER_FAILURES = "_timer_failures"  # run state: how many times in a row its journey raised on its timer
-
-
-def _timer_failed(conn: Connection, row: Any, run: Run, now: datetime) -> None:
-    """``decide`` raised on a run's timer. It is pure, so nothing was done; the run's timer is
-    set again after a growing pause (5 minutes, doubling, at most a day), so one broken run
-    neither stops every other due run (they fire in one transaction) nor fires in a tight loop."""
-    failures = int(run.state.get(TIMER_FAILURES, 0)) + 1
-    pause = min(timedelta(days=1), timedelta(minutes=5) * 2 ** min(failures - 1, 10))
-    log.exception("journey %s raised on the timer of run %s (%s, store %s), %d time(s) in a row; trying again in %s",
-                  run.journey, row.id, run.subject, row.store_id, failures, pause)
-    update_by_id(conn, RUNS, row.id, {"next_due_at": now + pause, "state": {**run.state, TIMER_FAILURES: failures}})
-
-
 class JourneyRunner:
     def on_event(self, conn: Connection, store: Any, store_id: int, event: Any, contact_id: int | None, now: datetime) -> int:
         """Run every enabled journey for one event; returns how many commands were applied."""
@@ -470,11 +457,16 @@ class JourneyRunner:
         return applied
 
     def on_timers(self, conn: Connection, store: Any, store_id: int, now: datetime, limit: int = 100,
-                  stop: Callable[[], bool] | None = None) -> int:
+                  stop: Callable[[], bool] | None = None, *, isolate: bool = False) -> int:
         """Fire up to ``limit`` due runs; each fires once (its timer is cleared in the run's one UPDATE).
 
         ``stop`` is asked after each run: True ends the batch there, and the runs not reached
-        stay due for the next one. Returns how many fired."""
+        stay due for the next one. Returns how many fired (a parked run counts: its turn was taken).
+
+        A journey whose ``decide`` raises parks its run (``timer_failures.park``) and the others
+        fire. ``isolate`` (the processor's retry of a batch in which applying a run raised, or its
+        flush was refused; no transaction cache then) fires each run in its own savepoint, so the
+        one that raises is rolled back alone and parked."""
         cache = current(conn)
         flush(conn)  # the due query must see every held-back timer change
         due = _DUE if conn.dialect.name == "sqlite" else _DUE_SKIP_LOCKED
@@ -488,42 +480,62 @@ class JourneyRunner:
                                 now - max(rules.marketing_cap_window, rules.cart_quiet_after_order))
         enabled = store.enabled_journeys()
         due = [(row, _found(row, row.subject)) for row in rows]
-        sends = _sends_of_due_runs(conn, store, store_id, due, enabled, now)
-        cases = _cases_of_due_runs(conn, store_id, due, enabled, now)
+        if not isolate:
+            sends = _sends_of_due_runs(conn, store, store_id, due, enabled, now)
+            cases = _cases_of_due_runs(conn, store_id, due, enabled, now)
         fired = 0
         for row, found in due:
             fired += 1
-            journey = journeys().get(row.journey)
-            if journey is None or row.journey not in enabled:
-                update_by_id(conn, RUNS, row.id, {"next_due_at": None})  # fire once
+            if not isolate:
+                self._fire(conn, store, store_id, row, found, enabled, sends, cases, now)
             else:
-                facts = _facts(conn, store, store_id, TimerFired(now), row.contact_id, row.subject, now)
-                if (row.journey, row.subject) in sends:
-                    facts = replace(facts, extra={**facts.extra, "reminders_sent": sends[(row.journey, row.subject)]})
-                if (row.journey, row.subject) in cases:
-                    facts = replace(facts, extra={**facts.extra, "open_cases": cases[(row.journey, row.subject)]})
                 try:
-                    commands = journey.decide(TimerFired(now), found[1], facts, enabled[row.journey], now)
-                except Exception:  # a journey's bug (a plugin's, say): this run waits, the others' timers still fire
-                    _timer_failed(conn, row, found[1], now)
-                else:
-                    self._apply(conn, store, store_id, row.journey, row.subject, found, commands, facts, enabled[row.journey], now,
-                                fired=True)
+                    with conn.begin_nested():
+                        one = [(row, found)]  # a journey's needs_sends or needs_cases may be what raises
+                        self._fire(conn, store, store_id, row, found, enabled, _sends_of_due_runs(conn, store, store_id, one, enabled, now),
+                                   _cases_of_due_runs(conn, store_id, one, enabled, now), now)
+                except Exception as exc:  # rolled back to before this run: the others' firings stand
+                    timer_failures.park(conn, store, row, now, exc)
             if stop is not None and stop():
                 break
         return fired
 
+    def _fire(self, conn: Connection, store: Any, store_id: int, row: Any, found: tuple[int, Run, bool], enabled: dict[str, Any],
+              sends: dict[tuple[str, str], tuple[datetime, ...]], cases: dict[tuple[str, str], tuple[OpenCase, ...]],
+              now: datetime) -> None:
+        """Fire one due run: decide on ``TimerFired`` and apply it."""
+        journey = journeys().get(row.journey)
+        if journey is None or row.journey not in enabled:
+            update_by_id(conn, RUNS, row.id, {"next_due_at": None})  # fire once
+            return
+        parked = timer_failures.FAILURES in found[1].state
+        if parked:  # the journey decides on its own state; the failure record goes with this firing
+            found = (found[0], replace(found[1], state=timer_failures.without_record(found[1].state)), found[2])
+        facts = _facts(conn, store, store_id, TimerFired(now), row.contact_id, row.subject, now)
+        if (row.journey, row.subject) in sends:
+            facts = replace(facts, extra={**facts.extra, "reminders_sent": sends[(row.journey, row.subject)]})
+        if (row.journey, row.subject) in cases:
+            facts = replace(facts, extra={**facts.extra, "open_cases": cases[(row.journey, row.subject)]})
+        try:
+            commands = journey.decide(TimerFired(now), found[1], facts, enabled[row.journey], now)
+        except Exception as exc:  # a journey's bug (a plugin's, say); decide is pure, so nothing to undo
+            timer_failures.park(conn, store, row, now, exc)
+            return
+        self._apply(conn, store, store_id, row.journey, row.subject, found, commands, facts, enabled[row.journey], now,
+                    fired=True, rewrite_state=parked)
+
     def _apply(self, conn: Connection, store: Any, store_id: int, journey: str, subject: str,
                found: tuple[int, Run, bool] | None, commands: list[Any], facts: Facts, config: Any, now: datetime,
-               *, fired: bool = False) -> int:
+               *, fired: bool = False, rewrite_state: bool = False) -> int:
         """Apply a journey's commands: at most one INSERT or one UPDATE of the run, then its sends.
 
         ``fired``: a timer fired this run; its ``next_due_at`` is cleared (fire once) in the
-        same UPDATE, unless a ``Wake`` sets it again.
+        same UPDATE, unless a ``Wake`` sets it again. ``rewrite_state``: the run's stored state
+        differs from ``found``'s (a parked run's failure record is dropped), so it is written.
         """
         if not commands:
             if fired and found is not None:
-                update_by_id(conn, RUNS, found[0], {"next_due_at": None})
+                update_by_id(conn, RUNS, found[0], {"next_due_at": None, **({"state": dict(found[1].state)} if rewrite_state else {})})
             return 0
         run_id = found[0] if found else None
         holdout = found[2] if found else False
@@ -606,6 +618,8 @@ class JourneyRunner:
                 values.update(state=state, **({"status": "handoff"} if cmd.waits else {}))
                 handoffs.append(HandoffRequest(f"{journey}:{subject}", cmd.reason, journey, subject, stage=journey_stage(journey),
                                                only_open=cmd.only_open, case_id=cmd.case))
+        if rewrite_state and run_id is not None and not created:
+            values.setdefault("state", state)
         if values and run_id is not None and not created:
             values["updated_at"] = now
         if fired and run_id is not None and not created:

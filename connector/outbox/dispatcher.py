@@ -306,22 +306,28 @@ class Dispatcher:
         phone_id = store.whatsapp_phone_number_id
         if not phone_id:
             return ob.Result(row, "failed", started, error_detail=f"store {store.key} has no whatsapp_phone_number_id")
-        decision = check(
-            category=row.category or "utility",
-            kind=message.kind,
-            journey=row.journey,
-            contact=row.facts or ContactFacts(),
-            history=row.history,
-            rules=self.rules[row.store_id],
-            tz=store.tz,
-            now=started,
-        )
+        pair = f"{phone_id}:{message.to}"  # Meta spaces one business number's messages to one user (131056)
+        try:
+            decision = check(
+                category=row.category or "utility",
+                kind=message.kind,
+                journey=row.journey,
+                contact=row.facts or ContactFacts(),
+                history=row.history,
+                rules=self.rules[row.store_id],
+                tz=store.tz,
+                now=started,
+            )
+            wait = self.spacer.wait_for(pair) if decision.allowed else 0.0
+        except Exception as exc:
+            # a bug before any call: this message was not sent. Raised out of the batch's gather, it left
+            # every outcome of the batch unwritten (all 'uncertain' once their lease ran out, never sent)
+            log.exception("outbox %s could not be prepared for sending; failed, the rest of its batch goes on", row.id)
+            return ob.Result(row, "failed", started, error_detail=f"not sent: preparing it raised {describe_error(exc)}"[:255])
         if decision.deferred:
             return ob.Result(row, "deferred", started, due_at=decision.defer_until, error_detail=decision.reason)
         if not decision.allowed:
             return ob.Result(row, "skipped", started, error_detail=decision.reason)
-        pair = f"{phone_id}:{message.to}"  # Meta spaces one business number's messages to one user (131056)
-        wait = self.spacer.wait_for(pair)
         if wait > SHORT_WAIT:
             return ob.Result(row, "deferred", started, due_at=started + timedelta(seconds=wait))
         async with self.in_flight:

@@ -49,9 +49,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import Connection, String, Table, and_, bindparam, case, exists, func, literal, or_, select, true, tuple_, type_coerce, union_all, update
+from sqlalchemy.exc import DBAPIError
 
 from connector import events as ev
 from connector.contacts import email_key
+from connector.errors import StoreloopError, describe_error
 from connector.handoffs import REPLY_CASE
 from connector.journeys.reorder import ReorderConfig
 from connector.journeys.runner import JourneyRunner
@@ -634,6 +636,19 @@ class OpenReport:
     opened: int = 0
     expired: int = 0
     reordered: int = 0  # due, but she had already ordered it again (another number, a payment awaited)
+    failed: dict[int, str] = field(default_factory=dict)  # window id -> why opening it raised (it stays pending)
+
+
+class WindowsNotOpened(StoreloopError):
+    """Some due windows raised as they were opened (the others were): the reorder job's tick fails
+    with this, so the dashboard's job health shows it until they open."""
+
+    def __init__(self, store_key: str, failed: dict[int, str]):
+        first = min(failed)
+        more = f" and {len(failed) - 1} more" if len(failed) > 1 else ""
+        super().__init__(f"{len(failed)} due reorder window(s) of {store_key} could not be opened, tried again next tick: "
+                         f"window {first}: {failed[first]}{more}")
+        self.failed = failed
 
 
 # "In another journey" = a run that still has a step scheduled (a COD ask waiting for its
@@ -760,17 +775,25 @@ def _not_buyable(conn: Connection, store_id: int, windows: list[Any]) -> dict[st
 
 
 def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, limit: int = 500,
-                     runner: JourneyRunner | None = None) -> OpenReport:
-    """Open up to ``limit`` due windows into the reorder journey; call until it opens none."""
+                     runner: JourneyRunner | None = None, skip: Iterable[int] = ()) -> OpenReport:
+    """Open up to ``limit`` due windows into the reorder journey; call until it opens none.
+
+    The windows open in one savepoint; if opening one raises (a journey's bug, a value the
+    database refuses), that savepoint is rolled back and they open again one savepoint each:
+    the one that raises stays pending (logged, in ``failed``) and the others open, instead of
+    the whole batch failing tick after tick. ``skip``: windows that failed earlier in this tick."""
     config = config_for(store)
     report = OpenReport()
     if config is None:
         return report
     runner = runner or JourneyRunner()
     late = now - timedelta(days=config.late_days)
+    skip = sorted(set(skip))
     with db.write_lock(), db.engine.begin() as conn:
         query = (select(W).where(W.c.store_id == store_id, W.c.status == "pending", W.c.opens_at <= now)
                  .order_by(W.c.opens_at).limit(limit))
+        if skip:
+            query = query.where(W.c.id.not_in(skip))
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
         rows = conn.execute(query).all()
@@ -792,21 +815,32 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
                 continue
             due.append(w)
         reordered, unpaid = _reordered_since(conn, store_id, due)
-        opened = []
+        to_open = []
         for w in due:
             if w.id in reordered:  # no reminder: it never ran, so nothing can be credited to it
                 continue
             if w.id in unpaid:  # her reorder waits for its payment: ask again later (it opens if that order is cancelled)
                 held.append({"_id": w.id})
                 continue
-            busy = busy_with(conn, store_id, w.contact_id, now)
-            event = ev.ReorderWindowOpened(
-                window_id=w.id, order_external_id=w.order_external_id, product_key=w.product_key, product_id=w.product_id,
-                variant_id=w.variant_id, sku=w.sku, title=w.title, quantity=w.quantity, opens_at=w.opens_at, cycle_days=w.cycle_days,
-                cycle_source=w.cycle_source, link=reorder_link(store, config, w.variant_id, w.product_id, w.quantity), busy_with=busy,
-            )
-            runner.on_event(conn, store, store_id, event, w.contact_id, now)
-            opened.append({"_id": w.id})
+            to_open.append(w)
+        try:
+            with conn.begin_nested():
+                for w in to_open:
+                    _open_window(conn, runner, store, store_id, config, w, now)
+            opened = [{"_id": w.id} for w in to_open]
+        except Exception:  # rolled back: again, one savepoint per window
+            opened = []
+            for w in to_open:
+                try:
+                    with conn.begin_nested():
+                        _open_window(conn, runner, store, store_id, config, w, now)
+                except Exception as exc:
+                    report.failed[w.id] = (describe_error(exc).splitlines() or [""])[0][:300]
+                    log.error("reorder window %s of store %s could not be opened, left pending for the next tick: %s",
+                              w.id, store.key, report.failed[w.id], exc_info=None if isinstance(exc, DBAPIError) else exc,
+                              extra={"store": store.key, "window": w.id})
+                else:
+                    opened.append({"_id": w.id})
         if gone:
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="cancelled", cancel_reason=bindparam("why"), updated_at=now), gone)
         if expired:
@@ -820,6 +854,18 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="opened", opened_at=now, updated_at=now), opened)
     report.opened, report.expired, report.reordered = len(opened), len(expired), len(reordered)
     return report
+
+
+def _open_window(conn: Connection, runner: JourneyRunner, store: Any, store_id: int, config: ReorderConfig, w: Any,
+                 now: datetime) -> None:
+    """Hand one due window to the journeys (``ReorderWindowOpened``)."""
+    busy = busy_with(conn, store_id, w.contact_id, now)
+    event = ev.ReorderWindowOpened(
+        window_id=w.id, order_external_id=w.order_external_id, product_key=w.product_key, product_id=w.product_id,
+        variant_id=w.variant_id, sku=w.sku, title=w.title, quantity=w.quantity, opens_at=w.opens_at, cycle_days=w.cycle_days,
+        cycle_source=w.cycle_source, link=reorder_link(store, config, w.variant_id, w.product_id, w.quantity), busy_with=busy,
+    )
+    runner.on_event(conn, store, store_id, event, w.contact_id, now)
 
 
 # -- a product that stops being sold, and is sold again ---------------------------------------------
@@ -854,15 +900,17 @@ def product_sold_again(conn: Connection, store: Any, store_id: int, keys: Iterab
 
 
 def run_reorder_tick(db: Database, store: Any, store_id: int, now: datetime, *, max_open: int = 10_000) -> tuple[ScanReport, OpenReport]:
-    """What the scheduled job does each tick: refresh, then open everything due."""
+    """What the scheduled job does each tick: refresh, then open everything due (``failed``: the
+    windows whose opening raised; they stay pending, and the job reports them)."""
     scan = refresh_windows(db, store, store_id, now)
     total = OpenReport()
     while total.opened + total.expired < max_open:
-        step = open_due_windows(db, store, store_id, now)
+        step = open_due_windows(db, store, store_id, now, skip=total.failed)  # one that raised is tried again next tick
         total.opened += step.opened
         total.expired += step.expired
         total.reordered += step.reordered
-        if step.opened + step.expired + step.reordered == 0:
+        total.failed.update(step.failed)
+        if step.opened + step.expired + step.reordered + len(step.failed) == 0:
             break
     return scan, total
 
