@@ -333,8 +333,11 @@ def claim(
                 OUTBOX.c.store_id.in_(store_ids),
                 # app/uninstalled stops every send and write-back for that shop at once; after a
                 # reinstall they wait until its orders are read back (connector/reinstall.py)
-                # (a notice to the store's own team goes all the same: it only tells a person of a case)
-                true() if channel == "notify" else ~exists().where(STORES.c.id == OUTBOX.c.store_id, STORE_WAITS),
+                # (a notice to the store's own team goes all the same: it only tells a person of a case);
+                # while Meta restricts or disables its WhatsApp account its messages wait (connector/number_health.py)
+                true() if channel == "notify" else ~exists().where(
+                    STORES.c.id == OUTBOX.c.store_id,
+                    or_(STORE_WAITS, STORES.c.whatsapp_held_until > now) if channel == "whatsapp" else STORE_WAITS),
                 ~_waits_its_turn(now),
             )
             .order_by(OUTBOX.c.due_at, OUTBOX.c.id)
