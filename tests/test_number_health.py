@@ -9,9 +9,11 @@ a flagged number kept sending cart reminders that lower its rating further, and 
 - a restriction or a disabled account opens one case for the store's owner and every WhatsApp
   message of the store waits, no attempt spent, shown on the dashboard; its end, or Meta lifting
   it, lets them go;
+- a flagged number (RED) holds cart reminders (marketing) but not the COD question (utility);
+  unflagged, the held reminder goes;
 - a messaging limit lowered tells the owner once, whatever Meta repeats; raised, the case hears it;
-- an older update arriving after a newer one changes nothing (Meta's entry ``time``);
 - a template the store sends rated RED opens the template's case for the stage owner of its journey;
+- an older update arriving after a newer one changes nothing (Meta's entry ``time``);
 - a number's news reaches only the store that sends from it (``whatsapp_display_phone_number``).
 
 Shapes: Meta's webhook references (``phone_number_quality_update``: ``display_phone_number``,
@@ -34,11 +36,11 @@ from tests.conftest import PHONE_ID_A, SECRETS, settings_dict
 from tests.helpers import meta_signature, running_app
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
 from tests.scenarios.stores import SHOPIFY
-from tests.scenarios.test_store_journeys import COD
+from tests.scenarios.test_store_journeys import COD, LADDER
 from tests.test_handoffs import ADMIN
 
 WABA = "102290129340398"
-ASHA = "+919876543210"
+ASHA, RAVI = "+919876543210", "+919812345678"
 NUMBER_A = "15550783881"
 
 
@@ -141,6 +143,38 @@ def test_a_disabled_account_holds_every_message_until_meta_reinstates_it(sqlite_
     assert "Update: Meta reinstated the WhatsApp Business Account" in second[1]
     [case] = sc.handoffs("open")
     assert len(case["context"]["updates"]) == 1
+
+
+def test_a_flagged_number_holds_cart_reminders_not_the_cod_question_and_an_older_update_does_not_undo_it(
+        sqlite_url, scenario, world):
+    """FLAGGED (quality RED): Ravi's cart reminder (marketing) is held, Asha's COD question (utility) goes. An
+    UNFLAGGED sent before the FLAGGED but arriving after it changes nothing. The UNFLAGGED Meta sends later
+    releases the reminder, and the owner hears both."""
+    sc = scenario(sqlite_url, "shopify", journeys={**COD, **LADDER})
+    flagged_at = sc.now
+    account(sc, number("FLAGGED", current_limit="TIER_1K"), at=flagged_at)
+    account(sc, number("UNFLAGGED", current_limit="TIER_1K"), at=flagged_at - timedelta(hours=1))  # older news, late
+    SHOPIFY.start_checkout(sc, "cartR", RAVI)
+    SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, sc.now))
+    sc.later(hours=2, step=timedelta(minutes=20))
+
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+    assert sc.templates_to(RAVI) == []  # due after 30 minutes, held while the number is RED
+    [(_, text)] = told(world)
+    assert f"WhatsApp number +{NUMBER_A} (id {PHONE_ID_A}) was flagged by Meta: its quality rating is RED" in text
+    assert "Cart and reorder reminders (marketing) are held" in text
+    health = whatsapp_health(sc)
+    assert (health["quality_rating"], health["messaging_limit"], health["marketing_held"], health["sends_held"]) == (
+        "RED", "TIER_1K", True, None)
+    assert "quality rating <strong>RED</strong>" in dashboard(sc)
+    late = [r for r in sc.api("/inbox")["items"] if r["topic"] == "number_quality" and r["status"] == "ignored"]
+    assert [r["error"] for r in late] == ["stale: newer state already stored"]
+
+    account(sc, number("UNFLAGGED", current_limit="TIER_1K"), at=sc.now)
+    sc.later(hours=1, minutes=5, step=timedelta(minutes=20))
+    assert sc.templates_to(RAVI) == ["cart_1_v1"]  # the held reminder went once the number recovered
+    assert len(told(world)) == 2 and "Update: WhatsApp number" in told(world)[1][1] and "no longer flagged" in told(world)[1][1]
+    assert whatsapp_health(sc)["quality_rating"] == "GREEN" and whatsapp_health(sc)["marketing_held"] is False
 
 
 def test_a_lowered_messaging_limit_is_told_once_and_a_raised_one_joins_its_case(sqlite_url, scenario, world):

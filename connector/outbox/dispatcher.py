@@ -315,6 +315,7 @@ class Dispatcher:
             rules=self.rules[row.store_id],
             tz=store.tz,
             now=started,
+            number_quality=row.number_quality,
         )
         if decision.deferred:
             return ob.Result(row, "deferred", started, due_at=decision.defer_until, error_detail=decision.reason)
