@@ -300,6 +300,10 @@ class _StoreBase(_Settings):
         "list; on Shopify a gateway whose words say so ('COD', 'Cash/Pay/Collect on Delivery') is COD besides "
         "(adapters/cod_gateways.py)")
     whatsapp_phone_number_id: str | None = None
+    whatsapp_display_phone_number: str | None = Field(
+        None, description="the number as WhatsApp Manager shows it (digits with the country code, e.g. 15550783881): Meta's "
+        "quality news names a number only so. Needed only when several stores send from numbers of one business account; "
+        "unset, every such store hears the news of any of its numbers")
     policy: PolicySettings = PolicySettings()
     templates: tuple[TemplateSettings, ...] = ()
     journeys: dict[str, Any] = Field(default_factory=dict, description="[stores.journeys.<name>]: a journey runs only when listed")
@@ -418,6 +422,12 @@ class _StoreBase(_Settings):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def display_digits(self) -> str | None:
+        """``whatsapp_display_phone_number`` as Meta's webhooks write it: its digits only."""
+        digits = "".join(c for c in self.whatsapp_display_phone_number or "" if c.isdigit())
+        return digits or None
 
     def cod_gateway_names(self) -> tuple[str, ...]:
         names = self.cod_gateways if self.cod_gateways is not None else DEFAULT_COD_GATEWAYS[self.platform]  # type: ignore[attr-defined]
@@ -585,6 +595,7 @@ class Settings(_Settings):
             ("key", [s.key for s in self.stores]),
             ("shop_domain", [s.shop_domain for s in self.stores if isinstance(s, ShopifyStore)]),
             ("whatsapp_phone_number_id", [s.whatsapp_phone_number_id for s in self.stores if s.whatsapp_phone_number_id]),
+            ("whatsapp_display_phone_number", [s.display_digits for s in self.stores if s.display_digits]),
         ):
             seen: set[str] = set()
             for value in values:

@@ -405,6 +405,51 @@ class TemplateCategoryChanged(_Fact):
         return self.correct_category or self.new_category
 
 
+class NumberQualityChanged(_Fact):
+    """Meta's news about a business phone number (``phone_number_quality_update``): flagged for low
+    quality (its rating Low, RED) or unflagged, its messaging limit lowered or raised."""
+
+    type: Literal["whatsapp.number_quality_changed"] = "whatsapp.number_quality_changed"
+    business_account_id: str
+    display_phone_number: str | None = None  # the number as Meta shows it (digits); no phone_number_id is given
+    event: str  # FLAGGED, UNFLAGGED, DOWNGRADE, UPGRADE, ONBOARDING, THROUGHPUT_UPGRADE...
+    limit: str | None = None  # ``max_daily_conversations_per_business``, else the older ``current_limit``
+    old_limit: str | None = None  # a limit change only
+    occurred_at: datetime | None = None  # the entry's ``time``
+
+
+class Restriction(_Fact):
+    kind: str  # RESTRICTED_BIZ_INITIATED_MESSAGING, RESTRICTED_CUSTOMER_INITIATED_MESSAGING, RESTRICTED_ADD_PHONE_NUMBER_ACTION...
+    until: datetime | None = None  # ``expiration``; None: not given (until Meta lifts it)
+
+
+class AccountUpdated(_Fact):
+    """Meta's news about the WhatsApp Business Account (``account_update``): restricted, a policy
+    violation, disabled (banned) or reinstated, and others the connector only keeps."""
+
+    type: Literal["whatsapp.account_updated"] = "whatsapp.account_updated"
+    business_account_id: str
+    event: str  # ACCOUNT_RESTRICTION, ACCOUNT_VIOLATION, DISABLED_UPDATE, ACCOUNT_DELETED, PARTNER_ADDED...
+    restrictions: tuple[Restriction, ...] = ()  # ``restriction_info``
+    violation: str | None = None  # ``violation_info.violation_type``
+    ban_state: str | None = None  # ``ban_info.waba_ban_state``: SCHEDULE_FOR_DISABLE, DISABLE, REINSTATE
+    ban_date: str | None = None  # ``ban_info.waba_ban_date``, as Meta words it ("April 17, 2025")
+    occurred_at: datetime | None = None
+
+
+class TemplateQualityChanged(_Fact):
+    """Meta rated one of the account's templates anew (``message_template_quality_update``)."""
+
+    type: Literal["whatsapp.template_quality_changed"] = "whatsapp.template_quality_changed"
+    business_account_id: str
+    template_id: str | None = None
+    name: str
+    language: str
+    score: str  # ``new_quality_score``: GREEN, YELLOW, RED, UNKNOWN
+    previous_score: str | None = None
+    occurred_at: datetime | None = None
+
+
 class ProductUpdated(_Fact):
     """A product's tags (and replenishment metafield) or status changed: ``replenish:30d`` sets its cycle;
     a product no longer sold (or sold out) gets no reorder reminder."""
@@ -473,6 +518,9 @@ Event = Annotated[
         MarketingPreferenceChanged,
         TemplateStatusChanged,
         TemplateCategoryChanged,
+        NumberQualityChanged,
+        AccountUpdated,
+        TemplateQualityChanged,
         ProductUpdated,
         ProductDeleted,
     ],

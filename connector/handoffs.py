@@ -14,8 +14,10 @@ failed delivery), else, answering no journey, to the contact's open case that la
 from them within ``reply_match_days``; only with no such case open does it open its own.
 Her later messages in an open case tell its owner again at most once per ``follow_up_minutes``.
 
-Meta pausing, disabling or recategorising a template the store sends opens a case about no
-customer (subject ``template:<name>:<language>``, ``template_requests``).
+Meta pausing, disabling, recategorising or rating RED a template the store sends opens a case
+about no customer (subject ``template:<name>:<language>``, ``template_requests``); Meta flagging
+the store's number, lowering its limit, restricting or disabling the account opens one about its
+number (subject ``number:<phone_number_id>``, ``number_requests``).
 
 A case about an order (subject ``order:<id>``) carries that order in its context (``order``)
 beside the contact's newest (``last_order``); its alert names the case's own. Alerts escape
@@ -37,7 +39,8 @@ from connector.outbox import store as ob
 from connector.policy import keyword_intent
 from connector.rows import contact_row
 from connector.storage.sql import CONTACTS, FULFILLMENTS, HANDOFFS, MESSAGES, ORDERS, RUNS, flush, update_by_id
-from connector.template_check import template_news, template_subject
+from connector.number_health import health_stage, number_news, number_subject
+from connector.template_check import template_news, template_quality_news, template_subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +213,10 @@ def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | N
     case has), so it never lands in another journey's case; one with none shares the
     contact's generic ``reply:`` case."""
     out: list[HandoffRequest] = []
-    if isinstance(event, (ev.TemplateStatusChanged, ev.TemplateCategoryChanged)):
+    if isinstance(event, (ev.TemplateStatusChanged, ev.TemplateCategoryChanged, ev.TemplateQualityChanged)):
         return template_requests(event, store)
+    if isinstance(event, (ev.NumberQualityChanged, ev.AccountUpdated)):
+        return number_requests(event, store)
     if contact_id is None:
         return out
     if isinstance(event, ev.MessageReceived) and store.handoff.free_text_replies:
@@ -247,11 +252,13 @@ def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | N
     return out
 
 
-def template_requests(event: ev.TemplateStatusChanged | ev.TemplateCategoryChanged, store: Any) -> list[HandoffRequest]:
-    """Meta paused, disabled, rejected or recategorised a template the store sends: a case about
-    no customer, one per template (its later news is added to it, and told), for the stage owner
-    of the first journey that sends it. Good news (approved again) only adds to an open case."""
-    news = template_news(store.templates, event)
+def template_requests(event: ev.TemplateStatusChanged | ev.TemplateCategoryChanged | ev.TemplateQualityChanged,
+                      store: Any) -> list[HandoffRequest]:
+    """Meta paused, disabled, rejected, recategorised or rated RED a template the store sends: a case
+    about no customer, one per template (its later news is added to it, and told), for the stage owner
+    of the first journey that sends it. Good news (approved again, rated better) only adds to an open case."""
+    news = (template_quality_news(store.templates, event) if isinstance(event, ev.TemplateQualityChanged)
+            else template_news(store.templates, event))
     if news is None:
         return []
     journey = news.steps[0].split(".", 1)[0]
@@ -520,3 +527,16 @@ def notify_text(h: Any, store_name: str) -> str:
     if updates:
         lines.append(_slack(f"Update: {updates[-1].get('reason')}"))
     return "\n".join(lines)
+
+
+def number_requests(event: ev.NumberQualityChanged | ev.AccountUpdated, store: Any) -> list[HandoffRequest]:
+    """Meta flagged the store's number, lowered its limit, restricted, disabled or warned its account:
+    one case about no customer per number (``number:<phone_number_id>``), its later news added to it
+    and told, for the owner of the store's first stage with alerts (``number_health.health_stage``).
+    Good news (unflagged, lifted, reinstated) only adds to an open case. Only news reaches here:
+    ``number_health.record`` drops an update that is stale or says nothing new."""
+    news = number_news(event, store)
+    if news is None:
+        return []
+    key = number_subject(store)
+    return [HandoffRequest(key, news.reason[:2000], None, key, only_open=news.only_open, stage=health_stage(store))]

@@ -10,7 +10,10 @@ always say why someone was not messaged. Rules, in order:
 3. the 24-hour customer-service window for free-form and interactive messages;
 4. no cart reminder within N hours of an order confirmation;
 5. one marketing frequency cap across all journeys;
-6. quiet hours in the store's time zone -> defer to the next allowed time.
+6. marketing while Meta rates the store's number RED (flagged) -> held, looked at again hourly:
+   more reminders would lower the rating further (its messaging limit next); order, COD and
+   delivery messages (utility) still go;
+7. quiet hours in the store's time zone -> defer to the next allowed time.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class Decision:
 
 ALLOW = Decision(True)
 CART_JOURNEYS = frozenset({"checkout_recovery"})
+QUALITY_RECHECK = timedelta(hours=1)  # a marketing message held while the number is RED is looked at again after this
 
 
 def _in_quiet_hours(local: time, start: time, end: time) -> bool:
@@ -122,8 +126,10 @@ def check(
     rules: PolicyRules,
     tz: ZoneInfo,
     now: datetime,
+    number_quality: str | None = None,
 ) -> Decision:
-    """Decide for one message. ``kind`` is template, interactive or text."""
+    """Decide for one message. ``kind`` is template, interactive or text; ``number_quality`` the
+    sending number's rating as Meta last said it (``number_health``; None: not heard)."""
     if contact.opted_out_at is not None:
         return Decision(False, "opted_out")
     if not worth_trying(contact.reachable, contact.unreachable_at, rules, now):
@@ -141,6 +147,8 @@ def check(
         recent = [t for t in history.marketing_sent_at if now - t < rules.marketing_cap_window]
         if len(recent) >= rules.marketing_cap:
             return Decision(False, "frequency_cap")
+        if number_quality == "RED":
+            return Decision(False, "number_quality_red", defer_until=now + QUALITY_RECHECK)
     if rules.quiet_start is not None and rules.quiet_end is not None:
         if category == "marketing" or not rules.utility_in_quiet_hours:
             when = next_allowed(now, tz, rules.quiet_start, rules.quiet_end)

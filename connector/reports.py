@@ -94,6 +94,7 @@ OUTBOX: Table = m.OutboxMessage.__table__  # type: ignore[assignment]
 ATTEMPTS: Table = m.OutboxAttempt.__table__  # type: ignore[assignment]
 CONSENT: Table = m.ConsentChange.__table__  # type: ignore[assignment]
 HANDOFFS: Table = m.Handoff.__table__  # type: ignore[assignment]
+STORES: Table = m.Store.__table__  # type: ignore[assignment]
 WINDOWS: Table = m.ReorderWindow.__table__  # type: ignore[assignment]
 MESSAGES = INBOUND  # the same table holds what we sent (direction "out", with its outbox id)
 
@@ -577,8 +578,9 @@ def _change(now: Any, before: Any) -> Any:
     return None
 
 
-def build_report(db: Database, store: Any, store_id: int, period: Period) -> dict[str, Any]:
-    """The whole weekly report as JSON-ready data (CLI, API and dashboard share it)."""
+def build_report(db: Database, store: Any, store_id: int, period: Period, now: datetime | None = None) -> dict[str, Any]:
+    """The whole weekly report as JSON-ready data (CLI, API and dashboard share it); ``now``: the
+    worker's clock, for what is true now (``connector_health``)."""
     tz = store.tz
     previous = period.previous(tz)
     currency = getattr(store, "currency", None)
@@ -597,7 +599,7 @@ def build_report(db: Database, store: Any, store_id: int, period: Period) -> dic
         messages = message_health(conn, store_id, period)
         lifts = lift(conn, store_id, period)
         handoffs = open_handoffs(conn, store_id)
-        health = connector_health(conn, store_id)
+        health = connector_health(conn, store_id, now)
     leak_stage = max(stages, key=lambda s: stages[s]["metrics"]["lost"])
     lost = stages[leak_stage]["metrics"]["lost"]
     return {
@@ -614,13 +616,17 @@ def build_report(db: Database, store: Any, store_id: int, period: Period) -> dic
     }
 
 
-def connector_health(conn: Connection, store_id: int) -> dict[str, Any]:
+def connector_health(conn: Connection, store_id: int, now: datetime | None = None) -> dict[str, Any]:
     """Now, not for the week (as ``open_handoffs``): inbox rows that failed for good (``storeloop
     replay`` processes them again after a fix), journey runs whose timer raised (parked, tried
-    again by themselves; ``storeloop replay --timers`` at once) and each scheduled job's last outcome."""
+    again by themselves; ``storeloop replay --timers`` at once), each scheduled job's last outcome, and
+    the WhatsApp number's state as Meta last said it (quality rating, messaging limit, sends held by a restriction)."""
     from connector.admin import failed_count
     from connector.job_health import job_states
     from connector.journeys.timer_failures import parked_runs
+    from connector.number_health import view
 
+    row = conn.execute(select(STORES.c.whatsapp_health, STORES.c.whatsapp_held_until).where(STORES.c.id == store_id)).first()
+    whatsapp = view(row.whatsapp_health if row else None, row.whatsapp_held_until if row else None, now or datetime.now(timezone.utc))
     return {"inbox_failed": failed_count(conn, store_id), "timers_failing": parked_runs(conn, store_id),
-            "jobs": job_states(conn, store_id)}
+            "jobs": job_states(conn, store_id), "whatsapp": whatsapp}

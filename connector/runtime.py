@@ -122,6 +122,16 @@ class Runtime:
             return ()
         return tuple(self.stores_by_phone_id.values())
 
+    def stores_of_number(self, business_account_id: str, display_phone_number: str | None) -> tuple[ShopifyStore | WooCommerceStore, ...]:
+        """The stores that news of one of the account's numbers (``phone_number_quality_update``,
+        which names it only as displayed) concerns: the store whose ``whatsapp_display_phone_number``
+        it is; else, when no store claims it, those of the account that name no number (one of
+        them sends from it, and a deployment with one number need not say which it is)."""
+        stores = self.stores_of_account(business_account_id)
+        digits = "".join(c for c in display_phone_number or "" if c.isdigit())
+        claimed = tuple(s for s in stores if digits and s.display_digits == digits)
+        return claimed or tuple(s for s in stores if s.display_digits is None)
+
     def woocommerce_store(self, key: str) -> WooCommerceStore | None:
         store = self.stores_by_key.get(key)
         return store if isinstance(store, WooCommerceStore) else None

@@ -903,6 +903,16 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
                     lift_opt_out(conn, store_id, out.contact_id, source, event.occurred_at, inbox_id)
         case ev.TemplateStatusChanged() | ev.TemplateCategoryChanged():
             out.subject = template_subject(event.name, event.language)  # nothing stored: the hand-off rules read it
+        case ev.NumberQualityChanged() | ev.AccountUpdated() | ev.TemplateQualityChanged():
+            from connector import number_health
+
+            out.subject = (template_subject(event.name, event.language) if isinstance(event, ev.TemplateQualityChanged)
+                           else number_health.number_subject(store))
+            # kept on the store row; an older update than the one kept is stale, and one that says what is
+            # known already (Meta's retry, the same news again), or that nothing here reads, tells nobody
+            verdict = number_health.record(conn, store, store_id, event, now)
+            out.stale = verdict == "stale"
+            out.old_news = verdict in ("same", "none")
         case ev.ProductUpdated():
             apply_product_cycle(conn, store, store_id, event, now)
         case ev.ProductDeleted():

@@ -119,13 +119,41 @@ def _meta_said(e: ev.TemplateStatusChanged) -> str:
     return f" ({words})" if words else ""
 
 
+def templates_named(templates: tuple[TemplateSettings, ...], name: str, language: str) -> tuple[TemplateSettings, ...]:
+    """The store's bindings of one of the account's templates (Meta names it by name and language)."""
+    return tuple(t for t in templates if t.name == name and _language(t.language) == _language(language))
+
+
+# Meta's template quality ratings (``message_template_quality_update``): RED is low quality, after
+# which Meta pauses the template (its status news follows, ``STOPPING``); YELLOW is medium.
+QUALITY_WORDS = {"GREEN": "high", "YELLOW": "medium", "RED": "low", "UNKNOWN": "not rated yet"}
+
+
+def template_quality_news(templates: tuple[TemplateSettings, ...], event: ev.TemplateQualityChanged) -> TemplateNews | None:
+    """Whether Meta's new quality rating of a template the store sends tells its owner something:
+    RED opens the template's case (added to it when one is open, a pause's, say); YELLOW and GREEN
+    only add to an open one. None: not the store's template."""
+    used = templates_named(templates, event.name, event.language)
+    if not used:
+        return None
+    steps = tuple(t.step for t in used)
+    was = f", was {event.previous_score}" if event.previous_score else ""
+    what = (f"WhatsApp template {event.name} ({event.language}), used by {', '.join(steps)}, is rated "
+            f"{event.score} ({QUALITY_WORDS.get(event.score, event.score.lower())} quality{was})")
+    if event.score == "RED":
+        return TemplateNews(event.name, event.language, steps,
+                            f"{what}: customers block or report it. Meta pauses a template that stays RED (error 132015 on "
+                            "each send); review its text and whom the step sends it to, or bind the step to another template")
+    return TemplateNews(event.name, event.language, steps, f"{what}", only_open=True)
+
+
 def template_news(templates: tuple[TemplateSettings, ...],
                   event: ev.TemplateStatusChanged | ev.TemplateCategoryChanged) -> TemplateNews | None:
     """Whether Meta's news about a template concerns a store (one of its ``templates`` by name
     and language) and stops or changes its sends: a status after which its messages fail, or a
     category other than the config's (Meta prices and limits a template by its own category).
     None: not the store's template, or nothing its owner must act on."""
-    used = tuple(t for t in templates if t.name == event.name and _language(t.language) == _language(event.language))
+    used = templates_named(templates, event.name, event.language)
     if not used:
         return None
     steps = tuple(t.step for t in used)

@@ -4,7 +4,8 @@ Template updates name no phone number (``entry[].id`` is the WhatsApp Business A
 are routed to the account's stores, kept in each store's inbox, and a pause, disable, rejection
 or recategorisation of a template a store sends opens a case (no customer) for the stage owner
 of the journey that sends it, with Slack told. Shapes: Meta's ``message_template_status_update``
-and ``template_category_update`` webhook references (pywa's test data has the same).
+and ``template_category_update`` webhook references (pywa's test data has the same). Template quality,
+a number's quality and account restrictions: tests/test_number_health.py.
 """
 
 from __future__ import annotations
@@ -130,16 +131,14 @@ def test_a_utility_template_meta_moves_to_marketing_is_flagged_with_the_step_it_
 
 
 def test_other_account_updates_are_kept_not_dropped(db_url):
-    """A quality change or an account restriction names no number either: kept in the inbox, raw, as not handled."""
-    restriction = {"field": "account_update", "value": {"event": "ACCOUNT_RESTRICTION", "restriction_info": [
-        {"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": 1795158000}]}}
-    quality = {"field": "message_template_quality_update", "value": {
-        "previous_quality_score": "GREEN", "new_quality_score": "YELLOW", "message_template_id": 806312974732579,
-        "message_template_name": "cod_v1", "message_template_language": "en_US"}}
+    """An account field the connector does not read (the account's review, its capabilities) names no number
+    either: kept in the inbox, raw, as not handled. (Quality and restrictions: tests/test_number_health.py.)"""
+    review = {"field": "account_review_update", "value": {"decision": "APPROVED"}}
+    capability = {"field": "business_capability_update", "value": {"max_daily_conversation_per_phone": 1000, "max_phone_numbers_per_business": 2}}
     with running_app(settings(db_url)) as (client, runtime):
-        assert post(client, restriction, quality).status_code == 200
+        assert post(client, review, capability).status_code == 200
         runtime.processor.drain()
         stored = inbox(client, "woo")
     assert sorted((r["topic"], r["status"], r["error"]) for r in stored) == [
-        ("field:account_update", "ignored", "field account_update is not handled"),
-        ("field:message_template_quality_update", "ignored", "field message_template_quality_update is not handled")]
+        ("field:account_review_update", "ignored", "field account_review_update is not handled"),
+        ("field:business_capability_update", "ignored", "field business_capability_update is not handled")]

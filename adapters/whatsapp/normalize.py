@@ -10,8 +10,11 @@ Each row's body is::
 with ``topic`` one of ``message``, ``status``, ``user_preference``, ``error``. A change about
 the business account itself is kept whole: ``{"field", "metadata": {}, "business_account_id":
 <entry.id>, "time": <entry.time>, "value": <change.value>}``, topic ``template_status``
-(``message_template_status_update``) or ``template_category`` (``template_category_update``),
-read as Meta's webhook references of those names give them.
+(``message_template_status_update``), ``template_category`` (``template_category_update``),
+``template_quality`` (``message_template_quality_update``), ``number_quality``
+(``phone_number_quality_update``) or ``account_update``, read as Meta's webhook references of
+those names give them; where they show only placeholders, the values are pywa's test data
+(``tests/data/updates/account_update.json``, ``template_quality_update.json``).
 Field notes: platform-facts.md C2 (statuses), C6 (categories), C7 (opt-out), C8/C9 (ids, usernames).
 """
 
@@ -30,6 +33,7 @@ from adapters._parse import (
     get_objects,
     get_str,
     get_unix_time,
+    get_datetime,
     guard,
     req_id,
     req_obj,
@@ -45,7 +49,11 @@ from connector.events import (
     MarketingPreferenceChanged,
     MessageReceived,
     MessageStatusChanged,
+    AccountUpdated,
+    NumberQualityChanged,
+    Restriction,
     TemplateCategoryChanged,
+    TemplateQualityChanged,
     TemplateStatusChanged,
 )
 
@@ -70,6 +78,12 @@ def normalize(topic: str, body: dict, store: ShopifyStore | WooCommerceStore) ->
         return [_template_status(data)]
     if topic == "template_category":
         return [_template_category(data)]
+    if topic == "template_quality":
+        return [_template_quality(data)]
+    if topic == "number_quality":
+        return [_number_quality(data)]
+    if topic == "account_update":
+        return [_account_update(data)]
     return []
 
 
@@ -250,4 +264,74 @@ def _template_category(b: Body) -> Event:
         correct_category=(get_str(v, "correct_category", "value") or "").upper() or None,
         effective_at=_optional_time(v, "category_update_timestamp", "value"),
         **common,
+    )
+
+
+def _upper(d: Body, key: str, where: str) -> str | None:
+    value = get_str(d, key, where)
+    return value.strip().upper() if value else None
+
+
+def _limit(d: Body, key: str) -> str | None:
+    """A messaging limit: a tier name (``TIER_1K``) or, in the newer field, a count (``2000``, ``UNLIMITED``)."""
+    value = d.get(key)
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return str(value)
+    return _upper(d, key, "value")
+
+
+def _template_quality(b: Body) -> Event:
+    v, common = _template(b)
+    return TemplateQualityChanged(
+        score=_upper(v, "new_quality_score", "value") or "UNKNOWN",
+        previous_score=_upper(v, "previous_quality_score", "value"),
+        **common,
+    )
+
+
+def _number_quality(b: Body) -> Event:
+    """Meta's ``phone_number_quality_update``: ``display_phone_number``, ``event``, ``current_limit``
+    (removed in 2026 for ``max_daily_conversations_per_business``) and, for a limit change, ``old_limit``."""
+    v = req_obj(b, "value")
+    shown = get_id(v, "display_phone_number", "value")
+    return NumberQualityChanged(
+        business_account_id=req_id(b, "business_account_id"),
+        display_phone_number=(re.sub(r"[^0-9]", "", shown) or None) if shown else None,
+        event=req_str(v, "event", "value").strip().upper(),
+        limit=_limit(v, "max_daily_conversations_per_business") or _limit(v, "current_limit"),
+        old_limit=_limit(v, "old_limit"),
+        occurred_at=get_unix_time(b, "time"),
+    )
+
+
+def _expiration(r: Body, where: str) -> datetime | None:
+    """When a restriction ends: Unix seconds (pywa's sample of Meta's payload) or an ISO time (as a
+    partner relays it); one we cannot read is an open end: the restriction holds until Meta lifts it."""
+    value = r.get("expiration")
+    try:
+        if isinstance(value, str) and not value.strip().isdigit():
+            return get_datetime(r, "expiration", where)
+        return get_unix_time(r, "expiration", where)
+    except NormalizationError:
+        return None
+
+
+def _account_update(b: Body) -> Event:
+    v = req_obj(b, "value")
+    restrictions = tuple(
+        Restriction(kind=kind, until=_expiration(r, where))
+        for where, r in get_objects(v, "restriction_info", "value")
+        if (kind := _upper(r, "restriction_type", where))
+    )
+    ban = get_obj(v, "ban_info", "value") or {}
+    return AccountUpdated(
+        business_account_id=req_id(b, "business_account_id"),
+        event=req_str(v, "event", "value").strip().upper(),
+        restrictions=restrictions,
+        violation=_upper(get_obj(v, "violation_info", "value") or {}, "violation_type", "value.violation_info"),
+        ban_state=_upper(ban, "waba_ban_state", "value.ban_info"),
+        ban_date=get_str(ban, "waba_ban_date", "value.ban_info"),
+        occurred_at=get_unix_time(b, "time"),
     )

@@ -3,8 +3,9 @@
 One POST can carry many messages, statuses and preference changes for several phone
 numbers. Each becomes its own inbox item, routed by ``metadata.phone_number_id``, so a
 failure to process one never holds back the others and each is deduplicated alone. A change
-about the business account itself (a template paused, recategorised; the account restricted)
-names no number: it carries the account's id (``entry[].id``) and is routed by that. A
+about the business account itself (a template paused, recategorised or rated; the account
+restricted; a number's quality, which names the number only as displayed) carries the account's
+id (``entry[].id``) and is routed by that. A
 malformed part of an otherwise good POST becomes an item of its own marked ``ignored_reason``
 (stored as ``ignored`` where it names a phone number we serve): Meta retries a refused POST
 whole, for days, so a 400 for one bad element would lose every good one beside it.
@@ -26,7 +27,9 @@ from connector.errors import BadPayloadError, VerificationError
 _LISTS = {"messages": "message", "statuses": "status", "user_preferences": "user_preference", "errors": "error"}
 # account-level fields the core reads (Meta's webhook references of the same names); any other
 # field is kept as ``field:<name>``
-_ACCOUNT_TOPICS = {"message_template_status_update": "template_status", "template_category_update": "template_category"}
+_ACCOUNT_TOPICS = {"message_template_status_update": "template_status", "template_category_update": "template_category",
+                   "message_template_quality_update": "template_quality", "phone_number_quality_update": "number_quality",
+                   "account_update": "account_update"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,8 @@ class WhatsAppItem:
     body: dict[str, Any]
     ignored_reason: str | None = None  # a malformed part, kept for the record and never processed
     business_account_id: str | None = None  # a change naming no number: the account it is about (``entry[].id``)
+    # ``phone_number_quality_update`` names its number only as shown (``display_phone_number``), no id
+    display_phone_number: str | None = None
 
     def raw(self) -> bytes:
         return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -145,6 +150,7 @@ def split(payload: Any, raw: bytes) -> list[WhatsAppItem]:
                     body.update(business_account_id=account, time=entry.get("time"))
                     topic = _ACCOUNT_TOPICS.get(str(field), topic)
                 canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+                shown = value.get("display_phone_number") if topic == "number_quality" else None
                 items.append(
                     WhatsAppItem(
                         phone_number_id=str(phone_number_id) if phone_number_id is not None else None,
@@ -152,6 +158,7 @@ def split(payload: Any, raw: bytes) -> list[WhatsAppItem]:
                         dedupe_key=f"whatsapp:{topic}:sha256:{body_digest(canonical)}"[:255],
                         body=body,
                         business_account_id=account,
+                        display_phone_number=str(shown) if isinstance(shown, (str, int)) and not isinstance(shown, bool) else None,
                     )
                 )
     if items and all(i.ignored_reason for i in items):

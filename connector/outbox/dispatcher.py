@@ -317,6 +317,7 @@ class Dispatcher:
                 rules=self.rules[row.store_id],
                 tz=store.tz,
                 now=started,
+                number_quality=row.number_quality,
             )
             wait = self.spacer.wait_for(pair) if decision.allowed else 0.0
         except Exception as exc:

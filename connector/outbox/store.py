@@ -244,6 +244,7 @@ class Claimed:
     history: SendHistory = field(default_factory=SendHistory)
     created_at: datetime | None = None  # when it was queued (a retried store note looks for itself since then)
     lease: str | None = None  # the claim's ``leased_by``: its result is written only while the row is still this claim's
+    number_quality: str | None = None  # the store's number's rating as Meta last said it (the gate holds marketing while RED)
 
 
 def expire_leases(conn: Connection, now: datetime, channel: str = "whatsapp") -> int:
@@ -333,8 +334,11 @@ def claim(
                 OUTBOX.c.store_id.in_(store_ids),
                 # app/uninstalled stops every send and write-back for that shop at once; after a
                 # reinstall they wait until its orders are read back (connector/reinstall.py)
-                # (a notice to the store's own team goes all the same: it only tells a person of a case)
-                true() if channel == "notify" else ~exists().where(STORES.c.id == OUTBOX.c.store_id, STORE_WAITS),
+                # (a notice to the store's own team goes all the same: it only tells a person of a case);
+                # while Meta restricts or disables its WhatsApp account its messages wait (connector/number_health.py)
+                true() if channel == "notify" else ~exists().where(
+                    STORES.c.id == OUTBOX.c.store_id,
+                    or_(STORE_WAITS, STORES.c.whatsapp_held_until > now) if channel == "whatsapp" else STORE_WAITS),
                 ~_waits_its_turn(now),
             )
             .order_by(OUTBOX.c.due_at, OUTBOX.c.id)
@@ -354,7 +358,14 @@ def claim(
             .where(OUTBOX.c.id.in_([r.id for r in rows]))
             .values(status="sending", lease_until=now + lease, leased_by=lease_id, updated_at=now)
         )
+        if channel == "whatsapp":
+            from connector.number_health import quality_of
+
+            quality = {s.id: quality_of(s.whatsapp_health) for s in conn.execute(
+                select(STORES.c.id, STORES.c.whatsapp_health).where(STORES.c.id.in_(sorted({r.store_id for r in rows}))))}
         for r in rows:
+            if channel == "whatsapp":
+                r.number_quality = quality.get(r.store_id)
             if r.contact_id is not None:
                 r.facts = facts.get(r.contact_id)
                 r.history = history.get(r.contact_id, SendHistory())

@@ -129,6 +129,11 @@ class Store(Base):
     uninstalled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # an install ended an uninstall: timers and sends wait until the orders are read back (connector/reinstall.py)
     reinstalled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Meta's news of the store's WhatsApp number and account, each part with the time Meta sent it
+    # (quality, messaging limit, restriction, ban, templates' quality: connector/number_health.py)
+    whatsapp_health: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Meta restricted or disabled the account: the store's WhatsApp sends wait until then (the outbox claim)
+    whatsapp_held_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -252,7 +252,7 @@ async def report(request: Request) -> Response:
         period = parse_week(request.query_params.get("week"), store.tz, datetime.now(timezone.utc))
     except ValueError as exc:
         return problem(400, str(exc))
-    data = await anyio.to_thread.run_sync(partial(build_report, runtime.db, store, guard, period))
+    data = await anyio.to_thread.run_sync(partial(build_report, runtime.db, store, guard, period, runtime.clock()))
     return JSONResponse(data)
 
 

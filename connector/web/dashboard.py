@@ -295,9 +295,9 @@ def _fmt_change(key: str, value: Any) -> str:
     return value if str(value).startswith("-") else f"+{value}"
 
 
-def overview_data(db: Database, store: Any, store_id: int, period: Period) -> dict[str, Any]:
-    now = datetime.now(timezone.utc)
-    report = build_report(db, store, store_id, period)
+def overview_data(db: Database, store: Any, store_id: int, period: Period, now: datetime | None = None) -> dict[str, Any]:
+    now = now or datetime.now(timezone.utc)
+    report = build_report(db, store, store_id, period, now)
     trends = _trends(db, store_id, period, store.tz, report)
     cards = []
     for name, stage in report["stages"].items():
@@ -373,7 +373,8 @@ async def overview(request: Request) -> Response:
         period = parse_week(asked, store.tz, datetime.now(timezone.utc))
     except ValueError as exc:
         return _render("error.html", 400, message=str(exc), **_page_context(request, store, None))
-    data = await anyio.to_thread.run_sync(partial(overview_data, request.app.state.runtime.db, store, store_id, period))
+    runtime = request.app.state.runtime
+    data = await anyio.to_thread.run_sync(partial(overview_data, runtime.db, store, store_id, period, runtime.clock()))
     tz = store.tz
     return _render("overview.html", **_page_context(request, store, period.label), **data,
                    prev_week=period.previous(tz).label, next_week=_next_week(period, tz), local=lambda v: _local(v, tz))

@@ -1,7 +1,8 @@
 """Liveness and readiness for load balancers and orchestrators.
 
 /readyz also says whether a dispatcher paused WhatsApp sends (an expired token, a missing
-permission, payment, a block: connector/outbox/dispatcher.py) and for how many stores, still with
+permission, payment, a block: connector/outbox/dispatcher.py; Meta restricting or disabling the
+account: connector/number_health.py) and for how many stores, still with
 200: the connector takes webhooks all the same, and its messages wait for the account to be fixed.
 It names no store and no code: it answers anyone, and in an agency deployment one brand's trouble is
 not another's business. Which store and why are in the error log and on that store's dashboard.
@@ -12,11 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import anyio.to_thread
-from sqlalchemy import text
+from sqlalchemy import select, text
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from connector.outbox import store as ob
+from connector.storage.sql import STORES
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -29,9 +31,13 @@ def _ping(runtime) -> None:  # type: ignore[no-untyped-def]
 
 
 def _paused(runtime) -> int:  # type: ignore[no-untyped-def]
-    """How many configured stores have a number a dispatcher paused."""
+    """How many configured stores have a number a dispatcher paused, or sends held while Meta
+    restricts or disables their account (``stores.whatsapp_held_until``)."""
     paused = ob.paused_numbers(runtime.db)
-    return sum(1 for store in runtime.settings.stores if store.whatsapp_phone_number_id in paused)
+    with runtime.db.engine.connect() as conn:
+        held = {r.id for r in conn.execute(select(STORES.c.id).where(STORES.c.whatsapp_held_until > runtime.clock()))}
+    return sum(1 for store in runtime.settings.stores
+               if store.whatsapp_phone_number_id in paused or runtime.store_ids.get(store.key) in held)
 
 
 async def readyz(request: Request) -> JSONResponse:

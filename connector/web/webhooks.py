@@ -204,7 +204,10 @@ async def whatsapp_webhook(d: Delivery) -> Response:
         return problem(400, str(exc))
     items: list[InboxItem] = []
     for part in parts:
-        if part.business_account_id is not None:  # about the account itself (its templates): each of its stores keeps it
+        if part.topic == "number_quality" and part.business_account_id is not None:  # one of the account's numbers
+            stores = runtime.stores_of_number(part.business_account_id, part.display_phone_number)
+            header = {"business_account_id": part.business_account_id}
+        elif part.business_account_id is not None:  # about the account itself (its templates): each of its stores keeps it
             stores = runtime.stores_of_account(part.business_account_id)
             header = {"business_account_id": part.business_account_id}
         else:
@@ -217,6 +220,9 @@ async def whatsapp_webhook(d: Delivery) -> Response:
             if part.ignored_reason:
                 log.warning("whatsapp update has a malformed part naming no number we serve; dropped, the rest stored",
                             extra={"reason": part.ignored_reason})
+            elif part.topic == "number_quality" and runtime.stores_of_account(part.business_account_id or ""):
+                log.warning("whatsapp number quality update names a number no store has as whatsapp_display_phone_number",
+                            extra={"display_phone_number": (part.display_phone_number or "")[:32]})
             elif part.business_account_id is not None:
                 log.warning("whatsapp account update reaches no store: another business account than "
                             "whatsapp.business_account_id, or no store has a WhatsApp number",

@@ -1,0 +1,259 @@
+"""What Meta says about a store's WhatsApp number and account, and what the connector does about it.
+
+Meta sends, besides messages, webhooks about the sender itself (routed to the stores by the
+business account, ``entry[].id``; a number's news by its ``display_phone_number``):
+
+- ``phone_number_quality_update``: the number was FLAGGED (its quality rating is Low, RED: customers
+  block or report its messages) or UNFLAGGED, its messaging limit was lowered (DOWNGRADE) or raised
+  (UPGRADE). Meta's payload carries the event and the limit, no rating: FLAGGED is read as RED and
+  UNFLAGGED as GREEN (as other integrations read it);
+- ``account_update``: the account was restricted (``restriction_info``: business-initiated or
+  customer-initiated messaging, each until its ``expiration``), disabled or scheduled to be
+  (``ban_info.waba_ban_state`` DISABLE / SCHEDULE_FOR_DISABLE, REINSTATE when lifted), or broke a
+  policy (``violation_info``);
+- ``message_template_quality_update``: a template's rating (``template_check.template_quality_news``).
+
+The store row keeps what was said (``stores.whatsapp_health``), each part with the time Meta sent
+it: an older update arriving after a newer one is stale and changes nothing, and one that says
+what is already known (Meta's retry, the same news again) tells nobody twice (``record``). What is
+news opens, or adds to, one case per number for the store's owner (``number_news``; a template's
+rating goes to the template's case). While the account may not message, the store's WhatsApp
+sends wait (``stores.whatsapp_held_until``, read by the outbox claim): no attempt is spent, and
+they go when the restriction ends or Meta lifts it. While the number is RED the policy gate holds
+marketing messages (``policy.check``); order, COD and delivery messages still go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from connector import events as ev
+from connector.storage.sql import STORES
+from connector.template_check import template_subject, templates_named
+
+# the account may not message: every WhatsApp send of its stores waits (receiving still works)
+MESSAGING = frozenset({"RESTRICTED_BIZ_INITIATED_MESSAGING", "RESTRICTED_CUSTOMER_INITIATED_MESSAGING"})
+RESTRICTION_WORDS = {
+    "RESTRICTED_BIZ_INITIATED_MESSAGING": "no message may start a conversation (templates: COD questions, updates, reminders)",
+    "RESTRICTED_CUSTOMER_INITIATED_MESSAGING": "no reply to customers who write in",
+    "RESTRICTED_ADD_PHONE_NUMBER_ACTION": "no phone number may be added",
+}
+# a held_until that means "until Meta says otherwise" (a disabled account, a restriction with no end given)
+UNTIL_LIFTED = datetime(9999, 12, 31, tzinfo=timezone.utc)
+STAGE_ORDER = ("entry", "qualification", "conversion", "post_purchase", "retention")
+WHERE = "Meta Business Suite > Business Support Home"
+
+
+def number_subject(store: Any) -> str:
+    """A number's case key (and the inbox rows' subject): one case per sending number."""
+    return f"number:{store.whatsapp_phone_number_id or store.key}"
+
+
+def health_stage(store: Any) -> str:
+    """Whose case a number's news is: it concerns every journey, so the store's first stage (in the
+    customer's order) whose owner gets alerts (a ``notify_url``), else the first with an owner."""
+    for stage in STAGE_ORDER:
+        cfg = store.stages.get(stage)
+        if cfg is not None and cfg.notify_url is not None:
+            return stage
+    return next((s for s in STAGE_ORDER if s in store.stages), "entry")
+
+
+# ---- what the news changes (pure) ----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One part of the health state an update sets: its name and value (the time is added by ``merge``)."""
+
+    name: str
+    value: dict[str, Any]
+
+
+def parts(event: Any, store: Any) -> list[Part]:
+    """The parts an update sets, the one that decides whether it is news first; none: nothing kept."""
+    if isinstance(event, ev.NumberQualityChanged):
+        out: list[Part] = []
+        if event.event in ("FLAGGED", "UNFLAGGED"):
+            out.append(Part("quality", {"rating": "RED" if event.event == "FLAGGED" else "GREEN", "event": event.event}))
+        if event.limit is not None:
+            out.append(Part("limit", {"value": event.limit, "old": event.old_limit, "event": event.event}))
+        return out
+    if isinstance(event, ev.AccountUpdated):
+        if event.event == "ACCOUNT_RESTRICTION":
+            return [Part("restriction", {"restrictions": [{"kind": r.kind, "until": _iso(r.until)} for r in event.restrictions]})]
+        if event.event == "DISABLED_UPDATE" and event.ban_state:
+            return [Part("ban", {"state": event.ban_state, "date": event.ban_date})]
+        if event.event == "ACCOUNT_VIOLATION":
+            return [Part("violation", {"type": event.violation})]
+        return []
+    if isinstance(event, ev.TemplateQualityChanged) and templates_named(store.templates, event.name, event.language):
+        return [Part(template_subject(event.name, event.language), {"score": event.score})]
+    return []
+
+
+SAME_IF = {"quality": ("rating",), "limit": ("value",), "ban": ("state",)}  # what makes two values the same news
+
+
+def _same(name: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
+    keys = SAME_IF.get(name)
+    if keys is None:
+        return {k: v for k, v in old.items() if k != "at"} == new
+    return all(old.get(k) == new.get(k) for k in keys)
+
+
+def merge(health: dict[str, Any], event_parts: list[Part], at: datetime) -> tuple[dict[str, Any], str]:
+    """The state after an update sent at ``at``, and what it was: ``news`` (its first part changed),
+    ``same`` (it says what is known: only its time moves on) or ``stale`` (a newer update of its
+    first part is kept: nothing changes). A later part is kept when it is not older than the stored one."""
+    verdict = "same"
+    out = dict(health)
+    for i, part in enumerate(event_parts):
+        stored = health.get(part.name)
+        older = stored is not None and datetime.fromisoformat(stored["at"]) > at
+        if i == 0:
+            verdict = "stale" if older else "same" if stored is not None and _same(part.name, stored, part.value) else "news"
+            if verdict == "stale":
+                return health, verdict
+        if not older:
+            out[part.name] = {**part.value, "at": at.isoformat()}
+    return out, verdict
+
+
+def held_until(health: dict[str, Any], now: datetime) -> datetime | None:
+    """Until when the account may not message: its latest messaging restriction's end (none given:
+    until lifted), or, disabled, until Meta reinstates it. None: it may."""
+    ends: list[datetime] = []
+    for r in (health.get("restriction") or {}).get("restrictions") or ():
+        if r.get("kind") in MESSAGING:
+            ends.append(datetime.fromisoformat(r["until"]) if r.get("until") else UNTIL_LIFTED)
+    if (health.get("ban") or {}).get("state") == "DISABLE":
+        ends.append(UNTIL_LIFTED)
+    end = max(ends, default=None)
+    return end if end is not None and end > now else None
+
+
+# ---- the store row ---------------------------------------------------------------------------
+
+def record(conn: Connection, store: Any, store_id: int, event: Any, now: datetime) -> str:
+    """Keep what an update says on the store row; returns ``news``, ``same``, ``stale`` or ``none``
+    (nothing the connector keeps: another account event). The row is read locked on PostgreSQL, so
+    two workers applying two updates of one store compare with each other's writes."""
+    event_parts = parts(event, store)
+    if not event_parts:
+        return "none"
+    query = select(STORES.c.whatsapp_health).where(STORES.c.id == store_id)
+    if conn.dialect.name != "sqlite":
+        query = query.with_for_update()
+    health = conn.execute(query).scalar() or {}
+    new, verdict = merge(health, event_parts, event.occurred_at or now)
+    if new is not health:
+        conn.execute(update(STORES).where(STORES.c.id == store_id).values(whatsapp_health=new, whatsapp_held_until=held_until(new, now)))
+    return verdict
+
+
+def view(health: dict[str, Any] | None, until: datetime | None, now: datetime) -> dict[str, Any]:
+    """The number's state for the dashboard and the admin API: its quality rating and messaging
+    limit as Meta last said, whether its sends wait (why, until when), whether marketing is held."""
+    health = health or {}
+    quality, limit = health.get("quality") or {}, health.get("limit") or {}
+    waiting = until is not None and until > now
+    restrictions = [r for r in (health.get("restriction") or {}).get("restrictions") or () if r.get("kind") in MESSAGING]
+    why = ("Meta disabled the WhatsApp Business Account" if (health.get("ban") or {}).get("state") == "DISABLE"
+           else "Meta restricted the WhatsApp Business Account: " + "; ".join(RESTRICTION_WORDS.get(r["kind"], r["kind"]) for r in restrictions))
+    return {
+        "quality_rating": quality.get("rating"),
+        "quality_since": quality.get("at"),
+        "messaging_limit": limit.get("value"),
+        "messaging_limit_since": limit.get("at"),
+        "sends_held": {"reason": why, "until": None if until == UNTIL_LIFTED else _iso(until)} if waiting else None,
+        "marketing_held": quality.get("rating") == "RED",
+        "violation": (health.get("violation") or {}).get("type"),
+    }
+
+
+def quality_of(health: dict[str, Any] | None) -> str | None:
+    """The number's quality rating as last heard (the policy gate holds marketing while it is RED)."""
+    return ((health or {}).get("quality") or {}).get("rating")
+
+
+# ---- what the owner is told (pure) ------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class NumberNews:
+    reason: str
+    only_open: bool = False  # good news: added to the number's open case, if one is; else nobody is told
+
+
+def _utc(at: datetime | None) -> str:
+    return "until Meta lifts it" if at is None or at == UNTIL_LIFTED else f"until {at:%Y-%m-%d %H:%M} UTC"
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
+def _number(store: Any, event: ev.NumberQualityChanged) -> str:
+    shown = f"+{event.display_phone_number} " if event.display_phone_number else ""
+    return f"WhatsApp number {shown}(id {store.whatsapp_phone_number_id})"
+
+
+def number_news(event: Any, store: Any) -> NumberNews | None:
+    """What a number or account update that is news tells the store's owner, with what to do; None:
+    nothing to tell (a limit raised, an account event that changes no send...)."""
+    if isinstance(event, ev.NumberQualityChanged):
+        number = _number(store, event)
+        limit = f" Its messaging limit is {event.limit}." if event.limit else ""
+        if event.event == "FLAGGED":
+            return NumberNews(
+                f"{number} was flagged by Meta: its quality rating is RED (low): customers block or report its messages.{limit} "
+                "If it stays low, Meta lowers the messaging limit. Cart and reorder reminders (marketing) are held while it is RED; "
+                "order, COD and delivery messages still go. Check which templates are rated low (WhatsApp Manager > Insights), "
+                "send fewer marketing messages, and only to customers who opted in")
+        if event.event == "UNFLAGGED":
+            return NumberNews(f"{number} is no longer flagged: its quality rating is back up. Held marketing messages go out again",
+                              only_open=True)
+        if event.event == "DOWNGRADE":
+            was = f" from {event.old_limit}" if event.old_limit else ""
+            return NumberNews(
+                f"Meta lowered the messaging limit of {number}{was} to {event.limit or 'a lower tier'} (customers it may start "
+                "conversations with in 24 hours): beyond it, messages fail. This follows low quality: send fewer marketing "
+                "messages until the rating recovers")
+        if event.event == "UPGRADE":
+            was = f" from {event.old_limit}" if event.old_limit else ""
+            return NumberNews(f"Meta raised the messaging limit of {number}{was} to {event.limit}", only_open=True)
+        return None
+    if not isinstance(event, ev.AccountUpdated):
+        return None
+    account = "WhatsApp Business Account"
+    if event.event == "ACCOUNT_RESTRICTION":
+        messaging = [r for r in event.restrictions if r.kind in MESSAGING]
+        listed = "; ".join(f"{RESTRICTION_WORDS.get(r.kind, r.kind)} ({r.kind}) {_utc(r.until)}" for r in event.restrictions)
+        if not messaging:
+            now_says = f": {listed}" if listed else ""
+            return NumberNews(f"Meta no longer restricts the {account}'s messaging{now_says}. Waiting messages go out now",
+                              only_open=True)
+        end = max(r.until or UNTIL_LIFTED for r in messaging)
+        when = "once Meta lifts it" if end == UNTIL_LIFTED else f"when it ends, {end:%Y-%m-%d %H:%M} UTC"
+        return NumberNews(
+            f"Meta restricted the {account}: {listed}. Every WhatsApp message of this store waits, none is lost, and they "
+            f"go out {when}. See why, and appeal if it is wrong, in {WHERE}")
+    if event.event == "DISABLED_UPDATE":
+        date = f" ({event.ban_date})" if event.ban_date else ""
+        if event.ban_state == "DISABLE":
+            return NumberNews(f"Meta disabled the {account}{date}: every WhatsApp message of this store waits until Meta "
+                              f"reinstates it. Request a review in {WHERE}")
+        if event.ban_state == "SCHEDULE_FOR_DISABLE":
+            return NumberNews(f"Meta will disable the {account}{date} for policy violations: fix them or appeal in {WHERE} "
+                              "before then; after it, no message of this store can be sent")
+        if event.ban_state == "REINSTATE":
+            return NumberNews(f"Meta reinstated the {account}{date}: waiting messages go out now", only_open=True)
+        return None
+    if event.event == "ACCOUNT_VIOLATION":
+        what = f" ({event.violation})" if event.violation else ""
+        return NumberNews(f"Meta recorded a policy violation{what} on the {account}: more of them restrict or disable it. "
+                          f"Details in {WHERE}")
+    return None
