@@ -177,6 +177,25 @@ def test_a_flagged_number_holds_cart_reminders_not_the_cod_question_and_an_older
     assert whatsapp_health(sc)["quality_rating"] == "GREEN" and whatsapp_health(sc)["marketing_held"] is False
 
 
+def test_cart_reminders_held_hours_for_the_rating_are_skipped_and_only_the_latest_goes(sqlite_url, scenario, world):
+    """Ravi's cart reminders wait while the number is RED (queued at 30 minutes, 6.5 h and 24.5 h); the
+    number recovers at 26 h. Only the last one goes then: the first two, held longer than 6 hours, are
+    skipped with the reason, not sent late and all at once."""
+    sc = scenario(sqlite_url, "shopify", journeys={**COD, **LADDER})
+    account(sc, number("FLAGGED", current_limit="TIER_1K"), at=sc.now)
+    SHOPIFY.start_checkout(sc, "cartR", RAVI)
+    sc.later(hours=26, step=timedelta(hours=1))
+    account(sc, number("UNFLAGGED", current_limit="TIER_1K"), at=sc.now)
+    sc.later(hours=2, step=timedelta(minutes=30))
+
+    assert sc.templates_to(RAVI) == ["cart_3_v1"]
+    with sc.runtime.db.engine.connect() as conn:
+        held = conn.execute(select(m.OutboxMessage.step, m.OutboxMessage.status, m.OutboxMessage.attempts, m.OutboxMessage.skip_reason)
+                            .where(m.OutboxMessage.step.in_(["first", "second"])).order_by(m.OutboxMessage.id)).all()
+    assert [(r.step, r.status, r.attempts) for r in held] == [("first", "skipped", 0), ("second", "skipped", 0)]
+    assert [r.skip_reason for r in held] == ["number_quality_red"] * 2
+
+
 def test_a_lowered_messaging_limit_is_told_once_and_a_raised_one_joins_its_case(sqlite_url, scenario, world):
     sc = scenario(sqlite_url, "shopify", journeys=COD)
     lowered = number("DOWNGRADE", old_limit="TIER_1K", current_limit="TIER_250")
