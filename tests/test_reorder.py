@@ -350,6 +350,53 @@ def test_a_customer_in_another_journey_or_opted_out_gets_no_reminder(db_url):
     assert [(o.status, o.skip_reason) for o in outbox] == [("skipped", "opted_out")]
 
 
+def test_a_cart_ladder_that_only_listens_no_longer_keeps_the_customer_from_the_reorder_reminder(db_url):
+    """Both customers left a cart before their windows opened. The first one's three reminders went on
+    days 25-26: her run now only waits out the attribution window (no message is planned), so she is
+    reminded to reorder when the window opens on day 31. The second left hers on day 31: a reminder is
+    still to come, so she is busy and skipped. Before, a finished ladder kept a customer "busy" for its
+    whole attribution week, and every reorder window opening then was skipped for good."""
+    from tests.scenarios.payloads import shopify_checkout
+
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(
+        templates=TEMPLATES + [{"step": f"checkout_recovery.{step}", "name": f"cart_{step}_v1", "category": "marketing",
+                                "body_text": "Your cart is waiting: {{1}}", "body": ["checkout.recovery_url"]}
+                               for step in ("first", "second", "third")],
+        policy={"quiet_hours": "", "marketing_cap": 10},
+        journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "lead_days": 3},
+                  "checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0, 360, 1440], "attribution_days": 7}})
+    settings = parse_settings(raw, environ={})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        _two_customers_ordered(client)
+        runtime.processor.drain()
+
+        def until(at: datetime) -> None:
+            while clock.now < at:
+                clock.now = min(at, clock.now + timedelta(hours=1))
+                runtime.processor.drain()
+                while runtime.processor.process_timers(500):
+                    pass
+
+        until(T0 + timedelta(days=25))
+        _post(client, "checkouts/create", shopify_checkout("cart1", "+919876543210", clock.now))
+        until(T0 + timedelta(days=31, hours=12))
+        _post(client, "checkouts/create", shopify_checkout("cart2", "+919812345678", clock.now))
+        until(T0 + timedelta(days=32))
+        run_reorder_tick(runtime.db, settings.stores[0], sid, clock.now)
+        with runtime.db.engine.connect() as conn:
+            runs = {r.subject: r for r in conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "reorder"))}
+            carts = {r.subject: (r.status, r.next_due_at is not None, int(r.state["sent"]))
+                     for r in conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "checkout_recovery"))}
+
+    assert carts == {"checkout:cart1": ("active", True, 3), "checkout:cart2": ("active", True, 2)}  # the first listens, the second is mid-ladder
+    assert [o.payload["subject"] for o in _outbox(runtime) if o.status == "pending"] == ["reorder:4001:p:9001"]
+    assert (runs["reorder:4002:p:9001"].state["outcome"], runs["reorder:4002:p:9001"].state["skipped"]) == ("skipped_busy", "checkout_recovery")
+
+
 def test_a_closed_hand_off_no_longer_keeps_the_customer_from_the_reorder_reminder(db_url):
     """Both customers' failed deliveries reached the desk two days before their windows opened: a hand-off each, their
     delivery runs in status "handoff". The delivery desk closed the first case: that customer is reminded to reorder

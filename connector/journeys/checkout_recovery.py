@@ -381,7 +381,7 @@ class CheckoutRecovery:
         if step + 1 < len(config.ladder_minutes):
             commands.append(Wake(abandoned_at + timedelta(minutes=config.ladder_minutes[step + 1])))
         else:
-            commands.append(Wake(now + timedelta(days=config.attribution_days)))  # the window after the last reminder
+            commands.append(Wake(now + timedelta(days=config.attribution_days), listening=True))  # the window after the last reminder
         return commands
 
     @staticmethod

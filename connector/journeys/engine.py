@@ -151,7 +151,13 @@ class Update:
 
 @dataclass(frozen=True, slots=True)
 class Wake:
-    at: datetime | None  # None clears the timer
+    """Set the run's timer (None clears it). ``listening``: no message is planned for it, the
+    timer only ends a run that listens for what its messages earned (a cart ladder's attribution
+    window, a pay reminder's last hours): the customer is not busy in such a run, and other
+    journeys (the reorder reminder's ``skip_when_busy``) may speak to her. Not part of equality."""
+
+    at: datetime | None
+    listening: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

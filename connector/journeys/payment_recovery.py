@@ -132,7 +132,7 @@ class PaymentRecovery:
             # the run listens until she can no longer replace the order (``_replaced``): a reminder held
             # for the morning is then withdrawn, not sent after she paid her second try
             listen = _placed(run) + REPLACED_WITHIN
-            end: list[Command] = [Wake(listen)] if listen > now else [Wake(None), Finish("reminded", skip_waiting=False)]
+            end: list[Command] = [Wake(listen, listening=True)] if listen > now else [Wake(None), Finish("reminded", skip_waiting=False)]
             return [Update({"reminded": True, "sent": 1}), Send("remind", order_context(facts)), *end]
         return []
 

@@ -49,7 +49,7 @@ class ReorderConfig(JourneyConfig):
     attribution_days: float = Field(14, gt=0, description="a reorder this long after the reminder counts as recovered")
     late_days: float = Field(2, ge=0, description="windows that opened longer ago than this (history backfills) are not messaged")
     storefront_url: AnyHttpUrl | None = Field(None, description="base of the reorder link; default the shop's own domain")
-    skip_when_busy: bool = Field(True, description="no reminder while another journey is active for the customer")
+    skip_when_busy: bool = Field(True, description="no reminder while another journey has a message still to come for the customer, or a person is on her case")
 
     @field_validator("cycles", mode="before")
     @classmethod

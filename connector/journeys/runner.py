@@ -392,6 +392,19 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
                  fulfillment=fulfillment, extra=extra)
 
 
+LISTENING = "_listening"  # run state: its timer plans no message (``Wake.listening``); the reorder's busy check reads it
+
+
+def _mark_listening(state: dict[str, Any], wake: Wake) -> bool:
+    """Keep in the run's state whether its timer only listens; True when that changed (the state is written)."""
+    if wake.listening and wake.at is not None:
+        if state.get(LISTENING):
+            return False
+        state[LISTENING] = True
+        return True
+    return state.pop(LISTENING, None) is not None
+
+
 class JourneyRunner:
     def on_event(self, conn: Connection, store: Any, store_id: int, event: Any, contact_id: int | None, now: datetime) -> int:
         """Run every enabled journey for one event; returns how many commands were applied."""
@@ -555,6 +568,7 @@ class JourneyRunner:
                     state.update(cmd.state)
                 elif isinstance(cmd, Wake):
                     due = cmd.at
+                    _mark_listening(state, cmd)
                 elif isinstance(cmd, Finish):
                     state["outcome"], status = cmd.outcome, "finished"
                 elif isinstance(cmd, Handoff):
@@ -607,6 +621,8 @@ class JourneyRunner:
                 values["state"] = state
             elif isinstance(cmd, Wake):
                 values["next_due_at"] = cmd.at
+                if _mark_listening(state, cmd):
+                    values["state"] = state
             elif isinstance(cmd, Finish):
                 state["outcome"] = cmd.outcome
                 values.update(status="finished", state=state)

@@ -56,7 +56,7 @@ from connector.contacts import email_key
 from connector.errors import StoreloopError, describe_error
 from connector.handoffs import REPLY_CASE
 from connector.journeys.reorder import ReorderConfig
-from connector.journeys.runner import JourneyRunner
+from connector.journeys.runner import LISTENING, JourneyRunner
 from connector.reorder.cycles import CycleBook, cadence, intervals_in_order, learn_all, product_key
 from connector.storage import models as m
 from connector.storage.db import Database
@@ -652,12 +652,16 @@ class WindowsNotOpened(StoreloopError):
 
 
 # "In another journey" = a run that still has a step scheduled (a COD ask waiting for its
-# answer, a cart ladder) or a person on it; a delivery run that only listens is not busy.
+# answer, a cart ladder) or a person on it; a run that only listens (a delivery run, a ladder
+# after its last reminder) is not busy.
 # The customer's runs by the (store, contact) index, their status and timer checked in Python on
 # the few rows found: with ``status = 'active' AND next_due_at IS NOT NULL`` in SQL, SQLite took the
 # timers' (store, status, next_due_at) index and read every scheduled run of the store, per window.
 # No DISTINCT either: with it SQLite walked the store's (store, journey, subject) index.
-_SCHEDULED = select(RUNS.c.journey, RUNS.c.status, RUNS.c.next_due_at.is_not(None).label("due")).where(
+# A run whose timer only listens (``Wake.listening``: a cart ladder's attribution window after its
+# last reminder, a pay reminder's last hours) plans no message: not busy.
+_SCHEDULED = select(RUNS.c.journey, RUNS.c.status, and_(RUNS.c.next_due_at.is_not(None),
+                                                       func.coalesce(RUNS.c.state[LISTENING].as_boolean(), False).is_(False)).label("due")).where(
     RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.journey != JOURNEY)
 # "A person on it" is an open hand-off, not a run left in status "handoff": a run stays so after
 # its case is closed (a failed delivery rearranged, a COD cancel dealt with), and the customer
