@@ -37,6 +37,9 @@ from connector.template_check import template_subject, templates_named
 
 # the account may not message: every WhatsApp send of its stores waits (receiving still works)
 MESSAGING = frozenset({"RESTRICTED_BIZ_INITIATED_MESSAGING", "RESTRICTED_CUSTOMER_INITIATED_MESSAGING"})
+# ... of which those that hold the store's sends: nearly all it sends starts a conversation (templates);
+# a restriction of replies only leaves COD questions and order updates going (a free-form reply is refused)
+HOLDS = frozenset({"RESTRICTED_BIZ_INITIATED_MESSAGING"})
 RESTRICTION_WORDS = {
     "RESTRICTED_BIZ_INITIATED_MESSAGING": "no message may start a conversation (templates: COD questions, updates, reminders)",
     "RESTRICTED_CUSTOMER_INITIATED_MESSAGING": "no reply to customers who write in",
@@ -128,7 +131,7 @@ def held_until(health: dict[str, Any], now: datetime) -> datetime | None:
     until lifted), or, disabled, until Meta reinstates it. None: it may."""
     ends: list[datetime] = []
     for r in (health.get("restriction") or {}).get("restrictions") or ():
-        if r.get("kind") in MESSAGING:
+        if r.get("kind") in HOLDS:
             ends.append(datetime.fromisoformat(r["until"]) if r.get("until") else UNTIL_LIFTED)
     if (health.get("ban") or {}).get("state") == "DISABLE":
         ends.append(UNTIL_LIFTED)
@@ -161,7 +164,7 @@ def view(health: dict[str, Any] | None, until: datetime | None, now: datetime) -
     health = health or {}
     quality, limit = health.get("quality") or {}, health.get("limit") or {}
     waiting = until is not None and until > now
-    restrictions = [r for r in (health.get("restriction") or {}).get("restrictions") or () if r.get("kind") in MESSAGING]
+    restrictions = [r for r in (health.get("restriction") or {}).get("restrictions") or () if r.get("kind") in HOLDS]
     why = ("Meta disabled the WhatsApp Business Account" if (health.get("ban") or {}).get("state") == "DISABLE"
            else "Meta restricted the WhatsApp Business Account: " + "; ".join(RESTRICTION_WORDS.get(r["kind"], r["kind"]) for r in restrictions))
     return {
@@ -214,8 +217,8 @@ def number_news(event: Any, store: Any) -> NumberNews | None:
                 "order, COD and delivery messages still go. Check which templates are rated low (WhatsApp Manager > Insights), "
                 "send fewer marketing messages, and only to customers who opted in")
         if event.event == "UNFLAGGED":
-            return NumberNews(f"{number} is no longer flagged: its quality rating is back up. Held marketing messages go out again",
-                              only_open=True)
+            return NumberNews(f"{number} is no longer flagged: its quality rating is back up. Held marketing messages go out "
+                              "again, each cart or reorder run's latest one only", only_open=True)
         if event.event == "DOWNGRADE":
             was = f" from {event.old_limit}" if event.old_limit else ""
             return NumberNews(
@@ -236,7 +239,12 @@ def number_news(event: Any, store: Any) -> NumberNews | None:
             now_says = f": {listed}" if listed else ""
             return NumberNews(f"Meta no longer restricts the {account}'s messaging{now_says}. Waiting messages go out now",
                               only_open=True)
-        end = max(r.until or UNTIL_LIFTED for r in messaging)
+        holding = [r for r in messaging if r.kind in HOLDS]
+        if not holding:
+            return NumberNews(
+                f"Meta restricted the {account}: {listed}. COD questions, order updates and reminders (templates) still go; "
+                f"free-form replies to customers who write in are refused until it ends. See why, and appeal if it is wrong, in {WHERE}")
+        end = max(r.until or UNTIL_LIFTED for r in holding)
         when = "once Meta lifts it" if end == UNTIL_LIFTED else f"when it ends, {end:%Y-%m-%d %H:%M} UTC"
         return NumberNews(
             f"Meta restricted the {account}: {listed}. Every WhatsApp message of this store waits, none is lost, and they "

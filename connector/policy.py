@@ -12,7 +12,8 @@ always say why someone was not messaged. Rules, in order:
 5. one marketing frequency cap across all journeys;
 6. marketing while Meta rates the store's number RED (flagged) -> held, looked at again hourly:
    more reminders would lower the rating further (its messaging limit next); order, COD and
-   delivery messages (utility) still go; one held 6 hours is skipped (a reminder that late is noise);
+   delivery messages (utility) still go (once it recovers, a run's latest held step goes, the
+   earlier ones are skipped as superseded: ``outbox.store.claim``);
 7. quiet hours in the store's time zone -> defer to the next allowed time.
 """
 
@@ -85,9 +86,6 @@ class Decision:
 ALLOW = Decision(True)
 CART_JOURNEYS = frozenset({"checkout_recovery"})
 QUALITY_RECHECK = timedelta(hours=1)  # a marketing message held while the number is RED is looked at again after this
-# ... and skipped once it was queued this long ago: a reminder that late is noise, and when the number
-# recovers after days the run's latest step goes alone, not every step held since (they would arrive together)
-QUALITY_HOLD_MAX = timedelta(hours=6)
 
 
 def _in_quiet_hours(local: time, start: time, end: time) -> bool:
@@ -130,12 +128,9 @@ def check(
     tz: ZoneInfo,
     now: datetime,
     number_quality: str | None = None,
-    queued_at: datetime | None = None,
 ) -> Decision:
     """Decide for one message. ``kind`` is template, interactive or text; ``number_quality`` the
-    sending number's rating as Meta last said it (``number_health``; None: not heard); ``queued_at``
-    when the message was queued (a marketing message held for the rating longer than
-    ``QUALITY_HOLD_MAX`` is skipped, not sent days late when the number recovers)."""
+    sending number's rating as Meta last said it (``number_health``; None: not heard)."""
     if contact.opted_out_at is not None:
         return Decision(False, "opted_out")
     if not worth_trying(contact.reachable, contact.unreachable_at, rules, now):
@@ -154,8 +149,6 @@ def check(
         if len(recent) >= rules.marketing_cap:
             return Decision(False, "frequency_cap")
         if number_quality == "RED":
-            if queued_at is not None and now - queued_at >= QUALITY_HOLD_MAX:
-                return Decision(False, "number_quality_red")
             return Decision(False, "number_quality_red", defer_until=now + QUALITY_RECHECK)
     if rules.quiet_start is not None and rules.quiet_end is not None:
         if category == "marketing" or not rules.utility_in_quiet_hours:

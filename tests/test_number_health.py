@@ -177,10 +177,10 @@ def test_a_flagged_number_holds_cart_reminders_not_the_cod_question_and_an_older
     assert whatsapp_health(sc)["quality_rating"] == "GREEN" and whatsapp_health(sc)["marketing_held"] is False
 
 
-def test_cart_reminders_held_hours_for_the_rating_are_skipped_and_only_the_latest_goes(sqlite_url, scenario, world):
+def test_cart_reminders_held_for_the_rating_go_as_one_the_latest_when_the_number_recovers(sqlite_url, scenario, world):
     """Ravi's cart reminders wait while the number is RED (queued at 30 minutes, 6.5 h and 24.5 h); the
-    number recovers at 26 h. Only the last one goes then: the first two, held longer than 6 hours, are
-    skipped with the reason, not sent late and all at once."""
+    number recovers at 26 h. Only the last one goes then: the two before it are skipped as superseded,
+    not sent seconds apart."""
     sc = scenario(sqlite_url, "shopify", journeys={**COD, **LADDER})
     account(sc, number("FLAGGED", current_limit="TIER_1K"), at=sc.now)
     SHOPIFY.start_checkout(sc, "cartR", RAVI)
@@ -189,11 +189,57 @@ def test_cart_reminders_held_hours_for_the_rating_are_skipped_and_only_the_lates
     sc.later(hours=2, step=timedelta(minutes=30))
 
     assert sc.templates_to(RAVI) == ["cart_3_v1"]
+    assert [(step, status, reason) for step, status, reason in _cart_rows(sc)] == [
+        ("first", "skipped", "superseded"), ("second", "skipped", "superseded"), ("third", "sent", None)]
+
+
+def test_a_reminder_deferred_by_quiet_hours_still_goes_after_a_short_red_spell(sqlite_url, scenario, world):
+    """Quiet hours held Ravi's one cart reminder until 20:00; the number was RED from 19:55 to 20:30. The
+    reminder goes once it recovers (it was held 35 minutes, not dropped)."""
+    sc = scenario(sqlite_url, "shopify", journeys={"checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0]}},
+                  policy={"quiet_hours": "11:00-20:00"})
+    t0 = sc.now
+    SHOPIFY.start_checkout(sc, "cartR", RAVI)
+    sc.at(t0 + timedelta(hours=9, minutes=25), step=timedelta(minutes=30))
+    account(sc, number("FLAGGED", current_limit="TIER_1K"), at=sc.now)
+    sc.later(minutes=10, step=timedelta(minutes=5))
+    assert sc.templates_to(RAVI) == []
+    account(sc, number("UNFLAGGED", current_limit="TIER_1K"), at=sc.now + timedelta(minutes=25))
+    sc.later(hours=1, step=timedelta(minutes=10))
+    assert sc.templates_to(RAVI) == ["cart_1_v1"]
+
+
+def test_a_lifted_restriction_sends_the_latest_held_reminder_not_all_of_them(sqlite_url, scenario, world):
+    """A 30-hour restriction of business-initiated messages held all three of Ravi's cart reminders; once it
+    ends only the latest goes."""
+    sc = scenario(sqlite_url, "shopify", journeys=LADDER)
+    until = sc.now + timedelta(hours=30)
+    account(sc, restriction("RESTRICTED_BIZ_INITIATED_MESSAGING", until=until), at=sc.now)
+    SHOPIFY.start_checkout(sc, "cartR", RAVI)
+    sc.at(until + timedelta(minutes=1), step=timedelta(hours=1))
+    sc.later(minutes=5, step=timedelta(minutes=1))
+    assert sc.templates_to(RAVI) == ["cart_3_v1"]
+    assert [status for _, status, _ in _cart_rows(sc)] == ["skipped", "skipped", "sent"]
+
+
+def test_a_restriction_of_replies_only_is_told_and_holds_no_cod_question(sqlite_url, scenario, world):
+    """Meta restricts only replies to customers who write in: the owner hears it, and Asha's COD question
+    (a template, which starts a conversation) still goes."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    account(sc, restriction("RESTRICTED_CUSTOMER_INITIATED_MESSAGING", until=sc.now + timedelta(days=2)), at=sc.now)
+    SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, sc.now))
+    sc.later(minutes=30)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+    [(_, text)] = told(world)
+    assert "Meta restricted the WhatsApp Business Account" in text and "COD questions, order updates and reminders" in text
+    assert whatsapp_health(sc)["sends_held"] is None
+
+
+def _cart_rows(sc) -> list[tuple]:
     with sc.runtime.db.engine.connect() as conn:
-        held = conn.execute(select(m.OutboxMessage.step, m.OutboxMessage.status, m.OutboxMessage.attempts, m.OutboxMessage.skip_reason)
-                            .where(m.OutboxMessage.step.in_(["first", "second"])).order_by(m.OutboxMessage.id)).all()
-    assert [(r.step, r.status, r.attempts) for r in held] == [("first", "skipped", 0), ("second", "skipped", 0)]
-    assert [r.skip_reason for r in held] == ["number_quality_red"] * 2
+        return [tuple(r) for r in conn.execute(
+            select(m.OutboxMessage.step, m.OutboxMessage.status, m.OutboxMessage.skip_reason)
+            .where(m.OutboxMessage.journey == "checkout_recovery").order_by(m.OutboxMessage.id))]
 
 
 def test_a_lowered_messaging_limit_is_told_once_and_a_raised_one_joins_its_case(sqlite_url, scenario, world):

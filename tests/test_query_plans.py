@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from connector.outbox.store import _BY_KEYS, _HISTORY
+from connector.outbox.store import _BY_KEYS, _DUE_MARKETING, _HISTORY
 from connector.state import RUNS_OF_CONTACTS
 from connector.storage.db import make_engine
 from connector.storage.inbox import due_rows_sql
@@ -57,6 +57,11 @@ def test_send_history_reads_the_contacts_rows_only(conn: Any) -> None:
     assert "ix_outbox_contact_updated" in plan, plan
     # when each went out: its own outbound message rows, by their index
     assert "ix_messages_store_outbox" in plan and "SCAN messages" not in plan, plan
+
+
+def test_a_claims_look_for_later_reminders_reads_the_contacts_rows_only(conn: Any) -> None:
+    plan = plan_of(conn, _DUE_MARKETING, {"cids": list(range(1, 40))})
+    assert "ix_outbox_contact_updated" in plan and "ix_outbox_status_due" not in plan, plan
 
 
 def test_skipping_waiting_messages_finds_them_by_key(conn: Any) -> None:
@@ -154,4 +159,4 @@ def test_the_dashboards_count_of_parked_timers_reads_the_stores_active_runs_only
     from connector.journeys.timer_failures import PARKED_COUNT
 
     plan = plan_of(conn, PARKED_COUNT, {"sid": 1})
-    assert "ix_journey_runs_due (store_id=? AND status=?)" in plan and "SCAN journey_runs" not in plan, plan
+    assert "ix_journey_runs_due (store_id=? AND status=?" in plan and "SCAN journey_runs" not in plan, plan

@@ -318,7 +318,6 @@ class Dispatcher:
                 tz=store.tz,
                 now=started,
                 number_quality=row.number_quality,
-                queued_at=row.created_at,
             )
             wait = self.spacer.wait_for(pair) if decision.allowed else 0.0
         except Exception as exc:

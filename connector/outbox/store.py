@@ -310,6 +310,43 @@ def _waits_its_turn(now: datetime) -> Any:
     )
 
 
+# A contact's marketing messages waiting and due, by the (contact_id, updated_at) index; the rest
+# is checked in Python on the few rows found (see _BY_KEYS for why not in SQL).
+_DUE_MARKETING = select(OUTBOX.c.id, OUTBOX.c.store_id, OUTBOX.c.contact_id, OUTBOX.c.journey, OUTBOX.c.idempotency_key,
+                        OUTBOX.c.channel, OUTBOX.c.status, OUTBOX.c.category, OUTBOX.c.due_at).where(
+    OUTBOX.c.contact_id.in_(bindparam("cids", expanding=True)))
+
+
+def _run_of(row: Any) -> tuple[int, int, str, str] | None:
+    """(store, contact, journey, subject) of a journey step's message, from its key (``queue.step_key``)."""
+    parts = (row.idempotency_key or "").split(":", 2)
+    if row.journey is None or len(parts) < 3 or parts[0] != row.journey:
+        return None
+    return row.store_id, row.contact_id, row.journey, parts[2]
+
+
+def _superseded(conn: Connection, found: list[Any], now: datetime) -> set[int]:
+    """The claimed marketing messages of a run that has a later one waiting and due too: skipped, so
+    only the run's latest reminder goes. They pile up only while something held them (the number
+    rated RED, Meta restricting the account, a paused number, the connector down): in normal running
+    a reminder is sent long before the run queues the next one. Without this, a recovered number
+    sent a customer every cart reminder held since, seconds apart. One query per batch with
+    marketing in it."""
+    marketing = [r for r in found if r.category == "marketing" and r.contact_id is not None and _run_of(r) is not None]
+    if not marketing:
+        return set()
+    latest: dict[tuple[int, int, str, str], int] = {}
+    contacts = sorted({r.contact_id for r in marketing})
+    for start in range(0, len(contacts), 500):
+        for other in conn.execute(_DUE_MARKETING, {"cids": contacts[start:start + 500]}):
+            if other.status != "pending" or other.channel != "whatsapp" or other.category != "marketing" or other.due_at > now:
+                continue
+            run = _run_of(other)
+            if run is not None and other.id > latest.get(run, 0):
+                latest[run] = other.id
+    return {r.id for r in marketing if latest.get(_run_of(r), r.id) > r.id}
+
+
 def claim(
     db: Database, *, store_ids: list[int], now: datetime, limit: int, lease: timedelta, worker: str, history_window: timedelta,
     channel: str = "whatsapp",
@@ -325,7 +362,7 @@ def claim(
         query = (
             select(
                 OUTBOX.c.id, OUTBOX.c.store_id, OUTBOX.c.contact_id, OUTBOX.c.journey,
-                OUTBOX.c.category, OUTBOX.c.payload, OUTBOX.c.attempts, OUTBOX.c.created_at,
+                OUTBOX.c.category, OUTBOX.c.payload, OUTBOX.c.attempts, OUTBOX.c.created_at, OUTBOX.c.idempotency_key,
             )
             .where(
                 OUTBOX.c.status == "pending",
@@ -346,8 +383,12 @@ def claim(
         )
         if not db.is_sqlite:
             query = query.with_for_update(skip_locked=True)
+        found = conn.execute(query).all()
+        superseded = _superseded(conn, found, now) if channel == "whatsapp" else set()
+        if superseded:
+            conn.execute(_SKIP_BY_ID, [{"_id": i, "reason": "superseded", "now": now} for i in sorted(superseded)])
         rows = [Claimed(r.id, r.store_id, r.contact_id, r.journey, r.category, r.payload, r.attempts, created_at=r.created_at,
-                        lease=lease_id) for r in conn.execute(query)]
+                        lease=lease_id) for r in found if r.id not in superseded]
         if not rows:
             return []
         ids = [r.contact_id for r in rows if r.contact_id is not None]
