@@ -161,7 +161,7 @@ class InboxProcessor:
         except Exception as exc:
             # a run raised while its decision was applied, or a value one wrote was refused at the
             # flush: the transaction (and the cache, with every held write) is rolled back
-            log.debug("timer batch raised after %d run(s) (%s); firing its runs one by one", reached[0], exc.__class__.__name__)
+            log.warning("timer batch raised after %d run(s) (%s); firing its runs one by one", reached[0], exc.__class__.__name__)
         # again run by run, each in its own savepoint, at least as far as that attempt got (it spent the budget)
         with self.db.write_lock(), self.db.engine.begin() as conn:
             return self._fire_timers(conn, stores, now, limit, stop, [0], isolate=True, must=reached[0] + 1)

@@ -115,6 +115,23 @@ class TimerOddState(LoyaltyThanks):
         return []
 
 
+class TimerThenWeek(TimerOddState):
+    """As ``TimerOddState``; besides, the order's payment (``orders/updated``, paid) plans the thanks a
+    week later: an event moving a parked run's timer."""
+
+    name: ClassVar[str] = "timer_then_week"
+
+    def subject(self, event: Any, facts: Facts) -> str | None:
+        if isinstance(event, ev.OrderUpdated):
+            return f"order:{event.order.external_id}"
+        return super().subject(event, facts)
+
+    def decide(self, event: Any, run: Run | None, facts: Facts, config: LoyaltyThanksConfig, now: datetime) -> list[Command]:
+        if isinstance(event, ev.OrderUpdated) and run is not None and not run.state.get("paid"):
+            return [Update({"paid": True}), Wake(now + timedelta(days=7))]
+        return super().decide(event, run, facts, config, now)
+
+
 class WindowBomb(LoyaltyThanks):
     """Hears reorder windows opening (a "reorder bonus" plugin); its bug shows on order 7001's window
     only. ``broken`` off: the bug is fixed."""

@@ -36,7 +36,8 @@ from tests.test_outbox import sandbox  # noqa: F401 (fixture)
 from tests.test_payment_and_shipped_fixes import T0, shopify_order
 
 ADMIN = {"Authorization": f"Bearer {SECRETS['admin']}"}
-PLUGINS = {"timer_lost_stage": "TimerLostStage", "timer_odd_state": "TimerOddState", "window_bomb": "WindowBomb"}
+PLUGINS = {"timer_lost_stage": "TimerLostStage", "timer_odd_state": "TimerOddState", "timer_then_week": "TimerThenWeek",
+           "window_bomb": "WindowBomb"}
 
 
 @pytest.fixture
@@ -194,6 +195,37 @@ body = ["customer.first_name"]
     assert sorted(sent) == [("timer_odd_state", "order:1001", "points"), ("timer_odd_state", "order:1002", "points")]
     assert "no journey run of shop-a waits" in again.output
     assert "whose timer raised" not in after.output
+
+
+def test_a_parked_run_whose_timer_an_event_moved_is_no_longer_parked_and_a_replay_does_not_fire_it_early(
+        plugins, db_url, monkeypatch):
+    """Order 1002's timer raised and its run was parked. Then the order was paid, and the journey planned
+    its thanks a week later. That plan stands: the run is no longer listed as failing, and the owner's
+    `replay --timers` after the fix does not send the thanks now, a week early."""
+    from connector.journeys import timer_failures
+    from connector.reports import connector_health
+
+    settings = two_stores(db_url, "timer_then_week")
+    with running_app(settings) as (client, runtime):
+        place_orders(client, runtime)
+        runtime.processor.clock = lambda: T0 + timedelta(hours=2)
+        runtime.processor.process_timers()
+        sid = runtime.store_ids["shop-a"]
+        with runtime.db.engine.connect() as conn:
+            assert connector_health(conn, sid)["timers_failing"]["count"] == 1
+        paid = shopify_order(1002, "paid", T0)
+        paid["updated_at"] = (T0 + timedelta(hours=2, minutes=1)).isoformat()
+        post(client, "orders/updated", paid)
+        runtime.processor.clock = lambda: T0 + timedelta(hours=2, minutes=1)
+        runtime.processor.drain()
+        with runtime.db.engine.connect() as conn:
+            failing = connector_health(conn, sid)["timers_failing"]["count"]
+        monkeypatch.setattr(plugin_journeys.TimerOddState, "broken", False)
+        replayed = timer_failures.retry_now(runtime.db, sid, T0 + timedelta(hours=2, minutes=2))
+        runtime.processor.clock = lambda: T0 + timedelta(hours=2, minutes=3)
+        runtime.processor.process_timers()
+        thanked = [s for s in steps(runtime) if s[1] == "order:1002"]
+    assert (failing, replayed, thanked) == (0, [], [])
 
 
 # ---- the reorder tick ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 
 from connector import events as ev
 from connector.journeys.engine import (
@@ -507,6 +508,8 @@ class JourneyRunner:
                         one = [(row, found)]  # a journey's needs_sends or needs_cases may be what raises
                         self._fire(conn, store, store_id, row, found, enabled, _sends_of_due_runs(conn, store, store_id, one, enabled, now),
                                    _cases_of_due_runs(conn, store_id, one, enabled, now), now)
+                except OperationalError:
+                    raise  # the database, not this run (a lock, a timeout): the whole batch is tried again later
                 except Exception as exc:  # rolled back to before this run: the others' firings stand
                     timer_failures.park(conn, store, row, now, exc)
             if stop is not None and stop():
@@ -634,6 +637,11 @@ class JourneyRunner:
                 values.update(state=state, **({"status": "handoff"} if cmd.waits else {}))
                 handoffs.append(HandoffRequest(f"{journey}:{subject}", cmd.reason, journey, subject, stage=journey_stage(journey),
                                                only_open=cmd.only_open, case_id=cmd.case))
+        if not fired and run_id is not None and not created and timer_failures.FAILURES in state \
+                and ("next_due_at" in values or values.get("status") == "finished"):
+            # an event moved or ended a parked run: its timer is the journey's new plan, not the one that raised
+            state = timer_failures.without_record(state)
+            values["state"] = state
         if rewrite_state and run_id is not None and not created:
             values.setdefault("state", state)
         if values and run_id is not None and not created:

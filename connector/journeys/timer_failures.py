@@ -60,7 +60,9 @@ def park(conn: Connection, store: Any, row: Any, now: datetime, exc: BaseExcepti
 
 # a store's active runs with a failure record: its active runs by the (store_id, status, next_due_at)
 # index, the state read for those only (the dashboard's count and list, and ``retry_now``)
-_PARKED = (RUNS.c.store_id == bindparam("sid"), RUNS.c.status == "active", RUNS.c.state[FAILURES].as_integer() > 0)
+# (a run with no timer left, its journey disabled or removed since, waits for nothing: not listed)
+_PARKED = (RUNS.c.store_id == bindparam("sid"), RUNS.c.status == "active", RUNS.c.next_due_at.is_not(None),
+           RUNS.c.state[FAILURES].as_integer() > 0)
 PARKED_COUNT = select(func.count()).select_from(RUNS).where(*_PARKED)
 _PARKED_LATEST = (select(RUNS.c.id, RUNS.c.journey, RUNS.c.state, RUNS.c.next_due_at, RUNS.c.updated_at).where(*_PARKED)
                   .order_by(RUNS.c.updated_at.desc(), RUNS.c.id.desc()).limit(SHOWN))

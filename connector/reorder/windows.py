@@ -914,8 +914,8 @@ def run_reorder_tick(db: Database, store: Any, store_id: int, now: datetime, *, 
         total.expired += step.expired
         total.reordered += step.reordered
         total.failed.update(step.failed)
-        if step.opened + step.expired + step.reordered + len(step.failed) == 0:
-            break
+        if step.opened + step.expired + step.reordered == 0:
+            break  # nothing moved (at most windows that raised): the next tick tries them again
     return scan, total
 
 
