@@ -340,3 +340,19 @@ def test_a_customer_whose_consent_cannot_be_read_fails_alone_with_a_reason(db_ur
         assert by_customer[bad["id"]].status == "failed" and "whatsAppMarketingConsent" in by_customer[bad["id"]].last_error
         r = client.get("/api/stores/shop-a/contacts/+919876543210", headers={"Authorization": f"Bearer {SECRETS['admin']}"})
         assert r.json()["consent"]["marketing"]["state"] == "revoked"
+
+
+def test_a_changed_customer_with_no_dated_consent_is_not_stored():
+    """The customers pass reads every changed customer; one whose phone carries no dated consent (nothing
+    the consent path would read) becomes no inbox row, so her number is not kept for nothing. Her cursor
+    still moves (``updated_at``)."""
+    from adapters.shopify.sync import ShopifyCustomerPager
+
+    at = "2026-11-20T06:40:00Z"
+    bare = {"id": "gid://shopify/Customer/7", "updatedAt": at,
+            "defaultPhoneNumber": {"phoneNumber": "+919876543210", "marketingState": "NOT_SUBSCRIBED", "marketingUpdatedAt": None,
+                                   "whatsAppMarketingConsent": None}}
+    dated = {**bare, "defaultPhoneNumber": {**bare["defaultPhoneNumber"], "whatsAppMarketingConsent": {"state": "SUBSCRIBED", "updatedAt": at}}}
+    none, some = ShopifyCustomerPager._customer(bare), ShopifyCustomerPager._customer(dated)
+    assert none.entry is None and none.updated_at is not None
+    assert some.entry is not None and some.entry[0] == "sync/customer"

@@ -187,8 +187,13 @@ class ShopifyCustomerPager:
     def _customer(node: dict[str, Any]) -> SyncedCustomer:
         updated = timestamp(node.get("updatedAt"))
         phone = node.get("defaultPhoneNumber")
-        if not isinstance(phone, dict) or not phone:
+        if not phone:
             return SyncedCustomer(updated, None)
+        if isinstance(phone, dict):
+            whatsapp = phone.get("whatsAppMarketingConsent")
+            if not phone.get("marketingUpdatedAt") and (whatsapp is None or isinstance(whatsapp, dict) and not whatsapp.get("updatedAt")):
+                return SyncedCustomer(updated, None)  # no dated consent, nothing the consent path reads: her number is not kept for nothing
+        # (a shape that cannot be read is stored: its row fails with the reason, for a person to see)
         digest = hashlib.sha256(json.dumps(phone, separators=(",", ":"), sort_keys=True).encode()).hexdigest()[:24]
         body = json.dumps(node, separators=(",", ":"), sort_keys=True).encode()
         return SyncedCustomer(updated, (SYNC_CUSTOMER_TOPIC, f"shopify:sync-customer:{node.get('id')}:{digest}", body))
