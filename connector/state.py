@@ -75,14 +75,19 @@ def _fit(column: str, value: str) -> str:
 
 _CONTACT_BY_EMAIL = (select(CONTACTS)
                      .where(CONTACTS.c.store_id == bindparam("sid"), func.lower(func.trim(CONTACTS.c.email)) == bindparam("key"))
-                     .order_by(CONTACTS.c.id.desc()).limit(1))
+                     .order_by(CONTACTS.c.id.desc()).limit(2))
 
 
 def contact_by_email(conn: Connection, store_id: int, email: str | None) -> Any:
-    """This store's newest contact with that email (trimmed, any case), or None.
+    """This store's one contact with that email (trimmed, any case), or None: none has it, or
+    several do.
 
-    The (store_id, lower(trim(email))) index answers it (migration 0008). Contacts held back
-    in the transaction cache are newer than every stored one.
+    Several contacts with one address are a shared or placeholder one ("noemail@gmail.com",
+    the store's own address typed at a COD checkout): matched by it, a guest's order without a
+    phone was tied to another customer, who then got its confirmation and its COD question (and
+    could confirm or cancel it). Such an order stays without a contact. The (store_id,
+    lower(trim(email))) index answers it (migration 0008); contacts held back in the transaction
+    cache count with the stored ones.
     """
     key = email_key(email)
     if key is None:
@@ -90,16 +95,18 @@ def contact_by_email(conn: Connection, store_id: int, email: str | None) -> Any:
     cache = current(conn)
     if cache is not None and ("email", store_id, key) in cache.loaded:  # the batch's prefetch read them all
         rows = cache.matching_contacts("email", store_id, key)
-        return rows[-1] if rows else None  # the newest: held INSERTs have the highest ids
+        return rows[0] if len(rows) == 1 else None
+    found: dict[int, Any] = {}
     if cache is not None:
-        held = [r for r in (cache.get("contacts", cid) for cid in cache.contacts_by_email(key) if cid in cache.held["contacts"])
-                if r is not None and r.store_id == store_id and email_key(r.email) == key]
-        if held:
-            return max(held, key=lambda r: r.id)
+        found = {r.id: r for r in (cache.get("contacts", cid) for cid in cache.contacts_by_email(key) if cid in cache.held["contacts"])
+                 if r is not None and r.store_id == store_id and email_key(r.email) == key}
+        if len(found) > 1:
+            return None
         if cache.updates_column("contacts", "email"):
             flush(conn)  # a held-back email change must be visible to the query
-    row = conn.execute(_CONTACT_BY_EMAIL, {"sid": store_id, "key": key}).first()
-    return cache.put("contacts", row) if cache is not None and row is not None else row
+    for row in conn.execute(_CONTACT_BY_EMAIL, {"sid": store_id, "key": key}).all():
+        found.setdefault(row.id, cache.put("contacts", row) if cache is not None else row)
+    return next(iter(found.values())) if len(found) == 1 else None
 
 
 # by the (store_id, wa_user_id) index (migration 0011); it runs only for a sender with neither

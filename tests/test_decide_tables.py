@@ -1369,6 +1369,38 @@ def test_a_phone_less_order_with_the_same_email_ends_the_checkout_run_as_recover
     assert ("checkout_recovery", "checkout:tokB", "second") in sent
 
 
+def test_a_phone_less_order_with_an_address_two_customers_typed_is_tied_to_neither(db_url):
+    """Asha and Ravi both typed the placeholder "noemail@gmail.com" at checkout (two phones, two
+    contacts). A guest's order with no phone and that address used to be tied to the newest of them:
+    she got its confirmation and COD question, and her cart counted as recovered by a stranger's
+    order. Now the order stays without a contact, and both carts go on."""
+    settings = shopify_app(db_url, 0, templates=CART_TEMPLATES, journeys=CART_JOURNEY)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        post(client, "checkouts/create", abandoned("tokA", "+91 98765 43210", "noemail@gmail.com"))
+        ravi = abandoned("tokB", "+91 98123 45678", "NoEmail@gmail.com ")
+        ravi["customer"] = {**ravi["customer"], "id": 7001}
+        post(client, "checkouts/create", ravi)
+        runtime.processor.drain()
+        o = load_json(FIXTURES / "shopify" / "orders_create.sample.json")
+        o.pop("customer")
+        o["shipping_address"]["phone"] = o["billing_address"]["phone"] = None
+        o.update(id=5556, name="#5556", phone=None, email="noemail@gmail.com", contact_email=None, checkout_token="another",
+                 financial_status="paid", payment_gateway_names=["razorpay"], cancelled_at=None, test=False,
+                 created_at="2026-11-20T07:00:00Z", updated_at="2026-11-20T07:00:00Z")
+        post(client, "orders/create", o)
+        clock.now = T0 + 10 * MIN
+        runtime.processor.drain()
+        found = runs(runtime)
+        with runtime.db.engine.connect() as conn:
+            placed = conn.execute(select(m.Order.contact_id)).scalar_one()
+    a = runtime.store_ids["shop-a"]
+    assert placed is None
+    assert [(found[(a, "checkout_recovery", f"checkout:{t}")].status, "order_id" in found[(a, "checkout_recovery", f"checkout:{t}")].state)
+            for t in ("tokA", "tokB")] == [("active", False), ("active", False)]
+
+
 def test_opt_outs_from_outside_the_chat_end_checkout_runs_with_their_reason(db_url):
     settings = shopify_app(db_url, 0, templates=CART_TEMPLATES, journeys=CART_JOURNEY)
     clock = Clock(T0)
