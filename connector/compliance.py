@@ -52,6 +52,7 @@ import phonenumbers
 from sqlalchemy import Connection, String, Table, Text, bindparam, cast, delete, false, func, literal, null, or_, select, true, update
 
 from connector import events as ev
+from connector import job_health
 from connector.contacts import normalize_phone
 from connector.storage import models as m
 from connector.storage.db import Database
@@ -583,6 +584,13 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
     # inbox rows: no body, no event; WhatsApp dedupe keys and subjects carry message ids
     counts["inbox_events"] = _erase_inbox(conn, scope, now, inbox_where if scope.shop else None, inbox_ids)
 
+    # job health: a failed tick's error text may quote her (shop: any customer's) value; the job's status stays
+    if scope.shop:
+        counts["job_errors"] = job_health.scrub_errors(conn, sid, _shop_job_error)
+    else:
+        pattern = scope.pattern()
+        counts["job_errors"] = job_health.scrub_errors(conn, sid, lambda text: _scrub(text, pattern))
+
     # data-request exports: the customer's data, so erased with it
     rows = []
     for r in conn.execute(select(REQUESTS.c.id, REQUESTS.c.contact_ids, REQUESTS.c.export)
@@ -593,6 +601,12 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
     _write_rows(conn, REQUESTS, rows)
     counts["exports_erased"] = len(rows)
     return counts
+
+
+def _shop_job_error(text: str) -> str:
+    """A job error of an erased shop: its kind stays, the text (which may quote any of its customers) goes."""
+    kind = text.split(":", 1)[0] if ":" in text else ""
+    return f"{kind}: {REDACTED} with the shop's data" if kind and " " not in kind else f"{REDACTED} with the shop's data"
 
 
 def _erase_inbox(conn: Connection, scope: Scope, now: datetime, where: Any | None, ids: list[int] | None) -> int:

@@ -90,3 +90,57 @@ def test_a_data_request_exports_the_unread_delivery_about_her_but_not_someone_el
     text = json.dumps(export)
     assert not any(n in text for n in KABIR.needles()), [n for n in KABIR.needles() if n in text]
     assert [o["external_id"] for o in export["orders"]] == ["7001"]
+
+
+# -- job health --------------------------------------------------------------------------------------------
+def window_failure(p: Person) -> Exception:
+    """The reorder tick's error when a window would not open, its reason quoting the customer (a plugin's bug)."""
+    from connector.reorder.windows import WindowsNotOpened
+
+    return WindowsNotOpened("shop", {41: f"ValueError: no reminder for {p.first} {p.last} <{p.email}> at {p.phone}"})
+
+
+def job_errors(runtime, store_key: str) -> list[dict]:
+    from connector.job_health import job_states
+
+    with runtime.db.engine.connect() as conn:
+        return job_states(conn, runtime.store_ids[store_key])
+
+
+def test_erasures_scrub_job_error_texts_and_keep_the_failing_job_shown(db_url):
+    """A failed reorder tick's error, shown on the dashboard, quotes Meena. Her erasure takes her out
+    of it; store B's job error (the same person is B's customer too) is B's and stays. The shop's
+    erasure leaves no customer text in A's job errors either. The jobs still show as failing."""
+    from connector import job_health
+
+    settings = make_settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        a, b = runtime.store_ids["shop-a"], runtime.store_ids["shop-b"]
+        customer_story(client, runtime, settings, clock, MEENA, order_id=7001, token="tokM")
+        customer_story(client, runtime, settings, clock, KABIR, order_id=7002, token="tokK")
+        customer_story(client, runtime, settings, clock, MEENA, order_id=8001, token="tokB", shop=SHOP_B,
+                       secret=SECRETS["shop_b"], phone_id=PHONE_ID_B)
+        job_health.record(runtime.db, a, "reorder", clock.now, window_failure(MEENA))
+        job_health.record(runtime.db, a, "sync", clock.now, window_failure(KABIR))
+        job_health.record(runtime.db, b, "reorder", clock.now, window_failure(MEENA))
+        b_jobs = job_errors(runtime, "shop-b")
+        assert MEENA.email in b_jobs[0]["last_error"]
+
+        clock.now = T0 + timedelta(hours=2)
+        assert post_shopify(client, request_payload(MEENA, [7001]), "customers/redact").status_code == 200
+        drain(runtime)
+        assert leaks(runtime.db, MEENA.needles(), a) == []
+        jobs = {j["job"]: j for j in job_errors(runtime, "shop-a")}
+        assert jobs["reorder"]["status"] == "failing" and jobs["reorder"]["last_error"].startswith("WindowsNotOpened: ")
+        assert KABIR.email in jobs["sync"]["last_error"]  # another customer's text is not hers to erase
+        assert job_errors(runtime, "shop-b") == b_jobs
+
+        clock.now = T0 + timedelta(days=2)
+        assert post_shopify(client, {"shop_id": 954889, "shop_domain": SHOP_A}, "shop/redact").status_code == 200
+        drain(runtime)
+        assert leaks(runtime.db, KABIR.needles() + MEENA.needles(), a) == []
+        jobs = {j["job"]: j for j in job_errors(runtime, "shop-a")}
+        assert [(j["status"], j["last_error"].split(":")[0]) for j in jobs.values()] == [("failing", "WindowsNotOpened")] * 2
+        assert job_errors(runtime, "shop-b") == b_jobs
