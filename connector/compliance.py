@@ -467,6 +467,29 @@ def _write_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
             conn.execute(stmt, chunk)
 
 
+class _Keys:
+    """Key columns (unique per store) that can spell a title of hers: a personalised item's reorder
+    window is keyed ``t:<title>``, and its run, sends and hand-off by that key. Scrubbed as the
+    title is, so the daily scan, reading the scrubbed title, finds the same window again; a key
+    that would then clash with another (or outgrow its column) gets ``#<row id>``. ``within``
+    names what else the uniqueness spans (a run's journey, a window's order)."""
+
+    def __init__(self, scope: Scope, limit: int, taken: Iterable[tuple[str, str]] = ()):
+        self.scope, self.limit, self.taken = scope, limit, set(taken)
+
+    def scrub(self, row_id: int, value: str | None, contact_id: int | None, within: str = "") -> str | None:
+        if not value:
+            return value
+        cleaned = self.scope.scrub(value, contact_id)
+        if cleaned == value:
+            return value
+        if len(cleaned) > self.limit or (within, cleaned) in self.taken:
+            suffix = f"#{row_id}"
+            cleaned = cleaned[:self.limit - len(suffix)] + suffix
+        self.taken.add((within, cleaned))
+        return cleaned
+
+
 def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int | None) -> dict[str, int]:
     sid = scope.store_id
     counts: dict[str, int] = {}
@@ -518,8 +541,10 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
     # outbox: journey, step, category, status and times stay; the rendered message goes, pending sends stop
     obw = scope.by_contact(OUTBOX, *[OUTBOX.c.idempotency_key.endswith(f":{s}", autoescape=True) for s in sorted(subjects)])
     rows, cancelled, outbox_contacts = [], 0, {}
-    for r in conn.execute(select(OUTBOX.c.id, OUTBOX.c.payload, OUTBOX.c.status, OUTBOX.c.last_error, OUTBOX.c.wamid,
-                                 OUTBOX.c.contact_id).where(obw)):
+    found = conn.execute(select(OUTBOX.c.id, OUTBOX.c.payload, OUTBOX.c.status, OUTBOX.c.last_error, OUTBOX.c.wamid,
+                                OUTBOX.c.contact_id, OUTBOX.c.idempotency_key).where(obw)).all()
+    keys = _Keys(scope, 255, (("", r.idempotency_key) for r in found))
+    for r in found:
         outbox_contacts[r.id] = r.contact_id
         payload = r.payload or {}
         kept: dict[str, Any] = {k: scope.scrub(payload[k], r.contact_id) for k in _PAYLOAD_KEEP if k in payload}
@@ -528,6 +553,8 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
             kept["message"] = {k: message[k] for k in _MESSAGE_KEEP if k in message}
         kept[REDACTED] = True
         values: dict[str, Any] = {"_id": r.id, "payload": kept}
+        if (key := keys.scrub(r.id, r.idempotency_key, r.contact_id)) != r.idempotency_key:
+            values["idempotency_key"] = key
         if r.last_error:
             values["last_error"] = scope.scrub(r.last_error, r.contact_id, generic=True)
         if r.wamid and not r.wamid.startswith(f"{REDACTED}:"):
@@ -547,10 +574,14 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
 
     # journey runs: outcomes and revenue stay; recovery links and personal text go; active runs end
     rows, stopped = [], 0
-    for r in conn.execute(select(RUNS.c.id, RUNS.c.status, RUNS.c.state, RUNS.c.contact_id)
-                          .where(scope.by_contact(RUNS, _in(RUNS.c.subject, subjects)))):
+    found = conn.execute(select(RUNS.c.id, RUNS.c.status, RUNS.c.state, RUNS.c.contact_id, RUNS.c.journey, RUNS.c.subject)
+                         .where(scope.by_contact(RUNS, _in(RUNS.c.subject, subjects)))).all()
+    keys = _Keys(scope, 160, ((r.journey, r.subject) for r in found))  # unique per journey
+    for r in found:
         state = scope.scrub({k: v for k, v in (r.state or {}).items() if k not in _STATE_DROP}, r.contact_id)
-        values = {"_id": r.id}
+        values: dict[str, Any] = {"_id": r.id}
+        if (subject := keys.scrub(r.id, r.subject, r.contact_id, r.journey)) != r.subject:
+            values["subject"] = subject
         if r.status != "finished":
             state["outcome"] = REDACTED
             values.update(status="finished", next_due_at=None, updated_at=now)
@@ -563,12 +594,16 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
 
     # hand-offs: who, when, which journey and the outcome stay; what the customer wrote goes
     rows = []
-    for r in conn.execute(select(HANDOFFS.c.id, HANDOFFS.c.context, HANDOFFS.c.resolution, HANDOFFS.c.contact_id)
-                          .where(scope.by_contact(HANDOFFS, _in(HANDOFFS.c.subject, subjects)))):
+    found = conn.execute(select(HANDOFFS.c.id, HANDOFFS.c.context, HANDOFFS.c.resolution, HANDOFFS.c.contact_id, HANDOFFS.c.key,
+                                HANDOFFS.c.subject).where(scope.by_contact(HANDOFFS, _in(HANDOFFS.c.subject, subjects)))).all()
+    keys = _Keys(scope, 255, (("", r.key) for r in found))
+    for r in found:
         context = {k: v for k, v in (r.context or {}).items() if k in _HANDOFF_CONTEXT_KEEP}
         rows.append({"_id": r.id, "reason": "redacted: the customer's personal data was erased",
                      "context": {**scope.scrub(context, r.contact_id), REDACTED: True},
-                     "resolution": None if r.resolution is None else REDACTED})
+                     "resolution": None if r.resolution is None else REDACTED,
+                     "key": keys.scrub(r.id, r.key, r.contact_id),
+                     "subject": _Keys(scope, 160).scrub(r.id, r.subject, r.contact_id)})
     _write_rows(conn, HANDOFFS, rows)
     counts["handoffs"] = len(rows)
 
@@ -576,10 +611,16 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
     ww = scope.by_contact(WINDOWS, _in(WINDOWS.c.order_external_id, scope.order_ids))
     counts["reorder_windows_closed"] = conn.execute(
         update(WINDOWS).where(ww, WINDOWS.c.status == "pending").values(status=REDACTED, updated_at=now)).rowcount
-    _write_rows(conn, WINDOWS, [
-        {"_id": r.id, "title": cleaned} for r in conn.execute(select(WINDOWS.c.id, WINDOWS.c.title, WINDOWS.c.contact_id).where(ww))
-        if (cleaned := scope.scrub(r.title, r.contact_id)) != r.title
-    ])
+    found = conn.execute(select(WINDOWS.c.id, WINDOWS.c.title, WINDOWS.c.contact_id, WINDOWS.c.order_external_id,
+                                WINDOWS.c.product_key).where(ww)).all()
+    keys = _Keys(scope, 140, ((r.order_external_id, r.product_key) for r in found))  # unique per order
+    rows = []
+    for r in found:
+        key = keys.scrub(r.id, r.product_key, r.contact_id, r.order_external_id)
+        title = scope.scrub(r.title, r.contact_id)
+        if title != r.title or key != r.product_key:
+            rows.append({"_id": r.id, "title": title, "product_key": key})
+    _write_rows(conn, WINDOWS, rows)
 
     # inbox rows: no body, no event; WhatsApp dedupe keys and subjects carry message ids
     counts["inbox_events"] = _erase_inbox(conn, scope, now, inbox_where if scope.shop else None, inbox_ids)

@@ -144,3 +144,66 @@ def test_erasures_scrub_job_error_texts_and_keep_the_failing_job_shown(db_url):
         jobs = {j["job"]: j for j in job_errors(runtime, "shop-a")}
         assert [(j["status"], j["last_error"].split(":")[0]) for j in jobs.values()] == [("failing", "WindowsNotOpened")] * 2
         assert job_errors(runtime, "shop-b") == b_jobs
+
+
+# -- a personalised item -----------------------------------------------------------------------------------
+def personalised(p: Person, order_id: int, at: str) -> dict:
+    """An order of one custom item (no product, no SKU) whose title names her: keyed by its title."""
+    o = order_payload(p, order_id, at)
+    title = f"Engraved bracelet for {p.first}"
+    o["line_items"] = [{**o["line_items"][0], "id": order_id * 10, "product_id": None, "variant_id": None, "sku": None,
+                        "title": title, "name": title, "quantity": 1}]
+    return o
+
+
+def test_an_erasure_takes_her_name_out_of_the_keys_a_personalised_items_title_made(db_url):
+    """Meena twice bought a bracelet engraved with her name (a custom item: no product, no SKU), so her
+    reorder window, its run and its reminder are keyed by the title. After her erasure the title was
+    scrubbed but those keys still spelled her name, and the next daily scan, reading the scrubbed
+    title, planned her a new pending window. Now the keys are scrubbed as the title is: no name, and
+    the scan finds the same window (closed). Kabir's window of the same kind and store B's stay."""
+    from connector.reorder.windows import refresh_windows, run_reorder_tick
+
+    settings = make_settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        a, b = runtime.store_ids["shop-a"], runtime.store_ids["shop-b"]
+        store_a, store_b = settings.stores[0], settings.stores[1]
+        for shop, secret, base in ((SHOP_A, SECRETS["shop_a"], 7000), (SHOP_B, SECRETS["shop_b"], 8000)):
+            for n, day in ((1, "2026-11-10"), (2, "2026-11-16")):
+                post_shopify(client, personalised(MEENA, base + n, f"{day}T07:00:00Z"), "orders/create", shop, secret)
+        for n, day in ((3, "2026-11-10"), (4, "2026-11-16")):
+            post_shopify(client, personalised(KABIR, 7000 + n, f"{day}T07:00:00Z"), "orders/create")
+        drain(runtime)
+        clock.now = T0 + timedelta(days=4)  # her cadence: 6 days; opens 3 days early, 4 days' transit after the second
+        for store, sid in ((store_a, a), (store_b, b)):
+            refresh_windows(runtime.db, store, sid, clock.now, full=True)
+            run_reorder_tick(runtime.db, store, sid, clock.now)  # both windows open: a reminder each is queued
+        with runtime.db.engine.connect() as conn:
+            subjects = conn.execute(select(m.JourneyRun.subject).where(m.JourneyRun.journey == "reorder", m.JourneyRun.store_id == a)
+                                    .order_by(m.JourneyRun.id)).scalars().all()
+            kabirs = conn.execute(select(m.OutboxMessage.idempotency_key, m.OutboxMessage.status, m.OutboxMessage.skip_reason).where(
+                m.OutboxMessage.journey == "reorder", m.OutboxMessage.store_id == a, m.OutboxMessage.idempotency_key.contains("kabirdas"))).one()
+        assert subjects == ["reorder:7002:t:engraved bracelet for meenakshi", "reorder:7004:t:engraved bracelet for kabirdas"]
+        b_before = leaks(runtime.db, MEENA.needles(), b)
+        assert ("reorder_windows", "product_key") in {(t, c) for t, c, *_ in b_before}
+
+        clock.now = T0 + timedelta(days=5)
+        assert post_shopify(client, request_payload(MEENA, [7001, 7002]), "customers/redact").status_code == 200
+        drain(runtime)
+        assert leaks(runtime.db, MEENA.needles(), a) == []
+        clock.now = T0 + timedelta(days=6)
+        refresh_windows(runtime.db, store_a, a, clock.now, full=True)  # the daily scan reads the scrubbed title
+        assert leaks(runtime.db, MEENA.needles(), a) == []
+        with runtime.db.engine.connect() as conn:
+            windows = conn.execute(select(m.ReorderWindow.product_key, m.ReorderWindow.status).where(m.ReorderWindow.store_id == a)
+                                   .order_by(m.ReorderWindow.id)).all()
+            runs = conn.execute(select(m.JourneyRun.subject, m.JourneyRun.status).where(m.JourneyRun.journey == "reorder",
+                                                                                        m.JourneyRun.store_id == a).order_by(m.JourneyRun.id)).all()
+            reminders = conn.execute(select(m.OutboxMessage.idempotency_key, m.OutboxMessage.status, m.OutboxMessage.skip_reason).where(
+                m.OutboxMessage.journey == "reorder", m.OutboxMessage.store_id == a).order_by(m.OutboxMessage.id)).all()
+    assert windows == [("t:engraved bracelet for [redacted]", "opened"), ("t:engraved bracelet for kabirdas", "opened")]
+    assert runs == [("reorder:7002:t:engraved bracelet for [redacted]", "finished"), ("reorder:7004:t:engraved bracelet for kabirdas", "active")]
+    assert reminders[0][0] == "reorder:reminder:reorder:7002:t:engraved bracelet for [redacted]" and reminders[1] == kabirs
+    assert leaks(runtime.db, MEENA.needles(), b) == b_before  # store B's customer is B's
