@@ -650,6 +650,17 @@ def _shop_job_error(text: str) -> str:
     return f"{kind}: {REDACTED} with the shop's data" if kind and " " not in kind else f"{REDACTED} with the shop's data"
 
 
+_CUSTOMER_KEYS = ("shopify:sync-customer:", "woocommerce:customer.")  # dedupe keys that spell a customer id
+
+
+def _names_customer(scope: Scope, key: str) -> bool:
+    """A dedupe key with her platform customer id in it (the reconcile's customers pass keys by it);
+    in a shop erasure, any customer's."""
+    if scope.shop:
+        return key.startswith(_CUSTOMER_KEYS)
+    return bool(scope.customer_ids & set(re.findall(r"\d+", key)))
+
+
 def _erase_inbox(conn: Connection, scope: Scope, now: datetime, where: Any | None, ids: list[int] | None) -> int:
     conds = [where] if where is not None else [INBOX.c.id.in_(chunk) for chunk in _chunks(ids or [])]
     total = 0
@@ -661,6 +672,9 @@ def _erase_inbox(conn: Connection, scope: Scope, now: datetime, where: Any | Non
         conn.execute(update(INBOX).where(cond, INBOX.c.source == "whatsapp", ~INBOX.c.dedupe_key.startswith(f"{REDACTED}:"))
                      .values(dedupe_key=_placeholder(INBOX.c.id)))
         conn.execute(update(INBOX).where(cond, INBOX.c.subject.startswith("wamid:")).values(subject=f"wamid:{REDACTED}"))
+        # a customer webhook's subject is her platform customer id (erased from her contact too)
+        customers = INBOX.c.subject.startswith("customer:") if scope.shop else _in(INBOX.c.subject, {f"customer:{c}" for c in scope.customer_ids})
+        conn.execute(update(INBOX).where(cond, customers, INBOX.c.subject != f"customer:{REDACTED}").values(subject=f"customer:{REDACTED}"))
         rows = []
         for r in conn.execute(select(INBOX.c.id, INBOX.c.headers, INBOX.c.last_error, INBOX.c.dedupe_key, INBOX.c.contact_id).where(cond)):
             values: dict[str, Any] = {"_id": r.id}
@@ -670,7 +684,8 @@ def _erase_inbox(conn: Connection, scope: Scope, now: datetime, where: Any | Non
                 values["headers"] = headers
             if r.last_error and (cleaned := scope.scrub(r.last_error, r.contact_id, generic=True)) != r.last_error:
                 values["last_error"] = cleaned
-            if not r.dedupe_key.startswith(f"{REDACTED}:") and scope.scrub(r.dedupe_key, r.contact_id) != r.dedupe_key:
+            if not r.dedupe_key.startswith(f"{REDACTED}:") and (
+                    scope.scrub(r.dedupe_key, r.contact_id) != r.dedupe_key or _names_customer(scope, r.dedupe_key)):
                 values["dedupe_key"] = f"{REDACTED}:{r.id}"
             if len(values) > 1:
                 rows.append(values)

@@ -30,8 +30,12 @@ REORDER_TEMPLATE = {"step": "reorder.reminder", "name": "reorder_v1", "category"
                     "body_text": "Hi {{1}}, running low on {{2}}?", "body": ["customer.first_name", "reorder.product"]}
 
 
-def make_settings(db_url: str):
+def make_settings(db_url: str, *, admin_api: bool = False):
+    """Shops A and B with the compliance tests' journeys and reorder reminders; ``admin_api``: shop A
+    has an Admin API token (the reconcile reads the fake Shopify of tests/test_sync.py)."""
     raw = settings_dict(db_url)
+    if admin_api:
+        raw["stores"][0].update(access_token="shpat_test", api_base_url="https://shop-a.example")
     for store in raw["stores"][:2]:
         store.update(templates=[*TEMPLATES, REORDER_TEMPLATE], policy={"quiet_hours": ""},
                      journeys={"order_confirmation": {}, "checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0]},
@@ -207,3 +211,67 @@ def test_an_erasure_takes_her_name_out_of_the_keys_a_personalised_items_title_ma
     assert runs == [("reorder:7002:t:engraved bracelet for [redacted]", "finished"), ("reorder:7004:t:engraved bracelet for kabirdas", "active")]
     assert reminders[0][0] == "reorder:reminder:reorder:7002:t:engraved bracelet for [redacted]" and reminders[1] == kabirs
     assert leaks(runtime.db, MEENA.needles(), b) == b_before  # store B's customer is B's
+
+
+# -- her platform customer id ------------------------------------------------------------------------------
+def customer_update(p: Person) -> dict:
+    return {"id": p.customer_id, "first_name": p.first, "last_name": p.last, "email": p.email, "phone": p.phone,
+            "updated_at": "2026-11-20T06:40:00Z", "default_address": _address(p)}
+
+
+def customer_node(p: Person, at) -> dict:
+    """Her ``customers`` node as the reconcile's customers pass reads it."""
+    from tests.test_sync import iso
+
+    return {"id": f"gid://shopify/Customer/{p.customer_id}", "updatedAt": iso(at), "defaultPhoneNumber": {
+        "phoneNumber": p.e164, "marketingState": "NOT_SUBSCRIBED", "marketingUpdatedAt": None,
+        "whatsAppMarketingConsent": {"state": "SUBSCRIBED", "updatedAt": iso(at)}}}
+
+
+def test_an_erasure_leaves_no_platform_customer_id_in_the_inbox(db_url):
+    """Her contact's platform customer id is erased, but a customers/update webhook kept it as its inbox
+    subject (``customer:<id>``) and the reconcile's customers pass as its dedupe key
+    (``shopify:sync-customer:gid://shopify/Customer/<id>:...``). Both go with her; store B's rows
+    about the same customer (same id, same phone) stay, and so does Kabir's subject."""
+    from tests.test_reconcile_consent import run_reconcile
+    from tests.test_sync import FakeShopify
+
+    settings = make_settings(db_url, admin_api=True)
+    clock = Clock(T0)
+    ids = [str(MEENA.customer_id), f"Customer/{MEENA.customer_id}"]
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        a, b = runtime.store_ids["shop-a"], runtime.store_ids["shop-b"]
+        customer_story(client, runtime, settings, clock, MEENA, order_id=7001, token="tokM")
+        for p in (MEENA, KABIR):
+            assert post_shopify(client, customer_update(p), "customers/update").status_code == 200
+        assert post_shopify(client, customer_update(MEENA), "customers/update", SHOP_B, SECRETS["shop_b"]).status_code == 200
+        fake = FakeShopify([])
+        fake.customers = {f"gid://shopify/Customer/{MEENA.customer_id}": customer_node(MEENA, T0 - timedelta(minutes=20))}
+        report = run_reconcile(runtime.db, settings.stores[0], a, fake, now=T0 + timedelta(hours=1))
+        assert (report.customers_seen, report.new_rows) == (1, 1)
+        drain(runtime)
+        with runtime.db.engine.connect() as conn:
+            rows = conn.execute(select(m.InboxEvent.topic, m.InboxEvent.subject, m.InboxEvent.dedupe_key, m.InboxEvent.status)
+                                .where(m.InboxEvent.store_id == a, m.InboxEvent.topic.in_(("customers/update", "sync/customer")))).all()
+        assert {(r.topic, r.status) for r in rows} == {("customers/update", "done"), ("sync/customer", "done")}
+        assert {(t, c) for t, c, *_ in leaks(runtime.db, ids, a)} >= {("inbox_events", "subject"), ("inbox_events", "dedupe_key")}
+        b_before = leaks(runtime.db, ids + MEENA.needles(), b)
+        assert ("inbox_events", "subject") in {(t, c) for t, c, *_ in b_before}
+
+        clock.now = T0 + timedelta(hours=2)
+        assert post_shopify(client, request_payload(MEENA, [7001]), "customers/redact").status_code == 200
+        drain(runtime)
+        assert leaks(runtime.db, ids + MEENA.needles(), a) == []
+        assert leaks(runtime.db, ids + MEENA.needles(), b) == b_before
+        with runtime.db.engine.connect() as conn:
+            kabir = conn.execute(select(m.InboxEvent.subject).where(m.InboxEvent.store_id == a, m.InboxEvent.subject.contains(
+                str(KABIR.customer_id)))).scalars().all()
+        assert kabir == [f"customer:{KABIR.customer_id}"]
+
+        # the shop's erasure: no customer's id left in A's inbox
+        clock.now = T0 + timedelta(days=2)
+        assert post_shopify(client, {"shop_id": 954889, "shop_domain": SHOP_A}, "shop/redact").status_code == 200
+        drain(runtime)
+        assert leaks(runtime.db, [str(KABIR.customer_id)] + KABIR.needles(), a) == []
+        assert leaks(runtime.db, ids + MEENA.needles(), b) == b_before
