@@ -275,3 +275,77 @@ def test_an_erasure_leaves_no_platform_customer_id_in_the_inbox(db_url):
         drain(runtime)
         assert leaks(runtime.db, [str(KABIR.customer_id)] + KABIR.needles(), a) == []
         assert leaks(runtime.db, ids + MEENA.needles(), b) == b_before
+
+
+# -- the retention purge ------------------------------------------------------------------------------------
+def test_the_retention_purge_leaves_no_copy_of_an_old_body_in_the_normalised_event(db_url):
+    """Past ``worker.raw_body_retention_days`` the raw bodies of settled rows went, but each row's
+    normalised event, the same data (her name, phone, email, the text she wrote), stayed for good.
+    Now it keeps the event types only (the contact timeline still says what each delivery was). A
+    failed delivery keeps its body for a replay, a recent one keeps everything, and the timeline's
+    own texts stay as documented."""
+    from connector.retention import purge_raw_bodies
+    from tests.test_compliance import ADMIN
+
+    settings = make_settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        a = runtime.store_ids["shop-a"]
+        customer_story(client, runtime, settings, clock, MEENA, order_id=7001, token="tokM")
+        assert post_shopify(client, unreadable_order(MEENA, 7001), "orders/updated").status_code == 200
+        drain(runtime)
+        retention = settings.worker.raw_body_retention_days
+        with runtime.db.engine.begin() as conn:  # her story, received a retention and a day ago
+            old = dict(conn.execute(select(m.InboxEvent.id, m.InboxEvent.status).where(m.InboxEvent.store_id == a)).all())
+            conn.execute(m.InboxEvent.__table__.update().where(m.InboxEvent.id.in_(old))
+                         .values(received_at=m.utcnow() - timedelta(days=retention + 1)))
+        assert post_shopify(client, order_payload(KABIR, 7002, "2026-11-21T07:00:00Z"), "orders/create").status_code == 200
+        drain(runtime)
+        failed = [i for i, status in old.items() if status == "failed"]
+        assert len(failed) == 1 and len(old) == 5
+
+        purged = purge_raw_bodies(runtime.db, m.utcnow(), retention)
+        assert purged == len(old) - 1
+        texts = [n for n in MEENA.needles() if n != MEENA.inbound_wamid] + ["Please call me"]  # message ids stay, as in the timeline
+        inbox_leaks = {(t, row) for t, _, row, _ in leaks(runtime.db, texts, a) if t in ("inbox_events", "inbox_bodies")}
+        assert inbox_leaks == {("inbox_bodies", failed[0])}  # kept for a replay
+        with runtime.db.engine.connect() as conn:
+            kabir = conn.execute(with_body().where(m.InboxEvent.store_id == a, m.InboxEvent.id.not_in(old))).one()
+        assert KABIR.email in json.dumps(kabir.event) and kabir.raw_body is not None  # recent: all of it
+        # what the timeline shows of her old deliveries: each one's kind; her messages' texts stay
+        view = client.get(f"/api/stores/shop-a/contacts/{MEENA.e164}", headers=ADMIN).json()
+        kinds = {t["topic"]: t["types"] for t in view["timeline"] if t["kind"] == "event"}
+        assert kinds["orders/create"] == ["order.placed"] and kinds["message"] == ["whatsapp.message_received"]
+        assert any(MEENA.email in (t.get("text") or "") for t in view["timeline"] if t["kind"] == "message")
+
+
+def test_migration_0021_reduces_the_events_of_rows_the_purge_emptied_before(db_url, tmp_path):
+    """Rows purged by the earlier code (settled, no body) keep their event types only; a row still
+    within the retention (its body there), a failed one and a privacy request's own row are left."""
+    from sqlalchemy import insert, text
+
+    from connector.storage.db import migrate
+    from tests.test_cod_late_answers import _empty_database
+
+    full = [{"type": "whatsapp.message_received", "profile_name": MEENA.first, "text": f"call me on {MEENA.phone}"}]
+    rows = {"purged": ("done", "message", True), "ignored": ("ignored", "message", True), "recent": ("done", "message", False),
+            "failed": ("failed", "message", True), "request": ("done", "customers/redact", True)}
+    with _empty_database(db_url, tmp_path) as engine:
+        migrate(engine, "0020")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO stores (key, platform, created_at) VALUES ('a', 'shopify', '2026-11-01 00:00:00')"))
+            sid = conn.execute(text("SELECT id FROM stores")).scalar()
+            summary = [{"type": "compliance.requested", "kind": "customer_redact", "request_id": 3, "counts": {"contacts": 1}}]
+            for key, (status, topic, purged) in rows.items():
+                row_id = conn.execute(insert(m.InboxEvent.__table__).returning(m.InboxEvent.id), {
+                    "store_id": sid, "source": "whatsapp", "topic": topic, "dedupe_key": key, "received_at": T0, "headers": {},
+                    "status": status, "attempts": 0, "event": summary if key == "request" else full}).scalar_one()
+                if not purged:
+                    conn.execute(insert(m.InboxBody.__table__), {"id": row_id, "raw_body": b"{}"})
+        migrate(engine)
+        with engine.connect() as conn:
+            events = dict(conn.execute(select(m.InboxEvent.dedupe_key, m.InboxEvent.event)).all())
+    assert events["purged"] == events["ignored"] == [{"type": "whatsapp.message_received"}]
+    assert events["recent"] == events["failed"] == full
+    assert events["request"][0]["request_id"] == 3
