@@ -15,10 +15,12 @@ What an erasure does (README "Privacy and compliance"):
 - erased: phones, names, emails, WhatsApp ids and user ids, the platform customer id,
   message texts, rendered message parameters (outbox payloads), order status/payment
   URLs, checkout recovery URLs, tracking numbers and URLs, hand-off reasons, context and
-  resolutions, raw webhook bodies, normalised events and non-Shopify dedupe keys of every
-  inbox row about the customer, stored data-request exports for them, and WhatsApp
-  message ids (``wamid.`` ids encode the phone number). Any remaining text (tags, line
-  titles, journey state, errors) is scrubbed of the customer's phone, name and email.
+  resolutions, raw webhook bodies, normalised events and the WhatsApp dedupe keys of every
+  inbox row about the customer, inbox subjects and dedupe keys that carry the platform
+  customer id, stored data-request exports for them, and WhatsApp message ids (``wamid.``
+  ids encode the phone number). Any remaining text (tags, line titles and the keys made
+  from a title, journey state, errors, job-health error texts) is scrubbed of the
+  customer's phone, name and email; a shop erasure keeps only the kind of its job errors.
 - kept, so reports still add up: counts, order totals, currencies, statuses, COD flags,
   timestamps, line items (product, quantity, price), consent states and their history
   (a redaction is not an opt-out: the weekly report counts those), journey outcomes and
