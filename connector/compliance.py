@@ -15,10 +15,12 @@ What an erasure does (README "Privacy and compliance"):
 - erased: phones, names, emails, WhatsApp ids and user ids, the platform customer id,
   message texts, rendered message parameters (outbox payloads), order status/payment
   URLs, checkout recovery URLs, tracking numbers and URLs, hand-off reasons, context and
-  resolutions, raw webhook bodies, normalised events and non-Shopify dedupe keys of every
-  inbox row about the customer, stored data-request exports for them, and WhatsApp
-  message ids (``wamid.`` ids encode the phone number). Any remaining text (tags, line
-  titles, journey state, errors) is scrubbed of the customer's phone, name and email.
+  resolutions, raw webhook bodies, normalised events and the WhatsApp dedupe keys of every
+  inbox row about the customer, inbox subjects and dedupe keys that carry the platform
+  customer id, stored data-request exports for them, and WhatsApp message ids (``wamid.``
+  ids encode the phone number). Any remaining text (tags, line titles and the keys made
+  from a title, journey state, errors, job-health error texts) is scrubbed of the
+  customer's phone, name and email; a shop erasure keeps only the kind of its job errors.
 - kept, so reports still add up: counts, order totals, currencies, statuses, COD flags,
   timestamps, line items (product, quantity, price), consent states and their history
   (a redaction is not an opt-out: the weekly report counts those), journey outcomes and
@@ -52,6 +54,7 @@ import phonenumbers
 from sqlalchemy import Connection, String, Table, Text, bindparam, cast, delete, false, func, literal, null, or_, select, true, update
 
 from connector import events as ev
+from connector import job_health
 from connector.contacts import normalize_phone
 from connector.storage import models as m
 from connector.storage.db import Database
@@ -308,8 +311,13 @@ def _text_contains(conn: Connection, expr: Any, needle: str) -> Any:
     return (func.strpos(expr, needle) if conn.dialect.name == "postgresql" else func.instr(expr, needle)) > 0
 
 
-def _inbox_rows(conn: Connection, scope: Scope, request_inbox_id: int | None) -> set[int]:
-    """Inbox rows about the customer: by contact and subject, then any earlier row whose body names them."""
+def _inbox_rows(conn: Connection, scope: Scope, request_inbox_id: int | None, *, others: bool = True) -> set[int]:
+    """Inbox rows about the customer: by contact and subject, then any earlier row whose body names them.
+
+    ``others`` False (the export) leaves out a row found by its body that the processor tied to
+    another contact: her name or number in someone else's order (a gift sent to her) is
+    erased with her, but that order is not hers to be handed.
+    """
     sid = scope.store_id
     subjects = scope.subjects | {f"wamid:{w}" for w in scope.wamids}
     found: set[int] = set(conn.execute(
@@ -323,11 +331,11 @@ def _inbox_rows(conn: Connection, scope: Scope, request_inbox_id: int | None) ->
         # the database finds candidates by substring, then the boundary-aware pattern confirms each
         cond = or_(*[_bytes_contains(conn, BODIES.c.raw_body, p) for p in probes],
                    *[_text_contains(conn, cast(INBOX.c.event, Text), p) for p in probes])
-        query = with_body(INBOX.c.id, INBOX.c.event).where(INBOX.c.store_id == sid, cond)
+        query = with_body(INBOX.c.id, INBOX.c.event, INBOX.c.contact_id).where(INBOX.c.store_id == sid, cond)
         if request_inbox_id is not None:
             query = query.where(INBOX.c.id < request_inbox_id)  # later deliveries are a new relationship
         for row in conn.execute(query):
-            if row.id in found:
+            if row.id in found or (not others and row.contact_id is not None and row.contact_id not in scope.contact_ids):
                 continue
             text = (row.raw_body or b"").decode("utf-8", "replace") + "\n" + json.dumps(row.event or [])
             if strong.search(text):
@@ -379,8 +387,14 @@ def export_customer(
     default_country: str | None = None,
     store_key: str | None = None,
     now: datetime | None = None,
+    request_inbox_id: int | None = None,
 ) -> dict[str, Any]:
-    """Everything stored about one customer, as JSON-ready data (read only)."""
+    """Everything stored about one customer, as JSON-ready data (read only).
+
+    Its inbox rows are the ones an erasure would erase (``_inbox_rows``), less other
+    customers' rows that merely name her: a delivery the adapter could not read (never tied to
+    her contact) is hers to see as much as it is hers to have erased.
+    """
     ident = Identity.build(customer_external_id=customer_external_id, phone=phone, emails=emails, order_ids=order_ids,
                            default_country=default_country)
     scope, contacts = _customer_scope(conn, store_id, ident)
@@ -410,9 +424,7 @@ def export_customer(
     handoffs = _rows(conn, select(HANDOFFS).where(scope.by_contact(HANDOFFS, _in(HANDOFFS.c.subject, subjects))).order_by(HANDOFFS.c.id))
     windows = _rows(conn, select(WINDOWS).where(scope.by_contact(WINDOWS)).order_by(WINDOWS.c.id))
     wa_ids = {c.wa_id for c in contacts if c.wa_id} | {d for d in scope.needles.digits}
-    inbox_ids = set(conn.execute(select(INBOX.c.id).where(INBOX.c.store_id == sid, _in(INBOX.c.contact_id, cids))).scalars())
-    for chunk in _chunks(sorted(subjects | {f"wamid:{w}" for w in scope.wamids})):
-        inbox_ids |= set(conn.execute(select(INBOX.c.id).where(INBOX.c.store_id == sid, INBOX.c.subject.in_(chunk))).scalars())
+    inbox_ids = _inbox_rows(conn, scope, request_inbox_id, others=False)
     inbox: list[dict[str, Any]] = []
     for chunk in _chunks(sorted(inbox_ids)):
         for row in conn.execute(with_body().where(INBOX.c.id.in_(chunk)).order_by(INBOX.c.id)):
@@ -455,6 +467,29 @@ def _write_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
         stmt = update(table).where(table.c.id == bindparam("_id")).values({f: bindparam(f) for f in fields})
         for chunk in _chunks(params, 1000):
             conn.execute(stmt, chunk)
+
+
+class _Keys:
+    """Key columns (unique per store) that can spell a title of hers: a personalised item's reorder
+    window is keyed ``t:<title>``, and its run, sends and hand-off by that key. Scrubbed as the
+    title is, so the daily scan, reading the scrubbed title, finds the same window again; a key
+    that would then clash with another (or outgrow its column) gets ``#<row id>``. ``within``
+    names what else the uniqueness spans (a run's journey, a window's order)."""
+
+    def __init__(self, scope: Scope, limit: int, taken: Iterable[tuple[str, str]] = ()):
+        self.scope, self.limit, self.taken = scope, limit, set(taken)
+
+    def scrub(self, row_id: int, value: str | None, contact_id: int | None, within: str = "") -> str | None:
+        if not value:
+            return value
+        cleaned = self.scope.scrub(value, contact_id)
+        if cleaned == value:
+            return value
+        if len(cleaned) > self.limit or (within, cleaned) in self.taken:
+            suffix = f"#{row_id}"
+            cleaned = cleaned[:self.limit - len(suffix)] + suffix
+        self.taken.add((within, cleaned))
+        return cleaned
 
 
 def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int | None) -> dict[str, int]:
@@ -508,8 +543,10 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
     # outbox: journey, step, category, status and times stay; the rendered message goes, pending sends stop
     obw = scope.by_contact(OUTBOX, *[OUTBOX.c.idempotency_key.endswith(f":{s}", autoescape=True) for s in sorted(subjects)])
     rows, cancelled, outbox_contacts = [], 0, {}
-    for r in conn.execute(select(OUTBOX.c.id, OUTBOX.c.payload, OUTBOX.c.status, OUTBOX.c.last_error, OUTBOX.c.wamid,
-                                 OUTBOX.c.contact_id).where(obw)):
+    found = conn.execute(select(OUTBOX.c.id, OUTBOX.c.payload, OUTBOX.c.status, OUTBOX.c.last_error, OUTBOX.c.wamid,
+                                OUTBOX.c.contact_id, OUTBOX.c.idempotency_key).where(obw)).all()
+    keys = _Keys(scope, 255, (("", r.idempotency_key) for r in found))
+    for r in found:
         outbox_contacts[r.id] = r.contact_id
         payload = r.payload or {}
         kept: dict[str, Any] = {k: scope.scrub(payload[k], r.contact_id) for k in _PAYLOAD_KEEP if k in payload}
@@ -518,6 +555,8 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
             kept["message"] = {k: message[k] for k in _MESSAGE_KEEP if k in message}
         kept[REDACTED] = True
         values: dict[str, Any] = {"_id": r.id, "payload": kept}
+        if (key := keys.scrub(r.id, r.idempotency_key, r.contact_id)) != r.idempotency_key:
+            values["idempotency_key"] = key
         if r.last_error:
             values["last_error"] = scope.scrub(r.last_error, r.contact_id, generic=True)
         if r.wamid and not r.wamid.startswith(f"{REDACTED}:"):
@@ -537,10 +576,14 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
 
     # journey runs: outcomes and revenue stay; recovery links and personal text go; active runs end
     rows, stopped = [], 0
-    for r in conn.execute(select(RUNS.c.id, RUNS.c.status, RUNS.c.state, RUNS.c.contact_id)
-                          .where(scope.by_contact(RUNS, _in(RUNS.c.subject, subjects)))):
+    found = conn.execute(select(RUNS.c.id, RUNS.c.status, RUNS.c.state, RUNS.c.contact_id, RUNS.c.journey, RUNS.c.subject)
+                         .where(scope.by_contact(RUNS, _in(RUNS.c.subject, subjects)))).all()
+    keys = _Keys(scope, 160, ((r.journey, r.subject) for r in found))  # unique per journey
+    for r in found:
         state = scope.scrub({k: v for k, v in (r.state or {}).items() if k not in _STATE_DROP}, r.contact_id)
-        values = {"_id": r.id}
+        values: dict[str, Any] = {"_id": r.id}
+        if (subject := keys.scrub(r.id, r.subject, r.contact_id, r.journey)) != r.subject:
+            values["subject"] = subject
         if r.status != "finished":
             state["outcome"] = REDACTED
             values.update(status="finished", next_due_at=None, updated_at=now)
@@ -553,12 +596,16 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
 
     # hand-offs: who, when, which journey and the outcome stay; what the customer wrote goes
     rows = []
-    for r in conn.execute(select(HANDOFFS.c.id, HANDOFFS.c.context, HANDOFFS.c.resolution, HANDOFFS.c.contact_id)
-                          .where(scope.by_contact(HANDOFFS, _in(HANDOFFS.c.subject, subjects)))):
+    found = conn.execute(select(HANDOFFS.c.id, HANDOFFS.c.context, HANDOFFS.c.resolution, HANDOFFS.c.contact_id, HANDOFFS.c.key,
+                                HANDOFFS.c.subject).where(scope.by_contact(HANDOFFS, _in(HANDOFFS.c.subject, subjects)))).all()
+    keys = _Keys(scope, 255, (("", r.key) for r in found))
+    for r in found:
         context = {k: v for k, v in (r.context or {}).items() if k in _HANDOFF_CONTEXT_KEEP}
         rows.append({"_id": r.id, "reason": "redacted: the customer's personal data was erased",
                      "context": {**scope.scrub(context, r.contact_id), REDACTED: True},
-                     "resolution": None if r.resolution is None else REDACTED})
+                     "resolution": None if r.resolution is None else REDACTED,
+                     "key": keys.scrub(r.id, r.key, r.contact_id),
+                     "subject": _Keys(scope, 160).scrub(r.id, r.subject, r.contact_id)})
     _write_rows(conn, HANDOFFS, rows)
     counts["handoffs"] = len(rows)
 
@@ -566,13 +613,26 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
     ww = scope.by_contact(WINDOWS, _in(WINDOWS.c.order_external_id, scope.order_ids))
     counts["reorder_windows_closed"] = conn.execute(
         update(WINDOWS).where(ww, WINDOWS.c.status == "pending").values(status=REDACTED, updated_at=now)).rowcount
-    _write_rows(conn, WINDOWS, [
-        {"_id": r.id, "title": cleaned} for r in conn.execute(select(WINDOWS.c.id, WINDOWS.c.title, WINDOWS.c.contact_id).where(ww))
-        if (cleaned := scope.scrub(r.title, r.contact_id)) != r.title
-    ])
+    found = conn.execute(select(WINDOWS.c.id, WINDOWS.c.title, WINDOWS.c.contact_id, WINDOWS.c.order_external_id,
+                                WINDOWS.c.product_key).where(ww)).all()
+    keys = _Keys(scope, 140, ((r.order_external_id, r.product_key) for r in found))  # unique per order
+    rows = []
+    for r in found:
+        key = keys.scrub(r.id, r.product_key, r.contact_id, r.order_external_id)
+        title = scope.scrub(r.title, r.contact_id)
+        if title != r.title or key != r.product_key:
+            rows.append({"_id": r.id, "title": title, "product_key": key})
+    _write_rows(conn, WINDOWS, rows)
 
     # inbox rows: no body, no event; WhatsApp dedupe keys and subjects carry message ids
     counts["inbox_events"] = _erase_inbox(conn, scope, now, inbox_where if scope.shop else None, inbox_ids)
+
+    # job health: a failed tick's error text may quote her (shop: any customer's) value; the job's status stays
+    if scope.shop:
+        counts["job_errors"] = job_health.scrub_errors(conn, sid, _shop_job_error)
+    else:
+        pattern = scope.pattern()
+        counts["job_errors"] = job_health.scrub_errors(conn, sid, lambda text: _scrub(text, pattern))
 
     # data-request exports: the customer's data, so erased with it
     rows = []
@@ -586,6 +646,23 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
     return counts
 
 
+def _shop_job_error(text: str) -> str:
+    """A job error of an erased shop: its kind stays, the text (which may quote any of its customers) goes."""
+    kind = text.split(":", 1)[0] if ":" in text else ""
+    return f"{kind}: {REDACTED} with the shop's data" if kind and " " not in kind else f"{REDACTED} with the shop's data"
+
+
+_CUSTOMER_KEYS = ("shopify:sync-customer:", "woocommerce:customer.")  # dedupe keys that spell a customer id
+
+
+def _names_customer(scope: Scope, key: str) -> bool:
+    """A dedupe key with her platform customer id in it (the reconcile's customers pass keys by it);
+    in a shop erasure, any customer's."""
+    if scope.shop:
+        return key.startswith(_CUSTOMER_KEYS)
+    return bool(scope.customer_ids & set(re.findall(r"\d+", key)))
+
+
 def _erase_inbox(conn: Connection, scope: Scope, now: datetime, where: Any | None, ids: list[int] | None) -> int:
     conds = [where] if where is not None else [INBOX.c.id.in_(chunk) for chunk in _chunks(ids or [])]
     total = 0
@@ -597,6 +674,9 @@ def _erase_inbox(conn: Connection, scope: Scope, now: datetime, where: Any | Non
         conn.execute(update(INBOX).where(cond, INBOX.c.source == "whatsapp", ~INBOX.c.dedupe_key.startswith(f"{REDACTED}:"))
                      .values(dedupe_key=_placeholder(INBOX.c.id)))
         conn.execute(update(INBOX).where(cond, INBOX.c.subject.startswith("wamid:")).values(subject=f"wamid:{REDACTED}"))
+        # a customer webhook's subject is her platform customer id (erased from her contact too)
+        customers = INBOX.c.subject.startswith("customer:") if scope.shop else _in(INBOX.c.subject, {f"customer:{c}" for c in scope.customer_ids})
+        conn.execute(update(INBOX).where(cond, customers, INBOX.c.subject != f"customer:{REDACTED}").values(subject=f"customer:{REDACTED}"))
         rows = []
         for r in conn.execute(select(INBOX.c.id, INBOX.c.headers, INBOX.c.last_error, INBOX.c.dedupe_key, INBOX.c.contact_id).where(cond)):
             values: dict[str, Any] = {"_id": r.id}
@@ -606,7 +686,8 @@ def _erase_inbox(conn: Connection, scope: Scope, now: datetime, where: Any | Non
                 values["headers"] = headers
             if r.last_error and (cleaned := scope.scrub(r.last_error, r.contact_id, generic=True)) != r.last_error:
                 values["last_error"] = cleaned
-            if not r.dedupe_key.startswith(f"{REDACTED}:") and scope.scrub(r.dedupe_key, r.contact_id) != r.dedupe_key:
+            if not r.dedupe_key.startswith(f"{REDACTED}:") and (
+                    scope.scrub(r.dedupe_key, r.contact_id) != r.dedupe_key or _names_customer(scope, r.dedupe_key)):
                 values["dedupe_key"] = f"{REDACTED}:{r.id}"
             if len(values) > 1:
                 rows.append(values)
@@ -679,7 +760,8 @@ def handle(conn: Connection, store: Any, store_id: int, event: ev.ComplianceRequ
     export: dict[str, Any] | None = None
     contact_ids: list[int] = []
     if event.kind == "customer_data_request":
-        export = export_customer(conn, store_id, **ident, default_country=store.default_country, store_key=store.key, now=now)
+        export = export_customer(conn, store_id, **ident, default_country=store.default_country, store_key=store.key, now=now,
+                                 request_inbox_id=inbox_id)
         counts = dict(export["counts"])
         contact_ids = [row["id"] for row in export["contacts"]]
     elif event.kind == "customer_redact":

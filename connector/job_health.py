@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector.errors import describe_error
@@ -87,6 +88,24 @@ def view(job: str, state: dict[str, Any]) -> dict[str, Any]:
         "failures_in_a_row": failures,
         "hint": CREDENTIALS_LOST if int(state.get("refused") or 0) >= LOST_AFTER else None,
     }
+
+
+def scrub_errors(conn: Connection, store_id: int, clean: Callable[[str], str]) -> int:
+    """Rewrite the store's job error texts through ``clean`` (a privacy request: a tick's error can
+    quote a customer's value, e.g. a window that would not open); the rest of each job's state
+    (times, failure counts, the hint) stays, so the dashboard still shows a failing job. Returns
+    the jobs rewritten."""
+    changed = []
+    for row in conn.execute(select(SyncCursor.id, SyncCursor.value).where(SyncCursor.store_id == store_id,
+                                                                          SyncCursor.name.startswith(PREFIX))):
+        state = _parse(row.value)
+        error = state.get("last_error")
+        if isinstance(error, str) and (cleaned := clean(error)) != error:
+            changed.append({"_id": row.id, "_value": json.dumps({**state, "last_error": cleaned}, sort_keys=True)})
+    if changed:
+        table = SyncCursor.__table__
+        conn.execute(update(table).where(table.c.id == bindparam("_id")).values(value=bindparam("_value")), changed)
+    return len(changed)
 
 
 def job_states(conn: Connection, store_id: int) -> list[dict[str, Any]]:
