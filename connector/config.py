@@ -200,13 +200,44 @@ class StageSettings(_Settings):
 
 class HandoffSettings(_Settings):
     free_text_replies: bool = Field(True, description="a reply that is not a button or keyword goes to a person")
-    order_value_over: float | None = Field(None, gt=0, description="orders above this total open a hand-off")
+    order_value_over: float | dict[str, float] | None = Field(
+        None, description="orders above this total open a hand-off: a number is in the store's `currency` (every order's, "
+        "when that is not set), a table names one per currency ({ INR = 20000, USD = 250 }); an order in a currency it does "
+        "not name is not compared (there are no exchange rates)")
     reply_match_days: float = Field(7, gt=0, description="a reply that quotes none of our messages continues the active run "
                                     "whose message reached the customer last, within this many days of the reply")
     follow_up_minutes: float | None = Field(
         30, gt=0, description="a customer's message added to an open case tells its owner again when they were last told of "
                               "that case at least this many minutes ago (at most one such alert per case in that time); "
                               "none: never (only the opening and a journey's news are told)")
+
+    @field_validator("order_value_over")
+    @classmethod
+    def _value_over(cls, value: float | dict[str, float] | None) -> float | dict[str, float] | None:
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            out: dict[str, float] = {}
+            for code, amount in value.items():
+                key = code.strip().upper()
+                if not re.fullmatch(r"[A-Z]{3}", key):
+                    raise ValueError(f"{code!r} is not a currency code (use ISO 4217 like 'INR')")
+                if not amount > 0:
+                    raise ValueError(f"{key}: must be greater than 0")
+                out[key] = float(amount)
+            return out
+        if not value > 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+    def value_over(self, currency: str | None, store_currency: str | None) -> float | None:
+        """The threshold for an order in ``currency``; None: this order is not compared."""
+        over = self.order_value_over
+        if isinstance(over, dict):
+            return over.get((currency or store_currency or "").upper())
+        if over is None or (store_currency and currency and currency.upper() != store_currency):
+            return None
+        return over
 
 
 class TemplateButton(_Settings):

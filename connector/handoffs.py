@@ -243,7 +243,8 @@ def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | N
                                       notify_update=False, continues_open=True, quoted=quoted and bool(reply_journey),
                                       stage=journey_stage(reply_journey)))
     if isinstance(event, ev.OrderPlaced) and store.handoff.order_value_over is not None:
-        if float(event.order.total) > store.handoff.order_value_over:
+        over = store.handoff.value_over(event.order.currency, getattr(store, "currency", None))
+        if over is not None and float(event.order.total) > over:
             # the same order heard placed again (orders/updated came first, then orders/create)
             # adds nothing to its case and tells nobody twice
             out.append(HandoffRequest(f"order:{event.order.external_id}:high_value",

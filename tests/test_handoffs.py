@@ -7,6 +7,8 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
+
+from connector.errors import ConfigError
 import respx
 from sqlalchemy import select
 
@@ -125,6 +127,24 @@ def test_high_value_orders_open_a_hand_off(db_url):
         runtime.processor.drain()
         items = client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
     assert [i["reason"] for i in items] == ["high-value order #9999 (USD 414.95)"]
+
+
+def test_the_high_value_threshold_is_in_one_currency_and_a_table_names_one_per_currency(db_url):
+    """A store in USD with a multi-currency checkout: 400 is dollars, so an INR 414.95 order (about 5 dollars)
+    is no high-value order; a table names a threshold per currency, and a currency it does not name is not
+    compared (no exchange rates)."""
+    reasons = []
+    for n, handoff in enumerate(({"order_value_over": 400}, {"order_value_over": {"usd": 400, "INR": 30000}},
+                                 {"order_value_over": {"EUR": 100}})):
+        with running_app(settings(db_url, currency="USD", handoff=handoff)) as (client, runtime):  # one database: new orders each time
+            post_shopify(client, order(id=8880001 + 10 * n, name=f"#88{n}1"), "orders/create")  # USD 414.95
+            post_shopify(client, order(id=8880002 + 10 * n, name=f"#88{n}2", currency="INR", presentment_currency="INR"), "orders/create")
+            runtime.processor.drain()
+            reasons.append(sorted(i["reason"] for i in client.get("/api/stores/shop-a/handoffs", headers=ADMIN).json()["items"]
+                                  if i["subject"] in (f"order:{8880001 + 10 * n}", f"order:{8880002 + 10 * n}")))
+    assert reasons == [["high-value order #8801 (USD 414.95)"], ["high-value order #8811 (USD 414.95)"], []]
+    with pytest.raises(ConfigError, match="'rupees' is not a currency code"):
+        settings(db_url, handoff={"order_value_over": {"rupees": 100}})
 
 
 def test_hand_offs_are_listed_a_page_at_a_time_so_none_is_out_of_reach(db_url):
