@@ -1640,6 +1640,32 @@ def test_an_order_under_another_phone_with_the_same_email_ends_the_checkout_run(
     assert control.status == "active" and ("checkout_recovery", "checkout:tokC", "second") in sent
 
 
+def test_a_strangers_order_with_the_placeholder_address_she_typed_does_not_end_her_cart(db_url):
+    """Asha typed "noemail@gmail.com" at checkout and got her first reminder. Ravi, another phone and
+    another name, typed the same placeholder and bought. His order is not hers: her run goes on (no
+    false recovery credited, her next reminder still due)."""
+    settings = shopify_app(db_url, 0, templates=CART_TEMPLATES, journeys=CART_JOURNEY)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        post(client, "checkouts/create", abandoned("tokA", "+91 98765 43210", "noemail@gmail.com"))
+        runtime.processor.drain()
+        clock.now = T0 + 10 * MIN
+        runtime.processor.process_timers()
+        asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender(), clock=clock).drain())
+        ravi = paid_order_by_email(5557, "noemail@gmail.com", "2026-11-20T07:00:00Z")
+        ravi["customer"].update(first_name="Ravi", last_name="Kumar")
+        post(client, "orders/create", ravi)
+        runtime.processor.drain()
+        clock.now = T0 + 8 * H
+        runtime.processor.process_timers()
+        found = runs(runtime)
+        sent = steps(runtime)
+    mine = found[(runtime.store_ids["shop-a"], "checkout_recovery", "checkout:tokA")]
+    assert mine.status == "active" and "order_id" not in mine.state
+    assert ("checkout_recovery", "checkout:tokA", "second") in sent
+
+
 def test_an_order_with_the_checkouts_email_in_the_same_batch_ends_its_run(db_url):
     """Checkout and order (another phone, the same email) processed in one batch: the email
     match finds the contact created moments earlier in that batch, not only stored ones."""

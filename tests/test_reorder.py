@@ -397,6 +397,41 @@ def test_a_cart_ladder_that_only_listens_no_longer_keeps_the_customer_from_the_r
     assert (runs["reorder:4002:p:9001"].state["outcome"], runs["reorder:4002:p:9001"].state["skipped"]) == ("skipped_busy", "checkout_recovery")
 
 
+def test_a_ladder_whose_last_reminder_waits_for_the_morning_still_keeps_the_customer_busy(db_url):
+    """Quiet hours (11:00-20:00 here) hold Asha's last cart reminder, queued at noon, until 20:00. Her run
+    plans no more messages, but one is still to go: she is busy, and her reorder window opening at 13:30
+    is skipped, not queued to reach her beside the cart reminder at 20:00."""
+    from tests.scenarios.payloads import shopify_checkout
+
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(
+        templates=TEMPLATES + [{"step": f"checkout_recovery.{step}", "name": f"cart_{step}_v1", "category": "marketing",
+                                "body_text": "Your cart is waiting: {{1}}", "body": ["checkout.recovery_url"]}
+                               for step in ("first", "second", "third")],
+        policy={"quiet_hours": "11:00-20:00", "marketing_cap": 10},
+        journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "lead_days": 3},
+                  "checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0, 360, 1440], "attribution_days": 7}})
+    settings = parse_settings(raw, environ={})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        _two_customers_ordered(client)
+        runtime.processor.drain()
+        clock.now = T0 + timedelta(days=30)
+        _post(client, "checkouts/create", shopify_checkout("cart1", "+919876543210", clock.now))
+        while clock.now < T0 + timedelta(days=31, hours=2):  # the last reminder is queued at 12:00 IST, held until 20:00
+            clock.now += timedelta(minutes=30)
+            runtime.processor.drain()
+            while runtime.processor.process_timers(500):
+                pass
+        run_reorder_tick(runtime.db, settings.stores[0], sid, clock.now)
+        with runtime.db.engine.connect() as conn:
+            runs = {r.subject: r for r in conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "reorder"))}
+    assert (runs["reorder:4001:p:9001"].state["outcome"], runs["reorder:4001:p:9001"].state["skipped"]) == ("skipped_busy", "checkout_recovery")
+    assert "reorder:4001:p:9001" not in [o.payload["subject"] for o in _outbox(runtime) if o.status == "pending"]
+
+
 def test_a_closed_hand_off_no_longer_keeps_the_customer_from_the_reorder_reminder(db_url):
     """Both customers' failed deliveries reached the desk two days before their windows opened: a hand-off each, their
     delivery runs in status "handoff". The delivery desk closed the first case: that customer is reminded to reorder

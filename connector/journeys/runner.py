@@ -218,28 +218,43 @@ def _active_subjects(conn: Connection, store_id: int, journey: str, contact_id: 
     return [r.subject for r in active_runs(conn, store_id, contact_id) if r.journey == journey]
 
 
-_CONTACTS_BY_EMAIL = select(CONTACTS.c.id).where(  # the (store_id, lower(trim(email))) index
+_CONTACTS_BY_EMAIL = select(CONTACTS.c.id, CONTACTS.c.first_name, CONTACTS.c.last_name).where(  # the (store_id, lower(trim(email))) index
     CONTACTS.c.store_id == bindparam("sid"), func.lower(func.trim(CONTACTS.c.email)) == bindparam("key"))
 
 
-def _same_email_contacts(conn: Connection, store_id: int, email: str | None, contact_id: int) -> list[int]:
-    """The store's other contacts with this email (trimmed, any case): the same customer who
-    checked out under another phone. Usually none: one indexed lookup of contacts."""
-    key = email_key(email)
+def _named_otherwise(row: Any, customer: Any) -> bool:
+    """Whether a contact is named otherwise than the order's customer (a first or last name known on
+    both sides differs, case and spaces aside): another person who typed the same address."""
+    for attr in ("first_name", "last_name"):
+        ours, theirs = (getattr(customer, attr, None) or "").strip().casefold(), (row[attr] or "").strip().casefold()
+        if ours and theirs and ours != theirs:
+            return True
+    return False
+
+
+def _same_email_contacts(conn: Connection, store_id: int, customer: Any, contact_id: int) -> list[int]:
+    """The store's other contacts with the order customer's email (trimmed, any case) and no other
+    name: the same customer who checked out under another phone. A contact named otherwise is
+    someone else who typed the same address (a placeholder, "noemail@gmail.com"): her cart is not
+    ended, nor credited, by a stranger's order. Usually none: one indexed lookup of contacts."""
+    key = email_key(customer.email)
     if key is None:
         return []
     cache = current(conn)
     if cache is not None and ("email", store_id, key) in cache.loaded:  # the batch's prefetch read them all
-        return [r.id for r in cache.matching_contacts("email", store_id, key) if r.id != contact_id]
-    ids = set(conn.execute(_CONTACTS_BY_EMAIL, {"sid": store_id, "key": key}).scalars())
-    if cache is not None:  # a cached contact is newer than its stored row (a held INSERT, a held email change)
-        ids |= cache.contacts_by_email(key)
-        for cid in list(ids):
-            row = cache.get("contacts", cid)
-            if row is not None and (row["store_id"] != store_id or email_key(row.get("email")) != key):
-                ids.discard(cid)
-    ids.discard(contact_id)
-    return sorted(ids)
+        rows = {r.id: r for r in cache.matching_contacts("email", store_id, key)}
+    else:
+        rows = {r.id: r._mapping for r in conn.execute(_CONTACTS_BY_EMAIL, {"sid": store_id, "key": key})}
+        if cache is not None:  # a cached contact is newer than its stored row (a held INSERT, a held email change)
+            for cid in set(rows) | cache.contacts_by_email(key):
+                row = cache.get("contacts", cid)
+                if row is None:
+                    continue
+                if row["store_id"] != store_id or email_key(row.get("email")) != key:
+                    rows.pop(cid, None)
+                else:
+                    rows[cid] = row
+    return sorted(cid for cid, row in rows.items() if cid != contact_id and not _named_otherwise(row, customer))
 
 
 def _order_facts(conn: Connection, store_id: int, order_id: str) -> OrderFacts | None:
@@ -393,6 +408,19 @@ def _facts(conn: Connection, store: Any, store_id: int, event: Any, contact_id: 
                  fulfillment=fulfillment, extra=extra)
 
 
+_BUSY_ERRORS = frozenset({"LockNotAvailable", "DeadlockDetected", "SerializationFailure", "QueryCanceled"})
+
+
+def _database_busy(exc: OperationalError) -> bool:
+    """A lock, a deadlock or a timeout: the database was busy, not wrong about this run (retried whole).
+    Any other OperationalError of one run (a plugin's query SQLite cannot run) parks that run."""
+    orig = getattr(exc, "orig", None)
+    if type(orig).__name__ in _BUSY_ERRORS:
+        return True
+    text = str(orig or exc).lower()
+    return "database is locked" in text or "database table is locked" in text or "busy" in text
+
+
 LISTENING = "_listening"  # run state: its timer plans no message (``Wake.listening``); the reorder's busy check reads it
 
 
@@ -441,7 +469,7 @@ class JourneyRunner:
                 others = _active_subjects(conn, store_id, name, facts.contact_id)
                 if isinstance(event, ev.OrderPlaced) and event.order.customer is not None:
                     if same_email is None:  # once per event, whichever journeys ask
-                        same_email = _same_email_contacts(conn, store_id, event.order.customer.email, facts.contact_id)
+                        same_email = _same_email_contacts(conn, store_id, event.order.customer, facts.contact_id)
                     others += [s for cid in same_email for s in _active_subjects(conn, store_id, name, cid) if s not in others]
                 others = [o for o in others if o != subject]
                 if others:  # what the event's own run decides beside (a new run can take over an open one's ladder)
@@ -508,8 +536,10 @@ class JourneyRunner:
                         one = [(row, found)]  # a journey's needs_sends or needs_cases may be what raises
                         self._fire(conn, store, store_id, row, found, enabled, _sends_of_due_runs(conn, store, store_id, one, enabled, now),
                                    _cases_of_due_runs(conn, store_id, one, enabled, now), now)
-                except OperationalError:
-                    raise  # the database, not this run (a lock, a timeout): the whole batch is tried again later
+                except OperationalError as exc:
+                    if _database_busy(exc):
+                        raise  # the database, not this run (a lock, a deadlock): the whole batch is tried again later
+                    timer_failures.park(conn, store, row, now, exc)
                 except Exception as exc:  # rolled back to before this run: the others' firings stand
                     timer_failures.park(conn, store, row, now, exc)
             if stop is not None and stop():
@@ -595,6 +625,7 @@ class JourneyRunner:
             # run queued earlier and is still waiting (a reminder held for the morning, a retry)
             # goes no further. This decision's own sends, below, are queued after.
             ob.skip_pending(conn, store_id, _step_keys(store, journey, subject, state), "journey_ended", now)
+        held_send = False  # a message of this decision waits (quiet hours): the run does not only listen yet
         for cmd in commands:
             if isinstance(cmd, Start):
                 continue
@@ -612,6 +643,7 @@ class JourneyRunner:
                     queued = queue_template(conn, store=store, store_id=store_id, contact_id=contact_id, journey=journey, step=cmd.step,
                                             subject=subject, context=cmd.context, now=now, due_at=cmd.due_at,
                                             retry_missing_value=cmd.retry_missing_value, occurrence=cmd.occurrence)
+                    held_send = held_send or queued.deferred
                     if queued.deferred and run_id is not None and not created and getattr(journeys().get(journey), "marketing", False):
                         _supersede_waiting(conn, store, store_id, journey, cmd.step, subject, now)
             elif isinstance(cmd, WriteBack):
@@ -624,7 +656,7 @@ class JourneyRunner:
                 values["state"] = state
             elif isinstance(cmd, Wake):
                 values["next_due_at"] = cmd.at
-                if _mark_listening(state, cmd):
+                if _mark_listening(state, replace(cmd, listening=False) if held_send else cmd):
                     values["state"] = state
             elif isinstance(cmd, Finish):
                 state["outcome"] = cmd.outcome
