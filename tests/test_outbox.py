@@ -333,6 +333,36 @@ def test_a_message_held_back_for_the_marketing_limit_is_tried_on_three_days_at_m
     assert {s: rows[q.outbox_id].status for s, q in queued.items()} == {"w:ended": "failed", "w:going": "pending", "w:third": "failed"}
 
 
+def test_only_a_reminder_ladders_earlier_messages_are_superseded_when_several_wait(db, db_url):
+    """After a hold, a cart run's first reminder waits beside its second: the claim skips the first as
+    superseded. Two parcels' "shipped" messages (a store that bound delivery updates to a marketing
+    template) are not a ladder: both are claimed, neither skipped."""
+    settings = settings_for(db_url, None)
+    with running_app(settings) as (_client, runtime):
+        sid = runtime.store_ids["shop-a"]
+        cid = seed_contact(runtime.db, sid)
+        with runtime.db.engine.begin() as conn:
+            for key, journey, step in (("checkout_recovery:first:checkout:tok1", "checkout_recovery", "first"),
+                                       ("checkout_recovery:second:checkout:tok1", "checkout_recovery", "second"),
+                                       ("delivery_updates:shipped:order:1001", "delivery_updates", "shipped"),
+                                       ("delivery_updates:shipped#2:order:1001", "delivery_updates", "shipped")):
+                ob.enqueue(conn, store_id=sid, key=key, contact_id=cid, journey=journey, step=step, category="marketing",
+                           payload={"subject": key.split(":", 2)[2]}, due_at=NOON_IST - timedelta(hours=5), now=NOON_IST - timedelta(hours=5))
+        went = []
+        for _ in range(6):  # her messages go one at a time (each waits for the one before it to settle)
+            claimed = ob.claim(runtime.db, store_ids=[sid], now=NOON_IST, limit=10, lease=timedelta(seconds=60), worker="w1",
+                               history_window=timedelta(days=7))
+            if not claimed:
+                break
+            with runtime.db.engine.begin() as conn:  # as the dispatcher records a send
+                conn.execute(m.OutboxMessage.__table__.update().where(m.OutboxMessage.id.in_([c.id for c in claimed])).values(status="sent"))
+            went += [c.id for c in claimed]
+        rows = {r.idempotency_key: (r.id, r.status, r.skip_reason) for r in outbox_rows(runtime.db)}
+    assert rows["checkout_recovery:first:checkout:tok1"][1:] == ("skipped", "superseded")
+    assert [key for key, (rid, _, _) in sorted(rows.items(), key=lambda kv: kv[1][0]) if rid in went] == [
+        "checkout_recovery:second:checkout:tok1", "delivery_updates:shipped:order:1001", "delivery_updates:shipped#2:order:1001"]
+
+
 def test_stop_keyword_opts_out_at_once(db_url, sandbox):
     fake, url = sandbox
     settings = settings_for(db_url, url)

@@ -310,8 +310,9 @@ def _waits_its_turn(now: datetime) -> Any:
     )
 
 
-# A contact's marketing messages waiting and due, by the (contact_id, updated_at) index; the rest
-# is checked in Python on the few rows found (see _BY_KEYS for why not in SQL).
+# A contact's messages by the (contact_id, updated_at) index, status and due time checked in Python on
+# the rows found: with ``status = 'pending'`` in SQL, SQLite took the status index and read every waiting
+# row of the outbox (tests/test_query_plans.py). A customer has tens of rows, not thousands.
 _DUE_MARKETING = select(OUTBOX.c.id, OUTBOX.c.store_id, OUTBOX.c.contact_id, OUTBOX.c.journey, OUTBOX.c.idempotency_key,
                         OUTBOX.c.channel, OUTBOX.c.status, OUTBOX.c.category, OUTBOX.c.due_at).where(
     OUTBOX.c.contact_id.in_(bindparam("cids", expanding=True)))
@@ -332,7 +333,11 @@ def _superseded(conn: Connection, found: list[Any], now: datetime) -> set[int]:
     a reminder is sent long before the run queues the next one. Without this, a recovered number
     sent a customer every cart reminder held since, seconds apart. One query per batch with
     marketing in it."""
-    marketing = [r for r in found if r.category == "marketing" and r.contact_id is not None and _run_of(r) is not None]
+    from connector.journeys.registry import journeys  # which journeys are reminder ladders (``marketing``)
+
+    ladders = {name for name, journey in journeys().items() if getattr(journey, "marketing", False)}
+    marketing = [r for r in found if r.category == "marketing" and r.journey in ladders and r.contact_id is not None
+                 and _run_of(r) is not None]
     if not marketing:
         return set()
     latest: dict[tuple[int, int, str, str], int] = {}
@@ -383,12 +388,15 @@ def claim(
         )
         if not db.is_sqlite:
             query = query.with_for_update(skip_locked=True)
-        found = conn.execute(query).all()
-        superseded = _superseded(conn, found, now) if channel == "whatsapp" else set()
-        if superseded:
-            conn.execute(_SKIP_BY_ID, [{"_id": i, "reason": "superseded", "now": now} for i in sorted(superseded)])
-        rows = [Claimed(r.id, r.store_id, r.contact_id, r.journey, r.category, r.payload, r.attempts, created_at=r.created_at,
-                        lease=lease_id) for r in found if r.id not in superseded]
+        for _ in range(8):  # a batch that was all superseded frees the line behind it: look again, a few times at most
+            found = conn.execute(query).all()
+            superseded = _superseded(conn, found, now) if channel == "whatsapp" else set()
+            if superseded:
+                conn.execute(_SKIP_BY_ID, [{"_id": i, "reason": "superseded", "now": now} for i in sorted(superseded)])
+            rows = [Claimed(r.id, r.store_id, r.contact_id, r.journey, r.category, r.payload, r.attempts, created_at=r.created_at,
+                            lease=lease_id) for r in found if r.id not in superseded]
+            if rows or not superseded:
+                break
         if not rows:
             return []
         ids = [r.contact_id for r in rows if r.contact_id is not None]
