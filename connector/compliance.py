@@ -755,6 +755,29 @@ def erasure_preview(
     }
 
 
+# An erased contact's ``phone_key`` is ``redacted:<id>``: a range on it is a search of the store's
+# (store_id, phone_key) unique index, not a read of every contact.
+_ERASED_FROM, _ERASED_UNTIL = f"{REDACTED}:", f"{REDACTED};"  # ';' follows ':'
+
+
+def erased_contact(table: Table = CONTACTS) -> Any:
+    """The contacts an erasure left (no phone, nothing to message): the where-clause other modules use."""
+    return (table.c.phone_key >= _ERASED_FROM) & (table.c.phone_key < _ERASED_UNTIL)
+
+
+ERASED_CONTACTS = select(CONTACTS.c.id).where(CONTACTS.c.store_id == bindparam("sid"), erased_contact())
+
+
+def erased_contacts(conn: Connection, store_id: int, among: Iterable[int] | None = None) -> set[int]:
+    """The ids of the store's erased contacts (of ``among`` only, when given)."""
+    if among is None:
+        return set(conn.execute(ERASED_CONTACTS, {"sid": store_id}).scalars())
+    found: set[int] = set()
+    for chunk in _chunks(sorted(set(among))):
+        found.update(conn.execute(ERASED_CONTACTS.where(CONTACTS.c.id.in_(chunk)), {"sid": store_id}).scalars())
+    return found
+
+
 def redact_shop(conn: Connection, store_id: int, *, now: datetime | None = None, request_inbox_id: int | None = None) -> dict[str, int]:
     """Erase every customer of one store, and stop all its sends (the store counts as uninstalled)."""
     now = now or m.utcnow()

@@ -7,7 +7,8 @@ told with the journey scenarios' harness (signed webhooks in over HTTP, fake Wha
 hand-off peers); the same phone and customer id are a customer of a Shopify store too. Then the owner
 erases her from the command line (a config file, typer's CliRunner) or the admin API, and what is left
 is what Shopify's ``customers/redact`` leaves (tests/test_compliance.py's scans: every column of every
-table, the logs, the report's aggregates). SQLite and PostgreSQL.
+table, the logs, the report's aggregates). The reorder scans plan nothing for an erased customer.
+SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typer.testing import CliRunner
 from connector.cli import app as cli_app
 from connector.storage import models as m
 from tests.conftest import PHONE_ID_WOO, SECRETS
+from tests.helpers import running_app
 from tests.scenarios import harness
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, world  # noqa: F401  (the scenarios' fixtures)
@@ -265,3 +267,68 @@ def test_the_admin_api_erases_her_with_the_stores_own_token_and_refuses_another_
     again = sc.client.post(url, json={"phone": LUCIA.phone, "email": LUCIA.email}, headers=bearer(SECRETS["admin"]))
     assert again.status_code == 200 and again.json()["status"] == "nothing_stored"
     assert aggregates(db, woo_id)["inbox"] == before["inbox"] + 1
+
+
+# -- the reorder scans ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scan", ["daily full scan", "incremental tick"])
+def test_the_reorder_scans_plan_no_window_for_an_erased_customer(db_url, scan):
+    """Meena's purchase had no window when she was erased (no cycle known yet; or not paid yet). Then the
+    product gets a cycle (a replenish tag: a full scan), or her order ships (the tick's incremental scan):
+    before, the scan planned her a window, which later opened into a reorder run for a contact with no
+    phone. Now nothing is planned for her; Kabir, who bought the same, gets his window and reminder. A
+    window an earlier version planned for her is closed unopened when it comes due."""
+    from connector.reorder.windows import refresh_windows, run_reorder_tick
+    from tests.test_compliance import ADMIN
+    from tests.test_reorder import Clock, T0, _delivered, _order, _post, _settings
+
+    full = scan == "daily full scan"
+    settings = _settings(db_url, **({"cycles": {}} if full else {}))  # incremental: NEEM-100 every 30 days
+    clock = Clock(T0)
+    meena, kabir = ("+91 98765 43210", 1), ("+91 98123 45678", 2)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        hers = _order(6001, T0, qty=1, phone=meena[0], customer_id=meena[1])
+        if not full:
+            hers.update(financial_status="pending")  # awaiting payment: no purchase, no window (yet)
+        _post(client, "orders/create", hers)
+        _post(client, "orders/create", _order(6002, T0, qty=1, phone=kabir[0], customer_id=kabir[1]))
+        runtime.processor.drain()
+        refresh_windows(runtime.db, store, sid, clock.now, full=True)
+        with runtime.db.engine.connect() as conn:
+            planned = conn.execute(select(m.ReorderWindow.order_external_id)).scalars().all()
+        assert planned == ([] if full else ["6002"])
+
+        clock.now = T0 + timedelta(hours=1)
+        erased = client.post("/api/stores/shop-a/customers/redact", json={"phone": meena[0]}, headers=ADMIN)
+        assert erased.status_code == 202, erased.text
+        runtime.processor.drain()
+        clock.now = T0 + timedelta(hours=2)
+        if full:
+            _post(client, "products/update", {"id": 9001, "title": "Neem face wash", "tags": "Replenish:3w", "updated_at": clock.now.isoformat()})
+        else:
+            _post(client, "fulfillments/update", _delivered(6001, clock.now))  # her old order ships
+        runtime.processor.drain()
+        report, _ = run_reorder_tick(runtime.db, store, sid, clock.now)
+        assert report.mode == ("full" if full else "incremental")
+        clock.now = T0 + timedelta(days=22.5 if full else 31.5)  # every window planned is due (21 or 30 days + transit - lead)
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        with runtime.db.engine.connect() as conn:
+            meena_id = conn.execute(select(m.Contact.id).where(m.Contact.phone_key.startswith("redacted:"))).scalar_one()
+            windows = conn.execute(select(m.ReorderWindow.contact_id, m.ReorderWindow.order_external_id, m.ReorderWindow.status)).all()
+            runs = conn.execute(select(m.JourneyRun.contact_id, m.JourneyRun.subject).where(m.JourneyRun.journey == "reorder")).all()
+        assert [(o, s) for c, o, s in windows if c == meena_id] == []
+        assert [o for c, o, s in windows if c != meena_id] == ["6002"] and [s for *_, s in runs] == ["reorder:6002:p:9001"]
+
+        # a window planned for her by an earlier version, due now: closed, never opened into a run
+        with runtime.db.engine.begin() as conn:
+            conn.execute(m.ReorderWindow.__table__.insert().values(
+                store_id=sid, contact_id=meena_id, order_external_id="6001", product_key="p:9001", product_id="9001", variant_id="49001",
+                sku="NEEM-100", title="Neem face wash", quantity=1, placed_at=T0, anchor="placed", anchor_at=T0, cycle_days=21,
+                cycle_source="tag", opens_at=clock.now - timedelta(days=1), status="pending", updated_at=T0))
+        opened = run_reorder_tick(runtime.db, store, sid, clock.now + timedelta(minutes=1))[1]
+        with runtime.db.engine.connect() as conn:
+            status = conn.execute(select(m.ReorderWindow.status).where(m.ReorderWindow.contact_id == meena_id)).scalar_one()
+            runs_after = conn.execute(select(func.count()).select_from(m.JourneyRun).where(m.JourneyRun.journey == "reorder")).scalar_one()
+        assert (status, opened.opened, opened.redacted, runs_after) == ("redacted", 0, 1, 1)
+
