@@ -778,6 +778,73 @@ def customer_export(
         console.print("[yellow]no contact or order matched[/]")
 
 
+
+_COUNT_WORDS = (("contacts", "contact(s)"), ("orders", "order(s)"), ("checkouts", "checkout(s)"), ("messages", "message(s)"),
+                ("outbox", "queued or sent message(s)"), ("journey_runs", "journey run(s)"), ("handoffs", "hand-off(s)"),
+                ("reorder_windows", "reorder window(s)"), ("inbox_events", "received event(s)"))
+
+
+def _counted(counts: dict[str, int]) -> str:
+    return ", ".join(f"{counts.get(key, 0)} {words}" for key, words in _COUNT_WORDS)
+
+
+@customer_app.command("redact")
+def customer_redact(
+    config: ConfigOpt = Path("storeloop.toml"),
+    store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
+    phone: Annotated[Optional[str], typer.Option(help="the customer's phone (any format; the store's country is the default)")] = None,
+    email: Annotated[Optional[str], typer.Option(help="the customer's email")] = None,
+    customer_id: Annotated[Optional[str], typer.Option("--customer-id", help="the store's customer id")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+) -> None:
+    """Erase one customer's personal data, as Shopify's customers/redact does (for WooCommerce, or a request on WhatsApp).
+
+    Shows what will be erased (counts only) and asks first. Exit codes: 0 erased, or nothing
+    stored for that customer (nothing to erase); 1 not confirmed, or the erasure failed (the
+    worker retries it); 2 bad input (unknown store, not a phone, not an email, no customer given);
+    3 database schema not ready; 4 recorded, but deliveries of the store received before it are
+    still pending: a running worker answers it once they are processed.
+    """
+    from connector.erasure import BadRequest, answer_now, found_anything, parse_request, preview, submit
+
+    settings = _load(config)
+    chosen = _store(settings, store)
+    try:
+        request = parse_request(chosen, phone=phone, email=email, customer_id=customer_id)
+    except BadRequest as exc:
+        console.print(f"[bold red]{escape(str(exc))}[/]", highlight=False)
+        raise typer.Exit(2) from None
+    db, store_ids = _open_db(settings, "erase")
+    try:
+        store_id = store_ids[chosen.key]
+        counts = preview(db, chosen, store_id, request)
+        who = escape(request.described())
+        if not found_anything(counts):
+            console.print(f"nothing stored about the customer with {who} in {chosen.key}: nothing to erase", highlight=False)
+            return
+        console.print(f"{chosen.key}: the customer with {who}: {_counted(counts)} will be erased "
+                      "(totals, statuses and times stay for the reports)", highlight=False, soft_wrap=True)
+        if not yes and not typer.confirm("Erase this customer's personal data? This cannot be undone", default=False):
+            console.print("nothing erased")
+            raise typer.Exit(1)
+        inbox_id = submit(db, chosen.key, store_id, request, "cli", counts)
+        result = answer_now(db, settings, chosen, store_id, inbox_id)
+    finally:
+        db.dispose()
+    if result.status == "done":
+        console.print(f"erased: {_counted(result.counts)} (privacy request {result.request_id}, "
+                      f"GET /api/stores/{chosen.key}/compliance/{result.request_id})", highlight=False, soft_wrap=True)
+        return
+    if result.status == "waiting":
+        console.print(f"[yellow]recorded (inbox row {inbox_id}), not yet done:[/] deliveries of {chosen.key} received before it are "
+                      "still pending (one retried after an error, or being processed by a worker); a running worker erases the "
+                      f"customer once they are processed (GET /api/stores/{chosen.key}/compliance lists it)", highlight=False,
+                      soft_wrap=True)
+        raise typer.Exit(4)
+    console.print(f"[bold red]the erasure failed:[/] {escape(result.error or '')} (inbox row {inbox_id}; the worker retries it, "
+                  f"`storeloop replay --store {chosen.key} --id {inbox_id}` once it has failed for good)", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
 def main() -> None:
     app()
 

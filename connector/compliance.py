@@ -4,7 +4,9 @@
 row the merchant fetches (``GET /api/stores/{key}/compliance/{id}``, ``storeloop customer
 export``). ``customers/redact`` -> :func:`redact_customer`; ``shop/redact`` ->
 :func:`redact_shop`. They run in the processor's transaction when the webhook is
-processed (never in the HTTP request), so an erasure is all-or-nothing.
+processed (never in the HTTP request), so an erasure is all-or-nothing. A store owner's
+erasure request (WooCommerce has no privacy webhook: ``connector/erasure.py``) is an inbox
+row of ours that takes the same path.
 
 Who is "the customer": contacts matched by the platform customer id, the phone (E.164,
 also as a WhatsApp id) or an email, plus the contacts of the orders the request names
@@ -715,6 +717,65 @@ def redact_customer(
     scope, _ = _customer_scope(conn, store_id, ident)
     counts = _erase(conn, scope, now or m.utcnow(), request_inbox_id)
     return counts, sorted(scope.contact_ids)
+
+
+def erasure_preview(
+    conn: Connection,
+    store_id: int,
+    *,
+    customer_external_id: str | int | None = None,
+    phone: str | ev.Phone | None = None,
+    emails: Iterable[str] | str | None = (),
+    default_country: str | None = None,
+) -> dict[str, int]:
+    """What ``redact_customer`` would reach for this customer, as counts (read only, nothing personal):
+    shown to a store owner before an erasure they ask for (``connector/erasure.py``). All zero: nothing
+    is stored about them."""
+    ident = Identity.build(customer_external_id=customer_external_id, phone=phone, emails=emails, default_country=default_country)
+    if ident.empty():
+        return {}
+    scope, _ = _customer_scope(conn, store_id, ident)
+    subjects = scope.subjects
+
+    def count(table: Table, where: Any) -> int:
+        return int(conn.execute(select(func.count()).select_from(table).where(where)).scalar_one())
+
+    # the same where-clauses as ``_erase``
+    sends = scope.by_contact(OUTBOX, *[OUTBOX.c.idempotency_key.endswith(f":{s}", autoescape=True) for s in sorted(subjects)])
+    return {
+        "contacts": len(scope.contact_ids),
+        "orders": len(scope.order_pks),
+        "checkouts": count(CHECKOUTS, scope.by_contact(CHECKOUTS, _in(CHECKOUTS.c.token, scope.checkout_tokens))),
+        "messages": count(MESSAGES, scope.by_contact(MESSAGES)),
+        "outbox": count(OUTBOX, sends),
+        "journey_runs": count(RUNS, scope.by_contact(RUNS, _in(RUNS.c.subject, subjects))),
+        "handoffs": count(HANDOFFS, scope.by_contact(HANDOFFS, _in(HANDOFFS.c.subject, subjects))),
+        "reorder_windows": count(WINDOWS, scope.by_contact(WINDOWS, _in(WINDOWS.c.order_external_id, scope.order_ids))),
+        "inbox_events": len(_inbox_rows(conn, scope, None)),
+    }
+
+
+# An erased contact's ``phone_key`` is ``redacted:<id>``: a range on it is a search of the store's
+# (store_id, phone_key) unique index, not a read of every contact.
+_ERASED_FROM, _ERASED_UNTIL = f"{REDACTED}:", f"{REDACTED};"  # ';' follows ':'
+
+
+def erased_contact(table: Table = CONTACTS) -> Any:
+    """The contacts an erasure left (no phone, nothing to message): the where-clause other modules use."""
+    return (table.c.phone_key >= _ERASED_FROM) & (table.c.phone_key < _ERASED_UNTIL)
+
+
+ERASED_CONTACTS = select(CONTACTS.c.id).where(CONTACTS.c.store_id == bindparam("sid"), erased_contact())
+
+
+def erased_contacts(conn: Connection, store_id: int, among: Iterable[int] | None = None) -> set[int]:
+    """The ids of the store's erased contacts (of ``among`` only, when given)."""
+    if among is None:
+        return set(conn.execute(ERASED_CONTACTS, {"sid": store_id}).scalars())
+    found: set[int] = set()
+    for chunk in _chunks(sorted(set(among))):
+        found.update(conn.execute(ERASED_CONTACTS.where(CONTACTS.c.id.in_(chunk)), {"sid": store_id}).scalars())
+    return found
 
 
 def redact_shop(conn: Connection, store_id: int, *, now: datetime | None = None, request_inbox_id: int | None = None) -> dict[str, int]:

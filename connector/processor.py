@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, exists, or_, select
 from sqlalchemy.exc import DBAPIError
 
-from connector import reinstall
+from connector import erasure, reinstall
 from connector.compliance import PRIVACY_TOPICS, PRIVACY_WAIT, waiting_for_earlier
 from connector.config import Settings
 from connector.errors import NormalizationError, describe_error
@@ -53,8 +53,19 @@ _DUE_STORES = (select(STORES.c.id).where(
 ).order_by(STORES.c.id))
 
 
-# rows processed only once every row of their store received before them is (``waiting_for_earlier``)
-AFTER_EARLIER = PRIVACY_TOPICS | {(reinstall.SOURCE, reinstall.CAUGHT_UP)}
+# rows processed only once every row of their store received before them is (``waiting_for_earlier``):
+# privacy requests (Shopify's, and a store owner's erasure request), and a reinstalled store's caught-up row
+AFTER_EARLIER = PRIVACY_TOPICS | {(reinstall.SOURCE, reinstall.CAUGHT_UP), (reinstall.SOURCE, erasure.TOPIC)}
+# inbox rows of our own making (source ``storeloop``), by topic
+OWN_ROWS: dict[str, Normalizer] = {reinstall.CAUGHT_UP: reinstall.normalize, erasure.TOPIC: erasure.normalize}
+
+
+def own_row(topic: str, body: dict[str, Any], store: Any) -> list[Event]:
+    """Our own rows' normaliser (``reinstall.SOURCE``): each topic's module reads its rows."""
+    normalize = OWN_ROWS.get(topic)
+    if normalize is None:
+        raise NormalizationError(f"not a row of ours: {topic!r}")
+    return normalize(topic, body, store)
 
 
 class _RowFailed(Exception):
@@ -111,7 +122,7 @@ class InboxProcessor:
     ):
         self.db = db
         self.settings = settings
-        self.normalizers = {**normalizers, reinstall.SOURCE: reinstall.normalize}  # and our own rows
+        self.normalizers = {**normalizers, reinstall.SOURCE: own_row}  # and our own rows
         self.clock = clock
         self.batch_size = batch_size or settings.worker.inbox_batch_size
         self.max_attempts = settings.worker.inbox_max_attempts

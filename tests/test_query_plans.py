@@ -160,3 +160,14 @@ def test_the_dashboards_count_of_parked_timers_reads_the_stores_active_runs_only
 
     plan = plan_of(conn, PARKED_COUNT, {"sid": 1})
     assert "ix_journey_runs_due (store_id=? AND status=?" in plan and "SCAN journey_runs" not in plan, plan
+
+
+def test_the_reorder_scans_find_a_stores_erased_contacts_by_the_phone_key_index(conn: Any) -> None:
+    """Once per scan (and per batch of due windows): a range of the (store, phone_key) unique index, not every contact."""
+    from connector.compliance import ERASED_CONTACTS
+    from connector.storage.models import Contact
+
+    plan = plan_of(conn, ERASED_CONTACTS, {"sid": 1})
+    assert "(store_id=? AND phone_key>? AND phone_key<?)" in plan and "SCAN contacts" not in plan, plan
+    plan = plan_of(conn, ERASED_CONTACTS.where(Contact.id.in_(list(range(1, 40)))), {"sid": 1})
+    assert "SCAN contacts" not in plan, plan

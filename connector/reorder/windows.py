@@ -31,6 +31,10 @@ A product that stops being sold (archived, a draft, binned or deleted) has its p
 cancelled at once (``product_not_sold``, with ``cancel_reason`` ``not_sold``); sold again, those still
 ahead, or due within ``late_days``, are pending again (``product_sold_again``). Windows cancelled for
 any other reason (the order called off, the line returned) stay cancelled.
+
+A contact a privacy erasure left (``compliance``: no phone, ``phone_key`` ``redacted:<id>``) is
+planned no window by either scan (her purchases still teach the products' cycles, as counts do
+the reports), and a pending window of hers that comes due is closed (``redacted``) unopened.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from sqlalchemy import Connection, String, Table, and_, bindparam, case, exists,
 from sqlalchemy.exc import DBAPIError
 
 from connector import events as ev
+from connector.compliance import REDACTED, erased_contacts
 from connector.contacts import email_key
 from connector.errors import StoreloopError, describe_error
 from connector.handoffs import REPLY_CASE
@@ -526,6 +531,7 @@ def _full(db: Database, store_id: int, config: ReorderConfig, now: datetime) -> 
     report = ScanReport("full")
     with db.engine.connect() as conn:
         book = _book(conn, store_id, config, {})
+        erased = erased_contacts(conn, store_id)
     intervals: dict[str, list[list[float]]] = defaultdict(list)
     deferred: list[tuple[int, str, Line]] = []
     learned: dict[str, tuple[float, int]] = {}
@@ -545,6 +551,9 @@ def _full(db: Database, store_id: int, config: ReorderConfig, now: datetime) -> 
 
     with _history(db, store_id) as histories, _scan_writer(db) as writer:
         for contact_id, lines in histories:
+            if contact_id in erased:  # her intervals still count for the cycles; nothing is planned for her
+                _scan_contact(contact_id, lines, book, config, now, Plan(), intervals, [])
+                continue
             report.customers += 1
             _scan_contact(contact_id, lines, book, config, now, plan, intervals, deferred)
             if len(plan.windows) >= WRITE_BATCH:
@@ -610,6 +619,9 @@ def _incremental(db: Database, store_id: int, config: ReorderConfig, now: dateti
             .where(fulfilment_store == store_id, F.c.updated_at >= since, O.c.contact_id.is_not(None))
         )
         contacts = sorted(set(conn.execute(changed_orders).scalars()) | set(conn.execute(via_fulfilments).scalars()))
+        if contacts:  # an erased customer's old order may still change (shipped, paid): nothing is planned for her
+            erased = erased_contacts(conn, store_id, contacts)
+            contacts = [c for c in contacts if c not in erased]
         if not contacts:
             return report
         book = _book(conn, store_id, config)
@@ -636,6 +648,7 @@ class OpenReport:
     opened: int = 0
     expired: int = 0
     reordered: int = 0  # due, but she had already ordered it again (another number, a payment awaited)
+    redacted: int = 0  # due, but its customer was erased: closed unopened
     failed: dict[int, str] = field(default_factory=dict)  # window id -> why opening it raised (it stays pending)
 
 
@@ -801,6 +814,10 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
         rows = conn.execute(query).all()
+        # a window planned before her erasure closed it (earlier versions planned some after it): never opened
+        erased = erased_contacts(conn, store_id, {w.contact_id for w in rows}) if rows else set()
+        redacted = [{"_id": w.id} for w in rows if w.contact_id in erased]
+        rows = [w for w in rows if w.contact_id not in erased]
         bought = _still_bought(conn, store_id, rows)
         not_buyable = _not_buyable(conn, store_id, rows) if rows else {}
         expired, gone, held, due = [], [], [], []
@@ -845,6 +862,8 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
                               extra={"store": store.key, "window": w.id})
                 else:
                     opened.append({"_id": w.id})
+        if redacted:
+            conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status=REDACTED, updated_at=now), redacted)
         if gone:
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="cancelled", cancel_reason=bindparam("why"), updated_at=now), gone)
         if expired:
@@ -856,7 +875,7 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(opens_at=now + SOLD_OUT_RECHECK, updated_at=now), held)
         if opened:
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="opened", opened_at=now, updated_at=now), opened)
-    report.opened, report.expired, report.reordered = len(opened), len(expired), len(reordered)
+    report.opened, report.expired, report.reordered, report.redacted = len(opened), len(expired), len(reordered), len(redacted)
     return report
 
 
@@ -913,8 +932,9 @@ def run_reorder_tick(db: Database, store: Any, store_id: int, now: datetime, *, 
         total.opened += step.opened
         total.expired += step.expired
         total.reordered += step.reordered
+        total.redacted += step.redacted
         total.failed.update(step.failed)
-        if step.opened + step.expired + step.reordered == 0:
+        if step.opened + step.expired + step.reordered + step.redacted == 0:
             break  # nothing moved (at most windows that raised): the next tick tries them again
     return scan, total
 

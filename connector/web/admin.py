@@ -278,3 +278,34 @@ async def compliance_request(request: Request) -> Response:
     runtime = request.app.state.runtime
     view = await anyio.to_thread.run_sync(partial(get_request, runtime.db, guard, int(request.path_params["request_id"])))
     return JSONResponse(view) if view else problem(404, "no such privacy request in this store")
+
+
+async def redact_customer(request: Request) -> Response:
+    """``POST .../customers/redact``: the store owner erases a customer (WooCommerce has no privacy webhook;
+    a customer asks on WhatsApp). Body ``{"phone": ...}``, ``{"email": ...}`` and/or ``{"customer_id": ...}``.
+    202 with the inbox row the worker answers, as Shopify's ``customers/redact`` (the answer is listed at
+    ``GET .../compliance``); 200 ``nothing_stored`` when nothing is stored about the customer."""
+    from connector.erasure import BadRequest, found_anything, parse_request, preview, submit
+
+    guarded = await _guarded_object(request, '{"phone": "+39 333 123 4567"} or {"email": "..."} or {"customer_id": "123"}')
+    if isinstance(guarded, Response):
+        return guarded
+    store_id, body = guarded
+    unknown = sorted(set(body) - {"phone", "email", "customer_id"})
+    if unknown:
+        return problem(400, f"unknown field(s) {', '.join(unknown)}: give phone, email and/or customer_id")
+    runtime = request.app.state.runtime
+    key = request.path_params["store_key"]
+    store = runtime.stores_by_key[key]
+    try:
+        wanted = parse_request(store, phone=body.get("phone"), email=body.get("email"), customer_id=body.get("customer_id"))
+    except BadRequest as exc:
+        return problem(400, str(exc))
+    counts = await anyio.to_thread.run_sync(partial(preview, runtime.db, store, store_id, wanted))
+    if not found_anything(counts):
+        return JSONResponse({"status": "nothing_stored", "found": counts})
+    inbox_id = await anyio.to_thread.run_sync(partial(submit, runtime.db, key, store_id, wanted, "api", counts))
+    runtime.wake()
+    return JSONResponse({"status": "queued", "inbox_id": inbox_id, "found": counts,
+                         "answer": f"GET /api/stores/{key}/compliance (the request whose inbox_event_id is {inbox_id})"},
+                        status_code=202)

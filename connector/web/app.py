@@ -73,6 +73,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, run_worker
         Route("/api/stores/{store_key}/report", admin.report, methods=["GET"]),
         Route("/api/stores/{store_key}/compliance", admin.compliance_requests, methods=["GET"]),
         Route("/api/stores/{store_key}/compliance/{request_id:int}", admin.compliance_request, methods=["GET"]),
+        Route("/api/stores/{store_key}/customers/redact", admin.redact_customer, methods=["POST"]),
         *install_web.ROUTES,  # /shopify/install + callback, /woocommerce/connect + callback (connector/install)
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
