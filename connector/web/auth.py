@@ -12,7 +12,8 @@ for a cookie once, through a login form:
   valid until it expires (``SESSION_SECONDS``), so rotate the token if one leaks.
 - The cookie is HttpOnly (no script reads it), SameSite=Strict (no other site can make the
   browser send it, which is the CSRF defence for the dashboard's POST forms), scoped to
-  ``/dashboard`` and Secure when the request came over HTTPS.
+  ``/dashboard`` and Secure when the browser is on HTTPS (the request, or a TLS-terminating
+  proxy's ``X-Forwarded-Proto``, says so).
 - Failed logins are counted per client IP in memory, **per process**: with several uvicorn
   workers each keeps its own count, so the effective limit is workers x ``LOGIN_ATTEMPTS``.
   Behind a proxy, the client IP is what uvicorn's ``--proxy-headers`` makes of it.

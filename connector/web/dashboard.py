@@ -99,6 +99,14 @@ def _signed_in(request: Request) -> bool:
     return _scope(request) is not None
 
 
+def _https(request: Request) -> bool:
+    """The browser is on https: served so, or through a TLS-terminating proxy that says so. Its
+    X-Forwarded-Proto is read even when uvicorn does not trust the proxy (another host): a client
+    that lies about it only gets a Secure cookie its own plain-http requests then lack."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
+
+
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -169,13 +177,13 @@ async def login(request: Request) -> Response:
     session = auth.issue_session(everyone or "") if store is None else auth.issue_session(_store_tokens(request)[store], store=store)
     response = _redirect(next_url if store is None or next_url.startswith(f"/dashboard/{store}") else f"/dashboard/{store}")
     response.set_cookie(auth.COOKIE, session, max_age=auth.SESSION_SECONDS,
-                        path=auth.COOKIE_PATH, secure=request.url.scheme == "https", httponly=True, samesite="strict")
+                        path=auth.COOKIE_PATH, secure=_https(request), httponly=True, samesite="strict")
     return response
 
 
 async def logout(request: Request) -> Response:
     response = _redirect("/dashboard")
-    response.delete_cookie(auth.COOKIE, path=auth.COOKIE_PATH, secure=request.url.scheme == "https", httponly=True,
+    response.delete_cookie(auth.COOKIE, path=auth.COOKIE_PATH, secure=_https(request), httponly=True,
                            samesite="strict")
     return response
 

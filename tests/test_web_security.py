@@ -1,0 +1,48 @@
+"""The dashboard and admin API against a hostile browser, a TLS proxy and a store team guessing
+the operator's token (the web security audit). Each test drives the real app over HTTP."""
+
+from __future__ import annotations
+
+import pytest
+
+from connector.web import auth
+from tests.conftest import SECRETS
+from tests.helpers import running_app
+from tests.test_dashboard import OVERVIEW, TOKEN, login
+from tests.test_reports import _settings
+from tests.test_store_tokens import TEAM_A, _with_store_tokens
+
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+SIGNED_OUT = 'name="token"'  # the sign-in form
+
+
+@pytest.fixture
+def app(db_url):
+    with running_app(_settings(db_url)) as (client, runtime):
+        yield client, runtime
+
+
+def cookie_attributes(response) -> set[str]:
+    [session] = [c for c in response.headers.get_list("set-cookie") if c.startswith(auth.COOKIE + "=")]
+    return {part.strip().split("=")[0].lower() for part in session.split(";")[1:]}
+
+
+# ---- the session cookie behind a TLS-terminating proxy ---------------------------------------
+
+def test_behind_an_https_proxy_the_session_cookie_never_travels_over_plain_http(app):
+    """TLS ends at a proxy on another host (a container network): uvicorn does not trust its
+    X-Forwarded-Proto, so the app sees http. The browser is on https all the same, and a cookie
+    without Secure would also go out on any plain-http request to the host, readable on the way."""
+    client, _ = app
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.20"}
+    signed_in = client.post("/dashboard/login", data={"token": TOKEN, "next": "/dashboard"}, headers=proxied,
+                            follow_redirects=False)
+    assert signed_in.status_code == 303
+    assert {"secure", "httponly", "samesite", "path", "max-age"} <= cookie_attributes(signed_in)
+    signed_out = client.post("/dashboard/logout", headers=proxied, follow_redirects=False)
+    assert "secure" in cookie_attributes(signed_out)
+    # served directly over http (a tunnel to the box), the cookie must still work there
+    client.cookies.clear()
+    direct = login(client)
+    assert direct.status_code == 303 and "secure" not in cookie_attributes(direct)
+    assert "Biggest leak" in client.get(OVERVIEW).text
