@@ -46,3 +46,33 @@ def test_behind_an_https_proxy_the_session_cookie_never_travels_over_plain_http(
     direct = login(client)
     assert direct.status_code == 303 and "secure" not in cookie_attributes(direct)
     assert "Biggest leak" in client.get(OVERVIEW).text
+
+
+# ---- cross-site POSTs to the dashboard -------------------------------------------------------
+
+def test_another_site_cannot_sign_the_browser_in_or_out(app):
+    """SameSite=Strict keeps the cookie off cross-site requests, but a cross-site form can still
+    POST a token of the attacker's choosing to /dashboard/login (the owner then works in a session
+    someone else opened) or POST /dashboard/logout; the browser says where a form came from."""
+    client, _ = app
+    for hostile in ({"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
+                    {"Sec-Fetch-Site": "same-site", "Origin": "https://shop.connector.example"},
+                    {"Origin": "https://evil.example"}):  # an older browser: no Sec-Fetch-Site, an Origin all the same
+        r = client.post("/dashboard/login", data={"token": TOKEN, "next": "/dashboard"}, headers=hostile, follow_redirects=False)
+        assert r.status_code == 403 and auth.COOKIE not in r.headers.get("set-cookie", ""), hostile
+        assert "another site" in r.text
+        assert SIGNED_OUT in client.get(OVERVIEW).text
+    # the dashboard's own form: same-origin (its Origin is "null", the page sends no referrer)
+    own = client.post("/dashboard/login", data={"token": TOKEN, "next": "/dashboard"},
+                      headers={"Sec-Fetch-Site": "same-origin", "Origin": "null"}, follow_redirects=False)
+    assert own.status_code == 303 and auth.COOKIE in own.headers["set-cookie"]
+    assert login(client, next_url=OVERVIEW).status_code == 303  # no fetch metadata at all (a script, an old browser)
+    assert client.post("/dashboard/login", data={"token": TOKEN}, headers={"Origin": "http://testserver"},
+                       follow_redirects=False).status_code == 303
+    # a cross-site logout is refused and the owner stays signed in
+    forced = client.post("/dashboard/logout", headers={"Sec-Fetch-Site": "cross-site"}, follow_redirects=False)
+    assert forced.status_code == 403 and auth.COOKIE not in forced.headers.get("set-cookie", "")
+    assert "Biggest leak" in client.get(OVERVIEW).text
+    out = client.post("/dashboard/logout", headers={"Sec-Fetch-Site": "same-origin"}, follow_redirects=False)
+    assert out.status_code == 303 and "Max-Age=0" in out.headers["set-cookie"]
+    assert SIGNED_OUT in client.get(OVERVIEW).text

@@ -11,7 +11,8 @@ for a cookie once, through a login form:
   every session at once. Logging out clears the browser's cookie; a copied cookie stays
   valid until it expires (``SESSION_SECONDS``), so rotate the token if one leaks.
 - The cookie is HttpOnly (no script reads it), SameSite=Strict (no other site can make the
-  browser send it, which is the CSRF defence for the dashboard's POST forms), scoped to
+  browser send it; the sign-in and sign-out POSTs, which need no cookie, also refuse a form
+  another site posted: ``dashboard._cross_site``), scoped to
   ``/dashboard`` and Secure when the browser is on HTTPS (the request, or a TLS-terminating
   proxy's ``X-Forwarded-Proto``, says so).
 - Failed logins are counted per client IP in memory, **per process**: with several uvicorn

@@ -107,6 +107,29 @@ def _https(request: Request) -> bool:
     return request.url.scheme == "https" or forwarded == "https"
 
 
+def _cross_site(request: Request) -> bool:
+    """A POST another site's page made the browser send (SameSite keeps the cookie off it, but a
+    forged sign-in or sign-out needs none). The browser's ``Sec-Fetch-Site`` says where the form
+    came from; without it (an older browser) an ``Origin`` naming another host does. The
+    dashboard's own forms send ``Origin: null`` (its pages send no referrer), so that is not proof."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site.strip().lower() not in ("same-origin", "none")
+    origin = request.headers.get("origin", "").strip()
+    if not origin or origin == "null":
+        return False
+    ours = {request.headers.get("host", "").lower()}
+    public = request.app.state.runtime.settings.server.public_base_url
+    if public:
+        ours.add(urlsplit(public).netloc.lower())
+    return urlsplit(origin).netloc.lower() not in ours
+
+
+def _refuse_cross_site(request: Request, what: str) -> Response:
+    log.warning("dashboard %s refused: the form came from another site", what, extra={"client": _client(request)})
+    return sign_in_form(request, 403, "That request came from another site; sign in here.", next_url="/dashboard")
+
+
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -154,6 +177,8 @@ async def login_page(request: Request) -> Response:
 
 
 async def login(request: Request) -> Response:
+    if _cross_site(request):
+        return _refuse_cross_site(request, "sign-in")
     client, limiter = _client(request), _limiter(request)
     wait = limiter.retry_after(client)
     if wait:
@@ -182,6 +207,8 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    if _cross_site(request):
+        return _refuse_cross_site(request, "sign-out")
     response = _redirect("/dashboard")
     response.delete_cookie(auth.COOKIE, path=auth.COOKIE_PATH, secure=_https(request), httponly=True,
                            samesite="strict")
