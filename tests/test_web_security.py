@@ -76,3 +76,29 @@ def test_another_site_cannot_sign_the_browser_in_or_out(app):
     out = client.post("/dashboard/logout", headers={"Sec-Fetch-Site": "same-origin"}, follow_redirects=False)
     assert out.status_code == 303 and "Max-Age=0" in out.headers["set-cookie"]
     assert SIGNED_OUT in client.get(OVERVIEW).text
+
+
+# ---- a store's team guessing the operator's token --------------------------------------------
+
+def test_a_store_teams_own_sign_in_does_not_reset_its_count_of_wrong_tokens(db_url):
+    """Brand A's team holds a valid token for its own store. Signing in with it between guesses
+    must not wipe the failures: otherwise they guess server.admin_token (every store) without limit."""
+    with running_app(_with_store_tokens(db_url)) as (client, _):
+        for _ in range(auth.LOGIN_ATTEMPTS - 1):
+            assert login(client, "guess-operator-token").status_code == 401
+        assert login(client, TEAM_A).status_code == 303  # her own store: allowed
+        assert login(client, "guess-operator-token").status_code == 401  # the fifth failure in the minute
+        assert login(client, "another-guess").status_code == 429
+        assert login(client, SECRETS["admin"]).status_code == 429
+
+
+def test_a_store_teams_own_api_calls_do_not_reset_its_count_of_wrong_tokens(db_url):
+    with running_app(_with_store_tokens(db_url)) as (client, _):
+        own = {"Authorization": f"Bearer {TEAM_A}"}
+        guess = {"Authorization": "Bearer guess-operator-token"}
+        for _ in range(auth.LOGIN_ATTEMPTS - 1):
+            assert client.get("/api/stores/shop-b/handoffs", headers=guess).status_code == 401
+        assert client.get("/api/stores/shop-a/handoffs", headers=own).status_code == 200
+        assert client.get("/api/stores/shop-b/handoffs", headers=guess).status_code == 401
+        assert client.get("/api/stores/shop-b/handoffs", headers=guess).status_code == 429
+        assert client.get("/api/stores/shop-b/handoffs", headers=ADMIN).status_code == 429

@@ -85,7 +85,6 @@ def bearer_refusal(request: Request, store_key: str | None = None) -> Response |
         limiter.failed(client)
         log.warning("admin request without a valid token", extra={"route": route_template(request), "client": client})
         return problem(401, "unauthorized: send Authorization: Bearer <server.admin_token>")
-    limiter.succeeded(client)
     return None
 
 

@@ -87,7 +87,11 @@ def session_valid(value: str | None, token: str | None, *, now: float | None = N
 
 
 class LoginLimiter:
-    """Failed login attempts per client IP in a sliding window (in memory, per process)."""
+    """Failed login attempts per client IP in a sliding window (in memory, per process).
+
+    A success forgives nothing: the failures age out of the window. A store's team holds a
+    valid token (its own store's); if using it wiped the count, they could guess
+    ``server.admin_token`` without limit, four guesses and one sign-in at a time."""
 
     def __init__(self, attempts: int = LOGIN_ATTEMPTS, window: float = LOGIN_WINDOW_SECONDS, max_clients: int = 10_000):
         self.attempts, self.window, self.max_clients = attempts, window, max_clients
@@ -123,6 +127,3 @@ class LoginLimiter:
                     self._failures.pop(next(iter(self._failures)))
             self._failures.setdefault(client, deque()).append(now)
 
-    def succeeded(self, client: str) -> None:
-        with self._lock:
-            self._failures.pop(client, None)
