@@ -102,3 +102,17 @@ def test_a_store_teams_own_api_calls_do_not_reset_its_count_of_wrong_tokens(db_u
         assert client.get("/api/stores/shop-b/handoffs", headers=guess).status_code == 401
         assert client.get("/api/stores/shop-b/handoffs", headers=guess).status_code == 429
         assert client.get("/api/stores/shop-b/handoffs", headers=ADMIN).status_code == 429
+
+
+# ---- bad input answers a clear 4xx, never a 500 ----------------------------------------------
+
+@pytest.mark.parametrize("week", ["9999-W52", "0001-W01", "0001-W06"])
+def test_a_week_at_the_edge_of_the_calendar_is_refused_with_the_reason(app, week):
+    """The overview draws six weeks back and the report compares with the week before: a week
+    whose neighbours fall off the calendar is a 400 saying so, on the dashboard and in the API."""
+    client, _ = app
+    assert login(client).status_code == 303
+    page = client.get("/dashboard/shop-a", params={"week": week})
+    assert page.status_code == 400 and "no such ISO week" in page.text
+    api = client.get("/api/stores/shop-a/report", params={"week": week}, headers=ADMIN)
+    assert api.status_code == 400 and "no such ISO week" in api.json()["error"]
