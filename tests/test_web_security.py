@@ -106,6 +106,21 @@ def test_a_store_teams_own_api_calls_do_not_reset_its_count_of_wrong_tokens(db_u
 
 # ---- bad input answers a clear 4xx, never a 500 ----------------------------------------------
 
+TOO_BIG = "99999999999999999999999"  # no row id is this large (64-bit)
+
+
+def test_an_id_too_large_for_the_database_is_not_found_not_a_server_error(app):
+    client, _ = app
+    assert client.get(f"/api/stores/shop-a/compliance/{TOO_BIG}", headers=ADMIN).status_code == 404
+    closed = client.post(f"/api/stores/shop-a/handoffs/{TOO_BIG}/close", json={"by": "Ravi"}, headers=ADMIN)
+    assert closed.status_code == 404 and "no open hand-off" in closed.json()["error"]
+    for path in ("inbox", "handoffs"):
+        r = client.get(f"/api/stores/shop-a/{path}", params={"before_id": TOO_BIG}, headers=ADMIN)
+        assert r.status_code == 400 and "before_id" in r.json()["error"], path
+    replay = client.post("/api/stores/shop-a/inbox/replay", json={"ids": [1, int(TOO_BIG)]}, headers=ADMIN)
+    assert replay.status_code == 400 and "ids" in replay.json()["error"]
+
+
 @pytest.mark.parametrize("week", ["9999-W52", "0001-W01", "0001-W06"])
 def test_a_week_at_the_edge_of_the_calendar_is_refused_with_the_reason(app, week):
     """The overview draws six weeks back and the report compares with the week before: a week
