@@ -99,6 +99,7 @@ WINDOWS: Table = m.ReorderWindow.__table__  # type: ignore[assignment]
 MESSAGES = INBOUND  # the same table holds what we sent (direction "out", with its outbox id)
 
 _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
+WEEK_YEARS = (1970, 9998)  # a week asked for: its trend's weeks before and the next week exist as dates
 Z95 = 1.959964
 REACHED = REACHED_STATES  # WhatsApp took the message (or a dry run stood in for it), as the runner counts
 OPT_OUT_HOURS = 72  # an opt-out is put down to the last message that reached the contact this long before it
@@ -131,6 +132,8 @@ def parse_week(label: str | None, tz: ZoneInfo, now: datetime) -> Period:
     match = _WEEK.match(label.strip())
     if not match:
         raise ValueError(f"{label!r} is not an ISO week (use e.g. 2026-W47)")
+    if not WEEK_YEARS[0] <= int(match.group(1)) <= WEEK_YEARS[1]:  # the report's weeks before and after stay on the calendar
+        raise ValueError(f"{label!r}: no such ISO week (years {WEEK_YEARS[0]} to {WEEK_YEARS[1]})")
     try:
         return week_period(int(match.group(1)), int(match.group(2)), tz)
     except ValueError:

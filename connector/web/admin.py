@@ -26,6 +26,12 @@ from connector.web.http import BodyTooLarge, parse_json, problem, receive_body
 log = logging.getLogger("storeloop.admin")
 
 CLOSED_BY_MAX = 120  # handoffs.closed_by is VARCHAR(120): longer would be a database error on PostgreSQL
+MAX_ROW_ID = 2**63 - 1  # ids are BIGINT: a larger number is no row, and SQLite / PostgreSQL raise on it
+
+
+def _row_id(value: int) -> bool:
+    """An id a row could have (a path's digits can be any length)."""
+    return 0 <= value <= MAX_ROW_ID
 
 
 def _authorized(request: Request, store_key: str | None = None) -> bool:
@@ -85,7 +91,6 @@ def bearer_refusal(request: Request, store_key: str | None = None) -> Response |
         limiter.failed(client)
         log.warning("admin request without a valid token", extra={"route": route_template(request), "client": client})
         return problem(401, "unauthorized: send Authorization: Bearer <server.admin_token>")
-    limiter.succeeded(client)
     return None
 
 
@@ -166,6 +171,8 @@ async def inbox(request: Request) -> Response:
         before = int(request.query_params["before_id"]) if "before_id" in request.query_params else None
     except ValueError:
         return problem(400, "limit and before_id must be integers")
+    if before is not None and not _row_id(before):
+        return problem(400, f"before_id must be between 0 and {MAX_ROW_ID}")
     runtime = request.app.state.runtime
     rows = await anyio.to_thread.run_sync(partial(admin.inbox_view, runtime.db, guard, status, limit, before))
     return JSONResponse({"items": rows})
@@ -182,7 +189,7 @@ async def replay_inbox(request: Request) -> Response:
     guard, body = guarded
     runtime = request.app.state.runtime
     ids, status, since = body.get("ids"), body.get("status", "failed"), body.get("since")
-    if ids is not None and (not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+    if ids is not None and (not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) and _row_id(i) for i in ids)):
         return problem(400, "ids must be a non-empty list of inbox row ids (integers); leave it out for every failed row")
     if status not in admin.REPLAYABLE:
         return problem(400, f"status must be one of {', '.join(admin.REPLAYABLE)}")
@@ -214,6 +221,8 @@ async def handoffs(request: Request) -> Response:
         before = int(request.query_params["before_id"]) if "before_id" in request.query_params else None
     except ValueError:
         return problem(400, "limit and before_id must be integers")
+    if before is not None and not _row_id(before):
+        return problem(400, f"before_id must be between 0 and {MAX_ROW_ID}")
     runtime = request.app.state.runtime
     rows = await anyio.to_thread.run_sync(partial(admin.handoffs_view, runtime.db, guard, status, limit, before))
     return JSONResponse({"items": rows})
@@ -233,6 +242,8 @@ async def close_handoff(request: Request) -> Response:
     if resolution is not None and not isinstance(resolution, str):
         return problem(400, "resolution must be a string")
     handoff_id = int(request.path_params["handoff_id"])
+    if not _row_id(handoff_id):
+        return problem(404, "no open hand-off with that id in this store")
     closed = await anyio.to_thread.run_sync(partial(admin.close_handoff, runtime.db, guard, handoff_id, by, resolution, runtime.clock()))
     return JSONResponse({"closed": True}) if closed else problem(404, "no open hand-off with that id in this store")
 
@@ -275,8 +286,11 @@ async def compliance_request(request: Request) -> Response:
     guard = _guard(request)
     if isinstance(guard, Response):
         return guard
+    request_id = int(request.path_params["request_id"])
+    if not _row_id(request_id):
+        return problem(404, "no such privacy request in this store")
     runtime = request.app.state.runtime
-    view = await anyio.to_thread.run_sync(partial(get_request, runtime.db, guard, int(request.path_params["request_id"])))
+    view = await anyio.to_thread.run_sync(partial(get_request, runtime.db, guard, request_id))
     return JSONResponse(view) if view else problem(404, "no such privacy request in this store")
 
 

@@ -11,8 +11,10 @@ for a cookie once, through a login form:
   every session at once. Logging out clears the browser's cookie; a copied cookie stays
   valid until it expires (``SESSION_SECONDS``), so rotate the token if one leaks.
 - The cookie is HttpOnly (no script reads it), SameSite=Strict (no other site can make the
-  browser send it, which is the CSRF defence for the dashboard's POST forms), scoped to
-  ``/dashboard`` and Secure when the request came over HTTPS.
+  browser send it; the sign-in and sign-out POSTs, which need no cookie, also refuse a form
+  another site posted: ``dashboard._cross_site``), scoped to
+  ``/dashboard`` and Secure when the browser is on HTTPS (the request, or a TLS-terminating
+  proxy's ``X-Forwarded-Proto``, says so).
 - Failed logins are counted per client IP in memory, **per process**: with several uvicorn
   workers each keeps its own count, so the effective limit is workers x ``LOGIN_ATTEMPTS``.
   Behind a proxy, the client IP is what uvicorn's ``--proxy-headers`` makes of it.
@@ -85,7 +87,11 @@ def session_valid(value: str | None, token: str | None, *, now: float | None = N
 
 
 class LoginLimiter:
-    """Failed login attempts per client IP in a sliding window (in memory, per process)."""
+    """Failed login attempts per client IP in a sliding window (in memory, per process).
+
+    A success forgives nothing: the failures age out of the window. A store's team holds a
+    valid token (its own store's); if using it wiped the count, they could guess
+    ``server.admin_token`` without limit, four guesses and one sign-in at a time."""
 
     def __init__(self, attempts: int = LOGIN_ATTEMPTS, window: float = LOGIN_WINDOW_SECONDS, max_clients: int = 10_000):
         self.attempts, self.window, self.max_clients = attempts, window, max_clients
@@ -121,6 +127,3 @@ class LoginLimiter:
                     self._failures.pop(next(iter(self._failures)))
             self._failures.setdefault(client, deque()).append(now)
 
-    def succeeded(self, client: str) -> None:
-        with self._lock:
-            self._failures.pop(client, None)

@@ -99,6 +99,37 @@ def _signed_in(request: Request) -> bool:
     return _scope(request) is not None
 
 
+def _https(request: Request) -> bool:
+    """The browser is on https: served so, or through a TLS-terminating proxy that says so. Its
+    X-Forwarded-Proto is read even when uvicorn does not trust the proxy (another host): a client
+    that lies about it only gets a Secure cookie its own plain-http requests then lack."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
+
+
+def _cross_site(request: Request) -> bool:
+    """A POST another site's page made the browser send (SameSite keeps the cookie off it, but a
+    forged sign-in or sign-out needs none). The browser's ``Sec-Fetch-Site`` says where the form
+    came from; without it (an older browser) an ``Origin`` naming another host does. The
+    dashboard's own forms send ``Origin: null`` (its pages send no referrer), so that is not proof."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site.strip().lower() not in ("same-origin", "none")
+    origin = request.headers.get("origin", "").strip()
+    if not origin or origin == "null":
+        return False
+    ours = {request.headers.get("host", "").lower()}
+    public = request.app.state.runtime.settings.server.public_base_url
+    if public:
+        ours.add(urlsplit(public).netloc.lower())
+    return urlsplit(origin).netloc.lower() not in ours
+
+
+def _refuse_cross_site(request: Request, what: str) -> Response:
+    log.warning("dashboard %s refused: the form came from another site", what, extra={"client": _client(request)})
+    return sign_in_form(request, 403, "That request came from another site; sign in here.", next_url="/dashboard")
+
+
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -146,6 +177,8 @@ async def login_page(request: Request) -> Response:
 
 
 async def login(request: Request) -> Response:
+    if _cross_site(request):
+        return _refuse_cross_site(request, "sign-in")
     client, limiter = _client(request), _limiter(request)
     wait = limiter.retry_after(client)
     if wait:
@@ -164,18 +197,19 @@ async def login(request: Request) -> Response:
             limiter.failed(client)
             log.warning("dashboard login with a wrong token", extra={"client": client})
             return sign_in_form(request, 401, "That is not the admin token.", next_url=next_url)
-    limiter.succeeded(client)
     log.info("dashboard login", extra={"client": client, "store": store or "all"})
     session = auth.issue_session(everyone or "") if store is None else auth.issue_session(_store_tokens(request)[store], store=store)
     response = _redirect(next_url if store is None or next_url.startswith(f"/dashboard/{store}") else f"/dashboard/{store}")
     response.set_cookie(auth.COOKIE, session, max_age=auth.SESSION_SECONDS,
-                        path=auth.COOKIE_PATH, secure=request.url.scheme == "https", httponly=True, samesite="strict")
+                        path=auth.COOKIE_PATH, secure=_https(request), httponly=True, samesite="strict")
     return response
 
 
 async def logout(request: Request) -> Response:
+    if _cross_site(request):
+        return _refuse_cross_site(request, "sign-out")
     response = _redirect("/dashboard")
-    response.delete_cookie(auth.COOKIE, path=auth.COOKIE_PATH, secure=request.url.scheme == "https", httponly=True,
+    response.delete_cookie(auth.COOKIE, path=auth.COOKIE_PATH, secure=_https(request), httponly=True,
                            samesite="strict")
     return response
 
