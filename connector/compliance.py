@@ -160,7 +160,9 @@ class Needles:
 
     def regex(self, *, names: bool = True) -> re.Pattern[str] | None:
         parts = [r"(?<!\d)\+?" + r"[\s\-.()/]*".join(d) + r"(?!\d)" for d in sorted(self.digits, key=len, reverse=True)]
-        parts += [re.escape(x) for x in sorted(self.literals, key=len, reverse=True)]
+        # a literal as a whole token: ann@example.org is not inside joann@example.org or ann@example.org.in
+        # (a sentence's full stop after it still ends it)
+        parts += [r"(?<![\w.+-])" + re.escape(x) + r"(?![\w-]|\.\w)" for x in sorted(self.literals, key=len, reverse=True)]
         if names:
             parts += [r"(?<!\w)" + re.escape(n) + r"(?!\w)" for n in sorted(self.names, key=len, reverse=True)]
         return re.compile("|".join(parts), re.IGNORECASE) if parts else None
