@@ -102,7 +102,7 @@ def _admin_paths(client) -> list[tuple[str, str, str]]:
     for route in client.app.routes:
         if isinstance(route, Route) and route.path.startswith("/api/"):
             path = route.path.replace("{store_key}", "shop-a").replace("{phone}", "+919876543210").replace(
-                "{order_id}", "1").replace("{handoff_id:int}", "1").replace("{request_id:int}", "1")
+                "{order_id}", "1").replace("{handoff_id}", "1").replace("{request_id}", "1")
             assert "{" not in path, path
             out.append((sorted(route.methods - {"HEAD"})[0], route.path, path))
     return out

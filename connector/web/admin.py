@@ -34,22 +34,33 @@ def _row_id(value: int) -> bool:
     return 0 <= value <= MAX_ROW_ID
 
 
-def _authorized(request: Request, store_key: str | None = None) -> bool:
-    """The bearer is ``server.admin_token``, or (for a route of ``store_key``) that store's own
-    ``admin_token``: a store's token opens nothing of another store."""
+def _path_id(request: Request, name: str) -> int | None:
+    """A row id from the path, or None (not digits, or more than a row id can be): parsed here, not by
+    the route's ``int`` convertor, which raised on 4,300 digits and more (a 500 before any check)."""
+    text = request.path_params[name]
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_ROW_ID)):
+        return None
+    value = int(text)
+    return value if _row_id(value) else None
+
+
+def _authorized(request: Request, store_key: str | None = None) -> str | None:
+    """``"admin"`` when the bearer is ``server.admin_token``, ``"store"`` when (for a route of
+    ``store_key``) it is that store's own ``admin_token``, else None: a store's token opens nothing
+    of another store."""
     given = request.headers.get("authorization", "")
     if not given.startswith("Bearer "):
-        return False
+        return None
     presented = given.removeprefix("Bearer ").strip()
     if not presented.isascii():
-        return False
+        return None
     runtime = request.app.state.runtime
     store = runtime.stores_by_key.get(store_key) if store_key else None
-    accepted = 0
+    matched: list[bool] = []
     for token in (runtime.settings.server.admin_token, store.admin_token if store is not None else None):
-        if token is not None and token.get_secret_value():  # both compared, in constant time each
-            accepted |= hmac.compare_digest(presented, token.get_secret_value())
-    return bool(accepted)
+        secret = token.get_secret_value() if token is not None else ""
+        matched.append(bool(secret) and hmac.compare_digest(presented, secret))  # both compared, in constant time each
+    return "admin" if matched[0] else "store" if matched[1] else None
 
 
 def _store_id(request: Request) -> int | None:
@@ -87,10 +98,13 @@ def bearer_refusal(request: Request, store_key: str | None = None) -> Response |
     if wait:
         log.warning("admin request refused: too many failed attempts", extra={"route": route_template(request), "client": client})
         return problem(429, f"too many failed attempts; try again in {wait} s", headers={"Retry-After": str(wait)})
-    if not _authorized(request, store_key):
+    who = _authorized(request, store_key)
+    if who is None:
         limiter.failed(client)
         log.warning("admin request without a valid token", extra={"route": route_template(request), "client": client})
         return problem(401, "unauthorized: send Authorization: Bearer <server.admin_token>")
+    if who == "admin":
+        limiter.forgive(client)
     return None
 
 
@@ -241,8 +255,8 @@ async def close_handoff(request: Request) -> Response:
         return problem(400, f"by: at most {CLOSED_BY_MAX} characters")
     if resolution is not None and not isinstance(resolution, str):
         return problem(400, "resolution must be a string")
-    handoff_id = int(request.path_params["handoff_id"])
-    if not _row_id(handoff_id):
+    handoff_id = _path_id(request, "handoff_id")
+    if handoff_id is None:
         return problem(404, "no open hand-off with that id in this store")
     closed = await anyio.to_thread.run_sync(partial(admin.close_handoff, runtime.db, guard, handoff_id, by, resolution, runtime.clock()))
     return JSONResponse({"closed": True}) if closed else problem(404, "no open hand-off with that id in this store")
@@ -286,8 +300,8 @@ async def compliance_request(request: Request) -> Response:
     guard = _guard(request)
     if isinstance(guard, Response):
         return guard
-    request_id = int(request.path_params["request_id"])
-    if not _row_id(request_id):
+    request_id = _path_id(request, "request_id")
+    if request_id is None:
         return problem(404, "no such privacy request in this store")
     runtime = request.app.state.runtime
     view = await anyio.to_thread.run_sync(partial(get_request, runtime.db, guard, request_id))

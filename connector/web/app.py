@@ -69,10 +69,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, run_worker
         Route("/api/stores/{store_key}/inbox", admin.inbox, methods=["GET"]),
         Route("/api/stores/{store_key}/inbox/replay", admin.replay_inbox, methods=["POST"]),
         Route("/api/stores/{store_key}/handoffs", admin.handoffs, methods=["GET"]),
-        Route("/api/stores/{store_key}/handoffs/{handoff_id:int}/close", admin.close_handoff, methods=["POST"]),
+        Route("/api/stores/{store_key}/handoffs/{handoff_id}/close", admin.close_handoff, methods=["POST"]),
         Route("/api/stores/{store_key}/report", admin.report, methods=["GET"]),
         Route("/api/stores/{store_key}/compliance", admin.compliance_requests, methods=["GET"]),
-        Route("/api/stores/{store_key}/compliance/{request_id:int}", admin.compliance_request, methods=["GET"]),
+        Route("/api/stores/{store_key}/compliance/{request_id}", admin.compliance_request, methods=["GET"]),
         Route("/api/stores/{store_key}/customers/redact", admin.redact_customer, methods=["POST"]),
         *install_web.ROUTES,  # /shopify/install + callback, /woocommerce/connect + callback (connector/install)
         Route("/healthz", health.healthz, methods=["GET"]),

@@ -89,9 +89,10 @@ def session_valid(value: str | None, token: str | None, *, now: float | None = N
 class LoginLimiter:
     """Failed login attempts per client IP in a sliding window (in memory, per process).
 
-    A success forgives nothing: the failures age out of the window. A store's team holds a
+    A store's token forgives nothing: the failures age out of the window. A store's team holds a
     valid token (its own store's); if using it wiped the count, they could guess
-    ``server.admin_token`` without limit, four guesses and one sign-in at a time."""
+    ``server.admin_token`` without limit, four guesses and one sign-in at a time. The admin token
+    itself does forgive (``forgive``)."""
 
     def __init__(self, attempts: int = LOGIN_ATTEMPTS, window: float = LOGIN_WINDOW_SECONDS, max_clients: int = 10_000):
         self.attempts, self.window, self.max_clients = attempts, window, max_clients
@@ -126,4 +127,11 @@ class LoginLimiter:
                 if len(self._failures) >= self.max_clients:
                     self._failures.pop(next(iter(self._failures)))
             self._failures.setdefault(client, deque()).append(now)
+
+    def forgive(self, client: str) -> None:
+        """``server.admin_token`` itself signed in: its holder has nothing left to guess, so the count
+        (one client's stale token behind a shared proxy address, say) no longer locks the others out.
+        A store team's token forgives nothing: with it they could otherwise guess the admin token."""
+        with self._lock:
+            self._failures.pop(client, None)
 

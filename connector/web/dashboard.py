@@ -197,6 +197,8 @@ async def login(request: Request) -> Response:
             limiter.failed(client)
             log.warning("dashboard login with a wrong token", extra={"client": client})
             return sign_in_form(request, 401, "That is not the admin token.", next_url=next_url)
+    if store is None:
+        limiter.forgive(client)  # the admin token itself: nothing left to guess (``LoginLimiter.forgive``)
     log.info("dashboard login", extra={"client": client, "store": store or "all"})
     session = auth.issue_session(everyone or "") if store is None else auth.issue_session(_store_tokens(request)[store], store=store)
     response = _redirect(next_url if store is None or next_url.startswith(f"/dashboard/{store}") else f"/dashboard/{store}")
