@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from connector.config import Settings, load_settings
-from connector.errors import ConfigError, SchemaNotReadyError
+from connector.errors import ConfigError, DatabaseNotReadyError
 
 app = typer.Typer(help="storeloop: store events to WhatsApp journeys.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -50,6 +50,17 @@ def _store(settings: Settings, key: str) -> Any:
     return chosen
 
 
+def _refuse(verb: str, exc: DatabaseNotReadyError) -> typer.Exit:
+    """Exit 3: the database cannot be reached or is not migrated. Said on stderr and logged
+    (``serve`` and ``worker`` log to a collector); the URL in it never carries its password."""
+    import logging
+
+    console.print(f"[bold red]{verb}:[/] {escape(str(exc))}", highlight=False)
+    if logging.getLogger("storeloop").handlers:  # configured (serve, worker); else Python's fallback would say it twice
+        logging.getLogger("storeloop.cli").error("%s: %s", verb, exc)
+    return typer.Exit(3)
+
+
 def _open_db(settings: Settings, verb: str) -> tuple[Any, dict[str, int]]:
     """The database at the current schema with every configured store registered, or exit 3."""
     from connector.storage.db import Database, ensure_schema
@@ -58,10 +69,9 @@ def _open_db(settings: Settings, verb: str) -> tuple[Any, dict[str, int]]:
     db = Database.from_url(settings.database.url)
     try:
         ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
-    except SchemaNotReadyError as exc:
+    except DatabaseNotReadyError as exc:
         db.dispose()
-        console.print(f"[bold red]refusing to {verb}:[/] {exc}")
-        raise typer.Exit(3) from None
+        raise _refuse(f"refusing to {verb}", exc) from None
     return db, sync_stores(db, [(s.key, s.platform) for s in settings.stores])
 
 
@@ -91,10 +101,14 @@ def migrate(config: ConfigOpt = Path("storeloop.toml")) -> None:
 
     settings = _load(config)
     engine = make_engine(settings.database.url)
-    before = current_revision(engine)
-    run(engine)
+    try:
+        before = current_revision(engine)
+        run(engine)
+    except DatabaseNotReadyError as exc:
+        raise _refuse("cannot migrate", exc) from None
+    finally:
+        engine.dispose()
     console.print(f"database at {head_revision()} (was {before or 'empty'})")
-    engine.dispose()
 
 
 @app.command()
@@ -116,9 +130,8 @@ def serve(
     engine = make_engine(settings.database.url)
     try:
         status = ensure_schema(engine, auto_migrate=settings.database.auto_migrate)
-    except SchemaNotReadyError as exc:
-        console.print(f"[bold red]refusing to start:[/] {exc}")
-        raise typer.Exit(3) from None
+    except DatabaseNotReadyError as exc:
+        raise _refuse("refusing to start", exc) from None
     finally:
         engine.dispose()
     console.print(f"database schema {status}; WhatsApp sender: {'dry-run' if settings.whatsapp.dry_run else 'live'}")
@@ -154,9 +167,8 @@ def worker(config: ConfigOpt = Path("storeloop.toml")) -> None:
         runtime = Runtime(settings, run_worker=True)
         try:
             await runtime.start()
-        except SchemaNotReadyError as exc:
-            console.print(f"[bold red]refusing to start:[/] {exc}")
-            raise typer.Exit(3) from None
+        except DatabaseNotReadyError as exc:
+            raise _refuse("refusing to start", exc) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -305,7 +317,11 @@ def sync(
 
     settings = _load(config)
     chosen = _store(settings, store)
-    if not has_credentials(chosen) and not _has_stored_credentials(settings, chosen):
+    try:
+        stored = has_credentials(chosen) or _has_stored_credentials(settings, chosen)
+    except DatabaseNotReadyError as exc:
+        raise _refuse("refusing to sync", exc) from None
+    if not stored:
         what = "access_token" if chosen.platform == "shopify" else "consumer_key and consumer_secret"
         console.print(f"[bold red]store {store!r} has no API credentials:[/] set {what} to sync "
                       f"(or `storeloop install {chosen.platform} --store {chosen.key}`)")
@@ -534,12 +550,14 @@ app.add_typer(install_app, name="install")
 
 
 def _has_stored_credentials(settings: Settings, store: object) -> bool:
-    """Credentials stored by install, without decrypting (False when the database is not there yet)."""
+    """Credentials stored by install, without decrypting (False when the database is not there
+    yet); ``DatabaseUnavailableError`` when it cannot be reached, rather than a wrong "no credentials"."""
     from connector.install.credentials import has_stored_credentials
-    from connector.storage.db import Database
+    from connector.storage.db import Database, connect
 
     db = Database.from_url(settings.database.url)
     try:
+        connect(db.engine).close()
         return has_stored_credentials(db, store)
     finally:
         db.dispose()
@@ -565,10 +583,9 @@ def _install_target(config: Path, store: str, platform: str):  # type: ignore[no
     db = Database.from_url(settings.database.url)
     try:
         ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
-    except SchemaNotReadyError as exc:
+    except DatabaseNotReadyError as exc:
         db.dispose()
-        console.print(f"[bold red]refusing to install:[/] {exc}")
-        raise typer.Exit(3) from None
+        raise _refuse("refusing to install", exc) from None
     store_id = sync_stores(db, [(s.key, s.platform) for s in settings.stores])[chosen.key]
     return settings, chosen, db, store_id, box
 
@@ -703,9 +720,8 @@ def rotate_secrets(config: ConfigOpt = Path("storeloop.toml")) -> None:
     try:
         ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
         count = rotate_credentials(db, box)
-    except SchemaNotReadyError as exc:
-        console.print(f"[bold red]cannot rotate:[/] {exc}")
-        raise typer.Exit(3) from None
+    except DatabaseNotReadyError as exc:
+        raise _refuse("cannot rotate", exc) from None
     except SecretsUnavailable as exc:
         console.print(f"[bold red]nothing rotated:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None

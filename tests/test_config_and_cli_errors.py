@@ -1,0 +1,124 @@
+"""What a store's engineer sees for a config typo or a CLI misuse: a short message naming what is
+wrong and where, the right exit code (2: configuration or usage, 3: database not ready), never a
+Python traceback and never a secret."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from connector.cli import app
+
+runner = CliRunner()
+
+DB_PASSWORD = "pg-pass-never-shown-7"
+STORES = """
+[[stores]]
+key = "acme"
+platform = "shopify"
+shop_domain = "acme.myshopify.com"
+webhook_secret = "whsec-never-shown-1"
+access_token = "shpat-never-shown-2"
+[stores.journeys.reorder]
+
+[[stores]]
+key = "bloom"
+platform = "woocommerce"
+site_url = "https://bloom.example"
+webhook_secret = "wc-never-shown-3"
+consumer_key = "ck_never_shown_4"
+consumer_secret = "cs_never_shown_5"
+"""
+SECRETS = ("whsec-never-shown-1", "shpat-never-shown-2", "wc-never-shown-3", "ck_never_shown_4", "cs_never_shown_5", DB_PASSWORD)
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored():
+    """``serve`` and ``worker`` point the storeloop logger at the stderr CliRunner captures and then closes."""
+    import logging
+
+    logger = logging.getLogger("storeloop")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+def _config(tmp_path: Path, database: str, *, extra: str = "", stores: str = STORES) -> Path:
+    path = tmp_path / "storeloop.toml"
+    path.write_text(f"{extra}\n[database]\n{database}\n{stores}")
+    return path
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the socket is: nothing answers there
+
+
+def _plain(result) -> str:
+    return " ".join(result.output.split())  # rich wraps long lines at the terminal width
+
+
+def _no_traceback(result) -> None:
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    for secret in SECRETS:
+        assert secret not in result.output
+
+
+# every command that opens the database, with what it needs besides
+DB_COMMANDS = {
+    "migrate": ["migrate"],
+    "serve": ["serve"],
+    "worker": ["worker"],
+    "sync": ["sync", "--store", "acme"],
+    "replay": ["replay", "--store", "acme"],
+    "replay --timers": ["replay", "--store", "acme", "--timers"],
+    "report": ["report", "--store", "acme"],
+    "windows": ["windows", "--store", "acme"],
+    "install shopify": ["install", "shopify", "--store", "acme"],
+    "install woocommerce": ["install", "woocommerce", "--store", "bloom"],
+    "rotate-secrets": ["rotate-secrets"],
+    "customer export": ["customer", "export", "--store", "acme", "--phone", "+15550001111"],
+}
+
+
+@pytest.mark.parametrize("command", DB_COMMANDS, ids=list(DB_COMMANDS))
+def test_a_database_that_does_not_answer_is_named_without_its_password_and_exits_3(tmp_path, monkeypatch, command):
+    """PostgreSQL down (or a wrong port): one line naming the URL, password hidden, and what the server
+    said; not the driver's 400-line traceback."""
+    from connector.secrets import generate_key
+
+    monkeypatch.setenv("STORELOOP_SECRET_KEYS", generate_key())
+    port = _closed_port()
+    config = _config(tmp_path, f'url = "postgresql+psycopg://storeloop:{DB_PASSWORD}@127.0.0.1:{port}/storeloop"',
+                     extra='[server]\npublic_url = "https://connector.example"')
+    result = runner.invoke(app, [*DB_COMMANDS[command], "--config", str(config)])
+    _no_traceback(result)
+    assert result.exit_code == 3, result.output
+    out = _plain(result)
+    assert f"cannot open the database postgresql+psycopg://storeloop:***@127.0.0.1:{port}/storeloop" in out
+    assert "Connection refused" in out
+
+
+def test_a_sqlite_file_in_a_folder_that_does_not_exist_says_which_folder(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    config = _config(tmp_path, f'url = "sqlite:///{missing}/storeloop.db"')
+    result = runner.invoke(app, ["report", "--store", "acme", "--config", str(config)])
+    _no_traceback(result)
+    assert result.exit_code == 3
+    assert f"unable to open database file (the folder {missing} does not exist)" in _plain(result)
+
+
+def test_sync_of_a_store_without_credentials_blames_the_database_not_the_credentials(tmp_path):
+    """Whether install stored a token is read from the database: when that cannot be reached, saying
+    "no API credentials: set access_token" sends the engineer the wrong way."""
+    stores = '[[stores]]\nkey = "acme"\nplatform = "shopify"\nshop_domain = "acme.myshopify.com"\nwebhook_secret = "s"\n'
+    config = _config(tmp_path, f'url = "postgresql+psycopg://u:{DB_PASSWORD}@127.0.0.1:{_closed_port()}/x"', stores=stores)
+    result = runner.invoke(app, ["sync", "--store", "acme", "--config", str(config)])
+    _no_traceback(result)
+    assert result.exit_code == 3
+    assert "cannot open the database" in _plain(result) and "no API credentials" not in result.output
