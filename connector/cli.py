@@ -818,7 +818,7 @@ def customer_redact(
     Shows what will be erased (counts only) and asks first. Exit codes: 0 erased, or nothing
     stored for that customer (nothing to erase); 1 not confirmed, or the erasure failed (the
     worker retries it); 2 bad input (unknown store, not a phone, not an email, no customer given);
-    3 database schema not ready; 4 recorded, but deliveries of the store received before it are
+    3 database not reachable or not migrated; 4 recorded, but deliveries of the store received before it are
     still pending: a running worker answers it once they are processed.
     """
     from connector.erasure import BadRequest, answer_now, found_anything, parse_request, preview, submit

@@ -82,7 +82,8 @@ DB_COMMANDS = {
     "install shopify": ["install", "shopify", "--store", "acme"],
     "install woocommerce": ["install", "woocommerce", "--store", "bloom"],
     "rotate-secrets": ["rotate-secrets"],
-    "customer export": ["customer", "export", "--store", "acme", "--phone", "+15550001111"],
+    "customer export": ["customer", "export", "--store", "acme", "--phone", "+919812345678"],
+    "customer redact": ["customer", "redact", "--store", "acme", "--phone", "+919812345678", "--yes"],
 }
 
 
