@@ -89,10 +89,32 @@ class DatabaseSettings(_Settings):
     @field_validator("url")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        if not (value.startswith("sqlite") or value.startswith("postgresql")):
-            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        """A URL SQLAlchemy can open with the drivers installed, checked here so a typo is a
+        config error and not a traceback at start. Problems never quote the URL (its password)."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
         if value.startswith("postgresql://"):
             value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        try:
+            url = make_url(value)
+        except (ArgumentError, ValueError):
+            raise ValueError("is not a database URL: write sqlite:///path/to/file.db or "
+                             "postgresql+psycopg://user:password@host:5432/dbname") from None
+        backend, _, driver = url.drivername.partition("+")  # by name: asking SQLAlchemy loads the dialect
+        if backend == "sqlite":
+            if driver not in ("", "pysqlite"):
+                raise ValueError(f"SQLite is opened with Python's own driver: write sqlite:///..., not {url.drivername}://")
+            if url.host:
+                raise ValueError("a SQLite URL has three slashes before a relative path (sqlite:///storeloop.db) "
+                                 "and four before an absolute one (sqlite:////var/lib/storeloop.db)")
+        elif backend == "postgresql":
+            if driver != "psycopg":
+                raise ValueError(f"the PostgreSQL driver installed is psycopg: write postgresql+psycopg://..., not {url.drivername}://")
+            if url.port is not None and not 1 <= url.port <= 65535:
+                raise ValueError(f"port {url.port} is outside 1-65535")
+        else:
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         return value
 
     @property

@@ -123,3 +123,35 @@ def test_sync_of_a_store_without_credentials_blames_the_database_not_the_credent
     _no_traceback(result)
     assert result.exit_code == 3
     assert "cannot open the database" in _plain(result) and "no API credentials" not in result.output
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("sqlite//storeloop.db", "is not a database URL"),
+    ("sqlite://storeloop.db", "three slashes"),
+    ("sqlite+aiosqlite:///storeloop.db", "write sqlite:///"),
+    (f"postgresql+pyscopg://u:{DB_PASSWORD}@127.0.0.1:5432/storeloop", "write postgresql+psycopg://"),
+    (f"postgresql+psycopg2://u:{DB_PASSWORD}@127.0.0.1:5432/storeloop", "write postgresql+psycopg://"),
+    (f"postgres://u:{DB_PASSWORD}@127.0.0.1:5432/storeloop", "postgresql+psycopg://"),
+    (f"postgresql+psycopg://u:{DB_PASSWORD}@127.0.0.1:54320000/storeloop", "port"),
+    (f"postgresql+psycopg://u:{DB_PASSWORD}@127.0.0.1:pg/storeloop", "is not a database URL"),
+])
+def test_check_config_catches_a_misspelt_database_url_without_echoing_it(tmp_path, url, says):
+    """A URL SQLAlchemy cannot use passed check-config, then every command died in a traceback
+    (NoSuchModuleError, "Could not parse SQLAlchemy URL"); `sqlite://file.db` would be refused too late."""
+    config = _config(tmp_path, f'url = "{url}"')
+    result = runner.invoke(app, ["check-config", str(config)])
+    _no_traceback(result)
+    assert result.exit_code == 2, result.output
+    out = _plain(result)
+    assert "database.url:" in out and says in out
+    assert url not in out  # the URL can hold a password: never quoted
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///storeloop.db", "sqlite:////var/lib/storeloop/x.db", "sqlite+pysqlite:///x.db",
+                                 "postgresql+psycopg://u:p@db.internal:5432/storeloop?sslmode=require",
+                                 "postgresql://u:p@127.0.0.1/storeloop", "postgresql+psycopg:///storeloop"])
+def test_database_urls_that_work_still_load(url):
+    from connector.config import parse_settings
+
+    assert parse_settings({"database": {"url": url}}, environ={}).database.url.split("://")[0] in (
+        "sqlite", "sqlite+pysqlite", "postgresql+psycopg")
