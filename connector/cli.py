@@ -115,8 +115,8 @@ def migrate(config: ConfigOpt = Path("storeloop.toml")) -> None:
 def serve(
     config: ConfigOpt = Path("storeloop.toml"),
     host: Annotated[Optional[str], typer.Option(help="overrides server.host")] = None,
-    port: Annotated[Optional[int], typer.Option(help="overrides server.port")] = None,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    port: Annotated[Optional[int], typer.Option(help="overrides server.port", min=1, max=65535)] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes", min=1)] = 1,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="web only; run `storeloop worker` separately")] = False,
 ) -> None:
     """Run the web server (webhooks, admin API) and, unless --no-worker, the inbox processor."""
@@ -240,15 +240,17 @@ def templates_check(config: ConfigOpt = Path("storeloop.toml")) -> None:
 
 @app.command()
 def demo(
-    days: Annotated[int, typer.Option(help="simulated days (the report covers the last complete week)")] = 25,
+    days: Annotated[int, typer.Option(help="simulated days (the report covers the last complete week)", min=1, max=3650)] = 25,
     scale: Annotated[float, typer.Option(help="orders and checkouts per day, relative to the default store")] = 1.0,
     seed: Annotated[int, typer.Option(help="the simulation's random seed")] = 7,
     keep_running: Annotated[bool, typer.Option("--keep-running", help="keep serving (admin API, dashboard) after the run")] = False,
-    port: Annotated[int, typer.Option(help="0 picks a free port")] = 0,
+    port: Annotated[int, typer.Option(help="0 picks a free port", min=0, max=65535)] = 0,
 ) -> None:
     """Run the real connector against a simulated store and WhatsApp on 127.0.0.1, then print the weekly report."""
     from connector.demo import run_demo
 
+    if not scale > 0:
+        raise typer.BadParameter(f"{scale:g}: must be more than 0 (e.g. 0.5 for half the orders)", param_hint="--scale")
     code = run_demo(days=days, seed=seed, keep_running=keep_running, port=port, scale=scale)
     raise typer.Exit(code)
 
@@ -260,14 +262,16 @@ def _parse_since(value: str, now: datetime) -> datetime:
 
     text = value.strip()
     m = re.fullmatch(r"(\d+)\s*([dh])", text, re.IGNORECASE)
-    if m:
-        n = int(m.group(1))
-        return now - (timedelta(days=n) if m.group(2).lower() == "d" else timedelta(hours=n))
     try:
+        if m:
+            n = int(m.group(1))
+            return now - (timedelta(days=n) if m.group(2).lower() == "d" else timedelta(hours=n))
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
     except ValueError:
-        raise typer.BadParameter(f"{value!r}: use Nd, Nh or an ISO date like 2026-01-31") from None
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+        raise typer.BadParameter(f"{value!r}: use Nd, Nh or an ISO date like 2026-01-31", param_hint="--since") from None
+    except OverflowError:
+        raise typer.BadParameter(f"{value!r} is before the year 1", param_hint="--since") from None
 
 
 def backfill_hint(db: Any, store: Any, store_id: int) -> str | None:
@@ -470,8 +474,8 @@ def _retry_timers(settings: Settings, store_key: str, now: Any) -> None:
 def windows(
     config: ConfigOpt = Path("storeloop.toml"),
     store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
-    days: Annotated[float, typer.Option(help="show windows opening within this many days")] = 7,
-    limit: Annotated[int, typer.Option(help="at most this many rows")] = 200,
+    days: Annotated[float, typer.Option(help="show windows opening within this many days", min=0, max=3650)] = 7,
+    limit: Annotated[int, typer.Option(help="at most this many rows", min=1)] = 200,
 ) -> None:
     """List upcoming reorder windows (refreshed first): who will hear about what, and when."""
     from datetime import datetime, timedelta, timezone

@@ -155,3 +155,38 @@ def test_database_urls_that_work_still_load(url):
 
     assert parse_settings({"database": {"url": url}}, environ={}).database.url.split("://")[0] in (
         "sqlite", "sqlite+pysqlite", "postgresql+psycopg")
+
+
+@pytest.mark.parametrize("args", [
+    ["serve", "--port", "70000"], ["serve", "--port", "0"], ["serve", "--workers", "0"],
+    ["windows", "--store", "acme", "--days", "1e300"], ["windows", "--store", "acme", "--days", "-1"],
+    ["windows", "--store", "acme", "--limit", "-5"],
+    ["sync", "--store", "acme", "--since", "99999999999d"], ["replay", "--store", "acme", "--since", "99999999999h"],
+    ["demo", "--days", "0"], ["demo", "--scale", "0"], ["demo", "--scale", "-1"], ["demo", "--port", "70000"],
+], ids=" ".join)
+def test_an_option_out_of_range_is_a_usage_error_naming_it(tmp_path, monkeypatch, args):
+    """Exit 2 naming the option, before anything starts: `serve --port 70000` used to start on
+    port 4464 (70000 wrapped by the kernel) while saying 70000; others died in a traceback."""
+    import uvicorn
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: started.append(kw))
+    monkeypatch.setattr("connector.demo.run_demo", lambda **kw: started.append(kw) or 0)
+    config = _config(tmp_path, f'url = "sqlite:///{tmp_path / "s.db"}"')
+    result = runner.invoke(app, [*args, *([] if args[0] == "demo" else ["--config", str(config)])])
+    _no_traceback(result)
+    assert result.exit_code == 2, result.output
+    assert args[-2] in _plain(result)
+    assert started == []
+
+
+def test_a_demo_too_short_for_any_order_says_so_instead_of_a_traceback():
+    """`demo --days 1 --scale 0.001` places no order; the end of the run asked for its first buyer (StopIteration)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "connector", "demo", "--days", "1", "--scale", "0.001"],
+                            capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "no order was placed in 1 simulated day(s) at --scale 0.001" in result.stdout
