@@ -30,7 +30,7 @@ def _load(path: Path) -> Settings:
     try:
         settings = load_settings(path)
     except ConfigError as exc:
-        console.print(f"[bold red]{path}: invalid configuration[/]")
+        console.print(f"[bold red]{escape(str(path))}: invalid configuration[/]")
         for p in exc.problems:
             console.print(f"  - {p}", markup=False, highlight=False)
         raise typer.Exit(2) from None
@@ -45,7 +45,7 @@ def _store(settings: Settings, key: str) -> Any:
     chosen = next((s for s in settings.stores if s.key == key), None)
     if chosen is None:
         known = ", ".join(s.key for s in settings.stores) or "none configured"
-        console.print(f"[bold red]unknown store {key!r}[/] (stores: {known})")
+        console.print(f"[bold red]unknown store {escape(repr(key))}[/] (stores: {known})", highlight=False)
         raise typer.Exit(2)
     return chosen
 
@@ -193,6 +193,8 @@ def templates_export(
     from connector.templates import definition
 
     settings = _load(config)
+    if store is not None:
+        _store(settings, store)  # a key that is not configured: exit 2, not an empty list
     seen: dict[tuple[str, str], dict] = {}
     for s in settings.stores:
         if store and s.key != store:
@@ -224,7 +226,7 @@ def templates_check(config: ConfigOpt = Path("storeloop.toml")) -> None:
     try:
         remote = asyncio.run(fetch())
     except Exception as exc:
-        console.print(f"[red]could not read the account's templates:[/] {exc}")
+        console.print(f"[red]could not read the account's templates:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
     findings = check_templates(settings, remote)
     out = Console()
@@ -488,7 +490,7 @@ def windows(
     settings = _load(config)
     chosen = _store(settings, store)
     if config_for(chosen) is None:
-        console.print(f"[bold red]store {store!r} does not run the reorder journey:[/] add [stores.journeys.reorder] to the configuration")
+        console.print(f"[bold red]store {store!r} does not run the reorder journey:[/] add \\[stores.journeys.reorder] to the configuration")
         raise typer.Exit(2)
     now = datetime.now(timezone.utc)
     db, store_ids = _open_db(settings, "read windows")
@@ -529,7 +531,7 @@ def report(
     try:
         period = parse_week(week, chosen.tz, datetime.now(timezone.utc))
     except ValueError as exc:
-        console.print(f"[bold red]{exc}[/]")
+        console.print(f"[bold red]{escape(str(exc))}[/]", highlight=False)
         raise typer.Exit(2) from None
     db, store_ids = _open_db(settings, "report")
     try:
@@ -577,7 +579,7 @@ def _install_target(config: Path, store: str, platform: str):  # type: ignore[no
     chosen = next((s for s in settings.stores if s.key == store), None)
     if chosen is None or chosen.platform != platform:
         known = ", ".join(s.key for s in settings.stores if s.platform == platform) or "none configured"
-        console.print(f"[bold red]no {platform} store {store!r}[/] ({platform} stores: {known})")
+        console.print(f"[bold red]no {platform} store {escape(repr(store))}[/] ({platform} stores: {known})", highlight=False)
         raise typer.Exit(2)
     try:
         box = SecretBox.from_env()
@@ -766,8 +768,17 @@ def customer_export(
     if len(given) != 1:
         console.print("[bold red]give exactly one of --phone, --email, --customer-id or --request[/]")
         raise typer.Exit(2)
+    from connector.erasure import BadRequest, parse_request
+
     settings = _load(config)
     chosen = _store(settings, store)
+    if request is None:
+        try:  # as `customer redact` reads them: a phone that is no phone would find "nothing stored"
+            asked = parse_request(chosen, phone=phone, email=email, customer_id=customer_id)
+        except BadRequest as exc:
+            console.print(f"[bold red]{escape(str(exc))}[/]", highlight=False)
+            raise typer.Exit(2) from None
+        phone, email, customer_id = asked.phone, asked.email, asked.customer_id
     db, store_ids = _open_db(settings, "export")
     try:
         store_id = store_ids[chosen.key]
@@ -789,10 +800,14 @@ def customer_export(
     if out is None:
         typer.echo(text)
     else:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # personal data: readable by the owner only
+        try:
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # personal data: readable by the owner only
+        except OSError as exc:
+            console.print(f"[bold red]cannot write {escape(str(out))}:[/] {exc.strerror}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text + "\n")
-        console.print(f"wrote {out}")
+        console.print(f"wrote {escape(str(out))}", highlight=False)
     console.print(" ".join(f"{k}={v}" for k, v in counts.items()) or "nothing stored for that customer")
     if not counts.get("contacts") and not counts.get("orders"):
         console.print("[yellow]no contact or order matched[/]")

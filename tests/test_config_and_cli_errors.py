@@ -190,3 +190,59 @@ def test_a_demo_too_short_for_any_order_says_so_instead_of_a_traceback():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stdout + result.stderr
     assert "no order was placed in 1 simulated day(s) at --scale 0.001" in result.stdout
+
+
+def _migrated(tmp_path: Path) -> Path:
+    config = _config(tmp_path, f'url = "sqlite:///{tmp_path / "s.db"}"')
+    assert runner.invoke(app, ["migrate", "--config", str(config)]).exit_code == 0
+    return config
+
+
+@pytest.mark.parametrize(("args", "shown"), [
+    (["report", "--store", "[/bold]"], "unknown store '[/bold]' (stores: acme, bloom)"),
+    (["sync", "--store", "[red]acme"], "unknown store '[red]acme'"),
+    (["install", "shopify", "--store", "[/x]"], "no shopify store '[/x]'"),
+    (["report", "--store", "acme", "--week", "[/x]"], "'[/x]' is not an ISO week"),
+    (["templates", "export", "--store", "nope"], "unknown store 'nope' (stores: acme, bloom)"),
+    (["windows", "--store", "bloom"], "add [stores.journeys.reorder] to the configuration"),
+])
+def test_what_the_engineer_typed_is_shown_as_typed(tmp_path, args, shown):
+    """Rich read a typed `[/x]` as markup and died (MarkupError), or ate `[red]`; `templates export`
+    of a store that is not configured printed `[]` and exit 0; the windows hint lost its `[stores...]`."""
+    config = _migrated(tmp_path)
+    result = runner.invoke(app, [*args, "--config", str(config)])
+    _no_traceback(result)
+    assert result.exit_code == 2, result.output
+    assert shown in _plain(result)
+
+
+def test_check_config_of_a_path_with_brackets_names_it(tmp_path):
+    result = runner.invoke(app, ["check-config", str(tmp_path / "[x]" / "missing.toml")])
+    _no_traceback(result)
+    assert result.exit_code == 2
+    assert f"{tmp_path / '[x]' / 'missing.toml'}: invalid configuration" in _plain(result)
+
+
+def test_customer_export_to_a_folder_that_does_not_exist_is_a_usage_error(tmp_path):
+    config = _migrated(tmp_path)
+    target = tmp_path / "no-such-folder" / "export.json"
+    result = runner.invoke(app, ["customer", "export", "--store", "acme", "--phone", "+919812345678", "--out", str(target),
+                                 "--config", str(config)])
+    _no_traceback(result)
+    assert result.exit_code == 2, result.output
+    assert f"cannot write {target}: No such file or directory" in _plain(result)
+
+
+@pytest.mark.parametrize(("option", "value", "shown"), [
+    ("--phone", "not a phone", "'not a phone' is not a phone number"),
+    ("--email", "someone-at-example.com", "'someone-at-example.com' is not an email address"),
+    ("--customer-id", "#1001", "'#1001' is not a customer id"),
+])
+def test_customer_export_of_an_unreadable_identifier_says_so_not_nothing_stored(tmp_path, option, value, shown):
+    """A privacy request answered "no contact or order matched" for a phone that is no phone at all
+    tells the store owner the customer has no data; `customer redact` already refused it."""
+    config = _migrated(tmp_path)
+    result = runner.invoke(app, ["customer", "export", "--store", "acme", option, value, "--config", str(config)])
+    _no_traceback(result)
+    assert result.exit_code == 2, result.output
+    assert shown in _plain(result) and "no contact or order matched" not in result.output
