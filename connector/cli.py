@@ -32,7 +32,7 @@ def _load(path: Path) -> Settings:
     except ConfigError as exc:
         console.print(f"[bold red]{escape(str(path))}: invalid configuration[/]")
         for p in exc.problems:
-            console.print(f"  - {p}", markup=False, highlight=False)
+            console.print(f"  - {p}", markup=False, highlight=False, soft_wrap=True)  # one line each: greppable
         raise typer.Exit(2) from None
     for warning in settings.warnings():
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)

@@ -59,6 +59,21 @@ DEFAULT_SHIPPING_STATUSES: dict[str, str] = {
 _NOT_SHIPPING = frozenset({"pending", "processing", "on-hold", "cancelled", "refunded", "failed", "checkout-draft", "trash"})
 
 
+class Problems(ValueError):
+    """Several problems a validator found, each at a key path below the value it validates
+    (``cod_confirmation.delay_minute``): ``parse_settings`` lists each at its full path
+    (``stores[0].journeys.cod_confirmation.delay_minute``), not all on the validated key."""
+
+    def __init__(self, located: list[tuple[str, str]]):
+        self.located = located
+        super().__init__("; ".join(f"{where}: {what}" if where else what for where, what in located))
+
+    @classmethod
+    def of(cls, lines: list[str]) -> "Problems":
+        """From ``"sub.path: message"`` lines."""
+        return cls([tuple(line.split(": ", 1)) if ": " in line else ("", line) for line in lines])  # type: ignore[misc]
+
+
 class _Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -157,7 +172,7 @@ class PolicySettings(_Settings):
     @classmethod
     def _hours(cls, value: str) -> str:
         if value and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d", value):
-            raise ValueError("must be 'HH:MM-HH:MM' (24 h clock) or ''")
+            raise ValueError(f"{value!r} is not 'HH:MM-HH:MM' (24 h clock) or ''")
         return value
 
     def rules(self) -> Any:
@@ -372,25 +387,25 @@ class _StoreBase(_Settings):
 
         known = journeys()
         out: dict[str, Any] = {}
-        problems: list[str] = []
+        problems: list[tuple[str, str]] = []
         for name, block in value.items():
             journey = known.get(name)
             if journey is None:
-                problems.append(f"{name}: unknown journey (known: {', '.join(sorted(known))})")
+                problems.append((name, f"unknown journey (known: {', '.join(sorted(known))})"))
                 continue
             try:
                 out[name] = journey.config_model.model_validate(block or {})
             except ValidationError as exc:
                 for err in exc.errors(include_url=False, include_input=False):
                     msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-                    problems.append(f"{'.'.join([name, *(str(p) for p in err['loc'])])}: {msg}")  # no loc: the block as a whole
+                    problems.append((".".join([name, *(str(p) for p in err["loc"])]), msg))  # no loc: the block as a whole
                 continue
             if getattr(out[name], "holdout_percent", 0) > 0 and not accepts_holdout(journey):
-                problems.append(f"{name}.holdout_percent: {name} keeps no control group (only marketing journeys do): "
-                                "its holdout customers would get no message yet still have the journey act on their "
-                                "orders (e.g. cancel an unconfirmed COD order); remove holdout_percent")
+                problems.append((f"{name}.holdout_percent", f"{name} keeps no control group (only marketing journeys do): "
+                                 "its holdout customers would get no message yet still have the journey act on their "
+                                 "orders (e.g. cancel an unconfirmed COD order); remove holdout_percent"))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise Problems(problems)
         return out
 
     @model_validator(mode="after")
@@ -401,7 +416,7 @@ class _StoreBase(_Settings):
 
         problems = settle_woocommerce_settings(self.platform, self.journeys)  # type: ignore[attr-defined]
         if problems:
-            raise ValueError("; ".join(f"journeys.{p}" for p in problems))
+            raise Problems.of([f"journeys.{p}" for p in problems])
         return self
 
     def warnings(self) -> list[str]:
@@ -643,30 +658,37 @@ class Settings(_Settings):
 
     @model_validator(mode="after")
     def _unique(self) -> "Settings":
-        problems: list[str] = []
-        for label, values in (
-            ("key", [s.key for s in self.stores]),
-            ("shop_domain", [s.shop_domain for s in self.stores if isinstance(s, ShopifyStore)]),
-            ("whatsapp_phone_number_id", [s.whatsapp_phone_number_id for s in self.stores if s.whatsapp_phone_number_id]),
-            ("whatsapp_display_phone_number", [s.display_digits for s in self.stores if s.display_digits]),
+        """Each problem at the store that repeats what an earlier store has (``stores[1].key``)."""
+        problems: list[tuple[str, str]] = []
+        for label, value_of in (
+            ("key", lambda s: s.key),
+            ("shop_domain", lambda s: s.shop_domain if isinstance(s, ShopifyStore) else None),
+            ("whatsapp_phone_number_id", lambda s: s.whatsapp_phone_number_id or None),
+            ("whatsapp_display_phone_number", lambda s: s.display_digits),
         ):
-            seen: set[str] = set()
-            for value in values:
+            seen: dict[str, int] = {}
+            for i, store in enumerate(self.stores):
+                value = value_of(store)
+                if value is None:
+                    continue
                 if value in seen:
-                    problems.append(f"stores: {label} {value!r} is used by more than one store")
-                seen.add(value)
-        tokens = [(s.key, s.admin_token.get_secret_value()) for s in self.stores if s.admin_token is not None]
-        if any(not t for _, t in tokens):
-            problems.append("stores: admin_token is empty (leave it out instead)")
+                    problems.append((f"stores[{i}].{label}", f"{value!r} is used by more than one store (also stores[{seen[value]}])"))
+                seen.setdefault(value, i)
         everyone = self.server.admin_token.get_secret_value() if self.server.admin_token is not None else None
         owners: dict[str, str] = {}
-        for key, token in tokens:  # one token, one scope: a shared token would open the wrong store
-            if token and (token == everyone or token in owners):
-                problems.append(f"stores: the admin_token of store {key!r} is also "
-                                f"{'server.admin_token' if token == everyone else 'the admin_token of store ' + repr(owners[token])}")
-            owners.setdefault(token, key)
+        for i, store in enumerate(self.stores):  # one token, one scope: a shared token would open the wrong store
+            if store.admin_token is None:
+                continue
+            token, where = store.admin_token.get_secret_value(), f"stores[{i}].admin_token"
+            if not token:
+                problems.append((where, "is empty (leave it out instead)"))
+            elif token == everyone or token in owners:
+                problems.append((where, f"the admin_token of store {store.key!r} is also "
+                                 f"{'server.admin_token' if token == everyone else 'the admin_token of store ' + repr(owners[token])}"
+                                 " (one token, one scope: give the store a token of its own)"))
+            owners.setdefault(token, store.key)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise Problems(problems)
         return self
 
     def warnings(self) -> list[str]:
@@ -713,6 +735,9 @@ def _resolve_env(node: Any, path: str, problems: list[str], environ: dict[str, s
         return [_resolve_env(v, f"{path}[{i}]", problems, environ) for i, v in enumerate(node)]
     if isinstance(node, str) and node.startswith(ENV_PREFIX):
         name = node[len(ENV_PREFIX) :]
+        if not name.strip():
+            problems.append(f"{path}: 'env:' names no environment variable (write env:NAME)")
+            return None
         if name not in environ:
             problems.append(f"{path}: environment variable {name} is not set")
             return None
@@ -732,6 +757,23 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+def _described(path: str, err: Any) -> list[str]:
+    """One pydantic error as problem lines at the setting's own key path, in words."""
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if isinstance(ctx.get("error"), Problems):
+        top = path == "(top level)"
+        return [f"{where if top else path + '.' + where if where else path}: {what}" for where, what in ctx["error"].located]
+    if kind == "extra_forbidden":
+        return [f"{path}: unknown key (typo?)"]
+    if kind == "union_tag_not_found":
+        return [f"{path}.{ctx.get('discriminator', 'platform').strip(chr(39))}: missing (shopify or woocommerce)"]
+    if kind == "union_tag_invalid":
+        return [f"{path}.{ctx.get('discriminator', 'platform').strip(chr(39))}: {ctx.get('tag')!r} is not shopify or woocommerce"]
+    if path.endswith(".[key]"):  # a table's name that is not one of those it may have (stages)
+        return [f"{path.removesuffix('.[key]')}: not a {path.split('.')[-3].removesuffix('s')}: {err['msg']}"]
+    return [f"{path}: {err['msg'].removeprefix('Value error, ')}"]
+
+
 def parse_settings(data: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
     problems: list[str] = []
     resolved = _resolve_env(data, "", problems, dict(os.environ) if environ is None else environ)
@@ -743,8 +785,7 @@ def parse_settings(data: dict[str, Any], environ: dict[str, str] | None = None) 
             path = _loc(tuple(err["loc"]))
             if path in unset:
                 continue
-            msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(f"{path}: {msg}")
+            problems.extend(_described(path, err))
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)

@@ -246,3 +246,58 @@ def test_customer_export_of_an_unreadable_identifier_says_so_not_nothing_stored(
     _no_traceback(result)
     assert result.exit_code == 2, result.output
     assert shown in _plain(result) and "no contact or order matched" not in result.output
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
+EXAMPLE_ENV = {"STORELOOP_ADMIN_TOKEN": "adm-tok-1", "WHATSAPP_APP_SECRET": "meta-app-secret-1", "WHATSAPP_VERIFY_TOKEN": "verify-tok-1",
+               "ACME_SHOPIFY_SECRET": "shpss_acme_1", "BLOOM_WC_SECRET": "wc_bloom_1"}
+
+
+def _example_with(tmp_path: Path, monkeypatch, old: str, new: str) -> list[str]:
+    """check-config of config.example.toml with one edit: the problem lines it prints."""
+    for k, v in EXAMPLE_ENV.items():
+        monkeypatch.setenv(k, v)
+    text = EXAMPLE.read_text()
+    assert old in text, old
+    path = tmp_path / "storeloop.toml"
+    path.write_text(text.replace(old, new, 1))
+    result = runner.invoke(app, ["check-config", str(path)], terminal_width=400)
+    _no_traceback(result)
+    assert result.exit_code == 2, result.output
+    for secret in EXAMPLE_ENV.values():
+        assert secret not in result.output
+    return [line.strip().removeprefix("- ") for line in result.output.splitlines()[1:] if line.strip()]
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    # the key path of the very setting, the value quoted where it is no secret, no "Value error, "
+    ('quiet_hours = "21:00-09:00"', 'quiet_hours = "25:00-07:00"',
+     "stores[0].policy.quiet_hours: '25:00-07:00' is not 'HH:MM-HH:MM' (24 h clock) or ''"),
+    ('timezone = "Asia/Kolkata"', 'timezone = "India"',
+     "stores[0].timezone: unknown time zone 'India' (use an IANA name like 'Asia/Kolkata')"),
+    ("delay_minutes = 0 ", "delay_minute = 0 ", "stores[0].journeys.cod_confirmation.delay_minute: unknown key (typo?)"),
+    ('no_answer_action = "tag"', 'no_answer_action = "delete"',
+     "stores[0].journeys.cod_confirmation.no_answer_action: Input should be 'tag', 'cancel' or 'none'"),
+    ("[stores.journeys.delivery]", "[stores.journeys.deliveries]",
+     "stores[0].journeys.deliveries: unknown journey (known: checkout_recovery, cod_confirmation, delivery, "
+     "order_confirmation, payment_recovery, reorder)"),
+    ("[stores.journeys.order_confirmation]       #", "[stores.journeys.order_confirmation]\nafter_payment = true\n#",
+     "stores[0].journeys.order_confirmation.after_payment: a WooCommerce setting (a Shopify order exists once its checkout "
+     "is complete, and is confirmed as placed)"),
+    ('key = "bloom"', 'key = "acme"', "stores[1].key: 'acme' is used by more than one store (also stores[0])"),
+    ('whatsapp_phone_number_id = "106540352242922"', 'whatsapp_phone_number_id = "277321005464405"',
+     "stores[1].whatsapp_phone_number_id: '277321005464405' is used by more than one store (also stores[0])"),
+    ('# admin_token = "env:ACME_TEAM_TOKEN"', 'admin_token = "env:STORELOOP_ADMIN_TOKEN"',
+     "stores[0].admin_token: the admin_token of store 'acme' is also server.admin_token (one token, one scope: give the "
+     "store a token of its own)"),
+    ('platform = "shopify"', 'platform = "shopfy"', "stores[0].platform: 'shopfy' is not shopify or woocommerce"),
+    ('platform = "shopify"\n', '', "stores[0].platform: missing (shopify or woocommerce)"),
+    ("[stores.stages.post_purchase]", "[stores.stages.postpurchase]",
+     "stores[0].stages.postpurchase: not a stage: Input should be 'entry', 'qualification', 'conversion', 'post_purchase' "
+     "or 'retention'"),
+    ('app_secret = "env:WHATSAPP_APP_SECRET"', 'app_secret = "env:"',
+     "whatsapp.app_secret: 'env:' names no environment variable (write env:NAME)"),
+])
+def test_each_problem_names_the_setting_itself(tmp_path, monkeypatch, old, new, expected):
+    problems = _example_with(tmp_path, monkeypatch, old, new)
+    assert expected in problems, problems
