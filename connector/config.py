@@ -422,7 +422,7 @@ class _StoreBase(_Settings):
     def warnings(self) -> list[str]:
         """Settings that load but work against each other: said by ``check-config`` and logged at
         start, not refused (a config that ran yesterday keeps running after an upgrade)."""
-        out: list[str] = []
+        out: list[str] = self._unused_templates()
         cart = self.journeys.get("checkout_recovery")  # type: ignore[attr-defined]
         ladder = getattr(cart, "ladder_minutes", None)
         if ladder and cart.enabled:
@@ -436,6 +436,26 @@ class _StoreBase(_Settings):
                     f"{self.policy.marketing_cap_days} day(s) but [stores.policy] marketing_cap allows {cap} marketing "  # type: ignore[attr-defined]
                     f"message(s) per contact in that time: a later reminder (the discount step by default) is always "
                     f"skipped as frequency_cap; raise marketing_cap to {inside} or spread the ladder out")
+        return out
+
+    def _unused_templates(self) -> list[str]:
+        """Templates for a step no installed journey sends (a misspelt step): never sent, and the
+        step meant goes out as ``no_template_configured``. Warned, not refused: it loaded before."""
+        from connector.journeys.registry import journeys
+
+        known = journeys()
+        out: list[str] = []
+        for i, tpl in enumerate(self.templates):  # type: ignore[attr-defined]
+            name, step = tpl.step.split(".", 1)
+            where = f"stores[{self.key}].templates[{i}].step"  # type: ignore[attr-defined]
+            journey = known.get(name)
+            if journey is None:
+                out.append(f"{where}: no journey named {name!r} is installed: this template is never sent")
+                continue
+            steps = getattr(journey, "template_steps", None)
+            if steps and not any(re.fullmatch(pattern, step) for pattern in steps):
+                shown = ", ".join(p.replace(r"\d+", "N") for p in steps)
+                out.append(f"{where}: {tpl.step!r} is not a step {name} sends ({shown}): this template is never sent")
         return out
 
     def enabled_journeys(self) -> dict[str, Any]:

@@ -301,3 +301,44 @@ def _example_with(tmp_path: Path, monkeypatch, old: str, new: str) -> list[str]:
 def test_each_problem_names_the_setting_itself(tmp_path, monkeypatch, old, new, expected):
     problems = _example_with(tmp_path, monkeypatch, old, new)
     assert expected in problems, problems
+
+
+def test_a_misspelt_delivery_step_is_refused_not_silently_never_sent(tmp_path, monkeypatch):
+    """`steps = ["shiped", ...]` loaded, and no order ever got its "shipped" message."""
+    problems = _example_with(tmp_path, monkeypatch, 'steps = ["shipped", "out_for_delivery", "delivered", "failed"]',
+                             'steps = ["shiped", "out_for_delivery", "delivered", "failed"]')
+    assert ("stores[0].journeys.delivery.steps: 'shiped' is not a delivery step (shipped, out_for_delivery, "
+            "ready_for_pickup, delivered, failed)") in problems, problems
+
+
+@pytest.mark.parametrize(("step", "why"), [
+    ("delivery.shiped", "'delivery.shiped' is not a step delivery sends (shipped, out_for_delivery, ready_for_pickup, "
+                        "delivered, failed, ndr_reschedule, ndr_update_address, ndr_cancel): this template is never sent"),
+    ("cod_confirmaton.ask", "no journey named 'cod_confirmaton' is installed: this template is never sent"),
+])
+def test_a_template_for_a_step_no_journey_sends_is_a_warning(tmp_path, monkeypatch, step, why):
+    """A template bound to a misspelt step loaded without a word, and the step it was meant for went
+    out as 'no_template_configured'. A warning (the config still loads, as it did yesterday)."""
+    for k, v in EXAMPLE_ENV.items():
+        monkeypatch.setenv(k, v)
+    path = tmp_path / "storeloop.toml"
+    path.write_text(EXAMPLE.read_text().replace('step = "delivery.shipped"', f'step = "{step}"', 1))
+    result = runner.invoke(app, ["check-config", str(path)])
+    _no_traceback(result)
+    assert result.exit_code == 0, result.output
+    assert f"warning: stores[acme].templates[1].step: {why}" in _plain(result)
+
+
+def test_every_step_the_built_in_journeys_send_is_known():
+    """The steps a template may name are the ones each journey's decide() sends (see its Send(...) calls)."""
+    from connector.config import parse_settings
+
+    steps = ["order_confirmation.sent", "cod_confirmation.ask", "cod_confirmation.reminder_1", "cod_confirmation.reminder_4",
+             "cod_confirmation.confirmed", "cod_confirmation.prepaid_offer", "cod_confirmation.cancelled",
+             "cod_confirmation.cancel_reason", "delivery.shipped", "delivery.out_for_delivery", "delivery.ready_for_pickup",
+             "delivery.delivered", "delivery.failed", "delivery.ndr_reschedule", "delivery.ndr_update_address",
+             "delivery.ndr_cancel", "checkout_recovery.first", "checkout_recovery.second", "checkout_recovery.third",
+             "payment_recovery.remind", "reorder.reminder", "reorder.follow_up"]
+    templates = [{"step": s, "name": "t", "category": "utility", "body_text": "hi"} for s in steps]
+    store = {"key": "a", "platform": "shopify", "shop_domain": "a.myshopify.com", "webhook_secret": "s", "templates": templates}
+    assert parse_settings({"stores": [store]}, environ={}).warnings() == []
