@@ -473,6 +473,14 @@ class _StoreBase(_Settings):
     def template_for(self, step: str) -> TemplateSettings | None:
         return next((t for t in self.templates if t.step == step), None)
 
+    @field_validator("webhook_secret", "previous_webhook_secret")
+    @classmethod
+    def _signing_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        """An HMAC keyed with nothing is one anyone can compute."""
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty (an environment variable set to nothing?): anyone could sign this store's webhooks")
+        return value
+
     @field_validator("key")
     @classmethod
     def _slug(cls, value: str) -> str:
@@ -694,6 +702,7 @@ class Settings(_Settings):
                 if value in seen:
                     problems.append((f"stores[{i}].{label}", f"{value!r} is used by more than one store (also stores[{seen[value]}])"))
                 seen.setdefault(value, i)
+        problems += self._shared_webhook_secrets()
         everyone = self.server.admin_token.get_secret_value() if self.server.admin_token is not None else None
         owners: dict[str, str] = {}
         for i, store in enumerate(self.stores):  # one token, one scope: a shared token would open the wrong store
@@ -710,6 +719,23 @@ class Settings(_Settings):
         if problems:
             raise Problems(problems)
         return self
+
+    def _shared_webhook_secrets(self) -> list[tuple[str, str]]:
+        """A WooCommerce store's webhook secret is typed into that store's own admin, so whoever runs it
+        knows it: shared with another store, it signs webhooks into that store's data. Shopify stores
+        may share one (an app signs every shop's webhooks with its client secret, which no shop sees)."""
+        problems: list[tuple[str, str]] = []
+        first: dict[str, tuple[int, ShopifyStore | WooCommerceStore]] = {}
+        for i, store in enumerate(self.stores):
+            for field in ("webhook_secret", "previous_webhook_secret"):
+                secret = getattr(store, field)
+                if secret is None:
+                    continue
+                seen = first.setdefault(secret.get_secret_value(), (i, store))
+                if seen[0] != i and "woocommerce" in (store.platform, seen[1].platform):
+                    problems.append((f"stores[{i}].{field}", f"is also a webhook secret of store {seen[1].key!r}: whoever runs "
+                                     "one store could sign webhooks as the other (give each WooCommerce store a secret of its own)"))
+        return problems
 
     def warnings(self) -> list[str]:
         """Every store's ``warnings``: settings that load but work against each other."""

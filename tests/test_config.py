@@ -112,7 +112,7 @@ def test_settings_are_frozen():
 
 
 def test_waiting_for_a_woocommerce_payment_before_the_order_confirmation_is_a_woocommerce_setting():
-    woo = {"key": "w", "platform": "woocommerce", "site_url": "https://w.example", "webhook_secret": "s",
+    woo = {"key": "w", "platform": "woocommerce", "site_url": "https://w.example", "webhook_secret": "woo-s",
            "journeys": {"order_confirmation": {}}}
     shop, wc = parse_settings({"stores": [{**base()["stores"][0], "journeys": {"order_confirmation": {}}}, woo]}, environ={}).stores
     # a Shopify order exists once its checkout is complete: confirmed as placed, pending payment or not

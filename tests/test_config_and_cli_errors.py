@@ -342,3 +342,48 @@ def test_every_step_the_built_in_journeys_send_is_known():
     templates = [{"step": s, "name": "t", "category": "utility", "body_text": "hi"} for s in steps]
     store = {"key": "a", "platform": "shopify", "shop_domain": "a.myshopify.com", "webhook_secret": "s", "templates": templates}
     assert parse_settings({"stores": [store]}, environ={}).warnings() == []
+
+
+def test_a_webhook_secret_set_to_nothing_is_refused(tmp_path, monkeypatch):
+    """`ACME_SHOPIFY_SECRET=` (set, empty) loaded, and an HMAC keyed with nothing is one anyone can
+    compute: every forged webhook for the store would have been accepted."""
+    monkeypatch.setenv("ACME_EMPTY_SECRET", "")
+    problems = _example_with(tmp_path, monkeypatch, 'webhook_secret = "env:ACME_SHOPIFY_SECRET"',
+                             'webhook_secret = "env:ACME_EMPTY_SECRET"\nprevious_webhook_secret = "  "')
+    assert ("stores[0].webhook_secret: is empty (an environment variable set to nothing?): anyone could sign "
+            "this store's webhooks") in problems, problems
+    assert ("stores[0].previous_webhook_secret: is empty (an environment variable set to nothing?): anyone could "
+            "sign this store's webhooks") in problems, problems
+
+
+@pytest.mark.parametrize(("bloom", "expected"), [
+    ('webhook_secret = "env:ACME_SHOPIFY_SECRET"',
+     "stores[1].webhook_secret: is also a webhook secret of store 'acme': whoever runs one store could sign "
+     "webhooks as the other (give each WooCommerce store a secret of its own)"),
+    ('webhook_secret = "env:BLOOM_WC_SECRET"\nprevious_webhook_secret = "env:ACME_SHOPIFY_SECRET"',
+     "stores[1].previous_webhook_secret: is also a webhook secret of store 'acme': whoever runs one store could sign "
+     "webhooks as the other (give each WooCommerce store a secret of its own)"),
+    ('webhook_secret = "env:BLOOM_WC_SECRET"', None),  # the example as it is: nothing shared
+])
+def test_a_webhook_secret_a_woocommerce_store_shares_is_refused(tmp_path, monkeypatch, bloom, expected):
+    """A WooCommerce store's owner types its webhook secret into WooCommerce: the same secret on another
+    store lets them post signed webhooks (orders, refunds, consent) into that store's data."""
+    for k, v in EXAMPLE_ENV.items():
+        monkeypatch.setenv(k, v)
+    path = tmp_path / "storeloop.toml"
+    path.write_text(EXAMPLE.read_text().replace('webhook_secret = "env:BLOOM_WC_SECRET"', bloom, 1))
+    result = runner.invoke(app, ["check-config", str(path)])
+    _no_traceback(result)
+    if expected is None:
+        assert result.exit_code == 0, result.output
+        return
+    assert result.exit_code == 2, result.output
+    assert expected in _plain(result)
+
+
+def test_shopify_stores_of_one_app_may_share_its_secret():
+    """One Shopify app signs every shop's webhooks with its client secret, and no shop owner knows it."""
+    from connector.config import parse_settings
+
+    stores = [{"key": k, "platform": "shopify", "shop_domain": f"{k}.myshopify.com", "webhook_secret": "app-secret"} for k in "ab"]
+    assert len(parse_settings({"stores": stores}, environ={}).stores) == 2
