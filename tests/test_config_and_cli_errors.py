@@ -37,11 +37,13 @@ SECRETS = ("whsec-never-shown-1", "shpat-never-shown-2", "wc-never-shown-3", "ck
 
 @pytest.fixture(autouse=True)
 def _logging_restored():
-    """``serve`` and ``worker`` point the storeloop logger at the stderr CliRunner captures and then closes."""
+    """``serve`` and ``worker`` point the storeloop logger at the stderr CliRunner captures and then
+    closes (here or in an earlier test file): each test starts from an unconfigured logger."""
     import logging
 
     logger = logging.getLogger("storeloop")
     saved = (logger.handlers[:], logger.level, logger.propagate)
+    logger.handlers[:], logger.propagate = [], True
     yield
     logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
 
