@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from connector.config import Settings, load_settings
-from connector.errors import ConfigError, SchemaNotReadyError
+from connector.errors import ConfigError, DatabaseNotReadyError
 
 app = typer.Typer(help="storeloop: store events to WhatsApp journeys.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -30,9 +30,9 @@ def _load(path: Path) -> Settings:
     try:
         settings = load_settings(path)
     except ConfigError as exc:
-        console.print(f"[bold red]{path}: invalid configuration[/]")
+        console.print(f"[bold red]{escape(str(path))}: invalid configuration[/]")
         for p in exc.problems:
-            console.print(f"  - {p}", markup=False, highlight=False)
+            console.print(f"  - {p}", markup=False, highlight=False, soft_wrap=True)  # one line each: greppable
         raise typer.Exit(2) from None
     for warning in settings.warnings():
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
@@ -45,9 +45,20 @@ def _store(settings: Settings, key: str) -> Any:
     chosen = next((s for s in settings.stores if s.key == key), None)
     if chosen is None:
         known = ", ".join(s.key for s in settings.stores) or "none configured"
-        console.print(f"[bold red]unknown store {key!r}[/] (stores: {known})")
+        console.print(f"[bold red]unknown store {escape(repr(key))}[/] (stores: {known})", highlight=False)
         raise typer.Exit(2)
     return chosen
+
+
+def _refuse(verb: str, exc: DatabaseNotReadyError) -> typer.Exit:
+    """Exit 3: the database cannot be reached or is not migrated. Said on stderr and logged
+    (``serve`` and ``worker`` log to a collector); the URL in it never carries its password."""
+    import logging
+
+    console.print(f"[bold red]{verb}:[/] {escape(str(exc))}", highlight=False)
+    if logging.getLogger("storeloop").handlers:  # configured (serve, worker); else Python's fallback would say it twice
+        logging.getLogger("storeloop.cli").error("%s: %s", verb, exc)
+    return typer.Exit(3)
 
 
 def _open_db(settings: Settings, verb: str) -> tuple[Any, dict[str, int]]:
@@ -58,10 +69,9 @@ def _open_db(settings: Settings, verb: str) -> tuple[Any, dict[str, int]]:
     db = Database.from_url(settings.database.url)
     try:
         ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
-    except SchemaNotReadyError as exc:
+    except DatabaseNotReadyError as exc:
         db.dispose()
-        console.print(f"[bold red]refusing to {verb}:[/] {exc}")
-        raise typer.Exit(3) from None
+        raise _refuse(f"refusing to {verb}", exc) from None
     return db, sync_stores(db, [(s.key, s.platform) for s in settings.stores])
 
 
@@ -91,18 +101,22 @@ def migrate(config: ConfigOpt = Path("storeloop.toml")) -> None:
 
     settings = _load(config)
     engine = make_engine(settings.database.url)
-    before = current_revision(engine)
-    run(engine)
+    try:
+        before = current_revision(engine)
+        run(engine)
+    except DatabaseNotReadyError as exc:
+        raise _refuse("cannot migrate", exc) from None
+    finally:
+        engine.dispose()
     console.print(f"database at {head_revision()} (was {before or 'empty'})")
-    engine.dispose()
 
 
 @app.command()
 def serve(
     config: ConfigOpt = Path("storeloop.toml"),
     host: Annotated[Optional[str], typer.Option(help="overrides server.host")] = None,
-    port: Annotated[Optional[int], typer.Option(help="overrides server.port")] = None,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    port: Annotated[Optional[int], typer.Option(help="overrides server.port", min=1, max=65535)] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes", min=1)] = 1,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="web only; run `storeloop worker` separately")] = False,
 ) -> None:
     """Run the web server (webhooks, admin API) and, unless --no-worker, the inbox processor."""
@@ -116,9 +130,8 @@ def serve(
     engine = make_engine(settings.database.url)
     try:
         status = ensure_schema(engine, auto_migrate=settings.database.auto_migrate)
-    except SchemaNotReadyError as exc:
-        console.print(f"[bold red]refusing to start:[/] {exc}")
-        raise typer.Exit(3) from None
+    except DatabaseNotReadyError as exc:
+        raise _refuse("refusing to start", exc) from None
     finally:
         engine.dispose()
     console.print(f"database schema {status}; WhatsApp sender: {'dry-run' if settings.whatsapp.dry_run else 'live'}")
@@ -154,9 +167,8 @@ def worker(config: ConfigOpt = Path("storeloop.toml")) -> None:
         runtime = Runtime(settings, run_worker=True)
         try:
             await runtime.start()
-        except SchemaNotReadyError as exc:
-            console.print(f"[bold red]refusing to start:[/] {exc}")
-            raise typer.Exit(3) from None
+        except DatabaseNotReadyError as exc:
+            raise _refuse("refusing to start", exc) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -181,6 +193,8 @@ def templates_export(
     from connector.templates import definition
 
     settings = _load(config)
+    if store is not None:
+        _store(settings, store)  # a key that is not configured: exit 2, not an empty list
     seen: dict[tuple[str, str], dict] = {}
     for s in settings.stores:
         if store and s.key != store:
@@ -212,7 +226,7 @@ def templates_check(config: ConfigOpt = Path("storeloop.toml")) -> None:
     try:
         remote = asyncio.run(fetch())
     except Exception as exc:
-        console.print(f"[red]could not read the account's templates:[/] {exc}")
+        console.print(f"[red]could not read the account's templates:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
     findings = check_templates(settings, remote)
     out = Console()
@@ -228,15 +242,17 @@ def templates_check(config: ConfigOpt = Path("storeloop.toml")) -> None:
 
 @app.command()
 def demo(
-    days: Annotated[int, typer.Option(help="simulated days (the report covers the last complete week)")] = 25,
+    days: Annotated[int, typer.Option(help="simulated days (the report covers the last complete week)", min=1, max=3650)] = 25,
     scale: Annotated[float, typer.Option(help="orders and checkouts per day, relative to the default store")] = 1.0,
     seed: Annotated[int, typer.Option(help="the simulation's random seed")] = 7,
     keep_running: Annotated[bool, typer.Option("--keep-running", help="keep serving (admin API, dashboard) after the run")] = False,
-    port: Annotated[int, typer.Option(help="0 picks a free port")] = 0,
+    port: Annotated[int, typer.Option(help="0 picks a free port", min=0, max=65535)] = 0,
 ) -> None:
     """Run the real connector against a simulated store and WhatsApp on 127.0.0.1, then print the weekly report."""
     from connector.demo import run_demo
 
+    if not scale > 0:
+        raise typer.BadParameter(f"{scale:g}: must be more than 0 (e.g. 0.5 for half the orders)", param_hint="--scale")
     code = run_demo(days=days, seed=seed, keep_running=keep_running, port=port, scale=scale)
     raise typer.Exit(code)
 
@@ -248,14 +264,16 @@ def _parse_since(value: str, now: datetime) -> datetime:
 
     text = value.strip()
     m = re.fullmatch(r"(\d+)\s*([dh])", text, re.IGNORECASE)
-    if m:
-        n = int(m.group(1))
-        return now - (timedelta(days=n) if m.group(2).lower() == "d" else timedelta(hours=n))
     try:
+        if m:
+            n = int(m.group(1))
+            return now - (timedelta(days=n) if m.group(2).lower() == "d" else timedelta(hours=n))
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
     except ValueError:
-        raise typer.BadParameter(f"{value!r}: use Nd, Nh or an ISO date like 2026-01-31") from None
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+        raise typer.BadParameter(f"{value!r}: use Nd, Nh or an ISO date like 2026-01-31", param_hint="--since") from None
+    except OverflowError:
+        raise typer.BadParameter(f"{value!r} is before the year 1", param_hint="--since") from None
 
 
 def backfill_hint(db: Any, store: Any, store_id: int) -> str | None:
@@ -305,7 +323,11 @@ def sync(
 
     settings = _load(config)
     chosen = _store(settings, store)
-    if not has_credentials(chosen) and not _has_stored_credentials(settings, chosen):
+    try:
+        stored = has_credentials(chosen) or _has_stored_credentials(settings, chosen)
+    except DatabaseNotReadyError as exc:
+        raise _refuse("refusing to sync", exc) from None
+    if not stored:
         what = "access_token" if chosen.platform == "shopify" else "consumer_key and consumer_secret"
         console.print(f"[bold red]store {store!r} has no API credentials:[/] set {what} to sync "
                       f"(or `storeloop install {chosen.platform} --store {chosen.key}`)")
@@ -454,8 +476,8 @@ def _retry_timers(settings: Settings, store_key: str, now: Any) -> None:
 def windows(
     config: ConfigOpt = Path("storeloop.toml"),
     store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
-    days: Annotated[float, typer.Option(help="show windows opening within this many days")] = 7,
-    limit: Annotated[int, typer.Option(help="at most this many rows")] = 200,
+    days: Annotated[float, typer.Option(help="show windows opening within this many days", min=0, max=3650)] = 7,
+    limit: Annotated[int, typer.Option(help="at most this many rows", min=1)] = 200,
 ) -> None:
     """List upcoming reorder windows (refreshed first): who will hear about what, and when."""
     from datetime import datetime, timedelta, timezone
@@ -468,7 +490,7 @@ def windows(
     settings = _load(config)
     chosen = _store(settings, store)
     if config_for(chosen) is None:
-        console.print(f"[bold red]store {store!r} does not run the reorder journey:[/] add [stores.journeys.reorder] to the configuration")
+        console.print(f"[bold red]store {store!r} does not run the reorder journey:[/] add \\[stores.journeys.reorder] to the configuration")
         raise typer.Exit(2)
     now = datetime.now(timezone.utc)
     db, store_ids = _open_db(settings, "read windows")
@@ -509,7 +531,7 @@ def report(
     try:
         period = parse_week(week, chosen.tz, datetime.now(timezone.utc))
     except ValueError as exc:
-        console.print(f"[bold red]{exc}[/]")
+        console.print(f"[bold red]{escape(str(exc))}[/]", highlight=False)
         raise typer.Exit(2) from None
     db, store_ids = _open_db(settings, "report")
     try:
@@ -534,12 +556,14 @@ app.add_typer(install_app, name="install")
 
 
 def _has_stored_credentials(settings: Settings, store: object) -> bool:
-    """Credentials stored by install, without decrypting (False when the database is not there yet)."""
+    """Credentials stored by install, without decrypting (False when the database is not there
+    yet); ``DatabaseUnavailableError`` when it cannot be reached, rather than a wrong "no credentials"."""
     from connector.install.credentials import has_stored_credentials
-    from connector.storage.db import Database
+    from connector.storage.db import Database, connect
 
     db = Database.from_url(settings.database.url)
     try:
+        connect(db.engine).close()
         return has_stored_credentials(db, store)
     finally:
         db.dispose()
@@ -555,7 +579,7 @@ def _install_target(config: Path, store: str, platform: str):  # type: ignore[no
     chosen = next((s for s in settings.stores if s.key == store), None)
     if chosen is None or chosen.platform != platform:
         known = ", ".join(s.key for s in settings.stores if s.platform == platform) or "none configured"
-        console.print(f"[bold red]no {platform} store {store!r}[/] ({platform} stores: {known})")
+        console.print(f"[bold red]no {platform} store {escape(repr(store))}[/] ({platform} stores: {known})", highlight=False)
         raise typer.Exit(2)
     try:
         box = SecretBox.from_env()
@@ -565,10 +589,9 @@ def _install_target(config: Path, store: str, platform: str):  # type: ignore[no
     db = Database.from_url(settings.database.url)
     try:
         ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
-    except SchemaNotReadyError as exc:
+    except DatabaseNotReadyError as exc:
         db.dispose()
-        console.print(f"[bold red]refusing to install:[/] {exc}")
-        raise typer.Exit(3) from None
+        raise _refuse("refusing to install", exc) from None
     store_id = sync_stores(db, [(s.key, s.platform) for s in settings.stores])[chosen.key]
     return settings, chosen, db, store_id, box
 
@@ -703,9 +726,8 @@ def rotate_secrets(config: ConfigOpt = Path("storeloop.toml")) -> None:
     try:
         ensure_schema(db.engine, auto_migrate=settings.database.auto_migrate)
         count = rotate_credentials(db, box)
-    except SchemaNotReadyError as exc:
-        console.print(f"[bold red]cannot rotate:[/] {exc}")
-        raise typer.Exit(3) from None
+    except DatabaseNotReadyError as exc:
+        raise _refuse("cannot rotate", exc) from None
     except SecretsUnavailable as exc:
         console.print(f"[bold red]nothing rotated:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
@@ -746,8 +768,17 @@ def customer_export(
     if len(given) != 1:
         console.print("[bold red]give exactly one of --phone, --email, --customer-id or --request[/]")
         raise typer.Exit(2)
+    from connector.erasure import BadRequest, parse_request
+
     settings = _load(config)
     chosen = _store(settings, store)
+    if request is None:
+        try:  # as `customer redact` reads them: a phone that is no phone would find "nothing stored"
+            asked = parse_request(chosen, phone=phone, email=email, customer_id=customer_id)
+        except BadRequest as exc:
+            console.print(f"[bold red]{escape(str(exc))}[/]", highlight=False)
+            raise typer.Exit(2) from None
+        phone, email, customer_id = asked.phone, asked.email, asked.customer_id
     db, store_ids = _open_db(settings, "export")
     try:
         store_id = store_ids[chosen.key]
@@ -769,10 +800,14 @@ def customer_export(
     if out is None:
         typer.echo(text)
     else:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # personal data: readable by the owner only
+        try:
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # personal data: readable by the owner only
+        except OSError as exc:
+            console.print(f"[bold red]cannot write {escape(str(out))}:[/] {exc.strerror}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text + "\n")
-        console.print(f"wrote {out}")
+        console.print(f"wrote {escape(str(out))}", highlight=False)
     console.print(" ".join(f"{k}={v}" for k, v in counts.items()) or "nothing stored for that customer")
     if not counts.get("contacts") and not counts.get("orders"):
         console.print("[yellow]no contact or order matched[/]")
@@ -802,7 +837,7 @@ def customer_redact(
     Shows what will be erased (counts only) and asks first. Exit codes: 0 erased, or nothing
     stored for that customer (nothing to erase); 1 not confirmed, or the erasure failed (the
     worker retries it); 2 bad input (unknown store, not a phone, not an email, no customer given);
-    3 database schema not ready; 4 recorded, but deliveries of the store received before it are
+    3 database not reachable or not migrated; 4 recorded, but deliveries of the store received before it are
     still pending: a running worker answers it once they are processed.
     """
     from connector.erasure import BadRequest, answer_now, found_anything, parse_request, preview, submit

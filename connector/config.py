@@ -59,6 +59,21 @@ DEFAULT_SHIPPING_STATUSES: dict[str, str] = {
 _NOT_SHIPPING = frozenset({"pending", "processing", "on-hold", "cancelled", "refunded", "failed", "checkout-draft", "trash"})
 
 
+class Problems(ValueError):
+    """Several problems a validator found, each at a key path below the value it validates
+    (``cod_confirmation.delay_minute``): ``parse_settings`` lists each at its full path
+    (``stores[0].journeys.cod_confirmation.delay_minute``), not all on the validated key."""
+
+    def __init__(self, located: list[tuple[str, str]]):
+        self.located = located
+        super().__init__("; ".join(f"{where}: {what}" if where else what for where, what in located))
+
+    @classmethod
+    def of(cls, lines: list[str]) -> "Problems":
+        """From ``"sub.path: message"`` lines."""
+        return cls([tuple(line.split(": ", 1)) if ": " in line else ("", line) for line in lines])  # type: ignore[misc]
+
+
 class _Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -89,10 +104,32 @@ class DatabaseSettings(_Settings):
     @field_validator("url")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        if not (value.startswith("sqlite") or value.startswith("postgresql")):
-            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        """A URL SQLAlchemy can open with the drivers installed, checked here so a typo is a
+        config error and not a traceback at start. Problems never quote the URL (its password)."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
         if value.startswith("postgresql://"):
             value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        try:
+            url = make_url(value)
+        except (ArgumentError, ValueError):
+            raise ValueError("is not a database URL: write sqlite:///path/to/file.db or "
+                             "postgresql+psycopg://user:password@host:5432/dbname") from None
+        backend, _, driver = url.drivername.partition("+")  # by name: asking SQLAlchemy loads the dialect
+        if backend == "sqlite":
+            if driver not in ("", "pysqlite"):
+                raise ValueError(f"SQLite is opened with Python's own driver: write sqlite:///..., not {url.drivername}://")
+            if url.host:
+                raise ValueError("a SQLite URL has three slashes before a relative path (sqlite:///storeloop.db) "
+                                 "and four before an absolute one (sqlite:////var/lib/storeloop.db)")
+        elif backend == "postgresql":
+            if driver != "psycopg":
+                raise ValueError(f"the PostgreSQL driver installed is psycopg: write postgresql+psycopg://..., not {url.drivername}://")
+            if url.port is not None and not 1 <= url.port <= 65535:
+                raise ValueError(f"port {url.port} is outside 1-65535")
+        else:
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         return value
 
     @property
@@ -135,7 +172,7 @@ class PolicySettings(_Settings):
     @classmethod
     def _hours(cls, value: str) -> str:
         if value and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d", value):
-            raise ValueError("must be 'HH:MM-HH:MM' (24 h clock) or ''")
+            raise ValueError(f"{value!r} is not 'HH:MM-HH:MM' (24 h clock) or ''")
         return value
 
     def rules(self) -> Any:
@@ -350,25 +387,25 @@ class _StoreBase(_Settings):
 
         known = journeys()
         out: dict[str, Any] = {}
-        problems: list[str] = []
+        problems: list[tuple[str, str]] = []
         for name, block in value.items():
             journey = known.get(name)
             if journey is None:
-                problems.append(f"{name}: unknown journey (known: {', '.join(sorted(known))})")
+                problems.append((name, f"unknown journey (known: {', '.join(sorted(known))})"))
                 continue
             try:
                 out[name] = journey.config_model.model_validate(block or {})
             except ValidationError as exc:
                 for err in exc.errors(include_url=False, include_input=False):
                     msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-                    problems.append(f"{'.'.join([name, *(str(p) for p in err['loc'])])}: {msg}")  # no loc: the block as a whole
+                    problems.append((".".join([name, *(str(p) for p in err["loc"])]), msg))  # no loc: the block as a whole
                 continue
             if getattr(out[name], "holdout_percent", 0) > 0 and not accepts_holdout(journey):
-                problems.append(f"{name}.holdout_percent: {name} keeps no control group (only marketing journeys do): "
-                                "its holdout customers would get no message yet still have the journey act on their "
-                                "orders (e.g. cancel an unconfirmed COD order); remove holdout_percent")
+                problems.append((f"{name}.holdout_percent", f"{name} keeps no control group (only marketing journeys do): "
+                                 "its holdout customers would get no message yet still have the journey act on their "
+                                 "orders (e.g. cancel an unconfirmed COD order); remove holdout_percent"))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise Problems(problems)
         return out
 
     @model_validator(mode="after")
@@ -379,13 +416,13 @@ class _StoreBase(_Settings):
 
         problems = settle_woocommerce_settings(self.platform, self.journeys)  # type: ignore[attr-defined]
         if problems:
-            raise ValueError("; ".join(f"journeys.{p}" for p in problems))
+            raise Problems.of([f"journeys.{p}" for p in problems])
         return self
 
     def warnings(self) -> list[str]:
         """Settings that load but work against each other: said by ``check-config`` and logged at
         start, not refused (a config that ran yesterday keeps running after an upgrade)."""
-        out: list[str] = []
+        out: list[str] = self._unused_templates()
         cart = self.journeys.get("checkout_recovery")  # type: ignore[attr-defined]
         ladder = getattr(cart, "ladder_minutes", None)
         if ladder and cart.enabled:
@@ -399,6 +436,26 @@ class _StoreBase(_Settings):
                     f"{self.policy.marketing_cap_days} day(s) but [stores.policy] marketing_cap allows {cap} marketing "  # type: ignore[attr-defined]
                     f"message(s) per contact in that time: a later reminder (the discount step by default) is always "
                     f"skipped as frequency_cap; raise marketing_cap to {inside} or spread the ladder out")
+        return out
+
+    def _unused_templates(self) -> list[str]:
+        """Templates for a step no installed journey sends (a misspelt step): never sent, and the
+        step meant goes out as ``no_template_configured``. Warned, not refused: it loaded before."""
+        from connector.journeys.registry import journeys
+
+        known = journeys()
+        out: list[str] = []
+        for i, tpl in enumerate(self.templates):  # type: ignore[attr-defined]
+            name, step = tpl.step.split(".", 1)
+            where = f"stores[{self.key}].templates[{i}].step"  # type: ignore[attr-defined]
+            journey = known.get(name)
+            if journey is None:
+                out.append(f"{where}: no journey named {name!r} is installed: this template is never sent")
+                continue
+            steps = getattr(journey, "template_steps", None)
+            if steps and not any(re.fullmatch(pattern, step) for pattern in steps):
+                shown = ", ".join(p.replace(r"\d+", "N") for p in steps)
+                out.append(f"{where}: {tpl.step!r} is not a step {name} sends ({shown}): this template is never sent")
         return out
 
     def enabled_journeys(self) -> dict[str, Any]:
@@ -415,6 +472,14 @@ class _StoreBase(_Settings):
 
     def template_for(self, step: str) -> TemplateSettings | None:
         return next((t for t in self.templates if t.step == step), None)
+
+    @field_validator("webhook_secret", "previous_webhook_secret")
+    @classmethod
+    def _signing_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        """An HMAC keyed with nothing is one anyone can compute."""
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty (an environment variable set to nothing?): anyone could sign this store's webhooks")
+        return value
 
     @field_validator("key")
     @classmethod
@@ -621,31 +686,56 @@ class Settings(_Settings):
 
     @model_validator(mode="after")
     def _unique(self) -> "Settings":
-        problems: list[str] = []
-        for label, values in (
-            ("key", [s.key for s in self.stores]),
-            ("shop_domain", [s.shop_domain for s in self.stores if isinstance(s, ShopifyStore)]),
-            ("whatsapp_phone_number_id", [s.whatsapp_phone_number_id for s in self.stores if s.whatsapp_phone_number_id]),
-            ("whatsapp_display_phone_number", [s.display_digits for s in self.stores if s.display_digits]),
+        """Each problem at the store that repeats what an earlier store has (``stores[1].key``)."""
+        problems: list[tuple[str, str]] = []
+        for label, value_of in (
+            ("key", lambda s: s.key),
+            ("shop_domain", lambda s: s.shop_domain if isinstance(s, ShopifyStore) else None),
+            ("whatsapp_phone_number_id", lambda s: s.whatsapp_phone_number_id or None),
+            ("whatsapp_display_phone_number", lambda s: s.display_digits),
         ):
-            seen: set[str] = set()
-            for value in values:
+            seen: dict[str, int] = {}
+            for i, store in enumerate(self.stores):
+                value = value_of(store)
+                if value is None:
+                    continue
                 if value in seen:
-                    problems.append(f"stores: {label} {value!r} is used by more than one store")
-                seen.add(value)
-        tokens = [(s.key, s.admin_token.get_secret_value()) for s in self.stores if s.admin_token is not None]
-        if any(not t for _, t in tokens):
-            problems.append("stores: admin_token is empty (leave it out instead)")
+                    problems.append((f"stores[{i}].{label}", f"{value!r} is used by more than one store (also stores[{seen[value]}])"))
+                seen.setdefault(value, i)
+        problems += self._shared_webhook_secrets()
         everyone = self.server.admin_token.get_secret_value() if self.server.admin_token is not None else None
         owners: dict[str, str] = {}
-        for key, token in tokens:  # one token, one scope: a shared token would open the wrong store
-            if token and (token == everyone or token in owners):
-                problems.append(f"stores: the admin_token of store {key!r} is also "
-                                f"{'server.admin_token' if token == everyone else 'the admin_token of store ' + repr(owners[token])}")
-            owners.setdefault(token, key)
+        for i, store in enumerate(self.stores):  # one token, one scope: a shared token would open the wrong store
+            if store.admin_token is None:
+                continue
+            token, where = store.admin_token.get_secret_value(), f"stores[{i}].admin_token"
+            if not token:
+                problems.append((where, "is empty (leave it out instead)"))
+            elif token == everyone or token in owners:
+                problems.append((where, f"the admin_token of store {store.key!r} is also "
+                                 f"{'server.admin_token' if token == everyone else 'the admin_token of store ' + repr(owners[token])}"
+                                 " (one token, one scope: give the store a token of its own)"))
+            owners.setdefault(token, store.key)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise Problems(problems)
         return self
+
+    def _shared_webhook_secrets(self) -> list[tuple[str, str]]:
+        """A WooCommerce store's webhook secret is typed into that store's own admin, so whoever runs it
+        knows it: shared with another store, it signs webhooks into that store's data. Shopify stores
+        may share one (an app signs every shop's webhooks with its client secret, which no shop sees)."""
+        problems: list[tuple[str, str]] = []
+        first: dict[str, tuple[int, ShopifyStore | WooCommerceStore]] = {}
+        for i, store in enumerate(self.stores):
+            for field in ("webhook_secret", "previous_webhook_secret"):
+                secret = getattr(store, field)
+                if secret is None:
+                    continue
+                seen = first.setdefault(secret.get_secret_value(), (i, store))
+                if seen[0] != i and "woocommerce" in (store.platform, seen[1].platform):
+                    problems.append((f"stores[{i}].{field}", f"is also a webhook secret of store {seen[1].key!r}: whoever runs "
+                                     "one store could sign webhooks as the other (give each WooCommerce store a secret of its own)"))
+        return problems
 
     def warnings(self) -> list[str]:
         """Every store's ``warnings``: settings that load but work against each other."""
@@ -691,6 +781,9 @@ def _resolve_env(node: Any, path: str, problems: list[str], environ: dict[str, s
         return [_resolve_env(v, f"{path}[{i}]", problems, environ) for i, v in enumerate(node)]
     if isinstance(node, str) and node.startswith(ENV_PREFIX):
         name = node[len(ENV_PREFIX) :]
+        if not name.strip():
+            problems.append(f"{path}: 'env:' names no environment variable (write env:NAME)")
+            return None
         if name not in environ:
             problems.append(f"{path}: environment variable {name} is not set")
             return None
@@ -710,6 +803,23 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+def _described(path: str, err: Any) -> list[str]:
+    """One pydantic error as problem lines at the setting's own key path, in words."""
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if isinstance(ctx.get("error"), Problems):
+        top = path == "(top level)"
+        return [f"{where if top else path + '.' + where if where else path}: {what}" for where, what in ctx["error"].located]
+    if kind == "extra_forbidden":
+        return [f"{path}: unknown key (typo?)"]
+    if kind == "union_tag_not_found":
+        return [f"{path}.{ctx.get('discriminator', 'platform').strip(chr(39))}: missing (shopify or woocommerce)"]
+    if kind == "union_tag_invalid":
+        return [f"{path}.{ctx.get('discriminator', 'platform').strip(chr(39))}: {ctx.get('tag')!r} is not shopify or woocommerce"]
+    if path.endswith(".[key]"):  # a table's name that is not one of those it may have (stages)
+        return [f"{path.removesuffix('.[key]')}: not a {path.split('.')[-3].removesuffix('s')}: {err['msg']}"]
+    return [f"{path}: {err['msg'].removeprefix('Value error, ')}"]
+
+
 def parse_settings(data: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
     problems: list[str] = []
     resolved = _resolve_env(data, "", problems, dict(os.environ) if environ is None else environ)
@@ -721,8 +831,7 @@ def parse_settings(data: dict[str, Any], environ: dict[str, str] | None = None) 
             path = _loc(tuple(err["loc"]))
             if path in unset:
                 continue
-            msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(f"{path}: {msg}")
+            problems.extend(_described(path, err))
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)

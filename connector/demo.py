@@ -243,10 +243,15 @@ def run_demo(days: int = 25, seed: int = 7, keep_running: bool = False, port: in
             console.print()
             render_report(report, console, "Demo Naturals")
             _lift_check(report, plan)
-            phone = "+91" + store.first_buyer.phone
-            view = admin.get(f"/api/stores/{STORE_KEY}/contacts/{phone}").json()
-            console.print(f"[bold]One customer's context[/] (GET /api/stores/{STORE_KEY}/contacts/{phone}):")
-            console.print_json(json.dumps({k: view[k] for k in ("contact", "consent", "orders") if k in view}, default=str))
+            buyer = store.first_buyer
+            if buyer is None:
+                console.print(f"[yellow]no order was placed in {days} simulated day(s) at --scale {scale:g}[/]: "
+                              "raise --days or --scale to see journeys at work")
+            else:
+                phone = "+91" + buyer.phone
+                view = admin.get(f"/api/stores/{STORE_KEY}/contacts/{phone}").json()
+                console.print(f"[bold]One customer's context[/] (GET /api/stores/{STORE_KEY}/contacts/{phone}):")
+                console.print_json(json.dumps({k: view[k] for k in ("contact", "consent", "orders") if k in view}, default=str))
             page = f"/dashboard/{STORE_KEY}?week={week.label}"
             if keep_running:
                 console.print(f"\nweekly report JSON: {connector.url}/api/stores/{STORE_KEY}/report?week={week.label}  "

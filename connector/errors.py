@@ -32,8 +32,17 @@ class NormalizationError(StoreloopError):
     """A stored payload that the adapter cannot turn into events; the inbox row is marked failed."""
 
 
-class SchemaNotReadyError(StoreloopError):
+class DatabaseNotReadyError(StoreloopError):
+    """The database cannot be used yet: commands refuse to start (exit 3) and say why."""
+
+
+class SchemaNotReadyError(DatabaseNotReadyError):
     """The database is not migrated to the version this code needs."""
+
+
+class DatabaseUnavailableError(DatabaseNotReadyError):
+    """The database cannot be reached or opened (server down, wrong host or name, a SQLite
+    folder that does not exist); the message names the URL without its password."""
 
 
 class SendError(StoreloopError):

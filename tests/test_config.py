@@ -52,8 +52,8 @@ def test_every_problem_is_listed_at_once_with_its_key_path():
         parse_settings(data, environ={})
     problems = "\n".join(err.value.problems)
     for expected in (
-        "stores[0].timezone: Value error, unknown time zone 'Asia/Kolkatta'",
-        "stores[0].default_country: Value error, unknown country code 'XX'",
+        "stores[0].timezone: unknown time zone 'Asia/Kolkatta'",
+        "stores[0].default_country: unknown country code 'XX'",
         "stores[0].webhok_secret: unknown key (typo?)",
         "server.port:",
         "server.colour: unknown key (typo?)",
@@ -68,8 +68,8 @@ def test_unknown_platform_and_duplicates_are_errors():
     data["stores"].append({"key": "a", "platform": "shopify", "shop_domain": "a.myshopify.com", "webhook_secret": "t"})
     with pytest.raises(ConfigError) as err:
         parse_settings(data, environ={})
-    assert "key 'a' is used by more than one store" in err.value.problems[0]
-    assert "shop_domain 'a.myshopify.com'" in err.value.problems[0]
+    assert err.value.problems == ["stores[1].key: 'a' is used by more than one store (also stores[0])",
+                                  "stores[1].shop_domain: 'a.myshopify.com' is used by more than one store (also stores[0])"]
     with pytest.raises(ConfigError) as err:
         parse_settings({"stores": [{"key": "m", "platform": "magento", "webhook_secret": "s"}]}, environ={})
     assert "stores[0]" in err.value.problems[0]
@@ -78,7 +78,7 @@ def test_unknown_platform_and_duplicates_are_errors():
 def test_not_a_shopify_domain_is_refused():
     with pytest.raises(ConfigError) as err:
         parse_settings(base(shop_domain="evil.com"), environ={})
-    assert err.value.problems == ["stores[0].shop_domain: Value error, must be the shop's *.myshopify.com domain"]
+    assert err.value.problems == ["stores[0].shop_domain: must be the shop's *.myshopify.com domain"]
 
 
 def test_secrets_never_appear_in_reprs_summaries_or_logs(caplog):
@@ -112,7 +112,7 @@ def test_settings_are_frozen():
 
 
 def test_waiting_for_a_woocommerce_payment_before_the_order_confirmation_is_a_woocommerce_setting():
-    woo = {"key": "w", "platform": "woocommerce", "site_url": "https://w.example", "webhook_secret": "s",
+    woo = {"key": "w", "platform": "woocommerce", "site_url": "https://w.example", "webhook_secret": "woo-s",
            "journeys": {"order_confirmation": {}}}
     shop, wc = parse_settings({"stores": [{**base()["stores"][0], "journeys": {"order_confirmation": {}}}, woo]}, environ={}).stores
     # a Shopify order exists once its checkout is complete: confirmed as placed, pending payment or not

@@ -196,7 +196,8 @@ def test_the_runtime_writes_back_with_stored_keys(db_url, monkeypatch):
 
 def test_check_config_shows_no_install_secret(tmp_path: Path, monkeypatch):
     values = {"SL_CLIENT_SECRET": "shpss_client_secret_value_123", "SL_TOKEN": "shpat_legacy_token_value_456",
-              "SL_CK": "ck_consumer_key_value_789", "SL_CS": "cs_consumer_secret_value_012", "SL_WH": "webhook-secret-345"}
+              "SL_CK": "ck_consumer_key_value_789", "SL_CS": "cs_consumer_secret_value_012", "SL_WH": "webhook-secret-345",
+              "SL_WOO_WH": "woo-webhook-secret-678"}
     for k, v in values.items():
         monkeypatch.setenv(k, v)
     cfg = tmp_path / "c.toml"
@@ -215,7 +216,7 @@ access_token = "env:SL_TOKEN"
 key = "woo"
 platform = "woocommerce"
 site_url = "https://bloom.example"
-webhook_secret = "env:SL_WH"
+webhook_secret = "env:SL_WOO_WH"
 consumer_key = "env:SL_CK"
 consumer_secret = "env:SL_CS"
 """)
@@ -245,7 +246,7 @@ client_secret = "shpss_x"
 key = "woo"
 platform = "woocommerce"
 site_url = "https://bloom.example"
-webhook_secret = "w"
+webhook_secret = "woo-w"
 consumer_key = "ck_x"
 consumer_secret = "cs_x"
 """)

@@ -156,6 +156,7 @@ class CheckoutRecovery:
     name: ClassVar[str] = "checkout_recovery"
     stage: ClassVar[str] = "conversion"  # whose cases its hand-offs are (handoffs.journey_stage)
     config_model: ClassVar[type[JourneyConfig]] = CheckoutRecoveryConfig
+    template_steps: ClassVar[tuple[str, ...]] = STEPS
     follows_contact: ClassVar[bool] = True  # an order by the same customer, or a reply, also ends a run
     marketing: ClassVar[bool] = True  # any opt-out ends its runs (state.end_marketing_runs)
     credits_sent_reminders: ClassVar[bool] = True  # an order reaching a run: facts.extra["reminders_sent"]

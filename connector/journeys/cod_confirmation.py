@@ -129,6 +129,7 @@ class CodConfirmation:
     name: ClassVar[str] = "cod_confirmation"
     stage: ClassVar[str] = "qualification"  # whose cases its hand-offs are (handoffs.journey_stage)
     config_model: ClassVar[type[JourneyConfig]] = CodConfirmationConfig
+    template_steps: ClassVar[tuple[str, ...]] = ("ask", r"reminder_\d+", "confirmed", "prepaid_offer", "cancelled", "cancel_reason")
     follows_contact: ClassVar[bool] = True  # an unquoted message can be the cancel reason a run waits for
 
     def subject(self, event: Any, facts: Facts) -> str | None:

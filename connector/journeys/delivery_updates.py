@@ -54,7 +54,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from connector import events as ev
 from connector.journeys._common import cancelled_order, deleted_order, order_context, replied_here, withdraw_for_cancel
@@ -74,6 +74,7 @@ STEP_FOR_STATUS = {
     "picked_up": "delivered",
     "attempted_delivery": "failed",
 }
+STEPS = tuple(dict.fromkeys(STEP_FOR_STATUS.values()))  # the updates ``steps`` may list
 TRACKING_FAILURE = ev.ShipmentStatus.FAILURE.value  # not a step: a person hears of it, the customer does not
 ARRIVED = frozenset(s.value for s in ev.DELIVERED_STATUSES)
 LATER_THAN_SHIPPED = frozenset({"out_for_delivery", "ready_for_pickup", "delivered"})
@@ -246,6 +247,15 @@ def _delivered_after_failure(run: Run | None, facts: Facts, parcel: str, status:
 class DeliveryUpdatesConfig(JourneyConfig):
     steps: tuple[str, ...] = Field(("shipped", "out_for_delivery", "delivered", "failed"),
                                    description="which updates to send; also ready_for_pickup (the parcel waits at a pickup point)")
+
+    @field_validator("steps")
+    @classmethod
+    def _known_steps(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """A misspelt update would never be sent, without a word."""
+        unknown = [s for s in value if s not in STEPS]
+        if unknown:
+            raise ValueError("; ".join(f"{s!r} is not a delivery step ({', '.join(STEPS)})" for s in unknown))
+        return value
     handoff_on_failure: bool = True
     handoff_on_tracking_failure: bool = Field(
         True, description="a parcel whose tracking fails (Shopify's 'failure': an invalid tracking number, a cancelled shipment) "
@@ -268,6 +278,7 @@ class DeliveryUpdates:
     name: ClassVar[str] = "delivery"
     stage: ClassVar[str] = "post_purchase"  # whose cases its hand-offs are (handoffs.journey_stage)
     config_model: ClassVar[type[JourneyConfig]] = DeliveryUpdatesConfig
+    template_steps: ClassVar[tuple[str, ...]] = (*STEPS, "ndr_reschedule", "ndr_update_address", "ndr_cancel")
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.FulfillmentUpdated):

@@ -210,7 +210,9 @@ class Journey(Protocol):
     ``credits_one_run = True`` (an order reaching several runs: ``facts.extra["order_runs"]``,
     so it credits one), ``needs_sends(event, run, config)`` (a timer it says True for:
     ``facts.extra["reminders_sent"]``) and ``needs_cases(event, run, config)`` (a timer it says
-    True for: ``facts.extra["open_cases"]``, the contact's hand-offs still open)."""
+    True for: ``facts.extra["open_cases"]``, the contact's hand-offs still open), and
+    ``template_steps`` (the steps it sends, regular expressions: a configured template for any other
+    step of it is never sent, which ``check-config`` warns of; without it, no such check)."""
 
     name: ClassVar[str]
     config_model: ClassVar[type[JourneyConfig]]

@@ -42,6 +42,7 @@ class OrderConfirmation:
     name: ClassVar[str] = "order_confirmation"
     stage: ClassVar[str] = "post_purchase"  # whose cases its hand-offs are (handoffs.journey_stage)
     config_model: ClassVar[type[JourneyConfig]] = OrderConfirmationConfig
+    template_steps: ClassVar[tuple[str, ...]] = ("sent",)
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.OrderDeleted):

@@ -73,6 +73,7 @@ class PaymentRecovery:
     name: ClassVar[str] = "payment_recovery"
     stage: ClassVar[str] = "conversion"  # whose cases its hand-offs are (handoffs.journey_stage)
     config_model: ClassVar[type[JourneyConfig]] = PaymentRecoveryConfig
+    template_steps: ClassVar[tuple[str, ...]] = ("remind",)
     accepts_holdout: ClassVar[bool] = True  # a control run only misses its reminder: lift can be measured
     credits_sent_reminders: ClassVar[bool] = True  # a payment reaching a reminded run: facts.extra["reminders_sent"]
     follows_contact: ClassVar[bool] = True  # her later order reaches her waiting runs: it may replace theirs (``_replaced``)

@@ -63,6 +63,7 @@ class Reorder:
     name: ClassVar[str] = "reorder"
     stage: ClassVar[str] = "retention"  # whose cases its hand-offs are (handoffs.journey_stage)
     config_model: ClassVar[type[JourneyConfig]] = ReorderConfig
+    template_steps: ClassVar[tuple[str, ...]] = STEPS
     follows_contact: ClassVar[bool] = True  # a later order or a reply by the customer reaches the run
     marketing: ClassVar[bool] = True  # any opt-out ends its runs (state.end_marketing_runs)
     credits_sent_reminders: ClassVar[bool] = True  # a reorder reaching a run: facts.extra["reminders_sent"]

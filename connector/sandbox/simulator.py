@@ -238,9 +238,11 @@ class Store:
         self.at(when + timedelta(days=1, hours=self.rng.random() * 6), lambda: self._ship(order["id"]))
 
     @property
-    def first_buyer(self) -> Customer:
-        """The customer of the first order placed (for showing one customer's context)."""
-        return next(iter(self._pending_orders.values()))[0]
+    def first_buyer(self) -> Customer | None:
+        """The customer of the first order placed (for showing one customer's context); None
+        when the simulation placed none (a short run at a small ``--scale``)."""
+        first = next(iter(self._pending_orders.values()), None)
+        return first[0] if first is not None else None
 
     def _consent(self, c: Customer, when: datetime) -> None:
         if getattr(c, "_consented", False):

@@ -16,9 +16,10 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from connector.errors import SchemaNotReadyError
+from connector.errors import DatabaseUnavailableError, SchemaNotReadyError
 from connector.storage.checkpoint import WalCheckpointer
 from connector.storage import jsoncodec
 
@@ -84,8 +85,29 @@ def head_revision() -> str:
     return head
 
 
+def connect(engine: Engine) -> Connection:
+    """The engine's first connection, or ``DatabaseUnavailableError`` saying in one line what
+    the driver said, with the URL whose password is hidden: a command that cannot reach its
+    database says so instead of printing a traceback."""
+    try:
+        return engine.connect()
+    except (OperationalError, InterfaceError) as exc:
+        url = engine.url
+        reason = " ".join(str(exc.orig or exc).split()).removeprefix("connection failed: ")
+        if url.password:
+            reason = reason.replace(str(url.password), "***")
+        if engine.dialect.name == "sqlite" and url.database and url.database != ":memory:":
+            folder = Path(url.database).resolve().parent
+            if not folder.is_dir():
+                reason += f" (the folder {folder} does not exist)"
+            else:
+                reason += f" (may this user write to {folder}?)"
+        raise DatabaseUnavailableError(
+            f"cannot open the database {url.render_as_string(hide_password=True)}: {reason}") from None
+
+
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
