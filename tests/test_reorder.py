@@ -350,6 +350,20 @@ def test_a_customer_in_another_journey_or_opted_out_gets_no_reminder(db_url):
     assert [(o.status, o.skip_reason) for o in outbox] == [("skipped", "opted_out")]
 
 
+def _carts_and_reorders(db_url: str, *, quiet_hours: str):
+    """Reorder reminders beside a three-step cart ladder (30 min, 6.5 h, 24.5 h after the cart), a cap
+    high enough for all of them."""
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(
+        templates=TEMPLATES + [{"step": f"checkout_recovery.{step}", "name": f"cart_{step}_v1", "category": "marketing",
+                                "body_text": "Your cart is waiting: {{1}}", "body": ["checkout.recovery_url"]}
+                               for step in ("first", "second", "third")],
+        policy={"quiet_hours": quiet_hours, "marketing_cap": 10},
+        journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "lead_days": 3},
+                  "checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0, 360, 1440], "attribution_days": 7}})
+    return parse_settings(raw, environ={})
+
+
 def test_a_cart_ladder_that_only_listens_no_longer_keeps_the_customer_from_the_reorder_reminder(db_url):
     """Both customers left a cart before their windows opened. The first one's three reminders went on
     days 25-26: her run now only waits out the attribution window (no message is planned), so she is
@@ -358,15 +372,7 @@ def test_a_cart_ladder_that_only_listens_no_longer_keeps_the_customer_from_the_r
     whole attribution week, and every reorder window opening then was skipped for good."""
     from tests.scenarios.payloads import shopify_checkout
 
-    raw = settings_dict(db_url)
-    raw["stores"][0].update(
-        templates=TEMPLATES + [{"step": f"checkout_recovery.{step}", "name": f"cart_{step}_v1", "category": "marketing",
-                                "body_text": "Your cart is waiting: {{1}}", "body": ["checkout.recovery_url"]}
-                               for step in ("first", "second", "third")],
-        policy={"quiet_hours": "", "marketing_cap": 10},
-        journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "lead_days": 3},
-                  "checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0, 360, 1440], "attribution_days": 7}})
-    settings = parse_settings(raw, environ={})
+    settings = _carts_and_reorders(db_url, quiet_hours="")
     clock = Clock(T0)
     with running_app(settings) as (client, runtime):
         runtime.processor.clock = clock
@@ -403,15 +409,7 @@ def test_a_ladder_whose_last_reminder_waits_for_the_morning_still_keeps_the_cust
     is skipped, not queued to reach her beside the cart reminder at 20:00."""
     from tests.scenarios.payloads import shopify_checkout
 
-    raw = settings_dict(db_url)
-    raw["stores"][0].update(
-        templates=TEMPLATES + [{"step": f"checkout_recovery.{step}", "name": f"cart_{step}_v1", "category": "marketing",
-                                "body_text": "Your cart is waiting: {{1}}", "body": ["checkout.recovery_url"]}
-                               for step in ("first", "second", "third")],
-        policy={"quiet_hours": "11:00-20:00", "marketing_cap": 10},
-        journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "lead_days": 3},
-                  "checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0, 360, 1440], "attribution_days": 7}})
-    settings = parse_settings(raw, environ={})
+    settings = _carts_and_reorders(db_url, quiet_hours="11:00-20:00")
     clock = Clock(T0)
     with running_app(settings) as (client, runtime):
         runtime.processor.clock = clock
