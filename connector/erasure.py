@@ -161,16 +161,24 @@ def outcome(db: Database, store_id: int, inbox_id: int) -> Outcome:
 
 
 def answer_now(db: Database, settings: Any, store: Any, store_id: int, inbox_id: int, *, max_batches: int = 1000) -> Outcome:
-    """Process the store's inbox here, as a worker would, until the request is answered (or can
-    only wait: a delivery received before it is still pending, retried after an error or held by
-    a running worker; that worker then answers it)."""
+    """Process the request here, as a worker would, with the store's rows received before it (ids up
+    to ``inbox_id``: deliveries after it are the worker's, with its configuration), until it is
+    answered or can only wait: a delivery received before it is still pending (retried after an
+    error, held by a running worker, not yet in the inbox): it is then put back for
+    ``compliance.PRIVACY_WAIT``, and the worker answers it after that delivery."""
     from adapters.registry import normalizers
     from connector.processor import InboxProcessor
 
     processor = InboxProcessor(db, settings, {store.key: store_id}, normalizers())
     for _ in range(max_batches):
-        handled = processor.process_batch()
+        handled = processor.process_batch(up_to_id=inbox_id)
         found = outcome(db, store_id, inbox_id)
-        if found.status != "waiting" or handled == 0:
+        if found.status != "waiting" or handled == 0 or _put_back(db, inbox_id):
             return found
     return outcome(db, store_id, inbox_id)
+
+
+def _put_back(db: Database, inbox_id: int) -> bool:
+    """The request's row was found waiting and is due again only later: nothing more to do here."""
+    with db.engine.connect() as conn:
+        return conn.execute(select(INBOX.c.available_at).where(INBOX.c.id == inbox_id)).scalar_one() is not None

@@ -231,6 +231,65 @@ def test_an_erasure_from_the_command_waits_for_a_delivery_received_before_it(db_
     assert leaks(db, LUCIA.needles(), woo_id) == []
 
 
+RAVI = Person("Raviteja", "Kondapalli", "raviteja.k@example.com", "+91 90000 11122", "+919000011122", 5151)
+
+
+def arriving_during_the_command(monkeypatch, sc, order: dict) -> None:
+    """``order`` (another customer's) is delivered just after the command recorded its request: a later inbox row."""
+    from connector import erasure
+
+    recorded = erasure.submit
+
+    def submit_then_a_delivery(*args, **kwargs):
+        inbox_id = recorded(*args, **kwargs)
+        sc.woo("order.created", order)
+        return inbox_id
+
+    monkeypatch.setattr(erasure, "submit", submit_then_a_delivery)
+
+
+def last_delivery(db) -> str:
+    """The status of the store's last delivery (the one that arrived during the command)."""
+    with db.engine.connect() as conn:
+        return conn.execute(select(m.InboxEvent.status).where(m.InboxEvent.source == "woocommerce")
+                            .order_by(m.InboxEvent.id.desc()).limit(1)).scalar_one()
+
+
+def test_the_command_answers_its_request_and_leaves_deliveries_after_it_to_the_worker(db_url, woo, tmp_path, monkeypatch):
+    """Ravi's COD order arrives while the owner's command erases Lucrezia. The command (its own config file:
+    no journeys) answers the erasure only; Ravi's order is the worker's, which asks him to confirm it. Before,
+    the command processed the store's whole inbox with its own config: his order was stored, and never asked."""
+    sc = woo
+    db, woo_id = sc.runtime.db, sc.runtime.store_ids["woo"]
+    sc.woo("order.created", woo_order(LUCIA, 7301, sc.now - timedelta(days=2), cod=False, status="completed"))
+    sc.work()
+    arriving_during_the_command(monkeypatch, sc, woo_order(RAVI, 7401, sc.now, cod=True, status="on-hold"))
+
+    done = redact(cli_config(tmp_path, db_url), "--store", "woo", "--customer-id", str(LUCIA.customer_id), "--yes")
+    assert done.exit_code == 0 and "erased: 1 contact(s), 1 order(s)" in done.output, done.output
+    assert leaks(db, LUCIA.needles(), woo_id) == [] and last_delivery(db) == "pending"
+    sc.work()
+    assert last_delivery(db) == "done" and sc.templates_to(RAVI.e164) == ["cod_confirm_v1"]
+
+
+def test_an_erasure_that_can_only_wait_leaves_the_command_at_once(db_url, woo, tmp_path, monkeypatch):
+    """Her order update waits for its retry: the command records the erasure, says it waits (exit 4) and touches
+    nothing received after it (Ravi's order, the worker's)."""
+    sc = woo
+    order = woo_order(LUCIA, 7301, sc.now - timedelta(days=2), cod=False, status="processing")
+    sc.woo("order.created", order)
+    sc.work()
+    sc.woo("order.updated", {**order, "status": "completed", "date_modified_gmt": p.gmt(sc.now)})
+    retry_at = max(datetime.now(timezone.utc), sc.now) + timedelta(minutes=5)
+    with sc.runtime.db.engine.begin() as conn:
+        conn.execute(update(m.InboxEvent).where(m.InboxEvent.topic == "order.updated").values(available_at=retry_at))
+    arriving_during_the_command(monkeypatch, sc, woo_order(RAVI, 7401, sc.now, cod=True, status="on-hold"))
+
+    waiting = redact(cli_config(tmp_path, db_url), "--store", "woo", "--customer-id", str(LUCIA.customer_id), "--yes")
+    assert waiting.exit_code == 4 and "not yet done" in waiting.output, waiting.output
+    assert last_delivery(sc.runtime.db) == "pending"
+
+
 # -- the admin API ----------------------------------------------------------------------------------------------
 def test_the_admin_api_erases_her_with_the_stores_own_token_and_refuses_another_stores(db_url, woo, caplog):
     sc = woo
