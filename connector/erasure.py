@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import select
 
 from connector import events as ev
-from connector.compliance import REQUESTS, erasure_preview
+from connector.compliance import REQUESTS, Identity, erasure_preview, find_contacts
 from connector.contacts import normalize_phone
 from connector.errors import NormalizationError
 from connector.reinstall import SOURCE
@@ -97,6 +97,26 @@ def preview(db: Database, store: Any, store_id: int, request: ErasureRequest) ->
     """How many contacts, orders, messages... the erasure would reach (all zero: nothing stored)."""
     with db.engine.connect() as conn:
         return erasure_preview(conn, store_id, **request.identity(store))
+
+
+def one_customer(db: Database, store: Any, store_id: int, request: ErasureRequest) -> list[str]:
+    """Several identifiers given must name the same contacts: the erasure reaches everyone any of
+    them matches, so a typo in one would silently erase a second person. ``BadRequest`` (counts
+    only) when one matches a contact another does not; else the identifiers that match nothing."""
+    given = [(name, Identity.build(**{key: value}, default_country=store.default_country))
+             for name, key, value in (("customer id", "customer_external_id", request.customer_id), ("phone", "phone", request.phone),
+                                      ("email", "emails", request.email)) if value]
+    if len(given) < 2:
+        return []
+    with db.engine.connect() as conn:
+        matched = {name: {c.id for c in find_contacts(conn, store_id, ident)} for name, ident in given}
+    found = {name: ids for name, ids in matched.items() if ids}
+    if len({frozenset(ids) for ids in found.values()}) > 1:
+        said = ", ".join(f"the {name} {len(ids)}" for name, ids in found.items())
+        log.warning("privacy erasure refused: the identifiers given name different contacts (%s)", said, extra={"store": store.key})
+        raise BadRequest(f"the identifiers given name different contacts ({said}, {len(set().union(*found.values()))} in all): "
+                         "nothing erased; give one of them, or check them")
+    return [name for name, ids in matched.items() if not ids] if found else []
 
 
 def found_anything(counts: Mapping[str, int]) -> bool:

@@ -290,6 +290,37 @@ def test_an_erasure_that_can_only_wait_leaves_the_command_at_once(db_url, woo, t
     assert last_delivery(sc.runtime.db) == "pending"
 
 
+def test_identifiers_that_name_different_customers_are_refused(db_url, woo, tmp_path):
+    """The owner types Lucrezia's phone and, by mistake, Ravi's email: the erasure would reach both. The command
+    (exit 2) and the API (400) refuse, with counts only, and nothing is recorded; an identifier that matches
+    nothing beside one that matches her is said, and she alone is erased."""
+    sc = woo
+    db, woo_id = sc.runtime.db, sc.runtime.store_ids["woo"]
+    sc.woo("order.created", woo_order(LUCIA, 7301, sc.now - timedelta(days=2), cod=False, status="completed"))
+    sc.woo("order.created", woo_order(RAVI, 7401, sc.now - timedelta(days=1), cod=False, status="completed"))
+    sc.work()
+    cfg, rows = cli_config(tmp_path, db_url), inbox_count(db)
+    ravi_stored = {n for *_, n in leaks(db, RAVI.needles(), woo_id)}
+    assert ravi_stored >= {RAVI.e164, RAVI.email}
+
+    for given in (["--phone", LUCIA.phone, "--email", RAVI.email], ["--customer-id", str(RAVI.customer_id), "--email", LUCIA.email],
+                  ["--customer-id", str(LUCIA.customer_id), "--phone", LUCIA.phone, "--email", RAVI.email]):
+        refused = redact(cfg, "--store", "woo", *given, "--yes")
+        assert refused.exit_code == 2 and "name different contacts" in refused.output, (given, refused.output)
+        assert not any(n in refused.output for n in (LUCIA.first, RAVI.first, RAVI.last)), refused.output
+    api = sc.client.post("/api/stores/woo/customers/redact", json={"phone": LUCIA.phone, "email": RAVI.email}, headers=bearer(TEAM_WOO))
+    assert api.status_code == 400 and "name different contacts" in api.json()["error"], api.text
+    assert "2 in all" in api.json()["error"] and RAVI.first not in api.text
+    assert inbox_count(db) == rows and {n for *_, n in leaks(db, LUCIA.needles(), woo_id)} >= {LUCIA.e164, LUCIA.email}
+
+    # all of hers, and one that matches no one: she alone is erased, and the owner is told which matched nothing
+    done = redact(cfg, "--store", "woo", "--phone", LUCIA.phone, "--customer-id", str(LUCIA.customer_id),
+                  "--email", "lucrezia.typo@example.org", "--yes")
+    assert done.exit_code == 0 and "the email given matches no contact" in done.output, done.output
+    assert "erased: 1 contact(s), 1 order(s)" in done.output, done.output
+    assert leaks(db, LUCIA.needles(), woo_id) == [] and {n for *_, n in leaks(db, RAVI.needles(), woo_id)} == ravi_stored
+
+
 # -- the admin API ----------------------------------------------------------------------------------------------
 def test_the_admin_api_erases_her_with_the_stores_own_token_and_refuses_another_stores(db_url, woo, caplog):
     sc = woo
