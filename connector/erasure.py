@@ -19,11 +19,12 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, not_, select
+from sqlalchemy.engine import Connection
 
 from connector import events as ev
 from connector.compliance import REQUESTS, Identity, erasure_preview, find_contacts
@@ -31,7 +32,8 @@ from connector.contacts import normalize_phone
 from connector.errors import NormalizationError
 from connector.reinstall import SOURCE
 from connector.storage.db import Database
-from connector.storage.inbox import InboxItem, write_items
+from connector.storage.inbox import InboxItem, InboxWriter, write_items
+from connector.storage.journal import unimported
 from connector.storage.sql import INBOX
 
 log = logging.getLogger("storeloop.compliance")
@@ -132,14 +134,37 @@ def item(store_id: int, request: ErasureRequest, via: str) -> InboxItem:
 
 
 def submit(db: Database, store_key: str, store_id: int, request: ErasureRequest, via: str, counts: Mapping[str, int]) -> int:
-    """Write the request's inbox row; its id (the worker, or ``answer_now``, answers it)."""
+    """Write the request's inbox row; its id (the worker, or ``answer_now``, answers it).
+
+    Deliveries a killed server acknowledged from its ingest journal are imported first (a running
+    server's journal is its own: ``behind_the_journal`` makes the request wait for it)."""
     row = item(store_id, request, via)
+    if db.sqlite_file is not None:
+        InboxWriter(db).recover()
     write_items(db, [row])
     with db.engine.connect() as conn:
         inbox_id = conn.execute(select(INBOX.c.id).where(INBOX.c.store_id == store_id, INBOX.c.dedupe_key == row.dedupe_key)).scalar_one()
     log.info("privacy erasure requested by the store (%s): %s", via, " ".join(f"{k}={v}" for k, v in sorted(counts.items())),
              extra={"store": store_key, "inbox_id": inbox_id})
     return inbox_id
+
+
+def behind_the_journal(conn: Connection, db: Database, row: Any, ordered: Iterable[tuple[str, str]]) -> bool:
+    """The request's row waits for deliveries acknowledged before it that it cannot see by id.
+
+    It is written beside the inbox writer (by the admin API's thread, or by the command in another
+    process), not through it: on SQLite a burst's deliveries are answered from the ingest journal
+    (storage/journal.py) and get their inbox rows, with larger ids, only when imported. So the row
+    waits while any journal of the database holds frames, then for the store's pending rows received
+    at or before it (their acknowledgement time, kept through the journal) whatever their id. Rows
+    that wait themselves (``ordered``: privacy requests, a reinstall's caught-up row) are left out:
+    they wait for it by id, and two rows waiting for each other would wait for ever."""
+    if db.sqlite_file is not None and unimported(db.sqlite_file):
+        return True
+    return conn.execute(select(INBOX.c.id).where(
+        INBOX.c.store_id == row.store_id, INBOX.c.status == "pending", INBOX.c.id > row.id, INBOX.c.received_at <= row.received_at,
+        *(not_(and_(INBOX.c.source == source, INBOX.c.topic == topic)) for source, topic in sorted(ordered)),
+    ).limit(1)).first() is not None
 
 
 def normalize(topic: str, body: dict[str, Any], store: Any) -> list[ev.Event]:

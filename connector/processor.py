@@ -370,7 +370,8 @@ class InboxProcessor:
                 # written first, and rows still pending before it are waited for
                 _mark_rows(conn, marks)
                 handled, marks = handled + len(marks), []
-                if waiting_for_earlier(conn, row.store_id, row.id):
+                if waiting_for_earlier(conn, row.store_id, row.id) or (
+                        (row.source, row.topic) == (reinstall.SOURCE, erasure.TOPIC) and erasure.behind_the_journal(conn, self.db, row, AFTER_EARLIER)):
                     marks.append((row.id, {"available_at": now + PRIVACY_WAIT}))
                     continue
             marks.append((row.id, self._process_row(conn, row, now)))

@@ -14,6 +14,7 @@ SQLite and PostgreSQL.
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -319,6 +320,50 @@ def test_identifiers_that_name_different_customers_are_refused(db_url, woo, tmp_
     assert done.exit_code == 0 and "the email given matches no contact" in done.output, done.output
     assert "erased: 1 contact(s), 1 order(s)" in done.output, done.output
     assert leaks(db, LUCIA.needles(), woo_id) == [] and {n for *_, n in leaks(db, RAVI.needles(), woo_id)} == ravi_stored
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # only a SQLite file journals
+@pytest.mark.parametrize("via", ["api", "cli"])
+def test_an_erasure_waits_for_a_delivery_acknowledged_from_the_ingest_journal_before_it(db_url, woo, tmp_path, via):
+    """A burst: her new order is acknowledged (200) from the ingest journal, not yet in the inbox, when the owner
+    erases her. Imported after the request was recorded, it has the larger id; the erasure still waits for it
+    (the command says so: exit 4), so her order does not bring her contact back after the erasure."""
+    sc = woo
+    db, woo_id, writer = sc.runtime.db, sc.runtime.store_ids["woo"], sc.runtime.writer
+    sc.woo("order.created", woo_order(LUCIA, 7301, sc.now - timedelta(days=2), cod=False, status="completed"))
+    sc.work()
+    rows = inbox_count(db)
+    writer.journal_mode = "always"  # as under a burst: answered from the journal, imported later
+    writer.defer_imports(math.inf)
+    sc.woo("order.created", woo_order(LUCIA, 7302, sc.now, cod=False, status="processing"))
+    assert writer.journal_pending() and inbox_count(db) == rows
+
+    if via == "api":
+        queued = sc.client.post("/api/stores/woo/customers/redact", json={"customer_id": str(LUCIA.customer_id)}, headers=bearer(TEAM_WOO))
+        assert queued.status_code == 202, queued.text
+    else:
+        waiting = redact(cli_config(tmp_path, db_url), "--store", "woo", "--customer-id", str(LUCIA.customer_id), "--yes")
+        assert waiting.exit_code == 4 and "not yet done" in waiting.output, waiting.output
+        sc.clock.now = max(datetime.now(timezone.utc), sc.now)  # the command put it back by its own clock
+    sc.work()  # a worker round while the burst lasts
+
+    async def burst_over() -> None:
+        while writer.journal_pending():
+            assert await writer._import_chunk()
+
+    writer.journal_mode = "burst"
+    sc.client.portal.call(burst_over)
+    writer.defer_imports(0.0)
+    sc.later(minutes=1)  # the worker's rounds: her order (the erasure, before it by id, waits for it)...
+    sc.later(minutes=1)  # ... then the erasure's retry
+    with db.engine.connect() as conn:
+        order = conn.execute(select(m.InboxEvent.id, m.InboxEvent.status).where(m.InboxEvent.topic == "order.created")
+                             .order_by(m.InboxEvent.id.desc()).limit(1)).one()
+        request = conn.execute(select(m.InboxEvent.id, m.InboxEvent.status).where(m.InboxEvent.source == "storeloop")).one()
+        [answered] = conn.execute(select(m.ComplianceRequest.counts).where(m.ComplianceRequest.store_id == woo_id)).scalars().all()
+    assert order.id > request.id and (order.status, request.status) == ("done", "done")
+    assert (answered["contacts"], answered["orders"]) == (1, 2)
+    assert leaks(db, LUCIA.needles(), woo_id) == []
 
 
 # -- the admin API ----------------------------------------------------------------------------------------------
