@@ -836,11 +836,12 @@ def customer_redact(
 
     Shows what will be erased (counts only) and asks first. Exit codes: 0 erased, or nothing
     stored for that customer (nothing to erase); 1 not confirmed, or the erasure failed (the
-    worker retries it); 2 bad input (unknown store, not a phone, not an email, no customer given);
+    worker retries it); 2 bad input (unknown store, not a phone, not an email, no customer given,
+    or several identifiers that name different contacts);
     3 database not reachable or not migrated; 4 recorded, but deliveries of the store received before it are
     still pending: a running worker answers it once they are processed.
     """
-    from connector.erasure import BadRequest, answer_now, found_anything, parse_request, preview, submit
+    from connector.erasure import BadRequest, answer_now, found_anything, one_customer, parse_request, preview, submit
 
     settings = _load(config)
     chosen = _store(settings, store)
@@ -852,8 +853,15 @@ def customer_redact(
     db, store_ids = _open_db(settings, "erase")
     try:
         store_id = store_ids[chosen.key]
+        try:
+            unmatched = one_customer(db, chosen, store_id, request)
+        except BadRequest as exc:
+            console.print(f"[bold red]{escape(str(exc))}[/]", highlight=False)
+            raise typer.Exit(2) from None
         counts = preview(db, chosen, store_id, request)
         who = escape(request.described())
+        for name in unmatched:
+            console.print(f"[yellow]the {name} given matches no contact[/]", highlight=False)
         if not found_anything(counts):
             console.print(f"nothing stored about the customer with {who} in {chosen.key}: nothing to erase", highlight=False)
             return

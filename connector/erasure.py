@@ -19,19 +19,21 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, not_, select
+from sqlalchemy.engine import Connection
 
 from connector import events as ev
-from connector.compliance import REQUESTS, erasure_preview
+from connector.compliance import REQUESTS, Identity, erasure_preview, find_contacts
 from connector.contacts import normalize_phone
 from connector.errors import NormalizationError
 from connector.reinstall import SOURCE
 from connector.storage.db import Database
-from connector.storage.inbox import InboxItem, write_items
+from connector.storage.inbox import InboxItem, InboxWriter, write_items
+from connector.storage.journal import unimported
 from connector.storage.sql import INBOX
 
 log = logging.getLogger("storeloop.compliance")
@@ -99,6 +101,26 @@ def preview(db: Database, store: Any, store_id: int, request: ErasureRequest) ->
         return erasure_preview(conn, store_id, **request.identity(store))
 
 
+def one_customer(db: Database, store: Any, store_id: int, request: ErasureRequest) -> list[str]:
+    """Several identifiers given must name the same contacts: the erasure reaches everyone any of
+    them matches, so a typo in one would silently erase a second person. ``BadRequest`` (counts
+    only) when one matches a contact another does not; else the identifiers that match nothing."""
+    given = [(name, Identity.build(**{key: value}, default_country=store.default_country))
+             for name, key, value in (("customer id", "customer_external_id", request.customer_id), ("phone", "phone", request.phone),
+                                      ("email", "emails", request.email)) if value]
+    if len(given) < 2:
+        return []
+    with db.engine.connect() as conn:
+        matched = {name: {c.id for c in find_contacts(conn, store_id, ident)} for name, ident in given}
+    found = {name: ids for name, ids in matched.items() if ids}
+    if len({frozenset(ids) for ids in found.values()}) > 1:
+        said = ", ".join(f"the {name} {len(ids)}" for name, ids in found.items())
+        log.warning("privacy erasure refused: the identifiers given name different contacts (%s)", said, extra={"store": store.key})
+        raise BadRequest(f"the identifiers given name different contacts ({said}, {len(set().union(*found.values()))} in all): "
+                         "nothing erased; give one of them, or check them")
+    return [name for name, ids in matched.items() if not ids] if found else []
+
+
 def found_anything(counts: Mapping[str, int]) -> bool:
     return any(counts.values())
 
@@ -112,14 +134,37 @@ def item(store_id: int, request: ErasureRequest, via: str) -> InboxItem:
 
 
 def submit(db: Database, store_key: str, store_id: int, request: ErasureRequest, via: str, counts: Mapping[str, int]) -> int:
-    """Write the request's inbox row; its id (the worker, or ``answer_now``, answers it)."""
+    """Write the request's inbox row; its id (the worker, or ``answer_now``, answers it).
+
+    Deliveries a killed server acknowledged from its ingest journal are imported first (a running
+    server's journal is its own: ``behind_the_journal`` makes the request wait for it)."""
     row = item(store_id, request, via)
+    if db.sqlite_file is not None:
+        InboxWriter(db).recover()
     write_items(db, [row])
     with db.engine.connect() as conn:
         inbox_id = conn.execute(select(INBOX.c.id).where(INBOX.c.store_id == store_id, INBOX.c.dedupe_key == row.dedupe_key)).scalar_one()
     log.info("privacy erasure requested by the store (%s): %s", via, " ".join(f"{k}={v}" for k, v in sorted(counts.items())),
              extra={"store": store_key, "inbox_id": inbox_id})
     return inbox_id
+
+
+def behind_the_journal(conn: Connection, db: Database, row: Any, ordered: Iterable[tuple[str, str]]) -> bool:
+    """The request's row waits for deliveries acknowledged before it that it cannot see by id.
+
+    It is written beside the inbox writer (by the admin API's thread, or by the command in another
+    process), not through it: on SQLite a burst's deliveries are answered from the ingest journal
+    (storage/journal.py) and get their inbox rows, with larger ids, only when imported. So the row
+    waits while any journal of the database holds frames, then for the store's pending rows received
+    at or before it (their acknowledgement time, kept through the journal) whatever their id. Rows
+    that wait themselves (``ordered``: privacy requests, a reinstall's caught-up row) are left out:
+    they wait for it by id, and two rows waiting for each other would wait for ever."""
+    if db.sqlite_file is not None and unimported(db.sqlite_file):
+        return True
+    return conn.execute(select(INBOX.c.id).where(
+        INBOX.c.store_id == row.store_id, INBOX.c.status == "pending", INBOX.c.id > row.id, INBOX.c.received_at <= row.received_at,
+        *(not_(and_(INBOX.c.source == source, INBOX.c.topic == topic)) for source, topic in sorted(ordered)),
+    ).limit(1)).first() is not None
 
 
 def normalize(topic: str, body: dict[str, Any], store: Any) -> list[ev.Event]:
@@ -161,16 +206,24 @@ def outcome(db: Database, store_id: int, inbox_id: int) -> Outcome:
 
 
 def answer_now(db: Database, settings: Any, store: Any, store_id: int, inbox_id: int, *, max_batches: int = 1000) -> Outcome:
-    """Process the store's inbox here, as a worker would, until the request is answered (or can
-    only wait: a delivery received before it is still pending, retried after an error or held by
-    a running worker; that worker then answers it)."""
+    """Process the request here, as a worker would, with the store's rows received before it (ids up
+    to ``inbox_id``: deliveries after it are the worker's, with its configuration), until it is
+    answered or can only wait: a delivery received before it is still pending (retried after an
+    error, held by a running worker, not yet in the inbox): it is then put back for
+    ``compliance.PRIVACY_WAIT``, and the worker answers it after that delivery."""
     from adapters.registry import normalizers
     from connector.processor import InboxProcessor
 
     processor = InboxProcessor(db, settings, {store.key: store_id}, normalizers())
     for _ in range(max_batches):
-        handled = processor.process_batch()
+        handled = processor.process_batch(up_to_id=inbox_id)
         found = outcome(db, store_id, inbox_id)
-        if found.status != "waiting" or handled == 0:
+        if found.status != "waiting" or handled == 0 or _put_back(db, inbox_id):
             return found
     return outcome(db, store_id, inbox_id)
+
+
+def _put_back(db: Database, inbox_id: int) -> bool:
+    """The request's row was found waiting and is due again only later: nothing more to do here."""
+    with db.engine.connect() as conn:
+        return conn.execute(select(INBOX.c.available_at).where(INBOX.c.id == inbox_id)).scalar_one() is not None

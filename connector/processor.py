@@ -215,7 +215,7 @@ class InboxProcessor:
             return list(conn.execute(_DUE_STORES, {"sids": store_ids, "now": now}).scalars())
 
     def process_batch(self, time_budget: float | None = None, limit: int | None = None,
-                      yield_to: Callable[[], bool] | None = None) -> int:
+                      yield_to: Callable[[], bool] | None = None, up_to_id: int | None = None) -> int:
         """Process up to one batch of due rows; returns how many rows were handled.
 
         With a ``time_budget`` (seconds) the batch commits early once the budget is spent,
@@ -225,15 +225,18 @@ class InboxProcessor:
         no rows read and parsed for nothing. ``yield_to`` (called from this thread after each
         row) ends the batch as soon as it returns True: ``serve`` passes "a delivery or another
         thread of the process waits for the write lock", so a long batch costs them no more
-        than the commit of the rows done so far.
+        than the commit of the rows done so far. ``up_to_id``: only rows with that id or a smaller
+        one (``storeloop customer redact`` answers its request and what it waits for, not
+        deliveries received after it, which the worker handles with its own configuration).
 
         Python's cyclic garbage collector is paused until the batch's objects are dropped
         (``connector/gc_pause.py``: walking them while the batch held them was ~5% of processing).
         """
         with cyclic_gc_paused():
-            return self._process_batch(time_budget, limit, yield_to)
+            return self._process_batch(time_budget, limit, yield_to, up_to_id)
 
-    def _process_batch(self, time_budget: float | None, limit: int | None, yield_to: Callable[[], bool] | None) -> int:
+    def _process_batch(self, time_budget: float | None, limit: int | None, yield_to: Callable[[], bool] | None,
+                       up_to_id: int | None = None) -> int:
         now = self.clock()
         self.more_due = False  # until this batch says otherwise (a batch that raises leaves nothing to grow on)
         limit = limit or self.batch_size
@@ -253,6 +256,8 @@ class InboxProcessor:
                 .order_by(InboxEvent.id)
                 .limit(limit)
             )
+            if up_to_id is not None:
+                query = query.where(InboxEvent.id <= up_to_id)
             if not self.db.is_sqlite:
                 query = query.with_for_update(skip_locked=True, of=InboxEvent)
             rows = list(conn.execute(query))
@@ -365,7 +370,8 @@ class InboxProcessor:
                 # written first, and rows still pending before it are waited for
                 _mark_rows(conn, marks)
                 handled, marks = handled + len(marks), []
-                if waiting_for_earlier(conn, row.store_id, row.id):
+                if waiting_for_earlier(conn, row.store_id, row.id) or (
+                        (row.source, row.topic) == (reinstall.SOURCE, erasure.TOPIC) and erasure.behind_the_journal(conn, self.db, row, AFTER_EARLIER)):
                     marks.append((row.id, {"available_at": now + PRIVACY_WAIT}))
                     continue
             marks.append((row.id, self._process_row(conn, row, now)))

@@ -14,6 +14,7 @@ SQLite and PostgreSQL.
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -228,6 +229,140 @@ def test_an_erasure_from_the_command_waits_for_a_delivery_received_before_it(db_
         rows = conn.execute(select(m.InboxEvent.source, m.InboxEvent.topic, m.InboxEvent.status).order_by(m.InboxEvent.id)).all()
     assert [tuple(r) for r in rows] == [("woocommerce", "order.created", "done"), ("woocommerce", "order.updated", "done"),
                                         ("storeloop", "customers/redact", "done")]
+    assert leaks(db, LUCIA.needles(), woo_id) == []
+
+
+RAVI = Person("Raviteja", "Kondapalli", "raviteja.k@example.com", "+91 90000 11122", "+919000011122", 5151)
+
+
+def arriving_during_the_command(monkeypatch, sc, order: dict) -> None:
+    """``order`` (another customer's) is delivered just after the command recorded its request: a later inbox row."""
+    from connector import erasure
+
+    recorded = erasure.submit
+
+    def submit_then_a_delivery(*args, **kwargs):
+        inbox_id = recorded(*args, **kwargs)
+        sc.woo("order.created", order)
+        return inbox_id
+
+    monkeypatch.setattr(erasure, "submit", submit_then_a_delivery)
+
+
+def last_delivery(db) -> str:
+    """The status of the store's last delivery (the one that arrived during the command)."""
+    with db.engine.connect() as conn:
+        return conn.execute(select(m.InboxEvent.status).where(m.InboxEvent.source == "woocommerce")
+                            .order_by(m.InboxEvent.id.desc()).limit(1)).scalar_one()
+
+
+def test_the_command_answers_its_request_and_leaves_deliveries_after_it_to_the_worker(db_url, woo, tmp_path, monkeypatch):
+    """Ravi's COD order arrives while the owner's command erases Lucrezia. The command (its own config file:
+    no journeys) answers the erasure only; Ravi's order is the worker's, which asks him to confirm it. Before,
+    the command processed the store's whole inbox with its own config: his order was stored, and never asked."""
+    sc = woo
+    db, woo_id = sc.runtime.db, sc.runtime.store_ids["woo"]
+    sc.woo("order.created", woo_order(LUCIA, 7301, sc.now - timedelta(days=2), cod=False, status="completed"))
+    sc.work()
+    arriving_during_the_command(monkeypatch, sc, woo_order(RAVI, 7401, sc.now, cod=True, status="on-hold"))
+
+    done = redact(cli_config(tmp_path, db_url), "--store", "woo", "--customer-id", str(LUCIA.customer_id), "--yes")
+    assert done.exit_code == 0 and "erased: 1 contact(s), 1 order(s)" in done.output, done.output
+    assert leaks(db, LUCIA.needles(), woo_id) == [] and last_delivery(db) == "pending"
+    sc.work()
+    assert last_delivery(db) == "done" and sc.templates_to(RAVI.e164) == ["cod_confirm_v1"]
+
+
+def test_an_erasure_that_can_only_wait_leaves_the_command_at_once(db_url, woo, tmp_path, monkeypatch):
+    """Her order update waits for its retry: the command records the erasure, says it waits (exit 4) and touches
+    nothing received after it (Ravi's order, the worker's)."""
+    sc = woo
+    order = woo_order(LUCIA, 7301, sc.now - timedelta(days=2), cod=False, status="processing")
+    sc.woo("order.created", order)
+    sc.work()
+    sc.woo("order.updated", {**order, "status": "completed", "date_modified_gmt": p.gmt(sc.now)})
+    retry_at = max(datetime.now(timezone.utc), sc.now) + timedelta(minutes=5)
+    with sc.runtime.db.engine.begin() as conn:
+        conn.execute(update(m.InboxEvent).where(m.InboxEvent.topic == "order.updated").values(available_at=retry_at))
+    arriving_during_the_command(monkeypatch, sc, woo_order(RAVI, 7401, sc.now, cod=True, status="on-hold"))
+
+    waiting = redact(cli_config(tmp_path, db_url), "--store", "woo", "--customer-id", str(LUCIA.customer_id), "--yes")
+    assert waiting.exit_code == 4 and "not yet done" in waiting.output, waiting.output
+    assert last_delivery(sc.runtime.db) == "pending"
+
+
+def test_identifiers_that_name_different_customers_are_refused(db_url, woo, tmp_path):
+    """The owner types Lucrezia's phone and, by mistake, Ravi's email: the erasure would reach both. The command
+    (exit 2) and the API (400) refuse, with counts only, and nothing is recorded; an identifier that matches
+    nothing beside one that matches her is said, and she alone is erased."""
+    sc = woo
+    db, woo_id = sc.runtime.db, sc.runtime.store_ids["woo"]
+    sc.woo("order.created", woo_order(LUCIA, 7301, sc.now - timedelta(days=2), cod=False, status="completed"))
+    sc.woo("order.created", woo_order(RAVI, 7401, sc.now - timedelta(days=1), cod=False, status="completed"))
+    sc.work()
+    cfg, rows = cli_config(tmp_path, db_url), inbox_count(db)
+    ravi_stored = {n for *_, n in leaks(db, RAVI.needles(), woo_id)}
+    assert ravi_stored >= {RAVI.e164, RAVI.email}
+
+    for given in (["--phone", LUCIA.phone, "--email", RAVI.email], ["--customer-id", str(RAVI.customer_id), "--email", LUCIA.email],
+                  ["--customer-id", str(LUCIA.customer_id), "--phone", LUCIA.phone, "--email", RAVI.email]):
+        refused = redact(cfg, "--store", "woo", *given, "--yes")
+        assert refused.exit_code == 2 and "name different contacts" in refused.output, (given, refused.output)
+        assert not any(n in refused.output for n in (LUCIA.first, RAVI.first, RAVI.last)), refused.output
+    api = sc.client.post("/api/stores/woo/customers/redact", json={"phone": LUCIA.phone, "email": RAVI.email}, headers=bearer(TEAM_WOO))
+    assert api.status_code == 400 and "name different contacts" in api.json()["error"], api.text
+    assert "2 in all" in api.json()["error"] and RAVI.first not in api.text
+    assert inbox_count(db) == rows and {n for *_, n in leaks(db, LUCIA.needles(), woo_id)} >= {LUCIA.e164, LUCIA.email}
+
+    # all of hers, and one that matches no one: she alone is erased, and the owner is told which matched nothing
+    done = redact(cfg, "--store", "woo", "--phone", LUCIA.phone, "--customer-id", str(LUCIA.customer_id),
+                  "--email", "lucrezia.typo@example.org", "--yes")
+    assert done.exit_code == 0 and "the email given matches no contact" in done.output, done.output
+    assert "erased: 1 contact(s), 1 order(s)" in done.output, done.output
+    assert leaks(db, LUCIA.needles(), woo_id) == [] and {n for *_, n in leaks(db, RAVI.needles(), woo_id)} == ravi_stored
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # only a SQLite file journals
+@pytest.mark.parametrize("via", ["api", "cli"])
+def test_an_erasure_waits_for_a_delivery_acknowledged_from_the_ingest_journal_before_it(db_url, woo, tmp_path, via):
+    """A burst: her new order is acknowledged (200) from the ingest journal, not yet in the inbox, when the owner
+    erases her. Imported after the request was recorded, it has the larger id; the erasure still waits for it
+    (the command says so: exit 4), so her order does not bring her contact back after the erasure."""
+    sc = woo
+    db, woo_id, writer = sc.runtime.db, sc.runtime.store_ids["woo"], sc.runtime.writer
+    sc.woo("order.created", woo_order(LUCIA, 7301, sc.now - timedelta(days=2), cod=False, status="completed"))
+    sc.work()
+    rows = inbox_count(db)
+    writer.journal_mode = "always"  # as under a burst: answered from the journal, imported later
+    writer.defer_imports(math.inf)
+    sc.woo("order.created", woo_order(LUCIA, 7302, sc.now, cod=False, status="processing"))
+    assert writer.journal_pending() and inbox_count(db) == rows
+
+    if via == "api":
+        queued = sc.client.post("/api/stores/woo/customers/redact", json={"customer_id": str(LUCIA.customer_id)}, headers=bearer(TEAM_WOO))
+        assert queued.status_code == 202, queued.text
+    else:
+        waiting = redact(cli_config(tmp_path, db_url), "--store", "woo", "--customer-id", str(LUCIA.customer_id), "--yes")
+        assert waiting.exit_code == 4 and "not yet done" in waiting.output, waiting.output
+        sc.clock.now = max(datetime.now(timezone.utc), sc.now)  # the command put it back by its own clock
+    sc.work()  # a worker round while the burst lasts
+
+    async def burst_over() -> None:
+        while writer.journal_pending():
+            assert await writer._import_chunk()
+
+    writer.journal_mode = "burst"
+    sc.client.portal.call(burst_over)
+    writer.defer_imports(0.0)
+    sc.later(minutes=1)  # the worker's rounds: her order (the erasure, before it by id, waits for it)...
+    sc.later(minutes=1)  # ... then the erasure's retry
+    with db.engine.connect() as conn:
+        order = conn.execute(select(m.InboxEvent.id, m.InboxEvent.status).where(m.InboxEvent.topic == "order.created")
+                             .order_by(m.InboxEvent.id.desc()).limit(1)).one()
+        request = conn.execute(select(m.InboxEvent.id, m.InboxEvent.status).where(m.InboxEvent.source == "storeloop")).one()
+        [answered] = conn.execute(select(m.ComplianceRequest.counts).where(m.ComplianceRequest.store_id == woo_id)).scalars().all()
+    assert order.id > request.id and (order.status, request.status) == ("done", "done")
+    assert (answered["contacts"], answered["orders"]) == (1, 2)
     assert leaks(db, LUCIA.needles(), woo_id) == []
 
 

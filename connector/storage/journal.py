@@ -256,6 +256,17 @@ def orphans(db_path: str | Path, own: set[Path] | None = None) -> list[IngestJou
     return [j for _, j in sorted(found, key=lambda pair: (pair[0], pair[1].path.name))]
 
 
+def unimported(db_path: str | Path) -> bool:
+    """Some journal beside ``db_path`` (any process's) holds frames not yet in the inbox: a file is
+    emptied once all of it is imported, and deleted once it is no longer written to."""
+    directory = Path(db_path).resolve().parent
+    for path in directory.glob(journal_glob(db_path)):
+        with contextlib.suppress(FileNotFoundError):  # imported and deleted meanwhile
+            if path.stat().st_size > 0:
+                return True
+    return False
+
+
 def journal_path(db_path: str | Path) -> Path:
     """A new journal's name: the process id and a random part, so a process never takes over a
     file a dead process left under the same pid (containers reuse pids): that one is an orphan."""

@@ -312,8 +312,10 @@ async def redact_customer(request: Request) -> Response:
     """``POST .../customers/redact``: the store owner erases a customer (WooCommerce has no privacy webhook;
     a customer asks on WhatsApp). Body ``{"phone": ...}``, ``{"email": ...}`` and/or ``{"customer_id": ...}``.
     202 with the inbox row the worker answers, as Shopify's ``customers/redact`` (the answer is listed at
-    ``GET .../compliance``); 200 ``nothing_stored`` when nothing is stored about the customer."""
-    from connector.erasure import BadRequest, found_anything, parse_request, preview, submit
+    ``GET .../compliance``; ``matched_nothing``: the identifiers given that match no contact); 200
+    ``nothing_stored`` when nothing is stored about the customer; 400 when several identifiers name
+    different contacts (a typo in one would erase a second person)."""
+    from connector.erasure import BadRequest, found_anything, one_customer, parse_request, preview, submit
 
     guarded = await _guarded_object(request, '{"phone": "+39 333 123 4567"} or {"email": "..."} or {"customer_id": "123"}')
     if isinstance(guarded, Response):
@@ -327,6 +329,7 @@ async def redact_customer(request: Request) -> Response:
     store = runtime.stores_by_key[key]
     try:
         wanted = parse_request(store, phone=body.get("phone"), email=body.get("email"), customer_id=body.get("customer_id"))
+        unmatched = await anyio.to_thread.run_sync(partial(one_customer, runtime.db, store, store_id, wanted))
     except BadRequest as exc:
         return problem(400, str(exc))
     counts = await anyio.to_thread.run_sync(partial(preview, runtime.db, store, store_id, wanted))
@@ -334,6 +337,6 @@ async def redact_customer(request: Request) -> Response:
         return JSONResponse({"status": "nothing_stored", "found": counts})
     inbox_id = await anyio.to_thread.run_sync(partial(submit, runtime.db, key, store_id, wanted, "api", counts))
     runtime.wake()
-    return JSONResponse({"status": "queued", "inbox_id": inbox_id, "found": counts,
+    return JSONResponse({"status": "queued", "inbox_id": inbox_id, "found": counts, "matched_nothing": unmatched,
                          "answer": f"GET /api/stores/{key}/compliance (the request whose inbox_event_id is {inbox_id})"},
                         status_code=202)
