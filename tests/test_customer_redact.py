@@ -235,18 +235,24 @@ def test_an_erasure_from_the_command_waits_for_a_delivery_received_before_it(db_
 RAVI = Person("Raviteja", "Kondapalli", "raviteja.k@example.com", "+91 90000 11122", "+919000011122", 5151)
 
 
-def arriving_during_the_command(monkeypatch, sc, order: dict) -> None:
-    """``order`` (another customer's) is delivered just after the command recorded its request: a later inbox row."""
-    from connector import erasure
+def recorded_then_a_delivery(sc, person: Person, order: dict) -> int:
+    """The owner's erasure of ``person`` is recorded (through the admin API, as the command records it),
+    then ``order`` (another customer's) is delivered: a later inbox row. The request's inbox id."""
+    queued = sc.client.post("/api/stores/woo/customers/redact", json={"customer_id": person.customer_id}, headers=bearer(TEAM_WOO))
+    assert queued.status_code == 202, queued.text
+    sc.woo("order.created", order)
+    return queued.json()["inbox_id"]
 
-    recorded = erasure.submit
 
-    def submit_then_a_delivery(*args, **kwargs):
-        inbox_id = recorded(*args, **kwargs)
-        sc.woo("order.created", order)
-        return inbox_id
+def answered_as_the_command_answers(sc, tmp_path: Path, db_url: str, inbox_id: int):
+    """What ``storeloop customer redact`` runs once its request is recorded (``erasure.answer_now``), with the
+    command's own configuration file (no journeys): its outcome."""
+    from connector.config import load_settings
+    from connector.erasure import answer_now
 
-    monkeypatch.setattr(erasure, "submit", submit_then_a_delivery)
+    settings = load_settings(cli_config(tmp_path, db_url))
+    store = next(s for s in settings.stores if s.key == "woo")
+    return answer_now(sc.runtime.db, settings, store, sc.runtime.store_ids["woo"], inbox_id)
 
 
 def last_delivery(db) -> str:
@@ -256,24 +262,25 @@ def last_delivery(db) -> str:
                             .order_by(m.InboxEvent.id.desc()).limit(1)).scalar_one()
 
 
-def test_the_command_answers_its_request_and_leaves_deliveries_after_it_to_the_worker(db_url, woo, tmp_path, monkeypatch):
-    """Ravi's COD order arrives while the owner's command erases Lucrezia. The command (its own config file:
-    no journeys) answers the erasure only; Ravi's order is the worker's, which asks him to confirm it. Before,
-    the command processed the store's whole inbox with its own config: his order was stored, and never asked."""
+def test_the_command_answers_its_request_and_leaves_deliveries_after_it_to_the_worker(db_url, woo, tmp_path):
+    """Ravi's COD order arrives just after the owner's erasure of Lucrezia is recorded. The command (its own
+    config file: no journeys) answers the erasure only; Ravi's order is the worker's, which asks him to confirm
+    it. Before, the command processed the store's whole inbox with its own config: his order was stored, and
+    never asked."""
     sc = woo
     db, woo_id = sc.runtime.db, sc.runtime.store_ids["woo"]
     sc.woo("order.created", woo_order(LUCIA, 7301, sc.now - timedelta(days=2), cod=False, status="completed"))
     sc.work()
-    arriving_during_the_command(monkeypatch, sc, woo_order(RAVI, 7401, sc.now, cod=True, status="on-hold"))
+    inbox_id = recorded_then_a_delivery(sc, LUCIA, woo_order(RAVI, 7401, sc.now, cod=True, status="on-hold"))
 
-    done = redact(cli_config(tmp_path, db_url), "--store", "woo", "--customer-id", str(LUCIA.customer_id), "--yes")
-    assert done.exit_code == 0 and "erased: 1 contact(s), 1 order(s)" in done.output, done.output
+    done = answered_as_the_command_answers(sc, tmp_path, db_url, inbox_id)
+    assert done.status == "done" and (done.counts.get("contacts"), done.counts.get("orders")) == (1, 1), done
     assert leaks(db, LUCIA.needles(), woo_id) == [] and last_delivery(db) == "pending"
     sc.work()
     assert last_delivery(db) == "done" and sc.templates_to(RAVI.e164) == ["cod_confirm_v1"]
 
 
-def test_an_erasure_that_can_only_wait_leaves_the_command_at_once(db_url, woo, tmp_path, monkeypatch):
+def test_an_erasure_that_can_only_wait_leaves_the_command_at_once(db_url, woo, tmp_path):
     """Her order update waits for its retry: the command records the erasure, says it waits (exit 4) and touches
     nothing received after it (Ravi's order, the worker's)."""
     sc = woo
@@ -284,10 +291,10 @@ def test_an_erasure_that_can_only_wait_leaves_the_command_at_once(db_url, woo, t
     retry_at = max(datetime.now(timezone.utc), sc.now) + timedelta(minutes=5)
     with sc.runtime.db.engine.begin() as conn:
         conn.execute(update(m.InboxEvent).where(m.InboxEvent.topic == "order.updated").values(available_at=retry_at))
-    arriving_during_the_command(monkeypatch, sc, woo_order(RAVI, 7401, sc.now, cod=True, status="on-hold"))
+    inbox_id = recorded_then_a_delivery(sc, LUCIA, woo_order(RAVI, 7401, sc.now, cod=True, status="on-hold"))
 
-    waiting = redact(cli_config(tmp_path, db_url), "--store", "woo", "--customer-id", str(LUCIA.customer_id), "--yes")
-    assert waiting.exit_code == 4 and "not yet done" in waiting.output, waiting.output
+    waiting = answered_as_the_command_answers(sc, tmp_path, db_url, inbox_id)
+    assert waiting.status == "waiting", waiting
     assert last_delivery(sc.runtime.db) == "pending"
 
 

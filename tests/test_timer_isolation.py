@@ -303,7 +303,7 @@ def _three_queued(db, db_url, url):
     return settings, ids, queued
 
 
-def _dispatch_once(db, settings, ids, url) -> None:
+def _dispatch_once(db, settings, ids, url, spacer=None) -> None:
     from adapters.whatsapp.client import WhatsAppClient
     from connector.outbox.dispatcher import Dispatcher
     from tests.test_outbox import NOON_IST, Clock
@@ -311,7 +311,7 @@ def _dispatch_once(db, settings, ids, url) -> None:
     async def run() -> None:
         client = WhatsAppClient(url, settings.whatsapp.api_version, "sandbox-token")
         try:
-            dispatcher = Dispatcher(db, settings, ids, client, clock=Clock(NOON_IST))
+            dispatcher = Dispatcher(db, settings, ids, client, clock=Clock(NOON_IST), spacer=spacer)
             try:
                 await dispatcher.run_once()
             finally:
@@ -344,26 +344,24 @@ def test_a_message_whose_request_cannot_be_built_fails_with_its_reason_and_its_b
     assert sorted(a.outcome for a in attempts(db)) == ["failed", "sent", "sent"]
 
 
-def test_a_bug_before_one_send_costs_the_rest_of_its_batch_nothing(db, db_url, sandbox, monkeypatch, caplog):
+def test_a_bug_before_one_send_costs_the_rest_of_its_batch_nothing(db, db_url, sandbox, caplog):
     """Every claimed row of a batch is sent concurrently and the outcomes are written together: an
-    exception out of one row's preparation (a bug, injected here in the per-recipient spacing) made
-    the whole batch's outcomes unwritten, so every message of it (any store's) ended ``uncertain``
+    exception out of one row's preparation (a bug, here in a recipient spacer given to the dispatcher)
+    made the whole batch's outcomes unwritten, so every message of it (any store's) ended ``uncertain``
     when its lease ran out, never sent. Now that row alone fails, with the reason, and is logged."""
-    from connector.outbox import ratelimit
+    from connector.outbox.ratelimit import RecipientSpacer
     from tests.test_outbox import outbox_rows
+
+    class BuggySpacer(RecipientSpacer):
+        def wait_for(self, pair: str) -> float:
+            if pair.endswith("+919812345678"):
+                raise KeyError("spacing bug")
+            return super().wait_for(pair)
 
     fake, url = sandbox
     settings, ids, queued = _three_queued(db, db_url, url)
-    real = ratelimit.RecipientSpacer.wait_for
-
-    def buggy(self, pair: str) -> float:
-        if pair.endswith("+919812345678"):
-            raise KeyError("spacing bug")
-        return real(self, pair)
-
-    monkeypatch.setattr(ratelimit.RecipientSpacer, "wait_for", buggy)
     with caplog.at_level(logging.ERROR, logger="storeloop.dispatcher"):
-        _dispatch_once(db, settings, ids, url)
+        _dispatch_once(db, settings, ids, url, spacer=BuggySpacer(settings.whatsapp.pair_spacing_seconds))
     rows = {r.id: r for r in outbox_rows(db)}
     assert [rows[queued[n].outbox_id].status for n in ("asha", "ravi", "meera")] == ["sent", "failed", "sent"]
     assert "KeyError" in rows[queued["ravi"].outbox_id].last_error

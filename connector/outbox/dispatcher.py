@@ -76,6 +76,7 @@ class Dispatcher:
         clock: Callable[[], datetime] = utcnow,
         worker_id: str | None = None,
         rng: random.Random | None = None,
+        spacer: RecipientSpacer | None = None,
     ):
         self.db = db
         self.settings = settings
@@ -94,7 +95,8 @@ class Dispatcher:
         # at 0.95 of the rate, at 1.00 with this), and fewer claimed rows wait on a crash
         self.batch = max(1, min(250, int(wa.messages_per_second / 4)))
         self.buckets: dict[str, TokenBucket] = {}
-        self.spacer = RecipientSpacer(wa.pair_spacing_seconds)
+        # the gap kept between two messages to one person (131056); given: one shared more widely than this process
+        self.spacer = spacer or RecipientSpacer(wa.pair_spacing_seconds)
         self.in_flight = InFlightLimit(wa.send_concurrency, self._total_rate)
         self.history_window = max(
             [timedelta(days=s.policy.marketing_cap_days) for s in self.stores.values()]
