@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import httpx
 import pytest
@@ -49,6 +52,20 @@ def _order(order_id: int, updated: datetime, **changes) -> dict:
     payload = cod_order_payload(updated.isoformat())
     payload.update(id=order_id, order_number=order_id, name=f"#{order_id}", **changes)
     return payload
+
+
+@contextmanager
+def _two_worker_app(pg_schema: str | None) -> Iterator[tuple[Any, Any, str, Any, Clock]]:
+    """The app on a fresh PostgreSQL schema, its processor's clock at T0 + 15 min: (client, runtime, url,
+    settings, clock) for a story that then has two workers take two rows at once (skipped without PostgreSQL)."""
+    if pg_schema is None:
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    url = empty_pg_schema(pg_schema)
+    settings = make_settings(url)
+    clock = Clock(T0 + timedelta(minutes=15))
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        yield client, runtime, url, settings, clock
 
 
 def _two_workers_at_once(url: str, settings, store_ids, clock: Clock) -> None:
@@ -91,13 +108,7 @@ def test_on_postgresql_an_older_order_update_a_second_worker_applies_meanwhile_n
     stale check, A committed "paid", then B wrote "pending" over it (and its line items next to
     A's, twice over). Now B reads the order after A's commit: its payload is stale, ignored, and
     the order stays paid with its own line items."""
-    if pg_schema is None:
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
-    url = empty_pg_schema(pg_schema)
-    settings = make_settings(url)
-    clock = Clock(T0 + timedelta(minutes=15))
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
+    with _two_worker_app(pg_schema) as (client, runtime, url, settings, clock):
         _post(client, "orders/create", _order(7001, T0))
         runtime.processor.drain()
         lines = client.get("/api/stores/shop-a/orders/7001", headers=ADMIN).json()["line_items"]
@@ -120,13 +131,7 @@ def test_on_postgresql_a_parcel_delivered_while_another_worker_applies_its_in_tr
     (06:40); two workers take one each. B used to apply "delivered" and commit while A still held
     "in transit" from before it, which A then wrote over it. Now B waits for A's commit and
     applies "delivered" after it."""
-    if pg_schema is None:
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
-    url = empty_pg_schema(pg_schema)
-    settings = make_settings(url)
-    clock = Clock(T0 + timedelta(minutes=15))
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
+    with _two_worker_app(pg_schema) as (client, runtime, url, settings, clock):
         _post(client, "orders/create", _order(7002, T0))
         _post(client, "fulfillments/update", p.shopify_fulfillment(4001, 7002, T0 + timedelta(minutes=2), "confirmed"))
         runtime.processor.drain()
