@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -22,12 +23,14 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 
 from adapters.whatsapp.client import WhatsAppClient
+from connector.errors import RetryableError
+from connector.messages import TextMessage
 from connector.outbox.dispatcher import Dispatcher
 from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp, ScriptedResponse
 from connector.storage import models as m
 from connector.storage.inbox import sync_stores
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
-from tests.conftest import SECRETS
+from tests.conftest import PHONE_ID_A, SECRETS
 from tests.scenarios.fakes import WA_TOKEN
 from tests.scenarios.stores import SHOPIFY
 from tests.test_outbox import NOON_IST, Clock, attempts, outbox_rows, queue, seed_contact, settings_for
@@ -319,3 +322,38 @@ def test_the_marketing_limit_answered_to_the_send_retries_as_the_status_webhook_
     assert {s: rows[q.outbox_id].status for s, q in queued.items()} == {"w:ended": "failed", "w:going": "pending", "w:third": "failed"}
     assert rows[queued["w:going"].outbox_id].due_at >= NOON_IST + timedelta(hours=24)  # not before a day has passed
     assert [c.status for c in fake.calls] == [400] * 3 and fake.accepted() == []
+
+
+
+# ---- 5. a connection the server closes while it sits idle ---------------------------------------
+
+def test_a_send_after_a_busy_spell_never_goes_out_on_a_connection_the_server_has_closed():
+    """A server closes a keep-alive connection it has not heard on for a while (uvicorn and Apache
+    after 5 s). If the client reuses it just then, the POST meets a closed socket: the outcome is
+    unknown, the row ends ``uncertain`` and the customer's message is never sent. Seen in CI (3 of
+    10,000 sends, two dispatcher processes on a loaded machine): the event loop, busy, had not yet
+    read the server's FIN when the pool handed the connection out again. Here the loop is blocked
+    past the server's keep-alive (time.sleep on the loop's own thread is that busy loop), then
+    sends at once: the client must have retired the connection on its own clock."""
+    fake = SandboxWhatsApp(token=WA_TOKEN)
+    message = TextMessage(to=ASHA, body="Your order is on its way")
+
+    async def run() -> list[str]:
+        client = WhatsAppClient(server.url, "v21.0", WA_TOKEN, keepalive_expiry=0.2)
+        outcomes = []
+        try:
+            for _ in range(3):
+                try:
+                    await client.send(PHONE_ID_A, message)
+                    outcomes.append("sent")
+                except RetryableError as exc:
+                    outcomes.append(f"unknown: {exc}" if exc.outcome_unknown else f"retry: {exc}")
+                time.sleep(0.8)  # busy: the server closes the idle connection meanwhile, unread by this loop
+        finally:
+            await client.aclose()
+        return outcomes
+
+    with SandboxServer(fake.app, keep_alive=0.4) as server:
+        outcomes = asyncio.run(run())
+    assert outcomes == ["sent"] * 3
+    assert len(fake.accepted()) == 3

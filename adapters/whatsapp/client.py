@@ -40,6 +40,12 @@ from connector.messages import (
 )
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+# An idle connection is retired after this many seconds, well before the servers' usual keep-alive
+# (5 s for uvicorn, Apache, many proxies) closes it from the other side. A POST on a connection the
+# server has just closed meets a closed socket: its outcome is unknown, and the message ends
+# 'uncertain' instead of sent. A busy event loop may not have read the server's FIN yet when the
+# pool hands the connection out, so the pool's own check cannot be relied on; its clock can.
+KEEPALIVE_EXPIRY = 2.0
 MAX_TEMPLATE_PAGES = 200  # 100 per page: far beyond any WABA's template count
 
 
@@ -179,6 +185,7 @@ class WhatsAppClient:
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         http: httpx.AsyncClient | None = None,
         max_connections: int = 100,
+        keepalive_expiry: float = KEEPALIVE_EXPIRY,
     ):
         self._root = f"{base_url.rstrip('/')}/{api_version.strip('/')}"
         self._token = access_token
@@ -191,7 +198,7 @@ class WhatsAppClient:
             # connections costs about three times the CPU per send of 32 pools of 2
             per = max(1, min(max_connections, POOL_SIZE))
             shards = max(1, -(-max_connections // per))
-            limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
+            limits = httpx.Limits(max_connections=per, max_keepalive_connections=per, keepalive_expiry=keepalive_expiry)
             tls = httpx.create_ssl_context()  # one CA bundle load (~30 ms of CPU), not one per pool
             transports = [asyncio_backend.transport(verify=tls, limits=limits) for _ in range(shards)]
             self._pools = [_Pool(t, asyncio_backend.connection_pool(t)) for t in transports]

@@ -207,9 +207,11 @@ class SandboxWhatsApp:
 class SandboxServer:
     """Run a Starlette app with uvicorn in a background thread on a free 127.0.0.1 port."""
 
-    def __init__(self, app: Any, port: int = 0):
+    def __init__(self, app: Any, port: int = 0, keep_alive: float = 5):
+        """``keep_alive``: seconds an idle connection stays open (uvicorn's own default: 5)."""
         self.port = port or _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
+                                                    timeout_keep_alive=keep_alive))  # type: ignore[arg-type]
         self.thread = threading.Thread(target=self.server.run, name=f"sandbox-{self.port}", daemon=True)
 
     @property
