@@ -407,6 +407,14 @@ class _StoreBase(_Frozen):
     stages: dict[Literal["entry", "qualification", "conversion", "post_purchase", "retention"], StageSettings] = Field(default_factory=dict)
     handoff: HandoffSettings = HandoffSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_text(cls, value: Any) -> Any:
+        """Its secrets read from the environment held as plain text, as every ``_Settings`` field is."""
+        if isinstance(value, dict):
+            return {k: str(v) if isinstance(v, FromEnv) else v for k, v in value.items()}
+        return value
+
     @field_validator("journeys")
     @classmethod
     def _journeys(cls, value: dict[str, Any]) -> dict[str, Any]:
