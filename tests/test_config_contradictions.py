@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_config_and_cli_errors import EXAMPLE, EXAMPLE_ENV, _example_with, _no_traceback, _plain, runner
 from connector.cli import app
+from tests.test_config_and_cli_errors import EXAMPLE, EXAMPLE_ENV, _example_with, _no_traceback, _plain, runner
 
 REORDER = "# [stores.journeys.reorder]"
 
