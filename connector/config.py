@@ -31,7 +31,8 @@ from pydantic import (
     model_validator,
 )
 
-from connector.errors import ConfigError
+from connector.errors import ConfigError, Problems
+from connector.toml_values import FromEnv, checked_scalar
 
 ENV_PREFIX = "env:"
 DEFAULT_COD_GATEWAYS = {
@@ -59,23 +60,16 @@ DEFAULT_SHIPPING_STATUSES: dict[str, str] = {
 _NOT_SHIPPING = frozenset({"pending", "processing", "on-hold", "cancelled", "refunded", "failed", "checkout-draft", "trash"})
 
 
-class Problems(ValueError):
-    """Several problems a validator found, each at a key path below the value it validates
-    (``cod_confirmation.delay_minute``): ``parse_settings`` lists each at its full path
-    (``stores[0].journeys.cod_confirmation.delay_minute``), not all on the validated key."""
-
-    def __init__(self, located: list[tuple[str, str]]):
-        self.located = located
-        super().__init__("; ".join(f"{where}: {what}" if where else what for where, what in located))
-
-    @classmethod
-    def of(cls, lines: list[str]) -> "Problems":
-        """From ``"sub.path: message"`` lines."""
-        return cls([tuple(line.split(": ", 1)) if ": " in line else ("", line) for line in lines])  # type: ignore[misc]
-
-
-class _Settings(BaseModel):
+class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _Settings(_Frozen):
+    @field_validator("*", mode="before")
+    @classmethod
+    def _as_toml_writes_it(cls, value: Any, info: ValidationInfo) -> Any:
+        """A quoted number or boolean is a typo, not a value to convert (``toml_values``)."""
+        return checked_scalar(cls, value, info)
 
 
 class ServerSettings(_Settings):
@@ -173,7 +167,28 @@ class PolicySettings(_Settings):
     def _hours(cls, value: str) -> str:
         if value and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d", value):
             raise ValueError(f"{value!r} is not 'HH:MM-HH:MM' (24 h clock) or ''")
+        start, _, end = value.partition("-")
+        if value and start == end:
+            # the gate reads an empty span as no quiet hours at all; meant was all day, or none
+            raise ValueError(f"{value!r} starts and ends at the same time, which is no quiet hours at all: "
+                             "write '' for none, or the hours messages must wait")
         return value
+
+    @model_validator(mode="after")
+    def _keywords_apart(self) -> "PolicySettings":
+        """A word in both lists is always read as STOP (the gate asks stop_words first): the
+        customer who sends it to opt back in is opted out again instead."""
+        from connector.policy import DEFAULT_START_WORDS, DEFAULT_STOP_WORDS, keyword_form
+
+        stop = self.stop_words if self.stop_words is not None else DEFAULT_STOP_WORDS
+        start = self.start_words if self.start_words is not None else DEFAULT_START_WORDS
+        folded_stop = {keyword_form(w) for w in stop}
+        both = [w for w in start if keyword_form(w) in folded_stop]
+        if both:
+            where = "start_words" if self.start_words is not None else "stop_words"
+            raise Problems([(where, f"{', '.join(repr(w) for w in both)} is in both stop_words and start_words "
+                                    "(with the defaults of the one not set): such a message always opts the customer out")])
+        return self
 
     def rules(self) -> Any:
         """The policy gate's rules, built once per distinct settings (every queued message asks)."""
@@ -345,12 +360,26 @@ class WhatsAppSettings(_Settings):
     backoff_base_seconds: float = Field(2, gt=0)
     backoff_cap_seconds: float = Field(3600, gt=0)
 
+    @model_validator(mode="after")
+    def _cap_above_base(self) -> "WhatsAppSettings":
+        """The retry delay grows from the base up to the cap: a cap below the base would make every
+        retry wait the cap, less than the base that was asked for."""
+        if self.backoff_cap_seconds < self.backoff_base_seconds:
+            raise Problems([("backoff_cap_seconds", f"{self.backoff_cap_seconds:g} is below backoff_base_seconds "
+                                                    f"({self.backoff_base_seconds:g}): every retry would wait {self.backoff_cap_seconds:g} s "
+                                                    "and the wait would never grow; the cap must be at least the base")])
+        return self
+
     @property
     def dry_run(self) -> bool:
         return self.access_token is None or not self.access_token.get_secret_value()
 
 
-class _StoreBase(_Settings):
+class _StoreBase(_Frozen):
+    """A store's table. Not a ``_Settings``: pydantic refuses a before-validator on ``platform``, the
+    key that tells a Shopify store from a WooCommerce one, so a store's own numbers and booleans (none
+    yet) would need ``checked_scalar`` named per field; its sub-tables (policy, handoff...) check theirs."""
+
     key: str
     name: str | None = None
     webhook_secret: SecretStr
@@ -378,6 +407,14 @@ class _StoreBase(_Settings):
     stages: dict[Literal["entry", "qualification", "conversion", "post_purchase", "retention"], StageSettings] = Field(default_factory=dict)
     handoff: HandoffSettings = HandoffSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_text(cls, value: Any) -> Any:
+        """Its secrets read from the environment held as plain text, as every ``_Settings`` field is."""
+        if isinstance(value, dict):
+            return {k: str(v) if isinstance(v, FromEnv) else v for k, v in value.items()}
+        return value
+
     @field_validator("journeys")
     @classmethod
     def _journeys(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -397,6 +434,11 @@ class _StoreBase(_Settings):
                 out[name] = journey.config_model.model_validate(block or {})
             except ValidationError as exc:
                 for err in exc.errors(include_url=False, include_input=False):
+                    located = (err.get("ctx") or {}).get("error")
+                    if isinstance(located, Problems):  # a journey's check that names its own settings
+                        problems += [(".".join([name, *(str(p) for p in err["loc"]), *([where] if where else [])]), what)
+                                     for where, what in located.located]
+                        continue
                     msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
                     problems.append((".".join([name, *(str(p) for p in err["loc"])]), msg))  # no loc: the block as a whole
                 continue
@@ -436,6 +478,14 @@ class _StoreBase(_Settings):
                     f"{self.policy.marketing_cap_days} day(s) but [stores.policy] marketing_cap allows {cap} marketing "  # type: ignore[attr-defined]
                     f"message(s) per contact in that time: a later reminder (the discount step by default) is always "
                     f"skipped as frequency_cap; raise marketing_cap to {inside} or spread the ladder out")
+        if self.policy.marketing_cap == 0:  # type: ignore[attr-defined]
+            from connector.journeys.registry import journeys
+
+            known = journeys()
+            for name, cfg in self.enabled_journeys().items():
+                if name != "checkout_recovery" and getattr(known.get(name), "marketing", False):  # its ladder is said above
+                    out.append(f"stores[{self.key}].policy.marketing_cap is 0 but journey {name} sends marketing messages: "  # type: ignore[attr-defined]
+                               "each is skipped as frequency_cap; raise marketing_cap or turn the journey off")
         return out
 
     def _unused_templates(self) -> list[str]:
@@ -787,7 +837,7 @@ def _resolve_env(node: Any, path: str, problems: list[str], environ: dict[str, s
         if name not in environ:
             problems.append(f"{path}: environment variable {name} is not set")
             return None
-        return environ[name]
+        return FromEnv(environ[name])  # text: may stand for a number (``toml_values``)
     return node
 
 

@@ -15,6 +15,21 @@ class ConfigError(StoreloopError):
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+class Problems(ValueError):
+    """Several problems a validator found, each at a key path below the value it validates
+    (``cod_confirmation.delay_minute``): ``parse_settings`` lists each at its full path
+    (``stores[0].journeys.cod_confirmation.delay_minute``), not all on the validated key."""
+
+    def __init__(self, located: list[tuple[str, str]]):
+        self.located = located
+        super().__init__("; ".join(f"{where}: {what}" if where else what for where, what in located))
+
+    @classmethod
+    def of(cls, lines: list[str]) -> "Problems":
+        """From ``"sub.path: message"`` lines."""
+        return cls([tuple(line.split(": ", 1)) if ": " in line else ("", line) for line in lines])  # type: ignore[misc]
+
+
 class VerificationError(StoreloopError):
     """A webhook failed authentication (missing or wrong signature, unknown tenant)."""
 

@@ -39,7 +39,7 @@ from connector.outbox import store as ob
 from connector.policy import keyword_intent
 from connector.rows import contact_row
 from connector.storage.sql import CONTACTS, FULFILLMENTS, HANDOFFS, MESSAGES, ORDERS, RUNS, flush, update_by_id
-from connector.number_health import health_stage, number_news, number_subject
+from connector.number_health import NumberNews, health_stage, number_news, number_subject
 from connector.template_check import template_news, template_quality_news, template_subject
 
 
@@ -537,7 +537,10 @@ def number_requests(event: ev.NumberQualityChanged | ev.AccountUpdated, store: A
     Good news (unflagged, lifted, reinstated) only adds to an open case. Only news reaches here:
     ``number_health.record`` drops an update that is stale or says nothing new."""
     news = number_news(event, store)
-    if news is None:
-        return []
+    return [] if news is None else [number_request(store, news)]
+
+
+def number_request(store: Any, news: NumberNews) -> HandoffRequest:
+    """The request for the number's case that ``news`` makes (also a restriction's end, ``number_health.end_passed_holds``)."""
     key = number_subject(store)
-    return [HandoffRequest(key, news.reason[:2000], None, key, only_open=news.only_open, stage=health_stage(store))]
+    return HandoffRequest(key, news.reason[:2000], None, key, only_open=news.only_open, stage=health_stage(store))

@@ -19,7 +19,9 @@ what is already known (Meta's retry, the same news again) tells nobody twice (``
 news opens, or adds to, one case per number for the store's owner (``number_news``; a template's
 rating goes to the template's case). While the account may not message, the store's WhatsApp
 sends wait (``stores.whatsapp_held_until``, read by the outbox claim): no attempt is spent, and
-they go when the restriction ends or Meta lifts it. While the number is RED the policy gate holds
+they go when the restriction ends or Meta lifts it. Either way its end is noted (``ended_at``) and
+added to the number's open case: Meta says nothing when one simply runs out, so the worker's round
+after its end does that (``end_passed_holds``). While the number is RED the policy gate holds
 marketing messages (``policy.check``); order, COD and delivery messages still go.
 """
 
@@ -98,7 +100,8 @@ def parts(event: Any, store: Any) -> list[Part]:
     return []
 
 
-SAME_IF = {"quality": ("rating",), "limit": ("value",), "ban": ("state",)}  # what makes two values the same news
+# what makes two values the same news (a restriction: its list; ``ended_at``, set here, is not Meta's news)
+SAME_IF = {"quality": ("rating",), "limit": ("value",), "ban": ("state",), "restriction": ("restrictions",)}
 
 
 def _same(name: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -122,8 +125,17 @@ def merge(health: dict[str, Any], event_parts: list[Part], at: datetime) -> tupl
             if verdict == "stale":
                 return health, verdict
         if not older:
-            out[part.name] = {**part.value, "at": at.isoformat()}
+            same = stored is not None and _same(part.name, stored, part.value)
+            value = {**(stored if same else {}), **part.value, "at": at.isoformat()}  # the same news keeps what was noted
+            if part.name == "restriction" and not same and _holding(stored) and not _holding(value):
+                value["ended_at"] = at.isoformat()  # Meta lifted it
+            out[part.name] = value
     return out, verdict
+
+
+def _holding(restriction: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The restrictions of a stored restriction part that hold the store's sends."""
+    return [r for r in (restriction or {}).get("restrictions") or () if r.get("kind") in HOLDS]
 
 
 def held_until(health: dict[str, Any], now: datetime) -> datetime | None:
@@ -158,6 +170,30 @@ def record(conn: Connection, store: Any, store_id: int, event: Any, now: datetim
     return verdict
 
 
+def end_passed_holds(conn: Connection, store_ids: list[int], now: datetime) -> list[tuple[int, NumberNews]]:
+    """Record that a restriction Meta gave an end has ended, once its time passed: Meta sends no
+    webhook then (only when it lifts one early), yet the sends resume (the outbox claim reads
+    ``whatsapp_held_until``). The restriction is noted ended and ``whatsapp_held_until`` cleared
+    (each hold once: of two workers, the one whose update matches the row still held writes it);
+    returns, per store, what the number's open case is told."""
+    rows = conn.execute(select(STORES.c.id, STORES.c.whatsapp_health, STORES.c.whatsapp_held_until).where(
+        STORES.c.id.in_(store_ids), STORES.c.whatsapp_held_until <= now)).all()
+    out: list[tuple[int, NumberNews]] = []
+    for row in rows:
+        health = dict(row.whatsapp_health or {})
+        ended = [r for r in _holding(health.get("restriction")) if r.get("until") and datetime.fromisoformat(r["until"]) <= now]
+        if health.get("restriction") is not None and ended:
+            health["restriction"] = {**health["restriction"], "ended_at": row.whatsapp_held_until.isoformat()}
+        done = conn.execute(update(STORES).where(STORES.c.id == row.id, STORES.c.whatsapp_held_until == row.whatsapp_held_until)
+                            .values(whatsapp_health=health, whatsapp_held_until=held_until(health, now)))
+        if done.rowcount and ended:
+            kinds = ", ".join(sorted({r["kind"] for r in ended}))
+            out.append((row.id, NumberNews(
+                f"The restriction Meta put on the WhatsApp Business Account ({kinds}) ended "
+                f"{row.whatsapp_held_until:%Y-%m-%d %H:%M} UTC: waiting messages go out now", only_open=True)))
+    return out
+
+
 def view(health: dict[str, Any] | None, until: datetime | None, now: datetime) -> dict[str, Any]:
     """The number's state for the dashboard and the admin API: its quality rating and messaging
     limit as Meta last said, whether its sends wait (why, until when), whether marketing is held."""
@@ -175,6 +211,8 @@ def view(health: dict[str, Any] | None, until: datetime | None, now: datetime) -
         "sends_held": {"reason": why, "until": None if until == UNTIL_LIFTED else _iso(until)} if waiting else None,
         "marketing_held": quality.get("rating") == "RED",
         "violation": (health.get("violation") or {}).get("type"),
+        # when the last restriction that held the sends ended (its time passed, or Meta lifted it)
+        "restriction_ended_at": None if waiting else (health.get("restriction") or {}).get("ended_at"),
     }
 
 

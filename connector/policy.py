@@ -192,6 +192,11 @@ def _fold(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=32)
+def keyword_form(word: str) -> str:
+    """A keyword as a message is compared with it (``keyword_intent``): two words of one form are one keyword."""
+    return _fold(word)
+
+
 def _folded(words: frozenset[str]) -> frozenset[str]:
     return frozenset(_fold(w) for w in words)
 

@@ -153,6 +153,7 @@ class InboxProcessor:
         it cannot stall them batch after batch.
         """
         now = self.clock()
+        self.end_passed_holds(now)
         stores = [sid for sid, store in self._stores.items() if store.enabled_journeys()]
         stores = self._due_stores(stores, now) if stores else []
         if not stores:
@@ -195,6 +196,34 @@ class InboxProcessor:
                 break
         flush(conn)
         return fired
+
+    def end_passed_holds(self, now: datetime) -> int:
+        """Restrictions whose end Meta gave have passed: noted on the store row and told to the number's
+        open case (``number_health.end_passed_holds``); Meta sends nothing when one simply expires.
+        Returns how many ended. One read outside a write transaction when none has."""
+        ids = list(self._stores)
+        if not ids or not self._holds_passed(ids, now):
+            return 0
+        from connector.handoffs import number_request, open_handoff
+        from connector.number_health import end_passed_holds
+
+        with self.db.write_lock(), self.db.engine.begin() as conn:
+            ended = end_passed_holds(conn, ids, now)
+            for store_id, news in ended:
+                open_handoff(conn, self._stores[store_id], store_id, None, number_request(self._stores[store_id], news), now)
+        return len(ended)
+
+    def _holds_passed(self, store_ids: list[int], now: datetime) -> bool:
+        """Whether one of the stores' sends is held until a time now past (as ``_due_stores``, outside a transaction on SQLite)."""
+        if self.db.is_sqlite:
+            marks = ", ".join("?" * len(store_ids))
+            sql = f"SELECT 1 FROM stores WHERE id IN ({marks}) AND whatsapp_held_until <= ? LIMIT 1"
+            at = now.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
+            with self.db.engine.connect() as conn:
+                return conn.connection.driver_connection.execute(sql, [*store_ids, at]).fetchone() is not None
+        with self.db.engine.connect() as conn:
+            return conn.execute(select(STORES.c.id).where(STORES.c.id.in_(store_ids), STORES.c.whatsapp_held_until <= now)
+                                .limit(1)).first() is not None
 
     def _due_stores(self, store_ids: list[int], now: datetime) -> list[int]:
         """The stores with a run due whose timers may fire: one indexed read, outside a write transaction.

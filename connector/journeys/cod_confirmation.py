@@ -56,6 +56,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from connector import events as ev
+from connector.errors import Problems
 from connector.journeys._common import deleted_order, end_for_deleted_order, order_context, replied_here
 from connector.journeys.engine import (
     Command, Facts, Finish, Handoff, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WriteBack,
@@ -122,6 +123,19 @@ class CodConfirmationConfig(JourneyConfig):
         if hours and hours[-1] >= self.answer_window_hours:
             raise ValueError(f"reminder_hours: the last reminder ({hours[-1]:g} h) must come before answer_window_hours "
                              f"({self.answer_window_hours:g} h), when no_answer_action runs")
+        return self
+
+    @model_validator(mode="after")
+    def _buttons_mean_one_thing(self) -> "CodConfirmationConfig":
+        """A button payload that both confirms and cancels is read as Confirm: the customer who
+        taps Cancel would have her order confirmed (and, with a reason, the reason dropped)."""
+        confirm = set(self.confirm_payloads)
+        problems = [("cancel_payloads", f"{p!r} is also in confirm_payloads: a tap on it would confirm the order")
+                    for p in self.cancel_payloads if p in confirm]
+        problems += [("cancel_reasons", f"{p!r} is also in confirm_payloads: a tap on it would confirm the order")
+                     for p in self.cancel_reasons if p in confirm]
+        if problems:
+            raise Problems(problems)
         return self
 
 

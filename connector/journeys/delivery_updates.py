@@ -54,9 +54,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from connector import events as ev
+from connector.errors import Problems
 from connector.journeys._common import cancelled_order, deleted_order, order_context, replied_here, withdraw_for_cancel
 from connector.journeys.engine import Command, Facts, Finish, Handoff, JourneyConfig, Run, Send, Start, Update, Withdraw, WriteBack
 
@@ -265,6 +266,19 @@ class DeliveryUpdatesConfig(JourneyConfig):
     cancel_payloads: tuple[str, ...] = ("ndr_cancel",)
     note_answers: bool = Field(True, description="write a reschedule / new-address answer into the order's notes")
     acknowledge_answers: bool = Field(False, description="answer a tap with step delivery.ndr_<choice> (reschedule, update_address, cancel)")
+
+    @model_validator(mode="after")
+    def _answers_mean_one_thing(self) -> "DeliveryUpdatesConfig":
+        """A payload in two lists is read as the first (reschedule, then address, then cancel): a
+        customer who asks to cancel the parcel would have it rescheduled instead."""
+        lists = (("reschedule_payloads", self.reschedule_payloads), ("address_payloads", self.address_payloads),
+                 ("cancel_payloads", self.cancel_payloads))
+        problems = [(name, f"{p!r} is also in {earlier}: a tap on it would be read as that")
+                    for i, (name, payloads) in enumerate(lists) for p in payloads
+                    for earlier, before in lists[:i] if p in before]
+        if problems:
+            raise Problems(problems)
+        return self
 
     def choice(self, payload: str) -> str | None:
         for choice, payloads in (("reschedule", self.reschedule_payloads), ("update_address", self.address_payloads),

@@ -14,7 +14,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from connector.toml_values import checked_scalar
 
 
 class JourneyConfig(BaseModel):
@@ -24,6 +26,12 @@ class JourneyConfig(BaseModel):
     enabled: bool = True
     holdout_percent: float = Field(0, ge=0, le=50, description="share of contacts kept as a control group (get nothing); "
                                                                "only on a journey that accepts one (see accepts_holdout)")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _as_toml_writes_it(cls, value: Any, info: ValidationInfo) -> Any:
+        """A quoted number or boolean is a typo, not a value to convert (``toml_values``)."""
+        return checked_scalar(cls, value, info)
 
 
 @dataclass(frozen=True, slots=True)

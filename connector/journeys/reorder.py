@@ -24,9 +24,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from pydantic import AnyHttpUrl, Field, field_validator
+from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 
 from connector import events as ev
+from connector.errors import Problems
 from connector.journeys._common import answers_run, is_reply
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake, Withdraw
 from connector.reorder.cycles import parse_cycle, product_key
@@ -57,6 +58,15 @@ class ReorderConfig(JourneyConfig):
         if not isinstance(value, dict):
             raise ValueError("must be a table of product -> cycle, e.g. { \"NEEM-100\" = \"30d\" }")
         return {str(k): parse_cycle(str(v)) for k, v in value.items()}
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> "ReorderConfig":
+        """A learned cycle is held between the bounds: with them crossed, every one would come out
+        as max_cycle_days, whatever the customers' reorders said."""
+        if self.min_cycle_days > self.max_cycle_days:
+            raise Problems([("min_cycle_days", f"{self.min_cycle_days:g} is above max_cycle_days ({self.max_cycle_days:g}): "
+                                               "every learned cycle would be max_cycle_days")])
+        return self
 
 
 class Reorder:

@@ -1,0 +1,103 @@
+"""Settings that loaded without a word but could not be right: ``storeloop check-config`` (and
+every command that loads the config) now refuses each, naming the setting.
+
+- a quoted number or boolean (``port = "8080"``, ``enabled = "false"``): pydantic converted it
+  silently ("false" and "no" read as False, ``1`` as True); TOML has numbers and booleans of its
+  own, so a quoted one is a typo. A value read from the environment (``"env:PORT"``) is text by
+  nature and still converts;
+- pairs that contradict each other: a retry backoff capped below its base, a reorder cycle's
+  lower bound above its upper one, quiet hours that start and end at once (which the gate reads
+  as none), a word both a STOP and a START keyword, a button payload that both confirms and
+  cancels a COD order, a delivery answer in two lists.
+
+Each edit is made to config.example.toml and checked by the real CLI, as its user runs it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from connector.cli import app
+from tests.test_config_and_cli_errors import EXAMPLE, EXAMPLE_ENV, _example_with, _no_traceback, _plain, runner
+
+REORDER = "# [stores.journeys.reorder]"
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("port = 8080", 'port = "8080"', "server.port: is the text '8080': write the number without quotes"),
+    ("auto_migrate = true ", 'auto_migrate = "false" ',
+     "database.auto_migrate: is the text 'false': write true or false, without quotes"),
+    ("utility_in_quiet_hours = true", "utility_in_quiet_hours = 1",
+     "stores[0].policy.utility_in_quiet_hours: must be true or false, not 1"),
+    ("marketing_cap = 3 ", "marketing_cap = true ", "stores[0].policy.marketing_cap: must be a number, not true"),
+    ("ladder_minutes = [0, 360, 1440]", 'ladder_minutes = [0, "360", 1440]',
+     "stores[0].journeys.checkout_recovery.ladder_minutes: item 2 is the text '360': write the number without quotes"),
+    ("[stores.journeys.delivery] ", "[stores.journeys.delivery]\nenabled = \"no\"\n#",
+     "stores[0].journeys.delivery.enabled: is the text 'no': write true or false, without quotes"),
+])
+def test_a_quoted_number_or_boolean_is_named_not_converted(tmp_path, monkeypatch, old, new, expected):
+    problems = _example_with(tmp_path, monkeypatch, old, new)
+    assert expected in problems, problems
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("backoff_base_seconds = 2\nbackoff_cap_seconds = 3600", "backoff_base_seconds = 30\nbackoff_cap_seconds = 1",
+     "whatsapp.backoff_cap_seconds: 1 is below backoff_base_seconds (30): every retry would wait 1 s and the wait "
+     "would never grow; the cap must be at least the base"),
+    (REORDER, "[stores.journeys.reorder]\nmin_cycle_days = 90\nmax_cycle_days = 30\n#",
+     "stores[0].journeys.reorder.min_cycle_days: 90 is above max_cycle_days (30): every learned cycle would be "
+     "max_cycle_days"),
+    ('quiet_hours = "21:00-09:00"', 'quiet_hours = "22:00-22:00"',
+     "stores[0].policy.quiet_hours: '22:00-22:00' starts and ends at the same time, which is no quiet hours at all: "
+     "write '' for none, or the hours messages must wait"),
+    ('# stop_words = ["stop", "unsubscribe", "बंद करो"]', 'stop_words = ["stop", "Resume!"]',
+     "stores[0].policy.stop_words: 'resume' is in both stop_words and start_words (with the defaults of the one not "
+     "set): such a message always opts the customer out"),
+    ('cancel_payloads = ["cod_cancel"]', 'cancel_payloads = ["cod_cancel", "cod_confirm"]',
+     "stores[0].journeys.cod_confirmation.cancel_payloads: 'cod_confirm' is also in confirm_payloads: a tap on it "
+     "would confirm the order"),
+    ('cancel_payloads = ["ndr_cancel"]', 'cancel_payloads = ["ndr_cancel", "ndr_reschedule"]',
+     "stores[0].journeys.delivery.cancel_payloads: 'ndr_reschedule' is also in reschedule_payloads: a tap on it "
+     "would be read as that"),
+])
+def test_settings_that_contradict_each_other_are_named(tmp_path, monkeypatch, old, new, expected):
+    problems = _example_with(tmp_path, monkeypatch, old, new)
+    assert expected in problems, problems
+
+
+def _check(tmp_path, monkeypatch, text: str, env: dict[str, str]):
+    for k, v in {**EXAMPLE_ENV, **env}.items():
+        monkeypatch.setenv(k, v)
+    path = tmp_path / "storeloop.toml"
+    path.write_text(text)
+    result = runner.invoke(app, ["check-config", str(path)], terminal_width=400)
+    _no_traceback(result)
+    return result
+
+
+def test_numbers_read_from_the_environment_and_sound_pairs_still_load(tmp_path, monkeypatch):
+    """``"env:NAME"`` is text whatever it holds: a port or a switch read so converts as before, and
+    bounds, backoff and keywords that agree pass."""
+    text = (EXAMPLE.read_text()
+            .replace("port = 8080", 'port = "env:STORELOOP_PORT"', 1)
+            .replace("auto_migrate = true ", 'auto_migrate = "env:STORELOOP_AUTO_MIGRATE" ', 1)
+            .replace("backoff_cap_seconds = 3600", "backoff_cap_seconds = 2", 1)  # equal to the base: a flat wait
+            .replace(REORDER, "[stores.journeys.reorder]\nmin_cycle_days = 30\nmax_cycle_days = 30\n#", 1)
+            .replace('# stop_words = ["stop", "unsubscribe", "बंद करो"]', 'stop_words = ["stop"]\nstart_words = ["start"]', 1))
+    result = _check(tmp_path, monkeypatch, text, {"STORELOOP_PORT": "9090", "STORELOOP_AUTO_MIGRATE": "false"})
+    assert result.exit_code == 0, result.output
+    out = _plain(result)
+    assert "'port': 9090" in out or '"port": 9090' in out, out
+    result = _check(tmp_path, monkeypatch, text, {"STORELOOP_PORT": "eighty", "STORELOOP_AUTO_MIGRATE": "false"})
+    assert result.exit_code == 2 and "server.port:" in _plain(result), result.output
+
+
+def test_a_marketing_journey_with_no_marketing_allowed_is_a_warning(tmp_path, monkeypatch):
+    """``marketing_cap = 0`` with reorder on: every reminder skipped as frequency_cap, silently.
+    Said (a warning: the config ran before and still loads)."""
+    text = (EXAMPLE.read_text().replace("marketing_cap = 3 ", "marketing_cap = 0 ", 1)
+            .replace(REORDER, "[stores.journeys.reorder]\n#", 1))
+    result = _check(tmp_path, monkeypatch, text, {})
+    assert result.exit_code == 0, result.output
+    assert ("warning: stores[acme].policy.marketing_cap is 0 but journey reorder sends marketing messages: each is "
+            "skipped as frequency_cap; raise marketing_cap or turn the journey off") in _plain(result)

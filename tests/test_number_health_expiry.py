@@ -1,0 +1,69 @@
+"""A restriction Meta gave an end expires: the number's state and its case say so.
+
+Meta sends ``account_update`` when it restricts the account (``restriction_info`` with an
+``expiration``) and when it lifts a restriction early, but nothing when one simply runs out.
+Before, the sends resumed at its end (the outbox reads ``whatsapp_held_until``) while the store
+row still listed the restriction as current and the owner's case, opened for it, never heard
+that it ended. Now the worker's round after the end notes it on the row (the dashboard and the
+report say when it ended) and adds it to the open case, telling its owner once, as a lift
+Meta sends is told; Meta repeating the old restriction afterwards tells nobody and holds nothing.
+
+Real app, signed webhooks, a virtual clock, fake Graph API and Slack hooks (tests/scenarios),
+on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from tests.scenarios.conftest import _world_server, scenario, world  # noqa: F401 (fixtures)
+from tests.scenarios.stores import SHOPIFY
+from tests.scenarios.test_store_journeys import COD
+from tests.test_number_health import ASHA, account, dashboard, outbox, restriction, told, whatsapp_health
+
+
+def test_a_restriction_that_runs_out_is_noted_ended_and_its_case_hears_it_once(db_url, scenario, world):
+    sc = scenario(db_url, "shopify", journeys=COD)
+    start = sc.now
+    until = start + timedelta(hours=2)
+    restricted = restriction("RESTRICTED_BIZ_INITIATED_MESSAGING", until=until)
+    account(sc, restricted, at=start)
+    SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, sc.now))
+    sc.later(minutes=30)
+    assert outbox(sc) == [("ask", "pending", 0)]
+    [(_, opened)] = told(world)
+    assert "Meta restricted the WhatsApp Business Account" in opened
+    assert whatsapp_health(sc).get("restriction_ended_at") is None
+
+    sc.at(until + timedelta(minutes=1))
+    assert outbox(sc) == [("ask", "sent", 1)]
+    [case] = sc.handoffs("open")
+    assert [u["reason"] for u in case["context"].get("updates", [])] == [
+        "The restriction Meta put on the WhatsApp Business Account (RESTRICTED_BIZ_INITIATED_MESSAGING) "
+        f"ended {until:%Y-%m-%d %H:%M} UTC: waiting messages go out now"]
+    assert len(told(world)) == 2 and "Update: The restriction Meta put on the WhatsApp Business Account" in told(world)[1][1]
+    health = whatsapp_health(sc)
+    assert health["sends_held"] is None and health.get("restriction_ended_at") == until.isoformat()
+    assert "restriction of the account ended" in dashboard(sc)
+
+    # more rounds, and Meta repeating the old restriction (its retry, after the end): nobody is told again
+    account(sc, restricted, at=start)
+    sc.later(hours=1, step=timedelta(minutes=10))
+    assert len(told(world)) == 2 and len(sc.handoffs("open")[0]["context"]["updates"]) == 1
+    assert whatsapp_health(sc).get("restriction_ended_at") == until.isoformat()
+
+
+def test_a_restriction_meta_lifts_early_is_noted_ended_when_meta_says_so(db_url, scenario, world):
+    """The lift Meta sends (the restriction list without a messaging restriction) ends it at once: the
+    row says when, the case hears it, and the later end of the original time tells nobody again."""
+    sc = scenario(db_url, "shopify", journeys=COD)
+    until = sc.now + timedelta(hours=6)
+    account(sc, restriction("RESTRICTED_BIZ_INITIATED_MESSAGING", until=until), at=sc.now)
+    sc.later(minutes=30)
+    lifted_at = sc.now
+    account(sc, {"field": "account_update", "value": {"event": "ACCOUNT_RESTRICTION", "restriction_info": []}}, at=lifted_at)
+    sc.later(minutes=5)
+    assert whatsapp_health(sc).get("restriction_ended_at") == lifted_at.isoformat()
+    assert len(told(world)) == 2 and "no longer restricts" in told(world)[1][1]
+    sc.at(until + timedelta(hours=1), step=timedelta(hours=1))
+    assert len(told(world)) == 2
