@@ -191,12 +191,12 @@ def _fold(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", "".join(out)).split())
 
 
-@functools.lru_cache(maxsize=32)
 def keyword_form(word: str) -> str:
     """A keyword as a message is compared with it (``keyword_intent``): two words of one form are one keyword."""
     return _fold(word)
 
 
+@functools.lru_cache(maxsize=32)
 def _folded(words: frozenset[str]) -> frozenset[str]:
     return frozenset(_fold(w) for w in words)
 
