@@ -31,6 +31,8 @@ from tests.conftest import settings_dict
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
 from tests.scenarios.harness import TEMPLATES, WEEK
 from tests.scenarios.stores import SHOPIFY
+from tests.scenarios.test_delivery_stories import parcel
+from tests.scenarios.test_delivery_stories import start as delivery_start
 from tests.test_cod_shipped_and_late import cancelled, tagged
 from tests.scenarios.fakes import WA_TOKEN
 from tests.test_config_and_cli_errors import _example_with
@@ -179,6 +181,25 @@ def test_a_reminder_that_quiet_hours_would_push_past_its_time_is_dropped_when_it
     assert rows(sc, "checkout_recovery") == [("checkout_recovery", "first", "whatsapp", "skipped", "too_late", 0)]
     sc.later(hours=14, step=timedelta(hours=1))
     assert sc.sent() == []
+
+
+@pytest.mark.parametrize(("hours", "sent"), [(7, False), (5, True)])
+def test_out_for_delivery_is_news_for_six_hours_a_restriction_held_it_longer(sqlite_url, scenario, world, hours, sent):
+    """The built-in step limit: a parcel out for delivery is that day's news (6 hours, where utility has 24).
+    Asha's "shipped" went before Meta restricted the account; her "out for delivery" is held by the restriction
+    (the courier's delivered scan never came). Held 7 hours it is skipped as too_late; held 5, it goes."""
+    sc = delivery_start(scenario, sqlite_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.shopify("fulfillments/create", parcel(7001, order, sc.now, "in_transit", "AAA111"))
+    sc.later(minutes=10)
+    until = restrict(sc, hours)
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "out_for_delivery", "AAA111"))
+    sc.work()
+    sc.at(until + timedelta(minutes=1), step=timedelta(hours=1))
+    assert sc.templates_to(ASHA) == ["order_thanks_v1", "shipped_track_v1", *(["ofd_v1"] if sent else [])]
+    assert [(r[1], r[3], r[4]) for r in rows(sc, "delivery")] == [
+        ("shipped", "sent", None), ("out_for_delivery", "sent", None) if sent else ("out_for_delivery", "skipped", "too_late")]
 
 
 # ---- the settings ------------------------------------------------------------------------------------
