@@ -146,6 +146,11 @@ class WorkerSettings(_Settings):
     reorder_minutes: float = Field(15, gt=0, description="how often reorder windows are refreshed and due ones opened")
 
 
+MAX_SEND_WITHIN_HOURS = 8760
+# a parcel out for delivery is news for that day: held longer, it has most likely arrived
+DEFAULT_SEND_WITHIN_HOURS: dict[str, float] = {"delivery.out_for_delivery": 6.0}
+
+
 class PolicySettings(_Settings):
     """The policy gate's knobs, per store (see connector/policy.py for the rules)."""
 
@@ -159,8 +164,49 @@ class PolicySettings(_Settings):
     utility_consent_from_order: bool = Field(True, description="an order with a phone counts as WhatsApp contact consent")
     unreachable_retry_days: int = Field(7, ge=0, le=365, description="days after WhatsApp refused a number (131026) before "
                                                                   "one new message tries it again; 0: never")
+    marketing_send_within_hours: float = Field(
+        6, gt=0, le=MAX_SEND_WITHIN_HOURS, description="a marketing message (cart, reorder reminder) held longer than this "
+        "after it was meant to go (a restricted account, the number rated RED, the connector down) is not sent: skipped as too_late")
+    utility_send_within_hours: float = Field(
+        24, gt=0, le=MAX_SEND_WITHIN_HOURS, description="the same for utility messages (order, COD, payment, delivery)")
+    send_within_hours: tuple[tuple[str, float], ...] = Field(
+        tuple(sorted(DEFAULT_SEND_WITHIN_HOURS.items())),
+        description="per journey or journey.step, over its category's: { \"delivery.out_for_delivery\" = 6, reorder = 12 }; "
+                    "merged over the defaults")
     stop_words: tuple[str, ...] | None = None
     start_words: tuple[str, ...] | None = None
+
+    @field_validator("send_within_hours", mode="before")
+    @classmethod
+    def _send_within(cls, value: Any) -> Any:
+        """A TOML table of journey or journey.step -> hours, each naming an installed journey (and a step it
+        sends): a typo would leave its messages on the category's limit without a word."""
+        if not isinstance(value, dict):
+            return value  # the defaults as stored (a tuple of pairs), or a wrong type pydantic reports
+        from connector.journeys.registry import journeys
+
+        known = journeys()
+        problems: list[tuple[str, str]] = []
+        out = dict(DEFAULT_SEND_WITHIN_HOURS)
+        for key, hours in value.items():
+            name, _, step = str(key).partition(".")
+            journey = known.get(name)
+            steps = getattr(journey, "template_steps", None)
+            if journey is None:
+                problems.append((key, f"unknown journey {name!r} (known: {', '.join(sorted(known))}); "
+                                      "write a journey or journey.step, e.g. delivery.out_for_delivery"))
+            elif step and steps and not any(re.fullmatch(pattern, step) for pattern in steps):
+                shown = ", ".join(p.replace(r"\d+", "N") for p in steps)
+                problems.append((key, f"{step!r} is not a step {name} sends ({shown})"))
+            elif isinstance(hours, bool) or not isinstance(hours, (int, float)):
+                problems.append((key, "must be a number of hours, e.g. 6 or 0.5"))
+            elif not 0 < hours <= MAX_SEND_WITHIN_HOURS:
+                problems.append((key, f"must be greater than 0 and at most {MAX_SEND_WITHIN_HOURS} hours (a year)"))
+            else:
+                out[str(key)] = float(hours)
+        if problems:
+            raise Problems(problems)
+        return tuple(sorted(out.items()))
 
     @field_validator("quiet_hours")
     @classmethod
@@ -212,6 +258,9 @@ class PolicySettings(_Settings):
             cart_quiet_after_order=timedelta(hours=self.cart_quiet_after_order_hours),
             utility_needs_consent=self.utility_needs_consent,
             unreachable_retry_after=timedelta(days=self.unreachable_retry_days) if self.unreachable_retry_days else None,
+            marketing_send_within=timedelta(hours=self.marketing_send_within_hours),
+            utility_send_within=timedelta(hours=self.utility_send_within_hours),
+            send_within={key: timedelta(hours=hours) for key, hours in self.send_within_hours},
             stop_words=frozenset(self.stop_words if self.stop_words is not None else DEFAULT_STOP_WORDS),
             start_words=frozenset(self.start_words if self.start_words is not None else DEFAULT_START_WORDS),
         )

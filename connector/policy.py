@@ -15,12 +15,17 @@ always say why someone was not messaged. Rules, in order:
    delivery messages (utility) still go (once it recovers, a run's latest held step goes, the
    earlier ones are skipped as superseded: ``outbox.store.claim``);
 7. quiet hours in the store's time zone -> defer to the next allowed time.
+
+Before the gate, the dispatcher drops a message held so long that it no longer makes sense
+(``send_by``: a cart reminder a day late, "out for delivery" after the parcel arrived): skipped
+as ``too_late``, also when a deferral would push it past that time.
 """
 
 from __future__ import annotations
 
 import functools
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -70,6 +75,10 @@ class PolicyRules:
     unreachable_retry_after: timedelta | None = timedelta(days=7)  # None: never tried again by time
     stop_words: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_STOP_WORDS))
     start_words: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_START_WORDS))
+    marketing_send_within: timedelta = timedelta(hours=6)
+    utility_send_within: timedelta = timedelta(hours=24)
+    # by journey or journey.step, over the category's (config: ``send_within_hours``)
+    send_within: Mapping[str, timedelta] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +114,21 @@ def next_allowed(now: datetime, tz: ZoneInfo, start: time, end: time) -> datetim
     # build the wall-clock end time in the zone; fold handles DST overlaps deterministically
     candidate = datetime.combine(day, end, tzinfo=tz)
     return candidate.astimezone(now.tzinfo)
+
+
+TOO_LATE = "too_late"
+
+
+def send_by(planned_at: datetime, *, category: str | None, journey: str | None, step: str | None, rules: PolicyRules) -> datetime:
+    """The latest useful send time of a WhatsApp message meant to go at ``planned_at``: its step's
+    limit, else its journey's, else its category's. Held past it (a restricted account, the number
+    rated RED, the connector down, quiet hours after that), it would arrive when it no longer makes
+    sense, so the dispatcher skips it as ``too_late``. Computed from the row and today's config,
+    so a store that raises a limit after an outage lets its waiting messages go."""
+    within = rules.send_within.get(f"{journey}.{step}") or rules.send_within.get(journey or "")
+    if within is None:
+        within = rules.marketing_send_within if category == "marketing" else rules.utility_send_within
+    return planned_at + within
 
 
 def worth_trying(reachable: bool, unreachable_at: datetime | None, rules: PolicyRules, now: datetime) -> bool:

@@ -514,7 +514,9 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
     if e.status == "failed":
         values.update(status="failed", last_error=f"{e.error_code}: {e.error_title or 'failed'}"[:2000])
         if e.error_code == 131049 and another_day(conn, store_id, row.journey, row.payload, int(row.attempts or 0)):  # not before 24 h, then the same message again
-            values.update(status="pending", due_at=e.occurred_at + timedelta(hours=24), last_error="131049: retry after 24 h")
+            # planned again for that day (not held: ``policy.send_by`` counts from then)
+            again = e.occurred_at + timedelta(hours=24)
+            values.update(status="pending", due_at=again, planned_at=again, last_error="131049: retry after 24 h")
         if row.contact_id is not None:
             apply_contact_error(conn, store_id, row.contact_id, e.error_code, e.occurred_at, now)
         fallback = (row.payload or {}).get("fallback")

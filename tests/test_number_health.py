@@ -179,8 +179,9 @@ def test_a_flagged_number_holds_cart_reminders_not_the_cod_question_and_an_older
 
 def test_cart_reminders_held_for_the_rating_go_as_one_the_latest_when_the_number_recovers(sqlite_url, scenario, world):
     """Ravi's cart reminders wait while the number is RED (queued at 30 minutes, 6.5 h and 24.5 h); the
-    number recovers at 26 h. Only the last one goes then: the two before it are skipped as superseded,
-    not sent seconds apart."""
+    number recovers at 26 h. Only the last one goes then, not all three seconds apart: the first is skipped
+    as superseded when the second comes due, the second as too_late once it has waited longer than
+    marketing's 6 hours (policy.marketing_send_within_hours), before the third was queued."""
     sc = scenario(sqlite_url, "shopify", journeys={**COD, **LADDER})
     account(sc, number("FLAGGED", current_limit="TIER_1K"), at=sc.now)
     SHOPIFY.start_checkout(sc, "cartR", RAVI)
@@ -190,7 +191,7 @@ def test_cart_reminders_held_for_the_rating_go_as_one_the_latest_when_the_number
 
     assert sc.templates_to(RAVI) == ["cart_3_v1"]
     assert [(step, status, reason) for step, status, reason in _cart_rows(sc)] == [
-        ("first", "skipped", "superseded"), ("second", "skipped", "superseded"), ("third", "sent", None)]
+        ("first", "skipped", "superseded"), ("second", "skipped", "too_late"), ("third", "sent", None)]
 
 
 def test_a_reminder_deferred_by_quiet_hours_still_goes_after_a_short_red_spell(sqlite_url, scenario, world):

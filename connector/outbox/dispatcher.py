@@ -34,7 +34,7 @@ from connector.outbox import loop
 from connector.outbox import store as ob
 from connector.outbox.ratelimit import InFlightLimit, RecipientSpacer, TokenBucket
 from connector.outbox.retry import RetryPolicy, next_attempt_at
-from connector.policy import ContactFacts, PolicyRules, check
+from connector.policy import TOO_LATE, ContactFacts, PolicyRules, check, send_by
 from connector.state import another_day
 from connector.storage.db import Database
 from connector.storage.models import utcnow
@@ -192,7 +192,7 @@ class Dispatcher:
         return await anyio.to_thread.run_sync(
             lambda: ob.claim(
                 self.db, store_ids=store_ids, now=now, limit=limit, lease=self.lease,
-                worker=self.worker_id, history_window=self.history_window,
+                worker=self.worker_id, history_window=self.history_window, rules=self.rules,
             )
         )
 
@@ -327,11 +327,17 @@ class Dispatcher:
             # every outcome of the batch unwritten (all 'uncertain' once their lease ran out, never sent)
             log.exception("outbox %s could not be prepared for sending; failed, the rest of its batch goes on", row.id)
             return ob.Result(row, "failed", started, error_detail=f"not sent: preparing it raised {describe_error(exc)}"[:255])
+        latest = self._send_by(row)
         if decision.deferred:
+            if latest is not None and decision.defer_until is not None and decision.defer_until > latest:
+                # quiet hours or the RED hold would release it past its time: dropped now, with the reason visible at once
+                return ob.Result(row, "skipped", started, error_detail=TOO_LATE)
             return ob.Result(row, "deferred", started, due_at=decision.defer_until, error_detail=decision.reason)
         if not decision.allowed:
             return ob.Result(row, "skipped", started, error_detail=decision.reason)
         if wait > SHORT_WAIT:
+            if latest is not None and started + timedelta(seconds=wait) > latest:
+                return ob.Result(row, "skipped", started, error_detail=TOO_LATE)
             return ob.Result(row, "deferred", started, due_at=started + timedelta(seconds=wait))
         async with self.in_flight:
             if wait > 0:
@@ -344,6 +350,12 @@ class Dispatcher:
             if row.id in self._probes and result.outcome != "held":
                 self._resume(phone_id)  # WhatsApp answered something else than "the account": it works again
             return result
+
+    def _send_by(self, row: ob.Claimed) -> datetime | None:
+        """The row's latest useful send time (``policy.send_by``); None for a row claimed without its plan."""
+        if row.planned_at is None:
+            return None
+        return send_by(row.planned_at, category=row.category, journey=row.journey, step=row.step, rules=self.rules[row.store_id])
 
     async def _send(self, row: ob.Claimed, phone_id: str, pair: str, message: OutboundMessage, started: datetime) -> ob.Result:
         """One call to WhatsApp and what its answer means for the row."""

@@ -142,7 +142,8 @@ def _requeue_missing_value(conn: Connection, store_id: int, key: str, payload: d
     row = conn.execute(_BY_KEY, {"sid": store_id, "key": key[:255]}).first()
     if row is None or row.status != "skipped" or not (row.skip_reason or "").startswith("missing_value"):
         return None
-    update_by_id(conn, OUTBOX, row.id, {"status": "pending", "skip_reason": None, "payload": payload, "due_at": due_at, "updated_at": now})
+    update_by_id(conn, OUTBOX, row.id, {"status": "pending", "skip_reason": None, "payload": payload, "due_at": due_at,
+                                     "planned_at": due_at, "updated_at": now})
     return row.id
 
 

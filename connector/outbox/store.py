@@ -14,13 +14,13 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, exists, func, insert, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from connector.policy import ContactFacts, SendHistory
+from connector.policy import TOO_LATE, ContactFacts, PolicyRules, SendHistory, send_by
 from connector.reinstall import STORE_WAITS
 from connector.storage.sql import ATTEMPTS, CONTACTS, MESSAGES, OUTBOX, STORES
 from connector.storage.db import Database
@@ -109,6 +109,7 @@ def enqueue(
         status="skipped" if skip_reason else "pending",
         skip_reason=skip_reason,
         due_at=due_at,
+        planned_at=due_at,
         attempts=0,
         created_at=now,
         updated_at=now,
@@ -243,6 +244,8 @@ class Claimed:
     facts: ContactFacts | None = None
     history: SendHistory = field(default_factory=SendHistory)
     created_at: datetime | None = None  # when it was queued (a retried store note looks for itself since then)
+    step: str | None = None
+    planned_at: datetime | None = None  # when it was meant to go (``policy.send_by``)
     lease: str | None = None  # the claim's ``leased_by``: its result is written only while the row is still this claim's
     number_quality: str | None = None  # the store's number's rating as Meta last said it (the gate holds marketing while RED)
 
@@ -352,14 +355,32 @@ def _superseded(conn: Connection, found: list[Any], now: datetime) -> set[int]:
     return {r.id for r in marketing if latest.get(_run_of(r), r.id) > r.id}
 
 
+def planned(row: Any) -> datetime:
+    """When a row was meant to go; a row queued before ``planned_at`` was kept (migration 0022 gave
+    the waiting ones their due time) has its due time."""
+    return row.planned_at or row.due_at
+
+
+def _too_late(found: list[Any], rules: Mapping[int, PolicyRules], now: datetime) -> set[int]:
+    """The claimed WhatsApp messages held past their latest useful send time (``policy.send_by``)."""
+    late = {r.id for r in found if r.store_id in rules and send_by(
+        planned(r), category=r.category, journey=r.journey, step=r.step, rules=rules[r.store_id]) < now}
+    if late:
+        log.info("outbox rows %s skipped as too_late: held past the time they could still make sense", sorted(late),
+                 extra={"skipped": len(late)})
+    return late
+
+
 def claim(
     db: Database, *, store_ids: list[int], now: datetime, limit: int, lease: timedelta, worker: str, history_window: timedelta,
-    channel: str = "whatsapp",
+    channel: str = "whatsapp", rules: Mapping[int, PolicyRules] | None = None,
 ) -> list[Claimed]:
     """Lease up to ``limit`` due rows of a channel (SKIP LOCKED on PostgreSQL, the write lock on SQLite).
 
     ``leased_by`` names the worker and this one claim, so a result that comes back after the
     lease ran out can tell the row was taken over, even by another dispatcher of the same process.
+    With ``rules`` (each store's policy), a WhatsApp message held past its latest useful send
+    time is skipped as ``too_late`` here, not claimed: no attempt, and it holds no later one back.
     """
     lease_id = f"{worker[:55]}/{secrets.token_hex(4)}"
     with db.write_lock(), db.engine.begin() as conn:
@@ -368,6 +389,7 @@ def claim(
             select(
                 OUTBOX.c.id, OUTBOX.c.store_id, OUTBOX.c.contact_id, OUTBOX.c.journey,
                 OUTBOX.c.category, OUTBOX.c.payload, OUTBOX.c.attempts, OUTBOX.c.created_at, OUTBOX.c.idempotency_key,
+                OUTBOX.c.step, OUTBOX.c.due_at, OUTBOX.c.planned_at,
             )
             .where(
                 OUTBOX.c.status == "pending",
@@ -388,14 +410,18 @@ def claim(
         )
         if not db.is_sqlite:
             query = query.with_for_update(skip_locked=True)
-        for _ in range(8):  # a batch that was all superseded frees the line behind it: look again, a few times at most
+        for _ in range(8):  # a batch that was all skipped frees the line behind it: look again, a few times at most
             found = conn.execute(query).all()
-            superseded = _superseded(conn, found, now) if channel == "whatsapp" else set()
+            late = _too_late(found, rules, now) if channel == "whatsapp" and rules else set()
+            if late:  # first: a run's earlier reminders are not "superseded" by a latest that does not go either
+                conn.execute(_SKIP_BY_ID, [{"_id": i, "reason": TOO_LATE, "now": now} for i in sorted(late)])
+            superseded = _superseded(conn, [r for r in found if r.id not in late], now) if channel == "whatsapp" else set()
             if superseded:
                 conn.execute(_SKIP_BY_ID, [{"_id": i, "reason": "superseded", "now": now} for i in sorted(superseded)])
             rows = [Claimed(r.id, r.store_id, r.contact_id, r.journey, r.category, r.payload, r.attempts, created_at=r.created_at,
-                            lease=lease_id) for r in found if r.id not in superseded]
-            if rows or not superseded:
+                            lease=lease_id, step=r.step, planned_at=planned(r))
+                    for r in found if r.id not in superseded and r.id not in late]
+            if rows or not (superseded or late):
                 break
         if not rows:
             return []
@@ -560,6 +586,8 @@ def _settle(res: Result, now: datetime) -> dict[str, Any]:
         values.update(status=res.outcome, wamid=res.wamid, last_error=None)
     elif res.outcome == "retry":
         values.update(status="pending", due_at=res.due_at, last_error=res.error_detail)
+        if res.error_code == 131049:  # her marketing limit: the same message is planned again for tomorrow, not held
+            values["planned_at"] = res.due_at
     elif res.outcome == "deferred":
         values.update(status="pending", due_at=res.due_at, skip_reason=None)
     elif res.outcome == "released":  # never tried: due as it was, its attempts and last error as they were

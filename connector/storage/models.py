@@ -378,6 +378,9 @@ class OutboxMessage(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # when it was meant to go (its due time as queued, after quiet hours; a 131049 retry plans it again): a WhatsApp
+    # message held far past it is dropped as ``too_late`` (policy.send_by). Not ``due_at``: every deferral moves that
+    planned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     leased_by: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
