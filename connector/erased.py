@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, delete, or_, select
+from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector import events as ev
@@ -80,11 +80,17 @@ def _insert(conn: Connection) -> Any:
     return dialect.insert(ERASED).on_conflict_do_nothing(index_elements=["store_id", "kind", "ref"])
 
 
+_KEY = select(ERASED.c.ref).where(ERASED.c.store_id == bindparam("sid"), ERASED.c.kind == KEY)
+
+
 def _store_key(conn: Connection, store_id: int, now: datetime) -> str:
-    """The store's hashing key, made on its first erasure (two erasures at once agree on one: the unique key)."""
-    conn.execute(_insert(conn), [dict(store_id=store_id, kind=KEY, ref=secrets.token_hex(32), erased_at=now)])
-    return conn.execute(select(ERASED.c.ref).where(ERASED.c.store_id == store_id, ERASED.c.kind == KEY)
-                        .order_by(ERASED.c.id).limit(1)).scalar_one()
+    """The store's hashing key, made on its first erasure. A store's erasures are answered one at a
+    time (each waits for the store's rows before it: ``processor.AFTER_EARLIER``), so one is made."""
+    key = conn.execute(_KEY, {"sid": store_id}).scalar_one_or_none()
+    if key is None:
+        key = secrets.token_hex(32)
+        conn.execute(insert(ERASED), [dict(store_id=store_id, kind=KEY, ref=key, erased_at=now)])
+    return key
 
 
 def remember(conn: Connection, store_id: int, order_ids: Iterable[str], customer_ids: Iterable[str], now: datetime) -> int:

@@ -78,21 +78,26 @@ def test_a_woocommerce_update_of_an_erased_order_brings_nothing_back_and_a_new_o
     db, woo_id, shop_a = sc.runtime.db, sc.runtime.store_ids["woo"], sc.runtime.store_ids["shop-a"]
     order = woo_order(LUCIA, 7301, sc.now - timedelta(hours=1), cod=False, status="processing")
     sc.woo("order.created", order)
+    ravi = woo_order(RAVI, 7302, sc.now - timedelta(hours=1), cod=False, status="processing")
+    sc.woo("order.created", ravi)
     # the same order number at another store of the deployment (Shopify's shop-a): her order there too
     theirs = order_payload(LUCIA, 7301, p.iso(sc.now - timedelta(hours=1)))
     sc.shopify("orders/create", theirs)
     sc.work()
     assert sc.templates_to(LUCIA.e164) == [THANKS]
 
-    erased = sc.client.post("/api/stores/woo/customers/redact", json={"customer_id": LUCIA.customer_id}, headers=bearer(TEAM_WOO))
-    assert erased.status_code == 202, erased.text
     erased_on = sc.now.date().isoformat()
-    sc.work()
-    assert leaks(db, LUCIA.needles(), woo_id) == []
-    with db.engine.connect() as conn:  # her order is remembered by its id, her customer id only as a keyed hash
+    for person in (LUCIA, RAVI):  # Ravi asks too, a while later: the store's second erasure
+        erased = sc.client.post("/api/stores/woo/customers/redact", json={"customer_id": person.customer_id}, headers=bearer(TEAM_WOO))
+        assert erased.status_code == 202, erased.text
+        sc.work()
+        sc.later(hours=1)
+    assert leaks(db, LUCIA.needles(), woo_id) == [] and leaks(db, RAVI.needles(), woo_id) == []
+    with db.engine.connect() as conn:  # their orders are remembered by their ids, their customer ids only as keyed hashes
         marks = conn.execute(select(m.ErasedRef.kind, m.ErasedRef.ref).where(m.ErasedRef.store_id == woo_id)).all()
-    assert ("order", "7301") in marks and {k for k, _ in marks} == {"order", "customer", "key"}
-    assert str(LUCIA.customer_id) not in {r for _, r in marks}
+    assert sorted(k for k, _ in marks) == ["customer", "customer", "key", "order", "order"]
+    assert {r for k, r in marks if k == "order"} == {"7301", "7302"}
+    assert not {str(LUCIA.customer_id), str(RAVI.customer_id)} & {r for _, r in marks}
     before, mark, sent = aggregates(db, woo_id), last_inbox_id(db), len(sc.world.sent())
 
     # days later the owner completes the order and refunds a part: WooCommerce sends the whole order again
@@ -100,14 +105,17 @@ def test_a_woocommerce_update_of_an_erased_order_brings_nothing_back_and_a_new_o
     sc.woo("order.updated", {**order, "status": "completed", "date_modified_gmt": p.gmt(sc.now), "date_modified": p.gmt(sc.now),
                              "customer_note": f"Refunded the vase to {LUCIA.first}, call {LUCIA.phone}"})
     sc.woo("customer.updated", woo_customer(LUCIA, sc.now))  # she edits her account
+    sc.woo("customer.updated", woo_customer(RAVI, sc.now))  # so does he
     sc.shopify("orders/updated", {**theirs, "tags": "vip", "updated_at": p.iso(sc.now)})  # shop-a's own order 7301
     sc.later(hours=6)
 
     reason = f"customer erased on {erased_on}"
     assert rows_after(db, woo_id, mark) == [("woocommerce", "order.updated", "ignored", reason, False),
+                                            ("woocommerce", "customer.updated", "ignored", reason, False),
                                             ("woocommerce", "customer.updated", "ignored", reason, False)]
     assert leaks(db, LUCIA.needles(), woo_id) == [] and contacts_with(db, woo_id, LUCIA.e164) == []
-    assert aggregates(db, woo_id) == {**before, "inbox": before["inbox"] + 2}
+    assert leaks(db, RAVI.needles(), woo_id) == []
+    assert aggregates(db, woo_id) == {**before, "inbox": before["inbox"] + 3}
     assert len(sc.world.sent()) == sent
     # shop-a's order 7301 is shop-a's: updated as ever, she is still its customer there
     assert rows_after(db, shop_a, mark) == [("shopify", "orders/updated", "done", None, True)]
