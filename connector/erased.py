@@ -7,7 +7,8 @@ or of her account carries her name, phone, email and address again, and would st
 journeys may message. So the erasure records, per store, the platform order ids it reached and her
 platform customer id, and the processor ignores a later event about them (``erased_on``): the inbox
 row is ``ignored`` ("customer erased on <date>"), its body deleted as a privacy request's is, and
-nothing is stored or sent. A new order she places (a new order id) is a new relationship, processed as
+nothing is stored or sent. An order of her customer id placed before the erasure but unknown to it
+(its webhooks lost) is hers too. A new order she places after it is a new relationship, processed as
 any; it also lifts the mark on her customer id (``returning``), so her account's updates count again.
 
 What is kept: an order id as it is (the orders table keeps it anyway, for the reports; it names no one
@@ -58,6 +59,11 @@ def refs_of(event: ev.Event) -> tuple[list[str], list[str]]:
         case ev.ConsentChanged(customer_external_id=cid):
             return [], [cid] if cid else []
     return [], []
+
+
+def _placed_after(event: ev.Event, erased_at: datetime) -> bool:
+    """An order placed after its customer was erased: her new relationship."""
+    return isinstance(event, _ORDER_EVENTS) and event.order.created_at > erased_at
 
 
 def all_refs(events: Iterable[ev.Event]) -> tuple[set[str], set[str]]:
@@ -157,24 +163,25 @@ class Book:
             self.read(conn, store_id, (), customers)
 
     def erased_on(self, store_id: int, events: Iterable[ev.Event]) -> Erased | None:
-        """Whether the events are about an erased customer: one of her orders, or her account (not
-        her new order: that is a new relationship); None when they are not."""
+        """Whether the events are about an erased customer: one of her orders, her account, or an
+        order of her customer id placed before the erasure that it did not know of (not stored then);
+        None when they are not. An order she placed after it is a new relationship."""
         by_order: list[datetime] = []
         by_customer: list[datetime] = []
         for event in events:
             orders, customers = refs_of(event)
             by_order += [at for o in orders if (at := self.marks.get((store_id, ORDER, o[:64]))) is not None]
-            if not isinstance(event, _ORDER_EVENTS):
-                by_customer += [at for c in customers if (at := self.marks.get((store_id, CUSTOMER, c))) is not None]
+            by_customer += [at for c in customers if (at := self.marks.get((store_id, CUSTOMER, c))) is not None
+                            and not _placed_after(event, at)]
         if not by_order and not by_customer:
             return None
         return Erased(min(by_order + by_customer), bool(by_customer))
 
     def returning(self, conn: Connection, store_id: int, events: Iterable[ev.Event]) -> None:
-        """A new order of an erased customer id: she is back, a new relationship; her account's updates
-        count again (the mark goes)."""
-        back = {c for event in events if isinstance(event, _ORDER_EVENTS) for c in refs_of(event)[1]
-                if (store_id, CUSTOMER, c) in self.marks}
+        """An order of an erased customer id placed after the erasure: she is back, a new relationship;
+        her account's updates count again (the mark goes)."""
+        back = {c for event in events for c in refs_of(event)[1]
+                if (at := self.marks.get((store_id, CUSTOMER, c))) is not None and _placed_after(event, at)}
         if not back:
             return
         key = self.keys[store_id]

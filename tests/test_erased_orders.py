@@ -177,7 +177,8 @@ def test_the_woocommerce_reconcile_reading_an_erased_order_back_brings_nothing_b
 
 def test_shopify_updates_of_an_erased_customers_orders_bring_nothing_back(db_url, shop):
     """Shopify's customers/redact names her orders (one the connector never stored); a late orders/updated and a
-    fulfilment of them are ignored, her new order is confirmed."""
+    fulfilment of them, and an update of an order of hers from before the erasure it did not know of, are
+    ignored; her new order is confirmed."""
     sc = shop
     db, sid = sc.runtime.db, sc.runtime.store_ids["shop-a"]
     placed = p.iso(sc.now - timedelta(hours=2))
@@ -199,14 +200,17 @@ def test_shopify_updates_of_an_erased_customers_orders_bring_nothing_back(db_url
     sc.later(hours=1)
     sc.shopify("orders/updated", {**order_payload(LUCIA, 9002, placed), "updated_at": p.iso(sc.now)})
     sc.shopify("fulfillments/create", p.shopify_fulfillment(555001, 9001, sc.now))
+    # an order of hers from before the erasure that it knew nothing of (its webhooks were lost): hers by her customer id
+    sc.shopify("orders/updated", {**order_payload(LUCIA, 9003, placed), "updated_at": p.iso(sc.now)})
     sc.later(hours=1)
     reason = f"customer erased on {erased_on}"
     assert rows_after(db, sid, mark) == [("shopify", "customers/redact", "done", None, False),
                                          ("shopify", "orders/updated", "ignored", reason, False),
                                          ("shopify", "orders/updated", "ignored", reason, False),
-                                         ("shopify", "fulfillments/create", "ignored", reason, False)]
+                                         ("shopify", "fulfillments/create", "ignored", reason, False),
+                                         ("shopify", "orders/updated", "ignored", reason, False)]
     assert leaks(db, LUCIA.needles(), sid) == [] and contacts_with(db, sid, LUCIA.e164) == []
-    assert aggregates(db, sid) == {**before, "inbox": before["inbox"] + 2}
+    assert aggregates(db, sid) == {**before, "inbox": before["inbox"] + 3}
     assert len(sc.world.sent()) == sent
 
     sc.shopify("orders/create", order_payload(LUCIA, 9010, p.iso(sc.now)))
