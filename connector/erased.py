@@ -8,8 +8,10 @@ journeys may message. So the erasure records, per store, the platform order ids 
 platform customer id, and the processor ignores a later event about them (``erased_on``): the inbox
 row is ``ignored`` ("customer erased on <date>"), its body deleted as a privacy request's is, and
 nothing is stored or sent. An order of her customer id placed before the erasure but unknown to it
-(its webhooks lost) is hers too. A new order she places after it is a new relationship, processed as
+(its webhooks lost), or a checkout of hers begun before it (an abandoned cart updated later), is hers
+too. A new order she places after it (or a checkout she begins) is a new relationship, processed as
 any; it also lifts the mark on her customer id (``returning``), so her account's updates count again.
+A guest's checkout (no customer id) is not recognised: its token is not recorded.
 
 What is kept: an order id as it is (the orders table keeps it anyway, for the reports; it names no one
 without the store's own records), and the customer id only as an HMAC-SHA256 keyed with the store's
@@ -44,8 +46,8 @@ _ORDER_EVENTS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelle
 
 
 def refs_of(event: ev.Event) -> tuple[list[str], list[str]]:
-    """The order ids and platform customer ids an event is about (an order's customer id too: her
-    new order lifts the mark on it)."""
+    """The order ids and platform customer ids an event is about (an order's or a checkout's customer
+    id too: one from before the erasure is hers, a new one lifts the mark)."""
     match event:
         case ev.OrderPlaced() | ev.OrderUpdated() | ev.OrderPaid() | ev.OrderCancelled() | ev.OrderFulfilled():
             customer = event.order.customer.external_id
@@ -54,6 +56,9 @@ def refs_of(event: ev.Event) -> tuple[list[str], list[str]]:
             return [f.order_external_id], []
         case ev.OrderDeleted(order_external_id=oid):
             return [oid], []
+        case ev.CheckoutUpdated(checkout=checkout):
+            customer = checkout.customer.external_id
+            return [], [customer] if customer else []
         case ev.CustomerUpdated(customer=c):
             return [], [c.external_id] if c.external_id else []
         case ev.ConsentChanged(customer_external_id=cid):
@@ -62,8 +67,10 @@ def refs_of(event: ev.Event) -> tuple[list[str], list[str]]:
 
 
 def _placed_after(event: ev.Event, erased_at: datetime) -> bool:
-    """An order placed after its customer was erased: her new relationship."""
-    return isinstance(event, _ORDER_EVENTS) and event.order.created_at > erased_at
+    """An order placed, or a checkout begun, after its customer was erased: her new relationship."""
+    if isinstance(event, _ORDER_EVENTS):
+        return event.order.created_at > erased_at
+    return isinstance(event, ev.CheckoutUpdated) and event.checkout.created_at > erased_at
 
 
 def all_refs(events: Iterable[ev.Event]) -> tuple[set[str], set[str]]:

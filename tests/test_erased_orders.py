@@ -26,7 +26,7 @@ from connector.sync import reconcile_orders
 from tests.scenarios import harness
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, world  # noqa: F401  (the scenarios' fixtures)
-from tests.test_compliance import aggregates, leaks, order_payload, request_payload
+from tests.test_compliance import aggregates, checkout_payload, leaks, order_payload, request_payload
 from tests.test_customer_redact import LUCIA, RAVI, TEAM_WOO, _settings_with_shop_a_token, bearer, woo_order
 from tests.test_sync import FakeWoo
 
@@ -177,13 +177,15 @@ def test_the_woocommerce_reconcile_reading_an_erased_order_back_brings_nothing_b
 
 def test_shopify_updates_of_an_erased_customers_orders_bring_nothing_back(db_url, shop):
     """Shopify's customers/redact names her orders (one the connector never stored); a late orders/updated and a
-    fulfilment of them, and an update of an order of hers from before the erasure it did not know of, are
-    ignored; her new order is confirmed."""
+    fulfilment of them, an update of an order of hers from before the erasure it did not know of, and of a
+    cart she left before it, are ignored; her new order is confirmed."""
     sc = shop
     db, sid = sc.runtime.db, sc.runtime.store_ids["shop-a"]
     placed = p.iso(sc.now - timedelta(hours=2))
     first = order_payload(LUCIA, 9001, placed)
     sc.shopify("orders/create", first)
+    cart = {**checkout_payload(LUCIA, "c-lucia-1"), "created_at": placed, "updated_at": placed}  # a cart she left
+    sc.shopify("checkouts/create", cart)
     sc.work()
     assert sc.templates_to(LUCIA.e164) == [THANKS]
 
@@ -202,15 +204,17 @@ def test_shopify_updates_of_an_erased_customers_orders_bring_nothing_back(db_url
     sc.shopify("fulfillments/create", p.shopify_fulfillment(555001, 9001, sc.now))
     # an order of hers from before the erasure that it knew nothing of (its webhooks were lost): hers by her customer id
     sc.shopify("orders/updated", {**order_payload(LUCIA, 9003, placed), "updated_at": p.iso(sc.now)})
+    sc.shopify("checkouts/update", {**cart, "updated_at": p.iso(sc.now)})  # the cart she left, touched again
     sc.later(hours=1)
     reason = f"customer erased on {erased_on}"
     assert rows_after(db, sid, mark) == [("shopify", "customers/redact", "done", None, False),
                                          ("shopify", "orders/updated", "ignored", reason, False),
                                          ("shopify", "orders/updated", "ignored", reason, False),
                                          ("shopify", "fulfillments/create", "ignored", reason, False),
-                                         ("shopify", "orders/updated", "ignored", reason, False)]
+                                         ("shopify", "orders/updated", "ignored", reason, False),
+                                         ("shopify", "checkouts/update", "ignored", reason, False)]
     assert leaks(db, LUCIA.needles(), sid) == [] and contacts_with(db, sid, LUCIA.e164) == []
-    assert aggregates(db, sid) == {**before, "inbox": before["inbox"] + 3}
+    assert aggregates(db, sid) == {**before, "inbox": before["inbox"] + 4}
     assert len(sc.world.sent()) == sent
 
     sc.shopify("orders/create", order_payload(LUCIA, 9010, p.iso(sc.now)))
