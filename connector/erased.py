@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, or_, select
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector import events as ev
@@ -119,6 +119,21 @@ def remember(conn: Connection, store_id: int, order_ids: Iterable[str], customer
     return len(rows)
 
 
+def marks_query(store_id: int, orders: list[str], customer_hashes: list[str], *, with_key: bool) -> Any:
+    """The store's marks among these orders and hashed customer ids (and its key row): each part a
+    search of the (store_id, kind, ref) unique index; None when there is nothing to look for."""
+    def part(kind: str, *where: Any) -> Any:
+        return select(ERASED.c.kind, ERASED.c.ref, ERASED.c.erased_at).where(ERASED.c.store_id == store_id, ERASED.c.kind == kind, *where)
+
+    # a UNION ALL, not an OR: given the OR, SQLite's planner read every mark of the store
+    parts = [part(ORDER, ERASED.c.ref.in_(orders))] if orders else []
+    parts += [part(CUSTOMER, ERASED.c.ref.in_(customer_hashes))] if customer_hashes else []
+    parts += [part(KEY)] if with_key else []
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else union_all(*parts)
+
+
 @dataclass(frozen=True)
 class Erased:
     """An event about an erased customer: when she was erased, and whether it names her customer id
@@ -148,18 +163,11 @@ class Book:
         orders, customers = sorted({o[:64] for o in order_ids if o}), sorted({c for c in customer_ids if c})
         key = self.keys.get(store_id)
         hashed = {_hash(key, c): c for c in customers} if key is not None else {}
-        wanted = []
-        if orders:
-            wanted.append(and_(ERASED.c.kind == ORDER, ERASED.c.ref.in_(orders)))
-        if hashed:
-            wanted.append(and_(ERASED.c.kind == CUSTOMER, ERASED.c.ref.in_(sorted(hashed))))
-        if key is None and customers:
-            wanted.append(ERASED.c.kind == KEY)  # the store's key, if it had an erasure: then its customers' marks
-        if not wanted:
+        # the store's key, if it had an erasure, until it is known: then its customers' marks
+        query = marks_query(store_id, orders, sorted(hashed), with_key=key is None and bool(customers))
+        if query is None:
             return
-        found = conn.execute(select(ERASED.c.kind, ERASED.c.ref, ERASED.c.erased_at)
-                             .where(ERASED.c.store_id == store_id, or_(*wanted))).all()
-        for kind, ref, erased_at in found:
+        for kind, ref, erased_at in conn.execute(query):
             if kind == KEY:
                 self.keys.setdefault(store_id, ref)
             elif kind == ORDER:
