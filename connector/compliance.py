@@ -37,6 +37,9 @@ What an erasure does (README "Privacy and compliance"):
 - A later order or message from the same phone finds no contact (the key is gone) and
   starts a new one: a new relationship the customer started, under the normal consent
   rules. Nothing links it to the erased contact.
+- The store keeps her orders: their ids, and her platform customer id as a keyed hash, are
+  recorded (``connector/erased.py``), and a later event about them is ignored instead of
+  bringing her back. A new order (a new id) is the new relationship above.
 
 Logs carry ids and counts, never a phone, name or email.
 """
@@ -56,7 +59,7 @@ import phonenumbers
 from sqlalchemy import Connection, String, Table, Text, bindparam, cast, delete, false, func, literal, null, or_, select, true, update
 
 from connector import events as ev
-from connector import job_health
+from connector import erased, job_health
 from connector.contacts import normalize_phone
 from connector.storage import models as m
 from connector.storage.db import Database
@@ -717,7 +720,10 @@ def redact_customer(
     if ident.empty():
         return {}, []
     scope, _ = _customer_scope(conn, store_id, ident)
-    counts = _erase(conn, scope, now or m.utcnow(), request_inbox_id)
+    now = now or m.utcnow()
+    counts = _erase(conn, scope, now, request_inbox_id)
+    # the store keeps her orders: a later event about them, or her account, must not bring her back
+    counts["ids_marked"] = erased.remember(conn, store_id, scope.order_ids, scope.customer_ids, now)
     return counts, sorted(scope.contact_ids)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, exists, or_, select
 from sqlalchemy.exc import DBAPIError
 
-from connector import erasure, reinstall
+from connector import compliance, erasure, erased, reinstall
 from connector.compliance import PRIVACY_TOPICS, PRIVACY_WAIT, waiting_for_earlier
 from connector.config import Settings
 from connector.errors import NormalizationError, describe_error
@@ -128,6 +128,7 @@ class InboxProcessor:
         self.max_attempts = settings.worker.inbox_max_attempts
         self._stores = {store_ids[s.key]: s for s in settings.stores if s.key in store_ids}
         self.journeys = JourneyRunner()
+        self.erased = erased.Book()  # the marks of erased customers' orders the batch's events meet
         self._seconds_per_row = 0.0  # moving average over the last batches (sizes batches under a time budget)
         # whether the last batch left due rows behind: it loaded as many as it could take, or its
         # budget or yield test ended it before the last one (the loop grows its busy slices on this)
@@ -326,6 +327,7 @@ class InboxProcessor:
                      stop: Callable[[], bool]) -> list[tuple[int, dict[str, Any]]]:
         """Apply the rows in one savepoint with the transaction cache; ``_RowFailed`` (rolled back) if one raises."""
         marks: list[tuple[int, dict[str, Any]]] = []
+        self.erased.clear()
         with conn.begin_nested(), installed(conn) as cache:
             try:
                 self._prefetch(conn, cache, rows, parsed)
@@ -358,11 +360,16 @@ class InboxProcessor:
         """Load what the batch's events will look up: contacts (by phone; by email and customer id
         where there is no phone; by a placed order's email), orders and checkouts, then journey runs."""
         wanted: dict[int, tuple[set[str], set[str], set[str], set[str], set[str], set[str], set[str]]] = {}
+        refs: dict[int, tuple[set[str], set[str]]] = {}
         for row, events in zip(rows, parsed):
             if isinstance(events, Exception):
                 continue
             phones, orders, tokens, subjects, emails, customers, fulfillments = wanted.setdefault(
                 row.store_id, (set(), set(), set(), set(), set(), set(), set()))
+            erased_orders, erased_customers = refs.setdefault(row.store_id, (set(), set()))
+            row_orders, row_customers = erased.all_refs(events)
+            erased_orders |= row_orders
+            erased_customers |= row_customers
             for event in events:
                 p, o, t = keys_of(event)
                 phones.update(p)
@@ -376,6 +383,8 @@ class InboxProcessor:
         # in store order: the rows locked there are taken by every worker in one order (rows.prefetch)
         for store_id, (phones, orders, tokens, subjects, emails, customers, fulfillments) in sorted(wanted.items()):
             prefetch(conn, store_id, phones, orders, tokens, fulfillments)
+            # after the orders are read locked: an erasure another worker committed meanwhile is seen
+            self.erased.read(conn, store_id, *refs[store_id])
             prefetch_contacts(conn, store_id, "email", emails)
             prefetch_contacts(conn, store_id, "external_customer_id", customers)
             contacts = {cache.keys.get(("contacts", store_id, p)) for p in phones}
@@ -424,6 +433,8 @@ class InboxProcessor:
         try:
             with conn.begin_nested():
                 events = self._parse(row, store)
+                self.erased.clear()  # the careful path reads the marks row by row (an erasure in the batch writes them)
+                self.erased.read(conn, row.store_id, *erased.all_refs(events))
                 values = self._apply_events(conn, row, store, events, now) if events else self._ignored(row)
         except Exception as exc:
             values = self._failure(row, exc, now)
@@ -456,6 +467,18 @@ class InboxProcessor:
         }
 
     @staticmethod
+    def _about_erased(row: Any, events: list[Event], found: erased.Erased) -> dict[str, Any]:
+        """A later event about an erased customer's order or account: nothing applied, nothing heard
+        by a journey; the row keeps no body, no event, and no key that spells her customer id."""
+        orders = [o for e in events for o in erased.refs_of(e)[0]]
+        log.info("inbox %s (%s %s) ignored: %s", row.id, row.source, row.topic, found.reason)
+        values: dict[str, Any] = {"status": "ignored", "event": [], "subject": f"order:{orders[0]}"[:160] if orders else None,
+                                  "contact_id": None, "last_error": found.reason, "raw_body": None}
+        if found.names_customer:
+            values["dedupe_key"] = f"{compliance.REDACTED}:{row.id}"
+        return values
+
+    @staticmethod
     def _ignored(row: Any) -> dict[str, Any]:
         return {"status": "ignored", "event": [], "last_error": f"nothing to do for topic {row.topic}"}
 
@@ -472,6 +495,9 @@ class InboxProcessor:
         return normalize(row.topic, body, store)
 
     def _apply_events(self, conn: Connection, row: Any, store: Any, events: list[Event], now: datetime) -> dict[str, Any]:
+        about_erased = self.erased.erased_on(row.store_id, events)
+        if about_erased is not None:
+            return self._about_erased(row, events, about_erased)
         subject = contact_id = None
         stale = False
         held: str | None = None
@@ -504,6 +530,7 @@ class InboxProcessor:
         }
         if private is not None:
             values["raw_body"] = None  # the request names the customer; what was done is in compliance_requests
+        self.erased.returning(conn, row.store_id, events)
         if stale:
             values.update(status="ignored", last_error="stale: newer state already stored")
         if held:

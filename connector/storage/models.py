@@ -591,3 +591,22 @@ class ComplianceRequest(Base):
     export: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ErasedRef(Base):
+    """An order or a platform customer of a customer the connector erased (``connector/erased.py``):
+    a later store event about them is ignored instead of bringing her back.
+
+    ``ref`` is the platform order id as it is (the orders table keeps it anyway: it names no one
+    without the store's own records), and for a customer a keyed hash of the platform customer id
+    (kind ``customer``; the key is the store's row of kind ``key``), so the id the erasure removed is
+    not stored again.
+    """
+
+    __tablename__ = "erased_refs"
+    __table_args__ = (UniqueConstraint("store_id", "kind", "ref", name="uq_erased_refs_store_kind_ref"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # order | customer | key
+    ref: Mapped[str] = mapped_column(String(64))
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,206 @@
+"""What stays of an erased customer so she stays erased: her orders' ids and her platform customer id.
+
+An erasure (``compliance.redact_customer``: Shopify's ``customers/redact``, a store owner's request)
+removes her data from the connector, but the store keeps her orders: a later update of one (a status
+change, a refund, a note, a fulfilment; a webhook, the reconcile reading it back, a replayed delivery)
+or of her account carries her name, phone, email and address again, and would start a new contact the
+journeys may message. So the erasure records, per store, the platform order ids it reached and her
+platform customer id, and the processor ignores a later event about them (``erased_on``): the inbox
+row is ``ignored`` ("customer erased on <date>"), its body deleted as a privacy request's is, and
+nothing is stored or sent. An order of her customer id placed before the erasure but unknown to it
+(its webhooks lost), or a checkout of hers begun before it (an abandoned cart updated later), is hers
+too. A new order she places after it (or a checkout she begins) is a new relationship, processed as
+any; it also lifts the mark on her customer id (``returning``), so her account's updates count again.
+A guest's checkout (no customer id) is not recognised: its token is not recorded.
+
+What is kept: an order id as it is (the orders table keeps it anyway, for the reports; it names no one
+without the store's own records), and the customer id only as an HMAC-SHA256 keyed with the store's
+own random key (the row of kind ``key``): the id the erasure removed is not written again, and the
+table alone tells nothing. Whoever holds the database and the key can test a candidate id: that is
+pseudonymisation, not anonymity, and the least that still recognises her.
+
+The processor reads the marks of a batch's orders and customers with one query per store
+(``Book.read``), after the batch's orders are read locked, so an erasure committed meanwhile by
+another worker is seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, union_all
+from sqlalchemy.dialects import postgresql, sqlite
+
+from connector import events as ev
+from connector.storage import models as m
+
+ERASED: Table = m.ErasedRef.__table__  # type: ignore[assignment]
+ORDER, CUSTOMER, KEY = "order", "customer", "key"
+_ORDER_EVENTS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled, ev.OrderFulfilled)
+
+
+def refs_of(event: ev.Event) -> tuple[list[str], list[str]]:
+    """The order ids and platform customer ids an event is about (an order's or a checkout's customer
+    id too: one from before the erasure is hers, a new one lifts the mark)."""
+    match event:
+        case ev.OrderPlaced() | ev.OrderUpdated() | ev.OrderPaid() | ev.OrderCancelled() | ev.OrderFulfilled():
+            customer = event.order.customer.external_id
+            return [event.order.external_id], [customer] if customer else []
+        case ev.FulfillmentUpdated(fulfillment=f):
+            return [f.order_external_id], []
+        case ev.OrderDeleted(order_external_id=oid):
+            return [oid], []
+        case ev.CheckoutUpdated(checkout=checkout):
+            customer = checkout.customer.external_id
+            return [], [customer] if customer else []
+        case ev.CustomerUpdated(customer=c):
+            return [], [c.external_id] if c.external_id else []
+        case ev.ConsentChanged(customer_external_id=cid):
+            return [], [cid] if cid else []
+    return [], []
+
+
+def _placed_after(event: ev.Event, erased_at: datetime) -> bool:
+    """An order placed, or a checkout begun, after its customer was erased: her new relationship."""
+    if isinstance(event, _ORDER_EVENTS):
+        return event.order.created_at > erased_at
+    return isinstance(event, ev.CheckoutUpdated) and event.checkout.created_at > erased_at
+
+
+def all_refs(events: Iterable[ev.Event]) -> tuple[set[str], set[str]]:
+    """``refs_of`` of several events, together."""
+    orders: set[str] = set()
+    customers: set[str] = set()
+    for event in events:
+        o, c = refs_of(event)
+        orders.update(o)
+        customers.update(c)
+    return orders, customers
+
+
+def _hash(key: str, customer_id: str) -> str:
+    return hmac.new(bytes.fromhex(key), customer_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _insert(conn: Connection) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(ERASED).on_conflict_do_nothing(index_elements=["store_id", "kind", "ref"])
+
+
+_KEY = select(ERASED.c.ref).where(ERASED.c.store_id == bindparam("sid"), ERASED.c.kind == KEY)
+
+
+def _store_key(conn: Connection, store_id: int, now: datetime) -> str:
+    """The store's hashing key, made on its first erasure. A store's erasures are answered one at a
+    time (each waits for the store's rows before it: ``processor.AFTER_EARLIER``), so one is made."""
+    key = conn.execute(_KEY, {"sid": store_id}).scalar_one_or_none()
+    if key is None:
+        key = secrets.token_hex(32)
+        conn.execute(insert(ERASED), [dict(store_id=store_id, kind=KEY, ref=key, erased_at=now)])
+    return key
+
+
+def remember(conn: Connection, store_id: int, order_ids: Iterable[str], customer_ids: Iterable[str], now: datetime) -> int:
+    """Mark an erased customer's orders and customer ids (in the erasure's transaction); how many ids."""
+    orders, customers = sorted({o for o in order_ids if o}), sorted({c for c in customer_ids if c})
+    if not orders and not customers:
+        return 0
+    rows = [dict(store_id=store_id, kind=ORDER, ref=o[:64], erased_at=now) for o in orders]
+    if customers:
+        key = _store_key(conn, store_id, now)
+        rows += [dict(store_id=store_id, kind=CUSTOMER, ref=_hash(key, c), erased_at=now) for c in customers]
+    conn.execute(_insert(conn), rows)  # one already there (a repeated erasure) stays as it was
+    return len(rows)
+
+
+def marks_query(store_id: int, orders: list[str], customer_hashes: list[str], *, with_key: bool) -> Any:
+    """The store's marks among these orders and hashed customer ids (and its key row): each part a
+    search of the (store_id, kind, ref) unique index; None when there is nothing to look for."""
+    def part(kind: str, *where: Any) -> Any:
+        return select(ERASED.c.kind, ERASED.c.ref, ERASED.c.erased_at).where(ERASED.c.store_id == store_id, ERASED.c.kind == kind, *where)
+
+    # a UNION ALL, not an OR: given the OR, SQLite's planner read every mark of the store
+    parts = [part(ORDER, ERASED.c.ref.in_(orders))] if orders else []
+    parts += [part(CUSTOMER, ERASED.c.ref.in_(customer_hashes))] if customer_hashes else []
+    parts += [part(KEY)] if with_key else []
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else union_all(*parts)
+
+
+@dataclass(frozen=True)
+class Erased:
+    """An event about an erased customer: when she was erased, and whether it names her customer id
+    (its inbox row's dedupe key may spell it: replaced as the erasure replaces such keys)."""
+
+    at: datetime
+    names_customer: bool
+
+    @property
+    def reason(self) -> str:
+        return f"customer erased on {self.at.date().isoformat()}"
+
+
+@dataclass
+class Book:
+    """The marks a batch's events meet, read once per store; the stores' keys are kept across batches
+    (a key, once made, never changes)."""
+
+    keys: dict[int, str] = field(default_factory=dict)
+    marks: dict[tuple[int, str, str], datetime] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.marks.clear()
+
+    def read(self, conn: Connection, store_id: int, order_ids: Iterable[str], customer_ids: Iterable[str]) -> None:
+        """One query: the marks among these orders and customers (and the store's key, until it is known)."""
+        orders, customers = sorted({o[:64] for o in order_ids if o}), sorted({c for c in customer_ids if c})
+        key = self.keys.get(store_id)
+        hashed = {_hash(key, c): c for c in customers} if key is not None else {}
+        # the store's key, if it had an erasure, until it is known: then its customers' marks
+        query = marks_query(store_id, orders, sorted(hashed), with_key=key is None and bool(customers))
+        if query is None:
+            return
+        for kind, ref, erased_at in conn.execute(query):
+            if kind == KEY:
+                self.keys.setdefault(store_id, ref)
+            elif kind == ORDER:
+                self.marks[(store_id, ORDER, ref)] = erased_at
+            else:
+                self.marks[(store_id, CUSTOMER, hashed[ref])] = erased_at
+        if key is None and store_id in self.keys:  # first sight of the key: the customers' marks, once
+            self.read(conn, store_id, (), customers)
+
+    def erased_on(self, store_id: int, events: Iterable[ev.Event]) -> Erased | None:
+        """Whether the events are about an erased customer: one of her orders, her account, or an
+        order of her customer id placed before the erasure that it did not know of (not stored then);
+        None when they are not. An order she placed after it is a new relationship."""
+        by_order: list[datetime] = []
+        by_customer: list[datetime] = []
+        for event in events:
+            orders, customers = refs_of(event)
+            by_order += [at for o in orders if (at := self.marks.get((store_id, ORDER, o[:64]))) is not None]
+            by_customer += [at for c in customers if (at := self.marks.get((store_id, CUSTOMER, c))) is not None
+                            and not _placed_after(event, at)]
+        if not by_order and not by_customer:
+            return None
+        return Erased(min(by_order + by_customer), bool(by_customer))
+
+    def returning(self, conn: Connection, store_id: int, events: Iterable[ev.Event]) -> None:
+        """An order of an erased customer id placed after the erasure: she is back, a new relationship;
+        her account's updates count again (the mark goes)."""
+        back = {c for event in events for c in refs_of(event)[1]
+                if (at := self.marks.get((store_id, CUSTOMER, c))) is not None and _placed_after(event, at)}
+        if not back:
+            return
+        key = self.keys[store_id]
+        conn.execute(delete(ERASED).where(ERASED.c.store_id == store_id, ERASED.c.kind == CUSTOMER,
+                                          ERASED.c.ref.in_(sorted(_hash(key, c) for c in back))))
+        for c in back:
+            del self.marks[(store_id, CUSTOMER, c)]
