@@ -6,8 +6,8 @@ account carried her name, phone, email and address back under a new contact. Eac
 the order ids it reached and a keyed hash of her customer id (``connector/erased.py``); erasures made
 before this migration recorded nothing and are not covered.
 
-Revision ID: 0022
-Revises: 0021
+Revision ID: 0023
+Revises: 0022
 Create Date: 2026-12-18
 """
 import sqlalchemy as sa
@@ -16,8 +16,8 @@ from alembic import op
 import connector.storage.models
 
 
-revision = '0022'
-down_revision = '0021'
+revision = '0023'
+down_revision = '0022'
 branch_labels = None
 depends_on = None
 
