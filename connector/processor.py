@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, exists, or_, select
+from sqlalchemy import Connection, and_, bindparam, delete, exists, func, or_, select
 from sqlalchemy.exc import DBAPIError
 
 from connector import compliance, erasure, erased, reinstall
@@ -47,10 +47,14 @@ Clock = Callable[[], datetime]
 
 # the stores among ``sids`` with a run due, but for one whose timers wait (``reinstall.STORE_WAITS``): one
 # (store_id, status, next_due_at) index probe per store
-_DUE_STORES = (select(STORES.c.id).where(
-    STORES.c.id.in_(bindparam("sids", expanding=True)), ~reinstall.STORE_WAITS,
-    exists().where(JourneyRun.store_id == STORES.c.id, JourneyRun.status == "active", JourneyRun.next_due_at <= bindparam("now")),
-).order_by(STORES.c.id))
+# a timer round's one read: per store, whether a run is due whose timer may fire, and whether its WhatsApp
+# sends are held until a time now past (``end_passed_holds``)
+_ROUND = (select(
+    STORES.c.id,
+    and_(~reinstall.STORE_WAITS, exists().where(JourneyRun.store_id == STORES.c.id, JourneyRun.status == "active",
+                                               JourneyRun.next_due_at <= bindparam("now"))).label("due"),
+    func.coalesce(STORES.c.whatsapp_held_until <= bindparam("now"), False).label("hold_passed"),
+).where(STORES.c.id.in_(bindparam("sids", expanding=True))).order_by(STORES.c.id))
 
 
 # rows processed only once every row of their store received before them is (``waiting_for_earlier``):
@@ -154,9 +158,13 @@ class InboxProcessor:
         it cannot stall them batch after batch.
         """
         now = self.clock()
-        self.end_passed_holds(now)
-        stores = [sid for sid, store in self._stores.items() if store.enabled_journeys()]
-        stores = self._due_stores(stores, now) if stores else []
+        stores, hold_passed = self._round(now)
+        if hold_passed:
+            try:
+                self.end_passed_holds(now)
+            except Exception:
+                # its own transaction: the stores' timers fire all the same, and the next round tries it again
+                log.exception("noting the end of a WhatsApp restriction failed; the journeys' timers fire all the same")
         if not stores:
             return 0  # the common case between steps: no write transaction, no write lock
         started = [0.0]  # once the write lock is ours
@@ -201,9 +209,9 @@ class InboxProcessor:
     def end_passed_holds(self, now: datetime) -> int:
         """Restrictions whose end Meta gave have passed: noted on the store row and told to the number's
         open case (``number_health.end_passed_holds``); Meta sends nothing when one simply expires.
-        Returns how many ended. One read outside a write transaction when none has."""
+        Returns how many ended. A timer round calls it when its read saw such a hold (``_round``)."""
         ids = list(self._stores)
-        if not ids or not self._holds_passed(ids, now):
+        if not ids:
             return 0
         from connector.handoffs import number_request, open_handoff
         from connector.number_health import end_passed_holds
@@ -214,35 +222,31 @@ class InboxProcessor:
                 open_handoff(conn, self._stores[store_id], store_id, None, number_request(self._stores[store_id], news), now)
         return len(ended)
 
-    def _holds_passed(self, store_ids: list[int], now: datetime) -> bool:
-        """Whether one of the stores' sends is held until a time now past (as ``_due_stores``, outside a transaction on SQLite)."""
-        if self.db.is_sqlite:
-            marks = ", ".join("?" * len(store_ids))
-            sql = f"SELECT 1 FROM stores WHERE id IN ({marks}) AND whatsapp_held_until <= ? LIMIT 1"
-            at = now.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
-            with self.db.engine.connect() as conn:
-                return conn.connection.driver_connection.execute(sql, [*store_ids, at]).fetchone() is not None
-        with self.db.engine.connect() as conn:
-            return conn.execute(select(STORES.c.id).where(STORES.c.id.in_(store_ids), STORES.c.whatsapp_held_until <= now)
-                                .limit(1)).first() is not None
-
-    def _due_stores(self, store_ids: list[int], now: datetime) -> list[int]:
-        """The stores with a run due whose timers may fire: one indexed read, outside a write transaction.
+    def _round(self, now: datetime) -> tuple[list[int], bool]:
+        """A timer round's one indexed read, outside a write transaction: the stores with journeys on
+        and a run due whose timers may fire, and whether a store's sends are held until a time now
+        past (Meta's restriction ran out: ``end_passed_holds``).
 
         On SQLite every transaction of ours begins IMMEDIATE (takes the write lock), so the
         check reads through the driver in autocommit; a run that comes due just after is
         fired by the next call, as it would be anyway.
         """
+        ids = list(self._stores)
+        if not ids:
+            return [], False
         if self.db.is_sqlite:
-            marks = ", ".join("?" * len(store_ids))
-            sql = (f"SELECT id FROM stores WHERE id IN ({marks}) AND uninstalled_at IS NULL AND reinstalled_at IS NULL "
+            marks = ", ".join(f"?{i + 2}" for i in range(len(ids)))  # ?1 is the time
+            sql = (f"SELECT id, uninstalled_at IS NULL AND reinstalled_at IS NULL "
                    f"AND EXISTS (SELECT 1 FROM journey_runs WHERE store_id = stores.id AND status = 'active' "
-                   f"AND next_due_at <= ?) ORDER BY id")
+                   f"AND next_due_at <= ?1), coalesce(whatsapp_held_until <= ?1, 0) FROM stores WHERE id IN ({marks}) ORDER BY id")
             at = now.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
             with self.db.engine.connect() as conn:
-                return [r[0] for r in conn.connection.driver_connection.execute(sql, [*store_ids, at]).fetchall()]
-        with self.db.engine.connect() as conn:
-            return list(conn.execute(_DUE_STORES, {"sids": store_ids, "now": now}).scalars())
+                rows = conn.connection.driver_connection.execute(sql, [at, *ids]).fetchall()
+        else:
+            with self.db.engine.connect() as conn:
+                rows = conn.execute(_ROUND, {"sids": ids, "now": now}).all()
+        due = [sid for sid, is_due, _ in rows if is_due and self._stores[sid].enabled_journeys()]
+        return due, any(passed for *_, passed in rows)
 
     def process_batch(self, time_budget: float | None = None, limit: int | None = None,
                       yield_to: Callable[[], bool] | None = None, up_to_id: int | None = None) -> int:
