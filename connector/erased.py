@@ -84,7 +84,14 @@ def all_refs(events: Iterable[ev.Event]) -> tuple[set[str], set[str]]:
     return orders, customers
 
 
-def _hash(key: str, customer_id: str) -> str:
+def new_key() -> str:
+    """A store's hashing key (hex), made once, at its first erasure (or migration 0023's marks)."""
+    return secrets.token_hex(32)
+
+
+def customer_hash(key: str, customer_id: str) -> str:
+    """What is kept of an erased platform customer id: its HMAC-SHA256 under the store's key (hex).
+    Migration 0023 marks earlier erasures with it too, so the two must stay one function."""
     return hmac.new(bytes.fromhex(key), customer_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
@@ -101,7 +108,7 @@ def _store_key(conn: Connection, store_id: int, now: datetime) -> str:
     time (each waits for the store's rows before it: ``processor.AFTER_EARLIER``), so one is made."""
     key = conn.execute(_KEY, {"sid": store_id}).scalar_one_or_none()
     if key is None:
-        key = secrets.token_hex(32)
+        key = new_key()
         conn.execute(insert(ERASED), [dict(store_id=store_id, kind=KEY, ref=key, erased_at=now)])
     return key
 
@@ -114,7 +121,7 @@ def remember(conn: Connection, store_id: int, order_ids: Iterable[str], customer
     rows = [dict(store_id=store_id, kind=ORDER, ref=o[:64], erased_at=now) for o in orders]
     if customers:
         key = _store_key(conn, store_id, now)
-        rows += [dict(store_id=store_id, kind=CUSTOMER, ref=_hash(key, c), erased_at=now) for c in customers]
+        rows += [dict(store_id=store_id, kind=CUSTOMER, ref=customer_hash(key, c), erased_at=now) for c in customers]
     conn.execute(_insert(conn), rows)  # one already there (a repeated erasure) stays as it was
     return len(rows)
 
@@ -162,7 +169,7 @@ class Book:
         """One query: the marks among these orders and customers (and the store's key, until it is known)."""
         orders, customers = sorted({o[:64] for o in order_ids if o}), sorted({c for c in customer_ids if c})
         key = self.keys.get(store_id)
-        hashed = {_hash(key, c): c for c in customers} if key is not None else {}
+        hashed = {customer_hash(key, c): c for c in customers} if key is not None else {}
         # the store's key, if it had an erasure, until it is known: then its customers' marks
         query = marks_query(store_id, orders, sorted(hashed), with_key=key is None and bool(customers))
         if query is None:
@@ -201,6 +208,6 @@ class Book:
             return
         key = self.keys[store_id]
         conn.execute(delete(ERASED).where(ERASED.c.store_id == store_id, ERASED.c.kind == CUSTOMER,
-                                          ERASED.c.ref.in_(sorted(_hash(key, c) for c in back))))
+                                          ERASED.c.ref.in_(sorted(customer_hash(key, c) for c in back))))
         for c in back:
             del self.marks[(store_id, CUSTOMER, c)]

@@ -14,15 +14,22 @@ and PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import respx
-from sqlalchemy import select
+from alembic import command
+from alembic.script import ScriptDirectory
+from sqlalchemy import select, text
 
 from adapters.woocommerce.client import WooCommerceClient
 from connector.storage import models as m
+from connector.storage.db import alembic_config, current_revision, make_engine, migrate
 from connector.sync import reconcile_orders
+from tests.conftest import PG_URL
 from tests.scenarios import harness
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, world  # noqa: F401  (the scenarios' fixtures)
@@ -221,3 +228,86 @@ def test_shopify_updates_of_an_erased_customers_orders_bring_nothing_back(db_url
     sc.work()
     assert sc.templates_to(LUCIA.e164) == [THANKS, THANKS]
     assert len(contacts_with(db, sid, LUCIA.e164)) == 1
+
+
+@pytest.fixture
+def own_db_url(db_url: str, tmp_path: Path) -> Iterator[str]:
+    """A migrated database of the test's own, which it may take back to an older revision: the SQLite file
+    ``db_url`` is already; on PostgreSQL a schema of its own (the session's is shared), dropped afterwards."""
+    if db_url.startswith("sqlite"):
+        yield db_url
+        return
+    schema = f"sl_oldmarks_{os.getpid()}"
+    admin = make_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine = make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+    migrate(engine)
+    engine.dispose()
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def marks_of(db, store_id: int) -> list[tuple]:
+    with db.engine.connect() as conn:
+        query = select(m.ErasedRef.kind, m.ErasedRef.ref, m.ErasedRef.erased_at).where(m.ErasedRef.store_id == store_id)
+        return sorted(tuple(r) for r in conn.execute(query))
+
+
+def test_an_erasure_made_before_migration_0023_keeps_her_erased_after_the_upgrade(own_db_url, scenario, monkeypatch):  # noqa: F811
+    """An erasure before 0023 left everything one leaves now but the marks (table erased_refs): her contact
+    ``redacted:<id>`` with no phone, name or customer id, her orders with their ids and that contact, the
+    request's ``compliance_requests`` row. So she is erased through the app, and the database taken back to
+    0022 (the marks go with their table) is one such an erasure left. Upgrading marks her orders; a later
+    WooCommerce ``order.updated`` of her old order is then ignored: no contact, nothing sent. Another
+    customer's order of the same store is not marked, and his update is processed as ever."""
+    monkeypatch.setattr(harness, "settings_dict", _settings_with_shop_a_token)
+    sc = scenario(own_db_url, "woocommerce", journeys={"order_confirmation": {}}, store_settings={"admin_token": TEAM_WOO})
+    db, woo_id = sc.runtime.db, sc.runtime.store_ids["woo"]
+    order = woo_order(LUCIA, 7301, sc.now - timedelta(hours=1), cod=False, status="processing")
+    ravi = woo_order(RAVI, 7302, sc.now - timedelta(minutes=50), cod=False, status="processing")
+    sc.woo("order.created", order)
+    sc.woo("order.created", ravi)
+    sc.work()
+    assert sc.templates_to(LUCIA.e164) == [THANKS]
+    erased_at = sc.now
+    queued = sc.client.post("/api/stores/woo/customers/redact", json={"customer_id": LUCIA.customer_id}, headers=bearer(TEAM_WOO))
+    assert queued.status_code == 202, queued.text
+    sc.work()
+    assert leaks(db, LUCIA.needles(), woo_id) == []
+
+    command.downgrade(alembic_config(db.engine), "0022")  # the database as an erasure before 0023 left it
+    assert current_revision(db.engine) == "0022"
+    with db.engine.connect() as conn:
+        [(contact_id, phone_key)] = conn.execute(text("SELECT c.id, c.phone_key FROM contacts c JOIN orders o ON o.contact_id = c.id "
+                                                      "WHERE o.external_id = '7301'")).all()
+    assert phone_key == f"redacted:{contact_id}"
+    migrate(db.engine)
+
+    # her order is marked, with the erasure's time; no customer id is left to hash; his order is not marked
+    assert marks_of(db, woo_id) == [("order", "7301", erased_at)]
+    step = ScriptDirectory.from_config(alembic_config(db.engine)).get_revision("0023").module
+    with db.engine.begin() as conn:  # the step again (an upgrade retried): nothing changes
+        step._mark_earlier_erasures(conn)
+    assert marks_of(db, woo_id) == [("order", "7301", erased_at)]
+    before, mark, sent = aggregates(db, woo_id), last_inbox_id(db), len(sc.world.sent())
+
+    sc.later(days=3)  # the owner completes both orders: WooCommerce sends them whole again, her data in hers
+    sc.woo("order.updated", {**order, "status": "completed", "date_modified_gmt": p.gmt(sc.now), "date_modified": p.gmt(sc.now),
+                             "customer_note": f"Delivered to {LUCIA.first}, call {LUCIA.phone}"})
+    sc.woo("order.updated", {**ravi, "status": "completed", "date_modified_gmt": p.gmt(sc.now), "date_modified": p.gmt(sc.now)})
+    sc.later(hours=6)
+
+    assert rows_after(db, woo_id, mark) == [
+        ("woocommerce", "order.updated", "ignored", f"customer erased on {erased_at.date().isoformat()}", False),
+        ("woocommerce", "order.updated", "done", None, True)]
+    assert leaks(db, LUCIA.needles(), woo_id) == [] and contacts_with(db, woo_id, LUCIA.e164) == []
+    assert len(sc.world.sent()) == sent
+    after = aggregates(db, woo_id)
+    assert after["contacts"] == before["contacts"] and after["runs"] == before["runs"]
+    assert [o for o in after["orders"] if o[0] == "7301"] == [o for o in before["orders"] if o[0] == "7301"]
