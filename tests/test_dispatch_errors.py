@@ -33,7 +33,7 @@ from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world 
 from tests.conftest import PHONE_ID_A, SECRETS
 from tests.scenarios.fakes import WA_TOKEN
 from tests.scenarios.stores import SHOPIFY
-from tests.test_outbox import NOON_IST, Clock, attempts, outbox_rows, queue, seed_contact, settings_for
+from tests.test_outbox import NOON_IST, Clock, attempts, dispatch, outbox_rows, queue, seed_contact, settings_for
 
 ASHA, RAVI, MEERA = "+919876543210", "+919812345678", "+919900112233"
 COD = {"cod_confirmation": {"reminder_hours": [6], "answer_window_hours": 24}}
@@ -310,14 +310,7 @@ def test_the_marketing_limit_answered_to_the_send_retries_as_the_status_webhook_
                                                          "fbtrace_id": "T131049"}})] * 3)
     clock = Clock(NOON_IST)
 
-    async def run() -> None:
-        client = WhatsAppClient(url, settings.whatsapp.api_version, WA_TOKEN)
-        try:
-            await Dispatcher(db, settings, ids, client, clock=clock).drain()
-        finally:
-            await client.aclose()
-
-    asyncio.run(run())
+    dispatch(db, settings, ids, clock, url, token=WA_TOKEN)
     rows = {r.id: r for r in outbox_rows(db)}
     assert {s: rows[q.outbox_id].status for s, q in queued.items()} == {"w:ended": "failed", "w:going": "pending", "w:third": "failed"}
     assert rows[queued["w:going"].outbox_id].due_at >= NOON_IST + timedelta(hours=24)  # not before a day has passed

@@ -100,9 +100,9 @@ def sandbox():
         yield fake, server.url
 
 
-def dispatch(db, settings, ids, clock, base_url, **kw) -> int:
+def dispatch(db, settings, ids, clock, base_url, token: str = "sandbox-token", **kw) -> int:
     async def run() -> int:
-        client = WhatsAppClient(base_url, settings.whatsapp.api_version, "sandbox-token")
+        client = WhatsAppClient(base_url, settings.whatsapp.api_version, token)
         try:
             return await Dispatcher(db, settings, ids, client, clock=clock, **kw).drain()
         finally:

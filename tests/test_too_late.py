@@ -16,14 +16,11 @@ account restriction comes the way Meta sends it (``account_update``, as tests/te
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
-from adapters.whatsapp.client import WhatsAppClient
-from connector.outbox.dispatcher import Dispatcher
 from connector.sandbox.whatsapp import ScriptedResponse
 from connector.storage.inbox import sync_stores
 from connector.storage import models as m
@@ -37,7 +34,7 @@ from tests.test_cod_shipped_and_late import cancelled, tagged
 from tests.scenarios.fakes import WA_TOKEN
 from tests.test_config_and_cli_errors import _example_with
 from tests.test_dispatch_errors import graph  # noqa: F401 (fixture)
-from tests.test_outbox import NOON_IST, Clock, outbox_rows, queue, seed_contact, settings_for
+from tests.test_outbox import NOON_IST, Clock, dispatch, outbox_rows, queue, seed_contact, settings_for
 from tests.test_number_health import account, dashboard, restriction
 
 ASHA, RAVI = "+919876543210", "+919812345678"
@@ -263,18 +260,11 @@ def test_a_reminder_held_back_for_the_marketing_limit_goes_the_next_day_as_plann
                                                                    "ecosystem engagement.", "type": "OAuthException", "code": 131049}}))
     clock = Clock(NOON_IST)
 
-    async def drain() -> None:
-        client = WhatsAppClient(url, settings.whatsapp.api_version, WA_TOKEN)
-        try:
-            await Dispatcher(db, settings, ids, client, clock=clock).drain()
-        finally:
-            await client.aclose()
-
-    asyncio.run(drain())
+    dispatch(db, settings, ids, clock, url, token=WA_TOKEN)
     [row] = [r for r in outbox_rows(db) if r.id == queued.outbox_id]
     assert row.status == "pending" and row.due_at >= NOON_IST + timedelta(hours=24)
     clock.now = row.due_at + timedelta(minutes=1)
-    asyncio.run(drain())
+    dispatch(db, settings, ids, clock, url, token=WA_TOKEN)
     [row] = [r for r in outbox_rows(db) if r.id == queued.outbox_id]
     assert (row.status, row.skip_reason) == ("sent", None)
     assert [c.to for c in fake.accepted()] == [RAVI]
