@@ -329,10 +329,15 @@ class Dispatcher:
             return ob.Result(row, "failed", started, error_detail=f"not sent: preparing it raised {describe_error(exc)}"[:255])
         latest = self._send_by(row)
         if decision.deferred:
-            if latest is not None and decision.defer_until is not None and decision.defer_until > latest:
-                # quiet hours or the RED hold would release it past its time: dropped now, with the reason visible at once
-                return ob.Result(row, "skipped", started, error_detail=TOO_LATE)
-            return ob.Result(row, "deferred", started, due_at=decision.defer_until, error_detail=decision.reason)
+            due = decision.defer_until
+            if latest is not None and due is not None and due > latest:
+                if not decision.looks_again or started >= latest:
+                    # quiet hours would release it past its time, or the RED hold lasted to it: dropped now,
+                    # with the reason visible at once
+                    return ob.Result(row, "skipped", started, error_detail=TOO_LATE)
+                # the RED hold may end before its time: one last look then (still held there, it is dropped above)
+                due = latest
+            return ob.Result(row, "deferred", started, due_at=due, error_detail=decision.reason)
         if not decision.allowed:
             return ob.Result(row, "skipped", started, error_detail=decision.reason)
         if wait > SHORT_WAIT:
