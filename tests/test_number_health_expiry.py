@@ -40,11 +40,13 @@ def test_a_restriction_that_runs_out_is_noted_ended_and_its_case_hears_it_once(d
     [case] = sc.handoffs("open")
     assert [u["reason"] for u in case["context"].get("updates", [])] == [
         "The restriction Meta put on the WhatsApp Business Account (RESTRICTED_BIZ_INITIATED_MESSAGING) "
-        f"ended {until:%Y-%m-%d %H:%M} UTC: waiting messages go out now"]
+        f"ended {until:%Y-%m-%d %H:%M} UTC: waiting messages still in time go out now; those held past their send_within "
+        "limit are skipped as too_late (the dashboard counts them)"]
     assert len(told(world)) == 2 and "Update: The restriction Meta put on the WhatsApp Business Account" in told(world)[1][1]
     health = whatsapp_health(sc)
     assert health["sends_held"] is None and health.get("restriction_ended_at") == until.isoformat()
     assert "restriction of the account ended" in dashboard(sc)
+    assert "sends resumed; messages held past their send_within limit were skipped as too_late" in dashboard(sc)
 
     # more rounds, and Meta repeating the old restriction (its retry, after the end): nobody is told again
     account(sc, restricted, at=start)

@@ -88,6 +88,12 @@ def test_a_cart_reminder_held_past_its_time_by_a_restriction_is_dropped_and_the_
     assert (health["queued"], health["sent"], health["skipped_by_reason"]) == (2, 1, {"too_late": 1})
     dashboard(sc)  # signs in
     assert "too_late × 1" in sc.client.get(f"/dashboard/{sc.key}?week={WEEK}").text
+    # what the owner's case said at the start and is told at the end is true of the dropped reminder
+    [case] = sc.handoffs("open")
+    assert "unless held longer than its send_within limit (6 h for cart and reorder reminders" in case["reason"]
+    assert case["context"]["updates"][-1]["reason"].endswith(
+        "waiting messages still in time go out now; those held past their send_within limit are skipped as too_late "
+        "(the dashboard counts them)")
 
 
 def test_a_purchase_after_a_reminder_dropped_as_too_late_is_no_recovery(sqlite_url, scenario, world):

@@ -256,14 +256,14 @@ class Dispatcher:
         self._shown[phone_id] = pause
         log.error(
             "WhatsApp refuses every send of store %s (code %s): %s; its messages wait unsent, and one is tried again in %d s. "
-            "Fix the account (a new access token needs a restart), and the waiting messages go out",
+            "Fix the account (a new access token needs a restart), and the waiting messages still in time go out",
             self._stores_of(phone_id), exc.code, exc, seconds, extra={"store": self._stores_of(phone_id), "code": exc.code},
         )
 
     def _resume(self, phone_id: str) -> None:
         if self.paused.pop(phone_id, None) is not None:
             self._shown[phone_id] = None
-            log.warning("WhatsApp takes store %s's messages again; the waiting ones go out now", self._stores_of(phone_id),
+            log.warning("WhatsApp takes store %s's messages again; the waiting ones still in time go out now", self._stores_of(phone_id),
                         extra={"store": self._stores_of(phone_id)})
 
     async def _show_pauses(self) -> None:
