@@ -151,6 +151,14 @@ MAX_SEND_WITHIN_HOURS = 8760
 DEFAULT_SEND_WITHIN_HOURS: dict[str, float] = {"delivery.out_for_delivery": 6.0}
 
 
+def _number(text: str) -> float | None:
+    """A number read from the environment (``"env:NAME"``: text by nature, as everywhere else), or None."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 class PolicySettings(_Settings):
     """The policy gate's knobs, per store (see connector/policy.py for the rules)."""
 
@@ -198,9 +206,11 @@ class PolicySettings(_Settings):
             elif step and steps and not any(re.fullmatch(pattern, step) for pattern in steps):
                 shown = ", ".join(p.replace(r"\d+", "N") for p in steps)
                 problems.append((key, f"{step!r} is not a step {name} sends ({shown})"))
-            elif isinstance(hours, bool) or not isinstance(hours, (int, float)):
-                problems.append((key, "must be a number of hours, e.g. 6 or 0.5"))
-            elif not 0 < hours <= MAX_SEND_WITHIN_HOURS:
+            elif isinstance(hours, FromEnv) and _number(hours) is None:
+                problems.append((key, f"the environment gives {str(hours)!r}, not a number of hours, e.g. 6 or 0.5"))
+            elif isinstance(hours, bool) or not isinstance(hours, (int, float, FromEnv)):
+                problems.append((key, "must be a number of hours, e.g. 6 or 0.5"))  # quoted in TOML: a typo
+            elif not 0 < (hours := _number(hours) if isinstance(hours, FromEnv) else hours) <= MAX_SEND_WITHIN_HOURS:
                 problems.append((key, f"must be greater than 0 and at most {MAX_SEND_WITHIN_HOURS} hours (a year)"))
             else:
                 out[str(key)] = float(hours)

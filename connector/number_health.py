@@ -19,7 +19,8 @@ what is already known (Meta's retry, the same news again) tells nobody twice (``
 news opens, or adds to, one case per number for the store's owner (``number_news``; a template's
 rating goes to the template's case). While the account may not message, the store's WhatsApp
 sends wait (``stores.whatsapp_held_until``, read by the outbox claim): no attempt is spent, and
-they go when the restriction ends or Meta lifts it. Either way its end is noted (``ended_at``) and
+they go when the restriction ends or Meta lifts it, except those held past their latest useful send
+time (``policy.send_by``), skipped as ``too_late``: what the owner is told says so. Either way its end is noted (``ended_at``) and
 added to the number's open case: Meta says nothing when one simply runs out, so the worker's round
 after its end does that (``end_passed_holds``). While the number is RED the policy gate holds
 marketing messages (``policy.check``); order, COD and delivery messages still go.
@@ -190,7 +191,7 @@ def end_passed_holds(conn: Connection, store_ids: list[int], now: datetime) -> l
             kinds = ", ".join(sorted({r["kind"] for r in ended}))
             out.append((row.id, NumberNews(
                 f"The restriction Meta put on the WhatsApp Business Account ({kinds}) ended "
-                f"{row.whatsapp_held_until:%Y-%m-%d %H:%M} UTC: waiting messages go out now", only_open=True)))
+                f"{row.whatsapp_held_until:%Y-%m-%d %H:%M} UTC: {RESUMED}", only_open=True)))
     return out
 
 
@@ -229,6 +230,18 @@ class NumberNews:
     only_open: bool = False  # good news: added to the number's open case, if one is; else nobody is told
 
 
+# when sends resume: the messages held past their latest useful send time (``policy.send_by``) do not go
+RESUMED = ("waiting messages still in time go out now; those held past their send_within limit are skipped as too_late "
+           "(the dashboard counts them)")
+
+
+def _limits(store: Any) -> str:
+    """The store's send_within limits, as the owner set them (``[stores.policy]``)."""
+    policy = store.policy
+    return (f"its send_within limit ({policy.marketing_send_within_hours:g} h for cart and reorder reminders, "
+            f"{policy.utility_send_within_hours:g} h for order, COD and delivery messages)")
+
+
 def _utc(at: datetime | None) -> str:
     return "until Meta lifts it" if at is None or at == UNTIL_LIFTED else f"until {at:%Y-%m-%d %H:%M} UTC"
 
@@ -256,7 +269,8 @@ def number_news(event: Any, store: Any) -> NumberNews | None:
                 "send fewer marketing messages, and only to customers who opted in")
         if event.event == "UNFLAGGED":
             return NumberNews(f"{number} is no longer flagged: its quality rating is back up. Held marketing messages go out "
-                              "again, each cart or reorder run's latest one only", only_open=True)
+                              "again, each cart or reorder run's latest one only, unless held past its send_within limit "
+                              "(skipped as too_late)", only_open=True)
         if event.event == "DOWNGRADE":
             was = f" from {event.old_limit}" if event.old_limit else ""
             return NumberNews(
@@ -275,7 +289,7 @@ def number_news(event: Any, store: Any) -> NumberNews | None:
         listed = "; ".join(f"{RESTRICTION_WORDS.get(r.kind, r.kind)} ({r.kind}) {_utc(r.until)}" for r in event.restrictions)
         if not messaging:
             now_says = f": {listed}" if listed else ""
-            return NumberNews(f"Meta no longer restricts the {account}'s messaging{now_says}. Waiting messages go out now",
+            return NumberNews(f"Meta no longer restricts the {account}'s messaging{now_says}. {RESUMED.capitalize()}",
                               only_open=True)
         holding = [r for r in messaging if r.kind in HOLDS]
         if not holding:
@@ -285,18 +299,20 @@ def number_news(event: Any, store: Any) -> NumberNews | None:
         end = max(r.until or UNTIL_LIFTED for r in holding)
         when = "once Meta lifts it" if end == UNTIL_LIFTED else f"when it ends, {end:%Y-%m-%d %H:%M} UTC"
         return NumberNews(
-            f"Meta restricted the {account}: {listed}. Every WhatsApp message of this store waits, none is lost, and they "
-            f"go out {when}. See why, and appeal if it is wrong, in {WHERE}")
+            f"Meta restricted the {account}: {listed}. Every WhatsApp message of this store waits unsent and goes out "
+            f"{when}, unless held longer than {_limits(store)} after it was meant to go: then it is skipped as too_late. "
+            f"See why, and appeal if it is wrong, in {WHERE}")
     if event.event == "DISABLED_UPDATE":
         date = f" ({event.ban_date})" if event.ban_date else ""
         if event.ban_state == "DISABLE":
             return NumberNews(f"Meta disabled the {account}{date}: every WhatsApp message of this store waits until Meta "
-                              f"reinstates it. Request a review in {WHERE}")
+                              f"reinstates it, unless held longer than {_limits(store)} after it was meant to go: then it "
+                              f"is skipped as too_late. Request a review in {WHERE}")
         if event.ban_state == "SCHEDULE_FOR_DISABLE":
             return NumberNews(f"Meta will disable the {account}{date} for policy violations: fix them or appeal in {WHERE} "
                               "before then; after it, no message of this store can be sent")
         if event.ban_state == "REINSTATE":
-            return NumberNews(f"Meta reinstated the {account}{date}: waiting messages go out now", only_open=True)
+            return NumberNews(f"Meta reinstated the {account}{date}: {RESUMED}", only_open=True)
         return None
     if event.event == "ACCOUNT_VIOLATION":
         what = f" ({event.violation})" if event.violation else ""

@@ -18,7 +18,8 @@ always say why someone was not messaged. Rules, in order:
 
 Before the gate, the dispatcher drops a message held so long that it no longer makes sense
 (``send_by``: a cart reminder a day late, "out for delivery" after the parcel arrived): skipped
-as ``too_late``, also when a deferral would push it past that time.
+as ``too_late``, also when quiet hours would push it past that time. The RED hold, whose end is
+unknown, looks last at that time itself (the number may recover before it) and drops it then.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class Decision:
     allowed: bool
     reason: str | None = None
     defer_until: datetime | None = None
+    # a hold whose end nobody knows (the number rated RED), looked at again at ``defer_until``: until the
+    # message's last useful minute it is worth another look, where a known end (quiet hours) past it is not
+    looks_again: bool = False
 
     @property
     def deferred(self) -> bool:
@@ -173,7 +177,7 @@ def check(
         if len(recent) >= rules.marketing_cap:
             return Decision(False, "frequency_cap")
         if number_quality == "RED":
-            return Decision(False, "number_quality_red", defer_until=now + QUALITY_RECHECK)
+            return Decision(False, "number_quality_red", defer_until=now + QUALITY_RECHECK, looks_again=True)
     if rules.quiet_start is not None and rules.quiet_end is not None:
         if category == "marketing" or not rules.utility_in_quiet_hours:
             when = next_allowed(now, tz, rules.quiet_start, rules.quiet_end)

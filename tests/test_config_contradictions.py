@@ -15,9 +15,13 @@ Each edit is made to config.example.toml and checked by the real CLI, as its use
 
 from __future__ import annotations
 
+import tomllib
+from datetime import timedelta
+
 import pytest
 
 from connector.cli import app
+from connector.config import parse_settings
 from tests.test_config_and_cli_errors import EXAMPLE, EXAMPLE_ENV, _example_with, _no_traceback, _plain, runner
 
 REORDER = "# [stores.journeys.reorder]"
@@ -101,3 +105,25 @@ def test_a_marketing_journey_with_no_marketing_allowed_is_a_warning(tmp_path, mo
     assert result.exit_code == 0, result.output
     assert ("warning: stores[acme].policy.marketing_cap is 0 but journey reorder sends marketing messages: each is "
             "skipped as frequency_cap; raise marketing_cap or turn the journey off") in _plain(result)
+
+
+SEND_WITHIN = 'send_within_hours = { "delivery.out_for_delivery" = 6 }'
+
+
+def test_a_send_within_limit_read_from_the_environment_converts_like_any_number(tmp_path, monkeypatch):
+    """``send_within_hours = { reorder = "env:REORDER_HOURS" }``: text by nature, as a port read so; it
+    converts (12.5 hours), and text that is no number is named with the table entry it stands for."""
+    text = EXAMPLE.read_text()
+    assert SEND_WITHIN in text
+    text = text.replace(SEND_WITHIN, 'send_within_hours = { reorder = "env:REORDER_HOURS" }', 1)
+    result = _check(tmp_path, monkeypatch, text, {"REORDER_HOURS": "12.5"})
+    assert result.exit_code == 0, result.output
+    policy = parse_settings(tomllib.loads(text), environ={**EXAMPLE_ENV, "REORDER_HOURS": "12.5"}).stores[0].policy
+    assert policy.rules().send_within["reorder"] == timedelta(hours=12.5)
+    result = _check(tmp_path, monkeypatch, text, {"REORDER_HOURS": "half a day"})
+    assert result.exit_code == 2, result.output
+    assert ("stores[0].policy.send_within_hours.reorder: the environment gives 'half a day', not a number of hours, "
+            "e.g. 6 or 0.5") in _plain(result), result.output
+    result = _check(tmp_path, monkeypatch, text, {"REORDER_HOURS": "0"})
+    assert result.exit_code == 2 and ("stores[0].policy.send_within_hours.reorder: must be greater than 0 and at most 8760 "
+                                      "hours (a year)") in _plain(result), result.output

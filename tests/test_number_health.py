@@ -108,13 +108,17 @@ def test_a_restricted_account_tells_the_owner_once_and_its_messages_wait_until_t
     [(stage, text)] = told(world)
     assert stage == "entry" and text.startswith("*shop-a: hand-off #")
     assert "Meta restricted the WhatsApp Business Account" in text and "RESTRICTED_BIZ_INITIATED_MESSAGING" in text
-    assert "waits, none is lost" in text and f"{until:%Y-%m-%d %H:%M} UTC" in text and "Business Support Home" in text
+    assert f"Every WhatsApp message of this store waits unsent and goes out when it ends, {until:%Y-%m-%d %H:%M} UTC, unless held " \
+           "longer than its send_within limit (6 h for cart and reorder reminders, 24 h for order, COD and delivery messages) " \
+           "after it was meant to go: then it is skipped as too_late" in text and "Business Support Home" in text
+    assert "none is lost" not in text
     [case] = sc.handoffs("open")
     assert (case["subject"], case["journey"], case["stage"], case["context"]) == (f"number:{PHONE_ID_A}", None, "entry", {})
     held = whatsapp_health(sc)["sends_held"]
     assert held["until"] == until.isoformat() and "no message may start a conversation" in held["reason"]
     page = dashboard(sc)
     assert "WhatsApp sends are paused" in page and "Meta restricted the WhatsApp Business Account" in page
+    assert "except those held past their send_within limit, skipped as too_late" in page and "none is lost" not in page
     ready = sc.client.get("/readyz").json()
     assert ready["whatsapp"] == "paused" and ready["whatsapp_paused_stores"] >= 1
 
@@ -141,6 +145,8 @@ def test_a_disabled_account_holds_every_message_until_meta_reinstates_it(sqlite_
     first, second = told(world)
     assert "Meta disabled the WhatsApp Business Account (November 16, 2026)" in first[1]
     assert "Update: Meta reinstated the WhatsApp Business Account" in second[1]
+    assert "waits until Meta reinstates it, unless held longer than its send_within limit" in first[1]
+    assert "waiting messages still in time go out now; those held past their send_within limit are skipped as too_late" in second[1]
     [case] = sc.handoffs("open")
     assert len(case["context"]["updates"]) == 1
 

@@ -14,12 +14,16 @@ on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
+from sqlalchemy import update
+
+from connector.storage import models as m
 from tests.scenarios.conftest import _world_server, scenario, world  # noqa: F401 (fixtures)
 from tests.scenarios.stores import SHOPIFY
-from tests.scenarios.test_store_journeys import COD
-from tests.test_number_health import ASHA, account, dashboard, outbox, restriction, told, whatsapp_health
+from tests.scenarios.test_store_journeys import COD, LADDER
+from tests.test_number_health import ASHA, RAVI, account, dashboard, outbox, restriction, told, whatsapp_health
 
 
 def test_a_restriction_that_runs_out_is_noted_ended_and_its_case_hears_it_once(db_url, scenario, world):
@@ -40,11 +44,13 @@ def test_a_restriction_that_runs_out_is_noted_ended_and_its_case_hears_it_once(d
     [case] = sc.handoffs("open")
     assert [u["reason"] for u in case["context"].get("updates", [])] == [
         "The restriction Meta put on the WhatsApp Business Account (RESTRICTED_BIZ_INITIATED_MESSAGING) "
-        f"ended {until:%Y-%m-%d %H:%M} UTC: waiting messages go out now"]
+        f"ended {until:%Y-%m-%d %H:%M} UTC: waiting messages still in time go out now; those held past their send_within "
+        "limit are skipped as too_late (the dashboard counts them)"]
     assert len(told(world)) == 2 and "Update: The restriction Meta put on the WhatsApp Business Account" in told(world)[1][1]
     health = whatsapp_health(sc)
     assert health["sends_held"] is None and health.get("restriction_ended_at") == until.isoformat()
     assert "restriction of the account ended" in dashboard(sc)
+    assert "sends resumed; messages held past their send_within limit were skipped as too_late" in dashboard(sc)
 
     # more rounds, and Meta repeating the old restriction (its retry, after the end): nobody is told again
     account(sc, restricted, at=start)
@@ -67,3 +73,21 @@ def test_a_restriction_meta_lifts_early_is_noted_ended_when_meta_says_so(db_url,
     assert len(told(world)) == 2 and "no longer restricts" in told(world)[1][1]
     sc.at(until + timedelta(hours=1), step=timedelta(hours=1))
     assert len(told(world)) == 2
+
+
+def test_a_timer_round_still_fires_the_journeys_when_noting_a_restrictions_end_raises(db_url, scenario, world, caplog):
+    """A restriction kept with an end that is not a date (a row written by hand, or by an older version) and a
+    hold that has passed: noting its end raises at every round. The round logs it and fires the stores'
+    journeys all the same: Ravi's cart reminder is queued and goes; nothing about the hold is told."""
+    sc = scenario(db_url, "shopify", journeys=LADDER)
+    broken = {"restriction": {"restrictions": [{"kind": "RESTRICTED_BIZ_INITIATED_MESSAGING", "until": "next tuesday"}],
+                              "at": (sc.now - timedelta(hours=3)).isoformat()}}
+    with sc.runtime.db.engine.begin() as conn:
+        conn.execute(update(m.Store).where(m.Store.key == sc.key).values(
+            whatsapp_health=broken, whatsapp_held_until=sc.now - timedelta(hours=1)))
+    SHOPIFY.start_checkout(sc, "cartR", RAVI)
+    with caplog.at_level(logging.ERROR, logger="storeloop.processor"):
+        sc.later(hours=1, step=timedelta(minutes=20))
+    assert sc.templates_to(RAVI) == ["cart_1_v1"]  # the abandonment timer fired at 30 minutes, and the reminder went
+    assert any("noting the end of a WhatsApp restriction failed" in r.getMessage() for r in caplog.records)
+    assert told(world) == []

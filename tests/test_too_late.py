@@ -16,7 +16,7 @@ account restriction comes the way Meta sends it (``account_update``, as tests/te
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -35,7 +35,7 @@ from tests.scenarios.fakes import WA_TOKEN
 from tests.test_config_and_cli_errors import _example_with
 from tests.test_dispatch_errors import graph  # noqa: F401 (fixture)
 from tests.test_outbox import NOON_IST, Clock, dispatch, outbox_rows, queue, seed_contact, settings_for
-from tests.test_number_health import account, dashboard, restriction
+from tests.test_number_health import account, dashboard, number, restriction
 
 ASHA, RAVI = "+919876543210", "+919812345678"
 ONE_REMINDER = {"checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0]}}
@@ -85,6 +85,12 @@ def test_a_cart_reminder_held_past_its_time_by_a_restriction_is_dropped_and_the_
     assert (health["queued"], health["sent"], health["skipped_by_reason"]) == (2, 1, {"too_late": 1})
     dashboard(sc)  # signs in
     assert "too_late × 1" in sc.client.get(f"/dashboard/{sc.key}?week={WEEK}").text
+    # what the owner's case said at the start and is told at the end is true of the dropped reminder
+    [case] = sc.handoffs("open")
+    assert "unless held longer than its send_within limit (6 h for cart and reorder reminders" in case["reason"]
+    assert case["context"]["updates"][-1]["reason"].endswith(
+        "waiting messages still in time go out now; those held past their send_within limit are skipped as too_late "
+        "(the dashboard counts them)")
 
 
 def test_a_purchase_after_a_reminder_dropped_as_too_late_is_no_recovery(sqlite_url, scenario, world):
@@ -177,6 +183,48 @@ def test_a_reminder_that_quiet_hours_would_push_past_its_time_is_dropped_when_it
     sc.at(until + timedelta(minutes=1), step=timedelta(minutes=30))
     assert rows(sc, "checkout_recovery") == [("checkout_recovery", "first", "whatsapp", "skipped", "too_late", 0)]
     sc.later(hours=14, step=timedelta(hours=1))
+    assert sc.sent() == []
+
+
+def planned_of(sc, journey: str) -> datetime:
+    with sc.runtime.db.engine.connect() as conn:
+        return conn.execute(select(m.OutboxMessage.planned_at).where(m.OutboxMessage.journey == journey)).scalar_one()
+
+
+def test_a_reminder_held_for_the_red_rating_waits_to_its_last_minute_and_goes_if_the_number_recovers_in_time(
+        sqlite_url, scenario, world):
+    """The number is RED: Ravi's cart reminder (marketing: 6 hours) is looked at again hourly. Before, the look
+    that found the next hourly one past its limit dropped it as too_late at once, up to an hour early, though
+    the number recovered before the limit. Now the last look waits until the limit itself: the number is
+    UNFLAGGED 10 minutes before it, and the reminder goes."""
+    sc = scenario(sqlite_url, "shopify", journeys=ONE_REMINDER)
+    account(sc, number("FLAGGED", current_limit="TIER_1K"), at=sc.now)
+    SHOPIFY.start_checkout(sc, "R", RAVI)
+    sc.later(hours=1, step=timedelta(minutes=7))
+    latest = planned_of(sc, "checkout_recovery") + timedelta(hours=6)
+    sc.at(latest - timedelta(minutes=10), step=timedelta(minutes=7))
+    assert sc.sent() == [] and rows(sc, "checkout_recovery") == [("checkout_recovery", "first", "whatsapp", "pending", None, 0)]
+
+    account(sc, number("UNFLAGGED", current_limit="TIER_1K"), at=sc.now)
+    sc.at(latest, step=timedelta(minutes=7))
+    assert sc.templates_to(RAVI) == ["cart_1_v1"]
+    assert rows(sc, "checkout_recovery") == [("checkout_recovery", "first", "whatsapp", "sent", None, 1)]
+
+
+def test_a_reminder_still_held_for_the_red_rating_at_its_limit_is_dropped_then_once(sqlite_url, scenario, world):
+    """Still RED when the limit comes: the reminder looked at exactly then is skipped as too_late (its last
+    look was put at the limit itself: it is not put there again and again), and nothing goes afterwards."""
+    sc = scenario(sqlite_url, "shopify", journeys=ONE_REMINDER)
+    account(sc, number("FLAGGED", current_limit="TIER_1K"), at=sc.now)
+    SHOPIFY.start_checkout(sc, "R", RAVI)
+    sc.later(hours=1, step=timedelta(minutes=7))
+    latest = planned_of(sc, "checkout_recovery") + timedelta(hours=6)
+    sc.at(latest - timedelta(minutes=1), step=timedelta(minutes=7))
+    assert rows(sc, "checkout_recovery") == [("checkout_recovery", "first", "whatsapp", "pending", None, 0)]
+    sc.at(latest, step=timedelta(minutes=7))  # a round at the very limit
+    assert rows(sc, "checkout_recovery") == [("checkout_recovery", "first", "whatsapp", "skipped", "too_late", 0)]
+    account(sc, number("UNFLAGGED", current_limit="TIER_1K"), at=sc.now)
+    sc.later(hours=3, step=timedelta(minutes=30))
     assert sc.sent() == []
 
 

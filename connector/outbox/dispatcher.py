@@ -256,14 +256,14 @@ class Dispatcher:
         self._shown[phone_id] = pause
         log.error(
             "WhatsApp refuses every send of store %s (code %s): %s; its messages wait unsent, and one is tried again in %d s. "
-            "Fix the account (a new access token needs a restart), and the waiting messages go out",
+            "Fix the account (a new access token needs a restart), and the waiting messages still in time go out",
             self._stores_of(phone_id), exc.code, exc, seconds, extra={"store": self._stores_of(phone_id), "code": exc.code},
         )
 
     def _resume(self, phone_id: str) -> None:
         if self.paused.pop(phone_id, None) is not None:
             self._shown[phone_id] = None
-            log.warning("WhatsApp takes store %s's messages again; the waiting ones go out now", self._stores_of(phone_id),
+            log.warning("WhatsApp takes store %s's messages again; the waiting ones still in time go out now", self._stores_of(phone_id),
                         extra={"store": self._stores_of(phone_id)})
 
     async def _show_pauses(self) -> None:
@@ -329,10 +329,15 @@ class Dispatcher:
             return ob.Result(row, "failed", started, error_detail=f"not sent: preparing it raised {describe_error(exc)}"[:255])
         latest = self._send_by(row)
         if decision.deferred:
-            if latest is not None and decision.defer_until is not None and decision.defer_until > latest:
-                # quiet hours or the RED hold would release it past its time: dropped now, with the reason visible at once
-                return ob.Result(row, "skipped", started, error_detail=TOO_LATE)
-            return ob.Result(row, "deferred", started, due_at=decision.defer_until, error_detail=decision.reason)
+            due = decision.defer_until
+            if latest is not None and due is not None and due > latest:
+                if not decision.looks_again or started >= latest:
+                    # quiet hours would release it past its time, or the RED hold lasted to it: dropped now,
+                    # with the reason visible at once
+                    return ob.Result(row, "skipped", started, error_detail=TOO_LATE)
+                # the RED hold may end before its time: one last look then (still held there, it is dropped above)
+                due = latest
+            return ob.Result(row, "deferred", started, due_at=due, error_detail=decision.reason)
         if not decision.allowed:
             return ob.Result(row, "skipped", started, error_detail=decision.reason)
         if wait > SHORT_WAIT:
