@@ -99,8 +99,9 @@ def _batches(db: Database, step: Callable[[Connection, int], tuple[int, int | No
 
 
 def _messages(conn: Connection, cutoff: datetime, now: datetime, days: int, after: int, batch: int) -> tuple[int, int | None]:
+    """Only messages with a text are marked: a photo or reaction that never had one is not shown as removed."""
     ids = conn.execute(select(MESSAGES.c.id).where(
-        MESSAGES.c.id > after, MESSAGES.c.occurred_at < cutoff, MESSAGES.c.content_removed_at.is_(None))
+        MESSAGES.c.id > after, MESSAGES.c.occurred_at < cutoff, MESSAGES.c.body.is_not(None))
         .order_by(MESSAGES.c.id).limit(batch)).scalars().all()
     if ids:
         conn.execute(update(MESSAGES).where(MESSAGES.c.id.in_(ids)).values(body=None, content_removed_at=now))

@@ -11,6 +11,7 @@ after. Signed webhooks into the real app, SQLite and PostgreSQL; the config erro
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 
 import anyio
@@ -23,7 +24,8 @@ from connector.storage import models as m
 from jobs.scheduler import purge_job
 from tests.helpers import running_app
 from tests.test_compliance import (
-    ADMIN, KABIR, MEENA, T0, Clock, Person, checkout_payload, customer_story, inbound_text, leaks, post_shopify, post_whatsapp,
+    ADMIN, KABIR, MEENA, T0, Clock, Person, checkout_payload, customer_story, inbound_text, leaks, personal_data_in_logs, post_shopify,
+    post_whatsapp,
 )
 from tests.test_config_and_cli_errors import _config, _no_traceback, _plain
 from tests.test_privacy_completeness import make_settings
@@ -37,7 +39,7 @@ def rows(db, model, *where):
         return conn.execute(select(model).where(*where).order_by(model.id)).all()
 
 
-def test_old_conversations_and_closed_cases_are_emptied_open_cases_pending_sends_and_recent_texts_stay(db_url):
+def test_old_conversations_and_closed_cases_are_emptied_open_cases_pending_sends_and_recent_texts_stay(db_url, caplog):
     """Meena's whole story (reminder, order confirmation, her free-text reply, its hand-off, closed) is a
     retention old: her texts, the case's context and her words in its reason, and the rendered messages
     go; direction, status, wamid, times, template names and the report's figures stay, and the timeline
@@ -84,8 +86,13 @@ def test_old_conversations_and_closed_cases_are_emptied_open_cases_pending_sends
         kabir_case = rows(runtime.db, m.Handoff, m.Handoff.id == cases[kabir_id].id)[0]
 
         clock.now = later
-        done = anyio.run(purge_job, runtime, "test-worker")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="storeloop"):
+            done = anyio.run(purge_job, runtime, "test-worker")
         assert done["messages"] >= 4 and done["handoffs"] == 1 and done["outbox"] >= 2, done
+        said = [r for r in caplog.records if r.getMessage() == "emptied conversation content past retention"]
+        assert len(said) == 1 and said[0].messages_emptied == done["messages"]  # counts, never what went
+        assert personal_data_in_logs(caplog.records, MEENA.needles() + KABIR.needles() + meena_texts) == []
 
         # Meena: no text of hers or ours left in the conversation tables; the contact and the order are not this job's
         found = [(t, c) for t, c, _, _ in leaks(runtime.db, meena_texts + [MEENA.email, MEENA.first], a) if t in CONTENT_TABLES]
