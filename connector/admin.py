@@ -36,6 +36,15 @@ def _event_summary(row: Any) -> dict[str, Any]:
     }
 
 
+def _message_text(msg: Any) -> str | None:
+    """The text, or what became of it: the conversation retention (``connector/retention.py``) empties texts
+    past ``worker.conversation_retention_days``; the days are the message's age when it went."""
+    if msg.content_removed_at is None:
+        return msg.body
+    days = (_aware(msg.content_removed_at) - _aware(msg.occurred_at)).days
+    return f"(text removed after {days} days)"
+
+
 def contact_view(db: Database, store_id: int, phone: str, default_country: str, limit: int = 100) -> dict[str, Any] | None:
     parsed = normalize_phone(phone, default_country)
     if parsed is None:
@@ -81,7 +90,7 @@ def contact_view(db: Database, store_id: int, phone: str, default_country: str, 
                 "type": msg.kind,
                 "status": msg.status,
                 "error_code": msg.error_code,
-                "text": msg.body,
+                "text": _message_text(msg),
             }
             for msg in messages
         ]

@@ -78,9 +78,9 @@ REDACTED = "redacted"
 _CHUNK = 500
 _UNSETTLED = ("pending", "failed", "held")
 # what an outbox payload keeps: enough for reports (the template name) and the write-back audit
-_PAYLOAD_KEEP = ("subject", "action", "order_id", "args", "handoff_id", "stage", "fallback_category")
-_MESSAGE_KEEP = ("kind", "name", "language")
-_HANDOFF_CONTEXT_KEEP = ("stage", "order", "last_order", "active_journeys", "told_at", "told_update")
+PAYLOAD_KEEP = ("subject", "action", "order_id", "args", "handoff_id", "stage", "fallback_category")
+MESSAGE_KEEP = ("kind", "name", "language")
+HANDOFF_CONTEXT_KEEP = ("stage", "order", "last_order", "active_journeys", "told_at", "told_update")
 _STATE_DROP = ("recovery_url",)  # a checkout recovery URL opens the customer's checkout (address, email)
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _LONG_NUMBER = re.compile(r"(?<!\d)\+?\d(?:[\s\-.()/]*\d){8,}(?!\d)")  # 9+ digits: a phone, not a date
@@ -184,14 +184,14 @@ def _scrub(value: Any, pattern: re.Pattern[str] | None) -> Any:
     return value
 
 
-def _generic_scrub(value: Any) -> Any:
+def generic_scrub(value: Any) -> Any:
     """For text not tied to one contact (shop erasure): any email and any long number."""
     if isinstance(value, str):
         return _LONG_NUMBER.sub("[number]", _EMAIL.sub("[email]", value))
     if isinstance(value, list):
-        return [_generic_scrub(v) for v in value]
+        return [generic_scrub(v) for v in value]
     if isinstance(value, dict):
-        return {k: _generic_scrub(v) for k, v in value.items()}
+        return {k: generic_scrub(v) for k, v in value.items()}
     return value
 
 
@@ -245,7 +245,7 @@ class Scope:
         number too when the row has no contact to go by.
         """
         if self.shop and (contact_id is None or contact_id not in self.per_contact):
-            return _generic_scrub(value) if generic else value
+            return generic_scrub(value) if generic else value
         return _scrub(value, self.pattern(contact_id))
 
     # where-clauses: the whole store, or what concerns the customer
@@ -556,10 +556,10 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
     for r in found:
         outbox_contacts[r.id] = r.contact_id
         payload = r.payload or {}
-        kept: dict[str, Any] = {k: scope.scrub(payload[k], r.contact_id) for k in _PAYLOAD_KEEP if k in payload}
+        kept: dict[str, Any] = {k: scope.scrub(payload[k], r.contact_id) for k in PAYLOAD_KEEP if k in payload}
         message = payload.get("message")
         if isinstance(message, dict):
-            kept["message"] = {k: message[k] for k in _MESSAGE_KEEP if k in message}
+            kept["message"] = {k: message[k] for k in MESSAGE_KEEP if k in message}
         kept[REDACTED] = True
         values: dict[str, Any] = {"_id": r.id, "payload": kept}
         if (key := keys.scrub(r.id, r.idempotency_key, r.contact_id)) != r.idempotency_key:
@@ -607,7 +607,7 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
                                 HANDOFFS.c.subject).where(scope.by_contact(HANDOFFS, _in(HANDOFFS.c.subject, subjects)))).all()
     keys = _Keys(scope, 255, (("", r.key) for r in found))
     for r in found:
-        context = {k: v for k, v in (r.context or {}).items() if k in _HANDOFF_CONTEXT_KEEP}
+        context = {k: v for k, v in (r.context or {}).items() if k in HANDOFF_CONTEXT_KEEP}
         rows.append({"_id": r.id, "reason": "redacted: the customer's personal data was erased",
                      "context": {**scope.scrub(context, r.contact_id), REDACTED: True},
                      "resolution": None if r.resolution is None else REDACTED,

@@ -140,10 +140,27 @@ class WorkerSettings(_Settings):
                     "PostgreSQL; 0.25 s in a separate worker on SQLite; 5 ms while webhooks arrive)")
     inbox_max_attempts: int = Field(5, ge=1, le=100)
     raw_body_retention_days: int = Field(30, ge=1)
+    conversation_retention_days: int = Field(
+        365, description="message texts, closed hand-offs' context and the customer's words in their reason, and settled "
+                         "sends' rendered messages older than this are emptied hourly; the report's figures stay")
     reconcile_minutes: float = Field(15, gt=0, description="how often orders are reconciled with each store's API")
     checkout_poll_minutes: float = Field(
         15, ge=0, description="how often each Shopify store's abandoned checkouts are polled (lost checkout webhooks); 0: off")
     reorder_minutes: float = Field(15, gt=0, description="how often reorder windows are refreshed and due ones opened")
+
+    @model_validator(mode="after")
+    def _conversations_outlive_bodies(self) -> "WorkerSettings":
+        """The raw bodies hold the same texts (and more): kept longer than the conversation, they would keep
+        what the conversation retention promises is gone. No value turns it off (a long one keeps texts long)."""
+        days = self.conversation_retention_days
+        if days < 1:
+            raise Problems([("conversation_retention_days", f"{days} is not a number of days: write how many days message "
+                                                             "texts are kept, at least 1 (e.g. 365; a large number keeps them longer)")])
+        if days < self.raw_body_retention_days:
+            raise Problems([("conversation_retention_days", f"{days} is below raw_body_retention_days ({self.raw_body_retention_days}): "
+                                                             "the raw webhook bodies hold the same texts, so they would outlive the "
+                                                             "conversation; make it at least raw_body_retention_days, or lower that")])
+        return self
 
 
 MAX_SEND_WITHIN_HOURS = 8760

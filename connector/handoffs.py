@@ -27,6 +27,7 @@ Slack's control characters in every value they show.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -201,6 +202,33 @@ def restage(conn: Connection, store_id: int, contact_id: int, now: datetime) -> 
     return stage
 
 
+# what a customer sent that only a person can take in (adapters/whatsapp/normalize.py names a voice note
+# "voice"), as a case's reason names it
+SENT = {"image": "a photo", "video": "a video", "voice": "a voice note", "audio": "an audio file",
+        "document": "a document", "location": "a location", "contacts": "a contact card",
+        "order": "an order from the catalog",
+        "unsupported": "a message WhatsApp does not pass on (see the chat)",
+        "unknown": "a message WhatsApp does not pass on (see the chat)"}
+# the reasons that quote the customer's words after ": ": her message (``rules``: what she sent and what
+# it answered first) and the reason she gave for cancelling a COD order (journeys/cod_confirmation.py)
+_QUOTING = re.compile(
+    r"(customer (?:wrote|sent (?:%s))(?: \(answering [^()]*\))?"
+    r"|customer cancelled COD order [^:]*?|customer asked to cancel a COD order that has already shipped)(?:: .*)?"
+    % "|".join(re.escape(v) for v in sorted(set(SENT.values()))), re.DOTALL)
+
+
+def reason_without_words(reason: str, removed: str) -> str:
+    """A case's reason without the customer's words it quotes, for the conversation retention: what
+    she did and what it answered stay, ``removed`` says what went. A reason of ours (a high-value
+    order, a failed delivery, a template or number alert) quotes no one and stays as it is."""
+    found = _QUOTING.fullmatch(reason)
+    if found:
+        return f"{found.group(1)} ({removed})"
+    if reason.startswith(("customer wrote", "customer sent")):  # her message in a shape not known here: keep none of it
+        return f"{' '.join(reason.split()[:2])} ({removed})"
+    return reason
+
+
 REPLY_CASE = "reply:"  # the key prefix of a customer's own question that answers no journey (``reply:<contact id>``)
 
 
@@ -223,11 +251,7 @@ def rules(event: Any, contact_id: int | None, store: Any, reply_journey: str | N
         text = (event.text or "").strip()
         # what only a person can take in (adapters/whatsapp/normalize.py names a voice note "voice");
         # a reaction, a sticker or a system notice has no text and is none of these: no case
-        sent = {"image": "a photo", "video": "a video", "voice": "a voice note", "audio": "an audio file",
-                "document": "a document", "location": "a location", "contacts": "a contact card",
-                "order": "an order from the catalog",
-                "unsupported": "a message WhatsApp does not pass on (see the chat)",
-                "unknown": "a message WhatsApp does not pass on (see the chat)"}.get(event.message_type)
+        sent = SENT.get(event.message_type)
         if (text or sent) and not (text and keyword_intent(text, store.policy.rules()) is not None):
             # only a quoted reply surely answers that message; one matched by phone carries the
             # journey (the case's journey and subject) without saying so in its reason

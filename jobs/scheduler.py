@@ -7,7 +7,7 @@ Shopify: the customers changed are read for their consent after the orders, and 
 customers pass failed counts as failed),
 ``checkout-poll:<key>`` (Shopify), and for stores running the reorder journey
 ``products:<key>`` (daily, first a minute after start) and ``reorder:<key>``; plus the
-hourly raw-body purge. Each run logs its report (the job log); a run that fails is logged on the
+hourly raw-body and conversation purge. Each run logs its report (the job log); a run that fails is logged on the
 storeloop logger with its store and job, and each store job's last outcome (last success, last
 error, failures in a row) is kept in the database for the dashboard (``connector/job_health.py``).
 Every worker may run a scheduler: each tick takes the database lease
@@ -286,17 +286,24 @@ async def product_sync_store(runtime: Any, store: Any, holder: str, interval: ti
     return await _sync_tick(runtime, store, holder, interval, "products", work)
 
 
-async def purge_job(runtime: Any, holder: str) -> int:
-    """Hourly, under a lease: raw webhook bodies past ``worker.raw_body_retention_days`` are dropped."""
-    from connector.retention import purge_raw_bodies
+async def purge_job(runtime: Any, holder: str) -> dict[str, int]:
+    """Hourly, under a lease: raw webhook bodies past ``worker.raw_body_retention_days`` are dropped, and
+    conversation content past ``worker.conversation_retention_days`` is emptied (``connector/retention.py``).
+    The time is the runtime's clock, as every other job's. Returns the rows purged or emptied per kind."""
+    from connector.retention import purge_conversations, purge_raw_bodies
 
-    now = datetime.now(timezone.utc)
+    now = runtime.clock()
+    worker = runtime.settings.worker
     if not await anyio.to_thread.run_sync(lambda: acquire_lease(runtime.db, "job:purge:raw-bodies", holder, timedelta(minutes=50), now)):
-        return 0
-    purged = await anyio.to_thread.run_sync(purge_raw_bodies, runtime.db, now, runtime.settings.worker.raw_body_retention_days)
+        return {}
+    purged = await anyio.to_thread.run_sync(purge_raw_bodies, runtime.db, now, worker.raw_body_retention_days)
     if purged:
         log.info("purged raw bodies past retention", extra={"rows": purged})
-    return purged
+    emptied = await anyio.to_thread.run_sync(purge_conversations, runtime.db, now, worker.conversation_retention_days)
+    if any(emptied.values()):  # counts only: never what was removed
+        log.info("emptied conversation content past retention",
+                 extra={"days": worker.conversation_retention_days, **{f"{k}_emptied": v for k, v in emptied.items()}})
+    return {"raw_bodies": purged, **emptied}
 
 
 # ---- abandoned-checkout poll (Shopify has no "abandoned" webhook, and checkout webhooks get lost) ----

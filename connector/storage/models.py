@@ -355,6 +355,8 @@ class Message(Base):
     outbox_id: Mapped[int | None] = mapped_column(BigId)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # when the conversation retention emptied ``body`` (connector/retention.py); None: never
+    content_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class OutboxMessage(Base):
@@ -389,6 +391,8 @@ class OutboxMessage(Base):
     wamid: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # when the conversation retention reduced ``payload`` to what reports read (connector/retention.py)
+    content_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class OutboxAttempt(Base):
@@ -461,6 +465,8 @@ class Handoff(Base):
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     closed_by: Mapped[str | None] = mapped_column(String(120))
     resolution: Mapped[str | None] = mapped_column(Text)
+    # when the conversation retention emptied a closed case's context and her words in its reason
+    content_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         Index("ix_handoffs_store_status", "store_id", "status"),
