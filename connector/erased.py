@@ -7,7 +7,8 @@ or of her account carries her name, phone, email and address again, and would st
 journeys may message. So the erasure records, per store, the platform order ids it reached and her
 platform customer id, and the processor ignores a later event about them (``erased_on``): the inbox
 row is ``ignored`` ("customer erased on <date>"), its body deleted as a privacy request's is, and
-nothing is stored or sent. An order of her customer id placed before the erasure but unknown to it
+nothing is stored or sent; only an opt-out of hers is still applied, to a contact her number already
+has (``state.apply_erased_withdrawal``). An order of her customer id placed before the erasure but unknown to it
 (its webhooks lost), or a checkout of hers begun before it (an abandoned cart updated later), is hers
 too. A new order she places after it (or a checkout she begins) is a new relationship, processed as
 any; it also lifts the mark on her customer id (``returning``), so her account's updates count again.

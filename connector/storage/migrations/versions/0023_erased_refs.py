@@ -13,7 +13,7 @@ lists her contact id, and her ``phone_key`` is still ``redacted:<id>``), with th
 her platform customer id, hashed as ``erased.customer_hash`` does, when the contact still carries one.
 Every erasure so far removed it from the contact, and orders keep none, so in practice only her orders
 are marked: her account's later updates are not recognised. Contacts a shop erasure left (no
-``customer_redact`` request names them) are not marked, as a shop erasure records nothing today either.
+``customer_redact`` request names them) are not marked, as a shop erasure now deletes its store's marks.
 By id, in batches; a mark already there stays as it is, so running it again changes nothing.
 
 Revision ID: 0023
