@@ -787,7 +787,8 @@ def erased_contacts(conn: Connection, store_id: int, among: Iterable[int] | None
 
 
 def redact_shop(conn: Connection, store_id: int, *, now: datetime | None = None, request_inbox_id: int | None = None) -> dict[str, int]:
-    """Erase every customer of one store, and stop all its sends (the store counts as uninstalled)."""
+    """Erase every customer of one store, and stop all its sends (the store counts as uninstalled); its
+    erased customers' marks (``connector/erased.py``) go too: nothing of the shop's customers is kept."""
     now = now or m.utcnow()
     scope = Scope(store_id, shop=True)
     for c in conn.execute(select(CONTACTS).where(CONTACTS.c.store_id == store_id)):
@@ -795,6 +796,7 @@ def redact_shop(conn: Connection, store_id: int, *, now: datetime | None = None,
         needles.add_contact(c)
         scope.per_contact[c.id] = needles
     counts = _erase(conn, scope, now, request_inbox_id)
+    counts["ids_forgotten"] = erased.forget_store(conn, store_id)  # its erased customers' marks, and its key
     conn.execute(update(STORES).where(STORES.c.id == store_id, STORES.c.uninstalled_at.is_(None)).values(uninstalled_at=now))
     return counts
 

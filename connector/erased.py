@@ -7,7 +7,8 @@ or of her account carries her name, phone, email and address again, and would st
 journeys may message. So the erasure records, per store, the platform order ids it reached and her
 platform customer id, and the processor ignores a later event about them (``erased_on``): the inbox
 row is ``ignored`` ("customer erased on <date>"), its body deleted as a privacy request's is, and
-nothing is stored or sent. An order of her customer id placed before the erasure but unknown to it
+nothing is stored or sent; only an opt-out of hers is still applied, to a contact her number already
+has (``state.apply_erased_withdrawal``). An order of her customer id placed before the erasure but unknown to it
 (its webhooks lost), or a checkout of hers begun before it (an abandoned cart updated later), is hers
 too. A new order she places after it (or a checkout she begins) is a new relationship, processed as
 any; it also lifts the mark on her customer id (``returning``), so her account's updates count again.
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, insert, select, union_all
+from sqlalchemy import Connection, Table, delete, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector import events as ev
@@ -100,17 +101,20 @@ def _insert(conn: Connection) -> Any:
     return dialect.insert(ERASED).on_conflict_do_nothing(index_elements=["store_id", "kind", "ref"])
 
 
-_KEY = select(ERASED.c.ref).where(ERASED.c.store_id == bindparam("sid"), ERASED.c.kind == KEY)
-
-
 def _store_key(conn: Connection, store_id: int, now: datetime) -> str:
-    """The store's hashing key, made on its first erasure. A store's erasures are answered one at a
-    time (each waits for the store's rows before it: ``processor.AFTER_EARLIER``), so one is made."""
-    key = conn.execute(_KEY, {"sid": store_id}).scalar_one_or_none()
-    if key is None:
-        key = new_key()
-        conn.execute(insert(ERASED), [dict(store_id=store_id, kind=KEY, ref=key, erased_at=now)])
-    return key
+    """The store's hashing key, made on its first erasure. One per store (the ``uq_erased_refs_one_key``
+    index): two first erasures at once (two workers, an erasure retried) both insert one, the second
+    waits for the first and inserts nothing, and both then read the one that won."""
+    ensure_key(conn, ERASED, store_id, new_key(), now)
+    return conn.execute(select(ERASED.c.ref).where(ERASED.c.store_id == store_id, ERASED.c.kind == KEY)).scalar_one()
+
+
+def ensure_key(conn: Connection, table: Table, store_id: int, key: str, now: datetime) -> None:
+    """Insert this key unless the store has one (``table``: the marks table as the caller knows it;
+    migration 0023 passes its own)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(table).on_conflict_do_nothing(index_elements=["store_id"], index_where=table.c.kind == KEY),
+                 [dict(store_id=store_id, kind=KEY, ref=key, erased_at=now)])
 
 
 def remember(conn: Connection, store_id: int, order_ids: Iterable[str], customer_ids: Iterable[str], now: datetime) -> int:
@@ -124,6 +128,11 @@ def remember(conn: Connection, store_id: int, order_ids: Iterable[str], customer
         rows += [dict(store_id=store_id, kind=CUSTOMER, ref=customer_hash(key, c), erased_at=now) for c in customers]
     conn.execute(_insert(conn), rows)  # one already there (a repeated erasure) stays as it was
     return len(rows)
+
+
+def forget_store(conn: Connection, store_id: int) -> int:
+    """A whole shop erased (``compliance.redact_shop``): its marks and its key go with the rest of its data."""
+    return conn.execute(delete(ERASED).where(ERASED.c.store_id == store_id)).rowcount
 
 
 def marks_query(store_id: int, orders: list[str], customer_hashes: list[str], *, with_key: bool) -> Any:
@@ -156,8 +165,10 @@ class Erased:
 
 @dataclass
 class Book:
-    """The marks a batch's events meet, read once per store; the stores' keys are kept across batches
-    (a key, once made, never changes)."""
+    """The marks a batch's events meet, read once per store. A store's key is kept across batches, to
+    hash a batch's customer ids in its one query, but each such query reads the key row too: the key
+    kept may have been read in a transaction that then rolled back (an erasure's, in the same batch),
+    or gone with its shop (``forget_store``), and a stale key would miss every mark of hers."""
 
     keys: dict[int, str] = field(default_factory=dict)
     marks: dict[tuple[int, str, str], datetime] = field(default_factory=dict)
@@ -166,23 +177,33 @@ class Book:
         self.marks.clear()
 
     def read(self, conn: Connection, store_id: int, order_ids: Iterable[str], customer_ids: Iterable[str]) -> None:
-        """One query: the marks among these orders and customers (and the store's key, until it is known)."""
+        """One query: the marks among these orders and customers, and the store's key (a second one
+        when the key is new to this book or changed)."""
         orders, customers = sorted({o[:64] for o in order_ids if o}), sorted({c for c in customer_ids if c})
         key = self.keys.get(store_id)
         hashed = {customer_hash(key, c): c for c in customers} if key is not None else {}
-        # the store's key, if it had an erasure, until it is known: then its customers' marks
-        query = marks_query(store_id, orders, sorted(hashed), with_key=key is None and bool(customers))
+        query = marks_query(store_id, orders, sorted(hashed), with_key=bool(customers))
         if query is None:
             return
+        stored_key: str | None = None
+        found: dict[str, datetime] = {}
         for kind, ref, erased_at in conn.execute(query):
             if kind == KEY:
-                self.keys.setdefault(store_id, ref)
+                stored_key = ref
             elif kind == ORDER:
                 self.marks[(store_id, ORDER, ref)] = erased_at
             else:
-                self.marks[(store_id, CUSTOMER, hashed[ref])] = erased_at
-        if key is None and store_id in self.keys:  # first sight of the key: the customers' marks, once
-            self.read(conn, store_id, (), customers)
+                found[ref] = erased_at
+        if not customers:
+            return
+        if stored_key != key:  # first sight of the key, or the one kept is not the store's (rolled back, or gone)
+            self.keys.pop(store_id, None)
+            if stored_key is not None:
+                self.keys[store_id] = stored_key
+                self.read(conn, store_id, (), customers)
+            return
+        for ref, erased_at in found.items():
+            self.marks[(store_id, CUSTOMER, hashed[ref])] = erased_at
 
     def erased_on(self, store_id: int, events: Iterable[ev.Event]) -> Erased | None:
         """Whether the events are about an erased customer: one of her orders, her account, or an

@@ -27,11 +27,11 @@ from connector import compliance, erasure, erased, reinstall
 from connector.compliance import PRIVACY_TOPICS, PRIVACY_WAIT, waiting_for_earlier
 from connector.config import Settings
 from connector.errors import NormalizationError, describe_error
-from connector.events import ComplianceRequested, Event, dump_events
+from connector.events import ComplianceRequested, ConsentChanged, Event, dump_events
 from connector.gc_pause import cyclic_gc_paused
 from connector.journeys.runner import JourneyRunner, order_email_keys, prefetch_runs, run_subjects
 from connector.rows import contact_keys_of, fulfillment_keys_of, keys_of, prefetch, prefetch_contacts
-from connector.state import apply_event
+from connector.state import apply_erased_withdrawal, apply_event
 from connector.storage import jsoncodec
 from connector.storage.db import Database
 from connector.storage.inbox import with_body
@@ -471,13 +471,19 @@ class InboxProcessor:
         }
 
     @staticmethod
-    def _about_erased(row: Any, events: list[Event], found: erased.Erased) -> dict[str, Any]:
+    def _about_erased(conn: Connection, row: Any, events: list[Event], found: erased.Erased, now: datetime) -> dict[str, Any]:
         """A later event about an erased customer's order or account: nothing applied, nothing heard
-        by a journey; the row keeps no body, no event, and no key that spells her customer id."""
+        by a journey; the row keeps no body, no event, and no key that spells her customer id. Only a
+        consent withdrawal of hers is applied, to a contact her number already has (``state.apply_erased_withdrawal``)."""
         orders = [o for e in events for o in erased.refs_of(e)[0]]
-        log.info("inbox %s (%s %s) ignored: %s", row.id, row.source, row.topic, found.reason)
-        values: dict[str, Any] = {"status": "ignored", "event": [], "subject": f"order:{orders[0]}"[:160] if orders else None,
-                                  "contact_id": None, "last_error": found.reason, "raw_body": None}
+        withdrawn = [c for e in events if isinstance(e, ConsentChanged)
+                     and (c := apply_erased_withdrawal(conn, row.store_id, e, row.id, now)) is not None]
+        reason = f"{found.reason}; her opt-out applied" if withdrawn else found.reason
+        status = "done" if withdrawn else "ignored"
+        log.info("inbox %s (%s %s) %s: %s", row.id, row.source, row.topic, status, reason)
+        values: dict[str, Any] = {"status": status, "event": [],
+                                  "subject": f"order:{orders[0]}"[:160] if orders else None,
+                                  "contact_id": withdrawn[0] if withdrawn else None, "last_error": reason, "raw_body": None}
         if found.names_customer:
             values["dedupe_key"] = f"{compliance.REDACTED}:{row.id}"
         return values
@@ -501,7 +507,7 @@ class InboxProcessor:
     def _apply_events(self, conn: Connection, row: Any, store: Any, events: list[Event], now: datetime) -> dict[str, Any]:
         about_erased = self.erased.erased_on(row.store_id, events)
         if about_erased is not None:
-            return self._about_erased(row, events, about_erased)
+            return self._about_erased(conn, row, events, about_erased, now)
         subject = contact_id = None
         stale = False
         held: str | None = None

@@ -655,6 +655,24 @@ def _opted_in_after(contact: Any, at: datetime) -> bool:
     return False
 
 
+def apply_erased_withdrawal(conn: Connection, store_id: int, event: ev.ConsentChanged, inbox_id: int, now: datetime) -> int | None:
+    """A store's consent withdrawal about a customer the connector erased (her marked customer id:
+    ``erased.Book``): the rest of the event is ignored, but an opt-out must still stop what is sent to
+    her number, so it is applied to the contact that number already has (one she started since, say
+    by messaging the store), as any withdrawal is: consent revoked, marketing runs ended. Nothing new
+    is created and nothing of the event is written on that contact (not her customer id). Returns the
+    contact's id, or None when her number has none (or the event is no withdrawal)."""
+    if event.state is not ev.ConsentState.REVOKED or event.phone is None:
+        return None
+    contact = contact_by_phone(conn, store_id, event.phone)
+    if contact is None:
+        return None
+    if record_consent(conn, store_id, contact.id, event.category.value, event.state.value, event.source,
+                      event.occurred_at or now, inbox_id) and event.category is ev.ConsentCategory.MARKETING:
+        end_marketing_runs(conn, store_id, contact.id, event.source, now)
+    return int(contact.id)
+
+
 def lift_opt_out(conn: Connection, store_id: int, contact_id: int, source: str, at: datetime, inbox_id: int) -> None:
     """A WhatsApp opt-in other than START (WhatsApp's "resume", the store's WhatsApp marketing consent)
     newer than the contact's STOP lifts it as START does: she hears from the store again, and the

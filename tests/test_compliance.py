@@ -535,3 +535,32 @@ def test_an_erasure_waits_for_and_erases_what_arrived_before_it(db_url):
         assert [s for _, s in statuses] == ["done"] * 4
         assert leaks(runtime.db, MEENA.needles() + KABIR.needles(), sid) == []
         assert aggregates(runtime.db, sid)["order_total"] == Decimal("829.90")  # both orders still count
+
+
+def test_shop_redact_removes_the_marks_of_that_stores_erased_customers(db_url):
+    """Meena was erased from shop A (customers/redact: her order id and customer id marked, under A's key); then
+    Shopify erases the whole shop: its marks and its key go with the rest of its data, shop B's stay."""
+    settings = make_settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        a, b = runtime.store_ids["shop-a"], runtime.store_ids["shop-b"]
+        customer_story(client, runtime, settings, clock, MEENA, order_id=7001, token="tokM")
+        customer_story(client, runtime, settings, clock, MEENA, order_id=8001, token="tokB", shop=SHOP_B,
+                       secret=SECRETS["shop_b"], phone_id=PHONE_ID_B)
+        clock.now = T0 + timedelta(days=1)
+        assert post_shopify(client, request_payload(MEENA, [7001]), "customers/redact").status_code == 200
+        assert post_shopify(client, request_payload(MEENA, [8001], shop=SHOP_B), "customers/redact",
+                            shop=SHOP_B, secret=SECRETS["shop_b"]).status_code == 200
+        runtime.processor.drain()
+
+        def marks() -> Counter:
+            with runtime.db.engine.connect() as conn:
+                return Counter(conn.execute(select(m.ErasedRef.store_id, m.ErasedRef.kind)).all())
+
+        assert marks() == Counter({(a, "order"): 1, (a, "customer"): 1, (a, "key"): 1,
+                                   (b, "order"): 1, (b, "customer"): 1, (b, "key"): 1})
+        clock.now = T0 + timedelta(days=2)
+        assert post_shopify(client, {"shop_id": 954889, "shop_domain": SHOP_A}, "shop/redact").status_code == 200
+        runtime.processor.drain()
+        assert marks() == Counter({(b, "order"): 1, (b, "customer"): 1, (b, "key"): 1})

@@ -311,3 +311,49 @@ def test_an_erasure_made_before_migration_0023_keeps_her_erased_after_the_upgrad
     after = aggregates(db, woo_id)
     assert after["contacts"] == before["contacts"] and after["runs"] == before["runs"]
     assert [o for o in after["orders"] if o[0] == "7301"] == [o for o in before["orders"] if o[0] == "7301"]
+
+
+def _whatsapp_consent(sc, person, state: str) -> None:
+    sc.shopify("customers_whats_app_marketing_consent/update", p.shopify_whatsapp_consent(person.customer_id, person.phone, state, sc.now))
+
+
+def test_an_erased_customers_opt_out_still_reaches_the_contact_she_started_since(db_url, shop):
+    """After her erasure Lucia writes to the store on WhatsApp: a new contact, a new relationship. She then
+    unsubscribes from the store's WhatsApp marketing in her Shopify account: the webhook names her erased
+    customer id, yet her opt-out reaches that contact (nothing of the webhook is kept, her customer id is not
+    written back). An opt-out while her number has no contact creates none; a later subscribe stays ignored."""
+    sc = shop
+    db, sid = sc.runtime.db, sc.runtime.store_ids["shop-a"]
+    sc.shopify("orders/create", order_payload(LUCIA, 9001, p.iso(sc.now - timedelta(hours=2))))
+    sc.work()
+    sc.later(days=1)
+    sc.shopify("customers/redact", request_payload(LUCIA, [9001]))
+    sc.later(hours=1)
+    erased_on = sc.now.date().isoformat()
+    mark = last_inbox_id(db)
+
+    _whatsapp_consent(sc, LUCIA, "unsubscribed")  # her number has no contact: nothing to apply, nothing created
+    sc.later(hours=1)
+    assert contacts_with(db, sid, LUCIA.e164) == []
+    sc.say(LUCIA.e164, "Hello, is the blue vase back in stock?")  # a new relationship she started
+    sc.later(hours=1)
+    [new] = contacts_with(db, sid, LUCIA.e164)
+    assert new.consent_marketing != "revoked"
+
+    _whatsapp_consent(sc, LUCIA, "unsubscribed")
+    sc.later(hours=1)
+    _whatsapp_consent(sc, LUCIA, "subscribed")  # a grant for her erased customer id: still ignored
+    sc.later(hours=1)
+
+    reason = f"customer erased on {erased_on}"
+    topic = "customers_whats_app_marketing_consent/update"
+    rows = [r for r in rows_after(db, sid, mark) if r[0] == "shopify"]
+    assert rows == [("shopify", topic, "ignored", reason, False), ("shopify", topic, "done", f"{reason}; her opt-out applied", False),
+                    ("shopify", topic, "ignored", reason, False)]
+    [after] = contacts_with(db, sid, LUCIA.e164)
+    assert after.id == new.id and after.consent_marketing == "revoked"
+    assert after.external_customer_id is None and after.email is None
+    with db.engine.connect() as conn:
+        keys = conn.execute(select(m.InboxEvent.dedupe_key, m.InboxEvent.event).where(
+            m.InboxEvent.store_id == sid, m.InboxEvent.id > mark, m.InboxEvent.source == "shopify")).all()
+    assert all(str(LUCIA.customer_id) not in (k or "") and not e for k, e in keys)

@@ -610,7 +610,12 @@ class ErasedRef(Base):
     """
 
     __tablename__ = "erased_refs"
-    __table_args__ = (UniqueConstraint("store_id", "kind", "ref", name="uq_erased_refs_store_kind_ref"),)
+    __table_args__ = (
+        UniqueConstraint("store_id", "kind", "ref", name="uq_erased_refs_store_kind_ref"),
+        # one hashing key per store, whichever erasure made it first
+        Index("uq_erased_refs_one_key", "store_id", unique=True, sqlite_where=text("kind = 'key'"),
+              postgresql_where=text("kind = 'key'")),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
     kind: Mapped[str] = mapped_column(String(16))  # order | customer | key

@@ -3,7 +3,9 @@
 After an erasure the store still holds her orders: a later update of one of them (WooCommerce's
 ``order.updated``, Shopify's ``orders/updated``, a fulfilment, the reconcile reading it back) or of her
 account carried her name, phone, email and address back under a new contact. Each erasure now records
-the order ids it reached and a keyed hash of her customer id (``connector/erased.py``).
+the order ids it reached and a keyed hash of her customer id (``connector/erased.py``), under the store's
+one key (a row of kind ``key``: the partial unique index ``uq_erased_refs_one_key`` keeps it one when two
+first erasures race).
 
 Erasures made before this migration recorded nothing, so it marks them here, store by store: the
 orders of each contact a customer erasure left (a ``customer_redact`` row of ``compliance_requests``
@@ -11,7 +13,7 @@ lists her contact id, and her ``phone_key`` is still ``redacted:<id>``), with th
 her platform customer id, hashed as ``erased.customer_hash`` does, when the contact still carries one.
 Every erasure so far removed it from the contact, and orders keep none, so in practice only her orders
 are marked: her account's later updates are not recognised. Contacts a shop erasure left (no
-``customer_redact`` request names them) are not marked, as a shop erasure records nothing today either.
+``customer_redact`` request names them) are not marked, as a shop erasure now deletes its store's marks.
 By id, in batches; a mark already there stays as it is, so running it again changes nothing.
 
 Revision ID: 0023
@@ -51,10 +53,13 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_erased_refs')),
     sa.UniqueConstraint('store_id', 'kind', 'ref', name='uq_erased_refs_store_kind_ref')
     )
+    op.create_index('uq_erased_refs_one_key', 'erased_refs', ['store_id'], unique=True,
+                    sqlite_where=sa.text("kind = 'key'"), postgresql_where=sa.text("kind = 'key'"))
     _mark_earlier_erasures(op.get_bind())
 
 
 def downgrade() -> None:
+    op.drop_index('uq_erased_refs_one_key', table_name='erased_refs')
     op.drop_table('erased_refs')
 
 
@@ -127,11 +132,8 @@ def _mark_contacts(conn: sa.Connection, store_id: int, erased_at: dict[int, date
 
 def _store_key(conn: sa.Connection, store_id: int) -> str:
     """The store's hashing key (``erased._store_key``'s, on this revision's table)."""
-    key = conn.execute(sa.select(_marks.c.ref).where(_marks.c.store_id == store_id, _marks.c.kind == erased.KEY)).scalar_one_or_none()
-    if key is None:
-        key = erased.new_key()
-        conn.execute(_marks.insert(), [dict(store_id=store_id, kind=erased.KEY, ref=key, erased_at=datetime.now(timezone.utc))])
-    return key
+    erased.ensure_key(conn, _marks, store_id, erased.new_key(), datetime.now(timezone.utc))
+    return conn.execute(sa.select(_marks.c.ref).where(_marks.c.store_id == store_id, _marks.c.kind == erased.KEY)).scalar_one()
 
 
 def _insert(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
