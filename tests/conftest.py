@@ -69,6 +69,20 @@ def make_settings(db_url: str, **overrides: dict) -> Settings:
     return parse_settings(data, environ={})
 
 
+@pytest.fixture(autouse=True)
+def _logging_restored():
+    """``serve`` and ``worker`` point the storeloop logger at the stderr CliRunner captures and then
+    closes: a later test that logs through it (a config warning, say) would print a logging error
+    into its own CliRunner output. Every test starts from an unconfigured logger."""
+    import logging
+
+    logger = logging.getLogger("storeloop")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    logger.handlers[:], logger.propagate = [], True
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "template.db"

@@ -35,19 +35,6 @@ consumer_secret = "cs_never_shown_5"
 SECRETS = ("whsec-never-shown-1", "shpat-never-shown-2", "wc-never-shown-3", "ck_never_shown_4", "cs_never_shown_5", DB_PASSWORD)
 
 
-@pytest.fixture(autouse=True)
-def _logging_restored():
-    """``serve`` and ``worker`` point the storeloop logger at the stderr CliRunner captures and then
-    closes (here or in an earlier test file): each test starts from an unconfigured logger."""
-    import logging
-
-    logger = logging.getLogger("storeloop")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    logger.handlers[:], logger.propagate = [], True
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
-
-
 def _config(tmp_path: Path, database: str, *, extra: str = "", stores: str = STORES) -> Path:
     path = tmp_path / "storeloop.toml"
     path.write_text(f"{extra}\n[database]\n{database}\n{stores}")
