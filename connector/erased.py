@@ -209,6 +209,8 @@ class Book:
         """Whether the events are about an erased customer: one of her orders, her account, or an
         order of her customer id placed before the erasure that it did not know of (not stored then);
         None when they are not. An order she placed after it is a new relationship."""
+        if not self.marks:  # the batch met no mark: every row of a store that never erased anyone
+            return None
         by_order: list[datetime] = []
         by_customer: list[datetime] = []
         for event in events:
@@ -223,6 +225,8 @@ class Book:
     def returning(self, conn: Connection, store_id: int, events: Iterable[ev.Event]) -> None:
         """An order of an erased customer id placed after the erasure: she is back, a new relationship;
         her account's updates count again (the mark goes)."""
+        if not self.marks:
+            return
         back = {c for event in events for c in refs_of(event)[1]
                 if (at := self.marks.get((store_id, CUSTOMER, c))) is not None and _placed_after(event, at)}
         if not back:
