@@ -19,7 +19,8 @@ always say why someone was not messaged. Rules, in order:
 Before the gate, the dispatcher drops a message held so long that it no longer makes sense
 (``send_by``: a cart reminder a day late, "out for delivery" after the parcel arrived): skipped
 as ``too_late``, also when quiet hours would push it past that time. The RED hold, whose end is
-unknown, looks last at that time itself (the number may recover before it) and drops it then.
+unknown, looks last shortly before that time (``dispatcher.LAST_LOOK_BEFORE``: the number may
+recover before it) and drops it then.
 """
 
 from __future__ import annotations

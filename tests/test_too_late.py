@@ -195,8 +195,9 @@ def test_a_reminder_held_for_the_red_rating_waits_to_its_last_minute_and_goes_if
         sqlite_url, scenario, world):
     """The number is RED: Ravi's cart reminder (marketing: 6 hours) is looked at again hourly. Before, the look
     that found the next hourly one past its limit dropped it as too_late at once, up to an hour early, though
-    the number recovered before the limit. Now the last look waits until the limit itself: the number is
-    UNFLAGGED 10 minutes before it, and the reminder goes."""
+    the number recovered before the limit. Now the last look comes shortly before the limit (a look at the
+    limit itself found it past, the claim coming a poll after its due time): the number is UNFLAGGED 10 minutes
+    before it, the worker's rounds fall 3 minutes before and 4 after it, and the reminder goes."""
     sc = scenario(sqlite_url, "shopify", journeys=ONE_REMINDER)
     account(sc, number("FLAGGED", current_limit="TIER_1K"), at=sc.now)
     SHOPIFY.start_checkout(sc, "R", RAVI)
@@ -206,22 +207,22 @@ def test_a_reminder_held_for_the_red_rating_waits_to_its_last_minute_and_goes_if
     assert sc.sent() == [] and rows(sc, "checkout_recovery") == [("checkout_recovery", "first", "whatsapp", "pending", None, 0)]
 
     account(sc, number("UNFLAGGED", current_limit="TIER_1K"), at=sc.now)
-    sc.at(latest, step=timedelta(minutes=7))
+    sc.at(latest + timedelta(minutes=4), step=timedelta(minutes=7))  # no round at the limit itself: one before, one after
     assert sc.templates_to(RAVI) == ["cart_1_v1"]
     assert rows(sc, "checkout_recovery") == [("checkout_recovery", "first", "whatsapp", "sent", None, 1)]
 
 
 def test_a_reminder_still_held_for_the_red_rating_at_its_limit_is_dropped_then_once(sqlite_url, scenario, world):
-    """Still RED when the limit comes: the reminder looked at exactly then is skipped as too_late (its last
-    look was put at the limit itself: it is not put there again and again), and nothing goes afterwards."""
+    """Still RED at its last look, shortly before the limit: the reminder is skipped as too_late then (it is
+    not deferred to that look again and again), and nothing goes afterwards."""
     sc = scenario(sqlite_url, "shopify", journeys=ONE_REMINDER)
     account(sc, number("FLAGGED", current_limit="TIER_1K"), at=sc.now)
     SHOPIFY.start_checkout(sc, "R", RAVI)
     sc.later(hours=1, step=timedelta(minutes=7))
     latest = planned_of(sc, "checkout_recovery") + timedelta(hours=6)
-    sc.at(latest - timedelta(minutes=1), step=timedelta(minutes=7))
+    sc.at(latest - timedelta(minutes=6), step=timedelta(minutes=7))
     assert rows(sc, "checkout_recovery") == [("checkout_recovery", "first", "whatsapp", "pending", None, 0)]
-    sc.at(latest, step=timedelta(minutes=7))  # a round at the very limit
+    sc.at(latest + timedelta(minutes=1), step=timedelta(minutes=7))  # its last look, shortly before the limit
     assert rows(sc, "checkout_recovery") == [("checkout_recovery", "first", "whatsapp", "skipped", "too_late", 0)]
     account(sc, number("UNFLAGGED", current_limit="TIER_1K"), at=sc.now)
     sc.later(hours=3, step=timedelta(minutes=30))

@@ -52,6 +52,8 @@ PAUSE_CAP = 900.0  # ... doubling with each refused probe, up to a quarter of an
 THROTTLES = frozenset({130429, 131056})
 RECORD_RETRY_FIRST = 0.1  # seconds before writing a batch's outcomes again after the database refused them ...
 RECORD_RETRY_CAP = 5.0  # ... doubling up to this
+# the RED hold's last look at a held marketing message comes this long before its latest useful send time
+LAST_LOOK_BEFORE = timedelta(minutes=5)
 RECORD_AFTER_STOP = 20.0  # seconds a stopping worker still tries (at most half its lease) before leaving the rows to it
 
 
@@ -331,12 +333,13 @@ class Dispatcher:
         if decision.deferred:
             due = decision.defer_until
             if latest is not None and due is not None and due > latest:
-                if not decision.looks_again or started >= latest:
-                    # quiet hours would release it past its time, or the RED hold lasted to it: dropped now,
-                    # with the reason visible at once
+                if not decision.looks_again or started >= latest - LAST_LOOK_BEFORE:
+                    # quiet hours would release it past its time, or the RED hold lasted to its last look:
+                    # dropped now, with the reason visible at once
                     return ob.Result(row, "skipped", started, error_detail=TOO_LATE)
-                # the RED hold may end before its time: one last look then (still held there, it is dropped above)
-                due = latest
+                # the RED hold may end before its time: one last look shortly before it (a claim comes a
+                # poll or more after the due time; one at the limit itself would find it past and drop it)
+                due = latest - LAST_LOOK_BEFORE
             return ob.Result(row, "deferred", started, due_at=due, error_detail=decision.reason)
         if not decision.allowed:
             return ob.Result(row, "skipped", started, error_detail=decision.reason)
