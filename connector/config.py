@@ -148,6 +148,17 @@ class WorkerSettings(_Settings):
         15, ge=0, description="how often each Shopify store's abandoned checkouts are polled (lost checkout webhooks); 0: off")
     reorder_minutes: float = Field(15, gt=0, description="how often reorder windows are refreshed and due ones opened")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _conversations_default(cls, data: Any) -> Any:
+        """Unset, the conversation is kept a year, or as long as the raw bodies when those are kept
+        longer: a config that kept bodies over a year loaded before this setting existed, and still does."""
+        if isinstance(data, dict) and "conversation_retention_days" not in data:
+            raw = data.get("raw_body_retention_days")
+            if isinstance(raw, int) and not isinstance(raw, bool) and raw > 365:
+                return {**data, "conversation_retention_days": raw}
+        return data
+
     @model_validator(mode="after")
     def _conversations_outlive_bodies(self) -> "WorkerSettings":
         """The raw bodies hold the same texts (and more): kept longer than the conversation, they would keep

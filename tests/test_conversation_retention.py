@@ -142,3 +142,17 @@ def test_a_conversation_retention_of_zero_or_below_the_raw_bodies_is_a_config_er
         assert "conversation_retention_days" in out and says in out, out
     ok = runner.invoke(app, ["check-config", str(_config(tmp_path, 'url = "sqlite://"', extra="[worker]\nconversation_retention_days = 30"))])
     assert ok.exit_code == 0, ok.output
+
+
+def test_a_config_that_kept_raw_bodies_over_a_year_still_loads_and_keeps_the_conversation_as_long(tmp_path):
+    """Before conversation_retention_days existed, raw_body_retention_days = 400 was a valid config; its
+    default of 365 would now be below it and refuse to start serve and worker after the upgrade. Unset, the
+    conversation is kept as long as the bodies; set explicitly below them, it is still refused."""
+    runner = CliRunner()
+    ok = runner.invoke(app, ["check-config", str(_config(tmp_path, 'url = "sqlite://"', extra="[worker]\nraw_body_retention_days = 400"))])
+    _no_traceback(ok)
+    assert ok.exit_code == 0, ok.output
+    assert "'conversation_retention_days': 400" in _plain(ok) or '"conversation_retention_days": 400' in _plain(ok), _plain(ok)
+    refused = runner.invoke(app, ["check-config", str(_config(
+        tmp_path, 'url = "sqlite://"', extra="[worker]\nraw_body_retention_days = 400\nconversation_retention_days = 365"))])
+    assert refused.exit_code == 2 and "below raw_body_retention_days (400)" in _plain(refused), refused.output
