@@ -238,8 +238,9 @@ RESUMED = ("waiting messages still in time go out now; those held past their sen
 def _limits(store: Any) -> str:
     """The store's send_within limits, as the owner set them (``[stores.policy]``)."""
     policy = store.policy
+    steps = "".join(f", {hours:g} h for {key}" for key, hours in policy.send_within_hours)  # over their category's
     return (f"its send_within limit ({policy.marketing_send_within_hours:g} h for cart and reorder reminders, "
-            f"{policy.utility_send_within_hours:g} h for order, COD and delivery messages)")
+            f"{policy.utility_send_within_hours:g} h for order, COD and delivery messages{steps})")
 
 
 def _utc(at: datetime | None) -> str:

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from sqlalchemy import Connection, bindparam, delete, select, update
 
-from connector.compliance import HANDOFF_CONTEXT_KEEP, MESSAGE_KEEP, PAYLOAD_KEEP, generic_scrub
+from connector.compliance import HANDOFF_CONTEXT_KEEP, MESSAGE_KEEP, PAYLOAD_KEEP, REDACTED, generic_scrub
 from connector.handoffs import reason_without_words
 from connector.storage.db import Database
 from connector.storage.sql import ATTEMPTS, BODIES, HANDOFFS, INBOX, MESSAGES, OUTBOX
@@ -117,7 +117,7 @@ def _handoffs(conn: Connection, cutoff: datetime, now: datetime, days: int, afte
     params = []
     for r in rows:
         before = r.context or {}
-        context: dict[str, Any] = {k: v for k, v in before.items() if k in (*HANDOFF_CONTEXT_KEEP, "update_count")}
+        context: dict[str, Any] = {k: v for k, v in before.items() if k in (*HANDOFF_CONTEXT_KEEP, "update_count", REDACTED)}
         if isinstance(before.get("updates"), list):
             context["updates"] = [{"at": u.get("at")} for u in before["updates"] if isinstance(u, dict)]
         context[REMOVED] = days
@@ -138,7 +138,7 @@ def _outbox(conn: Connection, cutoff: datetime, now: datetime, days: int, after:
     params = []
     for r in rows:
         payload = r.payload or {}
-        kept: dict[str, Any] = {k: payload[k] for k in PAYLOAD_KEEP if k in payload}
+        kept: dict[str, Any] = {k: payload[k] for k in (*PAYLOAD_KEEP, REDACTED) if k in payload}  # an erasure's mark stays
         if isinstance(message := payload.get("message"), dict):
             kept["message"] = {k: message[k] for k in MESSAGE_KEEP if k in message}
         kept[REMOVED] = days

@@ -25,6 +25,7 @@ from jobs.scheduler import purge_job
 from tests.helpers import running_app
 from tests.test_compliance import (
     ADMIN, KABIR, MEENA, T0, Clock, Person, checkout_payload, customer_story, inbound_text, leaks, personal_data_in_logs, post_shopify,
+    request_payload,
     post_whatsapp,
 )
 from tests.test_config_and_cli_errors import _config, _no_traceback, _plain
@@ -156,3 +157,30 @@ def test_a_config_that_kept_raw_bodies_over_a_year_still_loads_and_keeps_the_con
     refused = runner.invoke(app, ["check-config", str(_config(
         tmp_path, 'url = "sqlite://"', extra="[worker]\nraw_body_retention_days = 400\nconversation_retention_days = 365"))])
     assert refused.exit_code == 2 and "below raw_body_retention_days (400)" in _plain(refused), refused.output
+
+
+def test_an_erased_customers_rows_keep_their_erasure_mark_when_the_retention_empties_them(db_url):
+    """An erasure marks what it scrubbed (``"redacted": true`` on her sends' payloads and her cases'
+    context); the conversation retention, emptying the same rows a year later, keeps that mark: an
+    audit or an export still tells an erased customer's rows from merely old ones."""
+    settings = make_settings(db_url)
+    clock = Clock(T0)
+    with running_app(settings, clock=clock) as (client, runtime):
+        runtime.processor.clock = clock
+        a = runtime.store_ids["shop-a"]
+        customer_story(client, runtime, settings, clock, MEENA, order_id=7001, token="tokM")
+        clock.now = T0 + timedelta(hours=2)
+        assert post_shopify(client, request_payload(MEENA, [7001]), "customers/redact").status_code == 200
+        runtime.processor.drain()
+        marked = lambda: ({o.id for o in rows(runtime.db, m.OutboxMessage, m.OutboxMessage.store_id == a)  # noqa: E731
+                           if (o.payload or {}).get("redacted")},
+                          {h.id for h in rows(runtime.db, m.Handoff, m.Handoff.store_id == a) if (h.context or {}).get("redacted")})
+        sends, cases = marked()
+        assert sends and cases  # what the erasure marked
+        for case in cases:
+            assert client.post(f"/api/stores/shop-a/handoffs/{case}/close", headers=ADMIN,
+                               json={"by": "Asha", "resolution": "erased"}).status_code == 200
+        clock.now = T0 + timedelta(days=settings.worker.conversation_retention_days + 2)
+        done = anyio.run(purge_job, runtime, "test-worker")
+        assert done["outbox"] >= len(sends) and done["handoffs"] >= len(cases), done
+        assert marked() == (sends, cases)

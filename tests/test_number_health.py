@@ -109,7 +109,8 @@ def test_a_restricted_account_tells_the_owner_once_and_its_messages_wait_until_t
     assert stage == "entry" and text.startswith("*shop-a: hand-off #")
     assert "Meta restricted the WhatsApp Business Account" in text and "RESTRICTED_BIZ_INITIATED_MESSAGING" in text
     assert f"Every WhatsApp message of this store waits unsent and goes out when it ends, {until:%Y-%m-%d %H:%M} UTC, unless held " \
-           "longer than its send_within limit (6 h for cart and reorder reminders, 24 h for order, COD and delivery messages) " \
+           "longer than its send_within limit (6 h for cart and reorder reminders, 24 h for order, COD and delivery messages, " \
+           "6 h for delivery.out_for_delivery) " \
            "after it was meant to go: then it is skipped as too_late" in text and "Business Support Home" in text
     assert "none is lost" not in text
     [case] = sc.handoffs("open")
