@@ -14,6 +14,7 @@ import base64
 import json
 import logging
 from collections import Counter
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -442,12 +443,18 @@ def test_logs_never_hold_a_customers_phone_name_or_email(db_url, caplog):
     assert personal_data_in_logs(caplog.records, MEENA.needles()) == []
 
 
-def test_shop_redact_erases_that_store_only(db_url, caplog):
+@contextmanager
+def two_shops(db_url: str):
+    """The app with its processor on a clock at T0: (settings, clock, client, runtime, shop A's id, shop B's id)."""
     settings = make_settings(db_url)
     clock = Clock(T0)
     with running_app(settings) as (client, runtime):
         runtime.processor.clock = clock
-        a, b = runtime.store_ids["shop-a"], runtime.store_ids["shop-b"]
+        yield settings, clock, client, runtime, runtime.store_ids["shop-a"], runtime.store_ids["shop-b"]
+
+
+def test_shop_redact_erases_that_store_only(db_url, caplog):
+    with two_shops(db_url) as (settings, clock, client, runtime, a, b):
         customer_story(client, runtime, settings, clock, MEENA, order_id=7001, token="tokM")
         customer_story(client, runtime, settings, clock, KABIR, order_id=7002, token="tokK")
         # the same person also buys from shop B (its own WhatsApp number): that relationship is B's
@@ -540,11 +547,7 @@ def test_an_erasure_waits_for_and_erases_what_arrived_before_it(db_url):
 def test_shop_redact_removes_the_marks_of_that_stores_erased_customers(db_url):
     """Meena was erased from shop A (customers/redact: her order id and customer id marked, under A's key); then
     Shopify erases the whole shop: its marks and its key go with the rest of its data, shop B's stay."""
-    settings = make_settings(db_url)
-    clock = Clock(T0)
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
-        a, b = runtime.store_ids["shop-a"], runtime.store_ids["shop-b"]
+    with two_shops(db_url) as (settings, clock, client, runtime, a, b):
         customer_story(client, runtime, settings, clock, MEENA, order_id=7001, token="tokM")
         customer_story(client, runtime, settings, clock, MEENA, order_id=8001, token="tokB", shop=SHOP_B,
                        secret=SECRETS["shop_b"], phone_id=PHONE_ID_B)

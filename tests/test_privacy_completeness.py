@@ -23,7 +23,7 @@ from tests.conftest import PHONE_ID_B, SECRETS, settings_dict
 from tests.helpers import running_app
 from tests.test_compliance import (
     KABIR, MEENA, SHOP_A, SHOP_B, T0, TEMPLATES, Clock, Person, _address, customer_story, leaks, order_payload, post_shopify,
-    request_payload,
+    request_payload, two_shops,
 )
 
 REORDER_TEMPLATE = {"step": "reorder.reminder", "name": "reorder_v1", "category": "marketing",
@@ -117,11 +117,7 @@ def test_erasures_scrub_job_error_texts_and_keep_the_failing_job_shown(db_url):
     erasure leaves no customer text in A's job errors either. The jobs still show as failing."""
     from connector import job_health
 
-    settings = make_settings(db_url)
-    clock = Clock(T0)
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
-        a, b = runtime.store_ids["shop-a"], runtime.store_ids["shop-b"]
+    with two_shops(db_url) as (settings, clock, client, runtime, a, b):
         customer_story(client, runtime, settings, clock, MEENA, order_id=7001, token="tokM")
         customer_story(client, runtime, settings, clock, KABIR, order_id=7002, token="tokK")
         customer_story(client, runtime, settings, clock, MEENA, order_id=8001, token="tokB", shop=SHOP_B,

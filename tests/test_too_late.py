@@ -191,6 +191,16 @@ def planned_of(sc, journey: str) -> datetime:
         return conn.execute(select(m.OutboxMessage.planned_at).where(m.OutboxMessage.journey == journey)).scalar_one()
 
 
+def _cart_reminder_held_red(scenario, sqlite_url):
+    """The number rated RED, then Ravi's cart reminder (marketing) queued and held an hour; returns the
+    scenario and the reminder's latest useful send time (6 hours after it was meant to go)."""
+    sc = scenario(sqlite_url, "shopify", journeys=ONE_REMINDER)
+    account(sc, number("FLAGGED", current_limit="TIER_1K"), at=sc.now)
+    SHOPIFY.start_checkout(sc, "R", RAVI)
+    sc.later(hours=1, step=timedelta(minutes=7))
+    return sc, planned_of(sc, "checkout_recovery") + timedelta(hours=6)
+
+
 def test_a_reminder_held_for_the_red_rating_waits_to_its_last_minute_and_goes_if_the_number_recovers_in_time(
         sqlite_url, scenario, world):
     """The number is RED: Ravi's cart reminder (marketing: 6 hours) is looked at again hourly. Before, the look
@@ -198,11 +208,7 @@ def test_a_reminder_held_for_the_red_rating_waits_to_its_last_minute_and_goes_if
     the number recovered before the limit. Now the last look comes shortly before the limit (a look at the
     limit itself found it past, the claim coming a poll after its due time): the number is UNFLAGGED 10 minutes
     before it, the worker's rounds fall 3 minutes before and 4 after it, and the reminder goes."""
-    sc = scenario(sqlite_url, "shopify", journeys=ONE_REMINDER)
-    account(sc, number("FLAGGED", current_limit="TIER_1K"), at=sc.now)
-    SHOPIFY.start_checkout(sc, "R", RAVI)
-    sc.later(hours=1, step=timedelta(minutes=7))
-    latest = planned_of(sc, "checkout_recovery") + timedelta(hours=6)
+    sc, latest = _cart_reminder_held_red(scenario, sqlite_url)
     sc.at(latest - timedelta(minutes=10), step=timedelta(minutes=7))
     assert sc.sent() == [] and rows(sc, "checkout_recovery") == [("checkout_recovery", "first", "whatsapp", "pending", None, 0)]
 
@@ -215,11 +221,7 @@ def test_a_reminder_held_for_the_red_rating_waits_to_its_last_minute_and_goes_if
 def test_a_reminder_still_held_for_the_red_rating_at_its_limit_is_dropped_then_once(sqlite_url, scenario, world):
     """Still RED at its last look, shortly before the limit: the reminder is skipped as too_late then (it is
     not deferred to that look again and again), and nothing goes afterwards."""
-    sc = scenario(sqlite_url, "shopify", journeys=ONE_REMINDER)
-    account(sc, number("FLAGGED", current_limit="TIER_1K"), at=sc.now)
-    SHOPIFY.start_checkout(sc, "R", RAVI)
-    sc.later(hours=1, step=timedelta(minutes=7))
-    latest = planned_of(sc, "checkout_recovery") + timedelta(hours=6)
+    sc, latest = _cart_reminder_held_red(scenario, sqlite_url)
     sc.at(latest - timedelta(minutes=6), step=timedelta(minutes=7))
     assert rows(sc, "checkout_recovery") == [("checkout_recovery", "first", "whatsapp", "pending", None, 0)]
     sc.at(latest + timedelta(minutes=1), step=timedelta(minutes=7))  # its last look, shortly before the limit
