@@ -47,10 +47,21 @@ def _shown(value: Any) -> str:
 def scalar_problem(value: Any, annotation: Any) -> str | None:
     """Why ``value`` (as read from TOML) does not fit a numeric or boolean field, or None.
 
-    Checks the value itself and, for a list field (``tuple[float, ...]``), each item; tables
-    are left to the field's own validator (their values may be text that names a number,
-    e.g. a reorder cycle "30d")."""
+    Checks the value itself, each item of a list field (``tuple[float, ...]``), and each entry of a
+    table whose entries are numbers (``dict[str, float]``: ``{ INR = "20000" }`` is the same typo);
+    a table of text is left to the field's own validator (a reorder cycle "30d" names a number)."""
     if isinstance(value, FromEnv):
+        return None
+    if isinstance(value, dict):
+        for member in _members(annotation):
+            if typing.get_origin(member) is dict:
+                args = typing.get_args(member)
+                entry_kinds = _scalars(args[1]) if len(args) == 2 else set()
+                if entry_kinds:
+                    for key, entry in value.items():
+                        problem = None if isinstance(entry, FromEnv) else _mismatch(entry, entry_kinds)
+                        if problem:
+                            return f"entry {key} {problem}"
         return None
     kinds = _scalars(annotation)
     if kinds:

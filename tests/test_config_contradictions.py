@@ -38,6 +38,8 @@ REORDER = "# [stores.journeys.reorder]"
      "stores[0].journeys.checkout_recovery.ladder_minutes: item 2 is the text '360': write the number without quotes"),
     ("[stores.journeys.delivery] ", "[stores.journeys.delivery]\nenabled = \"no\"\n#",
      "stores[0].journeys.delivery.enabled: is the text 'no': write true or false, without quotes"),
+    ("# order_value_over = 10000", 'order_value_over = { INR = "20000", USD = 250 }',
+     "stores[0].handoff.order_value_over: entry INR is the text '20000': write the number without quotes"),
 ])
 def test_a_quoted_number_or_boolean_is_named_not_converted(tmp_path, monkeypatch, old, new, expected):
     problems = _example_with(tmp_path, monkeypatch, old, new)
