@@ -28,6 +28,7 @@ marketing messages (``policy.check``); order, COD and delivery messages still go
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -37,6 +38,8 @@ from sqlalchemy import Connection, select, update
 from connector import events as ev
 from connector.storage.sql import STORES
 from connector.template_check import template_subject, templates_named
+
+log = logging.getLogger("storeloop.number_health")
 
 # the account may not message: every WhatsApp send of its stores waits (receiving still works)
 MESSAGING = frozenset({"RESTRICTED_BIZ_INITIATED_MESSAGING", "RESTRICTED_CUSTOMER_INITIATED_MESSAGING"})
@@ -144,12 +147,26 @@ def held_until(health: dict[str, Any], now: datetime) -> datetime | None:
     until lifted), or, disabled, until Meta reinstates it. None: it may."""
     ends: list[datetime] = []
     for r in (health.get("restriction") or {}).get("restrictions") or ():
-        if r.get("kind") in HOLDS:
-            ends.append(datetime.fromisoformat(r["until"]) if r.get("until") else UNTIL_LIFTED)
+        if r.get("kind") in HOLDS and not _malformed(r):
+            ends.append(_until(r) or UNTIL_LIFTED)
     if (health.get("ban") or {}).get("state") == "DISABLE":
         ends.append(UNTIL_LIFTED)
     end = max(ends, default=None)
     return end if end is not None and end > now else None
+
+
+def _until(restriction: dict[str, Any]) -> datetime | None:
+    """A kept restriction's end; None: none given, or not a date (``_malformed``)."""
+    try:
+        return datetime.fromisoformat(restriction["until"]) if restriction.get("until") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _malformed(restriction: dict[str, Any]) -> bool:
+    """An end kept that is not a date (a row written by hand, or by an older version): the hold it
+    set is over once the row's own hold time passed; it never holds the sends again."""
+    return bool(restriction.get("until")) and _until(restriction) is None
 
 
 # ---- the store row ---------------------------------------------------------------------------
@@ -182,7 +199,13 @@ def end_passed_holds(conn: Connection, store_ids: list[int], now: datetime) -> l
     out: list[tuple[int, NumberNews]] = []
     for row in rows:
         health = dict(row.whatsapp_health or {})
-        ended = [r for r in _holding(health.get("restriction")) if r.get("until") and datetime.fromisoformat(r["until"]) <= now]
+        holding = _holding(health.get("restriction"))
+        malformed = [r for r in holding if _malformed(r)]
+        if malformed:  # once: its hold is cleared below, so no later round comes back to it
+            log.warning("a WhatsApp restriction kept with an end that is not a date (%s): taken as ended when the store's hold "
+                        "did, %s", ", ".join(sorted({str(r.get("kind")) for r in malformed})), row.whatsapp_held_until.isoformat(),
+                        extra={"store_id": row.id})
+        ended = [r for r in holding if r in malformed or ((until := _until(r)) is not None and until <= now)]
         if health.get("restriction") is not None and ended:
             health["restriction"] = {**health["restriction"], "ended_at": row.whatsapp_held_until.isoformat()}
         done = conn.execute(update(STORES).where(STORES.c.id == row.id, STORES.c.whatsapp_held_until == row.whatsapp_held_until)
