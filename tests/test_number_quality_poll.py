@@ -12,7 +12,8 @@ early warning an owner most needs. Now a scheduled job (``number-quality:<store>
 - an older webhook arriving after a newer reading changes nothing;
 - a failed read is logged and shown in the job's health, and raises nothing.
 
-Real app, a virtual clock, the fake Graph API answering the number's GET (tests/scenarios/fakes.py).
+Real app, a virtual clock, the fake Graph API answering the number's GET (tests/scenarios/fakes.py);
+the first story on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def job(sc) -> dict:
     return next(j for j in sc.report()["connector_health"]["jobs"] if j["job"] == "number-quality")
 
 
-def test_a_yellow_number_is_shown_and_its_owner_warned_once(sqlite_url, scenario, world):
-    sc = scenario(sqlite_url, "shopify", journeys=COD)
+def test_a_yellow_number_is_shown_and_its_owner_warned_once(db_url, scenario, world):
+    sc = scenario(db_url, "shopify", journeys=COD)
     world.whatsapp_number = {"quality_rating": "YELLOW", "messaging_limit_tier": "TIER_1K"}
     assert read_number(sc) is True
 
