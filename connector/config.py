@@ -147,6 +147,9 @@ class WorkerSettings(_Settings):
     checkout_poll_minutes: float = Field(
         15, ge=0, description="how often each Shopify store's abandoned checkouts are polled (lost checkout webhooks); 0: off")
     reorder_minutes: float = Field(15, gt=0, description="how often reorder windows are refreshed and due ones opened")
+    number_quality_hours: float = Field(
+        4, ge=0, description="how often each store's WhatsApp number's quality rating (YELLOW too, which no webhook says) "
+                             "and messaging limit are read from Meta; 0: off (never in dry run)")
 
     @model_validator(mode="before")
     @classmethod

@@ -6,12 +6,17 @@ business account, ``entry[].id``; a number's news by its ``display_phone_number`
 - ``phone_number_quality_update``: the number was FLAGGED (its quality rating is Low, RED: customers
   block or report its messages) or UNFLAGGED, its messaging limit was lowered (DOWNGRADE) or raised
   (UPGRADE). Meta's payload carries the event and the limit, no rating: FLAGGED is read as RED and
-  UNFLAGGED as GREEN (as other integrations read it);
+  UNFLAGGED as GREEN (as other integrations read it), so a YELLOW (medium) number is never heard of
+  that way;
 - ``account_update``: the account was restricted (``restriction_info``: business-initiated or
   customer-initiated messaging, each until its ``expiration``), disabled or scheduled to be
   (``ban_info.waba_ban_state`` DISABLE / SCHEDULE_FOR_DISABLE, REINSTATE when lifted), or broke a
   policy (``violation_info``);
 - ``message_template_quality_update``: a template's rating (``template_check.template_quality_news``).
+
+The worker also asks Meta for the number's rating and limit every few hours (``NumberReading``,
+``record_reading``; the job is ``jobs/scheduler.number_quality_store``): YELLOW, the early warning,
+is only known so. A reading is news by the same rules as a webhook, at the time it was read.
 
 The store row keeps what was said (``stores.whatsapp_health``), each part with the time Meta sent
 it: an older update arriving after a newer one is stale and changes nothing, and one that says
@@ -28,6 +33,7 @@ marketing messages (``policy.check``); order, COD and delivery messages still go
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -37,6 +43,8 @@ from sqlalchemy import Connection, select, update
 from connector import events as ev
 from connector.storage.sql import STORES
 from connector.template_check import template_subject, templates_named
+
+log = logging.getLogger("storeloop.number_health")
 
 # the account may not message: every WhatsApp send of its stores waits (receiving still works)
 MESSAGING = frozenset({"RESTRICTED_BIZ_INITIATED_MESSAGING", "RESTRICTED_CUSTOMER_INITIATED_MESSAGING"})
@@ -50,6 +58,10 @@ RESTRICTION_WORDS = {
 }
 # a held_until that means "until Meta says otherwise" (a disabled account, a restriction with no end given)
 UNTIL_LIFTED = datetime(9999, 12, 31, tzinfo=timezone.utc)
+# the ratings a reading keeps (Meta's UNKNOWN, a number not rated yet, says nothing: the last one heard stands)
+RATINGS = frozenset({"GREEN", "YELLOW", "RED"})
+# messaging limit tiers, lowest first: which way a limit a reading gives moved
+TIERS = ("TIER_50", "TIER_250", "TIER_1K", "TIER_2K", "TIER_10K", "TIER_100K", "TIER_UNLIMITED")
 STAGE_ORDER = ("entry", "qualification", "conversion", "post_purchase", "retention")
 WHERE = "Meta Business Suite > Business Support Home"
 
@@ -108,7 +120,7 @@ SAME_IF = {"quality": ("rating",), "limit": ("value",), "ban": ("state",), "rest
 def _same(name: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
     keys = SAME_IF.get(name)
     if keys is None:
-        return {k: v for k, v in old.items() if k != "at"} == new
+        return {k: v for k, v in old.items() if k not in ("at", "since")} == new
     return all(old.get(k) == new.get(k) for k in keys)
 
 
@@ -128,6 +140,8 @@ def merge(health: dict[str, Any], event_parts: list[Part], at: datetime) -> tupl
         if not older:
             same = stored is not None and _same(part.name, stored, part.value)
             value = {**(stored if same else {}), **part.value, "at": at.isoformat()}  # the same news keeps what was noted
+            # since when it has said so: a reading every few hours, or Meta's retry, moves ``at`` on, not this
+            value["since"] = (stored.get("since") or stored["at"]) if same and stored is not None else at.isoformat()
             if part.name == "restriction" and not same and _holding(stored) and not _holding(value):
                 value["ended_at"] = at.isoformat()  # Meta lifted it
             out[part.name] = value
@@ -144,12 +158,26 @@ def held_until(health: dict[str, Any], now: datetime) -> datetime | None:
     until lifted), or, disabled, until Meta reinstates it. None: it may."""
     ends: list[datetime] = []
     for r in (health.get("restriction") or {}).get("restrictions") or ():
-        if r.get("kind") in HOLDS:
-            ends.append(datetime.fromisoformat(r["until"]) if r.get("until") else UNTIL_LIFTED)
+        if r.get("kind") in HOLDS and not _malformed(r):
+            ends.append(_until(r) or UNTIL_LIFTED)
     if (health.get("ban") or {}).get("state") == "DISABLE":
         ends.append(UNTIL_LIFTED)
     end = max(ends, default=None)
     return end if end is not None and end > now else None
+
+
+def _until(restriction: dict[str, Any]) -> datetime | None:
+    """A kept restriction's end; None: none given, or not a date (``_malformed``)."""
+    try:
+        return datetime.fromisoformat(restriction["until"]) if restriction.get("until") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _malformed(restriction: dict[str, Any]) -> bool:
+    """An end kept that is not a date (a row written by hand, or by an older version): the hold it
+    set is over once the row's own hold time passed; it never holds the sends again."""
+    return bool(restriction.get("until")) and _until(restriction) is None
 
 
 # ---- the store row ---------------------------------------------------------------------------
@@ -171,6 +199,51 @@ def record(conn: Connection, store: Any, store_id: int, event: Any, now: datetim
     return verdict
 
 
+@dataclass(frozen=True, slots=True)
+class NumberReading:
+    """The number's quality rating (GREEN, YELLOW, RED, UNKNOWN) and messaging limit tier as Meta
+    answers when asked (the adapter's ``WhatsAppClient.number_quality``); None: not given."""
+
+    rating: str | None
+    limit: str | None
+
+
+def record_reading(conn: Connection, store: Any, store_id: int, reading: NumberReading, now: datetime) -> list[NumberNews]:
+    """Keep what a reading made at ``now`` says, by the webhooks' rules (``merge``): a part a newer
+    update already set is left alone, the same value again tells nobody, and only a change is
+    news. Returns what the number's case is told: the rating's news, then the limit's."""
+    query = select(STORES.c.whatsapp_health).where(STORES.c.id == store_id)
+    if conn.dialect.name != "sqlite":
+        query = query.with_for_update()
+    health = conn.execute(query).scalar() or {}
+    new, told = health, []
+    if reading.rating in RATINGS:
+        was = quality_of(new)
+        new, verdict = merge(new, [Part("quality", {"rating": reading.rating, "event": "READ"})], now)
+        if verdict == "news" and (news := rating_news(store, was, reading.rating)) is not None:
+            told.append(news)
+    if reading.limit:
+        was = (new.get("limit") or {}).get("value")
+        new, verdict = merge(new, [Part("limit", {"value": reading.limit, "old": was, "event": "READ"})], now)
+        if verdict == "news" and (news := limit_news(store, was, reading.limit)) is not None:
+            told.append(news)
+    if new is not health:
+        conn.execute(update(STORES).where(STORES.c.id == store_id).values(whatsapp_health=new, whatsapp_held_until=held_until(new, now)))
+    return told
+
+
+def note_reading(db: Any, store: Any, store_id: int, reading: NumberReading, now: datetime) -> int:
+    """``record_reading`` in one write transaction, its news opened in (or added to) the number's
+    case as a webhook's is; returns how many things the case was told."""
+    from connector.handoffs import number_request, open_handoff
+
+    with db.write_lock(), db.engine.begin() as conn:
+        told = record_reading(conn, store, store_id, reading, now)
+        for news in told:
+            open_handoff(conn, store, store_id, None, number_request(store, news), now)
+    return len(told)
+
+
 def end_passed_holds(conn: Connection, store_ids: list[int], now: datetime) -> list[tuple[int, NumberNews]]:
     """Record that a restriction Meta gave an end has ended, once its time passed: Meta sends no
     webhook then (only when it lifts one early), yet the sends resume (the outbox claim reads
@@ -182,7 +255,13 @@ def end_passed_holds(conn: Connection, store_ids: list[int], now: datetime) -> l
     out: list[tuple[int, NumberNews]] = []
     for row in rows:
         health = dict(row.whatsapp_health or {})
-        ended = [r for r in _holding(health.get("restriction")) if r.get("until") and datetime.fromisoformat(r["until"]) <= now]
+        holding = _holding(health.get("restriction"))
+        malformed = [r for r in holding if _malformed(r)]
+        if malformed:  # once: its hold is cleared below, so no later round comes back to it
+            log.warning("a WhatsApp restriction kept with an end that is not a date (%s): taken as ended when the store's hold "
+                        "did, %s", ", ".join(sorted({str(r.get("kind")) for r in malformed})), row.whatsapp_held_until.isoformat(),
+                        extra={"store_id": row.id})
+        ended = [r for r in holding if r in malformed or ((until := _until(r)) is not None and until <= now)]
         if health.get("restriction") is not None and ended:
             health["restriction"] = {**health["restriction"], "ended_at": row.whatsapp_held_until.isoformat()}
         done = conn.execute(update(STORES).where(STORES.c.id == row.id, STORES.c.whatsapp_held_until == row.whatsapp_held_until)
@@ -206,9 +285,9 @@ def view(health: dict[str, Any] | None, until: datetime | None, now: datetime) -
            else "Meta restricted the WhatsApp Business Account: " + "; ".join(RESTRICTION_WORDS.get(r["kind"], r["kind"]) for r in restrictions))
     return {
         "quality_rating": quality.get("rating"),
-        "quality_since": quality.get("at"),
+        "quality_since": quality.get("since", quality.get("at")),
         "messaging_limit": limit.get("value"),
-        "messaging_limit_since": limit.get("at"),
+        "messaging_limit_since": limit.get("since", limit.get("at")),
         "sends_held": {"reason": why, "until": None if until == UNTIL_LIFTED else _iso(until)} if waiting else None,
         "marketing_held": quality.get("rating") == "RED",
         "violation": (health.get("violation") or {}).get("type"),
@@ -256,6 +335,57 @@ def _number(store: Any, event: ev.NumberQualityChanged) -> str:
     return f"WhatsApp number {shown}(id {store.whatsapp_phone_number_id})"
 
 
+def _flagged(number: str, limit: str) -> str:
+    return (f"{number} was flagged by Meta: its quality rating is RED (low): customers block or report its messages.{limit} "
+            "If it stays low, Meta lowers the messaging limit. Cart and reorder reminders (marketing) are held while it is RED; "
+            "order, COD and delivery messages still go. Check which templates are rated low (WhatsApp Manager > Insights), "
+            "send fewer marketing messages, and only to customers who opted in")
+
+
+def _unflagged(number: str) -> str:
+    return (f"{number} is no longer flagged: its quality rating is back up. Held marketing messages go out "
+            "again, each cart or reorder run's latest one only, unless held past its send_within limit "
+            "(skipped as too_late)")
+
+
+def _read_number(store: Any) -> str:
+    digits = store.display_digits
+    return f"WhatsApp number {f'+{digits} ' if digits else ''}(id {store.whatsapp_phone_number_id})"
+
+
+def rating_news(store: Any, was: str | None, rating: str) -> NumberNews | None:
+    """What a changed rating read from Meta tells the owner: RED as a flag does; YELLOW, the warning
+    before it (Meta's webhooks never say YELLOW); GREEN only to an open case. A first reading of
+    GREEN tells nobody (nothing changed that anyone heard of)."""
+    number = _read_number(store)
+    if rating == "RED":
+        return NumberNews(_flagged(number, ""))
+    if rating == "YELLOW":
+        back = (" It was RED: held marketing messages go out again, each cart or reorder run's latest one only, unless held "
+                "past its send_within limit (skipped as too_late).") if was == "RED" else ""
+        return NumberNews(
+            f"{number} is rated YELLOW (medium) by Meta: customers have begun to block or report its messages.{back} "
+            "If it turns RED, cart and reorder reminders (marketing) are held until it recovers, and Meta may lower its "
+            "messaging limit. Check which templates are rated low (WhatsApp Manager > Insights), send fewer marketing "
+            "messages, and only to customers who opted in")
+    if rating == "GREEN" and was == "RED":
+        return NumberNews(_unflagged(number), only_open=True)
+    if rating == "GREEN" and was is not None:
+        return NumberNews(f"{number} is rated GREEN (high) by Meta again", only_open=True)
+    return None
+
+
+def limit_news(store: Any, was: str | None, limit: str) -> NumberNews | None:
+    """A messaging limit read from Meta that moved from one it had said: told as Meta's own
+    DOWNGRADE or UPGRADE is. A first reading, or a tier we do not know the order of, tells nobody."""
+    if was not in TIERS or limit not in TIERS or was == limit:
+        return None
+    change = ev.NumberQualityChanged(business_account_id="", display_phone_number=store.display_digits,
+                                     event="DOWNGRADE" if TIERS.index(limit) < TIERS.index(was) else "UPGRADE",
+                                     limit=limit, old_limit=was)
+    return number_news(change, store)
+
+
 def number_news(event: Any, store: Any) -> NumberNews | None:
     """What a number or account update that is news tells the store's owner, with what to do; None:
     nothing to tell (a limit raised, an account event that changes no send...)."""
@@ -263,15 +393,9 @@ def number_news(event: Any, store: Any) -> NumberNews | None:
         number = _number(store, event)
         limit = f" Its messaging limit is {event.limit}." if event.limit else ""
         if event.event == "FLAGGED":
-            return NumberNews(
-                f"{number} was flagged by Meta: its quality rating is RED (low): customers block or report its messages.{limit} "
-                "If it stays low, Meta lowers the messaging limit. Cart and reorder reminders (marketing) are held while it is RED; "
-                "order, COD and delivery messages still go. Check which templates are rated low (WhatsApp Manager > Insights), "
-                "send fewer marketing messages, and only to customers who opted in")
+            return NumberNews(_flagged(number, limit))
         if event.event == "UNFLAGGED":
-            return NumberNews(f"{number} is no longer flagged: its quality rating is back up. Held marketing messages go out "
-                              "again, each cart or reorder run's latest one only, unless held past its send_within limit "
-                              "(skipped as too_late)", only_open=True)
+            return NumberNews(_unflagged(number), only_open=True)
         if event.event == "DOWNGRADE":
             was = f" from {event.old_limit}" if event.old_limit else ""
             return NumberNews(

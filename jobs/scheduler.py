@@ -6,7 +6,8 @@ with, per store that has API credentials, ``reconcile:<store key>`` every
 Shopify: the customers changed are read for their consent after the orders, and a tick whose
 customers pass failed counts as failed),
 ``checkout-poll:<key>`` (Shopify), and for stores running the reorder journey
-``products:<key>`` (daily, first a minute after start) and ``reorder:<key>``; plus the
+``products:<key>`` (daily, first a minute after start) and ``reorder:<key>``; per store with a
+WhatsApp number (not in dry run) ``number-quality:<key>`` every ``worker.number_quality_hours``; plus the
 hourly raw-body and conversation purge. Each run logs its report (the job log); a run that fails is logged on the
 storeloop logger with its store and job, and each store job's last outcome (last success, last
 error, failures in a row) is kept in the database for the dashboard (``connector/job_health.py``).
@@ -224,6 +225,7 @@ def build_scheduler(runtime: Any, *, holder: str | None = None) -> AsyncIOSchedu
         log.info("order reconciliation off for %s: no API credentials", ", ".join(skipped))
     add_checkout_poll_jobs(scheduler, runtime, holder)
     add_product_sync_jobs(scheduler, runtime, holder)
+    add_number_quality_jobs(scheduler, runtime, holder)
     for store in runtime.settings.stores:
         if "reorder" in store.enabled_journeys():
             minutes_r = float(runtime.settings.worker.reorder_minutes)
@@ -306,6 +308,55 @@ async def purge_job(runtime: Any, holder: str) -> dict[str, int]:
     return {"raw_bodies": purged, **emptied}
 
 
+# ---- the WhatsApp number's quality rating (Meta's webhooks say RED and GREEN, never YELLOW) ----
+
+NUMBER_QUALITY_FIRST_AFTER = timedelta(minutes=2)  # the first read soon after the worker starts (the lease spaces restarts)
+
+
+def add_number_quality_jobs(scheduler: AsyncIOScheduler, runtime: Any, holder: str) -> list[str]:
+    """``number-quality:<store key>`` every ``worker.number_quality_hours`` (0 turns it off) for each
+    store with a ``whatsapp_phone_number_id``, unless WhatsApp runs dry (no token to ask Meta with)."""
+    hours = float(runtime.settings.worker.number_quality_hours)
+    if hours <= 0 or runtime.settings.whatsapp.dry_run:
+        return []
+    interval = timedelta(hours=hours)
+    added = []
+    for store in runtime.settings.stores:
+        if store.whatsapp_phone_number_id:
+            scheduler.add_job(
+                number_quality_store, "interval", seconds=interval.total_seconds(), id=f"number-quality:{store.key}",
+                name=f"read WhatsApp number quality {store.key}", args=[runtime, store, holder, interval],
+                next_run_time=datetime.now(timezone.utc) + NUMBER_QUALITY_FIRST_AFTER, replace_existing=True, coalesce=True,
+                max_instances=1,
+            )
+            added.append(store.key)
+    return added
+
+
+async def number_quality_store(runtime: Any, store: Any, holder: str, interval: timedelta) -> bool:
+    """One read for one store, under the lease ``job:number-quality:<key>`` (one worker asks): the
+    number's rating and limit from Meta, kept and told as Meta's news is (``number_health.note_reading``).
+    A failed read is logged and shown in the job's health; it never raises. False: not run."""
+    from adapters.whatsapp.client import WhatsAppClient
+    from connector.number_health import note_reading
+
+    wa = runtime.settings.whatsapp
+    store_id = runtime.store_ids.get(store.key)
+    if wa.dry_run or not store.whatsapp_phone_number_id or store_id is None:
+        return False
+    assert wa.access_token is not None
+
+    async def job() -> None:
+        async with WhatsAppClient(str(wa.graph_base_url).rstrip("/"), wa.api_version, wa.access_token.get_secret_value(),
+                                  max_connections=1) as client:
+            reading = await client.number_quality(store.whatsapp_phone_number_id)
+        told = await anyio.to_thread.run_sync(note_reading, runtime.db, store, store_id, reading, runtime.clock())
+        log.log(logging.INFO if told else logging.DEBUG, "number-quality %s: rating %s, limit %s%s", store.key, reading.rating,
+                reading.limit, f"; {told} news for the number's case" if told else "", extra={"store": store.key, "job": "number-quality"})
+
+    return await _tracked_tick(runtime, store, store_id, holder, interval, "number-quality", job)
+
+
 # ---- abandoned-checkout poll (Shopify has no "abandoned" webhook, and checkout webhooks get lost) ----
 
 
@@ -338,4 +389,5 @@ async def poll_checkouts_store(runtime: Any, store: Any, holder: str, interval: 
     return await _sync_tick(runtime, store, holder, interval, "checkout-poll", work)
 
 
-__all__ = ["build_scheduler", "has_credentials", "make_client", "product_sync_store", "reconcile_store", "reorder_job", "worker_id"]
+__all__ = ["build_scheduler", "has_credentials", "make_client", "number_quality_store", "product_sync_store", "reconcile_store",
+           "reorder_job", "worker_id"]

@@ -76,11 +76,11 @@ def test_a_restriction_meta_lifts_early_is_noted_ended_when_meta_says_so(db_url,
 
 
 def test_a_timer_round_still_fires_the_journeys_when_noting_a_restrictions_end_raises(db_url, scenario, world, caplog):
-    """A restriction kept with an end that is not a date (a row written by hand, or by an older version) and a
-    hold that has passed: noting its end raises at every round. The round logs it and fires the stores'
+    """A restriction kept in a shape nothing reads (a row written by hand: an entry that is not an object) and
+    a hold that has passed: noting its end raises at every round. The round logs it and fires the stores'
     journeys all the same: Ravi's cart reminder is queued and goes; nothing about the hold is told."""
     sc = scenario(db_url, "shopify", journeys=LADDER)
-    broken = {"restriction": {"restrictions": [{"kind": "RESTRICTED_BIZ_INITIATED_MESSAGING", "until": "next tuesday"}],
+    broken = {"restriction": {"restrictions": ["RESTRICTED_BIZ_INITIATED_MESSAGING until next tuesday"],
                               "at": (sc.now - timedelta(hours=3)).isoformat()}}
     with sc.runtime.db.engine.begin() as conn:
         conn.execute(update(m.Store).where(m.Store.key == sc.key).values(
@@ -91,3 +91,25 @@ def test_a_timer_round_still_fires_the_journeys_when_noting_a_restrictions_end_r
     assert sc.templates_to(RAVI) == ["cart_1_v1"]  # the abandonment timer fired at 30 minutes, and the reminder went
     assert any("noting the end of a WhatsApp restriction failed" in r.getMessage() for r in caplog.records)
     assert told(world) == []
+
+
+def test_a_restriction_kept_with_an_end_that_is_not_a_date_is_noted_ended_once_and_raises_nothing(db_url, scenario, world, caplog):
+    """A restriction kept with an end that is not a date (a row written by hand, or by an older version) and a
+    hold that has passed: it used to raise at every round (an error logged each time, never noted ended). Now
+    the round takes it as ended when the store's hold did, warns once, and the sends go on."""
+    sc = scenario(db_url, "shopify", journeys=LADDER)
+    held_until = sc.now - timedelta(hours=1)
+    broken = {"restriction": {"restrictions": [{"kind": "RESTRICTED_BIZ_INITIATED_MESSAGING", "until": "next tuesday"}],
+                              "at": (sc.now - timedelta(hours=3)).isoformat()}}
+    with sc.runtime.db.engine.begin() as conn:
+        conn.execute(update(m.Store).where(m.Store.key == sc.key).values(whatsapp_health=broken, whatsapp_held_until=held_until))
+    SHOPIFY.start_checkout(sc, "cartR", RAVI)
+    with caplog.at_level(logging.WARNING):
+        sc.later(hours=1, step=timedelta(minutes=20))
+    assert sc.templates_to(RAVI) == ["cart_1_v1"]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    warned = [r for r in caplog.records if "end that is not a date" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+    health = whatsapp_health(sc)
+    assert health["sends_held"] is None and health["restriction_ended_at"] == held_until.isoformat()
+    assert told(world) == []  # no case was open to hear it

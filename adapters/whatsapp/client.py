@@ -25,6 +25,7 @@ from httpx._transports.default import map_httpcore_exceptions
 from adapters import asyncio_backend
 from adapters.whatsapp import errors
 from connector.errors import PermanentError
+from connector.number_health import NumberReading
 from connector.messages import (
     CurrencyParam,
     DateTimeParam,
@@ -277,6 +278,24 @@ class WhatsAppClient:
         host = url.netloc  # with the port when it is not the scheme's default, as httpx writes it
         headers = [(b"Host", host), *((k.encode("latin-1"), v.encode("latin-1")) for k, v in self._post_headers.items())]
         return url, core_url, headers
+
+    async def number_quality(self, phone_number_id: str) -> NumberReading:
+        """The number's ``quality_rating`` (GREEN, YELLOW, RED, UNKNOWN) and ``messaging_limit_tier``
+        (TIER_250, TIER_1K, TIER_10K, TIER_100K, TIER_UNLIMITED...), one GET of the WhatsApp Business
+        Phone Number node. Meta's webhooks never say YELLOW; this does. The field names and values are
+        those third-party references of the Graph API give (Meta's own page is not in our offline docs).
+        Errors are classified as a send's are (401: the token; 5xx, 429: retryable; ...)."""
+        response = await self._request("GET", f"{self._root}/{phone_number_id}",
+                                       params={"fields": "quality_rating,messaging_limit_tier"})
+        try:
+            data = response.json()
+        except ValueError:
+            raise PermanentError("phone number: response is not JSON", http_status=response.status_code) from None
+        if not isinstance(data, dict):
+            raise PermanentError("phone number: unexpected response", http_status=response.status_code)
+        rating, limit = data.get("quality_rating"), data.get("messaging_limit_tier")
+        return NumberReading(rating=rating.strip().upper() if isinstance(rating, str) and rating.strip() else None,
+                             limit=limit.strip().upper() if isinstance(limit, str) and limit.strip() else None)
 
     async def list_templates(self, waba_id: str) -> list[dict[str, Any]]:
         """Every message template of a WABA, as Meta's raw dicts (name, language, status, ...).

@@ -7,6 +7,9 @@ Meta refuses an undeliverable one (``fail_share``: HTTP 400 with code 131026, ch
 hash of the recipient, template and callback data, so the same sends fail whatever order
 they arrive in), and can post signed status webhooks
 (sent, delivered, read) back to the connector with the ``biz_opaque_callback_data`` it got.
+``GET /{version}/{phone_number_id}`` answers the number's ``quality_rating`` and
+``messaging_limit_tier`` (settable: ``quality_rating``, ``messaging_limit_tier``), so the
+connector's number-quality job can be shown a YELLOW or RED number.
 Nothing here is used in production.
 """
 
@@ -86,6 +89,9 @@ class SandboxWhatsApp:
         self.app_secret = app_secret
         self.statuses = statuses
         self.templates = templates or []
+        self.quality_rating = "GREEN"  # what the number's GET answers; set YELLOW or RED to see the connector react
+        self.messaging_limit_tier = "TIER_1K"
+        self.number_reads = 0
         self.calls: list[Call] = []
         self.script: deque[ScriptedResponse] = deque()
         self._ids = itertools.count(1)
@@ -97,6 +103,7 @@ class SandboxWhatsApp:
             routes=[
                 Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
                 Route("/{version}/{waba_id}/message_templates", self._templates, methods=["GET"]),
+                Route("/{version}/{phone_number_id}", self._number, methods=["GET"]),
             ],
             lifespan=self._lifespan,
         )
@@ -176,6 +183,22 @@ class SandboxWhatsApp:
             task.add_done_callback(self._posting.discard)
         digits = to.lstrip("+")
         return JSONResponse({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": digits}], "messages": [{"id": wamid}]})
+
+    async def _number(self, request: Request) -> Response:
+        """The phone number node, with the fields asked for (``?fields=``), as Graph answers; a
+        scripted response (``script``) is answered instead, as for a send."""
+        if request.headers.get("authorization") != f"Bearer {self.token}":
+            return JSONResponse({"error": {"message": "Invalid OAuth access token.", "type": "OAuthException", "code": 190, "fbtrace_id": "SBX"}}, 401)
+        with self._lock:
+            self.number_reads += 1
+            scripted = self.script.popleft() if self.script else None
+        if scripted is not None:
+            if isinstance(scripted.body, str):
+                return Response(scripted.body, scripted.status, headers=scripted.headers, media_type="text/html")
+            return JSONResponse(scripted.body, scripted.status, headers=scripted.headers)
+        node = {"quality_rating": self.quality_rating, "messaging_limit_tier": self.messaging_limit_tier}
+        wanted = [f for f in request.query_params.get("fields", "").split(",") if f]
+        return JSONResponse({**{k: v for k, v in node.items() if not wanted or k in wanted}, "id": request.path_params["phone_number_id"]})
 
     async def _templates(self, request: Request) -> Response:
         return JSONResponse({"data": self.templates, "paging": {"cursors": {"before": "a", "after": "a"}}})

@@ -497,3 +497,27 @@ def test_list_templates_surfaces_graph_errors():
     result, _ = run_list([graph_error(190, status=401)])
     assert type(result) is AccountError and result.code == 190
     assert_clean(result)
+
+
+def test_number_quality_reads_the_rating_and_limit_from_the_sandbox_and_classifies_its_errors():
+    """GET /{phone_number_id}?fields=quality_rating,messaging_limit_tier against the sandbox Cloud API
+    (a real HTTP peer): YELLOW, which no webhook says; a 5xx is retryable, a refused token permanent."""
+    from connector.number_health import NumberReading
+    from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp, ScriptedResponse
+
+    sandbox = SandboxWhatsApp(token=TOKEN)
+    sandbox.quality_rating, sandbox.messaging_limit_tier = "YELLOW", "TIER_10K"
+
+    async def read(token: str = TOKEN) -> NumberReading:
+        async with WhatsAppClient(server.url, VERSION, token, max_connections=1) as client:
+            return await client.number_quality(PHONE_ID)
+
+    with SandboxServer(sandbox.app) as server:
+        assert asyncio.run(read()) == NumberReading(rating="YELLOW", limit="TIER_10K")
+        sandbox.script.append(ScriptedResponse(503, {"error": {"message": "down", "type": "OAuthException", "code": 2}}))
+        with pytest.raises(RetryableError) as down:
+            asyncio.run(read())
+        with pytest.raises(PermanentError) as refused:
+            asyncio.run(read("wrong-token"))
+    assert down.value.http_status == 503 and refused.value.http_status == 401
+    assert TOKEN not in str(down.value) and sandbox.number_reads == 2

@@ -85,6 +85,9 @@ class FakeWorld:
     # True: the Cloud API takes each message (it reaches the phone) but its answer names no message id,
     # as when the answer is lost: the connector cannot tell the message went out, nor match a reply to it
     whatsapp_answer_lost: bool = False
+    # the sending number as the Cloud API's GET of it answers (the number-quality job), and its status (not 200: an error)
+    whatsapp_number: dict[str, Any] = field(default_factory=dict)
+    whatsapp_number_status: int = 200
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -108,6 +111,7 @@ class FakeWorld:
             Route("/wp-json/wc/v3/orders/{order_id}", self._woo_order, methods=["GET", "PUT"]),
             Route("/wp-json/wc/v3/orders/{order_id}/notes", self._woo_note, methods=["POST"]),
             Route("/hooks/{stage}", self._hook, methods=["POST"]),
+            Route("/{version}/{phone_number_id}", self._wa_number, methods=["GET"]),
         ])
 
     def reset(self) -> None:
@@ -126,6 +130,8 @@ class FakeWorld:
             self.shopify_hooks.clear()
             self.whatsapp_down = False
             self.whatsapp_answer_lost = False
+            self.whatsapp_number = {"quality_rating": "GREEN", "messaging_limit_tier": "TIER_1K"}
+            self.whatsapp_number_status = 200
 
     # ---- what scenarios read -------------------------------------------------------------
     def sent(self, to: str | None = None) -> list[WhatsAppSend]:
@@ -166,6 +172,15 @@ class FakeWorld:
             return JSONResponse({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to.lstrip("+")}]})
         return JSONResponse({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to.lstrip("+")}],
                              "messages": [{"id": wamid}]})
+
+    async def _wa_number(self, request: Request) -> Response:
+        if request.headers.get("authorization") != f"Bearer {WA_TOKEN}":
+            self.refused.append("whatsapp")
+            return JSONResponse({"error": {"message": "Invalid OAuth access token.", "type": "OAuthException", "code": 190}}, 401)
+        if self.whatsapp_number_status != 200:
+            return JSONResponse({"error": {"message": "An unexpected error has occurred.", "type": "OAuthException", "code": 2}},
+                                self.whatsapp_number_status)
+        return JSONResponse({**self.whatsapp_number, "id": request.path_params["phone_number_id"]})
 
     # ---- Shopify Admin GraphQL -----------------------------------------------------------
     async def _shopify_graphql(self, request: Request) -> Response:
