@@ -279,20 +279,24 @@ class WhatsAppClient:
         headers = [(b"Host", host), *((k.encode("latin-1"), v.encode("latin-1")) for k, v in self._post_headers.items())]
         return url, core_url, headers
 
+    async def _get_object(self, url: str, params: dict[str, Any], what: str) -> dict[str, Any]:
+        """One GET whose answer must be a JSON object; anything else is a PermanentError naming ``what``."""
+        response = await self._request("GET", url, params=params)
+        try:
+            data = response.json()
+        except ValueError:
+            raise PermanentError(f"{what}: response is not JSON", http_status=response.status_code) from None
+        if not isinstance(data, dict):
+            raise PermanentError(f"{what}: unexpected response", http_status=response.status_code)
+        return data
+
     async def number_quality(self, phone_number_id: str) -> NumberReading:
         """The number's ``quality_rating`` (GREEN, YELLOW, RED, UNKNOWN) and ``messaging_limit_tier``
         (TIER_250, TIER_1K, TIER_10K, TIER_100K, TIER_UNLIMITED...), one GET of the WhatsApp Business
         Phone Number node. Meta's webhooks never say YELLOW; this does. The field names and values are
         those third-party references of the Graph API give (Meta's own page is not in our offline docs).
         Errors are classified as a send's are (401: the token; 5xx, 429: retryable; ...)."""
-        response = await self._request("GET", f"{self._root}/{phone_number_id}",
-                                       params={"fields": "quality_rating,messaging_limit_tier"})
-        try:
-            data = response.json()
-        except ValueError:
-            raise PermanentError("phone number: response is not JSON", http_status=response.status_code) from None
-        if not isinstance(data, dict):
-            raise PermanentError("phone number: unexpected response", http_status=response.status_code)
+        data = await self._get_object(f"{self._root}/{phone_number_id}", {"fields": "quality_rating,messaging_limit_tier"}, "phone number")
         rating, limit = data.get("quality_rating"), data.get("messaging_limit_tier")
         return NumberReading(rating=rating.strip().upper() if isinstance(rating, str) and rating.strip() else None,
                              limit=limit.strip().upper() if isinstance(limit, str) and limit.strip() else None)
@@ -309,13 +313,7 @@ class WhatsAppClient:
         seen: set[str] = set()
         out: list[dict[str, Any]] = []
         for _ in range(MAX_TEMPLATE_PAGES):
-            response = await self._request("GET", url, params=params)
-            try:
-                data = response.json()
-            except ValueError:
-                raise PermanentError("template list: response is not JSON", http_status=response.status_code) from None
-            if not isinstance(data, dict):
-                raise PermanentError("template list: unexpected response", http_status=response.status_code)
+            data = await self._get_object(url, params, "template list")
             out.extend(t for t in data.get("data") or [] if isinstance(t, dict))
             paging = data.get("paging") if isinstance(data.get("paging"), dict) else {}
             next_url = paging.get("next")
