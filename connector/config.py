@@ -149,7 +149,15 @@ class WorkerSettings(_Settings):
     reorder_minutes: float = Field(15, gt=0, description="how often reorder windows are refreshed and due ones opened")
     number_quality_hours: float = Field(
         4, ge=0, description="how often each store's WhatsApp number's quality rating (YELLOW too, which no webhook says) "
-                             "and messaging limit are read from Meta; 0: off (never in dry run)")
+                             "and messaging limit are read from Meta; 0: off (never in dry run); else at least 0.25")
+
+    @field_validator("number_quality_hours")
+    @classmethod
+    def _reading_spaced(cls, value: float) -> float:
+        """Each read is a Graph API call the sends' allowance pays for too (80007): not every few seconds."""
+        if 0 < value < 0.25:
+            raise ValueError(f"{value:g} would read the number every {value * 60:.3g} minutes: 0 turns it off, else at least 0.25 (15 minutes)")
+        return value
 
     @model_validator(mode="before")
     @classmethod

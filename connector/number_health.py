@@ -217,19 +217,37 @@ def record_reading(conn: Connection, store: Any, store_id: int, reading: NumberR
         query = query.with_for_update()
     health = conn.execute(query).scalar() or {}
     new, told = health, []
-    if reading.rating in RATINGS:
+    # a reading that says what is kept changes nothing, not even the part's time: moved on, it would make a
+    # webhook Meta sent just before (a FLAGGED on its way) look older than the news and be dropped as stale
+    if reading.rating in RATINGS and reading.rating != quality_of(new):
         was = quality_of(new)
         new, verdict = merge(new, [Part("quality", {"rating": reading.rating, "event": "READ"})], now)
         if verdict == "news" and (news := rating_news(store, was, reading.rating)) is not None:
             told.append(news)
-    if reading.limit:
-        was = (new.get("limit") or {}).get("value")
-        new, verdict = merge(new, [Part("limit", {"value": reading.limit, "old": was, "event": "READ"})], now)
-        if verdict == "news" and (news := limit_news(store, was, reading.limit)) is not None:
+    was_limit = (new.get("limit") or {}).get("value")
+    if reading.limit and tier(reading.limit) != tier(was_limit):
+        new, verdict = merge(new, [Part("limit", {"value": reading.limit, "old": was_limit, "event": "READ"})], now)
+        if verdict == "news" and (news := limit_news(store, was_limit, reading.limit)) is not None:
             told.append(news)
     if new is not health:
-        conn.execute(update(STORES).where(STORES.c.id == store_id).values(whatsapp_health=new, whatsapp_held_until=held_until(new, now)))
+        # only the rating and the limit: a reading says nothing of restrictions or bans, so the sends' hold
+        # (``whatsapp_held_until``) is left to the webhooks and to ``end_passed_holds``, which tells its end
+        conn.execute(update(STORES).where(STORES.c.id == store_id).values(whatsapp_health=new))
     return told
+
+
+# Meta's limit as its webhooks give it now (``max_daily_conversations_per_business``: a count) and as the
+# phone number node and the older webhooks do (a tier): one form, so the two agree on what changed
+_COUNTS = {"50": "TIER_50", "250": "TIER_250", "1000": "TIER_1K", "2000": "TIER_2K", "10000": "TIER_10K",
+           "100000": "TIER_100K", "UNLIMITED": "TIER_UNLIMITED"}
+
+
+def tier(limit: str | None) -> str | None:
+    """A messaging limit as a tier name (``TIER_2K`` for a count of 2000); other values as they are."""
+    if limit is None:
+        return None
+    text = str(limit).strip().upper().replace(",", "")
+    return _COUNTS.get(text, text)
 
 
 def note_reading(db: Any, store: Any, store_id: int, reading: NumberReading, now: datetime) -> int:
@@ -378,6 +396,7 @@ def rating_news(store: Any, was: str | None, rating: str) -> NumberNews | None:
 def limit_news(store: Any, was: str | None, limit: str) -> NumberNews | None:
     """A messaging limit read from Meta that moved from one it had said: told as Meta's own
     DOWNGRADE or UPGRADE is. A first reading, or a tier we do not know the order of, tells nobody."""
+    was, limit = tier(was), tier(limit)  # type: ignore[assignment]
     if was not in TIERS or limit not in TIERS or was == limit:
         return None
     change = ev.NumberQualityChanged(business_account_id="", display_phone_number=store.display_digits,

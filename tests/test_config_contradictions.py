@@ -129,3 +129,10 @@ def test_a_send_within_limit_read_from_the_environment_converts_like_any_number(
     result = _check(tmp_path, monkeypatch, text, {"REORDER_HOURS": "0"})
     assert result.exit_code == 2 and ("stores[0].policy.send_within_hours.reorder: must be greater than 0 and at most 8760 "
                                       "hours (a year)") in _plain(result), result.output
+
+
+def test_the_number_reading_cannot_be_set_to_every_few_seconds(tmp_path, monkeypatch):
+    """Each read of the number's rating is a Graph API call the sends' allowance pays for too (80007)."""
+    problems = _example_with(tmp_path, monkeypatch, "number_quality_hours = 4 ", "number_quality_hours = 0.001 ")
+    assert ("worker.number_quality_hours: 0.001 would read the number every 0.06 minutes: 0 turns it off, else at least "
+            "0.25 (15 minutes)") in problems, problems

@@ -22,7 +22,9 @@ import logging
 from datetime import timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import select, update
 
+from connector.storage import models as m
 from jobs.scheduler import add_number_quality_jobs, number_quality_store
 from tests.conftest import PHONE_ID_A
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
@@ -131,3 +133,58 @@ def test_the_job_runs_per_store_number_every_few_hours_and_is_off_at_zero(sqlite
     off = sc.settings.model_copy(update={"worker": sc.settings.worker.model_copy(update={"number_quality_hours": 0})})
     runtime = type("R", (), {"settings": off})()
     assert add_number_quality_jobs(AsyncIOScheduler(), runtime, "worker-1") == []
+
+
+def test_a_reading_that_agrees_does_not_make_a_flag_meta_sent_just_before_look_stale(sqlite_url, scenario, world):
+    """Meta flags the number a minute before a reading, whose answer still says GREEN (what is kept). The
+    reading changes nothing, not even the rating's time: before, it moved that time on, and the FLAGGED
+    webhook arriving just after it was dropped as older news, so marketing went on for hours while RED."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    read_number(sc)  # GREEN kept
+    sc.later(hours=4)
+    read_number(sc)  # GREEN again, at sc.now
+    account(sc, number("FLAGGED", current_limit="TIER_1K"), at=sc.now - timedelta(minutes=1))  # sent before the reading
+    sc.later(minutes=5)
+    health = whatsapp_health(sc)
+    assert (health["quality_rating"], health["marketing_held"]) == ("RED", True)
+    [(_, text)] = told(world)
+    assert "was flagged by Meta" in text
+
+
+def test_a_reading_never_releases_the_sends_a_restriction_holds(sqlite_url, scenario, world):
+    """A reading says nothing of restrictions: it must not touch the sends' hold. Before, it recomputed it
+    from what was kept, and a kept restriction whose end is no date (held until the store's own hold time)
+    was released by the first reading, hours early, with no note that it ended."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    held_until = sc.now + timedelta(hours=6)
+    broken = {"restriction": {"restrictions": [{"kind": "RESTRICTED_BIZ_INITIATED_MESSAGING", "until": "next tuesday"}],
+                              "at": (sc.now - timedelta(hours=1)).isoformat()}}
+    with sc.runtime.db.engine.begin() as conn:
+        conn.execute(update(m.Store).where(m.Store.key == sc.key).values(whatsapp_health=broken, whatsapp_held_until=held_until))
+    world.whatsapp_number = {"quality_rating": "YELLOW", "messaging_limit_tier": "TIER_1K"}
+    read_number(sc)
+    assert whatsapp_health(sc)["quality_rating"] == "YELLOW"
+    with sc.runtime.db.engine.connect() as conn:
+        assert conn.execute(select(m.Store.whatsapp_held_until).where(m.Store.key == sc.key)).scalar_one() == held_until
+
+
+def test_a_limit_the_webhook_gave_as_a_count_and_a_reading_gives_as_a_tier_is_one_limit(sqlite_url, scenario, world):
+    """Meta's webhooks now give the limit as a count (``max_daily_conversations_per_business``: "2000"), the
+    number's node as a tier ("TIER_2K"). A lower limit read after such a webhook is told as lowered (before, a
+    count was no tier it knew the order of, and the owner heard nothing of a downgrade whose webhook was lost);
+    the same limit read after it tells nobody."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    read_number(sc)  # GREEN, TIER_1K
+    account(sc, number("UPGRADE", max_daily_conversations_per_business="2000", old_limit="TIER_1K"), at=sc.now + timedelta(minutes=1))
+    sc.later(hours=4)
+    before = len(told(world))
+    world.whatsapp_number = {"quality_rating": "GREEN", "messaging_limit_tier": "TIER_250"}  # the DOWNGRADE webhook was lost
+    read_number(sc)
+    lowered = told(world)[before:]
+    assert len(lowered) == 1 and "lowered the messaging limit" in lowered[0][1] and "to TIER_250" in lowered[0][1], lowered
+    account(sc, number("UPGRADE", max_daily_conversations_per_business="2000", old_limit="TIER_250"), at=sc.now + timedelta(minutes=1))
+    sc.later(hours=4)
+    before = len(told(world))
+    world.whatsapp_number = {"quality_rating": "GREEN", "messaging_limit_tier": "TIER_2K"}
+    read_number(sc)
+    assert len(told(world)) == before  # the same limit, written another way

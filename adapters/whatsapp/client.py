@@ -293,8 +293,10 @@ class WhatsAppClient:
     async def number_quality(self, phone_number_id: str) -> NumberReading:
         """The number's ``quality_rating`` (GREEN, YELLOW, RED, UNKNOWN) and ``messaging_limit_tier``
         (TIER_250, TIER_1K, TIER_10K, TIER_100K, TIER_UNLIMITED...), one GET of the WhatsApp Business
-        Phone Number node. Meta's webhooks never say YELLOW; this does. The field names and values are
-        those third-party references of the Graph API give (Meta's own page is not in our offline docs).
+        Phone Number node. Meta's webhooks never say YELLOW; this does. ``quality_rating``'s values are
+        those third-party references of the Graph API give. Meta's "Messaging Limits" page calls
+        ``messaging_limit_tier`` deprecated for ``whatsapp_business_manager_messaging_limit``, whose value
+        form it does not show: should Meta drop the old field, this read fails (the job's health says so).
         Errors are classified as a send's are (401: the token; 5xx, 429: retryable; ...)."""
         data = await self._get_object(f"{self._root}/{phone_number_id}", {"fields": "quality_rating,messaging_limit_tier"}, "phone number")
         rating, limit = data.get("quality_rating"), data.get("messaging_limit_tier")
