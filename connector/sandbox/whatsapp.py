@@ -94,6 +94,9 @@ class SandboxWhatsApp:
         self.number_reads = 0
         self.calls: list[Call] = []
         self.script: deque[ScriptedResponse] = deque()
+        # answers scripted for the number's GET only: a read two minutes after a worker starts must not take one
+        # meant for a send
+        self.number_script: deque[ScriptedResponse] = deque()
         self._ids = itertools.count(1)
         self._window: dict[str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
@@ -186,12 +189,12 @@ class SandboxWhatsApp:
 
     async def _number(self, request: Request) -> Response:
         """The phone number node, with the fields asked for (``?fields=``), as Graph answers; a
-        scripted response (``script``) is answered instead, as for a send."""
+        response scripted for it (``number_script``) is answered instead."""
         if request.headers.get("authorization") != f"Bearer {self.token}":
             return JSONResponse({"error": {"message": "Invalid OAuth access token.", "type": "OAuthException", "code": 190, "fbtrace_id": "SBX"}}, 401)
         with self._lock:
             self.number_reads += 1
-            scripted = self.script.popleft() if self.script else None
+            scripted = self.number_script.popleft() if self.number_script else None
         if scripted is not None:
             if isinstance(scripted.body, str):
                 return Response(scripted.body, scripted.status, headers=scripted.headers, media_type="text/html")

@@ -514,7 +514,7 @@ def test_number_quality_reads_the_rating_and_limit_from_the_sandbox_and_classifi
 
     with SandboxServer(sandbox.app) as server:
         assert asyncio.run(read()) == NumberReading(rating="YELLOW", limit="TIER_10K")
-        sandbox.script.append(ScriptedResponse(503, {"error": {"message": "down", "type": "OAuthException", "code": 2}}))
+        sandbox.number_script.append(ScriptedResponse(503, {"error": {"message": "down", "type": "OAuthException", "code": 2}}))
         with pytest.raises(RetryableError) as down:
             asyncio.run(read())
         with pytest.raises(PermanentError) as refused:
