@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -325,28 +324,31 @@ def test_a_send_after_a_busy_spell_never_goes_out_on_a_connection_the_server_has
     after 5 s). If the client reuses it just then, the POST meets a closed socket: the outcome is
     unknown, the row ends ``uncertain`` and the customer's message is never sent. Seen in CI (3 of
     10,000 sends, two dispatcher processes on a loaded machine): the event loop, busy, had not yet
-    read the server's FIN when the pool handed the connection out again. Here the loop is blocked
-    past the server's keep-alive (time.sleep on the loop's own thread is that busy loop), then
-    sends at once: the client must have retired the connection on its own clock."""
+    read the server's FIN when the pool handed the connection out again. Here the loop's own thread
+    waits (blocking the loop, as a busy loop does) until the server has closed the idle connection,
+    then sends at once: the client must have retired the connection on its own clock."""
     fake = SandboxWhatsApp(token=WA_TOKEN)
     message = TextMessage(to=ASHA, body="Your order is on its way")
+    seen_closed: list[bool] = []
 
     async def run() -> list[str]:
-        client = WhatsAppClient(server.url, "v21.0", WA_TOKEN, keepalive_expiry=0.2)
+        client = WhatsAppClient(server.url, "v21.0", WA_TOKEN, keepalive_expiry=0.05)
         outcomes = []
         try:
-            for _ in range(3):
+            for n in range(1, 4):
                 try:
                     await client.send(PHONE_ID_A, message)
                     outcomes.append("sent")
                 except RetryableError as exc:
                     outcomes.append(f"unknown: {exc}" if exc.outcome_unknown else f"retry: {exc}")
-                time.sleep(0.8)  # busy: the server closes the idle connection meanwhile, unread by this loop
+                # busy: the server closes the idle connection meanwhile, unread by this loop
+                seen_closed.append(server.wait_for_closed(n, timeout=10))
         finally:
             await client.aclose()
         return outcomes
 
-    with SandboxServer(fake.app, keep_alive=0.4) as server:
+    with SandboxServer(fake.app, keep_alive=0.5) as server:
         outcomes = asyncio.run(run())
     assert outcomes == ["sent"] * 3
+    assert seen_closed == [True] * 3  # each send's connection was closed by the server before the next send
     assert len(fake.accepted()) == 3

@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -236,8 +237,19 @@ class SandboxServer:
     def __init__(self, app: Any, port: int = 0, keep_alive: float = 5):
         """``keep_alive``: seconds an idle connection stays open (uvicorn's own default: 5)."""
         self.port = port or _free_port()
+        self.closed = 0  # connections ended so far (either side): ``wait_for_closed``
+        self._closing = threading.Condition()
+        sandbox = self
+
+        class _Counted(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+            def connection_lost(self, exc: Exception | None) -> None:
+                super().connection_lost(exc)
+                with sandbox._closing:
+                    sandbox.closed += 1
+                    sandbox._closing.notify_all()
+
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
-                                                    timeout_keep_alive=keep_alive))  # type: ignore[arg-type]
+                                                    timeout_keep_alive=keep_alive, http=_Counted))  # type: ignore[arg-type]
         self.thread = threading.Thread(target=self.server.run, name=f"sandbox-{self.port}", daemon=True)
 
     @property
@@ -256,6 +268,12 @@ class SandboxServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+    def wait_for_closed(self, count: int, timeout: float) -> bool:
+        """Block until ``count`` connections have ended (a keep-alive the server let run out, say);
+        False if not within ``timeout`` seconds."""
+        with self._closing:
+            return self._closing.wait_for(lambda: self.closed >= count, timeout)
 
 
 def _free_port() -> int:
