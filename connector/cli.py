@@ -20,6 +20,11 @@ from connector.errors import ConfigError, DatabaseNotReadyError
 app = typer.Typer(help="storeloop: store events to WhatsApp journeys.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="TOML configuration file", envvar="STORELOOP_CONFIG")]
+StoreOpt = Annotated[str, typer.Option("--store", help="store key from the configuration")]
+# who a privacy command is about (``customer export``, ``customer redact``)
+PhoneOpt = Annotated[Optional[str], typer.Option(help="the customer's phone (any format; the store's country is the default)")]
+EmailOpt = Annotated[Optional[str], typer.Option(help="the customer's email")]
+CustomerIdOpt = Annotated[Optional[str], typer.Option("--customer-id", help="the store's customer id")]
 
 
 def _load(path: Path) -> Settings:
@@ -302,7 +307,7 @@ def _sync_rows(report: Any) -> list[tuple[str, str]]:
 @app.command()
 def sync(
     config: ConfigOpt = Path("storeloop.toml"),
-    store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
+    store: StoreOpt = ...,  # type: ignore[assignment]
     backfill: Annotated[bool, typer.Option("--backfill", help="read from --since (default 365d) instead of the stored cursor")] = False,
     since: Annotated[Optional[str], typer.Option(help="backfill start: Nd, Nh or an ISO date (implies --backfill)")] = None,
 ) -> None:
@@ -400,7 +405,7 @@ def sync(
 @app.command()
 def replay(
     config: ConfigOpt = Path("storeloop.toml"),
-    store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
+    store: StoreOpt = ...,  # type: ignore[assignment]
     ids: Annotated[Optional[list[int]], typer.Option("--id", help="only this inbox row (repeat for several)")] = None,
     status: Annotated[str, typer.Option(help="which rows: failed (default) or held")] = "failed",
     since: Annotated[Optional[str], typer.Option(help="only rows received since: Nd, Nh or an ISO date")] = None,
@@ -475,7 +480,7 @@ def _retry_timers(settings: Settings, store_key: str, now: Any) -> None:
 @app.command()
 def windows(
     config: ConfigOpt = Path("storeloop.toml"),
-    store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
+    store: StoreOpt = ...,  # type: ignore[assignment]
     days: Annotated[float, typer.Option(help="show windows opening within this many days", min=0, max=3650)] = 7,
     limit: Annotated[int, typer.Option(help="at most this many rows", min=1)] = 200,
 ) -> None:
@@ -516,7 +521,7 @@ def windows(
 @app.command()
 def report(
     config: ConfigOpt = Path("storeloop.toml"),
-    store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
+    store: StoreOpt = ...,  # type: ignore[assignment]
     week: Annotated[Optional[str], typer.Option(help="ISO week, e.g. 2026-W47 (default: the last complete week)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
@@ -622,7 +627,7 @@ def _install_ending(out: Console, report: Any, hint: str | None) -> None:
 @install_app.command("shopify")
 def install_shopify_cmd(
     config: ConfigOpt = Path("storeloop.toml"),
-    store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
+    store: StoreOpt = ...,  # type: ignore[assignment]
 ) -> None:
     """Own store: client credentials grant (client_id + client_secret), or the legacy access_token;
     then register the webhook subscriptions (idempotent) and, for the reorder journey, read every
@@ -668,7 +673,7 @@ def install_shopify_cmd(
 @install_app.command("woocommerce")
 def install_woocommerce_cmd(
     config: ConfigOpt = Path("storeloop.toml"),
-    store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
+    store: StoreOpt = ...,  # type: ignore[assignment]
     new_secret: Annotated[bool, typer.Option("--new-secret", help="generate a new webhook secret and push it to the webhooks")] = False,
     ping: Annotated[bool, typer.Option("--ping/--no-ping", help="check that the delivery URL answers WooCommerce's ping")] = True,
 ) -> None:
@@ -752,10 +757,10 @@ app.add_typer(customer_app, name="customer")
 @customer_app.command("export")
 def customer_export(
     config: ConfigOpt = Path("storeloop.toml"),
-    store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
-    phone: Annotated[Optional[str], typer.Option(help="the customer's phone (any format; the store's country is the default)")] = None,
-    email: Annotated[Optional[str], typer.Option(help="the customer's email")] = None,
-    customer_id: Annotated[Optional[str], typer.Option("--customer-id", help="the store's customer id")] = None,
+    store: StoreOpt = ...,  # type: ignore[assignment]
+    phone: PhoneOpt = None,
+    email: EmailOpt = None,
+    customer_id: CustomerIdOpt = None,
     request: Annotated[Optional[int], typer.Option("--request", help="print the export stored for this privacy request id instead")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the JSON here (mode 0600) instead of stdout")] = None,
 ) -> None:
@@ -826,10 +831,10 @@ def _counted(counts: dict[str, int]) -> str:
 @customer_app.command("redact")
 def customer_redact(
     config: ConfigOpt = Path("storeloop.toml"),
-    store: Annotated[str, typer.Option("--store", help="store key from the configuration")] = ...,  # type: ignore[assignment]
-    phone: Annotated[Optional[str], typer.Option(help="the customer's phone (any format; the store's country is the default)")] = None,
-    email: Annotated[Optional[str], typer.Option(help="the customer's email")] = None,
-    customer_id: Annotated[Optional[str], typer.Option("--customer-id", help="the store's customer id")] = None,
+    store: StoreOpt = ...,  # type: ignore[assignment]
+    phone: PhoneOpt = None,
+    email: EmailOpt = None,
+    customer_id: CustomerIdOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
 ) -> None:
     """Erase one customer's personal data, as Shopify's customers/redact does (for WooCommerce, or a request on WhatsApp).
