@@ -144,15 +144,21 @@ def test_a_woocommerce_update_of_an_erased_order_brings_nothing_back_and_a_new_o
     assert [c.email for c in contacts_with(db, woo_id, LUCIA.e164)] == ["lucrezia.new@example.org"]
 
 
-def test_the_woocommerce_reconcile_reading_an_erased_order_back_brings_nothing_back(db_url, woo):
-    """The WooCommerce webhook of the update was lost; the reconcile reads the order from the REST API (her data in it)."""
-    sc = woo
-    db, woo_id = sc.runtime.db, sc.runtime.store_ids["woo"]
+def _lucia_and_ravi_ordered(sc):
+    """Lucia's order 7301 and Ravi's 7302, placed at the WooCommerce store and processed; returns their bodies."""
     order = woo_order(LUCIA, 7301, sc.now - timedelta(hours=1), cod=False, status="processing")
     ravi = woo_order(RAVI, 7302, sc.now - timedelta(minutes=50), cod=False, status="processing")
     sc.woo("order.created", order)
     sc.woo("order.created", ravi)
     sc.work()
+    return order, ravi
+
+
+def test_the_woocommerce_reconcile_reading_an_erased_order_back_brings_nothing_back(db_url, woo):
+    """The WooCommerce webhook of the update was lost; the reconcile reads the order from the REST API (her data in it)."""
+    sc = woo
+    db, woo_id = sc.runtime.db, sc.runtime.store_ids["woo"]
+    order, ravi = _lucia_and_ravi_ordered(sc)
     queued = sc.client.post("/api/stores/woo/customers/redact", json={"phone": LUCIA.phone}, headers=bearer(TEAM_WOO))
     assert queued.status_code == 202, queued.text
     sc.work()
@@ -269,11 +275,7 @@ def test_an_erasure_made_before_migration_0023_keeps_her_erased_after_the_upgrad
     monkeypatch.setattr(harness, "settings_dict", _settings_with_shop_a_token)
     sc = scenario(own_db_url, "woocommerce", journeys={"order_confirmation": {}}, store_settings={"admin_token": TEAM_WOO})
     db, woo_id = sc.runtime.db, sc.runtime.store_ids["woo"]
-    order = woo_order(LUCIA, 7301, sc.now - timedelta(hours=1), cod=False, status="processing")
-    ravi = woo_order(RAVI, 7302, sc.now - timedelta(minutes=50), cod=False, status="processing")
-    sc.woo("order.created", order)
-    sc.woo("order.created", ravi)
-    sc.work()
+    order, ravi = _lucia_and_ravi_ordered(sc)
     assert sc.templates_to(LUCIA.e164) == [THANKS]
     erased_at = sc.now
     queued = sc.client.post("/api/stores/woo/customers/redact", json={"customer_id": LUCIA.customer_id}, headers=bearer(TEAM_WOO))
