@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.markup import escape
 
 from connector.config import Settings, load_settings
 from connector.errors import ConfigError, DatabaseNotReadyError
+
+if TYPE_CHECKING:  # the commands import datetime when they run; annotations only name it
+    from datetime import datetime
 
 app = typer.Typer(help="storeloop: store events to WhatsApp journeys.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
