@@ -27,13 +27,14 @@ sends wait (``stores.whatsapp_held_until``, read by the outbox claim): no attemp
 they go when the restriction ends or Meta lifts it, except those held past their latest useful send
 time (``policy.send_by``), skipped as ``too_late``: what the owner is told says so. Either way its end is noted (``ended_at``) and
 added to the number's open case: Meta says nothing when one simply runs out, so the worker's round
-after its end does that (``end_passed_holds``). While the number is RED the policy gate holds
+after its end does that (``end_passed_holds``), saying how many messages it held too long. While the number is RED the policy gate holds
 marketing messages (``policy.check``); order, COD and delivery messages still go.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -41,6 +42,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from connector import events as ev
+from connector.policy import PolicyRules
 from connector.storage.sql import STORES
 from connector.template_check import template_subject, templates_named
 
@@ -132,7 +134,10 @@ def merge(health: dict[str, Any], event_parts: list[Part], at: datetime) -> tupl
     out = dict(health)
     for i, part in enumerate(event_parts):
         stored = health.get(part.name)
-        older = stored is not None and datetime.fromisoformat(stored["at"]) > at
+        if not isinstance(stored, dict):
+            stored = None  # kept in a shape nothing reads (a hand edit, an older version): the news replaces it
+        kept_at = _kept_at(stored)
+        older = kept_at is not None and kept_at > at
         if i == 0:
             verdict = "stale" if older else "same" if stored is not None and _same(part.name, stored, part.value) else "news"
             if verdict == "stale":
@@ -141,24 +146,63 @@ def merge(health: dict[str, Any], event_parts: list[Part], at: datetime) -> tupl
             same = stored is not None and _same(part.name, stored, part.value)
             value = {**(stored if same else {}), **part.value, "at": at.isoformat()}  # the same news keeps what was noted
             # since when it has said so: a reading every few hours, or Meta's retry, moves ``at`` on, not this
-            value["since"] = (stored.get("since") or stored["at"]) if same and stored is not None else at.isoformat()
+            value["since"] = ((stored.get("since") or stored.get("at") or at.isoformat()) if same and stored is not None
+                              else at.isoformat())
             if part.name == "restriction" and not same and _holding(stored) and not _holding(value):
                 value["ended_at"] = at.isoformat()  # Meta lifted it
             out[part.name] = value
     return out, verdict
 
 
-def _holding(restriction: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _kept_at(stored: dict[str, Any] | None) -> datetime | None:
+    """When the update that set a kept part was sent; None: not said, or not a date (a hand edit): any update is newer."""
+    try:
+        at = datetime.fromisoformat(stored["at"]) if stored is not None and stored.get("at") else None
+    except (TypeError, ValueError):
+        return None
+    return at.replace(tzinfo=timezone.utc) if at is not None and at.tzinfo is None else at
+
+
+def _holding(restriction: Any) -> list[dict[str, Any]]:
     """The restrictions of a stored restriction part that hold the store's sends."""
-    return [r for r in (restriction or {}).get("restrictions") or () if r.get("kind") in HOLDS]
+    return [r for r in _entries(restriction) if r.get("kind") in HOLDS]
+
+
+def _entries(restriction: Any) -> list[dict[str, Any]]:
+    """A kept restriction part's restrictions that can be read: objects in a list (``_unreadable``)."""
+    items = restriction.get("restrictions") if isinstance(restriction, dict) else None
+    return [r for r in items if isinstance(r, dict)] if isinstance(items, list) else []
+
+
+def _unreadable(restriction: Any) -> str | None:
+    """What of a kept restriction part is not an object (the part itself, its list or an entry of it: a row
+    written by hand, or by an older version), named by its JSON type; None: all of it can be read. Such a
+    thing never holds the sends again: once the row's own hold time passed, it is taken as ended."""
+    if restriction is None:
+        return None
+    if not isinstance(restriction, dict):
+        return f"the restriction is {_json_type(restriction)}"
+    items = restriction.get("restrictions")
+    if items is None:
+        return None
+    if not isinstance(items, list):
+        return f"its list is {_json_type(items)}"
+    odd = sorted({_json_type(r) for r in items if not isinstance(r, dict)})
+    return f"an entry is {' / '.join(odd)}" if odd else None
+
+
+def _json_type(value: Any) -> str:
+    """A stored value's JSON type, for a log line that must not copy what a hand wrote there."""
+    names = {str: "a string", list: "a list", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), "not an object")
 
 
 def held_until(health: dict[str, Any], now: datetime) -> datetime | None:
     """Until when the account may not message: its latest messaging restriction's end (none given:
     until lifted), or, disabled, until Meta reinstates it. None: it may."""
     ends: list[datetime] = []
-    for r in (health.get("restriction") or {}).get("restrictions") or ():
-        if r.get("kind") in HOLDS and not _malformed(r):
+    for r in _holding(health.get("restriction")):
+        if not _malformed(r):
             ends.append(_until(r) or UNTIL_LIFTED)
     if (health.get("ban") or {}).get("state") == "DISABLE":
         ends.append(UNTIL_LIFTED)
@@ -262,33 +306,48 @@ def note_reading(db: Any, store: Any, store_id: int, reading: NumberReading, now
     return len(told)
 
 
-def end_passed_holds(conn: Connection, store_ids: list[int], now: datetime) -> list[tuple[int, NumberNews]]:
+def end_passed_holds(conn: Connection, store_ids: list[int], now: datetime,
+                     rules: Mapping[int, PolicyRules]) -> list[tuple[int, NumberNews]]:
     """Record that a restriction Meta gave an end has ended, once its time passed: Meta sends no
     webhook then (only when it lifts one early), yet the sends resume (the outbox claim reads
     ``whatsapp_held_until``). The restriction is noted ended and ``whatsapp_held_until`` cleared
     (each hold once: of two workers, the one whose update matches the row still held writes it);
-    returns, per store, what the number's open case is told."""
+    returns, per store, what the number's open case is told: with how many messages the hold cost
+    (``held_too_late``, by each store's ``rules``), noted on the row too for the dashboard."""
+    from connector.outbox.store import held_too_late
+
     rows = conn.execute(select(STORES.c.id, STORES.c.whatsapp_health, STORES.c.whatsapp_held_until).where(
         STORES.c.id.in_(store_ids), STORES.c.whatsapp_held_until <= now)).all()
     out: list[tuple[int, NumberNews]] = []
     for row in rows:
         health = dict(row.whatsapp_health or {})
-        holding = _holding(health.get("restriction"))
+        part = health.get("restriction")
+        holding = _holding(part)
         malformed = [r for r in holding if _malformed(r)]
-        if malformed:  # once: its hold is cleared below, so no later round comes back to it
+        unreadable = _unreadable(part)
+        # once each: the hold is cleared below, so no later round comes back to it
+        if malformed:
             log.warning("a WhatsApp restriction kept with an end that is not a date (%s): taken as ended when the store's hold "
                         "did, %s", ", ".join(sorted({str(r.get("kind")) for r in malformed})), row.whatsapp_held_until.isoformat(),
                         extra={"store_id": row.id})
+        if unreadable:
+            log.warning("a WhatsApp restriction kept in a shape that cannot be read (%s): taken as ended when the store's hold "
+                        "did, %s", unreadable, row.whatsapp_held_until.isoformat(), extra={"store_id": row.id})
         ended = [r for r in holding if r in malformed or ((until := _until(r)) is not None and until <= now)]
-        if health.get("restriction") is not None and ended:
-            health["restriction"] = {**health["restriction"], "ended_at": row.whatsapp_held_until.isoformat()}
+        late = None
+        if ended or unreadable:
+            late = held_too_late(conn, row.id, rules[row.id], row.whatsapp_held_until, now)
+            kept = {"at": row.whatsapp_held_until.isoformat(), **(part if isinstance(part, dict) else {})}
+            # what cannot be read is dropped: it holds nothing, and ``merge`` compares the next news with a list of objects
+            health["restriction"] = {**kept, "restrictions": _entries(part), "ended_at": row.whatsapp_held_until.isoformat(),
+                                     "too_late": late}
         done = conn.execute(update(STORES).where(STORES.c.id == row.id, STORES.c.whatsapp_held_until == row.whatsapp_held_until)
                             .values(whatsapp_health=health, whatsapp_held_until=held_until(health, now)))
-        if done.rowcount and ended:
+        if done.rowcount and late is not None:
             kinds = ", ".join(sorted({r["kind"] for r in ended}))
             out.append((row.id, NumberNews(
-                f"The restriction Meta put on the WhatsApp Business Account ({kinds}) ended "
-                f"{row.whatsapp_held_until:%Y-%m-%d %H:%M} UTC: {RESUMED}", only_open=True)))
+                f"The restriction Meta put on the WhatsApp Business Account{f' ({kinds})' if kinds else ''} ended "
+                f"{row.whatsapp_held_until:%Y-%m-%d %H:%M} UTC: {resumed(late)}", only_open=True)))
     return out
 
 
@@ -298,7 +357,8 @@ def view(health: dict[str, Any] | None, until: datetime | None, now: datetime) -
     health = health or {}
     quality, limit = health.get("quality") or {}, health.get("limit") or {}
     waiting = until is not None and until > now
-    restrictions = [r for r in (health.get("restriction") or {}).get("restrictions") or () if r.get("kind") in HOLDS]
+    restriction = health.get("restriction") if isinstance(health.get("restriction"), dict) else {}
+    restrictions = _holding(restriction)
     why = ("Meta disabled the WhatsApp Business Account" if (health.get("ban") or {}).get("state") == "DISABLE"
            else "Meta restricted the WhatsApp Business Account: " + "; ".join(RESTRICTION_WORDS.get(r["kind"], r["kind"]) for r in restrictions))
     return {
@@ -310,7 +370,9 @@ def view(health: dict[str, Any] | None, until: datetime | None, now: datetime) -
         "marketing_held": quality.get("rating") == "RED",
         "violation": (health.get("violation") or {}).get("type"),
         # when the last restriction that held the sends ended (its time passed, or Meta lifted it)
-        "restriction_ended_at": None if waiting else (health.get("restriction") or {}).get("ended_at"),
+        "restriction_ended_at": None if waiting else restriction.get("ended_at"),
+        # how many messages it held past their send_within limit (skipped as too_late); None: not counted (Meta lifted it)
+        "restriction_too_late": None if waiting else restriction.get("too_late"),
     }
 
 
@@ -330,6 +392,14 @@ class NumberNews:
 # when sends resume: the messages held past their latest useful send time (``policy.send_by``) do not go
 RESUMED = ("waiting messages still in time go out now; those held past their send_within limit are skipped as too_late "
            "(the dashboard counts them)")
+
+
+def resumed(late: int) -> str:
+    """``RESUMED`` when what the hold cost is known: ``late`` messages held past their send_within limit."""
+    if not late:
+        return "waiting messages go out now; none was held past its send_within limit"
+    return (f"waiting messages still in time go out now; {late} held past {'its' if late == 1 else 'their'} send_within limit "
+            f"{'is' if late == 1 else 'are'} dropped, skipped as too_late (the dashboard counts them)")
 
 
 def _limits(store: Any) -> str:

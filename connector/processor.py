@@ -208,7 +208,8 @@ class InboxProcessor:
 
     def end_passed_holds(self, now: datetime) -> int:
         """Restrictions whose end Meta gave have passed: noted on the store row and told to the number's
-        open case (``number_health.end_passed_holds``); Meta sends nothing when one simply expires.
+        open case (``number_health.end_passed_holds``), with how many messages it held past their
+        send_within limit (each store's policy); Meta sends nothing when one simply expires.
         Returns how many ended. A timer round calls it when its read saw such a hold (``_round``)."""
         ids = list(self._stores)
         if not ids:
@@ -217,7 +218,7 @@ class InboxProcessor:
         from connector.number_health import end_passed_holds
 
         with self.db.write_lock(), self.db.engine.begin() as conn:
-            ended = end_passed_holds(conn, ids, now)
+            ended = end_passed_holds(conn, ids, now, {sid: store.policy.rules() for sid, store in self._stores.items()})
             for store_id, news in ended:
                 open_handoff(conn, self._stores[store_id], store_id, None, number_request(self._stores[store_id], news), now)
         return len(ended)

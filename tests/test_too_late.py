@@ -89,7 +89,7 @@ def test_a_cart_reminder_held_past_its_time_by_a_restriction_is_dropped_and_the_
     [case] = sc.handoffs("open")
     assert "unless held longer than its send_within limit (6 h for cart and reorder reminders" in case["reason"]
     assert case["context"]["updates"][-1]["reason"].endswith(
-        "waiting messages still in time go out now; those held past their send_within limit are skipped as too_late "
+        "waiting messages still in time go out now; 1 held past its send_within limit is dropped, skipped as too_late "
         "(the dashboard counts them)")
 
 

@@ -371,6 +371,20 @@ def _too_late(found: list[Any], rules: Mapping[int, PolicyRules], now: datetime)
     return late
 
 
+def held_too_late(conn: Connection, store_id: int, rules: PolicyRules, since: datetime, now: datetime) -> int:
+    """How many of a store's WhatsApp messages a hold that ended at ``since`` (Meta's restriction ran out)
+    cost: those a claim skipped as ``too_late`` since then, and those waiting, due and past their latest
+    useful send time now, which the next claim skips so (``_too_late``; the hold let no claim take them
+    before its end). Read once per hold's end (``number_health.end_passed_holds``), so the owner hears
+    the number the dashboard counts, whichever of the worker's round and the dispatcher came first."""
+    mine = (OUTBOX.c.store_id == store_id, OUTBOX.c.channel == "whatsapp")
+    skipped = conn.execute(select(func.count()).select_from(OUTBOX).where(
+        *mine, OUTBOX.c.status == "skipped", OUTBOX.c.skip_reason == TOO_LATE, OUTBOX.c.updated_at >= since)).scalar_one()
+    waiting = conn.execute(select(OUTBOX.c.category, OUTBOX.c.journey, OUTBOX.c.step, OUTBOX.c.planned_at, OUTBOX.c.due_at).where(
+        *mine, OUTBOX.c.status == "pending", OUTBOX.c.due_at <= now)).all()
+    return skipped + sum(1 for r in waiting if send_by(planned(r), category=r.category, journey=r.journey, step=r.step, rules=rules) < now)
+
+
 def claim(
     db: Database, *, store_ids: list[int], now: datetime, limit: int, lease: timedelta, worker: str, history_window: timedelta,
     channel: str = "whatsapp", rules: Mapping[int, PolicyRules] | None = None,
