@@ -360,7 +360,8 @@ def view(health: dict[str, Any] | None, until: datetime | None, now: datetime) -
     restriction = health.get("restriction") if isinstance(health.get("restriction"), dict) else {}
     restrictions = _holding(restriction)
     why = ("Meta disabled the WhatsApp Business Account" if (health.get("ban") or {}).get("state") == "DISABLE"
-           else "Meta restricted the WhatsApp Business Account: " + "; ".join(RESTRICTION_WORDS.get(r["kind"], r["kind"]) for r in restrictions))
+           else "Meta restricted the WhatsApp Business Account" + "".join(
+               f"{'; ' if i else ': '}{RESTRICTION_WORDS.get(r['kind'], r['kind'])}" for i, r in enumerate(restrictions)))
     return {
         "quality_rating": quality.get("rating"),
         "quality_since": quality.get("since", quality.get("at")),

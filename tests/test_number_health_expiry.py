@@ -218,3 +218,25 @@ def test_a_restriction_kept_in_a_shape_that_is_not_an_object_is_noted_ended_once
     sc.later(minutes=5)
     assert whatsapp_health(sc)["sends_held"]["until"] == until.isoformat()
     assert len(told(world)) == 1 and "Meta restricted the WhatsApp Business Account" in told(world)[0][1]
+
+
+@pytest.mark.parametrize("kept", [NOT_OBJECTS["the restriction a string"], NOT_OBJECTS["an entry a string"]],
+                         ids=["the restriction a string", "an entry a string"])
+def test_while_a_restriction_kept_in_a_shape_that_is_not_an_object_holds_the_sends_the_state_reads_and_meta_news_is_kept(
+        db_url, scenario, world, kept):
+    """The same shapes, their hold not over yet: the dashboard and the report still say the sends are held
+    (they used to raise reading it), and a restriction Meta sends then replaces it and is told (its webhook
+    used to fail: nothing kept, nobody told)."""
+    sc = scenario(db_url, "shopify", journeys=LADDER)
+    with sc.runtime.db.engine.begin() as conn:
+        conn.execute(update(m.Store).where(m.Store.key == sc.key).values(
+            whatsapp_health={"restriction": kept}, whatsapp_held_until=sc.now + timedelta(hours=1)))
+    held = whatsapp_health(sc)["sends_held"]
+    assert held == {"reason": "Meta restricted the WhatsApp Business Account", "until": (sc.now + timedelta(hours=1)).isoformat()}
+    assert "WhatsApp sends are paused" in dashboard(sc)
+
+    until = sc.now + timedelta(hours=3)
+    account(sc, restriction("RESTRICTED_BIZ_INITIATED_MESSAGING", until=until), at=sc.now)
+    sc.later(minutes=5)
+    assert whatsapp_health(sc)["sends_held"]["until"] == until.isoformat()
+    assert len(told(world)) == 1 and "Meta restricted the WhatsApp Business Account" in told(world)[0][1]
