@@ -24,11 +24,16 @@ from connector.storage.db import alembic_config, current_revision, migrate
 from tests.conftest import SECRETS
 from tests.helpers import dumps, running_app, shopify_headers
 from tests.test_checkout_poll import AC_URL, T, Clock, FakeCheckouts, fixture_checkout, iso, poll, polled_twin, shop_settings
+from tests.scenarios import payloads as p
+from tests.scenarios.conftest import _world_server, scenario, world  # noqa: F401  (the scenarios' fixtures)
+from tests.scenarios.test_store_journeys import LADDER
 from tests.test_compliance import Person, _address, leaks
+from tests.test_customer_redact import TEAM_WOO, bearer
 from tests.test_erased_orders import contacts_with, last_inbox_id, marks_of, own_db_url, rows_after  # noqa: F401  (own_db_url: a fixture)
 
 GUEST = Person("Ashwini", "Kulkarnee", "ashwini.k@example.in", "+91 97311 22334", "+919731122334", 0)
 SHOP_A, SHOP_B = "shop-a.myshopify.com", "shop-b.myshopify.com"
+ASHA = "+919876543210"  # a guest at the WooCommerce store
 
 
 def guest_checkout(token: str, at, url: str | None = None, person: Person = GUEST) -> dict:
@@ -225,3 +230,33 @@ def _sends_with_subject(db, store_id: int) -> list[tuple]:
     with db.engine.connect() as conn:
         return [(o.journey, (o.payload or {}).get("subject"), o.status)
                 for o in conn.execute(select(m.OutboxMessage).where(m.OutboxMessage.store_id == store_id))]
+
+
+def test_an_erased_guests_woocommerce_cart_posted_again_brings_nothing_back(db_url, scenario):  # noqa: F811
+    """The Cart Abandonment Recovery plugin posts her cart (a guest: no account, no order); she is reminded once,
+    then the owner erases her by phone (the admin API, as ``storeloop customer redact --phone``). The plugin posts
+    that cart again, completed (she came back to it and bought): ignored, no contact, nothing sent. Her new cart
+    (a new session) is a new relationship."""
+    sc = scenario(db_url, "woocommerce", journeys=LADDER, store_settings={"admin_token": TEAM_WOO})
+    db, woo_id = sc.runtime.db, sc.runtime.store_ids["woo"]
+    sc.cart(p.woo_cart("a1a1a1a1a1", ASHA))
+    sc.later(hours=1, step=timedelta(minutes=10))
+    assert sc.templates_to(ASHA) == ["cart_1_v1"]
+
+    erased = sc.client.post("/api/stores/woo/customers/redact", json={"phone": ASHA}, headers=bearer(TEAM_WOO))
+    assert erased.status_code == 202, erased.text
+    sc.work()
+    erased_on = sc.now.date().isoformat()
+    assert contacts_with(db, woo_id, ASHA) == []
+    mark, sent = last_inbox_id(db), len(sc.world.sent())
+
+    sc.later(days=2)
+    sc.cart(p.woo_cart("a1a1a1a1a1", ASHA, status="completed"))  # she came back to that cart and bought
+    sc.later(days=2, step=timedelta(hours=1))
+    assert rows_after(db, woo_id, mark) == [("woocommerce", "cart.completed", "ignored", f"customer erased on {erased_on}", False)]
+    assert contacts_with(db, woo_id, ASHA) == [] and len(sc.world.sent()) == sent
+
+    sc.cart(p.woo_cart("c9c9c9c9c9", ASHA))  # a new cart: a new relationship
+    sc.later(hours=1, step=timedelta(minutes=10))
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_1_v1"]
+    assert len(contacts_with(db, woo_id, ASHA)) == 1
