@@ -19,6 +19,11 @@ carries it, a link identity, a fallback key); here the key is chosen, in this or
    ``unmatched_grace`` after its last update (the webhook had that long to arrive and be
    processed; the cursor stays behind it meanwhile).
 
+Before all of these, ``erased``: a checkout of a customer the connector erased. The erasure
+removed its recovery URL (so 1. no longer finds it) and marked the link's identity
+(``connector/erased.py``); the checkout is keyed by that mark, and the processor ignores the
+row as it ignores any event about her checkout.
+
 Only a checkout that could still be recovered is imported when we have never seen it: not
 completed, and updated within ``start_within`` (older ones would get their whole reminder
 ladder at once). A known checkout is always passed on, so a completion reaches its run.
@@ -44,6 +49,7 @@ from typing import Any, Protocol
 import anyio.to_thread
 from sqlalchemy import or_, select
 
+from connector import erased
 from connector.storage.db import Database
 from connector.storage.inbox import InboxItem, write_items
 from connector.storage.models import Checkout
@@ -56,7 +62,7 @@ log = logging.getLogger("storeloop.checkout_poll")
 CHECKOUTS_CURSOR = "abandoned_checkouts_updated_at"
 START_WITHIN = timedelta(hours=6)
 UNMATCHED_GRACE = timedelta(hours=1)
-_COUNTERS = {"known": "known", "link": "by_link", "id": "by_id"}
+_COUNTERS = {"known": "known", "link": "by_link", "id": "by_id", "erased": "erased"}
 
 Sleep = Callable[[float], Awaitable[Any]]
 Retrying = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
@@ -97,6 +103,7 @@ class CheckoutPollReport(JobReport):
     known: int = 0  # keyed by a checkout we already store
     by_link: int = 0  # keyed by the token in the recovery URL
     by_id: int = 0  # keyed by the fallback key
+    erased: int = 0  # an erased customer's checkout, keyed by its link's mark: the processor ignores it
     held_back: int = 0  # unmatched and too fresh: read again next run
     skipped_completed: int = 0  # never seen, already completed: nothing to recover
     skipped_old: int = 0  # never seen, last updated before start_within
@@ -110,13 +117,25 @@ def checkout_pager_for(store: Any, client: Any) -> CheckoutPager:
     return ShopifyCheckoutPager(client, store.key)
 
 
-def _stored(db: Database, store_id: int, tokens: Iterable[str], needles: Iterable[str]) -> tuple[set[str], list[tuple[str, str]]]:
-    """Tokens among ``tokens`` that we store, and (token, recovery_url) of stored checkouts whose
-    URL contains one of ``needles``."""
+def link_identity_of(store: Any) -> Callable[[str | None], str | None] | None:
+    """How the store's platform identifies a recovery link (``CheckoutPager.link_identity``, without a
+    client): an erasure marks her checkouts' links with it. None for a platform that is not polled."""
+    if store.platform != "shopify":
+        return None
+    from adapters.shopify.checkouts import link_identity
+
+    return link_identity
+
+
+def _stored(db: Database, store_id: int, tokens: Iterable[str], needles: Iterable[str],
+            identities: Iterable[str] = ()) -> tuple[set[str], list[tuple[str, str]], dict[str, str]]:
+    """Tokens among ``tokens`` that we store, (token, recovery_url) of stored checkouts whose
+    URL contains one of ``needles``, and the marks of the link ``identities`` an erasure marked."""
     tokens, needles = sorted(set(tokens)), sorted(set(needles))
     found: set[str] = set()
     links: list[tuple[str, str]] = []
     with db.engine.connect() as conn:
+        erased_links = erased.marked_links(conn, store_id, identities)
         for i in range(0, len(tokens), 200):
             found.update(conn.execute(select(Checkout.token).where(
                 Checkout.store_id == store_id, Checkout.token.in_(tokens[i:i + 200]))).scalars())
@@ -125,7 +144,7 @@ def _stored(db: Database, store_id: int, tokens: Iterable[str], needles: Iterabl
                 Checkout.store_id == store_id,
                 or_(*(Checkout.recovery_url.contains(n, autoescape=True) for n in needles[i:i + 50]))))
             links.extend((r.token, r.recovery_url) for r in rows)
-    return found, links
+    return found, links, erased_links
 
 
 async def poll_abandoned_checkouts(
@@ -200,7 +219,8 @@ class _Poll:
     async def _page(self, pager: CheckoutPager, page: list[PolledCheckout]) -> tuple[list[InboxItem], datetime | None]:
         candidates = [t for c in page for t in (c.link_token, c.fallback_token) if t]
         needles = [c.link_needle for c in page if c.link_needle]
-        found, links = await anyio.to_thread.run_sync(_stored, self.db, self.store_id, candidates, needles)
+        identities = [c.link_identity for c in page if c.link_identity]
+        found, links, erased_links = await anyio.to_thread.run_sync(_stored, self.db, self.store_id, candidates, needles, identities)
         by_link: dict[str, list[str]] = {}
         for token, url in links:
             identity = pager.link_identity(url)
@@ -209,7 +229,7 @@ class _Poll:
         items: list[InboxItem] = []
         hold: datetime | None = None
         for c in page:
-            token, via, known = self._key(c, by_link, found)
+            token, via, known = self._key(c, by_link, found, erased_links)
             if token is None:
                 log.warning("%s: checkout %s has neither a usable recovery URL nor an id; skipped", self.store.key, c.external_id)
                 continue
@@ -232,8 +252,11 @@ class _Poll:
         return items, hold
 
     @staticmethod
-    def _key(c: PolledCheckout, by_link: dict[str, list[str]], found: set[str]) -> tuple[str | None, str, bool]:
-        """(token, how it was chosen, whether we already store that checkout)."""
+    def _key(c: PolledCheckout, by_link: dict[str, list[str]], found: set[str],
+             erased_links: dict[str, str]) -> tuple[str | None, str, bool]:
+        """(token, how it was chosen, whether we already store that checkout, or it was erased)."""
+        if c.link_identity and (mark := erased_links.get(c.link_identity)):
+            return mark, "erased", True  # the processor finds the mark and ignores the row
         tokens = by_link.get(c.link_identity or "") if c.link_identity else None
         if tokens:
             # the same link stored twice (a webhook that came after a fallback key): keep our own key steady

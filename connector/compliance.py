@@ -37,9 +37,10 @@ What an erasure does (README "Privacy and compliance"):
 - A later order or message from the same phone finds no contact (the key is gone) and
   starts a new one: a new relationship the customer started, under the normal consent
   rules. Nothing links it to the erased contact.
-- The store keeps her orders: their ids, and her platform customer id as a keyed hash, are
-  recorded (``connector/erased.py``), and a later event about them is ignored instead of
-  bringing her back. A new order (a new id) is the new relationship above.
+- The store keeps her orders and checkouts: their ids and tokens, her checkouts' recovery
+  links and her platform customer id as keyed hashes, are recorded (``connector/erased.py``),
+  and a later event about them is ignored instead of bringing her back (a guest's too, who has
+  no customer id). A new order (a new id) or checkout (a new token) is the new relationship above.
 
 Logs carry ids and counts, never a phone, name or email.
 """
@@ -49,7 +50,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -60,6 +61,7 @@ from sqlalchemy import Connection, String, Table, Text, bindparam, cast, delete,
 
 from connector import events as ev
 from connector import erased, job_health
+from connector.checkout_poll import link_identity_of
 from connector.contacts import normalize_phone
 from connector.storage import models as m
 from connector.storage.db import Database
@@ -713,17 +715,27 @@ def redact_customer(
     default_country: str | None = None,
     now: datetime | None = None,
     request_inbox_id: int | None = None,
+    link_identity: Callable[[str | None], str | None] | None = None,
 ) -> tuple[dict[str, int], list[int]]:
-    """Erase one customer's personal data (see the module docstring); returns (counts, contact ids)."""
+    """Erase one customer's personal data (see the module docstring); returns (counts, contact ids).
+
+    ``link_identity``: how the store's platform identifies a checkout's recovery link (the poll
+    matches checkouts by it); given, the links of her checkouts are marked before they are erased."""
     ident = Identity.build(customer_external_id=customer_external_id, phone=phone, emails=emails, order_ids=order_ids,
                            default_country=default_country)
     if ident.empty():
         return {}, []
     scope, _ = _customer_scope(conn, store_id, ident)
     now = now or m.utcnow()
+    links: set[str] = set()
+    if link_identity is not None:
+        chw = scope.by_contact(CHECKOUTS, _in(CHECKOUTS.c.token, scope.checkout_tokens))
+        links = {x for url in conn.execute(select(CHECKOUTS.c.recovery_url).where(chw, CHECKOUTS.c.recovery_url.is_not(None))).scalars()
+                 if (x := link_identity(url))}
     counts = _erase(conn, scope, now, request_inbox_id)
-    # the store keeps her orders: a later event about them, or her account, must not bring her back
-    counts["ids_marked"] = erased.remember(conn, store_id, scope.order_ids, scope.customer_ids, now)
+    # the store keeps her orders and checkouts: a later event about them, or her account, must not bring her back
+    counts["ids_marked"] = erased.remember(conn, store_id, scope.order_ids, scope.customer_ids, now,
+                                           checkouts=scope.checkout_tokens, links=links)
     return counts, sorted(scope.contact_ids)
 
 
@@ -837,7 +849,7 @@ def handle(conn: Connection, store: Any, store_id: int, event: ev.ComplianceRequ
         contact_ids = [row["id"] for row in export["contacts"]]
     elif event.kind == "customer_redact":
         counts, contact_ids = redact_customer(conn, store_id, **ident, default_country=store.default_country, now=now,
-                                              request_inbox_id=inbox_id)
+                                              request_inbox_id=inbox_id, link_identity=link_identity_of(store))
     else:
         counts = redact_shop(conn, store_id, now=now, request_inbox_id=inbox_id)
     counts["orders_named"] = len(event.order_external_ids)

@@ -1,26 +1,35 @@
-"""What stays of an erased customer so she stays erased: her orders' ids and her platform customer id.
+"""What stays of an erased customer so she stays erased: her orders' ids, her checkouts' tokens and her platform customer id.
 
 An erasure (``compliance.redact_customer``: Shopify's ``customers/redact``, a store owner's request)
 removes her data from the connector, but the store keeps her orders: a later update of one (a status
 change, a refund, a note, a fulfilment; a webhook, the reconcile reading it back, a replayed delivery)
 or of her account carries her name, phone, email and address again, and would start a new contact the
-journeys may message. So the erasure records, per store, the platform order ids it reached and her
-platform customer id, and the processor ignores a later event about them (``erased_on``): the inbox
+journeys may message. So the erasure records, per store, the platform order ids it reached, the tokens
+of the checkouts it reached (her contacts' and her orders'), and her platform customer id, and the
+processor ignores a later event about them (``erased_on``): the inbox
 row is ``ignored`` ("customer erased on <date>"), its body deleted as a privacy request's is, and
 nothing is stored or sent; only an opt-out of hers is still applied, to a contact her number already
 has (``state.apply_erased_withdrawal``). An order of her customer id placed before the erasure but unknown to it
 (its webhooks lost), or a checkout of hers begun before it (an abandoned cart updated later), is hers
-too. A new order she places after it (or a checkout she begins) is a new relationship, processed as
-any; it also lifts the mark on her customer id (``returning``), so her account's updates count again.
-A guest's checkout (no customer id) is not recognised: its token is not recorded.
+too. A checkout of hers the erasure reached stays hers by its token, with or without a customer id (a
+guest's abandoned cart updated later, the abandoned-checkout poll reading it back, a replay). A new
+order she places after it (or a new checkout she begins: a new token) is a new relationship, processed
+as any; it also lifts the mark on her customer id (``returning``), so her account's updates count again.
 
-What is kept: an order id as it is (the orders table keeps it anyway, for the reports; it names no one
-without the store's own records), and the customer id only as an HMAC-SHA256 keyed with the store's
+The abandoned-checkout poll cannot always name a checkout by its token: Shopify's newer recovery links
+do not carry it, and the poll matched such a checkout to ours by its stored recovery link, which the
+erasure removes. So the erasure also records the identity of each such link (``link_mark``, hashed as a
+customer id is), and the poll (``checkout_poll``) keys a checkout whose link is marked by that mark,
+which the processor then finds as it finds a token.
+
+What is kept: an order id and a checkout token as they are (the orders and checkouts tables keep them
+anyway, for the reports; they name no one without the store's own records; at most 64 characters), a
+recovery link only as a hash (it opens her checkout), and the customer id only as an HMAC-SHA256 keyed with the store's
 own random key (the row of kind ``key``): the id the erasure removed is not written again, and the
 table alone tells nothing. Whoever holds the database and the key can test a candidate id: that is
 pseudonymisation, not anonymity, and the least that still recognises her.
 
-The processor reads the marks of a batch's orders and customers with one query per store
+The processor reads the marks of a batch's orders, checkouts and customers with one query per store
 (``Book.read``), after the batch's orders are read locked, so an erasure committed meanwhile by
 another worker is seen.
 """
@@ -42,29 +51,29 @@ from connector import events as ev
 from connector.storage import models as m
 
 ERASED: Table = m.ErasedRef.__table__  # type: ignore[assignment]
-ORDER, CUSTOMER, KEY = "order", "customer", "key"
+ORDER, CUSTOMER, CHECKOUT, KEY = "order", "customer", "checkout", "key"
 _ORDER_EVENTS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled, ev.OrderFulfilled)
 
 
-def refs_of(event: ev.Event) -> tuple[list[str], list[str]]:
-    """The order ids and platform customer ids an event is about (an order's or a checkout's customer
-    id too: one from before the erasure is hers, a new one lifts the mark)."""
+def refs_of(event: ev.Event) -> tuple[list[str], list[str], list[str]]:
+    """The order ids, platform customer ids and checkout tokens an event is about (an order's or a
+    checkout's customer id too: one from before the erasure is hers, a new one lifts the mark)."""
     match event:
         case ev.OrderPlaced() | ev.OrderUpdated() | ev.OrderPaid() | ev.OrderCancelled() | ev.OrderFulfilled():
             customer = event.order.customer.external_id
-            return [event.order.external_id], [customer] if customer else []
+            return [event.order.external_id], [customer] if customer else [], []
         case ev.FulfillmentUpdated(fulfillment=f):
-            return [f.order_external_id], []
+            return [f.order_external_id], [], []
         case ev.OrderDeleted(order_external_id=oid):
-            return [oid], []
+            return [oid], [], []
         case ev.CheckoutUpdated(checkout=checkout):
             customer = checkout.customer.external_id
-            return [], [customer] if customer else []
+            return [], [customer] if customer else [], [checkout.token]
         case ev.CustomerUpdated(customer=c):
-            return [], [c.external_id] if c.external_id else []
+            return [], [c.external_id] if c.external_id else [], []
         case ev.ConsentChanged(customer_external_id=cid):
-            return [], [cid] if cid else []
-    return [], []
+            return [], [cid] if cid else [], []
+    return [], [], []
 
 
 def _placed_after(event: ev.Event, erased_at: datetime) -> bool:
@@ -74,15 +83,17 @@ def _placed_after(event: ev.Event, erased_at: datetime) -> bool:
     return isinstance(event, ev.CheckoutUpdated) and event.checkout.created_at > erased_at
 
 
-def all_refs(events: Iterable[ev.Event]) -> tuple[set[str], set[str]]:
+def all_refs(events: Iterable[ev.Event]) -> tuple[set[str], set[str], set[str]]:
     """``refs_of`` of several events, together."""
     orders: set[str] = set()
     customers: set[str] = set()
+    checkouts: set[str] = set()
     for event in events:
-        o, c = refs_of(event)
+        o, c, t = refs_of(event)
         orders.update(o)
         customers.update(c)
-    return orders, customers
+        checkouts.update(t)
+    return orders, customers, checkouts
 
 
 def new_key() -> str:
@@ -94,6 +105,12 @@ def customer_hash(key: str, customer_id: str) -> str:
     """What is kept of an erased platform customer id: its HMAC-SHA256 under the store's key (hex).
     Migration 0023 marks earlier erasures with it too, so the two must stay one function."""
     return hmac.new(bytes.fromhex(key), customer_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def link_mark(key: str, identity: str) -> str:
+    """The mark of an erased checkout's recovery link (the platform's link identity, which holds the
+    link's secret): a keyed hash, as a customer id's; the poll keys the checkout by it."""
+    return customer_hash(key, f"checkout-link:{identity}")
 
 
 def _insert(conn: Connection) -> Any:
@@ -117,17 +134,37 @@ def ensure_key(conn: Connection, table: Table, store_id: int, key: str, now: dat
                  [dict(store_id=store_id, kind=KEY, ref=key, erased_at=now)])
 
 
-def remember(conn: Connection, store_id: int, order_ids: Iterable[str], customer_ids: Iterable[str], now: datetime) -> int:
-    """Mark an erased customer's orders and customer ids (in the erasure's transaction); how many ids."""
-    orders, customers = sorted({o for o in order_ids if o}), sorted({c for c in customer_ids if c})
-    if not orders and not customers:
+def remember(conn: Connection, store_id: int, order_ids: Iterable[str], customer_ids: Iterable[str], now: datetime, *,
+             checkouts: Iterable[str] = (), links: Iterable[str] = ()) -> int:
+    """Mark an erased customer's orders, customer ids, checkout tokens and checkouts' recovery link
+    identities (in the erasure's transaction); how many ids."""
+    orders, customers = sorted({o[:64] for o in order_ids if o}), sorted({c for c in customer_ids if c})
+    tokens, identities = {t[:64] for t in checkouts if t}, sorted({x for x in links if x})
+    if not orders and not customers and not tokens and not identities:
         return 0
-    rows = [dict(store_id=store_id, kind=ORDER, ref=o[:64], erased_at=now) for o in orders]
-    if customers:
+    rows = [dict(store_id=store_id, kind=ORDER, ref=o, erased_at=now) for o in orders]
+    if customers or identities:
         key = _store_key(conn, store_id, now)
         rows += [dict(store_id=store_id, kind=CUSTOMER, ref=customer_hash(key, c), erased_at=now) for c in customers]
+        tokens |= {link_mark(key, x) for x in identities}
+    rows += [dict(store_id=store_id, kind=CHECKOUT, ref=t, erased_at=now) for t in sorted(tokens)]
     conn.execute(_insert(conn), rows)  # one already there (a repeated erasure) stays as it was
     return len(rows)
+
+
+def marked_links(conn: Connection, store_id: int, identities: Iterable[str]) -> dict[str, str]:
+    """Which of these recovery link identities an erasure marked: identity -> its mark (the poll's
+    key for that checkout). Two queries: the store's key, then its marks among them."""
+    wanted = sorted({x for x in identities if x})
+    if not wanted:
+        return {}
+    key = conn.execute(select(ERASED.c.ref).where(ERASED.c.store_id == store_id, ERASED.c.kind == KEY)).scalar()
+    if key is None:  # the store never erased anyone
+        return {}
+    hashed = {link_mark(key, x): x for x in wanted}
+    found = conn.execute(select(ERASED.c.ref).where(ERASED.c.store_id == store_id, ERASED.c.kind == CHECKOUT,
+                                                   ERASED.c.ref.in_(sorted(hashed)))).scalars()
+    return {hashed[ref]: ref for ref in found}
 
 
 def forget_store(conn: Connection, store_id: int) -> int:
@@ -135,14 +172,15 @@ def forget_store(conn: Connection, store_id: int) -> int:
     return conn.execute(delete(ERASED).where(ERASED.c.store_id == store_id)).rowcount
 
 
-def marks_query(store_id: int, orders: list[str], customer_hashes: list[str], *, with_key: bool) -> Any:
-    """The store's marks among these orders and hashed customer ids (and its key row): each part a
-    search of the (store_id, kind, ref) unique index; None when there is nothing to look for."""
+def marks_query(store_id: int, orders: list[str], customer_hashes: list[str], *, with_key: bool, checkouts: list[str] = ()) -> Any:
+    """The store's marks among these orders, checkout tokens and hashed customer ids (and its key
+    row): each part a search of the (store_id, kind, ref) unique index; None when there is nothing to look for."""
     def part(kind: str, *where: Any) -> Any:
         return select(ERASED.c.kind, ERASED.c.ref, ERASED.c.erased_at).where(ERASED.c.store_id == store_id, ERASED.c.kind == kind, *where)
 
     # a UNION ALL, not an OR: given the OR, SQLite's planner read every mark of the store
     parts = [part(ORDER, ERASED.c.ref.in_(orders))] if orders else []
+    parts += [part(CHECKOUT, ERASED.c.ref.in_(list(checkouts)))] if checkouts else []
     parts += [part(CUSTOMER, ERASED.c.ref.in_(customer_hashes))] if customer_hashes else []
     parts += [part(KEY)] if with_key else []
     if not parts:
@@ -176,13 +214,15 @@ class Book:
     def clear(self) -> None:
         self.marks.clear()
 
-    def read(self, conn: Connection, store_id: int, order_ids: Iterable[str], customer_ids: Iterable[str]) -> None:
-        """One query: the marks among these orders and customers, and the store's key (a second one
-        when the key is new to this book or changed)."""
+    def read(self, conn: Connection, store_id: int, order_ids: Iterable[str], customer_ids: Iterable[str],
+             checkout_tokens: Iterable[str] = ()) -> None:
+        """One query: the marks among these orders, customers and checkouts, and the store's key (a
+        second one when the key is new to this book or changed)."""
         orders, customers = sorted({o[:64] for o in order_ids if o}), sorted({c for c in customer_ids if c})
+        checkouts = sorted({t[:64] for t in checkout_tokens if t})
         key = self.keys.get(store_id)
         hashed = {customer_hash(key, c): c for c in customers} if key is not None else {}
-        query = marks_query(store_id, orders, sorted(hashed), with_key=bool(customers))
+        query = marks_query(store_id, orders, sorted(hashed), with_key=bool(customers), checkouts=checkouts)
         if query is None:
             return
         stored_key: str | None = None
@@ -190,8 +230,8 @@ class Book:
         for kind, ref, erased_at in conn.execute(query):
             if kind == KEY:
                 stored_key = ref
-            elif kind == ORDER:
-                self.marks[(store_id, ORDER, ref)] = erased_at
+            elif kind in (ORDER, CHECKOUT):
+                self.marks[(store_id, kind, ref)] = erased_at
             else:
                 found[ref] = erased_at
         if not customers:
@@ -206,16 +246,18 @@ class Book:
             self.marks[(store_id, CUSTOMER, hashed[ref])] = erased_at
 
     def erased_on(self, store_id: int, events: Iterable[ev.Event]) -> Erased | None:
-        """Whether the events are about an erased customer: one of her orders, her account, or an
-        order of her customer id placed before the erasure that it did not know of (not stored then);
-        None when they are not. An order she placed after it is a new relationship."""
+        """Whether the events are about an erased customer: one of her orders or checkouts, her
+        account, or an order of her customer id placed before the erasure that it did not know of (not
+        stored then); None when they are not. An order she placed after it is a new relationship, and so
+        is a checkout she began after it under a new token."""
         if not self.marks:  # the batch met no mark: every row of a store that never erased anyone
             return None
         by_order: list[datetime] = []
         by_customer: list[datetime] = []
         for event in events:
-            orders, customers = refs_of(event)
+            orders, customers, checkouts = refs_of(event)
             by_order += [at for o in orders if (at := self.marks.get((store_id, ORDER, o[:64]))) is not None]
+            by_order += [at for t in checkouts if (at := self.marks.get((store_id, CHECKOUT, t[:64]))) is not None]
             by_customer += [at for c in customers if (at := self.marks.get((store_id, CUSTOMER, c))) is not None
                             and not _placed_after(event, at)]
         if not by_order and not by_customer:

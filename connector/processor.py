@@ -132,7 +132,7 @@ class InboxProcessor:
         self.max_attempts = settings.worker.inbox_max_attempts
         self._stores = {store_ids[s.key]: s for s in settings.stores if s.key in store_ids}
         self.journeys = JourneyRunner()
-        self.erased = erased.Book()  # the marks of erased customers' orders the batch's events meet
+        self.erased = erased.Book()  # the marks of erased customers' orders and checkouts the batch's events meet
         self._seconds_per_row = 0.0  # moving average over the last batches (sizes batches under a time budget)
         # whether the last batch left due rows behind: it loaded as many as it could take, or its
         # budget or yield test ended it before the last one (the loop grows its busy slices on this)
@@ -365,16 +365,17 @@ class InboxProcessor:
         """Load what the batch's events will look up: contacts (by phone; by email and customer id
         where there is no phone; by a placed order's email), orders and checkouts, then journey runs."""
         wanted: dict[int, tuple[set[str], set[str], set[str], set[str], set[str], set[str], set[str]]] = {}
-        refs: dict[int, tuple[set[str], set[str]]] = {}
+        refs: dict[int, tuple[set[str], set[str], set[str]]] = {}
         for row, events in zip(rows, parsed):
             if isinstance(events, Exception):
                 continue
             phones, orders, tokens, subjects, emails, customers, fulfillments = wanted.setdefault(
                 row.store_id, (set(), set(), set(), set(), set(), set(), set()))
-            erased_orders, erased_customers = refs.setdefault(row.store_id, (set(), set()))
-            row_orders, row_customers = erased.all_refs(events)
+            erased_orders, erased_customers, erased_checkouts = refs.setdefault(row.store_id, (set(), set(), set()))
+            row_orders, row_customers, row_checkouts = erased.all_refs(events)
             erased_orders |= row_orders
             erased_customers |= row_customers
+            erased_checkouts |= row_checkouts
             for event in events:
                 p, o, t = keys_of(event)
                 phones.update(p)
@@ -473,17 +474,18 @@ class InboxProcessor:
 
     @staticmethod
     def _about_erased(conn: Connection, row: Any, events: list[Event], found: erased.Erased, now: datetime) -> dict[str, Any]:
-        """A later event about an erased customer's order or account: nothing applied, nothing heard
+        """A later event about an erased customer's order, checkout or account: nothing applied, nothing heard
         by a journey; the row keeps no body, no event, and no key that spells her customer id. Only a
         consent withdrawal of hers is applied, to a contact her number already has (``state.apply_erased_withdrawal``)."""
-        orders = [o for e in events for o in erased.refs_of(e)[0]]
+        subjects = [f"order:{o}" for e in events for o in erased.refs_of(e)[0]]
+        subjects += [f"checkout:{t}" for e in events for t in erased.refs_of(e)[2]]
         withdrawn = [c for e in events if isinstance(e, ConsentChanged)
                      and (c := apply_erased_withdrawal(conn, row.store_id, e, row.id, now)) is not None]
         reason = f"{found.reason}; her opt-out applied" if withdrawn else found.reason
         status = "done" if withdrawn else "ignored"
         log.info("inbox %s (%s %s) %s: %s", row.id, row.source, row.topic, status, reason)
         values: dict[str, Any] = {"status": status, "event": [],
-                                  "subject": f"order:{orders[0]}"[:160] if orders else None,
+                                  "subject": subjects[0][:160] if subjects else None,
                                   "contact_id": withdrawn[0] if withdrawn else None, "last_error": reason, "raw_body": None}
         if found.names_customer:
             values["dedupe_key"] = f"{compliance.REDACTED}:{row.id}"

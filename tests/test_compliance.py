@@ -545,7 +545,7 @@ def test_an_erasure_waits_for_and_erases_what_arrived_before_it(db_url):
 
 
 def test_shop_redact_removes_the_marks_of_that_stores_erased_customers(db_url):
-    """Meena was erased from shop A (customers/redact: her order id and customer id marked, under A's key); then
+    """Meena was erased from shop A (customers/redact: her order id, checkout and customer id marked, under A's key); then
     Shopify erases the whole shop: its marks and its key go with the rest of its data, shop B's stay."""
     with two_shops(db_url) as (settings, clock, client, runtime, a, b):
         customer_story(client, runtime, settings, clock, MEENA, order_id=7001, token="tokM")
@@ -561,9 +561,10 @@ def test_shop_redact_removes_the_marks_of_that_stores_erased_customers(db_url):
             with runtime.db.engine.connect() as conn:
                 return Counter(conn.execute(select(m.ErasedRef.store_id, m.ErasedRef.kind)).all())
 
-        assert marks() == Counter({(a, "order"): 1, (a, "customer"): 1, (a, "key"): 1,
-                                   (b, "order"): 1, (b, "customer"): 1, (b, "key"): 1})
+        # her checkout too: by its token and by its recovery link (hashed)
+        assert marks() == Counter({(a, "order"): 1, (a, "customer"): 1, (a, "checkout"): 2, (a, "key"): 1,
+                                   (b, "order"): 1, (b, "customer"): 1, (b, "checkout"): 2, (b, "key"): 1})
         clock.now = T0 + timedelta(days=2)
         assert post_shopify(client, {"shop_id": 954889, "shop_domain": SHOP_A}, "shop/redact").status_code == 200
         runtime.processor.drain()
-        assert marks() == Counter({(b, "order"): 1, (b, "customer"): 1, (b, "key"): 1})
+        assert marks() == Counter({(b, "order"): 1, (b, "customer"): 1, (b, "checkout"): 2, (b, "key"): 1})

@@ -174,11 +174,12 @@ def test_the_reorder_scans_find_a_stores_erased_contacts_by_the_phone_key_index(
 
 
 def test_a_batchs_look_at_erased_customers_orders_searches_the_marks_index(conn: Any) -> None:
-    """Once per store and batch (connector/erased.py): the marks of the batch's orders and customers, and the
-    store's key, each a search of the (store, kind, ref) unique index, not every mark of the store."""
+    """Once per store and batch (connector/erased.py): the marks of the batch's orders, checkouts and customers,
+    and the store's key, each a search of the (store, kind, ref) unique index, not every mark of the store."""
     from connector.erased import marks_query
 
-    query = marks_query(1, [str(5000 + i) for i in range(300)], [f"{i:064x}" for i in range(50)], with_key=True)
+    query = marks_query(1, [str(5000 + i) for i in range(300)], [f"{i:064x}" for i in range(50)], with_key=True,
+                        checkouts=[f"cart-{i}" for i in range(200)])
     plan = plan_of(conn, query, {})
-    assert "SCAN erased_refs" not in plan and plan.count("(store_id=? AND kind=? AND ref=?)") == 2, plan
+    assert "SCAN erased_refs" not in plan and plan.count("(store_id=? AND kind=? AND ref=?)") == 3, plan
     assert "(store_id=? AND kind=?)" in plan, plan

@@ -600,13 +600,14 @@ class ComplianceRequest(Base):
 
 
 class ErasedRef(Base):
-    """An order or a platform customer of a customer the connector erased (``connector/erased.py``):
-    a later store event about them is ignored instead of bringing her back.
+    """An order, a checkout or a platform customer of a customer the connector erased
+    (``connector/erased.py``): a later store event about them is ignored instead of bringing her back.
 
-    ``ref`` is the platform order id as it is (the orders table keeps it anyway: it names no one
-    without the store's own records), and for a customer a keyed hash of the platform customer id
-    (kind ``customer``; the key is the store's row of kind ``key``), so the id the erasure removed is
-    not stored again.
+    ``ref`` is the platform order id or checkout token as it is (the orders and checkouts tables keep
+    them anyway: they name no one without the store's own records), and for a customer a keyed hash
+    of the platform customer id (kind ``customer``; the key is the store's row of kind ``key``), so
+    the id the erasure removed is not stored again. A checkout's recovery link is kept the same way,
+    hashed, as a ``checkout`` mark (``erased.link_mark``).
     """
 
     __tablename__ = "erased_refs"
@@ -618,6 +619,6 @@ class ErasedRef(Base):
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
-    kind: Mapped[str] = mapped_column(String(16))  # order | customer | key
+    kind: Mapped[str] = mapped_column(String(16))  # order | checkout | customer | key
     ref: Mapped[str] = mapped_column(String(64))
     erased_at: Mapped[datetime] = mapped_column(UTCDateTime)
