@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from sqlalchemy import text
 
 from adapters.registry import normalizers
 from adapters.woocommerce.client import WooCommerceClient
+from connector.logs import LogfmtFormatter
 from connector.processor import InboxProcessor
 from connector.storage.db import Database, make_engine
 from connector.sync import reconcile_orders, upsert_cursor
@@ -214,12 +216,13 @@ def test_a_nul_character_in_an_order_is_dropped_and_the_order_is_stored(db_url):
     assert json.dumps(contact.json()).find("\\u0000") == -1
 
 
-def test_a_shopify_order_with_a_lone_surrogate_in_the_name_is_accepted_and_stored_with_the_replacement_character(db_url):
+def test_a_shopify_order_with_a_lone_surrogate_in_the_name_is_accepted_and_stored_with_the_replacement_character(db_url, caplog):
     """A signed ``orders/create`` whose customer's first name holds a lone UTF-16 surrogate (the
     JSON escape ``\\ud800``) and whose last name an emoji written as a surrogate pair. orjson and
     simdjson refuse the lone one: the webhook was answered 400, Shopify retried it until it gave
     up, and the order was lost. Now it is accepted, processed, and the customer is
-    "As\ufffdha Rao 😀": the lone surrogate replaced, the pair kept as the emoji it is."""
+    "As\ufffdha Rao 😀": the lone surrogate replaced, the pair kept as the emoji it is, and a
+    warning names the fields it was in (never their text)."""
     settings = make_settings(db_url)
     payload = _order(9101, T0)
     payload["customer"].update(first_name="As\ud800ha", last_name="Rao \U0001F600")
@@ -228,6 +231,7 @@ def test_a_shopify_order_with_a_lone_surrogate_in_the_name_is_accepted_and_store
     assert b"As\\ud800ha" in body and b"Rao \\ud83d\\ude00" in body  # JSON escapes, as a platform writes them
     with running_app(settings) as (client, runtime):
         runtime.processor.clock = Clock(T0 + timedelta(minutes=5))
+        caplog.set_level(logging.WARNING, logger="storeloop")
         _post(client, "orders/create", payload)  # asserts the 200
         _post(client, "orders/create", _order(9102, T0), shop="shop-b")
         runtime.processor.drain()
@@ -238,3 +242,6 @@ def test_a_shopify_order_with_a_lone_surrogate_in_the_name_is_accepted_and_store
     assert order.status_code == 200 and [e["status"] for e in order.json()["events"]] == ["done"]
     assert contact.json()["contact"]["name"] == "As\ufffdha Rao \U0001F600"
     assert other.status_code == 200
+    warnings = [LogfmtFormatter().format(r) for r in caplog.records if "lone UTF-16 surrogate" in r.getMessage()]
+    assert warnings and all("customer.first_name" in w and "billing_address.first_name" in w for w in warnings)
+    assert not any("\ufffd" in w or "\ud800" in w or "Rao" in w for w in warnings)  # field names only, never the name
