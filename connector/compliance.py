@@ -63,6 +63,7 @@ from connector import events as ev
 from connector import erased, job_health
 from connector.checkout_poll import link_identity_of
 from connector.contacts import normalize_phone
+from connector.storage import jsoncodec
 from connector.storage import models as m
 from connector.storage.db import Database
 from connector.storage.inbox import with_body
@@ -377,7 +378,7 @@ def _body_for(row: Any, wa_ids: set[str]) -> Any:
     if row.raw_body is None:
         return None
     try:
-        body = json.loads(row.raw_body)
+        body = jsoncodec.loads_body(row.raw_body)  # as the processor read it: no NUL, no lone surrogate
     except (ValueError, UnicodeDecodeError):
         return None  # a form post or a broken body: the normalised event says what it carried
     if row.source == "whatsapp" and isinstance(body, dict) and isinstance(body.get("contacts"), list):

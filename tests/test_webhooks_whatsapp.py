@@ -200,3 +200,25 @@ def test_a_whatsapp_batch_over_one_mebibyte_is_accepted(db_url):
         stored = rows(runtime)
     assert answer.status_code == 200
     assert len(stored) == 2_000
+
+
+def test_an_inbound_text_with_a_lone_surrogate_is_stored_with_the_replacement_character(db_url):
+    """A customer's message whose text holds a lone UTF-16 surrogate (the JSON escape ``\\udc00``,
+    a low one with no high before it) beside an emoji written as a surrogate pair. The body used
+    to be refused with 400 (orjson refuses it), Meta retried and dropped it: her words were lost.
+    Now it is stored and processed (her profile name, with a lone high one, too), and the message
+    reads "hi 😀 ok \ufffd"."""
+    envelope = routed("inbound_text", PHONE_ID_A)
+    value = envelope["entry"][0]["changes"][0]["value"]
+    value["messages"][0]["text"]["body"] = "hi \U0001F600 ok \udc00"
+    value["contacts"][0]["profile"]["name"] = "Te\ud800st"
+    body = json.dumps(envelope).encode()
+    assert b"hi \\ud83d\\ude00 ok \\udc00" in body and b"Te\\ud800st" in body  # JSON escapes, as Meta writes them
+    with running_app(make_settings(db_url)) as (client, runtime):
+        response = post(client, envelope, raw=body)
+        runtime.processor.drain()
+        stored = rows(runtime)
+        view = client.get("/api/stores/shop-a/contacts/+972987654321", headers=ADMIN).json()
+    assert response.status_code == 200
+    assert [(r.topic, r.status) for r in stored] == [("message", "done")]
+    assert [(t["direction"], t["text"]) for t in view["timeline"] if t["kind"] == "message"] == [("in", "hi \U0001F600 ok \ufffd")]

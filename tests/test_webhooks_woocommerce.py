@@ -111,6 +111,25 @@ def test_malformed_json_is_400(db_url):
     assert stored == []
 
 
+def test_an_order_with_a_lone_surrogate_in_the_name_is_stored_and_a_malformed_one_still_refused(db_url):
+    """A signed order whose billing first name holds a lone low surrogate (the JSON escape
+    ``\\udfff``) and whose last name an emoji as a surrogate pair used to be answered 400: a
+    failed delivery WooCommerce never retries (and enough in a row disable the webhook). Now it
+    is stored; the customer is "Jo\ufffdhn Doe 😀". A body that is malformed besides is still 400."""
+    billing = {**order()["billing"], "first_name": "Jo\udfffhn", "last_name": "Doe \U0001F600", "phone": "+1 415 555 2671"}
+    body = dumps(cod_order(billing=billing))
+    assert b"Jo\\udfffhn" in body and b"Doe \\ud83d\\ude00" in body  # JSON escapes, as PHP's json_encode writes them
+    with running_app(make_settings(db_url)) as (client, runtime):
+        accepted = post(client, None, raw=body)
+        malformed = post(client, None, raw=b'{"id": 728, "billing": {"first_name": "Jo\\udfffhn"},', topic="order.updated")
+        runtime.processor.drain()
+        view = client.get("/api/stores/woo/contacts/+14155552671", headers=ADMIN).json()
+        stored = rows(runtime)
+    assert accepted.status_code == 200 and malformed.status_code == 400
+    assert [(r.topic, r.status) for r in stored] == [("order.created", "done")]
+    assert view["contact"]["name"] == "Jo\ufffdhn Doe \U0001F600"
+
+
 def test_an_order_binned_twice_is_two_events_and_a_repeated_delivery_is_one(db_url):
     """``order.deleted`` carries only the id, the same each time: binned, restored and binned again must reach the
     journeys twice (the second bin stops a COD reminder again), while the same delivery posted twice is stored once."""

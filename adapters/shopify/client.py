@@ -27,7 +27,6 @@ Idempotence (the outbox may repeat a write-back whose first try timed out):
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,6 +39,7 @@ import httpx
 from adapters.whatsapp.errors import classify_transport, parse_retry_after
 from connector.config import ShopifyStore
 from connector.errors import PermanentError, RetryableError
+from connector.storage import jsoncodec
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 MIN_THROTTLE_WAIT = 0.5
@@ -287,7 +287,7 @@ class ShopifyAdminClient:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         redact = (self._token,)
         try:
-            body = json.loads(response.content)
+            body = jsoncodec.loads(response.content)  # a lone surrogate (no database stores one) becomes U+FFFD
         except (ValueError, UnicodeDecodeError):
             body = None
         if not isinstance(body, dict):

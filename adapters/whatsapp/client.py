@@ -26,6 +26,7 @@ from adapters import asyncio_backend
 from adapters.whatsapp import errors
 from connector.errors import PermanentError
 from connector.number_health import NumberReading
+from connector.storage import jsoncodec
 from connector.messages import (
     CurrencyParam,
     DateTimeParam,
@@ -132,7 +133,7 @@ def _accepted_body(status: int, content: bytes) -> SendResult:
     the status webhook (which carries biz_opaque_callback_data) settle it.
     """
     try:
-        data = orjson.loads(content)
+        data = jsoncodec.loads(content)
         wamid = data["messages"][0]["id"]
         if not isinstance(wamid, str) or not wamid:
             raise ValueError
@@ -283,7 +284,7 @@ class WhatsAppClient:
         """One GET whose answer must be a JSON object; anything else is a PermanentError naming ``what``."""
         response = await self._request("GET", url, params=params)
         try:
-            data = response.json()
+            data = jsoncodec.loads(response.content)  # a lone surrogate becomes U+FFFD
         except ValueError:
             raise PermanentError(f"{what}: response is not JSON", http_status=response.status_code) from None
         if not isinstance(data, dict):

@@ -11,7 +11,6 @@ Codes and meanings: shared/docs/platform-facts.md C4 (Meta "Error codes" page vi
 from __future__ import annotations
 
 import email.utils
-import json
 import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -19,6 +18,7 @@ from datetime import datetime, timezone
 import httpx
 
 from connector.errors import AccountError, PermanentError, RetryableError, SendError
+from connector.storage import jsoncodec
 
 MAX_RETRY_AFTER = 3600.0  # a Retry-After beyond an hour is not believed; the outbox backs off anyway
 WAIT_A_DAY = 86400.0  # 131049: Meta says do not retry the same user for at least 24 h
@@ -159,7 +159,7 @@ def _int(value: object) -> int | None:
 
 def _graph_error(response: httpx.Response) -> dict | None:
     try:
-        body = json.loads(response.content)
+        body = jsoncodec.loads(response.content)
     except (ValueError, UnicodeDecodeError):
         return None
     error = body.get("error") if isinstance(body, dict) else None

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import re
 import secrets
 import time
@@ -34,6 +33,7 @@ import httpx
 from adapters.whatsapp.errors import classify_transport, parse_retry_after
 from connector.config import WooCommerceStore
 from connector.errors import PermanentError, RetryableError
+from connector.storage import jsoncodec
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 NOTE_CLOCK_GRACE = timedelta(minutes=10)  # our clock against the store's, when a retried note looks for itself
@@ -205,7 +205,7 @@ class WooCommerceClient:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         code = None
         try:
-            body = json.loads(response.content)
+            body = jsoncodec.loads(response.content)
             if isinstance(body, dict) and isinstance(body.get("code"), str):
                 code = _CODE_RE.sub("", body["code"])[:100] or None
         except (ValueError, UnicodeDecodeError):
@@ -227,7 +227,7 @@ class WooCommerceClient:
     @staticmethod
     def _json(response: httpx.Response) -> Any:
         try:
-            return json.loads(response.content)
+            return jsoncodec.loads(response.content)  # a lone surrogate (no database stores one) becomes U+FFFD
         except (ValueError, UnicodeDecodeError):
             # A 2xx that is not JSON: a firewall/captcha or caching page. A write may or
             # may not have happened.
