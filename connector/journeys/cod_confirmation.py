@@ -11,8 +11,9 @@ order) changes nothing either, but a person hears what she tapped, once.
 Once the order has shipped, fully or partly (an order event or a fulfilment saying so, or the
 order as stored when a timer fires), the run ends: no more asks or reminders, no no-answer
 action, and no write-back ever changes its status; a late Confirm only tags it, a late Cancel
-goes to a person. A tap after the no-answer step is still honoured while the order is open:
-Confirm confirms (and notes that the unconfirmed tag is stale: the store clients cannot
+goes to a person (so does a Cancel whose order ships before its cancel reaches the store: the
+write-back is then skipped, ``WriteBack.if_shipped``). A tap after the no-answer step is still
+honoured while the order is open: Confirm confirms (and notes that the unconfirmed tag is stale: the store clients cannot
 remove a tag), Cancel cancels per ``cancel_action``; a tap made before the deadline counts as
 answered in time. A Confirm after a no-answer cancel goes to a person (we cannot undo one).
 A customer who opted out (STOP) after the question is not one who did not answer: at the
@@ -565,8 +566,13 @@ class CodConfirmation:
                     **({"phase": "cancel_reason", "awaiting_reply": True} if wait else {})}),
             Wake(now + timedelta(minutes=config.cancel_reason_minutes) if wait else None)]
         if config.cancel_action == "cancel":
+            # the order can ship between her tap and the call to the store (both webhooks in one round, a
+            # store that was down): the cancel is then not made, and a person hears she asked for it
+            shipped = (f"customer tapped Cancel on COD order {self._order_name(run, facts)} on WhatsApp, but it shipped before "
+                       "the cancel could be made: stop the parcel or call them")
             commands.append(WriteBack("cancel_order", order_id, {"reason": "customer", "notify_customer": False,
-                                                                 "staff_note": "Cancelled by the customer on WhatsApp"}, "cancel"))
+                                                                 "staff_note": "Cancelled by the customer on WhatsApp"}, "cancel",
+                                      if_shipped=shipped))
         else:
             commands.append(WriteBack("add_tags", order_id, {"tags": [config.cancelled_tag]}, "cancel_tag"))
         if config.send_acknowledgement:
