@@ -343,10 +343,11 @@ def qualification(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
             "cancel_after_fulfilment": choice["cancel_too_late"], "no_answer": choice["no_answer"],
             "not_reached": choice["not_reached"],  # none of our messages reached them: flagged for a call, never cancelled
             "confirmed_by_store": choice["confirmed_by_store"],  # the store confirmed it itself (a call): not ours, not lost
+            "paid": choice["paid"],  # paid in full before she answered (the store's invoice): prepaid now, not lost
             "with_person": with_person,  # answered in words: a person decides, not counted lost
             "opted_out": choice["opted_out"],  # opted out (STOP) after the question: flagged for a call, never cancelled; lost
             "confirmation_rate": _rate(confirmed, len(asked)), "median_minutes_to_answer": _median(minutes),
-            "lost": len(asked) - confirmed - choice["confirmed_by_store"] - with_person}
+            "lost": len(asked) - confirmed - choice["confirmed_by_store"] - choice["paid"] - with_person}
 
 
 # which treated runs queued a reminder, and the steps whose outbox rows say whether it went out

@@ -114,6 +114,53 @@ def test_a_partly_shipped_shopify_order_ends_the_run_and_a_cancel_goes_to_a_pers
     assert "shipped" in handoff["reason"]
 
 
+def test_a_cancel_tap_whose_order_ships_before_the_cancel_is_made_goes_to_a_person(sqlite_url, scenario, world, store: Store):
+    """She taps Cancel while the warehouse ships the order: both webhooks reach the worker in one round, her tap
+    first (the order is still open: the cancel is queued), the shipment after. The cancel is not made on a shipped
+    order, but she asked for it: a person hears, or the parcel goes out to a customer who will refuse it at the door."""
+    sc = scenario(sqlite_url, store.platform, journeys={"cod_confirmation": COD})
+    order = store.order(13, ASHA, sc.now)
+    store.place(sc, order)
+    sc.work()
+    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    sc.later(hours=2)
+    sc.post(sc.tap_delivery(ASHA, "cod_cancel", ask), *store.shipped_deliveries(sc, order))
+    sc.later(hours=1)
+    assert not cancelled(world, store)  # a shipped order's status is the store's
+    [case] = sc.handoffs(status="open")
+    assert case["journey"] == "cod_confirmation" and case["stage"] == "qualification"
+    assert store.name(13) in case["reason"] and "cancel" in case["reason"] and "shipped" in case["reason"]
+    sc.later(days=2)
+    assert len(sc.handoffs()) == 1  # once
+
+
+@pytest.mark.parametrize("gateways", [["Cash on Delivery (COD)", "shopify_payments"], ["shopify_payments"]],
+                         ids=["cod_and_card", "card_only"])
+def test_a_cod_order_paid_before_its_answer_is_neither_reminded_nor_cancelled_nor_flagged(sqlite_url, scenario, world, gateways):
+    """The merchant sent Shopify's invoice for a pending COD order (Collect payment > Send invoice) and she paid it
+    online before tapping anything: the order is prepaid now. No "please confirm your COD order" reminder, and at
+    the answer deadline no "no answer" cancel of a paid order (Shopify would keep her money: no refund) and no flag
+    for a call. Her Cancel tap after paying goes to a person (a cancel now needs a refund)."""
+    sc = scenario(sqlite_url, "shopify", journeys={"cod_confirmation": {**COD, "no_answer_action": "cancel"}})
+    order = SHOPIFY.order(14, ASHA, sc.now)
+    SHOPIFY.place(sc, order)
+    sc.work()
+    sc.later(hours=2)
+    paid = {**order, "financial_status": "paid", "payment_gateway_names": gateways, "updated_at": p.iso(sc.now)}
+    sc.shopify("orders/paid", paid)
+    sc.shopify("orders/updated", paid)
+    sc.later(days=2)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]  # no reminder at 6 h
+    assert world.shopify_ops("orderCancel") == [] and world.shopify_ops("tagsAdd") == []
+    metrics = sc.report()["stages"]["qualification"]["metrics"]
+    assert (metrics["paid"], metrics["no_answer"], metrics["lost"]) == (1, 0, 0)  # prepaid now: not a lost COD order
+    sc.tap(ASHA, "cod_cancel", sc.last_to(ASHA, "cod_confirm_v1"))  # she wants out after paying: a refund, a person's call
+    sc.later(hours=1)
+    assert world.shopify_ops("orderCancel") == []
+    [case] = sc.handoffs(status="open")
+    assert SHOPIFY.name(14) in case["reason"] and "after paying" in case["reason"]
+
+
 def test_a_cancel_while_a_reminder_waits_for_its_retry_withdraws_the_reminder(sqlite_url, scenario, world):
     """WhatsApp was down when the 6-hour reminder fell due, so it waits for a retry; she taps Cancel meanwhile
     (and is asked why, the run staying open for her answer). "Please confirm" must not reach her after that."""

@@ -130,6 +130,16 @@ def test_waiting_for_a_woocommerce_payment_before_the_order_confirmation_is_a_wo
     assert any("checkout_recovery.completed_wait_minutes: a WooCommerce setting" in p for p in err.value.problems), err.value.problems
 
 
+def test_a_cod_confirm_status_on_a_shopify_store_is_refused_at_load():
+    """A Shopify order has no status to set (its financial and fulfilment statuses are the platform's): loaded, every
+    Confirm queued a status write-back Shopify cannot take, and each became a failed write-back and a hand-off for the
+    COD desk, "do it by hand", for an order that was fine. Said at load, where the store's key is."""
+    with pytest.raises(ConfigError) as err:
+        parse_settings(base(journeys={"cod_confirmation": {"confirm_status": "processing"}}), environ={})
+    assert any(p.startswith("stores[0]") and "cod_confirmation.confirm_status: a WooCommerce setting" in p for p in err.value.problems), \
+        err.value.problems
+
+
 def test_journey_timings_that_contradict_each_other_are_config_errors():
     data = base(journeys={
         "checkout_recovery": {"ladder_minutes": [0, 1440, 360], "discount_code": "BACK10"},  # the third due before the second

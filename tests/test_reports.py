@@ -248,11 +248,11 @@ def test_every_kpi_of_a_hand_built_week(db):
 
     assert stages["qualification"] == {
         "owner": None, "headline": "confirmation_rate",
-        "metrics": {"cod_orders": 6, "asked": 5, "confirmed": 2, "cancelled": 1, "cancel_after_fulfilment": 1, "no_answer": 1, "not_reached": 0, "confirmed_by_store": 0, "with_person": 0, "opted_out": 0,
+        "metrics": {"cod_orders": 6, "asked": 5, "confirmed": 2, "cancelled": 1, "cancel_after_fulfilment": 1, "no_answer": 1, "not_reached": 0, "confirmed_by_store": 0, "paid": 0, "with_person": 0, "opted_out": 0,
                     "confirmation_rate": 0.4, "median_minutes_to_answer": 30.0, "lost": 3},
-        "previous": {"cod_orders": 1, "asked": 1, "confirmed": 1, "cancelled": 0, "cancel_after_fulfilment": 0, "no_answer": 0, "not_reached": 0, "confirmed_by_store": 0, "with_person": 0, "opted_out": 0,
+        "previous": {"cod_orders": 1, "asked": 1, "confirmed": 1, "cancelled": 0, "cancel_after_fulfilment": 0, "no_answer": 0, "not_reached": 0, "confirmed_by_store": 0, "paid": 0, "with_person": 0, "opted_out": 0,
                      "confirmation_rate": 1.0, "median_minutes_to_answer": 20.0, "lost": 0},
-        "change": {"cod_orders": 5, "asked": 4, "confirmed": 1, "cancelled": 1, "cancel_after_fulfilment": 1, "no_answer": 1, "not_reached": 0, "confirmed_by_store": 0, "with_person": 0, "opted_out": 0,
+        "change": {"cod_orders": 5, "asked": 4, "confirmed": 1, "cancelled": 1, "cancel_after_fulfilment": 1, "no_answer": 1, "not_reached": 0, "confirmed_by_store": 0, "paid": 0, "with_person": 0, "opted_out": 0,
                    "confirmation_rate": -0.6, "median_minutes_to_answer": 10.0, "lost": 3}}
 
     assert stages["conversion"] == {

@@ -118,8 +118,8 @@ def settle_woocommerce_settings(platform: str, configs: dict[str, Any]) -> list[
     takes everyone else's (WooCommerce asks no marketing opt-in: most customers), never both
     (``_common.cart_ladder_takes``). When only one takes them, it takes them all. On other
     platforms the WooCommerce-only settings are turned off (and ``order_confirmation`` confirms
-    every prepaid order as placed). Settings are replaced in ``configs``; returns the problems
-    (a WooCommerce setting on another platform).
+    every prepaid order as placed), and ``cod_confirmation.confirm_status`` is refused. Settings are
+    replaced in ``configs``; returns the problems (a WooCommerce setting on another platform).
     """
     checkout, payment = configs.get("checkout_recovery"), configs.get("payment_recovery")
     confirmation = configs.get("order_confirmation")
@@ -142,6 +142,11 @@ def settle_woocommerce_settings(platform: str, configs: dict[str, Any]) -> list[
                             "is complete, and is confirmed as placed)")
         if confirmation is not None:
             configs["order_confirmation"] = confirmation.model_copy(update={"after_payment": False})
+        cod = configs.get("cod_confirmation")
+        if cod is not None and getattr(cod, "confirm_status", None):
+            # every Confirm would queue a status Shopify cannot take: a failed write-back and a hand-off each
+            problems.append("cod_confirmation.confirm_status: a WooCommerce setting (a Shopify order has no status to set; "
+                            "Confirm tags it with confirm_tag)")
         return problems
     shared = bool(checkout is not None and checkout.enabled and checkout.unpaid_orders
                   and payment is not None and payment.enabled and payment.unpaid_orders)

@@ -11,10 +11,15 @@ order) changes nothing either, but a person hears what she tapped, once.
 Once the order has shipped, fully or partly (an order event or a fulfilment saying so, or the
 order as stored when a timer fires), the run ends: no more asks or reminders, no no-answer
 action, and no write-back ever changes its status; a late Confirm only tags it, a late Cancel
-goes to a person. A tap after the no-answer step is still honoured while the order is open:
-Confirm confirms (and notes that the unconfirmed tag is stale: the store clients cannot
+goes to a person (so does a Cancel whose order ships before its cancel reaches the store: the
+write-back is then skipped, ``WriteBack.if_shipped``). A tap after the no-answer step is still
+honoured while the order is open: Confirm confirms (and notes that the unconfirmed tag is stale: the store clients cannot
 remove a tag), Cancel cancels per ``cancel_action``; a tap made before the deadline counts as
 answered in time. A Confirm after a no-answer cancel goes to a person (we cannot undo one).
+An order paid in full before she answered (she paid the store's invoice, the merchant marked it
+paid: an event saying so, or the order as stored when a timer fires) is prepaid now: the run ends
+(``choice`` "paid"), with no reminder and no no-answer action (a cancel of a paid order refunds
+nothing); her Cancel tap after it goes to a person. An advance on a COD order is still COD.
 A customer who opted out (STOP) after the question is not one who did not answer: at the
 deadline her order is flagged for a call and a person hears of it, never cancelled. The same
 for one none of our messages had reached by the deadline (``not_reached``). A tap after either
@@ -83,6 +88,14 @@ def shipped_event(event: Any) -> bool:
     if isinstance(event, ev.FulfillmentUpdated):
         return event.fulfillment.status == "success"
     return False
+
+
+def paid_event(event: Any) -> bool:
+    """A store event saying the order is paid in full before it shipped (she paid the store's invoice
+    online, the merchant marked it paid): cash on delivery no longer. An advance on a COD order
+    (``partially_paid``) is still COD and still asked about."""
+    return (isinstance(event, (ev.OrderPaid, ev.OrderUpdated)) and event.order.payment_state is ev.PaymentState.PAID
+            and event.order.cancelled_at is None)
 
 
 class CodConfirmationConfig(JourneyConfig):
@@ -170,6 +183,8 @@ class CodConfirmation:
                 return [Update({"closed_by": "order.cancelled"}), Wake(None), Finish("order_cancelled")]
             if shipped_event(event):
                 return [Update({"closed_by": event.type}), Wake(None), Finish("fulfilled_unanswered")]
+            if paid_event(event):
+                return self._paid_meanwhile()
             if isinstance(event, ev.OrderUpdated) and self._store_confirmed(event.order, run, config):
                 # the store moved it to the confirm status itself (a call, say): no reminder, and above all
                 # no "no answer" cancel of an order the customer has confirmed
@@ -292,6 +307,9 @@ class CodConfirmation:
             return [Wake(None), Finish("order_cancelled")]
         if self._shipped(run, facts):  # shipped while we waited and its event never reached us: never ask, never cancel
             return [Update({"closed_by": "order.shipped"}), Wake(None), Finish("fulfilled_unanswered")]
+        if self._stored(run, facts) and facts.order.payment_state == ev.PaymentState.PAID:  # type: ignore[union-attr]
+            # its paid event did not reach the run (it no longer names a COD gateway, say): paid is paid
+            return self._paid_meanwhile()
         if state.get("phase") == "with_person":
             return self._unhandled(run, facts, config, now)
         if state.get("phase") == "waiting":
@@ -467,6 +485,8 @@ class CodConfirmation:
         choice = run.state.get("choice")
         if not confirm and choice in CONFIRMED and not self._cancelled(run, facts):
             return "after the store confirmed it" if choice == "confirmed_by_store" else "after confirming it"
+        if not confirm and choice == "paid" and not self._cancelled(run, facts):
+            return "after paying for it (a cancel needs a refund)"
         if confirm and choice in CANCELLED:
             return "after asking to cancel it" if choice == "cancel_too_late" else "after cancelling it"
         if confirm and choice is None and self._cancelled(run, facts):
@@ -493,6 +513,12 @@ class CodConfirmation:
             outcome = "order_cancelled" if run.state.get("choice") is None else "cancelled"
             commands += [Wake(None), Finish(outcome)]
         return commands + [Handoff(reason)]  # last: the run waits on the person (her next words join the case)
+
+    @staticmethod
+    def _paid_meanwhile() -> list[Command]:
+        """Paid in full before she answered: no reminder, no no-answer action (a cancel would keep her
+        money: the store's cancel refunds nothing), no flag for a call; her Cancel after it goes to a person."""
+        return [Update({"choice": "paid", "closed_by": "order.paid"}), Wake(None), MoveStage("post_purchase"), Finish("paid")]
 
     @staticmethod
     def _stored(run: Run, facts: Facts) -> bool:
@@ -565,8 +591,13 @@ class CodConfirmation:
                     **({"phase": "cancel_reason", "awaiting_reply": True} if wait else {})}),
             Wake(now + timedelta(minutes=config.cancel_reason_minutes) if wait else None)]
         if config.cancel_action == "cancel":
+            # the order can ship between her tap and the call to the store (both webhooks in one round, a
+            # store that was down): the cancel is then not made, and a person hears she asked for it
+            shipped = (f"customer tapped Cancel on COD order {self._order_name(run, facts)} on WhatsApp, but it shipped before "
+                       "the cancel could be made: stop the parcel or call them")
             commands.append(WriteBack("cancel_order", order_id, {"reason": "customer", "notify_customer": False,
-                                                                 "staff_note": "Cancelled by the customer on WhatsApp"}, "cancel"))
+                                                                 "staff_note": "Cancelled by the customer on WhatsApp"}, "cancel",
+                                      if_shipped=shipped))
         else:
             commands.append(WriteBack("add_tags", order_id, {"tags": [config.cancelled_tag]}, "cancel_tag"))
         if config.send_acknowledgement:

@@ -150,6 +150,10 @@ class WriteBack:
     order_id: str
     args: dict[str, Any]
     key: str  # unique per run: the same write-back is never queued twice
+    # a state change the order's shipping stops (``writebacks.MOVES``) is then skipped; this is what a
+    # person must hear of it (the customer's own Cancel: the parcel goes out to someone who asked not to
+    # have it). None: skipped quietly (a no-answer cancel, a confirm status: nobody asked for them)
+    if_shipped: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -649,7 +649,8 @@ class JourneyRunner:
             elif isinstance(cmd, WriteBack):
                 ob.enqueue(conn, store_id=store_id, key=f"{journey}:writeback:{cmd.key}:{subject}", contact_id=contact_id,
                            journey=journey, step=cmd.key, category=None, channel="store",
-                           payload={"subject": subject, "action": cmd.action, "order_id": cmd.order_id, "args": cmd.args},
+                           payload={"subject": subject, "action": cmd.action, "order_id": cmd.order_id, "args": cmd.args,
+                                    **({"if_shipped": cmd.if_shipped} if cmd.if_shipped else {})},
                            due_at=now, now=now)
             elif isinstance(cmd, Update):
                 state.update(cmd.state)

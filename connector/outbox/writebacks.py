@@ -88,6 +88,21 @@ def hand_off_failures(conn: Connection, stores: Mapping[int, object], results: l
     return len(failed)
 
 
+def hand_off_shipped(conn: Connection, stores: Mapping[int, object], results: list[ob.Result], now: datetime) -> int:
+    """A write-back skipped because the order shipped since it was queued, which its journey said a
+    person must hear of (``if_shipped``: the customer's own Cancel; the parcel is on its way to someone
+    who asked not to have it). Keyed as its run's own case, so it joins one already open about the order
+    (her cancel reason, say); written with the skip, like ``hand_off_failures``."""
+    shipped = [r for r in results if r.outcome == "skipped" and r.error_detail == "order_shipped" and r.row.store_id in stores
+               and (r.row.payload or {}).get("if_shipped")]
+    for res in shipped:
+        row, p = res.row, res.row.payload
+        req = HandoffRequest(f"{row.journey}:{p.get('subject')}", str(p["if_shipped"])[:2000], row.journey, p.get("subject"),
+                             stage=journey_stage(row.journey))
+        open_handoff(conn, stores[row.store_id], row.store_id, row.contact_id, req, now)
+    return len(shipped)
+
+
 def hand_off_unmade(conn: Connection, store: object, store_id: int, rows: list[Any], now: datetime) -> int:
     """Write-backs decided while the app was uninstalled, skipped at the reinstall (``connector/reinstall.py``):
     what a customer asked for then (her Cancel, her Confirm's tag) is not made blindly on an order that may
@@ -164,8 +179,14 @@ class WriteBackDispatcher:
             results = await asyncio.gather(*(self._one(r, closed) for r in rows))
             now, done = self.clock(), list(results)
             await anyio.to_thread.run_sync(
-                lambda: ob.record(self.db, done, now, also=lambda conn, settled: hand_off_failures(conn, self.stores, settled, now)))
+                lambda: ob.record(self.db, done, now, also=lambda conn, settled: self._hand_offs(conn, settled, now)))
         return len(rows)
+
+    def _hand_offs(self, conn: Connection, settled: list[ob.Result], now: datetime) -> None:
+        """What a person must hear of the batch, committed with it: a write-back the store refused
+        or we gave up on, and one the order's shipping stopped that its journey said matters."""
+        hand_off_failures(conn, self.stores, settled, now)
+        hand_off_shipped(conn, self.stores, settled, now)
 
     async def drain(self, max_batches: int = 1000) -> int:
         return await loop.drain(self.run_once, max_batches)
