@@ -198,6 +198,15 @@ class CheckoutRecovery:
         return []
 
     @staticmethod
+    def discount_steps(config: CheckoutRecoveryConfig) -> frozenset[str]:
+        """The steps whose reminder carries ``discount.code`` (``_remind``): from ``discount_from_step`` on,
+        and none without a ``discount_code``. A template of another step that binds it is never sent (each
+        reminder is skipped as ``missing_value``): ``check-config`` warns of it."""
+        if not config.discount_code:
+            return frozenset()
+        return frozenset(STEPS[i] for i in range(config.discount_from_step - 1, len(config.ladder_minutes)))
+
+    @staticmethod
     def _step(run: Run) -> int:
         return ladder_step(run.state)
 
