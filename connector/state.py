@@ -356,7 +356,7 @@ def _checkout_contact(conn: Connection, store_id: int, token: str) -> int | None
     """The contact a stored checkout has. A read that cannot see the checkout's own phone (Shopify's poll:
     the customer's account phone, which may be an old number) keeps it: taken as hers, her checkout would
     seem to name another contact, and its ladder would end before a reminder (``contact_changed``)."""
-    stored = checkout_row(conn, store_id, token)
+    stored = checkout_row(conn, store_id, token, for_update=True)  # the row ``apply_checkout`` then locks and writes
     return stored.contact_id if stored is not None else None
 
 
