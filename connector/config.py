@@ -562,7 +562,7 @@ class _StoreBase(_Frozen):
     def warnings(self) -> list[str]:
         """Settings that load but work against each other: said by ``check-config`` and logged at
         start, not refused (a config that ran yesterday keeps running after an upgrade)."""
-        out: list[str] = self._unused_templates()
+        out: list[str] = self._unused_templates() + self._discount_never_given()
         cart = self.journeys.get("checkout_recovery")  # type: ignore[attr-defined]
         ladder = getattr(cart, "ladder_minutes", None)
         if ladder and cart.enabled:
@@ -604,6 +604,30 @@ class _StoreBase(_Frozen):
             if steps and not any(re.fullmatch(pattern, step) for pattern in steps):
                 shown = ", ".join(p.replace(r"\d+", "N") for p in steps)
                 out.append(f"{where}: {tpl.step!r} is not a step {name} sends ({shown}): this template is never sent")
+        return out
+
+    def _discount_never_given(self) -> list[str]:
+        """Templates that bind ``discount.code`` for a step whose journey gives none with these settings (no
+        ``discount_code``, or a step before ``discount_from_step``): every such message is skipped as
+        ``missing_value``, the discount reminder above all. Only journeys that say which steps carry one
+        (``discount_steps(config)``) are checked. Warned, not refused: it loaded before."""
+        from connector.journeys.registry import journeys
+
+        known = journeys()
+        out: list[str] = []
+        for i, tpl in enumerate(self.templates):  # type: ignore[attr-defined]
+            if "discount.code" not in (*tpl.body, *(b.suffix for b in tpl.buttons)):
+                continue
+            name, step = tpl.step.split(".", 1)
+            cfg = self.enabled_journeys().get(name)
+            steps = getattr(known.get(name), "discount_steps", None)
+            if cfg is None or steps is None or step in steps(cfg):
+                continue
+            why = ("it has no discount_code" if not getattr(cfg, "discount_code", None)
+                   else f"its discount_from_step is {getattr(cfg, 'discount_from_step', '?')}")
+            out.append(f"stores[{self.key}].templates[{i}] ({tpl.step}) binds discount.code but journey {name} gives none "  # type: ignore[attr-defined]
+                       f"to that step ({why}): each of its messages is skipped as missing_value; set the code or "
+                       f"take discount.code out of the template")
         return out
 
     def enabled_journeys(self) -> dict[str, Any]:

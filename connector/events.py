@@ -196,6 +196,10 @@ class Checkout(_Fact):
     # the number the marketing opt-in was given for, when the platform names one (Shopify's
     # sms_marketing_phone): consent is recorded for that number only, not for the customer's phone
     marketing_phone: Phone | None = None
+    # whether ``customer.phone`` is the one given on the checkout (its webhook; the cart plugin's post).
+    # False: a read that cannot see it and names the customer's own or an address phone instead
+    # (Shopify's ``abandonedCheckouts``): it never changes the contact a stored checkout already has
+    phone_on_checkout: bool = True
 
 
 class Fulfillment(_Fact):

@@ -352,6 +352,14 @@ def _opted_in_contact(conn: Connection, store_id: int, checkout: ev.Checkout, co
     return upsert_contact(conn, store_id, now, phone=wanted, customer=named)
 
 
+def _checkout_contact(conn: Connection, store_id: int, token: str) -> int | None:
+    """The contact a stored checkout has. A read that cannot see the checkout's own phone (Shopify's poll:
+    the customer's account phone, which may be an old number) keeps it: taken as hers, her checkout would
+    seem to name another contact, and its ladder would end before a reminder (``contact_changed``)."""
+    stored = checkout_row(conn, store_id, token, for_update=True)  # the row ``apply_checkout`` then locks and writes
+    return stored.contact_id if stored is not None else None
+
+
 def apply_checkout(conn: Connection, store_id: int, checkout: ev.Checkout, contact_id: int | None) -> bool:
     existing = checkout_row(conn, store_id, checkout.token, for_update=True)
     if existing is not None and existing.source_updated_at > checkout.updated_at:
@@ -860,8 +868,9 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
                     restage(conn, store_id, owner, now)  # she is where her other orders leave her
         case ev.CheckoutUpdated(checkout=checkout):
             out.subject = f"checkout:{checkout.token}"
-            out.contact_id = upsert_contact(conn, store_id, now, phone=checkout.customer.phone, customer=checkout.customer)
-            opted_in = _opted_in_contact(conn, store_id, checkout, out.contact_id, now) if checkout.accepts_marketing else None
+            read = upsert_contact(conn, store_id, now, phone=checkout.customer.phone, customer=checkout.customer)
+            out.contact_id = read if checkout.phone_on_checkout else (_checkout_contact(conn, store_id, checkout.token) or read)
+            opted_in = _opted_in_contact(conn, store_id, checkout, read, now) if checkout.accepts_marketing else None
             if opted_in is not None:
                 record_consent(conn, store_id, opted_in, "marketing", "granted", "checkout_opt_in", checkout.updated_at, inbox_id, only_if_unknown=True)
             out.stale = not apply_checkout(conn, store_id, checkout, out.contact_id)

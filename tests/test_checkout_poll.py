@@ -400,6 +400,41 @@ def test_a_completed_checkout_starts_nothing_and_ends_a_running_ladder(db_url):
     assert sent == []
 
 
+def test_a_poll_that_shows_the_customers_account_phone_leaves_the_checkouts_own_phone_its_reminders(db_url):
+    """Asha is signed in with the number on her account (an old one) and types her current number on the
+    checkout: the webhook names the checkout's phone. The Admin API has no checkout phone, only the
+    customer's: before, the poll's read made her checkout name another contact and her ladder ended
+    (``contact_changed``) before its first reminder; and the checkout went to the old number's contact."""
+    settings = shop_settings(db_url)
+    store = settings.stores[0]
+    account_phone = "+91 99000 11111"
+    webhook = fixture_checkout()  # phone: +91 98765 43210, the opt-in ticked
+    webhook["customer"] = {**webhook["customer"], "phone": account_phone}
+    twin = polled_twin(webhook, FIXTURE_ID)
+    twin["customer"]["defaultPhoneNumber"]["phoneNumber"] = account_phone
+    fake = FakeCheckouts([twin])
+    clock = Clock(T)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        post_webhook(client, webhook)
+        runtime.processor.drain()
+        assert asyncio.run(poll(runtime.db, store, sid, fake, T + timedelta(minutes=10))).known == 1
+        clock.now = T + timedelta(minutes=10)
+        runtime.processor.drain()
+        clock.now = T + timedelta(minutes=26)  # abandoned at 07:25
+        runtime.processor.process_timers()
+        run = runs(runtime.db)["checkout:123123123"]
+        with runtime.db.engine.connect() as conn:
+            phones = dict(conn.execute(select(m.Contact.id, m.Contact.phone_e164)).all())
+            queued = [(phones[o.contact_id], o.step) for o in conn.execute(
+                select(m.OutboxMessage).where(m.OutboxMessage.journey == "checkout_recovery"))]
+            checkout_contact = conn.execute(select(m.Checkout.contact_id)).scalar_one()
+    assert run.status == "active" and "contact_changed_to" not in run.state
+    assert queued == [("+919876543210", "first")]  # to the number on the checkout, nothing to the account's
+    assert phones[checkout_contact] == "+919876543210"
+
+
 # ---- the periodic job ----------------------------------------------------------------------
 
 

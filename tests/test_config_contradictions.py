@@ -136,3 +136,40 @@ def test_the_number_reading_cannot_be_set_to_every_few_seconds(tmp_path, monkeyp
     problems = _example_with(tmp_path, monkeypatch, "number_quality_hours = 4 ", "number_quality_hours = 0.001 ")
     assert ("worker.number_quality_hours: 0.001 would read the number every 0.06 minutes: 0 turns it off, else at least "
             "0.25 (15 minutes)") in problems, problems
+
+
+LAST_CALL = """[[stores.templates]]
+step = "checkout_recovery.{step}"
+name = "cart_last_call_v1"
+category = "marketing"
+body_text = "Still thinking it over? {{{{1}}}} off with code {{{{2}}}}: {{{{3}}}}"
+body = ["checkout.total", "discount.code", "checkout.recovery_url"]
+
+[[stores.templates]]
+step = "delivery.shipped\""""
+
+
+@pytest.mark.parametrize(("step", "code", "warned"), [
+    ("third", "# discount_code", "stores[acme].templates[1] (checkout_recovery.third) binds discount.code but journey "
+     "checkout_recovery gives none to that step (it has no discount_code): each of its messages is skipped as missing_value; "
+     "set the code or take discount.code out of the template"),
+    ("second", "discount_code", "stores[acme].templates[1] (checkout_recovery.second) binds discount.code but journey "
+     "checkout_recovery gives none to that step (its discount_from_step is 3): each of its messages is skipped as "
+     "missing_value; set the code or take discount.code out of the template"),
+])
+def test_a_cart_template_that_binds_a_discount_the_ladder_never_gives_is_a_warning(tmp_path, monkeypatch, step, code, warned):
+    """The example's cart ladder leaves ``discount_code`` commented out; a "last call" template written with
+    the code in it was never sent: each reminder of its step was skipped as missing_value, and check-config
+    said nothing. The same template on the step the code is given to loads without a word."""
+    text = EXAMPLE.read_text()
+    assert '[[stores.templates]]\nstep = "delivery.shipped"' in text and '# discount_code = "COMEBACK10"\ndiscount_from_step' in text
+
+    def check(step: str, code: str) -> str:
+        edited = (text.replace('[[stores.templates]]\nstep = "delivery.shipped"', LAST_CALL.format(step=step), 1)
+                  .replace('# discount_code = "COMEBACK10"\ndiscount_from_step', f'{code} = "COMEBACK10"\ndiscount_from_step', 1))
+        result = _check(tmp_path, monkeypatch, edited, {})
+        assert result.exit_code == 0, result.output
+        return _plain(result)
+
+    assert f"warning: {warned}" in check(step, code)
+    assert "binds discount.code" not in check("third", "discount_code")  # the code given, to the third reminder

@@ -757,6 +757,7 @@ def normalize_checkout_node(node: dict, store: ShopifyStore) -> list[Event]:
         customer=customer,
         line_items=_line_items(data),
         accepts_marketing=accepts_marketing,
+        phone_on_checkout=False,  # the node has no checkout phone: the customer's default, else an address's
     )
     return [CheckoutUpdated(checkout=checkout)]
 

@@ -32,7 +32,9 @@ reminders are skipped.
 WooCommerce has no abandoned checkout of its own: its order exists before the payment, so a
 ``pending`` or ``failed`` order is the abandoned checkout (``unpaid_orders``, on by default).
 It runs the same ladder with the order's pay link, and ends as recovered when the order
-is paid. Each such order has exactly one home: with ``payment_recovery`` taking them too, this
+is paid. When the order is cancelled (WooCommerce cancels one left unpaid after its hold-stock
+minutes) its reminders stop; once one was queued, the run listens out its attribution window, so
+the order she places and pays instead is credited to it (``_cancelled``). Each such order has exactly one home: with ``payment_recovery`` taking them too, this
 ladder takes the order of a customer it can reach (marketing consent), the pay reminder
 everyone else's (``settle_woocommerce_settings``, ``_common.cart_ladder_takes``). A cart is
 recovered only by a purchase: an order paid, or cash on delivery (credited as placed); an
@@ -192,6 +194,8 @@ class CheckoutRecovery:
         if isinstance(event, TimerFired) and run is not None and run.status == "active":
             if run.state.get("completed_at"):  # the completed cart's order never reached us
                 return [Wake(None), Finish("completed")]
+            if run.state.get("order_cancelled"):  # the window after her cancelled order's reminders is over
+                return [Wake(None), Finish("order_cancelled")]
             o = facts.order  # an unpaid order's run: the order as stored now
             if run.subject.startswith("order:") and o is not None and (o.cancelled or o.payment_state not in ("pending", "failed")):
                 return [Wake(None), Finish("order_closed")]
@@ -201,6 +205,15 @@ class CheckoutRecovery:
                 return [Wake(None), Finish("pay_reminder")]
             return self._remind(run, facts, config, now)
         return []
+
+    @staticmethod
+    def discount_steps(config: CheckoutRecoveryConfig) -> frozenset[str]:
+        """The steps whose reminder carries ``discount.code`` (``_remind``): from ``discount_from_step`` on,
+        and none without a ``discount_code``. A template of another step that binds it is never sent (each
+        reminder is skipped as ``missing_value``): ``check-config`` warns of it."""
+        if not config.discount_code:
+            return frozenset()
+        return frozenset(STEPS[i] for i in range(config.discount_from_step - 1, len(config.ladder_minutes)))
 
     @staticmethod
     def _step(run: Run) -> int:
@@ -295,7 +308,7 @@ class CheckoutRecovery:
         if run.status != "active":
             return []
         if isinstance(event, ev.OrderCancelled) or o.cancelled_at is not None:
-            return [Wake(None), Finish("order_cancelled")]
+            return self._cancelled(run, config, now)
         if unpaid_order(o):
             if run.state.get("pay_reminder") or run.state.get("waits_for_payment"):
                 return []  # a silent run: it keeps its own time
@@ -304,6 +317,20 @@ class CheckoutRecovery:
                 return [Update({"abandoned_at": abandoned_at.isoformat()}), Wake(first)]
             return []
         return self._converted(o, run, facts, config, at=o.updated_at)  # paid, or moved on (on-hold, processing)
+
+    @staticmethod
+    def _cancelled(run: Run, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
+        """Her unpaid order was cancelled (WooCommerce cancels one left unpaid after its hold-stock minutes):
+        no more reminders, its pay link is dead, and one still waiting is withdrawn. A run whose reminders
+        (its own, or the cart's it went on from) were queued listens out their attribution window, as the
+        ladder does after its last step: the order she places instead, paid, is what they recovered."""
+        if run.state.get("order_cancelled"):
+            return []  # the cancel heard again (its update echoes it)
+        last = run.state.get("last_sent_at")
+        ends = datetime.fromisoformat(last) + timedelta(days=config.attribution_days) if last else None
+        if not int(run.state.get("sent", 0)) or ends is None or ends <= now:
+            return [Wake(None), Finish("order_cancelled")]
+        return [Update({"order_cancelled": True}), Withdraw(), Wake(ends, listening=True)]
 
     @staticmethod
     def _takes(event: Any, facts: Facts, config: CheckoutRecoveryConfig) -> bool:
@@ -347,7 +374,7 @@ class CheckoutRecovery:
         its order; one ladder each would remind her twice of one checkout. An order ladder that ended
         days ago and only waits out its window is no reason (another purchase)."""
         return any(r.subject.startswith("order:") and r.status == "active" and r.state.get("unpaid_order")
-                   and not r.state.get("waits_for_payment") and self._current(r, config, now)
+                   and not r.state.get("waits_for_payment") and not r.state.get("order_cancelled") and self._current(r, config, now)
                    for r in facts.extra.get("open_runs", ()))
 
     def _current(self, r: Run, config: CheckoutRecoveryConfig, now: datetime) -> bool:
