@@ -113,8 +113,10 @@ def purge_conversations(db: Database, now: datetime, retention_days: int, batch:
 # started_at) is about when it was stored, so the rows due are at the table's start. "About": two writers
 # commit out of order by a few seconds, and an inbound message's occurred_at is WhatsApp's time of it,
 # older than its storing when the webhook came late (Meta retries for days; ``storeloop replay`` of a held
-# row, months). ``ORDER_SLACK`` covers the first and a late webhook of up to ``LATE`` (a message is a day
-# at most that much older than the rows around it); messages later than that are remembered one by one.
+# row, months). ``ORDER_SLACK`` covers the first and an inbound message up to ``LATE`` older than its
+# storing; one later than that is noticed when stored and remembered, by id, until it is due (``_late_messages``).
+# A send's created_at and a run's started_at are their storing: what makes them due (a send's updated_at, a
+# run's) is never before it, so no row past the probe can be due.
 LATE = timedelta(days=1)
 ORDER_SLACK = timedelta(days=3)
 
