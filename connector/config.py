@@ -141,8 +141,9 @@ class WorkerSettings(_Settings):
     inbox_max_attempts: int = Field(5, ge=1, le=100)
     raw_body_retention_days: int = Field(30, ge=1)
     conversation_retention_days: int = Field(
-        365, description="message texts, closed hand-offs' context and the customer's words in their reason, and settled "
-                         "sends' rendered messages older than this are emptied hourly; the report's figures stay")
+        365, description="message texts, closed hand-offs' context and the customer's words in their reason, settled "
+                         "sends' rendered messages and finished journey runs' typed words older than this are emptied "
+                         "hourly; the report's figures stay")
     reconcile_minutes: float = Field(15, gt=0, description="how often orders are reconciled with each store's API")
     checkout_poll_minutes: float = Field(
         15, ge=0, description="how often each Shopify store's abandoned checkouts are polled (lost checkout webhooks); 0: off")

@@ -12,24 +12,28 @@ and held rows keep their body so they can still be replayed after a fix (``store
 The conversation itself has a retention of its own (``purge_conversations``), by each row's own
 time: message texts (``messages.body``; direction, status, wamid, kind, times and the outbox link
 stay), closed hand-offs' context and the customer's words in their reason (an open case keeps
-both: a person works on it), and settled sends' rendered messages (a pending or sending row still
-has to go). What the weekly report, the dashboard and the export count stays: journey, step,
-category, status, skip reason, the template's name, times, subjects. ``content_removed_at`` marks
+both: a person works on it), settled sends' rendered messages (a pending or sending row still
+has to go), and the customer's words in finished journey runs' state (the COD cancel reason she
+typed, the quote in a hand-off's reason; a run still going keeps them). What the weekly report, the dashboard and the export count stays: journey, step,
+category, status, skip reason, the template's name, times, subjects, a run's phase, choice and
+outcome. ``content_removed_at`` marks
 an emptied row, so the timeline says so and a run skips the rows done before.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy import Connection, Interval, bindparam, delete, func, literal, or_, select, update
 
 from connector.compliance import HANDOFF_CONTEXT_KEEP, MESSAGE_KEEP, PAYLOAD_KEEP, REDACTED, generic_scrub
 from connector.handoffs import reason_without_words
 from connector.storage.db import Database
-from connector.storage.sql import ATTEMPTS, BODIES, HANDOFFS, INBOX, MESSAGES, OUTBOX
+from connector.storage.sql import ATTEMPTS, BODIES, HANDOFFS, INBOX, MESSAGES, OUTBOX, RUNS
 
 log = logging.getLogger("storeloop.retention")
 
@@ -80,15 +84,93 @@ def removed_note(days: int) -> str:
 def purge_conversations(db: Database, now: datetime, retention_days: int, batch: int = 1000) -> dict[str, int]:
     """Empty the conversation content older than ``retention_days`` (see the module's docstring);
     returns the rows emptied per table. Each table in batches by id, each batch its own short
-    transaction, so the SQLite write lock is never held long; rows done before are skipped."""
+    transaction, so the SQLite write lock is never held long; rows done before are skipped.
+
+    Messages, sends and runs are read only between two ids (``_Marks``): from below the first row
+    that still had something to empty last time, up to the last row stored before the cutoff (found
+    in a few primary-key probes, ``_last_before``); walking them by id to their end every hour read
+    the whole table however little was due (0.44 s a run at 2M messages and 1M sends)."""
     cutoff = now - timedelta(days=retention_days)
-    return {name: _batches(db, lambda conn, after: step(conn, cutoff, now, retention_days, after, batch), batch)
-            for name, step in (("messages", _messages), ("handoffs", _handoffs), ("outbox", _outbox))}
+    marks = _MARKS.setdefault(db, _Marks())
+    words = customer_words()
+    done: dict[str, int] = {}
+    upto: dict[str, int] = {}
+    for name, table, stored_at, step in (("messages", MESSAGES, MESSAGES.c.occurred_at, _messages), ("outbox", OUTBOX, OUTBOX.c.created_at, _outbox),
+                                         ("journey_runs", RUNS, RUNS.c.started_at, _runs)):
+        with db.engine.connect() as conn:
+            last = upto[name] = _last_before(conn, table, stored_at, cutoff + ORDER_SLACK)
+        start = min(marks.done.get(name, 0), last)
+        done[name] = _batches(db, lambda conn, after: step(conn, cutoff, now, retention_days, after, last, batch, words), batch, start)
+        with db.engine.connect() as conn:
+            marks.done[name] = _done_up_to(conn, name, cutoff, start, last)
+    done["messages"] += _late_messages(db, marks, cutoff, now, upto["messages"], batch)
+    done["handoffs"] = _batches(db, lambda conn, after: _handoffs(conn, cutoff, now, retention_days, after, batch), batch)
+    return {k: done[k] for k in ("messages", "handoffs", "outbox", "journey_runs")}
 
 
-def _batches(db: Database, step: Callable[[Connection, int], tuple[int, int | None]], batch: int) -> int:
+# ---- where each table's due rows are ------------------------------------------------------------------
+# Rows are stored in id order, and each one's time (a message's occurred_at, a send's created_at, a run's
+# started_at) is about when it was stored, so the rows due are at the table's start. "About": two writers
+# commit out of order by a few seconds, and an inbound message's occurred_at is WhatsApp's time of it,
+# older than its storing when the webhook came late (Meta retries for days; ``storeloop replay`` of a held
+# row, months). ``ORDER_SLACK`` covers the first and an inbound message up to ``LATE`` older than its
+# storing; one later than that is noticed when stored and remembered, by id, until it is due (``_late_messages``).
+# A send's created_at and a run's started_at are their storing: what makes them due (a send's updated_at, a
+# run's) is never before it, so no row past the probe can be due.
+LATE = timedelta(days=1)
+ORDER_SLACK = timedelta(days=3)
+
+
+@dataclass
+class _Marks:
+    """Where the job got to in this process (a restart starts again from the start, once).
+    ``done``: per table, every row at or below the id has nothing left to empty, now or later.
+    ``seen``: the highest message id looked at for late messages; ``late``: those found, still to empty."""
+
+    done: dict[str, int] = field(default_factory=dict)
+    seen: int | None = None
+    late: set[int] = field(default_factory=set)
+
+
+_MARKS: "WeakKeyDictionary[Database, _Marks]" = WeakKeyDictionary()
+
+
+def _last_before(conn: Connection, table: Any, stored_at: Any, bound: datetime) -> int:
+    """The highest id stored before ``bound`` (0: none), halving the id range: each probe reads the first
+    row at or after an id, one primary-key seek, so 2M rows take some 21 reads however many are due. A row
+    out of order (a late message) can only make it answer higher: more read, nothing missed."""
+    ids = table.c.id
+    # apart: SQLite reads min() or max() alone off the primary key, both in one query scan the table
+    low, high = conn.execute(select(func.min(ids))).scalar(), conn.execute(select(func.max(ids))).scalar()
+    if low is None or high is None:
+        return 0
+    if conn.execute(select(stored_at).where(ids == high)).scalar_one() < bound:
+        return high
+    before, after = low - 1, high  # rows at or below ``before`` are before the bound; the first row at or after ``after`` is not
+    while after - before > 1:
+        mid = (before + after) // 2
+        row = conn.execute(select(ids, stored_at).where(ids >= mid).order_by(ids).limit(1)).one()
+        if row[1] < bound:
+            before = row[0]
+        else:
+            after = mid
+    return before
+
+
+def _done_up_to(conn: Connection, name: str, cutoff: datetime, start: int, upto: int) -> int:
+    """After a pass over ids (start, upto]: the id below the first row there with something still to empty
+    (a message's text, a send not yet settled or emptied, a run not finished a retention ago)."""
+    table = {"messages": MESSAGES, "outbox": OUTBOX, "journey_runs": RUNS}[name]
+    waiting = {"messages": MESSAGES.c.body.is_not(None),
+               "outbox": OUTBOX.c.content_removed_at.is_(None),
+               "journey_runs": or_(RUNS.c.status != "finished", RUNS.c.updated_at >= cutoff)}[name]
+    first = conn.execute(select(func.min(table.c.id)).where(table.c.id > start, table.c.id <= upto, waiting)).scalar()
+    return upto if first is None else first - 1
+
+
+def _batches(db: Database, step: Callable[[Connection, int], tuple[int, int | None]], batch: int, after: int = 0) -> int:
     """Run ``step`` (one batch after the id ``after``: rows emptied, the last id read) until a batch reads fewer than ``batch``."""
-    total, after = 0, 0
+    total = 0
     while True:
         with db.write_lock(), db.engine.begin() as conn:
             emptied, last = step(conn, after)
@@ -98,14 +180,69 @@ def _batches(db: Database, step: Callable[[Connection, int], tuple[int, int | No
         after = last
 
 
-def _messages(conn: Connection, cutoff: datetime, now: datetime, days: int, after: int, batch: int) -> tuple[int, int | None]:
-    """Only messages with a text are marked: a photo or reaction that never had one is not shown as removed."""
-    ids = conn.execute(select(MESSAGES.c.id).where(
-        MESSAGES.c.id > after, MESSAGES.c.occurred_at < cutoff, MESSAGES.c.body.is_not(None))
-        .order_by(MESSAGES.c.id).limit(batch)).scalars().all()
+_HAS_TEXT = (MESSAGES.c.body.is_not(None),)
+
+
+def _empty_messages(conn: Connection, ids: list[int], now: datetime) -> None:
     if ids:
         conn.execute(update(MESSAGES).where(MESSAGES.c.id.in_(ids)).values(body=None, content_removed_at=now))
+
+
+def _messages(conn: Connection, cutoff: datetime, now: datetime, days: int, after: int, upto: int, batch: int,
+              words: Any = None) -> tuple[int, int | None]:
+    """Only messages with a text are marked: a photo or reaction that never had one is not shown as removed."""
+    ids = list(conn.execute(select(MESSAGES.c.id).where(
+        MESSAGES.c.id > after, MESSAGES.c.id <= upto, MESSAGES.c.occurred_at < cutoff, *_HAS_TEXT)
+        .order_by(MESSAGES.c.id).limit(batch)).scalars().all())
+    _empty_messages(conn, ids, now)
     return len(ids), (ids[-1] if len(ids) == batch else None)
+
+
+def _late_messages(db: Database, marks: _Marks, cutoff: datetime, now: datetime, upto: int, batch: int) -> int:
+    """Messages above ``upto`` already past the cutoff: stored later than the rows around them. The rows stored
+    since the last run are looked at once (after a restart, all of them above ``upto``): those due are emptied,
+    those a ``LATE`` older than their storing are remembered and emptied when due, until ``upto`` passes them.
+    The database picks them (only those come back: reading every row's times into Python took 13 s at 1M rows)."""
+    emptied = 0
+    after = max(upto, marks.seen or 0)
+    late = _stored_late(db)
+    with db.engine.connect() as conn:
+        top = conn.execute(select(func.max(MESSAGES.c.id))).scalar() or 0
+    while True:
+        with db.write_lock(), db.engine.begin() as conn:
+            rows = conn.execute(select(MESSAGES.c.id, MESSAGES.c.occurred_at).where(
+                MESSAGES.c.id > after, MESSAGES.c.id <= top, MESSAGES.c.direction == "in", *_HAS_TEXT,
+                or_(MESSAGES.c.occurred_at < cutoff, late)).order_by(MESSAGES.c.id).limit(batch)).all()
+            due = [r.id for r in rows if r.occurred_at < cutoff]
+            _empty_messages(conn, due, now)
+        emptied += len(due)
+        marks.late.update(r.id for r in rows if r.occurred_at >= cutoff)
+        if len(rows) < batch:
+            break
+        after = rows[-1].id
+    marks.seen = top
+    marks.late = {i for i in marks.late if i > upto}
+    for chunk in _chunks(sorted(marks.late), batch):
+        with db.write_lock(), db.engine.begin() as conn:
+            still = set(conn.execute(select(MESSAGES.c.id).where(MESSAGES.c.id.in_(chunk), *_HAS_TEXT)).scalars())
+            due = list(conn.execute(select(MESSAGES.c.id).where(
+                MESSAGES.c.id.in_(chunk), MESSAGES.c.occurred_at < cutoff, *_HAS_TEXT)).scalars())
+            _empty_messages(conn, due, now)
+        emptied += len(due)
+        marks.late -= set(chunk) - (still - set(due))
+    return emptied
+
+
+def _stored_late(db: Database) -> Any:
+    """A message whose time is a ``LATE`` older than its storing (``updated_at``, set when stored; a status
+    only moves it on, which makes an outgoing one look late: only inbound ones are asked)."""
+    if db.is_sqlite:  # the times are ISO texts there
+        return func.julianday(MESSAGES.c.updated_at) - func.julianday(MESSAGES.c.occurred_at) > LATE / timedelta(days=1)
+    return MESSAGES.c.updated_at - MESSAGES.c.occurred_at > literal(LATE, Interval())
+
+
+def _chunks(ids: list[int], size: int) -> list[list[int]]:
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
 def _handoffs(conn: Connection, cutoff: datetime, now: datetime, days: int, after: int, batch: int) -> tuple[int, int | None]:
@@ -129,11 +266,12 @@ def _handoffs(conn: Connection, cutoff: datetime, now: datetime, days: int, afte
     return len(rows), (rows[-1].id if len(rows) == batch else None)
 
 
-def _outbox(conn: Connection, cutoff: datetime, now: datetime, days: int, after: int, batch: int) -> tuple[int, int | None]:
+def _outbox(conn: Connection, cutoff: datetime, now: datetime, days: int, after: int, upto: int, batch: int,
+            words: Any = None) -> tuple[int, int | None]:
     """Settled sends last changed before the cutoff: the payload keeps what reports and the runs read (its
     subject, the template's name, a write-back's action); error texts lose any email or long number."""
     rows = conn.execute(select(OUTBOX.c.id, OUTBOX.c.payload, OUTBOX.c.last_error).where(
-        OUTBOX.c.id > after, OUTBOX.c.status.not_in(UNSENT), OUTBOX.c.updated_at < cutoff,
+        OUTBOX.c.id > after, OUTBOX.c.id <= upto, OUTBOX.c.status.not_in(UNSENT), OUTBOX.c.updated_at < cutoff,
         OUTBOX.c.content_removed_at.is_(None)).order_by(OUTBOX.c.id).limit(batch)).all()
     params = []
     for r in rows:
@@ -152,3 +290,37 @@ def _outbox(conn: Connection, cutoff: datetime, now: datetime, days: int, after:
         if scrubbed:
             conn.execute(update(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("_id")).values(error_detail=bindparam("_detail")), scrubbed)
     return len(rows), (rows[-1].id if len(rows) == batch else None)
+
+
+# ---- journey runs: what she typed, kept in a run's state ----------------------------------------------
+HANDOFF_REASON = "handoff_reason"  # every run's: the runner copies its hand-off's reason, which can quote her
+
+
+def customer_words() -> dict[str, tuple[str, ...]]:
+    """Per journey, the state keys that can hold what the customer typed (a journey's ``customer_words``)."""
+    from connector.journeys.registry import journeys  # the plugins load once, when first asked
+
+    return {name: tuple(getattr(j, "customer_words", ())) for name, j in journeys().items()}
+
+
+def _runs(conn: Connection, cutoff: datetime, now: datetime, days: int, after: int, upto: int, batch: int,
+          words: dict[str, tuple[str, ...]]) -> tuple[int, int | None]:
+    """Runs finished before the cutoff: her words go (a COD cancel reason she typed, the quote in a hand-off's
+    reason); the phase, the choice, the outcome, the times and the figures stay. A run still going (waiting for
+    her reason, with a person) keeps them. Only a run that had words is marked, so a view says what went."""
+    rows = conn.execute(select(RUNS.c.id, RUNS.c.journey, RUNS.c.state).where(
+        RUNS.c.id > after, RUNS.c.id <= upto, RUNS.c.status == "finished", RUNS.c.updated_at < cutoff,
+        RUNS.c.content_removed_at.is_(None)).order_by(RUNS.c.id).limit(batch)).all()
+    params = []
+    for r in rows:
+        before = r.state or {}
+        state = {k: v for k, v in before.items() if k not in words.get(r.journey, ()) or v in (None, "")}
+        if isinstance(reason := before.get(HANDOFF_REASON), str):
+            state[HANDOFF_REASON] = reason_without_words(reason, f"words {removed_note(days)}")
+        if state != before:
+            state[REMOVED] = days
+            params.append({"_id": r.id, "_state": state})
+    if params:
+        conn.execute(update(RUNS).where(RUNS.c.id == bindparam("_id")).values(
+            state=bindparam("_state"), content_removed_at=now), params)
+    return len(params), (rows[-1].id if len(rows) == batch else None)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+import shutil
+from datetime import datetime, timedelta, timezone
 
 import anyio
-from sqlalchemy import select
+from sqlalchemy import event as sqlalchemy_event, func, insert, select
 from typer.testing import CliRunner
 
 from connector.cli import app
@@ -184,3 +185,172 @@ def test_an_erased_customers_rows_keep_their_erasure_mark_when_the_retention_emp
         done = anyio.run(purge_job, runtime, "test-worker")
         assert done["outbox"] >= len(sends) and done["handoffs"] >= len(cases), done
         assert marked() == (sends, cases)
+
+
+# ---- her words in journey runs ------------------------------------------------------------------------------
+def run_of(db, subject: str):
+    [run] = rows(db, m.JourneyRun, m.JourneyRun.journey == "cod_confirmation", m.JourneyRun.subject == subject)
+    return run
+
+
+def test_the_cod_cancel_reason_she_typed_leaves_the_finished_run_after_the_retention_a_run_with_a_person_stays_whole(db_url):
+    """Asha cancels COD order #9999 and types why; her words were kept in the run's state (``cancel_reason`` and
+    the quote in ``handoff_reason``) for good, after her message, the case and the sends had been emptied. A day
+    before the retention they are still there; after it they are gone, while the choice, the outcome, the phase
+    and the times stay and the run says what was removed. Her question about order #10000 is with a person (that
+    run still going): it is kept whole. The weekly report's figures are the same."""
+    from tests.test_handoffs import dispatch, order, tap
+    from tests.test_reply_routing import ORDER_1, ORDER_2, ask_of, reply_settings, second_cod_order, text
+
+    settings = reply_settings(db_url, {"cancel_reason_minutes": 60})
+    days = settings.worker.conversation_retention_days
+    start = datetime(2026, 11, 20, 6, 55, tzinfo=timezone.utc)  # the taps and texts are stamped 07:00 on
+    clock = Clock(start)
+    with running_app(settings, clock=clock) as (client, runtime):
+        runtime.processor.clock = clock
+        a = runtime.store_ids["shop-a"]
+        store = settings.stores[0]
+        post_shopify(client, order(), "orders/create")
+        runtime.processor.drain()
+        dispatch(runtime, settings, clock=clock)
+        tap(client, "cod_cancel", "wamid.T1", ask_of(runtime, ORDER_1))  # the run asks why
+        runtime.processor.drain()
+        dispatch(runtime, settings, clock=clock)
+        text(client, "wamid.R1", "Ordered twice by mistake, my husband ordered too", at=1795158060)
+        runtime.processor.drain()
+        [case] = rows(runtime.db, m.Handoff, m.Handoff.store_id == a)
+        assert client.post(f"/api/stores/shop-a/handoffs/{case.id}/close", headers=ADMIN,
+                           json={"by": "Asha", "resolution": "cancelled"}).status_code == 200
+        post_shopify(client, second_cod_order(), "orders/create")
+        runtime.processor.drain()
+        dispatch(runtime, settings, clock=clock)
+        text(client, "wamid.Q2", "Can #10000 come on Friday after 6?", at=1795158120)  # unquoted: the COD ask open is what it answers
+        runtime.processor.drain()
+        typed, asked = run_of(runtime.db, ORDER_1), run_of(runtime.db, ORDER_2)
+        assert typed.status == "finished" and typed.state["cancel_reason"] == "Ordered twice by mistake, my husband ordered too"
+        assert "my husband ordered too" in typed.state["handoff_reason"]
+        assert (asked.status, asked.state["phase"]) == ("active", "with_person") 
+
+        # a day before the retention: nothing of hers goes yet
+        clock.now = typed.updated_at + timedelta(days=days - 1)
+        done = anyio.run(purge_job, runtime, "test-worker")
+        assert done.get("journey_runs", 0) == 0, done
+        assert run_of(runtime.db, ORDER_1).state == typed.state
+
+        later = typed.updated_at + timedelta(days=days, hours=1)
+        week = parse_week("2026-W47", store.tz, later)
+        report_before = build_report(runtime.db, store, a, week, now=later)
+        clock.now = later
+        done = anyio.run(purge_job, runtime, "test-worker")
+        after = run_of(runtime.db, ORDER_1)
+        assert "cancel_reason" not in after.state, after.state
+        assert done["journey_runs"] == 1, done
+        assert after.state["handoff_reason"] == f"customer cancelled COD order #9999 (words removed after {days} days)"
+        kept = {k: v for k, v in typed.state.items() if k not in ("cancel_reason", "handoff_reason")}
+        assert {k: after.state[k] for k in kept} == kept and kept["choice"] == "cancelled" and kept["outcome"] == "cancelled"
+        assert after.state["removed_after_days"] == days and after.content_removed_at == later
+        assert (after.status, after.updated_at) == (typed.status, typed.updated_at)
+        # nothing she typed about #9999 is left in the runs or her messages (the open case about #10000 quotes her
+        # recent messages: a person works on it, so it keeps them)
+        assert [(t, c) for t, c, _, _ in leaks(runtime.db, ["my husband ordered too"], a) if t in ("journey_runs", "messages")] == []
+        # the run still with a person is kept whole
+        assert run_of(runtime.db, ORDER_2)._mapping == asked._mapping
+        assert build_report(runtime.db, store, a, week, now=later) == report_before
+        # the next hour's run finds nothing more to do
+        clock.now = later + timedelta(hours=1)
+        assert anyio.run(purge_job, runtime, "test-worker").get("journey_runs") == 0
+
+
+# ---- reading only where the due rows are ----------------------------------------------------------------
+def message_bodies(db) -> dict[str, str | None]:
+    return {x.wamid: x.body for x in rows(db, m.Message)}
+
+
+def test_messages_are_emptied_by_their_own_time_also_one_stored_months_after_the_rows_around_it(db_url):
+    """The job reads only the start of the table, where the rows stored a retention ago are. Riya's message of
+    ten days before Meena's first came in months late (a webhook retried, a held row replayed), after Kabir's:
+    it is emptied by its own time, ten days before Meena's, not when the rows stored around it come due; the
+    messages of later days keep their text."""
+    settings = make_settings(db_url)
+    days = settings.worker.conversation_retention_days
+    clock = Clock(T0)
+    with running_app(settings, clock=clock) as (client, runtime):
+        runtime.processor.clock = clock
+
+        def write(p: Person, text: str, at, wamid: str) -> None:
+            assert post_whatsapp(client, inbound_text(p, text, at, wamid=wamid)).status_code == 200
+            runtime.processor.drain()
+
+        write(MEENA, "Hello, is this the shop?", T0, "wamid.M1")
+        clock.now = T0 + timedelta(days=200)
+        write(KABIR, "Is the blue one back in stock?", clock.now, "wamid.K1")
+        write(RIYA, "Do you ship to Pune?", T0 - timedelta(days=10), "wamid.R1")  # stored now, written 210 days ago
+        clock.now = T0 + timedelta(days=300)
+        write(RIYA, "Still there?", clock.now, "wamid.R2")
+        assert message_bodies(runtime.db) == {"wamid.M1": "Hello, is this the shop?", "wamid.K1": "Is the blue one back in stock?",
+                                              "wamid.R1": "Do you ship to Pune?", "wamid.R2": "Still there?"}
+
+        def purge_at(now) -> int:
+            clock.now = now
+            return anyio.run(purge_job, runtime, "test-worker")["messages"]
+
+        assert purge_at(T0 + timedelta(days=days - 20)) == 0  # nothing is a retention old yet
+        assert purge_at(T0 + timedelta(days=days - 9)) == 1  # Riya's late message is
+        assert message_bodies(runtime.db) == {"wamid.M1": "Hello, is this the shop?", "wamid.K1": "Is the blue one back in stock?",
+                                              "wamid.R1": None, "wamid.R2": "Still there?"}
+        assert purge_at(T0 + timedelta(days=days, hours=1)) == 1  # Meena's first
+        assert message_bodies(runtime.db) == {"wamid.M1": None, "wamid.K1": "Is the blue one back in stock?",
+                                              "wamid.R1": None, "wamid.R2": "Still there?"}
+        assert purge_at(T0 + timedelta(days=days + 200, hours=1)) == 1  # Kabir's, on its day
+        assert message_bodies(runtime.db)["wamid.R2"] == "Still there?"
+
+
+class VmSteps:
+    """Counts SQLite's virtual-machine steps (in hundreds) on every connection of an engine: how much a job read."""
+
+    def __init__(self, engine):
+        self.engine, self.count = engine, 0
+        sqlalchemy_event.listen(engine, "before_cursor_execute", self._arm)
+
+    def _arm(self, conn, *args):
+        conn.connection.dbapi_connection.set_progress_handler(self._tick, 100)
+
+    def _tick(self) -> int:
+        self.count += 1
+        return 0
+
+    def close(self) -> None:
+        sqlalchemy_event.remove(self.engine, "before_cursor_execute", self._arm)
+
+
+def test_the_hourly_run_reads_the_rows_that_came_due_not_the_whole_messages_table(tmp_path, sqlite_template):
+    """Two and a half years of messages, one an hour: the first run empties the oldest; the next hour's run
+    reads about the hour that came due, not every message to the table's end (the job had walked 2M messages
+    and 1M sends every hour, 0.44 s). Read is counted in SQLite's steps, against one plain scan of the table."""
+    path = tmp_path / "storeloop.db"
+    shutil.copy(sqlite_template, path)
+    settings = make_settings(f"sqlite:///{path}")
+    days = settings.worker.conversation_retention_days
+    clock = Clock(T0)
+    with running_app(settings, clock=clock) as (client, runtime):
+        a = runtime.store_ids["shop-a"]
+        first = T0 - timedelta(hours=20_000)
+        with runtime.db.engine.begin() as conn:
+            conn.execute(insert(m.Message), [
+                {"store_id": a, "direction": "in", "wamid": f"wamid.bulk{i}", "kind": "text", "body": f"message {i}", "status": "received",
+                 "occurred_at": first + timedelta(hours=i), "updated_at": first + timedelta(hours=i)} for i in range(20_000)])
+        due = sum(1 for i in range(20_000) if first + timedelta(hours=i) < T0 - timedelta(days=days))
+        clock.now = T0
+        assert anyio.run(purge_job, runtime, "test-worker")["messages"] == due
+        steps = VmSteps(runtime.db.engine)
+        try:
+            with runtime.db.engine.connect() as conn:
+                assert conn.execute(select(func.count()).select_from(m.Message).where(m.Message.body.is_not(None))).scalar() == 20_000 - due
+            one_scan, steps.count = steps.count, 0
+            clock.now = T0 + timedelta(hours=1)
+            assert anyio.run(purge_job, runtime, "test-worker")["messages"] == 1  # the hour that came due
+            assert steps.count * 10 < one_scan, (steps.count, one_scan)
+        finally:
+            steps.close()
+        assert [x.body for x in rows(runtime.db, m.Message, m.Message.wamid.in_([f"wamid.bulk{due}", f"wamid.bulk{due + 1}"]))] == \
+            [None, f"message {due + 1}"]

@@ -158,6 +158,8 @@ class CodConfirmation:
     config_model: ClassVar[type[JourneyConfig]] = CodConfirmationConfig
     template_steps: ClassVar[tuple[str, ...]] = ("ask", r"reminder_\d+", "confirmed", "prepaid_offer", "cancelled", "cancel_reason")
     follows_contact: ClassVar[bool] = True  # an unquoted message can be the cancel reason a run waits for
+    # state keys that can hold what the customer typed (her cancel reason): the conversation retention empties them
+    customer_words: ClassVar[tuple[str, ...]] = ("cancel_reason",)
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.OrderDeleted):

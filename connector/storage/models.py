@@ -425,6 +425,8 @@ class JourneyRun(Base):
     next_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # when the conversation retention took the customer's words out of ``state`` (connector/retention.py); None: never
+    content_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class SyncCursor(Base):
