@@ -22,7 +22,8 @@ would repeat the first word for word (``Send.shows``). The news comes from a ful
 webhook or from an order webhook that lists it (``FulfillmentUpdated.listed_on_order``): either way
 once, since a repeat finds the step told and the parcel's status kept.
 "Delivered" is said once every parcel heard of has arrived and the order has no part still to
-ship (Shopify's ``partial``), not when the first of several arrives.
+ship (Shopify's ``partial``), not when the first of several arrives; a parcel is heard of from its
+fulfilment's creation, carrier news or not.
 
 A later step (out for delivery, delivered) withdraws what the run still has waiting (held for
 quiet hours, a retry) once every parcel is past it: after a night she hears the current news, not
@@ -381,6 +382,9 @@ class DeliveryUpdates:
         state: dict[str, Any] = {}
         if status not in (prev, "none"):  # "none" is no carrier news (e.g. tracking added later): the status stands
             state.update(last_status=status, parcels=parcels)
+        elif "parcels" in run.state and f.external_id not in run.state["parcels"]:
+            # another parcel with no carrier news yet (Shopify's fulfillments/create says none): "delivered" waits for it too
+            state["parcels"] = parcels
         sends: list[Command] = []
         if step == "shipped" and "shipped" in (run.state.get("sent") or []) and (prev or "") not in ARRIVED:
             tracking, sends = _tracking_news(run, facts, f)
