@@ -14,7 +14,7 @@ from typing import Any
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401  (the scenarios' fixtures)
 from tests.scenarios.stores import SHOPIFY
-from tests.test_delivery_parcels import ASHA, fulfilment, links, start
+from tests.test_delivery_parcels import ASHA, JOURNEYS, fulfilment, links, start, templates
 
 
 def cancelled(f: dict[str, Any]) -> dict[str, Any]:
@@ -91,5 +91,28 @@ def test_a_second_parcel_with_no_carrier_news_yet_holds_back_delivered(sqlite_ur
     assert "delivered_v1" not in sc.templates_to(ASHA)
     sc.later(days=1)
     sc.shopify("fulfillments/update", fulfilment(7002, order, sc.now, "delivered", "BBB222"))
+    sc.later(hours=1)
+    assert sc.templates_to(ASHA).count("delivered_v1") == 1
+
+
+def test_delivered_is_told_when_the_parcel_that_failed_is_cancelled_and_the_other_has_arrived(sqlite_url, scenario, world):
+    """The run waits on a person (box 7002's delivery failed), box 7001 arrives, and the store cancels
+    7002 (it will refund it): she is told her order was delivered, once."""
+    failed = {"step": "delivery.failed", "name": "ndr_v1", "category": "utility", "body_text": "We missed you with {{1}}",
+              "body": ["order.name"]}
+    sc = scenario(sqlite_url, "shopify", journeys=JOURNEYS, store_settings={"templates": [*templates(), failed]})
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", fulfilment(7001, order, sc.now, None, "AAA111"))
+    second = fulfilment(7002, order, sc.now, None, "BBB222")
+    sc.shopify("fulfillments/create", second)
+    sc.later(days=1)
+    sc.shopify("fulfillments/update", {**second, "shipment_status": "attempted_delivery", "updated_at": p.iso(sc.now)})
+    sc.later(hours=1)
+    sc.shopify("fulfillments/update", fulfilment(7001, order, sc.now, "delivered", "AAA111"))
+    sc.later(hours=1)
+    assert "ndr_v1" in sc.templates_to(ASHA) and "delivered_v1" not in sc.templates_to(ASHA)
+    sc.shopify("fulfillments/update", cancelled({**second, "shipment_status": "attempted_delivery", "updated_at": p.iso(sc.now)}))
     sc.later(hours=1)
     assert sc.templates_to(ASHA).count("delivered_v1") == 1

@@ -383,7 +383,7 @@ class DeliveryUpdates:
         del parcels[f.external_id]
         everything = _all_arrived(parcels, facts)
         commands: list[Command] = [Update({"parcels": parcels})]
-        if everything and run.status == "active" and "delivered" in config.steps and "delivered" not in (run.state.get("sent") or []):
+        if everything and "delivered" in config.steps and "delivered" not in (run.state.get("sent") or []):
             commands += [Withdraw(), Update({"sent": sorted({*(run.state.get("sent") or []), "delivered"})}),
                          Send("delivered", {k: v for k, v in order_context(facts).items() if not k.startswith("fulfillment.")})]
         return commands + _arrived(run, parcels, everything)
