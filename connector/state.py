@@ -854,8 +854,8 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             out.contact_id = upsert_contact(conn, store_id, now, phone=order.customer.phone, customer=order.customer, by_email=True)
             if out.contact_id is not None and order.customer.phone is not None and store.policy.utility_consent_from_order:
                 record_consent(conn, store_id, out.contact_id, "utility", "granted", "order_with_phone", order.created_at, inbox_id, only_if_unknown=True)
-            before = order_row(conn, store_id, order.external_id)
-            # read before apply_order, which changes the cached row in place
+            # read (locked, as apply_order reads it) before apply_order, which changes the cached row in place
+            before = order_row(conn, store_id, order.external_id, for_update=True)
             known = (before.payment_state, before.contact_id) if before is not None else None
             written = apply_order(conn, store_id, order, out.contact_id, now)
             out.stale = written == "stale"
