@@ -45,6 +45,10 @@ class Outcome:
     placed: ev.OrderPlaced | None = None  # an order first seen through a later event: the journeys hear it placed first
     order_unknown: bool = False  # a fulfilment of an order not stored yet (Shopify's webhooks come in any order)
     old_news: bool = False  # a fulfilment its order lists that says nothing new (or first seen long after): no journey hears it
+    # what the event says of the purchase is as stored (an old order saved again: tagged by an app, a WooCommerce
+    # order repeating its paid state and its parcel; a tracking number added): the journeys hear it, but it
+    # moves no one to another stage (``JourneyRunner.on_event``'s ``moves_stage``)
+    repeated: bool = False
 
 
 # An order first seen through a later event is still news to the journeys when it was created
@@ -858,8 +862,13 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             out.contact_id = upsert_contact(conn, store_id, now, phone=order.customer.phone, customer=order.customer, by_email=True)
             if out.contact_id is not None and order.customer.phone is not None and store.policy.utility_consent_from_order:
                 record_consent(conn, store_id, out.contact_id, "utility", "granted", "order_with_phone", order.created_at, inbox_id, only_if_unknown=True)
+            # read (locked, as apply_order reads it) before apply_order, which changes the cached row in place
+            before = order_row(conn, store_id, order.external_id, for_update=True)
+            known = (before.payment_state, before.contact_id) if before is not None else None
             written = apply_order(conn, store_id, order, out.contact_id, now)
             out.stale = written == "stale"
+            out.repeated = (isinstance(event, (ev.OrderUpdated, ev.OrderPaid)) and out.contact_id is not None
+                            and known == (order.payment_state.value, out.contact_id))
             if written == "new" and not isinstance(event, ev.OrderPlaced) and placed_on_first_sight(order, now):
                 out.placed = ev.OrderPlaced(order=order)
             if written == "called_off":
@@ -891,12 +900,13 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             placed = order_row(conn, store_id, f.order_external_id)
             out.contact_id = placed.contact_id if placed is not None else None
             out.order_unknown = placed is None
+            before = fulfillment_row(conn, store_id, f.external_id, for_update=True)
+            out.repeated = before is not None and (before.status, before.shipment_status) == (f.status[:24], f.shipment_status.value)
             if event.listed_on_order:
                 # unchanged, or first seen long after it last changed (an old order updated since the install):
                 # no news for anyone, and the order's update stands (its row is not stale for this)
-                first_sight = fulfillment_row(conn, store_id, f.external_id, for_update=True) is None
                 written = apply_fulfillment(conn, store_id, f, now, news_only=True)
-                out.old_news = not written or (first_sight and f.updated_at < now - PLACED_WITHIN)
+                out.old_news = not written or (before is None and f.updated_at < now - PLACED_WITHIN)
             else:
                 out.stale = not apply_fulfillment(conn, store_id, f, now)
         case ev.CustomerUpdated(customer=customer):

@@ -22,7 +22,9 @@ would repeat the first word for word (``Send.shows``). The news comes from a ful
 webhook or from an order webhook that lists it (``FulfillmentUpdated.listed_on_order``): either way
 once, since a repeat finds the step told and the parcel's status kept.
 "Delivered" is said once every parcel heard of has arrived and the order has no part still to
-ship (Shopify's ``partial``), not when the first of several arrives.
+ship (Shopify's ``partial``), not when the first of several arrives; a parcel is heard of from its
+fulfilment's creation, carrier news or not. A fulfilment the store cancels (or its service fails)
+is no parcel: she is not told of it, and "delivered" does not wait for it.
 
 A later step (out for delivery, delivered) withdraws what the run still has waiting (held for
 quiet hours, a retry) once every parcel is past it: after a night she hears the current news, not
@@ -78,6 +80,8 @@ STEP_FOR_STATUS = {
 STEPS = tuple(dict.fromkeys(STEP_FOR_STATUS.values()))  # the updates ``steps`` may list
 TRACKING_FAILURE = ev.ShipmentStatus.FAILURE.value  # not a step: a person hears of it, the customer does not
 ARRIVED = frozenset(s.value for s in ev.DELIVERED_STATUSES)
+# a fulfilment's own status (not its carrier's) saying it is no parcel: cancelled by the store, failed by its service
+CALLED_OFF = frozenset({"cancelled", "error", "failure"})
 LATER_THAN_SHIPPED = frozenset({"out_for_delivery", "ready_for_pickup", "delivered"})
 TRACKING_SHOWN = ("fulfillment.tracking_number", "fulfillment.tracking_url")  # what tells one parcel from another
 
@@ -316,8 +320,10 @@ class DeliveryUpdates:
         if not facts.order.ships:
             return []  # collected at the store, sold at the till, or nothing to deliver: its fulfilment is no parcel
         f = event.fulfillment
-        if f.status in ("cancelled", "error", "failure", "pending", "open") and f.shipment_status.value == "none":
-            return []  # cancelled, failed, or not done yet (a fulfilment service still packing): nothing has shipped
+        if f.status in CALLED_OFF:
+            return self._called_off(run, facts, config, f)
+        if f.status in ("pending", "open") and f.shipment_status.value == "none":
+            return []  # not done yet (a fulfilment service still packing): nothing has shipped
         status = f.shipment_status.value
         # each parcel's latest news (an order can ship in several); a run from before kept one status for all
         parcels = dict((run.state.get("parcels") or {}) if run else {})
@@ -366,6 +372,23 @@ class DeliveryUpdates:
         return commands + _arrived(run, parcels, everything)
 
     @staticmethod
+    def _called_off(run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, f: ev.Fulfillment) -> list[Command]:
+        """The store cancelled the fulfilment (or its service failed it): no parcel is on its way, whatever
+        carrier status it still carries (a label bought, even scanned), so she is told nothing of it, and
+        it leaves the parcels "delivered" waits for (the store usually ships the order again as another
+        fulfilment). Once the parcels left have all arrived, that is "delivered", if she was not told yet."""
+        parcels = dict((run.state.get("parcels") or {}) if run else {})
+        if run is None or f.external_id not in parcels:
+            return []
+        del parcels[f.external_id]
+        everything = _all_arrived(parcels, facts)
+        commands: list[Command] = [Update({"parcels": parcels})]
+        if everything and "delivered" in config.steps and "delivered" not in (run.state.get("sent") or []):
+            commands += [Withdraw(), Update({"sent": sorted({*(run.state.get("sent") or []), "delivered"})}),
+                         Send("delivered", {k: v for k, v in order_context(facts).items() if not k.startswith("fulfillment.")})]
+        return commands + _arrived(run, parcels, everything)
+
+    @staticmethod
     def _heard(run: Run | None, facts: Facts, f: ev.Fulfillment, status: str, prev: str | None, step: str,
                parcels: dict[str, str], everything: bool) -> list[Command]:
         """News whose step was told already (or "delivered" while another parcel is on its way): the
@@ -381,6 +404,9 @@ class DeliveryUpdates:
         state: dict[str, Any] = {}
         if status not in (prev, "none"):  # "none" is no carrier news (e.g. tracking added later): the status stands
             state.update(last_status=status, parcels=parcels)
+        elif "parcels" in run.state and f.external_id not in run.state["parcels"]:
+            # another parcel with no carrier news yet (Shopify's fulfillments/create says none): "delivered" waits for it too
+            state["parcels"] = parcels
         sends: list[Command] = []
         if step == "shipped" and "shipped" in (run.state.get("sent") or []) and (prev or "") not in ARRIVED:
             tracking, sends = _tracking_news(run, facts, f)

@@ -435,11 +435,16 @@ def _mark_listening(state: dict[str, Any], wake: Wake) -> bool:
 
 
 class JourneyRunner:
-    def on_event(self, conn: Connection, store: Any, store_id: int, event: Any, contact_id: int | None, now: datetime) -> int:
-        """Run every enabled journey for one event; returns how many commands were applied."""
+    def on_event(self, conn: Connection, store: Any, store_id: int, event: Any, contact_id: int | None, now: datetime,
+                 *, moves_stage: bool = True) -> int:
+        """Run every enabled journey for one event; returns how many commands were applied.
+
+        ``moves_stage`` False: the event repeats what is known (an order's payment, a parcel's status, as
+        stored: an old order tagged or saved again), so it moves no one: an old delivered order's save must
+        not take a customer busy with a new COD order from its owner to post-purchase or retention."""
         applied = 0
         facts = _facts(conn, store, store_id, event, contact_id, None, now)
-        if facts.contact_id is not None:
+        if facts.contact_id is not None and moves_stage:
             current = facts.extra.get("stage")
             # the stored order says whether parcel news is of an order called off (a fulfilment carries no order state)
             stored = facts.order

@@ -1,0 +1,118 @@
+"""Delivery updates: "delivered" waits for every parcel, and only for parcels on their way.
+
+Shopify creates a fulfilment with no carrier status (``shipment_status: null``): it is a parcel
+"delivered" waits for all the same. A merchant often cancels a fulfilment (wrong items packed, a
+label for the wrong courier) and creates another: Shopify sends ``fulfillments/update`` with
+``status: cancelled``; the cancelled one never arrives, so "delivered" must not wait for it. Told with the journey scenarios' harness:
+signed Shopify webhooks in over HTTP, the real workers on a virtual clock, what reached her phone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.scenarios import payloads as p
+from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401  (the scenarios' fixtures)
+from tests.scenarios.stores import SHOPIFY
+from tests.test_delivery_parcels import ASHA, JOURNEYS, fulfilment, links, start, templates
+
+
+def cancelled(f: dict[str, Any]) -> dict[str, Any]:
+    return {**f, "status": "cancelled"}
+
+
+def test_a_cancelled_fulfilment_replaced_by_another_does_not_hold_back_delivered(sqlite_url, scenario, world):
+    """Before: the store cancelled fulfilment 7001 (AAA111) and shipped the order again as 7002
+    (BBB222); 7002 was delivered and she never heard "delivered": the run waited for 7001 for ever."""
+    sc = start(scenario, sqlite_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    first = fulfilment(7001, order, sc.now, None, "AAA111")
+    sc.shopify("fulfillments/create", first)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/update", cancelled(first))
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", fulfilment(7002, order, sc.now, None, "BBB222"))
+    sc.later(days=1)
+    sc.shopify("fulfillments/update", fulfilment(7002, order, sc.now, "delivered", "BBB222"))
+    sc.later(hours=1)
+    assert links(sc) == ["https://track.example/AAA111", "https://track.example/BBB222"]
+    assert sc.templates_to(ASHA).count("delivered_v1") == 1
+
+
+def test_a_fulfilment_cancelled_before_she_heard_of_it_does_not_tell_her_it_shipped(sqlite_url, scenario, world):
+    """Before: a label was bought (``label_purchased``) and the fulfilment cancelled before anything
+    left; the cancel carried the label's status, and she was told her order had shipped."""
+    sc = start(scenario, sqlite_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/update", cancelled(fulfilment(7001, order, sc.now, "label_purchased", "AAA111")))
+    sc.later(hours=1)
+    assert sc.templates_to(ASHA) == ["order_thanks_v1"]
+
+
+def test_delivered_waiting_for_a_parcel_the_store_then_cancels_is_told(sqlite_url, scenario, world):
+    """Before: 7001 arrived while 7002 was still listed, so "delivered" waited; the store then cancelled
+    7002 (the item was out of stock) and she never heard her order was delivered."""
+    sc = start(scenario, sqlite_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", fulfilment(7001, order, sc.now, None, "AAA111"))
+    second = fulfilment(7002, order, sc.now, None, "BBB222")
+    sc.shopify("fulfillments/create", second)
+    sc.later(days=1)
+    sc.shopify("fulfillments/update", fulfilment(7001, order, sc.now, "delivered", "AAA111"))
+    sc.later(hours=1)
+    assert "delivered_v1" not in sc.templates_to(ASHA)  # 7002 is still on its way
+    sc.shopify("fulfillments/update", cancelled({**second, "updated_at": p.iso(sc.now)}))
+    sc.later(hours=1)
+    sc.shopify("fulfillments/update", cancelled({**second, "updated_at": p.iso(sc.now)}))  # Shopify repeats itself
+    sc.later(hours=1)
+    assert sc.templates_to(ASHA).count("delivered_v1") == 1
+
+
+def test_a_second_parcel_with_no_carrier_news_yet_holds_back_delivered(sqlite_url, scenario, world):
+    """Before: the store shipped two boxes as two fulfilments, each created (as Shopify sends them) with
+    no carrier status yet; the first box arrived and she was told her order was delivered while the
+    second was still on its way."""
+    sc = start(scenario, sqlite_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", fulfilment(7001, order, sc.now, None, "AAA111"))
+    sc.shopify("fulfillments/create", fulfilment(7002, order, sc.now, None, "BBB222"))
+    sc.later(days=1)
+    sc.shopify("fulfillments/update", fulfilment(7001, order, sc.now, "delivered", "AAA111"))
+    sc.later(hours=1)
+    assert links(sc) == ["https://track.example/AAA111", "https://track.example/BBB222"]
+    assert "delivered_v1" not in sc.templates_to(ASHA)
+    sc.later(days=1)
+    sc.shopify("fulfillments/update", fulfilment(7002, order, sc.now, "delivered", "BBB222"))
+    sc.later(hours=1)
+    assert sc.templates_to(ASHA).count("delivered_v1") == 1
+
+
+def test_delivered_is_told_when_the_parcel_that_failed_is_cancelled_and_the_other_has_arrived(sqlite_url, scenario, world):
+    """The run waits on a person (box 7002's delivery failed), box 7001 arrives, and the store cancels
+    7002 (it will refund it): she is told her order was delivered, once."""
+    failed = {"step": "delivery.failed", "name": "ndr_v1", "category": "utility", "body_text": "We missed you with {{1}}",
+              "body": ["order.name"]}
+    sc = scenario(sqlite_url, "shopify", journeys=JOURNEYS, store_settings={"templates": [*templates(), failed]})
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", fulfilment(7001, order, sc.now, None, "AAA111"))
+    second = fulfilment(7002, order, sc.now, None, "BBB222")
+    sc.shopify("fulfillments/create", second)
+    sc.later(days=1)
+    sc.shopify("fulfillments/update", {**second, "shipment_status": "attempted_delivery", "updated_at": p.iso(sc.now)})
+    sc.later(hours=1)
+    sc.shopify("fulfillments/update", fulfilment(7001, order, sc.now, "delivered", "AAA111"))
+    sc.later(hours=1)
+    assert "ndr_v1" in sc.templates_to(ASHA) and "delivered_v1" not in sc.templates_to(ASHA)
+    sc.shopify("fulfillments/update", cancelled({**second, "shipment_status": "attempted_delivery", "updated_at": p.iso(sc.now)}))
+    sc.later(hours=1)
+    assert sc.templates_to(ASHA).count("delivered_v1") == 1
