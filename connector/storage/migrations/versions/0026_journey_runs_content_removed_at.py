@@ -7,8 +7,8 @@ for messages, sends and hand-offs (0024). The column says a run's state was redu
 can say "removed after N days") and lets each run of the job skip the runs done before. Nothing is
 emptied here: the first run of the job does it.
 
-Revision ID: 0025
-Revises: 0024
+Revision ID: 0026
+Revises: 0025
 Create Date: 2026-12-07
 """
 import sqlalchemy as sa
@@ -17,8 +17,8 @@ from alembic import op
 import connector.storage.models
 
 
-revision = '0025'
-down_revision = '0024'
+revision = '0026'
+down_revision = '0025'
 branch_labels = None
 depends_on = None
 
