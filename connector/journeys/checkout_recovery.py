@@ -40,7 +40,11 @@ everyone else's (``settle_woocommerce_settings``, ``_common.cart_ladder_takes``)
 recovered only by a purchase: an order paid, or cash on delivery (credited as placed); an
 order whose payment failed or waits credits nothing and ends the cart's ladder, and when this
 ladder does not take it a silent run waits for its payment with the cart's reminders
-(``_waits_for_payment``). A cart posted abandoned while her unpaid order already runs the
+(``_waits_for_payment``). So does an order she checked out whose money is still to come by
+other means than cash on delivery (``_common.awaits_payment``: WooCommerce's ``on-hold`` bank
+transfer, which WooCommerce never cancels; Shopify's ``pending`` bank deposit): no more
+reminders, and the cart's run (on Shopify, or the order's on WooCommerce) waits out the window of
+its last reminder for the payment, which credits it then (``_waits_here``). A cart posted abandoned while her unpaid order already runs the
 ladder starts none (``_order_laddering``: the plugin keeps a cart until its order is paid).
 """
 
