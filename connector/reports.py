@@ -26,7 +26,8 @@ Stages and what counts (runs are counted in the week they started):
   ``attribution_days`` of its reminder). An order the store has since cancelled, voided or
   refunded, or whose payment failed (as the orders table has it at report time, whatever order
   the webhooks came in) recovered nothing: it is left out of the count and the revenue (and of
-  the lift's conversions). One order is credited once: a cart whose order was then paid after
+  the lift's conversions); so is a checkout's order still waiting for a payment that is not cash
+  on delivery (a bank transfer on hold: no sale until it is paid). One order is credited once: a cart whose order was then paid after
   its pay reminder counts as the pay reminder's recovery, not also as a recovered checkout.
 - post-purchase: delivery updates sent / delivered / read, shipments, failed deliveries
   (NDR) and their rate; hand-offs opened and their median resolution time.
@@ -196,7 +197,7 @@ def _chunks(ids: list[Any], size: int = 500) -> Any:
 # failed: it exists before its payment, and stays ``failed`` unless she pays)
 CALLED_OFF_PAYMENTS = ("refunded", "voided", "failed")
 # the orders' (store_id, external_id) unique index: a run's order, only ever in the report's own store
-ORDERS_NOW = select(ORDERS.c.external_id, ORDERS.c.placed_at, ORDERS.c.cancelled_at, ORDERS.c.payment_state).where(
+ORDERS_NOW = select(ORDERS.c.external_id, ORDERS.c.placed_at, ORDERS.c.cancelled_at, ORDERS.c.payment_state, ORDERS.c.is_cod).where(
     ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
 
 
@@ -213,6 +214,13 @@ def _called_off(order: Any) -> bool:
     return order is not None and (order.cancelled_at is not None or order.payment_state in CALLED_OFF_PAYMENTS)
 
 
+def _awaits_payment(order: Any) -> bool:
+    """Still waiting for money that is not cash on delivery (a WooCommerce bank transfer on hold, a Shopify bank
+    deposit pending): no sale yet. A cart run from before ``checkout_recovery`` waited for such a payment credited
+    the order as placed; it recovers nothing until the order is paid (``_common.awaits_payment``)."""
+    return order is not None and not order.is_cod and order.cancelled_at is None and order.payment_state == "pending"
+
+
 def run_order(journey: str, run: Any) -> str | None:
     """The order a run credits: ``order_id`` (a payment run from before it was kept: its subject's order)."""
     order_id = run.state.get("order_id")
@@ -226,7 +234,8 @@ def orders_standing(conn: Connection, store_id: int, journey: str, runs: list[An
     run, so a cancel or a refund counts whenever it came (before or after the order reached the run). A run
     with no order, or whose order row is gone, stands on its own record."""
     found = _orders_now(conn, store_id, {o for r in runs if (o := run_order(journey, r)) is not None})
-    return [not _called_off(found.get(run_order(journey, r) or "")) for r in runs]
+    unpaid = _awaits_payment if journey == "checkout_recovery" else (lambda _order: False)  # a cart is recovered by a purchase
+    return [not _called_off(order) and not unpaid(order) for order in (found.get(run_order(journey, r) or "") for r in runs)]
 
 
 def reordered_in_window(conn: Connection, store_id: int, runs: list[Any]) -> list[bool]:

@@ -828,6 +828,15 @@ CART = "checkout:tok1"
 SHARED = CR.model_copy(update={"unpaid_orders_by_consent": True})  # payment_recovery takes unpaid orders too
 CR_NO_UNPAID = CR.model_copy(update={"unpaid_orders": False})
 UNPAID = {**LADDER, "recovery_url": woo("pending").payment_url, "unpaid_order": "727"}
+CR_SHOPIFY = CR.model_copy(update={"order_before_payment": False, "unpaid_orders": False})  # as settled for a Shopify store
+# a Shopify order placed with a manual payment method: pending, no cash on delivery
+BANK_DEPOSIT = prepaid(platform_status="pending", gateway_names=("Bank Deposit",), created_at=T0 + 3 * H, updated_at=T0 + 3 * H)
+SHOPIFY_WAITING = {**ONE_SENT, "waits_for_payment": True, "awaits_order": "1042"}
+
+
+def deposit_paid(at: datetime) -> ev.Order:
+    """``BANK_DEPOSIT``, marked paid by the store at ``at`` (orders/paid)."""
+    return BANK_DEPOSIT.model_copy(update={"platform_status": "paid", "payment_state": ev.PaymentState.PAID, "updated_at": at})
 
 
 def bought(at: datetime) -> ev.OrderPlaced:
@@ -1044,10 +1053,51 @@ CHECKOUT_CASES = [
     Case("... never paid: it ends with the cart's window, no reminder, no credit", TimerFired(ABANDONED + 8 * D),
          run("checkout_recovery", {**TWO_SENT, "continues": CART, "unpaid_order": "727", "waits_for_payment": True}, subject="order:727"),
          facts(woo("failed")), CR_NO_UNPAID, ["wake:none", "finish:not_paid"], now=ABANDONED + 8 * D),
-    Case("a pending Shopify order is a placed one: it still recovers the cart", bought_for("tok1", T0 + 3 * H).model_copy(
-         update={"order": prepaid(platform_status="pending", created_at=T0 + 3 * H, updated_at=T0 + 3 * H)}),
-         run("checkout_recovery", ONE_SENT, subject=CART), facts(), CR.model_copy(update={"order_before_payment": False, "unpaid_orders": False}),
-         ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"], state={"recovered": True}),
+    # an order waiting for a payment that is no cash on delivery (a bank transfer) recovers nothing until it is paid
+    Case("a pending Shopify order paid by bank deposit (a manual method): no credit yet; the ladder ends (a reminder still "
+         "waiting is withdrawn) and the run waits out the window of its last reminder for the payment",
+         ev.OrderPlaced(order=BANK_DEPOSIT), run("checkout_recovery", ONE_SENT, subject=CART), facts(), CR_SHOPIFY,
+         ["update(awaits_order,waits_for_payment)", "withdraw", "wake:+10110m"], now=T0 + 3 * H,
+         state={"waits_for_payment": True, "awaits_order": "1042", "order_id": None, "recovered": None, "revenue": None}),
+    Case("... orders/paid two days later, inside the window: recovered then, with its revenue", ev.OrderPaid(order=deposit_paid(T0 + 2 * D)),
+         run("checkout_recovery", SHOPIFY_WAITING, subject=CART), facts(reminders_sent=(ABANDONED,)), CR_SHOPIFY,
+         ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"], now=T0 + 2 * D,
+         state={"order_id": "1042", "recovered": True, "revenue": "1299"}),
+    Case("... paid after the window (the ladder's run ended): converted, no revenue", ev.OrderPaid(order=deposit_paid(T0 + 9 * D)),
+         run("checkout_recovery", {**SHOPIFY_WAITING, "outcome": "not_paid"}, "finished", subject=CART), facts(reminders_sent=(ABANDONED,)),
+         CR_SHOPIFY, ["update(currency,order_id,recovered,revenue)"], now=T0 + 9 * D, state={"recovered": False, "revenue": "0"}),
+    Case("... never paid: the window ends the run, nothing credited", TimerFired(ABANDONED + 7 * D),
+         run("checkout_recovery", SHOPIFY_WAITING, subject=CART), facts(), CR_SHOPIFY, ["wake:none", "finish:not_paid"], now=ABANDONED + 7 * D),
+    Case("... the checkout's completion, heard after the order, changes nothing (the run waits on the order)",
+         checkout(completed=T0 + 3 * H), run("checkout_recovery", SHOPIFY_WAITING, subject=CART), facts(), CR_SHOPIFY, [], now=T0 + 3 * H),
+    Case("... she writes to ask for the bank details: the run waits on (a reply ends no wait for a payment)", text("account number?"),
+         run("checkout_recovery", SHOPIFY_WAITING, subject=CART), facts(**routed("checkout_recovery", CART), reply_quoted=True), CR_SHOPIFY, []),
+    Case("... a checkout completed before its pending order arrived (the run ended): the order credits nothing yet",
+         ev.OrderPlaced(order=BANK_DEPOSIT), run("checkout_recovery", {**ONE_SENT, "outcome": "completed"}, "finished", subject=CART), facts(),
+         CR_SHOPIFY, [], now=T0 + 3 * H),
+    Case("a pending Shopify COD order is credited as placed", ev.OrderPlaced(order=order(created_at=T0 + 3 * H, updated_at=T0 + 3 * H)),
+         run("checkout_recovery", ONE_SENT, subject=CART), facts(), CR_SHOPIFY,
+         ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"], state={"recovered": True, "revenue": "1299"}),
+    Case("the reminded cart becomes a WooCommerce on-hold order (a bank transfer): no credit, the cart's ladder ends",
+         ev.OrderPlaced(order=woo("on-hold")), run("checkout_recovery", ONE_SENT, subject=CART), facts(woo("on-hold")), CR,
+         ["update(superseded_by)", "wake:none", "finish:order_pending"], state={"superseded_by": "727", "order_id": None, "revenue": None}),
+    Case("... and the on-hold order waits for its money with the cart's reminders, sending nothing", ev.OrderPlaced(order=woo("on-hold")), None,
+         facts(woo("on-hold"), open_runs=(run("checkout_recovery", TWO_SENT, subject=CART),)), CR, ["start:order:727", "wake:+10470m"],
+         state={"waits_for_payment": True, "continues": CART, "sent": 2, "step": 2}),
+    Case("... from a cart whose ladder ended days ago, still inside its window: it waits too", ev.OrderPlaced(order=woo("on-hold")), None,
+         facts(woo("on-hold"), open_runs=(run("checkout_recovery", ALL_SENT, subject=CART),)), CR, ["start:order:727", "wake:+11550m"],
+         now=T0 + 4 * D, state={"waits_for_payment": True, "continues": CART, "sent": 3}),
+    Case("... the order sent again, still on hold: nothing credited", ev.OrderUpdated(order=woo("on-hold", updated_at=T0 + 9 * H)),
+         run("checkout_recovery", {**TWO_SENT, "continues": CART, "unpaid_order": "727", "waits_for_payment": True}, subject="order:727"),
+         facts(woo("on-hold"), reminders_sent=(ABANDONED, ABANDONED + 6 * H)), CR, [], now=T0 + 9 * H),
+    Case("her unpaid order's ladder: she picks bank transfer on the pay page (on-hold): no more reminders, no credit, the run waits for the money",
+         ev.OrderUpdated(order=woo("on-hold", updated_at=T0 + 2 * H)), run("checkout_recovery", {**UNPAID, **ONE_SENT, "step": 1}, subject="order:727"),
+         facts(woo("on-hold"), reminders_sent=(ABANDONED,)), CR, ["update(awaits_order,waits_for_payment)", "withdraw", "wake:+10110m"],
+         now=T0 + 2 * H, state={"waits_for_payment": True, "order_id": None, "recovered": None, "revenue": None}),
+    Case("a WooCommerce on-hold COD order (downloadable items: the COD gateway's on-hold) is credited as placed",
+         ev.OrderPlaced(order=woo_cod("on-hold").model_copy(update={"created_at": T0 + 3 * H, "updated_at": T0 + 3 * H})),
+         run("checkout_recovery", ONE_SENT, subject=CART), facts(), CR,
+         ["update(currency,order_id,recovered,revenue)", "wake:none", "finish:recovered"], state={"recovered": True, "revenue": "1299"}),
 ]
 
 

@@ -158,7 +158,9 @@ def test_checkout_recovery_ladder_and_attribution():
     r2 = Run("checkout_recovery", "checkout:tok1", "active", {**state, "sent": 1}, None, 7, T0)
     second = j.decide(TimerFired(T0), r2, Facts("Acme"), cfg, T0)
     assert kinds(second)[:2] == ["update", "send:second"] and second[1].context["discount.code"] == "BACK10"
-    bought = j.decide(ev.OrderPlaced(order=order(is_cod=False, created_at=T0 + timedelta(hours=8))), r2, facts(), cfg, T0)
+    # a paid order (a prepaid one still pending waits for its payment: test_decide_tables, checkout recovery cases)
+    paid = order(is_cod=False, payment_state=ev.PaymentState.PAID, created_at=T0 + timedelta(hours=8))
+    bought = j.decide(ev.OrderPlaced(order=paid), r2, facts(), cfg, T0)
     assert bought[0].state == {"order_id": "1042", "recovered": True, "revenue": "1299", "currency": "INR"}
     assert kinds(bought)[-1] == "finish:recovered"
     fresh = Run("checkout_recovery", "checkout:tok1", "active", state, None, 7, T0)

@@ -54,11 +54,11 @@ class Week:
             created_at=at, updated_at=at)).inserted_primary_key[0]
 
     def order(self, cid: int, at: datetime, total: str = "100", *, external_id: str | None = None, payment_state: str = "paid",
-              cancelled_at: datetime | None = None) -> str:
+              cancelled_at: datetime | None = None, is_cod: bool = False) -> str:
         i = self._next()
         external_id = external_id or f"o{i}"
         self.conn.execute(m.Order.__table__.insert().values(
-            store_id=self.sid, external_id=external_id, name=f"#{i}", contact_id=cid, payment_state=payment_state,
+            store_id=self.sid, external_id=external_id, name=f"#{i}", contact_id=cid, payment_state=payment_state, is_cod=is_cod,
             fulfillment_state="unfulfilled", total=total, currency="INR", placed_at=at, source_updated_at=at, cancelled_at=cancelled_at))
         return external_id
 
@@ -426,6 +426,24 @@ def test_recovered_revenue_leaves_out_orders_the_store_cancelled_voided_or_refun
     assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (4, 2, {"INR": "580"})
     assert (c["payments_reminded"], c["payments_recovered"], c["payment_recovered_revenue"]) == (2, 1, {"INR": "150"})
     assert (kept_back["reminded"], kept_back["reordered_in_window"], kept_back["revenue"]) == (2, 1, {"INR": "90"})
+
+
+def test_a_cart_credited_with_an_order_still_waiting_for_its_bank_transfer_recovered_nothing(db):
+    """Runs from before checkout recovery waited for a bank transfer credited the on-hold order as placed: the report
+    reads the order as it stands now, so one still awaiting its money is no recovery (nor a conversion in the lift),
+    while a cash-on-delivery order (pending until the courier collects) and one paid since still count."""
+    settings = _settings("sqlite://")
+    a = sync_stores(db, [("shop-a", "shopify")])["shop-a"]
+    with db.engine.begin() as conn:
+        w = Week(conn, a)
+        cid = w.contact(OLD, "granted")
+        on_hold = w.order(cid, _d(1), "900", payment_state="pending")  # a bank transfer that never came
+        cod = w.order(cid, _d(1), "400", payment_state="pending", is_cod=True)
+        paid_since = w.order(cid, _d(1), "250")
+        for order_id, total in ((on_hold, "900"), (cod, "400"), (paid_since, "250")):
+            w.run("checkout_recovery", {"sent": 1, "step": 1, "recovered": True, "revenue": total, "order_id": order_id})
+    c = build_report(db, settings.stores[0], a, WEEK)["stages"]["conversion"]["metrics"]
+    assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"], c["lost"]) == (3, 2, {"INR": "650"}, 1)
 
 
 def test_the_lift_says_how_many_treated_customers_a_reminder_reached_and_the_lift_per_customer_reached(db):

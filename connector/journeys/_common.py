@@ -86,6 +86,16 @@ def unpaid_order(order: Any) -> bool:
             and order.payment_state in (ev.PaymentState.PENDING, ev.PaymentState.FAILED))
 
 
+def awaits_payment(order: Any) -> bool:
+    """An order she placed whose money has not come, by a means that is no cash on delivery: WooCommerce's
+    ``on-hold`` (a bank transfer or cheque: "awaiting payment"; never cancelled by WooCommerce on its own),
+    Shopify's ``pending`` with a manual method (a bank deposit, a money order), and every ``unpaid_order``.
+    She checked out, but it is no purchase yet: a cart credits it only once it is paid. A COD order is
+    (its money comes with the parcel: credited as placed), whatever status its gateway gives it."""
+    return (not order.is_cod and order.cancelled_at is None
+            and order.payment_state in (ev.PaymentState.PENDING, ev.PaymentState.FAILED))
+
+
 def cart_ladder_takes(event: Any, facts: Facts) -> bool:
     """Whether a WooCommerce unpaid order runs the cart ladder (checkout_recovery, marketing) rather
     than the pay reminder (payment_recovery, utility), when both journeys take unpaid orders

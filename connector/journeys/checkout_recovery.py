@@ -40,7 +40,11 @@ everyone else's (``settle_woocommerce_settings``, ``_common.cart_ladder_takes``)
 recovered only by a purchase: an order paid, or cash on delivery (credited as placed); an
 order whose payment failed or waits credits nothing and ends the cart's ladder, and when this
 ladder does not take it a silent run waits for its payment with the cart's reminders
-(``_waits_for_payment``). A cart posted abandoned while her unpaid order already runs the
+(``_waits_for_payment``). So does an order she checked out whose money is still to come by
+other means than cash on delivery (``_common.awaits_payment``: WooCommerce's ``on-hold`` bank
+transfer, which WooCommerce never cancels; Shopify's ``pending`` bank deposit): no more
+reminders, and the cart's run (on Shopify, or the order's on WooCommerce) waits out the window of
+its last reminder for the payment, which credits it then (``_waits_here``). A cart posted abandoned while her unpaid order already runs the
 ladder starts none (``_order_laddering``: the plugin keeps a cart until its order is paid).
 """
 
@@ -53,7 +57,7 @@ from pydantic import Field, model_validator
 
 from connector import events as ev
 from connector.journeys._common import (
-    answers_run, cart_ladder_takes, deleted_order, end_for_deleted_order, is_reply, unpaid_order,
+    answers_run, awaits_payment, cart_ladder_takes, deleted_order, end_for_deleted_order, is_reply, unpaid_order,
 )
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake, Withdraw
 
@@ -188,8 +192,11 @@ class CheckoutRecovery:
         if isinstance(event, ORDER_EVENTS) and (run is None or run.subject == f"order:{event.order.external_id}"):
             return self._unpaid_order(event, run, facts, config, now)
         if isinstance(event, (ev.OrderPlaced, ev.OrderPaid)) and run is not None:
-            return self._converted(event.order, run, facts, config)
-        if is_reply(event) and run is not None and run.status == "active" and answers_run(run, facts, self.name):
+            # orders/paid: it counts when it was paid (a bank deposit the store marks received days later)
+            return self._converted(event.order, run, facts, config, now,
+                                   at=event.order.updated_at if isinstance(event, ev.OrderPaid) else None)
+        if is_reply(event) and run is not None and run.status == "active" and not run.state.get("waits_for_payment") \
+                and answers_run(run, facts, self.name):  # (a run waiting for her payment asks nothing: it waits on)
             return [Update({"replied": True}), Wake(None), Finish("replied")]  # a person answers from here
         if isinstance(event, TimerFired) and run is not None and run.status == "active":
             if run.state.get("completed_at"):  # the completed cart's order never reached us
@@ -233,6 +240,8 @@ class CheckoutRecovery:
         return abandoned_at, abandoned_at + timedelta(minutes=config.ladder_minutes[0])
 
     def _checkout(self, c: ev.Checkout, run: Run | None, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
+        if run is not None and run.state.get("waits_for_payment"):
+            return []  # she checked out: her order is what the run waits on, not the checkout (``_waits_here``)
         if c.completed_at is not None:
             if run is None or run.status != "active" or run.state.get("completed_at"):
                 return []
@@ -284,6 +293,10 @@ class CheckoutRecovery:
         (``continues``; the cart run ends ``order_pending``, ``_converted``)."""
         o = event.order
         if run is None:
+            if config.order_before_payment and awaits_payment(o) and not unpaid_order(o) and isinstance(event, ev.OrderPlaced) \
+                    and facts.contact_id is not None:
+                # on-hold (a bank transfer): she checked out, and her reminded cart waits for the money (no pay link to offer)
+                return self._waits_for_payment(o, facts, config, now, checked_out=True)
             if not config.order_before_payment or not unpaid_order(o) or o.checkout_token or not o.payment_url \
                     or facts.contact_id is None or isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) \
                     or o.channel != ev.SalesChannel.ONLINE:  # staff's, a renewal, a till's: no cart left (the pay reminder's)
@@ -309,14 +322,16 @@ class CheckoutRecovery:
             return []
         if isinstance(event, ev.OrderCancelled) or o.cancelled_at is not None:
             return self._cancelled(run, config, now)
-        if unpaid_order(o):
-            if run.state.get("pay_reminder") or run.state.get("waits_for_payment"):
+        if awaits_payment(o):
+            if run.state.get("pay_reminder") or run.state.get("waits_for_payment") or run.state.get("order_cancelled"):
                 return []  # a silent run: it keeps its own time
+            if not unpaid_order(o):  # on-hold (a bank transfer): she checked out, the money is still to come
+                return self._waits_here(o, run, config, now)
             if self._step(run) == 0:  # another try at paying: the customer is still at it
                 abandoned_at, first = self._ladder_start(o.updated_at, config)
                 return [Update({"abandoned_at": abandoned_at.isoformat()}), Wake(first)]
             return []
-        return self._converted(o, run, facts, config, at=o.updated_at)  # paid, or moved on (on-hold, processing)
+        return self._converted(o, run, facts, config, now, at=o.updated_at)  # paid (or moved on some other way)
 
     @staticmethod
     def _cancelled(run: Run, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
@@ -339,12 +354,17 @@ class CheckoutRecovery:
         return config.unpaid_orders and (not config.unpaid_orders_by_consent or cart_ladder_takes(event, facts))
 
     def _waits_for_payment(self, o: ev.Order, facts: Facts, config: CheckoutRecoveryConfig, now: datetime,
-                           placed: bool = False) -> list[Command]:
+                           placed: bool = False, checked_out: bool = False) -> list[Command]:
         """An unpaid order this ladder leaves to the pay reminder (or to nobody), placed from a cart
         whose reminders went out: a run that sends nothing and waits out the cart's attribution
         window for the payment, so a payment that comes still credits the cart's reminders
-        (``continues``), and an order that is never paid credits nothing."""
+        (``continues``), and an order that is never paid credits nothing. ``checked_out``: an order on hold
+        for its money (a bank transfer), not left at the payment step: a cart whose ladder ended days ago
+        and still listens out its window waits for it too (paid at once, the order would have been its)."""
         cart = self._cart_reminded(facts, config, now)
+        if cart is None and checked_out:
+            cart = max((r for r in facts.extra.get("open_runs", ()) if r.subject.startswith("checkout:") and r.status == "active"
+                        and int(r.state.get("sent", 0))), key=self._step, default=None)
         if cart is None or not int(cart.state.get("sent", 0)):
             if placed and config.unpaid_orders and config.unpaid_orders_by_consent:
                 # the pay reminder has it (decided as it was placed): a silent run keeps the cart the plugin posts minutes later (with an
@@ -359,6 +379,18 @@ class CheckoutRecovery:
         return [Start(f"order:{o.external_id}", facts.contact_id, {**state, "step": self._step(cart), "continues": cart.subject,
                                                                  "unpaid_order": o.external_id, "waits_for_payment": True}),
                 Wake(ends)]
+
+    def _waits_here(self, o: ev.Order, run: Run, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
+        """She checked out, but the money is still to come (a bank transfer, a money order): her ladder ends
+        (no more reminders, one still waiting is withdrawn), and the run waits silently, as
+        ``_waits_for_payment`` does, out the attribution window of its last reminder: paid in it, the order
+        is credited then, with its revenue; never paid (cancelled, or the window passes), it credits nothing."""
+        last = run.state.get("last_sent_at")
+        ends = (datetime.fromisoformat(last) if last else now) + timedelta(days=config.attribution_days)
+        waiting = {"waits_for_payment": True, "awaits_order": o.external_id, **self._abandoned_by(run, o.created_at)}
+        if ends <= now:
+            return [Update(waiting), Wake(None), Finish("not_paid")]
+        return [Update(waiting), Withdraw(), Wake(ends, listening=True)]
 
     @staticmethod
     def new_cart_sees_open_runs(config: CheckoutRecoveryConfig) -> bool:
@@ -462,25 +494,29 @@ class CheckoutRecovery:
 
         return max(enumerate(runs), key=rank)[1][0].subject
 
-    def _converted(self, order: ev.Order, run: Run, facts: Facts, config: CheckoutRecoveryConfig,
+    def _converted(self, order: ev.Order, run: Run, facts: Facts, config: CheckoutRecoveryConfig, now: datetime,
                    at: datetime | None = None) -> list[Command]:
-        """The customer ordered: recovered when it came inside the attribution window.
+        """The customer ordered: recovered when it came inside the attribution window, once it is paid
+        (or cash on delivery: credited as placed).
 
-        ``at`` is when the order counts (a WooCommerce unpaid order: when it was paid).
+        ``at`` is when the order counts (an order whose payment came after it: when it was paid).
         """
         if run.state.get("order_id"):
             return []
-        if config.order_before_payment and unpaid_order(order):
-            # not bought yet (WooCommerce makes the order before the payment): no credit. The order
-            # runs the ladder from here with its pay link, or gets the pay reminder (``_takes``)
-            if run.status != "active":
-                return []
+        if awaits_payment(order) and (run.status != "active" or run.state.get("waits_for_payment")):
+            return []  # no purchase yet, and this run has nothing to wait on or already waits on hers
+        if config.order_before_payment and awaits_payment(order):
+            # not bought yet (WooCommerce makes the order before the payment): no credit. The order's
+            # own run takes it from here: the ladder with its pay link, the pay reminder (``_takes``),
+            # or the wait for its payment (on-hold, a bank transfer: ``_waits_for_payment``)
             return [Update({"superseded_by": order.external_id}), Wake(None), Finish("order_pending")]
         if self._credited(order, facts) not in (None, run.subject):
             # the order is another checkout's (a customer with several carts buys once): no revenue here
             if run.status != "active":
                 return []
             return [Update({"converted_elsewhere": order.external_id}), Wake(None), Finish("converted_elsewhere")]
+        if awaits_payment(order):  # Shopify's pending (a bank deposit): her payment, heard on this checkout, credits it
+            return self._waits_here(order, run, config, now)
         at = at or order.created_at
         recovered = self._attributed(run, facts, config, at)
         commands: list[Command] = [Update({"order_id": order.external_id, "recovered": recovered, **self._abandoned_by(run, at),

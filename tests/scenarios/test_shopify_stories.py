@@ -9,7 +9,10 @@ customer's phone, and what the admin API shows, is the assertion.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from tests.scenarios import payloads as p
+from tests.scenarios.harness import T0
 from tests.scenarios.stores import SHOPIFY
 from tests.scenarios.test_store_journeys import LADDER, conversion
 
@@ -115,3 +118,37 @@ def test_cart_reminders_show_the_customers_currency_and_the_recovered_revenue_st
     SHOPIFY.place(sc, in_euros({**SHOPIFY.order(1, ASHA, sc.now, cod=False), "checkout_token": "tokEU"}))
     sc.later(days=8)
     assert conversion(sc)["recovered_revenue"] == {"USD": "100.00"}  # the shop's dollars, not her 92.50 euros
+
+
+# ---- a manual payment (bank deposit) is no sale until the store marks it paid -------------------------------------
+
+def test_a_bank_deposit_order_after_cart_reminders_is_recovered_only_once_it_is_paid(sqlite_url, scenario, world):
+    """Reminded twice, Asha completes her checkout with the store's manual "Bank Deposit" method: Shopify makes the
+    order with financial_status pending. Before, the report counted the cart recovered with its 1,299 at once. Now
+    the reminders stop and the cart counts as recovered when the store marks the order paid (orders/paid)."""
+    sc = scenario(sqlite_url, "shopify", journeys=LADDER)
+    SHOPIFY.start_checkout(sc, "A", ASHA)
+    sc.at(T0 + timedelta(hours=7))  # two cart reminders went out
+    order = {**SHOPIFY.order(1, ASHA, sc.now, cod=False, checkout="A"), "financial_status": "pending",
+             "payment_gateway_names": ["Bank Deposit"]}
+    SHOPIFY.place(sc, order)
+    sc.later(days=2)
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_2_v1"]
+    c = conversion(sc)
+    assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (1, 0, {})
+    sc.shopify("orders/paid", {**order, "financial_status": "paid", "updated_at": p.iso(sc.now)})
+    sc.later(days=1)
+    c = conversion(sc)
+    assert (c["checkouts_recovered"], c["recovered_revenue"], c["lost"]) == (1, {"INR": "1299.00"}, 0)
+
+
+def test_a_bank_deposit_never_paid_recovers_nothing(sqlite_url, scenario, world):
+    sc = scenario(sqlite_url, "shopify", journeys=LADDER)
+    SHOPIFY.start_checkout(sc, "A", ASHA)
+    sc.at(T0 + timedelta(hours=7))
+    SHOPIFY.place(sc, {**SHOPIFY.order(1, ASHA, sc.now, cod=False, checkout="A"), "financial_status": "pending",
+                       "payment_gateway_names": ["Bank Deposit"]})
+    sc.later(days=9)
+    c = conversion(sc)
+    assert (c["checkouts_recovered"], c["recovered_revenue"], c["lost"]) == (0, {}, 1)
+

@@ -185,3 +185,66 @@ def test_a_purchase_after_woocommerce_cancelled_her_unpaid_order_still_credits_t
     c = conversion(sc)
     assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"]) == (1, 1, 1)
     assert (c["recovered_revenue"], c["lost"]) == ({"INR": "1299.00"}, 0)
+
+
+# ---- an order on hold for a bank transfer is no sale until the money comes ------------------------------------------
+
+def bank_transfer(order: dict, at) -> dict:
+    """``order`` placed (or moved on the pay page) with Direct bank transfer: ``on-hold``, "awaiting payment", unpaid."""
+    return {**order, "status": "on-hold", "payment_method": "bacs", "payment_method_title": "Direct bank transfer",
+            "date_paid": None, "date_paid_gmt": None, "date_modified_gmt": p.gmt(at)}
+
+
+def test_a_bank_transfer_after_cart_reminders_is_recovered_only_once_the_money_comes(sqlite_url, scenario, world):
+    """Reminded twice of her cart, Asha checks out with a bank transfer: WooCommerce puts the order on hold. Before,
+    the weekly report counted the cart recovered with 1,299 at once, though WooCommerce never cancels an on-hold
+    order and the money may never come. Now the ladder stops (she checked out) and the cart is recovered, with its
+    revenue, when the store marks the transfer received."""
+    sc = scenario(sqlite_url, "woocommerce", journeys=LADDER)
+    WOOCOMMERCE.start_checkout(sc, "A", ASHA)
+    sc.at(T0 + timedelta(hours=7))  # two cart reminders went out
+    order = bank_transfer(WOOCOMMERCE.order(4, ASHA, sc.now, cod=False), sc.now)
+    sc.woo("order.created", order)
+    sc.later(days=2)
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_2_v1"]  # she checked out: no third reminder
+    c = conversion(sc)
+    assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"]) == (1, 0, {})
+    sc.woo("order.updated", paid(order, sc.now))  # the transfer arrived: the store moves the order to processing
+    sc.later(days=1)
+    c = conversion(sc)
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"]) == (1, 1, 1)
+    assert (c["recovered_revenue"], c["lost"]) == ({"INR": "1299.00"}, 0)
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_2_v1"]
+
+
+def test_a_bank_transfer_that_never_comes_recovers_nothing(sqlite_url, scenario, world):
+    """The on-hold order stays on hold (WooCommerce never cancels it): past the reminders' window the report still
+    shows the cart reminded and not recovered, with no revenue."""
+    sc = scenario(sqlite_url, "woocommerce", journeys=LADDER)
+    WOOCOMMERCE.start_checkout(sc, "A", ASHA)
+    sc.at(T0 + timedelta(hours=7))
+    sc.woo("order.created", bank_transfer(WOOCOMMERCE.order(4, ASHA, sc.now, cod=False), sc.now))
+    sc.later(days=9)
+    c = conversion(sc)
+    assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"], c["lost"]) == (1, 0, {}, 1)
+
+
+def test_an_unpaid_order_switched_to_bank_transfer_on_its_pay_page_is_reminded_no_more_and_credited_when_paid(sqlite_url, scenario, world):
+    """Her card was declined and the ladder sent her the order's pay link twice; on the pay page she picks bank
+    transfer (the order goes on hold). Before, that counted as recovered with its revenue, and nothing was paid."""
+    sc = scenario(sqlite_url, "woocommerce", journeys=LADDER)
+    sc.marketing_preference(ASHA, "resume")
+    sc.later(minutes=5)
+    order = unpaid(1, sc.now)
+    sc.woo("order.created", order)
+    sc.later(hours=7, step=timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_2_v1"]
+    on_hold = bank_transfer(order, sc.now)
+    sc.woo("order.updated", on_hold)
+    sc.later(days=2)
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_2_v1"]
+    assert (conversion(sc)["checkouts_recovered"], conversion(sc)["recovered_revenue"]) == (0, {})
+    sc.woo("order.updated", paid(on_hold, sc.now))
+    sc.later(days=1)
+    c = conversion(sc)
+    assert (c["checkouts_recovered"], c["recovered_revenue"]) == (1, {"INR": "1299.00"})
