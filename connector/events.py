@@ -215,6 +215,10 @@ class Fulfillment(_Fact):
     # number added later is another parcel, told of in its own "shipped"
     tracking_numbers: tuple[str, ...] = ()
     tracking_urls: tuple[str, ...] = ()
+    # whether any of its lines goes to the customer as a parcel: Shopify fulfils a gift card or a digital
+    # line (``requires_shipping: false``) at once, in a fulfilment of its own that never gets carrier
+    # news; that one is no parcel. True where the platform cannot tell (WooCommerce's one per order)
+    ships: bool = True
     created_at: datetime
     updated_at: datetime
 

@@ -124,7 +124,7 @@ _ORDER_LINE_FIELDS = _LINE_FIELDS + """      currentQuantity requiresShipping
 LINE_COST = 8  # the item, variant, product, price set + money, and the discount allocation + its set + money
 
 _FULFILLMENT_FIELDS = """
-        id status displayStatus createdAt updatedAt
+        id status displayStatus createdAt updatedAt requiresShipping
         trackingInfo(first: $tracking) { company number url }
 """
 # the phone's consent, as the order pages and the customers pass both read it (``phone_consents``)
@@ -376,6 +376,8 @@ def _fulfillment(f: dict[str, Any], where: str, order_id: str) -> Fulfillment:
         tracking_url=urls[0] if urls else None,
         tracking_numbers=numbers,
         tracking_urls=urls,
+        # any of its lines ships (a gift card's or a digital line's fulfilment does not); absent: yes
+        ships=get_bool(f, "requiresShipping", where, default=True),
         created_at=created_at,
         updated_at=get_datetime(f, "updatedAt", where) or created_at,
     )

@@ -407,9 +407,18 @@ def _read_fulfillment(f: Body, where: str = "", order_id: str | None = None) -> 
         tracking_url=get_str(f, "tracking_url", where) or _first_of(f, "tracking_urls", where),
         tracking_numbers=_all_of(f, "tracking_numbers", where),  # multi-package tracking: every parcel's number
         tracking_urls=_all_of(f, "tracking_urls", where),
+        ships=_ships(f, where),
         created_at=created_at,
         updated_at=get_datetime(f, "updated_at", where) or created_at,
     )
+
+
+def _ships(f: Body, where: str = "") -> bool:
+    """Whether any of the fulfilment's lines requires shipping: a fulfilment of gift cards or digital
+    goods only is no parcel. ``requires_shipping`` absent counts as yes, and a fulfilment that lists
+    no lines is taken to ship, as an order's lines are read (``_order_lines``)."""
+    lines = get_objects(f, "line_items", where)
+    return not lines or any(get_bool(li, "requires_shipping", at, default=True) for at, li in lines)
 
 
 def _first_of(d: Body, key: str, where: str = "") -> str | None:
