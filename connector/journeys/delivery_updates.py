@@ -24,7 +24,10 @@ once, since a repeat finds the step told and the parcel's status kept.
 "Delivered" is said once every parcel heard of has arrived and the order has no part still to
 ship (Shopify's ``partial``), not when the first of several arrives; a parcel is heard of from its
 fulfilment's creation, carrier news or not. A fulfilment the store cancels (or its service fails)
-is no parcel: she is not told of it, and "delivered" does not wait for it.
+is no parcel: she is not told of it, and "delivered" does not wait for it. Nor is one none of whose
+lines ships (``Fulfillment.ships``: Shopify fulfils a gift card or a digital line at once, in a
+fulfilment of its own with no carrier status, that never gets carrier news): no "shipped" for it,
+and an order with a parcel besides hears "delivered" once the parcel arrives.
 
 A later step (out for delivery, delivered) withdraws what the run still has waiting (held for
 quiet hours, a retry) once every parcel is past it: after a night she hears the current news, not
@@ -320,8 +323,8 @@ class DeliveryUpdates:
         if not facts.order.ships:
             return []  # collected at the store, sold at the till, or nothing to deliver: its fulfilment is no parcel
         f = event.fulfillment
-        if f.status in CALLED_OFF:
-            return self._called_off(run, facts, config, f)
+        if f.status in CALLED_OFF or not f.ships:
+            return self._no_parcel(run, facts, config, f)
         if f.status in ("pending", "open") and f.shipment_status.value == "none":
             return []  # not done yet (a fulfilment service still packing): nothing has shipped
         status = f.shipment_status.value
@@ -372,11 +375,13 @@ class DeliveryUpdates:
         return commands + _arrived(run, parcels, everything)
 
     @staticmethod
-    def _called_off(run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, f: ev.Fulfillment) -> list[Command]:
-        """The store cancelled the fulfilment (or its service failed it): no parcel is on its way, whatever
-        carrier status it still carries (a label bought, even scanned), so she is told nothing of it, and
-        it leaves the parcels "delivered" waits for (the store usually ships the order again as another
-        fulfilment). Once the parcels left have all arrived, that is "delivered", if she was not told yet."""
+    def _no_parcel(run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, f: ev.Fulfillment) -> list[Command]:
+        """A fulfilment that is no parcel: the store cancelled it (or its service failed it), whatever
+        carrier status it still carries (a label bought, even scanned), or none of its lines ships (a gift
+        card or a digital line, fulfilled at once in a fulfilment of its own, which never gets carrier
+        news). She is told nothing of it, and it leaves the parcels "delivered" waits for (a cancelled one
+        is usually shipped again as another fulfilment; a run from before ``ships`` was read may have kept
+        a gift card's). Once the parcels left have all arrived, that is "delivered", if she was not told yet."""
         parcels = dict((run.state.get("parcels") or {}) if run else {})
         if run is None or f.external_id not in parcels:
             return []
