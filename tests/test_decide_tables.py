@@ -110,6 +110,13 @@ def tracked(status: str, parcel: str = "9", numbers: tuple[str, ...] = ("AAA111"
         tracking_numbers=numbers, tracking_urls=links, created_at=T0, updated_at=T0))
 
 
+def digital(parcel: str = "10") -> ev.FulfillmentUpdated:
+    """A fulfilment none of whose lines ships (Shopify fulfils a gift card at once): done, no carrier news, no tracking."""
+    return ev.FulfillmentUpdated(fulfillment=ev.Fulfillment(external_id=parcel, order_external_id="1042", status="success",
+                                                            shipment_status=ev.ShipmentStatus("none"), ships=False,
+                                                            created_at=T0, updated_at=T0))
+
+
 def pending_fulfilment(status: str) -> ev.FulfillmentUpdated:
     """A Shopify fulfilment not done yet (``status`` open or pending), with no carrier news."""
     return ev.FulfillmentUpdated(fulfillment=ev.Fulfillment(external_id="9", order_external_id="1042", status=status,
@@ -613,6 +620,14 @@ DELIVERY_CASES = [
     Case("a till sale fulfilled at once: no 'shipped'", shipment("none"), None, facts(TILL), DELIVERY, []),
     Case("nothing to deliver (a gift card): no 'shipped'", shipment("none"), None,
          facts(prepaid(payment_state=ev.PaymentState.PAID, delivery=ev.Delivery.NONE)), DELIVERY, []),
+    Case("a gift card fulfilled at once on an order that ships a box too: no run, no 'shipped'", digital(), None, facts(PAID),
+         DELIVERY, []),
+    Case("a gift card fulfilled after the box shipped: 'delivered' does not wait for it", digital(),
+         run("delivery", {"sent": ["shipped"], "parcels": {"9": "in_transit"}}), facts(PAID), DELIVERY, []),
+    Case("the box arrived while a run kept a gift card's fulfilment among its parcels: dropped, 'delivered' told", digital(),
+         run("delivery", {"sent": ["shipped"], "parcels": {"9": "delivered", "10": "none"}}), facts(PAID), DELIVERY,
+         ["update(parcels)", "withdraw", "update(sent)", "send:delivered", "finish:delivered"],
+         state={"parcels": {"9": "delivered"}, "sent": ["delivered", "shipped"]}),
     Case("a till sale shipped to the customer: told like any parcel", shipment("in_transit"), None,
          facts(prepaid(payment_state=ev.PaymentState.PAID, channel=ev.SalesChannel.POS)), DELIVERY,
          ["start:order:1042", "update(last_status,parcels,sent)", "send:shipped"]),

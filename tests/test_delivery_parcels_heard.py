@@ -14,7 +14,7 @@ from typing import Any
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401  (the scenarios' fixtures)
 from tests.scenarios.stores import SHOPIFY
-from tests.test_delivery_parcels import ASHA, JOURNEYS, fulfilment, links, start, templates
+from tests.test_delivery_parcels import ASHA, JOURNEYS, fulfilment, links, order_listing, start, templates
 
 
 def cancelled(f: dict[str, Any]) -> dict[str, Any]:
@@ -116,3 +116,79 @@ def test_delivered_is_told_when_the_parcel_that_failed_is_cancelled_and_the_othe
     sc.shopify("fulfillments/update", cancelled({**second, "shipment_status": "attempted_delivery", "updated_at": p.iso(sc.now)}))
     sc.later(hours=1)
     assert sc.templates_to(ASHA).count("delivered_v1") == 1
+
+
+# ---- a gift card (or a digital line) is fulfilled at once, in a fulfilment that ships nothing --------
+
+def test_a_gift_card_fulfilled_first_neither_says_shipped_nor_holds_back_delivered(sqlite_url, scenario, world):
+    """Before: the gift card was fulfilled (emailed) the moment she paid; the run took it for the first
+    parcel: the box arrived and she never heard her order was delivered, the run waiting for the gift
+    card's carrier news for ever. Told as Shopify sends it: each fulfilment, and the order listing them."""
+    sc = start(scenario, sqlite_url)
+    order = p.with_gift_card(SHOPIFY.order(1, ASHA, sc.now, cod=False))
+    SHOPIFY.place(sc, order)
+    gift = p.shopify_gift_card_fulfillment(7000, order, sc.now)
+    sc.shopify("fulfillments/create", gift)
+    sc.shopify("orders/updated", order_listing(order, sc.now, gift, fulfillment_status="partial"))
+    sc.later(hours=1)
+    assert links(sc) == []
+    sc.later(days=1)
+    box = fulfilment(7001, order, sc.now, "in_transit", "AAA111")
+    sc.shopify("fulfillments/create", box)
+    sc.shopify("orders/updated", order_listing(order, sc.now, gift, box))
+    sc.later(days=1)
+    delivered = fulfilment(7001, order, sc.now, "delivered", "AAA111")
+    sc.shopify("fulfillments/update", delivered)
+    sc.shopify("orders/updated", order_listing(order, sc.now, gift, delivered))
+    sc.later(hours=1)
+    assert links(sc) == ["https://track.example/AAA111"]
+    assert sc.templates_to(ASHA).count("delivered_v1") == 1
+
+
+def test_a_gift_card_fulfilled_first_does_not_tell_her_the_order_shipped(sqlite_url, scenario, world):
+    """Before: with a "shipped" message that shows no tracking, the gift card's fulfilment told her her
+    order had shipped a day before the box left (and the box's own "shipped" was then used up)."""
+    plain = {"step": "delivery.shipped", "name": "shipped_plain_v1", "category": "utility", "body_text": "Order {{1}} has shipped",
+             "body": ["order.name"]}
+    sc = start(scenario, sqlite_url, shipped=plain)
+    order = p.with_gift_card(SHOPIFY.order(1, ASHA, sc.now, cod=False))
+    SHOPIFY.place(sc, order)
+    sc.shopify("fulfillments/create", p.shopify_gift_card_fulfillment(7000, order, sc.now))
+    sc.later(days=1)
+    assert "shipped_plain_v1" not in sc.templates_to(ASHA)
+    sc.shopify("fulfillments/create", fulfilment(7001, order, sc.now, "in_transit", "AAA111"))
+    sc.later(hours=1)
+    assert sc.templates_to(ASHA).count("shipped_plain_v1") == 1
+
+
+def test_a_gift_card_fulfilled_after_the_box_shipped_does_not_hold_back_delivered(sqlite_url, scenario, world):
+    """Before: the box shipped, then the store fulfilled the gift card line by hand; the box arrived and
+    "delivered" waited for the gift card, which no carrier ever reports on."""
+    sc = start(scenario, sqlite_url)
+    order = p.with_gift_card(SHOPIFY.order(1, ASHA, sc.now, cod=False))
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", fulfilment(7001, order, sc.now, "in_transit", "AAA111"))
+    sc.later(hours=2)
+    sc.shopify("fulfillments/create", p.shopify_gift_card_fulfillment(7002, order, sc.now))
+    sc.later(days=1)
+    sc.shopify("fulfillments/update", fulfilment(7001, order, sc.now, "delivered", "AAA111"))
+    sc.later(hours=1)
+    assert links(sc) == ["https://track.example/AAA111"]
+    assert sc.templates_to(ASHA).count("delivered_v1") == 1
+
+
+def test_an_order_whose_only_fulfilment_ships_nothing_hears_nothing_of_delivery(sqlite_url, scenario, world):
+    """A gift card fulfilled on an order whose box is not fulfilled yet: no "shipped", no "delivered"
+    (nothing has left the store), and the box is told of when it ships."""
+    plain = {"step": "delivery.shipped", "name": "shipped_plain_v1", "category": "utility", "body_text": "Order {{1}} has shipped",
+             "body": ["order.name"]}
+    sc = start(scenario, sqlite_url, shipped=plain)
+    order = p.with_gift_card(SHOPIFY.order(1, ASHA, sc.now, cod=False))
+    SHOPIFY.place(sc, order)
+    gift = p.shopify_gift_card_fulfillment(7000, order, sc.now)
+    sc.shopify("fulfillments/create", gift)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/update", {**gift, "updated_at": p.iso(sc.now)})  # Shopify repeats itself
+    sc.later(days=2)
+    assert sc.templates_to(ASHA) == ["order_thanks_v1"]

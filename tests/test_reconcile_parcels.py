@@ -141,6 +141,26 @@ def test_an_order_with_more_parcels_than_the_page_reads_gets_each_parcels_link(s
     assert sorted(shipped_links(sc)) == [f"https://track.example/BOX{i}" for i in range(7)]
 
 
+def test_a_gift_card_fulfilment_only_the_reconcile_read_does_not_hold_back_delivered(sqlite_url, scenario, world):
+    """Before: down while the order's gift card was fulfilled and its box shipped and arrived; the reconcile
+    took the gift card's fulfilment (it ships nothing, so no carrier ever reports on it) for a parcel still
+    on its way, and she never heard her order was delivered."""
+    sc = start(scenario, sqlite_url)
+    order = p.with_gift_card(SHOPIFY.order(1, ASHA, sc.now, cod=False))
+    SHOPIFY.place(sc, order)
+    gift = p.shopify_gift_card_fulfillment(7000, order, sc.now)
+    sc.later(hours=1)
+    in_shopify(world, order, sc.now, gift, parcel(7001, order, sc.now, "in_transit", "AAA111"))
+    sc.later(hours=5)
+    reconcile(sc)
+    assert shipped_links(sc) == ["https://track.example/AAA111"]
+    sc.later(days=1)
+    in_shopify(world, order, sc.now, gift, parcel(7001, order, sc.now, "delivered", "AAA111"))
+    sc.later(hours=5)
+    reconcile(sc)
+    assert sc.templates_to(ASHA).count("delivered_v1") == 1
+
+
 # ---- consent ---------------------------------------------------------------------------------------
 
 def test_a_marketing_opt_out_given_in_the_store_while_the_connector_was_down_stops_the_cart_reminders(sqlite_url, scenario, world):

@@ -409,6 +409,32 @@ def test_every_tracking_number_of_a_multi_package_fulfilment_is_kept() -> None:
     assert (f.tracking_numbers, f.tracking_urls) == (("T1", "T2"), ("https://t/1", "https://t/2"))
 
 
+def test_a_fulfilment_of_lines_that_need_no_shipping_is_read_as_shipping_nothing() -> None:
+    """A gift card or a digital line is fulfilled in a fulfilment of its own that no carrier reports on:
+    the delivery journey must know it is no parcel. One physical line among them makes it one."""
+    body = load("fulfillments_update")
+    assert only(normalize("fulfillments/update", body, STORE)).fulfillment.ships is True  # the sample's lines all ship
+    for li in body["line_items"]:
+        li["requires_shipping"] = False
+    assert only(normalize("fulfillments/update", body, STORE)).fulfillment.ships is False
+    body["line_items"][0].pop("requires_shipping")  # not said: it ships, as an order's line
+    assert only(normalize("fulfillments/update", body, STORE)).fulfillment.ships is True
+
+
+def test_the_reconciled_fulfilment_reads_whether_it_ships() -> None:
+    from adapters.shopify.graphql import normalize_node
+
+    gift = {"id": "gid://shopify/Fulfillment/9", "status": "SUCCESS", "displayStatus": "FULFILLED", "createdAt": "2026-11-20T06:00:00Z",
+            "updatedAt": "2026-11-20T06:00:00Z", "requiresShipping": False, "trackingInfo": []}
+    node = {"id": "gid://shopify/Order/77", "name": "#1077", "createdAt": "2026-11-20T06:00:00Z", "updatedAt": "2026-11-20T06:00:00Z",
+            "displayFinancialStatus": "PAID", "paymentGatewayNames": ["shopify_payments"], "currencyCode": "INR",
+            "currentTotalPriceSet": {"shopMoney": {"amount": "1299.00", "currencyCode": "INR"}},
+            "lineItems": {"nodes": [{"id": "gid://shopify/LineItem/1", "quantity": 1, "title": "Tea", "requiresShipping": True}]},
+            "fulfillments": [gift, {**gift, "id": "gid://shopify/Fulfillment/10", "requiresShipping": True}]}
+    read = [e.fulfillment.ships for e in normalize_node(node, STORE) if isinstance(e, FulfillmentUpdated)]
+    assert read == [False, True]
+
+
 # ---- customers, consent, app, compliance -------------------------------------------------
 
 
@@ -537,6 +563,8 @@ def broken(name: str, mutate: Any) -> dict[str, Any]:
         ("checkouts/update", broken("checkouts_create", lambda b: b.pop("token")), "token"),
         ("fulfillments/update", broken("fulfillments_update", lambda b: b.pop("order_id")), "order_id"),
         ("fulfillments/update", broken("fulfillments_update", lambda b: b.update(tracking_url=None, tracking_urls="u")), "tracking_urls"),
+        ("fulfillments/update", broken("fulfillments_update", lambda b: b["line_items"][0].update(requires_shipping="no")),
+         "requires_shipping"),
         ("customers/update", customer_body(id=None), "id"),
         ("customers/update", customer_body(sms_marketing_consent="subscribed"), "sms_marketing_consent"),
         (

@@ -70,6 +70,22 @@ def shopify_fulfillment(fulfillment_id: int, order_id: int, at: datetime, shipme
     return f
 
 
+def with_gift_card(order: dict[str, Any]) -> dict[str, Any]:
+    """``order`` with a gift card bought beside its items: a line that requires no shipping."""
+    gift = {**order["line_items"][0], "id": 555000111, "title": "Gift card", "name": "Gift card", "sku": None, "product_id": 555000222,
+            "requires_shipping": False, "gift_card": True, "fulfillment_service": "gift_card", "grams": 0, "price": "500.00",
+            "discount_allocations": [], "admin_graphql_api_id": "gid://shopify/LineItem/555000111"}
+    return {**order, "line_items": [*order["line_items"], gift]}
+
+
+def shopify_gift_card_fulfillment(fid: int, order: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """What Shopify creates for the gift card at once: a fulfilment of that line only, no carrier status, no tracking."""
+    f = shopify_fulfillment(fid, order["id"], at, shipment_status=None)
+    f.update(line_items=[li for li in order["line_items"] if not li["requires_shipping"]], tracking_company=None,
+             tracking_number=None, tracking_numbers=[], tracking_url=None, tracking_urls=[])
+    return f
+
+
 def shopify_whatsapp_consent(customer_id: int, phone: str, state: str, at: datetime) -> dict[str, Any]:
     """``customers_whats_app_marketing_consent/update`` (API 2026-07)."""
     c = fixture("shopify/customers_whats_app_marketing_consent_update.sample.json")
@@ -93,13 +109,16 @@ def gql_time(text: str | None) -> str | None:
 
 def shopify_fulfillment_node(f: dict[str, Any]) -> dict[str, Any]:
     """A ``fulfillments/*`` body (``shopify_fulfillment``) as the GraphQL Fulfillment: its carrier status is
-    the ``displayStatus`` (FULFILLED before any carrier news), every tracking number with its link."""
+    the ``displayStatus`` (FULFILLED before any carrier news), every tracking number with its link, and
+    ``requiresShipping`` (whether any of its lines does)."""
     numbers = f.get("tracking_numbers") or ([f["tracking_number"]] if f.get("tracking_number") else [])
     urls = f.get("tracking_urls") or ([f["tracking_url"]] if f.get("tracking_url") else [])
     status = str(f["status"]).upper()
     display = str(f["shipment_status"]).upper() if f.get("shipment_status") else {"SUCCESS": "FULFILLED", "CANCELLED": "CANCELED"}.get(status, "SUBMITTED")
+    lines = f.get("line_items") or []
     return {"id": f["admin_graphql_api_id"], "status": status, "displayStatus": display,
             "createdAt": gql_time(f["created_at"]), "updatedAt": gql_time(f["updated_at"]),
+            "requiresShipping": not lines or any(li.get("requires_shipping", True) for li in lines),
             "trackingInfo": [{"company": f.get("tracking_company"), "number": n, "url": urls[i] if i < len(urls) else None}
                              for i, n in enumerate(numbers)]}
 
