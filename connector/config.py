@@ -609,9 +609,10 @@ class _StoreBase(_Frozen):
 
     def _discount_never_given(self) -> list[str]:
         """Templates that bind ``discount.code`` for a step whose journey gives none with these settings (no
-        ``discount_code``, or a step before ``discount_from_step``): every such message is skipped as
-        ``missing_value``, the discount reminder above all. Only journeys that say which steps carry one
-        (``discount_steps(config)``) are checked. Warned, not refused: it loaded before."""
+        ``discount_code``, a cart step before ``discount_from_step``, a COD prepaid offer without
+        ``prepaid_discount_code``): every such message is skipped as ``missing_value``. Every journey that
+        says which steps carry one (``discount_steps(config)``, and ``discount_setting`` when the code is
+        not ``discount_code``) is checked. Warned, not refused: it loaded before."""
         from connector.journeys.registry import journeys
 
         known = journeys()
@@ -621,11 +622,17 @@ class _StoreBase(_Frozen):
                 continue
             name, step = tpl.step.split(".", 1)
             cfg = self.enabled_journeys().get(name)
-            steps = getattr(known.get(name), "discount_steps", None)
-            if cfg is None or steps is None or step in steps(cfg):
+            journey = known.get(name)
+            steps = getattr(journey, "discount_steps", None)
+            if cfg is None or steps is None or step in (given := steps(cfg)):
                 continue
-            why = ("it has no discount_code" if not getattr(cfg, "discount_code", None)
-                   else f"its discount_from_step is {getattr(cfg, 'discount_from_step', '?')}")
+            setting = getattr(journey, "discount_setting", "discount_code")
+            if not getattr(cfg, setting, None):
+                why = f"it has no {setting}"
+            elif hasattr(cfg, "discount_from_step"):
+                why = f"its discount_from_step is {cfg.discount_from_step}"
+            else:
+                why = f"only {', '.join(sorted(given))} carries its {setting}"
             out.append(f"stores[{self.key}].templates[{i}] ({tpl.step}) binds discount.code but journey {name} gives none "  # type: ignore[attr-defined]
                        f"to that step ({why}): each of its messages is skipped as missing_value; set the code or "
                        f"take discount.code out of the template")

@@ -173,3 +173,49 @@ def test_a_cart_template_that_binds_a_discount_the_ladder_never_gives_is_a_warni
 
     assert f"warning: {warned}" in check(step, code)
     assert "binds discount.code" not in check("third", "discount_code")  # the code given, to the third reminder
+
+
+WITH_DISCOUNT = """[[stores.templates]]
+step = "{step}"
+name = "with_code_v1"
+category = "marketing"
+body_text = "{{{{1}}}} off with code {{{{2}}}}"
+body = ["{bound}", "discount.code"]
+
+[[stores.templates]]
+step = "delivery.shipped\""""
+
+
+def _never_given(step: str, journey: str, setting: str) -> str:
+    return (f"warning: stores[acme].templates[1] ({step}) binds discount.code but journey {journey} gives none to that "
+            f"step (it has no {setting}): each of its messages is skipped as missing_value; set the code or take "
+            "discount.code out of the template")
+
+
+@pytest.mark.parametrize(("step", "bound", "block", "settings", "warned"), [
+    ("reorder.reminder", "reorder.link", REORDER, "[stores.journeys.reorder]\n{code}#",
+     _never_given("reorder.reminder", "reorder", "discount_code")),
+    ("reorder.follow_up", "reorder.product", REORDER, "[stores.journeys.reorder]\n{code}#",
+     _never_given("reorder.follow_up", "reorder", "discount_code")),
+    ("cod_confirmation.prepaid_offer", "order.payment_url", "prepaid_offer = false ", "prepaid_offer = true\n{code}",
+     _never_given("cod_confirmation.prepaid_offer", "cod_confirmation", "prepaid_discount_code")),
+], ids=["reorder-reminder", "reorder-follow_up", "cod-prepaid_offer"])
+def test_a_template_that_binds_a_discount_its_journey_never_gives_is_a_warning(tmp_path, monkeypatch, step, bound, block,
+                                                                              settings, warned):
+    """Not only the cart ladder: a reorder reminder (or its follow-up) written with the code in it, with no
+    ``discount_code`` on the reorder journey, and a COD prepaid offer with the code but no
+    ``prepaid_discount_code``, were each skipped as missing_value every time, and check-config said
+    nothing. With the code set, the same template loads without a word."""
+    text = EXAMPLE.read_text()
+    assert '[[stores.templates]]\nstep = "delivery.shipped"' in text and block in text
+
+    def check(code: str) -> str:
+        edited = (text.replace('[[stores.templates]]\nstep = "delivery.shipped"', WITH_DISCOUNT.format(step=step, bound=bound), 1)
+                  .replace(block, settings.format(code=code), 1))
+        result = _check(tmp_path, monkeypatch, edited, {})
+        assert result.exit_code == 0, result.output
+        return _plain(result)
+
+    setting = "prepaid_discount_code" if step.startswith("cod_") else "discount_code"
+    assert warned in check("")
+    assert "binds discount.code" not in check(f'{setting} = "SAVE5"\n')

@@ -160,6 +160,13 @@ class CodConfirmation:
     follows_contact: ClassVar[bool] = True  # an unquoted message can be the cancel reason a run waits for
     # state keys that can hold what the customer typed (her cancel reason): the conversation retention empties them
     customer_words: ClassVar[tuple[str, ...]] = ("cancel_reason",)
+    discount_setting: ClassVar[str] = "prepaid_discount_code"  # what check-config names when a template's code is never given
+
+    @staticmethod
+    def discount_steps(config: CodConfirmationConfig) -> frozenset[str]:
+        """The steps whose message carries ``discount.code`` (``_confirm``): the prepaid offer, only with a
+        ``prepaid_discount_code``. A template that binds it without one is never sent: ``check-config`` warns."""
+        return frozenset({"prepaid_offer"}) if config.prepaid_discount_code else frozenset()
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.OrderDeleted):

@@ -224,7 +224,10 @@ class Journey(Protocol):
     ``facts.extra["reminders_sent"]``) and ``needs_cases(event, run, config)`` (a timer it says
     True for: ``facts.extra["open_cases"]``, the contact's hand-offs still open), and
     ``template_steps`` (the steps it sends, regular expressions: a configured template for any other
-    step of it is never sent, which ``check-config`` warns of; without it, no such check), and
+    step of it is never sent, which ``check-config`` warns of; without it, no such check),
+    ``discount_steps(config)`` (the steps whose message carries ``discount.code`` with these settings:
+    a template of another step that binds it is skipped as ``missing_value`` every time, which
+    ``check-config`` warns of, naming ``discount_setting``, default ``discount_code``), and
     ``customer_words`` (the state keys that can hold what the customer typed: the conversation
     retention empties them in runs finished longer ago than ``worker.conversation_retention_days``)."""
 

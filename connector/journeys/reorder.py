@@ -78,6 +78,12 @@ class Reorder:
     marketing: ClassVar[bool] = True  # any opt-out ends its runs (state.end_marketing_runs)
     credits_sent_reminders: ClassVar[bool] = True  # a reorder reaching a run: facts.extra["reminders_sent"]
 
+    @staticmethod
+    def discount_steps(config: ReorderConfig) -> frozenset[str]:
+        """The steps whose message carries ``discount.code`` (``_context``): both, or none without a
+        ``discount_code``. A template that binds it without one is never sent: ``check-config`` warns."""
+        return frozenset(STEPS) if config.discount_code else frozenset()
+
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.ReorderWindowOpened):
             return f"reorder:{event.order_external_id}:{event.product_key}"
