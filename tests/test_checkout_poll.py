@@ -22,6 +22,8 @@ from connector import events as ev
 from connector.checkout_poll import CHECKOUTS_CURSOR, poll_abandoned_checkouts
 from connector.config import parse_settings
 from connector.errors import PermanentError, SyncError
+from connector.outbox.dispatcher import Dispatcher
+from connector.outbox.senders import DryRunSender
 from connector.storage import models as m
 from connector.storage.db import Database
 from connector.storage.inbox import sync_stores, with_body
@@ -116,13 +118,15 @@ class FakeCheckouts:
                                     "throttleStatus": {"maximumAvailable": 1000.0, "currentlyAvailable": 900, "restoreRate": 50.0}}}})
 
 
-def shop_settings(db_url: str, **worker: object):
+def shop_settings(db_url: str, *, second_reminder: bool = False, **worker: object):
+    """``second_reminder``: the ladder's second step (6 hours after abandonment) has a template too."""
     raw = settings_dict(db_url)
     raw["worker"].update(worker)
+    steps = ("first", "second") if second_reminder else ("first",)
     raw["stores"][0].update(
         access_token="shpat_test", api_base_url="https://shop-a.example", policy={"quiet_hours": ""},
-        templates=[{"step": "checkout_recovery.first", "name": "cart_v1", "category": "marketing",
-                    "body_text": "You left {{1}}: {{2}}", "body": ["reorder.product", "checkout.recovery_url"]}],
+        templates=[{"step": f"checkout_recovery.{step}", "name": f"cart_{step}", "category": "marketing",
+                    "body_text": "You left {{1}}: {{2}}", "body": ["reorder.product", "checkout.recovery_url"]} for step in steps],
         journeys={"checkout_recovery": {"abandon_after_minutes": 30, "ladder_minutes": [0, 360]}})
     return parse_settings(raw, environ={})
 
@@ -433,6 +437,123 @@ def test_a_poll_that_shows_the_customers_account_phone_leaves_the_checkouts_own_
     assert run.status == "active" and "contact_changed_to" not in run.state
     assert queued == [("+919876543210", "first")]  # to the number on the checkout, nothing to the account's
     assert phones[checkout_contact] == "+919876543210"
+
+
+def account_phone_twin(webhook: dict, account_phone: str, *, whatsapp: str = "NOT_SUBSCRIBED") -> dict:
+    """The webhook's checkout as the poll shows it: the customer's account phone in place of the checkout's."""
+    twin = polled_twin(webhook, FIXTURE_ID)
+    twin["customer"]["defaultPhoneNumber"].update(phoneNumber=account_phone, whatsAppMarketingConsent={"state": whatsapp})
+    return twin
+
+
+def sent_to(db: Database) -> tuple[list[tuple[str, str, str]], dict[int, str]]:
+    """The cart reminders as (phone, step, status), and every contact's phone by id."""
+    with db.engine.connect() as conn:
+        phones = dict(conn.execute(select(m.Contact.id, m.Contact.phone_e164)).all())
+        queued = [(phones[o.contact_id], o.step, o.status) for o in conn.execute(
+            select(m.OutboxMessage).where(m.OutboxMessage.journey == "checkout_recovery").order_by(m.OutboxMessage.id))]
+    return queued, phones
+
+
+def test_a_checkout_the_poll_saw_first_moves_to_the_phone_its_late_webhook_names(db_url):
+    """The poll reads Asha's checkout before its webhook (delayed; Shopify retries for up to 48 hours) and
+    can only name her account phone, an old number. When the webhook comes with the number she typed on
+    the checkout, her run moves there before its first reminder: before, it ended ``contact_changed`` and
+    she got no reminder at all."""
+    settings = shop_settings(db_url)
+    store = settings.stores[0]
+    webhook = fixture_checkout()  # the checkout's phone: +91 98765 43210, the opt-in ticked
+    webhook["customer"] = {**webhook["customer"], "phone": "+91 99000 11111"}
+    fake = FakeCheckouts([account_phone_twin(webhook, "+91 99000 11111")])
+    clock = Clock(T)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        assert asyncio.run(poll(runtime.db, store, sid, fake, T)).new_rows == 1
+        runtime.processor.drain()
+        with runtime.db.engine.connect() as conn:
+            first_contact = conn.execute(select(m.Contact.phone_e164).join(m.JourneyRun, m.JourneyRun.contact_id == m.Contact.id)).scalar_one()
+        assert first_contact == "+919900011111"  # all the poll can know
+        clock.now = T + timedelta(minutes=2)
+        post_webhook(client, webhook, "checkouts/update")  # the same checkout, at last with its own phone
+        runtime.processor.drain()
+        clock.now = T + timedelta(minutes=26)  # abandoned at 07:25
+        runtime.processor.process_timers()
+        run = runs(runtime.db)["checkout:123123123"]
+        queued, phones = sent_to(runtime.db)
+        with runtime.db.engine.connect() as conn:
+            checkout_contact = conn.execute(select(m.Checkout.contact_id)).scalar_one()
+    assert run.status == "active" and "contact_changed_to" not in run.state
+    assert phones[run.contact_id] == "+919876543210"
+    assert queued == [("+919876543210", "first", "pending")]  # nothing to the account's number
+    assert phones[checkout_contact] == "+919876543210"
+
+
+def test_after_a_reminder_to_the_account_phone_the_late_webhook_moves_the_rest_of_the_ladder_there_once(db_url):
+    """The poll's run reminded the account phone (it has the WhatsApp opt-in) before the checkout's webhook
+    came: the next reminder goes to the checkout's phone. That move happens once: when the checkout then
+    gives yet another phone, that is a real change, and the ladder ends (``contact_changed``)."""
+    settings = shop_settings(db_url, second_reminder=True)
+    store = settings.stores[0]
+    webhook = fixture_checkout()
+    webhook["customer"] = {**webhook["customer"], "phone": "+91 99000 11111"}
+    fake = FakeCheckouts([account_phone_twin(webhook, "+91 99000 11111", whatsapp="SUBSCRIBED")])
+    clock = Clock(T)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        asyncio.run(poll(runtime.db, store, sid, fake, T))
+        runtime.processor.drain()
+        clock.now = T + timedelta(minutes=26)
+        runtime.processor.process_timers()
+        asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender(), clock=clock).drain())
+        assert sent_to(runtime.db)[0] == [("+919900011111", "first", "dry_run")]
+        clock.now = T + timedelta(hours=1)
+        post_webhook(client, webhook, "checkouts/update")  # Shopify's retry, an hour late
+        runtime.processor.drain()
+        clock.now = T + timedelta(hours=6, minutes=26)  # the second step: 6 hours after 07:25
+        runtime.processor.process_timers()
+        queued, _ = sent_to(runtime.db)
+        assert runs(runtime.db)["checkout:123123123"].status == "active"
+        clock.now = T + timedelta(hours=7)
+        post_webhook(client, {**webhook, "phone": "+91 98111 22222", "updated_at": iso(T + timedelta(hours=7))}, "checkouts/update")
+        runtime.processor.drain()
+        run = runs(runtime.db)["checkout:123123123"]
+        _, phones = sent_to(runtime.db)
+    assert queued == [("+919900011111", "first", "dry_run"), ("+919876543210", "second", "pending")]
+    assert run.status == "finished" and run.state["outcome"] == "contact_changed"
+    assert phones[run.state["contact_changed_to"]] == "+919811122222"
+
+
+def test_a_reminder_still_waiting_for_the_account_phone_is_dropped_when_the_late_webhook_moves_the_run(db_url):
+    """The first reminder was queued for the account phone but had not gone out (held: quiet hours, a retry)
+    when the checkout's webhook named her own phone: it never goes to the old number, and the ladder goes
+    on at the checkout's phone from its next step."""
+    settings = shop_settings(db_url, second_reminder=True)
+    store = settings.stores[0]
+    webhook = fixture_checkout()
+    webhook["customer"] = {**webhook["customer"], "phone": "+91 99000 11111"}
+    fake = FakeCheckouts([account_phone_twin(webhook, "+91 99000 11111", whatsapp="SUBSCRIBED")])
+    clock = Clock(T)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        asyncio.run(poll(runtime.db, store, sid, fake, T))
+        runtime.processor.drain()
+        clock.now = T + timedelta(minutes=26)
+        runtime.processor.process_timers()  # queued for the account phone, not sent yet
+        clock.now = T + timedelta(minutes=27)
+        post_webhook(client, webhook, "checkouts/update")
+        runtime.processor.drain()
+        sender = DryRunSender()
+        asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, sender, clock=clock).drain())
+        clock.now = T + timedelta(hours=6, minutes=26)
+        runtime.processor.process_timers()
+        queued, _ = sent_to(runtime.db)
+        with runtime.db.engine.connect() as conn:
+            reasons = conn.execute(select(m.OutboxMessage.skip_reason).where(m.OutboxMessage.step == "first")).scalars().all()
+    assert queued == [("+919900011111", "first", "skipped"), ("+919876543210", "second", "pending")]
+    assert reasons == ["contact_moved"]
 
 
 # ---- the periodic job ----------------------------------------------------------------------

@@ -30,7 +30,7 @@ from connector.journeys.checkout_recovery import CheckoutRecovery, CheckoutRecov
 from connector.journeys.cod_confirmation import CodConfirmation, CodConfirmationConfig
 from connector.journeys.delivery_updates import DeliveryUpdates, DeliveryUpdatesConfig
 from connector.journeys.engine import (
-    Facts, Finish, Handoff, MoveStage, OpenCase, OrderFacts, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WriteBack,
+    Facts, Finish, Handoff, MoveStage, OpenCase, OrderFacts, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WriteBack,
 )
 from connector.journeys.order_confirmation import OrderConfirmation, OrderConfirmationConfig
 from connector.journeys.payment_recovery import PaymentRecovery, PaymentRecoveryConfig
@@ -124,11 +124,12 @@ def pending_fulfilment(status: str) -> ev.FulfillmentUpdated:
 
 
 def checkout(updated: datetime = T0, url: str | None = "https://shop.example/recover/tok1", completed: datetime | None = None,
-             total: str = "899", product: str = "Neem face wash", phone: str | None = None) -> ev.CheckoutUpdated:
+             total: str = "899", product: str = "Neem face wash", phone: str | None = None, polled: bool = False) -> ev.CheckoutUpdated:
+    """``polled``: read by Shopify's abandoned-checkout poll, which sees the customer's account phone, not the checkout's."""
     customer = ev.Customer(phone=ev.Phone(raw=phone, e164=phone) if phone else None)
     return ev.CheckoutUpdated(checkout=ev.Checkout(token="tok1", created_at=T0, updated_at=updated, completed_at=completed, recovery_url=url,
                                                    total=Decimal(total), currency="INR", customer=customer,
-                                                   line_items=(ev.LineItem(title=product),)))
+                                                   line_items=(ev.LineItem(title=product),), phone_on_checkout=not polled))
 
 
 def opened(**kw: Any) -> ev.ReorderWindowOpened:
@@ -168,6 +169,8 @@ def short(c: Any) -> str:
             return f"finish:{c.outcome}"
         case Withdraw():
             return "withdraw"
+        case Rehome():
+            return f"rehome:{c.contact_id}" + ("" if c.regroup else ",keeps_group")
         case Handoff():
             return "handoff"
         case MoveStage():
@@ -879,6 +882,22 @@ CHECKOUT_CASES = [
     Case("her checkout now gives a phone that is another contact's: no more reminders to the number she replaced",
          checkout(updated=T0 + H, phone="+919811111111"), run("checkout_recovery", ONE_SENT, subject=CART), facts(contact=8), CR,
          ["update(contact_changed_to)", "wake:none", "finish:contact_changed"], state={"contact_changed_to": 8}),
+    Case("the poll sees it first: the run starts on the account phone's contact, marked as a guess",
+         checkout(phone="+919811111111", polled=True), None, facts(), CR, [f"start:{CART}", "wake:+30m"],
+         state={"sent": 0, "account_phone": True}),
+    Case("a poll-started run hears the checkout's own phone (its late webhook), no reminder yet: the run moves there, group decided anew",
+         checkout(updated=T0 + 20 * MIN, phone="+919876543210"), run("checkout_recovery", {**LADDER, "account_phone": True}, subject=CART),
+         facts(contact=8), CR, ["update(account_phone,moved_from_contact)", "rehome:8",
+                                "update(abandoned_at,currency,product,recovery_url,total)", "wake:+50m"],
+         state={"account_phone": False, "moved_from_contact": 7}),
+    Case("the late webhook after a reminder went to the account phone: the next ones go to the checkout's phone, the group stays",
+         checkout(updated=T0 + H, phone="+919876543210"), run("checkout_recovery", {**ONE_SENT, "step": 1, "account_phone": True}, subject=CART),
+         facts(contact=8), CR, ["update(account_phone,moved_from_contact)", "rehome:8,keeps_group",
+                                "update(currency,product,recovery_url,total)"]),
+    Case("the late webhook names the account phone's own contact: nothing moves, and the contact is hers from now on",
+         checkout(updated=T0 + 20 * MIN, phone="+919876543210"), run("checkout_recovery", {**LADDER, "account_phone": True}, subject=CART),
+         facts(), CR, ["update(account_phone)", "update(abandoned_at,currency,product,recovery_url,total)", "wake:+50m"],
+         state={"account_phone": False}),
     Case("the same phone again (the same contact): only the cart is kept current", checkout(updated=T0 + H, phone="+919876543210"),
          run("checkout_recovery", ONE_SENT, subject=CART), facts(), CR, ["update(currency,product,recovery_url,total)"]),
     Case("completed before it was abandoned: stop, never abandoned", checkout(completed=T0 + 20 * MIN),

@@ -10,9 +10,11 @@ pushes the ladder back; after it, the ladder keeps its times and its reminders q
 checkout as it is now (link, total, product). A checkout that now gives a phone that is
 another contact's ends the run (``contact_changed``): no more reminders to the number she
 replaced, and a run's contact (its holdout group, its consent) is fixed when it starts, so
-the ladder does not move to the new one. The run stops the moment an order arrives for
-that checkout or from the same customer (phone, customer id, or email for a phone-less
-order: ``state.upsert_contact``), or the customer replies to it (a tap, words, a photo or
+the ladder does not move to the new one. Except once, for a run a read that could not see the
+checkout's phone started (Shopify's poll, before the checkout's late webhook: the customer's account
+phone): the first read that sees it moves the run to that number (``_to_checkout_phone``).
+The run stops the moment an order arrives for that checkout or from the same customer (phone,
+customer id, or email for a phone-less order: ``state.upsert_contact``), or the customer replies to it (a tap, words, a photo or
 voice note quoting one of its reminders, or quoting nothing while no other journey's message
 is what she answers:
 ``_common.answers_run``; a reaction or a sticker is no reply, ``_common.NOT_A_REPLY``); any opt-out
@@ -50,6 +52,7 @@ ladder starts none (``_order_laddering``: the plugin keeps a cart until its orde
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
@@ -59,9 +62,14 @@ from connector import events as ev
 from connector.journeys._common import (
     answers_run, awaits_payment, cart_ladder_takes, deleted_order, end_for_deleted_order, is_reply, unpaid_order,
 )
-from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake, Withdraw
+from connector.journeys.engine import (
+    Command, Facts, Finish, JourneyConfig, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw,
+)
 
 STEPS = ("first", "second", "third")
+# run state: the run's contact is the one a read that could not see the checkout's phone named (Shopify's poll:
+# the customer's account phone); the first read that sees it moves the run there (``_to_checkout_phone``)
+ACCOUNT_PHONE = "account_phone"
 CONTINUE_WITHIN = timedelta(days=1)  # a pending order goes on from a cart whose last reminder is this recent (``_cart_reminded``)
 ORDER_EVENTS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)
 _NEVER = datetime.min.replace(tzinfo=timezone.utc)  # ranks a run with no reminder below any that had one (``_credited``)
@@ -259,9 +267,14 @@ class CheckoutRecovery:
         if run is None:
             if facts.contact_id is None or not c.recovery_url or self._order_laddering(facts, config, now):
                 return []
-            return [Start(f"checkout:{c.token}", facts.contact_id, {**state, "sent": 0}), Wake(first)]
+            guessed = {} if c.phone_on_checkout else {ACCOUNT_PHONE: True}
+            return [Start(f"checkout:{c.token}", facts.contact_id, {**state, "sent": 0, **guessed}), Wake(first)]
         if run.status != "active":
             return []
+        moved = self._to_checkout_phone(c, run, facts)
+        if moved:
+            return moved + (self._checkout(c, replace(run, contact_id=facts.contact_id, state={**run.state, ACCOUNT_PHONE: False}),
+                                           facts, config, now))
         if self._another_contact(c, run, facts):
             # her checkout now gives another number: nothing more to the one she replaced (a typo may be a
             # stranger's, and the link opens her checkout); the run's contact (its holdout group, its consent)
@@ -277,6 +290,21 @@ class CheckoutRecovery:
         """What the reminders quote: the checkout's link, total and first product, as last heard."""
         return {"recovery_url": c.recovery_url, "total": str(c.total), "currency": c.currency,
                 "product": c.line_items[0].title if c.line_items else None}
+
+    def _to_checkout_phone(self, c: ev.Checkout, run: Run, facts: Facts) -> list[Command]:
+        """A run started by a read that could not see the checkout's phone (Shopify's poll, before the
+        checkout's webhook came: a late or retried delivery) is on the customer's account phone, maybe an
+        old number. The first read that sees the checkout's phone moves it there, once (a later change is
+        ``contact_changed``): that is the number she typed for this checkout. Before its first step the
+        run is as if it had started there (its holdout group decided again; consent is the new contact's
+        at each step anyway). After it, the ladder goes on to the new number from its next step and keeps
+        its group; a reminder still waiting for the old number is not sent (``engine.Rehome``)."""
+        if not run.state.get(ACCOUNT_PHONE) or not c.phone_on_checkout or c.customer.phone is None or facts.contact_id is None:
+            return []
+        if facts.contact_id == run.contact_id:  # the same number: the run's contact is hers now
+            return [Update({ACCOUNT_PHONE: False})]
+        return [Update({ACCOUNT_PHONE: False, "moved_from_contact": run.contact_id}),
+                Rehome(facts.contact_id, regroup=self._step(run) == 0)]
 
     @staticmethod
     def _another_contact(c: ev.Checkout, run: Run, facts: Facts) -> bool:

@@ -190,6 +190,18 @@ class Withdraw:
 
 
 @dataclass(frozen=True, slots=True)
+class Rehome:
+    """Move the run to another contact: its messages from now on go to them, and what it queued for the
+    old one and is still waiting (a reminder held for quiet hours) is skipped (``contact_moved``). Only
+    for a run whose contact was a guess (a cart read that could not see the checkout's phone), once.
+    ``regroup``: its holdout group is decided again, for the new contact (nothing was sent, or held
+    back, in the old group's name yet); False keeps the group its first step was counted in."""
+
+    contact_id: int
+    regroup: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Handoff:
     """Hand the conversation to a person (e.g. a failed delivery); the run waits for them.
     ``waits=False``: a person is told, but the run stays as it is (an active run still takes
@@ -209,7 +221,7 @@ class MoveStage:
     stage: str
 
 
-Command = Start | Send | WriteBack | Update | Wake | Finish | Withdraw | Handoff | MoveStage
+Command = Start | Send | WriteBack | Update | Wake | Finish | Withdraw | Rehome | Handoff | MoveStage
 
 
 class Journey(Protocol):

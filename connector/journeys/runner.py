@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 
 from connector import events as ev
 from connector.journeys.engine import (
-    Facts, Finish, Handoff, MoveStage, OpenCase, OrderFacts, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WriteBack,
+    Facts, Finish, Handoff, MoveStage, OpenCase, OrderFacts, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WriteBack,
 )
 from connector.handoffs import HandoffRequest, journey_stage, open_handoff, stage_after
 from connector.handoffs import rules as handoff_rules
@@ -630,9 +630,16 @@ class JourneyRunner:
             # run queued earlier and is still waiting (a reminder held for the morning, a retry)
             # goes no further. This decision's own sends, below, are queued after.
             ob.skip_pending(conn, store_id, _step_keys(store, journey, subject, state), "journey_ended", now)
+        rehome = next((c for c in commands if isinstance(c, Rehome)), None) if run_id is not None and not created else None
+        if rehome is not None and rehome.contact_id != contact_id:
+            # before this decision's sends: they go to the new contact. What waits for the old one is not hers
+            ob.skip_pending(conn, store_id, _step_keys(store, journey, subject, state), "contact_moved", now)
+            contact_id = values["contact_id"] = rehome.contact_id
+            if rehome.regroup:
+                holdout = values["holdout"] = in_holdout(contact_id, journey, config.holdout_percent)
         held_send = False  # a message of this decision waits (quiet hours): the run does not only listen yet
         for cmd in commands:
-            if isinstance(cmd, Start):
+            if isinstance(cmd, (Start, Rehome)):
                 continue
             elif isinstance(cmd, Send):
                 if contact_id is None or (cmd.shows and not shows(store.template_for(f"{journey}.{cmd.step}"), cmd.shows)):

@@ -209,9 +209,10 @@ class TxCache:
         return sorted((r for r in rows if r is not None and r["store_id"] == store_id and same(r)), key=lambda r: r["id"])
 
     def runs_of_contact(self, store_id: int, contact_id: int) -> list[CachedRow]:
-        """The cached journey runs of a contact (a run's contact never changes), in id order."""
+        """The cached journey runs of a contact, in id order. A run moved to another contact
+        (``engine.Rehome``) stays filed under its old one too: its current contact decides."""
         runs = self.rows["journey_runs"]
-        return [runs[i] for i in sorted(self._runs.get((store_id, contact_id), ())) if i in runs]
+        return [runs[i] for i in sorted(self._runs.get((store_id, contact_id), ())) if i in runs and runs[i]["contact_id"] == contact_id]
 
     def orders_of_checkout(self, store_id: int, token: str) -> list[CachedRow]:
         """The cached orders of a store that name this checkout now; all of them, held INSERTs
@@ -225,8 +226,9 @@ class TxCache:
                 self._order_tokens.setdefault((values["store_id"], values["checkout_token"]), set()).add(row_id)
             return
         if table == "journey_runs":
-            if values.get("contact_id") is not None:
-                self._runs.setdefault((values["store_id"], values["contact_id"]), set()).add(row_id)
+            if values.get("contact_id") is not None:  # an UPDATE of the contact (``engine.Rehome``) carries no store_id
+                store_id = values["store_id"] if "store_id" in values else self.rows[table][row_id]["store_id"]
+                self._runs.setdefault((store_id, values["contact_id"]), set()).add(row_id)
             return
         if table != "contacts":
             return
