@@ -49,6 +49,11 @@ address also go into the order's notes for the courier desk. A cancel is a reque
 person, never an automatic cancel: the order has shipped. The failed parcel delivered after all
 is added to the open case ("no call needed"); an answer once every parcel has arrived writes no
 note to the order, and the case hears it instead.
+
+A tap we cannot tie to one of our messages (the question's send outcome was lost, so its message id
+is unknown) reaches her runs not finished (``hears_unmatched_taps``): it is the answer of the one
+still waiting for an answer (``_asking``); with several, nothing is written to any order and their
+cases hear what she tapped, so a person asks her which order she meant; a run not waiting takes none.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ NOTES = {
     "reschedule": "Failed delivery: the customer asked on WhatsApp to reschedule",
     "update_address": "Failed delivery: the customer wants to update the delivery address (asked on WhatsApp)",
 }
+TAPPED = {"reschedule": "Reschedule", "update_address": "Update address", "cancel": "Cancel"}  # as a case names her tap
 ASKS = {
     "reschedule": "customer asked to reschedule the failed delivery of {name}",
     "update_address": "customer wants to update the address for the failed delivery of {name}",
@@ -297,6 +303,9 @@ class DeliveryUpdates:
     stage: ClassVar[str] = "post_purchase"  # whose cases its hand-offs are (handoffs.journey_stage)
     config_model: ClassVar[type[JourneyConfig]] = DeliveryUpdatesConfig
     template_steps: ClassVar[tuple[str, ...]] = (*STEPS, "ndr_reschedule", "ndr_update_address", "ndr_cancel")
+    # a tap matched to none of our messages (the question's send outcome was lost) reaches her runs not
+    # finished, those a person is on too (``facts.extra["reached_runs"]``): an answer must not vanish
+    hears_unmatched_taps: ClassVar[bool] = True
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.FulfillmentUpdated):
@@ -311,7 +320,11 @@ class DeliveryUpdates:
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, now: datetime) -> list[Command]:
         if isinstance(event, ev.ButtonReplied):
-            return self._answer(event, run, facts, config) if run is not None else []
+            if run is None:
+                return []
+            if "reached_runs" in facts.extra:
+                return self._unmatched(event, run, facts, config)
+            return self._answer(event, run, facts, config)
         if cancelled_order(event, facts):
             # an update still waiting must not reach her after the cancel; a run a person is on stays theirs
             return withdraw_for_cancel(run, finish=True) if run is not None else []
@@ -364,6 +377,7 @@ class DeliveryUpdates:
             state["tracking"] = {**_tracking_of(run, f.external_id), f.external_id: _told(f, _pairs(f), 1, of=of)}
         if step == "failed":
             state["ndr_parcels"] = sorted({*((run.state.get("ndr_parcels") or []) if run else []), f.external_id})
+            state["order_name"] = facts.order.name  # a tap matched to no message names the order by it (``_unmatched``)
         # after an untracked try, that try may have been skipped for want of the tracking
         commands += [Update(state), Send(step, order_context(facts), retry_missing_value=step == "shipped" and tried), *further]
         if step == "failed" and config.handoff_on_failure:
@@ -449,12 +463,45 @@ class DeliveryUpdates:
         attempt = int(run.state.get("failed_attempts", 1)) + 1
         ndr_parcels = sorted({*(run.state.get("ndr_parcels") or []), parcel})
         commands: list[Command] = [Update({"last_status": status, "parcels": parcels, "failed_attempts": attempt, "ndr_answers": [],
-                                           "ndr_parcels": ndr_parcels}),
+                                           "ndr_unmatched": [], "ndr_parcels": ndr_parcels, "order_name": facts.order.name}),
                                    Send("failed", order_context(facts), occurrence=attempt)]
         if config.handoff_on_failure:
             commands.append(Handoff(f"delivery failed again (attempt {attempt}, {status}) for {facts.order.name}; "
                                     f"call the customer to rearrange"))
         return commands
+
+    @staticmethod
+    def _asking(run: Run) -> bool:
+        """A run a tap on its failed-delivery question could answer: the question went out (for the
+        latest attempt) and she has not answered it, the order is not cancelled, and a parcel is still
+        to arrive. Not finished: active, or with a person (the question opens its case)."""
+        state = run.state
+        parcels = state.get("parcels") or {}
+        return (run.journey == DeliveryUpdates.name and run.status != "finished" and "failed" in (state.get("sent") or [])
+                and not state.get("ndr_answers") and not state.get("cancelled")
+                and not (parcels and all(s in ARRIVED for s in parcels.values())))
+
+    def _unmatched(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: DeliveryUpdatesConfig) -> list[Command]:
+        """A tap on a failed-delivery question the runner could not tie to one message (its send's
+        outcome was lost, so its message id is unknown): it reaches all her runs not finished
+        (``reached_runs``). With one of them asking (``_asking``), it is that run's answer. With several,
+        none is written to any order (a reschedule note on the wrong order sends a courier to the wrong
+        door): the first of them (in id order) tells its case, or opens one, and the others' open cases
+        hear it too, so a person asks her which order she meant; once per kind of tap. A run not asking
+        takes none."""
+        choice = config.choice(event.payload)
+        meant = [r for r in facts.extra["reached_runs"] if self._asking(r)]
+        if choice is None or run.subject not in {r.subject for r in meant}:
+            return []
+        if len(meant) == 1:
+            return self._answer(event, run, facts, config)
+        if choice in (run.state.get("ndr_unmatched") or []):
+            return []  # the same tap again: the case has it
+        names = ", ".join(r.state.get("order_name") or f"#{r.subject.split(':', 1)[1]}" for r in meant)
+        first = run.subject == meant[0].subject
+        return [Update({"ndr_unmatched": [*(run.state.get("ndr_unmatched") or []), choice]}),
+                Handoff(f"customer tapped {TAPPED[choice]} on a failed-delivery question we could not match to one of her orders "
+                        f"({names}); nothing was written to any order: ask her which order she meant", waits=False, only_open=not first)]
 
     @staticmethod
     def _answer(event: ev.ButtonReplied, run: Run, facts: Facts, config: DeliveryUpdatesConfig) -> list[Command]:
