@@ -471,6 +471,17 @@ class DeliveryUpdates:
         return commands
 
     @staticmethod
+    def case_closed(run: Run) -> str | None:
+        """A person closed the run's case (they rang her, rearranged the delivery): the run waits on
+        nobody now (``handoffs._release_run``). With every parcel arrived, or the order cancelled, it
+        ends, as an active run would have; else it goes back to following the parcels (None: active):
+        their arrival ends it, and another failure asks her and hands off again."""
+        parcels = run.state.get("parcels") or {}
+        if parcels and all(s in ARRIVED for s in parcels.values()):
+            return "delivered"
+        return "order_cancelled" if run.state.get("cancelled") else None
+
+    @staticmethod
     def _asking(run: Run) -> bool:
         """A run a tap on its failed-delivery question could answer: the question went out (for the
         latest attempt) and she has not answered it, the order is not cancelled, and a parcel is still
