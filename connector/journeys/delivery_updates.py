@@ -66,7 +66,9 @@ from pydantic import Field, field_validator, model_validator
 from connector import events as ev
 from connector.errors import Problems
 from connector.journeys._common import cancelled_order, deleted_order, order_context, replied_here, withdraw_for_cancel
-from connector.journeys.engine import Command, Facts, Finish, Handoff, JourneyConfig, Run, Send, Start, Update, Withdraw, WriteBack
+from connector.journeys.engine import (
+    Command, Facts, Finish, Handoff, JourneyConfig, OrderFacts, Run, Send, Start, Update, Withdraw, WriteBack,
+)
 
 STEP_FOR_STATUS = {
     "in_transit": "shipped",
@@ -130,6 +132,12 @@ def _arrived(run: Run | None, parcels: dict[str, str], everything: bool) -> list
     if (run is None or run.status == "active") and everything:
         return [Finish("delivered", skip_waiting=False)]
     return []
+
+
+def _started(order: OrderFacts) -> dict[str, Any]:
+    """A new run's state: nothing told yet, and the order's name (a tap matched to no message names the
+    orders it could answer by it: ``_unmatched``)."""
+    return {"sent": [], "order_name": order.name}
 
 
 Pair = tuple[str | None, str | None]  # a parcel's (tracking number, link)
@@ -363,7 +371,7 @@ class DeliveryUpdates:
         if run is None:
             if facts.contact_id is None:
                 return []
-            commands.append(Start(f"order:{facts.order.external_id}", facts.contact_id, {"sent": []}))
+            commands.append(Start(f"order:{facts.order.external_id}", facts.contact_id, _started(facts.order)))
         elif step in LATER_THAN_SHIPPED and all(STEP_FOR_STATUS.get(s) in LATER_THAN_SHIPPED for s in parcels.values()):
             # every parcel is past what the run may still have waiting (held for quiet hours, a retry): the
             # earlier news is withdrawn, so she gets the current one only (this decision's send is queued after)
@@ -377,7 +385,6 @@ class DeliveryUpdates:
             state["tracking"] = {**_tracking_of(run, f.external_id), f.external_id: _told(f, _pairs(f), 1, of=of)}
         if step == "failed":
             state["ndr_parcels"] = sorted({*((run.state.get("ndr_parcels") or []) if run else []), f.external_id})
-            state["order_name"] = facts.order.name  # a tap matched to no message names the order by it (``_unmatched``)
         # after an untracked try, that try may have been skipped for want of the tracking
         commands += [Update(state), Send(step, order_context(facts), retry_missing_value=step == "shipped" and tried), *further]
         if step == "failed" and config.handoff_on_failure:
@@ -413,7 +420,7 @@ class DeliveryUpdates:
             if step != "delivered" or facts.contact_id is None or facts.order is None:
                 return []
             # first heard delivered, another parcel still to come: the run keeps it, "delivered" waits
-            return [Start(f"order:{facts.order.external_id}", facts.contact_id, {"sent": []}),
+            return [Start(f"order:{facts.order.external_id}", facts.contact_id, _started(facts.order)),
                     Update({"last_status": status, "parcels": parcels})]
         state: dict[str, Any] = {}
         if status not in (prev, "none"):  # "none" is no carrier news (e.g. tracking added later): the status stands
@@ -447,7 +454,8 @@ class DeliveryUpdates:
             return []
         assert facts.order is not None
         parcel = " ".join(p for p in (f.tracking_company, f.tracking_number) if p) or f"fulfilment {f.external_id}"
-        commands: list[Command] = [Start(f"order:{facts.order.external_id}", facts.contact_id, {"sent": []})] if run is None else []
+        started = Start(f"order:{facts.order.external_id}", facts.contact_id, _started(facts.order))
+        commands: list[Command] = [started] if run is None else []
         return commands + [
             kept,
             Handoff(f"tracking failed for {facts.order.name} ({parcel}): the carrier's tracking could not be read (an invalid "
@@ -463,7 +471,7 @@ class DeliveryUpdates:
         attempt = int(run.state.get("failed_attempts", 1)) + 1
         ndr_parcels = sorted({*(run.state.get("ndr_parcels") or []), parcel})
         commands: list[Command] = [Update({"last_status": status, "parcels": parcels, "failed_attempts": attempt, "ndr_answers": [],
-                                           "ndr_unmatched": [], "ndr_parcels": ndr_parcels, "order_name": facts.order.name}),
+                                           "ndr_parcels": ndr_parcels}),
                                    Send("failed", order_context(facts), occurrence=attempt)]
         if config.handoff_on_failure:
             commands.append(Handoff(f"delivery failed again (attempt {attempt}, {status}) for {facts.order.name}; "
@@ -506,11 +514,12 @@ class DeliveryUpdates:
             return []
         if len(meant) == 1:
             return self._answer(event, run, facts, config)
-        if choice in (run.state.get("ndr_unmatched") or []):
+        tapped = f"{choice}:{run.state.get('failed_attempts', 1)}"  # once per kind of tap and failed attempt
+        if tapped in (run.state.get("ndr_unmatched") or []):
             return []  # the same tap again: the case has it
         names = ", ".join(r.state.get("order_name") or f"#{r.subject.split(':', 1)[1]}" for r in meant)
         first = run.subject == meant[0].subject
-        return [Update({"ndr_unmatched": [*(run.state.get("ndr_unmatched") or []), choice]}),
+        return [Update({"ndr_unmatched": [*(run.state.get("ndr_unmatched") or []), tapped]}),
                 Handoff(f"customer tapped {TAPPED[choice]} on a failed-delivery question we could not match to one of her orders "
                         f"({names}); nothing was written to any order: ask her which order she meant", waits=False, only_open=not first)]
 
