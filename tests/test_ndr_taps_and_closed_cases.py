@@ -135,3 +135,39 @@ def test_a_case_closed_after_the_parcel_arrived_after_all_ends_the_run(sqlite_ur
     assert _delivery_runs(sc) == {subject: "handoff"}  # the case is open: the run is the person's
     _close(sc, _case(sc, subject))
     assert _delivery_runs(sc) == {subject: "finished"}
+
+
+def test_migration_0027_releases_the_runs_whose_case_was_closed_before(db_url, tmp_path):
+    """Runs stored "handoff" after their case was closed (before closing released them) follow the parcel again or end;
+    a run whose case is still open stays the person's; a run that had ended before the person took it ends again."""
+    from sqlalchemy import insert, select, text
+
+    from connector.storage import models as m
+    from connector.storage.db import migrate
+    from tests.scenarios.harness import T0
+    from tests.test_cod_late_answers import _empty_database
+
+    runs_table, cases = m.JourneyRun.__table__, m.Handoff.__table__
+    failed = {"sent": ["failed", "shipped"], "parcels": {"7001": "attempted_delivery"}}
+    runs = {"order:1": ("delivery", failed, "closed"),  # the desk closed its case: follows the parcel again
+            "order:2": ("delivery", {**failed, "parcels": {"7002": "delivered"}}, "closed"),  # delivered after all
+            "order:3": ("delivery", failed, "open"),  # a person is still on it
+            "order:4": ("cod_confirmation", {"choice": "confirmed", "changed_mind": "cancel", "outcome": "confirmed"}, "closed"),
+            "order:5": ("delivery", {**failed, "cancelled": True}, "closed")}
+    with _empty_database(db_url, tmp_path) as engine:
+        migrate(engine, "0026")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO stores (key, platform, created_at) VALUES ('a', 'shopify', '2026-11-01 00:00:00')"))
+            sid = conn.execute(text("SELECT id FROM stores")).scalar()
+            conn.execute(insert(runs_table), [
+                {"store_id": sid, "journey": journey, "subject": subject, "status": "handoff", "state": state, "holdout": False,
+                 "started_at": T0, "updated_at": T0, "next_due_at": None} for subject, (journey, state, _case) in runs.items()])
+            conn.execute(insert(cases), [
+                {"store_id": sid, "key": f"{journey}:{subject}" + ("" if case == "open" else f":closed:{i}"), "reason": "failed",
+                 "stage": "post_purchase", "journey": journey, "subject": subject, "context": {}, "status": case, "opened_at": T0}
+                for i, (subject, (journey, _state, case)) in enumerate(runs.items())])
+        migrate(engine)
+        with engine.connect() as conn:
+            after = {r.subject: (r.status, (r.state or {}).get("outcome")) for r in conn.execute(select(runs_table))}
+    assert after == {"order:1": ("active", None), "order:2": ("finished", "delivered"), "order:3": ("handoff", None),
+                     "order:4": ("finished", "confirmed"), "order:5": ("finished", "order_cancelled")}
