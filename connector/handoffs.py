@@ -517,7 +517,8 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
 
 
 def close_handoff(conn: Connection, store_id: int, handoff_id: int, by: str, resolution: str | None, now: datetime) -> bool:
-    row = conn.execute(select(HANDOFFS.c.key, HANDOFFS.c.status).where(HANDOFFS.c.id == handoff_id, HANDOFFS.c.store_id == store_id)).first()
+    row = conn.execute(select(HANDOFFS.c.key, HANDOFFS.c.status, HANDOFFS.c.journey, HANDOFFS.c.subject).where(
+        HANDOFFS.c.id == handoff_id, HANDOFFS.c.store_id == store_id)).first()
     if row is None or row.status != "open":
         return False
     # free the cause's key so the same cause can open a new case later; only an open case is
@@ -526,7 +527,45 @@ def close_handoff(conn: Connection, store_id: int, handoff_id: int, by: str, res
     done = conn.execute(
         update(HANDOFFS).where(HANDOFFS.c.id == handoff_id, HANDOFFS.c.store_id == store_id, HANDOFFS.c.status == "open")
         .values(status="closed", closed_at=now, closed_by=by[:120], resolution=resolution, key=f"{row.key}:closed:{handoff_id}"[:255]))
-    return done.rowcount == 1
+    if done.rowcount != 1:
+        return False
+    _release_run(conn, store_id, row, now)
+    return True
+
+
+_WAITING_RUN = select(RUNS.c.id, RUNS.c.journey, RUNS.c.subject, RUNS.c.status, RUNS.c.state, RUNS.c.next_due_at, RUNS.c.contact_id,
+                      RUNS.c.started_at).where(RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == bindparam("j"),
+                                               RUNS.c.subject == bindparam("s"), RUNS.c.status == "handoff")
+
+
+def _release_run(conn: Connection, store_id: int, case: Any, now: datetime) -> None:
+    """The run that waited on the case just closed (status ``handoff``; the case is its own: keyed by
+    its journey and subject) waits on nobody now; left so, it was among her active journeys in every
+    later case, for ever. Its journey says what becomes of it (``case_closed(run)``: the outcome it
+    ends with, or None: it goes on, active); a journey that does not say ends a run that had ended
+    before the person took it (it kept its ``outcome``: a COD order whose Cancel came too late), and
+    leaves any other as it is."""
+    from connector.journeys.engine import Run
+    from connector.journeys.registry import journeys
+
+    if not case.journey or not case.subject or case.key != f"{case.journey}:{case.subject}"[:255]:
+        return  # a case no run waits on (her own question, a template's, the number's)
+    row = conn.execute(_WAITING_RUN.with_for_update(), {"sid": store_id, "j": case.journey, "s": case.subject}).first()
+    if row is None:
+        return
+    state = dict(row.state or {})
+    released = getattr(journeys().get(row.journey), "case_closed", None)
+    if released is not None:
+        outcome = released(Run(row.journey, row.subject, row.status, state, row.next_due_at, row.contact_id, row.started_at))
+    elif state.get("outcome"):
+        outcome = state["outcome"]
+    else:
+        return
+    state["case_closed_at"] = now.isoformat()
+    if outcome is None:
+        update_by_id(conn, RUNS, row.id, {"status": "active", "state": state, "updated_at": now})
+    else:
+        update_by_id(conn, RUNS, row.id, {"status": "finished", "state": {**state, "outcome": outcome}, "updated_at": now})
 
 
 def _slack(value: Any) -> str:

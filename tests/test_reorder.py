@@ -432,8 +432,8 @@ def test_a_ladder_whose_last_reminder_waits_for_the_morning_still_keeps_the_cust
 
 def test_a_closed_hand_off_no_longer_keeps_the_customer_from_the_reorder_reminder(db_url):
     """Both customers' failed deliveries reached the desk two days before their windows opened: a hand-off each, their
-    delivery runs in status "handoff". The delivery desk closed the first case: that customer is reminded to reorder
-    when the window opens. The second case is still open, so a person is on it: no reminder."""
+    delivery runs in status "handoff". The delivery desk closed the first case (its run follows the parcel again): that
+    customer is reminded to reorder when the window opens. The second case is still open, so a person is on it: no reminder."""
     raw = settings_dict(db_url)
     raw["stores"][0].update(templates=TEMPLATES, policy={"quiet_hours": ""},
                             journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "lead_days": 3}, "delivery": {}})
@@ -458,7 +458,7 @@ def test_a_closed_hand_off_no_longer_keeps_the_customer_from_the_reorder_reminde
         with runtime.db.engine.connect() as conn:
             runs = {r.subject: r for r in conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "reorder"))}
             delivery = {r.subject: r.status for r in conn.execute(select(m.JourneyRun).where(m.JourneyRun.journey == "delivery"))}
-    assert delivery == {"order:4001": "handoff", "order:4002": "handoff"}
+    assert delivery == {"order:4001": "active", "order:4002": "handoff"}
     assert [o.payload["subject"] for o in _outbox(runtime) if o.status == "pending"] == ["reorder:4001:p:9001"]
     assert (runs["reorder:4002:p:9001"].state["outcome"], runs["reorder:4002:p:9001"].state["skipped"]) == ("skipped_busy", "delivery")
 

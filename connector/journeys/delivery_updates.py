@@ -52,6 +52,11 @@ address also go into the order's notes for the courier desk. A cancel is a reque
 person, never an automatic cancel: the order has shipped. The failed parcel delivered after all
 is added to the open case ("no call needed"); an answer once every parcel has arrived writes no
 note to the order, and the case hears it instead.
+
+A tap we cannot tie to one of our messages (the question's send outcome was lost, so its message id
+is unknown) reaches her runs not finished (``hears_unmatched_taps``): it is the answer of the one
+still waiting for an answer (``_asking``); with several, nothing is written to any order and their
+cases hear what she tapped, so a person asks her which order she meant; a run not waiting takes none.
 """
 
 from __future__ import annotations
@@ -64,7 +69,9 @@ from pydantic import Field, field_validator, model_validator
 from connector import events as ev
 from connector.errors import Problems
 from connector.journeys._common import cancelled_order, deleted_order, order_context, replied_here, withdraw_for_cancel
-from connector.journeys.engine import Command, Facts, Finish, Handoff, JourneyConfig, Run, Send, Start, Update, Withdraw, WriteBack
+from connector.journeys.engine import (
+    Command, Facts, Finish, Handoff, JourneyConfig, OrderFacts, Run, Send, Start, Update, Withdraw, WriteBack,
+)
 
 STEP_FOR_STATUS = {
     "in_transit": "shipped",
@@ -93,6 +100,7 @@ NOTES = {
     "reschedule": "Failed delivery: the customer asked on WhatsApp to reschedule",
     "update_address": "Failed delivery: the customer wants to update the delivery address (asked on WhatsApp)",
 }
+TAPPED = {"reschedule": "Reschedule", "update_address": "Update address", "cancel": "Cancel"}  # as a case names her tap
 ASKS = {
     "reschedule": "customer asked to reschedule the failed delivery of {name}",
     "update_address": "customer wants to update the address for the failed delivery of {name}",
@@ -127,6 +135,12 @@ def _arrived(run: Run | None, parcels: dict[str, str], everything: bool) -> list
     if (run is None or run.status == "active") and everything:
         return [Finish("delivered", skip_waiting=False)]
     return []
+
+
+def _started(order: OrderFacts) -> dict[str, Any]:
+    """A new run's state: nothing told yet, and the order's name (a tap matched to no message names the
+    orders it could answer by it: ``_unmatched``)."""
+    return {"sent": [], "order_name": order.name}
 
 
 Pair = tuple[str | None, str | None]  # a parcel's (tracking number, link)
@@ -300,6 +314,9 @@ class DeliveryUpdates:
     stage: ClassVar[str] = "post_purchase"  # whose cases its hand-offs are (handoffs.journey_stage)
     config_model: ClassVar[type[JourneyConfig]] = DeliveryUpdatesConfig
     template_steps: ClassVar[tuple[str, ...]] = (*STEPS, "ndr_reschedule", "ndr_update_address", "ndr_cancel")
+    # a tap matched to none of our messages (the question's send outcome was lost) reaches her runs not
+    # finished, those a person is on too (``facts.extra["reached_runs"]``): an answer must not vanish
+    hears_unmatched_taps: ClassVar[bool] = True
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.FulfillmentUpdated):
@@ -314,7 +331,11 @@ class DeliveryUpdates:
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, now: datetime) -> list[Command]:
         if isinstance(event, ev.ButtonReplied):
-            return self._answer(event, run, facts, config) if run is not None else []
+            if run is None:
+                return []
+            if "reached_runs" in facts.extra:
+                return self._unmatched(event, run, facts, config)
+            return self._answer(event, run, facts, config)
         if cancelled_order(event, facts):
             # an update still waiting must not reach her after the cancel; a run a person is on stays theirs
             return withdraw_for_cancel(run, finish=True) if run is not None else []
@@ -353,7 +374,7 @@ class DeliveryUpdates:
         if run is None:
             if facts.contact_id is None:
                 return []
-            commands.append(Start(f"order:{facts.order.external_id}", facts.contact_id, {"sent": []}))
+            commands.append(Start(f"order:{facts.order.external_id}", facts.contact_id, _started(facts.order)))
         elif step in LATER_THAN_SHIPPED and all(STEP_FOR_STATUS.get(s) in LATER_THAN_SHIPPED for s in parcels.values()):
             # every parcel is past what the run may still have waiting (held for quiet hours, a retry): the
             # earlier news is withdrawn, so she gets the current one only (this decision's send is queued after)
@@ -404,7 +425,7 @@ class DeliveryUpdates:
             if step != "delivered" or facts.contact_id is None or facts.order is None:
                 return []
             # first heard delivered, another parcel still to come: the run keeps it, "delivered" waits
-            return [Start(f"order:{facts.order.external_id}", facts.contact_id, {"sent": []}),
+            return [Start(f"order:{facts.order.external_id}", facts.contact_id, _started(facts.order)),
                     Update({"last_status": status, "parcels": parcels})]
         state: dict[str, Any] = {}
         if status not in (prev, "none"):  # "none" is no carrier news (e.g. tracking added later): the status stands
@@ -438,7 +459,8 @@ class DeliveryUpdates:
             return []
         assert facts.order is not None
         parcel = " ".join(p for p in (f.tracking_company, f.tracking_number) if p) or f"fulfilment {f.external_id}"
-        commands: list[Command] = [Start(f"order:{facts.order.external_id}", facts.contact_id, {"sent": []})] if run is None else []
+        started = Start(f"order:{facts.order.external_id}", facts.contact_id, _started(facts.order))
+        commands: list[Command] = [started] if run is None else []
         return commands + [
             kept,
             Handoff(f"tracking failed for {facts.order.name} ({parcel}): the carrier's tracking could not be read (an invalid "
@@ -460,6 +482,51 @@ class DeliveryUpdates:
             commands.append(Handoff(f"delivery failed again (attempt {attempt}, {status}) for {facts.order.name}; "
                                     f"call the customer to rearrange"))
         return commands
+
+    @staticmethod
+    def case_closed(run: Run) -> str | None:
+        """A person closed the run's case (they rang her, rearranged the delivery): the run waits on
+        nobody now (``handoffs._release_run``). With every parcel arrived, or the order cancelled, it
+        ends, as an active run would have; else it goes back to following the parcels (None: active):
+        their arrival ends it, and another failure asks her and hands off again."""
+        parcels = run.state.get("parcels") or {}
+        if parcels and all(s in ARRIVED for s in parcels.values()):
+            return "delivered"
+        return "order_cancelled" if run.state.get("cancelled") else None
+
+    @staticmethod
+    def _asking(run: Run) -> bool:
+        """A run a tap on its failed-delivery question could answer: the question went out (for the
+        latest attempt) and she has not answered it, the order is not cancelled, and a parcel is still
+        to arrive. Not finished: active, or with a person (the question opens its case)."""
+        state = run.state
+        parcels = state.get("parcels") or {}
+        return (run.journey == DeliveryUpdates.name and run.status != "finished" and "failed" in (state.get("sent") or [])
+                and not state.get("ndr_answers") and not state.get("cancelled")
+                and not (parcels and all(s in ARRIVED for s in parcels.values())))
+
+    def _unmatched(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: DeliveryUpdatesConfig) -> list[Command]:
+        """A tap on a failed-delivery question the runner could not tie to one message (its send's
+        outcome was lost, so its message id is unknown): it reaches all her runs not finished
+        (``reached_runs``). With one of them asking (``_asking``), it is that run's answer. With several,
+        none is written to any order (a reschedule note on the wrong order sends a courier to the wrong
+        door): the first of them (in id order) tells its case, or opens one, and the others' open cases
+        hear it too, so a person asks her which order she meant; once per kind of tap. A run not asking
+        takes none."""
+        choice = config.choice(event.payload)
+        meant = [r for r in facts.extra["reached_runs"] if self._asking(r)]
+        if choice is None or run.subject not in {r.subject for r in meant}:
+            return []
+        if len(meant) == 1:
+            return self._answer(event, run, facts, config)
+        tapped = f"{choice}:{run.state.get('failed_attempts', 1)}"  # once per kind of tap and failed attempt
+        if tapped in (run.state.get("ndr_unmatched") or []):
+            return []  # the same tap again: the case has it
+        names = ", ".join(r.state.get("order_name") or f"#{r.subject.split(':', 1)[1]}" for r in meant)
+        first = run.subject == meant[0].subject
+        return [Update({"ndr_unmatched": [*(run.state.get("ndr_unmatched") or []), tapped]}),
+                Handoff(f"customer tapped {TAPPED[choice]} on a failed-delivery question we could not match to one of her orders "
+                        f"({names}); nothing was written to any order: ask her which order she meant", waits=False, only_open=not first)]
 
     @staticmethod
     def _answer(event: ev.ButtonReplied, run: Run, facts: Facts, config: DeliveryUpdatesConfig) -> list[Command]:

@@ -78,8 +78,9 @@ class Facts:
     # "handed_off" (the event opened a case for a person, or joined one: handoffs.rules; the case's id),
     # "reminders_sent" (credits_sent_reminders journeys), "open_runs" (follows_contact journeys: the
     # contact's other active runs of the journey, as the event's own run decides), "reached_runs" (a tap
-    # that matched none of our messages, reaching several runs of a follows_contact journey: all of
-    # them, in id order, told alike to each, so they can tell which one it may mean), "order_runs" (an order
+    # that matched none of our messages, reaching several runs of a follows_contact journey, or any of a
+    # hears_unmatched_taps journey: all of them, in id order, told alike to each, so they can tell which
+    # one it may mean), "order_runs" (an order
     # reaching several runs of a ``credits_one_run`` journey: each (run, when its reminders went out)),
     # "open_cases" (a timer of a journey whose ``needs_cases`` asks: the contact's open hand-offs, ``OpenCase``)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -232,7 +233,11 @@ class Journey(Protocol):
     ``credits_sent_reminders = True`` (an order reaching a run: ``facts.extra["reminders_sent"]``;
     with ``may_credit(event, run)``, only for an order that method says can credit the run),
     ``credits_one_run = True`` (an order reaching several runs: ``facts.extra["order_runs"]``,
-    so it credits one), ``needs_sends(event, run, config)`` (a timer it says True for:
+    so it credits one), ``hears_unmatched_taps = True`` (a tap matched to none of our messages reaches
+    the contact's runs of it not finished, those waiting on a person too, each with its order, and
+    ``facts.extra["reached_runs"]`` even for one), ``case_closed(run)`` (a person closed the case a run
+    waits on: the outcome it ends with, None: it goes on, active; ``handoffs._release_run``),
+    ``needs_sends(event, run, config)`` (a timer it says True for:
     ``facts.extra["reminders_sent"]``) and ``needs_cases(event, run, config)`` (a timer it says
     True for: ``facts.extra["open_cases"]``, the contact's hand-offs still open), and
     ``template_steps`` (the steps it sends, regular expressions: a configured template for any other

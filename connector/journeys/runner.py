@@ -218,6 +218,27 @@ def _active_subjects(conn: Connection, store_id: int, journey: str, contact_id: 
     return [r.subject for r in active_runs(conn, store_id, contact_id) if r.journey == journey]
 
 
+_UNFINISHED = select(RUNS.c.subject).where(  # by the (store_id, contact_id) index: a contact's runs are few
+    RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.journey == bindparam("j"),
+    RUNS.c.status != "finished").order_by(RUNS.c.id)
+
+
+def _unfinished_subjects(conn: Connection, store_id: int, journey: str, contact_id: int) -> list[str]:
+    """Subjects of the contact's runs of a journey not finished (active, or waiting on a person:
+    status ``handoff``), in id order. Read from the database (the batch's held writes first): only a
+    tap that matched none of our messages asks, which is rare."""
+    flush(conn)
+    subjects = conn.execute(_UNFINISHED, {"sid": store_id, "cid": contact_id, "j": journey}).scalars().all()
+    return [s for s in subjects if (found := _run(conn, store_id, journey, s)) is not None and found[1].status != "finished"]
+
+
+def _about_its_order(conn: Connection, store_id: int, facts: Facts, subject: str) -> Facts:
+    """The facts with the order a run is about (``order:<id>``): a tap matched to no message names none."""
+    if not subject.startswith("order:") or (facts.order is not None and facts.order.external_id == subject[6:]):
+        return facts
+    return replace(facts, order=_order_facts(conn, store_id, subject[6:]))
+
+
 _CONTACTS_BY_EMAIL = select(CONTACTS.c.id, CONTACTS.c.first_name, CONTACTS.c.last_name).where(  # the (store_id, lower(trim(email))) index
     CONTACTS.c.store_id == bindparam("sid"), func.lower(func.trim(CONTACTS.c.email)) == bindparam("key"))
 
@@ -467,6 +488,9 @@ class JourneyRunner:
             subject = journey.subject(event, facts)
             others: list[str] = []
             jfacts = facts
+            # a tap that matched none of our messages (its send's outcome was lost, so its message id is unknown)
+            unmatched = isinstance(event, ev.ButtonReplied) and facts.extra.get("reply_journey") is None
+            hears_unmatched = unmatched and facts.contact_id is not None and getattr(journey, "hears_unmatched_taps", False)
             if getattr(journey, "follows_contact", False) and facts.contact_id is not None \
                     and isinstance(event, getattr(journey, "contact_events", CONTACT_ACTIVITY)):
                 # the customer bought, wrote or tapped: the journey's other open runs for them hear it too;
@@ -479,6 +503,11 @@ class JourneyRunner:
                 others = [o for o in others if o != subject]
                 if others:  # what the event's own run decides beside (a new run can take over an open one's ladder)
                     jfacts = replace(facts, extra={**facts.extra, "open_runs": tuple(_found_run(conn, store_id, name, o)[1] for o in others)})
+            elif hears_unmatched:
+                # her runs of the journey not finished, those waiting on a person too (a failed delivery's question
+                # is asked as its case opens), each with its own order: the journey tells which one it may mean
+                assert facts.contact_id is not None
+                others = [s for s in _unfinished_subjects(conn, store_id, name, facts.contact_id) if s != subject]
             elif isinstance(event, ev.CheckoutUpdated) and facts.contact_id is not None and subject is not None \
                     and getattr(journey, "new_cart_sees_open_runs", _never)(config) and _run(conn, store_id, name, subject) is None:
                 # a cart heard for the first time decides beside her open runs (the ladder her unpaid order already
@@ -492,10 +521,12 @@ class JourneyRunner:
                 targets.append((subject, found, _with_sends(conn, store, store_id, journey, event, found, jfacts)))
             for other in others:
                 found = _found_run(conn, store_id, name, other)
-                targets.append((other, found, _with_sends(conn, store, store_id, journey, event, found, facts)))
-            if isinstance(event, ev.ButtonReplied) and facts.extra.get("reply_journey") is None and len(targets) > 1:
+                seen = _about_its_order(conn, store_id, facts, other) if hears_unmatched else facts
+                targets.append((other, found, _with_sends(conn, store, store_id, journey, event, found, seen)))
+            if unmatched and (len(targets) > 1 or (hears_unmatched and targets)):
                 # a tap that matched none of our messages reaches all her runs: each is told of all of them,
-                # so a journey can act only when one run could be meant (one Cancel must not cancel every order)
+                # so a journey can act only when one run could be meant (one Cancel must not cancel every order);
+                # a journey that hears such taps (``hears_unmatched_taps``) is told so even of one run
                 reached = tuple(found[1] for _s, found, _f in targets if found is not None)
                 targets = [(s, found, replace(seen, extra={**seen.extra, "reached_runs": reached})) for s, found, seen in targets]
             for target, found, seen in _sharing_the_order(journey, event, targets):
