@@ -25,7 +25,7 @@ from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, store, world  # noqa: F401
 from tests.scenarios.stores import SHOPIFY, WOOCOMMERCE
 from tests.scenarios.test_store_journeys import LADDER
-from tests.scenarios.test_woo_recovery import BOTH, paid, unpaid
+from tests.scenarios.test_woo_recovery import BOTH, from_cart, paid, unpaid
 from tests.scenarios.test_woo_recovery import store as woo_store
 from tests.test_bsuid_and_send_errors import BSUID, bsuid_only_text
 from tests.test_cod_shipped_and_late import cancelled, tagged
@@ -84,7 +84,7 @@ def test_a_stop_by_business_scoped_id_reaches_the_contact_with_her_number(sqlite
 
 def test_an_order_left_at_the_payment_step_and_its_cart_posted_with_an_opt_in_remind_her_once(sqlite_url, scenario, world):
     sc = woo_store(sqlite_url, scenario, BOTH)
-    order = unpaid(1, sc.now, status="pending")  # no consent yet: the pay reminder takes it
+    order = from_cart(unpaid(1, sc.now, status="pending"))  # no consent yet: the pay reminder takes it (the cart's products)
     sc.woo("order.created", order)
     sc.later(minutes=15)
     sc.cart(p.woo_cart(WOOCOMMERCE.SESSIONS["A"], ASHA))  # the plugin posts her cart abandoned, with the site's opt-in

@@ -46,12 +46,16 @@ ladder does not take it a silent run waits for its payment with the cart's remin
 other means than cash on delivery (``_common.awaits_payment``: WooCommerce's ``on-hold`` bank
 transfer, which WooCommerce never cancels; Shopify's ``pending`` bank deposit): no more
 reminders, and the cart's run (on Shopify, or the order's on WooCommerce) waits out the window of
-its last reminder for the payment, which credits it then (``_waits_here``). A cart posted abandoned while her unpaid order already runs the
-ladder starts none (``_order_laddering``: the plugin keeps a cart until its order is paid).
+its last reminder for the payment, which credits it then (``_waits_here``). The plugin keeps a cart until its order
+is paid, so it posts "abandoned" the cart she checked out with while its order waits for her money: a cart posted
+while her unpaid order runs the ladder, or within a day of her order that waits for its payment (a bank transfer,
+a declined card left to the pay reminder) and naming no product the order lacks, starts none (``_cart_of_her_order``).
 """
 
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
@@ -73,6 +77,8 @@ ACCOUNT_PHONE = "account_phone"
 CONTINUE_WITHIN = timedelta(days=1)  # a pending order goes on from a cart whose last reminder is this recent (``_cart_reminded``)
 ORDER_EVENTS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)
 _NEVER = datetime.min.replace(tzinfo=timezone.utc)  # ranks a run with no reminder below any that had one (``_credited``)
+_VARIATION = re.compile(r"^(.+)\s[-\u2013]\s")  # WooCommerce names a variation "Shirt - Blue, M" (old versions: an en dash)
+_NAME_SEPARATORS = re.compile(r"[\s,&]+")  # how the cart plugin joins its product names: "A, B & C"
 
 
 def ladder_step(state: dict[str, Any]) -> int:
@@ -204,7 +210,7 @@ class CheckoutRecovery:
             return self._converted(event.order, run, facts, config, now,
                                    at=event.order.updated_at if isinstance(event, ev.OrderPaid) else None)
         if is_reply(event) and run is not None and run.status == "active" and not run.state.get("waits_for_payment") \
-                and answers_run(run, facts, self.name):  # (a run waiting for her payment asks nothing: it waits on)
+                and not run.state.get("holds_cart") and answers_run(run, facts, self.name):  # (a silent run asks nothing: it waits on)
             return [Update({"replied": True}), Wake(None), Finish("replied")]  # a person answers from here
         if isinstance(event, TimerFired) and run is not None and run.status == "active":
             if run.state.get("completed_at"):  # the completed cart's order never reached us
@@ -218,6 +224,8 @@ class CheckoutRecovery:
                 return [Wake(None), Finish("not_paid")]
             if run.state.get("pay_reminder"):  # the pay reminder's order: no cart of hers stands beside it any more
                 return [Wake(None), Finish("pay_reminder")]
+            if run.state.get("holds_cart"):  # a day on, a cart the plugin posts is no longer the one she checked out with
+                return [Wake(None), Finish("held_cart")]
             return self._remind(run, facts, config, now)
         return []
 
@@ -265,7 +273,7 @@ class CheckoutRecovery:
         abandoned_at, first = self._ladder_start(c.updated_at, config)
         state = {"abandoned_at": abandoned_at.isoformat(), **self._cart(c)}
         if run is None:
-            if facts.contact_id is None or not c.recovery_url or self._order_laddering(facts, config, now):
+            if facts.contact_id is None or not c.recovery_url or self._cart_of_her_order(c, facts, config, now):
                 return []
             guessed = {} if c.phone_on_checkout else {ACCOUNT_PHONE: True}
             return [Start(f"checkout:{c.token}", facts.contact_id, {**state, "sent": 0, **guessed}), Wake(first)]
@@ -324,7 +332,7 @@ class CheckoutRecovery:
             if config.order_before_payment and awaits_payment(o) and not unpaid_order(o) and isinstance(event, ev.OrderPlaced) \
                     and facts.contact_id is not None:
                 # on-hold (a bank transfer): she checked out, and her reminded cart waits for the money (no pay link to offer)
-                return self._waits_for_payment(o, facts, config, now, checked_out=True)
+                return self._waits_for_payment(o, facts, config, now, placed=True, checked_out=True)
             if not config.order_before_payment or not unpaid_order(o) or o.checkout_token or not o.payment_url \
                     or facts.contact_id is None or isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) \
                     or o.channel != ev.SalesChannel.ONLINE:  # staff's, a renewal, a till's: no cart left (the pay reminder's)
@@ -351,7 +359,8 @@ class CheckoutRecovery:
         if isinstance(event, ev.OrderCancelled) or o.cancelled_at is not None:
             return self._cancelled(run, config, now)
         if awaits_payment(o):
-            if run.state.get("pay_reminder") or run.state.get("waits_for_payment") or run.state.get("order_cancelled"):
+            if run.state.get("pay_reminder") or run.state.get("holds_cart") or run.state.get("waits_for_payment") \
+                    or run.state.get("order_cancelled"):
                 return []  # a silent run: it keeps its own time
             if not unpaid_order(o):  # on-hold (a bank transfer): she checked out, the money is still to come
                 return self._waits_here(o, run, config, now)
@@ -388,24 +397,29 @@ class CheckoutRecovery:
         window for the payment, so a payment that comes still credits the cart's reminders
         (``continues``), and an order that is never paid credits nothing. ``checked_out``: an order on hold
         for its money (a bank transfer), not left at the payment step: a cart whose ladder ended days ago
-        and still listens out its window waits for it too (paid at once, the order would have been its)."""
+        and still listens out its window waits for it too (paid at once, the order would have been its).
+
+        With no reminded cart, an order she ``placed`` still gets a silent run, for a day: the plugin posts the cart
+        she checked out with "abandoned" minutes later (it keeps a cart until its order is paid), and that cart
+        must start no ladder beside the order's own home, the pay reminder or the wait (``_cart_of_her_order``)."""
         cart = self._cart_reminded(facts, config, now)
         if cart is None and checked_out:
             cart = max((r for r in facts.extra.get("open_runs", ()) if r.subject.startswith("checkout:") and r.status == "active"
                         and int(r.state.get("sent", 0))), key=self._step, default=None)
+        bought = {"unpaid_order": o.external_id, "products": _titles(o)}
         if cart is None or not int(cart.state.get("sent", 0)):
-            if placed and config.unpaid_orders and config.unpaid_orders_by_consent:
-                # the pay reminder has it (decided as it was placed): a silent run keeps the cart the plugin posts minutes later (with an
-                # opt-in that now lets the ladder reach her) from starting a second ladder (``_order_laddering``)
-                return [Start(f"order:{o.external_id}", facts.contact_id, {"unpaid_order": o.external_id, "pay_reminder": True,
-                                                                         "sent": 0}),
-                        Wake(now + CONTINUE_WITHIN)]
-            return []
+            if not placed or not config.order_before_payment:
+                return []
+            # the pay reminder has it (decided as it was placed), or it waits for her money: a silent run keeps the cart the plugin
+            # posts minutes later (with an opt-in that now lets the ladder reach her) from starting a ladder
+            silent = "pay_reminder" if config.unpaid_orders and config.unpaid_orders_by_consent and not checked_out else "holds_cart"
+            return [Start(f"order:{o.external_id}", facts.contact_id, {**bought, silent: True, "sent": 0}),
+                    Wake(now + CONTINUE_WITHIN, listening=True)]  # (it plans no message: no reason to hold a reorder reminder)
         state = {k: cart.state[k] for k in ("abandoned_at", "sent", "first_sent_at", "last_sent_at") if k in cart.state}
         last = cart.state.get("last_sent_at")
         ends = (datetime.fromisoformat(last) if last else now) + timedelta(days=config.attribution_days)
-        return [Start(f"order:{o.external_id}", facts.contact_id, {**state, "step": self._step(cart), "continues": cart.subject,
-                                                                 "unpaid_order": o.external_id, "waits_for_payment": True}),
+        return [Start(f"order:{o.external_id}", facts.contact_id, {**state, **bought, "step": self._step(cart), "continues": cart.subject,
+                                                                 "waits_for_payment": True}),
                 Wake(ends)]
 
     def _waits_here(self, o: ev.Order, run: Run, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
@@ -415,7 +429,8 @@ class CheckoutRecovery:
         is credited then, with its revenue; never paid (cancelled, or the window passes), it credits nothing."""
         last = run.state.get("last_sent_at")
         ends = (datetime.fromisoformat(last) if last else now) + timedelta(days=config.attribution_days)
-        waiting = {"waits_for_payment": True, "awaits_order": o.external_id, **self._abandoned_by(run, o.created_at)}
+        waiting = {"waits_for_payment": True, "awaits_order": o.external_id, "products": _titles(o),
+                   **self._abandoned_by(run, o.created_at)}
         if ends <= now:
             return [Update(waiting), Wake(None), Finish("not_paid")]
         return [Update(waiting), Withdraw(), Wake(ends, listening=True)]
@@ -423,19 +438,32 @@ class CheckoutRecovery:
     @staticmethod
     def new_cart_sees_open_runs(config: CheckoutRecoveryConfig) -> bool:
         """The runner's hook: a cart heard for the first time decides beside her open runs of this journey
-        (``facts.extra["open_runs"]``) only where an unpaid order can run the ladder (WooCommerce), so a
+        (``facts.extra["open_runs"]``) only where an order exists before its payment (WooCommerce), so a
         Shopify checkout costs no lookup of her runs."""
-        return config.order_before_payment and config.unpaid_orders
+        return config.order_before_payment
 
-    def _order_laddering(self, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> bool:
-        """Whether her unpaid order already runs this ladder (``facts.extra["open_runs"]``), so a cart heard
-        now starts none: the Cart Abandonment Recovery plugin clears a cart only once its order is
-        processing or completed, so the cart she left at the payment step is posted "abandoned" after
-        its order; one ladder each would remind her twice of one checkout. An order ladder that ended
-        days ago and only waits out its window is no reason (another purchase)."""
-        return any(r.subject.startswith("order:") and r.status == "active" and r.state.get("unpaid_order")
-                   and not r.state.get("waits_for_payment") and not r.state.get("order_cancelled") and self._current(r, config, now)
-                   for r in facts.extra.get("open_runs", ()))
+    def _cart_of_her_order(self, c: ev.Checkout, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> bool:
+        """Whether a cart heard now is the one her unpaid order came from (``facts.extra["open_runs"]``), so it
+        starts no ladder. The Cart Abandonment Recovery plugin clears a cart only once its order is processing
+        or completed (platform-facts B4), so the cart she left at the payment step, paid by bank transfer
+        (``on-hold``) or whose card was declined (``failed``) is posted "abandoned" after its order:
+        - her order runs this ladder, still on it or reminded within ``CONTINUE_WITHIN``: one ladder each would
+          remind her twice of one checkout (an order ladder that ended days ago is no reason: another purchase);
+        - her order waits for its payment (the wait, the pay reminder's order, or one nobody reminds of), placed
+          within ``CONTINUE_WITHIN`` before the cart, and the cart names no product the order lacks: "you left
+          something in your cart" to a customer who checked out and is paying. The post names no order and the
+          order no cart session, so her contact, the time and the products are all that link them; a cart
+          posted a day later, or with a product she did not order, is another purchase and gets its ladder."""
+        for r in facts.extra.get("open_runs", ()):
+            if not (r.subject.startswith("order:") and r.status == "active" and r.state.get("unpaid_order")) \
+                    or r.state.get("order_cancelled"):
+                continue
+            if not any(r.state.get(k) for k in ("waits_for_payment", "holds_cart", "pay_reminder")):
+                if self._current(r, config, now):
+                    return True
+            elif now - r.started_at <= CONTINUE_WITHIN and not _another_product(c, r.state.get("products")):
+                return True
+        return False
 
     def _current(self, r: Run, config: CheckoutRecoveryConfig, now: datetime) -> bool:
         """A run still on its ladder, or whose last reminder is within ``CONTINUE_WITHIN``."""
@@ -552,3 +580,23 @@ class CheckoutRecovery:
         if run.status == "active":
             commands += [Wake(None), Finish("recovered" if recovered else "converted")]
         return commands
+
+
+def _titles(o: ev.Order) -> list[str]:
+    """The order's product names, kept on its run to tell the cart she checked out with from a new one."""
+    return [li.title for li in o.line_items if li.title]
+
+
+def _another_product(c: ev.Checkout, ordered: list[str] | None) -> bool:
+    """Whether the cart names a product her order does not have. The plugin names a cart's products in one text
+    ("A, B & C": the parent products' titles) that cannot be split safely (a name may hold either separator), so
+    the order's titles (and a variation's product, "Shirt" of "Shirt - Blue, M") are taken out of it, longest
+    first: anything but separators left is another product. Names missing on either side tell nothing apart."""
+    left = html.unescape(" ".join(li.title for li in c.line_items if li.title)).casefold()
+    if not left.strip() or not ordered:
+        return False
+    names = {html.unescape(t).casefold().strip() for t in ordered}
+    names |= {m.group(1) for n in names if (m := _VARIATION.match(n))}
+    for name in sorted((n for n in names if n), key=len, reverse=True):
+        left = left.replace(name, " ")
+    return bool(_NAME_SEPARATORS.sub("", left))

@@ -8,6 +8,7 @@ report are what is asserted, on the scenario's virtual clock.
 
 from __future__ import annotations
 
+import html
 from datetime import timedelta
 
 import pytest
@@ -248,3 +249,75 @@ def test_an_unpaid_order_switched_to_bank_transfer_on_its_pay_page_is_reminded_n
     sc.later(days=1)
     c = conversion(sc)
     assert (c["checkouts_recovered"], c["recovered_revenue"]) == (1, {"INR": "1299.00"})
+
+
+# ---- the cart she checked out with, posted abandoned while its order waits for her money ---------------------------
+# The Cart Abandonment Recovery plugin clears a cart only once its order is processing or completed, so after a bank
+# transfer (on-hold) or a declined card (failed) it posts the cart she checked out with as abandoned, 15 minutes on.
+
+CART_PRODUCTS = ("Neem face wash", "Rose toner")  # what ``p.woo_cart`` names ("Neem face wash & Rose toner")
+
+
+def from_cart(order: dict) -> dict:
+    """``order`` as WooCommerce makes it from the plugin's cart: the same products."""
+    return {**order, "line_items": [{**li, "name": name} for li, name in zip(order["line_items"], CART_PRODUCTS)]}
+
+
+def test_a_bank_transfer_checkout_gets_no_reminder_of_the_cart_it_came_from(sqlite_url, scenario, world):
+    """Asha checks out with a bank transfer (on-hold) and the plugin posts her cart abandoned 15 minutes later. Before,
+    that cart started a ladder: "you left something in your cart" three times while she was arranging the transfer."""
+    sc = scenario(sqlite_url, "woocommerce", journeys=LADDER)
+    sc.woo("order.created", from_cart(bank_transfer(WOOCOMMERCE.order(1, ASHA, sc.now, cod=False), sc.now)))
+    sc.later(minutes=15)
+    sc.cart(p.woo_cart(WOOCOMMERCE.SESSIONS["A"], ASHA))
+    sc.later(days=2, step=timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == []
+    c = conversion(sc)
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["lost"]) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("later, products", [(timedelta(hours=1), "Aloe vera gel"), (timedelta(days=2), "Neem face wash & Rose toner")],
+                         ids=["another-product", "days-later"])
+def test_a_new_cart_beside_a_bank_transfer_still_gets_its_reminders(sqlite_url, scenario, world, later, products):
+    """The cart she checked out with gets none; a cart of other products, or one posted days after her order, is another
+    purchase (the plugin's post names no order, so her number, the time and the products are all that link them)."""
+    sc = scenario(sqlite_url, "woocommerce", journeys=LADDER)
+    sc.woo("order.created", from_cart(bank_transfer(WOOCOMMERCE.order(1, ASHA, sc.now, cod=False), sc.now)))
+    sc.later(minutes=15)
+    sc.cart(p.woo_cart(WOOCOMMERCE.SESSIONS["A"], ASHA))
+    sc.later(seconds=(later - timedelta(minutes=15)).total_seconds(), step=timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == []
+    new = {**p.woo_cart(WOOCOMMERCE.SESSIONS["R"], ASHA), "product_names": products}
+    sc.cart(new)
+    sc.later(hours=1, step=timedelta(minutes=10))
+    assert sc.templates_to(ASHA) == ["cart_1_v1"]
+    assert sc.last_to(ASHA, "cart_1_v1").params[-1] == html.unescape(new["checkout_url"])  # the new cart's link
+
+
+def test_a_declined_card_left_to_the_pay_reminder_gets_no_cart_ladder_beside_it(sqlite_url, scenario, world):
+    """Unpaid orders are all the pay reminder's (``unpaid_orders`` off): her card is declined and she gets the pay
+    link. The plugin then posts the cart she checked out with: before, it started the cart ladder too, three more
+    reminders of the one checkout on top of the pay link."""
+    sc = store(sqlite_url, scenario, {"checkout_recovery": {**LADDER["checkout_recovery"], "unpaid_orders": False}, "payment_recovery": {}})
+    sc.woo("order.created", from_cart(unpaid(1, sc.now)))
+    sc.later(minutes=15)
+    sc.cart(p.woo_cart(WOOCOMMERCE.SESSIONS["A"], ASHA))
+    sc.later(days=3, step=timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == ["pay_v1"]
+
+
+def test_a_switch_to_bank_transfer_before_the_plugin_posts_the_cart_ends_the_reminders(sqlite_url, scenario, world):
+    """Her card is declined (the ladder takes the order: she opted in); ten minutes later she pays by bank transfer on
+    the order's pay page (on-hold) and the order's run waits for the money. The plugin posts the cart five minutes on:
+    before, it started a new ladder for the checkout she had just completed."""
+    sc = scenario(sqlite_url, "woocommerce", journeys=LADDER)
+    sc.marketing_preference(ASHA, "resume")
+    sc.later(minutes=5)
+    order = from_cart(unpaid(1, sc.now))
+    sc.woo("order.created", order)
+    sc.later(minutes=10)
+    sc.woo("order.updated", bank_transfer(order, sc.now))
+    sc.later(minutes=5)
+    sc.cart(p.woo_cart(WOOCOMMERCE.SESSIONS["A"], ASHA))
+    sc.later(days=2, step=timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == []
