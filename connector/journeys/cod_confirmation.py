@@ -77,6 +77,8 @@ CANCELLED = ("cancelled", "cancel_too_late")  # locked choices a Confirm tap goe
 # the deadline's choices a tap still overrides while the order is open (not reached: a message delivered late, say)
 AFTER_DEADLINE = ("no_answer", "opted_out", "not_reached")
 CALL_ASKED = ("opted_out", "not_reached")  # of those, the ones a hand-off asked a person to call her about
+# WooCommerce statuses of an order whose checkout is not done: the COD gateway moves it on (``_checkout_done``)
+BEFORE_CHECKOUT = ("pending", "checkout-draft")
 
 
 def shipped_event(event: Any) -> bool:
@@ -194,6 +196,9 @@ class CodConfirmation:
                 return [Update({"closed_by": event.type}), Wake(None), Finish("fulfilled_unanswered")]
             if paid_event(event):
                 return self._paid_meanwhile()
+            if isinstance(event, ev.OrderUpdated) and self._checkout_done(event.order, run, config):
+                # the COD gateway took it out of pending at checkout: the status it sat in after that is its placed one
+                return [Update({"placed_status": event.order.platform_status})]
             if isinstance(event, ev.OrderUpdated) and self._store_confirmed(event.order, run, config):
                 # the store moved it to the confirm status itself (a call, say): no reminder, and above all
                 # no "no answer" cancel of an order the customer has confirmed
@@ -265,9 +270,21 @@ class CodConfirmation:
                 and replied_here(event, facts, self.name) == run.subject)
 
     @staticmethod
+    def _checkout_done(order: ev.Order, run: Run, config: CodConfirmationConfig) -> bool:
+        """WooCommerce: an order first seen before its checkout was done (``pending``: a synchronous webhook,
+        an order created in the admin; a block checkout's ``checkout-draft``) now shows another status. That
+        move is the COD gateway's (processing, or on-hold with downloadable items), not the store confirming
+        it: whether it comes before the question or after (with no delay the question goes out as
+        order.created arrives, and the gateway's update seconds later), it only says where the order sits
+        now. (WooCommerce cancels a checkout order left pending after *Hold stock*: no store waits there.)"""
+        if not config.confirm_status or order.platform_status is None:
+            return False
+        return run.state.get("placed_status") in BEFORE_CHECKOUT and order.platform_status not in BEFORE_CHECKOUT
+
+    @staticmethod
     def _store_confirmed(order: ev.Order, run: Run, config: CodConfirmationConfig) -> bool:
-        """WooCommerce: the order reached ``confirm_status`` from another status it was placed in
-        (a run from before ``placed_status`` was kept cannot tell, and goes on)."""
+        """WooCommerce: the order reached ``confirm_status`` from another status it sat in once placed
+        (``_checkout_done``; a run from before ``placed_status`` was kept cannot tell, and goes on)."""
         if not config.confirm_status or order.platform_status is None:
             return False
         placed = run.state.get("placed_status")
