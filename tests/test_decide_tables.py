@@ -523,6 +523,8 @@ COD_CASES = [
          ["update(answered_at,choice)", "wake:none", "cancel_order", "finish:cancelled"]),
     Case("... and the order not asked yet: nothing", tap("cod_cancel"), NOT_ASKED_2000, facts(reached_runs=(OPEN_1042, NOT_ASKED_2000)),
          COD, []),
+    Case("a tap matching no message, her only run still waiting to ask (the delay): nothing, it asks when the delay ends",
+         tap("cod_cancel"), run("cod_confirmation", {"phase": "waiting", "order_name": "#1042"}), facts(), COD, []),
     Case("a message while we only asked: the reply rule's business", text("deliver after 6 pm?"), run("cod_confirmation", ASKED), facts(),
          COD_REASONS, []),
     Case("words answering the question went to a person: no more reminders, no no-answer action; the deadline stays, for the case",

@@ -47,8 +47,8 @@ cancel itself follows ``cancel_action`` at the tap, whatever the reason.
 
 A tap the runner cannot tie to one of our messages (the ask's send outcome was lost, so its
 message id is unknown) reaches all of her open COD runs (``reached_runs``): it acts only when one
-of them has an open question; with several, none is changed, they stop asking, and a person
-asks her which order she meant.
+of them has an open question (a run still in its delay has none, even alone); with several, none
+is changed, they stop asking, and a person asks her which order she meant.
 
 An order taken at the store's till (Shopify POS) is not asked about unless ``include_pos``.
 """
@@ -207,8 +207,10 @@ class CodConfirmation:
         if isinstance(event, ev.ButtonReplied):
             if facts.extra.get("reply_journey") is not None and replied_here(event, facts, self.name) != run.subject:
                 return []  # a tap on another message (this run hears all of the contact's taps)
-            if "reached_runs" in facts.extra and self._answer_payload(event, config):
-                meant = [r for r in facts.extra["reached_runs"] if self._open_question(r)]
+            if self._unmatched_tap(event, run, facts, config):
+                # only a run with an open question can be meant: one still waiting to ask (``delay_minutes``) is
+                # about an order she was never asked about, even when it is the only run the tap reached
+                meant = [r for r in facts.extra.get("reached_runs", (run,)) if self._open_question(r)]
                 if len(meant) > 1:
                     return self._unmatched(event, run, config, meant)
                 if not meant or meant[0].subject != run.subject:
@@ -238,6 +240,13 @@ class CodConfirmation:
     @staticmethod
     def _answer_payload(event: ev.ButtonReplied, config: CodConfirmationConfig) -> bool:
         return event.payload in config.confirm_payloads or event.payload in config.cancel_payloads or event.payload in config.cancel_reasons
+
+    def _unmatched_tap(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig) -> bool:
+        """A Confirm or Cancel the runner tied to none of our messages (no ``reply_journey``: the question's send
+        outcome was lost, so its message id is unknown). It reaches her active runs only: all of them told
+        which (``reached_runs``) when there are several, the one alone by itself."""
+        unrouted = "reached_runs" in facts.extra or (facts.extra.get("reply_journey") is None and run.status == "active")
+        return unrouted and self._answer_payload(event, config)
 
     @staticmethod
     def _open_question(run: Run) -> bool:
