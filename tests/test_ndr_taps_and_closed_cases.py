@@ -105,6 +105,23 @@ def test_a_tap_whose_question_is_unknown_is_the_answer_of_the_one_order_still_wa
     assert [(gid.rsplit("/", 1)[1], note) for gid, note in _notes(world)][1:] == [(str(SHOPIFY.order_id(1)), ADDRESS_NOTE)]
 
 
+def test_her_change_of_mind_on_a_question_whose_send_answer_was_lost_reaches_the_case_once(sqlite_url, scenario, world):
+    """Before: her first tap (Reschedule) was taken, her second on the same question (Cancel: she changed
+    her mind) found no order waiting for an answer and was dropped without a trace."""
+    sc = start(scenario, sqlite_url)
+    ndr = _failed(sc, 1, answer_lost=True)
+    sc.tap(ASHA, "ndr_reschedule", ndr)
+    sc.later(minutes=10)
+    sc.tap(ASHA, "ndr_cancel", ndr)
+    sc.later(minutes=10)
+    sc.tap(ASHA, "ndr_cancel", ndr)  # her same tap again: the case has it
+    sc.later(minutes=10)
+    case = _case(sc, f"order:{SHOPIFY.order_id(1)}")
+    asked = [u for u in _updates(case) if "customer asked to cancel #5001" in u]
+    assert len(asked) == 1, _updates(case)
+    assert [note for _gid, note in _notes(world)] == [RESCHEDULE_NOTE]  # a cancel writes no note: a person decides
+
+
 # ---- 2. a closed case does not keep the run waiting on a person --------------------------------
 
 def test_after_the_case_is_closed_the_run_follows_the_parcel_and_ends_when_it_arrives(sqlite_url, scenario, world):

@@ -497,25 +497,37 @@ class DeliveryUpdates:
     @staticmethod
     def _asking(run: Run) -> bool:
         """A run a tap on its failed-delivery question could answer: the question went out (for the
-        latest attempt) and she has not answered it, the order is not cancelled, and a parcel is still
-        to arrive. Not finished: active, or with a person (the question opens its case)."""
+        latest attempt: another attempt asks afresh), the order is not cancelled, and a parcel is still
+        to arrive; answered or not, since she may change her mind (Cancel after Reschedule), and a repeat
+        is dropped per choice (``_answer``). Not finished: active, or with a person (the question opens its case)."""
         state = run.state
         parcels = state.get("parcels") or {}
         return (run.journey == DeliveryUpdates.name and run.status != "finished" and "failed" in (state.get("sent") or [])
-                and not state.get("ndr_answers") and not state.get("cancelled")
-                and not (parcels and all(s in ARRIVED for s in parcels.values())))
+                and not state.get("cancelled") and not (parcels and all(s in ARRIVED for s in parcels.values())))
+
+    @classmethod
+    def _meant(cls, runs: list[Run], choice: str) -> list[Run]:
+        """The runs a tap matched to no message may answer: those asking (``_asking``) that have not
+        taken this choice yet (her same tap again is no news). Of several, the ones still waiting for any
+        answer come first: a question she answered has been seen, and one whose message id we know would
+        have matched her tap."""
+        asking = [r for r in runs if cls._asking(r) and choice not in (r.state.get("ndr_answers") or [])]
+        unanswered = [r for r in asking if not r.state.get("ndr_answers")]
+        return unanswered or asking
 
     def _unmatched(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: DeliveryUpdatesConfig) -> list[Command]:
         """A tap on a failed-delivery question the runner could not tie to one message (its send's
         outcome was lost, so its message id is unknown): it reaches all her runs not finished
-        (``reached_runs``). With one of them asking (``_asking``), it is that run's answer. With several,
-        none is written to any order (a reschedule note on the wrong order sends a courier to the wrong
-        door): the first of them (in id order) tells its case, or opens one, and the others' open cases
-        hear it too, so a person asks her which order she meant; once per kind of tap. A run not asking
-        takes none."""
+        (``reached_runs``). With one of them meant (``_meant``), it is that run's answer, a change of
+        mind too (Cancel after Reschedule). With several, none is written to any order (a reschedule note
+        on the wrong order sends a courier to the wrong door): the first of them (in id order) tells its
+        case, or opens one, and the others' open cases hear it too, so a person asks her which order she
+        meant; once per kind of tap. A run not asking takes none."""
         choice = config.choice(event.payload)
-        meant = [r for r in facts.extra["reached_runs"] if self._asking(r)]
-        if choice is None or run.subject not in {r.subject for r in meant}:
+        if choice is None:
+            return []
+        meant = self._meant(facts.extra["reached_runs"], choice)
+        if run.subject not in {r.subject for r in meant}:
             return []
         if len(meant) == 1:
             return self._answer(event, run, facts, config)
