@@ -192,3 +192,80 @@ def test_an_order_whose_only_fulfilment_ships_nothing_hears_nothing_of_delivery(
     sc.shopify("fulfillments/update", {**gift, "updated_at": p.iso(sc.now)})  # Shopify repeats itself
     sc.later(days=2)
     assert sc.templates_to(ASHA) == ["order_thanks_v1"]
+
+
+# ---- a parcel no carrier ever reports on (a local courier Shopify does not track) ----------------
+
+def _delivery_runs(sc: Any) -> dict[str, str]:
+    return {j["subject"]: j["status"] for j in sc.contact(ASHA)["journeys"] if j["journey"] == "delivery"}
+
+
+def _delivery_in_her_new_case(sc: Any) -> list[dict[str, Any]]:
+    """She writes a question of her own, quoting nothing: the delivery runs her new case lists as active."""
+    sc.say(ASHA, "Do you have the kurta in blue?")
+    sc.later(minutes=10)
+    case = next(c for c in sc.handoffs(status="open") if "in blue" in str(c["context"]))
+    return [j for j in case["context"]["active_journeys"] if j["journey"] == "delivery"]
+
+
+def test_a_second_box_no_carrier_reports_on_ends_the_run_quietly_a_week_after_the_first_arrived(sqlite_url, scenario, world):
+    """Before: the second box went with a local courier Shopify does not track (LOCAL1: it never gets a
+    carrier status); the tracked box arrived and the run waited for LOCAL1's news for ever, her "latest"
+    run, taking her unquoted replies months later. Whether LOCAL1 arrived is not known: she is not told
+    "delivered"; the run ends a week after the tracked box arrived."""
+    sc = start(scenario, sqlite_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", fulfilment(7001, order, sc.now, "in_transit", "AAA111"))
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", fulfilment(7002, order, sc.now, None, "LOCAL1"))
+    sc.later(days=1)
+    sc.shopify("fulfillments/update", fulfilment(7001, order, sc.now, "delivered", "AAA111"))
+    subject = f"order:{SHOPIFY.order_id(1)}"
+    sc.later(days=6)
+    assert _delivery_runs(sc) == {subject: "active"}  # a week for LOCAL1's news
+    sc.later(days=2)
+    assert _delivery_runs(sc) == {subject: "finished"}
+    assert "delivered_v1" not in sc.templates_to(ASHA)
+    assert _delivery_in_her_new_case(sc) == []
+
+
+def test_an_only_parcel_no_carrier_reports_on_ends_the_run_quietly_after_a_week(sqlite_url, scenario, world):
+    """Before: the order's one box went with a courier Shopify does not track; she heard "shipped" with
+    its number, and the run stayed active for ever."""
+    sc = start(scenario, sqlite_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", fulfilment(7001, order, sc.now, None, "LOCAL1"))
+    subject = f"order:{SHOPIFY.order_id(1)}"
+    sc.later(days=6)
+    assert links(sc) == ["https://track.example/LOCAL1"]
+    assert _delivery_runs(sc) == {subject: "active"}
+    sc.later(days=2)
+    assert _delivery_runs(sc) == {subject: "finished"}
+    assert "delivered_v1" not in sc.templates_to(ASHA)
+    assert _delivery_in_her_new_case(sc) == []
+
+
+def test_news_of_the_untracked_box_within_the_week_is_followed_to_its_arrival(sqlite_url, scenario, world):
+    """The courier starts reporting on LOCAL1 three days after the tracked box arrived: the run follows it
+    past the week and tells her "delivered" when it arrives, as for any parcel."""
+    sc = start(scenario, sqlite_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", fulfilment(7001, order, sc.now, "in_transit", "AAA111"))
+    sc.shopify("fulfillments/create", fulfilment(7002, order, sc.now, None, "LOCAL1"))
+    sc.later(days=1)
+    sc.shopify("fulfillments/update", fulfilment(7001, order, sc.now, "delivered", "AAA111"))
+    sc.later(days=3)
+    sc.shopify("fulfillments/update", fulfilment(7002, order, sc.now, "in_transit", "LOCAL1"))
+    sc.later(days=7)
+    subject = f"order:{SHOPIFY.order_id(1)}"
+    assert _delivery_runs(sc) == {subject: "active"}
+    sc.shopify("fulfillments/update", fulfilment(7002, order, sc.now, "delivered", "LOCAL1"))
+    sc.later(hours=1)
+    assert sc.templates_to(ASHA).count("delivered_v1") == 1
+    assert _delivery_runs(sc) == {subject: "finished"}

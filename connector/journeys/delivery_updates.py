@@ -61,7 +61,7 @@ cases hear what she tapped, so a person asks her which order she meant; a run no
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
@@ -70,7 +70,7 @@ from connector import events as ev
 from connector.errors import Problems
 from connector.journeys._common import cancelled_order, deleted_order, order_context, replied_here, withdraw_for_cancel
 from connector.journeys.engine import (
-    Command, Facts, Finish, Handoff, JourneyConfig, OrderFacts, Run, Send, Start, Update, Withdraw, WriteBack,
+    Command, Facts, Finish, Handoff, JourneyConfig, OrderFacts, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WriteBack,
 )
 
 STEP_FOR_STATUS = {
@@ -92,6 +92,10 @@ TRACKING_FAILURE = ev.ShipmentStatus.FAILURE.value  # not a step: a person hears
 ARRIVED = frozenset(s.value for s in ev.DELIVERED_STATUSES)
 # a fulfilment's own status (not its carrier's) saying it is no parcel: cancelled by the store, failed by its service
 CALLED_OFF = frozenset({"cancelled", "error", "failure"})
+NO_NEWS = ev.ShipmentStatus.NONE.value  # a parcel no carrier has reported on (a courier Shopify does not track)
+# how long a run whose only parcels left never had carrier news waits for some before it ends quietly
+UNTRACKED_WAIT = timedelta(days=7)
+UNTRACKED = "untracked_parcel"  # the outcome then: whether it arrived is not known, so she is told nothing
 LATER_THAN_SHIPPED = frozenset({"out_for_delivery", "ready_for_pickup", "delivered"})
 TRACKING_SHOWN = ("fulfillment.tracking_number", "fulfillment.tracking_url")  # what tells one parcel from another
 
@@ -135,6 +139,33 @@ def _arrived(run: Run | None, parcels: dict[str, str], everything: bool) -> list
     if (run is None or run.status == "active") and everything:
         return [Finish("delivered", skip_waiting=False)]
     return []
+
+
+def _untracked_left(parcels: dict[str, str]) -> bool:
+    """Every parcel with carrier news has arrived, and some never had any (a box handed to a local
+    courier Shopify does not track): nothing may ever tell the run they arrived."""
+    statuses = parcels.values()
+    return NO_NEWS in statuses and all(s in ARRIVED or s == NO_NEWS for s in statuses)
+
+
+def _untracked_wait(run: Run | None, commands: list[Command], now: datetime) -> list[Command]:
+    """Bound the wait for parcels that never had carrier news: once only they are left, the run listens
+    ``UNTRACKED_WAIT`` for news of them (a timer: no message is planned, so she is not busy); news in
+    that time (one of them moving, another parcel) clears it. Without it such a run stayed active for
+    ever, her "latest" run, taking her unquoted replies months later."""
+    if any(isinstance(c, Finish) for c in commands):
+        return commands
+    before = dict((run.state.get("parcels") or {}) if run is not None else {})
+    after = before
+    for c in commands:
+        if isinstance(c, Update) and "parcels" in c.state:
+            after = dict(c.state["parcels"])
+    waits, waited = _untracked_left(after), _untracked_left(before)
+    if waits and not waited:
+        return [*commands, Wake(now + UNTRACKED_WAIT, listening=True)]
+    if waited and not waits:
+        return [*commands, Wake(None)]
+    return commands
 
 
 def _started(order: OrderFacts) -> dict[str, Any]:
@@ -336,6 +367,8 @@ class DeliveryUpdates:
             if "reached_runs" in facts.extra:
                 return self._unmatched(event, run, facts, config)
             return self._answer(event, run, facts, config)
+        if isinstance(event, TimerFired):
+            return self._no_news(run)
         if cancelled_order(event, facts):
             # an update still waiting must not reach her after the cancel; a run a person is on stays theirs
             return withdraw_for_cancel(run, finish=True) if run is not None else []
@@ -345,7 +378,12 @@ class DeliveryUpdates:
             return []  # collected at the store, sold at the till, or nothing to deliver: its fulfilment is no parcel
         f = event.fulfillment
         if f.status in CALLED_OFF or not f.ships:
-            return self._no_parcel(run, facts, config, f)
+            return _untracked_wait(run, self._no_parcel(run, facts, config, f), now)
+        return _untracked_wait(run, self._parcel(run, facts, config, f), now)
+
+    def _parcel(self, run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, f: ev.Fulfillment) -> list[Command]:
+        """A parcel's news: the step it brings her, once, and the parcel's status kept."""
+        assert facts.order is not None
         if f.status in ("pending", "open") and f.shipment_status.value == "none":
             return []  # not done yet (a fulfilment service still packing): nothing has shipped
         status = f.shipment_status.value
@@ -482,6 +520,15 @@ class DeliveryUpdates:
             commands.append(Handoff(f"delivery failed again (attempt {attempt}, {status}) for {facts.order.name}; "
                                     f"call the customer to rearrange"))
         return commands
+
+    @staticmethod
+    def _no_news(run: Run | None) -> list[Command]:
+        """The wait for parcels that never had carrier news is over (``_untracked_wait``) and still none
+        came: the run ends. She is not told "delivered": nobody knows whether they arrived. A run a
+        person is on fires no timer; once they close its case it does, and ends so too."""
+        if run is None or run.status != "active" or run.state.get("cancelled"):
+            return []
+        return [Finish(UNTRACKED, skip_waiting=False)] if _untracked_left(run.state.get("parcels") or {}) else []
 
     @staticmethod
     def case_closed(run: Run) -> str | None:
