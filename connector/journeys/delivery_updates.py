@@ -23,7 +23,9 @@ webhook or from an order webhook that lists it (``FulfillmentUpdated.listed_on_o
 once, since a repeat finds the step told and the parcel's status kept.
 "Delivered" is said once every parcel heard of has arrived and the order has no part still to
 ship (Shopify's ``partial``), not when the first of several arrives; a parcel is heard of from its
-fulfilment's creation, carrier news or not. A fulfilment the store cancels (or its service fails)
+fulfilment's creation, carrier news or not. One that never gets news (a local courier Shopify does not
+track) holds the run ``UNTRACKED_WAIT`` at most once only such parcels are left; then the run ends
+without a word to her (``_untracked_wait``, ``_no_news``). A fulfilment the store cancels (or its service fails)
 is no parcel: she is not told of it, and "delivered" does not wait for it. Nor is one none of whose
 lines ships (``Fulfillment.ships``: Shopify fulfils a gift card or a digital line at once, in a
 fulfilment of its own with no carrier status, that never gets carrier news): no "shipped" for it,
@@ -55,8 +57,9 @@ note to the order, and the case hears it instead.
 
 A tap we cannot tie to one of our messages (the question's send outcome was lost, so its message id
 is unknown) reaches her runs not finished (``hears_unmatched_taps``): it is the answer of the one
-still waiting for an answer (``_asking``); with several, nothing is written to any order and their
-cases hear what she tapped, so a person asks her which order she meant; a run not waiting takes none.
+whose question is open (``_asking``, ``_meant``: one not answered yet before one she answered; a change
+of mind is an answer too, each choice once); with several, nothing is written to any order and their
+cases hear what she tapped, so a person asks her which order she meant; a run not asking takes none.
 """
 
 from __future__ import annotations
