@@ -521,6 +521,10 @@ def close_handoff(conn: Connection, store_id: int, handoff_id: int, by: str, res
         HANDOFFS.c.id == handoff_id, HANDOFFS.c.store_id == store_id)).first()
     if row is None or row.status != "open":
         return False
+    # the run waiting on the case is locked before the case is written: the worker's batch updates a run,
+    # then adds to its case (``_add_update``); taken the other way round, a close while the worker handles
+    # that order's news could deadlock on PostgreSQL (the close failing, or the batch retried)
+    run = _waiting_run(conn, store_id, row)
     # free the cause's key so the same cause can open a new case later; only an open case is
     # closed: of two people closing it at once, the first keeps their name and resolution and
     # the other is told it is no longer open
@@ -529,7 +533,8 @@ def close_handoff(conn: Connection, store_id: int, handoff_id: int, by: str, res
         .values(status="closed", closed_at=now, closed_by=by[:120], resolution=resolution, key=f"{row.key}:closed:{handoff_id}"[:255]))
     if done.rowcount != 1:
         return False
-    _release_run(conn, store_id, row, now)
+    if run is not None:
+        _release_run(conn, run, now)
     return True
 
 
@@ -538,21 +543,23 @@ _WAITING_RUN = select(RUNS.c.id, RUNS.c.journey, RUNS.c.subject, RUNS.c.status, 
                                                RUNS.c.subject == bindparam("s"), RUNS.c.status == "handoff")
 
 
-def _release_run(conn: Connection, store_id: int, case: Any, now: datetime) -> None:
-    """The run that waited on the case just closed (status ``handoff``; the case is its own: keyed by
-    its journey and subject) waits on nobody now; left so, it was among her active journeys in every
-    later case, for ever. Its journey says what becomes of it (``case_closed(run)``: the outcome it
+def _waiting_run(conn: Connection, store_id: int, case: Any) -> Any:
+    """The run that waits on the case (status ``handoff``; the case is its own: keyed by its journey
+    and subject), locked; None for a case no run waits on (her own question, a template's, the number's)."""
+    if not case.journey or not case.subject or case.key != f"{case.journey}:{case.subject}"[:255]:
+        return None
+    return conn.execute(_WAITING_RUN.with_for_update(), {"sid": store_id, "j": case.journey, "s": case.subject}).first()
+
+
+def _release_run(conn: Connection, row: Any, now: datetime) -> None:
+    """The run that waited on the case just closed (``_waiting_run``) waits on nobody now; left so, it
+    was among her active journeys in every later case, for ever. Its journey says what becomes of it (``case_closed(run)``: the outcome it
     ends with, or None: it goes on, active); a journey that does not say ends a run that had ended
     before the person took it (it kept its ``outcome``: a COD order whose Cancel came too late), and
     leaves any other as it is."""
     from connector.journeys.engine import Run
     from connector.journeys.registry import journeys
 
-    if not case.journey or not case.subject or case.key != f"{case.journey}:{case.subject}"[:255]:
-        return  # a case no run waits on (her own question, a template's, the number's)
-    row = conn.execute(_WAITING_RUN.with_for_update(), {"sid": store_id, "j": case.journey, "s": case.subject}).first()
-    if row is None:
-        return
     state = dict(row.state or {})
     released = getattr(journeys().get(row.journey), "case_closed", None)
     if released is not None:

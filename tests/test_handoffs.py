@@ -601,3 +601,56 @@ def test_a_parcel_picked_up_at_a_pickup_point_counts_as_delivered(db_url):
     assert (run.status, run.state["outcome"]) == ("finished", "delivered")
     assert delivered_at is not None and delivered_at.replace(tzinfo=timezone.utc) == datetime(2026, 11, 22, 17, 0, tzinfo=timezone.utc)
     assert stage == "retention"
+
+
+def test_closing_a_failed_delivery_case_while_the_worker_adds_that_orders_news_to_it_does_not_deadlock(db_url):
+    """The worker's batch updates the order's run, then adds the news to its case; Ravi closes that case
+    meanwhile. Before: the close wrote the case, then waited for the run the worker held, while the
+    worker waited for the case: PostgreSQL killed one of them (Ravi's close a 500, or the batch retried).
+    Both go through now, the news first. Only PostgreSQL's row locks can show this (SQLite writes one at a time)."""
+    import threading
+    import time
+
+    from sqlalchemy import text, update
+
+    from connector.handoffs import HandoffRequest, open_handoff
+    from connector.storage.sql import RUNS
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("row locks taken in another order only deadlock on PostgreSQL")
+    s = settings(db_url)
+    with running_app(s) as (client, runtime):
+        post_shopify(client, order(financial_status="paid", payment_gateway_names=["razorpay"]), "orders/create")
+        fulfilment = load_json(FIXTURES / "shopify" / "fulfillments_update.sample.json")
+        fulfilment.update(order_id=820982911946154508, shipment_status="attempted_delivery", updated_at="2026-11-22T10:00:00Z")
+        post_shopify(client, fulfilment, "fulfillments/update")
+        runtime.processor.drain()
+        [case] = client.get("/api/stores/shop-a/handoffs", params={"status": "open"}, headers=ADMIN).json()["items"]
+        sid, engine = runtime.store_ids["shop-a"], runtime.db.engine
+        closed: list[int] = []
+        with engine.connect() as worker:
+            batch = worker.begin()
+            worker_pid = worker.execute(text("SELECT pg_backend_pid()")).scalar()
+            run = worker.execute(select(m.JourneyRun).where(m.JourneyRun.subject == case["subject"])).one()
+            worker.execute(update(RUNS).where(RUNS.c.id == run.id).values(updated_at=T0))  # the batch has the run
+            closer = threading.Thread(target=lambda: closed.append(client.post(
+                f"/api/stores/shop-a/handoffs/{case['id']}/close", headers=ADMIN, json={"by": "Ravi"}).status_code))
+            closer.start()
+            with engine.connect() as watch:  # wait (no sleep) until the close is held by a lock the worker has
+                deadline = time.monotonic() + 10
+                while not watch.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                             "AND datname = current_database() AND pid <> :me"), {"me": worker_pid}).scalar():
+                    assert time.monotonic() < deadline and closer.is_alive(), "the close never waited for the worker"
+            try:  # the batch adds the order's news to the case, as the runner does after the run's update
+                open_handoff(worker, s.stores[0], sid, run.contact_id,
+                             HandoffRequest(f"delivery:{case['subject']}", "order #9999 was delivered after the failed attempt",
+                                            "delivery", case["subject"], only_open=True), T0)
+                batch.commit()
+                worker_error = None
+            except Exception as exc:  # the deadlock PostgreSQL broke
+                batch.rollback()
+                worker_error = exc
+            closer.join(timeout=30)
+        [done] = client.get("/api/stores/shop-a/handoffs", params={"status": "closed"}, headers=ADMIN).json()["items"]
+    assert worker_error is None and closed == [200], (worker_error, closed)
+    assert [u["reason"] for u in done["context"]["updates"]] == ["order #9999 was delivered after the failed attempt"]
