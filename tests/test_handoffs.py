@@ -643,8 +643,7 @@ def test_closing_a_failed_delivery_case_while_the_worker_adds_that_orders_news_t
             closer.start()
             with engine.connect() as watch:  # wait (no sleep) until the close is held by a lock the worker has
                 deadline = time.monotonic() + 10
-                while not watch.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                             "AND datname = current_database() AND pid <> :me"), {"me": worker_pid}).scalar():
+                while not watch.execute(text("SELECT count(*) FROM pg_stat_activity WHERE :me = ANY(pg_blocking_pids(pid))"), {"me": worker_pid}).scalar():
                     assert time.monotonic() < deadline and closer.is_alive(), "the close never waited for the worker"
             try:  # the batch adds the order's news to the case, as the runner does after the run's update
                 open_handoff(worker, s.stores[0], sid, run.contact_id,
