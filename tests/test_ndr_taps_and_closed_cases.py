@@ -154,6 +154,25 @@ def test_a_case_closed_after_the_parcel_arrived_after_all_ends_the_run(sqlite_ur
     assert _delivery_runs(sc) == {subject: "finished"}
 
 
+def test_a_case_closed_with_only_a_box_no_carrier_reports_on_left_ends_the_run(sqlite_url, scenario, world):
+    """Box AAA1's delivery failed and it arrived after all; box LOCAL1 went with a courier Shopify does not
+    track. Before: closing the case put the run back to waiting for LOCAL1's news, for ever (her "latest"
+    run). It waited its week for that news while the case was open; closed, the run ends, quietly."""
+    sc = start(scenario, sqlite_url)
+    _failed(sc, 1, answer_lost=False)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    subject = f"order:{SHOPIFY.order_id(1)}"
+    sc.shopify("fulfillments/create", parcel(7101, order, sc.now, None, "LOCAL1"))
+    sc.later(days=1)
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "delivered", "AAA1"))
+    sc.later(days=10)
+    assert _delivery_runs(sc) == {subject: "handoff"}  # the case is open: the run is the person's
+    _close(sc, _case(sc, subject))
+    sc.later(hours=1)
+    assert _delivery_runs(sc) == {subject: "finished"}
+    assert "delivered_v1" not in sc.templates_to(ASHA)
+
+
 def test_migration_0027_releases_the_runs_whose_case_was_closed_before(db_url, tmp_path):
     """Runs stored "handoff" after their case was closed (before closing released them) follow the parcel again or end;
     a run whose case is still open stays the person's; a run that had ended before the person took it ends again."""
