@@ -538,7 +538,8 @@ class DeliveryUpdates:
         """A person closed the run's case (they rang her, rearranged the delivery): the run waits on
         nobody now (``handoffs._release_run``). With every parcel arrived, or the order cancelled, it
         ends, as an active run would have; else it goes back to following the parcels (None: active):
-        their arrival ends it, and another failure asks her and hands off again."""
+        their arrival ends it, and another failure asks her and hands off again; with only parcels no carrier
+        reports on left, its listening timer (set while the case was open, ``_untracked_wait``) ends it."""
         parcels = run.state.get("parcels") or {}
         if parcels and all(s in ARRIVED for s in parcels.values()):
             return "delivered"
