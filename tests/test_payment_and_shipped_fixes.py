@@ -419,15 +419,16 @@ def shipped(tracked: bool, status: str = "none") -> ev.FulfillmentUpdated:
                                                             **tracking))
 
 
+# no carrier status yet ("none"): the run also listens a week for the parcel's news (``UNTRACKED_WAIT``)
 SHIPPED_CASES = [
     Case("fulfilled without tracking: the shipped step is tried, not used up", shipped(False), None, facts(prepaid()), DU,
-         ["start:order:1042", "update(last_status,parcels,sent)", "send:shipped"], state={"sent": []}),
+         ["start:order:1042", "update(last_status,parcels,sent)", "send:shipped", "wake:+7d"], state={"sent": []}),
     Case("still no tracking: not tried again", shipped(False, "confirmed"), run("delivery", {"sent": [], "last_status": "none"}),
          facts(prepaid()), DU, []),
     Case("tracking added: shipped, now used up", shipped(True), run("delivery", {"sent": [], "last_status": "none"}),
-         facts(prepaid()), DU, ["update(last_status,parcels,sent,tracking)", "send:shipped"], state={"sent": ["shipped"]}),
+         facts(prepaid()), DU, ["update(last_status,parcels,sent,tracking)", "send:shipped", "wake:+7d"], state={"sent": ["shipped"]}),
     Case("tracked from the start: shipped once", shipped(True), None, facts(prepaid()), DU,
-         ["start:order:1042", "update(last_status,parcels,sent,tracking)", "send:shipped"], state={"sent": ["shipped"]}),
+         ["start:order:1042", "update(last_status,parcels,sent,tracking)", "send:shipped", "wake:+7d"], state={"sent": ["shipped"]}),
     # a run from before each parcel's tracking was kept: nothing said, its tracking now kept (a later correction is told)
     Case("tracking again: nothing", shipped(True), run("delivery", {"sent": ["shipped"], "last_status": "none"}), facts(prepaid()), DU,
          ["update(tracking)"]),
