@@ -30,7 +30,8 @@ from connector.journeys.checkout_recovery import CheckoutRecovery, CheckoutRecov
 from connector.journeys.cod_confirmation import CodConfirmation, CodConfirmationConfig
 from connector.journeys.delivery_updates import DeliveryUpdates, DeliveryUpdatesConfig
 from connector.journeys.engine import (
-    Facts, Finish, Handoff, MoveStage, OpenCase, OrderFacts, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WriteBack,
+    Facts, Finish, Handoff, MoveStage, OpenCase, OrderFacts, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw,
+    WithdrawWriteBack, WriteBack,
 )
 from connector.journeys.order_confirmation import OrderConfirmation, OrderConfirmationConfig
 from connector.journeys.payment_recovery import PaymentRecovery, PaymentRecoveryConfig
@@ -169,6 +170,8 @@ def short(c: Any) -> str:
             return f"finish:{c.outcome}"
         case Withdraw():
             return "withdraw"
+        case WithdrawWriteBack():
+            return f"withdraw_writeback:{c.key}:{c.reason}"
         case Rehome():
             return f"rehome:{c.contact_id}" + ("" if c.regroup else ",keeps_group")
         case Handoff():
@@ -284,6 +287,7 @@ def test_order_confirmation_is_for_prepaid_orders_only() -> None:
 
 COD = CodConfirmationConfig(reminder_hours=(6, 24), answer_window_hours=48)
 COD_REASONS = CodConfirmationConfig(cancel_reasons={"cod_cancel_mistake": "ordered by mistake"}, cancel_reason_minutes=60)
+COD_CANCEL_ACK = CodConfirmationConfig(reminder_hours=(6, 24), answer_window_hours=48, no_answer_action="cancel", send_acknowledgement=True)
 ASKED = {"phase": "asked", "asked_at": T0.isoformat(), "reminders": 0, "order_name": "#1042"}
 WAITING = {**ASKED, "choice": "cancelled", "phase": "cancel_reason", "awaiting_reply": True}
 HERE = routed("cod_confirmation")
@@ -496,6 +500,20 @@ COD_CASES = [
          run("cod_confirmation", {**ASKED, "choice": "no_answer"}, "finished"), facts(**HERE), COD,
          ["update(answered_at,choice)", "wake:none", "add_tags:cod-confirmed", "add_note", "stage:post_purchase", "finish:confirmed"],
          state={"choice": "confirmed_late"}),
+    # ---- a Confirm made before the deadline, heard after its no-answer cancel was queued (Meta delivered it late) ----
+    Case("Confirm made in time, the no-answer cancel still waiting (the store was down): withdrawn, confirmed as in time, acknowledged",
+         tap("cod_confirm", T0 + 47 * H), run("cod_confirmation", {**ASKED, "choice": "no_answer"}, "finished"),
+         facts(order(), writebacks={"no_answer_cancel": "pending"}, **HERE), COD_CANCEL_ACK,
+         ["withdraw_writeback:no_answer_cancel:answered_in_time", "update(answered_at,choice)", "wake:none", "add_tags:cod-confirmed",
+          "send:confirmed", "stage:post_purchase", "finish:confirmed"], now=T0 + 48 * H + 5 * MIN, state={"choice": "confirmed"}),
+    Case("Confirm made in time, the no-answer cancel being made (claimed by the dispatcher): not half-withdrawn, a person",
+         tap("cod_confirm", T0 + 47 * H), run("cod_confirmation", {**ASKED, "choice": "no_answer"}, "finished"),
+         facts(order(), writebacks={"no_answer_cancel": "sending"}, **HERE), COD_CANCEL_ACK, ["update(answered_at,choice)", "handoff"],
+         now=T0 + 48 * H + 5 * MIN, says="before the answer deadline, but it was cancelled for no answer: restore or re-create it"),
+    Case("Confirm made after the deadline, the no-answer cancel still waiting: the deadline's cancel stands, a person",
+         tap("cod_confirm", T0 + 48 * H + MIN), run("cod_confirmation", {**ASKED, "choice": "no_answer"}, "finished"),
+         facts(order(), writebacks={"no_answer_cancel": "pending"}, **HERE), COD_CANCEL_ACK, ["update(answered_at,choice)", "handoff"],
+         now=T0 + 48 * H + 5 * MIN, says="after the answer window, but it was cancelled for no answer"),
     Case("a tap on another order's message: not this run", tap("cod_cancel"), run("cod_confirmation", ASKED),
          facts(**routed("cod_confirmation", "order:2000")), COD, []),
     Case("a tap matching none of our messages, two questions open: none changed, the first run asks a person which order",
