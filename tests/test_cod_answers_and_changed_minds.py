@@ -191,3 +191,35 @@ def test_a_tap_matching_no_message_with_one_order_open_still_acts_on_it(sqlite_u
     sc.tap(ASHA, "cod_cancel", sc.last_to(ASHA, "cod_confirm_v1"))
     sc.later(hours=1)
     assert cancelled(world, SHOPIFY) and sc.handoffs(status="open") == []
+
+
+def test_a_tap_matching_no_message_while_her_only_order_waits_to_be_asked_changes_nothing(sqlite_url, scenario, world, store: Store):
+    """The store asks 30 minutes after an order. Her first order was asked (the send's answer lost, so the connector
+    does not know that message), then cancelled by the store. Minutes after her second order she taps Cancel on the
+    old question: it matches no message, and the only run it reaches has not asked anything yet. Cancelling the new
+    order would act on a question she was never sent: nothing is written to the store, and the new order is asked
+    at the delay's end, her answer to that question counting as usual."""
+    sc = scenario(sqlite_url, store.platform, journeys={"cod_confirmation": {**COD, "delay_minutes": 30}})
+    world.whatsapp_answer_lost = True
+    first = store.order(54, ASHA, sc.now)
+    store.place(sc, first)
+    sc.work()
+    sc.later(minutes=31)
+    old_ask = sc.last_to(ASHA, "cod_confirm_v1")
+    store.cancelled_echo(sc, first)  # the store cancels it itself
+    world.whatsapp_answer_lost = False
+    sc.later(hours=2)
+    store.place(sc, store.order(55, ASHA, sc.now))
+    sc.work()
+    sc.later(minutes=5)
+    sc.tap(ASHA, "cod_cancel", old_ask)
+    sc.later(minutes=5)
+
+    assert not cancelled(world, store) and tagged(world, store) == []
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+    sc.later(minutes=25)  # the delay is over: the new order's question goes out
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_confirm_v1"]
+    sc.tap(ASHA, "cod_confirm", sc.last_to(ASHA, "cod_confirm_v1"))
+    sc.later(minutes=5)
+    assert not cancelled(world, store) and tagged(world, store) == ["cod-confirmed"]
+    assert qualification(sc)["confirmed"] == 1

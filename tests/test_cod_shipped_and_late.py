@@ -197,6 +197,31 @@ def test_an_order_the_store_confirmed_by_phone_is_neither_reminded_nor_cancelled
     assert "after the store confirmed it" in case["reason"]
 
 
+@pytest.mark.parametrize("delay", [0, 30], ids=["asked at once", "asked after a delay"])
+def test_an_order_first_seen_pending_that_checkout_moves_to_processing_is_still_asked_reminded_and_cancelled(
+        sqlite_url, scenario, world, delay):
+    """WooCommerce's COD gateway moves a new order from pending to processing at checkout; a synchronous webhook
+    shows it pending first. That move is the checkout's, not the store confirming the order on a call: she is
+    asked (after the delay, too), reminded, and her silence gets the no-answer cancel; none of it counts as
+    confirmed by the store."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": {
+        **COD, "delay_minutes": delay, "no_answer_action": "cancel", **WOOCOMMERCE.confirm_settings}})
+    order = p.woo_order(WOOCOMMERCE.order_id(9), ASHA, sc.now, status="pending")
+    WOOCOMMERCE.place(sc, order)
+    sc.work()
+    sc.later(seconds=2)
+    sc.woo("order.updated", {**order, "status": "processing", "date_modified_gmt": p.gmt(sc.now), "date_modified": p.gmt(sc.now)})
+    sc.later(minutes=delay + 1)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+    sc.later(hours=6)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_reminder_v1"]
+    assert status_puts(world) == []
+    sc.later(days=1)
+    assert status_puts(world) == ["cancelled"]  # no answer by the deadline: cancelled, as configured
+    metrics = sc.report()["stages"]["qualification"]["metrics"]
+    assert (metrics["asked"], metrics["confirmed_by_store"], metrics["no_answer"]) == (1, 0, 1)
+
+
 def test_an_order_the_merchant_binned_is_neither_reminded_nor_cancelled_out_of_the_bin(sqlite_url, scenario, world):
     """A spam COD order goes to the bin (order.deleted, whose body is only its id): no reminder, and no "no answer"
     cancel, whose status write would take it out of the bin."""

@@ -49,8 +49,8 @@ cancel itself follows ``cancel_action`` at the tap, whatever the reason.
 
 A tap the runner cannot tie to one of our messages (the ask's send outcome was lost, so its
 message id is unknown) reaches all of her open COD runs (``reached_runs``): it acts only when one
-of them has an open question; with several, none is changed, they stop asking, and a person
-asks her which order she meant.
+of them has an open question (a run still in its delay has none, even alone); with several, none
+is changed, they stop asking, and a person asks her which order she meant.
 
 An order taken at the store's till (Shopify POS) is not asked about unless ``include_pos``.
 """
@@ -80,6 +80,8 @@ CANCELLED = ("cancelled", "cancel_too_late")  # locked choices a Confirm tap goe
 # the deadline's choices a tap still overrides while the order is open (not reached: a message delivered late, say)
 AFTER_DEADLINE = ("no_answer", "opted_out", "not_reached")
 CALL_ASKED = ("opted_out", "not_reached")  # of those, the ones a hand-off asked a person to call her about
+# WooCommerce statuses of an order whose checkout is not done: the COD gateway moves it on (``_checkout_done``)
+BEFORE_CHECKOUT = ("pending", "checkout-draft")
 
 
 def shipped_event(event: Any) -> bool:
@@ -197,6 +199,9 @@ class CodConfirmation:
                 return [Update({"closed_by": event.type}), Wake(None), Finish("fulfilled_unanswered")]
             if paid_event(event):
                 return self._paid_meanwhile()
+            if isinstance(event, ev.OrderUpdated) and self._checkout_done(event.order, run, config):
+                # the COD gateway took it out of pending at checkout: the status it sat in after that is its placed one
+                return [Update({"placed_status": event.order.platform_status})]
             if isinstance(event, ev.OrderUpdated) and self._store_confirmed(event.order, run, config):
                 # the store moved it to the confirm status itself (a call, say): no reminder, and above all
                 # no "no answer" cancel of an order the customer has confirmed
@@ -205,8 +210,10 @@ class CodConfirmation:
         if isinstance(event, ev.ButtonReplied):
             if facts.extra.get("reply_journey") is not None and replied_here(event, facts, self.name) != run.subject:
                 return []  # a tap on another message (this run hears all of the contact's taps)
-            if "reached_runs" in facts.extra and self._answer_payload(event, config):
-                meant = [r for r in facts.extra["reached_runs"] if self._open_question(r)]
+            if self._unmatched_tap(event, run, facts, config):
+                # only a run with an open question can be meant: one still waiting to ask (``delay_minutes``) is
+                # about an order she was never asked about, even when it is the only run the tap reached
+                meant = [r for r in facts.extra.get("reached_runs", (run,)) if self._open_question(r)]
                 if len(meant) > 1:
                     return self._unmatched(event, run, config, meant)
                 if not meant or meant[0].subject != run.subject:
@@ -236,6 +243,13 @@ class CodConfirmation:
     @staticmethod
     def _answer_payload(event: ev.ButtonReplied, config: CodConfirmationConfig) -> bool:
         return event.payload in config.confirm_payloads or event.payload in config.cancel_payloads or event.payload in config.cancel_reasons
+
+    def _unmatched_tap(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig) -> bool:
+        """A Confirm or Cancel the runner tied to none of our messages (no ``reply_journey``: the question's send
+        outcome was lost, so its message id is unknown). It reaches her active runs only: all of them told
+        which (``reached_runs``) when there are several, the one alone by itself."""
+        unrouted = "reached_runs" in facts.extra or (facts.extra.get("reply_journey") is None and run.status == "active")
+        return unrouted and self._answer_payload(event, config)
 
     @staticmethod
     def _open_question(run: Run) -> bool:
@@ -268,9 +282,21 @@ class CodConfirmation:
                 and replied_here(event, facts, self.name) == run.subject)
 
     @staticmethod
+    def _checkout_done(order: ev.Order, run: Run, config: CodConfirmationConfig) -> bool:
+        """WooCommerce: an order first seen before its checkout was done (``pending``: a synchronous webhook,
+        an order created in the admin; a block checkout's ``checkout-draft``) now shows another status. That
+        move is the COD gateway's (processing, or on-hold with downloadable items), not the store confirming
+        it: whether it comes before the question or after (with no delay the question goes out as
+        order.created arrives, and the gateway's update seconds later), it only says where the order sits
+        now. (WooCommerce cancels a checkout order left pending after *Hold stock*: no store waits there.)"""
+        if not config.confirm_status or order.platform_status is None:
+            return False
+        return run.state.get("placed_status") in BEFORE_CHECKOUT and order.platform_status not in BEFORE_CHECKOUT
+
+    @staticmethod
     def _store_confirmed(order: ev.Order, run: Run, config: CodConfirmationConfig) -> bool:
-        """WooCommerce: the order reached ``confirm_status`` from another status it was placed in
-        (a run from before ``placed_status`` was kept cannot tell, and goes on)."""
+        """WooCommerce: the order reached ``confirm_status`` from another status it sat in once placed
+        (``_checkout_done``; a run from before ``placed_status`` was kept cannot tell, and goes on)."""
         if not config.confirm_status or order.platform_status is None:
             return False
         placed = run.state.get("placed_status")
