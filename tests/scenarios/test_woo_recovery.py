@@ -382,3 +382,19 @@ def test_a_switch_to_bank_transfer_before_the_plugin_posts_the_cart_ends_the_rem
     sc.cart(p.woo_cart(WOOCOMMERCE.SESSIONS["A"], ASHA))
     sc.later(days=2, step=timedelta(minutes=30))
     assert sc.templates_to(ASHA) == []
+
+
+def test_a_second_unpaid_order_does_not_free_the_first_ones_cart_for_a_ladder(sqlite_url, scenario, world):
+    """Unpaid orders are left to nobody (``unpaid_orders`` off) and she has opted in: her card is declined on #7301, and
+    ten minutes later she leaves #7302 (another product) at the card page too. The plugin then posts #7301's cart: before,
+    #7302 had ended #7301's silent run, and the cart she had checked out with got "you left something in your cart"."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"checkout_recovery": {**LADDER["checkout_recovery"], "unpaid_orders": False}})
+    sc.marketing_preference(ASHA, "resume")
+    sc.later(minutes=5)
+    sc.woo("order.created", from_cart(unpaid(1, sc.now)))
+    sc.later(minutes=10)
+    sc.woo("order.created", unpaid(2, sc.now, status="pending"))
+    sc.later(minutes=5)
+    sc.cart(p.woo_cart(WOOCOMMERCE.SESSIONS["A"], ASHA))
+    sc.later(days=2, step=timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == []
