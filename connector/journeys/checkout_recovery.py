@@ -36,7 +36,9 @@ WooCommerce has no abandoned checkout of its own: its order exists before the pa
 It runs the same ladder with the order's pay link, and ends as recovered when the order
 is paid. When the order is cancelled (WooCommerce cancels one left unpaid after its hold-stock
 minutes) its reminders stop; once one was queued, the run listens out its attribution window, so
-the order she places and pays instead is credited to it (``_cancelled``). Each such order has exactly one home: with ``payment_recovery`` taking them too, this
+the order she places and pays instead is credited to it (``_cancelled``); one she places instead that still waits
+for its payment (pending at a redirect gateway, a bank transfer) goes on with its ladder and its reminders, as an
+order from a reminded cart does (``_cart_reminded``), and the cancelled order's run ends uncredited. Each such order has exactly one home: with ``payment_recovery`` taking them too, this
 ladder takes the order of a customer it can reach (marketing consent), the pay reminder
 everyone else's (``settle_woocommerce_settings``, ``_common.cart_ladder_takes``). A cart is
 recovered only by a purchase: an order paid, or cash on delivery (credited as placed); an
@@ -375,7 +377,8 @@ class CheckoutRecovery:
         """Her unpaid order was cancelled (WooCommerce cancels one left unpaid after its hold-stock minutes):
         no more reminders, its pay link is dead, and one still waiting is withdrawn. A run whose reminders
         (its own, or the cart's it went on from) were queued listens out their attribution window, as the
-        ladder does after its last step: the order she places instead, paid, is what they recovered."""
+        ladder does after its last step: the order she places instead, paid, is what they recovered (one that
+        waits for its payment first goes on from this run: ``_cart_reminded``)."""
         if run.state.get("order_cancelled"):
             return []  # the cancel heard again (its update echoes it)
         last = run.state.get("last_sent_at")
