@@ -30,7 +30,7 @@ from connector.journeys.engine import (
 )
 from connector.handoffs import HandoffRequest, journey_stage, open_handoff, stage_after
 from connector.handoffs import rules as handoff_rules
-from connector.journeys._common import is_reply
+from connector.journeys._common import continued, is_reply
 from connector.journeys import timer_failures
 from connector.journeys.registry import journeys
 from connector.outbox import store as ob
@@ -159,8 +159,8 @@ def _with_sends(conn: Connection, store: Any, store_id: int, journey: Any, event
     if may_credit is not None and not may_credit(event, run):
         return facts  # an order the run cannot credit (reorder: another product): no lookup
     sent = _reminders_sent(conn, store, store_id, run.journey, run.subject)
-    if run.state.get("continues"):  # the run took over another's ladder (a cart that became an unpaid order): its sends count
-        sent = tuple(sorted(sent + _reminders_sent(conn, store, store_id, run.journey, run.state["continues"])))
+    for took_over in continued(run.state):  # the run took over another's ladder (a cart that became an unpaid order): its sends count
+        sent = tuple(sorted(sent + _reminders_sent(conn, store, store_id, run.journey, took_over)))
     return replace(facts, extra={**facts.extra, "reminders_sent": sent})
 
 
@@ -385,8 +385,7 @@ def _last_heard(conn: Connection, store: Any, store_id: int, contact_id: int, at
     runs: dict[tuple[str, str], Any] = {}
     for r in active_runs(conn, store_id, contact_id):
         runs[(r.journey, r.subject)] = r
-        took_over = (r.state or {}).get("continues")  # an unpaid order's run went on with a cart's ladder
-        if took_over:
+        for took_over in continued(r.state or {}):  # an unpaid order's run went on with a cart's ladder
             runs.setdefault((r.journey, took_over), r)
     if not runs:
         return None
