@@ -78,6 +78,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Table, bindparam, func, select
 
 from connector import money
+from connector.journeys._common import continued
 from connector.journeys.checkout_recovery import STEPS as CART_STEPS, was_abandoned
 from connector.journeys.payment_recovery import stalled
 from connector.journeys.reorder import STEPS as REORDER_STEPS
@@ -164,8 +165,8 @@ def _iso(value: Any) -> datetime | None:
 def _one_per_checkout(runs: list[Any]) -> list[Any]:
     """A cart that became an unpaid order is one checkout: the order's run, which went on with the
     cart's ladder (``continues``), counts; the cart's own run does not count again."""
-    continued = {r.state.get("continues") for r in runs} - {None}
-    return [r for r in runs if r.subject not in continued] if continued else runs
+    taken_over = {s for r in runs for s in continued(r.state)}
+    return [r for r in runs if r.subject not in taken_over] if taken_over else runs
 
 
 # which of a journey's runs its funnel and lift count: a checkout still open at its abandonment time, a
@@ -261,7 +262,7 @@ def reminders_went_out(conn: Connection, store_id: int, journey: str, steps: tup
     queued; its outbox rows (keyed journey, step, subject) say what became of it. A run none of
     whose rows can be read (written by hand, or removed) counts on its own record."""
     # a run that took over another's ladder (``continues``: a cart that became an unpaid order) went out with its sends too
-    keys = [[step_key(journey, step, subject)[:255] for subject in (r.subject, r.state.get("continues")) if subject for step in steps]
+    keys = [[step_key(journey, step, subject)[:255] for subject in (r.subject, *continued(r.state)) for step in steps]
             for r in runs]
     statuses: dict[str, str] = {}
     for chunk in _chunks(sorted({k for ks in keys for k in ks})):

@@ -342,21 +342,56 @@ def test_a_tap_made_before_the_deadline_wins_over_the_call_flag(sqlite_url, scen
     assert (q["confirmed"], q["no_answer"]) == (1, 0)
 
 
-def test_a_tap_made_before_the_deadline_after_a_no_answer_cancel_goes_to_a_person(sqlite_url, scenario, world):
-    sc = scenario(sqlite_url, "shopify", journeys={"cod_confirmation": {**COD, "no_answer_action": "cancel"}})
-    order = SHOPIFY.order(9, ASHA, sc.now)
-    SHOPIFY.place(sc, order)
+def test_a_tap_made_before_the_deadline_after_a_no_answer_cancel_goes_to_a_person(sqlite_url, scenario, world, store: Store):
+    sc = scenario(sqlite_url, store.platform, journeys={"cod_confirmation": {**COD, "no_answer_action": "cancel", **store.confirm_settings}})
+    order = store.awaiting_confirmation(9, ASHA, sc.now)
+    store.place(sc, order)
     sc.work()
     ask = sc.last_to(ASHA, "cod_confirm_v1")
     sc.at(T0 + timedelta(hours=23, minutes=50))
     tap = sc.tap_delivery(ASHA, "cod_confirm", ask)
-    sc.at(T0 + timedelta(hours=24))
-    SHOPIFY.cancelled_echo(sc, order)
+    sc.at(T0 + timedelta(hours=24))  # the deadline: the no-answer cancel is made at once
+    assert cancelled(world, store)
+    store.cancelled_echo(sc, order)
     sc.post(tap)
     sc.later(hours=1)
     [handoff] = sc.handoffs(status="open")  # a cancel cannot be undone by us: a person decides
     assert "confirm" in handoff["reason"] and "cancel" in handoff["reason"]
-    assert world.shopify_ops("tagsAdd") == []  # a cancelled order is not tagged confirmed
+    assert tagged(world, store) == []  # a cancelled order is not tagged confirmed
+    if store.platform == "woocommerce":
+        assert status_puts(world) == ["cancelled"]  # nor moved to processing
+
+
+@pytest.mark.parametrize("waiting", ["store_down", "not_dispatched"])
+def test_a_confirm_made_in_time_withdraws_the_no_answer_cancel_still_waiting(db_url, scenario, world, store: Store, waiting):
+    """She taps Confirm ten minutes before the deadline, and her tap's webhook reaches us only after the
+    deadline queued the no-answer cancel, which is not made yet: the store's API was down as it was tried
+    (it waits for a retry), or the write-back dispatcher had not run. That cancel is never made, and her
+    order is confirmed as in time, with no person needed. PostgreSQL too: the cancel's row is locked while
+    her tap is decided, so the write-back dispatcher cannot claim it in between."""
+    sc = scenario(db_url, store.platform, journeys={"cod_confirmation": {**COD, "no_answer_action": "cancel", **store.confirm_settings}})
+    order = store.awaiting_confirmation(10, ASHA, sc.now)
+    store.place(sc, order)
+    sc.work()
+    ask = sc.last_to(ASHA, "cod_confirm_v1")
+    sc.at(T0 + timedelta(hours=23, minutes=50))
+    tap = sc.tap_delivery(ASHA, "cod_confirm", ask)
+    if waiting == "store_down":
+        world.store_down = True
+        sc.at(T0 + timedelta(hours=24))  # the no-answer cancel is tried: 503, it waits for a retry
+        world.store_down = False
+    else:
+        sc.clock.now = T0 + timedelta(hours=24)  # the deadline fires, the write-back dispatcher has not run yet
+        assert sc.runtime.processor is not None and sc.runtime.processor.process_timers(limit=500)
+    sc.post(tap)
+    sc.later(days=2)
+    assert not cancelled(world, store)
+    assert tagged(world, store) == ["cod-confirmed"]
+    if store.platform == "woocommerce":
+        assert status_puts(world) == ["processing"]
+    assert sc.handoffs() == []
+    q = sc.report()["stages"]["qualification"]["metrics"]
+    assert (q["confirmed"], q["no_answer"]) == (1, 0)
 
 
 # ---- WooCommerce: cancelled orders, and the pay-now link -------------------------------------

@@ -30,7 +30,8 @@ from connector.journeys.checkout_recovery import CheckoutRecovery, CheckoutRecov
 from connector.journeys.cod_confirmation import CodConfirmation, CodConfirmationConfig
 from connector.journeys.delivery_updates import DeliveryUpdates, DeliveryUpdatesConfig
 from connector.journeys.engine import (
-    Facts, Finish, Handoff, MoveStage, OpenCase, OrderFacts, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WriteBack,
+    Facts, Finish, Handoff, MoveStage, OpenCase, OrderFacts, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw,
+    WithdrawWriteBack, WriteBack,
 )
 from connector.journeys.order_confirmation import OrderConfirmation, OrderConfirmationConfig
 from connector.journeys.payment_recovery import PaymentRecovery, PaymentRecoveryConfig
@@ -169,6 +170,8 @@ def short(c: Any) -> str:
             return f"finish:{c.outcome}"
         case Withdraw():
             return "withdraw"
+        case WithdrawWriteBack():
+            return f"withdraw_writeback:{c.key}:{c.reason}"
         case Rehome():
             return f"rehome:{c.contact_id}" + ("" if c.regroup else ",keeps_group")
         case Handoff():
@@ -284,6 +287,7 @@ def test_order_confirmation_is_for_prepaid_orders_only() -> None:
 
 COD = CodConfirmationConfig(reminder_hours=(6, 24), answer_window_hours=48)
 COD_REASONS = CodConfirmationConfig(cancel_reasons={"cod_cancel_mistake": "ordered by mistake"}, cancel_reason_minutes=60)
+COD_CANCEL_ACK = CodConfirmationConfig(reminder_hours=(6, 24), answer_window_hours=48, no_answer_action="cancel", send_acknowledgement=True)
 ASKED = {"phase": "asked", "asked_at": T0.isoformat(), "reminders": 0, "order_name": "#1042"}
 WAITING = {**ASKED, "choice": "cancelled", "phase": "cancel_reason", "awaiting_reply": True}
 HERE = routed("cod_confirmation")
@@ -506,6 +510,20 @@ COD_CASES = [
          run("cod_confirmation", {**ASKED, "choice": "no_answer"}, "finished"), facts(**HERE), COD,
          ["update(answered_at,choice)", "wake:none", "add_tags:cod-confirmed", "add_note", "stage:post_purchase", "finish:confirmed"],
          state={"choice": "confirmed_late"}),
+    # ---- a Confirm made before the deadline, heard after its no-answer cancel was queued (Meta delivered it late) ----
+    Case("Confirm made in time, the no-answer cancel still waiting (the store was down): withdrawn, confirmed as in time, acknowledged",
+         tap("cod_confirm", T0 + 47 * H), run("cod_confirmation", {**ASKED, "choice": "no_answer"}, "finished"),
+         facts(order(), writebacks={"no_answer_cancel": "pending"}, **HERE), COD_CANCEL_ACK,
+         ["withdraw_writeback:no_answer_cancel:answered_in_time", "update(answered_at,choice)", "wake:none", "add_tags:cod-confirmed",
+          "send:confirmed", "stage:post_purchase", "finish:confirmed"], now=T0 + 48 * H + 5 * MIN, state={"choice": "confirmed"}),
+    Case("Confirm made in time, the no-answer cancel being made (claimed by the dispatcher): not half-withdrawn, a person",
+         tap("cod_confirm", T0 + 47 * H), run("cod_confirmation", {**ASKED, "choice": "no_answer"}, "finished"),
+         facts(order(), writebacks={"no_answer_cancel": "sending"}, **HERE), COD_CANCEL_ACK, ["update(answered_at,choice)", "handoff"],
+         now=T0 + 48 * H + 5 * MIN, says="before the answer deadline, but it was cancelled for no answer: restore or re-create it"),
+    Case("Confirm made after the deadline, the no-answer cancel still waiting: the deadline's cancel stands, a person",
+         tap("cod_confirm", T0 + 48 * H + MIN), run("cod_confirmation", {**ASKED, "choice": "no_answer"}, "finished"),
+         facts(order(), writebacks={"no_answer_cancel": "pending"}, **HERE), COD_CANCEL_ACK, ["update(answered_at,choice)", "handoff"],
+         now=T0 + 48 * H + 5 * MIN, says="after the answer window, but it was cancelled for no answer"),
     Case("a tap on another order's message: not this run", tap("cod_cancel"), run("cod_confirmation", ASKED),
          facts(**routed("cod_confirmation", "order:2000")), COD, []),
     Case("a tap matching none of our messages, two questions open: none changed, the first run asks a person which order",
@@ -862,6 +880,9 @@ CR_SHOPIFY = CR.model_copy(update={"order_before_payment": False, "unpaid_orders
 # a Shopify order placed with a manual payment method: pending, no cash on delivery
 BANK_DEPOSIT = prepaid(platform_status="pending", gateway_names=("Bank Deposit",), created_at=T0 + 3 * H, updated_at=T0 + 3 * H)
 SHOPIFY_WAITING = {**ONE_SENT, "waits_for_payment": True, "awaits_order": "1042"}
+# her unpaid order #726, from a cart reminded once, cancelled by WooCommerce (hold stock): it listens out the reminder's window
+CANCELLED = {**UNPAID, **ONE_SENT, "unpaid_order": "726", "step": 1, "continues": CART, "order_cancelled": True}
+REORDERED = woo("pending", created_at=T0 + 3 * H, updated_at=T0 + 3 * H)  # the order she places instead (#727), left at the card page
 
 
 def deposit_paid(at: datetime) -> ev.Order:
@@ -1049,6 +1070,30 @@ CHECKOUT_CASES = [
     Case("... the window over: the run ends", TimerFired(ABANDONED + 7 * D),
          run("checkout_recovery", {**UNPAID, **ONE_SENT, "step": 1, "order_cancelled": True}, subject="order:727"),
          facts(woo("cancelled")), CR, ["wake:none", "finish:order_cancelled"], now=ABANDONED + 7 * D),
+    # the order she places instead of the cancelled one, still waiting for its payment, goes on from its reminders
+    Case("a pending order after her reminded unpaid order was cancelled: it goes on with that ladder (its next step, the "
+         "cart's and the cancelled order's reminders its own), not a first reminder again",
+         ev.OrderPlaced(order=REORDERED), None, facts(REORDERED, open_runs=(run("checkout_recovery", CANCELLED, subject="order:726"),)), CR,
+         ["start:order:727", "wake:+570m"], now=T0 + 3 * H,
+         state={"step": 1, "sent": 1, "last_sent_at": ABANDONED.isoformat(), "continues": "order:726", "continues_also": [CART]}),
+    Case("... the cancelled order's ladder was over days ago: still its order (it listens out the window for it), only the window "
+         "is left", ev.OrderPlaced(order=REORDERED), None,
+         facts(REORDERED, open_runs=(run("checkout_recovery", {**CANCELLED, **ALL_SENT, "step": 3}, subject="order:726"),)), CR,
+         ["start:order:727", "wake:+11550m"], now=T0 + 4 * D, state={"step": 3, "sent": 3, "continues": "order:726"}),
+    Case("... a bank transfer instead (on-hold): it waits for the money with those reminders", ev.OrderPlaced(order=woo("on-hold")), None,
+         facts(woo("on-hold"), open_runs=(run("checkout_recovery", CANCELLED, subject="order:726"),)), CR,
+         ["start:order:727", "wake:+10110m"], now=T0 + 3 * H,
+         state={"waits_for_payment": True, "sent": 1, "continues": "order:726", "continues_also": [CART]}),
+    Case("... she answers the cart's reminder while the new order's ladder runs: it is this run's, the ladder stops", text("is COD available?"),
+         run("checkout_recovery", {**UNPAID, **ONE_SENT, "step": 1, "continues": "order:726", "continues_also": [CART]}, subject="order:727"),
+         facts(**routed("checkout_recovery", CART), reply_quoted=True), CR, ["update(replied)", "wake:none", "finish:replied"]),
+    # a silent run (the pay reminder's order, or one nobody reminds of) keeps its day when she places another unpaid order
+    Case("the silent run of her unpaid order hears her second order, left pending too: it keeps waiting, so the cart the plugin "
+         "posts for the first starts no ladder", ev.OrderPlaced(order=woo("pending")),
+         run("checkout_recovery", {"unpaid_order": "726", "holds_cart": True, "sent": 0}, subject="order:726"), facts(woo("pending")), CR, []),
+    Case("... the pay reminder's order hears her next order on hold (a bank transfer): it keeps waiting", ev.OrderPlaced(order=woo("on-hold")),
+         run("checkout_recovery", {"unpaid_order": "726", "pay_reminder": True, "sent": 0}, subject="order:726"), facts(woo("on-hold")),
+         SHARED, []),
     Case("the cart becomes a pending order: the order's ladder takes over", ev.OrderPlaced(order=woo("pending")),
          run("checkout_recovery", ONE_SENT, subject=CART), facts(woo("pending")), CR,
          ["update(superseded_by)", "wake:none", "finish:order_pending"], state={"superseded_by": "727"}),

@@ -321,3 +321,35 @@ def test_a_write_back_given_up_on_goes_to_a_person_and_one_that_lands_does_not(w
 
 async def _no_pause(_seconds: float) -> None:
     return None
+
+
+def test_a_withdrawn_cancel_is_never_made_and_one_being_made_or_maybe_made_is_not_taken_back(world):
+    """What a COD Confirm made in time can take back of a no-answer cancel (the runner reads the rows'
+    states, then skips those still ``pending`` on the store channel, in one transaction): one still
+    waiting is skipped with the reason and never claimed; one the dispatcher has claimed is being made
+    (``sending``) and goes on; one whose earlier try timed out may have reached the store, so it reads
+    ``uncertain``, and its retry goes on too."""
+    db, ids, clock, dispatcher = world
+    sid = ids["shop-a"]
+    args = {"reason": "other", "notify_customer": True, "staff_note": "COD order not confirmed on WhatsApp"}
+    maybe = queue(db, sid, "cancel_order", args, order_id="1041", step="cancel_a")
+    with respx.mock(assert_all_called=True) as shopify:
+        shopify.post(GRAPHQL).mock(side_effect=httpx.ReadTimeout("read timed out"))
+        assert run(dispatcher) == 1
+    claimed = queue(db, sid, "cancel_order", args, order_id="1042", step="cancel_b")
+    waiting = queue(db, sid, "cancel_order", args, order_id="1043", step="cancel_c")
+    [taken] = ob.claim(db, store_ids=[sid], now=clock.now, limit=1, lease=timedelta(minutes=5), worker="another-worker",
+                       history_window=timedelta(0), channel="store")
+    assert taken.id == claimed
+    keys = {oid: outbox(db, oid)[0].idempotency_key for oid in (maybe, claimed, waiting)}
+    with db.engine.begin() as conn:
+        states = ob.writeback_states(conn, sid, list(keys.values()))
+        ob.skip_pending(conn, sid, [k for k, s in states.items() if s == "pending"], "answered_in_time", clock.now, channel="store")
+    assert states == {keys[maybe]: "uncertain", keys[claimed]: "sending", keys[waiting]: "pending"}
+    rows = {oid: outbox(db, oid)[0] for oid in keys}
+    assert (rows[waiting].status, rows[waiting].skip_reason) == ("skipped", "answered_in_time")
+    assert (rows[claimed].status, rows[maybe].status) == ("sending", "pending")
+    clock.now += timedelta(hours=1)  # the claim's lease ran out (its worker died) and the timed-out try is due again
+    again = ob.claim(db, store_ids=[sid], now=clock.now, limit=10, lease=timedelta(minutes=5), worker="w", history_window=timedelta(0),
+                     channel="store")
+    assert sorted(r.id for r in again) == sorted([maybe, claimed])  # the withdrawn one is never made

@@ -70,8 +70,16 @@ def answers_run(run: Any, facts: Facts, journey: str) -> bool:
     or words after a delivery update, leave a cart ladder or a reorder follow-up to go on."""
     answered, subject = facts.extra.get("reply_journey"), facts.extra.get("reply_subject")
     if facts.extra.get("reply_quoted"):
-        return answered == journey and subject in (run.subject, run.state.get("continues"))
+        return answered == journey and subject in (run.subject, *continued(run.state))
     return answered in (None, journey)
+
+
+def continued(state: dict[str, Any]) -> tuple[str, ...]:
+    """The runs whose ladder a run went on with, so whose reminders are its own: the one it took over
+    (``continues``) and those that one had taken over (``continues_also``: a cart, then the order she left
+    unpaid, cancelled, then the order she placed instead)."""
+    first = state.get("continues")
+    return (first, *state.get("continues_also", ())) if first else ()
 
 
 UNPAID_STATUSES = ("pending", "failed")

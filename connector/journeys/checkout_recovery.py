@@ -36,7 +36,9 @@ WooCommerce has no abandoned checkout of its own: its order exists before the pa
 It runs the same ladder with the order's pay link, and ends as recovered when the order
 is paid. When the order is cancelled (WooCommerce cancels one left unpaid after its hold-stock
 minutes) its reminders stop; once one was queued, the run listens out its attribution window, so
-the order she places and pays instead is credited to it (``_cancelled``). Each such order has exactly one home: with ``payment_recovery`` taking them too, this
+the order she places and pays instead is credited to it (``_cancelled``); one she places instead that still waits
+for its payment (pending at a redirect gateway, a bank transfer) goes on with its ladder and its reminders, as an
+order from a reminded cart does (``_cart_reminded``), and the cancelled order's run ends uncredited. Each such order has exactly one home: with ``payment_recovery`` taking them too, this
 ladder takes the order of a customer it can reach (marketing consent), the pay reminder
 everyone else's (``settle_woocommerce_settings``, ``_common.cart_ladder_takes``). A cart is
 recovered only by a purchase: an order paid, or cash on delivery (credited as placed); an
@@ -64,7 +66,7 @@ from pydantic import Field, model_validator
 
 from connector import events as ev
 from connector.journeys._common import (
-    answers_run, awaits_payment, cart_ladder_takes, deleted_order, end_for_deleted_order, is_reply, unpaid_order,
+    answers_run, awaits_payment, cart_ladder_takes, continued, deleted_order, end_for_deleted_order, is_reply, unpaid_order,
 )
 from connector.journeys.engine import (
     Command, Facts, Finish, JourneyConfig, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw,
@@ -347,7 +349,7 @@ class CheckoutRecovery:
             if cart is not None:
                 step = self._step(cart)
                 state.update({k: cart.state[k] for k in ("sent", "first_sent_at", "last_sent_at") if k in cart.state},
-                             step=step, continues=cart.subject)
+                             step=step, **self._continuing(cart))
                 if step < len(config.ladder_minutes):
                     first = abandoned_at + timedelta(minutes=config.ladder_minutes[step])
                 else:  # the cart's ladder is over: only its attribution window is left
@@ -375,7 +377,8 @@ class CheckoutRecovery:
         """Her unpaid order was cancelled (WooCommerce cancels one left unpaid after its hold-stock minutes):
         no more reminders, its pay link is dead, and one still waiting is withdrawn. A run whose reminders
         (its own, or the cart's it went on from) were queued listens out their attribution window, as the
-        ladder does after its last step: the order she places instead, paid, is what they recovered."""
+        ladder does after its last step: the order she places instead, paid, is what they recovered (one that
+        waits for its payment first goes on from this run: ``_cart_reminded``)."""
         if run.state.get("order_cancelled"):
             return []  # the cancel heard again (its update echoes it)
         last = run.state.get("last_sent_at")
@@ -418,7 +421,7 @@ class CheckoutRecovery:
         state = {k: cart.state[k] for k in ("abandoned_at", "sent", "first_sent_at", "last_sent_at") if k in cart.state}
         last = cart.state.get("last_sent_at")
         ends = (datetime.fromisoformat(last) if last else now) + timedelta(days=config.attribution_days)
-        return [Start(f"order:{o.external_id}", facts.contact_id, {**state, **bought, "step": self._step(cart), "continues": cart.subject,
+        return [Start(f"order:{o.external_id}", facts.contact_id, {**state, **bought, "step": self._step(cart), **self._continuing(cart),
                                                                  "waits_for_payment": True}),
                 Wake(ends)]
 
@@ -473,12 +476,23 @@ class CheckoutRecovery:
         return last is not None and now - datetime.fromisoformat(last) <= CONTINUE_WITHIN
 
     def _cart_reminded(self, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> Run | None:
-        """The customer's open checkout run furthest up its ladder (``facts.extra["open_runs"]``) that this order
-        goes on from: one with a reminder queued, and still reminding or reminded within ``CONTINUE_WITHIN``.
-        A cart whose ladder ended days ago and only waits out its attribution window is another purchase."""
-        carts = [r for r in facts.extra.get("open_runs", ()) if r.subject.startswith("checkout:") and r.status == "active"
-                 and self._step(r) and self._current(r, config, now)]
+        """The customer's open run furthest up its ladder (``facts.extra["open_runs"]``) that this order goes on
+        from: a checkout with a reminder queued, and still reminding or reminded within ``CONTINUE_WITHIN`` (a
+        cart whose ladder ended days ago and only waits out its attribution window is another purchase); or her
+        cancelled unpaid order whose reminders went out, which listens out their window for the order she places
+        instead (``_cancelled``): this is that order, whenever in the window it comes."""
+        carts = [r for r in facts.extra.get("open_runs", ()) if r.status == "active" and (
+                 (r.subject.startswith("checkout:") and self._step(r) and self._current(r, config, now))
+                 or (r.subject.startswith("order:") and r.state.get("order_cancelled") and int(r.state.get("sent", 0))))]
         return max(carts, key=self._step, default=None)
+
+    @staticmethod
+    def _continuing(run: Run) -> dict[str, Any]:
+        """What a run that goes on with ``run``'s ladder keeps, so ``run``'s reminders (and those of the ladders it
+        went on from itself: a cart, then her cancelled order) count as its own: in attribution, in the report's
+        one checkout, and for a reply quoting them (``_common.continued``)."""
+        chain = continued(run.state)
+        return {"continues": run.subject, **({"continues_also": list(chain)} if chain else {})}
 
     def _remind(self, run: Run, facts: Facts, config: CheckoutRecoveryConfig, now: datetime) -> list[Command]:
         """The next step of the ladder. ``step`` is the ladder position; ``sent`` (and the times) count
@@ -559,8 +573,11 @@ class CheckoutRecovery:
         """
         if run.state.get("order_id"):
             return []
-        if awaits_payment(order) and (run.status != "active" or run.state.get("waits_for_payment")):
-            return []  # no purchase yet, and this run has nothing to wait on or already waits on hers
+        if awaits_payment(order) and (run.status != "active" or any(run.state.get(k) for k in ("waits_for_payment", "holds_cart",
+                                                                                                "pay_reminder"))):
+            # no purchase yet, and this run has nothing to wait on or already waits on hers; a silent run keeps its day,
+            # so the plugin's later post of the cart its own order came from still finds it (``_cart_of_her_order``)
+            return []
         if config.order_before_payment and awaits_payment(order):
             # not bought yet (WooCommerce makes the order before the payment): no credit. The order's
             # own run takes it from here: the ladder with its pay link, the pay reminder (``_takes``),

@@ -15,7 +15,9 @@ goes to a person (so does a Cancel whose order ships before its cancel reaches t
 write-back is then skipped, ``WriteBack.if_shipped``). A tap after the no-answer step is still
 honoured while the order is open: Confirm confirms (and notes that the unconfirmed tag is stale: the store clients cannot
 remove a tag), Cancel cancels per ``cancel_action``; a tap made before the deadline counts as
-answered in time. A Confirm after a no-answer cancel goes to a person (we cannot undo one).
+answered in time. A Confirm after a no-answer cancel goes to a person (we cannot undo one), unless
+it was made in time and the cancel is still waiting to be made (the store was down): that cancel is
+withdrawn and the order confirmed.
 An order paid in full before she answered (she paid the store's invoice, the merchant marked it
 paid: an event saying so, or the order as stored when a timer fires) is prepaid now: the run ends
 (``choice`` "paid"), with no reminder and no no-answer action (a cancel of a paid order refunds
@@ -64,7 +66,8 @@ from connector import events as ev
 from connector.errors import Problems
 from connector.journeys._common import deleted_order, end_for_deleted_order, order_context, replied_here
 from connector.journeys.engine import (
-    Command, Facts, Finish, Handoff, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WriteBack,
+    Command, Facts, Finish, Handoff, JourneyConfig, MoveStage, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WithdrawWriteBack,
+    WriteBack,
 )
 from connector.policy import PolicyRules, keyword_intent
 
@@ -446,6 +449,17 @@ class CodConfirmation:
         return (isinstance(event, TimerFired) and run.status == "active" and run.state.get("phase") == "asked"
                 and int(run.state.get("reminders", 0)) >= len(config.reminder_hours))
 
+    def needs_writebacks(self, event: Any, run: Run, config: CodConfirmationConfig) -> tuple[str, ...]:
+        """A Confirm made before the deadline that reaches a run the deadline cancelled for no answer (its
+        webhook came late): whether that cancel is still waiting (``facts.extra["writebacks"]``) decides
+        whether it is withdrawn and the order confirmed, or a person restores it (``_after_no_answer``)."""
+        return ("no_answer_cancel",) if self._confirmed_before_a_no_answer_cancel(event, run, config) else ()
+
+    def _confirmed_before_a_no_answer_cancel(self, event: Any, run: Run, config: CodConfirmationConfig) -> bool:
+        return (isinstance(event, ev.ButtonReplied) and event.payload in config.confirm_payloads
+                and run.state.get("choice") == "no_answer" and config.no_answer_action == "cancel"
+                and run.state.get("asked_at") is not None and event.occurred_at < self._deadline(run, config))
+
     @staticmethod
     def _cancelled(run: Run, facts: Facts) -> bool:
         """Cancelled: as the run heard it, or as the order is stored now (its cancel event may never have reached the run)."""
@@ -566,14 +580,24 @@ class CodConfirmation:
         no person acted on), on an order that has not shipped: still the customer's choice.
 
         A tap made before the deadline (its webhook came after the timer) counts as answered in time.
-        A cancelled order cannot be confirmed back by us: that goes to a person. The order of a
+        A cancelled order cannot be confirmed back by us: that goes to a person. But a Confirm made in
+        time finds the no-answer cancel not yet made (the store was down, the write-back dispatcher had
+        not run: ``facts.extra["writebacks"]`` says it is still ``pending``): it is withdrawn
+        (``answered_in_time``) and the order confirmed as in time; one being made (claimed: ``sending``),
+        made, or tried with its outcome unknown goes to a person as a made one. The order of a
         customer who opted out, whom nothing reached, or whose words no person acted on, was only
         flagged (``no_answer_action`` other than "none"), never cancelled; a Confirm notes the flag is stale.
         """
         asked_at = run.state.get("asked_at")
         in_time = asked_at is not None and event.occurred_at < self._deadline(run, config)
         no_answer = run.state.get("choice") == "no_answer"
-        cancelled = (facts.order is not None and facts.order.cancelled) or (no_answer and config.no_answer_action == "cancel")
+        stored_cancelled = facts.order is not None and facts.order.cancelled
+        withdrawn = (confirm and not stored_cancelled and self._confirmed_before_a_no_answer_cancel(event, run, config)
+                     and (facts.extra.get("writebacks") or {}).get("no_answer_cancel") == "pending")
+        if withdrawn:
+            return [WithdrawWriteBack("no_answer_cancel", "answered_in_time"),
+                    *self._confirm(event, run, facts, config, "confirmed", tag_key="late_confirm_tag")]
+        cancelled = stored_cancelled or (no_answer and config.no_answer_action == "cancel")
         flagged = config.no_answer_action == "tag" if no_answer else config.no_answer_action != "none"
         if not confirm:  # cancelled already, or by the no-answer write-back on its way: nothing more to do
             return [] if cancelled else self._cancel(event, run, facts, config, now, late=True)

@@ -82,7 +82,9 @@ class Facts:
     # hears_unmatched_taps journey: all of them, in id order, told alike to each, so they can tell which
     # one it may mean), "order_runs" (an order
     # reaching several runs of a ``credits_one_run`` journey: each (run, when its reminders went out)),
-    # "open_cases" (a timer of a journey whose ``needs_cases`` asks: the contact's open hand-offs, ``OpenCase``)
+    # "open_cases" (a timer of a journey whose ``needs_cases`` asks: the contact's open hand-offs, ``OpenCase``),
+    # "writebacks" (an event for a run whose journey's ``needs_writebacks`` names some of its write-backs: each
+    # one's outbox status by ``WriteBack.key``, ``outbox.store.writeback_states``; one never queued is absent)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -191,6 +193,18 @@ class Withdraw:
 
 
 @dataclass(frozen=True, slots=True)
+class WithdrawWriteBack:
+    """Skip one of the run's store write-backs (by its ``WriteBack.key``) if it is still waiting: what
+    just happened makes it wrong (a no-answer cancel of an order she confirmed in time). Only a
+    ``pending`` row is skipped, with ``reason``; one the dispatcher has claimed is being made and goes
+    on. A journey that must know which it will be asks for the write-back's state first
+    (``needs_writebacks``: ``facts.extra["writebacks"]``, the row locked until its decision is applied)."""
+
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Rehome:
     """Move the run to another contact: its messages from now on go to them, and what it queued for the
     old one and is still waiting (a reminder held for quiet hours) is skipped (``contact_moved``). Only
@@ -222,7 +236,7 @@ class MoveStage:
     stage: str
 
 
-Command = Start | Send | WriteBack | Update | Wake | Finish | Withdraw | Rehome | Handoff | MoveStage
+Command = Start | Send | WriteBack | Update | Wake | Finish | Withdraw | WithdrawWriteBack | Rehome | Handoff | MoveStage
 
 
 class Journey(Protocol):
@@ -239,7 +253,9 @@ class Journey(Protocol):
     waits on: the outcome it ends with, None: it goes on, active; ``handoffs._release_run``),
     ``needs_sends(event, run, config)`` (a timer it says True for:
     ``facts.extra["reminders_sent"]``) and ``needs_cases(event, run, config)`` (a timer it says
-    True for: ``facts.extra["open_cases"]``, the contact's hand-offs still open), and
+    True for: ``facts.extra["open_cases"]``, the contact's hand-offs still open),
+    ``needs_writebacks(event, run, config)`` (the keys of the run's write-backs whose state an event's
+    decision turns on: ``facts.extra["writebacks"]``, those rows locked until the decision is applied), and
     ``template_steps`` (the steps it sends, regular expressions: a configured template for any other
     step of it is never sent, which ``check-config`` warns of; without it, no such check),
     ``discount_steps(config)`` (the steps whose message carries ``discount.code`` with these settings:

@@ -25,11 +25,12 @@ from sqlalchemy.exc import OperationalError
 
 from connector import events as ev
 from connector.journeys.engine import (
-    Facts, Finish, Handoff, MoveStage, OpenCase, OrderFacts, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw, WriteBack,
+    Facts, Finish, Handoff, MoveStage, OpenCase, OrderFacts, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw,
+    WithdrawWriteBack, WriteBack,
 )
 from connector.handoffs import HandoffRequest, journey_stage, open_handoff, stage_after
 from connector.handoffs import rules as handoff_rules
-from connector.journeys._common import is_reply
+from connector.journeys._common import continued, is_reply
 from connector.journeys import timer_failures
 from connector.journeys.registry import journeys
 from connector.outbox import store as ob
@@ -102,6 +103,28 @@ def _step_keys(store: Any, journey: str, subject: str, state: dict[str, Any] | N
             for step in (t.step[len(prefix):],) for n in range(1, int(repeats.get(step, 1)) + 1)]
 
 
+def writeback_key(journey: str, key: str, subject: str) -> str:
+    """The outbox key of a run's store write-back (``WriteBack.key``): queued once per run."""
+    return f"{journey}:writeback:{key}:{subject}"
+
+
+def _with_writebacks(conn: Connection, store_id: int, journey: Any, name: str, event: Any, subject: str,
+                     found: tuple[int, Run, bool] | None, facts: Facts, config: Any) -> Facts:
+    """The facts with the state of the run's write-backs its journey's decision turns on (``needs_writebacks``:
+    a Confirm made in time that finds the no-answer cancel still waiting withdraws it), their rows locked
+    until the decision is applied. No lookup for any other event: the journey names none."""
+    needs = getattr(journey, "needs_writebacks", None)
+    if needs is None or found is None:
+        return facts
+    keys = needs(event, found[1], config)
+    if not keys:
+        return facts
+    flush(conn)  # a write-back this batch queued is read as stored
+    states = ob.writeback_states(conn, store_id, [writeback_key(name, k, subject) for k in keys])
+    known = {k: states[full] for k in keys if (full := writeback_key(name, k, subject)[:255]) in states}
+    return replace(facts, extra={**facts.extra, "writebacks": known})
+
+
 def _reminders_sent(conn: Connection, store: Any, store_id: int, journey: str, subject: str) -> tuple[datetime, ...]:
     """When each of the run's messages went out, in order: only those WhatsApp took, so a
     reminder still waiting, skipped (quiet hours then the order, the cap) or failed is none."""
@@ -136,8 +159,8 @@ def _with_sends(conn: Connection, store: Any, store_id: int, journey: Any, event
     if may_credit is not None and not may_credit(event, run):
         return facts  # an order the run cannot credit (reorder: another product): no lookup
     sent = _reminders_sent(conn, store, store_id, run.journey, run.subject)
-    if run.state.get("continues"):  # the run took over another's ladder (a cart that became an unpaid order): its sends count
-        sent = tuple(sorted(sent + _reminders_sent(conn, store, store_id, run.journey, run.state["continues"])))
+    for took_over in continued(run.state):  # the run took over another's ladder (a cart that became an unpaid order): its sends count
+        sent = tuple(sorted(sent + _reminders_sent(conn, store, store_id, run.journey, took_over)))
     return replace(facts, extra={**facts.extra, "reminders_sent": sent})
 
 
@@ -362,8 +385,7 @@ def _last_heard(conn: Connection, store: Any, store_id: int, contact_id: int, at
     runs: dict[tuple[str, str], Any] = {}
     for r in active_runs(conn, store_id, contact_id):
         runs[(r.journey, r.subject)] = r
-        took_over = (r.state or {}).get("continues")  # an unpaid order's run went on with a cart's ladder
-        if took_over:
+        for took_over in continued(r.state or {}):  # an unpaid order's run went on with a cart's ladder
             runs.setdefault((r.journey, took_over), r)
     if not runs:
         return None
@@ -530,6 +552,7 @@ class JourneyRunner:
                 reached = tuple(found[1] for _s, found, _f in targets if found is not None)
                 targets = [(s, found, replace(seen, extra={**seen.extra, "reached_runs": reached})) for s, found, seen in targets]
             for target, found, seen in _sharing_the_order(journey, event, targets):
+                seen = _with_writebacks(conn, store_id, journey, name, event, target, found, seen, config)
                 commands = journey.decide(event, found[1] if found else None, seen, config, now)
                 applied += self._apply(conn, store, store_id, name, target, found, commands, seen, config, now)
         return applied
@@ -690,11 +713,16 @@ class JourneyRunner:
                     if queued.deferred and run_id is not None and not created and getattr(journeys().get(journey), "marketing", False):
                         _supersede_waiting(conn, store, store_id, journey, cmd.step, subject, now)
             elif isinstance(cmd, WriteBack):
-                ob.enqueue(conn, store_id=store_id, key=f"{journey}:writeback:{cmd.key}:{subject}", contact_id=contact_id,
+                ob.enqueue(conn, store_id=store_id, key=writeback_key(journey, cmd.key, subject), contact_id=contact_id,
                            journey=journey, step=cmd.key, category=None, channel="store",
                            payload={"subject": subject, "action": cmd.action, "order_id": cmd.order_id, "args": cmd.args,
                                     **({"if_shipped": cmd.if_shipped} if cmd.if_shipped else {})},
                            due_at=now, now=now)
+            elif isinstance(cmd, WithdrawWriteBack):
+                if run_id is not None and not created:
+                    # only while still pending: one the dispatcher claimed is being made, and goes on
+                    ob.skip_pending(conn, store_id, [writeback_key(journey, cmd.key, subject)], cmd.reason, now, channel="store")
+                    log.info("store write-back withdrawn", extra={"journey": journey, "step": cmd.key, "outcome": cmd.reason})
             elif isinstance(cmd, Update):
                 state.update(cmd.state)
                 values["state"] = state

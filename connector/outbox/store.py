@@ -135,12 +135,14 @@ _SKIP_BY_ID = (OUTBOX.update().where(OUTBOX.c.id == bindparam("_id"), OUTBOX.c.s
                .values(status="skipped", skip_reason=bindparam("reason"), updated_at=bindparam("now")))
 
 
-def skip_pending(conn: Connection, store_id: int, keys: list[str], reason: str, now: datetime) -> None:
-    """Skip the WhatsApp messages with these keys that are still waiting (not yet claimed).
+def skip_pending(conn: Connection, store_id: int, keys: list[str], reason: str, now: datetime, channel: str = "whatsapp") -> None:
+    """Skip the rows of a channel with these keys that are still waiting (not yet claimed).
 
     A journey run that ends (the customer bought, answered, opted out, a person took over)
     must not leave a message behind that a later dispatch would still send: a cart reminder
-    held for the morning by quiet hours, a COD reminder whose answer already came. Rows held
+    held for the morning by quiet hours, a COD reminder whose answer already came. On the
+    ``store`` channel: a write-back its journey withdrew (a no-answer cancel of an order she
+    confirmed in time). A claimed row (``sending``) is being made and is left alone. Rows held
     in the processor's transaction cache are changed in memory; stored rows with one query
     per batch (deferred to the cache's next flush), or at once without a cache.
     """
@@ -149,34 +151,61 @@ def skip_pending(conn: Connection, store_id: int, keys: list[str], reason: str, 
     wanted = {k[:255] for k in keys}
     cache = current(conn)
     if cache is None:
-        _skip_stored(conn, [(store_id, wanted, reason, now)])
+        _skip_stored(conn, [(store_id, wanted, reason, now, channel)])
         return
     # this store's rows only: step keys name a subject ("order:101"), and two stores can both
     # have an order #101 in one batch (a COD ask of one store was once skipped by the other's cancel)
     stmt = _enqueue_statement(conn.dialect.name, returning=False)
     for key in wanted:
         for row in cache.held_later(stmt, (store_id, key)):
-            if row["channel"] == "whatsapp" and row["status"] == "pending":
+            if row["channel"] == channel and row["status"] == "pending":
                 row.update(status="skipped", skip_reason=reason, updated_at=now)
-    cache.defer("outbox.skip_pending", _skip_stored, (store_id, wanted, reason, now))
+    cache.defer("outbox.skip_pending", _skip_stored, (store_id, wanted, reason, now, channel))
 
 
-def _skip_stored(conn: Connection, requests: list[tuple[int, set[str], str, datetime]]) -> None:
+def _skip_stored(conn: Connection, requests: list[tuple[int, set[str], str, datetime, str]]) -> None:
     """One lookup per store and 500 keys, then one executemany for what is still pending."""
-    by_store: dict[int, dict[str, tuple[str, datetime]]] = {}
-    for store_id, keys, reason, now in requests:
-        by_store.setdefault(store_id, {}).update({k: (reason, now) for k in keys})
+    by_store: dict[int, dict[str, tuple[str, datetime, str]]] = {}
+    for store_id, keys, reason, now, channel in requests:
+        by_store.setdefault(store_id, {}).update({k: (reason, now, channel) for k in keys})
     updates: list[dict[str, Any]] = []
     for store_id, wanted in by_store.items():
         keys = sorted(wanted)
         for start in range(0, len(keys), 500):
             for row_id, key, channel, status in conn.execute(_BY_KEYS, {"sid": store_id, "keys": keys[start:start + 500]}):
-                if channel != "whatsapp" or status != "pending":
+                reason, now, of = wanted[key]
+                if channel != of or status != "pending":
                     continue
-                reason, now = wanted[key]
                 updates.append({"_id": row_id, "reason": reason, "now": now})
     if updates:
         conn.execute(_SKIP_BY_ID, sorted(updates, key=lambda u: u["_id"]))
+
+
+# what a store write-back's ``last_error`` starts with when its try may have reached the store all the same
+OUTCOME_UNKNOWN = "outcome unknown: "
+LEASE_EXPIRED = "lease expired; retrying the idempotent write-back"
+_WRITEBACKS_FOR_UPDATE = (select(OUTBOX.c.idempotency_key, OUTBOX.c.channel, OUTBOX.c.status, OUTBOX.c.attempts, OUTBOX.c.last_error)
+                          .where(OUTBOX.c.store_id == bindparam("sid"), OUTBOX.c.idempotency_key.in_(bindparam("keys", expanding=True)))
+                          .with_for_update())
+
+
+def writeback_states(conn: Connection, store_id: int, keys: list[str]) -> dict[str, str]:
+    """Where each of these store write-backs is, by key, for a decision that turns on whether it can
+    still be withdrawn (``skip_pending``, later in the same transaction): its status, except that a
+    ``pending`` retry whose earlier try may have reached the store (its answer was lost, its worker
+    died) is ``uncertain``: withdrawing it would not undo that. Locked until the transaction ends
+    (PostgreSQL: the dispatcher's claim skips a locked row, or we wait for its claim to commit; SQLite:
+    both hold the write lock), so a ``pending`` read here is still pending when it is skipped. A key
+    not queued is absent."""
+    if not keys:
+        return {}
+    out: dict[str, str] = {}
+    for r in conn.execute(_WRITEBACKS_FOR_UPDATE, {"sid": store_id, "keys": sorted({k[:255] for k in keys})}):
+        if r.channel != "store":
+            continue
+        maybe_made = r.attempts > 0 and (r.last_error or "").startswith((OUTCOME_UNKNOWN, LEASE_EXPIRED))
+        out[r.idempotency_key] = "uncertain" if r.status == "pending" and maybe_made else r.status
+    return out
 
 
 def contact_facts(conn: Connection, contact_ids: list[int]) -> dict[int, ContactFacts]:
@@ -268,7 +297,7 @@ def expire_leases(conn: Connection, now: datetime, channel: str = "whatsapp") ->
     if channel == "whatsapp":
         then: dict[str, Any] = {"status": "uncertain", "last_error": "lease expired during send; awaiting status webhook"}
     else:
-        then = {"status": "pending", "due_at": now, "last_error": "lease expired; retrying the idempotent write-back"}
+        then = {"status": "pending", "due_at": now, "last_error": LEASE_EXPIRED}
     done = 0
     for row in expired:
         changed = conn.execute(

@@ -242,7 +242,7 @@ class WriteBackDispatcher:
         code = exc.code if exc.code is not None else (exc.http_status if (exc.http_status or 0) >= 400 else None)
         if isinstance(exc, PermanentError) and not exc.outcome_unknown:
             return ob.Result(row, "failed", started, ms, error_code=code, error_detail=str(exc))
-        detail = f"outcome unknown: {exc}" if exc.outcome_unknown else str(exc)
+        detail = f"{ob.OUTCOME_UNKNOWN}{exc}" if exc.outcome_unknown else str(exc)
         when = next_attempt_at(row.attempts + 1, exc.retry_after, self.retry, self.clock(), self.rng.random())
         if when is None:
             return ob.Result(row, "failed", started, ms, error_code=code, error_detail=f"gave up after {row.attempts + 1} attempts: {detail}")

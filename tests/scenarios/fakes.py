@@ -85,6 +85,8 @@ class FakeWorld:
     # True: the Cloud API takes each message (it reaches the phone) but its answer names no message id,
     # as when the answer is lost: the connector cannot tell the message went out, nor match a reply to it
     whatsapp_answer_lost: bool = False
+    # True: the store's API (Shopify Admin GraphQL, WooCommerce REST) answers 503 and changes nothing (an outage)
+    store_down: bool = False
     # the sending number as the Cloud API's GET of it answers (the number-quality job), and its status (not 200: an error)
     whatsapp_number: dict[str, Any] = field(default_factory=dict)
     whatsapp_number_status: int = 200
@@ -130,6 +132,7 @@ class FakeWorld:
             self.shopify_hooks.clear()
             self.whatsapp_down = False
             self.whatsapp_answer_lost = False
+            self.store_down = False
             self.whatsapp_number = {"quality_rating": "GREEN", "messaging_limit_tier": "TIER_1K"}
             self.whatsapp_number_status = 200
 
@@ -187,6 +190,8 @@ class FakeWorld:
         if request.headers.get("x-shopify-access-token") != SHOP_TOKEN:
             self.refused.append("shopify")
             return JSONResponse({"errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"}, 401)
+        if self.store_down:
+            return JSONResponse({"errors": "Service Unavailable"}, 503)
         body = await request.json()
         query, variables = str(body.get("query") or ""), body.get("variables") or {}
         with self._lock:
@@ -241,6 +246,8 @@ class FakeWorld:
     async def _woo_order(self, request: Request) -> Response:
         if not self._woo_authorized(request):
             return JSONResponse({"code": "woocommerce_rest_cannot_view", "message": "Sorry, you cannot view this resource."}, 401)
+        if self.store_down:
+            return Response("Service Unavailable", 503)
         oid = request.path_params["order_id"]
         body = await request.json() if request.method == "PUT" else None
         with self._lock:
@@ -258,6 +265,8 @@ class FakeWorld:
     async def _woo_note(self, request: Request) -> Response:
         if not self._woo_authorized(request):
             return JSONResponse({"code": "woocommerce_rest_cannot_create", "message": "Sorry, you are not allowed to create resources."}, 401)
+        if self.store_down:
+            return Response("Service Unavailable", 503)
         body = await request.json()
         with self._lock:
             self.woo.append(WooCall("POST", request.path_params["order_id"], "/notes", body))

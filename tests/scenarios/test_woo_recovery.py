@@ -188,6 +188,67 @@ def test_a_purchase_after_woocommerce_cancelled_her_unpaid_order_still_credits_t
     assert (c["recovered_revenue"], c["lost"]) == ({"INR": "1299.00"}, 0)
 
 
+def _reminded_order_cancelled(sc) -> None:
+    """Reminded of her cart, Asha orders and leaves the card page; WooCommerce cancels the unpaid order an hour later
+    (Hold stock), and another hour on she orders again."""
+    WOOCOMMERCE.start_checkout(sc, "A", ASHA)
+    sc.at(T0 + timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == ["cart_1_v1"]
+    sc.at(T0 + timedelta(hours=2))
+    order = unpaid(4, sc.now, status="pending")
+    sc.woo("order.created", order)
+    sc.later(hours=1)
+    sc.woo("order.updated", {**order, "status": "cancelled", "date_modified_gmt": p.gmt(sc.now)})
+    sc.later(hours=1)
+
+
+def test_a_reorder_left_pending_after_the_cancel_and_then_paid_still_credits_the_cart_reminder(sqlite_url, scenario, world):
+    """Her new order arrives ``pending`` (a redirect gateway: WooCommerce makes it before she pays) and is paid minutes
+    later. Before, the pending order ended the cancelled order's run uncredited and its own run carried no reminder:
+    the report showed the reminded cart lost. She gets no first reminder again for it either."""
+    sc = scenario(sqlite_url, "woocommerce", journeys=LADDER)
+    _reminded_order_cancelled(sc)
+    again = unpaid(5, sc.now, status="pending")
+    sc.woo("order.created", again)
+    sc.later(minutes=3)
+    sc.woo("order.updated", paid(again, sc.now))
+    sc.later(days=9)
+    assert sc.templates_to(ASHA) == ["cart_1_v1"]
+    c = conversion(sc)
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"]) == (1, 1, 1)
+    assert (c["recovered_revenue"], c["lost"]) == ({"INR": "1299.00"}, 0)
+
+
+def test_a_reorder_left_pending_after_the_cancel_gets_the_ladders_next_step_not_its_first(sqlite_url, scenario, world):
+    """She leaves the new order at the card page too: it goes on with the ladder she was on (its second reminder, with
+    the new order's pay link), not a fresh one from the first; never paid, it recovers nothing."""
+    sc = scenario(sqlite_url, "woocommerce", journeys=LADDER)
+    _reminded_order_cancelled(sc)
+    sc.woo("order.created", unpaid(5, sc.now, status="pending"))
+    sc.later(hours=7, step=timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_2_v1"]
+    assert "order-pay/7305" in sc.last_to(ASHA, "cart_2_v1").params[-1]
+    sc.later(days=9)
+    c = conversion(sc)
+    assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"], c["lost"]) == (1, 0, {}, 1)
+
+
+def test_a_reorder_by_bank_transfer_after_the_cancel_credits_the_cart_reminder_when_the_money_comes(sqlite_url, scenario, world):
+    """Her new order is a bank transfer (on-hold): nothing is credited until the store marks the money received a day
+    later; then the cart her reminder brought back is recovered. Before, the cart showed lost."""
+    sc = scenario(sqlite_url, "woocommerce", journeys=LADDER)
+    _reminded_order_cancelled(sc)
+    again = bank_transfer(WOOCOMMERCE.order(5, ASHA, sc.now, cod=False), sc.now)
+    sc.woo("order.created", again)
+    sc.later(days=1)
+    assert conversion(sc)["checkouts_recovered"] == 0
+    sc.woo("order.updated", paid(again, sc.now))
+    sc.later(days=9)
+    assert sc.templates_to(ASHA) == ["cart_1_v1"]
+    c = conversion(sc)
+    assert (c["checkouts_reminded"], c["checkouts_recovered"], c["recovered_revenue"], c["lost"]) == (1, 1, {"INR": "1299.00"}, 0)
+
+
 # ---- an order on hold for a bank transfer is no sale until the money comes ------------------------------------------
 
 def bank_transfer(order: dict, at) -> dict:
@@ -317,6 +378,22 @@ def test_a_switch_to_bank_transfer_before_the_plugin_posts_the_cart_ends_the_rem
     sc.woo("order.created", order)
     sc.later(minutes=10)
     sc.woo("order.updated", bank_transfer(order, sc.now))
+    sc.later(minutes=5)
+    sc.cart(p.woo_cart(WOOCOMMERCE.SESSIONS["A"], ASHA))
+    sc.later(days=2, step=timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == []
+
+
+def test_a_second_unpaid_order_does_not_free_the_first_ones_cart_for_a_ladder(sqlite_url, scenario, world):
+    """Unpaid orders are left to nobody (``unpaid_orders`` off) and she has opted in: her card is declined on #7301, and
+    ten minutes later she leaves #7302 (another product) at the card page too. The plugin then posts #7301's cart: before,
+    #7302 had ended #7301's silent run, and the cart she had checked out with got "you left something in your cart"."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"checkout_recovery": {**LADDER["checkout_recovery"], "unpaid_orders": False}})
+    sc.marketing_preference(ASHA, "resume")
+    sc.later(minutes=5)
+    sc.woo("order.created", from_cart(unpaid(1, sc.now)))
+    sc.later(minutes=10)
+    sc.woo("order.created", unpaid(2, sc.now, status="pending"))
     sc.later(minutes=5)
     sc.cart(p.woo_cart(WOOCOMMERCE.SESSIONS["A"], ASHA))
     sc.later(days=2, step=timedelta(minutes=30))
