@@ -381,6 +381,7 @@ def test_storing_messages_goes_on_while_the_run_looks_for_late_messages(tmp_path
                                                   wamid="wamid.R1")).status_code == 200  # stored months late
         runtime.processor.drain()
         stored: list[bool] = []
+        writers: list[threading.Thread] = []
 
         def store_one() -> None:  # what ingest does: take the write lock, insert, commit
             with runtime.db.write_lock(), runtime.db.engine.begin() as conn:
@@ -389,11 +390,10 @@ def test_storing_messages_goes_on_while_the_run_looks_for_late_messages(tmp_path
 
         def during_the_search(conn, cursor, statement, *args) -> None:
             if "julianday" in statement and not stored:  # the search for late messages (their times are texts on SQLite)
-                writer = threading.Thread(target=store_one)
+                writers.append(writer := threading.Thread(target=store_one))
                 writer.start()
                 writer.join(timeout=10)  # returns at once unless the write lock is held
                 stored.append(not writer.is_alive())
-                writer.join()
 
         sqlalchemy_event.listen(runtime.db.engine, "before_cursor_execute", during_the_search)
         try:
@@ -401,6 +401,8 @@ def test_storing_messages_goes_on_while_the_run_looks_for_late_messages(tmp_path
             assert anyio.run(purge_job, runtime, "test-worker")["messages"] == 1
         finally:
             sqlalchemy_event.remove(runtime.db.engine, "before_cursor_execute", during_the_search)
+            for writer in writers:  # stored once the lock was let go
+                writer.join()
         assert stored == [True], "the message waited for the search to end"
         assert message_bodies(runtime.db) == {"wamid.M1": "Hello", "wamid.R1": None, "wamid.K1": "Hi"}
 
