@@ -339,6 +339,10 @@ def test_a_late_message_still_uncommitted_while_a_later_one_committed_is_emptied
             return conn, tx
 
         write(MEENA, "Hello, is this the shop?", T0, "wamid.M1")
+        with runtime.db.engine.begin() as conn:  # the store's ordinary traffic, around day 100
+            conn.execute(insert(m.Message), [
+                {"store_id": sid, "direction": "in", "wamid": f"wamid.X{i}", "kind": "text", "body": "hi", "status": "received",
+                 "occurred_at": T0 + timedelta(days=100, minutes=i), "updated_at": T0 + timedelta(days=100, minutes=i)} for i in range(10)])
         clock.now = T0 + timedelta(days=200)
         write(KABIR, "Is the blue one back in stock?", clock.now, "wamid.K1")
         # the first run after a start, a few minutes in, while the replay of Riya's message is uncommitted
@@ -360,7 +364,8 @@ def test_a_late_message_still_uncommitted_while_a_later_one_committed_is_emptied
         assert purge_at(T0 + timedelta(days=days - 9)) == 1  # Riya's first is a retention old
         assert purge_at(T0 + timedelta(days=days - 4)) == 1  # her second
         assert message_bodies(runtime.db) == {"wamid.M1": "Hello, is this the shop?", "wamid.K1": "Is the blue one back in stock?",
-                                              "wamid.K2": "Hello?", "wamid.K3": "Anyone there?", "wamid.R1": None, "wamid.R2": None}
+                                              "wamid.K2": "Hello?", "wamid.K3": "Anyone there?", "wamid.R1": None, "wamid.R2": None,
+                                              **{f"wamid.X{i}": "hi" for i in range(10)}}
 
 
 def test_storing_messages_goes_on_while_the_run_looks_for_late_messages(tmp_path, sqlite_template):
