@@ -119,16 +119,20 @@ def purge_conversations(db: Database, now: datetime, retention_days: int, batch:
 # run's) is never before it, so no row past the probe can be due.
 LATE = timedelta(days=1)
 ORDER_SLACK = timedelta(days=3)
+OVERLAP = timedelta(hours=1)  # what each late-message scan reads again of the one before (a run an hour)
 
 
 @dataclass
 class _Marks:
     """Where the job got to in this process (a restart starts again from the start, once).
     ``done``: per table, every row at or below the id has nothing left to empty, now or later.
-    ``seen``: the highest message id looked at for late messages; ``late``: those found, still to empty."""
+    ``seen``: the highest message id the last run looked at for late messages; ``since``: where the next run
+    starts (the run before's ``seen``; after a restart's first run, the last row stored an ``OVERLAP`` before
+    it); ``late``: those found, still to empty."""
 
     done: dict[str, int] = field(default_factory=dict)
     seen: int | None = None
+    since: int | None = None
     late: set[int] = field(default_factory=set)
 
 
@@ -183,9 +187,11 @@ def _batches(db: Database, step: Callable[[Connection, int], tuple[int, int | No
 _HAS_TEXT = (MESSAGES.c.body.is_not(None),)
 
 
-def _empty_messages(conn: Connection, ids: list[int], now: datetime) -> None:
-    if ids:
-        conn.execute(update(MESSAGES).where(MESSAGES.c.id.in_(ids)).values(body=None, content_removed_at=now))
+def _empty_messages(conn: Connection, ids: list[int], now: datetime) -> int:
+    """Rows emptied: one emptied since it was read (an erasure, another worker's run) is not counted again."""
+    if not ids:
+        return 0
+    return conn.execute(update(MESSAGES).where(MESSAGES.c.id.in_(ids), *_HAS_TEXT).values(body=None, content_removed_at=now)).rowcount
 
 
 def _messages(conn: Connection, cutoff: datetime, now: datetime, days: int, after: int, upto: int, batch: int,
@@ -200,35 +206,44 @@ def _messages(conn: Connection, cutoff: datetime, now: datetime, days: int, afte
 
 def _late_messages(db: Database, marks: _Marks, cutoff: datetime, now: datetime, upto: int, batch: int) -> int:
     """Messages above ``upto`` already past the cutoff: stored later than the rows around them. The rows stored
-    since the last run are looked at once (after a restart, all of them above ``upto``): those due are emptied,
+    since the run before last are looked at (after a restart, all of them above ``upto``): those due are emptied,
     those a ``LATE`` older than their storing are remembered and emptied when due, until ``upto`` passes them.
-    The database picks them (only those come back: reading every row's times into Python took 13 s at 1M rows)."""
+    The database picks them (only those come back: reading every row's times into Python took 13 s at 1M rows).
+
+    Not from the last run's top: PostgreSQL gives an id at insert, not at commit, so a row still uncommitted
+    while a higher one committed is below that top when it commits. Each run reads again what the run before
+    read (an hour of messages, ``OVERLAP``), far longer than any transaction stays open. The reads take no
+    write lock (``Database.reading``: a restart's first scan reads months of messages, and SQLite's ingest
+    and processor waited for it): only the emptying of the rows found does."""
     emptied = 0
-    after = max(upto, marks.seen or 0)
+    after = max(upto, marks.since or 0)
     late = _stored_late(db)
-    with db.engine.connect() as conn:
+    with db.reading() as conn:
         top = conn.execute(select(func.max(MESSAGES.c.id))).scalar() or 0
+        since = marks.seen if marks.seen is not None else _last_before(conn, MESSAGES, MESSAGES.c.updated_at, now - OVERLAP)
     while True:
-        with db.write_lock(), db.engine.begin() as conn:
+        with db.reading() as conn:
             rows = conn.execute(select(MESSAGES.c.id, MESSAGES.c.occurred_at).where(
                 MESSAGES.c.id > after, MESSAGES.c.id <= top, MESSAGES.c.direction == "in", *_HAS_TEXT,
                 or_(MESSAGES.c.occurred_at < cutoff, late)).order_by(MESSAGES.c.id).limit(batch)).all()
-            due = [r.id for r in rows if r.occurred_at < cutoff]
-            _empty_messages(conn, due, now)
-        emptied += len(due)
+        due = [r.id for r in rows if r.occurred_at < cutoff]
+        if due:
+            with db.write_lock(), db.engine.begin() as conn:
+                emptied += _empty_messages(conn, due, now)
         marks.late.update(r.id for r in rows if r.occurred_at >= cutoff)
         if len(rows) < batch:
             break
         after = rows[-1].id
-    marks.seen = top
+    marks.since, marks.seen = since, top
     marks.late = {i for i in marks.late if i > upto}
     for chunk in _chunks(sorted(marks.late), batch):
-        with db.write_lock(), db.engine.begin() as conn:
+        with db.reading() as conn:
             still = set(conn.execute(select(MESSAGES.c.id).where(MESSAGES.c.id.in_(chunk), *_HAS_TEXT)).scalars())
             due = list(conn.execute(select(MESSAGES.c.id).where(
                 MESSAGES.c.id.in_(chunk), MESSAGES.c.occurred_at < cutoff, *_HAS_TEXT)).scalars())
-            _empty_messages(conn, due, now)
-        emptied += len(due)
+        if due:
+            with db.write_lock(), db.engine.begin() as conn:
+                emptied += _empty_messages(conn, due, now)
         marks.late -= set(chunk) - (still - set(due))
     return emptied
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 from datetime import datetime, timedelta, timezone
 
 import anyio
+import pytest
 from sqlalchemy import event as sqlalchemy_event, func, insert, select
 from typer.testing import CliRunner
 
@@ -303,6 +305,111 @@ def test_messages_are_emptied_by_their_own_time_also_one_stored_months_after_the
                                               "wamid.R1": None, "wamid.R2": "Still there?"}
         assert purge_at(T0 + timedelta(days=days + 200, hours=1)) == 1  # Kabir's, on its day
         assert message_bodies(runtime.db)["wamid.R2"] == "Still there?"
+
+
+def test_a_late_message_still_uncommitted_while_a_later_one_committed_is_emptied_on_its_own_day(db_url):
+    """PostgreSQL gives a row its id at insert, not at commit: a worker storing a replayed message (written
+    months before) still has it uncommitted while another worker's later message commits, and the hourly run
+    reads in between. Once committed, the late message is still emptied on its own day, not when the rows
+    stored around it come due months later; whether the run that missed it was the first after a start or
+    one of the hourly ones after it."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite writes one at a time: an id is taken and committed under its write lock")
+    settings = make_settings(db_url)
+    days = settings.worker.conversation_retention_days
+    clock = Clock(T0)
+    with running_app(settings, clock=clock) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+
+        def write(p: Person, text: str, at, wamid: str) -> None:
+            assert post_whatsapp(client, inbound_text(p, text, at, wamid=wamid)).status_code == 200
+            runtime.processor.drain()
+
+        def purge_at(now) -> int:
+            clock.now = now
+            return anyio.run(purge_job, runtime, "test-worker")["messages"]
+
+        def in_flight(wamid: str, text: str, written):
+            """Another worker's batch storing a replayed message, not yet committed."""
+            conn = runtime.db.engine.connect()
+            tx = conn.begin()
+            conn.execute(insert(m.Message).values(store_id=sid, direction="in", wamid=wamid, kind="text", body=text,
+                                                  status="received", occurred_at=written, updated_at=clock.now))
+            return conn, tx
+
+        write(MEENA, "Hello, is this the shop?", T0, "wamid.M1")
+        with runtime.db.engine.begin() as conn:  # the store's ordinary traffic, around day 100
+            conn.execute(insert(m.Message), [
+                {"store_id": sid, "direction": "in", "wamid": f"wamid.X{i}", "kind": "text", "body": "hi", "status": "received",
+                 "occurred_at": T0 + timedelta(days=100, minutes=i), "updated_at": T0 + timedelta(days=100, minutes=i)} for i in range(10)])
+        clock.now = T0 + timedelta(days=200)
+        write(KABIR, "Is the blue one back in stock?", clock.now, "wamid.K1")
+        # the first run after a start, a few minutes in, while the replay of Riya's message is uncommitted
+        conn, tx = in_flight("wamid.R1", "my address is 12 MG Road", T0 - timedelta(days=10))
+        clock.now += timedelta(minutes=1)
+        write(KABIR, "Hello?", clock.now, "wamid.K2")  # committed first, with the higher id
+        assert purge_at(clock.now + timedelta(minutes=4)) == 0  # nothing a retention old yet
+        tx.commit()
+        conn.close()
+        assert purge_at(clock.now + timedelta(hours=1)) == 0
+        # an hourly run later on, while another replayed message is uncommitted
+        conn, tx = in_flight("wamid.R2", "my new number is 98111 22233", T0 - timedelta(days=5))
+        clock.now += timedelta(minutes=1)
+        write(KABIR, "Anyone there?", clock.now, "wamid.K3")
+        assert purge_at(clock.now + timedelta(minutes=58)) == 0
+        tx.commit()
+        conn.close()
+        assert purge_at(clock.now + timedelta(hours=1)) == 0
+        assert purge_at(T0 + timedelta(days=days - 9)) == 1  # Riya's first is a retention old
+        assert purge_at(T0 + timedelta(days=days - 4)) == 1  # her second
+        assert message_bodies(runtime.db) == {"wamid.M1": "Hello, is this the shop?", "wamid.K1": "Is the blue one back in stock?",
+                                              "wamid.K2": "Hello?", "wamid.K3": "Anyone there?", "wamid.R1": None, "wamid.R2": None,
+                                              **{f"wamid.X{i}": "hi" for i in range(10)}}
+
+
+def test_storing_messages_goes_on_while_the_run_looks_for_late_messages(tmp_path, sqlite_template):
+    """After a start the run looks through every message stored since a retention ago for late ones (months
+    of them on a busy store); on SQLite that search held the one write lock, so webhooks and the processor
+    waited for it. A message is stored while the search reads, and the late one it finds is still emptied."""
+    path = tmp_path / "storeloop.db"
+    shutil.copy(sqlite_template, path)
+    settings = make_settings(f"sqlite:///{path}")
+    days = settings.worker.conversation_retention_days
+    clock = Clock(T0)
+    with running_app(settings, clock=clock) as (client, runtime):
+        runtime.processor.clock = clock
+        sid = runtime.store_ids["shop-a"]
+        assert post_whatsapp(client, inbound_text(MEENA, "Hello", T0, wamid="wamid.M1")).status_code == 200
+        clock.now = T0 + timedelta(days=200)
+        assert post_whatsapp(client, inbound_text(RIYA, "Do you ship to Pune?", T0 - timedelta(days=30),
+                                                  wamid="wamid.R1")).status_code == 200  # stored months late
+        runtime.processor.drain()
+        stored: list[bool] = []
+        writers: list[threading.Thread] = []
+
+        def store_one() -> None:  # what ingest does: take the write lock, insert, commit
+            with runtime.db.write_lock(), runtime.db.engine.begin() as conn:
+                conn.execute(insert(m.Message).values(store_id=sid, direction="in", wamid="wamid.K1", kind="text", body="Hi",
+                                                      status="received", occurred_at=clock.now, updated_at=clock.now))
+
+        def during_the_search(conn, cursor, statement, *args) -> None:
+            if "julianday" in statement and not stored:  # the search for late messages (their times are texts on SQLite)
+                writers.append(writer := threading.Thread(target=store_one))
+                writer.start()
+                writer.join(timeout=10)  # returns at once unless the write lock is held
+                stored.append(not writer.is_alive())
+
+        sqlalchemy_event.listen(runtime.db.engine, "before_cursor_execute", during_the_search)
+        try:
+            clock.now = T0 + timedelta(days=days - 29)
+            assert anyio.run(purge_job, runtime, "test-worker")["messages"] == 1
+        finally:
+            sqlalchemy_event.remove(runtime.db.engine, "before_cursor_execute", during_the_search)
+            for writer in writers:  # stored once the lock was let go
+                writer.join()
+        assert stored == [True], "the message waited for the search to end"
+        assert message_bodies(runtime.db) == {"wamid.M1": "Hello", "wamid.R1": None, "wamid.K1": "Hi"}
 
 
 class VmSteps:

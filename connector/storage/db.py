@@ -40,6 +40,7 @@ SQLITE_PAGE_SIZE = 8192
 # to about 80 MB plus the largest transaction; ``serve`` and ``worker`` still checkpoint from a
 # thread after the webhook writer's commits (storage/checkpoint.py), as before.
 SQLITE_AUTOCHECKPOINT = 10_000
+READ_ONLY = "storeloop_read_only"  # the execution option of ``Database.reading``'s connections
 
 
 def make_engine(url: str, *, pool_size: int = 5, connect_args: dict[str, Any] | None = None) -> Engine:
@@ -61,7 +62,7 @@ def make_engine(url: str, *, pool_size: int = 5, connect_args: dict[str, Any] | 
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(
@@ -234,6 +235,13 @@ class Database:
 
     def write_lock(self) -> Any:
         return self._lock if self._lock is not None else self._nolock
+
+    def reading(self) -> Connection:
+        """A connection for reads only. On SQLite its transactions begin deferred: in WAL mode a read
+        neither waits for the writer nor holds it up, where ``BEGIN IMMEDIATE`` (every other transaction
+        here) takes SQLite's write lock even to read. A write through it fails: use ``write_lock`` and
+        ``engine.begin``."""
+        return self.engine.connect().execution_options(**{READ_ONLY: True})
 
     def write_lock_wanted(self) -> bool:
         """SQLite: another thread of this process waits for the write lock."""
