@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from types import SimpleNamespace
@@ -489,10 +490,10 @@ def test_a_checkout_the_poll_saw_first_moves_to_the_phone_its_late_webhook_names
     assert phones[checkout_contact] == "+919876543210"
 
 
-def test_after_a_reminder_to_the_account_phone_the_late_webhook_moves_the_rest_of_the_ladder_there_once(db_url):
-    """The poll's run reminded the account phone (it has the WhatsApp opt-in) before the checkout's webhook
-    came: the next reminder goes to the checkout's phone. That move happens once: when the checkout then
-    gives yet another phone, that is a real change, and the ladder ends (``contact_changed``)."""
+@contextmanager
+def _polled_first_and_due_for_the_account_phone(db_url):
+    """The poll saw the checkout first (only the account phone, opted in) and its first reminder came due at 07:25;
+    the checkout's webhook, naming her own phone, has not come yet. Yields what the late-webhook tests go on with."""
     settings = shop_settings(db_url, second_reminder=True)
     store = settings.stores[0]
     webhook = fixture_checkout()
@@ -506,6 +507,14 @@ def test_after_a_reminder_to_the_account_phone_the_late_webhook_moves_the_rest_o
         runtime.processor.drain()
         clock.now = T + timedelta(minutes=26)
         runtime.processor.process_timers()
+        yield settings, webhook, clock, client, runtime
+
+
+def test_after_a_reminder_to_the_account_phone_the_late_webhook_moves_the_rest_of_the_ladder_there_once(db_url):
+    """The poll's run reminded the account phone (it has the WhatsApp opt-in) before the checkout's webhook
+    came: the next reminder goes to the checkout's phone. That move happens once: when the checkout then
+    gives yet another phone, that is a real change, and the ladder ends (``contact_changed``)."""
+    with _polled_first_and_due_for_the_account_phone(db_url) as (settings, webhook, clock, client, runtime):
         asyncio.run(Dispatcher(runtime.db, settings, runtime.store_ids, DryRunSender(), clock=clock).drain())
         assert sent_to(runtime.db)[0] == [("+919900011111", "first", "dry_run")]
         clock.now = T + timedelta(hours=1)
@@ -529,19 +538,8 @@ def test_a_reminder_still_waiting_for_the_account_phone_is_dropped_when_the_late
     """The first reminder was queued for the account phone but had not gone out (held: quiet hours, a retry)
     when the checkout's webhook named her own phone: it never goes to the old number, and the ladder goes
     on at the checkout's phone from its next step."""
-    settings = shop_settings(db_url, second_reminder=True)
-    store = settings.stores[0]
-    webhook = fixture_checkout()
-    webhook["customer"] = {**webhook["customer"], "phone": "+91 99000 11111"}
-    fake = FakeCheckouts([account_phone_twin(webhook, "+91 99000 11111", whatsapp="SUBSCRIBED")])
-    clock = Clock(T)
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
-        sid = runtime.store_ids["shop-a"]
-        asyncio.run(poll(runtime.db, store, sid, fake, T))
-        runtime.processor.drain()
-        clock.now = T + timedelta(minutes=26)
-        runtime.processor.process_timers()  # queued for the account phone, not sent yet
+    with _polled_first_and_due_for_the_account_phone(db_url) as (settings, webhook, clock, client, runtime):
+        # the first reminder is queued for the account phone, not sent yet
         clock.now = T + timedelta(minutes=27)
         post_webhook(client, webhook, "checkouts/update")
         runtime.processor.drain()
