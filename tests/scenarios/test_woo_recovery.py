@@ -165,29 +165,6 @@ def test_an_unpaid_order_the_staff_entered_gets_the_pay_reminder_not_the_cart_la
     assert sc.templates_to(ASHA) == ["pay_v1"]
 
 
-def test_a_purchase_after_woocommerce_cancelled_her_unpaid_order_still_credits_the_cart_reminder(sqlite_url, scenario, world):
-    """Reminded of her cart, Asha orders but leaves the card page: with stock management on, WooCommerce cancels the
-    unpaid order after its hold-stock minutes. An hour later she orders again and pays. Before, the cancel ended the
-    ladder's run and with it the attribution window: the purchase the reminder brought back counted nowhere, and
-    the report showed a reminded cart lost. No reminder goes out after the cancel (its pay link is dead)."""
-    sc = scenario(sqlite_url, "woocommerce", journeys=LADDER)
-    WOOCOMMERCE.start_checkout(sc, "A", ASHA)
-    sc.at(T0 + timedelta(minutes=30))
-    assert sc.templates_to(ASHA) == ["cart_1_v1"]
-    sc.at(T0 + timedelta(hours=2))
-    order = unpaid(4, sc.now, status="pending")
-    sc.woo("order.created", order)
-    sc.later(hours=1)
-    sc.woo("order.updated", {**order, "status": "cancelled", "date_modified_gmt": p.gmt(sc.now)})  # Hold stock: 60 minutes
-    sc.later(hours=1)
-    sc.woo("order.created", WOOCOMMERCE.order(5, ASHA, sc.now, cod=False))  # paid at once
-    sc.later(days=9)
-    assert sc.templates_to(ASHA) == ["cart_1_v1"]
-    c = conversion(sc)
-    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"]) == (1, 1, 1)
-    assert (c["recovered_revenue"], c["lost"]) == ({"INR": "1299.00"}, 0)
-
-
 def _reminded_order_cancelled(sc) -> None:
     """Reminded of her cart, Asha orders and leaves the card page; WooCommerce cancels the unpaid order an hour later
     (Hold stock), and another hour on she orders again."""
@@ -200,6 +177,21 @@ def _reminded_order_cancelled(sc) -> None:
     sc.later(hours=1)
     sc.woo("order.updated", {**order, "status": "cancelled", "date_modified_gmt": p.gmt(sc.now)})
     sc.later(hours=1)
+
+
+def test_a_purchase_after_woocommerce_cancelled_her_unpaid_order_still_credits_the_cart_reminder(sqlite_url, scenario, world):
+    """Reminded of her cart, Asha orders but leaves the card page: with stock management on, WooCommerce cancels the
+    unpaid order after its hold-stock minutes. An hour later she orders again and pays. Before, the cancel ended the
+    ladder's run and with it the attribution window: the purchase the reminder brought back counted nowhere, and
+    the report showed a reminded cart lost. No reminder goes out after the cancel (its pay link is dead)."""
+    sc = scenario(sqlite_url, "woocommerce", journeys=LADDER)
+    _reminded_order_cancelled(sc)  # Hold stock: 60 minutes
+    sc.woo("order.created", WOOCOMMERCE.order(5, ASHA, sc.now, cod=False))  # paid at once
+    sc.later(days=9)
+    assert sc.templates_to(ASHA) == ["cart_1_v1"]
+    c = conversion(sc)
+    assert (c["checkouts_abandoned"], c["checkouts_reminded"], c["checkouts_recovered"]) == (1, 1, 1)
+    assert (c["recovered_revenue"], c["lost"]) == ({"INR": "1299.00"}, 0)
 
 
 def test_a_reorder_left_pending_after_the_cancel_and_then_paid_still_credits_the_cart_reminder(sqlite_url, scenario, world):
