@@ -53,10 +53,9 @@ def test_a_fulfilment_cancelled_before_she_heard_of_it_does_not_tell_her_it_ship
     assert sc.templates_to(ASHA) == ["order_thanks_v1"]
 
 
-def test_delivered_waiting_for_a_parcel_the_store_then_cancels_is_told(sqlite_url, scenario, world):
-    """Before: 7001 arrived while 7002 was still listed, so "delivered" waited; the store then cancelled
-    7002 (the item was out of stock) and she never heard her order was delivered."""
-    sc = start(scenario, sqlite_url)
+def _paid_order_shipped_in_two_parcels(sc: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Asha's paid order, shipped an hour later as two fulfilments (7001, 7002) with no carrier news yet; a day on.
+    Returns the order and the second fulfilment, which the tests go on to fail or cancel."""
     order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
     SHOPIFY.place(sc, order)
     sc.later(hours=1)
@@ -64,6 +63,14 @@ def test_delivered_waiting_for_a_parcel_the_store_then_cancels_is_told(sqlite_ur
     second = fulfilment(7002, order, sc.now, None, "BBB222")
     sc.shopify("fulfillments/create", second)
     sc.later(days=1)
+    return order, second
+
+
+def test_delivered_waiting_for_a_parcel_the_store_then_cancels_is_told(sqlite_url, scenario, world):
+    """Before: 7001 arrived while 7002 was still listed, so "delivered" waited; the store then cancelled
+    7002 (the item was out of stock) and she never heard her order was delivered."""
+    sc = start(scenario, sqlite_url)
+    order, second = _paid_order_shipped_in_two_parcels(sc)
     sc.shopify("fulfillments/update", fulfilment(7001, order, sc.now, "delivered", "AAA111"))
     sc.later(hours=1)
     assert "delivered_v1" not in sc.templates_to(ASHA)  # 7002 is still on its way
@@ -101,13 +108,7 @@ def test_delivered_is_told_when_the_parcel_that_failed_is_cancelled_and_the_othe
     failed = {"step": "delivery.failed", "name": "ndr_v1", "category": "utility", "body_text": "We missed you with {{1}}",
               "body": ["order.name"]}
     sc = scenario(sqlite_url, "shopify", journeys=JOURNEYS, store_settings={"templates": [*templates(), failed]})
-    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
-    SHOPIFY.place(sc, order)
-    sc.later(hours=1)
-    sc.shopify("fulfillments/create", fulfilment(7001, order, sc.now, None, "AAA111"))
-    second = fulfilment(7002, order, sc.now, None, "BBB222")
-    sc.shopify("fulfillments/create", second)
-    sc.later(days=1)
+    order, second = _paid_order_shipped_in_two_parcels(sc)
     sc.shopify("fulfillments/update", {**second, "shipment_status": "attempted_delivery", "updated_at": p.iso(sc.now)})
     sc.later(hours=1)
     sc.shopify("fulfillments/update", fulfilment(7001, order, sc.now, "delivered", "AAA111"))
