@@ -368,15 +368,20 @@ def test_a_late_message_still_uncommitted_while_a_later_one_committed_is_emptied
                                               **{f"wamid.X{i}": "hi" for i in range(10)}}
 
 
+def _on_a_sqlite_file(tmp_path, sqlite_template):
+    """A store on its own SQLite file copied from the migrated template (these tests watch SQLite's write lock and
+    read steps); returns its settings, its retention in days, and a clock at T0."""
+    path = tmp_path / "storeloop.db"
+    shutil.copy(sqlite_template, path)
+    settings = make_settings(f"sqlite:///{path}")
+    return settings, settings.worker.conversation_retention_days, Clock(T0)
+
+
 def test_storing_messages_goes_on_while_the_run_looks_for_late_messages(tmp_path, sqlite_template):
     """After a start the run looks through every message stored since a retention ago for late ones (months
     of them on a busy store); on SQLite that search held the one write lock, so webhooks and the processor
     waited for it. A message is stored while the search reads, and the late one it finds is still emptied."""
-    path = tmp_path / "storeloop.db"
-    shutil.copy(sqlite_template, path)
-    settings = make_settings(f"sqlite:///{path}")
-    days = settings.worker.conversation_retention_days
-    clock = Clock(T0)
+    settings, days, clock = _on_a_sqlite_file(tmp_path, sqlite_template)
     with running_app(settings, clock=clock) as (client, runtime):
         runtime.processor.clock = clock
         sid = runtime.store_ids["shop-a"]
@@ -434,11 +439,7 @@ def test_the_hourly_run_reads_the_rows_that_came_due_not_the_whole_messages_tabl
     """Two and a half years of messages, one an hour: the first run empties the oldest; the next hour's run
     reads about the hour that came due, not every message to the table's end (the job had walked 2M messages
     and 1M sends every hour, 0.44 s). Read is counted in SQLite's steps, against one plain scan of the table."""
-    path = tmp_path / "storeloop.db"
-    shutil.copy(sqlite_template, path)
-    settings = make_settings(f"sqlite:///{path}")
-    days = settings.worker.conversation_retention_days
-    clock = Clock(T0)
+    settings, days, clock = _on_a_sqlite_file(tmp_path, sqlite_template)
     with running_app(settings, clock=clock) as (client, runtime):
         a = runtime.store_ids["shop-a"]
         first = T0 - timedelta(hours=20_000)
