@@ -614,6 +614,7 @@ def test_closing_a_failed_delivery_case_while_the_worker_adds_that_orders_news_t
     from sqlalchemy import text, update
 
     from connector.handoffs import HandoffRequest, open_handoff
+    from connector.storage.db import make_engine
     from connector.storage.sql import RUNS
 
     if not db_url.startswith("postgresql"):
@@ -626,7 +627,9 @@ def test_closing_a_failed_delivery_case_while_the_worker_adds_that_orders_news_t
         post_shopify(client, fulfilment, "fulfillments/update")
         runtime.processor.drain()
         [case] = client.get("/api/stores/shop-a/handoffs", params={"status": "open"}, headers=ADMIN).json()["items"]
-        sid, engine = runtime.store_ids["shop-a"], runtime.db.engine
+        # the worker and the watcher connect through an engine of their own: taken from the app's pool, they
+        # could leave Ravi's close waiting for a free connection instead of for the worker's lock
+        sid, engine = runtime.store_ids["shop-a"], make_engine(db_url)
         closed: list[object] = []
 
         def close() -> None:  # Ravi's close, through the admin API
@@ -641,7 +644,9 @@ def test_closing_a_failed_delivery_case_while_the_worker_adds_that_orders_news_t
             worker.execute(update(RUNS).where(RUNS.c.id == run.id).values(updated_at=T0))  # the batch has the run
             closer = threading.Thread(target=close)
             closer.start()
-            with engine.connect() as watch:  # wait (no sleep) until the close is held by a lock the worker has
+            # wait (no sleep) until the close is held by a lock the worker has; each look its own transaction:
+            # PostgreSQL keeps one snapshot of pg_stat_activity per transaction, which may predate the close's backend
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watch:
                 deadline = time.monotonic() + 10
                 while not watch.execute(text("SELECT count(*) FROM pg_stat_activity WHERE :me = ANY(pg_blocking_pids(pid))"), {"me": worker_pid}).scalar():
                     assert time.monotonic() < deadline and closer.is_alive(), "the close never waited for the worker"
@@ -655,6 +660,7 @@ def test_closing_a_failed_delivery_case_while_the_worker_adds_that_orders_news_t
                 batch.rollback()
                 worker_error = exc
             closer.join(timeout=30)
+        engine.dispose()
         done = client.get("/api/stores/shop-a/handoffs", params={"status": "closed"}, headers=ADMIN).json()["items"]
     assert worker_error is None and closed == [200], (worker_error, closed)
     [done] = done
