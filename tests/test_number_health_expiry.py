@@ -127,11 +127,7 @@ def test_a_restriction_kept_with_an_end_that_is_not_a_date_is_noted_ended_once_a
     held_until = sc.now - timedelta(hours=1)
     broken = {"restriction": {"restrictions": [{"kind": "RESTRICTED_BIZ_INITIATED_MESSAGING", "until": "next tuesday"}],
                               "at": (sc.now - timedelta(hours=3)).isoformat()}}
-    with sc.runtime.db.engine.begin() as conn:
-        conn.execute(update(m.Store).where(m.Store.key == sc.key).values(whatsapp_health=broken, whatsapp_held_until=held_until))
-    SHOPIFY.start_checkout(sc, "cartR", RAVI)
-    with caplog.at_level(logging.WARNING):
-        sc.later(hours=1, step=timedelta(minutes=20))
+    sc = _held_past_with(sc, broken, held_until, caplog)
     assert sc.templates_to(RAVI) == ["cart_1_v1"]
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     warned = [r for r in caplog.records if "end that is not a date" in r.getMessage()]
@@ -198,12 +194,7 @@ def test_a_restriction_kept_in_a_shape_that_is_not_an_object_is_noted_ended_once
     on; a restriction Meta sends later is kept and told as any is."""
     sc = scenario(db_url, "shopify", journeys=LADDER)
     held_until = sc.now - timedelta(hours=1)
-    with sc.runtime.db.engine.begin() as conn:
-        conn.execute(update(m.Store).where(m.Store.key == sc.key).values(
-            whatsapp_health={"restriction": kept}, whatsapp_held_until=held_until))
-    SHOPIFY.start_checkout(sc, "cartR", RAVI)
-    with caplog.at_level(logging.WARNING):
-        sc.later(hours=1, step=timedelta(minutes=20))
+    sc = _held_past_with(sc, {"restriction": kept}, held_until, caplog)
     assert sc.templates_to(RAVI) == ["cart_1_v1"]
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     warned = [r for r in caplog.records if "shape that cannot be read" in r.getMessage()]
@@ -240,3 +231,14 @@ def test_while_a_restriction_kept_in_a_shape_that_is_not_an_object_holds_the_sen
     sc.later(minutes=5)
     assert whatsapp_health(sc)["sends_held"]["until"] == until.isoformat()
     assert len(told(world)) == 1 and "Meta restricted the WhatsApp Business Account" in told(world)[0][1]
+
+
+def _held_past_with(sc, health: dict, held_until, caplog):
+    """The store's number health kept as ``health``, its hold ended at ``held_until``; Ravi's cart is
+    begun and the worker's rounds run an hour on, warnings captured."""
+    with sc.runtime.db.engine.begin() as conn:
+        conn.execute(update(m.Store).where(m.Store.key == sc.key).values(whatsapp_health=health, whatsapp_held_until=held_until))
+    SHOPIFY.start_checkout(sc, "cartR", RAVI)
+    with caplog.at_level(logging.WARNING):
+        sc.later(hours=1, step=timedelta(minutes=20))
+    return sc
