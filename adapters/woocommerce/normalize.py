@@ -181,6 +181,13 @@ _CLOSED = frozenset({"cancelled", "trash"})
 _NOT_ON_ITS_WAY = frozenset({"pending", "failed", "cancelled", "refunded", "checkout-draft", "trash"})
 
 
+# Placeholders of a provider's link format: the Shipment Tracking extension's (sprintf positions) and
+# Advanced Shipment Tracking's (zorem: ``get_formatted_tracking_item``; ``%number2%`` its product code)
+_WST_PLACEHOLDERS = (("%1$s", "number"), ("%2$s", "postcode"), ("%3$s", "country"))
+_AST_PLACEHOLDERS = (("%number2%", "code"), ("%number%", "number"), ("%postal_code%", "postcode"), ("%country_code%", "country"))
+_NUMBER_PLACEHOLDERS = ("%1$s", "%number%")
+
+
 def _tracking_items(o: Body) -> list[dict[str, Any]]:
     """The order's Shipment Tracking items, in the order the extension lists them ([] without one):
     each is a parcel (a store adds one per package it sends)."""
@@ -210,7 +217,9 @@ def _tracking_link(o: Body, tracking: dict[str, Any], store: WooCommerceStore) -
 
     A custom provider's item carries its link; a predefined provider's names only the provider,
     whose link format the extension keeps in PHP (``store.tracking_links`` has the store's). The
-    format's placeholders are the extension's: %1$s the number, %2$s the postcode, %3$s the country."""
+    format's placeholders are the extension's (%1$s the number, %2$s the postcode, %3$s the country)
+    or Advanced Shipment Tracking's, which writes the same meta and answers the same providers
+    endpoint with its own (``_AST_PLACEHOLDERS``)."""
     number = str(tracking.get("tracking_number") or "").strip()
     custom = str(tracking.get("custom_tracking_provider") or "").strip()
     provider = str(tracking.get("tracking_provider") or "").strip()
@@ -219,14 +228,16 @@ def _tracking_link(o: Body, tracking: dict[str, Any], store: WooCommerceStore) -
     company = custom or (configured[0] if configured else provider) or None
     if not link and configured:
         link = configured[1]
-    if not link or ("%1$s" in link and not number):
+    if not link or (not number and any(p in link for p in _NUMBER_PLACEHOLDERS)):
         return company, None
     where = "shipping" if get_str(get_obj(o, "shipping") or {}, "postcode", "shipping") else "billing"
     address = get_obj(o, where) or {}
     postcode = (get_str(address, "postcode", where) or "").replace(" ", "").upper()
     country = (get_str(address, "country", where) or "").upper()
-    for placeholder, value in (("%1$s", number), ("%2$s", postcode), ("%3$s", country)):
-        link = link.replace(placeholder, quote(value, safe=""))
+    code = str(tracking.get("tracking_product_code") or "").strip()
+    values = {"number": number, "postcode": postcode, "country": country, "code": code}
+    for placeholder, value in (*_WST_PLACEHOLDERS, *_AST_PLACEHOLDERS):
+        link = link.replace(placeholder, quote(values[value], safe=""))
     return company, link
 
 
