@@ -213,8 +213,8 @@ def _aftership_items(o: Body) -> list[dict[str, Any]]:
     else:
         found = [(meta.get("_aftership_tracking_provider_name"), meta.get("_aftership_tracking_number"))]
     items = []
-    for slug, number in found:
-        slug, number = str(slug or "").strip(), str(number or "").strip()
+    for raw_slug, raw_number in found:
+        slug, number = (str(v).strip() if isinstance(v, (str, int)) and not isinstance(v, bool) else "" for v in (raw_slug, raw_number))
         if number:
             page = f"{AFTERSHIP_PAGE}/{quote(slug, safe='')}/%1$s" if slug else None
             items.append({"tracking_provider": slug, "tracking_number": number, "default_link": page})
