@@ -154,6 +154,8 @@ _SHIPMENT_FOR_MEANING = {
     "failed_delivery": ShipmentStatus.ATTEMPTED_DELIVERY,
 }
 TRACKING_META = "_wc_shipment_tracking_items"
+AFTERSHIP_META = "_aftership_tracking_items"
+AFTERSHIP_PAGE = "https://track.aftership.com"  # the AfterShip plugin's tracking page when the store set no domain of its own
 # Shipping methods that send nothing: the customer collects the order ("completed" is then no parcel)
 _PICKUP_METHODS = frozenset({"local_pickup", "pickup_location"})
 # A COD order is paid when the cash is taken: WooCommerce sets ``date_paid`` as soon as any order
@@ -181,13 +183,41 @@ _CLOSED = frozenset({"cancelled", "trash"})
 _NOT_ON_ITS_WAY = frozenset({"pending", "failed", "cancelled", "refunded", "checkout-draft", "trash"})
 
 
+# Placeholders of a provider's link format: the Shipment Tracking extension's (sprintf positions) and
+# Advanced Shipment Tracking's (zorem: ``get_formatted_tracking_item``; ``%number2%`` its product code)
+_WST_PLACEHOLDERS = (("%1$s", "number"), ("%2$s", "postcode"), ("%3$s", "country"))
+_AST_PLACEHOLDERS = (("%number2%", "code"), ("%number%", "number"), ("%postal_code%", "postcode"), ("%country_code%", "country"))
+_NUMBER_PLACEHOLDERS = ("%1$s", "%number%")
+
+
 def _tracking_items(o: Body) -> list[dict[str, Any]]:
-    """The order's Shipment Tracking items, in the order the extension lists them ([] without one):
-    each is a parcel (a store adds one per package it sends)."""
+    """The order's parcels, in the order the plugin lists them ([] without one): each is a parcel (a
+    store adds one per package it sends). The Shipment Tracking extension's items (Advanced Shipment
+    Tracking writes the same meta), else the AfterShip plugin's, read in the same shape."""
     items: list[dict[str, Any]] = []
     for _, meta in get_objects(o, "meta_data"):
         if meta.get("key") == TRACKING_META and isinstance(meta.get("value"), list) and meta["value"]:
             items = [i for i in meta["value"] if isinstance(i, dict)]
+    return items or _aftership_items(o)
+
+
+def _aftership_items(o: Body) -> list[dict[str, Any]]:
+    """The AfterShip plugin's parcels as Shipment Tracking items: ``_aftership_tracking_items`` (courier
+    ``slug``, ``tracking_number``), or in its older meta one parcel in ``_aftership_tracking_number`` and
+    ``_aftership_tracking_provider_name``. Its items carry no link: the plugin's own tracking page (its
+    default domain) is the link, unless the store lists a format for the courier (``tracking_links``)."""
+    meta = {m.get("key"): m.get("value") for _, m in get_objects(o, "meta_data") if str(m.get("key") or "").startswith("_aftership_")}
+    listed = meta.get(AFTERSHIP_META)
+    if isinstance(listed, list) and listed:
+        found = [(i.get("slug"), i.get("tracking_number")) for i in listed if isinstance(i, dict)]
+    else:
+        found = [(meta.get("_aftership_tracking_provider_name"), meta.get("_aftership_tracking_number"))]
+    items = []
+    for raw_slug, raw_number in found:
+        slug, number = (str(v).strip() if isinstance(v, (str, int)) and not isinstance(v, bool) else "" for v in (raw_slug, raw_number))
+        if number:
+            page = f"{AFTERSHIP_PAGE}/{quote(slug, safe='')}/%1$s" if slug else None
+            items.append({"tracking_provider": slug, "tracking_number": number, "default_link": page})
     return items
 
 
@@ -210,7 +240,9 @@ def _tracking_link(o: Body, tracking: dict[str, Any], store: WooCommerceStore) -
 
     A custom provider's item carries its link; a predefined provider's names only the provider,
     whose link format the extension keeps in PHP (``store.tracking_links`` has the store's). The
-    format's placeholders are the extension's: %1$s the number, %2$s the postcode, %3$s the country."""
+    format's placeholders are the extension's (%1$s the number, %2$s the postcode, %3$s the country)
+    or Advanced Shipment Tracking's, which writes the same meta and answers the same providers
+    endpoint with its own (``_AST_PLACEHOLDERS``)."""
     number = str(tracking.get("tracking_number") or "").strip()
     custom = str(tracking.get("custom_tracking_provider") or "").strip()
     provider = str(tracking.get("tracking_provider") or "").strip()
@@ -219,14 +251,17 @@ def _tracking_link(o: Body, tracking: dict[str, Any], store: WooCommerceStore) -
     company = custom or (configured[0] if configured else provider) or None
     if not link and configured:
         link = configured[1]
-    if not link or ("%1$s" in link and not number):
+    link = link or str(tracking.get("default_link") or "")
+    if not link or (not number and any(p in link for p in _NUMBER_PLACEHOLDERS)):
         return company, None
     where = "shipping" if get_str(get_obj(o, "shipping") or {}, "postcode", "shipping") else "billing"
     address = get_obj(o, where) or {}
     postcode = (get_str(address, "postcode", where) or "").replace(" ", "").upper()
     country = (get_str(address, "country", where) or "").upper()
-    for placeholder, value in (("%1$s", number), ("%2$s", postcode), ("%3$s", country)):
-        link = link.replace(placeholder, quote(value, safe=""))
+    code = str(tracking.get("tracking_product_code") or "").strip()
+    values = {"number": number, "postcode": postcode, "country": country, "code": code}
+    for placeholder, value in (*_WST_PLACEHOLDERS, *_AST_PLACEHOLDERS):
+        link = link.replace(placeholder, quote(values[value], safe=""))
     return company, link
 
 
