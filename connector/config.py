@@ -786,8 +786,10 @@ class WooCommerceStore(_StoreBase):
         default_factory=dict,
         description="links of the Shipment Tracking extension's predefined providers, by provider name, as the "
         "store's public /wp-json/wc-shipment-tracking/v3/shipment-trackings/providers lists them "
-        "(%1$s the tracking number, %2$s the postcode, %3$s the country); an order's tracking item names "
-        "only its provider, so without this its 'shipped' message has no link",
+        "(%1$s the tracking number, %2$s the postcode, %3$s the country; or Advanced Shipment Tracking's "
+        "%number%, %postal_code%, %country_code%), or an AfterShip courier slug's; an order's tracking item "
+        "names only its provider, so without this its 'shipped' message has no link (AfterShip's: the "
+        "plugin's track.aftership.com page)",
     )
 
     @field_validator("tracking_links")
