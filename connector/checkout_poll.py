@@ -119,12 +119,11 @@ def checkout_pager_for(store: Any, client: Any) -> CheckoutPager:
 
 def link_identity_of(store: Any) -> Callable[[str | None], str | None] | None:
     """How the store's platform identifies a recovery link (``CheckoutPager.link_identity``, without a
-    client): an erasure marks her checkouts' links with it. None for a platform that is not polled."""
-    if store.platform != "shopify":
-        return None
-    from adapters.shopify.checkouts import link_identity
+    client): an erasure marks her checkouts' links with it. None for a platform that is not polled.
+    The adapters' registry knows which platform reads links how."""
+    from adapters.registry import link_readers  # late: the registry imports the processor, which imports us
 
-    return link_identity
+    return link_readers().get(store.platform)
 
 
 def _stored(db: Database, store_id: int, tokens: Iterable[str], needles: Iterable[str],

@@ -97,13 +97,13 @@ def all_refs(events: Iterable[ev.Event]) -> tuple[set[str], set[str], set[str]]:
 
 
 def new_key() -> str:
-    """A store's hashing key (hex), made once, at its first erasure (or migration 0023's marks)."""
+    """A store's hashing key (hex), made once, at its first erasure (or migration 0023's marks, made its own way)."""
     return secrets.token_hex(32)
 
 
 def customer_hash(key: str, customer_id: str) -> str:
     """What is kept of an erased platform customer id: its HMAC-SHA256 under the store's key (hex).
-    Migration 0023 marks earlier erasures with it too, so the two must stay one function."""
+    Never to change: the stored marks were made with it, migration 0023's with a frozen copy of it."""
     return hmac.new(bytes.fromhex(key), customer_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
@@ -122,15 +122,14 @@ def _store_key(conn: Connection, store_id: int, now: datetime) -> str:
     """The store's hashing key, made on its first erasure. One per store (the ``uq_erased_refs_one_key``
     index): two first erasures at once (two workers, an erasure retried) both insert one, the second
     waits for the first and inserts nothing, and both then read the one that won."""
-    ensure_key(conn, ERASED, store_id, new_key(), now)
+    ensure_key(conn, store_id, new_key(), now)
     return conn.execute(select(ERASED.c.ref).where(ERASED.c.store_id == store_id, ERASED.c.kind == KEY)).scalar_one()
 
 
-def ensure_key(conn: Connection, table: Table, store_id: int, key: str, now: datetime) -> None:
-    """Insert this key unless the store has one (``table``: the marks table as the caller knows it;
-    migration 0023 passes its own)."""
+def ensure_key(conn: Connection, store_id: int, key: str, now: datetime) -> None:
+    """Insert this key unless the store has one."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    conn.execute(dialect.insert(table).on_conflict_do_nothing(index_elements=["store_id"], index_where=table.c.kind == KEY),
+    conn.execute(dialect.insert(ERASED).on_conflict_do_nothing(index_elements=["store_id"], index_where=ERASED.c.kind == KEY),
                  [dict(store_id=store_id, kind=KEY, ref=key, erased_at=now)])
 
 

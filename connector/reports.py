@@ -78,7 +78,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Table, bindparam, func, select
 
 from connector import money
-from connector.journeys._common import continued
+from connector.journeys._common import awaits_payment, continued
 from connector.journeys.checkout_recovery import STEPS as CART_STEPS, was_abandoned
 from connector.journeys.payment_recovery import stalled
 from connector.journeys.reorder import STEPS as REORDER_STEPS
@@ -218,8 +218,9 @@ def _called_off(order: Any) -> bool:
 def _awaits_payment(order: Any) -> bool:
     """Still waiting for money that is not cash on delivery (a WooCommerce bank transfer on hold, a Shopify bank
     deposit pending): no sale yet. A cart run from before ``checkout_recovery`` waited for such a payment credited
-    the order as placed; it recovers nothing until the order is paid (``_common.awaits_payment``)."""
-    return order is not None and not order.is_cod and order.cancelled_at is None and order.payment_state == "pending"
+    the order as placed; it recovers nothing until the order is paid. The journey's own rule, read from the stored
+    row (same fields; a failed payment also counts there, and is called off here anyway)."""
+    return order is not None and awaits_payment(order)
 
 
 def run_order(journey: str, run: Any) -> str | None:

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from alembic import command
+from sqlalchemy import select, update
+
+from connector.reorder.windows import busy_with
+from connector.storage import models as m
+from connector.storage.db import alembic_config, migrate
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401  (the scenarios' fixtures)
 from tests.scenarios.stores import SHOPIFY
 from tests.test_delivery_parcels import ASHA, JOURNEYS, fulfilment, links, order_listing, start, templates
+from tests.test_erased_orders import own_db_url  # noqa: F401  (a database of the test's own, which it may downgrade)
 
 
 def cancelled(f: dict[str, Any]) -> dict[str, Any]:
@@ -270,3 +277,36 @@ def test_news_of_the_untracked_box_within_the_week_is_followed_to_its_arrival(sq
     sc.later(hours=1)
     assert sc.templates_to(ASHA).count("delivered_v1") == 1
     assert _delivery_runs(sc) == {subject: "finished"}
+
+
+def test_a_run_left_waiting_on_an_untracked_parcel_before_the_week_rule_ends_a_week_after_the_upgrade(own_db_url, scenario, world):  # noqa: F811
+    """Before: the week's timer is set when only parcels without carrier news are left; a run already so
+    before that rule (its box with a courier Shopify does not track, no timer) never met that moment and
+    stayed active for ever, her "latest" run. The upgrade (migration 0028) gives it its timer, a week after
+    its last news, marked as listening (the reorder does not count her busy); then it ends quietly as any."""
+    sc = start(scenario, own_db_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    sc.shopify("fulfillments/create", fulfilment(7001, order, sc.now, None, "LOCAL1"))
+    sc.later(hours=1)
+    subject = f"order:{SHOPIFY.order_id(1)}"
+    db, store_id = sc.runtime.db, sc.runtime.store_ids[sc.key]
+
+    command.downgrade(alembic_config(db.engine), "0027")
+    with db.engine.begin() as conn:  # the run as the code before the rule left it: no timer, nothing listening
+        [(run_id, contact_id, state)] = conn.execute(select(m.JourneyRun.id, m.JourneyRun.contact_id, m.JourneyRun.state).where(
+            m.JourneyRun.store_id == store_id, m.JourneyRun.journey == "delivery", m.JourneyRun.subject == subject)).all()
+        assert state["parcels"] == {"7001": "none"}
+        conn.execute(update(m.JourneyRun).where(m.JourneyRun.id == run_id).values(
+            next_due_at=None, state={k: v for k, v in state.items() if k != "_listening"}))
+    migrate(db.engine)
+
+    with db.engine.connect() as conn:
+        assert busy_with(conn, store_id, contact_id, sc.now) == ()  # only listening: no reorder held back for it
+    sc.later(days=5)
+    assert _delivery_runs(sc) == {subject: "active"}  # a week for LOCAL1's news
+    sc.later(days=2)
+    assert _delivery_runs(sc) == {subject: "finished"}
+    assert "delivered_v1" not in sc.templates_to(ASHA)
+    assert _delivery_in_her_new_case(sc) == []

@@ -99,7 +99,9 @@ def awaits_payment(order: Any) -> bool:
     ``on-hold`` (a bank transfer or cheque: "awaiting payment"; never cancelled by WooCommerce on its own),
     Shopify's ``pending`` with a manual method (a bank deposit, a money order), and every ``unpaid_order``.
     She checked out, but it is no purchase yet: a cart credits it only once it is paid. A COD order is
-    (its money comes with the parcel: credited as placed), whatever status its gateway gives it."""
+    (its money comes with the parcel: credited as placed), whatever status its gateway gives it. Reads only
+    ``is_cod``, ``cancelled_at`` and ``payment_state`` (a string enum): an event's order and a stored orders row
+    alike, so the reports judge a cart's order by this same rule (``reports._awaits_payment``)."""
     return (not order.is_cod and order.cancelled_at is None
             and order.payment_state in (ev.PaymentState.PENDING, ev.PaymentState.FAILED))
 

@@ -10,7 +10,7 @@ first erasures race).
 Erasures made before this migration recorded nothing, so it marks them here, store by store: the
 orders of each contact a customer erasure left (a ``customer_redact`` row of ``compliance_requests``
 lists her contact id, and her ``phone_key`` is still ``redacted:<id>``), with that request's time, and
-her platform customer id, hashed as ``erased.customer_hash`` does, when the contact still carries one.
+her platform customer id, hashed as ``erased.customer_hash`` does (a frozen copy below), when the contact still carries one.
 Every erasure so far removed it from the contact, and orders keep none, so in practice only her orders
 are marked: her account's later updates are not recognised. Contacts a shop erasure left (no
 ``customer_redact`` request names them) are not marked, as a shop erasure now deletes its store's marks.
@@ -20,6 +20,9 @@ Revision ID: 0023
 Revises: 0022
 Create Date: 2026-12-18
 """
+import hashlib
+import hmac
+import secrets
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,8 +31,6 @@ from alembic import op
 from sqlalchemy.dialects import postgresql, sqlite
 
 import connector.storage.models
-from connector import erased
-from connector.compliance import erased_contact
 
 
 revision = '0023'
@@ -40,6 +41,10 @@ depends_on = None
 _BATCH = 2000  # orders (and requests) read per statement
 _CHUNK = 500  # contact ids per IN list
 _TIME = connector.storage.models.UTCDateTime(timezone=True)
+# connector/erased.py and compliance.erased_contact as at this revision (a migration does not follow the app)
+ORDER, CUSTOMER, KEY = 'order', 'customer', 'key'
+# an erased contact's phone_key is 'redacted:<id>': a range on it
+_ERASED_FROM, _ERASED_UNTIL = 'redacted:', 'redacted;'  # ';' follows ':'
 
 
 def upgrade() -> None:
@@ -106,15 +111,16 @@ def _mark_contacts(conn: sa.Connection, store_id: int, erased_at: dict[int, date
     """Mark the orders (and any customer id left) of those of these contacts that are still erased."""
     contacts = conn.execute(
         sa.select(_contacts.c.id, _contacts.c.external_customer_id)
-        .where(_contacts.c.store_id == store_id, _contacts.c.id.in_(sorted(erased_at)), erased_contact(_contacts))
+        .where(_contacts.c.store_id == store_id, _contacts.c.id.in_(sorted(erased_at)),
+               _contacts.c.phone_key >= _ERASED_FROM, _contacts.c.phone_key < _ERASED_UNTIL)
     ).all()
     if not contacts:
         return
-    customers = [dict(store_id=store_id, kind=erased.CUSTOMER, ref=c.external_customer_id, erased_at=erased_at[c.id])
+    customers = [dict(store_id=store_id, kind=CUSTOMER, ref=c.external_customer_id, erased_at=erased_at[c.id])
                  for c in contacts if c.external_customer_id]
     if customers:
         key = _store_key(conn, store_id)
-        _insert(conn, [{**row, 'ref': erased.customer_hash(key, row['ref'])} for row in customers])
+        _insert(conn, [{**row, 'ref': _customer_hash(key, row['ref'])} for row in customers])
     still = sorted(c.id for c in contacts)
     after = 0
     while True:  # by order id: one customer may have thousands of orders
@@ -125,15 +131,23 @@ def _mark_contacts(conn: sa.Connection, store_id: int, erased_at: dict[int, date
         ).all()
         if not rows:
             return
-        _insert(conn, [dict(store_id=store_id, kind=erased.ORDER, ref=r.external_id[:64], erased_at=erased_at[r.contact_id])
+        _insert(conn, [dict(store_id=store_id, kind=ORDER, ref=r.external_id[:64], erased_at=erased_at[r.contact_id])
                        for r in rows if r.external_id])
         after = rows[-1].id
 
 
 def _store_key(conn: sa.Connection, store_id: int) -> str:
-    """The store's hashing key (``erased._store_key``'s, on this revision's table)."""
-    erased.ensure_key(conn, _marks, store_id, erased.new_key(), datetime.now(timezone.utc))
-    return conn.execute(sa.select(_marks.c.ref).where(_marks.c.store_id == store_id, _marks.c.kind == erased.KEY)).scalar_one()
+    """The store's hashing key (``erased._store_key``'s, on this revision's table): made unless the store
+    has one (the ``uq_erased_refs_one_key`` index keeps it one), then read."""
+    dialect = postgresql if conn.dialect.name == 'postgresql' else sqlite
+    conn.execute(dialect.insert(_marks).on_conflict_do_nothing(index_elements=['store_id'], index_where=_marks.c.kind == KEY),
+                 [dict(store_id=store_id, kind=KEY, ref=secrets.token_hex(32), erased_at=datetime.now(timezone.utc))])
+    return conn.execute(sa.select(_marks.c.ref).where(_marks.c.store_id == store_id, _marks.c.kind == KEY)).scalar_one()
+
+
+def _customer_hash(key: str, customer_id: str) -> str:
+    """``erased.customer_hash`` as at this revision: HMAC-SHA256 of the id under the store's key (hex)."""
+    return hmac.new(bytes.fromhex(key), customer_id.encode('utf-8'), hashlib.sha256).hexdigest()
 
 
 def _insert(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
