@@ -23,7 +23,7 @@ from connector.storage import models as m
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
 from tests.scenarios.stores import SHOPIFY
 from tests.scenarios.test_store_journeys import COD
-from tests.test_number_health import ASHA, account, dashboard, number, outbox, told, whatsapp_health
+from tests.test_number_health import ASHA, WABA, account, ban, dashboard, number, outbox, told, whatsapp_health
 from tests.test_number_quality_poll import read_number
 
 
@@ -93,3 +93,54 @@ def test_a_reading_of_the_number_is_kept_and_told_over_a_part_that_is_not_an_obj
     [(_, text)] = told(world)
     assert "is rated YELLOW (medium) by Meta" in text
     assert any("number health is kept with what is not an object" in r.getMessage() for r in caplog.records)
+
+
+# ---- 2. an account update Meta sends in a shape that cannot be read -------------------------------
+
+def _inbox(sc) -> list[tuple[str, str, str | None]]:
+    with sc.runtime.db.engine.connect() as conn:
+        return [(r.topic, r.status, r.last_error) for r in conn.execute(
+            select(m.InboxEvent).where(m.InboxEvent.store_id == sc.runtime.store_ids[sc.key]).order_by(m.InboxEvent.id))]
+
+
+def _post_account(sc, *changes: dict, at) -> int:
+    """Meta's POST about the business account, as ``account`` sends it, answered with its status code."""
+    d = sc.whatsapp_delivery({"object": "whatsapp_business_account",
+                              "entry": [{"id": WABA, "time": int(at.timestamp()), "changes": list(changes)}]})
+    return sc.client.post(d.path, content=d.body, headers=d.headers).status_code
+
+
+def test_an_account_update_whose_value_is_not_an_object_is_kept_ignored_not_refused(sqlite_url, scenario, world, caplog):
+    """Alone in its POST it was answered 400 (Meta retries such a POST for days) and kept nowhere, logged as
+    naming no number we serve. Now it is answered 200 and kept on the account's stores as ignored, with why;
+    the retry stores nothing twice, and the next good update is kept and told."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    bad = {"field": "account_update", "value": "DISABLED_UPDATE"}
+    with caplog.at_level(logging.WARNING):
+        assert _post_account(sc, bad, at=sc.now) == 200
+        assert _post_account(sc, bad, at=sc.now) == 200  # Meta's retry of the same POST
+    assert _inbox(sc) == [("malformed", "ignored", "malformed: account_update change without a value object")]
+    assert any("malformed part; kept as ignored" in r.getMessage() for r in caplog.records)
+
+    account(sc, ban("DISABLE"), at=sc.now + timedelta(minutes=1))
+    sc.later(minutes=5)
+    assert whatsapp_health(sc)["sends_held"] == {"reason": "Meta disabled the WhatsApp Business Account", "until": None}
+    assert len(told(world)) == 1
+
+
+def test_an_account_update_whose_ban_is_a_plain_string_is_logged_and_changes_nothing(sqlite_url, scenario, world, caplog):
+    """``ban_info`` sent as a plain string failed the update's inbox row (``normalisation: value.ban_info``), a
+    row no replay can mend. Now the ban is left out with a clear warning, the row is done, and the account's
+    state is kept as it was: still disabled, its messages still waiting; nobody is told a thing it did not say."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    account(sc, ban("DISABLE"), at=sc.now)
+    sc.later(minutes=5)
+    with caplog.at_level(logging.WARNING):
+        account(sc, {"field": "account_update", "value": {"event": "DISABLED_UPDATE", "ban_info": "REINSTATE"}},
+                at=sc.now + timedelta(minutes=1))
+        sc.later(minutes=5)
+    assert [(topic, status) for topic, status, _ in _inbox(sc)] == [("account_update", "done")] * 2
+    assert whatsapp_health(sc)["sends_held"] == {"reason": "Meta disabled the WhatsApp Business Account", "until": None}
+    assert len(told(world)) == 1  # the disable only
+    warned = [r.getMessage() for r in caplog.records if "value.ban_info is a string, not an object" in r.getMessage()]
+    assert warned and not any("REINSTATE" in w for w in warned)  # once per store of the account; its words not copied
