@@ -6,6 +6,11 @@
    dashboard and the report, and each of Meta's later updates and the number's readings (their inbox rows
    failed, nobody told). Now what cannot be read is read as unknown, a clear warning says so, the rest of
    the row is kept, and Meta's news is kept and told as any is.
+2. An account update Meta sends in a shape that cannot be read: a change whose ``value`` is not an object
+   was refused with a 400 (Meta retries it for days) and kept nowhere; a ``ban_info`` that is a plain
+   string failed its row. Now the first is kept as ignored with why, the second left out with a warning.
+3. WhatsApp's marketing "stop" of two customers who hide their numbers, in the same second: the second
+   was dropped as a duplicate of the first.
 
 Real app, signed webhooks, a virtual clock, fake Graph API and Slack hooks (tests/scenarios).
 """
@@ -22,9 +27,13 @@ from sqlalchemy import select, update
 from connector.storage import models as m
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
 from tests.scenarios.stores import SHOPIFY
-from tests.scenarios.test_store_journeys import COD
-from tests.test_number_health import ASHA, WABA, account, ban, dashboard, number, outbox, told, whatsapp_health
+from tests.scenarios.test_store_journeys import COD, LADDER
+from tests.test_bsuid_and_send_errors import _preference_by_user_id_only
+from tests.test_consent_and_spacing_fixes import _text
+from tests.test_number_health import ASHA, RAVI, WABA, account, ban, dashboard, number, outbox, told, whatsapp_health
 from tests.test_number_quality_poll import read_number
+
+ASHA_ID, RAVI_ID = "IN.13491208655302741918", "IN.27715230901847733610"
 
 
 # ---- 1. the number's health kept in a shape that is not an object ---------------------------------
@@ -144,3 +153,28 @@ def test_an_account_update_whose_ban_is_a_plain_string_is_logged_and_changes_not
     assert len(told(world)) == 1  # the disable only
     warned = [r.getMessage() for r in caplog.records if "value.ban_info is a string, not an object" in r.getMessage()]
     assert warned and not any("REINSTATE" in w for w in warned)  # once per store of the account; its words not copied
+
+
+# ---- 3. two customers who hide their number stop marketing in the same second -----------------------
+
+def test_two_customers_named_only_by_their_business_scoped_ids_who_stop_marketing_in_the_same_second_both_stop(
+        sqlite_url, scenario, world):
+    """WhatsApp's marketing "stop" of a user who hides her number names her by her BSUID alone (no wa_id). Its
+    inbox key was ``preference:None:<category>:<value>:<second>``: a second customer's stop in the same second
+    was taken for Meta's retry of the first and dropped, and her cart reminders went on. Each is kept now."""
+    sc = scenario(sqlite_url, "shopify", journeys=LADDER)
+    _text(sc, ASHA, "Hi, is the neem face wash in stock?", sc.now, "wamid.HI.A", user_id=ASHA_ID)
+    _text(sc, RAVI, "Do you ship to Pune?", sc.now, "wamid.HI.R", user_id=RAVI_ID)
+    SHOPIFY.start_checkout(sc, "A", ASHA)
+    SHOPIFY.start_checkout(sc, "R", RAVI)
+    sc.later(hours=1)
+    assert (sc.templates_to(ASHA), sc.templates_to(RAVI)) == (["cart_1_v1"], ["cart_1_v1"])
+
+    for user_id in (ASHA_ID, RAVI_ID):  # two POSTs, one per customer, stamped with the same second
+        sc.post(sc.whatsapp_delivery(_preference_by_user_id_only(sc, user_id, "stop")))
+    sc.later(days=2)
+
+    assert (sc.templates_to(ASHA), sc.templates_to(RAVI)) == (["cart_1_v1"], ["cart_1_v1"])
+    for phone in (ASHA, RAVI):
+        marketing = sc.contact(phone)["consent"]["marketing"]
+        assert (marketing["state"], marketing["source"]) == ("revoked", "whatsapp_preference_stop"), phone

@@ -67,13 +67,17 @@ def verify(app_secret: str | None, headers: Mapping[str, str], body: bytes) -> N
         raise VerificationError("X-Hub-Signature-256 does not match")
 
 
-def _item_key(topic: str, item: dict[str, Any], body: bytes) -> str:
+def _item_key(topic: str, item: dict[str, Any], body: bytes, contacts: list[Any] | None = None) -> str:
     if topic == "message" and item.get("id"):
         return f"whatsapp:message:{item['id']}"
     if topic == "status" and item.get("id"):
         return f"whatsapp:status:{item['id']}:{item.get('status')}"
     if topic == "user_preference":
-        return f"whatsapp:preference:{item.get('wa_id')}:{item.get('category')}:{item.get('value')}:{item.get('timestamp')}"
+        who = item.get("wa_id")
+        if not who:  # a user who hides her number (platform-facts C9): her business-scoped id names her, not "None"
+            ids = [c.get("user_id") for c in contacts or [] if isinstance(c, dict)]
+            who = f"user:{item.get('user_id') or (ids[0] if len(ids) == 1 else None)}"
+        return f"whatsapp:preference:{who}:{item.get('category')}:{item.get('value')}:{item.get('timestamp')}"
     canonical = json.dumps(item, sort_keys=True, separators=(",", ":")).encode()
     return f"whatsapp:{topic}:sha256:{body_digest(canonical)}"
 
@@ -145,7 +149,7 @@ def split(payload: Any, raw: bytes) -> list[WhatsAppItem]:
                         WhatsAppItem(
                             phone_number_id=str(phone_number_id) if phone_number_id is not None else None,
                             topic=topic,
-                            dedupe_key=_item_key(topic, element, raw)[:255],
+                            dedupe_key=_item_key(topic, element, raw, contacts)[:255],
                             body=body,
                         )
                     )
