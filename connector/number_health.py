@@ -197,14 +197,52 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), "not an object")
 
 
+# the parts read as objects by name (a restriction's shapes are ``_unreadable``'s; a template's rating part
+# is read by ``merge`` alone, which replaces any shape)
+PARTS = ("quality", "limit", "ban", "violation")
+
+
+def _object(health: Any) -> dict[str, Any]:
+    """The kept health as an object; kept as anything else (a row written by hand, or by an older version)
+    it is read as empty: nothing is known, and Meta's next news replaces it."""
+    return health if isinstance(health, dict) else {}
+
+
+def _part(health: Any, name: str) -> dict[str, Any]:
+    """One kept part as an object; one kept as a string, a number or a list says nothing (read as unknown)."""
+    value = _object(health).get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _unreadable_health(health: Any) -> str | None:
+    """What of a store's kept health cannot be read (the whole of it, or a part by name), by its JSON type,
+    for a log line that must not copy what a hand wrote there; None: all of it can be read. A restriction's
+    shapes are ``_unreadable``'s, read by ``end_passed_holds``."""
+    if health is None:
+        return None
+    if not isinstance(health, dict):
+        return f"the whole of it is {_json_type(health)}"
+    odd = [f"{name} is {_json_type(health[name])}" for name in PARTS if health.get(name) is not None and not isinstance(health[name], dict)]
+    return ", ".join(odd) or None
+
+
+def _warn_unreadable(health: Any, store_id: int, what: str) -> None:
+    """A clear warning when the kept health has a part that cannot be read: read as unknown, the rest kept."""
+    odd = _unreadable_health(health)
+    if odd:
+        log.warning("the store's WhatsApp number health is kept with what is not an object (%s): read as unknown, "
+                    "the rest of the row kept; %s", odd, what, extra={"store_id": store_id})
+
+
 def held_until(health: dict[str, Any], now: datetime) -> datetime | None:
     """Until when the account may not message: its latest messaging restriction's end (none given:
     until lifted), or, disabled, until Meta reinstates it. None: it may."""
     ends: list[datetime] = []
+    health = _object(health)
     for r in _holding(health.get("restriction")):
         if not _malformed(r):
             ends.append(_until(r) or UNTIL_LIFTED)
-    if (health.get("ban") or {}).get("state") == "DISABLE":
+    if _part(health, "ban").get("state") == "DISABLE":
         ends.append(UNTIL_LIFTED)
     end = max(ends, default=None)
     return end if end is not None and end > now else None
@@ -236,7 +274,9 @@ def record(conn: Connection, store: Any, store_id: int, event: Any, now: datetim
     query = select(STORES.c.whatsapp_health).where(STORES.c.id == store_id)
     if conn.dialect.name != "sqlite":
         query = query.with_for_update()
-    health = conn.execute(query).scalar() or {}
+    kept = conn.execute(query).scalar()
+    _warn_unreadable(kept, store_id, "Meta's news replaces what it is about")
+    health = _object(kept)
     new, verdict = merge(health, event_parts, event.occurred_at or now)
     if new is not health:
         conn.execute(update(STORES).where(STORES.c.id == store_id).values(whatsapp_health=new, whatsapp_held_until=held_until(new, now)))
@@ -259,7 +299,9 @@ def record_reading(conn: Connection, store: Any, store_id: int, reading: NumberR
     query = select(STORES.c.whatsapp_health).where(STORES.c.id == store_id)
     if conn.dialect.name != "sqlite":
         query = query.with_for_update()
-    health = conn.execute(query).scalar() or {}
+    kept = conn.execute(query).scalar()
+    _warn_unreadable(kept, store_id, "the rating and limit read from Meta replace what they are about")
+    health = _object(kept)
     new, told = health, []
     # a reading that says what is kept changes nothing, not even the part's time: moved on, it would make a
     # webhook Meta sent just before (a FLAGGED on its way) look older than the news and be dropped as stale
@@ -268,7 +310,7 @@ def record_reading(conn: Connection, store: Any, store_id: int, reading: NumberR
         new, verdict = merge(new, [Part("quality", {"rating": reading.rating, "event": "READ"})], now)
         if verdict == "news" and (news := rating_news(store, was, reading.rating)) is not None:
             told.append(news)
-    was_limit = (new.get("limit") or {}).get("value")
+    was_limit = _part(new, "limit").get("value")
     if reading.limit and tier(reading.limit) != tier(was_limit):
         new, verdict = merge(new, [Part("limit", {"value": reading.limit, "old": was_limit, "event": "READ"})], now)
         if verdict == "news" and (news := limit_news(store, was_limit, reading.limit)) is not None:
@@ -320,7 +362,7 @@ def end_passed_holds(conn: Connection, store_ids: list[int], now: datetime,
         STORES.c.id.in_(store_ids), STORES.c.whatsapp_held_until <= now)).all()
     out: list[tuple[int, NumberNews]] = []
     for row in rows:
-        health = dict(row.whatsapp_health or {})
+        health = dict(_object(row.whatsapp_health))
         part = health.get("restriction")
         holding = _holding(part)
         malformed = [r for r in holding if _malformed(r)]
@@ -354,12 +396,12 @@ def end_passed_holds(conn: Connection, store_ids: list[int], now: datetime,
 def view(health: dict[str, Any] | None, until: datetime | None, now: datetime) -> dict[str, Any]:
     """The number's state for the dashboard and the admin API: its quality rating and messaging
     limit as Meta last said, whether its sends wait (why, until when), whether marketing is held."""
-    health = health or {}
-    quality, limit = health.get("quality") or {}, health.get("limit") or {}
+    health = _object(health)
+    quality, limit = _part(health, "quality"), _part(health, "limit")
     waiting = until is not None and until > now
     restriction = health.get("restriction") if isinstance(health.get("restriction"), dict) else {}
     restrictions = _holding(restriction)
-    why = ("Meta disabled the WhatsApp Business Account" if (health.get("ban") or {}).get("state") == "DISABLE"
+    why = ("Meta disabled the WhatsApp Business Account" if _part(health, "ban").get("state") == "DISABLE"
            else "Meta restricted the WhatsApp Business Account" + "".join(
                f"{'; ' if i else ': '}{RESTRICTION_WORDS.get(r['kind'], r['kind'])}" for i, r in enumerate(restrictions)))
     return {
@@ -369,7 +411,7 @@ def view(health: dict[str, Any] | None, until: datetime | None, now: datetime) -
         "messaging_limit_since": limit.get("since", limit.get("at")),
         "sends_held": {"reason": why, "until": None if until == UNTIL_LIFTED else _iso(until)} if waiting else None,
         "marketing_held": quality.get("rating") == "RED",
-        "violation": (health.get("violation") or {}).get("type"),
+        "violation": _part(health, "violation").get("type"),
         # when the last restriction that held the sends ended (its time passed, or Meta lifted it)
         "restriction_ended_at": None if waiting else restriction.get("ended_at"),
         # how many messages it held past their send_within limit (skipped as too_late); None: not counted (Meta lifted it)
@@ -379,7 +421,7 @@ def view(health: dict[str, Any] | None, until: datetime | None, now: datetime) -
 
 def quality_of(health: dict[str, Any] | None) -> str | None:
     """The number's quality rating as last heard (the policy gate holds marketing while it is RED)."""
-    return ((health or {}).get("quality") or {}).get("rating")
+    return _part(health, "quality").get("rating")
 
 
 # ---- what the owner is told (pure) ------------------------------------------------------------

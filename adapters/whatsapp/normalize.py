@@ -20,6 +20,7 @@ Field notes: platform-facts.md C2 (statuses), C6 (categories), C7 (opt-out), C8/
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime
 from typing import Any
@@ -58,6 +59,7 @@ from connector.events import (
 )
 
 Body = dict[str, Any]
+log = logging.getLogger("storeloop.whatsapp")
 
 
 @guard("whatsapp")
@@ -318,6 +320,19 @@ def _expiration(r: Body, where: str) -> datetime | None:
         return None
 
 
+def _left_out_unless_object(v: Body, key: str, event: str) -> Body:
+    """An account update's ``ban_info`` / ``violation_info``: one that is not an object (a plain string) is
+    left out with a warning naming its type, not its words: the update changes nothing it cannot read
+    (a ban's state holds every send), and its row is not failed for a shape no replay can mend."""
+    value = v.get(key)
+    if value is None or isinstance(value, dict):
+        return value or {}
+    kind = {str: "a string", list: "a list", bool: "a boolean", int: "a number", float: "a number"}.get(type(value), "not an object")
+    log.warning("whatsapp account_update %s: value.%s is %s, not an object: left out, the account's state kept as it was",
+                re.sub(r"[^A-Z_]", "", event)[:40], key, kind)
+    return {}
+
+
 def _account_update(b: Body) -> Event:
     v = req_obj(b, "value")
     restrictions = tuple(
@@ -325,12 +340,13 @@ def _account_update(b: Body) -> Event:
         for where, r in get_objects(v, "restriction_info", "value")
         if (kind := _upper(r, "restriction_type", where))
     )
-    ban = get_obj(v, "ban_info", "value") or {}
+    event = req_str(v, "event", "value").strip().upper()
+    ban = _left_out_unless_object(v, "ban_info", event)
     return AccountUpdated(
         business_account_id=req_id(b, "business_account_id"),
-        event=req_str(v, "event", "value").strip().upper(),
+        event=event,
         restrictions=restrictions,
-        violation=_upper(get_obj(v, "violation_info", "value") or {}, "violation_type", "value.violation_info"),
+        violation=_upper(_left_out_unless_object(v, "violation_info", event), "violation_type", "value.violation_info"),
         ban_state=_upper(ban, "waba_ban_state", "value.ban_info"),
         ban_date=get_str(ban, "waba_ban_date", "value.ban_info"),
         occurred_at=get_unix_time(b, "time"),

@@ -67,18 +67,22 @@ def verify(app_secret: str | None, headers: Mapping[str, str], body: bytes) -> N
         raise VerificationError("X-Hub-Signature-256 does not match")
 
 
-def _item_key(topic: str, item: dict[str, Any], body: bytes) -> str:
+def _item_key(topic: str, item: dict[str, Any], body: bytes, contacts: list[Any] | None = None) -> str:
     if topic == "message" and item.get("id"):
         return f"whatsapp:message:{item['id']}"
     if topic == "status" and item.get("id"):
         return f"whatsapp:status:{item['id']}:{item.get('status')}"
     if topic == "user_preference":
-        return f"whatsapp:preference:{item.get('wa_id')}:{item.get('category')}:{item.get('value')}:{item.get('timestamp')}"
+        who = item.get("wa_id")
+        if not who:  # a user who hides her number (platform-facts C9): her business-scoped id names her, not "None"
+            ids = [c.get("user_id") for c in contacts or [] if isinstance(c, dict)]
+            who = f"user:{item.get('user_id') or (ids[0] if len(ids) == 1 else None)}"
+        return f"whatsapp:preference:{who}:{item.get('category')}:{item.get('value')}:{item.get('timestamp')}"
     canonical = json.dumps(item, sort_keys=True, separators=(",", ":")).encode()
     return f"whatsapp:{topic}:sha256:{body_digest(canonical)}"
 
 
-def _malformed(reason: str, phone_number_id: Any, body: dict[str, Any]) -> WhatsAppItem:
+def _malformed(reason: str, phone_number_id: Any, body: dict[str, Any], account: str | None = None) -> WhatsAppItem:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
     return WhatsAppItem(
         phone_number_id=str(phone_number_id) if phone_number_id is not None else None,
@@ -86,6 +90,7 @@ def _malformed(reason: str, phone_number_id: Any, body: dict[str, Any]) -> Whats
         dedupe_key=f"whatsapp:malformed:sha256:{body_digest(canonical)}",
         body=body,
         ignored_reason=reason,
+        business_account_id=account,
     )
 
 
@@ -101,7 +106,9 @@ def split(payload: Any, raw: bytes) -> list[WhatsAppItem]:
     """Meta's envelope -> one item per message, status, preference change or error.
 
     Raises BadPayloadError only when nothing in the POST is usable (not an envelope at all,
-    or every part malformed): then the sender hears a 400 and nothing valid is refused.
+    or every part malformed): then the sender hears a 400 and nothing valid is refused. A malformed
+    change about the account (an ``_ACCOUNT_TOPICS`` field in an entry that names it) is kept instead,
+    ignored with its reason, on the account's stores: it is Meta's, and a 400 would only bring it back.
     """
     if not isinstance(payload, dict) or not isinstance(payload.get("entry"), list):
         raise BadPayloadError("not a WhatsApp Business Account update (no entry list)")
@@ -113,7 +120,13 @@ def split(payload: Any, raw: bytes) -> list[WhatsAppItem]:
             continue
         for change in changes:
             if not isinstance(change, dict) or not isinstance(change.get("value"), dict):
-                items.append(_malformed("change without a value object", None, {"change": change}))
+                # news about the account (its number's health, its templates) names the account by the entry: kept
+                # against its stores, as ignored with the reason, not refused whole (Meta would retry it for days)
+                field = change.get("field") if isinstance(change, dict) else None
+                account = _account_id(entry) if isinstance(field, str) and field in _ACCOUNT_TOPICS else None
+                reason = f"{field} change without a value object" if account is not None else "change without a value object"
+                items.append(_malformed(reason, None, {"change": change, "business_account_id": account, "time": entry.get("time")}
+                                        if account is not None else {"change": change}, account))
                 continue
             field, value = change.get("field"), change["value"]
             metadata = value.get("metadata") if isinstance(value.get("metadata"), dict) else {}
@@ -136,7 +149,7 @@ def split(payload: Any, raw: bytes) -> list[WhatsAppItem]:
                         WhatsAppItem(
                             phone_number_id=str(phone_number_id) if phone_number_id is not None else None,
                             topic=topic,
-                            dedupe_key=_item_key(topic, element, raw)[:255],
+                            dedupe_key=_item_key(topic, element, raw, contacts)[:255],
                             body=body,
                         )
                     )
@@ -161,6 +174,6 @@ def split(payload: Any, raw: bytes) -> list[WhatsAppItem]:
                         display_phone_number=str(shown) if isinstance(shown, (str, int)) and not isinstance(shown, bool) else None,
                     )
                 )
-    if items and all(i.ignored_reason for i in items):
+    if items and all(i.ignored_reason and i.business_account_id is None for i in items):
         raise BadPayloadError(items[0].ignored_reason or "malformed update")
     return items
