@@ -19,9 +19,12 @@ from datetime import timedelta
 
 import pytest
 
+from connector.messages import TextMessage
+from connector.outbox.queue import queue_free_form
 from connector.sandbox.whatsapp import ScriptedResponse
+from connector.storage import models as m
 from connector.storage.inbox import sync_stores
-from tests.test_outbox import NOON_IST, PHONE, Clock, dispatch, outbox_rows, queue, sandbox, seed_contact, settings_for  # noqa: F401
+from tests.test_outbox import CONTEXT, NOON_IST, PHONE, Clock, dispatch, outbox_rows, queue, sandbox, seed_contact, settings_for  # noqa: F401
 
 RAVI, MEERA = "+919812345678", "+919900112233"
 
@@ -61,3 +64,29 @@ def test_a_refusal_about_the_business_number_fails_no_message_and_they_go_once_i
         dispatch(db, settings, ids, clock, url)
     assert sorted(c.callback_data for c in fake.accepted()) == sorted(f"outbox:{q.outbox_id}" for q in queued)  # each once
     assert [r.status for r in outbox_rows(db)] == ["sent"] * 3
+
+
+# ---- 2. 131047 answered to the send -----------------------------------------------------------
+
+def test_the_window_closing_answered_to_the_send_still_sends_the_steps_template(db, db_url, sandbox):
+    """Meta says 131047 in the answer to the send (its error page: errors come synchronously, by webhook,
+    or both): the same step goes out as its template, as it does after a failed status webhook; once."""
+    fake, url = sandbox
+    settings = settings_for(db_url, url)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    sid = ids["shop-a"]
+    cid = seed_contact(db, sid)
+    with db.engine.begin() as conn:
+        conn.execute(m.Contact.__table__.update().where(m.Contact.id == cid).values(last_inbound_at=NOON_IST - timedelta(hours=23)))
+        q = queue_free_form(conn, store=settings.stores[0], store_id=sid, contact_id=cid, journey="cod_confirmation", step="ask",
+                            subject="order:1042", message=TextMessage(to=PHONE, body="Confirm order #1042?"), category="utility",
+                            now=NOON_IST, fallback_context=CONTEXT)
+    fake.script.append(graph_error(400, 131047, "Re-engagement message"))
+    clock = Clock(NOON_IST)
+
+    dispatch(db, settings, ids, clock, url)
+    dispatch(db, settings, ids, clock, url)
+    rows = outbox_rows(db)
+    assert [(r.step, r.status) for r in rows] == [("ask", "failed"), ("ask", "sent")]
+    assert rows[0].id == q.outbox_id and rows[1].idempotency_key == f"{rows[0].idempotency_key}:template"
+    assert [(c.type, c.template, c.status) for c in fake.calls] == [("text", None, 400), ("template", "cod_confirm_v1", 200)]
