@@ -90,3 +90,28 @@ def test_the_window_closing_answered_to_the_send_still_sends_the_steps_template(
     assert [(r.step, r.status) for r in rows] == [("ask", "failed"), ("ask", "sent")]
     assert rows[0].id == q.outbox_id and rows[1].idempotency_key == f"{rows[0].idempotency_key}:template"
     assert [(c.type, c.template, c.status) for c in fake.calls] == [("text", None, 400), ("template", "cod_confirm_v1", 200)]
+
+
+# ---- 3. a parameter Meta would refuse for its white space ---------------------------------------
+
+def test_a_parameter_with_a_line_break_or_a_tab_goes_out_on_one_line(db, db_url, sandbox):
+    """Meta refuses a template whose parameter text holds a new line, a tab or more than four spaces in a row
+    ("Param text cannot have new-line/tab characters or more than 4 consecutive spaces"): the whole message
+    fails. The COD question for a name typed on two lines and a product pasted with a tab goes out all the same."""
+    fake, url = sandbox
+    settings = settings_for(db_url, url)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    sid = ids["shop-a"]
+    cid = seed_contact(db, sid)
+    context = {**CONTEXT, "customer.first_name": "Asha\nRao", "reorder.product": "Neem\tface wash      (100 ml)"}
+    queue(db, settings, sid, cid, context=context)
+    queue(db, settings, sid, cid, step="reorder.remind", subject="reorder:1", context=context,
+          now=NOON_IST + timedelta(minutes=1))
+
+    dispatch(db, settings, ids, Clock(NOON_IST + timedelta(minutes=1)), url)
+    dispatch(db, settings, ids, Clock(NOON_IST + timedelta(minutes=2)), url)
+    params = [c.params for c in fake.accepted()]
+    assert params[0][0] == "Asha Rao"
+    assert params[1][0] == "Neem face wash (100 ml)"
+    for text in (p for ps in params for p in ps):
+        assert "\n" not in text and "\t" not in text and "     " not in text
