@@ -51,9 +51,19 @@ KEEPALIVE_EXPIRY = 2.0
 MAX_TEMPLATE_PAGES = 200  # 100 per page: far beyond any WABA's template count
 
 
+def _one_line(text: str) -> str:
+    """Meta refuses a template whose parameter text holds a new line, a tab or more than four spaces
+    in a row ("Param text cannot have new-line/tab characters or more than 4 consecutive spaces"):
+    the whole message fails. A name typed on two lines or a product title pasted with a tab goes
+    out on one line instead; text without such runs is left exactly as it is."""
+    if "\n" in text or "\t" in text or "\r" in text or "     " in text:
+        return " ".join(text.split())
+    return text
+
+
 def _param(p: Param) -> dict[str, Any]:
     if isinstance(p, TextParam):
-        return {"type": "text", "text": p.text}
+        return {"type": "text", "text": _one_line(p.text)}
     if isinstance(p, CurrencyParam):
         # Meta wants an integer amount * 1000; round rather than truncate sub-mil decimals.
         amount_1000 = int((p.amount * 1000).to_integral_value(rounding=ROUND_HALF_UP))

@@ -69,6 +69,11 @@ CODES: dict[int, tuple[bool, str]] = {
     131031: (False, "business account locked"),
     368: (False, "account temporarily blocked for policy violations"),
     130497: (False, "business account restricted from messaging users in this country"),
+    # the business number itself (Meta's error page: register it, get its display name approved, grant the permission)
+    133010: (False, "business phone number not registered on the Cloud API"),
+    131045: (False, "business phone number registration error (certificate)"),
+    131037: (False, "business phone number's display name not approved yet"),
+    131005: (False, "access denied: permission not granted or removed"),
     190: (False, "access token expired or invalid"),
     0: (False, "authentication exception"),
     3: (False, "capability not available to this app"),
@@ -81,7 +86,9 @@ CODES: dict[int, tuple[bool, str]] = {
 # restored). classify() answers AccountError, so the outbox holds the messages and pauses the
 # number (platform-facts C4: "pause sends") instead of failing each queued one for good.
 # Not 130497 (the recipient's country) nor 131064 (unclear which limit it is): per message.
-ACCOUNT_CODES = frozenset({0, 3, 10, 190, 368, 131031, 131042, 131048})
+# The number's own state too (not registered, its registration broken, its display name not yet
+# approved, access to it denied): without them in here every message queued was failed for good.
+ACCOUNT_CODES = frozenset({0, 3, 10, 190, 368, 131005, 131031, 131037, 131042, 131045, 131048, 133010})
 
 
 def is_account_code(code: int | None) -> bool:

@@ -277,6 +277,7 @@ class Claimed:
     planned_at: datetime | None = None  # when it was meant to go (``policy.send_by``)
     lease: str | None = None  # the claim's ``leased_by``: its result is written only while the row is still this claim's
     number_quality: str | None = None  # the store's number's rating as Meta last said it (the gate holds marketing while RED)
+    key: str | None = None  # its idempotency key (a 131047 fallback is queued under it + ":template")
 
 
 def expire_leases(conn: Connection, now: datetime, channel: str = "whatsapp") -> int:
@@ -462,7 +463,7 @@ def claim(
             if superseded:
                 conn.execute(_SKIP_BY_ID, [{"_id": i, "reason": "superseded", "now": now} for i in sorted(superseded)])
             rows = [Claimed(r.id, r.store_id, r.contact_id, r.journey, r.category, r.payload, r.attempts, created_at=r.created_at,
-                            lease=lease_id, step=r.step, planned_at=planned(r))
+                            lease=lease_id, step=r.step, planned_at=planned(r), key=r.idempotency_key)
                     for r in found if r.id not in superseded and r.id not in late]
             if rows or not (superseded or late):
                 break
@@ -610,6 +611,9 @@ def record(db: Database, results: list[Result], now: datetime,
             conn.execute(_LEARN_WA_ID, wa_ids)
         if tried_again:
             conn.execute(_TRIED_AGAIN, tried_again)
+        fallbacks = [res for res in settled if res.outcome == "failed" and res.error_code == OUTSIDE_WINDOW]
+        if fallbacks:
+            _queue_fallbacks(conn, fallbacks, now)
         if contact_errors:
             from connector.state import apply_contact_error
 
@@ -618,6 +622,21 @@ def record(db: Database, results: list[Result], now: datetime,
         if also is not None:
             also(conn, settled)
     return settled
+
+
+OUTSIDE_WINDOW = 131047  # the 24 h window had closed: a free-form message with a template fallback goes out as that
+
+
+def _queue_fallbacks(conn: Connection, results: list[Result], now: datetime) -> None:
+    """The step of a free-form message WhatsApp refused with 131047 in its answer goes out once more,
+    as its template (``queue.queue_free_form`` kept it in the payload), under the key a failed status
+    webhook uses (``state._settle_outbox``): whichever of the two says so first, it is queued once."""
+    for res in results:
+        r, p = res.row, res.row.payload or {}
+        if p.get("fallback") and r.key:
+            enqueue(conn, store_id=r.store_id, key=f"{r.key}:template", contact_id=r.contact_id, journey=r.journey, step=r.step,
+                    category=p.get("fallback_category"), payload={"subject": p.get("subject"), "message": p["fallback"]},
+                    due_at=now, now=now)
 
 
 def _settle(res: Result, now: datetime) -> dict[str, Any]:
