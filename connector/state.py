@@ -531,14 +531,11 @@ def _settle_outbox(conn: Connection, store_id: int, e: ev.MessageStatusChanged, 
             values.update(status="pending", due_at=again, planned_at=again, last_error="131049: retry after 24 h")
         if row.contact_id is not None:
             apply_contact_error(conn, store_id, row.contact_id, e.error_code, e.occurred_at, now)
-        fallback = (row.payload or {}).get("fallback")
-        if e.error_code == 131047 and fallback and row.status != "failed":
+        if e.error_code == 131047 and row.status != "failed":
             # the 24 h window had closed: the same step goes out once more, as its template
-            from connector.outbox.store import enqueue
+            from connector.outbox.store import queue_fallback
 
-            enqueue(conn, store_id=store_id, key=f"{row.idempotency_key}:template", contact_id=row.contact_id, journey=row.journey,
-                    step=row.step, category=(row.payload or {}).get("fallback_category"),
-                    payload={"subject": (row.payload or {}).get("subject"), "message": fallback}, due_at=now, now=now)
+            queue_fallback(conn, store_id, row.idempotency_key, row.contact_id, row.journey, row.step, row.payload, now)
     elif row.status == "failed" or STATUS_RANK.get(e.status, -1) <= STATUS_RANK.get(row.status, -1):
         values = {}  # statuses only move forward; a failure stays a failure
     else:

@@ -629,14 +629,23 @@ OUTSIDE_WINDOW = 131047  # the 24 h window had closed: a free-form message with 
 
 def _queue_fallbacks(conn: Connection, results: list[Result], now: datetime) -> None:
     """The step of a free-form message WhatsApp refused with 131047 in its answer goes out once more,
-    as its template (``queue.queue_free_form`` kept it in the payload), under the key a failed status
-    webhook uses (``state._settle_outbox``): whichever of the two says so first, it is queued once."""
+    as its template (``queue_fallback``), as a failed status webhook's 131047 does (``state._settle_outbox``)."""
     for res in results:
-        r, p = res.row, res.row.payload or {}
-        if p.get("fallback") and r.key:
-            enqueue(conn, store_id=r.store_id, key=f"{r.key}:template", contact_id=r.contact_id, journey=r.journey, step=r.step,
-                    category=p.get("fallback_category"), payload={"subject": p.get("subject"), "message": p["fallback"]},
-                    due_at=now, now=now)
+        r = res.row
+        if r.key:
+            queue_fallback(conn, r.store_id, r.key, r.contact_id, r.journey, r.step, r.payload, now)
+
+
+def queue_fallback(conn: Connection, store_id: int, key: str, contact_id: int | None, journey: str | None,
+                   step: str | None, payload: dict[str, Any] | None, now: datetime) -> None:
+    """The 24 h window had closed (131047): a free-form message's step goes out once more as the template
+    ``queue.queue_free_form`` kept in its payload (none kept: nothing), under its key + ``:template``, so
+    whichever says so first (the send's answer or a failed status webhook), it is queued once."""
+    p = payload or {}
+    if p.get("fallback"):
+        enqueue(conn, store_id=store_id, key=f"{key}:template", contact_id=contact_id, journey=journey, step=step,
+                category=p.get("fallback_category"), payload={"subject": p.get("subject"), "message": p["fallback"]},
+                due_at=now, now=now)
 
 
 def _settle(res: Result, now: datetime) -> dict[str, Any]:
