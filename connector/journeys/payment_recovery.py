@@ -16,7 +16,9 @@ revenue: the reminder never went out). Her later unpaid try at it (placed pendin
 time, a try this journey chases) replaces it too (``replaced``): only her newest try is chased,
 and an older one heard after it starts finished. The run keeps listening after its reminder is
 queued, until that time is up, so a reminder still held (quiet hours, the one-message line) is
-withdrawn when she replaces the order before it goes. A newer try cancelled before its reminder
+withdrawn when she replaces the order before it goes. A cancel or a bin withdraws a reminder still held after
+the run has ended too (``_withdraw_held``: with ``after_minutes`` of a day or more the run ends as it queues its
+reminder, which quiet hours may then hold till morning). A newer try cancelled before its reminder
 does not bring the older one back: she or the store called the purchase off, and the older try
 is as stale (WooCommerce cancels unpaid orders after its hold-stock minutes, the oldest first).
 
@@ -49,7 +51,9 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from connector import events as ev
-from connector.journeys._common import deleted_order, end_for_deleted_order, order_context, pay_reminder_takes, unpaid_order
+from connector.journeys._common import (
+    cancelled_order, deleted_order, end_for_deleted_order, order_context, pay_reminder_takes, unpaid_order, withdraw_for_cancel,
+)
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
 from connector.journeys.payment_terms import chase_from, terms_of
 
@@ -94,7 +98,7 @@ class PaymentRecovery:
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: PaymentRecoveryConfig, now: datetime) -> list[Command]:
         if isinstance(event, ev.OrderDeleted):
-            return end_for_deleted_order(run)
+            return end_for_deleted_order(run) if run is None or run.status == "active" else _withdraw_held(event, run, facts)
         if run is not None and not _about(event, run):
             return _replaced(event, run, facts, config)  # another order of hers, or a reply: not this order's news
         o = facts.order
@@ -121,7 +125,7 @@ class PaymentRecovery:
             return [Update({**paid, "paid_before_reminder": True}), *([Wake(None)] if active else []),
                     Finish("paid_before_reminder", skip_waiting=True)]
         if not active:
-            return []
+            return _withdraw_held(event, run, facts)
         if isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) or (o is not None and (o.payment_state not in STALLED or o.cancelled)):
             if run.state.get("reminded"):  # cancelled, or paid as she knows (authorized): the reminder, if still held, goes no further
                 return [Wake(None), Finish("closed")]
@@ -136,6 +140,15 @@ class PaymentRecovery:
             end: list[Command] = [Wake(listen, listening=True)] if listen > now else [Wake(None), Finish("reminded", skip_waiting=False)]
             return [Update({"reminded": True, "sent": 1}), Send("remind", order_context(facts)), *end]
         return []
+
+
+def _withdraw_held(event: Any, run: Run, facts: Facts) -> list[Command]:
+    """A cancel or a bin reaching a run that has ended unpaid after its reminder was queued: the reminder may
+    still be held past the run's last day (an ``after_minutes`` of a day or more, so the run ends as it queues
+    it, then quiet hours; the one-message line; a restriction), and must not ask her to pay a cancelled order."""
+    if run.state.get("reminded") and not run.state.get("paid") and cancelled_order(event, facts):
+        return withdraw_for_cancel(run)
+    return []
 
 
 def _chase_from(event: Any, facts: Facts, config: PaymentRecoveryConfig) -> datetime | None:

@@ -1,0 +1,91 @@
+"""Payment recovery, order confirmation and the holdout, as a store owner and her customer see them (review of 2026-12-07).
+
+The scenario harness: the real app over HTTP, the fake store and WhatsApp on 127.0.0.1, a virtual clock.
+
+1. A pay reminder still held after its run ended (``after_minutes`` of a day: the run ends as it queues the reminder,
+   which then waits for the end of the store's quiet hours) is withdrawn when the store cancels or bins the order:
+   she is never asked to pay for a cancelled order.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from tests.conftest import sqlite_template  # noqa: F401
+from tests.scenarios import payloads as p
+from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401
+from tests.scenarios.harness import TEMPLATES, Scenario
+from tests.scenarios.stores import SHOPIFY, WOOCOMMERCE
+from tests.scenarios.test_store_journeys import conversion
+from tests.scenarios.test_woo_recovery import PAY, unpaid
+
+ASHA = "+919876543210"
+QUIET = {"quiet_hours": "21:00-09:00", "utility_in_quiet_hours": False}  # the pay link waits for the morning
+A_DAY_ON = {"payment_recovery": {"after_minutes": 1440}}  # "remind them a day later"
+
+
+def start(sqlite_url: str, scenario: Any, platform: str, journeys: dict[str, Any], policy: dict[str, Any] | None = None,
+          pay: dict[str, Any] = PAY) -> Scenario:
+    return scenario(sqlite_url, platform, journeys=journeys, policy=policy, store_settings={"templates": [*TEMPLATES, pay]})
+
+
+def shopify_unpaid(n: int, at: Any) -> dict[str, Any]:
+    """Asha's Shopify order #500n, its card payment still pending (the pay link: the order status page)."""
+    return {**SHOPIFY.order(n, ASHA, at, cod=False), "financial_status": "pending"}
+
+
+def pay_reminders(sc: Scenario) -> list[str]:
+    """The orders her pay reminders name, in the order they reached her."""
+    return [s.params[0] for s in sc.sent(ASHA) if s.template in ("pay_v1", "pay_plain_v1")]
+
+
+# ---- 1. a pay reminder held past its run's end is withdrawn by a cancel ----------------------------------------
+
+def test_shopify_a_pay_link_held_after_a_day_is_withdrawn_when_the_store_cancels_the_order(sqlite_url, scenario, world):
+    """Mumbai, 22:00: #5001 is left pending. The store reminds a day later: 22:00 the next day, held for 09:00. At
+    23:00 the store cancels #5001. The morning brings her no "complete your payment" for the cancelled order."""
+    sc = start(sqlite_url, scenario, "shopify", A_DAY_ON, QUIET)
+    sc.at(SHOPIFY.local(22, 0))
+    order = shopify_unpaid(1, sc.now)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=25, step=timedelta(minutes=30))  # 23:00 the next day: queued at 22:00, held for the morning
+    assert pay_reminders(sc) == []
+    SHOPIFY.cancelled_echo(sc, order)
+    sc.later(hours=14)
+    assert pay_reminders(sc) == []
+
+
+@pytest.mark.parametrize("called_off", ["cancelled", "binned"])
+def test_woocommerce_a_pay_link_held_after_a_day_is_withdrawn_when_the_order_is_cancelled_or_binned(sqlite_url, scenario, world,
+                                                                                                      called_off):
+    """Rome, 22:00: #7301's card is declined; its pay link a day later waits for 09:00. The store cancels the order at
+    23:00 (or moves it to the bin: ``order.deleted``): it never goes."""
+    sc = start(sqlite_url, scenario, "woocommerce", A_DAY_ON, QUIET)
+    sc.at(WOOCOMMERCE.local(22, 0))
+    order = unpaid(1, sc.now)
+    sc.woo("order.created", order)
+    sc.later(hours=25, step=timedelta(minutes=30))
+    assert pay_reminders(sc) == []
+    if called_off == "cancelled":
+        WOOCOMMERCE.cancelled_echo(sc, order)
+    else:
+        sc.woo("order.deleted", {"id": order["id"]})
+    sc.later(hours=14)
+    assert pay_reminders(sc) == []
+
+
+def test_a_pay_link_that_went_out_is_still_credited_when_she_pays_after_the_run_ended(sqlite_url, scenario, world):
+    """The other side: the reminder that went out at 09:00 is hers to act on; she pays at 10:00, and the report credits it."""
+    sc = start(sqlite_url, scenario, "shopify", A_DAY_ON, QUIET)
+    sc.at(SHOPIFY.local(22, 0))
+    order = shopify_unpaid(1, sc.now)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=36, step=timedelta(minutes=30))  # 10:00 the second morning: the 09:00 reminder went out
+    assert pay_reminders(sc) == ["#5001"]
+    sc.shopify("orders/paid", {**order, "financial_status": "paid", "updated_at": p.iso(sc.now)})
+    sc.later(minutes=10)
+    c = conversion(sc)
+    assert (c["payments_reminded"], c["payments_recovered"]) == (1, 1)
