@@ -5,6 +5,8 @@ The scenario harness: the real app over HTTP, the fake store and WhatsApp on 127
 1. A pay reminder still held after its run ended (``after_minutes`` of a day: the run ends as it queues the reminder,
    which then waits for the end of the store's quiet hours) is withdrawn when the store cancels or bins the order:
    she is never asked to pay for a cancelled order.
+2. A WooCommerce order she moves to a bank transfer on the pay page (``on-hold``: no pay link any more, like an order
+   placed so, which is never chased) gets no "your payment has not come through" an hour on, next to its thanks.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from tests.scenarios.test_woo_recovery import PAY, unpaid
 ASHA = "+919876543210"
 QUIET = {"quiet_hours": "21:00-09:00", "utility_in_quiet_hours": False}  # the pay link waits for the morning
 A_DAY_ON = {"payment_recovery": {"after_minutes": 1440}}  # "remind them a day later"
+# a pay reminder that names the order and asks (the store's e-mail carries the link)
+PAY_PLAIN = {"step": "payment_recovery.remind", "name": "pay_plain_v1", "category": "utility",
+             "body_text": "Your payment for {{1}} has not come through yet.", "body": ["order.name"]}
 
 
 def start(sqlite_url: str, scenario: Any, platform: str, journeys: dict[str, Any], policy: dict[str, Any] | None = None,
@@ -89,3 +94,41 @@ def test_a_pay_link_that_went_out_is_still_credited_when_she_pays_after_the_run_
     sc.later(minutes=10)
     c = conversion(sc)
     assert (c["payments_reminded"], c["payments_recovered"]) == (1, 1)
+
+
+# ---- 2. a WooCommerce order moved to a bank transfer gets no pay reminder ----------------------------------------
+
+def bank_transfer(order: dict[str, Any], at: Any) -> dict[str, Any]:
+    """She goes back to the pay page and picks a bank transfer: WooCommerce puts the order on hold, awaiting the money."""
+    return {**order, "status": "on-hold", "payment_method": "bacs", "payment_method_title": "Direct bank transfer",
+            "date_modified_gmt": p.gmt(at), "date_modified": p.gmt(at)}
+
+
+@pytest.mark.parametrize("pay", [PAY_PLAIN, PAY], ids=["plain", "with link"])
+def test_woocommerce_an_order_moved_to_a_bank_transfer_gets_its_thanks_and_no_pay_reminder(sqlite_url, scenario, world, pay):
+    """#7301 is left at the card page (pending); 20 minutes later she picks a bank transfer on the pay page (on-hold).
+    She is thanked for the order and not told an hour on that her payment has not come through (a template with the
+    pay link: no reminder skipped for the missing link either); the report counts no stalled payment."""
+    sc = start(sqlite_url, scenario, "woocommerce", {"payment_recovery": {}, "order_confirmation": {}}, pay=pay)
+    order = unpaid(1, sc.now, status="pending")
+    sc.woo("order.created", order)
+    sc.later(minutes=20)
+    sc.woo("order.updated", bank_transfer(order, sc.now))
+    sc.later(days=2)
+    assert sc.templates_to(ASHA) == ["order_thanks_v1"]
+    skipped = sc.report()["message_health"]["templates"].get("payment_recovery.remind", {}).get("skipped_by_reason", {})
+    assert skipped == {}
+    assert conversion(sc)["payments_stalled"] == 0
+
+
+def test_woocommerce_a_held_pay_link_is_withdrawn_when_she_moves_the_order_to_a_bank_transfer(sqlite_url, scenario, world):
+    """Rome, 20:30: #7301 declined; its pay link (21:30) waits for 09:00. At 22:00 she picks a bank transfer: it never goes."""
+    sc = start(sqlite_url, scenario, "woocommerce", {"payment_recovery": {}}, QUIET, pay=PAY_PLAIN)
+    sc.at(WOOCOMMERCE.local(20, 30))
+    order = unpaid(1, sc.now)
+    sc.woo("order.created", order)
+    sc.later(hours=1, minutes=30, step=timedelta(minutes=10))
+    assert pay_reminders(sc) == []  # queued, held
+    sc.woo("order.updated", bank_transfer(order, sc.now))
+    sc.later(hours=14)
+    assert pay_reminders(sc) == []

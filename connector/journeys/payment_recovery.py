@@ -22,6 +22,10 @@ reminder, which quiet hours may then hold till morning). A newer try cancelled b
 does not bring the older one back: she or the store called the purchase off, and the older try
 is as stale (WooCommerce cancels unpaid orders after its hold-stock minutes, the oldest first).
 
+A WooCommerce order she moves to a bank transfer or cheque on the pay page (``on-hold``) has no pay link any
+more, as one placed so, which this journey never chases: it ends the run unpaid (``closed``), its reminder
+withdrawn if still held, so she is not told her payment has not come through next to the order's thanks.
+
 An ``authorized`` payment is not stalled: the customer has paid, the store captures later
 (Shopify manual capture, at fulfilment). It starts no run and ends an active one unpaid, so
 nobody is asked to pay twice and the capture is never counted as a recovered payment.
@@ -126,8 +130,11 @@ class PaymentRecovery:
                     Finish("paid_before_reminder", skip_waiting=True)]
         if not active:
             return _withdraw_held(event, run, facts)
-        if isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) or (o is not None and (o.payment_state not in STALLED or o.cancelled)):
-            if run.state.get("reminded"):  # cancelled, or paid as she knows (authorized): the reminder, if still held, goes no further
+        if isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) or (o is not None and (o.payment_state not in STALLED or o.cancelled
+                                                                                      or not o.payment_url)):
+            # cancelled, paid as she knows (authorized), or no longer payable by its link (a WooCommerce order she
+            # moved to a bank transfer or cheque on the pay page: on-hold, as one placed so, which is never chased)
+            if run.state.get("reminded"):  # the reminder, if still held, goes no further
                 return [Wake(None), Finish("closed")]
             paid = isinstance(event, ev.OrderPaid) or (o is not None and o.payment_state == "paid")
             return [Wake(None), Update({"paid": paid}), Finish("paid_without_reminder" if paid else "closed")]
