@@ -7,6 +7,8 @@ The scenario harness: the real app over HTTP, the fake store and WhatsApp on 127
    she is never asked to pay for a cancelled order.
 2. A WooCommerce order she moves to a bank transfer on the pay page (``on-hold``: no pay link any more, like an order
    placed so, which is never chased) gets no "your payment has not come through" an hour on, next to its thanks.
+3. Her second try at the purchase placed to pay by bank transfer (WooCommerce ``on-hold``) ends the first try's pay
+   reminder, as a paid or cash-on-delivery one does: she is not asked to pay twice.
 """
 
 from __future__ import annotations
@@ -132,3 +134,45 @@ def test_woocommerce_a_held_pay_link_is_withdrawn_when_she_moves_the_order_to_a_
     sc.woo("order.updated", bank_transfer(order, sc.now))
     sc.later(hours=14)
     assert pay_reminders(sc) == []
+
+
+# ---- 3. her second try by bank transfer replaces the unpaid first one ----------------------------------------------
+
+@pytest.mark.parametrize("pay", [PAY_PLAIN, PAY], ids=["plain", "with link"])
+def test_woocommerce_no_pay_reminder_for_an_order_she_placed_again_by_bank_transfer(sqlite_url, scenario, world, pay):
+    """Her card is left at the payment page on #7301; 20 minutes later she checks out again (#7302, the same products)
+    and picks a bank transfer (on-hold). She is thanked for #7302 and never asked to pay for #7301 as well: with the
+    pay link she could have paid twice."""
+    sc = start(sqlite_url, scenario, "woocommerce", {"payment_recovery": {}, "order_confirmation": {}}, pay=pay)
+    sc.woo("order.created", unpaid(1, sc.now, status="pending"))
+    sc.later(minutes=20)
+    sc.woo("order.created", bank_transfer(unpaid(2, sc.now, status="pending"), sc.now))
+    sc.later(days=2)
+    assert sc.templates_to(ASHA) == ["order_thanks_v1"]
+    assert sc.last_to(ASHA, "order_thanks_v1").params[0] == "#7302"
+    c = conversion(sc)
+    assert (c["payments_stalled"], c["payments_reminded"]) == (0, 0)
+
+
+def test_woocommerce_a_held_pay_link_is_withdrawn_when_she_places_the_order_again_by_bank_transfer(sqlite_url, scenario, world):
+    """Rome, 20:30: #7301 declined; its pay link (21:30) waits for 09:00. At 22:00 she orders again by bank transfer: it never goes."""
+    sc = start(sqlite_url, scenario, "woocommerce", {"payment_recovery": {}}, QUIET, pay=PAY_PLAIN)
+    sc.at(WOOCOMMERCE.local(20, 30))
+    sc.woo("order.created", unpaid(1, sc.now))
+    sc.later(hours=1, minutes=30, step=timedelta(minutes=10))
+    assert pay_reminders(sc) == []  # queued, held
+    sc.woo("order.created", bank_transfer(unpaid(2, sc.now, status="pending"), sc.now))
+    sc.later(hours=14)
+    assert pay_reminders(sc) == []
+
+
+def test_woocommerce_an_order_by_bank_transfer_for_another_product_leaves_the_unpaid_one_chased(sqlite_url, scenario, world):
+    """The other side: a bank transfer order for something else is another purchase; #7301 still gets its pay link."""
+    sc = start(sqlite_url, scenario, "woocommerce", {"payment_recovery": {}}, pay=PAY_PLAIN)
+    sc.woo("order.created", unpaid(1, sc.now, status="pending"))
+    sc.later(minutes=20)
+    other = bank_transfer(unpaid(2, sc.now, status="pending"), sc.now)
+    other["line_items"] = [{**other["line_items"][0], "product_id": 999, "variation_id": 0, "sku": "OTHER-1", "name": "Soap"}]
+    sc.woo("order.created", other)
+    sc.later(days=2)
+    assert pay_reminders(sc) == ["#7301"]

@@ -10,8 +10,8 @@ set when the config is loaded).
 A customer who gives up on an order and buys the same things in another one (WooCommerce
 makes a new order when she checks out again from another session or with a changed cart; a
 second Shopify checkout) is not asked to pay for the first: the journey follows the contact,
-and her later order, paid (or cash on delivery), placed within ``REPLACED_WITHIN`` of this one
-and sharing a product with it, ends the run before its reminder (``replaced_by_order``, no
+and her later order, paid (or cash on delivery, or to pay by bank transfer: WooCommerce's
+``on-hold``), placed within ``REPLACED_WITHIN`` of this one and sharing a product with it, ends the run before its reminder (``replaced_by_order``, no
 revenue: the reminder never went out). Her later unpaid try at it (placed pending again, in that
 time, a try this journey chases) replaces it too (``replaced``): only her newest try is chased,
 and an older one heard after it starts finished. The run keeps listening after its reminder is
@@ -56,7 +56,8 @@ from pydantic import Field
 
 from connector import events as ev
 from connector.journeys._common import (
-    cancelled_order, deleted_order, end_for_deleted_order, order_context, pay_reminder_takes, unpaid_order, withdraw_for_cancel,
+    awaits_payment, cancelled_order, deleted_order, end_for_deleted_order, order_context, pay_reminder_takes, unpaid_order,
+    withdraw_for_cancel,
 )
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
 from connector.journeys.payment_terms import chase_from, terms_of
@@ -212,8 +213,8 @@ def _run_products(run: Run) -> set[str] | None:
 
 def _replaced(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig) -> list[Command]:
     """Another order of hers reached this run, still waiting or listening after its reminder: a later
-    try at this purchase (``_later_try``) that she paid for (or chose cash on delivery for) ends
-    the run (``replaced_by_order``), and so does one she left unpaid again, which this journey chases
+    try at this purchase (``_later_try``) that she paid for (or chose cash on delivery for, or a bank
+    transfer: ``_paid_otherwise``) ends the run (``replaced_by_order``), and so does one she left unpaid again, which this journey chases
     instead (``replaced``): only her newest try is chased. What the run has waiting (its reminder, held
     for quiet hours or the one-message line) is withdrawn, so nobody is asked to pay twice; no revenue.
     ``facts`` are the other order's."""
@@ -222,11 +223,19 @@ def _replaced(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig)
     o = event.order
     if o.cancelled_at is not None or not _later_try(_placed(run), _run_products(run), o.created_at, _products(o)):
         return []
-    if o.is_cod or o.payment_state in ev.PAID_AS_SHE_KNOWS:
+    if o.is_cod or o.payment_state in ev.PAID_AS_SHE_KNOWS or _paid_otherwise(o):
         return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced_by_order", skip_waiting=True)]
     if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and _chase_from(event, facts, config) is not None:
         return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced", skip_waiting=True)]
     return []
+
+
+def _paid_otherwise(order: ev.Order) -> bool:
+    """An order she placed to pay by other means than a pay link (a WooCommerce bank transfer or cheque,
+    ``on-hold``, which the store's pay page refuses: no ``payment_url``): its money is on its way, and the pay
+    link of her earlier try would have her pay twice. An unpaid order (``_common.unpaid_order``: pending or
+    failed) replaces the older try only if this journey chases it instead."""
+    return awaits_payment(order) and not order.payment_url and not unpaid_order(order)
 
 
 def _newer_try(event: Any, facts: Facts) -> str | None:
