@@ -9,6 +9,8 @@ The scenario harness: the real app over HTTP, the fake store and WhatsApp on 127
    placed so, which is never chased) gets no "your payment has not come through" an hour on, next to its thanks.
 3. Her second try at the purchase placed to pay by bank transfer (WooCommerce ``on-hold``) ends the first try's pay
    reminder, as a paid or cash-on-delivery one does: she is not asked to pay twice.
+4. Payment terms the store gives a pending order after it was placed (Net 30 on a B2B order), or extends, move its
+   pay reminder to the new due date: the buyer is not chased for money not owed yet.
 """
 
 from __future__ import annotations
@@ -176,3 +178,31 @@ def test_woocommerce_an_order_by_bank_transfer_for_another_product_leaves_the_un
     sc.woo("order.created", other)
     sc.later(days=2)
     assert pay_reminders(sc) == ["#7301"]
+
+
+# ---- 4. terms the store gives the order after it was placed move its pay reminder ----------------------------------
+
+def net(days: int, issued: Any) -> dict[str, Any]:
+    """Shopify's ``payment_terms`` of an order on Net ``days``, issued at ``issued``."""
+    return {"payment_terms_name": f"Net {days}", "payment_terms_type": "net", "due_in_days": days,
+            "payment_schedules": [{"issued_at": p.iso(issued), "due_at": p.iso(issued + timedelta(days=days)), "completed_at": None}]}
+
+
+@pytest.mark.parametrize("terms", ["given after the order", "extended"])
+def test_shopify_terms_given_or_extended_after_the_order_move_its_pay_reminder_to_the_new_due_date(sqlite_url, scenario, world,
+                                                                                                   terms):
+    """A B2B buyer's order #5001 is pending. Twenty minutes on the store puts it on Net 30 (or extends its Net 30 to
+    Net 60): the pay link does not go an hour after the order (or on day 30), only once the payment is due."""
+    sc = start(sqlite_url, scenario, "shopify", {"payment_recovery": {}})
+    placed = sc.now
+    order = shopify_unpaid(1, placed)
+    first, then, due = (None, net(30, placed), 30) if terms == "given after the order" else (net(30, placed), net(60, placed), 60)
+    if first is not None:
+        order["payment_terms"] = first
+    SHOPIFY.place(sc, order)
+    sc.later(minutes=20)
+    sc.shopify("orders/updated", {**order, "payment_terms": then, "updated_at": p.iso(sc.now)})
+    sc.at(placed + timedelta(days=due) - timedelta(hours=1), step=timedelta(hours=12))
+    assert pay_reminders(sc) == []
+    sc.later(hours=3)
+    assert pay_reminders(sc) == ["#5001"]

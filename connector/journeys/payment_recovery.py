@@ -41,7 +41,8 @@ doing. It is still recorded as paid (the lift compares payments, treated or not)
 
 An order on payment terms (Shopify B2B / draft orders: Net 30, a fixed date, due on fulfilment)
 is not chased before its payment is due (``payment_terms.chase_from``), by the terms as stored:
-the reconcile's read of the order carries none.
+the reconcile's read of the order carries none. Terms the store gives the order (or changes) while its
+reminder waits move the reminder (``_rescheduled``).
 
 An order taken at the store's till (Shopify POS) is settled in person: no reminder unless
 ``include_pos``.
@@ -59,7 +60,7 @@ from connector.journeys._common import (
     awaits_payment, cancelled_order, deleted_order, end_for_deleted_order, order_context, pay_reminder_takes, unpaid_order,
     withdraw_for_cancel,
 )
-from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
+from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, OrderFacts, Run, Send, Start, TimerFired, Update, Wake
 from connector.journeys.payment_terms import chase_from, terms_of
 
 STALLED = ("pending", "failed")  # not "authorized": paid as far as the customer knows
@@ -139,6 +140,8 @@ class PaymentRecovery:
                 return [Wake(None), Finish("closed")]
             paid = isinstance(event, ev.OrderPaid) or (o is not None and o.payment_state == "paid")
             return [Wake(None), Update({"paid": paid}), Finish("paid_without_reminder" if paid else "closed")]
+        if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and o is not None and not run.state.get("reminded"):
+            return _rescheduled(event, run, o, config)
         if isinstance(event, TimerFired):
             if run.state.get("reminded"):  # her time to replace the order is up
                 return [Finish("reminded", skip_waiting=False)]
@@ -157,6 +160,17 @@ def _withdraw_held(event: Any, run: Run, facts: Facts) -> list[Command]:
     if run.state.get("reminded") and not run.state.get("paid") and cancelled_order(event, facts):
         return withdraw_for_cancel(run)
     return []
+
+
+def _rescheduled(event: Any, run: Run, o: OrderFacts, config: PaymentRecoveryConfig) -> list[Command]:
+    """Terms the store gave the order, or changed, while its reminder waits (Net 30 put on a B2B order after it
+    was placed, Net 30 extended to Net 60): the reminder moves to when they make the payment due (``chase_from``;
+    none while they give no date yet). Only an event that carries terms: the reconcile's read has none, and
+    the stored ones decided already."""
+    if event.order.payment_terms is None and event.order.payment_due_at is None:
+        return []
+    due = chase_from(event.order.payment_terms, event.order.payment_due_at, o.placed_at + timedelta(minutes=config.after_minutes))
+    return [] if due == run.next_due_at else [Wake(due)]
 
 
 def _chase_from(event: Any, facts: Facts, config: PaymentRecoveryConfig) -> datetime | None:
