@@ -10,15 +10,21 @@ set when the config is loaded).
 A customer who gives up on an order and buys the same things in another one (WooCommerce
 makes a new order when she checks out again from another session or with a changed cart; a
 second Shopify checkout) is not asked to pay for the first: the journey follows the contact,
-and her later order, paid (or cash on delivery), placed within ``REPLACED_WITHIN`` of this one
-and sharing a product with it, ends the run before its reminder (``replaced_by_order``, no
+and her later order, paid (or cash on delivery, or to pay by bank transfer: WooCommerce's
+``on-hold``), placed within ``REPLACED_WITHIN`` of this one and sharing a product with it, ends the run before its reminder (``replaced_by_order``, no
 revenue: the reminder never went out). Her later unpaid try at it (placed pending again, in that
 time, a try this journey chases) replaces it too (``replaced``): only her newest try is chased,
 and an older one heard after it starts finished. The run keeps listening after its reminder is
 queued, until that time is up, so a reminder still held (quiet hours, the one-message line) is
-withdrawn when she replaces the order before it goes. A newer try cancelled before its reminder
+withdrawn when she replaces the order before it goes. A cancel or a bin withdraws a reminder still held after
+the run has ended too (``_withdraw_held``: with ``after_minutes`` of a day or more the run ends as it queues its
+reminder, which quiet hours may then hold till morning). A newer try cancelled before its reminder
 does not bring the older one back: she or the store called the purchase off, and the older try
 is as stale (WooCommerce cancels unpaid orders after its hold-stock minutes, the oldest first).
+
+A WooCommerce order she moves to a bank transfer or cheque on the pay page (``on-hold``) has no pay link any
+more, as one placed so, which this journey never chases: it ends the run unpaid (``closed``), its reminder
+withdrawn if still held, so she is not told her payment has not come through next to the order's thanks.
 
 An ``authorized`` payment is not stalled: the customer has paid, the store captures later
 (Shopify manual capture, at fulfilment). It starts no run and ends an active one unpaid, so
@@ -35,7 +41,8 @@ doing. It is still recorded as paid (the lift compares payments, treated or not)
 
 An order on payment terms (Shopify B2B / draft orders: Net 30, a fixed date, due on fulfilment)
 is not chased before its payment is due (``payment_terms.chase_from``), by the terms as stored:
-the reconcile's read of the order carries none.
+the reconcile's read of the order carries none. Terms the store gives the order (or changes) while its
+reminder waits move the reminder (``_rescheduled``).
 
 An order taken at the store's till (Shopify POS) is settled in person: no reminder unless
 ``include_pos``.
@@ -49,8 +56,11 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from connector import events as ev
-from connector.journeys._common import deleted_order, end_for_deleted_order, order_context, pay_reminder_takes, unpaid_order
-from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, Run, Send, Start, TimerFired, Update, Wake
+from connector.journeys._common import (
+    awaits_payment, cancelled_order, deleted_order, end_for_deleted_order, order_context, pay_reminder_takes, unpaid_order,
+    withdraw_for_cancel,
+)
+from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, OrderFacts, Run, Send, Start, TimerFired, Update, Wake
 from connector.journeys.payment_terms import chase_from, terms_of
 
 STALLED = ("pending", "failed")  # not "authorized": paid as far as the customer knows
@@ -94,7 +104,7 @@ class PaymentRecovery:
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: PaymentRecoveryConfig, now: datetime) -> list[Command]:
         if isinstance(event, ev.OrderDeleted):
-            return end_for_deleted_order(run)
+            return end_for_deleted_order(run) if run is None or run.status == "active" else _withdraw_held(event, run, facts)
         if run is not None and not _about(event, run):
             return _replaced(event, run, facts, config)  # another order of hers, or a reply: not this order's news
         o = facts.order
@@ -121,12 +131,17 @@ class PaymentRecovery:
             return [Update({**paid, "paid_before_reminder": True}), *([Wake(None)] if active else []),
                     Finish("paid_before_reminder", skip_waiting=True)]
         if not active:
-            return []
-        if isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) or (o is not None and (o.payment_state not in STALLED or o.cancelled)):
-            if run.state.get("reminded"):  # cancelled, or paid as she knows (authorized): the reminder, if still held, goes no further
+            return _withdraw_held(event, run, facts)
+        if isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) or (o is not None and (o.payment_state not in STALLED or o.cancelled
+                                                                                      or not o.payment_url)):
+            # cancelled, paid as she knows (authorized), or no longer payable by its link (a WooCommerce order she
+            # moved to a bank transfer or cheque on the pay page: on-hold, as one placed so, which is never chased)
+            if run.state.get("reminded"):  # the reminder, if still held, goes no further
                 return [Wake(None), Finish("closed")]
             paid = isinstance(event, ev.OrderPaid) or (o is not None and o.payment_state == "paid")
             return [Wake(None), Update({"paid": paid}), Finish("paid_without_reminder" if paid else "closed")]
+        if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and o is not None and not run.state.get("reminded"):
+            return _rescheduled(event, run, o, config)
         if isinstance(event, TimerFired):
             if run.state.get("reminded"):  # her time to replace the order is up
                 return [Finish("reminded", skip_waiting=False)]
@@ -136,6 +151,26 @@ class PaymentRecovery:
             end: list[Command] = [Wake(listen, listening=True)] if listen > now else [Wake(None), Finish("reminded", skip_waiting=False)]
             return [Update({"reminded": True, "sent": 1}), Send("remind", order_context(facts)), *end]
         return []
+
+
+def _withdraw_held(event: Any, run: Run, facts: Facts) -> list[Command]:
+    """A cancel or a bin reaching a run that has ended unpaid after its reminder was queued: the reminder may
+    still be held past the run's last day (an ``after_minutes`` of a day or more, so the run ends as it queues
+    it, then quiet hours; the one-message line; a restriction), and must not ask her to pay a cancelled order."""
+    if run.state.get("reminded") and not run.state.get("paid") and cancelled_order(event, facts):
+        return withdraw_for_cancel(run)
+    return []
+
+
+def _rescheduled(event: Any, run: Run, o: OrderFacts, config: PaymentRecoveryConfig) -> list[Command]:
+    """Terms the store gave the order, or changed, while its reminder waits (Net 30 put on a B2B order after it
+    was placed, Net 30 extended to Net 60): the reminder moves to when they make the payment due (``chase_from``;
+    none while they give no date yet). Only an event that carries terms: the reconcile's read has none, and
+    the stored ones decided already."""
+    if event.order.payment_terms is None and event.order.payment_due_at is None:
+        return []
+    due = chase_from(event.order.payment_terms, event.order.payment_due_at, o.placed_at + timedelta(minutes=config.after_minutes))
+    return [] if due == run.next_due_at else [Wake(due)]
 
 
 def _chase_from(event: Any, facts: Facts, config: PaymentRecoveryConfig) -> datetime | None:
@@ -192,8 +227,8 @@ def _run_products(run: Run) -> set[str] | None:
 
 def _replaced(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig) -> list[Command]:
     """Another order of hers reached this run, still waiting or listening after its reminder: a later
-    try at this purchase (``_later_try``) that she paid for (or chose cash on delivery for) ends
-    the run (``replaced_by_order``), and so does one she left unpaid again, which this journey chases
+    try at this purchase (``_later_try``) that she paid for (or chose cash on delivery for, or a bank
+    transfer: ``_paid_otherwise``) ends the run (``replaced_by_order``), and so does one she left unpaid again, which this journey chases
     instead (``replaced``): only her newest try is chased. What the run has waiting (its reminder, held
     for quiet hours or the one-message line) is withdrawn, so nobody is asked to pay twice; no revenue.
     ``facts`` are the other order's."""
@@ -202,11 +237,19 @@ def _replaced(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig)
     o = event.order
     if o.cancelled_at is not None or not _later_try(_placed(run), _run_products(run), o.created_at, _products(o)):
         return []
-    if o.is_cod or o.payment_state in ev.PAID_AS_SHE_KNOWS:
+    if o.is_cod or o.payment_state in ev.PAID_AS_SHE_KNOWS or _paid_otherwise(o):
         return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced_by_order", skip_waiting=True)]
     if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and _chase_from(event, facts, config) is not None:
         return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced", skip_waiting=True)]
     return []
+
+
+def _paid_otherwise(order: ev.Order) -> bool:
+    """An order she placed to pay by other means than a pay link (a WooCommerce bank transfer or cheque,
+    ``on-hold``, which the store's pay page refuses: no ``payment_url``): its money is on its way, and the pay
+    link of her earlier try would have her pay twice. An unpaid order (``_common.unpaid_order``: pending or
+    failed) replaces the older try only if this journey chases it instead."""
+    return awaits_payment(order) and not order.payment_url and not unpaid_order(order)
 
 
 def _newer_try(event: Any, facts: Facts) -> str | None:
