@@ -1,0 +1,97 @@
+"""What comes back from WhatsApp, second review: faults a store owner would notice, told as store stories.
+
+1. The number's reading asked Graph for ``quality_rating,messaging_limit_tier``. Meta deprecated
+   ``messaging_limit_tier`` for ``whatsapp_business_manager_messaging_limit`` (its "Messaging Limits" page:
+   "Request the ``whatsapp_business_manager_messaging_limit`` field instead", example answer
+   ``{"whatsapp_business_manager_messaging_limit": "TIER_250", "id": ...}``); the old field now answers
+   nothing (pywa issue #221), and a field Graph no longer knows fails the whole request (HTTP 400, code 100,
+   "Tried accessing nonexisting field"). So the limit was never read again, and once Meta drops the old field
+   the YELLOW warning is lost with it. Now the reading asks for both, reads whichever answers (Meta's field
+   first), and a limit field Graph refuses never costs the rating.
+
+Real app, a virtual clock, the fake Graph API (tests/scenarios/fakes.py) answering as Meta does now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
+from tests.scenarios.test_store_journeys import COD
+from tests.test_number_health import dashboard, told, whatsapp_health
+from tests.test_number_quality_poll import job, read_number
+
+NEW, OLD = "whatsapp_business_manager_messaging_limit", "messaging_limit_tier"
+
+
+# ---- 1. the number's reading: Meta's limit field now, and the rating never lost for the limit ----------
+
+def test_once_meta_drops_the_old_limit_field_a_yellow_number_is_still_read_and_its_owner_warned(sqlite_url, scenario, world):
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    world.whatsapp_number = {"quality_rating": "YELLOW", NEW: "TIER_10K"}
+    world.whatsapp_number_unknown = {OLD}  # Graph: "(#100) Tried accessing nonexisting field (messaging_limit_tier)"
+    assert read_number(sc) is True
+
+    assert job(sc)["status"] == "ok"
+    health = whatsapp_health(sc)
+    assert (health["quality_rating"], health["messaging_limit"]) == ("YELLOW", "TIER_10K")
+    assert "quality rating <strong>YELLOW</strong>" in dashboard(sc)
+    [(_, text)] = told(world)
+    assert "is rated YELLOW (medium) by Meta" in text
+
+
+def test_the_limit_is_read_from_metas_current_field_and_a_later_change_of_it_is_told(sqlite_url, scenario, world):
+    """Meta answers the limit in its new field only (the deprecated one gives nothing): the dashboard shows
+    it, and a lower limit read later is told as Meta's DOWNGRADE was."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    world.whatsapp_number = {"quality_rating": "GREEN", NEW: "TIER_2K", OLD: None}
+    read_number(sc)
+    assert whatsapp_health(sc)["messaging_limit"] == "TIER_2K"
+    assert "Messaging limit <strong>TIER_2K</strong>" in dashboard(sc)
+
+    sc.later(hours=4)
+    world.whatsapp_number = {"quality_rating": "GREEN", NEW: "TIER_250"}
+    read_number(sc)
+    [(_, text)] = told(world)
+    assert "lowered the messaging limit" in text and "from TIER_2K to TIER_250" in text
+
+
+def test_an_api_version_that_does_not_know_metas_new_field_still_gives_the_rating_and_the_old_limit(sqlite_url, scenario, world):
+    """Meta's page of late 2025: the new field for v24.0 and newer, ``messaging_limit_tier`` for v23.0 and older
+    (the connector's default ``api_version`` is v23.0): a Graph that refuses the new field still gives both."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    world.whatsapp_number = {"quality_rating": "YELLOW", OLD: "TIER_1K"}
+    world.whatsapp_number_unknown = {NEW}
+    read_number(sc)
+    health = whatsapp_health(sc)
+    assert job(sc)["status"] == "ok" and (health["quality_rating"], health["messaging_limit"]) == ("YELLOW", "TIER_1K")
+
+
+def test_a_graph_that_knows_neither_limit_field_still_gives_the_rating(sqlite_url, scenario, world):
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    world.whatsapp_number = {"quality_rating": "RED"}
+    world.whatsapp_number_unknown = {NEW, OLD}
+    read_number(sc)
+    health = whatsapp_health(sc)
+    assert job(sc)["status"] == "ok"
+    assert (health["quality_rating"], health["messaging_limit"], health["marketing_held"]) == ("RED", None, True)
+
+
+def test_the_sandbox_answers_metas_current_field_and_can_play_meta_dropping_the_old_one():
+    """The sandbox Cloud API (a real HTTP peer) answers the limit as Meta does now, and refuses a field it is
+    told Graph no longer knows as Graph does: the client reads the rating and the limit either way."""
+    from adapters.whatsapp.client import WhatsAppClient
+    from connector.number_health import NumberReading
+    from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp
+
+    sandbox = SandboxWhatsApp(token="tok")
+    sandbox.quality_rating, sandbox.messaging_limit = "YELLOW", "TIER_100K"
+
+    async def read() -> NumberReading:
+        async with WhatsAppClient(server.url, "v23.0", "tok", max_connections=1) as client:
+            return await client.number_quality("106540352242922")
+
+    with SandboxServer(sandbox.app) as server:
+        assert asyncio.run(read()) == NumberReading(rating="YELLOW", limit="TIER_100K")
+        sandbox.unknown_fields = {OLD}
+        assert asyncio.run(read()) == NumberReading(rating="YELLOW", limit="TIER_100K")
