@@ -64,6 +64,9 @@ UNTIL_LIFTED = datetime(9999, 12, 31, tzinfo=timezone.utc)
 RATINGS = frozenset({"GREEN", "YELLOW", "RED"})
 # messaging limit tiers, lowest first: which way a limit a reading gives moved
 TIERS = ("TIER_50", "TIER_250", "TIER_1K", "TIER_2K", "TIER_10K", "TIER_100K", "TIER_UNLIMITED")
+# what Meta's limit fields may say that is no limit: "the business phone number has not been used to send a message
+# yet" (its ``phone_number_quality_update`` reference; an ONBOARDING number): the limit last heard stands
+NOT_A_LIMIT = frozenset({"TIER_NOT_SET"})
 STAGE_ORDER = ("entry", "qualification", "conversion", "post_purchase", "retention")
 WHERE = "Meta Business Suite > Business Support Home"
 
@@ -99,7 +102,7 @@ def parts(event: Any, store: Any) -> list[Part]:
         out: list[Part] = []
         if event.event in ("FLAGGED", "UNFLAGGED"):
             out.append(Part("quality", {"rating": "RED" if event.event == "FLAGGED" else "GREEN", "event": event.event}))
-        if event.limit is not None:
+        if event.limit is not None and tier(event.limit) not in NOT_A_LIMIT:
             out.append(Part("limit", {"value": event.limit, "old": event.old_limit, "event": event.event}))
         return out
     if isinstance(event, ev.AccountUpdated):
@@ -311,7 +314,7 @@ def record_reading(conn: Connection, store: Any, store_id: int, reading: NumberR
         if verdict == "news" and (news := rating_news(store, was, reading.rating)) is not None:
             told.append(news)
     was_limit = _part(new, "limit").get("value")
-    if reading.limit and tier(reading.limit) != tier(was_limit):
+    if reading.limit and tier(reading.limit) not in NOT_A_LIMIT and tier(reading.limit) != tier(was_limit):
         new, verdict = merge(new, [Part("limit", {"value": reading.limit, "old": was_limit, "event": "READ"})], now)
         if verdict == "news" and (news := limit_news(store, was_limit, reading.limit)) is not None:
             told.append(news)

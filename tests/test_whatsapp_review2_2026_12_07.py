@@ -9,6 +9,12 @@
    the YELLOW warning is lost with it. Now the reading asks for both, reads whichever answers (Meta's field
    first), and a limit field Graph refuses never costs the rating.
 
+2. Meta's ``phone_number_quality_update`` reference (Nov 2025) lists, besides a limit's tiers, ``TIER_NOT_SET``:
+   "the business phone number has not been used to send a message yet", no limit at all. An ONBOARDING update
+   saying it (a number still being registered) was kept as the number's messaging limit: the dashboard showed
+   "Messaging limit TIER_NOT_SET" instead of the limit Meta last gave. Now it changes no limit.
+3. (see below)
+
 Real app, a virtual clock, the fake Graph API (tests/scenarios/fakes.py) answering as Meta does now.
 """
 
@@ -18,7 +24,9 @@ import asyncio
 
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
 from tests.scenarios.test_store_journeys import COD
-from tests.test_number_health import dashboard, told, whatsapp_health
+from datetime import timedelta
+
+from tests.test_number_health import account, dashboard, number, told, whatsapp_health
 from tests.test_number_quality_poll import job, read_number
 
 NEW, OLD = "whatsapp_business_manager_messaging_limit", "messaging_limit_tier"
@@ -95,3 +103,21 @@ def test_the_sandbox_answers_metas_current_field_and_can_play_meta_dropping_the_
         assert asyncio.run(read()) == NumberReading(rating="YELLOW", limit="TIER_100K")
         sandbox.unknown_fields = {OLD}
         assert asyncio.run(read()) == NumberReading(rating="YELLOW", limit="TIER_100K")
+
+
+# ---- 2. TIER_NOT_SET is no messaging limit -------------------------------------------------------------
+
+def test_an_onboarding_update_saying_tier_not_set_leaves_the_known_limit(sqlite_url, scenario, world):
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    world.whatsapp_number = {"quality_rating": "GREEN", NEW: "TIER_10K"}
+    read_number(sc)
+    account(sc, number("ONBOARDING", max_daily_conversations_per_business="TIER_NOT_SET"), at=sc.now + timedelta(minutes=1))
+    account(sc, number("ONBOARDING", current_limit="TIER_NOT_SET"), at=sc.now + timedelta(minutes=2))  # the older shape
+    sc.later(minutes=5)
+    assert whatsapp_health(sc)["messaging_limit"] == "TIER_10K"
+    assert "Messaging limit <strong>TIER_10K</strong>" in dashboard(sc)
+    sc.later(hours=4)
+    world.whatsapp_number = {"quality_rating": "GREEN", NEW: "TIER_NOT_SET"}  # the same said by the number's node
+    read_number(sc)
+    assert whatsapp_health(sc)["messaging_limit"] == "TIER_10K"
+    assert told(world) == []
