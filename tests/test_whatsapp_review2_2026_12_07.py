@@ -13,7 +13,11 @@
    "the business phone number has not been used to send a message yet", no limit at all. An ONBOARDING update
    saying it (a number still being registered) was kept as the number's messaging limit: the dashboard showed
    "Messaging limit TIER_NOT_SET" instead of the limit Meta last gave. Now it changes no limit.
-3. (see below)
+   And since October 7, 2025 Meta sets limits per business portfolio: "The Flagged phone number quality state is
+   no longer possible. If your business phone number quality rating drops, its messaging limit will not be
+   downgraded" (Meta, "Upcoming changes to messaging limits", now live). The owner was still told that a low
+   rating makes Meta lower the limit (the YELLOW and RED warnings) and that a lowered limit "follows low
+   quality". Now the warnings say what a low rating does (marketing held while RED) and no longer that.
 
 Real app, a virtual clock, the fake Graph API (tests/scenarios/fakes.py) answering as Meta does now.
 """
@@ -121,3 +125,18 @@ def test_an_onboarding_update_saying_tier_not_set_leaves_the_known_limit(sqlite_
     read_number(sc)
     assert whatsapp_health(sc)["messaging_limit"] == "TIER_10K"
     assert told(world) == []
+
+
+def test_the_owner_is_no_longer_told_that_a_low_rating_makes_meta_lower_the_limit(sqlite_url, scenario, world):
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    read_number(sc)  # GREEN, TIER_1K: tells nobody
+    for rating, limit in (("YELLOW", "TIER_1K"), ("RED", "TIER_1K"), ("RED", "TIER_250")):
+        sc.later(hours=4)
+        world.whatsapp_number = {"quality_rating": rating, NEW: limit}
+        read_number(sc)
+    yellow, red, lowered = (text for _, text in told(world))
+    assert "is rated YELLOW" in yellow and "quality rating is RED" in red and "lowered the messaging limit" in lowered
+    assert "If it turns RED, cart and reorder reminders (marketing) are held until it recovers" in yellow
+    for text in (yellow, red):
+        assert "lower its messaging limit" not in text and "lowers the messaging limit" not in text
+    assert "follows low quality" not in lowered and "from TIER_1K to TIER_250" in lowered
