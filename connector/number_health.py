@@ -64,6 +64,9 @@ UNTIL_LIFTED = datetime(9999, 12, 31, tzinfo=timezone.utc)
 RATINGS = frozenset({"GREEN", "YELLOW", "RED"})
 # messaging limit tiers, lowest first: which way a limit a reading gives moved
 TIERS = ("TIER_50", "TIER_250", "TIER_1K", "TIER_2K", "TIER_10K", "TIER_100K", "TIER_UNLIMITED")
+# what Meta's limit fields may say that is no limit: "the business phone number has not been used to send a message
+# yet" (its ``phone_number_quality_update`` reference; an ONBOARDING number): the limit last heard stands
+NOT_A_LIMIT = frozenset({"TIER_NOT_SET"})
 STAGE_ORDER = ("entry", "qualification", "conversion", "post_purchase", "retention")
 WHERE = "Meta Business Suite > Business Support Home"
 
@@ -99,7 +102,7 @@ def parts(event: Any, store: Any) -> list[Part]:
         out: list[Part] = []
         if event.event in ("FLAGGED", "UNFLAGGED"):
             out.append(Part("quality", {"rating": "RED" if event.event == "FLAGGED" else "GREEN", "event": event.event}))
-        if event.limit is not None:
+        if event.limit is not None and tier(event.limit) not in NOT_A_LIMIT:
             out.append(Part("limit", {"value": event.limit, "old": event.old_limit, "event": event.event}))
         return out
     if isinstance(event, ev.AccountUpdated):
@@ -311,7 +314,7 @@ def record_reading(conn: Connection, store: Any, store_id: int, reading: NumberR
         if verdict == "news" and (news := rating_news(store, was, reading.rating)) is not None:
             told.append(news)
     was_limit = _part(new, "limit").get("value")
-    if reading.limit and tier(reading.limit) != tier(was_limit):
+    if reading.limit and tier(reading.limit) not in NOT_A_LIMIT and tier(reading.limit) != tier(was_limit):
         new, verdict = merge(new, [Part("limit", {"value": reading.limit, "old": was_limit, "event": "READ"})], now)
         if verdict == "news" and (news := limit_news(store, was_limit, reading.limit)) is not None:
             told.append(news)
@@ -466,9 +469,12 @@ def _number(store: Any, event: ev.NumberQualityChanged) -> str:
     return f"WhatsApp number {shown}(id {store.whatsapp_phone_number_id})"
 
 
+# Since October 7, 2025 Meta sets messaging limits per business portfolio and "if your business phone number quality
+# rating drops, its messaging limit will not be downgraded" (Meta, "Upcoming changes to messaging limits"): the owner is
+# not told that a low rating costs the limit
 def _flagged(number: str, limit: str) -> str:
     return (f"{number} was flagged by Meta: its quality rating is RED (low): customers block or report its messages.{limit} "
-            "If it stays low, Meta lowers the messaging limit. Cart and reorder reminders (marketing) are held while it is RED; "
+            "Cart and reorder reminders (marketing) are held while it is RED; "
             "order, COD and delivery messages still go. Check which templates are rated low (WhatsApp Manager > Insights), "
             "send fewer marketing messages, and only to customers who opted in")
 
@@ -496,8 +502,7 @@ def rating_news(store: Any, was: str | None, rating: str) -> NumberNews | None:
                 "past its send_within limit (skipped as too_late).") if was == "RED" else ""
         return NumberNews(
             f"{number} is rated YELLOW (medium) by Meta: customers have begun to block or report its messages.{back} "
-            "If it turns RED, cart and reorder reminders (marketing) are held until it recovers, and Meta may lower its "
-            "messaging limit. Check which templates are rated low (WhatsApp Manager > Insights), send fewer marketing "
+            "If it turns RED, cart and reorder reminders (marketing) are held until it recovers. Check which templates are rated low (WhatsApp Manager > Insights), send fewer marketing "
             "messages, and only to customers who opted in")
     if rating == "GREEN" and was == "RED":
         return NumberNews(_unflagged(number), only_open=True)
@@ -532,8 +537,8 @@ def number_news(event: Any, store: Any) -> NumberNews | None:
             was = f" from {event.old_limit}" if event.old_limit else ""
             return NumberNews(
                 f"Meta lowered the messaging limit of {number}{was} to {event.limit or 'a lower tier'} (customers it may start "
-                "conversations with in 24 hours): beyond it, messages fail. This follows low quality: send fewer marketing "
-                "messages until the rating recovers")
+                "conversations with in 24 hours): beyond it, messages fail. See why in WhatsApp Manager > Account tools > "
+                "Messaging limits")
         if event.event == "UPGRADE":
             was = f" from {event.old_limit}" if event.old_limit else ""
             return NumberNews(f"Meta raised the messaging limit of {number}{was} to {event.limit}", only_open=True)

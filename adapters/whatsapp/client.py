@@ -24,7 +24,7 @@ from httpx._transports.default import map_httpcore_exceptions
 
 from adapters import asyncio_backend
 from adapters.whatsapp import errors
-from connector.errors import PermanentError
+from connector.errors import PermanentError, RetryableError
 from connector.number_health import NumberReading
 from connector.storage import jsoncodec
 from connector.messages import (
@@ -49,6 +49,9 @@ DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 # pool hands the connection out, so the pool's own check cannot be relied on; its clock can.
 KEEPALIVE_EXPIRY = 2.0
 MAX_TEMPLATE_PAGES = 200  # 100 per page: far beyond any WABA's template count
+# the number's messaging limit, Meta's field first (``messaging_limit_tier`` is deprecated): ``number_quality``
+LIMIT_FIELDS = ("whatsapp_business_manager_messaging_limit", "messaging_limit_tier")
+UNKNOWN_FIELD = 100  # Graph's code for a request it refuses, here "Tried accessing nonexisting field (...)"
 
 
 def _one_line(text: str) -> str:
@@ -169,6 +172,11 @@ class _Pool:
 
 def _busy(pool: _Pool) -> int:
     return pool.in_flight
+
+
+def _upper(value: Any) -> str | None:
+    """A text field of Graph's answer, trimmed and upper case; None: not given, empty or not text."""
+    return value.strip().upper() if isinstance(value, str) and value.strip() else None
 
 
 class WhatsAppClient:
@@ -302,17 +310,43 @@ class WhatsAppClient:
         return data
 
     async def number_quality(self, phone_number_id: str) -> NumberReading:
-        """The number's ``quality_rating`` (GREEN, YELLOW, RED, UNKNOWN) and ``messaging_limit_tier``
-        (TIER_250, TIER_1K, TIER_10K, TIER_100K, TIER_UNLIMITED...), one GET of the WhatsApp Business
-        Phone Number node. Meta's webhooks never say YELLOW; this does. ``quality_rating``'s values are
-        those third-party references of the Graph API give. Meta's "Messaging Limits" page calls
-        ``messaging_limit_tier`` deprecated for ``whatsapp_business_manager_messaging_limit``, whose value
-        form it does not show: should Meta drop the old field, this read fails (the job's health says so).
-        Errors are classified as a send's are (401: the token; 5xx, 429: retryable; ...)."""
-        data = await self._get_object(f"{self._root}/{phone_number_id}", {"fields": "quality_rating,messaging_limit_tier"}, "phone number")
-        rating, limit = data.get("quality_rating"), data.get("messaging_limit_tier")
-        return NumberReading(rating=rating.strip().upper() if isinstance(rating, str) and rating.strip() else None,
-                             limit=limit.strip().upper() if isinstance(limit, str) and limit.strip() else None)
+        """The number's ``quality_rating`` (GREEN, YELLOW, RED, UNKNOWN) and messaging limit (TIER_250, TIER_2K,
+        TIER_10K, TIER_100K, TIER_UNLIMITED...), one GET of the WhatsApp Business Phone Number node. Meta's
+        webhooks never say YELLOW; this does. ``quality_rating``'s values are those third-party references of the
+        Graph API give.
+
+        The limit: Meta's "Messaging Limits" page deprecates ``messaging_limit_tier`` for
+        ``whatsapp_business_manager_messaging_limit`` (a tier name, ``"TIER_250"`` in its example; v24.0 and newer,
+        the old field for v23.0 and older), and the old field now answers nothing. Both are asked for, Meta's
+        first read. A field Graph does not know fails the whole request (HTTP 400, code 100: the new one on an
+        older API version, the old one once Meta drops it): then the rating is asked alone and each limit field
+        on its own, so the rating (the YELLOW early warning) is never lost for the limit. Errors are classified as
+        a send's are (401: the token; 5xx, 429: retryable; ...)."""
+        url = f"{self._root}/{phone_number_id}"
+        try:
+            data = await self._get_object(url, {"fields": ",".join(("quality_rating", *LIMIT_FIELDS))}, "phone number")
+        except PermanentError as exc:
+            if exc.code != UNKNOWN_FIELD:
+                raise
+            data = await self._get_object(url, {"fields": "quality_rating"}, "phone number")
+            data.update(await self._limit_alone(url))
+        limit = next((text for f in LIMIT_FIELDS if (text := _upper(data.get(f)))), None)
+        return NumberReading(rating=_upper(data.get("quality_rating")), limit=limit)
+
+    async def _limit_alone(self, url: str) -> dict[str, Any]:
+        """The first limit field Graph answers, asked one at a time; ``{}``: none (the limit stays as last heard)."""
+        for name in LIMIT_FIELDS:
+            try:
+                data = await self._get_object(url, {"fields": name}, "phone number")
+            except PermanentError as exc:
+                if exc.code == UNKNOWN_FIELD:
+                    continue
+                return {}
+            except RetryableError:
+                return {}  # the rating is read: the next reading asks again
+            if _upper(data.get(name)):
+                return data
+        return {}
 
     async def list_templates(self, waba_id: str) -> list[dict[str, Any]]:
         """Every message template of a WABA, as Meta's raw dicts (name, language, status, ...).

@@ -275,7 +275,8 @@ def _upper(d: Body, key: str, where: str) -> str | None:
 
 
 def _limit(d: Body, key: str) -> str | None:
-    """A messaging limit: a tier name (``TIER_1K``) or, in the newer field, a count (``2000``, ``UNLIMITED``)."""
+    """A messaging limit: a tier name (``TIER_2K``; ``TIER_NOT_SET``, no limit yet, is kept as said and changes no limit,
+    ``number_health.NOT_A_LIMIT``) or, as Meta's messaging-limits change notes give the newer field, a count (``2000``, ``UNLIMITED``)."""
     value = d.get(key)
     if isinstance(value, bool) or value is None:
         return None

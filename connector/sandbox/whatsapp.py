@@ -7,9 +7,11 @@ Meta refuses an undeliverable one (``fail_share``: HTTP 400 with code 131026, ch
 hash of the recipient, template and callback data, so the same sends fail whatever order
 they arrive in), and can post signed status webhooks
 (sent, delivered, read) back to the connector with the ``biz_opaque_callback_data`` it got.
-``GET /{version}/{phone_number_id}`` answers the number's ``quality_rating`` and
-``messaging_limit_tier`` (settable: ``quality_rating``, ``messaging_limit_tier``), so the
-connector's number-quality job can be shown a YELLOW or RED number.
+``GET /{version}/{phone_number_id}`` answers the number's ``quality_rating`` and, as Meta does now,
+its limit in ``whatsapp_business_manager_messaging_limit`` (``messaging_limit_tier``, deprecated,
+answers nothing) (settable: ``quality_rating``, ``messaging_limit``), so the connector's
+number-quality job can be shown a YELLOW or RED number; a field named in ``unknown_fields`` is
+refused as Graph refuses one it does not know (HTTP 400, code 100), to play Meta dropping it.
 Nothing here is used in production.
 """
 
@@ -91,7 +93,8 @@ class SandboxWhatsApp:
         self.statuses = statuses
         self.templates = templates or []
         self.quality_rating = "GREEN"  # what the number's GET answers; set YELLOW or RED to see the connector react
-        self.messaging_limit_tier = "TIER_1K"
+        self.messaging_limit = "TIER_1K"  # answered as whatsapp_business_manager_messaging_limit
+        self.unknown_fields: set[str] = set()  # fields of the number Graph refuses (code 100): {"messaging_limit_tier"}
         self.number_reads = 0
         self.calls: list[Call] = []
         self.script: deque[ScriptedResponse] = deque()
@@ -200,8 +203,12 @@ class SandboxWhatsApp:
             if isinstance(scripted.body, str):
                 return Response(scripted.body, scripted.status, headers=scripted.headers, media_type="text/html")
             return JSONResponse(scripted.body, scripted.status, headers=scripted.headers)
-        node = {"quality_rating": self.quality_rating, "messaging_limit_tier": self.messaging_limit_tier}
         wanted = [f for f in request.query_params.get("fields", "").split(",") if f]
+        unknown = [f for f in wanted if f in self.unknown_fields]
+        if unknown:
+            return JSONResponse({"error": {"message": f"(#100) Tried accessing nonexisting field ({unknown[0]}) on node type "
+                                           "(WhatsAppBusinessPhoneNumber)", "type": "OAuthException", "code": 100, "fbtrace_id": "SBX"}}, 400)
+        node = {"quality_rating": self.quality_rating, "whatsapp_business_manager_messaging_limit": self.messaging_limit}
         return JSONResponse({**{k: v for k, v in node.items() if not wanted or k in wanted}, "id": request.path_params["phone_number_id"]})
 
     async def _templates(self, request: Request) -> Response:

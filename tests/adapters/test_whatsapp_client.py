@@ -500,13 +500,13 @@ def test_list_templates_surfaces_graph_errors():
 
 
 def test_number_quality_reads_the_rating_and_limit_from_the_sandbox_and_classifies_its_errors():
-    """GET /{phone_number_id}?fields=quality_rating,messaging_limit_tier against the sandbox Cloud API
+    """GET /{phone_number_id}?fields=quality_rating,whatsapp_business_manager_messaging_limit,... against the sandbox Cloud API
     (a real HTTP peer): YELLOW, which no webhook says; a 5xx is retryable, a refused token permanent."""
     from connector.number_health import NumberReading
     from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp, ScriptedResponse
 
     sandbox = SandboxWhatsApp(token=TOKEN)
-    sandbox.quality_rating, sandbox.messaging_limit_tier = "YELLOW", "TIER_10K"
+    sandbox.quality_rating, sandbox.messaging_limit = "YELLOW", "TIER_10K"
 
     async def read(token: str = TOKEN) -> NumberReading:
         async with WhatsAppClient(server.url, VERSION, token, max_connections=1) as client:

@@ -87,9 +87,13 @@ class FakeWorld:
     whatsapp_answer_lost: bool = False
     # True: the store's API (Shopify Admin GraphQL, WooCommerce REST) answers 503 and changes nothing (an outage)
     store_down: bool = False
-    # the sending number as the Cloud API's GET of it answers (the number-quality job), and its status (not 200: an error)
+    # the sending number as the Cloud API's GET of it answers (the number-quality job), and its status (not 200: an error);
+    # Graph answers the fields asked for (``?fields=``) that have a value
     whatsapp_number: dict[str, Any] = field(default_factory=dict)
     whatsapp_number_status: int = 200
+    # fields of the number the Graph API does not know (a field Meta dropped, or one newer than the API version): asking
+    # for one fails the whole request, as Graph answers it (HTTP 400, code 100, "Tried accessing nonexisting field")
+    whatsapp_number_unknown: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -133,8 +137,11 @@ class FakeWorld:
             self.whatsapp_down = False
             self.whatsapp_answer_lost = False
             self.store_down = False
-            self.whatsapp_number = {"quality_rating": "GREEN", "messaging_limit_tier": "TIER_1K"}
+            # as Meta answers now: the limit in ``whatsapp_business_manager_messaging_limit`` (``messaging_limit_tier`` is
+            # deprecated and answers nothing)
+            self.whatsapp_number = {"quality_rating": "GREEN", "whatsapp_business_manager_messaging_limit": "TIER_1K"}
             self.whatsapp_number_status = 200
+            self.whatsapp_number_unknown = set()
 
     # ---- what scenarios read -------------------------------------------------------------
     def sent(self, to: str | None = None) -> list[WhatsAppSend]:
@@ -183,7 +190,13 @@ class FakeWorld:
         if self.whatsapp_number_status != 200:
             return JSONResponse({"error": {"message": "An unexpected error has occurred.", "type": "OAuthException", "code": 2}},
                                 self.whatsapp_number_status)
-        return JSONResponse({**self.whatsapp_number, "id": request.path_params["phone_number_id"]})
+        wanted = [f for f in request.query_params.get("fields", "").split(",") if f]
+        unknown = [f for f in wanted if f in self.whatsapp_number_unknown]
+        if unknown:
+            return JSONResponse({"error": {"message": f"(#100) Tried accessing nonexisting field ({unknown[0]}) on node type "
+                                           "(WhatsAppBusinessPhoneNumber)", "type": "OAuthException", "code": 100}}, 400)
+        node = {k: v for k, v in self.whatsapp_number.items() if v is not None and (not wanted or k in wanted)}
+        return JSONResponse({**node, "id": request.path_params["phone_number_id"]})
 
     # ---- Shopify Admin GraphQL -----------------------------------------------------------
     async def _shopify_graphql(self, request: Request) -> Response:
