@@ -173,6 +173,14 @@ class CodConfirmation:
         ``prepaid_discount_code``. A template that binds it without one is never sent: ``check-config`` warns."""
         return frozenset({"prepaid_offer"}) if config.prepaid_discount_code else frozenset()
 
+    @staticmethod
+    def resumed(run: Run, paused: timedelta) -> dict[str, Any]:
+        """The order was restored after ``paused`` in the bin (``runner.on_restored``): an asked run's reminders and
+        answer deadline, reckoned from the question, move by as much (``slipped``), as the run's timer does."""
+        if run.state.get("asked_at") is None:
+            return {}
+        return {"slipped": float(run.state.get("slipped", 0)) + paused.total_seconds()}
+
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.OrderDeleted):
             return deleted_order(event)
