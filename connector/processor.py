@@ -529,6 +529,9 @@ class InboxProcessor:
             if outcome.private is not None:  # a privacy request: no journey hears it
                 private = [*(private or []), *outcome.private]
             elif not outcome.stale and not outcome.held and not outcome.old_news:
+                if outcome.restored and outcome.subject is not None:
+                    # out of the bin: the runs the bin ended go on as they were, then hear the order as it is
+                    self.journeys.on_restored(conn, store, row.store_id, outcome.subject, now)
                 if outcome.placed is not None and not _from_sync(row):
                     # first sight of a fresh order through a later event: placed, then that event.
                     # The sync job decides first sight itself (a backfill places nothing).

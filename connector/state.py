@@ -49,6 +49,9 @@ class Outcome:
     # order repeating its paid state and its parcel; a tracking number added): the journeys hear it, but it
     # moves no one to another stage (``JourneyRunner.on_event``'s ``moves_stage``)
     repeated: bool = False
+    # the order came out of the bin (WooCommerce ``order.restored``, after ``order.deleted``): the runs the bin
+    # ended go on as they were (``JourneyRunner.on_restored``)
+    restored: bool = False
 
 
 # An order first seen through a later event is still news to the journeys when it was created
@@ -58,6 +61,7 @@ class Outcome:
 # stored (connector/sync.py). Cancelled, refunded, voided and failed orders are no such news.
 # So is a fulfilment an order lists, first seen this long after it last changed.
 PLACED_WITHIN = timedelta(hours=24)
+BINNED_STATUS = "trash"  # the status an ``OrderDeleted`` leaves on the stored order (WooCommerce's bin)
 _NOT_PLACED = (ev.PaymentState.REFUNDED, ev.PaymentState.VOIDED, ev.PaymentState.FAILED)
 
 
@@ -862,12 +866,16 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             # read (locked, as apply_order reads it) before apply_order, which changes the cached row in place
             before = order_row(conn, store_id, order.external_id, for_update=True)
             known = (before.payment_state, before.contact_id) if before is not None else None
+            binned = before is not None and before.cancelled_at is not None and before.platform_status == BINNED_STATUS
             written = apply_order(conn, store_id, order, out.contact_id, now)
             out.stale = written == "stale"
             out.repeated = (isinstance(event, (ev.OrderUpdated, ev.OrderPaid)) and out.contact_id is not None
                             and known == (order.payment_state.value, out.contact_id))
             if written == "new" and not isinstance(event, ev.OrderPlaced) and placed_on_first_sight(order, now):
                 out.placed = ev.OrderPlaced(order=order)
+            out.restored = binned and written != "stale" and order.cancelled_at is None
+            if out.restored and out.contact_id is not None:
+                restage(conn, store_id, out.contact_id, now)  # her order counts again
             if written == "called_off":
                 owner = out.contact_id if out.contact_id is not None else order_row(conn, store_id, order.external_id).contact_id
                 if owner is not None:
@@ -889,7 +897,7 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
                     counted = not ev.called_off(None, stored.payment_state)
                     # binned: cancelled for every journey (their timers read it: no COD reminder, no
                     # "no answer" cancel that would take it out of the bin, no cart or pay reminder)
-                    update_by_id(conn, ORDERS, stored.id, {"cancelled_at": now, "platform_status": "trash", "updated_at": now})
+                    update_by_id(conn, ORDERS, stored.id, {"cancelled_at": now, "platform_status": BINNED_STATUS, "updated_at": now})
                     if counted and stored.contact_id is not None:
                         restage(conn, store_id, stored.contact_id, now)
         case ev.FulfillmentUpdated(fulfillment=f):

@@ -140,6 +140,23 @@ def test_a_cod_confirm_status_on_a_shopify_store_is_refused_at_load():
         err.value.problems
 
 
+@pytest.mark.parametrize("status", ["on-hold", "wc-on-hold", "pending"])
+def test_a_cod_confirm_status_before_processing_is_refused_at_load(status):
+    """WooCommerce's COD gateway leaves its orders in processing (on-hold only with a downloadable item), and the
+    status write-back never moves an order back (adapters/woocommerce/client.py ``refusal``): with ``confirm_status =
+    "on-hold"`` every Confirm was a failed write-back and a hand-off for the COD desk ("not moved to on-hold: that would
+    move it back from processing; do it by hand"), and on a store that keeps COD orders on hold it did nothing. Said at
+    load (and by check-config), naming what works instead."""
+    woo = {"key": "w", "platform": "woocommerce", "site_url": "https://w.example", "webhook_secret": "woo-s",
+           "consumer_key": "ck", "consumer_secret": "cs"}
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"stores": [{**woo, "journeys": {"cod_confirmation": {"confirm_status": status}}}]}, environ={})
+    problems = "\n".join(err.value.problems)
+    assert "stores[0]" in problems and "confirm_status" in problems and "move the order back from processing" in problems, problems
+    ok = parse_settings({"stores": [{**woo, "journeys": {"cod_confirmation": {"confirm_status": "processing"}}}]}, environ={})
+    assert ok.stores[0].journeys["cod_confirmation"].confirm_status == "processing"
+
+
 def test_journey_timings_that_contradict_each_other_are_config_errors():
     data = base(journeys={
         "checkout_recovery": {"ladder_minutes": [0, 1440, 360], "discount_code": "BACK10"},  # the third due before the second

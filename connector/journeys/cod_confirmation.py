@@ -82,6 +82,9 @@ AFTER_DEADLINE = ("no_answer", "opted_out", "not_reached")
 CALL_ASKED = ("opted_out", "not_reached")  # of those, the ones a hand-off asked a person to call her about
 # WooCommerce statuses of an order whose checkout is not done: the COD gateway moves it on (``_checkout_done``)
 BEFORE_CHECKOUT = ("pending", "checkout-draft")
+# WooCommerce statuses no confirm_status may name: before processing, where COD orders arrive (on-hold at most), and
+# a status write-back never moves an order back (adapters/woocommerce/client.py ``refusal``)
+NEVER_CONFIRMED_INTO = ("pending", "on-hold")
 
 
 def shipped_event(event: Any) -> bool:
@@ -120,7 +123,17 @@ class CodConfirmationConfig(JourneyConfig):
     @classmethod
     def _status_as_woocommerce_reports_it(cls, value: str | None) -> str | None:
         """'wc-Processing' and 'processing' are one status: kept as an order's status reads (``_store_confirmed``)."""
-        return (value.strip().lower().removeprefix("wc-") or None) if value is not None else None
+        status = (value.strip().lower().removeprefix("wc-") or None) if value is not None else None
+        if status in NEVER_CONFIRMED_INTO:
+            # WooCommerce's COD gateway leaves its orders in processing (on-hold with a downloadable item), and a
+            # status write-back never moves an order back: every Confirm would be a failed write-back and a hand-off
+            raise ValueError(f"{status!r} comes before processing, where WooCommerce's COD gateway puts its orders (on-hold "
+                             "only with a downloadable item): a Confirm would move the order back from processing, which "
+                             "the store write-back refuses (a failed write-back and a hand-off for every Confirm), or leave "
+                             "an on-hold order as it is. Use 'processing' (for COD orders kept on-hold until confirmed, "
+                             "the Cash on Delivery gateway's woocommerce_cod_process_payment_order_status filter), a "
+                             "status a plugin adds, or leave it unset (Confirm tags the order with confirm_tag)")
+        return status
     confirm_payloads: tuple[str, ...] = ("cod_confirm",)
     cancel_payloads: tuple[str, ...] = ("cod_cancel",)
     cancel_reasons: dict[str, str] = Field(
@@ -172,6 +185,14 @@ class CodConfirmation:
         """The steps whose message carries ``discount.code`` (``_confirm``): the prepaid offer, only with a
         ``prepaid_discount_code``. A template that binds it without one is never sent: ``check-config`` warns."""
         return frozenset({"prepaid_offer"}) if config.prepaid_discount_code else frozenset()
+
+    @staticmethod
+    def resumed(run: Run, paused: timedelta) -> dict[str, Any]:
+        """The order was restored after ``paused`` in the bin (``runner.on_restored``): an asked run's reminders and
+        answer deadline, reckoned from the question, move by as much (``slipped``), as the run's timer does."""
+        if run.state.get("asked_at") is None:
+            return {}
+        return {"slipped": float(run.state.get("slipped", 0)) + paused.total_seconds()}
 
     def subject(self, event: Any, facts: Facts) -> str | None:
         if isinstance(event, ev.OrderDeleted):

@@ -262,7 +262,10 @@ class Journey(Protocol):
     a template of another step that binds it is skipped as ``missing_value`` every time, which
     ``check-config`` warns of, naming ``discount_setting``, default ``discount_code``), and
     ``customer_words`` (the state keys that can hold what the customer typed: the conversation
-    retention empties them in runs finished longer ago than ``worker.conversation_retention_days``)."""
+    retention empties them in runs finished longer ago than ``worker.conversation_retention_days``), and
+    ``resumed(run, paused)`` (the store restored the run's order after ``paused`` in the bin: the runner puts
+    the run back as the bin found it, its timer later by ``paused``; this returns the state updates that move
+    the times the run keeps of its own by as much; ``runner.on_restored``)."""
 
     name: ClassVar[str]
     config_model: ClassVar[type[JourneyConfig]]

@@ -92,6 +92,10 @@ def _found(row: Any, subject: str) -> tuple[int, Run, bool]:
 
 
 REPEATS = "_repeats"  # run state: {step: its highest Send.occurrence}, so the run's later keys are known
+# run state: the run as it was when the store binned its order (``OrderDeleted``), what it goes on from if the
+# order is restored (``JourneyRunner.on_restored``); what the bin withdrew is skipped as ``BINNED_SKIP``
+BINNED = "_binned"
+BINNED_SKIP = "order_binned"
 
 
 def _step_keys(store: Any, journey: str, subject: str, state: dict[str, Any] | None = None) -> list[str]:
@@ -477,6 +481,25 @@ def _mark_listening(state: dict[str, Any], wake: Wake) -> bool:
     return state.pop(LISTENING, None) is not None
 
 
+_BINNED_SENDS = select(OUTBOX.c.id, OUTBOX.c.planned_at).where(
+    OUTBOX.c.store_id == bindparam("sid"), OUTBOX.c.idempotency_key.in_(bindparam("keys", expanding=True)),
+    OUTBOX.c.channel == "whatsapp", OUTBOX.c.status == "skipped", OUTBOX.c.skip_reason == BINNED_SKIP)
+
+
+def _requeue_binned(conn: Connection, store: Any, store_id: int, journey: str, subject: str, state: dict[str, Any],
+                    paused: timedelta, now: datetime) -> None:
+    """The run's messages the bin withdrew are pending again (the same rows, so still once each), due now: the
+    dispatcher's gate holds them for quiet hours as it would any; their latest useful time moves as the run's clock."""
+    keys = [k[:255] for k in _step_keys(store, journey, subject, state)]
+    if not keys:
+        return
+    flush(conn)  # the bin's skips may be held for the batch's flush
+    for row in conn.execute(_BINNED_SENDS, {"sid": store_id, "keys": keys}).all():
+        planned = row.planned_at + paused if row.planned_at is not None else None
+        update_by_id(conn, OUTBOX, row.id, {"status": "pending", "skip_reason": None, "due_at": now, "planned_at": planned,
+                                            "updated_at": now})
+
+
 class JourneyRunner:
     def on_event(self, conn: Connection, store: Any, store_id: int, event: Any, contact_id: int | None, now: datetime,
                  *, moves_stage: bool = True) -> int:
@@ -554,8 +577,36 @@ class JourneyRunner:
             for target, found, seen in _sharing_the_order(journey, event, targets):
                 seen = _with_writebacks(conn, store_id, journey, name, event, target, found, seen, config)
                 commands = journey.decide(event, found[1] if found else None, seen, config, now)
-                applied += self._apply(conn, store, store_id, name, target, found, commands, seen, config, now)
+                applied += self._apply(conn, store, store_id, name, target, found, commands, seen, config, now,
+                                       binned=isinstance(event, ev.OrderDeleted))
         return applied
+
+    def on_restored(self, conn: Connection, store: Any, store_id: int, subject: str, now: datetime) -> int:
+        """The store took an order out of the bin (``state.Outcome.restored``): every run of it the bin ended
+        or changed goes on as it was then (status, state), before the journeys hear the order again. Its
+        clock stood still while the order lay in the bin: its timer moves by as long (a journey that keeps
+        times of its own moves them too: ``resumed(run, paused)``), so she gets the same time to answer and
+        no burst of overdue reminders. What the bin withdrew (a message held for quiet hours, a retry) is
+        queued again, the same row: nothing already sent goes out twice. Returns how many runs went on."""
+        resumed = 0
+        for name in store.enabled_journeys():
+            found = _run(conn, store_id, name, subject)
+            if found is None or BINNED not in found[1].state:
+                continue
+            run_id, run, _holdout = found
+            then = run.state[BINNED]
+            paused = max(now - datetime.fromisoformat(then["at"]), timedelta(0))
+            due = datetime.fromisoformat(then["next_due_at"]) + paused if then.get("next_due_at") else None
+            before = Run(run.journey, subject, then["status"], dict(then["state"]), due, run.contact_id, run.started_at)
+            state = dict(before.state)
+            moves = getattr(journeys().get(name), "resumed", None)
+            if moves is not None:
+                state.update(moves(before, paused))
+            update_by_id(conn, RUNS, run_id, {"status": before.status, "state": state, "next_due_at": due, "updated_at": now})
+            _requeue_binned(conn, store, store_id, name, subject, state, paused, now)
+            log.info("journey run goes on: its order was restored", extra={"journey": name})
+            resumed += 1
+        return resumed
 
     def on_timers(self, conn: Connection, store: Any, store_id: int, now: datetime, limit: int = 100,
                   stop: Callable[[], bool] | None = None, *, isolate: bool = False) -> int:
@@ -631,12 +682,14 @@ class JourneyRunner:
 
     def _apply(self, conn: Connection, store: Any, store_id: int, journey: str, subject: str,
                found: tuple[int, Run, bool] | None, commands: list[Any], facts: Facts, config: Any, now: datetime,
-               *, fired: bool = False, rewrite_state: bool = False) -> int:
+               *, fired: bool = False, rewrite_state: bool = False, binned: bool = False) -> int:
         """Apply a journey's commands: at most one INSERT or one UPDATE of the run, then its sends.
 
         ``fired``: a timer fired this run; its ``next_due_at`` is cleared (fire once) in the
         same UPDATE, unless a ``Wake`` sets it again. ``rewrite_state``: the run's stored state
         differs from ``found``'s (a parked run's failure record is dropped), so it is written.
+        ``binned``: the commands answer the order's bin (``OrderDeleted``): the run as it was is kept
+        (``BINNED``), and what they withdraw is skipped as ``BINNED_SKIP``, for ``on_restored``.
         """
         if not commands:
             if fired and found is not None:
@@ -649,6 +702,11 @@ class JourneyRunner:
         values: dict[str, Any] = {}
         handoffs: list[HandoffRequest] = []
         created = False
+        if binned and found is not None and BINNED not in state:  # binned again before a restore: the first bin's stands
+            run = found[1]
+            state[BINNED] = {"status": run.status, "state": dict(run.state), "at": now.isoformat(),
+                             "next_due_at": run.next_due_at.isoformat() if run.next_due_at is not None else None}
+            values["state"] = state
         start = next((c for c in commands if isinstance(c, Start)), None) if run_id is None else None
         if start is not None:
             # fold the run's fields first, so a new run is one INSERT, not an INSERT and an UPDATE
@@ -683,7 +741,7 @@ class JourneyRunner:
             # the customer bought, answered, cancelled, opted out, or a person took over: what the
             # run queued earlier and is still waiting (a reminder held for the morning, a retry)
             # goes no further. This decision's own sends, below, are queued after.
-            ob.skip_pending(conn, store_id, _step_keys(store, journey, subject, state), "journey_ended", now)
+            ob.skip_pending(conn, store_id, _step_keys(store, journey, subject, state), BINNED_SKIP if binned else "journey_ended", now)
         rehome = next((c for c in commands if isinstance(c, Rehome)), None) if run_id is not None and not created else None
         if rehome is not None and rehome.contact_id != contact_id:
             # before this decision's sends: they go to the new contact. What waits for the old one is not hers

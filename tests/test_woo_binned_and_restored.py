@@ -1,0 +1,114 @@
+"""A WooCommerce order binned (``order.deleted``: only its id) and restored (``order.restored``: the whole order
+again): its journeys go on as if the bin had not happened, and nothing already sent is sent again. Told through
+the scenarios' harness (tests/scenarios): signed webhooks in, the fake WhatsApp Cloud API and WooCommerce out.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from tests.scenarios import payloads as p
+from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401  (the scenario fixtures)
+from tests.scenarios.stores import WOOCOMMERCE
+
+ASHA = "+919876543210"
+COD = {"reminder_hours": [6], "answer_window_hours": 24, "no_answer_action": "tag"}
+NIGHT_HOLDS_UTILITY = {"quiet_hours": "21:00-09:00", "utility_in_quiet_hours": False}
+
+
+def tagged(world) -> list[str]:
+    """Tags written to the WooCommerce order (the client writes them as a note), in order."""
+    return [c.body["note"].removeprefix("storeloop tags: ") for c in world.woo_writes()
+            if c.path == "/notes" and c.body["note"].startswith("storeloop tags: ")]
+
+
+def restored(order: dict[str, Any], at) -> dict[str, Any]:
+    """WooCommerce's ``order.restored``: the order as it was before the bin, modified now."""
+    return {**order, "date_modified_gmt": p.gmt(at), "date_modified": p.gmt(at)}
+
+
+def test_a_cod_order_binned_by_mistake_and_restored_is_reminded_and_its_confirm_counts(sqlite_url, scenario, world):  # noqa: F811
+    """Asked, binned by mistake an hour later, restored ten minutes after that: she still gets the reminder (once,
+    and no second question), and her Confirm on the question confirms the order. Before, the bin had finished the run
+    for good: no reminder, no "no answer" tag, and her Confirm tap did nothing."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": COD})
+    order = WOOCOMMERCE.order(1, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, order)
+    sc.work()
+    [ask] = sc.sent(ASHA)
+    sc.later(hours=1)
+    sc.woo("order.deleted", {"id": order["id"]})
+    sc.later(minutes=10)
+    sc.woo("order.restored", restored(order, sc.now))
+    sc.later(minutes=5)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+    sc.later(hours=5, minutes=5)  # 6 h of the run's own time after the question
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_reminder_v1"]
+    sc.tap(ASHA, "cod_confirm", ask)
+    sc.later(minutes=5)
+    assert tagged(world) == ["cod-confirmed"]
+    sc.later(days=2)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_reminder_v1"]
+    assert tagged(world) == ["cod-confirmed"]  # confirmed: no "no answer" tag at the deadline
+
+
+def test_a_cod_order_restored_days_later_gets_the_time_it_had_left(sqlite_url, scenario, world):  # noqa: F811
+    """Restored three days after the bin: the run's clock stood still while the order lay in the bin. Nothing at the
+    restore itself; the reminder comes 5 h later (6 h after the question, less the hour before the bin), and the
+    no-answer tag only when her 24 h to answer have run, not in the next worker rounds."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": COD})
+    order = WOOCOMMERCE.order(2, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, order)
+    sc.work()
+    sc.later(hours=1)
+    sc.woo("order.deleted", {"id": order["id"]})
+    sc.work()
+    sc.later(days=3)
+    sc.woo("order.restored", restored(order, sc.now))
+    back = sc.now
+    sc.work()
+    sc.later(hours=4, minutes=50, step=timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+    assert tagged(world) == []
+    sc.at(back + timedelta(hours=5, minutes=10))
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_reminder_v1"]
+    sc.at(back + timedelta(hours=22, minutes=50))
+    assert tagged(world) == []
+    sc.at(back + timedelta(hours=23, minutes=10))
+    assert tagged(world) == ["cod-unconfirmed"]
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_reminder_v1"]
+
+
+def test_a_question_held_for_the_night_goes_out_once_the_order_is_restored(sqlite_url, scenario, world):  # noqa: F811
+    """Placed at 23:00: the question waits for the morning (quiet hours). Binned at 23:05 by mistake, restored at
+    23:10: in the morning she gets the question, once. Before, the bin skipped it for good and the run was over."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": {**COD, "reminder_hours": [12]}}, policy=NIGHT_HOLDS_UTILITY)
+    sc.at(WOOCOMMERCE.local(23, 0))
+    order = WOOCOMMERCE.order(3, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, order)
+    sc.later(minutes=5)
+    assert sc.sent(ASHA) == []
+    sc.woo("order.deleted", {"id": order["id"]})
+    sc.later(minutes=5)
+    sc.woo("order.restored", restored(order, sc.now))
+    sc.at(WOOCOMMERCE.local(24 + 9, 30), step=timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+
+
+def test_a_parcel_message_held_for_the_night_goes_out_once_the_order_is_restored(sqlite_url, scenario, world):  # noqa: F811
+    """A prepaid order shipped at 23:00: "shipped" waits for the morning. Binned and restored a few minutes later:
+    in the morning she hears it, once. Before, the bin had withdrawn it for good (the step counted as told)."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"delivery": {}}, policy=NIGHT_HOLDS_UTILITY)
+    order = WOOCOMMERCE.order(4, ASHA, sc.now, cod=False)
+    sc.woo("order.created", order)
+    sc.at(WOOCOMMERCE.local(23, 0))
+    shipped = p.woo_shipped(order, sc.now)
+    sc.woo("order.updated", shipped)
+    sc.later(minutes=5)
+    assert sc.sent(ASHA) == []
+    sc.woo("order.deleted", {"id": order["id"]})
+    sc.later(minutes=5)
+    sc.woo("order.restored", restored(shipped, sc.now))
+    sc.at(WOOCOMMERCE.local(24 + 9, 30), step=timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == ["shipped_v1"]
