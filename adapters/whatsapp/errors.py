@@ -74,6 +74,9 @@ CODES: dict[int, tuple[bool, str]] = {
     131045: (False, "business phone number registration error (certificate)"),
     131037: (False, "business phone number's display name not approved yet"),
     131005: (False, "access denied: permission not granted or removed"),
+    # Meta's error page: "The business phone number has been deleted" (title "Parameter value is not
+    # valid"); its other pages: the phone number id is invalid, or its WABA was deleted
+    33: (False, "business phone number deleted, or its id not valid"),
     190: (False, "access token expired or invalid"),
     0: (False, "authentication exception"),
     3: (False, "capability not available to this app"),
@@ -87,8 +90,9 @@ CODES: dict[int, tuple[bool, str]] = {
 # number (platform-facts C4: "pause sends") instead of failing each queued one for good.
 # Not 130497 (the recipient's country) nor 131064 (unclear which limit it is): per message.
 # The number's own state too (not registered, its registration broken, its display name not yet
-# approved, access to it denied): without them in here every message queued was failed for good.
-ACCOUNT_CODES = frozenset({0, 3, 10, 190, 368, 131005, 131031, 131037, 131042, 131045, 131048, 133010})
+# approved, access to it denied, deleted or its id wrong: 33): without them in here every message
+# queued was failed for good.
+ACCOUNT_CODES = frozenset({0, 3, 10, 33, 190, 368, 131005, 131031, 131037, 131042, 131045, 131048, 133010})
 
 
 def is_account_code(code: int | None) -> bool:
