@@ -143,6 +143,23 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
+def parse_regain_after(value: str | None) -> float | None:
+    """Meta's ``X-Business-Use-Case-Usage`` header, ``{"<business id>": [{"type": ...,
+    "estimated_time_to_regain_access": <minutes>, ...}]}``: how long until a rate-limited business
+    use case (80007: the WhatsApp Business Account's) is taken again. The longest, in seconds,
+    clamped to [0, 3600]; None when absent, zero or unreadable (the header is only news)."""
+    if not value:
+        return None
+    try:
+        usage = jsoncodec.loads(value)
+    except (ValueError, RecursionError):
+        return None
+    minutes = [e.get("estimated_time_to_regain_access") for cases in (usage.values() if isinstance(usage, dict) else ())
+               if isinstance(cases, list) for e in cases if isinstance(e, dict)]
+    longest = max((float(m) for m in minutes if isinstance(m, (int, float)) and not isinstance(m, bool) and m == m), default=0.0)
+    return min(longest * 60, MAX_RETRY_AFTER) if longest > 0 else None
+
+
 _PHONE = re.compile(r"\+?\d[\d\s().-]{5,}\d")
 _TOKENISH = re.compile(r"[A-Za-z0-9_\-]{32,}")
 
@@ -193,6 +210,9 @@ def classify(response: httpx.Response, *, redact: Iterable[str] = ()) -> SendErr
     """
     status = response.status_code
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    regain = parse_regain_after(response.headers.get("X-Business-Use-Case-Usage"))
+    if regain is not None:  # Meta's own estimate of a rate limit's end: a floor, as Retry-After is
+        retry_after = max(retry_after or 0.0, regain)
     error = _graph_error(response)
     by_status = status >= 500 or status == 429
 
