@@ -161,3 +161,79 @@ def test_a_value_the_template_needs_that_is_only_spaces_skips_the_message_as_mis
     assert fake.calls == []
     [row] = outbox_rows(db)
     assert row.status == "skipped" and row.skip_reason.startswith("missing_value")
+
+
+# ---- 4. a store write-back batch that outruns its lease ----------------------------------------
+
+def test_two_workers_and_a_slow_store_tag_each_confirmed_order_once(db, db_url):
+    """Ten COD orders confirmed at once; Shopify takes 40 s to answer each tag. While worker A's call is
+    in flight, worker B polls (its own calls take their 40 s too). Before: A's batch ran past its 5-minute
+    lease, B expired it, made every row due again and tagged them all a second time (A's calls already
+    made, whose results were not yet recorded, and the ones A went on to make), each row's trail showing
+    a lost call. Now A starts no call its lease cannot cover and leaves those rows for the next claim."""
+    import random
+    from collections import Counter
+
+    import httpx
+    import respx
+
+    from adapters.shopify.client import ShopifyAdminClient
+    from connector.config import parse_settings
+    from connector.outbox.writebacks import WriteBackDispatcher
+    from connector.storage.db import Database
+    from tests.conftest import settings_dict
+    from tests.test_notify_leases import until_idle
+    from tests.test_writebacks import GRAPHQL, T0, TAGGED, outbox
+    from tests.test_writebacks import Clock as WbClock
+    from tests.test_writebacks import queue as queue_writeback
+
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(access_token="shpat_test", api_base_url="https://shop-a.example")
+    store_settings = parse_settings(raw, environ={})
+    ids = sync_stores(db, [(s.key, s.platform) for s in store_settings.stores])
+    rows = [queue_writeback(db, ids["shop-a"], "add_tags", {"tags": ["cod-confirmed"]}, order_id=str(1000 + n),
+                            step=f"confirm_tag_{n}") for n in range(10)]
+    clock = WbClock(T0)
+    tagged: list[str] = []
+    in_poll = False
+
+    def slow_shopify(other):  # type: ignore[no-untyped-def]
+        async def answer(request: httpx.Request) -> httpx.Response:
+            nonlocal in_poll
+            tagged.append(json.loads(request.content)["variables"]["id"])
+            clock.now += timedelta(seconds=40)
+            if not in_poll:  # the other worker's loop runs while this call is in flight
+                in_poll = True
+                try:
+                    await other().run_once()
+                finally:
+                    in_poll = False
+            return httpx.Response(200, json=TAGGED)
+        return answer
+
+    def worker(answer) -> WriteBackDispatcher:  # type: ignore[no-untyped-def]
+        shopify = respx.Router(assert_all_mocked=True)
+        shopify.post(GRAPHQL).mock(side_effect=answer)
+        client = ShopifyAdminClient(store_settings.store("shop-a"),
+                                    http=httpx.AsyncClient(transport=httpx.MockTransport(shopify.async_handler)))
+        return WriteBackDispatcher(Database.from_url(db_url), store_settings, ids, {ids["shop-a"]: client}, clock=clock,
+                                   rng=random.Random(0), concurrency=1)
+
+    a: WriteBackDispatcher = worker(slow_shopify(lambda: b))
+    b: WriteBackDispatcher = worker(slow_shopify(lambda: a))
+
+    async def both() -> None:
+        try:
+            await until_idle(a, b)
+        finally:
+            for w in (a, b):
+                for client in w.writers.values():
+                    await client.aclose()
+                w.db.dispose()
+
+    asyncio.run(both())
+    assert Counter(tagged) == Counter(f"gid://shopify/Order/{1000 + n}" for n in range(10))  # each order tagged once
+    for oid in rows:
+        row, trail = outbox(db, oid)
+        assert (row.status, row.attempts) == ("sent", 1)
+        assert [t[0] for t in trail] == ["sent"]  # no lease ran out: no lost call on record
