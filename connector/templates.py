@@ -64,7 +64,9 @@ def placeholders(text: str) -> list[int]:
 
 def _param(variable: str, context: dict[str, Any]) -> dict[str, Any]:
     value = context.get(variable)
-    if value is None or value == "":
+    # blank after trimming is missing too: a first name of only spaces (or a new line, which the
+    # client folds away) reached Meta as an empty parameter, and Meta refused the whole message
+    if value is None or (isinstance(value, str) and not value.strip()):
         if variable == "customer.first_name":
             return {"type": "text", "text": "there"}  # "Hi there" beats not sending an order update
         raise MissingValueError(f"no value for {variable}")

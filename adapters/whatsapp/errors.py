@@ -74,6 +74,9 @@ CODES: dict[int, tuple[bool, str]] = {
     131045: (False, "business phone number registration error (certificate)"),
     131037: (False, "business phone number's display name not approved yet"),
     131005: (False, "access denied: permission not granted or removed"),
+    # Meta's error page: "The business phone number has been deleted" (title "Parameter value is not
+    # valid"); its other pages: the phone number id is invalid, or its WABA was deleted
+    33: (False, "business phone number deleted, or its id not valid"),
     190: (False, "access token expired or invalid"),
     0: (False, "authentication exception"),
     3: (False, "capability not available to this app"),
@@ -87,8 +90,9 @@ CODES: dict[int, tuple[bool, str]] = {
 # number (platform-facts C4: "pause sends") instead of failing each queued one for good.
 # Not 130497 (the recipient's country) nor 131064 (unclear which limit it is): per message.
 # The number's own state too (not registered, its registration broken, its display name not yet
-# approved, access to it denied): without them in here every message queued was failed for good.
-ACCOUNT_CODES = frozenset({0, 3, 10, 190, 368, 131005, 131031, 131037, 131042, 131045, 131048, 133010})
+# approved, access to it denied, deleted or its id wrong: 33): without them in here every message
+# queued was failed for good.
+ACCOUNT_CODES = frozenset({0, 3, 10, 33, 190, 368, 131005, 131031, 131037, 131042, 131045, 131048, 133010})
 
 
 def is_account_code(code: int | None) -> bool:
@@ -137,6 +141,23 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if seconds != seconds:  # NaN
         return None
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
+
+
+def parse_regain_after(value: str | None) -> float | None:
+    """Meta's ``X-Business-Use-Case-Usage`` header, ``{"<business id>": [{"type": ...,
+    "estimated_time_to_regain_access": <minutes>, ...}]}``: how long until a rate-limited business
+    use case (80007: the WhatsApp Business Account's) is taken again. The longest, in seconds,
+    clamped to [0, 3600]; None when absent, zero or unreadable (the header is only news)."""
+    if not value:
+        return None
+    try:
+        usage = jsoncodec.loads(value)
+    except (ValueError, RecursionError):
+        return None
+    minutes = [e.get("estimated_time_to_regain_access") for cases in (usage.values() if isinstance(usage, dict) else ())
+               if isinstance(cases, list) for e in cases if isinstance(e, dict)]
+    longest = max((float(m) for m in minutes if isinstance(m, (int, float)) and not isinstance(m, bool) and m == m), default=0.0)
+    return min(longest * 60, MAX_RETRY_AFTER) if longest > 0 else None
 
 
 _PHONE = re.compile(r"\+?\d[\d\s().-]{5,}\d")
@@ -189,6 +210,9 @@ def classify(response: httpx.Response, *, redact: Iterable[str] = ()) -> SendErr
     """
     status = response.status_code
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    regain = parse_regain_after(response.headers.get("X-Business-Use-Case-Usage"))
+    if regain is not None:  # Meta's own estimate of a rate limit's end: a floor, as Retry-After is
+        retry_after = max(retry_after or 0.0, regain)
     error = _graph_error(response)
     by_status = status >= 500 or status == 429
 

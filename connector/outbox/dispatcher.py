@@ -9,7 +9,9 @@ is being claimed (again and again until it commits: a database blip loses no res
 An account-level refusal (an expired token, a permission, payment, a block: ``AccountError``)
 fails no message: the row waits, its attempts unspent, and the number's sends pause in this
 worker's memory (a restart, e.g. with a new token, tries at once); after the pause one message
-probes, and its success lets the rest go. /readyz shows the pause (``ob.mark_paused``).
+probes, and its success lets the rest go. /readyz shows the pause (``ob.mark_paused``). Meta's
+API call rate limits (``RATE_LIMITS``) pause the number the same way, spend no try either, and
+leave the messages due at the pause's end.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ PAUSE_CAP = 900.0  # ... doubling with each refused probe, up to a quarter of an
 # retried soon, without spending one of max_attempts (a peak above the number's real rate once
 # failed messages "after 8 attempts"); 130429 also slows the number's bucket (ratelimit.py)
 THROTTLES = frozenset({130429, 131056})
+# Meta's API call rate limits (4 the app's, 80007 the WhatsApp Business Account's, 17 the user's,
+# 613 Graph's): counted over a window of up to an hour, which 8 tries of backoff (about 4 minutes)
+# did not outlast: a burst failed its messages for good. The number's sends pause as for an
+# account-level refusal (Meta's estimate, when given, is the pause's floor), no try is spent, and
+# the refused messages are due at the pause's end, so a restart or another worker waits too.
+RATE_LIMITS = frozenset({4, 17, 613, 80007})
 RECORD_RETRY_FIRST = 0.1  # seconds before writing a batch's outcomes again after the database refused them ...
 RECORD_RETRY_CAP = 5.0  # ... doubling up to this
 # the RED hold's last look at a held marketing message comes this long before its latest useful send time
@@ -65,6 +73,7 @@ class Pause:
     reason: str
     until: datetime
     seconds: float
+    rate_limit: bool = False  # Meta's call rate limit (RATE_LIMITS), not the account: waits, not shown as "fix the account"
 
 
 class Dispatcher:
@@ -246,21 +255,32 @@ class Dispatcher:
     def _stores_of(self, phone_id: str) -> str:
         return ", ".join(sorted(s.key for s in self.stores.values() if s.whatsapp_phone_number_id == phone_id))
 
-    def _pause(self, phone_id: str, exc: SendError) -> None:
-        """An account-level refusal: no more sends from this number for a while, then one probe."""
+    def _pause(self, phone_id: str, exc: SendError, *, rate_limit: bool = False) -> Pause:
+        """An account-level refusal, or Meta's call rate limit: no more sends from this number for a
+        while, then one probe. Returns the pause in force."""
         now = self.clock()
         current = self.paused.get(phone_id)
         if current is not None and current.until > now:
-            return  # another send of the same batch said so too
+            return current  # another send of the same batch said so too
         seconds = PAUSE_FIRST if current is None else min(PAUSE_CAP, current.seconds * 2)
         seconds = max(seconds, exc.retry_after or 0.0)
-        pause = self.paused[phone_id] = Pause(exc.code, str(exc), now + timedelta(seconds=seconds), seconds)
+        pause = self.paused[phone_id] = Pause(exc.code, str(exc), now + timedelta(seconds=seconds), seconds, rate_limit)
+        if rate_limit:
+            if current is not None and not current.rate_limit:
+                self._shown[phone_id] = None  # the account answers again; only its call rate is over
+            log.warning(
+                "WhatsApp's API call rate limit reached for store %s (code %s): %s; its messages wait, none spends a try, "
+                "and one is tried again in %d s", self._stores_of(phone_id), exc.code, exc, seconds,
+                extra={"store": self._stores_of(phone_id), "code": exc.code},
+            )
+            return pause
         self._shown[phone_id] = pause
         log.error(
             "WhatsApp refuses every send of store %s (code %s): %s; its messages wait unsent, and one is tried again in %d s. "
             "Fix the account (a new access token needs a restart), and the waiting messages still in time go out",
             self._stores_of(phone_id), exc.code, exc, seconds, extra={"store": self._stores_of(phone_id), "code": exc.code},
         )
+        return pause
 
     def _resume(self, phone_id: str) -> None:
         if self.paused.pop(phone_id, None) is not None:
@@ -353,10 +373,12 @@ class Dispatcher:
             await self._bucket(phone_id).acquire()
             pause = self.paused.get(phone_id)
             if pause is not None and row.id not in self._probes:  # refused meanwhile: this one waits with the others
+                if pause.rate_limit:  # untried, due when the pause ends (a restart or another worker waits too)
+                    return ob.Result(row, "deferred", started, due_at=pause.until)
                 return ob.Result(row, "held", started, error_detail=f"waits: sends paused ({pause.reason})")
             result = await self._send(row, phone_id, pair, message, started)
-            if row.id in self._probes and result.outcome != "held":
-                self._resume(phone_id)  # WhatsApp answered something else than "the account": it works again
+            if row.id in self._probes and self.paused.get(phone_id) is pause:
+                self._resume(phone_id)  # WhatsApp answered something else than "the account" or "the rate": it works again
             return result
 
     def _send_by(self, row: ob.Claimed) -> datetime | None:
@@ -379,6 +401,10 @@ class Dispatcher:
             ms = int((time.perf_counter() - t0) * 1000)
             if exc.outcome_unknown:
                 return ob.Result(row, "uncertain", started, ms, error_code=exc.code, error_detail=f"outcome unknown: {exc}")
+            if exc.code in RATE_LIMITS:
+                pause = self._pause(phone_id, exc, rate_limit=True)
+                return ob.Result(row, "retry", started, ms, error_code=exc.code, error_detail=f"waits: {exc}", due_at=pause.until,
+                                 counts=False)
             throttled = exc.code in THROTTLES
             if exc.code == 130429:
                 self._bucket(phone_id).throttled()

@@ -38,6 +38,15 @@ ACTIONS = ("add_tags", "cancel_order", "add_note", "set_status")
 # write-backs that change an order's state: never on an order that has shipped or was cancelled
 # since the journey queued them (a COD confirmation's status, a no-answer cancel)
 MOVES = ("cancel_order", "set_status")
+# Another worker takes a row over once its lease runs out, and calls the store again (the audit
+# trail shows a lost call; the store gets a second tag, cancel or status call). As for hand-off
+# notifications (notify.py): a call is bounded as a whole (a cancel waits for Shopify's job, httpx's
+# timeouts are per request), and no call starts that the rest of the lease would not cover (a slow
+# store, a stalled worker); those rows go back untried for the next claim.
+BATCH = 50
+CALL_SECONDS = 90.0
+RECORD_SECONDS = 30.0
+LEASE = timedelta(minutes=5)
 _ORDER_STATES = select(ORDERS.c.external_id, ORDERS.c.fulfillment_state, ORDERS.c.cancelled_at).where(
     ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
 
@@ -171,12 +180,17 @@ class WriteBackDispatcher:
     async def run_once(self) -> int:
         now = self.clock()
         rows = await anyio.to_thread.run_sync(
-            lambda: ob.claim(self.db, store_ids=self.store_ids, now=now, limit=50, lease=timedelta(minutes=5),
+            lambda: ob.claim(self.db, store_ids=self.store_ids, now=now, limit=BATCH, lease=LEASE,
                              worker=self.worker, history_window=timedelta(0), channel="store")
         )
         if rows:
+            last_start = now + LEASE - timedelta(seconds=CALL_SECONDS + RECORD_SECONDS)
             closed = await anyio.to_thread.run_sync(closed_orders, self.db, rows)
-            results = await asyncio.gather(*(self._one(r, closed) for r in rows))
+            results = await asyncio.gather(*(self._one(r, closed, last_start) for r in rows))
+            left = sorted(r.row.id for r in results if r.outcome == "released")
+            if left:
+                log.warning("store write-backs %s left untried for the next claim: this batch ran late (%s of its %s lease used)",
+                            left, self.clock() - now, LEASE)
             now, done = self.clock(), list(results)
             await anyio.to_thread.run_sync(
                 lambda: ob.record(self.db, done, now, also=lambda conn, settled: self._hand_offs(conn, settled, now)))
@@ -194,7 +208,7 @@ class WriteBackDispatcher:
     async def run_forever(self, stop: asyncio.Event, idle_seconds: float = 1.0) -> None:
         await loop.run_forever(self.run_once, stop, idle_seconds, log)
 
-    async def _one(self, row: ob.Claimed, closed: Mapping[tuple[int, str], str]) -> ob.Result:
+    async def _one(self, row: ob.Claimed, closed: Mapping[tuple[int, str], str], last_start: datetime) -> ob.Result:
         started = self.clock()
         p = row.payload
         writer = self.writers.get(row.store_id)
@@ -205,12 +219,18 @@ class WriteBackDispatcher:
         if why is not None:  # shipped or cancelled since it was queued: the store's state stands
             log.info("store write-back skipped", extra={"action": action, "order": order_id, "outcome": why})
             return ob.Result(row, "skipped", started, error_detail=why)
-        t0 = time.perf_counter()
         async with self.semaphore:
+            if self.clock() > last_start:  # another worker could take it over mid-call: a second call
+                return ob.Result(row, "released", self.clock())
+            t0 = time.perf_counter()
             try:
                 # a retry: the earlier try may have landed though its answer was lost (a timeout, a
                 # worker that died); a note is the one write that is not idempotent at the store
-                await self._call(writer, action, order_id, args, row.created_at if row.attempts else None)
+                with anyio.fail_after(CALL_SECONDS):
+                    await self._call(writer, action, order_id, args, row.created_at if row.attempts else None)
+            except TimeoutError:
+                err = RetryableError(f"no answer within {CALL_SECONDS:g} s", outcome_unknown=True)
+                return self._after_error(row, started, int((time.perf_counter() - t0) * 1000), err)
             except (RetryableError, PermanentError) as exc:
                 return self._after_error(row, started, int((time.perf_counter() - t0) * 1000), exc)
             except Exception as exc:  # a bug must not leave the batch leased: recorded and retried like an unknown outcome
