@@ -22,8 +22,9 @@ Stages and what counts (runs are counted in the week they started):
   one held for quiet hours and then dropped, skipped by policy or failed is none), recovered
   (an order within the attribution window after a reminder that went out), the recovery
   rate and recovered revenue; the same for stalled payments (still pending when the reminder
-  came, ``payment_recovery.stalled``; recovered: paid within the payment journey's
-  ``attribution_days`` of its reminder). An order the store has since cancelled, voided or
+  came, ``payment_recovery.stalled``; recovered: paid, or her card authorised, within the payment journey's
+  ``attribution_days`` after its reminder went out, on the order or on her new try at the same purchase, whose
+  revenue it is then; a payment made before the reminder went out is none: ``payment_recovery.recovered``). An order the store has since cancelled, voided or
   refunded, or whose payment failed (as the orders table has it at report time, whatever order
   the webhooks came in) recovered nothing: it is left out of the count and the revenue (and of
   the lift's conversions); so is a checkout's order still waiting for a payment that is not cash
@@ -80,7 +81,7 @@ from sqlalchemy import Connection, Table, bindparam, func, select
 from connector import money
 from connector.journeys._common import awaits_payment, continued
 from connector.journeys.checkout_recovery import STEPS as CART_STEPS, was_abandoned
-from connector.journeys.payment_recovery import stalled
+from connector.journeys.payment_recovery import recovered as pay_recovered, stalled
 from connector.journeys.reorder import STEPS as REORDER_STEPS
 from connector.outbox.queue import step_key
 from connector.outbox.store import REACHED_STATES
@@ -381,9 +382,9 @@ def conversion(conn: Connection, store_id: int, p: Period, currency: str | None 
     recovered = _not_paid_by_reminder(conn, store_id, standing)  # the rest are the pay reminders' (and not lost)
     payments = _cohort("payment_recovery", _runs(conn, store_id, "payment_recovery", p))
     pay_reminded = reminded(conn, store_id, "payment_recovery", payments)
-    # paid within the journey's attribution window (``recovered``; a run from before it was kept: paid at all)
-    paid = _standing(conn, store_id, "payment_recovery",
-                     [r for r in pay_reminded if r.state.get("paid") and r.state.get("recovered") is not False])
+    # paid within the journey's attribution window after its reminder went out (``payment_recovery.recovered``:
+    # not a payment made before the reminder went out, which a reminder already on its way reached after it)
+    paid = _standing(conn, store_id, "payment_recovery", [r for r in pay_reminded if pay_recovered(r.state)])
     return {
         "checkouts_abandoned": len(checkouts), "checkouts_reminded": len(reached), "checkouts_recovered": len(recovered),
         "recovery_rate": _rate(len(recovered), len(reached)), "recovered_revenue": _money(recovered, currency),
