@@ -24,7 +24,8 @@ Stages and what counts (runs are counted in the week they started):
   rate and recovered revenue; the same for stalled payments (still pending when the reminder
   came, ``payment_recovery.stalled``; recovered: paid, or her card authorised, within the payment journey's
   ``attribution_days`` after its reminder went out, on the order or on her new try at the same purchase, whose
-  revenue it is then; a payment made before the reminder went out is none: ``payment_recovery.recovered``). An order the store has since cancelled, voided or
+  revenue it is then; a payment made before the reminder went out is none: ``payment_recovery.recovered``; her newer
+  unpaid try that went on from a reminded one is the same stalled payment, counted once). An order the store has since cancelled, voided or
   refunded, or whose payment failed (as the orders table has it at report time, whatever order
   the webhooks came in) recovered nothing: it is left out of the count and the revenue (and of
   the lift's conversions); so is a checkout's order still waiting for a payment that is not cash
@@ -165,7 +166,8 @@ def _iso(value: Any) -> datetime | None:
 
 def _one_per_checkout(runs: list[Any]) -> list[Any]:
     """A cart that became an unpaid order is one checkout: the order's run, which went on with the
-    cart's ladder (``continues``), counts; the cart's own run does not count again."""
+    cart's ladder (``continues``), counts; the cart's own run does not count again. So is her newer unpaid
+    try at a purchase whose pay reminder was queued one stalled payment (``payment_recovery._taking_over``)."""
     taken_over = {s for r in runs for s in continued(r.state)}
     return [r for r in runs if r.subject not in taken_over] if taken_over else runs
 
@@ -178,7 +180,7 @@ COHORT = {"checkout_recovery": was_abandoned, "payment_recovery": stalled}
 def _cohort(journey: str, runs: list[Any]) -> list[Any]:
     """The runs of ``journey`` that reached the point its messages are about (``COHORT``), each checkout once."""
     counts = COHORT.get(journey)
-    if journey == "checkout_recovery":
+    if journey in ("checkout_recovery", "payment_recovery"):  # her newer unpaid try went on from the older one: one payment
         runs = _one_per_checkout(runs)
     return runs if counts is None else [r for r in runs if counts(r.state)]
 
@@ -364,7 +366,7 @@ def qualification(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
 
 # which treated runs queued a reminder, and the steps whose outbox rows say whether it went out
 QUEUED = {"checkout_recovery": (lambda r: int(r.state.get("sent", 0)) > 0, CART_STEPS),
-          "payment_recovery": (lambda r: bool(r.state.get("reminded")), ("remind",)),
+          "payment_recovery": (lambda r: stalled(r.state), ("remind",)),  # its own reminder, or its older try's (``continues``)
           "reorder": (lambda r: int(r.state.get("sent", 0)) > 0, REORDER_STEPS)}
 
 

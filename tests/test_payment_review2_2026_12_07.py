@@ -26,7 +26,7 @@ from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world 
 from tests.scenarios.harness import TEMPLATES, Scenario
 from tests.scenarios.stores import SHOPIFY, WOOCOMMERCE
 from tests.scenarios.test_store_journeys import conversion
-from tests.scenarios.test_woo_recovery import PAY, unpaid
+from tests.scenarios.test_woo_recovery import PAY, paid, unpaid
 
 ASHA = "+919876543210"
 QUIET = {"quiet_hours": "21:00-09:00", "utility_in_quiet_hours": False}
@@ -120,6 +120,39 @@ def test_woocommerce_her_second_try_placed_paid_after_the_pay_reminder_is_credit
     sc.later(days=1)
     assert pay_reminders(sc) == ["#7301"]
     assert recovered(sc) == (1, 1, {"INR": "1299.00"})
+
+
+def test_woocommerce_her_second_try_created_pending_and_paid_after_the_pay_reminder_is_credited_to_it(sqlite_url, scenario, world):
+    """WooCommerce's usual second try: #7301's pay link reaches her; half an hour on she checks out again, #7302 is
+    created pending (her newest try, chased instead) and paid by an update minutes later, before its own reminder.
+    One purchase, one stalled payment, recovered by the reminder that went out, with #7302's revenue."""
+    sc = start(sqlite_url, scenario, "woocommerce")
+    sc.woo("order.created", unpaid(1, sc.now))
+    sc.later(hours=1, step=timedelta(minutes=10))
+    assert pay_reminders(sc) == ["#7301"]
+    sc.later(minutes=30)
+    second = unpaid(2, sc.now, status="pending")
+    sc.woo("order.created", second)
+    sc.later(minutes=5)
+    sc.woo("order.updated", paid(second, sc.now))
+    sc.later(days=1)
+    assert pay_reminders(sc) == ["#7301"]
+    assert recovered(sc) == (1, 1, {"INR": "1299.00"})
+    assert conversion(sc)["payments_stalled"] == 1
+
+
+def test_woocommerce_her_second_try_left_unpaid_after_the_pay_reminder_is_one_stalled_payment(sqlite_url, scenario, world):
+    """The same, but she leaves #7302 unpaid too: it gets its own pay link (her newest try). One purchase: one stalled
+    payment, reminded, not recovered."""
+    sc = start(sqlite_url, scenario, "woocommerce")
+    sc.woo("order.created", unpaid(1, sc.now))
+    sc.later(hours=1, step=timedelta(minutes=10))
+    sc.later(minutes=30)
+    sc.woo("order.created", unpaid(2, sc.now, status="pending"))
+    sc.later(days=2)
+    assert pay_reminders(sc) == ["#7301", "#7302"]
+    c = conversion(sc)
+    assert (c["payments_stalled"], c["payments_reminded"], c["payments_recovered"], c["lost"]) == (1, 1, 0, 1)
 
 
 def test_a_second_try_paid_while_the_reminder_was_held_credits_nothing(sqlite_url, scenario, world):

@@ -17,7 +17,9 @@ authorised) is the payment the reminder asked for: the run is paid by that order
 with its revenue, within ``attribution_days`` of the reminder, as her paying this order would be (``_credit_try``;
 cash on delivery or a bank transfer credits nothing: no payment yet). Her later unpaid try at it (placed pending again, in that
 time, a try this journey chases) replaces it too (``replaced``): only her newest try is chased,
-and an older one heard after it starts finished. The run keeps listening after its reminder is
+and an older one heard after it starts finished. A newer try that replaces one whose reminder was queued goes on
+from it (``continues``, as ``checkout_recovery`` has it: one purchase, counted once by the report), so her paying
+it, even before its own reminder, is the older reminder's recovery (``_taking_over``). The run keeps listening after its reminder is
 queued, until that time is up, so a reminder still held (quiet hours, the one-message line) is
 withdrawn when she replaces the order before it goes. A cancel or a bin withdraws a reminder still held after
 the run has ended too (``_withdraw_held``: with ``after_minutes`` of a day or more the run ends as it queues its
@@ -64,7 +66,7 @@ from pydantic import Field
 
 from connector import events as ev
 from connector.journeys._common import (
-    awaits_payment, cancelled_order, deleted_order, end_for_deleted_order, order_context, pay_reminder_takes, unpaid_order,
+    awaits_payment, cancelled_order, continued, deleted_order, end_for_deleted_order, order_context, pay_reminder_takes, unpaid_order,
     withdraw_for_cancel,
 )
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, OrderFacts, Run, Send, Start, TimerFired, Update, Wake
@@ -124,9 +126,9 @@ class PaymentRecovery:
             newer = _newer_try(event, facts)
             if newer is not None:  # heard after her newer try at the same purchase, which is chased instead
                 return [Start(f"order:{o.external_id}", facts.contact_id, {**state, "replaced_by": newer}), Finish("replaced")]
-            return [Start(f"order:{o.external_id}", facts.contact_id, state), Wake(due)]
+            return [Start(f"order:{o.external_id}", facts.contact_id, {**state, **_taking_over(event, facts, config)}), Wake(due)]
         active = run.status == "active"
-        if _paid(event) and run.state.get("reminded") and not run.state.get("paid"):
+        if _paid(event) and _reminded(run) and not run.state.get("paid"):
             # ``order_id``, as checkout recovery records the order that converted a run: the runner
             # looks up the run's sends no more
             paid = {"paid": True, "order_id": event.order.external_id}
@@ -240,8 +242,8 @@ def _replaced(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig)
     try at this purchase (``_later_try``) that she paid for (or chose cash on delivery for, or a bank
     transfer: ``_paid_otherwise``) ends the run (``replaced_by_order``), and so does one she left unpaid again, which this journey chases
     instead (``replaced``): only her newest try is chased. What the run has waiting (its reminder, held
-    for quiet hours or the one-message line) is withdrawn, so nobody is asked to pay twice; no revenue.
-    ``facts`` are the other order's."""
+    for quiet hours or the one-message line) is withdrawn, so nobody is asked to pay twice; no revenue, unless the
+    later try is paid after the reminder went out (``_credit_try``). ``facts`` are the other order's."""
     if run.status != "active" or not isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)):
         return []
     o = event.order
@@ -258,7 +260,7 @@ def _replaced(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig)
 def _paid_try(event: Any, run: Run) -> bool:
     """Whether the event is her later try at this run's purchase, paid (or her card authorised), reaching the
     run while it listens after queuing its reminder: the payment the reminder asked for, made on a new order."""
-    if run.status != "active" or not run.state.get("reminded") or run.state.get("paid") \
+    if run.status != "active" or not _reminded(run) or run.state.get("paid") \
             or not isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)) or _about(event, run):
         return False
     o = event.order
@@ -278,6 +280,26 @@ def _credit_try(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfi
     recovered = _within_window(sent, o.updated_at, config)
     return {"paid": True, "order_id": o.external_id, "recovered": recovered, "revenue": str(o.total) if recovered else "0",
             "currency": o.currency}
+
+
+def _reminded(run: Run) -> bool:
+    """Whether the run's reminder was queued, or that of the older try at the purchase it took over (``continues``)."""
+    return bool(run.state.get("reminded") or run.state.get("continues"))
+
+
+def _taking_over(event: Any, facts: Facts, config: PaymentRecoveryConfig) -> dict[str, Any]:
+    """A new unpaid try that replaces her older one whose reminder was queued (``_replaced``: ``replaced``) goes on
+    from it: one purchase, whose reminders are both runs' (``continues``, read as ``checkout_recovery`` reads it, by
+    the runner for attribution and by the report's one stalled payment), so her paying the newer try before its own
+    reminder is the older reminder's recovery. ``sent``: the runner looks up those reminders' sends."""
+    o = event.order
+    for r in facts.extra.get("open_runs", ()):
+        if r.status == "active" and r.subject.startswith("order:") and _reminded(r) and not r.state.get("paid") \
+                and _later_try(_placed(r), _run_products(r), o.created_at, _products(o)):
+            chain = continued(r.state)
+            return {"continues": r.subject, **({"continues_also": list(chain)} if chain else {}),
+                    "sent": int(r.state.get("sent", 0)) or 1}
+    return {}
 
 
 def _paid_otherwise(order: ev.Order) -> bool:
@@ -300,9 +322,10 @@ def _newer_try(event: Any, facts: Facts) -> str | None:
 
 def stalled(state: dict[str, Any]) -> bool:
     """Whether a run's payment stalled: still pending when the reminder came (``reminded``, kept since the
-    journey began, for a holdout run too, whose reminder the runner skips). An order paid minutes after it
+    journey began, for a holdout run too, whose reminder the runner skips), or the run goes on from her older
+    try whose did (``continues``: the report counts the purchase once, as this run). An order paid minutes after it
     was placed was never stalled: the report's stalled payments and its lift count these runs only."""
-    return bool(state.get("reminded"))
+    return bool(state.get("reminded") or state.get("continues"))
 
 
 def _within_window(sent: tuple[datetime, ...] | None, paid_at: datetime, config: PaymentRecoveryConfig) -> bool:
