@@ -5,7 +5,8 @@ The scenario harness: the real app over HTTP, the fake store and WhatsApp on 127
 1. A payment that came before the reminder went out (the dispatcher had already taken the reminder, and sent it,
    while the payment was processed) is no recovery: the report counts none, and no revenue.
 2. She pays a new try at the same purchase after the pay reminder went out: the reminder recovered it, and the
-   report credits that order's revenue to it, once; never when the reminder was withdrawn before it went.
+   report credits that order's revenue to it, once; never when the reminder was withdrawn before it went. A new try
+   created unpaid (WooCommerce's usual second try) goes on from the reminded one: one stalled payment, credited when paid.
 3. A card authorised after the reminder (Shopify manual capture) is her payment: recovered when she authorises,
    however long the store takes to capture; the capture is not counted again, and a voided authorisation recovers nothing.
 4. A thanks held for quiet hours is withdrawn when the store refunds the whole order (or voids its payment)
