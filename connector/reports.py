@@ -22,8 +22,10 @@ Stages and what counts (runs are counted in the week they started):
   one held for quiet hours and then dropped, skipped by policy or failed is none), recovered
   (an order within the attribution window after a reminder that went out), the recovery
   rate and recovered revenue; the same for stalled payments (still pending when the reminder
-  came, ``payment_recovery.stalled``; recovered: paid within the payment journey's
-  ``attribution_days`` of its reminder). An order the store has since cancelled, voided or
+  came, ``payment_recovery.stalled``; recovered: paid, or her card authorised, within the payment journey's
+  ``attribution_days`` after its reminder went out, on the order or on her new try at the same purchase, whose
+  revenue it is then; a payment made before the reminder went out is none: ``payment_recovery.recovered``; her newer
+  unpaid try that went on from a reminded one is the same stalled payment, counted once). An order the store has since cancelled, voided or
   refunded, or whose payment failed (as the orders table has it at report time, whatever order
   the webhooks came in) recovered nothing: it is left out of the count and the revenue (and of
   the lift's conversions); so is a checkout's order still waiting for a payment that is not cash
@@ -80,7 +82,7 @@ from sqlalchemy import Connection, Table, bindparam, func, select
 from connector import money
 from connector.journeys._common import awaits_payment, continued
 from connector.journeys.checkout_recovery import STEPS as CART_STEPS, was_abandoned
-from connector.journeys.payment_recovery import stalled
+from connector.journeys.payment_recovery import recovered as pay_recovered, stalled
 from connector.journeys.reorder import STEPS as REORDER_STEPS
 from connector.outbox.queue import step_key
 from connector.outbox.store import REACHED_STATES
@@ -164,7 +166,8 @@ def _iso(value: Any) -> datetime | None:
 
 def _one_per_checkout(runs: list[Any]) -> list[Any]:
     """A cart that became an unpaid order is one checkout: the order's run, which went on with the
-    cart's ladder (``continues``), counts; the cart's own run does not count again."""
+    cart's ladder (``continues``), counts; the cart's own run does not count again. So is her newer unpaid
+    try at a purchase whose pay reminder was queued one stalled payment (``payment_recovery._taking_over``)."""
     taken_over = {s for r in runs for s in continued(r.state)}
     return [r for r in runs if r.subject not in taken_over] if taken_over else runs
 
@@ -177,7 +180,7 @@ COHORT = {"checkout_recovery": was_abandoned, "payment_recovery": stalled}
 def _cohort(journey: str, runs: list[Any]) -> list[Any]:
     """The runs of ``journey`` that reached the point its messages are about (``COHORT``), each checkout once."""
     counts = COHORT.get(journey)
-    if journey == "checkout_recovery":
+    if journey in ("checkout_recovery", "payment_recovery"):  # her newer unpaid try went on from the older one: one payment
         runs = _one_per_checkout(runs)
     return runs if counts is None else [r for r in runs if counts(r.state)]
 
@@ -363,7 +366,7 @@ def qualification(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
 
 # which treated runs queued a reminder, and the steps whose outbox rows say whether it went out
 QUEUED = {"checkout_recovery": (lambda r: int(r.state.get("sent", 0)) > 0, CART_STEPS),
-          "payment_recovery": (lambda r: bool(r.state.get("reminded")), ("remind",)),
+          "payment_recovery": (lambda r: stalled(r.state), ("remind",)),  # its own reminder, or its older try's (``continues``)
           "reorder": (lambda r: int(r.state.get("sent", 0)) > 0, REORDER_STEPS)}
 
 
@@ -381,9 +384,9 @@ def conversion(conn: Connection, store_id: int, p: Period, currency: str | None 
     recovered = _not_paid_by_reminder(conn, store_id, standing)  # the rest are the pay reminders' (and not lost)
     payments = _cohort("payment_recovery", _runs(conn, store_id, "payment_recovery", p))
     pay_reminded = reminded(conn, store_id, "payment_recovery", payments)
-    # paid within the journey's attribution window (``recovered``; a run from before it was kept: paid at all)
-    paid = _standing(conn, store_id, "payment_recovery",
-                     [r for r in pay_reminded if r.state.get("paid") and r.state.get("recovered") is not False])
+    # paid within the journey's attribution window after its reminder went out (``payment_recovery.recovered``:
+    # not a payment made before the reminder went out, which a reminder already on its way reached after it)
+    paid = _standing(conn, store_id, "payment_recovery", [r for r in pay_reminded if pay_recovered(r.state)])
     return {
         "checkouts_abandoned": len(checkouts), "checkouts_reminded": len(reached), "checkouts_recovered": len(recovered),
         "recovery_rate": _rate(len(recovered), len(reached)), "recovered_revenue": _money(recovered, currency),

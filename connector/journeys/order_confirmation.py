@@ -13,8 +13,9 @@ the connector never saw placed confirms nothing.
 A sale at the store's till (Shopify POS) is not confirmed unless ``include_pos``: the customer
 has the goods and the receipt in hand.
 
-An order cancelled (or binned) while its thanks still waits (held for quiet hours, a retry behind
-a WhatsApp outage) withdraws it: "thanks for your order" must not reach her after the cancel.
+An order cancelled (or binned), refunded in full or its payment voided while its thanks still waits (held for
+quiet hours, a retry behind a WhatsApp outage) withdraws it: "thanks for your order" must not reach her after
+the cancel or the refund. A partial refund leaves the order standing, and its thanks goes.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ class OrderConfirmation:
         return None
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: OrderConfirmationConfig, now: datetime) -> list[Command]:
-        if run is not None and run.state.get("outcome") != AWAITING and cancelled_order(event, facts):
+        if run is not None and run.state.get("outcome") != AWAITING and (cancelled_order(event, facts) or _no_money_kept(event)):
             return withdraw_for_cancel(run)  # its thanks may still wait (quiet hours, an outage's retry)
-        if facts.contact_id is None or facts.order is None or facts.order.cancelled:
+        if facts.contact_id is None or facts.order is None or facts.order.cancelled or _no_money_kept(event):
             return []
         if run is None:
             if not isinstance(event, ev.OrderPlaced):
@@ -70,3 +71,10 @@ class OrderConfirmation:
             # such an order is when it is created that way
             return [Send("sent", order_context(facts)), Finish("sent", skip_waiting=False)]
         return []
+
+
+def _no_money_kept(event: Any) -> bool:
+    """The event shows the order refunded in full or its payment voided, without a cancel (a Shopify refund of
+    every line, a WooCommerce ``refunded`` order): no purchase of hers any more (``events.called_off``)."""
+    order = getattr(event, "order", None)
+    return isinstance(order, ev.Order) and order.payment_state in ev.NO_MONEY_KEPT

@@ -11,10 +11,15 @@ A customer who gives up on an order and buys the same things in another one (Woo
 makes a new order when she checks out again from another session or with a changed cart; a
 second Shopify checkout) is not asked to pay for the first: the journey follows the contact,
 and her later order, paid (or cash on delivery, or to pay by bank transfer: WooCommerce's
-``on-hold``), placed within ``REPLACED_WITHIN`` of this one and sharing a product with it, ends the run before its reminder (``replaced_by_order``, no
-revenue: the reminder never went out). Her later unpaid try at it (placed pending again, in that
+``on-hold``), placed within ``REPLACED_WITHIN`` of this one and sharing a product with it, ends the run
+(``replaced_by_order``). Before the reminder went out that is no revenue; after it, her new try paid (or her card
+authorised) is the payment the reminder asked for: the run is paid by that order (``order_id``) and recovered
+with its revenue, within ``attribution_days`` of the reminder, as her paying this order would be (``_credit_try``;
+cash on delivery or a bank transfer credits nothing: no payment yet). Her later unpaid try at it (placed pending again, in that
 time, a try this journey chases) replaces it too (``replaced``): only her newest try is chased,
-and an older one heard after it starts finished. The run keeps listening after its reminder is
+and an older one heard after it starts finished. A newer try that replaces one whose reminder was queued goes on
+from it (``continues``, as ``checkout_recovery`` has it: one purchase, counted once by the report), so her paying
+it, even before its own reminder, is the older reminder's recovery (``_taking_over``). The run keeps listening after its reminder is
 queued, until that time is up, so a reminder still held (quiet hours, the one-message line) is
 withdrawn when she replaces the order before it goes. A cancel or a bin withdraws a reminder still held after
 the run has ended too (``_withdraw_held``: with ``after_minutes`` of a day or more the run ends as it queues its
@@ -27,14 +32,18 @@ more, as one placed so, which this journey never chases: it ends the run unpaid 
 withdrawn if still held, so she is not told her payment has not come through next to the order's thanks.
 
 An ``authorized`` payment is not stalled: the customer has paid, the store captures later
-(Shopify manual capture, at fulfilment). It starts no run and ends an active one unpaid, so
-nobody is asked to pay twice and the capture is never counted as a recovered payment.
+(Shopify manual capture, at fulfilment). It starts no run, and ends an active one, so nobody is asked
+to pay twice. Authorised before the reminder, the run ends unpaid (``closed``); after a reminder that
+went out, she paid as the reminder asked: recovered then, within ``attribution_days`` of it, however long
+the store takes to capture, and the capture is not counted again (a voided authorisation, as the report
+reads the order, recovers nothing).
 
 A payment is credited to the reminder only if the reminder went out (WhatsApp took it), as
 the runner tells from the run's outbox row (``credits_sent_reminders``). A payment that
 arrives while the reminder still waits (quiet hours, a retry, the send rate) skips it, so
 nobody is asked to pay for what they have paid, and a reminder the gate blocked or Meta
-refused earns nothing. A payment counts as recovered only within ``attribution_days`` of
+refused earns nothing: ``paid_before_reminder``, not recovered (``recovered: false``), also when
+the dispatcher had already taken the reminder and it reached her after she paid. A payment counts as recovered only within ``attribution_days`` of
 the reminder (when the store saw the order paid): one weeks later was not the reminder's
 doing. It is still recorded as paid (the lift compares payments, treated or not), as
 ``recovered: false`` with no revenue.
@@ -57,7 +66,7 @@ from pydantic import Field
 
 from connector import events as ev
 from connector.journeys._common import (
-    awaits_payment, cancelled_order, deleted_order, end_for_deleted_order, order_context, pay_reminder_takes, unpaid_order,
+    awaits_payment, cancelled_order, continued, deleted_order, end_for_deleted_order, order_context, pay_reminder_takes, unpaid_order,
     withdraw_for_cancel,
 )
 from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, OrderFacts, Run, Send, Start, TimerFired, Update, Wake
@@ -98,9 +107,10 @@ class PaymentRecovery:
         return None
 
     def may_credit(self, event: Any, run: Run) -> bool:
-        """Only the run's own order credits its reminder: her other orders, which reach a run still
-        listening for her replacement, cost no lookup of its sends."""
-        return _about(event, run)
+        """The run's own order credits its reminder, and so does her paid later try at the same purchase
+        (``_paid_try``); her other orders, which reach a run still listening for her replacement, cost no
+        lookup of its sends."""
+        return _about(event, run) or _paid_try(event, run)
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: PaymentRecoveryConfig, now: datetime) -> list[Command]:
         if isinstance(event, ev.OrderDeleted):
@@ -116,9 +126,9 @@ class PaymentRecovery:
             newer = _newer_try(event, facts)
             if newer is not None:  # heard after her newer try at the same purchase, which is chased instead
                 return [Start(f"order:{o.external_id}", facts.contact_id, {**state, "replaced_by": newer}), Finish("replaced")]
-            return [Start(f"order:{o.external_id}", facts.contact_id, state), Wake(due)]
+            return [Start(f"order:{o.external_id}", facts.contact_id, {**state, **_taking_over(event, facts, config)}), Wake(due)]
         active = run.status == "active"
-        if _paid(event) and run.state.get("reminded") and not run.state.get("paid"):
+        if _paid(event) and _reminded(run) and not run.state.get("paid"):
             # ``order_id``, as checkout recovery records the order that converted a run: the runner
             # looks up the run's sends no more
             paid = {"paid": True, "order_id": event.order.external_id}
@@ -128,7 +138,9 @@ class PaymentRecovery:
                 recovered = _within_window(sent, event.order.updated_at, config)
                 return [Update({**paid, "recovered": recovered, "revenue": str(event.order.total) if recovered else "0",
                                 "currency": event.order.currency}), *([Wake(None), Finish("reminded", skip_waiting=False)] if active else [])]
-            return [Update({**paid, "paid_before_reminder": True}), *([Wake(None)] if active else []),
+            # paid before the reminder could have moved her: not recovered, even when the dispatcher had it on its
+            # way already and it reached her after the payment (the report counts ``recovered`` only)
+            return [Update({**paid, "paid_before_reminder": True, "recovered": False}), *([Wake(None)] if active else []),
                     Finish("paid_before_reminder", skip_waiting=True)]
         if not active:
             return _withdraw_held(event, run, facts)
@@ -230,18 +242,64 @@ def _replaced(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig)
     try at this purchase (``_later_try``) that she paid for (or chose cash on delivery for, or a bank
     transfer: ``_paid_otherwise``) ends the run (``replaced_by_order``), and so does one she left unpaid again, which this journey chases
     instead (``replaced``): only her newest try is chased. What the run has waiting (its reminder, held
-    for quiet hours or the one-message line) is withdrawn, so nobody is asked to pay twice; no revenue.
-    ``facts`` are the other order's."""
+    for quiet hours or the one-message line) is withdrawn, so nobody is asked to pay twice; no revenue, unless the
+    later try is paid after the reminder went out (``_credit_try``). ``facts`` are the other order's."""
     if run.status != "active" or not isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)):
         return []
     o = event.order
     if o.cancelled_at is not None or not _later_try(_placed(run), _run_products(run), o.created_at, _products(o)):
         return []
     if o.is_cod or o.payment_state in ev.PAID_AS_SHE_KNOWS or _paid_otherwise(o):
-        return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced_by_order", skip_waiting=True)]
+        return [Update({"replaced_by": o.external_id, **_credit_try(event, run, facts, config)}), Wake(None),
+                Finish("replaced_by_order", skip_waiting=True)]
     if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and _chase_from(event, facts, config) is not None:
         return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced", skip_waiting=True)]
     return []
+
+
+def _paid_try(event: Any, run: Run) -> bool:
+    """Whether the event is her later try at this run's purchase, paid (or her card authorised), reaching the
+    run while it listens after queuing its reminder: the payment the reminder asked for, made on a new order."""
+    if run.status != "active" or not _reminded(run) or run.state.get("paid") \
+            or not isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)) or _about(event, run):
+        return False
+    o = event.order
+    return (not o.is_cod and o.cancelled_at is None and o.payment_state in ev.PAID_AS_SHE_KNOWS
+            and _later_try(_placed(run), _run_products(run), o.created_at, _products(o)))
+
+
+def _credit_try(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig) -> dict[str, Any]:
+    """What a run records of her paid later try at its purchase (``_paid_try``): paid, by that order (``order_id``,
+    which the report reads for whether it still stands), and recovered with its revenue, as her paying this
+    order would be, when a reminder went out before it and within ``attribution_days`` (``reminders_sent``,
+    the runner's look for this run). Paid for a holdout run too: the lift compares payments, treated or not."""
+    if not _paid_try(event, run):
+        return {}
+    o = event.order
+    sent = facts.extra.get("reminders_sent")
+    recovered = _within_window(sent, o.updated_at, config)
+    return {"paid": True, "order_id": o.external_id, "recovered": recovered, "revenue": str(o.total) if recovered else "0",
+            "currency": o.currency}
+
+
+def _reminded(run: Run) -> bool:
+    """Whether the run's reminder was queued, or that of the older try at the purchase it took over (``continues``)."""
+    return bool(run.state.get("reminded") or run.state.get("continues"))
+
+
+def _taking_over(event: Any, facts: Facts, config: PaymentRecoveryConfig) -> dict[str, Any]:
+    """A new unpaid try that replaces her older one whose reminder was queued (``_replaced``: ``replaced``) goes on
+    from it: one purchase, whose reminders are both runs' (``continues``, read as ``checkout_recovery`` reads it, by
+    the runner for attribution and by the report's one stalled payment), so her paying the newer try before its own
+    reminder is the older reminder's recovery. ``sent``: the runner looks up those reminders' sends."""
+    o = event.order
+    for r in facts.extra.get("open_runs", ()):
+        if r.status == "active" and r.subject.startswith("order:") and _reminded(r) and not r.state.get("paid") \
+                and _later_try(_placed(r), _run_products(r), o.created_at, _products(o)):
+            chain = continued(r.state)
+            return {"continues": r.subject, **({"continues_also": list(chain)} if chain else {}),
+                    "sent": int(r.state.get("sent", 0)) or 1}
+    return {}
 
 
 def _paid_otherwise(order: ev.Order) -> bool:
@@ -264,9 +322,10 @@ def _newer_try(event: Any, facts: Facts) -> str | None:
 
 def stalled(state: dict[str, Any]) -> bool:
     """Whether a run's payment stalled: still pending when the reminder came (``reminded``, kept since the
-    journey began, for a holdout run too, whose reminder the runner skips). An order paid minutes after it
+    journey began, for a holdout run too, whose reminder the runner skips), or the run goes on from her older
+    try whose did (``continues``: the report counts the purchase once, as this run). An order paid minutes after it
     was placed was never stalled: the report's stalled payments and its lift count these runs only."""
-    return bool(state.get("reminded"))
+    return bool(state.get("reminded") or state.get("continues"))
 
 
 def _within_window(sent: tuple[datetime, ...] | None, paid_at: datetime, config: PaymentRecoveryConfig) -> bool:
@@ -280,5 +339,15 @@ def _within_window(sent: tuple[datetime, ...] | None, paid_at: datetime, config:
 
 def _paid(event: Any) -> bool:
     """The payment arrived: Shopify's orders/paid, or an order update that shows it paid (WooCommerce
-    has no paid event: processing/completed with a ``date_paid`` comes as an update)."""
-    return isinstance(event, ev.OrderPaid) or (isinstance(event, ev.OrderUpdated) and event.order.payment_state == ev.PaymentState.PAID)
+    has no paid event: processing/completed with a ``date_paid`` comes as an update), or her card
+    authorised (Shopify manual capture: she has paid; the store captures when it ships)."""
+    return isinstance(event, ev.OrderPaid) or (isinstance(event, ev.OrderUpdated)
+                                               and event.order.payment_state in (ev.PaymentState.PAID, ev.PaymentState.AUTHORIZED))
+
+
+def recovered(state: dict[str, Any]) -> bool:
+    """Whether a run's payment is the reminder's recovery, as the report counts it: ``recovered`` as the run
+    recorded it; a run stored before that was kept counts when paid, unless paid before its reminder went out."""
+    if "recovered" in state:
+        return state["recovered"] is True
+    return bool(state.get("paid")) and not state.get("paid_before_reminder")
