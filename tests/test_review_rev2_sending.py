@@ -49,3 +49,29 @@ def test_a_message_waiting_out_a_rate_limit_is_not_overtaken_by_her_next_one(db,
 
     hers = [c.callback_data for c in fake.accepted() if c.callback_data != f"outbox:{ravi.outbox_id}"]
     assert hers == [f"outbox:{first.outbox_id}", f"outbox:{second.outbox_id}"]  # asked about #1042 first, as queued
+
+
+# ---- one-line template parameters: a link button's suffix ----------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="a URL button's suffix parameter is not put on one line as body parameters are "
+                                       "(6c63072): a discount code kept with a trailing new line goes to Meta with it")
+def test_a_discount_code_with_a_trailing_new_line_goes_on_one_line_in_the_link_button_too():
+    """The owner's discount code written as a YAML block (``discount_code: |`` keeps a final new line) is shown in the
+    body and appended to the cart link by a URL button. The body's parameter goes out on one line (Meta refuses a
+    parameter with a new line: "Param text cannot have new-line/tab characters", the whole reminder fails); the
+    button's suffix, a text parameter too, goes out with the new line in it."""
+    from adapters.whatsapp.client import build_payload
+    from connector.config import TemplateSettings
+    from connector.templates import render
+
+    tpl = TemplateSettings.model_validate({
+        "step": "checkout_recovery.first", "name": "cart_code_v1", "category": "marketing", "language": "en",
+        "body_text": "Your cart waits: use {{1}} for 10% off", "body": ["discount.code"],
+        "buttons": [{"type": "url", "text": "Shop now", "url": "https://shop-a.example/discount/{{1}}", "suffix": "discount.code"}],
+    })
+    message = render(tpl, {"discount.code": "COMEBACK10\n"}, to=PHONE, callback_data=None)
+    components = build_payload(message)["template"]["components"]
+    [body] = [c for c in components if c["type"] == "body"]
+    [button] = [c for c in components if c["type"] == "button"]
+    assert body["parameters"][0]["text"] == "COMEBACK10"
+    assert button["parameters"][0]["text"] == "COMEBACK10"  # the link the customer taps, and what Meta is asked to take
