@@ -18,9 +18,6 @@ from tests.test_outbox_review_2026_12_07 import RAVI, graph_error
 
 # ---- the rate-limit pause: a customer's messages keep their order ------------------------------
 
-@pytest.mark.xfail(strict=True, reason="a message left untried by a rate-limit pause ('deferred' to the pause's end, no error "
-                                       "kept) no longer holds its customer's later message back: a restart or another "
-                                       "worker sends the later one first")
 def test_a_message_waiting_out_a_rate_limit_is_not_overtaken_by_her_next_one(db, db_url, sandbox):
     """Meta answers one send with its WABA's call rate limit (80007) and takes calls again 10 s later.
     Ravi's message is refused; Asha's, next in the batch, waits untried until the pause's end (a minute).
