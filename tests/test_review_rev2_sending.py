@@ -50,8 +50,6 @@ def test_a_message_waiting_out_a_rate_limit_is_not_overtaken_by_her_next_one(db,
 
 # ---- one-line template parameters: a link button's suffix ----------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="a URL button's suffix parameter is not put on one line as body parameters are "
-                                       "(6c63072): a discount code kept with a trailing new line goes to Meta with it")
 def test_a_discount_code_with_a_trailing_new_line_goes_on_one_line_in_the_link_button_too():
     """The owner's discount code written as a YAML block (``discount_code: |`` keeps a final new line) is shown in the
     body and appended to the cart link by a URL button. The body's parameter goes out on one line (Meta refuses a
