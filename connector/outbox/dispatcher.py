@@ -57,7 +57,7 @@ THROTTLES = frozenset({130429, 131056})
 # did not outlast: a burst failed its messages for good. The number's sends pause as for an
 # account-level refusal (Meta's estimate, when given, is the pause's floor), no try is spent, and
 # the refused messages are due at the pause's end, so a restart or another worker waits too.
-RATE_LIMITS = frozenset({4, 17, 613, 80007})
+RATE_LIMITS = frozenset({4, 17, 613, 80007})  # adapters.whatsapp.errors.CALL_RATE_LIMITS: the same codes
 RECORD_RETRY_FIRST = 0.1  # seconds before writing a batch's outcomes again after the database refused them ...
 RECORD_RETRY_CAP = 5.0  # ... doubling up to this
 # the RED hold's last look at a held marketing message comes this long before its latest useful send time
