@@ -523,25 +523,31 @@ def limit_news(store: Any, was: str | None, limit: str) -> NumberNews | None:
     return number_news(change, store)
 
 
+def _a_limit(limit: str | None) -> str | None:
+    """A messaging limit as Meta said it, to tell the owner; None for one that is none (``NOT_A_LIMIT``:
+    TIER_NOT_SET, a number that has not sent yet), which no sentence names as a limit."""
+    return limit if limit and tier(limit) not in NOT_A_LIMIT else None
+
+
 def number_news(event: Any, store: Any) -> NumberNews | None:
     """What a number or account update that is news tells the store's owner, with what to do; None:
     nothing to tell (a limit raised, an account event that changes no send...)."""
     if isinstance(event, ev.NumberQualityChanged):
         number = _number(store, event)
-        limit = f" Its messaging limit is {event.limit}." if event.limit else ""
+        current, old = _a_limit(event.limit), _a_limit(event.old_limit)
+        limit = f" Its messaging limit is {current}." if current else ""
+        was = f" from {old}" if old else ""
         if event.event == "FLAGGED":
             return NumberNews(_flagged(number, limit))
         if event.event == "UNFLAGGED":
             return NumberNews(_unflagged(number), only_open=True)
         if event.event == "DOWNGRADE":
-            was = f" from {event.old_limit}" if event.old_limit else ""
             return NumberNews(
-                f"Meta lowered the messaging limit of {number}{was} to {event.limit or 'a lower tier'} (customers it may start "
+                f"Meta lowered the messaging limit of {number}{was} to {current or 'a lower tier'} (customers it may start "
                 "conversations with in 24 hours): beyond it, messages fail. See why in WhatsApp Manager > Account tools > "
                 "Messaging limits")
         if event.event == "UPGRADE":
-            was = f" from {event.old_limit}" if event.old_limit else ""
-            return NumberNews(f"Meta raised the messaging limit of {number}{was} to {event.limit}", only_open=True)
+            return NumberNews(f"Meta raised the messaging limit of {number}{was} to {current or 'a higher tier'}", only_open=True)
         return None
     if not isinstance(event, ev.AccountUpdated):
         return None

@@ -13,6 +13,7 @@ Real app or real dispatcher, a virtual clock, and a fake Graph API on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
@@ -284,6 +285,31 @@ def test_a_peak_above_the_numbers_real_rate_fails_no_message_and_the_pace_slows_
     assert set(fake.sends_per_callback().values()) == {1} and len(fake.accepted()) == 40
     # the pace slowed to what the number takes (kept at 80 a second, this peak drew 54-62 refusals)
     assert sum(1 for c in fake.calls if c.status == 429) < 45
+
+
+@pytest.mark.parametrize("status, code", [(429, 130429), (400, 131056)], ids=["throughput", "pair"])
+def test_a_throttle_answer_is_tried_again_within_the_minute_whatever_metas_usage_header_estimates(db, db_url, graph, status, code):
+    """Meta's X-Business-Use-Case-Usage (``estimated_time_to_regain_access``, minutes) is about an API call
+    rate limit (4, 17, 613, 80007); it can come with any answer. Before: a throttle answer carrying an
+    estimate of an hour held its message for the hour (the estimate taken as its Retry-After)."""
+    fake, url = graph
+    settings = settings_for(db_url, url, access_token=WA_TOKEN, pair_spacing_seconds=0)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    sid = ids["shop-a"]
+    order = queue(db, settings, sid, seed_contact(db, sid, phone=ASHA), subject="order:1")
+    usage = {"102290129340398": [{"type": "whatsapp_business_management", "call_count": 96, "total_cputime": 10,
+                                  "total_time": 12, "estimated_time_to_regain_access": 60}]}
+    fake.script.append(ScriptedResponse(status, {"error": {"message": f"(#{code}) Rate limit hit", "type": "OAuthException",
+                                                           "code": code, "fbtrace_id": "T"}},
+                                        headers={"X-Business-Use-Case-Usage": json.dumps(usage)}))
+    clock = Clock(NOON_IST)
+
+    dispatch(db, settings, ids, clock, url, token=WA_TOKEN)
+    assert fake.accepted() == []  # throttled
+    clock.now = NOON_IST + timedelta(minutes=1)
+    dispatch(db, settings, ids, clock, url, token=WA_TOKEN)
+    assert [c.callback_data for c in fake.accepted()] == [f"outbox:{order.outbox_id}"]  # her order question, a minute late at most
+    assert [(r.status, r.attempts) for r in outbox_rows(db)] == [("sent", 1)]
 
 
 # ---- 4. 131049 answered to the send itself ----------------------------------------------------

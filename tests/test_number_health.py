@@ -273,6 +273,25 @@ def test_a_lowered_messaging_limit_is_told_once_and_a_raised_one_joins_its_case(
     assert len(case["context"]["updates"]) == 1
 
 
+def test_a_number_not_yet_given_a_limit_is_told_of_no_tier_not_set_limit(sqlite_url, scenario, world):
+    """TIER_NOT_SET (Meta's reference: the number has not sent a message yet) is no messaging limit: a new
+    number flagged, then raised to its first limit, is never told its limit "is TIER_NOT_SET" nor that it
+    was raised "from TIER_NOT_SET"."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    account(sc, number("FLAGGED", current_limit="TIER_NOT_SET"), at=sc.now)
+    sc.later(minutes=10)
+    [(_, flagged)] = told(world)
+    assert "was flagged by Meta: its quality rating is RED" in flagged and "TIER_NOT_SET" not in flagged
+
+    account(sc, number("UPGRADE", old_limit="TIER_NOT_SET", current_limit="TIER_250"), at=sc.now + timedelta(hours=1))
+    sc.later(minutes=10)
+    assert len(told(world)) == 2
+    raised = told(world)[1][1]
+    assert "Meta raised the messaging limit of WhatsApp number" in raised and "to TIER_250" in raised
+    assert "TIER_NOT_SET" not in raised
+    assert whatsapp_health(sc)["messaging_limit"] == "TIER_250"
+
+
 def test_a_template_the_store_sends_rated_red_opens_its_case_for_the_journeys_owner(sqlite_url, scenario, world):
     """YELLOW tells nobody; RED opens the COD question's template case for the qualification desk; a template
     the store does not send tells nobody; GREEN again joins the open case."""

@@ -58,7 +58,9 @@ def _one_line(text: str) -> str:
     """Meta refuses a template whose parameter text holds a new line, a tab or more than four spaces
     in a row ("Param text cannot have new-line/tab characters or more than 4 consecutive spaces"):
     the whole message fails. A name typed on two lines or a product title pasted with a tab goes
-    out on one line instead; text without such runs is left exactly as it is."""
+    out on one line instead; text without such runs is left exactly as it is. Every text parameter:
+    the header's, the body's and a URL button's suffix (a discount code kept with a final new line).
+    Not a quick reply's ``payload`` (a parameter of another type, our own config, echoed back as is)."""
     if "\n" in text or "\t" in text or "\r" in text or "     " in text:
         return " ".join(text.split())
     return text
@@ -95,7 +97,7 @@ def _template(m: TemplateMessage) -> dict[str, Any]:
                                "parameters": [{"type": "payload", "payload": b.payload}]})
         elif isinstance(b, UrlButton):
             components.append({"type": "button", "sub_type": "url", "index": str(i),
-                               "parameters": [{"type": "text", "text": b.suffix}]})
+                               "parameters": [{"type": "text", "text": _one_line(b.suffix)}]})
     template: dict[str, Any] = {"name": m.name, "language": {"code": m.language}}
     if components:
         template["components"] = components

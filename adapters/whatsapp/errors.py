@@ -26,6 +26,11 @@ MAX_META_MESSAGE = 200
 # a gateway that timed out waiting on Meta: the request may have been sent (see classify())
 GATEWAY_TIMEOUTS = frozenset({504})
 
+# Meta's API call rate limits (4 the app's, 17 the user's, 613 Graph's, 80007 the WhatsApp Business
+# Account's): the codes X-Business-Use-Case-Usage's estimate is about (``parse_regain_after``), and the
+# ones the dispatcher pauses a number for (connector.outbox.dispatcher.RATE_LIMITS, the same codes)
+CALL_RATE_LIMITS = frozenset({4, 17, 613, 80007})
+
 # code -> (retryable, short meaning). 132xxx and 200-299 are ranges, see describe()/_known().
 CODES: dict[int, tuple[bool, str]] = {
     # retryable: throttling and Meta-side trouble
@@ -210,9 +215,6 @@ def classify(response: httpx.Response, *, redact: Iterable[str] = ()) -> SendErr
     """
     status = response.status_code
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
-    regain = parse_regain_after(response.headers.get("X-Business-Use-Case-Usage"))
-    if regain is not None:  # Meta's own estimate of a rate limit's end: a floor, as Retry-After is
-        retry_after = max(retry_after or 0.0, regain)
     error = _graph_error(response)
     by_status = status >= 500 or status == 429
 
@@ -237,6 +239,13 @@ def classify(response: httpx.Response, *, redact: Iterable[str] = ()) -> SendErr
         retryable = known
     if code == 131049:
         retry_after = max(retry_after or 0.0, WAIT_A_DAY)
+    if code in CALL_RATE_LIMITS:
+        # Meta's own estimate of a call rate limit's end: a floor, as Retry-After is. Only for these: the header
+        # rides on other answers too (a 130429 throttle), where an hour's estimate about a use case would hold
+        # a message meant to be tried again within seconds
+        regain = parse_regain_after(response.headers.get("X-Business-Use-Case-Usage"))
+        if regain is not None:
+            retry_after = max(retry_after or 0.0, regain)
 
     text = f"HTTP {status}, code {code}"
     if subcode is not None:

@@ -57,7 +57,7 @@ THROTTLES = frozenset({130429, 131056})
 # did not outlast: a burst failed its messages for good. The number's sends pause as for an
 # account-level refusal (Meta's estimate, when given, is the pause's floor), no try is spent, and
 # the refused messages are due at the pause's end, so a restart or another worker waits too.
-RATE_LIMITS = frozenset({4, 17, 613, 80007})
+RATE_LIMITS = frozenset({4, 17, 613, 80007})  # adapters.whatsapp.errors.CALL_RATE_LIMITS: the same codes
 RECORD_RETRY_FIRST = 0.1  # seconds before writing a batch's outcomes again after the database refused them ...
 RECORD_RETRY_CAP = 5.0  # ... doubling up to this
 # the RED hold's last look at a held marketing message comes this long before its latest useful send time
@@ -373,9 +373,10 @@ class Dispatcher:
             await self._bucket(phone_id).acquire()
             pause = self.paused.get(phone_id)
             if pause is not None and row.id not in self._probes:  # refused meanwhile: this one waits with the others
-                if pause.rate_limit:  # untried, due when the pause ends (a restart or another worker waits too)
-                    return ob.Result(row, "deferred", started, due_at=pause.until)
-                return ob.Result(row, "held", started, error_detail=f"waits: sends paused ({pause.reason})")
+                # untried, its reason kept (so it still holds her later messages back: ``ob._waits_its_turn``);
+                # after a call rate limit due when the pause ends, so a restart or another worker waits too
+                return ob.Result(row, "held", started, error_detail=f"waits: sends paused ({pause.reason})",
+                                 due_at=pause.until if pause.rate_limit else None)
             result = await self._send(row, phone_id, pair, message, started)
             if row.id in self._probes and self.paused.get(phone_id) is pause:
                 self._resume(phone_id)  # WhatsApp answered something else than "the account" or "the rate": it works again

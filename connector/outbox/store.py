@@ -327,7 +327,8 @@ def _waits_its_turn(now: datetime) -> Any:
 
     In line are the contact's message in flight (``sending``), a due one, and one that
     failed and retries within the hour, so an outage or a 130429 burst never lets a later
-    message overtake it. A message scheduled for later (a reminder tomorrow), or held for
+    message overtake it; so does one left untried by a call rate limit's pause (up to an hour),
+    its reason kept as ``last_error`` (``Result`` ``held``) for this. A message scheduled for later (a reminder tomorrow), or held for
     long (131049's 24 h), does not hold the contact's other messages back. Queue order (the
     id) is total, so two rows can never wait for each other.
     """
@@ -663,8 +664,10 @@ def _settle(res: Result, now: datetime) -> dict[str, Any]:
         values.update(status="pending", due_at=res.due_at, skip_reason=None)
     elif res.outcome == "released":  # never tried: due as it was, its attempts and last error as they were
         values.update(status="pending")
-    elif res.outcome == "held":  # the number is paused: pending again as it was, its attempts unspent
+    elif res.outcome == "held":  # the number is paused: pending again, its attempts unspent, its place in line kept
         values.update(status="pending", last_error=res.error_detail)
+        if res.due_at is not None:  # a call rate limit's pause: due at its end
+            values["due_at"] = res.due_at
     elif res.outcome == "skipped":
         values.update(status="skipped", skip_reason=res.error_detail)
     else:  # failed | uncertain
