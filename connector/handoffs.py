@@ -475,9 +475,10 @@ def _notify(conn: Connection, store: Any, store_id: int, contact_id: int | None,
     """Queue the stage owner's notification of a case (``update``: the n-th update of it)."""
     owner_cfg = store.stages.get(stage)
     if owner_cfg is not None and owner_cfg.notify_url is not None:
+        # ``update``: the alert shows that update, not whatever the case heard last by the time it goes out
         ob.enqueue(conn, store_id=store_id, key=notification_key(hid, update), contact_id=contact_id,
                    journey=journey, step="handoff", category=None, channel="notify",
-                   payload={"handoff_id": hid, "stage": stage}, due_at=now, now=now)
+                   payload={"handoff_id": hid, "stage": stage, **({"update": update} if update else {})}, due_at=now, now=now)
 
 
 def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | None, req: HandoffRequest, now: datetime) -> int | None:
@@ -582,9 +583,24 @@ def _slack(value: Any) -> str:
     return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def notify_text(h: Any, store_name: str) -> str:
+def _told_update(ctx: dict[str, Any], update: int | None) -> dict[str, Any] | None:
+    """The update an alert is about: its n-th (``update``), which later ones may have followed before the
+    alert went out (she tapped Reschedule, then Cancel: each alert shows its own answer); the latest for
+    the opening's alert, one queued before alerts named theirs, or one past the ``MAX_UPDATES`` kept."""
+    updates = ctx.get("updates") or []
+    if not updates:
+        return None
+    if update:
+        at = len(updates) - (int(ctx.get("update_count") or len(updates)) - update) - 1
+        if 0 <= at < len(updates):
+            return updates[at]
+    return updates[-1]
+
+
+def notify_text(h: Any, store_name: str, update: int | None = None) -> str:
     """The owner's message: the case's own order first (``Order``); the customer's newest
-    (``Last order``) only for a case about no order, or one opened before cases named theirs.
+    (``Last order``) only for a case about no order, or one opened before cases named theirs;
+    the update it tells of (``update``: its number, see ``_told_update``).
     Every value is escaped (``_slack``), whoever wrote it; only our own markup (the bold title) is not."""
     ctx = h.context or {}
     label, order = ("Order", ctx["order"]) if ctx.get("order") else ("Last order", ctx.get("last_order") or {})
@@ -594,9 +610,9 @@ def notify_text(h: Any, store_name: str) -> str:
         lines.append(_slack(f"Customer: {ctx.get('name') or ''} {ctx.get('phone') or ''}".strip()))
     if order:
         lines.append(_slack(f"{label}: {order.get('name')} {order.get('currency')} {order.get('total')} ({order.get('payment_state')})"))
-    updates = ctx.get("updates") or []
-    if updates:
-        lines.append(_slack(f"Update: {updates[-1].get('reason')}"))
+    told = _told_update(ctx, update)
+    if told:
+        lines.append(_slack(f"Update: {told.get('reason')}"))
     return "\n".join(lines)
 
 

@@ -110,7 +110,8 @@ class NotifyDispatcher:
             return ob.Result(row, "failed", started, error_detail="hand-off not found")
         try:
             with anyio.fail_after(CALL_SECONDS):
-                resp = await self.http.post(stage_cfg.notify_url.get_secret_value(), json={"text": notify_text(h, store.name or store.key)})
+                text = notify_text(h, store.name or store.key, row.payload.get("update"))  # the update this alert is about
+                resp = await self.http.post(stage_cfg.notify_url.get_secret_value(), json={"text": text})
         except httpx.HTTPError as exc:
             return self._retry_or_fail(row, started, exc.__class__.__name__)
         except TimeoutError:
