@@ -498,6 +498,12 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
         case = (conn.execute(_OPEN_BY_ID, {"sid": store_id, "id": req.case_id}) if req.case_id is not None
                 else conn.execute(_OPEN_BY_KEY, {"sid": store_id, "key": req.key[:255]})).first()
         return None if case is None else _add_update(conn, store, store_id, contact_id, case, context, req, now)
+    joined = _reply_case_of(conn, store_id, contact_id, req)
+    if joined is not None:
+        # her words about this journey and order opened it: it becomes the run's own case (its key), so a run
+        # waiting on it is released when a person closes it, and later news of the run finds it by its key
+        update_by_id(conn, HANDOFFS, joined.id, {"key": req.key[:255]})
+        return _add_update(conn, store, store_id, contact_id, joined, context, req, now)
     # the journey's stage when the store gave it an owner; else, as before stages came from journeys, the contact's
     stage = req.stage if req.stage in store.stages else (context.get("stage") or "entry")
     owner_cfg = store.stages.get(stage)
@@ -515,6 +521,19 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
         return _add_update(conn, store, store_id, contact_id, case, context, req, now)
     _notify(conn, store, store_id, contact_id, hid, stage, req.journey, now)
     return hid
+
+
+def _reply_case_of(conn: Connection, store_id: int, contact_id: int | None, req: HandoffRequest) -> Any:
+    """For a journey's own case (keyed by its journey and subject), the contact's open case her words
+    opened about that same journey and subject (matched by phone, so keyed as her reply case): one
+    conversation about one order is one case (she asked about her COD order, then tapped Cancel with
+    a reason). None: no such case, or the journey's own case is open (the insert adds to it)."""
+    if contact_id is None or not req.journey or not req.subject or req.key != f"{req.journey}:{req.subject}"[:255]:
+        return None
+    if conn.execute(_OPEN_BY_KEY, {"sid": store_id, "key": req.key[:255]}).first() is not None:
+        return None
+    case = conn.execute(_OPEN_BY_SUBJECT, {"sid": store_id, "cid": contact_id, "j": req.journey, "s": req.subject}).first()
+    return case if case is not None and case.key.startswith(REPLY_CASE) else None
 
 
 def close_handoff(conn: Connection, store_id: int, handoff_id: int, by: str, resolution: str | None, now: datetime) -> bool:
