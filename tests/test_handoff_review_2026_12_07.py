@@ -5,7 +5,9 @@
 - a webhook that answers with a redirect did not take the alert: its owner was not told, and the
   case says so (a 301 was recorded as sent);
 - words the customer typed about an order (matched to its COD question by phone) and the Cancel
-  with a reason she taps next are one case for the COD team, not two.
+  with a reason she taps next are one case for the COD team, not two (and her parcel question and
+  its failed delivery one case for the delivery desk, whose closing frees the run);
+- a reorder reminder does not move a customer whose newer order waits to ship to retention.
 """
 
 from __future__ import annotations
@@ -13,18 +15,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
+import pytest
 import respx
 from sqlalchemy import select
 
 from connector.config import parse_settings
+from connector.reorder.windows import refresh_windows, run_reorder_tick, upcoming
 from connector.storage import models as m
 from tests.conftest import FIXTURES, settings_dict
 from tests.helpers import load_json, running_app
 from tests.test_handoff_alerts import fail_delivery_of_9999, open_cases, paid
 from tests.test_handoffs import (ADMIN, COD_TEMPLATES, HOOK, NDR_TEMPLATES, SHIPPED_TEMPLATE, dispatch, failed_delivery, order,
                                  post_shopify, quick_replies, settings, store_settings, tap)
+from tests.test_reorder import T0 as R0, Clock, _consent, _delivered, _order, _post, _settings
 from tests.test_reply_routing import COD_HOOK, ORDER_1, ask_of, text
 
 
@@ -141,3 +146,34 @@ def test_her_question_about_a_parcel_and_its_failed_delivery_are_one_case_that_f
         "delivery failed (attempted_delivery) for #9999; call the customer to rearrange"]
     assert len(texts) == 2 and "Update: delivery failed" in texts[1]
     assert closed.status_code == 200 and run == "active"
+
+
+# ---- 4. a reorder reminder does not take her from her newer order's stage ------------------------
+
+@pytest.mark.parametrize("ordered_since, stage", [(True, "post_purchase"), (False, "retention")])
+def test_a_reorder_reminder_leaves_a_customer_whose_newer_order_waits_to_ship_in_post_purchase(db_url, ordered_since, stage):
+    """Asha's face wash (#1001) was delivered; the day before its reorder window opens she buys soap, paid,
+    not shipped yet: she is in post-purchase, with its owner. The face-wash reminder still goes, but does
+    not move her to retention (before: it did, while her soap was still to ship); with no newer order it does."""
+    settings = _settings(db_url)
+    clock = Clock(R0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", _order(1001, R0))
+        clock.now = R0 + timedelta(days=4)
+        _post(client, "fulfillments/update", _delivered(1001, clock.now))
+        runtime.processor.drain()
+        refresh_windows(runtime.db, store, sid, clock.now)
+        [w] = upcoming(runtime.db, sid, clock.now + timedelta(days=90))
+        if ordered_since:
+            clock.now = w.opens_at - timedelta(days=1)
+            _post(client, "orders/create", _order(2001, clock.now, product="9002", variant="49002", sku="SOAP-1"))
+            runtime.processor.drain()
+        clock.now = w.opens_at + timedelta(hours=1)
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        with runtime.db.engine.connect() as conn:
+            now_in = conn.execute(select(m.Contact.stage)).scalar_one()
+            sent = conn.execute(select(m.OutboxMessage.step).where(m.OutboxMessage.journey == "reorder")).scalars().all()
+    assert sent == ["reminder"] and now_in == stage
