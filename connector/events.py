@@ -503,6 +503,8 @@ class ReorderWindowOpened(_Fact):
     cycle_source: str
     link: str | None = None
     busy_with: tuple[str, ...] = ()
+    # she has placed an order since the window's (not called off): that order says her stage, not this reminder
+    ordered_since: bool = False
 
 
 Event = Annotated[

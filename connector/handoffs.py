@@ -475,9 +475,10 @@ def _notify(conn: Connection, store: Any, store_id: int, contact_id: int | None,
     """Queue the stage owner's notification of a case (``update``: the n-th update of it)."""
     owner_cfg = store.stages.get(stage)
     if owner_cfg is not None and owner_cfg.notify_url is not None:
+        # ``update``: the alert shows that update, not whatever the case heard last by the time it goes out
         ob.enqueue(conn, store_id=store_id, key=notification_key(hid, update), contact_id=contact_id,
                    journey=journey, step="handoff", category=None, channel="notify",
-                   payload={"handoff_id": hid, "stage": stage}, due_at=now, now=now)
+                   payload={"handoff_id": hid, "stage": stage, **({"update": update} if update else {})}, due_at=now, now=now)
 
 
 def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | None, req: HandoffRequest, now: datetime) -> int | None:
@@ -497,6 +498,12 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
         case = (conn.execute(_OPEN_BY_ID, {"sid": store_id, "id": req.case_id}) if req.case_id is not None
                 else conn.execute(_OPEN_BY_KEY, {"sid": store_id, "key": req.key[:255]})).first()
         return None if case is None else _add_update(conn, store, store_id, contact_id, case, context, req, now)
+    joined = _reply_case_of(conn, store_id, contact_id, req)
+    if joined is not None:
+        # her words about this journey and order opened it: it becomes the run's own case (its key), so a run
+        # waiting on it is released when a person closes it, and later news of the run finds it by its key
+        update_by_id(conn, HANDOFFS, joined.id, {"key": req.key[:255]})
+        return _add_update(conn, store, store_id, contact_id, joined, context, req, now)
     # the journey's stage when the store gave it an owner; else, as before stages came from journeys, the contact's
     stage = req.stage if req.stage in store.stages else (context.get("stage") or "entry")
     owner_cfg = store.stages.get(stage)
@@ -514,6 +521,19 @@ def open_handoff(conn: Connection, store: Any, store_id: int, contact_id: int | 
         return _add_update(conn, store, store_id, contact_id, case, context, req, now)
     _notify(conn, store, store_id, contact_id, hid, stage, req.journey, now)
     return hid
+
+
+def _reply_case_of(conn: Connection, store_id: int, contact_id: int | None, req: HandoffRequest) -> Any:
+    """For a journey's own case (keyed by its journey and subject), the contact's open case her words
+    opened about that same journey and subject (matched by phone, so keyed as her reply case): one
+    conversation about one order is one case (she asked about her COD order, then tapped Cancel with
+    a reason). None: no such case, or the journey's own case is open (the insert adds to it)."""
+    if contact_id is None or not req.journey or not req.subject or req.key != f"{req.journey}:{req.subject}"[:255]:
+        return None
+    if conn.execute(_OPEN_BY_KEY, {"sid": store_id, "key": req.key[:255]}).first() is not None:
+        return None
+    case = conn.execute(_OPEN_BY_SUBJECT, {"sid": store_id, "cid": contact_id, "j": req.journey, "s": req.subject}).first()
+    return case if case is not None and case.key.startswith(REPLY_CASE) else None
 
 
 def close_handoff(conn: Connection, store_id: int, handoff_id: int, by: str, resolution: str | None, now: datetime) -> bool:
@@ -582,9 +602,24 @@ def _slack(value: Any) -> str:
     return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def notify_text(h: Any, store_name: str) -> str:
+def _told_update(ctx: dict[str, Any], update: int | None) -> dict[str, Any] | None:
+    """The update an alert is about: its n-th (``update``), which later ones may have followed before the
+    alert went out (she tapped Reschedule, then Cancel: each alert shows its own answer); the latest for
+    the opening's alert, one queued before alerts named theirs, or one past the ``MAX_UPDATES`` kept."""
+    updates = ctx.get("updates") or []
+    if not updates:
+        return None
+    if update:
+        at = len(updates) - (int(ctx.get("update_count") or len(updates)) - update) - 1
+        if 0 <= at < len(updates):
+            return updates[at]
+    return updates[-1]
+
+
+def notify_text(h: Any, store_name: str, update: int | None = None) -> str:
     """The owner's message: the case's own order first (``Order``); the customer's newest
-    (``Last order``) only for a case about no order, or one opened before cases named theirs.
+    (``Last order``) only for a case about no order, or one opened before cases named theirs;
+    the update it tells of (``update``: its number, see ``_told_update``).
     Every value is escaped (``_slack``), whoever wrote it; only our own markup (the bold title) is not."""
     ctx = h.context or {}
     label, order = ("Order", ctx["order"]) if ctx.get("order") else ("Last order", ctx.get("last_order") or {})
@@ -594,9 +629,9 @@ def notify_text(h: Any, store_name: str) -> str:
         lines.append(_slack(f"Customer: {ctx.get('name') or ''} {ctx.get('phone') or ''}".strip()))
     if order:
         lines.append(_slack(f"{label}: {order.get('name')} {order.get('currency')} {order.get('total')} ({order.get('payment_state')})"))
-    updates = ctx.get("updates") or []
-    if updates:
-        lines.append(_slack(f"Update: {updates[-1].get('reason')}"))
+    told = _told_update(ctx, update)
+    if told:
+        lines.append(_slack(f"Update: {told.get('reason')}"))
     return "\n".join(lines)
 
 

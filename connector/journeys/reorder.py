@@ -117,8 +117,9 @@ class Reorder:
                  "link": e.link, "cycle_days": e.cycle_days, "cycle_source": e.cycle_source, "attribution_ends": ends.isoformat()}
         if e.busy_with and config.skip_when_busy:
             return [Start(subject, facts.contact_id, {**state, "skipped": ",".join(e.busy_with)}), Finish("skipped_busy", skip_waiting=False)]
-        commands: list[Command] = [Start(subject, facts.contact_id, {**state, "sent": 1}), Send("reminder", self._context(state, facts, config)),
-                                   MoveStage("retention")]
+        commands: list[Command] = [Start(subject, facts.contact_id, {**state, "sent": 1}), Send("reminder", self._context(state, facts, config))]
+        if not e.ordered_since:  # a newer order (paid, waiting to ship) keeps her in its stage, with its owner
+            commands.append(MoveStage("retention"))
         if config.follow_up_days:
             commands.append(Wake(min(ends, now + timedelta(days=config.follow_up_days))))
         else:

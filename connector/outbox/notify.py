@@ -110,16 +110,18 @@ class NotifyDispatcher:
             return ob.Result(row, "failed", started, error_detail="hand-off not found")
         try:
             with anyio.fail_after(CALL_SECONDS):
-                resp = await self.http.post(stage_cfg.notify_url.get_secret_value(), json={"text": notify_text(h, store.name or store.key)})
+                text = notify_text(h, store.name or store.key, row.payload.get("update"))  # the update this alert is about
+                resp = await self.http.post(stage_cfg.notify_url.get_secret_value(), json={"text": text})
         except httpx.HTTPError as exc:
             return self._retry_or_fail(row, started, exc.__class__.__name__)
         except TimeoutError:
             return self._retry_or_fail(row, started, f"no answer within {CALL_SECONDS:g} s")
         if resp.status_code >= 500 or resp.status_code == 429:
             return self._retry_or_fail(row, started, f"HTTP {resp.status_code}{_said(resp)}")
-        if resp.status_code >= 400:
-            # a revoked or mistyped hook (Slack: 403 invalid_token, 404 no_service, 410 channel gone)
-            # fails every alert of its stage until someone fixes the config: it must be heard
+        if not resp.is_success:
+            # a revoked or mistyped hook (Slack: 403 invalid_token, 404 no_service, 410 channel gone), or a
+            # redirect (a moved hook, http:// for https://: httpx does not follow it, and a 301/302 would turn
+            # the POST into a GET) fails every alert of its stage until someone fixes the config: it must be heard
             error = f"HTTP {resp.status_code}{_said(resp)}"
             log.warning("notification %s of hand-off %s (store %s, stage %s) refused: %s; its owner was not told "
                         "(check the stage's notify_url)", row.id, row.payload.get("handoff_id"), store.key,

@@ -879,6 +879,23 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
     return report
 
 
+_WINDOW_ORDER = O.alias("window_order")
+_ORDERS_SINCE = select(O.c.cancelled_at, O.c.payment_state).where(
+    O.c.store_id == bindparam("sid"), O.c.contact_id == bindparam("cid"),
+    O.c.placed_at > select(_WINDOW_ORDER.c.placed_at).where(
+        _WINDOW_ORDER.c.store_id == bindparam("sid"), _WINDOW_ORDER.c.external_id == bindparam("oid")).scalar_subquery())
+
+
+def _ordered_since(conn: Connection, store_id: int, contact_id: int | None, order_external_id: str) -> bool:
+    """Whether she placed an order after the window's that still counts (not called off): its stage is
+    hers (a paid order waiting to ship: post-purchase), and the reminder must not move her to retention.
+    One indexed read per window opened (a tick's, not the processor's batch path)."""
+    if contact_id is None:
+        return False
+    rows = conn.execute(_ORDERS_SINCE, {"sid": store_id, "cid": contact_id, "oid": order_external_id})
+    return any(not ev.called_off(r.cancelled_at, r.payment_state) for r in rows)
+
+
 def _open_window(conn: Connection, runner: JourneyRunner, store: Any, store_id: int, config: ReorderConfig, w: Any,
                  now: datetime) -> None:
     """Hand one due window to the journeys (``ReorderWindowOpened``)."""
@@ -887,6 +904,7 @@ def _open_window(conn: Connection, runner: JourneyRunner, store: Any, store_id: 
         window_id=w.id, order_external_id=w.order_external_id, product_key=w.product_key, product_id=w.product_id,
         variant_id=w.variant_id, sku=w.sku, title=w.title, quantity=w.quantity, opens_at=w.opens_at, cycle_days=w.cycle_days,
         cycle_source=w.cycle_source, link=reorder_link(store, config, w.variant_id, w.product_id, w.quantity), busy_with=busy,
+        ordered_since=_ordered_since(conn, store_id, w.contact_id, w.order_external_id),
     )
     runner.on_event(conn, store, store_id, event, w.contact_id, now)
 
