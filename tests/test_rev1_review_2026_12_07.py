@@ -118,9 +118,6 @@ SHIPPED_WITH_LINK = {"step": "delivery.shipped", "name": "shipped_link_v1", "cat
                      "body": ["order.name", "fulfillment.tracking_company", "fulfillment.tracking_number", "fulfillment.tracking_url"]}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "e47cf9b: the older AfterShip meta is read from _aftership_tracking_provider_name (the courier display name) as"
-    " the slug; the slug is _aftership_tracking_provider: the link is track.aftership.com/India%20Post/<number>"))
 def test_a_parcel_in_the_aftership_plugins_older_meta_links_to_its_couriers_page(sqlite_url, scenario, world):
     """The AfterShip plugin before its tracking items keeps the courier's slug in ``_aftership_tracking_provider`` (the
     meta box's select) and its display name in ``_aftership_tracking_provider_name`` (filled from the courier list:
