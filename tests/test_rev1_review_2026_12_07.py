@@ -75,9 +75,6 @@ def test_an_unpaid_order_restored_days_later_gets_its_cart_ladder_spaced_as_befo
 
 # ---- payment recovery ---------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "0d503a9/c85165a: a finished run withdraws its held reminder only for a cancel or bin (_withdraw_held), not for"
-    " an order moved to a bank transfer (no pay link): she is told her payment has not come through"))
 def test_woocommerce_a_pay_link_held_after_a_day_is_withdrawn_when_she_moves_the_order_to_a_bank_transfer(sqlite_url, scenario,
                                                                                                             world):
     """Rome, 22:00: #7301's card is declined; the store reminds a day later, so its pay link is queued at 22:00 the next day
@@ -94,9 +91,6 @@ def test_woocommerce_a_pay_link_held_after_a_day_is_withdrawn_when_she_moves_the
     assert pay_reminders(sc) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "c85165a (gap, older than it): a finished run withdraws its held reminder only for a cancel or bin, not for an "
-    "authorized payment: she is asked to pay what she has paid"))
 def test_shopify_a_pay_link_held_after_a_day_is_withdrawn_when_the_payment_is_authorized(sqlite_url, scenario, world):
     """Mumbai, 22:00: #5001 pending; its pay link a day later waits for 09:00. At 23:00 her card is authorized (the store
     captures at fulfilment): she is not asked in the morning to pay for what she has paid."""
