@@ -50,10 +50,6 @@ def test_a_tap_on_the_cod_question_while_the_order_is_in_the_bin_is_not_lost_whe
     assert "cod-unconfirmed" not in tagged(world)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ab39681: checkout_recovery has no resumed() hook: its ladder is reckoned from state abandoned_at, which the "
-    "restore does not move; steps 2 and 3 fall due at once, step 2 is superseded and she gets step 3 (the discount)"
-    " instead"))
 def test_an_unpaid_order_restored_days_later_gets_its_cart_ladder_spaced_as_before(sqlite_url, scenario, world):
     """Her card declined; the cart ladder (0 h, 6 h, 24 h after abandoning) has sent its first step; the store bins the
     order and restores it three days later: the next two steps keep their spacing, not both at once."""
