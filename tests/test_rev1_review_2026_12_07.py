@@ -24,10 +24,6 @@ ASHA = "+919876543210"
 
 # ---- binned and restored ----------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ab39681: on_restored puts the run back as the bin found it (asked, no answer), dropping what the run heard in "
-    "the bin: her Confirm (a hand-off 'after the store cancelled it') or Cancel (ignored) is lost; she is reminded "
-    "and tagged cod-unconfirmed"))
 @pytest.mark.parametrize("button", ["cod_confirm", "cod_cancel"])
 def test_a_tap_on_the_cod_question_while_the_order_is_in_the_bin_is_not_lost_when_it_is_restored(sqlite_url, scenario, world,
                                                                                                  button):

@@ -246,7 +246,8 @@ class CodConfirmation:
                     return []  # it matched no message, and this is not the one order it can mean
             if waiting and event.payload in config.cancel_reasons:
                 return self._with_reason(run, facts, config.cancel_reasons[event.payload])
-            return self._reply(event, run, facts, config, now)
+            commands = self._reply(event, run, facts, config, now)
+            return commands + self._restored_news(event, run, facts, config, commands)
         if isinstance(event, ev.MessageReceived) and self._answers_question(event, run, facts):
             case = facts.extra.get("handed_off")  # the case her words opened or joined (the runner's id for it)
             known = {"case_id": case} if type(case) is int else {}
@@ -553,6 +554,25 @@ class CodConfirmation:
         tapped = "Confirm" if confirm else "Cancel"
         reason = f"customer tapped {tapped} on WhatsApp: COD order {self._order_name(run, facts)} {done}; no need to call them"
         return [Handoff(reason, waits=False, only_open=True, case=state.get("case_id"))]
+
+    def _restored_news(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig,
+                       commands: list[Command]) -> list[Command]:
+        """A tap she made while the order lay in the bin, decided again now the store restored it
+        (``heard_in_bin``; ``runner.on_restored``): then it met a cancelled order (a Confirm went to a person, "after
+        the store cancelled it"; a Cancel did nothing). The run's case, if a person still has it open, hears what the
+        tap does now, so nobody calls her or re-creates the order for nothing. Nothing when it hands off anew."""
+        if not facts.extra.get("heard_in_bin") or any(isinstance(c, Handoff) for c in commands):
+            return []
+        chosen = next((c.state["choice"] for c in commands if isinstance(c, Update) and "choice" in c.state), None)
+        if chosen in ("confirmed", "confirmed_late"):
+            done = f"it is confirmed now (tagged {config.confirm_tag}): nothing to restore or re-create"
+        elif chosen == "cancelled":
+            done = "it is cancelled now" if config.cancel_action == "cancel" else f"it is tagged {config.cancelled_tag} now"
+        else:
+            done = "it changes nothing now"
+        tapped = "Confirm" if event.payload in config.confirm_payloads else "Cancel"
+        return [Handoff(f"COD order {self._order_name(run, facts)} was restored from the bin: the customer's {tapped} tap, made "
+                        f"while it was there, counts: {done}", waits=False, only_open=True)]
 
     def _against(self, run: Run, facts: Facts, confirm: bool) -> str | None:
         """What a tap goes against, as a person reads it: a Cancel after a Confirm (hers or the
