@@ -249,7 +249,9 @@ def orders_standing(conn: Connection, store_id: int, journey: str, runs: list[An
 
 def reordered_in_window(conn: Connection, store_id: int, runs: list[Any]) -> list[bool]:
     """For each reorder run: did the customer reorder the product inside the attribution window,
-    in an order that still stands (not cancelled, voided or refunded since)?
+    in an order that still stands (not cancelled, voided or refunded since) and is paid (or cash on
+    delivery)? One still waiting for a bank transfer or other manual payment is no reorder yet, as the
+    window scans hold it (``windows._reordered_since``); it counts once paid, for either group.
 
     The run records the reorder (``reordered``, ``order_id``) whether its contact is in the
     holdout or not; the order's own time is compared with ``attribution_ends`` here, so a
@@ -261,7 +263,7 @@ def reordered_in_window(conn: Connection, store_id: int, runs: list[Any]) -> lis
     for r in runs:
         order, ends = found.get(str(r.state.get("order_id"))), _iso(r.state.get("attribution_ends"))
         inside = order is None or ends is None or order.placed_at <= ends
-        out.append(bool(r.state.get("reordered")) and inside and not _called_off(order))
+        out.append(bool(r.state.get("reordered")) and inside and not _called_off(order) and not _awaits_payment(order))
     return out
 
 
