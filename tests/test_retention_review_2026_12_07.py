@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from connector.cli import app
 from connector.config import parse_settings
-from connector.reorder.windows import run_reorder_tick
+from connector.reorder.windows import refresh_windows, run_reorder_tick
 from connector.reports import build_report, parse_week
+from connector.storage import models as m
 from tests.helpers import running_app
-from tests.test_reorder import T0, Clock, _consent, _dispatch, _order, _outbox, _post
+from tests.test_reorder import T0, Clock, _consent, _delivered, _dispatch, _order, _outbox, _post
 from tests.test_reorder import _settings as _shopify_settings
 from tests.test_reports import MON, WEEK, Week, _raw_settings, _toml
 
@@ -85,3 +88,42 @@ def test_a_reorder_whose_bank_deposit_never_came_is_not_counted_in_the_weeks_ret
     assert [(o.step, o.status) for o in _outbox(runtime)] == [("reminder", "dry_run")]
     assert (waiting["reminded"], waiting["reordered_in_window"], waiting["revenue"]) == (1, 0, {})
     assert (paid["reminded"], paid["reordered_in_window"], paid["revenue"]) == (1, 1, {"USD": "499.00"})
+
+
+# ---- 3. a sale at the till is in her hands at once: no transit time ----------------------------
+def _till_sale(order_id: int, at) -> dict:
+    """Asha buys one face wash at the shop's till (Shopify POS, no shipping line), fulfilled there and then."""
+    o = _order(order_id, at, qty=1)
+    o.update(source_name="pos", shipping_lines=[])
+    return o
+
+
+def _handed_over(order_id: int, at) -> dict:
+    f = _delivered(order_id, at)
+    f.update(created_at=at.isoformat(), updated_at=at.isoformat(), shipment_status=None)
+    return f
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["incremental tick", "daily full scan"])
+def test_a_face_wash_bought_at_the_till_is_reminded_on_its_cycle_not_four_transit_days_later(db_url, full):
+    """A 30-day face wash bought at the till on 1 September runs out on 1 October; with 3 days' lead her reminder is
+    due on 28 September. The window was anchored as if a parcel were on its way (the till's fulfilment, or the order,
+    plus ``transit_days``, 4), so the reminder came on 2 October, a day after she ran out."""
+    settings = _shopify_settings(db_url, follow_up_days=None)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        run_reorder_tick(runtime.db, store, sid, clock.now - timedelta(hours=1))  # the job ran before: later ticks are incremental
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", _till_sale(5101, T0))
+        _post(client, "fulfillments/create", _handed_over(5101, T0 + timedelta(minutes=2)))
+        runtime.processor.drain()
+        assert refresh_windows(runtime.db, store, sid, clock.now, full=full).mode == ("full" if full else "incremental")
+        clock.now = T0 + timedelta(days=27, hours=1)
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        _dispatch(runtime, settings, clock)
+        with runtime.db.engine.connect() as conn:
+            window = conn.execute(select(m.ReorderWindow)).one()
+    assert window.opens_at == T0 + timedelta(minutes=2, days=27)
+    assert [(o.step, o.status) for o in _outbox(runtime)] == [("reminder", "dry_run")]
