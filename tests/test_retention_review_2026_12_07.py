@@ -127,3 +127,51 @@ def test_a_face_wash_bought_at_the_till_is_reminded_on_its_cycle_not_four_transi
             window = conn.execute(select(m.ReorderWindow)).one()
     assert window.opens_at == T0 + timedelta(minutes=2, days=27)
     assert [(o.step, o.status) for o in _outbox(runtime)] == [("reminder", "dry_run")]
+
+
+# ---- 4. a second order the same day adds to what she has ---------------------------------------
+@pytest.mark.parametrize("full", [False, True], ids=["incremental tick", "daily full scan"])
+def test_a_second_pack_ordered_the_same_day_lasts_as_long_as_two_packs(db_url, full):
+    """Asha ordered a 30-day face wash, and three hours later a second one in an order of its own. She has two packs:
+    her reminder is due on day 61 (4 days' transit, 60 days, 3 days' lead), for two. The first order's window was
+    replaced by the second's, which counted only its own pack, so she was asked to reorder on day 31 with a month's
+    supply still unopened."""
+    settings = _shopify_settings(db_url, follow_up_days=None)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        run_reorder_tick(runtime.db, store, sid, clock.now - timedelta(hours=1))  # the job ran before: later ticks are incremental
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", _order(6001, T0, qty=1))
+        runtime.processor.drain()
+        refresh_windows(runtime.db, store, sid, T0 + timedelta(hours=1), full=full)  # its window planned, for one pack
+        clock.now = T0 + timedelta(hours=3)
+        _post(client, "orders/create", _order(6002, clock.now, qty=1))
+        runtime.processor.drain()
+        refresh_windows(runtime.db, store, sid, clock.now, full=full)
+        for day in (31, 45):
+            clock.now = T0 + timedelta(days=day, hours=4)
+            run_reorder_tick(runtime.db, store, sid, clock.now)
+        early = _outbox(runtime)
+        clock.now = T0 + timedelta(days=61, hours=4)
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        with runtime.db.engine.connect() as conn:
+            windows = {w.order_external_id: (w.status, w.quantity) for w in conn.execute(select(m.ReorderWindow))}
+            due = conn.execute(select(m.ReorderWindow.opens_at).where(m.ReorderWindow.order_external_id == "6002")).scalar_one()
+    assert early == []
+    assert due == T0 + timedelta(hours=3, days=61)
+    assert windows == {"6001": ("reordered", 1), "6002": ("opened", 2)}
+    assert [o.payload["message"]["body"][2]["text"].rsplit("/", 1)[-1] for o in _outbox(runtime)] == ["49001:2"]  # the cart: two packs
+
+
+def test_a_customers_cadence_counts_both_packs_of_a_split_order():
+    """One pack, another an hour later, the next order 60 days on: 30 days a pack, not 60 (the first pack was dropped)."""
+    from datetime import datetime, timezone
+
+    from connector.reorder.cycles import Purchase, customer_cadence
+
+    t = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    split = [Purchase(t, 1), Purchase(t + timedelta(hours=1), 1), Purchase(t + timedelta(days=60, hours=1), 1)]
+    assert customer_cadence(split) == 30
+    assert customer_cadence([Purchase(t, 2), Purchase(t + timedelta(days=60), 1)]) == 30  # as two packs in one order

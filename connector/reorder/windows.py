@@ -62,7 +62,7 @@ from connector.errors import StoreloopError, describe_error
 from connector.handoffs import REPLY_CASE
 from connector.journeys.reorder import ReorderConfig
 from connector.journeys.runner import LISTENING, JourneyRunner
-from connector.reorder.cycles import CycleBook, cadence, intervals_in_order, learn_all, product_key
+from connector.reorder.cycles import CycleBook, cadence, intervals_in_order, learn_all, product_key, units_in_hand
 from connector.storage import models as m
 from connector.storage.db import Database
 from connector.sync import read_cursor, upsert_cursor
@@ -275,6 +275,15 @@ def _products(lines: list[Line]) -> Iterator[tuple[str, list[Line], list[float]]
         yield key, purchases, intervals_in_order(purchases) if len(purchases) >= 2 else []
 
 
+def _latest(purchases: list[Line]) -> Line:
+    """The purchase a window is planned on: the latest, with the units of the orders placed less than a day
+    before it (``cycles.units_in_hand``: a second pack ordered an hour later lasts with the first)."""
+    latest = purchases[-1]
+    if len(purchases) < 2 or (latest.placed_at - purchases[-2].placed_at).total_seconds() >= 86400:
+        return latest  # the usual case: nothing copied
+    return dataclasses.replace(latest, quantity=units_in_hand(purchases))
+
+
 def _on_subscription(purchases: list[Line]) -> bool:
     """Whether the customer gets this product on a subscription: the store sends the next one by
     itself, so "reorder in one tap" days before a renewal would ask for a second box."""
@@ -285,7 +294,7 @@ def plan_contact(contact_id: int, lines: list[Line], book: CycleBook, config: Re
     """Windows for one customer's history (pure apart from filling ``plan``)."""
     plan.cancelled_orders.update(line.order_external_id for line in lines if line.cancelled)
     for key, purchases, gaps in _products(lines):
-        latest = purchases[-1]
+        latest = _latest(purchases)
         for before, after in zip(purchases, purchases[1:]):
             plan.reordered.append({"o": before.order_external_id, "k": key, "by": after.order_external_id, "now": now})
         if _on_subscription(purchases):
@@ -337,7 +346,7 @@ def _scan_contact(contact_id: int, lines: list[Line], book: CycleBook, config: R
     """
     plan.cancelled_orders.update(line.order_external_id for line in lines if line.cancelled)
     for key, purchases, gaps in _products(lines):
-        latest = purchases[-1]
+        latest = _latest(purchases)
         if gaps:
             intervals[key].append(gaps)
         if _on_subscription(purchases):
