@@ -31,6 +31,13 @@ def _change(change: Any) -> str:
     return change if change.startswith("-") else f"+{change}"
 
 
+def _significance(lift: dict[str, Any]) -> str:
+    """The lift table's "significant" column: never "yes" on too few customers to tell."""
+    if lift.get("too_few"):
+        return "too few to tell"
+    return "yes" if lift["significant"] else "no"
+
+
 def render_report(data: dict[str, Any], out: Console, title: str) -> None:
     out.print(f"[bold]{title}[/]: week {data['period']['week']} ({data['period']['timezone']}), against {data['period']['previous']}")
     for name, stage in data["stages"].items():
@@ -68,7 +75,7 @@ def render_report(data: dict[str, Any], out: Console, title: str) -> None:
                    if x.get("lift_per_reached") is not None else "-")
             lift.add_row(journey, f"{x['treated_converted']}/{x['treated']} ({x['treated_rate']:.1%})",
                          f"{x['control_converted']}/{x['control']} ({x['control_rate']:.1%})", f"{x['lift']:+.1%}",
-                         f"{x['ci95'][0]:+.1%} .. {x['ci95'][1]:+.1%}", "yes" if x["significant"] else "no",
+                         f"{x['ci95'][0]:+.1%} .. {x['ci95'][1]:+.1%}", _significance(x),
                          f"{x['treated_reached']}/{x['treated']}" if "treated_reached" in x else "-", per)
         out.print(lift)
         out.print("lift is over every treated customer, reached or not; per customer reached divides it by the share a reminder reached")

@@ -105,6 +105,10 @@ MESSAGES = INBOUND  # the same table holds what we sent (direction "out", with i
 _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
 WEEK_YEARS = (1970, 9998)  # a week asked for: its trend's weeks before and the next week exist as dates
 Z95 = 1.959964
+# conversions and non-conversions each group needs before the normal approximation's interval is trusted (the
+# textbook n*p >= 5 and n*(1-p) >= 5): with fewer, 3 of 3 treated against 0 of 1 held out gave a zero-width interval
+# [+100, +100] points, "significant"
+MIN_OUTCOMES = 5
 REACHED = REACHED_STATES  # WhatsApp took the message (or a dry run stood in for it), as the runner counts
 OPT_OUT_HOURS = 72  # an opt-out is put down to the last message that reached the contact this long before it
 LIFT_JOURNEYS = ("checkout_recovery", "payment_recovery", "reorder")
@@ -245,7 +249,9 @@ def orders_standing(conn: Connection, store_id: int, journey: str, runs: list[An
 
 def reordered_in_window(conn: Connection, store_id: int, runs: list[Any]) -> list[bool]:
     """For each reorder run: did the customer reorder the product inside the attribution window,
-    in an order that still stands (not cancelled, voided or refunded since)?
+    in an order that still stands (not cancelled, voided or refunded since) and is paid (or cash on
+    delivery)? One still waiting for a bank transfer or other manual payment is no reorder yet, as the
+    window scans hold it (``windows._reordered_since``); it counts once paid, for either group.
 
     The run records the reorder (``reordered``, ``order_id``) whether its contact is in the
     holdout or not; the order's own time is compared with ``attribution_ends`` here, so a
@@ -257,7 +263,7 @@ def reordered_in_window(conn: Connection, store_id: int, runs: list[Any]) -> lis
     for r in runs:
         order, ends = found.get(str(r.state.get("order_id"))), _iso(r.state.get("attribution_ends"))
         inside = order is None or ends is None or order.placed_at <= ends
-        out.append(bool(r.state.get("reordered")) and inside and not _called_off(order))
+        out.append(bool(r.state.get("reordered")) and inside and not _called_off(order) and not _awaits_payment(order))
     return out
 
 
@@ -537,6 +543,8 @@ def message_health(conn: Connection, store_id: int, p: Period) -> dict[str, Any]
 def diff_interval(conv_t: int, n_t: int, conv_c: int, n_c: int, reached: int | None = None) -> dict[str, Any]:
     """Treated minus control conversion with a 95% interval (normal approximation).
 
+    ``too_few``: a group has fewer than ``MIN_OUTCOMES`` conversions or non-conversions, so the approximation
+    does not hold; the figures stay, but the difference is never called ``significant``.
     With ``reached`` (treated runs a reminder reached), also the lift per customer reached: the
     difference over the reached share, its interval scaled alike (the share taken as known)."""
     if not n_t or not n_c:
@@ -545,9 +553,12 @@ def diff_interval(conv_t: int, n_t: int, conv_c: int, n_c: int, reached: int | N
     se = math.sqrt(p_t * (1 - p_t) / n_t + p_c * (1 - p_c) / n_c)
     lift = p_t - p_c
     lo, hi = lift - Z95 * se, lift + Z95 * se
+    # too few to tell: the interval is not trusted (a group all or nothing collapses it to a point), so nothing is claimed
+    too_few = min(conv_t, n_t - conv_t, conv_c, n_c - conv_c) < MIN_OUTCOMES
     out = {"treated": n_t, "treated_converted": conv_t, "treated_rate": round(p_t, 4), "control": n_c, "control_converted": conv_c,
            "control_rate": round(p_c, 4), "lift": round(lift, 4), "ci95": [round(lo, 4), round(hi, 4)],
-           "relative_lift": round(lift / p_c, 4) if p_c else None, "significant": lo > 0 or hi < 0}
+           "relative_lift": round(lift / p_c, 4) if p_c else None, "significant": (lo > 0 or hi < 0) and not too_few,
+           "too_few": too_few}
     if reached is not None:
         share = reached / n_t
         out.update(treated_reached=reached, reach_rate=round(share, 4),

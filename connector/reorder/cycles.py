@@ -7,7 +7,8 @@ over every repeat buyer once there are ``min_repeat_buyers`` of them.
 
 Cycles are per unit: an interval between two purchases is divided by the quantity of the
 earlier one (two 30-day packs bought, 60 days until the next order = 30 days per unit),
-and a window scales back by the quantity bought.
+and a window scales back by the quantity bought. Orders less than a day apart are one purchase
+split in two (a second pack ordered an hour later): their quantities add up.
 """
 
 from __future__ import annotations
@@ -79,11 +80,27 @@ def intervals_in_order(purchases: Sequence[_Bought]) -> list[float]:
     all learn through it (each product of each customer, once per scan).
     """
     out: list[float] = []
+    held = 0  # units of the purchases less than a day before ``before``: one purchase split in two orders
     for before, after in zip(purchases, purchases[1:]):
         days = (after.placed_at - before.placed_at).total_seconds() / 86400
-        if days >= 1:  # two orders on one day are a correction or a split, not a cycle
-            out.append(days / max(1, before.quantity))
+        if days >= 1:  # two orders on one day are a correction or a split, not a cycle: their packs last together
+            out.append(days / max(1, before.quantity + held))
+            held = 0
+        else:
+            held += before.quantity
     return out
+
+
+def units_in_hand(purchases: Sequence[_Bought]) -> int:
+    """What the latest purchase (of purchases in time order) left her with: its quantity, plus that of the
+    orders placed less than a day apart before it (a second pack ordered an hour later), as ``intervals_in_order``
+    counts them: her supply lasts for all of them."""
+    units = purchases[-1].quantity
+    for before, after in zip(reversed(purchases[:-1]), reversed(purchases)):
+        if (after.placed_at - before.placed_at).total_seconds() / 86400 >= 1:
+            break
+        units += before.quantity
+    return units
 
 
 def unit_intervals(purchases: list[Purchase]) -> list[float]:

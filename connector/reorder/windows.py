@@ -62,7 +62,7 @@ from connector.errors import StoreloopError, describe_error
 from connector.handoffs import REPLY_CASE
 from connector.journeys.reorder import ReorderConfig
 from connector.journeys.runner import LISTENING, JourneyRunner
-from connector.reorder.cycles import CycleBook, cadence, intervals_in_order, learn_all, product_key
+from connector.reorder.cycles import CycleBook, cadence, intervals_in_order, learn_all, product_key, units_in_hand
 from connector.storage import models as m
 from connector.storage.db import Database
 from connector.sync import read_cursor, upsert_cursor
@@ -122,6 +122,7 @@ class Line:
     delivered_at: datetime | None
     fulfilled_at: datetime | None
     subscription: bool = False  # a subscription's order (a renewal the store raises itself)
+    delivery: str = ev.Delivery.SHIPPING.value  # pickup, or none: no parcel on its way (a sale at the till), no transit time
 
     @property
     def key(self) -> str:
@@ -143,7 +144,7 @@ def _history_query(store_id: int, contact_ids: list[int] | None, *, sqlite_scan:
     # order's lines; they are no purchase, and a window planned on them is cancelled)
     called_off = or_(O.c.cancelled_at.is_not(None), *(O.c.payment_state == state for state in CALLED_OFF_STATES)).label("called_off")
     cols = (O.c.contact_id, O.c.external_id, placed, called_off, (O.c.channel == ev.SalesChannel.SUBSCRIPTION.value).label("subscription"),
-            L.c.product_id, L.c.variant_id, L.c.sku, L.c.title, L.c.quantity)
+            O.c.delivery, L.c.product_id, L.c.variant_id, L.c.sku, L.c.title, L.c.quantity)
     source = O.join(L, L.c.order_id == O.c.id)
     if contact_ids is None:
         per_order = (select(F.c.order_external_id, func.min(F.c.delivered_at).label("delivered_at"),
@@ -185,7 +186,8 @@ def _per_contact(rows: Iterable[Any], parse: Any = None) -> Iterator[tuple[int, 
     """
     current: int | None = None
     lines: list[Line] = []
-    for contact_id, external_id, placed_at, called_off, subscription, product_id, variant_id, sku, title, quantity, delivered_at, fulfilled_at in rows:
+    for (contact_id, external_id, placed_at, called_off, subscription, delivery, product_id, variant_id, sku, title, quantity, delivered_at,
+         fulfilled_at) in rows:
         if contact_id != current:
             if current is not None:
                 yield current, lines
@@ -193,7 +195,7 @@ def _per_contact(rows: Iterable[Any], parse: Any = None) -> Iterator[tuple[int, 
         if parse is not None:
             placed_at, delivered_at, fulfilled_at = parse(placed_at), parse(delivered_at), parse(fulfilled_at)
         lines.append(Line(external_id, placed_at, bool(called_off), product_id, variant_id, sku, title or "",
-                          max(1, quantity or 1), delivered_at, fulfilled_at, bool(subscription)))
+                          max(1, quantity or 1), delivered_at, fulfilled_at, bool(subscription), delivery or ev.Delivery.SHIPPING.value))
     if current is not None:
         yield current, lines
 
@@ -273,6 +275,15 @@ def _products(lines: list[Line]) -> Iterator[tuple[str, list[Line], list[float]]
         yield key, purchases, intervals_in_order(purchases) if len(purchases) >= 2 else []
 
 
+def _latest(purchases: list[Line]) -> Line:
+    """The purchase a window is planned on: the latest, with the units of the orders placed less than a day
+    before it (``cycles.units_in_hand``: a second pack ordered an hour later lasts with the first)."""
+    latest = purchases[-1]
+    if len(purchases) < 2 or (latest.placed_at - purchases[-2].placed_at).total_seconds() >= 86400:
+        return latest  # the usual case: nothing copied
+    return dataclasses.replace(latest, quantity=units_in_hand(purchases))
+
+
 def _on_subscription(purchases: list[Line]) -> bool:
     """Whether the customer gets this product on a subscription: the store sends the next one by
     itself, so "reorder in one tap" days before a renewal would ask for a second box."""
@@ -283,7 +294,7 @@ def plan_contact(contact_id: int, lines: list[Line], book: CycleBook, config: Re
     """Windows for one customer's history (pure apart from filling ``plan``)."""
     plan.cancelled_orders.update(line.order_external_id for line in lines if line.cancelled)
     for key, purchases, gaps in _products(lines):
-        latest = purchases[-1]
+        latest = _latest(purchases)
         for before, after in zip(purchases, purchases[1:]):
             plan.reordered.append({"o": before.order_external_id, "k": key, "by": after.order_external_id, "now": now})
         if _on_subscription(purchases):
@@ -298,11 +309,21 @@ WINDOW_COLUMNS = ("contact_id", "order_external_id", "product_key", "product_id"
                   "anchor", "anchor_at", "cycle_days", "cycle_source", "opens_at", "status", "updated_at")
 
 
+HANDED_OVER = "handed_over"  # the anchor of an order that ships nothing: no transit time is added
+
+
 def _window(contact_id: int, key: str, latest: Line, found: tuple[float, str], config: ReorderConfig, now: datetime) -> tuple[Any, ...]:
-    """One window's row, in WINDOW_COLUMNS order (a tuple: the full scan makes one per customer and product)."""
+    """One window's row, in WINDOW_COLUMNS order (a tuple: the full scan makes one per customer and product).
+
+    ``transit_days`` is a parcel's assumed time on the way: a sale taken home from the till, or an order she
+    collected, was in her hands at its fulfilment (else its placing), so nothing is added."""
     days, source = found
     if latest.delivered_at is not None:
         anchor, anchor_at = "delivered", latest.delivered_at
+    elif latest.delivery == ev.Delivery.NONE.value:  # taken home from the till (or nothing shipped): hers when handed over
+        anchor, anchor_at = HANDED_OVER, latest.fulfilled_at or latest.placed_at
+    elif latest.delivery == ev.Delivery.PICKUP.value and latest.fulfilled_at is not None:  # collected: the fulfilment is the hand-over
+        anchor, anchor_at = HANDED_OVER, latest.fulfilled_at
     elif latest.fulfilled_at is not None:
         anchor, anchor_at = "fulfilled", latest.fulfilled_at + timedelta(days=config.transit_days)
     else:
@@ -325,7 +346,7 @@ def _scan_contact(contact_id: int, lines: list[Line], book: CycleBook, config: R
     """
     plan.cancelled_orders.update(line.order_external_id for line in lines if line.cancelled)
     for key, purchases, gaps in _products(lines):
-        latest = purchases[-1]
+        latest = _latest(purchases)
         if gaps:
             intervals[key].append(gaps)
         if _on_subscription(purchases):
@@ -345,7 +366,7 @@ def _compact(line: Line) -> Line:
     intern = sys.intern
     return Line(line.order_external_id, line.placed_at, line.cancelled, line.product_id and intern(line.product_id),
                 line.variant_id and intern(line.variant_id), line.sku and intern(line.sku), intern(line.title), line.quantity,
-                line.delivered_at, line.fulfilled_at, line.subscription)
+                line.delivered_at, line.fulfilled_at, line.subscription, intern(line.delivery))
 
 
 def learn_cycles(histories: Iterable[tuple[int, list[Line]]], min_repeat_buyers: int) -> dict[str, tuple[float, int]]:

@@ -503,7 +503,7 @@ class ReorderWindow(Base):
     title: Mapped[str] = mapped_column(String(255))
     quantity: Mapped[int] = mapped_column(Integer)
     placed_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    anchor: Mapped[str] = mapped_column(String(12))  # delivered | fulfilled | placed
+    anchor: Mapped[str] = mapped_column(String(12))  # delivered | fulfilled | placed | handed_over (nothing shipped: no transit)
     anchor_at: Mapped[datetime] = mapped_column(UTCDateTime)
     cycle_days: Mapped[float] = mapped_column(Float)
     cycle_source: Mapped[str] = mapped_column(String(16))  # config | tag | customer | learned

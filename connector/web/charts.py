@@ -99,7 +99,7 @@ def interval(result: dict[str, Any], *, label: str, width: int = 460, height: in
     span = next((s for s in (0.05, 0.1, 0.2, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0) if s >= widest), widest)  # a round axis
     left, right = 40, width - 40
     x = lambda v: left + (v + span) / (2 * span) * (right - left)  # noqa: E731
-    colour = (GREEN if lo > 0 else RED if hi < 0 else MUTED) if result.get("significant") is not None else MUTED
+    colour = (GREEN if lo > 0 else RED if hi < 0 else MUTED) if result.get("significant") else MUTED  # too few to tell: not coloured
     axis_y, y = height - 22, 32
     body = [
         f'<line x1="{left}" y1="{axis_y}" x2="{right}" y2="{axis_y}" stroke="{GRID}"/>',
