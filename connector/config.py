@@ -563,7 +563,7 @@ class _StoreBase(_Frozen):
     def warnings(self) -> list[str]:
         """Settings that load but work against each other: said by ``check-config`` and logged at
         start, not refused (a config that ran yesterday keeps running after an upgrade)."""
-        out: list[str] = self._unused_templates() + self._discount_never_given()
+        out: list[str] = self._unused_templates() + self._discount_never_given() + self._journey_warnings()
         cart = self.journeys.get("checkout_recovery")  # type: ignore[attr-defined]
         ladder = getattr(cart, "ladder_minutes", None)
         if ladder and cart.enabled:
@@ -586,6 +586,15 @@ class _StoreBase(_Frozen):
                     out.append(f"stores[{self.key}].policy.marketing_cap is 0 but journey {name} sends marketing messages: "  # type: ignore[attr-defined]
                                "each is skipped as frequency_cap; raise marketing_cap or turn the journey off")
         return out
+
+    def _journey_warnings(self) -> list[str]:
+        """What each enabled journey says of its own settings (``warnings(config)``, where it has one)."""
+        from connector.journeys.registry import journeys
+
+        known = journeys()
+        return [f"stores[{self.key}].journeys.{name}.{w}"  # type: ignore[attr-defined]
+                for name, cfg in self.enabled_journeys().items()
+                for w in getattr(known.get(name), "warnings", lambda _c: [])(cfg)]
 
     def _unused_templates(self) -> list[str]:
         """Templates for a step no installed journey sends (a misspelt step): never sent, and the

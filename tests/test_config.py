@@ -141,20 +141,50 @@ def test_a_cod_confirm_status_on_a_shopify_store_is_refused_at_load():
 
 
 @pytest.mark.parametrize("status", ["on-hold", "wc-on-hold", "pending"])
-def test_a_cod_confirm_status_before_processing_is_refused_at_load(status):
+def test_a_cod_confirm_status_before_processing_loads_with_a_warning(status):
     """WooCommerce's COD gateway leaves its orders in processing (on-hold only with a downloadable item), and the
     status write-back never moves an order back (adapters/woocommerce/client.py ``refusal``): with ``confirm_status =
-    "on-hold"`` every Confirm was a failed write-back and a hand-off for the COD desk ("not moved to on-hold: that would
-    move it back from processing; do it by hand"), and on a store that keeps COD orders on hold it did nothing. Said at
-    load (and by check-config), naming what works instead."""
+    "on-hold"`` every Confirm of an order in processing was a failed write-back and a hand-off for the COD desk ("not
+    moved to on-hold: that would move it back from processing; do it by hand"). But a store whose COD orders arrive
+    pending or in a plugin's own status moves them forward to on-hold, which works: refused at load (7a3e527), its
+    setup stopped starting after an upgrade. Now it loads, and check-config (and the log at start) says when it fails,
+    naming what works instead."""
     woo = {"key": "w", "platform": "woocommerce", "site_url": "https://w.example", "webhook_secret": "woo-s",
            "consumer_key": "ck", "consumer_secret": "cs"}
-    with pytest.raises(ConfigError) as err:
-        parse_settings({"stores": [{**woo, "journeys": {"cod_confirmation": {"confirm_status": status}}}]}, environ={})
-    problems = "\n".join(err.value.problems)
-    assert "stores[0]" in problems and "confirm_status" in problems and "move the order back from processing" in problems, problems
+    loaded = parse_settings({"stores": [{**woo, "journeys": {"cod_confirmation": {"confirm_status": status}}}]}, environ={})
+    assert loaded.stores[0].journeys["cod_confirmation"].confirm_status == status.removeprefix("wc-")
+    [warning] = loaded.warnings()
+    assert warning.startswith("stores[w].journeys.cod_confirmation.confirm_status"), warning
+    assert "a COD order that arrives in processing" in warning and "cannot be moved back" in warning, warning
+    assert "use 'processing'" in warning, warning
     ok = parse_settings({"stores": [{**woo, "journeys": {"cod_confirmation": {"confirm_status": "processing"}}}]}, environ={})
     assert ok.stores[0].journeys["cod_confirmation"].confirm_status == "processing"
+    assert ok.warnings() == []
+    off = {"cod_confirmation": {"confirm_status": "on-hold", "enabled": False}}
+    assert parse_settings({"stores": [{**woo, "journeys": off}]}, environ={}).warnings() == []
+
+
+def test_check_config_says_a_cod_confirm_status_before_processing_and_exits_0(tmp_path):
+    """The store whose COD orders sit in a plugin's status and are confirmed to on-hold starts as before; check-config
+    prints the warning and does not fail."""
+    from typer.testing import CliRunner
+
+    from connector.cli import app
+
+    path = tmp_path / "storeloop.toml"
+    path.write_text('''[[stores]]
+key = "w"
+platform = "woocommerce"
+site_url = "https://w.example"
+webhook_secret = "woo-s"
+consumer_key = "ck"
+consumer_secret = "cs"
+[stores.journeys.cod_confirmation]
+confirm_status = "on-hold"
+''')
+    result = CliRunner().invoke(app, ["check-config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and "confirm_status 'on-hold' comes before processing" in " ".join(result.output.split())
 
 
 def test_journey_timings_that_contradict_each_other_are_config_errors():

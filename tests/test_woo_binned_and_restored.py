@@ -112,3 +112,68 @@ def test_a_parcel_message_held_for_the_night_goes_out_once_the_order_is_restored
     sc.woo("order.restored", restored(shipped, sc.now))
     sc.at(WOOCOMMERCE.local(24 + 9, 30), step=timedelta(minutes=30))
     assert sc.templates_to(ASHA) == ["shipped_v1"]
+
+
+# ---- her answer while the order lay in the bin -----------------------------------------------------------------
+
+def _updates(case: dict[str, Any]) -> list[str]:
+    return [u["reason"] for u in (case.get("context") or {}).get("updates") or []]
+
+
+def _statuses(world) -> list[str]:
+    """The statuses written to the WooCommerce order (the client's PUT of the order itself)."""
+    return [c.body["status"] for c in world.woo_writes() if c.path == "" and c.body and "status" in c.body]
+
+
+def test_a_confirm_tapped_while_the_order_is_in_the_bin_confirms_it_once_it_is_restored(sqlite_url, scenario, world):  # noqa: F811
+    """Asked at 10:00, binned by mistake at 11:00, she taps Confirm at 11:05: the order is in the bin (cancelled for
+    every journey), so a person hears she tapped Confirm after the store cancelled it. The store restores it at 11:10:
+    her Confirm counts (tagged cod-confirmed, once), and with ``no_answer_action = "cancel"`` the deadline does not
+    cancel the order she confirmed; the case opened in the bin hears that nothing needs restoring or re-creating.
+    Before, the restore put the run back as the bin found it: reminded, then cancelled for "no answer"."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": {**COD, "no_answer_action": "cancel"}})
+    order = WOOCOMMERCE.order(5, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, order)
+    sc.work()
+    [ask] = sc.sent(ASHA)
+    sc.later(hours=1)
+    sc.woo("order.deleted", {"id": order["id"]})
+    sc.later(minutes=5)
+    sc.tap(ASHA, "cod_confirm", ask)
+    sc.later(minutes=5)
+    [case] = sc.handoffs(status="open")
+    assert "after the store cancelled it" in case["reason"]
+    assert tagged(world) == []  # nothing written to a binned order
+    sc.woo("order.restored", restored(order, sc.now))
+    sc.later(minutes=5)
+    assert tagged(world) == ["cod-confirmed"]
+    [case] = sc.handoffs(status="open")
+    assert any("restored from the bin" in u and "Confirm" in u and "confirmed now" in u for u in _updates(case)), _updates(case)
+    sc.later(days=2)
+    assert tagged(world) == ["cod-confirmed"]
+    assert "cancelled" not in _statuses(world)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]  # no reminder to confirm what she confirmed
+
+
+def test_a_cancel_tapped_while_the_order_is_in_the_bin_cancels_it_once_it_is_restored(sqlite_url, scenario, world):  # noqa: F811
+    """Her Cancel while the order lay in the bin did nothing (the order was cancelled as far as the run knew). Once
+    the store restores it, her Cancel counts as if tapped before the bin (``cancel_action``: the order is cancelled),
+    and she is not reminded to confirm it nor is it tagged as unanswered."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": COD})
+    order = WOOCOMMERCE.order(6, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, order)
+    sc.work()
+    [ask] = sc.sent(ASHA)
+    sc.later(hours=1)
+    sc.woo("order.deleted", {"id": order["id"]})
+    sc.later(minutes=5)
+    sc.tap(ASHA, "cod_cancel", ask)
+    sc.later(minutes=5)
+    assert world.woo_writes() == []
+    sc.woo("order.restored", restored(order, sc.now))
+    sc.later(minutes=5)
+    assert _statuses(world) == ["cancelled"]
+    sc.later(days=2)
+    assert _statuses(world) == ["cancelled"]
+    assert "cod-unconfirmed" not in tagged(world)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]

@@ -103,15 +103,17 @@ def test_a_parcel_tracked_with_the_aftership_plugin_is_told_with_its_courier_num
 
 
 def test_a_parcel_in_the_aftership_plugins_older_meta_is_read_too(sqlite_url, scenario, world):  # noqa: F811
-    """Before its tracking items (plugin 1.12 and older) the plugin kept one parcel in ``_aftership_tracking_number``
-    and ``_aftership_tracking_provider_name``; orders shipped then still carry only those."""
+    """Before its tracking items (plugin 1.12 and older) the plugin kept one parcel in ``_aftership_tracking_number``,
+    the courier's slug in ``_aftership_tracking_provider`` and its name in ``_aftership_tracking_provider_name``;
+    orders shipped then still carry only those. The link names the courier by its slug, she reads its name."""
     sc = scenario(sqlite_url, "woocommerce", journeys={"delivery": {}}, store_settings={"templates": TEMPLATES_WITH_LINK})
     order = WOOCOMMERCE.order(1, ASHA, sc.now, cod=False)
     sc.woo("order.created", order)
     sc.later(hours=1)
-    old = [{"id": 771, "key": "_aftership_tracking_provider_name", "value": "india-post"},
+    old = [{"id": 770, "key": "_aftership_tracking_provider", "value": "india-post"},
+           {"id": 771, "key": "_aftership_tracking_provider_name", "value": "India Post"},
            {"id": 772, "key": "_aftership_tracking_number", "value": "EE123456789IN"}]
     sc.woo("order.updated", _shipped_with(order, sc.now, old))
     sc.later(minutes=10)
     assert [s.params for s in sc.sent(ASHA) if s.template == "shipped_link_v1"] == [
-        ("#7301", "india-post", "EE123456789IN", "https://track.aftership.com/india-post/EE123456789IN")]
+        ("#7301", "India Post", "EE123456789IN", "https://track.aftership.com/india-post/EE123456789IN")]

@@ -30,7 +30,7 @@ from adapters._parse import (
 )
 from adapters.cod_gateways import is_cod as is_cod_gateway
 from adapters.woocommerce import carts
-from connector.config import WooCommerceStore
+from connector.config import WooCommerceStore, provider_slug
 from connector.contacts import normalize_phone
 from connector.errors import NormalizationError
 from connector.events import (
@@ -203,22 +203,32 @@ def _tracking_items(o: Body) -> list[dict[str, Any]]:
 
 def _aftership_items(o: Body) -> list[dict[str, Any]]:
     """The AfterShip plugin's parcels as Shipment Tracking items: ``_aftership_tracking_items`` (courier
-    ``slug``, ``tracking_number``), or in its older meta one parcel in ``_aftership_tracking_number`` and
+    ``slug``, ``tracking_number``), or in its older meta one parcel in ``_aftership_tracking_number``, the
+    courier's slug in ``_aftership_tracking_provider`` (its meta box's select) and its display name in
     ``_aftership_tracking_provider_name``. Its items carry no link: the plugin's own tracking page (its
-    default domain) is the link, unless the store lists a format for the courier (``tracking_links``)."""
+    default domain) is the link, which names the courier by its slug, unless the store lists a format for
+    the courier (``tracking_links``); the courier shown is its name when the meta gives one."""
     meta = {m.get("key"): m.get("value") for _, m in get_objects(o, "meta_data") if str(m.get("key") or "").startswith("_aftership_")}
     listed = meta.get(AFTERSHIP_META)
     if isinstance(listed, list) and listed:
-        found = [(i.get("slug"), i.get("tracking_number")) for i in listed if isinstance(i, dict)]
+        found = [(i.get("slug"), None, i.get("tracking_number")) for i in listed if isinstance(i, dict)]
     else:
-        found = [(meta.get("_aftership_tracking_provider_name"), meta.get("_aftership_tracking_number"))]
+        found = [(meta.get("_aftership_tracking_provider"), meta.get("_aftership_tracking_provider_name"),
+                  meta.get("_aftership_tracking_number"))]
     items = []
-    for raw_slug, raw_number in found:
-        slug, number = (str(v).strip() if isinstance(v, (str, int)) and not isinstance(v, bool) else "" for v in (raw_slug, raw_number))
+    for raw_slug, raw_name, raw_number in found:
+        slug, name, number = (_meta_text(v) for v in (raw_slug, raw_name, raw_number))
+        if not slug and name and provider_slug(name) == name:
+            slug = name  # a name field holding a slug ("india-post"): what some older saves wrote
         if number:
             page = f"{AFTERSHIP_PAGE}/{quote(slug, safe='')}/%1$s" if slug else None
-            items.append({"tracking_provider": slug, "tracking_number": number, "default_link": page})
+            items.append({"tracking_provider": name or slug, "tracking_number": number, "default_link": page})
     return items
+
+
+def _meta_text(value: Any) -> str:
+    """A meta value as text ("" for none, a list, a bool)."""
+    return str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
 
 
 def _ships(o: Body) -> bool:

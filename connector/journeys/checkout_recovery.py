@@ -232,6 +232,15 @@ class CheckoutRecovery:
         return []
 
     @staticmethod
+    def resumed(run: Run, paused: timedelta) -> dict[str, Any]:
+        """The order was restored after ``paused`` in the bin (``runner.on_restored``): the ladder's steps are
+        reckoned from ``abandoned_at`` (``_remind``), which moves by as much as the run's timer does, so the steps
+        still to come keep their spacing (not two due at once, the first of them skipped as ``superseded``)."""
+        if not run.state.get("abandoned_at"):
+            return {}
+        return {"abandoned_at": (datetime.fromisoformat(run.state["abandoned_at"]) + paused).isoformat()}
+
+    @staticmethod
     def discount_steps(config: CheckoutRecoveryConfig) -> frozenset[str]:
         """The steps whose reminder carries ``discount.code`` (``_remind``): from ``discount_from_step`` on,
         and none without a ``discount_code``. A template of another step that binds it is never sent (each

@@ -82,9 +82,10 @@ AFTER_DEADLINE = ("no_answer", "opted_out", "not_reached")
 CALL_ASKED = ("opted_out", "not_reached")  # of those, the ones a hand-off asked a person to call her about
 # WooCommerce statuses of an order whose checkout is not done: the COD gateway moves it on (``_checkout_done``)
 BEFORE_CHECKOUT = ("pending", "checkout-draft")
-# WooCommerce statuses no confirm_status may name: before processing, where COD orders arrive (on-hold at most), and
-# a status write-back never moves an order back (adapters/woocommerce/client.py ``refusal``)
-NEVER_CONFIRMED_INTO = ("pending", "on-hold")
+# WooCommerce statuses before processing, where the COD gateway puts its orders (on-hold with a downloadable item): a
+# status write-back never moves an order back (adapters/woocommerce/client.py ``refusal``), so a confirm_status among
+# them works only for COD orders that arrive before it (pending, a plugin's own status): ``check-config`` warns
+BEFORE_PROCESSING = ("pending", "on-hold")
 
 
 def shipped_event(event: Any) -> bool:
@@ -123,17 +124,7 @@ class CodConfirmationConfig(JourneyConfig):
     @classmethod
     def _status_as_woocommerce_reports_it(cls, value: str | None) -> str | None:
         """'wc-Processing' and 'processing' are one status: kept as an order's status reads (``_store_confirmed``)."""
-        status = (value.strip().lower().removeprefix("wc-") or None) if value is not None else None
-        if status in NEVER_CONFIRMED_INTO:
-            # WooCommerce's COD gateway leaves its orders in processing (on-hold with a downloadable item), and a
-            # status write-back never moves an order back: every Confirm would be a failed write-back and a hand-off
-            raise ValueError(f"{status!r} comes before processing, where WooCommerce's COD gateway puts its orders (on-hold "
-                             "only with a downloadable item): a Confirm would move the order back from processing, which "
-                             "the store write-back refuses (a failed write-back and a hand-off for every Confirm), or leave "
-                             "an on-hold order as it is. Use 'processing' (for COD orders kept on-hold until confirmed, "
-                             "the Cash on Delivery gateway's woocommerce_cod_process_payment_order_status filter), a "
-                             "status a plugin adds, or leave it unset (Confirm tags the order with confirm_tag)")
-        return status
+        return (value.strip().lower().removeprefix("wc-") or None) if value is not None else None
     confirm_payloads: tuple[str, ...] = ("cod_confirm",)
     cancel_payloads: tuple[str, ...] = ("cod_cancel",)
     cancel_reasons: dict[str, str] = Field(
@@ -185,6 +176,20 @@ class CodConfirmation:
         """The steps whose message carries ``discount.code`` (``_confirm``): the prepaid offer, only with a
         ``prepaid_discount_code``. A template that binds it without one is never sent: ``check-config`` warns."""
         return frozenset({"prepaid_offer"}) if config.prepaid_discount_code else frozenset()
+
+    @staticmethod
+    def warnings(config: CodConfirmationConfig) -> list[str]:
+        """Settings that load but fail on many stores (``check-config``, the log at start): a ``confirm_status``
+        before processing. Warned, not refused: a store whose COD orders arrive pending or in a plugin's status
+        moves them forward to it, which works."""
+        if config.confirm_status not in BEFORE_PROCESSING:
+            return []
+        return [f"confirm_status {config.confirm_status!r} comes before processing: a COD order that arrives in processing "
+                "(WooCommerce's Cash on Delivery gateway's default) cannot be moved back to it, so each Confirm of one is a "
+                "failed status write-back and a hand-off for the COD desk" + (", and an order already on hold is left as it "
+                "is" if config.confirm_status == "on-hold" else "") + ". It works only when your COD orders arrive pending or "
+                "in a status a plugin adds; otherwise use 'processing' (with COD orders kept on hold until confirmed: the "
+                "gateway's woocommerce_cod_process_payment_order_status filter), or leave it unset (Confirm tags the order)"]
 
     @staticmethod
     def resumed(run: Run, paused: timedelta) -> dict[str, Any]:
@@ -241,7 +246,8 @@ class CodConfirmation:
                     return []  # it matched no message, and this is not the one order it can mean
             if waiting and event.payload in config.cancel_reasons:
                 return self._with_reason(run, facts, config.cancel_reasons[event.payload])
-            return self._reply(event, run, facts, config, now)
+            commands = self._reply(event, run, facts, config, now)
+            return commands + self._restored_news(event, run, facts, config, commands)
         if isinstance(event, ev.MessageReceived) and self._answers_question(event, run, facts):
             case = facts.extra.get("handed_off")  # the case her words opened or joined (the runner's id for it)
             known = {"case_id": case} if type(case) is int else {}
@@ -548,6 +554,25 @@ class CodConfirmation:
         tapped = "Confirm" if confirm else "Cancel"
         reason = f"customer tapped {tapped} on WhatsApp: COD order {self._order_name(run, facts)} {done}; no need to call them"
         return [Handoff(reason, waits=False, only_open=True, case=state.get("case_id"))]
+
+    def _restored_news(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig,
+                       commands: list[Command]) -> list[Command]:
+        """A tap she made while the order lay in the bin, decided again now the store restored it
+        (``heard_in_bin``; ``runner.on_restored``): then it met a cancelled order (a Confirm went to a person, "after
+        the store cancelled it"; a Cancel did nothing). The run's case, if a person still has it open, hears what the
+        tap does now, so nobody calls her or re-creates the order for nothing. Nothing when it hands off anew."""
+        if not facts.extra.get("heard_in_bin") or any(isinstance(c, Handoff) for c in commands):
+            return []
+        chosen = next((c.state["choice"] for c in commands if isinstance(c, Update) and "choice" in c.state), None)
+        if chosen in ("confirmed", "confirmed_late"):
+            done = f"it is confirmed now (tagged {config.confirm_tag}): nothing to restore or re-create"
+        elif chosen == "cancelled":
+            done = "it is cancelled now" if config.cancel_action == "cancel" else f"it is tagged {config.cancelled_tag} now"
+        else:
+            done = "it changes nothing now"
+        tapped = "Confirm" if event.payload in config.confirm_payloads else "Cancel"
+        return [Handoff(f"COD order {self._order_name(run, facts)} was restored from the bin: the customer's {tapped} tap, made "
+                        f"while it was there, counts: {done}", waits=False, only_open=True)]
 
     def _against(self, run: Run, facts: Facts, confirm: bool) -> str | None:
         """What a tap goes against, as a person reads it: a Cancel after a Confirm (hers or the

@@ -265,7 +265,8 @@ class Journey(Protocol):
     retention empties them in runs finished longer ago than ``worker.conversation_retention_days``), and
     ``resumed(run, paused)`` (the store restored the run's order after ``paused`` in the bin: the runner puts
     the run back as the bin found it, its timer later by ``paused``; this returns the state updates that move
-    the times the run keeps of its own by as much; ``runner.on_restored``)."""
+    the times the run keeps of its own by as much; ``runner.on_restored``), and ``warnings(config)``
+    (settings that load but fail on many stores: ``check-config`` says them, and the log at start)."""
 
     name: ClassVar[str]
     config_model: ClassVar[type[JourneyConfig]]

@@ -21,9 +21,10 @@ and an older one heard after it starts finished. A newer try that replaces one w
 from it (``continues``, as ``checkout_recovery`` has it: one purchase, counted once by the report), so her paying
 it, even before its own reminder, is the older reminder's recovery (``_taking_over``). The run keeps listening after its reminder is
 queued, until that time is up, so a reminder still held (quiet hours, the one-message line) is
-withdrawn when she replaces the order before it goes. A cancel or a bin withdraws a reminder still held after
-the run has ended too (``_withdraw_held``: with ``after_minutes`` of a day or more the run ends as it queues its
-reminder, which quiet hours may then hold till morning). A newer try cancelled before its reminder
+withdrawn when she replaces the order before it goes. Whatever ends an active run (a cancel or a bin, a payment
+authorized, an order moved to a bank transfer) withdraws a reminder still held after the run has ended too, once
+(``_withdraw_held``: with ``after_minutes`` of a day or more the run ends as it queues its reminder, which quiet
+hours may then hold till morning). A newer try cancelled before its reminder
 does not bring the older one back: she or the store called the purchase off, and the older try
 is as stale (WooCommerce cancels unpaid orders after its hold-stock minutes, the oldest first).
 
@@ -69,7 +70,9 @@ from connector.journeys._common import (
     awaits_payment, cancelled_order, continued, deleted_order, end_for_deleted_order, order_context, pay_reminder_takes, unpaid_order,
     withdraw_for_cancel,
 )
-from connector.journeys.engine import Command, Facts, Finish, JourneyConfig, OrderFacts, Run, Send, Start, TimerFired, Update, Wake
+from connector.journeys.engine import (
+    Command, Facts, Finish, JourneyConfig, OrderFacts, Run, Send, Start, TimerFired, Update, Wake, Withdraw,
+)
 from connector.journeys.payment_terms import chase_from, terms_of
 
 STALLED = ("pending", "failed")  # not "authorized": paid as far as the customer knows
@@ -144,10 +147,7 @@ class PaymentRecovery:
                     Finish("paid_before_reminder", skip_waiting=True)]
         if not active:
             return _withdraw_held(event, run, facts)
-        if isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) or (o is not None and (o.payment_state not in STALLED or o.cancelled
-                                                                                      or not o.payment_url)):
-            # cancelled, paid as she knows (authorized), or no longer payable by its link (a WooCommerce order she
-            # moved to a bank transfer or cheque on the pay page: on-hold, as one placed so, which is never chased)
+        if _stops(event, o):
             if run.state.get("reminded"):  # the reminder, if still held, goes no further
                 return [Wake(None), Finish("closed")]
             paid = isinstance(event, ev.OrderPaid) or (o is not None and o.payment_state == "paid")
@@ -165,12 +165,26 @@ class PaymentRecovery:
         return []
 
 
+def _stops(event: Any, o: OrderFacts | None) -> bool:
+    """Whether the event ends the chase of its order: cancelled, paid as she knows (authorized), or no longer
+    payable by its link (a WooCommerce order she moved to a bank transfer or cheque on the pay page: on-hold,
+    as one placed so, which is never chased)."""
+    return isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) or (
+        o is not None and (o.payment_state not in STALLED or o.cancelled or not o.payment_url))
+
+
 def _withdraw_held(event: Any, run: Run, facts: Facts) -> list[Command]:
-    """A cancel or a bin reaching a run that has ended unpaid after its reminder was queued: the reminder may
-    still be held past the run's last day (an ``after_minutes`` of a day or more, so the run ends as it queues
-    it, then quiet hours; the one-message line; a restriction), and must not ask her to pay a cancelled order."""
-    if run.state.get("reminded") and not run.state.get("paid") and cancelled_order(event, facts):
+    """An event about the order reaching a run that has ended unpaid after its reminder was queued: the reminder
+    may still be held past the run's last day (an ``after_minutes`` of a day or more, so the run ends as it queues
+    it, then quiet hours; the one-message line; a restriction). For every reason an active run stops (``_stops``:
+    a cancel or a bin, a payment authorized, an order moved to a bank transfer) it is withdrawn, once, so she is
+    not asked to pay for an order she called off, has paid or pays otherwise."""
+    if not run.state.get("reminded") or run.state.get("paid") or run.state.get("withdrawn"):
+        return []
+    if cancelled_order(event, facts):
         return withdraw_for_cancel(run)
+    if not run.state.get("cancelled") and _stops(event, facts.order):
+        return [Update({"withdrawn": True}), Withdraw()]
     return []
 
 

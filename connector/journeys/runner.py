@@ -96,6 +96,10 @@ REPEATS = "_repeats"  # run state: {step: its highest Send.occurrence}, so the r
 # order is restored (``JourneyRunner.on_restored``); what the bin withdrew is skipped as ``BINNED_SKIP``
 BINNED = "_binned"
 BINNED_SKIP = "order_binned"
+# in ``BINNED``: the customer's replies (taps, words) the run heard while its order lay in the bin, each as
+# ``{"event": ..., "handed_off": case id}``: its decision then saw a cancelled order; ``on_restored`` has the
+# journey decide them again on the restored run (``facts.extra["heard_in_bin"]``), so her answer counts
+HEARD = "heard"
 
 
 def _step_keys(store: Any, journey: str, subject: str, state: dict[str, Any] | None = None) -> list[str]:
@@ -500,6 +504,26 @@ def _requeue_binned(conn: Connection, store: Any, store_id: int, journey: str, s
                                             "updated_at": now})
 
 
+def _heard_in_bin(found: tuple[int, Run, bool] | None, event: Any, facts: Facts) -> dict[str, Any] | None:
+    """What a run whose order lies in the bin keeps of an event, to decide it again if the order is restored:
+    a reply of hers (a tap, words). None for anything else, a run not binned, and a tap matched to none of our
+    messages (``reached_runs``: which order she meant is a person's question already)."""
+    if found is None or BINNED not in found[1].state or not isinstance(event, (ev.ButtonReplied, ev.MessageReceived)) \
+            or "reached_runs" in facts.extra:
+        return None
+    case = facts.extra.get("handed_off")
+    return {"event": ev.dump_events([event])[0], **({"handed_off": case} if type(case) is int else {})}
+
+
+def _keep_heard(found: tuple[int, Run, bool], heard: dict[str, Any]) -> tuple[int, Run, bool]:
+    """The binned run with ``heard`` added to what it heard in the bin (``HEARD``)."""
+    state = dict(found[1].state)
+    binned = dict(state[BINNED])
+    binned[HEARD] = [*binned.get(HEARD, ()), heard]
+    state[BINNED] = binned
+    return found[0], replace(found[1], state=state), found[2]
+
+
 class JourneyRunner:
     def on_event(self, conn: Connection, store: Any, store_id: int, event: Any, contact_id: int | None, now: datetime,
                  *, moves_stage: bool = True) -> int:
@@ -577,8 +601,12 @@ class JourneyRunner:
             for target, found, seen in _sharing_the_order(journey, event, targets):
                 seen = _with_writebacks(conn, store_id, journey, name, event, target, found, seen, config)
                 commands = journey.decide(event, found[1] if found else None, seen, config, now)
+                heard = _heard_in_bin(found, event, seen)
+                if heard is not None:  # its order is in the bin: kept, to be decided again if it is restored
+                    assert found is not None
+                    found = _keep_heard(found, heard)
                 applied += self._apply(conn, store, store_id, name, target, found, commands, seen, config, now,
-                                       binned=isinstance(event, ev.OrderDeleted))
+                                       binned=isinstance(event, ev.OrderDeleted), rewrite_state=heard is not None)
         return applied
 
     def on_restored(self, conn: Connection, store: Any, store_id: int, subject: str, now: datetime) -> int:
@@ -587,13 +615,15 @@ class JourneyRunner:
         clock stood still while the order lay in the bin: its timer moves by as long (a journey that keeps
         times of its own moves them too: ``resumed(run, paused)``), so she gets the same time to answer and
         no burst of overdue reminders. What the bin withdrew (a message held for quiet hours, a retry) is
-        queued again, the same row: nothing already sent goes out twice. Returns how many runs went on."""
+        queued again, the same row: nothing already sent goes out twice. What she answered while it lay
+        there (a Confirm tap, decided then on a cancelled order) is decided again on the run as it goes on
+        (``_decide_heard``), so it counts. Returns how many runs went on."""
         resumed = 0
-        for name in store.enabled_journeys():
+        for name, config in store.enabled_journeys().items():
             found = _run(conn, store_id, name, subject)
             if found is None or BINNED not in found[1].state:
                 continue
-            run_id, run, _holdout = found
+            run_id, run, holdout = found
             then = run.state[BINNED]
             paused = max(now - datetime.fromisoformat(then["at"]), timedelta(0))
             due = datetime.fromisoformat(then["next_due_at"]) + paused if then.get("next_due_at") else None
@@ -605,8 +635,27 @@ class JourneyRunner:
             update_by_id(conn, RUNS, run_id, {"status": before.status, "state": state, "next_due_at": due, "updated_at": now})
             _requeue_binned(conn, store, store_id, name, subject, state, paused, now)
             log.info("journey run goes on: its order was restored", extra={"journey": name})
+            self._decide_heard(conn, store, store_id, name, config, (run_id, replace(before, state=state), holdout),
+                               then.get(HEARD) or (), now)
             resumed += 1
         return resumed
+
+    def _decide_heard(self, conn: Connection, store: Any, store_id: int, name: str, config: Any, found: tuple[int, Run, bool],
+                      heard: Any, now: datetime) -> None:
+        """The replies a run heard while its order lay in the bin (``HEARD``), decided again, in order, on the run
+        as it goes on, with the order as it is now (restored): the journey is told so (``heard_in_bin``), to say
+        so to a case the first decision opened. Her words' case (``handed_off``) is the one they went to then."""
+        journey = journeys().get(name)
+        if journey is None:
+            return
+        for kept in heard:
+            [event] = ev.load_events([kept["event"]])
+            facts = _facts(conn, store, store_id, event, found[1].contact_id, found[1].subject, now)
+            extra = {**facts.extra, "heard_in_bin": True, **({"handed_off": kept["handed_off"]} if "handed_off" in kept else {})}
+            seen = _with_writebacks(conn, store_id, journey, name, event, found[1].subject, found, replace(facts, extra=extra), config)
+            commands = journey.decide(event, found[1], seen, config, now)
+            self._apply(conn, store, store_id, name, found[1].subject, found, commands, seen, config, now)
+            found = _found_run(conn, store_id, name, found[1].subject)
 
     def on_timers(self, conn: Connection, store: Any, store_id: int, now: datetime, limit: int = 100,
                   stop: Callable[[], bool] | None = None, *, isolate: bool = False) -> int:
@@ -687,13 +736,15 @@ class JourneyRunner:
 
         ``fired``: a timer fired this run; its ``next_due_at`` is cleared (fire once) in the
         same UPDATE, unless a ``Wake`` sets it again. ``rewrite_state``: the run's stored state
-        differs from ``found``'s (a parked run's failure record is dropped), so it is written.
-        ``binned``: the commands answer the order's bin (``OrderDeleted``): the run as it was is kept
+        differs from ``found``'s (a parked run's failure record is dropped, a binned run keeps a reply
+        it heard: ``HEARD``), so it is written, with or without commands. ``binned``: the commands answer the order's bin (``OrderDeleted``): the run as it was is kept
         (``BINNED``), and what they withdraw is skipped as ``BINNED_SKIP``, for ``on_restored``.
         """
         if not commands:
             if fired and found is not None:
                 update_by_id(conn, RUNS, found[0], {"next_due_at": None, **({"state": dict(found[1].state)} if rewrite_state else {})})
+            elif rewrite_state and found is not None:
+                update_by_id(conn, RUNS, found[0], {"state": dict(found[1].state), "updated_at": now})
             return 0
         run_id = found[0] if found else None
         holdout = found[2] if found else False
