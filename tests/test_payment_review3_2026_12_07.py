@@ -34,8 +34,6 @@ def products(order: dict[str, Any], *ids: int) -> dict[str, Any]:
 
 # ---- 1. one order credited twice ------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="d776e25: a paid order that is a later try at two reminded orders credits both pay runs "
-                                       "with its whole revenue (no one-run rule as checkout_recovery's credits_one_run)")
 def test_one_order_paying_for_two_reminded_orders_is_credited_once(sqlite_url, scenario, world):
     """10:30 #5001 (face wash) and 10:40 #5002 (toner) are left pending; each gets its pay link. At 12:20 she places and
     pays #5003 with both (INR 1500). One payment of INR 1500 came in: the report credits the reminders with INR 1500,

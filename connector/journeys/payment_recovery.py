@@ -60,7 +60,7 @@ An order taken at the store's till (Shopify POS) is settled in person: no remind
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -76,6 +76,7 @@ from connector.journeys.engine import (
 from connector.journeys.payment_terms import chase_from, terms_of
 
 STALLED = ("pending", "failed")  # not "authorized": paid as far as the customer knows
+_NEVER = datetime.min.replace(tzinfo=timezone.utc)  # ranks a run with no reminder out below any that had one (``_credited``)
 REPLACED_WITHIN = timedelta(days=1)  # a later order this soon after this one, with a product of it, is her second try
 
 
@@ -98,6 +99,7 @@ class PaymentRecovery:
     template_steps: ClassVar[tuple[str, ...]] = ("remind",)
     accepts_holdout: ClassVar[bool] = True  # a control run only misses its reminder: lift can be measured
     credits_sent_reminders: ClassVar[bool] = True  # a payment reaching a reminded run: facts.extra["reminders_sent"]
+    credits_one_run: ClassVar[bool] = True  # a paid order reaching several runs: facts.extra["order_runs"] (``_credited``)
     follows_contact: ClassVar[bool] = True  # her later order reaches her waiting runs: it may replace theirs (``_replaced``)
     # placed, and paid later: a WooCommerce retry is created pending and paid by an update (replies are not this journey's)
     contact_events: ClassVar[tuple[type, ...]] = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)
@@ -290,10 +292,35 @@ def _credit_try(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfi
     if not _paid_try(event, run):
         return {}
     o = event.order
+    credited = _credited(event, facts)
+    if credited not in (None, run.subject):  # one order, one recovery: another reminded try of hers takes it
+        return {"credited_to": credited}
     sent = facts.extra.get("reminders_sent")
     recovered = _within_window(sent, o.updated_at, config)
     return {"paid": True, "order_id": o.external_id, "recovered": recovered, "revenue": str(o.total) if recovered else "0",
             "currency": o.currency}
+
+
+def _credited(event: Any, facts: Facts) -> str | None:
+    """The one run a paid order credits when it reaches several of her reminded runs (``facts.extra["order_runs"]``,
+    as ``checkout_recovery._credited``: one order pays for her two unpaid orders, each reminded): its own order's run
+    when she paid the reminded order itself; else the run whose reminder went out last before the payment (the one
+    that brought her back, as the report gives a cart's order to the pay reminder that came after it), then the
+    newest. None: the order reaches one run that it can credit, which it credits."""
+    o = event.order
+    own = f"order:{o.external_id}"
+    runs = [(r, sent) for r, sent in facts.extra.get("order_runs") or ()
+            if (r.subject == own and _reminded(r) and not r.state.get("paid")) or _paid_try(event, r)]
+    if len(runs) < 2:
+        return None
+    if any(r.subject == own for r, _sent in runs):
+        return own
+
+    def rank(item: tuple[int, tuple[Run, tuple[datetime, ...] | None]]) -> tuple[datetime, int]:
+        i, (_r, sent) = item
+        return max((t for t in sent or () if t <= o.updated_at), default=_NEVER), i
+
+    return max(enumerate(runs), key=rank)[1][0].subject
 
 
 def _reminded(run: Run) -> bool:
