@@ -1,6 +1,6 @@
 """Third review of 2026-12-07: what the weekly report credits the pay reminder with (merge 01b4a50: d776e25, 145d350).
 
-Each test proves a fault a store owner reads in the report; they are marked xfail(strict=True) until fixed:
+Each test proves a fault a store owner read in the report (each was a strict xfail until its fix):
 
 1. One order credited twice: her paid order that is a new try at two purchases the pay reminder chased (two unpaid
    orders, each reminded), or at one it chased while the cart ladder chased its checkout, is recovered revenue twice.
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
-
-import pytest
 
 from tests.conftest import sqlite_template  # noqa: F401
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401
@@ -50,9 +48,6 @@ def test_one_order_paying_for_two_reminded_orders_is_credited_once(sqlite_url, s
     assert conversion(sc)["payment_recovered_revenue"] == {"INR": "1500.00"}
 
 
-@pytest.mark.xfail(strict=True, reason="d776e25: her paid new try credits the pay reminder (order_id: the new order) and the "
-                                       "cart reminder of its checkout; _not_paid_by_reminder only looks for a pay run of "
-                                       "that order's own subject")
 def test_an_order_recovered_by_a_cart_reminder_is_not_also_the_pay_reminders_revenue(sqlite_url, scenario, world):
     """#5001 is left pending at 10:30; its pay link reaches her at 11:30. She starts checkout B, leaves it, and its cart
     reminder reaches her; she then pays B as #5002 (INR 899). One order, one INR 899: the report credits it once, to
@@ -73,8 +68,6 @@ def test_an_order_recovered_by_a_cart_reminder_is_not_also_the_pay_reminders_rev
 
 # ---- 2. she pays the reminded order itself after a newer try ---------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="145d350: the older run records the recovery, but _one_per_checkout drops it as taken "
-                                       "over by the newer try's run (continues), which stays unpaid")
 def test_paying_the_reminded_order_after_a_newer_unpaid_try_is_a_recovery(sqlite_url, scenario, world):
     """#7301's card is declined; its pay link reaches her. Half an hour on she checks out again (#7302, pending), then
     pays #7301 through the link she got. The reminder recovered a payment: the report says so (it said 0 recovered and
@@ -95,9 +88,6 @@ def test_paying_the_reminded_order_after_a_newer_unpaid_try_is_a_recovery(sqlite
 
 # ---- 3. one reminder, two weeks ---------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="145d350: the newer try's run counts the older run's reminder (continues) in the week "
-                                       "it started, while the older run still counts in its own week: _one_per_checkout "
-                                       "dedupes only within one week's runs")
 def test_a_second_try_after_midnight_on_sunday_counts_its_reminder_once(sqlite_url, scenario, world):
     """Sunday 20:00 #7301's card is declined; its pay link reaches her at 21:00. At 00:30 on Monday (the next week) she
     checks out again (#7302, pending) and pays it. One purchase, one reminder: the two weeks' reports together count
