@@ -106,3 +106,20 @@ def test_a_second_try_after_midnight_on_sunday_counts_its_reminder_once(sqlite_u
     assert pay_reminders(sc) == ["#7301"]
     weeks = [sc.report(w)["stages"]["conversion"]["metrics"] for w in ("2026-W47", "2026-W48")]
     assert sum(w["payments_reminded"] for w in weeks) == 1
+
+
+def test_paying_the_reminded_order_ends_the_newer_try_that_went_on_from_it(sqlite_url, scenario, world):
+    """As above: #7301 reminded, #7302 (pending) goes on from it, then she pays #7301 through its link. She has paid
+    for the purchase: #7302 gets no pay link asking her to pay it again (it got one an hour after it was placed)."""
+    sc = start(sqlite_url, scenario, "woocommerce")
+    first = unpaid(1, sc.now)
+    sc.woo("order.created", first)
+    sc.later(hours=1, step=timedelta(minutes=10))
+    sc.later(minutes=30)
+    sc.woo("order.created", unpaid(2, sc.now, status="pending"))
+    sc.later(minutes=10)
+    sc.woo("order.updated", paid(first, sc.now))
+    sc.later(days=2)
+    assert pay_reminders(sc) == ["#7301"]
+    c = conversion(sc)
+    assert (c["payments_stalled"], c["payments_recovered"], c["lost"]) == (1, 1, 0)

@@ -19,7 +19,8 @@ cash on delivery or a bank transfer credits nothing: no payment yet). Her later 
 time, a try this journey chases) replaces it too (``replaced``): only her newest try is chased,
 and an older one heard after it starts finished. A newer try that replaces one whose reminder was queued goes on
 from it (``continues``, as ``checkout_recovery`` has it: one purchase, counted once by the report), so her paying
-it, even before its own reminder, is the older reminder's recovery (``_taking_over``). The run keeps listening after its reminder is
+it, even before its own reminder, is the older reminder's recovery (``_taking_over``). Her paying the older try itself then
+ends the newer one (``replaced_by_order``, its reminder withdrawn): she has paid (``_older_try_paid``). The run keeps listening after its reminder is
 queued, until that time is up, so a reminder still held (quiet hours, the one-message line) is
 withdrawn when she replaces the order before it goes. Whatever ends an active run (a cancel or a bin, a payment
 authorized, an order moved to a bank transfer) withdraws a reminder still held after the run has ended too, once
@@ -263,6 +264,8 @@ def _replaced(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig)
     if run.status != "active" or not isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)):
         return []
     o = event.order
+    if _older_try_paid(o, run):
+        return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced_by_order", skip_waiting=True)]
     if o.cancelled_at is not None or not _later_try(_placed(run), _run_products(run), o.created_at, _products(o)):
         return []
     if o.is_cod or o.payment_state in ev.PAID_AS_SHE_KNOWS or _paid_otherwise(o):
@@ -271,6 +274,14 @@ def _replaced(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig)
     if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and _chase_from(event, facts, config) is not None:
         return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced", skip_waiting=True)]
     return []
+
+
+def _older_try_paid(o: ev.Order, run: Run) -> bool:
+    """Whether ``o`` is the older try this run goes on from (``continues``), now paid (or her card authorised):
+    she paid the reminded order itself after placing this newer one, so nobody asks her to pay this one too
+    (the older run records the recovery; the report counts the purchase once, as that run)."""
+    return f"order:{o.external_id}" in continued(run.state) and o.cancelled_at is None and not o.is_cod \
+        and o.payment_state in ev.PAID_AS_SHE_KNOWS
 
 
 def _paid_try(event: Any, run: Run) -> bool:
