@@ -25,7 +25,8 @@ Stages and what counts (runs are counted in the week they started):
   came, ``payment_recovery.stalled``; recovered: paid, or her card authorised, within the payment journey's
   ``attribution_days`` after its reminder went out, on the order or on her new try at the same purchase, whose
   revenue it is then; a payment made before the reminder went out is none: ``payment_recovery.recovered``; her newer
-  unpaid try that went on from a reminded one is the same stalled payment, counted once). An order the store has since cancelled, voided or
+  unpaid try that went on from a reminded one is the same stalled payment, counted once, in the older try's week, recovered
+  if she paid either: ``_one_per_purchase``). An order the store has since cancelled, voided or
   refunded, or whose payment failed (as the orders table has it at report time, whatever order
   the webhooks came in) recovered nothing: it is left out of the count and the revenue (and of
   the lift's conversions); so is a checkout's order still waiting for a payment that is not cash
@@ -170,10 +171,29 @@ def _iso(value: Any) -> datetime | None:
 
 def _one_per_checkout(runs: list[Any]) -> list[Any]:
     """A cart that became an unpaid order is one checkout: the order's run, which went on with the
-    cart's ladder (``continues``), counts; the cart's own run does not count again. So is her newer unpaid
-    try at a purchase whose pay reminder was queued one stalled payment (``payment_recovery._taking_over``)."""
+    cart's ladder (``continues``), counts; the cart's own run does not count again."""
     taken_over = {s for r in runs for s in continued(r.state)}
     return [r for r in runs if r.subject not in taken_over] if taken_over else runs
+
+
+def _one_per_purchase(conn: Connection, store_id: int, runs: list[Any], p: Period) -> list[Any]:
+    """Her newer unpaid try at a purchase whose pay reminder was queued goes on from the older try's run
+    (``continues``, ``payment_recovery._taking_over``): one stalled payment, counted once, in the week of
+    the oldest run of the chain (the one first reminded), as the run whose outcome stands for it: the one
+    paid, if she paid one of the tries (the reminded order itself, or the newer try), else the newest. So a
+    newer try that started the next week counts in this week (its run read by her contact), and one that goes
+    on from a run of an earlier week counts there, not here."""
+    subjects = {r.subject for r in runs}
+    chained = {r.contact_id for r in runs if r.contact_id is not None and stalled(r.state)}
+    later = [r for r in _contacts_payment_runs(conn, store_id, chained, since=p.end)
+             if any(s in subjects for s in continued(r.state))]
+    chains: dict[str, list[Any]] = {}
+    for r in [*runs, *later]:
+        oldest = (r.subject, *continued(r.state))[-1]  # continues, then continues_also: the oldest last
+        if oldest in subjects:  # else the chain began in an earlier week: counted there
+            chains.setdefault(oldest, []).append(r)
+    return [max(chain, key=lambda r: (pay_recovered(r.state), bool(r.state.get("paid")), len(continued(r.state))))
+            for chain in chains.values()]
 
 
 # which of a journey's runs its funnel and lift count: a checkout still open at its abandonment time, a
@@ -181,11 +201,15 @@ def _one_per_checkout(runs: list[Any]) -> list[Any]:
 COHORT = {"checkout_recovery": was_abandoned, "payment_recovery": stalled}
 
 
-def _cohort(journey: str, runs: list[Any]) -> list[Any]:
-    """The runs of ``journey`` that reached the point its messages are about (``COHORT``), each checkout once."""
+def _cohort(conn: Connection, store_id: int, journey: str, p: Period) -> list[Any]:
+    """The runs of ``journey`` of the period that reached the point its messages are about (``COHORT``), each
+    checkout once, each stalled payment once (``_one_per_purchase``)."""
+    runs = _runs(conn, store_id, journey, p)
     counts = COHORT.get(journey)
-    if journey in ("checkout_recovery", "payment_recovery"):  # her newer unpaid try went on from the older one: one payment
+    if journey == "checkout_recovery":  # a cart that became an unpaid order: one checkout
         runs = _one_per_checkout(runs)
+    elif journey == "payment_recovery":  # her newer unpaid try went on from the older one: one payment
+        runs = _one_per_purchase(conn, store_id, runs, p)
     return runs if counts is None else [r for r in runs if counts(r.state)]
 
 
@@ -297,17 +321,37 @@ def converted(conn: Connection, store_id: int, journey: str, runs: list[Any]) ->
 
 _PAYMENT_RUNS = select(RUNS.c.subject, RUNS.c.state).where(
     RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == "payment_recovery", RUNS.c.subject.in_(bindparam("ss", expanding=True)))
+# the contacts' payment runs, by the (store_id, contact_id) index: a contact's runs are few
+_CONTACTS_PAYMENT_RUNS = select(RUNS.c.subject, RUNS.c.state, RUNS.c.status, RUNS.c.holdout, RUNS.c.started_at, RUNS.c.contact_id).where(
+    RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == "payment_recovery", RUNS.c.contact_id.in_(bindparam("cids", expanding=True)))
+
+
+def _contacts_payment_runs(conn: Connection, store_id: int, contact_ids: set[Any], since: datetime | None = None) -> list[Any]:
+    """The payment runs of these contacts, whatever week they started (or started ``since`` then)."""
+    query = _CONTACTS_PAYMENT_RUNS if since is None else _CONTACTS_PAYMENT_RUNS.where(RUNS.c.started_at >= since)
+    out: list[Any] = []
+    for chunk in _chunks(sorted(contact_ids)):
+        out += conn.execute(query, {"sid": store_id, "cids": chunk}).all()
+    return out
+
+
+def _paid_by_reminder(state: Any) -> bool:
+    return bool((state or {}).get("paid")) and (state or {}).get("recovered") is True
 
 
 def _not_paid_by_reminder(conn: Connection, store_id: int, runs: list[Any]) -> list[Any]:
     """The recovered checkout runs whose order no pay reminder recovered. One order is credited once: a cart
     reminded, then an order left unpaid, then paid after its pay reminder (``payment_recovery``, whatever week
-    its run started) is the pay reminder's, the last before the payment; the cart recovered no revenue of its own."""
+    its run started) is the pay reminder's, the last before the payment; the cart recovered no revenue of its own.
+    So is her new try at a purchase the pay reminder chased, paid, whose credit sits on the older order's run
+    (``order_id``): her contact's payment runs are read for it."""
     subjects = {f"order:{o}" for r in runs if (o := run_order("checkout_recovery", r)) is not None}
     paid: set[str] = set()
     for chunk in _chunks(sorted(subjects)):
-        paid.update(row.subject for row in conn.execute(_PAYMENT_RUNS, {"sid": store_id, "ss": chunk})
-                    if (row.state or {}).get("paid") and (row.state or {}).get("recovered") is True)
+        paid.update(row.subject for row in conn.execute(_PAYMENT_RUNS, {"sid": store_id, "ss": chunk}) if _paid_by_reminder(row.state))
+    contacts = {r.contact_id for r in runs if r.contact_id is not None and run_order("checkout_recovery", r) is not None}
+    paid.update(f"order:{row.state['order_id']}" for row in _contacts_payment_runs(conn, store_id, contacts)
+                if _paid_by_reminder(row.state) and row.state.get("order_id"))
     return [r for r in runs if f"order:{run_order('checkout_recovery', r)}" not in paid]
 
 
@@ -384,11 +428,11 @@ def reminded(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> 
 
 
 def conversion(conn: Connection, store_id: int, p: Period, currency: str | None = None) -> dict[str, Any]:
-    checkouts = _cohort("checkout_recovery", _runs(conn, store_id, "checkout_recovery", p))
+    checkouts = _cohort(conn, store_id, "checkout_recovery", p)
     reached = reminded(conn, store_id, "checkout_recovery", checkouts)
     standing = _standing(conn, store_id, "checkout_recovery", [r for r in reached if r.state.get("recovered")])
     recovered = _not_paid_by_reminder(conn, store_id, standing)  # the rest are the pay reminders' (and not lost)
-    payments = _cohort("payment_recovery", _runs(conn, store_id, "payment_recovery", p))
+    payments = _cohort(conn, store_id, "payment_recovery", p)
     pay_reminded = reminded(conn, store_id, "payment_recovery", payments)
     # paid within the journey's attribution window after its reminder went out (``payment_recovery.recovered``:
     # not a payment made before the reminder went out, which a reminder already on its way reached after it)
@@ -571,7 +615,7 @@ def lift(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for journey in LIFT_JOURNEYS:
         # runs the journey skipped (the customer was busy elsewhere) were skipped in both groups alike
-        runs = [r for r in _cohort(journey, _runs(conn, store_id, journey, p)) if not r.state.get("skipped")]
+        runs = [r for r in _cohort(conn, store_id, journey, p) if not r.state.get("skipped")]
         if not any(r.holdout for r in runs):
             continue  # no holdout configured (or nobody in it yet): nothing to compare against
         outcome = converted(conn, store_id, journey, runs)

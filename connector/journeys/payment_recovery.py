@@ -19,7 +19,8 @@ cash on delivery or a bank transfer credits nothing: no payment yet). Her later 
 time, a try this journey chases) replaces it too (``replaced``): only her newest try is chased,
 and an older one heard after it starts finished. A newer try that replaces one whose reminder was queued goes on
 from it (``continues``, as ``checkout_recovery`` has it: one purchase, counted once by the report), so her paying
-it, even before its own reminder, is the older reminder's recovery (``_taking_over``). The run keeps listening after its reminder is
+it, even before its own reminder, is the older reminder's recovery (``_taking_over``). Her paying the older try itself then
+ends the newer one (``replaced_by_order``, its reminder withdrawn): she has paid (``_older_try_paid``). The run keeps listening after its reminder is
 queued, until that time is up, so a reminder still held (quiet hours, the one-message line) is
 withdrawn when she replaces the order before it goes. Whatever ends an active run (a cancel or a bin, a payment
 authorized, an order moved to a bank transfer) withdraws a reminder still held after the run has ended too, once
@@ -60,7 +61,7 @@ An order taken at the store's till (Shopify POS) is settled in person: no remind
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -76,6 +77,7 @@ from connector.journeys.engine import (
 from connector.journeys.payment_terms import chase_from, terms_of
 
 STALLED = ("pending", "failed")  # not "authorized": paid as far as the customer knows
+_NEVER = datetime.min.replace(tzinfo=timezone.utc)  # ranks a run with no reminder out below any that had one (``_credited``)
 REPLACED_WITHIN = timedelta(days=1)  # a later order this soon after this one, with a product of it, is her second try
 
 
@@ -98,6 +100,7 @@ class PaymentRecovery:
     template_steps: ClassVar[tuple[str, ...]] = ("remind",)
     accepts_holdout: ClassVar[bool] = True  # a control run only misses its reminder: lift can be measured
     credits_sent_reminders: ClassVar[bool] = True  # a payment reaching a reminded run: facts.extra["reminders_sent"]
+    credits_one_run: ClassVar[bool] = True  # a paid order reaching several runs: facts.extra["order_runs"] (``_credited``)
     follows_contact: ClassVar[bool] = True  # her later order reaches her waiting runs: it may replace theirs (``_replaced``)
     # placed, and paid later: a WooCommerce retry is created pending and paid by an update (replies are not this journey's)
     contact_events: ClassVar[tuple[type, ...]] = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)
@@ -261,6 +264,8 @@ def _replaced(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig)
     if run.status != "active" or not isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)):
         return []
     o = event.order
+    if _older_try_paid(o, run):
+        return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced_by_order", skip_waiting=True)]
     if o.cancelled_at is not None or not _later_try(_placed(run), _run_products(run), o.created_at, _products(o)):
         return []
     if o.is_cod or o.payment_state in ev.PAID_AS_SHE_KNOWS or _paid_otherwise(o):
@@ -269,6 +274,14 @@ def _replaced(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig)
     if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and _chase_from(event, facts, config) is not None:
         return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced", skip_waiting=True)]
     return []
+
+
+def _older_try_paid(o: ev.Order, run: Run) -> bool:
+    """Whether ``o`` is the older try this run goes on from (``continues``), now paid (or her card authorised):
+    she paid the reminded order itself after placing this newer one, so nobody asks her to pay this one too
+    (the older run records the recovery; the report counts the purchase once, as that run)."""
+    return f"order:{o.external_id}" in continued(run.state) and o.cancelled_at is None and not o.is_cod \
+        and o.payment_state in ev.PAID_AS_SHE_KNOWS
 
 
 def _paid_try(event: Any, run: Run) -> bool:
@@ -290,10 +303,35 @@ def _credit_try(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfi
     if not _paid_try(event, run):
         return {}
     o = event.order
+    credited = _credited(event, facts)
+    if credited not in (None, run.subject):  # one order, one recovery: another reminded try of hers takes it
+        return {"credited_to": credited}
     sent = facts.extra.get("reminders_sent")
     recovered = _within_window(sent, o.updated_at, config)
     return {"paid": True, "order_id": o.external_id, "recovered": recovered, "revenue": str(o.total) if recovered else "0",
             "currency": o.currency}
+
+
+def _credited(event: Any, facts: Facts) -> str | None:
+    """The one run a paid order credits when it reaches several of her reminded runs (``facts.extra["order_runs"]``,
+    as ``checkout_recovery._credited``: one order pays for her two unpaid orders, each reminded): its own order's run
+    when she paid the reminded order itself; else the run whose reminder went out last before the payment (the one
+    that brought her back, as the report gives a cart's order to the pay reminder that came after it), then the
+    newest. None: the order reaches one run that it can credit, which it credits."""
+    o = event.order
+    own = f"order:{o.external_id}"
+    runs = [(r, sent) for r, sent in facts.extra.get("order_runs") or ()
+            if (r.subject == own and _reminded(r) and not r.state.get("paid")) or _paid_try(event, r)]
+    if len(runs) < 2:
+        return None
+    if any(r.subject == own for r, _sent in runs):
+        return own
+
+    def rank(item: tuple[int, tuple[Run, tuple[datetime, ...] | None]]) -> tuple[datetime, int]:
+        i, (_r, sent) = item
+        return max((t for t in sent or () if t <= o.updated_at), default=_NEVER), i
+
+    return max(enumerate(runs), key=rank)[1][0].subject
 
 
 def _reminded(run: Run) -> bool:
