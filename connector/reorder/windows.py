@@ -857,7 +857,7 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
                 continue
             due.append(w)
         reordered, unpaid = _reordered_since(conn, store_id, due)
-        to_open = []
+        to_open: list[Any] = []
         for w in due:
             if w.id in reordered:  # no reminder: it never ran, so nothing can be credited to it
                 continue
@@ -865,17 +865,18 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
                 held.append({"_id": w.id})
                 continue
             to_open.append(w)
+        later = _ordered_since(conn, store_id, to_open) if to_open else set()
         try:
             with conn.begin_nested():
                 for w in to_open:
-                    _open_window(conn, runner, store, store_id, config, w, now)
+                    _open_window(conn, runner, store, store_id, config, w, now, w.id in later)
             opened = [{"_id": w.id} for w in to_open]
         except Exception:  # rolled back: again, one savepoint per window
             opened = []
             for w in to_open:
                 try:
                     with conn.begin_nested():
-                        _open_window(conn, runner, store, store_id, config, w, now)
+                        _open_window(conn, runner, store, store_id, config, w, now, w.id in later)
                 except Exception as exc:
                     report.failed[w.id] = (describe_error(exc).splitlines() or [""])[0][:300]
                     log.error("reorder window %s of store %s could not be opened, left pending for the next tick: %s",
@@ -900,32 +901,42 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
     return report
 
 
-_WINDOW_ORDER = O.alias("window_order")
-_ORDERS_SINCE = select(O.c.cancelled_at, O.c.payment_state).where(
-    O.c.store_id == bindparam("sid"), O.c.contact_id == bindparam("cid"),
-    O.c.placed_at > select(_WINDOW_ORDER.c.placed_at).where(
-        _WINDOW_ORDER.c.store_id == bindparam("sid"), _WINDOW_ORDER.c.external_id == bindparam("oid")).scalar_subquery())
+_ORDERS_OF_WINDOWS = select(O.c.contact_id, O.c.external_id, O.c.placed_at, O.c.cancelled_at, O.c.payment_state).where(
+    O.c.store_id == bindparam("sid"),
+    or_(O.c.contact_id.in_(bindparam("cids", expanding=True)), O.c.external_id.in_(bindparam("oids", expanding=True))))
 
 
-def _ordered_since(conn: Connection, store_id: int, contact_id: int | None, order_external_id: str) -> bool:
-    """Whether she placed an order after the window's that still counts (not called off): its stage is
-    hers (a paid order waiting to ship: post-purchase), and the reminder must not move her to retention.
-    One indexed read per window opened (a tick's, not the processor's batch path)."""
-    if contact_id is None:
-        return False
-    rows = conn.execute(_ORDERS_SINCE, {"sid": store_id, "cid": contact_id, "oid": order_external_id})
-    return any(not ev.called_off(r.cancelled_at, r.payment_state) for r in rows)
+def _ordered_since(conn: Connection, store_id: int, windows: list[Any]) -> set[int]:
+    """The windows whose customer placed an order after the window's that still counts (not called off):
+    its stage is hers (a paid order waiting to ship: post-purchase), and the reminder must not move her to
+    retention. One read of the batch's customers' orders (a tick's, not the processor's batch path)."""
+    placed: dict[str, Any] = {}  # the windows' orders' placing, by external id
+    standing: dict[int, list[Any]] = {}  # the placing of each customer's orders that still count
+    for i in range(0, len(windows), 500):
+        part = windows[i:i + 500]
+        params = {"sid": store_id, "cids": sorted({w.contact_id for w in part if w.contact_id is not None}),
+                  "oids": sorted({w.order_external_id for w in part})}
+        for r in conn.execute(_ORDERS_OF_WINDOWS, params):
+            placed[r.external_id] = r.placed_at
+            if r.contact_id is not None and not ev.called_off(r.cancelled_at, r.payment_state):
+                standing.setdefault(r.contact_id, []).append(r.placed_at)
+    out: set[int] = set()
+    for w in windows:
+        at = placed.get(w.order_external_id)
+        if w.contact_id is not None and at is not None and any(later > at for later in standing.get(w.contact_id, ())):
+            out.add(w.id)
+    return out
 
 
 def _open_window(conn: Connection, runner: JourneyRunner, store: Any, store_id: int, config: ReorderConfig, w: Any,
-                 now: datetime) -> None:
-    """Hand one due window to the journeys (``ReorderWindowOpened``)."""
+                 now: datetime, ordered_since: bool) -> None:
+    """Hand one due window to the journeys (``ReorderWindowOpened``); ``ordered_since``: ``_ordered_since``."""
     busy = busy_with(conn, store_id, w.contact_id, now)
     event = ev.ReorderWindowOpened(
         window_id=w.id, order_external_id=w.order_external_id, product_key=w.product_key, product_id=w.product_id,
         variant_id=w.variant_id, sku=w.sku, title=w.title, quantity=w.quantity, opens_at=w.opens_at, cycle_days=w.cycle_days,
         cycle_source=w.cycle_source, link=reorder_link(store, config, w.variant_id, w.product_id, w.quantity), busy_with=busy,
-        ordered_since=_ordered_since(conn, store_id, w.contact_id, w.order_external_id),
+        ordered_since=ordered_since,
     )
     runner.on_event(conn, store, store_id, event, w.contact_id, now)
 
