@@ -102,3 +102,32 @@ def test_a_lift_on_fifteen_hundred_customers_is_not_called_too_few_to_tell():
 
     x = diff_interval(100, 1000, 0, 500)
     assert x["too_few"] is False or x["significant"] is True
+
+
+# ---- 3. the report's purchase chains (c56ff1e: one paid order credits one pay run) ------------------------------
+
+@pytest.mark.xfail(strict=True, reason="c56ff1e: the pay run a paid order does not credit (credited_to another) counts as "
+                   "reminded and not recovered: the report says one payment lost though she paid for both orders")
+def test_one_order_paying_for_two_reminded_orders_loses_neither(sqlite_url, scenario, world):  # noqa: F811
+    """#5001 (face wash) and #5002 (toner) are left pending, each reminded; she then pays #5003 with both. Nothing was
+    lost: the report must not count one lost payment (the run #5003 did not credit, #5001, counts as reminded, unpaid)."""
+    from datetime import timedelta
+
+    from tests.scenarios.stores import SHOPIFY
+    from tests.scenarios.test_store_journeys import conversion
+    from tests.test_payment_review2_2026_12_07 import pay_reminders, shopify_unpaid, start
+    from tests.test_payment_review3_2026_12_07 import products
+
+    sc = start(sqlite_url, scenario, "shopify")
+    SHOPIFY.place(sc, products(shopify_unpaid(1, sc.now), 111))
+    sc.later(minutes=10)
+    SHOPIFY.place(sc, products(shopify_unpaid(2, sc.now), 222))
+    sc.later(hours=1, minutes=10, step=timedelta(minutes=10))
+    assert pay_reminders(sc) == ["#5001", "#5002"]
+    sc.later(minutes=30)
+    SHOPIFY.place(sc, products(SHOPIFY.order(3, ASHA, sc.now, cod=False, total="1500.00"), 111, 222))
+    sc.later(days=1)
+    c = conversion(sc)
+    print(c)
+    assert c["payment_recovered_revenue"] == {"INR": "1500.00"}
+    assert c["lost"] == 0
