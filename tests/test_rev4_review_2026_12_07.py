@@ -48,7 +48,6 @@ def test_a_cancel_and_her_reason_written_in_the_bin_do_not_ask_her_why_again_at_
     sc.later(days=2)
     sc.woo("order.restored", restored(order, sc.now))
     sc.later(minutes=5)
-    print(before, sc.templates_to(ASHA), [c["reason"] for c in sc.handoffs()], [(c.path, c.body) for c in world.woo_writes()])
     assert "cod_why_v1" not in sc.templates_to(ASHA)[len(before):]
 
 
@@ -86,7 +85,6 @@ def test_two_variants_ordered_the_same_day_are_not_put_in_her_reorder_cart_as_tw
             clock.now = T0 + timedelta(days=day, hours=4)
             run_reorder_tick(runtime.db, store, sid, clock.now)
         carts = [o.payload["message"]["body"][2]["text"].rsplit("/", 1)[-1] for o in _outbox(runtime)]
-    print(carts)
     assert carts and "49002:2" not in carts[0]
 
 
@@ -128,7 +126,6 @@ def test_one_order_paying_for_two_reminded_orders_loses_neither(sqlite_url, scen
     SHOPIFY.place(sc, products(SHOPIFY.order(3, ASHA, sc.now, cod=False, total="1500.00"), 111, 222))
     sc.later(days=1)
     c = conversion(sc)
-    print(c)
     assert c["payment_recovered_revenue"] == {"INR": "1500.00"}
     assert c["lost"] == 0
 
@@ -176,5 +173,5 @@ def test_a_second_pack_ordered_the_same_day_then_cancelled_leaves_her_first_pack
         with runtime.db.engine.connect() as conn:
             windows = {w.order_external_id: (w.status, w.quantity) for w in conn.execute(select(m.ReorderWindow))}
         steps = [o.step for o in _outbox(runtime)]
-    print(windows, steps)
     assert steps == ["reminder"]
+
