@@ -44,10 +44,11 @@ def test_a_cancel_and_her_reason_written_in_the_bin_do_not_ask_her_why_again_at_
     sc.say(ASHA, "found it cheaper elsewhere")
     sc.later(minutes=5)
     before = sc.templates_to(ASHA)
-    cases = sc.handoffs()
+    assert any("found it cheaper elsewhere" in c["reason"] for c in sc.handoffs())  # her reason reached a person
     sc.later(days=2)
     sc.woo("order.restored", restored(order, sc.now))
     sc.later(minutes=5)
+    assert [c.body["status"] for c in world.woo_writes() if c.path == "" and c.body and "status" in c.body] == ["cancelled"]
     assert "cod_why_v1" not in sc.templates_to(ASHA)[len(before):]
 
 
