@@ -51,7 +51,7 @@ a checkout bought before it was abandoned converts in either group and only wate
 down. Conversion is what the journey exists for (an order for the checkout, a payment, a
 reorder of the product inside the attribution window), read the same way for
 treated and control (never ``attributed``, which needs a message the control never got),
-and the report gives the difference with a 95% interval (normal approximation of a
+and the report gives the difference with a 95% interval (Newcombe's score interval for a
 difference of two proportions), so it says what the messages caused, not only what they
 touched. That difference is over everyone the journey covered, reached or not: a treated
 customer whose reminder never went out (no consent, opted out, not on WhatsApp) converts
@@ -106,10 +106,10 @@ MESSAGES = INBOUND  # the same table holds what we sent (direction "out", with i
 _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
 WEEK_YEARS = (1970, 9998)  # a week asked for: its trend's weeks before and the next week exist as dates
 Z95 = 1.959964
-# conversions and non-conversions each group needs before the normal approximation's interval is trusted (the
-# textbook n*p >= 5 and n*(1-p) >= 5): with fewer, 3 of 3 treated against 0 of 1 held out gave a zero-width interval
-# [+100, +100] points, "significant"
-MIN_OUTCOMES = 5
+# customers each group needs before its lift is called anything: on a handful even the score interval is too
+# generous (3 of 3 treated against 0 of 1 held out: [+2.8, +100] points, "significant" on four customers). It counts
+# customers, not conversions: 1,000 reminded with 100 reordering against 500 held out with none is plenty to tell
+MIN_GROUP = 30
 REACHED = REACHED_STATES  # WhatsApp took the message (or a dry run stood in for it), as the runner counts
 OPT_OUT_HOURS = 72  # an opt-out is put down to the last message that reached the contact this long before it
 LIFT_JOURNEYS = ("checkout_recovery", "payment_recovery", "reorder")
@@ -584,21 +584,32 @@ def message_health(conn: Connection, store_id: int, p: Period) -> dict[str, Any]
             "opt_out_hours": OPT_OUT_HOURS}
 
 
-def diff_interval(conv_t: int, n_t: int, conv_c: int, n_c: int, reached: int | None = None) -> dict[str, Any]:
-    """Treated minus control conversion with a 95% interval (normal approximation).
+def _wilson(x: int, n: int) -> tuple[float, float]:
+    """Wilson's score interval for x of n: unlike the normal approximation it keeps a width at 0 of n or n of n."""
+    p, z2 = x / n, Z95 * Z95
+    centre, half = (p + z2 / (2 * n)), Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z2 / n)), min(1.0, (centre + half) / (1 + z2 / n))
 
-    ``too_few``: a group has fewer than ``MIN_OUTCOMES`` conversions or non-conversions, so the approximation
-    does not hold; the figures stay, but the difference is never called ``significant``.
+
+def diff_interval(conv_t: int, n_t: int, conv_c: int, n_c: int, reached: int | None = None) -> dict[str, Any]:
+    """Treated minus control conversion with a 95% interval (Newcombe's hybrid score interval, built from each
+    group's Wilson interval).
+
+    Why not the normal approximation: a group with no conversions (or all) has no spread there, so the interval
+    shrinks to a point and rare outcomes look certain (5 of 1,000 against 0 of 500 came out "significant"; Fisher's
+    exact test says p = 0.17). The score interval stays honest at zero counts, so large groups with rare or no
+    conversions need no special case. ``too_few``: a group has fewer than ``MIN_GROUP`` customers; the figures stay,
+    but the difference is never called ``significant``.
     With ``reached`` (treated runs a reminder reached), also the lift per customer reached: the
     difference over the reached share, its interval scaled alike (the share taken as known)."""
     if not n_t or not n_c:
         return {"treated": n_t, "control": n_c, "lift": None, "ci95": None, "significant": None}
     p_t, p_c = conv_t / n_t, conv_c / n_c
-    se = math.sqrt(p_t * (1 - p_t) / n_t + p_c * (1 - p_c) / n_c)
+    (lo_t, hi_t), (lo_c, hi_c) = _wilson(conv_t, n_t), _wilson(conv_c, n_c)
     lift = p_t - p_c
-    lo, hi = lift - Z95 * se, lift + Z95 * se
-    # too few to tell: the interval is not trusted (a group all or nothing collapses it to a point), so nothing is claimed
-    too_few = min(conv_t, n_t - conv_t, conv_c, n_c - conv_c) < MIN_OUTCOMES
+    lo = lift - math.sqrt((p_t - lo_t) ** 2 + (hi_c - p_c) ** 2)
+    hi = lift + math.sqrt((hi_t - p_t) ** 2 + (p_c - lo_c) ** 2)
+    too_few = min(n_t, n_c) < MIN_GROUP  # too few to tell: nothing is claimed on a handful of customers
     out = {"treated": n_t, "treated_converted": conv_t, "treated_rate": round(p_t, 4), "control": n_c, "control_converted": conv_c,
            "control_rate": round(p_c, 4), "lift": round(lift, 4), "ci95": [round(lo, 4), round(hi, 4)],
            "relative_lift": round(lift / p_c, 4) if p_c else None, "significant": (lo > 0 or hi < 0) and not too_few,

@@ -91,8 +91,6 @@ def test_two_variants_ordered_the_same_day_are_not_put_in_her_reorder_cart_as_tw
 
 # ---- 2. the lift's 'too few' rule (80295c1) --------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="80295c1: too_few counts conversions, not customers: 1,500 customers with none "
-                   "of the 500 held out reordering are 'too few customers to tell', never significant")
 def test_a_lift_on_fifteen_hundred_customers_is_not_called_too_few_to_tell():
     """100 of 1,000 reminded customers reordered, none of the 500 held out did: the report (and the dashboard's
     "too few customers to tell") must not say there are too few customers; Fisher's exact test puts this at
