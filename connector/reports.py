@@ -420,6 +420,12 @@ QUEUED = {"checkout_recovery": (lambda r: int(r.state.get("sent", 0)) > 0, CART_
           "reorder": (lambda r: int(r.state.get("sent", 0)) > 0, REORDER_STEPS)}
 
 
+def credited_elsewhere(run: Any) -> bool:
+    """A pay run whose payment, made on one order for two of her reminded orders, credits another of her runs
+    (``credited_to``): she paid, so it is not lost, and one purchase is counted once, as the run it credits."""
+    return bool(run.state.get("credited_to"))
+
+
 def reminded(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> list[Any]:
     """The treated runs of ``runs`` a reminder reached (WhatsApp took it): the funnel's ``reminded``, the lift's reach."""
     queued_if, steps = QUEUED[journey]
@@ -433,7 +439,7 @@ def conversion(conn: Connection, store_id: int, p: Period, currency: str | None 
     standing = _standing(conn, store_id, "checkout_recovery", [r for r in reached if r.state.get("recovered")])
     recovered = _not_paid_by_reminder(conn, store_id, standing)  # the rest are the pay reminders' (and not lost)
     payments = _cohort(conn, store_id, "payment_recovery", p)
-    pay_reminded = reminded(conn, store_id, "payment_recovery", payments)
+    pay_reminded = [r for r in reminded(conn, store_id, "payment_recovery", payments) if not credited_elsewhere(r)]
     # paid within the journey's attribution window after its reminder went out (``payment_recovery.recovered``:
     # not a payment made before the reminder went out, which a reminder already on its way reached after it)
     paid = _standing(conn, store_id, "payment_recovery", [r for r in pay_reminded if pay_recovered(r.state)])
@@ -626,7 +632,8 @@ def lift(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for journey in LIFT_JOURNEYS:
         # runs the journey skipped (the customer was busy elsewhere) were skipped in both groups alike
-        runs = [r for r in _cohort(conn, store_id, journey, p) if not r.state.get("skipped")]
+        # and a pay run whose payment credits another of her runs is that run's purchase, counted once
+        runs = [r for r in _cohort(conn, store_id, journey, p) if not r.state.get("skipped") and not credited_elsewhere(r)]
         if not any(r.holdout for r in runs):
             continue  # no holdout configured (or nobody in it yet): nothing to compare against
         outcome = converted(conn, store_id, journey, runs)

@@ -103,8 +103,6 @@ def test_a_lift_on_fifteen_hundred_customers_is_not_called_too_few_to_tell():
 
 # ---- 3. the report's purchase chains (c56ff1e: one paid order credits one pay run) ------------------------------
 
-@pytest.mark.xfail(strict=True, reason="c56ff1e: the pay run a paid order does not credit (credited_to another) counts as "
-                   "reminded and not recovered: the report says one payment lost though she paid for both orders")
 def test_one_order_paying_for_two_reminded_orders_loses_neither(sqlite_url, scenario, world):  # noqa: F811
     """#5001 (face wash) and #5002 (toner) are left pending, each reminded; she then pays #5003 with both. Nothing was
     lost: the report must not count one lost payment (the run #5003 did not credit, #5001, counts as reminded, unpaid)."""
