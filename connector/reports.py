@@ -51,7 +51,7 @@ a checkout bought before it was abandoned converts in either group and only wate
 down. Conversion is what the journey exists for (an order for the checkout, a payment, a
 reorder of the product inside the attribution window), read the same way for
 treated and control (never ``attributed``, which needs a message the control never got),
-and the report gives the difference with a 95% interval (normal approximation of a
+and the report gives the difference with a 95% interval (Newcombe's score interval for a
 difference of two proportions), so it says what the messages caused, not only what they
 touched. That difference is over everyone the journey covered, reached or not: a treated
 customer whose reminder never went out (no consent, opted out, not on WhatsApp) converts
@@ -106,10 +106,10 @@ MESSAGES = INBOUND  # the same table holds what we sent (direction "out", with i
 _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
 WEEK_YEARS = (1970, 9998)  # a week asked for: its trend's weeks before and the next week exist as dates
 Z95 = 1.959964
-# conversions and non-conversions each group needs before the normal approximation's interval is trusted (the
-# textbook n*p >= 5 and n*(1-p) >= 5): with fewer, 3 of 3 treated against 0 of 1 held out gave a zero-width interval
-# [+100, +100] points, "significant"
-MIN_OUTCOMES = 5
+# customers each group needs before its lift is called anything: on a handful even the score interval is too
+# generous (3 of 3 treated against 0 of 1 held out: [+2.8, +100] points, "significant" on four customers). It counts
+# customers, not conversions: 1,000 reminded with 100 reordering against 500 held out with none is plenty to tell
+MIN_GROUP = 30
 REACHED = REACHED_STATES  # WhatsApp took the message (or a dry run stood in for it), as the runner counts
 OPT_OUT_HOURS = 72  # an opt-out is put down to the last message that reached the contact this long before it
 LIFT_JOURNEYS = ("checkout_recovery", "payment_recovery", "reorder")
@@ -420,6 +420,12 @@ QUEUED = {"checkout_recovery": (lambda r: int(r.state.get("sent", 0)) > 0, CART_
           "reorder": (lambda r: int(r.state.get("sent", 0)) > 0, REORDER_STEPS)}
 
 
+def credited_elsewhere(run: Any) -> bool:
+    """A pay run whose payment, made on one order for two of her reminded orders, credits another of her runs
+    (``credited_to``): she paid, so it is not lost, and one purchase is counted once, as the run it credits."""
+    return bool(run.state.get("credited_to"))
+
+
 def reminded(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> list[Any]:
     """The treated runs of ``runs`` a reminder reached (WhatsApp took it): the funnel's ``reminded``, the lift's reach."""
     queued_if, steps = QUEUED[journey]
@@ -433,7 +439,7 @@ def conversion(conn: Connection, store_id: int, p: Period, currency: str | None 
     standing = _standing(conn, store_id, "checkout_recovery", [r for r in reached if r.state.get("recovered")])
     recovered = _not_paid_by_reminder(conn, store_id, standing)  # the rest are the pay reminders' (and not lost)
     payments = _cohort(conn, store_id, "payment_recovery", p)
-    pay_reminded = reminded(conn, store_id, "payment_recovery", payments)
+    pay_reminded = [r for r in reminded(conn, store_id, "payment_recovery", payments) if not credited_elsewhere(r)]
     # paid within the journey's attribution window after its reminder went out (``payment_recovery.recovered``:
     # not a payment made before the reminder went out, which a reminder already on its way reached after it)
     paid = _standing(conn, store_id, "payment_recovery", [r for r in pay_reminded if pay_recovered(r.state)])
@@ -584,21 +590,32 @@ def message_health(conn: Connection, store_id: int, p: Period) -> dict[str, Any]
             "opt_out_hours": OPT_OUT_HOURS}
 
 
-def diff_interval(conv_t: int, n_t: int, conv_c: int, n_c: int, reached: int | None = None) -> dict[str, Any]:
-    """Treated minus control conversion with a 95% interval (normal approximation).
+def _wilson(x: int, n: int) -> tuple[float, float]:
+    """Wilson's score interval for x of n: unlike the normal approximation it keeps a width at 0 of n or n of n."""
+    p, z2 = x / n, Z95 * Z95
+    centre, half = (p + z2 / (2 * n)), Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z2 / n)), min(1.0, (centre + half) / (1 + z2 / n))
 
-    ``too_few``: a group has fewer than ``MIN_OUTCOMES`` conversions or non-conversions, so the approximation
-    does not hold; the figures stay, but the difference is never called ``significant``.
+
+def diff_interval(conv_t: int, n_t: int, conv_c: int, n_c: int, reached: int | None = None) -> dict[str, Any]:
+    """Treated minus control conversion with a 95% interval (Newcombe's hybrid score interval, built from each
+    group's Wilson interval).
+
+    Why not the normal approximation: a group with no conversions (or all) has no spread there, so the interval
+    shrinks to a point and rare outcomes look certain (5 of 1,000 against 0 of 500 came out "significant"; Fisher's
+    exact test says p = 0.17). The score interval stays honest at zero counts, so large groups with rare or no
+    conversions need no special case. ``too_few``: a group has fewer than ``MIN_GROUP`` customers; the figures stay,
+    but the difference is never called ``significant``.
     With ``reached`` (treated runs a reminder reached), also the lift per customer reached: the
     difference over the reached share, its interval scaled alike (the share taken as known)."""
     if not n_t or not n_c:
         return {"treated": n_t, "control": n_c, "lift": None, "ci95": None, "significant": None}
     p_t, p_c = conv_t / n_t, conv_c / n_c
-    se = math.sqrt(p_t * (1 - p_t) / n_t + p_c * (1 - p_c) / n_c)
+    (lo_t, hi_t), (lo_c, hi_c) = _wilson(conv_t, n_t), _wilson(conv_c, n_c)
     lift = p_t - p_c
-    lo, hi = lift - Z95 * se, lift + Z95 * se
-    # too few to tell: the interval is not trusted (a group all or nothing collapses it to a point), so nothing is claimed
-    too_few = min(conv_t, n_t - conv_t, conv_c, n_c - conv_c) < MIN_OUTCOMES
+    lo = lift - math.sqrt((p_t - lo_t) ** 2 + (hi_c - p_c) ** 2)
+    hi = lift + math.sqrt((hi_t - p_t) ** 2 + (p_c - lo_c) ** 2)
+    too_few = min(n_t, n_c) < MIN_GROUP  # too few to tell: nothing is claimed on a handful of customers
     out = {"treated": n_t, "treated_converted": conv_t, "treated_rate": round(p_t, 4), "control": n_c, "control_converted": conv_c,
            "control_rate": round(p_c, 4), "lift": round(lift, 4), "ci95": [round(lo, 4), round(hi, 4)],
            "relative_lift": round(lift / p_c, 4) if p_c else None, "significant": (lo > 0 or hi < 0) and not too_few,
@@ -615,7 +632,8 @@ def lift(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for journey in LIFT_JOURNEYS:
         # runs the journey skipped (the customer was busy elsewhere) were skipped in both groups alike
-        runs = [r for r in _cohort(conn, store_id, journey, p) if not r.state.get("skipped")]
+        # and a pay run whose payment credits another of her runs is that run's purchase, counted once
+        runs = [r for r in _cohort(conn, store_id, journey, p) if not r.state.get("skipped") and not credited_elsewhere(r)]
         if not any(r.holdout for r in runs):
             continue  # no holdout configured (or nobody in it yet): nothing to compare against
         outcome = converted(conn, store_id, journey, runs)

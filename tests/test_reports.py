@@ -306,17 +306,17 @@ def test_every_kpi_of_a_hand_built_week(db):
         "reorder.reminder": row("reorder_v1", queued=3, sent=1, delivered=1, read=1, skipped={"holdout": 1, "opted_out": 1}, opt_outs=1),
     }
 
-    # lift: treated minus holdout, each with its own interval (normal approximation, 95%)
+    # lift: treated minus holdout, each with its own interval (Newcombe's score interval, 95%)
     lifts = {j: (x["treated_converted"], x["treated"], x["control_converted"], x["control"], x["lift"], x["ci95"], x["significant"])
              for j, x in r["lift"].items()}
     assert lifts == {
         # 2 of 4 abandoned treated checkouts converted against 1 of 2 in the holdout (the one still being filled in is in
         # neither): no evidence the reminders helped
-        "checkout_recovery": (2, 4, 1, 2, 0.0, [-0.8487, 0.8487], False),
+        "checkout_recovery": (2, 4, 1, 2, 0.0, [-0.5356, 0.5356], False),
         # paid: 2 of 4 stalled treated against 1 of 3 (the one paid before its reminder was due is in neither group)
-        "payment_recovery": (2, 4, 1, 3, 0.1667, [-0.5577, 0.891], False),
+        "payment_recovery": (2, 4, 1, 3, 0.1667, [-0.4105, 0.6098], False),
         # reordered inside the window: 2 of 4 treated (the busy run is left out) against 1 of 4; late reorders count for neither
-        "reorder": (2, 4, 1, 4, 0.25, [-0.3982, 0.8982], False),
+        "reorder": (2, 4, 1, 4, 0.25, [-0.3196, 0.6553], False),
     }
     assert r["biggest_leak"] == {"stage": "conversion", "lost": 4, "owner": "Ravi"}
     assert r["open_handoffs"] == {"Priya": 1, "Ravi": 1, "unassigned": 1}
@@ -478,7 +478,7 @@ def test_lift_interval_covers_a_known_effect():
     # 30% vs 20% over 2,000 each: a real 10-point lift, clearly significant
     out = diff_interval(600, 2000, 400, 2000)
     assert out["lift"] == 0.1 and out["significant"] is True and out["ci95"][0] < 0.1 < out["ci95"][1]
-    assert out["ci95"] == [0.0733, 0.1267] and out["relative_lift"] == 0.5
+    assert out["ci95"] == [0.0733, 0.1266] and out["relative_lift"] == 0.5
     assert diff_interval(3, 10, 0, 0)["lift"] is None
 
 

@@ -678,6 +678,20 @@ class CodConfirmation:
             commands.append(Update({"prepaid_offer_skipped": "no_payment_link"}))
         return commands + [MoveStage("post_purchase"), Finish("confirmed")]
 
+    @staticmethod
+    def _reason_until(event: ev.ButtonReplied, facts: Facts, config: CodConfirmationConfig, now: datetime) -> datetime | None:
+        """Until when a plain Cancel waits for her reason (``cancel_reason_minutes``); None: it does not ask.
+        A Cancel she tapped while the order lay in the bin, decided again at the restore (``heard_in_bin``), has its
+        window from her tap, not from the restore: days later "why did you cancel?" is no question to ask. Nor is it
+        asked when she wrote to us after the tap, in the bin (``heard_after``): those words went to a person then."""
+        if config.cancel_reason_minutes <= 0:
+            return None
+        if not facts.extra.get("heard_in_bin"):
+            return now + timedelta(minutes=config.cancel_reason_minutes)
+        until = event.occurred_at + timedelta(minutes=config.cancel_reason_minutes)
+        wrote = any(isinstance(e, ev.MessageReceived) for e in facts.extra.get("heard_after", ()))
+        return until if until > now and not wrote else None
+
     def _cancel(self, event: ev.ButtonReplied, run: Run, facts: Facts, config: CodConfirmationConfig, now: datetime,
                 late: bool = False) -> list[Command]:
         """Cancel per ``cancel_action`` (a shipped order goes to a person instead); a reason goes to a person too.
@@ -690,11 +704,12 @@ class CodConfirmation:
             return [Update({"choice": "cancel_too_late", **given}), Wake(None),
                     Handoff("customer asked to cancel a COD order that has already shipped" + (f": {reason}" if reason else "")),
                     Finish("cancel_after_fulfilment")]
-        wait = reason is None and config.cancel_reason_minutes > 0 and not late
+        until = self._reason_until(event, facts, config, now)
+        wait = reason is None and until is not None and not late
         commands: list[Command] = [
             Update({"choice": "cancelled", "answered_at": event.occurred_at.isoformat(), **given,
                     **({"phase": "cancel_reason", "awaiting_reply": True} if wait else {})}),
-            Wake(now + timedelta(minutes=config.cancel_reason_minutes) if wait else None)]
+            Wake(until if wait else None)]
         if config.cancel_action == "cancel":
             # the order can ship between her tap and the call to the store (both webhooks in one round, a
             # store that was down): the cancel is then not made, and a person hears she asked for it

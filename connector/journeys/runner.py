@@ -644,14 +644,17 @@ class JourneyRunner:
                       heard: Any, now: datetime) -> None:
         """The replies a run heard while its order lay in the bin (``HEARD``), decided again, in order, on the run
         as it goes on, with the order as it is now (restored): the journey is told so (``heard_in_bin``), to say
-        so to a case the first decision opened. Her words' case (``handed_off``) is the one they went to then."""
+        so to a case the first decision opened, and of what she said after each reply there (``heard_after``). Her
+        words' case (``handed_off``) is the one they went to then."""
         journey = journeys().get(name)
         if journey is None:
             return
-        for kept in heard:
-            [event] = ev.load_events([kept["event"]])
+        events = ev.load_events([kept["event"] for kept in heard])
+        for i, (kept, event) in enumerate(zip(heard, events)):
             facts = _facts(conn, store, store_id, event, found[1].contact_id, found[1].subject, now)
-            extra = {**facts.extra, "heard_in_bin": True, **({"handed_off": kept["handed_off"]} if "handed_off" in kept else {})}
+            # what she said after it, in the bin too: a Cancel decided now need not ask why she already told
+            extra = {**facts.extra, "heard_in_bin": True, "heard_after": tuple(events[i + 1:]),
+                     **({"handed_off": kept["handed_off"]} if "handed_off" in kept else {})}
             seen = _with_writebacks(conn, store_id, journey, name, event, found[1].subject, found, replace(facts, extra=extra), config)
             commands = journey.decide(event, found[1], seen, config, now)
             self._apply(conn, store, store_id, name, found[1].subject, found, commands, seen, config, now)
