@@ -670,6 +670,8 @@ class OpenReport:
     expired: int = 0
     reordered: int = 0  # due, but she had already ordered it again (another number, a payment awaited)
     redacted: int = 0  # due, but its customer was erased: closed unopened
+    cancelled: int = 0  # due, but no longer a line of its order or no longer sold
+    held: int = 0  # due, but sold out or her reorder awaits its payment: checked again SOLD_OUT_RECHECK later
     failed: dict[int, str] = field(default_factory=dict)  # window id -> why opening it raised (it stays pending)
 
 
@@ -897,6 +899,7 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
         if opened:
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="opened", opened_at=now, updated_at=now), opened)
     report.opened, report.expired, report.reordered, report.redacted = len(opened), len(expired), len(reordered), len(redacted)
+    report.cancelled, report.held = len(gone), len(held)
     return report
 
 
@@ -963,7 +966,9 @@ def product_sold_again(conn: Connection, store: Any, store_id: int, keys: Iterab
 
 def run_reorder_tick(db: Database, store: Any, store_id: int, now: datetime, *, max_open: int = 10_000) -> tuple[ScanReport, OpenReport]:
     """What the scheduled job does each tick: refresh, then open everything due (``failed``: the
-    windows whose opening raised; they stay pending, and the job reports them)."""
+    windows whose opening raised; they stay pending, and the job reports them). It goes on while a batch
+    moves any window (a batch of 500 that were only cancelled or held must not keep the due ones behind
+    it waiting for the next tick), up to ``max_open`` opened or expired."""
     scan = refresh_windows(db, store, store_id, now)
     total = OpenReport()
     while total.opened + total.expired < max_open:
@@ -972,9 +977,12 @@ def run_reorder_tick(db: Database, store: Any, store_id: int, now: datetime, *, 
         total.expired += step.expired
         total.reordered += step.reordered
         total.redacted += step.redacted
+        total.cancelled += step.cancelled
+        total.held += step.held
         total.failed.update(step.failed)
-        if step.opened + step.expired + step.reordered + step.redacted == 0:
+        if step.opened + step.expired + step.reordered + step.redacted + step.cancelled + step.held == 0:
             break  # nothing moved (at most windows that raised): the next tick tries them again
+        # a batch that only cancelled or held windows moved them out of the due ones: those behind it go now, not a tick later
     return scan, total
 
 
