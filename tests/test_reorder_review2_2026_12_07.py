@@ -12,7 +12,7 @@ from connector.reorder.windows import run_reorder_tick
 from connector.storage import models as m
 from tests.helpers import running_app
 from tests.test_reorder import T0, Clock, _consent, _order, _outbox, _post, _settings
-from tests.test_reorder_suppression import _statuses
+from tests.test_reorder_suppression import _statuses, _woo, _woo_buyer, _wpost
 
 
 # ---- 1. a batch of windows that were only cancelled or held does not end the tick ----------------------
@@ -45,3 +45,50 @@ def test_due_windows_behind_a_full_batch_of_cancelled_ones_open_in_the_same_tick
     assert [(o.step, o.status) for o in _outbox(runtime)] == [("reminder", "pending")]
     assert statuses[("5001", "p:9001")] == "opened"
     assert sum(1 for (order, _), status in statuses.items() if order.startswith("gone-") and status == "cancelled") == 500
+
+
+# ---- 2. a subscription she cancelled does not silence the product for good ----------------------------
+def test_a_one_off_purchase_after_her_subscription_ended_gets_its_reminder(db_url):
+    """She bought the docs' order at T0, a renewal came a month later (``created_via: subscription``), then
+    she cancelled the subscription and, 40 days on, bought product 22 again at the checkout. Any renewal in
+    her history kept every window of the product closed, so she was never reminded of it again. Her latest
+    purchase of it decides now: a renewal (the store sends the next box itself) opens none; a one-off does."""
+    with _woo_buyer(db_url, 8201) as (client, runtime, clock, store, sid):
+        clock.now = T0 + timedelta(days=30)
+        _wpost(client, "order.created", _woo(8202, clock.now, "processing", created_via="subscription"))
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        clock.now = T0 + timedelta(days=70)
+        one_off = _woo(8203, clock.now, "processing")
+        one_off["line_items"] = [li for li in one_off["line_items"] if li["product_id"] == 22]
+        _wpost(client, "order.created", one_off)
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        clock.now = T0 + timedelta(days=101, hours=1)  # 4 d transit + 30 d - 3 d lead after the one-off
+        opened = run_reorder_tick(runtime.db, store, sid, clock.now)[1]
+        statuses = _statuses(runtime)
+    assert opened.opened == 1
+    assert [o.step for o in _outbox(runtime)] == ["reminder"]
+    assert statuses[("8203", "p:22")] == "opened"
+    assert statuses[("8201", "p:93")] == "reordered"  # product 93 still renews by itself: no window after the renewal
+    assert ("8202", "p:93") not in statuses
+
+
+def test_an_extra_box_bought_while_subscribed_is_not_reminded_once_the_next_renewal_came(db_url):
+    """The other side of the rule: while subscribed she bought one extra box of product 22 at the checkout. Its
+    window is planned (the orders cannot tell an extra box from a one-off after cancelling), and the next
+    renewal, which comes before it is due, marks it ``reordered``: no reminder."""
+    with _woo_buyer(db_url, 8401) as (client, runtime, clock, store, sid):
+        for day, order_id, via in ((30, 8402, "subscription"), (35, 8403, "checkout"), (60, 8404, "subscription")):
+            clock.now = T0 + timedelta(days=day)
+            body = _woo(order_id, clock.now, "processing", created_via=via)
+            if via == "checkout":
+                body["line_items"] = [li for li in body["line_items"] if li["product_id"] == 22]
+            _wpost(client, "order.created", body)
+            runtime.processor.drain()
+            run_reorder_tick(runtime.db, store, sid, clock.now)
+        clock.now = T0 + timedelta(days=66, hours=1)  # the extra box's time: 4 d transit + 30 d - 3 d lead after day 35
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        statuses = _statuses(runtime)
+    assert _outbox(runtime) == []
+    assert statuses[("8403", "p:22")] == "reordered" and ("8404", "p:22") not in statuses

@@ -21,7 +21,7 @@ product is back in stock, or expires when that comes more than ``late_days`` aft
 time (the daily full scan puts its time back).
 
 A refunded or voided order is no purchase, like a cancelled one; a product the customer gets on
-a subscription (its renewals raised by the store) opens no window. At the end of a full scan, a
+a subscription (her latest purchase of it is a renewal the store raised) opens no window. At the end of a full scan, a
 pending window it did not plan (no cycle names its product any more, the product is not sold)
 is cancelled. A due window whose customer ordered the product again since (under another number
 with the same email or platform customer id, or an order still awaiting payment, such as a bank
@@ -285,9 +285,22 @@ def _latest(purchases: list[Line]) -> Line:
 
 
 def _on_subscription(purchases: list[Line]) -> bool:
-    """Whether the customer gets this product on a subscription: the store sends the next one by
-    itself, so "reorder in one tap" days before a renewal would ask for a second box."""
-    return any(p.subscription for p in purchases)
+    """Whether the customer gets this product on a subscription now: the store sends the next one by
+    itself, so "reorder in one tap" days before a renewal would ask for a second box.
+
+    The platforms' orders say only which order a renewal raised (not whether the subscription is still
+    on), so her latest purchase of it decides (with the orders less than a day before it: one purchase,
+    as ``_latest`` counts them): a renewal, no window; a one-off bought at the checkout after she ended
+    the subscription, a window as for anyone. A one-off extra box while subscribed gets one too, and the
+    next renewal, a later order of the product, marks it ``reordered`` (or ``_reordered_since`` does as
+    it comes due), so no reminder goes unless her supply runs out before that renewal comes."""
+    latest = purchases[-1]
+    for p in reversed(purchases):
+        if (latest.placed_at - p.placed_at).total_seconds() >= 86400:
+            return False
+        if p.subscription:
+            return True
+    return False
 
 
 def plan_contact(contact_id: int, lines: list[Line], book: CycleBook, config: ReorderConfig, now: datetime, plan: Plan) -> None:
