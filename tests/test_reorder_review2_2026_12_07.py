@@ -11,7 +11,7 @@ from sqlalchemy import insert, select
 from connector.reorder.windows import run_reorder_tick
 from connector.storage import models as m
 from tests.helpers import running_app
-from tests.test_reorder import T0, Clock, _consent, _order, _outbox, _post, _settings
+from tests.test_reorder import NEEM, T0, Clock, _basket, _consent, _links, _order, _outbox, _post, _settings
 from tests.test_reorder_suppression import _statuses, _woo, _woo_buyer, _wpost
 
 
@@ -92,3 +92,45 @@ def test_an_extra_box_bought_while_subscribed_is_not_reminded_once_the_next_rene
         statuses = _statuses(runtime)
     assert _outbox(runtime) == []
     assert statuses[("8403", "p:22")] == "reordered" and ("8404", "p:22") not in statuses
+
+
+# ---- 3. two variants of one product: each with its own quantity in the link -----------------------------
+def test_two_variants_of_one_product_are_offered_each_with_its_own_quantity(db_url):
+    """Asha bought one 100 ml and two 200 ml face washes in one order. The window is the product's, its
+    cycle by the three units as before; the reminder's cart permalink offered three of the 100 ml
+    (``/cart/49001:3``). It now names each variant with its own quantity (``/cart/49001:1,49011:2``)."""
+    settings = _settings(db_url, follow_up_days=None, cycles={"9001": "30d"})
+    large = {**NEEM, "variant_id": 49011, "sku": "NEEM-200"}
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", _basket(5001, T0, (NEEM, 1), (large, 2)))
+        runtime.processor.drain()
+        clock.now = T0 + timedelta(days=90)  # 4 d transit + 3 x 30 d - 3 d lead = day 91: not yet
+        assert run_reorder_tick(runtime.db, store, sid, clock.now)[1].opened == 0
+        clock.now = T0 + timedelta(days=91, hours=1)
+        assert run_reorder_tick(runtime.db, store, sid, clock.now)[1].opened == 1
+        links = _links(runtime, sid)
+    assert links == ["https://shop-a.myshopify.com/cart/49001:1,49011:2"]
+
+
+def test_a_woocommerce_link_offers_the_variation_she_bought_most_of_with_its_own_quantity(db_url):
+    """WooCommerce's add-to-cart link takes one item (``add-to-cart`` is read as one id), so two variations
+    cannot share it: it offered the first variation with both lines' units (four of variation 23, of which
+    she bought one). It now offers the variation she bought most of, with its own quantity."""
+    with _woo_buyer(db_url, 8301) as (client, runtime, clock, store, sid):
+        order = _woo(8301, T0, "processing")
+        first = next(li for li in order["line_items"] if li["product_id"] == 22)
+        order["line_items"].append({**first, "id": first["id"] + 1000, "variation_id": 24, "quantity": 3, "sku": "22-L"})
+        order["date_modified_gmt"] = (T0 + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+        clock.now = T0 + timedelta(hours=1)
+        _wpost(client, "order.updated", order)
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        clock.now = T0 + timedelta(days=121, hours=1)  # 4 d transit + 4 x 30 d - 3 d lead
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        links = _links(runtime, sid)
+    assert "https://bloom.example/?add-to-cart=24&quantity=3" in links
+    assert not any("add-to-cart=23" in link for link in links)

@@ -46,7 +46,7 @@ import operator
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -91,21 +91,29 @@ def config_for(store: Any) -> ReorderConfig | None:
     return cfg if isinstance(cfg, ReorderConfig) else None
 
 
-def reorder_link(store: Any, config: ReorderConfig, variant_id: str | None, product_id: str | None, quantity: int) -> str | None:
-    """Shopify: a cart permalink (platform-facts A9); WooCommerce: the add-to-cart link."""
-    qty = max(1, quantity)
+def reorder_link(store: Any, config: ReorderConfig, variant_id: str | None, product_id: str | None, quantity: int,
+                 variants: Sequence[tuple[str | None, int]] = ()) -> str | None:
+    """Shopify: a cart permalink (platform-facts A9); WooCommerce: the add-to-cart link.
+
+    ``variants``: (variant, quantity) of each variant she bought of the product in the window's order, when
+    there were several (a 100 ml and two 200 ml). Shopify's permalink names each with its own quantity
+    (``/cart/v1:q1,v2:q2``); WooCommerce's ``add-to-cart`` takes one item, so the link offers the variation
+    she bought most of, with its own quantity (not all the units, of a size she may not use)."""
+    if len([v for v, _ in variants if v]) < 2:
+        variants = ((variant_id, quantity),)
     if store.platform == "shopify":
-        if not variant_id:
+        items = [(v.rsplit("/", 1)[-1], max(1, q)) for v, q in variants if v]  # a GraphQL gid or a plain id
+        if not items:
             return None
-        variant = variant_id.rsplit("/", 1)[-1]  # a GraphQL gid or a plain id
         base = str(config.storefront_url or f"https://{store.shop_domain}").rstrip("/")
-        link = f"{base}/cart/{variant}:{qty}"
+        link = f"{base}/cart/{','.join(f'{v}:{q}' for v, q in items)}"
         return f"{link}?discount={config.discount_code}" if config.discount_code else link
-    item = variant_id or product_id
+    variant, qty = max(variants, key=operator.itemgetter(1))  # the first of the largest
+    item = variant or product_id
     if not item:
         return None
     base = str(config.storefront_url or store.site_url).rstrip("/")
-    return f"{base}/?add-to-cart={item}&quantity={qty}"
+    return f"{base}/?add-to-cart={item}&quantity={max(1, qty)}"
 
 
 # -- reading history -------------------------------------------------------------------------
@@ -735,21 +743,36 @@ def busy_with(conn: Connection, store_id: int, contact_id: int | None, now: date
     return tuple(sorted({journey for journey, status, due in conn.execute(_BUSY, params) if status == "case" or (status == "active" and due)}))
 
 
-_LINES_OF_ORDERS = (select(O.c.external_id, L.c.product_id, L.c.sku, L.c.title).select_from(L.join(O, L.c.order_id == O.c.id))
-                    .where(O.c.store_id == bindparam("sid"), O.c.external_id.in_(bindparam("oids", expanding=True))))
+_LINES_OF_ORDERS = (select(O.c.external_id, L.c.product_id, L.c.sku, L.c.title, L.c.variant_id, L.c.quantity)
+                    .select_from(L.join(O, L.c.order_id == O.c.id))
+                    .where(O.c.store_id == bindparam("sid"), O.c.external_id.in_(bindparam("oids", expanding=True))).order_by(L.c.id))
 
 
-def _still_bought(conn: Connection, store_id: int, windows: list[Any]) -> set[tuple[str, str]]:
-    """(order, product key) of these windows' orders as their lines stand now: a product an order
-    edit removed, or the customer returned (refunded and restocked), is no longer a line of its order,
-    and its window, planned before, must not remind anyone to buy it again. One query for the lot;
-    the daily full scan leaves such a window pending, so this is checked as windows open."""
+def _still_bought(conn: Connection, store_id: int, windows: list[Any]) -> dict[tuple[str, str], dict[str | None, int]]:
+    """{(order, product key): {variant: units}} of these windows' orders as their lines stand now: a product
+    an order edit removed, or the customer returned (refunded and restocked), is no longer a line of its
+    order, and its window, planned before, must not remind anyone to buy it again. One query for the lot;
+    the daily full scan leaves such a window pending, so this is checked as windows open. The variants (in
+    line order) are the reorder link's (``_cart``)."""
     orders = sorted({w.order_external_id for w in windows})
-    found: set[tuple[str, str]] = set()
+    found: dict[tuple[str, str], dict[str | None, int]] = {}
     for i in range(0, len(orders), 500):
         rows = conn.execute(_LINES_OF_ORDERS, {"sid": store_id, "oids": orders[i:i + 500]})
-        found.update((oid, product_key(pid, sku, title)) for oid, pid, sku, title in rows)
+        for oid, pid, sku, title, variant_id, quantity in rows:
+            units = found.setdefault((oid, product_key(pid, sku, title)), {})
+            units[variant_id] = units.get(variant_id, 0) + max(1, quantity or 1)
     return found
+
+
+def _cart(w: Any, units: dict[str | None, int]) -> list[tuple[str | None, int]]:
+    """(variant, quantity) to offer for a window whose order holds several variants of its product: each
+    with its own units. The window's own units beyond them (a second order less than a day before, counted
+    with this one: ``cycles.units_in_hand``) go to the window's variant, as the whole window did before."""
+    cart = dict(units)
+    extra = w.quantity - sum(cart.values())
+    if extra > 0:
+        cart[w.variant_id] = cart.get(w.variant_id, 0) + extra
+    return list(cart.items())
 
 
 CT: Table = m.Contact.__table__  # type: ignore[assignment]
@@ -883,14 +906,14 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
         try:
             with conn.begin_nested():
                 for w in to_open:
-                    _open_window(conn, runner, store, store_id, config, w, now)
+                    _open_window(conn, runner, store, store_id, config, w, now, _cart(w, bought[(w.order_external_id, w.product_key)]))
             opened = [{"_id": w.id} for w in to_open]
         except Exception:  # rolled back: again, one savepoint per window
             opened = []
             for w in to_open:
                 try:
                     with conn.begin_nested():
-                        _open_window(conn, runner, store, store_id, config, w, now)
+                        _open_window(conn, runner, store, store_id, config, w, now, _cart(w, bought[(w.order_external_id, w.product_key)]))
                 except Exception as exc:
                     report.failed[w.id] = (describe_error(exc).splitlines() or [""])[0][:300]
                     log.error("reorder window %s of store %s could not be opened, left pending for the next tick: %s",
@@ -934,13 +957,13 @@ def _ordered_since(conn: Connection, store_id: int, contact_id: int | None, orde
 
 
 def _open_window(conn: Connection, runner: JourneyRunner, store: Any, store_id: int, config: ReorderConfig, w: Any,
-                 now: datetime) -> None:
-    """Hand one due window to the journeys (``ReorderWindowOpened``)."""
+                 now: datetime, cart: Sequence[tuple[str | None, int]] = ()) -> None:
+    """Hand one due window to the journeys (``ReorderWindowOpened``); ``cart``: the variants its link offers (``_cart``)."""
     busy = busy_with(conn, store_id, w.contact_id, now)
     event = ev.ReorderWindowOpened(
         window_id=w.id, order_external_id=w.order_external_id, product_key=w.product_key, product_id=w.product_id,
         variant_id=w.variant_id, sku=w.sku, title=w.title, quantity=w.quantity, opens_at=w.opens_at, cycle_days=w.cycle_days,
-        cycle_source=w.cycle_source, link=reorder_link(store, config, w.variant_id, w.product_id, w.quantity), busy_with=busy,
+        cycle_source=w.cycle_source, link=reorder_link(store, config, w.variant_id, w.product_id, w.quantity, cart), busy_with=busy,
         ordered_since=_ordered_since(conn, store_id, w.contact_id, w.order_external_id),
     )
     runner.on_event(conn, store, store_id, event, w.contact_id, now)
