@@ -743,9 +743,10 @@ def busy_with(conn: Connection, store_id: int, contact_id: int | None, now: date
     return tuple(sorted({journey for journey, status, due in conn.execute(_BUSY, params) if status == "case" or (status == "active" and due)}))
 
 
-_LINES_OF_ORDERS = (select(O.c.external_id, L.c.product_id, L.c.sku, L.c.title, L.c.variant_id, L.c.quantity)
+# no ORDER BY (a planner without statistics could walk the lines' primary key for it): sorted in Python, by line id
+_LINES_OF_ORDERS = (select(L.c.id, O.c.external_id, L.c.product_id, L.c.sku, L.c.title, L.c.variant_id, L.c.quantity)
                     .select_from(L.join(O, L.c.order_id == O.c.id))
-                    .where(O.c.store_id == bindparam("sid"), O.c.external_id.in_(bindparam("oids", expanding=True))).order_by(L.c.id))
+                    .where(O.c.store_id == bindparam("sid"), O.c.external_id.in_(bindparam("oids", expanding=True))))
 
 
 def _still_bought(conn: Connection, store_id: int, windows: list[Any]) -> dict[tuple[str, str], dict[str | None, int]]:
@@ -757,8 +758,8 @@ def _still_bought(conn: Connection, store_id: int, windows: list[Any]) -> dict[t
     orders = sorted({w.order_external_id for w in windows})
     found: dict[tuple[str, str], dict[str | None, int]] = {}
     for i in range(0, len(orders), 500):
-        rows = conn.execute(_LINES_OF_ORDERS, {"sid": store_id, "oids": orders[i:i + 500]})
-        for oid, pid, sku, title, variant_id, quantity in rows:
+        rows = sorted(conn.execute(_LINES_OF_ORDERS, {"sid": store_id, "oids": orders[i:i + 500]}).all())
+        for _line, oid, pid, sku, title, variant_id, quantity in rows:
             units = found.setdefault((oid, product_key(pid, sku, title)), {})
             units[variant_id] = units.get(variant_id, 0) + max(1, quantity or 1)
     return found
