@@ -21,7 +21,7 @@ product is back in stock, or expires when that comes more than ``late_days`` aft
 time (the daily full scan puts its time back).
 
 A refunded or voided order is no purchase, like a cancelled one; a product the customer gets on
-a subscription (its renewals raised by the store) opens no window. At the end of a full scan, a
+a subscription (her latest purchase of it is a renewal the store raised) opens no window. At the end of a full scan, a
 pending window it did not plan (no cycle names its product any more, the product is not sold)
 is cancelled. A due window whose customer ordered the product again since (under another number
 with the same email or platform customer id, or an order still awaiting payment, such as a bank
@@ -46,7 +46,7 @@ import operator
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -91,21 +91,29 @@ def config_for(store: Any) -> ReorderConfig | None:
     return cfg if isinstance(cfg, ReorderConfig) else None
 
 
-def reorder_link(store: Any, config: ReorderConfig, variant_id: str | None, product_id: str | None, quantity: int) -> str | None:
-    """Shopify: a cart permalink (platform-facts A9); WooCommerce: the add-to-cart link."""
-    qty = max(1, quantity)
+def reorder_link(store: Any, config: ReorderConfig, variant_id: str | None, product_id: str | None, quantity: int,
+                 variants: Sequence[tuple[str | None, int]] = ()) -> str | None:
+    """Shopify: a cart permalink (platform-facts A9); WooCommerce: the add-to-cart link.
+
+    ``variants``: (variant, quantity) of each variant she bought of the product in the window's order, when
+    there were several (a 100 ml and two 200 ml). Shopify's permalink names each with its own quantity
+    (``/cart/v1:q1,v2:q2``); WooCommerce's ``add-to-cart`` takes one item, so the link offers the variation
+    she bought most of, with its own quantity (not all the units, of a size she may not use)."""
+    if len([v for v, _ in variants if v]) < 2:
+        variants = ((variant_id, quantity),)
     if store.platform == "shopify":
-        if not variant_id:
+        items = [(v.rsplit("/", 1)[-1], max(1, q)) for v, q in variants if v]  # a GraphQL gid or a plain id
+        if not items:
             return None
-        variant = variant_id.rsplit("/", 1)[-1]  # a GraphQL gid or a plain id
         base = str(config.storefront_url or f"https://{store.shop_domain}").rstrip("/")
-        link = f"{base}/cart/{variant}:{qty}"
+        link = f"{base}/cart/{','.join(f'{v}:{q}' for v, q in items)}"
         return f"{link}?discount={config.discount_code}" if config.discount_code else link
-    item = variant_id or product_id
+    variant, qty = max(variants, key=operator.itemgetter(1))  # the first of the largest
+    item = variant or product_id
     if not item:
         return None
     base = str(config.storefront_url or store.site_url).rstrip("/")
-    return f"{base}/?add-to-cart={item}&quantity={qty}"
+    return f"{base}/?add-to-cart={item}&quantity={max(1, qty)}"
 
 
 # -- reading history -------------------------------------------------------------------------
@@ -285,9 +293,22 @@ def _latest(purchases: list[Line]) -> Line:
 
 
 def _on_subscription(purchases: list[Line]) -> bool:
-    """Whether the customer gets this product on a subscription: the store sends the next one by
-    itself, so "reorder in one tap" days before a renewal would ask for a second box."""
-    return any(p.subscription for p in purchases)
+    """Whether the customer gets this product on a subscription now: the store sends the next one by
+    itself, so "reorder in one tap" days before a renewal would ask for a second box.
+
+    The platforms' orders say only which order a renewal raised (not whether the subscription is still
+    on), so her latest purchase of it decides (with the orders less than a day before it: one purchase,
+    as ``_latest`` counts them): a renewal, no window; a one-off bought at the checkout after she ended
+    the subscription, a window as for anyone. A one-off extra box while subscribed gets one too, and the
+    next renewal, a later order of the product, marks it ``reordered`` (or ``_reordered_since`` does as
+    it comes due), so no reminder goes unless her supply runs out before that renewal comes."""
+    latest = purchases[-1]
+    for p in reversed(purchases):
+        if (latest.placed_at - p.placed_at).total_seconds() >= 86400:
+            return False
+        if p.subscription:
+            return True
+    return False
 
 
 def plan_contact(contact_id: int, lines: list[Line], book: CycleBook, config: ReorderConfig, now: datetime, plan: Plan) -> None:
@@ -670,6 +691,8 @@ class OpenReport:
     expired: int = 0
     reordered: int = 0  # due, but she had already ordered it again (another number, a payment awaited)
     redacted: int = 0  # due, but its customer was erased: closed unopened
+    cancelled: int = 0  # due, but no longer a line of its order or no longer sold
+    held: int = 0  # due, but sold out or her reorder awaits its payment: checked again SOLD_OUT_RECHECK later
     failed: dict[int, str] = field(default_factory=dict)  # window id -> why opening it raised (it stays pending)
 
 
@@ -720,21 +743,37 @@ def busy_with(conn: Connection, store_id: int, contact_id: int | None, now: date
     return tuple(sorted({journey for journey, status, due in conn.execute(_BUSY, params) if status == "case" or (status == "active" and due)}))
 
 
-_LINES_OF_ORDERS = (select(O.c.external_id, L.c.product_id, L.c.sku, L.c.title).select_from(L.join(O, L.c.order_id == O.c.id))
+# no ORDER BY (a planner without statistics could walk the lines' primary key for it): sorted in Python, by line id
+_LINES_OF_ORDERS = (select(L.c.id, O.c.external_id, L.c.product_id, L.c.sku, L.c.title, L.c.variant_id, L.c.quantity)
+                    .select_from(L.join(O, L.c.order_id == O.c.id))
                     .where(O.c.store_id == bindparam("sid"), O.c.external_id.in_(bindparam("oids", expanding=True))))
 
 
-def _still_bought(conn: Connection, store_id: int, windows: list[Any]) -> set[tuple[str, str]]:
-    """(order, product key) of these windows' orders as their lines stand now: a product an order
-    edit removed, or the customer returned (refunded and restocked), is no longer a line of its order,
-    and its window, planned before, must not remind anyone to buy it again. One query for the lot;
-    the daily full scan leaves such a window pending, so this is checked as windows open."""
+def _still_bought(conn: Connection, store_id: int, windows: list[Any]) -> dict[tuple[str, str], dict[str | None, int]]:
+    """{(order, product key): {variant: units}} of these windows' orders as their lines stand now: a product
+    an order edit removed, or the customer returned (refunded and restocked), is no longer a line of its
+    order, and its window, planned before, must not remind anyone to buy it again. One query for the lot;
+    the daily full scan leaves such a window pending, so this is checked as windows open. The variants (in
+    line order) are the reorder link's (``_cart``)."""
     orders = sorted({w.order_external_id for w in windows})
-    found: set[tuple[str, str]] = set()
+    found: dict[tuple[str, str], dict[str | None, int]] = {}
     for i in range(0, len(orders), 500):
-        rows = conn.execute(_LINES_OF_ORDERS, {"sid": store_id, "oids": orders[i:i + 500]})
-        found.update((oid, product_key(pid, sku, title)) for oid, pid, sku, title in rows)
+        rows = sorted(conn.execute(_LINES_OF_ORDERS, {"sid": store_id, "oids": orders[i:i + 500]}).all())
+        for _line, oid, pid, sku, title, variant_id, quantity in rows:
+            units = found.setdefault((oid, product_key(pid, sku, title)), {})
+            units[variant_id] = units.get(variant_id, 0) + max(1, quantity or 1)
     return found
+
+
+def _cart(w: Any, units: dict[str | None, int]) -> list[tuple[str | None, int]]:
+    """(variant, quantity) to offer for a window whose order holds several variants of its product: each
+    with its own units. The window's own units beyond them (a second order less than a day before, counted
+    with this one: ``cycles.units_in_hand``) go to the window's variant, as the whole window did before."""
+    cart = dict(units)
+    extra = w.quantity - sum(cart.values())
+    if extra > 0:
+        cart[w.variant_id] = cart.get(w.variant_id, 0) + extra
+    return list(cart.items())
 
 
 CT: Table = m.Contact.__table__  # type: ignore[assignment]
@@ -869,14 +908,16 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
         try:
             with conn.begin_nested():
                 for w in to_open:
-                    _open_window(conn, runner, store, store_id, config, w, now, w.id in later)
+                    _open_window(conn, runner, store, store_id, config, w, now, w.id in later,
+                                 _cart(w, bought[(w.order_external_id, w.product_key)]))
             opened = [{"_id": w.id} for w in to_open]
         except Exception:  # rolled back: again, one savepoint per window
             opened = []
             for w in to_open:
                 try:
                     with conn.begin_nested():
-                        _open_window(conn, runner, store, store_id, config, w, now, w.id in later)
+                        _open_window(conn, runner, store, store_id, config, w, now, w.id in later,
+                                     _cart(w, bought[(w.order_external_id, w.product_key)]))
                 except Exception as exc:
                     report.failed[w.id] = (describe_error(exc).splitlines() or [""])[0][:300]
                     log.error("reorder window %s of store %s could not be opened, left pending for the next tick: %s",
@@ -898,6 +939,7 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
         if opened:
             conn.execute(update(W).where(W.c.id == bindparam("_id")).values(status="opened", opened_at=now, updated_at=now), opened)
     report.opened, report.expired, report.reordered, report.redacted = len(opened), len(expired), len(reordered), len(redacted)
+    report.cancelled, report.held = len(gone), len(held)
     return report
 
 
@@ -929,13 +971,14 @@ def _ordered_since(conn: Connection, store_id: int, windows: list[Any]) -> set[i
 
 
 def _open_window(conn: Connection, runner: JourneyRunner, store: Any, store_id: int, config: ReorderConfig, w: Any,
-                 now: datetime, ordered_since: bool) -> None:
-    """Hand one due window to the journeys (``ReorderWindowOpened``); ``ordered_since``: ``_ordered_since``."""
+                 now: datetime, ordered_since: bool, cart: Sequence[tuple[str | None, int]] = ()) -> None:
+    """Hand one due window to the journeys (``ReorderWindowOpened``); ``ordered_since``: ``_ordered_since``;
+    ``cart``: the variants its link offers (``_cart``)."""
     busy = busy_with(conn, store_id, w.contact_id, now)
     event = ev.ReorderWindowOpened(
         window_id=w.id, order_external_id=w.order_external_id, product_key=w.product_key, product_id=w.product_id,
         variant_id=w.variant_id, sku=w.sku, title=w.title, quantity=w.quantity, opens_at=w.opens_at, cycle_days=w.cycle_days,
-        cycle_source=w.cycle_source, link=reorder_link(store, config, w.variant_id, w.product_id, w.quantity), busy_with=busy,
+        cycle_source=w.cycle_source, link=reorder_link(store, config, w.variant_id, w.product_id, w.quantity, cart), busy_with=busy,
         ordered_since=ordered_since,
     )
     runner.on_event(conn, store, store_id, event, w.contact_id, now)
@@ -974,7 +1017,9 @@ def product_sold_again(conn: Connection, store: Any, store_id: int, keys: Iterab
 
 def run_reorder_tick(db: Database, store: Any, store_id: int, now: datetime, *, max_open: int = 10_000) -> tuple[ScanReport, OpenReport]:
     """What the scheduled job does each tick: refresh, then open everything due (``failed``: the
-    windows whose opening raised; they stay pending, and the job reports them)."""
+    windows whose opening raised; they stay pending, and the job reports them). It goes on while a batch
+    moves any window (a batch of 500 that were only cancelled or held must not keep the due ones behind
+    it waiting for the next tick), up to ``max_open`` opened or expired."""
     scan = refresh_windows(db, store, store_id, now)
     total = OpenReport()
     while total.opened + total.expired < max_open:
@@ -983,9 +1028,12 @@ def run_reorder_tick(db: Database, store: Any, store_id: int, now: datetime, *, 
         total.expired += step.expired
         total.reordered += step.reordered
         total.redacted += step.redacted
+        total.cancelled += step.cancelled
+        total.held += step.held
         total.failed.update(step.failed)
-        if step.opened + step.expired + step.reordered + step.redacted == 0:
+        if step.opened + step.expired + step.reordered + step.redacted + step.cancelled + step.held == 0:
             break  # nothing moved (at most windows that raised): the next tick tries them again
+        # a batch that only cancelled or held windows moved them out of the due ones: those behind it go now, not a tick later
     return scan, total
 
 
