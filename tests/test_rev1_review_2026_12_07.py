@@ -17,7 +17,7 @@ from tests.scenarios.stores import SHOPIFY, WOOCOMMERCE
 from tests.scenarios.test_store_journeys import LADDER
 from tests.scenarios.test_woo_recovery import unpaid
 from tests.test_payment_review_2026_12_07 import A_DAY_ON, PAY_PLAIN, QUIET, bank_transfer, pay_reminders, shopify_unpaid, start
-from tests.test_woo_binned_and_restored import COD, restored, tagged
+from tests.test_woo_binned_and_restored import COD, asked_then_binned, restored, tagged
 
 ASHA = "+919876543210"
 
@@ -31,12 +31,7 @@ def test_a_tap_on_the_cod_question_while_the_order_is_in_the_bin_is_not_lost_whe
     question; at 11:10 the store restores the order. Her answer stands: she is not reminded to confirm an order she
     answered, and the order is not tagged as unanswered at the deadline."""
     sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": COD})
-    order = WOOCOMMERCE.order(1, ASHA, sc.now)
-    WOOCOMMERCE.place(sc, order)
-    sc.work()
-    [ask] = sc.sent(ASHA)
-    sc.later(hours=1)
-    sc.woo("order.deleted", {"id": order["id"]})
+    order, ask = asked_then_binned(sc, 1)
     sc.later(minutes=5)
     sc.tap(ASHA, button, ask)
     sc.later(minutes=5)

@@ -3,39 +3,32 @@ scenarios' harness (signed webhooks in, the fake WhatsApp Cloud API and WooComme
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import timedelta
 
 import pytest
 
-from tests.scenarios import payloads as p
 from tests.scenarios.harness import TEMPLATES
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401  (the scenario fixtures)
-from tests.scenarios.stores import WOOCOMMERCE
+from tests.test_woo_binned_and_restored import COD, asked_then_binned, restored
 
 ASHA = "+919876543210"
-COD = {"reminder_hours": [6], "answer_window_hours": 24, "no_answer_action": "tag"}
 WHY = {"templates": [*TEMPLATES, {"step": "cod_confirmation.cancel_reason", "name": "cod_why_v1", "category": "utility",
                                   "body_text": "Sorry to see order {{1}} go. Why did you cancel?", "body": ["order.name"]}]}
 
 
-def restored(order: dict[str, Any], at) -> dict[str, Any]:
-    return {**order, "date_modified_gmt": p.gmt(at), "date_modified": p.gmt(at)}
-
-
 # ---- 1. replies heard while the order lay in the bin (86a9baa) ------------------------------------------------
 
-def test_a_cancel_and_her_reason_written_in_the_bin_do_not_ask_her_why_again_at_the_restore(sqlite_url, scenario, world):  # noqa: F811
+@pytest.mark.parametrize("restored_after, then", [(timedelta(days=2), timedelta(minutes=5)),
+                                                  (timedelta(minutes=20), timedelta(hours=2))],
+                         ids=["two days later", "within the hour"])
+def test_a_cancel_and_her_reason_written_in_the_bin_do_not_ask_her_why_again_at_the_restore(sqlite_url, scenario, world,  # noqa: F811
+                                                                                           restored_after, then):
     """Asked, binned by mistake, she taps Cancel and writes her reason ("found it cheaper") while it lies in the
-    bin. Restored two days later: her Cancel counts, but she must not get "why did you cancel?" two days after she
-    said why."""
+    bin. Restored two days later, or twenty minutes later (inside the hour the Cancel waits for a reason): her Cancel
+    counts (the order is cancelled), but nobody asks her "why did you cancel?": she already said why, to a person."""
     sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": {**COD, "cancel_reason_minutes": 60}},
                   store_settings=WHY)
-    order = WOOCOMMERCE.order(41, ASHA, sc.now)
-    WOOCOMMERCE.place(sc, order)
-    sc.work()
-    [ask] = sc.sent(ASHA)
-    sc.later(hours=1)
-    sc.woo("order.deleted", {"id": order["id"]})
+    order, ask = asked_then_binned(sc, 41)
     sc.later(minutes=5)
     sc.tap(ASHA, "cod_cancel", ask)
     sc.later(minutes=2)
@@ -43,34 +36,9 @@ def test_a_cancel_and_her_reason_written_in_the_bin_do_not_ask_her_why_again_at_
     sc.later(minutes=5)
     before = sc.templates_to(ASHA)
     assert any("found it cheaper elsewhere" in c["reason"] for c in sc.handoffs())  # her reason reached a person
-    sc.later(days=2)
+    sc.later(seconds=restored_after.total_seconds())
     sc.woo("order.restored", restored(order, sc.now))
-    sc.later(minutes=5)
-    assert [c.body["status"] for c in world.woo_writes() if c.path == "" and c.body and "status" in c.body] == ["cancelled"]
-    assert "cod_why_v1" not in sc.templates_to(ASHA)[len(before):]
-
-
-
-def test_a_cancel_and_her_reason_written_in_the_bin_restored_within_the_hour_do_not_ask_her_why(sqlite_url, scenario, world):  # noqa: F811
-    """As above, but the store restores the order twenty minutes later, inside the hour the Cancel waits for a reason:
-    she already wrote it (to a person, in the bin), so nobody asks her why; her Cancel still cancels the order."""
-    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": {**COD, "cancel_reason_minutes": 60}},
-                  store_settings=WHY)
-    order = WOOCOMMERCE.order(42, ASHA, sc.now)
-    WOOCOMMERCE.place(sc, order)
-    sc.work()
-    [ask] = sc.sent(ASHA)
-    sc.later(hours=1)
-    sc.woo("order.deleted", {"id": order["id"]})
-    sc.later(minutes=5)
-    sc.tap(ASHA, "cod_cancel", ask)
-    sc.later(minutes=2)
-    sc.say(ASHA, "found it cheaper elsewhere")
-    sc.later(minutes=5)
-    before = sc.templates_to(ASHA)
-    sc.later(minutes=20)
-    sc.woo("order.restored", restored(order, sc.now))
-    sc.later(hours=2)
+    sc.later(seconds=then.total_seconds())
     assert [c.body["status"] for c in world.woo_writes() if c.path == "" and c.body and "status" in c.body] == ["cancelled"]
     assert "cod_why_v1" not in sc.templates_to(ASHA)[len(before):]
 
@@ -82,10 +50,6 @@ def test_a_cancel_and_her_reason_written_in_the_bin_restored_within_the_hour_do_
 def test_two_variants_ordered_the_same_day_are_not_put_in_her_reorder_cart_as_two_of_the_second(db_url):
     """Asha ordered one neem face wash (variant 49001), and three hours later, in an order of its own, one of its rose
     variant (49002). Her reorder reminder's one-tap cart must not be two rose face washes (49002:2): she bought one."""
-    from datetime import timedelta
-
-    from sqlalchemy import select
-
     from connector.reorder.windows import refresh_windows, run_reorder_tick
     from tests.helpers import running_app
     from tests.test_reorder import T0, Clock, _consent, _order, _outbox, _post
@@ -129,7 +93,6 @@ def test_a_lift_on_fifteen_hundred_customers_is_not_called_too_few_to_tell():
 def test_one_order_paying_for_two_reminded_orders_loses_neither(sqlite_url, scenario, world):  # noqa: F811
     """#5001 (face wash) and #5002 (toner) are left pending, each reminded; she then pays #5003 with both. Nothing was
     lost: the report must not count one lost payment (the run #5003 did not credit, #5001, counts as reminded, unpaid)."""
-    from datetime import timedelta
 
     from tests.scenarios.stores import SHOPIFY
     from tests.scenarios.test_store_journeys import conversion
@@ -156,12 +119,8 @@ def test_one_order_paying_for_two_reminded_orders_loses_neither(sqlite_url, scen
 def test_a_second_pack_ordered_the_same_day_then_cancelled_leaves_her_first_packs_reminder(db_url, full):
     """Asha ordered one face wash, three hours later a second in an order of its own, and cancelled that second order an
     hour on. She has one pack: she is reminded on its cycle (day 31: 4 days' transit, 30 days, 3 days' lead)."""
-    from datetime import timedelta
-
-    from sqlalchemy import select
 
     from connector.reorder.windows import refresh_windows, run_reorder_tick
-    from connector.storage import models as m
     from tests.helpers import running_app
     from tests.test_reorder import T0, Clock, _consent, _order, _outbox, _post
     from tests.test_reorder import _settings as _shopify_settings
@@ -190,8 +149,6 @@ def test_a_second_pack_ordered_the_same_day_then_cancelled_leaves_her_first_pack
         for day in (31, 32):
             clock.now = T0 + timedelta(days=day, hours=4)
             run_reorder_tick(runtime.db, store, sid, clock.now)
-        with runtime.db.engine.connect() as conn:
-            windows = {w.order_external_id: (w.status, w.quantity) for w in conn.execute(select(m.ReorderWindow))}
         steps = [o.step for o in _outbox(runtime)]
     assert steps == ["reminder"]
 

@@ -28,17 +28,24 @@ def restored(order: dict[str, Any], at) -> dict[str, Any]:
     return {**order, "date_modified_gmt": p.gmt(at), "date_modified": p.gmt(at)}
 
 
-def test_a_cod_order_binned_by_mistake_and_restored_is_reminded_and_its_confirm_counts(sqlite_url, scenario, world):  # noqa: F811
-    """Asked, binned by mistake an hour later, restored ten minutes after that: she still gets the reminder (once,
-    and no second question), and her Confirm on the question confirms the order. Before, the bin had finished the run
-    for good: no reminder, no "no answer" tag, and her Confirm tap did nothing."""
-    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": COD})
-    order = WOOCOMMERCE.order(1, ASHA, sc.now)
+def asked_then_binned(sc: Any, number: int) -> tuple[dict[str, Any], Any]:
+    """Her COD order ``number`` placed and asked about; an hour later the store bins it by mistake (``order.deleted``).
+    Returns the order (as WooCommerce sent it) and the question she was sent."""
+    order = WOOCOMMERCE.order(number, ASHA, sc.now)
     WOOCOMMERCE.place(sc, order)
     sc.work()
     [ask] = sc.sent(ASHA)
     sc.later(hours=1)
     sc.woo("order.deleted", {"id": order["id"]})
+    return order, ask
+
+
+def test_a_cod_order_binned_by_mistake_and_restored_is_reminded_and_its_confirm_counts(sqlite_url, scenario, world):  # noqa: F811
+    """Asked, binned by mistake an hour later, restored ten minutes after that: she still gets the reminder (once,
+    and no second question), and her Confirm on the question confirms the order. Before, the bin had finished the run
+    for good: no reminder, no "no answer" tag, and her Confirm tap did nothing."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": COD})
+    order, ask = asked_then_binned(sc, 1)
     sc.later(minutes=10)
     sc.woo("order.restored", restored(order, sc.now))
     sc.later(minutes=5)
@@ -132,12 +139,7 @@ def test_a_confirm_tapped_while_the_order_is_in_the_bin_confirms_it_once_it_is_r
     cancel the order she confirmed; the case opened in the bin hears that nothing needs restoring or re-creating.
     Before, the restore put the run back as the bin found it: reminded, then cancelled for "no answer"."""
     sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": {**COD, "no_answer_action": "cancel"}})
-    order = WOOCOMMERCE.order(5, ASHA, sc.now)
-    WOOCOMMERCE.place(sc, order)
-    sc.work()
-    [ask] = sc.sent(ASHA)
-    sc.later(hours=1)
-    sc.woo("order.deleted", {"id": order["id"]})
+    order, ask = asked_then_binned(sc, 5)
     sc.later(minutes=5)
     sc.tap(ASHA, "cod_confirm", ask)
     sc.later(minutes=5)
@@ -160,12 +162,7 @@ def test_a_cancel_tapped_while_the_order_is_in_the_bin_cancels_it_once_it_is_res
     the store restores it, her Cancel counts as if tapped before the bin (``cancel_action``: the order is cancelled),
     and she is not reminded to confirm it nor is it tagged as unanswered."""
     sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": COD})
-    order = WOOCOMMERCE.order(6, ASHA, sc.now)
-    WOOCOMMERCE.place(sc, order)
-    sc.work()
-    [ask] = sc.sent(ASHA)
-    sc.later(hours=1)
-    sc.woo("order.deleted", {"id": order["id"]})
+    order, ask = asked_then_binned(sc, 6)
     sc.later(minutes=5)
     sc.tap(ASHA, "cod_cancel", ask)
     sc.later(minutes=5)
