@@ -35,7 +35,8 @@ def products(order: dict[str, Any], *ids: int) -> dict[str, Any]:
 def test_one_order_paying_for_two_reminded_orders_is_credited_once(sqlite_url, scenario, world):
     """10:30 #5001 (face wash) and 10:40 #5002 (toner) are left pending; each gets its pay link. At 12:20 she places and
     pays #5003 with both (INR 1500). One payment of INR 1500 came in: the report credits the reminders with INR 1500,
-    not INR 3000 (it did: both runs recorded #5003 and its whole total)."""
+    not INR 3000 (it did: both runs recorded #5003 and its whole total), and counts no payment lost (it counted the run
+    #5003 did not credit as reminded and unpaid)."""
     sc = start(sqlite_url, scenario, "shopify")
     SHOPIFY.place(sc, products(shopify_unpaid(1, sc.now), 111))
     sc.later(minutes=10)
@@ -45,7 +46,9 @@ def test_one_order_paying_for_two_reminded_orders_is_credited_once(sqlite_url, s
     sc.later(minutes=30)
     SHOPIFY.place(sc, products(SHOPIFY.order(3, ASHA, sc.now, cod=False, total="1500.00"), 111, 222))
     sc.later(days=1)
-    assert conversion(sc)["payment_recovered_revenue"] == {"INR": "1500.00"}
+    c = conversion(sc)
+    assert c["payment_recovered_revenue"] == {"INR": "1500.00"}
+    assert c["lost"] == 0  # nothing was lost: the run #5003 did not credit is not counted reminded and unpaid
 
 
 def test_an_order_recovered_by_a_cart_reminder_is_not_also_the_pay_reminders_revenue(sqlite_url, scenario, world):

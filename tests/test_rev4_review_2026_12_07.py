@@ -3,7 +3,10 @@ scenarios' harness (signed webhooks in, the fake WhatsApp Cloud API and WooComme
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -14,6 +17,34 @@ from tests.test_woo_binned_and_restored import COD, asked_then_binned, restored
 ASHA = "+919876543210"
 WHY = {"templates": [*TEMPLATES, {"step": "cod_confirmation.cancel_reason", "name": "cod_why_v1", "category": "utility",
                                   "body_text": "Sorry to see order {{1}} go. Why did you cancel?", "body": ["order.name"]}]}
+
+
+@contextmanager
+def _a_pack_and_another_three_hours_on(db_url: str, first: int, second: int, *, variant: str = "49001",
+                                       full: bool | None = None) -> Iterator[tuple[Any, Any, Any, Any, int, dict[str, Any]]]:
+    """Asha (marketing consent) orders one face wash (order ``first``) at T0, its window planned an hour on; three hours
+    after T0 one more (order ``second``, of ``variant``) in an order of its own. Yields (client, runtime, clock, store,
+    store id, the second order's body) in the running app, its clock at T0 + 3 h."""
+    from connector.reorder.windows import refresh_windows, run_reorder_tick
+    from tests.helpers import running_app
+    from tests.test_reorder import T0, Clock, _consent, _order, _post
+    from tests.test_reorder import _settings as _shopify_settings
+
+    settings = _shopify_settings(db_url, follow_up_days=None)
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        run_reorder_tick(runtime.db, store, sid, clock.now - timedelta(hours=1))
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", _order(first, T0, qty=1))
+        runtime.processor.drain()
+        refresh_windows(runtime.db, store, sid, T0 + timedelta(hours=1), full=full)
+        clock.now = T0 + timedelta(hours=3)
+        body = _order(second, clock.now, qty=1, variant=variant)
+        _post(client, "orders/create", body)
+        runtime.processor.drain()
+        yield client, runtime, clock, store, sid, body
 
 
 # ---- 1. replies heard while the order lay in the bin (86a9baa) ------------------------------------------------
@@ -51,23 +82,9 @@ def test_two_variants_ordered_the_same_day_are_not_put_in_her_reorder_cart_as_tw
     """Asha ordered one neem face wash (variant 49001), and three hours later, in an order of its own, one of its rose
     variant (49002). Her reorder reminder's one-tap cart must not be two rose face washes (49002:2): she bought one."""
     from connector.reorder.windows import refresh_windows, run_reorder_tick
-    from tests.helpers import running_app
-    from tests.test_reorder import T0, Clock, _consent, _order, _outbox, _post
-    from tests.test_reorder import _settings as _shopify_settings
+    from tests.test_reorder import T0, _outbox
 
-    settings = _shopify_settings(db_url, follow_up_days=None)
-    clock = Clock(T0)
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
-        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
-        run_reorder_tick(runtime.db, store, sid, clock.now - timedelta(hours=1))
-        _post(client, "customers_whats_app_marketing_consent/update", _consent())
-        _post(client, "orders/create", _order(6101, T0, qty=1))
-        runtime.processor.drain()
-        refresh_windows(runtime.db, store, sid, T0 + timedelta(hours=1))
-        clock.now = T0 + timedelta(hours=3)
-        _post(client, "orders/create", _order(6102, clock.now, qty=1, variant="49002"))
-        runtime.processor.drain()
+    with _a_pack_and_another_three_hours_on(db_url, 6101, 6102, variant="49002") as (_client, runtime, clock, store, sid, _):
         refresh_windows(runtime.db, store, sid, clock.now)
         for day in (31, 61):
             clock.now = T0 + timedelta(days=day, hours=4)
@@ -88,30 +105,8 @@ def test_a_lift_on_fifteen_hundred_customers_is_not_called_too_few_to_tell():
     assert x["too_few"] is False or x["significant"] is True
 
 
-# ---- 3. the report's purchase chains (c56ff1e: one paid order credits one pay run) ------------------------------
-
-def test_one_order_paying_for_two_reminded_orders_loses_neither(sqlite_url, scenario, world):  # noqa: F811
-    """#5001 (face wash) and #5002 (toner) are left pending, each reminded; she then pays #5003 with both. Nothing was
-    lost: the report must not count one lost payment (the run #5003 did not credit, #5001, counts as reminded, unpaid)."""
-
-    from tests.scenarios.stores import SHOPIFY
-    from tests.scenarios.test_store_journeys import conversion
-    from tests.test_payment_review2_2026_12_07 import pay_reminders, shopify_unpaid, start
-    from tests.test_payment_review3_2026_12_07 import products
-
-    sc = start(sqlite_url, scenario, "shopify")
-    SHOPIFY.place(sc, products(shopify_unpaid(1, sc.now), 111))
-    sc.later(minutes=10)
-    SHOPIFY.place(sc, products(shopify_unpaid(2, sc.now), 222))
-    sc.later(hours=1, minutes=10, step=timedelta(minutes=10))
-    assert pay_reminders(sc) == ["#5001", "#5002"]
-    sc.later(minutes=30)
-    SHOPIFY.place(sc, products(SHOPIFY.order(3, ASHA, sc.now, cod=False, total="1500.00"), 111, 222))
-    sc.later(days=1)
-    c = conversion(sc)
-    assert c["payment_recovered_revenue"] == {"INR": "1500.00"}
-    assert c["lost"] == 0
-
+# ---- 3. the report's purchase chains (c56ff1e): one order paying for two reminded orders loses neither; told in
+# tests/test_payment_review3_2026_12_07.py::test_one_order_paying_for_two_reminded_orders_is_credited_once
 
 @pytest.mark.xfail(strict=True, reason="pre-existing (as before 0b8117d, which did not fix it): a second pack ordered the same day and then cancelled "
                    "marked the first order's window reordered; with the cancel it is never planned again: no reminder")
@@ -121,24 +116,9 @@ def test_a_second_pack_ordered_the_same_day_then_cancelled_leaves_her_first_pack
     hour on. She has one pack: she is reminded on its cycle (day 31: 4 days' transit, 30 days, 3 days' lead)."""
 
     from connector.reorder.windows import refresh_windows, run_reorder_tick
-    from tests.helpers import running_app
-    from tests.test_reorder import T0, Clock, _consent, _order, _outbox, _post
-    from tests.test_reorder import _settings as _shopify_settings
+    from tests.test_reorder import T0, _outbox, _post
 
-    settings = _shopify_settings(db_url, follow_up_days=None)
-    clock = Clock(T0)
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
-        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
-        run_reorder_tick(runtime.db, store, sid, clock.now - timedelta(hours=1))
-        _post(client, "customers_whats_app_marketing_consent/update", _consent())
-        _post(client, "orders/create", _order(6201, T0, qty=1))
-        runtime.processor.drain()
-        refresh_windows(runtime.db, store, sid, T0 + timedelta(hours=1), full=full)
-        clock.now = T0 + timedelta(hours=3)
-        second = _order(6202, clock.now, qty=1)
-        _post(client, "orders/create", second)
-        runtime.processor.drain()
+    with _a_pack_and_another_three_hours_on(db_url, 6201, 6202, full=full) as (client, runtime, clock, store, sid, second):
         refresh_windows(runtime.db, store, sid, clock.now, full=full)
         clock.now = T0 + timedelta(hours=4)
         stamp = clock.now.isoformat()

@@ -88,6 +88,11 @@ BEFORE_CHECKOUT = ("pending", "checkout-draft")
 BEFORE_PROCESSING = ("pending", "on-hold")
 
 
+def _choice_in(commands: list[Command]) -> str | None:
+    """The choice a decision records (its ``Update``'s ``choice``: confirmed, cancelled...), for a case's note."""
+    return next((c.state["choice"] for c in commands if isinstance(c, Update) and "choice" in c.state), None)
+
+
 def shipped_event(event: Any) -> bool:
     """A store event saying the order has left the warehouse, at least in part."""
     if isinstance(event, ev.OrderFulfilled):
@@ -544,7 +549,7 @@ class CodConfirmation:
         called = (state.get("choice") in CALL_ASKED and config.no_answer_action != "none") or state.get("deadline") == "flagged"
         if not called:
             return []
-        chosen = next((c.state["choice"] for c in commands if isinstance(c, Update) and "choice" in c.state), None)
+        chosen = _choice_in(commands)
         if chosen in ("confirmed", "confirmed_late"):
             done = f"confirmed (tagged {config.confirm_tag})"
         elif chosen == "cancelled":
@@ -563,7 +568,7 @@ class CodConfirmation:
         tap does now, so nobody calls her or re-creates the order for nothing. Nothing when it hands off anew."""
         if not facts.extra.get("heard_in_bin") or any(isinstance(c, Handoff) for c in commands):
             return []
-        chosen = next((c.state["choice"] for c in commands if isinstance(c, Update) and "choice" in c.state), None)
+        chosen = _choice_in(commands)
         if chosen in ("confirmed", "confirmed_late"):
             done = f"it is confirmed now (tagged {config.confirm_tag}): nothing to restore or re-create"
         elif chosen == "cancelled":
