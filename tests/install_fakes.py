@@ -277,7 +277,7 @@ class FakeWoo:
         resource, _, event = hook_topic.partition(".")
         headers = {
             "Content-Type": "application/json",
-            "X-WC-Webhook-Source": "http://woo.test/",
+            "X-WC-Webhook-Source": f"{getattr(self, 'base', 'http://woo.test').rstrip('/')}/",  # the site's home_url('/')
             "X-WC-Webhook-Topic": hook_topic,
             "X-WC-Webhook-Resource": resource,
             "X-WC-Webhook-Event": event,

@@ -145,3 +145,36 @@ def test_an_order_binned_twice_is_two_events_and_a_repeated_delivery_is_one(db_u
         stored = [r.topic for r in rows(runtime)]
     assert codes == [200, 200, 200]
     assert stored == ["order.deleted", "order.restored", "order.deleted"]
+
+
+def test_a_staging_clone_of_the_site_signing_with_the_same_secret_is_refused(db_url, caplog):
+    """A copy of the shop (a host's staging site, a clone made for testing) carries the live shop's webhooks with
+    their secret, so its test orders come correctly signed; ``X-WC-Webhook-Source`` (the sending site's
+    ``home_url('/')``) names the copy. Such an order must not start a COD ask to a real customer, nor overwrite the
+    live order of the same id: 401, nothing stored, a warning naming the site. The live site is known by its host
+    and path whatever the scheme, a ``www.`` or a trailing slash; a WooCommerce older than 2.6 sends no source."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="storeloop")
+
+    def from_site(source: str | None, order_id: int):
+        body = dumps(cod_order(id=order_id))
+        headers = woo_headers(body, SECRETS["woo"], "order.created")
+        if source is None:
+            del headers["X-WC-Webhook-Source"]
+        else:
+            headers["X-WC-Webhook-Source"] = source
+        return client.post(URL, content=body, headers=headers).status_code
+
+    with running_app(make_settings(db_url)) as (client, runtime):
+        copies = [from_site("https://staging.bloom.example/", 801), from_site("https://bloom.example/staging/", 802),
+                  from_site("https://bloom-example.wpstage.net/", 803)]
+        live = [from_site("https://bloom.example/", 901), from_site("http://www.Bloom.example", 902), from_site(None, 903)]
+        stored = [r.dedupe_key.split(":")[2] for r in rows(runtime)]
+    assert copies == [401, 401, 401]
+    assert live == [200, 200, 200]
+    assert stored == ["901", "902", "903"]
+    warned = [r for r in caplog.records if r.getMessage() == "woocommerce webhook from another site refused"]
+    assert [r.source for r in warned] == ["https://staging.bloom.example/", "https://bloom.example/staging/",
+                                          "https://bloom-example.wpstage.net/"]
+    assert all(r.store == "woo" and SECRETS["woo"] not in r.getMessage() for r in warned)

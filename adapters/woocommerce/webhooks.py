@@ -12,6 +12,7 @@ import hmac
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from adapters.envelope import Envelope, body_digest, is_ascii
 from connector.config import WooCommerceStore
@@ -60,6 +61,37 @@ def verify(store: WooCommerceStore, headers: Mapping[str, str], body: bytes, *, 
         if hmac.compare_digest(expected, signature):
             return
     raise VerificationError("X-WC-Webhook-Signature does not match")
+
+
+def _site(url: str) -> tuple[str, str] | None:
+    """A site address as WordPress may write it for one shop: host (IDNA, lower case, no ``www.``,
+    no default port) and path (no trailing slash); the scheme left out (a proxy may serve https
+    while ``home_url`` says http). None when it is no address."""
+    try:
+        parts = urlsplit(url.strip())
+        host = (parts.hostname or "").encode("idna").decode("ascii").lower()
+        port = parts.port
+    except (ValueError, UnicodeError):
+        return None
+    if not host:
+        return None
+    host = host.removeprefix("www.")
+    if port not in (None, 80, 443):
+        host = f"{host}:{port}"
+    return host, parts.path.rstrip("/")
+
+
+def verify_source(store: WooCommerceStore, headers: Mapping[str, str]) -> None:
+    """``X-WC-Webhook-Source`` (the sending site's ``home_url('/')``, WooCommerce 2.6+) is the store's ``site_url``.
+
+    A copy of the shop (a host's staging site, a clone for tests) carries the live shop's webhooks with
+    their secret, so its test orders come correctly signed; only this header tells them apart. Absent
+    (an older WooCommerce), nothing is checked."""
+    source = headers.get("x-wc-webhook-source")
+    if source is None:
+        return
+    if _site(source) != _site(str(store.site_url)):
+        raise VerificationError("X-WC-Webhook-Source is another site than the store's site_url")
 
 
 def envelope(headers: Mapping[str, str], body: bytes, payload: Any) -> Envelope:

@@ -136,6 +136,13 @@ async def woocommerce_webhook(d: Delivery) -> Response:
     except VerificationError as exc:
         log.warning("woocommerce webhook rejected", extra={"store": key, "reason": exc.reason})
         return problem(401, "unauthorized")
+    try:
+        woo.verify_source(store, headers)
+    except VerificationError:
+        # a staging copy of the shop signs with the live shop's secret: its test orders must reach no customer
+        log.warning("woocommerce webhook from another site refused",
+                    extra={"store": key, "source": headers.get("x-wc-webhook-source", "")[:200]})
+        return problem(401, "unauthorized")
     payload = _json_or_400(body, "woocommerce", key)
     if isinstance(payload, Response):
         return payload
