@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from connector.errors import ConfigError, Problems
+from connector.toml_lines import problem_lines
 from connector.toml_values import FromEnv, checked_scalar
 
 ENV_PREFIX = "env:"
@@ -1037,7 +1038,11 @@ def load_settings(path: str | Path, environ: dict[str, str] | None = None) -> Se
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
-    return parse_settings(data, environ)
+    try:
+        return parse_settings(data, environ)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, problem_lines(exc.problems, text)) from None

@@ -379,3 +379,46 @@ def test_shopify_stores_of_one_app_may_share_its_secret():
 
     stores = [{"key": k, "platform": "shopify", "shop_domain": f"{k}.myshopify.com", "webhook_secret": "app-secret"} for k in "ab"]
     assert len(parse_settings({"stores": stores}, environ={}).stores) == 2
+
+
+
+def _line_of(text: str, needle: str, *, last: bool = False) -> int:
+    return text.count("\n", 0, text.rindex(needle) if last else text.index(needle)) + 1
+
+
+def test_check_config_names_the_line_each_problem_is_written_at(tmp_path, monkeypatch):
+    """With ten stores, `stores[7].timezone` is found by counting tables: each problem also says where it is
+    written (a missing key: its table's header), in the second store and in a store's second template too."""
+    for k, v in EXAMPLE_ENV.items():
+        monkeypatch.setenv(k, v)
+    text = EXAMPLE.read_text()
+    text = text.replace('timezone = "Europe/Rome"', 'timezone = "Europe/Roma"', 1)  # the second store's
+    text = text.replace("abandon_after_minutes = 30", "abandon_after_minute = 30", 1)
+    text = text.replace('name = "order_shipped_v1"', 'name = "order shipped"', 1)  # the first store's second template
+    text += '\n[[stores]]\nkey = "third"\nplatform = "woocommerce"\nsite_url = "https://third.example"\n'  # no webhook_secret
+    path = tmp_path / "storeloop.toml"
+    path.write_text(text)
+    result = runner.invoke(app, ["check-config", str(path)], terminal_width=400)
+    _no_traceback(result)
+    assert result.exit_code == 2, result.output
+    out = result.output.splitlines()
+    for problem, line in (
+        ("stores[1].timezone: unknown time zone 'Europe/Roma'", _line_of(text, 'timezone = "Europe/Roma"')),
+        ("stores[0].journeys.checkout_recovery.abandon_after_minute: unknown key", _line_of(text, "abandon_after_minute = 30")),
+        ("stores[0].templates[1].name:", _line_of(text, 'name = "order shipped"')),
+        ("stores[2].webhook_secret: Field required", _line_of(text, "[[stores]]", last=True)),
+    ):
+        at = next(i for i, shown in enumerate(out) if problem in shown)
+        assert out[at + 1].strip() == f"at storeloop.toml line {line}", (problem, out[at:at + 2])
+
+
+def test_a_line_inside_a_multi_line_string_is_no_key(tmp_path):
+    """A template text written over several lines may hold `key = ...` words: the line named is the setting's."""
+    path = _config(tmp_path, 'url = "sqlite://"', stores="")
+    path.write_text(path.read_text() + '[whatsapp]\nverify_token = """\nbackoff_cap_seconds = 1\n"""\n'
+                    'backoff_base_seconds = 30\nbackoff_cap_seconds = 1\n')
+    result = runner.invoke(app, ["check-config", str(path)], terminal_width=400)
+    assert result.exit_code == 2, result.output
+    out = result.output.splitlines()
+    at = next(i for i, shown in enumerate(out) if "whatsapp.backoff_cap_seconds" in shown)
+    assert out[at + 1].strip() == f"at storeloop.toml line {_line_of(path.read_text(), 'backoff_cap_seconds', last=True)}"
