@@ -422,3 +422,24 @@ def test_a_line_inside_a_multi_line_string_is_no_key(tmp_path):
     out = result.output.splitlines()
     at = next(i for i, shown in enumerate(out) if "whatsapp.backoff_cap_seconds" in shown)
     assert out[at + 1].strip() == f"at storeloop.toml line {_line_of(path.read_text(), 'backoff_cap_seconds', last=True)}"
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    # WhatsApp Manager shows the ids as digits: pasted without quotes, TOML reads a number
+    ('whatsapp_phone_number_id = "106540352242922"', "whatsapp_phone_number_id = 106540352242922",
+     "stores[0].whatsapp_phone_number_id: is written as a number, but it is text: write it in quotes"),
+    ('# business_account_id = "102290129340398"', "business_account_id = 102290129340398",
+     "whatsapp.business_account_id: is written as a number, but it is text: write it in quotes"),
+    ('api_version = "2026-07"', "api_version = 2026.07",
+     "stores[0].api_version: is written as a number, but it is text: write it in quotes"),
+    ("[stores.journeys.checkout_recovery]", '[stores.journeys.checkout_recovery]\ndiscount_code = 10',
+     "stores[0].journeys.checkout_recovery.discount_code: is written as a number, but it is text: write it in quotes"),
+    ('webhook_secret = "env:ACME_SHOPIFY_SECRET"', "webhook_secret = 31415926535",  # a secret: its value never shown
+     "stores[0].webhook_secret: is written as a number, but it is text: write it in quotes"),
+    ('name = "Acme Naturals"', "name = true", "stores[0].name: is written as true or false, but it is text: write it in quotes"),
+])
+def test_text_written_as_a_number_says_to_quote_it(tmp_path, monkeypatch, old, new, expected):
+    """"Input should be a valid string" left the engineer wondering what was wrong with the id."""
+    problems = _example_with(tmp_path, monkeypatch, old, new)
+    assert expected in problems, problems
+    assert "31415926535" not in "\n".join(problems)
