@@ -530,6 +530,11 @@ class _StoreBase(_Frozen):
             if journey is None:
                 problems.append((name, f"unknown journey (known: {', '.join(sorted(known))})"))
                 continue
+            derived = getattr(journey.config_model, "set_when_loaded", {})
+            if isinstance(block, dict) and derived.keys() & block.keys():
+                problems += [(f"{name}.{key}", f"set by the connector from the store's other settings ({derived[key]}), "
+                              "not in the configuration: remove it") for key in block if key in derived]
+                block = {k: v for k, v in block.items() if k not in derived}  # the rest still checked
             try:
                 out[name] = journey.config_model.model_validate(block or {})
             except ValidationError as exc:
