@@ -39,8 +39,10 @@ def _load(path: Path) -> Settings:
         settings = load_settings(path)
     except ConfigError as exc:
         console.print(f"[bold red]{escape(str(path))}: invalid configuration[/]")
-        for p in exc.problems:
+        for p, line in zip(exc.problems, exc.lines):
             console.print(f"  - {p}", markup=False, highlight=False, soft_wrap=True)  # one line each: greppable
+            if line is not None:  # where it is written: the tenth [[stores]] table is hard to find by counting
+                console.print(f"    at {path.name} line {line}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     for warning in settings.warnings():
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from connector.errors import ConfigError, Problems
+from connector.toml_lines import problem_lines
 from connector.toml_values import FromEnv, checked_scalar
 
 ENV_PREFIX = "env:"
@@ -529,16 +530,22 @@ class _StoreBase(_Frozen):
             if journey is None:
                 problems.append((name, f"unknown journey (known: {', '.join(sorted(known))})"))
                 continue
+            derived = getattr(journey.config_model, "set_when_loaded", {})
+            if isinstance(block, dict) and derived.keys() & block.keys():
+                problems += [(f"{name}.{key}", f"set by the connector from the store's other settings ({derived[key]}), "
+                              "not in the configuration: remove it") for key in block if key in derived]
+                block = {k: v for k, v in block.items() if k not in derived}  # the rest still checked
             try:
                 out[name] = journey.config_model.model_validate(block or {})
             except ValidationError as exc:
-                for err in exc.errors(include_url=False, include_input=False):
+                for err in exc.errors(include_url=False):  # the input only for its kind (``_not_text``): never shown
                     located = (err.get("ctx") or {}).get("error")
                     if isinstance(located, Problems):  # a journey's check that names its own settings
                         problems += [(".".join([name, *(str(p) for p in err["loc"]), *([where] if where else [])]), what)
                                      for where, what in located.located]
                         continue
-                    msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+                    msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else \
+                        _not_text(err) or err["msg"].removeprefix("Value error, ")
                     problems.append((".".join([name, *(str(p) for p in err["loc"])]), msg))  # no loc: the block as a whole
                 continue
             if getattr(out[name], "holdout_percent", 0) > 0 and not accepts_holdout(journey):
@@ -994,6 +1001,15 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+def _not_text(err: Any) -> str | None:
+    """Text written as a TOML number or boolean (an id pasted without quotes), in words; the value is
+    never quoted (it may be a secret)."""
+    value = err.get("input")
+    if err["type"] != "string_type" or not isinstance(value, (bool, int, float)):
+        return None
+    return f"is written as {'true or false' if isinstance(value, bool) else 'a number'}, but it is text: write it in quotes"
+
+
 def _described(path: str, err: Any) -> list[str]:
     """One pydantic error as problem lines at the setting's own key path, in words."""
     kind, ctx = err["type"], err.get("ctx") or {}
@@ -1006,6 +1022,8 @@ def _described(path: str, err: Any) -> list[str]:
         return [f"{path}.{ctx.get('discriminator', 'platform').strip(chr(39))}: missing (shopify or woocommerce)"]
     if kind == "union_tag_invalid":
         return [f"{path}.{ctx.get('discriminator', 'platform').strip(chr(39))}: {ctx.get('tag')!r} is not shopify or woocommerce"]
+    if (not_text := _not_text(err)) is not None:
+        return [f"{path}: {not_text}"]
     if path.endswith(".[key]"):  # a table's name that is not one of those it may have (stages)
         return [f"{path.removesuffix('.[key]')}: not a {path.split('.')[-3].removesuffix('s')}: {err['msg']}"]
     return [f"{path}: {err['msg'].removeprefix('Value error, ')}"]
@@ -1018,7 +1036,7 @@ def parse_settings(data: dict[str, Any], environ: dict[str, str] | None = None) 
         settings = Settings.model_validate(resolved)
     except ValidationError as exc:
         unset = {p.split(":", 1)[0] for p in problems}  # already reported as a missing env var
-        for err in exc.errors(include_url=False, include_input=False):
+        for err in exc.errors(include_url=False):  # the input only for its kind (``_not_text``): never shown
             path = _loc(tuple(err["loc"]))
             if path in unset:
                 continue
@@ -1037,7 +1055,11 @@ def load_settings(path: str | Path, environ: dict[str, str] | None = None) -> Se
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
-    return parse_settings(data, environ)
+    try:
+        return parse_settings(data, environ)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, problem_lines(exc.problems, text)) from None

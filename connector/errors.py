@@ -8,10 +8,12 @@ class StoreloopError(Exception):
 
 
 class ConfigError(StoreloopError):
-    """The configuration is invalid; ``problems`` lists every one with its key path."""
+    """The configuration is invalid; ``problems`` lists every one with its key path, ``lines`` the
+    file's line each one's setting is written at (None where there is none to point at)."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], lines: list[int | None] | None = None):
         self.problems = problems
+        self.lines = lines if lines is not None else [None] * len(problems)
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 

@@ -39,13 +39,33 @@ def compare(tpl: TemplateSettings, remote: dict[str, Any]) -> list[str]:
     n_remote = len(placeholders(str(body.get("text", ""))))
     if n_remote != len(tpl.body):
         problems.append(f"body has {n_remote} parameter(s), config binds {len(tpl.body)}")
-    remote_buttons = [str(b.get("type", "")).upper() for b in (_component(remote, "BUTTONS") or {}).get("buttons", [])]
+    listed = [b for b in (_component(remote, "BUTTONS") or {}).get("buttons", []) if isinstance(b, dict)]
+    remote_buttons = [str(b.get("type", "")).upper() for b in listed]
     ours = [b.type.upper() for b in tpl.buttons]
     if remote_buttons != ours:
         problems.append(f"buttons are {remote_buttons or 'none'}, config has {ours or 'none'}")
-    if tpl.header_image and _component(remote, "HEADER") is None:
-        problems.append("config sends a header image but the template has no header")
+    else:
+        problems += [f"button {i} has a fixed link ({b.get('url')}) but config appends {tpl.buttons[i - 1].suffix} to it: "
+                     "Meta refuses the parameter" for i, b in enumerate(listed, 1)
+                     if remote_buttons[i - 1] == "URL" and "{{1}}" not in str(b.get("url", ""))]
+    problems += _header_problems(tpl, _component(remote, "HEADER"))
     return problems
+
+
+def _header_problems(tpl: TemplateSettings, header: dict[str, Any] | None) -> list[str]:
+    """A header every send would be refused for: the sender sends an image header when ``header_image``
+    is set and no header parameter otherwise (a text header's variable is bound to nothing)."""
+    if header is None:
+        return ["config sends a header image but the template has no header"] if tpl.header_image else []
+    kind = str(header.get("format", "TEXT")).upper()
+    if kind == "TEXT":
+        n = len(placeholders(str(header.get("text", ""))))
+        if n:
+            return [f"header has {n} parameter(s); config binds none (only an image header, header_image, can be sent)"]
+        return ["config sends a header image but the template's header is text"] if tpl.header_image else []
+    if kind != "IMAGE":
+        return [f"template has a {kind} header; config can send only an image header (header_image)"]
+    return [] if tpl.header_image else ["template has an image header but config sets no header_image: Meta refuses every send"]
 
 
 def check_templates(settings: Settings, remote: list[dict[str, Any]]) -> list[Finding]:

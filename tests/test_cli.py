@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from connector.cli import app
@@ -39,6 +40,15 @@ def test_check_config_lists_every_problem_and_exits_2(tmp_path):
     assert "stores[0].timezone" in result.output
 
 
+STORE = '''
+[[stores]]
+key = "acme"
+platform = "shopify"
+shop_domain = "acme.myshopify.com"
+webhook_secret = "whsec-1"
+'''
+
+
 def _config(tmp_path: Path, *, auto_migrate: bool) -> Path:
     path = tmp_path / "c.toml"
     path.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "x.db"}"\nauto_migrate = {str(auto_migrate).lower()}\n')
@@ -54,6 +64,30 @@ def test_serve_refuses_an_unmigrated_database_and_migrate_fixes_it(tmp_path):
     assert migrated.exit_code == 0, migrated.output
     engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
     assert current_revision(engine) == head_revision()
+    engine.dispose()
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["serve"], ["report", "--store", "acme"]])
+@pytest.mark.parametrize("auto_migrate", [True, False])
+def test_a_database_a_newer_release_migrated_is_refused_in_words_not_a_traceback(tmp_path, command, auto_migrate):
+    """After a rollback to an older release, the database is at a revision this code does not know:
+    every command says so (and what to do) and exits 3, rather than printing Alembic's traceback."""
+    from sqlalchemy import text
+
+    config = _config(tmp_path, auto_migrate=auto_migrate)
+    config.write_text(config.read_text() + STORE)
+    assert runner.invoke(app, ["migrate", "--config", str(config)]).exit_code == 0
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    result = runner.invoke(app, [*command, "--config", str(config)])
+    assert result.exit_code == 3, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    said = " ".join(result.output.split())
+    assert "9999" in said and "newer" in said and head_revision() in said
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    assert current_revision(engine) == "9999"  # nothing was touched
     engine.dispose()
 
 

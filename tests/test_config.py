@@ -236,3 +236,18 @@ def test_a_cart_ladder_the_marketing_cap_would_cut_short_is_said_at_load(tmp_pat
     assert result.exit_code == 0, result.output
     assert "marketing_cap allows 2" in result.output and "valid" in result.output
     assert any("marketing_cap allows 2" in r.getMessage() for r in caplog.records)
+
+
+def test_the_example_lists_every_key_outside_the_journeys():
+    """config.example.toml says "Every key is listed here": an engineer learns the settings from it (the journeys'
+    full settings are their config models, as the README says)."""
+    import re
+
+    from connector.config import HandoffSettings, PolicySettings, Settings, StageSettings, TemplateButton, TemplateSettings
+
+    text = EXAMPLE.read_text()
+    models = [Settings.model_fields[s].annotation for s in ("server", "database", "worker", "whatsapp")]
+    models += [ShopifyStore, WooCommerceStore, PolicySettings, HandoffSettings, StageSettings, TemplateSettings, TemplateButton]
+    missing = sorted({key for model in models for key in model.model_fields  # type: ignore[union-attr]
+                      if not re.search(rf"(^|[\s#\[{{,]){key} =|\.{key}[\].]", text, re.MULTILINE)})
+    assert missing == [], missing

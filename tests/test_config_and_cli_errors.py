@@ -379,3 +379,67 @@ def test_shopify_stores_of_one_app_may_share_its_secret():
 
     stores = [{"key": k, "platform": "shopify", "shop_domain": f"{k}.myshopify.com", "webhook_secret": "app-secret"} for k in "ab"]
     assert len(parse_settings({"stores": stores}, environ={}).stores) == 2
+
+
+
+def _line_of(text: str, needle: str, *, last: bool = False) -> int:
+    return text.count("\n", 0, text.rindex(needle) if last else text.index(needle)) + 1
+
+
+def test_check_config_names_the_line_each_problem_is_written_at(tmp_path, monkeypatch):
+    """With ten stores, `stores[7].timezone` is found by counting tables: each problem also says where it is
+    written (a missing key: its table's header), in the second store and in a store's second template too."""
+    for k, v in EXAMPLE_ENV.items():
+        monkeypatch.setenv(k, v)
+    text = EXAMPLE.read_text()
+    text = text.replace('timezone = "Europe/Rome"', 'timezone = "Europe/Roma"', 1)  # the second store's
+    text = text.replace("abandon_after_minutes = 30", "abandon_after_minute = 30", 1)
+    text = text.replace('name = "order_shipped_v1"', 'name = "order shipped"', 1)  # the first store's second template
+    text += '\n[[stores]]\nkey = "third"\nplatform = "woocommerce"\nsite_url = "https://third.example"\n'  # no webhook_secret
+    path = tmp_path / "storeloop.toml"
+    path.write_text(text)
+    result = runner.invoke(app, ["check-config", str(path)], terminal_width=400)
+    _no_traceback(result)
+    assert result.exit_code == 2, result.output
+    out = result.output.splitlines()
+    for problem, line in (
+        ("stores[1].timezone: unknown time zone 'Europe/Roma'", _line_of(text, 'timezone = "Europe/Roma"')),
+        ("stores[0].journeys.checkout_recovery.abandon_after_minute: unknown key", _line_of(text, "abandon_after_minute = 30")),
+        ("stores[0].templates[1].name:", _line_of(text, 'name = "order shipped"')),
+        ("stores[2].webhook_secret: Field required", _line_of(text, "[[stores]]", last=True)),
+    ):
+        at = next(i for i, shown in enumerate(out) if problem in shown)
+        assert out[at + 1].strip() == f"at storeloop.toml line {line}", (problem, out[at:at + 2])
+
+
+def test_a_line_inside_a_multi_line_string_is_no_key(tmp_path):
+    """A template text written over several lines may hold `key = ...` words: the line named is the setting's."""
+    path = _config(tmp_path, 'url = "sqlite://"', stores="")
+    path.write_text(path.read_text() + '[whatsapp]\nverify_token = """\nbackoff_cap_seconds = 1\n"""\n'
+                    'backoff_base_seconds = 30\nbackoff_cap_seconds = 1\n')
+    result = runner.invoke(app, ["check-config", str(path)], terminal_width=400)
+    assert result.exit_code == 2, result.output
+    out = result.output.splitlines()
+    at = next(i for i, shown in enumerate(out) if "whatsapp.backoff_cap_seconds" in shown)
+    assert out[at + 1].strip() == f"at storeloop.toml line {_line_of(path.read_text(), 'backoff_cap_seconds', last=True)}"
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    # WhatsApp Manager shows the ids as digits: pasted without quotes, TOML reads a number
+    ('whatsapp_phone_number_id = "106540352242922"', "whatsapp_phone_number_id = 106540352242922",
+     "stores[0].whatsapp_phone_number_id: is written as a number, but it is text: write it in quotes"),
+    ('# business_account_id = "102290129340398"', "business_account_id = 102290129340398",
+     "whatsapp.business_account_id: is written as a number, but it is text: write it in quotes"),
+    ('api_version = "2026-07"', "api_version = 2026.07",
+     "stores[0].api_version: is written as a number, but it is text: write it in quotes"),
+    ("[stores.journeys.checkout_recovery]", '[stores.journeys.checkout_recovery]\ndiscount_code = 10',
+     "stores[0].journeys.checkout_recovery.discount_code: is written as a number, but it is text: write it in quotes"),
+    ('webhook_secret = "env:ACME_SHOPIFY_SECRET"', "webhook_secret = 31415926535",  # a secret: its value never shown
+     "stores[0].webhook_secret: is written as a number, but it is text: write it in quotes"),
+    ('name = "Acme Naturals"', "name = true", "stores[0].name: is written as true or false, but it is text: write it in quotes"),
+])
+def test_text_written_as_a_number_says_to_quote_it(tmp_path, monkeypatch, old, new, expected):
+    """"Input should be a valid string" left the engineer wondering what was wrong with the id."""
+    problems = _example_with(tmp_path, monkeypatch, old, new)
+    assert expected in problems, problems
+    assert "31415926535" not in "\n".join(problems)

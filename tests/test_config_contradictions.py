@@ -219,3 +219,20 @@ def test_a_template_that_binds_a_discount_its_journey_never_gives_is_a_warning(t
     setting = "prepaid_discount_code" if step.startswith("cod_") else "discount_code"
     assert warned in check("")
     assert "binds discount.code" not in check(f'{setting} = "SAVE5"\n')
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    # the connector decides these from the store's other settings: written in the file, they were overwritten without a word
+    ("# [stores.journeys.checkout_recovery]\n# unpaid_orders = true ", "[stores.journeys.checkout_recovery]\nunpaid_orders_by_consent = false\n# ",
+     "stores[1].journeys.checkout_recovery.unpaid_orders_by_consent: set by the connector from the store's other "
+     "settings (both journeys taking unpaid orders), not in the configuration: remove it"),
+    ("# [stores.journeys.checkout_recovery]\n# unpaid_orders = true ", "[stores.journeys.checkout_recovery]\norder_before_payment = false\n# ",
+     "stores[1].journeys.checkout_recovery.order_before_payment: set by the connector from the store's other "
+     "settings (the store's platform), not in the configuration: remove it"),
+    ("after_minutes = 60", "after_minutes = 60\nunpaid_orders_by_consent = true",
+     "stores[0].journeys.payment_recovery.unpaid_orders_by_consent: set by the connector from the store's other "
+     "settings (both journeys taking unpaid orders), not in the configuration: remove it"),
+])
+def test_a_setting_the_connector_decides_is_refused_not_silently_overwritten(tmp_path, monkeypatch, old, new, expected):
+    problems = _example_with(tmp_path, monkeypatch, old, new)
+    assert expected in problems, problems

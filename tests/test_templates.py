@@ -120,3 +120,59 @@ def test_templates_check_reports_missing_unapproved_and_mismatched(tmp_path, mon
     assert "mismatch" in result.output and "body has 1 parameter(s), config binds 3" in result.output
     assert "not approved" in paused.output and "PAUSED" in paused.output
     assert missing.output.count("missing") == 2 and "sandbox-token" not in result.output + missing.output
+
+
+def _approved(tpl, **changes) -> dict:
+    """The template as Meta lists it once approved (``definition`` is what we submit)."""
+    return {**definition(tpl), "status": "APPROVED", **changes}
+
+
+@pytest.mark.parametrize("remote_header, config_image, says", [
+    # Meta wants the image with every send; the config sends none: each message is refused
+    ({"type": "HEADER", "format": "IMAGE", "example": {"header_handle": ["h"]}}, None, "image header"),
+    ({"type": "HEADER", "format": "VIDEO", "example": {"header_handle": ["h"]}}, "https://cdn.example/x.png", "VIDEO header"),
+    # a header with a variable of its own: the connector binds header parameters to nothing
+    ({"type": "HEADER", "format": "TEXT", "text": "Order {{1}}", "example": {"header_text": ["#1042"]}}, None,
+     "header has 1 parameter"),
+    # the config sends an image; the approved header is text
+    ({"type": "HEADER", "format": "TEXT", "text": "Your order"}, "https://cdn.example/x.png", "header is text"),
+])
+def test_templates_check_names_a_header_every_send_would_be_refused_for(remote_header, config_image, says):
+    from connector.template_check import check_templates
+
+    settings = load_settings(EXAMPLE, environ=EXAMPLE_ENV)
+    store = settings.stores[0]
+    tpl = store.template_for("delivery.shipped").model_copy(update={"header_image": config_image})
+    remote = _approved(tpl)
+    remote["components"] = [remote_header, *(c for c in remote["components"] if c["type"] != "HEADER")]
+    settings = settings.model_copy(update={"stores": (store.model_copy(update={"templates": (tpl,)}),)})
+    [finding] = check_templates(settings, [remote])
+    assert finding.result == "mismatch" and says in finding.detail, finding
+
+
+def test_templates_check_names_a_link_button_whose_approved_link_takes_no_suffix():
+    """The config appends the tracking number to the link; Meta refuses a parameter for a fixed link."""
+    from connector.template_check import check_templates
+
+    settings = load_settings(EXAMPLE, environ=EXAMPLE_ENV)
+    tpl = settings.stores[0].template_for("delivery.shipped")
+    remote = _approved(tpl)
+    buttons = next(c for c in remote["components"] if c["type"] == "BUTTONS")
+    buttons["buttons"][0] = {"type": "URL", "text": "Track order", "url": "https://track.example/all-orders"}
+    findings = {f.step: f for f in check_templates(settings, [remote]) if f.store == "acme"}
+    assert findings["delivery.shipped"].result == "mismatch"
+    assert "button 1" in findings["delivery.shipped"].detail and "fixed link" in findings["delivery.shipped"].detail
+
+
+def test_templates_check_passes_what_we_submitted_once_approved():
+    from connector.template_check import check_templates
+
+    settings = load_settings(EXAMPLE, environ=EXAMPLE_ENV)
+    remote = [_approved(t) for s in settings.stores for t in s.templates]
+    image = settings.stores[0].template_for("delivery.shipped").model_copy(update={"header_image": "https://cdn.example/x.png"})
+    text_header = _approved(settings.stores[0].template_for("cod_confirmation.ask"))
+    text_header["components"].insert(0, {"type": "HEADER", "format": "TEXT", "text": "Your order"})  # no variable: nothing to bind
+    settings = settings.model_copy(update={"stores": (settings.stores[0].model_copy(update={
+        "templates": (settings.stores[0].template_for("cod_confirmation.ask"), image)}),)})
+    findings = check_templates(settings, [text_header, _approved(image)])
+    assert [f.result for f in findings] == ["ok", "ok"], findings

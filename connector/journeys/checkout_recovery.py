@@ -98,6 +98,8 @@ def was_abandoned(state: dict[str, Any]) -> bool:
 
 
 class CheckoutRecoveryConfig(JourneyConfig):
+    set_when_loaded: ClassVar[dict[str, str]] = {"unpaid_orders_by_consent": "both journeys taking unpaid orders",
+                                                 "order_before_payment": "the store's platform"}
     abandon_after_minutes: float = Field(30, gt=0)
     ladder_minutes: tuple[float, ...] = Field((0, 360, 1440), min_length=1, max_length=3, description="after abandonment, per reminder")
     discount_code: str | None = None

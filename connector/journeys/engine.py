@@ -26,6 +26,9 @@ class JourneyConfig(BaseModel):
     enabled: bool = True
     holdout_percent: float = Field(0, ge=0, le=50, description="share of contacts kept as a control group (get nothing); "
                                                                "only on a journey that accepts one (see accepts_holdout)")
+    # fields the connector sets when the config is loaded, from the store's other settings (why, in words):
+    # refused in the file, where they would be overwritten without a word
+    set_when_loaded: ClassVar[dict[str, str]] = {}
 
     @field_validator("*", mode="before")
     @classmethod

@@ -82,6 +82,7 @@ REPLACED_WITHIN = timedelta(days=1)  # a later order this soon after this one, w
 
 
 class PaymentRecoveryConfig(JourneyConfig):
+    set_when_loaded: ClassVar[dict[str, str]] = {"unpaid_orders_by_consent": "both journeys taking unpaid orders"}
     after_minutes: float = Field(60, gt=0, description="how long a payment may stay pending before the reminder")
     unpaid_orders: bool = Field(True, description="WooCommerce only: pending/failed orders (when checkout_recovery takes "
                                                   "them too, those of customers its ladder cannot reach)")

@@ -112,9 +112,24 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def _refuse_unknown(current: str | None) -> None:
+    """A revision this code has no migration for was written by a newer release (the code was
+    rolled back after its ``storeloop migrate``): no upgrade can start from it, and Alembic's own
+    answer is a traceback."""
+    if current is None:
+        return
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if current not in {script.revision for script in ScriptDirectory.from_config(cfg).walk_revisions()}:
+        raise SchemaNotReadyError(
+            f"database schema is at {current}, which this version does not know (its newest is {head_revision()}): "
+            "a newer storeloop release migrated it; run that release, or restore the backup taken before its migrate")
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Upgrade to ``revision``; on SQLite the WAL is then copied in and truncated, or a
     migration that rewrote a large table would leave a log file of that size on disk."""
+    _refuse_unknown(current_revision(engine))
     command.upgrade(alembic_config(engine), revision)
     if engine.dialect.name == "sqlite":
         raw = engine.raw_connection()
@@ -135,6 +150,7 @@ def ensure_schema(engine: Engine, *, auto_migrate: bool) -> str:
     head = head_revision()
     if current == head:
         return "up to date"
+    _refuse_unknown(current)
     if auto_migrate and engine.dialect.name == "sqlite":
         migrate(engine)
         return f"migrated {current or 'empty database'} -> {head}"
