@@ -6,7 +6,10 @@ the scenarios' harness (tests/scenarios): signed webhooks in, the fake WhatsApp 
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 from typing import Any
+
+import pytest
 
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401  (the scenario fixtures)
@@ -174,3 +177,55 @@ def test_a_cancel_tapped_while_the_order_is_in_the_bin_cancels_it_once_it_is_res
     assert _statuses(world) == ["cancelled"]
     assert "cod-unconfirmed" not in tagged(world)
     assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+
+
+# ---- binned as the scheduled sync finds it (its ``order.deleted`` lost) ----------------------------------------
+
+def in_the_bin_unheard(sc: Any, world: Any, order: dict[str, Any]) -> None:
+    """The store bins ``order`` now and its ``order.deleted`` never reaches us: WooCommerce lists it in the bin."""
+    world.woo_orders[str(order["id"])] = {**order, "status": "trash", "date_modified_gmt": p.gmt(sc.now), "date_modified": p.gmt(sc.now)}
+    world.woo_status[str(order["id"])] = "trash"
+
+
+def reconcile(sc: Any) -> None:
+    """One tick of the scheduled sync (``jobs.scheduler.reconcile_store``: the orders changed since its cursor, the
+    bin's too), then a worker round that processes what it read."""
+    from jobs.scheduler import reconcile_store
+
+    assert sc.client.portal.call(partial(reconcile_store, sc.runtime, sc.settings.store(sc.key), "worker-1", timedelta(minutes=15)))
+    sc.work()
+
+
+@pytest.mark.parametrize("back_by", ["order.restored", "sync"])
+def test_a_cod_order_the_sync_finds_in_the_bin_and_restored_is_reminded_and_her_confirm_counts(sqlite_url, scenario, world,  # noqa: F811
+                                                                                               back_by):
+    """Asked, binned by mistake an hour later with its ``order.deleted`` lost: the scheduled sync finds it in the bin ten
+    minutes on. Restored ten minutes after that (``order.restored``, or the next sync reads it out of the bin): as with
+    a bin the webhook told, she still gets the reminder (once, no second question) and her Confirm confirms the order.
+    Before, the sync's bin kept nothing of the run: it stayed ended, no reminder, and her Confirm did nothing."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": COD})
+    order = WOOCOMMERCE.order(7, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, order)
+    sc.work()
+    [ask] = sc.sent(ASHA)
+    sc.later(hours=1)
+    in_the_bin_unheard(sc, world, order)
+    sc.later(minutes=10)
+    reconcile(sc)
+    sc.later(minutes=10)
+    back = restored(order, sc.now)
+    if back_by == "sync":
+        world.woo_orders[str(order["id"])], world.woo_status[str(order["id"])] = back, back["status"]
+        reconcile(sc)
+    else:
+        sc.woo("order.restored", back)
+    sc.later(minutes=5)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+    sc.later(hours=5, step=timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_reminder_v1"]
+    sc.tap(ASHA, "cod_confirm", ask)
+    sc.later(minutes=5)
+    assert tagged(world) == ["cod-confirmed"]
+    sc.later(days=2)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_reminder_v1"]
+    assert tagged(world) == ["cod-confirmed"]

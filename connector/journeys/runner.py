@@ -526,8 +526,12 @@ def _keep_heard(found: tuple[int, Run, bool], heard: dict[str, Any]) -> tuple[in
 
 class JourneyRunner:
     def on_event(self, conn: Connection, store: Any, store_id: int, event: Any, contact_id: int | None, now: datetime,
-                 *, moves_stage: bool = True) -> int:
+                 *, moves_stage: bool = True, binned: bool = False) -> int:
         """Run every enabled journey for one event; returns how many commands were applied.
+
+        ``binned``: the event leaves its order in the bin (``state.Outcome.binned``: an ``OrderDeleted``, or the
+        order read in the bin by the sync): the runs it changes keep what they were (``BINNED``), to go on if
+        the order is restored, whichever way the bin was heard.
 
         ``moves_stage`` False: the event repeats what is known (an order's payment, a parcel's status, as
         stored: an old order tagged or saved again), so it moves no one: an old delivered order's save must
@@ -606,7 +610,7 @@ class JourneyRunner:
                     assert found is not None
                     found = _keep_heard(found, heard)
                 applied += self._apply(conn, store, store_id, name, target, found, commands, seen, config, now,
-                                       binned=isinstance(event, ev.OrderDeleted), rewrite_state=heard is not None)
+                                       binned=binned or isinstance(event, ev.OrderDeleted), rewrite_state=heard is not None)
         return applied
 
     def on_restored(self, conn: Connection, store: Any, store_id: int, subject: str, now: datetime) -> int:
