@@ -229,3 +229,60 @@ def test_a_cod_order_the_sync_finds_in_the_bin_and_restored_is_reminded_and_her_
     sc.later(days=2)
     assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_reminder_v1"]
     assert tagged(world) == ["cod-confirmed"]
+
+
+# ---- a tap in the bin that matches none of our messages -------------------------------------------------------
+
+@pytest.mark.parametrize("button, written", [("cod_confirm", ("cod-confirmed", None)), ("cod_cancel", (None, "cancelled"))],
+                         ids=["Confirm", "Cancel"])
+def test_a_tap_in_the_bin_that_matches_no_message_counts_once_the_order_is_restored(sqlite_url, scenario, world,  # noqa: F811
+                                                                                     button, written):
+    """The question reached her phone but its send's answer was lost (its message id unknown). The store bins the order
+    by mistake; she taps Confirm (or Cancel) on the question: the tap matches none of our messages and her only COD
+    order lies in the bin. Restored ten minutes later: her answer counts as a tap tied to the question does (tagged
+    confirmed, or the order cancelled), she is not reminded, and nothing is tagged unanswered at the deadline. Before,
+    the tap reached no run and was not kept: the restored run reminded her and tagged the order "cod-unconfirmed"."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": COD})
+    world.whatsapp_answer_lost = True
+    order, ask = asked_then_binned(sc, 8)
+    world.whatsapp_answer_lost = False
+    sc.later(minutes=5)
+    sc.tap(ASHA, button, ask)
+    sc.later(minutes=5)
+    assert world.woo_writes() == []  # nothing written to a binned order
+    sc.woo("order.restored", restored(order, sc.now))
+    sc.later(minutes=5)
+    tag, status = written
+    assert tagged(world) == ([tag] if tag else [])
+    assert _statuses(world) == ([status] if status else [])
+    sc.later(days=2)
+    assert tagged(world) == ([tag] if tag else [])
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+
+
+def test_a_tap_in_the_bin_that_matches_no_message_and_may_mean_another_order_goes_to_a_person_at_the_restore(
+        sqlite_url, scenario, world):  # noqa: F811
+    """Two COD orders asked, both sends' answers lost. The store bins the first by mistake; she taps Confirm on a
+    question: it matches no message, and the one order still open takes it (confirmed). When the first is restored,
+    the tap may have been meant for it: it is not confirmed on a guess, and a person is asked to find out which
+    order she meant. Before, the restore said nothing: her first order went on as if she had never answered."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": COD})
+    world.whatsapp_answer_lost = True
+    first, second = WOOCOMMERCE.order(9, ASHA, sc.now), WOOCOMMERCE.order(10, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, first)
+    WOOCOMMERCE.place(sc, second)
+    sc.work()
+    world.whatsapp_answer_lost = False
+    sc.later(hours=1)
+    sc.woo("order.deleted", {"id": first["id"]})
+    sc.later(minutes=5)
+    sc.tap(ASHA, "cod_confirm", sc.sent(ASHA)[0])
+    sc.later(minutes=5)
+    assert {c.order_id for c in world.woo_writes()} == {str(second["id"])}  # the order still open took it
+    assert sc.handoffs(status="open") == []
+    sc.woo("order.restored", restored(first, sc.now))
+    sc.later(minutes=5)
+    assert {c.order_id for c in world.woo_writes()} == {str(second["id"])}  # nothing confirmed on a guess
+    [case] = sc.handoffs(status="open")
+    assert "which order she meant" in case["reason"]
+    assert WOOCOMMERCE.name(9) in case["reason"] and WOOCOMMERCE.name(10) in case["reason"]
