@@ -231,6 +231,31 @@ def test_a_cod_order_the_sync_finds_in_the_bin_and_restored_is_reminded_and_her_
     assert tagged(world) == ["cod-confirmed"]
 
 
+
+def test_a_bin_first_heard_as_an_update_to_trash_is_resumed_at_the_restore(sqlite_url, scenario, world):  # noqa: F811
+    """WooCommerce's ``order.updated`` saying ``trash`` can reach us before the bin's ``order.deleted`` (the sync's
+    read of the bin comes later still): the run is kept as the first word of the bin found it, and the restore
+    resumes it (the reminder, once; "cod-unconfirmed" at the deadline). Before, the update ended the run as a cancel
+    and kept nothing, so the restored order was never reminded nor tagged."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": COD})
+    order = WOOCOMMERCE.order(11, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, order)
+    sc.work()
+    sc.later(hours=1)
+    in_the_bin_unheard(sc, world, order)
+    sc.woo("order.updated", world.woo_orders[str(order["id"])])
+    sc.later(minutes=1)
+    sc.woo("order.deleted", {"id": order["id"]})
+    sc.later(minutes=10)
+    reconcile(sc)
+    sc.later(minutes=10)
+    sc.woo("order.restored", restored(order, sc.now))
+    sc.later(hours=6, step=timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_reminder_v1"]
+    sc.later(days=2)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_reminder_v1"]
+    assert tagged(world) == ["cod-unconfirmed"]
+
 # ---- a tap in the bin that matches none of our messages -------------------------------------------------------
 
 @pytest.mark.parametrize("button, written", [("cod_confirm", ("cod-confirmed", None)), ("cod_cancel", (None, "cancelled"))],
