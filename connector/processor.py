@@ -536,7 +536,8 @@ class InboxProcessor:
                     # first sight of a fresh order through a later event: placed, then that event.
                     # The sync job decides first sight itself (a backfill places nothing).
                     self.journeys.on_event(conn, store, row.store_id, outcome.placed, outcome.contact_id, now)
-                self.journeys.on_event(conn, store, row.store_id, event, outcome.contact_id, now, moves_stage=not outcome.repeated)
+                self.journeys.on_event(conn, store, row.store_id, event, outcome.contact_id, now, moves_stage=not outcome.repeated,
+                                       binned=outcome.binned)
         values: dict[str, Any] = {
             "status": "done",
             "event": dump_events(events) if private is None else private,

@@ -52,6 +52,10 @@ class Outcome:
     # the order came out of the bin (WooCommerce ``order.restored``, after ``order.deleted``): the runs the bin
     # ended go on as they were (``JourneyRunner.on_restored``)
     restored: bool = False
+    # the order is in the bin after this event: an ``OrderDeleted``'s, or an order event whose order the store
+    # reports in it (a sync's read of the bin, whose ``order.deleted`` was lost). The runs it ends keep what they
+    # were, as ``OrderDeleted``'s do, so a restore resumes them (``JourneyRunner.on_event``'s ``binned``)
+    binned: bool = False
 
 
 # An order first seen through a later event is still news to the journeys when it was created
@@ -874,6 +878,7 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             if written == "new" and not isinstance(event, ev.OrderPlaced) and placed_on_first_sight(order, now):
                 out.placed = ev.OrderPlaced(order=order)
             out.restored = binned and written != "stale" and order.cancelled_at is None
+            out.binned = order.cancelled_at is not None and order.platform_status == BINNED_STATUS
             if out.restored and out.contact_id is not None:
                 restage(conn, store_id, out.contact_id, now)  # her order counts again
             if written == "called_off":
@@ -889,7 +894,7 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
                 record_consent(conn, store_id, opted_in, "marketing", "granted", "checkout_opt_in", checkout.updated_at, inbox_id, only_if_unknown=True)
             out.stale = not apply_checkout(conn, store_id, checkout, out.contact_id)
         case ev.OrderDeleted(order_external_id=oid):
-            out.subject = f"order:{oid}"
+            out.subject, out.binned = f"order:{oid}", True
             stored = order_row(conn, store_id, oid, for_update=True)
             if stored is not None:
                 out.contact_id = stored.contact_id

@@ -6,7 +6,10 @@ the scenarios' harness (tests/scenarios): signed webhooks in, the fake WhatsApp 
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 from typing import Any
+
+import pytest
 
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401  (the scenario fixtures)
@@ -174,3 +177,137 @@ def test_a_cancel_tapped_while_the_order_is_in_the_bin_cancels_it_once_it_is_res
     assert _statuses(world) == ["cancelled"]
     assert "cod-unconfirmed" not in tagged(world)
     assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+
+
+# ---- binned as the scheduled sync finds it (its ``order.deleted`` lost) ----------------------------------------
+
+def in_the_bin_unheard(sc: Any, world: Any, order: dict[str, Any]) -> None:
+    """The store bins ``order`` now and its ``order.deleted`` never reaches us: WooCommerce lists it in the bin."""
+    world.woo_orders[str(order["id"])] = {**order, "status": "trash", "date_modified_gmt": p.gmt(sc.now), "date_modified": p.gmt(sc.now)}
+    world.woo_status[str(order["id"])] = "trash"
+
+
+def reconcile(sc: Any) -> None:
+    """One tick of the scheduled sync (``jobs.scheduler.reconcile_store``: the orders changed since its cursor, the
+    bin's too), then a worker round that processes what it read."""
+    from jobs.scheduler import reconcile_store
+
+    assert sc.client.portal.call(partial(reconcile_store, sc.runtime, sc.settings.store(sc.key), "worker-1", timedelta(minutes=15)))
+    sc.work()
+
+
+@pytest.mark.parametrize("back_by", ["order.restored", "sync"])
+def test_a_cod_order_the_sync_finds_in_the_bin_and_restored_is_reminded_and_her_confirm_counts(sqlite_url, scenario, world,  # noqa: F811
+                                                                                               back_by):
+    """Asked, binned by mistake an hour later with its ``order.deleted`` lost: the scheduled sync finds it in the bin ten
+    minutes on. Restored ten minutes after that (``order.restored``, or the next sync reads it out of the bin): as with
+    a bin the webhook told, she still gets the reminder (once, no second question) and her Confirm confirms the order.
+    Before, the sync's bin kept nothing of the run: it stayed ended, no reminder, and her Confirm did nothing."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": COD})
+    order = WOOCOMMERCE.order(7, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, order)
+    sc.work()
+    [ask] = sc.sent(ASHA)
+    sc.later(hours=1)
+    in_the_bin_unheard(sc, world, order)
+    sc.later(minutes=10)
+    reconcile(sc)
+    sc.later(minutes=10)
+    back = restored(order, sc.now)
+    if back_by == "sync":
+        world.woo_orders[str(order["id"])], world.woo_status[str(order["id"])] = back, back["status"]
+        reconcile(sc)
+    else:
+        sc.woo("order.restored", back)
+    sc.later(minutes=5)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+    sc.later(hours=5, step=timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_reminder_v1"]
+    sc.tap(ASHA, "cod_confirm", ask)
+    sc.later(minutes=5)
+    assert tagged(world) == ["cod-confirmed"]
+    sc.later(days=2)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_reminder_v1"]
+    assert tagged(world) == ["cod-confirmed"]
+
+
+
+def test_a_bin_first_heard_as_an_update_to_trash_is_resumed_at_the_restore(sqlite_url, scenario, world):  # noqa: F811
+    """WooCommerce's ``order.updated`` saying ``trash`` can reach us before the bin's ``order.deleted`` (the sync's
+    read of the bin comes later still): the run is kept as the first word of the bin found it, and the restore
+    resumes it (the reminder, once; "cod-unconfirmed" at the deadline). Before, the update ended the run as a cancel
+    and kept nothing, so the restored order was never reminded nor tagged."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": COD})
+    order = WOOCOMMERCE.order(11, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, order)
+    sc.work()
+    sc.later(hours=1)
+    in_the_bin_unheard(sc, world, order)
+    sc.woo("order.updated", world.woo_orders[str(order["id"])])
+    sc.later(minutes=1)
+    sc.woo("order.deleted", {"id": order["id"]})
+    sc.later(minutes=10)
+    reconcile(sc)
+    sc.later(minutes=10)
+    sc.woo("order.restored", restored(order, sc.now))
+    sc.later(hours=6, step=timedelta(minutes=30))
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_reminder_v1"]
+    sc.later(days=2)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_reminder_v1"]
+    assert tagged(world) == ["cod-unconfirmed"]
+
+# ---- a tap in the bin that matches none of our messages -------------------------------------------------------
+
+@pytest.mark.parametrize("button, written", [("cod_confirm", ("cod-confirmed", None)), ("cod_cancel", (None, "cancelled"))],
+                         ids=["Confirm", "Cancel"])
+def test_a_tap_in_the_bin_that_matches_no_message_counts_once_the_order_is_restored(sqlite_url, scenario, world,  # noqa: F811
+                                                                                     button, written):
+    """The question reached her phone but its send's answer was lost (its message id unknown). The store bins the order
+    by mistake; she taps Confirm (or Cancel) on the question: the tap matches none of our messages and her only COD
+    order lies in the bin. Restored ten minutes later: her answer counts as a tap tied to the question does (tagged
+    confirmed, or the order cancelled), she is not reminded, and nothing is tagged unanswered at the deadline. Before,
+    the tap reached no run and was not kept: the restored run reminded her and tagged the order "cod-unconfirmed"."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": COD})
+    world.whatsapp_answer_lost = True
+    order, ask = asked_then_binned(sc, 8)
+    world.whatsapp_answer_lost = False
+    sc.later(minutes=5)
+    sc.tap(ASHA, button, ask)
+    sc.later(minutes=5)
+    assert world.woo_writes() == []  # nothing written to a binned order
+    sc.woo("order.restored", restored(order, sc.now))
+    sc.later(minutes=5)
+    tag, status = written
+    assert tagged(world) == ([tag] if tag else [])
+    assert _statuses(world) == ([status] if status else [])
+    sc.later(days=2)
+    assert tagged(world) == ([tag] if tag else [])
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+
+
+def test_a_tap_in_the_bin_that_matches_no_message_and_may_mean_another_order_goes_to_a_person_at_the_restore(
+        sqlite_url, scenario, world):  # noqa: F811
+    """Two COD orders asked, both sends' answers lost. The store bins the first by mistake; she taps Confirm on a
+    question: it matches no message, and the one order still open takes it (confirmed). When the first is restored,
+    the tap may have been meant for it: it is not confirmed on a guess, and a person is asked to find out which
+    order she meant. Before, the restore said nothing: her first order went on as if she had never answered."""
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": COD})
+    world.whatsapp_answer_lost = True
+    first, second = WOOCOMMERCE.order(9, ASHA, sc.now), WOOCOMMERCE.order(10, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, first)
+    WOOCOMMERCE.place(sc, second)
+    sc.work()
+    world.whatsapp_answer_lost = False
+    sc.later(hours=1)
+    sc.woo("order.deleted", {"id": first["id"]})
+    sc.later(minutes=5)
+    sc.tap(ASHA, "cod_confirm", sc.sent(ASHA)[0])
+    sc.later(minutes=5)
+    assert {c.order_id for c in world.woo_writes()} == {str(second["id"])}  # the order still open took it
+    assert sc.handoffs(status="open") == []
+    sc.woo("order.restored", restored(first, sc.now))
+    sc.later(minutes=5)
+    assert {c.order_id for c in world.woo_writes()} == {str(second["id"])}  # nothing confirmed on a guess
+    [case] = sc.handoffs(status="open")
+    assert "which order she meant" in case["reason"]
+    assert WOOCOMMERCE.name(9) in case["reason"] and WOOCOMMERCE.name(10) in case["reason"]

@@ -98,8 +98,11 @@ BINNED = "_binned"
 BINNED_SKIP = "order_binned"
 # in ``BINNED``: the customer's replies (taps, words) the run heard while its order lay in the bin, each as
 # ``{"event": ..., "handed_off": case id}``: its decision then saw a cancelled order; ``on_restored`` has the
-# journey decide them again on the restored run (``facts.extra["heard_in_bin"]``), so her answer counts
+# journey decide them again on the restored run (``facts.extra["heard_in_bin"]``), so her answer counts. A tap
+# that matched none of our messages is kept too, with ``"unmatched"``: the other runs it may have been meant for
+# (``JourneyRunner._keep_unmatched``)
 HEARD = "heard"
+UNMATCHED = "unmatched"
 
 
 def _step_keys(store: Any, journey: str, subject: str, state: dict[str, Any] | None = None) -> list[str]:
@@ -515,6 +518,19 @@ def _heard_in_bin(found: tuple[int, Run, bool] | None, event: Any, facts: Facts)
     return {"event": ev.dump_events([event])[0], **({"handed_off": case} if type(case) is int else {})}
 
 
+_HER_RUNS = select(RUNS.c.subject, RUNS.c.state).where(  # by the (store_id, contact_id) index: a contact's runs are few
+    RUNS.c.store_id == bindparam("sid"), RUNS.c.contact_id == bindparam("cid"), RUNS.c.journey == bindparam("j")).order_by(RUNS.c.id)
+
+
+def _binned_runs(conn: Connection, store_id: int, journey: str, contact_id: int) -> list[tuple[int, Run, bool]]:
+    """The contact's runs of a journey whose order lies in the bin (``BINNED``), in id order. Read from the
+    database (the batch's held writes first): only a tap that matched none of our messages asks, which is rare."""
+    flush(conn)
+    rows = conn.execute(_HER_RUNS, {"sid": store_id, "cid": contact_id, "j": journey}).all()
+    found = [_run(conn, store_id, journey, r.subject) for r in rows if BINNED in (r.state or {})]
+    return [f for f in found if f is not None and BINNED in f[1].state]
+
+
 def _keep_heard(found: tuple[int, Run, bool], heard: dict[str, Any]) -> tuple[int, Run, bool]:
     """The binned run with ``heard`` added to what it heard in the bin (``HEARD``)."""
     state = dict(found[1].state)
@@ -526,8 +542,12 @@ def _keep_heard(found: tuple[int, Run, bool], heard: dict[str, Any]) -> tuple[in
 
 class JourneyRunner:
     def on_event(self, conn: Connection, store: Any, store_id: int, event: Any, contact_id: int | None, now: datetime,
-                 *, moves_stage: bool = True) -> int:
+                 *, moves_stage: bool = True, binned: bool = False) -> int:
         """Run every enabled journey for one event; returns how many commands were applied.
+
+        ``binned``: the event leaves its order in the bin (``state.Outcome.binned``: an ``OrderDeleted``, or the
+        order read in the bin by the sync): the runs it changes keep what they were (``BINNED``), to go on if
+        the order is restored, whichever way the bin was heard.
 
         ``moves_stage`` False: the event repeats what is known (an order's payment, a parcel's status, as
         stored: an old order tagged or saved again), so it moves no one: an old delivered order's save must
@@ -598,16 +618,36 @@ class JourneyRunner:
                 # a journey that hears such taps (``hears_unmatched_taps``) is told so even of one run
                 reached = tuple(found[1] for _s, found, _f in targets if found is not None)
                 targets = [(s, found, replace(seen, extra={**seen.extra, "reached_runs": reached})) for s, found, seen in targets]
+            taken: list[str] = []  # the runs an unmatched tap did something to
             for target, found, seen in _sharing_the_order(journey, event, targets):
                 seen = _with_writebacks(conn, store_id, journey, name, event, target, found, seen, config)
                 commands = journey.decide(event, found[1] if found else None, seen, config, now)
+                if commands:
+                    taken.append(target)
                 heard = _heard_in_bin(found, event, seen)
                 if heard is not None:  # its order is in the bin: kept, to be decided again if it is restored
                     assert found is not None
                     found = _keep_heard(found, heard)
                 applied += self._apply(conn, store, store_id, name, target, found, commands, seen, config, now,
-                                       binned=isinstance(event, ev.OrderDeleted), rewrite_state=heard is not None)
+                                       binned=binned or isinstance(event, ev.OrderDeleted), rewrite_state=heard is not None)
+            if unmatched and facts.contact_id is not None:
+                self._keep_unmatched(conn, store, store_id, name, config, event, facts, {t[0] for t in targets}, taken, now)
         return applied
+
+    def _keep_unmatched(self, conn: Connection, store: Any, store_id: int, name: str, config: Any, event: ev.ButtonReplied,
+                        facts: Facts, reached: set[str], taken: list[str], now: datetime) -> None:
+        """A tap that matched none of our messages reaches only her runs still going; one she made on the question of
+        an order lying in the bin would be lost. Each of her runs of the journey whose order is in the bin keeps it
+        (``HEARD``), with the other runs it may have been meant for (``UNMATCHED``: those it did something to now, her
+        other binned ones): at the restore it counts if it can only have meant that run, else a person asks her
+        which order she meant (``_decide_heard``)."""
+        binned = [f for f in _binned_runs(conn, store_id, name, facts.contact_id) if f[1].subject not in reached] \
+            if facts.contact_id is not None else []
+        for found in binned:
+            also = [*taken, *(b[1].subject for b in binned if b[1].subject != found[1].subject)]
+            heard = {"event": ev.dump_events([event])[0], UNMATCHED: also}
+            self._apply(conn, store, store_id, name, found[1].subject, _keep_heard(found, heard), [], facts, config, now,
+                        rewrite_state=True)
 
     def on_restored(self, conn: Connection, store: Any, store_id: int, subject: str, now: datetime) -> int:
         """The store took an order out of the bin (``state.Outcome.restored``): every run of it the bin ended
@@ -652,13 +692,37 @@ class JourneyRunner:
         events = ev.load_events([kept["event"] for kept in heard])
         for i, (kept, event) in enumerate(zip(heard, events)):
             facts = _facts(conn, store, store_id, event, found[1].contact_id, found[1].subject, now)
+            if kept.get(UNMATCHED):  # it may have been meant for another order: not acted on, a person asks her
+                self._ask_which_order(conn, store, store_id, name, found[1], event, kept[UNMATCHED], now)
+                continue
             # what she said after it, in the bin too: a Cancel decided now need not ask why she already told
             extra = {**facts.extra, "heard_in_bin": True, "heard_after": tuple(events[i + 1:]),
-                     **({"handed_off": kept["handed_off"]} if "handed_off" in kept else {})}
+                     **({"handed_off": kept["handed_off"]} if "handed_off" in kept else {}),
+                     # a tap that matched none of our messages, this run the only one it can mean: heard as such
+                     **({"reached_runs": (found[1],)} if UNMATCHED in kept else {})}
             seen = _with_writebacks(conn, store_id, journey, name, event, found[1].subject, found, replace(facts, extra=extra), config)
             commands = journey.decide(event, found[1], seen, config, now)
             self._apply(conn, store, store_id, name, found[1].subject, found, commands, seen, config, now)
             found = _found_run(conn, store_id, name, found[1].subject)
+
+    @staticmethod
+    def _ask_which_order(conn: Connection, store: Any, store_id: int, name: str, run: Run, event: Any, others: list[str],
+                         now: datetime) -> None:
+        """A tap heard in the bin that matched none of our messages and may have been meant for another of her
+        orders (one it did something to then, or one in the bin too): acting on it now could answer for the wrong
+        order, so the restored run is left as it was and a person asks her which order she meant."""
+        def called(subject: str) -> str:
+            order = _order_facts(conn, store_id, subject[6:]) if subject.startswith("order:") else None
+            return order.name if order is not None else subject
+
+        tapped = getattr(event, "title", None) or getattr(event, "payload", "a button")
+        reason = (f"order {called(run.subject)} was restored from the bin: while it lay there the customer tapped \"{tapped}\" "
+                  f"on a message we could not match to one of her orders, and it may have been meant for "
+                  f"{', '.join(called(o) for o in others)}; nothing was changed for {called(run.subject)}: ask her which order "
+                  f"she meant")
+        flush(conn)
+        open_handoff(conn, store, store_id, run.contact_id, HandoffRequest(f"{name}:{run.subject}", reason[:2000], name, run.subject,
+                                                                           stage=journey_stage(name)), now)
 
     def on_timers(self, conn: Connection, store: Any, store_id: int, now: datetime, limit: int = 100,
                   stop: Callable[[], bool] | None = None, *, isolate: bool = False) -> int:

@@ -11,7 +11,9 @@ One Starlette app plays three peers and records every call it gets:
   its customer pages from ``shopify_customers`` (the same way: the customers' consent as Shopify has it),
   and install's ``webhookSubscriptions`` / ``webhookSubscriptionCreate``;
 - the WooCommerce REST API v3 under ``/wp-json/wc/v3`` (OAuth 1.0a consumer key checked,
-  as WooCommerce does on plain http): ``GET``/``PUT /orders/{id}``, ``POST /orders/{id}/notes``;
+  as WooCommerce does on plain http): ``GET``/``PUT /orders/{id}``, ``POST /orders/{id}/notes``,
+  and the reconcile's ``GET /orders`` listing of ``woo_orders`` (``modified_after``, ``offset``,
+  ``per_page``; the bin only with ``status=trash``, as WordPress lists it);
   it keeps each order's ``meta_data`` so a second tag write sees the first, and its ``status``
   (from the order webhooks the scenario posted, a status PUT, or ``woo_status`` set by a test);
 - a Slack-compatible incoming webhook for hand-off notifications: ``POST /hooks/{stage}``.
@@ -102,6 +104,9 @@ class FakeWorld:
         # each order's status as the fake WooCommerce has it: what the scenario's order webhooks said
         # (harness.Scenario.woo_delivery), a status PUT, or set by a test (a change whose webhook was lost)
         self.woo_status: dict[str, str] = {}
+        # order id -> the order as WooCommerce's REST API has it now (its status from ``woo_status``): what the
+        # reconcile lists, whether or not its webhooks reached the connector (a test sets one whose webhook was lost)
+        self.woo_orders: dict[str, dict[str, Any]] = {}
         self.shopify_cancelled: dict[str, str] = {}  # order gid -> cancelledAt, as the fake Shopify remembers it
         # order gid -> the order as Shopify's Admin GraphQL has it now (tests/scenarios/payloads.shopify_order_node):
         # what the reconcile reads, whether or not its webhooks reached the connector
@@ -114,6 +119,7 @@ class FakeWorld:
         self.app = Starlette(routes=[
             Route("/{version}/{phone_number_id}/messages", self._wa_messages, methods=["POST"]),
             Route("/admin/api/{version}/graphql.json", self._shopify_graphql, methods=["POST"]),
+            Route("/wp-json/wc/v3/orders", self._woo_orders, methods=["GET"]),
             Route("/wp-json/wc/v3/orders/{order_id}", self._woo_order, methods=["GET", "PUT"]),
             Route("/wp-json/wc/v3/orders/{order_id}/notes", self._woo_note, methods=["POST"]),
             Route("/hooks/{stage}", self._hook, methods=["POST"]),
@@ -129,6 +135,7 @@ class FakeWorld:
             self.refused.clear()
             self.woo_meta.clear()
             self.woo_status.clear()
+            self.woo_orders.clear()
             self.shopify_cancelled.clear()
             self.shopify_orders.clear()
             self.shopify_orders_status = 200
@@ -274,6 +281,23 @@ class FakeWorld:
             current = list(meta)
             status = self.woo_status.get(oid, "processing")
         return JSONResponse({"id": int(oid), "status": status, "meta_data": current})
+
+    async def _woo_orders(self, request: Request) -> Response:
+        """The orders listing the reconcile pages through: sorted by id, those modified after ``modified_after``
+        (GMT), the bin (``trash``) only when asked for (WordPress's ``any`` leaves it out), by ``offset``."""
+        if not self._woo_authorized(request):
+            return JSONResponse({"code": "woocommerce_rest_cannot_view", "message": "Sorry, you cannot list resources."}, 401)
+        if self.store_down:
+            return Response("Service Unavailable", 503)
+        q = request.query_params
+        binned, after = q.get("status") == "trash", q.get("modified_after") or ""
+        with self._lock:
+            orders = [{**o, "status": self.woo_status.get(oid, o.get("status"))} for oid, o in self.woo_orders.items()]
+        listed = sorted((o for o in orders if (o["status"] == "trash") == binned and str(o.get("date_modified_gmt")) > after),
+                        key=lambda o: int(o["id"]))
+        offset, per_page = int(q.get("offset", "0")), int(q.get("per_page", "10"))
+        pages = -(-len(listed) // per_page)
+        return JSONResponse(listed[offset:offset + per_page], headers={"X-WP-Total": str(len(listed)), "X-WP-TotalPages": str(pages)})
 
     async def _woo_note(self, request: Request) -> Response:
         if not self._woo_authorized(request):

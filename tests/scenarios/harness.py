@@ -155,6 +155,7 @@ class Scenario:
     def woo_delivery(self, topic: str, payload: dict[str, Any]) -> Delivery:
         if topic.startswith("order.") and "id" in payload and isinstance(payload.get("status"), str):
             self.world.woo_status[str(payload["id"])] = payload["status"]  # the store has the order as its webhook says
+            self.world.woo_orders[str(payload["id"])] = payload
         body = dumps(payload)
         return Delivery(f"/webhooks/woocommerce/{self.key}", body, woo_headers(body, SECRETS["woo"], topic), f"woocommerce {topic}")
 
