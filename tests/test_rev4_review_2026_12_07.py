@@ -108,8 +108,6 @@ def test_a_lift_on_fifteen_hundred_customers_is_not_called_too_few_to_tell():
 # ---- 3. the report's purchase chains (c56ff1e): one order paying for two reminded orders loses neither; told in
 # tests/test_payment_review3_2026_12_07.py::test_one_order_paying_for_two_reminded_orders_is_credited_once
 
-@pytest.mark.xfail(strict=True, reason="pre-existing (as before 0b8117d, which did not fix it): a second pack ordered the same day and then cancelled "
-                   "marked the first order's window reordered; with the cancel it is never planned again: no reminder")
 @pytest.mark.parametrize("full", [False, True], ids=["incremental tick", "daily full scan"])
 def test_a_second_pack_ordered_the_same_day_then_cancelled_leaves_her_first_packs_reminder(db_url, full):
     """Asha ordered one face wash, three hours later a second in an order of its own, and cancelled that second order an

@@ -424,8 +424,16 @@ def _upsert_sql(dialect: str, rows: int = 1) -> str:
     cols = ("store_id", *WINDOW_COLUMNS)
     one = f"({', '.join([mark] * len(cols))})"
     moves = ", ".join(f"{c} = excluded.{c}" for c in _MOVES)
+    no_reorder = ", ".join(f"'{state}'" for state in _NOT_A_REORDER)
+    # A window never opened and marked reordered by an order since cancelled, refunded or failed (a second pack
+    # ordered the same day, then called off) is hers again: the scan plans it as her latest purchase, so it is
+    # pending again on the plan's times. Evaluated only for a conflicting row that is not pending.
+    revived = (f"(reorder_windows.status = 'reordered' AND reorder_windows.opened_at IS NULL AND EXISTS (SELECT 1 FROM orders "
+               f"WHERE orders.store_id = reorder_windows.store_id AND orders.external_id = reorder_windows.reorder_order_id "
+               f"AND (orders.cancelled_at IS NOT NULL OR orders.payment_state IN ({no_reorder}))))")
     return (f"INSERT INTO reorder_windows ({', '.join(cols)}) VALUES {', '.join([one] * rows)} "
-            f"ON CONFLICT (store_id, order_external_id, product_key) DO UPDATE SET {moves} WHERE reorder_windows.status = 'pending'")
+            f"ON CONFLICT (store_id, order_external_id, product_key) DO UPDATE SET {moves}, status = 'pending', reorder_order_id = NULL "
+            f"WHERE reorder_windows.status = 'pending' OR {revived}")
 
 
 PG_ROWS_PER_STATEMENT = 100  # 1,700 parameters a statement
@@ -481,13 +489,20 @@ def _write(conn: Connection, store_id: int, plan: Plan, now: datetime) -> None:
         conn.execute(_MARK_CANCELLED, [{"sid": store_id, "o": o, "now": now} for o in plan.cancelled_orders])
 
 
+NO_PURCHASE = ("called_off", "not_a_line")  # cancel reasons of a window whose order no longer buys its product
+
+
 def _mark_all_reordered(conn: Connection, store_id: int, now: datetime) -> None:
-    """Full scan: any live window with a later window of the same customer and product was reordered."""
+    """Full scan: any live window with a later window of the same customer and product was reordered.
+
+    A later window whose order was called off, or no longer has the product as a line, is no reorder: it
+    must not take back the window the scan has just planned (or made pending again) on the purchase before."""
     later = W.alias("later")
+    a_purchase = or_(func.coalesce(later.c.status, "") != "cancelled", func.coalesce(later.c.cancel_reason, "").not_in(NO_PURCHASE))
     newer = (
         select(later.c.order_external_id)
         .where(later.c.store_id == W.c.store_id, later.c.contact_id == W.c.contact_id, later.c.product_key == W.c.product_key,
-               later.c.placed_at > W.c.placed_at)
+               later.c.placed_at > W.c.placed_at, a_purchase)
         .order_by(later.c.placed_at)
         .limit(1)
         .scalar_subquery()
@@ -502,7 +517,7 @@ def _mark_all_reordered(conn: Connection, store_id: int, now: datetime) -> None:
         .where(W.c.store_id == store_id, W.c.status.in_(("pending", "opened")),
                tuple_(W.c.contact_id, W.c.product_key).in_(repeated),
                exists().where(later.c.store_id == W.c.store_id, later.c.contact_id == W.c.contact_id,
-                              later.c.product_key == W.c.product_key, later.c.placed_at > W.c.placed_at))
+                              later.c.product_key == W.c.product_key, later.c.placed_at > W.c.placed_at, a_purchase))
         .values(status="reordered", reorder_order_id=newer, updated_at=now)
     )
 
