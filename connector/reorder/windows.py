@@ -425,12 +425,15 @@ def _upsert_sql(dialect: str, rows: int = 1) -> str:
     one = f"({', '.join([mark] * len(cols))})"
     moves = ", ".join(f"{c} = excluded.{c}" for c in _MOVES)
     no_reorder = ", ".join(f"'{state}'" for state in _NOT_A_REORDER)
-    # A window never opened and marked reordered by an order since cancelled, refunded or failed (a second pack
-    # ordered the same day, then called off) is hers again: the scan plans it as her latest purchase, so it is
-    # pending again on the plan's times. Evaluated only for a conflicting row that is not pending.
+    # A window never opened, marked reordered by an order that no longer buys the product (a second pack ordered
+    # the same day, then cancelled, refunded or edited out of it), is hers again: the scan plans it as her latest
+    # purchase, so it is pending again on the plan's times. Her own order: the scan read it and found no later
+    # purchase in it; another contact's (``_reordered_since``, a number she shares an email with): only once it
+    # is called off, as the scan never reads it. Evaluated only for a conflicting row that is not pending.
     revived = (f"(reorder_windows.status = 'reordered' AND reorder_windows.opened_at IS NULL AND EXISTS (SELECT 1 FROM orders "
                f"WHERE orders.store_id = reorder_windows.store_id AND orders.external_id = reorder_windows.reorder_order_id "
-               f"AND (orders.cancelled_at IS NOT NULL OR orders.payment_state IN ({no_reorder}))))")
+               f"AND (orders.contact_id = reorder_windows.contact_id OR orders.cancelled_at IS NOT NULL "
+               f"OR orders.payment_state IN ({no_reorder}))))")
     return (f"INSERT INTO reorder_windows ({', '.join(cols)}) VALUES {', '.join([one] * rows)} "
             f"ON CONFLICT (store_id, order_external_id, product_key) DO UPDATE SET {moves}, status = 'pending', reorder_order_id = NULL "
             f"WHERE reorder_windows.status = 'pending' OR {revived}")
@@ -489,16 +492,20 @@ def _write(conn: Connection, store_id: int, plan: Plan, now: datetime) -> None:
         conn.execute(_MARK_CANCELLED, [{"sid": store_id, "o": o, "now": now} for o in plan.cancelled_orders])
 
 
-NO_PURCHASE = ("called_off", "not_a_line")  # cancel reasons of a window whose order no longer buys its product
+NO_PURCHASE = ("called_off", "not_a_line", "unplanned")  # cancel reasons of a window that may be no purchase now
 
 
 def _mark_all_reordered(conn: Connection, store_id: int, now: datetime) -> None:
     """Full scan: any live window with a later window of the same customer and product was reordered.
 
-    A later window whose order was called off, or no longer has the product as a line, is no reorder: it
-    must not take back the window the scan has just planned (or made pending again) on the purchase before."""
+    A later window that may be no purchase now is no reorder: its order called off, the product no longer a
+    line of it (cancelled when due, or ``unplanned`` by a full scan), or still pending though this scan did not
+    plan it (stamped before ``now``: ``_cancel_unplanned`` is about to cancel it). It must not take back the
+    window the scan has just planned (or made pending again) on the purchase before."""
     later = W.alias("later")
-    a_purchase = or_(func.coalesce(later.c.status, "") != "cancelled", func.coalesce(later.c.cancel_reason, "").not_in(NO_PURCHASE))
+    status = func.coalesce(later.c.status, "")
+    a_purchase = and_(or_(status != "cancelled", func.coalesce(later.c.cancel_reason, "").not_in(NO_PURCHASE)),
+                      or_(status != "pending", later.c.updated_at >= now))
     newer = (
         select(later.c.order_external_id)
         .where(later.c.store_id == W.c.store_id, later.c.contact_id == W.c.contact_id, later.c.product_key == W.c.product_key,
