@@ -18,7 +18,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 _CYCLE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|day|days|w|wk|week|weeks|m|mo|month|months)?\s*$", re.IGNORECASE)
 _UNIT_DAYS = {"d": 1, "day": 1, "days": 1, "w": 7, "wk": 7, "week": 7, "weeks": 7, "m": 30, "mo": 30, "month": 30, "months": 30}
@@ -73,6 +73,9 @@ class _Bought(Protocol):
     def quantity(self) -> int: ...
 
 
+_B = TypeVar("_B", bound=_Bought)
+
+
 def intervals_in_order(purchases: Sequence[_Bought]) -> list[float]:
     """Days per unit between consecutive purchases already in time order, same-day repeats skipped.
 
@@ -91,16 +94,19 @@ def intervals_in_order(purchases: Sequence[_Bought]) -> list[float]:
     return out
 
 
+def one_purchase(purchases: Sequence[_B]) -> Sequence[_B]:
+    """The latest purchase (of purchases in time order) with the orders placed less than a day apart before it
+    (a second pack ordered an hour later), as ``intervals_in_order`` counts them: one purchase split in orders."""
+    start = len(purchases) - 1
+    while start > 0 and (purchases[start].placed_at - purchases[start - 1].placed_at).total_seconds() / 86400 < 1:
+        start -= 1
+    return purchases[start:]
+
+
 def units_in_hand(purchases: Sequence[_Bought]) -> int:
-    """What the latest purchase (of purchases in time order) left her with: its quantity, plus that of the
-    orders placed less than a day apart before it (a second pack ordered an hour later), as ``intervals_in_order``
-    counts them: her supply lasts for all of them."""
-    units = purchases[-1].quantity
-    for before, after in zip(reversed(purchases[:-1]), reversed(purchases)):
-        if (after.placed_at - before.placed_at).total_seconds() / 86400 >= 1:
-            break
-        units += before.quantity
-    return units
+    """What the latest purchase (of purchases in time order) left her with: the units of ``one_purchase``:
+    her supply lasts for all of them."""
+    return sum(p.quantity for p in one_purchase(purchases))
 
 
 def unit_intervals(purchases: list[Purchase]) -> list[float]:

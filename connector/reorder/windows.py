@@ -62,7 +62,7 @@ from connector.errors import StoreloopError, describe_error
 from connector.handoffs import REPLY_CASE
 from connector.journeys.reorder import ReorderConfig
 from connector.journeys.runner import LISTENING, JourneyRunner
-from connector.reorder.cycles import CycleBook, cadence, intervals_in_order, learn_all, product_key, units_in_hand
+from connector.reorder.cycles import CycleBook, cadence, intervals_in_order, learn_all, one_purchase, product_key, units_in_hand
 from connector.storage import models as m
 from connector.storage.db import Database
 from connector.sync import read_cursor, upsert_cursor
@@ -424,8 +424,19 @@ def _upsert_sql(dialect: str, rows: int = 1) -> str:
     cols = ("store_id", *WINDOW_COLUMNS)
     one = f"({', '.join([mark] * len(cols))})"
     moves = ", ".join(f"{c} = excluded.{c}" for c in _MOVES)
+    no_reorder = ", ".join(f"'{state}'" for state in _NOT_A_REORDER)
+    # A window never opened, marked reordered by an order that no longer buys the product (a second pack ordered
+    # the same day, then cancelled, refunded or edited out of it), is hers again: the scan plans it as her latest
+    # purchase, so it is pending again on the plan's times. Her own order: the scan read it and found no later
+    # purchase in it; another contact's (``_reordered_since``, a number she shares an email with): only once it
+    # is called off, as the scan never reads it. Evaluated only for a conflicting row that is not pending.
+    revived = (f"(reorder_windows.status = 'reordered' AND reorder_windows.opened_at IS NULL AND EXISTS (SELECT 1 FROM orders "
+               f"WHERE orders.store_id = reorder_windows.store_id AND orders.external_id = reorder_windows.reorder_order_id "
+               f"AND (orders.contact_id = reorder_windows.contact_id OR orders.cancelled_at IS NOT NULL "
+               f"OR orders.payment_state IN ({no_reorder}))))")
     return (f"INSERT INTO reorder_windows ({', '.join(cols)}) VALUES {', '.join([one] * rows)} "
-            f"ON CONFLICT (store_id, order_external_id, product_key) DO UPDATE SET {moves} WHERE reorder_windows.status = 'pending'")
+            f"ON CONFLICT (store_id, order_external_id, product_key) DO UPDATE SET {moves}, status = 'pending', reorder_order_id = NULL "
+            f"WHERE reorder_windows.status = 'pending' OR {revived}")
 
 
 PG_ROWS_PER_STATEMENT = 100  # 1,700 parameters a statement
@@ -481,13 +492,24 @@ def _write(conn: Connection, store_id: int, plan: Plan, now: datetime) -> None:
         conn.execute(_MARK_CANCELLED, [{"sid": store_id, "o": o, "now": now} for o in plan.cancelled_orders])
 
 
+NO_PURCHASE = ("called_off", "not_a_line", "unplanned")  # cancel reasons of a window that may be no purchase now
+
+
 def _mark_all_reordered(conn: Connection, store_id: int, now: datetime) -> None:
-    """Full scan: any live window with a later window of the same customer and product was reordered."""
+    """Full scan: any live window with a later window of the same customer and product was reordered.
+
+    A later window that may be no purchase now is no reorder: its order called off, the product no longer a
+    line of it (cancelled when due, or ``unplanned`` by a full scan), or still pending though this scan did not
+    plan it (stamped before ``now``: ``_cancel_unplanned`` is about to cancel it). It must not take back the
+    window the scan has just planned (or made pending again) on the purchase before."""
     later = W.alias("later")
+    status = func.coalesce(later.c.status, "")
+    a_purchase = and_(or_(status != "cancelled", func.coalesce(later.c.cancel_reason, "").not_in(NO_PURCHASE)),
+                      or_(status != "pending", later.c.updated_at >= now))
     newer = (
         select(later.c.order_external_id)
         .where(later.c.store_id == W.c.store_id, later.c.contact_id == W.c.contact_id, later.c.product_key == W.c.product_key,
-               later.c.placed_at > W.c.placed_at)
+               later.c.placed_at > W.c.placed_at, a_purchase)
         .order_by(later.c.placed_at)
         .limit(1)
         .scalar_subquery()
@@ -502,7 +524,7 @@ def _mark_all_reordered(conn: Connection, store_id: int, now: datetime) -> None:
         .where(W.c.store_id == store_id, W.c.status.in_(("pending", "opened")),
                tuple_(W.c.contact_id, W.c.product_key).in_(repeated),
                exists().where(later.c.store_id == W.c.store_id, later.c.contact_id == W.c.contact_id,
-                              later.c.product_key == W.c.product_key, later.c.placed_at > W.c.placed_at))
+                              later.c.product_key == W.c.product_key, later.c.placed_at > W.c.placed_at, a_purchase))
         .values(status="reordered", reorder_order_id=newer, updated_at=now)
     )
 
@@ -765,10 +787,42 @@ def _still_bought(conn: Connection, store_id: int, windows: list[Any]) -> dict[t
     return found
 
 
+def _one_purchase_units(conn: Connection, store_id: int, windows: list[Any]) -> dict[int, dict[str | None, int]]:
+    """{window id: {variant: units}} for windows planned on a purchase split over orders less than a day apart
+    (``cycles.one_purchase``: a neem face wash, and three hours later a rose one): each variant of each of those
+    orders with its own units, in the order she bought them, so her cart is one of each, not two of the last.
+    Read from her history as the scans read it (``_history_query``: lines as they stand, orders called off
+    left out); one query per 500 customers, and only for such windows (their quantity exceeds their order's)."""
+    by_contact: dict[int, list[Any]] = defaultdict(list)
+    for w in windows:
+        by_contact[w.contact_id].append(w)
+    contacts = sorted(by_contact)
+    out: dict[int, dict[str | None, int]] = {}
+    for i in range(0, len(contacts), 500):
+        for contact_id, lines in _per_contact(conn.execute(_history_query(store_id, contacts[i:i + 500]))):
+            variants: dict[tuple[str, str], dict[str | None, int]] = {}  # (order, product) -> {variant: units}
+            for line in lines:  # before _by_product, which adds an order's lines of a product into its first
+                if not line.cancelled:
+                    units = variants.setdefault((line.order_external_id, line.key), {})
+                    units[line.variant_id] = units.get(line.variant_id, 0) + line.quantity
+            purchases = _by_product(lines)
+            for w in by_contact[contact_id]:
+                mine = purchases.get(w.product_key, [])
+                at = next((j for j, p in enumerate(mine) if p.order_external_id == w.order_external_id), None)
+                if at is None:
+                    continue
+                cart: dict[str | None, int] = {}
+                for p in one_purchase(mine[:at + 1]):
+                    for variant, units in variants[(p.order_external_id, w.product_key)].items():
+                        cart[variant] = cart.get(variant, 0) + units
+                out[w.id] = cart
+    return out
+
+
 def _cart(w: Any, units: dict[str | None, int]) -> list[tuple[str | None, int]]:
-    """(variant, quantity) to offer for a window whose order holds several variants of its product: each
-    with its own units. The window's own units beyond them (a second order less than a day before, counted
-    with this one: ``cycles.units_in_hand``) go to the window's variant, as the whole window did before."""
+    """(variant, quantity) to offer for a window whose purchase holds several variants of its product: each
+    with its own units (``units``: its order's, or ``_one_purchase_units`` for one split over orders). The
+    window's units beyond them (its orders changed since the scan counted them) go to the window's variant."""
     cart = dict(units)
     extra = w.quantity - sum(cart.values())
     if extra > 0:
@@ -905,19 +959,19 @@ def open_due_windows(db: Database, store: Any, store_id: int, now: datetime, *, 
                 continue
             to_open.append(w)
         later = _ordered_since(conn, store_id, to_open) if to_open else set()
+        split = _one_purchase_units(conn, store_id, [w for w in to_open if w.quantity > sum(bought[(w.order_external_id, w.product_key)].values())])
+        carts = {w.id: _cart(w, split.get(w.id) or bought[(w.order_external_id, w.product_key)]) for w in to_open}
         try:
             with conn.begin_nested():
                 for w in to_open:
-                    _open_window(conn, runner, store, store_id, config, w, now, w.id in later,
-                                 _cart(w, bought[(w.order_external_id, w.product_key)]))
+                    _open_window(conn, runner, store, store_id, config, w, now, w.id in later, carts[w.id])
             opened = [{"_id": w.id} for w in to_open]
         except Exception:  # rolled back: again, one savepoint per window
             opened = []
             for w in to_open:
                 try:
                     with conn.begin_nested():
-                        _open_window(conn, runner, store, store_id, config, w, now, w.id in later,
-                                     _cart(w, bought[(w.order_external_id, w.product_key)]))
+                        _open_window(conn, runner, store, store_id, config, w, now, w.id in later, carts[w.id])
                 except Exception as exc:
                     report.failed[w.id] = (describe_error(exc).splitlines() or [""])[0][:300]
                     log.error("reorder window %s of store %s could not be opened, left pending for the next tick: %s",
