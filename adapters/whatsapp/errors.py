@@ -28,7 +28,7 @@ GATEWAY_TIMEOUTS = frozenset({504})
 
 # Meta's API call rate limits (4 the app's, 17 the user's, 613 Graph's, 80007 the WhatsApp Business
 # Account's): the codes X-Business-Use-Case-Usage's estimate is about (``parse_regain_after``), and the
-# ones the dispatcher pauses a number for (connector.outbox.dispatcher.RATE_LIMITS, the same codes)
+# ones classify() flags ``rate_limited``, which the dispatcher pauses a number for
 CALL_RATE_LIMITS = frozenset({4, 17, 613, 80007})
 
 # code -> (retryable, short meaning). 132xxx and 200-299 are ranges, see describe()/_known().
@@ -254,7 +254,8 @@ def classify(response: httpx.Response, *, redact: Iterable[str] = ()) -> SendErr
     if meta:
         text += f": {meta}"
     cls = RetryableError if retryable else AccountError if is_account_code(code) else PermanentError
-    return cls(text, code=code, subcode=subcode, trace_id=trace_id, http_status=status, retry_after=retry_after)
+    return cls(text, code=code, subcode=subcode, trace_id=trace_id, http_status=status, retry_after=retry_after,
+               rate_limited=code in CALL_RATE_LIMITS)
 
 
 # The request cannot have reached Meta: safe to send again.

@@ -10,7 +10,7 @@ An account-level refusal (an expired token, a permission, payment, a block: ``Ac
 fails no message: the row waits, its attempts unspent, and the number's sends pause in this
 worker's memory (a restart, e.g. with a new token, tries at once); after the pause one message
 probes, and its success lets the rest go. /readyz shows the pause (``ob.mark_paused``). Meta's
-API call rate limits (``RATE_LIMITS``) pause the number the same way, spend no try either, and
+API call rate limits (a ``SendError`` the adapter flagged ``rate_limited``) pause the number the same way, spend no try either, and
 leave the messages due at the pause's end.
 """
 
@@ -52,12 +52,11 @@ PAUSE_CAP = 900.0  # ... doubling with each refused probe, up to a quarter of an
 # retried soon, without spending one of max_attempts (a peak above the number's real rate once
 # failed messages "after 8 attempts"); 130429 also slows the number's bucket (ratelimit.py)
 THROTTLES = frozenset({130429, 131056})
-# Meta's API call rate limits (4 the app's, 80007 the WhatsApp Business Account's, 17 the user's,
-# 613 Graph's): counted over a window of up to an hour, which 8 tries of backoff (about 4 minutes)
-# did not outlast: a burst failed its messages for good. The number's sends pause as for an
-# account-level refusal (Meta's estimate, when given, is the pause's floor), no try is spent, and
-# the refused messages are due at the pause's end, so a restart or another worker waits too.
-RATE_LIMITS = frozenset({4, 17, 613, 80007})  # adapters.whatsapp.errors.CALL_RATE_LIMITS: the same codes
+# Meta's API call rate limits (the adapter flags them: ``SendError.rate_limited``) are counted over a
+# window of up to an hour, which 8 tries of backoff (about 4 minutes) did not outlast: a burst failed
+# its messages for good. The number's sends pause as for an account-level refusal (Meta's estimate,
+# when given, is the pause's floor), no try is spent, and the refused messages are due at the
+# pause's end, so a restart or another worker waits too.
 RECORD_RETRY_FIRST = 0.1  # seconds before writing a batch's outcomes again after the database refused them ...
 RECORD_RETRY_CAP = 5.0  # ... doubling up to this
 # the RED hold's last look at a held marketing message comes this long before its latest useful send time
@@ -73,7 +72,7 @@ class Pause:
     reason: str
     until: datetime
     seconds: float
-    rate_limit: bool = False  # Meta's call rate limit (RATE_LIMITS), not the account: waits, not shown as "fix the account"
+    rate_limit: bool = False  # Meta's call rate limit (``SendError.rate_limited``), not the account: waits, not shown as "fix the account"
 
 
 class Dispatcher:
@@ -402,7 +401,7 @@ class Dispatcher:
             ms = int((time.perf_counter() - t0) * 1000)
             if exc.outcome_unknown:
                 return ob.Result(row, "uncertain", started, ms, error_code=exc.code, error_detail=f"outcome unknown: {exc}")
-            if exc.code in RATE_LIMITS:
+            if exc.rate_limited:
                 pause = self._pause(phone_id, exc, rate_limit=True)
                 return ob.Result(row, "retry", started, ms, error_code=exc.code, error_detail=f"waits: {exc}", due_at=pause.until,
                                  counts=False)
