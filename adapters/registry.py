@@ -1,5 +1,5 @@
 """The one place that knows which adapter serves which platform: normalisers, recovery-link readers,
-abandoned-checkout pagers."""
+abandoned-checkout pagers, the status an order in the store's bin has."""
 
 from __future__ import annotations
 
@@ -34,3 +34,12 @@ def checkout_pagers() -> dict[str, PagerFactory]:
     from adapters.shopify.checkouts import ShopifyCheckoutPager
 
     return {"shopify": ShopifyCheckoutPager}
+
+
+def bin_statuses() -> dict[str, str]:
+    """The status each platform leaves on an order moved to its bin (``OrderDeleted``), which the core
+    writes on the stored order so a later update that takes it out again reads as the order restored.
+    A platform without a bin has none."""
+    from adapters.woocommerce.normalize import BIN_STATUS as woocommerce
+
+    return {"woocommerce": woocommerce}
