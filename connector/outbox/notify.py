@@ -23,7 +23,7 @@ from connector.config import Settings
 from connector.handoffs import notify_text
 from connector.outbox import loop
 from connector.outbox import store as ob
-from connector.outbox.retry import RetryPolicy, next_attempt_at
+from connector.outbox.retry import RetryPolicy, next_attempt_at, parse_retry_after
 from connector.storage.db import Database
 from connector.storage.models import utcnow
 from connector.storage.sql import HANDOFFS
@@ -39,6 +39,9 @@ BATCH = 8
 CALL_SECONDS = 15.0
 RECORD_SECONDS = 30.0
 LEASE = timedelta(seconds=BATCH * CALL_SECONDS + RECORD_SECONDS)
+# a hook's Retry-After is honoured up to a quarter of an hour: a person waits on the alert, and a
+# hook asking for a day (a misconfigured proxy) is asked again then, not tomorrow
+HOOK_RETRY_AFTER_CAP = 900.0
 
 
 def _said(resp: httpx.Response) -> str:
@@ -117,7 +120,9 @@ class NotifyDispatcher:
         except TimeoutError:
             return self._retry_or_fail(row, started, f"no answer within {CALL_SECONDS:g} s")
         if resp.status_code >= 500 or resp.status_code == 429:
-            return self._retry_or_fail(row, started, f"HTTP {resp.status_code}{_said(resp)}")
+            # Slack's 429 says when to come back: not sooner (nor much later: HOOK_RETRY_AFTER_CAP)
+            wait = parse_retry_after(resp.headers.get("Retry-After"), now=self.clock(), cap=HOOK_RETRY_AFTER_CAP)
+            return self._retry_or_fail(row, started, f"HTTP {resp.status_code}{_said(resp)}", wait)
         if not resp.is_success:
             # a revoked or mistyped hook (Slack: 403 invalid_token, 404 no_service, 410 channel gone), or a
             # redirect (a moved hook, http:// for https://: httpx does not follow it, and a 301/302 would turn
@@ -129,9 +134,9 @@ class NotifyDispatcher:
             return ob.Result(row, "failed", started, error_detail=error)
         return ob.Result(row, "sent", started)
 
-    def _retry_or_fail(self, row: ob.Claimed, started: datetime, error: str) -> ob.Result:
-        """Try again later, or give up once the retries are spent (logged: its owner was never told)."""
-        when = next_attempt_at(row.attempts + 1, None, self.retry, self.clock(), self.rng.random())
+    def _retry_or_fail(self, row: ob.Claimed, started: datetime, error: str, retry_after: float | None = None) -> ob.Result:
+        """Try again later (a 429's Retry-After the floor), or give up once the retries are spent (logged: its owner was never told)."""
+        when = next_attempt_at(row.attempts + 1, retry_after, self.retry, self.clock(), self.rng.random())
         if when is None:
             log.warning("notification %s of hand-off %s (store %s, stage %s) given up after %d attempts: %s; its owner "
                         "was not told", row.id, row.payload.get("handoff_id"), self.stores[row.store_id].key, row.payload.get("stage"),
