@@ -1,7 +1,11 @@
 """Hand-off alerts and the stage owners' webhooks (Slack-compatible), as a stage owner notices them:
 
 - a hook that answers 429 with ``Retry-After`` is not called again before that time (seconds or an
-  HTTP-date, read on the notifier's clock), nor much later than ``HOOK_RETRY_AFTER_CAP`` whatever it asks.
+  HTTP-date, read on the notifier's clock), nor much later than ``HOOK_RETRY_AFTER_CAP`` whatever it asks;
+- one stage's failing hook delays no other stage's alerts: neither those of other customers (a hook
+  that hangs until its timeout, alert after alert, before any other stage's alert was tried) nor the
+  same customer's (her COD case's alert waited behind her delivery case's retrying one);
+- the failing hook is called once for its waiting alerts, not once each: they wait for its retry.
 
 The notifier with its injected clock, and each hook faked at the HTTP boundary (respx).
 """
@@ -126,3 +130,49 @@ def test_a_retry_after_of_a_day_is_capped_the_alert_still_reaches_its_owner_the_
                                                      cap + timedelta(seconds=1)])
     assert hooks.heard[DELIVERY_HOOK] == [T0, T0 + cap + timedelta(seconds=1)]
     assert alert_rows(db) == {hid: ("sent", 2)}
+
+
+# ---- one stage's failing hook, another stage's alerts ---------------------------------------------
+
+def test_a_hanging_hook_of_one_stage_delays_no_alert_of_another_stage(db, db_url):
+    """Eight parcels went missing; the delivery desk's hook hangs until the call's timeout (15 s) on each
+    alert. The COD team's case came just after. Before: the notifier waited out eight timeouts, one alert
+    after the other (two minutes), before the COD team's alert was even tried."""
+    settings = two_desks(db_url)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    sid = ids["shop-a"]
+    parcels = [open_case(db, settings, sid, f"+9198765{i:05d}", f"parcel:{i}", "post_purchase") for i in range(8)]
+    cod = open_case(db, settings, sid, "+919812345678", "cod:1", "qualification")
+    clock = Clock(T0)
+
+    def hangs(request: httpx.Request) -> httpx.Response:
+        clock.now += timedelta(seconds=15)  # the call's whole time, then no answer
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    hooks = Hooks(clock, hangs)
+    rounds(hooks.notifier(db, settings, ids), clock, [timedelta(0)])
+    [told] = hooks.heard[COD_HOOK]
+    assert told <= T0 + timedelta(seconds=15)  # the COD team heard at once, whatever the delivery desk's hook does
+    assert len(hooks.heard[DELIVERY_HOOK]) == 1  # the hanging hook was tried once; its other alerts wait for its retry
+    rows = alert_rows(db)
+    assert rows[cod] == ("sent", 1)
+    assert [rows[p] for p in parcels] == [("pending", 1)] + [("pending", 0)] * 7  # none failed, none spent a try untried
+
+
+def test_her_cod_alert_does_not_wait_behind_her_delivery_alerts_failing_hook(db, db_url):
+    """Asha's parcel case (the delivery desk, whose hook answers 503) and then her COD case (the COD
+    team, whose hook works). Before: one alert per customer at a time, across stages: her COD alert
+    waited in line behind the delivery alert's retries, for minutes, until the notifier gave up on it."""
+    settings = two_desks(db_url)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    sid = ids["shop-a"]
+    parcel = open_case(db, settings, sid, "+919876543210", "parcel:1", "post_purchase")
+    cod = open_case(db, settings, sid, "+919876543210", "cod:1", "qualification")
+    clock = Clock(T0)
+    hooks = Hooks(clock, lambda request: httpx.Response(503, text="<html>down</html>"))
+
+    rounds(hooks.notifier(db, settings, ids), clock, [timedelta(0), timedelta(seconds=30), timedelta(seconds=90)])
+    assert hooks.heard[COD_HOOK] == [T0]  # told at once
+    rows = alert_rows(db)
+    assert rows[cod] == ("sent", 1)
+    assert rows[parcel][0] == "pending" and rows[parcel][1] >= 2  # the delivery alert still retries, on its own

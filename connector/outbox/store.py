@@ -321,9 +321,11 @@ def expire_leases(conn: Connection, now: datetime, channel: str = "whatsapp") ->
 RETRY_KEEPS_PLACE = timedelta(hours=1)
 
 
-def _waits_its_turn(now: datetime) -> Any:
+def _waits_its_turn(now: datetime, channel: str = "whatsapp") -> Any:
     """True for a row whose contact has an earlier-queued message still in line: one message
-    per contact at a time, in the order they were queued.
+    per contact at a time, in the order they were queued. A hand-off alert (``notify``) waits only
+    for the contact's earlier alerts of its own stage (its owner's hook): a case's update never
+    overtakes its opening, and one stage's failing hook holds no other stage's alert back.
 
     In line are the contact's message in flight (``sending``), a due one, and one that
     failed and retries within the hour, so an outage or a 130429 burst never lets a later
@@ -333,9 +335,11 @@ def _waits_its_turn(now: datetime) -> Any:
     id) is total, so two rows can never wait for each other.
     """
     ahead = OUTBOX.alias("ahead")
+    same_stage = (ahead.c.payload["stage"].as_string() == OUTBOX.c.payload["stage"].as_string()) if channel == "notify" else true()
     return exists().where(
         ahead.c.contact_id == OUTBOX.c.contact_id,
         ahead.c.channel == OUTBOX.c.channel,
+        same_stage,
         ahead.c.id < OUTBOX.c.id,
         ahead.c.status.in_(("pending", "sending")),
         # tried before: a spent attempt, or an error kept without one (a throttle answer spends none)
@@ -448,7 +452,7 @@ def claim(
                 true() if channel == "notify" else ~exists().where(
                     STORES.c.id == OUTBOX.c.store_id,
                     or_(STORE_WAITS, STORES.c.whatsapp_held_until > now) if channel == "whatsapp" else STORE_WAITS),
-                ~_waits_its_turn(now),
+                ~_waits_its_turn(now, channel),
             )
             .order_by(OUTBOX.c.due_at, OUTBOX.c.id)
             .limit(limit)
