@@ -110,11 +110,13 @@ class CheckoutPollReport(JobReport):
 
 
 def checkout_pager_for(store: Any, client: Any) -> CheckoutPager:
-    if store.platform != "shopify":
-        raise ValueError(f"{store.key}: abandoned checkouts are polled for Shopify stores only")
-    from adapters.shopify.checkouts import ShopifyCheckoutPager
+    """The store's platform's pager over its abandoned checkouts; the adapters' registry knows which."""
+    from adapters.registry import checkout_pagers  # late: the registry imports the processor, which imports us
 
-    return ShopifyCheckoutPager(client, store.key)
+    pager = checkout_pagers().get(store.platform)
+    if pager is None:
+        raise ValueError(f"{store.key}: abandoned checkouts are not polled for {store.platform} stores")
+    return pager(client, store.key)
 
 
 def link_identity_of(store: Any) -> Callable[[str | None], str | None] | None:

@@ -66,7 +66,9 @@ class SendError(StoreloopError):
     """An outside call (WhatsApp send, store write-back) failed.
 
     Carries what the platform said about it (code, subcode, its request id) but never
-    the response body, which can hold personal data.
+    the response body, which can hold personal data. ``rate_limited``: the adapter read the
+    answer as the platform's call rate limit (counted over a long window, not this message's
+    fault), so the core waits it out without knowing the platform's codes.
     """
 
     retryable: bool = False
@@ -81,8 +83,10 @@ class SendError(StoreloopError):
         http_status: int | None = None,
         retry_after: float | None = None,
         outcome_unknown: bool = False,
+        rate_limited: bool = False,
     ):
         self.code = code
+        self.rate_limited = rate_limited
         self.outcome_unknown = outcome_unknown  # the request may have reached the platform (read timeout)
         self.subcode = subcode
         self.trace_id = trace_id

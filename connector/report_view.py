@@ -91,7 +91,14 @@ def render_report(data: dict[str, Any], out: Console, title: str) -> None:
 
 
 def render_health(health: dict[str, Any], out: Console, store_key: str) -> None:
-    """Failed inbox rows and failing scheduled jobs, said only when there are some."""
+    """Paused WhatsApp sends, failed inbox rows and failing scheduled jobs, said only when there are some."""
+    pause = health.get("whatsapp_pause")
+    if pause:
+        what = ("waiting out Meta's API call rate limit (nothing to fix)" if pause["rate_limit"]
+                else "paused: Meta refuses the account (fix the access token or the account in Meta's Business Manager)")
+        out.print(f"[bold red]WhatsApp sends {what}[/] since {pause['since'] or 'unknown'}, until {pause['until']} "
+                  f"(code {pause['code']}: " + escape(str(pause["reason"])) + f"); {pause['waiting']} message(s) wait",
+                  highlight=False, soft_wrap=True)
     failed = health.get("inbox_failed") or 0
     if failed:
         out.print(f"[bold red]{failed} inbox row(s) failed[/] and wait for a replay: after the fix, "

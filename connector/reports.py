@@ -690,7 +690,7 @@ def build_report(db: Database, store: Any, store_id: int, period: Period, now: d
         messages = message_health(conn, store_id, period)
         lifts = lift(conn, store_id, period)
         handoffs = open_handoffs(conn, store_id)
-        health = connector_health(conn, store_id, now)
+        health = connector_health(conn, store_id, now, getattr(store, "whatsapp_phone_number_id", None))
     leak_stage = max(stages, key=lambda s: stages[s]["metrics"]["lost"])
     lost = stages[leak_stage]["metrics"]["lost"]
     return {
@@ -707,11 +707,12 @@ def build_report(db: Database, store: Any, store_id: int, period: Period, now: d
     }
 
 
-def connector_health(conn: Connection, store_id: int, now: datetime | None = None) -> dict[str, Any]:
+def connector_health(conn: Connection, store_id: int, now: datetime | None = None, phone_number_id: str | None = None) -> dict[str, Any]:
     """Now, not for the week (as ``open_handoffs``): inbox rows that failed for good (``storeloop
     replay`` processes them again after a fix), journey runs whose timer raised (parked, tried
-    again by themselves; ``storeloop replay --timers`` at once), each scheduled job's last outcome, and
-    the WhatsApp number's state as Meta last said it (quality rating, messaging limit, sends held by a restriction)."""
+    again by themselves; ``storeloop replay --timers`` at once), each scheduled job's last outcome,
+    the WhatsApp number's state as Meta last said it (quality rating, messaging limit, sends held by a
+    restriction), and a dispatcher's pause of the store's number (``whatsapp_pause``)."""
     from connector.admin import failed_count
     from connector.job_health import job_states
     from connector.journeys.timer_failures import parked_runs
@@ -720,4 +721,20 @@ def connector_health(conn: Connection, store_id: int, now: datetime | None = Non
     row = conn.execute(select(STORES.c.whatsapp_health, STORES.c.whatsapp_held_until).where(STORES.c.id == store_id)).first()
     whatsapp = view(row.whatsapp_health if row else None, row.whatsapp_held_until if row else None, now or datetime.now(timezone.utc))
     return {"inbox_failed": failed_count(conn, store_id), "timers_failing": parked_runs(conn, store_id),
-            "jobs": job_states(conn, store_id), "whatsapp": whatsapp}
+            "jobs": job_states(conn, store_id), "whatsapp": whatsapp, "whatsapp_pause": whatsapp_pause(conn, store_id, phone_number_id)}
+
+
+def whatsapp_pause(conn: Connection, store_id: int, phone_number_id: str | None) -> dict[str, Any] | None:
+    """The store's number, if a dispatcher paused its sends: over Meta's API call rate limit (a wait,
+    nothing to fix) or an account-level refusal (fix the account); Meta's code and what it means,
+    since when and the next try, and how many of the store's messages wait meanwhile. The owner
+    tells a stuck shop from a quiet one by it."""
+    from adapters.whatsapp.errors import describe
+    from connector.outbox.store import paused_number, waiting
+
+    pause = paused_number(conn, phone_number_id)
+    if pause is None:
+        return None
+    return {"rate_limit": pause.rate_limit, "code": pause.code, "reason": describe(pause.code),
+            "since": pause.since.isoformat() if pause.since is not None else None, "until": pause.until.isoformat(),
+            "waiting": waiting(conn, store_id)}

@@ -10,6 +10,7 @@ with what the first wrote.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -65,8 +66,16 @@ class Outcome:
 # stored (connector/sync.py). Cancelled, refunded, voided and failed orders are no such news.
 # So is a fulfilment an order lists, first seen this long after it last changed.
 PLACED_WITHIN = timedelta(hours=24)
-BINNED_STATUS = "trash"  # the status an ``OrderDeleted`` leaves on the stored order (WooCommerce's bin)
 _NOT_PLACED = (ev.PaymentState.REFUNDED, ev.PaymentState.VOIDED, ev.PaymentState.FAILED)
+
+
+@functools.cache
+def bin_status(platform: str) -> str | None:
+    """The status an ``OrderDeleted`` leaves on the stored order: the platform's own word for its bin,
+    which the adapters' registry knows (None: the platform has no bin; the stored status stays)."""
+    from adapters.registry import bin_statuses  # late: the registry imports the processor, which imports us
+
+    return bin_statuses().get(platform)
 
 
 def placed_on_first_sight(order: ev.Order, now: datetime) -> bool:
@@ -870,7 +879,8 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             # read (locked, as apply_order reads it) before apply_order, which changes the cached row in place
             before = order_row(conn, store_id, order.external_id, for_update=True)
             known = (before.payment_state, before.contact_id) if before is not None else None
-            binned = before is not None and before.cancelled_at is not None and before.platform_status == BINNED_STATUS
+            binned = (before is not None and before.cancelled_at is not None and before.platform_status is not None
+                      and before.platform_status == bin_status(store.platform))
             written = apply_order(conn, store_id, order, out.contact_id, now)
             out.stale = written == "stale"
             out.repeated = (isinstance(event, (ev.OrderUpdated, ev.OrderPaid)) and out.contact_id is not None
@@ -878,7 +888,8 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             if written == "new" and not isinstance(event, ev.OrderPlaced) and placed_on_first_sight(order, now):
                 out.placed = ev.OrderPlaced(order=order)
             out.restored = binned and written != "stale" and order.cancelled_at is None
-            out.binned = order.cancelled_at is not None and order.platform_status == BINNED_STATUS
+            out.binned = (order.cancelled_at is not None and order.platform_status is not None
+                          and order.platform_status == bin_status(store.platform))
             if out.restored and out.contact_id is not None:
                 restage(conn, store_id, out.contact_id, now)  # her order counts again
             if written == "called_off":
@@ -902,7 +913,9 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
                     counted = not ev.called_off(None, stored.payment_state)
                     # binned: cancelled for every journey (their timers read it: no COD reminder, no
                     # "no answer" cancel that would take it out of the bin, no cart or pay reminder)
-                    update_by_id(conn, ORDERS, stored.id, {"cancelled_at": now, "platform_status": BINNED_STATUS, "updated_at": now})
+                    binned_as = bin_status(store.platform)
+                    update_by_id(conn, ORDERS, stored.id, {"cancelled_at": now, "updated_at": now,
+                                                           **({"platform_status": binned_as} if binned_as else {})})
                     if counted and stored.contact_id is not None:
                         restage(conn, store_id, stored.contact_id, now)
         case ev.FulfillmentUpdated(fulfillment=f):

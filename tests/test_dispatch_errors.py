@@ -5,7 +5,10 @@
 2. a database that refuses one batch's outcomes loses neither that batch nor the next: the
    outcomes are written again until they commit, and a message a 503 kept from Meta is still sent;
 3. throttling (130429) spends none of a message's tries, and the number's pace slows;
-4. 131049 (the user's marketing limit) answered to the send follows the status webhook's rule.
+4. 131049 (the user's marketing limit) answered to the send follows the status webhook's rule;
+5. Meta's API call rate limit (80007) pausing a number is shown to its owner: on the dashboard and in
+   ``storeloop report``'s connector health (since when, until when, the code, how many messages wait),
+   and counted on /readyz, until the number sends again.
 
 Real app or real dispatcher, a virtual clock, and a fake Graph API on 127.0.0.1.
 """
@@ -378,3 +381,67 @@ def test_a_send_after_a_busy_spell_never_goes_out_on_a_connection_the_server_has
     assert outcomes == ["sent"] * 3
     assert seen_closed == [True] * 3  # each send's connection was closed by the server before the next send
     assert len(fake.accepted()) == 3
+
+
+# ---- 5. a call rate limit's pause, shown ----------------------------------------------------------
+
+RATE_LIMITED = ScriptedResponse(400, {"error": {"message": "(#80007) Rate limit issues", "type": "OAuthException", "code": 80007,
+                                                "fbtrace_id": "T80007"}},
+                                headers={"X-Business-Use-Case-Usage": json.dumps({"102290129340398": [
+                                    {"type": "whatsapp_business_management", "call_count": 100, "total_cputime": 12,
+                                     "total_time": 9, "estimated_time_to_regain_access": 20}]})})
+
+
+def health_lines(sc) -> str:  # type: ignore[no-untyped-def]
+    """What ``storeloop report`` prints about the connector's health now."""
+    from rich.console import Console
+
+    from connector.report_view import render_health
+
+    out = Console(record=True, width=400, color_system=None)
+    render_health(sc.report()["connector_health"], out, "shop-a")
+    return out.export_text()
+
+
+def test_a_rate_limit_pause_shows_its_owner_since_when_until_when_why_and_how_many_wait(sqlite_url, scenario, world, graph):
+    """Meta's WABA call rate limit (80007, its estimate 20 minutes) pauses shop-a's number. Before: the
+    pause was in the dispatcher's memory only: the dashboard, ``storeloop report`` and /readyz said
+    nothing while the COD questions waited, so the owner could not tell a stuck shop from a quiet one."""
+    fake, url = graph
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    client = WhatsAppClient(url, sc.settings.whatsapp.api_version, WA_TOKEN)
+    sc.runtime.dispatcher.sender = client
+    tz = sc.settings.store("shop-a").tz
+    local = lambda t: t.astimezone(tz).strftime("%Y-%m-%d %H:%M")  # noqa: E731
+    try:
+        fake.script.extend([RATE_LIMITED] * 100)
+        start = sc.now
+        for n, phone in enumerate((ASHA, RAVI, MEERA), start=1):
+            SHOPIFY.place(sc, SHOPIFY.order(n, phone, sc.now))
+        sc.work()
+        assert fake.accepted() == []
+        assert sc.client.post("/dashboard/login", data={"token": SECRETS["admin"], "next": "/dashboard"}).status_code == 200
+        page = sc.client.get("/dashboard/shop-a").text
+        callout = page.split('id="whatsapp-rate-limited"')[1].split("</div>")[0]
+        assert "code 80007" in callout and "3 messages wait" in callout
+        assert f"since {local(start)}" in callout and f"until {local(start + timedelta(minutes=20))}" in callout
+        assert "WhatsApp sends are paused" not in page  # not an account to fix
+        said = health_lines(sc)
+        assert "rate limit" in said and "code 80007" in said and "3 message(s) wait" in said
+        assert f"since {start.isoformat()}" in said and f"until {(start + timedelta(minutes=20)).isoformat()}" in said
+        ready = sc.client.get("/readyz").json()
+        assert ready["whatsapp"] == "rate_limited" and ready["whatsapp_rate_limited_stores"] == 1
+        assert "80007" not in json.dumps(ready)  # /readyz answers anyone: no code, no store
+
+        sc.later(minutes=21, step=timedelta(minutes=1))  # the probe at the pause's end is refused again: still waiting
+        callout = sc.client.get("/dashboard/shop-a").text.split('id="whatsapp-rate-limited"')[1].split("</div>")[0]
+        assert f"since {local(start)}" in callout and "3 messages wait" in callout  # since the first refusal, not the last
+
+        fake.script.clear()  # Meta's window closes
+        sc.later(minutes=25, step=timedelta(minutes=1))
+        assert sorted(c.to for c in fake.accepted()) == sorted((ASHA, RAVI, MEERA))
+        page = sc.client.get("/dashboard/shop-a").text
+        assert 'id="whatsapp-rate-limited"' not in page and "rate limit" not in health_lines(sc)
+        assert sc.client.get("/readyz").json()["whatsapp"] == "sending"
+    finally:
+        sc.client.portal.call(client.aclose)

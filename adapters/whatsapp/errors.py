@@ -10,7 +10,6 @@ Codes and meanings: shared/docs/platform-facts.md C4 (Meta "Error codes" page vi
 
 from __future__ import annotations
 
-import email.utils
 import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ from datetime import datetime, timezone
 import httpx
 
 from connector.errors import AccountError, PermanentError, RetryableError, SendError
+from connector.outbox.retry import parse_retry_after as retry_after_seconds
 from connector.storage import jsoncodec
 
 MAX_RETRY_AFTER = 3600.0  # a Retry-After beyond an hour is not believed; the outbox backs off anyway
@@ -28,7 +28,7 @@ GATEWAY_TIMEOUTS = frozenset({504})
 
 # Meta's API call rate limits (4 the app's, 17 the user's, 613 Graph's, 80007 the WhatsApp Business
 # Account's): the codes X-Business-Use-Case-Usage's estimate is about (``parse_regain_after``), and the
-# ones the dispatcher pauses a number for (connector.outbox.dispatcher.RATE_LIMITS, the same codes)
+# ones classify() flags ``rate_limited``, which the dispatcher pauses a number for
 CALL_RATE_LIMITS = frozenset({4, 17, 613, 80007})
 
 # code -> (retryable, short meaning). 132xxx and 200-299 are ranges, see describe()/_known().
@@ -130,22 +130,7 @@ def is_retryable_code(code: int) -> bool | None:
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
     """Retry-After as seconds (``"2"``, ``"2.5"`` or an HTTP-date), clamped to [0, 3600]."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # an HTTP-date is always GMT
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
-    if seconds != seconds:  # NaN
-        return None
-    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+    return retry_after_seconds(value, now=now or datetime.now(timezone.utc), cap=MAX_RETRY_AFTER)
 
 
 def parse_regain_after(value: str | None) -> float | None:
@@ -254,7 +239,8 @@ def classify(response: httpx.Response, *, redact: Iterable[str] = ()) -> SendErr
     if meta:
         text += f": {meta}"
     cls = RetryableError if retryable else AccountError if is_account_code(code) else PermanentError
-    return cls(text, code=code, subcode=subcode, trace_id=trace_id, http_status=status, retry_after=retry_after)
+    return cls(text, code=code, subcode=subcode, trace_id=trace_id, http_status=status, retry_after=retry_after,
+               rate_limited=code in CALL_RATE_LIMITS)
 
 
 # The request cannot have reached Meta: safe to send again.

@@ -177,10 +177,13 @@ _CHANNEL_FOR_CREATED_VIA = {
 # The pay-for-order page takes payment only in these (WC_Order::needs_payment's default valid statuses):
 # a COD order in processing / on-hold has no pay link that works.
 _PAYABLE_STATUSES = frozenset({"pending", "failed"})
-# Called off: cancelled, or moved to the bin (``trash``; ``order.deleted`` says the same with only the id)
-_CLOSED = frozenset({"cancelled", "trash"})
+# The status of an order moved to the bin (``wp_trash_post``): the core reads it through the adapters'
+# registry (``bin_statuses``) to tell a binned order restored from one merely cancelled
+BIN_STATUS = "trash"
+# Called off: cancelled, or moved to the bin (``order.deleted`` says the same with only the id)
+_CLOSED = frozenset({"cancelled", BIN_STATUS})
 # Tracking meta on an order in these says nothing about a parcel on its way: never paid, called off or money returned
-_NOT_ON_ITS_WAY = frozenset({"pending", "failed", "cancelled", "refunded", "checkout-draft", "trash"})
+_NOT_ON_ITS_WAY = frozenset({"pending", "failed", "cancelled", "refunded", "checkout-draft", BIN_STATUS})
 
 
 # Placeholders of a provider's link format: the Shipment Tracking extension's (sprintf positions) and

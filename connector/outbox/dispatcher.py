@@ -9,8 +9,9 @@ is being claimed (again and again until it commits: a database blip loses no res
 An account-level refusal (an expired token, a permission, payment, a block: ``AccountError``)
 fails no message: the row waits, its attempts unspent, and the number's sends pause in this
 worker's memory (a restart, e.g. with a new token, tries at once); after the pause one message
-probes, and its success lets the rest go. /readyz shows the pause (``ob.mark_paused``). Meta's
-API call rate limits (``RATE_LIMITS``) pause the number the same way, spend no try either, and
+probes, and its success lets the rest go. /readyz, the dashboard and the report show the pause
+(``ob.mark_paused``). Meta's
+API call rate limits (a ``SendError`` the adapter flagged ``rate_limited``) pause the number the same way, spend no try either, and
 leave the messages due at the pause's end.
 """
 
@@ -52,12 +53,11 @@ PAUSE_CAP = 900.0  # ... doubling with each refused probe, up to a quarter of an
 # retried soon, without spending one of max_attempts (a peak above the number's real rate once
 # failed messages "after 8 attempts"); 130429 also slows the number's bucket (ratelimit.py)
 THROTTLES = frozenset({130429, 131056})
-# Meta's API call rate limits (4 the app's, 80007 the WhatsApp Business Account's, 17 the user's,
-# 613 Graph's): counted over a window of up to an hour, which 8 tries of backoff (about 4 minutes)
-# did not outlast: a burst failed its messages for good. The number's sends pause as for an
-# account-level refusal (Meta's estimate, when given, is the pause's floor), no try is spent, and
-# the refused messages are due at the pause's end, so a restart or another worker waits too.
-RATE_LIMITS = frozenset({4, 17, 613, 80007})  # adapters.whatsapp.errors.CALL_RATE_LIMITS: the same codes
+# Meta's API call rate limits (the adapter flags them: ``SendError.rate_limited``) are counted over a
+# window of up to an hour, which 8 tries of backoff (about 4 minutes) did not outlast: a burst failed
+# its messages for good. The number's sends pause as for an account-level refusal (Meta's estimate,
+# when given, is the pause's floor), no try is spent, and the refused messages are due at the
+# pause's end, so a restart or another worker waits too.
 RECORD_RETRY_FIRST = 0.1  # seconds before writing a batch's outcomes again after the database refused them ...
 RECORD_RETRY_CAP = 5.0  # ... doubling up to this
 # the RED hold's last look at a held marketing message comes this long before its latest useful send time
@@ -73,7 +73,8 @@ class Pause:
     reason: str
     until: datetime
     seconds: float
-    rate_limit: bool = False  # Meta's call rate limit (RATE_LIMITS), not the account: waits, not shown as "fix the account"
+    rate_limit: bool = False  # Meta's call rate limit (``SendError.rate_limited``), not the account: waits, not shown as "fix the account"
+    since: datetime | None = None  # the first refusal: a refused probe extends the pause, not its start
 
 
 class Dispatcher:
@@ -119,7 +120,7 @@ class Dispatcher:
         self._stop: asyncio.Event | None = None  # set when the worker stops: outcomes still refused are given up then
         self.paused: dict[str, Pause] = {}  # phone_number_id -> its pause (this worker's memory)
         self._probes: set[int] = set()  # rows of this batch that test a paused number
-        self._shown: dict[str, Pause | None] = {}  # pause changes still to show /readyz (None: resumed)
+        self._shown: dict[str, Pause | None] = {}  # pause changes still to show /readyz and the dashboard (None: resumed)
         self._fresh = True  # no pause of an earlier run (another token, perhaps) is this one's
         self.sent = 0
         self.peers = 1
@@ -264,17 +265,16 @@ class Dispatcher:
             return current  # another send of the same batch said so too
         seconds = PAUSE_FIRST if current is None else min(PAUSE_CAP, current.seconds * 2)
         seconds = max(seconds, exc.retry_after or 0.0)
-        pause = self.paused[phone_id] = Pause(exc.code, str(exc), now + timedelta(seconds=seconds), seconds, rate_limit)
+        since = current.since if current is not None and current.rate_limit == rate_limit else now
+        pause = self.paused[phone_id] = Pause(exc.code, str(exc), now + timedelta(seconds=seconds), seconds, rate_limit, since)
+        self._shown[phone_id] = pause  # shown either way: a call rate limit as a wait, not as "fix the account"
         if rate_limit:
-            if current is not None and not current.rate_limit:
-                self._shown[phone_id] = None  # the account answers again; only its call rate is over
             log.warning(
                 "WhatsApp's API call rate limit reached for store %s (code %s): %s; its messages wait, none spends a try, "
                 "and one is tried again in %d s", self._stores_of(phone_id), exc.code, exc, seconds,
                 extra={"store": self._stores_of(phone_id), "code": exc.code},
             )
             return pause
-        self._shown[phone_id] = pause
         log.error(
             "WhatsApp refuses every send of store %s (code %s): %s; its messages wait unsent, and one is tried again in %d s. "
             "Fix the account (a new access token needs a restart), and the waiting messages still in time go out",
@@ -289,7 +289,8 @@ class Dispatcher:
                         extra={"store": self._stores_of(phone_id)})
 
     async def _show_pauses(self) -> None:
-        """Make pause changes visible to /readyz in every process (a leases row per paused number)."""
+        """Make pause changes visible to /readyz, the dashboard and the report in every process (a leases
+        row per paused number)."""
         if self._fresh:
             self._shown = {**{s.whatsapp_phone_number_id: None for s in self.stores.values() if s.whatsapp_phone_number_id},
                            **self._shown}
@@ -301,7 +302,7 @@ class Dispatcher:
             ob.clear_paused(self.db, [p for p, pause in shown.items() if pause is None])
             for phone_id, pause in shown.items():
                 if pause is not None:
-                    ob.mark_paused(self.db, phone_id, pause.code, pause.until)
+                    ob.mark_paused(self.db, phone_id, pause.code, pause.until, since=pause.since, rate_limit=pause.rate_limit)
 
         try:
             await anyio.to_thread.run_sync(write)
@@ -402,7 +403,7 @@ class Dispatcher:
             ms = int((time.perf_counter() - t0) * 1000)
             if exc.outcome_unknown:
                 return ob.Result(row, "uncertain", started, ms, error_code=exc.code, error_detail=f"outcome unknown: {exc}")
-            if exc.code in RATE_LIMITS:
+            if exc.rate_limited:
                 pause = self._pause(phone_id, exc, rate_limit=True)
                 return ob.Result(row, "retry", started, ms, error_code=exc.code, error_detail=f"waits: {exc}", due_at=pause.until,
                                  counts=False)

@@ -2,6 +2,12 @@
 
 The webhook URL is a secret and stays in the config: the outbox row names only the
 hand-off and the stage, and the URL is looked up when the notification is sent.
+
+Each hook fails on its own: a batch's alerts go to their hooks side by side (one after another
+for one hook), and a hook that failed (no answer, 5xx, 429) is left alone until its failed alert's
+retry (a 429's ``Retry-After``, up to ``HOOK_RETRY_AFTER_CAP``, is its floor): its other alerts
+wait for it untried, their tries unspent, and no other stage's alert waits behind it (the outbox
+lines a customer's alerts up per stage, not across stages: ``store._waits_its_turn``).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from connector.config import Settings
 from connector.handoffs import notify_text
 from connector.outbox import loop
 from connector.outbox import store as ob
-from connector.outbox.retry import RetryPolicy, next_attempt_at
+from connector.outbox.retry import RetryPolicy, next_attempt_at, parse_retry_after
 from connector.storage.db import Database
 from connector.storage.models import utcnow
 from connector.storage.sql import HANDOFFS
@@ -39,6 +45,9 @@ BATCH = 8
 CALL_SECONDS = 15.0
 RECORD_SECONDS = 30.0
 LEASE = timedelta(seconds=BATCH * CALL_SECONDS + RECORD_SECONDS)
+# a hook's Retry-After is honoured up to a quarter of an hour: a person waits on the alert, and a
+# hook asking for a day (a misconfigured proxy) is asked again then, not tomorrow
+HOOK_RETRY_AFTER_CAP = 900.0
 
 
 def _said(resp: httpx.Response) -> str:
@@ -59,6 +68,8 @@ class NotifyDispatcher:
         self.retry = RetryPolicy(wa.backoff_base_seconds, wa.backoff_cap_seconds, wa.max_attempts)
         self.rng = random.Random()
         self.worker = f"{socket.gethostname()}:{os.getpid()}:notify"
+        # hook -> when it is called again after a failure (this worker's memory; keyed by the URL, never logged)
+        self.resting: dict[str, tuple[datetime, str]] = {}
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -74,12 +85,12 @@ class NotifyDispatcher:
             lambda: ob.claim(self.db, store_ids=list(self.stores), now=now, limit=BATCH, lease=LEASE,
                              worker=self.worker, history_window=timedelta(0), channel="notify"))
         last_start = now + LEASE - timedelta(seconds=CALL_SECONDS + RECORD_SECONDS)
-        results: list[ob.Result] = []
+        by_hook: dict[str | None, list[ob.Claimed]] = {}
         for row in rows:
-            if self.clock() > last_start:  # another worker could take it over mid-call: a second alert
-                results.append(ob.Result(row, "released", self.clock()))
-            else:
-                results.append(await self._guarded(row))
+            by_hook.setdefault(self._hook_of(row), []).append(row)
+        # each hook's alerts in turn, the hooks side by side: one that hangs holds up only its own
+        batches = await asyncio.gather(*(self._to_hook(hook, its, last_start) for hook, its in by_hook.items()))
+        results = [r for batch in batches for r in batch]
         left = [r.row.id for r in results if r.outcome == "released"]
         if left:
             log.warning("notifications %s left untried for the next claim: this batch ran late (%s of its %s lease used)",
@@ -87,6 +98,28 @@ class NotifyDispatcher:
         if results:
             await anyio.to_thread.run_sync(ob.record, self.db, results, self.clock())
         return len(rows)
+
+    def _hook_of(self, row: ob.Claimed) -> str | None:
+        stage_cfg = self.stores[row.store_id].stages.get(row.payload.get("stage"))
+        return stage_cfg.notify_url.get_secret_value() if stage_cfg is not None and stage_cfg.notify_url is not None else None
+
+    async def _to_hook(self, hook: str | None, rows: list[ob.Claimed], last_start: datetime) -> list[ob.Result]:
+        """One hook's alerts of the batch, one after another; once it fails the rest wait for its retry."""
+        results: list[ob.Result] = []
+        for row in rows:
+            now = self.clock()
+            resting = self.resting.get(hook) if hook is not None else None
+            if now > last_start:  # another worker could take it over mid-call: a second alert
+                results.append(ob.Result(row, "released", now))
+            elif resting is not None and resting[0] > now:
+                # untried, its tries unspent, due when the hook is tried again (the failed alert's retry)
+                results.append(ob.Result(row, "held", now, error_detail=f"waits: its hook failed ({resting[1]})", due_at=resting[0]))
+            else:
+                result = await self._guarded(row)
+                if hook is not None and result.outcome == "sent":
+                    self.resting.pop(hook, None)
+                results.append(result)
+        return results
 
     async def _guarded(self, row: ob.Claimed) -> ob.Result:
         """One row's result, whatever goes wrong with it: an exception escaping here would leave
@@ -117,7 +150,9 @@ class NotifyDispatcher:
         except TimeoutError:
             return self._retry_or_fail(row, started, f"no answer within {CALL_SECONDS:g} s")
         if resp.status_code >= 500 or resp.status_code == 429:
-            return self._retry_or_fail(row, started, f"HTTP {resp.status_code}{_said(resp)}")
+            # Slack's 429 says when to come back: not sooner (nor much later: HOOK_RETRY_AFTER_CAP)
+            wait = parse_retry_after(resp.headers.get("Retry-After"), now=self.clock(), cap=HOOK_RETRY_AFTER_CAP)
+            return self._retry_or_fail(row, started, f"HTTP {resp.status_code}{_said(resp)}", wait)
         if not resp.is_success:
             # a revoked or mistyped hook (Slack: 403 invalid_token, 404 no_service, 410 channel gone), or a
             # redirect (a moved hook, http:// for https://: httpx does not follow it, and a 301/302 would turn
@@ -129,9 +164,13 @@ class NotifyDispatcher:
             return ob.Result(row, "failed", started, error_detail=error)
         return ob.Result(row, "sent", started)
 
-    def _retry_or_fail(self, row: ob.Claimed, started: datetime, error: str) -> ob.Result:
-        """Try again later, or give up once the retries are spent (logged: its owner was never told)."""
-        when = next_attempt_at(row.attempts + 1, None, self.retry, self.clock(), self.rng.random())
+    def _retry_or_fail(self, row: ob.Claimed, started: datetime, error: str, retry_after: float | None = None) -> ob.Result:
+        """Try again later, or give up once the retries are spent (logged: its owner was never told).
+        The hook failed, not the alert: its other alerts wait until then (``resting``)."""
+        when = next_attempt_at(row.attempts + 1, retry_after, self.retry, self.clock(), self.rng.random())
+        hook = self._hook_of(row)
+        if hook is not None:
+            self.resting[hook] = (when or self.clock() + timedelta(seconds=max(self.retry.base_seconds, retry_after or 0.0)), error)
         if when is None:
             log.warning("notification %s of hand-off %s (store %s, stage %s) given up after %d attempts: %s; its owner "
                         "was not told", row.id, row.payload.get("handoff_id"), self.stores[row.store_id].key, row.payload.get("stage"),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import email.utils
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,3 +30,25 @@ def next_attempt_at(
     if retry_after is not None:
         delay = max(delay, retry_after)
     return now + timedelta(seconds=delay)
+
+
+def parse_retry_after(value: str | None, *, now: datetime, cap: float) -> float | None:
+    """An HTTP ``Retry-After`` (``"2"``, ``"2.5"`` or an HTTP-date, read against ``now``: the caller's
+    clock) as seconds, clamped to [0, ``cap``]: a server asking for longer is not believed that far.
+    None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP-date is always GMT
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - now).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(0.0, seconds), cap)

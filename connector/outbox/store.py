@@ -321,9 +321,11 @@ def expire_leases(conn: Connection, now: datetime, channel: str = "whatsapp") ->
 RETRY_KEEPS_PLACE = timedelta(hours=1)
 
 
-def _waits_its_turn(now: datetime) -> Any:
+def _waits_its_turn(now: datetime, channel: str = "whatsapp") -> Any:
     """True for a row whose contact has an earlier-queued message still in line: one message
-    per contact at a time, in the order they were queued.
+    per contact at a time, in the order they were queued. A hand-off alert (``notify``) waits only
+    for the contact's earlier alerts of its own stage (its owner's hook): a case's update never
+    overtakes its opening, and one stage's failing hook holds no other stage's alert back.
 
     In line are the contact's message in flight (``sending``), a due one, and one that
     failed and retries within the hour, so an outage or a 130429 burst never lets a later
@@ -333,9 +335,11 @@ def _waits_its_turn(now: datetime) -> Any:
     id) is total, so two rows can never wait for each other.
     """
     ahead = OUTBOX.alias("ahead")
+    same_stage = (ahead.c.payload["stage"].as_string() == OUTBOX.c.payload["stage"].as_string()) if channel == "notify" else true()
     return exists().where(
         ahead.c.contact_id == OUTBOX.c.contact_id,
         ahead.c.channel == OUTBOX.c.channel,
+        same_stage,
         ahead.c.id < OUTBOX.c.id,
         ahead.c.status.in_(("pending", "sending")),
         # tried before: a spent attempt, or an error kept without one (a throttle answer spends none)
@@ -448,7 +452,7 @@ def claim(
                 true() if channel == "notify" else ~exists().where(
                     STORES.c.id == OUTBOX.c.store_id,
                     or_(STORE_WAITS, STORES.c.whatsapp_held_until > now) if channel == "whatsapp" else STORE_WAITS),
-                ~_waits_its_turn(now),
+                ~_waits_its_turn(now, channel),
             )
             .order_by(OUTBOX.c.due_at, OUTBOX.c.id)
             .limit(limit)
@@ -699,16 +703,46 @@ def release(db: Database, name: str) -> None:
         conn.execute(LEASES.delete().where(LEASES.c.name == name))
 
 
-PAUSED = "whatsapp-paused:"  # a leases row per sending number a dispatcher has paused (holder: Meta's code)
+PAUSED = "whatsapp-paused:"  # a leases row per sending number a dispatcher has paused (holder: see ``_pause_holder``)
+RATE_LIMITED = "rate"  # the holder's word for a pause over the platform's call rate limit (no account to fix)
 
 
-def mark_paused(db: Database, phone_number_id: str, code: int | None, next_try: datetime) -> None:
-    """Say (for /readyz) that sends from this number are paused until ``next_try``: the pause
-    itself lives in the dispatcher's memory, this row only makes it visible to every process."""
+@dataclass(frozen=True, slots=True)
+class NumberPause:
+    """A number's paused sends as a dispatcher showed them: why (the platform's code; a call rate limit
+    or the account), since when (its first refusal: a refused probe extends the pause, not its start)
+    and the next try."""
+
+    code: int | None
+    until: datetime
+    since: datetime | None = None  # None: shown by an older version, which did not say
+    rate_limit: bool = False
+
+
+def _pause_holder(code: int | None, since: datetime | None, rate_limit: bool) -> str:
+    """``code|rate|since`` (or ``code|account|since``) in the lease's 64-character holder: no schema change."""
+    return "|".join(("" if code is None else str(code), RATE_LIMITED if rate_limit else "account",
+                     since.isoformat() if since is not None else ""))[:64]
+
+
+def _read_pause(holder: str, until: datetime) -> NumberPause:
+    code, kind, since = (holder.split("|") + ["", ""])[:3]  # an older version's holder: the code alone
+    try:
+        started = datetime.fromisoformat(since) if since else None
+    except ValueError:
+        started = None
+    return NumberPause(int(code) if code.lstrip("-").isdigit() else None, until, started, kind == RATE_LIMITED)
+
+
+def mark_paused(db: Database, phone_number_id: str, code: int | None, next_try: datetime, *, since: datetime | None = None,
+                rate_limit: bool = False) -> None:
+    """Say (for /readyz, the dashboard and the report) that sends from this number are paused until
+    ``next_try``: the pause itself lives in the dispatcher's memory, this row only makes it visible
+    to every process."""
     from connector.storage.sql import LEASES
 
     ins = (postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert)(LEASES)
-    values = {"holder": "" if code is None else str(code), "expires_at": next_try}
+    values = {"holder": _pause_holder(code, since, rate_limit), "expires_at": next_try}
     with db.write_lock(), db.engine.begin() as conn:
         conn.execute(ins.on_conflict_do_update(index_elements=["name"], set_=values), {"name": f"{PAUSED}{phone_number_id}"[:120], **values})
 
@@ -722,10 +756,26 @@ def clear_paused(db: Database, phone_number_ids: list[str]) -> None:
             conn.execute(LEASES.delete().where(LEASES.c.name.in_([f"{PAUSED}{p}"[:120] for p in phone_number_ids])))
 
 
-def paused_numbers(db: Database) -> dict[str, tuple[int | None, datetime]]:
-    """phone_number_id -> (Meta's code, the next try) for every number a dispatcher paused."""
+def paused_numbers(db: Database) -> dict[str, NumberPause]:
+    """phone_number_id -> its pause, for every number a dispatcher paused."""
     from connector.storage.sql import LEASES
 
     with db.engine.connect() as conn:
         rows = conn.execute(select(LEASES.c.name, LEASES.c.holder, LEASES.c.expires_at).where(LEASES.c.name.like(f"{PAUSED}%")))
-        return {r.name[len(PAUSED):]: (int(r.holder) if r.holder.lstrip("-").isdigit() else None, r.expires_at) for r in rows}
+        return {r.name[len(PAUSED):]: _read_pause(r.holder, r.expires_at) for r in rows}
+
+
+def paused_number(conn: Connection, phone_number_id: str | None) -> NumberPause | None:
+    """The pause of one number, if a dispatcher paused it."""
+    from connector.storage.sql import LEASES
+
+    if not phone_number_id:
+        return None
+    row = conn.execute(select(LEASES.c.holder, LEASES.c.expires_at).where(LEASES.c.name == f"{PAUSED}{phone_number_id}"[:120])).first()
+    return _read_pause(row.holder, row.expires_at) if row is not None else None
+
+
+def waiting(conn: Connection, store_id: int, channel: str = "whatsapp") -> int:
+    """How many of the store's messages wait to be sent (pending, due now or later)."""
+    return conn.execute(select(func.count()).select_from(OUTBOX).where(
+        OUTBOX.c.store_id == store_id, OUTBOX.c.channel == channel, OUTBOX.c.status == "pending")).scalar_one()

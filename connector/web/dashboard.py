@@ -33,9 +33,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from adapters.whatsapp.errors import describe
 from connector import admin, money
-from connector.outbox import store as ob
 from connector.reports import CONTACTS, HANDOFFS, HEADLINE, STAGES, Period, build_report, parse_week
 from connector.storage.db import Database
 from connector.web import auth, charts
@@ -351,18 +349,14 @@ def overview_data(db: Database, store: Any, store_id: int, period: Period, now: 
     funnels = [{**f, "svg": charts.funnel(f["steps"], label=f"{f['title']} funnel")} for f in _funnels(report["stages"])]
     lifts = [{"journey": j, "title": JOURNEY_TITLES.get(j, j), **res, "svg": charts.interval(res, label=f"{JOURNEY_TITLES.get(j, j)}: lift against holdout")}
              for j, res in report["lift"].items()]
-    return {"report": report, "cards": cards, "funnels": funnels, "lifts": lifts, "whatsapp_paused": whatsapp_paused(db, store),
+    # this store's number, if a dispatcher paused its sends (``reports.whatsapp_pause``): an account-level
+    # refusal (fix the account) or Meta's call rate limit (a wait). Shown here, behind the store's sign-in,
+    # not on the open /readyz
+    pause = report["connector_health"].get("whatsapp_pause")
+    return {"report": report, "cards": cards, "funnels": funnels, "lifts": lifts,
+            "whatsapp_paused": pause if pause and not pause["rate_limit"] else None,
+            "whatsapp_rate_limited": pause if pause and pause["rate_limit"] else None,
             "handoffs": handoff_queue(db, store_id, now), "leak_title": STAGE_TITLES.get(report["biggest_leak"]["stage"] or "", "")}
-
-
-def whatsapp_paused(db: Database, store: Any) -> dict[str, Any] | None:
-    """This store's number, if a dispatcher paused its sends (an account-level refusal): Meta's code,
-    what it means and the next try. Shown here, behind the store's sign-in, not on the open /readyz."""
-    pause = ob.paused_numbers(db).get(store.whatsapp_phone_number_id or "")
-    if pause is None:
-        return None
-    code, next_try = pause
-    return {"code": code, "reason": describe(code), "next_try_at": next_try}
 
 
 # -- pages --------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@
 permission, payment, a block: connector/outbox/dispatcher.py; Meta restricting or disabling the
 account: connector/number_health.py) and for how many stores, still with
 200: the connector takes webhooks all the same, and its messages wait for the account to be fixed.
+A pause over Meta's API call rate limit is counted apart (``rate_limited``): nothing to fix, the
+messages wait for Meta's window to close.
 It names no store and no code: it answers anyone, and in an agency deployment one brand's trouble is
 not another's business. Which store and why are in the error log and on that store's dashboard.
 """
@@ -30,14 +32,21 @@ def _ping(runtime) -> None:  # type: ignore[no-untyped-def]
         conn.execute(text("SELECT 1"))
 
 
-def _paused(runtime) -> int:  # type: ignore[no-untyped-def]
+def _paused(runtime) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     """How many configured stores have a number a dispatcher paused, or sends held while Meta
-    restricts or disables their account (``stores.whatsapp_held_until``)."""
-    paused = ob.paused_numbers(runtime.db)
+    restricts or disables their account (``stores.whatsapp_held_until``); and how many others wait
+    out Meta's API call rate limit."""
+    pauses = ob.paused_numbers(runtime.db)
     with runtime.db.engine.connect() as conn:
         held = {r.id for r in conn.execute(select(STORES.c.id).where(STORES.c.whatsapp_held_until > runtime.clock()))}
-    return sum(1 for store in runtime.settings.stores
-               if store.whatsapp_phone_number_id in paused or runtime.store_ids.get(store.key) in held)
+    paused = rate_limited = 0
+    for store in runtime.settings.stores:
+        pause = pauses.get(store.whatsapp_phone_number_id or "")
+        if runtime.store_ids.get(store.key) in held or (pause is not None and not pause.rate_limit):
+            paused += 1
+        elif pause is not None:
+            rate_limited += 1
+    return paused, rate_limited
 
 
 async def readyz(request: Request) -> JSONResponse:
@@ -48,11 +57,13 @@ async def readyz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "unavailable", "database": exc.__class__.__name__}, status_code=503)
     body: dict[str, Any] = {"status": "ready", "database": "reachable"}
     try:
-        paused = await anyio.to_thread.run_sync(_paused, runtime)
+        paused, rate_limited = await anyio.to_thread.run_sync(_paused, runtime)
     except Exception:  # readiness is the database's; the pauses are news
         body["whatsapp"] = "unknown"
     else:
-        body["whatsapp"] = "paused" if paused else "sending"
+        body["whatsapp"] = "paused" if paused else "rate_limited" if rate_limited else "sending"
         if paused:
             body["whatsapp_paused_stores"] = paused
+        if rate_limited:
+            body["whatsapp_rate_limited_stores"] = rate_limited
     return JSONResponse(body)
