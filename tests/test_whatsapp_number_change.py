@@ -153,3 +153,22 @@ def test_a_number_change_without_the_new_number_moves_no_one_and_says_why(sqlite
     with sc.runtime.db.engine.connect() as conn:
         row = conn.execute(select(m.InboxEvent.status, m.InboxEvent.last_error).where(m.InboxEvent.topic == "message")).one()
     assert row.status == "failed" and "without the old and the new number" in row.last_error
+
+
+def test_an_erasure_naming_her_old_number_erases_her_and_forgets_the_number(db_url, scenario, world):
+    """Shopify's customers/redact names the number she had: it finds her contact (now on the new number),
+    erases it, and the old number is kept nowhere; a later message from it is a new relationship."""
+    sc = scenario(db_url, "shopify", journeys=COD)
+    SHOPIFY.place(sc, SHOPIFY.order(6, ASHA, sc.now))
+    sc.work()
+    changes_number(sc, ASHA, ASHA_NEW)
+    sc.later(minutes=5)
+    sc.shopify("customers/redact", {"shop_id": 954889, "shop_domain": "shop-a.myshopify.com",
+                                    "customer": {"id": 424242, "email": None, "phone": ASHA}, "orders_to_redact": []})
+    sc.later(minutes=5)
+    with sc.runtime.db.engine.connect() as conn:
+        assert conn.execute(select(m.PreviousNumber.id)).all() == []
+        assert [tuple(r) for r in conn.execute(select(m.Contact.phone_e164, m.Contact.phone_key))] == [(None, "redacted:1")]
+    sc.say(ASHA, "hello")
+    sc.later(minutes=5)
+    assert sc.contact(ASHA)["contact"]["phone"] == ASHA and sc.contact(ASHA)["contact"]["opted_out_at"] is None
