@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from connector.contacts import normalize_phone
+from connector.number_change import previous_owner
 from connector.rows import phone_key
 from connector.storage.db import Database
 from connector.storage import models as m
@@ -58,6 +59,9 @@ def contact_view(db: Database, store_id: int, phone: str, default_country: str, 
             contact = conn.execute(
                 select(m.Contact).where(m.Contact.store_id == store_id, m.Contact.wa_id == parsed.e164.lstrip("+"))
             ).one_or_none()
+        if contact is None and (moved_to := previous_owner(conn, store_id, key)) is not None:
+            # a number she changed on WhatsApp: her contact, now on her new number
+            contact = conn.execute(select(m.Contact).where(m.Contact.id == moved_to)).one_or_none()
         if contact is None:
             return None
         events = conn.execute(

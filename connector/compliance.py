@@ -75,6 +75,7 @@ log = logging.getLogger("storeloop.compliance")
 
 REQUESTS: Table = m.ComplianceRequest.__table__  # type: ignore[assignment]
 WINDOWS: Table = m.ReorderWindow.__table__  # type: ignore[assignment]
+PREVIOUS: Table = m.PreviousNumber.__table__  # type: ignore[assignment]
 
 EXPORT_FORMAT = "storeloop.customer-export/1"
 REDACTED = "redacted"
@@ -277,9 +278,22 @@ def find_contacts(conn: Connection, store_id: int, ident: Identity) -> list[Any]
         if ident.customer_external_id:
             same_customer = same_customer | (CONTACTS.c.external_customer_id == ident.customer_external_id)
         conds.append(CONTACTS.c.id.in_(owners) & same_customer)
+    if ident.phone is not None:
+        # a number she had before she changed it on WhatsApp (``number_change``): the contact it moved to
+        owners = select(PREVIOUS.c.contact_id).where(PREVIOUS.c.store_id == store_id, PREVIOUS.c.phone_key == key)
+        conds.append(CONTACTS.c.id.in_(owners))
     if not conds:
         return []
-    return list(conn.execute(select(CONTACTS).where(CONTACTS.c.store_id == store_id, or_(*conds)).order_by(CONTACTS.c.id)))
+    found = list(conn.execute(select(CONTACTS).where(CONTACTS.c.store_id == store_id, or_(*conds)).order_by(CONTACTS.c.id)))
+    # and the contacts joined to them when her new number was already one of them (each keeps part of her history)
+    ids = {c.id for c in found}
+    linked = set(conn.execute(select(PREVIOUS.c.contact_id, PREVIOUS.c.from_contact_id).where(
+        PREVIOUS.c.store_id == store_id, or_(_in(PREVIOUS.c.contact_id, ids), _in(PREVIOUS.c.from_contact_id, ids)))).all())
+    more = {i for pair in linked for i in pair} - ids
+    if more:
+        found += list(conn.execute(select(CONTACTS).where(CONTACTS.c.store_id == store_id, _in(CONTACTS.c.id, more))))
+        found.sort(key=lambda c: c.id)
+    return found
 
 
 def _customer_scope(conn: Connection, store_id: int, ident: Identity) -> tuple[Scope, list[Any]]:
@@ -521,6 +535,10 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
         updated_at=now,
     )).rowcount
     conn.execute(update(CONTACTS).where(cw, CONTACTS.c.opted_out_at.is_(None)).values(opted_out_at=now))
+    # the numbers she had before: gone, so a later message from one finds no contact (a new relationship)
+    pw = (PREVIOUS.c.store_id == sid) & (true() if scope.shop else or_(_in(PREVIOUS.c.contact_id, scope.contact_ids),
+                                                                         _in(PREVIOUS.c.from_contact_id, scope.contact_ids)))
+    counts["previous_numbers"] = conn.execute(delete(PREVIOUS).where(pw)).rowcount
 
     # orders and what hangs off them: totals, states and times stay; links and tracking go
     ow = (ORDERS.c.store_id == sid) & (true() if scope.shop else _in(ORDERS.c.id, scope.order_pks))

@@ -347,6 +347,33 @@ class ButtonReplied(_Fact):
     occurred_at: datetime
 
 
+class NumberChanged(_Fact):
+    """A customer changed her WhatsApp number (Meta's ``user_changed_number`` system message): the
+    same person now writes from, and is reached on, ``new_wa_id``; ``old_wa_id`` is the message's sender."""
+
+    type: Literal["whatsapp.number_changed"] = "whatsapp.number_changed"
+    phone_number_id: str
+    message_id: str
+    old_wa_id: str
+    old_phone: Phone | None = None
+    new_wa_id: str
+    new_phone: Phone
+    user_id: str | None = None  # her new business-scoped id (a number change makes a new one), when Meta gives it
+    occurred_at: datetime
+
+
+class BusinessCapabilityChanged(_Fact):
+    """Meta's ``business_capability_update``: the business portfolio's messaging limit (unique customers
+    reachable outside a service window in 24 h) and how many numbers it may have. Meta sends it when the
+    account is created and when the limit changes."""
+
+    type: Literal["whatsapp.business_capability_changed"] = "whatsapp.business_capability_changed"
+    business_account_id: str
+    limit: str | None = None  # a count ("2000") or "UNLIMITED" (Meta's -1); None: the update gave none we can read
+    max_phone_numbers: int | None = None  # ``max_phone_numbers_per_waba`` (else ``..._per_business``)
+    occurred_at: datetime | None = None  # the entry's ``time``
+
+
 class MessageStatusChanged(_Fact):
     type: Literal["whatsapp.status_changed"] = "whatsapp.status_changed"
     phone_number_id: str
@@ -525,12 +552,14 @@ Event = Annotated[
         MessageReceived,
         ButtonReplied,
         MessageStatusChanged,
+        NumberChanged,
         MarketingPreferenceChanged,
         TemplateStatusChanged,
         TemplateCategoryChanged,
         NumberQualityChanged,
         AccountUpdated,
         TemplateQualityChanged,
+        BusinessCapabilityChanged,
         ProductUpdated,
         ProductDeleted,
     ],

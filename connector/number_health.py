@@ -12,7 +12,10 @@ business account, ``entry[].id``; a number's news by its ``display_phone_number`
   customer-initiated messaging, each until its ``expiration``), disabled or scheduled to be
   (``ban_info.waba_ban_state`` DISABLE / SCHEDULE_FOR_DISABLE, REINSTATE when lifted), or broke a
   policy (``violation_info``);
-- ``message_template_quality_update``: a template's rating (``template_check.template_quality_news``).
+- ``message_template_quality_update``: a template's rating (``template_check.template_quality_news``);
+- ``business_capability_update``: the business portfolio's messaging limit (Meta sends it when the account
+  is created and when the limit changes), kept as the limit part; it tells nobody (it says no old limit, and a
+  lowered one comes as a number's DOWNGRADE too).
 
 The worker also asks Meta for the number's rating and limit every few hours (``NumberReading``,
 ``record_reading``; the job is ``jobs/scheduler.number_quality_store``): YELLOW, the early warning,
@@ -105,6 +108,10 @@ def parts(event: Any, store: Any) -> list[Part]:
         if event.limit is not None and tier(event.limit) not in NOT_A_LIMIT:
             out.append(Part("limit", {"value": event.limit, "old": event.old_limit, "event": event.event}))
         return out
+    if isinstance(event, ev.BusinessCapabilityChanged):
+        # the portfolio's limit as Meta now sets it (shared by its numbers since October 2025): the same part a
+        # number's DOWNGRADE / UPGRADE and the worker's reading keep, so the dashboard shows whichever is newest
+        return [Part("limit", {"value": event.limit, "old": None, "event": "CAPABILITY"})] if event.limit is not None else []
     if isinstance(event, ev.AccountUpdated):
         if event.event == "ACCOUNT_RESTRICTION":
             return [Part("restriction", {"restrictions": [{"kind": r.kind, "until": _iso(r.until)} for r in event.restrictions]})]

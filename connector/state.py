@@ -21,6 +21,7 @@ from sqlalchemy.exc import NoResultFound
 from connector import events as ev
 from connector.contacts import email_key
 from connector.handoffs import restage
+from connector.number_change import apply_number_change, previous_owner, previous_owner_of_wa_id
 from connector.policy import keyword_intent
 from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, ATTEMPTS, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES
 from connector.rows import checkout_ordered_at, checkout_row, contact_by_phone, contact_row, contact_where, fulfillment_row, order_row, phone_key
@@ -181,6 +182,12 @@ def upsert_contact(
         row = contact_by_phone(conn, store_id, phone)
     if row is None and wa_id:
         row = contact_where(conn, store_id, CONTACTS.c.wa_id, wa_id)
+    if row is None and phone is not None:
+        # a number she changed on WhatsApp (``number_change``): a late reply, status or order on it is hers;
+        # what it says of the number (its WhatsApp id) is not, her contact has her new one
+        moved_to = previous_owner(conn, store_id, phone_key(phone))
+        if moved_to is not None and (row := contact_row(conn, moved_to)) is not None:
+            wa_id = None
     if row is None and phone is None and not wa_id and user_id:
         # a WhatsApp user who hides their number is named by a business-scoped id only: their
         # STOP must reach the contact that id was learnt on (a message that carried both)
@@ -593,7 +600,8 @@ def apply_status(conn: Connection, store_id: int, e: ev.MessageStatusChanged, no
     if row is None:
         if contact_id is None and e.recipient_id:
             found = contact_where(conn, store_id, CONTACTS.c.wa_id, e.recipient_id)
-            contact_id = found.id if found is not None else None
+            # a message to the number she had before she changed it: still hers
+            contact_id = found.id if found is not None else previous_owner_of_wa_id(conn, store_id, e.recipient_id)
         _flush_if_held(conn, contact_id)
         conn.execute(_INSERT_MESSAGE, dict(store_id=store_id, contact_id=contact_id, direction="out", wamid=e.message_id,
                                            kind="template" if outbox_id else "unknown", status=e.status, error_code=e.error_code,
@@ -958,6 +966,17 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             record_inbound(conn, store_id, out.contact_id, event.message_id, kind[:32], body, event.occurred_at, now)
             if intent is not None and out.contact_id is not None:
                 apply_keyword(conn, store_id, out.contact_id, intent, event.occurred_at, inbox_id)
+        case ev.NumberChanged():
+            # her contact, runs, cases and queued messages follow her to the new number; no journey hears it
+            out.contact_id = apply_number_change(conn, store_id, event, now)
+            out.old_news = True
+            if conn.execute(_MESSAGE_BY_WAMID, {"sid": store_id, "wamid": event.message_id}).first() is None:
+                _flush_if_held(conn, out.contact_id)
+                # on her timeline, without the numbers (Meta's text names both); WhatsApp's notice is not her
+                # writing: the 24 h window stays as it was
+                conn.execute(_INSERT_MESSAGE, dict(store_id=store_id, contact_id=out.contact_id, direction="in", wamid=event.message_id,
+                                                   kind="system", body=None, status="received", occurred_at=event.occurred_at,
+                                                   updated_at=now))
         case ev.MessageStatusChanged():
             out.subject = f"wamid:{event.message_id}"
             out.contact_id = apply_status(conn, store_id, event, now)
@@ -972,7 +991,7 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
                     lift_opt_out(conn, store_id, out.contact_id, source, event.occurred_at, inbox_id)
         case ev.TemplateStatusChanged() | ev.TemplateCategoryChanged():
             out.subject = template_subject(event.name, event.language)  # nothing stored: the hand-off rules read it
-        case ev.NumberQualityChanged() | ev.AccountUpdated() | ev.TemplateQualityChanged():
+        case ev.NumberQualityChanged() | ev.AccountUpdated() | ev.TemplateQualityChanged() | ev.BusinessCapabilityChanged():
             from connector import number_health
 
             out.subject = (template_subject(event.name, event.language) if isinstance(event, ev.TemplateQualityChanged)

@@ -249,13 +249,14 @@ class WhatsAppClient:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
 
-    async def _request(self, method: str, url: str, *, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
+    async def _request(self, method: str, url: str, *, headers: dict[str, str] | None = None, sender: str | None = None,
+                       **kw: Any) -> httpx.Response:
         try:
             response = await self._http.request(method, url, headers=headers or self._headers(), timeout=self._timeout, **kw)
         except httpx.TransportError as exc:
             raise errors.classify_transport(exc) from None  # the cause's repr could carry the URL; not needed
         if not response.is_success:
-            raise errors.classify(response, redact=(self._token,))
+            raise errors.classify(response, redact=(self._token,), sender=sender)
         return response
 
     async def send(self, phone_number_id: str, message: OutboundMessage) -> SendResult:
@@ -271,7 +272,7 @@ class WhatsAppClient:
         except Exception as exc:  # nothing was sent: a known failure, not an unknown outcome
             raise PermanentError(f"the request cannot be built: {exc.__class__.__name__}: {exc}"[:300]) from None
         if not self._pools:
-            return _accepted(await self._request("POST", url, content=content, headers=self._post_headers))
+            return _accepted(await self._request("POST", url, content=content, headers=self._post_headers, sender=phone_number_id))
         request = httpcore.Request(b"POST", core_url, headers=[*headers, (b"Content-Length", b"%d" % len(content))],
                                    content=content, extensions=self._timeout_ext)
         pool = min(self._pools, key=_busy)
@@ -290,7 +291,7 @@ class WhatsAppClient:
         if not 200 <= response.status < 300:
             answer = httpx.Response(response.status, headers=response.headers, content=body,
                                     request=httpx.Request("POST", url, headers=self._post_headers, content=content))
-            raise errors.classify(answer, redact=(self._token,))
+            raise errors.classify(answer, redact=(self._token,), sender=phone_number_id)
         return _accepted_body(response.status, body)
 
     def _target(self, phone_number_id: str) -> tuple[httpx.URL, httpcore.URL, list[tuple[bytes, bytes]]]:

@@ -184,7 +184,32 @@ def _graph_error(response: httpx.Response) -> dict | None:
     return error if isinstance(error, dict) else None
 
 
-def classify(response: httpx.Response, *, redact: Iterable[str] = ()) -> SendError:
+# Graph's code 100 ("Invalid parameter") with subcode 33, whose message reads "Unsupported post request. Object
+# with ID '<id>' does not exist, cannot be loaded due to missing permissions, or does not support this operation"
+_MISSING_OBJECT = (100, 33)
+_OBJECT_ID = re.compile(r"Object with ID '([^']{1,100})'")
+
+
+def missing_object_is_the_sender(error: dict, sender: str | None) -> bool:
+    """Whether a code 100 / subcode 33 answer to a send is about the sending number, not the message.
+
+    Graph answers 100/33 when the object a request names "does not exist, cannot be loaded due to missing
+    permissions, or does not support this operation" (Graph's error-handling guide: 100 is an invalid
+    parameter, subcode 33 an object that cannot be loaded). A send is ``POST /<phone number id>/messages``:
+    when the object is that number (the id wrong, the number deleted, or the token no longer given access
+    to it: the case issue threads of every Cloud API client show), no message can go until a person fixes
+    the setting, so it is account-level (``AccountError``: the number pauses, its messages wait). When
+    Meta names another object (one this message refers to, such as a media or a flow id), only this message
+    is wrong: it fails alone and the rest go. A message that names no id, or a send whose number we do not
+    know, is taken as the number's: holding a message costs a wait, failing every queued one loses them.
+    """
+    match = _OBJECT_ID.search(str(error.get("message") or ""))
+    if match is None or sender is None:
+        return True
+    return match.group(1).strip() == sender.strip()
+
+
+def classify(response: httpx.Response, *, redact: Iterable[str] = (), sender: str | None = None) -> SendError:
     """The exception for a non-2xx Graph answer (returned, not raised).
 
     Known codes decide; an unknown code or a non-JSON body (a proxy's HTML 502) falls back
@@ -196,7 +221,8 @@ def classify(response: httpx.Response, *, redact: Iterable[str] = ()) -> SendErr
     An account-level code (``ACCOUNT_CODES``: the token, a permission, payment, a block) is an
     ``AccountError``, a PermanentError the dispatcher treats as "pause this number".
     ``redact`` lists strings (the access token) that must never reach the message even if
-    Meta quotes them.
+    Meta quotes them. ``sender``: the phone number id a send was made from, which decides whether
+    a missing object (100/33, ``missing_object_is_the_sender``) is the account's problem or the message's.
     """
     status = response.status_code
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -238,7 +264,10 @@ def classify(response: httpx.Response, *, redact: Iterable[str] = ()) -> SendErr
     text += f" ({describe(code)})"
     if meta:
         text += f": {meta}"
-    cls = RetryableError if retryable else AccountError if is_account_code(code) else PermanentError
+    account = is_account_code(code) or ((code, subcode) == _MISSING_OBJECT and missing_object_is_the_sender(error, sender))
+    if (code, subcode) == _MISSING_OBJECT:
+        text += " (the sending number's id is wrong, deleted or not this token's)" if account else " (an object this message names)"
+    cls = RetryableError if retryable else AccountError if account else PermanentError
     return cls(text, code=code, subcode=subcode, trace_id=trace_id, http_status=status, retry_after=retry_after,
                rate_limited=code in CALL_RATE_LIMITS)
 

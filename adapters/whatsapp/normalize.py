@@ -12,7 +12,8 @@ the business account itself is kept whole: ``{"field", "metadata": {}, "business
 <entry.id>, "time": <entry.time>, "value": <change.value>}``, topic ``template_status``
 (``message_template_status_update``), ``template_category`` (``template_category_update``),
 ``template_quality`` (``message_template_quality_update``), ``number_quality``
-(``phone_number_quality_update``) or ``account_update``, read as Meta's webhook references of
+(``phone_number_quality_update``), ``account_update`` or ``business_capability``
+(``business_capability_update``), read as Meta's webhook references of
 those names give them; where they show only placeholders, the values are pywa's test data
 (``tests/data/updates/account_update.json``, ``template_quality_update.json``).
 Field notes: platform-facts.md C2 (statuses), C6 (categories), C7 (opt-out), C8/C9 (ids, usernames).
@@ -50,7 +51,9 @@ from connector.events import (
     MarketingPreferenceChanged,
     MessageReceived,
     MessageStatusChanged,
+    NumberChanged,
     AccountUpdated,
+    BusinessCapabilityChanged,
     NumberQualityChanged,
     Restriction,
     TemplateCategoryChanged,
@@ -86,6 +89,8 @@ def normalize(topic: str, body: dict, store: ShopifyStore | WooCommerceStore) ->
         return [_number_quality(data)]
     if topic == "account_update":
         return [_account_update(data)]
+    if topic == "business_capability":
+        return _business_capability(data)
     return []
 
 
@@ -97,6 +102,10 @@ def _phone_number_id(b: Body) -> str:
 def _message(b: Body) -> Event:
     phone_number_id = _phone_number_id(b)
     m = req_obj(b, "message")
+    if get_str(m, "type", "message") == "system":
+        system = get_obj(m, "system", "message") or {}
+        if get_str(system, "type", "message.system") in _NUMBER_CHANGES:
+            return _number_changed(phone_number_id, m, system)
     contacts = [c for _, c in get_objects(b, "contacts")]
     # Users with a username may have no phone in the webhook (C9): wa_id can be absent.
     sender = get_id(m, "from", "message") or (get_id(contacts[0], "wa_id", "contacts[0]") if contacts else None)
@@ -126,13 +135,41 @@ def _message(b: Body) -> Event:
         text = get_str(get_obj(m, message_type, "message") or {}, "caption", f"message.{message_type}")
     elif message_type == "audio" and (get_obj(m, "audio", "message") or {}).get("voice") is True:
         message_type = "voice"  # a voice note (recorded in the chat), not an audio file
-    # A reaction (or taking one back), a sticker and WhatsApp's own notices (``system``: the user
-    # changed number) keep their type and no text: the journeys do not take them as an answer
+    # A reaction (or taking one back), a sticker and WhatsApp's own other notices (``system``: her identity
+    # changed; a new number is ``_number_changed``) keep their type and no text: the journeys do not take them as an answer
     # (checkout_recovery.NOT_A_REPLY) and no hand-off opens; the contact's timeline still shows them.
     return MessageReceived(message_type=message_type, text=text, **common)
 
 
 _CAPTIONED = ("image", "video", "document")
+# Meta's system message types for a customer's new number (``customer_changed_number`` in webhooks of v11.0 and older)
+_NUMBER_CHANGES = ("user_changed_number", "customer_changed_number")
+
+
+def _number_changed(phone_number_id: str, m: Body, system: Body) -> Event:
+    """Meta's system message: the sender (``from``) changed her number to ``system.wa_id``
+    (``system.new_wa_id`` in webhooks of v11.0 and older, where ``wa_id`` may name the old one).
+    Shapes: Meta's "System messages webhook reference"; pywa ``tests/data/updates/system.json``.
+    One without a readable old and new number is refused (the row fails with the reason): moving
+    a customer on a guess could send her messages to a stranger."""
+    old, _ = _sender(get_id(m, "from", "message"), "message.from")
+    new, _ = _sender(get_id(system, "new_wa_id", "message.system") or get_id(system, "wa_id", "message.system"), "message.system.wa_id")
+    if old is None or new is None:
+        raise NormalizationError("message.system: a number change without the old and the new number")
+    new_phone = wa_id_to_e164(new)
+    if new_phone is None or new_phone.e164 is None:
+        raise NormalizationError("message.system.wa_id is not a valid phone number")
+    user_id = get_str(system, "user_id", "message.system")
+    return NumberChanged(
+        phone_number_id=phone_number_id,
+        message_id=req_str(m, "id", "message"),
+        old_wa_id=old,
+        old_phone=wa_id_to_e164(old),
+        new_wa_id=new,
+        new_phone=new_phone,
+        user_id=user_id if user_id and _BSUID.fullmatch(user_id) else None,
+        occurred_at=req_unix_time(m, "timestamp", "message"),
+    )
 
 
 _WA_ID = re.compile(r"[0-9]{5,20}")
@@ -352,3 +389,43 @@ def _account_update(b: Body) -> Event:
         ban_date=get_str(ban, "waba_ban_date", "value.ban_info"),
         occurred_at=get_unix_time(b, "time"),
     )
+
+
+# the fields of ``business_capability_update`` that carry the messaging limit, Meta's current one first
+# (``max_daily_conversation_per_phone`` "will be removed": Meta's reference); -1 is "unlimited"
+_CAPABILITY_LIMITS = ("max_daily_conversations_per_business", "max_daily_conversation_per_phone")
+
+
+def _count(v: Body, key: str) -> str | None:
+    """A limit as Meta counts it: a whole number (or its digits as a string), -1 for unlimited; anything else None."""
+    value = v.get(key)
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,12}", value.strip()):
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    if value == -1:
+        return "UNLIMITED"
+    return str(value) if value > 0 else None
+
+
+def _business_capability(b: Body) -> list[Event]:
+    """Meta's ``business_capability_update`` (its webhook reference): the portfolio's messaging limit
+    (``max_daily_conversations_per_business``; the older ``max_daily_conversation_per_phone``) and its
+    numbers' cap. A value of another shape is left out with a warning naming the field, never its value;
+    an update with nothing readable changes nothing (``[]``: the row is kept as ignored)."""
+    v = req_obj(b, "value")
+    limit = None
+    for key in _CAPABILITY_LIMITS:
+        if v.get(key) is None:
+            continue
+        limit = _count(v, key)
+        if limit is not None:
+            break
+        log.warning("whatsapp business_capability_update: value.%s is not a count: left out", key)
+    numbers = next((int(n) for k in ("max_phone_numbers_per_waba", "max_phone_numbers_per_business")
+                    if (n := _count(v, k)) is not None and n.isdigit()), None)
+    if limit is None and numbers is None:
+        log.warning("whatsapp business_capability_update carries no messaging limit we can read: ignored")
+        return []
+    return [BusinessCapabilityChanged(business_account_id=req_id(b, "business_account_id"), limit=limit,
+                                      max_phone_numbers=numbers, occurred_at=_optional_time(b, "time", "time"))]

@@ -29,7 +29,7 @@ _LISTS = {"messages": "message", "statuses": "status", "user_preferences": "user
 # field is kept as ``field:<name>``
 _ACCOUNT_TOPICS = {"message_template_status_update": "template_status", "template_category_update": "template_category",
                    "message_template_quality_update": "template_quality", "phone_number_quality_update": "number_quality",
-                   "account_update": "account_update"}
+                   "account_update": "account_update", "business_capability_update": "business_capability"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -229,6 +229,25 @@ class Contact(Base):
 Index("ix_contacts_store_email", Contact.store_id, func.lower(func.trim(Contact.email)))
 
 
+class PreviousNumber(Base):
+    """A number one of the store's contacts had before she changed it on WhatsApp (Meta's
+    ``user_changed_number``: ``connector/number_change.py``), so a late status, reply or order on the
+    old number still finds her. ``from_contact_id``: the contact that had it (another one than
+    ``contact_id`` when the new number was already a contact's and the two were joined)."""
+
+    __tablename__ = "previous_numbers"
+    __table_args__ = (
+        UniqueConstraint("store_id", "phone_key", name="uq_previous_numbers_store_phone"),
+        Index("ix_previous_numbers_store_contact", "store_id", "contact_id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
+    phone_key: Mapped[str] = mapped_column(String(80))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    from_contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class ConsentChange(Base):
     """Every consent change with its source and time, so 'why was this person messaged' has an answer."""
 
