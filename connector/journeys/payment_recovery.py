@@ -297,9 +297,16 @@ def _replaced(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig,
         return []
     if o.is_cod or o.payment_state in ev.PAID_AS_SHE_KNOWS or _paid_otherwise(o):
         return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced_by_order", skip_waiting=True)]
-    if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and _chase_from(event, facts, config) is not None:
+    if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and _same_phone(run, facts) and _chase_from(event, facts, config) is not None:
         return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced", skip_waiting=True)]
     return []
+
+
+def _same_phone(run: Run, facts: Facts) -> bool:
+    """Whether the event's order is of the run's contact (her phone), not of another with her email: an unpaid order
+    is chased on its own phone, so it replaces (``replaced``), or goes on from, only her own older try. Two people
+    sharing an address (a family's one store account) each leaving the same product unpaid both get their pay link."""
+    return facts.contact_id is not None and facts.contact_id == run.contact_id
 
 
 def _older_try_paid(o: ev.Order, run: Run) -> bool:
@@ -411,7 +418,7 @@ def _taking_over(event: Any, facts: Facts, config: PaymentRecoveryConfig) -> dic
     reminder is the older reminder's recovery. ``sent``: the runner looks up those reminders' sends."""
     o = event.order
     for r in facts.extra.get("open_runs", ()):
-        if r.status == "active" and r.subject.startswith("order:") and _reminded(r) and not r.state.get("paid") \
+        if r.status == "active" and r.subject.startswith("order:") and _reminded(r) and not r.state.get("paid") and _same_phone(r, facts) \
                 and _later_try(_placed(r), _run_products(r), o.created_at, _products(o)):
             chain = continued(r.state)
             return {"continues": r.subject, **({"continues_also": list(chain)} if chain else {}),
@@ -432,7 +439,7 @@ def _newer_try(event: Any, facts: Facts) -> str | None:
     purchase of the event's order, heard first (webhooks come in any order): that one is chased."""
     o = event.order
     for r in facts.extra.get("open_runs", ()):
-        if r.subject.startswith("order:") and _later_try(o.created_at, _products(o), _placed(r), _run_products(r)):
+        if r.subject.startswith("order:") and _same_phone(r, facts) and _later_try(o.created_at, _products(o), _placed(r), _run_products(r)):
             return r.subject.split(":", 1)[1]
     return None
 
