@@ -24,6 +24,8 @@ from tests.scenarios.test_store_journeys import conversion
 from tests.scenarios.test_woo_recovery import bank_transfer, paid, unpaid
 from tests.test_payment_review2_2026_12_07 import ASHA, pay_reminders, recovered, start
 
+RAVI = "+919812345678"
+
 
 def reminded_declined_card(sc: Any) -> dict[str, Any]:
     """#7301: her card declined at 06:00 (Rome); its pay link reaches her an hour on."""
@@ -142,3 +144,26 @@ def test_her_paid_order_after_the_attribution_window_is_no_recovery(sqlite_url, 
     sc.woo("order.created", WOOCOMMERCE.order(2, ASHA, sc.now, cod=False))
     sc.later(hours=1)
     assert recovered(sc) == (1, 0, {})
+
+
+def test_a_bank_transfer_try_converts_in_the_holdout_as_it_does_for_the_reminded(sqlite_url, scenario, world):
+    """Asha (the first contact: in the 10% holdout) and Ravi (reminded) each have a card declined, then each checks
+    out again by bank transfer, and each transfer is received the next day. The lift compares payments, treated or
+    not: one conversion in each group (the holdout's transfer was not waited for, so the lift saw the reminder win)."""
+    sc = start(sqlite_url, scenario, "woocommerce", {"payment_recovery": {"holdout_percent": 10}})
+    sc.woo("order.created", unpaid(1, sc.now))
+    sc.woo("order.created", {**unpaid(2, sc.now), "billing": {**unpaid(2, sc.now)["billing"], "phone": RAVI}})
+    sc.later(hours=1, step=timedelta(minutes=10))
+    assert (pay_reminders(sc), [s.params[0] for s in sc.sent(RAVI)]) == ([], ["#7302"])  # Asha is held out
+    sc.later(minutes=30)
+    transfers = [bank_transfer(WOOCOMMERCE.order(3, ASHA, sc.now, cod=False), sc.now),
+                 bank_transfer({**WOOCOMMERCE.order(4, RAVI, sc.now, cod=False)}, sc.now)]
+    for t in transfers:
+        sc.woo("order.created", t)
+    sc.later(hours=20)
+    for t in transfers:
+        sc.woo("order.updated", paid(t, sc.now))
+    sc.later(hours=1)
+    lift = sc.report()["lift"]["payment_recovery"]
+    assert (lift["treated"], lift["control"], lift["treated_converted"], lift["control_converted"]) == (1, 1, 1, 1)
+    assert recovered(sc) == (1, 1, {"INR": "1299.00"})  # the reminded one's revenue only

@@ -121,7 +121,7 @@ class PaymentRecovery:
         """The run's own order credits its reminder, and so does her paid later try at the same purchase
         (``_paid_try``); her other orders, which reach a run still listening for her replacement, cost no
         lookup of its sends. Her later try placed to pay by bank transfer asks too: the run waits for its money
-        only if a reminder went out (``_await_transfer``)."""
+        out the attribution window of the reminder as it went out (``_await_transfer``)."""
         return _about(event, run) or _paid_try(event, run) or _transfer_try(event, run)
 
     @staticmethod
@@ -346,16 +346,16 @@ def _transfer_try(event: Any, run: Run) -> bool:
 
 
 def _await_transfer(run: Run, o: ev.Order, facts: Facts, config: PaymentRecoveryConfig, now: datetime) -> list[Command] | None:
-    """Her new try waits for a bank transfer after a reminder that went out: no sale yet, so nothing is credited,
-    but the run (its reminder withdrawn if still held, so she is not asked to pay twice) waits out the attribution
-    window of the reminder for the money (``awaits_order``): paid in it, the new try is the reminder's recovery, with
-    its revenue (``_paid_try``); cancelled, or not paid by then, nothing (``not_paid``). None: no reminder went out
-    (or its window is over), so the new try just replaces this order, as a paid one would."""
+    """Her new try waits for a bank transfer after the reminder was queued: no sale yet, so nothing is credited, but
+    the run (its reminder withdrawn if still held, so she is not asked to pay twice) waits for the money as long as
+    it listens (``awaits_order``; out the attribution window of the reminder that went out): paid in that time, the
+    new try is paid, and the reminder's recovery, with its revenue, if it went out before (``_credit_try``);
+    cancelled, or not paid by then, nothing (``not_paid``). A holdout run, whose reminder never goes, waits the same
+    way: the lift compares payments, treated or not. None: the run's time is over."""
     if run.state.get("awaits_order") == o.external_id:
         return []  # the same wait, heard again
-    sent = facts.extra.get("reminders_sent")
-    ends = now + timedelta(days=config.attribution_days) if sent is None else _listens_until(run, sent, config)
-    if (sent is not None and not sent) or ends <= now:
+    ends = max(t for t in (run.next_due_at, _listens_until(run, facts.extra.get("reminders_sent"), config)) if t is not None)
+    if ends <= now:
         return None
     return [Update({"replaced_by": o.external_id, "awaits_order": o.external_id}), Withdraw(), Wake(ends, listening=True)]
 
