@@ -173,8 +173,8 @@ def test_payment_recovery_reminds_once_and_attributes_the_payment():
     started = j.decide(ev.OrderPlaced(order=prepaid), None, facts(prepaid), cfg, T0)
     assert kinds(started) == ["start", "wake"] and started[-1].at == T0 + timedelta(minutes=60)
     r = run("payment_recovery", {})
-    reminding = j.decide(TimerFired(T0), r, facts(prepaid), cfg, T0)  # then listens for her second try until the day is out
-    assert kinds(reminding) == ["update", "send:remind", "wake"] and reminding[-1].at == T0 + timedelta(days=1)
+    reminding = j.decide(TimerFired(T0), r, facts(prepaid), cfg, T0)  # then listens for her second try out the attribution window
+    assert kinds(reminding) == ["update", "send:remind", "wake"] and reminding[-1].at == T0 + timedelta(days=cfg.attribution_days)
     paid = order(is_cod=False, payment_state=ev.PaymentState.PAID)
     reminded = run("payment_recovery", {"reminded": True}, "finished")
     assert j.decide(ev.OrderPaid(order=paid), reminded, facts(paid), cfg, T0)[0].state == {

@@ -14,7 +14,8 @@ the ladder does not move to the new one. Except once, for a run a read that coul
 checkout's phone started (Shopify's poll, before the checkout's late webhook: the customer's account
 phone): the first read that sees it moves the run to that number (``_to_checkout_phone``).
 The run stops the moment an order arrives for that checkout or from the same customer (phone,
-customer id, or email for a phone-less order: ``state.upsert_contact``), or the customer replies to it (a tap, words, a photo or
+customer id, or email for a phone-less order: ``state.upsert_contact``; or her email under another phone, for an order
+matching no run by its checkout or phone: ``runner._one_email_contacts_runs``), or the customer replies to it (a tap, words, a photo or
 voice note quoting one of its reminders, or quoting nothing while no other journey's message
 is what she answers:
 ``_common.answers_run``; a reaction or a sticker is no reply, ``_common.NOT_A_REPLY``); any opt-out

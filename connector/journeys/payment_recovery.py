@@ -14,8 +14,14 @@ and her later order, paid (or cash on delivery, or to pay by bank transfer: WooC
 ``on-hold``), placed within ``REPLACED_WITHIN`` of this one and sharing a product with it, ends the run
 (``replaced_by_order``). Before the reminder went out that is no revenue; after it, her new try paid (or her card
 authorised) is the payment the reminder asked for: the run is paid by that order (``order_id``) and recovered
-with its revenue, within ``attribution_days`` of the reminder, as her paying this order would be (``_credit_try``;
-cash on delivery or a bank transfer credits nothing: no payment yet). Her later unpaid try at it (placed pending again, in that
+with its revenue, within ``attribution_days`` of the reminder, as her paying this order would be (``_credit_try``).
+Her new try placed cash on delivery is a sale as a cart's COD order is one: credited as placed (the report leaves it
+out once the store cancels it: refused at the door, a Cancel tap). Her new try placed to pay by bank transfer is no
+sale until the money comes: the run withdraws a reminder still held and waits out the reminder's ``attribution_days``
+for it (``_await_transfer``), crediting the order once the store marks it paid. Once a reminder is queued the run
+listens for such a try out the attribution window of the reminder as it went out (``_listens_until``), not only
+``REPLACED_WITHIN``: a reminder sent a day after the order (``after_minutes``) would otherwise never be credited with
+her coming back. Her later unpaid try at it (placed pending again, in that
 time, a try this journey chases) replaces it too (``replaced``): only her newest try is chased,
 and an older one heard after it starts finished. A newer try that replaces one whose reminder was queued goes on
 from it (``continues``, as ``checkout_recovery`` has it: one purchase, counted once by the report), so her paying
@@ -24,8 +30,7 @@ ends the newer one (``replaced_by_order``, its reminder withdrawn): she has paid
 queued, until that time is up, so a reminder still held (quiet hours, the one-message line) is
 withdrawn when she replaces the order before it goes. Whatever ends an active run (a cancel or a bin, a payment
 authorized, an order moved to a bank transfer) withdraws a reminder still held after the run has ended too, once
-(``_withdraw_held``: with ``after_minutes`` of a day or more the run ends as it queues its reminder, which quiet
-hours may then hold till morning). A newer try cancelled before its reminder
+(``_withdraw_held``). A newer try cancelled before its reminder
 does not bring the older one back: she or the store called the purchase off, and the older try
 is as stale (WooCommerce cancels unpaid orders after its hold-stock minutes, the oldest first).
 
@@ -116,14 +121,22 @@ class PaymentRecovery:
     def may_credit(self, event: Any, run: Run) -> bool:
         """The run's own order credits its reminder, and so does her paid later try at the same purchase
         (``_paid_try``); her other orders, which reach a run still listening for her replacement, cost no
-        lookup of its sends."""
-        return _about(event, run) or _paid_try(event, run)
+        lookup of its sends. Her later try placed to pay by bank transfer asks too: the run waits for its money
+        out the attribution window of the reminder as it went out (``_await_transfer``)."""
+        return _about(event, run) or _paid_try(event, run) or _transfer_try(event, run)
+
+    @staticmethod
+    def needs_sends(event: Any, run: Run, config: PaymentRecoveryConfig) -> bool:
+        """When the timer of a run that queued its reminder fires, the runner tells when it went out
+        (``facts.extra["reminders_sent"]``): the run listens out ``attribution_days`` from the reminder as sent,
+        not as queued (quiet hours may hold it till morning)."""
+        return isinstance(event, TimerFired) and run.status == "active" and bool(run.state.get("reminded"))
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: PaymentRecoveryConfig, now: datetime) -> list[Command]:
         if isinstance(event, ev.OrderDeleted):
             return end_for_deleted_order(run) if run is None or run.status == "active" else _withdraw_held(event, run, facts)
         if run is not None and not _about(event, run):
-            return _replaced(event, run, facts, config)  # another order of hers, or a reply: not this order's news
+            return _replaced(event, run, facts, config, now)  # another order of hers, or a reply: not this order's news
         o = facts.order
         if run is None:
             due = _chase_from(event, facts, config) if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) else None
@@ -152,6 +165,8 @@ class PaymentRecovery:
         if not active:
             return _withdraw_held(event, run, facts)
         if _stops(event, o):
+            if run.state.get("awaits_order") and not _paid(event):
+                return []  # she pays by transfer on her new try: this order's cancel (a stale try) ends no wait
             if run.state.get("reminded"):  # the reminder, if still held, goes no further
                 return [Wake(None), Finish("closed")]
             paid = isinstance(event, ev.OrderPaid) or (o is not None and o.payment_state == "paid")
@@ -159,13 +174,16 @@ class PaymentRecovery:
         if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and o is not None and not run.state.get("reminded"):
             return _rescheduled(event, run, o, config)
         if isinstance(event, TimerFired):
-            if run.state.get("reminded"):  # her time to replace the order is up
-                return [Finish("reminded", skip_waiting=False)]
-            # the run listens until she can no longer replace the order (``_replaced``): a reminder held
-            # for the morning is then withdrawn, not sent after she paid her second try
-            listen = _placed(run) + REPLACED_WITHIN
-            end: list[Command] = [Wake(listen, listening=True)] if listen > now else [Wake(None), Finish("reminded", skip_waiting=False)]
-            return [Update({"reminded": True, "sent": 1}), Send("remind", order_context(facts)), *end]
+            if run.state.get("reminded"):  # her time to replace the order, or to pay her new try, is up
+                ends = _listens_until(run, facts.extra.get("reminders_sent"), config)
+                if ends > now:  # the reminder went out later than queued (held for the morning): its window runs on
+                    return [Wake(ends, listening=True)]
+                return [Finish("not_paid" if run.state.get("awaits_order") else "reminded", skip_waiting=False)]
+            # the run listens until she can no longer replace the order (``_replaced``), and out the attribution
+            # window of its reminder, for her new try at the purchase (``_paid_try``): a reminder held for the
+            # morning is withdrawn, not sent after she paid her second try
+            listen = max(_placed(run) + REPLACED_WITHIN, now + timedelta(days=config.attribution_days))
+            return [Update({"reminded": True, "sent": 1}), Send("remind", order_context(facts)), Wake(listen, listening=True)]
         return []
 
 
@@ -255,7 +273,7 @@ def _run_products(run: Run) -> set[str] | None:
     return set(run.state.get("products") or ()) or None
 
 
-def _replaced(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig) -> list[Command]:
+def _replaced(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig, now: datetime) -> list[Command]:
     """Another order of hers reached this run, still waiting or listening after its reminder: a later
     try at this purchase (``_later_try``) that she paid for (or chose cash on delivery for, or a bank
     transfer: ``_paid_otherwise``) ends the run (``replaced_by_order``), and so does one she left unpaid again, which this journey chases
@@ -267,14 +285,29 @@ def _replaced(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig)
     o = event.order
     if _older_try_paid(o, run):
         return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced_by_order", skip_waiting=True)]
+    if run.state.get("awaits_order") == o.external_id and o.cancelled_at is not None:  # the transfer will not come
+        return [Wake(None), Finish("not_paid")]
+    credit = _credit_try(event, run, facts, config)
+    if credit:  # her new try, bought after the reminder was queued: its recovery (or another reminded try's)
+        return [Update({"replaced_by": o.external_id, **credit}), Wake(None), Finish("replaced_by_order", skip_waiting=True)]
+    if _transfer_try(event, run):
+        waits = _await_transfer(run, o, facts, config, now)
+        if waits is not None:
+            return waits
     if o.cancelled_at is not None or not _later_try(_placed(run), _run_products(run), o.created_at, _products(o)):
         return []
     if o.is_cod or o.payment_state in ev.PAID_AS_SHE_KNOWS or _paid_otherwise(o):
-        return [Update({"replaced_by": o.external_id, **_credit_try(event, run, facts, config)}), Wake(None),
-                Finish("replaced_by_order", skip_waiting=True)]
-    if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and _chase_from(event, facts, config) is not None:
+        return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced_by_order", skip_waiting=True)]
+    if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and _same_phone(run, facts) and _chase_from(event, facts, config) is not None:
         return [Update({"replaced_by": o.external_id}), Wake(None), Finish("replaced", skip_waiting=True)]
     return []
+
+
+def _same_phone(run: Run, facts: Facts) -> bool:
+    """Whether the event's order is of the run's contact (her phone), not of another with her email: an unpaid order
+    is chased on its own phone, so it replaces (``replaced``), or goes on from, only her own older try. Two people
+    sharing an address (a family's one store account) each leaving the same product unpaid both get their pay link."""
+    return facts.contact_id is not None and facts.contact_id == run.contact_id
 
 
 def _older_try_paid(o: ev.Order, run: Run) -> bool:
@@ -285,15 +318,54 @@ def _older_try_paid(o: ev.Order, run: Run) -> bool:
         and o.payment_state in ev.PAID_AS_SHE_KNOWS
 
 
-def _paid_try(event: Any, run: Run) -> bool:
-    """Whether the event is her later try at this run's purchase, paid (or her card authorised), reaching the
-    run while it listens after queuing its reminder: the payment the reminder asked for, made on a new order."""
+def _try_after_reminder(event: Any, run: Run) -> bool:
+    """Whether the event is her later try at this run's purchase, not cancelled, reaching the run while it listens
+    after queuing its reminder (``_reminded``): placed after this order and sharing a product with it. Within
+    ``REPLACED_WITHIN`` of this order, as ``_later_try``, or later while the run listens out the attribution window
+    of its reminder (``_listens_until``): the reminder may go out a day after the order, and her coming back
+    the next day is still its doing (``attribution_days``)."""
     if run.status != "active" or not _reminded(run) or run.state.get("paid") \
             or not isinstance(event, (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)) or _about(event, run):
         return False
-    o = event.order
-    return (not o.is_cod and o.cancelled_at is None and o.payment_state in ev.PAID_AS_SHE_KNOWS
-            and _later_try(_placed(run), _run_products(run), o.created_at, _products(o)))
+    o, products = event.order, _run_products(run)
+    return o.cancelled_at is None and _placed(run) < o.created_at and (products is None or bool(products & _products(o)))
+
+
+def _paid_try(event: Any, run: Run) -> bool:
+    """Whether the event is her later try at this run's purchase (``_try_after_reminder``) that is a purchase: paid
+    (or her card authorised), the payment the reminder asked for made on a new order; or cash on delivery, a sale
+    as a cart's COD order is one (credited as placed; the report leaves it out once the store cancels it)."""
+    o = getattr(event, "order", None)
+    return o is not None and (o.is_cod or o.payment_state in ev.PAID_AS_SHE_KNOWS) and _try_after_reminder(event, run)
+
+
+def _transfer_try(event: Any, run: Run) -> bool:
+    """Whether the event is her later try at this run's purchase placed to pay by other means than a pay link (a
+    WooCommerce bank transfer or cheque, ``on-hold``: ``_paid_otherwise``), whose money is still to come."""
+    o = getattr(event, "order", None)
+    return o is not None and not o.is_cod and _paid_otherwise(o) and _try_after_reminder(event, run)
+
+
+def _await_transfer(run: Run, o: ev.Order, facts: Facts, config: PaymentRecoveryConfig, now: datetime) -> list[Command] | None:
+    """Her new try waits for a bank transfer after the reminder was queued: no sale yet, so nothing is credited, but
+    the run (its reminder withdrawn if still held, so she is not asked to pay twice) waits for the money as long as
+    it listens (``awaits_order``; out the attribution window of the reminder that went out): paid in that time, the
+    new try is paid, and the reminder's recovery, with its revenue, if it went out before (``_credit_try``);
+    cancelled, or not paid by then, nothing (``not_paid``). A holdout run, whose reminder never goes, waits the same
+    way: the lift compares payments, treated or not. None: the run's time is over."""
+    if run.state.get("awaits_order") == o.external_id:
+        return []  # the same wait, heard again
+    ends = max(t for t in (run.next_due_at, _listens_until(run, facts.extra.get("reminders_sent"), config)) if t is not None)
+    if ends <= now:
+        return None
+    return [Update({"replaced_by": o.external_id, "awaits_order": o.external_id}), Withdraw(), Wake(ends, listening=True)]
+
+
+def _listens_until(run: Run, sent: tuple[datetime, ...] | None, config: PaymentRecoveryConfig) -> datetime:
+    """Until when a run that queued its reminder listens: for her replacing the order (``REPLACED_WITHIN``), and for
+    her new try at the purchase, or its money, out the attribution window of the reminder that went out last."""
+    ends = _placed(run) + REPLACED_WITHIN
+    return max(ends, max(sent) + timedelta(days=config.attribution_days)) if sent else ends
 
 
 def _credit_try(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig) -> dict[str, Any]:
@@ -308,9 +380,9 @@ def _credit_try(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfi
     if credited not in (None, run.subject):  # one order, one recovery: another reminded try of hers takes it
         return {"credited_to": credited}
     sent = facts.extra.get("reminders_sent")
-    recovered = _within_window(sent, o.updated_at, config)
+    recovered = _within_window(sent, o.created_at if o.is_cod else o.updated_at, config)  # COD: a sale as placed
     return {"paid": True, "order_id": o.external_id, "recovered": recovered, "revenue": str(o.total) if recovered else "0",
-            "currency": o.currency}
+            "currency": o.currency, **({"cod": True} if o.is_cod else {})}
 
 
 def _credited(event: Any, facts: Facts) -> str | None:
@@ -347,7 +419,7 @@ def _taking_over(event: Any, facts: Facts, config: PaymentRecoveryConfig) -> dic
     reminder is the older reminder's recovery. ``sent``: the runner looks up those reminders' sends."""
     o = event.order
     for r in facts.extra.get("open_runs", ()):
-        if r.status == "active" and r.subject.startswith("order:") and _reminded(r) and not r.state.get("paid") \
+        if r.status == "active" and r.subject.startswith("order:") and _reminded(r) and not r.state.get("paid") and _same_phone(r, facts) \
                 and _later_try(_placed(r), _run_products(r), o.created_at, _products(o)):
             chain = continued(r.state)
             return {"continues": r.subject, **({"continues_also": list(chain)} if chain else {}),
@@ -368,7 +440,7 @@ def _newer_try(event: Any, facts: Facts) -> str | None:
     purchase of the event's order, heard first (webhooks come in any order): that one is chased."""
     o = event.order
     for r in facts.extra.get("open_runs", ()):
-        if r.subject.startswith("order:") and _later_try(o.created_at, _products(o), _placed(r), _run_products(r)):
+        if r.subject.startswith("order:") and _same_phone(r, facts) and _later_try(o.created_at, _products(o), _placed(r), _run_products(r)):
             return r.subject.split(":", 1)[1]
     return None
 

@@ -312,6 +312,16 @@ def _same_email_contacts(conn: Connection, store_id: int, customer: Any, contact
     return sorted(cid for cid, row in rows.items() if cid != contact_id and not _named_otherwise(row, customer))
 
 
+def _one_email_contacts_runs(conn: Connection, store_id: int, journey: str, contact_ids: list[int]) -> list[str]:
+    """The open runs of ``journey`` an order reaches by its email (``_same_email_contacts``): asked only for an order
+    that matches none by its checkout or its phone (she checked out with one number and bought with another). Two
+    people may share one address, and one name too (a family's one store account, each with a phone): an order with
+    a run of its own, or whose phone has runs, is theirs, and ends or credits no one else's. Runs of two or more
+    other contacts are no one's to tell apart (as ``state.contact_by_email`` ties an order to none of them): none."""
+    found = [subjects for cid in contact_ids if (subjects := _active_subjects(conn, store_id, journey, cid))]
+    return found[0] if len(found) == 1 else []
+
+
 def _order_facts(conn: Connection, store_id: int, order_id: str) -> OrderFacts | None:
     o = order_row(conn, store_id, order_id)
     if o is None:
@@ -583,12 +593,13 @@ class JourneyRunner:
             if getattr(journey, "follows_contact", False) and facts.contact_id is not None \
                     and isinstance(event, getattr(journey, "contact_events", CONTACT_ACTIVITY)):
                 # the customer bought, wrote or tapped: the journey's other open runs for them hear it too;
-                # an order also reaches the runs of the same email under another phone
+                # an order also reaches the runs of the same email under another phone, when it is hers alone
                 others = _active_subjects(conn, store_id, name, facts.contact_id)
-                if isinstance(event, ev.OrderPlaced) and event.order.customer is not None:
+                if isinstance(event, ev.OrderPlaced) and event.order.customer is not None and not others \
+                        and (subject is None or _run(conn, store_id, name, subject) is None):
                     if same_email is None:  # once per event, whichever journeys ask
                         same_email = _same_email_contacts(conn, store_id, event.order.customer, facts.contact_id)
-                    others += [s for cid in same_email for s in _active_subjects(conn, store_id, name, cid) if s not in others]
+                    others = _one_email_contacts_runs(conn, store_id, name, same_email)
                 others = [o for o in others if o != subject]
                 if others:  # what the event's own run decides beside (a new run can take over an open one's ladder)
                     jfacts = replace(facts, extra={**facts.extra, "open_runs": tuple(_found_run(conn, store_id, name, o)[1] for o in others)})
