@@ -106,7 +106,7 @@ class Runtime:
 
         self.secret_box = secret_box if secret_box is not None else SecretBox.from_env()
         self.shopify_tokens: dict[str, Any] = {}
-        self.woo_webhook_secrets = WooWebhookSecrets(self.db, self.secret_box)
+        self.woo_webhook_secrets = WooWebhookSecrets(self.db, self.secret_box, clock=lambda: self.clock())
         self._wakeup = asyncio.Event()
         self._worker_task: asyncio.Task[None] | None = None
         self._stopping = False

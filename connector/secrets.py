@@ -37,7 +37,11 @@ SHOPIFY_REFRESH_TOKEN = "shopify_refresh_token"
 WOO_CONSUMER_KEY = "woo_consumer_key"
 WOO_CONSUMER_SECRET = "woo_consumer_secret"
 WOO_WEBHOOK_SECRET = "woo_webhook_secret"
-KINDS = (SHOPIFY_ACCESS_TOKEN, SHOPIFY_REFRESH_TOKEN, WOO_CONSUMER_KEY, WOO_CONSUMER_SECRET, WOO_WEBHOOK_SECRET)
+# the secret ``--new-secret`` replaced, still accepted: ``expires_at`` None while some webhook may still sign with it
+# (the rotation is not confirmed on every webhook), else the end of the grace period for deliveries already on their way
+WOO_PREVIOUS_WEBHOOK_SECRET = "woo_webhook_secret_previous"
+KINDS = (SHOPIFY_ACCESS_TOKEN, SHOPIFY_REFRESH_TOKEN, WOO_CONSUMER_KEY, WOO_CONSUMER_SECRET, WOO_WEBHOOK_SECRET,
+         WOO_PREVIOUS_WEBHOOK_SECRET)
 
 HOW_TO = (
     f"set {SECRET_KEYS_ENV} to a Fernet key (generate one with `storeloop new-secret-key`); "
@@ -190,6 +194,7 @@ def rotate_credentials(db: Database, box: SecretBox) -> int:
 
 __all__ = [
     "Credential", "HOW_TO", "KINDS", "SECRET_KEYS_ENV", "SHOPIFY_ACCESS_TOKEN", "SHOPIFY_REFRESH_TOKEN", "SecretBox",
-    "SecretsUnavailable", "WOO_CONSUMER_KEY", "WOO_CONSUMER_SECRET", "WOO_WEBHOOK_SECRET", "delete_credentials",
+    "SecretsUnavailable", "WOO_CONSUMER_KEY", "WOO_CONSUMER_SECRET", "WOO_PREVIOUS_WEBHOOK_SECRET", "WOO_WEBHOOK_SECRET",
+    "delete_credentials",
     "generate_key", "get_credentials", "put_credentials", "rotate_credentials", "stored_kinds",
 ]

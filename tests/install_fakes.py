@@ -198,6 +198,8 @@ class FakeWoo:
         self.products: list[dict[str, Any]] = []
         self.product_requests: list[dict[str, str]] = []  # query of each /products page asked for (oauth_* left out)
         self.products_status = 200  # anything else: that status and WooCommerce's error body
+        self.failing_updates: set[str] = set()  # topics whose webhook update (PUT) answers 500 and changes nothing
+        self.list_status = 200  # anything else: the webhook list (GET) answers that status
         self.app = Starlette(routes=[
             Route("/wp-json/wc/v3/orders", self.orders, methods=["GET"]),
             Route("/wp-json/wc/v3/products", self.products_page, methods=["GET"]),
@@ -240,6 +242,8 @@ class FakeWoo:
         if not self._authorized(request):
             return self._denied()
         if request.method == "GET":
+            if self.list_status != 200:
+                return JSONResponse({"code": "internal_server_error"}, status_code=self.list_status)
             return JSONResponse([dict(h) for h in self.hooks], headers={"X-WP-TotalPages": "1"})
         body = json.loads(await request.body())
         hook = {"id": next(self.ids), "name": body["name"], "status": body.get("status", "active"), "topic": body["topic"],
@@ -261,6 +265,8 @@ class FakeWoo:
         hook = next((h for h in self.hooks if h["id"] == request.path_params["hook_id"]), None)
         if hook is None:
             return JSONResponse({"code": "woocommerce_rest_webhook_invalid_id"}, status_code=404)
+        if hook["topic"] in self.failing_updates:
+            return JSONResponse({"code": "internal_server_error"}, status_code=500)
         body = json.loads(await request.body())
         if "secret" in body:
             self.secrets[hook["id"]] = body["secret"]

@@ -568,3 +568,32 @@ def test_shop_redact_removes_the_marks_of_that_stores_erased_customers(db_url):
         assert post_shopify(client, {"shop_id": 954889, "shop_domain": SHOP_A}, "shop/redact").status_code == 200
         runtime.processor.drain()
         assert marks() == Counter({(b, "order"): 1, (b, "customer"): 1, (b, "checkout"): 2, (b, "key"): 1})
+
+
+@pytest.mark.parametrize("topic", ["shop/redact", "customers/redact"])
+def test_a_privacy_request_naming_another_shop_erases_nothing_of_this_one(db_url, topic, caplog):
+    """The stores of one Shopify app share its secret, and X-Shopify-Shop-Domain is not signed: a request whose
+    body names shop A, delivered with B's header (replayed, or a proxy's mistake), must not erase B's customers."""
+    raw = settings_dict(db_url)
+    raw["stores"][1]["webhook_secret"] = SECRETS["shop_a"]  # one app, two shops
+    settings = parse_settings(raw, environ={})
+    with running_app(settings) as (client, runtime):
+        b = runtime.store_ids["shop-b"]
+        order = order_payload(MEENA, 8001, "2026-11-20T07:00:00Z")
+        assert post_shopify(client, order, "orders/create", SHOP_B, SECRETS["shop_a"]).status_code == 200
+        runtime.processor.drain()
+        request = {"shop_id": 954889, "shop_domain": SHOP_A}
+        if topic == "customers/redact":
+            request = request_payload(MEENA, [8001]) | request
+        caplog.set_level(logging.INFO)
+        assert post_shopify(client, request, topic, SHOP_B, SECRETS["shop_a"]).status_code == 200
+        runtime.processor.drain()
+        with runtime.db.engine.connect() as conn:
+            contact = conn.execute(select(m.Contact).where(m.Contact.store_id == b)).one()
+            store = conn.execute(select(m.Store).where(m.Store.id == b)).one()
+            answered = conn.execute(select(func.count()).select_from(m.ComplianceRequest)).scalar()
+            row = conn.execute(select(m.InboxEvent.status, m.InboxEvent.last_error).where(m.InboxEvent.topic == topic)).one()
+    assert (contact.phone_e164, contact.first_name, contact.email) == (MEENA.e164, MEENA.first, MEENA.email)
+    assert store.uninstalled_at is None and answered == 0
+    assert row.status != "done" and "another shop" in (row.last_error or "")
+    assert "another shop" in caplog.text and MEENA.email not in caplog.text

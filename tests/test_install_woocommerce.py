@@ -76,8 +76,8 @@ def woo_settings(db_url: str, site_url: str, public_url: str, **woo_store):
 class Connector:
     """The real app served on 127.0.0.1 (its runtime exposed), so the fake store can reach it."""
 
-    def __init__(self, settings, port: int):
-        self.runtime = Runtime(settings, Database.from_url(settings.database.url), run_worker=False)
+    def __init__(self, settings, port: int, **runtime_kw):
+        self.runtime = Runtime(settings, Database.from_url(settings.database.url), run_worker=False, **runtime_kw)
         self.runtime.woo_webhook_secrets.min_reload = 0.0  # pick up a CLI install at once (default 2 s)
         self._serve = serve(create_app(settings, self.runtime), port)
 
@@ -101,7 +101,8 @@ def test_install_creates_repairs_and_the_stored_secret_is_accepted(db_url, woo, 
     settings = woo_settings(db_url, woo.base, public)
     store = settings.store("woo")
     box = SecretBox([key])
-    with Connector(settings, port) as app:
+    now = [T]
+    with Connector(settings, port, clock=lambda: now[0]) as app:
         db = app.runtime.db
         sid = app.runtime.store_ids["woo"]
         first = asyncio.run(install_woocommerce(db, settings, store, sid, T, box=box))
@@ -140,10 +141,83 @@ def test_install_creates_repairs_and_the_stored_secret_is_accepted(db_url, woo, 
         new_secret = get_credentials(db, box, sid)[WOO_WEBHOOK_SECRET].value
         assert new_secret != secret and set(woo.secrets.values()) == {new_secret}
         assert woo.deliver("order.updated", ORDER | {"status": "on-hold"}) == 200
+        assert woo.deliver("order.updated", ORDER | {"status": "refunded"}, secret=secret) == 200  # one already on its way
+        now[0] = T + timedelta(hours=2)
         assert woo.deliver("order.updated", ORDER | {"status": "cancelled"}, secret=secret) == 401  # the old one is gone
     # (the consumer key is OAuth 1.0a's public identifier: on plain http it is in the signed query by design)
     for value in (CS, key, secret, new_secret):
         assert value not in caplog.text
+
+
+def test_a_new_secret_loses_no_delivery_until_every_webhook_has_it(db_url, woo, key, caplog):
+    """``--new-secret``: WooCommerce signs with the old secret until each webhook is updated (and a delivery
+    already on its way after that): the old one stays accepted until every webhook is confirmed updated,
+    then for a bounded grace period; a failed update says so and keeps it accepted."""
+    caplog.set_level(logging.DEBUG)
+    now = [T]
+    port = free_port()
+    settings = woo_settings(db_url, woo.base, f"http://127.0.0.1:{port}")
+    store = settings.store("woo")
+    box = SecretBox([key])
+    with Connector(settings, port, clock=lambda: now[0]) as app:
+        db, sid = app.runtime.db, app.runtime.store_ids["woo"]
+        assert asyncio.run(install_woocommerce(db, settings, store, sid, T, box=box)).ok
+        old = get_credentials(db, box, sid)[WOO_WEBHOOK_SECRET].value
+        assert woo.deliver("order.created", ORDER) == 200
+
+        # the webhooks cannot even be listed: the rotation does not start, the old secret still signs everything
+        woo.list_status = 500
+        with pytest.raises(Exception, match="HTTP 500"):
+            asyncio.run(install_woocommerce(db, settings, store, sid, T, box=box, new_secret=True))
+        woo.list_status = 200
+        assert woo.deliver("order.updated", ORDER, secret="someone-elses-secret") == 401  # (the endpoint re-reads)
+        assert woo.deliver("order.updated", ORDER | {"status": "on-hold"}) == 200
+
+        # one webhook cannot be updated: the error says so, and its deliveries (old secret) are still accepted
+        woo.failing_updates = {"order.updated"}
+        rotated = asyncio.run(install_woocommerce(db, settings, store, sid, T, box=box, new_secret=True))
+        assert not rotated.ok and [t for t, _ in rotated.failed] == ["order.updated"]
+        assert "previous secret stays accepted until every webhook has the new one" in rotated.secret
+        new = get_credentials(db, box, sid)[WOO_WEBHOOK_SECRET].value
+        assert new != old and woo.secrets[next(h["id"] for h in woo.hooks if h["topic"] == "order.created")] == new
+        assert woo.deliver("order.created", ORDER | {"status": "completed"}) == 200  # signed with the new one
+        assert woo.deliver("order.updated", ORDER | {"status": "cancelled"}) == 200  # still the old one
+        now[0] = T + timedelta(days=30)  # however long it takes to notice
+        assert woo.deliver("order.updated", ORDER | {"status": "refunded"}) == 200
+
+        # run again (no new secret): the pending rotation is finished, every webhook has the new secret
+        woo.failing_updates = set()
+        finished = asyncio.run(install_woocommerce(db, settings, store, sid, now[0], box=box))
+        assert finished.ok and "order.updated" in finished.updated and set(woo.secrets.values()) == {new}
+        assert get_credentials(db, box, sid)[WOO_WEBHOOK_SECRET].value == new
+        # a delivery signed just before its webhook changed is still accepted for a while, then no more
+        now[0] += timedelta(minutes=1)
+        assert woo.deliver("order.updated", ORDER | {"status": "failed"}, secret=old) == 200
+        now[0] += timedelta(days=1)
+        assert woo.deliver("order.updated", ORDER | {"status": "pending"}, secret=old) == 401
+        assert woo.deliver("order.updated", ORDER | {"status": "processing", "total": "11.00"}) == 200
+    for value in (old, new, key, CS):
+        assert value not in caplog.text
+
+
+def test_cli_new_secret_with_a_failed_update_says_the_old_secret_still_counts(db_url, woo, key, tmp_path: Path):
+    cfg = woo_config(tmp_path, db_url, woo)
+    assert runner.invoke(cli_app, ["install", "woocommerce", "--config", str(cfg), "--store", "woo", "--no-ping"]).exit_code == 0
+    woo.failing_updates = {"customer.created"}
+    out = runner.invoke(cli_app, ["install", "woocommerce", "--config", str(cfg), "--store", "woo", "--no-ping", "--new-secret"])
+    assert out.exit_code == 1, out.output
+    text = " ".join(out.output.split())
+    assert "previous secret stays accepted until every webhook has the new one" in text
+    assert "storeloop install woocommerce --store woo" in text
+    # a second --new-secret before the first is finished would strand the webhooks still on the first secret
+    again = runner.invoke(cli_app, ["install", "woocommerce", "--config", str(cfg), "--store", "woo", "--no-ping", "--new-secret"])
+    assert again.exit_code == 2 and "not finished" in " ".join(again.output.split())
+    woo.failing_updates = set()
+    done = runner.invoke(cli_app, ["install", "woocommerce", "--config", str(cfg), "--store", "woo", "--no-ping"])
+    assert done.exit_code == 0, done.output
+    assert len(set(woo.secrets.values())) == 1
+    for value in woo.secrets.values():
+        assert value not in out.output + again.output + done.output
 
 
 def woo_config(tmp_path: Path, db_url: str, woo: FakeWoo, *, reorder: bool = False) -> Path:

@@ -51,19 +51,24 @@ def indian_order(updated_at: str = "2026-11-20T10:00:00+05:30", **changes) -> di
     return order
 
 
+def fixture_bytes(name: str) -> bytes:
+    """The exact bytes, as Shopify would sign them: the reference's ``{shop}`` placeholder is the shop's own name."""
+    return (FIXTURES / "shopify" / f"{name}.sample.json").read_bytes().replace(b"{shop}.myshopify.com", SHOP_A.encode())
+
+
 def test_every_shopify_fixture_is_verified_stored_and_normalised(db_url):
     erasures = {"customers_redact": "customers/redact", "shop_redact": "shop/redact"}  # last: they erase what came before
     with running_app(make_settings(db_url)) as (client, runtime):
         for name, topic in TOPIC_OF_FIXTURE.items():
             if name in erasures:
                 continue
-            raw = (FIXTURES / "shopify" / f"{name}.sample.json").read_bytes()  # the exact bytes, as Shopify would sign them
+            raw = fixture_bytes(name)
             assert post(client, None, topic, raw=raw).status_code == 200, name
         runtime.processor.drain()
         rows = {r.topic: r for r in inbox_rows(runtime)}
         after = {}
         for name, topic in erasures.items():
-            raw = (FIXTURES / "shopify" / f"{name}.sample.json").read_bytes()
+            raw = fixture_bytes(name)
             assert post(client, None, topic, raw=raw).status_code == 200, name
             runtime.processor.drain()
             after[topic] = {r.topic: r for r in inbox_rows(runtime)}

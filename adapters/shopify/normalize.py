@@ -525,7 +525,13 @@ _NOT_FOR_SALE = frozenset({"archived", "draft"})
 
 
 def _compliance(topic: str, b: Body, store: ShopifyStore) -> list[Event]:
+    """The body names its shop (``shop_domain``): the stores of one app share its secret and the
+    X-Shopify-Shop-Domain header that chose the store is not signed, so a request about another
+    shop (replayed with this shop's header, or misrouted) must erase or export nothing here."""
     kind, orders_key = _COMPLIANCE[topic]
+    named = get_str(b, "shop_domain")
+    if named is not None and named.strip().lower() != store.shop_domain.lower():
+        raise NormalizationError(f"{topic} is about another shop than {store.shop_domain}: nothing done for this store")
     c = get_obj(b, "customer")
     customer = None
     if c is not None:

@@ -9,7 +9,10 @@
    *before* any webhook exists, so the first delivery is already accepted;
 3. for each topic our normaliser handles, creates the webhook to
    ``{public_url}/webhooks/woocommerce/{key}``, re-activates a paused or disabled one, and
-   pushes the secret to existing ones when it is new (``--new-secret``);
+   pushes the secret to existing ones when it is new (``--new-secret``). WooCommerce signs with
+   the old secret until each webhook is updated, so the old one is kept (stored encrypted) and
+   accepted until every webhook is confirmed updated - a failed update leaves it accepted and
+   the next install pushes the secret again - then for ``ROTATION_GRACE`` more;
 4. for a store running the reorder journey, reads every product once (tags and the
    ``_storeloop_replenish`` meta; ``connector/install/products.py``);
 5. posts WooCommerce's ping body (``webhook_id=N``) to that address and expects the 200
@@ -29,7 +32,7 @@ import contextlib
 import logging
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -49,9 +52,11 @@ from connector.secrets import (
     HOW_TO,
     WOO_CONSUMER_KEY,
     WOO_CONSUMER_SECRET,
+    WOO_PREVIOUS_WEBHOOK_SECRET,
     WOO_WEBHOOK_SECRET,
     SecretBox,
     SecretsUnavailable,
+    delete_credentials,
     get_credentials,
     put_credentials,
 )
@@ -67,6 +72,9 @@ APP_NAME = "storeloop"
 CALLBACK_PATH = "/woocommerce/callback/"
 CONNECTED_PATH = "/woocommerce/connected"
 MAX_CALLBACK_BYTES = 16_384
+# after every webhook has the new secret, the previous one is still accepted this long: WooCommerce signs
+# a delivery when it sends it, so only one already on its way (or a worker's stale copy of the webhook) needs it
+ROTATION_GRACE = timedelta(hours=1)
 
 
 def delivery_url(settings: Settings, store: WooCommerceStore) -> str:
@@ -106,6 +114,24 @@ async def _ping(http: httpx.AsyncClient, url: str, webhook_id: Any) -> tuple[boo
     return False, f"HTTP {response.status_code} (WooCommerce wants exactly 200)"
 
 
+async def _rotation_outcome(db: Database, box: SecretBox, store: WooCommerceStore, store_id: int, report: WooInstallReport, *,
+                            previous_value: str, not_updated: int, now: datetime) -> None:
+    """Every webhook confirmed on the new secret: the previous one is accepted for ``ROTATION_GRACE``
+    more (a delivery signed just before its webhook changed), then no more. Otherwise it stays
+    accepted, with no end, until a later install confirms them all."""
+    if not_updated:
+        report.secret += (f"; {not_updated} webhook(s) could not be updated, so the previous secret stays accepted until "
+                          f"every webhook has the new one: run `storeloop install woocommerce --store {store.key}` again")
+        log.warning("woocommerce webhook secret rotation not finished; the previous secret stays accepted",
+                    extra={"store": store.key, "hooks_not_updated": not_updated})
+        return
+    until = now + ROTATION_GRACE
+    await anyio.to_thread.run_sync(lambda: put_credentials(
+        db, box, store_id, {WOO_PREVIOUS_WEBHOOK_SECRET: (previous_value, until)}, now))
+    report.secret += f"; every webhook has the new one, the previous one is accepted until {until:%Y-%m-%d %H:%M} UTC"
+    log.info("woocommerce webhook secret rotation finished", extra={"store": store.key, "previous_until": until.isoformat()})
+
+
 async def install_woocommerce(
     db: Database, settings: Settings, store: WooCommerceStore, store_id: int, now: datetime, *,
     box: SecretBox | None, http: httpx.AsyncClient | None = None, new_secret: bool = False, ping: bool = True,
@@ -131,17 +157,37 @@ async def install_woocommerce(
         except SendError as exc:
             raise InstallRefused(f"the REST credentials of {store.key} do not work: {exc}") from None
 
-        stored = await anyio.to_thread.run_sync(lambda: get_credentials(db, box, store_id, (WOO_WEBHOOK_SECRET,)))
-        fresh_secret = new_secret or WOO_WEBHOOK_SECRET not in stored
-        secret = secrets.token_urlsafe(32) if fresh_secret else stored[WOO_WEBHOOK_SECRET].value
-        if fresh_secret:
+        stored = await anyio.to_thread.run_sync(
+            lambda: get_credentials(db, box, store_id, (WOO_WEBHOOK_SECRET, WOO_PREVIOUS_WEBHOOK_SECRET)))
+        current, previous = stored.get(WOO_WEBHOOK_SECRET), stored.get(WOO_PREVIOUS_WEBHOOK_SECRET)
+        pending = current is not None and previous is not None and previous.expires_at is None
+        if new_secret and pending:
+            assert previous is not None
+            raise InstallRefused(
+                f"the webhook secret rotation begun {previous.updated_at:%Y-%m-%d %H:%M} UTC is not finished (some webhook may "
+                f"still sign with the secret before it): run `storeloop install woocommerce --store {store.key}` without "
+                "--new-secret to finish it, then ask for a new secret")
+        hooks = await client.list_webhooks()  # before any secret changes: a store that cannot be read keeps its secret
+        rotating = pending
+        if current is None:
+            secret = secrets.token_urlsafe(32)
             await anyio.to_thread.run_sync(lambda: put_credentials(db, box, store_id, {WOO_WEBHOOK_SECRET: (secret, None)}, now))
             report.secret = "generated and stored encrypted"
+        elif new_secret:
+            secret, rotating = secrets.token_urlsafe(32), True
+            old = current.value
+            await anyio.to_thread.run_sync(lambda: put_credentials(
+                db, box, store_id, {WOO_WEBHOOK_SECRET: (secret, None), WOO_PREVIOUS_WEBHOOK_SECRET: (old, None)}, now))
+            report.secret = "generated and stored encrypted"
         else:
-            report.secret = "kept (stored earlier)"
+            secret = current.value
+            report.secret = "kept (stored earlier)" + ("; finishing the rotation begun earlier" if pending else "")
+            if previous is not None and previous.expires_at is not None and previous.expires_at <= now:
+                await anyio.to_thread.run_sync(lambda: delete_credentials(db, store_id, (WOO_PREVIOUS_WEBHOOK_SECRET,)))
+        push = current is None or rotating
 
-        hooks = await client.list_webhooks()
         first_id = None
+        not_updated = 0  # webhooks that may still sign with the previous secret
         for topic in TOPICS:
             mine = [h for h in hooks if h.get("topic") == topic and same_url(h.get("delivery_url"), url)]
             try:
@@ -150,20 +196,30 @@ async def install_woocommerce(
                     report.created.append(topic)
                     first_id = first_id or created.get("id")
                     continue
-                hook = mine[0]
-                first_id = first_id or hook.get("id")
-                changes: dict[str, Any] = {}
-                if hook.get("status") != "active":
-                    changes["status"] = "active"
-                if fresh_secret:
-                    changes["secret"] = secret
-                if not changes:
+                first_id = first_id or mine[0].get("id")
+                done: set[str] = set()
+                for i, hook in enumerate(mine):  # a duplicate of ours delivers too: it needs the secret as well
+                    changes: dict[str, Any] = {}
+                    if i == 0 and hook.get("status") != "active":
+                        changes["status"] = "active"
+                    if push:
+                        changes["secret"] = secret
+                    if changes:
+                        try:
+                            await client.update_webhook(int(hook["id"]), changes)
+                        except SendError:
+                            not_updated += "secret" in changes
+                            raise
+                        done.add("reactivated" if "status" in changes else "updated")
+                if not done:
                     report.present.append(topic)
-                    continue
-                await client.update_webhook(int(hook["id"]), changes)
-                (report.reactivated if "status" in changes else report.updated).append(topic)
+                else:
+                    (report.reactivated if "reactivated" in done else report.updated).append(topic)
             except SendError as exc:
                 report.failed.append((topic, str(exc)))
+        if rotating:
+            await _rotation_outcome(db, box, store, store_id, report, previous_value=previous.value if pending and previous
+                                    else current.value if current else "", not_updated=not_updated, now=now)
         report.products, report.products_error = await sync_products_at_install(db, store, store_id, client, now)
     if ping:
         async with httpx.AsyncClient() if http is None else contextlib.nullcontext(http) as ping_http:  # ours, or the caller's (not closed)
@@ -237,4 +293,4 @@ def _use_as_writer(runtime: Any, store_id: int, store: WooCommerceStore) -> None
         writers[store_id] = WooCommerceClient(store)
 
 
-__all__ = ["TOPICS", "WooInstallReport", "begin_connect", "complete_connect", "delivery_url", "install_woocommerce"]
+__all__ = ["ROTATION_GRACE", "TOPICS", "WooInstallReport", "begin_connect", "complete_connect", "delivery_url", "install_woocommerce"]

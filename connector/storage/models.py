@@ -574,7 +574,8 @@ class StoreCredential(Base):
     """A token or key obtained by install, Fernet-encrypted (connector/secrets.py); never plain text.
 
     ``kind``: shopify_access_token, shopify_refresh_token, woo_consumer_key,
-    woo_consumer_secret, woo_webhook_secret. ``value`` is the Fernet token (ASCII).
+    woo_consumer_secret, woo_webhook_secret, woo_webhook_secret_previous (during a rotation).
+    ``value`` is the Fernet token (ASCII).
     """
 
     __tablename__ = "store_credentials"

@@ -43,7 +43,8 @@ NEW_YEAR_UTC = datetime(2022, 1, 1, tzinfo=timezone.utc)  # the samples' 2021-12
 
 
 def load(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / f"{name}.sample.json").read_text())
+    """A sample as the store would receive it: the reference's ``{shop}`` placeholder is the shop's own name."""
+    return json.loads((FIXTURES / f"{name}.sample.json").read_text().replace("{shop}.myshopify.com", "demo.myshopify.com"))
 
 
 def make_store(**overrides: Any) -> ShopifyStore:
@@ -801,3 +802,13 @@ def test_a_lines_discounts_are_its_allocations_in_the_shops_money() -> None:
         {"amount": "2.50", "discount_application_index": 1}]  # an older payload: the amount alone
     items = only(normalize("orders/create", body, STORE)).order.line_items
     assert [i.discount for i in items] == [Decimal("12.50"), Decimal("0"), Decimal("0"), Decimal("0"), Decimal("0")]
+
+
+@pytest.mark.parametrize("topic,name", [("customers/redact", "customers_redact"), ("shop/redact", "shop_redact"),
+                                        ("customers/data_request", "customers_data_request")])
+def test_a_privacy_request_about_another_shop_is_refused(topic, name):
+    body = load(name)
+    with pytest.raises(NormalizationError, match="another shop than demo.myshopify.com"):
+        normalize(topic, {**body, "shop_domain": "other.myshopify.com"}, STORE)
+    assert normalize(topic, {**body, "shop_domain": "DEMO.myshopify.com"}, STORE)  # the same shop, however written
+    assert normalize(topic, {k: v for k, v in body.items() if k != "shop_domain"}, STORE)
