@@ -168,8 +168,10 @@ def short(c: Any) -> str:
             return f"update({','.join(sorted(c.state))})"
         case Finish():
             return f"finish:{c.outcome}"
-        case Withdraw():
+        case Withdraw(only=()):
             return "withdraw"
+        case Withdraw():
+            return "withdraw:" + ",".join(f"{step}#{n}" for step, n in c.only)
         case WithdrawWriteBack():
             return f"withdraw_writeback:{c.key}:{c.reason}"
         case Rehome():
@@ -746,7 +748,8 @@ DELIVERY_CASES = [
     Case("the same failure reported again: once", shipment("attempted_delivery"), run("delivery", NDR, "handoff"),
          facts(PAID), DELIVERY, []),
     Case("out for delivery again after a failure: remembered, not told twice", shipment("out_for_delivery"),
-         run("delivery", {**RETRIED, "last_status": "attempted_delivery"}, "handoff"), facts(PAID), DELIVERY, ["update(last_status,parcels)"],
+         run("delivery", {**RETRIED, "last_status": "attempted_delivery"}, "handoff"), facts(PAID), DELIVERY,
+         ["update(last_status,parcels)", "withdraw:failed#1"],  # her question, if still held for the night, is moot now
          state={"last_status": "out_for_delivery"}),
     Case("it fails again after going out again: ask again (a message of its own) and tell a person", shipment("attempted_delivery"),
          run("delivery", RETRIED, "handoff"), facts(PAID), DELIVERY,
@@ -832,11 +835,13 @@ DELIVERY_CASES = [
     Case("a corrected number: told again with the new link", tracked("in_transit", numbers=("RIGHT222",)),
          run("delivery", {"sent": ["shipped"], "parcels": {"9": "in_transit"},
                           "tracking": {"9": {"told": {"TYPO111": "https://track.example/TYPO111"}, "company": "Delhivery", "n": 1}}}),
-         facts(PAID), DELIVERY, ["update(tracking)", "send:shipped"], sends=[("shipped", 2, False, "https://track.example/RIGHT222")]),
+         facts(PAID), DELIVERY, ["update(tracking)", "withdraw:shipped#1", "send:shipped"],  # the dead link, if still waiting
+         sends=[("shipped", 2, False, "https://track.example/RIGHT222")]),
     Case("a corrected link for the same number: told again", tracked("in_transit", urls=("https://courier.example/AAA111",)),
          run("delivery", {"sent": ["shipped"], "parcels": {"9": "in_transit"},
                           "tracking": {"9": {"told": {"AAA111": "https://track.example/AAA111"}, "company": "Delhivery", "n": 2}}}),
-         facts(PAID), DELIVERY, ["update(tracking)", "send:shipped"], sends=[("shipped", 3, False, "https://courier.example/AAA111")]),
+         facts(PAID), DELIVERY, ["update(tracking)", "withdraw:shipped#2", "send:shipped"],
+         sends=[("shipped", 3, False, "https://courier.example/AAA111")]),
     Case("the correction reported again: once", tracked("in_transit", numbers=("RIGHT222",)),
          run("delivery", {"sent": ["shipped"], "parcels": {"9": "in_transit"},
                           "tracking": {"9": {"told": {"TYPO111": "https://track.example/TYPO111", "RIGHT222": "https://track.example/RIGHT222"},

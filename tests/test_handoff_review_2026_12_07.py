@@ -143,7 +143,7 @@ def test_her_question_about_a_parcel_and_its_failed_delivery_are_one_case_that_f
     assert (case["journey"], case["subject"], case["owner"]) == ("delivery", ORDER_1, "Delivery desk")
     assert "Where is my parcel?" in case["reason"]
     assert [u["reason"] for u in case["context"]["updates"]] == [
-        "delivery failed (attempted_delivery) for #9999; call the customer to rearrange"]
+        "delivery failed (attempted_delivery) for #9999 (UPS 1z827wk74630); call the customer to rearrange"]
     assert len(texts) == 2 and "Update: delivery failed" in texts[1]
     assert closed.status_code == 200 and run == "active"
 

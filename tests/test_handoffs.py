@@ -457,7 +457,7 @@ def test_a_second_failed_delivery_asks_again_and_takes_a_second_reschedule(db_ur
     assert notes == ["Failed delivery: the customer asked on WhatsApp to reschedule"] * 2
     assert [u["reason"] for u in h["context"]["updates"]] == [
         "customer asked to reschedule the failed delivery of #9999",
-        "delivery failed again (attempt 2, attempted_delivery) for #9999; call the customer to rearrange",
+        "delivery failed again (attempt 2, attempted_delivery) for #9999 (UPS 1z827wk74630); call the customer to rearrange",
         "customer asked to reschedule the failed delivery of #9999"]
 
 

@@ -22,7 +22,8 @@ would repeat the first word for word (``Send.shows``). The news comes from a ful
 webhook or from an order webhook that lists it (``FulfillmentUpdated.listed_on_order``): either way
 once, since a repeat finds the step told and the parcel's status kept.
 "Delivered" is said once every parcel heard of has arrived and the order has no part still to
-ship (Shopify's ``partial``), not when the first of several arrives; a parcel is heard of from its
+ship (Shopify's ``partial``), not when the first of several arrives (an order whose part still to ship
+was dropped, fulfilled with no new parcel, says it then: ``_completed``); a parcel is heard of from its
 fulfilment's creation, carrier news or not. One that never gets news (a local courier Shopify does not
 track) holds the run ``UNTRACKED_WAIT`` at most once only such parcels are left; then the run ends
 without a word to her (``_untracked_wait``, ``_no_news``). A fulfilment the store cancels (or its service fails)
@@ -34,7 +35,9 @@ and an order with a parcel besides hears "delivered" once the parcel arrives.
 A later step (out for delivery, delivered) withdraws what the run still has waiting (held for
 quiet hours, a retry) once every parcel is past it: after a night she hears the current news, not
 "shipped", "out for delivery" and "delivered" together at 09:00. A cancelled or binned order
-withdraws it too.
+withdraws it too. Tracking the store calls off (a corrected number or link, a cancelled fulfilment)
+withdraws the "shipped" that told it, if still waiting (``_called_off_tracking``); a failed-delivery
+question still waiting is withdrawn once its parcels move on (``_question_moot``).
 
 "Shipped" is used up only by a fulfilment with tracking (a number or a link). A store often
 marks an order fulfilled first and adds the tracking later: the first, untracked fulfilment
@@ -52,8 +55,9 @@ asked about again (``_failed_again``); the same failure reported twice is not. E
 is kept on the run (once per choice and attempt) and added to the open hand-off (its owner is told); reschedule and
 address also go into the order's notes for the courier desk. A cancel is a request for a
 person, never an automatic cancel: the order has shipped. The failed parcel delivered after all
-is added to the open case ("no call needed"); an answer once every parcel has arrived writes no
-note to the order, and the case hears it instead.
+is added to the open case ("no call needed"); an answer once every parcel has arrived, or after the
+order was cancelled or refunded (``_called_off_since``), writes no note to the order, and the case
+hears it instead. The case names the failed parcel (courier and number): an order may have several.
 
 A tap we cannot tie to one of our messages (the question's send outcome was lost, so its message id
 is unknown) reaches her runs not finished (``hears_unmatched_taps``): it is the answer of the one
@@ -229,6 +233,11 @@ def _further(facts: Facts, pairs: list[Pair], first: int) -> tuple[list[Command]
     return sends, {_key(p): first + i for i, p in enumerate(pairs)}
 
 
+def _named(f: ev.Fulfillment) -> str:
+    """The parcel as the desk rebooks it with the courier: its courier and number (an order may have several)."""
+    return " ".join(p for p in (f.tracking_company, f.tracking_number) if p) or f"fulfilment {f.external_id}"
+
+
 def _tracking_of(run: Run | None, parcel: str) -> dict[str, Any]:
     """The tracking each parcel was told with. A run from before this was kept has told its parcels
     (None: tracking unknown), so they are not told again; one from before parcels were kept, any."""
@@ -274,8 +283,10 @@ def _tracking_news(run: Run, facts: Facts, f: ev.Fulfillment) -> tuple[dict[str,
         now_told = {_key(p) for p in changed}
         # the numbers told before keep the message that told them (the parcel's is this one now)
         before = {k: _occurrence(record, k) for k in seen if k not in now_told}
+        # the same parcel: where the template shows no tracking, this message would repeat the one she has word for word
         return ({**tracking, f.external_id: _told(f, pairs, latest + 1, record, {**before, **of})},
-                [Send("shipped", _showing(facts, changed[0]), occurrence=latest + 1), *sends])
+                [*_called_off_tracking(record, {_key(p) for p in pairs} - now_told),
+                 Send("shipped", _showing(facts, changed[0]), occurrence=latest + 1, shows=TRACKING_SHOWN), *sends])
     gained = [p for p in pairs if p[1] and not seen.get(_key(p))]
     if gained or (f.tracking_company and not record.get("company")):
         of = record.get("of") or {}
@@ -286,6 +297,57 @@ def _tracking_news(run: Run, facts: Facts, f: ev.Fulfillment) -> tuple[dict[str,
                 shows=TRACKING_SHOWN if _key(p) in of else ()))
         return {**tracking, f.external_id: _told(f, pairs, int(record.get("n", 1)), record, of)}, list(retries.values())
     return None, []
+
+
+def _called_off_since(run: Run, facts: Facts) -> str | None:
+    """How the order was called off after her failed-delivery question ("cancelled", "refunded"), if it was:
+    cancelled (or binned), or all its money returned or its payment voided (``events.NO_MONEY_KEPT``)."""
+    order = facts.order
+    if run.state.get("cancelled") or (order is not None and order.cancelled):
+        return "cancelled"
+    if order is not None and order.payment_state in ev.NO_MONEY_KEPT:
+        return "refunded" if order.payment_state == ev.PaymentState.REFUNDED.value else "voided"
+    return None
+
+
+def _fulfilled(facts: Facts) -> bool:
+    return facts.order is not None and facts.order.fulfillment_state == ev.FulfillmentState.FULFILLED.value
+
+
+def _all_in(run: Run, facts: Facts, config: DeliveryUpdatesConfig, parcels: dict[str, str]) -> list[Command]:
+    """The parcels left are all the order waits for (another was called off, or the rest of the order dropped):
+    once they have all arrived, that is "delivered", if she was not told yet; and the run ends."""
+    everything = _all_arrived(parcels, facts)
+    commands: list[Command] = []
+    if everything and "delivered" in config.steps and "delivered" not in (run.state.get("sent") or []):
+        commands += [Withdraw(), Update({"sent": sorted({*(run.state.get("sent") or []), "delivered"})}),
+                     Send("delivered", {k: v for k, v in order_context(facts).items() if not k.startswith("fulfillment.")})]
+    return commands + _arrived(run, parcels, everything)
+
+
+def _called_off_tracking(record: dict[str, Any] | None, standing: set[str]) -> list[Command]:
+    """Withdraw the "shipped" messages still waiting (held for quiet hours, a retry) that tell tracking the store
+    called off (a number corrected or removed, a link corrected, the fulfilment cancelled): she gets the link that
+    works, not a dead one beside it. ``standing``: the numbers still as told; a message that told one of them
+    stands. Only where the template shows the tracking: else the message says nothing that became wrong."""
+    if not record:
+        return []
+    told = record.get("told") or {}
+    keep = {_occurrence(record, k) for k in standing if k in told}
+    wrong = sorted({_occurrence(record, k) for k in told if k not in standing} - keep)
+    return [Withdraw(only=tuple(("shipped", n) for n in wrong), shows=TRACKING_SHOWN)] if wrong else []
+
+
+def _question_moot(run: Run | None, parcels: dict[str, str], status: str, prev: str | None) -> list[Command]:
+    """The failed-delivery question still waiting (held for quiet hours, a retry) once every parcel it asks
+    about has moved on (the courier out again, back in transit, delivered): withdrawn, she is not asked to
+    rearrange a delivery already on its way; the case a person has stays open."""
+    if run is None or STEP_FOR_STATUS.get(status) == "failed" or STEP_FOR_STATUS.get(prev or "") != "failed":
+        return []
+    asked = run.state.get("ndr_parcels") or list(parcels)
+    if any(STEP_FOR_STATUS.get(parcels.get(p) or "") == "failed" for p in asked):
+        return []
+    return [Withdraw(only=(("failed", int(run.state.get("failed_attempts", 1))),))]
 
 
 def _delivered_after_failure(run: Run | None, facts: Facts, parcel: str, status: str, prev: str | None) -> list[Command]:
@@ -361,6 +423,8 @@ class DeliveryUpdates:
             return deleted_order(event)
         if isinstance(event, (ev.OrderCancelled, ev.OrderUpdated)) and cancelled_order(event, facts):
             return f"order:{event.order.external_id}"  # a cancel withdraws what the run has waiting
+        if isinstance(event, (ev.OrderUpdated, ev.OrderFulfilled)) and _fulfilled(facts):
+            return f"order:{event.order.external_id}"  # the part still to ship dropped: "delivered" may be due (``_completed``)
         return None
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, now: datetime) -> list[Command]:
@@ -375,6 +439,8 @@ class DeliveryUpdates:
         if cancelled_order(event, facts):
             # an update still waiting must not reach her after the cancel; a run a person is on stays theirs
             return withdraw_for_cancel(run, finish=True) if run is not None else []
+        if isinstance(event, (ev.OrderUpdated, ev.OrderFulfilled)):
+            return self._completed(run, facts, config)
         if not isinstance(event, ev.FulfillmentUpdated) or facts.order is None or facts.order.cancelled:
             return []
         if not facts.order.ships:
@@ -402,7 +468,7 @@ class DeliveryUpdates:
             return []
         done = set((run.state.get("sent") or []) if run else [])
         if run is not None and step == "failed" and "failed" in done and STEP_FOR_STATUS.get(prev or "") != "failed":
-            return self._failed_again(run, facts, config, status, parcels, f.external_id)
+            return self._failed_again(run, facts, config, status, parcels, f)
         everything = _all_arrived(parcels, facts)
         if step in done or (step == "shipped" and done & LATER_THAN_SHIPPED) or (step == "delivered" and not everything):
             return self._heard(run, facts, f, status, prev, step, parcels, everything)
@@ -430,9 +496,10 @@ class DeliveryUpdates:
         if step == "failed":
             state["ndr_parcels"] = sorted({*((run.state.get("ndr_parcels") or []) if run else []), f.external_id})
         # after an untracked try, that try may have been skipped for want of the tracking
-        commands += [Update(state), Send(step, order_context(facts), retry_missing_value=step == "shipped" and tried), *further]
+        commands += [Update(state), *_question_moot(run, parcels, status, prev),
+                     Send(step, order_context(facts), retry_missing_value=step == "shipped" and tried), *further]
         if step == "failed" and config.handoff_on_failure:
-            commands.append(Handoff(f"delivery failed ({status}) for {facts.order.name}; call the customer to rearrange"))
+            commands.append(Handoff(f"delivery failed ({status}) for {facts.order.name} ({_named(f)}); call the customer to rearrange"))
         commands += _delivered_after_failure(run, facts, f.external_id, status, prev)
         return commands + _arrived(run, parcels, everything)
 
@@ -448,12 +515,18 @@ class DeliveryUpdates:
         if run is None or f.external_id not in parcels:
             return []
         del parcels[f.external_id]
-        everything = _all_arrived(parcels, facts)
-        commands: list[Command] = [Update({"parcels": parcels})]
-        if everything and "delivered" in config.steps and "delivered" not in (run.state.get("sent") or []):
-            commands += [Withdraw(), Update({"sent": sorted({*(run.state.get("sent") or []), "delivered"})}),
-                         Send("delivered", {k: v for k, v in order_context(facts).items() if not k.startswith("fulfillment.")})]
-        return commands + _arrived(run, parcels, everything)
+        # its "shipped" still waiting would give her a link to a parcel that never comes
+        return [Update({"parcels": parcels}), *_called_off_tracking(_tracking_of(run, f.external_id).get(f.external_id), set()),
+                *_all_in(run, facts, config, parcels)]
+
+    @staticmethod
+    def _completed(run: Run | None, facts: Facts, config: DeliveryUpdatesConfig) -> list[Command]:
+        """The order is fulfilled with no new parcel: the part it still had to ship was dropped (a line refunded or
+        removed by an order edit). Its parcels were all it was waiting for: once they have all arrived that is
+        "delivered", if she was not told yet; without this the run waited for ever for a part that never ships."""
+        if run is None or run.state.get("cancelled") or facts.order is None or facts.order.cancelled or not facts.order.ships:
+            return []
+        return _all_in(run, facts, config, dict(run.state.get("parcels") or {}))
 
     @staticmethod
     def _heard(run: Run | None, facts: Facts, f: ev.Fulfillment, status: str, prev: str | None, step: str,
@@ -481,8 +554,8 @@ class DeliveryUpdates:
                 state["tracking"] = tracking
         if not state:
             return []  # already told, or a late "shipped" after later news
-        return [Update(state), *sends, *_delivered_after_failure(run, facts, f.external_id, status, prev),
-                *_arrived(run, parcels, everything)]
+        return [Update(state), *_question_moot(run, parcels, status, prev), *sends,
+                *_delivered_after_failure(run, facts, f.external_id, status, prev), *_arrived(run, parcels, everything)]
 
     @staticmethod
     def _tracking_failed(run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, f: ev.Fulfillment, prev: str | None,
@@ -499,7 +572,7 @@ class DeliveryUpdates:
         if run is None and facts.contact_id is None:
             return []
         assert facts.order is not None
-        parcel = " ".join(p for p in (f.tracking_company, f.tracking_number) if p) or f"fulfilment {f.external_id}"
+        parcel = _named(f)
         started = Start(f"order:{facts.order.external_id}", facts.contact_id, _started(facts.order))
         commands: list[Command] = [started] if run is None else []
         return commands + [
@@ -509,18 +582,18 @@ class DeliveryUpdates:
 
     @staticmethod
     def _failed_again(run: Run, facts: Facts, config: DeliveryUpdatesConfig, status: str, parcels: dict[str, str],
-                      parcel: str) -> list[Command]:
+                      f: ev.Fulfillment) -> list[Command]:
         """Another failed attempt after the parcel moved on (the courier tried again), or another
         parcel's: the customer is asked again (a message of its own, ``Send.occurrence``), may
         answer afresh, and a person hears of it (the open hand-off, or a new one if it was closed)."""
         assert facts.order is not None  # decide reads a fulfilment only with its order
         attempt = int(run.state.get("failed_attempts", 1)) + 1
-        ndr_parcels = sorted({*(run.state.get("ndr_parcels") or []), parcel})
+        ndr_parcels = sorted({*(run.state.get("ndr_parcels") or []), f.external_id})
         commands: list[Command] = [Update({"last_status": status, "parcels": parcels, "failed_attempts": attempt, "ndr_answers": [],
                                            "ndr_parcels": ndr_parcels}),
                                    Send("failed", order_context(facts), occurrence=attempt)]
         if config.handoff_on_failure:
-            commands.append(Handoff(f"delivery failed again (attempt {attempt}, {status}) for {facts.order.name}; "
+            commands.append(Handoff(f"delivery failed again (attempt {attempt}, {status}) for {facts.order.name} ({_named(f)}); "
                                     f"call the customer to rearrange"))
         return commands
 
@@ -607,6 +680,12 @@ class DeliveryUpdates:
         commands: list[Command] = [Update({"ndr_choice": choice, "ndr_answers": [*answers, choice],
                                            "ndr_answered_at": event.occurred_at.isoformat()})]
         parcels = run.state.get("parcels") or {}
+        since = _called_off_since(run, facts)
+        if since is not None:
+            # the order no longer stands (the parcel came back, the store cancelled or refunded it): a reschedule or
+            # address note would send the courier desk after an order that is off; the case hears her, a person answers
+            return [*commands, Handoff(f"{ASKS[choice].format(name=name)}; the order was {since} since, so nothing was "
+                                       f"written to the order", waits=False)]
         if parcels and all(s in ARRIVED for s in parcels.values()):
             # a late tap: every parcel has arrived since, so the courier desk gets no note to act on; the case hears it
             if choice == "cancel" or config.handoff_on_failure:

@@ -192,7 +192,14 @@ class Finish:
 class Withdraw:
     """Skip the run's messages still waiting (held for quiet hours, a retry) while the run goes
     on: what just happened makes them wrong (the cart was bought; the run only waits to credit
-    the order). ``Finish`` does the same when the run ends."""
+    the order). ``Finish`` does the same when the run ends.
+
+    ``only``: just these of them, by (step, occurrence): one message made wrong while the others stand
+    (a parcel's "shipped" whose tracking the store called off); with ``shows``, only where the step's
+    template shows one of these values (else what the message says is still true)."""
+
+    only: tuple[tuple[str, int], ...] = ()
+    shows: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -865,7 +865,8 @@ class JourneyRunner:
                     return 0
             created = True
         if run_id is not None and not created and any(
-                isinstance(c, Withdraw) or (isinstance(c, Handoff) and c.waits) or (isinstance(c, Finish) and c.skip_waiting)
+                (isinstance(c, Withdraw) and not c.only) or (isinstance(c, Handoff) and c.waits)
+                or (isinstance(c, Finish) and c.skip_waiting)
                 for c in commands):
             # the customer bought, answered, cancelled, opted out, or a person took over: what the
             # run queued earlier and is still waiting (a reminder held for the morning, a retry)
@@ -905,6 +906,11 @@ class JourneyRunner:
                            payload={"subject": subject, "action": cmd.action, "order_id": cmd.order_id, "args": cmd.args,
                                     **({"if_shipped": cmd.if_shipped} if cmd.if_shipped else {})},
                            due_at=now, now=now)
+            elif isinstance(cmd, Withdraw) and cmd.only:
+                if run_id is not None and not created and (
+                        not cmd.shows or shows(store.template_for(f"{journey}.{cmd.only[0][0]}"), cmd.shows)):
+                    # one message made wrong while the run's others stand (a "shipped" whose tracking was called off)
+                    ob.skip_pending(conn, store_id, [step_key(journey, step, subject, n) for step, n in cmd.only], "superseded", now)
             elif isinstance(cmd, WithdrawWriteBack):
                 if run_id is not None and not created:
                     # only while still pending: one the dispatcher claimed is being made, and goes on
