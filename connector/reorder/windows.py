@@ -29,8 +29,10 @@ transfer on hold) is ``reordered`` without a reminder.
 
 A product that stops being sold (archived, a draft, binned or deleted) has its pending windows
 cancelled at once (``product_not_sold``, with ``cancel_reason`` ``not_sold``); sold again, those still
-ahead, or due within ``late_days``, are pending again (``product_sold_again``). Windows cancelled for
-any other reason (the order called off, the line returned) stay cancelled.
+ahead, or due within ``late_days``, are pending again (``product_sold_again``). A window cancelled because
+its order was called off (``cancel_reason`` ``called_off``) is planned again by the next scan if the order
+counts again (a WooCommerce order restored from the bin) and is still her latest purchase of the product.
+Windows cancelled for any other reason (the line returned) stay cancelled.
 
 A contact a privacy erasure left (``compliance``: no phone, ``phone_key`` ``redacted:<id>``) is
 planned no window by either scan (her purchases still teach the products' cycles, as counts do
@@ -434,9 +436,17 @@ def _upsert_sql(dialect: str, rows: int = 1) -> str:
                f"WHERE orders.store_id = reorder_windows.store_id AND orders.external_id = reorder_windows.reorder_order_id "
                f"AND (orders.contact_id = reorder_windows.contact_id OR orders.cancelled_at IS NOT NULL "
                f"OR orders.payment_state IN ({no_reorder}))))")
+    # A window cancelled because its order was called off, whose order counts again (a WooCommerce order restored
+    # from the bin): the scan plans it as her latest purchase, so it is pending again. The order is read again here,
+    # as it stands now: the full scan read it outside this transaction.
+    called_off = ", ".join(f"'{state}'" for state in CALLED_OFF_STATES)
+    restored = (f"(reorder_windows.status = 'cancelled' AND reorder_windows.cancel_reason = '{CALLED_OFF}' "
+                f"AND reorder_windows.opened_at IS NULL AND EXISTS (SELECT 1 FROM orders "
+                f"WHERE orders.store_id = reorder_windows.store_id AND orders.external_id = reorder_windows.order_external_id "
+                f"AND orders.cancelled_at IS NULL AND (orders.payment_state IS NULL OR orders.payment_state NOT IN ({called_off}))))")
     return (f"INSERT INTO reorder_windows ({', '.join(cols)}) VALUES {', '.join([one] * rows)} "
-            f"ON CONFLICT (store_id, order_external_id, product_key) DO UPDATE SET {moves}, status = 'pending', reorder_order_id = NULL "
-            f"WHERE reorder_windows.status = 'pending' OR {revived}")
+            f"ON CONFLICT (store_id, order_external_id, product_key) DO UPDATE SET {moves}, status = 'pending', reorder_order_id = NULL, "
+            f"cancel_reason = NULL WHERE reorder_windows.status = 'pending' OR {revived} OR {restored}")
 
 
 PG_ROWS_PER_STATEMENT = 100  # 1,700 parameters a statement
@@ -465,11 +475,12 @@ _MARK_REORDERED = (
 # already cancelled because its product was not sold takes the order's reason: it must not come back
 # when the product does.
 NOT_SOLD = "not_sold"  # cancel_reason of a window whose product stopped being sold: planned again if it is sold again
+CALLED_OFF = "called_off"  # cancel_reason of a window whose order was called off: planned again if the order counts again (restored)
 _MARK_CANCELLED = (
     update(W)
     .where(W.c.store_id == bindparam("sid"), W.c.order_external_id == bindparam("o"),
            or_(func.coalesce(W.c.status, "") == "pending", W.c.cancel_reason == NOT_SOLD))
-    .values(status="cancelled", cancel_reason="called_off", updated_at=bindparam("now"))
+    .values(status="cancelled", cancel_reason=CALLED_OFF, updated_at=bindparam("now"))
 )
 
 
@@ -492,7 +503,7 @@ def _write(conn: Connection, store_id: int, plan: Plan, now: datetime) -> None:
         conn.execute(_MARK_CANCELLED, [{"sid": store_id, "o": o, "now": now} for o in plan.cancelled_orders])
 
 
-NO_PURCHASE = ("called_off", "not_a_line", "unplanned")  # cancel reasons of a window that may be no purchase now
+NO_PURCHASE = (CALLED_OFF, "not_a_line", "unplanned")  # cancel reasons of a window that may be no purchase now
 
 
 def _mark_all_reordered(conn: Connection, store_id: int, now: datetime) -> None:

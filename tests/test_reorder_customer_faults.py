@@ -1,0 +1,44 @@
+"""Reorder reminders as the customer meets them: an order binned by mistake and restored, and the other cases a
+customer would notice. Each drives the real webhook path, then the reorder tick, and checks what she would get."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from connector.reorder.windows import refresh_windows, run_reorder_tick
+from tests.test_reorder import T0, _outbox
+from tests.test_reorder_products import _wpost
+from tests.test_reorder_suppression import _statuses, _woo, _woo_buyer
+
+
+def _stamp(at) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+# ---- 1. an order binned by mistake and restored ----------------------------------------------------------------
+
+@pytest.mark.parametrize("full", [False, True], ids=["incremental tick", "daily full scan"])
+def test_a_woocommerce_order_binned_by_mistake_and_restored_gets_its_reorder_reminders(db_url, full):
+    """Her order (93 x2, 22 x1) is moved to the bin on day 2 and a scan runs (its windows are cancelled: no purchase);
+    the store restores it on day 3. It is her purchase again: product 22's reminder goes on day 31 (4 d transit + 30 d
+    - 3 d lead) and 93's on day 61. Before, the windows cancelled at the bin stayed cancelled: no reminder ever."""
+    with _woo_buyer(db_url, 8701) as (client, runtime, clock, store, sid):
+        order = _woo(8701, T0, "processing")
+        clock.now = T0 + timedelta(days=2)
+        _wpost(client, "order.deleted", {"id": 8701}, delivery="bin1")
+        runtime.processor.drain()
+        refresh_windows(runtime.db, store, sid, clock.now, full=full)
+        binned = _statuses(runtime)
+        clock.now = T0 + timedelta(days=3)
+        _wpost(client, "order.restored", {**order, "date_modified_gmt": _stamp(clock.now), "date_modified": _stamp(clock.now)})
+        runtime.processor.drain()
+        refresh_windows(runtime.db, store, sid, clock.now, full=full)
+        for day in (31, 32, 61, 62):
+            clock.now = T0 + timedelta(days=day, hours=1)
+            run_reorder_tick(runtime.db, store, sid, clock.now)
+        sent = [(o.step, o.payload["subject"]) for o in _outbox(runtime)]
+    assert binned == {("8701", "p:22"): "cancelled", ("8701", "p:93"): "cancelled"}
+    assert sent == [("reminder", "reorder:8701:p:22"), ("reminder", "reorder:8701:p:93")]
+    assert _statuses(runtime) == {("8701", "p:22"): "opened", ("8701", "p:93"): "opened"}
