@@ -42,3 +42,36 @@ def test_a_woocommerce_order_binned_by_mistake_and_restored_gets_its_reorder_rem
     assert binned == {("8701", "p:22"): "cancelled", ("8701", "p:93"): "cancelled"}
     assert sent == [("reminder", "reorder:8701:p:22"), ("reminder", "reorder:8701:p:93")]
     assert _statuses(runtime) == {("8701", "p:22"): "opened", ("8701", "p:93"): "opened"}
+
+
+
+# ---- 2. the cycle changed in the config after the windows were planned -----------------------------------------
+
+def test_a_cycle_lengthened_in_the_config_is_not_reminded_on_the_old_cycle_before_the_next_full_scan(db_url):
+    """The merchant lengthens the face wash's cycle from 30 to 60 days (customers said the reminder came a month early)
+    and restarts, the day before Asha's window on the old cycle (day 31: 4 d transit + 30 d - 3 d lead). The daily full
+    scan ran that morning, so the ticks until the next one are incremental: her window, planned on 30 days, opened the
+    next morning, a month early. It goes on day 61 (4 + 60 - 3), once."""
+    from tests.helpers import running_app
+    from tests.test_reorder import Clock, _consent, _order, _post, _settings
+
+    before, after = _settings(db_url, follow_up_days=None), _settings(db_url, follow_up_days=None, cycles={"NEEM-100": "60d"})
+    clock = Clock(T0)
+    with running_app(before) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], before.stores[0]
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", _order(6601, T0, qty=1))
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        clock.now = T0 + timedelta(days=30, hours=1)
+        assert refresh_windows(runtime.db, store, sid, clock.now).mode == "full"  # the daily full scan, old cycle
+        store = after.stores[0]  # restarted with the new cycle at noon
+        sent = []
+        for at in (T0 + timedelta(days=30, hours=6), T0 + timedelta(days=31), T0 + timedelta(days=61, hours=1),
+                   T0 + timedelta(days=62)):
+            clock.now = at
+            run_reorder_tick(runtime.db, store, sid, clock.now)
+            sent.append(len(_outbox(runtime)))
+    assert sent == [0, 0, 1, 1]
+

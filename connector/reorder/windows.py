@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import operator
 import sys
@@ -74,6 +76,7 @@ log = logging.getLogger("storeloop.reorder")
 JOURNEY = "reorder"
 CURSOR = "reorder_windows"
 RELEARNED = "reorder_relearned"
+PLANNED_ON = "reorder_planned_on"  # the digest of the planning settings of the last full scan
 RELEARN_EVERY = timedelta(hours=24)
 OVERLAP = timedelta(minutes=5)  # rows committed just after a scan started, with an earlier updated_at
 WRITE_BATCH = 5000
@@ -576,20 +579,34 @@ class ScanReport:
     seconds: float = 0.0
 
 
+def _planning_settings(config: ReorderConfig) -> str:
+    """A digest of the settings every pending window's time was computed from (the config's cycles, lead and
+    transit days, the learning bounds): a restart with any of them changed replans every window at the next tick,
+    not up to a day later (a cycle lengthened in the TOML must not remind anyone on the old one meanwhile)."""
+    planned = {"cycles": sorted(config.cycles.items()), "lead_days": config.lead_days, "transit_days": config.transit_days,
+               "min_repeat_buyers": config.min_repeat_buyers, "min_cycle_days": config.min_cycle_days,
+               "max_cycle_days": config.max_cycle_days}
+    return hashlib.sha256(json.dumps(planned, sort_keys=True).encode()).hexdigest()
+
+
 def refresh_windows(db: Database, store: Any, store_id: int, now: datetime, *, full: bool | None = None) -> ScanReport:
-    """Bring the store's windows up to date; a full scan when asked, the first time, or daily."""
+    """Bring the store's windows up to date; a full scan when asked, the first time, daily, or when the
+    settings the windows were planned on changed (``_planning_settings``)."""
     config = config_for(store)
     if config is None:
         return ScanReport("off")
     started = time.perf_counter()
     cursor = read_cursor(db, store_id, CURSOR)
     relearned = read_cursor(db, store_id, RELEARNED)
+    planned_on = _planning_settings(config)
     if full is None:
-        full = cursor is None or relearned is None or now - datetime.fromisoformat(relearned) >= RELEARN_EVERY
+        full = (cursor is None or relearned is None or now - datetime.fromisoformat(relearned) >= RELEARN_EVERY
+                or read_cursor(db, store_id, PLANNED_ON) != planned_on)
     report = _full(db, store_id, config, now) if full else _incremental(db, store_id, config, now, datetime.fromisoformat(cursor))  # type: ignore[arg-type]
     upsert_cursor(db, store_id, CURSOR, now.isoformat())
     if full:
         upsert_cursor(db, store_id, RELEARNED, now.isoformat())
+        upsert_cursor(db, store_id, PLANNED_ON, planned_on)
     report.seconds = time.perf_counter() - started
     log.info("reorder windows %s scan", report.mode, extra={"store": store.key, "customers": report.customers, "windows": report.windows,
                                                              "learned": report.learned, "seconds": round(report.seconds, 3)})
