@@ -75,3 +75,77 @@ def test_a_cycle_lengthened_in_the_config_is_not_reminded_on_the_old_cycle_befor
             sent.append(len(_outbox(runtime)))
     assert sent == [0, 0, 1, 1]
 
+
+
+# ---- 3. a window due at night, and her opt-out while its reminder waits ------------------------------------------
+
+@pytest.mark.parametrize("stop", [False, True], ids=["held to the morning", "STOP in the night"])
+def test_a_reminder_due_in_quiet_hours_goes_in_the_morning_unless_she_opts_out_meanwhile(db_url, stop):
+    """Her window comes due while the store's quiet hours (21:00-09:00 IST) run: the reminder waits for 09:00 and goes
+    then, once. If she writes STOP at 01:00 while it waits, nothing goes in the morning."""
+    from connector.config import parse_settings
+    from tests.conftest import settings_dict
+    from tests.helpers import running_app
+    from tests.test_reorder import TEMPLATES, Clock, _consent, _dispatch, _order, _post, _says
+
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(templates=TEMPLATES, policy={"quiet_hours": "21:00-09:00"},
+                            journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "lead_days": 3, "follow_up_days": None}})
+    settings = parse_settings(raw, environ={})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", _order(6701, T0, qty=1))
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        clock.now = T0 + timedelta(days=31, hours=12)  # 23:30 IST: due since 11:30, the first tick after it runs at night
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        _dispatch(runtime, settings, clock)
+        night = [o.status for o in _outbox(runtime)]
+        if stop:
+            clock.now = T0 + timedelta(days=31, hours=13, minutes=30)  # 01:00 IST
+            assert _says(client, "919876543210", "STOP", clock.now).status_code == 200
+            runtime.processor.drain()
+        for hours in (22, 23, 30):  # 03:30, 04:30 and 11:30 UTC: 09:00, 10:00 and 17:00 IST
+            clock.now = T0 + timedelta(days=31, hours=hours)
+            runtime.processor.drain()
+            while runtime.processor.process_timers(500):
+                pass
+            _dispatch(runtime, settings, clock)
+        morning = [(o.step, o.status) for o in _outbox(runtime)]
+    assert night == ["pending"]
+    assert morning == ([("reminder", "skipped")] if stop else [("reminder", "dry_run")])
+
+
+# ---- 4. several products due the same day -------------------------------------------------------------------
+
+def test_two_products_due_the_same_day_are_each_reminded_with_their_own_link_within_the_marketing_cap(db_url):
+    """Her order's two products (93 x2 on a 15-day cycle, 22 x1 on 30 days) come due the same morning (day 31). Each is
+    reminded in a message of its own, with its own one-tap link (WooCommerce's add-to-cart takes one item), and each
+    counts toward the store's marketing cap: with ``marketing_cap = 1`` the second is skipped (``frequency_cap``), as
+    the README says, not sent beside the first."""
+    from connector.config import parse_settings
+    from tests.conftest import PHONE_ID_WOO, settings_dict
+    from tests.helpers import running_app
+    from tests.test_reorder import TEMPLATES, Clock, _dispatch, _start
+
+    raw = settings_dict(db_url)
+    raw["stores"][2].update(templates=TEMPLATES, policy={"quiet_hours": "", "marketing_cap": 1},
+                            journeys={"reorder": {"cycles": {"93": "15d", "22": "30d"}, "follow_up_days": None}})
+    settings = parse_settings(raw, environ={})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["woo"], settings.stores[2]
+        _wpost(client, "order.created", _woo(8801, T0, "processing"))
+        _start(client, "16502530000", PHONE_ID_WOO, T0)
+        runtime.processor.drain()
+        for day in (0, 31, 32):
+            clock.now = T0 + timedelta(days=day, hours=1)
+            run_reorder_tick(runtime.db, store, sid, clock.now)
+            _dispatch(runtime, settings, clock)
+        sent = [(o.payload["subject"], o.status, o.skip_reason, o.payload["message"]["body"][2]["text"]) for o in _outbox(runtime)]
+    assert sent == [("reorder:8801:p:22", "dry_run", None, "https://bloom.example/?add-to-cart=23&quantity=1"),
+                    ("reorder:8801:p:93", "skipped", "frequency_cap", "https://bloom.example/?add-to-cart=93&quantity=2")]
