@@ -149,3 +149,50 @@ def test_two_products_due_the_same_day_are_each_reminded_with_their_own_link_wit
         sent = [(o.payload["subject"], o.status, o.skip_reason, o.payload["message"]["body"][2]["text"]) for o in _outbox(runtime)]
     assert sent == [("reorder:8801:p:22", "dry_run", None, "https://bloom.example/?add-to-cart=23&quantity=1"),
                     ("reorder:8801:p:93", "skipped", "frequency_cap", "https://bloom.example/?add-to-cart=93&quantity=2")]
+
+
+# ---- 5. a product the store stops selling while its reminder waits -----------------------------------------------
+
+@pytest.mark.parametrize("gone", ["products/delete", "archived"])
+def test_a_reminder_held_for_the_night_is_not_sent_for_a_product_deleted_or_archived_meanwhile(db_url, gone):
+    """Her window opened at 23:30 IST, in quiet hours: the reminder waits for 09:00. At 01:00 the merchant deletes (or
+    archives) the face wash. In the morning she must not get a one-tap link to a product no longer for sale."""
+    from connector.config import parse_settings
+    from tests.conftest import settings_dict
+    from tests.helpers import running_app
+    from tests.test_reorder import TEMPLATES, Clock, _consent, _dispatch, _order, _post
+
+    raw = settings_dict(db_url)
+    raw["stores"][0].update(templates=TEMPLATES, policy={"quiet_hours": "21:00-09:00"},
+                            journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "lead_days": 3, "follow_up_days": None}})
+    settings = parse_settings(raw, environ={})
+    clock = Clock(T0)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = clock
+        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
+        _post(client, "customers_whats_app_marketing_consent/update", _consent())
+        _post(client, "orders/create", _order(6801, T0, qty=1))
+        runtime.processor.drain()
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        clock.now = T0 + timedelta(days=31, hours=12)  # 23:30 IST
+        run_reorder_tick(runtime.db, store, sid, clock.now)
+        _dispatch(runtime, settings, clock)
+        night = [o.status for o in _outbox(runtime)]
+        clock.now = T0 + timedelta(days=31, hours=13, minutes=30)  # 01:00 IST
+        if gone == "products/delete":
+            _post(client, "products/delete", {"id": 9001})
+        else:
+            _post(client, "products/update", {"id": 9001, "title": "Neem face wash", "tags": "", "status": "archived",
+                                               "updated_at": clock.now.isoformat(),
+                                               "variants": [{"id": 49001, "product_id": 9001, "sku": "NEEM-100"}]})
+        runtime.processor.drain()
+        for hours in (22, 23, 30):  # 09:00, 10:00 and 17:00 IST
+            clock.now = T0 + timedelta(days=31, hours=hours)
+            runtime.processor.drain()
+            while runtime.processor.process_timers(500):
+                pass
+            run_reorder_tick(runtime.db, store, sid, clock.now)
+            _dispatch(runtime, settings, clock)
+        morning = [(o.step, o.status) for o in _outbox(runtime)]
+    assert night == ["pending"]
+    assert morning == [("reminder", "skipped")]

@@ -28,7 +28,8 @@ with the same email or platform customer id, or an order still awaiting payment,
 transfer on hold) is ``reordered`` without a reminder.
 
 A product that stops being sold (archived, a draft, binned or deleted) has its pending windows
-cancelled at once (``product_not_sold``, with ``cancel_reason`` ``not_sold``); sold again, those still
+cancelled at once (``product_not_sold``, with ``cancel_reason`` ``not_sold``), and the runs of its opened
+windows end with what they still have waiting (a reminder held for quiet hours, a follow-up); sold again, those still
 ahead, or due within ``late_days``, are pending again (``product_sold_again``). A window cancelled because
 its order was called off (``cancel_reason`` ``called_off``) is planned again by the next scan if the order
 counts again (a WooCommerce order restored from the bin) and is still her latest purchase of the product.
@@ -1067,13 +1068,41 @@ def _open_window(conn: Connection, runner: JourneyRunner, store: Any, store_id: 
 
 
 # -- a product that stops being sold, and is sold again ---------------------------------------------
-def product_not_sold(conn: Connection, store_id: int, keys: Iterable[str], now: datetime) -> None:
+def product_not_sold(conn: Connection, store: Any, store_id: int, keys: Iterable[str], now: datetime) -> None:
     """Cancel the pending windows of a product the store stopped selling (by any of its keys), at once:
-    no reminder may link to it. No full scan is needed: every scan's ``CycleBook`` plans none for it."""
+    no reminder may link to it. No full scan is needed: every scan's ``CycleBook`` plans none for it.
+    The runs of its windows already opened end too (``_end_runs_not_sold``)."""
     keys = sorted(set(keys))
     if keys:
         conn.execute(update(W).where(W.c.store_id == store_id, W.c.status == "pending", W.c.product_key.in_(keys))
                      .values(status="cancelled", cancel_reason=NOT_SOLD, updated_at=now))
+        _end_runs_not_sold(conn, store, store_id, keys, now)
+
+
+def _end_runs_not_sold(conn: Connection, store: Any, store_id: int, keys: list[str], now: datetime) -> None:
+    """End the reorder runs of a product no longer sold (outcome ``not_sold``) and skip what they still have
+    waiting: a reminder held for the morning by quiet hours, or its follow-up, must not link her to a product
+    gone from the store. Runs live ``attribution_days`` from their window's opening, so only windows opened
+    since then are looked at."""
+    from connector.journeys.reorder import STEPS
+    from connector.outbox.queue import step_key
+    from connector.outbox.store import skip_pending
+    from connector.state import active_runs
+    from connector.storage.sql import update_by_id
+
+    config = config_for(store)
+    since = now - timedelta(days=config.attribution_days if config is not None else 0)
+    opened = conn.execute(select(W.c.contact_id, W.c.order_external_id, W.c.product_key).where(
+        W.c.store_id == store_id, W.c.status == "opened", W.c.product_key.in_(keys), W.c.opened_at >= since)).all()
+    subjects: dict[int, set[str]] = defaultdict(set)
+    for contact_id, order_id, key in opened:
+        subjects[contact_id].add(f"reorder:{order_id}:{key}"[:160])
+    for contact_id, theirs in subjects.items():
+        for run in active_runs(conn, store_id, contact_id):
+            if run.journey == JOURNEY and run.subject in theirs:
+                state = {**(run.state or {}), "outcome": NOT_SOLD}
+                update_by_id(conn, RUNS, run.id, {"status": "finished", "state": state, "next_due_at": None, "updated_at": now})
+                skip_pending(conn, store_id, [step_key(JOURNEY, step, run.subject) for step in STEPS], NOT_SOLD, now)
 
 
 def product_sold_again(conn: Connection, store: Any, store_id: int, keys: Iterable[str], now: datetime) -> int:
