@@ -867,7 +867,7 @@ def _apply_availability(conn: Connection, store: Any, store_id: int, product_id:
                                            updated_at=now) for k in stale])
     flipped = [k for k in stale if before.get(k, (True, True))[0] != after[0]]
     if flipped and not after[0]:
-        product_not_sold(conn, store_id, flipped, now)
+        product_not_sold(conn, store, store_id, flipped, now)
         return False  # its windows are cancelled here, and every tick's scan plans none for it (``CycleBook.unavailable``)
     if flipped:
         product_sold_again(conn, store, store_id, flipped, now)
