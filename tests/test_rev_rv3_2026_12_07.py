@@ -96,10 +96,6 @@ def test_a_staging_copy_s_abandoned_cart_sends_the_customer_no_reminder(sqlite_u
 # ---- 30a693e "Merge cli": check-config names the line ------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "30a693e: a text pasted with a Unicode line separator (U+2028, legal inside a TOML string or comment) counts as "
-    "a line break for the line scanner but not for TOML: check-config points every later problem one line too far, "
-    "at another setting than the wrong one"))
 def test_check_config_names_the_right_line_after_a_text_holding_a_line_separator(tmp_path):
     text = ('[database]\nurl = "sqlite://"\n\n[[stores]]\nkey = "acme"\nplatform = "shopify"\n'
             'shop_domain = "acme.myshopify.com"\nwebhook_secret = "whsec-1"\n'
