@@ -31,10 +31,11 @@ def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def _woo_settings(db_url: str, site_url: str):
+def _woo_settings(db_url: str, site_url: str, **extra):
     data = settings_dict(db_url)
     [woo] = [s for s in data["stores"] if s["key"] == "woo"]
     woo["site_url"] = site_url
+    woo.update(extra)
     return parse_settings(data, environ={})
 
 
@@ -48,35 +49,43 @@ def _order_from(client, source: str | bytes, order_id: int) -> int:
 # ---- 703eb86 "Merge ingest": X-WC-Webhook-Source against site_url -------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "703eb86: a shop on an internationalised domain (WordPress's Site Address written as https://bücher.example, "
-    "which WordPress accepts) has every one of its own correctly signed orders refused 401: WooCommerce sends "
-    "home_url('/') in the header as UTF-8 bytes, the server reads header bytes as latin-1, so the host never equals "
-    "site_url; no COD ask or confirmation until the 15-minute reconcile, and WooCommerce disables the webhooks"))
-def test_a_shop_on_an_internationalised_domain_gets_its_own_orders(sqlite_url):
-    with running_app(_woo_settings(sqlite_url, "https://bücher.example")) as (client, runtime):
-        code = _order_from(client, "https://bücher.example/".encode("utf-8"), 1001)  # home_url('/') as WordPress sends it
+# 703eb86 (fixed): a shop on an internationalised domain (WordPress's Site Address written as https://bücher.example,
+# which WordPress accepts) had every one of its own correctly signed orders refused 401: WooCommerce sends home_url('/')
+# in the header as UTF-8 bytes, the server reads header bytes as latin-1, so the host never equalled site_url; and a
+# German ß was written two ways (Python's IDNA 2003 codec: fass.de, pydantic's UTS-46: xn--fa-hia.de)
+@pytest.mark.parametrize(("site", "another"), [
+    ("https://bücher.example", "https://bucher.example/"),
+    ("https://faß.de", "https://fass.de/"),  # IDNA 2003 read both as fass.de; they are two domains with two owners
+])
+def test_a_shop_on_an_internationalised_domain_gets_its_own_orders(sqlite_url, site, another):
+    with running_app(_woo_settings(sqlite_url, site)) as (client, runtime):
+        code = _order_from(client, f"{site}/".encode("utf-8"), 1001)  # home_url('/') as WordPress sends it
+        refused = _order_from(client, another.encode("utf-8"), 1002)
         stored = [r.dedupe_key.split(":")[2] for r in rows(runtime)]
     assert code == 200
+    assert refused == 401
     assert stored == ["1001"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "703eb86: a multilingual shop (WPML filters home_url() per language, adding the language directory, e.g. "
-    "with 'use directory for default language') sends X-WC-Webhook-Source https://bloom.example/en/: every order "
-    "of the live shop is refused 401 as 'another site', though site_url is the shop's root where its REST API is"))
+# 703eb86 (fixed): a multilingual shop (WPML filters home_url() per language, adding the language directory, e.g.
+# with 'use directory for default language') sends X-WC-Webhook-Source https://bloom.example/en/: every order of the
+# live shop was refused 401 as 'another site'. The header cannot tell a language directory from a staging subfolder
+# (WP Staging's https://bloom.example/staging/), so the operator lists the shop's own addresses in webhook_sources
 def test_a_multilingual_shop_whose_home_url_names_its_language_directory_gets_its_orders(sqlite_url):
-    with running_app(_woo_settings(sqlite_url, "https://bloom.example")) as (client, runtime):
+    settings = _woo_settings(sqlite_url, "https://bloom.example",
+                             webhook_sources=["https://bloom.example/en/", "https://bloom.example/fr/"])
+    with running_app(settings) as (client, runtime):
         code = _order_from(client, "https://bloom.example/en/", 1002)
+        staging = _order_from(client, "https://bloom.example/staging/", 1003)
         stored = [r.dedupe_key.split(":")[2] for r in rows(runtime)]
     assert code == 200
+    assert staging == 401
     assert stored == ["1002"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "703eb86: the staging copy is refused only on the order webhooks; the same copy's Cart Abandonment Recovery "
-    "plugin posts to the cart URL with the live token it was cloned with, and the real customer gets a WhatsApp "
-    "reminder whose recovery link opens the staging shop (its checkout_url and WordPress user agent name it)"))
+# 703eb86 (fixed): the staging copy was refused only on the order webhooks; the same copy's Cart Abandonment Recovery
+# plugin posts to the cart URL with the live token it was cloned with, and the real customer got a WhatsApp reminder
+# whose recovery link opens the staging shop (its checkout_url and WordPress user agent name it)
 def test_a_staging_copy_s_abandoned_cart_sends_the_customer_no_reminder(sqlite_url):
     staging = "https://staging.bloom.example"
     clock = Clock(T0)
