@@ -147,6 +147,7 @@ async def woocommerce_webhook(d: Delivery) -> Response:
         # a staging copy of the shop signs with the live shop's secret: its test orders must reach no customer
         sent = woo_site.shown(woo.source(headers) or "")
         log.warning("woocommerce webhook from another site refused", extra={"store": key, "source": sent, "hint": ANOTHER_SITE})
+        await runtime.refused_sites.note(runtime.store_ids[key], sent, runtime.clock())
         return problem(401, "unauthorized")
     payload = _json_or_400(body, "woocommerce", key)
     if isinstance(payload, Response):
@@ -184,6 +185,7 @@ async def woocommerce_cart_webhook(d: Delivery) -> Response:
     if sent is not None:
         # a staging copy posts its carts with the live token: its recovery link would reach a real customer
         log.warning("woocommerce cart webhook from another site refused", extra={"store": key, "source": sent, "hint": ANOTHER_SITE})
+        await runtime.refused_sites.note(runtime.store_ids[key], sent, runtime.clock())
         return problem(401, "unauthorized")
     received_at = runtime.clock()
     env = woo_carts.envelope(d.headers, fields, received_at)
