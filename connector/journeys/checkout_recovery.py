@@ -11,8 +11,9 @@ checkout as it is now (link, total, product). A checkout that now gives a phone 
 another contact's ends the run (``contact_changed``): no more reminders to the number she
 replaced, and a run's contact (its holdout group, its consent) is fixed when it starts, so
 the ladder does not move to the new one. Except once, for a run a read that could not see the
-checkout's phone started (Shopify's poll, before the checkout's late webhook: the customer's account
-phone): the first read that sees it moves the run to that number (``_to_checkout_phone``).
+checkout's phone started (Shopify's poll, before the checkout's late webhook), or a checkout that gave
+none yet (her email first, the phone with the address): both are on the customer's account phone, and
+the first read that sees the checkout's phone moves the run to that number (``_to_checkout_phone``).
 The run stops the moment an order arrives for that checkout or from the same customer (phone,
 customer id, or email for a phone-less order: ``state.upsert_contact``), or the customer replies to it (a tap, words, a photo or
 voice note quoting one of its reminders, or quoting nothing while no other journey's message
@@ -73,8 +74,9 @@ from connector.journeys.engine import (
 )
 
 STEPS = ("first", "second", "third")
-# run state: the run's contact is the one a read that could not see the checkout's phone named (Shopify's poll:
-# the customer's account phone); the first read that sees it moves the run there (``_to_checkout_phone``)
+# run state: the run's contact is the one a read that could not see the checkout's phone named (Shopify's poll, or a
+# checkout with no phone yet: the customer's account phone); the first read that sees one moves the run there
+# (``_to_checkout_phone``)
 ACCOUNT_PHONE = "account_phone"
 CONTINUE_WITHIN = timedelta(days=1)  # a pending order goes on from a cart whose last reminder is this recent (``_cart_reminded``)
 ORDER_EVENTS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)
@@ -288,7 +290,9 @@ class CheckoutRecovery:
         if run is None:
             if facts.contact_id is None or not c.recovery_url or self._cart_of_her_order(c, facts, config, now):
                 return []
-            guessed = {} if c.phone_on_checkout else {ACCOUNT_PHONE: True}
+            # a checkout that names no phone of its own (Shopify's poll; her first step, the email, before the phone
+            # she types with the address) is on her account's contact: a guess the first phone it gives corrects
+            guessed = {} if c.phone_on_checkout and c.customer.phone is not None else {ACCOUNT_PHONE: True}
             return [Start(f"checkout:{c.token}", facts.contact_id, {**state, "sent": 0, **guessed}), Wake(first)]
         if run.status != "active":
             return []
