@@ -7,7 +7,7 @@ step). A run starts with the checkout, so one bought minutes later was never aba
 was bought or completed only after its abandonment time), and only those are the report's
 abandoned checkouts and enter its lift. A change to the checkout before the first reminder
 pushes the ladder back; after it, the ladder keeps its times and its reminders quote the
-checkout as it is now (link, total, product). A checkout that now gives a phone that is
+checkout as it is now (link, total, product), the one still held for quiet hours too (``engine.Refresh``). A checkout that now gives a phone that is
 another contact's ends the run (``contact_changed``): no more reminders to the number she
 replaced, and a run's contact (its holdout group, its consent) is fixed when it starts, so
 the ladder does not move to the new one. Except once, for a run a read that could not see the
@@ -70,7 +70,7 @@ from connector.journeys._common import (
     answers_run, awaits_payment, cart_ladder_takes, continued, deleted_order, end_for_deleted_order, is_reply, unpaid_order,
 )
 from connector.journeys.engine import (
-    Command, Facts, Finish, JourneyConfig, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw,
+    Command, Facts, Finish, JourneyConfig, Refresh, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw,
 )
 
 STEPS = ("first", "second", "third")
@@ -307,8 +307,12 @@ class CheckoutRecovery:
             return [Update({"contact_changed_to": facts.contact_id}), Wake(None), Finish("contact_changed")]
         if self._step(run) == 0:
             return [Update(state), Wake(first)]  # still shopping: push back
-        # back after a reminder: the next ones quote the cart as it is now, on the ladder's own times
-        return [Update(self._cart(c))] if c.recovery_url else []
+        if not c.recovery_url:
+            return []
+        # back after a reminder: the next ones quote the cart as it is now, on the ladder's own times, and so does
+        # the last one if it still waits to go out (held for quiet hours: written when it was queued)
+        step = self._step(run) - 1
+        return [Update(self._cart(c)), Refresh(STEPS[step], self._context({**run.state, **self._cart(c)}, step, config))]
 
     @staticmethod
     def _cart(c: ev.Checkout) -> dict[str, Any]:
@@ -518,10 +522,7 @@ class CheckoutRecovery:
         step = self._step(run)
         if step >= len(config.ladder_minutes):
             return [Wake(None), Finish("no_conversion", skip_waiting=False)]
-        ctx = {"checkout.recovery_url": run.state.get("recovery_url"), "checkout.total": (run.state.get("total"), run.state.get("currency")),
-               "reorder.product": run.state.get("product") or "your items"}
-        if config.discount_code and step + 1 >= config.discount_from_step:
-            ctx["discount.code"] = config.discount_code
+        ctx = self._context(run.state, step, config)
         abandoned_at = datetime.fromisoformat(run.state["abandoned_at"])
         progress: dict[str, Any] = {"step": step + 1}
         if facts.extra.get("marketing_ok", True):
@@ -533,6 +534,15 @@ class CheckoutRecovery:
         else:
             commands.append(Wake(now + timedelta(days=config.attribution_days), listening=True))  # the window after the last reminder
         return commands
+
+    @staticmethod
+    def _context(state: dict[str, Any], step: int, config: CheckoutRecoveryConfig) -> dict[str, Any]:
+        """What ladder step ``step`` (0-based) quotes: the cart as the run keeps it, and the discount from its step on."""
+        ctx: dict[str, Any] = {"checkout.recovery_url": state.get("recovery_url"), "checkout.total": (state.get("total"), state.get("currency")),
+                               "reorder.product": state.get("product") or "your items"}
+        if config.discount_code and step + 1 >= config.discount_from_step:
+            ctx["discount.code"] = config.discount_code
+        return ctx
 
     @staticmethod
     def _attributed(run: Run, facts: Facts, config: CheckoutRecoveryConfig, at: datetime) -> bool:

@@ -7,8 +7,10 @@ and change the cart. What reaches the customer's phone is the assertion.
 
 from __future__ import annotations
 
+from datetime import timedelta
 
 from tests.scenarios import payloads as p
+from tests.scenarios.harness import T0
 from tests.scenarios.stores import SHOPIFY
 from tests.scenarios.test_store_journeys import LADDER, conversion
 
@@ -47,4 +49,37 @@ def test_a_checkout_begun_with_the_email_gets_its_reminders_at_the_phone_she_giv
     assert sc.templates_to(ASHA_NEW) == ["cart_1_v1", "cart_2_v1"]
     assert sc.templates_to(ASHA) == ["order_thanks_v1"]  # her old number: only the earlier order's thanks
     assert conversion(sc)["checkouts_reminded"] == 1
+
+
+def test_a_reminder_held_for_the_morning_quotes_the_cart_she_changed_overnight(db_url, scenario, world):
+    """Asha leaves an iPod in her checkout at 20:45; its first reminder (due 21:15) waits for 09:00. At 21:30 she comes
+    back and swaps it for a silk scarf. Before: at 09:00 "IPod Nano - 8GB is still in your cart", a product she had
+    taken out; the message was written when it was queued."""
+    sc = scenario(db_url, "shopify", journeys={"checkout_recovery": {"ladder_minutes": [0, 900, 1440]}},
+                  policy={"quiet_hours": "21:00-09:00"})
+    sc.at(SHOPIFY.local(20, 45))
+    start = sc.now
+    SHOPIFY.start_checkout(sc, "A", ASHA)
+    sc.at(SHOPIFY.local(21, 20))  # the first reminder is queued for 09:00
+    sc.at(SHOPIFY.local(21, 30))
+    changed = {**p.shopify_checkout("tokA", ASHA, start, total="2500.00"), "updated_at": p.iso(sc.now)}
+    changed["line_items"] = [{**changed["line_items"][0], "title": "Silk scarf", "presentment_title": "Silk scarf",
+                              "product_id": 777, "variant_id": 778, "price": "2500.00"}]
+    sc.shopify("checkouts/update", changed)
+    sc.at(SHOPIFY.local(9, 30) + timedelta(days=1))
+
+    assert sc.templates_to(ASHA) == ["cart_1_v1"]
+    assert sc.last_to(ASHA, "cart_1_v1").params == ("Silk scarf", changed["abandoned_checkout_url"])
+
+
+def test_a_reminder_that_went_out_is_not_written_again_when_the_cart_changes(sqlite_url, scenario, world):
+    """The same change after the reminder reached her: nothing is sent again; the next reminder quotes the new cart."""
+    sc = scenario(sqlite_url, "shopify", journeys=LADDER)
+    SHOPIFY.start_checkout(sc, "A", ASHA)
+    sc.at(T0 + timedelta(minutes=40))
+    first = sc.last_to(ASHA, "cart_1_v1")
+    SHOPIFY.change_checkout(sc, "A", ASHA, total="2500.00")
+    sc.at(T0 + timedelta(hours=7))
+    assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_2_v1"]
+    assert sc.last_to(ASHA, "cart_1_v1") == first
 
