@@ -83,3 +83,31 @@ def test_a_reminder_that_went_out_is_not_written_again_when_the_cart_changes(sql
     assert sc.templates_to(ASHA) == ["cart_1_v1", "cart_2_v1"]
     assert sc.last_to(ASHA, "cart_1_v1") == first
 
+
+def test_an_sms_opt_in_she_unticks_before_leaving_the_checkout_sends_no_cart_reminder(sqlite_url, scenario, world):
+    """Asha ticks "Text me with news and offers", then unticks it and leaves: Shopify's checkouts/update says
+    buyer_accepts_sms_marketing false. Before: the tick's marketing consent stood, and the cart reminders went to
+    someone who had just declined them."""
+    sc = scenario(sqlite_url, "shopify", journeys=LADDER)
+    SHOPIFY.start_checkout(sc, "A", ASHA)  # ticked
+    sc.later(minutes=3)
+    unticked = {**p.shopify_checkout("tokA", ASHA, T0, accepts_marketing=False), "updated_at": p.iso(sc.now)}
+    sc.shopify("checkouts/update", unticked)
+    sc.later(days=2)
+
+    assert sc.templates_to(ASHA) == []
+    assert sc.contact(ASHA)["consent"]["marketing"]["state"] == "unknown"
+
+
+def test_a_consent_given_elsewhere_stands_when_the_checkout_box_is_left_unticked(sqlite_url, scenario, world):
+    """Her WhatsApp "resume marketing" is hers to give: a checkout whose box she ticked and unticked takes back only
+    what that tick gave."""
+    sc = scenario(sqlite_url, "shopify", journeys=LADDER)
+    sc.marketing_preference(ASHA, "resume")
+    sc.later(minutes=1)
+    SHOPIFY.start_checkout(sc, "A", ASHA)
+    sc.later(minutes=3)
+    sc.shopify("checkouts/update", {**p.shopify_checkout("tokA", ASHA, T0, accepts_marketing=False), "updated_at": p.iso(sc.now)})
+    sc.later(hours=1)
+
+    assert sc.templates_to(ASHA) == ["cart_1_v1"]
