@@ -555,6 +555,12 @@ def export_customer(
     runs = _rows(conn, select(RUNS).where(scope.by_contact(RUNS, _in(RUNS.c.subject, subjects))).order_by(RUNS.c.id))
     handoffs = _rows(conn, select(HANDOFFS).where(scope.by_contact(HANDOFFS, _in(HANDOFFS.c.subject, subjects))).order_by(HANDOFFS.c.id))
     windows = _rows(conn, select(WINDOWS).where(scope.by_contact(WINDOWS)).order_by(WINDOWS.c.id))
+    # the numbers she changed from on WhatsApp (``number_change``): kept to find her by them, so hers to see
+    previous = [{"phone": r.phone_key.removeprefix("raw:"), "changed_at": _plain(r.changed_at), "contact_id": r.contact_id,
+                 "from_contact_id": r.from_contact_id}
+                for r in conn.execute(select(PREVIOUS).where(PREVIOUS.c.store_id == sid, or_(_in(PREVIOUS.c.contact_id, cids),
+                                                                                           _in(PREVIOUS.c.from_contact_id, cids)))
+                                      .order_by(PREVIOUS.c.changed_at, PREVIOUS.c.id))]
     wa_ids = {c.wa_id for c in contacts if c.wa_id} | {d for d in scope.needles.digits}
     inbox_ids = _inbox_rows(conn, scope, request_inbox_id, others=False)
     inbox: list[dict[str, Any]] = []
@@ -564,7 +570,7 @@ def export_customer(
                           "status": row.status, "subject": row.subject, "event": row.event, "body": _body_for(row, wa_ids)})
     counts = {"contacts": len(out_contacts), "consent_changes": len(consent), "orders": len(orders), "checkouts": len(checkouts),
               "fulfillments": len(fulfillments), "messages": len(messages), "outbox": len(outbox), "journey_runs": len(runs),
-              "handoffs": len(handoffs), "reorder_windows": len(windows), "inbox_events": len(inbox)}
+              "handoffs": len(handoffs), "reorder_windows": len(windows), "previous_numbers": len(previous), "inbox_events": len(inbox)}
     return {
         "format": EXPORT_FORMAT,
         "store": store_key,
@@ -580,6 +586,7 @@ def export_customer(
         "journey_runs": runs,
         "handoffs": handoffs,
         "reorder_windows": windows,
+        "previous_numbers": previous,
         "inbox_events": inbox,
     }
 

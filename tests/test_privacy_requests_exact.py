@@ -22,6 +22,13 @@ from tests.test_compliance import (
 )
 from tests.helpers import running_app
 from tests.test_privacy_completeness import drain, make_settings, stored_export, unreadable_order
+from tests.scenarios.conftest import _world_server, scenario, world  # noqa: F401  (the scenarios' fixtures)
+from tests.scenarios.harness import T0 as SCENARIO_T0
+from tests.scenarios.stores import SHOPIFY
+from tests.scenarios.test_store_journeys import COD
+from tests.test_whatsapp_number_change import ASHA, ASHA_NEW, RAVI, changes_number
+
+RAVI_NEW = "+919845003344"
 
 # the same ten national digits: an Italian mobile and a Chicago number, two people
 GIULIA = Person("Giulia", "Moretti", "giulia.m@example.it", "+39 312 345 6789", "+393123456789", 7720011)
@@ -142,3 +149,71 @@ def test_an_erasure_leaves_another_customers_failed_order_and_message_replayable
     assert replay.status_code == 200, replay.text
     assert sorted(r["id"] for r in replay.json()["items"]) == sorted([his_order.id, his_message.id])
     del a
+
+
+# -- 3. the numbers she changed from ---------------------------------------------------------------------------
+def test_her_data_request_export_lists_the_number_she_changed_from(db_url, scenario, world):  # noqa: F811
+    """Asha changed her WhatsApp number: the store keeps the old one (so a late reply on it finds her).
+    It is her data: her export lists it, with when she changed it."""
+    sc = scenario(db_url, "shopify", journeys=COD)
+    SHOPIFY.place(sc, SHOPIFY.order(6, ASHA, sc.now))
+    sc.work()
+    changes_number(sc, ASHA, ASHA_NEW)
+    sc.later(minutes=5)
+    sc.shopify("customers/data_request", {"shop_id": 954889, "shop_domain": "shop-a.myshopify.com", "orders_requested": [],
+                                          "customer": {"id": 424242, "email": None, "phone": ASHA_NEW}, "data_request": {"id": 9999}})
+    sc.later(minutes=5)
+    export = stored_export(sc.runtime)
+    assert [n["phone"] for n in export["previous_numbers"]] == [ASHA]
+    assert export["previous_numbers"][0]["changed_at"] and export["counts"]["previous_numbers"] == 1
+
+
+def test_a_number_she_changed_from_is_forgotten_after_the_conversation_retention(db_url, scenario, world):  # noqa: F811
+    """The old number is kept to tie late replies and orders on it to her conversation, so it is kept as
+    long as that conversation: ``worker.conversation_retention_days`` after the change, then the hourly
+    purge forgets it. A change made since stays."""
+    sc = scenario(db_url, "shopify", journeys=COD)
+    days = sc.settings.worker.conversation_retention_days
+    SHOPIFY.place(sc, SHOPIFY.order(6, ASHA, sc.now))
+    SHOPIFY.place(sc, SHOPIFY.order(7, RAVI, sc.now))
+    sc.work()
+    changes_number(sc, ASHA, ASHA_NEW)
+    sc.work()
+    sc.clock.now = SCENARIO_T0 + timedelta(days=days - 1)
+    changes_number(sc, RAVI, RAVI_NEW)
+    sc.work()
+    with sc.runtime.db.engine.connect() as conn:
+        assert len(conn.execute(select(m.PreviousNumber.id)).all()) == 2
+    sc.clock.now = SCENARIO_T0 + timedelta(days=days, hours=1)
+    done = anyio.run(purge_job, sc.runtime, "test-worker")
+    with sc.runtime.db.engine.connect() as conn:
+        kept = conn.execute(select(m.PreviousNumber.phone_key)).scalars().all()
+    assert kept == [RAVI] and done["previous_numbers"] == 1
+
+
+# -- 4. a stored export expires ----------------------------------------------------------------------------------
+def test_a_stored_export_expires_after_the_raw_body_retention_and_its_request_stays_on_record(db_url):
+    """The export a data request stored (her whole conversation, her raw deliveries) went on being kept
+    after every retention window had removed the same data elsewhere. It is kept for
+    ``worker.raw_body_retention_days`` (the time to hand it over), then emptied; that the request came
+    and was answered, when and with what counts, stays listed."""
+    settings = make_settings(db_url)
+    days = settings.worker.raw_body_retention_days
+    clock = Clock(T0)
+    with running_app(settings, clock=clock) as (client, runtime):
+        runtime.processor.clock = clock
+        assert post_shopify(client, order_payload(MEENA, 7001, "2026-11-20T07:00:00Z"), "orders/create").status_code == 200
+        assert post_shopify(client, request_payload(MEENA, [7001], data_request=True), "customers/data_request").status_code == 200
+        drain(runtime)
+        [listed] = client.get("/api/stores/shop-a/compliance", headers=ADMIN).json()["items"]
+        assert listed["has_export"] and listed["status"] == "done"
+        clock.now = T0 + timedelta(days=days - 1)
+        anyio.run(purge_job, runtime, "test-worker")
+        assert client.get(f"/api/stores/shop-a/compliance/{listed['id']}", headers=ADMIN).json()["export"] is not None
+        clock.now = T0 + timedelta(days=days, hours=1)
+        done = anyio.run(purge_job, runtime, "test-worker")
+        view = client.get(f"/api/stores/shop-a/compliance/{listed['id']}", headers=ADMIN).json()
+    assert done["exports_expired"] == 1
+    assert view["export"] is None and not view["has_export"] and view["status"] == "expired"
+    assert (view["kind"], view["created_at"], view["counts"]) == (listed["kind"], listed["created_at"], listed["counts"])
+    assert view["erased_at"] == clock.now.isoformat()
