@@ -525,7 +525,8 @@ def export_customer(
 
     Its inbox rows are the ones an erasure would erase (``_inbox_rows``), less other
     customers' rows that merely name her: a delivery the adapter could not read (never tied to
-    her contact) is hers to see as much as it is hers to have erased.
+    her contact) is hers to see as much as it is hers to have erased, unless it still names
+    someone else once she is out of it (his failed gift to her: ``_someone_elses``).
     """
     ident = Identity.build(customer_external_id=customer_external_id, phone=phone, emails=emails, order_ids=order_ids,
                            default_country=default_country)
@@ -562,10 +563,13 @@ def export_customer(
                                                                                            _in(PREVIOUS.c.from_contact_id, cids)))
                                       .order_by(PREVIOUS.c.changed_at, PREVIOUS.c.id))]
     wa_ids = {c.wa_id for c in contacts if c.wa_id} | {d for d in scope.needles.digits}
-    inbox_ids = _inbox_rows(conn, scope, request_inbox_id, others=False)
+    mentions: set[int] = set()
+    inbox_ids = _inbox_rows(conn, scope, request_inbox_id, others=False, mentions=mentions)
     inbox: list[dict[str, Any]] = []
     for chunk in _chunks(sorted(inbox_ids)):
         for row in conn.execute(with_body().where(INBOX.c.id.in_(chunk)).order_by(INBOX.c.id)):
+            if row.id in mentions and _someone_elses(scope, row):
+                continue  # an unprocessed delivery of someone else's that names her (his gift to her): not hers to be handed
             inbox.append({"id": row.id, "source": row.source, "topic": row.topic, "received_at": _plain(row.received_at),
                           "status": row.status, "subject": row.subject, "event": row.event, "body": _body_for(row, wa_ids)})
     counts = {"contacts": len(out_contacts), "consent_changes": len(consent), "orders": len(orders), "checkouts": len(checkouts),
@@ -869,6 +873,17 @@ def _without_her(scope: Scope, source: str, raw: bytes, regions: frozenset[str] 
     return cleaned if _someone_else(cleaned, regions) else None
 
 
+def _someone_elses(scope: Scope, row: Any) -> bool:
+    """Whether an unprocessed row found by its text alone is someone else's too (``_without_her``)."""
+    if row.status not in _REPLAYABLE or row.raw_body is None:
+        return False
+    return _without_her(scope, row.source, row.raw_body, _regions_of(scope, row)) is not None
+
+
+def _regions_of(scope: Scope, row: Any) -> frozenset[str] | None:
+    return row_regions(row.raw_body.decode("utf-8", "replace") + "\n" + json.dumps(row.event or []), scope.needles.default_country)
+
+
 def _leave_to_others(conn: Connection, scope: Scope, ids: Iterable[int]) -> set[int]:
     """Failed or held rows found by their text alone that are someone else's too: her part comes out of
     the body and the event, and the row stays as it was (failed or held, its dedupe key), so its replay
@@ -876,12 +891,12 @@ def _leave_to_others(conn: Connection, scope: Scope, ids: Iterable[int]) -> set[
     Returns their ids; the others are erased whole (``_erase_inbox``)."""
     kept: set[int] = set()
     for chunk in _chunks(sorted(ids)):
-        rows = conn.execute(with_body(INBOX.c.id, INBOX.c.source, INBOX.c.event, INBOX.c.last_error)
+        rows = conn.execute(with_body(INBOX.c.id, INBOX.c.source, INBOX.c.status, INBOX.c.event, INBOX.c.last_error)
                             .where(INBOX.c.id.in_(chunk), INBOX.c.status.in_(_REPLAYABLE))).all()
         for r in rows:
             if r.raw_body is None:
                 continue
-            regions = row_regions(r.raw_body.decode("utf-8", "replace") + "\n" + json.dumps(r.event or []), scope.needles.default_country)
+            regions = _regions_of(scope, r)
             body = _without_her(scope, r.source, r.raw_body, regions)
             if body is None:
                 continue

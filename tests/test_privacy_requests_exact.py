@@ -217,3 +217,19 @@ def test_a_stored_export_expires_after_the_raw_body_retention_and_its_request_st
     assert view["export"] is None and not view["has_export"] and view["status"] == "expired"
     assert (view["kind"], view["created_at"], view["counts"]) == (listed["kind"], listed["created_at"], listed["counts"])
     assert view["erased_at"] == clock.now.isoformat()
+
+
+def test_her_export_does_not_hand_her_another_customers_failed_order_that_names_her(db_url):
+    """Kabir's gift to Meena failed to process (tied to no contact yet). It is his order, as the gift he
+    placed and the store processed is: her data request must not hand her his name, phone and email."""
+    settings = make_settings(db_url)
+    with running_app(settings) as (client, runtime):
+        runtime.processor.clock = Clock(T0)
+        assert post_shopify(client, order_payload(MEENA, 7001, "2026-11-20T07:00:00Z"), "orders/create").status_code == 200
+        assert post_shopify(client, gift(KABIR, MEENA, 7002), "orders/create").status_code == 200
+        assert post_shopify(client, request_payload(MEENA, [7001], data_request=True), "customers/data_request").status_code == 200
+        drain(runtime)
+        export = stored_export(runtime)
+    text = json.dumps(export)
+    assert [n for n in KABIR.needles() if n in text] == []
+    assert [o["external_id"] for o in export["orders"]] == ["7001"]
