@@ -84,7 +84,6 @@ def test_her_unread_delivery_writing_her_number_with_the_trunk_prefix_is_erased(
     settings = make_settings(db_url)
     with running_app(settings) as (client, runtime):
         runtime.processor.clock = Clock(T0)
-        a = runtime.store_ids["shop-a"]
         assert post_shopify(client, order_payload(MEENA, 7001, "2026-11-20T07:00:00Z"), "orders/create").status_code == 200
         assert post_shopify(client, guest_order_written_nationally(MEENA, 7003, "098765 43210"), "orders/updated").status_code == 200
         drain(runtime)
@@ -95,7 +94,6 @@ def test_her_unread_delivery_writing_her_number_with_the_trunk_prefix_is_erased(
         row = row_by_id(runtime.db, unread.id)
     text = (row.raw_body or b"").decode() + json.dumps(row.event)
     assert not any(n in text for n in ("98765 43210", "9876543210", MEENA.first, MEENA.last)), text[:300]
-    del a
 
 
 # -- 2. another customer's unprocessed delivery stays his -----------------------------------------------------
@@ -125,7 +123,6 @@ def test_an_erasure_leaves_another_customers_failed_order_and_message_replayable
     clock = Clock(T0)
     with running_app(settings) as (client, runtime):
         runtime.processor.clock = clock
-        a = runtime.store_ids["shop-a"]
         assert post_shopify(client, order_payload(MEENA, 7001, "2026-11-20T07:00:00Z"), "orders/create").status_code == 200
         assert post_shopify(client, gift(KABIR, MEENA, 7002), "orders/create").status_code == 200
         assert post_whatsapp(client, batch_with_his_broken_button(MEENA, KABIR, T0)).status_code == 200
@@ -148,7 +145,6 @@ def test_an_erasure_leaves_another_customers_failed_order_and_message_replayable
         assert not [n for n in MEENA.needles() if n.lower() in text.lower()], text[:400]
     assert replay.status_code == 200, replay.text
     assert sorted(r["id"] for r in replay.json()["items"]) == sorted([his_order.id, his_message.id])
-    del a
 
 
 # -- 3. the numbers she changed from ---------------------------------------------------------------------------
