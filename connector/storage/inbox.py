@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable
 
 import anyio.to_thread
-from sqlalchemy import Select, bindparam, insert, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector.storage import jsoncodec
