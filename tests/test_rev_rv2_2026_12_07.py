@@ -30,9 +30,6 @@ def pay_runs(sc: Any) -> dict[str, dict[str, Any]]:
 
 # ---- 78f22d2: a bank-transfer second try ---------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="78f22d2: her bank-transfer try placed with her other number (same email) is "
-                   "waited for, but the store marking it paid never reaches the pay run (only a placed order is matched by "
-                   "email): paid within a day of the pay link, the report still counts the reminder lost")
 def test_her_bank_transfer_try_under_her_other_number_is_credited_when_paid(sqlite_url, scenario, world):
     """#7301's card declined; half an hour after its pay link she checks out again by bank transfer with her other
     number (#7302, on hold, her email and name). The pay run takes it as her try and waits for the money (its held
