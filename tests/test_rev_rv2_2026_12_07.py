@@ -52,10 +52,7 @@ def test_her_bank_transfer_try_under_her_other_number_is_credited_when_paid(sqli
 
 # ---- 1546d27: a window revived when the reordering order is refunded ----------------------------------------------
 
-@pytest.mark.parametrize("full", [pytest.param(False, marks=pytest.mark.xfail(
-    strict=True, reason="1546d27: her second pack's window had already opened and reminded her; that order refunded, the "
-    "incremental tick revives her first pack's window (the daily full scan marks it reordered again): a second "
-    "'running low on Neem face wash?' a few hours after the first")), True], ids=["incremental tick", "daily full scan"])
+@pytest.mark.parametrize("full", [False, True], ids=["incremental tick", "daily full scan"])
 def test_a_refunded_reorder_whose_reminder_went_out_does_not_remind_her_again(db_url, full):
     """Asha buys a face wash (#6501, 30-day cycle) and another the next day (#6502, 29 hours on: a purchase of its own,
     so #6501's window is marked reordered). #6502's window opens on its day: she is reminded. An hour later #6502 is

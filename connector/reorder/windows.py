@@ -430,10 +430,14 @@ def _upsert_sql(dialect: str, rows: int = 1) -> str:
     # purchase, so it is pending again on the plan's times. Her own order: the scan read it and found no later
     # purchase in it; another contact's (``_reordered_since``, a number she shares an email with): only once it
     # is called off, as the scan never reads it. Evaluated only for a conflicting row that is not pending.
+    # Unless that order's own window of the product opened: she was reminded of it, a purchase as the full scan counts
+    # it (``_mark_all_reordered``), so a refund after does not bring back the earlier one (a second reminder that day).
     revived = (f"(reorder_windows.status = 'reordered' AND reorder_windows.opened_at IS NULL AND EXISTS (SELECT 1 FROM orders "
                f"WHERE orders.store_id = reorder_windows.store_id AND orders.external_id = reorder_windows.reorder_order_id "
                f"AND (orders.contact_id = reorder_windows.contact_id OR orders.cancelled_at IS NOT NULL "
-               f"OR orders.payment_state IN ({no_reorder}))))")
+               f"OR orders.payment_state IN ({no_reorder}))) AND NOT EXISTS (SELECT 1 FROM reorder_windows AS reorder "
+               f"WHERE reorder.store_id = reorder_windows.store_id AND reorder.order_external_id = reorder_windows.reorder_order_id "
+               f"AND reorder.product_key = reorder_windows.product_key AND reorder.opened_at IS NOT NULL))")
     return (f"INSERT INTO reorder_windows ({', '.join(cols)}) VALUES {', '.join([one] * rows)} "
             f"ON CONFLICT (store_id, order_external_id, product_key) DO UPDATE SET {moves}, status = 'pending', reorder_order_id = NULL "
             f"WHERE reorder_windows.status = 'pending' OR {revived}")
