@@ -607,8 +607,9 @@ class JourneyRunner:
             # a tap that matched none of our messages (its send's outcome was lost, so its message id is unknown)
             unmatched = isinstance(event, ev.ButtonReplied) and facts.extra.get("reply_journey") is None
             hears_unmatched = unmatched and facts.contact_id is not None and getattr(journey, "hears_unmatched_taps", False)
-            if getattr(journey, "follows_contact", False) and facts.contact_id is not None \
-                    and isinstance(event, getattr(journey, "contact_events", CONTACT_ACTIVITY)):
+            follows = getattr(journey, "follows_contact", False) and facts.contact_id is not None \
+                and isinstance(event, getattr(journey, "contact_events", CONTACT_ACTIVITY))
+            if follows:
                 # the customer bought, wrote or tapped: the journey's other open runs for them hear it too;
                 # an order also reaches the runs of the same email under another phone, when it is hers alone
                 others = _active_subjects(conn, store_id, name, facts.contact_id)
@@ -664,14 +665,17 @@ class JourneyRunner:
                     found = _keep_heard(found, heard)
                 applied += self._apply(conn, store, store_id, name, target, found, commands, seen, config, now,
                                        binned=binned or isinstance(event, ev.OrderDeleted), rewrite_state=heard is not None)
-            if unmatched and facts.contact_id is not None:
+            if unmatched and (follows or hears_unmatched):
+                # kept by her binned runs of a journey such a tap reaches (COD's), not of one it never reaches (a pay link
+                # asks nothing to tap): restoring that order must not ask her which order she meant
                 self._keep_unmatched(conn, store, store_id, name, config, event, facts, {t[0] for t in targets}, taken, now)
         return applied
 
     def _keep_unmatched(self, conn: Connection, store: Any, store_id: int, name: str, config: Any, event: ev.ButtonReplied,
                         facts: Facts, reached: set[str], taken: list[str], now: datetime) -> None:
         """A tap that matched none of our messages reaches only her runs still going; one she made on the question of
-        an order lying in the bin would be lost. Each of her runs of the journey whose order is in the bin keeps it
+        an order lying in the bin would be lost. Asked only for a journey such a tap reaches (it follows her taps, or
+        ``hears_unmatched_taps``): each of her runs of the journey whose order is in the bin keeps it
         (``HEARD``), with the other runs it may have been meant for (``UNMATCHED``: those it did something to now, her
         other binned ones): at the restore it counts if it can only have meant that run, else a person asks her
         which order she meant (``_decide_heard``)."""
