@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
-from tests.scenarios import payloads as p
 from tests.scenarios.stores import SHOPIFY
 from tests.scenarios.test_store_journeys import COD
 from tests.test_whatsapp_number_change import ASHA, ASHA_NEW, changes_number
