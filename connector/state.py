@@ -998,9 +998,14 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
                            else number_health.number_subject(store))
             # kept on the store row; an older update than the one kept is stale, and one that says what is
             # known already (Meta's retry, the same news again), or that nothing here reads, tells nobody
-            verdict = number_health.record(conn, store, store_id, event, now)
+            verdict, news = number_health.record(conn, store, store_id, event, now)
             out.stale = verdict == "stale"
             out.old_news = verdict in ("same", "none")
+            if news is not None:  # a capability update lowered the limit: the hand-off rules cannot tell (it names no old one)
+                from connector.handoffs import number_request, open_handoff
+
+                flush(conn)  # the case's context reads from the database
+                open_handoff(conn, store, store_id, None, number_request(store, news), now)
         case ev.ProductUpdated():
             apply_product_cycle(conn, store, store_id, event, now)
         case ev.ProductDeleted():

@@ -119,10 +119,6 @@ def test_after_a_join_her_unquoted_answer_from_the_new_number_answers_her_cod_qu
     assert cases == [("cod_confirmation", f"order:{SHOPIFY.order_id(4)}")]
 
 
-@pytest.mark.xfail(strict=True, reason="f1feb1d: Meta cuts the number's messaging limit from 1K to 250 and says so twice: "
-                                       "business_capability_update (kept, telling nobody) and the number's DOWNGRADE, "
-                                       "stamped a minute earlier and arriving after it; the DOWNGRADE is dropped as stale, "
-                                       "so the owner is never told the limit was lowered")
 def test_a_lowered_limit_is_told_even_when_metas_capability_update_came_first(sqlite_url, scenario, world):
     from tests.test_number_health import account, number, told, whatsapp_health
     from tests.test_whatsapp_business_capability import capability
