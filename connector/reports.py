@@ -718,23 +718,25 @@ def connector_health(conn: Connection, store_id: int, now: datetime | None = Non
     from connector.journeys.timer_failures import parked_runs
     from connector.number_health import view
 
+    now = now or datetime.now(timezone.utc)
     row = conn.execute(select(STORES.c.whatsapp_health, STORES.c.whatsapp_held_until).where(STORES.c.id == store_id)).first()
-    whatsapp = view(row.whatsapp_health if row else None, row.whatsapp_held_until if row else None, now or datetime.now(timezone.utc))
+    whatsapp = view(row.whatsapp_health if row else None, row.whatsapp_held_until if row else None, now)
     return {"inbox_failed": failed_count(conn, store_id), "timers_failing": parked_runs(conn, store_id),
-            "jobs": job_states(conn, store_id), "whatsapp": whatsapp, "whatsapp_pause": whatsapp_pause(conn, store_id, phone_number_id)}
+            "jobs": job_states(conn, store_id), "whatsapp": whatsapp, "whatsapp_pause": whatsapp_pause(conn, store_id, phone_number_id, now)}
 
 
-def whatsapp_pause(conn: Connection, store_id: int, phone_number_id: str | None) -> dict[str, Any] | None:
-    """The store's number, if a dispatcher paused its sends: over Meta's API call rate limit (a wait,
-    nothing to fix) or an account-level refusal (fix the account); Meta's code and what it means,
-    since when and the next try, and how many of the store's messages wait meanwhile. The owner
-    tells a stuck shop from a quiet one by it."""
+def whatsapp_pause(conn: Connection, store_id: int, phone_number_id: str | None, now: datetime) -> dict[str, Any] | None:
+    """The store's number, if a dispatcher paused its sends and the pause's end is still ahead: over Meta's
+    API call rate limit (a wait, nothing to fix) or an account-level refusal (fix the account); Meta's code
+    and what it means, since when and the next try, and how many of the store's messages are due by then
+    (held by it; a reminder planned days ahead is not). The owner tells a stuck shop from a quiet one by it.
+    A pause past its end with nothing left to send is no pause (no probe comes to clear its row)."""
     from adapters.whatsapp.errors import describe
     from connector.outbox.store import paused_number, waiting
 
-    pause = paused_number(conn, phone_number_id)
+    pause = paused_number(conn, phone_number_id, now)
     if pause is None:
         return None
     return {"rate_limit": pause.rate_limit, "code": pause.code, "reason": describe(pause.code),
             "since": pause.since.isoformat() if pause.since is not None else None, "until": pause.until.isoformat(),
-            "waiting": waiting(conn, store_id)}
+            "waiting": waiting(conn, store_id, pause.until)}

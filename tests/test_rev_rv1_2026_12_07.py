@@ -135,10 +135,6 @@ def test_a_lowered_limit_is_told_even_when_metas_capability_update_came_first(sq
 
 # ---- c93d250: the rate-limit pause shown ---------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="c93d250: Meta's call rate limit paused the number for 20 minutes while one COD "
-                                       "question waited; the order was cancelled meanwhile, so nothing was left to try: "
-                                       "hours after the pause's end the dashboard still says sends wait out Meta's rate "
-                                       "limit 'until' a time long past, and /readyz still says rate_limited")
 def test_a_rate_limit_pause_with_nothing_left_to_send_is_not_shown_hours_after_its_end(sqlite_url, scenario, world):
     from adapters.whatsapp.client import WhatsAppClient
     from connector.sandbox.whatsapp import SandboxServer, SandboxWhatsApp
