@@ -85,6 +85,7 @@ from connector.journeys._common import awaits_payment, continued
 from connector.journeys.checkout_recovery import STEPS as CART_STEPS, was_abandoned
 from connector.journeys.payment_recovery import recovered as pay_recovered, stalled
 from connector.journeys.reorder import STEPS as REORDER_STEPS
+from connector.number_change import MOVED
 from connector.outbox.queue import step_key
 from connector.outbox.store import REACHED_STATES
 from connector.storage import models as m
@@ -364,7 +365,9 @@ def _standing(conn: Connection, store_id: int, journey: str, runs: list[Any]) ->
 def entry(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     new = conn.execute(
         select(CONTACTS.c.id, CONTACTS.c.consent_marketing)
-        .where(CONTACTS.c.store_id == store_id, CONTACTS.c.created_at >= p.start, CONTACTS.c.created_at < p.end)
+        .where(CONTACTS.c.store_id == store_id, CONTACTS.c.created_at >= p.start, CONTACTS.c.created_at < p.end,
+               # a contact joined to the one of her new number (``number_change._join``): she is counted there
+               ~CONTACTS.c.phone_key.startswith(MOVED, autoescape=True))
     ).all()
     ids = [r.id for r in new]
     first: dict[int, tuple[datetime, str]] = {}

@@ -9,8 +9,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pytest
-
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
 from tests.scenarios.stores import SHOPIFY
 from tests.scenarios.test_store_journeys import COD
@@ -33,9 +31,6 @@ def strangers_order(n: int, phone: str, at: Any) -> dict[str, Any]:
 
 # ---- f1feb1d: a number change ------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="f1feb1d: months after Asha left her old number, the telco gives it to Ravi; Ravi's "
-                                       "COD order with it is filed on Asha's contact and his order question goes to "
-                                       "Asha's new number (a stranger is asked about his order), never to him")
 def test_a_recycled_number_months_later_is_a_new_customer_not_the_one_who_left_it(sqlite_url, scenario, world):
     sc = scenario(sqlite_url, "shopify", journeys=COD)
     first = SHOPIFY.order(1, ASHA, sc.now)
@@ -55,9 +50,6 @@ def test_a_recycled_number_months_later_is_a_new_customer_not_the_one_who_left_i
     assert sc.templates_to(ASHA) == ["cod_confirm_v1", "cod_confirm_v1"]  # Ravi is asked about his
 
 
-@pytest.mark.xfail(strict=True, reason="f1feb1d: Ravi, who now has the number Asha left months ago, asks the shop for his "
-                                       "data (customers/data_request, his own customer id and email): the export the "
-                                       "shop hands him is Asha's (her new number, her name, her order)")
 def test_a_data_request_by_the_new_owner_of_a_recycled_number_exports_nothing_of_the_woman_who_left_it(sqlite_url, scenario, world):
     sc = scenario(sqlite_url, "shopify", journeys=COD)
     SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, sc.now))
@@ -77,9 +69,6 @@ def test_a_data_request_by_the_new_owner_of_a_recycled_number_exports_nothing_of
     assert [o["external_id"] for o in export["orders"]] == []  # ... nor her order
 
 
-@pytest.mark.xfail(strict=True, reason="f1feb1d: Asha wrote once from her new number before Meta's notice came, so her "
-                                       "contact was joined to that one; her order placed on the old number then ships "
-                                       "and she is told nothing: 'shipped' reaches neither number")
 def test_her_order_placed_before_a_join_still_tells_her_it_shipped_on_her_new_number(sqlite_url, scenario, world):
     from tests.scenarios.test_delivery_stories import parcel, start
 
@@ -98,10 +87,6 @@ def test_her_order_placed_before_a_join_still_tells_her_it_shipped_on_her_new_nu
     assert shipped == [ASHA_NEW]
 
 
-@pytest.mark.xfail(strict=True, reason="f1feb1d: Asha's new number was already a contact (she ordered with it, prepaid) when "
-                                       "Meta's notice joined her to it; she answers her COD question from the new number "
-                                       "(not quoting it) and it opens a general 'reply' case, not her COD order's (the question "
-                                       "she was sent stayed on her old contact): her answer is not read as one")
 def test_after_a_join_her_unquoted_answer_from_the_new_number_answers_her_cod_question(sqlite_url, scenario, world):
     sc = scenario(sqlite_url, "shopify", journeys=COD)
     SHOPIFY.place(sc, SHOPIFY.order(4, ASHA, sc.now))
