@@ -122,27 +122,112 @@ def _digits(text: str | None) -> str:
     return re.sub(r"\D", "", text or "")
 
 
-def _national(e164: str | None) -> str | None:
-    if not e164:
-        return None
-    try:
-        return str(phonenumbers.parse(e164, None).national_number)
-    except phonenumbers.NumberParseException:
-        return None
+_SEP = r"[\s\-.()/]*"  # what people and forms put between a number's digits
+_PREFIXED = re.compile(r"(?:\+|(?<!\d)00)" + _SEP + r"\d[\d\s\-.()/]*$")  # text ending in an international prefix and a code
+_ANOTHER_GROUP = re.compile(r"\d[\s\-.()/]+$")  # text ending in a digit group of the same written number
+_COUNTRY_FIELD = re.compile(r'"(?:country_code|countryCode|country|country_iso)"\s*:\s*"([A-Za-z]{2})"')
+_PHONE_LIKE = re.compile(r"(?:\+|(?<!\d)00)?\d(?:[\s\-.()/]*\d){6,}")
+
+
+def _spelled(digits: str) -> str:
+    return _SEP.join(digits)
+
+
+@dataclass
+class Number:
+    """One valid number of hers, and how stored bodies write it: internationally (``+39 312 345 6789``,
+    ``0039...``, a WhatsApp id ``393123456789``), or nationally (``312 345 6789``, ``098765 43210`` with
+    the trunk prefix). A national form names her only where it is read in her number's country: the
+    same national digits are another person's number in another country (``+1 312 345 6789``)."""
+
+    e164: str
+    code: str  # the country calling code
+    national: str  # the national significant number
+    trunk: str  # the national (trunk) prefix, "0" in India; "" where there is none
+    regions: frozenset[str]  # the regions that share the code (+1: the US, Canada...)
+    international: re.Pattern[str]
+    nationally: re.Pattern[str]
+
+    @classmethod
+    def of(cls, e164: str | None) -> "Number | None":
+        if not e164:
+            return None
+        try:
+            parsed = phonenumbers.parse(e164 if e164.startswith("+") else f"+{e164}", None)
+        except phonenumbers.NumberParseException:
+            return None
+        if not phonenumbers.is_valid_number(parsed):
+            return None
+        code, national = str(parsed.country_code), phonenumbers.national_significant_number(parsed)
+        region = phonenumbers.region_code_for_number(parsed)
+        meta = phonenumbers.PhoneMetadata.metadata_for_region(region) if region else None
+        trunk = (meta.national_prefix or "") if meta is not None else ""
+        trunked = f"(?:{_spelled(trunk)}{_SEP})?" if trunk else ""
+        return cls(e164=f"+{code}{national}", code=code, national=national, trunk=trunk,
+                   regions=frozenset(phonenumbers.region_codes_for_country_code(parsed.country_code)),
+                   international=re.compile(r"(?<!\d)(?:\+|00)?" + _SEP + _spelled(code) + _SEP + r"(?:\(0\)" + _SEP + ")?"
+                                            + _spelled(national) + r"(?!\d)"),
+                   nationally=re.compile(r"(?<![\d+])" + trunked + _spelled(national) + r"(?!\d)"))
+
+    def written(self) -> set[str]:
+        """Her number as stores and people write it: what the database looks for first (``Needles.probes``)."""
+        parsed = phonenumbers.parse(self.e164, None)
+        international = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+        groups = re.split(r"[\s\-]+", international.split(" ", 1)[1]) if " " in international else [self.national]
+        out = {international, phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)}
+        out |= {sep.join(groups) for sep in (" ", "-", ".")}
+        return {x for x in out if len(x) >= 7}
+
+    def in_text(self, text: str, regions: frozenset[str] | None) -> bool:
+        """Whether ``text`` writes this number: internationally anywhere, nationally only when not after
+        another country's code and when the text is of her number's country (``regions``; None: unknown)."""
+        if self.international.search(text):
+            return True
+        for match in self.nationally.finditer(text):
+            before = text[max(0, match.start() - 24):match.start()]
+            if _PREFIXED.search(before) or _ANOTHER_GROUP.search(before):
+                continue  # "+1 312 345 6789": the national digits of another country's number
+            if regions is None or regions & self.regions:
+                return True
+        return False
+
+
+def row_regions(text: str, default_country: str | None) -> frozenset[str] | None:
+    """The countries a stored row is of, to read a national number in: those its country fields name (an
+    address's ``country_code``), else the store's default country (as the adapters read its phones)."""
+    named = frozenset(c.upper() for c in _COUNTRY_FIELD.findall(text)) & phonenumbers.SUPPORTED_REGIONS
+    if named:
+        return named
+    return frozenset({default_country.upper()}) if default_country else None
 
 
 @dataclass
 class Needles:
-    """The customer's identifiers as text: a regex to scrub free text, and literals to find inbox rows."""
+    """The customer's identifiers as text: a regex to scrub free text, literals and her numbers to find inbox rows."""
 
-    digits: set[str] = field(default_factory=set)  # phones as digits (E.164 without '+', national number)
-    literals: set[str] = field(default_factory=set)  # emails, WhatsApp user ids, raw phone texts
+    digits: set[str] = field(default_factory=set)  # phones as digits (E.164 without '+', national number, with its trunk prefix)
+    literals: set[str] = field(default_factory=set)  # emails, WhatsApp user ids, phone texts that are no valid number
     names: set[str] = field(default_factory=set)
+    numbers: dict[str, Number] = field(default_factory=dict)  # her valid numbers, by E.164: how a stored row is judged hers
+    written: set[str] = field(default_factory=set)  # her numbers as written (as she gave them, as formats write them)
+    loose: set[str] = field(default_factory=set)  # the digits of a phone text that is no valid number: matched as digits
+    default_country: str | None = None  # the store's: how a national number with no country beside it is read
+    _strong: re.Pattern[str] | None = None
 
     def add_phone(self, e164: str | None, raw: str | None = None, wa_id: str | None = None) -> None:
-        for d in (_digits(e164), _national(e164), _digits(raw), _digits(wa_id)):
+        found = [n for n in (Number.of(e164), Number.of(_digits(wa_id)) if wa_id else None) if n is not None]
+        for number in found:
+            self.numbers[number.e164] = number
+            self.digits.update(d for d in (number.code + number.national, number.national, number.trunk + number.national) if len(d) >= 6)
+            self.written |= number.written()
+        if found:
+            if raw and len(raw.strip()) >= 6:
+                self.written.add(raw.strip())
+            return
+        for d in (_digits(e164), _digits(raw), _digits(wa_id)):  # no valid number: its text, as it is
             if d and len(d) >= 6:
                 self.digits.add(d)
+                self.loose.add(d)
         if raw and len(raw.strip()) >= 6:
             self.literals.add(raw.strip())
 
@@ -161,18 +246,37 @@ class Needles:
         self.literals.update(e for e in ident.emails if len(e) >= 3)
 
     def probes(self) -> list[str]:
-        """Exact substrings to look for in stored bodies (the database does the first pass)."""
-        out = {d for d in self.digits if len(d) >= 7} | set(self.literals) | {x.lower() for x in self.literals if "@" in x}
+        """Exact substrings to look for in stored bodies (the database does the first pass, ``names_her`` the second)."""
+        out = {d for d in self.digits if len(d) >= 7} | self.written | set(self.literals) | {x.lower() for x in self.literals if "@" in x}
         return sorted(out)
 
+    def names_her(self, text: str, regions: frozenset[str] | None | bool = True) -> bool:
+        """Whether stored text names her: an email, id or unparsed phone text of hers as a whole token, or one of
+        her numbers as written (``Number.in_text``). ``regions``: the countries the text is of (True: read from it)."""
+        if self._strong is None:
+            parts = [r"(?<!\d)\+?" + _spelled(d) + r"(?!\d)" for d in sorted(self.loose, key=len, reverse=True)]
+            parts += [_literal(x) for x in sorted(self.literals, key=len, reverse=True)]
+            self._strong = re.compile("|".join(parts), re.IGNORECASE) if parts else re.compile(r"(?!)")
+        if self._strong.search(text):
+            return True
+        if not self.numbers:
+            return False
+        where = row_regions(text, self.default_country) if regions is True else regions
+        return any(n.in_text(text, where) for n in self.numbers.values())  # type: ignore[arg-type]
+
     def regex(self, *, names: bool = True) -> re.Pattern[str] | None:
-        parts = [r"(?<!\d)\+?" + r"[\s\-.()/]*".join(d) + r"(?!\d)" for d in sorted(self.digits, key=len, reverse=True)]
+        """For scrubbing text already hers (her rows' tags, titles, errors): every form of her digits."""
+        parts = [r"(?<!\d)\+?" + _spelled(d) + r"(?!\d)" for d in sorted(self.digits, key=len, reverse=True)]
         # a literal as a whole token: ann@example.org is not inside joann@example.org or ann@example.org.in
         # (a sentence's full stop after it still ends it)
-        parts += [r"(?<![\w.+-])" + re.escape(x) + r"(?![\w-]|\.\w)" for x in sorted(self.literals, key=len, reverse=True)]
+        parts += [_literal(x) for x in sorted(self.literals, key=len, reverse=True)]
         if names:
             parts += [r"(?<!\w)" + re.escape(n) + r"(?!\w)" for n in sorted(self.names, key=len, reverse=True)]
         return re.compile("|".join(parts), re.IGNORECASE) if parts else None
+
+
+def _literal(x: str) -> str:
+    return r"(?<![\w.+-])" + re.escape(x) + r"(?![\w-]|\.\w)"
 
 
 def _scrub(value: Any, pattern: re.Pattern[str] | None) -> Any:
@@ -296,8 +400,9 @@ def find_contacts(conn: Connection, store_id: int, ident: Identity) -> list[Any]
     return found
 
 
-def _customer_scope(conn: Connection, store_id: int, ident: Identity) -> tuple[Scope, list[Any]]:
+def _customer_scope(conn: Connection, store_id: int, ident: Identity, default_country: str | None = None) -> tuple[Scope, list[Any]]:
     scope = Scope(store_id)
+    scope.needles.default_country = default_country
     contacts = find_contacts(conn, store_id, ident)
     scope.contact_ids = {c.id for c in contacts}
     for c in contacts:
@@ -335,12 +440,14 @@ def _text_contains(conn: Connection, expr: Any, needle: str) -> Any:
     return (func.strpos(expr, needle) if conn.dialect.name == "postgresql" else func.instr(expr, needle)) > 0
 
 
-def _inbox_rows(conn: Connection, scope: Scope, request_inbox_id: int | None, *, others: bool = True) -> set[int]:
+def _inbox_rows(conn: Connection, scope: Scope, request_inbox_id: int | None, *, others: bool = True,
+                mentions: set[int] | None = None) -> set[int]:
     """Inbox rows about the customer: by contact and subject, then any earlier row whose body names them.
 
     ``others`` False (the export) leaves out a row found by its body that the processor tied to
     another contact: her name or number in someone else's order (a gift sent to her) is
-    erased with her, but that order is not hers to be handed.
+    erased with her, but that order is not hers to be handed. ``mentions``, given, gets the rows
+    found by their body alone (``_without_her`` decides whether an unprocessed one is someone else's).
     """
     sid = scope.store_id
     subjects = scope.subjects | {f"wamid:{w}" for w in scope.wamids}
@@ -349,8 +456,7 @@ def _inbox_rows(conn: Connection, scope: Scope, request_inbox_id: int | None, *,
     for chunk in _chunks(sorted(subjects)):
         found |= set(conn.execute(select(INBOX.c.id).where(INBOX.c.store_id == sid, INBOX.c.subject.in_(chunk))).scalars())
     probes = scope.needles.probes()
-    strong = scope.needles.regex(names=False)
-    if probes and strong is not None:
+    if probes:
         # deliveries the processor never tied to the contact (failed, held, earlier privacy requests):
         # the database finds candidates by substring, then the boundary-aware pattern confirms each
         cond = or_(*[_bytes_contains(conn, BODIES.c.raw_body, p) for p in probes],
@@ -362,8 +468,10 @@ def _inbox_rows(conn: Connection, scope: Scope, request_inbox_id: int | None, *,
             if row.id in found or (not others and row.contact_id is not None and row.contact_id not in scope.contact_ids):
                 continue
             text = (row.raw_body or b"").decode("utf-8", "replace") + "\n" + json.dumps(row.event or [])
-            if strong.search(text):
+            if scope.needles.names_her(text):  # her numbers exactly: not another country's with her national digits
                 found.add(row.id)
+                if mentions is not None:
+                    mentions.add(row.id)
     found.discard(request_inbox_id)  # the processor settles the request's own row
     return found
 
@@ -417,11 +525,12 @@ def export_customer(
 
     Its inbox rows are the ones an erasure would erase (``_inbox_rows``), less other
     customers' rows that merely name her: a delivery the adapter could not read (never tied to
-    her contact) is hers to see as much as it is hers to have erased.
+    her contact) is hers to see as much as it is hers to have erased, unless it still names
+    someone else once she is out of it (his failed gift to her: ``_someone_elses``).
     """
     ident = Identity.build(customer_external_id=customer_external_id, phone=phone, emails=emails, order_ids=order_ids,
                            default_country=default_country)
-    scope, contacts = _customer_scope(conn, store_id, ident)
+    scope, contacts = _customer_scope(conn, store_id, ident, default_country)
     cids = scope.contact_ids
     sid = store_id
     consent = _rows(conn, select(CONSENT).where(CONSENT.c.store_id == sid, _in(CONSENT.c.contact_id, cids)).order_by(CONSENT.c.id))
@@ -447,16 +556,25 @@ def export_customer(
     runs = _rows(conn, select(RUNS).where(scope.by_contact(RUNS, _in(RUNS.c.subject, subjects))).order_by(RUNS.c.id))
     handoffs = _rows(conn, select(HANDOFFS).where(scope.by_contact(HANDOFFS, _in(HANDOFFS.c.subject, subjects))).order_by(HANDOFFS.c.id))
     windows = _rows(conn, select(WINDOWS).where(scope.by_contact(WINDOWS)).order_by(WINDOWS.c.id))
+    # the numbers she changed from on WhatsApp (``number_change``): kept to find her by them, so hers to see
+    previous = [{"phone": r.phone_key.removeprefix("raw:"), "changed_at": _plain(r.changed_at), "contact_id": r.contact_id,
+                 "from_contact_id": r.from_contact_id}
+                for r in conn.execute(select(PREVIOUS).where(PREVIOUS.c.store_id == sid, or_(_in(PREVIOUS.c.contact_id, cids),
+                                                                                           _in(PREVIOUS.c.from_contact_id, cids)))
+                                      .order_by(PREVIOUS.c.changed_at, PREVIOUS.c.id))]
     wa_ids = {c.wa_id for c in contacts if c.wa_id} | {d for d in scope.needles.digits}
-    inbox_ids = _inbox_rows(conn, scope, request_inbox_id, others=False)
+    mentions: set[int] = set()
+    inbox_ids = _inbox_rows(conn, scope, request_inbox_id, others=False, mentions=mentions)
     inbox: list[dict[str, Any]] = []
     for chunk in _chunks(sorted(inbox_ids)):
         for row in conn.execute(with_body().where(INBOX.c.id.in_(chunk)).order_by(INBOX.c.id)):
+            if row.id in mentions and _someone_elses(scope, row):
+                continue  # an unprocessed delivery of someone else's that names her (his gift to her): not hers to be handed
             inbox.append({"id": row.id, "source": row.source, "topic": row.topic, "received_at": _plain(row.received_at),
                           "status": row.status, "subject": row.subject, "event": row.event, "body": _body_for(row, wa_ids)})
     counts = {"contacts": len(out_contacts), "consent_changes": len(consent), "orders": len(orders), "checkouts": len(checkouts),
               "fulfillments": len(fulfillments), "messages": len(messages), "outbox": len(outbox), "journey_runs": len(runs),
-              "handoffs": len(handoffs), "reorder_windows": len(windows), "inbox_events": len(inbox)}
+              "handoffs": len(handoffs), "reorder_windows": len(windows), "previous_numbers": len(previous), "inbox_events": len(inbox)}
     return {
         "format": EXPORT_FORMAT,
         "store": store_key,
@@ -472,6 +590,7 @@ def export_customer(
         "journey_runs": runs,
         "handoffs": handoffs,
         "reorder_windows": windows,
+        "previous_numbers": previous,
         "inbox_events": inbox,
     }
 
@@ -525,7 +644,11 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
         inbox_where = (INBOX.c.store_id == sid) & (INBOX.c.id != (request_inbox_id or -1))
         inbox_ids: list[int] | None = None
     else:
-        inbox_ids = sorted(_inbox_rows(conn, scope, request_inbox_id))
+        mentions: set[int] = set()
+        inbox_ids = sorted(_inbox_rows(conn, scope, request_inbox_id, mentions=mentions))
+        kept = _leave_to_others(conn, scope, mentions)
+        inbox_ids = [i for i in inbox_ids if i not in kept]
+        counts["inbox_events_kept_without_her"] = len(kept)
 
     # contacts: nothing left that identifies or reaches the person
     cw = scope.by_contact(CONTACTS) if scope.shop else (CONTACTS.c.store_id == sid) & _in(CONTACTS.c.id, scope.contact_ids)
@@ -666,8 +789,7 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
     rows = []
     for r in conn.execute(select(REQUESTS.c.id, REQUESTS.c.contact_ids, REQUESTS.c.export)
                           .where(REQUESTS.c.store_id == sid, REQUESTS.c.export.is_not(None))):
-        strong = None if scope.shop else scope.needles.regex(names=False)
-        if scope.shop or set(r.contact_ids or []) & scope.contact_ids or (strong is not None and strong.search(json.dumps(r.export))):
+        if scope.shop or set(r.contact_ids or []) & scope.contact_ids or scope.needles.names_her(json.dumps(r.export)):
             rows.append({"_id": r.id, "export": None, "status": "erased", "erased_at": now})
     _write_rows(conn, REQUESTS, rows)
     counts["exports_erased"] = len(rows)
@@ -678,6 +800,114 @@ def _shop_job_error(text: str) -> str:
     """A job error of an erased shop: its kind stays, the text (which may quote any of its customers) goes."""
     kind = text.split(":", 1)[0] if ":" in text else ""
     return f"{kind}: {REDACTED} with the shop's data" if kind and " " not in kind else f"{REDACTED} with the shop's data"
+
+
+# -- another customer's unprocessed delivery that names her -------------------------------------------------
+_REPLAYABLE = ("failed", "held")
+_PARTIES = ("from", "recipient_id", "wa_id")  # whom a WhatsApp item is from or to
+
+
+def _her_part_out(value: Any, scope: Scope, regions: frozenset[str] | None) -> Any:
+    """``value`` (a stored body or event) without her: her numbers, emails and ids out of every text, and her
+    name too out of an object that names her (the address a gift is shipped to, her entry of a list)."""
+    strong, named = scope.needles.regex(names=False), scope.needles.regex(names=True)
+
+    def walk(v: Any, hers: bool) -> Any:
+        if isinstance(v, str):
+            if hers:
+                return _scrub(v, named)
+            return _scrub(v, strong) if scope.needles.names_her(v, regions) else v
+        if isinstance(v, list):
+            return [walk(x, hers) for x in v]
+        if isinstance(v, dict):
+            hers = hers or any(isinstance(x, str) and scope.needles.names_her(x, regions) for x in v.values())
+            return {k: walk(x, hers) for k, x in v.items()}
+        return v
+
+    return walk(value, False)
+
+
+def _someone_else(value: Any, regions: frozenset[str] | None) -> bool:
+    """Whether a body still names a person (an email, a valid phone number) once she is out of it."""
+    if isinstance(value, list):
+        return any(_someone_else(v, regions) for v in value)
+    if isinstance(value, dict):
+        return any(_someone_else(v, regions) for v in value.values())
+    if not isinstance(value, str):
+        return False
+    if _EMAIL.search(value):
+        return True
+    for match in _PHONE_LIKE.finditer(value):
+        text = match.group()
+        international = text.startswith(("+", "00"))
+        for region in [None] if international else sorted(regions or ()):
+            try:
+                parsed = phonenumbers.parse("+" + text[2:] if text.startswith("00") else text, region)
+            except phonenumbers.NumberParseException:
+                continue
+            if phonenumbers.is_valid_number(parsed):
+                return True
+    return False
+
+
+def _without_her(scope: Scope, source: str, raw: bytes, regions: frozenset[str] | None) -> Any | None:
+    """The body of an unprocessed row found by its text alone, without her, when the row is someone else's
+    too: a WhatsApp item from or to another number (Meta lists every contact of a batch in each of its
+    items), or a store's delivery still naming a person once she is out (his order shipped to her). None:
+    the row is hers alone (or cannot be told apart: not JSON), and is erased whole."""
+    try:
+        body = jsoncodec.loads_body(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    if source == "whatsapp":
+        if isinstance(body.get("contacts"), list):
+            body = {**body, "contacts": [c for c in body["contacts"] if not scope.needles.names_her(json.dumps(c), regions)]}
+        parties = [str(part[k]) for key, part in body.items() if key != "metadata" and isinstance(part, dict)
+                   for k in _PARTIES if isinstance(part.get(k), (str, int)) and not isinstance(part.get(k), bool)]
+        if not parties or any(scope.needles.names_her(p, None) for p in parties):
+            return None  # her message, a status of a message to her, her preference
+        return _her_part_out(body, scope, regions)
+    cleaned = _her_part_out(body, scope, regions)
+    return cleaned if _someone_else(cleaned, regions) else None
+
+
+def _someone_elses(scope: Scope, row: Any) -> bool:
+    """Whether an unprocessed row found by its text alone is someone else's too (``_without_her``)."""
+    if row.status not in _REPLAYABLE or row.raw_body is None:
+        return False
+    return _without_her(scope, row.source, row.raw_body, _regions_of(scope, row)) is not None
+
+
+def _regions_of(scope: Scope, row: Any) -> frozenset[str] | None:
+    return row_regions(row.raw_body.decode("utf-8", "replace") + "\n" + json.dumps(row.event or []), scope.needles.default_country)
+
+
+def _leave_to_others(conn: Connection, scope: Scope, ids: Iterable[int]) -> set[int]:
+    """Failed or held rows found by their text alone that are someone else's too: her part comes out of
+    the body and the event, and the row stays as it was (failed or held, its dedupe key), so its replay
+    still processes his order or message. Setting it ``ignored``, as a row of hers is, lost his event.
+    Returns their ids; the others are erased whole (``_erase_inbox``)."""
+    kept: set[int] = set()
+    for chunk in _chunks(sorted(ids)):
+        rows = conn.execute(with_body(INBOX.c.id, INBOX.c.source, INBOX.c.status, INBOX.c.event, INBOX.c.last_error)
+                            .where(INBOX.c.id.in_(chunk), INBOX.c.status.in_(_REPLAYABLE))).all()
+        for r in rows:
+            if r.raw_body is None:
+                continue
+            regions = _regions_of(scope, r)
+            body = _without_her(scope, r.source, r.raw_body, regions)
+            if body is None:
+                continue
+            conn.execute(update(BODIES).where(BODIES.c.id == r.id).values(raw_body=json.dumps(body).encode()))
+            values: dict[str, Any] = {"event": _her_part_out(r.event, scope, regions)} if r.event is not None else {}
+            if r.last_error and scope.needles.names_her(r.last_error, regions):
+                values["last_error"] = scope.scrub(r.last_error, generic=True)
+            if values:
+                conn.execute(update(INBOX).where(INBOX.c.id == r.id).values(**values))
+            kept.add(r.id)
+    return kept
 
 
 _CUSTOMER_KEYS = ("shopify:sync-customer:", "woocommerce:customer.")  # dedupe keys that spell a customer id
@@ -744,7 +974,7 @@ def redact_customer(
                            default_country=default_country)
     if ident.empty():
         return {}, []
-    scope, _ = _customer_scope(conn, store_id, ident)
+    scope, _ = _customer_scope(conn, store_id, ident, default_country)
     now = now or m.utcnow()
     links: set[str] = set()
     if link_identity is not None:
@@ -773,7 +1003,7 @@ def erasure_preview(
     ident = Identity.build(customer_external_id=customer_external_id, phone=phone, emails=emails, default_country=default_country)
     if ident.empty():
         return {}
-    scope, _ = _customer_scope(conn, store_id, ident)
+    scope, _ = _customer_scope(conn, store_id, ident, default_country)
     subjects = scope.subjects
 
     def count(table: Table, where: Any) -> int:

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 import phonenumbers
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     BaseModel,
     ConfigDict,
@@ -786,12 +787,27 @@ def provider_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9_]+", "-", name.strip().lower()).strip("-")
 
 
+def _home_address(url: AnyHttpUrl) -> AnyHttpUrl:
+    """A site's home address, as WordPress's Settings > General writes it: no query, no fragment."""
+    if url.query or url.fragment:
+        raise ValueError(f"{str(url)!r} is not a site's home address (it has a query or a fragment)")
+    return url
+
+
 class WooCommerceStore(_StoreBase):
     platform: Literal["woocommerce"]
     site_url: AnyHttpUrl
     consumer_key: SecretStr | None = None
     consumer_secret: SecretStr | None = None
     api_base_url: AnyHttpUrl | None = Field(None, description="defaults to {site_url}/wp-json/wc/v3")
+    webhook_sources: list[Annotated[AnyHttpUrl, AfterValidator(_home_address)]] = Field(
+        default_factory=list,
+        description="other home addresses of this very shop, whose deliveries are accepted besides site_url's "
+        "(WooCommerce's X-WC-Webhook-Source, WordPress's User-Agent): a multilingual shop whose home address names "
+        "its language directory (WPML: https://bloom.example/en/). Any other site is refused, since a staging copy "
+        "(https://staging.bloom.example, or a subfolder such as https://bloom.example/staging/) signs with the live "
+        "shop's secret; never list a copy here",
+    )
     cart_webhook_token: SecretStr | None = Field(
         None,
         description="the secret in the Cart Abandonment Recovery plugin's webhook URL "

@@ -91,7 +91,8 @@ def render_report(data: dict[str, Any], out: Console, title: str) -> None:
 
 
 def render_health(health: dict[str, Any], out: Console, store_key: str) -> None:
-    """Paused WhatsApp sends, failed inbox rows and failing scheduled jobs, said only when there are some."""
+    """Paused WhatsApp sends, deliveries refused as another site, failed inbox rows and failing scheduled jobs,
+    said only when there are some."""
     pause = health.get("whatsapp_pause")
     if pause:
         what = ("waiting out Meta's API call rate limit (nothing to fix)" if pause["rate_limit"]
@@ -99,6 +100,11 @@ def render_health(health: dict[str, Any], out: Console, store_key: str) -> None:
         out.print(f"[bold red]WhatsApp sends {what}[/] since {pause['since'] or 'unknown'}, until {pause['until']} "
                   f"(code {pause['code']}: " + escape(str(pause["reason"])) + f"); {pause['waiting']} message(s) wait",
                   highlight=False, soft_wrap=True)
+    for refused in health.get("refused_sites") or []:
+        out.print(f"[bold red]Deliveries from another site refused[/]: {escape(refused['site'])} ({refused['count']} since "
+                  f"{refused['first_at']}, last {refused['last_at']}); a staging copy of the shop is refused on purpose "
+                  f"(turn off its webhooks and cart plugin, or give it its own secrets); if it is this shop's own address "
+                  f"(a language directory), add it to the store's webhook_sources", highlight=False, soft_wrap=True)
     failed = health.get("inbox_failed") or 0
     if failed:
         out.print(f"[bold red]{failed} inbox row(s) failed[/] and wait for a replay: after the fix, "

@@ -18,6 +18,17 @@ typed, the quote in a hand-off's reason; a run still going keeps them). What the
 category, status, skip reason, the template's name, times, subjects, a run's phase, choice and
 outcome. ``content_removed_at`` marks
 an emptied row, so the timeline says so and a run skips the rows done before.
+
+Two more records of a customer's data have windows of their own:
+
+- a number she changed from on WhatsApp (``previous_numbers``, ``connector/number_change.py``) is kept
+  to tie a late status, reply or order on it to her conversation, so as long as that conversation:
+  ``worker.conversation_retention_days`` after the change (``purge_previous_numbers``); then a message
+  from it is a stranger's, as after an erasure;
+- a data request's stored export (her conversation and raw deliveries, copied) is the answer the store
+  owes her: kept ``worker.raw_body_retention_days`` after it was made, the window the raw bodies it
+  copies are kept in, then emptied (``expire_exports``). The request's row stays (kind, when, counts,
+  whom by id), ``status`` ``expired`` and ``erased_at`` when: that it was answered is on record.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Interval, bindparam, delete, func, literal, or_, select, update
 
-from connector.compliance import HANDOFF_CONTEXT_KEEP, MESSAGE_KEEP, PAYLOAD_KEEP, REDACTED, generic_scrub
+from connector.compliance import HANDOFF_CONTEXT_KEEP, MESSAGE_KEEP, PAYLOAD_KEEP, PREVIOUS, REDACTED, REQUESTS, generic_scrub
 from connector.handoffs import reason_without_words
 from connector.storage.db import Database
 from connector.storage.sql import ATTEMPTS, BODIES, HANDOFFS, INBOX, MESSAGES, OUTBOX, RUNS
@@ -70,6 +81,23 @@ def purge_raw_bodies(db: Database, now: datetime, retention_days: int, batch: in
         total += len(rows)
         if len(rows) < batch:
             return total
+
+
+def purge_previous_numbers(db: Database, now: datetime, retention_days: int) -> int:
+    """Forget the numbers customers changed from more than ``retention_days`` ago; returns how many."""
+    with db.write_lock(), db.engine.begin() as conn:
+        return conn.execute(delete(PREVIOUS).where(PREVIOUS.c.changed_at < now - timedelta(days=retention_days))).rowcount
+
+
+EXPIRED = "expired"
+
+
+def expire_exports(db: Database, now: datetime, retention_days: int) -> int:
+    """Empty the data-request exports made more than ``retention_days`` ago, keeping each request's row
+    (``status`` expired, ``erased_at`` now); returns how many."""
+    with db.write_lock(), db.engine.begin() as conn:
+        return conn.execute(update(REQUESTS).where(REQUESTS.c.export.is_not(None), REQUESTS.c.created_at < now - timedelta(days=retention_days))
+                            .values(export=None, status=EXPIRED, erased_at=now)).rowcount
 
 
 # ---- conversation content -------------------------------------------------------------------------------

@@ -107,6 +107,10 @@ class Runtime:
         self.secret_box = secret_box if secret_box is not None else SecretBox.from_env()
         self.shopify_tokens: dict[str, Any] = {}
         self.woo_webhook_secrets = WooWebhookSecrets(self.db, self.secret_box, clock=lambda: self.clock())
+        # deliveries refused as sent by another site than the store's, for the dashboard (connector/refused_sites.py)
+        from connector.refused_sites import RefusedSites
+
+        self.refused_sites = RefusedSites(self.db)
         self._wakeup = asyncio.Event()
         self._worker_task: asyncio.Task[None] | None = None
         self._stopping = False

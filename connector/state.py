@@ -380,6 +380,22 @@ def _opted_in_contact(conn: Connection, store_id: int, checkout: ev.Checkout, co
     return upsert_contact(conn, store_id, now, phone=wanted, customer=named)
 
 
+def _withdrawn_opt_in(conn: Connection, store_id: int, checkout: ev.Checkout, contact_id: int | None, inbox_id: int) -> None:
+    """She ticked the checkout's marketing opt-in and unticked it before leaving: a newer read of the same open
+    checkout (its own webhook, not the poll's read of her account; not a completion, which a cart plugin may post
+    without the field) says no. The consent the tick gave is taken back, to unknown as before it, so no cart reminder
+    goes to someone who declined. Only one this checkout gave (a checkout opt-in since it started); one given
+    elsewhere (WhatsApp, the store's consent webhook) stands."""
+    stored = checkout_row(conn, store_id, checkout.token)
+    if contact_id is None or stored is None or not stored.accepts_marketing or stored.source_updated_at > checkout.updated_at:
+        return
+    contact = contact_row(conn, contact_id)
+    if contact is None or (contact.consent_marketing, contact.consent_marketing_source) != ("granted", "checkout_opt_in") \
+            or contact.consent_marketing_at is None or contact.consent_marketing_at < stored.started_at:
+        return
+    record_consent(conn, store_id, contact_id, "marketing", "unknown", "checkout_opt_in_withdrawn", checkout.updated_at, inbox_id)
+
+
 def _checkout_contact(conn: Connection, store_id: int, token: str) -> int | None:
     """The contact a stored checkout has. A read that cannot see the checkout's own phone (Shopify's poll:
     the customer's account phone, which may be an old number) keeps it: taken as hers, her checkout would
@@ -867,7 +883,7 @@ def _apply_availability(conn: Connection, store: Any, store_id: int, product_id:
                                            updated_at=now) for k in stale])
     flipped = [k for k in stale if before.get(k, (True, True))[0] != after[0]]
     if flipped and not after[0]:
-        product_not_sold(conn, store_id, flipped, now)
+        product_not_sold(conn, store, store_id, flipped, now)
         return False  # its windows are cancelled here, and every tick's scan plans none for it (``CycleBook.unavailable``)
     if flipped:
         product_sold_again(conn, store, store_id, flipped, now)
@@ -911,6 +927,8 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             opted_in = _opted_in_contact(conn, store_id, checkout, read, now) if checkout.accepts_marketing else None
             if opted_in is not None:
                 record_consent(conn, store_id, opted_in, "marketing", "granted", "checkout_opt_in", checkout.updated_at, inbox_id, only_if_unknown=True)
+            elif checkout.phone_on_checkout and checkout.completed_at is None:
+                _withdrawn_opt_in(conn, store_id, checkout, read, inbox_id)
             out.stale = not apply_checkout(conn, store_id, checkout, out.contact_id)
         case ev.OrderDeleted(order_external_id=oid):
             out.subject, out.binned = f"order:{oid}", True

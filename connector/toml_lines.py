@@ -20,13 +20,20 @@ def _parts(dotted: str) -> list[str]:
     return [p[1:-1] if p[0] in "\"'" else p for p in _PART.findall(dotted)]
 
 
+def _toml_lines(text: str) -> list[str]:
+    """The file's lines as TOML counts them: only LF (or CRLF) ends one. ``str.splitlines`` also breaks
+    on U+2028, U+2029, U+0085, form feeds..., which are legal inside a string or comment, and would
+    shift every later line number."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def key_lines(text: str) -> dict[str, int]:
     """Every table header and ``key = value`` line, by the key path problems are named with (1-based lines)."""
     lines: dict[str, int] = {}
     arrays: dict[str, int] = {}  # an array of tables' path (its parents' indexes in it) -> its last index
     table = ""
     quote: str | None = None  # inside a multi-line string that began on an earlier line
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_toml_lines(text), 1):
         if quote is not None:
             if line.count(quote) % 2:
                 quote = None

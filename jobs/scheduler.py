@@ -289,10 +289,11 @@ async def product_sync_store(runtime: Any, store: Any, holder: str, interval: ti
 
 
 async def purge_job(runtime: Any, holder: str) -> dict[str, int]:
-    """Hourly, under a lease: raw webhook bodies past ``worker.raw_body_retention_days`` are dropped, and
-    conversation content past ``worker.conversation_retention_days`` is emptied (``connector/retention.py``).
+    """Hourly, under a lease: raw webhook bodies and data-request exports past ``worker.raw_body_retention_days``
+    are dropped, and conversation content and the numbers customers changed from past
+    ``worker.conversation_retention_days`` are emptied or forgotten (``connector/retention.py``).
     The time is the runtime's clock, as every other job's. Returns the rows purged or emptied per kind."""
-    from connector.retention import purge_conversations, purge_raw_bodies
+    from connector.retention import expire_exports, purge_conversations, purge_previous_numbers, purge_raw_bodies
 
     now = runtime.clock()
     worker = runtime.settings.worker
@@ -305,7 +306,12 @@ async def purge_job(runtime: Any, holder: str) -> dict[str, int]:
     if any(emptied.values()):  # counts only: never what was removed
         log.info("emptied conversation content past retention",
                  extra={"days": worker.conversation_retention_days, **{f"{k}_emptied": v for k, v in emptied.items()}})
-    return {"raw_bodies": purged, **emptied}
+    expired = await anyio.to_thread.run_sync(expire_exports, runtime.db, now, worker.raw_body_retention_days)
+    forgotten = await anyio.to_thread.run_sync(purge_previous_numbers, runtime.db, now, worker.conversation_retention_days)
+    if expired or forgotten:  # counts only
+        log.info("expired data-request exports and forgot changed numbers past retention",
+                 extra={"exports_expired": expired, "previous_numbers_forgotten": forgotten})
+    return {"raw_bodies": purged, **emptied, "exports_expired": expired, "previous_numbers": forgotten}
 
 
 # ---- the WhatsApp number's quality rating (Meta's webhooks say RED and GREEN, never YELLOW) ----

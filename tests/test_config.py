@@ -81,6 +81,18 @@ def test_not_a_shopify_domain_is_refused():
     assert err.value.problems == ["stores[0].shop_domain: must be the shop's *.myshopify.com domain"]
 
 
+def test_a_woocommerce_store_s_other_home_addresses_are_checked_at_load():
+    """``webhook_sources`` (a multilingual shop's language directories) are site addresses: a typo or a page with a
+    query is said at load, with its key path, not found later as orders refused."""
+    woo = {"key": "w", "platform": "woocommerce", "site_url": "https://w.example", "webhook_secret": "woo-s"}
+    ok = parse_settings({"stores": [{**woo, "webhook_sources": ["https://w.example/en/", "https://w.example/fr"]}]}, environ={})
+    assert [str(u) for u in ok.stores[0].webhook_sources] == ["https://w.example/en/", "https://w.example/fr"]
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"stores": [{**woo, "webhook_sources": ["w.example/en", "https://w.example/?lang=en"]}]}, environ={})
+    assert [p.split(":", 1)[0] for p in err.value.problems] == ["stores[0].webhook_sources[0]", "stores[0].webhook_sources[1]"]
+    assert "query" in err.value.problems[1]
+
+
 def test_secrets_never_appear_in_reprs_summaries_or_logs(caplog):
     settings = load_settings(EXAMPLE, environ={**EXAMPLE_ENV, "STORELOOP_ADMIN_TOKEN": "adm-tok-1"})
     logging.getLogger("storeloop.test").info("settings %s %r", settings, settings.stores[0])

@@ -424,6 +424,22 @@ def test_a_line_inside_a_multi_line_string_is_no_key(tmp_path):
     assert out[at + 1].strip() == f"at storeloop.toml line {_line_of(path.read_text(), 'backoff_cap_seconds', last=True)}"
 
 
+def test_a_windows_file_with_a_next_line_in_a_comment_names_the_right_line(tmp_path):
+    """Saved by a Windows editor (CRLF), with a NEL (U+0085) pasted into a comment and a paragraph separator (U+2029)
+    in a name: TOML ends a line only at LF, so the problem is at the line the owner sees in her editor."""
+    text = ('# shop settings\u0085from the old server\n[database]\nurl = "sqlite://"\n\n[[stores]]\nkey = "acme"\n'
+            'platform = "shopify"\nshop_domain = "acme.myshopify.com"\nwebhook_secret = "whsec-1"\n'
+            'name = "Acme\u2029Naturals"\ntimezone = "Asia/Kolkatta"\ndefault_country = "IN"\n')
+    path = tmp_path / "storeloop.toml"
+    path.write_bytes(text.replace("\n", "\r\n").encode("utf-8"))
+    result = runner.invoke(app, ["check-config", str(path)], terminal_width=400)
+    _no_traceback(result)
+    assert result.exit_code == 2, result.output
+    out = result.output.splitlines()
+    at = next(i for i, shown in enumerate(out) if "stores[0].timezone" in shown)
+    assert out[at + 1].strip() == f"at storeloop.toml line {_line_of(text, 'timezone = ')}", out[at:at + 2]
+
+
 @pytest.mark.parametrize(("old", "new", "expected"), [
     # WhatsApp Manager shows the ids as digits: pasted without quotes, TOML reads a number
     ('whatsapp_phone_number_id = "106540352242922"', "whatsapp_phone_number_id = 106540352242922",

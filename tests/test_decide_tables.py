@@ -30,7 +30,7 @@ from connector.journeys.checkout_recovery import CheckoutRecovery, CheckoutRecov
 from connector.journeys.cod_confirmation import CodConfirmation, CodConfirmationConfig
 from connector.journeys.delivery_updates import DeliveryUpdates, DeliveryUpdatesConfig
 from connector.journeys.engine import (
-    Facts, Finish, Handoff, MoveStage, OpenCase, OrderFacts, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw,
+    Facts, Finish, Handoff, MoveStage, OpenCase, OrderFacts, Refresh, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw,
     WithdrawWriteBack, WriteBack,
 )
 from connector.journeys.order_confirmation import OrderConfirmation, OrderConfirmationConfig
@@ -176,6 +176,8 @@ def short(c: Any) -> str:
             return f"withdraw_writeback:{c.key}:{c.reason}"
         case Rehome():
             return f"rehome:{c.contact_id}" + ("" if c.regroup else ",keeps_group")
+        case Refresh():
+            return f"refresh:{c.step}"
         case Handoff():
             return "handoff"
         case MoveStage():
@@ -448,8 +450,8 @@ COD_CASES = [
          ["update(answered_at,choice)", "wake:none", "add_tags:cod-confirmed", "set_status:processing", "stage:post_purchase", "finish:confirmed"]),
     Case("Confirm with the pay-now offer", tap("cod_confirm"), run("cod_confirmation", ASKED), facts(order(), **HERE),
          CodConfirmationConfig(prepaid_offer=True, send_acknowledgement=True),
-         ["update(answered_at,choice)", "wake:none", "add_tags:cod-confirmed", "send:confirmed", "send:prepaid_offer", "stage:post_purchase",
-          "finish:confirmed"]),
+         ["update(answered_at,choice)", "wake:none", "add_tags:cod-confirmed", "send:confirmed", "update(prepaid_offered)", "send:prepaid_offer",
+          "stage:post_purchase", "finish:confirmed"]),
     Case("Cancel: cancel in the store", tap("cod_cancel"), run("cod_confirmation", ASKED), facts(**HERE), COD,
          ["update(answered_at,choice)", "wake:none", "cancel_order", "finish:cancelled"], state={"choice": "cancelled"}),
     Case("Cancel, configured to tag only", tap("cod_cancel"), run("cod_confirmation", ASKED), facts(**HERE),
@@ -915,7 +917,8 @@ CHECKOUT_CASES = [
          ["update(abandoned_at,currency,product,recovery_url,total)", "wake:+50m"]),
     Case("an update after the first reminder: the ladder goes on from its abandonment, no restart, quoting the cart as it is now",
          checkout(updated=T0 + H, url="https://shop.example/recover/tok1-v2", total="2500", product="Rose toner"),
-         run("checkout_recovery", {**LADDER, "step": 1}, subject=CART), facts(), CR, ["update(currency,product,recovery_url,total)"],
+         run("checkout_recovery", {**LADDER, "step": 1}, subject=CART), facts(), CR,
+         ["update(currency,product,recovery_url,total)", "refresh:first"],
          state={"total": "2500", "product": "Rose toner", "recovery_url": "https://shop.example/recover/tok1-v2", "abandoned_at": None}),
     Case("her checkout now gives a phone that is another contact's: no more reminders to the number she replaced",
          checkout(updated=T0 + H, phone="+919811111111"), run("checkout_recovery", ONE_SENT, subject=CART), facts(contact=8), CR,
@@ -931,13 +934,13 @@ CHECKOUT_CASES = [
     Case("the late webhook after a reminder went to the account phone: the next ones go to the checkout's phone, the group stays",
          checkout(updated=T0 + H, phone="+919876543210"), run("checkout_recovery", {**ONE_SENT, "step": 1, "account_phone": True}, subject=CART),
          facts(contact=8), CR, ["update(account_phone,moved_from_contact)", "rehome:8,keeps_group",
-                                "update(currency,product,recovery_url,total)"]),
+                                "update(currency,product,recovery_url,total)", "refresh:first"]),
     Case("the late webhook names the account phone's own contact: nothing moves, and the contact is hers from now on",
          checkout(updated=T0 + 20 * MIN, phone="+919876543210"), run("checkout_recovery", {**LADDER, "account_phone": True}, subject=CART),
          facts(), CR, ["update(account_phone)", "update(abandoned_at,currency,product,recovery_url,total)", "wake:+50m"],
          state={"account_phone": False}),
     Case("the same phone again (the same contact): only the cart is kept current", checkout(updated=T0 + H, phone="+919876543210"),
-         run("checkout_recovery", ONE_SENT, subject=CART), facts(), CR, ["update(currency,product,recovery_url,total)"]),
+         run("checkout_recovery", ONE_SENT, subject=CART), facts(), CR, ["update(currency,product,recovery_url,total)", "refresh:first"]),
     Case("completed before it was abandoned: stop, never abandoned", checkout(completed=T0 + 20 * MIN),
          run("checkout_recovery", LADDER, subject=CART), facts(), CR, ["wake:none", "finish:completed"], state={"abandoned": None}),
     Case("completed after its abandonment time, before the first step fired: stop, it was abandoned", checkout(completed=T0 + H),

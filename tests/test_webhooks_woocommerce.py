@@ -178,3 +178,60 @@ def test_a_staging_clone_of_the_site_signing_with_the_same_secret_is_refused(db_
     assert [r.source for r in warned] == ["https://staging.bloom.example/", "https://bloom.example/staging/",
                                           "https://bloom-example.wpstage.net/"]
     assert all(r.store == "woo" and SECRETS["woo"] not in r.getMessage() for r in warned)
+
+
+def test_deliveries_refused_as_another_site_are_shown_where_the_owner_looks(db_url, caplog):
+    """A shop whose home address is not its site_url (a language directory WPML adds, a new domain) has every order
+    refused as "another site": before, only a log line said so, and the dashboard and the report showed a healthy
+    store while no order reached a journey. Now its connector health names the site, since when and the fix (the
+    log line too), for a week after the last refusal. A flood costs no write storm: the count is written at most
+    once a minute per store, and what came meanwhile is added at the next write."""
+    import logging
+    from datetime import datetime, timedelta, timezone
+
+    from rich.console import Console
+
+    from connector.report_view import render_health
+
+    caplog.set_level(logging.WARNING, logger="storeloop")
+    t0 = datetime(2026, 11, 20, 6, 30, tzinfo=timezone.utc)
+    now = [t0]
+
+    def from_site(source: str, order_id: int) -> int:
+        body = dumps(cod_order(id=order_id))
+        headers = {**woo_headers(body, SECRETS["woo"], "order.created"), "X-WC-Webhook-Source": source}
+        return client.post(URL, content=body, headers=headers).status_code
+
+    def health() -> dict:
+        return client.get("/api/stores/woo/report", headers=ADMIN).json()["connector_health"]
+
+    def report_lines() -> str:
+        out = Console(record=True, width=400, color_system=None)
+        render_health(health(), out, "woo")
+        return out.export_text()
+
+    with running_app(make_settings(db_url), clock=lambda: now[0]) as (client, runtime):
+        assert health()["refused_sites"] == []
+        codes = [from_site("https://bloom.example/en/", 700 + n) for n in range(30)]  # one minute's orders
+        first = health()["refused_sites"]
+        now[0] = t0 + timedelta(seconds=61)
+        codes.append(from_site("https://bloom.example/en/", 800))
+        later = health()["refused_sites"]
+        said = report_lines()
+        assert client.post("/dashboard/login", data={"token": SECRETS["admin"], "next": "/dashboard"}).status_code == 200
+        page = client.get("/dashboard/woo").text
+        now[0] = t0 + timedelta(days=8)  # the copy or the address fixed: nothing refused for a week
+        gone = health()["refused_sites"], client.get("/dashboard/woo").text
+    assert codes == [401] * 31
+    # one write for the first minute's 30 refusals, the next one adds them up
+    assert [(s["site"], s["count"], s["first_at"], s["last_at"]) for s in first] == [
+        ("https://bloom.example/en/", 1, t0.isoformat(), t0.isoformat())]
+    assert [(s["site"], s["count"], s["last_at"]) for s in later] == [
+        ("https://bloom.example/en/", 31, (t0 + timedelta(seconds=61)).isoformat())]
+    assert "Deliveries from another site refused" in said and "https://bloom.example/en/ (31 since" in said
+    assert "webhook_sources" in said
+    callout = page.split('id="refused-sites"')[1].split("</div>")[0]
+    assert "https://bloom.example/en/: 31 since" in callout and "webhook_sources" in callout
+    assert gone[0] == [] and 'id="refused-sites"' not in gone[1]
+    warned = [r for r in caplog.records if r.getMessage() == "woocommerce webhook from another site refused"]
+    assert len(warned) == 31 and all(r.source == "https://bloom.example/en/" and "webhook_sources" in r.hint for r in warned)

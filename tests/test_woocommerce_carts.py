@@ -171,6 +171,43 @@ def test_wrong_or_missing_token_is_401_and_stores_nothing(db_url, caplog):
     assert TOKEN not in logged and wrong not in logged and TOKEN[:-1] not in logged
 
 
+def test_a_staging_copy_s_cart_posts_are_refused_and_the_shop_s_own_are_stored(db_url, caplog):
+    """A copy of the shop (a staging host, WP Staging's subfolder) posts its carts with the live token it was cloned
+    with: its recovery link opens the copy, so none may start a reminder. WordPress names its home_url() in the
+    User-Agent and the link is a page of the sending site: another site than site_url (or a webhook_sources
+    address) is 401, nothing stored, a warning naming the site and the setting, never the link's cart token. The
+    shop's own posts pass whatever the scheme, a www., a listed language directory or a checkout on its own host."""
+    raw = settings_dict(db_url)
+    woo = raw["stores"][2]
+    woo.update(cart_webhook_token=TOKEN, webhook_sources=["https://bloom.example/en/"],
+               checkout_url="https://pay.bloom.example/kasse/")
+
+    def send(n: int, agent: str | None, site: str = "https://bloom.example"):
+        fields = cart(session=f"s{n:031d}")
+        fields["checkout_url"] = fields["checkout_url"].replace("https://bloom.example", site)
+        headers = {"User-Agent": agent} if agent is not None else {}
+        return client.post(URL, content=http_build_query(fields), headers=headers).status_code
+
+    caplog.set_level(logging.WARNING, logger="storeloop")
+    with running(parse_settings(raw, environ={}), Clock(T0)) as (client, runtime):
+        copies = [send(1, "WordPress/6.8; https://staging.bloom.example", "https://staging.bloom.example"),
+                  send(2, "WordPress/6.8; https://bloom.example/staging", "https://bloom.example/staging"),
+                  send(3, None, "https://bloom-example.wpstage.net"),  # its User-Agent filtered away: the link names it
+                  send(4, "WordPress/6.8; https://bloom.example", "https://bloom-example.wpstage.net")]
+        own = [send(5, "WordPress/6.8; https://bloom.example"), send(6, "WordPress/6.8; http://www.bloom.example"),
+               send(7, "WordPress/6.8; https://bloom.example/en", "https://bloom.example/en"), send(8, None),
+               send(9, "WordPress/6.8; https://bloom.example", "https://pay.bloom.example"),
+               send(10, "Mozilla/5.0 (a site's own agent)")]
+        stored = [r.dedupe_key.split(":")[2] for r in inbox(runtime)]
+    assert copies == [401] * 4
+    assert own == [200] * 6
+    assert stored == [f"wcf-s{n:031d}" for n in range(5, 11)]
+    warned = [r for r in caplog.records if r.getMessage() == "woocommerce cart webhook from another site refused"]
+    assert [r.source for r in warned] == ["https://staging.bloom.example", "https://bloom.example/staging",
+                                          "https://bloom-example.wpstage.net", "https://bloom-example.wpstage.net"]
+    assert all("webhook_sources" in r.hint and "wcf_ac_token" not in str(r.__dict__) for r in warned)
+
+
 @pytest.mark.parametrize(
     ("raw", "error"),
     [

@@ -41,6 +41,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 from adapters._parse import get_datetime, get_decimal, req_str
 from adapters.envelope import Envelope, is_ascii
+from adapters.woocommerce import site
 from connector.config import WooCommerceStore
 from connector.contacts import normalize_phone
 from connector.errors import BadPayloadError, NormalizationError, VerificationError
@@ -101,6 +102,23 @@ def parse_form(body: bytes) -> dict[str, str]:
         raise BadPayloadError(f"missing {', '.join(missing)}")
     recovery_url(fields["checkout_url"])  # raises when it is not a link
     return fields
+
+
+def other_site(store: WooCommerceStore, headers: Mapping[str, str], fields: Mapping[str, str]) -> str | None:
+    """The site that sent this post when it is not the store's own (a staging copy posts with the live
+    token it was cloned with, and its recovery link opens the copy), None when it is the store's.
+
+    WordPress names its ``home_url()`` in the User-Agent (``WordPress/6.8; https://bloom.example``):
+    compared as ``X-WC-Webhook-Source`` is (``site_url`` or ``webhook_sources``). The ``checkout_url``
+    must be a page of the store's site, which catches a copy on another host even when a site
+    changed its User-Agent. Only ``scheme://host`` of a page is returned: the link holds the cart's token."""
+    home = site.user_agent_home(headers)
+    if home is not None and not site.is_own_site(store, home):
+        return site.shown(home)
+    url = recovery_url(fields["checkout_url"])
+    if not site.is_own_page(store, url):
+        return site.origin(url)
+    return None
 
 
 def envelope(headers: Mapping[str, str], fields: Mapping[str, str], received_at: datetime) -> Envelope:

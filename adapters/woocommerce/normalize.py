@@ -7,6 +7,7 @@ report what the body says. Field notes: platform-facts.md B2 (orders, COD), B3 (
 
 from __future__ import annotations
 
+import html
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -135,7 +136,7 @@ def _product(data: dict) -> ProductUpdated:
             meta.setdefault(key, str(value).strip())
     replenish = next((meta[k] for k in REPLENISH_META if k in meta), None)
     status = get_str(data, "status")
-    return ProductUpdated(product_id=req_id(data, "id"), title=get_str(data, "name") or "", tags=tuple(tags), replenish=replenish,
+    return ProductUpdated(product_id=req_id(data, "id"), title=_plain(get_str(data, "name")), tags=tuple(tags), replenish=replenish,
                           available=status is None or status.strip().lower() == "publish",
                           in_stock=(get_str(data, "stock_status") or "").strip().lower() != "outofstock",
                           skus=tuple(sku for sku in (get_str(data, "sku"),) if sku), updated_at=get_datetime(data, "date_modified_gmt"))
@@ -462,6 +463,13 @@ def _customer(
     )
 
 
+def _plain(name: str | None) -> str:
+    """A product or line name as the customer reads it: WordPress keeps titles HTML-escaped (``Salt &amp;
+    Pepper``, a variation's ``Ship Your Idea &ndash; Color: Black``) and the REST API returns them so; a
+    WhatsApp message shows text, where the entity would be printed as typed."""
+    return html.unescape(name) if name and "&" in name else (name or "")
+
+
 def _line_items(o: Body) -> tuple[LineItem, ...]:
     items = []
     for where, li in get_objects(o, "line_items"):
@@ -472,7 +480,7 @@ def _line_items(o: Body) -> tuple[LineItem, ...]:
                 product_id=get_id(li, "product_id", where, zero_is_none=True),
                 variant_id=get_id(li, "variation_id", where, zero_is_none=True),
                 sku=get_str(li, "sku", where),
-                title=get_str(li, "name", where) or "",
+                title=_plain(get_str(li, "name", where)),
                 quantity=get_int(li, "quantity", where, default=1),
                 price=Decimal("0") if price is None else price,
                 discount=_line_discount(li, where),

@@ -12,9 +12,9 @@ import hmac
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from adapters.envelope import Envelope, body_digest, is_ascii
+from adapters.woocommerce import site
 from connector.config import WooCommerceStore
 from connector.errors import VerificationError
 
@@ -63,35 +63,24 @@ def verify(store: WooCommerceStore, headers: Mapping[str, str], body: bytes, *, 
     raise VerificationError("X-WC-Webhook-Signature does not match")
 
 
-def _site(url: str) -> tuple[str, str] | None:
-    """A site address as WordPress may write it for one shop: host (IDNA, lower case, no ``www.``,
-    no default port) and path (no trailing slash); the scheme left out (a proxy may serve https
-    while ``home_url`` says http). None when it is no address."""
-    try:
-        parts = urlsplit(url.strip())
-        host = (parts.hostname or "").encode("idna").decode("ascii").lower()
-        port = parts.port
-    except (ValueError, UnicodeError):
-        return None
-    if not host:
-        return None
-    host = host.removeprefix("www.")
-    if port not in (None, 80, 443):
-        host = f"{host}:{port}"
-    return host, parts.path.rstrip("/")
+def source(headers: Mapping[str, str]) -> str | None:
+    """``X-WC-Webhook-Source`` as WooCommerce wrote it (UTF-8, not the latin-1 the server reads), None when absent."""
+    value = headers.get("x-wc-webhook-source")
+    return None if value is None else site.header_text(value)
 
 
 def verify_source(store: WooCommerceStore, headers: Mapping[str, str]) -> None:
-    """``X-WC-Webhook-Source`` (the sending site's ``home_url('/')``, WooCommerce 2.6+) is the store's ``site_url``.
+    """``X-WC-Webhook-Source`` (the sending site's ``home_url('/')``, WooCommerce 2.6+) is the store's ``site_url``
+    or one of its ``webhook_sources``.
 
     A copy of the shop (a host's staging site, a clone for tests) carries the live shop's webhooks with
     their secret, so its test orders come correctly signed; only this header tells them apart. Absent
     (an older WooCommerce), nothing is checked."""
-    source = headers.get("x-wc-webhook-source")
-    if source is None:
+    sent = source(headers)
+    if sent is None:
         return
-    if _site(source) != _site(str(store.site_url)):
-        raise VerificationError("X-WC-Webhook-Source is another site than the store's site_url")
+    if not site.is_own_site(store, sent):
+        raise VerificationError("X-WC-Webhook-Source is another site than the store's site_url and webhook_sources")
 
 
 def envelope(headers: Mapping[str, str], body: bytes, payload: Any) -> Envelope:
@@ -102,7 +91,7 @@ def envelope(headers: Mapping[str, str], body: bytes, payload: Any) -> Envelope:
     at delivery time, so (id, date_modified_gmt) names the state it carries.
     """
     topic = (headers.get("x-wc-webhook-topic") or "").strip()
-    kept = {h: headers[h] for h in _KEPT_HEADERS if h in headers}
+    kept = {h: site.header_text(headers[h]) for h in _KEPT_HEADERS if h in headers}  # the source: UTF-8 as sent
     ignored = None if topic in TOPICS else f"unknown topic {topic or '(none)'}"
     key = None
     if isinstance(payload, dict):

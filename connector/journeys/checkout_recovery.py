@@ -7,12 +7,13 @@ step). A run starts with the checkout, so one bought minutes later was never aba
 was bought or completed only after its abandonment time), and only those are the report's
 abandoned checkouts and enter its lift. A change to the checkout before the first reminder
 pushes the ladder back; after it, the ladder keeps its times and its reminders quote the
-checkout as it is now (link, total, product). A checkout that now gives a phone that is
+checkout as it is now (link, total, product), the one still held for quiet hours too (``engine.Refresh``). A checkout that now gives a phone that is
 another contact's ends the run (``contact_changed``): no more reminders to the number she
 replaced, and a run's contact (its holdout group, its consent) is fixed when it starts, so
 the ladder does not move to the new one. Except once, for a run a read that could not see the
-checkout's phone started (Shopify's poll, before the checkout's late webhook: the customer's account
-phone): the first read that sees it moves the run to that number (``_to_checkout_phone``).
+checkout's phone started (Shopify's poll, before the checkout's late webhook), or a checkout that gave
+none yet (her email first, the phone with the address): both are on the customer's account phone, and
+the first read that sees the checkout's phone moves the run to that number (``_to_checkout_phone``).
 The run stops the moment an order arrives for that checkout or from the same customer (phone,
 customer id, or email for a phone-less order: ``state.upsert_contact``; or her email under another phone, for an order
 matching no run by its checkout or phone: ``runner._one_email_contacts_runs``), or the customer replies to it (a tap, words, a photo or
@@ -70,12 +71,13 @@ from connector.journeys._common import (
     answers_run, awaits_payment, cart_ladder_takes, continued, deleted_order, end_for_deleted_order, is_reply, unpaid_order,
 )
 from connector.journeys.engine import (
-    Command, Facts, Finish, JourneyConfig, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw,
+    Command, Facts, Finish, JourneyConfig, Refresh, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw,
 )
 
 STEPS = ("first", "second", "third")
-# run state: the run's contact is the one a read that could not see the checkout's phone named (Shopify's poll:
-# the customer's account phone); the first read that sees it moves the run there (``_to_checkout_phone``)
+# run state: the run's contact is the one a read that could not see the checkout's phone named (Shopify's poll, or a
+# checkout with no phone yet: the customer's account phone); the first read that sees one moves the run there
+# (``_to_checkout_phone``)
 ACCOUNT_PHONE = "account_phone"
 CONTINUE_WITHIN = timedelta(days=1)  # a pending order goes on from a cart whose last reminder is this recent (``_cart_reminded``)
 ORDER_EVENTS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)
@@ -289,7 +291,9 @@ class CheckoutRecovery:
         if run is None:
             if facts.contact_id is None or not c.recovery_url or self._cart_of_her_order(c, facts, config, now):
                 return []
-            guessed = {} if c.phone_on_checkout else {ACCOUNT_PHONE: True}
+            # a checkout that names no phone of its own (Shopify's poll; her first step, the email, before the phone
+            # she types with the address) is on her account's contact: a guess the first phone it gives corrects
+            guessed = {} if c.phone_on_checkout and c.customer.phone is not None else {ACCOUNT_PHONE: True}
             return [Start(f"checkout:{c.token}", facts.contact_id, {**state, "sent": 0, **guessed}), Wake(first)]
         if run.status != "active":
             return []
@@ -304,8 +308,12 @@ class CheckoutRecovery:
             return [Update({"contact_changed_to": facts.contact_id}), Wake(None), Finish("contact_changed")]
         if self._step(run) == 0:
             return [Update(state), Wake(first)]  # still shopping: push back
-        # back after a reminder: the next ones quote the cart as it is now, on the ladder's own times
-        return [Update(self._cart(c))] if c.recovery_url else []
+        if not c.recovery_url:
+            return []
+        # back after a reminder: the next ones quote the cart as it is now, on the ladder's own times, and so does
+        # the last one if it still waits to go out (held for quiet hours: written when it was queued)
+        step = self._step(run) - 1
+        return [Update(self._cart(c)), Refresh(STEPS[step], self._context({**run.state, **self._cart(c)}, step, config))]
 
     @staticmethod
     def _cart(c: ev.Checkout) -> dict[str, Any]:
@@ -515,10 +523,7 @@ class CheckoutRecovery:
         step = self._step(run)
         if step >= len(config.ladder_minutes):
             return [Wake(None), Finish("no_conversion", skip_waiting=False)]
-        ctx = {"checkout.recovery_url": run.state.get("recovery_url"), "checkout.total": (run.state.get("total"), run.state.get("currency")),
-               "reorder.product": run.state.get("product") or "your items"}
-        if config.discount_code and step + 1 >= config.discount_from_step:
-            ctx["discount.code"] = config.discount_code
+        ctx = self._context(run.state, step, config)
         abandoned_at = datetime.fromisoformat(run.state["abandoned_at"])
         progress: dict[str, Any] = {"step": step + 1}
         if facts.extra.get("marketing_ok", True):
@@ -530,6 +535,15 @@ class CheckoutRecovery:
         else:
             commands.append(Wake(now + timedelta(days=config.attribution_days), listening=True))  # the window after the last reminder
         return commands
+
+    @staticmethod
+    def _context(state: dict[str, Any], step: int, config: CheckoutRecoveryConfig) -> dict[str, Any]:
+        """What ladder step ``step`` (0-based) quotes: the cart as the run keeps it, and the discount from its step on."""
+        ctx: dict[str, Any] = {"checkout.recovery_url": state.get("recovery_url"), "checkout.total": (state.get("total"), state.get("currency")),
+                               "reorder.product": state.get("product") or "your items"}
+        if config.discount_code and step + 1 >= config.discount_from_step:
+            ctx["discount.code"] = config.discount_code
+        return ctx
 
     @staticmethod
     def _attributed(run: Run, facts: Facts, config: CheckoutRecoveryConfig, at: datetime) -> bool:

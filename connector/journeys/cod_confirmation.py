@@ -53,6 +53,10 @@ of them has an open question (a run still in its delay has none, even alone); wi
 is changed, they stop asking, and a person asks her which order she meant.
 
 An order taken at the store's till (Shopify POS) is not asked about unless ``include_pos``.
+
+With ``prepaid_offer``, Confirm also offers to pay now (the order's payment link, ``prepaid_discount_code``). A
+promotional template waits out quiet hours; the order paid, cancelled or shipped before it goes out withdraws it
+(``prepaid_offer_withdrawn``), and an opt-out stops it at the gate.
 """
 
 from __future__ import annotations
@@ -220,6 +224,10 @@ class CodConfirmation:
             return end_for_deleted_order(run)
         if run is None:
             return self._start(event, facts, config, now)
+        if run.status != "active" and run.state.get("prepaid_offered") and not run.state.get("prepaid_offer_withdrawn"):
+            moved = self._moved_on(event)
+            if moved is not None:  # an offer still waiting (quiet hours, a retry) no longer makes sense
+                return [Update({"prepaid_offer_withdrawn": moved}), Withdraw()]
         waiting = run.status == "active" and run.state.get("phase") == "cancel_reason"
         if run.status == "active" and not waiting:
             if isinstance(event, ev.OrderCancelled) or (isinstance(event, ev.OrderUpdated) and event.order.cancelled_at is not None):
@@ -271,6 +279,18 @@ class CodConfirmation:
         if isinstance(event, TimerFired) and run.status == "active":
             return self._timer(run, facts, config, now)
         return []
+
+    @staticmethod
+    def _moved_on(event: Any) -> str | None:
+        """What a store event says happened to a confirmed order that makes its offer to pay now wrong: it was
+        paid (by her, or marked paid), cancelled, or shipped. None: nothing of the kind."""
+        if isinstance(event, ev.OrderCancelled) or (isinstance(event, ev.OrderUpdated) and event.order.cancelled_at is not None):
+            return "order_cancelled"
+        if paid_event(event):
+            return "paid"
+        if shipped_event(event):
+            return "shipped"
+        return None
 
     @staticmethod
     def _answer_payload(event: ev.ButtonReplied, config: CodConfirmationConfig) -> bool:
@@ -678,7 +698,8 @@ class CodConfirmation:
             offer = order_context(facts)
             if config.prepaid_discount_code:
                 offer["discount.code"] = config.prepaid_discount_code
-            commands.append(Send("prepaid_offer", offer))
+            # kept, so an order paid, cancelled or shipped before it goes out (held for quiet hours) withdraws it
+            commands += [Update({"prepaid_offered": True}), Send("prepaid_offer", offer)]
         elif config.prepaid_offer:  # e.g. a WooCommerce COD order in processing: its pay page would refuse payment
             commands.append(Update({"prepaid_offer_skipped": "no_payment_link"}))
         return commands + [MoveStage("post_purchase"), Finish("confirmed")]

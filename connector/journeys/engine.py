@@ -149,6 +149,16 @@ class Send:
 
 
 @dataclass(frozen=True, slots=True)
+class Refresh:
+    """Write the run's message of ``step`` again with these values if it is still waiting (held for quiet
+    hours, a retry), at its own time: what it quotes changed meanwhile (the cart she came back to and
+    changed). One that went out, is being sent or was skipped stays as it is; none queued: nothing."""
+
+    step: str
+    context: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class WriteBack:
     """Change the order in the store (tag, cancel, note, status), through the outbox."""
 
@@ -246,7 +256,7 @@ class MoveStage:
     stage: str
 
 
-Command = Start | Send | WriteBack | Update | Wake | Finish | Withdraw | WithdrawWriteBack | Rehome | Handoff | MoveStage
+Command = Start | Send | Refresh | WriteBack | Update | Wake | Finish | Withdraw | WithdrawWriteBack | Rehome | Handoff | MoveStage
 
 
 class Journey(Protocol):

@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 
 from connector import events as ev
 from connector.journeys.engine import (
-    Facts, Finish, Handoff, MoveStage, OpenCase, OrderFacts, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw,
+    Facts, Finish, Handoff, MoveStage, OpenCase, OrderFacts, Refresh, Rehome, Run, Send, Start, TimerFired, Update, Wake, Withdraw,
     WithdrawWriteBack, WriteBack,
 )
 from connector.handoffs import HandoffRequest, journey_stage, open_handoff, stage_after
@@ -34,7 +34,7 @@ from connector.journeys._common import continued, is_reply
 from connector.journeys import timer_failures
 from connector.journeys.registry import journeys
 from connector.outbox import store as ob
-from connector.outbox.queue import queue_template, step_key
+from connector.outbox.queue import queue_template, refresh_template, step_key
 from connector.policy import worth_trying
 from connector.templates import shows
 from connector.rows import contact_row, order_row
@@ -900,6 +900,10 @@ class JourneyRunner:
                     held_send = held_send or queued.deferred
                     if queued.deferred and run_id is not None and not created and getattr(journeys().get(journey), "marketing", False):
                         _supersede_waiting(conn, store, store_id, journey, cmd.step, subject, now)
+            elif isinstance(cmd, Refresh):
+                if contact_id is not None and run_id is not None and not created and not holdout:
+                    refresh_template(conn, store=store, store_id=store_id, contact_id=contact_id, journey=journey, step=cmd.step,
+                                     subject=subject, context=cmd.context, now=now)
             elif isinstance(cmd, WriteBack):
                 ob.enqueue(conn, store_id=store_id, key=writeback_key(journey, cmd.key, subject), contact_id=contact_id,
                            journey=journey, step=cmd.key, category=None, channel="store",

@@ -134,6 +134,45 @@ def queue_template(
     return _queued(conn, new_id, reason, when > now)
 
 
+# the row FOR UPDATE: the dispatcher's claim (SKIP LOCKED) passes over it until the new message is written
+_WAITING_BY_KEY = select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.payload).where(
+    OUTBOX.c.store_id == bindparam("sid"), OUTBOX.c.idempotency_key == bindparam("key"), OUTBOX.c.channel == "whatsapp"
+).with_for_update()
+
+
+def refresh_template(
+    conn: Connection,
+    *,
+    store: ShopifyStore | WooCommerceStore,
+    store_id: int,
+    contact_id: int,
+    journey: str,
+    step: str,
+    subject: str,
+    context: dict[str, Any],
+    now: datetime,
+) -> bool:
+    """Render a step's message again with ``context`` if it is still waiting (``pending``: held for quiet hours,
+    a retry), keeping its time and gate (``engine.Refresh``); True if it was. One that went out, is being sent
+    or was skipped stays as it was, and so does one the new values cannot fill (a missing value)."""
+    tpl = store.template_for(f"{journey}.{step}")
+    if tpl is None:
+        return False
+    flush(conn)  # the row may be held for the batch's executemany
+    row = conn.execute(_WAITING_BY_KEY, {"sid": store_id, "key": step_key(journey, step, subject)[:255]}).first()
+    if row is None or row.status != "pending":
+        return False
+    contact = _contact(conn, store, store_id, contact_id)
+    if contact.phone_e164 is None:
+        return False
+    try:
+        message = render_stored(tpl, context, to=contact.phone_e164, callback_data=None)
+    except MissingValueError:
+        return False
+    update_by_id(conn, OUTBOX, row.id, {"payload": {**(row.payload or {}), "message": message}, "updated_at": now})
+    return True
+
+
 def _requeue_missing_value(conn: Connection, store_id: int, key: str, payload: dict[str, Any], due_at: datetime,
                            now: datetime) -> int | None:
     """The key's row skipped for a missing value becomes pending with the full message; its id, or

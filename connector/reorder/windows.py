@@ -28,9 +28,12 @@ with the same email or platform customer id, or an order still awaiting payment,
 transfer on hold) is ``reordered`` without a reminder.
 
 A product that stops being sold (archived, a draft, binned or deleted) has its pending windows
-cancelled at once (``product_not_sold``, with ``cancel_reason`` ``not_sold``); sold again, those still
-ahead, or due within ``late_days``, are pending again (``product_sold_again``). Windows cancelled for
-any other reason (the order called off, the line returned) stay cancelled.
+cancelled at once (``product_not_sold``, with ``cancel_reason`` ``not_sold``), and the runs of its opened
+windows end with what they still have waiting (a reminder held for quiet hours, a follow-up); sold again, those still
+ahead, or due within ``late_days``, are pending again (``product_sold_again``). A window cancelled because
+its order was called off (``cancel_reason`` ``called_off``) is planned again by the next scan if the order
+counts again (a WooCommerce order restored from the bin) and is still her latest purchase of the product.
+Windows cancelled for any other reason (the line returned) stay cancelled.
 
 A contact a privacy erasure left (``compliance``: no phone, ``phone_key`` ``redacted:<id>``) is
 planned no window by either scan (her purchases still teach the products' cycles, as counts do
@@ -41,6 +44,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import operator
 import sys
@@ -72,6 +77,7 @@ log = logging.getLogger("storeloop.reorder")
 JOURNEY = "reorder"
 CURSOR = "reorder_windows"
 RELEARNED = "reorder_relearned"
+PLANNED_ON = "reorder_planned_on"  # the digest of the planning settings of the last full scan
 RELEARN_EVERY = timedelta(hours=24)
 OVERLAP = timedelta(minutes=5)  # rows committed just after a scan started, with an earlier updated_at
 WRITE_BATCH = 5000
@@ -434,9 +440,17 @@ def _upsert_sql(dialect: str, rows: int = 1) -> str:
                f"WHERE orders.store_id = reorder_windows.store_id AND orders.external_id = reorder_windows.reorder_order_id "
                f"AND (orders.contact_id = reorder_windows.contact_id OR orders.cancelled_at IS NOT NULL "
                f"OR orders.payment_state IN ({no_reorder}))))")
+    # A window cancelled because its order was called off, whose order counts again (a WooCommerce order restored
+    # from the bin): the scan plans it as her latest purchase, so it is pending again. The order is read again here,
+    # as it stands now: the full scan read it outside this transaction.
+    called_off = ", ".join(f"'{state}'" for state in CALLED_OFF_STATES)
+    restored = (f"(reorder_windows.status = 'cancelled' AND reorder_windows.cancel_reason = '{CALLED_OFF}' "
+                f"AND reorder_windows.opened_at IS NULL AND EXISTS (SELECT 1 FROM orders "
+                f"WHERE orders.store_id = reorder_windows.store_id AND orders.external_id = reorder_windows.order_external_id "
+                f"AND orders.cancelled_at IS NULL AND (orders.payment_state IS NULL OR orders.payment_state NOT IN ({called_off}))))")
     return (f"INSERT INTO reorder_windows ({', '.join(cols)}) VALUES {', '.join([one] * rows)} "
-            f"ON CONFLICT (store_id, order_external_id, product_key) DO UPDATE SET {moves}, status = 'pending', reorder_order_id = NULL "
-            f"WHERE reorder_windows.status = 'pending' OR {revived}")
+            f"ON CONFLICT (store_id, order_external_id, product_key) DO UPDATE SET {moves}, status = 'pending', reorder_order_id = NULL, "
+            f"cancel_reason = NULL WHERE reorder_windows.status = 'pending' OR {revived} OR {restored}")
 
 
 PG_ROWS_PER_STATEMENT = 100  # 1,700 parameters a statement
@@ -465,11 +479,12 @@ _MARK_REORDERED = (
 # already cancelled because its product was not sold takes the order's reason: it must not come back
 # when the product does.
 NOT_SOLD = "not_sold"  # cancel_reason of a window whose product stopped being sold: planned again if it is sold again
+CALLED_OFF = "called_off"  # cancel_reason of a window whose order was called off: planned again if the order counts again (restored)
 _MARK_CANCELLED = (
     update(W)
     .where(W.c.store_id == bindparam("sid"), W.c.order_external_id == bindparam("o"),
            or_(func.coalesce(W.c.status, "") == "pending", W.c.cancel_reason == NOT_SOLD))
-    .values(status="cancelled", cancel_reason="called_off", updated_at=bindparam("now"))
+    .values(status="cancelled", cancel_reason=CALLED_OFF, updated_at=bindparam("now"))
 )
 
 
@@ -492,7 +507,7 @@ def _write(conn: Connection, store_id: int, plan: Plan, now: datetime) -> None:
         conn.execute(_MARK_CANCELLED, [{"sid": store_id, "o": o, "now": now} for o in plan.cancelled_orders])
 
 
-NO_PURCHASE = ("called_off", "not_a_line", "unplanned")  # cancel reasons of a window that may be no purchase now
+NO_PURCHASE = (CALLED_OFF, "not_a_line", "unplanned")  # cancel reasons of a window that may be no purchase now
 
 
 def _mark_all_reordered(conn: Connection, store_id: int, now: datetime) -> None:
@@ -565,20 +580,34 @@ class ScanReport:
     seconds: float = 0.0
 
 
+def _planning_settings(config: ReorderConfig) -> str:
+    """A digest of the settings every pending window's time was computed from (the config's cycles, lead and
+    transit days, the learning bounds): a restart with any of them changed replans every window at the next tick,
+    not up to a day later (a cycle lengthened in the TOML must not remind anyone on the old one meanwhile)."""
+    planned = {"cycles": sorted(config.cycles.items()), "lead_days": config.lead_days, "transit_days": config.transit_days,
+               "min_repeat_buyers": config.min_repeat_buyers, "min_cycle_days": config.min_cycle_days,
+               "max_cycle_days": config.max_cycle_days}
+    return hashlib.sha256(json.dumps(planned, sort_keys=True).encode()).hexdigest()
+
+
 def refresh_windows(db: Database, store: Any, store_id: int, now: datetime, *, full: bool | None = None) -> ScanReport:
-    """Bring the store's windows up to date; a full scan when asked, the first time, or daily."""
+    """Bring the store's windows up to date; a full scan when asked, the first time, daily, or when the
+    settings the windows were planned on changed (``_planning_settings``)."""
     config = config_for(store)
     if config is None:
         return ScanReport("off")
     started = time.perf_counter()
     cursor = read_cursor(db, store_id, CURSOR)
     relearned = read_cursor(db, store_id, RELEARNED)
+    planned_on = _planning_settings(config)
     if full is None:
-        full = cursor is None or relearned is None or now - datetime.fromisoformat(relearned) >= RELEARN_EVERY
+        full = (cursor is None or relearned is None or now - datetime.fromisoformat(relearned) >= RELEARN_EVERY
+                or read_cursor(db, store_id, PLANNED_ON) != planned_on)
     report = _full(db, store_id, config, now) if full else _incremental(db, store_id, config, now, datetime.fromisoformat(cursor))  # type: ignore[arg-type]
     upsert_cursor(db, store_id, CURSOR, now.isoformat())
     if full:
         upsert_cursor(db, store_id, RELEARNED, now.isoformat())
+        upsert_cursor(db, store_id, PLANNED_ON, planned_on)
     report.seconds = time.perf_counter() - started
     log.info("reorder windows %s scan", report.mode, extra={"store": store.key, "customers": report.customers, "windows": report.windows,
                                                              "learned": report.learned, "seconds": round(report.seconds, 3)})
@@ -1039,13 +1068,41 @@ def _open_window(conn: Connection, runner: JourneyRunner, store: Any, store_id: 
 
 
 # -- a product that stops being sold, and is sold again ---------------------------------------------
-def product_not_sold(conn: Connection, store_id: int, keys: Iterable[str], now: datetime) -> None:
+def product_not_sold(conn: Connection, store: Any, store_id: int, keys: Iterable[str], now: datetime) -> None:
     """Cancel the pending windows of a product the store stopped selling (by any of its keys), at once:
-    no reminder may link to it. No full scan is needed: every scan's ``CycleBook`` plans none for it."""
+    no reminder may link to it. No full scan is needed: every scan's ``CycleBook`` plans none for it.
+    The runs of its windows already opened end too (``_end_runs_not_sold``)."""
     keys = sorted(set(keys))
     if keys:
         conn.execute(update(W).where(W.c.store_id == store_id, W.c.status == "pending", W.c.product_key.in_(keys))
                      .values(status="cancelled", cancel_reason=NOT_SOLD, updated_at=now))
+        _end_runs_not_sold(conn, store, store_id, keys, now)
+
+
+def _end_runs_not_sold(conn: Connection, store: Any, store_id: int, keys: list[str], now: datetime) -> None:
+    """End the reorder runs of a product no longer sold (outcome ``not_sold``) and skip what they still have
+    waiting: a reminder held for the morning by quiet hours, or its follow-up, must not link her to a product
+    gone from the store. Runs live ``attribution_days`` from their window's opening, so only windows opened
+    since then are looked at."""
+    from connector.journeys.reorder import STEPS
+    from connector.outbox.queue import step_key
+    from connector.outbox.store import skip_pending
+    from connector.state import active_runs
+    from connector.storage.sql import update_by_id
+
+    config = config_for(store)
+    since = now - timedelta(days=config.attribution_days if config is not None else 0)
+    opened = conn.execute(select(W.c.contact_id, W.c.order_external_id, W.c.product_key).where(
+        W.c.store_id == store_id, W.c.status == "opened", W.c.product_key.in_(keys), W.c.opened_at >= since)).all()
+    subjects: dict[int, set[str]] = defaultdict(set)
+    for contact_id, order_id, key in opened:
+        subjects[contact_id].add(f"reorder:{order_id}:{key}"[:160])
+    for contact_id, theirs in subjects.items():
+        for run in active_runs(conn, store_id, contact_id):
+            if run.journey == JOURNEY and run.subject in theirs:
+                state = {**(run.state or {}), "outcome": NOT_SOLD}
+                update_by_id(conn, RUNS, run.id, {"status": "finished", "state": state, "next_due_at": None, "updated_at": now})
+                skip_pending(conn, store_id, [step_key(JOURNEY, step, run.subject) for step in STEPS], NOT_SOLD, now)
 
 
 def product_sold_again(conn: Connection, store: Any, store_id: int, keys: Iterable[str], now: datetime) -> int:

@@ -602,9 +602,12 @@ class OAuthState(Base):
 class ComplianceRequest(Base):
     """A privacy request (Shopify's customers/data_request, customers/redact, shop/redact) and what was done.
 
-    A data request keeps its export, the answer the merchant owes the customer, until a later
-    redaction of the same customer (or of the shop) erases it (``status`` erased). A redaction
-    keeps counts only: never a phone, name, email or customer id (connector/compliance.py).
+    A data request keeps its export, the answer the merchant owes the customer, for
+    ``worker.raw_body_retention_days`` (the window of the raw bodies it copies), after which the
+    hourly purge empties it (``status`` expired, ``erased_at`` when: connector/retention.py), or
+    until a later redaction of the same customer (or of the shop) erases it (``status`` erased);
+    the row itself stays, the record that the request was answered and when. A redaction keeps
+    counts only: never a phone, name, email or customer id (connector/compliance.py).
     """
 
     __tablename__ = "compliance_requests"
@@ -612,7 +615,7 @@ class ComplianceRequest(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"))
     kind: Mapped[str] = mapped_column(String(32))  # customer_data_request | customer_redact | shop_redact
-    status: Mapped[str] = mapped_column(String(16), default="done")  # done | erased
+    status: Mapped[str] = mapped_column(String(16), default="done")  # done | erased | expired
     inbox_event_id: Mapped[int | None] = mapped_column(BigId)  # the webhook delivery it answers
     contact_ids: Mapped[list[int]] = mapped_column(JSON, default=list)  # whom it concerned (ids only)
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

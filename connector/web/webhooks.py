@@ -18,6 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 from adapters.envelope import Envelope
 from adapters.whatsapp import webhooks as wa
 from adapters.woocommerce import carts as woo_carts
+from adapters.woocommerce import site as woo_site
 from adapters.woocommerce import webhooks as woo
 from connector.errors import BadPayloadError, VerificationError
 from connector.runtime import Runtime
@@ -25,6 +26,10 @@ from connector.storage.inbox import InboxItem, log_duplicates
 from connector.web.http import BodyTooLarge, json_object_error, parse_json, problem, receive_body
 
 log = logging.getLogger("storeloop.webhooks")
+# what a refusal as "another site" asks of the operator (a log line's ``hint``)
+ANOTHER_SITE = ("neither site_url nor one of the store's webhook_sources: a staging copy of the shop is refused on purpose "
+                "(turn off its webhooks and cart plugin, or give it its own secrets); if it is this shop's own address (a language "
+                "directory), add it to the store's webhook_sources")
 
 
 
@@ -140,8 +145,9 @@ async def woocommerce_webhook(d: Delivery) -> Response:
         woo.verify_source(store, headers)
     except VerificationError:
         # a staging copy of the shop signs with the live shop's secret: its test orders must reach no customer
-        log.warning("woocommerce webhook from another site refused",
-                    extra={"store": key, "source": headers.get("x-wc-webhook-source", "")[:200]})
+        sent = woo_site.shown(woo.source(headers) or "")
+        log.warning("woocommerce webhook from another site refused", extra={"store": key, "source": sent, "hint": ANOTHER_SITE})
+        await runtime.refused_sites.note(runtime.store_ids[key], sent, runtime.clock())
         return problem(401, "unauthorized")
     payload = _json_or_400(body, "woocommerce", key)
     if isinstance(payload, Response):
@@ -175,6 +181,12 @@ async def woocommerce_cart_webhook(d: Delivery) -> Response:
     except BadPayloadError as exc:
         log.warning("woocommerce cart webhook body is malformed", extra={"store": key, "reason": str(exc)})
         return problem(400, str(exc))
+    sent = woo_carts.other_site(store, d.headers, fields)
+    if sent is not None:
+        # a staging copy posts its carts with the live token: its recovery link would reach a real customer
+        log.warning("woocommerce cart webhook from another site refused", extra={"store": key, "source": sent, "hint": ANOTHER_SITE})
+        await runtime.refused_sites.note(runtime.store_ids[key], sent, runtime.clock())
+        return problem(401, "unauthorized")
     received_at = runtime.clock()
     env = woo_carts.envelope(d.headers, fields, received_at)
     if env.ignored_reason:

@@ -109,7 +109,7 @@ def test_docs_order_line_items() -> None:
     assert (first.external_id, first.product_id, first.variant_id, first.sku) == ("315", "93", None, None)
     assert (first.title, first.quantity, first.price) == ("Woo Single #1", 2, Decimal("3"))
     assert (second.product_id, second.variant_id, second.sku, second.price) == ("22", "23", "Bar3", Decimal("12"))
-    assert second.title == "Ship Your Idea &ndash; Color: Black, Size: M Test"
+    assert second.title == "Ship Your Idea \u2013 Color: Black, Size: M Test"  # WordPress's &ndash; read as the dash it is
 
 
 def test_cod_variant() -> None:
@@ -506,3 +506,15 @@ def test_a_shipping_phone_is_read_with_the_shipping_country() -> None:
 def test_cod_gateways_by_id_or_words(method, title, cod) -> None:
     order = {**cod_order(), "payment_method": method, "payment_method_title": title}
     assert only(normalize("order.created", order, STORE)).order.is_cod is cod
+
+
+def test_names_wordpress_keeps_html_escaped_read_as_the_customer_sees_them() -> None:
+    """WordPress stores titles HTML-escaped and the REST API returns them so: a reminder or confirmation must
+    say "Salt & Pepper Scrub", not "Salt &amp; Pepper Scrub"; a name with a bare ampersand stays as written."""
+    order = load_order()
+    order["line_items"][0]["name"] = "Salt &amp; Pepper Scrub &#8211; 200g"
+    order["line_items"][1]["name"] = "Tom & Jerry soap"
+    line, other = only(normalize("order.created", order, STORE)).order.line_items[:2]
+    assert (line.title, other.title) == ("Salt & Pepper Scrub \u2013 200g", "Tom & Jerry soap")
+    product = normalize("product.updated", {"id": 7, "name": "Salt &amp; Pepper Scrub", "status": "publish"}, STORE)
+    assert [e.title for e in product] == ["Salt & Pepper Scrub"]
