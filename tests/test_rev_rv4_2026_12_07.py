@@ -19,9 +19,6 @@ LINK = "https://track.example/"
 
 # ---- eeb867a: "delivered" once the rest is dropped --------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="eeb867a: her first parcel arrived, the store shipped the rest; the order's update "
-                                       "(fulfilled, listing the new parcel) is heard before the parcel it lists, so she is "
-                                       "told 'delivered' while the second parcel has not even left")
 def test_the_rest_shipped_later_is_not_told_delivered_before_it_arrives(sqlite_url, scenario, world):
     sc = start(scenario, sqlite_url)
     order = SHOPIFY.order(1, ASHA, sc.now, cod=False)

@@ -23,7 +23,8 @@ webhook or from an order webhook that lists it (``FulfillmentUpdated.listed_on_o
 once, since a repeat finds the step told and the parcel's status kept.
 "Delivered" is said once every parcel heard of has arrived and the order has no part still to
 ship (Shopify's ``partial``), not when the first of several arrives (an order whose part still to ship
-was dropped, fulfilled with no new parcel, says it then: ``_completed``); a parcel is heard of from its
+was dropped, fulfilled with no new parcel, says it then: ``_completed``; a parcel the order lists is one,
+though its own news is heard after the order's: ``Order.fulfillments``); a parcel is heard of from its
 fulfilment's creation, carrier news or not. One that never gets news (a local courier Shopify does not
 track) holds the run ``UNTRACKED_WAIT`` at most once only such parcels are left; then the run ends
 without a word to her (``_untracked_wait``, ``_no_news``). A fulfilment the store cancels (or its service fails)
@@ -325,6 +326,12 @@ def _all_in(run: Run, facts: Facts, config: DeliveryUpdatesConfig, parcels: dict
     return commands + _arrived(run, parcels, everything)
 
 
+def _listed(order: ev.Order) -> dict[str, str]:
+    """The parcels the order lists with it (``Order.fulfillments``), each with its carrier news: those
+    called off or shipping nothing are no parcel (``_no_parcel``)."""
+    return {f.external_id: f.shipment_status.value for f in order.fulfillments if f.status not in CALLED_OFF and f.ships}
+
+
 def _called_off_tracking(record: dict[str, Any] | None, standing: set[str]) -> list[Command]:
     """Withdraw the "shipped" messages still waiting (held for quiet hours, a retry) that tell tracking the store
     called off (a number corrected or removed, a link corrected, the fulfilment cancelled): she gets the link that
@@ -440,7 +447,7 @@ class DeliveryUpdates:
             # an update still waiting must not reach her after the cancel; a run a person is on stays theirs
             return withdraw_for_cancel(run, finish=True) if run is not None else []
         if isinstance(event, (ev.OrderUpdated, ev.OrderFulfilled)):
-            return self._completed(run, facts, config)
+            return self._completed(run, facts, config, event.order)
         if not isinstance(event, ev.FulfillmentUpdated) or facts.order is None or facts.order.cancelled:
             return []
         if not facts.order.ships:
@@ -520,13 +527,15 @@ class DeliveryUpdates:
                 *_all_in(run, facts, config, parcels)]
 
     @staticmethod
-    def _completed(run: Run | None, facts: Facts, config: DeliveryUpdatesConfig) -> list[Command]:
+    def _completed(run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, order: ev.Order) -> list[Command]:
         """The order is fulfilled with no new parcel: the part it still had to ship was dropped (a line refunded or
         removed by an order edit). Its parcels were all it was waiting for: once they have all arrived that is
-        "delivered", if she was not told yet; without this the run waited for ever for a part that never ships."""
+        "delivered", if she was not told yet; without this the run waited for ever for a part that never ships.
+        A parcel the order lists that the run has not heard of is the rest shipped, not dropped (the order's
+        update is heard before the parcel's news it lists): "delivered" waits for it too (``_listed``)."""
         if run is None or run.state.get("cancelled") or facts.order is None or facts.order.cancelled or not facts.order.ships:
             return []
-        return _all_in(run, facts, config, dict(run.state.get("parcels") or {}))
+        return _all_in(run, facts, config, {**_listed(order), **(run.state.get("parcels") or {})})
 
     @staticmethod
     def _heard(run: Run | None, facts: Facts, f: ev.Fulfillment, status: str, prev: str | None, step: str,
