@@ -165,6 +165,9 @@ class Fulfillment(_Fact):
     # line (``requires_shipping: false``) at once, in a fulfilment of its own that never gets carrier
     # news; that one is no parcel. True where the platform cannot tell (WooCommerce's one per order)
     ships: bool = True
+    # whether ``tracking_numbers`` are all it carries: False where the read is capped at a count (a
+    # reconcile read), so a number told before and not read here is not taken as removed
+    tracking_complete: bool = True
     created_at: datetime
     updated_at: datetime
 

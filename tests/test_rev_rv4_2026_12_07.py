@@ -7,8 +7,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pytest
-
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401  (the scenarios' fixtures)
 from tests.scenarios.stores import SHOPIFY
@@ -44,9 +42,6 @@ def test_the_rest_shipped_later_is_not_told_delivered_before_it_arrives(sqlite_u
 
 # ---- eeb867a: a held "shipped" withdrawn ------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="eeb867a: shipped at 22:00 as AAA111, the store typed BBB222 over it by mistake and "
-                                       "put AAA111 back: AAA111's held 'shipped' was withdrawn and BBB222's stands, so at "
-                                       "09:00 she gets only the link the store called off, never her parcel's")
 def test_a_number_changed_and_put_back_at_night_tells_the_number_that_stands(sqlite_url, scenario, world):
     sc = start(scenario, sqlite_url, policy=NIGHT_HOLDS_UTILITY)
     order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
@@ -68,9 +63,6 @@ def _packages(fid: int, order: dict[str, Any], at: Any, numbers: list[str]) -> d
     return f
 
 
-@pytest.mark.xfail(strict=True, reason="eeb867a: shipped at 22:00 with two packages AAA111 and BBB222; the store removed "
-                                       "BBB222 (added by mistake) at 22:30: at 09:00 she still gets a 'shipped' with "
-                                       "BBB222's link, a parcel that does not exist (the change says a removed number's is withdrawn)")
 def test_a_number_removed_at_night_is_not_told(sqlite_url, scenario, world):
     sc = start(scenario, sqlite_url, policy=NIGHT_HOLDS_UTILITY)
     order = SHOPIFY.order(1, ASHA, sc.now, cod=False)

@@ -379,6 +379,8 @@ def _fulfillment(f: dict[str, Any], where: str, order_id: str) -> Fulfillment:
         tracking_url=urls[0] if urls else None,
         tracking_numbers=numbers,
         tracking_urls=urls,
+        # read ``first: TRACKING_PER_FULFILLMENT``: as many as that may leave some out, so none is taken as removed
+        tracking_complete=len(tracking) < TRACKING_PER_FULFILLMENT,
         # any of its lines ships (a gift card's or a digital line's fulfilment does not); absent: yes
         ships=get_bool(f, "requiresShipping", where, default=True),
         created_at=created_at,
