@@ -148,6 +148,30 @@ class LineItem(_Fact):
     discount: Decimal = Decimal("0")
 
 
+class Fulfillment(_Fact):
+    external_id: str
+    order_external_id: str
+    status: str
+    shipment_status: ShipmentStatus = ShipmentStatus.NONE
+    tracking_company: str | None = None
+    tracking_number: str | None = None  # the first of ``tracking_numbers``: what a template shows
+    tracking_url: str | None = None
+    # every number of a fulfilment that carries several (Shopify's multi-package tracking, WooCommerce's
+    # Shipment Tracking items) and their links, in the same order where the platform pairs them: a
+    # number added later is another parcel, told of in its own "shipped"
+    tracking_numbers: tuple[str, ...] = ()
+    tracking_urls: tuple[str, ...] = ()
+    # whether any of its lines goes to the customer as a parcel: Shopify fulfils a gift card or a digital
+    # line (``requires_shipping: false``) at once, in a fulfilment of its own that never gets carrier
+    # news; that one is no parcel. True where the platform cannot tell (WooCommerce's one per order)
+    ships: bool = True
+    # whether ``tracking_numbers`` are all it carries: False where the read is capped at a count (a
+    # reconcile read), so a number told before and not read here is not taken as removed
+    tracking_complete: bool = True
+    created_at: datetime
+    updated_at: datetime
+
+
 class Order(_Fact):
     external_id: str
     name: str
@@ -178,6 +202,11 @@ class Order(_Fact):
     payment_due_at: datetime | None = None
     channel: SalesChannel = SalesChannel.ONLINE
     delivery: Delivery = Delivery.SHIPPING
+    # the fulfilments the order lists with it (Shopify's order ``fulfillments[]``), each also its own event
+    # after the order's; () where the platform lists none (WooCommerce). An order "fulfilled" by a parcel
+    # first heard of in the same update is not complete until that parcel arrives: the order's event
+    # comes first, so the delivery journey reads the parcel here
+    fulfillments: tuple[Fulfillment, ...] = ()
 
 
 class Checkout(_Fact):
@@ -200,27 +229,6 @@ class Checkout(_Fact):
     # False: a read that cannot see it and names the customer's own or an address phone instead
     # (Shopify's ``abandonedCheckouts``): it never changes the contact a stored checkout already has
     phone_on_checkout: bool = True
-
-
-class Fulfillment(_Fact):
-    external_id: str
-    order_external_id: str
-    status: str
-    shipment_status: ShipmentStatus = ShipmentStatus.NONE
-    tracking_company: str | None = None
-    tracking_number: str | None = None  # the first of ``tracking_numbers``: what a template shows
-    tracking_url: str | None = None
-    # every number of a fulfilment that carries several (Shopify's multi-package tracking, WooCommerce's
-    # Shipment Tracking items) and their links, in the same order where the platform pairs them: a
-    # number added later is another parcel, told of in its own "shipped"
-    tracking_numbers: tuple[str, ...] = ()
-    tracking_urls: tuple[str, ...] = ()
-    # whether any of its lines goes to the customer as a parcel: Shopify fulfils a gift card or a digital
-    # line (``requires_shipping: false``) at once, in a fulfilment of its own that never gets carrier
-    # news; that one is no parcel. True where the platform cannot tell (WooCommerce's one per order)
-    ships: bool = True
-    created_at: datetime
-    updated_at: datetime
 
 
 # ---- store events -------------------------------------------------------------------

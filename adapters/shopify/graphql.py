@@ -317,6 +317,9 @@ def normalize_node(node: dict, store: ShopifyStore) -> list[Event]:
     """
     data = as_object(node, "body")
     order = _order(data, store)
+    listed = _listed_fulfillments(data, order.external_id)
+    # the order carries them too: its event is heard before theirs (``Order.fulfillments``)
+    order = order.model_copy(update={"fulfillments": tuple(e.fulfillment for e in listed)})
     event: Event
     if order.cancelled_at is not None:
         event = OrderCancelled(order=order)
@@ -324,7 +327,7 @@ def normalize_node(node: dict, store: ShopifyStore) -> list[Event]:
         event = OrderPlaced(order=order)
     else:
         event = OrderUpdated(order=order)
-    return [event, *_listed_fulfillments(data, order.external_id), *_consents(data, store)]
+    return [event, *listed, *_consents(data, store)]
 
 
 # FulfillmentDisplayStatus (2026-07) -> the webhook's shipment_status: the carrier events are the same
@@ -340,11 +343,11 @@ def _shipment_status(display: str | None) -> ShipmentStatus:
     return _SHIPMENT_STATUSES.get(display.upper(), ShipmentStatus.OTHER)
 
 
-def _listed_fulfillments(o: dict[str, Any], order_id: str) -> list[Event]:
+def _listed_fulfillments(o: dict[str, Any], order_id: str) -> list[FulfillmentUpdated]:
     """The order's ``fulfillments``, each as its parcel's news, as the order webhooks' ``fulfillments[]``
     (``listed_on_order``: an unchanged one is heard by no journey). One that cannot be read is left out
     with a log line, never the order with it."""
-    listed: list[Event] = []
+    listed: list[FulfillmentUpdated] = []
     items = o.get("fulfillments")
     for i, item in enumerate(items if isinstance(items, list) else ()):
         where = f"fulfillments[{i}]"
@@ -376,6 +379,8 @@ def _fulfillment(f: dict[str, Any], where: str, order_id: str) -> Fulfillment:
         tracking_url=urls[0] if urls else None,
         tracking_numbers=numbers,
         tracking_urls=urls,
+        # read ``first: TRACKING_PER_FULFILLMENT``: as many as that may leave some out, so none is taken as removed
+        tracking_complete=len(tracking) < TRACKING_PER_FULFILLMENT,
         # any of its lines ships (a gift card's or a digital line's fulfilment does not); absent: yes
         ships=get_bool(f, "requiresShipping", where, default=True),
         created_at=created_at,

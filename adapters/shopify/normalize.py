@@ -131,7 +131,10 @@ def normalize(topic: str, body: dict, store: ShopifyStore) -> list[Event]:
         return graphql.normalize_customer_node(data, store)
     if topic in _ORDER_EVENTS:
         order = _order(data, store)
-        return [_ORDER_EVENTS[topic](order=order), *_listed_fulfillments(data, order.external_id)]
+        listed = _listed_fulfillments(data, order.external_id)
+        # the order carries them too: its event is heard before theirs (``Order.fulfillments``)
+        order = order.model_copy(update={"fulfillments": tuple(e.fulfillment for e in listed)})
+        return [_ORDER_EVENTS[topic](order=order), *listed]
     handler = _HANDLERS.get(topic)
     return handler(topic, data, store) if handler else []
 
@@ -375,13 +378,13 @@ def _fulfillment(_topic: str, f: Body, _store: ShopifyStore) -> list[Event]:
     return [FulfillmentUpdated(fulfillment=_read_fulfillment(f))]
 
 
-def _listed_fulfillments(o: Body, order_id: str) -> list[Event]:
+def _listed_fulfillments(o: Body, order_id: str) -> list[FulfillmentUpdated]:
     """The order's ``fulfillments[]`` (the Fulfillment resource, as fulfillments/* sends it), each as news
     of its parcel: a carrier status can reach the order (orders/updated) with no fulfillments/update
     (a tracking app that writes fulfilment events, Shopify's own tracking), and "delivered" must not
     depend on which webhook came. An order lists them all, every time: ``listed_on_order`` says so,
     and only a fulfilment that changed is heard (``state.apply_event``)."""
-    listed: list[Event] = []
+    listed: list[FulfillmentUpdated] = []
     for i, item in enumerate(o.get("fulfillments") or () if isinstance(o.get("fulfillments"), list) else ()):
         try:
             listed.append(FulfillmentUpdated(fulfillment=_read_fulfillment(as_object(item, f"fulfillments[{i}]"), f"fulfillments[{i}]",

@@ -23,7 +23,8 @@ webhook or from an order webhook that lists it (``FulfillmentUpdated.listed_on_o
 once, since a repeat finds the step told and the parcel's status kept.
 "Delivered" is said once every parcel heard of has arrived and the order has no part still to
 ship (Shopify's ``partial``), not when the first of several arrives (an order whose part still to ship
-was dropped, fulfilled with no new parcel, says it then: ``_completed``); a parcel is heard of from its
+was dropped, fulfilled with no new parcel, says it then: ``_completed``; a parcel the order lists is one,
+though its own news is heard after the order's: ``Order.fulfillments``); a parcel is heard of from its
 fulfilment's creation, carrier news or not. One that never gets news (a local courier Shopify does not
 track) holds the run ``UNTRACKED_WAIT`` at most once only such parcels are left; then the run ends
 without a word to her (``_untracked_wait``, ``_no_news``). A fulfilment the store cancels (or its service fails)
@@ -35,8 +36,9 @@ and an order with a parcel besides hears "delivered" once the parcel arrives.
 A later step (out for delivery, delivered) withdraws what the run still has waiting (held for
 quiet hours, a retry) once every parcel is past it: after a night she hears the current news, not
 "shipped", "out for delivery" and "delivered" together at 09:00. A cancelled or binned order
-withdraws it too. Tracking the store calls off (a corrected number or link, a cancelled fulfilment)
-withdraws the "shipped" that told it, if still waiting (``_called_off_tracking``); a failed-delivery
+withdraws it too. Tracking the store calls off (a corrected number or link, a number removed, a cancelled
+fulfilment) withdraws the "shipped" that told it, if still waiting (``_called_off_tracking``), and is told no
+more: a number put back is told again, so she gets the number that stands; a failed-delivery
 question still waiting is withdrawn once its parcels move on (``_question_moot``).
 
 "Shipped" is used up only by a fulfilment with tracking (a number or a link). A store often
@@ -201,14 +203,20 @@ def _key(pair: Pair) -> str:
 
 
 def _told(f: ev.Fulfillment, pairs: list[Pair], n: int, before: dict[str, Any] | None = None,
-          of: dict[str, int] | None = None) -> dict[str, Any]:
+          of: dict[str, int] | None = None, carried: set[str] | None = None) -> dict[str, Any]:
     """A parcel's tracking as told: each number's link, the courier, the "shipped" message (its
     occurrence) that told it, and (``of``) the further numbers told at the same time, each in a
-    "shipped" of its own, with that message's occurrence."""
-    seen = {**((before or {}).get("told") or {}), **{_key(p): p[1] for p in pairs}}
+    "shipped" of its own, with that message's occurrence. Only the numbers it carries now (``pairs``,
+    and of ``before``'s those in ``carried``): one the store called off (removed, typed over) is no
+    longer told, so put back it is news again."""
+    kept = {k: v for k, v in ((before or {}).get("told") or {}).items() if k in (carried or ())}
+    seen = {**kept, **{_key(p): p[1] for p in pairs}}
     record: dict[str, Any] = {"told": seen, "company": f.tracking_company or (before or {}).get("company"), "n": n}
     if of:
         record["of"] = of
+    used = _used(before or {})
+    if used > _used(record):  # the message of a number no longer told: its occurrence is not used again
+        record["used"] = used
     return record
 
 
@@ -217,9 +225,14 @@ def _occurrence(record: dict[str, Any], key: str) -> int:
     return int((record.get("of") or {}).get(key, record.get("n", 1)))
 
 
+def _used(record: dict[str, Any]) -> int:
+    """The highest "shipped" occurrence this parcel's tracking has used (``used``: one told a number dropped since)."""
+    return max([int(record.get("n", 1)), int(record.get("used", 1)), *(record.get("of") or {}).values()])
+
+
 def _latest(tracking: dict[str, Any]) -> int:
     """The highest "shipped" occurrence the run has used."""
-    return max([max([int(r.get("n", 1)), *(r.get("of") or {}).values()]) for r in tracking.values() if r] + [1])
+    return max([_used(r) for r in tracking.values() if r] + [1])
 
 
 def _further(facts: Facts, pairs: list[Pair], first: int) -> tuple[list[Command], dict[str, int]]:
@@ -277,26 +290,35 @@ def _tracking_news(run: Run, facts: Facts, f: ev.Fulfillment) -> tuple[dict[str,
     if record is None:  # told before its tracking was kept
         return {**tracking, f.external_id: _told(f, pairs, 1)}, []
     seen: dict[str, str | None] = record.get("told") or {}
+    # the numbers the parcel carries now; a read that may have left some out (``tracking_complete``) removes none
+    carried = {_key(p) for p in pairs} | (set() if f.tracking_complete else set(seen))
     changed = [p for p in pairs if _key(p) not in seen or (p[1] and seen[_key(p)] and seen[_key(p)] != p[1])]
-    if changed:  # a number not told (another package, a corrected number) or a corrected link
+    if changed:  # a number not told (another package, a corrected number, one put back) or a corrected link
         sends, of = _further(facts, changed[1:], latest + 2)
         now_told = {_key(p) for p in changed}
-        # the numbers told before keep the message that told them (the parcel's is this one now)
-        before = {k: _occurrence(record, k) for k in seen if k not in now_told}
+        # the numbers told before and still carried keep the message that told them (the parcel's is this one now)
+        before = {k: _occurrence(record, k) for k in seen if k in carried and k not in now_told}
         # the same parcel: where the template shows no tracking, this message would repeat the one she has word for word
-        return ({**tracking, f.external_id: _told(f, pairs, latest + 1, record, {**before, **of})},
-                [*_called_off_tracking(record, {_key(p) for p in pairs} - now_told),
+        return ({**tracking, f.external_id: _told(f, pairs, latest + 1, record, {**before, **of}, carried)},
+                [*_called_off_tracking(record, carried - now_told),
                  Send("shipped", _showing(facts, changed[0]), occurrence=latest + 1, shows=TRACKING_SHOWN), *sends])
+    # a number the store removed (added by mistake): its "shipped", if still waiting, is withdrawn and it is told
+    # no more; one told in a message that also told a number still carried stands, and stays told
+    standing = {_occurrence(record, k) for k in carried if k in seen}
+    gone = {k for k in set(seen) - carried if _occurrence(record, k) not in standing}
+    carried |= set(seen) - gone
+    of = {k: n for k, n in (record.get("of") or {}).items() if k in carried}
     gained = [p for p in pairs if p[1] and not seen.get(_key(p))]
+    retries: dict[int, Command] = {}
     if gained or (f.tracking_company and not record.get("company")):
-        of = record.get("of") or {}
-        retries: dict[int, Command] = {}
         for p in gained or pairs:  # each message that told one of them, once
             retries.setdefault(_occurrence(record, _key(p)), Send(
                 "shipped", _showing(facts, p), occurrence=_occurrence(record, _key(p)), retry_missing_value=True,
                 shows=TRACKING_SHOWN if _key(p) in of else ()))
-        return {**tracking, f.external_id: _told(f, pairs, int(record.get("n", 1)), record, of)}, list(retries.values())
-    return None, []
+    if not (retries or gone):
+        return None, []
+    return ({**tracking, f.external_id: _told(f, pairs, int(record.get("n", 1)), record, of, carried)},
+            [*(_called_off_tracking(record, carried) if gone else []), *retries.values()])
 
 
 def _called_off_since(run: Run, facts: Facts) -> str | None:
@@ -323,6 +345,12 @@ def _all_in(run: Run, facts: Facts, config: DeliveryUpdatesConfig, parcels: dict
         commands += [Withdraw(), Update({"sent": sorted({*(run.state.get("sent") or []), "delivered"})}),
                      Send("delivered", {k: v for k, v in order_context(facts).items() if not k.startswith("fulfillment.")})]
     return commands + _arrived(run, parcels, everything)
+
+
+def _listed(order: ev.Order) -> dict[str, str]:
+    """The parcels the order lists with it (``Order.fulfillments``), each with its carrier news: those
+    called off or shipping nothing are no parcel (``_no_parcel``)."""
+    return {f.external_id: f.shipment_status.value for f in order.fulfillments if f.status not in CALLED_OFF and f.ships}
 
 
 def _called_off_tracking(record: dict[str, Any] | None, standing: set[str]) -> list[Command]:
@@ -440,7 +468,7 @@ class DeliveryUpdates:
             # an update still waiting must not reach her after the cancel; a run a person is on stays theirs
             return withdraw_for_cancel(run, finish=True) if run is not None else []
         if isinstance(event, (ev.OrderUpdated, ev.OrderFulfilled)):
-            return self._completed(run, facts, config)
+            return self._completed(run, facts, config, event.order)
         if not isinstance(event, ev.FulfillmentUpdated) or facts.order is None or facts.order.cancelled:
             return []
         if not facts.order.ships:
@@ -520,13 +548,15 @@ class DeliveryUpdates:
                 *_all_in(run, facts, config, parcels)]
 
     @staticmethod
-    def _completed(run: Run | None, facts: Facts, config: DeliveryUpdatesConfig) -> list[Command]:
+    def _completed(run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, order: ev.Order) -> list[Command]:
         """The order is fulfilled with no new parcel: the part it still had to ship was dropped (a line refunded or
         removed by an order edit). Its parcels were all it was waiting for: once they have all arrived that is
-        "delivered", if she was not told yet; without this the run waited for ever for a part that never ships."""
+        "delivered", if she was not told yet; without this the run waited for ever for a part that never ships.
+        A parcel the order lists that the run has not heard of is the rest shipped, not dropped (the order's
+        update is heard before the parcel's news it lists): "delivered" waits for it too (``_listed``)."""
         if run is None or run.state.get("cancelled") or facts.order is None or facts.order.cancelled or not facts.order.ships:
             return []
-        return _all_in(run, facts, config, dict(run.state.get("parcels") or {}))
+        return _all_in(run, facts, config, {**_listed(order), **(run.state.get("parcels") or {})})
 
     @staticmethod
     def _heard(run: Run | None, facts: Facts, f: ev.Fulfillment, status: str, prev: str | None, step: str,
