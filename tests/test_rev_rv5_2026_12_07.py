@@ -23,9 +23,6 @@ ASHA_SMS = "+919822200022"  # the number she types into the checkout's "Text me 
 
 # ---- 88c67cb: a checkout begun with the email alone ----------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="88c67cb: a returning customer whose Shopify account keeps her old number (its "
-                                       "default address) begins her checkout with the email; the new phone she types next "
-                                       "ends the ladder as 'contact_changed', so no cart reminder reaches either number")
 def test_rv5_email_first_checkout_of_a_customer_whose_account_keeps_an_old_number_is_reminded_at_the_new_one(
         sqlite_url, scenario, world):  # noqa: F811
     sc = scenario(sqlite_url, "shopify", journeys={**LADDER, "order_confirmation": {}})
@@ -49,9 +46,6 @@ def test_rv5_email_first_checkout_of_a_customer_whose_account_keeps_an_old_numbe
 
 # ---- 88c67cb: an SMS opt-in unticked before she leaves -----------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="88c67cb: she ticked 'Text me with news and offers' for its own number and unticked "
-                                       "it before leaving; the consent the tick gave that number is not taken back (only "
-                                       "the checkout's contact phone is looked at), so it stays opted in to marketing")
 def test_rv5_an_unticked_sms_opt_in_for_its_own_number_takes_back_that_numbers_consent(sqlite_url, scenario, world):  # noqa: F811
     sc = scenario(sqlite_url, "shopify", journeys=LADDER)
     start = sc.now
