@@ -65,9 +65,6 @@ def test_rv5_an_unticked_sms_opt_in_for_its_own_number_takes_back_that_numbers_c
 
 # ---- dd95236: a product briefly unpublished (a draft for an edit) ------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="dd95236: the merchant sets the face wash to draft for a two-minute edit at night and "
-                                       "publishes it again; her reorder reminder held for the morning is skipped and never "
-                                       "sent, although the product is for sale again (a window not yet opened would come back)")
 def test_rv5_a_product_drafted_for_an_edit_and_published_again_still_gets_its_held_reminder(db_url):
     from connector.config import parse_settings
     from connector.reorder.windows import run_reorder_tick
@@ -114,9 +111,6 @@ def test_rv5_a_product_drafted_for_an_edit_and_published_again_still_gets_its_he
     assert morning == [("reminder", "dry_run")]
 
 
-@pytest.mark.xfail(strict=True, reason="dd95236: her reorder reminder went out; the merchant drafts the product for a quick "
-                                       "edit and publishes it again; she reorders two days later, yet the store's report "
-                                       "does not credit the reminder: its run was ended for good as 'not_sold'")
 def test_rv5_a_reorder_after_a_brief_unpublish_is_still_credited_to_the_reminder(db_url):
     from sqlalchemy import select
 
