@@ -23,7 +23,7 @@ from connector.contacts import email_key
 from connector.handoffs import restage
 from connector.number_change import apply_number_change, previous_owner, previous_owner_of_wa_id, was_her_number
 from connector.policy import keyword_intent
-from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, ATTEMPTS, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES
+from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, ATTEMPTS, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, INBOX, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES
 from connector.rows import checkout_ordered_at, checkout_row, contact_by_phone, contact_row, contact_where, fulfillment_row, order_row, phone_key
 from connector.storage.txcache import by_key, current
 from connector.template_check import template_subject
@@ -404,13 +404,26 @@ def _withdrawn_opt_in(conn: Connection, store_id: int, checkout: ev.Checkout, co
     goes to someone who declined. Only one this checkout gave (a checkout opt-in since it started); one given
     elsewhere (WhatsApp, the store's consent webhook) stands."""
     stored = checkout_row(conn, store_id, checkout.token)
-    if contact_id is None or stored is None or not stored.accepts_marketing or stored.source_updated_at > checkout.updated_at:
+    if stored is None or not stored.accepts_marketing or stored.source_updated_at > checkout.updated_at:
         return
-    contact = contact_row(conn, contact_id)
-    if contact is None or (contact.consent_marketing, contact.consent_marketing_source) != ("granted", "checkout_opt_in") \
-            or contact.consent_marketing_at is None or contact.consent_marketing_at < stored.started_at:
-        return
-    record_consent(conn, store_id, contact_id, "marketing", "unknown", "checkout_opt_in_withdrawn", checkout.updated_at, inbox_id)
+    # her contact, and the number the tick was for when it asked for its own (``_opted_in_contact``; the untick
+    # names it no more): the contacts this checkout's earlier reads granted marketing (``_opt_in_grants``)
+    for cid in sorted({*([contact_id] if contact_id is not None else []), *_opt_in_grants(conn, store_id, checkout.token, stored.started_at)}):
+        contact = contact_row(conn, cid)
+        if contact is None or (contact.consent_marketing, contact.consent_marketing_source) != ("granted", "checkout_opt_in") \
+                or contact.consent_marketing_at is None or contact.consent_marketing_at < stored.started_at:
+            continue
+        record_consent(conn, store_id, cid, "marketing", "unknown", "checkout_opt_in_withdrawn", checkout.updated_at, inbox_id)
+
+
+def _opt_in_grants(conn: Connection, store_id: int, token: str, since: datetime) -> set[int]:
+    """The contacts a checkout opt-in granted marketing since ``since`` through a delivery of this checkout (its
+    inbox rows, by their subject): the consent history's (store, category, state, time) index, then those rows'
+    deliveries. A delivery processed in the same batch has no subject stored yet, so only earlier ones are seen."""
+    deliveries = select(INBOX.c.id).where(INBOX.c.store_id == store_id, INBOX.c.subject == f"checkout:{token}"[:160])
+    return {cid for (cid,) in conn.execute(select(CONSENT.c.contact_id).where(
+        CONSENT.c.store_id == store_id, CONSENT.c.category == "marketing", CONSENT.c.state == "granted", CONSENT.c.occurred_at >= since,
+        CONSENT.c.source == "checkout_opt_in", CONSENT.c.inbox_event_id.in_(deliveries)))}
 
 
 def _checkout_contact(conn: Connection, store_id: int, token: str) -> int | None:

@@ -354,6 +354,15 @@ def _checkout(_topic: str, o: Body, store: ShopifyStore) -> list[Event]:
         return []
     created_at = req_datetime(o, "created_at")
     customer = _customer(o, store, phone_keys=("phone", "sms_marketing_phone"))
+    # the phone typed in this checkout (its own field, the opt-in's, an address's) before her account's (the customer's
+    # phone, its default address): the account's may be an old number, and her first step (the email) gives none yet.
+    # Only her account's: a guess (``phone_on_checkout`` False), which the first phone the checkout gives corrects.
+    own = first_str(get_str(o, "phone"), get_str(o, "sms_marketing_phone"),
+                    get_str(get_obj(o, "shipping_address") or {}, "phone", "shipping_address"),
+                    get_str(get_obj(o, "billing_address") or {}, "phone", "billing_address"))
+    typed = normalize_phone(own, customer.country) if own else None
+    if typed is not None:
+        customer = customer.model_copy(update={"phone": typed})
     checkout = Checkout(
         token=req_id(o, "token"),
         created_at=created_at,
@@ -370,6 +379,7 @@ def _checkout(_topic: str, o: Body, store: ShopifyStore) -> list[Event]:
         accepts_marketing=get_bool(o, "buyer_accepts_sms_marketing"),
         # "Text me with news and offers" asks for its own number: the opt-in is for that one
         marketing_phone=normalize_phone(get_str(o, "sms_marketing_phone"), customer.country),
+        phone_on_checkout=typed is not None or customer.phone is None,
     )
     return [CheckoutUpdated(checkout=checkout)]
 

@@ -181,6 +181,29 @@ def _skip_stored(conn: Connection, requests: list[tuple[int, set[str], str, date
         conn.execute(_SKIP_BY_ID, sorted(updates, key=lambda u: u["_id"]))
 
 
+def unskip(conn: Connection, store_id: int, keys: list[str], reason: str, now: datetime) -> list[str]:
+    """Put back to waiting the rows with these keys that ``skip_pending`` skipped for ``reason``, and only for it
+    (a reorder reminder withdrawn while its product was not sold, the product sold again): a row skipped for any
+    other reason (the cap, an opt-out) stays skipped. Stored rows: the transaction cache is flushed first, so a skip
+    it still holds is written before it is undone. The keys put back."""
+    from connector.storage.sql import flush
+
+    if not keys:
+        return []
+    flush(conn)
+    # by the unique (store_id, key) index alone, status checked on the rows found (as ``_BY_KEYS``)
+    found = [r for r in conn.execute(select(OUTBOX.c.id, OUTBOX.c.idempotency_key, OUTBOX.c.channel, OUTBOX.c.status, OUTBOX.c.skip_reason)
+                                     .where(OUTBOX.c.store_id == store_id, OUTBOX.c.idempotency_key.in_(sorted({k[:255] for k in keys}))))
+             if (r.channel, r.status, r.skip_reason) == ("whatsapp", "skipped", reason)]
+    if found:
+        conn.execute(update(OUTBOX).where(OUTBOX.c.id.in_(sorted(r.id for r in found)), OUTBOX.c.status == "skipped")
+                     .values(status="pending", skip_reason=None, updated_at=now))
+        cache = current(conn)
+        if cache is not None:
+            cache.history.clear()  # what waits for the contact changed
+    return [r.idempotency_key for r in found]
+
+
 # what a store write-back's ``last_error`` starts with when its try may have reached the store all the same
 OUTCOME_UNKNOWN = "outcome unknown: "
 LEASE_EXPIRED = "lease expired; retrying the idempotent write-back"

@@ -29,8 +29,10 @@ transfer on hold) is ``reordered`` without a reminder.
 
 A product that stops being sold (archived, a draft, binned or deleted) has its pending windows
 cancelled at once (``product_not_sold``, with ``cancel_reason`` ``not_sold``), and the runs of its opened
-windows end with what they still have waiting (a reminder held for quiet hours, a follow-up); sold again, those still
-ahead, or due within ``late_days``, are pending again (``product_sold_again``). A window cancelled because
+windows are paused: what they still have waiting (a reminder held for quiet hours, a follow-up) is skipped, and a
+run whose reminder went out still credits her reorder; sold again, pending windows still ahead, or due within
+``late_days``, are pending again, and the paused runs go on, a withheld reminder queued again if it is still that
+timely (``product_sold_again``). A window cancelled because
 its order was called off (``cancel_reason`` ``called_off``) is planned again by the next scan if the order
 counts again (a WooCommerce order restored from the bin) and is still her latest purchase of the product.
 Windows cancelled for any other reason (the line returned) stay cancelled.
@@ -1075,24 +1077,18 @@ def _open_window(conn: Connection, runner: JourneyRunner, store: Any, store_id: 
 def product_not_sold(conn: Connection, store: Any, store_id: int, keys: Iterable[str], now: datetime) -> None:
     """Cancel the pending windows of a product the store stopped selling (by any of its keys), at once:
     no reminder may link to it. No full scan is needed: every scan's ``CycleBook`` plans none for it.
-    The runs of its windows already opened end too (``_end_runs_not_sold``)."""
+    The runs of its windows already opened are paused (``_pause_runs_not_sold``)."""
     keys = sorted(set(keys))
     if keys:
         conn.execute(update(W).where(W.c.store_id == store_id, W.c.status == "pending", W.c.product_key.in_(keys))
                      .values(status="cancelled", cancel_reason=NOT_SOLD, updated_at=now))
-        _end_runs_not_sold(conn, store, store_id, keys, now)
+        _pause_runs_not_sold(conn, store, store_id, keys, now)
 
 
-def _end_runs_not_sold(conn: Connection, store: Any, store_id: int, keys: list[str], now: datetime) -> None:
-    """End the reorder runs of a product no longer sold (outcome ``not_sold``) and skip what they still have
-    waiting: a reminder held for the morning by quiet hours, or its follow-up, must not link her to a product
-    gone from the store. Runs live ``attribution_days`` from their window's opening, so only windows opened
-    since then are looked at."""
-    from connector.journeys.reorder import STEPS
-    from connector.outbox.queue import step_key
-    from connector.outbox.store import skip_pending
+def _runs_of_opened(conn: Connection, store: Any, store_id: int, keys: list[str], now: datetime) -> list[Any]:
+    """The active reorder runs of the product's opened windows. Runs live ``attribution_days`` from their
+    window's opening, so only windows opened since then are looked at."""
     from connector.state import active_runs
-    from connector.storage.sql import update_by_id
 
     config = config_for(store)
     since = now - timedelta(days=config.attribution_days if config is not None else 0)
@@ -1101,18 +1097,76 @@ def _end_runs_not_sold(conn: Connection, store: Any, store_id: int, keys: list[s
     subjects: dict[int, set[str]] = defaultdict(set)
     for contact_id, order_id, key in opened:
         subjects[contact_id].add(f"reorder:{order_id}:{key}"[:160])
-    for contact_id, theirs in subjects.items():
-        for run in active_runs(conn, store_id, contact_id):
-            if run.journey == JOURNEY and run.subject in theirs:
-                state = {**(run.state or {}), "outcome": NOT_SOLD}
-                update_by_id(conn, RUNS, run.id, {"status": "finished", "state": state, "next_due_at": None, "updated_at": now})
-                skip_pending(conn, store_id, [step_key(JOURNEY, step, run.subject) for step in STEPS], NOT_SOLD, now)
+    return [run for contact_id, theirs in subjects.items() for run in active_runs(conn, store_id, contact_id)
+            if run.journey == JOURNEY and run.subject in theirs]
+
+
+def _pause_runs_not_sold(conn: Connection, store: Any, store_id: int, keys: list[str], now: datetime) -> None:
+    """Pause the reorder runs of a product no longer sold: what they still have waiting (a reminder held for the
+    morning by quiet hours, its follow-up) is skipped (``not_sold``), for it must not link her to a product gone
+    from the store, and their timer waits for the end of attribution (no follow-up while it is not sold). Paused,
+    not ended: a product drafted for a two-minute edit comes back (``_resume_runs_sold_again``), and a run whose
+    reminder went out goes on listening, so her reorder is still credited to it. One whose product never comes
+    back ends with its attribution (``not_sold`` if its reminder never went out)."""
+    from connector.journeys.reorder import NOT_SOLD as PAUSED, RESUME_AT, STEPS, WITHHELD
+    from connector.outbox.queue import step_key
+    from connector.outbox.store import skip_pending
+    from connector.storage.sql import OUTBOX, flush, update_by_id
+
+    runs = [r for r in _runs_of_opened(conn, store, store_id, keys, now) if not (r.state or {}).get(PAUSED)]
+    if not runs:
+        return
+    flush(conn)  # a message queued in this batch is stored, so its status is read
+    for run in runs:
+        step_keys = {step_key(JOURNEY, step, run.subject)[:255]: step for step in STEPS}
+        waiting = {step_keys[k] for k, status, channel in conn.execute(
+            select(OUTBOX.c.idempotency_key, OUTBOX.c.status, OUTBOX.c.channel).where(
+                OUTBOX.c.store_id == store_id, OUTBOX.c.idempotency_key.in_(sorted(step_keys))))
+            if status == "pending" and channel == "whatsapp"}
+        skip_pending(conn, store_id, sorted(step_keys), NOT_SOLD, now)
+        state = run.state or {}
+        due = run.next_due_at.isoformat() if run.next_due_at is not None else None
+        ends = datetime.fromisoformat(state["attribution_ends"]) if state.get("attribution_ends") else run.next_due_at
+        paused = {**state, PAUSED: now.isoformat(), WITHHELD: [s for s in STEPS if s in waiting], RESUME_AT: due}
+        update_by_id(conn, RUNS, run.id, {"state": paused, "next_due_at": ends, "updated_at": now})
+
+
+def _resume_runs_sold_again(conn: Connection, store: Any, store_id: int, keys: list[str], now: datetime) -> None:
+    """The product is sold again: its paused runs (``_pause_runs_not_sold``) go on. What they had waiting is queued
+    again (the same rows, put back) and their timer is what it was (a follow-up whose time passed goes now); a reminder
+    withdrawn before it went out only if it is still timely, as a window not yet opened would be (due within
+    ``late_days``): one no longer timely ends its run (``not_sold``)."""
+    from connector.journeys.reorder import NOT_SOLD as PAUSED, RESUME_AT, WITHHELD
+    from connector.outbox.queue import step_key
+    from connector.outbox.store import unskip
+    from connector.storage.sql import update_by_id
+
+    runs = [r for r in _runs_of_opened(conn, store, store_id, keys, now) if (r.state or {}).get(PAUSED)]
+    if not runs:
+        return
+    config = config_for(store)
+    late = now - timedelta(days=config.late_days if config is not None else 0)
+    window_ids = sorted({int(r.state["window_id"]) for r in runs if r.state.get("window_id") is not None})
+    opens = {r.id: r.opens_at for r in conn.execute(select(W.c.id, W.c.opens_at).where(W.c.id.in_(window_ids)))} if window_ids else {}
+    for run in runs:
+        state = {k: v for k, v in run.state.items() if k not in (PAUSED, WITHHELD, RESUME_AT)}
+        withheld = list(run.state.get(WITHHELD) or ())
+        at = opens.get(run.state.get("window_id"))
+        if "reminder" in withheld and (at is None or at < late):
+            update_by_id(conn, RUNS, run.id, {"status": "finished", "state": {**state, "outcome": NOT_SOLD}, "next_due_at": None,
+                                              "updated_at": now})
+            continue
+        unskip(conn, store_id, [step_key(JOURNEY, step, run.subject) for step in withheld], NOT_SOLD, now)
+        resume = run.state.get(RESUME_AT)
+        due = max(datetime.fromisoformat(resume), now) if resume else run.next_due_at
+        update_by_id(conn, RUNS, run.id, {"state": state, "next_due_at": due, "updated_at": now})
 
 
 def product_sold_again(conn: Connection, store: Any, store_id: int, keys: Iterable[str], now: datetime) -> int:
     """Make pending again the windows cancelled only because the product was not sold, that are still
     ahead or came due within ``late_days`` (as ``open_due_windows`` would still message them); older ones,
-    and those whose order has been called off since, stay cancelled. The number made pending.
+    and those whose order has been called off since, stay cancelled. The runs of its opened windows paused
+    meanwhile go on (``_resume_runs_sold_again``). The number of windows made pending.
 
     Found through ix_reorder_windows_due (cancelled windows from the cut-off on), not a scan; the full
     scan that being sold again forces next replans them on the cycles of the day, and plans what was
@@ -1124,10 +1178,12 @@ def product_sold_again(conn: Connection, store: Any, store_id: int, keys: Iterab
     since = now - timedelta(days=config.late_days if config is not None else 0)
     called_off = exists().where(O.c.store_id == W.c.store_id, O.c.external_id == W.c.order_external_id,
                                 or_(O.c.cancelled_at.is_not(None), O.c.payment_state.in_(CALLED_OFF_STATES)))
-    return conn.execute(
+    made_pending = conn.execute(
         update(W).where(W.c.store_id == store_id, W.c.status == "cancelled", W.c.opens_at >= since, W.c.product_key.in_(keys),
                         W.c.cancel_reason == NOT_SOLD, ~called_off)
         .values(status="pending", cancel_reason=None, updated_at=now)).rowcount
+    _resume_runs_sold_again(conn, store, store_id, keys, now)
+    return made_pending
 
 
 def run_reorder_tick(db: Database, store: Any, store_id: int, now: datetime, *, max_open: int = 10_000) -> tuple[ScanReport, OpenReport]:
