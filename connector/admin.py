@@ -46,7 +46,8 @@ def _message_text(msg: Any) -> str | None:
     return f"(text removed after {days} days)"
 
 
-def contact_view(db: Database, store_id: int, phone: str, default_country: str, limit: int = 100) -> dict[str, Any] | None:
+def contact_view(db: Database, store_id: int, phone: str, default_country: str, limit: int = 100,
+                 now: datetime | None = None) -> dict[str, Any] | None:
     parsed = normalize_phone(phone, default_country)
     if parsed is None:
         return None
@@ -59,8 +60,8 @@ def contact_view(db: Database, store_id: int, phone: str, default_country: str, 
             contact = conn.execute(
                 select(m.Contact).where(m.Contact.store_id == store_id, m.Contact.wa_id == parsed.e164.lstrip("+"))
             ).one_or_none()
-        if contact is None and (moved_to := previous_owner(conn, store_id, key)) is not None:
-            # a number she changed on WhatsApp: her contact, now on her new number
+        if contact is None and (moved_to := previous_owner(conn, store_id, key, now or m.utcnow())) is not None:
+            # a number she changed on WhatsApp lately (``number_change.WINDOW``): her contact, now on her new number
             contact = conn.execute(select(m.Contact).where(m.Contact.id == moved_to)).one_or_none()
         if contact is None:
             return None

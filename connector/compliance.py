@@ -363,7 +363,7 @@ class Scope:
         return (table.c.store_id == self.store_id) & or_(_in(table.c.contact_id, self.contact_ids), *extra)
 
 
-def find_contacts(conn: Connection, store_id: int, ident: Identity) -> list[Any]:
+def find_contacts(conn: Connection, store_id: int, ident: Identity, at: datetime | None = None) -> list[Any]:
     conds: list[Any] = []
     if ident.customer_external_id:
         conds.append(CONTACTS.c.external_customer_id == ident.customer_external_id)
@@ -383,9 +383,11 @@ def find_contacts(conn: Connection, store_id: int, ident: Identity) -> list[Any]
             same_customer = same_customer | (CONTACTS.c.external_customer_id == ident.customer_external_id)
         conds.append(CONTACTS.c.id.in_(owners) & same_customer)
     if ident.phone is not None:
-        # a number she had before she changed it on WhatsApp (``number_change``): the contact it moved to
-        owners = select(PREVIOUS.c.contact_id).where(PREVIOUS.c.store_id == store_id, PREVIOUS.c.phone_key == key)
-        conds.append(CONTACTS.c.id.in_(owners))
+        # a number she changed from on WhatsApp lately (``number_change.WINDOW`` before the request, ``at``): the
+        # contact it moved to. Past it the number may be someone else's: a request naming it alone finds none of hers
+        from connector.number_change import previous_owners
+
+        conds.append(CONTACTS.c.id.in_(previous_owners(store_id, key, at or m.utcnow())))
     if not conds:
         return []
     found = list(conn.execute(select(CONTACTS).where(CONTACTS.c.store_id == store_id, or_(*conds)).order_by(CONTACTS.c.id)))
@@ -400,10 +402,11 @@ def find_contacts(conn: Connection, store_id: int, ident: Identity) -> list[Any]
     return found
 
 
-def _customer_scope(conn: Connection, store_id: int, ident: Identity, default_country: str | None = None) -> tuple[Scope, list[Any]]:
+def _customer_scope(conn: Connection, store_id: int, ident: Identity, default_country: str | None = None,
+                    at: datetime | None = None) -> tuple[Scope, list[Any]]:
     scope = Scope(store_id)
     scope.needles.default_country = default_country
-    contacts = find_contacts(conn, store_id, ident)
+    contacts = find_contacts(conn, store_id, ident, at)
     scope.contact_ids = {c.id for c in contacts}
     for c in contacts:
         scope.needles.add_contact(c)
@@ -530,7 +533,7 @@ def export_customer(
     """
     ident = Identity.build(customer_external_id=customer_external_id, phone=phone, emails=emails, order_ids=order_ids,
                            default_country=default_country)
-    scope, contacts = _customer_scope(conn, store_id, ident, default_country)
+    scope, contacts = _customer_scope(conn, store_id, ident, default_country, now)
     cids = scope.contact_ids
     sid = store_id
     consent = _rows(conn, select(CONSENT).where(CONSENT.c.store_id == sid, _in(CONSENT.c.contact_id, cids)).order_by(CONSENT.c.id))
@@ -974,8 +977,8 @@ def redact_customer(
                            default_country=default_country)
     if ident.empty():
         return {}, []
-    scope, _ = _customer_scope(conn, store_id, ident, default_country)
     now = now or m.utcnow()
+    scope, _ = _customer_scope(conn, store_id, ident, default_country, now)
     links: set[str] = set()
     if link_identity is not None:
         chw = scope.by_contact(CHECKOUTS, _in(CHECKOUTS.c.token, scope.checkout_tokens))

@@ -14,8 +14,13 @@ business account, ``entry[].id``; a number's news by its ``display_phone_number`
   policy (``violation_info``);
 - ``message_template_quality_update``: a template's rating (``template_check.template_quality_news``);
 - ``business_capability_update``: the business portfolio's messaging limit (Meta sends it when the account
-  is created and when the limit changes), kept as the limit part; it tells nobody (it says no old limit, and a
-  lowered one comes as a number's DOWNGRADE too).
+  is created and when the limit changes), kept as the limit part. It says no old limit: one lower than the
+  limit kept is told as a DOWNGRADE is; a first one tells nobody.
+
+A lowered limit is told once, whichever of Meta's two words on it comes first (``record``): the kept limit
+part notes ``told`` when its lowering was told (a number's DOWNGRADE, a capability update or a reading
+below the limit kept), and a DOWNGRADE to the limit kept that nobody was told of is told even when a
+capability update stamped later came first (else it would be dropped as stale, and the owner never told).
 
 The worker also asks Meta for the number's rating and limit every few hours (``NumberReading``,
 ``record_reading``; the job is ``jobs/scheduler.number_quality_store``): YELLOW, the early warning,
@@ -106,7 +111,9 @@ def parts(event: Any, store: Any) -> list[Part]:
         if event.event in ("FLAGGED", "UNFLAGGED"):
             out.append(Part("quality", {"rating": "RED" if event.event == "FLAGGED" else "GREEN", "event": event.event}))
         if event.limit is not None and tier(event.limit) not in NOT_A_LIMIT:
-            out.append(Part("limit", {"value": event.limit, "old": event.old_limit, "event": event.event}))
+            # a DOWNGRADE or UPGRADE is told (``number_news``): a late one to the same limit tells nobody again
+            out.append(Part("limit", {"value": event.limit, "old": event.old_limit, "event": event.event,
+                                      "told": event.event in ("DOWNGRADE", "UPGRADE")}))
         return out
     if isinstance(event, ev.BusinessCapabilityChanged):
         # the portfolio's limit as Meta now sets it (shared by its numbers since October 2025): the same part a
@@ -130,6 +137,8 @@ SAME_IF = {"quality": ("rating",), "limit": ("value",), "ban": ("state",), "rest
 
 
 def _same(name: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
+    if name == "limit":  # "250" (a capability update) and "TIER_250" (a number's update) are one limit
+        return tier(old.get("value")) == tier(new.get("value"))
     keys = SAME_IF.get(name)
     if keys is None:
         return {k: v for k, v in old.items() if k not in ("at", "since")} == new
@@ -274,13 +283,14 @@ def _malformed(restriction: dict[str, Any]) -> bool:
 
 # ---- the store row ---------------------------------------------------------------------------
 
-def record(conn: Connection, store: Any, store_id: int, event: Any, now: datetime) -> str:
+def record(conn: Connection, store: Any, store_id: int, event: Any, now: datetime) -> tuple[str, NumberNews | None]:
     """Keep what an update says on the store row; returns ``news``, ``same``, ``stale`` or ``none``
-    (nothing the connector keeps: another account event). The row is read locked on PostgreSQL, so
+    (nothing the connector keeps: another account event), and what the number's case is told that the
+    hand-off rules cannot say (a capability update that lowered the limit: ``_lowered_limit``). The row is read locked on PostgreSQL, so
     two workers applying two updates of one store compare with each other's writes."""
     event_parts = parts(event, store)
     if not event_parts:
-        return "none"
+        return "none", None
     query = select(STORES.c.whatsapp_health).where(STORES.c.id == store_id)
     if conn.dialect.name != "sqlite":
         query = query.with_for_update()
@@ -288,9 +298,39 @@ def record(conn: Connection, store: Any, store_id: int, event: Any, now: datetim
     _warn_unreadable(kept, store_id, "Meta's news replaces what it is about")
     health = _object(kept)
     new, verdict = merge(health, event_parts, event.occurred_at or now)
+    new, verdict, news = _lowered_limit(store, event, health, new, verdict)
     if new is not health:
         conn.execute(update(STORES).where(STORES.c.id == store_id).values(whatsapp_health=new, whatsapp_held_until=held_until(new, now)))
-    return verdict
+    return verdict, news
+
+
+def _lowered_limit(store: Any, event: Any, before: dict[str, Any], after: dict[str, Any],
+                   verdict: str) -> tuple[dict[str, Any], str, NumberNews | None]:
+    """A lowered messaging limit told once, whichever of Meta's words on it comes first; returns the health,
+    the verdict and what a capability update tells (a DOWNGRADE is told by the hand-off rules, as news).
+
+    - A number's DOWNGRADE to the limit kept, whose lowering nobody was told of (a capability update, which
+      names no old limit, came first: the DOWNGRADE is then ``same``, or ``stale`` when stamped earlier), is
+      news; one whose lowering was told (the capability update said it, or Meta's retry) is not.
+    - A capability update below the limit kept is a lowered limit told now (``limit_news``)."""
+    kept = _part(after, "limit")
+    if isinstance(event, ev.NumberQualityChanged) and event.event == "DOWNGRADE" and event.limit is not None:
+        if kept and tier(kept.get("value")) == tier(event.limit) and (verdict == "news" or not _part(before, "limit").get("told")):
+            told = {**kept, "told": True, **({"old": event.old_limit} if not kept.get("old") else {})}
+            return {**after, "limit": told}, "news", None
+        return after, verdict, None
+    if isinstance(event, ev.BusinessCapabilityChanged) and verdict == "news" and event.limit is not None:
+        was = _part(before, "limit").get("value")
+        news = limit_news(store, was, event.limit) if lowered(was, event.limit) else None
+        if news is not None:
+            return {**after, "limit": {**kept, "old": was, "told": True}}, verdict, news
+    return after, verdict, None
+
+
+def lowered(was: str | None, limit: str | None) -> bool:
+    """Whether ``limit`` is a lower tier than ``was`` (both tiers whose order is known)."""
+    was, limit = tier(was), tier(limit)
+    return was in TIERS and limit in TIERS and TIERS.index(limit) < TIERS.index(was)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +362,8 @@ def record_reading(conn: Connection, store: Any, store_id: int, reading: NumberR
             told.append(news)
     was_limit = _part(new, "limit").get("value")
     if reading.limit and tier(reading.limit) not in NOT_A_LIMIT and tier(reading.limit) != tier(was_limit):
-        new, verdict = merge(new, [Part("limit", {"value": reading.limit, "old": was_limit, "event": "READ"})], now)
+        down = lowered(was_limit, reading.limit)  # told below: a DOWNGRADE of it arriving later tells nobody again
+        new, verdict = merge(new, [Part("limit", {"value": reading.limit, "old": was_limit, "event": "READ", "told": down})], now)
         if verdict == "news" and (news := limit_news(store, was_limit, reading.limit)) is not None:
             told.append(news)
     if new is not health:

@@ -395,6 +395,8 @@ class InboxProcessor:
             prefetch_contacts(conn, store_id, "external_customer_id", customers)
             contacts = {cache.keys.get(("contacts", store_id, p)) for p in phones}
             contacts |= {o.contact_id for o in (cache.lookup(("orders", store_id, x))[1] for x in orders) if o is not None}
+            # her other numbers' runs an order's email may reach (``runner.order_email_keys``): in the same query
+            contacts |= {r["id"] for k in emails for r in cache.matching_contacts("email", store_id, k)}
             prefetch_runs(conn, self._stores[store_id], store_id, subjects, {c for c in contacts if c is not None})
 
     def _one_by_one(self, conn: Connection, rows: list[Any], now: datetime, stop: Callable[[], bool],

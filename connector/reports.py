@@ -85,6 +85,7 @@ from connector.journeys._common import awaits_payment, continued
 from connector.journeys.checkout_recovery import STEPS as CART_STEPS, was_abandoned
 from connector.journeys.payment_recovery import recovered as pay_recovered, stalled
 from connector.journeys.reorder import STEPS as REORDER_STEPS
+from connector.number_change import MOVED
 from connector.outbox.queue import step_key
 from connector.outbox.store import REACHED_STATES
 from connector.storage import models as m
@@ -364,7 +365,9 @@ def _standing(conn: Connection, store_id: int, journey: str, runs: list[Any]) ->
 def entry(conn: Connection, store_id: int, p: Period) -> dict[str, Any]:
     new = conn.execute(
         select(CONTACTS.c.id, CONTACTS.c.consent_marketing)
-        .where(CONTACTS.c.store_id == store_id, CONTACTS.c.created_at >= p.start, CONTACTS.c.created_at < p.end)
+        .where(CONTACTS.c.store_id == store_id, CONTACTS.c.created_at >= p.start, CONTACTS.c.created_at < p.end,
+               # a contact joined to the one of her new number (``number_change._join``): she is counted there
+               ~CONTACTS.c.phone_key.startswith(MOVED, autoescape=True))
     ).all()
     ids = [r.id for r in new]
     first: dict[int, tuple[datetime, str]] = {}
@@ -724,21 +727,22 @@ def connector_health(conn: Connection, store_id: int, now: datetime | None = Non
     row = conn.execute(select(STORES.c.whatsapp_health, STORES.c.whatsapp_held_until).where(STORES.c.id == store_id)).first()
     whatsapp = view(row.whatsapp_health if row else None, row.whatsapp_held_until if row else None, now)
     return {"inbox_failed": failed_count(conn, store_id), "timers_failing": parked_runs(conn, store_id),
-            "jobs": job_states(conn, store_id), "whatsapp": whatsapp, "whatsapp_pause": whatsapp_pause(conn, store_id, phone_number_id),
+            "jobs": job_states(conn, store_id), "whatsapp": whatsapp, "whatsapp_pause": whatsapp_pause(conn, store_id, phone_number_id, now),
             "refused_sites": refused_sites(conn, store_id, now)}
 
 
-def whatsapp_pause(conn: Connection, store_id: int, phone_number_id: str | None) -> dict[str, Any] | None:
-    """The store's number, if a dispatcher paused its sends: over Meta's API call rate limit (a wait,
-    nothing to fix) or an account-level refusal (fix the account); Meta's code and what it means,
-    since when and the next try, and how many of the store's messages wait meanwhile. The owner
-    tells a stuck shop from a quiet one by it."""
+def whatsapp_pause(conn: Connection, store_id: int, phone_number_id: str | None, now: datetime) -> dict[str, Any] | None:
+    """The store's number, if a dispatcher paused its sends and the pause's end is still ahead: over Meta's
+    API call rate limit (a wait, nothing to fix) or an account-level refusal (fix the account); Meta's code
+    and what it means, since when and the next try, and how many of the store's messages are due by then
+    (held by it; a reminder planned days ahead is not). The owner tells a stuck shop from a quiet one by it.
+    A pause past its end with nothing left to send is no pause (no probe comes to clear its row)."""
     from adapters.whatsapp.errors import describe
     from connector.outbox.store import paused_number, waiting
 
-    pause = paused_number(conn, phone_number_id)
+    pause = paused_number(conn, phone_number_id, now)
     if pause is None:
         return None
     return {"rate_limit": pause.rate_limit, "code": pause.code, "reason": describe(pause.code),
             "since": pause.since.isoformat() if pause.since is not None else None, "until": pause.until.isoformat(),
-            "waiting": waiting(conn, store_id)}
+            "waiting": waiting(conn, store_id, pause.until)}

@@ -21,7 +21,7 @@ from sqlalchemy.exc import NoResultFound
 from connector import events as ev
 from connector.contacts import email_key
 from connector.handoffs import restage
-from connector.number_change import apply_number_change, previous_owner, previous_owner_of_wa_id
+from connector.number_change import apply_number_change, previous_owner, previous_owner_of_wa_id, was_her_number
 from connector.policy import keyword_intent
 from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, ATTEMPTS, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES
 from connector.rows import checkout_ordered_at, checkout_row, contact_by_phone, contact_row, contact_where, fulfillment_row, order_row, phone_key
@@ -169,6 +169,7 @@ def upsert_contact(
     user_id: str | None = None,
     by_email: bool = False,
     new_by_user_id: bool = False,
+    echo_at: datetime | None = None,
 ) -> int | None:
     """Find or create the contact for a phone (or a WhatsApp id); fill in what we learn.
 
@@ -176,16 +177,19 @@ def upsert_contact(
     order by a known customer reaches their runs (a checkout reminded on WhatsApp ends as recovered).
     ``new_by_user_id`` (a message she wrote): a sender known by her business-scoped id alone, new to
     the store, becomes a contact keyed by that id, so her words are kept against her and open a case.
+    ``echo_at`` (what WhatsApp says from a number, at that time): a number nobody has now that a
+    customer changed from within ``number_change.WINDOW`` of it finds her. An order or a store's
+    customer update never does: a recycled number is someone else's.
     """
     row = None
     if phone is not None:
         row = contact_by_phone(conn, store_id, phone)
     if row is None and wa_id:
         row = contact_where(conn, store_id, CONTACTS.c.wa_id, wa_id)
-    if row is None and phone is not None:
-        # a number she changed on WhatsApp (``number_change``): a late reply, status or order on it is hers;
-        # what it says of the number (its WhatsApp id) is not, her contact has her new one
-        moved_to = previous_owner(conn, store_id, phone_key(phone))
+    if row is None and phone is not None and echo_at is not None:
+        # a number she changed on WhatsApp lately (``number_change``): a late reply on it is hers; what it
+        # says of the number (its WhatsApp id) is not, her contact has her new one
+        moved_to = previous_owner(conn, store_id, phone_key(phone), echo_at)
         if moved_to is not None and (row := contact_row(conn, moved_to)) is not None:
             wa_id = None
     if row is None and phone is None and not wa_id and user_id:
@@ -355,6 +359,19 @@ def apply_order(conn: Connection, store_id: int, order: ev.Order, contact_id: in
     if existing is None:
         return "new"
     return "called_off" if counted and ev.called_off(order.cancelled_at, order.payment_state) else "changed"
+
+
+def _order_contact(conn: Connection, store_id: int, order: ev.Order, now: datetime) -> int | None:
+    """The contact an order event is about: by the number it names as it is now (``upsert_contact``), except
+    for an order stored as hers that names a number she has changed from since (the store's updates of an
+    order placed before the change carry the old number for ever): it stays hers, and no contact is made
+    for the old number (her parcel's news goes to the number she uses, not to one she gave up)."""
+    phone = order.customer.phone
+    if phone is not None:
+        stored = order_row(conn, store_id, order.external_id)
+        if stored is not None and stored.contact_id is not None and was_her_number(conn, store_id, phone_key(phone), stored.contact_id):
+            return stored.contact_id
+    return upsert_contact(conn, store_id, now, phone=phone, customer=order.customer, by_email=True)
 
 
 def _complete_checkout(conn: Connection, store_id: int, token: str, at: datetime) -> None:
@@ -617,7 +634,7 @@ def apply_status(conn: Connection, store_id: int, e: ev.MessageStatusChanged, no
         if contact_id is None and e.recipient_id:
             found = contact_where(conn, store_id, CONTACTS.c.wa_id, e.recipient_id)
             # a message to the number she had before she changed it: still hers
-            contact_id = found.id if found is not None else previous_owner_of_wa_id(conn, store_id, e.recipient_id)
+            contact_id = found.id if found is not None else previous_owner_of_wa_id(conn, store_id, e.recipient_id, e.occurred_at)
         _flush_if_held(conn, contact_id)
         conn.execute(_INSERT_MESSAGE, dict(store_id=store_id, contact_id=contact_id, direction="out", wamid=e.message_id,
                                            kind="template" if outbox_id else "unknown", status=e.status, error_code=e.error_code,
@@ -897,7 +914,7 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
         case ev.OrderPlaced() | ev.OrderUpdated() | ev.OrderPaid() | ev.OrderCancelled() | ev.OrderFulfilled():
             order = event.order
             out.subject = f"order:{order.external_id}"
-            out.contact_id = upsert_contact(conn, store_id, now, phone=order.customer.phone, customer=order.customer, by_email=True)
+            out.contact_id = _order_contact(conn, store_id, order, now)
             if out.contact_id is not None and order.customer.phone is not None and store.policy.utility_consent_from_order:
                 record_consent(conn, store_id, out.contact_id, "utility", "granted", "order_with_phone", order.created_at, inbox_id, only_if_unknown=True)
             # read (locked, as apply_order reads it) before apply_order, which changes the cached row in place
@@ -976,7 +993,7 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
         case ev.MessageReceived() | ev.ButtonReplied():
             out.subject = f"wamid:{event.context_message_id}" if event.context_message_id else None
             out.contact_id = upsert_contact(conn, store_id, now, phone=event.phone, wa_id=event.wa_id, user_id=event.user_id,
-                                            new_by_user_id=True)
+                                            new_by_user_id=True, echo_at=event.occurred_at)
             if isinstance(event, ev.ButtonReplied):
                 kind, body, intent = "button", event.payload, tap_intent(event, store)
             else:
@@ -999,7 +1016,8 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             out.subject = f"wamid:{event.message_id}"
             out.contact_id = apply_status(conn, store_id, event, now)
         case ev.MarketingPreferenceChanged():
-            out.contact_id = upsert_contact(conn, store_id, now, phone=event.phone, wa_id=event.wa_id, user_id=event.user_id)
+            out.contact_id = upsert_contact(conn, store_id, now, phone=event.phone, wa_id=event.wa_id, user_id=event.user_id,
+                                            echo_at=event.occurred_at)
             state = {"stop": "revoked", "resume": "granted", "signup": "granted"}.get(event.value)
             if out.contact_id is not None and state is not None:
                 source = f"whatsapp_preference_{event.value}"
@@ -1016,9 +1034,14 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
                            else number_health.number_subject(store))
             # kept on the store row; an older update than the one kept is stale, and one that says what is
             # known already (Meta's retry, the same news again), or that nothing here reads, tells nobody
-            verdict = number_health.record(conn, store, store_id, event, now)
+            verdict, news = number_health.record(conn, store, store_id, event, now)
             out.stale = verdict == "stale"
             out.old_news = verdict in ("same", "none")
+            if news is not None:  # a capability update lowered the limit: the hand-off rules cannot tell (it names no old one)
+                from connector.handoffs import number_request, open_handoff
+
+                flush(conn)  # the case's context reads from the database
+                open_handoff(conn, store, store_id, None, number_request(store, news), now)
         case ev.ProductUpdated():
             apply_product_cycle(conn, store, store_id, event, now)
         case ev.ProductDeleted():

@@ -445,3 +445,35 @@ def test_a_rate_limit_pause_shows_its_owner_since_when_until_when_why_and_how_ma
         assert sc.client.get("/readyz").json()["whatsapp"] == "sending"
     finally:
         sc.client.portal.call(client.aclose)
+
+
+def test_a_rate_limit_pause_counts_the_messages_it_holds_not_one_planned_for_tomorrow(sqlite_url, scenario, world, graph):
+    """Ravi's cart reminder met his marketing limit (131049): it waits for tomorrow. Then Meta's call rate
+    limit pauses the number while Asha's COD question waits. The owner is told one message waits (hers),
+    not two: Ravi's is not held by the pause, and would not go at its end."""
+    from tests.scenarios.test_store_journeys import LADDER
+
+    fake, url = graph
+    sc = scenario(sqlite_url, "shopify", journeys={**COD, **LADDER})
+    client = WhatsAppClient(url, sc.settings.whatsapp.api_version, WA_TOKEN)
+    sc.runtime.dispatcher.sender = client
+    try:
+        fake.script.append(ScriptedResponse(400, {"error": {"message": "(#131049) This message was not delivered to maintain healthy "
+                                                                       "ecosystem engagement.", "type": "OAuthException",
+                                                            "code": 131049, "fbtrace_id": "T131049"}}))
+        SHOPIFY.start_checkout(sc, "cartR", RAVI)
+        sc.later(minutes=40, step=timedelta(minutes=10))
+        assert len(fake.calls) == 1 and fake.accepted() == []
+        with sc.runtime.db.engine.connect() as conn:
+            [(status, due)] = conn.execute(select(m.OutboxMessage.status, m.OutboxMessage.due_at)).all()
+        assert status == "pending" and due >= sc.now + timedelta(hours=20)  # his, tomorrow
+
+        fake.script.extend([RATE_LIMITED] * 100)
+        SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, sc.now))
+        sc.work()
+        assert sc.client.post("/dashboard/login", data={"token": SECRETS["admin"], "next": "/dashboard"}).status_code == 200
+        callout = sc.client.get("/dashboard/shop-a").text.split('id="whatsapp-rate-limited"')[1].split("</div>")[0]
+        assert "1 message waits" in callout
+        assert "1 message(s) wait" in health_lines(sc)
+    finally:
+        sc.client.portal.call(client.aclose)

@@ -79,3 +79,36 @@ def test_an_update_whose_value_is_no_object_is_kept_as_ignored_and_the_rest_of_t
                         capability(max_daily_conversations_per_business=100000)]}]}))
     sc.work()
     assert whatsapp_health(sc)["messaging_limit"] == "100000"
+
+
+def test_a_capability_update_below_the_limit_kept_tells_the_owner_once_and_the_downgrade_after_it_nobody(db_url, scenario, world):
+    """The number's limit is 1K (Meta's UPGRADE said so). Meta cuts the portfolio's limit to 250 and says it
+    twice: the business_capability_update first, then the number's DOWNGRADE (stamped a minute later, and
+    Meta's retry of it). The owner hears of the cut once, from whichever came first."""
+    sc = scenario(db_url, "shopify", journeys=COD)
+    account(sc, number("UPGRADE", old_limit="TIER_250", current_limit="TIER_1K"), at=sc.now - timedelta(days=3))
+    sc.later(minutes=5)
+    cut = sc.now
+    account(sc, capability(max_daily_conversations_per_business=250), at=cut)
+    sc.later(minutes=5)
+    lowered = [text for _, text in told(world) if "Meta lowered the messaging limit" in text]
+    assert len(lowered) == 1 and "from 1K" in lowered[0].replace("TIER_", "") and "250" in lowered[0]
+
+    account(sc, number("DOWNGRADE", old_limit="TIER_1K", current_limit="TIER_250"), at=cut + timedelta(minutes=1))
+    account(sc, number("DOWNGRADE", old_limit="TIER_1K", current_limit="TIER_250"), at=cut + timedelta(minutes=1))
+    sc.later(minutes=10)
+    assert [text for _, text in told(world) if "Meta lowered the messaging limit" in text] == lowered
+    assert whatsapp_health(sc)["messaging_limit"] in ("250", "TIER_250")
+
+
+def test_a_downgrade_after_a_first_capability_update_of_the_same_limit_is_told_once(sqlite_url, scenario, world):
+    """Meta's first capability update (no limit was known) says 250 and tells nobody; the number's DOWNGRADE
+    from 1K to 250, stamped later, is the owner's only word of the cut: told, once (its retry tells nobody)."""
+    sc = scenario(sqlite_url, "shopify", journeys=COD)
+    account(sc, capability(max_daily_conversations_per_business=250), at=sc.now)
+    sc.later(minutes=5)
+    assert told(world) == []
+    for _ in range(2):
+        account(sc, number("DOWNGRADE", old_limit="TIER_1K", current_limit="TIER_250"), at=sc.now)
+    sc.later(minutes=10)
+    assert len([text for _, text in told(world) if "Meta lowered the messaging limit" in text]) == 1

@@ -172,3 +172,109 @@ def test_an_erasure_naming_her_old_number_erases_her_and_forgets_the_number(db_u
     sc.say(ASHA, "hello")
     sc.later(minutes=5)
     assert sc.contact(ASHA)["contact"]["phone"] == ASHA and sc.contact(ASHA)["contact"]["opted_out_at"] is None
+
+
+# ---- a recycled number: her old one is hers for WhatsApp's echoes only, for a while ----------------
+
+def test_a_late_reply_from_her_old_number_reaches_her_but_a_month_on_the_number_is_a_strangers(db_url, scenario, world):
+    """A reply of hers Meta delivers from the old number three days after the change still reaches her
+    contact. Forty days on (past ``number_change.WINDOW``) the telco has given the number to Ravi: his
+    "hello" is a new customer's, kept on a contact of his own; hers keeps her name and her new number."""
+    sc = scenario(db_url, "shopify", journeys=COD)
+    SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, sc.now))
+    sc.work()
+    changes_number(sc, ASHA, ASHA_NEW)
+    sc.later(days=3)
+    sc.say(ASHA, "did you get my answer?")
+    sc.later(minutes=10)
+    her = sc.contact(ASHA_NEW)["contact"]
+    assert sc.contact(ASHA)["contact"] == her  # within the window, the old number finds her
+
+    sc.later(days=40, step=timedelta(days=5))
+    sc.say(ASHA, "hello, is this the shop?")  # Ravi, on the number she left
+    sc.later(minutes=10)
+    his = sc.contact(ASHA)
+    assert (his["contact"]["phone"], his["contact"]["wa_id"], his["contact"]["name"], his["orders"]) == (ASHA, wa_id(ASHA), None, [])
+    assert sc.contact(ASHA_NEW)["contact"] == her  # her name, her number, her WhatsApp id: untouched
+    with sc.runtime.db.engine.connect() as conn:
+        assert len(conn.execute(select(m.Contact.id)).all()) == 2
+
+
+def test_her_order_placed_before_the_change_stays_hers_when_the_store_updates_it_weeks_later(sqlite_url, scenario, world):
+    """Shopify's updates of her order keep naming the number she gave when she placed it. Six weeks after
+    the change (past the window) the store ships it: the order stays on her contact, "shipped" goes to
+    her new number, and no contact is made for the number she left."""
+    from tests.scenarios.test_delivery_stories import parcel, start
+
+    sc = start(scenario, sqlite_url)
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(minutes=10)
+    changes_number(sc, ASHA, ASHA_NEW)
+    sc.later(days=42, step=timedelta(days=6))
+    SHOPIFY.confirmed_echo(sc, {**order, "updated_at": p.iso(sc.now)})  # an app tags it: orders/updated, old number
+    sc.shopify("fulfillments/create", parcel(7001, order, sc.now, "in_transit", "AAA111"))
+    sc.later(hours=1)
+
+    assert [s.to for s in sc.world.sent() if s.template == "shipped_track_v1"] == [ASHA_NEW]
+    with sc.runtime.db.engine.connect() as conn:
+        assert conn.execute(select(m.Contact.phone_e164)).scalars().all() == [ASHA_NEW]
+
+
+def test_a_privacy_request_naming_only_her_old_number_after_the_window_touches_nothing_of_hers(db_url, scenario, world):
+    """Forty days after the change, customers/redact names only the number she left (the customer it names is
+    not hers): her contact, her order and her new number stay. A data request by her own customer id still
+    finds her, on her new number."""
+    from tests.scenarios.payloads import customer_id_for
+
+    sc = scenario(db_url, "shopify", journeys=COD)
+    SHOPIFY.place(sc, SHOPIFY.order(1, ASHA, sc.now))
+    sc.work()
+    changes_number(sc, ASHA, ASHA_NEW)
+    sc.later(days=40, step=timedelta(days=5))
+    sc.shopify("customers/redact", {"shop_id": 954889, "shop_domain": "shop-a.myshopify.com",
+                                    "customer": {"id": 777000111, "email": None, "phone": ASHA}, "orders_to_redact": []})
+    sc.later(minutes=5)
+    her = sc.contact(ASHA_NEW)
+    assert her["contact"]["phone"] == ASHA_NEW and [o["id"] for o in her["orders"]] == [str(SHOPIFY.order_id(1))]
+
+    sc.shopify("customers/data_request", {"shop_id": 954889, "shop_domain": "shop-a.myshopify.com",
+                                          "customer": {"id": customer_id_for(ASHA), "email": None, "phone": None},
+                                          "orders_requested": [], "data_request": {"id": 9998}})
+    sc.later(minutes=5)
+    [request] = [i for i in sc.api("/compliance")["items"] if i["kind"] == "customer_data_request"]
+    export = sc.api(f"/compliance/{request['id']}")["export"]
+    assert [c.get("phone_e164") for c in export["contacts"] if c.get("phone_e164")] == [ASHA_NEW]
+    assert [o["external_id"] for o in export["orders"]] == [str(SHOPIFY.order_id(1))]
+
+
+# ---- a join: the contact of her new number becomes hers in full ----------------------------------
+
+def test_after_a_join_she_is_one_customer_in_the_report_and_her_order_and_questions_are_on_her_new_number(db_url, scenario, world):
+    """She ordered with her new number before Meta's notice came (prepaid: a second contact). After the join the
+    week's report counts one new customer, not two; both orders, the question she was sent and her consent
+    history are on her new number's contact; and in the same worker round as the notice, her unquoted answer
+    from the new number answers her COD question (the batch reads nothing stale)."""
+    sc = scenario(db_url, "shopify", journeys=COD)
+    SHOPIFY.place(sc, SHOPIFY.order(4, ASHA, sc.now))
+    sc.work()
+    sc.marketing_preference(ASHA, "stop")
+    SHOPIFY.place(sc, SHOPIFY.order(5, ASHA_NEW, sc.now, cod=False))
+    sc.later(minutes=5)
+    assert sc.report()["stages"]["entry"]["metrics"]["new_contacts"] == 2  # two people, as far as anyone knew
+
+    changes_number(sc, ASHA, ASHA_NEW)
+    sc.say(ASHA_NEW, "I will pay cash when it comes")  # quoting nothing; processed with the notice
+    sc.work()
+
+    assert sc.report()["stages"]["entry"]["metrics"]["new_contacts"] == 1
+    cases = [(c["journey"], c["subject"]) for c in sc.handoffs("open") if "I will pay cash when it comes" in c["reason"]]
+    assert cases == [("cod_confirmation", f"order:{SHOPIFY.order_id(4)}")]
+    her = sc.contact(ASHA_NEW)
+    assert sorted(o["id"] for o in her["orders"]) == [str(SHOPIFY.order_id(4)), str(SHOPIFY.order_id(5))]
+    assert her["consent"]["marketing"]["state"] == "revoked"
+    with sc.runtime.db.engine.connect() as conn:
+        [contact_id] = conn.execute(select(m.Contact.id).where(m.Contact.phone_e164 == ASHA_NEW)).scalars().all()
+        owners = {table.__tablename__: set(conn.execute(select(table.contact_id)).scalars())
+                  for table in (m.Order, m.OutboxMessage, m.Message, m.ConsentChange, m.JourneyRun)}
+    assert owners == {name: {contact_id} for name in owners}  # everything of hers is on one contact

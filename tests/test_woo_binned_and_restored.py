@@ -311,3 +311,38 @@ def test_a_tap_in_the_bin_that_matches_no_message_and_may_mean_another_order_goe
     [case] = sc.handoffs(status="open")
     assert "which order she meant" in case["reason"]
     assert WOOCOMMERCE.name(9) in case["reason"] and WOOCOMMERCE.name(10) in case["reason"]
+
+
+def test_a_cod_tap_that_matches_no_message_is_none_of_her_binned_pay_reminders_business(sqlite_url, scenario, world):  # noqa: F811
+    """Two orders of hers whose card was declined (#7311, #7312) wait for their pay link; the store bins both ten
+    minutes on (a clean-up). She then orders cash on delivery (#7313); its question reaches her but its send's answer
+    is lost, and she taps Confirm on it: the tap matches none of our messages, and her COD order takes it (confirmed).
+    A pay link asks nothing to tap: the tap is none of the pay runs' business. The store restores #7311: its pay link
+    goes out as due, and nobody is asked to find out which order she meant. Before, each binned pay run kept the tap
+    as maybe meant for the other one, and the restore opened a "which order she meant" case for #7311 and #7312."""
+    from tests.scenarios.harness import TEMPLATES
+    from tests.scenarios.test_woo_recovery import PAY, unpaid
+
+    sc = scenario(sqlite_url, "woocommerce", journeys={"cod_confirmation": COD, "payment_recovery": {}},
+                  store_settings={"templates": [*TEMPLATES, PAY]})
+    first, second = unpaid(11, sc.now), unpaid(12, sc.now)
+    sc.woo("order.created", first)
+    sc.woo("order.created", second)
+    sc.later(minutes=10)
+    sc.woo("order.deleted", {"id": first["id"]})
+    sc.woo("order.deleted", {"id": second["id"]})
+    sc.later(minutes=5)
+    world.whatsapp_answer_lost = True
+    cod = WOOCOMMERCE.order(13, ASHA, sc.now)
+    WOOCOMMERCE.place(sc, cod)
+    sc.work()
+    world.whatsapp_answer_lost = False
+    [ask] = sc.sent(ASHA)
+    sc.later(minutes=5)
+    sc.tap(ASHA, "cod_confirm", ask)
+    sc.later(minutes=5)
+    assert {c.order_id for c in world.woo_writes()} == {str(cod["id"])}  # her COD order took it
+    sc.woo("order.restored", restored(first, sc.now))
+    sc.later(hours=2, step=timedelta(minutes=10))
+    assert [case["reason"] for case in sc.handoffs(status="open")] == []
+    assert [s.params[0] for s in sc.sent(ASHA) if s.template == "pay_v1"] == [WOOCOMMERCE.name(11)]

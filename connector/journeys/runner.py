@@ -322,6 +322,20 @@ def _one_email_contacts_runs(conn: Connection, store_id: int, journey: str, cont
     return found[0] if len(found) == 1 else []
 
 
+AWAITED = "awaits_order"  # run state: the order whose money the run waits for (her bank-transfer try: payment_recovery,
+# checkout_recovery), placed perhaps under her other number: its later news reaches the run (``_awaiting_runs``)
+AWAITABLE = (ev.OrderUpdated, ev.OrderPaid, ev.OrderCancelled)  # an order's news after it was placed
+
+
+def _awaiting_runs(conn: Connection, store_id: int, journey: str, contact_ids: list[int], order_id: str) -> list[str]:
+    """The active runs of ``journey`` of her other contacts with the order's email (``_same_email_contacts``) that
+    wait for this order's money (``AWAITED``): she placed her bank-transfer try under her other number, and it was
+    taken as her try when placed. Its payment (or its cancel) is what they wait for, so it reaches them as it does
+    a run of her own number. Their runs come from the batch's prefetch (``order_email_keys``): no lookup of its own."""
+    return [r.subject for cid in contact_ids for r in active_runs(conn, store_id, cid)
+            if r.journey == journey and (r.state or {}).get(AWAITED) == order_id]
+
+
 def _order_facts(conn: Connection, store_id: int, order_id: str) -> OrderFacts | None:
     o = order_row(conn, store_id, order_id)
     if o is None:
@@ -345,8 +359,11 @@ def run_subjects(event: Any) -> list[str]:
 
 
 def order_email_keys(event: Any) -> list[str]:
-    """The email keys ``on_event`` matches other contacts by (a placed order's customer), for ``rows.prefetch_contacts``."""
-    if isinstance(event, ev.OrderPlaced) and event.order.customer is not None:
+    """The email keys ``on_event`` matches other contacts by (a placed order's customer; the customer of a later event
+    of an order that is no cash on delivery, which a run of her other number may await: ``_awaiting_runs``), for
+    ``rows.prefetch_contacts``; the processor prefetches those contacts' active runs too."""
+    if (isinstance(event, ev.OrderPlaced) or (isinstance(event, AWAITABLE) and not event.order.is_cod)) \
+            and event.order.customer is not None:
         key = email_key(event.order.customer.email)
         return [key] if key else []
     return []
@@ -590,8 +607,9 @@ class JourneyRunner:
             # a tap that matched none of our messages (its send's outcome was lost, so its message id is unknown)
             unmatched = isinstance(event, ev.ButtonReplied) and facts.extra.get("reply_journey") is None
             hears_unmatched = unmatched and facts.contact_id is not None and getattr(journey, "hears_unmatched_taps", False)
-            if getattr(journey, "follows_contact", False) and facts.contact_id is not None \
-                    and isinstance(event, getattr(journey, "contact_events", CONTACT_ACTIVITY)):
+            follows = getattr(journey, "follows_contact", False) and facts.contact_id is not None \
+                and isinstance(event, getattr(journey, "contact_events", CONTACT_ACTIVITY))
+            if follows:
                 # the customer bought, wrote or tapped: the journey's other open runs for them hear it too;
                 # an order also reaches the runs of the same email under another phone, when it is hers alone
                 others = _active_subjects(conn, store_id, name, facts.contact_id)
@@ -600,6 +618,12 @@ class JourneyRunner:
                     if same_email is None:  # once per event, whichever journeys ask
                         same_email = _same_email_contacts(conn, store_id, event.order.customer, facts.contact_id)
                     others = _one_email_contacts_runs(conn, store_id, name, same_email)
+                elif isinstance(event, AWAITABLE) and not event.order.is_cod and event.order.customer is not None:
+                    # her try placed under her other number, which a run there waits for the money of
+                    if same_email is None:
+                        same_email = _same_email_contacts(conn, store_id, event.order.customer, facts.contact_id)
+                    others = [*others, *(s for s in _awaiting_runs(conn, store_id, name, same_email, event.order.external_id)
+                                         if s not in others)]
                 others = [o for o in others if o != subject]
                 if others:  # what the event's own run decides beside (a new run can take over an open one's ladder)
                     jfacts = replace(facts, extra={**facts.extra, "open_runs": tuple(_found_run(conn, store_id, name, o)[1] for o in others)})
@@ -641,14 +665,17 @@ class JourneyRunner:
                     found = _keep_heard(found, heard)
                 applied += self._apply(conn, store, store_id, name, target, found, commands, seen, config, now,
                                        binned=binned or isinstance(event, ev.OrderDeleted), rewrite_state=heard is not None)
-            if unmatched and facts.contact_id is not None:
+            if unmatched and (follows or hears_unmatched):
+                # kept by her binned runs of a journey such a tap reaches (COD's), not of one it never reaches (a pay link
+                # asks nothing to tap): restoring that order must not ask her which order she meant
                 self._keep_unmatched(conn, store, store_id, name, config, event, facts, {t[0] for t in targets}, taken, now)
         return applied
 
     def _keep_unmatched(self, conn: Connection, store: Any, store_id: int, name: str, config: Any, event: ev.ButtonReplied,
                         facts: Facts, reached: set[str], taken: list[str], now: datetime) -> None:
         """A tap that matched none of our messages reaches only her runs still going; one she made on the question of
-        an order lying in the bin would be lost. Each of her runs of the journey whose order is in the bin keeps it
+        an order lying in the bin would be lost. Asked only for a journey such a tap reaches (it follows her taps, or
+        ``hears_unmatched_taps``): each of her runs of the journey whose order is in the bin keeps it
         (``HEARD``), with the other runs it may have been meant for (``UNMATCHED``: those it did something to now, her
         other binned ones): at the restore it counts if it can only have meant that run, else a person asks her
         which order she meant (``_decide_heard``)."""

@@ -756,26 +756,34 @@ def clear_paused(db: Database, phone_number_ids: list[str]) -> None:
             conn.execute(LEASES.delete().where(LEASES.c.name.in_([f"{PAUSED}{p}"[:120] for p in phone_number_ids])))
 
 
-def paused_numbers(db: Database) -> dict[str, NumberPause]:
-    """phone_number_id -> its pause, for every number a dispatcher paused."""
+def paused_numbers(db: Database, now: datetime) -> dict[str, NumberPause]:
+    """phone_number_id -> its pause, for every number a dispatcher paused that is paused at ``now``.
+
+    A pause whose next try has passed is over as far as anyone can tell: its probe, if a message waited,
+    re-marked it or cleared it; with nothing left to send no probe comes and its row stays behind, which
+    must not say "paused until" a time long past."""
     from connector.storage.sql import LEASES
 
     with db.engine.connect() as conn:
-        rows = conn.execute(select(LEASES.c.name, LEASES.c.holder, LEASES.c.expires_at).where(LEASES.c.name.like(f"{PAUSED}%")))
+        rows = conn.execute(select(LEASES.c.name, LEASES.c.holder, LEASES.c.expires_at).where(
+            LEASES.c.name.like(f"{PAUSED}%"), LEASES.c.expires_at > now))
         return {r.name[len(PAUSED):]: _read_pause(r.holder, r.expires_at) for r in rows}
 
 
-def paused_number(conn: Connection, phone_number_id: str | None) -> NumberPause | None:
-    """The pause of one number, if a dispatcher paused it."""
+def paused_number(conn: Connection, phone_number_id: str | None, now: datetime) -> NumberPause | None:
+    """The pause of one number, if a dispatcher paused it and its next try is still ahead of ``now``."""
     from connector.storage.sql import LEASES
 
     if not phone_number_id:
         return None
-    row = conn.execute(select(LEASES.c.holder, LEASES.c.expires_at).where(LEASES.c.name == f"{PAUSED}{phone_number_id}"[:120])).first()
+    row = conn.execute(select(LEASES.c.holder, LEASES.c.expires_at).where(
+        LEASES.c.name == f"{PAUSED}{phone_number_id}"[:120], LEASES.c.expires_at > now)).first()
     return _read_pause(row.holder, row.expires_at) if row is not None else None
 
 
-def waiting(conn: Connection, store_id: int, channel: str = "whatsapp") -> int:
-    """How many of the store's messages wait to be sent (pending, due now or later)."""
+def waiting(conn: Connection, store_id: int, by: datetime, channel: str = "whatsapp") -> int:
+    """How many of the store's messages wait to be sent by ``by`` (a pause's end): pending and due then,
+    not a reminder planned days ahead, which no pause holds back."""
     return conn.execute(select(func.count()).select_from(OUTBOX).where(
-        OUTBOX.c.store_id == store_id, OUTBOX.c.channel == channel, OUTBOX.c.status == "pending")).scalar_one()
+        OUTBOX.c.store_id == store_id, OUTBOX.c.channel == channel, OUTBOX.c.status == "pending",
+        OUTBOX.c.due_at <= by)).scalar_one()

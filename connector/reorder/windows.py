@@ -436,10 +436,14 @@ def _upsert_sql(dialect: str, rows: int = 1) -> str:
     # purchase, so it is pending again on the plan's times. Her own order: the scan read it and found no later
     # purchase in it; another contact's (``_reordered_since``, a number she shares an email with): only once it
     # is called off, as the scan never reads it. Evaluated only for a conflicting row that is not pending.
+    # Unless that order's own window of the product opened: she was reminded of it, a purchase as the full scan counts
+    # it (``_mark_all_reordered``), so a refund after does not bring back the earlier one (a second reminder that day).
     revived = (f"(reorder_windows.status = 'reordered' AND reorder_windows.opened_at IS NULL AND EXISTS (SELECT 1 FROM orders "
                f"WHERE orders.store_id = reorder_windows.store_id AND orders.external_id = reorder_windows.reorder_order_id "
                f"AND (orders.contact_id = reorder_windows.contact_id OR orders.cancelled_at IS NOT NULL "
-               f"OR orders.payment_state IN ({no_reorder}))))")
+               f"OR orders.payment_state IN ({no_reorder}))) AND NOT EXISTS (SELECT 1 FROM reorder_windows AS reorder "
+               f"WHERE reorder.store_id = reorder_windows.store_id AND reorder.order_external_id = reorder_windows.reorder_order_id "
+               f"AND reorder.product_key = reorder_windows.product_key AND reorder.opened_at IS NOT NULL))")
     # A window cancelled because its order was called off, whose order counts again (a WooCommerce order restored
     # from the bin): the scan plans it as her latest purchase, so it is pending again. The order is read again here,
     # as it stands now: the full scan read it outside this transaction.

@@ -231,8 +231,9 @@ Index("ix_contacts_store_email", Contact.store_id, func.lower(func.trim(Contact.
 
 class PreviousNumber(Base):
     """A number one of the store's contacts had before she changed it on WhatsApp (Meta's
-    ``user_changed_number``: ``connector/number_change.py``), so a late status, reply or order on the
-    old number still finds her. ``from_contact_id``: the contact that had it (another one than
+    ``user_changed_number``: ``connector/number_change.py``), so a late status or reply on the old
+    number still finds her, for ``number_change.WINDOW`` after ``changed_at`` (numbers are recycled:
+    never an order's owner). ``from_contact_id``: the contact that had it (another one than
     ``contact_id`` when the new number was already a contact's and the two were joined)."""
 
     __tablename__ = "previous_numbers"

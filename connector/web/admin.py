@@ -159,7 +159,7 @@ async def contact(request: Request) -> Response:
     runtime = request.app.state.runtime
     store = runtime.stores_by_key[request.path_params["store_key"]]
     view = await anyio.to_thread.run_sync(
-        partial(admin.contact_view, runtime.db, guard, request.path_params["phone"], store.default_country)
+        partial(admin.contact_view, runtime.db, guard, request.path_params["phone"], store.default_country, now=runtime.clock())
     )
     return JSONResponse(view) if view else problem(404, "no contact with that phone in this store")
 

@@ -426,7 +426,8 @@ async def customer(request: Request) -> Response:
     phone = (request.query_params.get("phone") or "").strip()[:64]
     view = None
     if phone:
-        view = await anyio.to_thread.run_sync(partial(admin.contact_view, request.app.state.runtime.db, store_id, phone, store.default_country))
+        runtime = request.app.state.runtime
+        view = await anyio.to_thread.run_sync(partial(admin.contact_view, runtime.db, store_id, phone, store.default_country, now=runtime.clock()))
     week = request.query_params.get("week") or None
     tz = store.tz
     return _render("customer.html", 200 if view or not phone else 404, **_page_context(request, store, week), phone=phone, view=view,

@@ -36,7 +36,7 @@ def _paused(runtime) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     """How many configured stores have a number a dispatcher paused, or sends held while Meta
     restricts or disables their account (``stores.whatsapp_held_until``); and how many others wait
     out Meta's API call rate limit."""
-    pauses = ob.paused_numbers(runtime.db)
+    pauses = ob.paused_numbers(runtime.db, runtime.clock())  # a pause past its end with nothing to send is over
     with runtime.db.engine.connect() as conn:
         held = {r.id for r in conn.execute(select(STORES.c.id).where(STORES.c.whatsapp_held_until > runtime.clock()))}
     paused = rate_limited = 0

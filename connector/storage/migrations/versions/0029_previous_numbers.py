@@ -2,8 +2,8 @@
 
 Meta's ``user_changed_number`` system message says a customer now uses another number. Her contact
 moves to it (``connector/number_change.py``): her consent, opt-out, journey runs, open cases and queued
-messages follow her. The old number is kept here, against her contact, so a late status, reply or
-order naming it still finds her. A new table: nothing to read back from earlier data.
+messages follow her. The old number is kept here, against her contact, so a late status or reply
+naming it still finds her for a while after ``changed_at``. A new table: nothing to read back from earlier data.
 
 Revision ID: 0029
 Revises: 0028
