@@ -57,7 +57,7 @@ from decimal import Decimal
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import Connection, String, Table, Text, bindparam, cast, delete, false, func, literal, null, or_, select, true, update
+from sqlalchemy import Connection, String, Table, Text, and_, bindparam, cast, delete, false, func, literal, null, or_, select, true, update
 
 from connector import events as ev
 from connector import erased, job_health
@@ -74,6 +74,14 @@ from connector.storage.sql import (
 log = logging.getLogger("storeloop.compliance")
 
 REQUESTS: Table = m.ComplianceRequest.__table__  # type: ignore[assignment]
+
+
+def holds_export() -> Any:
+    """The requests whose export is still stored. The JSON column keeps a None as JSON ``null``, not SQL NULL
+    (the JSON type's ``none_as_null`` is off): a redaction, which never had an export, and an export emptied
+    before are ``null``, and ``export IS NOT NULL`` took them too (a redaction listed as an expired export,
+    an expired one expired again every hour)."""
+    return and_(REQUESTS.c.export.is_not(None), cast(REQUESTS.c.export, Text) != "null")
 WINDOWS: Table = m.ReorderWindow.__table__  # type: ignore[assignment]
 PREVIOUS: Table = m.PreviousNumber.__table__  # type: ignore[assignment]
 
@@ -791,7 +799,7 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
     # data-request exports: the customer's data, so erased with it
     rows = []
     for r in conn.execute(select(REQUESTS.c.id, REQUESTS.c.contact_ids, REQUESTS.c.export)
-                          .where(REQUESTS.c.store_id == sid, REQUESTS.c.export.is_not(None))):
+                          .where(REQUESTS.c.store_id == sid, holds_export())):
         if scope.shop or set(r.contact_ids or []) & scope.contact_ids or scope.needles.names_her(json.dumps(r.export)):
             rows.append({"_id": r.id, "export": None, "status": "erased", "erased_at": now})
     _write_rows(conn, REQUESTS, rows)

@@ -31,9 +31,6 @@ def _requests(client) -> dict[str, dict]:
     return {r["kind"]: r for r in client.get("/api/stores/shop-a/compliance", headers=ADMIN).json()["items"]}
 
 
-@pytest.mark.xfail(strict=True, reason="076e906: a customers/redact request (which never had an export) is listed as "
-                                       "'expired' with an erased_at after the raw-body retention: the export column holds JSON "
-                                       "null, not SQL NULL, so expire_exports' `export IS NOT NULL` takes every request")
 def test_an_erasure_request_is_not_listed_as_an_expired_export(db_url):
     settings = make_settings(db_url)
     days = settings.worker.raw_body_retention_days
@@ -51,9 +48,6 @@ def test_an_erasure_request_is_not_listed_as_an_expired_export(db_url):
     assert done["exports_expired"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="076e906: an expired export is expired again by every hourly purge: its 'expired at' "
-                                       "time moves forward each hour (the owner can no longer tell when it was emptied) and the "
-                                       "log counts it again each hour (JSON null is not SQL NULL)")
 def test_an_expired_export_keeps_the_time_it_expired(db_url):
     settings = make_settings(db_url)
     days = settings.worker.raw_body_retention_days
