@@ -147,9 +147,6 @@ def _order_from(client, source: str, order_id: int) -> int:
     return client.post(URL, content=body, headers=headers).status_code
 
 
-@pytest.mark.xfail(strict=True, reason="6ba4ee1: after the owner does what the notice says (adds the language directory to "
-                                       "webhook_sources) and its orders arrive again, the dashboard and report still say that "
-                                       "site's deliveries are refused and to add it to webhook_sources, for a week")
 def test_the_refused_site_notice_clears_once_the_owner_lists_the_site(db_url):
     now = [T0]
     with running_app(_woo(db_url), clock=lambda: now[0]) as (client, runtime):
@@ -173,9 +170,6 @@ def pg_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason="6ba4ee1: two workers recording refused deliveries at the same time on PostgreSQL "
-                                       "each read the notice, then overwrite it: one site (here a language directory) vanishes "
-                                       "from the dashboard's notice, so the owner never learns its orders are refused")
 def test_two_workers_refusing_at_once_both_sites_reach_the_notice(pg_url):
     with running_app(_woo(pg_url)) as (client, runtime):
         store_id = runtime.store_ids["woo"]
