@@ -133,6 +133,9 @@ def _digits(text: str | None) -> str:
 _SEP = r"[\s\-.()/]*"  # what people and forms put between a number's digits
 _PREFIXED = re.compile(r"(?:\+|(?<!\d)00)" + _SEP + r"\d[\d\s\-.()/]*$")  # text ending in an international prefix and a code
 _ANOTHER_GROUP = re.compile(r"\d[\s\-.()/]+$")  # text ending in a digit group of the same written number
+# text ending in what lists two numbers in one field ("044 2345 6789 / 98765 43210", "..., ", " or "): the next is its own
+_LISTED = re.compile(r"(?:\s/|/\s|[,;|]|\s(?:or|and))\s*$", re.IGNORECASE)
+_SLASHED = re.compile(r"((?:\+|(?<!\d)00)?\d[\d\s\-.()]*\d)\s*/\s*$")  # text ending in digits and a bare slash
 _COUNTRY_FIELD = re.compile(r'"(?:country_code|countryCode|country|country_iso)"\s*:\s*"([A-Za-z]{2})"')
 _PHONE_LIKE = re.compile(r"(?:\+|(?<!\d)00)?\d(?:[\s\-.()/]*\d){6,}")
 
@@ -171,9 +174,11 @@ class Number:
         meta = phonenumbers.PhoneMetadata.metadata_for_region(region) if region else None
         trunk = (meta.national_prefix or "") if meta is not None else ""
         trunked = f"(?:{_spelled(trunk)}{_SEP})?" if trunk else ""
+        trunk_after = rf"|\(?{_spelled(trunk)}\)?" if trunk else ""
         return cls(e164=f"+{code}{national}", code=code, national=national, trunk=trunk,
                    regions=frozenset(phonenumbers.region_codes_for_country_code(parsed.country_code)),
-                   international=re.compile(r"(?<!\d)(?:\+|00)?" + _SEP + _spelled(code) + _SEP + r"(?:\(0\)" + _SEP + ")?"
+                   # after the code, "(0)" or the trunk prefix as national forms write it: +44 (0)20..., +91 098765 43210
+                   international=re.compile(r"(?<!\d)(?:\+|00)?" + _SEP + _spelled(code) + _SEP + r"(?:(?:\(0\)" + trunk_after + ")" + _SEP + ")?"
                                             + _spelled(national) + r"(?!\d)"),
                    nationally=re.compile(r"(?<![\d+])" + trunked + _spelled(national) + r"(?!\d)"))
 
@@ -193,11 +198,35 @@ class Number:
             return True
         for match in self.nationally.finditer(text):
             before = text[max(0, match.start() - 24):match.start()]
-            if _PREFIXED.search(before) or _ANOTHER_GROUP.search(before):
+            if _continues(before, regions):
                 continue  # "+1 312 345 6789": the national digits of another country's number
             if regions is None or regions & self.regions:
                 return True
         return False
+
+
+def _continues(before: str, regions: frozenset[str] | None) -> bool:
+    """Whether the text just before a national form of her number is the start of the same written number
+    (a country code, another digit group), not another number listed before hers in the field: after ``, ``,
+    `` / `` or `` or `` a number is its own; after a bare ``/``, when the digits before it are a whole number."""
+    if _LISTED.search(before):
+        return False
+    slashed = _SLASHED.search(before)
+    if slashed is not None and _whole_number(slashed.group(1), regions):
+        return False
+    return bool(_PREFIXED.search(before) or _ANOTHER_GROUP.search(before))
+
+
+def _whole_number(text: str, regions: frozenset[str] | None) -> bool:
+    international = text.startswith(("+", "00"))
+    for region in [None] if international else sorted(regions or ()):
+        try:
+            parsed = phonenumbers.parse("+" + text[2:] if text.startswith("00") else text, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(parsed):
+            return True
+    return False
 
 
 def row_regions(text: str, default_country: str | None) -> frozenset[str] | None:
@@ -820,22 +849,32 @@ _PARTIES = ("from", "recipient_id", "wa_id")  # whom a WhatsApp item is from or 
 
 def _her_part_out(value: Any, scope: Scope, regions: frozenset[str] | None) -> Any:
     """``value`` (a stored body or event) without her: her numbers, emails and ids out of every text, and her
-    name too out of an object that names her (the address a gift is shipped to, her entry of a list)."""
+    name too out of an object that names her (the address a gift is shipped to, her entry of a list).
+
+    The body itself (his order) is hers only by a field that is her number or email (a guest's ``phone``),
+    not by a note that mentions her ("call my sister on ..."): her surname is his too when he is her
+    brother, and scrubbing it out of his own billing address and customer record made his replay record
+    him under another name. In an object of hers, a field naming her goes whole: a second number in her
+    phone field (``044 2345 6789 / 98765 43210``) is hers as well, not someone else's left behind."""
     strong, named = scope.needles.regex(names=False), scope.needles.regex(names=True)
 
-    def walk(v: Any, hers: bool) -> Any:
+    def field_of_hers(v: str) -> bool:  # nothing but her identifiers, other numbers and separators
+        return scope.needles.names_her(v, regions) and not re.search(r"[^\W\d_]", _scrub(v, strong).replace("[redacted]", ""))
+
+    def walk(v: Any, hers: bool, root: bool = False) -> Any:
         if isinstance(v, str):
             if hers:
-                return _scrub(v, named)
+                return "[redacted]" if field_of_hers(v) else _scrub(v, named)
             return _scrub(v, strong) if scope.needles.names_her(v, regions) else v
         if isinstance(v, list):
             return [walk(x, hers) for x in v]
         if isinstance(v, dict):
-            hers = hers or any(isinstance(x, str) and scope.needles.names_her(x, regions) for x in v.values())
+            names = field_of_hers if root else (lambda x: scope.needles.names_her(x, regions))
+            hers = hers or any(isinstance(x, str) and names(x) for x in v.values())
             return {k: walk(x, hers) for k, x in v.items()}
         return v
 
-    return walk(value, False)
+    return walk(value, False, root=True)
 
 
 def _someone_else(value: Any, regions: frozenset[str] | None) -> bool:
@@ -848,17 +887,7 @@ def _someone_else(value: Any, regions: frozenset[str] | None) -> bool:
         return False
     if _EMAIL.search(value):
         return True
-    for match in _PHONE_LIKE.finditer(value):
-        text = match.group()
-        international = text.startswith(("+", "00"))
-        for region in [None] if international else sorted(regions or ()):
-            try:
-                parsed = phonenumbers.parse("+" + text[2:] if text.startswith("00") else text, region)
-            except phonenumbers.NumberParseException:
-                continue
-            if phonenumbers.is_valid_number(parsed):
-                return True
-    return False
+    return any(_whole_number(match.group(), regions) for match in _PHONE_LIKE.finditer(value))
 
 
 def _without_her(scope: Scope, source: str, raw: bytes, regions: frozenset[str] | None) -> Any | None:

@@ -78,10 +78,6 @@ def _erase_meena_after(client, runtime, payload: dict, topic: str, needle: str):
     return (row.raw_body or b"").decode() + json.dumps(row.event)
 
 
-@pytest.mark.xfail(strict=True, reason="076e906: her number written '+91 098765 43210' (the country code and the trunk 0, as "
-                                       "many Indian forms write it) no longer counts as hers: her unread order stays with her "
-                                       "name, address and number after she was erased (the national form after '+91' is taken "
-                                       "for another country's number)")
 def test_her_number_written_with_the_country_code_and_the_trunk_zero_is_erased(db_url):
     settings = make_settings(db_url)
     with running_app(settings) as (client, runtime):
@@ -92,9 +88,6 @@ def test_her_number_written_with_the_country_code_and_the_trunk_zero_is_erased(d
     assert not [n for n in ("98765 43210", MEENA.first, MEENA.last, "12 Lake Road") if n in left], left[:300]
 
 
-@pytest.mark.xfail(strict=True, reason="076e906: her mobile written after a landline in the same field ('044 2345 6789 / "
-                                       "98765 43210') is not taken as hers: her unread order keeps her name, address and number "
-                                       "after she was erased (a digit group before it is read as part of the same number)")
 def test_her_number_written_after_another_number_is_erased(db_url):
     settings = make_settings(db_url)
     with running_app(settings) as (client, runtime):
@@ -109,10 +102,6 @@ def test_her_number_written_after_another_number_is_erased(db_url):
 KABIR_R = Person("Kabirdas", "Raghunathan", "kabir.r@example.net", "098123 45678", "+919812345678", 7720003)  # her brother
 
 
-@pytest.mark.xfail(strict=True, reason="076e906: her brother's failed gift order, whose note gives her number, loses HIS "
-                                       "surname (billing address, customer record) when she is erased: once a top-level field names "
-                                       "her, every object of his order is scrubbed of her names, so its replay records him as "
-                                       "'Kabirdas redacted'")
 def test_erasing_her_keeps_the_surname_of_a_relative_whose_gift_order_names_her(db_url):
     settings = make_settings(db_url)
     with running_app(settings) as (client, runtime):
