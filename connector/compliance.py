@@ -57,7 +57,7 @@ from decimal import Decimal
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import Connection, String, Table, Text, bindparam, cast, delete, false, func, literal, null, or_, select, true, update
+from sqlalchemy import Connection, String, Table, Text, and_, bindparam, cast, delete, false, func, literal, null, or_, select, true, update
 
 from connector import events as ev
 from connector import erased, job_health
@@ -74,6 +74,14 @@ from connector.storage.sql import (
 log = logging.getLogger("storeloop.compliance")
 
 REQUESTS: Table = m.ComplianceRequest.__table__  # type: ignore[assignment]
+
+
+def holds_export() -> Any:
+    """The requests whose export is still stored. The JSON column keeps a None as JSON ``null``, not SQL NULL
+    (the JSON type's ``none_as_null`` is off): a redaction, which never had an export, and an export emptied
+    before are ``null``, and ``export IS NOT NULL`` took them too (a redaction listed as an expired export,
+    an expired one expired again every hour)."""
+    return and_(REQUESTS.c.export.is_not(None), cast(REQUESTS.c.export, Text) != "null")
 WINDOWS: Table = m.ReorderWindow.__table__  # type: ignore[assignment]
 PREVIOUS: Table = m.PreviousNumber.__table__  # type: ignore[assignment]
 
@@ -125,6 +133,9 @@ def _digits(text: str | None) -> str:
 _SEP = r"[\s\-.()/]*"  # what people and forms put between a number's digits
 _PREFIXED = re.compile(r"(?:\+|(?<!\d)00)" + _SEP + r"\d[\d\s\-.()/]*$")  # text ending in an international prefix and a code
 _ANOTHER_GROUP = re.compile(r"\d[\s\-.()/]+$")  # text ending in a digit group of the same written number
+# text ending in what lists two numbers in one field ("044 2345 6789 / 98765 43210", "..., ", " or "): the next is its own
+_LISTED = re.compile(r"(?:\s/|/\s|[,;|]|\s(?:or|and))\s*$", re.IGNORECASE)
+_SLASHED = re.compile(r"((?:\+|(?<!\d)00)?\d[\d\s\-.()]*\d)\s*/\s*$")  # text ending in digits and a bare slash
 _COUNTRY_FIELD = re.compile(r'"(?:country_code|countryCode|country|country_iso)"\s*:\s*"([A-Za-z]{2})"')
 _PHONE_LIKE = re.compile(r"(?:\+|(?<!\d)00)?\d(?:[\s\-.()/]*\d){6,}")
 
@@ -163,9 +174,11 @@ class Number:
         meta = phonenumbers.PhoneMetadata.metadata_for_region(region) if region else None
         trunk = (meta.national_prefix or "") if meta is not None else ""
         trunked = f"(?:{_spelled(trunk)}{_SEP})?" if trunk else ""
+        trunk_after = rf"|\(?{_spelled(trunk)}\)?" if trunk else ""
         return cls(e164=f"+{code}{national}", code=code, national=national, trunk=trunk,
                    regions=frozenset(phonenumbers.region_codes_for_country_code(parsed.country_code)),
-                   international=re.compile(r"(?<!\d)(?:\+|00)?" + _SEP + _spelled(code) + _SEP + r"(?:\(0\)" + _SEP + ")?"
+                   # after the code, "(0)" or the trunk prefix as national forms write it: +44 (0)20..., +91 098765 43210
+                   international=re.compile(r"(?<!\d)(?:\+|00)?" + _SEP + _spelled(code) + _SEP + r"(?:(?:\(0\)" + trunk_after + ")" + _SEP + ")?"
                                             + _spelled(national) + r"(?!\d)"),
                    nationally=re.compile(r"(?<![\d+])" + trunked + _spelled(national) + r"(?!\d)"))
 
@@ -185,11 +198,35 @@ class Number:
             return True
         for match in self.nationally.finditer(text):
             before = text[max(0, match.start() - 24):match.start()]
-            if _PREFIXED.search(before) or _ANOTHER_GROUP.search(before):
+            if _continues(before, regions):
                 continue  # "+1 312 345 6789": the national digits of another country's number
             if regions is None or regions & self.regions:
                 return True
         return False
+
+
+def _continues(before: str, regions: frozenset[str] | None) -> bool:
+    """Whether the text just before a national form of her number is the start of the same written number
+    (a country code, another digit group), not another number listed before hers in the field: after ``, ``,
+    `` / `` or `` or `` a number is its own; after a bare ``/``, when the digits before it are a whole number."""
+    if _LISTED.search(before):
+        return False
+    slashed = _SLASHED.search(before)
+    if slashed is not None and _whole_number(slashed.group(1), regions):
+        return False
+    return bool(_PREFIXED.search(before) or _ANOTHER_GROUP.search(before))
+
+
+def _whole_number(text: str, regions: frozenset[str] | None) -> bool:
+    international = text.startswith(("+", "00"))
+    for region in [None] if international else sorted(regions or ()):
+        try:
+            parsed = phonenumbers.parse("+" + text[2:] if text.startswith("00") else text, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(parsed):
+            return True
+    return False
 
 
 def row_regions(text: str, default_country: str | None) -> frozenset[str] | None:
@@ -791,7 +828,7 @@ def _erase(conn: Connection, scope: Scope, now: datetime, request_inbox_id: int 
     # data-request exports: the customer's data, so erased with it
     rows = []
     for r in conn.execute(select(REQUESTS.c.id, REQUESTS.c.contact_ids, REQUESTS.c.export)
-                          .where(REQUESTS.c.store_id == sid, REQUESTS.c.export.is_not(None))):
+                          .where(REQUESTS.c.store_id == sid, holds_export())):
         if scope.shop or set(r.contact_ids or []) & scope.contact_ids or scope.needles.names_her(json.dumps(r.export)):
             rows.append({"_id": r.id, "export": None, "status": "erased", "erased_at": now})
     _write_rows(conn, REQUESTS, rows)
@@ -812,22 +849,32 @@ _PARTIES = ("from", "recipient_id", "wa_id")  # whom a WhatsApp item is from or 
 
 def _her_part_out(value: Any, scope: Scope, regions: frozenset[str] | None) -> Any:
     """``value`` (a stored body or event) without her: her numbers, emails and ids out of every text, and her
-    name too out of an object that names her (the address a gift is shipped to, her entry of a list)."""
+    name too out of an object that names her (the address a gift is shipped to, her entry of a list).
+
+    The body itself (his order) is hers only by a field that is her number or email (a guest's ``phone``),
+    not by a note that mentions her ("call my sister on ..."): her surname is his too when he is her
+    brother, and scrubbing it out of his own billing address and customer record made his replay record
+    him under another name. In an object of hers, a field naming her goes whole: a second number in her
+    phone field (``044 2345 6789 / 98765 43210``) is hers as well, not someone else's left behind."""
     strong, named = scope.needles.regex(names=False), scope.needles.regex(names=True)
 
-    def walk(v: Any, hers: bool) -> Any:
+    def field_of_hers(v: str) -> bool:  # nothing but her identifiers, other numbers and separators
+        return scope.needles.names_her(v, regions) and not re.search(r"[^\W\d_]", _scrub(v, strong).replace("[redacted]", ""))
+
+    def walk(v: Any, hers: bool, root: bool = False) -> Any:
         if isinstance(v, str):
             if hers:
-                return _scrub(v, named)
+                return "[redacted]" if field_of_hers(v) else _scrub(v, named)
             return _scrub(v, strong) if scope.needles.names_her(v, regions) else v
         if isinstance(v, list):
             return [walk(x, hers) for x in v]
         if isinstance(v, dict):
-            hers = hers or any(isinstance(x, str) and scope.needles.names_her(x, regions) for x in v.values())
+            names = field_of_hers if root else (lambda x: scope.needles.names_her(x, regions))
+            hers = hers or any(isinstance(x, str) and names(x) for x in v.values())
             return {k: walk(x, hers) for k, x in v.items()}
         return v
 
-    return walk(value, False)
+    return walk(value, False, root=True)
 
 
 def _someone_else(value: Any, regions: frozenset[str] | None) -> bool:
@@ -840,17 +887,7 @@ def _someone_else(value: Any, regions: frozenset[str] | None) -> bool:
         return False
     if _EMAIL.search(value):
         return True
-    for match in _PHONE_LIKE.finditer(value):
-        text = match.group()
-        international = text.startswith(("+", "00"))
-        for region in [None] if international else sorted(regions or ()):
-            try:
-                parsed = phonenumbers.parse("+" + text[2:] if text.startswith("00") else text, region)
-            except phonenumbers.NumberParseException:
-                continue
-            if phonenumbers.is_valid_number(parsed):
-                return True
-    return False
+    return any(_whole_number(match.group(), regions) for match in _PHONE_LIKE.finditer(value))
 
 
 def _without_her(scope: Scope, source: str, raw: bytes, regions: frozenset[str] | None) -> Any | None:

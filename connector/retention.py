@@ -41,7 +41,7 @@ from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Interval, bindparam, delete, func, literal, or_, select, update
 
-from connector.compliance import HANDOFF_CONTEXT_KEEP, MESSAGE_KEEP, PAYLOAD_KEEP, PREVIOUS, REDACTED, REQUESTS, generic_scrub
+from connector.compliance import HANDOFF_CONTEXT_KEEP, MESSAGE_KEEP, PAYLOAD_KEEP, PREVIOUS, REDACTED, REQUESTS, generic_scrub, holds_export
 from connector.handoffs import reason_without_words
 from connector.storage.db import Database
 from connector.storage.sql import ATTEMPTS, BODIES, HANDOFFS, INBOX, MESSAGES, OUTBOX, RUNS
@@ -96,7 +96,7 @@ def expire_exports(db: Database, now: datetime, retention_days: int) -> int:
     """Empty the data-request exports made more than ``retention_days`` ago, keeping each request's row
     (``status`` expired, ``erased_at`` now); returns how many."""
     with db.write_lock(), db.engine.begin() as conn:
-        return conn.execute(update(REQUESTS).where(REQUESTS.c.export.is_not(None), REQUESTS.c.created_at < now - timedelta(days=retention_days))
+        return conn.execute(update(REQUESTS).where(holds_export(), REQUESTS.c.created_at < now - timedelta(days=retention_days))
                             .values(export=None, status=EXPIRED, erased_at=now)).rowcount
 
 

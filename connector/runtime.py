@@ -19,6 +19,7 @@ import anyio.to_thread
 
 from adapters.registry import normalizers
 from adapters.shopify.webhooks import ShopifyWebhooks
+from adapters.woocommerce import site as woo_site
 from connector.config import Settings, ShopifyStore, WooCommerceStore
 from connector.messages import MessageSender
 from connector.outbox.dispatcher import Dispatcher
@@ -180,6 +181,8 @@ class Runtime:
         self.writers = self.writers or await anyio.to_thread.run_sync(self._default_writers)
         await anyio.to_thread.run_sync(
             self.woo_webhook_secrets.preload, [s.key for s in self.settings.stores if isinstance(s, WooCommerceStore)])
+        for woo in (s for s in self.settings.stores if isinstance(s, WooCommerceStore)):  # sites listed since they were refused
+            await self.refused_sites.forget(self.store_ids[woo.key], lambda sent, store=woo: woo_site.is_own_site(store, sent), self.clock())
         self.writebacks = WriteBackDispatcher(self.db, self.settings, self.store_ids, self.writers, clock=self.clock)
         self.notifier = NotifyDispatcher(self.db, self.settings, self.store_ids, clock=self.clock)
         # journals of a process that was killed mid-burst: acknowledged, so into the inbox first

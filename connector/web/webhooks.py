@@ -149,6 +149,8 @@ async def woocommerce_webhook(d: Delivery) -> Response:
         log.warning("woocommerce webhook from another site refused", extra={"store": key, "source": sent, "hint": ANOTHER_SITE})
         await runtime.refused_sites.note(runtime.store_ids[key], sent, runtime.clock())
         return problem(401, "unauthorized")
+    if woo.source(headers) is not None:  # a site the store takes: a notice of its refusals, from before it was listed, goes
+        await runtime.refused_sites.accepted(runtime.store_ids[key], runtime.clock(), lambda s: woo_site.is_own_site(store, s))
     payload = _json_or_400(body, "woocommerce", key)
     if isinstance(payload, Response):
         return payload
