@@ -19,33 +19,27 @@ from typing import Any
 
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401  (the scenarios' fixtures)
-from tests.scenarios.stores import SHOPIFY
 from tests.scenarios.test_delivery_stories import ASHA, NIGHT_HOLDS_UTILITY, ist, parcel, shipped_links, start
+from tests.test_delivery_withdrawn_and_late import LINK, _packages, _partly_shipped_and_arrived, _shipped, _shipped_at_night
 
-LINK = "https://track.example/"
 PUBLIC = {"public_url": "https://connector.example"}
 
 
-def _packages(fid: int, order: dict[str, Any], at: Any, numbers: list[str], status: str = "in_transit") -> dict[str, Any]:
-    """One Shopify fulfilment with several packages (multi-package tracking), each with its link."""
-    f = parcel(fid, order, at, status, numbers[0])
-    f.update(tracking_numbers=numbers, tracking_urls=[LINK + n for n in numbers])
-    return f
+def _typed_over_and_put_back_at_night(sc: Any) -> None:
+    """Shipped at 22:00 as AAA111 (its "shipped" held for the night); at 22:30 the store types the number over as
+    BBB222, at 23:00 puts AAA111 back. The morning runs to 10:00."""
+    order, _ = _shipped_at_night(sc, "AAA111")
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "in_transit", "BBB222"))
+    sc.later(minutes=30)
+    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "in_transit", "AAA111"))
+    sc.at(ist(1, 10), step=timedelta(minutes=30))
 
 
 def test_the_rest_shipped_later_is_told_delivered_once_both_parcels_have_arrived(sqlite_url, scenario, world):
     """Before: "delivered" went out when the order's update listed the second parcel (its first parcel had
     arrived), and the second parcel's arrival was never told."""
     sc = start(scenario, sqlite_url)
-    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
-    SHOPIFY.place(sc, order)
-    sc.later(hours=1)
-    f1 = parcel(7001, order, sc.now, "in_transit", "AAA111")
-    sc.shopify("fulfillments/create", f1)
-    sc.shopify("orders/updated", {**order, "fulfillment_status": "partial", "updated_at": p.iso(sc.now), "fulfillments": [f1]})
-    sc.later(days=1)
-    d1 = parcel(7001, order, sc.now, "delivered", "AAA111")
-    sc.shopify("fulfillments/update", d1)
+    order, d1 = _partly_shipped_and_arrived(sc)
     sc.later(days=1)
     f2 = parcel(7002, order, sc.now, "in_transit", "BBB222")
     sc.shopify("orders/updated", {**order, "fulfillment_status": "fulfilled", "updated_at": p.iso(sc.now), "fulfillments": [d1, f2]})
@@ -63,15 +57,7 @@ def test_the_rest_shipped_later_is_told_delivered_once_both_parcels_have_arrived
 def test_a_number_typed_over_and_put_back_at_night_is_told_once_under_its_own_number(sqlite_url, scenario, world):
     """Before: at 09:00 she got only BBB222's link, the number the store had called off."""
     sc = start(scenario, sqlite_url, policy=NIGHT_HOLDS_UTILITY)
-    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
-    SHOPIFY.place(sc, order)
-    sc.at(ist(0, 22), step=timedelta(minutes=30))
-    sc.shopify("fulfillments/create", parcel(7001, order, sc.now, "in_transit", "AAA111"))
-    sc.later(minutes=30)
-    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "in_transit", "BBB222"))
-    sc.later(minutes=30)
-    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "in_transit", "AAA111"))
-    sc.at(ist(1, 10), step=timedelta(minutes=30))
+    _typed_over_and_put_back_at_night(sc)
     assert shipped_links(sc) == [LINK + "AAA111"]
 
 
@@ -79,10 +65,7 @@ def test_a_package_added_after_another_was_removed_gets_its_own_shipped_once(sql
     """By day: both packages told; the store removes one (nothing to withdraw: she has it), then adds a
     real second package, which the order's update lists again: its link reaches her once."""
     sc = start(scenario, sqlite_url)
-    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
-    SHOPIFY.place(sc, order)
-    sc.later(hours=1)
-    sc.shopify("fulfillments/create", _packages(7001, order, sc.now, ["AAA111", "BBB222"]))
+    order, _ = _shipped(sc, "AAA111", "BBB222")
     sc.later(minutes=20)
     sc.shopify("fulfillments/update", _packages(7001, order, sc.now, ["AAA111"]))
     sc.later(minutes=20)
@@ -102,12 +85,8 @@ def test_a_reconcile_reading_three_of_four_packages_withdraws_none_of_them(sqlit
     from jobs.scheduler import reconcile_store
 
     sc = start(scenario, sqlite_url, policy=NIGHT_HOLDS_UTILITY, server=PUBLIC)
-    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
-    SHOPIFY.place(sc, order)
     numbers = ["AAA111", "BBB222", "CCC333", "DDD444"]
-    sc.at(ist(0, 22), step=timedelta(minutes=30))
-    sc.shopify("fulfillments/create", _packages(7001, order, sc.now, numbers, status="confirmed"))
-    sc.later(minutes=30)
+    order, _ = _shipped_at_night(sc, *numbers, status="confirmed")
     # the carrier's pick-up reached Shopify, its webhook did not reach us: the reconcile reads it
     moved = _packages(7001, order, sc.now, numbers, status="in_transit")
     updated = {**order, "fulfillment_status": "fulfilled", "updated_at": p.iso(sc.now)}

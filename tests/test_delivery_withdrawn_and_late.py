@@ -38,23 +38,51 @@ def _told(world: Any) -> list[str]:
     return [n[1].get("text", "") for n in world.notifications]
 
 
-def _shipped_at_night(sc: Any, number: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Asha's paid order (thanked by day), shipped at 22:00 in Kolkata under ``number``: its "shipped" is held."""
+def _packages(fid: int, order: dict[str, Any], at: Any, numbers: list[str], status: str = "in_transit") -> dict[str, Any]:
+    """One Shopify fulfilment with several packages (multi-package tracking), each with its link; with one
+    number it is ``parcel``'s fulfilment to the letter."""
+    f = parcel(fid, order, at, status, numbers[0])
+    f.update(tracking_numbers=numbers, tracking_urls=[LINK + n for n in numbers])
+    return f
+
+
+def _shipped(sc: Any, *numbers: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Asha's paid order (thanked), shipped an hour later as fulfilment 7001 in transit under ``numbers``
+    (one package each; AAA111 when none is named). Returns the order and the fulfilment."""
+    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
+    SHOPIFY.place(sc, order)
+    sc.later(hours=1)
+    f = _packages(7001, order, sc.now, list(numbers or ["AAA111"]))
+    sc.shopify("fulfillments/create", f)
+    return order, f
+
+
+def _shipped_at_night(sc: Any, *numbers: str, status: str = "in_transit") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Asha's paid order (thanked by day), shipped at 22:00 in Kolkata as fulfilment 7001 under ``numbers``
+    (one package each), half an hour on: its "shipped" is held for the morning."""
     order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
     SHOPIFY.place(sc, order)
     sc.at(ist(0, 22), step=timedelta(minutes=30))
-    f = parcel(7001, order, sc.now, "in_transit", number)
+    f = _packages(7001, order, sc.now, list(numbers), status)
     sc.shopify("fulfillments/create", f)
     sc.later(minutes=30)
     return order, f
 
 
+def _partly_shipped_and_arrived(sc: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``_shipped``, the order's update saying "partial" (a line still to ship); a day later the parcel is
+    delivered. Returns the order and the delivered fulfilment."""
+    order, f = _shipped(sc)
+    sc.shopify("orders/updated", {**order, "fulfillment_status": "partial", "updated_at": p.iso(sc.now), "fulfillments": [f]})
+    sc.later(days=1)
+    delivered = parcel(7001, order, sc.now, "delivered", "AAA111")
+    sc.shopify("fulfillments/update", delivered)
+    return order, delivered
+
+
 def _failed(sc: Any) -> tuple[dict[str, Any], Any]:
     """Asha's paid order ships; a day later the courier cannot deliver it. Returns the order and her question."""
-    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
-    SHOPIFY.place(sc, order)
-    sc.later(hours=1)
-    sc.shopify("fulfillments/create", parcel(7001, order, sc.now, "in_transit", "AAA111"))
+    order, _ = _shipped(sc)
     sc.later(days=1)
     sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "attempted_delivery", "AAA111"))
     sc.later(hours=1)
@@ -88,10 +116,7 @@ def test_a_corrected_number_does_not_repeat_a_shipped_message_that_shows_no_trac
     """Before: the store's "shipped" says only "Order #5001 is on its way"; the store fixed a typo in the
     number and she got that sentence a second time, word for word."""
     sc = scenario(sqlite_url, "shopify", journeys=JOURNEYS)  # the harness's shipped_v1 names only the order
-    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
-    SHOPIFY.place(sc, order)
-    sc.later(hours=1)
-    sc.shopify("fulfillments/create", parcel(7001, order, sc.now, "in_transit", "TYPO111"))
+    order, _ = _shipped(sc, "TYPO111")
     sc.later(minutes=20)
     sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "in_transit", "RIGHT222"))
     sc.later(minutes=20)
@@ -111,10 +136,7 @@ def test_a_failed_delivery_question_held_for_the_night_is_not_sent_once_the_cour
     """Before: the courier failed at 22:00 (the question held for quiet hours) and was out for delivery
     again at 08:00: at 09:00 she was asked to reschedule a delivery already on the doorstep."""
     sc = start(scenario, sqlite_url, policy=NIGHT_HOLDS_UTILITY)
-    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
-    SHOPIFY.place(sc, order)
-    sc.later(hours=1)
-    sc.shopify("fulfillments/create", parcel(7001, order, sc.now, "in_transit", "AAA111"))
+    order, _ = _shipped(sc)
     sc.later(hours=1)
     sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "out_for_delivery", "AAA111"))
     sc.at(ist(0, 22), step=timedelta(minutes=30))
@@ -133,10 +155,7 @@ def test_the_failed_delivery_case_names_the_parcel_that_failed(sqlite_url, scena
     """Before: two parcels (AAA111, BBB222); BBB222's delivery failed and the case said only "delivery
     failed for #5001; call the customer to rearrange": the desk could not tell which parcel to rebook."""
     sc = start(scenario, sqlite_url)
-    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
-    SHOPIFY.place(sc, order)
-    sc.later(hours=1)
-    sc.shopify("fulfillments/create", parcel(7001, order, sc.now, "in_transit", "AAA111"))
+    order, _ = _shipped(sc)
     sc.shopify("fulfillments/create", parcel(7002, order, sc.now, "in_transit", "BBB222"))
     sc.later(days=1)
     sc.shopify("fulfillments/update", parcel(7002, order, sc.now, "attempted_delivery", "BBB222"))
@@ -188,15 +207,7 @@ def test_a_partly_shipped_order_whose_rest_is_dropped_says_delivered_once_its_pa
     the line it could not ship, so the order became "fulfilled" with no new parcel: "delivered" never
     came, and the run stayed open for ever."""
     sc = start(scenario, sqlite_url)
-    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
-    SHOPIFY.place(sc, order)
-    sc.later(hours=1)
-    f = parcel(7001, order, sc.now, "in_transit", "AAA111")
-    sc.shopify("fulfillments/create", f)
-    sc.shopify("orders/updated", {**order, "fulfillment_status": "partial", "updated_at": p.iso(sc.now), "fulfillments": [f]})
-    sc.later(days=1)
-    delivered = parcel(7001, order, sc.now, "delivered", "AAA111")
-    sc.shopify("fulfillments/update", delivered)
+    order, delivered = _partly_shipped_and_arrived(sc)
     sc.later(hours=1)
     assert "delivered_v1" not in sc.templates_to(ASHA)  # the rest is still to ship
     sc.later(days=1)

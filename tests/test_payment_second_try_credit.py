@@ -36,6 +36,16 @@ def reminded_declined_card(sc: Any) -> dict[str, Any]:
     return first
 
 
+def bank_transfer_try(sc: Any, **order: Any) -> dict[str, Any]:
+    """#7301's pay link reaches her; half an hour on she checks out again (#7302, ``order``'s fields) by direct bank
+    transfer: on hold, no money yet. Returns #7302 as sent."""
+    reminded_declined_card(sc)
+    sc.later(minutes=30)
+    transfer = bank_transfer(WOOCOMMERCE.order(2, ASHA, sc.now, cod=False, **order), sc.now)
+    sc.woo("order.created", transfer)
+    return transfer
+
+
 # ---- 1. cash on delivery ---------------------------------------------------------------------------------------------
 
 def test_her_second_try_placed_cash_on_delivery_after_the_pay_link_is_its_recovery(sqlite_url, scenario, world):
@@ -75,10 +85,7 @@ def test_her_second_try_by_bank_transfer_is_credited_when_the_money_comes(sqlite
     yet: nothing credited, and no more pay links for #7301. The next day the store marks the transfer received: one
     recovered payment with #7302's revenue (the report never credited it)."""
     sc = start(sqlite_url, scenario, "woocommerce")
-    reminded_declined_card(sc)
-    sc.later(minutes=30)
-    transfer = bank_transfer(WOOCOMMERCE.order(2, ASHA, sc.now, cod=False, total="1349.00"), sc.now)
-    sc.woo("order.created", transfer)
+    transfer = bank_transfer_try(sc, total="1349.00")
     sc.later(hours=20)
     assert recovered(sc) == (1, 0, {})
     sc.woo("order.updated", paid(transfer, sc.now))
@@ -91,10 +98,7 @@ def test_her_second_try_by_bank_transfer_is_credited_when_the_money_comes(sqlite
 def test_a_bank_transfer_paid_after_the_attribution_window_recovers_nothing(sqlite_url, scenario, world):
     """The transfer for #7302 arrives five days after the pay link (attribution_days 3): not the reminder's doing."""
     sc = start(sqlite_url, scenario, "woocommerce")
-    reminded_declined_card(sc)
-    sc.later(minutes=30)
-    transfer = bank_transfer(WOOCOMMERCE.order(2, ASHA, sc.now, cod=False), sc.now)
-    sc.woo("order.created", transfer)
+    transfer = bank_transfer_try(sc)
     sc.later(days=5)
     sc.woo("order.updated", paid(transfer, sc.now))
     sc.later(hours=1)

@@ -167,10 +167,11 @@ def test_no_reorder_reminder_for_a_product_archived_or_whose_replenish_tag_was_r
 
 
 @contextmanager
-def _shopify_buyer(db_url: str, order_id: int) -> Iterator[tuple[Any, Any, Clock, Any, int, dict]]:
-    """The Shopify store with one customer (WhatsApp marketing consent) who bought one Neem face wash as
-    ``order_id`` at T0, its window planned: (client, runtime, clock, store, store id, the order's body)."""
-    settings = _settings(db_url)
+def _shopify_buyer(db_url: str, order_id: int, *, settings: Any = None) -> Iterator[tuple[Any, Any, Clock, Any, int, dict]]:
+    """The Shopify store (``settings``, or the reorder tests' own) with one customer (WhatsApp marketing consent)
+    who bought one Neem face wash as ``order_id`` at T0, its window planned: (client, runtime, clock, store,
+    store id, the order's body)."""
+    settings = settings or _settings(db_url)
     clock = Clock(T0)
     with running_app(settings) as (client, runtime):
         runtime.processor.clock = clock

@@ -5,29 +5,19 @@ as strict xfails, each in what the store owner or the customer notices."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401  (the scenarios' fixtures)
-from tests.scenarios.stores import SHOPIFY
 from tests.scenarios.test_delivery_stories import ASHA, NIGHT_HOLDS_UTILITY, ist, parcel, shipped_links, start
-
-LINK = "https://track.example/"
+from tests.test_delivery_tracking_as_it_stands import _typed_over_and_put_back_at_night
+from tests.test_delivery_withdrawn_and_late import LINK, _packages, _partly_shipped_and_arrived, _shipped_at_night
 
 
 # ---- eeb867a: "delivered" once the rest is dropped --------------------------------------------------
 
 def test_the_rest_shipped_later_is_not_told_delivered_before_it_arrives(sqlite_url, scenario, world):
     sc = start(scenario, sqlite_url)
-    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
-    SHOPIFY.place(sc, order)
-    sc.later(hours=1)
-    f1 = parcel(7001, order, sc.now, "in_transit", "AAA111")
-    sc.shopify("fulfillments/create", f1)
-    sc.shopify("orders/updated", {**order, "fulfillment_status": "partial", "updated_at": p.iso(sc.now), "fulfillments": [f1]})
-    sc.later(days=1)
-    d1 = parcel(7001, order, sc.now, "delivered", "AAA111")
-    sc.shopify("fulfillments/update", d1)
+    order, d1 = _partly_shipped_and_arrived(sc)
     sc.later(hours=1)
     assert "delivered_v1" not in sc.templates_to(ASHA)
     sc.later(days=1)
@@ -44,32 +34,13 @@ def test_the_rest_shipped_later_is_not_told_delivered_before_it_arrives(sqlite_u
 
 def test_a_number_changed_and_put_back_at_night_tells_the_number_that_stands(sqlite_url, scenario, world):
     sc = start(scenario, sqlite_url, policy=NIGHT_HOLDS_UTILITY)
-    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
-    SHOPIFY.place(sc, order)
-    sc.at(ist(0, 22), step=timedelta(minutes=30))
-    sc.shopify("fulfillments/create", parcel(7001, order, sc.now, "in_transit", "AAA111"))
-    sc.later(minutes=30)
-    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "in_transit", "BBB222"))
-    sc.later(minutes=30)
-    sc.shopify("fulfillments/update", parcel(7001, order, sc.now, "in_transit", "AAA111"))
-    sc.at(ist(1, 10), step=timedelta(minutes=30))
+    _typed_over_and_put_back_at_night(sc)
     assert LINK + "AAA111" in shipped_links(sc), shipped_links(sc)  # her parcel's link, the one that stands
-
-
-def _packages(fid: int, order: dict[str, Any], at: Any, numbers: list[str]) -> dict[str, Any]:
-    """One Shopify fulfilment in transit with several packages (multi-package tracking), each with its link."""
-    f = parcel(fid, order, at, "in_transit", numbers[0])
-    f.update(tracking_numbers=numbers, tracking_urls=[LINK + n for n in numbers])
-    return f
 
 
 def test_a_number_removed_at_night_is_not_told(sqlite_url, scenario, world):
     sc = start(scenario, sqlite_url, policy=NIGHT_HOLDS_UTILITY)
-    order = SHOPIFY.order(1, ASHA, sc.now, cod=False)
-    SHOPIFY.place(sc, order)
-    sc.at(ist(0, 22), step=timedelta(minutes=30))
-    sc.shopify("fulfillments/create", _packages(7001, order, sc.now, ["AAA111", "BBB222"]))
-    sc.later(minutes=30)
+    order, _ = _shipped_at_night(sc, "AAA111", "BBB222")
     sc.shopify("fulfillments/update", _packages(7001, order, sc.now, ["AAA111"]))
     sc.at(ist(1, 10), step=timedelta(minutes=30))
     assert shipped_links(sc) == [LINK + "AAA111"]

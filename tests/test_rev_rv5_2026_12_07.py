@@ -66,47 +66,19 @@ def test_rv5_an_unticked_sms_opt_in_for_its_own_number_takes_back_that_numbers_c
 # ---- dd95236: a product briefly unpublished (a draft for an edit) ------------------------------------------------
 
 def test_rv5_a_product_drafted_for_an_edit_and_published_again_still_gets_its_held_reminder(db_url):
-    from connector.config import parse_settings
-    from connector.reorder.windows import run_reorder_tick
-    from tests.conftest import settings_dict
-    from tests.helpers import running_app
-    from tests.test_reorder import TEMPLATES, Clock, _consent, _dispatch, _order, _outbox, _post
+    from tests.test_reorder import _post
+    from tests.test_reorder_customer_faults import _held_for_the_night, _neem_buyer, _the_morning
+    from tests.test_reorder_products import _neem
 
-    raw = settings_dict(db_url)
-    raw["stores"][0].update(templates=TEMPLATES, policy={"quiet_hours": "21:00-09:00"},
-                            journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "lead_days": 3, "follow_up_days": None}})
-    settings = parse_settings(raw, environ={})
-    clock = Clock(T0)
-
-    def product(status: str) -> dict:
-        return {"id": 9001, "title": "Neem face wash", "tags": "", "status": status, "updated_at": clock.now.isoformat(),
-                "variants": [{"id": 49001, "product_id": 9001, "sku": "NEEM-100"}]}
-
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
-        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
-        _post(client, "customers_whats_app_marketing_consent/update", _consent())
-        _post(client, "orders/create", _order(6901, T0, qty=1))
-        runtime.processor.drain()
-        run_reorder_tick(runtime.db, store, sid, clock.now)
-        clock.now = T0 + timedelta(days=31, hours=12)  # 23:30 IST: the window opens, its reminder waits for 09:00
-        run_reorder_tick(runtime.db, store, sid, clock.now)
-        _dispatch(runtime, settings, clock)
-        night = [o.status for o in _outbox(runtime)]
+    with _neem_buyer(db_url, 6901) as (client, runtime, clock, store, sid, settings):
+        night = _held_for_the_night(runtime, settings, clock, store, sid)  # 23:30 IST: its reminder waits for 09:00
         clock.now = T0 + timedelta(days=31, hours=13, minutes=30)  # 01:00 IST: drafted to fix a typo in its description
-        _post(client, "products/update", product("draft"))
+        _post(client, "products/update", _neem("draft", clock.now))
         runtime.processor.drain()
         clock.now += timedelta(minutes=2)  # 01:02 IST: published again
-        _post(client, "products/update", product("active"))
+        _post(client, "products/update", _neem("active", clock.now))
         runtime.processor.drain()
-        for hours in (22, 23, 30):  # 09:00, 10:00 and 17:00 IST
-            clock.now = T0 + timedelta(days=31, hours=hours)
-            runtime.processor.drain()
-            while runtime.processor.process_timers(500):
-                pass
-            run_reorder_tick(runtime.db, store, sid, clock.now)
-            _dispatch(runtime, settings, clock)
-        morning = [(o.step, o.status) for o in _outbox(runtime)]
+        morning = _the_morning(runtime, settings, clock, store, sid)
     assert night == ["pending"]
     assert morning == [("reminder", "dry_run")]
 
@@ -114,38 +86,21 @@ def test_rv5_a_product_drafted_for_an_edit_and_published_again_still_gets_its_he
 def test_rv5_a_reorder_after_a_brief_unpublish_is_still_credited_to_the_reminder(db_url):
     from sqlalchemy import select
 
-    from connector.config import parse_settings
     from connector.reorder.windows import run_reorder_tick
     from connector.storage import models as m
-    from tests.conftest import settings_dict
-    from tests.helpers import running_app
-    from tests.test_reorder import TEMPLATES, Clock, _consent, _dispatch, _order, _outbox, _post
+    from tests.test_reorder import _dispatch, _order, _outbox, _post
+    from tests.test_reorder_customer_faults import _neem_buyer
+    from tests.test_reorder_products import _neem
 
-    raw = settings_dict(db_url)
-    raw["stores"][0].update(templates=TEMPLATES, policy={"quiet_hours": ""},
-                            journeys={"reorder": {"cycles": {"NEEM-100": "30d"}, "lead_days": 3, "follow_up_days": None}})
-    settings = parse_settings(raw, environ={})
-    clock = Clock(T0)
-
-    def product(status: str) -> dict:
-        return {"id": 9001, "title": "Neem face wash", "tags": "", "status": status, "updated_at": clock.now.isoformat(),
-                "variants": [{"id": 49001, "product_id": 9001, "sku": "NEEM-100"}]}
-
-    with running_app(settings) as (client, runtime):
-        runtime.processor.clock = clock
-        sid, store = runtime.store_ids["shop-a"], settings.stores[0]
-        _post(client, "customers_whats_app_marketing_consent/update", _consent())
-        _post(client, "orders/create", _order(7001, T0, qty=1))
-        runtime.processor.drain()
-        run_reorder_tick(runtime.db, store, sid, clock.now)
+    with _neem_buyer(db_url, 7001, quiet_hours="") as (client, runtime, clock, store, sid, settings):
         clock.now = T0 + timedelta(days=31, hours=1)
         run_reorder_tick(runtime.db, store, sid, clock.now)
         _dispatch(runtime, settings, clock)  # the reminder reaches her
         clock.now += timedelta(hours=2)
-        _post(client, "products/update", product("draft"))  # a price fix, as a draft
+        _post(client, "products/update", _neem("draft", clock.now))  # a price fix, as a draft
         runtime.processor.drain()
         clock.now += timedelta(minutes=3)
-        _post(client, "products/update", product("active"))
+        _post(client, "products/update", _neem("active", clock.now))
         runtime.processor.drain()
         clock.now = T0 + timedelta(days=33)
         _post(client, "orders/create", _order(7002, clock.now, qty=1))  # she reorders, as the reminder asked
