@@ -131,8 +131,9 @@ def test_a_utility_template_meta_moves_to_marketing_is_flagged_with_the_step_it_
 
 
 def test_other_account_updates_are_kept_not_dropped(db_url):
-    """An account field the connector does not read (the account's review, its capabilities) names no number
-    either: kept in the inbox, raw, as not handled. (Quality and restrictions: tests/test_number_health.py.)"""
+    """An account field the connector does not read (the account's review) names no number either: kept in the
+    inbox, raw, as not handled; its capabilities (the messaging limit) it reads, beside it. (Quality and
+    restrictions: tests/test_number_health.py; capabilities: tests/test_whatsapp_business_capability.py.)"""
     review = {"field": "account_review_update", "value": {"decision": "APPROVED"}}
     capability = {"field": "business_capability_update", "value": {"max_daily_conversation_per_phone": 1000, "max_phone_numbers_per_business": 2}}
     with running_app(settings(db_url)) as (client, runtime):
@@ -140,5 +141,5 @@ def test_other_account_updates_are_kept_not_dropped(db_url):
         runtime.processor.drain()
         stored = inbox(client, "woo")
     assert sorted((r["topic"], r["status"], r["error"]) for r in stored) == [
-        ("field:account_review_update", "ignored", "field account_review_update is not handled"),
-        ("field:business_capability_update", "ignored", "field business_capability_update is not handled")]
+        ("business_capability", "done", None),
+        ("field:account_review_update", "ignored", "field account_review_update is not handled")]
