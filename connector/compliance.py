@@ -131,11 +131,6 @@ def _digits(text: str | None) -> str:
 
 
 _SEP = r"[\s\-.()/]*"  # what people and forms put between a number's digits
-_PREFIXED = re.compile(r"(?:\+|(?<!\d)00)" + _SEP + r"\d[\d\s\-.()/]*$")  # text ending in an international prefix and a code
-_ANOTHER_GROUP = re.compile(r"\d[\s\-.()/]+$")  # text ending in a digit group of the same written number
-# text ending in what lists two numbers in one field ("044 2345 6789 / 98765 43210", "..., ", " or "): the next is its own
-_LISTED = re.compile(r"(?:\s/|/\s|[,;|]|\s(?:or|and))\s*$", re.IGNORECASE)
-_SLASHED = re.compile(r"((?:\+|(?<!\d)00)?\d[\d\s\-.()]*\d)\s*/\s*$")  # text ending in digits and a bare slash
 _COUNTRY_FIELD = re.compile(r'"(?:country_code|countryCode|country|country_iso)"\s*:\s*"([A-Za-z]{2})"')
 _PHONE_LIKE = re.compile(r"(?:\+|(?<!\d)00)?\d(?:[\s\-.()/]*\d){6,}")
 
@@ -156,8 +151,8 @@ class Number:
     national: str  # the national significant number
     trunk: str  # the national (trunk) prefix, "0" in India; "" where there is none
     regions: frozenset[str]  # the regions that share the code (+1: the US, Canada...)
+    region: str  # the region her number is of: where its national form is read
     international: re.Pattern[str]
-    nationally: re.Pattern[str]
 
     @classmethod
     def of(cls, e164: str | None) -> "Number | None":
@@ -173,14 +168,12 @@ class Number:
         region = phonenumbers.region_code_for_number(parsed)
         meta = phonenumbers.PhoneMetadata.metadata_for_region(region) if region else None
         trunk = (meta.national_prefix or "") if meta is not None else ""
-        trunked = f"(?:{_spelled(trunk)}{_SEP})?" if trunk else ""
         trunk_after = rf"|\(?{_spelled(trunk)}\)?" if trunk else ""
         return cls(e164=f"+{code}{national}", code=code, national=national, trunk=trunk,
-                   regions=frozenset(phonenumbers.region_codes_for_country_code(parsed.country_code)),
+                   regions=frozenset(phonenumbers.region_codes_for_country_code(parsed.country_code)), region=region or "ZZ",
                    # after the code, "(0)" or the trunk prefix as national forms write it: +44 (0)20..., +91 098765 43210
                    international=re.compile(r"(?<!\d)(?:\+|00)?" + _SEP + _spelled(code) + _SEP + r"(?:(?:\(0\)" + trunk_after + ")" + _SEP + ")?"
-                                            + _spelled(national) + r"(?!\d)"),
-                   nationally=re.compile(r"(?<![\d+])" + trunked + _spelled(national) + r"(?!\d)"))
+                                            + _spelled(national) + r"(?!\d)"))
 
     def written(self) -> set[str]:
         """Her number as stores and people write it: what the database looks for first (``Needles.probes``)."""
@@ -192,29 +185,17 @@ class Number:
         return {x for x in out if len(x) >= 7}
 
     def in_text(self, text: str, regions: frozenset[str] | None) -> bool:
-        """Whether ``text`` writes this number: internationally anywhere, nationally only when not after
-        another country's code and when the text is of her number's country (``regions``; None: unknown)."""
+        """Whether ``text`` writes this number: internationally anywhere, nationally only when the text is of
+        her number's country (``regions``; None: unknown). The national forms are found as libphonenumber's
+        matcher reads numbers in text (its ``PhoneNumberMatcher``): with a trunk prefix or without, one of
+        several numbers listed in a field ("044 2345 6789 / 98765 43210"), and not the national digits of
+        another country's number ("+1 312 345 6789")."""
         if self.international.search(text):
             return True
-        for match in self.nationally.finditer(text):
-            before = text[max(0, match.start() - 24):match.start()]
-            if _continues(before, regions):
-                continue  # "+1 312 345 6789": the national digits of another country's number
-            if regions is None or regions & self.regions:
-                return True
-        return False
-
-
-def _continues(before: str, regions: frozenset[str] | None) -> bool:
-    """Whether the text just before a national form of her number is the start of the same written number
-    (a country code, another digit group), not another number listed before hers in the field: after ``, ``,
-    `` / `` or `` or `` a number is its own; after a bare ``/``, when the digits before it are a whole number."""
-    if _LISTED.search(before):
-        return False
-    slashed = _SLASHED.search(before)
-    if slashed is not None and _whole_number(slashed.group(1), regions):
-        return False
-    return bool(_PREFIXED.search(before) or _ANOTHER_GROUP.search(before))
+        if regions is not None and not regions & self.regions:
+            return False
+        return any(match.number.country_code == int(self.code) and phonenumbers.national_significant_number(match.number) == self.national
+                   for match in phonenumbers.PhoneNumberMatcher(text, self.region, leniency=phonenumbers.Leniency.VALID))
 
 
 def _whole_number(text: str, regions: frozenset[str] | None) -> bool:
