@@ -59,6 +59,7 @@ from typing import Any
 import phonenumbers
 from sqlalchemy import Connection, String, Table, Text, and_, bindparam, cast, delete, false, func, literal, null, or_, select, true, update
 
+from adapters.whatsapp import privacy as whatsapp_privacy
 from connector import events as ev
 from connector import erased, job_health
 from connector.checkout_poll import link_identity_of
@@ -524,9 +525,7 @@ def _body_for(row: Any, wa_ids: set[str]) -> Any:
         body = jsoncodec.loads_body(row.raw_body)  # as the processor read it: no NUL, no lone surrogate
     except (ValueError, UnicodeDecodeError):
         return None  # a form post or a broken body: the normalised event says what it carried
-    if row.source == "whatsapp" and isinstance(body, dict) and isinstance(body.get("contacts"), list):
-        body = {**body, "contacts": [c for c in body["contacts"] if isinstance(c, dict) and str(c.get("wa_id")) in wa_ids]}
-    return body
+    return whatsapp_privacy.contacts_of(body, wa_ids) if row.source == "whatsapp" else body
 
 
 def export_customer(
@@ -825,9 +824,6 @@ def _shop_job_error(text: str) -> str:
 
 # -- another customer's unprocessed delivery that names her -------------------------------------------------
 _REPLAYABLE = ("failed", "held")
-_PARTIES = ("from", "recipient_id", "wa_id")  # whom a WhatsApp item is from or to
-
-
 def _her_part_out(value: Any, scope: Scope, regions: frozenset[str] | None) -> Any:
     """``value`` (a stored body or event) without her: her numbers, emails and ids out of every text, and her
     name too out of an object that names her (the address a gift is shipped to, her entry of a list).
@@ -883,13 +879,9 @@ def _without_her(scope: Scope, source: str, raw: bytes, regions: frozenset[str] 
     if not isinstance(body, dict):
         return None
     if source == "whatsapp":
-        if isinstance(body.get("contacts"), list):
-            body = {**body, "contacts": [c for c in body["contacts"] if not scope.needles.names_her(json.dumps(c), regions)]}
-        parties = [str(part[k]) for key, part in body.items() if key != "metadata" and isinstance(part, dict)
-                   for k in _PARTIES if isinstance(part.get(k), (str, int)) and not isinstance(part.get(k), bool)]
-        if not parties or any(scope.needles.names_her(p, None) for p in parties):
-            return None  # her message, a status of a message to her, her preference
-        return _her_part_out(body, scope, regions)
+        others = whatsapp_privacy.without(body, lambda entry: scope.needles.names_her(entry, regions),
+                                          lambda party: scope.needles.names_her(party, None))
+        return None if others is None else _her_part_out(others, scope, regions)
     cleaned = _her_part_out(body, scope, regions)
     return cleaned if _someone_else(cleaned, regions) else None
 
