@@ -1,7 +1,7 @@
 """Hand-off alerts and the stage owners' webhooks (Slack-compatible), as a stage owner notices them:
 
 - a hook that answers 429 with ``Retry-After`` is not called again before that time (seconds or an
-  HTTP-date, read on the notifier's clock), nor much later than ``HOOK_RETRY_AFTER_CAP`` whatever it asks;
+  HTTP-date, read against the answer's Date header, else the notifier's clock), nor much later than ``HOOK_RETRY_AFTER_CAP`` whatever it asks;
 - one stage's failing hook delays no other stage's alerts: neither those of other customers (a hook
   that hangs until its timeout, alert after alert, before any other stage's alert was tried) nor the
   same customer's (her COD case's alert waited behind her delivery case's retrying one);

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from adapters.whatsapp.errors import classify_transport, parse_retry_after
+from adapters.whatsapp.errors import classify_transport, retry_after_of
 from connector.config import ShopifyStore
 from connector.errors import PermanentError, RetryableError
 from connector.storage import jsoncodec
@@ -284,7 +284,7 @@ class ShopifyAdminClient:
         status = response.status_code
         trace_id = response.headers.get("X-Request-Id")
         trace_id = trace_id[:64] if trace_id else None
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        retry_after = retry_after_of(response)
         redact = (self._token,)
         try:
             body = jsoncodec.loads(response.content)  # a lone surrogate (no database stores one) becomes U+FFFD

@@ -48,7 +48,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from adapters.whatsapp.errors import classify_transport, parse_retry_after
+from adapters.whatsapp.errors import classify_transport, retry_after_of
 from connector.errors import PermanentError, RetryableError
 
 TOKEN_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
@@ -157,7 +157,7 @@ def _parse_grant(response: httpx.Response, now: datetime, what: str) -> TokenGra
         body = None
     if status == 429 or status >= 500:
         raise RetryableError(f"{what}: HTTP {status} from Shopify", http_status=status,
-                             retry_after=parse_retry_after(response.headers.get("Retry-After")))
+                             retry_after=retry_after_of(response))
     if not response.is_success or not isinstance(body, dict):
         code = body.get("error") if isinstance(body, dict) else None
         code_s = _ERR_CODE.sub("", str(code).lower())[:60] if code else ""

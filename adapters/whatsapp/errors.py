@@ -128,9 +128,14 @@ def is_retryable_code(code: int) -> bool | None:
     return known[0] if known else None
 
 
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Retry-After as seconds (``"2"``, ``"2.5"`` or an HTTP-date), clamped to [0, 3600]."""
-    return retry_after_seconds(value, now=now or datetime.now(timezone.utc), cap=MAX_RETRY_AFTER)
+def parse_retry_after(value: str | None, *, now: datetime | None = None, sent: str | None = None) -> float | None:
+    """Retry-After as seconds (``"2"``, ``"2.5"`` or an HTTP-date, against ``sent``: the answer's Date), clamped to [0, 3600]."""
+    return retry_after_seconds(value, now=now or datetime.now(timezone.utc), cap=MAX_RETRY_AFTER, sent=sent)
+
+
+def retry_after_of(response: httpx.Response) -> float | None:
+    """The answer's Retry-After in seconds; a date in it read against the answer's own Date header."""
+    return parse_retry_after(response.headers.get("Retry-After"), sent=response.headers.get("Date"))
 
 
 def parse_regain_after(value: str | None) -> float | None:
@@ -225,7 +230,7 @@ def classify(response: httpx.Response, *, redact: Iterable[str] = (), sender: st
     a missing object (100/33, ``missing_object_is_the_sender``) is the account's problem or the message's.
     """
     status = response.status_code
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    retry_after = retry_after_of(response)
     error = _graph_error(response)
     by_status = status >= 500 or status == 429
 

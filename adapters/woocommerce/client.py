@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import httpx
 
-from adapters.whatsapp.errors import classify_transport, parse_retry_after
+from adapters.whatsapp.errors import classify_transport, retry_after_of
 from connector.config import WooCommerceStore
 from connector.errors import PermanentError, RetryableError
 from connector.storage import jsoncodec
@@ -202,7 +202,7 @@ class WooCommerceClient:
 
     def _classify(self, response: httpx.Response) -> Exception:
         status = response.status_code
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        retry_after = retry_after_of(response)
         code = None
         try:
             body = jsoncodec.loads(response.content)

@@ -151,7 +151,8 @@ class NotifyDispatcher:
             return self._retry_or_fail(row, started, f"no answer within {CALL_SECONDS:g} s")
         if resp.status_code >= 500 or resp.status_code == 429:
             # Slack's 429 says when to come back: not sooner (nor much later: HOOK_RETRY_AFTER_CAP)
-            wait = parse_retry_after(resp.headers.get("Retry-After"), now=self.clock(), cap=HOOK_RETRY_AFTER_CAP)
+            wait = parse_retry_after(resp.headers.get("Retry-After"), now=self.clock(), cap=HOOK_RETRY_AFTER_CAP,
+                                      sent=resp.headers.get("Date"))
             return self._retry_or_fail(row, started, f"HTTP {resp.status_code}{_said(resp)}", wait)
         if not resp.is_success:
             # a revoked or mistyped hook (Slack: 403 invalid_token, 404 no_service, 410 channel gone), or a

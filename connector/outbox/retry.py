@@ -32,23 +32,34 @@ def next_attempt_at(
     return now + timedelta(seconds=delay)
 
 
-def parse_retry_after(value: str | None, *, now: datetime, cap: float) -> float | None:
-    """An HTTP ``Retry-After`` (``"2"``, ``"2.5"`` or an HTTP-date, read against ``now``: the caller's
-    clock) as seconds, clamped to [0, ``cap``]: a server asking for longer is not believed that far.
-    None when absent or unreadable."""
+def parse_retry_after(value: str | None, *, now: datetime, cap: float, sent: str | None = None) -> float | None:
+    """An HTTP ``Retry-After`` (``"2"``, ``"2.5"`` or an HTTP-date) as seconds, clamped to [0, ``cap``]:
+    a server asking for longer is not believed that far. None when absent or unreadable.
+
+    An HTTP-date is a moment on the server's clock: with ``sent`` (the answer's ``Date`` header) the
+    wait is that date minus ``sent`` (RFC 9110 10.2.3), so a server whose clock is an hour behind
+    ours still gets the minute it asked for, not nothing; without a readable ``Date``, against ``now``.
+    """
     if not value:
         return None
     value = value.strip()
     try:
         seconds = float(value)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+        when = _http_date(value)
+        if when is None:
             return None
-        if when.tzinfo is None:  # an HTTP-date is always GMT
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - now).total_seconds()
+        seconds = (when - (_http_date(sent) or now)).total_seconds()
     if seconds != seconds:  # NaN
         return None
     return min(max(0.0, seconds), cap)
+
+
+def _http_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when  # an HTTP-date is always GMT
