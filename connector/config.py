@@ -414,6 +414,10 @@ class TemplateButton(_Settings):
         return self
 
 
+# Meta's template language codes: a language (two or three letters) and an optional region
+_META_LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
+
+
 class TemplateSettings(_Settings):
     step: str = Field(pattern=r"^[a-z_]+\.[a-z_0-9]+$", description="journey.step, e.g. cod_confirmation.ask")
     name: str = Field(pattern=r"^[a-z0-9_]+$")
@@ -423,6 +427,19 @@ class TemplateSettings(_Settings):
     body: tuple[str, ...] = Field((), description="one variable per placeholder, in order")
     header_image: str | None = None
     buttons: tuple[TemplateButton, ...] = Field((), max_length=10)
+
+    @field_validator("language")
+    @classmethod
+    def _meta_language(cls, code: str) -> str:
+        """Meta names a template's language ``en``, ``en_US``, ``pt_BR``, ``fil``: sent as ``en-US`` or ``en_us``,
+        every message of the step fails (132001, no such template in that language) and ``templates check``
+        calls the template missing."""
+        if _META_LANGUAGE.fullmatch(code):
+            return code
+        parts = re.split(r"[-_]", code.strip())
+        if len(parts) == 2 and parts[0].isalpha() and parts[1].isalpha() and 2 <= len(parts[0]) <= 3 and len(parts[1]) == 2:
+            raise ValueError(f"{code!r} is not how Meta names a template language: write {parts[0].lower()}_{parts[1].upper()}")
+        raise ValueError(f"{code!r} is not a WhatsApp template language code (like en, en_US, pt_BR, fil)")
 
     @field_validator("body")
     @classmethod
