@@ -954,9 +954,14 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             out.subject = f"checkout:{checkout.token}"
             read = upsert_contact(conn, store_id, now, phone=checkout.customer.phone, customer=checkout.customer)
             out.contact_id = read if checkout.phone_on_checkout else (_checkout_contact(conn, store_id, checkout.token) or read)
-            opted_in = _opted_in_contact(conn, store_id, checkout, read, now) if checkout.accepts_marketing else None
-            if opted_in is not None:
-                record_consent(conn, store_id, opted_in, "marketing", "granted", "checkout_opt_in", checkout.updated_at, inbox_id, only_if_unknown=True)
+            stored = checkout_row(conn, store_id, checkout.token)
+            if stored is not None and stored.source_updated_at > checkout.updated_at:
+                pass  # an older read (Shopify sends in no set order): its tick was answered since, by the read stored
+            elif checkout.accepts_marketing:
+                opted_in = _opted_in_contact(conn, store_id, checkout, read, now)
+                if opted_in is not None:
+                    record_consent(conn, store_id, opted_in, "marketing", "granted", "checkout_opt_in", checkout.updated_at, inbox_id,
+                                   only_if_unknown=True)
             elif checkout.phone_on_checkout and checkout.completed_at is None:
                 _withdrawn_opt_in(conn, store_id, checkout, read, inbox_id)
             out.stale = not apply_checkout(conn, store_id, checkout, out.contact_id)
