@@ -401,9 +401,10 @@ class InboxProcessor:
 
     def _one_by_one(self, conn: Connection, rows: list[Any], now: datetime, stop: Callable[[], bool],
                     *, must: int = 0) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
-        """The careful path: each row in its own savepoint, no cache (privacy requests; a batch in which a row raised).
+        """The careful path: each row in its own savepoint, no cache (privacy requests; a batch in which a row raised),
+        its outcome written as it is done.
 
-        Returns how many outcomes were already written and the rest. The first ``must``
+        Returns how many outcomes were already written and the rest (privacy requests left waiting). The first ``must``
         rows are done whatever ``stop`` says: the batch attempt spent the time budget on them.
         """
         marks: list[tuple[int, dict[str, Any]]] = []
@@ -420,7 +421,10 @@ class InboxProcessor:
                         (row.source, row.topic) == (reinstall.SOURCE, erasure.TOPIC) and erasure.behind_the_journal(conn, self.db, row, AFTER_EARLIER)):
                     marks.append((row.id, {"available_at": now + PRIVACY_WAIT}))
                     continue
-            marks.append((row.id, self._process_row(conn, row, now)))
+            # written at once: a later row reads what this one did by its subject (an untick, the grants of the
+            # checkout's tick), as it would in a later batch
+            _mark_rows(conn, [(row.id, self._process_row(conn, row, now))])
+            handled += 1
             if i + 1 >= must and stop():
                 break  # the rest stay pending (and unlocked) for the next batch
         return handled, marks

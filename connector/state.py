@@ -249,8 +249,10 @@ def record_consent(
     inbox_id: int | None,
     *,
     only_if_unknown: bool = False,
+    key: Any = None,
 ) -> bool:
-    """Set a consent state and keep its history; a change older than the stored one is ignored."""
+    """Set a consent state and keep its history; a change older than the stored one is ignored.
+    ``key`` files the history row for ``held_later`` while the batch holds it (a checkout's opt-in)."""
     contact = contact_row(conn, contact_id)
     if contact is None:
         raise NoResultFound(f"contact {contact_id} not found")
@@ -270,7 +272,7 @@ def record_consent(
     }
     update_by_id(conn, CONTACTS, contact_id, values)
     insert_later(conn, CONSENT, [dict(store_id=store_id, contact_id=contact_id, category=category, state=state,
-                                      source=source[:64], occurred_at=at, inbox_event_id=inbox_id)])
+                                      source=source[:64], occurred_at=at, inbox_event_id=inbox_id)], key)
     return True
 
 
@@ -416,12 +418,19 @@ def _withdrawn_opt_in(conn: Connection, store_id: int, checkout: ev.Checkout, co
         record_consent(conn, store_id, cid, "marketing", "unknown", "checkout_opt_in_withdrawn", checkout.updated_at, inbox_id)
 
 
+def _opt_in_key(store_id: int, token: str) -> tuple[str, int, str]:
+    """What a checkout opt-in's history row is filed under while the batch holds it (``held_later``)."""
+    return ("checkout_opt_in", store_id, token)
+
+
 def _opt_in_grants(conn: Connection, store_id: int, token: str, since: datetime) -> set[int]:
     """The contacts a checkout opt-in granted marketing since ``since`` through a delivery of this checkout (its
     inbox rows, by their subject): the consent history's (store, category, state, time) index, then those rows'
-    deliveries. A delivery processed in the same batch has no subject stored yet, so only earlier ones are seen."""
+    deliveries. A delivery applied earlier in the same batch has no subject stored yet: its grant is the history
+    row the batch still holds, filed under the checkout (``_opt_in_key``)."""
     deliveries = select(INBOX.c.id).where(INBOX.c.store_id == store_id, INBOX.c.subject == f"checkout:{token}"[:160])
-    return {cid for (cid,) in conn.execute(select(CONSENT.c.contact_id).where(
+    held = {r["contact_id"] for r in held_later(conn, CONSENT, _opt_in_key(store_id, token)) if r["occurred_at"] >= since}
+    return held | {cid for (cid,) in conn.execute(select(CONSENT.c.contact_id).where(
         CONSENT.c.store_id == store_id, CONSENT.c.category == "marketing", CONSENT.c.state == "granted", CONSENT.c.occurred_at >= since,
         CONSENT.c.source == "checkout_opt_in", CONSENT.c.inbox_event_id.in_(deliveries)))}
 
@@ -954,9 +963,14 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             out.subject = f"checkout:{checkout.token}"
             read = upsert_contact(conn, store_id, now, phone=checkout.customer.phone, customer=checkout.customer)
             out.contact_id = read if checkout.phone_on_checkout else (_checkout_contact(conn, store_id, checkout.token) or read)
-            opted_in = _opted_in_contact(conn, store_id, checkout, read, now) if checkout.accepts_marketing else None
-            if opted_in is not None:
-                record_consent(conn, store_id, opted_in, "marketing", "granted", "checkout_opt_in", checkout.updated_at, inbox_id, only_if_unknown=True)
+            stored = checkout_row(conn, store_id, checkout.token)
+            if stored is not None and stored.source_updated_at > checkout.updated_at:
+                pass  # an older read (Shopify sends in no set order): its tick was answered since, by the read stored
+            elif checkout.accepts_marketing:
+                opted_in = _opted_in_contact(conn, store_id, checkout, read, now)
+                if opted_in is not None:
+                    record_consent(conn, store_id, opted_in, "marketing", "granted", "checkout_opt_in", checkout.updated_at, inbox_id,
+                                   only_if_unknown=True, key=_opt_in_key(store_id, checkout.token))
             elif checkout.phone_on_checkout and checkout.completed_at is None:
                 _withdrawn_opt_in(conn, store_id, checkout, read, inbox_id)
             out.stale = not apply_checkout(conn, store_id, checkout, out.contact_id)
