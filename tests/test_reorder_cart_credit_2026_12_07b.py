@@ -37,10 +37,11 @@ def sunglasses(n: int, at: Any, **kw: Any) -> dict[str, Any]:
     return {**o, "line_items": [{**o["line_items"][0], "variant_id": 49001}]}
 
 
-def start(db_url: str, scenario: Any, journeys: dict[str, Any] | None = None) -> Scenario:
+def start(db_url: str, scenario: Any, journeys: dict[str, Any] | None = None, policy: dict[str, Any] | None = None,
+          templates: tuple[dict[str, Any], ...] = ()) -> Scenario:
     """Asha, subscribed to WhatsApp marketing, bought the sunglasses 30 days before T0: their window opens a day on."""
-    sc = scenario(db_url, "shopify", journeys={**JOURNEYS, **(journeys or {})},
-                  store_settings={"templates": [*TEMPLATES, *REORDER_TEMPLATES, PAY]})
+    sc = scenario(db_url, "shopify", journeys={**JOURNEYS, **(journeys or {})}, policy=policy,
+                  store_settings={"templates": [*TEMPLATES, *REORDER_TEMPLATES, PAY, *templates]})
     sc.shopify("customers_whats_app_marketing_consent/update",
                p.shopify_whatsapp_consent(p.customer_id_for(ASHA), ASHA, "subscribed", sc.now))
     SHOPIFY.place(sc, sunglasses(1, sc.now - timedelta(days=30)))
