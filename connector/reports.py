@@ -32,6 +32,9 @@ Stages and what counts (runs are counted in the week they started):
   the lift's conversions); so is a checkout's order still waiting for a payment that is not cash
   on delivery (a bank transfer on hold: no sale until it is paid). One order is credited once: a cart whose order was then paid after
   its pay reminder counts as the pay reminder's recovery, not also as a recovered checkout.
+  Across journeys too: an order a reorder reminder and a cart or pay reminder would both earn is the recovery of the
+  one whose reminder reached her last before it (``credited_to_a_later_reminder``); the other run is neither credited
+  nor lost.
 - post-purchase: delivery updates sent / delivered / read, shipments, failed deliveries
   (NDR) and their rate; hand-offs opened and their median resolution time.
 - retention: reorder windows opened, reminded (as for checkouts: a reminder WhatsApp took),
@@ -87,7 +90,7 @@ from connector.journeys.payment_recovery import recovered as pay_recovered, stal
 from connector.journeys.reorder import STEPS as REORDER_STEPS
 from connector.number_change import MOVED
 from connector.outbox.queue import step_key
-from connector.outbox.store import REACHED_STATES
+from connector.outbox.store import REACHED_STATES, SENT_AT
 from connector.storage import models as m
 from connector.storage.db import Database
 
@@ -356,6 +359,92 @@ def _not_paid_by_reminder(conn: Connection, store_id: int, runs: list[Any]) -> l
     return [r for r in runs if f"order:{run_order('checkout_recovery', r)}" not in paid]
 
 
+# the journeys whose runs may credit the same order (the reorder reminder she tapped, then the cart reminder of the checkout
+# she left, or the pay link of the order she left unpaid): each credited run is weighed against the others' (a cart and a
+# pay reminder settle it between them already: ``_not_paid_by_reminder``); a tie goes to the later journey here
+RIVALS = {"reorder": ("checkout_recovery", "payment_recovery"), "checkout_recovery": ("reorder",), "payment_recovery": ("reorder",)}
+RIVAL_RANK = {"reorder": 0, "checkout_recovery": 1, "payment_recovery": 2}
+STEPS_OF = {"checkout_recovery": CART_STEPS, "payment_recovery": ("remind",), "reorder": REORDER_STEPS}
+_CONTACTS_RUNS = select(RUNS.c.journey, RUNS.c.subject, RUNS.c.state).where(
+    RUNS.c.store_id == bindparam("sid"), RUNS.c.journey.in_(bindparam("js", expanding=True)),
+    RUNS.c.contact_id.in_(bindparam("cids", expanding=True)))  # by the (store_id, contact_id) index: a contact's runs are few
+_SENDS = select(OUTBOX.c.idempotency_key, OUTBOX.c.status, SENT_AT.label("sent_at")).where(
+    OUTBOX.c.store_id == bindparam("sid"), OUTBOX.c.idempotency_key.in_(bindparam("keys", expanding=True)), OUTBOX.c.channel == "whatsapp")
+
+
+def credits_order(journey: str, state: Any) -> bool:
+    """Whether a run's state credits an order to its reminders: a cart recovered, a payment recovered, a reorder
+    attributed (the report's own tests on top: the order still stands, it is not another reminder's)."""
+    state = state or {}
+    if journey == "payment_recovery":
+        return _paid_by_reminder(state)
+    if journey == "reorder":
+        return bool(state.get("reordered")) and state.get("attributed") is not False and bool(state.get("order_id"))
+    return bool(state.get("recovered")) and bool(state.get("order_id"))
+
+
+def _last_reminders(conn: Connection, store_id: int, runs: list[tuple[str, Any]], placed: dict[str, datetime]) -> list[datetime | None]:
+    """For each (journey, run): when its last reminder that went out (WhatsApp took it) before the purchase it is
+    credited with reached her: before its order was placed for a cart or a reorder; a pay reminder asks for the payment
+    of an order already placed, so any of its own (or of the older try it went on from). One query per 500 step keys."""
+    keys = [[step_key(journey, step, subject)[:255] for subject in (r.subject, *continued(r.state)) for step in STEPS_OF[journey]]
+            for journey, r in runs]
+    sent: dict[str, datetime] = {}
+    for chunk in _chunks(sorted({k for ks in keys for k in ks})):
+        sent.update((row.idempotency_key, row.sent_at) for row in conn.execute(_SENDS, {"sid": store_id, "keys": chunk})
+                    if row.status in REACHED and row.sent_at is not None)
+    out: list[datetime | None] = []
+    for (journey, r), ks in zip(runs, keys):
+        bound = None if journey == "payment_recovery" else placed.get(run_order(journey, r) or "")
+        times = [_utc(sent[k]) for k in ks if k in sent]
+        out.append(max((t for t in times if bound is None or t <= _utc(bound)), default=None))
+    return out
+
+
+def _utc(at: datetime) -> datetime:
+    """A stored time as UTC (SQLite gives it back naive)."""
+    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+
+
+def credited_to_a_later_reminder(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> list[bool]:
+    """For each of ``journey``'s credited runs: is its order another journey's, whose reminder reached her later? One
+    order is credited once, to the journey whose reminder reached her last before it: the reorder reminder she tapped,
+    then the cart reminder of the checkout she left, makes it the cart's recovery, not also a reorder; a cart ladder
+    ended, then the reorder reminder she ordered from, the reorder's; an order reordered unpaid, then paid after its pay
+    link, the pay reminder's. The run that loses it is neither credited nor lost (she bought). The other journeys' runs
+    are read by her contact, whatever week they started."""
+    rivals = RIVALS.get(journey, ())
+    orders = {o for r in runs if (o := run_order(journey, r)) is not None}
+    contacts = sorted({r.contact_id for r in runs if r.contact_id is not None})
+    if not rivals or not orders or not contacts:
+        return [False] * len(runs)
+    others: list[tuple[str, Any]] = []
+    for chunk in _chunks(contacts):
+        others += [(row.journey, row) for row in conn.execute(_CONTACTS_RUNS, {"sid": store_id, "js": list(rivals), "cids": chunk})
+                   if credits_order(row.journey, row.state) and run_order(row.journey, row) in orders]
+    if not others:
+        return [False] * len(runs)
+    placed = {k: o.placed_at for k, o in _orders_now(conn, store_id, orders).items()}
+    mine = [(journey, r) for r in runs]
+    times = _last_reminders(conn, store_id, mine + others, placed)
+    best: dict[str, tuple[datetime, int]] = {}
+    for (other, row), at in zip(others, times[len(mine):]):
+        if at is not None:
+            order = run_order(other, row) or ""
+            best[order] = max(best.get(order, (at, -1)), (at, RIVAL_RANK[other]))
+    out = []
+    for r, at in zip(runs, times[:len(mine)]):
+        rival = best.get(run_order(journey, r) or "")
+        out.append(rival is not None and (at is None or rival > (at, RIVAL_RANK[journey])))
+    return out
+
+
+def _keep_credit(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> tuple[list[Any], int]:
+    """The credited runs that keep their order (``credited_to_a_later_reminder``), and how many gave it up."""
+    lost_to = credited_to_a_later_reminder(conn, store_id, journey, runs)
+    return [r for r, gone in zip(runs, lost_to) if not gone], sum(lost_to)
+
+
 def _standing(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> list[Any]:
     """The runs whose order still stands: a recovery the store cancelled or refunded since recovered nothing."""
     return [r for r, ok in zip(runs, orders_standing(conn, store_id, journey, runs)) if ok]
@@ -446,13 +535,16 @@ def conversion(conn: Connection, store_id: int, p: Period, currency: str | None 
     # paid within the journey's attribution window after its reminder went out (``payment_recovery.recovered``:
     # not a payment made before the reminder went out, which a reminder already on its way reached after it)
     paid = _standing(conn, store_id, "payment_recovery", [r for r in pay_reminded if pay_recovered(r.state)])
+    # one order, one home: a reorder reminder that reached her after these reminders, before the order, has it (neither lost)
+    recovered, _elsewhere = _keep_credit(conn, store_id, "checkout_recovery", recovered)  # in `standing`: not lost
+    paid, pay_elsewhere = _keep_credit(conn, store_id, "payment_recovery", paid)
     return {
         "checkouts_abandoned": len(checkouts), "checkouts_reminded": len(reached), "checkouts_recovered": len(recovered),
         "recovery_rate": _rate(len(recovered), len(reached)), "recovered_revenue": _money(recovered, currency),
         "payments_stalled": len(payments), "payments_reminded": len(pay_reminded), "payments_recovered": len(paid),
         "payment_recovery_rate": _rate(len(paid), len(pay_reminded)),
         "payment_recovered_revenue": _money(paid, currency),
-        "lost": (len(reached) - len(standing)) + (len(pay_reminded) - len(paid)),
+        "lost": (len(reached) - len(standing)) + (len(pay_reminded) - len(paid) - pay_elsewhere),
     }
 
 
@@ -486,9 +578,11 @@ def retention(conn: Connection, store_id: int, p: Period, currency: str | None =
     # a reorder placed before any reminder went out (one held for quiet hours) is not credited to it
     reordered = [r for r, yes in zip(reached, reordered_in_window(conn, store_id, reached))
                  if yes and r.state.get("attributed") is not False]
+    # one order, one home: a cart or pay reminder that reached her after the reorder reminder has it (neither lost)
+    reordered, elsewhere = _keep_credit(conn, store_id, "reorder", reordered)
     return {"windows_opened": opened, "reminded": len(reached), "skipped_busy": sum(1 for r in runs if r.state.get("skipped")),
             "reordered_in_window": len(reordered), "repeat_rate": _rate(len(reordered), len(reached)),
-            "revenue": _money(reordered, currency), "lost": len(reached) - len(reordered)}
+            "revenue": _money(reordered, currency), "lost": len(reached) - len(reordered) - elsewhere}
 
 
 STAGES = {"entry": entry, "qualification": qualification, "conversion": conversion, "post_purchase": post_purchase, "retention": retention}

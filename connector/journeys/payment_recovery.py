@@ -168,6 +168,8 @@ class PaymentRecovery:
             if run.state.get("awaits_order") and not _paid(event):
                 return []  # she pays by transfer on her new try: this order's cancel (a stale try) ends no wait
             if run.state.get("reminded"):  # the reminder, if still held, goes no further
+                if cancelled_order(event, facts):  # she may still buy it anew: the run listens on (``_called_off``)
+                    return _called_off(run)
                 return [Wake(None), Finish("closed")]
             paid = isinstance(event, ev.OrderPaid) or (o is not None and o.payment_state == "paid")
             return [Wake(None), Update({"paid": paid}), Finish("paid_without_reminder" if paid else "closed")]
@@ -178,7 +180,8 @@ class PaymentRecovery:
                 ends = _listens_until(run, facts.extra.get("reminders_sent"), config)
                 if ends > now:  # the reminder went out later than queued (held for the morning): its window runs on
                     return [Wake(ends, listening=True)]
-                return [Finish("not_paid" if run.state.get("awaits_order") else "reminded", skip_waiting=False)]
+                outcome = "not_paid" if run.state.get("awaits_order") else "closed" if run.state.get("order_cancelled") else "reminded"
+                return [Finish(outcome, skip_waiting=False)]
             # the run listens until she can no longer replace the order (``_replaced``), and out the attribution
             # window of its reminder, for her new try at the purchase (``_paid_try``): a reminder held for the
             # morning is withdrawn, not sent after she paid her second try
@@ -193,6 +196,17 @@ def _stops(event: Any, o: OrderFacts | None) -> bool:
     as one placed so, which is never chased)."""
     return isinstance(event, (ev.OrderPaid, ev.OrderCancelled)) or (
         o is not None and (o.payment_state not in STALLED or o.cancelled or not o.payment_url))
+
+
+def _called_off(run: Run) -> list[Command]:
+    """The store (or she) cancelled the order after its reminder was queued (WooCommerce's hold-stock minutes, a
+    Shopify cancel): its pay link is dead, so a reminder still held is withdrawn, but the run listens on as it did
+    (its timer: out the attribution window of the reminder that went out, ``_listens_until``), so her new try at
+    the purchase, paid after the reminder, is still its recovery (``_credit_try``), as ``checkout_recovery``'s
+    ``_cancelled`` has it for a cart's unpaid order. Never bought anew, it ends ``closed`` as before."""
+    if run.state.get("order_cancelled"):
+        return []  # the cancel heard again (its update echoes it)
+    return [Update({"order_cancelled": True}), Withdraw()]
 
 
 def _withdraw_held(event: Any, run: Run, facts: Facts) -> list[Command]:
