@@ -69,6 +69,10 @@ class ShipmentStatus(StrEnum):
     OUT_FOR_DELIVERY = "out_for_delivery"
     ATTEMPTED_DELIVERY = "attempted_delivery"  # the courier tried and could not deliver (an NDR)
     READY_FOR_PICKUP = "ready_for_pickup"  # waiting at a pickup point for the customer
+    READY_FOR_RECIPIENT_PICKUP = "ready_for_recipient_pickup"  # the same, as Shopify's newer API names it
+    # the carrier cannot deliver until the customer acts (duties to pay, an address to confirm): a failed delivery
+    BUYER_ACTION_REQUIRED = "buyer_action_required"
+    RETURNING_TO_SENDER = "returning_to_sender"  # the courier gave up, the parcel goes back to the store: a failed delivery
     PICKED_UP = "picked_up"  # the customer collected it at the pickup point: delivered
     DELAYED = "delayed"
     DELIVERED = "delivered"
