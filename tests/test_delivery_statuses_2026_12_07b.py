@@ -9,9 +9,12 @@ waited on her.
 
 from __future__ import annotations
 
-from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401  (the scenarios' fixtures)
+from tests.scenarios import conftest as _fixtures
 from tests.scenarios.stores import SHOPIFY
 from tests.scenarios.test_delivery_stories import ASHA, DELIVERY_TEMPLATES, JOURNEYS, parcel, start
+
+# the scenarios' fixtures (tests/scenarios/conftest.py), for a test file outside that folder
+_world_server, world, sqlite_url, scenario = _fixtures._world_server, _fixtures.world, _fixtures.sqlite_url, _fixtures.scenario
 
 PICKUP_TEMPLATE = {"step": "delivery.ready_for_pickup", "name": "pickup_v1", "category": "utility",
                    "body_text": "Order {{1}} waits for you at the pickup point", "body": ["order.name"]}
