@@ -893,8 +893,10 @@ def _apply_availability(conn: Connection, store: Any, store_id: int, product_id:
     rest). True when it is sold again (the full scan plans what was bought meanwhile). Stopping being sold
     cancels its pending reorder windows, being sold again brings those back (``windows.product_not_sold``,
     ``product_sold_again``); sold out only holds them as they come due, so a stock flip, which WooCommerce
-    sends each time the last unit sells, is recorded but forces no full scan, nor does stopping being sold."""
-    from connector.reorder.windows import product_not_sold, product_sold_again
+    sends each time the last unit sells, is recorded but forces no full scan, nor does stopping being sold.
+    Either pauses the runs of windows already opened (a reminder held for quiet hours is not sent), and being
+    buyable again (sold, in stock) lets them go on (``product_sold_out``, ``product_back_in_stock``)."""
+    from connector.reorder.windows import product_back_in_stock, product_not_sold, product_sold_again, product_sold_out
     from connector.storage.models import ProductAvailability
 
     table = ProductAvailability.__table__
@@ -915,8 +917,11 @@ def _apply_availability(conn: Connection, store: Any, store_id: int, product_id:
     if flipped and not after[0]:
         product_not_sold(conn, store, store_id, flipped, now)
         return False  # its windows are cancelled here, and every tick's scan plans none for it (``CycleBook.unavailable``)
+    stock = [k for k in stale if k not in flipped] if after[0] else []  # sold before and after: only its stock changed
+    if stock:
+        (product_back_in_stock if after[1] else product_sold_out)(conn, store, store_id, stock, now)
     if flipped:
-        product_sold_again(conn, store, store_id, flipped, now)
+        product_sold_again(conn, store, store_id, flipped, now, in_stock=after[1])
     return bool(flipped)  # sold again: purchases planned nothing while it was not sold; the full scan plans them
 
 
