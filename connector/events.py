@@ -374,6 +374,21 @@ class NumberChanged(_Fact):
     occurred_at: datetime
 
 
+class UserIdChanged(_Fact):
+    """A customer's WhatsApp business-scoped user id (BSUID) changed (Meta's ``user_changed_user_id`` system
+    message, which shares no phone number): the same person now writes under ``new_user_id``. ``wa_id`` /
+    ``phone``: her number, in the rare notice that names one."""
+
+    type: Literal["whatsapp.user_id_changed"] = "whatsapp.user_id_changed"
+    phone_number_id: str
+    message_id: str
+    old_user_id: str | None = None
+    new_user_id: str
+    wa_id: str | None = None
+    phone: Phone | None = None
+    occurred_at: datetime
+
+
 class BusinessCapabilityChanged(_Fact):
     """Meta's ``business_capability_update``: the business portfolio's messaging limit (unique customers
     reachable outside a service window in 24 h) and how many numbers it may have. Meta sends it when the
@@ -565,6 +580,7 @@ Event = Annotated[
         ButtonReplied,
         MessageStatusChanged,
         NumberChanged,
+        UserIdChanged,
         MarketingPreferenceChanged,
         TemplateStatusChanged,
         TemplateCategoryChanged,
