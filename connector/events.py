@@ -69,6 +69,10 @@ class ShipmentStatus(StrEnum):
     OUT_FOR_DELIVERY = "out_for_delivery"
     ATTEMPTED_DELIVERY = "attempted_delivery"  # the courier tried and could not deliver (an NDR)
     READY_FOR_PICKUP = "ready_for_pickup"  # waiting at a pickup point for the customer
+    READY_FOR_RECIPIENT_PICKUP = "ready_for_recipient_pickup"  # the same, as Shopify's newer API names it
+    # the carrier cannot deliver until the customer acts (duties to pay, an address to confirm): a failed delivery
+    BUYER_ACTION_REQUIRED = "buyer_action_required"
+    RETURNING_TO_SENDER = "returning_to_sender"  # the courier gave up, the parcel goes back to the store: a failed delivery
     PICKED_UP = "picked_up"  # the customer collected it at the pickup point: delivered
     DELAYED = "delayed"
     DELIVERED = "delivered"
@@ -370,6 +374,21 @@ class NumberChanged(_Fact):
     occurred_at: datetime
 
 
+class UserIdChanged(_Fact):
+    """A customer's WhatsApp business-scoped user id (BSUID) changed (Meta's ``user_changed_user_id`` system
+    message, which shares no phone number): the same person now writes under ``new_user_id``. ``wa_id`` /
+    ``phone``: her number, in the rare notice that names one."""
+
+    type: Literal["whatsapp.user_id_changed"] = "whatsapp.user_id_changed"
+    phone_number_id: str
+    message_id: str
+    old_user_id: str | None = None
+    new_user_id: str
+    wa_id: str | None = None
+    phone: Phone | None = None
+    occurred_at: datetime
+
+
 class BusinessCapabilityChanged(_Fact):
     """Meta's ``business_capability_update``: the business portfolio's messaging limit (unique customers
     reachable outside a service window in 24 h) and how many numbers it may have. Meta sends it when the
@@ -561,6 +580,7 @@ Event = Annotated[
         ButtonReplied,
         MessageStatusChanged,
         NumberChanged,
+        UserIdChanged,
         MarketingPreferenceChanged,
         TemplateStatusChanged,
         TemplateCategoryChanged,

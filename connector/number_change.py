@@ -134,6 +134,53 @@ def apply_number_change(conn: Connection, store_id: int, e: ev.NumberChanged, no
     return target
 
 
+USER_ID_KEY = "bsuid:"  # how a business-scoped user id is keyed: a contact known by it alone, a previous id of hers
+
+
+def previous_user_id_owner(conn: Connection, store_id: int, user_id: str, at: datetime) -> int | None:
+    """The contact of this store a business-scoped user id was of before it changed, within ``WINDOW`` of ``at``
+    (a message she wrote before the change that Meta delivers after it), or None."""
+    return previous_owner(conn, store_id, f"{USER_ID_KEY}{user_id}"[:80], at)
+
+
+def apply_user_id_change(conn: Connection, store_id: int, e: ev.UserIdChanged, now: datetime) -> int | None:
+    """Her contact learns her new business-scoped user id (Meta's ``user_changed_user_id``), so her words, taps and
+    WhatsApp marketing "stop" under it (with no number, as a user with a username writes) reach her, not a stranger
+    made of the bare id; returns her contact's id (None: the store did not know her). Found by the previous id,
+    else her number when the notice names it. If the new id already made a contact of its own (her words under it
+    came before the notice: Meta keeps no order), that contact is joined to hers (``_join``). The previous id is kept
+    (``previous_numbers``, keyed ``bsuid:<id>``) for ``WINDOW``: a message she wrote under it before the change still
+    finds her, and does not take her new id back. Meta's retry changes nothing twice."""
+    from connector.state import contact_by_user_id
+
+    flush(conn)  # the direct statements below must see what the batch holds back
+    her = contact_by_user_id(conn, store_id, e.old_user_id) if e.old_user_id else None
+    if her is None and e.phone is not None:
+        her = _find(conn, store_id, e.phone, e.wa_id or "")
+    other = contact_by_user_id(conn, store_id, e.new_user_id)
+    if her is None:
+        if other is not None:
+            return other.id  # Meta's retry, or the same news again: done already
+        log.info("whatsapp user id change for a user this store has no contact of: nothing to learn", extra={"store_id": store_id})
+        return None
+    if other is not None and other.id != her.id:
+        # her words under the new id came first and made a contact of it: it is hers; her row (her number, her
+        # orders) stays hers, the other's messages, cases and consent join it
+        _join(conn, store_id, other, her, now)
+    if her.wa_user_id != e.new_user_id:
+        update_by_id(conn, CONTACTS, her.id, {"wa_user_id": e.new_user_id, "updated_at": now})
+    if e.old_user_id and e.old_user_id != e.new_user_id:
+        old_key = f"{USER_ID_KEY}{e.old_user_id}"[:80]
+        conn.execute(delete(PREVIOUS).where(PREVIOUS.c.store_id == store_id, PREVIOUS.c.phone_key == old_key))
+        conn.execute(PREVIOUS.insert().values(store_id=store_id, phone_key=old_key, contact_id=her.id, from_contact_id=her.id,
+                                              changed_at=e.occurred_at))
+    # her id now: nobody's previous one
+    conn.execute(delete(PREVIOUS).where(PREVIOUS.c.store_id == store_id, PREVIOUS.c.phone_key == f"{USER_ID_KEY}{e.new_user_id}"[:80]))
+    log.info("whatsapp contact learnt her new business-scoped user id",
+             extra={"store_id": store_id, "contact_id": her.id, "joined": other is not None and other.id != her.id})
+    return her.id
+
+
 def _readdress(conn: Connection, store_id: int, contact_id: int, to: str) -> int:
     """Her WhatsApp messages still waiting to go (``pending``) go to ``to``; returns how many changed."""
     rows = conn.execute(select(OUTBOX.c.id, OUTBOX.c.payload).where(

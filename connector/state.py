@@ -21,7 +21,8 @@ from sqlalchemy.exc import NoResultFound
 from connector import events as ev
 from connector.contacts import email_key
 from connector.handoffs import restage
-from connector.number_change import apply_number_change, previous_owner, previous_owner_of_wa_id, was_her_number
+from connector.number_change import (apply_number_change, apply_user_id_change, previous_owner, previous_owner_of_wa_id,
+                                     previous_user_id_owner, was_her_number)
 from connector.policy import keyword_intent
 from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, ATTEMPTS, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, INBOX, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES
 from connector.rows import checkout_ordered_at, checkout_row, contact_by_phone, contact_row, contact_where, fulfillment_row, order_row, phone_key
@@ -196,6 +197,8 @@ def upsert_contact(
         # a WhatsApp user who hides their number is named by a business-scoped id only: their
         # STOP must reach the contact that id was learnt on (a message that carried both)
         row = contact_by_user_id(conn, store_id, user_id)
+        if row is None and echo_at is not None and (moved_to := previous_user_id_owner(conn, store_id, user_id, echo_at)) is not None:
+            row = contact_row(conn, moved_to)  # an id she had before Meta changed it lately (``number_change``): still her
     if row is None and phone is None and customer is not None and customer.external_id:
         row = contact_where(conn, store_id, CONTACTS.c.external_customer_id, customer.external_id)
     if row is None and phone is None and by_email and customer is not None:
@@ -232,6 +235,9 @@ def upsert_contact(
         return insert_id(conn, CONTACTS, values)
     contact = row
     changed = {k: v for k, v in fields.items() if getattr(contact, k) != v}
+    if "wa_user_id" in changed and contact.wa_user_id and echo_at is not None \
+            and previous_user_id_owner(conn, store_id, changed["wa_user_id"], echo_at) == contact.id:
+        del changed["wa_user_id"]  # a message written under her previous id, delivered late: her new one stands
     if changed:
         changed["updated_at"] = now
         update_by_id(conn, CONTACTS, contact.id, changed)
@@ -902,8 +908,10 @@ def _apply_availability(conn: Connection, store: Any, store_id: int, product_id:
     rest). True when it is sold again (the full scan plans what was bought meanwhile). Stopping being sold
     cancels its pending reorder windows, being sold again brings those back (``windows.product_not_sold``,
     ``product_sold_again``); sold out only holds them as they come due, so a stock flip, which WooCommerce
-    sends each time the last unit sells, is recorded but forces no full scan, nor does stopping being sold."""
-    from connector.reorder.windows import product_not_sold, product_sold_again
+    sends each time the last unit sells, is recorded but forces no full scan, nor does stopping being sold.
+    Either pauses the runs of windows already opened (a reminder held for quiet hours is not sent), and being
+    buyable again (sold, in stock) lets them go on (``product_sold_out``, ``product_back_in_stock``)."""
+    from connector.reorder.windows import product_back_in_stock, product_not_sold, product_sold_again, product_sold_out
     from connector.storage.models import ProductAvailability
 
     table = ProductAvailability.__table__
@@ -924,8 +932,11 @@ def _apply_availability(conn: Connection, store: Any, store_id: int, product_id:
     if flipped and not after[0]:
         product_not_sold(conn, store, store_id, flipped, now)
         return False  # its windows are cancelled here, and every tick's scan plans none for it (``CycleBook.unavailable``)
+    stock = [k for k in stale if k not in flipped] if after[0] else []  # sold before and after: only its stock changed
+    if stock:
+        (product_back_in_stock if after[1] else product_sold_out)(conn, store, store_id, stock, now)
     if flipped:
-        product_sold_again(conn, store, store_id, flipped, now)
+        product_sold_again(conn, store, store_id, flipped, now, in_stock=after[1])
     return bool(flipped)  # sold again: purchases planned nothing while it was not sold; the full scan plans them
 
 
@@ -1028,9 +1039,11 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             record_inbound(conn, store_id, out.contact_id, event.message_id, kind[:32], body, event.occurred_at, now)
             if intent is not None and out.contact_id is not None:
                 apply_keyword(conn, store_id, out.contact_id, intent, event.occurred_at, inbox_id)
-        case ev.NumberChanged():
-            # her contact, runs, cases and queued messages follow her to the new number; no journey hears it
-            out.contact_id = apply_number_change(conn, store_id, event, now)
+        case ev.NumberChanged() | ev.UserIdChanged():
+            # her contact, runs, cases and queued messages follow her to the new number (her contact learns her new
+            # business-scoped id); no journey hears it
+            out.contact_id = (apply_number_change(conn, store_id, event, now) if isinstance(event, ev.NumberChanged)
+                              else apply_user_id_change(conn, store_id, event, now))
             out.old_news = True
             if conn.execute(_MESSAGE_BY_WAMID, {"sid": store_id, "wamid": event.message_id}).first() is None:
                 _flush_if_held(conn, out.contact_id)

@@ -59,6 +59,7 @@ from connector.events import (
     TemplateCategoryChanged,
     TemplateQualityChanged,
     TemplateStatusChanged,
+    UserIdChanged,
 )
 
 Body = dict[str, Any]
@@ -106,6 +107,8 @@ def _message(b: Body) -> Event:
         system = get_obj(m, "system", "message") or {}
         if get_str(system, "type", "message.system") in _NUMBER_CHANGES:
             return _number_changed(phone_number_id, m, system)
+        if get_str(system, "type", "message.system") == _USER_ID_CHANGE:
+            return _user_id_changed(phone_number_id, m, system)
     contacts = [c for _, c in get_objects(b, "contacts")]
     # Users with a username may have no phone in the webhook (C9): wa_id can be absent.
     sender = get_id(m, "from", "message") or (get_id(contacts[0], "wa_id", "contacts[0]") if contacts else None)
@@ -136,7 +139,7 @@ def _message(b: Body) -> Event:
     elif message_type == "audio" and (get_obj(m, "audio", "message") or {}).get("voice") is True:
         message_type = "voice"  # a voice note (recorded in the chat), not an audio file
     # A reaction (or taking one back), a sticker and WhatsApp's own other notices (``system``: her identity
-    # changed; a new number is ``_number_changed``) keep their type and no text: the journeys do not take them as an answer
+    # changed; a new number is ``_number_changed``, a new business-scoped id ``_user_id_changed``) keep their type and no text: the journeys do not take them as an answer
     # (checkout_recovery.NOT_A_REPLY) and no hand-off opens; the contact's timeline still shows them.
     return MessageReceived(message_type=message_type, text=text, **common)
 
@@ -168,6 +171,36 @@ def _number_changed(phone_number_id: str, m: Body, system: Body) -> Event:
         new_wa_id=new,
         new_phone=new_phone,
         user_id=user_id if user_id and _BSUID.fullmatch(user_id) else None,
+        occurred_at=req_unix_time(m, "timestamp", "message"),
+    )
+
+
+# Meta's system message for a new business-scoped user id when no phone number can be shared (changelog, 11 August 2026)
+_USER_ID_CHANGE = "user_changed_user_id"
+
+
+def _user_id_changed(phone_number_id: str, m: Body, system: Body) -> Event:
+    """Meta's system message: the user's business-scoped id changed from ``system.previous_user_id`` to
+    ``system.user_id`` (their parent ids, ``parent_user_id`` and ``previous_parent_user_id``, are not kept: a
+    contact is named by the business-scoped one). Like every system message it has no contacts array; ``from``,
+    when Meta gives it, is her number. One whose new id, or whose previous id and number both, cannot be read is
+    refused (the row fails with the reason): her words must not be given to another contact on a guess."""
+    new = get_str(system, "user_id", "message.system")
+    if new is None or not _BSUID.fullmatch(new):
+        raise NormalizationError("message.system.user_id: a user id change without a valid new business-scoped id")
+    old = get_str(system, "previous_user_id", "message.system")
+    if old is not None and not _BSUID.fullmatch(old):
+        raise NormalizationError("message.system.previous_user_id is not a business-scoped user id")
+    wa_id, _ = _sender(get_id(m, "from", "message"), "message.from")
+    if old is None and wa_id is None:
+        raise NormalizationError("message.system: a user id change that names neither the previous id nor the number")
+    return UserIdChanged(
+        phone_number_id=phone_number_id,
+        message_id=req_str(m, "id", "message"),
+        old_user_id=old,
+        new_user_id=new,
+        wa_id=wa_id,
+        phone=wa_id_to_e164(wa_id),
         occurred_at=req_unix_time(m, "timestamp", "message"),
     )
 

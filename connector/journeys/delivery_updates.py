@@ -1,11 +1,15 @@
 """Delivery updates (utility): shipped, out for delivery, delivered; a failed delivery hands off.
 
 Carrier statuses mean what Shopify documents: ``attempted_delivery`` is a failed delivery
-(asked about, handed off); ``failure`` is a tracking failure ("something went wrong when
+(asked about, handed off), and so are the newer ``returning_to_sender`` (the courier gave up: the parcel
+goes back to the store) and ``buyer_action_required`` (the carrier cannot deliver until she acts), each
+case saying which (``FAILED_AS``); ``failure`` is a tracking failure ("something went wrong when
 pulling tracking information ... the tracking number was invalid or the shipment was
 canceled"), so a person hears of it and the customer is not told anything; ``picked_up``
 (collected at a pickup point) is delivered; ``delayed`` and ``carrier_picked_up`` say it has
-shipped; ``ready_for_pickup`` has its own step, sent only when the store lists it in ``steps``.
+shipped; ``ready_for_pickup`` (``ready_for_recipient_pickup`` in Shopify's newer API) has its own step,
+sent only when the store lists it in ``steps``. A failed parcel whose failure changes (tried, then sent
+back to the store) is the same failure: she is not asked again, the case hears of it (``_failure_news``).
 
 An order that does not ship (``OrderFacts.ships``: collected at the store, a sale at the till,
 nothing to deliver) gets none of this: its fulfilment is the hand-over, not a parcel.
@@ -92,9 +96,17 @@ STEP_FOR_STATUS = {
     "none": "shipped",
     "out_for_delivery": "out_for_delivery",
     "ready_for_pickup": "ready_for_pickup",
+    "ready_for_recipient_pickup": "ready_for_pickup",
     "delivered": "delivered",
     "picked_up": "delivered",
     "attempted_delivery": "failed",
+    "returning_to_sender": "failed",
+    "buyer_action_required": "failed",
+}
+# what a failed-delivery case says of each failure (``attempted_delivery``: the courier tried, as it always said)
+FAILED_AS = {
+    "returning_to_sender": "the parcel is returning to the sender",
+    "buyer_action_required": "the carrier needs the customer to act before it can deliver",
 }
 STEPS = tuple(dict.fromkeys(STEP_FOR_STATUS.values()))  # the updates ``steps`` may list
 TRACKING_FAILURE = ev.ShipmentStatus.FAILURE.value  # not a step: a person hears of it, the customer does not
@@ -378,6 +390,22 @@ def _question_moot(run: Run | None, parcels: dict[str, str], status: str, prev: 
     return [Withdraw(only=(("failed", int(run.state.get("failed_attempts", 1))),))]
 
 
+def _failed(status: str) -> str:
+    """A failure as its case names it: the carrier's word, and what a newer one means (``FAILED_AS``)."""
+    return f"{status}: {FAILED_AS[status]}" if status in FAILED_AS else status
+
+
+def _failure_news(run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, f: ev.Fulfillment, status: str,
+                  prev: str | None) -> list[Command]:
+    """A failed parcel's failure changed (the courier tried, then sent it back to the store): the same failure, so she
+    is not asked again, but a person hears of it: the open case, or a new one if it was closed (the parcel coming
+    back is something to act on)."""
+    if (run is None or facts.order is None or not config.handoff_on_failure or status == prev
+            or STEP_FOR_STATUS.get(status) != "failed" or STEP_FOR_STATUS.get(prev or "") != "failed"):
+        return []
+    return [Handoff(f"news of the failed delivery of {facts.order.name} ({_named(f)}): {_failed(status)}", waits=False)]
+
+
 def _delivered_after_failure(run: Run | None, facts: Facts, parcel: str, status: str, prev: str | None) -> list[Command]:
     """A parcel whose delivery failed has arrived after all: the open case hears it (no call needed);
     the run stays as it is."""
@@ -499,7 +527,7 @@ class DeliveryUpdates:
             return self._failed_again(run, facts, config, status, parcels, f)
         everything = _all_arrived(parcels, facts)
         if step in done or (step == "shipped" and done & LATER_THAN_SHIPPED) or (step == "delivered" and not everything):
-            return self._heard(run, facts, f, status, prev, step, parcels, everything)
+            return self._heard(run, facts, config, f, status, prev, step, parcels, everything)
         untracked = step == "shipped" and not _pairs(f)
         # "shipped" still open after a shipped status: it was tried without tracking
         tried = run is not None and STEP_FOR_STATUS.get(run.state.get("last_status") or "") == "shipped"
@@ -527,7 +555,7 @@ class DeliveryUpdates:
         commands += [Update(state), *_question_moot(run, parcels, status, prev),
                      Send(step, order_context(facts), retry_missing_value=step == "shipped" and tried), *further]
         if step == "failed" and config.handoff_on_failure:
-            commands.append(Handoff(f"delivery failed ({status}) for {facts.order.name} ({_named(f)}); call the customer to rearrange"))
+            commands.append(Handoff(f"delivery failed ({_failed(status)}) for {facts.order.name} ({_named(f)}); call the customer to rearrange"))
         commands += _delivered_after_failure(run, facts, f.external_id, status, prev)
         return commands + _arrived(run, parcels, everything)
 
@@ -559,8 +587,8 @@ class DeliveryUpdates:
         return _all_in(run, facts, config, {**_listed(order), **(run.state.get("parcels") or {})})
 
     @staticmethod
-    def _heard(run: Run | None, facts: Facts, f: ev.Fulfillment, status: str, prev: str | None, step: str,
-               parcels: dict[str, str], everything: bool) -> list[Command]:
+    def _heard(run: Run | None, facts: Facts, config: DeliveryUpdatesConfig, f: ev.Fulfillment, status: str, prev: str | None,
+               step: str, parcels: dict[str, str], everything: bool) -> list[Command]:
         """News whose step was told already (or "delivered" while another parcel is on its way): the
         parcel's status is kept (so its next failure is a new attempt to ask about, a repeat of this news
         is not, and the run knows when every parcel has arrived), and a "shipped" that brings tracking
@@ -584,7 +612,7 @@ class DeliveryUpdates:
                 state["tracking"] = tracking
         if not state:
             return []  # already told, or a late "shipped" after later news
-        return [Update(state), *_question_moot(run, parcels, status, prev), *sends,
+        return [Update(state), *_question_moot(run, parcels, status, prev), *sends, *_failure_news(run, facts, config, f, status, prev),
                 *_delivered_after_failure(run, facts, f.external_id, status, prev), *_arrived(run, parcels, everything)]
 
     @staticmethod
@@ -623,7 +651,7 @@ class DeliveryUpdates:
                                            "ndr_parcels": ndr_parcels}),
                                    Send("failed", order_context(facts), occurrence=attempt)]
         if config.handoff_on_failure:
-            commands.append(Handoff(f"delivery failed again (attempt {attempt}, {status}) for {facts.order.name} ({_named(f)}); "
+            commands.append(Handoff(f"delivery failed again (attempt {attempt}, {_failed(status)}) for {facts.order.name} ({_named(f)}); "
                                     f"call the customer to rearrange"))
         return commands
 

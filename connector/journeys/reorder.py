@@ -38,6 +38,9 @@ STEPS = ("reminder", "follow_up")  # its messages, in order (the report reads wh
 NOT_SOLD = "not_sold"  # when it stopped being sold; also the outcome of a run whose reminder never went out because of it
 WITHHELD = "withheld"  # its steps whose messages were still waiting then (skipped, reason ``not_sold``)
 RESUME_AT = "resume_at"  # its timer before the pause (a follow-up's), put back when the product is sold again
+# why it is paused when not for ``not_sold`` (absent): ``sold_out``, still sold but out of stock; its messages were
+# skipped with that reason, and a run whose reminder never went out because of it ends with it as its outcome
+PAUSED_FOR = "paused_for"
 
 
 class ReorderConfig(JourneyConfig):
@@ -141,13 +144,14 @@ class Reorder:
     def _timer(self, run: Run, facts: Facts, config: ReorderConfig, now: datetime) -> list[Command]:
         ends = datetime.fromisoformat(run.state["attribution_ends"])
         sent = int(run.state.get("sent", 0))
-        paused = bool(run.state.get(NOT_SOLD))  # no follow-up may link to a product not sold
+        paused = bool(run.state.get(NOT_SOLD))  # no follow-up may link to a product not sold (or sold out)
         if now < ends and sent == 1 and config.follow_up_days and not run.state.get("replied") and not paused:
             return [Update({"sent": 2}), Send("follow_up", self._context(run.state, facts, config)), Wake(ends)]
         if now < ends:
             return [Wake(ends)]
         # its reminder withdrawn while the product was not sold, never sold again in time: no reminder, for that reason
-        return [Finish(NOT_SOLD if paused and "reminder" in run.state.get(WITHHELD, ()) else "no_reorder", skip_waiting=False)]
+        withheld = paused and "reminder" in run.state.get(WITHHELD, ())
+        return [Finish((run.state.get(PAUSED_FOR) or NOT_SOLD) if withheld else "no_reorder", skip_waiting=False)]
 
     @staticmethod
     def _reminded_before(run: Run, facts: Facts, at: datetime) -> bool:

@@ -183,21 +183,25 @@ def _skip_stored(conn: Connection, requests: list[tuple[int, set[str], str, date
 
 def unskip(conn: Connection, store_id: int, keys: list[str], reason: str, now: datetime) -> list[str]:
     """Put back to waiting the rows with these keys that ``skip_pending`` skipped for ``reason``, and only for it
-    (a reorder reminder withdrawn while its product was not sold, the product sold again): a row skipped for any
-    other reason (the cap, an opt-out) stays skipped. Stored rows: the transaction cache is flushed first, so a skip
-    it still holds is written before it is undone. The keys put back."""
+    (a reorder reminder withdrawn while its product was not sold or sold out, the product buyable again): a row
+    skipped for any other reason (the cap, an opt-out) stays skipped. Each is meant to go from now (or its own due
+    time, if later): its latest useful send time (``policy.send_by``) counts from then, so a reminder put back the
+    next morning is not skipped as ``too_late`` for the hours it was withheld. Stored rows: the transaction cache is
+    flushed first, so a skip it still holds is written before it is undone. The keys put back."""
     from connector.storage.sql import flush
 
     if not keys:
         return []
     flush(conn)
     # by the unique (store_id, key) index alone, status checked on the rows found (as ``_BY_KEYS``)
-    found = [r for r in conn.execute(select(OUTBOX.c.id, OUTBOX.c.idempotency_key, OUTBOX.c.channel, OUTBOX.c.status, OUTBOX.c.skip_reason)
+    found = [r for r in conn.execute(select(OUTBOX.c.id, OUTBOX.c.idempotency_key, OUTBOX.c.channel, OUTBOX.c.status, OUTBOX.c.skip_reason,
+                                            OUTBOX.c.due_at)
                                      .where(OUTBOX.c.store_id == store_id, OUTBOX.c.idempotency_key.in_(sorted({k[:255] for k in keys}))))
              if (r.channel, r.status, r.skip_reason) == ("whatsapp", "skipped", reason)]
     if found:
-        conn.execute(update(OUTBOX).where(OUTBOX.c.id.in_(sorted(r.id for r in found)), OUTBOX.c.status == "skipped")
-                     .values(status="pending", skip_reason=None, updated_at=now))
+        conn.execute(update(OUTBOX).where(OUTBOX.c.id == bindparam("_id"), OUTBOX.c.status == "skipped")
+                     .values(status="pending", skip_reason=None, planned_at=bindparam("_planned"), updated_at=now),
+                     [{"_id": r.id, "_planned": max(r.due_at, now) if r.due_at is not None else now} for r in sorted(found, key=lambda r: r.id)])
         cache = current(conn)
         if cache is not None:
             cache.history.clear()  # what waits for the contact changed

@@ -32,7 +32,8 @@ cancelled at once (``product_not_sold``, with ``cancel_reason`` ``not_sold``), a
 windows are paused: what they still have waiting (a reminder held for quiet hours, a follow-up) is skipped, and a
 run whose reminder went out still credits her reorder; sold again, pending windows still ahead, or due within
 ``late_days``, are pending again, and the paused runs go on, a withheld reminder queued again if it is still that
-timely (``product_sold_again``). A window cancelled because
+timely (``product_sold_again``). A product still sold that runs out of stock pauses those runs the same way
+(``product_sold_out``: skipped as ``sold_out``), and back in stock they go on (``product_back_in_stock``). A window cancelled because
 its order was called off (``cancel_reason`` ``called_off``) is planned again by the next scan if the order
 counts again (a WooCommerce order restored from the bin) and is still her latest purchase of the product.
 Windows cancelled for any other reason (the line returned) stay cancelled.
@@ -485,6 +486,7 @@ _MARK_REORDERED = (
 # already cancelled because its product was not sold takes the order's reason: it must not come back
 # when the product does.
 NOT_SOLD = "not_sold"  # cancel_reason of a window whose product stopped being sold: planned again if it is sold again
+SOLD_OUT = "sold_out"  # skip_reason of a run's message withheld while its product is sold out (its window is only held)
 CALLED_OFF = "called_off"  # cancel_reason of a window whose order was called off: planned again if the order counts again (restored)
 _MARK_CANCELLED = (
     update(W)
@@ -1085,6 +1087,23 @@ def product_not_sold(conn: Connection, store: Any, store_id: int, keys: Iterable
         _pause_runs_not_sold(conn, store, store_id, keys, now)
 
 
+def product_sold_out(conn: Connection, store: Any, store_id: int, keys: Iterable[str], now: datetime) -> None:
+    """A product still sold ran out of stock: its pending windows stay (each is held as it comes due, until the
+    product is back), but the runs of its windows already opened are paused as for a product no longer sold, their
+    waiting messages skipped as ``sold_out``: a reminder held for quiet hours when the last unit sold must not give
+    her a one-tap link to a product she cannot buy. Back in stock, they go on (``product_back_in_stock``)."""
+    keys = sorted(set(keys))
+    if keys:
+        _pause_runs_not_sold(conn, store, store_id, keys, now, SOLD_OUT)
+
+
+def product_back_in_stock(conn: Connection, store: Any, store_id: int, keys: Iterable[str], now: datetime) -> None:
+    """A sold-out product still sold is back in stock: the runs paused meanwhile go on (``_resume_runs_sold_again``)."""
+    keys = sorted(set(keys))
+    if keys:
+        _resume_runs_sold_again(conn, store, store_id, keys, now)
+
+
 def _runs_of_opened(conn: Connection, store: Any, store_id: int, keys: list[str], now: datetime) -> list[Any]:
     """The active reorder runs of the product's opened windows. Runs live ``attribution_days`` from their
     window's opening, so only windows opened since then are looked at."""
@@ -1101,14 +1120,16 @@ def _runs_of_opened(conn: Connection, store: Any, store_id: int, keys: list[str]
             if run.journey == JOURNEY and run.subject in theirs]
 
 
-def _pause_runs_not_sold(conn: Connection, store: Any, store_id: int, keys: list[str], now: datetime) -> None:
-    """Pause the reorder runs of a product no longer sold: what they still have waiting (a reminder held for the
-    morning by quiet hours, its follow-up) is skipped (``not_sold``), for it must not link her to a product gone
-    from the store, and their timer waits for the end of attribution (no follow-up while it is not sold). Paused,
-    not ended: a product drafted for a two-minute edit comes back (``_resume_runs_sold_again``), and a run whose
-    reminder went out goes on listening, so her reorder is still credited to it. One whose product never comes
-    back ends with its attribution (``not_sold`` if its reminder never went out)."""
-    from connector.journeys.reorder import NOT_SOLD as PAUSED, RESUME_AT, STEPS, WITHHELD
+def _pause_runs_not_sold(conn: Connection, store: Any, store_id: int, keys: list[str], now: datetime, why: str = NOT_SOLD) -> None:
+    """Pause the reorder runs of a product no longer sold (``why``: ``not_sold``; ``sold_out``: still sold, out of
+    stock): what they still have waiting (a reminder held for the morning by quiet hours, its follow-up) is skipped
+    (as ``why``), for it must not link her to a product she cannot buy, and their timer waits for the end of
+    attribution (no follow-up while it is so). Paused, not ended: a product drafted for a two-minute edit comes back
+    (``_resume_runs_sold_again``), and a run whose reminder went out goes on listening, so her reorder is still
+    credited to it. One whose product never comes back ends with its attribution (``why`` if its reminder never
+    went out). A run already paused stays as it was (sold out, then unpublished: its messages were skipped as the
+    first, and are put back as that)."""
+    from connector.journeys.reorder import NOT_SOLD as PAUSED, PAUSED_FOR, RESUME_AT, STEPS, WITHHELD
     from connector.outbox.queue import step_key
     from connector.outbox.store import skip_pending
     from connector.storage.sql import OUTBOX, flush, update_by_id
@@ -1123,20 +1144,21 @@ def _pause_runs_not_sold(conn: Connection, store: Any, store_id: int, keys: list
             select(OUTBOX.c.idempotency_key, OUTBOX.c.status, OUTBOX.c.channel).where(
                 OUTBOX.c.store_id == store_id, OUTBOX.c.idempotency_key.in_(sorted(step_keys))))
             if status == "pending" and channel == "whatsapp"}
-        skip_pending(conn, store_id, sorted(step_keys), NOT_SOLD, now)
+        skip_pending(conn, store_id, sorted(step_keys), why, now)
         state = run.state or {}
         due = run.next_due_at.isoformat() if run.next_due_at is not None else None
         ends = datetime.fromisoformat(state["attribution_ends"]) if state.get("attribution_ends") else run.next_due_at
-        paused = {**state, PAUSED: now.isoformat(), WITHHELD: [s for s in STEPS if s in waiting], RESUME_AT: due}
+        paused = {**state, PAUSED: now.isoformat(), WITHHELD: [s for s in STEPS if s in waiting], RESUME_AT: due,
+                  **({PAUSED_FOR: why} if why != NOT_SOLD else {})}
         update_by_id(conn, RUNS, run.id, {"state": paused, "next_due_at": ends, "updated_at": now})
 
 
 def _resume_runs_sold_again(conn: Connection, store: Any, store_id: int, keys: list[str], now: datetime) -> None:
-    """The product is sold again: its paused runs (``_pause_runs_not_sold``) go on. What they had waiting is queued
-    again (the same rows, put back) and their timer is what it was (a follow-up whose time passed goes now); a reminder
-    withdrawn before it went out only if it is still timely, as a window not yet opened would be (due within
-    ``late_days``): one no longer timely ends its run (``not_sold``)."""
-    from connector.journeys.reorder import NOT_SOLD as PAUSED, RESUME_AT, WITHHELD
+    """The product can be bought again (sold again, in stock): its paused runs (``_pause_runs_not_sold``) go on. What
+    they had waiting is queued again (the same rows, put back) and their timer is what it was (a follow-up whose time
+    passed goes now); a reminder withdrawn before it went out only if it is still timely, as a window not yet opened
+    would be (due within ``late_days``): one no longer timely ends its run (``not_sold``, or ``sold_out``)."""
+    from connector.journeys.reorder import NOT_SOLD as PAUSED, PAUSED_FOR, RESUME_AT, WITHHELD
     from connector.outbox.queue import step_key
     from connector.outbox.store import unskip
     from connector.storage.sql import update_by_id
@@ -1149,24 +1171,26 @@ def _resume_runs_sold_again(conn: Connection, store: Any, store_id: int, keys: l
     window_ids = sorted({int(r.state["window_id"]) for r in runs if r.state.get("window_id") is not None})
     opens = {r.id: r.opens_at for r in conn.execute(select(W.c.id, W.c.opens_at).where(W.c.id.in_(window_ids)))} if window_ids else {}
     for run in runs:
-        state = {k: v for k, v in run.state.items() if k not in (PAUSED, WITHHELD, RESUME_AT)}
+        state = {k: v for k, v in run.state.items() if k not in (PAUSED, WITHHELD, RESUME_AT, PAUSED_FOR)}
+        why = run.state.get(PAUSED_FOR) or NOT_SOLD  # what its messages were skipped as
         withheld = list(run.state.get(WITHHELD) or ())
         at = opens.get(run.state.get("window_id"))
         if "reminder" in withheld and (at is None or at < late):
-            update_by_id(conn, RUNS, run.id, {"status": "finished", "state": {**state, "outcome": NOT_SOLD}, "next_due_at": None,
+            update_by_id(conn, RUNS, run.id, {"status": "finished", "state": {**state, "outcome": why}, "next_due_at": None,
                                               "updated_at": now})
             continue
-        unskip(conn, store_id, [step_key(JOURNEY, step, run.subject) for step in withheld], NOT_SOLD, now)
+        unskip(conn, store_id, [step_key(JOURNEY, step, run.subject) for step in withheld], why, now)
         resume = run.state.get(RESUME_AT)
         due = max(datetime.fromisoformat(resume), now) if resume else run.next_due_at
         update_by_id(conn, RUNS, run.id, {"state": state, "next_due_at": due, "updated_at": now})
 
 
-def product_sold_again(conn: Connection, store: Any, store_id: int, keys: Iterable[str], now: datetime) -> int:
+def product_sold_again(conn: Connection, store: Any, store_id: int, keys: Iterable[str], now: datetime, *, in_stock: bool = True) -> int:
     """Make pending again the windows cancelled only because the product was not sold, that are still
     ahead or came due within ``late_days`` (as ``open_due_windows`` would still message them); older ones,
     and those whose order has been called off since, stay cancelled. The runs of its opened windows paused
-    meanwhile go on (``_resume_runs_sold_again``). The number of windows made pending.
+    meanwhile go on (``_resume_runs_sold_again``), once it is ``in_stock`` too (sold again but sold out, they wait
+    for the stock, ``product_back_in_stock``). The number of windows made pending.
 
     Found through ix_reorder_windows_due (cancelled windows from the cut-off on), not a scan; the full
     scan that being sold again forces next replans them on the cycles of the day, and plans what was
@@ -1182,7 +1206,8 @@ def product_sold_again(conn: Connection, store: Any, store_id: int, keys: Iterab
         update(W).where(W.c.store_id == store_id, W.c.status == "cancelled", W.c.opens_at >= since, W.c.product_key.in_(keys),
                         W.c.cancel_reason == NOT_SOLD, ~called_off)
         .values(status="pending", cancel_reason=None, updated_at=now)).rowcount
-    _resume_runs_sold_again(conn, store, store_id, keys, now)
+    if in_stock:
+        _resume_runs_sold_again(conn, store, store_id, keys, now)
     return made_pending
 
 

@@ -384,8 +384,11 @@ def test_sample_fulfillment() -> None:
         ("out_for_delivery", ShipmentStatus.OUT_FOR_DELIVERY),
         ("delivered", ShipmentStatus.DELIVERED),
         ("carrier_picked_up", ShipmentStatus.CARRIER_PICKED_UP),
-        ("returning_to_sender", ShipmentStatus.OTHER),  # only in the unstable API
-        ("buyer_action_required", ShipmentStatus.OTHER),
+        # in Shopify's unstable API so far: read for what they mean (a failed delivery), not "other"
+        ("returning_to_sender", ShipmentStatus.RETURNING_TO_SENDER),
+        ("buyer_action_required", ShipmentStatus.BUYER_ACTION_REQUIRED),
+        ("ready_for_recipient_pickup", ShipmentStatus.READY_FOR_RECIPIENT_PICKUP),
+        ("parcel_teleported", ShipmentStatus.OTHER),  # a value Shopify may add later
     ],
 )
 def test_shipment_status(value: str, status: ShipmentStatus) -> None:
