@@ -147,10 +147,12 @@ def apply_user_id_change(conn: Connection, store_id: int, e: ev.UserIdChanged, n
     """Her contact learns her new business-scoped user id (Meta's ``user_changed_user_id``), so her words, taps and
     WhatsApp marketing "stop" under it (with no number, as a user with a username writes) reach her, not a stranger
     made of the bare id; returns her contact's id (None: the store did not know her). Found by the previous id,
-    else her number when the notice names it. If the new id already made a contact of its own (her words under it
-    came before the notice: Meta keeps no order), that contact is joined to hers (``_join``). The previous id is kept
-    (``previous_numbers``, keyed ``bsuid:<id>``) for ``WINDOW``: a message she wrote under it before the change still
-    finds her, and does not take her new id back. Meta's retry changes nothing twice."""
+    else her number when the notice names it. If the new id already has a contact of its own (her words under it
+    came before the notice: Meta keeps no order), the two are one (``_join``): the one with her number stays (her
+    orders, her parcels' news), the other joins it; of two with a number or two without, the previous id's. A
+    contact known by her id alone is keyed by her new one. The previous id is kept (``previous_numbers``, keyed
+    ``bsuid:<id>``) for ``WINDOW``: a message she wrote under it before the change still finds her, and does not
+    take her new id back; after it, the id is a new sender's. Meta's retry changes nothing twice."""
     from connector.state import contact_by_user_id
 
     flush(conn)  # the direct statements below must see what the batch holds back
@@ -163,22 +165,39 @@ def apply_user_id_change(conn: Connection, store_id: int, e: ev.UserIdChanged, n
             return other.id  # Meta's retry, or the same news again: done already
         log.info("whatsapp user id change for a user this store has no contact of: nothing to learn", extra={"store_id": store_id})
         return None
+    kept = her
     if other is not None and other.id != her.id:
-        # her words under the new id came first and made a contact of it: it is hers; her row (her number, her
-        # orders) stays hers, the other's messages, cases and consent join it
-        _join(conn, store_id, other, her, now)
-    if her.wa_user_id != e.new_user_id:
-        update_by_id(conn, CONTACTS, her.id, {"wa_user_id": e.new_user_id, "updated_at": now})
+        # her words under the new id came first and made a contact of it, or she wrote under it with her number:
+        # both are hers. Her number decides which stays: a parcel's "shipped" goes to a number
+        if her.phone_e164 is None and other.phone_e164 is not None:
+            kept = other
+            _join(conn, store_id, her, other, now)
+        else:
+            _join(conn, store_id, other, her, now)
+    values: dict[str, Any] = {}
+    if kept.wa_user_id != e.new_user_id:
+        values["wa_user_id"] = e.new_user_id
+    new_key = f"{USER_ID_KEY}{e.new_user_id}"[:80]
+    if kept.phone_key.startswith(USER_ID_KEY) and kept.phone_key != new_key:
+        # known by her id alone: keyed by the one she has now, so her previous one, heard after ``WINDOW``, is a
+        # new sender's (a contact of its own under that key), not a clash with hers
+        values["phone_key"] = new_key
+    if values:
+        update_by_id(conn, CONTACTS, kept.id, {**values, "updated_at": now})  # a new natural key: written now
+        cache = current(conn)
+        if cache is not None and "phone_key" in values:
+            cache.keys.pop(("contacts", store_id, kept.phone_key), None)
+            cache.keys.pop(("contacts", store_id, new_key), None)
     if e.old_user_id and e.old_user_id != e.new_user_id:
         old_key = f"{USER_ID_KEY}{e.old_user_id}"[:80]
         conn.execute(delete(PREVIOUS).where(PREVIOUS.c.store_id == store_id, PREVIOUS.c.phone_key == old_key))
-        conn.execute(PREVIOUS.insert().values(store_id=store_id, phone_key=old_key, contact_id=her.id, from_contact_id=her.id,
+        conn.execute(PREVIOUS.insert().values(store_id=store_id, phone_key=old_key, contact_id=kept.id, from_contact_id=her.id,
                                               changed_at=e.occurred_at))
     # her id now: nobody's previous one
-    conn.execute(delete(PREVIOUS).where(PREVIOUS.c.store_id == store_id, PREVIOUS.c.phone_key == f"{USER_ID_KEY}{e.new_user_id}"[:80]))
+    conn.execute(delete(PREVIOUS).where(PREVIOUS.c.store_id == store_id, PREVIOUS.c.phone_key == new_key))
     log.info("whatsapp contact learnt her new business-scoped user id",
-             extra={"store_id": store_id, "contact_id": her.id, "joined": other is not None and other.id != her.id})
-    return her.id
+             extra={"store_id": store_id, "contact_id": kept.id, "joined": other is not None and other.id != her.id})
+    return kept.id
 
 
 def _readdress(conn: Connection, store_id: int, contact_id: int, to: str) -> int:

@@ -350,6 +350,8 @@ class InboxProcessor:
                     except Exception as exc:
                         log.debug("inbox %s raised in its batch (%s); redoing the batch row by row", row.id, exc.__class__.__name__)
                         raise _RowFailed(i) from exc
+                    # its subject is written with the batch's end: a later row about the same subject finds it here
+                    cache.applied(row.store_id, values.get("subject"), row.id, events)
                 values.setdefault("attempts", row.attempts + 1)  # a row waiting for its order keeps its count
                 values.setdefault("processed_at", now)  # and the time it began to wait
                 marks.append((row.id, values))

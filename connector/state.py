@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import NoResultFound
 
 from connector import events as ev
@@ -255,10 +255,8 @@ def record_consent(
     inbox_id: int | None,
     *,
     only_if_unknown: bool = False,
-    key: Any = None,
 ) -> bool:
-    """Set a consent state and keep its history; a change older than the stored one is ignored.
-    ``key`` files the history row for ``held_later`` while the batch holds it (a checkout's opt-in)."""
+    """Set a consent state and keep its history; a change older than the stored one is ignored."""
     contact = contact_row(conn, contact_id)
     if contact is None:
         raise NoResultFound(f"contact {contact_id} not found")
@@ -278,7 +276,7 @@ def record_consent(
     }
     update_by_id(conn, CONTACTS, contact_id, values)
     insert_later(conn, CONSENT, [dict(store_id=store_id, contact_id=contact_id, category=category, state=state,
-                                      source=source[:64], occurred_at=at, inbox_event_id=inbox_id)], key)
+                                      source=source[:64], occurred_at=at, inbox_event_id=inbox_id)])
     return True
 
 
@@ -410,10 +408,13 @@ def _withdrawn_opt_in(conn: Connection, store_id: int, checkout: ev.Checkout, co
     checkout (its own webhook, not the poll's read of her account; not a completion, which a cart plugin may post
     without the field) says no. The consent the tick gave is taken back, to unknown as before it, so no cart reminder
     goes to someone who declined. Only one this checkout gave (a checkout opt-in since it started); one given
-    elsewhere (WhatsApp, the store's consent webhook) stands."""
+    elsewhere (WhatsApp, the store's consent webhook) stands. A tick of the same time is no later word (unticked wins);
+    a newer read stored since that cannot see the box (the poll's) is none either."""
     stored = checkout_row(conn, store_id, checkout.token)
-    if stored is None or not stored.accepts_marketing or stored.source_updated_at > checkout.updated_at:
-        return
+    if stored is None or not stored.accepts_marketing:
+        return  # no read of this checkout ticked: nothing to take back (and no query for the checkouts that never do)
+    if stored.source_updated_at > checkout.updated_at and _own_read_since(conn, store_id, checkout.token, checkout.updated_at, ticked=True):
+        return  # an older untick: she ticked again since
     # her contact, and the number the tick was for when it asked for its own (``_opted_in_contact``; the untick
     # names it no more): the contacts this checkout's earlier reads granted marketing (``_opt_in_grants``)
     for cid in sorted({*([contact_id] if contact_id is not None else []), *_opt_in_grants(conn, store_id, checkout.token, stored.started_at)}):
@@ -424,21 +425,60 @@ def _withdrawn_opt_in(conn: Connection, store_id: int, checkout: ev.Checkout, co
         record_consent(conn, store_id, cid, "marketing", "unknown", "checkout_opt_in_withdrawn", checkout.updated_at, inbox_id)
 
 
-def _opt_in_key(store_id: int, token: str) -> tuple[str, int, str]:
-    """What a checkout opt-in's history row is filed under while the batch holds it (``held_later``)."""
-    return ("checkout_opt_in", store_id, token)
+def _answered_tick(conn: Connection, store_id: int, checkout: ev.Checkout) -> bool:
+    """Whether this read's tick was answered before it came: a read of the checkout's own as new as it or newer
+    (Shopify sends in no set order; at the same time, unticked wins) said unticked. Only the checkout's own reads
+    count: the poll's cannot see the box (its ``accepts_marketing`` is her account's consent). Asked only when the
+    stored read is not older than this one (in order, nothing newer was heard: no query)."""
+    stored = checkout_row(conn, store_id, checkout.token)
+    return stored is not None and stored.source_updated_at >= checkout.updated_at and _own_read_since(
+        conn, store_id, checkout.token, checkout.updated_at, ticked=False)
+
+
+def _deliveries(conn: Connection, store_id: int, token: str) -> tuple[Any, list[tuple[int, Any]]]:
+    """This checkout's inbox rows (its webhooks', the poll's): those of earlier batches by their subject (a subquery
+    of their ids, on the (store, subject) index), and those this batch applied before the row at hand, with their
+    events (their subject is written when the batch ends: ``TxCache.applied_rows``)."""
+    subject = f"checkout:{token}"[:160]
+    cache = current(conn)
+    return (select(INBOX.c.id).where(INBOX.c.store_id == store_id, INBOX.c.subject == subject),
+            cache.applied_rows(store_id, subject) if cache is not None else [])
+
+
+def _own_read_since(conn: Connection, store_id: int, token: str, at: datetime, *, ticked: bool) -> bool:
+    """Whether one of the checkout's own reads (``phone_on_checkout``: not the poll's; not a completion) said the
+    opt-in was ``ticked``: an untick as of ``at`` or later, a tick strictly later (at the same time, unticked wins)."""
+    earlier, batch = _deliveries(conn, store_id, token)
+    reads = [events for _, events in batch]
+    for (data,) in conn.execute(select(INBOX.c.event).where(INBOX.c.id.in_(earlier), INBOX.c.event.is_not(None))):
+        try:
+            reads.append(ev.load_events(data))
+        except ValueError:
+            continue  # stored by an older version in another shape: says nothing
+    for events in reads:
+        for e in events:
+            if not isinstance(e, ev.CheckoutUpdated) or e.checkout.token != token:
+                continue
+            c = e.checkout
+            if c.phone_on_checkout and c.completed_at is None and c.accepts_marketing == ticked and (
+                    c.updated_at > at if ticked else c.updated_at >= at):
+                return True
+    return False
 
 
 def _opt_in_grants(conn: Connection, store_id: int, token: str, since: datetime) -> set[int]:
-    """The contacts a checkout opt-in granted marketing since ``since`` through a delivery of this checkout (its
-    inbox rows, by their subject): the consent history's (store, category, state, time) index, then those rows'
-    deliveries. A delivery applied earlier in the same batch has no subject stored yet: its grant is the history
-    row the batch still holds, filed under the checkout (``_opt_in_key``)."""
-    deliveries = select(INBOX.c.id).where(INBOX.c.store_id == store_id, INBOX.c.subject == f"checkout:{token}"[:160])
-    held = {r["contact_id"] for r in held_later(conn, CONSENT, _opt_in_key(store_id, token)) if r["occurred_at"] >= since}
-    return held | {cid for (cid,) in conn.execute(select(CONSENT.c.contact_id).where(
+    """The contacts a checkout opt-in granted marketing since ``since`` through a delivery of this checkout
+    (``_deliveries``: earlier batches' by their subject, this batch's by the processor's list): the consent history's
+    (store, category, state, time) index, then those rows' deliveries. The batch's held history rows are written
+    first, so a grant of this batch is read as one of an earlier batch, whatever the batch wrote in between."""
+    flush(conn)
+    earlier, batch = _deliveries(conn, store_id, token)
+    delivered = CONSENT.c.inbox_event_id.in_(earlier)
+    if batch:
+        delivered = or_(delivered, CONSENT.c.inbox_event_id.in_([row_id for row_id, _ in batch]))
+    return {cid for (cid,) in conn.execute(select(CONSENT.c.contact_id).where(
         CONSENT.c.store_id == store_id, CONSENT.c.category == "marketing", CONSENT.c.state == "granted", CONSENT.c.occurred_at >= since,
-        CONSENT.c.source == "checkout_opt_in", CONSENT.c.inbox_event_id.in_(deliveries)))}
+        CONSENT.c.source == "checkout_opt_in", delivered))}
 
 
 def _checkout_contact(conn: Connection, store_id: int, token: str) -> int | None:
@@ -473,6 +513,10 @@ def apply_checkout(conn: Connection, store_id: int, checkout: ev.Checkout, conta
         return ordered is None  # an order came first: kept, but nothing left to recover
     if contact_id is None:
         values.pop("contact_id")
+    if not checkout.phone_on_checkout:
+        # a read that cannot see the box (the poll's: her account's consent) leaves what the checkout's own reads said,
+        # unless it granted: an untick then still finds what there is to take back (``_withdrawn_opt_in``)
+        values["accepts_marketing"] = existing.accepts_marketing or checkout.accepts_marketing
     if existing.completed_at is not None and checkout.completed_at is None:
         values.pop("completed_at")  # an order already completed it; a late update must not reopen it
         update_by_id(conn, CHECKOUTS, existing.id, values)
@@ -974,14 +1018,11 @@ def apply_event(conn: Connection, store: Any, store_id: int, event: ev.Event, in
             out.subject = f"checkout:{checkout.token}"
             read = upsert_contact(conn, store_id, now, phone=checkout.customer.phone, customer=checkout.customer)
             out.contact_id = read if checkout.phone_on_checkout else (_checkout_contact(conn, store_id, checkout.token) or read)
-            stored = checkout_row(conn, store_id, checkout.token)
-            if stored is not None and stored.source_updated_at > checkout.updated_at:
-                pass  # an older read (Shopify sends in no set order): its tick was answered since, by the read stored
-            elif checkout.accepts_marketing:
-                opted_in = _opted_in_contact(conn, store_id, checkout, read, now)
+            if checkout.accepts_marketing:
+                opted_in = None if _answered_tick(conn, store_id, checkout) else _opted_in_contact(conn, store_id, checkout, read, now)
                 if opted_in is not None:
                     record_consent(conn, store_id, opted_in, "marketing", "granted", "checkout_opt_in", checkout.updated_at, inbox_id,
-                                   only_if_unknown=True, key=_opt_in_key(store_id, checkout.token))
+                                   only_if_unknown=True)
             elif checkout.phone_on_checkout and checkout.completed_at is None:
                 _withdrawn_opt_in(conn, store_id, checkout, read, inbox_id)
             out.stale = not apply_checkout(conn, store_id, checkout, out.contact_id)

@@ -165,6 +165,10 @@ class TxCache:
         self.loaded: set[tuple[str, int, str]] = set()
         self._runs: dict[tuple[int, int], set[int]] = {}  # journey runs by (store_id, contact_id)
         self._order_tokens: dict[tuple[int, str], set[int]] = {}  # orders by (store_id, checkout_token) (candidates)
+        # the batch's inbox rows applied so far, by (store_id, subject): (row id, its events). Their outcome (subject,
+        # events) is written when the batch ends; a later row of the batch finds them here, as it finds an earlier
+        # batch's rows by their stored subject (``applied_rows``)
+        self._applied: dict[tuple[int, str], list[tuple[int, Any]]] = {}
 
     # ---- reads -------------------------------------------------------------------------------
     def lookup(self, key: tuple[Any, ...]) -> tuple[bool, CachedRow | None]:
@@ -292,6 +296,15 @@ class TxCache:
     def updates_column(self, table: str, column: str) -> bool:
         """Whether a held-back UPDATE of a stored row of ``table`` changes ``column``."""
         return any(column in values for values in self.dirty[table].values())
+
+    def applied_rows(self, store_id: int, subject: str) -> list[tuple[int, Any]]:
+        """The batch's inbox rows applied so far with this subject, as (row id, events), oldest first."""
+        return self._applied.get((store_id, subject), [])
+
+    def applied(self, store_id: int, subject: str | None, row_id: int, events: Any) -> None:
+        """The processor applied this inbox row; its outcome names ``subject`` (written when the batch ends)."""
+        if subject:
+            self._applied.setdefault((store_id, subject), []).append((row_id, events))
 
     def held_rows(self, table: str) -> list[CachedRow]:
         """The cached rows of ``table`` whose INSERT is held back."""
