@@ -21,7 +21,7 @@ from sqlalchemy.exc import NoResultFound
 from connector import events as ev
 from connector.contacts import email_key
 from connector.handoffs import restage
-from connector.number_change import (apply_number_change, apply_user_id_change, previous_owner, previous_owner_of_wa_id,
+from connector.number_change import (USER_ID_KEY, apply_number_change, apply_user_id_change, previous_owner, previous_owner_of_wa_id,
                                      previous_user_id_owner, was_her_number)
 from connector.policy import keyword_intent
 from connector.storage.sql import flush, held_later, insert_id, insert_later, insert_row, update_by_id, ATTEMPTS, CHECKOUTS, CONSENT, CONTACTS, FULFILLMENTS, INBOX, LINES, MESSAGES, ORDERS, OUTBOX, RUNS, STORES
@@ -221,7 +221,7 @@ def upsert_contact(
             "store_id": store_id,
             # a new WhatsApp user who hides their number is named by their business-scoped id (C9); we
             # cannot send to them by number, but what they write is kept and reaches a person
-            "phone_key": phone_key(phone) if phone is not None else f"bsuid:{user_id}"[:80],
+            "phone_key": phone_key(phone) if phone is not None else f"{USER_ID_KEY}{user_id}"[:80],
             "phone_e164": phone.e164 if phone is not None else None,
             "phone_raw": phone.raw[:80] if phone is not None else None,
             "reachable": phone is not None and phone.e164 is not None,
