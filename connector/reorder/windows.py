@@ -1155,12 +1155,12 @@ def _pause_runs_not_sold(conn: Connection, store: Any, store_id: int, keys: list
 
 def _resume_runs_sold_again(conn: Connection, store: Any, store_id: int, keys: list[str], now: datetime) -> None:
     """The product can be bought again (sold again, in stock): its paused runs (``_pause_runs_not_sold``) go on. What
-    they had waiting is queued again (the same rows, put back) and their timer is what it was (a follow-up whose time
+    they had waiting is queued again (the same rows, put back, planned as a message queued now would be:
+    ``queue.put_back``) and their timer is what it was (a follow-up whose time
     passed goes now); a reminder withdrawn before it went out only if it is still timely, as a window not yet opened
     would be (due within ``late_days``): one no longer timely ends its run (``not_sold``, or ``sold_out``)."""
     from connector.journeys.reorder import NOT_SOLD as PAUSED, PAUSED_FOR, RESUME_AT, WITHHELD
-    from connector.outbox.queue import step_key
-    from connector.outbox.store import unskip
+    from connector.outbox.queue import put_back, step_key
     from connector.storage.sql import update_by_id
 
     runs = [r for r in _runs_of_opened(conn, store, store_id, keys, now) if (r.state or {}).get(PAUSED)]
@@ -1179,7 +1179,7 @@ def _resume_runs_sold_again(conn: Connection, store: Any, store_id: int, keys: l
             update_by_id(conn, RUNS, run.id, {"status": "finished", "state": {**state, "outcome": why}, "next_due_at": None,
                                               "updated_at": now})
             continue
-        unskip(conn, store_id, [step_key(JOURNEY, step, run.subject) for step in withheld], why, now)
+        put_back(conn, store=store, store_id=store_id, keys=[step_key(JOURNEY, step, run.subject) for step in withheld], reason=why, now=now)
         resume = run.state.get(RESUME_AT)
         due = max(datetime.fromisoformat(resume), now) if resume else run.next_due_at
         update_by_id(conn, RUNS, run.id, {"state": state, "next_due_at": due, "updated_at": now})
