@@ -163,12 +163,13 @@ def skip_pending(conn: Connection, store_id: int, keys: list[str], reason: str, 
     cache.defer("outbox.skip_pending", _skip_stored, (store_id, wanted, reason, now, channel))
 
 
-def _skip_stored(conn: Connection, requests: list[tuple[int, set[str], str, datetime, str]]) -> None:
-    """One lookup per store and 500 keys, then one executemany for what is still pending."""
+def _skip_stored(conn: Connection, requests: list[tuple[int, set[str], str, datetime, str]]) -> set[tuple[int, str]]:
+    """One lookup per store and 500 keys, then one executemany for what is still pending; the (store, key) skipped."""
     by_store: dict[int, dict[str, tuple[str, datetime, str]]] = {}
     for store_id, keys, reason, now, channel in requests:
         by_store.setdefault(store_id, {}).update({k: (reason, now, channel) for k in keys})
     updates: list[dict[str, Any]] = []
+    skipped: set[tuple[int, str]] = set()
     for store_id, wanted in by_store.items():
         keys = sorted(wanted)
         for start in range(0, len(keys), 500):
@@ -177,8 +178,21 @@ def _skip_stored(conn: Connection, requests: list[tuple[int, set[str], str, date
                 if channel != of or status != "pending":
                     continue
                 updates.append({"_id": row_id, "reason": reason, "now": now})
+                skipped.add((store_id, key))
     if updates:
         conn.execute(_SKIP_BY_ID, sorted(updates, key=lambda u: u["_id"]))
+    return skipped
+
+
+def skip_waiting(conn: Connection, store_id: int, keys: list[str], reason: str, now: datetime, channel: str = "whatsapp") -> set[str]:
+    """``skip_pending`` for a caller that must know which of these rows were still waiting: written at once (the
+    transaction cache flushed first, so a row it still holds is stored and read), the keys skipped returned."""
+    from connector.storage.sql import flush
+
+    if not keys:
+        return set()
+    flush(conn)
+    return {key for _, key in _skip_stored(conn, [(store_id, {k[:255] for k in keys}, reason, now, channel)])}
 
 
 # what ``unskip`` reads: by the unique (store_id, key) index alone, status checked on the rows found (as ``_BY_KEYS``)
