@@ -11,6 +11,7 @@ with what the first wrote.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -759,6 +760,22 @@ def active_runs(conn: Connection, store_id: int, contact_id: int) -> list[Any]:
         return [r for r in conn.execute(RUNS_OF_CONTACTS, {"sid": store_id, "cids": [contact_id]}) if r.status == "active"]
     cache_active_runs(conn, store_id, [contact_id])
     return [r for r in cache.runs_of_contact(store_id, contact_id) if r.status == "active"]
+
+
+def active_runs_of(conn: Connection, store_id: int, contact_ids: Iterable[int]) -> list[Any]:
+    """``active_runs`` of many contacts at once (one query per 500 contacts the transaction cache does not know
+    yet), in id order."""
+    cids = sorted({c for c in contact_ids if c is not None})
+    cache = current(conn)
+    found: list[Any] = []
+    for start in range(0, len(cids), 500):
+        part = cids[start:start + 500]
+        if cache is None:
+            found.extend(r for r in conn.execute(RUNS_OF_CONTACTS, {"sid": store_id, "cids": part}) if r.status == "active")
+            continue
+        cache_active_runs(conn, store_id, part)
+        found.extend(r for c in part for r in cache.runs_of_contact(store_id, c) if r.status == "active")
+    return sorted(found, key=lambda r: r.id)
 
 
 def end_marketing_runs(conn: Connection, store_id: int, contact_id: int, source: str, now: datetime) -> int:

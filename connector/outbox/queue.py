@@ -17,7 +17,7 @@ from connector.config import ShopifyStore, WooCommerceStore
 from connector.journeys.registry import journeys
 from connector.messages import InteractiveButtons, TextMessage
 from connector.outbox import store as ob
-from connector.policy import CART_JOURNEYS, ContactFacts, SendHistory, check
+from connector.policy import CART_JOURNEYS, ContactFacts, PolicyRules, SendHistory, check
 from connector.storage.sql import CONTACTS, OUTBOX, flush, update_by_id
 from connector.storage.txcache import by_id, current
 from connector.templates import MissingValueError, render_stored
@@ -71,6 +71,11 @@ def _facts(contact) -> ContactFacts:  # type: ignore[no-untyped-def]
                         contact.unreachable_at)
 
 
+def _history_since(rules: PolicyRules, now: datetime) -> datetime:
+    """How far back the gate reads a contact's sends (the frequency cap, a cart reminder's quiet after an order)."""
+    return now - max(rules.marketing_cap_window, rules.cart_quiet_after_order)
+
+
 def step_key(journey: str, step: str, subject: str, occurrence: int = 1) -> str:
     """The idempotency key of a journey step's message: (journey, step, subject), and for a
     step's second or later time (``Send.occurrence``) its number after the step."""
@@ -116,8 +121,7 @@ def queue_template(
         rules = store.policy.rules()
         history = SendHistory()
         if _needs_history(category or "utility", journey):  # one query saved per utility message
-            since = now - max(rules.marketing_cap_window, rules.cart_quiet_after_order)
-            history = ob.send_history(conn, [contact_id], since).get(contact_id, SendHistory())
+            history = ob.send_history(conn, [contact_id], _history_since(rules, now)).get(contact_id, SendHistory())
         decision = check(category=category or "utility", kind="template", journey=journey, contact=facts, history=history, rules=rules, tz=store.tz, now=when)
         if decision.deferred:
             when = decision.defer_until or when
@@ -132,6 +136,38 @@ def queue_template(
         payload=payload, due_at=when, now=now, skip_reason=reason,
     )
     return _queued(conn, new_id, reason, when > now)
+
+
+def put_back(conn: Connection, *, store: ShopifyStore | WooCommerceStore, store_id: int, keys: list[str], reason: str,
+             now: datetime) -> list[str]:
+    """Put back to waiting the messages with these keys withheld as ``reason`` (``ob.unskip``), each planned as queueing
+    it now would plan it (``queue_template``): from now, or its own due time if later, and past the policy gate's
+    deferral from then (quiet hours): a reorder reminder put back at 22:00 waits for the morning, and its latest useful
+    send time (``policy.send_by``) counts from then, so it is not skipped as ``too_late`` for the night. What the
+    gate refuses outright (the cap, no consent) is left to the dispatcher's gate, which decides again when it is due.
+    The contacts' facts and send history are read once for the lot (per 500 rows). The keys put back."""
+    rules = store.policy.rules()
+
+    def plan(rows: list[Any]) -> dict[int, datetime]:
+        planned: dict[int, datetime] = {}
+        for start in range(0, len(rows), 500):
+            part = rows[start:start + 500]
+            cids = sorted({r.contact_id for r in part if r.contact_id is not None})
+            facts = ob.contact_facts(conn, cids)
+            read = sorted({r.contact_id for r in part if r.contact_id in facts and _needs_history(r.category or "utility", r.journey or "")})
+            history = ob.send_history(conn, read, _history_since(rules, now)) if read else {}
+            for r in part:
+                when = max(r.due_at, now) if r.due_at is not None else now
+                if r.contact_id in facts:
+                    kind = ((r.payload or {}).get("message") or {}).get("kind", "template")
+                    decision = check(category=r.category or "utility", kind=kind, journey=r.journey, contact=facts[r.contact_id],
+                                     history=history.get(r.contact_id, SendHistory()), rules=rules, tz=store.tz, now=when)
+                    if decision.deferred:
+                        when = decision.defer_until or when
+                planned[r.id] = when
+        return planned
+
+    return ob.unskip(conn, store_id, keys, reason, now, plan=plan)
 
 
 # the row FOR UPDATE: the dispatcher's claim (SKIP LOCKED) passes over it until the new message is written

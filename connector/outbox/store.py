@@ -163,12 +163,13 @@ def skip_pending(conn: Connection, store_id: int, keys: list[str], reason: str, 
     cache.defer("outbox.skip_pending", _skip_stored, (store_id, wanted, reason, now, channel))
 
 
-def _skip_stored(conn: Connection, requests: list[tuple[int, set[str], str, datetime, str]]) -> None:
-    """One lookup per store and 500 keys, then one executemany for what is still pending."""
+def _skip_stored(conn: Connection, requests: list[tuple[int, set[str], str, datetime, str]]) -> set[tuple[int, str]]:
+    """One lookup per store and 500 keys, then one executemany for what is still pending; the (store, key) skipped."""
     by_store: dict[int, dict[str, tuple[str, datetime, str]]] = {}
     for store_id, keys, reason, now, channel in requests:
         by_store.setdefault(store_id, {}).update({k: (reason, now, channel) for k in keys})
     updates: list[dict[str, Any]] = []
+    skipped: set[tuple[int, str]] = set()
     for store_id, wanted in by_store.items():
         keys = sorted(wanted)
         for start in range(0, len(keys), 500):
@@ -177,34 +178,61 @@ def _skip_stored(conn: Connection, requests: list[tuple[int, set[str], str, date
                 if channel != of or status != "pending":
                     continue
                 updates.append({"_id": row_id, "reason": reason, "now": now})
+                skipped.add((store_id, key))
     if updates:
         conn.execute(_SKIP_BY_ID, sorted(updates, key=lambda u: u["_id"]))
+    return skipped
 
 
-def unskip(conn: Connection, store_id: int, keys: list[str], reason: str, now: datetime) -> list[str]:
-    """Put back to waiting the rows with these keys that ``skip_pending`` skipped for ``reason``, and only for it
-    (a reorder reminder withdrawn while its product was not sold or sold out, the product buyable again): a row
-    skipped for any other reason (the cap, an opt-out) stays skipped. Each is meant to go from now (or its own due
-    time, if later): its latest useful send time (``policy.send_by``) counts from then, so a reminder put back the
-    next morning is not skipped as ``too_late`` for the hours it was withheld. Stored rows: the transaction cache is
-    flushed first, so a skip it still holds is written before it is undone. The keys put back."""
+def skip_waiting(conn: Connection, store_id: int, keys: list[str], reason: str, now: datetime, channel: str = "whatsapp") -> set[str]:
+    """``skip_pending`` for a caller that must know which of these rows were still waiting: written at once (the
+    transaction cache flushed first, so a row it still holds is stored and read), the keys skipped returned."""
     from connector.storage.sql import flush
 
     if not keys:
+        return set()
+    flush(conn)
+    return {key for _, key in _skip_stored(conn, [(store_id, {k[:255] for k in keys}, reason, now, channel)])}
+
+
+# what ``unskip`` reads: by the unique (store_id, key) index alone, status checked on the rows found (as ``_BY_KEYS``)
+_SKIPPED_BY_KEYS = select(OUTBOX.c.id, OUTBOX.c.idempotency_key, OUTBOX.c.channel, OUTBOX.c.status, OUTBOX.c.skip_reason,
+                          OUTBOX.c.due_at, OUTBOX.c.contact_id, OUTBOX.c.category, OUTBOX.c.journey, OUTBOX.c.step,
+                          OUTBOX.c.payload).where(
+    OUTBOX.c.store_id == bindparam("sid"), OUTBOX.c.idempotency_key.in_(bindparam("keys", expanding=True)))
+_UNSKIP_BY_ID = (update(OUTBOX).where(OUTBOX.c.id == bindparam("_id"), OUTBOX.c.status == "skipped")
+                 .values(status="pending", skip_reason=None, due_at=bindparam("_planned"), planned_at=bindparam("_planned"),
+                         updated_at=bindparam("_now")))
+
+
+def unskip(conn: Connection, store_id: int, keys: list[str], reason: str, now: datetime,
+           plan: Callable[[list[Any]], Mapping[int, datetime]] | None = None) -> list[str]:
+    """Put back to waiting the rows with these keys that ``skip_pending`` skipped for ``reason``, and only for it
+    (a reorder reminder withdrawn while its product was not sold or sold out, the product buyable again): a row
+    skipped for any other reason (the cap, an opt-out) stays skipped. Each is meant to go from now (or its own due
+    time, if later), or when ``plan`` says (by row id, given the rows found: ``queue.put_back`` plans them as
+    queueing them now would, so one put back in quiet hours waits for the morning): its latest useful send time
+    (``policy.send_by``) counts from then, so a reminder put back the next morning is not skipped as ``too_late`` for
+    the hours it was withheld. Stored rows: the transaction cache is flushed first, so a skip it still holds is
+    written before it is undone. One read per 500 keys and one executemany. The keys put back."""
+    from connector.storage.sql import flush
+
+    wanted = sorted({k[:255] for k in keys})
+    if not wanted:
         return []
     flush(conn)
-    # by the unique (store_id, key) index alone, status checked on the rows found (as ``_BY_KEYS``)
-    found = [r for r in conn.execute(select(OUTBOX.c.id, OUTBOX.c.idempotency_key, OUTBOX.c.channel, OUTBOX.c.status, OUTBOX.c.skip_reason,
-                                            OUTBOX.c.due_at)
-                                     .where(OUTBOX.c.store_id == store_id, OUTBOX.c.idempotency_key.in_(sorted({k[:255] for k in keys}))))
+    found = [r for start in range(0, len(wanted), 500)
+             for r in conn.execute(_SKIPPED_BY_KEYS, {"sid": store_id, "keys": wanted[start:start + 500]})
              if (r.channel, r.status, r.skip_reason) == ("whatsapp", "skipped", reason)]
-    if found:
-        conn.execute(update(OUTBOX).where(OUTBOX.c.id == bindparam("_id"), OUTBOX.c.status == "skipped")
-                     .values(status="pending", skip_reason=None, planned_at=bindparam("_planned"), updated_at=now),
-                     [{"_id": r.id, "_planned": max(r.due_at, now) if r.due_at is not None else now} for r in sorted(found, key=lambda r: r.id)])
-        cache = current(conn)
-        if cache is not None:
-            cache.history.clear()  # what waits for the contact changed
+    if not found:
+        return []
+    found.sort(key=lambda r: r.id)
+    planned = dict(plan(found)) if plan is not None else {}
+    conn.execute(_UNSKIP_BY_ID, [{"_id": r.id, "_now": now,
+                                  "_planned": planned.get(r.id) or (max(r.due_at, now) if r.due_at is not None else now)} for r in found])
+    cache = current(conn)
+    if cache is not None:
+        cache.history.clear()  # what waits for the contact changed
     return [r.idempotency_key for r in found]
 
 

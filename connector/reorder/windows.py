@@ -1104,20 +1104,29 @@ def product_back_in_stock(conn: Connection, store: Any, store_id: int, keys: Ite
         _resume_runs_sold_again(conn, store, store_id, keys, now)
 
 
+# the opened windows of a product's keys still within attribution (their runs may be active); by the (store, status,
+# opens_at) index: the product keys and the opening time are checked on the store's opened windows
+_OPENED_OF_PRODUCTS = select(W.c.contact_id, W.c.order_external_id, W.c.product_key).where(
+    W.c.store_id == bindparam("sid"), W.c.status == "opened", W.c.product_key.in_(bindparam("keys", expanding=True)),
+    W.c.opened_at >= bindparam("since"))
+
+
 def _runs_of_opened(conn: Connection, store: Any, store_id: int, keys: list[str], now: datetime) -> list[Any]:
-    """The active reorder runs of the product's opened windows. Runs live ``attribution_days`` from their
-    window's opening, so only windows opened since then are looked at."""
-    from connector.state import active_runs
+    """The active reorder runs of the product's opened windows, in id order. Runs live ``attribution_days`` from
+    their window's opening, so only windows opened since then are looked at. One read of the windows per 500 keys
+    and one of the runs per 500 of their customers (``state.active_runs_of``), not one per customer: a stock flip,
+    which WooCommerce sends each time the last unit sells, runs in the inbox batch."""
+    from connector.state import active_runs_of
 
     config = config_for(store)
     since = now - timedelta(days=config.attribution_days if config is not None else 0)
-    opened = conn.execute(select(W.c.contact_id, W.c.order_external_id, W.c.product_key).where(
-        W.c.store_id == store_id, W.c.status == "opened", W.c.product_key.in_(keys), W.c.opened_at >= since)).all()
     subjects: dict[int, set[str]] = defaultdict(set)
-    for contact_id, order_id, key in opened:
-        subjects[contact_id].add(f"reorder:{order_id}:{key}"[:160])
-    return [run for contact_id, theirs in subjects.items() for run in active_runs(conn, store_id, contact_id)
-            if run.journey == JOURNEY and run.subject in theirs]
+    for i in range(0, len(keys), 500):
+        for contact_id, order_id, key in conn.execute(_OPENED_OF_PRODUCTS, {"sid": store_id, "keys": keys[i:i + 500], "since": since}):
+            if contact_id is not None:
+                subjects[contact_id].add(f"reorder:{order_id}:{key}"[:160])
+    return [run for run in active_runs_of(conn, store_id, subjects)
+            if run.journey == JOURNEY and run.subject in subjects.get(run.contact_id, ())]
 
 
 def _pause_runs_not_sold(conn: Connection, store: Any, store_id: int, keys: list[str], now: datetime, why: str = NOT_SOLD) -> None:
@@ -1128,40 +1137,39 @@ def _pause_runs_not_sold(conn: Connection, store: Any, store_id: int, keys: list
     (``_resume_runs_sold_again``), and a run whose reminder went out goes on listening, so her reorder is still
     credited to it. One whose product never comes back ends with its attribution (``why`` if its reminder never
     went out). A run already paused stays as it was (sold out, then unpublished: its messages were skipped as the
-    first, and are put back as that)."""
+    first, and are put back as that). All the runs together: their messages skipped in one pass (``skip_waiting``),
+    their states written as one batch."""
     from connector.journeys.reorder import NOT_SOLD as PAUSED, PAUSED_FOR, RESUME_AT, STEPS, WITHHELD
     from connector.outbox.queue import step_key
-    from connector.outbox.store import skip_pending
-    from connector.storage.sql import OUTBOX, flush, update_by_id
+    from connector.outbox.store import skip_waiting
+    from connector.storage.sql import update_by_ids
 
     runs = [r for r in _runs_of_opened(conn, store, store_id, keys, now) if not (r.state or {}).get(PAUSED)]
     if not runs:
         return
-    flush(conn)  # a message queued in this batch is stored, so its status is read
+    step_keys = {run.id: {step: step_key(JOURNEY, step, run.subject)[:255] for step in STEPS} for run in runs}
+    waiting = skip_waiting(conn, store_id, sorted(k for theirs in step_keys.values() for k in theirs.values()), why, now)
+    changes = []
     for run in runs:
-        step_keys = {step_key(JOURNEY, step, run.subject)[:255]: step for step in STEPS}
-        waiting = {step_keys[k] for k, status, channel in conn.execute(
-            select(OUTBOX.c.idempotency_key, OUTBOX.c.status, OUTBOX.c.channel).where(
-                OUTBOX.c.store_id == store_id, OUTBOX.c.idempotency_key.in_(sorted(step_keys))))
-            if status == "pending" and channel == "whatsapp"}
-        skip_pending(conn, store_id, sorted(step_keys), why, now)
         state = run.state or {}
         due = run.next_due_at.isoformat() if run.next_due_at is not None else None
         ends = datetime.fromisoformat(state["attribution_ends"]) if state.get("attribution_ends") else run.next_due_at
-        paused = {**state, PAUSED: now.isoformat(), WITHHELD: [s for s in STEPS if s in waiting], RESUME_AT: due,
-                  **({PAUSED_FOR: why} if why != NOT_SOLD else {})}
-        update_by_id(conn, RUNS, run.id, {"state": paused, "next_due_at": ends, "updated_at": now})
+        withheld = [step for step, key in step_keys[run.id].items() if key in waiting]
+        paused = {**state, PAUSED: now.isoformat(), WITHHELD: withheld, RESUME_AT: due, **({PAUSED_FOR: why} if why != NOT_SOLD else {})}
+        changes.append((run.id, {"state": paused, "next_due_at": ends, "updated_at": now}))
+    update_by_ids(conn, RUNS, changes)
 
 
 def _resume_runs_sold_again(conn: Connection, store: Any, store_id: int, keys: list[str], now: datetime) -> None:
     """The product can be bought again (sold again, in stock): its paused runs (``_pause_runs_not_sold``) go on. What
-    they had waiting is queued again (the same rows, put back) and their timer is what it was (a follow-up whose time
-    passed goes now); a reminder withdrawn before it went out only if it is still timely, as a window not yet opened
-    would be (due within ``late_days``): one no longer timely ends its run (``not_sold``, or ``sold_out``)."""
+    they had waiting is queued again (the same rows, put back, planned as a message queued now would be:
+    ``queue.put_back``) and their timer is what it was (a follow-up whose time passed goes now); a reminder withdrawn
+    before it went out only if it is still timely, as a window not yet opened would be (due within ``late_days``):
+    one no longer timely ends its run (``not_sold``, or ``sold_out``). All the runs together: their messages put back
+    in one pass per reason withheld, their states written as one batch."""
     from connector.journeys.reorder import NOT_SOLD as PAUSED, PAUSED_FOR, RESUME_AT, WITHHELD
-    from connector.outbox.queue import step_key
-    from connector.outbox.store import unskip
-    from connector.storage.sql import update_by_id
+    from connector.outbox.queue import put_back, step_key
+    from connector.storage.sql import update_by_ids
 
     runs = [r for r in _runs_of_opened(conn, store, store_id, keys, now) if (r.state or {}).get(PAUSED)]
     if not runs:
@@ -1169,20 +1177,25 @@ def _resume_runs_sold_again(conn: Connection, store: Any, store_id: int, keys: l
     config = config_for(store)
     late = now - timedelta(days=config.late_days if config is not None else 0)
     window_ids = sorted({int(r.state["window_id"]) for r in runs if r.state.get("window_id") is not None})
-    opens = {r.id: r.opens_at for r in conn.execute(select(W.c.id, W.c.opens_at).where(W.c.id.in_(window_ids)))} if window_ids else {}
+    opens = {r.id: r.opens_at for i in range(0, len(window_ids), 500)
+             for r in conn.execute(select(W.c.id, W.c.opens_at).where(W.c.id.in_(window_ids[i:i + 500])))}
+    changes = []
+    to_put_back: dict[str, list[str]] = defaultdict(list)  # by what their messages were skipped as
     for run in runs:
         state = {k: v for k, v in run.state.items() if k not in (PAUSED, WITHHELD, RESUME_AT, PAUSED_FOR)}
         why = run.state.get(PAUSED_FOR) or NOT_SOLD  # what its messages were skipped as
         withheld = list(run.state.get(WITHHELD) or ())
         at = opens.get(run.state.get("window_id"))
         if "reminder" in withheld and (at is None or at < late):
-            update_by_id(conn, RUNS, run.id, {"status": "finished", "state": {**state, "outcome": why}, "next_due_at": None,
-                                              "updated_at": now})
+            changes.append((run.id, {"status": "finished", "state": {**state, "outcome": why}, "next_due_at": None, "updated_at": now}))
             continue
-        unskip(conn, store_id, [step_key(JOURNEY, step, run.subject) for step in withheld], why, now)
+        to_put_back[why].extend(step_key(JOURNEY, step, run.subject) for step in withheld)
         resume = run.state.get(RESUME_AT)
         due = max(datetime.fromisoformat(resume), now) if resume else run.next_due_at
-        update_by_id(conn, RUNS, run.id, {"state": state, "next_due_at": due, "updated_at": now})
+        changes.append((run.id, {"state": state, "next_due_at": due, "updated_at": now}))
+    for why, step_keys in sorted(to_put_back.items()):
+        put_back(conn, store=store, store_id=store_id, keys=step_keys, reason=why, now=now)
+    update_by_ids(conn, RUNS, changes)
 
 
 def product_sold_again(conn: Connection, store: Any, store_id: int, keys: Iterable[str], now: datetime, *, in_stock: bool = True) -> int:

@@ -230,6 +230,18 @@ def update_by_id(conn: Connection, table: Table, row_id: int, values: dict[str, 
             cache.history.clear()  # a status moved: what counts as sent may have changed
 
 
+def update_by_ids(conn: Connection, table: Table, changes: Iterable[tuple[int, dict[str, Any]]]) -> None:
+    """``update_by_id`` for many rows: inside a transaction cache each as it does (a cached row in memory, written
+    by ``flush``); without one, one executemany per set of columns, in id order."""
+    changes = [(row_id, values) for row_id, values in changes if values]
+    if current(conn) is not None:
+        for row_id, values in changes:
+            update_by_id(conn, table, row_id, values)
+        return
+    for fields, rows in _shapes({"_pk": row_id, **values} for row_id, values in sorted(changes, key=lambda c: c[0])).items():
+        execute_many(conn, _update(table, tuple(f for f in fields if f != "_pk")), rows)
+
+
 def flush(conn: Connection) -> None:
     """Write the transaction cache's held-back writes: the cached tables' INSERTs (parents
     first), their UPDATEs (rows in id order, so concurrent workers lock rows in the same
