@@ -30,11 +30,12 @@ Stages and what counts (runs are counted in the week they started):
   refunded, or whose payment failed (as the orders table has it at report time, whatever order
   the webhooks came in) recovered nothing: it is left out of the count and the revenue (and of
   the lift's conversions); so is a checkout's order still waiting for a payment that is not cash
-  on delivery (a bank transfer on hold: no sale until it is paid). One order is credited once: a cart whose order was then paid after
-  its pay reminder counts as the pay reminder's recovery, not also as a recovered checkout.
-  Across journeys too: an order a reorder reminder and a cart or pay reminder would both earn is the recovery of the
-  one whose reminder reached her last before it (``credited_to_a_later_reminder``); the other run is neither credited
-  nor lost.
+  on delivery (a bank transfer on hold: no sale until it is paid). One order is credited once, across journeys: of the
+  runs that would earn it (a pay reminder, a cart reminder, a reorder reminder; whatever week they started, under any
+  number of hers with its email), the one whose reminder reached her last before it keeps it (``keeps_its_order``; a
+  tie goes to the later step of the purchase: pay, then cart, then reorder), so a cart whose order was then paid after
+  its pay reminder counts as the pay reminder's recovery, not also as a recovered checkout. The other runs are neither
+  credited nor lost.
 - post-purchase: delivery updates sent / delivered / read, shipments, failed deliveries
   (NDR) and their rate; hand-offs opened and their median resolution time.
 - retention: reorder windows opened, reminded (as for checkouts: a reminder WhatsApp took),
@@ -84,13 +85,15 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Table, bindparam, func, select
 
 from connector import money
+from connector.contacts import email_key
 from connector.journeys._common import awaits_payment, continued
 from connector.journeys.checkout_recovery import STEPS as CART_STEPS, was_abandoned
 from connector.journeys.payment_recovery import recovered as pay_recovered, stalled
 from connector.journeys.reorder import STEPS as REORDER_STEPS
 from connector.number_change import MOVED
 from connector.outbox.queue import step_key
-from connector.outbox.store import REACHED_STATES, SENT_AT
+from connector.outbox import store as ob
+from connector.outbox.store import REACHED_STATES
 from connector.storage import models as m
 from connector.storage.db import Database
 
@@ -233,12 +236,13 @@ def _chunks(ids: list[Any], size: int = 500) -> Any:
 # failed: it exists before its payment, and stays ``failed`` unless she pays)
 CALLED_OFF_PAYMENTS = ("refunded", "voided", "failed")
 # the orders' (store_id, external_id) unique index: a run's order, only ever in the report's own store
-ORDERS_NOW = select(ORDERS.c.external_id, ORDERS.c.placed_at, ORDERS.c.cancelled_at, ORDERS.c.payment_state, ORDERS.c.is_cod).where(
+ORDERS_NOW = select(ORDERS.c.external_id, ORDERS.c.placed_at, ORDERS.c.cancelled_at, ORDERS.c.payment_state, ORDERS.c.is_cod,
+                    ORDERS.c.contact_id).where(
     ORDERS.c.store_id == bindparam("sid"), ORDERS.c.external_id.in_(bindparam("ids", expanding=True)))
 
 
 def _orders_now(conn: Connection, store_id: int, ids: set[str]) -> dict[str, Any]:
-    """The store's orders by id as they stand now (placed, cancelled, payment state)."""
+    """The store's orders by id as they stand now (placed, cancelled, payment state; whose)."""
     found: dict[str, Any] = {}
     for chunk in _chunks(sorted(ids)):
         found.update((row.external_id, row) for row in conn.execute(ORDERS_NOW, {"sid": store_id, "ids": chunk}))
@@ -323,8 +327,6 @@ def converted(conn: Connection, store_id: int, journey: str, runs: list[Any]) ->
     raise ValueError(f"no conversion defined for {journey}")
 
 
-_PAYMENT_RUNS = select(RUNS.c.subject, RUNS.c.state).where(
-    RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == "payment_recovery", RUNS.c.subject.in_(bindparam("ss", expanding=True)))
 # the contacts' payment runs, by the (store_id, contact_id) index: a contact's runs are few
 _CONTACTS_PAYMENT_RUNS = select(RUNS.c.subject, RUNS.c.state, RUNS.c.status, RUNS.c.holdout, RUNS.c.started_at, RUNS.c.contact_id).where(
     RUNS.c.store_id == bindparam("sid"), RUNS.c.journey == "payment_recovery", RUNS.c.contact_id.in_(bindparam("cids", expanding=True)))
@@ -339,110 +341,110 @@ def _contacts_payment_runs(conn: Connection, store_id: int, contact_ids: set[Any
     return out
 
 
-def _paid_by_reminder(state: Any) -> bool:
-    return bool((state or {}).get("paid")) and (state or {}).get("recovered") is True
-
-
-def _not_paid_by_reminder(conn: Connection, store_id: int, runs: list[Any]) -> list[Any]:
-    """The recovered checkout runs whose order no pay reminder recovered. One order is credited once: a cart
-    reminded, then an order left unpaid, then paid after its pay reminder (``payment_recovery``, whatever week
-    its run started) is the pay reminder's, the last before the payment; the cart recovered no revenue of its own.
-    So is her new try at a purchase the pay reminder chased, paid, whose credit sits on the older order's run
-    (``order_id``): her contact's payment runs are read for it."""
-    subjects = {f"order:{o}" for r in runs if (o := run_order("checkout_recovery", r)) is not None}
-    paid: set[str] = set()
-    for chunk in _chunks(sorted(subjects)):
-        paid.update(row.subject for row in conn.execute(_PAYMENT_RUNS, {"sid": store_id, "ss": chunk}) if _paid_by_reminder(row.state))
-    contacts = {r.contact_id for r in runs if r.contact_id is not None and run_order("checkout_recovery", r) is not None}
-    paid.update(f"order:{row.state['order_id']}" for row in _contacts_payment_runs(conn, store_id, contacts)
-                if _paid_by_reminder(row.state) and row.state.get("order_id"))
-    return [r for r in runs if f"order:{run_order('checkout_recovery', r)}" not in paid]
-
-
-# the journeys whose runs may credit the same order (the reorder reminder she tapped, then the cart reminder of the checkout
-# she left, or the pay link of the order she left unpaid): each credited run is weighed against the others' (a cart and a
-# pay reminder settle it between them already: ``_not_paid_by_reminder``); a tie goes to the later journey here
-RIVALS = {"reorder": ("checkout_recovery", "payment_recovery"), "checkout_recovery": ("reorder",), "payment_recovery": ("reorder",)}
-RIVAL_RANK = {"reorder": 0, "checkout_recovery": 1, "payment_recovery": 2}
+# the journeys whose runs may credit the same order (the pay link of an order she left unpaid, or of her older try at
+# it; the reorder reminder she tapped; the cart reminder of the checkout she left): one of them keeps it
+# (``keeps_its_order``). Reminders that went out in the same instant: the later in the purchase's course keeps it (the
+# reorder reminder leads to a checkout, the checkout to the order, the order to its payment)
+CREDIT_RANK = {"reorder": 0, "checkout_recovery": 1, "payment_recovery": 2}
 STEPS_OF = {"checkout_recovery": CART_STEPS, "payment_recovery": ("remind",), "reorder": REORDER_STEPS}
-_CONTACTS_RUNS = select(RUNS.c.journey, RUNS.c.subject, RUNS.c.state).where(
+_NEVER = datetime.min.replace(tzinfo=timezone.utc)  # a run none of whose reminders can be read: before any that can
+# who the customer of these orders is: their contacts' emails (by id), then her contacts with one of them (the
+# (store_id, lower(trim(email))) index): she checked out, or was reminded, under another number
+_EMAILS = select(CONTACTS.c.email).where(CONTACTS.c.id.in_(bindparam("cids", expanding=True)), CONTACTS.c.email.is_not(None))
+_SAME_EMAIL = select(CONTACTS.c.id).where(
+    CONTACTS.c.store_id == bindparam("sid"), func.lower(func.trim(CONTACTS.c.email)).in_(bindparam("keys", expanding=True)))
+# her runs of the journeys that credit orders, by the (store_id, contact_id) index: a customer's runs are few
+_CREDITING_RUNS = select(RUNS.c.journey, RUNS.c.subject, RUNS.c.state, RUNS.c.holdout, RUNS.c.contact_id).where(
     RUNS.c.store_id == bindparam("sid"), RUNS.c.journey.in_(bindparam("js", expanding=True)),
-    RUNS.c.contact_id.in_(bindparam("cids", expanding=True)))  # by the (store_id, contact_id) index: a contact's runs are few
-_SENDS = select(OUTBOX.c.idempotency_key, OUTBOX.c.status, SENT_AT.label("sent_at")).where(
-    OUTBOX.c.store_id == bindparam("sid"), OUTBOX.c.idempotency_key.in_(bindparam("keys", expanding=True)), OUTBOX.c.channel == "whatsapp")
+    RUNS.c.contact_id.in_(bindparam("cids", expanding=True)))
 
 
-def credits_order(journey: str, state: Any) -> bool:
-    """Whether a run's state credits an order to its reminders: a cart recovered, a payment recovered, a reorder
-    attributed (the report's own tests on top: the order still stands, it is not another reminder's)."""
+def credits_order(journey: str, state: Any, placed: datetime | None = None) -> bool:
+    """Whether a run's state credits an order to its reminders, as its stage counts it: a cart recovered, a payment
+    recovered (``payment_recovery.recovered``), a reorder attributed inside its window (the order, placed at
+    ``placed``, no later than ``attribution_ends``). Whether the order still stands is the order's, the same for all."""
     state = state or {}
     if journey == "payment_recovery":
-        return _paid_by_reminder(state)
+        return pay_recovered(state)
     if journey == "reorder":
-        return bool(state.get("reordered")) and state.get("attributed") is not False and bool(state.get("order_id"))
+        ends = _iso(state.get("attribution_ends"))
+        return bool(state.get("reordered")) and state.get("attributed") is not False and bool(state.get("order_id")) \
+            and (placed is None or ends is None or placed <= ends)
     return bool(state.get("recovered")) and bool(state.get("order_id"))
+
+
+def _her_contacts(conn: Connection, store_id: int, contact_ids: set[Any]) -> set[Any]:
+    """These contacts and the store's others with the email of one of them (trimmed, any case): an order reaches her
+    runs under her other number by its email (``runner._same_email_contacts``)."""
+    keys: set[str] = set()
+    for chunk in _chunks(sorted(contact_ids)):
+        keys.update(k for e in conn.execute(_EMAILS, {"cids": chunk}).scalars() if (k := email_key(e)) is not None)
+    found = set(contact_ids)
+    for chunk in _chunks(sorted(keys)):
+        found.update(conn.execute(_SAME_EMAIL, {"sid": store_id, "keys": chunk}).scalars())
+    return found
+
+
+def _crediting_runs(conn: Connection, store_id: int, orders: dict[str, Any], ids: set[str],
+                    runs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Every treated run, of any journey and week, that credits one of the orders ``ids`` (``credits_order``): ``runs``
+    (their stage's own), and the runs of the orders' customer: the orders' contacts and the runs', and her contacts
+    with the same email. Each (journey, subject) once."""
+    found = {(journey, r.subject): (journey, r) for journey, r in runs}
+    contacts = {o.contact_id for o in orders.values() if o.contact_id is not None} | {r.contact_id for _j, r in runs if r.contact_id is not None}
+    for chunk in _chunks(sorted(_her_contacts(conn, store_id, contacts))):
+        for row in conn.execute(_CREDITING_RUNS, {"sid": store_id, "js": list(CREDIT_RANK), "cids": chunk}):
+            order = run_order(row.journey, row)
+            if not row.holdout and order in ids and credits_order(row.journey, row.state, getattr(orders.get(order), "placed_at", None)):
+                found.setdefault((row.journey, row.subject), (row.journey, row))
+    return list(found.values())
 
 
 def _last_reminders(conn: Connection, store_id: int, runs: list[tuple[str, Any]], placed: dict[str, datetime]) -> list[datetime | None]:
     """For each (journey, run): when its last reminder that went out (WhatsApp took it) before the purchase it is
     credited with reached her: before its order was placed for a cart or a reorder; a pay reminder asks for the payment
-    of an order already placed, so any of its own (or of the older try it went on from). One query per 500 step keys."""
+    of an order already placed, so any of its own (or of the older try it went on from)."""
     keys = [[step_key(journey, step, subject)[:255] for subject in (r.subject, *continued(r.state)) for step in STEPS_OF[journey]]
             for journey, r in runs]
-    sent: dict[str, datetime] = {}
-    for chunk in _chunks(sorted({k for ks in keys for k in ks})):
-        sent.update((row.idempotency_key, row.sent_at) for row in conn.execute(_SENDS, {"sid": store_id, "keys": chunk})
-                    if row.status in REACHED and row.sent_at is not None)
+    sent = ob.sent_times(conn, store_id, {k for ks in keys for k in ks})
     out: list[datetime | None] = []
     for (journey, r), ks in zip(runs, keys):
         bound = None if journey == "payment_recovery" else placed.get(run_order(journey, r) or "")
-        times = [_utc(sent[k]) for k in ks if k in sent]
-        out.append(max((t for t in times if bound is None or t <= _utc(bound)), default=None))
+        out.append(max((sent[k] for k in ks if k in sent and (bound is None or sent[k] <= bound)), default=None))
     return out
 
 
-def _utc(at: datetime) -> datetime:
-    """A stored time as UTC (SQLite gives it back naive)."""
-    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
-
-
-def credited_to_a_later_reminder(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> list[bool]:
-    """For each of ``journey``'s credited runs: is its order another journey's, whose reminder reached her later? One
-    order is credited once, to the journey whose reminder reached her last before it: the reorder reminder she tapped,
-    then the cart reminder of the checkout she left, makes it the cart's recovery, not also a reorder; a cart ladder
-    ended, then the reorder reminder she ordered from, the reorder's; an order reordered unpaid, then paid after its pay
-    link, the pay reminder's. The run that loses it is neither credited nor lost (she bought). The other journeys' runs
-    are read by her contact, whatever week they started."""
-    rivals = RIVALS.get(journey, ())
-    orders = {o for r in runs if (o := run_order(journey, r)) is not None}
-    contacts = sorted({r.contact_id for r in runs if r.contact_id is not None})
-    if not rivals or not orders or not contacts:
-        return [False] * len(runs)
-    others: list[tuple[str, Any]] = []
-    for chunk in _chunks(contacts):
-        others += [(row.journey, row) for row in conn.execute(_CONTACTS_RUNS, {"sid": store_id, "js": list(rivals), "cids": chunk})
-                   if credits_order(row.journey, row.state) and run_order(row.journey, row) in orders]
-    if not others:
-        return [False] * len(runs)
-    placed = {k: o.placed_at for k, o in _orders_now(conn, store_id, orders).items()}
-    mine = [(journey, r) for r in runs]
-    times = _last_reminders(conn, store_id, mine + others, placed)
-    best: dict[str, tuple[datetime, int]] = {}
-    for (other, row), at in zip(others, times[len(mine):]):
-        if at is not None:
-            order = run_order(other, row) or ""
-            best[order] = max(best.get(order, (at, -1)), (at, RIVAL_RANK[other]))
-    out = []
-    for r, at in zip(runs, times[:len(mine)]):
-        rival = best.get(run_order(journey, r) or "")
-        out.append(rival is not None and (at is None or rival > (at, RIVAL_RANK[journey])))
-    return out
+def keeps_its_order(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> list[bool]:
+    """For each of ``journey``'s credited runs: does its journey keep the order it credits? One order is credited once,
+    to one journey: of all the runs that credit it (``_crediting_runs``: whatever journey, week or number of hers), the
+    one whose reminder reached her last before it (``_last_reminders``) keeps it; reminders that went out in the same
+    instant, the later journey in the purchase's course (``CREDIT_RANK``); a run none of whose reminders can be read
+    (its outbox rows gone), before any that can. The reorder reminder she tapped, then the cart reminder of the checkout
+    she left, makes it the cart's recovery, not also a reorder; a cart ladder ended, then the reorder reminder she
+    ordered from, the reorder's; an order left unpaid, then paid after its pay link, the pay reminder's (it came after
+    the order was placed, so after any cart or reorder reminder before it); a pay link of her older try, then a reorder
+    and a cart reminder before she bought anew, the cart's. One total order: exactly one journey keeps it, never none
+    (a reorder of two reminded products in one order keeps it for both, each with its own lines). A run that loses its
+    order is neither credited nor lost (she bought)."""
+    ids = {o for r in runs if (o := run_order(journey, r)) is not None}
+    if not ids:
+        return [True] * len(runs)
+    orders = _orders_now(conn, store_id, ids)
+    crediting = _crediting_runs(conn, store_id, orders, ids, [(journey, r) for r in runs])
+    if all(j == journey for j, _r in crediting):
+        return [True] * len(runs)
+    times = _last_reminders(conn, store_id, crediting, {k: o.placed_at for k, o in orders.items()})
+    home: dict[str, tuple[datetime, int, str]] = {}
+    for (j, r), at in zip(crediting, times):
+        order, claim = run_order(j, r) or "", (at or _NEVER, CREDIT_RANK[j], j)
+        home[order] = max(home.get(order, claim), claim)
+    return [(o := run_order(journey, r)) is None or home.get(o, (_NEVER, 0, journey))[2] == journey for r in runs]
 
 
 def _keep_credit(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> tuple[list[Any], int]:
-    """The credited runs that keep their order (``credited_to_a_later_reminder``), and how many gave it up."""
-    lost_to = credited_to_a_later_reminder(conn, store_id, journey, runs)
-    return [r for r, gone in zip(runs, lost_to) if not gone], sum(lost_to)
+    """The credited runs that keep their order (``keeps_its_order``), and how many gave it up to another journey."""
+    kept = keeps_its_order(conn, store_id, journey, runs)
+    return [r for r, keep in zip(runs, kept) if keep], kept.count(False)
 
 
 def _standing(conn: Connection, store_id: int, journey: str, runs: list[Any]) -> list[Any]:
@@ -529,14 +531,14 @@ def conversion(conn: Connection, store_id: int, p: Period, currency: str | None 
     checkouts = _cohort(conn, store_id, "checkout_recovery", p)
     reached = reminded(conn, store_id, "checkout_recovery", checkouts)
     standing = _standing(conn, store_id, "checkout_recovery", [r for r in reached if r.state.get("recovered")])
-    recovered = _not_paid_by_reminder(conn, store_id, standing)  # the rest are the pay reminders' (and not lost)
     payments = _cohort(conn, store_id, "payment_recovery", p)
     pay_reminded = [r for r in reminded(conn, store_id, "payment_recovery", payments) if not credited_elsewhere(r)]
     # paid within the journey's attribution window after its reminder went out (``payment_recovery.recovered``:
     # not a payment made before the reminder went out, which a reminder already on its way reached after it)
     paid = _standing(conn, store_id, "payment_recovery", [r for r in pay_reminded if pay_recovered(r.state)])
-    # one order, one home: a reorder reminder that reached her after these reminders, before the order, has it (neither lost)
-    recovered, _elsewhere = _keep_credit(conn, store_id, "checkout_recovery", recovered)  # in `standing`: not lost
+    # one order, one home: the journey whose reminder reached her last before it (a cart's order paid after its pay link
+    # is the pay reminder's; a reorder reminder after the cart reminder, the reorder's): the others' runs are not lost
+    recovered, _elsewhere = _keep_credit(conn, store_id, "checkout_recovery", standing)  # in `standing`: not lost
     paid, pay_elsewhere = _keep_credit(conn, store_id, "payment_recovery", paid)
     return {
         "checkouts_abandoned": len(checkouts), "checkouts_reminded": len(reached), "checkouts_recovered": len(recovered),
@@ -579,6 +581,7 @@ def retention(conn: Connection, store_id: int, p: Period, currency: str | None =
     reordered = [r for r, yes in zip(reached, reordered_in_window(conn, store_id, reached))
                  if yes and r.state.get("attributed") is not False]
     # one order, one home: a cart or pay reminder that reached her after the reorder reminder has it (neither lost)
+    # (``keeps_its_order``)
     reordered, elsewhere = _keep_credit(conn, store_id, "reorder", reordered)
     return {"windows_opened": opened, "reminded": len(reached), "skipped_busy": sum(1 for r in runs if r.state.get("skipped")),
             "reordered_in_window": len(reordered), "repeat_rate": _rate(len(reordered), len(reached)),

@@ -146,10 +146,10 @@ def test_the_orders_that_name_a_batchs_checkouts_are_found_by_token(conn: Any) -
 
 
 def test_what_went_out_of_a_timer_batchs_runs_is_found_by_key(conn: Any) -> None:
-    from connector.journeys.runner import _SENT_STEPS
+    from connector.outbox.store import SENT_STEPS  # the runner's and the weekly report's one look at when steps went out
 
     keys = [f"cod_confirmation:ask:order:{i}" for i in range(500)]
-    plan = plan_of(conn, _SENT_STEPS, {"sid": 1, "keys": keys})
+    plan = plan_of(conn, SENT_STEPS, {"sid": 1, "keys": keys})
     assert "sqlite_autoindex_outbox_1 (store_id=? AND idempotency_key=?)" in plan, plan
 
 

@@ -13,7 +13,8 @@ from datetime import timedelta
 from typing import Any
 
 from connector.reorder.windows import run_reorder_tick
-from connector.reports import _CONTACTS_RUNS, _SENDS
+from connector.outbox.store import SENT_STEPS
+from connector.reports import _CREDITING_RUNS, _EMAILS, _SAME_EMAIL
 from tests.conftest import sqlite_template  # noqa: F401
 from tests.scenarios import payloads as p
 from tests.scenarios.conftest import _world_server, scenario, world  # noqa: F401
@@ -125,9 +126,14 @@ def test_an_order_reordered_with_its_card_pending_then_paid_after_the_pay_remind
 
 
 def test_the_reports_look_at_the_other_journeys_credits_reads_by_contact_and_by_key(conn: Any) -> None:
-    """Which other journey's run credited the same order: her runs by the (store, contact) index, when their reminders
-    went out by the outbox's (store, key) one: never every run or every message of the store."""
-    plan = plan_of(conn, _CONTACTS_RUNS, {"sid": 1, "js": ["checkout_recovery", "payment_recovery"], "cids": list(range(1, 40))})
+    """Which other journey's run credited the same order: the order's customer's contacts by id and by email, her runs
+    by the (store, contact) index, when their reminders went out by the outbox's (store, key) one: never every contact,
+    run or message of the store."""
+    plan = plan_of(conn, _EMAILS, {"cids": list(range(1, 40))})
+    assert "SCAN contacts" not in plan, plan
+    plan = plan_of(conn, _SAME_EMAIL, {"sid": 1, "keys": [f"buyer{i}@example.in" for i in range(40)]})
+    assert "ix_contacts_store_email (store_id=? AND <expr>=?)" in plan, plan
+    plan = plan_of(conn, _CREDITING_RUNS, {"sid": 1, "js": ["reorder", "checkout_recovery", "payment_recovery"], "cids": list(range(1, 40))})
     assert "ix_journey_runs_contact (store_id=? AND contact_id=?)" in plan, plan
-    plan = plan_of(conn, _SENDS, {"sid": 1, "keys": [f"reorder:reminder:reorder:{i}:p:1" for i in range(200)]})
+    plan = plan_of(conn, SENT_STEPS, {"sid": 1, "keys": [f"reorder:reminder:reorder:{i}:p:1" for i in range(200)]})
     assert "sqlite_autoindex_outbox_1 (store_id=? AND idempotency_key=?)" in plan, plan

@@ -32,7 +32,10 @@ withdrawn when she replaces the order before it goes. Whatever ends an active ru
 authorized, an order moved to a bank transfer) withdraws a reminder still held after the run has ended too, once
 (``_withdraw_held``). A newer try cancelled before its reminder
 does not bring the older one back: she or the store called the purchase off, and the older try
-is as stale (WooCommerce cancels unpaid orders after its hold-stock minutes, the oldest first).
+is as stale (WooCommerce cancels unpaid orders after its hold-stock minutes, the oldest first). Its own
+reminder never goes, but its run, which went on from the older try's reminder, listens on out that reminder's
+window as a reminded order cancelled does (``_called_off``), so her third try, paid, is the reminder's recovery.
+An order the store puts back after a cancel (pending again) is chased as before it (``_restored``).
 
 A WooCommerce order she moves to a bank transfer or cheque on the pay page (``on-hold``) has no pay link any
 more, as one placed so, which this journey never chases: it ends the run unpaid (``closed``), its reminder
@@ -130,7 +133,7 @@ class PaymentRecovery:
         """When the timer of a run that queued its reminder fires, the runner tells when it went out
         (``facts.extra["reminders_sent"]``): the run listens out ``attribution_days`` from the reminder as sent,
         not as queued (quiet hours may hold it till morning)."""
-        return isinstance(event, TimerFired) and run.status == "active" and bool(run.state.get("reminded"))
+        return isinstance(event, TimerFired) and run.status == "active" and bool(run.state.get("reminded") or run.state.get("order_cancelled"))
 
     def decide(self, event: Any, run: Run | None, facts: Facts, config: PaymentRecoveryConfig, now: datetime) -> list[Command]:
         if isinstance(event, ev.OrderDeleted):
@@ -167,21 +170,25 @@ class PaymentRecovery:
         if _stops(event, o):
             if run.state.get("awaits_order") and not _paid(event):
                 return []  # she pays by transfer on her new try: this order's cancel (a stale try) ends no wait
+            if _reminded(run) and cancelled_order(event, facts):
+                # its reminder, or that of the older try it went on from, was queued: she may still buy it anew, and
+                # the run listens on (``_called_off``)
+                return _called_off(run)
             if run.state.get("reminded"):  # the reminder, if still held, goes no further
-                if cancelled_order(event, facts):  # she may still buy it anew: the run listens on (``_called_off``)
-                    return _called_off(run)
                 return [Wake(None), Finish("closed")]
+            if isinstance(event, TimerFired) and run.state.get("order_cancelled"):
+                return _window_over(run, facts, config, now)  # her newer try, cancelled before its own reminder
             paid = isinstance(event, ev.OrderPaid) or (o is not None and o.payment_state == "paid")
             return [Wake(None), Update({"paid": paid}), Finish("paid_without_reminder" if paid else "closed")]
+        if run.state.get("order_cancelled") and isinstance(event, ev.OrderUpdated) and o is not None:
+            return _restored(event, run, facts, config)  # the store put the cancelled order back (not cancelled, unpaid)
         if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and o is not None and not run.state.get("reminded"):
             return _rescheduled(event, run, o, config)
         if isinstance(event, TimerFired):
-            if run.state.get("reminded"):  # her time to replace the order, or to pay her new try, is up
-                ends = _listens_until(run, facts.extra.get("reminders_sent"), config)
-                if ends > now:  # the reminder went out later than queued (held for the morning): its window runs on
-                    return [Wake(ends, listening=True)]
-                outcome = "not_paid" if run.state.get("awaits_order") else "closed" if run.state.get("order_cancelled") else "reminded"
-                return [Finish(outcome, skip_waiting=False)]
+            # her time to replace the order, or to pay her new try, is up; or, for a newer try cancelled before its own
+            # reminder, that of the older try's reminder (``_called_off``): its own reminder never goes
+            if run.state.get("reminded") or run.state.get("order_cancelled"):
+                return _window_over(run, facts, config, now)
             # the run listens until she can no longer replace the order (``_replaced``), and out the attribution
             # window of its reminder, for her new try at the purchase (``_paid_try``): a reminder held for the
             # morning is withdrawn, not sent after she paid her second try
@@ -200,13 +207,43 @@ def _stops(event: Any, o: OrderFacts | None) -> bool:
 
 def _called_off(run: Run) -> list[Command]:
     """The store (or she) cancelled the order after its reminder was queued (WooCommerce's hold-stock minutes, a
-    Shopify cancel): its pay link is dead, so a reminder still held is withdrawn, but the run listens on as it did
-    (its timer: out the attribution window of the reminder that went out, ``_listens_until``), so her new try at
-    the purchase, paid after the reminder, is still its recovery (``_credit_try``), as ``checkout_recovery``'s
-    ``_cancelled`` has it for a cart's unpaid order. Never bought anew, it ends ``closed`` as before."""
+    Shopify cancel), or after that of the older try the run went on from (``continues``: her newer unpaid try,
+    cancelled before its own reminder): its pay link is dead, so a reminder still held is withdrawn (and a run's own
+    reminder not queued yet never goes), but the run listens on as it did (its timer: out the attribution window of
+    the reminder that went out, its own or the older try's, ``_listens_until``), so her new try at the purchase, paid
+    after the reminder, is still its recovery (``_credit_try``), as ``checkout_recovery``'s ``_cancelled`` has it for
+    a cart's unpaid order. Never bought anew, it ends ``closed`` as before."""
     if run.state.get("order_cancelled"):
         return []  # the cancel heard again (its update echoes it)
-    return [Update({"order_cancelled": True}), Withdraw()]
+    # a run whose own reminder was still to come plans no message any more: its timer only listens
+    listens = [] if run.state.get("reminded") or run.next_due_at is None else [Wake(run.next_due_at, listening=True)]
+    return [Update({"order_cancelled": True}), Withdraw(), *listens]
+
+
+def _window_over(run: Run, facts: Facts, config: PaymentRecoveryConfig, now: datetime) -> list[Command]:
+    """The timer of a run that listens after a reminder was queued (its own, or the older try's it went on from): the
+    reminder went out later than queued (held for the morning), so its window runs on; or it is over, and the run ends
+    unpaid (``not_paid`` for her bank transfer that never came, ``closed`` for an order cancelled, else ``reminded``)."""
+    ends = _listens_until(run, facts.extra.get("reminders_sent"), config)
+    if ends > now:
+        return [Wake(ends, listening=True)]
+    outcome = "not_paid" if run.state.get("awaits_order") else "closed" if run.state.get("order_cancelled") else "reminded"
+    return [Finish(outcome, skip_waiting=False)]
+
+
+def _restored(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig) -> list[Command]:
+    """News of an order the run heard cancelled (``_called_off``): still cancelled (an echo), nothing; put back by the
+    store (a WooCommerce order moved from cancelled back to pending payment), it is her order again, unpaid: the run
+    goes on as before the cancel, so it ends ``reminded``, not ``closed``, if she never pays; a run whose own reminder
+    was still to come at the cancel (her newer try) has it planned again, from when the order is chased
+    (``_chase_from``). Paid, authorised or moved to a bank transfer on the way back: ``_stops`` had it first."""
+    if facts.order is None or facts.order.cancelled:
+        return []
+    back: list[Command] = [Update({"order_cancelled": False})]
+    if not run.state.get("reminded"):
+        due = _chase_from(event, facts, config)
+        back += [Wake(due)] if due is not None else []
+    return back
 
 
 def _withdraw_held(event: Any, run: Run, facts: Facts) -> list[Command]:

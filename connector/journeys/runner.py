@@ -73,12 +73,6 @@ def _never(_config: Any) -> bool:
     return False
 CONVERSIONS = (ev.OrderPlaced, ev.OrderUpdated, ev.OrderPaid)  # what can credit a run's reminders with an order
 REACHED = ob.REACHED_STATES  # WhatsApp took it: a reminder that went out
-# runs' steps by the unique (store_id, key) index, each with when it went out (``ob.SENT_AT``: its
-# outbound message row, else the row's last change, as the policy gate reads it); the status is
-# checked on the few rows found (see outbox.store._BY_KEYS). One run's keys or a timer batch's.
-_SENT_STEPS = select(OUTBOX.c.idempotency_key, OUTBOX.c.status, ob.SENT_AT.label("sent_at")).where(
-    OUTBOX.c.store_id == bindparam("sid"), OUTBOX.c.idempotency_key.in_(bindparam("keys", expanding=True)),
-    OUTBOX.c.channel == "whatsapp")
 
 
 @functools.cache
@@ -139,11 +133,8 @@ def _with_writebacks(conn: Connection, store_id: int, journey: Any, name: str, e
 def _reminders_sent(conn: Connection, store: Any, store_id: int, journey: str, subject: str) -> tuple[datetime, ...]:
     """When each of the run's messages went out, in order: only those WhatsApp took, so a
     reminder still waiting, skipped (quiet hours then the order, the cap) or failed is none."""
-    keys = [k[:255] for k in _step_keys(store, journey, subject)]
-    if not keys:
-        return ()
-    rows = conn.execute(_SENT_STEPS, {"sid": store_id, "keys": keys})
-    return tuple(sorted(r.sent_at for r in rows if r.status in REACHED))
+    keys = _step_keys(store, journey, subject)
+    return tuple(sorted(ob.sent_times(conn, store_id, keys).values())) if keys else ()
 
 
 def _supersede_waiting(conn: Connection, store: Any, store_id: int, journey: str, step: str, subject: str, now: datetime) -> None:
@@ -179,20 +170,22 @@ def _sends_of_due_runs(conn: Connection, store: Any, store_id: int, due: list[tu
                        enabled: dict[str, Any], now: datetime) -> dict[tuple[str, str], tuple[datetime, ...]]:
     """When the messages went out of each due run whose timer turns on whether they reached the
     customer (a journey's ``needs_sends``: COD's answer deadline, which must not cancel an order
-    nobody could ask), by (journey, subject): one query per 500 step keys for the whole timer
-    batch (a query per run cost the timers 6%), before any of them fires."""
+    nobody could ask), by (journey, subject), with those of the runs it went on from (``continued``:
+    a pay reminder's newer try listens out the older try's reminder's window), as ``_with_sends``
+    tells them for an order: one query per 500 step keys for the whole timer batch (a query per run
+    cost the timers 6%), before any of them fires."""
     asking = {name: needs for name in enabled if (needs := getattr(journeys().get(name), "needs_sends", None)) is not None}
-    wanted: dict[str, tuple[str, str]] = {}
+    wanted: dict[str, list[tuple[str, str]]] = {}
     for row, found in due if asking else ():
         needs = asking.get(row.journey)
         if needs is not None and needs(TimerFired(now), found[1], enabled[row.journey]):
-            wanted.update((k[:255], (row.journey, row.subject)) for k in _step_keys(store, row.journey, row.subject))
-    sent: dict[tuple[str, str], list[datetime]] = {run: [] for run in wanted.values()}
-    keys = sorted(wanted)
-    for i in range(0, len(keys), 500):
-        for r in conn.execute(_SENT_STEPS, {"sid": store_id, "keys": keys[i:i + 500]}):
-            if r.status in REACHED:
-                sent[wanted[r.idempotency_key]].append(r.sent_at)
+            for subject in (row.subject, *continued(found[1].state)):
+                for k in _step_keys(store, row.journey, subject):
+                    wanted.setdefault(k[:255], []).append((row.journey, row.subject))
+    sent: dict[tuple[str, str], list[datetime]] = {run: [] for runs in wanted.values() for run in runs}
+    for key, at in ob.sent_times(conn, store_id, wanted).items():
+        for run in wanted[key]:
+            sent[run].append(at)
     return {run: tuple(sorted(times)) for run, times in sent.items()}
 
 

@@ -14,7 +14,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, exists, func, insert, or_, select, true, update
@@ -596,6 +596,23 @@ _TRIED_AGAIN = CONTACTS.update().where(
 # WhatsApp took the message (or a dry run stood in for it): what counts as a reminder that went
 # out, for attribution (journeys.runner) and the weekly report (reports)
 REACHED_STATES = ("sent", "delivered", "read", "dry_run")
+# steps by the unique (store_id, key) index, each with when it went out (``SENT_AT``: its outbound message row, else
+# the row's last change, as the policy gate reads it); the status is checked on the few rows found (as ``_BY_KEYS``)
+SENT_STEPS = select(OUTBOX.c.idempotency_key, OUTBOX.c.status, SENT_AT.label("sent_at")).where(
+    OUTBOX.c.store_id == bindparam("sid"), OUTBOX.c.idempotency_key.in_(bindparam("keys", expanding=True)),
+    OUTBOX.c.channel == "whatsapp")
+
+
+def sent_times(conn: Connection, store_id: int, keys: Iterable[str]) -> dict[str, datetime]:
+    """When each of these steps (outbox keys, as ``queue_template`` names them) went out, by key: only those WhatsApp
+    took (``REACHED_STATES``), so a message still waiting, skipped or failed is absent. Aware UTC times (the columns'
+    ``UTCDateTime``). One query per 500 keys: the runner's attribution and timers, the report's credit."""
+    wanted = sorted({k[:255] for k in keys})
+    out: dict[str, datetime] = {}
+    for start in range(0, len(wanted), 500):
+        out.update((r.idempotency_key, r.sent_at) for r in conn.execute(SENT_STEPS, {"sid": store_id, "keys": wanted[start:start + 500]})
+                   if r.status in REACHED_STATES)
+    return out
 
 
 TRIED = ("sent", "dry_run", "retry", "failed", "uncertain")  # outcomes of a call that was made: an attempt
