@@ -223,6 +223,10 @@ class PolicySettings(_Settings):
         tuple(sorted(DEFAULT_SEND_WITHIN_HOURS.items())),
         description="per journey or journey.step, over its category's: { \"delivery.out_for_delivery\" = 6, reorder = 12 }; "
                     "merged over the defaults")
+    messaging_limit_marketing_percent: float = Field(
+        80, gt=0, le=100, description="cart and reorder reminders (marketing) that start a conversation stop at this share "
+        "of WhatsApp's messaging limit (the customers messaged outside their 24 h window in a moving 24 h, shared by the "
+        "business's numbers): order, COD and delivery messages keep the rest; the held ones wait for the window to move")
     stop_words: tuple[str, ...] | None = None
     start_words: tuple[str, ...] | None = None
 

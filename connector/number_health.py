@@ -475,6 +475,14 @@ def quality_of(health: dict[str, Any] | None) -> str | None:
     return _part(health, "quality").get("rating")
 
 
+def limit_of(health: Any) -> tuple[str | None, datetime | None]:
+    """The messaging limit as Meta last said it (``TIER_250``, ``2000``, ``UNLIMITED``...) and when it said it;
+    (None, None): none heard yet (the dispatcher's meter, ``outbox.meter``, reads it)."""
+    part = _part(health, "limit")
+    value = part.get("value")
+    return (str(value) if value is not None else None), _kept_at(part)
+
+
 # ---- what the owner is told (pure) ------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.markup import escape
@@ -87,18 +89,27 @@ def render_report(data: dict[str, Any], out: Console, title: str) -> None:
         out.print("No leak this week: nothing was lost at any stage.")
     if data["open_handoffs"]:
         out.print("Open hand-offs: " + ", ".join(f"{owner} {n}" for owner, n in data["open_handoffs"].items()))
-    render_health(data.get("connector_health") or {}, out, data["store"])
+    render_health(data.get("connector_health") or {}, out, data["store"], tz=(data.get("period") or {}).get("timezone"))
 
 
-def render_health(health: dict[str, Any], out: Console, store_key: str) -> None:
-    """Paused WhatsApp sends, deliveries refused as another site, failed inbox rows and failing scheduled jobs,
-    said only when there are some."""
+def render_health(health: dict[str, Any], out: Console, store_key: str, tz: str | None = None) -> None:
+    """Paused WhatsApp sends, sends held for the messaging limit, deliveries refused as another site, failed
+    inbox rows and failing scheduled jobs, said only when there are some; ``tz``: the store's time zone."""
     pause = health.get("whatsapp_pause")
     if pause:
         what = ("waiting out Meta's API call rate limit (nothing to fix)" if pause["rate_limit"]
                 else "paused: Meta refuses the account (fix the access token or the account in Meta's Business Manager)")
         out.print(f"[bold red]WhatsApp sends {what}[/] since {pause['since'] or 'unknown'}, until {pause['until']} "
                   f"(code {pause['code']}: " + escape(str(pause["reason"])) + f"); {pause['waiting']} message(s) wait",
+                  highlight=False, soft_wrap=True)
+    held = health.get("messaging_limit_hold")
+    if held:
+        zone = ZoneInfo(tz) if tz else timezone.utc
+        until = datetime.fromisoformat(held["until"]).astimezone(zone)
+        out.print(f"[bold red]WhatsApp's messaging limit reached[/]: held for the messaging limit: {held['sends']} "
+                  f"send{'' if held['sends'] == 1 else 's'}, until {until:%H:%M} ({until:%Y-%m-%d} {tz or 'UTC'}); they "
+                  "start conversations with customers not messaged in the last 24 h and go out as earlier ones leave "
+                  "that moving window, none spending a try (one held past its send_within limit is skipped as too_late)",
                   highlight=False, soft_wrap=True)
     for refused in health.get("refused_sites") or []:
         out.print(f"[bold red]Deliveries from another site refused[/]: {escape(refused['site'])} ({refused['count']} since "

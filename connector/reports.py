@@ -812,12 +812,14 @@ def connector_health(conn: Connection, store_id: int, now: datetime | None = Non
     replay`` processes them again after a fix), journey runs whose timer raised (parked, tried
     again by themselves; ``storeloop replay --timers`` at once), each scheduled job's last outcome,
     the WhatsApp number's state as Meta last said it (quality rating, messaging limit, sends held by a
-    restriction), a dispatcher's pause of the store's number (``whatsapp_pause``), and the sites whose
+    restriction), a dispatcher's pause of the store's number (``whatsapp_pause``), the messages held for
+    WhatsApp's messaging limit and until when (``messaging_limit_hold``, ``outbox.meter``), and the sites whose
     authentic deliveries were refused as another site than the store's in the last 7 days (``refused_sites``)."""
     from connector.admin import failed_count
     from connector.job_health import job_states
     from connector.journeys.timer_failures import parked_runs
     from connector.number_health import view
+    from connector.outbox.store import held_for_limit
     from connector.refused_sites import refused_sites
 
     now = now or datetime.now(timezone.utc)
@@ -825,7 +827,7 @@ def connector_health(conn: Connection, store_id: int, now: datetime | None = Non
     whatsapp = view(row.whatsapp_health if row else None, row.whatsapp_held_until if row else None, now)
     return {"inbox_failed": failed_count(conn, store_id), "timers_failing": parked_runs(conn, store_id),
             "jobs": job_states(conn, store_id), "whatsapp": whatsapp, "whatsapp_pause": whatsapp_pause(conn, store_id, phone_number_id, now),
-            "refused_sites": refused_sites(conn, store_id, now)}
+            "messaging_limit_hold": held_for_limit(conn, store_id, now), "refused_sites": refused_sites(conn, store_id, now)}
 
 
 def whatsapp_pause(conn: Connection, store_id: int, phone_number_id: str | None, now: datetime) -> dict[str, Any] | None:

@@ -13,6 +13,10 @@ probes, and its success lets the rest go. /readyz, the dashboard and the report 
 (``ob.mark_paused``). Meta's
 API call rate limits (a ``SendError`` the adapter flagged ``rate_limited``) pause the number the same way, spend no try either, and
 leave the messages due at the pause's end.
+
+WhatsApp's messaging limit (the unique customers the business may message outside their 24 h window in
+a moving 24 h; Meta says nothing when a send goes over it) is metered in the claim (``meter``): a
+conversation-starting template over it stays pending, due when the window has room.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from connector.errors import AccountError, PermanentError, RetryableError, SendE
 from connector.messages import MessageSender, OutboundMessage
 from connector.outbox import loop
 from connector.outbox import store as ob
+from connector.outbox.meter import Meter
 from connector.outbox.ratelimit import InFlightLimit, RecipientSpacer, TokenBucket
 from connector.outbox.retry import RetryPolicy, next_attempt_at
 from connector.policy import TOO_LATE, ContactFacts, PolicyRules, check, send_by
@@ -115,6 +120,8 @@ class Dispatcher:
             + [timedelta(hours=s.policy.cart_quiet_after_order_hours) for s in self.stores.values()]
             + [timedelta(days=1)]
         )
+        # WhatsApp's messaging limit, metered in each claim (``meter``): what it held counts as work done
+        self.meter = Meter(self.stores, self.rules, messages_per_second=wa.messages_per_second, slack=2 * self.batch)
         self._pending_record: asyncio.Task[None] | None = None
         self._recording_again = False  # the pending outcomes were refused once: written again until they commit
         self._stop: asyncio.Event | None = None  # set when the worker stops: outcomes still refused are given up then
@@ -168,7 +175,8 @@ class Dispatcher:
         return bucket
 
     async def run_once(self) -> int:
-        """Claim and send one batch; returns how many rows were claimed."""
+        """Claim and send one batch; returns how many rows were claimed, or held for the messaging limit
+        (``meter``: a claim that only held rows found work all the same, and one more may find more)."""
         await self._heartbeat()
         if self._recording_again:
             await self.flush()  # the database refused the last outcomes: no claim (which expires leases, ours too) before they are in
@@ -185,7 +193,7 @@ class Dispatcher:
             await self.flush()  # at most one batch of results in flight; the previous one's are in before these go
             self._pending_record = asyncio.create_task(self._record(list(results)))
         await self._show_pauses()
-        return len(rows)
+        return len(rows) + self.meter.take_held()
 
     async def _claim_due(self, now: datetime) -> list[ob.Claimed]:
         """A batch from the numbers that send; one row of each paused number whose pause is over (its probe)."""
@@ -204,7 +212,7 @@ class Dispatcher:
         return await anyio.to_thread.run_sync(
             lambda: ob.claim(
                 self.db, store_ids=store_ids, now=now, limit=limit, lease=self.lease,
-                worker=self.worker_id, history_window=self.history_window, rules=self.rules,
+                worker=self.worker_id, history_window=self.history_window, rules=self.rules, hold=self.meter.hold,
             )
         )
 

@@ -478,6 +478,7 @@ def held_too_late(conn: Connection, store_id: int, rules: PolicyRules, since: da
 def claim(
     db: Database, *, store_ids: list[int], now: datetime, limit: int, lease: timedelta, worker: str, history_window: timedelta,
     channel: str = "whatsapp", rules: Mapping[int, PolicyRules] | None = None,
+    hold: Callable[[Connection, list[Claimed], datetime], Mapping[int, datetime]] | None = None,
 ) -> list[Claimed]:
     """Lease up to ``limit`` due rows of a channel (SKIP LOCKED on PostgreSQL, the write lock on SQLite).
 
@@ -485,6 +486,9 @@ def claim(
     lease ran out can tell the row was taken over, even by another dispatcher of the same process.
     With ``rules`` (each store's policy), a WhatsApp message held past its latest useful send
     time is skipped as ``too_late`` here, not claimed: no attempt, and it holds no later one back.
+    ``hold`` (WhatsApp's messaging limit: ``meter.Meter.hold``), given the found rows with their
+    contact's facts and history, names those that wait, each with its new due time: they stay
+    pending, marked ``HELD_FOR_LIMIT``, in the same transaction, and are not claimed.
     """
     lease_id = f"{worker[:55]}/{secrets.token_hex(4)}"
     with db.write_lock(), db.engine.begin() as conn:
@@ -525,30 +529,58 @@ def claim(
             rows = [Claimed(r.id, r.store_id, r.contact_id, r.journey, r.category, r.payload, r.attempts, created_at=r.created_at,
                             lease=lease_id, step=r.step, planned_at=planned(r), key=r.idempotency_key)
                     for r in found if r.id not in superseded and r.id not in late]
-            if rows or not (superseded or late):
+            held: Mapping[int, datetime] = {}
+            if rows:
+                _read_facts(conn, rows, now - history_window, channel)  # before this batch counts as "sending"
+                if hold is not None and channel == "whatsapp":
+                    held = hold(conn, rows, now)
+                if held:
+                    conn.execute(_HOLD_BY_ID, [{"_id": i, "due": held[i], "now": now} for i in sorted(held)])
+                    rows = [r for r in rows if r.id not in held]
+            if rows or not (superseded or late or held):
                 break
         if not rows:
             return []
-        ids = [r.contact_id for r in rows if r.contact_id is not None]
-        facts = contact_facts(conn, ids)
-        history = send_history(conn, ids, now - history_window)  # before this batch counts as "sending"
         conn.execute(
             update(OUTBOX)
             .where(OUTBOX.c.id.in_([r.id for r in rows]))
-            .values(status="sending", lease_until=now + lease, leased_by=lease_id, updated_at=now)
+            .values(status="sending", lease_until=now + lease, leased_by=lease_id, updated_at=now, skip_reason=None)
         )
-        if channel == "whatsapp":
-            from connector.number_health import quality_of
-
-            quality = {s.id: quality_of(s.whatsapp_health) for s in conn.execute(
-                select(STORES.c.id, STORES.c.whatsapp_health).where(STORES.c.id.in_(sorted({r.store_id for r in rows}))))}
-        for r in rows:
-            if channel == "whatsapp":
-                r.number_quality = quality.get(r.store_id)
-            if r.contact_id is not None:
-                r.facts = facts.get(r.contact_id)
-                r.history = history.get(r.contact_id, SendHistory())
         return rows
+
+
+# a message WhatsApp's messaging limit holds (``meter``): pending, due when the moving window has room, and marked
+# so for the dashboard (``held_for_limit``) in ``skip_reason``, which no other pending row has (its claim clears it)
+HELD_FOR_LIMIT = "messaging_limit"
+_HOLD_BY_ID = (OUTBOX.update().where(OUTBOX.c.id == bindparam("_id"), OUTBOX.c.status == "pending")
+               .values(due_at=bindparam("due"), skip_reason=HELD_FOR_LIMIT, updated_at=bindparam("now")))
+
+
+def _read_facts(conn: Connection, rows: list[Claimed], since: datetime, channel: str) -> None:
+    """Each claimed row's contact facts and send history since ``since``, and its number's rating (three queries)."""
+    ids = [r.contact_id for r in rows if r.contact_id is not None]
+    facts = contact_facts(conn, ids)
+    history = send_history(conn, ids, since)
+    if channel == "whatsapp":
+        from connector.number_health import quality_of
+
+        quality = {s.id: quality_of(s.whatsapp_health) for s in conn.execute(
+            select(STORES.c.id, STORES.c.whatsapp_health).where(STORES.c.id.in_(sorted({r.store_id for r in rows}))))}
+    for r in rows:
+        if channel == "whatsapp":
+            r.number_quality = quality.get(r.store_id)
+        if r.contact_id is not None:
+            r.facts = facts.get(r.contact_id)
+            r.history = history.get(r.contact_id, SendHistory())
+
+
+def held_for_limit(conn: Connection, store_id: int, now: datetime) -> dict[str, Any] | None:
+    """The store's WhatsApp messages held for the messaging limit (``meter``) and when the first of them is
+    due again, for the dashboard and the report; None: none is."""
+    n, until = conn.execute(select(func.count(), func.min(OUTBOX.c.due_at)).where(
+        OUTBOX.c.status == "pending", OUTBOX.c.due_at > now, OUTBOX.c.store_id == store_id, OUTBOX.c.channel == "whatsapp",
+        OUTBOX.c.skip_reason == HELD_FOR_LIMIT)).one()
+    return {"sends": n, "until": until.isoformat()} if n else None
 
 
 @dataclass(slots=True)
