@@ -21,9 +21,10 @@ SHIPPED_TEMPLATE_END = '# header_image = "https://cdn.example/shipped.png"'
 
 
 def _template(step: str, category: str, body: tuple[str, ...]) -> str:
+    bound = ", ".join(f'"{b}"' for b in body)
     text = " ".join(f"{{{{{i}}}}}" for i in range(1, len(body) + 1)) or "Pay now"
     return (f'{SHIPPED_TEMPLATE_END}\n\n[[stores.templates]]\nstep = "{step}"\nname = "offer_v1"\ncategory = "{category}"\n'
-            f'body_text = "Offer: {text}"\nbody = [{", ".join(f'"{b}"' for b in body)}]\n')
+            f'body_text = "Offer: {text}"\nbody = [{bound}]\n')
 
 
 def _refusal(step: str, why: str) -> str:
