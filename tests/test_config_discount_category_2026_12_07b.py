@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from connector.cli import app
-from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
+from tests.scenarios import conftest as _fixtures
 from tests.scenarios.harness import TEMPLATES
 from tests.scenarios.stores import SHOPIFY
 from tests.test_config_and_cli_errors import EXAMPLE, EXAMPLE_ENV, _no_traceback
@@ -18,6 +18,9 @@ from tests.test_config_and_cli_errors import EXAMPLE, EXAMPLE_ENV, _no_traceback
 runner = CliRunner()
 ASHA = "+919876543210"
 SHIPPED_TEMPLATE_END = '# header_image = "https://cdn.example/shipped.png"'
+
+# the scenarios' fixtures (tests/scenarios/conftest.py), for a test file outside that folder
+_world_server, world, sqlite_url, scenario = _fixtures._world_server, _fixtures.world, _fixtures.sqlite_url, _fixtures.scenario
 
 
 def _template(step: str, category: str, body: tuple[str, ...]) -> str:
