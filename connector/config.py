@@ -589,6 +589,37 @@ class _StoreBase(_Frozen):
             raise Problems.of([f"journeys.{p}" for p in problems])
         return self
 
+    @model_validator(mode="after")
+    def _discounts_are_marketing(self) -> "_StoreBase":
+        """A template that offers a discount is marketing (Meta: any promotional content makes it so, and it
+        re-categorises such a template): written "utility", a COD pay-now offer with its code was gated as
+        utility and reached customers who had stopped promotions. Refused: a utility template that binds
+        ``discount.code``, or for a step its journey gives a code to (``discount_steps(config)``, named by
+        ``discount_setting``; the code may reach her by the step's link, as the reorder link's ``?discount=``)."""
+        from connector.journeys.registry import journeys
+
+        known = journeys()
+        problems: list[tuple[str, str]] = []
+        for i, tpl in enumerate(self.templates):  # type: ignore[attr-defined]
+            if tpl.category != "utility":
+                continue
+            name, step = tpl.step.split(".", 1)
+            journey, cfg = known.get(name), self.journeys.get(name)  # type: ignore[attr-defined]
+            steps = getattr(journey, "discount_steps", None)
+            if "discount.code" in (*tpl.body, *(b.suffix for b in tpl.buttons)):
+                why = "binds discount.code"
+            elif cfg is not None and steps is not None and step in steps(cfg):
+                why = f"is given a discount code by journey {name} ({getattr(journey, 'discount_setting', 'discount_code')})"
+            else:
+                continue
+            problems.append((f"templates[{i}].category",
+                             f"'utility', but {tpl.step} {why}: a message that offers a discount is marketing (Meta "
+                             "re-categorises such a template), and gated as utility it would reach customers who opted "
+                             'out of promotions; use category "marketing"'))
+        if problems:
+            raise Problems(problems)
+        return self
+
     def warnings(self) -> list[str]:
         """Settings that load but work against each other: said by ``check-config`` and logged at
         start, not refused (a config that ran yesterday keeps running after an upgrade)."""

@@ -73,6 +73,9 @@ class ShipmentStatus(StrEnum):
     # the carrier cannot deliver until the customer acts (duties to pay, an address to confirm): a failed delivery
     BUYER_ACTION_REQUIRED = "buyer_action_required"
     RETURNING_TO_SENDER = "returning_to_sender"  # the courier gave up, the parcel goes back to the store: a failed delivery
+    # a failed delivery as Shopify's admin shows it (FulfillmentDisplayStatus, read by the reconcile), not saying which:
+    # the display has no word for returning to sender or waiting on the buyer
+    NOT_DELIVERED = "not_delivered"
     PICKED_UP = "picked_up"  # the customer collected it at the pickup point: delivered
     DELAYED = "delayed"
     DELIVERED = "delivered"

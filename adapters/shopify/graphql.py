@@ -38,7 +38,8 @@ same phone consent fields, ``phone_consents`` the one reading of them for both),
 ``sync/customer`` and normalised by ``normalize_customer_node``.
 ``displayStatus`` stands in for the webhook's ``shipment_status`` (the latest carrier event):
 the carrier values are the same words; FULFILLED, MARKED_AS_FULFILLED, SUBMITTED and CANCELED
-carry no carrier news (the webhook's ``null``) **[VERIFY that displayStatus follows the latest
+carry no carrier news (the webhook's ``null``); NOT_DELIVERED (a failed delivery the display enum names no
+further) is ``not_delivered``, a failed delivery (``_SHIPMENT_STATUSES``) **[VERIFY that displayStatus follows the latest
 fulfilment event, and that a fulfilment event moves the order's updatedAt, without which the
 reconcile does not re-read the order]**.
 
@@ -330,9 +331,12 @@ def normalize_node(node: dict, store: ShopifyStore) -> list[Event]:
     return [event, *listed, *_consents(data, store)]
 
 
-# FulfillmentDisplayStatus (2026-07) -> the webhook's shipment_status: the carrier events are the same
-# words; the rest say nothing of the carrier (the webhook's null). LABEL_VOIDED, NOT_DELIVERED and new
-# values are "other", never an error.
+# FulfillmentDisplayStatus (2026-10) -> the webhook's shipment_status: the carrier events are the same
+# words; FULFILLED, MARKED_AS_FULFILLED, SUBMITTED and CANCELED say nothing of the carrier (the webhook's
+# null; a cancelled fulfilment is its ``status``). NOT_DELIVERED is a failed delivery the display names no
+# further (it has no RETURNING_TO_SENDER or BUYER_ACTION_REQUIRED): ``not_delivered``, asked about and handed
+# off as the webhook's failures are. LABEL_VOIDED is "other": whether the parcel still goes is the
+# fulfilment's own status, not this word. New values are "other", never an error.
 _SHIPMENT_STATUSES = {s.value.upper(): s for s in ShipmentStatus if s not in (ShipmentStatus.NONE, ShipmentStatus.OTHER)}
 _NO_CARRIER_NEWS = frozenset({"FULFILLED", "MARKED_AS_FULFILLED", "SUBMITTED", "CANCELED"})
 

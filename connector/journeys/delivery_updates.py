@@ -3,7 +3,8 @@
 Carrier statuses mean what Shopify documents: ``attempted_delivery`` is a failed delivery
 (asked about, handed off), and so are the newer ``returning_to_sender`` (the courier gave up: the parcel
 goes back to the store) and ``buyer_action_required`` (the carrier cannot deliver until she acts), each
-case saying which (``FAILED_AS``); ``failure`` is a tracking failure ("something went wrong when
+case saying which (``FAILED_AS``), as is ``not_delivered`` (Shopify's display status for a failed delivery, read
+by the reconcile: after a failure the carrier's word told, it is that failure again); ``failure`` is a tracking failure ("something went wrong when
 pulling tracking information ... the tracking number was invalid or the shipment was
 canceled"), so a person hears of it and the customer is not told anything; ``picked_up``
 (collected at a pickup point) is delivered; ``delayed`` and ``carrier_picked_up`` say it has
@@ -102,12 +103,16 @@ STEP_FOR_STATUS = {
     "attempted_delivery": "failed",
     "returning_to_sender": "failed",
     "buyer_action_required": "failed",
+    "not_delivered": "failed",
 }
 # what a failed-delivery case says of each failure (``attempted_delivery``: the courier tried, as it always said)
 FAILED_AS = {
     "returning_to_sender": "the parcel is returning to the sender",
     "buyer_action_required": "the carrier needs the customer to act before it can deliver",
+    "not_delivered": "Shopify shows it not delivered (the carrier's own word was not heard)",
 }
+# Shopify's display word for a failed delivery: after a failure known by the carrier's own word it says nothing new
+NOT_DELIVERED = ev.ShipmentStatus.NOT_DELIVERED.value
 STEPS = tuple(dict.fromkeys(STEP_FOR_STATUS.values()))  # the updates ``steps`` may list
 TRACKING_FAILURE = ev.ShipmentStatus.FAILURE.value  # not a step: a person hears of it, the customer does not
 ARRIVED = frozenset(s.value for s in ev.DELIVERED_STATUSES)
@@ -516,6 +521,8 @@ class DeliveryUpdates:
         parcels = dict((run.state.get("parcels") or {}) if run else {})
         stored = parcels.get(f.external_id, run.state.get("last_status") if run is not None and "parcels" not in run.state else None)
         prev = _as_now_meant(stored, run, f.external_id)
+        if status == NOT_DELIVERED and STEP_FOR_STATUS.get(prev or "") == "failed":
+            status = prev or status  # the failure known by its carrier word, as the reconcile reads it: that word stands
         parcels[f.external_id] = status
         if status == TRACKING_FAILURE:
             return self._tracking_failed(run, facts, config, f, prev, parcels)
