@@ -140,6 +140,10 @@ class Send:
     # this step may be on record as skipped for a missing template value (a "shipped" message
     # tried before the tracking came): if so, that row is queued now with the full message
     retry_missing_value: bool = False
+    # this step may be on record as withdrawn before it went (skipped ``journey_ended``: a pay link held for the night
+    # when the store cancelled its order, the order since put back): if so, that row is queued again, as queueing it
+    # now would (the gate's quiet hours); one that went out, or was skipped for another reason, stays as it is
+    retry_withdrawn: bool = False
     # the step's nth time for the subject (a second failed delivery): its own outbox key, so it
     # is sent once again rather than taken for the first one repeated
     occurrence: int = 1

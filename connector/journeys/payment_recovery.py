@@ -35,7 +35,8 @@ does not bring the older one back: she or the store called the purchase off, and
 is as stale (WooCommerce cancels unpaid orders after its hold-stock minutes, the oldest first). Its own
 reminder never goes, but its run, which went on from the older try's reminder, listens on out that reminder's
 window as a reminded order cancelled does (``_called_off``), so her third try, paid, is the reminder's recovery.
-An order the store puts back after a cancel (pending again) is chased as before it (``_restored``).
+An order the store puts back after a cancel (pending again) is chased as before it (``_restored``): a reminder the
+cancel withdrew before it went (held for quiet hours) is queued again.
 
 A WooCommerce order she moves to a bank transfer or cheque on the pay page (``on-hold``) has no pay link any
 more, as one placed so, which this journey never chases: it ends the run unpaid (``closed``), its reminder
@@ -181,7 +182,7 @@ class PaymentRecovery:
             paid = isinstance(event, ev.OrderPaid) or (o is not None and o.payment_state == "paid")
             return [Wake(None), Update({"paid": paid}), Finish("paid_without_reminder" if paid else "closed")]
         if run.state.get("order_cancelled") and isinstance(event, ev.OrderUpdated) and o is not None:
-            return _restored(event, run, facts, config)  # the store put the cancelled order back (not cancelled, unpaid)
+            return _restored(event, run, facts, config, now)  # the store put the cancelled order back (not cancelled, unpaid)
         if isinstance(event, (ev.OrderPlaced, ev.OrderUpdated)) and o is not None and not run.state.get("reminded"):
             return _rescheduled(event, run, o, config)
         if isinstance(event, TimerFired):
@@ -212,11 +213,13 @@ def _called_off(run: Run) -> list[Command]:
     reminder not queued yet never goes), but the run listens on as it did (its timer: out the attribution window of
     the reminder that went out, its own or the older try's, ``_listens_until``), so her new try at the purchase, paid
     after the reminder, is still its recovery (``_credit_try``), as ``checkout_recovery``'s ``_cancelled`` has it for
-    a cart's unpaid order. Never bought anew, it ends ``closed`` as before."""
+    a cart's unpaid order. Never bought anew, it ends ``closed`` as before. A newer try whose own reminder had no
+    time planned (terms given without a date: due on fulfilment) listens from when it could have replaced the older
+    try no more, and on out that reminder's window (``_window_over``), not for ever."""
     if run.state.get("order_cancelled"):
         return []  # the cancel heard again (its update echoes it)
     # a run whose own reminder was still to come plans no message any more: its timer only listens
-    listens = [] if run.state.get("reminded") or run.next_due_at is None else [Wake(run.next_due_at, listening=True)]
+    listens = [] if run.state.get("reminded") else [Wake(run.next_due_at or _placed(run) + REPLACED_WITHIN, listening=True)]
     return [Update({"order_cancelled": True}), Withdraw(), *listens]
 
 
@@ -231,18 +234,24 @@ def _window_over(run: Run, facts: Facts, config: PaymentRecoveryConfig, now: dat
     return [Finish(outcome, skip_waiting=False)]
 
 
-def _restored(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig) -> list[Command]:
+def _restored(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig, now: datetime) -> list[Command]:
     """News of an order the run heard cancelled (``_called_off``): still cancelled (an echo), nothing; put back by the
     store (a WooCommerce order moved from cancelled back to pending payment), it is her order again, unpaid: the run
     goes on as before the cancel, so it ends ``reminded``, not ``closed``, if she never pays; a run whose own reminder
     was still to come at the cancel (her newer try) has it planned again, from when the order is chased
-    (``_chase_from``). Paid, authorised or moved to a bank transfer on the way back: ``_stops`` had it first."""
+    (``_chase_from``). A run whose reminder was queued but never went out (held for quiet hours when the cancel
+    withdrew it: ``facts.extra["reminders_sent"]`` none) has that reminder queued again (``retry_withdrawn``: the
+    same row, so once; the gate holds it for the morning), and listens out its window from now, as when it was first
+    queued. Paid, authorised or moved to a bank transfer on the way back: ``_stops`` had it first."""
     if facts.order is None or facts.order.cancelled:
         return []
     back: list[Command] = [Update({"order_cancelled": False})]
     if not run.state.get("reminded"):
-        due = _chase_from(event, facts, config)
-        back += [Wake(due)] if due is not None else []
+        back.append(Wake(_chase_from(event, facts, config)))  # none while its terms give no date, as before the cancel
+    elif not facts.extra.get("reminders_sent") and (due := _chase_from(event, facts, config)) is not None:
+        listen = max(_placed(run) + REPLACED_WITHIN, max(due, now) + timedelta(days=config.attribution_days), run.next_due_at or now)
+        back += [Send("remind", order_context(facts), due_at=due if due > now else None, retry_withdrawn=True),
+                 Wake(listen, listening=True)]
     return back
 
 

@@ -916,7 +916,8 @@ class JourneyRunner:
                 else:
                     queued = queue_template(conn, store=store, store_id=store_id, contact_id=contact_id, journey=journey, step=cmd.step,
                                             subject=subject, context=cmd.context, now=now, due_at=cmd.due_at,
-                                            retry_missing_value=cmd.retry_missing_value, occurrence=cmd.occurrence)
+                                            retry_missing_value=cmd.retry_missing_value, occurrence=cmd.occurrence,
+                                            retry_withdrawn=cmd.retry_withdrawn)
                     held_send = held_send or queued.deferred
                     if queued.deferred and run_id is not None and not created and getattr(journeys().get(journey), "marketing", False):
                         _supersede_waiting(conn, store, store_id, journey, cmd.step, subject, now)

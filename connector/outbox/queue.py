@@ -96,9 +96,12 @@ def queue_template(
     due_at: datetime | None = None,
     retry_missing_value: bool = False,
     occurrence: int = 1,
+    retry_withdrawn: bool = False,
 ) -> Queued:
     """Render, gate and queue a journey step's template. ``retry_missing_value``: the step may be
     on record as skipped for a missing value (``Send.retry_missing_value``); that row is queued.
+    ``retry_withdrawn``: the step may be on record as withdrawn before it went (``journey_ended``:
+    ``Send.retry_withdrawn``); that row is queued, with the message as it reads now.
     ``occurrence``: the step's nth time for this subject (``step_key``)."""
     tpl = store.template_for(f"{journey}.{step}")
     key = step_key(journey, step, subject, occurrence)
@@ -127,8 +130,9 @@ def queue_template(
             when = decision.defer_until or when
         elif not decision.allowed:
             reason = decision.reason
-    if reason is None and retry_missing_value:
-        requeued = _requeue_missing_value(conn, store_id, key, payload, when, now)
+    if reason is None and (retry_missing_value or retry_withdrawn):
+        requeued = _requeue_skipped(conn, store_id, key, payload, when, now, missing_value=retry_missing_value,
+                                    withdrawn=retry_withdrawn)
         if requeued is not None:
             return Queued(requeued, "pending", deferred=when > now)
     new_id = ob.enqueue(
@@ -209,13 +213,16 @@ def refresh_template(
     return True
 
 
-def _requeue_missing_value(conn: Connection, store_id: int, key: str, payload: dict[str, Any], due_at: datetime,
-                           now: datetime) -> int | None:
-    """The key's row skipped for a missing value becomes pending with the full message; its id, or
-    None (no such row: the key is new, or its message was queued or sent, and stays once)."""
+def _requeue_skipped(conn: Connection, store_id: int, key: str, payload: dict[str, Any], due_at: datetime,
+                     now: datetime, *, missing_value: bool, withdrawn: bool) -> int | None:
+    """The key's row skipped for a missing value (``missing_value``), or withdrawn before it went (``withdrawn``:
+    skipped ``journey_ended``), becomes pending with the full message; its id, or None (no such row: the key is
+    new, or its message was queued or sent, or skipped for another reason, and stays once)."""
     flush(conn)  # the skipped row may be held for the batch's executemany
     row = conn.execute(_BY_KEY, {"sid": store_id, "key": key[:255]}).first()
-    if row is None or row.status != "skipped" or not (row.skip_reason or "").startswith("missing_value"):
+    why = (row.skip_reason or "") if row is not None else ""
+    if row is None or row.status != "skipped" or not (
+            (missing_value and why.startswith("missing_value")) or (withdrawn and why == "journey_ended")):
         return None
     update_by_id(conn, OUTBOX, row.id, {"status": "pending", "skip_reason": None, "payload": payload, "due_at": due_at,
                                      "planned_at": due_at, "updated_at": now})
