@@ -301,7 +301,20 @@ def record(conn: Connection, store: Any, store_id: int, event: Any, now: datetim
     new, verdict, news = _lowered_limit(store, event, health, new, verdict)
     if new is not health:
         conn.execute(update(STORES).where(STORES.c.id == store_id).values(whatsapp_health=new, whatsapp_held_until=held_until(new, now)))
+        _limit_raised(conn, health, new, now)
     return verdict, news
+
+
+def _limit_raised(conn: Connection, before: dict[str, Any], after: dict[str, Any], now: datetime) -> None:
+    """Meta raised the portfolio's limit (shared by the deployment's stores): the messages held for the old one are
+    due now, and the next claims meter them at the new one (those still without room are held again, until when
+    the new limit has room)."""
+    was, limit = _part(before, "limit").get("value"), _part(after, "limit").get("value")
+    if limit is None or tier(limit) == tier(was) or lowered(was, limit):
+        return
+    from connector.outbox.store import release_held
+
+    release_held(conn, now)
 
 
 def _lowered_limit(store: Any, event: Any, before: dict[str, Any], after: dict[str, Any],
@@ -370,6 +383,7 @@ def record_reading(conn: Connection, store: Any, store_id: int, reading: NumberR
         # only the rating and the limit: a reading says nothing of restrictions or bans, so the sends' hold
         # (``whatsapp_held_until``) is left to the webhooks and to ``end_passed_holds``, which tells its end
         conn.execute(update(STORES).where(STORES.c.id == store_id).values(whatsapp_health=new))
+        _limit_raised(conn, health, new, now)
     return told
 
 

@@ -613,8 +613,22 @@ def record_inbound(
         contact = contact_row(conn, contact_id)
         if contact.last_inbound_at is None or contact.last_inbound_at < at:
             update_by_id(conn, CONTACTS, contact_id, dict(last_inbound_at=at, updated_at=now))
+            _release_held(conn, contact_id, now)
         if not contact.reachable:
             reachable_again(conn, store_id, contact_id, at, now)
+
+
+def _release_held(conn: Connection, contact_id: int, now: datetime) -> None:
+    """Her messages held for the messaging limit are due now: her service window is open, so a template starts no
+    conversation (the claim meters it again). With the transaction cache, one executemany at the batch's flush."""
+    from connector.outbox.store import RELEASE_OF_CONTACT
+
+    row = {"cid": contact_id, "now": now}
+    cache = current(conn)
+    if cache is None:
+        conn.execute(RELEASE_OF_CONTACT, row)
+    elif not cache.held_later(RELEASE_OF_CONTACT, contact_id):
+        cache.hold_later(RELEASE_OF_CONTACT, [row], contact_id)
 
 
 # 131026 (undeliverable): when we last tried a send WhatsApp refused so, by the send's time: a

@@ -14,11 +14,13 @@ one while fewer customers than its kind's stop are counted; any other is held. M
 store's ``messaging_limit_marketing_percent`` of the limit (80% by default), so order, COD and delivery
 messages (utility) keep the rest; they stop at the limit. A held message stays pending, no try spent,
 due again when enough counted customers have left the moving window for its kind to have room (at the
-limit: when the oldest leaves), and, as after any hold, one held past its send_within limit is skipped as
-too_late then. Messages inside her service window (free-form, or a template to a customer who wrote in
+limit: when the oldest leaves), or at once (``store.release_held``) when that no longer holds: she writes to
+the store (her window opens: ``state.record_inbound``), a message to her (of any of the stores) is counted by a
+claim, or Meta raises the limit (``number_health``); the claim then meters it again. As after any hold,
+one held past its send_within limit is skipped as too_late then. Messages inside her service window (free-form, or a template to a customer who wrote in
 the last 24 h) are never held: they start no conversation.
 
-Counted: the unique customers the stored rows say were sent a template (sending, sent, delivered, read,
+Counted: the unique customers (by the number messaged: a customer of two stores is one) the stored rows say were sent a template (sending, sent, delivered, read,
 uncertain, dry run) in the last 24 h, except one who had written to the store in the 24 h before it (her
 window was open). The contact keeps her latest message's time only: one who wrote both before and after
 our template is counted, which holds a send too many rather than loses one. Read in the claim's
@@ -44,7 +46,7 @@ from sqlalchemy import Connection, bindparam, func, select
 
 from connector.contacts import in_service_window
 from connector.number_health import limit_of, tier
-from connector.outbox.store import SENT_AT, SENT_STATES, Claimed
+from connector.outbox.store import SENT_AT, SENT_STATES, Claimed, release_held
 from connector.policy import ContactFacts, PolicyRules, check
 from connector.storage.sql import CONTACTS, OUTBOX, STORES
 
@@ -62,7 +64,8 @@ LOCK = int.from_bytes(b"sl-limit", "big") & 0x7FFF_FFFF_FFFF_FFFF
 # before (``policy.send_by``: held longer, the claim skips it as too_late), so ``floor`` (``since`` less that
 # limit) bounds the rows read to a day and a little of sends, not the whole send history.
 _SENT_TEMPLATES = (
-    select(OUTBOX.c.contact_id, SENT_AT.label("sent_at"), CONTACTS.c.last_inbound_at)
+    select(OUTBOX.c.contact_id, OUTBOX.c.payload[("message", "to")].as_string().label("to"), SENT_AT.label("sent_at"),
+           CONTACTS.c.last_inbound_at)
     .join_from(OUTBOX, CONTACTS, CONTACTS.c.id == OUTBOX.c.contact_id)
     .where(
         OUTBOX.c.status.in_(SENT_STATES),
@@ -94,34 +97,44 @@ def stop_for(category: str | None, limit: int, marketing_percent: float) -> int:
     return limit
 
 
-def window_use(conn: Connection, store_ids: list[int], now: datetime, longest_hold: timedelta) -> dict[int, datetime]:
-    """The customers counted against the limit at ``now``, each with her latest counted template's time
-    (one query)."""
+def recipient(to: Any, contact_id: int | None) -> str:
+    """Whom Meta counts: the number a message goes to, one customer whichever store's contact she is; a row
+    without one (never sent so) by its contact."""
+    return to if isinstance(to, str) and to else f"contact:{contact_id}"
+
+
+def window_use(conn: Connection, store_ids: list[int], now: datetime, longest_hold: timedelta) -> dict[str, datetime]:
+    """The customers counted against the limit at ``now`` (``recipient``: one per number, across the stores),
+    each with her latest counted template's time (one query)."""
     since = now - WINDOW
-    counted: dict[int, datetime] = {}
+    counted: dict[str, datetime] = {}
     for r in conn.execute(_SENT_TEMPLATES, {"sids": store_ids, "since": since, "floor": since - longest_hold}):
         if r.sent_at <= since:
             continue  # left the window: counted while it was less than 24 h old, so a held send is due after now
         if r.last_inbound_at is not None and r.last_inbound_at <= r.sent_at and in_service_window(r.last_inbound_at, r.sent_at):
             continue  # she had written within the 24 h before: inside her window, no conversation started
-        if r.contact_id not in counted or counted[r.contact_id] < r.sent_at:
-            counted[r.contact_id] = r.sent_at
+        who = recipient(r.to, r.contact_id)
+        if who not in counted or counted[who] < r.sent_at:
+            counted[who] = r.sent_at
     return counted
 
 
-def admit(wanted: list[tuple[int, int, int]], counted: Mapping[int, datetime], now: datetime) -> tuple[dict[int, datetime], int]:
-    """Which of ``wanted`` (row id, contact id, the count at which its kind stops; in claim order) are held,
-    each with when its kind has room again, and the count once the others go. ``counted``: contact -> her
+def admit(wanted: list[tuple[int, str, int]], counted: Mapping[str, datetime], now: datetime) -> tuple[dict[int, datetime], int]:
+    """Which of ``wanted`` (row id, recipient, the count at which its kind stops; in claim order) are held,
+    each with when its kind has room again, and the count once the others go. ``counted``: recipient -> her
     latest counted send. Pure."""
     seen = dict(counted)
     held: dict[int, int] = {}
-    for row_id, contact, stop in wanted:
-        if contact in seen:
+    to: dict[int, str] = {}
+    for row_id, who, stop in wanted:
+        if who in seen:
             continue  # counted already: another message to her starts nothing new
         if len(seen) < stop:
-            seen[contact] = now
+            seen[who] = now
             continue
-        held[row_id] = stop
+        held[row_id], to[row_id] = stop, who
+    # one held before a message of a kind with room counted her in this batch (her reminder, then her order's): it goes
+    held = {row_id: stop for row_id, stop in held.items() if to[row_id] not in seen}
     if not held:
         return {}, len(seen)
     # a contact leaves the window 24 h after her latest counted send; a kind has room once all but stop - 1 have
@@ -170,7 +183,7 @@ class Meter:
         stops = {sid: stop_for("marketing", limit, s.policy.messaging_limit_marketing_percent) for sid, s in self.stores.items()}
         if self._far_from(min(stops[r.store_id] if r.category == "marketing" else limit for r in templates), len(templates)):
             return {}
-        kinds = [(r.id, r.contact_id, stops[r.store_id] if r.category == "marketing" else limit)
+        kinds = [(r.id, recipient(r.payload["message"].get("to"), r.contact_id), stops[r.store_id] if r.category == "marketing" else limit)
                  for r in templates if self._gate_lets_go(r, now)]
         if not kinds:
             return {}
@@ -178,6 +191,10 @@ class Meter:
             conn.execute(select(func.pg_advisory_xact_lock(LOCK)))
         counted = window_use(conn, self.store_ids, now, self.longest_hold)
         held, count = admit(kinds, counted, now)
+        # customers this batch counts: a message to her held before (in any store) starts nothing new now, due at once
+        new = sorted({who for row_id, who, _ in kinds if row_id not in held and who not in counted and not who.startswith("contact:")})
+        if new:
+            release_held(conn, now, store_ids=self.store_ids, recipients=new)
         self._read = (self.monotonic(), count)
         self._tell(held, count, limit, min(stops.values(), default=limit))
         self.held += len(held)

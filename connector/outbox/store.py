@@ -554,6 +554,27 @@ def claim(
 HELD_FOR_LIMIT = "messaging_limit"
 _HOLD_BY_ID = (OUTBOX.update().where(OUTBOX.c.id == bindparam("_id"), OUTBOX.c.status == "pending")
                .values(due_at=bindparam("due"), skip_reason=HELD_FOR_LIMIT, updated_at=bindparam("now")))
+# A held message's due time is when the window would have room for its kind as the count stood at the hold; it is
+# due at once (the next claim meters it again) when that no longer holds: she wrote to the store (her service window
+# is open, the template starts no conversation: ``state.record_inbound``), another of her messages was counted (the
+# claim: ``meter.Meter.hold``), or Meta changed the limit (``number_health``). Only held rows (``skip_reason``) move.
+_HELD = (OUTBOX.c.status == "pending", OUTBOX.c.channel == "whatsapp", OUTBOX.c.skip_reason == HELD_FOR_LIMIT,
+         OUTBOX.c.due_at > bindparam("now"))
+# by the (contact_id, updated_at) index: a customer has tens of rows
+RELEASE_OF_CONTACT = OUTBOX.update().where(OUTBOX.c.contact_id == bindparam("cid"), *_HELD).values(
+    due_at=bindparam("now"), updated_at=bindparam("now"))
+
+
+def release_held(conn: Connection, now: datetime, *, store_ids: list[int] | None = None, recipients: list[str] | None = None) -> int:
+    """Held messages due now: with ``recipients`` (numbers), those to them in ``store_ids`` (her contacts of each
+    store, by the contacts' (store, phone) index); without, every held message (Meta changed the limit: rare)."""
+    query = OUTBOX.update().where(*_HELD)
+    if recipients is not None:
+        if not recipients:
+            return 0
+        query = query.where(OUTBOX.c.contact_id.in_(select(CONTACTS.c.id).where(
+            CONTACTS.c.store_id.in_(store_ids or []), CONTACTS.c.phone_key.in_(sorted(set(recipients))))))
+    return conn.execute(query.values(due_at=now, updated_at=now), {"now": now}).rowcount
 
 
 def _read_facts(conn: Connection, rows: list[Claimed], since: datetime, channel: str) -> None:
