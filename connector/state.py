@@ -620,15 +620,21 @@ def record_inbound(
 
 def _release_held(conn: Connection, contact_id: int, now: datetime) -> None:
     """Her messages held for the messaging limit are due now: her service window is open, so a template starts no
-    conversation (the claim meters it again). With the transaction cache, one executemany at the batch's flush."""
-    from connector.outbox.store import RELEASE_OF_CONTACT
+    conversation (the claim meters it again). With the transaction cache, one read of the batch's writers' rows at
+    its flush (``outbox.store.release_of_contacts``)."""
+    from connector.outbox.store import release_of_contacts
 
-    row = {"cid": contact_id, "now": now}
     cache = current(conn)
     if cache is None:
-        conn.execute(RELEASE_OF_CONTACT, row)
-    elif not cache.held_later(RELEASE_OF_CONTACT, contact_id):
-        cache.hold_later(RELEASE_OF_CONTACT, [row], contact_id)
+        release_of_contacts(conn, [contact_id], now)
+    else:
+        cache.defer("outbox.release_held", _release_deferred, (contact_id, now))
+
+
+def _release_deferred(conn: Connection, items: list[tuple[int, datetime]]) -> None:
+    from connector.outbox.store import release_of_contacts
+
+    release_of_contacts(conn, [cid for cid, _ in items], min(now for _, now in items))
 
 
 # 131026 (undeliverable): when we last tried a send WhatsApp refused so, by the send's time: a

@@ -242,12 +242,15 @@ def _restored(event: Any, run: Run, facts: Facts, config: PaymentRecoveryConfig,
     (``_chase_from``). A run whose reminder was queued but never went out (held for quiet hours when the cancel
     withdrew it: ``facts.extra["reminders_sent"]`` none) has that reminder queued again (``retry_withdrawn``: the
     same row, so once; the gate holds it for the morning), and listens out its window from now, as when it was first
-    queued. Paid, authorised or moved to a bank transfer on the way back: ``_stops`` had it first."""
+    queued, unless she is paying her new try by bank transfer meanwhile (``awaits_order``: asked once, not twice).
+    Paid, authorised or moved to a bank transfer on the way back: ``_stops`` had it first."""
     if facts.order is None or facts.order.cancelled:
         return []
     back: list[Command] = [Update({"order_cancelled": False})]
     if not run.state.get("reminded"):
         back.append(Wake(_chase_from(event, facts, config)))  # none while its terms give no date, as before the cancel
+    elif run.state.get("awaits_order"):
+        pass  # she pays her new try by bank transfer meanwhile: no link to pay this one too (``_await_transfer``)
     elif not facts.extra.get("reminders_sent") and (due := _chase_from(event, facts, config)) is not None:
         listen = max(_placed(run) + REPLACED_WITHIN, max(due, now) + timedelta(days=config.attribution_days), run.next_due_at or now)
         back += [Send("remind", order_context(facts), due_at=due if due > now else None, retry_withdrawn=True),
