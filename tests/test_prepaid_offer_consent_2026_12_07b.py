@@ -2,7 +2,7 @@
 
 The offer goes out as its template's category in the config: a marketing template needs her marketing opt-in,
 which "Stop promotions" or WhatsApp's own marketing "stop" takes back; a utility one is stopped by a STOP (which
-opts her out of everything). The gate is applied again when the message goes out, so an opt-out given while the
+opts her out of everything; a utility offer carries no discount code, which would make it marketing). The gate is applied again when the message goes out, so an opt-out given while the
 offer waits (quiet hours) stops it. What reaches her phone is the assertion.
 """
 
@@ -21,9 +21,16 @@ from tests.test_consent_and_spacing_fixes import _text
 ASHA = "+919876543210"
 
 
+# a utility offer is only her order's pay link: one with a discount code is marketing, refused as utility at load
+# (tests/test_config_discount_category_2026_12_07b.py)
+UTILITY_OFFER = {**OFFER, "category": "utility", "body_text": "Pay now for {{1}}: {{2}}", "body": ["order.name", "order.payment_url"]}
+NO_CODE = {"cod_confirmation": {k: v for k, v in JOURNEYS["cod_confirmation"].items() if k != "prepaid_discount_code"}}
+
+
 def _store(sc_factory, db_url, category: str, **policy):
-    return sc_factory(db_url, "shopify", journeys=JOURNEYS, policy=policy,
-                      store_settings={"templates": [*TEMPLATES, {**OFFER, "category": category}]})
+    utility = category == "utility"
+    return sc_factory(db_url, "shopify", journeys=NO_CODE if utility else JOURNEYS, policy=policy,
+                      store_settings={"templates": [*TEMPLATES, UTILITY_OFFER if utility else {**OFFER, "category": category}]})
 
 
 def _asked(sc) -> None:
@@ -77,6 +84,13 @@ def test_a_marketing_offer_held_for_the_morning_is_not_sent_after_she_stops_mark
         _text(sc, ASHA, how, sc.now, "wamid.OPTOUT")
     sc.at(SHOPIFY.local(10, 0) + timedelta(days=1))
     assert sc.templates_to(ASHA) == ["cod_confirm_v1"]
+
+
+def test_a_utility_offer_reaches_her_when_she_stopped_nothing(db_url, scenario, world):
+    sc = _store(scenario, db_url, "utility", quiet_hours="")
+    _asked(sc)
+    _confirm(sc)
+    assert sc.templates_to(ASHA) == ["cod_confirm_v1", "prepaid_v1"]
 
 
 def test_a_utility_offer_is_not_sent_after_her_stop(db_url, scenario, world):
