@@ -117,6 +117,17 @@ def went_to(fake) -> Counter:
     return Counter(c.template for c in fake.accepted())
 
 
+def limited(db, db_url, sandbox, tier: str | None, settings_of=None):  # type: ignore[no-untyped-def]
+    """A deployment on the sandbox whose WhatsApp limit Meta said is ``tier`` (None: not said yet): (fake, url,
+    settings, store ids). ``settings_of``: another deployment than ``limit_settings``'s one store."""
+    fake, url = sandbox
+    settings = (settings_of or limit_settings)(db_url, url)
+    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    if tier is not None:
+        read_limit(db, settings, ids, url, fake, tier)
+    return fake, url, settings, ids
+
+
 def limit_lines(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "storeloop.dispatcher" and "messaging limit" in r.getMessage()]
 
@@ -125,11 +136,8 @@ def limit_lines(caplog) -> list[str]:
 
 def test_a_burst_of_300_reminders_at_a_250_limit_sends_the_marketing_share_and_the_rest_once_the_window_moves(
         db, db_url, sandbox, caplog):
-    fake, url = sandbox
-    settings = limit_settings(db_url, url)
-    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    fake, url, settings, ids = limited(db, db_url, sandbox, "TIER_250")
     sid = ids["shop-a"]
-    read_limit(db, settings, ids, url, fake, "TIER_250")
     reminders(db, settings, sid, range(300))
     clock = Clock(NOON_IST)
 
@@ -157,11 +165,8 @@ def test_a_burst_of_300_reminders_at_a_250_limit_sends_the_marketing_share_and_t
 # ---- 1b. utility may use the rest ------------------------------------------------------------------------
 
 def test_order_messages_use_the_rest_of_the_limit_once_marketing_stops(db, db_url, sandbox):
-    fake, url = sandbox
-    settings = limit_settings(db_url, url)
-    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    fake, url, settings, ids = limited(db, db_url, sandbox, "TIER_250")
     sid = ids["shop-a"]
-    read_limit(db, settings, ids, url, fake, "TIER_250")
     reminders(db, settings, sid, range(210))
     cod_asks(db, settings, sid, range(1000, 1060))
     clock = Clock(NOON_IST)
@@ -179,11 +184,8 @@ def test_order_messages_use_the_rest_of_the_limit_once_marketing_stops(db, db_ur
 # ---- 2. never held: a customer already counted, or inside her service window --------------------------------
 
 def test_a_customer_already_messaged_in_the_window_or_writing_to_the_store_is_never_held(db, db_url, sandbox):
-    fake, url = sandbox
-    settings = limit_settings(db_url, url)
-    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    fake, url, settings, ids = limited(db, db_url, sandbox, "TIER_250")
     sid = ids["shop-a"]
-    read_limit(db, settings, ids, url, fake, "TIER_250")
     counted = reminders(db, settings, sid, range(200))
     cod_asks(db, settings, sid, range(1000, 1050))
     clock = Clock(NOON_IST)
@@ -212,11 +214,8 @@ def test_a_customer_already_messaged_in_the_window_or_writing_to_the_store_is_ne
 # ---- 3. what the stored rows say: several dispatchers, a restart --------------------------------------------
 
 def test_two_dispatchers_at_once_keep_to_the_limit_together(db, db_url, sandbox):
-    fake, url = sandbox
-    settings = limit_settings(db_url, url)
-    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    fake, url, settings, ids = limited(db, db_url, sandbox, "TIER_250")
     sid = ids["shop-a"]
-    read_limit(db, settings, ids, url, fake, "TIER_250")
     reminders(db, settings, sid, range(300))
     clock = Clock(NOON_IST)
 
@@ -230,9 +229,7 @@ def test_two_dispatchers_at_once_keep_to_the_limit_together(db, db_url, sandbox)
 # ---- 4. no limit heard yet ----------------------------------------------------------------------------------
 
 def test_with_no_limit_heard_from_meta_nothing_is_held_and_the_log_says_so_once(db, db_url, sandbox, caplog):
-    fake, url = sandbox
-    settings = limit_settings(db_url, url)
-    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    fake, url, settings, ids = limited(db, db_url, sandbox, None)
     reminders(db, settings, ids["shop-a"], range(300))
 
     with caplog.at_level(logging.INFO, logger="storeloop.dispatcher"):
@@ -245,20 +242,14 @@ def test_with_no_limit_heard_from_meta_nothing_is_held_and_the_log_says_so_once(
 def test_a_store_far_below_its_limit_sends_everything(db, db_url, sandbox):
     """At 2,000 (1,600 for marketing) a burst of 300 reminders goes out whole, the count read once and
     not again for each batch while it cannot have come near the limit."""
-    fake, url = sandbox
-    settings = limit_settings(db_url, url)
-    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
-    read_limit(db, settings, ids, url, fake, "TIER_2K")
+    fake, url, settings, ids = limited(db, db_url, sandbox, "TIER_2K")
     reminders(db, settings, ids["shop-a"], range(300))
     dispatch(db, settings, ids, Clock(NOON_IST), url)
     assert went_to(fake) == {"reorder_v1": 300}
 
 
 def test_an_unlimited_portfolio_holds_nothing(db, db_url, sandbox):
-    fake, url = sandbox
-    settings = limit_settings(db_url, url)
-    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
-    read_limit(db, settings, ids, url, fake, "TIER_UNLIMITED")
+    fake, url, settings, ids = limited(db, db_url, sandbox, "TIER_UNLIMITED")
     reminders(db, settings, ids["shop-a"], range(300))
     dispatch(db, settings, ids, Clock(NOON_IST), url)
     assert went_to(fake) == {"reorder_v1": 300}

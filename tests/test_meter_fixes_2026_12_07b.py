@@ -13,11 +13,10 @@ from datetime import timedelta
 
 from connector.config import parse_settings
 from connector.outbox.queue import queue_template
-from connector.storage.inbox import sync_stores
 from tests.conftest import PHONE_ID_A, settings_dict
 from tests.scenarios.conftest import _world_server, scenario, sqlite_url, world  # noqa: F401 (fixtures)
 from tests.scenarios.stores import SHOPIFY
-from tests.test_messaging_limit_2026_12_07b import (DAY, cod_asks, dispatch, limit_settings, read_limit, reminders, statuses,
+from tests.test_messaging_limit_2026_12_07b import (DAY, cod_asks, dispatch, limited, read_limit, reminders, statuses,
                                                     went_to)
 from tests.test_number_health import account
 from tests.test_outbox import CONTEXT, NOON_IST, TEMPLATES, Clock, outbox_rows, sandbox, seed_contact  # noqa: F401 (fixture)
@@ -80,11 +79,8 @@ def test_another_customer_writing_frees_nobody_else(sqlite_url, scenario, world)
 def test_a_held_reminder_goes_once_an_order_message_to_her_is_counted(db, db_url, sandbox):
     """At 250, reminders stop at 200: the 201st customer's reminder is held. Her COD question (utility, room up to
     250) then goes: she is counted, so her reminder starts nothing new and goes too, the same minute."""
-    fake, url = sandbox
-    settings = limit_settings(db_url, url)
-    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    fake, url, settings, ids = limited(db, db_url, sandbox, "TIER_250")
     sid = ids["shop-a"]
-    read_limit(db, settings, ids, url, fake, "TIER_250")
     reminders(db, settings, sid, range(201))
     clock = Clock(NOON_IST)
     dispatch(db, settings, ids, clock, url)
@@ -117,11 +113,8 @@ def test_held_messages_go_once_meta_raises_the_limit(sqlite_url, scenario, world
 def test_held_reminders_go_when_the_worker_reads_a_raised_limit_and_the_dashboard_clears(db, db_url, sandbox):
     """The worker's reading of the number (not a webhook) says 1K: the reminders held at 250 go at the next
     dispatch, and the dashboard no longer shows sends held for the limit."""
-    fake, url = sandbox
-    settings = limit_settings(db_url, url)
-    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    fake, url, settings, ids = limited(db, db_url, sandbox, "TIER_250")
     sid = ids["shop-a"]
-    read_limit(db, settings, ids, url, fake, "TIER_250")
     reminders(db, settings, sid, range(230))
     clock = Clock(NOON_IST)
     dispatch(db, settings, ids, clock, url)
@@ -140,11 +133,8 @@ def test_held_reminders_go_when_the_worker_reads_a_raised_limit_and_the_dashboar
 
 def test_a_lowered_limit_leaves_held_messages_held(db, db_url, sandbox):
     """250 -> 50: nothing held has room: they keep waiting (and the dashboard keeps its time)."""
-    fake, url = sandbox
-    settings = limit_settings(db_url, url)
-    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
+    fake, url, settings, ids = limited(db, db_url, sandbox, "TIER_250")
     sid = ids["shop-a"]
-    read_limit(db, settings, ids, url, fake, "TIER_250")
     reminders(db, settings, sid, range(210))
     clock = Clock(NOON_IST)
     dispatch(db, settings, ids, clock, url)
@@ -178,10 +168,7 @@ def ask(db, store, sid: int, number: str, n: int) -> None:
 def test_a_customer_of_two_stores_counts_once_against_the_shared_limit(db, db_url, sandbox):
     """(rev7c) Two stores of one WhatsApp Business Account (one shared limit, 250). 130 customers order in both:
     Meta counts 130 unique users messaged, so every order question goes."""
-    fake, url = sandbox
-    settings = two_stores(db_url, url)
-    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
-    read_limit(db, settings, ids, url, fake, "TIER_250")
+    fake, url, settings, ids = limited(db, db_url, sandbox, "TIER_250", two_stores)
     for n in range(130):
         for store in settings.stores[:2]:
             ask(db, store, ids[store.key], f"+91981{n:07d}", n)
@@ -191,10 +178,7 @@ def test_a_customer_of_two_stores_counts_once_against_the_shared_limit(db, db_ur
 
 def test_two_stores_together_still_stop_at_the_shared_limit(db, db_url, sandbox):
     """Distinct customers across the two stores still count one each: 150 + 150 at a limit of 250 sends 250."""
-    fake, url = sandbox
-    settings = two_stores(db_url, url)
-    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
-    read_limit(db, settings, ids, url, fake, "TIER_250")
+    fake, url, settings, ids = limited(db, db_url, sandbox, "TIER_250", two_stores)
     for i, store in enumerate(settings.stores[:2]):
         for n in range(150):
             ask(db, store, ids[store.key], f"+9198{i}{n:07d}", n)
@@ -205,10 +189,7 @@ def test_two_stores_together_still_stop_at_the_shared_limit(db, db_url, sandbox)
 def test_a_reminder_held_in_one_store_goes_once_the_other_store_messages_her(db, db_url, sandbox):
     """At 250 store A's reminders stop at 200: the 201st customer's is held. Store B, of the same account, then sends
     her an order question (utility, room up to 250): she is counted, so A's reminder to her goes too."""
-    fake, url = sandbox
-    settings = two_stores(db_url, url)
-    ids = sync_stores(db, [(s.key, s.platform) for s in settings.stores])
-    read_limit(db, settings, ids, url, fake, "TIER_250")
+    fake, url, settings, ids = limited(db, db_url, sandbox, "TIER_250", two_stores)
     a, b = settings.stores[:2]
     reminders(db, settings, ids[a.key], range(201))
     clock = Clock(NOON_IST)
