@@ -9,23 +9,20 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import event
 
 from connector.outbox.store import release_held, release_of_contacts
 from connector.storage.sql import CONTACTS, STORES
-from connector.storage.db import make_engine
 from tests.scenarios.stores import WOOCOMMERCE
 from tests.scenarios.test_woo_recovery import unpaid
 from tests.test_payment_restore_fixes_2026_12_07b import _cancelled_in_the_night, _put_back
 from tests.test_payment_review2_2026_12_07 import pay_reminders
 from tests.test_payment_review_2026_12_07 import bank_transfer
 from tests.scenarios import conftest as _fixtures
+from tests.test_query_plans import conn  # noqa: F401 (fixture: a migrated SQLite file of its own)
 
 # the scenarios' fixtures (tests/scenarios/conftest.py), for a test file outside that folder
 _world_server, world, sqlite_url, scenario = _fixtures._world_server, _fixtures.world, _fixtures.sqlite_url, _fixtures.scenario
@@ -51,16 +48,6 @@ def test_a_restored_order_gets_no_pay_link_while_she_pays_its_new_try_by_bank_tr
 # ---- 2. releasing held messages reads the customer's rows, not every pending one --------------------------------
 
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def conn(tmp_path: Path, sqlite_template: Path) -> Any:
-    path = tmp_path / "plans.db"
-    shutil.copy(sqlite_template, path)
-    engine = make_engine(f"sqlite:///{path}")
-    with engine.connect() as c:
-        yield c
-    engine.dispose()
 
 
 def _plans(conn: Any, run: Any) -> list[str]:
