@@ -291,9 +291,9 @@ def phase_process(proc: InboxProcessor, clock: Clock, day: list[Webhook], stored
             break
         # transactions as `serve` takes them from a backlog while no webhooks arrive: batches of up
         # to worker.inbox_batch_size rows until the drain slice is spent. Each runs "when" the last
-        # row it may take had arrived (about twice what the last one took), as a worker keeping up
+        # row it is likely to take had arrived (as many as the last one took), as a worker keeping up
         # with the webhooks would.
-        clock.now = day[min(p.work + max(b, 2 * last), stored) - 1].at.astimezone(timezone.utc)
+        clock.now = day[min(p.work + max(b, last), stored) - 1].at.astimezone(timezone.utc)
         n = last = proc.process_batch(slice_s)
         p.work += n
         if n == 0:
