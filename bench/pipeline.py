@@ -18,8 +18,8 @@ Timed phases (events = orders + checkouts; every phase is reported against that 
   1. ingest   - `write_items` in batches of --batch: the durable inbox write the webhook
                 handler awaits (HTTP, HMAC and group commit are measured by bench/ingest.py);
   2. process  - `InboxProcessor.process_batch()` as the worker's loop calls it on a backlog:
-                JSON, normalise, state, journeys, outbox rows; batches of up to
-                worker.inbox_batch_size rows, each ended early once runtime.DRAIN_SLICE is spent
+                JSON, normalise, state, journeys, outbox rows; transactions of
+                runtime.DRAIN_SLICE, each loading batches of up to worker.inbox_batch_size rows
                 (serve's batches while no webhooks arrive; a separate `storeloop worker` on
                 SQLite ends them at IDLE_SLICE).
                 The injected clock replays the day: each batch runs "when" its last event
@@ -56,7 +56,6 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -285,15 +284,17 @@ def phase_process(proc: InboxProcessor, clock: Clock, day: list[Webhook], stored
     if trace:
         tracemalloc.start()
     t0 = time.perf_counter()
+    last = 0
     while p.work < stored:
         if time.perf_counter() > deadline:
             p.cut = True
             break
-        # batches as `serve` takes them from a backlog while no webhooks arrive: up to
-        # worker.inbox_batch_size rows, ended early once the drain slice is spent. Each runs
-        # "when" the last row it may take had arrived, as a worker keeping up with the webhooks would.
-        clock.now = day[min(p.work + b, stored) - 1].at.astimezone(timezone.utc)
-        n = proc.process_batch(slice_s)
+        # transactions as `serve` takes them from a backlog while no webhooks arrive: batches of up
+        # to worker.inbox_batch_size rows until the drain slice is spent. Each runs "when" the last
+        # row it is likely to take had arrived (as many as the last one took), as a worker keeping up
+        # with the webhooks would.
+        clock.now = day[min(p.work + max(b, last), stored) - 1].at.astimezone(timezone.utc)
+        n = last = proc.process_batch(slice_s)
         p.work += n
         if n == 0:
             break

@@ -137,9 +137,10 @@ class WorkerSettings(_Settings):
     inbox_poll_seconds: float = Field(0.5, gt=0, le=60)
     inbox_batch_size: int = Field(
         2000, ge=1, le=5000,
-        description="inbox rows per processing transaction at most; a batch also ends once its slice is spent (while no webhooks "
-                    "arrive: 1 s in serve, where a webhook or any other write of the process ends it at the next row, and on "
-                    "PostgreSQL; 0.25 s in a separate worker on SQLite; 5 ms while webhooks arrive)")
+        description="inbox rows loaded and applied at once (a batch's bodies and events are held until its rows are marked: "
+                    "about 30 KB a row); while no webhooks arrive a transaction goes on with further batches until its slice is "
+                    "spent (2.5 s in serve, where a webhook or any other write of the process ends it at the next row, and on "
+                    "PostgreSQL; 0.25 s in a separate worker on SQLite); while webhooks arrive a transaction is a few rows and 5 ms")
     inbox_max_attempts: int = Field(5, ge=1, le=100)
     raw_body_retention_days: int = Field(30, ge=1)
     conversation_retention_days: int = Field(

@@ -251,52 +251,32 @@ class InboxProcessor:
 
     def process_batch(self, time_budget: float | None = None, limit: int | None = None,
                       yield_to: Callable[[], bool] | None = None, up_to_id: int | None = None) -> int:
-        """Process up to one batch of due rows; returns how many rows were handled.
+        """Process due rows in one transaction; returns how many rows were handled.
 
-        With a ``time_budget`` (seconds) the batch commits early once the budget is spent,
-        so on SQLite the webhook writer never waits long for the single write lock; it also
-        loads only about as many rows as the last batches processed in that time, so a large
-        ``worker.inbox_batch_size`` (fewer, larger transactions when nothing else waits) costs
-        no rows read and parsed for nothing. ``yield_to`` (called from this thread after each
-        row) ends the batch as soon as it returns True: ``serve`` passes "a delivery or another
-        thread of the process waits for the write lock", so a long batch costs them no more
-        than the commit of the rows done so far. ``up_to_id``: only rows with that id or a smaller
-        one (``storeloop customer redact`` answers its request and what it waits for, not
+        Rows are loaded, parsed and applied in batches of up to ``worker.inbox_batch_size`` (or
+        ``limit``): a batch's bodies, events and transaction cache are held until its rows are
+        marked, so the batch size bounds the memory. With a ``time_budget`` (seconds) and no
+        ``limit`` (a backlog while no webhooks arrive) the transaction goes on with further
+        batches until the budget is spent, then commits: each commit writes every page its rows
+        touched, and the unique keys (delivery, step, run, phone, checkout token) are random,
+        so rows share those index pages only within a transaction; fewer, longer transactions
+        write less per row once the database is large (bench/HISTORY.md). Each batch loads only
+        about as many rows as the budget still covers at the rate measured so far, so no row
+        is read and parsed for nothing. ``yield_to`` (called from this thread after each row)
+        ends the transaction as soon as it returns True: ``serve`` passes "a delivery or another
+        thread of the process waits for the write lock", so a long transaction costs them no
+        more than the commit of the rows done so far. ``up_to_id``: only rows with that id or a
+        smaller one (``storeloop customer redact`` answers its request and what it waits for, not
         deliveries received after it, which the worker handles with its own configuration).
 
         Python's cyclic garbage collector is paused until the batch's objects are dropped
         (``connector/gc_pause.py``: walking them while the batch held them was ~5% of processing).
         """
-        with cyclic_gc_paused():
-            return self._process_batch(time_budget, limit, yield_to, up_to_id)
-
-    def _process_batch(self, time_budget: float | None, limit: int | None, yield_to: Callable[[], bool] | None,
-                       up_to_id: int | None = None) -> int:
         now = self.clock()
-        self.more_due = False  # until this batch says otherwise (a batch that raises leaves nothing to grow on)
-        limit = limit or self.batch_size
-        if time_budget is not None:
-            # about as many rows as the budget covers; before any batch was timed, a few (not a
-            # whole batch read and parsed for the one row a short slice may have time for)
-            covered = int(time_budget / self._seconds_per_row * 1.25) + 1 if self._seconds_per_row else FIRST_SLICE_ROWS
-            limit = max(1, min(limit, covered))
+        self.more_due = False  # until this transaction says otherwise (one that raises leaves nothing to grow on)
+        size = limit or self.batch_size
+        done = 0
         with self.db.write_lock(), self.db.engine.begin() as conn:
-            query = (
-                with_body()
-                .where(
-                    InboxEvent.status == "pending",
-                    InboxEvent.store_id.in_(list(self._stores)),
-                    or_(InboxEvent.available_at.is_(None), InboxEvent.available_at <= now),
-                )
-                .order_by(InboxEvent.id)
-                .limit(limit)
-            )
-            if up_to_id is not None:
-                query = query.where(InboxEvent.id <= up_to_id)
-            if not self.db.is_sqlite:
-                query = query.with_for_update(skip_locked=True, of=InboxEvent)
-            rows = list(conn.execute(query))
-            loaded = len(rows)
             started = time.perf_counter()
 
             def stop() -> bool:
@@ -304,29 +284,71 @@ class InboxProcessor:
                     return True
                 return time_budget is not None and time.perf_counter() - started > time_budget
 
-            handled = 0
-            parsed: list[list[Event] | Exception] | None = None
-            if not any((row.source, row.topic) in AFTER_EARLIER for row in rows):
-                parsed = []
-                for row in rows:
-                    parsed.append(self._parse_row(row))
-                    if yield_to is not None and yield_to():
-                        break  # someone waits for the write lock: apply what is parsed; the rest stay pending
-                rows = rows[: len(parsed)]
-            if parsed is None or any(isinstance(e, ComplianceRequested) for p in parsed if isinstance(p, list) for e in p):
-                handled, marks = self._one_by_one(conn, rows, now, stop)  # a privacy request erases behind caches
-            else:
-                try:
-                    marks = self._apply_batch(conn, rows, parsed, now, stop)
-                except _RowFailed as failed:  # rolled back: again, one savepoint per row
-                    handled, marks = self._one_by_one(conn, rows, now, stop, must=failed.index + 1)
-            _mark_rows(conn, marks)
-        done = handled + len(marks)
-        self.more_due = loaded >= limit or done < loaded
-        if done:  # how long a row takes here, for the next batch's size under a time budget
+            after: int | None = None
+            while True:
+                take = size
+                if time_budget is not None:
+                    # about as many rows as the budget still covers; before any row was timed, a few (not a
+                    # whole batch read and parsed for the one row a short slice may have time for)
+                    per_row = (time.perf_counter() - started) / done if done else self._seconds_per_row
+                    left = time_budget - (time.perf_counter() - started)
+                    take = max(1, min(size, int(left / per_row * 1.25) + 1 if per_row else FIRST_SLICE_ROWS))
+                with cyclic_gc_paused():
+                    loaded, handled, after = self._process_rows(conn, now, take, stop, yield_to, up_to_id, after)
+                done += handled
+                if loaded < take or handled < loaded:
+                    # nothing more was due, or the budget or a waiting writer ended it before the last row
+                    self.more_due = handled < loaded
+                    break
+                if limit is not None or time_budget is None or stop():
+                    self.more_due = True  # it took as many as it could: more may be due
+                    break
+        if done:  # how long a row takes here, for the next transaction's batches under a time budget
             per_row = (time.perf_counter() - started) / done
             self._seconds_per_row = per_row if not self._seconds_per_row else 0.7 * self._seconds_per_row + 0.3 * per_row
         return done
+
+    def _process_rows(self, conn: Connection, now: datetime, limit: int, stop: Callable[[], bool],
+                      yield_to: Callable[[], bool] | None, up_to_id: int | None, after: int | None) -> tuple[int, int, int | None]:
+        """One batch of the transaction: load up to ``limit`` due rows (with ids above ``after``), parse, apply and
+        mark them. Returns how many were loaded, how many handled, and the last id loaded (where the next batch starts)."""
+        query = (
+            with_body()
+            .where(
+                InboxEvent.status == "pending",
+                InboxEvent.store_id.in_(list(self._stores)),
+                or_(InboxEvent.available_at.is_(None), InboxEvent.available_at <= now),
+            )
+            .order_by(InboxEvent.id)
+            .limit(limit)
+        )
+        if up_to_id is not None:
+            query = query.where(InboxEvent.id <= up_to_id)
+        if after is not None:  # the transaction's earlier batches are behind it, done or left waiting
+            query = query.where(InboxEvent.id > after)
+        if not self.db.is_sqlite:
+            query = query.with_for_update(skip_locked=True, of=InboxEvent)
+        rows = list(conn.execute(query))
+        loaded = len(rows)
+        last = rows[-1].id if rows else after
+        handled = 0
+        parsed: list[list[Event] | Exception] | None = None
+        if not any((row.source, row.topic) in AFTER_EARLIER for row in rows):
+            parsed = []
+            for row in rows:
+                parsed.append(self._parse_row(row))
+                if yield_to is not None and yield_to():
+                    break  # someone waits for the write lock: apply what is parsed; the rest stay pending
+            rows = rows[: len(parsed)]
+        if parsed is None or any(isinstance(e, ComplianceRequested) for p in parsed if isinstance(p, list) for e in p):
+            handled, marks = self._one_by_one(conn, rows, now, stop)  # a privacy request erases behind caches
+        else:
+            try:
+                marks = self._apply_batch(conn, rows, parsed, now, stop)
+            except _RowFailed as failed:  # rolled back: again, one savepoint per row
+                handled, marks = self._one_by_one(conn, rows, now, stop, must=failed.index + 1)
+        _mark_rows(conn, marks)
+        return loaded, handled + len(marks), last
 
     def _apply_batch(self, conn: Connection, rows: list[Any], parsed: list[list[Event] | Exception], now: datetime,
                      stop: Callable[[], bool]) -> list[tuple[int, dict[str, Any]]]:

@@ -37,7 +37,7 @@ GC_GEN0_THRESHOLD = 20_000
 BUSY_SLICE = 0.005  # seconds of processing per batch while webhooks arrive
 BUSY_PAUSE = 0.02  # at most this long after a slice, while deliveries wait for the writer: they go first
 IDLE_SLICE = 0.25  # ... and while none arrive: a backlog goes in batches of up to worker.inbox_batch_size
-DRAIN_SLICE = 1.0  # ... where whoever waits for the write lock ends the batch at the next row (serve, one process), or on PostgreSQL
+DRAIN_SLICE = 2.5  # ... where whoever waits for the write lock ends the transaction at the next row (serve, one process), or on PostgreSQL
 BUSY_ROWS = 4  # do not even load more raw bodies than a slice can process
 BUSY_GROWTH_MAX = 16  # a backlog that outlasts full slices while webhooks keep arriving: slices double up to 16x (64 rows, 80 ms)
 SATURATED = 8  # deliveries waiting for their commit: a burst the writer is working through
@@ -323,19 +323,22 @@ class Runtime:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=poll)
 
     def _idle_slice(self) -> tuple[float, Callable[[], bool] | None]:
-        """Time budget and yield test of a batch while no webhooks arrive (a backlog after a
-        burst, a backfill, a worker on its own); its rows are up to ``worker.inbox_batch_size``.
+        """Time budget and yield test of a transaction while no webhooks arrive (a backlog after a
+        burst, a backfill, a worker on its own); it loads batches of up to ``worker.inbox_batch_size``
+        rows until the budget is spent (``InboxProcessor.process_batch``).
 
-        Larger batches are cheaper per row once the database is large: each commit writes every
+        Longer transactions are cheaper per row once the database is large: each commit writes every
         page its rows touched, and the unique keys (delivery, step, run, phone, checkout token)
         are random, so rows share index pages only within a transaction. Batches of up to
         2,000 rows in a 1 s slice took the issue's day from 62 to 51 s of processing against
-        500 rows in 0.25 s (bench/pipeline.py, bench/HISTORY.md). On SQLite a batch holds the
-        one write lock, so it may run that long only where whoever waits for the lock ends it
-        at the next row: a delivery, or any thread of this process (the dispatcher recording
-        a send, an admin request), in the process that takes every webhook (``ingest_here``).
-        A separate ``storeloop worker`` cannot see another process's deliveries and keeps to
-        ``IDLE_SLICE``. PostgreSQL's processing does not hold ingest up.
+        500 rows in 0.25 s; transactions of 2.5 s made of such batches halved what it writes
+        again (5.3 to 2.3 GB) while holding no more rows at once (bench/pipeline.py,
+        bench/HISTORY.md). On SQLite a transaction holds the one write lock, so it may run that
+        long only where whoever waits for the lock ends it at the next row: a delivery, or any
+        thread of this process (the dispatcher recording a send, an admin request), in the process
+        that takes every webhook (``ingest_here``). A separate ``storeloop worker`` cannot see
+        another process's deliveries and keeps to ``IDLE_SLICE``. PostgreSQL's processing does not
+        hold ingest up.
         """
         if not self.db.is_sqlite:
             return DRAIN_SLICE, None

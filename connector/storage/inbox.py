@@ -287,6 +287,7 @@ class InboxWriter:
         self._segments: collections.deque[Any] = collections.deque()
         self._sqlite_file = db.sqlite_file  # None: no journals here (PostgreSQL, memory)
         self._orphan_task: asyncio.Task[None] | None = None
+        self._orphans_stopping = asyncio.Event()  # set by stop(): the orphan task ends after any import under way
         self._arrived = asyncio.Event()  # a submission was queued (the runner's idle wait)
         self.journaled_rows = 0  # acknowledged through the journal...
         self.imported_rows = 0  # ... and moved into the inbox since (duplicates included)
@@ -361,9 +362,13 @@ class InboxWriter:
             journal.close(unlink=True)
         return imported
 
-    async def _recover_forever(self) -> None:
+    async def _recover_forever(self, stopping: asyncio.Event) -> None:
+        """Look every ``orphan_scan`` seconds until ``stop`` sets ``stopping``. Not cancelled: a task
+        cancelled while it awaits a thread returns at once and leaves the import running in the thread."""
         while True:
-            await asyncio.sleep(self.limits.orphan_scan)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.limits.orphan_scan)
+                return
             await anyio.to_thread.run_sync(self.recover)
 
     def start(self) -> None:
@@ -371,7 +376,8 @@ class InboxWriter:
             self._arrived = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name="inbox-writer")
             if self._sqlite_file is not None:
-                self._orphan_task = asyncio.create_task(self._recover_forever(), name="ingest-journal-orphans")
+                self._orphans_stopping = asyncio.Event()
+                self._orphan_task = asyncio.create_task(self._recover_forever(self._orphans_stopping), name="ingest-journal-orphans")
 
     async def stop(self) -> None:
         """Finish what is queued and journaled, then stop: nothing acknowledged is dropped."""
@@ -383,9 +389,8 @@ class InboxWriter:
         await self._task
         self._task = None
         if self._orphan_task is not None:
-            self._orphan_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._orphan_task  # an import under way finishes in its thread first
+            self._orphans_stopping.set()
+            await self._orphan_task  # an import under way finishes in its thread first
             self._orphan_task = None
         while self.journal_pending() and await self._import_chunk():
             pass
