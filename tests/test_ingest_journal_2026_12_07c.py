@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from datetime import datetime, timezone
 
 from connector.storage.inbox import InboxWriter, IngestLimits, sync_stores
@@ -16,12 +15,12 @@ def test_stop_waits_for_an_import_under_way_and_the_dead_journal_is_gone_when_it
     """``stop`` used to cancel the orphan task, which returned at once while the import went on in its thread:
     the process could close its database under it, and the imported journal was still on disk after stop."""
     ids = sync_stores(file_db, [("a", "shopify")])
-    started, finished = threading.Event(), threading.Event()
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
     real = InboxWriter.recover
 
     def slow_recover(self):  # type: ignore[no-untyped-def]
         started.set()
-        time.sleep(0.3)  # a large journal: the import takes a while
+        release.wait(10)  # a large journal: the import goes on until the test lets it finish
         try:
             return real(self)
         finally:
@@ -38,7 +37,11 @@ def test_stop_waits_for_an_import_under_way_and_the_dead_journal_is_gone_when_it
         assert await writer.submit([_item(ids["a"], "live")]) == [True]
         while not started.is_set():
             await asyncio.sleep(0.005)
-        await writer.stop()  # mid-import
+        stopping = asyncio.create_task(writer.stop())  # mid-import
+        done, _ = await asyncio.wait({stopping}, timeout=0.2)
+        assert not done  # stop is still waiting for the import under way
+        release.set()
+        await stopping
         assert finished.is_set()  # it waited for the import
         assert list(tmp_path.glob("j.db-ingest-*")) == []  # imported and deleted before stop returned
 
