@@ -106,11 +106,9 @@ ON_FULFILMENT = {"payment_terms_name": "Due on fulfillment", "payment_terms_type
                  "payment_schedules": []}
 
 
-def test_a_cancelled_newer_try_with_no_pay_date_ends_closed(sqlite_url, scenario, world):
-    """#5001 is left pending; its pay link reaches her an hour on. She checks out again and leaves #5002 pending (it goes
-    on from #5001's reminder); the store puts #5002 on terms due on fulfilment (no date: no pay link planned), then
-    cancels it. The run listens out #5001's reminder's window, and ends ``closed``, not active for ever with no timer."""
-    sc = pay_start(sqlite_url, scenario, "shopify")
+def _reminded_then_a_newer_try_on_terms_cancelled(sc) -> dict:  # type: ignore[no-untyped-def]
+    """#5001 left pending, its pay link an hour on; #5002 placed, put on terms due on fulfilment (no pay date), then
+    cancelled by the store. Returns #5002 as last sent."""
     SHOPIFY.place(sc, shopify_unpaid(1, sc.now))
     sc.later(hours=1, step=timedelta(minutes=10))
     assert pay_reminders(sc) == ["#5001"]
@@ -122,6 +120,15 @@ def test_a_cancelled_newer_try_with_no_pay_date_ends_closed(sqlite_url, scenario
     sc.shopify("orders/updated", second)
     sc.later(minutes=10)
     SHOPIFY.cancelled_echo(sc, second)
+    return second
+
+
+def test_a_cancelled_newer_try_with_no_pay_date_ends_closed(sqlite_url, scenario, world):
+    """#5001 is left pending; its pay link reaches her an hour on. She checks out again and leaves #5002 pending (it goes
+    on from #5001's reminder); the store puts #5002 on terms due on fulfilment (no date: no pay link planned), then
+    cancels it. The run listens out #5001's reminder's window, and ends ``closed``, not active for ever with no timer."""
+    sc = pay_start(sqlite_url, scenario, "shopify")
+    second = _reminded_then_a_newer_try_on_terms_cancelled(sc)
     sc.later(days=5, step=timedelta(hours=6))
     assert _run(sc, second) == ("finished", "closed", None)
     assert pay_reminders(sc) == ["#5001"]
@@ -132,16 +139,7 @@ def test_her_third_try_paid_after_a_cancelled_newer_try_with_no_pay_date_is_the_
     """The same, and 30 hours on she pays a third try at it (within #5001's reminder's 3 attribution days): the
     reminder brought her back."""
     sc = pay_start(sqlite_url, scenario, "shopify")
-    SHOPIFY.place(sc, shopify_unpaid(1, sc.now))
-    sc.later(hours=1, step=timedelta(minutes=10))
-    sc.later(minutes=10)
-    second = shopify_unpaid(2, sc.now)
-    SHOPIFY.place(sc, second)
-    sc.later(minutes=10)
-    second = {**second, "payment_terms": ON_FULFILMENT, "updated_at": p.iso(sc.now)}
-    sc.shopify("orders/updated", second)
-    sc.later(minutes=10)
-    SHOPIFY.cancelled_echo(sc, second)
+    _reminded_then_a_newer_try_on_terms_cancelled(sc)
     sc.later(hours=30, step=timedelta(hours=6))
     SHOPIFY.place(sc, SHOPIFY.order(3, "+919876543210", sc.now, cod=False, total="1349.00"))
     sc.later(days=1, step=timedelta(hours=6))
